@@ -1,0 +1,106 @@
+"""GPU specifications from vendor datasheets.
+
+Used for estimated profiles (roofline), for TP all-reduce when a profile has no measured
+all-reduce table, and to check names in cluster configs. Numbers are dense (non-sparse)
+tensor-core peaks with FP32 accumulation, as published; they are upper bounds that real
+kernels reach only partly, which `pdsim/perf/estimate.py` accounts for with efficiencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    name: str
+    description: str
+    bf16_tflops: float  # dense BF16/FP16 tensor peak, FP32 accumulate
+    fp8_tflops: float  # dense FP8 tensor peak (0 where unsupported)
+    mem_bw_gbps: float  # HBM/GDDR bandwidth, GB/s
+    mem_size_gb: float
+    intra_node_bw_gbps: float  # per-direction GPU-to-GPU bandwidth inside a node (NVLink or PCIe)
+    intra_node_latency_ns: float
+    source: str
+
+
+HARDWARE: dict[str, HardwareSpec] = {
+    spec.name: spec
+    for spec in [
+        HardwareSpec(
+            name="RTXPRO6000",
+            description="NVIDIA RTX PRO 6000 Blackwell Server Edition (96 GB GDDR7)",
+            bf16_tflops=503.8,
+            fp8_tflops=1007.6,
+            mem_bw_gbps=1792.0,
+            mem_size_gb=96.0,
+            intra_node_bw_gbps=64.0,  # PCIe 5.0 x16, no NVLink
+            intra_node_latency_ns=2000.0,
+            source="NVIDIA RTX PRO 6000 Blackwell datasheet",
+        ),
+        HardwareSpec(
+            name="H100-SXM",
+            description="NVIDIA H100 SXM5 80 GB",
+            bf16_tflops=989.4,
+            fp8_tflops=1978.9,
+            mem_bw_gbps=3350.0,
+            mem_size_gb=80.0,
+            intra_node_bw_gbps=450.0,  # NVLink 4, 900 GB/s bidirectional
+            intra_node_latency_ns=1000.0,
+            source="NVIDIA H100 Tensor Core GPU datasheet",
+        ),
+        HardwareSpec(
+            name="H200",
+            description="NVIDIA H200 SXM 141 GB",
+            bf16_tflops=989.4,
+            fp8_tflops=1978.9,
+            mem_bw_gbps=4800.0,
+            mem_size_gb=141.0,
+            intra_node_bw_gbps=450.0,
+            intra_node_latency_ns=1000.0,
+            source="NVIDIA H200 Tensor Core GPU datasheet",
+        ),
+        HardwareSpec(
+            name="A100-80GB",
+            description="NVIDIA A100 SXM4 80 GB",
+            bf16_tflops=312.0,
+            fp8_tflops=0.0,
+            mem_bw_gbps=2039.0,
+            mem_size_gb=80.0,
+            intra_node_bw_gbps=300.0,  # NVLink 3, 600 GB/s bidirectional
+            intra_node_latency_ns=1000.0,
+            source="NVIDIA A100 Tensor Core GPU datasheet",
+        ),
+        HardwareSpec(
+            name="L40S",
+            description="NVIDIA L40S 48 GB GDDR6",
+            bf16_tflops=362.05,
+            fp8_tflops=733.0,
+            mem_bw_gbps=864.0,
+            mem_size_gb=48.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
+            intra_node_latency_ns=2000.0,
+            source="NVIDIA L40S datasheet",
+        ),
+        HardwareSpec(
+            name="RTX4090",
+            description="NVIDIA GeForce RTX 4090 24 GB GDDR6X",
+            bf16_tflops=165.2,
+            fp8_tflops=330.3,
+            mem_bw_gbps=1008.0,
+            mem_size_gb=24.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16, no P2P over NVLink
+            intra_node_latency_ns=2000.0,
+            source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090)",
+        ),
+    ]
+}
+
+
+def known_hardware() -> list[str]:
+    return sorted(HARDWARE)
+
+
+def get_hardware(name: str) -> HardwareSpec | None:
+    """The spec for `name`, or None (a measured profile may still exist for unlisted hardware)."""
+    return HARDWARE.get(name)
