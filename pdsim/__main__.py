@@ -1,0 +1,3 @@
+from pdsim.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""Command line: `pdsim [run] --cluster-config X --dataset Y`, plus `workload` and `profile` tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from pdsim.errors import PdsimError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ("round_robin", "random", "least_loaded")
+
+
+class DefaultCommandGroup(click.Group):
+    """A group whose `run` subcommand is implied: `pdsim --cluster-config X ...` means `pdsim run ...`."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        run = self.commands[self.default_command]
+        with formatter.section(f"Options of the default command `{self.default_command}`"):
+            rows = [p.get_help_record(ctx) for p in run.get_params(ctx)]
+            formatter.write_dl([r for r in rows if r is not None])
+
+
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pdsim")
+def cli() -> None:
+    """pdsim: simulate LLM serving clusters with prefill/decode disaggregation.
+
+    Without a subcommand, runs a simulation (`run`): e.g.
+
+      python -m pdsim --cluster-config configs/cluster/single_node_pd_instance.json
+      --dataset workloads/example_trace.jsonl --output outputs/pd_split_run.csv
+    """
+
+
+@cli.command("run")
+@click.option("--cluster-config", required=True, type=click.Path(path_type=Path),
+              help="Cluster config JSON (LLMServingSim format).")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path),
+              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns).")
+@click.option("--output", default="outputs/run.csv", show_default=True, type=click.Path(path_type=Path),
+              help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv and plots go beside it.")
+@click.option("--num-requests", type=int, default=None,
+              help="Use only the first N requests (by arrival).  [default: all]")
+@click.option("--seed", default=0, show_default=True, help="Seed for random routing; runs are deterministic per seed.")
+@click.option("--prefill-policy", type=click.Choice(POLICIES), default=None,
+              help="Routing over prefill-capable instances.  [default: config's router, else least_loaded]")
+@click.option("--decode-policy", type=click.Choice(POLICIES), default=None,
+              help="Routing over decode instances.  [default: config's router, else least_loaded]")
+@click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
+              help="Use this profile for every instance: a pdsim profile dir (meta.json) or an LLMServingSim "
+                   "one (meta.yaml + tpN/).  [default: look up profiles/<hw>/<model>/<dtype>/tp<N>, else estimate]")
+@click.option("--profiles-root", type=click.Path(path_type=Path), default=REPO_ROOT / "profiles",
+              show_default=True, help="Where profiles are looked up by hardware/model/dtype/tp.")
+@click.option("--max-num-seqs", type=int, default=None,
+              help="Override for all instances.  [default: config, else 128]")
+@click.option("--max-num-batched-tokens", type=int, default=None,
+              help="Override for all instances.  [default: config, else 2048]")
+@click.option("--block-size", type=int, default=None, help="Override for all instances.  [default: config, else 16]")
+@click.option("--enable-chunked-prefill/--disable-chunked-prefill", default=None,
+              help="Override for all instances.  [default: config, else enabled]")
+@click.option("--dtype", default=None, help="Override for all instances.  [default: config, else bfloat16]")
+@click.option("--step-overhead-us", default=0.0, show_default=True,
+              help="Fixed CPU/scheduling time added to every engine step.")
+@click.option("--max-sim-time", type=float, default=None,
+              help="Stop at this simulated time (s); requests still in flight are reported unfinished.  [default: none]")
+@click.option("--log-interval", type=float, default=None,
+              help="Print a progress line every this many simulated seconds.  [default: off]")
+@click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
+@click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def run_cmd(cluster_config: Path, dataset: Path, output: Path, num_requests: int | None, seed: int,
+            prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
+            profiles_root: Path, max_num_seqs: int | None, max_num_batched_tokens: int | None,
+            block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
+            step_overhead_us: float, max_sim_time: float | None, log_interval: float | None,
+            plot: bool, quiet: bool, debug: bool) -> None:
+    """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
+    from pdsim.config import load_cluster_config
+    from pdsim.engine.cluster import SimOptions, simulate
+    from pdsim.metrics.plots import write_plots
+    from pdsim.metrics.summary import format_summary, requests_frame, summarize
+    from pdsim.progress import ProgressBar
+    from pdsim.workload.trace import load_trace
+
+    if log_interval is not None and log_interval <= 0:
+        raise PdsimError(f"--log-interval: expected a positive number of seconds, got {log_interval}")
+    overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+                 "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype}
+    cfg = load_cluster_config(cluster_config, overrides)
+    trace = load_trace(dataset, max_requests=num_requests)
+    opts = SimOptions(
+        seed=seed, prefill_policy=prefill_policy, decode_policy=decode_policy,
+        profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
+        step_overhead_us=step_overhead_us, max_sim_time_s=max_sim_time,
+        sample_interval_s=log_interval or 1.0,
+    )
+    bar = ProgressBar("simulating", enabled=False if quiet else None)
+    last: dict[str, tuple[float, int, int]] = {}
+
+    def on_sample(now: float, snap) -> None:
+        if quiet or log_interval is None:
+            return
+        prompt = sum(s.prompt_tokens for s in snap)
+        decode = sum(s.decode_tokens for s in snap)
+        t0, p0, d0 = last.get("all", (0.0, 0, 0))
+        dt = now - t0
+        last["all"] = (now, prompt, decode)
+        if dt <= 0:
+            return
+        mem = ", ".join(f"{s.mem_used_gb:.1f} GB" for s in snap)
+        bar.message(
+            f"[INFO] t={now:.1f}s P={sum(s.prefill_reqs for s in snap)} D={sum(s.decode_reqs for s in snap)} "
+            f"W={sum(s.waiting_reqs for s in snap)} prompt_t={_si(( prompt - p0) / dt)} tok/s "
+            f"decode_t={_si((decode - d0) / dt)} tok/s npu_mem=[{mem}]"
+        )
+
+    started = time.perf_counter()
+    result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
+                      on_progress=lambda done, total: bar.update(done, total, "requests"))
+    wall_s = time.perf_counter() - started
+    bar.close()
+
+    df = requests_frame(result)
+    summary = summarize(result, df, wall_s=wall_s)
+    summary["cluster_config"] = str(cluster_config)
+    summary["dataset"] = str(dataset)
+    summary["seed"] = seed
+    output.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(output, index=False, float_format="%.6f")
+    summary_path = output.with_name(output.stem + "_summary.json")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    samples = pd.DataFrame([s.__dict__ for s in result.samples])
+    timeline_path = output.with_name(output.stem + "_timeline.csv")
+    samples.to_csv(timeline_path, index=False, float_format="%.6f")
+
+    click.echo(f"pdsim: {cluster_config} with {dataset}: {len(trace)} requests, "
+               f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
+    click.echo(format_summary(summary))
+    written = [output, summary_path, timeline_path]
+    if plot:
+        written += write_plots(df, samples, output.with_suffix(""))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _si(x: float) -> str:
+    return f"{x / 1e3:.1f}k" if abs(x) >= 1e3 else f"{x:.0f}"
+
+
+def _attach_subcommands() -> None:
+    from pdsim.workload.cli import workload
+
+    cli.add_command(workload)
+    try:
+        from pdsim.profiler.cli import profile
+    except ImportError:  # the profiler package is optional at import time; it never imports torch eagerly
+        profile = click.Group("profile", help="Latency profiles: measure, estimate, import.")
+    from pdsim.perf.cli import estimate
+
+    profile.add_command(estimate)
+    cli.add_command(profile)
+
+
+_attach_subcommands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="pdsim", standalone_mode=False)
+    except PdsimError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

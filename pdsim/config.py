@@ -1,0 +1,370 @@
+"""Cluster configuration, in LLMServingSim's cluster-config schema.
+
+Units follow that schema: link_bw and mem_bw in GB/s, link_latency and mem_latency in ns,
+mem_size in GB. Our own per-instance scheduler knobs (vLLM names and defaults) are added on
+the instances. Unknown keys are errors, so a typo such as "max_num_seq" is not silently
+ignored; only the keys in IGNORED_KEYS, which LLMServingSim configs may carry but which we
+do not model, are dropped.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from pdsim.errors import ConfigError, PdsimError
+from pdsim.models import DTYPE_BYTES, load_model
+
+# Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
+# fields, plus "_"-prefixed keys, the usual way to put a comment in JSON.
+IGNORED_KEYS: frozenset[str] = frozenset(
+    {"name", "description", "npu_num", "npu_group", "placement", "pim_config", "power"}
+)
+
+PD_TYPES = ("prefill", "decode")
+ROUTER_POLICIES = ("round_robin", "random", "least_loaded")
+
+GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2^30 bytes
+
+# CLI knobs that `load_cluster_config(overrides=...)` sets on every instance.
+OVERRIDABLE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype")
+
+
+def _fmt(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _choices(options: tuple[str, ...], nullable: bool = False) -> str:
+    quoted = [f'"{o}"' for o in options] + (["null"] if nullable else [])
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def _one_of(value: str | None, options: tuple[str, ...], nullable: bool = False) -> str | None:
+    if (value is None and nullable) or value in options:
+        return value
+    raise PydanticCustomError(
+        "choice",
+        "expected {expected}, got {got}",
+        {"expected": _choices(options, nullable), "got": _fmt(value)},
+    )
+
+
+class _Strict(BaseModel):
+    # strict: JSON "16" or true must not pass for a number; frozen: configs are shared.
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        allowed = set(cls.model_fields)
+        kept = {}
+        for key, value in data.items():
+            if key in allowed:
+                kept[key] = value
+            elif key in IGNORED_KEYS or (isinstance(key, str) and key.startswith("_")):
+                continue
+            else:
+                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                raise PydanticCustomError(
+                    "unknown_key",
+                    'unknown key "{key}"{hint}; allowed keys: {allowed}',
+                    {"key": key, "hint": hint, "allowed": ", ".join(sorted(allowed))},
+                )
+        return kept
+
+
+class MemConfig(_Strict):
+    mem_size: float = Field(gt=0)  # GB
+    mem_bw: float = Field(gt=0)  # GB/s
+    mem_latency: float = Field(default=0, ge=0)  # ns
+
+
+class NpuMemConfig(MemConfig):
+    # Fraction of NPU memory the engine may use (vLLM's gpu_memory_utilization).
+    mem_util: float = Field(default=0.9, gt=0, le=1)
+
+
+class InstanceConfig(_Strict):
+    model_name: str
+    hardware: str  # not checked here: a measured profile may exist for unlisted hardware
+    npu_mem: NpuMemConfig
+    num_npus: int = Field(default=1, ge=1)
+    tp_size: int = Field(default=1, ge=1)
+    pp_size: int = Field(default=1, ge=1)
+    pd_type: str | None = None  # "prefill", "decode", or None for a colocated instance
+    max_num_seqs: int = Field(default=128, ge=1)
+    max_num_batched_tokens: int = Field(default=2048, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    enable_chunked_prefill: bool = True
+    dtype: str = "bfloat16"
+    profile_dir: str | None = None
+
+    @field_validator("pd_type", mode="before")
+    @classmethod
+    def _pd_type(cls, v: Any) -> Any:
+        return _one_of(v, PD_TYPES, nullable=True)
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any) -> Any:
+        return _one_of(v, tuple(DTYPE_BYTES))
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_known(cls, v: str) -> str:
+        try:
+            load_model(v)
+        except PdsimError as e:
+            raise PydanticCustomError("unknown_model", "{msg}", {"msg": str(e)}) from None
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> InstanceConfig:
+        if self.pp_size > 1:
+            raise PydanticCustomError(
+                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet", {"pp": self.pp_size}
+            )
+        if self.tp_size * self.pp_size > self.num_npus:
+            raise PydanticCustomError(
+                "npus",
+                "tp_size * pp_size = {need} is more than num_npus = {have}",
+                {"need": self.tp_size * self.pp_size, "have": self.num_npus},
+            )
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # vLLM refuses this too: a full decode batch must fit in one step's token budget.
+            raise PydanticCustomError(
+                "budget",
+                "max_num_batched_tokens ({tokens}) must be >= max_num_seqs ({seqs})",
+                {"tokens": self.max_num_batched_tokens, "seqs": self.max_num_seqs},
+            )
+        model = load_model(self.model_name)
+        try:
+            model.check_tp(self.tp_size)
+        except PdsimError as e:
+            raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
+        weight_gb = model.weight_bytes(self.dtype, self.tp_size) / GB  # GB as GPU memory is counted: 2^30
+        usable_gb = self.npu_mem.mem_size * self.npu_mem.mem_util
+        if weight_gb > usable_gb:
+            raise PydanticCustomError(
+                "weights",
+                "{msg}",
+                {
+                    "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU ({self.dtype}, "
+                    f"tp={self.tp_size}) but only {usable_gb:.2f} GB is usable "
+                    f"(mem_size {self.npu_mem.mem_size:g} GB x mem_util {self.npu_mem.mem_util:g})"
+                },
+            )
+        return self
+
+
+class NodeConfig(_Strict):
+    num_instances: int = Field(ge=0)
+    cpu_mem: MemConfig | None = None
+    instances: list[InstanceConfig]
+
+    @model_validator(mode="after")
+    def _count(self) -> NodeConfig:
+        if self.num_instances != len(self.instances):
+            raise PydanticCustomError(
+                "count",
+                "num_instances is {n} but {m} instances are listed",
+                {"n": self.num_instances, "m": len(self.instances)},
+            )
+        return self
+
+
+class RouterConfig(_Strict):
+    prefill_policy: str = "least_loaded"
+    decode_policy: str = "least_loaded"
+
+    @field_validator("prefill_policy", "decode_policy", mode="before")
+    @classmethod
+    def _policy(cls, v: Any) -> Any:
+        return _one_of(v, ROUTER_POLICIES)
+
+
+class InstanceRef(NamedTuple):
+    node_index: int
+    instance_index: int
+    config: InstanceConfig
+
+    @property
+    def instance_id(self) -> str:
+        return instance_id(self.node_index, self.instance_index)
+
+
+def instance_id(node_index: int, instance_index: int) -> str:
+    """Stable instance name used in logs and metrics: "n0.i1" is node 0, instance 1."""
+    return f"n{node_index}.i{instance_index}"
+
+
+class ClusterConfig(_Strict):
+    num_nodes: int = Field(ge=1)
+    link_bw: float = Field(gt=0)  # GB/s between nodes
+    link_latency: float = Field(ge=0)  # ns
+    nodes: list[NodeConfig]
+    router: RouterConfig = Field(default_factory=RouterConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ClusterConfig:
+        if self.num_nodes != len(self.nodes):
+            raise PydanticCustomError(
+                "count",
+                "num_nodes is {n} but {m} nodes are listed",
+                {"n": self.num_nodes, "m": len(self.nodes)},
+            )
+        refs = self.instances()
+        if not refs:
+            raise PydanticCustomError("empty", "the cluster has no instances", {})
+        types = {ref.config.pd_type for ref in refs}
+        # A colocated (null) instance serves whole requests and never hands KV off, so it
+        # cannot stand in for the missing half of a prefill/decode pair.
+        if "decode" in types and "prefill" not in types:
+            raise PydanticCustomError(
+                "pd",
+                'there are "decode" instances but no "prefill" instance to hand them requests; '
+                'add a pd_type "prefill" instance or set pd_type to null for colocated serving',
+                {},
+            )
+        if "prefill" in types and "decode" not in types:
+            raise PydanticCustomError(
+                "pd",
+                'there are "prefill" instances but no "decode" instance to continue their requests; '
+                'add a pd_type "decode" instance or set pd_type to null for colocated serving',
+                {},
+            )
+        return self
+
+    def instances(self) -> list[InstanceRef]:
+        return [
+            InstanceRef(n, i, inst)
+            for n, node in enumerate(self.nodes)
+            for i, inst in enumerate(node.instances)
+        ]
+
+
+# ---- loading and error messages ----
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "none_required": "null",
+}
+
+# Error types raised by our validators, whose message is already complete.
+_OWN_ERROR_TYPES = frozenset(
+    {
+        "choice",
+        "unknown_key",
+        "unknown_model",
+        "pp",
+        "npus",
+        "budget",
+        "tp",
+        "weights",
+        "count",
+        "pd",
+        "empty",
+    }
+)
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = _fmt(err.get("input"))
+    if kind == "missing":
+        return "missing required field"
+    if kind in _TYPE_NAMES:
+        return f"expected {_TYPE_NAMES[kind]}, got {got}"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"expected a number {_BOUNDS[kind]} {bound}, got {got}"
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected')}, got {got}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in _OWN_ERROR_TYPES:
+        return err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{msg}, got {got}" if "input" in err and not isinstance(err["input"], dict | list) else msg
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = _loc(err["loc"])
+        lines.append(f"{source}: {where}: {_describe(err)}" if where else f"{source}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def _apply_overrides(raw: Any, overrides: dict[str, object]) -> None:
+    unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
+    if unknown:
+        raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
+        return  # validation reports the broken structure
+    for node in raw["nodes"]:
+        if isinstance(node, dict) and isinstance(node.get("instances"), list):
+            for inst in node["instances"]:
+                if isinstance(inst, dict):
+                    inst.update({k: v for k, v in overrides.items() if v is not None})
+
+
+def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:
+    try:
+        return ClusterConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e)) from None
+
+
+def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: cluster config not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read cluster config ({e.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if overrides:
+        _apply_overrides(raw, overrides)
+    return cluster_config_from_dict(raw, str(path))

@@ -1,0 +1,221 @@
+"""One serving instance (a vLLM engine on `tp_size` GPUs) as a SimPy process.
+
+The process repeats: take a scheduling decision, let the predicted step time pass, apply the
+step's results. While only decodes run and nothing can change the batch, it lets a whole run
+of decode steps pass in one event (their times summed exactly by the predictor); an arrival
+that could join the batch wakes it, and it then stops at the end of the step in progress, just
+where a step-by-step engine would first see the arrival.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from pdsim.engine.kv_cache import BlockManager, blocks_for
+from pdsim.engine.request import Request
+from pdsim.engine.scheduler import Scheduler, StepPlan
+
+
+class StepTimeModel:
+    """What the instance needs from the performance model (see pdsim/perf/predictor.py)."""
+
+    def step_time_s(self, prefill_chunks: list[tuple[int, int]], n_decode: int, kv_decode_sum: int) -> float:
+        raise NotImplementedError
+
+    def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class InstanceSpec:
+    id: str
+    pd_type: str | None  # "prefill", "decode" or None (both phases)
+    model_name: str
+    hardware: str
+    tp: int
+    dtype: str
+    node: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+    enable_chunked_prefill: bool
+    kv_bytes_per_token: int  # per TP shard
+    weight_bytes: int  # per TP shard
+    activation_bytes: int  # per TP shard
+    mem_capacity_bytes: int  # usable memory per GPU (mem_size * mem_util)
+
+
+@dataclass
+class InstanceStats:
+    steps: int = 0
+    busy_s: float = 0.0
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
+    # Inter-token latencies: each entry is a run of step durations, every step giving a token
+    # to `weight` requests (the first step to `first_weight`), plus gaps that are not one step.
+    itl_runs: list[tuple[np.ndarray, int, int]] = field(default_factory=list)
+    itl_gaps_s: list[float] = field(default_factory=list)
+
+
+class Instance:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        spec: InstanceSpec,
+        predictor: StepTimeModel,
+        num_blocks: int,
+        max_decode_run_steps: int,
+    ) -> None:
+        self.env = env
+        self.spec = spec
+        self.id = spec.id
+        self.pd_type = spec.pd_type
+        self.predictor = predictor
+        self.kv = BlockManager(num_blocks, spec.block_size, spec.block_size * spec.kv_bytes_per_token)
+        self.sched = Scheduler(
+            self.kv,
+            max_num_seqs=spec.max_num_seqs,
+            max_num_batched_tokens=spec.max_num_batched_tokens,
+            enable_chunked_prefill=spec.enable_chunked_prefill,
+            prefill_only=spec.pd_type == "prefill",
+            max_decode_run_steps=max_decode_run_steps,
+        )
+        self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
+        self.pending_tokens = 0
+        self.stats = InstanceStats()
+        self.on_finish: Callable[[Request], None] = lambda req: None
+        self.on_handoff: Callable[[Instance, Request], None] = lambda inst, req: None
+        self.on_reserved: Callable[[Instance, Request], None] = lambda inst, req: None
+        self._wake: simpy.Event | None = None
+        self._idle = False
+        self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
+        self.process = env.process(self._loop())
+
+    # -- what the router and the links call ---------------------------------------------------
+    @property
+    def load_tokens(self) -> int:
+        return self.sched.load_tokens + self.pending_tokens
+
+    def submit(self, req: Request) -> None:
+        """A request that starts (or, after its KV arrived, continues) on this instance."""
+        self.sched.add_waiting(req)
+        if self._idle or (self._run is not None and self.sched.could_admit(req)):
+            self._wake_up()
+
+    def receive_handoff(self, req: Request) -> None:
+        """A prefilled request chosen to decode here; it waits until blocks for its KV are free."""
+        self.pending.append(req)
+        self.pending_tokens += req.num_computed
+        fits = blocks_for(req.num_computed + 1, self.kv.block_size) <= self.kv.free
+        if fits and (self._idle or self._run is not None):
+            self._wake_up()
+
+    def release_blocks(self, n: int) -> None:
+        """Blocks freed outside a step (KV transfer done): they may let a waiting request in."""
+        self.kv.release(n)
+        if self.sched.waiting and (self._idle or self._run is not None):
+            if self.sched.could_admit(self.sched.waiting[0]):
+                self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _reserve_pending(self) -> None:
+        # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
+        # blocks only when it reaches the head of the waiting queue.
+        if len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
+            return
+        while self.pending:
+            req = self.pending[0]
+            # Room for the KV it brings and for the token its first decode step adds.
+            need = blocks_for(req.num_computed + 1, self.kv.block_size)
+            if need > self.kv.free:
+                return
+            self.pending.popleft()
+            self.pending_tokens -= req.num_computed
+            self.kv.allocate(need)
+            req.blocks = need
+            self.on_reserved(self, req)
+
+    # -- the engine loop ------------------------------------------------------------------------
+    def _loop(self):
+        env = self.env
+        sched = self.sched
+        predictor = self.predictor
+        while True:
+            if self.pending:
+                self._reserve_pending()
+            plan = sched.schedule(env.now)
+            if plan.empty:
+                self._idle = True
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                self._idle = False
+                continue
+
+            start = env.now
+            if plan.prefill:
+                chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
+                durations = np.array([predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum)])
+                yield env.timeout(durations[0])
+                steps = 1
+            elif plan.max_steps == 1:
+                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1)
+                yield env.timeout(durations[0])
+                steps = 1
+            else:
+                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, plan.max_steps)
+                ends = np.cumsum(durations)
+                self._run = (start, ends, plan.n_decode)
+                self._wake = env.event()
+                yield env.timeout(float(ends[-1])) | self._wake
+                self._wake = None
+                self._run = None
+                steps = plan.max_steps
+                elapsed = env.now - start
+                if elapsed < ends[-1]:
+                    # Woken: finish the step in progress, then decide again.
+                    steps = min(int(np.searchsorted(ends, elapsed, side="right")) + 1, plan.max_steps)
+                    yield env.timeout(max(start + float(ends[steps - 1]) - env.now, 0.0))
+                    durations = durations[:steps]
+            self._after_steps(plan, durations, steps)
+
+    def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
+        outcome = self.sched.complete(plan, steps, self.env.now)
+        stats = self.stats
+        stats.steps += steps
+        stats.busy_s += float(durations.sum())
+        stats.prompt_tokens += outcome.prompt_tokens
+        stats.decode_tokens += outcome.decode_tokens
+        if plan.n_decode:
+            stats.itl_runs.append((durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders)))
+            end_of_first = self.env.now - float(durations[1:].sum())
+            for req in plan.fresh_decoders:
+                stats.itl_gaps_s.append(end_of_first - req.last_token_s)
+        stats.itl_gaps_s.extend(outcome.gap_itls_s)
+        for req in outcome.finished:
+            self.on_finish(req)
+        for req in outcome.handoffs:
+            self.on_handoff(self, req)
+
+    # -- observation --------------------------------------------------------------------------
+    def snapshot(self) -> tuple[int, int, int, int]:
+        """(requests in prefill, requests decoding, KV blocks used, decode tokens so far), counting
+        the steps of a run in progress that have already ended."""
+        sched = self.sched
+        used = self.kv.used
+        decode_tokens = self.stats.decode_tokens
+        if self._run is not None:
+            start, ends, n = self._run
+            done = int(np.searchsorted(ends, self.env.now - start, side="right"))
+            if done:
+                used += sched.cohort.new_blocks(1, done - 1)
+                decode_tokens += n * done
+        return len(sched.prefilling), sched.cohort.n, used, decode_tokens

@@ -1,0 +1,58 @@
+"""A request's life in the simulator: its lengths, where it is, and when things happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One inference request.
+
+    Progress follows vLLM v1: `num_computed` tokens have their KV in the cache of the instance
+    holding the request, `num_generated` output tokens have been sampled. A request still has
+    `input_toks + num_generated - num_computed` tokens to compute: many while it prefills (or
+    recomputes after a preemption), exactly one while it decodes.
+    """
+
+    id: int
+    input_toks: int
+    output_toks: int
+    arrival_s: float
+
+    num_computed: int = 0
+    num_generated: int = 0
+    blocks: int = 0  # KV blocks held on the instance that runs it
+
+    # Set while the request sits in a decode cohort (see cohort.py): its progress is derived
+    # from the cohort's step counter instead of being counted token by token.
+    in_cohort: bool = False
+    cohort_kv_base: int = 0
+    cohort_gen_base: int = 0
+    cohort_finish_step: int = 0
+
+    # P/D hand-off: blocks still held on the prefill instance until the KV transfer ends.
+    prefill_blocks: int = 0
+    kv_ready: bool = False  # KV arrived on the decode instance; only decoding is left
+
+    prefill_instance: str = ""
+    decode_instance: str = ""
+    first_scheduled_s: float | None = None
+    first_token_s: float | None = None
+    last_token_s: float = 0.0
+    finish_s: float | None = None
+    handoff_s: float | None = None  # prefill done, waiting for decode-side blocks
+    kv_transfer_start_s: float | None = None
+    kv_transfer_end_s: float | None = None
+    kv_bytes: int = 0
+    preemptions: int = 0
+    status: str = "queued"
+    reason: str = ""
+
+    @property
+    def tokens_to_compute(self) -> int:
+        return self.input_toks + self.num_generated - self.num_computed
+
+    @property
+    def in_decode_phase(self) -> bool:
+        return self.num_generated > 0 and self.tokens_to_compute == 1

@@ -1,0 +1,260 @@
+"""vLLM-v1-style continuous batching for one instance: what runs in the next step.
+
+Each step serves running requests first (every decoding request gets its one token, then
+partially prefilled requests get chunks), then admits waiting ones, all under the token budget
+`max_num_batched_tokens` and `max_num_seqs`. KV blocks are allocated before a step; when they
+run out the newest running request is preempted and recomputed later, as vLLM v1 does.
+
+One difference from vLLM, kept for speed: decoding requests are always served before partial
+prefills. vLLM serves the running list in admission order, so a long prefill admitted before a
+decode could take the whole budget; with the default budget (2048) and new requests appended
+at the end of the running list, this order is what vLLM does almost always.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from pdsim.engine.cohort import DecodeCohort
+from pdsim.engine.kv_cache import BlockManager, blocks_for
+from pdsim.engine.request import Request
+
+
+@dataclass(slots=True)
+class StepPlan:
+    prefill: list[tuple[Request, int]] = field(default_factory=list)  # (request, new tokens this step)
+    prefill_prefix: list[int] = field(default_factory=list)  # KV tokens each chunk attends to before it
+    n_decode: int = 0
+    kv_decode_sum: int = 0
+    max_steps: int = 1  # how many decode steps may run back to back without a scheduling decision
+    fresh_decoders: list[Request] = field(default_factory=list)  # joined with a gap since their last token
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefill and self.n_decode == 0
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    finished: list[Request] = field(default_factory=list)
+    gap_itls_s: list[float] = field(default_factory=list)  # token gaps longer than one step (after a recompute)
+    handoffs: list[Request] = field(default_factory=list)  # prefill done on a prefill-only instance
+    first_tokens: int = 0
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        kv: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        enable_chunked_prefill: bool,
+        prefill_only: bool,
+        max_decode_run_steps: int,
+    ) -> None:
+        self.kv = kv
+        self.block_size = kv.block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.prefill_only = prefill_only
+        self.max_decode_run_steps = max_decode_run_steps
+        self.waiting: deque[Request] = deque()
+        self.running: dict[Request, None] = {}  # admission order; the last one is preempted first
+        self.prefilling: list[Request] = []  # running requests still computing prompt (or recompute) tokens
+        self.cohort = DecodeCohort(kv.block_size)
+        self.waiting_tokens = 0  # tokens the waiting requests still have to compute
+        self.prefilling_kv_tokens = 0
+        self.num_preemptions = 0
+        self.num_waiting_kv_ready = 0
+        self._cohort_blocks_allocated = False
+
+    # -- queue state -------------------------------------------------------------------------
+    @property
+    def load_tokens(self) -> int:
+        """Queued plus running tokens: the router's measure of how busy this instance is."""
+        return self.waiting_tokens + self.prefilling_kv_tokens + self.cohort.kv_sum
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def add_waiting(self, req: Request) -> None:
+        self.waiting.append(req)
+        if req.kv_ready:
+            self.num_waiting_kv_ready += 1
+        self.waiting_tokens += req.tokens_to_compute
+
+    def could_admit(self, req: Request) -> bool:
+        """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
+        if len(self.running) >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
+            return False
+        need = blocks_for(req.num_computed + min(req.tokens_to_compute, self.max_num_batched_tokens),
+                          self.block_size) - req.blocks
+        return need <= self.kv.free
+
+    # -- one scheduling decision ---------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        plan = StepPlan()
+        kv = self.kv
+        cohort = self.cohort
+        preempted = False
+
+        # Decoding requests first: each needs one token and, at a block boundary, one new block.
+        self._cohort_blocks_allocated = False
+        while cohort.n and cohort.new_blocks(0, 1) > kv.free:
+            self._preempt_last(now)
+            preempted = True
+        kv.allocate(cohort.new_blocks(0, 1))
+        self._cohort_blocks_allocated = True
+        budget = self.max_num_batched_tokens - cohort.n
+
+        # Then requests that are part-way through their prefill, in admission order.
+        for req in list(self.prefilling):
+            if budget <= 0:
+                break
+            if req not in self.running:  # preempted while serving an earlier one
+                continue
+            num_new = min(req.tokens_to_compute, budget)
+            need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
+            while need > kv.free and req in self.running:
+                self._preempt_last(now)
+                preempted = True
+            if req not in self.running:
+                break
+            kv.allocate(need)
+            req.blocks += need
+            plan.prefill.append((req, num_new))
+            plan.prefill_prefix.append(req.num_computed)
+            budget -= num_new
+
+        # Then waiting requests, unless this step already had to preempt (as vLLM does) and
+        # still has work: with nothing left running, the next step would admit them anyway.
+        if not preempted or plan.empty:
+            self._admit_waiting(plan, budget, now)
+
+        plan.n_decode = cohort.n
+        plan.kv_decode_sum = cohort.kv_sum
+        if not plan.prefill and cohort.n and not preempted:
+            # Nothing else can be scheduled until a member finishes: admission is blocked by
+            # max_num_seqs, memory or budget, and none of those improve while only decodes run.
+            # (After a preemption, the next step may admit the victim again: no run then.)
+            limit = min(cohort.steps_to_next_finish(), self.max_decode_run_steps)
+            plan.max_steps = 1 + cohort.max_steps_within(kv.free, 1, limit - 1)
+        return plan
+
+    def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
+        # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
+        # the slot for their next token), so they cost no memory, and letting them wait behind a
+        # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
+        if self.num_waiting_kv_ready:
+            for req in [r for r in self.waiting if r.kv_ready]:
+                if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                    return
+                self.waiting.remove(req)
+                self.num_waiting_kv_ready -= 1
+                budget -= self._start(req, 1, now, plan)
+        # Then first come, first served, stopping at the first request that does not fit.
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            todo = req.tokens_to_compute
+            if not self.enable_chunked_prefill and todo > budget:
+                break
+            num_new = min(todo, budget)
+            if blocks_for(req.num_computed + num_new, self.block_size) - req.blocks > self.kv.free:
+                break
+            self.waiting.popleft()
+            budget -= self._start(req, num_new, now, plan)
+
+    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan) -> int:
+        """Move a waiting request into the running batch with `num_new` tokens this step."""
+        self.waiting_tokens -= req.tokens_to_compute
+        need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
+        self.kv.allocate(need)
+        req.blocks += need
+        self.running[req] = None
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = now
+        req.status = "running"
+        if req.kv_ready:
+            # A handed-off request whose KV has arrived: it decodes from this step on.
+            req.kv_ready = False
+            self.cohort.add(req)
+            plan.fresh_decoders.append(req)
+        else:
+            self.prefilling.append(req)
+            self.prefilling_kv_tokens += req.num_computed
+            plan.prefill.append((req, num_new))
+            plan.prefill_prefix.append(req.num_computed)
+        return num_new
+
+    def _preempt_last(self, now: float) -> Request:
+        victim, _ = self.running.popitem()
+        if victim.in_cohort:
+            self.cohort.remove(victim)
+            victim.last_token_s = now  # it decoded in the step that just ended
+            if self._cohort_blocks_allocated and victim.num_computed % self.block_size == 0:
+                victim.blocks += 1  # the block it was given for this step
+        else:
+            self.prefilling.remove(victim)
+            self.prefilling_kv_tokens -= victim.num_computed
+        self.kv.release(victim.blocks)
+        victim.blocks = 0
+        victim.num_computed = 0
+        victim.preemptions += 1
+        victim.status = "preempted"
+        self.num_preemptions += 1
+        self.waiting.appendleft(victim)
+        self.waiting_tokens += victim.tokens_to_compute
+        return victim
+
+    # -- after the step(s) ran ----------------------------------------------------------------
+    def complete(self, plan: StepPlan, steps_done: int, now: float) -> StepOutcome:
+        out = StepOutcome()
+        cohort = self.cohort
+        # Blocks for the decode steps after the first (the first was allocated in schedule()).
+        self.kv.allocate(cohort.new_blocks(1, steps_done - 1))
+        out.decode_tokens = cohort.n * steps_done
+        finished = cohort.advance(steps_done)
+        for req in finished:
+            del self.running[req]
+            self._finish(req, now, out)
+
+        for req, num_new in plan.prefill:
+            req.num_computed += num_new
+            self.prefilling_kv_tokens += num_new
+            out.prompt_tokens += num_new
+            if req.num_computed < req.input_toks + req.num_generated:
+                continue
+            # The chunk that completes the prompt (or the recompute) samples a token.
+            self.prefilling.remove(req)
+            self.prefilling_kv_tokens -= req.num_computed
+            if req.num_generated:
+                out.gap_itls_s.append(now - req.last_token_s)
+            req.num_generated += 1
+            if req.first_token_s is None:
+                req.first_token_s = now
+                out.first_tokens += 1
+            req.last_token_s = now
+            if req.num_generated >= req.output_toks:
+                del self.running[req]
+                self._finish(req, now, out)
+            elif self.prefill_only:
+                del self.running[req]
+                out.handoffs.append(req)
+            else:
+                cohort.add(req)
+        return out
+
+    def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
+        self.kv.release(req.blocks)
+        req.blocks = 0
+        req.finish_s = now
+        req.status = "finished"
+        out.finished.append(req)

@@ -1,0 +1,193 @@
+"""Per-request table, summary statistics and the text report of a simulation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from pdsim.engine.cluster import GIB, SimulationResult
+
+REQUEST_COLUMNS = [
+    "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
+    "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "prefill_instance", "decode_instance",
+    "kv_transfer_ms", "kv_transfer_wait_ms", "kv_bytes", "preemptions", "status", "reason",
+]
+PERCENTILES = (50, 90, 99)
+ESTIMATED_NOTE = "step times estimated from hardware specs"
+
+
+def requests_frame(result: SimulationResult) -> pd.DataFrame:
+    """One row per request, in trace order; times in seconds since the start of the trace."""
+    rows = []
+    for r in result.requests:
+        ttft = r.first_token_s - r.arrival_s if r.first_token_s is not None else math.nan
+        e2e = r.finish_s - r.arrival_s if r.finish_s is not None else math.nan
+        tpot = (
+            (r.finish_s - r.first_token_s) / (r.output_toks - 1)
+            if r.finish_s is not None and r.first_token_s is not None and r.output_toks > 1 else math.nan
+        )
+        queue = r.first_scheduled_s - r.arrival_s if r.first_scheduled_s is not None else math.nan
+        transfer = (
+            r.kv_transfer_end_s - r.kv_transfer_start_s
+            if r.kv_transfer_end_s is not None and r.kv_transfer_start_s is not None else math.nan
+        )
+        transfer_wait = (
+            r.kv_transfer_start_s - r.handoff_s
+            if r.kv_transfer_start_s is not None and r.handoff_s is not None else math.nan
+        )
+        rows.append((
+            r.id, r.input_toks, r.output_toks, r.arrival_s, _or_nan(r.first_token_s), _or_nan(r.finish_s),
+            ttft * 1e3, tpot * 1e3, e2e * 1e3, queue * 1e3, r.prefill_instance, r.decode_instance,
+            transfer * 1e3, transfer_wait * 1e3, r.kv_bytes, r.preemptions, r.status, r.reason,
+        ))
+    return pd.DataFrame.from_records(rows, columns=REQUEST_COLUMNS)
+
+
+def _or_nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _stats(values: np.ndarray) -> dict[str, float | None]:
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    pct = np.percentile(values, PERCENTILES)
+    return {"mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)}}
+
+
+def itl_samples(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
+    """All inter-token latencies (s) with their weights: each decode step gives one token to each
+    request in its batch, so a step's duration counts once per request in it."""
+    values: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    for inst in result.instances:
+        for durations, weight, first_weight in inst.stats.itl_runs:
+            w = np.full(durations.shape, weight, dtype=np.int64)
+            w[0] = first_weight
+            values.append(durations)
+            weights.append(w)
+        if inst.stats.itl_gaps_s:
+            values.append(np.asarray(inst.stats.itl_gaps_s))
+            weights.append(np.ones(len(inst.stats.itl_gaps_s), dtype=np.int64))
+    if not values:
+        return np.empty(0), np.empty(0, dtype=np.int64)
+    return np.concatenate(values), np.concatenate(weights)
+
+
+def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float | None]:
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    if values.size == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    cum = np.cumsum(weights)
+    total = cum[-1]
+    out: dict[str, float | None] = {"mean": float(np.dot(values, weights) / total)}
+    for p in PERCENTILES:
+        # The value below which p% of the tokens' latencies fall (nearest rank on the weights).
+        idx = int(np.searchsorted(cum, p / 100 * total, side="left"))
+        out[f"p{p}"] = float(values[min(idx, values.size - 1)])
+    return out
+
+
+def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None = None) -> dict:
+    finished = df[df.status == "finished"]
+    itl_values, itl_weights = itl_samples(result)
+    itl = weighted_stats(itl_values * 1e3, itl_weights)
+    if len(finished):
+        span_s = float(finished.finish_s.max() - df.arrival_s.min())
+    else:
+        span_s = 0.0
+    reasons = df[df.status != "finished"].groupby(["status", "reason"]).size()
+    estimated = any(info.estimated_profile for info in result.infos)
+    instances = []
+    for inst, info in zip(result.instances, result.infos):
+        peak_kv_gb = inst.kv.peak_used * inst.kv.block_bytes / GIB
+        instances.append({
+            "id": info.id, "pd_type": info.pd_type, "model_name": info.model_name, "hardware": info.hardware,
+            "tp": info.tp, "num_kv_blocks": info.num_kv_blocks, "kv_capacity_gb": info.kv_capacity_gb,
+            "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + peak_kv_gb,
+            "weights_gb": info.weights_gb, "activation_gb": info.activation_gb,
+            "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
+            "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
+            "profile": info.profile_path, "estimated_profile": info.estimated_profile,
+        })
+    summary = {
+        "requests": int(len(df)),
+        "finished": int(len(finished)),
+        "rejected": int((df.status == "rejected").sum()),
+        "unfinished": int((df.status == "unfinished").sum()),
+        "not_finished_reasons": [
+            {"status": status, "reason": reason, "count": int(n)} for (status, reason), n in reasons.items()
+        ],
+        "ttft_ms": _stats(finished.ttft_ms.to_numpy(dtype=float)),
+        "tpot_ms": _stats(finished.tpot_ms.to_numpy(dtype=float)),
+        "itl_ms": itl,
+        "e2e_ms": _stats(finished.e2e_ms.to_numpy(dtype=float)),
+        "queue_ms": _stats(finished.queue_ms.to_numpy(dtype=float)),
+        "kv_transfer_ms": _stats(finished.kv_transfer_ms.to_numpy(dtype=float)),
+        "throughput": {
+            "requests_per_s": len(finished) / span_s if span_s > 0 else 0.0,
+            "input_tokens_per_s": float(finished.input_toks.sum()) / span_s if span_s > 0 else 0.0,
+            "output_tokens_per_s": float(finished.output_toks.sum()) / span_s if span_s > 0 else 0.0,
+        },
+        "duration_s": span_s,
+        "sim_end_s": result.sim_end_s,
+        "instances": instances,
+        "estimated_profile": estimated,
+        "step_time_source": ESTIMATED_NOTE if estimated else "measured profiles",
+        "profile_notes": sorted({
+            note for inst in result.instances
+            for note in [*inst.predictor.notes, *inst.predictor.extrapolation_notes()]
+        }),
+    }
+    if wall_s is not None:
+        summary["wall_s"] = wall_s
+    return summary
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    lines.append(
+        f"requests: {summary['requests']} total, {summary['finished']} finished, "
+        f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
+    )
+    for item in summary["not_finished_reasons"]:
+        lines.append(f"  {item['count']} {item['status']}: {item['reason']}")
+    if summary["estimated_profile"]:
+        lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
+    for note in summary["profile_notes"]:
+        lines.append(f"note: {note}")
+    lines.append("")
+    lines.append(f"{'metric':<20}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
+    for key, label in [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
+                       ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
+                       ("kv_transfer_ms", "KV transfer (ms)")]:
+        s = summary[key]
+        if s["mean"] is None and key == "kv_transfer_ms":
+            continue
+        lines.append(f"{label:<20}" + "".join(f"{_fmt(s[k]):>12}" for k in ("mean", "p50", "p90", "p99")))
+    t = summary["throughput"]
+    lines.append("")
+    lines.append(
+        f"throughput: {t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
+        f"{t['output_tokens_per_s']:,.0f} output tok/s over {summary['duration_s']:.1f} s"
+    )
+    lines.append("")
+    lines.append(f"{'instance':<10}{'pd_type':<10}{'hardware':<12}{'tp':>3}{'kv_cap_gb':>11}"
+                 f"{'peak_kv_gb':>12}{'peak_mem_gb':>13}{'busy':>7}{'preempt':>9}")
+    for inst in summary["instances"]:
+        lines.append(
+            f"{inst['id']:<10}{inst['pd_type'] or 'both':<10}{inst['hardware']:<12}{inst['tp']:>3}"
+            f"{inst['kv_capacity_gb']:>11.2f}{inst['peak_kv_gb']:>12.2f}{inst['peak_mem_gb']:>13.2f}"
+            f"{inst['busy_fraction']:>7.0%}{inst['preemptions']:>9}"
+        )
+    lines.append("(memory per GPU, GB = 2^30 bytes)")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""Model architectures, read from Hugging Face `config.json` files.
+
+The files live in `configs/models/<org>/<name>.json` so that a model is referred to by
+its Hugging Face id and a new one is added by dropping its published config there.
+Only dense decoder-only architectures whose layer shapes we count exactly are accepted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdsim.errors import PdsimError
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+
+DTYPE_BYTES: dict[str, int] = {
+    "bfloat16": 2,
+    "float16": 2,
+    "float32": 4,
+    "fp8": 1,
+    "int8": 1,
+}
+
+# model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
+_SUPPORTED_MODEL_TYPES: dict[str, bool] = {"llama": False, "mistral": False, "qwen3": True}
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        known = ", ".join(DTYPE_BYTES)
+        raise PdsimError(f"unknown dtype {dtype!r}; known dtypes: {known}") from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    architecture: str  # HF model_type: "llama", "mistral", "qwen3"
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    has_qk_norm: bool
+    max_position_embeddings: int
+
+    # ---- tensor-parallel shapes (vLLM's column/row-parallel split) ----
+
+    def check_tp(self, tp: int) -> None:
+        """Raise PdsimError when vLLM could not shard this model `tp` ways."""
+        if tp < 1:
+            raise PdsimError(f"{self.name}: tensor-parallel size must be >= 1, got {tp}")
+        if self.num_heads % tp:
+            raise PdsimError(f"{self.name}: {self.num_heads} attention heads cannot be split over tp={tp}")
+        kv = self.num_kv_heads
+        # vLLM splits KV heads when there are enough, else replicates each on tp/kv shards.
+        if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
+            raise PdsimError(f"{self.name}: {kv} KV heads cannot be split over tp={tp}")
+
+    def heads_per_shard(self, tp: int = 1) -> int:
+        return self.num_heads // tp
+
+    def kv_heads_per_shard(self, tp: int = 1) -> int:
+        return max(1, self.num_kv_heads // tp)
+
+    def q_size(self, tp: int = 1) -> int:
+        return self.heads_per_shard(tp) * self.head_dim
+
+    def kv_size(self, tp: int = 1) -> int:
+        return self.kv_heads_per_shard(tp) * self.head_dim
+
+    def qkv_out(self, tp: int = 1) -> int:
+        return self.q_size(tp) + 2 * self.kv_size(tp)
+
+    def o_in(self, tp: int = 1) -> int:
+        return self.q_size(tp)
+
+    def intermediate_per_shard(self, tp: int = 1) -> int:
+        return math.ceil(self.intermediate_size / tp)
+
+    def vocab_per_shard(self, tp: int = 1) -> int:
+        return math.ceil(self.vocab_size / tp)
+
+    # ---- sizes ----
+
+    def _params_per_shard(self, tp: int) -> int:
+        h = self.hidden_size
+        attn = h * self.qkv_out(tp) + self.o_in(tp) * h
+        mlp = 3 * h * self.intermediate_per_shard(tp)  # gate, up, down
+        norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)  # replicated on every shard
+        embed = self.vocab_per_shard(tp) * h
+        lm_head = 0 if self.tie_word_embeddings else embed
+        return embed + self.num_layers * (attn + mlp + norms) + h + lm_head
+
+    def param_count(self) -> int:
+        return self._params_per_shard(1)
+
+    def weight_bytes(self, dtype: str, tp: int = 1) -> int:
+        """Bytes of weights held by one TP shard."""
+        return self._params_per_shard(tp) * dtype_bytes(dtype)
+
+    def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
+        """KV-cache bytes one token occupies on one TP shard (K and V, all layers)."""
+        return 2 * self.num_layers * self.kv_size(tp) * dtype_bytes(dtype)
+
+
+def known_models(models_dir: Path | None = None) -> list[str]:
+    root = Path(models_dir) if models_dir is not None else MODELS_DIR
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.json"))
+
+
+def load_model(name: str, models_dir: Path | None = None) -> ModelSpec:
+    root = (Path(models_dir) if models_dir is not None else MODELS_DIR).resolve()
+    return _load_model(name, root)
+
+
+@functools.cache
+def _load_model(name: str, root: Path) -> ModelSpec:
+    path = root / f"{name}.json"
+    # The resolve check keeps names like "../x" from escaping the models directory.
+    if not path.is_file() or root not in path.resolve().parents:
+        known = ", ".join(known_models(root)) or "(none)"
+        raise PdsimError(f"unknown model {name!r}; known models: {known} (configs in {root})")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PdsimError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(raw, dict):
+        raise PdsimError(f"{path}: expected a JSON object")
+    return _spec_from_hf(name, path, raw)
+
+
+def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
+    def field(key: str, kind: type = int, default: object = None) -> object:
+        if key not in raw or raw[key] is None:
+            if default is not None:
+                return default
+            raise PdsimError(f"{path}: missing field {key!r}")
+        value = raw[key]
+        # bool is an int subclass; a "true" layer count is a broken file, not 1.
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok or (kind is int and value <= 0):
+            expected = "a positive integer" if kind is int else kind.__name__
+            raise PdsimError(f"{path}: field {key!r}: expected {expected}, got {value!r}")
+        return value
+
+    model_type = field("model_type", str)
+    if model_type not in _SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(_SUPPORTED_MODEL_TYPES)
+        raise PdsimError(
+            f"{path}: field 'model_type': {model_type!r} is not supported; supported: {supported}"
+        )
+    for key in ("attention_bias", "mlp_bias"):
+        if raw.get(key):
+            raise PdsimError(f"{path}: field {key!r}: biased projections are not modelled")
+
+    hidden = field("hidden_size")
+    heads = field("num_attention_heads")
+    # HF defaults: no num_key_value_heads means MHA; no head_dim means hidden / heads.
+    kv_heads = field("num_key_value_heads", int, heads)
+    if hidden % heads and "head_dim" not in raw:
+        raise PdsimError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    head_dim = field("head_dim", int, hidden // heads)
+    if heads % kv_heads:
+        raise PdsimError(
+            f"{path}: field 'num_key_value_heads': {kv_heads} does not divide num_attention_heads {heads}"
+        )
+    return ModelSpec(
+        name=name,
+        architecture=model_type,
+        hidden_size=hidden,
+        num_layers=field("num_hidden_layers"),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=field("intermediate_size"),
+        vocab_size=field("vocab_size"),
+        tie_word_embeddings=field("tie_word_embeddings", bool, False) is True,
+        has_qk_norm=_SUPPORTED_MODEL_TYPES[model_type],
+        max_position_embeddings=field("max_position_embeddings"),
+    )

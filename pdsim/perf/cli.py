@@ -1,0 +1,45 @@
+"""`estimate`: write a roofline-estimated profile in the pdsim format (the lead mounts it as
+`pdsim profile estimate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pdsim.errors import PdsimError
+from pdsim.hardware import get_hardware, known_hardware
+from pdsim.models import dtype_bytes, load_model
+from pdsim.perf.estimate import estimate_meta, estimate_rows
+from pdsim.perf.profile import profile_path, write_profile
+
+
+@click.command("estimate")
+@click.option("--hardware", required=True, help=f"GPU name; one of: {', '.join(known_hardware())}")
+@click.option(
+    "--model", "model_name", required=True, help="Hugging Face model id, e.g. meta-llama/Llama-3.1-8B"
+)
+@click.option("--dtype", default="bfloat16", show_default=True)
+@click.option("--tp", default=1, show_default=True, type=int, help="tensor-parallel degree")
+@click.option(
+    "--out",
+    default="profiles",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/",
+)
+def estimate(hardware: str, model_name: str, dtype: str, tp: int, out: Path) -> None:
+    """Estimate a latency profile from hardware specs (roofline per op) and write it."""
+    spec = get_hardware(hardware)
+    if spec is None:
+        raise PdsimError(
+            f"--hardware: unknown GPU {hardware!r}; known hardware: {', '.join(known_hardware())}"
+        )
+    dtype_bytes(dtype)  # rejects unknown dtypes with the list of known ones
+    model = load_model(model_name)
+    meta = estimate_meta(spec, model, dtype, tp)
+    directory = profile_path(out, spec.name, model.name, dtype, tp)
+    meta.path = str(directory)
+    dense, per_seq, prefill, decode = estimate_rows(spec, model, dtype, tp)
+    write_profile(directory, meta, dense, per_seq, prefill, decode)
+    click.echo(f"wrote estimated profile {directory}")

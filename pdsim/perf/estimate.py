@@ -1,0 +1,264 @@
+"""Latency profiles estimated from hardware specs when none was measured.
+
+Each op of one decoder layer (one TP shard) gets a roofline time
+
+    time_us = max(flops / (peak * eff_compute), bytes / (bandwidth * eff_mem)) + KERNEL_LAUNCH_US
+
+tabulated on the same grids a measured profile uses, so the predictor cannot tell them apart
+except by `source: estimated`. The efficiencies are physical, not fitted to one GPU:
+
+* GEMM_COMPUTE_EFF_MAX = 0.8: cuBLAS/CUTLASS BF16 GEMMs of LLM shapes reach 70-85 % of the dense
+  tensor peak at large M (clock throttling under sustained tensor load and epilogues cost the rest);
+  NVIDIA's aiconfigurator H100 GEMM data shows 0.75-0.85 for M >= 1024.
+* small M loses compute efficiency to tile quantisation (a 64/128-row tile is partly empty) and
+  too few tiles to fill the SMs: eff = MAX * M / (M + GEMM_HALF_EFF_M), i.e. half at M = 64.
+  At small M the GEMM is bound by streaming its weights anyway.
+* MEM_EFF = 0.8: streaming kernels reach ~80 % of datasheet DRAM bandwidth (refresh, page misses).
+* FLASH_ATTN_COMPUTE_EFF = 0.5: flash attention's softmax and causal-mask tile imbalance keep
+  it at about half of peak on prefill.
+* a short prefill chunk over a long prefix cannot fill the GPU: flash attention runs one thread
+  block per (128-row query tile, head), each walking the whole KV sequentially, so the step
+  takes at least ceil(blocks / SMs) times one block's work at one SM's full peak (the critical
+  path). Chunks of 16 and 128 tokens over a 16k prefix therefore cost the same.
+* decode attention streams the cached K and V once per request: memory bound at MEM_EFF.
+* KERNEL_LAUNCH_US = 4: the floor a tiny kernel costs on the GPU (launch, ramp-up, tail).
+* the sampler is several small kernels (temperature, softmax, top-k/p, argmax) over fp32 logits:
+  SAMPLER_KERNELS launches plus SAMPLER_PASSES passes over the logits.
+
+TP all-reduce is not tabulated here; the predictor models it from the link.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+
+from pdsim import __version__ as PDSIM_VERSION
+from pdsim.errors import ProfileError
+from pdsim.hardware import HardwareSpec, get_hardware, known_hardware
+from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.interp import Table1D, Table2D
+from pdsim.perf.profile import (
+    PROFILES_ROOT,
+    Profile,
+    ProfileMeta,
+    find_profile,
+    profile_path,
+)
+
+GEMM_COMPUTE_EFF_MAX = 0.8
+GEMM_HALF_EFF_M = 64.0
+MEM_EFF = 0.8
+FLASH_ATTN_COMPUTE_EFF = 0.5
+KERNEL_LAUNCH_US = 4.0
+SAMPLER_KERNELS = 5
+SAMPLER_PASSES = 4
+FLASH_ATTN_TILE_ROWS = 128
+# Streaming multiprocessors per GPU (vendor specs); used only for the attention critical path.
+# Belongs in HardwareSpec once that grows the field; unknown GPUs get an H100's count.
+SM_COUNT: dict[str, int] = {
+    "RTXPRO6000": 188,
+    "H100-SXM": 132,
+    "H200": 132,
+    "A100-80GB": 108,
+    "L40S": 142,
+    "RTX4090": 128,
+}
+DEFAULT_SM_COUNT = 132
+
+
+def _geometric_grid(stop: int, factor: float = 1.25, dense_until: int = 16, start: int = 1) -> list[int]:
+    """start..dense_until in steps of 1, then x factor (rounded, deduplicated) up to stop."""
+    grid = list(range(start, min(dense_until, stop) + 1))
+    x = float(grid[-1])
+    while grid[-1] < stop:
+        x *= factor
+        v = min(stop, int(round(x)))
+        if v > grid[-1]:
+            grid.append(v)
+    return grid
+
+
+TOKEN_GRID = _geometric_grid(16384)
+SEQUENCE_GRID = _geometric_grid(512)
+CHUNK_GRID = _geometric_grid(16384, factor=1.5, dense_until=4)
+PREFIX_GRID = [0, *_geometric_grid(131072, factor=1.6, dense_until=16, start=16)]
+BATCH_GRID = _geometric_grid(512, factor=1.25, dense_until=8)
+KV_GRID = [0, *_geometric_grid(131072, factor=1.6, dense_until=16, start=16)]
+
+
+class _Roofline:
+    def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, tp: int):
+        self.m, self.tp, self.dt = model, tp, dtype_bytes(dtype)
+        tflops = hw.fp8_tflops if self.dt == 1 and hw.fp8_tflops > 0 else hw.bf16_tflops
+        self.flops_per_us = tflops * 1e6  # TFLOP/s = 1e6 FLOP/us
+        self.bytes_per_us = hw.mem_bw_gbps * 1e3  # GB/s = 1e3 bytes/us
+        self.sm_count = SM_COUNT.get(hw.name, DEFAULT_SM_COUNT)
+
+    def mem_us(self, nbytes: float) -> float:
+        return nbytes / (self.bytes_per_us * MEM_EFF) + KERNEL_LAUNCH_US
+
+    def gemm_us(self, m: int, n: int, k: int) -> float:
+        eff = GEMM_COMPUTE_EFF_MAX * m / (m + GEMM_HALF_EFF_M)
+        compute = 2.0 * m * n * k / (self.flops_per_us * eff)
+        memory = (m * k + k * n + m * n) * self.dt / (self.bytes_per_us * MEM_EFF)
+        return max(compute, memory) + KERNEL_LAUNCH_US
+
+    def dense(self, op: str, t: int) -> float:
+        m, tp, dt = self.m, self.tp, self.dt
+        h, q, kv, inter = m.hidden_size, m.q_size(tp), m.kv_size(tp), m.intermediate_per_shard(tp)
+        if op in ("layernorm", "final_layernorm"):  # read x (+ residual), write both
+            return self.mem_us(4 * t * h * dt + h * dt)
+        if op == "qkv_proj":
+            return self.gemm_us(t, q + 2 * kv, h)
+        if op == "qk_norm":
+            return self.mem_us(2 * t * (q + kv) * dt)
+        if op == "rotary_emb":  # rotate q and k in place, cos/sin cache read
+            return self.mem_us(2 * t * (q + kv) * dt + t * m.head_dim * 4)
+        if op == "o_proj":
+            return self.gemm_us(t, h, q)
+        if op == "gate_up_proj":
+            return self.gemm_us(t, 2 * inter, h)
+        if op == "act_fn":  # SiLU(gate) * up: read 2 x inter, write 1 x inter
+            return self.mem_us(3 * t * inter * dt)
+        if op == "down_proj":
+            return self.gemm_us(t, h, inter)
+        if op == "embedding":  # gather T rows
+            return self.mem_us(2 * t * h * dt)
+        raise ValueError(op)
+
+    def per_sequence(self, op: str, s: int) -> float:
+        vocab = self.m.vocab_per_shard(self.tp)
+        if op == "lm_head":
+            return self.gemm_us(s, vocab, self.m.hidden_size)
+        if op == "sampler":
+            passes = s * vocab * 4 * SAMPLER_PASSES
+            return passes / (self.bytes_per_us * MEM_EFF) + SAMPLER_KERNELS * KERNEL_LAUNCH_US
+        raise ValueError(op)
+
+    def _kv_cache_write_us(self, tokens: int) -> float:
+        # vLLM's reshape_and_cache: write the step's new K and V into the paged cache.
+        return self.mem_us(2 * tokens * 2 * self.m.kv_size(self.tp) * self.dt)
+
+    def attention_prefill(self, chunk: int, prefix: int) -> float:
+        m, tp, dt = self.m, self.tp, self.dt
+        heads, d = m.heads_per_shard(tp), m.head_dim
+        # Causal: each new token sees the prefix plus on average half the chunk.
+        pairs = chunk * (prefix + (chunk + 1) / 2)
+        flops = 4.0 * pairs * heads * d  # QK^T and PV
+        nbytes = (2 * chunk * m.q_size(tp) + 2 * (prefix + chunk) * m.kv_size(tp)) * dt
+        compute = flops / (self.flops_per_us * FLASH_ATTN_COMPUTE_EFF)
+        memory = nbytes / (self.bytes_per_us * MEM_EFF)
+        # Critical path: one block = one padded query tile of one head over its causal KV span.
+        tiles = -(-chunk // FLASH_ATTN_TILE_ROWS)
+        waves = -(-(tiles * heads) // self.sm_count)
+        block_flops = 4.0 * FLASH_ATTN_TILE_ROWS * (prefix + (chunk + FLASH_ATTN_TILE_ROWS) / 2) * d
+        critical = waves * block_flops / (self.flops_per_us / self.sm_count)
+        return max(compute, memory, critical) + KERNEL_LAUNCH_US + self._kv_cache_write_us(chunk)
+
+    def attention_decode(self, batch: int, kv_tokens: int) -> float:
+        m, tp, dt = self.m, self.tp, self.dt
+        ctx = kv_tokens + 1  # the new token attends to itself too
+        nbytes = batch * (2 * ctx * m.kv_size(tp) + 2 * m.q_size(tp)) * dt
+        flops = 4.0 * batch * ctx * m.heads_per_shard(tp) * m.head_dim
+        compute = flops / (self.flops_per_us * FLASH_ATTN_COMPUTE_EFF)
+        memory = nbytes / (self.bytes_per_us * MEM_EFF)
+        return max(compute, memory) + KERNEL_LAUNCH_US + self._kv_cache_write_us(batch)
+
+
+def estimate_rows(
+    hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int
+) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+    """(dense, per_sequence, attention_prefill, attention_decode) rows in write_profile's layout."""
+    model.check_tp(tp)
+    r = _Roofline(hardware, model, dtype, tp)
+    ops = ["layernorm", "qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn", "down_proj"]
+    if model.has_qk_norm:
+        ops.append("qk_norm")
+    ops += ["embedding", "final_layernorm"]
+    dense = [(op, t, r.dense(op, t)) for op in ops for t in TOKEN_GRID]
+    per_seq = [(op, s, r.per_sequence(op, s)) for op in ("lm_head", "sampler") for s in SEQUENCE_GRID]
+    prefill = [(c, p, r.attention_prefill(c, p)) for c in CHUNK_GRID for p in PREFIX_GRID]
+    decode = [(b, kv, r.attention_decode(b, kv)) for b in BATCH_GRID for kv in KV_GRID]
+    return dense, per_seq, prefill, decode
+
+
+def estimate_meta(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int) -> ProfileMeta:
+    return ProfileMeta(
+        hardware=hardware.name,
+        model=model.name,
+        dtype=dtype,
+        tp=tp,
+        source="estimated",
+        tool="pdsim estimate",
+        tool_version=PDSIM_VERSION,
+        created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        num_layers=model.num_layers,
+        device={"name": hardware.description, "spec_source": hardware.source},
+        activation_peak_bytes=None,
+        notes=(
+            f"roofline per op: compute eff {GEMM_COMPUTE_EFF_MAX} x M/(M+{GEMM_HALF_EFF_M:g}), "
+            f"flash-attn eff {FLASH_ATTN_COMPUTE_EFF}, memory eff {MEM_EFF}, "
+            f"+{KERNEL_LAUNCH_US:g} us per kernel (pdsim/perf/estimate.py)"
+        ),
+        path=f"<estimated {hardware.name}/{model.name}/{dtype}/tp{tp}>",
+        fmt="pdsim",
+    )
+
+
+def _table1d(name: str, rows: list[tuple], axis: str) -> dict[str, Table1D]:
+    tables: dict[str, Table1D] = {}
+    for op in dict.fromkeys(r[0] for r in rows):
+        pts = [(x, us) for o, x, us in rows if o == op]
+        tables[op] = Table1D(f"{name}:{op}", [p[0] for p in pts], [p[1] for p in pts], axis)
+    return tables
+
+
+def _table2d(name: str, rows: list[tuple], xs: list[int], ys: list[int], axes: tuple[str, str]) -> Table2D:
+    values = np.array([us for _, _, us in rows]).reshape(len(xs), len(ys))
+    return Table2D(name, xs, ys, values, axes)
+
+
+def estimate_profile(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int) -> Profile:
+    """An in-memory profile from the roofline (source "estimated")."""
+    dense, per_seq, prefill, decode = estimate_rows(hardware, model, dtype, tp)
+    return Profile(
+        meta=estimate_meta(hardware, model, dtype, tp),
+        dense=_table1d("estimated dense", dense, "tokens"),
+        per_sequence=_table1d("estimated per_sequence", per_seq, "sequences"),
+        attention_prefill=_table2d(
+            "estimated attention_prefill",
+            prefill,
+            CHUNK_GRID,
+            PREFIX_GRID,
+            ("chunk_tokens", "kv_prefix_tokens"),
+        ),
+        attention_decode=_table2d(
+            "estimated attention_decode", decode, BATCH_GRID, KV_GRID, ("batch_size", "kv_tokens")
+        ),
+    )
+
+
+def load_or_estimate(
+    hardware_name: str,
+    model: ModelSpec,
+    dtype: str,
+    tp: int,
+    root=None,
+    profile_dir=None,
+) -> Profile:
+    """The profile on disk for this instance, else one estimated from the hardware spec."""
+    found = find_profile(hardware_name, model.name, dtype, tp, root=root, profile_dir=profile_dir)
+    if found is not None:
+        return found
+    spec = get_hardware(hardware_name)
+    if spec is None:
+        where = profile_path(
+            root if root is not None else PROFILES_ROOT, hardware_name, model.name, dtype, tp
+        )
+        raise ProfileError(
+            f"no measured profile for {hardware_name}/{model.name}/{dtype}/tp{tp} under {where} and no "
+            f"hardware spec to estimate one; known hardware: {', '.join(known_hardware())}"
+        )
+    return estimate_profile(spec, model, dtype, tp)

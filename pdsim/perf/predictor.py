@@ -1,0 +1,233 @@
+"""Step time of one engine iteration, composed from a profile's per-op tables.
+
+For a step with prefill chunks (new tokens c_i, cached prefix p_i) and n decode requests whose
+KV lengths sum to K:  T = sum(c_i) + n new tokens,  S = len(chunks) + n sequences,  L layers,
+
+    time = L * sum_op(count_op * dense_op(T)) + embedding(T) + final_layernorm(T)
+         + lm_head(S) + sampler(S)
+         + L * attention
+         + (tp > 1) 2 * L * allreduce(T * hidden * dtype_bytes)
+         + step_overhead
+
+attention (pdsim format)  = sum_i prefill(c_i, p_i) + (n > 0) decode(n, K / n)
+attention (LLMServingSim) = grid4d(sum c_i, sum p_i, n, K / n), once per step.
+
+The simulator asks for millions of steps, most with a shape it has seen, so everything that
+repeats is memoised: the token-parallel part by T, the per-sequence part by S, each decode
+batch size's attention as a 1-D (kv -> us) slice, and whole steps by their exact key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pdsim.errors import ProfileError
+from pdsim.hardware import HardwareSpec
+from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.interp import Table1D
+from pdsim.perf.profile import PER_LAYER_OPS, PER_STEP_OPS, Profile
+
+_STEP_CACHE_MAX = 2_000_000  # entries; cleared when full so memory stays bounded on long runs
+
+
+class StepTimePredictor:
+    def __init__(
+        self,
+        profile: Profile,
+        model: ModelSpec,
+        tp: int,
+        hardware: HardwareSpec | None,
+        step_overhead_us: float = 0.0,
+    ):
+        self.profile = profile
+        self.model = model
+        self.tp = tp
+        self.hardware = hardware
+        self.step_overhead_us = float(step_overhead_us)
+        self.estimated: bool = profile.estimated
+        self.profile_path: str = profile.meta.path
+        self.num_layers = model.num_layers
+        self._grid4d = profile.attention_grid4d
+        if self._grid4d is None and (profile.attention_prefill is None or profile.attention_decode is None):
+            raise ProfileError(f"{profile.meta.path}: profile has no attention tables")
+        self._dense_items = [(profile.dense[op], c) for op, c in PER_LAYER_OPS.items() if op in profile.dense]
+        self._step_items = [profile.dense[op] for op in PER_STEP_OPS]
+        self._lm_head = profile.per_sequence["lm_head"]
+        self._sampler = profile.per_sequence["sampler"]
+        self._act_bytes_per_token = model.hidden_size * dtype_bytes(profile.meta.dtype)
+
+        # Notes a report should carry about how these times were obtained.
+        self.notes: list[str] = []
+        if self.estimated:
+            self.notes.append("step times estimated from hardware specs")
+        self._allreduce_table = profile.allreduce
+        if tp > 1 and self._allreduce_table is None:
+            if hardware is None:
+                raise ProfileError(
+                    f"{profile.meta.path}: tp={tp} needs an all-reduce time, but the profile has no "
+                    f"allreduce.csv and hardware {profile.meta.hardware!r} has no spec to model one"
+                )
+            self.notes.append(
+                f"TP all-reduce modelled (ring over {hardware.name} intra-node link, "
+                f"{hardware.intra_node_bw_gbps:g} GB/s, {hardware.intra_node_latency_ns:g} ns), not measured"
+            )
+
+        self._nonattn_cache: dict[tuple[int, int], float] = {}
+        self._dense_cache: dict[int, float] = {}
+        self._seq_cache: dict[int, float] = {}
+        self._prefill_cache: dict[tuple[int, int], float] = {}
+        self._decode_slices: dict[int, Table1D] = {}
+        self._step_cache: dict[tuple, float] = {}
+
+    # ------------------------------------------------------------ parts
+
+    def _allreduce_us(self, nbytes: float) -> float:
+        if self._allreduce_table is not None:
+            return self._allreduce_table(nbytes)
+        # Ring all-reduce: reduce-scatter + all-gather each move (tp-1)/tp of the data over the
+        # slowest link and take tp-1 latency-bound hops.
+        hw, tp = self.hardware, self.tp
+        bw_bytes_per_us = hw.intra_node_bw_gbps * 1e3  # GB/s = 1e3 bytes/us
+        return 2 * (tp - 1) / tp * nbytes / bw_bytes_per_us + 2 * (tp - 1) * hw.intra_node_latency_ns * 1e-3
+
+    def _dense_us(self, tokens: int) -> float:
+        """Token-parallel ops at T tokens, all layers, plus the TP all-reduces (also by T)."""
+        cached = self._dense_cache.get(tokens)
+        if cached is not None:
+            return cached
+        per_layer = 0.0
+        for table, count in self._dense_items:
+            per_layer += count * table(tokens)
+        if self.tp > 1:
+            per_layer += 2 * self._allreduce_us(tokens * self._act_bytes_per_token)
+        us = self.num_layers * per_layer
+        for table in self._step_items:
+            us += table(tokens)
+        self._dense_cache[tokens] = us
+        return us
+
+    def _per_seq_us(self, sequences: int) -> float:
+        cached = self._seq_cache.get(sequences)
+        if cached is None:
+            cached = self._lm_head(sequences) + self._sampler(sequences)
+            self._seq_cache[sequences] = cached
+        return cached
+
+    def _nonattn_us(self, tokens: int, sequences: int) -> float:
+        key = (tokens, sequences)
+        cached = self._nonattn_cache.get(key)
+        if cached is None:
+            cached = self._dense_us(tokens) + self._per_seq_us(sequences) + self.step_overhead_us
+            self._nonattn_cache[key] = cached
+        return cached
+
+    def _decode_slice(self, n_decode: int) -> Table1D:
+        """mean decode KV -> per-layer attention us for a decode batch of n_decode."""
+        table = self._decode_slices.get(n_decode)
+        if table is None:
+            if self._grid4d is not None:
+                table = self._grid4d.slice_last_axis(0.0, 0.0, float(n_decode))
+            else:
+                table = self.profile.attention_decode.slice_at_x(float(n_decode))
+            self._decode_slices[n_decode] = table
+        return table
+
+    def _decode_attn_us(self, n_decode: int, kv_mean: float) -> float:
+        # Goes through the same vectorised routine as decode_run_s so both agree bit for bit.
+        return float(self._decode_slice(n_decode).eval_sorted(np.array([kv_mean]))[0])
+
+    def _prefill_attn_us(self, chunk: int, prefix: int) -> float:
+        key = (chunk, prefix)
+        cached = self._prefill_cache.get(key)
+        if cached is None:
+            cached = self.profile.attention_prefill(chunk, prefix)
+            self._prefill_cache[key] = cached
+        return cached
+
+    # ------------------------------------------------------------ public
+
+    def step_time_s(
+        self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int
+    ) -> float:
+        """Seconds one engine step takes.
+
+        prefill_chunks: (new tokens, KV prefix tokens cached before this step) per prefill
+        request; n_decode decode requests computing one token each, whose KV lengths before the
+        step sum to kv_decode_sum.
+        """
+        chunks = tuple(prefill_chunks) if not isinstance(prefill_chunks, tuple) else prefill_chunks
+        key = (chunks, n_decode, kv_decode_sum)
+        cached = self._step_cache.get(key)
+        if cached is not None:
+            return cached
+
+        chunk_sum = 0
+        for c, _ in chunks:
+            chunk_sum += c
+        tokens = chunk_sum + n_decode
+        if tokens <= 0:
+            return 0.0
+        sequences = len(chunks) + n_decode
+
+        if self._grid4d is not None:
+            if chunks:
+                prefix_sum = sum(p for _, p in chunks)
+                kv_mean = kv_decode_sum / n_decode if n_decode else 0.0
+                attn = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), kv_mean)
+            else:
+                attn = self._decode_attn_us(n_decode, kv_decode_sum / n_decode)
+        else:
+            attn = 0.0
+            for c, p in chunks:
+                attn += self._prefill_attn_us(c, p)
+            if n_decode:
+                attn += self._decode_attn_us(n_decode, kv_decode_sum / n_decode)
+
+        seconds = (self._nonattn_us(tokens, sequences) + self.num_layers * attn) * 1e-6
+        if len(self._step_cache) >= _STEP_CACHE_MAX:
+            self._step_cache.clear()
+        self._step_cache[key] = seconds
+        return seconds
+
+    def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int) -> np.ndarray:
+        """Durations of num_steps consecutive decode-only steps of the same n_decode requests.
+
+        Step j has KV sum kv_decode_sum + j * n_decode. Equal to calling step_time_s for each.
+        """
+        if num_steps <= 0:
+            return np.zeros(0)
+        if n_decode <= 0:
+            return np.zeros(num_steps)
+        kv_sums = kv_decode_sum + np.arange(num_steps, dtype=np.float64) * n_decode
+        attn = self._decode_slice(n_decode).eval_sorted(kv_sums / n_decode)
+        return (self._nonattn_us(n_decode, n_decode) + self.num_layers * attn) * 1e-6
+
+    def activation_reserve_bytes(self, max_num_batched_tokens: int) -> int:
+        """Activation/workspace bytes the engine keeps free of KV cache on one GPU.
+
+        From the profile's measured peak when it has one (rescaled linearly in tokens when it
+        records the max_num_batched_tokens it was measured at). Otherwise an estimate of what
+        vLLM's profiling forward pass peaks at, per TP shard, with T = max_num_batched_tokens:
+            T * dtype_bytes * (4 * hidden + qkv_out + 3 * intermediate_per_shard)
+              -- residual, normed input, attention output and the layer output (4 x hidden),
+                 the fused QKV output, and gate_up output plus its activation (3 x inter.)
+            + min(T, 1024) * vocab_per_shard * 4 * 2
+              -- fp32 logits and their softmax for up to 1024 sampled sequences
+        """
+        meta = self.profile.meta
+        if meta.activation_peak_bytes is not None:
+            if meta.activation_tokens:
+                return int(meta.activation_peak_bytes * max_num_batched_tokens / meta.activation_tokens)
+            return int(meta.activation_peak_bytes)
+        m, tp, t = self.model, self.tp, max_num_batched_tokens
+        per_token = dtype_bytes(meta.dtype) * (
+            4 * m.hidden_size + m.qkv_out(tp) + 3 * m.intermediate_per_shard(tp)
+        )
+        logits = min(t, 1024) * m.vocab_per_shard(tp) * 4 * 2
+        return int(t * per_token + logits)
+
+    def extrapolation_notes(self) -> list[str]:
+        """One line per table a lookup left the grid of (for reports)."""
+        return [t.out_of_range for t in self.profile.tables() if t.out_of_range]

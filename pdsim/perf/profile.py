@@ -1,0 +1,463 @@
+"""Latency profiles on disk: the pdsim format (see profiles/README.md) and LLMServingSim's.
+
+A `Profile` holds the lookup tables of one (hardware, model, dtype, tp); how they compose into a
+step time is `pdsim/perf/predictor.py`'s business. Reading is strict: every problem is a
+`ProfileError` naming the file, the row or column and what was expected, because a silently
+misread profile skews every number a simulation reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pdsim.errors import ProfileError
+from pdsim.perf.interp import Table1D, Table2D, TableND
+
+FORMAT_NAME = "pdsim-profile"
+FORMAT_VERSION = 1
+PROFILES_ROOT = Path(__file__).resolve().parents[2] / "profiles"
+
+# op -> how many times it runs per step-layer; "per_step" ops run once per step, not per layer.
+PER_LAYER_OPS: dict[str, int] = {
+    "layernorm": 2,
+    "qkv_proj": 1,
+    "qk_norm": 1,
+    "rotary_emb": 1,
+    "o_proj": 1,
+    "gate_up_proj": 1,
+    "act_fn": 1,
+    "down_proj": 1,
+    "residual_add": 2,
+}
+PER_STEP_OPS: tuple[str, ...] = ("embedding", "final_layernorm")
+OPTIONAL_DENSE_OPS: frozenset[str] = frozenset({"qk_norm", "residual_add"})
+DENSE_OPS: tuple[str, ...] = (*PER_LAYER_OPS, *PER_STEP_OPS)
+PER_SEQUENCE_OPS: tuple[str, ...] = ("lm_head", "sampler")
+
+
+@dataclass
+class ProfileMeta:
+    hardware: str
+    model: str
+    dtype: str
+    tp: int
+    source: str = "measured"  # "measured" | "estimated"
+    tool: str = ""
+    tool_version: str = ""
+    created_at: str = ""
+    num_layers: int | None = None  # of the profiled model (LLMServingSim profiles a 1-layer copy)
+    device: dict = field(default_factory=dict)
+    activation_peak_bytes: int | None = None
+    notes: str = ""
+    path: str = ""
+    fmt: str = "pdsim"  # "pdsim" | "llmservingsim"
+    # max_num_batched_tokens the activation peak was measured at (lets it be rescaled), if known
+    activation_tokens: int | None = None
+
+
+@dataclass
+class Profile:
+    meta: ProfileMeta
+    dense: dict[str, Table1D]
+    per_sequence: dict[str, Table1D]
+    attention_prefill: Table2D | None = None
+    attention_decode: Table2D | None = None
+    attention_grid4d: TableND | None = None
+    allreduce: Table1D | None = None
+
+    @property
+    def estimated(self) -> bool:
+        return self.meta.source == "estimated"
+
+    def tables(self) -> list:
+        """Every lookup table, e.g. to collect their extrapolation notes for a report."""
+        found = [*self.dense.values(), *self.per_sequence.values()]
+        for t in (self.attention_prefill, self.attention_decode, self.attention_grid4d, self.allreduce):
+            if t is not None:
+                found.append(t)
+        return found
+
+
+# ---------------------------------------------------------------- CSV reading
+
+
+def _read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str]) -> list[tuple]:
+    """Rows of `path` as tuples in `columns` order; the `numeric` columns as floats.
+
+    Row numbers in errors are file line numbers (the header is line 1).
+    """
+    if not path.is_file():
+        raise ProfileError(f"{path}: missing profile file (expected columns {','.join(columns)})")
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ProfileError(f"{path}: empty file; expected a header {','.join(columns)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ProfileError(
+                f"{path}: line 1: missing column(s) {', '.join(missing)}; expected {','.join(columns)}, "
+                f"found {','.join(header)}"
+            )
+        idx = [header.index(c) for c in columns]
+        num = set(numeric)
+        rows = []
+        for line_no, raw in enumerate(reader, start=2):
+            if not raw or all(not c.strip() for c in raw):
+                continue
+            if len(raw) < len(header):
+                raise ProfileError(
+                    f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
+                )
+            row = []
+            for c, i in zip(columns, idx, strict=True):
+                cell = raw[i].strip()
+                if c in num:
+                    try:
+                        value = float(cell)
+                    except ValueError:
+                        value = math.nan
+                    if not math.isfinite(value):
+                        raise ProfileError(
+                            f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
+                        )
+                    if value < 0:
+                        raise ProfileError(
+                            f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"
+                        )
+                    row.append(value)
+                else:
+                    row.append(cell)
+            rows.append(tuple(row))
+    if not rows:
+        raise ProfileError(f"{path}: no data rows")
+    return rows
+
+
+def _tables_by_op(
+    path: Path,
+    rows: Iterable[tuple[str, float, float]],
+    known: Sequence[str],
+    required: Iterable[str],
+    axis: str,
+) -> dict[str, Table1D]:
+    by_op: dict[str, dict[float, float]] = {}
+    for op, x, us in rows:
+        if op not in known:
+            raise ProfileError(f"{path}: unknown op {op!r}; known ops: {', '.join(known)}")
+        points = by_op.setdefault(op, {})
+        if x in points:
+            raise ProfileError(f"{path}: op {op!r} has two rows for {axis}={x:g}")
+        points[x] = us
+    missing = [op for op in required if op not in by_op]
+    if missing:
+        raise ProfileError(f"{path}: missing op(s) {', '.join(missing)}")
+    tables = {}
+    for op, points in by_op.items():
+        xs = sorted(points)
+        tables[op] = Table1D(f"{path.name}:{op}", xs, [points[x] for x in xs], axis)
+    return tables
+
+
+def _full_grid(path: Path, rows: Sequence[tuple[float, float, float]], axes: tuple[str, str]) -> Table2D:
+    xs = sorted({r[0] for r in rows})
+    ys = sorted({r[1] for r in rows})
+    xi = {x: i for i, x in enumerate(xs)}
+    yi = {y: j for j, y in enumerate(ys)}
+    values = np.full((len(xs), len(ys)), np.nan)
+    for x, y, us in rows:
+        if not math.isnan(values[xi[x], yi[y]]):
+            raise ProfileError(f"{path}: two rows for {axes[0]}={x:g}, {axes[1]}={y:g}")
+        values[xi[x], yi[y]] = us
+    holes = np.argwhere(np.isnan(values))
+    if len(holes):
+        i, j = holes[0]
+        raise ProfileError(
+            f"{path}: not a full grid: no row for {axes[0]}={xs[i]:g}, {axes[1]}={ys[j]:g} "
+            f"({len(holes)} of {values.size} grid points missing); every {axes[0]} value needs "
+            f"every {axes[1]} value"
+        )
+    return Table2D(path.name, xs, ys, values, axes)
+
+
+# ---------------------------------------------------------------- pdsim format
+
+
+def _read_pdsim(root: Path) -> Profile:
+    meta_path = root / "meta.json"
+    try:
+        raw = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{meta_path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{meta_path}: expected a JSON object")
+    if raw.get("format", FORMAT_NAME) != FORMAT_NAME or raw.get("format_version", 1) != FORMAT_VERSION:
+        raise ProfileError(
+            f"{meta_path}: format {raw.get('format')!r} version {raw.get('format_version')!r}; "
+            f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}"
+        )
+
+    def need(key: str, kind: type) -> object:
+        if key not in raw:
+            raise ProfileError(f"{meta_path}: missing field {key!r}")
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
+            raise ProfileError(f"{meta_path}: field {key!r}: expected {kind.__name__}, got {raw[key]!r}")
+        return raw[key]
+
+    source = need("source", str)
+    if source not in ("measured", "estimated"):
+        raise ProfileError(f"{meta_path}: field 'source': expected 'measured' or 'estimated', got {source!r}")
+    memory = raw.get("memory") or {}
+    meta = ProfileMeta(
+        hardware=need("hardware", str),
+        model=need("model", str),
+        dtype=need("dtype", str),
+        tp=need("tp", int),
+        source=source,
+        tool=str(raw.get("tool", "")),
+        tool_version=str(raw.get("tool_version", "")),
+        created_at=str(raw.get("created_at", "")),
+        num_layers=raw.get("num_layers"),
+        device=raw.get("device") or {},
+        activation_peak_bytes=memory.get("activation_peak_bytes"),
+        activation_tokens=memory.get("max_num_batched_tokens"),
+        notes=str(raw.get("notes", "")),
+        path=str(root),
+        fmt="pdsim",
+    )
+    dense_path = root / "dense.csv"
+    dense = _tables_by_op(
+        dense_path,
+        _read_csv(dense_path, ("op", "tokens", "time_us"), ("tokens", "time_us")),
+        DENSE_OPS,
+        [op for op in DENSE_OPS if op not in OPTIONAL_DENSE_OPS],
+        "tokens",
+    )
+    seq_path = root / "per_sequence.csv"
+    per_seq = _tables_by_op(
+        seq_path,
+        _read_csv(seq_path, ("op", "sequences", "time_us"), ("sequences", "time_us")),
+        PER_SEQUENCE_OPS,
+        PER_SEQUENCE_OPS,
+        "sequences",
+    )
+    cols = ("chunk_tokens", "kv_prefix_tokens", "time_us")
+    p = root / "attention_prefill.csv"
+    prefill = _full_grid(p, _read_csv(p, cols, cols), cols[:2])
+    cols = ("batch_size", "kv_tokens", "time_us")
+    p = root / "attention_decode.csv"
+    decode = _full_grid(p, _read_csv(p, cols, cols), cols[:2])
+    allreduce = None
+    p = root / "allreduce.csv"
+    if p.is_file():
+        rows = _read_csv(p, ("bytes", "time_us"), ("bytes", "time_us"))
+        allreduce = _tables_by_op(p, [("allreduce", b, us) for b, us in rows], ["allreduce"], [], "bytes")[
+            "allreduce"
+        ]
+    return Profile(meta, dense, per_seq, prefill, decode, None, allreduce)
+
+
+# ---------------------------------------------------------------- LLMServingSim format
+
+
+def _read_simple_yaml(path: Path) -> dict[str, str]:
+    """The top-level `key: scalar` pairs of a YAML file (nested blocks are skipped).
+
+    LLMServingSim's meta.yaml is read for a handful of top-level scalars only, which does not
+    justify a PyYAML dependency.
+    """
+    found: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z_][\w-]*):\s*(.*?)\s*$", line)  # top level: no indentation
+        if not m or not m.group(2) or m.group(2).startswith("#"):
+            continue
+        value = m.group(2)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[m.group(1)] = value
+    return found
+
+
+def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
+    meta_path = root / "meta.yaml"
+    raw = _read_simple_yaml(meta_path)
+    for key in ("model", "hardware"):
+        if key not in raw:
+            raise ProfileError(f"{meta_path}: missing top-level field {key!r}")
+    variant = raw.get("variant", raw.get("dtype", "bf16"))
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(variant, variant)
+    meta = ProfileMeta(
+        hardware=raw["hardware"],
+        model=raw["model"],
+        dtype=dtype,
+        tp=tp,
+        source="measured",
+        tool="LLMServingSim profiler",
+        tool_version=raw.get("profiler_version", ""),
+        created_at=raw.get("profiled_at", ""),
+        num_layers=None,  # a one-layer copy was profiled; the count comes from the model
+        device={k: raw[k] for k in ("gpu", "vllm_version", "cuda_version") if k in raw},
+        activation_peak_bytes=None,
+        notes="LLMServingSim layer-wise profile (vLLM enforce_eager); TP all-reduce not included",
+        path=str(tp_dir),
+        fmt="llmservingsim",
+    )
+    p = tp_dir / "dense.csv"
+    dense = _tables_by_op(
+        p,
+        _read_csv(p, ("layer", "tokens", "time_us"), ("tokens", "time_us")),
+        DENSE_OPS,
+        [op for op in DENSE_OPS if op not in OPTIONAL_DENSE_OPS],
+        "tokens",
+    )
+    p = tp_dir / "per_sequence.csv"
+    per_seq = _tables_by_op(
+        p,
+        _read_csv(p, ("layer", "sequences", "time_us"), ("sequences", "time_us")),
+        PER_SEQUENCE_OPS,
+        PER_SEQUENCE_OPS,
+        "sequences",
+    )
+    p = tp_dir / "attention.csv"
+    cols = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us")
+    arr = np.array(_read_csv(p, cols, cols), dtype=np.float64)
+    try:
+        grid = TableND(p.name, arr[:, :4], arr[:, 4], cols[:4])
+    except ValueError as e:
+        raise ProfileError(f"{p}: {e}") from None
+    return Profile(meta, dense, per_seq, None, None, grid, None)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def read_profile(path: str | Path, tp: int | None = None) -> Profile:
+    """Read a pdsim profile directory or an LLMServingSim one (`meta.yaml` + `tpN/`).
+
+    For LLMServingSim, `tp` picks the `tpN/` sub-folder (default: the only one, else tp1); a
+    `tpN/` folder itself is accepted too.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ProfileError(f"{root}: profile directory not found")
+    if (root / "meta.json").is_file():
+        profile = _read_pdsim(root)
+        if tp is not None and profile.meta.tp != tp:
+            raise ProfileError(f"{root / 'meta.json'}: profile is for tp={profile.meta.tp}, needed tp={tp}")
+        return profile
+    if (root / "meta.yaml").is_file():
+        present = sorted(
+            int(m.group(1)) for d in root.iterdir() if d.is_dir() and (m := re.fullmatch(r"tp(\d+)", d.name))
+        )
+        if tp is None:
+            tp = present[0] if present else 1
+        tp_dir = root / f"tp{tp}"
+        if not tp_dir.is_dir():
+            have = ", ".join(f"tp{n}" for n in present) or "none"
+            raise ProfileError(f"{root}: no tp{tp}/ sub-folder for tp={tp}; present: {have}")
+        return _read_llmservingsim(root, tp_dir, tp)
+    m = re.fullmatch(r"tp(\d+)", root.name)
+    if m and (root.parent / "meta.yaml").is_file():
+        if tp is not None and tp != int(m.group(1)):
+            raise ProfileError(f"{root}: folder is for tp={m.group(1)}, needed tp={tp}")
+        return _read_llmservingsim(root.parent, root, int(m.group(1)))
+    raise ProfileError(
+        f"{root}: not a profile directory: expected meta.json (pdsim) or meta.yaml with tpN/ "
+        "sub-folders (LLMServingSim)"
+    )
+
+
+def _write_rows(path: Path, header: str, rows: Iterable[Sequence]) -> None:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
+        return str(v)
+
+    with path.open("w") as f:
+        f.write(header + "\n")
+        for row in rows:
+            f.write(",".join(fmt(v) for v in row) + "\n")
+
+
+def write_profile(
+    directory: str | Path,
+    meta: ProfileMeta,
+    dense_rows: Sequence[tuple[str, int, float]],
+    per_sequence_rows: Sequence[tuple[str, int, float]],
+    attention_prefill_rows: Sequence[tuple[int, int, float]],
+    attention_decode_rows: Sequence[tuple[int, int, float]],
+    allreduce_rows: Sequence[tuple[int, float]] | None = None,
+) -> None:
+    """Write a pdsim-format profile to `directory` (created if needed) and check it reads back.
+
+    Rows: dense (op, tokens, us), per-sequence (op, sequences, us), prefill attention
+    (chunk_tokens, kv_prefix_tokens, us), decode attention (batch_size, kv_tokens, us),
+    all-reduce (bytes, us). Times are for one layer, as in profiles/README.md.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "hardware": meta.hardware,
+        "model": meta.model,
+        "dtype": meta.dtype,
+        "tp": int(meta.tp),
+        "source": meta.source,
+        "tool": meta.tool,
+        "tool_version": meta.tool_version,
+        "created_at": meta.created_at,
+        "num_layers": meta.num_layers,
+        "device": meta.device,
+        "memory": {"activation_peak_bytes": meta.activation_peak_bytes},
+        "notes": meta.notes,
+    }
+    if meta.activation_tokens is not None:
+        raw["memory"]["max_num_batched_tokens"] = meta.activation_tokens
+    (out / "meta.json").write_text(json.dumps(raw, indent=2) + "\n")
+    _write_rows(out / "dense.csv", "op,tokens,time_us", dense_rows)
+    _write_rows(out / "per_sequence.csv", "op,sequences,time_us", per_sequence_rows)
+    _write_rows(
+        out / "attention_prefill.csv", "chunk_tokens,kv_prefix_tokens,time_us", attention_prefill_rows
+    )
+    _write_rows(out / "attention_decode.csv", "batch_size,kv_tokens,time_us", attention_decode_rows)
+    if allreduce_rows:
+        _write_rows(out / "allreduce.csv", "bytes,time_us", allreduce_rows)
+    elif (out / "allreduce.csv").exists():
+        (out / "allreduce.csv").unlink()  # a stale table from an earlier write would be read back
+    read_profile(out)  # fail here, not in a later simulation, on a malformed table
+
+
+def profile_path(root: str | Path, hardware: str, model: str, dtype: str, tp: int) -> Path:
+    """root/<hardware>/<org>/<model>/<dtype>/tp<N>; `model` is a Hugging Face id (org/name)."""
+    return Path(root) / hardware / Path(*model.split("/")) / dtype / f"tp{tp}"
+
+
+def find_profile(
+    hardware: str,
+    model: str,
+    dtype: str,
+    tp: int,
+    root: str | Path | None = None,
+    profile_dir: str | Path | None = None,
+) -> Profile | None:
+    """The profile for this instance, or None when none is on disk.
+
+    `profile_dir` (the --profile-dir option) overrides the lookup under `root`: it must then
+    hold a profile, and for LLMServingSim its `tpN/` for this tp.
+    """
+    if profile_dir is not None:
+        return read_profile(profile_dir, tp=tp)
+    path = profile_path(root if root is not None else PROFILES_ROOT, hardware, model, dtype, tp)
+    if not path.is_dir():
+        return None
+    return read_profile(path, tp=tp)

@@ -1,0 +1,132 @@
+"""Attention kernels the profiler times: prefill of one request's chunk, and a decode batch.
+
+Both write the step's new K/V into the cache first and then attend over it, as vLLM's
+attention backends do (the cache write is part of the attention op's time).
+
+Backends:
+- `sdpa`: `torch.nn.functional.scaled_dot_product_attention` on a dense per-request cache
+  [batch, kv_heads, kv_len, head_dim]; GQA through `enable_gqa` (no K/V head expansion copy).
+  A chunk with a cached prefix needs a bottom-right-aligned causal mask (`causal_lower_right`),
+  a fresh prompt uses `is_causal`.
+- `flash`: flash-attn's `flash_attn_varlen_func` (prefill) and `flash_attn_with_kvcache`
+  (decode), used on CUDA with fp16/bf16 when the `flash_attn` package is importable, as vLLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pdsim.profiler.ops import ShardShapes
+
+
+@dataclass
+class KVCache:
+    """One layer's K and V for `batch` requests of up to `capacity` tokens each."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    cached_tokens: int  # tokens already in the cache before this step (same for every request)
+    lengths: torch.Tensor | None = None  # int32 [batch] for flash-attn, = cached_tokens
+
+
+def flash_available(device: str, dtype: torch.dtype) -> bool:
+    if device != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class SdpaAttention:
+    name = "sdpa"
+
+    def __init__(self, s: ShardShapes, dtype: torch.dtype, device: str) -> None:
+        self.s, self.dtype, self.device = s, dtype, device
+        self.gqa = s.heads != s.kv_heads
+
+    def new_cache(self, batch: int, cached_tokens: int, new_tokens: int) -> KVCache:
+        shape = (batch, self.s.kv_heads, cached_tokens + new_tokens, self.s.head_dim)
+        k = torch.randn(shape, dtype=self.dtype, device=self.device)
+        return KVCache(k, torch.randn_like(k), cached_tokens)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """q [c, H, D], k/v [c, KVH, D] for one request with `cache.cached_tokens` prefix."""
+        c, p = q.shape[0], cache.cached_tokens
+        cache.k[0, :, p : p + c].copy_(k.transpose(0, 1))
+        cache.v[0, :, p : p + c].copy_(v.transpose(0, 1))
+        qh = q.transpose(0, 1).unsqueeze(0)
+        kc, vc = cache.k[:, :, : p + c], cache.v[:, :, : p + c]
+        if p == 0:
+            out = F.scaled_dot_product_attention(qh, kc, vc, is_causal=True, enable_gqa=self.gqa)
+        else:
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask = causal_lower_right(c, p + c)
+            out = F.scaled_dot_product_attention(qh, kc, vc, attn_mask=mask, enable_gqa=self.gqa)
+        return out[0].transpose(0, 1).reshape(c, self.s.q_size)
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """q [B, H, D], k/v [B, KVH, D]: one new token per request, each with L cached."""
+        b, L = q.shape[0], cache.cached_tokens
+        cache.k[:, :, L].copy_(k)
+        cache.v[:, :, L].copy_(v)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), cache.k[:, :, : L + 1], cache.v[:, :, : L + 1], enable_gqa=self.gqa
+        )
+        return out.reshape(b, self.s.q_size)
+
+
+class FlashAttention:
+    name = "flash_attn"
+
+    def __init__(self, s: ShardShapes, dtype: torch.dtype, device: str) -> None:
+        from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
+
+        self.s, self.dtype, self.device = s, dtype, device
+        self._varlen = flash_attn_varlen_func
+        self._with_kvcache = flash_attn_with_kvcache
+
+    def new_cache(self, batch: int, cached_tokens: int, new_tokens: int) -> KVCache:
+        # flash-attn's layout: [batch, kv_len, kv_heads, head_dim]
+        shape = (batch, cached_tokens + new_tokens, self.s.kv_heads, self.s.head_dim)
+        k = torch.randn(shape, dtype=self.dtype, device=self.device)
+        lengths = torch.full((batch,), cached_tokens, dtype=torch.int32, device=self.device)
+        return KVCache(k, torch.randn_like(k), cached_tokens, lengths)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        c, p = q.shape[0], cache.cached_tokens
+        cache.k[0, p : p + c].copy_(k)
+        cache.v[0, p : p + c].copy_(v)
+        cu_q = torch.tensor([0, c], dtype=torch.int32, device=self.device)
+        cu_k = torch.tensor([0, p + c], dtype=torch.int32, device=self.device)
+        # causal=True is bottom-right aligned in flash-attn >= 2.1: the chunk sees its prefix
+        out = self._varlen(q, cache.k[0, : p + c], cache.v[0, : p + c], cu_q, cu_k, c, p + c, causal=True)
+        return out.reshape(c, self.s.q_size)
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        b = q.shape[0]
+        out = self._with_kvcache(
+            q.unsqueeze(1),
+            cache.k,
+            cache.v,
+            k=k.unsqueeze(1),
+            v=v.unsqueeze(1),
+            cache_seqlens=cache.lengths,
+            causal=True,
+        )
+        return out.reshape(b, self.s.q_size)
+
+
+Attention = SdpaAttention | FlashAttention
+
+
+def make_attention(s: ShardShapes, dtype: torch.dtype, device: str, backend: str = "auto") -> Attention:
+    """`auto` picks flash-attn where it runs, else SDPA."""
+    if backend == "flash" or (backend == "auto" and flash_available(device, dtype)):
+        return FlashAttention(s, dtype, device)
+    return SdpaAttention(s, dtype, device)

@@ -1,0 +1,128 @@
+"""`pdsim profile --check`: does the profile predict a whole forward pass?
+
+On the device the profile was measured on, time the full forward pass of the random model (all
+layers stacked, `model.forward`) for prefill steps of N tokens and decode steps of B requests
+at KV length L, and compare with what `StepTimePredictor` composes from the profile's per-op
+tables. A large error means the per-op tables miss something the simulator would then miss too
+(fusion, cache effects, dispatch overhead between ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pdsim.errors import PdsimError
+from pdsim.hardware import get_hardware
+from pdsim.models import load_model
+from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.profile import read_profile
+from pdsim.profiler.model import RandomModel, decode_inputs, forward, prefill_inputs
+from pdsim.profiler.progress import Progress
+from pdsim.profiler.timing import Timer, TimingConfig
+
+PREFILL_TOKENS = (128, 256, 512, 1024, 2048)
+DECODE_BATCHES = (1, 4, 8, 16, 32)
+DECODE_KV = 512
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    kind: str  # "prefill" | "decode"
+    tokens: int  # prefill: new tokens; decode: batch size
+    kv: int  # decode: KV tokens per request; prefill: 0
+    measured_ms: float
+    predicted_ms: float
+    spread_rel: float  # (p90-p10)/median of the measured forward
+    in_grid: bool  # False when the prediction extrapolated beyond the profiled grid
+
+    @property
+    def rel_error(self) -> float:
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    def label(self) -> str:
+        return f"prefill N={self.tokens}" if self.kind == "prefill" else f"decode B={self.tokens} L={self.kv}"
+
+
+@dataclass
+class CheckRequest:
+    model: str
+    profile_dir: Path
+    device: str
+    timing: TimingConfig
+    threads: int | None
+    prefill_tokens: tuple[int, ...] = PREFILL_TOKENS
+    decode_batches: tuple[int, ...] = DECODE_BATCHES
+    decode_kv: int = DECODE_KV
+    attention_backend: str = "auto"
+
+
+def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRow]:
+    profile = read_profile(req.profile_dir)
+    meta = profile.meta
+    if meta.model != req.model:
+        raise PdsimError(f"{req.profile_dir}: profile is for model {meta.model!r}, not {req.model!r}")
+    spec = load_model(req.model)
+    if req.device == "cpu" and req.threads:
+        torch.set_num_threads(req.threads)
+    recorded = meta.device.get("threads")
+    if req.device == "cpu" and recorded and recorded != torch.get_num_threads():
+        raise PdsimError(
+            f"{req.profile_dir}: profile measured with {recorded} threads, check runs with "
+            f"{torch.get_num_threads()}; pass --threads {recorded}"
+        )
+    predictor = StepTimePredictor(profile, spec, meta.tp, get_hardware(meta.hardware))
+    max_tokens = max(profile.dense["qkv_proj"].xs)
+    max_batch = max(profile.attention_decode.xs)
+    max_kv = max(profile.attention_decode.ys)
+
+    m = RandomModel(
+        spec,
+        meta.tp,
+        meta.dtype,
+        req.device,
+        max_positions=max([*req.prefill_tokens, req.decode_kv + 1]) + 1,
+        attention_backend=req.attention_backend,
+    )
+    timer = Timer(req.device, req.timing)
+    cases = [("prefill", n, 0) for n in req.prefill_tokens] + [
+        ("decode", b, req.decode_kv) for b in req.decode_batches
+    ]
+    progress = Progress(len(cases), float(len(cases)), progress_enabled)
+    rows: list[CheckRow] = []
+    try:
+        for kind, n, kv in cases:
+            if kind == "prefill":
+                step = prefill_inputs(m, n)
+                predicted = predictor.step_time_s([(n, 0)], 0, 0)
+                in_grid = n <= max_tokens
+            else:
+                step = decode_inputs(m, n, kv)
+                predicted = predictor.step_time_s([], n, n * kv)
+                in_grid = n <= max_batch and kv <= max_kv
+            timing = timer.time([lambda step=step: forward(m, step)])
+            del step
+            rows.append(
+                CheckRow(kind, n, kv, timing.median_us / 1e3, predicted * 1e3, timing.spread_rel, in_grid)
+            )
+            progress.advance(f"check {rows[-1].label()}", 1.0)
+    finally:
+        progress.close()
+    return rows
+
+
+def format_table(rows: list[CheckRow]) -> str:
+    lines = [f"{'step':<22} {'measured ms':>12} {'predicted ms':>13} {'rel error':>10} {'spread':>8}"]
+    for r in rows:
+        flag = "" if r.in_grid else "  (outside the profiled grid: extrapolated)"
+        lines.append(
+            f"{r.label():<22} {r.measured_ms:12.3f} {r.predicted_ms:13.3f} {r.rel_error:+10.1%} "
+            f"{r.spread_rel:8.1%}{flag}"
+        )
+    for kind in ("prefill", "decode"):
+        errs = [abs(r.rel_error) for r in rows if r.kind == kind]
+        if errs:
+            lines.append(f"{kind}: max |rel error| {max(errs):.1%}, mean {sum(errs) / len(errs):.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,285 @@
+"""The `pdsim profile` command group.
+
+`pdsim profile --model M ...` measures a profile, `pdsim profile --check --model M ...` runs
+the self-check against one, `pdsim profile compare A B` compares two runs. torch is imported
+only once one of them actually runs, so the simulator's CLI loads without it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from pdsim.errors import PdsimError
+
+# (GPU, CPU) defaults: the CPU ones finish llama-160m in minutes, tiny-llama in seconds.
+DEFAULTS = {
+    "max_tokens": (8192, 2048),
+    "max_kv": (16384, 2048),
+    "max_batch": (256, 64),
+    "warmup": (5, 2),
+    "repeats": (20, 7),
+}
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise PdsimError("the profiler needs torch: pip install -e '.[profile]'") from None
+
+
+def _default(name: str, device: str, value: int | None) -> int:
+    return value if value is not None else DEFAULTS[name][0 if device == "cuda" else 1]
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise PdsimError(f"{option}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise PdsimError(f"{option}: expected positive integers, got {text!r}")
+    return values
+
+
+def default_hardware_name(device: str, threads: int) -> str:
+    """CPU profiles are named after their thread count; a GPU needs --hardware."""
+    if device == "cuda":
+        raise PdsimError("--hardware is required on a GPU (e.g. H100-SXM; see pdsim/hardware.py)")
+    return f"CPU-{threads}core"
+
+
+@click.group("profile", invoke_without_command=True)
+@click.option(
+    "--model",
+    help="Model id with a config in configs/models/, e.g. meta-llama/Llama-3.1-8B. "
+    "Required unless a subcommand is given.",
+)
+@click.option(
+    "--hardware",
+    help="Hardware name the profile is filed under, which cluster configs refer "
+    "to (e.g. H100-SXM). Default on the CPU: CPU-<threads>core; required on a GPU.",
+)
+@click.option(
+    "--tp",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Tensor-parallel degree (shapes "
+    "are sharded tp ways; all-reduce measured with NCCL when tp GPUs are visible).",
+)
+@click.option(
+    "--dtype",
+    default="bfloat16",
+    show_default=True,
+    type=click.Choice(["bfloat16", "float16", "float32"]),
+    help="Weight/activation dtype.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    help="auto = cuda when visible, else cpu.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("profiles"),
+    show_default=True,
+    help="Profile root; the profile goes to <out>/<hardware>/<model>/<dtype>/tp<N>/.",
+)
+@click.option(
+    "--max-tokens",
+    type=int,
+    help="Largest token count (dense ops, prefill chunk, activation "
+    "memory). Default 8192 on GPU, 2048 on CPU.",
+)
+@click.option(
+    "--max-kv",
+    type=int,
+    help="Largest cached KV length (prefill prefix, decode KV). Default 16384 on GPU, 2048 on CPU.",
+)
+@click.option(
+    "--max-batch",
+    type=int,
+    help="Largest sequence count (lm_head/sampler, decode batch). Default 256 on GPU, 64 on CPU.",
+)
+@click.option(
+    "--steps-per-octave",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Grid points per doubling above 16 for dense and per-sequence ops.",
+)
+@click.option(
+    "--attention-steps-per-octave",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Grid points per doubling for both attention axes.",
+)
+@click.option("--warmup", type=int, help="Warm-up calls per grid point. Default 5 on GPU, 2 on CPU.")
+@click.option(
+    "--repeats", type=int, help="Timed calls per grid point (median kept). Default 20 on GPU, 7 on CPU."
+)
+@click.option(
+    "--max-seconds-per-point",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Stop repeating a point after this long (at least 3 repeats are always taken).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    help="CPU threads (torch.set_num_threads). Default: torch's default "
+    "(the physical core count). Recorded in meta.json.",
+)
+@click.option(
+    "--attention",
+    "attention_backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "sdpa", "flash"]),
+    help="Attention kernel: auto = flash-attn on CUDA when importable, else SDPA.",
+)
+@click.option(
+    "--quiet", is_flag=True, help="No progress line on stderr (it is also off when stderr is not a terminal)."
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Self-check instead of profiling: time full forward passes "
+    "and compare with the profile's prediction.",
+)
+@click.option(
+    "--profile-dir",
+    type=click.Path(path_type=Path),
+    help="--check: the profile to check. Default: the one `--out --hardware --model --dtype --tp` name.",
+)
+@click.option(
+    "--check-prefill",
+    default="128,256,512,1024,2048",
+    show_default=True,
+    help="--check: prefill step sizes (new tokens of one request).",
+)
+@click.option("--check-decode", default="1,4,8,16,32", show_default=True, help="--check: decode batch sizes.")
+@click.option(
+    "--check-kv", type=int, default=512, show_default=True, help="--check: KV length of every decode request."
+)
+@click.pass_context
+def profile_group(ctx: click.Context, **opts: object) -> None:
+    """Measure a latency profile on this machine's GPU (or CPU), or check one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not opts["model"]:
+        raise click.UsageError("--model is required (e.g. --model JackFram/llama-160m)")
+    _require_torch()
+    from pdsim.models import load_model
+
+    load_model(str(opts["model"]))  # unknown model: a clean error before torch starts up
+    if opts["check"]:
+        _check(opts)
+    else:
+        _profile(opts)
+
+
+def _timing(opts: dict, device: str):  # noqa: ANN202  (TimingConfig; torch-free module import)
+    from pdsim.profiler.timing import TimingConfig
+
+    warmup = _default("warmup", device, opts["warmup"])
+    repeats = _default("repeats", device, opts["repeats"])
+    if repeats < 1 or warmup < 0:
+        raise PdsimError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    return TimingConfig(
+        warmup=warmup,
+        repeats=repeats,
+        max_seconds_per_point=float(opts["max_seconds_per_point"]),
+        min_repeats=min(3, repeats),
+    )
+
+
+def _hardware(opts: dict, device: str) -> str:
+    import torch
+
+    if opts["threads"]:
+        torch.set_num_threads(int(opts["threads"]))
+    return (
+        str(opts["hardware"]) if opts["hardware"] else default_hardware_name(device, torch.get_num_threads())
+    )
+
+
+def _profile(opts: dict) -> None:
+    from pdsim.profiler.device import pick_device
+    from pdsim.profiler.grid import GridSpec
+    from pdsim.profiler.progress import progress_enabled
+    from pdsim.profiler.run import ProfileRequest, run_profile
+
+    device = pick_device(str(opts["device"]))
+    try:
+        grid = GridSpec(
+            max_tokens=_default("max_tokens", device, opts["max_tokens"]),
+            max_batch=_default("max_batch", device, opts["max_batch"]),
+            max_kv=_default("max_kv", device, opts["max_kv"]),
+            steps_per_octave=int(opts["steps_per_octave"]),
+            attention_steps_per_octave=int(opts["attention_steps_per_octave"]),
+        )
+    except ValueError as e:
+        raise PdsimError(f"grid option: {e}") from None
+    req = ProfileRequest(
+        model=str(opts["model"]),
+        hardware=_hardware(opts, device),
+        dtype=str(opts["dtype"]),
+        tp=int(opts["tp"]),
+        device=device,
+        grid=grid,
+        timing=_timing(opts, device),
+        threads=opts["threads"],
+        out=Path(opts["out"]),
+        attention_backend=str(opts["attention_backend"]),
+    )
+    out_dir = run_profile(req, progress_enabled(bool(opts["quiet"])))
+    click.echo(f"wrote {out_dir}")
+
+
+def _check(opts: dict) -> None:
+    from pdsim.perf.profile import profile_path
+    from pdsim.profiler.check import CheckRequest, format_table, run_check
+    from pdsim.profiler.device import pick_device
+    from pdsim.profiler.progress import progress_enabled
+
+    device = pick_device(str(opts["device"]))
+    profile_dir = opts["profile_dir"] or profile_path(
+        Path(opts["out"]), _hardware(opts, device), str(opts["model"]), str(opts["dtype"]), int(opts["tp"])
+    )
+    req = CheckRequest(
+        model=str(opts["model"]),
+        profile_dir=Path(profile_dir),
+        device=device,
+        timing=_timing(opts, device),
+        threads=opts["threads"],
+        prefill_tokens=_int_list(str(opts["check_prefill"]), "--check-prefill"),
+        decode_batches=_int_list(str(opts["check_decode"]), "--check-decode"),
+        decode_kv=int(opts["check_kv"]),
+        attention_backend=str(opts["attention_backend"]),
+    )
+    rows = run_check(req, progress_enabled(bool(opts["quiet"])))
+    click.echo(f"self-check of {profile_dir} on {device} ({os.cpu_count()} CPUs visible)")
+    click.echo(format_table(rows))
+
+
+@profile_group.command("compare")
+@click.argument("profile_a", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("profile_b", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def compare_command(profile_a: Path, profile_b: Path) -> None:
+    """Compare two measured profiles point by point (run-to-run stability vs recorded spread)."""
+    from pdsim.profiler.compare import compare_profiles, format_diffs
+
+    click.echo(format_diffs(compare_profiles(profile_a, profile_b)))
+
+
+profile = profile_group  # the name pdsim/cli.py mounts

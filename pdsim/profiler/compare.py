@@ -1,0 +1,80 @@
+"""Compare two profiles of the same model point by point (run-to-run stability).
+
+For every grid point both profiles have, the relative difference |a - b| / mean(a, b); per
+table its median and maximum, next to the spread each run recorded (`timings.csv`,
+(p90 - p10) / median of the repeats at a point) so one can tell whether two runs differ more
+than the repeats within a run do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdsim.errors import PdsimError
+from pdsim.profiler.timing import iter_timings
+
+TABLES = ("dense", "per_sequence", "attention_prefill", "attention_decode")
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    table: str
+    points: int
+    median_diff_rel: float
+    p90_diff_rel: float
+    max_diff_rel: float
+    max_at: str
+    median_spread_rel: float  # median over both runs' points of the recorded spread
+
+
+def _load(profile_dir: Path) -> dict[tuple[str, str, str, str], tuple[float, float]]:
+    rows = {
+        (r["table"], r["op"], r["x"], r["y"]): (float(r["median_us"]), float(r["spread_rel"]))
+        for r in iter_timings(profile_dir)
+    }
+    if not rows:
+        raise PdsimError(f"{profile_dir}: no timings.csv (only profiles written by `pdsim profile` have one)")
+    return rows
+
+
+def _quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def compare_profiles(a: Path, b: Path) -> list[TableDiff]:
+    ra, rb = _load(Path(a)), _load(Path(b))
+    diffs: list[TableDiff] = []
+    for table in TABLES:
+        keys = [k for k in ra if k[0] == table and k in rb]
+        if not keys:
+            continue
+        rel = {k: abs(ra[k][0] - rb[k][0]) / ((ra[k][0] + rb[k][0]) / 2 or 1.0) for k in keys}
+        worst = max(rel, key=rel.__getitem__)
+        spreads = [ra[k][1] for k in keys] + [rb[k][1] for k in keys]
+        diffs.append(
+            TableDiff(
+                table=table,
+                points=len(keys),
+                median_diff_rel=_quantile(list(rel.values()), 0.5),
+                p90_diff_rel=_quantile(list(rel.values()), 0.9),
+                max_diff_rel=rel[worst],
+                max_at=" ".join(x for x in worst[1:] if x),
+                median_spread_rel=_quantile(spreads, 0.5),
+            )
+        )
+    return diffs
+
+
+def format_diffs(diffs: list[TableDiff]) -> str:
+    lines = [
+        f"{'table':<18} {'points':>6} {'median diff':>12} {'p90 diff':>9} {'max diff':>9} "
+        f"{'median spread':>14}  max at"
+    ]
+    for d in diffs:
+        lines.append(
+            f"{d.table:<18} {d.points:6d} {d.median_diff_rel:12.1%} {d.p90_diff_rel:9.1%} "
+            f"{d.max_diff_rel:9.1%} {d.median_spread_rel:14.1%}  {d.max_at}"
+        )
+    return "\n".join(lines)

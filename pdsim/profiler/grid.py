@@ -1,0 +1,91 @@
+"""The grid points a profile is measured at.
+
+The predictor interpolates piecewise-linearly between grid points, so the grid is dense where
+op times bend (small sizes: launch/dispatch bound, every value 1..16) and geometric above, with
+`steps_per_octave` points per doubling. Powers of two are always on the grid (the sizes users
+and the self-check ask for most), and so is the maximum itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+def geometric_grid(
+    max_value: int, *, dense_until: int = 16, steps_per_octave: int = 4, min_value: int = 1
+) -> list[int]:
+    """`min_value..dense_until` step 1, then 2^k * (1 + i/steps_per_octave), then `max_value`.
+
+    With 4 steps per octave consecutive points differ by x1.14-1.25, so linear interpolation of
+    a quadratic (attention over the chunk length) is off by at most ~1.2% between points.
+    """
+    if max_value < min_value:
+        raise ValueError(f"grid maximum {max_value} is below its minimum {min_value}")
+    points = set(range(min_value, min(dense_until, max_value) + 1))
+    octave = 1
+    while octave <= max_value:
+        for i in range(steps_per_octave):
+            value = octave + octave * i // steps_per_octave
+            if dense_until < value <= max_value and value >= min_value:
+                points.add(value)
+        octave *= 2
+    points.add(max_value)
+    return sorted(points)
+
+
+def kv_prefix_grid(max_kv: int, steps_per_octave: int) -> list[int]:
+    """Cached-prefix lengths for prefill attention: 0 (a fresh prompt) then 16.. geometric."""
+    grid = [0]
+    if max_kv >= 1:
+        grid += (
+            geometric_grid(max_kv, dense_until=0, steps_per_octave=steps_per_octave, min_value=16)
+            if max_kv >= 16
+            else [max_kv]
+        )
+    return grid
+
+
+def decode_kv_grid(max_kv: int, steps_per_octave: int) -> list[int]:
+    """KV lengths for decode attention: 1 (a one-token prompt) then 16.. geometric."""
+    if max_kv < 16:
+        return sorted({1, max_kv})
+    return [1] + geometric_grid(max_kv, dense_until=0, steps_per_octave=steps_per_octave, min_value=16)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The limits of one profile; recorded in meta.json so users know the profiled range."""
+
+    max_tokens: int  # dense ops; also the largest prefill chunk profiled
+    max_batch: int  # per-sequence ops and decode batch sizes
+    max_kv: int  # cached KV tokens (prefill prefix and decode KV length)
+    steps_per_octave: int = 4
+    attention_steps_per_octave: int = 2  # attention is a 2-D grid: coarser keeps its size sane
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "max_batch", "max_kv", "steps_per_octave", "attention_steps_per_octave"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def tokens(self) -> list[int]:
+        return geometric_grid(self.max_tokens, steps_per_octave=self.steps_per_octave)
+
+    def sequences(self) -> list[int]:
+        return geometric_grid(self.max_batch, steps_per_octave=self.steps_per_octave)
+
+    def prefill_chunks(self) -> list[int]:
+        return geometric_grid(
+            self.max_tokens, dense_until=4, steps_per_octave=self.attention_steps_per_octave
+        )
+
+    def prefill_prefixes(self) -> list[int]:
+        return kv_prefix_grid(self.max_kv, self.attention_steps_per_octave)
+
+    def decode_batches(self) -> list[int]:
+        return geometric_grid(self.max_batch, dense_until=4, steps_per_octave=self.attention_steps_per_octave)
+
+    def decode_kv(self) -> list[int]:
+        return decode_kv_grid(self.max_kv, self.attention_steps_per_octave)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)

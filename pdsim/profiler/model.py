@@ -1,0 +1,114 @@
+"""A random-weight model built from the profiled ops, and its full forward pass.
+
+The self-check (`check.py`) times this forward pass against the profile's prediction; the
+activation-memory measurement (`memory.py`) runs it too. It chains exactly the op functions of
+`ops.py` that the profiler times one by one, so any difference between the measured and the
+predicted step time comes from composing ops (caches, allocation, dispatch), not from
+different kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pdsim.models import ModelSpec
+from pdsim.profiler import ops
+from pdsim.profiler.attention import KVCache, make_attention
+from pdsim.profiler.ops import HeadWeights, LayerWeights, Rope, ShardShapes
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, KVCache], torch.Tensor]
+
+
+class RandomModel:
+    """`num_layers` random decoder layers of one TP shard of `model`, plus embedding and head."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        tp: int,
+        dtype: str,
+        device: str,
+        *,
+        max_positions: int,
+        num_layers: int | None = None,
+        attention_backend: str = "auto",
+    ) -> None:
+        self.spec = model
+        self.shapes = ShardShapes.of(model, tp)
+        self.dtype = ops.torch_dtype(dtype)
+        self.device = device
+        n = model.num_layers if num_layers is None else num_layers
+        self.layers = [LayerWeights.random(self.shapes, self.dtype, device) for _ in range(n)]
+        self.head = HeadWeights.random(self.shapes, self.dtype, device)
+        self.rope = Rope(self.shapes, self.dtype, device, max_positions)
+        self.attention = make_attention(self.shapes, self.dtype, device, attention_backend)
+
+
+def decoder_layer(
+    x: torch.Tensor,
+    w: LayerWeights,
+    s: ShardShapes,
+    positions: torch.Tensor,
+    rope: Rope,
+    attention: AttentionFn,
+    cache: KVCache,
+) -> torch.Tensor:
+    """One pre-norm Llama/Qwen3 decoder layer; the op sequence dense.csv's counts describe."""
+    residual = x
+    h = ops.layernorm(x, w.input_norm)
+    q, k, v = ops.split_qkv(ops.qkv_proj(h, w), s)
+    if s.qk_norm:
+        q, k = ops.qk_norm(q, k, w)
+    q, k = ops.rotary_emb(q, k, positions, rope)
+    x = ops.residual_add(ops.o_proj(attention(q, k, v, cache), w), residual)
+    residual = x
+    h = ops.layernorm(x, w.post_norm)
+    return ops.residual_add(ops.down_proj(ops.act_fn(ops.gate_up_proj(h, w)), w), residual)
+
+
+@dataclass
+class StepInputs:
+    """Everything one engine step's forward needs, allocated before timing starts."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    last_token_idx: torch.Tensor
+    caches: list[KVCache]
+    attention: AttentionFn
+
+
+def prefill_inputs(m: RandomModel, chunk_tokens: int, kv_prefix_tokens: int = 0) -> StepInputs:
+    """One request prefilling `chunk_tokens` new tokens after `kv_prefix_tokens` cached ones."""
+    dev = m.device
+    return StepInputs(
+        ids=torch.randint(0, m.shapes.vocab_shard, (chunk_tokens,), device=dev),
+        positions=torch.arange(kv_prefix_tokens, kv_prefix_tokens + chunk_tokens, device=dev),
+        last_token_idx=torch.tensor([chunk_tokens - 1], device=dev),
+        caches=[m.attention.new_cache(1, kv_prefix_tokens, chunk_tokens) for _ in m.layers],
+        attention=m.attention.prefill,
+    )
+
+
+def decode_inputs(m: RandomModel, batch_size: int, kv_tokens: int) -> StepInputs:
+    """`batch_size` requests decoding one token each, with `kv_tokens` cached per request."""
+    dev = m.device
+    return StepInputs(
+        ids=torch.randint(0, m.shapes.vocab_shard, (batch_size,), device=dev),
+        positions=torch.full((batch_size,), kv_tokens, device=dev),
+        last_token_idx=torch.arange(batch_size, device=dev),
+        caches=[m.attention.new_cache(batch_size, kv_tokens, 1) for _ in m.layers],
+        attention=m.attention.decode,
+    )
+
+
+@torch.inference_mode()
+def forward(m: RandomModel, step: StepInputs) -> torch.Tensor:
+    """Token ids sampled for every sequence of the step."""
+    x = ops.embedding(step.ids, m.head)
+    for w, cache in zip(m.layers, step.caches, strict=True):
+        x = decoder_layer(x, w, m.shapes, step.positions, m.rope, step.attention, cache)
+    x = ops.final_layernorm(x, m.head)
+    return ops.sampler(ops.lm_head(x, step.last_token_idx, m.head))

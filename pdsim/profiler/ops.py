@@ -1,0 +1,237 @@
+"""The ops of a Llama-style decoder, as the profiler times them and the self-check chains them.
+
+Every op is a plain function of tensors so that the per-op timings (`run.py`) and the full
+forward pass of the self-check (`model.py`) execute exactly the same code. Shapes are those of
+ONE tensor-parallel shard (vLLM's column/row split: heads, KV heads, intermediate and vocab
+divided by tp); the weights are random, nothing is downloaded.
+
+Imported only by the profiler: it needs torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pdsim.models import ModelSpec
+
+RMS_EPS = 1e-6
+ROPE_THETA = 10000.0
+
+# ops timed per decoder layer, in forward order (README "dense.csv")
+LAYER_OPS = (
+    "layernorm",
+    "qkv_proj",
+    "qk_norm",
+    "rotary_emb",
+    "o_proj",
+    "gate_up_proj",
+    "act_fn",
+    "down_proj",
+    "residual_add",
+)
+STEP_OPS = ("embedding", "final_layernorm")
+PER_SEQUENCE_OPS = ("lm_head", "sampler")
+
+_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    from pdsim.errors import PdsimError
+
+    try:
+        return _TORCH_DTYPES[dtype]
+    except KeyError:
+        raise PdsimError(
+            f"the profiler cannot run dtype {dtype!r}; it runs: {', '.join(_TORCH_DTYPES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ShardShapes:
+    """Tensor shapes of one TP shard."""
+
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab_shard: int
+    vocab: int  # the sampler sees the gathered, full-vocab logits
+    qk_norm: bool
+    max_positions: int
+
+    @classmethod
+    def of(cls, model: ModelSpec, tp: int) -> ShardShapes:
+        model.check_tp(tp)
+        return cls(
+            hidden=model.hidden_size,
+            heads=model.heads_per_shard(tp),
+            kv_heads=model.kv_heads_per_shard(tp),
+            head_dim=model.head_dim,
+            intermediate=model.intermediate_per_shard(tp),
+            vocab_shard=model.vocab_per_shard(tp),
+            vocab=model.vocab_size,
+            qk_norm=model.has_qk_norm,
+            max_positions=model.max_position_embeddings,
+        )
+
+    @property
+    def q_size(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def _rand(shape: tuple[int, ...], dtype: torch.dtype, device: str, scale: float = 0.02) -> torch.Tensor:
+    # Small values keep bf16 activations finite through many random layers (NaN/Inf could
+    # take slower paths in some kernels); the values themselves are irrelevant to timing.
+    return torch.randn(shape, dtype=torch.float32, device=device).mul_(scale).to(dtype)
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # [q + 2 kv, hidden]
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: torch.Tensor  # [hidden, q]
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+    @classmethod
+    def random(cls, s: ShardShapes, dtype: torch.dtype, device: str) -> LayerWeights:
+        ones = torch.ones(s.hidden, dtype=dtype, device=device)
+        head_ones = torch.ones(s.head_dim, dtype=dtype, device=device) if s.qk_norm else None
+        return cls(
+            input_norm=ones,
+            qkv=_rand((s.q_size + 2 * s.kv_size, s.hidden), dtype, device),
+            q_norm=head_ones,
+            k_norm=head_ones,
+            o=_rand((s.hidden, s.q_size), dtype, device),
+            post_norm=ones.clone(),
+            gate_up=_rand((2 * s.intermediate, s.hidden), dtype, device),
+            down=_rand((s.hidden, s.intermediate), dtype, device),
+        )
+
+
+@dataclass
+class HeadWeights:
+    """Weights used once per step: embedding, final norm, lm_head."""
+
+    embedding: torch.Tensor  # [vocab_shard, hidden]
+    final_norm: torch.Tensor
+    lm_head: torch.Tensor  # [vocab_shard, hidden]
+
+    @classmethod
+    def random(cls, s: ShardShapes, dtype: torch.dtype, device: str) -> HeadWeights:
+        embedding = _rand((s.vocab_shard, s.hidden), dtype, device)
+        return cls(
+            embedding=embedding,
+            final_norm=torch.ones(s.hidden, dtype=dtype, device=device),
+            lm_head=_rand((s.vocab_shard, s.hidden), dtype, device),
+        )
+
+
+class Rope:
+    """cos/sin tables for rotary embeddings (neox style, as Llama/Qwen in vLLM)."""
+
+    def __init__(self, s: ShardShapes, dtype: torch.dtype, device: str, max_positions: int) -> None:
+        half = s.head_dim // 2
+        inv_freq = 1.0 / ROPE_THETA ** (torch.arange(half, dtype=torch.float32, device=device) / half)
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32, device=device), inv_freq)
+        self.cos = angles.cos().to(dtype)
+        self.sin = angles.sin().to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops. x is [tokens, hidden]; q is [tokens, heads, head_dim]; k, v [tokens, kv_heads, head_dim].
+
+
+def embedding(ids: torch.Tensor, w: HeadWeights) -> torch.Tensor:
+    return F.embedding(ids, w.embedding)
+
+
+def layernorm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), weight, RMS_EPS)
+
+
+def qkv_proj(x: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    return F.linear(x, w.qkv)
+
+
+def split_qkv(qkv: torch.Tensor, s: ShardShapes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views, no copy: q [T, H, D], k and v [T, KVH, D]."""
+    q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
+    t = qkv.shape[0]
+    return (
+        q.view(t, s.heads, s.head_dim),
+        k.view(t, s.kv_heads, s.head_dim),
+        v.view(t, s.kv_heads, s.head_dim),
+    )
+
+
+def qk_norm(q: torch.Tensor, k: torch.Tensor, w: LayerWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen3: RMSNorm over head_dim of every query and key head."""
+    d = q.shape[-1]
+    return F.rms_norm(q, (d,), w.q_norm, RMS_EPS), F.rms_norm(k, (d,), w.k_norm, RMS_EPS)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def rotary_emb(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rope: Rope
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos = rope.cos[positions].unsqueeze(1)  # [T, 1, D/2], broadcast over heads
+    sin = rope.sin[positions].unsqueeze(1)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def o_proj(attn_out: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    return F.linear(attn_out, w.o)
+
+
+def gate_up_proj(x: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    return F.linear(x, w.gate_up)
+
+
+def act_fn(gate_up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up (vLLM's SiluAndMul)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def down_proj(x: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    return F.linear(x, w.down)
+
+
+def residual_add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    return x + residual
+
+
+def final_layernorm(x: torch.Tensor, w: HeadWeights) -> torch.Tensor:
+    return layernorm(x, w.final_norm)
+
+
+def lm_head(x: torch.Tensor, last_token_idx: torch.Tensor, w: HeadWeights) -> torch.Tensor:
+    """Logits of the last token of every sequence (vLLM gathers them before the matmul)."""
+    return F.linear(x.index_select(0, last_token_idx), w.lm_head)
+
+
+def sampler(logits: torch.Tensor) -> torch.Tensor:
+    """Greedy sampling: softmax in float32 (vLLM computes probabilities/logprobs) then argmax."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs.argmax(dim=-1)
+
+
+def full_vocab_logits(s: ShardShapes, sequences: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """What the sampler sees under TP: the shards' logits gathered to the full vocabulary."""
+    return _rand((sequences, s.vocab), dtype, device, scale=1.0)

@@ -1,0 +1,122 @@
+"""Request traces in LLMServingSim's JSONL format.
+
+One JSON object per line: `input_toks`, `output_toks`, `arrival_time_ns`, and optionally
+`input_tok_ids` / `output_tok_ids`, which are accepted and ignored (only lengths matter to
+the simulator). Traces can have 100k+ lines, so the per-line path stays lean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdsim.errors import TraceError
+
+
+@dataclass(slots=True)
+class TraceRequest:
+    request_id: int  # 0-based order of the request in the file, before sorting
+    input_toks: int
+    output_toks: int
+    arrival_time_ns: int
+
+
+def _length(value: object, key: str, where: str) -> int:
+    # type() rather than isinstance: bool is an int subclass, and `true` is no length.
+    if type(value) is int:
+        if value > 0:
+            return value
+    elif type(value) is float and value.is_integer() and value > 0:  # NaN/inf fail is_integer
+        return int(value)
+    raise TraceError(f"{where}: field {key!r}: expected a positive integer, got {value!r}")
+
+
+def _arrival(value: object, where: str) -> int:
+    if type(value) is int:
+        if value >= 0:
+            return value
+    elif type(value) is float and math.isfinite(value) and value >= 0:
+        return round(value)
+    raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {value!r}")
+
+
+def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceRequest]:
+    """Requests sorted by arrival time (ties keep file order).
+
+    With `max_requests`, the earliest-arriving `max_requests` requests are kept.
+    """
+    path = Path(path)
+    if max_requests is not None and max_requests < 1:
+        raise TraceError(f"max_requests must be >= 1, got {max_requests}")
+    try:
+        f = path.open("rb")  # bytes: json.loads decodes them itself, and faster
+    except FileNotFoundError:
+        raise TraceError(f"{path}: trace file not found") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
+
+    requests: list[TraceRequest] = []
+    loads = json.loads
+    append = requests.append
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = loads(line)
+            except json.JSONDecodeError as e:
+                raise TraceError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except UnicodeDecodeError as e:
+                raise TraceError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
+            try:
+                inp = obj["input_toks"]
+                out = obj["output_toks"]
+                arr = obj["arrival_time_ns"]
+            except KeyError as e:
+                raise TraceError(f"{path}:{lineno}: missing field {e.args[0]!r}") from None
+            except TypeError:
+                raise TraceError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                ) from None
+            n = len(requests)
+            # Fast path for the common all-int line; the checkers handle the rest and errors.
+            if (
+                type(inp) is int
+                and type(out) is int
+                and type(arr) is int
+                and inp > 0
+                and out > 0
+                and arr >= 0
+            ):
+                append(TraceRequest(n, inp, out, arr))
+            else:
+                where = f"{path}:{lineno}"
+                append(
+                    TraceRequest(
+                        n,
+                        _length(inp, "input_toks", where),
+                        _length(out, "output_toks", where),
+                        _arrival(arr, where),
+                    )
+                )
+
+    if not requests:
+        raise TraceError(f"{path}: the trace has no requests")
+    requests.sort(key=lambda r: r.arrival_time_ns)  # list.sort is stable
+    if max_requests is not None:
+        del requests[max_requests:]
+    return requests
+
+
+def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in requests:
+            f.write(
+                f'{{"input_toks": {r.input_toks}, "output_toks": {r.output_toks}, '
+                f'"arrival_time_ns": {r.arrival_time_ns}}}\n'
+            )

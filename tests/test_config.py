@@ -1,0 +1,210 @@
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from pdsim.config import ClusterConfig, load_cluster_config
+from pdsim.errors import ConfigError
+
+CLUSTER_DIR = Path(__file__).resolve().parent.parent / "configs" / "cluster"
+PD = json.loads((CLUSTER_DIR / "single_node_pd_instance.json").read_text())
+
+
+@pytest.mark.parametrize("path", sorted(CLUSTER_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_cluster_config(path)
+    assert isinstance(cfg, ClusterConfig)
+    assert cfg.instances()
+
+
+def test_shipped_config_contents():
+    single = load_cluster_config(CLUSTER_DIR / "single_node_single_instance.json")
+    assert [r.config.pd_type for r in single.instances()] == [None]
+    pd = load_cluster_config(CLUSTER_DIR / "single_node_pd_instance.json")
+    assert [r.config.pd_type for r in pd.instances()] == ["prefill", "decode"]
+    assert pd.link_bw == 16 and pd.link_latency == 20000
+    inst = pd.instances()[0].config
+    assert inst.model_name == "meta-llama/Llama-3.1-8B" and inst.hardware == "RTXPRO6000"
+    assert (inst.npu_mem.mem_size, inst.npu_mem.mem_bw, inst.npu_mem.mem_util) == (96, 1597, 0.9)
+    # vLLM defaults for our knobs
+    assert (inst.max_num_seqs, inst.max_num_batched_tokens, inst.block_size) == (128, 2048, 16)
+    assert inst.enable_chunked_prefill and inst.dtype == "bfloat16" and inst.profile_dir is None
+    assert pd.router.prefill_policy == "least_loaded"
+    multi = load_cluster_config(CLUSTER_DIR / "multi_node_2p2d.json")
+    assert [r.instance_id for r in multi.instances()] == ["n0.i0", "n0.i1", "n1.i0", "n1.i1"]
+    node, idx, conf = multi.instances()[2]
+    assert (node, idx, conf.pd_type) == (1, 0, "decode")
+
+
+def _write(tmp_path, raw) -> Path:
+    p = tmp_path / "cluster.json"
+    p.write_text(json.dumps(raw))
+    return p
+
+
+def _err(tmp_path, mutate) -> str:
+    raw = copy.deepcopy(PD)
+    mutate(raw)
+    with pytest.raises(ConfigError) as e:
+        load_cluster_config(_write(tmp_path, raw))
+    msg = str(e.value)
+    assert msg.startswith(str(tmp_path / "cluster.json") + ": ")
+    return msg
+
+
+def _inst(raw, i=1):
+    return raw["nodes"][0]["instances"][i]
+
+
+def test_pd_type_typo(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r).update(pd_type="prefil"))
+    assert msg.endswith('nodes[0].instances[1].pd_type: expected "prefill", "decode" or null, got "prefil"')
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "expect"),
+    [
+        ("inst", "tp_size", 0, "nodes[0].instances[1].tp_size: expected a number >= 1, got 0"),
+        ("inst", "max_num_seqs", -5, "nodes[0].instances[1].max_num_seqs: expected a number >= 1, got -5"),
+        ("mem", "mem_size", 0, "nodes[0].instances[1].npu_mem.mem_size: expected a number > 0, got 0"),
+        ("mem", "mem_bw", -1, "nodes[0].instances[1].npu_mem.mem_bw: expected a number > 0, got -1"),
+        ("mem", "mem_util", 1.5, "nodes[0].instances[1].npu_mem.mem_util: expected a number <= 1, got 1.5"),
+        ("top", "link_bw", 0, "link_bw: expected a number > 0, got 0"),
+        ("top", "link_latency", -3, "link_latency: expected a number >= 0, got -3"),
+    ],
+)
+def test_bad_numbers(tmp_path, where, key, value, expect):
+    def mutate(r):
+        target = {"inst": _inst(r), "mem": _inst(r)["npu_mem"], "top": r}[where]
+        target[key] = value
+
+    assert _err(tmp_path, mutate).endswith(expect)
+
+
+def test_wrong_types_are_not_coerced(tmp_path):
+    assert _err(tmp_path, lambda r: r.update(link_bw="16")).endswith('link_bw: expected a number, got "16"')
+    assert _err(tmp_path, lambda r: _inst(r).update(num_npus=1.5)).endswith(
+        "instances[1].num_npus: expected an integer, got 1.5"
+    )
+    assert _err(tmp_path, lambda r: _inst(r).update(enable_chunked_prefill="yes")).endswith(
+        'enable_chunked_prefill: expected true or false, got "yes"'
+    )
+
+
+def test_missing_field(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r, 0).pop("hardware"))
+    assert msg.endswith("nodes[0].instances[0].hardware: missing required field")
+
+
+def test_num_instances_mismatch(tmp_path):
+    msg = _err(tmp_path, lambda r: r["nodes"][0].update(num_instances=3))
+    assert msg.endswith("nodes[0]: num_instances is 3 but 2 instances are listed")
+
+
+def test_num_nodes_mismatch(tmp_path):
+    assert _err(tmp_path, lambda r: r.update(num_nodes=2)).endswith("num_nodes is 2 but 1 nodes are listed")
+
+
+def test_unknown_model(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r).update(model_name="meta-llama/Llama-9B"))
+    assert "nodes[0].instances[1].model_name: unknown model 'meta-llama/Llama-9B'" in msg
+    assert "known models:" in msg and "meta-llama/Llama-3.1-8B" in msg
+
+
+def test_unknown_dtype(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r).update(dtype="bf16"))
+    assert msg.endswith(
+        'instances[1].dtype: expected "bfloat16", "float16", "float32", "fp8" or "int8", got "bf16"'
+    )
+
+
+def test_weights_do_not_fit(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r)["npu_mem"].update(mem_size=16))
+    # Llama-3.1-8B bf16 is 16.06e9 bytes = 14.96 GB (2^30); 16 GB x 0.9 leaves 14.4 GB
+    assert "nodes[0].instances[1]: meta-llama/Llama-3.1-8B weights need 14.96 GB" in msg
+    assert "only 14.40 GB is usable" in msg
+
+
+def test_tp_makes_weights_fit(tmp_path):
+    raw = copy.deepcopy(PD)
+    for inst in raw["nodes"][0]["instances"]:
+        inst.update(num_npus=2, tp_size=2)
+        inst["npu_mem"]["mem_size"] = 16
+    cfg = load_cluster_config(_write(tmp_path, raw))
+    assert cfg.instances()[0].config.tp_size == 2
+
+
+def test_decode_only_cluster(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r, 0).update(pd_type="decode"))
+    assert 'there are "decode" instances but no "prefill" instance' in msg
+
+
+def test_prefill_with_only_colocated(tmp_path):
+    # a colocated instance does not take KV hand-offs, so it cannot pair with a prefill one
+    msg = _err(tmp_path, lambda r: _inst(r, 1).update(pd_type=None))
+    assert 'there are "prefill" instances but no "decode" instance' in msg
+
+
+def test_unknown_extra_key(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r).update(max_num_seq=64))
+    assert 'nodes[0].instances[1]: unknown key "max_num_seq" (did you mean "max_num_seqs"?)' in msg
+    assert _err(tmp_path, lambda r: r.update(lnk_bw=3)).startswith(
+        str(tmp_path / "cluster.json") + ': unknown key "lnk_bw"'
+    )
+
+
+def test_allowlisted_keys_are_ignored(tmp_path):
+    raw = copy.deepcopy(PD)
+    _inst(raw).update(npu_num=1, npu_group=1, name="dec0", _comment="why")
+    cfg = load_cluster_config(_write(tmp_path, raw))
+    assert cfg.instances()[1].config.pd_type == "decode"
+
+
+def test_pipeline_parallel_rejected(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r).update(pp_size=2, num_npus=2))
+    assert "pipeline parallelism is not modelled yet" in msg
+
+
+def test_tp_larger_than_npus(tmp_path):
+    msg = _err(tmp_path, lambda r: _inst(r).update(tp_size=2))
+    assert msg.endswith("nodes[0].instances[1]: tp_size * pp_size = 2 is more than num_npus = 1")
+
+
+def test_router_policy(tmp_path):
+    msg = _err(tmp_path, lambda r: r.update(router={"decode_policy": "rr"}))
+    assert msg.endswith('router.decode_policy: expected "round_robin", "random" or "least_loaded", got "rr"')
+
+
+def test_several_errors_one_line_each(tmp_path):
+    def mutate(r):
+        _inst(r, 0)["tp_size"] = 0
+        _inst(r, 1)["block_size"] = 0
+
+    lines = _err(tmp_path, mutate).splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("instances[0].tp_size: expected a number >= 1, got 0")
+    assert lines[1].endswith("instances[1].block_size: expected a number >= 1, got 0")
+
+
+def test_malformed_json(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{\n  "num_nodes": 1,\n  "link_bw": 16,,\n}')
+    with pytest.raises(ConfigError, match=r"bad\.json:3:17: not valid JSON \(Expecting property name"):
+        load_cluster_config(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cluster config not found"):
+        load_cluster_config(tmp_path / "nope.json")
+
+
+def test_overrides_apply_to_all_instances_before_validation(tmp_path):
+    p = _write(tmp_path, PD)
+    cfg = load_cluster_config(p, {"max_num_seqs": 64, "block_size": None, "enable_chunked_prefill": False})
+    assert [r.config.max_num_seqs for r in cfg.instances()] == [64, 64]
+    assert all(r.config.block_size == 16 and not r.config.enable_chunked_prefill for r in cfg.instances())
+    with pytest.raises(ConfigError, match="max_num_batched_tokens .* must be >= max_num_seqs"):
+        load_cluster_config(p, {"max_num_batched_tokens": 64})
+    with pytest.raises(ConfigError, match="cannot override tp_size"):
+        load_cluster_config(p, {"tp_size": 2})

@@ -1,0 +1,175 @@
+"""End-to-end behaviour of the SimPy engine: hand-checkable timings, conservation, P/D effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.metrics.summary import requests_frame, summarize
+from pdsim.models import load_model
+from pdsim.workload.generate import generate_requests
+from tests.helpers import MODEL, cluster, instance, run, trace
+
+
+def test_single_request_ttft_and_tpot_are_the_predicted_step_times():
+    cfg = cluster(instance(None))
+    res = run(cfg, [(1000, 50, 0.5)])
+    req = res.requests[0]
+    pred = res.instances[0].predictor
+    prefill_s = pred.step_time_s([(1000, 0)], 0, 0)
+    assert req.first_token_s - req.arrival_s == pytest.approx(prefill_s, rel=1e-12)
+    # Decode step j sees KV = 1000 + j tokens (the prompt plus the tokens decoded before it).
+    decode_s = [pred.step_time_s([], 1, 1000 + j) for j in range(49)]
+    assert req.finish_s - req.first_token_s == pytest.approx(sum(decode_s), rel=1e-9)
+    df = requests_frame(res)
+    assert df.tpot_ms[0] == pytest.approx(np.mean(decode_s) * 1e3, rel=1e-9)
+    assert df.status[0] == "finished"
+
+
+def test_long_prompt_is_chunked_by_the_token_budget():
+    cfg = cluster(instance(None, max_num_batched_tokens=512))
+    res = run(cfg, [(1200, 2, 0.0)])
+    pred = res.instances[0].predictor
+    expected = (pred.step_time_s([(512, 0)], 0, 0) + pred.step_time_s([(512, 512)], 0, 0)
+                + pred.step_time_s([(176, 1024)], 0, 0))
+    assert res.requests[0].first_token_s == pytest.approx(expected, rel=1e-12)
+
+
+def test_pd_ttft_and_transfer_follow_the_link():
+    cfg = cluster(instance("prefill"), instance("decode"), link_bw=16, link_latency=20000)
+    res = run(cfg, [(2000, 20, 0.0)])
+    req = res.requests[0]
+    prefill_inst, decode_inst = res.instances
+    assert req.prefill_instance == prefill_inst.id and req.decode_instance == decode_inst.id
+    kv_bytes = 2000 * load_model(MODEL).kv_bytes_per_token("bfloat16")
+    assert kv_bytes == 2000 * 131072
+    assert req.kv_bytes == kv_bytes
+    transfer_s = kv_bytes / 16e9 + 20000e-9
+    assert req.kv_transfer_end_s - req.kv_transfer_start_s == pytest.approx(transfer_s, rel=1e-9)
+    prefill_s = prefill_inst.predictor.step_time_s([(2000, 0)], 0, 0)
+    assert req.first_token_s == pytest.approx(prefill_s, rel=1e-12)
+    # The decode instance starts right after the KV arrives; its first step makes token 2.
+    decode_s = sum(decode_inst.predictor.step_time_s([], 1, 2000 + j) for j in range(19))
+    assert req.finish_s == pytest.approx(prefill_s + transfer_s + decode_s, rel=1e-9)
+    # The prefill instance keeps the blocks until the transfer is done, then frees them.
+    assert prefill_inst.kv.peak_used == -(-2000 // 16)
+    assert prefill_inst.kv.free == prefill_inst.kv.num_blocks
+
+
+def _pressure_trace(n: int, seed: int, rate: float = 30.0):
+    return generate_requests(n, rate, "lognormal:1500,800,max=6000", "lognormal:300,200,max=1500", seed=seed)
+
+
+@pytest.mark.parametrize("pd", [False, True])
+def test_conservation_under_memory_pressure(pd):
+    # ~18.4 GB usable on a 15 GB model leaves room for only a few thousand tokens of KV.
+    small = 19.5
+    if pd:
+        cfg = cluster(instance("prefill", small), instance("decode", small))
+    else:
+        cfg = cluster(instance(None, small))
+    reqs = _pressure_trace(150, seed=3)
+    res = simulate(cfg, reqs, SimOptions())
+    df = requests_frame(res)
+    assert len(df) == 150
+    assert (df.status == "finished").all(), df[df.status != "finished"].reason.unique()
+    assert res.instances[-1].sched.num_preemptions > 0, "the test needs memory pressure to mean anything"
+    for inst in res.instances:
+        assert inst.kv.free == inst.kv.num_blocks  # everything released at the end
+        assert 0 < inst.kv.peak_used <= inst.kv.num_blocks
+        assert not inst.sched.running and not inst.sched.waiting and not inst.pending
+    # Preempted requests still produce exactly their tokens: TPOT is finite and positive.
+    assert (df.tpot_ms[df.output_toks > 1] > 0).all()
+
+
+def test_fast_forward_matches_stepping_one_by_one():
+    cfg = cluster(instance("prefill", 19.5), instance("decode", 19.5))
+    reqs = _pressure_trace(120, seed=5)
+    fast = simulate(cfg, reqs, SimOptions())
+    slow = simulate(cfg, reqs, SimOptions(max_decode_run_steps=1))
+    assert sum(i.stats.steps for i in fast.instances) == sum(i.stats.steps for i in slow.instances)
+    for a, b in zip(fast.requests, slow.requests):
+        assert a.status == b.status == "finished"
+        assert a.preemptions == b.preemptions
+        assert a.first_token_s == pytest.approx(b.first_token_s, rel=1e-9, abs=1e-9)
+        assert a.finish_s == pytest.approx(b.finish_s, rel=1e-9, abs=1e-9)
+    assert fast.instances[1].sched.num_preemptions > 0
+
+
+def test_colocated_decode_suffers_prefill_interference_that_pd_removes():
+    # Steady decodes, then a burst of long prompts: in a colocated instance, the decode steps
+    # share batches with prefill chunks and slow down; a decode-only instance does not see them.
+    rows = [(200, 400, 0.05 * i) for i in range(16)]
+    rows += [(6000, 2, 2.0 + 0.01 * i) for i in range(30)]
+    colo = run(cluster(instance(None)), rows)
+    pd = run(cluster(instance("prefill"), instance("decode")), rows)
+    steady = [r.id for r in colo.requests if r.input_toks == 200]
+    colo_tpot = requests_frame(colo).set_index("request_id").loc[steady].tpot_ms
+    pd_tpot = requests_frame(pd).set_index("request_id").loc[steady].tpot_ms
+    assert np.percentile(colo_tpot, 99) > 1.5 * np.percentile(pd_tpot, 99)
+
+
+def test_full_decode_instance_makes_handoffs_wait_without_losing_requests():
+    # The decode instance fits ~2 long requests at a time; the prefill instance is fast.
+    cfg = cluster(instance("prefill"), instance("decode", 18.8))  # 375 blocks: room for ~1.8 requests
+    rows = [(3000, 400, 0.01 * i) for i in range(8)]
+    res = run(cfg, rows)
+    df = requests_frame(res)
+    assert (df.status == "finished").all()
+    assert (df.kv_transfer_wait_ms > 0).sum() >= 4
+    assert res.instances[1].kv.peak_used <= res.instances[1].kv.num_blocks
+
+
+def test_runs_are_deterministic_per_seed():
+    cfg = cluster(instance(None), instance(None))
+    reqs = generate_requests(200, 20, "lognormal:800,300", "lognormal:100,50", seed=1)
+    a = requests_frame(simulate(cfg, reqs, SimOptions(seed=7, prefill_policy="random")))
+    b = requests_frame(simulate(cfg, reqs, SimOptions(seed=7, prefill_policy="random")))
+    c = requests_frame(simulate(cfg, reqs, SimOptions(seed=8, prefill_policy="random")))
+    assert a.equals(b)
+    assert not a.prefill_instance.equals(c.prefill_instance)
+
+
+@pytest.mark.parametrize("policy", ["round_robin", "random", "least_loaded"])
+def test_routing_policies_spread_requests(policy):
+    cfg = cluster(instance(None), instance(None), instance(None))
+    reqs = generate_requests(90, 30, "fixed:1000", "fixed:100", seed=2)
+    df = requests_frame(simulate(cfg, reqs, SimOptions(prefill_policy=policy)))
+    counts = df.prefill_instance.value_counts()
+    assert len(counts) == 3
+    if policy == "round_robin":
+        assert set(counts) == {30}
+
+
+def test_rejects_requests_that_can_never_fit_and_reports_them():
+    cfg = cluster(instance(None, 18.8))
+    res = run(cfg, [(500, 10, 0.0), (200_000, 10, 0.1), (60_000, 10, 0.2)])
+    df = requests_frame(res)
+    assert list(df.status) == ["finished", "rejected", "rejected"]
+    assert "max length" in df.reason[1]
+    assert "KV blocks" in df.reason[2]
+    summary = summarize(res, df)
+    assert summary["finished"] == 1 and summary["rejected"] == 2
+
+
+def test_max_sim_time_reports_unfinished_with_reason():
+    cfg = cluster(instance(None))
+    res = simulate(cfg, trace([(1000, 2000, 0.0), (1000, 10, 0.0)]), SimOptions(max_sim_time_s=1.0))
+    df = requests_frame(res)
+    assert df.status.tolist() == ["unfinished", "finished"]
+    assert "--max-sim-time" in df.reason[0]
+
+
+def test_summary_and_itl_are_consistent():
+    cfg = cluster(instance(None))
+    reqs = generate_requests(100, 10, "lognormal:800,300", "lognormal:100,50", seed=4)
+    res = simulate(cfg, reqs, SimOptions())
+    df = requests_frame(res)
+    s = summarize(res, df)
+    assert s["requests"] == s["finished"] == 100
+    # Over all tokens, the ITL mean is the token-weighted TPOT mean (no preemption, colocated).
+    weights = df.output_toks - 1
+    assert s["itl_ms"]["mean"] == pytest.approx(np.average(df.tpot_ms, weights=weights), rel=1e-6)
+    assert s["ttft_ms"]["p50"] <= s["ttft_ms"]["p90"] <= s["ttft_ms"]["p99"]
+    assert s["instances"][0]["peak_kv_gb"] > 0

@@ -1,0 +1,141 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from pdsim.errors import PdsimError
+from pdsim.models import dtype_bytes, known_models, load_model
+
+ALL = [
+    "JackFram/llama-160m",
+    "Qwen/Qwen3-32B",
+    "Qwen/Qwen3-8B",
+    "meta-llama/Llama-3.1-70B",
+    "meta-llama/Llama-3.1-8B",
+    "mistralai/Mistral-7B-v0.3",
+    "pdsim/tiny-llama",
+]
+
+
+def test_known_models_lists_shipped_configs():
+    assert known_models() == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_model_loads_and_tp1_weights_equal_params(name):
+    m = load_model(name)
+    assert m.weight_bytes("bfloat16") == 2 * m.param_count()
+    assert m.weight_bytes("float32") == 4 * m.param_count()
+
+
+def test_llama_8b_shapes_and_sizes():
+    m = load_model("meta-llama/Llama-3.1-8B")
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim) == (4096, 32, 32, 8, 128)
+    assert m.architecture == "llama" and not m.has_qk_norm and not m.tie_word_embeddings
+    assert m.kv_bytes_per_token("bfloat16") == 131072
+    assert m.kv_bytes_per_token("fp8") == 65536
+    assert m.param_count() == 8_030_261_248
+
+
+def test_llama_70b_param_count():
+    assert load_model("meta-llama/Llama-3.1-70B").param_count() == pytest.approx(70.55e9, rel=2e-3)
+
+
+def test_qwen3_explicit_head_dim_and_qk_norm():
+    m = load_model("Qwen/Qwen3-8B")
+    assert m.kv_bytes_per_token("bfloat16") == 147456
+    assert m.has_qk_norm
+    assert m.param_count() == pytest.approx(8.19e9, rel=2e-3)
+    big = load_model("Qwen/Qwen3-32B")
+    # head_dim 128 with 64 heads: q projection is wider than hidden (8192 vs 5120)
+    assert big.head_dim == 128 and big.q_size() == 8192 and big.hidden_size == 5120
+    assert big.o_in() == 8192
+
+
+def test_llama_160m_defaults_kv_heads_to_heads():
+    m = load_model("JackFram/llama-160m")
+    assert m.num_kv_heads == 12 and m.head_dim == 64
+    assert m.kv_bytes_per_token("float32") == 2 * 12 * 12 * 64 * 4
+
+
+def test_tp_sharding():
+    m = load_model("meta-llama/Llama-3.1-8B")
+    assert m.q_size(2) == 2048 and m.kv_size(2) == 512 and m.qkv_out(2) == 3072
+    assert m.intermediate_per_shard(4) == 3584 and m.vocab_per_shard(2) == 64128
+    assert m.kv_bytes_per_token("bfloat16", tp=2) == 65536
+    # with more shards than KV heads, each shard keeps one replicated KV head
+    assert m.kv_heads_per_shard(16) == 1
+    assert m.kv_bytes_per_token("bfloat16", tp=16) == 2 * 32 * 128 * 2
+    one, two = m.weight_bytes("bfloat16", 1), m.weight_bytes("bfloat16", 2)
+    # norms are replicated, so a shard is a little over half
+    norms_bytes = (2 * 32 * 4096 + 4096) * 2
+    assert two == (one - norms_bytes) // 2 + norms_bytes
+
+
+def test_check_tp_rejects_uneven_split():
+    m = load_model("meta-llama/Llama-3.1-8B")
+    m.check_tp(8)
+    with pytest.raises(PdsimError, match="32 attention heads cannot be split over tp=3"):
+        m.check_tp(3)
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(PdsimError) as e:
+        load_model("meta-llama/Llama-4-1T")
+    assert "unknown model 'meta-llama/Llama-4-1T'" in str(e.value)
+    assert "meta-llama/Llama-3.1-8B" in str(e.value) and "Qwen/Qwen3-8B" in str(e.value)
+
+
+def test_path_escape_is_unknown(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(PdsimError, match="unknown model"):
+        load_model("../x", tmp_path / "models")
+
+
+def test_unknown_dtype():
+    with pytest.raises(PdsimError, match="unknown dtype 'bf16'; known dtypes: bfloat16"):
+        dtype_bytes("bf16")
+
+
+def _write(tmp_path, cfg):
+    (tmp_path / "org").mkdir(exist_ok=True)
+    (tmp_path / "org" / "m.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def _tiny():
+    path = Path(__file__).resolve().parent.parent / "configs/models/pdsim/tiny-llama.json"
+    return json.loads(path.read_text())
+
+
+def test_missing_field_names_file_and_field(tmp_path):
+    cfg = _tiny()
+    del cfg["intermediate_size"]
+    root = _write(tmp_path, cfg)
+    with pytest.raises(PdsimError, match=r"m\.json: missing field 'intermediate_size'"):
+        load_model("org/m", root)
+
+
+def test_bad_field_value(tmp_path):
+    cfg = _tiny()
+    cfg["num_hidden_layers"] = "two"
+    root = _write(tmp_path, cfg)
+    with pytest.raises(
+        PdsimError, match=r"field 'num_hidden_layers': expected a positive integer, got 'two'"
+    ):
+        load_model("org/m", root)
+
+
+def test_unsupported_architecture(tmp_path):
+    cfg = _tiny()
+    cfg["model_type"] = "mixtral"
+    root = _write(tmp_path, cfg)
+    with pytest.raises(PdsimError, match="'mixtral' is not supported"):
+        load_model("org/m", root)
+
+
+def test_models_dir_override(tmp_path):
+    root = _write(tmp_path, _tiny())
+    assert known_models(root) == ["org/m"]
+    assert load_model("org/m", root).hidden_size == 256

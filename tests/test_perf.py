@@ -1,0 +1,483 @@
+"""Tests for pdsim.perf: tables, profile I/O, the step-time predictor and estimated profiles."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pdsim.errors import ProfileError
+from pdsim.hardware import get_hardware
+from pdsim.models import load_model
+from pdsim.perf.cli import estimate
+from pdsim.perf.estimate import estimate_meta, estimate_profile, estimate_rows, load_or_estimate
+from pdsim.perf.interp import ExtrapolationWarning, Table1D, Table2D, TableND
+from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.profile import ProfileMeta, find_profile, profile_path, read_profile, write_profile
+
+SHARED = Path(__file__).parents[1].parent / "shared" / "data"
+LSS = SHARED / "calibration" / "llmservingsim-rtxpro6000-llama31-8b" / "profile"
+needs_shared = pytest.mark.skipif(not LSS.is_dir(), reason="../shared data not present")
+
+LLAMA8B = "meta-llama/Llama-3.1-8B"
+
+
+@pytest.fixture(scope="module")
+def llama8b():
+    return load_model(LLAMA8B)
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    return get_hardware("RTXPRO6000")
+
+
+# ---------------------------------------------------------------- interpolation
+
+
+def test_table1d_exact_linear_and_extrapolation_warns_once():
+    t = Table1D("t", [1, 2, 4], [10.0, 20.0, 30.0], "tokens")
+    assert t(1) == 10.0 and t(2) == 20.0 and t(4) == 30.0
+    assert t(3) == pytest.approx(25.0)
+    assert t(1.5) == pytest.approx(15.0)
+    with pytest.warns(ExtrapolationWarning, match=r"'t'.*tokens=6.*\[1, 4\]"):
+        assert t(6) == pytest.approx(40.0)  # last segment's slope 5/unit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second excursion must not warn again
+        assert t(0) == 0.0  # 10 - 10 = 0; further below clips at 0
+        assert t(-5) == 0.0
+    assert "tokens=6" in t.out_of_range
+    xs = np.array([1, 1.5, 3, 4, 6, -5])
+    np.testing.assert_allclose(t.eval_many(xs), [t(x) for x in xs], rtol=1e-15)
+    xs = np.sort(xs)
+    np.testing.assert_allclose(t.eval_sorted(xs), [t(x) for x in xs], rtol=1e-12)
+
+
+def test_table2d_bilinear():
+    xs, ys = [0, 10], [0, 100, 200]
+    values = np.array([[1.0, 2.0, 4.0], [11.0, 12.0, 14.0]])
+    t = Table2D("t2", xs, ys, values, ("chunk", "prefix"))
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            assert t(x, y) == values[i, j]
+    assert t(5, 50) == pytest.approx(0.5 * (1.5 + 11.5))
+    assert t(5, 150) == pytest.approx(0.5 * (3 + 13))
+    s = t.slice_at_x(5)
+    for y in (0, 50, 100, 150, 200):
+        assert s(y) == pytest.approx(t(5, y))
+
+
+def test_tablend_multilinear_and_nested_grids():
+    rng = np.random.default_rng(0)
+    axes = [np.array([0.0, 1, 3]), np.array([0.0, 2]), np.array([1.0, 2, 4]), np.array([0.0, 5, 10])]
+    pts = np.array(np.meshgrid(*axes, indexing="ij")).reshape(4, -1).T
+
+    # multilinear functions are reproduced exactly by multilinear interpolation
+    def f(p):
+        return 3 + p[..., 0] + 2 * p[..., 1] * p[..., 2] + 0.5 * p[..., 3] * p[..., 0]
+
+    t = TableND("g", pts, f(pts), ("a", "b", "c", "d"))
+    for q in rng.uniform([0, 0, 1, 0], [3, 2, 4, 10], size=(50, 4)):
+        assert t(*q) == pytest.approx(f(q))
+    # nested (non-full) grid: the a=0 slice only has b=0; lookups stay exact where defined
+    keep = ~((pts[:, 0] == 0) & (pts[:, 1] == 2))
+    tn = TableND("g", pts[keep], f(pts[keep]), ("a", "b", "c", "d"))
+    q = (2.0, 1.0, 3.0, 7.0)
+    assert tn(*q) == pytest.approx(f(np.array(q)))
+    # at a=0 b is constant (single value): f(0, 0, c, d) = 3
+    assert tn(0.0, 1.5, 3.0, 7.0) == pytest.approx(3.0)
+    sl = tn.slice_last_axis(2.0, 1.0, 3.0)
+    for d in (0, 2.5, 5, 10):
+        assert sl(d) == pytest.approx(tn(2.0, 1.0, 3.0, d))
+    with pytest.raises(ValueError, match="duplicate"):
+        TableND("g", np.vstack([pts, pts[:1]]), np.zeros(len(pts) + 1), ("a", "b", "c", "d"))
+
+
+# ---------------------------------------------------------------- profile I/O
+
+
+def _small_parts():
+    dense = [
+        (op, t, 1.0 + 0.01 * t)
+        for op in (
+            "layernorm",
+            "qkv_proj",
+            "rotary_emb",
+            "o_proj",
+            "gate_up_proj",
+            "act_fn",
+            "down_proj",
+            "embedding",
+            "final_layernorm",
+        )
+        for t in (1, 8, 64)
+    ]
+    per_seq = [(op, s, 5.0 + s) for op in ("lm_head", "sampler") for s in (1, 4, 16)]
+    prefill = [(c, p, 2.0 + 0.1 * c + 0.01 * p) for c in (16, 64) for p in (0, 128, 1024)]
+    decode = [(b, kv, 3.0 + 0.001 * b * kv) for b in (1, 4) for kv in (0, 256, 4096)]
+    return dense, per_seq, prefill, decode
+
+
+def test_write_read_round_trip(tmp_path):
+    meta = ProfileMeta(
+        hardware="TESTGPU",
+        model="pdsim/tiny-llama",
+        dtype="bfloat16",
+        tp=2,
+        source="measured",
+        tool="test",
+        tool_version="1",
+        created_at="now",
+        num_layers=2,
+        device={"name": "x"},
+        activation_peak_bytes=12345,
+        notes="n",
+    )
+    dense, per_seq, prefill, decode = _small_parts()
+    out = profile_path(tmp_path, "TESTGPU", "pdsim/tiny-llama", "bfloat16", 2)
+    write_profile(out, meta, dense, per_seq, prefill, decode, [(1024, 7.5), (1 << 20, 20.0)])
+    p = read_profile(out)
+    assert (p.meta.hardware, p.meta.model, p.meta.tp, p.meta.activation_peak_bytes) == (
+        "TESTGPU",
+        "pdsim/tiny-llama",
+        2,
+        12345,
+    )
+    assert p.meta.fmt == "pdsim" and not p.estimated and p.meta.device == {"name": "x"}
+    for op, t, us in dense:
+        assert p.dense[op](t) == pytest.approx(us)
+    for c, pre, us in prefill:
+        assert p.attention_prefill(c, pre) == pytest.approx(us)
+    for b, kv, us in decode:
+        assert p.attention_decode(b, kv) == pytest.approx(us)
+    assert p.allreduce(1024) == 7.5
+    assert find_profile("TESTGPU", "pdsim/tiny-llama", "bfloat16", 2, root=tmp_path) is not None
+    assert find_profile("TESTGPU", "pdsim/tiny-llama", "bfloat16", 4, root=tmp_path) is None
+    with pytest.raises(ProfileError, match="tp=2, needed tp=4"):
+        read_profile(out, tp=4)
+
+
+def test_bad_profiles_name_file_and_row(tmp_path):
+    meta = ProfileMeta(hardware="X", model="m", dtype="bfloat16", tp=1)
+    dense, per_seq, prefill, decode = _small_parts()
+    write_profile(tmp_path, meta, dense, per_seq, prefill, decode)
+    lines = (tmp_path / "dense.csv").read_text().splitlines()
+    lines[3] = "layernorm,64,abc"
+    (tmp_path / "dense.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ProfileError, match=r"dense\.csv: line 4, column 'time_us': expected a number, got 'abc'"
+    ):
+        read_profile(tmp_path)
+    lines[3] = "layernorm,64,1.5"
+    lines[0] = "op,tokens,us"
+    (tmp_path / "dense.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProfileError, match=r"dense\.csv: line 1: missing column\(s\) time_us"):
+        read_profile(tmp_path)
+    lines[0] = "op,tokens,time_us"
+    (tmp_path / "dense.csv").write_text("\n".join(lines) + "\n")
+    read_profile(tmp_path)
+    # a hole in the 2-D grid
+    rows = (tmp_path / "attention_decode.csv").read_text().splitlines()
+    (tmp_path / "attention_decode.csv").write_text("\n".join(rows[:-1]) + "\n")
+    with pytest.raises(
+        ProfileError,
+        match=r"attention_decode\.csv: not a full grid: no row for batch_size=4, "
+        r"kv_tokens=4096",
+    ):
+        read_profile(tmp_path)
+    (tmp_path / "attention_decode.csv").unlink()
+    with pytest.raises(ProfileError, match=r"attention_decode\.csv: missing profile file"):
+        read_profile(tmp_path)
+    with pytest.raises(ProfileError, match="not a profile directory"):
+        read_profile(tmp_path / "..")
+
+
+# ---------------------------------------------------------------- LLMServingSim format
+
+
+@needs_shared
+def test_read_llmservingsim_tp_folders():
+    p1 = read_profile(LSS, tp=1)
+    p2 = read_profile(LSS, tp=2)
+    assert p1.meta.fmt == "llmservingsim" and p1.meta.model == LLAMA8B and p1.meta.dtype == "bfloat16"
+    assert p1.meta.hardware == "RTXPRO6000" and p1.meta.tp == 1 and p2.meta.tp == 2
+    assert p1.attention_grid4d is not None and p1.attention_prefill is None
+    # tp2 shards the GEMMs: each is smaller than at tp1
+    assert p2.dense["gate_up_proj"](2048) < 0.7 * p1.dense["gate_up_proj"](2048)
+    assert read_profile(LSS / "tp2").meta.tp == 2
+    with pytest.raises(ProfileError, match=r"no tp3/ sub-folder for tp=3; present: tp1, tp2"):
+        read_profile(LSS, tp=3)
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@needs_shared
+def test_llmservingsim_step_time_by_hand(llama8b, rtx):
+    pred = StepTimePredictor(read_profile(LSS, tp=1), llama8b, 1, rtx)
+    dense = {(r["layer"], float(r["tokens"])): float(r["time_us"]) for r in _csv_rows(LSS / "tp1/dense.csv")}
+    seq = {
+        (r["layer"], float(r["sequences"])): float(r["time_us"])
+        for r in _csv_rows(LSS / "tp1/per_sequence.csv")
+    }
+    attn = {
+        tuple(float(r[k]) for k in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")): float(
+            r["time_us"]
+        )
+        for r in _csv_rows(LSS / "tp1/attention.csv")
+    }
+    L = 32
+
+    def by_hand(tokens, sequences, attn_key):
+        layer = (
+            2 * dense[("layernorm", tokens)]
+            + sum(
+                dense[(op, tokens)]
+                for op in ("qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn", "down_proj")
+            )
+            + attn[attn_key]
+        )
+        once = dense[("embedding", tokens)] + dense[("final_layernorm", tokens)]
+        return (L * layer + once + seq[("lm_head", sequences)] + seq[("sampler", sequences)]) * 1e-6
+
+    # 16 decode requests with 32 cached tokens each: T = 16, S = 16
+    assert pred.step_time_s((), 16, 16 * 32) == pytest.approx(by_hand(16, 16, (0, 0, 16, 32)), rel=1e-9)
+    # one 16-token prefill chunk (no prefix) + 4 decodes at KV 64: T = 20, S = 5
+    assert pred.step_time_s([(16, 0)], 4, 256) == pytest.approx(by_hand(20, 5, (16, 0, 4, 64)), rel=1e-9)
+    # two chunks are summed into one grid lookup: (8 + 8 tokens, 0 prefix) == one 16-token chunk
+    two = pred.step_time_s([(8, 0), (8, 0)], 4, 256)
+    assert two == pytest.approx(by_hand(20, 6, (16, 0, 4, 64)), rel=1e-9)
+
+
+@needs_shared
+def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
+    p2 = read_profile(LSS, tp=2)
+    pred = StepTimePredictor(p2, llama8b, 2, rtx)
+    assert any("all-reduce modelled" in n for n in pred.notes)
+    t = pred.step_time_s([(2048, 0)], 0, 0)
+    nbytes = 2048 * 4096 * 2
+    ring_us = 2 * 0.5 * nbytes / (64.0 * 1e3) + 2 * 1 * 2.0
+    without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([(2048, 0)], 0, 0)
+    assert t - without == pytest.approx(2 * 32 * ring_us * 1e-6, rel=1e-9)
+    with pytest.raises(ProfileError, match="no spec to model one"):
+        StepTimePredictor(p2, llama8b, 2, None)
+
+
+# ---------------------------------------------------------------- predictor
+
+
+def _predictors(llama8b, rtx):
+    preds = [StepTimePredictor(estimate_profile(rtx, llama8b, "bfloat16", 1), llama8b, 1, rtx, 150.0)]
+    if LSS.is_dir():
+        preds.append(StepTimePredictor(read_profile(LSS, tp=1), llama8b, 1, rtx, 150.0))
+    return preds
+
+
+@pytest.mark.parametrize(
+    "n,kv0,k", [(1, 0, 50), (7, 7 * 900, 300), (64, 64 * 120, 2000), (300, 300 * 5000, 40)]
+)
+def test_decode_run_equals_step_time(llama8b, rtx, n, kv0, k):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        for pred in _predictors(llama8b, rtx):
+            run = pred.decode_run_s(n, kv0, k)
+            one = np.array([pred.step_time_s((), n, kv0 + j * n) for j in range(k)])
+            assert run.shape == (k,)
+            np.testing.assert_allclose(run, one, rtol=1e-12, atol=0)
+    assert pred.decode_run_s(n, kv0, 0).shape == (0,)
+
+
+def test_step_time_composition_pdsim_format(llama8b, rtx):
+    prof = estimate_profile(rtx, llama8b, "bfloat16", 1)
+    pred = StepTimePredictor(prof, llama8b, 1, rtx, step_overhead_us=100.0)
+    chunks = [(300, 1000), (50, 0)]
+    T, S = 350 + 3, 2 + 3
+    d = prof.dense
+    layer = 2 * d["layernorm"](T) + sum(
+        d[op](T) for op in ("qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn", "down_proj")
+    )
+    attn = (
+        prof.attention_prefill(300, 1000) + prof.attention_prefill(50, 0) + prof.attention_decode(3, 500 / 3)
+    )
+    want = (
+        32 * (layer + attn)
+        + d["embedding"](T)
+        + d["final_layernorm"](T)
+        + prof.per_sequence["lm_head"](S)
+        + prof.per_sequence["sampler"](S)
+        + 100.0
+    ) * 1e-6
+    assert pred.step_time_s(chunks, 3, 500) == pytest.approx(want, rel=1e-9)
+    assert pred.step_time_s(tuple(chunks), 3, 500) == pred.step_time_s(chunks, 3, 500)
+    assert pred.step_time_s((), 0, 0) == 0.0
+    assert pred.estimated and "step times estimated from hardware specs" in pred.notes
+
+
+def test_activation_reserve(llama8b, rtx, tmp_path):
+    pred = StepTimePredictor(estimate_profile(rtx, llama8b, "bfloat16", 1), llama8b, 1, rtx)
+    a, b = pred.activation_reserve_bytes(2048), pred.activation_reserve_bytes(8192)
+    assert 50e6 < a < b < 5e9
+    meta = ProfileMeta(
+        hardware="X",
+        model=LLAMA8B,
+        dtype="bfloat16",
+        tp=1,
+        activation_peak_bytes=10**9,
+        activation_tokens=2048,
+    )
+    write_profile(tmp_path, meta, *_small_parts())
+    pred = StepTimePredictor(read_profile(tmp_path), llama8b, 1, None)
+    assert pred.activation_reserve_bytes(4096) == 2 * 10**9
+
+
+# ---------------------------------------------------------------- estimated profiles
+
+
+def test_estimated_profile_shapes(llama8b):
+    for hw_name in ("RTXPRO6000", "H100-SXM", "A100-80GB"):
+        hw = get_hardware(hw_name)
+        pred = StepTimePredictor(estimate_profile(hw, llama8b, "bfloat16", 1), llama8b, 1, hw)
+        # decode step time grows with KV length
+        times = [pred.step_time_s((), 32, 32 * kv) for kv in (128, 1024, 8192, 65536)]
+        assert times == sorted(times) and times[-1] > 2 * times[0]
+        # prefill: roughly linear in tokens at large T (GEMM bound; attention is small at 4-8k)
+        t4, t8 = pred.step_time_s([(4096, 0)], 0, 0), pred.step_time_s([(8192, 0)], 0, 0)
+        assert 1.8 < t8 / t4 < 2.4
+        # faster GPUs are faster
+        if hw_name == "H100-SXM":
+            h100_prefill = t8
+        if hw_name == "A100-80GB":
+            assert t8 > h100_prefill
+
+
+def test_estimate_tp2_shards(llama8b, rtx):
+    p1 = estimate_profile(rtx, llama8b, "bfloat16", 1)
+    p2 = estimate_profile(rtx, llama8b, "bfloat16", 2)
+    assert p2.dense["gate_up_proj"](4096) == pytest.approx(p1.dense["gate_up_proj"](4096) / 2, rel=0.1)
+    assert p2.attention_decode(64, 4096) < p1.attention_decode(64, 4096)
+
+
+@needs_shared
+def test_estimate_vs_measured_rtxpro6000(llama8b, rtx):
+    """Prints estimate/measured ratios (run with -s); asserts the right order of magnitude."""
+    meas = read_profile(LSS, tp=1)
+    est = estimate_profile(rtx, llama8b, "bfloat16", 1)
+    print("\nestimate / measured, RTXPRO6000 Llama-3.1-8B tp1")
+    for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "layernorm", "act_fn", "rotary_emb"):
+        r = [est.dense[op](t) / meas.dense[op](t) for t in (1, 16, 256, 2048)]
+        print(f"  {op:13s} T=1,16,256,2048: " + " ".join(f"{x:.2f}" for x in r))
+    for op in ("lm_head", "sampler"):
+        r = [est.per_sequence[op](s) / meas.per_sequence[op](s) for s in (1, 16, 256)]
+        print(f"  {op:13s} S=1,16,256:      " + " ".join(f"{x:.2f}" for x in r))
+    g = meas.attention_grid4d
+    big = []
+    for n in (16, 128):
+        r = [est.attention_decode(n, kv) / g(0, 0, n, kv) for kv in (512, 4096, 16384)]
+        big += r
+        print(f"  decode n={n:<4d} kv=512,4k,16k: " + " ".join(f"{x:.2f}" for x in r))
+    for c in (16, 256, 2048):
+        r = [est.attention_prefill(c, p) / g(c, p, 0, 0) for p in (0, 4096, 16384)]
+        print(f"  prefill c={c:<4d} prefix=0,4k,16k: " + " ".join(f"{x:.2f}" for x in r))
+    for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+        big.append(est.dense[op](2048) / meas.dense[op](2048))
+    assert all(0.7 < x < 1.3 for x in big), big
+    pm, pe = StepTimePredictor(meas, llama8b, 1, rtx), StepTimePredictor(est, llama8b, 1, rtx)
+    for chunks, n, kv in [
+        ((), 1, 500),
+        ((), 32, 32000),
+        ((), 128, 256000),
+        (((2048, 0),), 0, 0),
+        (((1500, 0),), 64, 51200),
+        (((512, 4096),), 0, 0),
+    ]:
+        r = pe.step_time_s(chunks, n, kv) / pm.step_time_s(chunks, n, kv)
+        print(f"  step chunks={chunks} n_decode={n} kv_sum={kv}: {r:.2f}")
+        assert 0.7 < r < 1.3
+
+
+def test_load_or_estimate(llama8b, tmp_path):
+    bundled = load_or_estimate("RTXPRO6000", llama8b, "bfloat16", 1)
+    assert bundled.meta.fmt == "pdsim" and Path(bundled.meta.path).is_dir()
+    est = load_or_estimate("L40S", llama8b, "bfloat16", 1, root=tmp_path)
+    assert est.estimated and est.meta.hardware == "L40S"
+    with pytest.raises(
+        ProfileError,
+        match=r"no measured profile for NOPE/meta-llama/Llama-3.1-8B/bfloat16/tp1 "
+        r"under .* known hardware: .*H100-SXM",
+    ):
+        load_or_estimate("NOPE", llama8b, "bfloat16", 1, root=tmp_path)
+
+
+def test_bundled_profiles_match_estimator(llama8b):
+    for hw in ("RTXPRO6000", "H100-SXM", "A100-80GB"):
+        p = find_profile(hw, LLAMA8B, "bfloat16", 1)
+        assert p is not None and p.estimated, hw
+        assert sum(f.stat().st_size for f in Path(p.meta.path).iterdir()) < 300_000
+        fresh = estimate_profile(get_hardware(hw), llama8b, "bfloat16", 1)
+        for t in (1, 100, 3000):
+            assert p.dense["gate_up_proj"](t) == pytest.approx(fresh.dense["gate_up_proj"](t), rel=1e-5)
+        assert p.attention_decode(64, 5000) == pytest.approx(fresh.attention_decode(64, 5000), rel=1e-5)
+
+
+def test_cli_estimate(tmp_path):
+    res = CliRunner().invoke(
+        estimate, ["--hardware", "H200", "--model", "Qwen/Qwen3-8B", "--tp", "2", "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 0, res.output
+    p = read_profile(profile_path(tmp_path, "H200", "Qwen/Qwen3-8B", "bfloat16", 2))
+    assert p.estimated and p.meta.tp == 2 and "qk_norm" in p.dense
+    res = CliRunner().invoke(estimate, ["--hardware", "B999", "--model", LLAMA8B, "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "known hardware" in str(res.exception)
+
+
+def test_estimate_rows_write_read(llama8b, tmp_path):
+    hw = get_hardware("H100-SXM")
+    write_profile(
+        tmp_path, estimate_meta(hw, llama8b, "bfloat16", 1), *estimate_rows(hw, llama8b, "bfloat16", 1)
+    )
+    p, q = read_profile(tmp_path), estimate_profile(hw, llama8b, "bfloat16", 1)
+    assert p.attention_prefill(777, 9999) == pytest.approx(q.attention_prefill(777, 9999), rel=1e-5)
+
+
+# ---------------------------------------------------------------- speed (printed, not asserted)
+
+
+def test_predictor_microbenchmark(llama8b, rtx):
+    pred = StepTimePredictor(estimate_profile(rtx, llama8b, "bfloat16", 1), llama8b, 1, rtx)
+    rng = np.random.default_rng(1)
+    shapes = [
+        (((int(c), int(p)),) if c else (), int(n), int(n * kv))
+        for c, p, n, kv in zip(
+            rng.integers(0, 2048, 2000),
+            rng.integers(0, 8192, 2000),
+            rng.integers(1, 128, 2000),
+            rng.integers(16, 4096, 2000),
+            strict=True,
+        )
+    ]
+    t0 = time.perf_counter()
+    for s in shapes:
+        pred.step_time_s(*s)
+    cold = (time.perf_counter() - t0) / len(shapes)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        for s in shapes:
+            pred.step_time_s(*s)
+    warm = (time.perf_counter() - t0) / (10 * len(shapes))
+    t0 = time.perf_counter()
+    for n in range(1, 101):
+        pred.decode_run_s(n, n * 300, 1000)
+    run = (time.perf_counter() - t0) / 100
+    print(
+        f"\nstep_time_s: cold {cold * 1e6:.1f} us/call, cached {warm * 1e6:.2f} us/call; "
+        f"decode_run_s(k=1000) {run * 1e6:.1f} us/call"
+    )
+    assert math.isfinite(cold)
