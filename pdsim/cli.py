@@ -49,12 +49,20 @@ def cli() -> None:
 @cli.command("run")
 @click.option("--cluster-config", required=True, type=click.Path(path_type=Path),
               help="Cluster config JSON (LLMServingSim format).")
-@click.option("--dataset", required=True, type=click.Path(path_type=Path),
-              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns).")
+@click.option("--dataset", type=click.Path(path_type=Path), default=None,
+              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns). Optional with "
+                   "--concurrency and --input-len/--output-len.")
 @click.option("--output", default="outputs/run.csv", show_default=True, type=click.Path(path_type=Path),
               help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv and plots go beside it.")
-@click.option("--num-requests", type=int, default=None,
+@click.option("--num-requests", "--num-reqs", type=int, default=None,
               help="Use only the first N requests (by arrival).  [default: all]")
+@click.option("--concurrency", type=int, default=None,
+              help="Closed loop: N clients, each sending its next request when its previous one ends "
+                   "(trace arrival times are ignored).  [default: open loop]")
+@click.option("--input-len", default=None,
+              help="Without --dataset: prompt length of the synthetic requests, N or a spec such as "
+                   "lognormal:1000,400.")
+@click.option("--output-len", default=None, help="Without --dataset: output length, N or a spec.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random routing; runs are deterministic per seed.")
 @click.option("--prefill-policy", type=click.Choice(POLICIES), default=None,
               help="Routing over prefill-capable instances.  [default: config's router, else least_loaded]")
@@ -82,7 +90,8 @@ def cli() -> None:
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def run_cmd(cluster_config: Path, dataset: Path, output: Path, num_requests: int | None, seed: int,
+def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_requests: int | None,
+            concurrency: int | None, input_len: str | None, output_len: str | None, seed: int,
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
@@ -101,12 +110,19 @@ def run_cmd(cluster_config: Path, dataset: Path, output: Path, num_requests: int
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype}
     cfg = load_cluster_config(cluster_config, overrides)
-    trace = load_trace(dataset, max_requests=num_requests)
+    if concurrency is not None and concurrency < 1:
+        raise PdsimError(f"--concurrency: expected a positive number of clients, got {concurrency}")
+    if dataset is not None:
+        if input_len or output_len:
+            raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
+        trace = load_trace(dataset, max_requests=num_requests)
+    else:
+        trace = _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
     opts = SimOptions(
         seed=seed, prefill_policy=prefill_policy, decode_policy=decode_policy,
         profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
         step_overhead_us=step_overhead_us, max_sim_time_s=max_sim_time,
-        sample_interval_s=log_interval or 1.0,
+        sample_interval_s=log_interval or 1.0, concurrency=concurrency,
     )
     bar = ProgressBar("simulating", enabled=False if quiet else None)
     last: dict[str, tuple[float, int, int]] = {}
@@ -134,10 +150,12 @@ def run_cmd(cluster_config: Path, dataset: Path, output: Path, num_requests: int
     wall_s = time.perf_counter() - started
     bar.close()
 
+    source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
     df = requests_frame(result)
     summary = summarize(result, df, wall_s=wall_s)
     summary["cluster_config"] = str(cluster_config)
-    summary["dataset"] = str(dataset)
+    summary["dataset"] = str(source)
+    summary["concurrency"] = concurrency
     summary["seed"] = seed
     output.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(output, index=False, float_format="%.6f")
@@ -147,13 +165,31 @@ def run_cmd(cluster_config: Path, dataset: Path, output: Path, num_requests: int
     timeline_path = output.with_name(output.stem + "_timeline.csv")
     samples.to_csv(timeline_path, index=False, float_format="%.6f")
 
-    click.echo(f"pdsim: {cluster_config} with {dataset}: {len(trace)} requests, "
+    loop = f", closed loop with {concurrency} clients" if concurrency else ""
+    click.echo(f"pdsim: {cluster_config} with {source}: {len(trace)} requests{loop}, "
                f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
     click.echo(format_summary(summary))
     written = [output, summary_path, timeline_path]
     if plot:
         written += write_plots(df, samples, output.with_suffix(""))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _synthetic_trace(input_len: str | None, output_len: str | None, num_requests: int | None,
+                     concurrency: int | None, seed: int):
+    from pdsim.workload.generate import generate_requests
+
+    if not input_len or not output_len or num_requests is None or concurrency is None:
+        raise PdsimError(
+            "--dataset: missing; give a trace, or --concurrency with --num-requests, "
+            "--input-len and --output-len"
+        )
+
+    def spec(value: str) -> str:
+        return f"fixed:{value}" if value.isdigit() else value
+
+    # The rate is irrelevant in a closed loop: arrivals follow completions.
+    return generate_requests(num_requests, 1.0, spec(input_len), spec(output_len), seed=seed)
 
 
 def _si(x: float) -> str:

@@ -35,6 +35,10 @@ class SimOptions:
     max_decode_run_steps: int = 4096  # 1 steps every decode one event at a time (for checking)
     sample_interval_s: float = 1.0  # timeline resolution (simulated seconds)
     max_sim_time_s: float | None = None
+    # Closed loop: this many clients, each sending its next request (the next one of the trace,
+    # whose arrival time is then ignored) when its previous one ends, as `vllm bench serve
+    # --max-concurrency` does. None: open loop, requests arrive at their trace times.
+    concurrency: int | None = None
 
 
 @dataclass
@@ -270,6 +274,23 @@ def simulate(
             if delay > 0:
                 yield env.timeout(delay)
             cluster.admit(req)
+
+    if opts.concurrency is not None:
+        backlog = iter(requests)
+
+        def send_next(_done: Request | None = None) -> None:
+            req = next(backlog, None)
+            if req is not None:
+                req.arrival_s = env.now
+                cluster.admit(req)
+
+        def clients():
+            for _ in range(opts.concurrency):
+                send_next()
+            yield env.timeout(0)
+
+        cluster.on_done = send_next
+        arrivals = clients  # noqa: F811 - the closed loop replaces the trace's arrival times
 
     def monitor():
         while True:

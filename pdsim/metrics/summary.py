@@ -164,7 +164,8 @@ def format_summary(summary: dict) -> str:
     if summary["estimated_profile"]:
         lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
     for note in summary["profile_notes"]:
-        lines.append(f"note: {note}")
+        if note != ESTIMATED_NOTE:
+            lines.append(f"note: {note}")
     lines.append("")
     lines.append(f"{'metric':<20}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
     for key, label in [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
