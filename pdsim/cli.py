@@ -84,7 +84,8 @@ def cli() -> None:
 @click.option("--step-overhead-us", default=0.0, show_default=True,
               help="Fixed CPU/scheduling time added to every engine step.")
 @click.option("--max-sim-time", type=float, default=None,
-              help="Stop at this simulated time (s); requests still in flight are reported unfinished.  [default: none]")
+              help="Stop at this simulated time (s); requests still in flight are reported unfinished.  "
+                   "[default: none]")
 @click.option("--log-interval", type=float, default=None,
               help="Print a progress line every this many simulated seconds.  [default: off]")
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
