@@ -232,3 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug in pdsim, not bad input: say so, keep the traceback for --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback, "
+                   "and please report it)", err=True)
+        sys.exit(1)

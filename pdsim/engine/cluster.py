@@ -14,7 +14,7 @@ from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.link import Link
 from pdsim.engine.request import Request
 from pdsim.engine.router import Router
-from pdsim.errors import ConfigError
+from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import load_or_estimate
@@ -31,7 +31,10 @@ class SimOptions:
     decode_policy: str | None = None
     profile_dir: str | None = None  # overrides every instance's profile lookup
     profiles_root: str | None = None  # where <hardware>/<model>/<dtype>/tp<N> profiles live
+    # Calibration knobs; when left at None (0.0 for step_overhead_us) each instance's config decides.
     step_overhead_us: float = 0.0
+    step_overhead_per_seq_us: float | None = None
+    decode_skew_alpha: float | None = None
     max_decode_run_steps: int = 4096  # 1 steps every decode one event at a time (for checking)
     sample_interval_s: float = 1.0  # timeline resolution (simulated seconds)
     max_sim_time_s: float | None = None
@@ -88,11 +91,20 @@ def _build_instance(
     ic = ref.config
     where = f"{source}: nodes[{ref.node_index}].instances[{ref.instance_index}]"
     model = load_model(ic.model_name)
-    profile = load_or_estimate(
-        ic.hardware, model, ic.dtype, ic.tp_size,
-        root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir,
+    try:
+        profile = load_or_estimate(
+            ic.hardware, model, ic.dtype, ic.tp_size,
+            root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir,
+        )
+    except ProfileError as exc:
+        raise ProfileError(f"{where}.hardware: {exc}") from None
+    predictor = StepTimePredictor(
+        profile, model, ic.tp_size, get_hardware(ic.hardware),
+        step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
+        step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
+                                  else ic.step_overhead_per_seq_us),
+        skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
     )
-    predictor = StepTimePredictor(profile, model, ic.tp_size, get_hardware(ic.hardware), opts.step_overhead_us)
     weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens)
     usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util

@@ -33,5 +33,10 @@ class Router:
             return choice
         if self.policy == "random":
             return candidates[self._rng.randrange(len(candidates))]
-        # least_loaded: fewest queued + running tokens; ties go to the earliest instance.
-        return min(candidates, key=lambda inst: inst.load_tokens)
+        # least_loaded: fewest queued + running tokens. Ties (typically several idle instances)
+        # rotate, so a light load spreads over the pool instead of piling onto the first one.
+        n = len(candidates)
+        turn = self._turn
+        self._turn += 1
+        best = min(range(n), key=lambda i: (candidates[i].load_tokens, (i - turn) % n))
+        return candidates[best]

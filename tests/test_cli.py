@@ -1,0 +1,137 @@
+"""The command line as a user meets it: the main job, its outputs, and clean errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PD_CONFIG = REPO / "configs/cluster/single_node_pd_instance.json"
+TRACE = REPO / "workloads/example_trace.jsonl"
+
+
+def pdsim(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pdsim", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_main_job_writes_csv_summary_and_plots(tmp_path):
+    out = tmp_path / "pd_split_run.csv"
+    r = pdsim("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(out),
+              "--log-interval", "10", "--plot", "--num-requests", "60")
+    assert r.returncode == 0, r.stderr
+    assert "[INFO] t=10.0s P=" in r.stderr
+    assert "TTFT (ms)" in r.stdout and "TPOT (ms)" in r.stdout and "ITL (ms)" in r.stdout
+    assert "step times estimated from hardware specs" in r.stdout
+    df = pd.read_csv(out)
+    for col in ["request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s", "ttft_ms",
+                "tpot_ms", "e2e_ms", "queue_ms", "prefill_instance", "decode_instance", "kv_transfer_ms",
+                "preemptions", "status"]:
+        assert col in df.columns
+    assert len(df) == 60 and (df.status == "finished").all()
+    assert (df.prefill_instance == "n0.i0").all() and (df.decode_instance == "n0.i1").all()
+    summary = json.loads((tmp_path / "pd_split_run_summary.json").read_text())
+    assert summary["requests"] == summary["finished"] == 60
+    assert summary["estimated_profile"] is True
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        assert set(summary[key]) >= {"mean", "p50", "p90", "p99"}
+    assert summary["throughput"]["output_tokens_per_s"] > 0
+    assert [i["pd_type"] for i in summary["instances"]] == ["prefill", "decode"]
+    assert all(i["peak_mem_gb"] > i["peak_kv_gb"] > 0 for i in summary["instances"])
+    for name in ("latency_cdf", "memory", "throughput"):
+        assert (tmp_path / f"pd_split_run_{name}.png").stat().st_size > 1000
+
+
+def test_help_lists_options_with_defaults_and_subcommands():
+    r = pdsim("--help")
+    assert r.returncode == 0
+    for text in ("--cluster-config", "--dataset", "--log-interval", "--max-num-seqs", "[default: 0]",
+                 "outputs/run.csv", "workload", "profile", "run"):
+        assert text in r.stdout
+
+
+def test_closed_loop_run_without_dataset(tmp_path):
+    r = pdsim("run", "--cluster-config", str(REPO / "configs/cluster/single_node_single_instance.json"),
+              "--concurrency", "4", "--num-reqs", "12", "--input-len", "512", "--output-len", "32",
+              "--output", str(tmp_path / "cl.csv"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "cl.csv")
+    assert len(df) == 12 and (df.input_toks == 512).all()
+    # Never more than 4 requests in flight: each arrival waits for an earlier finish.
+    events = sorted([(t, 1) for t in df.arrival_s] + [(t, -1) for t in df.finish_s], key=lambda e: (e[0], e[1]))
+    in_flight = peak = 0
+    for _, delta in events:
+        in_flight += delta
+        peak = max(peak, in_flight)
+    assert peak == 4
+
+
+def _config(tmp_path: Path, mutate) -> Path:
+    raw = json.loads(PD_CONFIG.read_text())
+    mutate(raw)
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(raw, indent=2))
+    return path
+
+
+def _inst(raw: dict, i: int = 1) -> dict:
+    return raw["nodes"][0]["instances"][i]
+
+
+BAD_CONFIGS = {
+    "pd_type typo": (lambda r: _inst(r).update(pd_type="prefil"),
+                     'nodes[0].instances[1].pd_type: expected "prefill", "decode" or null, got "prefil"'),
+    "negative bandwidth": (lambda r: r.update(link_bw=-1), "link_bw"),
+    "zero memory": (lambda r: _inst(r)["npu_mem"].update(mem_size=0), "nodes[0].instances[1].npu_mem.mem_size"),
+    "unknown model": (lambda r: _inst(r).update(model_name="meta-llama/Llama-9"), "Llama-3.1-8B"),
+    "unknown hardware": (lambda r: _inst(r).update(hardware="RTX9090"), "nodes[0].instances[1].hardware"),
+    "weights do not fit": (lambda r: _inst(r)["npu_mem"].update(mem_size=10), "weights need"),
+    "kv cache does not fit": (lambda r: _inst(r)["npu_mem"].update(mem_size=17), "no room for the KV cache"),
+    "num_instances mismatch": (lambda r: r["nodes"][0].update(num_instances=3), "num_instances"),
+    "decode without prefill": (lambda r: _inst(r, 0).update(pd_type="decode"), "prefill"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_gives_one_clear_error(tmp_path, case):
+    mutate, expected = BAD_CONFIGS[case]
+    path = _config(tmp_path, mutate)
+    r = pdsim("--cluster-config", str(path), "--dataset", str(TRACE), "--output", str(tmp_path / "o.csv"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ")
+    assert str(path) in r.stderr
+    assert expected in r.stderr
+
+
+BAD_TRACES = {
+    "malformed json": ('{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0}\n{"input_toks": 1', ":2:"),
+    "missing field": ('{"input_toks": 10, "arrival_time_ns": 0}\n', "output_toks"),
+    "non-numeric": ('{"input_toks": "ten", "output_toks": 5, "arrival_time_ns": 0}\n', "input_toks"),
+    "nan": ('{"input_toks": 10, "output_toks": 5, "arrival_time_ns": NaN}\n', "arrival_time_ns"),
+    "negative": ('{"input_toks": 10, "output_toks": -5, "arrival_time_ns": 0}\n', "output_toks"),
+    "empty": ("", "no requests"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRACES))
+def test_bad_trace_gives_one_clear_error(tmp_path, case):
+    text, expected = BAD_TRACES[case]
+    path = tmp_path / "trace.jsonl"
+    path.write_text(text)
+    r = pdsim("--cluster-config", str(PD_CONFIG), "--dataset", str(path), "--output", str(tmp_path / "o.csv"))
+    assert r.returncode == 2, r.stdout
+    assert "Traceback" not in r.stderr
+    assert str(path) in r.stderr and expected in r.stderr
+
+
+def test_missing_files_and_debug_flag(tmp_path):
+    r = pdsim("--cluster-config", str(tmp_path / "nope.json"), "--dataset", str(TRACE))
+    assert r.returncode == 2 and "nope.json" in r.stderr and "Traceback" not in r.stderr
+    r = pdsim("--cluster-config", str(tmp_path / "nope.json"), "--dataset", str(TRACE), "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr
