@@ -37,8 +37,9 @@ sim_wall = time.perf_counter() - t0
 df = requests_frame(res)
 summary = summarize(res, df)
 total_wall = time.perf_counter() - t0
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"sim_wall_s": sim_wall, "total_wall_s": total_wall, "sim_end_s": res.sim_end_s,
-                  "finished": summary["finished"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "finished": summary["finished"], "peak_rss_mb": peak_mb,
                   "tpot_p50_ms": summary["tpot_ms"]["p50"], "ttft_p50_ms": summary["ttft_ms"]["p50"]}))
 """
 

@@ -88,6 +88,10 @@ def cli() -> None:
                    "[default: none]")
 @click.option("--log-interval", type=float, default=None,
               help="Print a progress line every this many simulated seconds.  [default: off]")
+@click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
+              help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
+                   "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
+                   "what a client of vLLM's P/D proxy measures).")
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
@@ -97,7 +101,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
             profiles_root: Path, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
             step_overhead_us: float, max_sim_time: float | None, log_interval: float | None,
-            plot: bool, quiet: bool, debug: bool) -> None:
+            ttft_mode: str, plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
     from pdsim.config import load_cluster_config
     from pdsim.engine.cluster import SimOptions, simulate
@@ -123,7 +127,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
         seed=seed, prefill_policy=prefill_policy, decode_policy=decode_policy,
         profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
         step_overhead_us=step_overhead_us, max_sim_time_s=max_sim_time,
-        sample_interval_s=log_interval or 1.0, concurrency=concurrency,
+        sample_interval_s=log_interval or 1.0, concurrency=concurrency, ttft_mode=ttft_mode,
     )
     bar = ProgressBar("simulating", enabled=False if quiet else None)
     last: dict[str, tuple[float, int, int]] = {}
@@ -171,6 +175,10 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
                f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
     click.echo(format_summary(summary))
     written = [output, summary_path, timeline_path]
+    if result.link_samples:
+        links_path = output.with_name(output.stem + "_links.csv")
+        pd.DataFrame([s.__dict__ for s in result.link_samples]).to_csv(links_path, index=False, float_format="%.6f")
+        written.append(links_path)
     if plot:
         written += write_plots(df, samples, output.with_suffix(""))
     click.echo("wrote " + ", ".join(str(p) for p in written))
@@ -208,7 +216,16 @@ def _attach_subcommands() -> None:
     from pdsim.perf.cli import estimate
 
     profile.add_command(estimate)
+    from pdsim.validate.cli import calibrate, import_aiconfigurator, validate
+
+    profile.add_command(import_aiconfigurator)
     cli.add_command(profile)
+    cli.add_command(validate)
+    cli.add_command(calibrate)
+    from pdsim.sweep.cli import search, sweep
+
+    cli.add_command(sweep)
+    cli.add_command(search)
 
 
 _attach_subcommands()

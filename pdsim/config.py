@@ -27,6 +27,10 @@ IGNORED_KEYS: frozenset[str] = frozenset(
 )
 
 PD_TYPES = ("prefill", "decode")
+KV_TRANSFER_MODES = ("after_prefill", "layerwise")
+KV_TRANSFER_DTYPES = ("same", "fp8", "int8")
+TTFT_MODES = ("prefill", "client")
+INTRA_NODE_LATENCY_NS = 2000.0  # NVLink-class hop incl. launch, when intra_node_bw is given
 ROUTER_POLICIES = ("round_robin", "random", "least_loaded")
 
 GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2^30 bytes
@@ -110,6 +114,13 @@ class InstanceConfig(_Strict):
     enable_chunked_prefill: bool = True
     dtype: str = "bfloat16"
     profile_dir: str | None = None
+    # Calibration knobs (docs/validation.md; `pdsim calibrate` fits the first two to a measured
+    # run). Engine CPU time per step that kernel profiles do not see: a fixed part and a part per
+    # scheduled sequence (us). decode_skew_alpha: how much of the gap between the longest and the
+    # mean decode KV the attention pays; null takes the profile's own fit (0 when it has none).
+    step_overhead_us: float = Field(default=0.0, ge=0)
+    step_overhead_per_seq_us: float = Field(default=0.0, ge=0)
+    decode_skew_alpha: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("pd_type", mode="before")
     @classmethod
@@ -173,6 +184,16 @@ class NodeConfig(_Strict):
     num_instances: int = Field(ge=0)
     cpu_mem: MemConfig | None = None
     instances: list[InstanceConfig]
+    # KV-transfer topology (docs/pd_realism.md). All optional: left out, the node is as in
+    # LLMServingSim, where link_bw/link_latency join every pair of instances.
+    # intra_node_bw: GB/s per GPU and direction into the node's fabric (NVLink-class: 450 on H100,
+    # 300 on A100); same-node transfers then use the fabric instead of link_bw.
+    intra_node_bw: float | None = Field(default=None, gt=0)
+    intra_node_latency: float = Field(default=INTRA_NODE_LATENCY_NS, ge=0)  # ns, used with intra_node_bw
+    # nic_bw: GB/s per GPU and direction of the node's network interfaces (one NIC per GPU, as on
+    # HGX boards: an instance's NIC bandwidth is nic_bw x tp_size); shared by all of the instance's
+    # outgoing (or incoming) transfers. Left out: NICs are not a bottleneck.
+    nic_bw: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _count(self) -> NodeConfig:
@@ -195,6 +216,28 @@ class RouterConfig(_Strict):
         return _one_of(v, ROUTER_POLICIES)
 
 
+class KVTransferConfig(_Strict):
+    """How a prefilled request's KV cache moves to its decode instance (docs/pd_realism.md)."""
+
+    # after_prefill: the transfer starts once the prefill step is over and decode-side blocks are
+    # reserved (vLLM's NIXL/Mooncake connectors). layerwise: decode-side blocks are reserved when
+    # the final prefill step starts, and each layer's KV leaves as soon as that layer is computed.
+    mode: str = "after_prefill"
+    # Wire format: "same" sends the KV in the instances' dtype; fp8/int8 quantise it (1 byte/value).
+    dtype: str = "same"
+    per_transfer_overhead_us: float = Field(default=0.0, ge=0)  # handshake + completion notice
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v: Any) -> Any:
+        return _one_of(v, KV_TRANSFER_MODES)
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, v: Any) -> Any:
+        return _one_of(v, KV_TRANSFER_DTYPES)
+
+
 class InstanceRef(NamedTuple):
     node_index: int
     instance_index: int
@@ -212,10 +255,13 @@ def instance_id(node_index: int, instance_index: int) -> str:
 
 class ClusterConfig(_Strict):
     num_nodes: int = Field(ge=1)
-    link_bw: float = Field(gt=0)  # GB/s between nodes
-    link_latency: float = Field(ge=0)  # ns
+    # The network between instances: GB/s (per direction) one instance pair gets, and ns. Without
+    # intra_node_bw on a node, same-node pairs use it too (LLMServingSim's meaning).
+    link_bw: float = Field(gt=0)
+    link_latency: float = Field(ge=0)
     nodes: list[NodeConfig]
     router: RouterConfig = Field(default_factory=RouterConfig)
+    kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterConfig:

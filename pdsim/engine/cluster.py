@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from pdsim.config import GB, ClusterConfig, InstanceRef
+from pdsim.config import GB, TTFT_MODES, ClusterConfig, InstanceRef
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.kv_cache import blocks_for
+from pdsim.engine.kv_transfer import KVTransfers
 from pdsim.engine.link import Link
+from pdsim.engine.network import Network
 from pdsim.engine.request import Request
 from pdsim.engine.router import Router
+from pdsim.engine.scheduler import StepPlan
+from pdsim.engine.topology import Topology
 from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
@@ -42,6 +46,19 @@ class SimOptions:
     # whose arrival time is then ignored) when its previous one ends, as `vllm bench serve
     # --max-concurrency` does. None: open loop, requests arrive at their trace times.
     concurrency: int | None = None
+    # Closed loop: client i sends its first request at i * spread / concurrency instead of all at
+    # 0. Real closed loops drift apart (jitter, chunked prefills); with fixed lengths a simulated
+    # one that starts in lockstep stays in lockstep, so a steady-state measurement spreads them.
+    client_start_spread_s: float = 0.0
+    # What TTFT means for a P/D request (docs/pd_realism.md): "prefill", the first token leaves the
+    # prefill instance (as papers count it); "client", it reaches the user through the decode
+    # instance after the KV transfer and the first decode step (what a client of vLLM's P/D proxy
+    # measures). Colocated requests are the same either way.
+    ttft_mode: str = "prefill"
+
+    def __post_init__(self) -> None:
+        if self.ttft_mode not in TTFT_MODES:
+            raise ConfigError(f"ttft_mode: expected one of {', '.join(TTFT_MODES)}, got {self.ttft_mode!r}")
 
 
 @dataclass
@@ -55,6 +72,25 @@ class Sample:
     mem_used_gb: float
     prompt_tokens: int
     decode_tokens: int
+    # KV hand-off: prefill-side blocks still held for transfers in flight (the temporary
+    # duplication with the decode side), and the instance's current transfer rates.
+    kv_held_for_transfer_gb: float = 0.0
+    kv_send_gbps: float = 0.0
+    kv_recv_gbps: float = 0.0
+
+
+@dataclass
+class LinkSample:
+    """One link at one sample time; utilisation is averaged over the interval since the last sample."""
+
+    time_s: float
+    link: str
+    kind: str
+    capacity_gbps: float
+    active_transfers: int
+    rate_gbps: float  # at the sample instant
+    utilisation: float
+    moved_gb: float  # since the start
 
 
 @dataclass
@@ -78,11 +114,13 @@ class SimulationResult:
     requests: list[Request]
     instances: list[Instance]
     infos: list[InstanceInfo]
-    links: dict[tuple[str, str], Link]
+    links: dict[str, Link]
     samples: list[Sample]
     sim_end_s: float
     rejected: int = 0
     warnings: list[str] = field(default_factory=list)
+    link_samples: list[LinkSample] = field(default_factory=list)
+    ttft_mode: str = "prefill"
 
 
 def _build_instance(
@@ -149,6 +187,7 @@ class Cluster:
             inst.on_finish = self._on_finish
             inst.on_handoff = self._on_handoff
             inst.on_reserved = self._on_reserved
+            inst.on_prefill_step = self._on_prefill_step
             self.instances.append(inst)
             self.infos.append(info)
         self.by_id = {inst.id: inst for inst in self.instances}
@@ -156,8 +195,16 @@ class Cluster:
         self.decode_pool = [i for i in self.instances if i.pd_type == "decode"]
         self.prefill_router = Router(opts.prefill_policy or cfg.router.prefill_policy, opts.seed)
         self.decode_router = Router(opts.decode_policy or cfg.router.decode_policy, opts.seed + 1)
-        self.links: dict[tuple[str, str], Link] = {}
         self.models = {inst.spec.model_name: load_model(inst.spec.model_name) for inst in self.instances}
+        self.network = Network(env)
+        self.topology = Topology(cfg, self.instances)
+        self.links = self.topology.links  # name -> Link, created as transfers first use them
+        self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
+        self._early_handoffs: set[int] = set()  # layer-wise: handed off as their final prefill step began
+        self._arrived_early: set[int] = set()  # ... whose KV arrived before that step's end was processed
+        self._held_blocks: dict[str, int] = {inst.id: 0 for inst in self.instances}
+        self.link_samples: list[LinkSample] = []
+        self._last_link_sample: tuple[float, dict[str, float]] = (0.0, {})
         self.max_model_len = {name: m.max_position_embeddings for name, m in self.models.items()}
         self.num_done = 0
         self.on_done: Callable[[Request], None] = lambda req: None
@@ -210,46 +257,70 @@ class Cluster:
         self.num_done += 1
         self.on_done(req)
 
+    def _on_prefill_step(self, src: Instance, plan: StepPlan, start_s: float, duration_s: float) -> None:
+        """Layer-wise mode: a request whose final prefill chunk starts now is handed off now, so that
+        its decode-side blocks can be reserved and its KV streamed while the layers compute."""
+        if not self.kv_transfers.layerwise or src.pd_type != "prefill":
+            return
+        for (req, num_new), prior in zip(plan.prefill, plan.prefill_prefix):
+            completes = req.num_computed + num_new >= req.input_toks + req.num_generated
+            if completes and req.num_generated + 1 < req.output_toks:
+                self.kv_transfers.note_final_step(req, start_s, duration_s, prior, num_new)
+                self._early_handoffs.add(req.id)
+                self._hand_off(src, req)
+
     def _on_handoff(self, src: Instance, req: Request) -> None:
         """Prefill done on a prefill-only instance: pick a decode instance, wait there for blocks."""
+        if req.id in self._early_handoffs:
+            self._early_handoffs.discard(req.id)
+            if req.id in self._arrived_early:
+                self._arrived_early.discard(req.id)
+                self._kv_arrived(src, self.by_id[req.decode_instance], req)
+            return
+        self._hand_off(src, req)
+
+    def _hand_off(self, src: Instance, req: Request) -> None:
         req.handoff_s = self.env.now
+        # The prefill instance keeps these blocks until the transfer is over.
         req.prefill_blocks = req.blocks
+        self._held_blocks[src.id] += req.blocks
         req.blocks = 0
         req.status = "handoff"
+        # Same model only: a heterogeneous pool may mix hardware and TP, never weights.
         candidates = [d for d in self.decode_pool if self._fits_decode(d, src, req)]
         dec = self.decode_router.choose(candidates)
         req.decode_instance = dec.id
         dec.receive_handoff(req)
 
     def _on_reserved(self, dec: Instance, req: Request) -> None:
-        """Decode-side blocks are reserved: pull the KV cache over the link."""
+        """Decode-side blocks are reserved: pull the KV cache over the network (pull model)."""
         src = self.by_id[req.prefill_instance]
-        link = self._link(src, dec)
-        model = self.models[src.spec.model_name]
-        req.kv_bytes = req.num_computed * model.kv_bytes_per_token(src.spec.dtype, 1)
         req.kv_transfer_start_s = self.env.now
         req.status = "kv_transfer"
 
         def done() -> None:
             req.kv_transfer_end_s = self.env.now
-            src.release_blocks(req.prefill_blocks)
-            req.prefill_blocks = 0
-            req.kv_ready = True
-            dec.submit(req)
+            if req.id in self._early_handoffs:
+                # Layer-wise KV all arrived in the same instant the final prefill step ends: let
+                # that step finish first, so the request leaves the prefill instance in order.
+                self._arrived_early.add(req.id)
+                return
+            self._kv_arrived(src, dec, req)
 
-        link.transfer(req.kv_bytes, done)
+        self.kv_transfers.start(src, dec, req, done)
 
-    def _link(self, src: Instance, dst: Instance) -> Link:
-        key = (src.id, dst.id)
-        link = self.links.get(key)
-        if link is None:
-            link = Link(self.env, f"{src.id}->{dst.id}", self.cfg.link_bw, self.cfg.link_latency)
-            self.links[key] = link
-        return link
+    def _kv_arrived(self, src: Instance, dec: Instance, req: Request) -> None:
+        self._held_blocks[src.id] -= req.prefill_blocks
+        src.release_blocks(req.prefill_blocks)
+        req.prefill_blocks = 0
+        req.kv_ready = True
+        dec.submit(req)
 
     # -- observation ----------------------------------------------------------------------------
     def sample(self) -> list[Sample]:
         now = self.env.now
+        self.network.settle()
+        send, recv = self._transfer_rates()
         out = []
         for inst in self.instances:
             prefill, decode, used_blocks, decode_tokens = inst.snapshot()
@@ -259,7 +330,38 @@ class Cluster:
                 time_s=now, instance=inst.id, prefill_reqs=prefill, decode_reqs=decode,
                 waiting_reqs=len(inst.sched.waiting) + len(inst.pending), kv_used_gb=kv_gb,
                 mem_used_gb=fixed_gb + kv_gb, prompt_tokens=inst.stats.prompt_tokens, decode_tokens=decode_tokens,
+                kv_held_for_transfer_gb=self._held_blocks[inst.id] * inst.kv.block_bytes / GIB,
+                kv_send_gbps=send.get(inst.id, 0.0) / 1e9, kv_recv_gbps=recv.get(inst.id, 0.0) / 1e9,
             ))
+        return out
+
+    def _transfer_rates(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Bytes per second each instance is sending and receiving right now."""
+        send: dict[str, float] = {}
+        recv: dict[str, float] = {}
+        for flow in self.network.flows:
+            src, dst = flow.endpoints
+            send[src] = send.get(src, 0.0) + flow.rate_bytes_per_s
+            recv[dst] = recv.get(dst, 0.0) + flow.rate_bytes_per_s
+        return send, recv
+
+    def sample_links(self) -> list[LinkSample]:
+        """Every link used so far, its load now and its utilisation since the previous call."""
+        self.network.settle()
+        now = self.env.now
+        last_s, last_bytes = self._last_link_sample
+        span_s = now - last_s
+        out = []
+        for name, link in self.links.items():
+            moved = link.bytes_moved - last_bytes.get(name, 0.0)
+            util = moved / (link.capacity_bytes_per_s * span_s) if span_s > 0 else 0.0
+            out.append(LinkSample(
+                time_s=now, link=name, kind=link.kind, capacity_gbps=link.capacity_bytes_per_s / 1e9,
+                active_transfers=link.num_active, rate_gbps=link.rate_bytes_per_s / 1e9,
+                utilisation=util, moved_gb=link.bytes_moved / 1e9,
+            ))
+        self._last_link_sample = (now, {name: link.bytes_moved for name, link in self.links.items()})
+        self.link_samples.extend(out)
         return out
 
 
@@ -297,7 +399,10 @@ def simulate(
                 cluster.admit(req)
 
         def clients():
-            for _ in range(opts.concurrency):
+            gap_s = opts.client_start_spread_s / opts.concurrency
+            for i in range(opts.concurrency):
+                if i and gap_s > 0:
+                    yield env.timeout(gap_s)
                 send_next()
             yield env.timeout(0)
 
@@ -308,6 +413,7 @@ def simulate(
         while True:
             snap = cluster.sample()
             samples.extend(snap)
+            cluster.sample_links()
             if on_sample is not None:
                 on_sample(env.now, snap)
             if on_progress is not None:
@@ -318,6 +424,7 @@ def simulate(
             if env.peek() == math.inf and cluster.num_done < total:
                 # Nothing else will ever happen: what is left is stuck; it is reported below.
                 samples.extend(cluster.sample())
+                cluster.sample_links()
                 return
 
     env.process(arrivals())
@@ -331,6 +438,7 @@ def simulate(
     return SimulationResult(
         requests=requests, instances=cluster.instances, infos=cluster.infos, links=cluster.links,
         samples=samples, sim_end_s=end, rejected=sum(r.status == "rejected" for r in requests),
+        link_samples=cluster.link_samples, ttft_mode=opts.ttft_mode,
     )
 
 

@@ -24,11 +24,22 @@ class DecodeCohort:
         # where its KV length before the step is a multiple of block_size.
         self._residue_counts = [0] * block_size
         self._finish_heap: list[tuple[int, int, Request]] = []
+        # Max-heap (negated) of KV bases: the longest member's KV sets how much an uneven batch
+        # costs over a uniform one of the same mean (see StepTimePredictor's skew term).
+        self._kv_base_heap: list[tuple[int, int, Request]] = []
 
     @property
     def kv_sum(self) -> int:
         """Sum of the members' KV lengths (tokens cached before the next step)."""
         return self._kv_base_sum + self.n * self.steps
+
+    @property
+    def kv_max(self) -> int:
+        """The longest member's KV length before the next step (0 when empty)."""
+        heap = self._kv_base_heap
+        while heap and (not heap[0][2].in_cohort or heap[0][2].cohort_kv_base != -heap[0][0]):
+            heapq.heappop(heap)
+        return -heap[0][0] + self.steps if heap else 0
 
     def add(self, req: Request) -> None:
         base = req.num_computed - self.steps
@@ -40,6 +51,7 @@ class DecodeCohort:
         self._kv_base_sum += base
         self._residue_counts[base % self.block_size] += 1
         heapq.heappush(self._finish_heap, (req.cohort_finish_step, req.id, req))
+        heapq.heappush(self._kv_base_heap, (-base, req.id, req))
 
     def sync(self, req: Request) -> None:
         """Write the member's current progress into its own fields."""
@@ -53,7 +65,12 @@ class DecodeCohort:
         self.n -= 1
         self._kv_base_sum -= req.cohort_kv_base
         self._residue_counts[req.cohort_kv_base % self.block_size] -= 1
-        # The heap entry stays; it is skipped when it surfaces (in_cohort is False or the step differs).
+        if len(self._kv_base_heap) > 2 * self.n + 64:
+            # Departed members that never reached the top would otherwise pile up.
+            self._kv_base_heap = [e for e in self._kv_base_heap if e[2].in_cohort and e[2].cohort_kv_base == -e[0]]
+            heapq.heapify(self._kv_base_heap)
+        # The heap entries stay; they are skipped when they surface (in_cohort is False or the
+        # recorded step/base differs from the member's current one after a re-join).
 
     def _clean_heap_top(self) -> None:
         heap = self._finish_heap

@@ -24,10 +24,12 @@ from pdsim.engine.scheduler import Scheduler, StepPlan
 class StepTimeModel:
     """What the instance needs from the performance model (see pdsim/perf/predictor.py)."""
 
-    def step_time_s(self, prefill_chunks: list[tuple[int, int]], n_decode: int, kv_decode_sum: int) -> float:
+    def step_time_s(self, prefill_chunks: list[tuple[int, int]], n_decode: int, kv_decode_sum: int,
+                    kv_decode_max: int | None = None) -> float:
         raise NotImplementedError
 
-    def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int) -> np.ndarray:
+    def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int,
+                     kv_decode_max: int | None = None) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -91,6 +93,8 @@ class Instance:
         self.on_finish: Callable[[Request], None] = lambda req: None
         self.on_handoff: Callable[[Instance, Request], None] = lambda inst, req: None
         self.on_reserved: Callable[[Instance, Request], None] = lambda inst, req: None
+        # Called as a prefill step starts, with its predicted duration (layer-wise KV streaming).
+        self.on_prefill_step: Callable[[Instance, StepPlan, float, float], None] = lambda inst, plan, t, d: None
         self._wake: simpy.Event | None = None
         self._idle = False
         self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
@@ -109,9 +113,10 @@ class Instance:
 
     def receive_handoff(self, req: Request) -> None:
         """A prefilled request chosen to decode here; it waits until blocks for its KV are free."""
+        # input_toks, not num_computed: a layer-wise hand-off arrives while its last chunk computes.
         self.pending.append(req)
-        self.pending_tokens += req.num_computed
-        fits = blocks_for(req.num_computed + 1, self.kv.block_size) <= self.kv.free
+        self.pending_tokens += req.input_toks
+        fits = blocks_for(req.input_toks + 1, self.kv.block_size) <= self.kv.free
         if fits and (self._idle or self._run is not None):
             self._wake_up()
 
@@ -134,11 +139,11 @@ class Instance:
         while self.pending:
             req = self.pending[0]
             # Room for the KV it brings and for the token its first decode step adds.
-            need = blocks_for(req.num_computed + 1, self.kv.block_size)
+            need = blocks_for(req.input_toks + 1, self.kv.block_size)
             if need > self.kv.free:
                 return
             self.pending.popleft()
-            self.pending_tokens -= req.num_computed
+            self.pending_tokens -= req.input_toks
             self.kv.allocate(need)
             req.blocks = need
             self.on_reserved(self, req)
@@ -163,15 +168,18 @@ class Instance:
             start = env.now
             if plan.prefill:
                 chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
-                durations = np.array([predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum)])
+                durations = np.array([
+                    predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)])
+                self.on_prefill_step(self, plan, start, float(durations[0]))
                 yield env.timeout(durations[0])
                 steps = 1
             elif plan.max_steps == 1:
-                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1)
+                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1, plan.kv_decode_max)
                 yield env.timeout(durations[0])
                 steps = 1
             else:
-                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, plan.max_steps)
+                durations = predictor.decode_run_s(
+                    plan.n_decode, plan.kv_decode_sum, plan.max_steps, plan.kv_decode_max)
                 ends = np.cumsum(durations)
                 self._run = (start, ends, plan.n_decode)
                 self._wake = env.event()
@@ -199,6 +207,8 @@ class Instance:
             end_of_first = self.env.now - float(durations[1:].sum())
             for req in plan.fresh_decoders:
                 stats.itl_gaps_s.append(end_of_first - req.last_token_s)
+                if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
+                    req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
         stats.itl_gaps_s.extend(outcome.gap_itls_s)
         for req in outcome.finished:
             self.on_finish(req)

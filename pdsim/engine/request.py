@@ -45,6 +45,9 @@ class Request:
     kv_transfer_start_s: float | None = None
     kv_transfer_end_s: float | None = None
     kv_bytes: int = 0
+    # End of the decode instance's first step for a handed-off request: when a client of a P/D
+    # proxy (which drops the prefill instance's token) receives its first token.
+    decode_first_token_s: float | None = None
     preemptions: int = 0
     status: str = "queued"
     reason: str = ""

@@ -27,6 +27,7 @@ class StepPlan:
     prefill_prefix: list[int] = field(default_factory=list)  # KV tokens each chunk attends to before it
     n_decode: int = 0
     kv_decode_sum: int = 0
+    kv_decode_max: int = 0  # the longest decode KV: uneven batches cost more than their mean says
     max_steps: int = 1  # how many decode steps may run back to back without a scheduling decision
     fresh_decoders: list[Request] = field(default_factory=list)  # joined with a gap since their last token
 
@@ -141,6 +142,7 @@ class Scheduler:
 
         plan.n_decode = cohort.n
         plan.kv_decode_sum = cohort.kv_sum
+        plan.kv_decode_max = cohort.kv_max
         if not plan.prefill and cohort.n and not preempted:
             # Nothing else can be scheduled until a member finishes: admission is blocked by
             # max_num_seqs, memory or budget, and none of those improve while only decodes run.

@@ -13,6 +13,7 @@ REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
     "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "prefill_instance", "decode_instance",
     "kv_transfer_ms", "kv_transfer_wait_ms", "kv_bytes", "preemptions", "status", "reason",
+    "ttft_prefill_ms", "ttft_client_ms",
 ]
 PERCENTILES = (50, 90, 99)
 ESTIMATED_NOTE = "step times estimated from hardware specs"
@@ -22,7 +23,11 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
     """One row per request, in trace order; times in seconds since the start of the trace."""
     rows = []
     for r in result.requests:
-        ttft = r.first_token_s - r.arrival_s if r.first_token_s is not None else math.nan
+        ttft_prefill = r.first_token_s - r.arrival_s if r.first_token_s is not None else math.nan
+        # P/D: a proxy client's first token comes from the decode instance's first step.
+        client_first_s = r.decode_first_token_s if r.kv_bytes else r.first_token_s
+        ttft_client = client_first_s - r.arrival_s if client_first_s is not None else math.nan
+        ttft = ttft_client if result.ttft_mode == "client" else ttft_prefill
         e2e = r.finish_s - r.arrival_s if r.finish_s is not None else math.nan
         tpot = (
             (r.finish_s - r.first_token_s) / (r.output_toks - 1)
@@ -41,6 +46,7 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
             r.id, r.input_toks, r.output_toks, r.arrival_s, _or_nan(r.first_token_s), _or_nan(r.finish_s),
             ttft * 1e3, tpot * 1e3, e2e * 1e3, queue * 1e3, r.prefill_instance, r.decode_instance,
             transfer * 1e3, transfer_wait * 1e3, r.kv_bytes, r.preemptions, r.status, r.reason,
+            ttft_prefill * 1e3, ttft_client * 1e3,
         ))
     return pd.DataFrame.from_records(rows, columns=REQUEST_COLUMNS)
 
@@ -123,6 +129,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "not_finished_reasons": [
             {"status": status, "reason": reason, "count": int(n)} for (status, reason), n in reasons.items()
         ],
+        "ttft_mode": result.ttft_mode,
         "ttft_ms": _stats(finished.ttft_ms.to_numpy(dtype=float)),
         "tpot_ms": _stats(finished.tpot_ms.to_numpy(dtype=float)),
         "itl_ms": itl,
@@ -168,7 +175,8 @@ def format_summary(summary: dict) -> str:
             lines.append(f"note: {note}")
     lines.append("")
     lines.append(f"{'metric':<20}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
-    for key, label in [("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
+    ttft_label = "TTFT (ms)" if summary.get("ttft_mode", "prefill") == "prefill" else "TTFT client (ms)"
+    for key, label in [("ttft_ms", ttft_label), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
                        ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
                        ("kv_transfer_ms", "KV transfer (ms)")]:
         s = summary[key]

@@ -7,10 +7,19 @@ KV lengths sum to K:  T = sum(c_i) + n new tokens,  S = len(chunks) + n sequence
          + lm_head(S) + sampler(S)
          + L * attention
          + (tp > 1) 2 * L * allreduce(T * hidden * dtype_bytes)
-         + step_overhead
+         + step_overhead + step_overhead_per_seq * S
 
 attention (pdsim format)  = sum_i prefill(c_i, p_i) + (n > 0) decode(n, K / n)
 attention (LLMServingSim) = grid4d(sum c_i, sum p_i, n, K / n), once per step.
+
+Decode KV skew: the tables hold uniform decode batches, looked up at the mean KV. A batch whose
+longest member has KV `kv_max` costs a little more (attention kernels split work by sequence, so
+the longest one sets the tail): attn += alpha * (attn(kv_max) - attn(kv_mean)), alpha from the
+profile (LLMServingSim's skew fit, `alpha_default` of the instance's tp in meta.yaml) unless given.
+
+The overhead terms are the engine's CPU time per step that no kernel table sees (scheduling,
+input preparation, output processing): a fixed part and a part per scheduled sequence. They are
+calibration knobs (`pdsim calibrate` fits them to a measured run), 0 by default.
 
 The simulator asks for millions of steps, most with a shape it has seen, so everything that
 repeats is memoised: the token-parallel part by T, the per-sequence part by S, each decode
@@ -19,7 +28,9 @@ batch size's attention as a 1-D (kv -> us) slice, and whole steps by their exact
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -40,12 +51,20 @@ class StepTimePredictor:
         tp: int,
         hardware: HardwareSpec | None,
         step_overhead_us: float = 0.0,
+        step_overhead_per_seq_us: float = 0.0,
+        skew_alpha: float | None = None,
     ):
         self.profile = profile
         self.model = model
         self.tp = tp
         self.hardware = hardware
         self.step_overhead_us = float(step_overhead_us)
+        self.step_overhead_per_seq_us = float(step_overhead_per_seq_us)
+        # alpha for mixed steps, and per decode batch size for decode-only steps (the profile's
+        # per-bucket fit, when it has one, is much sharper there than its one overall alpha).
+        self.skew_alpha = profile_skew_alpha(profile) if skew_alpha is None else float(skew_alpha)
+        self._decode_alpha_by_n = profile_decode_skew_alphas(profile) if skew_alpha is None else {}
+        self._decode_alpha_cache: dict[int, float] = {}
         self.estimated: bool = profile.estimated
         self.profile_path: str = profile.meta.path
         self.num_layers = model.num_layers
@@ -119,7 +138,8 @@ class StepTimePredictor:
         key = (tokens, sequences)
         cached = self._nonattn_cache.get(key)
         if cached is None:
-            cached = self._dense_us(tokens) + self._per_seq_us(sequences) + self.step_overhead_us
+            cached = (self._dense_us(tokens) + self._per_seq_us(sequences) + self.step_overhead_us
+                      + self.step_overhead_per_seq_us * sequences)
             self._nonattn_cache[key] = cached
         return cached
 
@@ -134,9 +154,32 @@ class StepTimePredictor:
             self._decode_slices[n_decode] = table
         return table
 
-    def _decode_attn_us(self, n_decode: int, kv_mean: float) -> float:
+    def _decode_attn_us(self, n_decode: int, kv_mean: float, kv_max: int | None) -> float:
         # Goes through the same vectorised routine as decode_run_s so both agree bit for bit.
-        return float(self._decode_slice(n_decode).eval_sorted(np.array([kv_mean]))[0])
+        table = self._decode_slice(n_decode)
+        attn = table.eval_sorted(np.array([kv_mean]))
+        if kv_max is not None:
+            attn = attn + self._decode_alpha(n_decode) * (table.eval_sorted(np.array([float(kv_max)])) - attn)
+        return float(attn[0])
+
+    def _decode_alpha(self, n_decode: int) -> float:
+        alpha = self._decode_alpha_cache.get(n_decode)
+        if alpha is None:
+            alpha = self.skew_alpha
+            for upper, a in sorted(self._decode_alpha_by_n.items()):
+                if n_decode <= upper:
+                    alpha = a
+                    break
+            self._decode_alpha_cache[n_decode] = alpha
+        return alpha
+
+    def _skewed_max(self, n_decode: int, kv_decode_sum: int, kv_decode_max: int | None) -> int | None:
+        """kv_decode_max when the skew term applies to this batch, else None (uniform lookup)."""
+        if kv_decode_max is None or n_decode <= 1 or kv_decode_max * n_decode <= kv_decode_sum:
+            return None
+        if not (self.skew_alpha or self._decode_alpha_by_n):
+            return None
+        return kv_decode_max
 
     def _prefill_attn_us(self, chunk: int, prefix: int) -> float:
         key = (chunk, prefix)
@@ -149,16 +192,18 @@ class StepTimePredictor:
     # ------------------------------------------------------------ public
 
     def step_time_s(
-        self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int
+        self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
+        kv_decode_max: int | None = None,
     ) -> float:
         """Seconds one engine step takes.
 
         prefill_chunks: (new tokens, KV prefix tokens cached before this step) per prefill
         request; n_decode decode requests computing one token each, whose KV lengths before the
-        step sum to kv_decode_sum.
+        step sum to kv_decode_sum and whose longest is kv_decode_max (None: a uniform batch).
         """
         chunks = tuple(prefill_chunks) if not isinstance(prefill_chunks, tuple) else prefill_chunks
-        key = (chunks, n_decode, kv_decode_sum)
+        kv_max = self._skewed_max(n_decode, kv_decode_sum, kv_decode_max)
+        key = (chunks, n_decode, kv_decode_sum, kv_max)
         cached = self._step_cache.get(key)
         if cached is not None:
             return cached
@@ -176,14 +221,17 @@ class StepTimePredictor:
                 prefix_sum = sum(p for _, p in chunks)
                 kv_mean = kv_decode_sum / n_decode if n_decode else 0.0
                 attn = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), kv_mean)
+                if kv_max is not None:
+                    at_max = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), float(kv_max))
+                    attn += self.skew_alpha * (at_max - attn)
             else:
-                attn = self._decode_attn_us(n_decode, kv_decode_sum / n_decode)
+                attn = self._decode_attn_us(n_decode, kv_decode_sum / n_decode, kv_max)
         else:
             attn = 0.0
             for c, p in chunks:
                 attn += self._prefill_attn_us(c, p)
             if n_decode:
-                attn += self._decode_attn_us(n_decode, kv_decode_sum / n_decode)
+                attn += self._decode_attn_us(n_decode, kv_decode_sum / n_decode, kv_max)
 
         seconds = (self._nonattn_us(tokens, sequences) + self.num_layers * attn) * 1e-6
         if len(self._step_cache) >= _STEP_CACHE_MAX:
@@ -191,17 +239,26 @@ class StepTimePredictor:
         self._step_cache[key] = seconds
         return seconds
 
-    def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int) -> np.ndarray:
+    def decode_run_s(
+        self, n_decode: int, kv_decode_sum: int, num_steps: int, kv_decode_max: int | None = None
+    ) -> np.ndarray:
         """Durations of num_steps consecutive decode-only steps of the same n_decode requests.
 
-        Step j has KV sum kv_decode_sum + j * n_decode. Equal to calling step_time_s for each.
+        Step j has KV sum kv_decode_sum + j * n_decode and longest KV kv_decode_max + j. Equal
+        to calling step_time_s for each.
         """
         if num_steps <= 0:
             return np.zeros(0)
         if n_decode <= 0:
             return np.zeros(num_steps)
-        kv_sums = kv_decode_sum + np.arange(num_steps, dtype=np.float64) * n_decode
-        attn = self._decode_slice(n_decode).eval_sorted(kv_sums / n_decode)
+        steps = np.arange(num_steps, dtype=np.float64)
+        kv_sums = kv_decode_sum + steps * n_decode
+        table = self._decode_slice(n_decode)
+        attn = table.eval_sorted(kv_sums / n_decode)
+        kv_max = self._skewed_max(n_decode, kv_decode_sum, kv_decode_max)
+        if kv_max is not None:
+            # The gap max - mean stays constant over the run, so the skew applies to every step.
+            attn = attn + self._decode_alpha(n_decode) * (table.eval_sorted(kv_max + steps) - attn)
         return (self._nonattn_us(n_decode, n_decode) + self.num_layers * attn) * 1e-6
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int) -> int:
@@ -231,3 +288,48 @@ class StepTimePredictor:
     def extrapolation_notes(self) -> list[str]:
         """One line per table a lookup left the grid of (for reports)."""
         return [t.out_of_range for t in self.profile.tables() if t.out_of_range]
+
+
+def profile_skew_alpha(profile: Profile) -> float:
+    """The decode-skew alpha a profile ships: LLMServingSim's `skew_fit.per_tp.<tp>.alpha_default`
+    in meta.yaml; 0 (uniform-batch lookup) for profiles without one."""
+    if profile.meta.fmt != "llmservingsim":
+        return 0.0
+    meta_yaml = Path(profile.meta.path).parent / "meta.yaml"
+    try:
+        text = meta_yaml.read_text()
+    except OSError:
+        return 0.0
+    # skew_fit: ... per_tp:\n    1:\n      method: ...\n      alpha_default: 0.0543
+    m = re.search(rf"\n(\s+){profile.meta.tp}:\s*\n(?:\1\s+.*\n)*?\1\s+alpha_default:\s*([0-9.eE+-]+)", text)
+    return float(m.group(2)) if m else 0.0
+
+
+def profile_decode_skew_alphas(profile: Profile) -> dict[int, float]:
+    """Decode-only skew alphas by batch-size bucket {upper n: alpha} from LLMServingSim's
+    `skew_fit.csv`: the rows of pure decode batches (pc 0, kp=0) whose longest member is an
+    outlier (skew rate <= 5%: the cohort knows its max, not how many share it), averaged over the
+    KV-size buckets weighted by their sample counts. Empty when the profile has no such table."""
+    if profile.meta.fmt != "llmservingsim":
+        return {}
+    path = Path(profile.meta.path) / "skew_fit.csv"
+    if not path.is_file():
+        return {}
+    sums: dict[int, list[float]] = {}
+    with path.open() as f:
+        header = f.readline().strip().split(",")
+        col = {c: i for i, c in enumerate(header)}
+        if not {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"} <= col.keys():
+            return {}
+        for line in f:
+            r = line.strip().split(",")
+            if len(r) < len(header) or r[col["pc"]] != "0" or r[col["kp_label"]] != "kp=0":
+                continue
+            m = re.fullmatch(r"n<=(\d+)", r[col["n_label"]])
+            if not m or r[col["skew_rate_label"]] != "sr<=5%":
+                continue
+            w = float(r[col["n_samples"]])
+            acc = sums.setdefault(int(m.group(1)), [0.0, 0.0])
+            acc[0] += w * float(r[col["alpha"]])
+            acc[1] += w
+    return {n: a / w for n, (a, w) in sums.items() if w > 0}

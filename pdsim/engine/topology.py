@@ -1,0 +1,63 @@
+"""Where instances sit, and which links a KV transfer between two of them crosses.
+
+Links (created on first use, one object per piece of hardware and direction):
+- `nic_out`/`nic_in` of an instance, when its node has `nic_bw`: nic_bw x tp_size, since each
+  GPU of a TP group sends and receives its own shard through its own NIC. Every transfer the
+  instance sends (receives) over the network shares its nic_out (nic_in).
+- `network` per ordered instance pair: link_bw and link_latency, the top-level LLMServingSim
+  fields, as the bandwidth one pair of instances gets through the network.
+- `fabric_out`/`fabric_in` of an instance, when its node has `intra_node_bw`: intra_node_bw x
+  tp_size (each GPU's NVLink ports), with intra_node_latency.
+
+A transfer between two instances on one node with `intra_node_bw` crosses the sender's
+fabric_out and the receiver's fabric_in; any other transfer crosses [nic_out], network,
+[nic_in]. With no topology keys at all, a transfer crosses one network link of its pair, so
+an LLMServingSim config keeps its meaning: link_bw and link_latency between every two instances.
+"""
+
+from __future__ import annotations
+
+from pdsim.config import ClusterConfig
+from pdsim.engine.instance import Instance
+from pdsim.engine.link import Link
+
+GB_PER_S = 1e9  # link bandwidths are in decimal GB/s, as network and NVLink speeds are quoted
+
+
+class Topology:
+    def __init__(self, cfg: ClusterConfig, instances: list[Instance]) -> None:
+        self.cfg = cfg
+        self.by_id = {inst.id: inst for inst in instances}
+        self.links: dict[str, Link] = {}
+
+    def path(self, src: Instance, dst: Instance) -> tuple[Link, ...]:
+        """The links a transfer from `src` to `dst` crosses, sender side first."""
+        src_node = self.cfg.nodes[src.spec.node]
+        dst_node = self.cfg.nodes[dst.spec.node]
+        if src.spec.node == dst.spec.node and src_node.intra_node_bw is not None:
+            bw = src_node.intra_node_bw * GB_PER_S
+            latency_s = src_node.intra_node_latency * 1e-9
+            # The latency is charged once, on the sender's port.
+            return (
+                self._link(f"{src.id}.fabric_out", "fabric_out", bw * src.spec.tp, latency_s),
+                self._link(f"{dst.id}.fabric_in", "fabric_in", bw * dst.spec.tp, 0.0),
+            )
+        path = []
+        if src_node.nic_bw is not None:
+            path.append(self._link(f"{src.id}.nic_out", "nic_out", src_node.nic_bw * GB_PER_S * src.spec.tp, 0.0))
+        path.append(self._link(
+            f"{src.id}->{dst.id}", "network", self.cfg.link_bw * GB_PER_S, self.cfg.link_latency * 1e-9))
+        if dst_node.nic_bw is not None:
+            path.append(self._link(f"{dst.id}.nic_in", "nic_in", dst_node.nic_bw * GB_PER_S * dst.spec.tp, 0.0))
+        return tuple(path)
+
+    @staticmethod
+    def latency_s(path: tuple[Link, ...]) -> float:
+        return sum(link.latency_s for link in path)
+
+    def _link(self, name: str, kind: str, capacity_bytes_per_s: float, latency_s: float) -> Link:
+        link = self.links.get(name)
+        if link is None:
+            link = Link(name, kind, capacity_bytes_per_s, latency_s)
+            self.links[name] = link
+        return link

@@ -1,0 +1,216 @@
+"""Build pdsim profiles from NVIDIA aiconfigurator's per-kernel database (Apache-2.0 data).
+
+aiconfigurator ships, per GPU (`systems/data/<system>/`), kernel latencies in ms measured with a
+serving framework's own kernels: GEMM by (m, n, k, dtype), context attention by (batch, isl,
+heads, kv heads, head_dim), generation attention by (batch, kv length = `step`, ...), custom
+all-reduce and NCCL collectives by (message bytes, GPUs). A profile for any dense model follows
+from the model's shapes:
+
+- qkv_proj, o_proj, gate_up_proj, down_proj, lm_head: GEMMs (m = tokens or sequences) at the
+  TP-sharded (n, k); n and k off the measured grid are interpolated linearly (GEMM time is close
+  to linear in n and in k at fixed m), m likewise.
+- attention_decode(batch, kv): generation attention at the sharded head counts.
+- attention_prefill(chunk, prefix): context attention of one sequence whose causal work equals
+  the chunk's: a chunk of c tokens over p cached ones does c * (p + c / 2) query-key pairs, as
+  much as a fresh prompt of sqrt(c^2 + 2 c p) tokens.
+- allreduce(bytes): the faster of vLLM's custom all-reduce (CUDA-graph mode) and NCCL, as vLLM
+  picks custom all-reduce for small messages and NCCL beyond.
+- element-wise ops (norms, rotary, activation, embedding) and the sampler: not in the database;
+  taken from pdsim's roofline estimate (pdsim/perf/estimate.py), which the notes say.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdsim.errors import ProfileError
+from pdsim.hardware import get_hardware
+from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.estimate import BATCH_GRID, CHUNK_GRID, KV_GRID, PREFIX_GRID, SEQUENCE_GRID, TOKEN_GRID, estimate_rows
+from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
+
+# aiconfigurator system name -> pdsim hardware name (for the profile's place under profiles/)
+SYSTEM_HARDWARE = {"h100_sxm": "H100-SXM", "h200_sxm": "H200-SXM", "a100_sxm": "A100-80GB",
+                   "b200_sxm": "B200", "gb200_sxm": "GB200"}
+GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+ALLREDUCE_BYTES = [2 ** i for i in range(7, 30)]
+
+
+def find_systems_dir() -> Path | None:
+    """`systems/data` of an installed aiconfigurator(-core) package, if any."""
+    for mod in ("aiconfigurator", "aiconfigurator_core"):
+        try:
+            pkg = __import__(mod)
+        except ImportError:
+            continue
+        for base in getattr(pkg, "__path__", []):
+            for cand in (Path(base) / "systems" / "data", Path(base) / "systems"):
+                if cand.is_dir():
+                    return cand
+    return None
+
+
+def _latest(root: Path, *parts: str) -> Path:
+    """root/parts.../<newest version>/ (versions sort numerically)."""
+    base = root.joinpath(*parts)
+    if not base.is_dir():
+        raise ProfileError(f"{base}: missing in the aiconfigurator database")
+    versions = [d for d in base.iterdir() if d.is_dir()]
+    if not versions:
+        raise ProfileError(f"{base}: no version folder")
+    return max(versions, key=lambda d: tuple(int(x) if x.isdigit() else 0 for x in d.name.split(".")))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ProfileError(f"{path}: missing table in the aiconfigurator database")
+    return pd.read_parquet(path)
+
+
+class _Gemm:
+    """bf16 GEMM latency (us) at any (m, n, k): linear interpolation on the measured grid."""
+
+    def __init__(self, df: pd.DataFrame, dtype: str):
+        df = df[df.gemm_dtype == dtype]
+        if df.empty:
+            raise ProfileError(f"no {dtype} GEMM rows in the aiconfigurator database")
+        df = df.groupby(["m", "n", "k"], as_index=False).latency.min()
+        self.ms = np.sort(df.m.unique())
+        self.ns = np.sort(df.n.unique())
+        self.ks = np.sort(df.k.unique())
+        grid = np.full((self.ms.size, self.ns.size, self.ks.size), np.nan)
+        grid[np.searchsorted(self.ms, df.m), np.searchsorted(self.ns, df.n), np.searchsorted(self.ks, df.k)] = (
+            df.latency.to_numpy() * 1e3)
+        self.grid = grid
+
+    @staticmethod
+    def _w(axis: np.ndarray, x: float) -> tuple[int, int, float]:
+        i = int(np.clip(np.searchsorted(axis, x) - 1, 0, axis.size - 2))
+        return i, i + 1, (x - axis[i]) / (axis[i + 1] - axis[i])  # t outside [0, 1]: linear extrapolation
+
+    def __call__(self, m: int, n: int, k: int) -> float:
+        out = 0.0
+        i0, i1, ti = self._w(self.ms, m)
+        j0, j1, tj = self._w(self.ns, n)
+        l0, l1, tl = self._w(self.ks, k)
+        for i, wi in ((i0, 1 - ti), (i1, ti)):
+            for j, wj in ((j0, 1 - tj), (j1, tj)):
+                for ll, wl in ((l0, 1 - tl), (l1, tl)):
+                    v = self.grid[i, j, ll]
+                    if np.isnan(v):
+                        raise ProfileError(f"GEMM grid has no point m={self.ms[i]}, n={self.ns[j]}, k={self.ks[ll]}")
+                    out += wi * wj * wl * v
+        return max(out, 0.0)
+
+
+def _attn_table(df: pd.DataFrame, heads: int, kv_heads: int, head_dim: int, kernel: str, key: str):
+    sel = df[(df.num_heads == heads) & (df.num_key_value_heads == kv_heads) & (df.head_dim == head_dim)
+             & (df.window_size == 0) & (df.kv_cache_dtype == "bfloat16")]
+    if kernel in set(sel.kernel_source):
+        sel = sel[sel.kernel_source == kernel]
+    if sel.empty:
+        raise ProfileError(f"no attention rows for heads={heads}, kv_heads={kv_heads}, head_dim={head_dim}")
+    return sel.groupby(["batch_size", key], as_index=False).latency.min()
+
+
+def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) -> float:
+    """Bilinear in (log x, log y) over a possibly ragged grid: linear in y within each x row."""
+    xs = np.sort(table[x_col].unique())
+    lx = np.log(np.clip(x, xs[0], None))
+    i = int(np.clip(np.searchsorted(np.log(xs), lx) - 1, 0, max(xs.size - 2, 0)))
+    vals = []
+    for xv in xs[i:i + 2]:
+        row = table[table[x_col] == xv].sort_values(y_col)
+        vals.append(float(np.interp(y, row[y_col], row.latency, right=np.nan)))
+        if math.isnan(vals[-1]):  # beyond the row: extrapolate linearly from the last two points
+            r = row.tail(2)
+            y0, y1 = r[y_col].to_numpy(dtype=float)
+            v0, v1 = r.latency.to_numpy(dtype=float)
+            vals[-1] = v1 + (v1 - v0) * (y - y1) / (y1 - y0)
+    if len(vals) == 1:
+        return vals[0] * 1e3
+    t = (lx - math.log(xs[i])) / (math.log(xs[i + 1]) - math.log(xs[i]))
+    return ((1 - t) * vals[0] + t * vals[1]) * 1e3
+
+
+def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16"):
+    """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile."""
+    root = Path(systems_dir) / system if (Path(systems_dir) / system).is_dir() else Path(systems_dir)
+    model.check_tp(tp)
+    hardware = get_hardware(SYSTEM_HARDWARE.get(system, system))
+    if hardware is None:
+        raise ProfileError(f"--system {system}: no pdsim hardware spec for the element-wise ops' estimate")
+    dense, per_seq, _, _ = estimate_rows(hardware, model, dtype, tp)
+    gemm = _Gemm(_read(_latest(root, "gemm", "vllm") / "gemm_perf.parquet"), dtype)
+    h = model.hidden_size
+    shapes = {  # op -> (n, k) per TP shard
+        "qkv_proj": (model.qkv_out(tp), h),
+        "o_proj": (h, model.heads_per_shard(tp) * model.head_dim),
+        "gate_up_proj": (2 * model.intermediate_per_shard(tp), h),
+        "down_proj": (h, model.intermediate_per_shard(tp)),
+    }
+    dense = [(op, t, gemm(t, *shapes[op], ) if op in shapes else us) for op, t, us in dense]
+    per_seq = [(op, s, gemm(s, model.vocab_per_shard(tp), h) if op == "lm_head" else us)
+               for op, s, us in per_seq]
+
+    attn_dir = _latest(root, "attention", "vllm")
+    heads, kv_heads = model.heads_per_shard(tp), max(model.num_kv_heads // tp, 1)
+    kernel = "vllm_flash_attn_fa3"
+    gen = _attn_table(_read(attn_dir / "generation_attention_perf.parquet"), heads, kv_heads, model.head_dim,
+                      kernel, "step")
+    ctx = _attn_table(_read(attn_dir / "context_attention_perf.parquet"), heads, kv_heads, model.head_dim,
+                      kernel, "isl")
+    ctx1 = ctx[ctx.batch_size == 1].sort_values("isl")
+    decode = [(b, kv, _interp2(gen, "batch_size", "step", b, kv)) for b in BATCH_GRID for kv in KV_GRID]
+
+    def prefill_us(c: int, p: int) -> float:
+        isl_eq = math.sqrt(c * c + 2.0 * c * p)
+        return float(np.interp(isl_eq, ctx1.isl, ctx1.latency)) * 1e3 * max(1.0, isl_eq / ctx1.isl.max()) ** 2
+
+    prefill = [(c, p, prefill_us(c, p)) for c in CHUNK_GRID for p in PREFIX_GRID]
+
+    allreduce = None
+    if tp > 1:
+        comm = Path(root) / "comm"
+        custom = _read(_latest(comm, "vllm") / "custom_allreduce_perf.parquet")
+        custom = custom[(custom.num_gpus == tp) & (custom.backend == "vllm_graph")]
+        nccl = _read(_latest(comm, "nccl") / "nccl_perf.parquet")
+        nccl = nccl[(nccl.num_gpus == tp) & (nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half")]
+        if nccl.empty and custom.empty:
+            raise ProfileError(f"no all-reduce rows for {tp} GPUs in the aiconfigurator database")
+        allreduce = []
+        for nbytes in ALLREDUCE_BYTES:
+            cands = [float(np.interp(nbytes, t.message_size, t.latency)) * 1e3
+                     for t in (custom.sort_values("message_size"), nccl.sort_values("message_size")) if len(t)]
+            allreduce.append((nbytes, min(cands)))
+    notes = (f"aiconfigurator {system} database ({root}): GEMMs, attention ({kernel}), all-reduce measured; "
+             "element-wise ops and sampler from pdsim's roofline estimate; prefill attention of a chunk "
+             "over a cached prefix mapped to a fresh prompt of equal causal work")
+    return dense, per_seq, prefill, decode, allreduce, notes, hardware
+
+
+def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: int, out_root: str | Path,
+                   dtype: str = "bfloat16") -> Path:
+    """Write profiles/<hardware>/<model>/<dtype>/tp<N>/ from the database; returns the folder."""
+    if dtype_bytes(dtype) != 2:
+        raise ProfileError(f"--dtype {dtype}: only 16-bit profiles are built from the database so far")
+    dense, per_seq, prefill, decode, allreduce, notes, hardware = build_rows(
+        Path(systems_dir), system, model, tp, dtype)
+    meta = ProfileMeta(
+        hardware=hardware.name, model=model.name, dtype=dtype, tp=tp, source="measured",
+        tool="pdsim profile import-aiconfigurator", tool_version="1",
+        created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        num_layers=model.num_layers, device={"name": hardware.description, "aiconfigurator_system": system},
+        activation_peak_bytes=None, notes=notes,
+    )
+    out = profile_path(out_root, hardware.name, model.name, dtype, tp)
+    write_profile(out, meta, dense, per_seq, prefill, decode, allreduce)
+    return out
+
+
+_ = (TOKEN_GRID, SEQUENCE_GRID)  # the estimate's grids are the profile's grids

@@ -1,0 +1,277 @@
+"""`pdsim sweep` and `pdsim search`: which P:D ratio (and TP per pool) serves a workload within its
+SLOs on the fewest GPUs."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+from pdsim.errors import PdsimError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
+                 "attain_ttft", "attain_tpot", "attain_both"]
+SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "attain_both", "ttft_p90_ms",
+                  "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
+
+
+def _common(f: Callable) -> Callable:
+    from pdsim.sweep.runner import ARRIVAL_MODES
+    from pdsim.sweep.search import SLO_MODES
+
+    options = [
+        click.option("--base-config", required=True, type=click.Path(path_type=Path),
+                     help="Cluster config whose instance (model, hardware, memory, knobs) and link are the template."),
+        click.option("--dataset", required=True, type=click.Path(path_type=Path),
+                     help="Trace JSONL; its lengths are replayed at each rate."),
+        click.option("--num-requests", type=int, default=None, help="Use the first N requests.  [default: all]"),
+        click.option("--gpus", type=int, required=True, help="GPU budget every configuration uses."),
+        click.option("--ratios", default="all", show_default=True,
+                     help="P:D instance counts to try: 'all' or a list such as 1:7,2:6 (or 1P7D,2P6D)."),
+        click.option("--tp-prefill", default="1", show_default=True, help="TP sizes for prefill instances, e.g. 1,2."),
+        click.option("--tp-decode", default="1", show_default=True, help="TP sizes for decode instances, e.g. 1,2."),
+        click.option("--colocated/--no-colocated", default=True, show_default=True,
+                     help="Include the colocated baseline on the same GPUs."),
+        click.option("--node-gpus", type=int, default=None,
+                     help="GPUs per node when placing instances.  [default: 8, or the base's largest node]"),
+        click.option("--slo-ttft-ms", type=float, required=True, help="TTFT SLO (ms)."),
+        click.option("--slo-tpot-ms", type=float, required=True, help="TPOT SLO (ms)."),
+        click.option("--attainment", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+                     help="Share of requests that must meet the SLOs."),
+        click.option("--slo-mode", type=click.Choice(SLO_MODES), default="joint", show_default=True,
+                     help="joint: a request must meet TTFT and TPOT together; separate: each SLO's attainment "
+                          "must reach the target on its own."),
+        click.option("--arrival", type=click.Choice(ARRIVAL_MODES), default="scale", show_default=True,
+                     help="scale: the dataset's arrival times rescaled to each rate; poisson: new Poisson "
+                          "arrivals at each rate (seeded)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--time-limit-slack-s", type=float, default=120.0, show_default=True,
+                     help="Simulate this long past the last arrival; requests still running then miss their SLOs."),
+        click.option("--min-duration-s", type=float, default=60.0, show_default=True,
+                     help="Repeat the dataset until arrivals span at least this long at each rate, so a high "
+                          "rate is a sustained load and not a burst the cluster absorbs whole."),
+        click.option("--workers", type=int, default=None,
+                     help="Local worker processes (1: run inline).  [default: CPU count]"),
+        click.option("--ray-address", default=None,
+                     help="Run on Ray instead: 'auto', HOST:PORT, or 'local' for a fresh local instance."),
+        click.option("--profiles-root", type=click.Path(path_type=Path), default=REPO_ROOT / "profiles",
+                     show_default=True),
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Output directory."),
+        click.option("--resume", is_flag=True, help="Keep the runs already in the output CSV and do only the rest."),
+        click.option("--plots/--no-plots", default=True, show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--debug", is_flag=True, help="Show tracebacks for errors."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+class _Setup:
+    """What both commands build from the shared options."""
+
+    def __init__(self, kw: dict[str, Any]) -> None:
+        from pdsim.config import load_cluster_config
+        from pdsim.sweep.expand import expand, parse_int_list, parse_ratios
+        from pdsim.sweep.runner import RunSettings, Slo
+        from pdsim.workload.trace import load_trace
+
+        for name in ("slo_ttft_ms", "slo_tpot_ms"):
+            if not kw[name] > 0:
+                raise PdsimError(f"--{name.replace('_', '-')}: expected a positive number, got {kw[name]}")
+        if kw["workers"] is not None and kw["workers"] < 1:
+            raise PdsimError(f"--workers: expected a positive integer, got {kw['workers']}")
+        self.kw = kw
+        base = load_cluster_config(kw["base_config"])
+        self.variants = expand(
+            base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
+            parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
+        )
+        self.trace = load_trace(kw["dataset"], max_requests=kw["num_requests"])
+        self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
+        self.settings = RunSettings(
+            slo=self.slo, arrival=kw["arrival"], seed=kw["seed"], time_limit_slack_s=kw["time_limit_slack_s"],
+            min_duration_s=kw["min_duration_s"],
+            profiles_root=str(kw["profiles_root"]),
+        )
+        self.out: Path = kw["out"]
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "configs").mkdir(exist_ok=True)
+        for v in self.variants:  # so the winner can be run on its own with `pdsim run`
+            (self.out / "configs" / f"{config_file_stem(v.label)}.json").write_text(json.dumps(v.raw, indent=2) + "\n")
+
+    def executor(self):
+        from pdsim.sweep.runner import make_executor
+
+        return make_executor(self.trace, self.settings, self.kw["workers"], self.kw["ray_address"])
+
+    def describe(self) -> str:
+        ex = f"Ray at {self.kw['ray_address']}" if self.kw["ray_address"] else (
+            f"{self.kw['workers']} worker(s)" if self.kw["workers"] else "one worker per CPU")
+        return (f"{len(self.variants)} configurations of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
+                f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}")
+
+    def estimates(self) -> dict[str, dict[str, Any]]:
+        from pdsim.engine.cluster import SimOptions
+        from pdsim.sweep.ratematch import Lengths, estimate
+
+        lengths = Lengths(sum(r.input_toks for r in self.trace) / len(self.trace),
+                          sum(r.output_toks for r in self.trace) / len(self.trace))
+        opts = SimOptions(profiles_root=self.settings.profiles_root)
+        return {v.label: estimate(v, lengths, self.slo.tpot_ms, opts).as_dict() for v in self.variants}
+
+
+def config_file_stem(label: str) -> str:
+    return label.replace("/", "-")
+
+
+def _bar(quiet: bool):
+    from pdsim.progress import ProgressBar
+
+    return ProgressBar("runs", enabled=False if quiet else None)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    df = pd.DataFrame(rows)
+    cols = [c for c in columns if c in df.columns]
+    return df[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}", na_rep="-")
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+
+
+@click.command("sweep")
+@click.option("--rates", required=True, help="Request rates (req/s, whole cluster), e.g. 2,4,8,16.")
+@_common
+def sweep(rates: str, **kw: Any) -> None:
+    """Every P:D split of a GPU budget x every rate: latency percentiles, throughput, SLO attainment."""
+    from pdsim.sweep.runner import Job, run_sweep
+
+    try:
+        rate_list = sorted({float(x) for x in rates.split(",") if x.strip()})
+    except ValueError:
+        raise PdsimError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
+    if not rate_list or min(rate_list) <= 0:
+        raise PdsimError(f"--rates: expected positive numbers, got {rates!r}")
+    setup = _Setup(kw)
+    jobs = [Job(v, r) for v in setup.variants for r in rate_list]
+    click.echo(f"sweep: {setup.describe()}, {len(rate_list)} rates: {len(jobs)} runs")
+    bar = _bar(kw["quiet"])
+    started = time.perf_counter()
+    executor = setup.executor()
+    try:
+        rows = run_sweep(jobs, executor, setup.out / "runs.csv", kw["resume"],
+                         on_row=lambda done, total: bar.update(done, total, "runs"))
+    finally:
+        executor.close()
+        bar.close()
+    wall_s = time.perf_counter() - started
+    _write_csv(rows, setup.out / "sweep.csv")
+    click.echo(_table(rows, SWEEP_COLUMNS))
+    good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
+    click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
+               f"{kw['attainment']:g}, every lower rate passing too):")
+    click.echo(_table(good, ["label", "goodput_req_s", "goodput_per_gpu"]))
+    written = [setup.out / "runs.csv", setup.out / "sweep.csv"]
+    if kw["plots"]:
+        written += _plots(setup, good, rows, "sweep")
+    click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
+
+
+def goodput_from_grid(variants, rows: list[dict[str, Any]], attainment: float, mode: str) -> list[dict[str, Any]]:
+    from pdsim.sweep.search import meets
+
+    out = []
+    for v in variants:
+        mine = sorted((r for r in rows if r["label"] == v.label), key=lambda r: float(r["rate_per_s"]))
+        best = 0.0
+        for r in mine:
+            if not meets(r, attainment, mode):
+                break
+            best = float(r["rate_per_s"])
+        out.append({"label": v.label, "ratio": v.ratio, "gpus": v.gpus, "goodput_req_s": best,
+                    "goodput_per_gpu": best / v.gpus})
+    return out
+
+
+def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]], stem: str) -> list[Path]:
+    from pdsim.sweep.plots import plot_goodput, plot_latency_vs_rate, plot_pareto
+
+    kw = setup.kw
+    title = (f"{kw['dataset'].name}, {kw['gpus']} GPUs, TTFT<={kw['slo_ttft_ms']:g} ms, "
+             f"TPOT<={kw['slo_tpot_ms']:g} ms, {kw['attainment']:.0%} {kw['slo_mode']}")
+    return [
+        plot_goodput(good, setup.out / f"{stem}_goodput.png", title),
+        plot_latency_vs_rate(rows, kw["slo_ttft_ms"], kw["slo_tpot_ms"], setup.out / f"{stem}_latency.png"),
+        plot_pareto(rows, setup.out / f"{stem}_pareto.png"),
+    ]
+
+
+@click.command("search")
+@click.option("--rel-tol", type=float, default=0.05, show_default=True,
+              help="Stop bisecting when the bracket is narrower than this fraction of the rate.")
+@click.option("--max-probes", type=int, default=14, show_default=True, help="Most runs per configuration.")
+@_common
+def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
+    """Goodput per GPU of every P:D split (bisection on the rate), ranked, next to the rate-matching estimate."""
+    from pdsim.sweep.runner import ROW_FIELDS, RowWriter
+    from pdsim.sweep.search import disagreements, goodput_row, rank
+    from pdsim.sweep.search import search as run_search
+
+    setup = _Setup(kw)
+    click.echo(f"search: {setup.describe()}; target {kw['attainment']:.0%} of requests within TTFT "
+               f"{kw['slo_ttft_ms']:g} ms and TPOT {kw['slo_tpot_ms']:g} ms ({kw['slo_mode']})")
+    estimates = setup.estimates()
+    # Start each bisection near its estimate, a little under it since tails bind before saturation.
+    starts = {label: max(0.8 * e["capacity_req_s"], 0.01) for label, e in estimates.items()}
+    bar = _bar(kw["quiet"])
+    started = time.perf_counter()
+    executor = setup.executor()
+    writer = RowWriter(setup.out / "probes.csv", ROW_FIELDS, kw["resume"])
+    budget = len(setup.variants) * max_probes
+    try:
+        states = run_search(setup.variants, starts, executor, writer, kw["attainment"], kw["slo_mode"],
+                            rel_tol, max_probes,
+                            on_round=lambda rounds, probes, runs: bar.update(probes, budget, f"probes, round {rounds}"))
+    finally:
+        writer.close()
+        executor.close()
+        bar.close()
+    wall_s = time.perf_counter() - started
+    in_order = [goodput_row(st, estimates.get(st.variant.label)) for st in states]
+    ranked = rank(in_order)
+    _write_csv(ranked, setup.out / "search.csv")
+    click.echo(_table(ranked, SEARCH_COLUMNS))
+    win = ranked[0]
+    colo = [r for r in ranked if r["ratio"] == "colo"]
+    vs = ""
+    if colo and win["ratio"] != "colo" and colo[0]["goodput_per_gpu"] > 0:
+        vs = f", {win['goodput_per_gpu'] / colo[0]['goodput_per_gpu']:.2f}x the best colocated ({colo[0]['label']})"
+    if win["goodput_per_gpu"] <= 0:
+        click.echo("\nno configuration meets the target at any probed rate")
+    else:
+        click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
+                   f"({win['goodput_per_gpu']:.3g} req/s per GPU){vs}; config: "
+                   f"{setup.out / 'configs' / (config_file_stem(win['label']) + '.json')}")
+    notes = disagreements(ranked)
+    if notes:
+        click.echo("rate-matching estimate vs simulation:")
+        for note in notes:
+            click.echo(f"  - {note}")
+    else:
+        click.echo("rate-matching estimate and simulation agree (same winner, every goodput within 30%)")
+    rows = [writer.rows[k] for k in sorted(writer.rows)]
+    written = [setup.out / "probes.csv", setup.out / "search.csv"]
+    if kw["plots"]:
+        written += _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search")
+    click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))

@@ -1,0 +1,98 @@
+"""Rate matching: the analytic estimate of how many requests/s a P:D split sustains, from the
+step-time predictor alone (no simulation), as DistServe's placement reasoning does.
+
+- Prefill capacity of one prefill instance: requests/s with steps packed to the token budget
+  (max_num_batched_tokens) at the mean prompt length: floor(budget / L) prompts per step when a
+  prompt fits, else one prompt in ceil(L / budget) chunks.
+- Decode capacity of one decode instance: the largest batch n with n <= max_num_seqs, KV for n
+  requests at mid-generation (prompt + output/2 tokens) within the instance's KV blocks, and the
+  step time at that batch and mean context <= the TPOT SLO; then n / (output length x step time).
+- A split's capacity is min(P x prefill, D x decode): the slower pool is the bottleneck.
+- Colocated: each instance spends 1/prefill + 1/decode seconds per request, so 1 / (that sum);
+  this ignores that chunked prefill rides along with decode steps, so it is pessimistic for
+  short prompts.
+It ignores queueing (TTFT tails) and the KV transfer, which is why the simulation can disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from pdsim.engine.cluster import Cluster, SimOptions
+from pdsim.engine.instance import Instance
+from pdsim.engine.kv_cache import blocks_for
+from pdsim.sweep.expand import Variant
+
+
+@dataclass(frozen=True)
+class Lengths:
+    mean_input: float
+    mean_output: float
+
+
+@dataclass(frozen=True)
+class Estimate:
+    label: str
+    prefill_req_s_per_inst: float
+    decode_req_s_per_inst: float
+    decode_batch: int
+    capacity_req_s: float
+    bottleneck: str  # "prefill", "decode" or "colocated"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def prefill_rate(inst: Instance, mean_input: float) -> float:
+    """Requests/s one instance prefills with every step filled to its token budget."""
+    length = max(1, round(mean_input))
+    budget = inst.spec.max_num_batched_tokens
+    pred = inst.predictor
+    if length <= budget:
+        k = min(budget // length, inst.spec.max_num_seqs)
+        return k / pred.step_time_s(tuple([(length, 0)] * k), 0, 0)
+    seconds, done = 0.0, 0
+    while done < length:
+        chunk = min(budget, length - done)
+        seconds += pred.step_time_s(((chunk, done),), 0, 0)
+        done += chunk
+    return 1.0 / seconds
+
+
+def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float) -> tuple[float, int]:
+    """(requests/s, batch) one instance decodes at the largest batch that meets the TPOT SLO."""
+    out = max(1.0, lengths.mean_output)
+    context = round(lengths.mean_input + out / 2)  # mean KV length over a request's decode
+    per_req_blocks = blocks_for(context, inst.kv.block_size)
+    n_max = min(inst.spec.max_num_seqs, inst.kv.num_blocks // max(1, per_req_blocks))
+    best_n, best_step = 0, math.inf
+    for n in range(1, max(1, n_max) + 1):
+        step_s = inst.predictor.step_time_s((), n, n * context)
+        if step_s * 1e3 > tpot_slo_ms and n > 1:
+            break
+        best_n, best_step = n, step_s
+    if best_n == 0:
+        return 0.0, 0
+    return best_n / (out * best_step), best_n
+
+
+def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOptions | None = None) -> Estimate:
+    # Building the cluster (not running it) gives each instance's predictor and KV size exactly
+    # as the simulation will have them.
+    cluster = Cluster(simpy.Environment(), variant.config(), opts or SimOptions(), variant.label)
+    if variant.colocated:
+        inst = cluster.instances[0]
+        p = prefill_rate(inst, lengths.mean_input)
+        d, n = decode_rate(inst, lengths, tpot_slo_ms)
+        per_inst = 1.0 / (1.0 / p + 1.0 / d) if p > 0 and d > 0 else 0.0
+        return Estimate(variant.label, p, d, n, per_inst * len(cluster.instances), "colocated")
+    p_inst = next(i for i in cluster.instances if i.pd_type == "prefill")
+    d_inst = next(i for i in cluster.instances if i.pd_type == "decode")
+    p = prefill_rate(p_inst, lengths.mean_input)
+    d, n = decode_rate(d_inst, lengths, tpot_slo_ms)
+    p_cap, d_cap = variant.num_prefill * p, variant.num_decode * d
+    return Estimate(variant.label, p, d, n, min(p_cap, d_cap), "prefill" if p_cap <= d_cap else "decode")

@@ -1,0 +1,370 @@
+"""Running (config, rate) points: one simulation each, reduced to one row; executed inline, on a
+local process pool, or on a Ray cluster, with rows streamed to a CSV so a killed sweep can resume.
+
+Every run is a pure function of (config, rate, base trace, settings): rows do not depend on the
+executor, the number of workers or the completion order, which is what makes `--resume` and the
+pool-vs-Ray comparison exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pdsim.errors import PdsimError
+from pdsim.sweep.expand import Variant
+from pdsim.workload.trace import TraceRequest
+
+ARRIVAL_MODES = ("scale", "poisson")
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_ms: float
+    tpot_ms: float
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs besides its config and rate; picklable, shared by all runs."""
+
+    slo: Slo
+    arrival: str = "scale"  # "scale": the dataset's arrival times rescaled; "poisson": new arrivals
+    seed: int = 0
+    time_limit_slack_s: float = 120.0  # simulate this long after the last arrival, then count the rest as misses
+    # At high rates a finite trace arrives in a burst the cluster can absorb whole (all requests
+    # batched at once), which is a transient, not a sustainable rate: traces are lengthened by
+    # repeating the dataset until arrivals span at least this long.
+    min_duration_s: float = 60.0
+    profiles_root: str | None = None
+    profile_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    variant: Variant
+    rate_per_s: float
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.variant.label, rate_key(self.rate_per_s)
+
+
+def rate_key(rate_per_s: float) -> str:
+    """A rate as it is written in the CSV; also the resume key, so it must round-trip."""
+    return f"{rate_per_s:.6g}"
+
+
+# -- traces ---------------------------------------------------------------------------------------
+
+def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str, seed: int,
+                  min_duration_s: float = 0.0) -> list[TraceRequest]:
+    """The base trace's lengths arriving at `rate_per_s` on average, for at least `min_duration_s`.
+
+    scale: the base arrival times multiplied so the mean rate is `rate_per_s` (keeps the dataset's
+    burstiness); poisson: exponential gaps at that rate, drawn from `seed` (same seed, same trace).
+    When n / rate is shorter than min_duration_s, the dataset is repeated (its lengths and, for
+    scale, its arrival pattern) to ceil(rate x min_duration_s) requests."""
+    if rate_per_s <= 0 or not math.isfinite(rate_per_s):
+        raise PdsimError(f"rate: expected a positive number of requests/s, got {rate_per_s}")
+    n_base = len(base)
+    n = max(n_base, math.ceil(rate_per_s * min_duration_s))
+    lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
+    if arrival == "poisson":
+        gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n)
+        gaps_s[0] = 0.0
+        times_ns = np.rint(np.cumsum(gaps_s) * 1e9).astype(np.int64)
+    elif arrival == "scale":
+        base_ns = np.array([r.arrival_time_ns for r in base], dtype=np.float64) - base[0].arrival_time_ns
+        span_ns = float(base_ns[-1])
+        if n_base < 2 or span_ns <= 0:
+            # All at once in the dataset: spread them evenly at the rate instead.
+            times_ns = np.rint(np.arange(n) / rate_per_s * 1e9).astype(np.int64)
+        else:
+            # Copies follow each other one mean gap apart, then the whole is stretched to the rate.
+            period_ns = span_ns * n_base / (n_base - 1)
+            idx = np.arange(n)
+            tiled_ns = base_ns[idx % n_base] + (idx // n_base) * period_ns
+            factor = (n - 1) / rate_per_s * 1e9 / tiled_ns[-1]
+            times_ns = np.rint(tiled_ns * factor).astype(np.int64)
+    else:
+        raise PdsimError(f"--arrival: expected one of {', '.join(ARRIVAL_MODES)}, got {arrival!r}")
+    return [TraceRequest(i, inp, out, int(t)) for i, ((inp, out), t) in enumerate(zip(lengths, times_ns))]
+
+
+# -- one run --------------------------------------------------------------------------------------
+
+ROW_FIELDS = [
+    "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "rate_per_s",
+    "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
+    "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
+    "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
+    "output_tok_s_per_user", "attain_ttft", "attain_tpot", "attain_both", "last_finish_s",
+]
+_INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "requests", "finished",
+               "unfinished", "rejected"}
+_STR_FIELDS = {"label", "ratio", "rate_per_s"}
+
+
+def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings) -> dict[str, Any]:
+    """Simulate one (config, rate) point and reduce it to a row (see ROW_FIELDS)."""
+    from pdsim.engine.cluster import SimOptions, simulate
+    from pdsim.metrics.summary import requests_frame
+
+    v = job.variant
+    trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed, settings.min_duration_s)
+    last_arrival_s = trace[-1].arrival_time_ns * 1e-9
+    opts = SimOptions(
+        seed=settings.seed, profiles_root=settings.profiles_root, profile_dir=settings.profile_dir,
+        # A coarse timeline: the sweep keeps no samples, and each one costs a pass over the instances.
+        sample_interval_s=max(1.0, last_arrival_s / 20),
+        max_sim_time_s=last_arrival_s + settings.time_limit_slack_s,
+    )
+    result = simulate(v.config(), trace, opts, source=v.label)
+    df = requests_frame(result)
+    return summarize_run(job, df, settings.slo)
+
+
+def _pct(values: np.ndarray, p: float) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.percentile(values, p)) if values.size else math.nan
+
+
+def summarize_run(job: Job, df, slo: Slo) -> dict[str, Any]:
+    v = job.variant
+    n = len(df)
+    done = df[df.status == "finished"]
+    ttft = done.ttft_ms.to_numpy(dtype=float)
+    tpot = done.tpot_ms.to_numpy(dtype=float)
+    e2e = done.e2e_ms.to_numpy(dtype=float)
+    # Unfinished and rejected requests miss every SLO; a one-token output has no TPOT to miss.
+    ok_ttft = ttft <= slo.ttft_ms
+    ok_tpot = np.isnan(tpot) | (tpot <= slo.tpot_ms)
+    span_s = float(done.finish_s.max() - df.arrival_s.min()) if len(done) else 0.0
+    out_toks = float(done.output_toks.sum())
+    tok_s = out_toks / span_s if span_s > 0 else 0.0
+    tpot_mean = float(np.nanmean(tpot)) if np.any(~np.isnan(tpot)) else math.nan
+    return {
+        "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
+        "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "gpus": v.gpus,
+        "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
+        "requests": n, "finished": len(done), "unfinished": int((df.status == "unfinished").sum()),
+        "rejected": int((df.status == "rejected").sum()),
+        "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": _pct(ttft, 90), "ttft_p99_ms": _pct(ttft, 99),
+        "tpot_p50_ms": _pct(tpot, 50), "tpot_p90_ms": _pct(tpot, 90), "tpot_p99_ms": _pct(tpot, 99),
+        "e2e_p50_ms": _pct(e2e, 50), "e2e_p90_ms": _pct(e2e, 90), "e2e_p99_ms": _pct(e2e, 99),
+        "throughput_req_s": len(done) / span_s if span_s > 0 else 0.0,
+        "output_tok_s": tok_s, "output_tok_s_per_gpu": tok_s / v.gpus,
+        # What one user sees while its request streams: tokens per second of its own decode.
+        "output_tok_s_per_user": 1e3 / tpot_mean if tpot_mean > 0 else math.nan,
+        "attain_ttft": float(ok_ttft.sum()) / n, "attain_tpot": float(ok_tpot.sum()) / n,
+        "attain_both": float((ok_ttft & ok_tpot).sum()) / n, "last_finish_s": _last_finish_s(df),
+    }
+
+
+def _last_finish_s(df) -> float:
+    finish = df.finish_s.to_numpy(dtype=float)
+    return float(np.nanmax(finish)) if np.any(~np.isnan(finish)) else 0.0
+
+
+# -- executors ------------------------------------------------------------------------------------
+
+# Per worker process: the base trace, sent once by the pool initializer rather than with every job.
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings) -> None:
+    _WORKER_STATE["trace"] = base_trace
+    _WORKER_STATE["settings"] = settings
+
+
+def _run_in_worker(job: Job) -> dict[str, Any]:
+    return run_job(job, _WORKER_STATE["trace"], _WORKER_STATE["settings"])
+
+
+class Executor:
+    """Runs jobs, yielding (job, row) as they complete, in any order."""
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class InlineExecutor(Executor):
+    def __init__(self, base_trace: Sequence[TraceRequest], settings: RunSettings) -> None:
+        self.trace, self.settings = base_trace, settings
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+        for job in jobs:
+            yield job, run_job(job, self.trace, self.settings)
+
+
+class PoolExecutor(Executor):
+    """A local process pool, kept across calls so search rounds do not pay the start-up again."""
+
+    def __init__(self, base_trace: Sequence[TraceRequest], settings: RunSettings, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                        initargs=(list(base_trace), settings))
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+        pending: dict[Future, Job] = {self.pool.submit(_run_in_worker, job): job for job in jobs}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield pending.pop(fut), fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+class RayExecutor(Executor):
+    """Ray tasks; the base trace goes into the object store once and every task reads it from there."""
+
+    def __init__(self, base_trace: Sequence[TraceRequest], settings: RunSettings, address: str | None,
+                 num_cpus: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise PdsimError("--ray-address: ray is not installed; pip install 'pdsim[ray]'") from None
+        self.ray = ray
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            kwargs: dict[str, Any] = {"address": address, "log_to_driver": False, "include_dashboard": False}
+            if num_cpus is not None and address in (None, "local"):
+                kwargs["num_cpus"] = num_cpus
+            if address == "local":
+                kwargs["address"] = None
+            # Workers import pdsim from the same checkout when the cluster shares it; otherwise it
+            # must be installed on every node.
+            ray.init(**kwargs)
+        self.trace_ref = ray.put(list(base_trace))
+        self.settings = settings
+        self.remote = ray.remote(run_job)
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
+        refs = {self.remote.remote(job, self.trace_ref, self.settings): job for job in jobs}
+        try:
+            while refs:
+                ready, _ = self.ray.wait(list(refs), num_returns=1)
+                for ref in ready:
+                    yield refs.pop(ref), self.ray.get(ref)
+        finally:
+            for ref in refs:
+                self.ray.cancel(ref)
+
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def make_executor(base_trace: Sequence[TraceRequest], settings: RunSettings, workers: int | None,
+                  ray_address: str | None, ray_num_cpus: int | None = None) -> Executor:
+    if ray_address is not None:
+        return RayExecutor(base_trace, settings, ray_address, ray_num_cpus)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers <= 1:
+        return InlineExecutor(base_trace, settings)
+    return PoolExecutor(base_trace, settings, workers)
+
+
+# -- the streamed CSV -----------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+class RowWriter:
+    """Appends rows to a CSV as they arrive, flushed each time, so a killed run loses at most the
+    runs in flight. With resume, rows already in the file are kept and their keys skipped."""
+
+    def __init__(self, path: Path, fields: list[str], resume: bool) -> None:
+        self.path, self.fields = path, fields
+        self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and path.exists() and path.stat().st_size > 0:
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != fields:
+                    raise PdsimError(f"--resume: {path} has other columns than this command writes; "
+                                     f"use another --out or drop --resume")
+                for row in reader:
+                    # A run killed mid-write leaves a short last line: that run is simply done again.
+                    if None in row.values() or None in row:
+                        continue
+                    self.rows[self.key(row)] = parse_row(row)
+        # Rewritten whole (header plus the rows kept), so a torn last line never merges with a new one.
+        self.file = path.open("w", newline="")
+        self.writer = csv.writer(self.file)
+        self.writer.writerow(fields)
+        for row in self.rows.values():
+            self.writer.writerow([_fmt(row[f]) for f in fields])
+        self.file.flush()
+
+    def key(self, row: dict[str, Any]) -> tuple[str, ...]:
+        return row["label"], str(row["rate_per_s"])
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows[self.key(row)] = row
+        self.writer.writerow([_fmt(row[f]) for f in self.fields])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def parse_row(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row back into typed values; floats go through the same text as fresh rows do."""
+    out: dict[str, Any] = {}
+    for k, text in row.items():
+        if k in _STR_FIELDS:
+            out[k] = text
+        elif k in _INT_FIELDS:
+            out[k] = int(text)
+        else:
+            out[k] = float(text) if text != "" else math.nan
+    return out
+
+
+def normalize(row: dict[str, Any]) -> dict[str, Any]:
+    """A fresh row rounded as the CSV stores it, so resumed and fresh rows compare equal."""
+    return parse_row({k: _fmt(v) for k, v in row.items()})
+
+
+def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bool,
+              on_row: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Run the jobs not already in `out_csv` (with resume), stream their rows there, and return all
+    rows in job order (configs as expanded, rates ascending), rounded as stored."""
+    writer = RowWriter(out_csv, ROW_FIELDS, resume)
+    todo = [j for j in jobs if j.key not in writer.rows]
+    done = len(jobs) - len(todo)
+    try:
+        if on_row:
+            on_row(done, len(jobs))
+        for _job, row in executor.run(todo):
+            writer.add(row)
+            done += 1
+            if on_row:
+                on_row(done, len(jobs))
+    finally:
+        writer.close()
+    return [normalize(writer.rows[j.key]) for j in jobs]
+
+
+def settings_dict(settings: RunSettings) -> dict[str, Any]:
+    return asdict(settings)

@@ -1,0 +1,161 @@
+"""Goodput search: for each configuration, the highest request rate at which the SLO attainment
+target holds, found by bracketing then bisection on the rate.
+
+Goodput follows DistServe: the maximum request rate at which at least `attainment` of the requests
+meet their SLOs. Two readings of "meet their SLOs" are offered:
+  joint    -- a request counts only if it meets both the TTFT and the TPOT SLO (the default, and
+              DistServe's end-to-end attainment);
+  separate -- the TTFT attainment and the TPOT attainment must each reach the target, counted
+              over all requests independently (looser: different requests may miss each).
+Attainment is assumed to fall as the rate rises, which is what makes bisection valid.
+
+All configurations advance in lockstep, one probe each per round, so one round is one batch of
+independent runs for the executor; the sequence of probed rates depends only on the results, so
+the same seed gives the same probes and the same answer on any executor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdsim.sweep.expand import Variant
+from pdsim.sweep.runner import Executor, Job, RowWriter, normalize, rate_key
+
+SLO_MODES = ("joint", "separate")
+
+
+def meets(row: dict[str, Any], attainment: float, mode: str) -> bool:
+    if mode == "joint":
+        return row["attain_both"] >= attainment
+    return row["attain_ttft"] >= attainment and row["attain_tpot"] >= attainment
+
+
+def round_rate(rate: float) -> float:
+    """Probed rates have 4 significant digits, so they are short and exact in the CSV."""
+    return float(f"{rate:.4g}")
+
+
+@dataclass
+class Bisection:
+    variant: Variant
+    start_rate: float
+    rel_tol: float = 0.05
+    max_probes: int = 14
+    min_rate: float = 1e-3
+    lo: float = 0.0  # highest rate that passed
+    hi: float = math.inf  # lowest rate that failed
+    lo_row: dict[str, Any] | None = None
+    probes: list[tuple[float, bool]] = field(default_factory=list)
+
+    def next_rate(self) -> float | None:
+        """The next rate to probe, or None when the answer is known well enough."""
+        if len(self.probes) >= self.max_probes:
+            return None
+        if not self.probes:
+            return round_rate(self.start_rate)
+        if math.isinf(self.hi):
+            return round_rate(self.lo * 2)  # still passing: double until it fails
+        if self.lo == 0.0:
+            nxt = self.hi / 2  # failing even here: halve until something passes
+            return round_rate(nxt) if nxt >= self.min_rate else None
+        if (self.hi - self.lo) <= self.rel_tol * self.hi:
+            return None
+        nxt = round_rate((self.lo + self.hi) / 2)
+        return nxt if self.lo < nxt < self.hi else None
+
+    def record(self, rate: float, row: dict[str, Any], passed: bool) -> None:
+        self.probes.append((rate, passed))
+        if passed and rate > self.lo:
+            self.lo, self.lo_row = rate, row
+        elif not passed and rate < self.hi:
+            self.hi = rate
+
+
+def search(
+    variants: Sequence[Variant],
+    start_rates: dict[str, float],
+    executor: Executor,
+    writer: RowWriter,
+    attainment: float,
+    mode: str,
+    rel_tol: float = 0.05,
+    max_probes: int = 14,
+    on_round: Callable[[int, int, int], None] | None = None,
+) -> list[Bisection]:
+    """Bisect every variant's goodput; rows already in `writer` (a resumed run) are reused."""
+    states = [Bisection(v, max(start_rates.get(v.label, 1.0), 1e-3), rel_tol, max_probes) for v in variants]
+    rounds = 0
+    while True:
+        wanted: dict[tuple[str, str], tuple[Bisection, float]] = {}
+        for st in states:
+            rate = st.next_rate()
+            if rate is not None:
+                wanted[(st.variant.label, rate_key(rate))] = (st, rate)
+        if not wanted:
+            return states
+        jobs = [Job(st.variant, rate) for key, (st, rate) in wanted.items() if key not in writer.rows]
+        for _job, row in executor.run(jobs):
+            writer.add(row)
+        rounds += 1
+        for key, (st, rate) in wanted.items():
+            row = normalize(writer.rows[key])
+            st.record(rate, row, meets(row, attainment, mode))
+        if on_round:
+            on_round(rounds, sum(len(s.probes) for s in states), len(writer.rows))
+
+
+def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
+    v, row = st.variant, st.lo_row or {}
+    goodput = st.lo
+    out: dict[str, Any] = {
+        "label": v.label, "ratio": v.ratio, "gpus": v.gpus, "goodput_req_s": goodput,
+        "goodput_per_gpu": goodput / v.gpus,
+        # The bracket: the true goodput is in [goodput, first_fail).
+        "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
+        "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
+        "attain_both": row.get("attain_both", math.nan),
+        "ttft_p90_ms": row.get("ttft_p90_ms", math.nan), "tpot_p90_ms": row.get("tpot_p90_ms", math.nan),
+        "output_tok_s_per_gpu": row.get("output_tok_s_per_gpu", math.nan), "probes": len(st.probes),
+    }
+    if est is not None:
+        out["est_capacity_req_s"] = est["capacity_req_s"]
+        out["est_per_gpu"] = est["capacity_req_s"] / v.gpus
+        out["est_bottleneck"] = est["bottleneck"]
+        out["sim_over_est"] = goodput / est["capacity_req_s"] if est["capacity_req_s"] > 0 else math.nan
+    return out
+
+
+def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best goodput per GPU first; ties (e.g. all zero) keep the expansion order via the stable sort."""
+    return sorted(rows, key=lambda r: -r["goodput_per_gpu"])
+
+
+def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[str]:
+    """Where the rate-matching estimate and the simulation tell different stories."""
+    notes: list[str] = []
+    if not rows or "est_per_gpu" not in rows[0]:
+        return notes
+    sim_best = rows[0]
+    est_best = max(rows, key=lambda r: r["est_per_gpu"])
+    if est_best["label"] != sim_best["label"]:
+        notes.append(
+            f"the estimate picks {est_best['label']} ({est_best['est_per_gpu']:.3g} req/s/GPU), the simulation "
+            f"{sim_best['label']} ({sim_best['goodput_per_gpu']:.3g} req/s/GPU; "
+            f"{est_best['label']} simulates at {est_best['goodput_per_gpu']:.3g})"
+        )
+    for r in rows:
+        ratio = r["sim_over_est"]
+        if math.isnan(ratio):
+            notes.append(f"{r['label']}: the estimate has no capacity for it (decode cannot meet the TPOT SLO)")
+        elif abs(ratio - 1) > tolerance:
+            if ratio > 1:
+                why = "the simulation batches better than the estimate assumes"
+            elif r["ratio"] == "colo":
+                why = "prefill chunks sharing steps with decode stretch TPOT, which the estimate ignores"
+            else:
+                why = "queueing and TTFT tails bind before the pools saturate"
+            notes.append(f"{r['label']}: simulated goodput is {ratio:.2f}x the estimate ({why})")
+    return notes

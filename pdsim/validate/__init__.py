@@ -1,0 +1,1 @@
+"""Fidelity checks: compare simulations with measured runs of real engines."""

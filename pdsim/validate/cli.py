@@ -1,0 +1,129 @@
+"""`pdsim validate`, `pdsim calibrate` and `pdsim profile import-aiconfigurator`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pdsim.errors import PdsimError
+
+
+def _sim_options(profile_dir: Path | None, step_overhead_us: float):
+    from pdsim.engine.cluster import SimOptions
+
+    return SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
+
+
+@click.command("validate")
+@click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, or a closed-loop CSV "
+                   "(isl, osl, concurrency/batch_size, tp, ttft, tpot).")
+@click.option("--cluster-config", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Cluster config of the measured engine (not needed for closed-loop tables).")
+@click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
+              help="Profile for every instance; for closed-loop tables, a root holding "
+                   "<hw>/<model>/<dtype>/tp<N> (as import-aiconfigurator writes).")
+@click.option("--model", default=None, help="Closed-loop tables: model id (default: the table's model_path).")
+@click.option("--hardware", default="H100-SXM", show_default=True, help="Closed-loop tables: pdsim hardware.")
+@click.option("--mem-gb", default=80.0, show_default=True, help="Closed-loop tables: GPU memory (GB).")
+@click.option("--step-overhead-us", default=0.0, show_default=True, help="Engine CPU time per step (calibrate).")
+@click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
+              help="Engine JSONL: which timestamps give the replay's arrival times.")
+@click.option("--output", default="outputs/validate.csv", show_default=True, type=click.Path(path_type=Path))
+@click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
+def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
+             hardware: str, mem_gb: float, step_overhead_us: float, clock: str, output: Path, plot: bool) -> None:
+    """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
+    from pdsim.validate.measured import is_closed_loop_table, read_closed_loop_table, read_measured
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    opts = _sim_options(None, step_overhead_us)
+    if is_closed_loop_table(measured):
+        from pdsim.perf.profile import profile_path
+        from pdsim.validate.closed_loop import format_rows, simulate_table
+
+        table = read_closed_loop_table(measured)
+        model = model or str(table["model_path"].iloc[0]) if "model_path" in table else model
+        if not model:
+            raise PdsimError("--model: needed (the table has no model_path column)")
+
+        def lookup(tp: int) -> str | None:
+            return str(profile_path(profile_dir, hardware, model, "bfloat16", tp)) if profile_dir else None
+
+        df = simulate_table(table, model, hardware, mem_gb, lookup, opts)
+        df.to_csv(output, index=False, float_format="%.4f")
+        click.echo(format_rows(df))
+        click.echo(f"wrote {output}")
+        return
+    from pdsim.config import load_cluster_config
+    from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
+
+    if cluster_config is None:
+        raise PdsimError("--cluster-config: needed to replay a per-request run")
+    run = read_measured(measured, clock)
+    opts.profile_dir = str(profile_dir) if profile_dir else None
+    result = replay(load_cluster_config(cluster_config), run, opts, str(cluster_config))
+    table = compare(run, result)
+    table.to_csv(output, index=False, float_format="%.4f")
+    click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
+    click.echo(format_table(table))
+    written = [output]
+    if plot:
+        written += write_cdf_plots(run, result, output.with_suffix(""))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@click.command("calibrate")
+@click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--cluster-config", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--profile-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--metric", type=click.Choice(["tpot_ms", "e2e_ms", "ttft_ms"]), default="tpot_ms", show_default=True,
+              help="Fit on this metric's mean/p50/p90; the others stay held out.")
+@click.option("--out", default="outputs/calibration.json", show_default=True, type=click.Path(path_type=Path))
+def calibrate(measured: Path, cluster_config: Path, profile_dir: Path | None, metric: str, out: Path) -> None:
+    """Fit the per-step engine overhead to one measured run; writes it as JSON (config knob)."""
+    from pdsim.config import load_cluster_config
+    from pdsim.validate.calibrate import fit_overhead
+    from pdsim.validate.compare import compare, replay
+    from pdsim.validate.measured import read_measured
+
+    run = read_measured(measured)
+    cfg = load_cluster_config(cluster_config)
+    label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
+
+    def errors_at(overhead_us: float):
+        table = compare(run, replay(cfg, run, _sim_options(profile_dir, overhead_us)))
+        sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
+        return sel.diff_pct.to_numpy()
+
+    fit = fit_overhead(errors_at)
+    fit.update({"measured": str(measured), "metric": metric,
+                "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(fit, indent=2) + "\n")
+    click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {metric} "
+               f"mean/p50/p90); wrote {out}")
+
+
+@click.command("import-aiconfigurator")
+@click.option("--systems-dir", type=click.Path(path_type=Path), default=None,
+              help="aiconfigurator's systems/data folder (default: the installed aiconfigurator package's).")
+@click.option("--system", required=True, help="e.g. h100_sxm")
+@click.option("--model", required=True, help="Hugging Face id, e.g. Qwen/Qwen3-32B")
+@click.option("--tp", type=int, multiple=True, required=True)
+@click.option("--dtype", default="bfloat16", show_default=True)
+@click.option("--out", default="profiles", show_default=True, type=click.Path(path_type=Path))
+def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp: tuple[int, ...], dtype: str,
+                          out: Path) -> None:
+    """Build pdsim profiles from NVIDIA aiconfigurator's per-kernel database (not committed)."""
+    from pdsim.models import load_model
+    from pdsim.perf.aiconfigurator import find_systems_dir, import_profile
+
+    root = systems_dir or find_systems_dir()
+    if root is None:
+        raise PdsimError("--systems-dir: not given and no aiconfigurator package installed")
+    spec = load_model(model)
+    for n in tp:
+        click.echo(f"wrote {import_profile(root, system, spec, n, out, dtype)}")

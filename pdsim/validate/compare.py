@@ -1,0 +1,129 @@
+"""Replay a measured run in the simulator and compare the two, statistic by statistic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdsim.config import ClusterConfig
+from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
+from pdsim.metrics.summary import itl_samples, requests_frame
+from pdsim.validate.measured import MeasuredRun
+from pdsim.workload.trace import TraceRequest
+
+STATS = ("mean", "p50", "p90", "p95", "p99")
+METRICS = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"), ("e2e_ms", "E2E latency (ms)"))
+
+
+def trace_of(measured: MeasuredRun) -> list[TraceRequest]:
+    """The measured requests as a simulator trace: same lengths, same arrival times."""
+    df = measured.requests
+    return [
+        TraceRequest(request_id=i, input_toks=int(r.input_toks), output_toks=int(r.output_toks),
+                     arrival_time_ns=int(round(r.arrival_s * 1e9)))
+        for i, r in enumerate(df.itertuples(index=False))
+    ]
+
+
+def replay(cfg: ClusterConfig, measured: MeasuredRun, opts: SimOptions | None = None,
+           source: str = "<config>") -> SimulationResult:
+    opts = opts or SimOptions()
+    if measured.concurrency is not None and opts.concurrency is None:
+        opts.concurrency = measured.concurrency
+    return simulate(cfg, trace_of(measured), opts, source)
+
+
+def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    values = np.asarray(values, dtype=float)
+    if weights is None:
+        weights = np.ones(values.shape)
+    keep = ~np.isnan(values) & (weights > 0)
+    values, weights = values[keep], weights[keep]
+    if values.size == 0:
+        return dict.fromkeys(STATS, np.nan)
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order].astype(float)
+    out = {"mean": float(np.average(values, weights=weights))}
+    # Percentiles with linear interpolation between order statistics (numpy's default), on the
+    # weighted empirical CDF so that an ITL step shared by n requests counts n times.
+    cum = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
+    for s in STATS[1:]:
+        out[s] = float(np.interp(int(s[1:]) / 100, cum, values))
+    return out
+
+
+def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
+    """One row per (metric, statistic): measured, simulated, and the difference in %."""
+    sim = requests_frame(result)
+    sim = sim[sim.status == "finished"]
+    mea = measured.requests
+    rows = []
+    for key, label in METRICS:
+        if key == "itl_ms":
+            if measured.itl_ms is None:
+                continue  # the file has only first/last token times: no per-token gaps to compare
+            m = _stats(measured.itl_ms)
+            values, weights = itl_samples(result)
+            s = _stats(values * 1e3, weights)
+        else:
+            m = _stats(mea[key].to_numpy())
+            s = _stats(sim[key].to_numpy())
+        for stat in STATS:
+            rows.append((label, stat, m[stat], s[stat], _pct(s[stat], m[stat])))
+    span_m = float((mea.arrival_s + mea.e2e_ms / 1e3).max() - mea.arrival_s.min())
+    span_s = float(sim.finish_s.max() - sim.arrival_s.min()) if len(sim) else np.nan
+    for label, num_m, num_s in (
+        ("throughput (req/s)", len(mea), len(sim)),
+        ("output throughput (tok/s)", mea.output_toks.sum(), sim.output_toks.sum()),
+    ):
+        m, s = num_m / span_m, num_s / span_s
+        rows.append((label, "mean", m, s, _pct(s, m)))
+    return pd.DataFrame(rows, columns=["metric", "stat", "measured", "simulated", "diff_pct"])
+
+
+def _pct(sim: float, meas: float) -> float:
+    return (sim - meas) / meas * 100 if meas and not np.isnan(meas) else np.nan
+
+
+def format_table(table: pd.DataFrame) -> str:
+    lines = [f"{'metric':<27}{'stat':<6}{'measured':>12}{'simulated':>12}{'diff':>9}"]
+    for r in table.itertuples(index=False):
+        lines.append(f"{r.metric:<27}{r.stat:<6}{r.measured:>12,.2f}{r.simulated:>12,.2f}{r.diff_pct:>+8.1f}%")
+    return "\n".join(lines)
+
+
+def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Path) -> list[Path]:
+    """CDF overlays (measured vs simulated) per metric, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim = requests_frame(result)
+    sim = sim[sim.status == "finished"]
+    written = []
+    for key, label in METRICS:
+        if key == "itl_ms":
+            if measured.itl_ms is None:
+                continue
+            m = np.sort(measured.itl_ms)
+            values, weights = itl_samples(result)
+            s = np.repeat(values * 1e3, weights)
+            s.sort()
+        else:
+            m = np.sort(measured.requests[key].dropna().to_numpy())
+            s = np.sort(sim[key].dropna().to_numpy())
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(m, np.linspace(0, 1, m.size), label="measured")
+        ax.plot(s, np.linspace(0, 1, s.size), label="simulated", linestyle="--")
+        ax.set_xlabel(label)
+        ax.set_ylabel("CDF")
+        ax.legend()
+        fig.tight_layout()
+        path = prefix.with_name(f"{prefix.name}_cdf_{key.removesuffix('_ms')}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,170 @@
+"""Measured runs of real engines, read into one shape that can be compared with a simulation.
+
+Three kinds of files are read:
+- per-request JSONL with engine timestamps (`input_toks, output_toks, arrival_time, queued_ts,
+  scheduled_ts, first_token_ts, last_token_ts`), as LLMServingSim's vLLM runner writes;
+- the JSON of `vllm bench serve --save-result --save-detailed` (per-request `ttfts`, `itls`,
+  `input_lens`, `output_lens`);
+- closed-loop tables (`isl, osl, concurrency, tp, mean TTFT, mean TPOT` per row), as in
+  aiconfigurator's silicon CSVs.
+
+Latency columns are in ms; `arrival_s` is seconds since the first request of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdsim.errors import PdsimError
+
+MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]
+
+
+@dataclass
+class MeasuredRun:
+    """One measured run: a row per request, plus what is needed to replay it."""
+
+    source: str
+    requests: pd.DataFrame  # MEASURED_COLUMNS
+    itl_ms: np.ndarray | None = None  # every inter-token gap, when the file has them
+    concurrency: int | None = None  # closed loop: the benchmark's --max-concurrency
+    notes: list[str] = field(default_factory=list)
+
+
+def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
+    """Read a per-request JSONL or a `vllm bench serve` JSON (chosen by content)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PdsimError(f"{p}: measured run not found")
+    text = p.read_text()
+    first = text.lstrip()[:1]
+    if first == "{":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None  # JSONL: one object per line
+        if isinstance(obj, dict) and "ttfts" in obj:
+            return read_vllm_bench_json(p, obj)
+    return read_engine_jsonl(p, clock)
+
+
+def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
+    """Per-request engine timestamps. Latencies are taken on the engine clock (`queued_ts` to
+    `first_token_ts` / `last_token_ts`): `arrival_time` is the client's wall clock, another clock.
+
+    clock: which arrival times the replay uses, relative to the first request: "engine"
+    (`queued_ts`, when the engine saw the request, consistent with the latencies) or "client"
+    (`arrival_time`, when the benchmark sent it).
+    """
+    p = Path(path)
+    rows = []
+    for line_no, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise PdsimError(f"{p}:{line_no}: not valid JSON ({e.msg})") from None
+    need = ("input_toks", "output_toks", "arrival_time", "queued_ts", "first_token_ts", "last_token_ts")
+    df = pd.DataFrame(rows)
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise PdsimError(f"{p}: missing field(s) {', '.join(missing)}; expected {', '.join(need)}")
+    if clock not in ("engine", "client"):
+        raise PdsimError(f"clock: expected 'engine' or 'client', got {clock!r}")
+    arrival = df.queued_ts if clock == "engine" else df.arrival_time
+    out = pd.DataFrame({
+        "input_toks": df.input_toks.astype(int),
+        "output_toks": df.output_toks.astype(int),
+        "arrival_s": arrival - arrival.min(),
+        "ttft_ms": (df.first_token_ts - df.queued_ts) * 1e3,
+        "tpot_ms": np.where(df.output_toks > 1,
+                            (df.last_token_ts - df.first_token_ts) / (df.output_toks - 1).clip(lower=1) * 1e3,
+                            np.nan),
+        "e2e_ms": (df.last_token_ts - df.queued_ts) * 1e3,
+    })
+    out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"])
+
+
+def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
+    """`vllm bench serve --save-result --save-detailed` output. Times there are in seconds.
+
+    Arrival times are not saved by vllm bench: with `max_concurrency` the replay is a closed
+    loop with that many clients; with an infinite `request_rate` all requests arrive at 0;
+    otherwise they are spaced evenly at the request rate (the benchmark drew Poisson gaps,
+    whose draw is not recorded), and the run says so in its notes.
+    """
+    p = Path(path)
+    if obj is None:
+        obj = json.loads(p.read_text())
+    for key in ("ttfts", "itls", "input_lens", "output_lens"):
+        if key not in obj:
+            raise PdsimError(f"{p}: missing {key!r}; save it with `vllm bench serve --save-result --save-detailed`")
+    n = len(obj["ttfts"])
+    errors = obj.get("errors") or [""] * n
+    ok = [i for i in range(n) if not errors[i] and obj["ttfts"][i] is not None and obj["ttfts"][i] > 0]
+    ttft = np.array([obj["ttfts"][i] for i in ok]) * 1e3
+    itls = [np.asarray(obj["itls"][i], dtype=float) * 1e3 for i in ok]
+    out_lens = np.array([obj["output_lens"][i] for i in ok], dtype=int)
+    in_lens = np.array([obj["input_lens"][i] for i in ok], dtype=int)
+    e2e = ttft + np.array([x.sum() for x in itls])
+    tpot = np.where(out_lens > 1, (e2e - ttft) / np.maximum(out_lens - 1, 1), np.nan)
+    notes = []
+    conc = obj.get("max_concurrency")
+    rate = obj.get("request_rate", "inf")
+    rate = math.inf if rate in (None, "inf", "Infinity") else float(rate)
+    if obj.get("start_times") is not None:
+        starts = np.array([obj["start_times"][i] for i in ok], dtype=float)
+        arrival = starts - starts.min()
+    elif conc is None and math.isfinite(rate):
+        arrival = np.arange(len(ok)) / rate
+        notes.append(f"arrival times not recorded: spaced evenly at the request rate {rate:g}/s")
+    else:
+        arrival = np.zeros(len(ok))
+    if len(ok) < n:
+        notes.append(f"{n - len(ok)} failed request(s) left out")
+    df = pd.DataFrame({"input_toks": in_lens, "output_toks": out_lens, "arrival_s": arrival,
+                       "ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e})
+    itl = np.concatenate(itls) if itls else np.empty(0)
+    return MeasuredRun(str(p), df, itl_ms=itl, concurrency=int(conc) if conc else None, notes=notes)
+
+
+# -- closed-loop tables ---------------------------------------------------------------------------
+
+_ALIASES = {
+    "isl": ("isl", "input_len", "input_length"),
+    "osl": ("osl", "output_len", "output_length"),
+    "concurrency": ("concurrency", "batch_size", "max_concurrency"),
+    "tp": ("tp", "tp_size"),
+    "ttft_ms": ("silicon_ttft_ms", "ttft_ms", "mean_ttft_ms"),
+    "tpot_ms": ("silicon_tpot_ms", "tpot_ms", "mean_tpot_ms"),
+}
+
+
+def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
+    """Rows of (isl, osl, concurrency, tp, ttft_ms, tpot_ms) plus whatever else the file has
+    (model_path, system, backend_version ... are kept)."""
+    p = Path(path)
+    df = pd.read_csv(p)
+    rename = {}
+    for name, options in _ALIASES.items():
+        found = next((c for c in options if c in df.columns), None)
+        if found is None:
+            raise PdsimError(f"{p}: no column for {name} (tried {', '.join(options)})")
+        rename[found] = name
+    return df.rename(columns=rename)
+
+
+def is_closed_loop_table(path: str | Path) -> bool:
+    p = Path(path)
+    if p.suffix.lower() != ".csv":
+        return False
+    header = p.open().readline().strip().split(",")
+    return any(c in header for c in _ALIASES["concurrency"]) and any(c in header for c in _ALIASES["isl"])

@@ -1,0 +1,264 @@
+"""P/D realism (issue #5): topology, contention, transfer modes, decode back-pressure, TTFT modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import simpy
+
+from pdsim.config import cluster_config_from_dict, load_cluster_config
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.engine.kv_transfer import kv_transfer_bytes
+from pdsim.engine.link import Link
+from pdsim.engine.network import Network
+from pdsim.errors import ConfigError
+from pdsim.metrics.summary import requests_frame, summarize
+from pdsim.models import load_model
+from tests.helpers import MODEL, cluster, instance, run, trace
+
+REPO = Path(__file__).resolve().parent.parent
+MOONCAKE = REPO.parent / "shared/data/calibration/mooncake-kv-transfer/vllm-v1-pd-performance.md"
+PER_TOKEN = 131072  # Llama-3.1-8B bf16: 2 x 32 layers x 8 KV heads x 128 x 2 bytes
+
+
+def _two_nodes(prefill: dict, decodes: list[dict], **top) -> dict:
+    return {
+        "num_nodes": 2, "link_bw": top.pop("link_bw", 16), "link_latency": top.pop("link_latency", 20000),
+        "nodes": [
+            {"num_instances": 1, "instances": [prefill], **top.pop("node0", {})},
+            {"num_instances": len(decodes), "instances": decodes, **top.pop("node1", {})},
+        ],
+        **top,
+    }
+
+
+# -- the network on its own ---------------------------------------------------------------------
+def _run_flows(flows: list[tuple[tuple[Link, ...], float, float]]) -> list[float]:
+    """Start (path, bytes, at_s) flows; return each one's completion time."""
+    env = simpy.Environment()
+    net = Network(env)
+    ends = [0.0] * len(flows)
+
+    def starter(i, path, nbytes, at):
+        yield env.timeout(at)
+        net.start(path, nbytes, lambda: ends.__setitem__(i, env.now))
+
+    for i, (path, nbytes, at) in enumerate(flows):
+        env.process(starter(i, path, nbytes, at))
+    env.run()
+    return ends
+
+
+def test_two_flows_on_one_link_each_take_twice_as_long():
+    link = Link("l", "network", 1e9)
+    (alone,) = _run_flows([((link,), 1e9, 0.0)])
+    both = _run_flows([((link,), 1e9, 0.0), ((link,), 1e9, 0.0)])
+    assert alone == pytest.approx(1.0)
+    assert both == pytest.approx([2.0, 2.0])
+
+
+def test_sharing_is_max_min_fair_and_recomputed_when_flows_start_and_end():
+    wide, narrow = Link("wide", "nic_out", 10e9), Link("narrow", "network", 2e9)
+    # Flow b is held to 2 GB/s by the narrow link, so a gets the other 8 of the wide one.
+    a_end, b_end = _run_flows([((wide,), 16e9, 0.0), ((wide, narrow), 4e9, 0.0)])
+    assert a_end == pytest.approx(2.0) and b_end == pytest.approx(2.0)
+    # A late flow halves the first one's rate from then on: 1 s alone, then 1 GB left at 0.5 GB/s each.
+    link = Link("l", "network", 1e9)
+    first, second = _run_flows([((link,), 2e9, 0.0), ((link,), 1e9, 1.0)])
+    assert first == pytest.approx(3.0) and second == pytest.approx(3.0)
+
+
+def test_a_streamed_flow_stalls_until_fed():
+    env = simpy.Environment()
+    net = Network(env)
+    link = Link("l", "network", 1e9)
+    ended = []
+    flow = net.start((link,), 2e9, lambda: ended.append(env.now), fed_bytes=1e9)
+
+    def later():
+        yield env.timeout(5.0)
+        net.feed(flow, 2e9)
+
+    env.process(later())
+    env.run()
+    assert ended == [pytest.approx(6.0)]  # 1 s for the first half, stalled till 5 s, 1 s more
+    assert link.bytes_moved == pytest.approx(2e9)
+
+
+# -- bytes ----------------------------------------------------------------------------------------
+def test_bytes_are_grouped_query_aware_block_granular_and_follow_tp_and_wire_dtype():
+    llama = load_model(MODEL)
+    assert kv_transfer_bytes(llama, 2000, 16, "bfloat16", 1) == 2000 * PER_TOKEN  # 8 KV heads, not 32
+    assert kv_transfer_bytes(llama, 2001, 16, "bfloat16", 1) == 2016 * PER_TOKEN  # the last block goes whole
+    assert kv_transfer_bytes(llama, 2000, 16, "bfloat16", 8) == 2000 * PER_TOKEN  # 1 head per shard, 8 shards
+    assert kv_transfer_bytes(llama, 2000, 16, "bfloat16", 1, "fp8") == 2000 * PER_TOKEN // 2
+    # Llama-3.1-70B on TP16: each of its 8 KV heads lives on two shards, and both need it.
+    big = load_model("meta-llama/Llama-3.1-70B")
+    assert kv_transfer_bytes(big, 16, 16, "bfloat16", 16) == 2 * kv_transfer_bytes(big, 16, 16, "bfloat16", 8)
+
+
+@pytest.mark.skipif(not MOONCAKE.exists(), reason="../shared is not available")
+def test_mooncake_bytes_within_5pct_and_transfer_times_within_25pct():
+    from benchmarks.mooncake_kv_transfer import compare, load_rows
+
+    rows = load_rows(MOONCAKE)
+    assert len(rows) == 9
+    results, link_bw, _ = compare(rows)
+    assert 100 < link_bw < 200  # below the 200 GB/s line rate of 8 x 200 Gb/s
+    for r in results:
+        assert r["sim_bytes"] == pytest.approx(r["their_bytes"], rel=0.05), r
+        assert r["sim_ms"] == pytest.approx(r["their_ms"], rel=0.25), r
+
+
+# -- the engine ---------------------------------------------------------------------------------
+def test_two_simultaneous_handoffs_share_the_link():
+    one = run(cluster(instance("prefill"), instance("decode"), link_bw=2, link_latency=0), [(2000, 5, 0.0)])
+    two = run(cluster(instance("prefill", max_num_batched_tokens=4096), instance("decode"), link_bw=2,
+                      link_latency=0), [(2000, 5, 0.0), (2000, 5, 0.0)])
+    alone_s = 2000 * PER_TOKEN / 2e9
+    assert one.requests[0].kv_transfer_end_s - one.requests[0].kv_transfer_start_s == pytest.approx(alone_s)
+    for req in two.requests:  # prefilled in one step, handed off together
+        assert req.kv_transfer_start_s == pytest.approx(two.requests[0].kv_transfer_start_s)
+        assert req.kv_transfer_end_s - req.kv_transfer_start_s == pytest.approx(2 * alone_s)
+
+
+def test_one_nic_is_shared_by_all_transfers_of_an_instance():
+    # Two decode instances on another node: their network paths are separate, the prefill's NIC is not.
+    raw = _two_nodes(instance("prefill", max_num_batched_tokens=4096), [instance("decode"), instance("decode")],
+                     link_bw=10, link_latency=0,
+                     node0={"nic_bw": 2})
+    res = simulate(cluster_config_from_dict(raw), trace([(2000, 5, 0.0), (2000, 5, 0.0)]), SimOptions())
+    assert {r.decode_instance for r in res.requests} == {"n1.i0", "n1.i1"}
+    for req in res.requests:
+        assert req.kv_transfer_end_s - req.kv_transfer_start_s == pytest.approx(2 * 2000 * PER_TOKEN / 2e9)
+    assert res.links["n0.i0.nic_out"].peak_flows == 2
+    assert res.links["n0.i0->n1.i0"].peak_flows == 1
+
+
+def test_same_node_uses_the_fabric_when_given_and_link_bw_otherwise():
+    rows = [(2000, 5, 0.0)]
+    flat = run(cluster(instance("prefill"), instance("decode")), rows)  # LLMServingSim meaning
+    assert list(flat.links) == ["n0.i0->n0.i1"]
+    raw = {"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [{
+        "num_instances": 2, "intra_node_bw": 400, "instances": [instance("prefill"), instance("decode")]}]}
+    nvl = simulate(cluster_config_from_dict(raw), trace(rows), SimOptions())
+    assert sorted(nvl.links) == ["n0.i0.fabric_out", "n0.i1.fabric_in"]
+    req = nvl.requests[0]
+    assert req.kv_transfer_end_s - req.kv_transfer_start_s == pytest.approx(2000 * PER_TOKEN / 400e9 + 2e-6)
+
+
+def test_layerwise_hides_all_but_the_last_layer_behind_compute():
+    rows = [(4000, 5, 0.0)]
+    # The link moves a layer's KV faster than the prefill computes a layer, but the whole prompt's
+    # KV takes longer than a few layers: overlap matters.
+    base = dict(link_bw=20, link_latency=0)
+    pre = instance("prefill", max_num_batched_tokens=4096)  # one prefill step
+    after = run(cluster(pre, instance("decode"), **base), rows).requests[0]
+    raw = {"num_nodes": 1, **base, "kv_transfer": {"mode": "layerwise"},
+           "nodes": [{"num_instances": 2, "instances": [pre, instance("decode")]}]}
+    res = simulate(cluster_config_from_dict(raw), trace(rows), SimOptions())
+    lw = res.requests[0]
+    total_s = 4000 * PER_TOKEN / 20e9
+    layers = load_model(MODEL).num_layers
+    prefill_end = lw.first_token_s
+    assert after.kv_transfer_end_s - after.first_token_s == pytest.approx(total_s)
+    step_s = prefill_end - lw.kv_transfer_start_s
+    assert total_s / layers < step_s / layers < total_s  # the premise of this test
+    assert lw.kv_transfer_end_s - prefill_end == pytest.approx(total_s / layers, rel=1e-6)
+    assert lw.kv_bytes == after.kv_bytes and lw.status == "finished"
+    # Layer-wise reserves decode-side blocks for the whole final prefill step.
+    assert lw.kv_transfer_start_s < prefill_end
+    assert lw.finish_s < after.finish_s
+
+
+def test_layerwise_under_pressure_finishes_everything_and_frees_all_blocks():
+    raw = {"num_nodes": 1, "link_bw": 4, "link_latency": 20000, "kv_transfer": {"mode": "layerwise"},
+           "nodes": [{"num_instances": 2, "instances": [instance("prefill", 19.5), instance("decode", 19.5)]}]}
+    from pdsim.workload.generate import generate_requests
+
+    reqs = generate_requests(80, 20, "lognormal:1500,800,max=6000", "lognormal:200,100,max=800", seed=2)
+    res = simulate(cluster_config_from_dict(raw), reqs, SimOptions())
+    df = requests_frame(res)
+    assert (df.status == "finished").all(), df[df.status != "finished"].reason.unique()
+    for inst in res.instances:
+        assert inst.kv.free == inst.kv.num_blocks
+
+
+def test_full_decode_instance_queues_handoffs_and_the_wait_is_in_the_csv(tmp_path):
+    cfg = cluster(instance("prefill"), instance("decode", 18.8))  # room for ~1.8 of these requests
+    res = run(cfg, [(3000, 400, 0.01 * i) for i in range(8)])
+    path = tmp_path / "requests.csv"
+    requests_frame(res).to_csv(path, index=False)
+    df = pd.read_csv(path)
+    assert len(df) == 8 and (df.status == "finished").all()
+    assert (df.kv_transfer_wait_ms > 100).sum() >= 4  # queued for decode-side memory
+    assert (df.kv_bytes == 3008 * PER_TOKEN).all()
+    assert res.instances[1].kv.peak_used <= res.instances[1].kv.num_blocks
+
+
+def test_memory_duplication_shows_in_the_prefill_instance_timeline():
+    # A slow link: the 2000-token KV (262 MB) takes 0.26 s, during which both sides hold it.
+    cfg = cluster(instance("prefill"), instance("decode"), link_bw=1, link_latency=0)
+    res = run(cfg, [(2000, 5, 0.0)], sample_interval_s=0.01)
+    req = res.requests[0]
+    tl = pd.DataFrame([s.__dict__ for s in res.samples])
+    during = tl[(tl.time_s > req.kv_transfer_start_s) & (tl.time_s < req.kv_transfer_end_s)]
+    pre, dec = during[during.instance == "n0.i0"], during[during.instance == "n0.i1"]
+    kv_gb = 2000 * PER_TOKEN / 2**30
+    assert len(pre) >= 20
+    assert (pre.kv_used_gb >= kv_gb * 0.999).all() and (pre.kv_held_for_transfer_gb >= kv_gb * 0.999).all()
+    assert (dec.kv_used_gb >= kv_gb * 0.999).all()  # reserved on the decode side at the same time
+    assert np.allclose(pre.kv_send_gbps, 1.0) and np.allclose(dec.kv_recv_gbps, 1.0)
+    after = tl[(tl.time_s > req.kv_transfer_end_s) & (tl.instance == "n0.i0")]
+    assert (after.kv_used_gb == 0).all()
+    links = pd.DataFrame([s.__dict__ for s in res.link_samples])
+    busy = links[(links.time_s > req.kv_transfer_start_s + 0.01) & (links.time_s < req.kv_transfer_end_s)]
+    assert np.allclose(busy.utilisation, 1.0) and (busy.active_transfers == 1).all()
+
+
+def test_ttft_modes():
+    cfg = cluster(instance("prefill"), instance("decode"))
+    rows = [(2000, 20, 0.0)]
+    prefill_mode = run(cfg, rows)
+    client_mode = run(cfg, rows, ttft_mode="client")
+    req = client_mode.requests[0]
+    dec = client_mode.instances[1]
+    expected_client_s = (req.kv_transfer_end_s + dec.predictor.step_time_s([], 1, 2000))
+    df = requests_frame(client_mode)
+    assert df.ttft_ms[0] == pytest.approx(expected_client_s * 1e3, rel=1e-9)
+    assert df.ttft_client_ms[0] == pytest.approx(expected_client_s * 1e3, rel=1e-9)
+    assert requests_frame(prefill_mode).ttft_ms[0] == pytest.approx(req.first_token_s * 1e3, rel=1e-9)
+    assert summarize(client_mode, df)["ttft_mode"] == "client"
+    with pytest.raises(ConfigError):
+        SimOptions(ttft_mode="first")
+
+
+# -- configs --------------------------------------------------------------------------------------
+def test_llmservingsim_configs_stay_valid_and_new_keys_are_checked():
+    for path in sorted((REPO / "configs/cluster").glob("*.json")):
+        load_cluster_config(path)
+    base = _two_nodes(instance("prefill"), [instance("decode")])
+    with pytest.raises(ConfigError, match='kv_transfer.mode: expected "after_prefill" or "layerwise"'):
+        cluster_config_from_dict({**base, "kv_transfer": {"mode": "eager"}})
+    with pytest.raises(ConfigError, match='unknown key "overhead_us"'):
+        cluster_config_from_dict({**base, "kv_transfer": {"overhead_us": 3}})
+    with pytest.raises(ConfigError, match=r"nodes\[0\].nic_bw: expected a number > 0"):
+        cluster_config_from_dict(_two_nodes(instance("prefill"), [instance("decode")], node0={"nic_bw": 0}))
+
+
+def test_heterogeneous_example_runs_and_decode_choice_respects_the_model():
+    path = REPO / "configs/cluster/heterogeneous_h100p_a100d.json"
+    cfg = load_cluster_config(path)
+    raw = json.loads(path.read_text())
+    assert raw["nodes"][0]["instances"][0]["hardware"] != raw["nodes"][1]["instances"][0]["hardware"]
+    res = simulate(cfg, trace([(1500, 30, 0.05 * i) for i in range(10)]), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    # A decode instance serving another model is never chosen.
+    other = instance("decode", model_name="Qwen/Qwen3-8B")
+    mixed = cluster_config_from_dict(_two_nodes(instance("prefill"), [other, instance("decode")]))
+    res = simulate(mixed, trace([(500, 10, 0.01 * i) for i in range(6)]), SimOptions())
+    assert {r.decode_instance for r in res.requests} == {"n1.i1"}

@@ -1,0 +1,158 @@
+"""P:D sweep and goodput search: expansion, traces at a rate, executors agreeing, resume, bisection."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pdsim.cli import cli
+from pdsim.config import load_cluster_config
+from pdsim.errors import PdsimError
+from pdsim.sweep.expand import expand, parse_ratios
+from pdsim.sweep.runner import (
+    ROW_FIELDS,
+    InlineExecutor,
+    Job,
+    PoolExecutor,
+    RowWriter,
+    RunSettings,
+    Slo,
+    run_sweep,
+    trace_at_rate,
+)
+from pdsim.sweep.search import Bisection, search
+from pdsim.workload.trace import load_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "configs" / "cluster" / "sweep_base_h100.json"
+DATASET = ROOT / "workloads" / "prefill_heavy.jsonl"
+SETTINGS = RunSettings(slo=Slo(ttft_ms=1000, tpot_ms=25), min_duration_s=0.0,
+                       profiles_root=str(ROOT / "profiles"))
+
+
+@pytest.fixture(scope="module")
+def small():
+    """4 GPUs (1P3D, 2P2D, 3P1D, colo-4x), 60 requests, 2 rates: 8 runs of a few ms each."""
+    variants = expand(load_cluster_config(BASE), 4)
+    base_trace = load_trace(DATASET, max_requests=60)
+    jobs = [Job(v, r) for v in variants for r in (10.0, 40.0)]
+    return variants, base_trace, jobs
+
+
+def test_expand_every_split_and_colocated():
+    variants = expand(load_cluster_config(BASE), 8)
+    assert [v.label for v in variants] == [f"{p}P{8 - p}D-tp1/1" for p in range(1, 8)] + ["colo-8x-tp1"]
+    v = variants[2]
+    cfg = v.config()
+    types = [ref.config.pd_type for ref in cfg.instances()]
+    assert types == ["prefill"] * 3 + ["decode"] * 5  # prefill first
+    assert sum(ref.config.num_npus for ref in cfg.instances()) == 8
+
+
+def test_expand_tp_pools_fill_nodes_of_eight():
+    variants = expand(load_cluster_config(BASE), 16, tp_prefill=[1, 2], tp_decode=[2], colocated=True)
+    labels = [v.label for v in variants]
+    assert "4P6D-tp1/2" in labels and "2P6D-tp2/2" in labels and "colo-8x-tp2" in labels
+    for v in variants:
+        for node in v.raw["nodes"]:
+            assert sum(i["num_npus"] for i in node["instances"]) <= 8
+        assert sum(i["num_npus"] for n in v.raw["nodes"] for i in n["instances"]) == 16
+    assert [v.label for v in expand(load_cluster_config(BASE), 8, parse_ratios("3P5D,6:2"), colocated=False)] == [
+        "3P5D-tp1/1", "6P2D-tp1/1"]
+    with pytest.raises(PdsimError):
+        parse_ratios("3-5")
+
+
+def test_trace_at_rate_scales_and_lengthens():
+    base = load_trace(DATASET, max_requests=100)
+    t = trace_at_rate(base, 20.0, "scale", 0)
+    assert len(t) == 100 and t[-1].arrival_time_ns == pytest.approx(99 / 20 * 1e9, rel=1e-6)
+    assert [(r.input_toks, r.output_toks) for r in t] == [(r.input_toks, r.output_toks) for r in base]
+    long = trace_at_rate(base, 20.0, "scale", 0, min_duration_s=30)
+    assert len(long) == 600 and long[-1].arrival_time_ns == pytest.approx(599 / 20 * 1e9, rel=1e-6)
+    assert all(a.arrival_time_ns <= b.arrival_time_ns for a, b in zip(long, long[1:]))
+    assert long[100].input_toks == base[0].input_toks
+    p1, p2 = trace_at_rate(base, 5.0, "poisson", 7), trace_at_rate(base, 5.0, "poisson", 7)
+    assert [r.arrival_time_ns for r in p1] == [r.arrival_time_ns for r in p2]
+
+
+def test_pool_matches_inline_and_resume_is_exact(small, tmp_path):
+    variants, base_trace, jobs = small
+    inline = run_sweep(jobs, InlineExecutor(base_trace, SETTINGS), tmp_path / "a.csv", resume=False)
+    pool = PoolExecutor(base_trace, SETTINGS, workers=2)
+    try:
+        pooled = run_sweep(jobs, pool, tmp_path / "b.csv", resume=False)
+    finally:
+        pool.close()
+    assert pooled == inline
+    # A killed sweep: half the rows and a torn last line; resume redoes only the missing runs.
+    lines = (tmp_path / "a.csv").read_text().splitlines()
+    (tmp_path / "c.csv").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
+    ran: list[Job] = []
+
+    class Counting(InlineExecutor):
+        def run(self, todo):
+            ran.extend(todo)
+            yield from super().run(todo)
+
+    resumed = run_sweep(jobs, Counting(base_trace, SETTINGS), tmp_path / "c.csv", resume=True)
+    assert resumed == inline
+    assert len(ran) == len(jobs) - 4
+
+
+def test_ray_matches_local_pool(small, tmp_path):
+    ray = pytest.importorskip("ray")
+    from pdsim.sweep.runner import RayExecutor
+
+    variants, base_trace, jobs = small
+    pool = PoolExecutor(base_trace, SETTINGS, workers=2)
+    try:
+        pooled = run_sweep(jobs, pool, tmp_path / "pool.csv", resume=False)
+    finally:
+        pool.close()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = run_sweep(jobs, RayExecutor(base_trace, SETTINGS, address=None), tmp_path / "ray.csv", False)
+    finally:
+        ray.shutdown()
+    assert on_ray == pooled
+    assert (tmp_path / "ray.csv").read_text().count("\n") == len(jobs) + 1
+
+
+def test_bisection_brackets_then_narrows():
+    st = Bisection(variant=None, start_rate=10.0, rel_tol=0.05)  # type: ignore[arg-type]
+    true_goodput = 23.0
+    while (rate := st.next_rate()) is not None:
+        st.record(rate, {"rate": rate}, rate <= true_goodput)
+    assert st.lo <= true_goodput < st.hi and (st.hi - st.lo) <= 0.05 * st.hi
+    st = Bisection(variant=None, start_rate=10.0)  # type: ignore[arg-type]
+    while (rate := st.next_rate()) is not None:
+        st.record(rate, {}, False)
+    assert st.lo == 0.0 and len(st.probes) <= st.max_probes
+
+
+def test_search_finds_a_goodput_per_config(small, tmp_path):
+    variants, base_trace, _ = small
+    writer = RowWriter(tmp_path / "probes.csv", ROW_FIELDS, False)
+    states = search(variants, {v.label: 20.0 for v in variants}, InlineExecutor(base_trace, SETTINGS), writer,
+                    attainment=0.9, mode="joint", rel_tol=0.2, max_probes=6)
+    writer.close()
+    for st in states:
+        assert st.lo == 0.0 or st.lo_row["attain_both"] >= 0.9
+        assert math.isinf(st.hi) or st.hi > st.lo
+
+
+def test_cli_sweep_and_search(tmp_path):
+    runner = CliRunner()
+    common = ["--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "40", "--gpus", "2",
+              "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1", "--min-duration-s", "0"]
+    res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "sweep.csv").exists() and (tmp_path / "s" / "sweep_pareto.png").exists()
+    res = runner.invoke(cli, ["search", *common, "--max-probes", "5", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    assert "winner:" in res.output or "no configuration" in res.output
+    assert (tmp_path / "q" / "search_goodput.png").exists()
