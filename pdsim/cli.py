@@ -39,10 +39,11 @@ class DefaultCommandGroup(click.Group):
 def cli() -> None:
     """pdsim: simulate LLM serving clusters with prefill/decode disaggregation.
 
-    Without a subcommand, runs a simulation (`run`): e.g.
+    Without a subcommand, runs a simulation (`run`), e.g.
 
-      python -m pdsim --cluster-config configs/cluster/single_node_pd_instance.json
-      --dataset workloads/example_trace.jsonl --output outputs/pd_split_run.csv
+    \b
+      python -m pdsim --cluster-config configs/cluster/single_node_pd_instance.json \\
+          --dataset workloads/example_trace.jsonl --output outputs/pd_split_run.csv
     """
 
 

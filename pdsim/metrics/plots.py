@@ -47,15 +47,7 @@ def write_plots(df: pd.DataFrame, samples: pd.DataFrame, prefix: Path) -> list[P
         for inst, g in samples.groupby("instance", sort=False):
             ax.plot(g.time_s, g.mem_used_gb, label=f"{inst} total")
             ax.plot(g.time_s, g.kv_used_gb, linestyle="--", label=f"{inst} KV cache")
-        ax.set_xlabel("simulated time (s)")
-        ax.set_ylabel("memory per GPU (GB)")
-        ax.set_title("Memory over time")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        paths.append(prefix.with_name(prefix.name + "_memory.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish_over_time(plt, fig, ax, "memory per GPU (GB)", "Memory over time", prefix, "memory"))
 
         fig, ax = plt.subplots(figsize=(9, 4))
         for inst, g in samples.groupby("instance", sort=False):
@@ -66,13 +58,18 @@ def write_plots(df: pd.DataFrame, samples: pd.DataFrame, prefix: Path) -> list[P
             t = g.time_s.to_numpy()[1:]
             ax.plot(t, np.diff(g.prompt_tokens.to_numpy()) / dt, label=f"{inst} prompt tok/s")
             ax.plot(t, np.diff(g.decode_tokens.to_numpy()) / dt, linestyle="--", label=f"{inst} decode tok/s")
-        ax.set_xlabel("simulated time (s)")
-        ax.set_ylabel("tokens/s")
-        ax.set_title("Throughput over time")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        paths.append(prefix.with_name(prefix.name + "_throughput.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish_over_time(plt, fig, ax, "tokens/s", "Throughput over time", prefix, "throughput"))
     return paths
+
+
+def _finish_over_time(plt, fig, ax, ylabel: str, title: str, prefix: Path, name: str) -> Path:
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = prefix.with_name(f"{prefix.name}_{name}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

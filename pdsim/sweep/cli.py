@@ -150,6 +150,13 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
 
 
+
+def _estimated_note(rows: list[dict[str, Any]]) -> str:
+    n = sum(1 for r in rows if r.get("estimated_profile"))
+    return (f"NOTE: step times estimated from hardware specs in {n} of {len(rows)} runs "
+            "(no measured profile for some instance)") if n else "step times from measured profiles"
+
+
 @click.command("sweep")
 @click.option("--rates", required=True, help="Request rates (req/s, whole cluster), e.g. 2,4,8,16.")
 @_common
@@ -185,6 +192,7 @@ def sweep(rates: str, **kw: Any) -> None:
     written = [setup.out / "runs.csv", setup.out / "sweep.csv"]
     if kw["plots"]:
         written += _plots(setup, good, rows, "sweep")
+    click.echo(_estimated_note(rows))
     click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
 
 
@@ -274,4 +282,5 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     written = [setup.out / "probes.csv", setup.out / "search.csv"]
     if kw["plots"]:
         written += _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search")
+    click.echo(_estimated_note(rows))
     click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))

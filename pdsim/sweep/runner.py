@@ -107,10 +107,10 @@ ROW_FIELDS = [
     "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
-    "output_tok_s_per_user", "attain_ttft", "attain_tpot", "attain_both", "last_finish_s",
+    "output_tok_s_per_user", "attain_ttft", "attain_tpot", "attain_both", "last_finish_s", "estimated_profile",
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "requests", "finished",
-               "unfinished", "rejected"}
+               "unfinished", "rejected", "estimated_profile"}
 _STR_FIELDS = {"label", "ratio", "rate_per_s"}
 
 
@@ -130,7 +130,9 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     )
     result = simulate(v.config(), trace, opts, source=v.label)
     df = requests_frame(result)
-    return summarize_run(job, df, settings.slo)
+    row = summarize_run(job, df, settings.slo)
+    row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
+    return row
 
 
 def _pct(values: np.ndarray, p: float) -> float:
