@@ -121,6 +121,16 @@ class InstanceConfig(_Strict):
     step_overhead_us: float = Field(default=0.0, ge=0)
     step_overhead_per_seq_us: float = Field(default=0.0, ge=0)
     decode_skew_alpha: float | None = Field(default=None, ge=0, le=1)
+    # vLLM v1 scheduler knob: cap on one request's prefill chunk per step; 0 (vLLM's default with
+    # max_num_partial_prefills 1) lets a prefill take the whole budget left.
+    long_prefill_token_threshold: int = Field(default=0, ge=0)
+    # GPU memory vLLM's determine_available_memory() keeps out of the KV cache besides weights and
+    # the activation peak (GB per GPU). non_torch: NCCL/cuBLAS/attention-backend buffers that appear
+    # during start-up and profiling ("non-torch forward increase memory" in vLLM's log; ~0.1-0.3
+    # GiB at TP 1, more with NCCL). cudagraph: vLLM's CUDA-graph estimate, subtracted only when
+    # VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 (off by default in 0.19.0, on in 0.33.0), so 0 here.
+    non_torch_memory_gb: float = Field(default=0.2, ge=0)
+    cudagraph_memory_gb: float = Field(default=0.0, ge=0)
 
     @field_validator("pd_type", mode="before")
     @classmethod

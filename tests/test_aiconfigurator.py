@@ -41,5 +41,5 @@ def test_h100_qwen3_32b_closed_loop_tpot(profiles):
                         SimOptions(step_overhead_us=STEP_OVERHEAD_US))
     assert len(df) == 90
     assert mape(df.tpot_err_pct) <= 8.0
-    # TTFT is far off (MAPE ~72%, docs/validation.md): guard only against it getting worse.
-    assert mape(df.ttft_err_pct) <= 80.0
+    # TTFT is far off (MAPE 71.8%, docs/validation.md, "Why TTFT is off"): guard against it getting worse.
+    assert mape(df.ttft_err_pct) <= 73.0

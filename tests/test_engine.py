@@ -173,3 +173,147 @@ def test_summary_and_itl_are_consistent():
     assert s["itl_ms"]["mean"] == pytest.approx(np.average(df.tpot_ms, weights=weights), rel=1e-6)
     assert s["ttft_ms"]["p50"] <= s["ttft_ms"]["p90"] <= s["ttft_ms"]["p99"]
     assert s["instances"][0]["peak_kv_gb"] > 0
+
+
+def test_closed_loop_client_delay_counts_in_ttft_and_is_seeded():
+    cfg = cluster(instance(None))
+    rows = [(512, 8, 0.0)] * 12
+    base = requests_frame(run(cfg, rows, concurrency=1))
+    slow = requests_frame(run(cfg, rows, concurrency=1, client_delay_s=0.01))
+    again = requests_frame(run(cfg, rows, concurrency=1, client_delay_s=0.01))
+    # One client, so no queueing: each request's TTFT grows by its own delay (uniform, mean 10 ms).
+    extra = slow.ttft_ms.to_numpy() - base.ttft_ms.to_numpy()
+    assert np.all(extra >= 0) and np.all(extra <= 20.0 + 1e-6) and 3.0 < extra.mean() < 17.0
+    assert np.allclose(slow.ttft_ms, again.ttft_ms)
+    assert np.allclose(slow.tpot_ms, base.tpot_ms)
+
+
+# -- vLLM v1 scheduler rules (docs/validation.md, "vLLM v1 rules and pdsim") ---------------------
+
+def _bare_scheduler(num_blocks: int = 10_000, budget: int = 1024, threshold: int = 0, max_num_seqs: int = 64):
+    from pdsim.engine.kv_cache import BlockManager
+    from pdsim.engine.scheduler import Scheduler
+
+    kv = BlockManager(num_blocks, 16, 16 * 1024)
+    return Scheduler(kv, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, enable_chunked_prefill=True,
+                     prefill_only=False, max_decode_run_steps=1000, long_prefill_token_threshold=threshold)
+
+
+def test_long_prefill_token_threshold_caps_every_chunk():
+    # vLLM 0.19 scheduler.schedule(): num_new_tokens = min(tokens left, threshold, budget), also
+    # for a request that is alone.
+    cfg = cluster(instance(None, long_prefill_token_threshold=256))
+    res = run(cfg, [(1200, 2, 0.0)])
+    pred = res.instances[0].predictor
+    expected = sum(pred.step_time_s([(256, 256 * i)], 0, 0) for i in range(4)) + pred.step_time_s([(176, 1024)], 0, 0)
+    assert res.requests[0].first_token_s == pytest.approx(expected, rel=1e-12)
+
+
+def test_threshold_lets_a_short_prompt_share_the_step_of_a_long_one():
+    # Budget 1024, threshold 512: the long prompt takes 512, the short one is admitted in the same
+    # step and gets its first token at its end. Without a threshold it waits for the long prefill.
+    rows = [(4000, 2, 0.0), (100, 2, 0.0)]
+    capped = run(cluster(instance(None, max_num_batched_tokens=1024, long_prefill_token_threshold=512)), rows)
+    pred = capped.instances[0].predictor
+    assert capped.requests[1].first_token_s == pytest.approx(pred.step_time_s([(512, 0), (100, 0)], 0, 0), rel=1e-12)
+    plain = run(cluster(instance(None, max_num_batched_tokens=1024)), rows)
+    assert plain.requests[1].first_token_s > 3 * capped.requests[1].first_token_s
+
+
+def test_running_list_order_a_decode_behind_partial_prefills_waits_for_budget():
+    # vLLM serves self.running in admission order and stops when the budget is spent, decodes
+    # included. Here a decode sits behind a partial prefill that (with a larger cap, as vLLM's
+    # adaptive threshold gives when requests leave) takes the whole budget: it must skip a step.
+    from pdsim.engine.request import Request
+
+    s = _bare_scheduler(budget=1024, threshold=512)
+    long_req, short = Request(0, 4000, 5, 0.0), Request(1, 100, 5, 0.0)
+    s.add_waiting(long_req)
+    s.add_waiting(short)
+    plan = s.schedule(0.0)
+    assert [(r.id, n) for r, n in plan.prefill] == [(0, 512), (1, 100)]
+    s.complete(plan, 1, 1.0)
+    assert short.in_cohort and short.num_generated == 1
+    s.long_prefill_token_threshold = 0  # the long prefill may now take the whole budget
+    plan = s.schedule(1.0)
+    assert [(r.id, n) for r, n in plan.prefill] == [(0, 1024)] and plan.n_decode == 0
+    assert short in s.paused and not short.in_cohort
+    s.complete(plan, 1, 2.0)
+    assert short.num_generated == 1  # no token in the step it sat out
+    # Next step: the long prompt needs 4000 - 1536 = 2464 > 1024 again, so the decode waits again.
+    plan = s.schedule(2.0)
+    assert plan.n_decode == 0 and short in s.paused
+    s.complete(plan, 1, 3.0)
+    s.long_prefill_token_threshold = 512
+    plan = s.schedule(3.0)
+    assert plan.n_decode == 1 and plan.fresh_decoders == [short] and short.last_token_s == 1.0
+    assert [(r.id, n) for r, n in plan.prefill] == [(0, 512)]
+    s.complete(plan, 1, 4.0)
+    s.cohort.sync(short)
+    assert short.num_generated == 2 and short.num_computed == 101
+    assert s.kv.used == long_req.blocks + short.blocks
+
+
+def test_default_order_is_decodes_then_the_partial_prefill():
+    # With threshold 0 a partial prefill always takes all the budget left, so nothing is ever
+    # admitted behind it: every decode runs each step and the prefill gets budget - decodes.
+    from pdsim.engine.request import Request
+
+    s = _bare_scheduler(budget=1024)
+    decs = [Request(i, 50, 100, 0.0) for i in range(3)]
+    for r in decs:
+        s.add_waiting(r)
+    s.complete(s.schedule(0.0), 1, 1.0)
+    long_req = Request(9, 5000, 5, 1.0)
+    s.add_waiting(long_req)
+    for step in range(3):
+        plan = s.schedule(1.0 + step)
+        assert plan.n_decode == 3 and [(r.id, n) for r, n in plan.prefill] == [(9, 1021)]
+        assert not s.paused
+        s.complete(plan, 1, 2.0 + step)
+
+
+def test_preemption_takes_the_newest_puts_it_first_in_line_and_admits_nobody_that_step():
+    from pdsim.engine.request import Request
+
+    # 9 blocks of 16 tokens: three requests of 48 prompt tokens hold 3 blocks each; the first
+    # decode step (token 49) needs a new block per request, and there is none.
+    s = _bare_scheduler(num_blocks=9, budget=256)
+    reqs = [Request(i, 48, 50, 0.0) for i in range(3)]
+    for r in reqs:
+        s.add_waiting(r)
+    s.complete(s.schedule(0.0), 1, 1.0)  # prefill: 48 tokens each, first token sampled
+    newcomer = Request(7, 10, 5, 1.0)
+    s.add_waiting(newcomer)
+    plan = s.schedule(1.0)
+    assert s.num_preemptions == 1 and reqs[2].status == "preempted" and reqs[2].num_computed == 0
+    assert list(s.waiting) == [reqs[2], newcomer]  # the victim goes to the front of the queue
+    assert plan.n_decode == 2 and not plan.prefill  # and nobody is admitted in this step
+    assert s.kv.free == 9 - 2 * 4 and reqs[2].blocks == 0
+
+
+def test_kv_capacity_subtracts_non_torch_and_cudagraph_memory():
+    from pdsim.engine.cluster import GIB
+
+    def blocks(**knobs) -> int:
+        return run(cluster(instance(None, **knobs)), [(100, 2, 0.0)]).instances[0].kv.num_blocks
+
+    block_bytes = 16 * load_model(MODEL).kv_bytes_per_token("bfloat16")
+    base = blocks(non_torch_memory_gb=0.0)
+    assert base - blocks() == pytest.approx(0.2 * GIB / block_bytes, abs=1)  # default non-torch 0.2 GiB
+    assert base - blocks(non_torch_memory_gb=0.0, cudagraph_memory_gb=1.5) == pytest.approx(
+        1.5 * GIB / block_bytes, abs=1)
+
+
+@pytest.mark.parametrize("threshold", [256, 700])
+def test_fast_forward_matches_stepping_one_by_one_with_a_prefill_threshold(threshold):
+    cfg = cluster(instance(None, 19.5, max_num_batched_tokens=1024, max_num_seqs=64,
+                           long_prefill_token_threshold=threshold))
+    reqs = _pressure_trace(120, seed=5)
+    fast = simulate(cfg, reqs, SimOptions())
+    slow = simulate(cfg, reqs, SimOptions(max_decode_run_steps=1))
+    assert fast.instances[0].sched.num_preemptions > 0
+    for a, b in zip(fast.requests, slow.requests):
+        assert a.status == b.status == "finished" and a.preemptions == b.preemptions
+        assert a.first_token_s == pytest.approx(b.first_token_s, rel=1e-9, abs=1e-9)
+        assert a.finish_s == pytest.approx(b.finish_s, rel=1e-9, abs=1e-9)

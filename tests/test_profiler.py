@@ -18,6 +18,7 @@ from pdsim.perf.profile import profile_path, read_profile  # noqa: E402
 from pdsim.profiler.cli import profile_group  # noqa: E402
 from pdsim.profiler.compare import compare_profiles  # noqa: E402
 from pdsim.profiler.grid import GridSpec, geometric_grid  # noqa: E402
+from pdsim.profiler.timing import iter_timings  # noqa: E402
 
 MODEL = "pdsim/tiny-llama"
 GRID = ["--max-tokens", "64", "--max-kv", "64", "--max-batch", "8"]
@@ -120,6 +121,56 @@ def test_compare_same_profile_is_zero(profile_dir: Path) -> None:
     diffs = compare_profiles(profile_dir, profile_dir)
     assert {d.table for d in diffs} == {"dense", "per_sequence", "attention_prefill", "attention_decode"}
     assert all(d.max_diff_rel == 0 for d in diffs)
+
+
+def test_suspicious_points_flags_only_slow_outliers() -> None:
+    from pdsim.profiler.outliers import suspicious_points
+
+    # 1-D: linear and convex series are fine; a point far above its neighbours' chord is not
+    linear = {("dense", "a", (x,)): 10.0 + 2.0 * x for x in (1, 2, 4, 8, 16)}
+    convex = {("dense", "b", (x,)): float(x * x) for x in (1, 2, 4, 8, 16)}
+    bumped = {("dense", "c", (x,)): 10.0 * x for x in (1, 2, 4, 8, 16)}
+    bumped[("dense", "c", (4,))] = 60.0  # chord 2..8 at 4: 40
+    dip = {("dense", "d", (x,)): 10.0 * x for x in (1, 2, 4, 8)}
+    dip[("dense", "d", (4,))] = 35.0  # a fast point is never flagged (load only adds time)
+    first = {("per_sequence", "e", (x,)): 10.0 * x for x in (1, 2, 3)}
+    first[("per_sequence", "e", (1,))] = 40.0  # slower than the next, larger point
+    medians = {**linear, **convex, **bumped, **dip, **first}
+    assert suspicious_points(medians, 0.15) == {("dense", "c", (4,)), ("per_sequence", "e", (1,))}
+    assert suspicious_points(medians, 0.6) == {("per_sequence", "e", (1,))}
+    # 2-D: each row and column of an attention table is a series
+    key = ("attention_decode", "attention_decode")
+    grid = {(*key, (b, kv)): float(b * kv) for b in (1, 2, 4, 8) for kv in (16, 32, 64)}
+    grid[(*key, (4, 32))] *= 1.5
+    assert suspicious_points(grid) == {(*key, (4, 32))}
+
+
+def test_passes_and_rechecks_keep_the_fastest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.profiler import run
+
+    flagged_once: list[bool] = []
+
+    def flag_one(medians, tolerance):  # noqa: ANN001, ANN202
+        key = ("attention_decode", "attention_decode", (2, 16))
+        assert key in medians and tolerance == 0.2
+        if flagged_once:
+            return set()
+        flagged_once.append(True)
+        return {key}
+
+    monkeypatch.setattr(run, "suspicious_points", flag_one)
+    small = ["--max-tokens", "16", "--max-kv", "16", "--max-batch", "2"]
+    args = ["--model", MODEL, "--out", str(tmp_path), *small, *FAST, "--passes", "2", "--recheck-tolerance", "0.2"]
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    path = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 1)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["timing"]["passes"] == 2 and meta["timing"]["remeasured_points"] == 1
+    assert meta["timing"]["suspicious_points_left"] == []
+    runs = {(r["table"], r["x"], r["y"]): int(r["runs"]) for r in iter_timings(path)}
+    assert runs.pop(("attention_decode", "2", "16")) == 3
+    assert set(runs.values()) == {2}
+    assert isinstance(_invoke(*args[:-4], "--passes", "0").exception, PdsimError)
 
 
 def test_qwen3_shards_and_qk_norm() -> None:

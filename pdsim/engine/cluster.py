@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +51,10 @@ class SimOptions:
     # 0. Real closed loops drift apart (jitter, chunked prefills); with fixed lengths a simulated
     # one that starts in lockstep stays in lockstep, so a steady-state measurement spreads them.
     client_start_spread_s: float = 0.0
+    # Closed loop: each request reaches the engine this long after its client sends it (HTTP,
+    # tokenisation, API-server queue): uniform on [0, 2 * mean], seeded. TTFT counts it (it is
+    # measured from the client's send). It also breaks the exact lockstep of equal-length clients.
+    client_delay_s: float = 0.0
     # What TTFT means for a P/D request (docs/pd_realism.md): "prefill", the first token leaves the
     # prefill instance (as papers count it); "client", it reaches the user through the decode
     # instance after the KV transfer and the first decode step (what a client of vLLM's P/D proxy
@@ -148,12 +153,16 @@ def _build_instance(
     usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
     kv_bytes_per_token = model.kv_bytes_per_token(ic.dtype, ic.tp_size)
     block_bytes = ic.block_size * kv_bytes_per_token
-    num_blocks = math.floor((usable - weight_bytes - activation_bytes) / block_bytes)
+    # vLLM v1 (gpu_worker.determine_available_memory): KV = total * gpu_memory_utilization - weights
+    # - torch activation peak of the profiling pass - non-torch increase (- CUDA-graph estimate).
+    other_bytes = (ic.non_torch_memory_gb + ic.cudagraph_memory_gb) * GIB
+    num_blocks = math.floor((usable - weight_bytes - activation_bytes - other_bytes) / block_bytes)
     if num_blocks <= 0:
         raise ConfigError(
             f"{where}.npu_mem.mem_size: no room for the KV cache: {ic.npu_mem.mem_size} GB x mem_util "
             f"{ic.npu_mem.mem_util} = {usable / GIB:.2f} GB per GPU, but weights take {weight_bytes / GIB:.2f} GB "
-            f"and activations {activation_bytes / GIB:.2f} GB (tp_size {ic.tp_size})"
+            f"and activations {activation_bytes / GIB:.2f} GB, non-torch and CUDA-graph memory "
+            f"{other_bytes / GIB:.2f} GB (tp_size {ic.tp_size})"
         )
     spec = InstanceSpec(
         id=ref.instance_id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware,
@@ -161,6 +170,7 @@ def _build_instance(
         max_num_batched_tokens=ic.max_num_batched_tokens, block_size=ic.block_size,
         enable_chunked_prefill=ic.enable_chunked_prefill, kv_bytes_per_token=kv_bytes_per_token,
         weight_bytes=weight_bytes, activation_bytes=activation_bytes, mem_capacity_bytes=int(usable),
+        long_prefill_token_threshold=ic.long_prefill_token_threshold,
     )
     inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
     info = InstanceInfo(
@@ -391,12 +401,20 @@ def simulate(
 
     if opts.concurrency is not None:
         backlog = iter(requests)
+        rng = random.Random(opts.seed)
+
+        def deliver(req: Request, delay_s: float):
+            yield env.timeout(delay_s)
+            cluster.admit(req)
 
         def send_next(_done: Request | None = None) -> None:
             req = next(backlog, None)
             if req is not None:
                 req.arrival_s = env.now
-                cluster.admit(req)
+                if opts.client_delay_s > 0:
+                    env.process(deliver(req, rng.uniform(0.0, 2.0 * opts.client_delay_s)))
+                else:
+                    cluster.admit(req)
 
         def clients():
             gap_s = opts.client_start_spread_s / opts.concurrency

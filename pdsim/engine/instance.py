@@ -50,6 +50,7 @@ class InstanceSpec:
     weight_bytes: int  # per TP shard
     activation_bytes: int  # per TP shard
     mem_capacity_bytes: int  # usable memory per GPU (mem_size * mem_util)
+    long_prefill_token_threshold: int = 0
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Instance:
             enable_chunked_prefill=spec.enable_chunked_prefill,
             prefill_only=spec.pd_type == "prefill",
             max_decode_run_steps=max_decode_run_steps,
+            long_prefill_token_threshold=spec.long_prefill_token_threshold,
         )
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0

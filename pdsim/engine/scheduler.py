@@ -1,14 +1,31 @@
 """vLLM-v1-style continuous batching for one instance: what runs in the next step.
 
-Each step serves running requests first (every decoding request gets its one token, then
-partially prefilled requests get chunks), then admits waiting ones, all under the token budget
-`max_num_batched_tokens` and `max_num_seqs`. KV blocks are allocated before a step; when they
-run out the newest running request is preempted and recomputed later, as vLLM v1 does.
+The rules follow vLLM v1's `Scheduler.schedule()` (vllm/v1/core/sched/scheduler.py, checked
+against 0.19.0; docs/validation.md has the rule table):
 
-One difference from vLLM, kept for speed: decoding requests are always served before partial
-prefills. vLLM serves the running list in admission order, so a long prefill admitted before a
-decode could take the whole budget; with the default budget (2048) and new requests appended
-at the end of the running list, this order is what vLLM does almost always.
+- Running requests are served in admission order (vLLM's `self.running` list) under the token
+  budget `max_num_batched_tokens`: a decode takes one token, a prefill (or recompute) chunk
+  `min(tokens left, long_prefill_token_threshold if > 0, budget left)`. Once the budget is spent
+  the rest of the list waits a step, decodes included. With the default threshold 0 a partial
+  prefill always takes the whole remaining budget, so nothing is ever admitted behind it while it
+  is partial and the order is the same as "all decodes, then partial prefills". With a fixed
+  threshold a request can be admitted behind partial prefills, but the tokens scheduled ahead of
+  it never grow afterwards, so it is not skipped either; a threshold that grows (vLLM 0.33's
+  adaptive one) can skip it, and pdsim follows the list order in every case. The decode cohort
+  keeps its O(log n) step: only the requests from the first partial prefill on are walked.
+- KV blocks are allocated before a step. When they run out the last request of the running list
+  (the newest) is preempted: its blocks are freed, its progress reset to 0 (recompute), and it
+  goes to the FRONT of the waiting queue; no waiting request is admitted in a step that preempted.
+- Then waiting requests, first come first served, stopping at the first that does not fit:
+  `max_num_seqs` running, budget spent, not enough free blocks for its first chunk, or (without
+  chunked prefill) a prompt larger than the budget left. Hand-offs whose KV has arrived go first
+  (vLLM's `skipped_waiting` queue).
+
+Not modelled: prefix caching (vLLM keeps a preempted request's freed blocks as cache hits until
+they are evicted, so its recompute can be shorter), speculative decoding (`num_lookahead_tokens`),
+the null block vLLM keeps out of the pool, and KV allocation per request in list order (the
+decode cohort asks for its blocks as one group; the victims are the same unless partial
+prefills sit between decodes and memory runs out).
 """
 
 from __future__ import annotations
@@ -19,6 +36,8 @@ from dataclasses import dataclass, field
 from pdsim.engine.cohort import DecodeCohort
 from pdsim.engine.kv_cache import BlockManager, blocks_for
 from pdsim.engine.request import Request
+
+_NONE: frozenset[Request] = frozenset()
 
 
 @dataclass(slots=True)
@@ -55,6 +74,7 @@ class Scheduler:
         enable_chunked_prefill: bool,
         prefill_only: bool,
         max_decode_run_steps: int,
+        long_prefill_token_threshold: int = 0,
     ) -> None:
         self.kv = kv
         self.block_size = kv.block_size
@@ -63,10 +83,16 @@ class Scheduler:
         self.enable_chunked_prefill = enable_chunked_prefill
         self.prefill_only = prefill_only
         self.max_decode_run_steps = max_decode_run_steps
+        self.long_prefill_token_threshold = long_prefill_token_threshold  # 0: no cap on a chunk
         self.waiting: deque[Request] = deque()
         self.running: dict[Request, None] = {}  # admission order; the last one is preempted first
         self.prefilling: list[Request] = []  # running requests still computing prompt (or recompute) tokens
         self.cohort = DecodeCohort(kv.block_size)
+        # Decoding requests the last step's budget ran out before (behind partial prefills in the
+        # running list; needs a chunk cap that grew since they were admitted): out of the cohort.
+        self.paused: dict[Request, None] = {}
+        self.paused_kv_tokens = 0
+        self._rejoined: set[Request] | frozenset[Request] = _NONE  # paused last step, back in the cohort now
         self.waiting_tokens = 0  # tokens the waiting requests still have to compute
         self.prefilling_kv_tokens = 0
         self.num_preemptions = 0
@@ -77,7 +103,7 @@ class Scheduler:
     @property
     def load_tokens(self) -> int:
         """Queued plus running tokens: the router's measure of how busy this instance is."""
-        return self.waiting_tokens + self.prefilling_kv_tokens + self.cohort.kv_sum
+        return self.waiting_tokens + self.prefilling_kv_tokens + self.cohort.kv_sum + self.paused_kv_tokens
 
     @property
     def num_running(self) -> int:
@@ -96,18 +122,62 @@ class Scheduler:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
         if len(self.running) >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
             return False
-        need = blocks_for(req.num_computed + min(req.tokens_to_compute, self.max_num_batched_tokens),
+        need = blocks_for(req.num_computed + min(self._chunk_cap(req.tokens_to_compute), self.max_num_batched_tokens),
                           self.block_size) - req.blocks
         return need <= self.kv.free
 
     # -- one scheduling decision ---------------------------------------------------------------
+    def _chunk_cap(self, todo: int) -> int:
+        cap = self.long_prefill_token_threshold
+        return cap if 0 < cap < todo else todo
+
     def schedule(self, now: float) -> StepPlan:
         plan = StepPlan()
         kv = self.kv
         cohort = self.cohort
         preempted = False
 
-        # Decoding requests first: each needs one token and, at a block boundary, one new block.
+        # Members skipped last step decode again (unless skipped again below).
+        rejoined: list[Request] = []
+        if self.paused:
+            rejoined = list(self.paused)
+            for req in rejoined:
+                cohort.add(req)
+            self.paused.clear()
+            self.paused_kv_tokens = 0
+        self._rejoined = rejoined_set = set(rejoined) if rejoined else _NONE
+
+        # The running list in admission order: decodes ahead of the first partial prefill take a
+        # token each (the budget always covers them: max_num_batched_tokens >= max_num_seqs), the
+        # requests from there on share what is left in order, and whoever comes after the budget
+        # is spent waits. Only that tail is walked, one request at a time.
+        chunks: dict[Request, int] = {}
+        if self.prefilling:
+            first = self.prefilling[0]
+            tail: list[Request] = []
+            for req in reversed(self.running):
+                tail.append(req)
+                if req is first:
+                    break
+            tail.reverse()
+            budget = self.max_num_batched_tokens - cohort.n + sum(1 for r in tail if r.in_cohort)
+            for req in tail:
+                if req.in_cohort:
+                    if budget > 0:
+                        budget -= 1
+                    else:
+                        cohort.remove(req)  # syncs num_computed / num_generated
+                        if req not in rejoined_set:
+                            req.last_token_s = now  # its last token came at the end of the last step
+                        self.paused[req] = None
+                        self.paused_kv_tokens += req.num_computed
+                elif budget > 0:
+                    num_new = min(self._chunk_cap(req.tokens_to_compute), budget)
+                    chunks[req] = num_new
+                    budget -= num_new
+
+        # Decoding requests allocate first: each needs one token and, at a block boundary, one
+        # new block; short of blocks, the newest running request is preempted.
         self._cohort_blocks_allocated = False
         while cohort.n and cohort.new_blocks(0, 1) > kv.free:
             self._preempt_last(now)
@@ -115,14 +185,18 @@ class Scheduler:
         kv.allocate(cohort.new_blocks(0, 1))
         self._cohort_blocks_allocated = True
         budget = self.max_num_batched_tokens - cohort.n
+        for req in rejoined:
+            if req.in_cohort:
+                plan.fresh_decoders.append(req)  # its gap since the last token is two steps or more
 
-        # Then requests that are part-way through their prefill, in admission order.
+        # Then the partial prefills' chunks, in admission order.
         for req in list(self.prefilling):
-            if budget <= 0:
+            num_new = chunks.get(req, 0)
+            if num_new <= 0 or budget <= 0:
                 break
             if req not in self.running:  # preempted while serving an earlier one
                 continue
-            num_new = min(req.tokens_to_compute, budget)
+            num_new = min(num_new, budget)
             need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
             while need > kv.free and req in self.running:
                 self._preempt_last(now)
@@ -143,7 +217,7 @@ class Scheduler:
         plan.n_decode = cohort.n
         plan.kv_decode_sum = cohort.kv_sum
         plan.kv_decode_max = cohort.kv_max
-        if not plan.prefill and cohort.n and not preempted:
+        if not plan.prefill and cohort.n and not preempted and not self.paused:
             # Nothing else can be scheduled until a member finishes: admission is blocked by
             # max_num_seqs, memory or budget, and none of those improve while only decodes run.
             # (After a preemption, the next step may admit the victim again: no run then.)
@@ -165,7 +239,7 @@ class Scheduler:
         # Then first come, first served, stopping at the first request that does not fit.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            todo = req.tokens_to_compute
+            todo = self._chunk_cap(req.tokens_to_compute)
             if not self.enable_chunked_prefill and todo > budget:
                 break
             num_new = min(todo, budget)
@@ -198,9 +272,13 @@ class Scheduler:
 
     def _preempt_last(self, now: float) -> Request:
         victim, _ = self.running.popitem()
-        if victim.in_cohort:
+        if victim in self.paused:
+            del self.paused[victim]
+            self.paused_kv_tokens -= victim.num_computed
+        elif victim.in_cohort:
             self.cohort.remove(victim)
-            victim.last_token_s = now  # it decoded in the step that just ended
+            if victim not in self._rejoined:
+                victim.last_token_s = now  # it decoded in the step that just ended
             if self._cohort_blocks_allocated and victim.num_computed % self.block_size == 0:
                 victim.blocks += 1  # the block it was given for this step
         else:

@@ -57,6 +57,7 @@ class CheckRequest:
     decode_batches: tuple[int, ...] = DECODE_BATCHES
     decode_kv: int = DECODE_KV
     attention_backend: str = "auto"
+    passes: int = 1  # time every case this many times, interleaved; the fastest median is kept
 
 
 def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRow]:
@@ -90,26 +91,30 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
     cases = [("prefill", n, 0) for n in req.prefill_tokens] + [
         ("decode", b, req.decode_kv) for b in req.decode_batches
     ]
-    progress = Progress(len(cases), float(len(cases)), progress_enabled)
-    rows: list[CheckRow] = []
+    passes = max(1, req.passes)
+    progress = Progress(len(cases) * passes, float(len(cases) * passes), progress_enabled)
+    best: dict[int, tuple[float, float]] = {}  # case -> (median us, spread) of the fastest pass
     try:
-        for kind, n, kv in cases:
-            if kind == "prefill":
-                step = prefill_inputs(m, n)
-                predicted = predictor.step_time_s([(n, 0)], 0, 0)
-                in_grid = n <= max_tokens
-            else:
-                step = decode_inputs(m, n, kv)
-                predicted = predictor.step_time_s([], n, n * kv)
-                in_grid = n <= max_batch and kv <= max_kv
-            timing = timer.time([lambda step=step: forward(m, step)])
-            del step
-            rows.append(
-                CheckRow(kind, n, kv, timing.median_us / 1e3, predicted * 1e3, timing.spread_rel, in_grid)
-            )
-            progress.advance(f"check {rows[-1].label()}", 1.0)
+        for _ in range(passes):
+            for i, (kind, n, kv) in enumerate(cases):
+                step = prefill_inputs(m, n) if kind == "prefill" else decode_inputs(m, n, kv)
+                timing = timer.time([lambda step=step: forward(m, step)])
+                del step
+                if i not in best or timing.median_us < best[i][0]:
+                    best[i] = (timing.median_us, timing.spread_rel)
+                progress.advance(f"check {kind} {n}", 1.0)
     finally:
         progress.close()
+    rows: list[CheckRow] = []
+    for i, (kind, n, kv) in enumerate(cases):
+        if kind == "prefill":
+            predicted = predictor.step_time_s([(n, 0)], 0, 0)
+            in_grid = n <= max_tokens
+        else:
+            predicted = predictor.step_time_s([], n, n * kv)
+            in_grid = n <= max_batch and kv <= max_kv
+        median_us, spread = best[i]
+        rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid))
     return rows
 
 

@@ -134,6 +134,30 @@ def default_hardware_name(device: str, threads: int) -> str:
     help="Stop repeating a point after this long (at least 3 repeats are always taken).",
 )
 @click.option(
+    "--passes",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Measure the whole grid (--check: every step) this many times, alternately forwards and "
+    "backwards, and keep each point's fastest median: robust against bursts of load from other "
+    "processes on a shared machine (3 recommended there).",
+)
+@click.option(
+    "--recheck-rounds",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Rounds of re-measuring grid points more than --recheck-tolerance above the line between "
+    "their grid neighbours (the fastest measurement is kept); 0 disables.",
+)
+@click.option(
+    "--recheck-tolerance",
+    type=float,
+    default=0.15,
+    show_default=True,
+    help="Relative excess over the neighbours' chord that makes a grid point suspicious.",
+)
+@click.option(
     "--threads",
     type=int,
     help="CPU threads (torch.set_num_threads). Default: torch's default "
@@ -203,6 +227,13 @@ def _timing(opts: dict, device: str):  # noqa: ANN202  (TimingConfig; torch-free
     )
 
 
+def _passes(opts: dict) -> int:
+    passes = int(opts["passes"])
+    if passes < 1:
+        raise PdsimError(f"--passes must be >= 1, got {passes}")
+    return passes
+
+
 def _hardware(opts: dict, device: str) -> str:
     import torch
 
@@ -241,6 +272,9 @@ def _profile(opts: dict) -> None:
         threads=opts["threads"],
         out=Path(opts["out"]),
         attention_backend=str(opts["attention_backend"]),
+        passes=_passes(opts),
+        recheck_rounds=int(opts["recheck_rounds"]),
+        recheck_tolerance=float(opts["recheck_tolerance"]),
     )
     out_dir = run_profile(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"wrote {out_dir}")
@@ -266,6 +300,7 @@ def _check(opts: dict) -> None:
         decode_batches=_int_list(str(opts["check_decode"]), "--check-decode"),
         decode_kv=int(opts["check_kv"]),
         attention_backend=str(opts["attention_backend"]),
+        passes=_passes(opts),
     )
     rows = run_check(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"self-check of {profile_dir} on {device} ({os.cpu_count()} CPUs visible)")

@@ -40,6 +40,11 @@ class Progress:
     def work(flops: float) -> float:
         return flops + _FIXED_COST_FLOPS
 
+    def extend(self, points: int, work: float) -> None:
+        """More points to measure than announced (re-measured outliers)."""
+        self.points_left += points
+        self.work_left += work
+
     def advance(self, label: str, work: float) -> None:
         """One grid point (of estimated `work`) was measured."""
         self.points_left -= 1

@@ -25,6 +25,7 @@ class Timing:
     p10_us: float
     p90_us: float
     repeats: int
+    runs: int = 1  # how many times the point was measured (passes, re-measures); the fastest is kept
 
     @property
     def spread_rel(self) -> float:
@@ -112,7 +113,7 @@ def write_timings(path: Path, timings: Sequence[tuple[str, str, tuple[int, ...],
     """(table, op, grid key, timing) per point; the profile reader ignores this file."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["table", "op", "x", "y", "median_us", "p10_us", "p90_us", "spread_rel", "repeats"])
+        w.writerow(["table", "op", "x", "y", "median_us", "p10_us", "p90_us", "spread_rel", "repeats", "runs"])
         for table, op, key, t in timings:
             x, y = key[0], key[1] if len(key) > 1 else ""
             w.writerow(
@@ -126,6 +127,7 @@ def write_timings(path: Path, timings: Sequence[tuple[str, str, tuple[int, ...],
                     f"{t.p90_us:.6g}",
                     f"{t.spread_rel:.4f}",
                     t.repeats,
+                    t.runs,
                 ]
             )
 
