@@ -17,10 +17,10 @@ def instance(pd_type: str | None, mem_size_gb: float = 96, hardware: str = "RTXP
     }
 
 
-def cluster(*instances: dict, link_bw: float = 16, link_latency: float = 20000) -> ClusterConfig:
+def cluster(*instances: dict, link_bw: float = 16, link_latency: float = 20000, **top) -> ClusterConfig:
     return cluster_config_from_dict({
         "num_nodes": 1, "link_bw": link_bw, "link_latency": link_latency,
-        "nodes": [{"num_instances": len(instances), "instances": list(instances)}],
+        "nodes": [{"num_instances": len(instances), "instances": list(instances)}], **top,
     })
 
 

@@ -317,3 +317,16 @@ def test_fast_forward_matches_stepping_one_by_one_with_a_prefill_threshold(thres
         assert a.status == b.status == "finished" and a.preemptions == b.preemptions
         assert a.first_token_s == pytest.approx(b.first_token_s, rel=1e-9, abs=1e-9)
         assert a.finish_s == pytest.approx(b.finish_s, rel=1e-9, abs=1e-9)
+
+
+def test_decode_router_prefers_an_instance_with_room():
+    # Round robin alone would queue every other hand-off behind the small decode instance;
+    # with room-first routing they go to the large one while the small one is full.
+    cfg = cluster(instance("prefill"), instance("decode", 18.8), instance("decode"),
+                  router={"prefill_policy": "round_robin", "decode_policy": "round_robin"})
+    rows = [(3000, 300, 0.02 * i) for i in range(12)]
+    res = run(cfg, rows)
+    df = requests_frame(res)
+    assert (df.status == "finished").all()
+    assert (df.decode_instance == "n0.i2").sum() > 6
+    assert df.kv_transfer_wait_ms.max() < 50

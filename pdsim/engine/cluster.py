@@ -298,7 +298,11 @@ class Cluster:
         req.status = "handoff"
         # Same model only: a heterogeneous pool may mix hardware and TP, never weights.
         candidates = [d for d in self.decode_pool if self._fits_decode(d, src, req)]
-        dec = self.decode_router.choose(candidates)
+        # Any policy first looks among the instances that can take the KV now, so a request does
+        # not queue behind a full decode instance while another has room; only when all are full
+        # does it wait in the pending queue of the one the policy picks.
+        with_room = [d for d in candidates if d.has_room_for(req.input_toks)]
+        dec = self.decode_router.choose(with_room or candidates)
         req.decode_instance = dec.id
         dec.receive_handoff(req)
 

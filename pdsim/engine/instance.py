@@ -107,6 +107,10 @@ class Instance:
     def load_tokens(self) -> int:
         return self.sched.load_tokens + self.pending_tokens
 
+    def has_room_for(self, kv_tokens: int) -> bool:
+        """Whether a hand-off of `kv_tokens` could reserve its blocks at once (nobody queued before it)."""
+        return not self.pending and blocks_for(kv_tokens + 1, self.kv.block_size) <= self.kv.free
+
     def submit(self, req: Request) -> None:
         """A request that starts (or, after its KV arrived, continues) on this instance."""
         self.sched.add_waiting(req)
