@@ -431,6 +431,16 @@ def simulate(
         cluster.on_done = send_next
         arrivals = clients  # noqa: F811 - the closed loop replaces the trace's arrival times
 
+    all_done = env.event()
+    forward_done = cluster.on_done
+
+    def on_done(req: Request) -> None:
+        forward_done(req)
+        if cluster.num_done >= total and not all_done.triggered:
+            all_done.succeed(env.now)
+
+    cluster.on_done = on_done
+
     def monitor():
         while True:
             snap = cluster.sample()
@@ -442,7 +452,9 @@ def simulate(
                 on_progress(cluster.num_done, total)
             if cluster.num_done >= total:
                 return
-            yield env.timeout(opts.sample_interval_s)
+            # Wake at the next sample time, or as soon as the last request is done, so the run
+            # ends there and not at the next multiple of the sample interval.
+            yield env.timeout(opts.sample_interval_s) | all_done
             if env.peek() == math.inf and cluster.num_done < total:
                 # Nothing else will ever happen: what is left is stuck; it is reported below.
                 samples.extend(cluster.sample())
@@ -452,7 +464,7 @@ def simulate(
     env.process(arrivals())
     env.process(monitor())
     env.run(until=opts.max_sim_time_s)
-    end = env.now
+    end = all_done.value if all_done.triggered else env.now
     for req in requests:
         if req.status not in ("finished", "rejected"):
             req.reason = _unfinished_reason(req, opts, end)
