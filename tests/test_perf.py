@@ -321,6 +321,28 @@ def test_step_time_composition_pdsim_format(llama8b, rtx):
     assert pred.estimated and "step times estimated from hardware specs" in pred.notes
 
 
+def test_layer_overhead_adds_per_layer(llama8b, rtx, tmp_path):
+    dense, per_seq, prefill, decode = _small_parts()
+    meta = ProfileMeta(hardware="TESTGPU", model="pdsim/tiny-llama", dtype="bfloat16", tp=1, num_layers=2)
+    without = tmp_path / "without"
+    write_profile(without, meta, dense, per_seq, prefill, decode)
+    with_op = tmp_path / "with"
+    overhead = [("layer_overhead", t, v) for t, v in ((1, 10.0), (8, 20.0), (64, 90.0))]
+    write_profile(with_op, meta, dense + overhead, per_seq, prefill, decode)
+    a = StepTimePredictor(read_profile(without), llama8b, 1, rtx)
+    b = StepTimePredictor(read_profile(with_op), llama8b, 1, rtx)
+    L = llama8b.num_layers
+    for chunks, n, kv, tokens, value in (
+        ([(16, 0)], 0, 0, 16, 20.0 + 70.0 * 8 / 56),
+        ([], 1, 100, 1, 10.0),
+        ([(16, 128)], 4, 400, 20, 20.0 + 70.0 * 12 / 56),
+    ):
+        extra = b.step_time_s(chunks, n, kv) - a.step_time_s(chunks, n, kv)
+        assert read_profile(with_op).dense["layer_overhead"](tokens) == pytest.approx(value)
+        assert extra == pytest.approx(L * value * 1e-6, rel=1e-9)
+    assert (b.decode_run_s(1, 100, 3) - a.decode_run_s(1, 100, 3)) == pytest.approx([L * 10.0 * 1e-6] * 3)
+
+
 def test_activation_reserve(llama8b, rtx, tmp_path):
     pred = StepTimePredictor(estimate_profile(rtx, llama8b, "bfloat16", 1), llama8b, 1, rtx)
     a, b = pred.activation_reserve_bytes(2048), pred.activation_reserve_bytes(8192)

@@ -66,10 +66,12 @@ def test_every_table_has_the_grid(profile_dir: Path) -> None:
         "residual_add",
         "embedding",
         "final_layernorm",
+        "layer_overhead",
     }
     assert set(profile.dense) == expected_dense  # no qk_norm: tiny-llama is a Llama
-    for table in profile.dense.values():
-        assert table.xs.tolist() == grid.tokens() and (table.ys > 0).all()
+    for op, table in profile.dense.items():
+        assert table.xs.tolist() == grid.tokens()
+        assert (table.ys >= 0).all() if op == "layer_overhead" else (table.ys > 0).all()
     assert set(profile.per_sequence) == {"lm_head", "sampler"}
     for table in profile.per_sequence.values():
         assert table.xs.tolist() == grid.sequences() and (table.ys > 0).all()
@@ -81,7 +83,42 @@ def test_every_table_has_the_grid(profile_dir: Path) -> None:
     assert profile.allreduce is None
     raw = json.loads((profile_dir / "meta.json").read_text())
     assert raw["grid"]["max_tokens"] == 64
-    assert set(raw["spread"]) == {"dense", "per_sequence", "attention_prefill", "attention_decode"}
+    assert set(raw["spread"]) == {"dense", "per_sequence", "attention_prefill", "attention_decode", "layer_forward"}
+    assert "prefix 0" in raw["layer_overhead"]["definition"]
+
+
+def test_layer_overhead_is_the_layer_forward_minus_its_ops(profile_dir: Path) -> None:
+    from pdsim.perf.profile import layer_ops_us
+
+    profile = read_profile(profile_dir)
+    forward = {int(r["x"]): float(r["median_us"]) for r in iter_timings(profile_dir) if r["table"] == "layer_forward"}
+    overhead = profile.dense["layer_overhead"]
+    assert sorted(forward) == overhead.xs.tolist()
+    for t, us in forward.items():
+        assert overhead(t) >= 0
+        assert overhead(t) == pytest.approx(max(0.0, us - layer_ops_us(profile, t)), rel=1e-4, abs=1e-3)
+
+
+def test_only_layer_overhead_keeps_the_other_tables(tmp_path: Path) -> None:
+    small = ["--max-tokens", "16", "--max-kv", "16", "--max-batch", "2"]
+    assert _invoke("--model", MODEL, "--out", str(tmp_path), *small, *FAST).exit_code == 0
+    path = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 1)
+    before = {f: (path / f).read_text() for f in ("per_sequence.csv", "attention_prefill.csv", "attention_decode.csv")}
+    dense_before = [line for line in (path / "dense.csv").read_text().splitlines() if "layer_overhead" not in line]
+    (path / "dense.csv").write_text("\n".join(dense_before) + "\n")  # as a profile made before the op
+    assert "layer_overhead" not in read_profile(path).dense
+    # the grid comes from meta.json, not from these (default) options
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), "--only", "layer_overhead", *FAST)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert {f: (path / f).read_text() for f in before} == before
+    lines = (path / "dense.csv").read_text().splitlines()
+    assert [line for line in lines if "layer_overhead" not in line] == dense_before
+    profile = read_profile(path)
+    assert profile.dense["layer_overhead"].xs.tolist() == GridSpec(16, 2, 16).tokens()
+    assert (profile.dense["layer_overhead"].ys >= 0).all()
+    meta = json.loads((path / "meta.json").read_text())
+    assert "--only layer_overhead" in meta["layer_overhead"]["how"]
+    assert sum(r["table"] == "layer_forward" for r in iter_timings(path)) == len(GridSpec(16, 2, 16).tokens())
 
 
 def test_predictor_uses_the_profile(profile_dir: Path) -> None:

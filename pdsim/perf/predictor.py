@@ -12,6 +12,13 @@ KV lengths sum to K:  T = sum(c_i) + n new tokens,  S = len(chunks) + n sequence
 attention (pdsim format)  = sum_i prefill(c_i, p_i) + (n > 0) decode(n, K / n)
 attention (LLMServingSim) = grid4d(sum c_i, sum p_i, n, K / n), once per step.
 
+The per-layer dense ops include the optional `layer_overhead(T)` (count 1, 0 when the profile has
+none): what one whole decoder layer forward of T tokens takes beyond the sum of its isolated ops
+(glue between ops, fresh activation buffers, cache effects, kernel-launch gaps). It is measured
+at a reference shape (T <= the largest decode batch: a decode step of T sequences at KV 16, else
+a prefill of T tokens with prefix 0; profiles/README.md) and added per layer to every step of T
+tokens, whatever its mix.
+
 Decode KV skew: the tables hold uniform decode batches, looked up at the mean KV. A batch whose
 longest member has KV `kv_max` costs a little more (attention kernels split work by sequence, so
 the longest one sets the tail): attn += alpha * (attn(kv_max) - attn(kv_mean)), alpha from the

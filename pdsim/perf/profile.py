@@ -36,9 +36,11 @@ PER_LAYER_OPS: dict[str, int] = {
     "act_fn": 1,
     "down_proj": 1,
     "residual_add": 2,
+    # measured: one whole decoder layer minus the sum of its isolated ops (README "dense.csv")
+    "layer_overhead": 1,
 }
 PER_STEP_OPS: tuple[str, ...] = ("embedding", "final_layernorm")
-OPTIONAL_DENSE_OPS: frozenset[str] = frozenset({"qk_norm", "residual_add"})
+OPTIONAL_DENSE_OPS: frozenset[str] = frozenset({"qk_norm", "residual_add", "layer_overhead"})
 DENSE_OPS: tuple[str, ...] = (*PER_LAYER_OPS, *PER_STEP_OPS)
 PER_SEQUENCE_OPS: tuple[str, ...] = ("lm_head", "sampler")
 
@@ -374,6 +376,39 @@ def read_profile(path: str | Path, tp: int | None = None) -> Profile:
         f"{root}: not a profile directory: expected meta.json (pdsim) or meta.yaml with tpN/ "
         "sub-folders (LLMServingSim)"
     )
+
+
+# `layer_overhead` reference shape (README "dense.csv"): up to the largest decode batch of the
+# profile a decode step of T sequences with this many cached tokens each, above a prefill of T
+# tokens with KV prefix 0.
+LAYER_OVERHEAD_DECODE_KV = 16
+
+
+def layer_overhead_is_decode(profile: Profile, tokens: float) -> bool:
+    """Whether `layer_overhead` at `tokens` is measured on a decode step (else on a prefill)."""
+    return profile.attention_decode is not None and tokens <= max(profile.attention_decode.xs)
+
+
+def layer_ops_us(profile: Profile, tokens: float) -> float:
+    """One decoder layer of T = `tokens` new tokens at `layer_overhead`'s reference shape, as the
+    predictor composes it from this profile without `layer_overhead`: what it is measured against."""
+    us = sum(
+        count * profile.dense[op](tokens)
+        for op, count in PER_LAYER_OPS.items()
+        if op != "layer_overhead" and op in profile.dense
+    )
+    if layer_overhead_is_decode(profile, tokens):
+        return us + profile.attention_decode(tokens, float(LAYER_OVERHEAD_DECODE_KV))
+    return us + profile.attention_prefill(tokens, 0.0)
+
+
+def replace_dense_op(directory: str | Path, op: str, rows: Iterable[tuple[int, float]]) -> None:
+    """Rewrite `directory`/dense.csv with `op`'s rows replaced by `rows` ((tokens, us) each), then
+    check that the profile still reads."""
+    path = Path(directory) / "dense.csv"
+    kept = [r for r in _read_csv(path, ("op", "tokens", "time_us"), ("tokens", "time_us")) if r[0] != op]
+    _write_rows(path, "op,tokens,time_us", [*kept, *((op, float(t), float(us)) for t, us in rows)])
+    read_profile(directory)
 
 
 def _write_rows(path: Path, header: str, rows: Iterable[Sequence]) -> None:

@@ -175,6 +175,12 @@ def default_hardware_name(device: str, threads: int) -> str:
     "--quiet", is_flag=True, help="No progress line on stderr (it is also off when stderr is not a terminal)."
 )
 @click.option(
+    "--only",
+    type=click.Choice(["layer_overhead"]),
+    help="Measure only this op into the existing profile that --out --hardware --model --dtype --tp "
+    "name (its grid from its meta.json), leaving its other tables as they are.",
+)
+@click.option(
     "--check",
     is_flag=True,
     help="Self-check instead of profiling: time full forward passes "
@@ -248,7 +254,7 @@ def _profile(opts: dict) -> None:
     from pdsim.profiler.device import pick_device
     from pdsim.profiler.grid import GridSpec
     from pdsim.profiler.progress import progress_enabled
-    from pdsim.profiler.run import ProfileRequest, run_profile
+    from pdsim.profiler.run import ProfileRequest, add_layer_overhead, run_profile
 
     device = pick_device(str(opts["device"]))
     try:
@@ -276,7 +282,8 @@ def _profile(opts: dict) -> None:
         recheck_rounds=int(opts["recheck_rounds"]),
         recheck_tolerance=float(opts["recheck_tolerance"]),
     )
-    out_dir = run_profile(req, progress_enabled(bool(opts["quiet"])))
+    run = add_layer_overhead if opts["only"] == "layer_overhead" else run_profile
+    out_dir = run(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"wrote {out_dir}")
 
 

@@ -10,6 +10,14 @@ grid several times, alternately forwards and backwards so that a point's measure
 minutes apart, and keeps each point's fastest median (load only ever adds time). Then points
 out of line with their grid neighbours (`outliers.py`) are re-measured, up to `recheck_rounds`
 times, again keeping the fastest median.
+
+`layer_overhead` (dense.csv): one whole decoder layer (`model.decoder_layer`, the self-check's
+layer forward) is timed over the token grid, as grid points of a `layer_forward` series in the
+same passes and rechecks: up to the largest decode batch as a decode step of T sequences with
+16 cached tokens each, above as a prefill of T tokens with KV prefix 0; then
+layer_overhead(T) = max(0, layer_forward(T) - the layer at that shape as the finished profile
+composes it). `add_layer_overhead` (`pdsim profile --only layer_overhead`) measures just this
+into an existing profile.
 """
 
 from __future__ import annotations
@@ -25,15 +33,25 @@ from pathlib import Path
 import torch
 
 from pdsim import __version__
+from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes, load_model
-from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
+from pdsim.perf.profile import (
+    LAYER_OVERHEAD_DECODE_KV,
+    Profile,
+    ProfileMeta,
+    layer_ops_us,
+    profile_path,
+    read_profile,
+    replace_dense_op,
+    write_profile,
+)
 from pdsim.profiler import ops
 from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
 from pdsim.profiler.grid import GridSpec
 from pdsim.profiler.memory import activation_peak_bytes
-from pdsim.profiler.model import RandomModel
+from pdsim.profiler.model import RandomModel, decoder_layer
 from pdsim.profiler.ops import LayerWeights, ShardShapes
 from pdsim.profiler.outliers import DEFAULT_TOLERANCE, suspicious_points
 from pdsim.profiler.progress import Progress
@@ -64,7 +82,7 @@ class ProfileRequest:
 
 @dataclass
 class _Point:
-    table: str  # dense | per_sequence | attention_prefill | attention_decode
+    table: str  # dense | per_sequence | attention_prefill | attention_decode | layer_forward
     op: str
     key: tuple[int, ...]
     work: float  # rough cost for the ETA
@@ -79,6 +97,7 @@ class Measurements:
             "per_sequence": [],
             "attention_prefill": [],
             "attention_decode": [],
+            "layer_forward": [],
         }
     )
     timings: list[tuple[str, str, tuple[int, ...], Timing]] = field(default_factory=list)
@@ -86,7 +105,8 @@ class Measurements:
     suspicious_left: list[str] = field(default_factory=list)  # still out of line after the rechecks
 
     def add(self, p: _Point, t: Timing) -> None:
-        row = (p.op, *p.key, t.median_us) if p.table in ("dense", "per_sequence") else (*p.key, t.median_us)
+        one_d = p.table in ("dense", "per_sequence", "layer_forward")
+        row = (p.op, *p.key, t.median_us) if one_d else (*p.key, t.median_us)
         self.rows[p.table].append(row)
         self.timings.append((p.table, p.op, p.key, t))
 
@@ -163,6 +183,25 @@ class _Builder:
             return [lambda: ops.final_layernorm(x, self.head)]
         raise ValueError(op)
 
+    def layer(self, t: int, decode: bool) -> Variants:
+        """One whole decoder layer of t new tokens at `layer_overhead`'s reference shape (decode:
+        t sequences with LAYER_OVERHEAD_DECODE_KV cached each; else a prefill with KV prefix 0),
+        rotating over the weight copies as the isolated ops do (and a full forward over its layers)."""
+        x = self._x(t)
+        if decode:
+            kv = LAYER_OVERHEAD_DECODE_KV
+            positions = torch.full((t,), kv, device=self.dev)
+            caches = [self.attention.new_cache(t, kv, 1) for _ in self.layers]
+            attention = self.attention.decode
+        else:
+            positions = torch.arange(t, device=self.dev)
+            caches = [self.attention.new_cache(1, 0, t) for _ in self.layers]
+            attention = self.attention.prefill
+        return [
+            lambda w=w, c=c: decoder_layer(x, w, self.s, positions, self.rope, attention, c)
+            for w, c in zip(self.layers, caches, strict=True)
+        ]
+
     def per_sequence(self, op: str, n: int) -> Variants:
         if op == "lm_head":
             x, idx = self._x(n), torch.arange(n, device=self.dev)
@@ -205,6 +244,20 @@ class _Builder:
         return 4.0 * batch * q_tokens * kv_tokens * self.s.q_size
 
 
+def _layer_points(b: _Builder, grid: GridSpec) -> list[_Point]:
+    layer_flops = sum(b.dense_flops(op, 1) for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))
+    return [
+        _Point(
+            "layer_forward",
+            "layer_forward",
+            (t,),
+            Progress.work(t * layer_flops + b.attention_flops(t, t)),
+            lambda t=t: b.layer(t, decode=t <= grid.max_batch),
+        )
+        for t in grid.tokens()
+    ]
+
+
 def _points(b: _Builder, grid: GridSpec) -> list[_Point]:
     points: list[_Point] = []
     dense_ops = [op for op in (*ops.LAYER_OPS, *ops.STEP_OPS) if op != "qk_norm" or b.s.qk_norm]
@@ -245,16 +298,19 @@ def _points(b: _Builder, grid: GridSpec) -> list[_Point]:
                     lambda n=n, kv=kv: b.decode(n, kv),
                 )
             )
-    return points
+    return points + _layer_points(b, grid)
 
 
 def _label(p: _Point) -> str:
     return f"{p.op} {'x'.join(map(str, p.key))}"
 
 
-def measure(req: ProfileRequest, model: ModelSpec, progress_enabled: bool) -> Measurements:
+def measure(
+    req: ProfileRequest, model: ModelSpec, progress_enabled: bool, layer_only: bool = False
+) -> Measurements:
+    """Every grid point (`layer_only`: just the `layer_forward` series)."""
     b = _Builder(model, req)
-    points = _points(b, req.grid)
+    points = _layer_points(b, req.grid) if layer_only else _points(b, req.grid)
     passes = max(1, req.passes)
     progress = Progress(len(points) * passes, sum(p.work for p in points) * passes, progress_enabled)
     timer = Timer(req.device, req.timing)
@@ -414,4 +470,82 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     raw["allreduce"] = allreduce_note
     meta_path.write_text(json.dumps(raw, indent=2) + "\n")
     write_timings(out_dir / TIMINGS_FILE, measured.timings)
+    _write_layer_overhead(out_dir, measured, "measured with the rest of the profile")
+    return out_dir
+
+
+LAYER_OVERHEAD_DEFINITION = (
+    "max(0, one decoder-layer forward (pdsim.profiler.model.decoder_layer) of T new tokens minus that "
+    "layer as this profile composes it (sum of count x dense op(T) + its attention)); for T <= the "
+    f"largest decode batch a decode step of T sequences with {LAYER_OVERHEAD_DECODE_KV} cached tokens "
+    "each (attention_decode(T, 16)), above a prefill of T tokens with KV prefix 0 (attention_prefill(T, 0)); "
+    "added once per layer to every step of T tokens"
+)
+
+
+def layer_overhead_rows(profile: Profile, layer_rows: list[tuple]) -> list[tuple[int, float]]:
+    """(tokens, us) of `layer_overhead` from the measured ("layer_forward", T, us) rows."""
+    return [(int(t), max(0.0, us - layer_ops_us(profile, t))) for _, t, us in layer_rows]
+
+
+def _write_layer_overhead(out_dir: Path, measured: Measurements, how: str) -> None:
+    """Derive `layer_overhead` from the measured layer forwards and the profile on disk, write it
+    into dense.csv and record how it was made in meta.json."""
+    layer_rows = sorted(measured.rows["layer_forward"], key=lambda r: r[1])
+    overhead = layer_overhead_rows(read_profile(out_dir), layer_rows)
+    replace_dense_op(out_dir, "layer_overhead", overhead)
+    meta_path = out_dir / "meta.json"
+    raw = json.loads(meta_path.read_text())
+    raw["layer_overhead"] = {
+        "definition": LAYER_OVERHEAD_DEFINITION,
+        "how": how,
+        "clipped_to_zero": [t for t, us in overhead if us == 0.0],
+        "median_fraction_of_layer": round(
+            sorted(o / r[2] for (_, o), r in zip(overhead, layer_rows, strict=True))[len(overhead) // 2], 4
+        ),
+    }
+    raw.setdefault("spread", {}).update(
+        {k: v for k, v in measured.spread_summary().items() if k == "layer_forward"}
+    )
+    meta_path.write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def add_layer_overhead(req: ProfileRequest, progress_enabled: bool = False) -> Path:
+    """`pdsim profile --only layer_overhead`: measure `layer_overhead` into the existing profile
+    that `req` names (its grid and thread count as recorded in its meta.json), leaving every other
+    table as it is. Returns the profile directory."""
+    out_dir = profile_path(req.out, req.hardware, req.model, req.dtype, req.tp)
+    profile = read_profile(out_dir)
+    model = load_model(req.model)
+    if profile.meta.model != req.model:
+        raise PdsimError(f"{out_dir}: profile is for model {profile.meta.model!r}, not {req.model!r}")
+    torch.manual_seed(req.seed)
+    threads = _set_threads(req)
+    recorded = profile.meta.device.get("threads")
+    if req.device == "cpu" and recorded and recorded != threads:
+        raise PdsimError(
+            f"{out_dir}: profile measured with {recorded} threads, not {threads}; pass --threads {recorded}"
+        )
+    raw = json.loads((out_dir / "meta.json").read_text())
+    if "grid" in raw:
+        req = replace(req, grid=GridSpec(**raw["grid"]))
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    load_at_start = round(os.getloadavg()[0], 2)
+    measured = measure(req, model, progress_enabled, layer_only=True)
+    how = (
+        f"added later by `pdsim profile --only layer_overhead` at {started} (load {load_at_start} at start, "
+        f"{round(os.getloadavg()[0], 2)} at end), fastest of {max(1, req.passes)} pass(es) and "
+        f"{req.recheck_rounds} recheck round(s), {req.timing.repeats} repeats after {req.timing.warmup} warm-up; "
+        f"the other tables are those of {profile.meta.created_at}"
+    )
+    _write_layer_overhead(out_dir, measured, how)
+    timings_path = out_dir / TIMINGS_FILE
+    if timings_path.is_file():
+        # bytes, not text: the csv module's \r\n line ends must survive the rewrite
+        lines = timings_path.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if not line.startswith(b"layer_forward,")]
+        new = out_dir / (TIMINGS_FILE + ".new")
+        write_timings(new, measured.timings)
+        timings_path.write_bytes(b"".join(kept) + b"".join(new.read_bytes().splitlines(keepends=True)[1:]))
+        new.unlink()
     return out_dir
