@@ -111,7 +111,6 @@ class InstanceInfo:
     activation_gb: float
     profile_path: str
     estimated_profile: bool
-    profile_notes: list[str]
 
 
 @dataclass
@@ -122,7 +121,6 @@ class SimulationResult:
     links: dict[str, Link]
     samples: list[Sample]
     sim_end_s: float
-    rejected: int = 0
     warnings: list[str] = field(default_factory=list)
     link_samples: list[LinkSample] = field(default_factory=list)
     ttft_mode: str = "prefill"
@@ -169,7 +167,7 @@ def _build_instance(
         tp=ic.tp_size, dtype=ic.dtype, node=ref.node_index, max_num_seqs=ic.max_num_seqs,
         max_num_batched_tokens=ic.max_num_batched_tokens, block_size=ic.block_size,
         enable_chunked_prefill=ic.enable_chunked_prefill, kv_bytes_per_token=kv_bytes_per_token,
-        weight_bytes=weight_bytes, activation_bytes=activation_bytes, mem_capacity_bytes=int(usable),
+        weight_bytes=weight_bytes, activation_bytes=activation_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
     )
     inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
@@ -178,7 +176,6 @@ def _build_instance(
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * block_bytes / GIB,
         weights_gb=weight_bytes / GIB, activation_gb=activation_bytes / GIB,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated,
-        profile_notes=predictor.notes,
     )
     return inst, info
 
@@ -471,7 +468,7 @@ def simulate(
             req.status = "unfinished"
     return SimulationResult(
         requests=requests, instances=cluster.instances, infos=cluster.infos, links=cluster.links,
-        samples=samples, sim_end_s=end, rejected=sum(r.status == "rejected" for r in requests),
+        samples=samples, sim_end_s=end,
         link_samples=cluster.link_samples, ttft_mode=opts.ttft_mode,
     )
 

@@ -49,7 +49,6 @@ class InstanceSpec:
     kv_bytes_per_token: int  # per TP shard
     weight_bytes: int  # per TP shard
     activation_bytes: int  # per TP shard
-    mem_capacity_bytes: int  # usable memory per GPU (mem_size * mem_util)
     long_prefill_token_threshold: int = 0
 
 

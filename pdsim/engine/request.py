@@ -55,7 +55,3 @@ class Request:
     @property
     def tokens_to_compute(self) -> int:
         return self.input_toks + self.num_generated - self.num_computed
-
-    @property
-    def in_decode_phase(self) -> bool:
-        return self.num_generated > 0 and self.tokens_to_compute == 1

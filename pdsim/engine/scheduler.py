@@ -60,7 +60,6 @@ class StepOutcome:
     finished: list[Request] = field(default_factory=list)
     gap_itls_s: list[float] = field(default_factory=list)  # token gaps longer than one step (after a recompute)
     handoffs: list[Request] = field(default_factory=list)  # prefill done on a prefill-only instance
-    first_tokens: int = 0
     prompt_tokens: int = 0
     decode_tokens: int = 0
 
@@ -105,12 +104,7 @@ class Scheduler:
         """Queued plus running tokens: the router's measure of how busy this instance is."""
         return self.waiting_tokens + self.prefilling_kv_tokens + self.cohort.kv_sum + self.paused_kv_tokens
 
-    @property
-    def num_running(self) -> int:
-        return len(self.running)
 
-    def has_work(self) -> bool:
-        return bool(self.running or self.waiting)
 
     def add_waiting(self, req: Request) -> None:
         self.waiting.append(req)
@@ -320,7 +314,6 @@ class Scheduler:
             req.num_generated += 1
             if req.first_token_s is None:
                 req.first_token_s = now
-                out.first_tokens += 1
             req.last_token_s = now
             if req.num_generated >= req.output_toks:
                 del self.running[req]
