@@ -204,12 +204,14 @@ class Instance:
         outcome = self.sched.complete(plan, steps, self.env.now)
         stats = self.stats
         stats.steps += steps
-        stats.busy_s += float(durations.sum())
+        busy_s = float(durations.sum())
+        stats.busy_s += busy_s
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
         if plan.n_decode:
             stats.itl_runs.append((durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders)))
-            end_of_first = self.env.now - float(durations[1:].sum())
+        if plan.fresh_decoders:
+            end_of_first = self.env.now - busy_s + float(durations[0])
             for req in plan.fresh_decoders:
                 stats.itl_gaps_s.append(end_of_first - req.last_token_s)
                 if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:

@@ -16,24 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from pdsim.models import ModelSpec
+from pdsim.perf.profile import PER_LAYER_OPS, PER_SEQUENCE_OPS, PER_STEP_OPS  # noqa: F401 - re-exported
 
 RMS_EPS = 1e-6
 ROPE_THETA = 10000.0
 
-# ops timed per decoder layer, in forward order (README "dense.csv")
-LAYER_OPS = (
-    "layernorm",
-    "qkv_proj",
-    "qk_norm",
-    "rotary_emb",
-    "o_proj",
-    "gate_up_proj",
-    "act_fn",
-    "down_proj",
-    "residual_add",
-)
-STEP_OPS = ("embedding", "final_layernorm")
-PER_SEQUENCE_OPS = ("lm_head", "sampler")
+# The op vocabulary is the profile format's (pdsim/perf/profile.py); layer_overhead is derived
+# from whole-layer timings, not timed as an op of its own.
+LAYER_OPS = tuple(op for op in PER_LAYER_OPS if op != "layer_overhead")
+STEP_OPS = PER_STEP_OPS
 
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
