@@ -36,7 +36,9 @@ ROUTER_POLICIES = ("round_robin", "random", "least_loaded")
 GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2^30 bytes
 
 # CLI knobs that `load_cluster_config(overrides=...)` sets on every instance.
-OVERRIDABLE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype")
+OVERRIDABLE_KEYS = (
+    "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -124,6 +126,9 @@ class InstanceConfig(_Strict):
     # vLLM v1 scheduler knob: cap on one request's prefill chunk per step; 0 (vLLM's default with
     # max_num_partial_prefills 1) lets a prefill take the whole budget left.
     long_prefill_token_threshold: int = Field(default=0, ge=0)
+    # vLLM's --async-scheduling: the next step is decided while the current one runs, so a request
+    # that arrives during step n starts in step n+2. Off by default in vLLM 0.12, on in 0.19.
+    async_scheduling: bool = False
     # GPU memory vLLM's determine_available_memory() keeps out of the KV cache besides weights and
     # the activation peak (GB per GPU). non_torch: NCCL/cuBLAS/attention-backend buffers that appear
     # during start-up and profiling ("non-torch forward increase memory" in vLLM's log; ~0.1-0.3

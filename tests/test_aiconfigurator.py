@@ -15,7 +15,7 @@ from pdsim.validate.measured import read_closed_loop_table
 
 AIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "aiconfigurator-h100"
 needs_shared = pytest.mark.skipif(not AIC.is_dir(), reason="../shared data not present")
-STEP_OVERHEAD_US = 1000.0  # fitted in docs/validation.md (leave-one-out MAPE equal to in-sample)
+STEP_OVERHEAD_US = 1000.0  # fitted on TPOT in docs/validation.md (leave-one-out MAPE 4.8%)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +35,18 @@ def test_import_reads_back_with_allreduce(profiles):
 
 
 @needs_shared
-def test_h100_qwen3_32b_closed_loop_tpot(profiles):
+def test_h100_qwen3_32b_closed_loop(profiles):
     table = read_closed_loop_table(AIC / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv")
+    # The benchmark as aiperf runs it (burst start, 20 rounds) on the engine aiconfigurator deploys.
     df = simulate_table(table, "Qwen/Qwen3-32B", "H100-SXM", 80, lambda tp: str(profiles[tp]),
-                        SimOptions(step_overhead_us=STEP_OVERHEAD_US))
+                        SimOptions(step_overhead_us=STEP_OVERHEAD_US, client_delay_s=0.001))
     assert len(df) == 90
-    assert mape(df.tpot_err_pct) <= 8.0
-    # TTFT is far off (MAPE 71.8%, docs/validation.md, "Why TTFT is off"): guard against it getting worse.
-    assert mape(df.ttft_err_pct) <= 73.0
+    assert mape(df.tpot_err_pct) <= 8.0  # measured 4.7%
+    # Measured 19.5%; the target is 15% (docs/validation.md says what is left).
+    assert mape(df.ttft_err_pct) <= 20.5
+    # The harness matters: `vllm serve` defaults pack eight 1024-token prompts per step, which the
+    # measurements contradict (TTFT per lone prefill is the same for isl 1024 and 4096).
+    serve = simulate_table(table[table.tp == 8], "Qwen/Qwen3-32B", "H100-SXM", 80, lambda tp: str(profiles[tp]),
+                           SimOptions(step_overhead_us=STEP_OVERHEAD_US, client_delay_s=0.001),
+                           engine="vllm-serve")
+    assert mape(serve.ttft_err_pct) > mape(df[df.tp == 8].ttft_err_pct) + 10

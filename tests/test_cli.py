@@ -71,6 +71,27 @@ def test_closed_loop_run_without_dataset(tmp_path):
     assert peak == 4
 
 
+
+def test_validate_closed_loop_table(tmp_path):
+    table = tmp_path / "bench.csv"
+    table.write_text("isl,osl,batch_size,tp_size,silicon_ttft_ms,silicon_tpot_ms\n"
+                     "1024,64,4,1,100.0,20.0\n2048,64,8,1,300.0,30.0\n")
+    out = tmp_path / "val.csv"
+    base = ("validate", "--measured", str(table), "--model", "meta-llama/Llama-3.1-8B", "--hardware", "H100-SXM",
+            "--rounds", "3", "--output", str(out))
+    r = pdsim(*base)
+    assert r.returncode == 0, r.stderr
+    assert "MAPE: TTFT" in r.stdout
+    aic = pd.read_csv(out)
+    assert len(aic) == 2 and aic.sim_ttft_ms.gt(0).all() and aic.sim_tpot_ms.gt(0).all()
+    # A 8192-token budget packs the burst of 8 prompts into fewer, longer steps than 8 + 2048 + 1500.
+    r = pdsim(*base, "--engine-preset", "vllm-serve")
+    assert r.returncode == 0, r.stderr
+    serve = pd.read_csv(out)
+    assert serve.sim_ttft_ms.iloc[1] != pytest.approx(aic.sim_ttft_ms.iloc[1], rel=1e-3)
+    r = pdsim(*base[:-2], "--rounds", "0", "--output", str(out))
+    assert r.returncode == 2 and "--rounds" in r.stderr and "Traceback" not in r.stderr
+
 def _config(tmp_path: Path, mutate) -> Path:
     raw = json.loads(PD_CONFIG.read_text())
     mutate(raw)

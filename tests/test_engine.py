@@ -330,3 +330,44 @@ def test_decode_router_prefers_an_instance_with_room():
     assert (df.status == "finished").all()
     assert (df.decode_instance == "n0.i2").sum() > 6
     assert df.kv_transfer_wait_ms.max() < 50
+
+
+# -- async scheduling (vLLM's --async-scheduling) -------------------------------------------------
+
+def _first_tokens(async_scheduling: bool, max_decode_run_steps: int = 4096) -> dict[int, object]:
+    # A decodes alone; B arrives in the middle of one of A's decode steps.
+    cfg = cluster(instance(None, async_scheduling=async_scheduling))
+    res = run(cfg, [(500, 400, 0.0), (300, 4, 0.5), (200, 4, 30.0)], max_decode_run_steps=max_decode_run_steps)
+    return {r.id: r for r in res.requests}
+
+
+def test_async_scheduling_starts_a_request_one_step_later():
+    sync, asyn = _first_tokens(False), _first_tokens(True)
+    b_sync, b_async = sync[1], asyn[1]
+    # Sync: B is decided at the end of the step it arrived in and computed in the next one.
+    # Async: that next step was decided before B arrived, so B is decided then and computed after it.
+    decode_step_s = (sync[0].finish_s - sync[0].first_token_s) / 399
+    assert b_async.first_scheduled_s == pytest.approx(b_sync.first_scheduled_s, abs=1e-12)
+    extra_s = b_async.first_token_s - b_sync.first_token_s
+    assert 0.5 * decode_step_s < extra_s < 1.5 * decode_step_s
+    # C arrives after A and B are done: an idle engine starts at once either way.
+    assert sync[0].finish_s < 30.0
+    assert asyn[2].first_token_s - 30.0 == pytest.approx(sync[2].first_token_s - 30.0, rel=1e-9)
+    assert all(r.status == "finished" for r in asyn.values())
+
+
+def test_async_scheduling_fast_forward_matches_stepping():
+    fast, slow = _first_tokens(True), _first_tokens(True, max_decode_run_steps=1)
+    for i in fast:
+        assert fast[i].first_token_s == pytest.approx(slow[i].first_token_s, rel=1e-12)
+        assert fast[i].finish_s == pytest.approx(slow[i].finish_s, rel=1e-12)
+
+
+def test_async_scheduling_conserves_requests_under_memory_pressure():
+    rng = np.random.default_rng(3)
+    rows = [(int(rng.integers(200, 3000)), int(rng.integers(50, 800)), 0.01 * i) for i in range(300)]
+    cfg = cluster(instance(None, 19.5, async_scheduling=True))
+    res = run(cfg, rows)
+    assert all(r.status == "finished" for r in res.requests)
+    assert sum(r.preemptions for r in res.requests) > 0
+    assert res.instances[0].kv.used == 0

@@ -147,7 +147,7 @@ def _build_instance(
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
     )
     weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size)
-    activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens)
+    activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
     usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
     kv_bytes_per_token = model.kv_bytes_per_token(ic.dtype, ic.tp_size)
     block_bytes = ic.block_size * kv_bytes_per_token
@@ -169,6 +169,7 @@ def _build_instance(
         enable_chunked_prefill=ic.enable_chunked_prefill, kv_bytes_per_token=kv_bytes_per_token,
         weight_bytes=weight_bytes, activation_bytes=activation_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
+        async_scheduling=ic.async_scheduling,
     )
     inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
     info = InstanceInfo(

@@ -50,6 +50,7 @@ class InstanceSpec:
     weight_bytes: int  # per TP shard
     activation_bytes: int  # per TP shard
     long_prefill_token_threshold: int = 0
+    async_scheduling: bool = False
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Instance:
         self._wake: simpy.Event | None = None
         self._idle = False
         self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
+        self._last_step_start: float | None = None  # None: no step ended since the engine idled
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
@@ -112,6 +114,7 @@ class Instance:
 
     def submit(self, req: Request) -> None:
         """A request that starts (or, after its KV arrived, continues) on this instance."""
+        req.queued_s = self.env.now
         self.sched.add_waiting(req)
         if self._idle or (self._run is not None and self.sched.could_admit(req)):
             self._wake_up()
@@ -161,8 +164,10 @@ class Instance:
         while True:
             if self.pending:
                 self._reserve_pending()
-            plan = sched.schedule(env.now)
+            cutoff = self._last_step_start if self.spec.async_scheduling else None
+            plan = sched.schedule(env.now, cutoff)
             if plan.empty:
+                self._last_step_start = None
                 self._idle = True
                 self._wake = env.event()
                 yield self._wake
@@ -202,6 +207,7 @@ class Instance:
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
         outcome = self.sched.complete(plan, steps, self.env.now)
+        self._last_step_start = self.env.now - float(durations[steps - 1])
         stats = self.stats
         stats.steps += steps
         busy_s = float(durations.sum())

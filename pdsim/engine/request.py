@@ -48,6 +48,7 @@ class Request:
     # End of the decode instance's first step for a handed-off request: when a client of a P/D
     # proxy (which drops the prefill instance's token) receives its first token.
     decode_first_token_s: float | None = None
+    queued_s: float = 0.0  # when it last entered an instance's waiting queue
     preemptions: int = 0
     status: str = "queued"
     reason: str = ""

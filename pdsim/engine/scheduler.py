@@ -20,10 +20,14 @@ against 0.19.0; docs/validation.md has the rule table):
   `max_num_seqs` running, budget spent, not enough free blocks for its first chunk, or (without
   chunked prefill) a prompt larger than the budget left. Hand-offs whose KV has arrived go first
   (vLLM's `skipped_waiting` queue).
+- With async scheduling (`async_scheduling`, vLLM's `--async-scheduling`) a step is decided while
+  the previous one runs, so only requests queued before that step started can join; an idle
+  engine still starts at once.
 
 Not modelled: prefix caching (vLLM keeps a preempted request's freed blocks as cache hits until
 they are evicted, so its recompute can be shorter), speculative decoding (`num_lookahead_tokens`),
-the null block vLLM keeps out of the pool, and KV allocation per request in list order (the
+the null block vLLM keeps out of the pool, the step that async scheduling spends on requests that
+have just finished (their slot and blocks free a step later in vLLM), and KV allocation per request in list order (the
 decode cohort asks for its blocks as one group; the victims are the same unless partial
 prefills sit between decodes and memory runs out).
 """
@@ -90,6 +94,7 @@ class Scheduler:
         # Decoding requests the last step's budget ran out before (behind partial prefills in the
         # running list; needs a chunk cap that grew since they were admitted): out of the cohort.
         self.paused: dict[Request, None] = {}
+        self._cutoff = 0.0  # admission cutoff of the decision being made (see schedule)
         self.paused_kv_tokens = 0
         self._rejoined: set[Request] | frozenset[Request] = _NONE  # paused last step, back in the cohort now
         self.waiting_tokens = 0  # tokens the waiting requests still have to compute
@@ -125,8 +130,12 @@ class Scheduler:
         cap = self.long_prefill_token_threshold
         return cap if 0 < cap < todo else todo
 
-    def schedule(self, now: float) -> StepPlan:
+    def schedule(self, now: float, admit_cutoff_s: float | None = None) -> StepPlan:
+        """The next step. admit_cutoff_s: only requests queued by then may be admitted; vLLM's async
+        scheduling decides step n+1 while step n runs, so a request that arrived during step n
+        waits for step n+2. None: everything queued so far (synchronous scheduling)."""
         plan = StepPlan()
+        self._cutoff = now if admit_cutoff_s is None else admit_cutoff_s
         kv = self.kv
         cohort = self.cohort
         preempted = False
@@ -207,6 +216,9 @@ class Scheduler:
         # still has work: with nothing left running, the next step would admit them anyway.
         if not preempted or plan.empty:
             self._admit_waiting(plan, budget, now)
+        if not plan.prefill and not cohort.n and self.waiting and self._cutoff < now:
+            self._cutoff = now  # nothing would run: the idle engine schedules what has arrived at once
+            self._admit_waiting(plan, budget, now)
 
         plan.n_decode = cohort.n
         plan.kv_decode_sum = cohort.kv_sum
@@ -217,6 +229,8 @@ class Scheduler:
             # (After a preemption, the next step may admit the victim again: no run then.)
             limit = min(cohort.steps_to_next_finish(), self.max_decode_run_steps)
             plan.max_steps = 1 + cohort.max_steps_within(kv.free, 1, limit - 1)
+            if self.waiting and self.waiting[0].queued_s > self._cutoff:
+                plan.max_steps = 1  # async scheduling: it may join at the next decision
         return plan
 
     def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
@@ -224,7 +238,7 @@ class Scheduler:
         # the slot for their next token), so they cost no memory, and letting them wait behind a
         # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
         if self.num_waiting_kv_ready:
-            for req in [r for r in self.waiting if r.kv_ready]:
+            for req in [r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff]:
                 if budget <= 0 or len(self.running) >= self.max_num_seqs:
                     return
                 self.waiting.remove(req)
@@ -233,6 +247,8 @@ class Scheduler:
         # Then first come, first served, stopping at the first request that does not fit.
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
+            if req.queued_s > self._cutoff:
+                break
             todo = self._chunk_cap(req.tokens_to_compute)
             if not self.enable_chunked_prefill and todo > budget:
                 break
@@ -250,7 +266,7 @@ class Scheduler:
         req.blocks += need
         self.running[req] = None
         if req.first_scheduled_s is None:
-            req.first_scheduled_s = now
+            req.first_scheduled_s = self._cutoff  # when the decision was taken (a step early when async)
         req.status = "running"
         if req.kv_ready:
             # A handed-off request whose KV has arrived: it decodes from this step on.

@@ -268,17 +268,20 @@ class StepTimePredictor:
             attn = attn + self._decode_alpha(n_decode) * (table.eval_sorted(kv_max + steps) - attn)
         return (self._nonattn_us(n_decode, n_decode) + self.num_layers * attn) * 1e-6
 
-    def activation_reserve_bytes(self, max_num_batched_tokens: int) -> int:
+    def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024) -> int:
         """Activation/workspace bytes the engine keeps free of KV cache on one GPU.
 
         From the profile's measured peak when it has one (rescaled linearly in tokens when it
         records the max_num_batched_tokens it was measured at). Otherwise an estimate of what
-        vLLM's profiling forward pass peaks at, per TP shard, with T = max_num_batched_tokens:
+        vLLM's profiling pass peaks at (gpu_model_runner.profile_run: a forward pass over
+        T = max_num_batched_tokens tokens spread over min(T, max_num_seqs) requests, then the
+        sampler on one row per request), per TP shard:
             T * dtype_bytes * (4 * hidden + qkv_out + 3 * intermediate_per_shard)
               -- residual, normed input, attention output and the layer output (4 x hidden),
                  the fused QKV output, and gate_up output plus its activation (3 x inter.)
-            + min(T, 1024) * vocab_per_shard * 4 * 2
-              -- fp32 logits and their softmax for up to 1024 sampled sequences
+            + min(T, max_num_seqs) * vocab * 4 * 2
+              -- fp32 logits and their softmax; every rank holds the whole vocabulary, as the
+                 logits processor all-gathers the shards
         """
         meta = self.profile.meta
         if meta.activation_peak_bytes is not None:
@@ -289,7 +292,7 @@ class StepTimePredictor:
         per_token = dtype_bytes(meta.dtype) * (
             4 * m.hidden_size + m.qkv_out(tp) + 3 * m.intermediate_per_shard(tp)
         )
-        logits = min(t, 1024) * m.vocab_per_shard(tp) * 4 * 2
+        logits = min(t, max_num_seqs) * m.vocab_size * 4 * 2
         return int(t * per_token + logits)
 
     def extrapolation_notes(self) -> list[str]:

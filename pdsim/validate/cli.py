@@ -29,12 +29,26 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float):
 @click.option("--hardware", default="H100-SXM", show_default=True, help="Closed-loop tables: pdsim hardware.")
 @click.option("--mem-gb", default=80.0, show_default=True, help="Closed-loop tables: GPU memory (GB).")
 @click.option("--step-overhead-us", default=0.0, show_default=True, help="Engine CPU time per step (calibrate).")
+@click.option("--async-scheduling/--sync-scheduling", default=None,
+              help="vLLM's --async-scheduling on every instance (on by default in vLLM 0.19, off in 0.12).  "
+                   "[default: the measured run's meta.json (its engine_kwargs, else its vLLM version's "
+                   "default), else the cluster config's; sync for closed-loop tables]")
 @click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
               help="Engine JSONL: which timestamps give the replay's arrival times.")
+@click.option("--engine-preset", type=click.Choice(["aiconfigurator", "vllm-serve"]), default="aiconfigurator",
+              show_default=True,
+              help="Closed-loop tables: the engine settings per row. aiconfigurator: what its generator deploys "
+                   "(max_num_seqs = concurrency, max_num_batched_tokens = concurrency + isl + 1500); vllm-serve: "
+                   "`vllm serve` defaults on >= 70 GiB GPUs (1024, 8192).")
+@click.option("--rounds", default=20, show_default=True,
+              help="Closed-loop tables: measured requests per client (aiperf --num-requests = rounds x concurrency).")
+@click.option("--client-delay-ms", default=1.0, show_default=True,
+              help="Closed-loop tables: mean client-to-engine delay per request (uniform on [0, 2 x mean]).")
 @click.option("--output", default="outputs/validate.csv", show_default=True, type=click.Path(path_type=Path))
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
-             hardware: str, mem_gb: float, step_overhead_us: float, clock: str, output: Path, plot: bool) -> None:
+             hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
+             engine_preset: str, rounds: int, client_delay_ms: float, output: Path, plot: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.measured import is_closed_loop_table, read_closed_loop_table, read_measured
 
@@ -42,7 +56,13 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     opts = _sim_options(None, step_overhead_us)
     if is_closed_loop_table(measured):
         from pdsim.perf.profile import profile_path
-        from pdsim.validate.closed_loop import format_rows, simulate_table
+        from pdsim.validate.closed_loop import ENGINE_PRESETS, format_rows, simulate_table
+
+        if rounds < 1:
+            raise PdsimError(f"--rounds: expected a positive number, got {rounds}")
+        if client_delay_ms < 0:
+            raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
+        opts.client_delay_s = client_delay_ms / 1e3
 
         table = read_closed_loop_table(measured)
         model = model or str(table["model_path"].iloc[0]) if "model_path" in table else model
@@ -52,7 +72,12 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         def lookup(tp: int) -> str | None:
             return str(profile_path(profile_dir, hardware, model, "bfloat16", tp)) if profile_dir else None
 
-        df = simulate_table(table, model, hardware, mem_gb, lookup, opts)
+        preset = ENGINE_PRESETS[engine_preset]
+
+        def engine(concurrency: int, isl: int) -> dict:
+            return {**preset(concurrency, isl), "async_scheduling": bool(async_scheduling)}
+
+        df = simulate_table(table, model, hardware, mem_gb, lookup, opts, rounds, engine)
         df.to_csv(output, index=False, float_format="%.4f")
         click.echo(format_rows(df))
         click.echo(f"wrote {output}")
@@ -64,7 +89,12 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         raise PdsimError("--cluster-config: needed to replay a per-request run")
     run = read_measured(measured, clock)
     opts.profile_dir = str(profile_dir) if profile_dir else None
-    result = replay(load_cluster_config(cluster_config), run, opts, str(cluster_config))
+    if async_scheduling is None:
+        async_scheduling, why = run.async_scheduling()
+        if async_scheduling is not None:
+            run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
+    cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling})
+    result = replay(cfg, run, opts, str(cluster_config))
     table = compare(run, result)
     table.to_csv(output, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))

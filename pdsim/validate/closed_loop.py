@@ -1,17 +1,27 @@
 """Closed-loop benchmark tables (one row per isl, osl, concurrency, tp), simulated row by row.
 
-Each row is what `vllm bench serve --max-concurrency C` measures with fixed lengths: C clients,
-each sending its next request when its previous one ends. The simulated row runs
-`waves * C` requests the same way and reports the benchmark's statistics: mean TTFT and mean
-TPOT over the requests after the first wave. Clients start spread over one request lifetime
-(see SimOptions.client_start_spread_s): measured TTFTs at low concurrency are those of a lone
-prefill, which clients in lockstep (all prompts in one step) cannot produce.
+Each row is what a closed-loop benchmark with fixed lengths measures: C clients, each sending
+its next request when its previous one ends. The simulated benchmark follows aiperf, the client
+of NVIDIA's aiconfigurator collection (aiperf 0.13 `timing/config.py`, aiconfigurator 0.12
+`generator/config/backend_templates/benchmark/bench_run.sh.j2`):
+
+- the warm-up requests are drained before the measured phase starts (warm-up phases wait for
+  every in-flight request, `seamless=False`), so the measured phase starts from an idle engine
+  (pdsim models no prefix cache, so the warm-up leaves nothing behind) with all C clients
+  sending at once (concurrency mode issues credits with zero delay);
+- `rounds * C` measured requests (`--num-requests C * BENCH_MULTI_ROUND`, default 20);
+- the mean TTFT and TPOT over all of them;
+- every request reaches the engine after a client delay (HTTP, API server), uniform on
+  [0, 2 * client_delay_s] and counted in TTFT. Without one, a finished request's successor would
+  arrive at the very instant its step ends, which no HTTP round trip can do.
+
+The engine is configured as the benchmark deployed it (`ENGINE_PRESETS`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,18 +31,35 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.metrics.summary import requests_frame
 from pdsim.workload.trace import TraceRequest
 
-# vLLM v1's defaults for `vllm serve` on GPUs with >= 70 GiB (vllm/engine/arg_utils.py):
-# max_num_batched_tokens 8192, max_num_seqs 1024; gpu_memory_utilization 0.9.
-VLLM_SERVE_DEFAULTS = {"max_num_seqs": 1024, "max_num_batched_tokens": 8192, "mem_util": 0.9}
+ROUNDS = 20
+CLIENT_DELAY_S = 0.001
+
+
+def aiconfigurator_engine(concurrency: int, isl: int) -> dict:
+    """What aiconfigurator's generator deploys for a vLLM aggregated worker of max batch size
+    `concurrency` (generator/rule_plugin/vllm.rule and benchmark/vllm.rule, 0.12):
+    max_num_seqs = max_batch_size, max_num_batched_tokens = max_batch_size + isl + 1500."""
+    return {"max_num_seqs": concurrency, "max_num_batched_tokens": concurrency + isl + 1500, "mem_util": 0.9}
+
+
+def vllm_serve_engine(concurrency: int, isl: int) -> dict:
+    """vLLM v1's `vllm serve` defaults on GPUs with >= 70 GiB (vllm/engine/arg_utils.py)."""
+    return {"max_num_seqs": 1024, "max_num_batched_tokens": 8192, "mem_util": 0.9}
+
+
+ENGINE_PRESETS: dict[str, Callable[[int, int], dict]] = {
+    "aiconfigurator": aiconfigurator_engine,
+    "vllm-serve": vllm_serve_engine,
+}
 
 
 def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: str | None = None,
                engine: dict | None = None) -> ClusterConfig:
-    eng = {**VLLM_SERVE_DEFAULTS, **(engine or {})}
+    eng = {**vllm_serve_engine(1, 0), **(engine or {})}
     inst = {
         "model_name": model, "hardware": hardware, "num_npus": tp, "tp_size": tp, "pd_type": None,
         "npu_mem": {"mem_size": mem_gb, "mem_bw": 3350, "mem_util": eng["mem_util"]},
-        "max_num_seqs": eng["max_num_seqs"], "max_num_batched_tokens": eng["max_num_batched_tokens"],
+        **{k: v for k, v in eng.items() if k != "mem_util"},
     }
     if profile_dir is not None:
         inst["profile_dir"] = profile_dir
@@ -43,34 +70,31 @@ def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: s
 
 
 def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts: SimOptions,
-                 waves: int = 4, spread: bool = True) -> dict[str, float]:
-    n = concurrency * waves
-    trace = [TraceRequest(i, isl, osl, 0) for i in range(n)]
-    # A lockstep pass measures how long one request lives; the real pass spreads the clients'
-    # first requests over that time, the desynchronised steady state a long benchmark reaches.
-    first = requests_frame(simulate(cfg, trace[:concurrency], replace(opts, concurrency=concurrency)))
-    spread_s = float(first.e2e_ms.mean()) / 1e3 if spread else 0.0
-    result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=spread_s))
-    df = requests_frame(result)
-    steady = df.iloc[concurrency:] if waves > 1 else df
-    steady = steady[steady.status == "finished"]
-    return {"sim_ttft_ms": float(steady.ttft_ms.mean()), "sim_tpot_ms": float(steady.tpot_ms.mean()),
+                 rounds: int = ROUNDS) -> dict[str, float]:
+    """The measured phase of one row: `rounds * concurrency` requests from clients that start together."""
+    trace = [TraceRequest(i, isl, osl, 0) for i in range(rounds * concurrency)]
+    df = requests_frame(simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=0.0)))
+    done = df[df.status == "finished"]
+    return {"sim_ttft_ms": float(done.ttft_ms.mean()), "sim_tpot_ms": float(done.tpot_ms.mean()),
             "sim_preemptions": int(df.preemptions.sum())}
 
 
 def simulate_table(table: pd.DataFrame, model: str, hardware: str, mem_gb: float,
-                   profile_dir_for_tp, opts: SimOptions | None = None, waves: int = 4,
-                   engine: dict | None = None, spread: bool = True) -> pd.DataFrame:
+                   profile_dir_for_tp, opts: SimOptions | None = None, rounds: int = ROUNDS,
+                   engine: str | Callable[[int, int], dict] = "aiconfigurator") -> pd.DataFrame:
     """Every row simulated; adds sim_ttft_ms, sim_tpot_ms and their % errors.
 
     profile_dir_for_tp: tp -> profile folder (or None to look profiles up by hardware/model).
+    engine: a preset of ENGINE_PRESETS, or (concurrency, isl) -> engine settings.
+    opts: simulation options; the closed loop's client delay defaults to CLIENT_DELAY_S.
     """
-    opts = opts or SimOptions()
+    opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
     out = []
     for row in table.itertuples(index=False):
-        cfg = row_config(model, hardware, mem_gb, int(row.tp), profile_dir_for_tp(int(row.tp)), engine)
-        sim = simulate_row(cfg, int(row.isl), int(row.osl), int(row.concurrency), opts, waves, spread)
-        out.append({**row._asdict(), **sim})
+        isl, osl, conc, tp = int(row.isl), int(row.osl), int(row.concurrency), int(row.tp)
+        eng = (ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl)
+        cfg = row_config(model, hardware, mem_gb, tp, profile_dir_for_tp(tp), eng)
+        out.append({**row._asdict(), **simulate_row(cfg, isl, osl, conc, opts, rounds)})
     df = pd.DataFrame(out)
     df["ttft_err_pct"] = (df.sim_ttft_ms - df.ttft_ms) / df.ttft_ms * 100
     df["tpot_err_pct"] = (df.sim_tpot_ms - df.tpot_ms) / df.tpot_ms * 100
@@ -89,7 +113,3 @@ def format_rows(df: pd.DataFrame) -> str:
                      f"{r.ttft_err_pct:>+7.1f}%{r.tpot_ms:>11.2f}{r.sim_tpot_ms:>8.2f}{r.tpot_err_pct:>+7.1f}%")
     lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} rows")
     return "\n".join(lines)
-
-
-def default_profile_lookup(root: Path | str | None):
-    return lambda tp: None if root is None else str(root)

@@ -35,6 +35,24 @@ class MeasuredRun:
     itl_ms: np.ndarray | None = None  # every inter-token gap, when the file has them
     concurrency: int | None = None  # closed loop: the benchmark's --max-concurrency
     notes: list[str] = field(default_factory=list)
+    # What the engine beside the run says about itself (meta.json: vllm_version, engine_kwargs).
+    engine_meta: dict = field(default_factory=dict)
+
+    def async_scheduling(self) -> tuple[bool | None, str]:
+        """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
+        kwargs = self.engine_meta.get("engine_kwargs") or {}
+        if isinstance(kwargs.get("async_scheduling"), bool):
+            return kwargs["async_scheduling"], "set in meta.json engine_kwargs"
+        version = str(self.engine_meta.get("vllm_version", ""))
+        try:
+            major_minor = tuple(int(x) for x in version.split(".")[:2])
+        except ValueError:
+            return None, ""
+        if major_minor >= (0, 19):
+            return True, f"vLLM {version}'s default (meta.json)"
+        if major_minor <= (0, 12):
+            return False, f"vLLM {version}'s default (meta.json)"
+        return None, ""
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
@@ -90,7 +108,16 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         "e2e_ms": (df.last_token_ts - df.queued_ts) * 1e3,
     })
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
-    return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"])
+    meta = {}
+    meta_path = p.with_name("meta.json")
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise PdsimError(f"{meta_path}: not valid JSON ({e.msg})") from None
+        if not isinstance(meta, dict):
+            raise PdsimError(f"{meta_path}: expected a JSON object")
+    return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"], engine_meta=meta)
 
 
 def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
