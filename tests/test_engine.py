@@ -371,3 +371,37 @@ def test_async_scheduling_conserves_requests_under_memory_pressure():
     assert all(r.status == "finished" for r in res.requests)
     assert sum(r.preemptions for r in res.requests) > 0
     assert res.instances[0].kv.used == 0
+
+
+_DETERMINISM_SCRIPT = """
+import hashlib
+from pdsim.metrics.summary import requests_frame
+from pdsim.sweep.runner import trace_at_rate
+from pdsim.workload.trace import load_trace
+from tests.helpers import cluster, instance, run
+trace = trace_at_rate(load_trace("workloads/decode_heavy.jsonl"), 146.0, "scale", 0, 10.0)
+rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9) for r in trace]
+h100 = dict(hardware="H100-SXM", mem_size_gb=80, max_num_seqs=128, max_num_batched_tokens=2048)
+cfg = cluster(instance("prefill", **h100), *[instance("decode", **h100) for _ in range(3)], link_bw=50,
+              link_latency=5000)
+df = requests_frame(run(cfg, rows))
+print(hashlib.md5(df.to_csv(float_format="%.9f").encode()).hexdigest())
+"""
+
+
+def test_runs_are_identical_across_processes():
+    # Objects hash by address, so a set of them iterates in an order that changes from one
+    # process to the next: KV transfers that end together used to finish in that order.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    digests = set()
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=300, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1

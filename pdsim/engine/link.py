@@ -20,7 +20,7 @@ class Link:
     kind: str  # "nic_out", "nic_in", "fabric_out", "fabric_in" or "network"
     capacity_bytes_per_s: float
     latency_s: float = 0.0  # propagation + switching; a path pays the sum over its links
-    flows: set[Flow] = field(default_factory=set)
+    flows: dict[Flow, None] = field(default_factory=dict)  # insertion-ordered set
     bytes_moved: float = 0.0  # settled up to the network's last update
     busy_s: float = 0.0  # time with at least one flow moving bytes over it
     peak_flows: int = 0

@@ -53,7 +53,9 @@ class Network:
 
     def __init__(self, env: simpy.Environment) -> None:
         self.env = env
-        self.flows: set[Flow] = set()
+        # Insertion-ordered (a dict, not a set): flows then finish, and rates sum, in the same
+        # order in every run; a set of objects iterates in memory-address order.
+        self.flows: dict[Flow, None] = {}
         self._last_update_s = 0.0
         self._generation = 0
 
@@ -72,9 +74,9 @@ class Network:
         self.settle()
         fed = float(nbytes) if fed_bytes is None else min(float(fed_bytes), float(nbytes))
         flow = Flow(path, float(nbytes), delay_after_s, on_done, self.env.now, fed, endpoints)
-        self.flows.add(flow)
+        self.flows[flow] = None
         for link in path:
-            link.flows.add(flow)
+            link.flows[flow] = None
             link.peak_flows = max(link.peak_flows, len(link.flows))
         self._finish_done()  # a zero-byte flow ends at once (after its delay)
         self._replan()
@@ -93,14 +95,14 @@ class Network:
         now = self.env.now
         elapsed = now - self._last_update_s
         if elapsed > 0 and self.flows:
-            links: set[Link] = set()
+            links: dict[Link, None] = {}
             for flow in self.flows:
                 if flow.rate_bytes_per_s > 0:
                     moved = flow.rate_bytes_per_s * elapsed
                     flow.sent_bytes = min(flow.sent_bytes + moved, flow.fed_bytes)
                     for link in flow.path:
                         link.bytes_moved += moved
-                        links.add(link)
+                        links[link] = None
             for link in links:
                 link.busy_s += elapsed
         self._last_update_s = now
@@ -109,9 +111,9 @@ class Network:
     def _finish_done(self) -> None:
         done = [f for f in self.flows if f.remaining_bytes <= _BYTE_EPS]
         for flow in done:
-            self.flows.discard(flow)
+            del self.flows[flow]
             for link in flow.path:
-                link.flows.discard(flow)
+                del link.flows[flow]
             flow.rate_bytes_per_s = 0.0
             if flow.delay_after_s > 0:
                 self.env.timeout(flow.delay_after_s).callbacks.append(lambda _ev, cb=flow.on_done: cb())
@@ -149,13 +151,13 @@ class Network:
             for link in flow.path:
                 left[link] = link.capacity_bytes_per_s
                 count[link] = count.get(link, 0) + 1
-        unfrozen = set(active)
+        unfrozen = dict.fromkeys(active)
         while unfrozen:
             bottleneck = min((lk for lk in count if count[lk] > 0), key=lambda lk: left[lk] / count[lk])
             share = left[bottleneck] / count[bottleneck]
             for flow in [f for f in bottleneck.flows if f in unfrozen]:
                 flow.rate_bytes_per_s = share
-                unfrozen.discard(flow)
+                del unfrozen[flow]
                 for link in flow.path:
                     left[link] -= share
                     count[link] -= 1
