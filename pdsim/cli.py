@@ -60,6 +60,10 @@ def cli() -> None:
 @click.option("--concurrency", type=int, default=None,
               help="Closed loop: N clients, each sending its next request when its previous one ends "
                    "(trace arrival times are ignored).  [default: open loop]")
+@click.option("--client-delay-ms", default=1.0, show_default=True,
+              help="Closed loop: mean delay from a client's send to the engine (HTTP, API server), uniform on "
+                   "[0, 2 x mean] and counted in TTFT; 0 lets a request join the very step its predecessor's "
+                   "end finishes, which no real client can.")
 @click.option("--input-len", default=None,
               help="Without --dataset: prompt length of the synthetic requests, N or a spec such as "
                    "lognormal:1000,400.")
@@ -100,7 +104,7 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_requests: int | None,
-            concurrency: int | None, input_len: str | None, output_len: str | None, seed: int,
+            concurrency: int | None, client_delay_ms: float, input_len: str | None, output_len: str | None, seed: int,
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
@@ -122,6 +126,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     cfg = load_cluster_config(cluster_config, overrides)
     if concurrency is not None and concurrency < 1:
         raise PdsimError(f"--concurrency: expected a positive number of clients, got {concurrency}")
+    if client_delay_ms < 0:
+        raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
@@ -133,6 +139,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
         profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
         step_overhead_us=step_overhead_us, max_sim_time_s=max_sim_time,
         sample_interval_s=log_interval or 1.0, concurrency=concurrency, ttft_mode=ttft_mode,
+        client_delay_s=client_delay_ms / 1e3 if concurrency is not None else 0.0,
     )
     bar = ProgressBar("simulating", enabled=False if quiet else None)
     last: dict[str, tuple[float, int, int]] = {}

@@ -69,6 +69,10 @@ def test_closed_loop_run_without_dataset(tmp_path):
         in_flight += delta
         peak = max(peak, in_flight)
     assert peak == 4
+    r = pdsim("run", "--cluster-config", str(REPO / "configs/cluster/single_node_single_instance.json"),
+              "--concurrency", "4", "--num-reqs", "12", "--input-len", "512", "--output-len", "32",
+              "--client-delay-ms", "-1", "--output", str(tmp_path / "cl.csv"), "--quiet")
+    assert r.returncode == 2 and "--client-delay-ms" in r.stderr and "Traceback" not in r.stderr
 
 
 
