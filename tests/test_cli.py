@@ -95,6 +95,16 @@ def test_validate_closed_loop_table(tmp_path):
     assert serve.sim_ttft_ms.iloc[1] != pytest.approx(aic.sim_ttft_ms.iloc[1], rel=1e-3)
     r = pdsim(*base[:-2], "--rounds", "0", "--output", str(out))
     assert r.returncode == 2 and "--rounds" in r.stderr and "Traceback" not in r.stderr
+    # calibrate fits the step overhead on the table's per-row TPOT error, with leave-one-out error.
+    cal = tmp_path / "cal.json"
+    r = pdsim("calibrate", "--measured", str(table), "--model", "meta-llama/Llama-3.1-8B", "--hardware", "H100-SXM",
+              "--rounds", "2", "--out", str(cal))
+    assert r.returncode == 0, r.stderr
+    fit = json.loads(cal.read_text())
+    assert fit["step_overhead_us"] in fit["grid_us"] and fit["mape_pct"] == min(fit["mape_by_grid_pct"])
+    assert fit["loo_mape_pct"] >= fit["mape_pct"]
+    r = pdsim("calibrate", "--measured", str(table), "--model", "meta-llama/Llama-3.1-8B", "--metric", "e2e_ms")
+    assert r.returncode == 2 and "e2e_ms" in r.stderr
 
 def _config(tmp_path: Path, mutate) -> Path:
     raw = json.loads(PD_CONFIG.read_text())

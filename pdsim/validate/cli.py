@@ -16,6 +16,61 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float):
     return SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
 
 
+def _closed_loop_options(f):
+    """Options describing how a closed-loop table was measured (shared by validate and calibrate)."""
+    options = [
+        click.option("--model", default=None, help="Closed-loop tables: model id (default: the table's model_path)."),
+        click.option("--hardware", default="H100-SXM", show_default=True, help="Closed-loop tables: pdsim hardware."),
+        click.option("--mem-gb", default=80.0, show_default=True, help="Closed-loop tables: GPU memory (GB)."),
+        click.option("--engine-preset", type=click.Choice(["aiconfigurator", "vllm-serve"]), default="aiconfigurator",
+                     show_default=True,
+                     help="Closed-loop tables: the engine settings per row. aiconfigurator: what its generator "
+                          "deploys (max_num_seqs = concurrency, max_num_batched_tokens = concurrency + isl + 1500); "
+                          "vllm-serve: `vllm serve` defaults on >= 70 GiB GPUs (1024, 8192)."),
+        click.option("--rounds", default=20, show_default=True,
+                     help="Closed-loop tables: measured requests per client (aiperf --num-requests = rounds x "
+                          "concurrency)."),
+        click.option("--client-delay-ms", default=1.0, show_default=True,
+                     help="Closed-loop tables: mean client-to-engine delay per request (uniform on [0, 2 x mean])."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str | None, hardware: str,
+                           mem_gb: float, engine_preset: str, rounds: int, client_delay_ms: float,
+                           async_scheduling: bool | None):
+    """step_overhead_us -> the table with every row simulated (see closed_loop.simulate_table)."""
+    from pdsim.perf.profile import profile_path
+    from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
+    from pdsim.validate.measured import read_closed_loop_table
+
+    if rounds < 1:
+        raise PdsimError(f"--rounds: expected a positive number, got {rounds}")
+    if client_delay_ms < 0:
+        raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
+    table = read_closed_loop_table(measured)
+    model = model or (str(table["model_path"].iloc[0]) if "model_path" in table else None)
+    if not model:
+        raise PdsimError("--model: needed (the table has no model_path column)")
+
+    def lookup(tp: int) -> str | None:
+        return str(profile_path(profile_dir, hardware, model, "bfloat16", tp)) if profile_dir else None
+
+    preset = ENGINE_PRESETS[engine_preset]
+
+    def engine(concurrency: int, isl: int) -> dict:
+        return {**preset(concurrency, isl), "async_scheduling": bool(async_scheduling)}
+
+    def simulate(step_overhead_us: float):
+        opts = _sim_options(None, step_overhead_us)
+        opts.client_delay_s = client_delay_ms / 1e3
+        return simulate_table(table, model, hardware, mem_gb, lookup, opts, rounds, engine)
+
+    return simulate
+
+
 @click.command("validate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
               help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, or a closed-loop CSV "
@@ -25,9 +80,6 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float):
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
               help="Profile for every instance; for closed-loop tables, a root holding "
                    "<hw>/<model>/<dtype>/tp<N> (as import-aiconfigurator writes).")
-@click.option("--model", default=None, help="Closed-loop tables: model id (default: the table's model_path).")
-@click.option("--hardware", default="H100-SXM", show_default=True, help="Closed-loop tables: pdsim hardware.")
-@click.option("--mem-gb", default=80.0, show_default=True, help="Closed-loop tables: GPU memory (GB).")
 @click.option("--step-overhead-us", default=0.0, show_default=True, help="Engine CPU time per step (calibrate).")
 @click.option("--async-scheduling/--sync-scheduling", default=None,
               help="vLLM's --async-scheduling on every instance (on by default in vLLM 0.19, off in 0.12).  "
@@ -35,49 +87,23 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float):
                    "default), else the cluster config's; sync for closed-loop tables]")
 @click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
               help="Engine JSONL: which timestamps give the replay's arrival times.")
-@click.option("--engine-preset", type=click.Choice(["aiconfigurator", "vllm-serve"]), default="aiconfigurator",
-              show_default=True,
-              help="Closed-loop tables: the engine settings per row. aiconfigurator: what its generator deploys "
-                   "(max_num_seqs = concurrency, max_num_batched_tokens = concurrency + isl + 1500); vllm-serve: "
-                   "`vllm serve` defaults on >= 70 GiB GPUs (1024, 8192).")
-@click.option("--rounds", default=20, show_default=True,
-              help="Closed-loop tables: measured requests per client (aiperf --num-requests = rounds x concurrency).")
-@click.option("--client-delay-ms", default=1.0, show_default=True,
-              help="Closed-loop tables: mean client-to-engine delay per request (uniform on [0, 2 x mean]).")
+@_closed_loop_options
 @click.option("--output", default="outputs/validate.csv", show_default=True, type=click.Path(path_type=Path))
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
              engine_preset: str, rounds: int, client_delay_ms: float, output: Path, plot: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
-    from pdsim.validate.measured import is_closed_loop_table, read_closed_loop_table, read_measured
+    from pdsim.validate.measured import is_closed_loop_table, read_measured
 
     output.parent.mkdir(parents=True, exist_ok=True)
     opts = _sim_options(None, step_overhead_us)
     if is_closed_loop_table(measured):
-        from pdsim.perf.profile import profile_path
-        from pdsim.validate.closed_loop import ENGINE_PRESETS, format_rows, simulate_table
+        from pdsim.validate.closed_loop import format_rows
 
-        if rounds < 1:
-            raise PdsimError(f"--rounds: expected a positive number, got {rounds}")
-        if client_delay_ms < 0:
-            raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
-        opts.client_delay_s = client_delay_ms / 1e3
-
-        table = read_closed_loop_table(measured)
-        model = model or str(table["model_path"].iloc[0]) if "model_path" in table else model
-        if not model:
-            raise PdsimError("--model: needed (the table has no model_path column)")
-
-        def lookup(tp: int) -> str | None:
-            return str(profile_path(profile_dir, hardware, model, "bfloat16", tp)) if profile_dir else None
-
-        preset = ENGINE_PRESETS[engine_preset]
-
-        def engine(concurrency: int, isl: int) -> dict:
-            return {**preset(concurrency, isl), "async_scheduling": bool(async_scheduling)}
-
-        df = simulate_table(table, model, hardware, mem_gb, lookup, opts, rounds, engine)
+        simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
+                                          client_delay_ms, async_scheduling)
+        df = simulate(step_overhead_us)
         df.to_csv(output, index=False, float_format="%.4f")
         click.echo(format_rows(df))
         click.echo(f"wrote {output}")
@@ -106,35 +132,63 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
 
 @click.command("calibrate")
-@click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--cluster-config", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A per-request run (as for validate) or a closed-loop table.")
+@click.option("--cluster-config", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Cluster config of the measured engine (not needed for closed-loop tables).")
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--metric", type=click.Choice(["tpot_ms", "e2e_ms", "ttft_ms"]), default="tpot_ms", show_default=True,
-              help="Fit on this metric's mean/p50/p90; the others stay held out.")
+              help="Fit on this metric (per-request runs: its mean/p50/p90; tables: its per-row error); the "
+                   "others stay held out.")
+@click.option("--async-scheduling/--sync-scheduling", default=None,
+              help="As for validate.  [default: the run's meta.json, else the config's; sync for tables]")
+@_closed_loop_options
 @click.option("--out", default="outputs/calibration.json", show_default=True, type=click.Path(path_type=Path))
-def calibrate(measured: Path, cluster_config: Path, profile_dir: Path | None, metric: str, out: Path) -> None:
-    """Fit the per-step engine overhead to one measured run; writes it as JSON (config knob)."""
-    from pdsim.config import load_cluster_config
+def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, metric: str,
+              async_scheduling: bool | None, model: str | None, hardware: str, mem_gb: float, engine_preset: str,
+              rounds: int, client_delay_ms: float, out: Path) -> None:
+    """Fit the per-step engine overhead to one measured run or table; writes it as JSON (config knob),
+    with the in-sample and leave-one-out error."""
     from pdsim.validate.calibrate import fit_overhead
-    from pdsim.validate.compare import compare, replay
-    from pdsim.validate.measured import read_measured
+    from pdsim.validate.measured import is_closed_loop_table, read_measured
 
-    run = read_measured(measured)
-    cfg = load_cluster_config(cluster_config)
-    label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
+    if is_closed_loop_table(measured):
+        if metric == "e2e_ms":
+            raise PdsimError("--metric: closed-loop tables have ttft_ms and tpot_ms, not e2e_ms")
+        simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
+                                          client_delay_ms, async_scheduling)
+        column = {"tpot_ms": "tpot_err_pct", "ttft_ms": "ttft_err_pct"}[metric]
 
-    def errors_at(overhead_us: float):
-        table = compare(run, replay(cfg, run, _sim_options(profile_dir, overhead_us)))
-        sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
-        return sel.diff_pct.to_numpy()
+        def errors_at(overhead_us: float):
+            return simulate(overhead_us)[column].to_numpy()
+
+        what = f"{metric} per row"
+    else:
+        from pdsim.config import load_cluster_config
+        from pdsim.validate.compare import compare, replay
+
+        if cluster_config is None:
+            raise PdsimError("--cluster-config: needed to replay a per-request run")
+        run = read_measured(measured)
+        if async_scheduling is None:
+            async_scheduling, _ = run.async_scheduling()
+        cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling})
+        label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
+
+        def errors_at(overhead_us: float):
+            table = compare(run, replay(cfg, run, _sim_options(profile_dir, overhead_us)))
+            sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
+            return sel.diff_pct.to_numpy()
+
+        what = f"{metric} mean/p50/p90"
 
     fit = fit_overhead(errors_at)
     fit.update({"measured": str(measured), "metric": metric,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fit, indent=2) + "\n")
-    click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {metric} "
-               f"mean/p50/p90); wrote {out}")
+    click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
+               f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
 
 
 @click.command("import-aiconfigurator")
