@@ -405,3 +405,17 @@ def test_runs_are_identical_across_processes():
                              capture_output=True, text=True, timeout=300, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_async_scheduling_pd_matches_stepping():
+    # Hand-offs join decode runs in progress, past local recomputes stuck at the head of the
+    # queue: the fast path must stop where stepping would.
+    cfg = cluster(instance("prefill", 19.5, async_scheduling=True), instance("decode", 19.5, async_scheduling=True))
+    reqs = _pressure_trace(150, seed=3)
+    fast = simulate(cfg, reqs, SimOptions())
+    slow = simulate(cfg, reqs, SimOptions(max_decode_run_steps=1))
+    assert fast.instances[-1].sched.num_preemptions > 0
+    for a, b in zip(fast.requests, slow.requests):
+        assert a.status == b.status == "finished"
+        assert a.first_token_s == pytest.approx(b.first_token_s, rel=1e-12)
+        assert a.finish_s == pytest.approx(b.finish_s, rel=1e-12)

@@ -26,10 +26,10 @@ against 0.19.0; docs/validation.md has the rule table):
 
 Not modelled: prefix caching (vLLM keeps a preempted request's freed blocks as cache hits until
 they are evicted, so its recompute can be shorter), speculative decoding (`num_lookahead_tokens`),
-the null block vLLM keeps out of the pool, the step that async scheduling spends on requests that
-have just finished (their slot and blocks free a step later in vLLM), and KV allocation per request in list order (the
-decode cohort asks for its blocks as one group; the victims are the same unless partial
-prefills sit between decodes and memory runs out).
+the null block vLLM keeps out of the pool, the step late that async scheduling frees a finished
+request's slot and blocks, and KV allocation per request in list order (the decode cohort asks
+for its blocks as one group; the victims are the same unless partial prefills sit between
+decodes and memory runs out).
 """
 
 from __future__ import annotations
@@ -229,8 +229,9 @@ class Scheduler:
             # (After a preemption, the next step may admit the victim again: no run then.)
             limit = min(cohort.steps_to_next_finish(), self.max_decode_run_steps)
             plan.max_steps = 1 + cohort.max_steps_within(kv.free, 1, limit - 1)
-            if self.waiting and self.waiting[0].queued_s > self._cutoff:
-                plan.max_steps = 1  # async scheduling: it may join at the next decision
+            if self.waiting and self.waiting[-1].queued_s > self._cutoff:
+                # Async scheduling: the newest arrival (appended last) may join at the next decision.
+                plan.max_steps = 1
         return plan
 
     def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
