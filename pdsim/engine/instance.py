@@ -88,6 +88,7 @@ class Instance:
             prefill_only=spec.pd_type == "prefill",
             max_decode_run_steps=max_decode_run_steps,
             long_prefill_token_threshold=spec.long_prefill_token_threshold,
+            async_scheduling=spec.async_scheduling,
         )
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0
@@ -166,6 +167,8 @@ class Instance:
                 self._reserve_pending()
             cutoff = self._last_step_start if self.spec.async_scheduling else None
             plan = sched.schedule(env.now, cutoff)
+            if self.pending and sched.released_after_decision and plan.max_steps > 1:
+                plan.max_steps = 1  # the freed blocks may let a waiting hand-off in at the next step
             if plan.empty:
                 self._last_step_start = None
                 self._idle = True

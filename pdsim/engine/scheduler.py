@@ -21,15 +21,15 @@ against 0.19.0; docs/validation.md has the rule table):
   chunked prefill) a prompt larger than the budget left. Hand-offs whose KV has arrived go first
   (vLLM's `skipped_waiting` queue).
 - With async scheduling (`async_scheduling`, vLLM's `--async-scheduling`) a step is decided while
-  the previous one runs, so only requests queued before that step started can join; an idle
-  engine still starts at once.
+  the previous one runs, so only requests queued before that step started can join, and a
+  request that finished in that step still holds its slot and blocks; an idle engine still starts
+  at once.
 
 Not modelled: prefix caching (vLLM keeps a preempted request's freed blocks as cache hits until
 they are evicted, so its recompute can be shorter), speculative decoding (`num_lookahead_tokens`),
-the null block vLLM keeps out of the pool, the step late that async scheduling frees a finished
-request's slot and blocks, and KV allocation per request in list order (the decode cohort asks
-for its blocks as one group; the victims are the same unless partial prefills sit between
-decodes and memory runs out).
+the null block vLLM keeps out of the pool, and KV allocation per request in list order (the
+decode cohort asks for its blocks as one group; the victims are the same unless partial
+prefills sit between decodes and memory runs out).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class Scheduler:
         prefill_only: bool,
         max_decode_run_steps: int,
         long_prefill_token_threshold: int = 0,
+        async_scheduling: bool = False,
     ) -> None:
         self.kv = kv
         self.block_size = kv.block_size
@@ -94,7 +95,13 @@ class Scheduler:
         # Decoding requests the last step's budget ran out before (behind partial prefills in the
         # running list; needs a chunk cap that grew since they were admitted): out of the cohort.
         self.paused: dict[Request, None] = {}
-        self._cutoff = 0.0  # admission cutoff of the decision being made (see schedule)
+        self._cutoff = self._decided_s = 0.0  # the decision being made: admission cutoff, and when (see schedule)
+        # Async scheduling decides step n+1 before step n's output is processed, so a request that
+        # finished in step n still holds its slot and blocks for that decision: freed after it.
+        self.async_scheduling = async_scheduling
+        self._releasing_blocks = 0
+        self._releasing_slots = 0
+        self.released_after_decision = 0
         self.paused_kv_tokens = 0
         self._rejoined: set[Request] | frozenset[Request] = _NONE  # paused last step, back in the cohort now
         self.waiting_tokens = 0  # tokens the waiting requests still have to compute
@@ -111,6 +118,10 @@ class Scheduler:
 
 
 
+    @property
+    def _slots_taken(self) -> int:
+        return len(self.running) + self._releasing_slots
+
     def add_waiting(self, req: Request) -> None:
         self.waiting.append(req)
         if req.kv_ready:
@@ -119,7 +130,7 @@ class Scheduler:
 
     def could_admit(self, req: Request) -> bool:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
-        if len(self.running) >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
+        if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
             return False
         need = blocks_for(req.num_computed + min(self._chunk_cap(req.tokens_to_compute), self.max_num_batched_tokens),
                           self.block_size) - req.blocks
@@ -135,7 +146,10 @@ class Scheduler:
         scheduling decides step n+1 while step n runs, so a request that arrived during step n
         waits for step n+2. None: everything queued so far (synchronous scheduling)."""
         plan = StepPlan()
-        self._cutoff = now if admit_cutoff_s is None else admit_cutoff_s
+        self._decided_s = now if admit_cutoff_s is None else admit_cutoff_s
+        # 1 ns of slack: a fast-forwarded run sums its step times in another order than stepping does.
+        self._cutoff = now if admit_cutoff_s is None else admit_cutoff_s + 1e-9
+        self.released_after_decision = 0  # blocks of finished requests freed once it was taken
         kv = self.kv
         cohort = self.cohort
         preempted = False
@@ -216,8 +230,11 @@ class Scheduler:
         # still has work: with nothing left running, the next step would admit them anyway.
         if not preempted or plan.empty:
             self._admit_waiting(plan, budget, now)
-        if not plan.prefill and not cohort.n and self.waiting and self._cutoff < now:
-            self._cutoff = now  # nothing would run: the idle engine schedules what has arrived at once
+        if not plan.prefill and not cohort.n and self.waiting and (self._cutoff < now or self._releasing_slots):
+            # Nothing would run: with no step in flight the engine has processed the last output
+            # (freeing what finished) and schedules what has arrived at once.
+            self._release_finished()
+            self._cutoff = self._decided_s = now
             self._admit_waiting(plan, budget, now)
 
         plan.n_decode = cohort.n
@@ -232,7 +249,16 @@ class Scheduler:
             if self.waiting and self.waiting[-1].queued_s > self._cutoff:
                 # Async scheduling: the newest arrival (appended last) may join at the next decision.
                 plan.max_steps = 1
+        self._release_finished()
+        if self.released_after_decision and self.waiting:
+            plan.max_steps = 1  # what was freed may let a waiting request in at the next decision
         return plan
+
+    def _release_finished(self) -> None:
+        if self._releasing_slots:
+            self.kv.release(self._releasing_blocks)
+            self.released_after_decision += self._releasing_blocks
+            self._releasing_blocks = self._releasing_slots = 0
 
     def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
         # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
@@ -240,13 +266,13 @@ class Scheduler:
         # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
         if self.num_waiting_kv_ready:
             for req in [r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff]:
-                if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                if budget <= 0 or self._slots_taken >= self.max_num_seqs:
                     return
                 self.waiting.remove(req)
                 self.num_waiting_kv_ready -= 1
                 budget -= self._start(req, 1, now, plan)
         # Then first come, first served, stopping at the first request that does not fit.
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        while self.waiting and budget > 0 and self._slots_taken < self.max_num_seqs:
             req = self.waiting[0]
             if req.queued_s > self._cutoff:
                 break
@@ -267,7 +293,7 @@ class Scheduler:
         req.blocks += need
         self.running[req] = None
         if req.first_scheduled_s is None:
-            req.first_scheduled_s = self._cutoff  # when the decision was taken (a step early when async)
+            req.first_scheduled_s = self._decided_s  # when the decision was taken (a step early when async)
         req.status = "running"
         if req.kv_ready:
             # A handed-off request whose KV has arrived: it decodes from this step on.
@@ -343,7 +369,11 @@ class Scheduler:
         return out
 
     def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
-        self.kv.release(req.blocks)
+        if self.async_scheduling:
+            self._releasing_blocks += req.blocks
+            self._releasing_slots += 1
+        else:
+            self.kv.release(req.blocks)
         req.blocks = 0
         req.finish_s = now
         req.status = "finished"
