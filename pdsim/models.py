@@ -8,12 +8,11 @@ Only dense decoder-only architectures whose layer shapes we count exactly are ac
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdsim.errors import PdsimError
+from pdsim.errors import PdsimError, read_json_object
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 
@@ -129,13 +128,7 @@ def _load_model(name: str, root: Path) -> ModelSpec:
     if not path.is_file() or root not in path.resolve().parents:
         known = ", ".join(known_models(root)) or "(none)"
         raise PdsimError(f"unknown model {name!r}; known models: {known} (configs in {root})")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PdsimError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise PdsimError(f"{path}: expected a JSON object")
-    return _spec_from_hf(name, path, raw)
+    return _spec_from_hf(name, path, read_json_object(path))
 
 
 def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:

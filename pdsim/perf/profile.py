@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsim.errors import ProfileError
+from pdsim.errors import ProfileError, read_json_object
 from pdsim.perf.interp import Table1D, Table2D, TableND
 
 FORMAT_NAME = "pdsim-profile"
@@ -194,14 +194,31 @@ def _full_grid(path: Path, rows: Sequence[tuple[float, float, float]], axes: tup
 # ---------------------------------------------------------------- pdsim format
 
 
+def _read_op_tables(folder: Path, op_column: str) -> tuple[dict[str, Table1D], dict[str, Table1D]]:
+    """dense.csv (by tokens) and per_sequence.csv (by sequences), one table per op; both formats
+    share the layout and differ only in the name of the op column."""
+    p = folder / "dense.csv"
+    dense = _tables_by_op(
+        p,
+        _read_csv(p, (op_column, "tokens", "time_us"), ("tokens", "time_us")),
+        DENSE_OPS,
+        [op for op in DENSE_OPS if op not in OPTIONAL_DENSE_OPS],
+        "tokens",
+    )
+    p = folder / "per_sequence.csv"
+    per_seq = _tables_by_op(
+        p,
+        _read_csv(p, (op_column, "sequences", "time_us"), ("sequences", "time_us")),
+        PER_SEQUENCE_OPS,
+        PER_SEQUENCE_OPS,
+        "sequences",
+    )
+    return dense, per_seq
+
+
 def _read_pdsim(root: Path) -> Profile:
     meta_path = root / "meta.json"
-    try:
-        raw = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{meta_path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{meta_path}: expected a JSON object")
+    raw = read_json_object(meta_path, ProfileError)
     if raw.get("format", FORMAT_NAME) != FORMAT_NAME or raw.get("format_version", 1) != FORMAT_VERSION:
         raise ProfileError(
             f"{meta_path}: format {raw.get('format')!r} version {raw.get('format_version')!r}; "
@@ -236,22 +253,7 @@ def _read_pdsim(root: Path) -> Profile:
         path=str(root),
         fmt="pdsim",
     )
-    dense_path = root / "dense.csv"
-    dense = _tables_by_op(
-        dense_path,
-        _read_csv(dense_path, ("op", "tokens", "time_us"), ("tokens", "time_us")),
-        DENSE_OPS,
-        [op for op in DENSE_OPS if op not in OPTIONAL_DENSE_OPS],
-        "tokens",
-    )
-    seq_path = root / "per_sequence.csv"
-    per_seq = _tables_by_op(
-        seq_path,
-        _read_csv(seq_path, ("op", "sequences", "time_us"), ("sequences", "time_us")),
-        PER_SEQUENCE_OPS,
-        PER_SEQUENCE_OPS,
-        "sequences",
-    )
+    dense, per_seq = _read_op_tables(root, "op")
     cols = ("chunk_tokens", "kv_prefix_tokens", "time_us")
     p = root / "attention_prefill.csv"
     prefill = _full_grid(p, _read_csv(p, cols, cols), cols[:2])
@@ -313,22 +315,7 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         path=str(tp_dir),
         fmt="llmservingsim",
     )
-    p = tp_dir / "dense.csv"
-    dense = _tables_by_op(
-        p,
-        _read_csv(p, ("layer", "tokens", "time_us"), ("tokens", "time_us")),
-        DENSE_OPS,
-        [op for op in DENSE_OPS if op not in OPTIONAL_DENSE_OPS],
-        "tokens",
-    )
-    p = tp_dir / "per_sequence.csv"
-    per_seq = _tables_by_op(
-        p,
-        _read_csv(p, ("layer", "sequences", "time_us"), ("sequences", "time_us")),
-        PER_SEQUENCE_OPS,
-        PER_SEQUENCE_OPS,
-        "sequences",
-    )
+    dense, per_seq = _read_op_tables(tp_dir, "layer")
     p = tp_dir / "attention.csv"
     cols = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us")
     arr = np.array(_read_csv(p, cols, cols), dtype=np.float64)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pdsim.errors import PdsimError
+from pdsim.errors import PdsimError, read_json_object
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]
 
@@ -108,15 +108,8 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         "e2e_ms": (df.last_token_ts - df.queued_ts) * 1e3,
     })
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
-    meta = {}
     meta_path = p.with_name("meta.json")
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise PdsimError(f"{meta_path}: not valid JSON ({e.msg})") from None
-        if not isinstance(meta, dict):
-            raise PdsimError(f"{meta_path}: expected a JSON object")
+    meta = read_json_object(meta_path) if meta_path.is_file() else {}
     return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"], engine_meta=meta)
 
 
