@@ -139,7 +139,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
         profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
         step_overhead_us=step_overhead_us, max_sim_time_s=max_sim_time,
         sample_interval_s=log_interval or 1.0, concurrency=concurrency, ttft_mode=ttft_mode,
-        client_delay_s=client_delay_ms / 1e3 if concurrency is not None else 0.0,
+        client_delay_s=client_delay_ms / 1e3,  # used by the closed loop only
     )
     bar = ProgressBar("simulating", enabled=False if quiet else None)
     last: dict[str, tuple[float, int, int]] = {}

@@ -167,8 +167,8 @@ class Instance:
                 self._reserve_pending()
             cutoff = self._last_step_start if self.spec.async_scheduling else None
             plan = sched.schedule(env.now, cutoff)
-            if self.pending and sched.released_after_decision and plan.max_steps > 1:
-                plan.max_steps = 1  # the freed blocks may let a waiting hand-off in at the next step
+            if sched.released_after_decision and (sched.waiting or self.pending):
+                plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if plan.empty:
                 self._last_step_start = None
                 self._idle = True

@@ -95,7 +95,7 @@ class Scheduler:
         # Decoding requests the last step's budget ran out before (behind partial prefills in the
         # running list; needs a chunk cap that grew since they were admitted): out of the cohort.
         self.paused: dict[Request, None] = {}
-        self._cutoff = self._decided_s = 0.0  # the decision being made: admission cutoff, and when (see schedule)
+        self._decided_s = 0.0  # when the decision being made was taken (see schedule)
         # Async scheduling decides step n+1 before step n's output is processed, so a request that
         # finished in step n still holds its slot and blocks for that decision: freed after it.
         self.async_scheduling = async_scheduling
@@ -117,6 +117,12 @@ class Scheduler:
         return self.waiting_tokens + self.prefilling_kv_tokens + self.cohort.kv_sum + self.paused_kv_tokens
 
 
+
+    @property
+    def _cutoff(self) -> float:
+        """Requests queued up to this time may be admitted; 1 ns of slack, as a fast-forwarded run
+        sums its step times in another order than stepping one by one does."""
+        return self._decided_s + 1e-9
 
     @property
     def _slots_taken(self) -> int:
@@ -147,8 +153,6 @@ class Scheduler:
         waits for step n+2. None: everything queued so far (synchronous scheduling)."""
         plan = StepPlan()
         self._decided_s = now if admit_cutoff_s is None else admit_cutoff_s
-        # 1 ns of slack: a fast-forwarded run sums its step times in another order than stepping does.
-        self._cutoff = now if admit_cutoff_s is None else admit_cutoff_s + 1e-9
         self.released_after_decision = 0  # blocks of finished requests freed once it was taken
         kv = self.kv
         cohort = self.cohort
@@ -230,11 +234,11 @@ class Scheduler:
         # still has work: with nothing left running, the next step would admit them anyway.
         if not preempted or plan.empty:
             self._admit_waiting(plan, budget, now)
-        if not plan.prefill and not cohort.n and self.waiting and (self._cutoff < now or self._releasing_slots):
+        if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing_slots):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished) and schedules what has arrived at once.
             self._release_finished()
-            self._cutoff = self._decided_s = now
+            self._decided_s = now
             self._admit_waiting(plan, budget, now)
 
         plan.n_decode = cohort.n
@@ -250,8 +254,6 @@ class Scheduler:
                 # Async scheduling: the newest arrival (appended last) may join at the next decision.
                 plan.max_steps = 1
         self._release_finished()
-        if self.released_after_decision and self.waiting:
-            plan.max_steps = 1  # what was freed may let a waiting request in at the next decision
         return plan
 
     def _release_finished(self) -> None:

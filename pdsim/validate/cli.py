@@ -71,6 +71,20 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     return simulate
 
 
+def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | None):
+    """The measured engine's cluster config, scheduling as the run did: the option, else what the
+    run's meta.json says (noted in the run's notes), else the config's."""
+    from pdsim.config import load_cluster_config
+
+    if cluster_config is None:
+        raise PdsimError("--cluster-config: needed to replay a per-request run")
+    if async_scheduling is None:
+        async_scheduling, why = run.async_scheduling()
+        if async_scheduling is not None:
+            run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
+    return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling})
+
+
 @click.command("validate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
               help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, or a closed-loop CSV "
@@ -97,7 +111,6 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     from pdsim.validate.measured import is_closed_loop_table, read_measured
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    opts = _sim_options(None, step_overhead_us)
     if is_closed_loop_table(measured):
         from pdsim.validate.closed_loop import format_rows
 
@@ -108,19 +121,11 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         click.echo(format_rows(df))
         click.echo(f"wrote {output}")
         return
-    from pdsim.config import load_cluster_config
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
-    if cluster_config is None:
-        raise PdsimError("--cluster-config: needed to replay a per-request run")
     run = read_measured(measured, clock)
-    opts.profile_dir = str(profile_dir) if profile_dir else None
-    if async_scheduling is None:
-        async_scheduling, why = run.async_scheduling()
-        if async_scheduling is not None:
-            run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
-    cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling})
-    result = replay(cfg, run, opts, str(cluster_config))
+    cfg = _replay_config(cluster_config, run, async_scheduling)
+    result = replay(cfg, run, _sim_options(profile_dir, step_overhead_us), str(cluster_config))
     table = compare(run, result)
     table.to_csv(output, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
@@ -164,15 +169,10 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 
         what = f"{metric} per row"
     else:
-        from pdsim.config import load_cluster_config
         from pdsim.validate.compare import compare, replay
 
-        if cluster_config is None:
-            raise PdsimError("--cluster-config: needed to replay a per-request run")
         run = read_measured(measured)
-        if async_scheduling is None:
-            async_scheduling, _ = run.async_scheduling()
-        cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling})
+        cfg = _replay_config(cluster_config, run, async_scheduling)
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
