@@ -20,9 +20,12 @@ a prefill of T tokens with prefix 0; profiles/README.md) and added per layer to 
 tokens, whatever its mix.
 
 Decode KV skew: the tables hold uniform decode batches, looked up at the mean KV. A batch whose
-longest member has KV `kv_max` costs a little more (attention kernels split work by sequence, so
-the longest one sets the tail): attn += alpha * (attn(kv_max) - attn(kv_mean)), alpha from the
-profile (LLMServingSim's skew fit, `alpha_default` of the instance's tp in meta.yaml) unless given.
+longest member has KV `kv_max` costs more (attention kernels split work by sequence, so the
+longest one sets the tail): attn += alpha * (attn(kv_max) - attn(kv_mean)). alpha comes from the
+profile, LLMServingSim's skew fit: its per-bucket table (`skew_fit.csv`) by decode batch size,
+prefill chunk tokens and prefill prefix -- alpha is near 1 for a few decodes beside a prefill
+chunk and a few hundredths for a hundred decodes -- else `alpha_default` of the instance's tp in
+meta.yaml. A given alpha (config `decode_skew_alpha`) replaces all of it.
 
 The overhead terms are the engine's CPU time per step that no kernel table sees (scheduling,
 input preparation, output processing): a fixed part and a part per scheduled sequence. They are
@@ -70,7 +73,7 @@ class StepTimePredictor:
         # alpha for mixed steps, and per decode batch size for decode-only steps (the profile's
         # per-bucket fit, when it has one, is much sharper there than its one overall alpha).
         self.skew_alpha = profile_skew_alpha(profile) if skew_alpha is None else float(skew_alpha)
-        self._decode_alpha_by_n = profile_decode_skew_alphas(profile) if skew_alpha is None else {}
+        self._skew_fit = SkewFit.read(profile) if skew_alpha is None else None
         self._decode_alpha_cache: dict[int, float] = {}
         self.estimated: bool = profile.estimated
         self.profile_path: str = profile.meta.path
@@ -172,19 +175,19 @@ class StepTimePredictor:
     def _decode_alpha(self, n_decode: int) -> float:
         alpha = self._decode_alpha_cache.get(n_decode)
         if alpha is None:
-            alpha = self.skew_alpha
-            for upper, a in sorted(self._decode_alpha_by_n.items()):
-                if n_decode <= upper:
-                    alpha = a
-                    break
+            alpha = self._mixed_alpha(0, 0, n_decode)
             self._decode_alpha_cache[n_decode] = alpha
         return alpha
+
+    def _mixed_alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float:
+        alpha = self._skew_fit.alpha(chunk_sum, prefix_sum, n_decode) if self._skew_fit else None
+        return self.skew_alpha if alpha is None else alpha
 
     def _skewed_max(self, n_decode: int, kv_decode_sum: int, kv_decode_max: int | None) -> int | None:
         """kv_decode_max when the skew term applies to this batch, else None (uniform lookup)."""
         if kv_decode_max is None or n_decode <= 1 or kv_decode_max * n_decode <= kv_decode_sum:
             return None
-        if not (self.skew_alpha or self._decode_alpha_by_n):
+        if not (self.skew_alpha or self._skew_fit):
             return None
         return kv_decode_max
 
@@ -230,7 +233,7 @@ class StepTimePredictor:
                 attn = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), kv_mean)
                 if kv_max is not None:
                     at_max = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), float(kv_max))
-                    attn += self.skew_alpha * (at_max - attn)
+                    attn += self._mixed_alpha(chunk_sum, prefix_sum, n_decode) * (at_max - attn)
             else:
                 attn = self._decode_attn_us(n_decode, kv_decode_sum / n_decode, kv_max)
         else:
@@ -315,31 +318,94 @@ def profile_skew_alpha(profile: Profile) -> float:
     return float(m.group(2)) if m else 0.0
 
 
-def profile_decode_skew_alphas(profile: Profile) -> dict[int, float]:
-    """Decode-only skew alphas by batch-size bucket {upper n: alpha} from LLMServingSim's
-    `skew_fit.csv`: the rows of pure decode batches (pc 0, kp=0) whose longest member is an
-    outlier (skew rate <= 5%: the cohort knows its max, not how many share it), averaged over the
-    KV-size buckets weighted by their sample counts. Empty when the profile has no such table."""
-    if profile.meta.fmt != "llmservingsim":
-        return {}
-    path = Path(profile.meta.path) / "skew_fit.csv"
-    if not path.is_file():
-        return {}
-    sums: dict[int, list[float]] = {}
-    with path.open() as f:
-        header = f.readline().strip().split(",")
-        col = {c: i for i, c in enumerate(header)}
-        if not {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"} <= col.keys():
-            return {}
-        for line in f:
-            r = line.strip().split(",")
-            if len(r) < len(header) or r[col["pc"]] != "0" or r[col["kp_label"]] != "kp=0":
-                continue
-            m = re.fullmatch(r"n<=(\d+)", r[col["n_label"]])
-            if not m or r[col["skew_rate_label"]] != "sr<=5%":
-                continue
-            w = float(r[col["n_samples"]])
-            acc = sums.setdefault(int(m.group(1)), [0.0, 0.0])
-            acc[0] += w * float(r[col["alpha"]])
-            acc[1] += w
-    return {n: a / w for n, (a, w) in sums.items() if w > 0}
+class SkewFit:
+    """LLMServingSim's per-bucket decode-skew fit (`skew_fit.csv` beside the tables): alpha by
+    prefill chunk tokens (`pc`, a profiled grid point; 0 for decode-only steps), decode batch-size
+    bucket (`n<=N`), skew-rate bucket (the share of the batch at the long KV, `sr<=P%`),
+    prefill-prefix bucket (`kp=0`, `kp<=N`) and longest-KV bucket.
+
+    pdsim's batches know their longest decode, not how many share it, so a batch of n is taken as
+    one long member among n: the skew-rate bucket that holds 1/n. The longest-KV buckets are
+    averaged, weighted by their sample counts. Between two profiled chunk sizes alpha is
+    interpolated linearly; outside them it is the nearest one's."""
+
+    def __init__(self, alphas: dict[tuple[float, float, float], dict[int, float]]):
+        # (n bucket upper, skew-rate bucket upper, kp bucket upper) -> (profiled pcs, their alphas)
+        self._by_bucket = {
+            key: (np.array(sorted(by_pc), dtype=float), np.array([by_pc[pc] for pc in sorted(by_pc)]))
+            for key, by_pc in alphas.items()
+        }
+        self._n_uppers = sorted({n for n, _, _ in alphas})
+        self._sr_uppers = sorted({sr for _, sr, _ in alphas})
+        self._kp_uppers = sorted({kp for _, _, kp in alphas})
+        self._cache: dict[tuple[int, int, int], float | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_bucket)
+
+    @classmethod
+    def read(cls, profile: Profile) -> SkewFit | None:
+        """The profile's fit; None for profiles without one (pdsim's own, aiconfigurator's)."""
+        if profile.meta.fmt != "llmservingsim":
+            return None
+        path = Path(profile.meta.path) / "skew_fit.csv"
+        if not path.is_file():
+            return None
+        sums: dict[tuple[float, float, float, int], list[float]] = {}
+        with path.open() as f:
+            header = f.readline().strip().split(",")
+            col = {c: i for i, c in enumerate(header)}
+            if not {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"} <= col.keys():
+                return None
+            for line in f:
+                r = line.strip().split(",")
+                if len(r) < len(header) or not r[col["pc"]].isdigit():
+                    continue
+                n_upper = _bucket_upper(r[col["n_label"]], "n")
+                sr_upper = _bucket_upper(r[col["skew_rate_label"]], "sr")
+                kp_upper = _bucket_upper(r[col["kp_label"]], "kp")
+                if n_upper is None or sr_upper is None or kp_upper is None:
+                    continue
+                w = float(r[col["n_samples"]])
+                acc = sums.setdefault((n_upper, min(sr_upper, 1.0), kp_upper, int(r[col["pc"]])), [0.0, 0.0])
+                acc[0] += w * float(r[col["alpha"]])
+                acc[1] += w
+        alphas: dict[tuple[float, float, float], dict[int, float]] = {}
+        for (n_upper, sr_upper, kp_upper, pc), (a, w) in sums.items():
+            if w > 0:
+                alphas.setdefault((n_upper, sr_upper, kp_upper), {})[pc] = a / w
+        return cls(alphas)
+
+    def alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float | None:
+        """alpha for a step of n_decode decodes beside prefill chunks of chunk_sum new tokens on
+        prefix_sum cached ones (0, 0: a decode-only step); None where the fit has no bucket."""
+        key = (chunk_sum, prefix_sum, n_decode)
+        if key in self._cache:
+            return self._cache[key]
+        n_upper = next((u for u in self._n_uppers if n_decode <= u), None)
+        sr_upper = next((u for u in self._sr_uppers if 1.0 / max(n_decode, 1) <= u), None)
+        kp_upper = next((u for u in self._kp_uppers if prefix_sum <= u), None)
+        found = self._by_bucket.get((n_upper, sr_upper, kp_upper))
+        alpha = None
+        if found is not None:
+            pcs, values = found
+            if chunk_sum == 0:
+                alpha = float(values[0]) if pcs[0] == 0 else None
+            else:
+                mixed = pcs > 0  # a decode-only step is no end point for a mixed one
+                if mixed.any():
+                    alpha = float(np.interp(chunk_sum, pcs[mixed], values[mixed]))
+        self._cache[key] = alpha
+        return alpha
+
+
+def _bucket_upper(label: str, axis: str) -> float | None:
+    """Upper bound of a skew-fit bucket label: `n<=128` -> 128, `kp<=2k` -> 2048, `kp=0` -> 0,
+    `sr<=5%` -> 0.05, `kp>8k` -> inf; None for anything else."""
+    m = re.fullmatch(rf"{axis}(<=|=|>)(\d+)(k|%)?", label)
+    if not m:
+        return None
+    if m.group(1) == ">":
+        return float("inf")
+    value = int(m.group(2))
+    return value / 100 if m.group(3) == "%" else float(value * (1024 if m.group(3) == "k" else 1))
