@@ -102,6 +102,8 @@ class Instance:
         self._idle = False
         self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
         self._last_step_start: float | None = None  # None: no step ended since the engine idled
+        self._not_picked_up: list[Request] = []  # arrived since the last decision
+        self._last_steps: tuple[float, np.ndarray] | None = None  # (end, durations) since the last decision
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
@@ -116,6 +118,8 @@ class Instance:
     def submit(self, req: Request) -> None:
         """A request that starts (or, after its KV arrived, continues) on this instance."""
         req.queued_s = self.env.now
+        if req.picked_up_s is None:
+            self._not_picked_up.append(req)
         self.sched.add_waiting(req)
         if self._idle or (self._run is not None and self.sched.could_admit(req)):
             self._wake_up()
@@ -165,12 +169,15 @@ class Instance:
         while True:
             if self.pending:
                 self._reserve_pending()
+            if self._not_picked_up:
+                self._pick_up()
             cutoff = self._last_step_start if self.spec.async_scheduling else None
             plan = sched.schedule(env.now, cutoff)
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if plan.empty:
                 self._last_step_start = None
+                self._last_steps = None
                 self._idle = True
                 self._wake = env.event()
                 yield self._wake
@@ -208,7 +215,22 @@ class Instance:
                     durations = durations[:steps]
             self._after_steps(plan, durations, steps)
 
+    def _pick_up(self) -> None:
+        # A real engine looks at its input between any two steps; a run of decode steps passed in
+        # one event still had those boundaries.
+        now = self.env.now
+        for req in self._not_picked_up:
+            req.picked_up_s = now
+            if self._last_steps is not None:
+                end, durations = self._last_steps
+                ends = end - float(durations.sum()) + np.cumsum(durations)
+                k = int(np.searchsorted(ends, req.queued_s, side="left"))
+                if k < len(ends):
+                    req.picked_up_s = float(ends[k])
+        self._not_picked_up.clear()
+
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
+        self._last_steps = (self.env.now, durations[:steps])
         outcome = self.sched.complete(plan, steps, self.env.now)
         self._last_step_start = self.env.now - float(durations[steps - 1])
         stats = self.stats

@@ -49,6 +49,9 @@ class Request:
     # proxy (which drops the prefill instance's token) receives its first token.
     decode_first_token_s: float | None = None
     queued_s: float = 0.0  # when it last entered an instance's waiting queue
+    # When the engine first took it in: the first scheduling decision at or after its arrival
+    # (vLLM stamps `queued_ts` there, between steps; the engine clock's latencies start from it).
+    picked_up_s: float | None = None
     preemptions: int = 0
     status: str = "queued"
     reason: str = ""

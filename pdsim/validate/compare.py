@@ -54,10 +54,19 @@ def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, f
     return out
 
 
+def simulated_requests(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
+    """The finished simulated requests, with TTFT and E2E from the origin the measured run uses."""
+    sim = requests_frame(result)
+    if measured.latency_origin == "pickup":
+        picked = {r.id: r.picked_up_s for r in result.requests}
+        wait_ms = (sim.request_id.map(picked).astype(float) - sim.arrival_s) * 1e3
+        sim = sim.assign(ttft_ms=sim.ttft_ms - wait_ms, e2e_ms=sim.e2e_ms - wait_ms)
+    return sim[sim.status == "finished"]
+
+
 def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     """One row per (metric, statistic): measured, simulated, and the difference in %."""
-    sim = requests_frame(result)
-    sim = sim[sim.status == "finished"]
+    sim = simulated_requests(measured, result)
     mea = measured.requests
     rows = []
     for key, label in METRICS:
@@ -101,8 +110,7 @@ def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sim = requests_frame(result)
-    sim = sim[sim.status == "finished"]
+    sim = simulated_requests(measured, result)
     written = []
     for key, label in METRICS:
         if key == "itl_ms":

@@ -37,6 +37,9 @@ class MeasuredRun:
     notes: list[str] = field(default_factory=list)
     # What the engine beside the run says about itself (meta.json: vllm_version, engine_kwargs).
     engine_meta: dict = field(default_factory=dict)
+    # Where TTFT and E2E start: "arrival" (the client sent it) or "pickup" (the engine first took it
+    # in, between two steps: vLLM's `queued_ts`).
+    latency_origin: str = "arrival"
 
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
@@ -75,9 +78,12 @@ def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
 def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     """Per-request engine timestamps. Latencies are taken on the engine clock (`queued_ts` to
     `first_token_ts` / `last_token_ts`): `arrival_time` is the client's wall clock, another clock.
+    vLLM stamps `queued_ts` when its engine loop takes the request in, between two steps, so the
+    latencies exclude the wait for the step in progress; the simulated ones are then taken from
+    the simulated pick-up too (`latency_origin`).
 
     clock: which arrival times the replay uses, relative to the first request: "engine"
-    (`queued_ts`, when the engine saw the request, consistent with the latencies) or "client"
+    (`queued_ts`: already aligned to the measured engine's step boundaries) or "client"
     (`arrival_time`, when the benchmark sent it).
     """
     p = Path(path)
@@ -110,7 +116,8 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
-    return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"], engine_meta=meta)
+    return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"], engine_meta=meta,
+                       latency_origin="pickup")
 
 
 def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
