@@ -218,15 +218,12 @@ class Instance:
     def _pick_up(self) -> None:
         # A real engine looks at its input between any two steps; a run of decode steps passed in
         # one event still had those boundaries.
-        now = self.env.now
+        ends = np.array([self.env.now])
+        if self._last_steps is not None:
+            end, durations = self._last_steps
+            ends = np.append(end - float(durations.sum()) + np.cumsum(durations), self.env.now)
         for req in self._not_picked_up:
-            req.picked_up_s = now
-            if self._last_steps is not None:
-                end, durations = self._last_steps
-                ends = end - float(durations.sum()) + np.cumsum(durations)
-                k = int(np.searchsorted(ends, req.queued_s, side="left"))
-                if k < len(ends):
-                    req.picked_up_s = float(ends[k])
+            req.picked_up_s = float(ends[min(int(np.searchsorted(ends, req.queued_s)), len(ends) - 1)])
         self._not_picked_up.clear()
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
