@@ -207,7 +207,9 @@ def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp:
 
     root = systems_dir or find_systems_dir()
     if root is None:
-        raise PdsimError("--systems-dir: not given and no aiconfigurator package installed")
+        raise PdsimError("--systems-dir: not given, and no aiconfigurator database is installed "
+                         "(pip install -e '.[aiconfigurator]' installs aiconfigurator-core, or give the "
+                         "folder that holds <system>/gemm, <system>/attention, ...)")
     spec = load_model(model)
     for n in tp:
         click.echo(f"wrote {import_profile(root, system, spec, n, out, dtype)}")
