@@ -209,7 +209,7 @@ def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp:
     if root is None:
         raise PdsimError("--systems-dir: not given, and no aiconfigurator database is installed "
                          "(pip install -e '.[aiconfigurator]' installs aiconfigurator-core, or give the "
-                         "folder that holds <system>/gemm, <system>/attention, ...)")
+                         "database folder: <system>/gemm/... or gemm/... directly)")
     spec = load_model(model)
     for n in tp:
         click.echo(f"wrote {import_profile(root, system, spec, n, out, dtype)}")
