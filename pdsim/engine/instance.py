@@ -101,9 +101,9 @@ class Instance:
         self._wake: simpy.Event | None = None
         self._idle = False
         self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
-        self._last_step_start: float | None = None  # None: no step ended since the engine idled
         self._not_picked_up: list[Request] = []  # arrived since the last decision
-        self._last_steps: tuple[float, np.ndarray] | None = None  # (end, durations) since the last decision
+        # (end, durations) of the steps since the last decision; None: none since the engine idled
+        self._last_steps: tuple[float, np.ndarray] | None = None
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
@@ -171,12 +171,11 @@ class Instance:
                 self._reserve_pending()
             if self._not_picked_up:
                 self._pick_up()
-            cutoff = self._last_step_start if self.spec.async_scheduling else None
+            cutoff = self._last_step_start() if self.spec.async_scheduling else None
             plan = sched.schedule(env.now, cutoff)
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if plan.empty:
-                self._last_step_start = None
                 self._last_steps = None
                 self._idle = True
                 self._wake = env.event()
@@ -215,6 +214,12 @@ class Instance:
                     durations = durations[:steps]
             self._after_steps(plan, durations, steps)
 
+    def _last_step_start(self) -> float | None:
+        if self._last_steps is None:
+            return None
+        end, durations = self._last_steps
+        return end - float(durations[-1])
+
     def _pick_up(self) -> None:
         # A real engine looks at its input between any two steps; a run of decode steps passed in
         # one event still had those boundaries.
@@ -229,7 +234,6 @@ class Instance:
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
         self._last_steps = (self.env.now, durations[:steps])
         outcome = self.sched.complete(plan, steps, self.env.now)
-        self._last_step_start = self.env.now - float(durations[steps - 1])
         stats = self.stats
         stats.steps += steps
         busy_s = float(durations.sum())
