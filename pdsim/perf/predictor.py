@@ -70,11 +70,10 @@ class StepTimePredictor:
         self.hardware = hardware
         self.step_overhead_us = float(step_overhead_us)
         self.step_overhead_per_seq_us = float(step_overhead_per_seq_us)
-        # alpha for mixed steps, and per decode batch size for decode-only steps (the profile's
-        # per-bucket fit, when it has one, is much sharper there than its one overall alpha).
+        # The profile's overall alpha, and its per-bucket fit (by batch size, prefill chunk and
+        # prefix), which is much sharper where it has the bucket; a given alpha replaces both.
         self.skew_alpha = profile_skew_alpha(profile) if skew_alpha is None else float(skew_alpha)
         self._skew_fit = SkewFit.read(profile) if skew_alpha is None else None
-        self._decode_alpha_cache: dict[int, float] = {}
         self.estimated: bool = profile.estimated
         self.profile_path: str = profile.meta.path
         self.num_layers = model.num_layers
@@ -169,17 +168,11 @@ class StepTimePredictor:
         table = self._decode_slice(n_decode)
         attn = table.eval_sorted(np.array([kv_mean]))
         if kv_max is not None:
-            attn = attn + self._decode_alpha(n_decode) * (table.eval_sorted(np.array([float(kv_max)])) - attn)
+            attn = attn + self._mixed_alpha(0, 0, n_decode) * (table.eval_sorted(np.array([float(kv_max)])) - attn)
         return float(attn[0])
 
-    def _decode_alpha(self, n_decode: int) -> float:
-        alpha = self._decode_alpha_cache.get(n_decode)
-        if alpha is None:
-            alpha = self._mixed_alpha(0, 0, n_decode)
-            self._decode_alpha_cache[n_decode] = alpha
-        return alpha
-
     def _mixed_alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float:
+        """The skew alpha of a step (0, 0: decode-only); SkewFit memoises its lookups."""
         alpha = self._skew_fit.alpha(chunk_sum, prefix_sum, n_decode) if self._skew_fit else None
         return self.skew_alpha if alpha is None else alpha
 
@@ -268,7 +261,7 @@ class StepTimePredictor:
         kv_max = self._skewed_max(n_decode, kv_decode_sum, kv_decode_max)
         if kv_max is not None:
             # The gap max - mean stays constant over the run, so the skew applies to every step.
-            attn = attn + self._decode_alpha(n_decode) * (table.eval_sorted(kv_max + steps) - attn)
+            attn = attn + self._mixed_alpha(0, 0, n_decode) * (table.eval_sorted(kv_max + steps) - attn)
         return (self._nonattn_us(n_decode, n_decode) + self.num_layers * attn) * 1e-6
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024) -> int:
