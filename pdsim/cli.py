@@ -169,7 +169,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
 
     source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
     df = requests_frame(result)
-    summary = summarize(result, df, wall_s=wall_s)
+    summary = summarize(result, df, wall_s=wall_s, concurrency=concurrency)
     summary["cluster_config"] = str(cluster_config)
     summary["dataset"] = str(source)
     summary["concurrency"] = concurrency

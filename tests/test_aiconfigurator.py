@@ -54,3 +54,13 @@ def test_h100_qwen3_32b_closed_loop(profiles):
                            SimOptions(step_overhead_us=STEP_OVERHEAD_US, client_delay_s=0.001),
                            engine="vllm-serve")
     assert mape(serve.ttft_err_pct) > mape(df[df.tp == 8].ttft_err_pct) + 10
+
+
+def test_every_mapped_system_has_a_hardware_spec():
+    # The element-wise ops the database lacks are estimated from the pdsim hardware spec, so a
+    # system mapped to a name without one would fail at import time.
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.aiconfigurator import SYSTEM_HARDWARE
+
+    missing = {system: name for system, name in SYSTEM_HARDWARE.items() if get_hardware(name) is None}
+    assert not missing

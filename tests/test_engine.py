@@ -188,6 +188,25 @@ def test_closed_loop_client_delay_counts_in_ttft_and_is_seeded():
     assert np.allclose(slow.tpot_ms, base.tpot_ms)
 
 
+
+def test_closed_loop_steady_state_leaves_out_the_start_burst_and_the_tail():
+    from pdsim.metrics.summary import closed_loop_steady_state
+
+    cfg = cluster(instance(None))
+    rows = [(2048, 16, 0.0)] * 40
+    res = run(cfg, rows, concurrency=8, client_delay_s=0.001)
+    df = requests_frame(res)
+    s = summarize(res, df, concurrency=8)["closed_loop_steady_state"]
+    assert s["requests"] == s["finished"] == 40 - 2 * 8
+    kept = df.sort_values(["arrival_s", "request_id"]).iloc[8:32]
+    assert s["ttft_ms"]["mean"] == pytest.approx(kept.ttft_ms.mean())
+    # All 8 clients send at once, so the first 8 queue behind each other's prefills; a request of
+    # the steady cycle returns among decodes and waits for fewer.
+    first = df.sort_values("arrival_s").iloc[:8]
+    assert first.ttft_ms.mean() > s["ttft_ms"]["mean"]
+    assert closed_loop_steady_state(df.iloc[:16], 8)["requests"] == 0
+
+
 # -- vLLM v1 scheduler rules (docs/validation.md, "vLLM v1 rules and pdsim") ---------------------
 
 def _bare_scheduler(num_blocks: int = 10_000, budget: int = 1024, threshold: int = 0, max_num_seqs: int = 64):

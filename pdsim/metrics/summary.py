@@ -99,7 +99,28 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float |
     return out
 
 
-def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None = None) -> dict:
+def closed_loop_steady_state(df: pd.DataFrame, concurrency: int) -> dict:
+    """Closed loop: the requests sent while every client was busy in its steady cycle.
+
+    A closed-loop run starts with all clients sending at once (a burst the engine queues) and
+    ends with a tail in which clients run out of requests and the load falls. Benchmarks average
+    over everything they measured (pdsim's main table does the same); this drops the first and
+    the last `concurrency` requests by send time, so what is left ran at full concurrency after
+    the start burst had cleared. Empty when the run has no more than 2 x concurrency requests.
+    """
+    sent = df.sort_values(["arrival_s", "request_id"], kind="stable")
+    window = sent.iloc[concurrency:len(sent) - concurrency]
+    finished = window[window.status == "finished"]
+    out: dict = {"clients": concurrency, "excluded": f"the first and last {concurrency} requests sent",
+                 "requests": int(len(window)), "finished": int(len(finished))}
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        out[key] = _stats(finished[key].to_numpy(dtype=float))
+    return out
+
+
+def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None = None,
+              concurrency: int | None = None) -> dict:
+    """concurrency: the run was a closed loop of that many clients (adds its steady state)."""
     finished = df[df.status == "finished"]
     itl_values, itl_weights = itl_samples(result)
     itl = weighted_stats(itl_values * 1e3, itl_weights)
@@ -151,6 +172,8 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
             for note in [*inst.predictor.notes, *inst.predictor.extrapolation_notes()]
         }),
     }
+    if concurrency is not None:
+        summary["closed_loop_steady_state"] = closed_loop_steady_state(df, concurrency)
     if wall_s is not None:
         summary["wall_s"] = wall_s
     return summary
@@ -183,6 +206,17 @@ def format_summary(summary: dict) -> str:
         if s["mean"] is None and key == "kv_transfer_ms":
             continue
         lines.append(f"{label:<20}" + "".join(f"{_fmt(s[k]):>12}" for k in ("mean", "p50", "p90", "p99")))
+    steady = summary.get("closed_loop_steady_state")
+    if steady is not None:
+        lines.append("")
+        if steady["finished"]:
+            lines.append(
+                f"closed loop, steady state ({steady['finished']} requests; without {steady['excluded']}): "
+                f"TTFT mean {_fmt(steady['ttft_ms']['mean'])} ms, TPOT mean {_fmt(steady['tpot_ms']['mean'], 2)} ms, "
+                f"E2E mean {_fmt(steady['e2e_ms']['mean'])} ms"
+            )
+        else:
+            lines.append(f"closed loop, steady state: none (needs more than 2 x {steady['clients']} requests)")
     t = summary["throughput"]
     lines.append("")
     lines.append(

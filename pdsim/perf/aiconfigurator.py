@@ -35,8 +35,8 @@ from pdsim.perf.estimate import BATCH_GRID, CHUNK_GRID, KV_GRID, PREFIX_GRID, SE
 from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
 
 # aiconfigurator system name -> pdsim hardware name (for the profile's place under profiles/)
-SYSTEM_HARDWARE = {"h100_sxm": "H100-SXM", "h200_sxm": "H200-SXM", "a100_sxm": "A100-80GB",
-                   "b200_sxm": "B200", "gb200_sxm": "GB200"}
+SYSTEM_HARDWARE = {"h100_sxm": "H100-SXM", "h200_sxm": "H200", "a100_sxm": "A100-80GB", "l40s": "L40S",
+                   "rtx_pro_6000_server": "RTXPRO6000"}
 GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALLREDUCE_BYTES = [2 ** i for i in range(7, 30)]
 
