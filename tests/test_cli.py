@@ -86,7 +86,11 @@ def test_validate_closed_loop_table(tmp_path):
     r = pdsim(*base)
     assert r.returncode == 0, r.stderr
     assert "MAPE: TTFT" in r.stdout
+    # The per-group table: one line per (tp, isl) with the signed error of that row.
+    assert "TTFT signed error (%)" in r.stdout and "TPOT signed error (%)" in r.stdout
     aic = pd.read_csv(out)
+    first_group = [line for line in r.stdout.splitlines() if line.lstrip().startswith("1  1024")][0]
+    assert f"{aic.ttft_err_pct.iloc[0]:+.1f}" in first_group
     assert len(aic) == 2 and aic.sim_ttft_ms.gt(0).all() and aic.sim_tpot_ms.gt(0).all()
     # A 8192-token budget packs the burst of 8 prompts into fewer, longer steps than 8 + 2048 + 1500.
     r = pdsim(*base, "--engine-preset", "vllm-serve")

@@ -112,4 +112,10 @@ def format_rows(df: pd.DataFrame) -> str:
         lines.append(f"{r.isl:>6}{r.osl:>6}{r.concurrency:>6}{r.tp:>4}{r.ttft_ms:>11.1f}{r.sim_ttft_ms:>9.1f}"
                      f"{r.ttft_err_pct:>+7.1f}%{r.tpot_ms:>11.2f}{r.sim_tpot_ms:>8.2f}{r.tpot_err_pct:>+7.1f}%")
     lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} rows")
+    if len(df) > 1:
+        # Where the error lies: signed, averaged over the rows that differ only in osl.
+        for column, name in (("ttft_err_pct", "TTFT"), ("tpot_err_pct", "TPOT")):
+            pivot = df.pivot_table(index=["tp", "isl"], columns="concurrency", values=column, aggfunc="mean")
+            lines.append(f"\n{name} signed error (%), mean over osl, by tp/isl (rows) and concurrency (columns):")
+            lines.append(pivot.apply(lambda col: col.map(lambda v: "" if np.isnan(v) else f"{v:+.1f}")).to_string())
     return "\n".join(lines)
