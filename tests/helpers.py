@@ -1,9 +1,12 @@
-"""Small builders shared by the engine tests."""
+"""Small builders shared by the engine tests (and benchmarks/vllm_scheduler_check.py)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
+from pdsim.perf.predictor import StepTimePredictor
 from pdsim.workload.trace import TraceRequest
 
 MODEL = "meta-llama/Llama-3.1-8B"
@@ -31,3 +34,22 @@ def trace(rows: list[tuple[int, int, float]]) -> list[TraceRequest]:
 
 def run(cfg: ClusterConfig, rows: list[tuple[int, int, float]], **opts) -> SimulationResult:
     return simulate(cfg, trace(rows), SimOptions(**opts))
+
+
+class AnalyticStepTimes(StepTimePredictor):
+    """Step times from a closed formula instead of the profile's tables, for scheduler tests whose
+    expected times were recorded elsewhere (tests/data/vllm_scheduler_golden.json): 1 ms per step,
+    40 us per token, 2 ns per decode KV token and 1 ns per prefill query-key pair."""
+
+    def step_time_s(self, prefill_chunks, n_decode, kv_decode_sum, kv_decode_max=None) -> float:
+        tokens = n_decode + sum(c for c, _ in prefill_chunks)
+        if tokens <= 0:
+            return 0.0
+        pairs = sum(c * (p + c / 2) for c, p in prefill_chunks)
+        return 1e-3 + 40e-6 * tokens + 2e-9 * kv_decode_sum + 1e-9 * pairs
+
+    def decode_run_s(self, n_decode, kv_decode_sum, num_steps, kv_decode_max=None) -> np.ndarray:
+        if n_decode <= 0:
+            return np.zeros(max(num_steps, 0))
+        steps = np.arange(max(num_steps, 0), dtype=np.float64)
+        return 1e-3 + 40e-6 * n_decode + 2e-9 * (kv_decode_sum + steps * n_decode)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -9,7 +13,7 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.workload.generate import generate_requests
-from tests.helpers import MODEL, cluster, instance, run, trace
+from tests.helpers import MODEL, AnalyticStepTimes, cluster, instance, run, trace
 
 
 def test_single_request_ttft_and_tpot_are_the_predicted_step_times():
@@ -205,6 +209,30 @@ def test_closed_loop_steady_state_leaves_out_the_start_burst_and_the_tail():
     first = df.sort_values("arrival_s").iloc[:8]
     assert first.ttft_ms.mean() > s["ttft_ms"]["mean"]
     assert closed_loop_steady_state(df.iloc[:16], 8)["requests"] == 0
+
+
+
+GOLDEN = Path(__file__).parent / "data" / "vllm_scheduler_golden.json"
+
+
+@pytest.mark.parametrize("scenario", json.loads(GOLDEN.read_text())["scenarios"], ids=lambda sc: sc["name"])
+def test_schedules_as_vllms_own_scheduler(scenario):
+    # The expected times come from vLLM 0.12.0's Scheduler / AsyncScheduler classes, run unmodified
+    # in a loop that follows its engine core, with the same closed-form step times
+    # (benchmarks/vllm_scheduler_check.py --record, which needs vLLM's sources; regenerate it
+    # there if AnalyticStepTimes or the scenarios change). Covers closed and open loops, chunked
+    # prefill, preemption under memory pressure, a chunk cap, sync and async scheduling.
+    engine = scenario["engine"]
+    cfg = cluster(instance(None, engine["mem_size_gb"], **{k: v for k, v in engine.items() if k != "mem_size_gb"}))
+    with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
+        res = run(cfg, [tuple(r) for r in scenario["rows"]], concurrency=scenario["concurrency"],
+                  client_delay_s=scenario["client_delay_s"])
+    ours = np.array([(r.first_token_s, r.finish_s) for r in res.requests])
+    theirs = np.array(scenario["vllm_times_s"])
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+    if "preemption" in scenario["name"]:
+        assert sum(r.preemptions for r in res.requests) > 50  # the scenario does exercise preemption
 
 
 # -- vLLM v1 scheduler rules (docs/validation.md, "vLLM v1 rules and pdsim") ---------------------

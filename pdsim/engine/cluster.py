@@ -154,7 +154,8 @@ def _build_instance(
     # vLLM v1 (gpu_worker.determine_available_memory): KV = total * gpu_memory_utilization - weights
     # - torch activation peak of the profiling pass - non-torch increase (- CUDA-graph estimate).
     other_bytes = (ic.non_torch_memory_gb + ic.cudagraph_memory_gb) * GIB
-    num_blocks = math.floor((usable - weight_bytes - activation_bytes - other_bytes) / block_bytes)
+    # Less one: vLLM's block pool keeps its first block as the null block (v1/core/block_pool.py).
+    num_blocks = math.floor((usable - weight_bytes - activation_bytes - other_bytes) / block_bytes) - 1
     if num_blocks <= 0:
         raise ConfigError(
             f"{where}.npu_mem.mem_size: no room for the KV cache: {ic.npu_mem.mem_size} GB x mem_util "

@@ -1,0 +1,406 @@
+"""Does pdsim schedule exactly as vLLM does? A differential check against vLLM's own scheduler.
+
+vLLM 0.12.0's `Scheduler` / `AsyncScheduler` classes (vllm/v1/core/sched/) are run here, unmodified
+and on the CPU, inside a loop that follows vLLM's engine core (`EngineCore.step` for synchronous
+scheduling; `EngineCore.step_with_batch_queue` with a queue of two for async scheduling): new
+requests join between steps, each step's outputs are processed when it ends. Every step takes the
+time pdsim's predictor gives for the batch vLLM chose. pdsim then simulates the same requests,
+and the two are compared request by request (first-token and finish times).
+
+    python benchmarks/vllm_scheduler_check.py --setup /tmp/vllm-check     # once: venv + vLLM sources
+    /tmp/vllm-check/venv/bin/python benchmarks/vllm_scheduler_check.py    # the check
+
+`--setup` needs PyPI: it downloads the vLLM 0.12.0 wheel (about 470 MB), unpacks its Python
+sources only (no CUDA kernel is used), and installs torch (CPU build), vLLM's pure-Python
+requirements and pdsim into a venv of their own. The check then covers
+  - the 90 H100 closed-loop rows (profiles from aiconfigurator's database, as in
+    docs/validation.md; `--profile-dir`, built if missing) with the benchmark harness pdsim uses,
+  - the RTX PRO 6000 run's 300 requests, synchronous and asynchronous scheduling,
+and `--record` writes tests/data/vllm_scheduler_golden.json: small scenarios (closed and open
+loop, preemption, chunking, a chunk cap, sync and async) with closed-form step times, which
+tests/test_engine.py replays without vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import random
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "calibration"
+sys.path.insert(0, str(REPO))  # tests.helpers (the closed-form step times of the golden scenarios)
+
+VLLM_VERSION = "0.12.0"
+# vLLM's requirements that the scheduler does not need and that would pull CUDA builds or large
+# native packages (torch is installed as the CPU build first).
+SKIP_REQUIREMENTS = {
+    "torch", "torchaudio", "torchvision", "flashinfer-python", "ray", "numba", "opencv-python-headless",
+    "compressed-tensors", "depyf", "mistral_common", "lm-format-enforcer", "outlines_core", "anthropic",
+    "model-hosting-container-standards", "scipy", "setuptools", "ninja",
+}
+
+
+# -- set-up ------------------------------------------------------------------------------------
+def setup(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    venv = root / "venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0", "-e", str(REPO)], check=True)
+    wheels = sorted(root.glob(f"vllm-{VLLM_VERSION}-*.whl"))
+    if not wheels:
+        subprocess.run([str(py), "-m", "pip", "download", "-q", f"vllm=={VLLM_VERSION}", "--no-deps", "-d", str(root)],
+                       check=True)
+        wheels = sorted(root.glob(f"vllm-{VLLM_VERSION}-*.whl"))
+    src = root / "src"
+    requirements = []
+    with zipfile.ZipFile(wheels[0]) as whl:
+        for name in whl.namelist():
+            if name.startswith("vllm/") and name.endswith(".py"):
+                whl.extract(name, src)
+        meta = whl.read(f"vllm-{VLLM_VERSION}.dist-info/METADATA").decode()
+    for line in meta.splitlines():
+        if line.startswith("Requires-Dist: ") and "extra ==" not in line:
+            spec = line.removeprefix("Requires-Dist: ")
+            name = spec.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip()
+            if name not in SKIP_REQUIREMENTS:
+                requirements.append(spec)
+    subprocess.run(pip + requirements, check=True)
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "vllm_sources.pth").write_text(str(src) + "\n")
+    print(f"ready: {py} {Path(__file__).relative_to(REPO)}")
+
+
+# -- vLLM's scheduler, driven --------------------------------------------------------------------
+def _vllm():
+    try:
+        import logging
+
+        import torch
+        import vllm.platforms as platforms
+        from vllm.platforms.cpu import CpuPlatform
+
+        platforms._current_platform = CpuPlatform()  # no GPU here; the scheduler needs none
+        from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+        from vllm.sampling_params import SamplingParams
+        from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+        from vllm.v1.core.sched.scheduler import Scheduler
+        from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+        from vllm.v1.outputs import ModelRunnerOutput
+        from vllm.v1.request import Request
+        from vllm.v1.structured_output import StructuredOutputManager
+    except ImportError as exc:
+        sys.exit(f"vLLM {VLLM_VERSION}'s sources are not importable ({exc}); run with --setup DIR first, then "
+                 f"DIR/venv/bin/python {Path(__file__).relative_to(REPO)}")
+    logging.disable(logging.WARNING)
+    return SimpleNamespace(
+        torch=torch, CacheConfig=CacheConfig, DeviceConfig=DeviceConfig, ModelConfig=ModelConfig,
+        SchedulerConfig=SchedulerConfig, VllmConfig=VllmConfig, SamplingParams=SamplingParams,
+        AsyncScheduler=AsyncScheduler, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
+        KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec, ModelRunnerOutput=ModelRunnerOutput,
+        Request=Request, StructuredOutputManager=StructuredOutputManager)
+
+
+def _model_dir(model_name: str, work: Path) -> str:
+    """A folder with the model's config.json, which is all vLLM's ModelConfig reads here."""
+    from pdsim.models import MODELS_DIR
+
+    folder = work / model_name.replace("/", "--")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text((MODELS_DIR / f"{model_name}.json").read_text())
+    return str(folder)
+
+
+def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None):
+    """rows: [(input_toks, output_toks, arrival_s)] (arrivals ignored in a closed loop). Returns
+    [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
+    import simpy
+
+    from pdsim.engine.cluster import Cluster, SimOptions
+
+    v = _vllm()
+    ic = next(iter(cfg.instances())).config
+    instance = Cluster(simpy.Environment(), cfg, opts or SimOptions())
+    predictor, num_blocks = instance.instances[0].predictor, instance.infos[0].num_kv_blocks
+    async_mode = bool(ic.async_scheduling)
+    max_model_len = 32768
+    scheduler_config = v.SchedulerConfig(
+        max_num_seqs=ic.max_num_seqs, max_num_batched_tokens=ic.max_num_batched_tokens, max_model_len=max_model_len,
+        enable_chunked_prefill=ic.enable_chunked_prefill, is_encoder_decoder=False, async_scheduling=async_mode,
+        long_prefill_token_threshold=ic.long_prefill_token_threshold)
+    model_config = v.ModelConfig(model=_model_dir(ic.model_name, work), skip_tokenizer_init=True, dtype="bfloat16",
+                                    max_model_len=max_model_len, seed=0)
+    cache_config = v.CacheConfig(block_size=ic.block_size, gpu_memory_utilization=0.9, cache_dtype="auto",
+                                    enable_prefix_caching=False)
+    vllm_config = v.VllmConfig(scheduler_config=scheduler_config, model_config=model_config,
+                                  cache_config=cache_config, device_config=v.DeviceConfig(device="cpu"))
+    # pdsim's pool plus vLLM's null block (block 0, never handed out).
+    blocks = num_blocks + 1
+    kv_config = v.KVCacheConfig(num_blocks=blocks, kv_cache_tensors=[], kv_cache_groups=[
+        v.KVCacheGroupSpec(["layer"], v.FullAttentionSpec(ic.block_size, 1, 1, v.torch.float32))])
+    cache_config.num_gpu_blocks = blocks
+    cls = v.AsyncScheduler if async_mode else v.Scheduler
+    sched = cls(vllm_config=vllm_config, kv_cache_config=kv_config,
+                structured_output_manager=v.StructuredOutputManager(vllm_config), block_size=ic.block_size,
+                log_stats=False)
+    assert sched.max_num_scheduled_tokens == ic.max_num_batched_tokens
+
+    rng = random.Random(seed)
+    arrivals: list[tuple[float, int]] = []
+    first: dict[int, float] = {}
+    finish: dict[int, float] = {}
+    sent = 0
+
+    def send(now: float) -> None:  # as pdsim's closed-loop clients draw their delays
+        nonlocal sent
+        if sent < len(rows):
+            delay = rng.uniform(0.0, 2.0 * client_delay_s) if client_delay_s > 0 else 0.0
+            heapq.heappush(arrivals, (now + delay, sent))
+            sent += 1
+
+    if concurrency is None:
+        arrivals = [(a, i) for i, (_, _, a) in enumerate(rows)]
+        heapq.heapify(arrivals)
+        sent = len(rows)
+    else:
+        for _ in range(concurrency):
+            send(0.0)
+
+    def add_arrived(now: float) -> None:
+        while arrivals and arrivals[0][0] <= now:
+            _, i = heapq.heappop(arrivals)
+            params = v.SamplingParams(max_tokens=rows[i][1], ignore_eos=True, temperature=0.0)
+            sched.add_request(v.Request(str(i), [1] * rows[i][0], params, None, eos_token_id=2))
+
+    decoding: set[str] = set()  # requests past their prefill (or recompute), as pdsim's decode cohort
+
+    def plan():
+        # Tokens each request must have computed to sample its next one (async: with the token
+        # of the step in flight, a placeholder), taken before schedule() advances anything.
+        due = {rid: r.num_tokens + r.num_output_placeholders for rid, r in sched.requests.items()}
+        out = sched.schedule()
+        chunks, n_decode, kv_sum, kv_max, samples = [], 0, 0, 0, {}
+        for rid, n in out.num_scheduled_tokens.items():
+            req = sched.requests[rid]
+            before = req.num_computed_tokens - n  # schedule() has already advanced it
+            if before == 0:
+                decoding.discard(rid)  # new, or recomputing after a preemption
+            if rid in decoding:
+                n_decode += 1
+                kv_sum += before
+                kv_max = max(kv_max, before)
+            else:
+                chunks.append((n, before))
+            # vLLM's model runner discards what a partial prefill samples.
+            samples[rid] = before + n >= due[rid]
+        for rid, sampled in samples.items():
+            if sampled:
+                decoding.add(rid)
+        seconds = predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max if n_decode else None)
+        return out, samples, seconds
+
+    def process(out, samples, now: float) -> None:
+        ids = list(out.num_scheduled_tokens)
+        output = v.ModelRunnerOutput(
+            req_ids=ids, req_id_to_index={r: k for k, r in enumerate(ids)},
+            sampled_token_ids=[[7] if samples[r] else [] for r in ids], logprobs=None, prompt_logprobs_dict={},
+            pooler_output=[])
+        for client in sched.update_from_output(out, output).values():
+            for o in client.outputs:
+                i = int(o.request_id)
+                if o.new_token_ids and i not in first:
+                    first[i] = now
+                if o.finish_reason is not None:
+                    finish[i] = now
+                    if concurrency is not None:
+                        send(now)
+
+    now = 0.0
+    if not async_mode:
+        # EngineCore.step: schedule, execute, process the output; arrivals join between steps.
+        while len(finish) < len(rows):
+            add_arrived(now)
+            if not sched.has_requests():
+                now = arrivals[0][0]
+                continue
+            out, samples, seconds = plan()
+            now += seconds
+            process(out, samples, now)
+    else:
+        # EngineCore.step_with_batch_queue (queue of 2): step n+1 is scheduled while step n runs;
+        # step n's output is processed when it ends, after that decision.
+        in_flight: list[tuple] = []  # newest first
+        gpu_free = 0.0
+        while len(finish) < len(rows):
+            add_arrived(now)
+            if not sched.has_requests() and not in_flight:
+                now = arrivals[0][0]
+                continue
+            if sched.has_requests():
+                out, samples, seconds = plan()
+                if out.total_num_scheduled_tokens > 0:
+                    gpu_free = max(now, gpu_free) + seconds
+                    in_flight.insert(0, (out, samples, gpu_free))
+                    if len(in_flight) < 2 and in_flight[-1][2] > now:
+                        continue  # don't block on the running step: schedule the next one
+                else:
+                    in_flight.insert(0, (out, samples, now))
+            if in_flight:
+                out, samples, end = in_flight.pop()
+                now = max(now, end)
+                process(out, samples, now)
+    return [(first[i], finish[i]) for i in range(len(rows))]
+
+
+def pdsim_run(cfg, rows, concurrency=None, client_delay_s=0.0, seed=0, opts=None):
+    from dataclasses import replace
+
+    from pdsim.engine.cluster import SimOptions, simulate
+    from pdsim.workload.trace import TraceRequest
+
+    trace = [TraceRequest(i, a, b, int(round(t * 1e9))) for i, (a, b, t) in enumerate(rows)]
+    opts = replace(opts or SimOptions(), concurrency=concurrency, client_delay_s=client_delay_s, seed=seed)
+    result = simulate(cfg, trace, opts)
+    return [(r.first_token_s, r.finish_s) for r in result.requests]
+
+
+def _max_diff(a, b) -> float:
+    return max(max(abs(x[0] - y[0]), abs(x[1] - y[1])) for x, y in zip(a, b))
+
+
+# -- the checks ---------------------------------------------------------------------------------
+def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
+    from pdsim.engine.cluster import SimOptions
+    from pdsim.models import load_model
+    from pdsim.perf.aiconfigurator import import_profile
+    from pdsim.perf.profile import profile_path
+    from pdsim.validate.closed_loop import CLIENT_DELAY_S, ROUNDS, aiconfigurator_engine, row_config
+    from pdsim.validate.measured import read_closed_loop_table
+
+    aic = SHARED / "aiconfigurator-h100"
+    table = read_closed_loop_table(aic / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv")
+    model = "Qwen/Qwen3-32B"
+    for tp in sorted(set(table.tp)):
+        if not profile_path(profile_dir, "H100-SXM", model, "bfloat16", int(tp)).is_dir():
+            import_profile(aic / "systems_data_h100_sxm", "h100_sxm", load_model(model), int(tp), profile_dir)
+    opts = SimOptions(step_overhead_us=1000.0)  # as docs/validation.md
+    worst, n = 0.0, 0
+    started = time.perf_counter()
+    for row in list(table.itertuples(index=False))[:limit]:
+        isl, osl, conc, tp = int(row.isl), int(row.osl), int(row.concurrency), int(row.tp)
+        cfg = row_config(model, "H100-SXM", 80.0, tp, str(profile_path(profile_dir, "H100-SXM", model, "bfloat16", tp)),
+                         aiconfigurator_engine(conc, isl))
+        rows = [(isl, osl, 0.0)] * (ROUNDS * conc)
+        theirs = vllm_run(cfg, rows, work, conc, CLIENT_DELAY_S, opts=opts)
+        ours = pdsim_run(cfg, rows, conc, CLIENT_DELAY_S, opts=opts)
+        worst = max(worst, _max_diff(theirs, ours))
+        n += len(rows)
+    print(f"H100 closed-loop rows: {min(limit or len(table), len(table))} rows, {n} requests; largest difference "
+          f"in a first-token or finish time: {worst * 1e6:.3f} us ({time.perf_counter() - started:.0f} s)")
+
+
+def check_rtx(work: Path) -> None:
+    from pdsim.config import load_cluster_config
+    from pdsim.engine.cluster import SimOptions
+    from pdsim.validate.compare import trace_of
+    from pdsim.validate.measured import read_measured
+
+    root = SHARED / "llmservingsim-rtxpro6000-llama31-8b"
+    run = read_measured(root / "vllm_run" / "requests.jsonl")
+    rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9) for r in trace_of(run)]
+    opts = SimOptions(profile_dir=str(root / "profile"))
+    for async_mode in (False, True):
+        cfg = load_cluster_config(root / "cluster_config.json", {
+            "max_num_seqs": 128, "max_num_batched_tokens": 2048, "async_scheduling": async_mode})
+        theirs = vllm_run(cfg, rows, work, opts=opts)
+        ours = pdsim_run(cfg, rows, opts=opts)
+        print(f"RTX PRO 6000 run, {'async' if async_mode else 'sync'} scheduling: {len(rows)} requests; largest "
+              f"difference in a first-token or finish time: {_max_diff(theirs, ours) * 1e6:.3f} us")
+
+
+# -- golden scenarios for the test suite --------------------------------------------------------
+def golden_scenarios() -> list[dict]:
+    from pdsim.workload.generate import generate_requests
+
+    open_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                 for r in generate_requests(120, 40, "lognormal:600,400", "lognormal:120,80", seed=7)]
+    base = {"mem_size_gb": 96.0, "max_num_seqs": 8, "max_num_batched_tokens": 8 + 1024 + 1500}
+    tight = {"mem_size_gb": 18.5, "max_num_seqs": 32, "max_num_batched_tokens": 512}
+    out = []
+    for async_mode in (False, True):
+        tag = "async" if async_mode else "sync"
+        out.append({"name": f"closed_loop_{tag}", "engine": {**base, "async_scheduling": async_mode},
+                    "concurrency": 8, "client_delay_s": 0.001, "rows": [(1024, 40, 0.0)] * 48})
+        out.append({"name": f"open_loop_preemption_{tag}", "engine": {**tight, "async_scheduling": async_mode},
+                    "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
+    out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
+                                                     "long_prefill_token_threshold": 256},
+                "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
+    return out
+
+
+def golden_config(engine: dict):
+    from tests.helpers import cluster, instance
+
+    knobs = {k: v for k, v in engine.items() if k != "mem_size_gb"}
+    return cluster(instance(None, engine["mem_size_gb"], **knobs))
+
+
+def record(path: Path, work: Path) -> None:
+    from unittest import mock
+
+    from pdsim.engine.cluster import SimOptions
+    from tests.helpers import AnalyticStepTimes
+
+    scenarios = []
+    with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
+        for sc in golden_scenarios():
+            cfg = golden_config(sc["engine"])
+            times = vllm_run(cfg, sc["rows"], work, sc["concurrency"], sc["client_delay_s"], opts=SimOptions())
+            ours = pdsim_run(cfg, sc["rows"], sc["concurrency"], sc["client_delay_s"])
+            print(f"{sc['name']}: {len(times)} requests, largest difference from pdsim "
+                  f"{_max_diff(times, ours) * 1e6:.3f} us")
+            scenarios.append({**sc, "vllm_times_s": times})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = (f"benchmarks/vllm_scheduler_check.py --record: vLLM {VLLM_VERSION}'s Scheduler/AsyncScheduler driven as "
+              "its engine core does, with tests.helpers.AnalyticStepTimes")
+    lines = ",\n".join(json.dumps(sc) for sc in scenarios)  # one scenario per line
+    path.write_text(f'{{"source": {json.dumps(source)},\n"scenarios": [\n{lines}\n]}}\n')
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--setup", type=Path, help="make DIR/venv with vLLM's sources and pdsim, then stop")
+    ap.add_argument("--profile-dir", type=Path, default=Path("/tmp/aic"),
+                    help="H100 profiles from aiconfigurator's database (built there if missing)")
+    ap.add_argument("--rows", type=int, default=None, help="only the first N H100 rows")
+    ap.add_argument("--record", type=Path, default=None, help="write the golden scenarios to this JSON")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
+    args = ap.parse_args()
+    if args.setup:
+        setup(args.setup)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.record:
+        record(args.record, args.work)
+        return
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED}: not found (the measured runs this check replays)")
+    check_rtx(args.work)
+    check_h100(args.profile_dir, args.work, args.rows)
+
+
+if __name__ == "__main__":
+    main()
