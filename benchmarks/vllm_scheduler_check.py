@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import inspect
 import json
 import random
 import subprocess
@@ -49,7 +50,7 @@ SKIP_REQUIREMENTS = {
 
 
 # -- set-up ------------------------------------------------------------------------------------
-def setup(root: Path) -> None:
+def setup(root: Path, version: str = VLLM_VERSION) -> None:
     root.mkdir(parents=True, exist_ok=True)
     venv = root / "venv"
     py = venv / "bin" / "python"
@@ -57,18 +58,18 @@ def setup(root: Path) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(py), "-m", "pip", "install", "-q"]
     subprocess.run(pip + ["torch==2.13.0", "-e", str(REPO)], check=True)
-    wheels = sorted(root.glob(f"vllm-{VLLM_VERSION}-*.whl"))
+    wheels = sorted(root.glob(f"vllm-{version}-*.whl"))
     if not wheels:
-        subprocess.run([str(py), "-m", "pip", "download", "-q", f"vllm=={VLLM_VERSION}", "--no-deps", "-d", str(root)],
+        subprocess.run([str(py), "-m", "pip", "download", "-q", f"vllm=={version}", "--no-deps", "-d", str(root)],
                        check=True)
-        wheels = sorted(root.glob(f"vllm-{VLLM_VERSION}-*.whl"))
+        wheels = sorted(root.glob(f"vllm-{version}-*.whl"))
     src = root / "src"
     requirements = []
     with zipfile.ZipFile(wheels[0]) as whl:
         for name in whl.namelist():
             if name.startswith("vllm/") and name.endswith(".py"):
                 whl.extract(name, src)
-        meta = whl.read(f"vllm-{VLLM_VERSION}.dist-info/METADATA").decode()
+        meta = whl.read(f"vllm-{version}.dist-info/METADATA").decode()
     for line in meta.splitlines():
         if line.startswith("Requires-Dist: ") and "extra ==" not in line:
             spec = line.removeprefix("Requires-Dist: ")
@@ -100,16 +101,22 @@ def _vllm():
         from vllm.v1.outputs import ModelRunnerOutput
         from vllm.v1.request import Request
         from vllm.v1.structured_output import StructuredOutputManager
+        from vllm.version import __version__ as vllm_version
     except ImportError as exc:
         sys.exit(f"vLLM {VLLM_VERSION}'s sources are not importable ({exc}); run with --setup DIR first, then "
                  f"DIR/venv/bin/python {Path(__file__).relative_to(REPO)}")
     logging.disable(logging.WARNING)
     return SimpleNamespace(
-        torch=torch, CacheConfig=CacheConfig, DeviceConfig=DeviceConfig, ModelConfig=ModelConfig,
+        version=vllm_version, torch=torch, CacheConfig=CacheConfig, DeviceConfig=DeviceConfig, ModelConfig=ModelConfig,
         SchedulerConfig=SchedulerConfig, VllmConfig=VllmConfig, SamplingParams=SamplingParams,
         AsyncScheduler=AsyncScheduler, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
         KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec, ModelRunnerOutput=ModelRunnerOutput,
         Request=Request, StructuredOutputManager=StructuredOutputManager)
+
+
+def has_reserve_full_isl(v) -> bool:
+    """vLLM 0.19 added the whole-sequence admission check (SchedulerConfig.scheduler_reserve_full_isl)."""
+    return "scheduler_reserve_full_isl" in v.SchedulerConfig.__dataclass_fields__
 
 
 def _model_dir(model_name: str, work: Path) -> str:
@@ -135,10 +142,15 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
     predictor, num_blocks = instance.instances[0].predictor, instance.infos[0].num_kv_blocks
     async_mode = bool(ic.async_scheduling)
     max_model_len = 32768
+    knobs = {}
+    if has_reserve_full_isl(v):
+        knobs["scheduler_reserve_full_isl"] = ic.scheduler_reserve_full_isl
+    elif ic.scheduler_reserve_full_isl:
+        raise SystemExit(f"vLLM {v.version} has no scheduler_reserve_full_isl: give pdsim's config false")
     scheduler_config = v.SchedulerConfig(
         max_num_seqs=ic.max_num_seqs, max_num_batched_tokens=ic.max_num_batched_tokens, max_model_len=max_model_len,
         enable_chunked_prefill=ic.enable_chunked_prefill, is_encoder_decoder=False, async_scheduling=async_mode,
-        long_prefill_token_threshold=ic.long_prefill_token_threshold)
+        long_prefill_token_threshold=ic.long_prefill_token_threshold, **knobs)
     model_config = v.ModelConfig(model=_model_dir(ic.model_name, work), skip_tokenizer_init=True, dtype="bfloat16",
                                     max_model_len=max_model_len, seed=0)
     cache_config = v.CacheConfig(block_size=ic.block_size, gpu_memory_utilization=0.9, cache_dtype="auto",
@@ -147,8 +159,9 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
                                   cache_config=cache_config, device_config=v.DeviceConfig(device="cpu"))
     # pdsim's pool plus vLLM's null block (block 0, never handed out).
     blocks = num_blocks + 1
-    kv_config = v.KVCacheConfig(num_blocks=blocks, kv_cache_tensors=[], kv_cache_groups=[
-        v.KVCacheGroupSpec(["layer"], v.FullAttentionSpec(ic.block_size, 1, 1, v.torch.float32))])
+    spec = v.FullAttentionSpec(block_size=ic.block_size, num_kv_heads=1, head_size=1, dtype=v.torch.float32)
+    kv_config = v.KVCacheConfig(num_blocks=blocks, kv_cache_tensors=[],
+                                kv_cache_groups=[v.KVCacheGroupSpec(["layer"], spec)])
     cache_config.num_gpu_blocks = blocks
     cls = v.AsyncScheduler if async_mode else v.Scheduler
     sched = cls(vllm_config=vllm_config, kv_cache_config=kv_config,
@@ -177,11 +190,14 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
         for _ in range(concurrency):
             send(0.0)
 
+    # The EOS id is a Request argument up to 0.12 and gone by 0.19 (ignore_eos makes it moot).
+    eos = {"eos_token_id": 2} if "eos_token_id" in inspect.signature(v.Request.__init__).parameters else {}
+
     def add_arrived(now: float) -> None:
         while arrivals and arrivals[0][0] <= now:
             _, i = heapq.heappop(arrivals)
             params = v.SamplingParams(max_tokens=rows[i][1], ignore_eos=True, temperature=0.0)
-            sched.add_request(v.Request(str(i), [1] * rows[i][0], params, None, eos_token_id=2))
+            sched.add_request(v.Request(str(i), [1] * rows[i][0], params, None, **eos))
 
     decoding: set[str] = set()  # requests past their prefill (or recompute), as pdsim's decode cohort
 
@@ -286,7 +302,7 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
     from pdsim.perf.aiconfigurator import import_profile
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import CLIENT_DELAY_S, ROUNDS, aiconfigurator_engine, row_config
-    from pdsim.validate.measured import read_closed_loop_table
+    from pdsim.validate.measured import read_closed_loop_table, vllm_major_minor
 
     aic = SHARED / "aiconfigurator-h100"
     table = read_closed_loop_table(aic / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv")
@@ -299,14 +315,17 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
     started = time.perf_counter()
     for row in list(table.itertuples(index=False))[:limit]:
         isl, osl, conc, tp = int(row.isl), int(row.osl), int(row.concurrency), int(row.tp)
+        # As validate simulates the row: the whole-sequence admission check only from vLLM 0.19 on.
+        reserve = vllm_major_minor(row.backend_version) >= (0, 19)
         cfg = row_config(model, "H100-SXM", 80.0, tp, str(profile_path(profile_dir, "H100-SXM", model, "bfloat16", tp)),
-                         aiconfigurator_engine(conc, isl))
+                         {**aiconfigurator_engine(conc, isl), "scheduler_reserve_full_isl": reserve})
         rows = [(isl, osl, 0.0)] * (ROUNDS * conc)
         theirs = vllm_run(cfg, rows, work, conc, CLIENT_DELAY_S, opts=opts)
         ours = pdsim_run(cfg, rows, conc, CLIENT_DELAY_S, opts=opts)
         worst = max(worst, _max_diff(theirs, ours))
         n += len(rows)
-    print(f"H100 closed-loop rows: {min(limit or len(table), len(table))} rows, {n} requests; largest difference "
+    print(f"H100 closed-loop rows (vLLM {_vllm().version}'s scheduler): {min(limit or len(table), len(table))} rows, "
+          f"{n} requests; largest difference "
           f"in a first-token or finish time: {worst * 1e6:.3f} us ({time.perf_counter() - started:.0f} s)")
 
 
@@ -320,23 +339,28 @@ def check_rtx(work: Path) -> None:
     run = read_measured(root / "vllm_run" / "requests.jsonl")
     rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9) for r in trace_of(run)]
     opts = SimOptions(profile_dir=str(root / "profile"))
+    v = _vllm()
     for async_mode in (False, True):
         cfg = load_cluster_config(root / "cluster_config.json", {
-            "max_num_seqs": 128, "max_num_batched_tokens": 2048, "async_scheduling": async_mode})
+            "max_num_seqs": 128, "max_num_batched_tokens": 2048, "async_scheduling": async_mode,
+            "scheduler_reserve_full_isl": has_reserve_full_isl(v)})
         theirs = vllm_run(cfg, rows, work, opts=opts)
         ours = pdsim_run(cfg, rows, opts=opts)
-        print(f"RTX PRO 6000 run, {'async' if async_mode else 'sync'} scheduling: {len(rows)} requests; largest "
-              f"difference in a first-token or finish time: {_max_diff(theirs, ours) * 1e6:.3f} us")
+        print(f"RTX PRO 6000 run, {'async' if async_mode else 'sync'} scheduling (vLLM {v.version}'s scheduler): "
+              f"{len(rows)} requests; largest difference in a first-token or finish time: "
+              f"{_max_diff(theirs, ours) * 1e6:.3f} us")
 
 
 # -- golden scenarios for the test suite --------------------------------------------------------
-def golden_scenarios() -> list[dict]:
+def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
+    """reserve_full_isl: the vLLM being recorded has the whole-sequence admission check (0.19+)."""
     from pdsim.workload.generate import generate_requests
 
     open_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
                  for r in generate_requests(120, 40, "lognormal:600,400", "lognormal:120,80", seed=7)]
-    base = {"mem_size_gb": 96.0, "max_num_seqs": 8, "max_num_batched_tokens": 8 + 1024 + 1500}
-    tight = {"mem_size_gb": 18.5, "max_num_seqs": 32, "max_num_batched_tokens": 512}
+    base = {"mem_size_gb": 96.0, "max_num_seqs": 8, "max_num_batched_tokens": 8 + 1024 + 1500,
+            "scheduler_reserve_full_isl": reserve_full_isl}
+    tight = {**base, "mem_size_gb": 18.5, "max_num_seqs": 32, "max_num_batched_tokens": 512}
     out = []
     for async_mode in (False, True):
         tag = "async" if async_mode else "sync"
@@ -357,15 +381,17 @@ def golden_config(engine: dict):
     return cluster(instance(None, engine["mem_size_gb"], **knobs))
 
 
-def record(path: Path, work: Path) -> None:
+def record(path: Path | None, work: Path) -> None:
     from unittest import mock
 
     from pdsim.engine.cluster import SimOptions
     from tests.helpers import AnalyticStepTimes
 
+    v = _vllm()
+    path = path or REPO / "tests" / "data" / f"vllm_scheduler_golden_{v.version}.json"
     scenarios = []
     with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
-        for sc in golden_scenarios():
+        for sc in golden_scenarios(has_reserve_full_isl(v)):
             cfg = golden_config(sc["engine"])
             times = vllm_run(cfg, sc["rows"], work, sc["concurrency"], sc["client_delay_s"], opts=SimOptions())
             ours = pdsim_run(cfg, sc["rows"], sc["concurrency"], sc["client_delay_s"])
@@ -373,7 +399,7 @@ def record(path: Path, work: Path) -> None:
                   f"{_max_diff(times, ours) * 1e6:.3f} us")
             scenarios.append({**sc, "vllm_times_s": times})
     path.parent.mkdir(parents=True, exist_ok=True)
-    source = (f"benchmarks/vllm_scheduler_check.py --record: vLLM {VLLM_VERSION}'s Scheduler/AsyncScheduler driven as "
+    source = (f"benchmarks/vllm_scheduler_check.py --record: vLLM {v.version}'s Scheduler/AsyncScheduler driven as "
               "its engine core does, with tests.helpers.AnalyticStepTimes")
     lines = ",\n".join(json.dumps(sc) for sc in scenarios)  # one scenario per line
     path.write_text(f'{{"source": {json.dumps(source)},\n"scenarios": [\n{lines}\n]}}\n')
@@ -386,15 +412,17 @@ def main() -> None:
     ap.add_argument("--profile-dir", type=Path, default=Path("/tmp/aic"),
                     help="H100 profiles from aiconfigurator's database (built there if missing)")
     ap.add_argument("--rows", type=int, default=None, help="only the first N H100 rows")
-    ap.add_argument("--record", type=Path, default=None, help="write the golden scenarios to this JSON")
+    ap.add_argument("--record", type=Path, nargs="?", const=Path(), default=None,
+                    help="write the golden scenarios (default: tests/data/vllm_scheduler_golden_<vLLM version>.json)")
+    ap.add_argument("--vllm-version", default=VLLM_VERSION, help="for --setup")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
     args = ap.parse_args()
     if args.setup:
-        setup(args.setup)
+        setup(args.setup, args.vllm_version)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.record:
-        record(args.record, args.work)
+    if args.record is not None:
+        record(args.record if args.record != Path() else None, args.work)
         return
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: not found (the measured runs this check replays)")

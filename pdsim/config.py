@@ -38,6 +38,7 @@ GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2
 # CLI knobs that `load_cluster_config(overrides=...)` sets on every instance.
 OVERRIDABLE_KEYS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
+    "scheduler_reserve_full_isl",
 )
 
 
@@ -126,6 +127,10 @@ class InstanceConfig(_Strict):
     # vLLM v1 scheduler knob: cap on one request's prefill chunk per step; 0 (vLLM's default with
     # max_num_partial_prefills 1) lets a prefill take the whole budget left.
     long_prefill_token_threshold: int = Field(default=0, ge=0)
+    # vLLM's scheduler_reserve_full_isl (new in 0.19, on by default; absent up to 0.18): a waiting
+    # request is admitted only when its whole sequence fits in the free KV blocks, not just its
+    # first chunk. Set false to model vLLM 0.18 or older.
+    scheduler_reserve_full_isl: bool = True
     # vLLM's --async-scheduling: the next step is decided while the current one runs, so a request
     # that arrives during step n starts in step n+2. Off by default in vLLM 0.12, on in 0.19.
     async_scheduling: bool = False

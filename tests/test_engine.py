@@ -212,16 +212,19 @@ def test_closed_loop_steady_state_leaves_out_the_start_burst_and_the_tail():
 
 
 
-GOLDEN = Path(__file__).parent / "data" / "vllm_scheduler_golden.json"
+GOLDEN = [(path.stem.rsplit("_", 1)[1], sc) for path in sorted((Path(__file__).parent / "data").glob(
+    "vllm_scheduler_golden_*.json")) for sc in json.loads(path.read_text())["scenarios"]]
 
 
-@pytest.mark.parametrize("scenario", json.loads(GOLDEN.read_text())["scenarios"], ids=lambda sc: sc["name"])
-def test_schedules_as_vllms_own_scheduler(scenario):
-    # The expected times come from vLLM 0.12.0's Scheduler / AsyncScheduler classes, run unmodified
-    # in a loop that follows its engine core, with the same closed-form step times
-    # (benchmarks/vllm_scheduler_check.py --record, which needs vLLM's sources; regenerate it
+@pytest.mark.parametrize(("version", "scenario"), GOLDEN, ids=[f"{v}-{sc['name']}" for v, sc in GOLDEN])
+def test_schedules_as_vllms_own_scheduler(version, scenario):
+    # The expected times come from vLLM's own Scheduler / AsyncScheduler classes (0.12.0 and
+    # 0.19.0), run unmodified in a loop that follows its engine core, with the same closed-form step
+    # times (benchmarks/vllm_scheduler_check.py --record, which needs vLLM's sources; regenerate
     # there if AnalyticStepTimes or the scenarios change). Covers closed and open loops, chunked
-    # prefill, preemption under memory pressure, a chunk cap, sync and async scheduling.
+    # prefill, preemption under memory pressure, a chunk cap, sync and async scheduling, and
+    # 0.19's whole-sequence admission check (on in its scenarios, off in 0.12's).
+    assert len(GOLDEN) >= 10
     engine = scenario["engine"]
     cfg = cluster(instance(None, engine["mem_size_gb"], **{k: v for k, v in engine.items() if k != "mem_size_gb"}))
     with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
@@ -232,7 +235,7 @@ def test_schedules_as_vllms_own_scheduler(scenario):
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
     if "preemption" in scenario["name"]:
-        assert sum(r.preemptions for r in res.requests) > 50  # the scenario does exercise preemption
+        assert sum(r.preemptions for r in res.requests) > 5  # the scenario does exercise preemption
 
 
 # -- vLLM v1 scheduler rules (docs/validation.md, "vLLM v1 rules and pdsim") ---------------------

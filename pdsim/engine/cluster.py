@@ -170,7 +170,7 @@ def _build_instance(
         enable_chunked_prefill=ic.enable_chunked_prefill, kv_bytes_per_token=kv_bytes_per_token,
         weight_bytes=weight_bytes, activation_bytes=activation_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
-        async_scheduling=ic.async_scheduling,
+        async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
     )
     inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
     info = InstanceInfo(

@@ -51,6 +51,7 @@ class InstanceSpec:
     activation_bytes: int  # per TP shard
     long_prefill_token_threshold: int = 0
     async_scheduling: bool = False
+    reserve_full_isl: bool = True
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Instance:
             max_decode_run_steps=max_decode_run_steps,
             long_prefill_token_threshold=spec.long_prefill_token_threshold,
             async_scheduling=spec.async_scheduling,
+            reserve_full_isl=spec.reserve_full_isl,
         )
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0

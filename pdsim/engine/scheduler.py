@@ -17,9 +17,10 @@ against 0.19.0; docs/validation.md has the rule table):
   (the newest) is preempted: its blocks are freed, its progress reset to 0 (recompute), and it
   goes to the FRONT of the waiting queue; no waiting request is admitted in a step that preempted.
 - Then waiting requests, first come first served, stopping at the first that does not fit:
-  `max_num_seqs` running, budget spent, not enough free blocks for its first chunk, or (without
-  chunked prefill) a prompt larger than the budget left. Hand-offs whose KV has arrived go first
-  (vLLM's `skipped_waiting` queue).
+  `max_num_seqs` running, budget spent, not enough free blocks for its whole sequence (vLLM
+  0.19's `scheduler_reserve_full_isl`, on by default; `reserve_full_isl=False`: for its first
+  chunk only, as up to 0.18), or (without chunked prefill) a prompt larger than the budget left.
+  Hand-offs whose KV has arrived go first (vLLM's `skipped_waiting` queue).
 - With async scheduling (`async_scheduling`, vLLM's `--async-scheduling`) a step is decided while
   the previous one runs, so only requests queued before that step started can join, and a
   request that finished in that step still holds its slot and blocks; an idle engine still starts
@@ -30,9 +31,9 @@ they are evicted, so its recompute can be shorter), speculative decoding (`num_l
 and KV allocation per request in list order (the decode cohort asks for its blocks as one group;
 the victims are the same unless partial prefills sit between decodes and memory runs out).
 
-Checked against vLLM 0.12.0's own `Scheduler` and `AsyncScheduler` classes, run in a loop that
-follows its engine core with the same step times (benchmarks/vllm_scheduler_check.py): every
-request's first-token and finish times agree to floating-point rounding on the 90 H100
+Checked against the `Scheduler` and `AsyncScheduler` classes of vLLM 0.12.0 and 0.19.0, run in a
+loop that follows vLLM's engine core with the same step times (benchmarks/vllm_scheduler_check.py):
+every request's first-token and finish times agree to floating-point rounding on the 90 H100
 closed-loop rows, the RTX PRO 6000 run (sync and async) and the golden scenarios that
 tests/test_engine.py replays (preemption, chunk caps).
 """
@@ -84,6 +85,7 @@ class Scheduler:
         max_decode_run_steps: int,
         long_prefill_token_threshold: int = 0,
         async_scheduling: bool = False,
+        reserve_full_isl: bool = True,
     ) -> None:
         self.kv = kv
         self.block_size = kv.block_size
@@ -93,6 +95,7 @@ class Scheduler:
         self.prefill_only = prefill_only
         self.max_decode_run_steps = max_decode_run_steps
         self.long_prefill_token_threshold = long_prefill_token_threshold  # 0: no cap on a chunk
+        self.reserve_full_isl = reserve_full_isl  # admit only what fits whole (vLLM >= 0.19)
         self.waiting: deque[Request] = deque()
         self.running: dict[Request, None] = {}  # admission order; the last one is preempted first
         self.prefilling: list[Request] = []  # running requests still computing prompt (or recompute) tokens
@@ -142,6 +145,8 @@ class Scheduler:
     def could_admit(self, req: Request) -> bool:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
         if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
+            return False
+        if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req):
             return False
         need = blocks_for(req.num_computed + min(self._chunk_cap(req.tokens_to_compute), self.max_num_batched_tokens),
                           self.block_size) - req.blocks
@@ -287,11 +292,17 @@ class Scheduler:
             todo = self._chunk_cap(req.tokens_to_compute)
             if not self.enable_chunked_prefill and todo > budget:
                 break
+            if self.reserve_full_isl and not self._fits_whole(req):
+                break
             num_new = min(todo, budget)
             if blocks_for(req.num_computed + num_new, self.block_size) - req.blocks > self.kv.free:
                 break
             self.waiting.popleft()
             budget -= self._start(req, num_new, now, plan)
+
+    def _fits_whole(self, req: Request) -> bool:
+        """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far."""
+        return blocks_for(req.input_toks + req.num_generated, self.block_size) - req.blocks <= self.kv.free
 
     def _start(self, req: Request, num_new: int, now: float, plan: StepPlan) -> int:
         """Move a waiting request into the running batch with `num_new` tokens this step."""

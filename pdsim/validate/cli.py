@@ -82,7 +82,11 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
         async_scheduling, why = run.async_scheduling()
         if async_scheduling is not None:
             run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
-    return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling})
+    reserve, why = run.reserve_full_isl()
+    if reserve is not None:
+        run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
+    return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
+                                                "scheduler_reserve_full_isl": reserve})
 
 
 @click.command("validate")

@@ -47,15 +47,35 @@ class MeasuredRun:
         if isinstance(kwargs.get("async_scheduling"), bool):
             return kwargs["async_scheduling"], "set in meta.json engine_kwargs"
         version = str(self.engine_meta.get("vllm_version", ""))
-        try:
-            major_minor = tuple(int(x) for x in version.split(".")[:2])
-        except ValueError:
+        major_minor = vllm_major_minor(version)
+        if major_minor is None:
             return None, ""
         if major_minor >= (0, 19):
             return True, f"vLLM {version}'s default (meta.json)"
         if major_minor <= (0, 12):
             return False, f"vLLM {version}'s default (meta.json)"
         return None, ""
+
+    def reserve_full_isl(self) -> tuple[bool | None, str]:
+        """Whether the measured vLLM admitted only requests whose whole sequence fits in the free
+        KV cache (scheduler_reserve_full_isl: new in 0.19, on by default)."""
+        kwargs = self.engine_meta.get("engine_kwargs") or {}
+        if isinstance(kwargs.get("scheduler_reserve_full_isl"), bool):
+            return kwargs["scheduler_reserve_full_isl"], "set in meta.json engine_kwargs"
+        version = str(self.engine_meta.get("vllm_version", ""))
+        major_minor = vllm_major_minor(version)
+        if major_minor is None:
+            return None, ""
+        return major_minor >= (0, 19), f"vLLM {version}'s default (meta.json)"
+
+
+def vllm_major_minor(version: str) -> tuple[int, int] | None:
+    """(0, 19) for "0.19.0"; None when it is not a release number."""
+    try:
+        major, minor = (int(x) for x in str(version).split(".")[:2])
+    except ValueError:
+        return None
+    return major, minor
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
