@@ -1,24 +1,25 @@
 """Does pdsim schedule exactly as vLLM does? A differential check against vLLM's own scheduler.
 
-vLLM 0.12.0's `Scheduler` / `AsyncScheduler` classes (vllm/v1/core/sched/) are run here, unmodified
-and on the CPU, inside a loop that follows vLLM's engine core (`EngineCore.step` for synchronous
+vLLM's `Scheduler` / `AsyncScheduler` classes (vllm/v1/core/sched/) are run here, unmodified and
+on the CPU, inside a loop that follows vLLM's engine core (`EngineCore.step` for synchronous
 scheduling; `EngineCore.step_with_batch_queue` with a queue of two for async scheduling): new
 requests join between steps, each step's outputs are processed when it ends. Every step takes the
 time pdsim's predictor gives for the batch vLLM chose. pdsim then simulates the same requests,
 and the two are compared request by request (first-token and finish times).
 
     python benchmarks/vllm_scheduler_check.py --setup /tmp/vllm-check     # once: venv + vLLM sources
-    /tmp/vllm-check/venv/bin/python benchmarks/vllm_scheduler_check.py    # the check
+    /tmp/vllm-check/venv/bin/python benchmarks/vllm_scheduler_check.py    # the check (about 7 min)
 
-`--setup` needs PyPI: it downloads the vLLM 0.12.0 wheel (about 470 MB), unpacks its Python
-sources only (no CUDA kernel is used), and installs torch (CPU build), vLLM's pure-Python
-requirements and pdsim into a venv of their own. The check then covers
+`--setup` needs PyPI: it downloads the vLLM wheel (0.12.0, or `--vllm-version`; about 450 MB),
+unpacks its Python sources only (no CUDA kernel is used), and installs torch (CPU build), vLLM's
+pure-Python requirements and pdsim into a venv of their own. The check then covers
   - the 90 H100 closed-loop rows (profiles from aiconfigurator's database, as in
     docs/validation.md; `--profile-dir`, built if missing) with the benchmark harness pdsim uses,
   - the RTX PRO 6000 run's 300 requests, synchronous and asynchronous scheduling,
-and `--record` writes tests/data/vllm_scheduler_golden.json: small scenarios (closed and open
-loop, preemption, chunking, a chunk cap, sync and async) with closed-form step times, which
-tests/test_engine.py replays without vLLM.
+and `--record` writes tests/data/vllm_scheduler_golden_<vLLM version>.json: small scenarios
+(closed and open loop, preemption, a chunk cap, sync and async) with closed-form step times,
+which tests/test_engine.py replays without vLLM. pdsim is configured as the vLLM version
+compared (its whole-sequence admission check exists from 0.19 on).
 """
 
 from __future__ import annotations
