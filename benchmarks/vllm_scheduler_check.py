@@ -303,7 +303,7 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
     from pdsim.perf.aiconfigurator import import_profile
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import CLIENT_DELAY_S, ROUNDS, aiconfigurator_engine, row_config
-    from pdsim.validate.measured import read_closed_loop_table, vllm_major_minor
+    from pdsim.validate.measured import read_closed_loop_table, vllm_reserves_full_isl
 
     aic = SHARED / "aiconfigurator-h100"
     table = read_closed_loop_table(aic / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv")
@@ -317,7 +317,7 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
     for row in list(table.itertuples(index=False))[:limit]:
         isl, osl, conc, tp = int(row.isl), int(row.osl), int(row.concurrency), int(row.tp)
         # As validate simulates the row: the whole-sequence admission check only from vLLM 0.19 on.
-        reserve = vllm_major_minor(row.backend_version) >= (0, 19)
+        reserve = vllm_reserves_full_isl(row.backend_version) is not False
         cfg = row_config(model, "H100-SXM", 80.0, tp, str(profile_path(profile_dir, "H100-SXM", model, "bfloat16", tp)),
                          {**aiconfigurator_engine(conc, isl), "scheduler_reserve_full_isl": reserve})
         rows = [(isl, osl, 0.0)] * (ROUNDS * conc)

@@ -38,7 +38,7 @@ def run(cfg: ClusterConfig, rows: list[tuple[int, int, float]], **opts) -> Simul
 
 class AnalyticStepTimes(StepTimePredictor):
     """Step times from a closed formula instead of the profile's tables, for scheduler tests whose
-    expected times were recorded elsewhere (tests/data/vllm_scheduler_golden.json): 1 ms per step,
+    expected times were recorded elsewhere (tests/data/vllm_scheduler_golden_<vLLM version>.json): 1 ms per step,
     40 us per token, 2 ns per decode KV token and 1 ns per prefill query-key pair."""
 
     def step_time_s(self, prefill_chunks, n_decode, kv_decode_sum, kv_decode_max=None) -> float:

@@ -216,6 +216,11 @@ GOLDEN = [(path.stem.rsplit("_", 1)[1], sc) for path in sorted((Path(__file__).p
     "vllm_scheduler_golden_*.json")) for sc in json.loads(path.read_text())["scenarios"]]
 
 
+def test_golden_scenarios_of_both_vllm_versions_are_there():
+    # Without the recorded files the test below would have no cases and pass silently.
+    assert sorted({version for version, _ in GOLDEN}) == ["0.12.0", "0.19.0"] and len(GOLDEN) >= 10
+
+
 @pytest.mark.parametrize(("version", "scenario"), GOLDEN, ids=[f"{v}-{sc['name']}" for v, sc in GOLDEN])
 def test_schedules_as_vllms_own_scheduler(version, scenario):
     # The expected times come from vLLM's own Scheduler / AsyncScheduler classes (0.12.0 and
@@ -224,7 +229,6 @@ def test_schedules_as_vllms_own_scheduler(version, scenario):
     # there if AnalyticStepTimes or the scenarios change). Covers closed and open loops, chunked
     # prefill, preemption under memory pressure, a chunk cap, sync and async scheduling, and
     # 0.19's whole-sequence admission check (on in its scenarios, off in 0.12's).
-    assert len(GOLDEN) >= 10
     engine = scenario["engine"]
     cfg = cluster(instance(None, engine["mem_size_gb"], **{k: v for k, v in engine.items() if k != "mem_size_gb"}))
     with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):

@@ -29,7 +29,7 @@ import pandas as pd
 from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.metrics.summary import requests_frame
-from pdsim.validate.measured import vllm_major_minor
+from pdsim.validate.measured import vllm_reserves_full_isl
 from pdsim.workload.trace import TraceRequest
 
 ROUNDS = 20
@@ -96,8 +96,8 @@ def simulate_table(table: pd.DataFrame, model: str, hardware: str, mem_gb: float
         eng = (ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl)
         # vLLM 0.19 added the whole-sequence admission check: on for a row measured with 0.19 or
         # later (or of unknown version), off before.
-        version = vllm_major_minor(getattr(row, "backend_version", ""))
-        eng.setdefault("scheduler_reserve_full_isl", version is None or version >= (0, 19))
+        eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(getattr(row, "backend_version", ""))
+                       is not False)
         cfg = row_config(model, hardware, mem_gb, tp, profile_dir_for_tp(tp), eng)
         out.append({**row._asdict(), **simulate_row(cfg, isl, osl, conc, opts, rounds)})
     df = pd.DataFrame(out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,30 +44,22 @@ class MeasuredRun:
 
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
-        kwargs = self.engine_meta.get("engine_kwargs") or {}
-        if isinstance(kwargs.get("async_scheduling"), bool):
-            return kwargs["async_scheduling"], "set in meta.json engine_kwargs"
-        version = str(self.engine_meta.get("vllm_version", ""))
-        major_minor = vllm_major_minor(version)
-        if major_minor is None:
-            return None, ""
-        if major_minor >= (0, 19):
-            return True, f"vLLM {version}'s default (meta.json)"
-        if major_minor <= (0, 12):
-            return False, f"vLLM {version}'s default (meta.json)"
-        return None, ""
+        return self._engine_setting("async_scheduling", vllm_async_scheduling_default)
 
     def reserve_full_isl(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM admitted only requests whose whole sequence fits in the free
-        KV cache (scheduler_reserve_full_isl: new in 0.19, on by default)."""
+        KV cache (scheduler_reserve_full_isl), and why pdsim thinks so (None: unknown)."""
+        return self._engine_setting("scheduler_reserve_full_isl", vllm_reserves_full_isl)
+
+    def _engine_setting(self, key: str, default_of: Callable[[str], bool | None]) -> tuple[bool | None, str]:
+        """A boolean engine argument: as meta.json's engine_kwargs set it, else the default of the
+        vLLM version meta.json names (default_of(version), None when not known)."""
         kwargs = self.engine_meta.get("engine_kwargs") or {}
-        if isinstance(kwargs.get("scheduler_reserve_full_isl"), bool):
-            return kwargs["scheduler_reserve_full_isl"], "set in meta.json engine_kwargs"
+        if isinstance(kwargs.get(key), bool):
+            return kwargs[key], "set in meta.json engine_kwargs"
         version = str(self.engine_meta.get("vllm_version", ""))
-        major_minor = vllm_major_minor(version)
-        if major_minor is None:
-            return None, ""
-        return major_minor >= (0, 19), f"vLLM {version}'s default (meta.json)"
+        value = default_of(version)
+        return (None, "") if value is None else (value, f"vLLM {version}'s default (meta.json)")
 
 
 def vllm_major_minor(version: str) -> tuple[int, int] | None:
@@ -76,6 +69,20 @@ def vllm_major_minor(version: str) -> tuple[int, int] | None:
     except ValueError:
         return None
     return major, minor
+
+
+def vllm_async_scheduling_default(version: str) -> bool | None:
+    """On by default from 0.19, off up to 0.12; None for versions between or unknown."""
+    major_minor = vllm_major_minor(version)
+    if major_minor is None or (0, 12) < major_minor < (0, 19):
+        return None
+    return major_minor >= (0, 19)
+
+
+def vllm_reserves_full_isl(version: str) -> bool | None:
+    """scheduler_reserve_full_isl: new in 0.19 (on by default), absent up to 0.18; None: unknown."""
+    major_minor = vllm_major_minor(version)
+    return None if major_minor is None else major_minor >= (0, 19)
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
