@@ -10,6 +10,7 @@ import pytest
 
 from pdsim.config import load_cluster_config
 from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import PdsimError
 from pdsim.validate.compare import compare, replay
 from pdsim.validate.measured import read_measured
 from tests.helpers import cluster, instance, trace
@@ -64,6 +65,106 @@ def test_vllm_bench_json_reader(tmp_path):
     assert run.requests.tpot_ms.iloc[0] == pytest.approx(15.0)
     assert np.isnan(run.requests.tpot_ms.iloc[2])
     np.testing.assert_allclose(run.itl_ms, [10.0, 20.0, 30.0])
+
+
+def _aiperf_record(start_ns: int, isl: int, osl: int, ttft_ms: float, latency_ms: float,
+                   chunks_ms: list[float] | None = None, phase: str = "profiling", error: dict | None = None) -> dict:
+    """One line of aiperf's profile_export.jsonl, laid out as its MetricRecordInfo model dumps it
+    (aiperf 0.13: metadata, metrics as {value, unit} in display units, error)."""
+    metrics = {"time_to_first_token": {"value": ttft_ms, "unit": "ms"},
+               "request_latency": {"value": latency_ms, "unit": "ms"},
+               "input_sequence_length": {"value": isl, "unit": "tokens"},
+               "output_sequence_length": {"value": osl, "unit": "tokens"}}
+    if chunks_ms is not None:
+        metrics["inter_chunk_latency"] = {"value": chunks_ms, "unit": "ms"}
+    record = {"metadata": {"session_num": 0, "request_start_ns": start_ns, "request_end_ns": start_ns + 1,
+                           "worker_id": "worker_0", "record_processor_id": "rp_0", "benchmark_phase": phase,
+                           "was_cancelled": False},
+              "metrics": metrics}
+    if error is not None:
+        record["error"] = error
+    return record
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_aiperf_records_reader(tmp_path):
+    t0 = 1_763_900_000_123_456_789  # wall-clock ns, as aiperf stamps them
+    records = [
+        _aiperf_record(t0 - 10**9, 50, 5, 9.0, 30.0, phase="warmup"),
+        _aiperf_record(t0 + 250_000_000, 200, 3, 40.0, 60.0, [10.0, 10.0]),
+        _aiperf_record(t0, 100, 4, 20.0, 50.0, [5.0, 10.0, 15.0]),
+        _aiperf_record(t0 + 500_000_000, 300, 1, 70.0, 70.0),
+        _aiperf_record(t0 + 600_000_000, 300, 1, 70.0, 70.0, error={"code": 500, "message": "boom"}),
+    ]
+    path = _write_jsonl(tmp_path / "profile_export.jsonl", records)
+    run = read_measured(tmp_path)  # an artifacts folder is read through its records file
+    df = run.requests
+    assert list(df.input_toks) == [100, 200, 300]  # by send time, warm-up and failure left out
+    assert list(df.arrival_s) == [0.0, 0.25, 0.5]
+    assert list(df.ttft_ms) == [20.0, 40.0, 70.0] and list(df.e2e_ms) == [50.0, 60.0, 70.0]
+    assert df.tpot_ms.iloc[0] == pytest.approx(10.0) and np.isnan(df.tpot_ms.iloc[2])
+    np.testing.assert_allclose(sorted(run.itl_ms), [5.0, 10.0, 10.0, 10.0, 15.0])
+    assert run.concurrency is None and any("warm-up" in n for n in run.notes)
+    assert any("1 failed" in n for n in run.notes)
+
+    # The summary beside the records names the concurrency: the replay becomes a closed loop.
+    (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(
+        {"input_config": {"phases": [{"name": "warmup", "concurrency": 1},
+                                     {"name": "profiling", "concurrency": 8}]}}))
+    assert read_measured(path).concurrency == 8
+    (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(
+        {"input_config": {"loadgen": {"concurrency": 4}}}))  # aiperf's older layout
+    assert read_measured(path).concurrency == 4
+
+
+def test_reads_a_genuine_aiperf_export():
+    # aiperf 0.13.0's own files (tests/data/aiperf_0.13.0_mock/regenerate.py: a closed loop of 4
+    # clients against a fake streaming server). pdsim's per-request values must give back the
+    # statistics aiperf itself summarised from the same records.
+    folder = Path(__file__).parent / "data" / "aiperf_0.13.0_mock"
+    summary = json.loads((folder / "profile_export_aiperf.json").read_text())
+    run = read_measured(folder)
+    assert run.concurrency == 4 and any("4 warm-up" in n for n in run.notes)
+    df = run.requests
+    assert len(df) == summary["request_count"]["avg"] == 24
+    for column, tag in (("ttft_ms", "time_to_first_token"), ("e2e_ms", "request_latency"),
+                        ("tpot_ms", "inter_token_latency"), ("input_toks", "input_sequence_length"),
+                        ("output_toks", "output_sequence_length")):
+        assert df[column].mean() == pytest.approx(summary[tag]["avg"], rel=1e-9), column
+    assert run.itl_ms.mean() == pytest.approx(summary["inter_chunk_latency"]["avg"], rel=1e-9)
+    assert df.arrival_s.iloc[0] == 0.0 and df.arrival_s.is_monotonic_increasing
+
+
+def test_aiperf_records_errors_name_the_line(tmp_path):
+    bad = _aiperf_record(0, 100, 4, 20.0, 50.0)
+    del bad["metrics"]["input_sequence_length"]
+    path = _write_jsonl(tmp_path / "p.jsonl", [_aiperf_record(0, 100, 4, 20.0, 50.0), bad])
+    with pytest.raises(PdsimError, match=r"p.jsonl:2: metrics lack input_sequence_length"):
+        read_measured(path)
+    odd = _aiperf_record(0, 100, 4, 20.0, 50.0)
+    odd["metrics"]["request_latency"]["unit"] = "fortnights"
+    with pytest.raises(PdsimError, match=r"p.jsonl:1: metrics.request_latency: unit 'fortnights'"):
+        read_measured(_write_jsonl(path, [odd]))
+
+
+def test_aiperf_export_of_a_simulated_run_replays_to_itself(tmp_path):
+    # pdsim's own run written out as aiperf would have recorded it: the replay must give the same
+    # latencies back, which it can only do if times, units and send times are read right.
+    rows = [(int(i * 37 % 900 + 60), int(i * 13 % 120 + 2), 0.045 * i) for i in range(120)]
+    cfg = cluster(instance(None, max_num_seqs=16))
+    original = simulate(cfg, trace(rows))
+    t0 = 1_763_900_000_000_000_000
+    records = [_aiperf_record(t0 + int(round(r.arrival_s * 1e9)), r.input_toks, r.output_toks,
+                              (r.first_token_s - r.arrival_s) * 1e3, (r.finish_s - r.arrival_s) * 1e3)
+               for r in original.requests]
+    run = read_measured(_write_jsonl(tmp_path / "profile_export.jsonl", records))
+    table = compare(run, replay(cfg, run))
+    assert len(table) == 5 * 3 + 2  # TTFT, TPOT, E2E x 5 statistics, two throughputs; no ITL
+    assert table.diff_pct.abs().max() < 1e-6
 
 
 @needs_shared

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from pdsim.errors import PdsimError
 
+if TYPE_CHECKING:
+    from pdsim.engine.cluster import SimOptions
+    from pdsim.validate.measured import MeasuredRun
 
-def _sim_options(profile_dir: Path | None, step_overhead_us: float):
+
+def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: MeasuredRun | None = None,
+                 client_delay_ms: float = 0.0) -> SimOptions:
+    """Simulation options; a closed-loop measured run (run.concurrency) gets the client delay, as
+    closed-loop tables do: without one a successor would arrive at the very instant its step ends."""
     from pdsim.engine.cluster import SimOptions
 
-    return SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
+    if client_delay_ms < 0:
+        raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
+    opts = SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
+    if run is not None and run.concurrency is not None:
+        opts.client_delay_s = client_delay_ms / 1e3
+    return opts
 
 
 def _closed_loop_options(f):
@@ -31,7 +44,8 @@ def _closed_loop_options(f):
                      help="Closed-loop tables: measured requests per client (aiperf --num-requests = rounds x "
                           "concurrency)."),
         click.option("--client-delay-ms", default=1.0, show_default=True,
-                     help="Closed-loop tables: mean client-to-engine delay per request (uniform on [0, 2 x mean])."),
+                     help="Closed-loop tables and closed-loop runs (vllm bench --max-concurrency, aiperf "
+                          "--concurrency): mean client-to-engine delay per request (uniform on [0, 2 x mean])."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -91,8 +105,9 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
 
 @click.command("validate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, or a closed-loop CSV "
-                   "(isl, osl, concurrency/batch_size, tp, ttft, tpot).")
+              help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, an aiperf run (its "
+                   "artifacts folder or profile_export.jsonl), or a closed-loop CSV (isl, osl, "
+                   "concurrency/batch_size, tp, ttft, tpot).")
 @click.option("--cluster-config", type=click.Path(exists=True, path_type=Path), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
@@ -129,7 +144,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
     run = read_measured(measured, clock)
     cfg = _replay_config(cluster_config, run, async_scheduling)
-    result = replay(cfg, run, _sim_options(profile_dir, step_overhead_us), str(cluster_config))
+    result = replay(cfg, run, _sim_options(profile_dir, step_overhead_us, run, client_delay_ms), str(cluster_config))
     table = compare(run, result)
     table.to_csv(output, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
@@ -180,7 +195,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
-            table = compare(run, replay(cfg, run, _sim_options(profile_dir, overhead_us)))
+            table = compare(run, replay(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms)))
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()
 

@@ -1,10 +1,12 @@
 """Measured runs of real engines, read into one shape that can be compared with a simulation.
 
-Three kinds of files are read:
+Four kinds of files are read:
 - per-request JSONL with engine timestamps (`input_toks, output_toks, arrival_time, queued_ts,
   scheduled_ts, first_token_ts, last_token_ts`), as LLMServingSim's vLLM runner writes;
 - the JSON of `vllm bench serve --save-result --save-detailed` (per-request `ttfts`, `itls`,
   `input_lens`, `output_lens`);
+- aiperf's per-request export, `profile_export.jsonl` (NVIDIA's benchmark client, the one Dynamo
+  and aiconfigurator use; its default `--export-level records`);
 - closed-loop tables (`isl, osl, concurrency, tp, mean TTFT, mean TPOT` per row), as in
   aiconfigurator's silicon CSVs.
 
@@ -86,8 +88,11 @@ def vllm_reserves_full_isl(version: str) -> bool | None:
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
-    """Read a per-request JSONL or a `vllm bench serve` JSON (chosen by content)."""
+    """Read a per-request JSONL, a `vllm bench serve` JSON or an aiperf export (chosen by content;
+    an aiperf artifacts folder is read through its profile_export.jsonl)."""
     p = Path(path)
+    if p.is_dir() and (p / AIPERF_RECORDS).is_file():
+        p = p / AIPERF_RECORDS
     if not p.is_file():
         raise PdsimError(f"{p}: measured run not found")
     text = p.read_text()
@@ -99,6 +104,13 @@ def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
             obj = None  # JSONL: one object per line
         if isinstance(obj, dict) and "ttfts" in obj:
             return read_vllm_bench_json(p, obj)
+        head = text.lstrip().split("\n", 1)[0]
+        try:
+            first_record = json.loads(head)
+        except json.JSONDecodeError:
+            first_record = None
+        if isinstance(first_record, dict) and "metadata" in first_record and "metrics" in first_record:
+            return read_aiperf_jsonl(p)
     return read_engine_jsonl(p, clock)
 
 
@@ -188,6 +200,112 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
                        "ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e})
     itl = np.concatenate(itls) if itls else np.empty(0)
     return MeasuredRun(str(p), df, itl_ms=itl, concurrency=int(conc) if conc else None, notes=notes)
+
+
+# -- aiperf ---------------------------------------------------------------------------------------
+
+AIPERF_RECORDS = "profile_export.jsonl"
+AIPERF_SUMMARY = "profile_export_aiperf.json"
+_TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "sec": 1e3, "s": 1e3}
+
+
+def _aiperf_value(record: dict, tag: str, where: str, unit: str = "ms"):
+    """A metric of one aiperf record, times converted to ms; None when the record lacks it."""
+    metric = record["metrics"].get(tag)
+    if metric is None:
+        return None
+    if not isinstance(metric, dict) or "value" not in metric:
+        raise PdsimError(f"{where}: metrics.{tag}: expected {{\"value\": ..., \"unit\": ...}}, got {metric!r}")
+    value, got = metric["value"], metric.get("unit", unit)
+    if unit == "ms":
+        if got not in _TO_MS:
+            raise PdsimError(f"{where}: metrics.{tag}: unit {got!r}, expected one of {', '.join(_TO_MS)}")
+        scale = _TO_MS[got]
+        return [v * scale for v in value] if isinstance(value, list) else value * scale
+    return value
+
+
+def aiperf_concurrency(records_path: Path) -> int | None:
+    """The profiling phase's concurrency, from the profile_export_aiperf.json beside the records
+    (aiperf's YAML-v2 layout, `input_config.phases[]`, else the older `input_config.loadgen`)."""
+    summary = records_path.with_name(AIPERF_SUMMARY)
+    if not summary.is_file():
+        return None
+    config = read_json_object(summary).get("input_config") or {}
+    phases = [ph for ph in config.get("phases") or [] if isinstance(ph, dict)]
+    phase = next((ph for ph in phases if ph.get("name") == "profiling"), phases[0] if phases else None)
+    value = phase.get("concurrency") if phase else None
+    if value is None:
+        value = (config.get("loadgen") or {}).get("concurrency")
+    return int(value) if value else None
+
+
+def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
+    """aiperf's `profile_export.jsonl`: one record per request, `metadata` (phase, wall-clock
+    `request_start_ns`) and `metrics` (`time_to_first_token`, `request_latency`,
+    `inter_chunk_latency`: value and unit; `input_sequence_length`, `output_sequence_length`).
+    The inter-chunk gaps are compared as ITL: vLLM and Dynamo stream one token per chunk.
+
+    Only the profiling phase is compared (warm-up records are left out, and failed or cancelled
+    requests are counted in the notes). TTFT and E2E are the client's, from when it sent the
+    request. TPOT is (latency - TTFT) / (osl - 1), aiperf's inter-token latency. The replay is a
+    closed loop when the summary beside the records (profile_export_aiperf.json) names a
+    concurrency, as aiperf `--concurrency` measures; otherwise requests arrive when aiperf sent them.
+    """
+    p = Path(path)
+    rows, itls = [], []
+    warmup = failed = 0
+    for line_no, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PdsimError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("metadata"), dict) \
+                or not isinstance(record.get("metrics"), dict):
+            raise PdsimError(f"{where}: expected an aiperf record with 'metadata' and 'metrics' objects")
+        meta = record["metadata"]
+        if str(meta.get("benchmark_phase", "profiling")).lower() != "profiling":
+            warmup += 1
+            continue
+        if record.get("error") is not None or meta.get("was_cancelled"):
+            failed += 1
+            continue
+        values = {tag: _aiperf_value(record, tag, where, unit) for tag, unit in (
+            ("time_to_first_token", "ms"), ("request_latency", "ms"),
+            ("input_sequence_length", "tokens"), ("output_sequence_length", "tokens"))}
+        missing = [tag for tag, v in values.items() if v is None]
+        if missing:
+            hint = " (TTFT needs a streamed run: aiperf --streaming)" if "time_to_first_token" in missing else ""
+            raise PdsimError(f"{where}: metrics lack {', '.join(missing)}{hint}")
+        if "request_start_ns" not in meta:
+            raise PdsimError(f"{where}: metadata lacks request_start_ns")
+        osl = int(values["output_sequence_length"])
+        ttft, latency = float(values["time_to_first_token"]), float(values["request_latency"])
+        rows.append({"input_toks": int(values["input_sequence_length"]), "output_toks": osl,
+                     "start_ns": int(meta["request_start_ns"]), "ttft_ms": ttft,
+                     "tpot_ms": (latency - ttft) / (osl - 1) if osl > 1 else np.nan, "e2e_ms": latency})
+        chunks = _aiperf_value(record, "inter_chunk_latency", where)
+        if chunks is not None:
+            itls.extend(chunks)
+    if not rows:
+        raise PdsimError(f"{p}: no successful profiling-phase request")
+    df = pd.DataFrame(rows)
+    # Wall-clock ns since 1970 lose sub-microsecond precision as float seconds: subtract first.
+    start_ns = df.pop("start_ns")
+    df.insert(2, "arrival_s", (start_ns - start_ns.min()) / 1e9)
+    df = df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    concurrency = aiperf_concurrency(p)
+    notes = [f"closed loop, {concurrency} clients ({AIPERF_SUMMARY})" if concurrency
+             else "arrival times: when aiperf sent each request"]
+    if warmup:
+        notes.append(f"{warmup} warm-up request(s) left out")
+    if failed:
+        notes.append(f"{failed} failed or cancelled request(s) left out")
+    return MeasuredRun(str(p), df, itl_ms=np.asarray(itls, dtype=float) if itls else None,
+                       concurrency=concurrency, notes=notes)
 
 
 # -- closed-loop tables ---------------------------------------------------------------------------
