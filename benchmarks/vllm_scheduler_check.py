@@ -130,9 +130,9 @@ def _model_dir(model_name: str, work: Path) -> str:
     return str(folder)
 
 
-def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None):
-    """rows: [(input_toks, output_toks, arrival_s)] (arrivals ignored in a closed loop). Returns
-    [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
+def make_scheduler(cfg, work: Path, opts=None):
+    """vLLM's Scheduler (AsyncScheduler with async scheduling) set up as the cluster's single
+    instance, with pdsim's step-time predictor for it. Returns (vllm namespace, scheduler, predictor)."""
     import simpy
 
     from pdsim.engine.cluster import Cluster, SimOptions
@@ -169,6 +169,69 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
                 structured_output_manager=v.StructuredOutputManager(vllm_config), block_size=ic.block_size,
                 log_stats=False)
     assert sched.max_num_scheduled_tokens == ic.max_num_batched_tokens
+    return v, sched, predictor
+
+
+def new_request(v, request_id: str, input_toks: int, output_toks: int):
+    """A vLLM request of that many prompt tokens, generating exactly output_toks (ignore_eos)."""
+    # The EOS id is a Request argument up to 0.12 and gone by 0.19 (ignore_eos makes it moot).
+    eos = {"eos_token_id": 2} if "eos_token_id" in inspect.signature(v.Request.__init__).parameters else {}
+    params = v.SamplingParams(max_tokens=output_toks, ignore_eos=True, temperature=0.0)
+    return v.Request(request_id, [1] * input_toks, params, None, **eos)
+
+
+class StepPlanner:
+    """One engine step: vLLM's scheduler decides the batch, pdsim's predictor prices it, and what
+    vLLM's model runner would sample is handed back (nothing for a partial prefill or recompute)."""
+
+    def __init__(self, v, sched, predictor) -> None:
+        self.v, self.sched, self.predictor = v, sched, predictor
+        self.decoding: set[str] = set()  # requests past their prefill (or recompute), as pdsim's decode cohort
+
+    def plan(self):
+        """-> (scheduler output, {request id: samples a token}, step seconds)."""
+        sched = self.sched
+        # Tokens each request must have computed to sample its next one (async: with the token
+        # of the step in flight, a placeholder), taken before schedule() advances anything.
+        due = {rid: r.num_tokens + r.num_output_placeholders for rid, r in sched.requests.items()}
+        out = sched.schedule()
+        chunks, n_decode, kv_sum, kv_max, samples = [], 0, 0, 0, {}
+        for rid, n in out.num_scheduled_tokens.items():
+            req = sched.requests[rid]
+            before = req.num_computed_tokens - n  # schedule() has already advanced it
+            if before == 0:
+                self.decoding.discard(rid)  # new, or recomputing after a preemption
+            if rid in self.decoding:
+                n_decode += 1
+                kv_sum += before
+                kv_max = max(kv_max, before)
+            else:
+                chunks.append((n, before))
+            # vLLM's model runner discards what a partial prefill samples.
+            samples[rid] = before + n >= due[rid]
+        for rid, sampled in samples.items():
+            if sampled:
+                self.decoding.add(rid)
+        seconds = self.predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max if n_decode else None)
+        return out, samples, seconds
+
+    def finish(self, out, samples):
+        """Hand the step's samples to the scheduler; -> its outputs (EngineCoreOutput per request)."""
+        ids = list(out.num_scheduled_tokens)
+        output = self.v.ModelRunnerOutput(
+            req_ids=ids, req_id_to_index={r: k for k, r in enumerate(ids)},
+            sampled_token_ids=[[7] if samples[r] else [] for r in ids], logprobs=None, prompt_logprobs_dict={},
+            pooler_output=[])
+        return [o for client in self.sched.update_from_output(out, output).values() for o in client.outputs]
+
+
+def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None):
+    """rows: [(input_toks, output_toks, arrival_s)] (arrivals ignored in a closed loop). Returns
+    [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
+    v, sched, predictor = make_scheduler(cfg, work, opts)
+    async_mode = bool(next(iter(cfg.instances())).config.async_scheduling)
+    planner = StepPlanner(v, sched, predictor)
+    plan = planner.plan
 
     rng = random.Random(seed)
     arrivals: list[tuple[float, int]] = []
@@ -191,57 +254,20 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
         for _ in range(concurrency):
             send(0.0)
 
-    # The EOS id is a Request argument up to 0.12 and gone by 0.19 (ignore_eos makes it moot).
-    eos = {"eos_token_id": 2} if "eos_token_id" in inspect.signature(v.Request.__init__).parameters else {}
-
     def add_arrived(now: float) -> None:
         while arrivals and arrivals[0][0] <= now:
             _, i = heapq.heappop(arrivals)
-            params = v.SamplingParams(max_tokens=rows[i][1], ignore_eos=True, temperature=0.0)
-            sched.add_request(v.Request(str(i), [1] * rows[i][0], params, None, **eos))
-
-    decoding: set[str] = set()  # requests past their prefill (or recompute), as pdsim's decode cohort
-
-    def plan():
-        # Tokens each request must have computed to sample its next one (async: with the token
-        # of the step in flight, a placeholder), taken before schedule() advances anything.
-        due = {rid: r.num_tokens + r.num_output_placeholders for rid, r in sched.requests.items()}
-        out = sched.schedule()
-        chunks, n_decode, kv_sum, kv_max, samples = [], 0, 0, 0, {}
-        for rid, n in out.num_scheduled_tokens.items():
-            req = sched.requests[rid]
-            before = req.num_computed_tokens - n  # schedule() has already advanced it
-            if before == 0:
-                decoding.discard(rid)  # new, or recomputing after a preemption
-            if rid in decoding:
-                n_decode += 1
-                kv_sum += before
-                kv_max = max(kv_max, before)
-            else:
-                chunks.append((n, before))
-            # vLLM's model runner discards what a partial prefill samples.
-            samples[rid] = before + n >= due[rid]
-        for rid, sampled in samples.items():
-            if sampled:
-                decoding.add(rid)
-        seconds = predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max if n_decode else None)
-        return out, samples, seconds
+            sched.add_request(new_request(v, str(i), rows[i][0], rows[i][1]))
 
     def process(out, samples, now: float) -> None:
-        ids = list(out.num_scheduled_tokens)
-        output = v.ModelRunnerOutput(
-            req_ids=ids, req_id_to_index={r: k for k, r in enumerate(ids)},
-            sampled_token_ids=[[7] if samples[r] else [] for r in ids], logprobs=None, prompt_logprobs_dict={},
-            pooler_output=[])
-        for client in sched.update_from_output(out, output).values():
-            for o in client.outputs:
-                i = int(o.request_id)
-                if o.new_token_ids and i not in first:
-                    first[i] = now
-                if o.finish_reason is not None:
-                    finish[i] = now
-                    if concurrency is not None:
-                        send(now)
+        for o in planner.finish(out, samples):
+            i = int(o.request_id)
+            if o.new_token_ids and i not in first:
+                first[i] = now
+            if o.finish_reason is not None:
+                finish[i] = now
+                if concurrency is not None:
+                    send(now)
 
     now = 0.0
     if not async_mode:
