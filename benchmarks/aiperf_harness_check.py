@@ -160,7 +160,8 @@ def serve(tp: int, isl: int, conc: int, profile_dir: Path, work: Path, log_path:
 
 
 def client_gaps_ms(log_path: Path, skip: int) -> np.ndarray:
-    """Per measured request: from the latest finish before it reached the engine, to its arrival."""
+    """At the engine, per measured request: from the latest finish before it arrived to its arrival
+    (aiperf's send gap plus both HTTP legs)."""
     rows = sorted((json.loads(line) for line in log_path.read_text().splitlines()), key=lambda r: r["arrived"])
     finishes = np.sort([r["finish"] for r in rows])
     gaps = []
@@ -199,13 +200,19 @@ def run_row(row: tuple[int, int, int, int], args) -> dict:
         server.terminate()
         server.wait()
     measured = read_measured(art)
-    sim = simulate_row(row_cluster(tp, isl, conc, args.profile_dir), isl, osl, conc,
-                       SimOptions(step_overhead_us=1000.0, client_delay_s=CLIENT_DELAY_S))
+    cfg = row_cluster(tp, isl, conc, args.profile_dir)
+    # pdsim as it validates tables (uniform client delay, mean 1 ms), and as it validates an aiperf
+    # run (delays drawn from the run's own send gaps, measured on aiperf's clock).
+    sim = simulate_row(cfg, isl, osl, conc, SimOptions(step_overhead_us=1000.0, client_delay_s=CLIENT_DELAY_S))
+    own = simulate_row(cfg, isl, osl, conc, SimOptions(step_overhead_us=1000.0,
+                                                       client_delays_s=tuple(measured.client_gaps_s)))
     gaps = client_gaps_ms(log_path, 2 * conc)
     return {"tp": tp, "isl": isl, "osl": osl, "concurrency": conc,
             "aiperf_ttft_ms": measured.requests.ttft_ms.mean(), "pdsim_ttft_ms": sim["sim_ttft_ms"],
+            "pdsim_own_gaps_ttft_ms": own["sim_ttft_ms"],
             "aiperf_tpot_ms": measured.requests.tpot_ms.mean(), "pdsim_tpot_ms": sim["sim_tpot_ms"],
-            "client_gap_p50_ms": float(np.median(gaps)), "client_gap_p90_ms": float(np.percentile(gaps, 90))}
+            "aiperf_send_gap_p50_ms": float(np.median(measured.client_gaps_s) * 1e3),
+            "engine_gap_p50_ms": float(np.median(gaps)), "engine_gap_p90_ms": float(np.percentile(gaps, 90))}
 
 
 def main() -> None:
@@ -250,10 +257,12 @@ def main() -> None:
         results.append(run_row(row, args))
         r = results[-1]
         print(f"tp {r['tp']} isl {r['isl']} osl {r['osl']} conc {r['concurrency']}: TTFT aiperf "
-              f"{r['aiperf_ttft_ms']:.1f} / pdsim {r['pdsim_ttft_ms']:.1f} ms, TPOT {r['aiperf_tpot_ms']:.2f} / "
-              f"{r['pdsim_tpot_ms']:.2f} ms; client gap p50 {r['client_gap_p50_ms']:.1f} ms", flush=True)
+              f"{r['aiperf_ttft_ms']:.1f} / pdsim {r['pdsim_ttft_ms']:.1f} (with aiperf's send gaps "
+              f"{r['pdsim_own_gaps_ttft_ms']:.1f}) ms, TPOT {r['aiperf_tpot_ms']:.2f} / {r['pdsim_tpot_ms']:.2f} ms; "
+              f"aiperf's send gap p50 {r['aiperf_send_gap_p50_ms']:.1f} ms", flush=True)
     df = pd.DataFrame(results)
     df["ttft_diff_pct"] = (df.pdsim_ttft_ms / df.aiperf_ttft_ms - 1) * 100
+    df["own_gaps_ttft_diff_pct"] = (df.pdsim_own_gaps_ttft_ms / df.aiperf_ttft_ms - 1) * 100
     df["tpot_diff_pct"] = (df.pdsim_tpot_ms / df.aiperf_tpot_ms - 1) * 100
     silicon = SHARED / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv"
     if silicon.is_file():

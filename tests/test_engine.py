@@ -191,6 +191,11 @@ def test_closed_loop_client_delay_counts_in_ttft_and_is_seeded():
     assert np.allclose(slow.ttft_ms, again.ttft_ms)
     assert np.allclose(slow.tpot_ms, base.tpot_ms)
 
+    # Measured delays to draw from (an aiperf run's own send gaps) replace the uniform draw.
+    drawn = requests_frame(run(cfg, rows, concurrency=1, client_delays_s=(0.004, 0.03)))
+    extra = drawn.ttft_ms.to_numpy() - base.ttft_ms.to_numpy()
+    assert np.allclose(np.sort(np.unique(extra.round(6))), [4.0, 30.0])
+
 
 
 def test_closed_loop_steady_state_leaves_out_the_start_burst_and_the_tail():

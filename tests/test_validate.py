@@ -137,6 +137,14 @@ def test_reads_a_genuine_aiperf_export():
         assert df[column].mean() == pytest.approx(summary[tag]["avg"], rel=1e-9), column
     assert run.itl_ms.mean() == pytest.approx(summary["inter_chunk_latency"]["avg"], rel=1e-9)
     assert df.arrival_s.iloc[0] == 0.0 and df.arrival_s.is_monotonic_increasing
+    # The client's own delays: each send after the latest end of any request (warm-up ones too).
+    records = [json.loads(line)["metadata"] for line in (folder / "profile_export.jsonl").read_text().splitlines()]
+    ends = [r["request_end_ns"] for r in records]
+    expected = sorted(
+        (r["request_start_ns"] - max(e for e in ends if e < r["request_start_ns"])) / 1e9
+        for r in records if r["benchmark_phase"] == "profiling")
+    np.testing.assert_allclose(sorted(run.client_gaps_s), expected, rtol=0, atol=1e-12)
+    assert 0 < min(expected) and max(expected) < 0.1
 
 
 def test_aiperf_records_errors_name_the_line(tmp_path):

@@ -37,6 +37,9 @@ class MeasuredRun:
     requests: pd.DataFrame  # MEASURED_COLUMNS
     itl_ms: np.ndarray | None = None  # every inter-token gap, when the file has them
     concurrency: int | None = None  # closed loop: the benchmark's --max-concurrency
+    # Closed loop: per request, the client's gap from the latest request end to its send (seconds),
+    # when the file has both times (aiperf).
+    client_gaps_s: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     # What the engine beside the run says about itself (meta.json: vllm_version, engine_kwargs).
     engine_meta: dict = field(default_factory=dict)
@@ -253,7 +256,7 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     concurrency, as aiperf `--concurrency` measures; otherwise requests arrive when aiperf sent them.
     """
     p = Path(path)
-    rows, itls = [], []
+    rows, itls, ends_ns = [], [], []
     warmup = failed = 0
     for line_no, line in enumerate(p.read_text().splitlines(), start=1):
         if not line.strip():
@@ -267,6 +270,8 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
                 or not isinstance(record.get("metrics"), dict):
             raise PdsimError(f"{where}: expected an aiperf record with 'metadata' and 'metrics' objects")
         meta = record["metadata"]
+        if isinstance(meta.get("request_end_ns"), int):
+            ends_ns.append(meta["request_end_ns"])  # any request's end, warm-up too, frees a client
         if str(meta.get("benchmark_phase", "profiling")).lower() != "profiling":
             warmup += 1
             continue
@@ -296,16 +301,26 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     # Wall-clock ns since 1970 lose sub-microsecond precision as float seconds: subtract first.
     start_ns = df.pop("start_ns")
     df.insert(2, "arrival_s", (start_ns - start_ns.min()) / 1e9)
-    df = df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    order = np.argsort(df.arrival_s.to_numpy(), kind="stable")
+    df = df.iloc[order].reset_index(drop=True)
     concurrency = aiperf_concurrency(p)
-    notes = [f"closed loop, {concurrency} clients ({AIPERF_SUMMARY})" if concurrency
-             else "arrival times: when aiperf sent each request"]
+    notes = ["arrival times: when aiperf sent each request"]
+    gaps = None
+    if concurrency:
+        # A closed-loop client sends when a request ends: how long after the latest end each send
+        # came is the client's own delay, measured on its clock.
+        ends = np.sort(np.asarray(ends_ns, dtype=np.int64))
+        starts = start_ns.to_numpy(dtype=np.int64)[order]
+        k = np.searchsorted(ends, starts, side="left")
+        gaps = (starts[k > 0] - ends[k[k > 0] - 1]) / 1e9
+        notes = [f"closed loop, {concurrency} clients ({AIPERF_SUMMARY})"]
     if warmup:
         notes.append(f"{warmup} warm-up request(s) left out")
     if failed:
         notes.append(f"{failed} failed or cancelled request(s) left out")
     return MeasuredRun(str(p), df, itl_ms=np.asarray(itls, dtype=float) if itls else None,
-                       concurrency=concurrency, notes=notes)
+                       concurrency=concurrency, notes=notes, client_gaps_s=gaps if gaps is not None and gaps.size
+                       else None)
 
 
 # -- closed-loop tables ---------------------------------------------------------------------------
