@@ -202,10 +202,10 @@ def run_row(row: tuple[int, int, int, int], args) -> dict:
     measured = read_measured(art)
     cfg = row_cluster(tp, isl, conc, args.profile_dir)
     # pdsim as it validates tables (uniform client delay, mean 1 ms), and as it validates an aiperf
-    # run (delays drawn from the run's own send gaps, measured on aiperf's clock).
+    # run (also the run's own gaps between a request's end and the next send, on aiperf's clock).
     sim = simulate_row(cfg, isl, osl, conc, SimOptions(step_overhead_us=1000.0, client_delay_s=CLIENT_DELAY_S))
-    own = simulate_row(cfg, isl, osl, conc, SimOptions(step_overhead_us=1000.0,
-                                                       client_delays_s=tuple(measured.client_gaps_s)))
+    own = simulate_row(cfg, isl, osl, conc, SimOptions(step_overhead_us=1000.0, client_delay_s=CLIENT_DELAY_S,
+                                                       client_send_gaps_s=tuple(measured.client_gaps_s)))
     gaps = client_gaps_ms(log_path, 2 * conc)
     return {"tp": tp, "isl": isl, "osl": osl, "concurrency": conc,
             "aiperf_ttft_ms": measured.requests.ttft_ms.mean(), "pdsim_ttft_ms": sim["sim_ttft_ms"],

@@ -191,10 +191,13 @@ def test_closed_loop_client_delay_counts_in_ttft_and_is_seeded():
     assert np.allclose(slow.ttft_ms, again.ttft_ms)
     assert np.allclose(slow.tpot_ms, base.tpot_ms)
 
-    # Measured delays to draw from (an aiperf run's own send gaps) replace the uniform draw.
-    drawn = requests_frame(run(cfg, rows, concurrency=1, client_delays_s=(0.004, 0.03)))
-    extra = drawn.ttft_ms.to_numpy() - base.ttft_ms.to_numpy()
-    assert np.allclose(np.sort(np.unique(extra.round(6))), [4.0, 30.0])
+    # Measured send gaps (an aiperf run's own) delay each send after a request ends, but the client
+    # measures TTFT from its send: TTFT is unchanged, the time between requests grows by the gaps.
+    gapped = run(cfg, rows, concurrency=1, client_send_gaps_s=(0.004, 0.03))
+    assert np.allclose(requests_frame(gapped).ttft_ms, base.ttft_ms)
+    done = sorted(gapped.requests, key=lambda r: r.arrival_s)
+    gaps = [round((b.arrival_s - a.finish_s) * 1e3, 6) for a, b in zip(done, done[1:])]
+    assert set(gaps) == {4.0, 30.0}
 
 
 

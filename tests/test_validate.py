@@ -175,6 +175,28 @@ def test_aiperf_export_of_a_simulated_run_replays_to_itself(tmp_path):
     assert table.diff_pct.abs().max() < 1e-6
 
 
+def test_calibrate_recovers_the_overhead_an_aiperf_run_was_made_with(tmp_path):
+    # A run made with a known per-step overhead, recorded as aiperf would: calibrate must find it.
+    import subprocess
+    import sys
+
+    rows = [(int(i * 37 % 900 + 60), int(i * 13 % 120 + 20), 0.03 * i) for i in range(150)]
+    cfg = cluster(instance(None, max_num_seqs=16))
+    made = simulate(cfg, trace(rows), SimOptions(step_overhead_us=750.0))
+    t0 = 1_763_900_000_000_000_000
+    records = [_aiperf_record(t0 + int(round(r.arrival_s * 1e9)), r.input_toks, r.output_toks,
+                              (r.first_token_s - r.arrival_s) * 1e3, (r.finish_s - r.arrival_s) * 1e3)
+               for r in made.requests]
+    _write_jsonl(tmp_path / "profile_export.jsonl", records)
+    (tmp_path / "cluster.json").write_text(cfg.model_dump_json(exclude_none=True))
+    out = tmp_path / "cal.json"
+    r = subprocess.run([sys.executable, "-m", "pdsim", "calibrate", "--measured", str(tmp_path), "--cluster-config",
+                        str(tmp_path / "cluster.json"), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    fit = json.loads(out.read_text())
+    assert fit["step_overhead_us"] == 750.0 and fit["mape_pct"] < 1e-6
+
+
 @needs_shared
 def test_rtxpro6000_llama8b_matches_measured_vllm():
     run = read_measured(RTX / "vllm_run" / "requests.jsonl")

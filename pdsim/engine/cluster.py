@@ -55,9 +55,10 @@ class SimOptions:
     # tokenisation, API-server queue): uniform on [0, 2 * mean], seeded. TTFT counts it (it is
     # measured from the client's send). It also breaks the exact lockstep of equal-length clients.
     client_delay_s: float = 0.0
-    # Closed loop: measured delays to draw from instead (seconds; each request takes one at random,
-    # seeded), e.g. a measured run's own gaps from a request's end to its client's next send.
-    client_delays_s: tuple[float, ...] = ()
+    # Closed loop: measured gaps between a request's end and its client's next send (seconds; each
+    # send draws one at random, seeded), e.g. an aiperf run's own. Not counted in TTFT: the request
+    # is sent after it; the client delay above then applies as usual.
+    client_send_gaps_s: tuple[float, ...] = ()
     # What TTFT means for a P/D request (docs/pd_realism.md): "prefill", the first token leaves the
     # prefill instance (as papers count it); "client", it reaches the user through the decode
     # instance after the KV transfer and the first decode step (what a client of vLLM's P/D proxy
@@ -413,16 +414,24 @@ def simulate(
             yield env.timeout(delay_s)
             cluster.admit(req)
 
+        def send(req: Request) -> None:
+            req.arrival_s = env.now
+            if opts.client_delay_s > 0:
+                env.process(deliver(req, rng.uniform(0.0, 2.0 * opts.client_delay_s)))
+            else:
+                cluster.admit(req)
+
+        def send_after(req: Request, gap_s: float):
+            yield env.timeout(gap_s)
+            send(req)
+
         def send_next(_done: Request | None = None) -> None:
             req = next(backlog, None)
             if req is not None:
-                req.arrival_s = env.now
-                if opts.client_delays_s:
-                    env.process(deliver(req, rng.choice(opts.client_delays_s)))
-                elif opts.client_delay_s > 0:
-                    env.process(deliver(req, rng.uniform(0.0, 2.0 * opts.client_delay_s)))
+                if opts.client_send_gaps_s:
+                    env.process(send_after(req, rng.choice(opts.client_send_gaps_s)))
                 else:
-                    cluster.admit(req)
+                    send(req)
 
         def clients():
             gap_s = opts.client_start_spread_s / opts.concurrency

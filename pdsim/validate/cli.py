@@ -18,20 +18,19 @@ if TYPE_CHECKING:
 
 def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: MeasuredRun | None = None,
                  client_delay_ms: float = 0.0) -> SimOptions:
-    """Simulation options; a closed-loop measured run (run.concurrency) gets a client delay, as
+    """Simulation options; a closed-loop measured run (run.concurrency) gets the client delay, as
     closed-loop tables do (without one a successor would arrive at the very instant its step
-    ends): drawn from the run's own measured send gaps when it has them (aiperf), else uniform
-    with mean client_delay_ms."""
+    ends), and, when it has them (aiperf), its own measured gaps between a request's end and the
+    client's next send."""
     from pdsim.engine.cluster import SimOptions
 
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     opts = SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
     if run is not None and run.concurrency is not None:
+        opts.client_delay_s = client_delay_ms / 1e3
         if run.client_gaps_s is not None:
-            opts.client_delays_s = tuple(float(g) for g in run.client_gaps_s)
-        else:
-            opts.client_delay_s = client_delay_ms / 1e3
+            opts.client_send_gaps_s = tuple(float(g) for g in run.client_gaps_s)
     return opts
 
 
@@ -50,9 +49,9 @@ def _closed_loop_options(f):
                      help="Closed-loop tables: measured requests per client (aiperf --num-requests = rounds x "
                           "concurrency)."),
         click.option("--client-delay-ms", default=1.0, show_default=True,
-                     help="Closed-loop tables and closed-loop runs (vllm bench --max-concurrency): mean "
-                          "client-to-engine delay per request (uniform on [0, 2 x mean]). aiperf closed-loop runs "
-                          "use their own measured send gaps instead."),
+                     help="Closed-loop tables and closed-loop runs: mean client-to-engine delay per request "
+                          "(uniform on [0, 2 x mean], counted in TTFT). aiperf closed-loop runs also wait their "
+                          "own measured gaps between a request's end and the next send."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -152,11 +151,11 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     run = read_measured(measured, clock)
     cfg = _replay_config(cluster_config, run, async_scheduling)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
-    if opts.client_delays_s:
-        run.notes.append(f"client delays drawn from the run's own send gaps (median "
-                         f"{np.median(opts.client_delays_s) * 1e3:.1f} ms after a request ends)")
-    elif opts.client_delay_s:
-        run.notes.append(f"client delay uniform on [0, {2 * client_delay_ms:g}] ms")
+    if opts.client_send_gaps_s:
+        run.notes.append(f"clients send after the run's own gaps (median {np.median(opts.client_send_gaps_s) * 1e3:.1f}"
+                         f" ms after a request ends)")
+    if opts.client_delay_s:
+        run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     result = replay(cfg, run, opts, str(cluster_config))
     table = compare(run, result)
     table.to_csv(output, index=False, float_format="%.4f")
