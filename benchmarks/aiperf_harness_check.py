@@ -73,6 +73,13 @@ def make_tokenizer(out: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(out)
 
 
+def sse_token_chunk(request_id: str, model: str) -> bytes:
+    """One streamed OpenAI chat-completion chunk carrying one token (" tok")."""
+    chunk = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+             "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
 def row_cluster(tp: int, isl: int, conc: int, profile_dir: Path):
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import aiconfigurator_engine, row_config
@@ -138,9 +145,7 @@ def serve(tp: int, isl: int, conc: int, profile_dir: Path, work: Path, log_path:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         while await streams[rid].get() is not None:
-            chunk = {"id": rid, "object": "chat.completion.chunk", "created": 0, "model": "emulated",
-                     "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await resp.write(sse_token_chunk(rid, "emulated"))
         await resp.write(b"data: [DONE]\n\n")
         log.write(json.dumps(stamps.pop(rid)) + "\n")
         log.flush()
@@ -162,14 +167,10 @@ def serve(tp: int, isl: int, conc: int, profile_dir: Path, work: Path, log_path:
 def client_gaps_ms(log_path: Path, skip: int) -> np.ndarray:
     """At the engine, per measured request: from the latest finish before it arrived to its arrival
     (aiperf's send gap plus both HTTP legs)."""
+    from pdsim.validate.measured import gaps_since_latest
+
     rows = sorted((json.loads(line) for line in log_path.read_text().splitlines()), key=lambda r: r["arrived"])
-    finishes = np.sort([r["finish"] for r in rows])
-    gaps = []
-    for r in rows[skip:]:
-        before = finishes[finishes < r["arrived"]]
-        if before.size:
-            gaps.append((r["arrived"] - before.max()) * 1e3)
-    return np.asarray(gaps)
+    return gaps_since_latest([r["finish"] for r in rows], [r["arrived"] for r in rows[skip:]]) * 1e3
 
 
 def run_row(row: tuple[int, int, int, int], args) -> dict:

@@ -228,6 +228,15 @@ def _aiperf_value(record: dict, tag: str, where: str, unit: str = "ms"):
     return value
 
 
+def gaps_since_latest(ends, times) -> np.ndarray:
+    """For each of `times`, how long after the latest of `ends` strictly before it (same unit);
+    times with no end before them are left out."""
+    ends = np.sort(np.asarray(ends))
+    times = np.asarray(times)
+    k = np.searchsorted(ends, times, side="left")
+    return times[k > 0] - ends[k[k > 0] - 1]
+
+
 def aiperf_concurrency(records_path: Path) -> int | None:
     """The profiling phase's concurrency, from the profile_export_aiperf.json beside the records
     (aiperf's YAML-v2 layout, `input_config.phases[]`, else the older `input_config.loadgen`)."""
@@ -309,10 +318,7 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     if concurrency:
         # A closed-loop client sends when a request ends: how long after the latest end each send
         # came is the client's own delay, measured on its clock.
-        ends = np.sort(np.asarray(ends_ns, dtype=np.int64))
-        starts = start_ns.to_numpy(dtype=np.int64)[order]
-        k = np.searchsorted(ends, starts, side="left")
-        gaps = (starts[k > 0] - ends[k[k > 0] - 1]) / 1e9
+        gaps = gaps_since_latest(ends_ns, start_ns.to_numpy(dtype=np.int64)[order]) / 1e9
         notes = [f"closed loop, {concurrency} clients ({AIPERF_SUMMARY})"]
     if warmup:
         notes.append(f"{warmup} warm-up request(s) left out")

@@ -8,7 +8,7 @@ so nothing here is a measurement of any engine.
     python -m venv /tmp/aiperf-venv && /tmp/aiperf-venv/bin/pip install aiperf==0.13.0
     /tmp/aiperf-venv/bin/python tests/data/aiperf_0.13.0_mock/regenerate.py
 
-The tokenizer is built locally (a word-level one over aiperf's own Shakespeare corpus): aiperf's
+The tokenizer is benchmarks/aiperf_harness_check.py's (a word-level one over aiperf's own corpus): aiperf's
 `builtin` tokenizer downloads its encoding, and HF tokenizers need the hub.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -26,23 +25,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2] / "benchmarks"))
+from aiperf_harness_check import make_tokenizer, sse_token_chunk  # noqa: E402  (one tokenizer, one chunk format)
+
 PORT = 8765
 KEEP = ("profile_export.jsonl", "profile_export_aiperf.json")
-
-
-def build_tokenizer(out: Path) -> None:
-    import aiperf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = Path(aiperf.__file__).parent / "dataset" / "generator" / "assets" / "shakespeare.txt"
-    vocab = {"[UNK]": 0}
-    for word in sorted(set(re.findall(r"\w+|[^\w\s]", corpus.read_text())) | {"tok"}):
-        vocab[word] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(out)
 
 
 def serve() -> None:
@@ -57,9 +44,7 @@ def serve() -> None:
         for i in range(n):
             if i:
                 await asyncio.sleep(0.008)
-            chunk = {"id": "x", "object": "chat.completion.chunk", "created": int(time.time()), "model": "mock-model",
-                     "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await resp.write(sse_token_chunk("x", "mock-model"))
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -73,7 +58,7 @@ def main() -> None:
     threading.Thread(target=serve, daemon=True).start()
     time.sleep(2)
     with tempfile.TemporaryDirectory() as tmp:
-        build_tokenizer(Path(tmp) / "tok")
+        make_tokenizer(Path(tmp) / "tok")
         art = Path(tmp) / "art"
         aiperf = Path(sys.executable).with_name("aiperf")
         subprocess.run([str(aiperf), "profile", "--model", "mock-model", "--url", f"localhost:{PORT}",
