@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import difflib
 import sys
 import time
 from pathlib import Path
@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from pdsim.bundled import InputFile, bundled_path
 from pdsim.errors import PdsimError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("round_robin", "random", "least_loaded")
 
 
@@ -23,6 +23,10 @@ class DefaultCommandGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            if not args[0].startswith("-"):  # `run` takes no positional argument: a misspelled command
+                close = difflib.get_close_matches(args[0], list(self.commands), n=1)
+                hint = f", did you mean '{close[0]}'?" if close else f"; commands: {', '.join(self.commands)}"
+                raise click.UsageError(f"no such command '{args[0]}'{hint}", ctx)
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
@@ -44,17 +48,22 @@ def cli() -> None:
     \b
       python -m pdsim --cluster-config configs/cluster/single_node_pd_instance.json \\
           --dataset workloads/example_trace.jsonl --output outputs/pd_split_run.csv
+
+    Every command accepts --debug (show the traceback of an error).
     """
 
 
 @cli.command("run")
-@click.option("--cluster-config", required=True, type=click.Path(path_type=Path),
-              help="Cluster config JSON (LLMServingSim format).")
-@click.option("--dataset", type=click.Path(path_type=Path), default=None,
-              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns). Optional with "
-                   "--concurrency and --input-len/--output-len.")
-@click.option("--output", default="outputs/run.csv", show_default=True, type=click.Path(path_type=Path),
-              help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv and plots go beside it.")
+@click.option("--cluster-config", required=True, type=InputFile("cluster config"),
+              help="Cluster config JSON (LLMServingSim format): a path, or the name of a bundled one "
+                   "such as single_node_pd_instance.")
+@click.option("--dataset", type=InputFile("dataset"), default=None,
+              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns): a path, or the name of a "
+                   "bundled one such as example_trace. Optional with --concurrency and --input-len/--output-len.")
+@click.option("--output", "--out", "output", default="outputs/run.csv", show_default=True,
+              type=click.Path(path_type=Path),
+              help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv, <stem>_links.csv and plots go "
+                   "beside it. Existing files of that stem are replaced whole, only once the run succeeded.")
 @click.option("--num-requests", "--num-reqs", type=int, default=None,
               help="Use only the first N requests (by arrival).  [default: all]")
 @click.option("--concurrency", type=int, default=None,
@@ -76,8 +85,8 @@ def cli() -> None:
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
               help="Use this profile for every instance: a pdsim profile dir (meta.json) or an LLMServingSim "
                    "one (meta.yaml + tpN/).  [default: look up profiles/<hw>/<model>/<dtype>/tp<N>, else estimate]")
-@click.option("--profiles-root", type=click.Path(path_type=Path), default=REPO_ROOT / "profiles",
-              show_default=True, help="Where profiles are looked up by hardware/model/dtype/tp.")
+@click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
+              help="Where profiles are looked up by hardware/model/dtype/tp.  [default: the bundled profiles/]")
 @click.option("--max-num-seqs", type=int, default=None,
               help="Override for all instances.  [default: config, else 128]")
 @click.option("--max-num-batched-tokens", type=int, default=None,
@@ -100,24 +109,34 @@ def cli() -> None:
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
                    "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
                    "what a client of vLLM's P/D proxy measures).")
+@click.option("--slo-ttft-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="TTFT SLO: reports the share of requests within it and marks it on the CDF plot.")
+@click.option("--slo-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="TPOT SLO: as --slo-ttft-ms.")
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (accepted by every command).")
 def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_requests: int | None,
             concurrency: int | None, client_delay_ms: float, input_len: str | None, output_len: str | None, seed: int,
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
-            profiles_root: Path, max_num_seqs: int | None, max_num_batched_tokens: int | None,
+            profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
             async_scheduling: bool | None, step_overhead_us: float, max_sim_time: float | None,
-            log_interval: float | None, ttft_mode: str, plot: bool, quiet: bool, debug: bool) -> None:
+            log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None, slo_tpot_ms: float | None,
+            plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
     from pdsim.config import load_cluster_config
     from pdsim.engine.cluster import SimOptions, simulate
-    from pdsim.metrics.plots import write_plots
+    from pdsim.metrics.files import check_run_output, write_run_outputs
+    from pdsim.metrics.load import load_report
     from pdsim.metrics.summary import format_summary, requests_frame, summarize
     from pdsim.progress import ProgressBar
     from pdsim.workload.trace import load_trace
 
+    check_run_output(output, [cluster_config, dataset])
+    if (slo_ttft_ms is None) != (slo_tpot_ms is None):
+        raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
+    profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
     if log_interval is not None and log_interval <= 0:
         raise PdsimError(f"--log-interval: expected a positive number of seconds, got {log_interval}")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
@@ -174,26 +193,28 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     summary["dataset"] = str(source)
     summary["concurrency"] = concurrency
     summary["seed"] = seed
-    output.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(output, index=False, float_format="%.6f")
-    summary_path = output.with_name(output.stem + "_summary.json")
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    samples = pd.DataFrame([s.__dict__ for s in result.samples])
-    timeline_path = output.with_name(output.stem + "_timeline.csv")
-    samples.to_csv(timeline_path, index=False, float_format="%.6f")
+    if concurrency is None:
+        summary["load"] = load_report(df, result.sim_end_s)
+    if slo_ttft_ms is not None and slo_tpot_ms is not None:
+        summary["slo"] = _slo_attainment(df, slo_ttft_ms, slo_tpot_ms)
+    written = write_run_outputs(output, df, summary, result, plot)
 
     loop = f", closed loop with {concurrency} clients" if concurrency else ""
     click.echo(f"pdsim: {cluster_config} with {source}: {len(trace)} requests{loop}, "
                f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
     click.echo(format_summary(summary))
-    written = [output, summary_path, timeline_path]
-    if result.link_samples:
-        links_path = output.with_name(output.stem + "_links.csv")
-        pd.DataFrame([s.__dict__ for s in result.link_samples]).to_csv(links_path, index=False, float_format="%.6f")
-        written.append(links_path)
-    if plot:
-        written += write_plots(df, samples, output.with_suffix(""))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _slo_attainment(df: pd.DataFrame, ttft_ms: float, tpot_ms: float) -> dict:
+    """Shares of all requests within each SLO; a request not finished meets neither. A one-token
+    output has no TPOT and meets that SLO."""
+    finished = df.status == "finished"
+    ttft_ok = finished & (df.ttft_ms <= ttft_ms)
+    tpot_ok = finished & (df.tpot_ms.isna() | (df.tpot_ms <= tpot_ms))
+    n = max(len(df), 1)
+    return {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "attain_ttft": float(ttft_ok.sum() / n),
+            "attain_tpot": float(tpot_ok.sum() / n), "attain_both": float((ttft_ok & tpot_ok).sum() / n)}
 
 
 def _synthetic_trace(input_len: str | None, output_len: str | None, num_requests: int | None,
@@ -246,6 +267,8 @@ _attach_subcommands()
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    # A global flag, read here: every command accepts it, whether or not its --help lists it.
+    args = [a for a in args if a != "--debug"]
     try:
         cli.main(args=args, prog_name="pdsim", standalone_mode=False)
     except PdsimError as exc:

@@ -12,9 +12,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from pdsim.bundled import bundled_path
 from pdsim.errors import PdsimError, read_json_object
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+MODELS_DIR = bundled_path("configs", "models")
 
 DTYPE_BYTES: dict[str, int] = {
     "bfloat16": 2,

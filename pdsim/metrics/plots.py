@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pdsim.metrics.summary import ESTIMATED_NOTE
+
+Stage = Callable[[Path, Callable[[Path], object]], Path]
+PERCENTILE_STYLES = (("p50", ":"), ("p90", "--"), ("p99", "-."))
 
 
 def _pyplot():
@@ -17,59 +23,126 @@ def _pyplot():
     return plt
 
 
-def _cdf(ax, values: np.ndarray, label: str, xlabel: str) -> None:
-    values = np.sort(values[~np.isnan(values)])
-    if values.size:
-        ax.plot(values, np.arange(1, values.size + 1) / values.size, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("fraction of requests")
-    ax.grid(alpha=0.3)
-
-
-def write_plots(df: pd.DataFrame, samples: pd.DataFrame, prefix: Path) -> list[Path]:
-    """Writes <prefix>_latency_cdf.png, <prefix>_memory.png and <prefix>_throughput.png."""
+def write_plots(df: pd.DataFrame, timeline: pd.DataFrame, summary: dict, prefix: Path, stage: Stage) -> list[Path]:
+    """Stages <prefix>_latency_cdf.png, <prefix>_memory.png and <prefix>_throughput.png through
+    `stage(path, write)` (pdsim.outputs.OutputSet.stage); returns their paths."""
     plt = _pyplot()
-    paths = []
-    finished = df[df.status == "finished"]
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _cdf(axes[0], finished.ttft_ms.to_numpy(dtype=float), "TTFT", "TTFT (ms)")
-    _cdf(axes[1], finished.tpot_ms.to_numpy(dtype=float), "TPOT", "TPOT (ms)")
-    axes[0].set_title("Time to first token")
-    axes[1].set_title("Time per output token")
-    fig.tight_layout()
-    paths.append(prefix.with_name(prefix.name + "_latency_cdf.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    if not samples.empty:
-        fig, ax = plt.subplots(figsize=(9, 4))
-        for inst, g in samples.groupby("instance", sort=False):
-            ax.plot(g.time_s, g.mem_used_gb, label=f"{inst} total")
-            ax.plot(g.time_s, g.kv_used_gb, linestyle="--", label=f"{inst} KV cache")
-        paths.append(_finish_over_time(plt, fig, ax, "memory per GPU (GB)", "Memory over time", prefix, "memory"))
-
-        fig, ax = plt.subplots(figsize=(9, 4))
-        for inst, g in samples.groupby("instance", sort=False):
-            dt = np.diff(g.time_s.to_numpy())
-            if dt.size == 0:
-                continue
-            dt[dt <= 0] = np.nan
-            t = g.time_s.to_numpy()[1:]
-            ax.plot(t, np.diff(g.prompt_tokens.to_numpy()) / dt, label=f"{inst} prompt tok/s")
-            ax.plot(t, np.diff(g.decode_tokens.to_numpy()) / dt, linestyle="--", label=f"{inst} decode tok/s")
-        paths.append(_finish_over_time(plt, fig, ax, "tokens/s", "Throughput over time", prefix, "throughput"))
+    paths = [_latency_cdfs(plt, df, summary, _name(prefix, "latency_cdf"), stage)]
+    if not timeline.empty:
+        paths.append(_memory(plt, timeline, summary, _name(prefix, "memory"), stage))
+        paths.append(_throughput(plt, timeline, summary, _name(prefix, "throughput"), stage))
     return paths
 
 
-def _finish_over_time(plt, fig, ax, ylabel: str, title: str, prefix: Path, name: str) -> Path:
+def _name(prefix: Path, what: str) -> Path:
+    return prefix.with_name(f"{prefix.name}_{what}.png")
+
+
+def _notes(summary: dict) -> str:
+    notes = []
+    if summary.get("estimated_profile"):
+        notes.append(f"NOTE: {ESTIMATED_NOTE}, not measured")
+    load = summary.get("load") or {}
+    if load.get("overloaded"):
+        notes.append(f"OVERLOADED: {load['offered_req_per_s']:.3g} req/s offered, "
+                     f"{load['served_req_per_s']:.3g} served; latencies grow with the trace length")
+    return "\n".join(notes)
+
+
+def _save(plt, fig, summary: dict, path: Path, stage: Stage) -> Path:
+    notes = _notes(summary)
+    if notes:
+        fig.text(0.01, 0.01, notes, fontsize="small", color="firebrick", va="bottom")
+        fig.tight_layout(rect=(0, 0.06 * (notes.count("\n") + 1), 1, 1))
+    else:
+        fig.tight_layout()
+    try:
+        return stage(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def _cdf(ax, values: np.ndarray, stats: dict, slo: float | None, unit: str) -> None:
+    values = np.sort(values[~np.isnan(values)])
+    if values.size:
+        ax.plot(values, np.arange(1, values.size + 1) / values.size, color="tab:blue", label="all finished requests")
+    for key, style in PERCENTILE_STYLES:
+        if stats.get(key) is not None:
+            ax.axvline(stats[key], color="grey", linestyle=style, linewidth=1,
+                       label=f"{key} {stats[key]:,.1f} {unit}")
+    if slo is not None:
+        met = float((values <= slo).mean()) if values.size else 0.0
+        ax.axvline(slo, color="firebrick", linewidth=1.5, label=f"SLO {slo:g} {unit}: {met:.0%} meet it")
+    ax.set_ylabel("fraction of requests")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+
+
+def _latency_cdfs(plt, df: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
+    finished = df[df.status == "finished"]
+    slo = summary.get("slo") or {}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ttft_label = "TTFT client" if summary.get("ttft_mode") == "client" else "TTFT"
+    _cdf(axes[0], finished.ttft_ms.to_numpy(dtype=float), summary["ttft_ms"], slo.get("ttft_ms"), "ms")
+    _cdf(axes[1], finished.tpot_ms.to_numpy(dtype=float), summary["tpot_ms"], slo.get("tpot_ms"), "ms")
+    axes[0].set_xlabel(f"{ttft_label} (ms)")
+    axes[1].set_xlabel("TPOT (ms)")
+    axes[0].set_title(f"Time to first token, {len(finished)} finished requests")
+    axes[1].set_title("Time per output token")
+    return _save(plt, fig, summary, path, stage)
+
+
+def _instance_labels(summary: dict) -> dict[str, tuple[str, dict]]:
+    return {i["id"]: (f"{i['id']} {i['pd_type'] or 'colocated'}", i) for i in summary["instances"]}
+
+
+def _memory(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
+    labels = _instance_labels(summary)
+    fig, (ax_kv, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+    for n, (inst, g) in enumerate(timeline.groupby("instance", sort=False)):
+        color = f"C{n % 10}"
+        label, info = labels.get(inst, (inst, {}))
+        ax_kv.plot(g.time_s, g.kv_used_gb, color=color, label=f"{label}: KV in use")
+        ax_mem.plot(g.time_s, g.mem_used_gb, color=color, label=f"{label}: in use")
+        if "kv_capacity_gb" in info:
+            ax_kv.axhline(info["kv_capacity_gb"], color=color, linestyle="--", linewidth=1,
+                          label=f"{label}: KV capacity {info['kv_capacity_gb']:.1f} GB")
+            ceiling = info["weights_gb"] + info["activation_gb"] + info["kv_capacity_gb"]
+            ax_mem.axhline(ceiling, color=color, linestyle="--", linewidth=1,
+                           label=f"{label}: weights + activations + KV capacity {ceiling:.1f} GB")
+    ax_kv.set_title("KV cache per GPU")
+    ax_mem.set_title("GPU memory per GPU (weights, activations, KV)")
+    for ax in (ax_kv, ax_mem):
+        _time_axes(ax, "GB (2^30 bytes)")
+        ax.set_ylim(bottom=0)
+    return _save(plt, fig, summary, path, stage)
+
+
+def _throughput(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
+    labels = _instance_labels(summary)
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    for n, (inst, g) in enumerate(timeline.groupby("instance", sort=False)):
+        t = g.time_s.to_numpy()
+        if t.size < 2:
+            continue
+        dt = np.diff(t)
+        dt[dt <= 0] = np.nan
+        label = labels.get(inst, (inst, {}))[0]
+        for column, kind, style in (("cumulative_prompt_tokens", "prompt", "-"),
+                                    ("cumulative_decode_tokens", "decode", "--")):
+            counts = g[column].to_numpy()
+            if counts[-1] == counts[0]:
+                continue  # a prefill instance decodes nothing and a decode instance prefills nothing
+            ax.plot(t[1:], np.diff(counts) / dt, color=f"C{n % 10}", linestyle=style, label=f"{label}: {kind} tok/s")
+    ax.set_title("Tokens processed per second, per instance (between timeline samples)")
+    _time_axes(ax, "tokens/s")
+    return _save(plt, fig, summary, path, stage)
+
+
+def _time_axes(ax, ylabel: str) -> None:
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = prefix.with_name(f"{prefix.name}_{name}.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -128,7 +129,6 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         span_s = float(finished.finish_s.max() - df.arrival_s.min())
     else:
         span_s = 0.0
-    reasons = df[df.status != "finished"].groupby(["status", "reason"]).size()
     estimated = any(info.estimated_profile for info in result.infos)
     instances = []
     for inst, info in zip(result.instances, result.infos):
@@ -147,9 +147,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "finished": int(len(finished)),
         "rejected": int((df.status == "rejected").sum()),
         "unfinished": int((df.status == "unfinished").sum()),
-        "not_finished_reasons": [
-            {"status": status, "reason": reason, "count": int(n)} for (status, reason), n in reasons.items()
-        ],
+        "not_finished_reasons": not_finished_reasons(df),
         "ttft_mode": result.ttft_mode,
         "ttft_ms": _stats(finished.ttft_ms.to_numpy(dtype=float)),
         "tpot_ms": _stats(finished.tpot_ms.to_numpy(dtype=float)),
@@ -179,6 +177,29 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
     return summary
 
 
+def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
+    """Requests not finished, counted by status and reason; reasons that differ only in their
+    numbers (`input+output = 9000 tokens ...`) are one entry, with N for the number and its range."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for status, reason in df.loc[df.status != "finished", ["status", "reason"]].itertuples(index=False):
+        numbers = [float(x.replace(",", "")) for x in _NUMBER.findall(str(reason))]
+        key = (status, _NUMBER.sub("N", str(reason)) if len(numbers) == 1 else str(reason))
+        groups.setdefault(key, []).extend(numbers[:1] if len(numbers) == 1 else [])
+    out = []
+    for (status, reason), numbers in groups.items():
+        item: dict = {"status": status, "reason": reason, "count": 0}
+        if numbers:
+            item["count"] = len(numbers)
+            item["N_min"], item["N_max"] = min(numbers), max(numbers)
+        else:
+            item["count"] = int(((df.status == status) & (df.reason == reason)).sum())
+        out.append(item)
+    return out
+
+
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w.])")
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -190,22 +211,35 @@ def format_summary(summary: dict) -> str:
         f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
     )
     for item in summary["not_finished_reasons"]:
-        lines.append(f"  {item['count']} {item['status']}: {item['reason']}")
+        span = ""
+        if "N_min" in item:
+            lo, hi = f"{item['N_min']:,g}", f"{item['N_max']:,g}"
+            span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
+        lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
+    load = summary.get("load")
+    if load and load.get("overloaded") is not None:
+        lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
     if summary["estimated_profile"]:
         lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
     for note in summary["profile_notes"]:
         if note != ESTIMATED_NOTE:
             lines.append(f"note: {note}")
     lines.append("")
-    lines.append(f"{'metric':<20}{'mean':>12}{'p50':>12}{'p90':>12}{'p99':>12}")
     ttft_label = "TTFT (ms)" if summary.get("ttft_mode", "prefill") == "prefill" else "TTFT client (ms)"
+    rows = [["metric", "mean", "p50", "p90", "p99"]]
     for key, label in [("ttft_ms", ttft_label), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
                        ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
                        ("kv_transfer_ms", "KV transfer (ms)")]:
         s = summary[key]
         if s["mean"] is None and key == "kv_transfer_ms":
             continue
-        lines.append(f"{label:<20}" + "".join(f"{_fmt(s[k]):>12}" for k in ("mean", "p50", "p90", "p99")))
+        rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
+    lines.extend(_columns(rows))
+    slo = summary.get("slo")
+    if slo:
+        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
+                     f"{summary['requests']} requests): TTFT {_pct(slo['attain_ttft'])}, TPOT "
+                     f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
     steady = summary.get("closed_loop_steady_state")
     if steady is not None:
         lines.append("")
@@ -232,5 +266,16 @@ def format_summary(summary: dict) -> str:
             f"{inst['kv_capacity_gb']:>11.2f}{inst['peak_kv_gb']:>12.2f}{inst['peak_mem_gb']:>13.2f}"
             f"{inst['busy_fraction']:>7.0%}{inst['preemptions']:>9}"
         )
-    lines.append("(memory per GPU, GB = 2^30 bytes)")
+    lines.append("(memory per GPU, GB = 2^30 bytes; busy = share of the simulated time the instance was running "
+                 "engine steps)")
     return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Left-aligned first column, right-aligned numbers, two spaces at least between columns."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [f"{r[0]:<{widths[0]}}" + "".join(f"  {c:>{w}}" for c, w in zip(r[1:], widths[1:])) for r in rows]

@@ -1,0 +1,133 @@
+"""Writing output files so that none is ever lost or left half-written.
+
+Every file is first written to a temporary file in its own folder and then moved over the target
+with `os.replace`, which is atomic on one file system: a reader (or a crash) sees the old file or
+the new one, never a file cut mid-row. A command's files are staged together and only moved into
+place once all of them are written (`OutputSet`), so a failure leaves the earlier run's files as
+they were and no success-claiming summary beside a missing CSV. Companion files of an earlier run
+with the same stem that this run does not write (a `_links.csv` of a P/D run, plots) are removed
+then, so a folder never mixes two runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from pdsim.errors import PdsimError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; when the block ends normally it replaces `path`,
+    when it raises the temporary file is removed and `path` is untouched."""
+    tmp = _temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _temp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    # mkstemp makes the file private (0600); an output gets the permissions open() would give it.
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class OutputSet:
+    """The files of one command, staged as temporary files and committed together.
+
+    `stage(path, write)` calls `write(tmp)` to fill a temporary file beside `path`; `commit()`
+    moves every staged file into place and removes `stale` companions not written this time;
+    `discard()` (or leaving a `with` block by an exception) removes the temporary files.
+    """
+
+    def __init__(self, stale: Iterable[Path] = ()) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+        self.stale = list(stale)
+        self.written: list[Path] = []
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+
+    def stage(self, path: Path, write: Callable[[Path], object]) -> Path:
+        tmp = _temp_beside(path)
+        self.staged.append((tmp, path))
+        write(tmp)
+        return path
+
+    def commit(self) -> list[Path]:
+        for tmp, path in self.staged:
+            os.replace(tmp, path)
+            self.written.append(path)
+        self.staged = []
+        for path in self.stale:
+            if path not in self.written and path.is_file():
+                path.unlink()
+        return self.written
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            tmp.unlink(missing_ok=True)
+        self.staged = []
+
+
+def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] = (),
+                      companions: Iterable[Path] = ()) -> None:
+    """Refuse (PdsimError, exit 2) an output file that could not be written whole, or that would
+    overwrite an input: `output` and its `companions` are compared with every input by identity
+    on disk (`samefile`), so a different spelling of the same file is caught too."""
+    if output.is_dir():
+        raise PdsimError(f"{option} {output}: is a directory; give a file name such as {output / 'run.csv'}")
+    check_output_dir(output.parent, option, output)
+    existing_inputs = [Path(p) for p in inputs if p is not None and Path(p).is_file()]
+    for target in [output, *companions]:
+        for src in existing_inputs:
+            if _same_file(target, src):
+                which = "" if target == output else f" (its companion {target.name})"
+                raise PdsimError(f"{option} {output}{which}: would overwrite the input {src}; choose another name")
+
+
+def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> None:
+    """The folder of an output: created if missing; an error if it is a file or not writable."""
+    shown = shown if shown is not None else folder
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PdsimError(f"{option} {shown}: {parent} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PdsimError(f"{option} {shown}: cannot create the folder {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PdsimError(f"{option} {shown}: the folder {folder} is not writable")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
