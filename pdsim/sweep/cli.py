@@ -13,9 +13,8 @@ from typing import Any
 import click
 import pandas as pd
 
+from pdsim.bundled import InputFile, bundled_path
 from pdsim.errors import PdsimError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
                  "attain_ttft", "attain_tpot", "attain_both"]
@@ -28,9 +27,9 @@ def _common(f: Callable) -> Callable:
     from pdsim.sweep.search import SLO_MODES
 
     options = [
-        click.option("--base-config", required=True, type=click.Path(path_type=Path),
+        click.option("--base-config", required=True, type=InputFile("cluster config"),
                      help="Cluster config whose instance (model, hardware, memory, knobs) and link are the template."),
-        click.option("--dataset", required=True, type=click.Path(path_type=Path),
+        click.option("--dataset", required=True, type=InputFile("dataset"),
                      help="Trace JSONL; its lengths are replayed at each rate."),
         click.option("--num-requests", type=int, default=None, help="Use the first N requests.  [default: all]"),
         click.option("--gpus", type=int, required=True, help="GPU budget every configuration uses."),
@@ -62,8 +61,8 @@ def _common(f: Callable) -> Callable:
                      help="Local worker processes (1: run inline).  [default: CPU count]"),
         click.option("--ray-address", default=None,
                      help="Run on Ray instead: 'auto', HOST:PORT, or 'local' for a fresh local instance."),
-        click.option("--profiles-root", type=click.Path(path_type=Path), default=REPO_ROOT / "profiles",
-                     show_default=True),
+        click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
+                     help="Where profiles are looked up by hardware/model/dtype/tp.  [default: the bundled profiles/]"),
         click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Output directory."),
         click.option("--resume", is_flag=True, help="Keep the runs already in the output CSV and do only the rest."),
@@ -101,7 +100,7 @@ class _Setup:
         self.settings = RunSettings(
             slo=self.slo, arrival=kw["arrival"], seed=kw["seed"], time_limit_slack_s=kw["time_limit_slack_s"],
             min_duration_s=kw["min_duration_s"],
-            profiles_root=str(kw["profiles_root"]),
+            profiles_root=str(kw["profiles_root"] or bundled_path("profiles")),
         )
         self.out: Path = kw["out"]
         self.out.mkdir(parents=True, exist_ok=True)
