@@ -1,0 +1,162 @@
+"""Output files are never lost, half-written, mixed with an earlier run's, or written over an input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pdsim.cli import main
+from pdsim.outputs import OutputSet, atomic_path
+
+REPO = Path(__file__).resolve().parent.parent
+PD_CONFIG = REPO / "configs/cluster/single_node_pd_instance.json"
+COLO_CONFIG = REPO / "configs/cluster/single_node_single_instance.json"
+TRACE = REPO / "workloads/example_trace.jsonl"
+
+
+def run(*args: str) -> int:
+    """The CLI in-process; its exit code (0 when it returns)."""
+    try:
+        main(["--quiet", *args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+def test_output_set_commits_all_or_nothing(tmp_path):
+    keep = tmp_path / "run.csv"
+    keep.write_text("old,run\n1,2\n")
+    with pytest.raises(RuntimeError), OutputSet() as out:
+        out.stage(keep, lambda tmp: tmp.write_text("new,run\n"))
+
+        def half_then_fail(tmp: Path) -> None:
+            tmp.write_text("a,b\n1,")  # a row cut short, as a write failing midway leaves it
+            raise RuntimeError("disk full")
+
+        out.stage(tmp_path / "run_summary.json", half_then_fail)
+    assert keep.read_text() == "old,run\n1,2\n"  # the earlier file, whole
+    assert not (tmp_path / "run_summary.json").exists()
+    assert temp_files(tmp_path) == []
+
+
+def test_atomic_path_keeps_the_old_file_on_failure_and_the_umask_permissions(tmp_path):
+    target = tmp_path / "t.csv"
+    target.write_text("old\n")
+    with pytest.raises(OSError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise OSError("no space left")
+    assert target.read_text() == "old\n" and temp_files(tmp_path) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("new\n")
+    assert target.read_text() == "new\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_failure_after_the_csv_leaves_the_earlier_run_untouched(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r.csv"
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "30",
+               "--output", str(out)) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"r.csv", "r_summary.json", "r_timeline.csv", "r_links.csv"}
+
+    import pdsim.metrics.plots as plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "_throughput", broken)  # the last file of the run fails
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "50",
+               "--output", str(out), "--plot") == 1
+    assert "internal error" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # no new CSV beside an old summary, no PNG, no temporary file
+
+
+def test_stale_companions_of_an_earlier_run_are_removed(tmp_path):
+    out = tmp_path / "r.csv"
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "30",
+               "--output", str(out), "--plot") == 0
+    assert (tmp_path / "r_links.csv").exists() and (tmp_path / "r_memory.png").exists()
+    (tmp_path / "r_notes.txt").write_text("mine")  # not a pdsim file: kept
+    assert run("--cluster-config", str(COLO_CONFIG), "--dataset", str(TRACE), "--num-requests", "20",
+               "--output", str(out)) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {"r.csv", "r_summary.json", "r_timeline.csv", "r_notes.txt"}
+    assert len(pd.read_csv(out)) == 20
+    assert json.loads((tmp_path / "r_summary.json").read_text())["requests"] == 20
+
+
+@pytest.mark.parametrize("which", ["dataset", "config", "dataset via another spelling", "companion"])
+def test_output_that_would_overwrite_an_input_exits_2_naming_it(tmp_path, which, capsys):
+    trace = tmp_path / "trace.jsonl"
+    shutil.copy(TRACE, trace)
+    config = tmp_path / "cfg.json"
+    shutil.copy(PD_CONFIG, config)
+    output = {"dataset": trace, "config": config, "dataset via another spelling": tmp_path / "sub/../trace.jsonl",
+              "companion": tmp_path / "cfg.csv"}[which]
+    (tmp_path / "sub").mkdir()
+    if which == "companion":  # cfg_summary.json would be written over the config
+        config = config.rename(tmp_path / "cfg_summary.json")
+    before = trace.read_bytes(), config.read_bytes()
+    assert run("--cluster-config", str(config), "--dataset", str(trace), "--output", str(output)) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the input" in err and (str(config) in err or str(trace) in err)
+    assert len(err.strip().splitlines()) == 1
+    assert (trace.read_bytes(), config.read_bytes()) == before
+
+
+def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    cases = {tmp_path: "is a directory", a_file / "run.csv": "is a file, not a folder"}
+    for output, expected in cases.items():
+        assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(output)) == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+    import pdsim.outputs
+
+    monkeypatch.setattr(pdsim.outputs.os, "access", lambda path, mode: False)  # root can write anywhere
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output",
+               str(tmp_path / "ro" / "run.csv")) == 2
+    err = capsys.readouterr().err
+    assert "is not writable" in err and len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "x"
+
+
+def test_overloaded_run_says_so_and_a_stable_one_does_not(tmp_path, capsys):
+    over = tmp_path / "over.jsonl"
+    with over.open("w") as f:  # 40 req/s of 1000/300-token requests: far beyond one RTX PRO 6000 decode
+        for i in range(400):
+            f.write(json.dumps({"input_toks": 1000, "output_toks": 300, "arrival_time_ns": int(i * 25e6)}) + "\n")
+    assert run("--cluster-config", str(COLO_CONFIG), "--dataset", str(over), "--output", str(tmp_path / "o.csv")) == 0
+    stdout = capsys.readouterr().out
+    load = json.loads((tmp_path / "o_summary.json").read_text())["load"]
+    assert load["overloaded"] is True and "WARNING: OVERLOADED" in stdout
+    assert load["offered_req_per_s_second_half"] == pytest.approx(40, rel=0.02)
+    assert load["served_req_per_s_second_half"] < 0.5 * load["offered_req_per_s_second_half"]
+    assert load["backlog_at_last_arrival"] > load["backlog_at_mid_window"]
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(tmp_path / "s.csv")) == 0
+    assert "not overloaded" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s_summary.json").read_text())["load"]["overloaded"] is False
+
+
+def test_renamed_columns_say_units_and_cumulative(tmp_path):
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "20",
+               "--output", str(tmp_path / "r.csv")) == 0
+    links = pd.read_csv(tmp_path / "r_links.csv")
+    assert {"capacity_gb_per_s", "rate_gb_per_s", "cumulative_moved_gb"} <= set(links.columns)
+    assert links.capacity_gb_per_s.iloc[0] == 16  # the config's link_bw, GB/s
+    timeline = pd.read_csv(tmp_path / "r_timeline.csv")
+    assert {"cumulative_prompt_tokens", "cumulative_decode_tokens", "kv_send_gb_per_s"} <= set(timeline.columns)
+    assert timeline.groupby("instance").cumulative_decode_tokens.apply(lambda s: s.is_monotonic_increasing).all()
