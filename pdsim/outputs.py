@@ -100,7 +100,7 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
     overwrite an input: `output` and its `companions` are compared with every input by identity
     on disk (`samefile`), so a different spelling of the same file is caught too."""
     if output.is_dir():
-        raise PdsimError(f"{option} {output}: is a directory; give a file name such as {output / 'run.csv'}")
+        raise PdsimError(f"{option} {output}: is a directory; give the name of a file (in it or elsewhere)")
     check_output_dir(output.parent, option, output)
     existing_inputs = [Path(p) for p in inputs if p is not None and Path(p).is_file()]
     for target in [output, *companions]:

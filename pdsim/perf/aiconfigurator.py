@@ -37,6 +37,11 @@ from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
 # aiconfigurator system name -> pdsim hardware name (for the profile's place under profiles/)
 SYSTEM_HARDWARE = {"h100_sxm": "H100-SXM", "h200_sxm": "H200", "a100_sxm": "A100-80GB", "l40s": "L40S",
                    "rtx_pro_6000_server": "RTXPRO6000"}
+# The GPU each system's tables must say they were measured on (their `device` column).
+SYSTEM_DEVICE = {"h100_sxm": "H100", "h200_sxm": "H200", "a100_sxm": "A100", "l40s": "L40S",
+                 "rtx_pro_6000_server": "RTX PRO 6000"}
+# Attention kernels in order of preference: FlashAttention 3 on Hopper, FlashAttention 2 before it.
+ATTENTION_KERNELS = ("vllm_flash_attn_fa3", "vllm_flash_attn")
 GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALLREDUCE_BYTES = [2 ** i for i in range(7, 30)]
 
@@ -53,6 +58,32 @@ def find_systems_dir() -> Path | None:
                 if cand.is_dir():
                     return cand
     return None
+
+
+def importable_systems() -> list[str]:
+    """The aiconfigurator systems pdsim can build a profile for (it has a hardware spec for them)."""
+    return sorted(SYSTEM_HARDWARE)
+
+
+def system_root(systems_dir: Path, system: str) -> Path:
+    """<systems_dir>/<system>, or `systems_dir` itself when it is one system's folder (gemm/...)."""
+    if system not in SYSTEM_HARDWARE:
+        raise ProfileError(f"--system {system}: not one pdsim can import; importable: "
+                           f"{', '.join(importable_systems())}")
+    if (systems_dir / system).is_dir():
+        return systems_dir / system
+    if (systems_dir / "gemm").is_dir():
+        return systems_dir
+    present = sorted(s for s in SYSTEM_HARDWARE if (systems_dir / s).is_dir())
+    raise ProfileError(f"--systems-dir {systems_dir}: no {system}/ folder in it (importable systems there: "
+                       f"{', '.join(present) or 'none'})")
+
+
+def _check_device(df: pd.DataFrame, system: str, path: Path) -> None:
+    devices = sorted(set(df["device"].astype(str))) if "device" in df.columns else []
+    want = SYSTEM_DEVICE.get(system)
+    if want and devices and not any(want in d for d in devices):
+        raise ProfileError(f"{path}: measured on {', '.join(devices)}, not on the {want} of --system {system}")
 
 
 def _latest(root: Path, *parts: str) -> Path:
@@ -108,14 +139,18 @@ class _Gemm:
         return max(out, 0.0)
 
 
-def _attn_table(df: pd.DataFrame, heads: int, kv_heads: int, head_dim: int, kernel: str, key: str):
+def _attn_table(df: pd.DataFrame, heads: int, kv_heads: int, head_dim: int, key: str) -> tuple[pd.DataFrame, str]:
+    """The rows of one attention shape (no sliding window, bf16 KV) and the kernel they come from."""
     sel = df[(df.num_heads == heads) & (df.num_key_value_heads == kv_heads) & (df.head_dim == head_dim)
-             & (df.window_size == 0) & (df.kv_cache_dtype == "bfloat16")]
-    if kernel in set(sel.kernel_source):
-        sel = sel[sel.kernel_source == kernel]
+             & (df.kv_cache_dtype == "bfloat16")]
+    if "window_size" in sel.columns:  # older databases (A100's) measured full attention only
+        sel = sel[sel.window_size == 0]
     if sel.empty:
         raise ProfileError(f"no attention rows for heads={heads}, kv_heads={kv_heads}, head_dim={head_dim}")
-    return sel.groupby(["batch_size", key], as_index=False).latency.min()
+    kernels = set(sel.kernel_source)
+    kernel = next((k for k in ATTENTION_KERNELS if k in kernels), sorted(kernels)[0])
+    sel = sel[sel.kernel_source == kernel]
+    return sel.groupby(["batch_size", key], as_index=False).latency.min(), kernel
 
 
 def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) -> float:
@@ -140,13 +175,16 @@ def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) ->
 
 def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16"):
     """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile."""
-    root = Path(systems_dir) / system if (Path(systems_dir) / system).is_dir() else Path(systems_dir)
+    root = system_root(Path(systems_dir), system)
     model.check_tp(tp)
     hardware = get_hardware(SYSTEM_HARDWARE.get(system, system))
     if hardware is None:
         raise ProfileError(f"--system {system}: no pdsim hardware spec for the element-wise ops' estimate")
     dense, per_seq, _, _ = estimate_rows(hardware, model, dtype, tp)
-    gemm = _Gemm(_read(_latest(root, "gemm", "vllm") / "gemm_perf.parquet"), dtype)
+    gemm_path = _latest(root, "gemm", "vllm") / "gemm_perf.parquet"
+    gemm_rows = _read(gemm_path)
+    _check_device(gemm_rows, system, gemm_path)
+    gemm = _Gemm(gemm_rows, dtype)
     h = model.hidden_size
     shapes = {  # op -> (n, k) per TP shard
         "qkv_proj": (model.qkv_out(tp), h),
@@ -160,11 +198,9 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
 
     attn_dir = _latest(root, "attention", "vllm")
     heads, kv_heads = model.heads_per_shard(tp), max(model.num_kv_heads // tp, 1)
-    kernel = "vllm_flash_attn_fa3"
-    gen = _attn_table(_read(attn_dir / "generation_attention_perf.parquet"), heads, kv_heads, model.head_dim,
-                      kernel, "step")
-    ctx = _attn_table(_read(attn_dir / "context_attention_perf.parquet"), heads, kv_heads, model.head_dim,
-                      kernel, "isl")
+    gen, kernel = _attn_table(_read(attn_dir / "generation_attention_perf.parquet"), heads, kv_heads,
+                              model.head_dim, "step")
+    ctx, _ = _attn_table(_read(attn_dir / "context_attention_perf.parquet"), heads, kv_heads, model.head_dim, "isl")
     ctx1 = ctx[ctx.batch_size == 1].sort_values("isl")
     decode = [(b, kv, _interp2(gen, "batch_size", "step", b, kv)) for b in BATCH_GRID for kv in KV_GRID]
 

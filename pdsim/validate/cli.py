@@ -225,11 +225,13 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 @click.command("import-aiconfigurator")
 @click.option("--systems-dir", type=click.Path(path_type=Path), default=None,
               help="aiconfigurator's systems/data folder (default: the installed aiconfigurator package's).")
-@click.option("--system", required=True, help="e.g. h100_sxm")
+@click.option("--system", required=True,
+              help="aiconfigurator system, one of: a100_sxm, h100_sxm, h200_sxm, l40s, rtx_pro_6000_server.")
 @click.option("--model", required=True, help="Hugging Face id, e.g. Qwen/Qwen3-32B")
-@click.option("--tp", type=int, multiple=True, required=True)
-@click.option("--dtype", default="bfloat16", show_default=True)
-@click.option("--out", default="profiles", show_default=True, type=click.Path(path_type=Path))
+@click.option("--tp", type=int, multiple=True, required=True, help="Tensor-parallel size; repeat for several.")
+@click.option("--dtype", default="bfloat16", show_default=True, help="Weights and KV dtype (16-bit only).")
+@click.option("--out", "--output", "out", default="profiles", show_default=True, type=click.Path(path_type=Path),
+              help="Profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/.")
 def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp: tuple[int, ...], dtype: str,
                           out: Path) -> None:
     """Build pdsim profiles from NVIDIA aiconfigurator's per-kernel database (not committed)."""
