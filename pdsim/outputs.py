@@ -62,6 +62,7 @@ class OutputSet:
 
     def __init__(self, stale: Iterable[Path] = ()) -> None:
         self.staged: list[tuple[Path, Path]] = []
+        self.adopted: list[tuple[Path, Path]] = []
         self.stale = list(stale)
         self.written: list[Path] = []
 
@@ -78,11 +79,17 @@ class OutputSet:
         write(tmp)
         return path
 
+    def adopt(self, written: Path, path: Path) -> Path:
+        """A file already written elsewhere (a streamed partial CSV) to move to `path` on commit;
+        kept where it is, not removed, when the set is discarded."""
+        self.adopted.append((written, path))
+        return path
+
     def commit(self) -> list[Path]:
-        for tmp, path in self.staged:
+        for tmp, path in [*self.adopted, *self.staged]:
             os.replace(tmp, path)
             self.written.append(path)
-        self.staged = []
+        self.staged, self.adopted = [], []
         for path in self.stale:
             if path not in self.written and path.is_file():
                 path.unlink()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import click
@@ -19,10 +20,12 @@ from pdsim.perf.profile import profile_path, write_profile
 @click.option(
     "--model", "model_name", required=True, help="Hugging Face model id, e.g. meta-llama/Llama-3.1-8B"
 )
-@click.option("--dtype", default="bfloat16", show_default=True)
+@click.option("--dtype", default="bfloat16", show_default=True, help="Weights and KV cache dtype.")
 @click.option("--tp", default=1, show_default=True, type=int, help="tensor-parallel degree")
 @click.option(
     "--out",
+    "--output",
+    "out",
     default="profiles",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
@@ -33,7 +36,8 @@ def estimate(hardware: str, model_name: str, dtype: str, tp: int, out: Path) -> 
     spec = get_hardware(hardware)
     if spec is None:
         raise PdsimError(
-            f"--hardware: unknown GPU {hardware!r}; known hardware: {', '.join(known_hardware())}"
+            f"--hardware: unknown GPU {hardware!r}{_did_you_mean(hardware)}; known hardware: "
+            f"{', '.join(known_hardware())}"
         )
     dtype_bytes(dtype)  # rejects unknown dtypes with the list of known ones
     model = load_model(model_name)
@@ -43,3 +47,12 @@ def estimate(hardware: str, model_name: str, dtype: str, tp: int, out: Path) -> 
     dense, per_seq, prefill, decode = estimate_rows(spec, model, dtype, tp)
     write_profile(directory, meta, dense, per_seq, prefill, decode)
     click.echo(f"wrote estimated profile {directory}")
+
+
+def _did_you_mean(name: str) -> str:
+    """`H100` -> `H100-SXM`: a known name that starts with it, or else the closest spelling."""
+    known = known_hardware()
+    folded = name.lower().replace("_", "-").replace(" ", "")
+    starts = [k for k in known if k.lower().startswith(folded) or folded.startswith(k.lower())]
+    close = starts or difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -312,6 +312,26 @@ def _check(opts: dict) -> None:
     rows = run_check(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"self-check of {profile_dir} on {device} ({os.cpu_count()} CPUs visible)")
     click.echo(format_table(rows))
+    click.echo(check_verdict(rows))
+
+
+CHECK_GOAL = 0.10  # the profiler's goal: every whole step predicted within 10% of its measured time
+
+
+def check_verdict(rows, goal: float = CHECK_GOAL) -> str:
+    """One line: do all checked steps meet the goal; which miss, and whether a miss is within the
+    measurement's own run-to-run spread (then the step time itself is not known to that accuracy)."""
+    if not rows:
+        return "verdict: nothing checked"
+    misses = [r for r in rows if abs(r.rel_error) > goal]
+    if not misses:
+        worst = max(rows, key=lambda r: abs(r.rel_error))
+        return (f"verdict: PASS, all {len(rows)} steps within {goal:.0%} of the measured time "
+                f"(worst {worst.label()} {worst.rel_error:+.1%})")
+    noisy = sum(1 for r in misses if abs(r.rel_error) <= r.spread_rel)
+    listed = ", ".join(f"{r.label()} {r.rel_error:+.1%}" for r in sorted(misses, key=lambda r: -abs(r.rel_error)))
+    extra = f"; {noisy} of them within the measurement's own spread" if noisy else ""
+    return f"verdict: FAIL, {len(misses)} of {len(rows)} steps outside {goal:.0%}: {listed}{extra}"
 
 
 @profile_group.command("compare")

@@ -15,9 +15,13 @@ import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.errors import PdsimError
+from pdsim.outputs import OutputSet, check_output_dir, check_output_file
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
                  "attain_ttft", "attain_tpot", "attain_both"]
+PLOTS = ("goodput", "latency", "pareto")
+OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv",
+                *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
 SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "attain_both", "ttft_p90_ms",
                   "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
 
@@ -51,7 +55,8 @@ def _common(f: Callable) -> Callable:
         click.option("--arrival", type=click.Choice(ARRIVAL_MODES), default="scale", show_default=True,
                      help="scale: the dataset's arrival times rescaled to each rate; poisson: new Poisson "
                           "arrivals at each rate (seeded)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of Poisson arrivals and random routing; runs are deterministic per seed."),
         click.option("--time-limit-slack-s", type=float, default=120.0, show_default=True,
                      help="Simulate this long past the last arrival; requests still running then miss their SLOs."),
         click.option("--min-duration-s", type=float, default=60.0, show_default=True,
@@ -63,10 +68,10 @@ def _common(f: Callable) -> Callable:
                      help="Run on Ray instead: 'auto', HOST:PORT, or 'local' for a fresh local instance."),
         click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
                      help="Where profiles are looked up by hardware/model/dtype/tp.  [default: the bundled profiles/]"),
-        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Output directory."),
+        click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Output directory (CSV files, plots, and configs/ with one cluster config per split)."),
         click.option("--resume", is_flag=True, help="Keep the runs already in the output CSV and do only the rest."),
-        click.option("--plots/--no-plots", default=True, show_default=True),
+        click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--debug", is_flag=True, help="Show tracebacks for errors."),
     ]
@@ -103,10 +108,24 @@ class _Setup:
             profiles_root=str(kw["profiles_root"] or bundled_path("profiles")),
         )
         self.out: Path = kw["out"]
-        self.out.mkdir(parents=True, exist_ok=True)
+        check_output_dir(self.out, "--out")
+        for name in OUTPUT_NAMES:
+            check_output_file(self.out / name, "--out", [kw["base_config"], kw["dataset"]])
+
+    def outputs(self, stem: str, streamed: str) -> OutputSet:
+        """The command's files, committed together once all are written: the streamed CSV, the
+        summary CSV, the plots and configs/ (stale ones of an earlier run in this folder removed)."""
+        from pdsim.sweep.runner import partial_path
+
+        stale = [self.out / name for name in OUTPUT_NAMES if name.startswith(f"{stem}")]
+        stale += sorted((self.out / "configs").glob("*.json"))
+        out = OutputSet(stale=stale)
+        out.adopt(partial_path(self.out / streamed), self.out / streamed)
         (self.out / "configs").mkdir(exist_ok=True)
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`
-            (self.out / "configs" / f"{config_file_stem(v.label)}.json").write_text(json.dumps(v.raw, indent=2) + "\n")
+            text = json.dumps(v.raw, indent=2) + "\n"
+            out.stage(self.out / "configs" / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
+        return out
 
     def executor(self):
         from pdsim.sweep.runner import make_executor
@@ -177,22 +196,24 @@ def sweep(rates: str, **kw: Any) -> None:
     executor = setup.executor()
     try:
         rows = run_sweep(jobs, executor, setup.out / "runs.csv", kw["resume"],
-                         on_row=lambda done, total: bar.update(done, total, "runs"))
+                         on_row=lambda done, total: bar.update(done, total, "runs"), commit=False)
     finally:
         executor.close()
         bar.close()
     wall_s = time.perf_counter() - started
-    _write_csv(rows, setup.out / "sweep.csv")
     click.echo(_table(rows, SWEEP_COLUMNS))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
     click.echo(_table(good, ["label", "goodput_req_s", "goodput_per_gpu"]))
-    written = [setup.out / "runs.csv", setup.out / "sweep.csv"]
-    if kw["plots"]:
-        written += _plots(setup, good, rows, "sweep")
+    with setup.outputs("sweep", "runs.csv") as out:
+        out.stage(setup.out / "sweep.csv", lambda tmp: _write_csv(rows, tmp))
+        if kw["plots"]:
+            _plots(setup, good, rows, "sweep", out)
+        written = [p for p in out.commit() if p.parent == setup.out]
     click.echo(_estimated_note(rows))
-    click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
+    click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written) +
+               f" and {len(setup.variants)} configs in {setup.out / 'configs'}")
 
 
 def goodput_from_grid(variants, rows: list[dict[str, Any]], attainment: float, mode: str) -> list[dict[str, Any]]:
@@ -211,17 +232,21 @@ def goodput_from_grid(variants, rows: list[dict[str, Any]], attainment: float, m
     return out
 
 
-def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]], stem: str) -> list[Path]:
+def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]], stem: str,
+           out: OutputSet) -> None:
     from pdsim.sweep.plots import plot_goodput, plot_latency_vs_rate, plot_pareto
+    from pdsim.sweep.search import meets
 
     kw = setup.kw
-    title = (f"{kw['dataset'].name}, {kw['gpus']} GPUs, TTFT<={kw['slo_ttft_ms']:g} ms, "
-             f"TPOT<={kw['slo_tpot_ms']:g} ms, {kw['attainment']:.0%} {kw['slo_mode']}")
-    return [
-        plot_goodput(good, setup.out / f"{stem}_goodput.png", title),
-        plot_latency_vs_rate(rows, kw["slo_ttft_ms"], kw["slo_tpot_ms"], setup.out / f"{stem}_latency.png"),
-        plot_pareto(rows, setup.out / f"{stem}_pareto.png"),
-    ]
+    slo = f"TTFT<={kw['slo_ttft_ms']:g} ms, TPOT<={kw['slo_tpot_ms']:g} ms, {kw['attainment']:.0%} {kw['slo_mode']}"
+    title = f"{kw['dataset'].name}, {kw['gpus']} GPUs, {slo}"
+    if any(r.get("estimated_profile") for r in rows):
+        title += "\n(step times estimated from hardware specs)"
+    out.stage(setup.out / f"{stem}_goodput.png", lambda tmp: plot_goodput(good, tmp, title))
+    out.stage(setup.out / f"{stem}_latency.png",
+              lambda tmp: plot_latency_vs_rate(rows, kw["slo_ttft_ms"], kw["slo_tpot_ms"], tmp))
+    out.stage(setup.out / f"{stem}_pareto.png",
+              lambda tmp: plot_pareto(rows, tmp, lambda r: meets(r, kw["attainment"], kw["slo_mode"]), slo))
 
 
 @click.command("search")
@@ -257,7 +282,6 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     wall_s = time.perf_counter() - started
     in_order = [goodput_row(st, estimates.get(st.variant.label)) for st in states]
     ranked = rank(in_order)
-    _write_csv(ranked, setup.out / "search.csv")
     click.echo(_table(ranked, SEARCH_COLUMNS))
     win = ranked[0]
     colo = [r for r in ranked if r["ratio"] == "colo"]
@@ -278,8 +302,10 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     else:
         click.echo("rate-matching estimate and simulation agree (same winner, every goodput within 30%)")
     rows = [writer.rows[k] for k in sorted(writer.rows)]
-    written = [setup.out / "probes.csv", setup.out / "search.csv"]
-    if kw["plots"]:
-        written += _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search")
+    with setup.outputs("search", "probes.csv") as out:
+        out.stage(setup.out / "search.csv", lambda tmp: _write_csv(ranked, tmp))
+        if kw["plots"]:
+            _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search", out)
+        written = [p for p in out.commit() if p.parent == setup.out]
     click.echo(_estimated_note(rows))
     click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))

@@ -4,6 +4,7 @@ the SLO lines, and the throughput-per-GPU vs speed-per-user Pareto front."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def plot_goodput(goodput_rows: list[dict[str, Any]], path: Path, title: str) -> 
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
     return path
 
@@ -56,14 +57,16 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
         axes[0].plot(rates, [p[1] for p in pts], style, marker=".", color=color, label=label)
         axes[1].plot(rates, [p[2] for p in pts], style, marker=".", color=color, label=label)
     for ax, slo, name in ((axes[0], slo_ttft_ms, "TTFT p90 (ms)"), (axes[1], slo_tpot_ms, "TPOT p90 (ms)")):
-        ax.axhline(slo, color="k", lw=1, ls=":", label="SLO")
+        ax.axhline(slo, color="k", lw=1, ls=":", label=f"SLO {slo:g} ms")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: ""))
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
     return path
 
@@ -79,27 +82,41 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
+def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[str, Any]], bool],
+                slo_text: str) -> Path:
+    """Throughput per GPU against speed per user, one point per run. The front is drawn through
+    the runs that meet the SLOs (`passes`) only: a run that misses them is no trade-off to choose.
+    Front points are numbered and listed beside the plot with their configuration and rate."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
-    pts = [(r["output_tok_s_per_user"], r["output_tok_s_per_gpu"]) for r in rows]
-    keep = [i for i, (x, y) in enumerate(pts) if not (math.isnan(x) or math.isnan(y))]
-    pts = [pts[i] for i in keep]
-    labels = [rows[i]["label"] for i in keep]
-    colo = np.array([lab.startswith("colo") for lab in labels], dtype=bool)
-    xy = np.array(pts, dtype=float).reshape(-1, 2)
-    ax.scatter(xy[~colo, 0], xy[~colo, 1], s=12, alpha=0.6, label="P:D splits")
-    ax.scatter(xy[colo, 0], xy[colo, 1], s=12, alpha=0.6, color="tab:red", label="colocated")
+    fig, ax = plt.subplots(figsize=(9.5, 4.6), dpi=90)
+    usable = [r for r in rows if not (math.isnan(r["output_tok_s_per_user"]) or math.isnan(r["output_tok_s_per_gpu"]))]
+    ok = [r for r in usable if passes(r)]
+    for group, style in (([r for r in usable if not passes(r)], dict(facecolors="none", edgecolors="grey",
+                                                                      label=f"misses {slo_text}")),
+                         ([r for r in ok if not r["label"].startswith("colo")], dict(color="tab:blue",
+                                                                                     label="P:D split, meets it")),
+                         ([r for r in ok if r["label"].startswith("colo")], dict(color="tab:red",
+                                                                                 label="colocated, meets it"))):
+        if group:
+            ax.scatter([r["output_tok_s_per_user"] for r in group], [r["output_tok_s_per_gpu"] for r in group],
+                       s=16, alpha=0.7, **style)
+    pts = [(r["output_tok_s_per_user"], r["output_tok_s_per_gpu"]) for r in ok]
     front = sorted(pareto_front(pts), key=lambda i: pts[i][0])
+    lines = []
     if front:
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k-", lw=1, label="Pareto front")
-        for i in front:
-            ax.annotate(labels[i], pts[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k-", lw=1, label="Pareto front (meets SLOs)")
+        for n, i in enumerate(front, start=1):
+            ax.annotate(str(n), pts[i], fontsize=8, fontweight="bold", xytext=(4, 4), textcoords="offset points")
+            lines.append(f"{n}: {ok[i]['label']} at {float(ok[i]['rate_per_s']):.3g} req/s")
+    else:
+        lines.append("no run meets the SLOs")
+    fig.text(0.74, 0.92, "front, left to right:\n" + "\n".join(lines), fontsize=7.5, va="top", family="monospace")
     ax.set_xlabel("output tokens/s per user (1000 / mean TPOT)")
     ax.set_ylabel("output tokens/s per GPU")
+    ax.set_title(f"Throughput vs speed per user, every run ({slo_text})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout(rect=(0, 0, 0.73, 1))
+    fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
     return path

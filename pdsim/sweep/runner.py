@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pdsim.errors import PdsimError
+from pdsim.outputs import atomic_path
 from pdsim.sweep.expand import Variant
 from pdsim.workload.trace import TraceRequest
 
@@ -291,32 +292,43 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def partial_path(path: Path) -> Path:
+    """Where rows stream while a command runs (runs.partial.csv); moved to `path` when it succeeds,
+    so an earlier run's complete CSV is replaced only by a complete one."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
 class RowWriter:
-    """Appends rows to a CSV as they arrive, flushed each time, so a killed run loses at most the
-    runs in flight. With resume, rows already in the file are kept and their keys skipped."""
+    """Appends rows to <path>.partial as they arrive, flushed each time, so a killed run loses at most
+    the runs in flight. With resume, the rows already in the partial file (else in `path`, a
+    finished run) are kept and their keys skipped. The caller moves the partial file into place."""
 
     def __init__(self, path: Path, fields: list[str], resume: bool) -> None:
         self.path, self.fields = path, fields
+        self.partial = partial_path(path)
         self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and path.exists() and path.stat().st_size > 0:
-            with path.open(newline="") as f:
+        source = self.partial if self.partial.exists() else path
+        if resume and source.exists() and source.stat().st_size > 0:
+            with source.open(newline="") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != fields:
-                    raise PdsimError(f"--resume: {path} has other columns than this command writes; "
+                    raise PdsimError(f"--resume: {source} has other columns than this command writes; "
                                      f"use another --out or drop --resume")
                 for row in reader:
                     # A run killed mid-write leaves a short last line: that run is simply done again.
                     if None in row.values() or None in row:
                         continue
                     self.rows[self.key(row)] = parse_row(row)
-        # Rewritten whole (header plus the rows kept), so a torn last line never merges with a new one.
-        self.file = path.open("w", newline="")
+        # Rewritten whole (header plus the rows kept) and swapped in at once, so a torn last line
+        # never merges with a new one and a crash here loses none of the kept rows.
+        with atomic_path(self.partial) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(fields)
+            for row in self.rows.values():
+                writer.writerow([_fmt(row[f]) for f in fields])
+        self.file = self.partial.open("a", newline="")
         self.writer = csv.writer(self.file)
-        self.writer.writerow(fields)
-        for row in self.rows.values():
-            self.writer.writerow([_fmt(row[f]) for f in fields])
-        self.file.flush()
 
     def key(self, row: dict[str, Any]) -> tuple[str, ...]:
         return row["label"], str(row["rate_per_s"])
@@ -349,9 +361,10 @@ def normalize(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bool,
-              on_row: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Run the jobs not already in `out_csv` (with resume), stream their rows there, and return all
-    rows in job order (configs as expanded, rates ascending), rounded as stored."""
+              on_row: Callable[[int, int], None] | None = None, commit: bool = True) -> list[dict[str, Any]]:
+    """Run the jobs not already in `out_csv` (with resume), stream their rows to its partial file,
+    and return all rows in job order (configs as expanded, rates ascending), rounded as stored.
+    commit: move the partial file to `out_csv` when every job has run (else the caller does)."""
     writer = RowWriter(out_csv, ROW_FIELDS, resume)
     todo = [j for j in jobs if j.key not in writer.rows]
     done = len(jobs) - len(todo)
@@ -365,6 +378,8 @@ def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bo
                 on_row(done, len(jobs))
     finally:
         writer.close()
+    if commit:
+        os.replace(writer.partial, out_csv)
     return [normalize(writer.rows[j.key]) for j in jobs]
 
 

@@ -127,7 +127,8 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
 @click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
               help="Engine JSONL: which timestamps give the replay's arrival times.")
 @_closed_loop_options
-@click.option("--output", default="outputs/validate.csv", show_default=True, type=click.Path(path_type=Path))
+@click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
+              type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
@@ -172,14 +173,15 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
               help="A per-request run (as for validate) or a closed-loop table.")
 @click.option("--cluster-config", type=click.Path(exists=True, path_type=Path), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
-@click.option("--profile-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--profile-dir", type=click.Path(path_type=Path), default=None, help="As for validate.")
 @click.option("--metric", type=click.Choice(["tpot_ms", "e2e_ms", "ttft_ms"]), default="tpot_ms", show_default=True,
               help="Fit on this metric (per-request runs: its mean/p50/p90; tables: its per-row error); the "
                    "others stay held out.")
 @click.option("--async-scheduling/--sync-scheduling", default=None,
               help="As for validate.  [default: the run's meta.json, else the config's; sync for tables]")
 @_closed_loop_options
-@click.option("--out", default="outputs/calibration.json", show_default=True, type=click.Path(path_type=Path))
+@click.option("--output", "--out", "out", default="outputs/calibration.json", show_default=True,
+              type=click.Path(path_type=Path), help="The fitted overhead and its errors, JSON.")
 def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, metric: str,
               async_scheduling: bool | None, model: str | None, hardware: str, mem_gb: float, engine_preset: str,
               rounds: int, client_delay_ms: float, out: Path) -> None:
