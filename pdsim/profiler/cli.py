@@ -87,6 +87,8 @@ def default_hardware_name(device: str, threads: int) -> str:
 )
 @click.option(
     "--out",
+    "--output",
+    "out",
     type=click.Path(path_type=Path),
     default=Path("profiles"),
     show_default=True,
