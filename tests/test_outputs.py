@@ -139,7 +139,8 @@ def test_overloaded_run_says_so_and_a_stable_one_does_not(tmp_path, capsys):
     with over.open("w") as f:  # 40 req/s of 1000/300-token requests: far beyond one RTX PRO 6000 decode
         for i in range(400):
             f.write(json.dumps({"input_toks": 1000, "output_toks": 300, "arrival_time_ns": int(i * 25e6)}) + "\n")
-    assert run("--cluster-config", str(COLO_CONFIG), "--dataset", str(over), "--output", str(tmp_path / "o.csv")) == 0
+    assert run("--cluster-config", str(COLO_CONFIG), "--dataset", str(over), "--output", str(tmp_path / "o.csv"),
+               "--plot") == 0
     stdout = capsys.readouterr().out
     load = json.loads((tmp_path / "o_summary.json").read_text())["load"]
     assert load["overloaded"] is True and "WARNING: OVERLOADED" in stdout

@@ -44,8 +44,8 @@ def _notes(summary: dict) -> str:
         notes.append(f"NOTE: {ESTIMATED_NOTE}, not measured")
     load = summary.get("load") or {}
     if load.get("overloaded"):
-        notes.append(f"OVERLOADED: {load['offered_req_per_s']:.3g} req/s offered, "
-                     f"{load['served_req_per_s']:.3g} served; latencies grow with the trace length")
+        notes.append(f"OVERLOADED: {load['offered_req_per_s_second_half']:.3g} req/s offered, "
+                     f"{load['served_req_per_s_second_half']:.3g} served; latencies grow with the trace length")
     return "\n".join(notes)
 
 
