@@ -22,7 +22,7 @@ TRACE = REPO / "workloads/example_trace.jsonl"
 def run(*args: str) -> int:
     """The CLI in-process; its exit code (0 when it returns)."""
     try:
-        main(["--quiet", *args])
+        main([*args, "--quiet"])
     except SystemExit as e:
         return int(e.code or 0)
     return 0
@@ -161,3 +161,33 @@ def test_renamed_columns_say_units_and_cumulative(tmp_path):
     timeline = pd.read_csv(tmp_path / "r_timeline.csv")
     assert {"cumulative_prompt_tokens", "cumulative_decode_tokens", "kv_send_gb_per_s"} <= set(timeline.columns)
     assert timeline.groupby("instance").cumulative_decode_tokens.apply(lambda s: s.is_monotonic_increasing).all()
+
+
+def test_sweep_replaces_its_files_together_and_a_failed_one_leaves_the_earlier_run(tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    args = ["sweep", "--base-config", str(REPO / "configs/cluster/sweep_base_h100.json"), "--dataset",
+            str(REPO / "workloads/prefill_heavy.jsonl"), "--num-requests", "30", "--gpus", "2", "--slo-ttft-ms",
+            "1000", "--slo-tpot-ms", "25", "--workers", "1", "--min-duration-s", "0", "--out", str(out)]
+    assert run(*args, "--rates", "5,10") == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    expected = {"runs.csv", "sweep.csv", "sweep_pareto.png", "configs/1P1D-tp1-1.json"}
+    assert {Path(p) for p in expected} <= set(first)
+
+    import pdsim.sweep.plots as plots
+
+    def broken(*a, **k):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(plots, "plot_pareto", broken)
+    assert run(*args, "--rates", "5,20") == 1
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    partial = after.pop(Path("runs.partial.csv"))  # the finished runs, kept for --resume
+    assert after == first and partial.count(b"\n") == 1 + 2 * 2
+    monkeypatch.undo()
+    assert run(*args, "--rates", "5,20", "--no-plots", "--colocated", "--resume") == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"runs.csv", "sweep.csv", "configs"}  # the earlier plots are gone, no partial file left
+    assert "20" in (out / "sweep.csv").read_text()
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    assert run(*args, "--rates", "5", "--out", str(a_file)) == 2

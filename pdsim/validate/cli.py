@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from pdsim.errors import PdsimError
+from pdsim.outputs import atomic_path, check_output_file, write_text_atomic
 
 if TYPE_CHECKING:
     from pdsim.engine.cluster import SimOptions
@@ -136,14 +137,15 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.measured import is_closed_loop_table, read_measured
 
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(output, "--output", [measured, cluster_config])
     if is_closed_loop_table(measured):
         from pdsim.validate.closed_loop import format_rows
 
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
                                           client_delay_ms, async_scheduling)
         df = simulate(step_overhead_us)
-        df.to_csv(output, index=False, float_format="%.4f")
+        with atomic_path(output) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.4f")
         click.echo(format_rows(df))
         click.echo(f"wrote {output}")
         return
@@ -159,7 +161,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     result = replay(cfg, run, opts, str(cluster_config))
     table = compare(run, result)
-    table.to_csv(output, index=False, float_format="%.4f")
+    with atomic_path(output) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
     click.echo(format_table(table))
     written = [output]
@@ -190,6 +193,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     from pdsim.validate.calibrate import fit_overhead
     from pdsim.validate.measured import is_closed_loop_table, read_measured
 
+    check_output_file(out, "--output", [measured, cluster_config])
+
     if is_closed_loop_table(measured):
         if metric == "e2e_ms":
             raise PdsimError("--metric: closed-loop tables have ttft_ms and tpot_ms, not e2e_ms")
@@ -218,8 +223,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     fit = fit_overhead(errors_at)
     fit.update({"measured": str(measured), "metric": metric,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(fit, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(fit, indent=2) + "\n")
     click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
                f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
 
