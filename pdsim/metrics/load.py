@@ -62,10 +62,10 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
 
 
 def _verdict(r: dict, growth: float) -> str:
-    rates = (f"{r['offered_req_per_s_second_half']:,.3g} req/s offered, {r['served_req_per_s_second_half']:,.3g} "
-             "served over the second half of the arrivals")
+    rates = (f"over the second half of the arrivals {r['offered_req_per_s_second_half']:,.3g} req/s offered, "
+             f"{r['served_req_per_s_second_half']:,.3g} req/s served")
     if not r["overloaded"]:
-        return f"not overloaded: {rates}"
+        return f"not overloaded ({rates})"
     return (f"OVERLOADED: {rates}; the backlog (requests arrived, not finished) grew by "
             f"{r['backlog_growth_req_per_s']:,.3g} req/s, from {r['backlog_at_mid_window']:,} to "
             f"{r['backlog_at_last_arrival']:,}, and the last quarter of arrivals took {growth:,.1f}x as long end to "
