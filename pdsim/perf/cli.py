@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pdsim.bundled import bundled_path
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware, known_hardware
 from pdsim.models import dtype_bytes, load_model
@@ -47,6 +48,8 @@ def estimate(hardware: str, model_name: str, dtype: str, tp: int, out: Path) -> 
     dense, per_seq, prefill, decode = estimate_rows(spec, model, dtype, tp)
     write_profile(directory, meta, dense, per_seq, prefill, decode)
     click.echo(f"wrote estimated profile {directory}")
+    if Path(out).resolve() != bundled_path("profiles").resolve():  # runs look in the bundled profiles/ by default
+        click.echo(f"runs use it with --profiles-root {out} (or --profile-dir {directory})")
 
 
 def _did_you_mean(name: str) -> str:
