@@ -11,6 +11,7 @@ import click
 import pandas as pd
 
 from pdsim.errors import PdsimError
+from pdsim.workload.readers import dataset_options
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("round_robin", "random", "least_loaded")
@@ -51,8 +52,10 @@ def cli() -> None:
 @click.option("--cluster-config", required=True, type=click.Path(path_type=Path),
               help="Cluster config JSON (LLMServingSim format).")
 @click.option("--dataset", type=click.Path(path_type=Path), default=None,
-              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns). Optional with "
+              help="Request trace: pdsim JSONL (input_toks, output_toks, arrival_time_ns) or a public trace "
+                   "(Azure, Mooncake, BurstGPT, ShareGPT, vllm bench; docs/workloads.md). Optional with "
                    "--concurrency and --input-len/--output-len.")
+@dataset_options
 @click.option("--output", default="outputs/run.csv", show_default=True, type=click.Path(path_type=Path),
               help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv and plots go beside it.")
 @click.option("--num-requests", "--num-reqs", type=int, default=None,
@@ -103,7 +106,8 @@ def cli() -> None:
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_requests: int | None,
+def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | None, window: str | None,
+            time_scale: float, output: Path, num_requests: int | None,
             concurrency: int | None, client_delay_ms: float, input_len: str | None, output_len: str | None, seed: int,
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path, max_num_seqs: int | None, max_num_batched_tokens: int | None,
@@ -116,7 +120,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     from pdsim.metrics.plots import write_plots
     from pdsim.metrics.summary import format_summary, requests_frame, summarize
     from pdsim.progress import ProgressBar
-    from pdsim.workload.trace import load_trace
+    from pdsim.workload.readers import load_dataset
 
     if log_interval is not None and log_interval <= 0:
         raise PdsimError(f"--log-interval: expected a positive number of seconds, got {log_interval}")
@@ -131,7 +135,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
-        trace = load_trace(dataset, max_requests=num_requests)
+        trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
     else:
         trace = _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
     opts = SimOptions(

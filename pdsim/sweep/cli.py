@@ -14,6 +14,7 @@ import click
 import pandas as pd
 
 from pdsim.errors import PdsimError
+from pdsim.workload.readers import dataset_options
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -31,7 +32,8 @@ def _common(f: Callable) -> Callable:
         click.option("--base-config", required=True, type=click.Path(path_type=Path),
                      help="Cluster config whose instance (model, hardware, memory, knobs) and link are the template."),
         click.option("--dataset", required=True, type=click.Path(path_type=Path),
-                     help="Trace JSONL; its lengths are replayed at each rate."),
+                     help="Trace (pdsim JSONL or a public trace, docs/workloads.md); its lengths are replayed "
+                          "at each rate."),
         click.option("--num-requests", type=int, default=None, help="Use the first N requests.  [default: all]"),
         click.option("--gpus", type=int, required=True, help="GPU budget every configuration uses."),
         click.option("--ratios", default="all", show_default=True,
@@ -73,7 +75,7 @@ def _common(f: Callable) -> Callable:
     ]
     for opt in reversed(options):
         f = opt(f)
-    return f
+    return dataset_options(f)
 
 
 class _Setup:
@@ -83,7 +85,7 @@ class _Setup:
         from pdsim.config import load_cluster_config
         from pdsim.sweep.expand import expand, parse_int_list, parse_ratios
         from pdsim.sweep.runner import RunSettings, Slo
-        from pdsim.workload.trace import load_trace
+        from pdsim.workload.readers import load_dataset
 
         for name in ("slo_ttft_ms", "slo_tpot_ms"):
             if not kw[name] > 0:
@@ -96,7 +98,8 @@ class _Setup:
             base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
             parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
         )
-        self.trace = load_trace(kw["dataset"], max_requests=kw["num_requests"])
+        self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
+                                  max_requests=kw["num_requests"])
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
         self.settings = RunSettings(
             slo=self.slo, arrival=kw["arrival"], seed=kw["seed"], time_limit_slack_s=kw["time_limit_slack_s"],
