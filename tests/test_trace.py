@@ -186,8 +186,8 @@ def test_bad_length_spec(spec, why):
 def test_bad_rate_and_arrival():
     with pytest.raises(PdsimError, match="--rate"):
         generate_requests(5, 0.0, "fixed:1", "fixed:1")
-    with pytest.raises(PdsimError, match="--arrival: unknown process 'gamma'"):
-        generate_requests(5, 1.0, "fixed:1", "fixed:1", arrival="gamma")
+    with pytest.raises(PdsimError, match="--arrival: unknown process 'weibull'"):
+        generate_requests(5, 1.0, "fixed:1", "fixed:1", arrival="weibull")
 
 
 def test_cli_generate(tmp_path):

@@ -174,10 +174,10 @@ def load_dataset(path: str | Path, fmt: str | None = None, window: str | Window 
     return read_dataset(path, fmt, window, time_scale, max_requests).requests
 
 
-def dataset_options(f: Callable) -> Callable:
+def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-format",)) -> Callable:
     """--dataset-format, --window and --time-scale, for every command that reads a --dataset."""
     options = [
-        click.option("--dataset-format", default=None,
+        click.option(*format_names, "dataset_format", default=None,
                      help=f"Trace format: {', '.join(FORMATS)}; burstgpt takes model=...,log=... filters "
                           "(e.g. 'burstgpt:model=ChatGPT,log=Conversation log'), sharegpt chars_per_token=N.  "
                           "[default: detected from the file]"),
