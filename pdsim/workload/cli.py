@@ -16,7 +16,21 @@ from pdsim.workload.sessions import SystemPrompts
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, write_trace
 
 
-@click.group("workload")
+class _UserError(click.ClickException):
+    exit_code = 2  # bad input, as pdsim's main() exits on a PdsimError
+
+
+class _Group(click.Group):
+    """Bad input ends with its message and exit code 2 also when this group runs on its own."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PdsimError as e:
+            raise _UserError(str(e)) from None
+
+
+@click.group("workload", cls=_Group)
 def workload() -> None:
     """Create, convert and describe request traces (docs/workloads.md)."""
 
