@@ -203,8 +203,9 @@ def test_run_reads_an_azure_trace(tmp_path):
 
     src = _write(tmp_path, "a.csv", AZURE)
     out = tmp_path / "run.csv"
-    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(REPO / "configs/cluster/single_node_pd_instance.json"),
-                                   "--dataset", str(src), "--output", str(out), "--quiet"])
+    config = REPO / "configs/cluster/single_node_pd_instance.json"
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(src),
+                                   "--output", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "3 requests" in res.output and "3 finished" in res.output
 
