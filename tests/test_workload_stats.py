@@ -82,3 +82,15 @@ def test_real_mooncake_reuse_is_independent_count():
     # Independently: a block is reused when its id occurred at an earlier position.
     _, first = np.unique(np.array(ids), return_index=True)
     assert prefix_reuse(reqs)["block_reuse_ratio"] == pytest.approx(1 - len(first) / len(ids))
+
+
+def test_trace_without_times_has_no_rate(tmp_path):
+    reqs = [TraceRequest(i, 10 + i, 5, 0) for i in range(4)]
+    s = trace_stats(reqs)
+    assert s["mean_rate_per_s"] is None and s["rate_over_time"] is None and s["gap_cv"] is None
+    assert s["input_toks"]["p50"] == pytest.approx(11.5)
+    src = tmp_path / "lengths.csv"
+    src.write_text("num_prefill_tokens,num_decode_tokens\n10,5\n11,5\n")
+    res = CliRunner().invoke(workload, ["stats", str(src), "--plot", str(tmp_path / "l.png")])
+    assert res.exit_code == 0, res.output
+    assert "no arrival rate" in res.output and "note: no arrival times in the file" in res.output

@@ -81,8 +81,14 @@ def trace_stats(requests: Sequence[TraceRequest], bin_s: float | None = None) ->
     span_s = float(arrival_s[-1])
     gaps_s = np.diff(arrival_s)
     bin_s = bin_s or default_bin_s(span_s)
-    starts, rates, whole = rate_over_time(arrival_s, bin_s)
-    summary = rates[whole] if whole.any() else rates  # a sliver of a bin says little about the rate
+    rate: dict[str, float] | None = None
+    over_time: dict[str, list[float]] | None = None
+    if span_s > 0:  # else every request arrives at once (a trace without times): no rate to speak of
+        starts, rates, whole = rate_over_time(arrival_s, bin_s)
+        summary = rates[whole] if whole.any() else rates  # a sliver of a bin says little about the rate
+        rate = {"min": float(summary.min()), "p50": float(np.median(summary)), "max": float(summary.max())}
+        over_time = {"start_s": starts.tolist(), "end_s": np.minimum(starts + bin_s, span_s).tolist(),
+                     "rate_per_s": rates.tolist()}
     stats: dict[str, Any] = {
         "requests": n,
         "span_s": span_s,
@@ -90,9 +96,8 @@ def trace_stats(requests: Sequence[TraceRequest], bin_s: float | None = None) ->
         "mean_rate_per_s": (n - 1) / span_s if span_s > 0 else None,
         "gap_cv": float(gaps_s.std() / gaps_s.mean()) if n > 1 and gaps_s.mean() > 0 else None,
         "rate_bin_s": bin_s,
-        "rate_per_s": {"min": float(summary.min()), "p50": float(np.median(summary)), "max": float(summary.max())},
-        "rate_over_time": {"start_s": starts.tolist(), "end_s": np.minimum(starts + bin_s, span_s).tolist(),
-                           "rate_per_s": rates.tolist()},
+        "rate_per_s": rate,
+        "rate_over_time": over_time,
         "input_toks": _lengths(inputs),
         "output_toks": _lengths(outputs),
         "total_input_toks": int(inputs.sum()),
@@ -107,11 +112,16 @@ def format_stats(stats: dict[str, Any], source: str) -> str:
         return "-" if x is None else format(x, fmt)
 
     r = stats["rate_per_s"]
-    lines = [
-        f"{source}: {stats['requests']:,} requests over {stats['span_s']:,.1f} s",
-        f"mean rate {num(stats['mean_rate_per_s'])} req/s; per whole {stats['rate_bin_s']:g} s bin: "
-        f"min {r['min']:.2f}, median {r['p50']:.2f}, max {r['max']:.2f} req/s",
-        f"inter-arrival gap CV {num(stats['gap_cv'])} (Poisson: 1; above 1: burstier)",
+    lines = [f"{source}: {stats['requests']:,} requests over {stats['span_s']:,.1f} s"]
+    if r is None:
+        lines.append("every request arrives at t=0: no arrival rate")
+    else:
+        lines += [
+            f"mean rate {num(stats['mean_rate_per_s'])} req/s; per whole {stats['rate_bin_s']:g} s bin: "
+            f"min {r['min']:.2f}, median {r['p50']:.2f}, max {r['max']:.2f} req/s",
+            f"inter-arrival gap CV {num(stats['gap_cv'])} (Poisson: 1; above 1: burstier)",
+        ]
+    lines += [
         f"{'tokens':<12}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
     ]
     for key in ("input_toks", "output_toks"):
@@ -139,7 +149,11 @@ def plot_stats(requests: Sequence[TraceRequest], stats: dict[str, Any], path: Pa
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     rot = stats["rate_over_time"]
     ax = axes[0]
-    ax.stairs(rot["rate_per_s"], [*rot["start_s"], rot["end_s"][-1]], color="C0")
+    if rot is None:
+        ax.text(0.5, 0.5, "no arrival times:\nevery request at t=0", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        ax.stairs(rot["rate_per_s"], [*rot["start_s"], rot["end_s"][-1]], color="C0")
     if stats["mean_rate_per_s"]:
         ax.axhline(stats["mean_rate_per_s"], color="C3", ls="--", lw=1,
                    label=f"mean {stats['mean_rate_per_s']:.2f} req/s")
