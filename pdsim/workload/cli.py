@@ -49,7 +49,8 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
 
 
 @workload.command("generate")
-@click.option("--num-requests", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--num-requests", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Requests to write (with --turns: every turn counts).")
 @click.option("--rate", type=float, default=5.0, show_default=True,
               help="Mean arrival rate, requests/s (with --turns: new sessions/s; with --diurnal: the mean).")
 @click.option("--input-len", default="lognormal:1000,400", show_default=True,
@@ -64,7 +65,7 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
               help="A rate that changes over time: TIME_S:RATE pairs, e.g. 0:5,60:20,120:5 (5 req/s, from 60 s "
                    "20, from 120 s 5 again); replaces --rate.")
 @click.option("--diurnal", default=None,
-              help="A sinusoidal rate PERIOD_S,AMPLITUDE around --rate, e.g. 86400,0.6 (+-60%% once a day).")
+              help="A sinusoidal rate PERIOD_S,AMPLITUDE around --rate, e.g. 86400,0.6 (+-60% once a day).")
 @click.option("--lengths-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw (input, output) pairs from this trace (any format workload stats reads) instead of "
                    "--input-len/--output-len.")
@@ -88,7 +89,7 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
               show_default=True, help="Tokens per hash id (Mooncake's traces use 512).")
 @click.option("--max-len", type=click.IntRange(min=1), default=8192, show_default=True,
               help="Cap on every length (a session ends when its context would exceed it).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; a seed always gives the same trace.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Trace JSONL to write (atomically).")
 def generate(num_requests: int, rate: float, input_len: str, output_len: str, arrival: str, cv: float,

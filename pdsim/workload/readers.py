@@ -177,11 +177,11 @@ def load_dataset(path: str | Path, fmt: str | None = None, window: str | Window 
 def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-format",)) -> Callable:
     """--dataset-format, --window and --time-scale, for every command that reads a --dataset."""
     options = [
-        click.option(*format_names, "dataset_format", default=None,
+        click.option(*format_names, "dataset_format", default=None, metavar="NAME[:KEY=VALUE,...]",
                      help=f"Trace format: {', '.join(FORMATS)}; burstgpt takes model=...,log=... filters "
                           "(e.g. 'burstgpt:model=ChatGPT,log=Conversation log'), sharegpt chars_per_token=N.  "
                           "[default: detected from the file]"),
-        click.option("--window", default=None,
+        click.option("--window", default=None, metavar="START_S:END_S",
                      help="Keep requests arriving START_S:END_S seconds after the trace's first one "
                           "(e.g. 600:1200, or :300); times then start at START_S.  [default: all]"),
         click.option("--time-scale", type=float, default=1.0, show_default=True,
