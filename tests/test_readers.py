@@ -233,3 +233,8 @@ def test_real_azure_span_and_rate():
     reqs = load_dataset(TRACES / "AzureLLMInferenceTrace_conv_2023.csv")
     span_s = reqs[-1].arrival_time_ns / 1e9
     assert 57 * 60 < span_s < 59 * 60 and 5.4 < (len(reqs) - 1) / span_s < 5.7  # README: ~58 min, 5.53 req/s
+
+
+def test_empty_file_says_no_requests(tmp_path):
+    with pytest.raises(TraceError, match=r"e\.csv: the trace has no requests"):
+        read_dataset(_write(tmp_path, "e.csv", "\n\n"))

@@ -81,6 +81,8 @@ def detect_format(path: Path) -> str:
     except OSError as e:
         raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not text.strip():
+        raise TraceError(f"{path}: the trace has no requests (the file is empty)")
     first = text.split("\n", 1)[0].strip()
     if text.startswith("["):
         return "sharegpt"
