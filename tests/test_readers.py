@@ -238,3 +238,24 @@ def test_real_azure_span_and_rate():
 def test_empty_file_says_no_requests(tmp_path):
     with pytest.raises(TraceError, match=r"e\.csv: the trace has no requests"):
         read_dataset(_write(tmp_path, "e.csv", "\n\n"))
+
+
+def test_pdsim_trace_through_load_dataset_is_load_trace(tmp_path):
+    lines = [json.dumps({"input_toks": i + 1, "output_toks": 2, "arrival_time_ns": t, **extra})
+             for i, (t, extra) in enumerate([(300, {}), (100, {"hash_ids": [4, 5]}), (100, {}), (0, {})])]
+    p = _write(tmp_path, "t.jsonl", "\n".join(lines) + "\n")
+    assert load_dataset(p) == load_trace(p)
+    assert [r.request_id for r in load_dataset(p)] == [3, 1, 2, 0]
+
+
+def test_run_reports_rows_left_out(tmp_path):
+    from pdsim.cli import cli
+
+    src = _write(tmp_path, "b.csv", BURST)
+    config = REPO / "configs/cluster/single_node_pd_instance.json"
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(src),
+                                   "--dataset-format", "burstgpt:log=Conversation log",
+                                   "--output", str(tmp_path / "run.csv"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "1 failed request(s) (0 response tokens) left out" in res.stderr
+    assert "3 requests" in res.output

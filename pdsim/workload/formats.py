@@ -29,21 +29,36 @@ CHARS_PER_TOKEN = 4.0
 
 @dataclass
 class Loaded:
-    """What a reader found: requests (file order, times from the file's own origin) and notes."""
+    """What a reader found, in file order, times (ns) from the file's own origin; plus notes.
+    Arrays, so that a window of a long trace is cut before any per-request object is made."""
 
-    requests: list[TraceRequest]
+    arrival_ns: np.ndarray  # int64
+    input_toks: np.ndarray
+    output_toks: np.ndarray
     notes: list[str] = field(default_factory=list)
     has_times: bool = True
+    hash_ids: list[tuple[int, ...]] | None = None  # per request, when the file has them
+    hash_block_tokens: list[int] | None = None
+    request_ids: np.ndarray | None = None  # when not the row's place (a pdsim trace keeps its own)
 
-
-def _from_arrays(arrival_ns: np.ndarray, inputs: np.ndarray, outputs: np.ndarray) -> list[TraceRequest]:
-    return [TraceRequest(i, int(a), int(b), int(t))
-            for i, (a, b, t) in enumerate(zip(inputs.tolist(), outputs.tolist(), arrival_ns.tolist()))]
+    @classmethod
+    def from_requests(cls, reqs: list[TraceRequest], notes: list[str] | None = None,
+                      has_times: bool = True) -> Loaded:
+        with_ids = any(r.hash_ids for r in reqs)
+        return cls(np.fromiter((r.arrival_time_ns for r in reqs), np.int64, len(reqs)),
+                   np.fromiter((r.input_toks for r in reqs), np.int64, len(reqs)),
+                   np.fromiter((r.output_toks for r in reqs), np.int64, len(reqs)),
+                   notes or [], has_times,
+                   [r.hash_ids for r in reqs] if with_ids else None,
+                   [r.hash_block_tokens for r in reqs] if with_ids else None,
+                   np.fromiter((r.request_id for r in reqs), np.int64, len(reqs)))
 
 
 def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False)
+        # Default dtypes: clean numeric columns parse as int64 at once; a column with a bad cell
+        # stays text and _int_column names the cell.
+        df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise TraceError(f"{path}: not a readable CSV ({e})") from None
     df.columns = [c.strip() for c in df.columns]
@@ -82,7 +97,7 @@ def read_azure(path: Path) -> Loaded:
     notes = []
     if not keep.all():  # no generated token: nothing to decode, the request did not complete
         notes.append(f"{int((~keep).sum())} request(s) with 0 GeneratedTokens left out")
-    return Loaded(_from_arrays(arrival_ns[keep], inputs[keep], outputs[keep]), notes)
+    return Loaded(arrival_ns[keep], inputs[keep], outputs[keep], notes)
 
 
 def read_burstgpt(path: Path, model: str | None = None, log_type: str | None = None) -> Loaded:
@@ -115,7 +130,7 @@ def read_burstgpt(path: Path, model: str | None = None, log_type: str | None = N
         notes.append(f"{int(empty.sum())} request(s) with 0 request tokens left out")
     keep &= ~failed & ~empty
     arrival_ns = np.rint(t_s * 1e9).astype(np.int64)
-    return Loaded(_from_arrays(arrival_ns[keep], inputs[keep], outputs[keep]), notes)
+    return Loaded(arrival_ns[keep], inputs[keep], outputs[keep], notes)
 
 
 def read_lengths_csv(path: Path) -> Loaded:
@@ -123,7 +138,7 @@ def read_lengths_csv(path: Path) -> Loaded:
     df = _read_csv(path, ("num_prefill_tokens", "num_decode_tokens"), "lengths")
     inputs = _int_column(df, "num_prefill_tokens", path)
     outputs = _int_column(df, "num_decode_tokens", path)
-    return Loaded(_from_arrays(np.zeros(len(df), dtype=np.int64), inputs, outputs),
+    return Loaded(np.zeros(len(df), dtype=np.int64), inputs, outputs,
                   ["no arrival times in the file: every request at t=0"], has_times=False)
 
 
@@ -167,7 +182,7 @@ def read_mooncake(path: Path) -> Loaded:
                                          block if ids else 0))
     if not requests:
         raise TraceError(f"{path}: the trace has no requests")
-    return Loaded(requests)
+    return Loaded.from_requests(requests)
 
 
 def _conversation_lengths(item: object, where: str, chars_per_token: float) -> tuple[int, int] | None:
@@ -221,7 +236,7 @@ def read_sharegpt(path: Path, chars_per_token: float = CHARS_PER_TOKEN) -> Loade
              f"lengths estimated at {chars_per_token:g} characters per token unless given"]
     if skipped:
         notes.append(f"{skipped} conversation(s) without a prompt and a reply left out")
-    return Loaded(requests, notes, has_times=False)
+    return Loaded.from_requests(requests, notes, has_times=False)
 
 
 def read_vllm_bench(path: Path) -> Loaded:
@@ -241,4 +256,5 @@ def read_vllm_bench(path: Path) -> Loaded:
     if df.empty:
         raise TraceError(f"{path}: no successful request")
     arrival_ns = np.rint(df.arrival_s.to_numpy(dtype=float) * 1e9).astype(np.int64)
-    return Loaded(_from_arrays(arrival_ns, df.input_toks.to_numpy(), df.output_toks.to_numpy()), list(run.notes))
+    return Loaded(arrival_ns, df.input_toks.to_numpy(dtype=np.int64), df.output_toks.to_numpy(dtype=np.int64),
+                  list(run.notes))

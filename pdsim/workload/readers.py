@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import numpy as np
 
 from pdsim.errors import TraceError
 from pdsim.workload import formats
@@ -113,7 +114,7 @@ def detect_format(path: Path) -> str:
 
 def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
     if name == "pdsim":
-        return formats.Loaded(load_trace(path))
+        return formats.Loaded.from_requests(load_trace(path))
     if not path.is_file():
         raise TraceError(f"{path}: trace file not found")
     if name == "sharegpt":
@@ -145,35 +146,55 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
         raise TraceError(f"--num-requests: expected a positive integer, got {max_requests}")
     name, params = parse_format(fmt) if fmt else (detect_format(path), {})
     loaded = _read(path, name, params)
-    reqs = loaded.requests
-    if not reqs:
+    if len(loaded.arrival_ns) == 0:
         raise TraceError(f"{path}: no request left ({'; '.join(loaded.notes)})")
-    reqs.sort(key=lambda r: r.arrival_time_ns)  # stable: ties keep file order
-    origin_ns = reqs[0].arrival_time_ns
+    order = np.argsort(loaded.arrival_ns, kind="stable")  # ties keep file order
+    times = loaded.arrival_ns[order]
+    origin_ns = int(times[0])
     notes = list(loaded.notes)
     if window is not None:
         lo = origin_ns + round(window.start_s * 1e9)
-        hi = math.inf if window.end_s is None else origin_ns + round(window.end_s * 1e9)
-        reqs = [r for r in reqs if lo <= r.arrival_time_ns < hi]
-        if not reqs:
+        keep = times >= lo
+        if window.end_s is not None:
+            keep &= times < origin_ns + round(window.end_s * 1e9)
+        order, times, origin_ns = order[keep], times[keep], lo
+        if not len(order):
             raise TraceError(f"{path}: no request in the window {window.start_s:g}-{window.end_s or 'end'} s")
-        origin_ns = lo
         notes.append(f"window {window.start_s:g} to {'the end' if window.end_s is None else f'{window.end_s:g} s'}")
     if max_requests is not None:
-        del reqs[max_requests:]
-    for r in reqs:
-        r.arrival_time_ns = round((r.arrival_time_ns - origin_ns) * time_scale)
+        order, times = order[:max_requests], times[:max_requests]
+    times = times - origin_ns
     if time_scale != 1.0:
+        times = np.rint(times * time_scale).astype(np.int64)
         notes.append(f"times x{time_scale:g}")
-    return Dataset(reqs, name, notes, loaded.has_times)
+    return Dataset(_requests(loaded, order, times), name, notes, loaded.has_times)
+
+
+def _requests(loaded: formats.Loaded, order: np.ndarray, times_ns: np.ndarray) -> list[TraceRequest]:
+    """TraceRequests for the kept rows (request_id: the row's place among the file's requests)."""
+    inputs = loaded.input_toks[order].tolist()
+    outputs = loaded.output_toks[order].tolist()
+    rids = (loaded.request_ids[order] if loaded.request_ids is not None else order).tolist()
+    if loaded.hash_ids is None:
+        return [TraceRequest(r, a, b, t) for r, a, b, t in zip(rids, inputs, outputs, times_ns.tolist())]
+    ids, blocks = loaded.hash_ids, loaded.hash_block_tokens or []
+    return [TraceRequest(r, a, b, t, ids[i], blocks[i])
+            for i, r, a, b, t in zip(order.tolist(), rids, inputs, outputs, times_ns.tolist())]
 
 
 def load_dataset(path: str | Path, fmt: str | None = None, window: str | Window | None = None,
-                 time_scale: float = 1.0, max_requests: int | None = None) -> list[TraceRequest]:
-    """The requests of any supported trace, for `run`, `sweep`, `search` (see read_dataset)."""
+                 time_scale: float = 1.0, max_requests: int | None = None,
+                 report: Callable[[str], None] | None = None) -> list[TraceRequest]:
+    """The requests of any supported trace, for `run`, `sweep`, `search` (see read_dataset). What
+    the reader left out or assumed (failed rows, missing times) goes to `report`, by default
+    stderr: every request of the file is accounted for."""
     if isinstance(window, str):
         window = parse_window(window)
-    return read_dataset(path, fmt, window, time_scale, max_requests).requests
+    data = read_dataset(path, fmt, window, time_scale, max_requests)
+    say = report or (lambda text: click.echo(text, err=True))
+    for note in data.notes:
+        say(f"note: {path} ({data.fmt}): {note}")
+    return data.requests
 
 
 def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-format",)) -> Callable:
