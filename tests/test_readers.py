@@ -144,6 +144,9 @@ def test_vllm_bench_result_reused_from_measured(tmp_path):
     assert d.fmt == "vllm-bench"
     assert [(r.input_toks, r.arrival_time_ns) for r in d.requests] == [(100, 0), (200, 500_000_000)]
     assert any("1 failed" in n for n in d.notes)
+    obj["max_concurrency"] = 8
+    assert any("replay it with --concurrency 8" in n for n in read_dataset(p).notes + read_dataset(
+        _write(tmp_path, "bench_c.json", json.dumps(obj))).notes)
     del obj["input_lens"]
     with pytest.raises(TraceError, match="missing 'input_lens'"):
         read_dataset(_write(tmp_path, "bench2.json", json.dumps(obj)), "vllm-bench")

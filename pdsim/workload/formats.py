@@ -256,5 +256,9 @@ def read_vllm_bench(path: Path) -> Loaded:
     if df.empty:
         raise TraceError(f"{path}: no successful request")
     arrival_ns = np.rint(df.arrival_s.to_numpy(dtype=float) * 1e9).astype(np.int64)
+    notes = list(run.notes)
+    if run.concurrency:
+        notes.append(f"a closed-loop run (max_concurrency {run.concurrency}): its arrival times are when clients "
+                     f"got free; replay it with --concurrency {run.concurrency}")
     return Loaded(arrival_ns, df.input_toks.to_numpy(dtype=np.int64), df.output_toks.to_numpy(dtype=np.int64),
-                  list(run.notes))
+                  notes)
