@@ -262,3 +262,12 @@ def test_run_reports_rows_left_out(tmp_path):
     assert res.exit_code == 0, res.output
     assert "1 failed request(s) (0 response tokens) left out" in res.stderr
     assert "3 requests" in res.output
+
+
+def test_generate_lengths_from_an_azure_csv(tmp_path):
+    src = _write(tmp_path, "a.csv", AZURE)
+    out = tmp_path / "g.jsonl"
+    res = CliRunner().invoke(workload, ["generate", "--num-requests", "50", "--lengths-from", str(src),
+                                        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert {(r.input_toks, r.output_toks) for r in load_trace(out)} <= {(374, 44), (396, 109), (1000, 5)}
