@@ -12,6 +12,7 @@ import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.errors import PdsimError
+from pdsim.workload.readers import dataset_options
 
 POLICIES = ("round_robin", "random", "least_loaded")
 
@@ -58,8 +59,10 @@ def cli() -> None:
               help="Cluster config JSON (LLMServingSim format): a path, or the name of a bundled one "
                    "such as single_node_pd_instance.")
 @click.option("--dataset", type=InputFile("dataset"), default=None,
-              help="Request trace JSONL (input_toks, output_toks, arrival_time_ns): a path, or the name of a "
+              help="Request trace: pdsim JSONL (input_toks, output_toks, arrival_time_ns), a public trace "
+                   "(Azure, Mooncake, BurstGPT, ShareGPT, vllm bench; docs/workloads.md), or the name of a "
                    "bundled one such as example_trace. Optional with --concurrency and --input-len/--output-len.")
+@dataset_options
 @click.option("--output", "--out", "output", default="outputs/run.csv", show_default=True,
               type=click.Path(path_type=Path),
               help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv, <stem>_links.csv and plots go "
@@ -116,7 +119,8 @@ def cli() -> None:
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (accepted by every command).")
-def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_requests: int | None,
+def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | None, window: str | None,
+            time_scale: float, output: Path, num_requests: int | None,
             concurrency: int | None, client_delay_ms: float, input_len: str | None, output_len: str | None, seed: int,
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
@@ -131,7 +135,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     from pdsim.metrics.load import load_report
     from pdsim.metrics.summary import format_summary, requests_frame, summarize
     from pdsim.progress import ProgressBar
-    from pdsim.workload.trace import load_trace
+    from pdsim.workload.readers import load_dataset
 
     check_run_output(output, [cluster_config, dataset])
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
@@ -150,7 +154,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
-        trace = load_trace(dataset, max_requests=num_requests)
+        trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
     else:
         trace = _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
     opts = SimOptions(

@@ -186,8 +186,8 @@ def test_bad_length_spec(spec, why):
 def test_bad_rate_and_arrival():
     with pytest.raises(PdsimError, match="--rate"):
         generate_requests(5, 0.0, "fixed:1", "fixed:1")
-    with pytest.raises(PdsimError, match="--arrival: unknown process 'gamma'"):
-        generate_requests(5, 1.0, "fixed:1", "fixed:1", arrival="gamma")
+    with pytest.raises(PdsimError, match="--arrival: unknown process 'weibull'"):
+        generate_requests(5, 1.0, "fixed:1", "fixed:1", arrival="weibull")
 
 
 def test_cli_generate(tmp_path):
@@ -200,3 +200,140 @@ def test_cli_generate(tmp_path):
     assert reqs == generate_requests(30, 3.0, "uniform:5,9", "lognormal:200,100", seed=3, max_len=8192)
     bad = CliRunner().invoke(workload, ["generate", "--input-len", "zipf:1", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown distribution 'zipf'" in bad.output
+
+
+# -- prefix-block ids ------------------------------------------------------------------------------
+
+
+def test_hash_ids_read_written_and_defaulted(tmp_path):
+    text = "\n".join([_line(1000, 5, 0, hash_ids=[0, 1]), _line(600, 5, 7, hash_ids=[0], hash_block_tokens=16),
+                      _line(3, 3, 9)]) + "\n"
+    reqs = load_trace(_trace(tmp_path, text))
+    assert [(r.hash_ids, r.hash_block_tokens) for r in reqs] == [((0, 1), 512), ((0,), 16), ((), 0)]
+    out = tmp_path / "w.jsonl"
+    write_trace(out, reqs)
+    assert load_trace(out) == reqs
+    assert "hash_ids" not in out.read_text().splitlines()[2]  # no prefix information: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl", "w.jsonl"]  # the temporary file is gone
+
+
+@pytest.mark.parametrize(("extra", "expect"), [
+    ({"hash_ids": [1, -2]}, "field 'hash_ids': expected a list of integers >= 0"),
+    ({"hash_ids": "0,1"}, "field 'hash_ids'"),
+    ({"hash_ids": [1], "hash_block_tokens": 0}, "field 'hash_block_tokens': expected a positive integer"),
+])
+def test_bad_hash_ids(tmp_path, extra, expect):
+    p = _trace(tmp_path, _line() + "\n" + _line(**extra) + "\n")
+    with pytest.raises(TraceError, match=r"t\.jsonl:2: " + expect.replace("[", r"\[")):
+        load_trace(p)
+
+
+# -- arrival processes and shapes ------------------------------------------------------------------
+
+
+def _times_s(reqs) -> np.ndarray:
+    return np.array([r.arrival_time_ns for r in reqs]) / 1e9
+
+
+def test_gamma_arrivals_have_the_cv_and_rate():
+    t = _times_s(generate_requests(20_000, 5.0, "fixed:10", "fixed:10", arrival="gamma", cv=2.0, seed=1))
+    gaps = np.diff(t)
+    assert gaps.std() / gaps.mean() == pytest.approx(2.0, rel=0.05)
+    assert len(gaps) / t[-1] == pytest.approx(5.0, rel=0.05)
+    with pytest.raises(PdsimError, match="--cv"):
+        generate_requests(5, 1.0, "fixed:1", "fixed:1", arrival="gamma", cv=0)
+
+
+def test_rate_schedule_counts_per_segment():
+    from pdsim.workload.arrivals import parse_rate_schedule
+
+    sched = parse_rate_schedule("0:5,60:20,120:0,150:5")
+    t = _times_s(generate_requests(3000, 1.0, "fixed:10", "fixed:10", rate_fn=sched, seed=2))
+    counts = np.histogram(t, bins=[0, 60, 120, 150, 180])[0]
+    assert counts[2] == 0  # a zero-rate segment gets nothing
+    assert counts[0] == pytest.approx(300, abs=4 * 300**0.5)
+    assert counts[1] == pytest.approx(1200, abs=4 * 1200**0.5)
+    assert counts[3] == pytest.approx(150, abs=4 * 150**0.5)
+    for bad in ("5:1,10:2", "0:1,0:2", "0:5,60:0", "0:x", "0-5"):
+        with pytest.raises(PdsimError, match="--rate-schedule"):
+            parse_rate_schedule(bad)
+
+
+def test_diurnal_rate_follows_the_sine():
+    from pdsim.workload.arrivals import parse_diurnal
+
+    t = _times_s(generate_requests(20_000, 10.0, "fixed:1", "fixed:1", rate_fn=parse_diurnal("100,0.8", 10.0),
+                                   seed=3))
+    assert len(t) / t[-1] == pytest.approx(10.0, rel=0.03)
+    phase = t % 100
+    high = ((phase > 15) & (phase < 35)).sum()  # around the peak at 25 s: rate ~ 10 x 1.8
+    low = ((phase > 65) & (phase < 85)).sum()  # around the trough at 75 s: rate ~ 10 x 0.2
+    assert 6 < high / low < 12  # exact ratio of the integrals: 7.9
+    with pytest.raises(PdsimError, match="--diurnal"):
+        parse_diurnal("100,1.5", 10.0)
+
+
+def test_lengths_from_a_trace_keep_pairs():
+    src = [TraceRequest(i, 100 + i, 7 * i + 1, 0) for i in range(5)]
+    reqs = generate_requests(200, 3.0, "fixed:1", "fixed:1", lengths_from=src, seed=4, max_len=8192)
+    pairs = {(r.input_toks, r.output_toks) for r in reqs}
+    assert pairs <= {(s.input_toks, s.output_toks) for s in src} and len(pairs) == 5
+
+
+def test_system_prompts_share_prefix_ids():
+    from pdsim.workload.sessions import SystemPrompts
+
+    reqs = generate_requests(2000, 5.0, "fixed:300", "fixed:10", prompts=SystemPrompts(3, 1024, 0.4), seed=5)
+    with_prompt = [r for r in reqs if r.input_toks == 1324]
+    assert len(with_prompt) == pytest.approx(800, abs=4 * (2000 * 0.24) ** 0.5)
+    prefixes = {r.hash_ids[:2] for r in with_prompt}
+    assert len(prefixes) == 3  # three prompts of two 512-token blocks each
+    assert all(len(r.hash_ids) == 3 and r.hash_block_tokens == 512 for r in with_prompt)
+    others = [h for r in reqs if r.input_toks == 300 for h in r.hash_ids]
+    seen = {h for r in with_prompt for h in r.hash_ids}
+    assert len(set(others)) == len(others) and not seen & set(others)  # unique content has unique ids
+
+
+def test_sessions_carry_the_conversation_as_prefix():
+    reqs = generate_requests(300, 0.5, "fixed:300", "fixed:400", turns="fixed:3", think_time_s=2.0,
+                             expected_tpot_ms=20.0, hash_block_tokens=256, seed=6, max_len=100_000)
+    firsts = {r.hash_ids[0]: r for r in reqs if r.input_toks == 300}
+    assert len(firsts) == 100  # 300 requests, 3 turns each
+    by_session: dict[int, list] = {}
+    for r in reqs:
+        by_session.setdefault(r.hash_ids[0], []).append(r)
+    for turns in by_session.values():
+        assert [r.input_toks for r in turns] == [300, 1000, 1700]  # previous input + reply + new message
+        for a, b in zip(turns, turns[1:]):
+            full = (a.input_toks + a.output_toks) // 256
+            assert b.hash_ids[: a.input_toks // 256] == a.hash_ids[: a.input_toks // 256]
+            assert len(b.hash_ids) == -(-b.input_toks // 256) and len(set(b.hash_ids[full:])) == len(b.hash_ids[full:])
+            # The next turn comes a think time after the previous one's expected end (400 x 20 ms).
+            assert b.arrival_time_ns - a.arrival_time_ns >= 400 * 20e6
+    assert generate_requests(300, 0.5, "fixed:300", "fixed:400", turns="fixed:3", hash_block_tokens=256, seed=6,
+                             max_len=100_000) == generate_requests(300, 0.5, "fixed:300", "fixed:400",
+                                                                   turns="fixed:3", hash_block_tokens=256, seed=6,
+                                                                   max_len=100_000)
+
+
+def test_sessions_end_when_the_context_outgrows_max_len():
+    reqs = generate_requests(50, 1.0, "fixed:300", "fixed:400", turns="fixed:10", max_len=1500, seed=7)
+    assert len(reqs) == 50 and max(r.input_toks for r in reqs) <= 1500
+    assert {r.input_toks for r in reqs} == {300, 1000}
+
+
+def test_cli_generate_sessions_and_help(tmp_path):
+    out = tmp_path / "s.jsonl"
+    args = ["generate", "--num-requests", "40", "--turns", "uniform:2,4", "--system-prompts", "2",
+            "--arrival", "gamma", "--cv", "3", "--rate-schedule", "0:1,10:4", "--out", str(out)]
+    res = CliRunner().invoke(workload, args)
+    assert res.exit_code == 0, res.output
+    reqs = load_trace(out)
+    assert len(reqs) == 40 and all(r.hash_ids for r in reqs)
+    help_text = CliRunner().invoke(workload, ["generate", "--help"]).output
+    for option in ("--arrival", "--cv", "--rate-schedule", "--diurnal", "--lengths-from", "--system-prompts",
+                   "--system-prompt-len", "--system-prompt-share", "--turns", "--think-time-s",
+                   "--expected-tpot-ms", "--hash-block-tokens"):
+        assert option in help_text
+    res = CliRunner().invoke(workload, ["generate", "--rate-schedule", "0:1", "--diurnal", "10,0.5", "--out", str(out)])
+    assert res.exit_code == 2 and "give one of them" in res.output

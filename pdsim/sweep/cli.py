@@ -16,6 +16,7 @@ import pandas as pd
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file
+from pdsim.workload.readers import dataset_options
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
                  "attain_ttft", "attain_tpot", "attain_both"]
@@ -34,7 +35,8 @@ def _common(f: Callable) -> Callable:
         click.option("--base-config", required=True, type=InputFile("cluster config"),
                      help="Cluster config whose instance (model, hardware, memory, knobs) and link are the template."),
         click.option("--dataset", required=True, type=InputFile("dataset"),
-                     help="Trace JSONL; its lengths are replayed at each rate."),
+                     help="Trace (pdsim JSONL, a public trace (docs/workloads.md) or a bundled name); its "
+                          "lengths are replayed at each rate."),
         click.option("--num-requests", type=int, default=None, help="Use the first N requests.  [default: all]"),
         click.option("--gpus", type=int, required=True, help="GPU budget every configuration uses."),
         click.option("--ratios", default="all", show_default=True,
@@ -77,7 +79,7 @@ def _common(f: Callable) -> Callable:
     ]
     for opt in reversed(options):
         f = opt(f)
-    return f
+    return dataset_options(f)
 
 
 class _Setup:
@@ -87,7 +89,7 @@ class _Setup:
         from pdsim.config import load_cluster_config
         from pdsim.sweep.expand import expand, parse_int_list, parse_ratios
         from pdsim.sweep.runner import RunSettings, Slo
-        from pdsim.workload.trace import load_trace
+        from pdsim.workload.readers import load_dataset
 
         for name in ("slo_ttft_ms", "slo_tpot_ms"):
             if not kw[name] > 0:
@@ -100,7 +102,8 @@ class _Setup:
             base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
             parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
         )
-        self.trace = load_trace(kw["dataset"], max_requests=kw["num_requests"])
+        self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
+                                  max_requests=kw["num_requests"])
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
         self.settings = RunSettings(
             slo=self.slo, arrival=kw["arrival"], seed=kw["seed"], time_limit_slack_s=kw["time_limit_slack_s"],

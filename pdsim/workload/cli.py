@@ -1,68 +1,125 @@
-"""`pdsim workload ...` commands (the lead attaches the `workload` group to the top-level CLI)."""
+"""`pdsim workload ...` commands: generate, convert and describe request traces."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import click
 import numpy as np
 
 from pdsim.errors import PdsimError
-from pdsim.outputs import atomic_path, check_output_file
-from pdsim.workload.generate import ARRIVALS, generate_requests
-from pdsim.workload.trace import write_trace
+from pdsim.outputs import check_output_file
+from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
+from pdsim.workload.readers import Dataset, dataset_options, parse_window, read_dataset
+from pdsim.workload.sessions import SystemPrompts
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, write_trace
 
 
-@click.group("workload")
+class _UserError(click.ClickException):
+    exit_code = 2  # bad input, as pdsim's main() exits on a PdsimError
+
+
+class _Group(click.Group):
+    """Bad input ends with its message and exit code 2 also when this group runs on its own."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PdsimError as e:
+            raise _UserError(str(e)) from None
+
+
+@click.group("workload", cls=_Group)
 def workload() -> None:
-    """Create request traces."""
+    """Create, convert and describe request traces (docs/workloads.md)."""
+
+
+def _format_options(f):
+    return dataset_options(f, ("--format", "--dataset-format"))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _read(trace: Path, dataset_format: str | None, window: str | None, time_scale: float,
+          num_requests: int | None) -> Dataset:
+    return read_dataset(trace, dataset_format, parse_window(window), time_scale, num_requests)
 
 
 @workload.command("generate")
 @click.option("--num-requests", "--num-reqs", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Number of requests in the trace.")
+              help="Requests to write (with --turns: every turn counts).")
 @click.option("--rate", type=float, default=5.0, show_default=True,
-              help="Mean arrival rate, requests/s (poisson and uniform arrivals; burst sends all at t=0).")
-@click.option(
-    "--input-len",
-    default="lognormal:1000,400",
-    show_default=True,
-    help="Input length: N, or a spec fixed:N, uniform:LO,HI, normal:MEAN,STD or lognormal:MEAN,STD, "
-    "optionally with ,min=N and ,max=N.",
-)
+              help="Mean arrival rate, requests/s (with --turns: new sessions/s; with --diurnal: the mean).")
+@click.option("--input-len", default="lognormal:1000,400", show_default=True,
+              help="Input length: N, or a spec fixed:N, uniform:LO,HI, normal:MEAN,STD or lognormal:MEAN,STD, "
+                   "optionally with ,min=N and ,max=N. With --turns: each turn's new message.")
 @click.option("--output-len", default="lognormal:200,100", show_default=True, help="Output length: N or a spec.")
 @click.option("--arrival", type=click.Choice(ARRIVALS), default="poisson", show_default=True,
-              help="poisson: exponential gaps at --rate; uniform: equal gaps of 1/--rate; burst: every request "
-                   "at t=0 (a saturation test; --rate does not apply).")
-@click.option(
-    "--max-len", type=click.IntRange(min=1), default=8192, show_default=True, help="Cap on every length."
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random lengths and arrivals.")
+              help="Gaps between arrivals: poisson (exponential), gamma (CV --cv), uniform (even), burst (every "
+                   "request at t=0, a saturation test; --rate does not apply).")
+@click.option("--cv", type=float, default=2.0, show_default=True,
+              help="--arrival gamma: coefficient of variation of the gaps (1 is Poisson; above 1 burstier).")
+@click.option("--rate-schedule", default=None,
+              help="A rate that changes over time: TIME_S:RATE pairs, e.g. 0:5,60:20,120:5 (5 req/s, from 60 s "
+                   "20, from 120 s 5 again); replaces --rate.")
+@click.option("--diurnal", default=None,
+              help="A sinusoidal rate PERIOD_S,AMPLITUDE around --rate, e.g. 86400,0.6 (+-60% once a day).")
+@click.option("--lengths-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw (input, output) pairs from this trace (any format workload stats reads) instead of "
+                   "--input-len/--output-len.")
+@click.option("--lengths-format", default=None, help="Format of --lengths-from.  [default: detected]")
+@click.option("--system-prompts", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Number of distinct shared system prompts (0: none). Requests that use one get hash_ids, "
+                   "so a prefix-caching engine can reuse it.")
+@click.option("--system-prompt-len", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Tokens in each system prompt (added to the input length).")
+@click.option("--system-prompt-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Share of requests (with --turns: sessions) that start with a system prompt, chosen uniformly.")
+@click.option("--turns", default=None,
+              help="Multi-turn sessions: turns per session as a length spec (fixed:4, uniform:2,8). Each turn "
+                   "carries the whole conversation as its prefix (hash_ids).  [default: single requests]")
+@click.option("--think-time-s", type=float, default=10.0, show_default=True,
+              help="--turns: mean (exponential) user think time between a reply and the next turn.")
+@click.option("--expected-tpot-ms", type=float, default=20.0, show_default=True,
+              help="--turns: assumed time per output token, to place the next turn after the previous one's "
+                   "expected end (the generator is offline and cannot see the served reply).")
+@click.option("--hash-block-tokens", type=click.IntRange(min=1), default=DEFAULT_HASH_BLOCK_TOKENS,
+              show_default=True, help="Tokens per hash id (Mooncake's traces use 512).")
+@click.option("--max-len", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Cap on every length (a session ends when its context would exceed it).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; a seed always gives the same trace.")
 @click.option("--output", "--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="Trace JSONL to write (replaced whole, only once it is complete).")
 @click.pass_context
-def generate(
-    ctx: click.Context,
-    num_requests: int,
-    rate: float,
-    input_len: str,
-    output_len: str,
-    arrival: str,
-    max_len: int,
-    seed: int,
-    out_path: Path,
-) -> None:
+def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str, output_len: str, arrival: str,
+             cv: float,
+             rate_schedule: str | None, diurnal: str | None, lengths_from: Path | None, lengths_format: str | None,
+             system_prompts: int, system_prompt_len: int, system_prompt_share: float, turns: str | None,
+             think_time_s: float, expected_tpot_ms: float, hash_block_tokens: int, max_len: int, seed: int,
+             out_path: Path) -> None:
     """Write a synthetic JSONL trace in LLMServingSim's format."""
+    from pdsim.workload.generate import generate_requests
+
     if arrival == "burst" and ctx.get_parameter_source("rate") is not click.core.ParameterSource.DEFAULT:
         raise PdsimError(f"--rate {rate:g}: --arrival burst sends every request at t=0, so a rate does not apply; "
                          "use --arrival poisson or uniform for a rate")
-    check_output_file(out_path, "--output")
-    try:
-        reqs = generate_requests(num_requests, rate, _spec(input_len), _spec(output_len), seed, arrival, max_len)
-    except PdsimError as e:
-        raise click.UsageError(str(e)) from None
-    with atomic_path(out_path) as tmp:
-        write_trace(tmp, reqs)
+    check_output_file(out_path, "--output", [lengths_from])
+    input_len, output_len = _spec(input_len), _spec(output_len)
+    if rate_schedule and diurnal:
+        raise PdsimError("--rate-schedule and --diurnal: give one of them")
+    rate_fn = parse_rate_schedule(rate_schedule) if rate_schedule else (
+        parse_diurnal(diurnal, rate) if diurnal else None)
+    pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
+    prompts = SystemPrompts(system_prompts, system_prompt_len, system_prompt_share) if system_prompts else None
+    reqs = generate_requests(num_requests, rate, input_len, output_len, seed, arrival, max_len, cv=cv,
+                             rate_fn=rate_fn, lengths_from=pairs, prompts=prompts, turns=turns,
+                             think_time_s=think_time_s, expected_tpot_ms=expected_tpot_ms,
+                             hash_block_tokens=hash_block_tokens)
+    write_trace(out_path, reqs)
     inp = np.array([r.input_toks for r in reqs])
     out = np.array([r.output_toks for r in reqs])
     span_s = reqs[-1].arrival_time_ns / 1e9
@@ -76,6 +133,57 @@ def generate(
 def _spec(value: str) -> str:
     """A bare number means that length for every request, as `pdsim run --input-len 1024` reads it."""
     return f"fixed:{value.strip()}" if value.strip().isdigit() else value
+
+
+@workload.command("convert")
+@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
+@_format_options
+@click.option("--output", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="pdsim JSONL to write (atomically; never over the input).")
+@click.option("--num-requests", "--num-reqs", type=click.IntRange(min=1), default=None,
+              help="Keep the earliest N requests.  [default: all]")
+def convert(trace: Path, out_path: Path, num_requests: int | None, **kw) -> None:
+    """Convert a public trace (Azure, Mooncake, BurstGPT, ShareGPT, vllm bench ...) to pdsim JSONL."""
+    if _same_file(out_path, trace):
+        raise PdsimError(f"--out: {out_path} is the input trace; write the conversion elsewhere")
+    data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
+    write_trace(out_path, data.requests)
+    notes = f" ({'; '.join(data.notes)})" if data.notes else ""
+    click.echo(f"wrote {len(data.requests)} requests from {trace} ({data.fmt}) to {out_path}{notes}")
+
+
+@workload.command("stats")
+@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
+@_format_options
+@click.option("--num-requests", "--num-reqs", type=click.IntRange(min=1), default=None,
+              help="Only the earliest N requests.  [default: all]")
+@click.option("--bin-s", type=float, default=None,
+              help="Width of the bins of the rate over time (s).  [default: about 60 bins over the span]")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (rate over time included).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG: arrival rate over time and the input/output length histograms.")
+def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: bool, plot: Path | None,
+          **kw) -> None:
+    """Size, span, arrival rate (mean, over time), gap CV, length percentiles and prefix reuse of a trace."""
+    from pdsim.workload.stats import format_stats, plot_stats, trace_stats
+
+    if bin_s is not None and not bin_s > 0:
+        raise PdsimError(f"--bin-s: expected a number of seconds > 0, got {bin_s}")
+    data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
+    figures = trace_stats(data.requests, bin_s)
+    figures.update({"trace": str(trace), "format": data.fmt, "notes": data.notes})
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+    else:
+        click.echo(format_stats(figures, f"{trace} ({data.fmt})"))
+        for note in data.notes:
+            click.echo(f"note: {note}")
+    if plot is not None:
+        if _same_file(plot, trace):
+            raise PdsimError(f"--plot: {plot} is the input trace")
+        written = plot_stats(data.requests, figures, plot, f"{trace.name} ({data.fmt}, {len(data.requests):,} "
+                                                           "requests)")
+        click.echo(f"wrote {written}", err=as_json)
 
 
 if __name__ == "__main__":  # lets the trace be made before the top-level CLI is wired

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsim.errors import PdsimError
-from pdsim.workload.trace import TraceRequest
+from pdsim.workload.arrivals import ARRIVALS, Diurnal, RateSchedule, arrival_times_ns
+from pdsim.workload.sessions import SessionShape, SystemPrompts, build_requests
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest
 
-ARRIVALS = ("poisson", "uniform", "burst")
+__all__ = ["ARRIVALS", "LengthDist", "generate_requests", "parse_length_dist"]
+
 
 _FORMS = (
     "fixed:N, uniform:LO,HI, normal:MEAN,STD or lognormal:MEAN,STD, "
@@ -89,22 +92,6 @@ def parse_length_dist(spec: str, option: str = "length", max_len: int | None = N
     return LengthDist(kind, tuple(params), min_len, cap)
 
 
-def arrival_times_ns(rng: np.random.Generator, n: int, rate_per_s: float, arrival: str) -> np.ndarray:
-    """Arrival times in ns; the first request arrives at 0."""
-    if arrival not in ARRIVALS:
-        raise PdsimError(f"--arrival: unknown process {arrival!r}; expected one of {', '.join(ARRIVALS)}")
-    if arrival == "burst":  # everything at once: a saturation test, rate unused
-        return np.zeros(n, dtype=np.int64)
-    if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
-        raise PdsimError(f"--rate: expected a finite number of requests/s > 0, got {rate_per_s}")
-    if arrival == "uniform":
-        gaps_s = np.full(n, 1.0 / rate_per_s)
-    else:
-        gaps_s = rng.exponential(1.0 / rate_per_s, size=n)
-    gaps_s[0] = 0.0
-    return np.rint(np.cumsum(gaps_s) * 1e9).astype(np.int64)
-
-
 def generate_requests(
     num_requests: int,
     rate_per_s: float,
@@ -113,8 +100,22 @@ def generate_requests(
     seed: int = 0,
     arrival: str = "poisson",
     max_len: int | None = None,
+    *,
+    cv: float = 1.0,
+    rate_fn: RateSchedule | Diurnal | None = None,
+    lengths_from: list[TraceRequest] | None = None,
+    prompts: SystemPrompts | None = None,
+    turns: str | LengthDist | None = None,
+    think_time_s: float = 10.0,
+    expected_tpot_ms: float = 20.0,
+    hash_block_tokens: int = DEFAULT_HASH_BLOCK_TOKENS,
 ) -> list[TraceRequest]:
-    """A deterministic synthetic trace; `max_len` caps every input and output length."""
+    """A deterministic synthetic trace; `max_len` caps every input and output length.
+
+    lengths_from: (input, output) pairs drawn (with replacement, together) from these requests
+    instead of the two distributions. prompts / turns: shared system prompts and multi-turn
+    sessions (see sessions.py; with turns, the arrivals are session starts).
+    """
     if num_requests < 1:
         raise PdsimError(f"--num-requests: expected a positive integer, got {num_requests}")
     din = (
@@ -128,10 +129,24 @@ def generate_requests(
         else parse_length_dist(output_dist, "--output-len", max_len)
     )
     rng = np.random.default_rng(seed)
-    # Fixed draw order (arrivals, inputs, outputs) keeps traces reproducible per seed.
-    arrivals = arrival_times_ns(rng, num_requests, rate_per_s, arrival)
-    inputs = din.sample(rng, num_requests)
-    outputs = dout.sample(rng, num_requests)
+    # Fixed draw order (arrivals, inputs, outputs, then sessions) keeps traces reproducible per seed.
+    arrivals = arrival_times_ns(rng, num_requests, rate_per_s, arrival, cv, rate_fn)
+    if lengths_from:
+        pick = rng.integers(0, len(lengths_from), size=num_requests)
+        hi = max_len or np.iinfo(np.int64).max
+        inputs = np.minimum([lengths_from[k].input_toks for k in pick], hi)
+        outputs = np.minimum([lengths_from[k].output_toks for k in pick], hi)
+    else:
+        inputs = din.sample(rng, num_requests)
+        outputs = dout.sample(rng, num_requests)
+    if prompts is not None or turns is not None:
+        shape = None
+        if turns is not None:
+            dturns = turns if isinstance(turns, LengthDist) else parse_length_dist(turns, "--turns")
+            if not (think_time_s >= 0 and expected_tpot_ms >= 0):
+                raise PdsimError("--think-time-s/--expected-tpot-ms: expected numbers >= 0")
+            shape = SessionShape(dturns.sample(rng, num_requests), think_time_s, expected_tpot_ms)
+        return build_requests(arrivals, inputs, outputs, rng, prompts, shape, max_len, hash_block_tokens)
     return [
         TraceRequest(request_id=i, input_toks=int(a), output_toks=int(b), arrival_time_ns=int(t))
         for i, (a, b, t) in enumerate(zip(inputs, outputs, arrivals, strict=True))

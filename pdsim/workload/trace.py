@@ -2,13 +2,16 @@
 
 One JSON object per line: `input_toks`, `output_toks`, `arrival_time_ns`, and optionally
 `input_tok_ids` / `output_tok_ids`, which are accepted and ignored (only lengths matter to
-the simulator). Traces can have 100k+ lines, so the per-line path stays lean.
+the simulator), and `hash_ids` (prefix-block ids, as in Mooncake's traces) with
+`hash_block_tokens` (tokens per id, 512 when absent). Traces can have 100k+ lines, so the
+per-line path stays lean.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,11 @@ class TraceRequest:
     input_toks: int
     output_toks: int
     arrival_time_ns: int
+    hash_ids: tuple[int, ...] = ()  # prefix-block ids (Mooncake `hash_ids`), each covering hash_block_tokens tokens
+    hash_block_tokens: int = 0  # tokens per hash id (512 in Mooncake's traces); 0 = no prefix information
+
+
+DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace gives hash_ids alone
 
 
 def _length(value: object, key: str, where: str) -> int:
@@ -41,6 +49,16 @@ def _arrival(value: object, where: str) -> int:
     elif type(value) is float and math.isfinite(value) and value >= 0:
         return round(value)
     raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {value!r}")
+
+
+def _hash_ids(obj: dict, where: str) -> tuple[tuple[int, ...], int]:
+    ids = obj["hash_ids"]
+    if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
+        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
+    block = obj.get("hash_block_tokens", DEFAULT_HASH_BLOCK_TOKENS)
+    if type(block) is not int or block < 1:
+        raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer, got {block!r}")
+    return tuple(ids), (block if ids else 0)
 
 
 def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceRequest]:
@@ -82,6 +100,12 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
                 ) from None
             n = len(requests)
+            if "hash_ids" in obj:
+                ids, block = _hash_ids(obj, f"{path}:{lineno}")
+                append(TraceRequest(n, _length(inp, "input_toks", f"{path}:{lineno}"),
+                                    _length(out, "output_toks", f"{path}:{lineno}"),
+                                    _arrival(arr, f"{path}:{lineno}"), ids, block))
+                continue
             # Fast path for the common all-int line; the checkers handle the rest and errors.
             if (
                 type(inp) is int
@@ -112,11 +136,21 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
 
 
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:
+    """Write atomically (a temporary file beside it, then os.replace): a reader never sees half a trace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for r in requests:
-            f.write(
-                f'{{"input_toks": {r.input_toks}, "output_toks": {r.output_toks}, '
-                f'"arrival_time_ns": {r.arrival_time_ns}}}\n'
-            )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in requests:
+                extra = ""
+                if r.hash_ids:
+                    extra = (f', "hash_ids": [{", ".join(map(str, r.hash_ids))}], '
+                              f'"hash_block_tokens": {r.hash_block_tokens}')
+                f.write(
+                    f'{{"input_toks": {r.input_toks}, "output_toks": {r.output_toks}, '
+                    f'"arrival_time_ns": {r.arrival_time_ns}{extra}}}\n'
+                )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

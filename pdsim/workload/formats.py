@@ -1,0 +1,264 @@
+"""Readers for public request traces, each giving pdsim's TraceRequests (arrival times in ns from
+the file's own origin; readers.py rebases, windows and scales them).
+
+Formats (docs/workloads.md has the details and where to get each trace):
+- azure: Azure LLM inference CSV, `TIMESTAMP,ContextTokens,GeneratedTokens` (2023 and 2024);
+- mooncake: Mooncake JSONL, `timestamp` (ms), `input_length`, `output_length`, `hash_ids`;
+- burstgpt: BurstGPT CSV, `Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type`;
+- sharegpt: ShareGPT-style conversation JSON (a list of `{"conversations": [{"from", "value"}]}`);
+- lengths-csv: per-request token counts without times (`num_prefill_tokens,num_decode_tokens`);
+- vllm-bench: `vllm bench serve --save-result --save-detailed` JSON (read by pdsim.validate.measured).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdsim.errors import TraceError
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest
+
+# A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
+# English; for Llama-2's tokenizer on ShareGPT it is about 3.5-4 (documented in docs/workloads.md).
+CHARS_PER_TOKEN = 4.0
+
+
+@dataclass
+class Loaded:
+    """What a reader found, in file order, times (ns) from the file's own origin; plus notes.
+    Arrays, so that a window of a long trace is cut before any per-request object is made."""
+
+    arrival_ns: np.ndarray  # int64
+    input_toks: np.ndarray
+    output_toks: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    has_times: bool = True
+    hash_ids: list[tuple[int, ...]] | None = None  # per request, when the file has them
+    hash_block_tokens: list[int] | None = None
+    request_ids: np.ndarray | None = None  # when not the row's place (a pdsim trace keeps its own)
+
+    @classmethod
+    def from_requests(cls, reqs: list[TraceRequest], notes: list[str] | None = None,
+                      has_times: bool = True) -> Loaded:
+        with_ids = any(r.hash_ids for r in reqs)
+        return cls(np.fromiter((r.arrival_time_ns for r in reqs), np.int64, len(reqs)),
+                   np.fromiter((r.input_toks for r in reqs), np.int64, len(reqs)),
+                   np.fromiter((r.output_toks for r in reqs), np.int64, len(reqs)),
+                   notes or [], has_times,
+                   [r.hash_ids for r in reqs] if with_ids else None,
+                   [r.hash_block_tokens for r in reqs] if with_ids else None,
+                   np.fromiter((r.request_id for r in reqs), np.int64, len(reqs)))
+
+
+def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
+    try:
+        # Default dtypes: clean numeric columns parse as int64 at once; a column with a bad cell
+        # stays text and _int_column names the cell.
+        df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path}: not a readable CSV ({e})") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise TraceError(f"{path}:1: {what} CSV lacks column(s) {', '.join(missing)}; expected {', '.join(need)}")
+    if df.empty:
+        raise TraceError(f"{path}: the trace has no requests")
+    return df
+
+
+def _int_column(df: pd.DataFrame, column: str, path: Path, min_value: int = 1) -> np.ndarray:
+    """A whole-number column; the first bad cell is named by file line (header = line 1) and column."""
+    x = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(x) | (x != np.round(x)) | (x < min_value)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise TraceError(f"{path}:{i + 2}: field {column!r}: expected an integer >= {min_value}, "
+                         f"got {df[column].iloc[i]!r}")
+    return x.astype(np.int64)
+
+
+def read_azure(path: Path) -> Loaded:
+    """Azure LLM inference traces: absolute timestamps (2023: 7-digit fractions; 2024: the same
+    columns, optionally with a UTC offset), prompt and generated tokens per request."""
+    df = _read_csv(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), "Azure")
+    times = pd.to_datetime(df["TIMESTAMP"], format="ISO8601", errors="coerce", utc=True)
+    if times.isna().any():
+        i = int(np.argmax(times.isna().to_numpy()))
+        raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': expected a date-time such as "
+                         f"2023-11-16 18:15:46.6805900, got {df['TIMESTAMP'].iloc[i]!r}")
+    arrival_ns = times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    inputs = _int_column(df, "ContextTokens", path)
+    outputs = _int_column(df, "GeneratedTokens", path, min_value=0)
+    keep = outputs > 0
+    notes = []
+    if not keep.all():  # no generated token: nothing to decode, the request did not complete
+        notes.append(f"{int((~keep).sum())} request(s) with 0 GeneratedTokens left out")
+    return Loaded(arrival_ns[keep], inputs[keep], outputs[keep], notes)
+
+
+def read_burstgpt(path: Path, model: str | None = None, log_type: str | None = None) -> Loaded:
+    """BurstGPT: `Timestamp` in s from the trace's start; rows with 0 response tokens are failed
+    requests (left out, and counted)."""
+    need = ("Timestamp", "Model", "Request tokens", "Response tokens", "Log Type")
+    df = _read_csv(path, need, "BurstGPT")
+    keep = np.ones(len(df), dtype=bool)
+    notes = []
+    for column, wanted, what in (("Model", model, "model"), ("Log Type", log_type, "log")):
+        if wanted is not None:
+            match = df[column].str.strip().str.lower() == wanted.strip().lower()
+            if not match.any():
+                raise TraceError(f"{path}: no row has {column} {wanted!r}; the file has "
+                                 f"{', '.join(sorted(df[column].str.strip().unique())[:10])}")
+            keep &= match.to_numpy()
+            notes.append(f"{what} {wanted!r} only")
+    t_s = pd.to_numeric(df["Timestamp"], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(t_s) | (t_s < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise TraceError(f"{path}:{i + 2}: field 'Timestamp': expected seconds >= 0, got {df['Timestamp'].iloc[i]!r}")
+    inputs = _int_column(df, "Request tokens", path, min_value=0)
+    outputs = _int_column(df, "Response tokens", path, min_value=0)
+    failed = keep & (outputs == 0)
+    empty = keep & (outputs > 0) & (inputs == 0)
+    if failed.any():
+        notes.append(f"{int(failed.sum())} failed request(s) (0 response tokens) left out")
+    if empty.any():
+        notes.append(f"{int(empty.sum())} request(s) with 0 request tokens left out")
+    keep &= ~failed & ~empty
+    arrival_ns = np.rint(t_s * 1e9).astype(np.int64)
+    return Loaded(arrival_ns[keep], inputs[keep], outputs[keep], notes)
+
+
+def read_lengths_csv(path: Path) -> Loaded:
+    """Token counts without times (e.g. sarathi-serve's processed ShareGPT stats): all arrive at 0."""
+    df = _read_csv(path, ("num_prefill_tokens", "num_decode_tokens"), "lengths")
+    inputs = _int_column(df, "num_prefill_tokens", path)
+    outputs = _int_column(df, "num_decode_tokens", path)
+    return Loaded(np.zeros(len(df), dtype=np.int64), inputs, outputs,
+                  ["no arrival times in the file: every request at t=0"], has_times=False)
+
+
+def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
+    try:
+        v = obj[key]
+    except KeyError:
+        raise TraceError(f"{where}: missing field {key!r}") from None
+    if type(v) is float and v.is_integer():
+        v = int(v)
+    if type(v) is not int or v < min_value:
+        raise TraceError(f"{where}: field {key!r}: expected an integer >= {min_value}, got {v!r}")
+    return v
+
+
+def read_mooncake(path: Path) -> Loaded:
+    """Mooncake's FAST'25 traces: `timestamp` in ms from the trace's start, and `hash_ids`, one id
+    per 512-token block of the prompt (equal ids: equal prefixes)."""
+    requests: list[TraceRequest] = []
+    block = DEFAULT_HASH_BLOCK_TOKENS
+    with path.open("rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TraceError(f"{where}: not valid JSON ({getattr(e, 'msg', e)})") from None
+            if not isinstance(obj, dict):
+                raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            t_ms = obj.get("timestamp")
+            if type(t_ms) not in (int, float) or not t_ms >= 0 or t_ms == float("inf"):
+                raise TraceError(f"{where}: field 'timestamp': expected ms >= 0, got {t_ms!r}")
+            inp = _mooncake_field(obj, "input_length", where, 1)
+            out = _mooncake_field(obj, "output_length", where, 1)
+            ids = obj.get("hash_ids", [])
+            if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
+                raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
+            requests.append(TraceRequest(len(requests), inp, out, round(t_ms * 1_000_000), tuple(ids),
+                                         block if ids else 0))
+    if not requests:
+        raise TraceError(f"{path}: the trace has no requests")
+    return Loaded.from_requests(requests)
+
+
+def _conversation_lengths(item: object, where: str, chars_per_token: float) -> tuple[int, int] | None:
+    """(input, output) tokens of a conversation's first human turn and the reply to it; None when
+    it has no such pair. Given counts (`input_tokens`/`output_tokens`) win over the text estimate."""
+    if not isinstance(item, dict):
+        raise TraceError(f"{where}: expected a conversation object, got {type(item).__name__}")
+    if "input_tokens" in item or "output_tokens" in item:
+        counts = []
+        for key in ("input_tokens", "output_tokens"):
+            v = item.get(key)
+            if type(v) is not int or v < 1:
+                raise TraceError(f"{where}: field {key!r}: expected a positive integer, got {v!r}")
+            counts.append(v)
+        return counts[0], counts[1]
+    turns = item.get("conversations", item.get("conversation"))
+    if not isinstance(turns, list):
+        raise TraceError(f"{where}: field 'conversations': expected a list of turns, got {turns!r}")
+    for k in range(len(turns) - 1):
+        a, b = turns[k], turns[k + 1]
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            raise TraceError(f"{where}: conversations[{k}]: expected {{'from': ..., 'value': ...}}")
+        if a.get("from") in ("human", "user") and b.get("from") in ("gpt", "assistant", "chatgpt"):
+            pa, pb = a.get("value"), b.get("value")
+            if not (isinstance(pa, str) and isinstance(pb, str)):
+                raise TraceError(f"{where}: conversations[{k}]: field 'value': expected text")
+            return max(1, round(len(pa) / chars_per_token)), max(1, round(len(pb) / chars_per_token))
+    return None
+
+
+def read_sharegpt(path: Path, chars_per_token: float = CHARS_PER_TOKEN) -> Loaded:
+    """ShareGPT-style JSON: one request per conversation (its first prompt and the reply, as `vllm
+    bench serve --dataset-name sharegpt` samples them), lengths estimated as characters /
+    chars_per_token. No times in the file: every request at t=0."""
+    try:
+        items = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(items, list):
+        raise TraceError(f"{path}: expected a JSON list of conversations")
+    requests, skipped = [], 0
+    for i, item in enumerate(items):
+        pair = _conversation_lengths(item, f"{path}: conversation {i}", chars_per_token)
+        if pair is None:
+            skipped += 1
+            continue
+        requests.append(TraceRequest(len(requests), pair[0], pair[1], 0))
+    if not requests:
+        raise TraceError(f"{path}: no conversation with a prompt and a reply")
+    notes = ["no arrival times in the file: every request at t=0",
+             f"lengths estimated at {chars_per_token:g} characters per token unless given"]
+    if skipped:
+        notes.append(f"{skipped} conversation(s) without a prompt and a reply left out")
+    return Loaded.from_requests(requests, notes, has_times=False)
+
+
+def read_vllm_bench(path: Path) -> Loaded:
+    """`vllm bench serve --save-result --save-detailed`: lengths and, when saved, start times
+    (read by pdsim.validate.measured, which also drops failed requests and notes how it placed
+    arrivals that were not recorded)."""
+    from pdsim.errors import PdsimError
+    from pdsim.validate.measured import read_vllm_bench_json
+
+    try:
+        run = read_vllm_bench_json(path, json.loads(path.read_bytes()))
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except PdsimError as e:
+        raise TraceError(str(e)) from None
+    df = run.requests
+    if df.empty:
+        raise TraceError(f"{path}: no successful request")
+    arrival_ns = np.rint(df.arrival_s.to_numpy(dtype=float) * 1e9).astype(np.int64)
+    notes = list(run.notes)
+    if run.concurrency:
+        notes.append(f"a closed-loop run (max_concurrency {run.concurrency}): its arrival times are when clients "
+                     f"got free; replay it with --concurrency {run.concurrency}")
+    return Loaded(arrival_ns, df.input_toks.to_numpy(dtype=np.int64), df.output_toks.to_numpy(dtype=np.int64),
+                  notes)

@@ -1,0 +1,215 @@
+"""One way in for every request trace: `load_dataset()` detects (or is told) the format, reads
+it, then keeps a time window, rescales time and caps the number of requests.
+
+A format is named `NAME[:key=value,...]`, e.g. `burstgpt:model=ChatGPT,log=Conversation log` or
+`sharegpt:chars_per_token=3.6`; see FORMATS and docs/workloads.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pdsim.errors import TraceError
+from pdsim.workload import formats
+from pdsim.workload.trace import TraceRequest, load_trace
+
+FORMATS = ("pdsim", "azure", "mooncake", "burstgpt", "sharegpt", "lengths-csv", "vllm-bench")
+_PARAMS = {"burstgpt": ("model", "log"), "sharegpt": ("chars_per_token",)}
+
+
+@dataclass
+class Dataset:
+    """Requests sorted by arrival (ns from the window's start, scaled), plus how they were read."""
+
+    requests: list[TraceRequest]
+    fmt: str
+    notes: list[str] = field(default_factory=list)
+    has_times: bool = True
+
+
+@dataclass(frozen=True)
+class Window:
+    """Seconds from the trace's first request: keep start_s <= t < end_s (end_s None: to the end)."""
+
+    start_s: float = 0.0
+    end_s: float | None = None
+
+
+def parse_window(text: str | None) -> Window | None:
+    """`START:END` in seconds from the first request; either side may be empty (`:600`, `1800:`)."""
+    if text is None or not text.strip():
+        return None
+    start, sep, end = text.partition(":")
+    try:
+        w = Window(float(start) if start.strip() else 0.0, float(end) if end.strip() else None)
+    except ValueError:
+        w = None
+    if not sep or w is None or not (0 <= w.start_s < math.inf) or (w.end_s is not None and not w.end_s > w.start_s):
+        raise TraceError(f"--window: expected START_S:END_S with 0 <= START_S < END_S (either may be empty), "
+                         f"got {text!r}")
+    return w
+
+
+def parse_format(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.strip().partition(":")
+    if name not in FORMATS:
+        raise TraceError(f"--dataset-format: unknown format {name!r}; expected one of {', '.join(FORMATS)}")
+    params: dict[str, str] = {}
+    for part in (p for p in rest.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in _PARAMS.get(name, ()):
+            allowed = ", ".join(f"{k}=..." for k in _PARAMS.get(name, ())) or "none"
+            raise TraceError(f"--dataset-format: {name} takes options {allowed}; got {part.strip()!r}")
+        params[key] = value.strip()
+    return name, params
+
+
+def detect_format(path: Path) -> str:
+    """The format, from the file's first line (and, for one JSON document, its keys)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(65536)
+    except FileNotFoundError:
+        raise TraceError(f"{path}: trace file not found") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    if not text.strip():
+        raise TraceError(f"{path}: the trace has no requests (the file is empty)")
+    first = text.split("\n", 1)[0].strip()
+    if text.startswith("["):
+        return "sharegpt"
+    if text.startswith("{"):
+        try:
+            obj = json.loads(first)
+        except json.JSONDecodeError:
+            obj = None  # one JSON document over many lines (vllm bench's saved result)
+        if isinstance(obj, dict):
+            if "input_toks" in obj:
+                return "pdsim"
+            if "input_length" in obj or "hash_ids" in obj:
+                return "mooncake"
+            if "input_lens" in obj or "ttfts" in obj:
+                return "vllm-bench"
+        if obj is None and any(k in text for k in ('"input_lens"', '"ttfts"')):
+            return "vllm-bench"
+    header = {c.strip() for c in first.split(",")}
+    if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
+        return "azure"
+    if {"Timestamp", "Request tokens", "Response tokens"} <= header:
+        return "burstgpt"
+    if {"num_prefill_tokens", "num_decode_tokens"} <= header:
+        return "lengths-csv"
+    raise TraceError(f"{path}:1: cannot tell the trace's format from {first[:80]!r}; give --dataset-format, "
+                     f"one of {', '.join(FORMATS)} (docs/workloads.md)")
+
+
+def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
+    if name == "pdsim":
+        return formats.Loaded.from_requests(load_trace(path))
+    if not path.is_file():
+        raise TraceError(f"{path}: trace file not found")
+    if name == "sharegpt":
+        cpt = params.get("chars_per_token", str(formats.CHARS_PER_TOKEN))
+        try:
+            chars = float(cpt)
+        except ValueError:
+            chars = math.nan
+        if not (0 < chars < math.inf):
+            raise TraceError(f"--dataset-format: sharegpt chars_per_token: expected a number > 0, got {cpt!r}")
+        return formats.read_sharegpt(path, chars)
+    if name == "burstgpt":
+        return formats.read_burstgpt(path, params.get("model"), params.get("log"))
+    readers: dict[str, Callable[[Path], formats.Loaded]] = {
+        "azure": formats.read_azure, "mooncake": formats.read_mooncake,
+        "lengths-csv": formats.read_lengths_csv, "vllm-bench": formats.read_vllm_bench,
+    }
+    return readers[name](path)
+
+
+def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None = None, time_scale: float = 1.0,
+                 max_requests: int | None = None) -> Dataset:
+    """Read a trace; times start at the first request (or the window's start), multiplied by
+    time_scale (2: half the rate); with max_requests, the earliest that many are kept."""
+    path = Path(path)
+    if not (0 < time_scale < math.inf):
+        raise TraceError(f"--time-scale: expected a number > 0, got {time_scale}")
+    if max_requests is not None and max_requests < 1:
+        raise TraceError(f"--num-requests: expected a positive integer, got {max_requests}")
+    name, params = parse_format(fmt) if fmt else (detect_format(path), {})
+    loaded = _read(path, name, params)
+    if len(loaded.arrival_ns) == 0:
+        raise TraceError(f"{path}: no request left ({'; '.join(loaded.notes)})")
+    order = np.argsort(loaded.arrival_ns, kind="stable")  # ties keep file order
+    times = loaded.arrival_ns[order]
+    origin_ns = int(times[0])
+    notes = list(loaded.notes)
+    if window is not None:
+        lo = origin_ns + round(window.start_s * 1e9)
+        keep = times >= lo
+        if window.end_s is not None:
+            keep &= times < origin_ns + round(window.end_s * 1e9)
+        order, times, origin_ns = order[keep], times[keep], lo
+        if not len(order):
+            raise TraceError(f"{path}: no request in the window {window.start_s:g}-{window.end_s or 'end'} s")
+        notes.append(f"window {window.start_s:g} to {'the end' if window.end_s is None else f'{window.end_s:g} s'}")
+    if max_requests is not None:
+        order, times = order[:max_requests], times[:max_requests]
+    times = times - origin_ns
+    if time_scale != 1.0:
+        times = np.rint(times * time_scale).astype(np.int64)
+        notes.append(f"times x{time_scale:g}")
+    return Dataset(_requests(loaded, order, times), name, notes, loaded.has_times)
+
+
+def _requests(loaded: formats.Loaded, order: np.ndarray, times_ns: np.ndarray) -> list[TraceRequest]:
+    """TraceRequests for the kept rows (request_id: the row's place among the file's requests)."""
+    inputs = loaded.input_toks[order].tolist()
+    outputs = loaded.output_toks[order].tolist()
+    rids = (loaded.request_ids[order] if loaded.request_ids is not None else order).tolist()
+    if loaded.hash_ids is None:
+        return [TraceRequest(r, a, b, t) for r, a, b, t in zip(rids, inputs, outputs, times_ns.tolist())]
+    ids, blocks = loaded.hash_ids, loaded.hash_block_tokens or []
+    return [TraceRequest(r, a, b, t, ids[i], blocks[i])
+            for i, r, a, b, t in zip(order.tolist(), rids, inputs, outputs, times_ns.tolist())]
+
+
+def load_dataset(path: str | Path, fmt: str | None = None, window: str | Window | None = None,
+                 time_scale: float = 1.0, max_requests: int | None = None,
+                 report: Callable[[str], None] | None = None) -> list[TraceRequest]:
+    """The requests of any supported trace, for `run`, `sweep`, `search` (see read_dataset). What
+    the reader left out or assumed (failed rows, missing times) goes to `report`, by default
+    stderr: every request of the file is accounted for."""
+    if isinstance(window, str):
+        window = parse_window(window)
+    data = read_dataset(path, fmt, window, time_scale, max_requests)
+    say = report or (lambda text: click.echo(text, err=True))
+    for note in data.notes:
+        say(f"note: {path} ({data.fmt}): {note}")
+    return data.requests
+
+
+def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-format",)) -> Callable:
+    """--dataset-format, --window and --time-scale, for every command that reads a --dataset."""
+    options = [
+        click.option(*format_names, "dataset_format", default=None, metavar="NAME[:KEY=VALUE,...]",
+                     help=f"Trace format: {', '.join(FORMATS)}; burstgpt takes model=...,log=... filters "
+                          "(e.g. 'burstgpt:model=ChatGPT,log=Conversation log'), sharegpt chars_per_token=N.  "
+                          "[default: detected from the file]"),
+        click.option("--window", default=None, metavar="START_S:END_S",
+                     help="Keep requests arriving START_S:END_S seconds after the trace's first one "
+                          "(e.g. 600:1200, or :300); times then start at START_S.  [default: all]"),
+        click.option("--time-scale", type=float, default=1.0, show_default=True,
+                     help="Multiply arrival times by this (2 halves the rate, 0.5 doubles it)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f

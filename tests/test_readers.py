@@ -1,0 +1,273 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pdsim.errors import TraceError
+from pdsim.workload.cli import workload
+from pdsim.workload.readers import detect_format, load_dataset, parse_window, read_dataset
+from pdsim.workload.trace import load_trace
+
+REPO = Path(__file__).resolve().parent.parent
+TRACES = REPO.parent / "shared" / "data" / "traces"
+needs_shared = pytest.mark.skipif(not TRACES.is_dir(), reason="no ../shared/data/traces (real traces)")
+
+AZURE = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.6805900,374,44
+2023-11-16 18:15:50.9951690,396,109
+2023-11-16 18:15:48.1000000,1000,5
+"""
+AZURE_2024 = """TIMESTAMP,ContextTokens,GeneratedTokens
+2024-05-10 00:00:00.0097750+00:00,4808,10
+2024-05-10 00:00:01.5097750+00:00,100,20
+"""
+BURST = """Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type
+5,ChatGPT,472,18,490,Conversation log
+45,ChatGPT,1087,0,1087,Conversation log
+46,GPT-4,417,276,693,Conversation log
+47,ChatGPT,200,30,230,API log
+80.5,ChatGPT,10,300,310,Conversation log
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _mooncake_line(t=0, i=1000, o=10, ids=(0, 1)) -> str:
+    return json.dumps({"timestamp": t, "input_length": i, "output_length": o, "hash_ids": list(ids)})
+
+
+def test_azure_2023_sorted_rebased_ns(tmp_path):
+    p = _write(tmp_path, "a.csv", AZURE)
+    d = read_dataset(p)
+    assert d.fmt == "azure"
+    assert [(r.request_id, r.input_toks, r.output_toks) for r in d.requests] == [(0, 374, 44), (2, 1000, 5),
+                                                                                  (1, 396, 109)]
+    # 7-digit fractions: 100 ns resolution kept exactly.
+    assert [r.arrival_time_ns for r in d.requests] == [0, 1_419_410_000, 4_314_579_000]
+
+
+def test_azure_2024_layout_with_utc_offset(tmp_path):
+    reqs = load_dataset(_write(tmp_path, "a.csv", AZURE_2024))
+    assert [r.arrival_time_ns for r in reqs] == [0, 1_500_000_000]
+    assert reqs[0].input_toks == 4808
+
+
+@pytest.mark.parametrize(("row", "field", "line"), [
+    ("2023-11-16 18:15:47.0,abc,4", "ContextTokens", 3),
+    ("2023-11-16 18:15:47.0,12.5,4", "ContextTokens", 3),
+    ("2023-11-16 18:15:47.0,12,-1", "GeneratedTokens", 3),
+    ("yesterday,12,4", "TIMESTAMP", 3),
+])
+def test_azure_bad_cell_names_file_line_field(tmp_path, row, field, line):
+    p = _write(tmp_path, "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,1,1\n" + row + "\n")
+    with pytest.raises(TraceError, match=rf"a\.csv:{line}: field '{field}'"):
+        read_dataset(p)
+
+
+def test_azure_missing_column_named(tmp_path):
+    p = _write(tmp_path, "a.csv", "TIMESTAMP,ContextTokens,Other\n2023-11-16 18:15:46.0,1,1\n")
+    with pytest.raises(TraceError, match="lacks column.*GeneratedTokens"):
+        read_dataset(p, "azure")
+
+
+def test_mooncake_hash_ids_and_ms(tmp_path):
+    text = "\n".join([_mooncake_line(0, 1000, 5, (0, 1)), "", _mooncake_line(1500, 600, 7, (0, 2))]) + "\n"
+    reqs = load_dataset(_write(tmp_path, "m.jsonl", text))
+    assert [r.arrival_time_ns for r in reqs] == [0, 1_500_000_000]
+    assert reqs[1].hash_ids == (0, 2) and reqs[1].hash_block_tokens == 512
+    assert (reqs[1].input_toks, reqs[1].output_toks) == (600, 7)
+
+
+@pytest.mark.parametrize(("line", "expect"), [
+    ('{"timestamp": 0, "input_length": 5}', "m.jsonl:2: missing field 'output_length'"),
+    ('{"timestamp": -3, "input_length": 5, "output_length": 1}', "m.jsonl:2: field 'timestamp'"),
+    ('{"timestamp": 0, "input_length": 0, "output_length": 1}', "m.jsonl:2: field 'input_length'"),
+    ('{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1, "x"]}', "m.jsonl:2: field 'hash_ids'"),
+    ('{"timestamp": 0, "input_length": 5,', "m.jsonl:2: not valid JSON"),
+    ('[1, 2]', "m.jsonl:2: expected a JSON object"),
+])
+def test_mooncake_bad_lines(tmp_path, line, expect):
+    p = _write(tmp_path, "m.jsonl", _mooncake_line() + "\n" + line + "\n")
+    with pytest.raises(TraceError) as e:
+        read_dataset(p, "mooncake")
+    assert expect in str(e.value)
+
+
+def test_burstgpt_filters_and_failures(tmp_path):
+    p = _write(tmp_path, "b.csv", BURST)
+    d = read_dataset(p)
+    assert d.fmt == "burstgpt"
+    assert [r.input_toks for r in d.requests] == [472, 417, 200, 10]  # the failed row (0 response) left out
+    assert any("1 failed request" in n for n in d.notes)
+    d = read_dataset(p, "burstgpt:model=ChatGPT,log=Conversation log")
+    assert [r.input_toks for r in d.requests] == [472, 10]
+    assert [r.arrival_time_ns for r in d.requests] == [0, 75_500_000_000]
+    with pytest.raises(TraceError, match="no row has Model 'Claude'"):
+        read_dataset(p, "burstgpt:model=Claude")
+    with pytest.raises(TraceError, match="burstgpt takes options model=..., log=..."):
+        read_dataset(p, "burstgpt:colour=red")
+    bad = _write(tmp_path, "bad.csv", BURST.replace("47,ChatGPT,200", "47,ChatGPT,many"))
+    with pytest.raises(TraceError, match=r"bad\.csv:5: field 'Request tokens'"):
+        read_dataset(bad)
+
+
+def test_sharegpt_estimate_and_given_counts(tmp_path):
+    convs = [
+        {"id": "a", "conversations": [{"from": "human", "value": "x" * 400}, {"from": "gpt", "value": "y" * 81}]},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "hi"}]},  # no prompt-reply pair: left out
+        {"id": "c", "input_tokens": 12, "output_tokens": 3},
+    ]
+    d = read_dataset(_write(tmp_path, "s.json", json.dumps(convs)))
+    assert d.fmt == "sharegpt" and not d.has_times
+    assert [(r.input_toks, r.output_toks) for r in d.requests] == [(100, 20), (12, 3)]
+    assert {r.arrival_time_ns for r in d.requests} == {0}
+    assert any("1 conversation(s)" in n for n in d.notes)
+    d = read_dataset(tmp_path / "s.json", "sharegpt:chars_per_token=2")
+    assert d.requests[0].input_toks == 200
+    bad = [{"id": "a", "conversations": "oops"}]
+    with pytest.raises(TraceError, match=r"s2\.json: conversation 0: field 'conversations'"):
+        read_dataset(_write(tmp_path, "s2.json", json.dumps(bad)))
+
+
+def test_vllm_bench_result_reused_from_measured(tmp_path):
+    obj = {"ttfts": [0.1, 0.2, 0.0], "itls": [[0.01], [0.02], []], "input_lens": [100, 200, 300],
+           "output_lens": [2, 2, 0], "errors": ["", "", "timeout"], "start_times": [10.0, 10.5, 11.0],
+           "request_rate": 4}
+    p = _write(tmp_path, "bench.json", json.dumps(obj, indent=2))
+    d = read_dataset(p)
+    assert d.fmt == "vllm-bench"
+    assert [(r.input_toks, r.arrival_time_ns) for r in d.requests] == [(100, 0), (200, 500_000_000)]
+    assert any("1 failed" in n for n in d.notes)
+    obj["max_concurrency"] = 8
+    assert any("replay it with --concurrency 8" in n for n in read_dataset(p).notes + read_dataset(
+        _write(tmp_path, "bench_c.json", json.dumps(obj))).notes)
+    del obj["input_lens"]
+    with pytest.raises(TraceError, match="missing 'input_lens'"):
+        read_dataset(_write(tmp_path, "bench2.json", json.dumps(obj)), "vllm-bench")
+
+
+def test_window_time_scale_and_cap(tmp_path):
+    lines = [_mooncake_line(t * 1000, 100 + t, 5, ()) for t in range(10)]  # one a second
+    p = _write(tmp_path, "m.jsonl", "\n".join(lines) + "\n")
+    reqs = load_dataset(p, window="2:5")
+    assert [r.input_toks for r in reqs] == [102, 103, 104]
+    assert [r.arrival_time_ns for r in reqs] == [0, 1_000_000_000, 2_000_000_000]
+    reqs = load_dataset(p, window="2:", time_scale=0.5, max_requests=3)
+    assert [r.arrival_time_ns for r in reqs] == [0, 500_000_000, 1_000_000_000]
+    with pytest.raises(TraceError, match="no request in the window"):
+        load_dataset(p, window="100:200")
+    for bad in ("5:2", "abc", "3", "-1:4"):
+        with pytest.raises(TraceError, match="--window"):
+            parse_window(bad)
+    with pytest.raises(TraceError, match="--time-scale"):
+        load_dataset(p, time_scale=0)
+
+
+def test_undetectable_format_says_how(tmp_path):
+    p = _write(tmp_path, "x.csv", "a,b,c\n1,2,3\n")
+    with pytest.raises(TraceError, match=r"x\.csv:1: cannot tell the trace's format.*--dataset-format"):
+        detect_format(p)
+    with pytest.raises(TraceError, match="unknown format 'parquet'"):
+        read_dataset(p, "parquet")
+
+
+def test_convert_writes_pdsim_jsonl_atomically_and_never_over_input(tmp_path):
+    src = _write(tmp_path, "b.csv", BURST)
+    out = tmp_path / "out" / "b.jsonl"
+    res = CliRunner().invoke(workload, ["convert", str(src), "--out", str(out), "--format", "burstgpt:model=ChatGPT"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 3 requests" in res.output
+    assert [(r.input_toks, r.arrival_time_ns) for r in load_trace(out)] == [(472, 0), (200, 42e9), (10, 75.5e9)]
+    assert [p.name for p in out.parent.iterdir()] == ["b.jsonl"]  # no temporary file left behind
+    before = src.read_text()
+    res = CliRunner().invoke(workload, ["convert", str(src), "--out", str(src)])
+    assert res.exit_code == 2 and "is the input trace" in res.output
+    assert src.read_text() == before
+    res = CliRunner().invoke(workload, ["convert", str(tmp_path / "nope.csv"), "--out", str(out)])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_mooncake_convert_roundtrip_keeps_hash_ids(tmp_path):
+    src = _write(tmp_path, "m.jsonl", _mooncake_line(0, 1000, 5, (3, 4)) + "\n" + _mooncake_line(7, 600, 2, (3,)))
+    out = tmp_path / "p.jsonl"
+    assert CliRunner().invoke(workload, ["convert", str(src), "--out", str(out)]).exit_code == 0
+    assert load_trace(out) == load_dataset(src)
+    assert load_trace(out)[0].hash_ids == (3, 4)
+
+
+def test_run_reads_an_azure_trace(tmp_path):
+    from pdsim.cli import cli
+
+    src = _write(tmp_path, "a.csv", AZURE)
+    out = tmp_path / "run.csv"
+    config = REPO / "configs/cluster/single_node_pd_instance.json"
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(src),
+                                   "--output", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "3 requests" in res.output and "3 finished" in res.output
+
+
+@needs_shared
+@pytest.mark.parametrize(("name", "fmt", "n"), [
+    ("AzureLLMInferenceTrace_conv_2023.csv", "azure", 19366),
+    ("AzureLLMInferenceTrace_code_2023.csv", "azure", 8819),
+    ("mooncake_conversation_trace.jsonl", "mooncake", 12031),
+    ("mooncake_synthetic_trace.jsonl", "mooncake", 3993),
+    ("sharegpt_8k_filtered_stats_llama2_tokenizer.csv", "lengths-csv", 30731),
+])
+def test_real_traces(name, fmt, n):
+    d = read_dataset(TRACES / name)
+    assert (d.fmt, len(d.requests)) == (fmt, n)  # row counts from the traces' README
+    t = np.array([r.arrival_time_ns for r in d.requests])
+    assert t[0] == 0 and (np.diff(t) >= 0).all()
+    assert min(r.input_toks for r in d.requests) >= 1 and min(r.output_toks for r in d.requests) >= 1
+    if fmt == "mooncake":
+        assert all(len(r.hash_ids) == -(-r.input_toks // 512) for r in d.requests)
+
+
+@needs_shared
+def test_real_azure_span_and_rate():
+    reqs = load_dataset(TRACES / "AzureLLMInferenceTrace_conv_2023.csv")
+    span_s = reqs[-1].arrival_time_ns / 1e9
+    assert 57 * 60 < span_s < 59 * 60 and 5.4 < (len(reqs) - 1) / span_s < 5.7  # README: ~58 min, 5.53 req/s
+
+
+def test_empty_file_says_no_requests(tmp_path):
+    with pytest.raises(TraceError, match=r"e\.csv: the trace has no requests"):
+        read_dataset(_write(tmp_path, "e.csv", "\n\n"))
+
+
+def test_pdsim_trace_through_load_dataset_is_load_trace(tmp_path):
+    lines = [json.dumps({"input_toks": i + 1, "output_toks": 2, "arrival_time_ns": t, **extra})
+             for i, (t, extra) in enumerate([(300, {}), (100, {"hash_ids": [4, 5]}), (100, {}), (0, {})])]
+    p = _write(tmp_path, "t.jsonl", "\n".join(lines) + "\n")
+    assert load_dataset(p) == load_trace(p)
+    assert [r.request_id for r in load_dataset(p)] == [3, 1, 2, 0]
+
+
+def test_run_reports_rows_left_out(tmp_path):
+    from pdsim.cli import cli
+
+    src = _write(tmp_path, "b.csv", BURST)
+    config = REPO / "configs/cluster/single_node_pd_instance.json"
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(src),
+                                   "--dataset-format", "burstgpt:log=Conversation log",
+                                   "--output", str(tmp_path / "run.csv"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "1 failed request(s) (0 response tokens) left out" in res.stderr
+    assert "3 requests" in res.output
+
+
+def test_generate_lengths_from_an_azure_csv(tmp_path):
+    src = _write(tmp_path, "a.csv", AZURE)
+    out = tmp_path / "g.jsonl"
+    res = CliRunner().invoke(workload, ["generate", "--num-requests", "50", "--lengths-from", str(src),
+                                        "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert {(r.input_toks, r.output_toks) for r in load_trace(out)} <= {(374, 44), (396, 109), (1000, 5)}
