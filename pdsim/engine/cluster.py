@@ -124,6 +124,7 @@ class InstanceInfo:
     kv_rule: str = "vllm"
     kv_tokens: int = 0
     memory_note: str = ""
+    kv_predicted_tokens: int = 0  # the config's prediction, when a measured capacity replaced it
 
 
 @dataclass
@@ -180,6 +181,7 @@ def _build_instance(
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GIB,
         weights_gb=weight_bytes / GIB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GIB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
+        kv_predicted_tokens=budget.predicted_gpu_blocks * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated,
     )
     return inst, info

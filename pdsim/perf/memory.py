@@ -114,6 +114,7 @@ class KVBudget:
     activation_bytes: int
     other_bytes: int  # non-torch + CUDA-graph
     note: str  # how the capacity was obtained, for the run's output
+    predicted_gpu_blocks: int = 0  # what the config's rule predicts (differs when measured)
 
     @property
     def usable_blocks(self) -> int:
@@ -146,28 +147,31 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     non_torch = non_torch_bytes(ic.tp_size) if ic.non_torch_memory_gb is None else int(ic.non_torch_memory_gb * GIB)
     other = non_torch + int(ic.cudagraph_memory_gb * GIB)
     vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
-    parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes)
     vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f} - activation peak "
                  f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB")
-    if measured_gpu_blocks is not None:
-        return KVBudget("measured", measured_gpu_blocks, activation_bytes=activation_bytes, other_bytes=other,
-                        note=f"measured engine's {measured_gpu_blocks:,} blocks (predicted {vllm_blocks:,} by "
-                             f"{vllm_note})", **parts)
     if ic.npu_mem.mem_util is not None:
         usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
         blocks = math.floor((usable - weight_bytes) / block_bytes)
-        _check_room(blocks, where, f"mem_size {ic.npu_mem.mem_size:g} GiB x mem_util {ic.npu_mem.mem_util:g} = "
-                    f"{usable / GIB:.2f} GiB, weights {weight_bytes / GIB:.2f} GiB")
+        rule, activation_bytes, other = "llmservingsim", 0, 0
+        detail = (f"mem_size {ic.npu_mem.mem_size:g} GiB x mem_util {ic.npu_mem.mem_util:g} = "
+                  f"{usable / GIB:.2f} GiB, weights {weight_bytes / GIB:.2f} GiB")
         note = (f"LLMServingSim's rule (npu_mem.mem_util given): {ic.npu_mem.mem_size:g} GiB x {ic.npu_mem.mem_util:g}"
                 f" - weights {weight_bytes / GIB:.2f} GiB = {blocks * block_bytes / GIB:.2f} GiB "
                 f"({blocks:,} blocks); {vllm_note} would give {max(vllm_blocks, 0) * block_bytes / GIB:.2f} GiB "
                 f"({max(vllm_blocks, 0):,} blocks)")
-        return KVBudget("llmservingsim", blocks, activation_bytes=0, other_bytes=0, note=note, **parts)
-    _check_room(vllm_blocks, where, f"{requested / GIB:.2f} GiB requested ({how}), weights "
-                f"{weight_bytes / GIB:.2f}, activation peak {activation_bytes / GIB:.2f}, non-torch and "
-                f"CUDA-graph {other / GIB:.2f} GiB")
-    return KVBudget("vllm", vllm_blocks, activation_bytes=activation_bytes, other_bytes=other,
-                    note=f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB", **parts)
+    else:
+        rule, blocks = "vllm", vllm_blocks
+        detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
+                  f"peak {activation_bytes / GIB:.2f}, non-torch and CUDA-graph {other / GIB:.2f} GiB")
+        note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
+    parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
+                 activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
+    if measured_gpu_blocks is not None:
+        _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks")
+        return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
+                        f"blocks, instead of {note}", **parts)
+    _check_room(blocks, where, detail)
+    return KVBudget(rule, blocks, note=note, **parts)
 
 
 def _check_room(blocks: int, where: str, detail: str) -> None:
