@@ -51,12 +51,13 @@ ASSUMED_VISIBLE_FRACTION = 79.19 / 80.0
 
 # vLLM's "non-torch forward increase" per GPU (custom all-reduce and NCCL buffers, cuBLAS workspace),
 # vLLM 0.19 on H100: 0.24-0.27 GiB at TP 1 (9 start-up logs), 2.06-2.21 GiB at TP 2 and 4 (6 logs).
+# Assumed for other GPUs and versions (vLLM 0.11 logged 0.13-0.54 GiB); non_torch_memory_gb overrides.
 NON_TORCH_GIB_TP1 = 0.25
 NON_TORCH_GIB_TP_MULTI = 2.1
 
 # vLLM's profile_run ends with _dummy_sampler_run: the sampler over max_num_seqs rows of
-# full-vocabulary logits. Its torch peak per (sequence x vocab) element, fitted on the 10
-# sampler-bound vLLM 0.19 start-up logs (docs/memory.md; leave-one-out error within 1.1%). About
+# full-vocabulary logits. Its torch peak per (sequence x vocab) element, fitted on the 12
+# sampler-bound vLLM 0.19 start-up logs (docs/memory.md; leave-one-out fits 14.92-14.95). About
 # what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
 # (1) occupy at once.
 SAMPLER_BYTES_PER_LOGIT = 14.93
