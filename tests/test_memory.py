@@ -113,6 +113,8 @@ def test_measured_capacity_overrides_the_prediction():
     assert _blocks(cfg, kv_gpu_blocks={"n0.i0": 501}) == 500
     with pytest.raises(ConfigError, match="no room"):
         _blocks(cfg, kv_gpu_blocks={"n0.i0": 1})
+    with pytest.raises(ConfigError, match="n3.i0: no such instance"):
+        _blocks(cfg, kv_gpu_blocks={"n3.i0": 500})
 
 
 def test_reads_the_measured_kv_size():

@@ -196,6 +196,9 @@ class Cluster:
         self.opts = opts
         self.instances: list[Instance] = []
         self.infos: list[InstanceInfo] = []
+        unknown = sorted(set(opts.kv_gpu_blocks) - {ref.instance_id for ref in cfg.instances()})
+        if unknown:
+            raise ConfigError(f"KV-capacity override for {', '.join(unknown)}: no such instance in {source}")
         for ref in cfg.instances():
             inst, info = _build_instance(env, ref, cfg, opts, source)
             inst.on_finish = self._on_finish
