@@ -116,7 +116,7 @@ def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacit
     from pdsim.validate.kv_capacity import measured_kv
 
     block_size = cfg.instances()[0].config.block_size
-    meta_source = str(Path(run.source).with_name("meta.json"))
+    meta_source = str(Path(run.source).parent / "meta.json")
     kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size)
     if kv_capacity == "measured":
         if kv is None:
