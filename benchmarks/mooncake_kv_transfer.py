@@ -76,7 +76,7 @@ def fit_link(rows: list[Row]) -> tuple[float, float]:
 def testbed_config(link_bw_gbps: float, overhead_us: float) -> ClusterConfig:
     inst = {
         "model_name": MODEL, "hardware": "H100-SXM", "num_npus": 8, "tp_size": 8,
-        "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_latency": 0, "mem_util": 0.9},
+        "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_latency": 0}, "gpu_memory_utilization": 0.9,
         "max_num_batched_tokens": 8192, "block_size": BLOCK_SIZE,
     }
     node = {"num_instances": 1, "nic_bw": NIC_BW_GBPS}

@@ -37,7 +37,7 @@ WORKLOADS = {
 def _instance(pd_type: str | None) -> dict:
     return {
         "model_name": MODEL, "hardware": "H100-SXM", "pd_type": pd_type, "max_num_batched_tokens": 2048,
-        "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_latency": 0, "mem_util": 0.9},
+        "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_latency": 0}, "gpu_memory_utilization": 0.9,
     }
 
 

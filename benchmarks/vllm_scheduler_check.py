@@ -404,8 +404,16 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
 def golden_config(engine: dict):
     from tests.helpers import cluster, instance
 
-    knobs = {k: v for k, v in engine.items() if k != "mem_size_gb"}
+    knobs = {k: v for k, v in engine.items() if k not in ("mem_size_gb", "kv_gpu_blocks")}
     return cluster(instance(None, engine["mem_size_gb"], **knobs))
+
+
+def _num_gpu_blocks(cfg) -> int:
+    import simpy
+
+    from pdsim.engine.cluster import Cluster, SimOptions
+
+    return Cluster(simpy.Environment(), cfg, SimOptions()).infos[0].num_kv_blocks + 1
 
 
 def record(path: Path | None, work: Path) -> None:
@@ -420,8 +428,13 @@ def record(path: Path | None, work: Path) -> None:
     with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
         for sc in golden_scenarios(has_reserve_full_isl(v)):
             cfg = golden_config(sc["engine"])
-            times = vllm_run(cfg, sc["rows"], work, sc["concurrency"], sc["client_delay_s"], opts=SimOptions())
-            ours = pdsim_run(cfg, sc["rows"], sc["concurrency"], sc["client_delay_s"])
+            # Recorded with the engine's block count (the null block included), which the test pins.
+            blocks = {"n0.i0": sc["engine"].get("kv_gpu_blocks") or _num_gpu_blocks(cfg)}
+            sc["engine"]["kv_gpu_blocks"] = blocks["n0.i0"]
+            times = vllm_run(cfg, sc["rows"], work, sc["concurrency"], sc["client_delay_s"],
+                             opts=SimOptions(kv_gpu_blocks=blocks))
+            ours = pdsim_run(cfg, sc["rows"], sc["concurrency"], sc["client_delay_s"],
+                             opts=SimOptions(kv_gpu_blocks=blocks))
             print(f"{sc['name']}: {len(times)} requests, largest difference from pdsim "
                   f"{_max_diff(times, ours) * 1e6:.3f} us")
             scenarios.append({**sc, "vllm_times_s": times})

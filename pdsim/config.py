@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from pdsim.errors import ConfigError, PdsimError
+from pdsim.hardware import get_hardware
 from pdsim.models import DTYPE_BYTES, load_model
 
 # Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
@@ -99,8 +100,11 @@ class MemConfig(_Strict):
 
 
 class NpuMemConfig(MemConfig):
-    # Fraction of NPU memory the engine may use (vLLM's gpu_memory_utilization).
-    mem_util: float = Field(default=0.9, gt=0, le=1)
+    # LLMServingSim's knob: when given, the KV cache is sized by LLMServingSim's rule, KV =
+    # mem_size x mem_util - weights (its published values are calibrated to that formula), and the
+    # run says what vLLM's accounting would give. Left out: vLLM's accounting (gpu_memory_utilization
+    # on the instance). See docs/memory.md.
+    mem_util: float | None = Field(default=None, gt=0, le=1)
 
 
 class InstanceConfig(_Strict):
@@ -139,8 +143,12 @@ class InstanceConfig(_Strict):
     # during start-up and profiling ("non-torch forward increase memory" in vLLM's log; ~0.1-0.3
     # GiB at TP 1, more with NCCL). cudagraph: vLLM's CUDA-graph estimate, subtracted only when
     # VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 (off by default in 0.19.0, on in 0.33.0), so 0 here.
-    non_torch_memory_gb: float = Field(default=0.2, ge=0)
+    # null: vLLM 0.19's measured increase on H100, 0.25 GiB at TP 1 and 2.1 GiB at TP >= 2 (docs/memory.md).
+    non_torch_memory_gb: float | None = Field(default=None, ge=0)
     cudagraph_memory_gb: float = Field(default=0.0, ge=0)
+    # vLLM's --gpu-memory-utilization: the fraction of the GPU's CUDA-visible memory the engine may
+    # use (weights, activations and KV cache); null: vLLM's default 0.9. Not with npu_mem.mem_util.
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("pd_type", mode="before")
     @classmethod
@@ -185,8 +193,11 @@ class InstanceConfig(_Strict):
             model.check_tp(self.tp_size)
         except PdsimError as e:
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
+        self._check_memory()
         weight_gb = model.weight_bytes(self.dtype, self.tp_size) / GB  # GB as GPU memory is counted: 2^30
-        usable_gb = self.npu_mem.mem_size * self.npu_mem.mem_util
+        util_name, util = (("mem_util", self.npu_mem.mem_util) if self.npu_mem.mem_util is not None
+                           else ("gpu_memory_utilization", self.gpu_memory_utilization or 0.9))
+        usable_gb = self.npu_mem.mem_size * util
         if weight_gb > usable_gb:
             raise PydanticCustomError(
                 "weights",
@@ -194,10 +205,22 @@ class InstanceConfig(_Strict):
                 {
                     "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU ({self.dtype}, "
                     f"tp={self.tp_size}) but only {usable_gb:.2f} GB is usable "
-                    f"(mem_size {self.npu_mem.mem_size:g} GB x mem_util {self.npu_mem.mem_util:g})"
+                    f"(mem_size {self.npu_mem.mem_size:g} GB x {util_name} {util:g})"
                 },
             )
         return self
+
+    def _check_memory(self) -> None:
+        if self.npu_mem.mem_util is not None and self.gpu_memory_utilization is not None:
+            raise PydanticCustomError(
+                "memory", "npu_mem.mem_util (LLMServingSim's rule) and gpu_memory_utilization (vLLM's) are both "
+                "given; keep one (docs/memory.md)", {})
+        spec = get_hardware(self.hardware)
+        if spec is not None and self.npu_mem.mem_size > spec.mem_size_gb:
+            raise PydanticCustomError(
+                "memory", "{msg}",
+                {"msg": f"npu_mem.mem_size: {self.npu_mem.mem_size:g} GB is more than the {self.hardware}'s "
+                        f"{spec.mem_size_gb:g} GB ({spec.source}); pdsim does not clamp it"})
 
 
 class NodeConfig(_Strict):
@@ -350,6 +373,7 @@ _OWN_ERROR_TYPES = frozenset(
         "budget",
         "tp",
         "weights",
+        "memory",
         "count",
         "pd",
         "empty",

@@ -15,7 +15,7 @@ MODEL = "meta-llama/Llama-3.1-8B"
 def instance(pd_type: str | None, mem_size_gb: float = 96, hardware: str = "RTXPRO6000", **knobs) -> dict:
     return {
         "model_name": MODEL, "hardware": hardware,
-        "npu_mem": {"mem_size": mem_size_gb, "mem_bw": 1597, "mem_latency": 0, "mem_util": 0.9},
+        "npu_mem": {"mem_size": mem_size_gb, "mem_bw": 1792, "mem_latency": 0}, "gpu_memory_utilization": 0.9,
         "num_npus": 1, "tp_size": 1, "pd_type": pd_type, **knobs,
     }
 

@@ -26,7 +26,8 @@ def test_shipped_config_contents():
     assert pd.link_bw == 16 and pd.link_latency == 20000
     inst = pd.instances()[0].config
     assert inst.model_name == "meta-llama/Llama-3.1-8B" and inst.hardware == "RTXPRO6000"
-    assert (inst.npu_mem.mem_size, inst.npu_mem.mem_bw, inst.npu_mem.mem_util) == (96, 1597, 0.9)
+    assert (inst.npu_mem.mem_size, inst.npu_mem.mem_bw, inst.npu_mem.mem_util) == (96, 1792, None)
+    assert inst.gpu_memory_utilization == 0.9
     # vLLM defaults for our knobs
     assert (inst.max_num_seqs, inst.max_num_batched_tokens, inst.block_size) == (128, 2048, 16)
     assert inst.enable_chunked_prefill and inst.dtype == "bfloat16" and inst.profile_dir is None

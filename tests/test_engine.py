@@ -237,11 +237,15 @@ def test_schedules_as_vllms_own_scheduler(version, scenario):
     # there if AnalyticStepTimes or the scenarios change). Covers closed and open loops, chunked
     # prefill, preemption under memory pressure, a chunk cap, sync and async scheduling, and
     # 0.19's whole-sequence admission check (on in its scenarios, off in 0.12's).
+    # The KV capacity vLLM was given when the scenario was recorded (num_gpu_blocks, the null
+    # block included), pinned so that a change in the memory model does not move it.
     engine = scenario["engine"]
-    cfg = cluster(instance(None, engine["mem_size_gb"], **{k: v for k, v in engine.items() if k != "mem_size_gb"}))
+    knobs = {k: v for k, v in engine.items() if k not in ("mem_size_gb", "kv_gpu_blocks")}
+    cfg = cluster(instance(None, engine["mem_size_gb"], **knobs))
     with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
         res = run(cfg, [tuple(r) for r in scenario["rows"]], concurrency=scenario["concurrency"],
-                  client_delay_s=scenario["client_delay_s"])
+                  client_delay_s=scenario["client_delay_s"], kv_gpu_blocks={"n0.i0": engine["kv_gpu_blocks"]})
+    assert res.instances[0].kv.num_blocks == engine["kv_gpu_blocks"] - 1
     ours = np.array([(r.first_token_s, r.finish_s) for r in res.requests])
     theirs = np.array(scenario["vllm_times_s"])
     assert ours.shape == theirs.shape
@@ -362,7 +366,7 @@ def test_kv_capacity_subtracts_non_torch_and_cudagraph_memory():
 
     block_bytes = 16 * load_model(MODEL).kv_bytes_per_token("bfloat16")
     base = blocks(non_torch_memory_gb=0.0)
-    assert base - blocks() == pytest.approx(0.2 * GIB / block_bytes, abs=1)  # default non-torch 0.2 GiB
+    assert base - blocks() == pytest.approx(0.25 * GIB / block_bytes, abs=1)  # default non-torch at TP 1
     assert base - blocks(non_torch_memory_gb=0.0, cudagraph_memory_gb=1.5) == pytest.approx(
         1.5 * GIB / block_bytes, abs=1)
 

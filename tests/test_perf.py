@@ -347,12 +347,14 @@ def test_activation_reserve(llama8b, rtx, tmp_path):
     pred = StepTimePredictor(estimate_profile(rtx, llama8b, "bfloat16", 1), llama8b, 1, rtx)
     a, b = pred.activation_reserve_bytes(2048), pred.activation_reserve_bytes(8192)
     assert 50e6 < a < b < 5e9
-    # The profiling pass samples one row per request, at most max_num_seqs of them; each row's
-    # fp32 logits and softmax span the whole (all-gathered) vocabulary, whatever the TP.
+    # The profiling pass samples one row per request, at most max_num_seqs of them; each row spans
+    # the whole (all-gathered) vocabulary, whatever the TP (pdsim/perf/memory.py).
+    from pdsim.perf.memory import SAMPLER_BYTES_PER_LOGIT
+
     for tp in (1, 2):
         p = StepTimePredictor(estimate_profile(rtx, llama8b, "bfloat16", tp), llama8b, tp, rtx)
         saved = p.activation_reserve_bytes(2048, 1024) - p.activation_reserve_bytes(2048, 128)
-        assert saved == (1024 - 128) * llama8b.vocab_size * 4 * 2
+        assert saved == pytest.approx((1024 - 128) * llama8b.vocab_size * SAMPLER_BYTES_PER_LOGIT, abs=2)
     meta = ProfileMeta(
         hardware="X",
         model=LLAMA8B,

@@ -23,6 +23,7 @@ from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import load_or_estimate
+from pdsim.perf.memory import kv_budget
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.workload.trace import TraceRequest
 
@@ -64,6 +65,9 @@ class SimOptions:
     # instance after the KV transfer and the first decode step (what a client of vLLM's P/D proxy
     # measures). Colocated requests are the same either way.
     ttft_mode: str = "prefill"
+    # Instance id -> the measured engine's num_gpu_blocks, used instead of the predicted KV capacity
+    # (validate --kv-capacity measured), so memory and timing errors can be seen apart.
+    kv_gpu_blocks: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ttft_mode not in TTFT_MODES:
@@ -115,6 +119,12 @@ class InstanceInfo:
     activation_gb: float
     profile_path: str
     estimated_profile: bool
+    # KV sizing: rule ("vllm", "llmservingsim", "measured"), capacity in tokens as vLLM reports it
+    # (num_gpu_blocks x block_size, the null block included) and how it was obtained.
+    kv_rule: str = "vllm"
+    kv_tokens: int = 0
+    memory_note: str = ""
+    kv_predicted_tokens: int = 0  # the config's prediction, when a measured capacity replaced it
 
 
 @dataclass
@@ -139,7 +149,7 @@ def _build_instance(
     try:
         profile = load_or_estimate(
             ic.hardware, model, ic.dtype, ic.tp_size,
-            root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir,
+            root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir, mem_bw_gbps=ic.npu_mem.mem_bw,
         )
     except ProfileError as exc:
         raise ProfileError(f"{where}.hardware: {exc}") from None
@@ -150,37 +160,28 @@ def _build_instance(
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
     )
-    weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size)
+    if not profile.estimated:
+        predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
-    usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
-    kv_bytes_per_token = model.kv_bytes_per_token(ic.dtype, ic.tp_size)
-    block_bytes = ic.block_size * kv_bytes_per_token
-    # vLLM v1 (gpu_worker.determine_available_memory): KV = total * gpu_memory_utilization - weights
-    # - torch activation peak of the profiling pass - non-torch increase (- CUDA-graph estimate).
-    other_bytes = (ic.non_torch_memory_gb + ic.cudagraph_memory_gb) * GIB
-    # Less one: vLLM's block pool keeps its first block as the null block (v1/core/block_pool.py).
-    num_blocks = math.floor((usable - weight_bytes - activation_bytes - other_bytes) / block_bytes) - 1
-    if num_blocks <= 0:
-        raise ConfigError(
-            f"{where}.npu_mem.mem_size: no room for the KV cache: {ic.npu_mem.mem_size} GB x mem_util "
-            f"{ic.npu_mem.mem_util} = {usable / GIB:.2f} GB per GPU, but weights take {weight_bytes / GIB:.2f} GB "
-            f"and activations {activation_bytes / GIB:.2f} GB, non-torch and CUDA-graph memory "
-            f"{other_bytes / GIB:.2f} GB (tp_size {ic.tp_size})"
-        )
+    budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id))
+    weight_bytes, kv_bytes_per_token = budget.weight_bytes, model.kv_bytes_per_token(ic.dtype, ic.tp_size)
+    num_blocks = budget.usable_blocks
     spec = InstanceSpec(
         id=ref.instance_id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware,
         tp=ic.tp_size, dtype=ic.dtype, node=ref.node_index, max_num_seqs=ic.max_num_seqs,
         max_num_batched_tokens=ic.max_num_batched_tokens, block_size=ic.block_size,
         enable_chunked_prefill=ic.enable_chunked_prefill, kv_bytes_per_token=kv_bytes_per_token,
-        weight_bytes=weight_bytes, activation_bytes=activation_bytes,
+        weight_bytes=weight_bytes, activation_bytes=budget.activation_bytes + budget.other_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
     )
     inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
-        num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * block_bytes / GIB,
-        weights_gb=weight_bytes / GIB, activation_gb=activation_bytes / GIB,
+        num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GIB,
+        weights_gb=weight_bytes / GIB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GIB,
+        kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
+        kv_predicted_tokens=budget.predicted_gpu_blocks * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated,
     )
     return inst, info
@@ -195,6 +196,9 @@ class Cluster:
         self.opts = opts
         self.instances: list[Instance] = []
         self.infos: list[InstanceInfo] = []
+        unknown = sorted(set(opts.kv_gpu_blocks) - {ref.instance_id for ref in cfg.instances()})
+        if unknown:
+            raise ConfigError(f"KV-capacity override for {', '.join(unknown)}: no such instance in {source}")
         for ref in cfg.instances():
             inst, info = _build_instance(env, ref, cfg, opts, source)
             inst.on_finish = self._on_finish

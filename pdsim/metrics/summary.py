@@ -138,6 +138,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
             "tp": info.tp, "num_kv_blocks": info.num_kv_blocks, "kv_capacity_gb": info.kv_capacity_gb,
             "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + peak_kv_gb,
             "weights_gb": info.weights_gb, "activation_gb": info.activation_gb,
+            "kv_capacity_tokens": info.kv_tokens, "kv_rule": info.kv_rule, "memory_note": info.memory_note,
             "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
             "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
             "profile": info.profile_path, "estimated_profile": info.estimated_profile,
@@ -165,6 +166,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "instances": instances,
         "estimated_profile": estimated,
         "step_time_source": ESTIMATED_NOTE if estimated else "measured profiles",
+        "memory_notes": _memory_notes(result),
         "profile_notes": sorted({
             note for inst in result.instances
             for note in [*inst.predictor.notes, *inst.predictor.extrapolation_notes()]
@@ -198,6 +200,12 @@ def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
 
 
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w.])")
+def _memory_notes(result: SimulationResult) -> list[str]:
+    """How each instance's KV capacity was obtained, one line per distinct way."""
+    by_note: dict[str, list[str]] = {}
+    for info in result.infos:
+        by_note.setdefault(info.memory_note, []).append(info.id)
+    return [f"{', '.join(ids)}: {note}" for note, ids in by_note.items() if note]
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -268,6 +276,8 @@ def format_summary(summary: dict) -> str:
         )
     lines.append("(memory per GPU, GB = 2^30 bytes; busy = share of the simulated time the instance was running "
                  "engine steps)")
+    for note in summary.get("memory_notes", []):
+        lines.append(f"KV capacity {note}")
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ TP all-reduce is not tabulated here; the predictor models it from the link.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -195,7 +196,7 @@ def estimate_meta(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int)
         tool_version=PDSIM_VERSION,
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         num_layers=model.num_layers,
-        device={"name": hardware.description, "spec_source": hardware.source},
+        device={"name": hardware.description, "spec_source": hardware.source, "mem_bw_gbps": hardware.mem_bw_gbps},
         activation_peak_bytes=None,
         notes=(
             f"roofline per op: compute eff {GEMM_COMPUTE_EFF_MAX} x M/(M+{GEMM_HALF_EFF_M:g}), "
@@ -247,12 +248,21 @@ def load_or_estimate(
     tp: int,
     root=None,
     profile_dir=None,
+    mem_bw_gbps: float | None = None,
 ) -> Profile:
-    """The profile on disk for this instance, else one estimated from the hardware spec."""
+    """The profile on disk for this instance, else one estimated from the hardware spec.
+
+    mem_bw_gbps (the config's npu_mem.mem_bw): the memory bandwidth an estimate uses instead of the
+    datasheet's; an estimated profile on disk (built from the datasheet) is then estimated afresh.
+    """
     found = find_profile(hardware_name, model.name, dtype, tp, root=root, profile_dir=profile_dir)
+    spec = get_hardware(hardware_name)
+    if spec is not None and mem_bw_gbps is not None and mem_bw_gbps != spec.mem_bw_gbps:
+        spec = replace(spec, mem_bw_gbps=mem_bw_gbps)
+        if found is not None and found.estimated:
+            found = None
     if found is not None:
         return found
-    spec = get_hardware(hardware_name)
     if spec is None:
         where = profile_path(
             root if root is not None else PROFILES_ROOT, hardware_name, model.name, dtype, tp

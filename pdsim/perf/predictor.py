@@ -48,6 +48,7 @@ from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
 from pdsim.perf.interp import Table1D
+from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.profile import PER_LAYER_OPS, PER_STEP_OPS, Profile
 
 _STEP_CACHE_MAX = 2_000_000  # entries; cleared when full so memory stays bounded on long runs
@@ -265,31 +266,20 @@ class StepTimePredictor:
         return (self._nonattn_us(n_decode, n_decode) + self.num_layers * attn) * 1e-6
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024) -> int:
-        """Activation/workspace bytes the engine keeps free of KV cache on one GPU.
+        """Torch activation peak of vLLM's profiling run on one GPU, which vLLM keeps out of the KV cache.
 
         From the profile's measured peak when it has one (rescaled linearly in tokens when it
-        records the max_num_batched_tokens it was measured at). Otherwise an estimate of what
-        vLLM's profiling pass peaks at (gpu_model_runner.profile_run: a forward pass over
-        T = max_num_batched_tokens tokens spread over min(T, max_num_seqs) requests, then the
-        sampler on one row per request), per TP shard:
-            T * dtype_bytes * (4 * hidden + qkv_out + 3 * intermediate_per_shard)
-              -- residual, normed input, attention output and the layer output (4 x hidden),
-                 the fused QKV output, and gate_up output plus its activation (3 x inter.)
-            + min(T, max_num_seqs) * vocab * 4 * 2
-              -- fp32 logits and their softmax; every rank holds the whole vocabulary, as the
-                 logits processor all-gathers the shards
+        records the max_num_batched_tokens it was measured at). Otherwise estimated from the model's
+        shapes as vLLM's profile_run exercises them (pdsim/perf/memory.py, docs/memory.md): the
+        larger of a forward over max_num_batched_tokens tokens and the sampler over
+        min(tokens, max_num_seqs) rows of full-vocabulary logits.
         """
         meta = self.profile.meta
         if meta.activation_peak_bytes is not None:
             if meta.activation_tokens:
                 return int(meta.activation_peak_bytes * max_num_batched_tokens / meta.activation_tokens)
             return int(meta.activation_peak_bytes)
-        m, tp, t = self.model, self.tp, max_num_batched_tokens
-        per_token = dtype_bytes(meta.dtype) * (
-            4 * m.hidden_size + m.qkv_out(tp) + 3 * m.intermediate_per_shard(tp)
-        )
-        logits = min(t, max_num_seqs) * m.vocab_size * 4 * 2
-        return int(t * per_token + logits)
+        return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs)
 
     def extrapolation_notes(self) -> list[str]:
         """One line per table a lookup left the grid of (for reports)."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_text_atomic
+from pdsim.validate.kv_capacity import capacity_line
 
 if TYPE_CHECKING:
     from pdsim.engine.cluster import SimOptions
@@ -110,6 +111,22 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
                                                 "scheduler_reserve_full_isl": reserve})
 
 
+def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity: str):
+    """The measured engine's KV capacity (None when not recorded); with --kv-capacity measured,
+    every instance of the replay gets it."""
+    from pdsim.validate.kv_capacity import measured_kv
+
+    block_size = cfg.instances()[0].config.block_size
+    meta_source = str(Path(run.source).parent / "meta.json")
+    kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size)
+    if kv_capacity == "measured":
+        if kv is None:
+            raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
+                             "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
+        opts.kv_gpu_blocks = {ref.instance_id: kv.tokens // ref.config.block_size for ref in cfg.instances()}
+    return kv
+
+
 @click.command("validate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
               help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, an aiperf run (its "
@@ -128,16 +145,23 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
 @click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
               help="Engine JSONL: which timestamps give the replay's arrival times.")
 @_closed_loop_options
+@click.option("--engine-log", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The measured engine's vLLM log: its 'GPU KV cache size: N tokens' line gives the measured KV "
+                   "capacity (else meta.json's kv_cache.num_gpu_blocks beside the run, when there).")
+@click.option("--kv-capacity", type=click.Choice(["predicted", "measured"]), default="predicted", show_default=True,
+              help="KV capacity the replay uses: pdsim's prediction from the config, or the measured engine's "
+                   "(to see timing errors apart from memory errors).")
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
               type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
-             engine_preset: str, rounds: int, client_delay_ms: float, output: Path, plot: bool) -> None:
+             engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
+             output: Path, plot: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.measured import is_closed_loop_table, read_measured
 
-    check_output_file(output, "--output", [measured, cluster_config])
+    check_output_file(output, "--output", [measured, cluster_config, engine_log])
     if is_closed_loop_table(measured):
         from pdsim.validate.closed_loop import format_rows
 
@@ -159,11 +183,15 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                          f" ms after a request ends)")
     if opts.client_delay_s:
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
+    kv_measured = _kv_override(run, cfg, opts, engine_log, kv_capacity)
     result = replay(cfg, run, opts, str(cluster_config))
     table = compare(run, result)
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
+    info = result.infos[0]
+    rule = "llmservingsim" if cfg.instances()[0].config.npu_mem.mem_util is not None else "vllm"
+    click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity))
     click.echo(format_table(table))
     written = [output]
     if plot:

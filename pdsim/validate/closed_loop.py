@@ -40,12 +40,13 @@ def aiconfigurator_engine(concurrency: int, isl: int) -> dict:
     """What aiconfigurator's generator deploys for a vLLM aggregated worker of max batch size
     `concurrency` (generator/rule_plugin/vllm.rule and benchmark/vllm.rule, 0.12):
     max_num_seqs = max_batch_size, max_num_batched_tokens = max_batch_size + isl + 1500."""
-    return {"max_num_seqs": concurrency, "max_num_batched_tokens": concurrency + isl + 1500, "mem_util": 0.9}
+    return {"max_num_seqs": concurrency, "max_num_batched_tokens": concurrency + isl + 1500,
+            "gpu_memory_utilization": 0.9}
 
 
 def vllm_serve_engine(concurrency: int, isl: int) -> dict:
     """vLLM v1's `vllm serve` defaults on GPUs with >= 70 GiB (vllm/engine/arg_utils.py)."""
-    return {"max_num_seqs": 1024, "max_num_batched_tokens": 8192, "mem_util": 0.9}
+    return {"max_num_seqs": 1024, "max_num_batched_tokens": 8192, "gpu_memory_utilization": 0.9}
 
 
 ENGINE_PRESETS: dict[str, Callable[[int, int], dict]] = {
@@ -59,8 +60,7 @@ def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: s
     eng = {**vllm_serve_engine(1, 0), **(engine or {})}
     inst = {
         "model_name": model, "hardware": hardware, "num_npus": tp, "tp_size": tp, "pd_type": None,
-        "npu_mem": {"mem_size": mem_gb, "mem_bw": 3350, "mem_util": eng["mem_util"]},
-        **{k: v for k, v in eng.items() if k != "mem_util"},
+        "npu_mem": {"mem_size": mem_gb, "mem_bw": 3350}, **eng,
     }
     if profile_dir is not None:
         inst["profile_dir"] = profile_dir

@@ -1,0 +1,180 @@
+"""How much GPU memory an instance gives its KV cache (docs/memory.md).
+
+Two rules, chosen per instance by the config:
+
+* vLLM's own accounting (v1 `gpu_worker.determine_available_memory`, vLLM 0.19):
+      KV = total CUDA memory x gpu_memory_utilization - weights - torch activation peak of the
+           profiling run - non-torch memory increase (- CUDA-graph estimate, off by default)
+  with the GPU's CUDA-visible total (GPU_VISIBLE_MEMORY), not its datasheet size.
+* LLMServingSim's rule, for configs that carry `npu_mem.mem_util` (LLMServingSim's knob, whose
+  published values were calibrated against this very formula, e.g. 0.833919 on its RTX 4090 example):
+      KV = mem_size GiB x mem_util - weights
+
+Blocks are counted as vLLM reports them (`num_gpu_blocks`, "GPU KV cache size: N tokens" = blocks x
+block_size); the scheduler gets one block fewer, as vLLM's block pool keeps its first block as the
+null block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pdsim.config import GB, InstanceConfig
+from pdsim.errors import ConfigError
+from pdsim.hardware import get_hardware
+from pdsim.models import ModelSpec, dtype_bytes
+
+GIB = GB
+VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+
+@dataclass(frozen=True)
+class VisibleMemory:
+    total_gib: float  # what torch.cuda.mem_get_info() reports as total, per GPU
+    kind: str  # how the figure is known, for the run's output
+    source: str
+
+
+# CUDA-visible memory per GPU (GiB = 2^30 bytes), which vLLM multiplies by gpu_memory_utilization.
+# Less than the datasheet size: the driver and ECC keep part of it.
+GPU_VISIBLE_MEMORY: dict[str, VisibleMemory] = {
+    "H100-SXM": VisibleMemory(79.19, "vLLM logs", "vLLM 0.19 start-up logs on H100 80GB HBM3 (llm-d-planner "
+                              "sweep, ../shared/data/calibration/vllm-kv-capacity): 'total memory 79.19 GiB'"),
+    "A100-80GB": VisibleMemory(79.15, "published torch figure", "PyTorch out-of-memory messages on A100-SXM4-80GB "
+                               "('GPU 0 has a total capacity of 79.15 GiB'), quoted from public reports"),
+    "RTX4090": VisibleMemory(23.65, "published torch figure", "PyTorch out-of-memory messages on RTX 4090 "
+                             "('GPU 0 has a total capacity of 23.65 GiB'), quoted from public reports"),
+}
+# Hardware without a figure above: assume the H100's ratio of CUDA-visible to datasheet memory.
+ASSUMED_VISIBLE_FRACTION = 79.19 / 80.0
+
+# vLLM's "non-torch forward increase" per GPU (custom all-reduce and NCCL buffers, cuBLAS workspace),
+# vLLM 0.19 on H100: 0.24-0.27 GiB at TP 1 (9 start-up logs), 2.06-2.21 GiB at TP 2 and 4 (6 logs).
+# Assumed for other GPUs and versions (vLLM 0.11 logged 0.13-0.54 GiB); non_torch_memory_gb overrides.
+NON_TORCH_GIB_TP1 = 0.25
+NON_TORCH_GIB_TP_MULTI = 2.1
+
+# vLLM's profile_run ends with _dummy_sampler_run: the sampler over max_num_seqs rows of
+# full-vocabulary logits. Its torch peak per (sequence x vocab) element, fitted on the 12
+# sampler-bound vLLM 0.19 start-up logs (docs/memory.md; leave-one-out fits 14.92-14.95). About
+# what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
+# (1) occupy at once.
+SAMPLER_BYTES_PER_LOGIT = 14.93
+
+
+def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
+    """The CUDA-visible total per GPU and how it is known. mem_size below the hardware's visible
+    total (a smaller slice of the GPU) is taken as given."""
+    known = GPU_VISIBLE_MEMORY.get(hardware)
+    spec = get_hardware(hardware)
+    if known is not None:
+        total, kind = known.total_gib, known.kind
+    elif spec is not None:
+        total = spec.mem_size_gb * ASSUMED_VISIBLE_FRACTION
+        kind = f"assumed {ASSUMED_VISIBLE_FRACTION:.1%} of {spec.mem_size_gb:g} GB as on H100"
+    else:
+        return mem_size_gb, f"mem_size; no figure for {hardware}"
+    if mem_size_gb < total:
+        return mem_size_gb, f"mem_size, below the {total:.2f} GiB CUDA shows"
+    return total, kind
+
+
+def non_torch_bytes(tp: int) -> int:
+    return int((NON_TORCH_GIB_TP1 if tp == 1 else NON_TORCH_GIB_TP_MULTI) * GIB)
+
+
+def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> int:
+    """Torch peak of one decoder layer's forward over `tokens` tokens on one TP shard: the residual,
+    the normed input and the layer's output ([T, hidden] each) beside the larger of the attention
+    block (QKV output, attention output) and the MLP (gate_up output and its activation)."""
+    attention = model.qkv_out(tp) + model.q_size(tp)
+    mlp = 3 * model.intermediate_per_shard(tp)
+    return tokens * dtype_bytes(dtype) * (3 * model.hidden_size + max(attention, mlp))
+
+
+def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int) -> int:
+    """Torch peak of vLLM's dummy sampler run: min(T, max_num_seqs) rows of the whole vocabulary
+    (every rank gathers it), while the forward's [T, hidden] output is still held."""
+    rows = min(tokens, seqs)
+    return int(SAMPLER_BYTES_PER_LOGIT * rows * model.vocab_size) + tokens * model.hidden_size * dtype_bytes(dtype)
+
+
+def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int) -> int:
+    """vLLM's profile_run peak: the forward, then the sampler; torch reports the larger."""
+    return max(forward_peak_bytes(model, dtype, tp, tokens), sampler_peak_bytes(model, dtype, tokens, seqs))
+
+
+@dataclass(frozen=True)
+class KVBudget:
+    rule: str  # "vllm", "llmservingsim" or "measured"
+    num_gpu_blocks: int  # as vLLM counts them (the null block included)
+    block_bytes: int
+    block_size: int
+    weight_bytes: int
+    activation_bytes: int
+    other_bytes: int  # non-torch + CUDA-graph
+    note: str  # how the capacity was obtained, for the run's output
+    predicted_gpu_blocks: int = 0  # what the config's rule predicts (differs when measured)
+
+    @property
+    def usable_blocks(self) -> int:
+        return self.num_gpu_blocks - 1
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+    @property
+    def kv_gib(self) -> float:
+        return self.num_gpu_blocks * self.block_bytes / GIB
+
+
+def _vllm_blocks(ic: InstanceConfig, weight_bytes: int, activation_bytes: int, other_bytes: int,
+                 block_bytes: int) -> tuple[int, float, str]:
+    total_gib, source = visible_memory_gib(ic.hardware, ic.npu_mem.mem_size)
+    util = ic.gpu_memory_utilization or VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+    requested = total_gib * GIB * util
+    return math.floor((requested - weight_bytes - activation_bytes - other_bytes) / block_bytes), requested, \
+        f"{total_gib:.2f} GiB ({source}) x gpu_memory_utilization {util:g}"
+
+
+def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
+              measured_gpu_blocks: int | None = None) -> KVBudget:
+    """The instance's KV cache. measured_gpu_blocks: the measured engine's own num_gpu_blocks,
+    used instead of the prediction (validate --kv-capacity measured)."""
+    block_bytes = ic.block_size * model.kv_bytes_per_token(ic.dtype, ic.tp_size)
+    weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size)
+    non_torch = non_torch_bytes(ic.tp_size) if ic.non_torch_memory_gb is None else int(ic.non_torch_memory_gb * GIB)
+    other = non_torch + int(ic.cudagraph_memory_gb * GIB)
+    vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
+    vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f} - activation peak "
+                 f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB")
+    if ic.npu_mem.mem_util is not None:
+        usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
+        blocks = math.floor((usable - weight_bytes) / block_bytes)
+        rule, activation_bytes, other = "llmservingsim", 0, 0
+        detail = (f"mem_size {ic.npu_mem.mem_size:g} GiB x mem_util {ic.npu_mem.mem_util:g} = "
+                  f"{usable / GIB:.2f} GiB, weights {weight_bytes / GIB:.2f} GiB")
+        note = (f"LLMServingSim's rule (npu_mem.mem_util given): {ic.npu_mem.mem_size:g} GiB x {ic.npu_mem.mem_util:g}"
+                f" - weights {weight_bytes / GIB:.2f} GiB = {blocks * block_bytes / GIB:.2f} GiB "
+                f"({blocks:,} blocks); {vllm_note} would give {max(vllm_blocks, 0) * block_bytes / GIB:.2f} GiB "
+                f"({max(vllm_blocks, 0):,} blocks)")
+    else:
+        rule, blocks = "vllm", vllm_blocks
+        detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
+                  f"peak {activation_bytes / GIB:.2f}, non-torch and CUDA-graph {other / GIB:.2f} GiB")
+        note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
+    parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
+                 activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
+    if measured_gpu_blocks is not None:
+        _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks")
+        return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
+                        f"blocks, instead of {note}", **parts)
+    _check_room(blocks, where, detail)
+    return KVBudget(rule, blocks, note=note, **parts)
+
+
+def _check_room(blocks: int, where: str, detail: str) -> None:
+    if blocks < 2:  # one block is vLLM's null block
+        raise ConfigError(f"{where}.npu_mem.mem_size: no room for the KV cache per GPU: {detail}")

@@ -1,0 +1,83 @@
+"""The measured engine's KV-cache size, where the run records it (docs/memory.md).
+
+Two sources: `kv_cache.num_gpu_blocks` (and `kv_cache.block_size`) in the meta.json written beside
+LLMServingSim's vLLM runs, and vLLM's start-up log line "GPU KV cache size: N tokens" (tokens =
+num_gpu_blocks x block_size, engine-wide). Both count vLLM's null block.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdsim.errors import PdsimError
+
+_LOG_LINE = re.compile(r"GPU KV cache size:\s*([\d,]+)\s*tokens")
+
+
+@dataclass(frozen=True)
+class MeasuredKV:
+    num_gpu_blocks: int
+    block_size: int
+    source: str
+
+    @property
+    def tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+
+def _positive_int(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise PdsimError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def kv_from_meta(meta: dict, meta_source: str, default_block_size: int) -> MeasuredKV | None:
+    """meta.json's kv_cache section, or None when it has none."""
+    kv = meta.get("kv_cache")
+    if kv is None:
+        return None
+    if not isinstance(kv, dict) or "num_gpu_blocks" not in kv:
+        raise PdsimError(f"{meta_source}: kv_cache: expected an object with num_gpu_blocks, got {kv!r}")
+    blocks = _positive_int(kv["num_gpu_blocks"], f"{meta_source}: kv_cache.num_gpu_blocks")
+    block_size = kv.get("block_size")
+    where = f"{meta_source}: kv_cache.block_size"
+    size = default_block_size if block_size is None else _positive_int(block_size, where)
+    return MeasuredKV(blocks, size, f"{meta_source} kv_cache.num_gpu_blocks")
+
+
+def kv_from_log(path: str | Path, block_size: int) -> MeasuredKV:
+    """The last "GPU KV cache size: N tokens" line of a vLLM log (a restarted engine logs it again)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise PdsimError(f"{path}: cannot read the engine log ({e.strerror})") from None
+    found = _LOG_LINE.findall(text)
+    if not found:
+        raise PdsimError(f"{path}: no 'GPU KV cache size: N tokens' line (vLLM logs it at start-up)")
+    tokens = int(found[-1].replace(",", ""))
+    if tokens % block_size:
+        raise PdsimError(f"{path}: KV cache size {tokens:,} tokens is not a multiple of block_size {block_size}")
+    return MeasuredKV(tokens // block_size, block_size, f"{path} 'GPU KV cache size'")
+
+
+def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_size: int) -> MeasuredKV | None:
+    """The engine log when given, else meta.json's kv_cache, else None."""
+    if engine_log is not None:
+        return kv_from_log(engine_log, block_size)
+    return kv_from_meta(meta, meta_source, block_size)
+
+
+RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, npu_mem.mem_util given"}
+
+
+def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None, used: str) -> str:
+    """One line: predicted vs measured KV capacity, and which one the replay used."""
+    how = f" ({RULES[rule]})" if rule in RULES else ""
+    head = f"KV capacity (tokens per instance, as vLLM reports it): predicted {predicted_tokens:,}{how}"
+    if measured is None:
+        return f"{head}; measured: not recorded by the run (give --engine-log, or a meta.json with kv_cache)"
+    err = 100.0 * (predicted_tokens - measured.tokens) / measured.tokens
+    return (f"{head} vs measured {measured.tokens:,} ({measured.num_gpu_blocks:,} blocks, {measured.source}): "
+            f"{err:+.1f}%; the replay used the {used} capacity")
