@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,13 +19,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from pdsim.errors import ConfigError, PdsimError
+from pdsim.hardware import canonical_hardware_name
 from pdsim.models import DTYPE_BYTES, load_model
+from pdsim.perf.moe_time import ExpertPlacement, check_placement
 
 # Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
 # fields, plus "_"-prefixed keys, the usual way to put a comment in JSON.
 IGNORED_KEYS: frozenset[str] = frozenset(
-    {"name", "description", "npu_num", "npu_group", "placement", "pim_config", "power"}
+    {"name", "description", "npu_num", "npu_group", "power"}
 )
+
+# ---- LLMServingSim keys pdsim reads (docs/moe.md "Config compatibility") ----
+# Keys that change results in LLMServingSim but that pdsim does not model: refused with the reason
+# (ignoring them would silently report a different system).
+UNSUPPORTED_KEYS: dict[str, str] = {
+    "cxl_mem": "CXL memory expansion (weights or KV cache in CXL memory) is not modelled",
+    "placement": "per-layer weight/KV placement over NPU, CPU and CXL memory is not modelled",
+    "pim_config": "processing-in-memory (PIM) devices are not modelled",
+}
+# Keys that change no latency or memory figure: accepted, and a note says they are ignored.
+NOTED_KEYS: dict[str, str] = {"power": "power model ignored (pdsim reports no energy; latencies unchanged)"}
+# vLLM's --kv-cache-dtype values -> the KV bytes pdsim counts ("auto": the model's dtype).
+KV_CACHE_DTYPES: dict[str, str | None] = {
+    "auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
+}
 
 PD_TYPES = ("prefill", "decode")
 KV_TRANSFER_MODES = ("after_prefill", "layerwise")
@@ -81,6 +99,10 @@ class _Strict(BaseModel):
                 kept[key] = value
             elif key in IGNORED_KEYS or (isinstance(key, str) and key.startswith("_")):
                 continue
+            elif key in UNSUPPORTED_KEYS:
+                raise PydanticCustomError(
+                    "unsupported", 'key "{key}" is not supported: {why}', {"key": key, "why": UNSUPPORTED_KEYS[key]}
+                )
             else:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -142,6 +164,68 @@ class InstanceConfig(_Strict):
     non_torch_memory_gb: float = Field(default=0.2, ge=0)
     cudagraph_memory_gb: float = Field(default=0.0, ge=0)
 
+    # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
+    # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
+    # MoE model (experts split over the instance's GPUs), 1 for a dense one.
+    ep_size: int | None = Field(default=None, ge=1)
+    # Instances with the same dp_group form one data-parallel group (vLLM's data_parallel_size):
+    # they step in lock step and, for a MoE model, share the experts (pdsim/engine/dp_group.py).
+    dp_group: str | None = None
+    # vLLM's --kv-cache-dtype: "auto" stores KV in `dtype`; fp8 variants store one byte per value.
+    kv_cache_dtype: str = "auto"
+    # vLLM's --enable-prefix-caching: accepted; prefix reuse is not modelled by this block.
+    enable_prefix_caching: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_sizes(cls, data: Any) -> Any:
+        """LLMServingSim infers num_npus = tp_size * pp_size, or tp_size = num_npus // pp_size."""
+        if not isinstance(data, dict):
+            return data
+        pp = data.get("pp_size", 1)
+        if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
+            return data  # the field check reports it
+        tp, npus = data.get("tp_size"), data.get("num_npus")
+        if npus is None and isinstance(tp, int) and not isinstance(tp, bool):
+            data = {**data, "num_npus": tp * pp}
+        elif tp is None and isinstance(npus, int) and not isinstance(npus, bool) and npus >= pp:
+            data = {**data, "tp_size": npus // pp}
+        return data
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_alias(cls, v: Any) -> Any:
+        return canonical_hardware_name(v) if isinstance(v, str) else v
+
+    @field_validator("kv_cache_dtype", mode="before")
+    @classmethod
+    def _kv_cache_dtype(cls, v: Any) -> Any:
+        return _one_of(v, tuple(KV_CACHE_DTYPES))
+
+    @property
+    def kv_dtype(self) -> str:
+        """The dtype the KV cache is stored in (its bytes per value)."""
+        return KV_CACHE_DTYPES[self.kv_cache_dtype] or self.dtype
+
+    def effective_ep_size(self) -> int:
+        if self.ep_size is not None:
+            return self.ep_size
+        return self.tp_size if load_model(self.model_name).is_moe else 1
+
+    def expert_placement(self, dp_size: int = 1) -> ExpertPlacement:
+        return ExpertPlacement(self.tp_size, self.effective_ep_size(), dp_size)
+
+    def _check_ep(self) -> None:
+        model = load_model(self.model_name)
+        ep = self.effective_ep_size()
+        if model.is_moe and model.moe.num_experts % ep:
+            raise PydanticCustomError("ep", "ep_size {ep}: {e} experts cannot be split {ep} ways",
+                                      {"ep": ep, "e": model.moe.num_experts})
+        if self.dp_group is None and ep > self.tp_size:
+            raise PydanticCustomError(
+                "ep", "ep_size {ep} is more than tp_size {tp}; without a dp_group experts are split over "
+                "the instance's own GPUs", {"ep": ep, "tp": self.tp_size})
+
     @field_validator("pd_type", mode="before")
     @classmethod
     def _pd_type(cls, v: Any) -> Any:
@@ -165,7 +249,7 @@ class InstanceConfig(_Strict):
     def _cross_checks(self) -> InstanceConfig:
         if self.pp_size > 1:
             raise PydanticCustomError(
-                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet", {"pp": self.pp_size}
+                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet; only pp_size 1 is supported", {"pp": self.pp_size}
             )
         if self.tp_size * self.pp_size > self.num_npus:
             raise PydanticCustomError(
@@ -185,7 +269,9 @@ class InstanceConfig(_Strict):
             model.check_tp(self.tp_size)
         except PdsimError as e:
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
-        weight_gb = model.weight_bytes(self.dtype, self.tp_size) / GB  # GB as GPU memory is counted: 2^30
+        self._check_ep()
+        # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them).
+        weight_gb = model.weight_bytes(self.dtype, self.tp_size, max(self.tp_size, self.effective_ep_size())) / GB  # GB as GPU memory is counted: 2^30
         usable_gb = self.npu_mem.mem_size * self.npu_mem.mem_util
         if weight_gb > usable_gb:
             raise PydanticCustomError(
@@ -279,12 +365,59 @@ class ClusterConfig(_Strict):
     # intra_node_bw on a node, same-node pairs use it too (LLMServingSim's meaning).
     link_bw: float = Field(gt=0)
     link_latency: float = Field(ge=0)
+    # LLMServingSim's per-topology-dimension lists (innermost first, e.g. [TP, DP]); link_bw and
+    # link_latency then hold the outermost value, the link between instances (docs/moe.md).
+    link_bw_per_dim: tuple[float, ...] | None = None
+    link_latency_per_dim: tuple[float, ...] | None = None
     nodes: list[NodeConfig]
     router: RouterConfig = Field(default_factory=RouterConfig)
     kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _per_dim_links(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, low in (("link_bw", 0.0), ("link_latency", -1.0)):
+            value = data.get(key)
+            if isinstance(value, list):
+                ok = value and all(isinstance(v, int | float) and not isinstance(v, bool) and v > low for v in value)
+                if not ok:
+                    raise PydanticCustomError(
+                        "choice", "{key}: expected a number or a non-empty list of numbers {bound}, got {got}",
+                        {"key": key, "bound": "> 0" if low == 0 else ">= 0", "got": _fmt(value)})
+                data[key] = float(value[-1])
+                data[f"{key}_per_dim"] = tuple(float(v) for v in value)
+        return data
+
+    def dp_groups(self) -> dict[str, list[InstanceRef]]:
+        """dp_group name -> its instances, in config order."""
+        groups: dict[str, list[InstanceRef]] = {}
+        for ref in self.instances():
+            if ref.config.dp_group is not None:
+                groups.setdefault(ref.config.dp_group, []).append(ref)
+        return groups
+
+    def _check_dp_groups(self) -> None:
+        for name, refs in self.dp_groups().items():
+            first = refs[0].config
+            for ref in refs[1:]:
+                for key in ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "pd_type"):
+                    if getattr(ref.config, key) != getattr(first, key):
+                        raise PydanticCustomError(
+                            "dp", "dp_group {g}: {where} has {key} {a}, but {first} has {b}; all members of a "
+                            "DP group must agree", {"g": _fmt(name), "where": ref.instance_id, "key": key,
+                                                     "a": _fmt(getattr(ref.config, key)), "first": refs[0].instance_id,
+                                                     "b": _fmt(getattr(first, key))})
+            model = load_model(first.model_name)
+            why = check_placement(model, first.expert_placement(len(refs))) if model.is_moe else None
+            if why:
+                raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": why})
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterConfig:
+        self._check_dp_groups()
         if self.num_nodes != len(self.nodes):
             raise PydanticCustomError(
                 "count",
@@ -342,6 +475,9 @@ _TYPE_NAMES = {
 # Error types raised by our validators, whose message is already complete.
 _OWN_ERROR_TYPES = frozenset(
     {
+        "unsupported",
+        "ep",
+        "dp",
         "choice",
         "unknown_key",
         "unknown_model",
@@ -433,4 +569,26 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     if overrides:
         _apply_overrides(raw, overrides)
-    return cluster_config_from_dict(raw, str(path))
+    cfg = cluster_config_from_dict(raw, str(path))
+    for note in noted_keys(raw):
+        print(f"note: {path}: {note}", file=sys.stderr)
+    return cfg
+
+
+def noted_keys(raw: Any) -> list[str]:
+    """One line per accepted-but-ignored LLMServingSim key (NOTED_KEYS) in a raw config."""
+    found: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if key in NOTED_KEYS:
+                    found.append(f"{here}: {NOTED_KEYS[key]}")
+                walk(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(raw, "")
+    return found

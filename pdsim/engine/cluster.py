@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from pdsim.config import GB, TTFT_MODES, ClusterConfig, InstanceRef
+from pdsim.engine.dp_group import DPGroup, build_dp_groups
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.kv_transfer import KVTransfers
@@ -131,9 +132,12 @@ class SimulationResult:
 
 
 def _build_instance(
-    env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str
+    env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str,
+    dp_size: int = 1,
 ) -> tuple[Instance, InstanceInfo]:
     ic = ref.config
+    # A MoE DP group (dp_size > 1) steps in lock step and shares its experts (engine/dp_group.py).
+    placement = ic.expert_placement(dp_size)
     where = f"{source}: nodes[{ref.node_index}].instances[{ref.instance_index}]"
     model = load_model(ic.model_name)
     try:
@@ -149,11 +153,12 @@ def _build_instance(
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
+        moe_placement=placement, moe_external=model.is_moe and dp_size > 1,
     )
-    weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size)
+    weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size, placement.expert_shards)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
     usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
-    kv_bytes_per_token = model.kv_bytes_per_token(ic.dtype, ic.tp_size)
+    kv_bytes_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     block_bytes = ic.block_size * kv_bytes_per_token
     # vLLM v1 (gpu_worker.determine_available_memory): KV = total * gpu_memory_utilization - weights
     # - torch activation peak of the profiling pass - non-torch increase (- CUDA-graph estimate).
@@ -176,12 +181,13 @@ def _build_instance(
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
     )
-    inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
+    lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
+    inst = Instance(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * block_bytes / GIB,
         weights_gb=weight_bytes / GIB, activation_gb=activation_bytes / GIB,
-        profile_path=str(profile.meta.path), estimated_profile=profile.estimated,
+        profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info
 
@@ -195,8 +201,10 @@ class Cluster:
         self.opts = opts
         self.instances: list[Instance] = []
         self.infos: list[InstanceInfo] = []
+        group_of = {ref.instance_id: name for name, refs in cfg.dp_groups().items() for ref in refs}
+        group_sizes = {name: len(refs) for name, refs in cfg.dp_groups().items()}
         for ref in cfg.instances():
-            inst, info = _build_instance(env, ref, cfg, opts, source)
+            inst, info = _build_instance(env, ref, cfg, opts, source, group_sizes.get(group_of.get(ref.instance_id), 1))
             inst.on_finish = self._on_finish
             inst.on_handoff = self._on_handoff
             inst.on_reserved = self._on_reserved
@@ -204,6 +212,8 @@ class Cluster:
             self.instances.append(inst)
             self.infos.append(info)
         self.by_id = {inst.id: inst for inst in self.instances}
+        self.dp_groups = build_dp_groups(env, cfg, self.by_id)
+        self._unit_of = {m.id: g for g in self.dp_groups for m in g.members}
         self.prefill_pool = [i for i in self.instances if i.pd_type in (None, "prefill")]
         self.decode_pool = [i for i in self.instances if i.pd_type == "decode"]
         self.prefill_router = Router(opts.prefill_policy or cfg.router.prefill_policy, opts.seed)
@@ -229,11 +239,21 @@ class Cluster:
         if not candidates:
             self._reject(req, self._why_not(req))
             return
-        inst = self.prefill_router.choose(candidates)
+        inst = self._choose_prefill(candidates)
         req.prefill_instance = inst.id
         if inst.pd_type is None:
             req.decode_instance = inst.id
         inst.submit(req)
+
+    def _choose_prefill(self, candidates: list[Instance]) -> Instance:
+        """The router picks an instance or a whole DP group, which then picks its rank."""
+        if not self.dp_groups:
+            return self.prefill_router.choose(candidates)
+        units = list(dict.fromkeys(self._unit_of.get(c.id, c) for c in candidates))
+        unit = self.prefill_router.choose(units)
+        if isinstance(unit, DPGroup):
+            return unit.choose_rank([c for c in candidates if self._unit_of.get(c.id) is unit])
+        return unit
 
     def _fits(self, inst: Instance, req: Request) -> bool:
         if req.input_toks + req.output_toks > self.max_model_len[inst.spec.model_name]:
