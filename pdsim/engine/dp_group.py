@@ -100,24 +100,31 @@ class DPGroup:
 
 
 def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str, Instance]) -> list[DPGroup]:
-    """The config's DP groups over the built instances; MoE groups step in lock step, their MoE
-    dispatch/combine over the link between the group's ranks (docs/moe.md)."""
+    """The config's DP groups over the built instances; MoE groups step in lock step."""
     groups = []
     for name, refs in cfg.dp_groups().items():
         members = [by_id[ref.instance_id] for ref in refs]
         moe_layer = members[0].predictor.moe_layer if len(members) > 1 else None
         group = DPGroup(env, name, members, moe_layer)
         if group.lockstep:
-            if cfg.link_bw_per_dim is not None:
-                # LLMServingSim's topology of a DP group is [tp, dp] (innermost first): the DP
-                # dimension, the outermost, joins the ranks.
-                link = (cfg.link_bw, cfg.link_latency, "the config's outermost link_bw/link_latency")
-            elif len({ref.node_index for ref in refs}) > 1:
-                link = (cfg.link_bw, cfg.link_latency, "the config's link_bw/link_latency (ranks on several nodes)")
-            else:
-                link = None  # the GPUs' intra-node link (hardware spec)
+            link = _group_link(cfg, refs)
             for member in members:
                 member.predictor.notes.append(member.predictor.moe_layer.set_link(link))
                 member.dp_group = group
         groups.append(group)
     return groups
+
+
+def _group_link(cfg: ClusterConfig, refs: list) -> tuple[float, float, str]:
+    """(GB/s, ns, where from) of the link the ranks' MoE dispatch/combine crosses, with pdsim's
+    topology rules (docs/pd_realism.md): a node's `intra_node_bw` fabric when the group is on one
+    node that has one; else the config's link between instances, which in LLMServingSim's
+    meaning is a scalar broadcast to every topology dimension or, as a list, the outermost
+    (its DP-group topology is [tp, dp], innermost first)."""
+    nodes = {ref.node_index for ref in refs}
+    if len(nodes) == 1:
+        node = cfg.nodes[next(iter(nodes))]
+        if node.intra_node_bw is not None:
+            return node.intra_node_bw, node.intra_node_latency, "the node's intra_node_bw fabric"
+    where = "the outermost link_bw/link_latency" if cfg.link_bw_per_dim is not None else "link_bw/link_latency"
+    return cfg.link_bw, cfg.link_latency, f"the config's {where}"
