@@ -249,7 +249,8 @@ class InstanceConfig(_Strict):
     def _cross_checks(self) -> InstanceConfig:
         if self.pp_size > 1:
             raise PydanticCustomError(
-                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet; only pp_size 1 is supported", {"pp": self.pp_size}
+                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet; only pp_size 1 is supported",
+                {"pp": self.pp_size},
             )
         if self.tp_size * self.pp_size > self.num_npus:
             raise PydanticCustomError(
@@ -271,7 +272,8 @@ class InstanceConfig(_Strict):
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
         self._check_ep()
         # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them).
-        weight_gb = model.weight_bytes(self.dtype, self.tp_size, max(self.tp_size, self.effective_ep_size())) / GB  # GB as GPU memory is counted: 2^30
+        expert_shards = max(self.tp_size, self.effective_ep_size())
+        weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards) / GB  # GB = 2^30
         usable_gb = self.npu_mem.mem_size * self.npu_mem.mem_util
         if weight_gb > usable_gb:
             raise PydanticCustomError(
