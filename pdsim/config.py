@@ -179,9 +179,18 @@ class InstanceConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _infer_sizes(cls, data: Any) -> Any:
-        """LLMServingSim infers num_npus = tp_size * pp_size, or tp_size = num_npus // pp_size."""
+        """LLMServingSim infers num_npus = tp_size * pp_size, or tp_size = num_npus // pp_size; its
+        batching limit 0 means unlimited: max_num_batched_tokens is then the model's context length
+        (LLMServingSim caps it so) and max_num_seqs that many (no step holds more sequences)."""
         if not isinstance(data, dict):
             return data
+        if data.get("max_num_batched_tokens") == 0 and isinstance(data.get("model_name"), str):
+            try:
+                data = {**data, "max_num_batched_tokens": load_model(data["model_name"]).max_position_embeddings}
+            except PdsimError:
+                pass  # the model_name check reports it
+        if data.get("max_num_seqs") == 0 and isinstance(data.get("max_num_batched_tokens", 2048), int):
+            data = {**data, "max_num_seqs": data.get("max_num_batched_tokens", 2048)}
         pp = data.get("pp_size", 1)
         if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
             return data  # the field check reports it
@@ -593,4 +602,10 @@ def noted_keys(raw: Any) -> list[str]:
                 walk(value, f"{where}[{i}]")
 
     walk(raw, "")
+    if isinstance(raw, dict):
+        for n, node in enumerate(raw.get("nodes") or []):
+            for i, inst in enumerate((node.get("instances") or []) if isinstance(node, dict) else []):
+                if isinstance(inst, dict) and inst.get("enable_prefix_caching") is True:
+                    found.append(f"nodes[{n}].instances[{i}].enable_prefix_caching: accepted, but prefix reuse "
+                                 "is not modelled in this build (every prompt is computed in full)")
     return found

@@ -46,7 +46,7 @@ class DPGroup:
         self._plans: dict[str, StepPlan] = {}
         self._released: simpy.Event | None = None
         self.num_steps = 0
-        self.dummy_rank_steps = 0
+        self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
 
     # -- routing --------------------------------------------------------------------------------
     @property
@@ -89,7 +89,7 @@ class DPGroup:
             if plan.empty:
                 own_s = member.predictor.step_time_s(DUMMY_CHUNKS, 0, 0)
                 group_tokens += 1
-                self.dummy_rank_steps += 1
+                self.dummy_steps[member.id] += 1
             else:
                 chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
                 own_s = member.predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)

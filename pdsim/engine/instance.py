@@ -111,6 +111,7 @@ class Instance:
         # (end, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, np.ndarray] | None = None
         self.dp_group: DPGroup | None = None  # set by the cluster for a MoE DP group (lock step)
+        self._woken_at_barrier = False  # work came while this rank waited for its DP group
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
@@ -155,6 +156,8 @@ class Instance:
     def _wake_up(self) -> None:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self.dp_group is not None:
+            self._woken_at_barrier = True
 
     def _reserve_pending(self) -> None:
         # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
@@ -188,9 +191,14 @@ class Instance:
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if self.dp_group is not None:
+                # Wakeable while at the barrier: what arrives then is decided on right after.
+                self._idle, self._woken_at_barrier = True, False
                 group_s = yield from self.dp_group.step(self, plan)
+                self._idle = False
                 if group_s is not None:
                     yield from self._group_step(plan, group_s)
+                    continue
+                if self._woken_at_barrier:
                     continue
             if plan.empty:
                 self._last_steps = None
