@@ -20,29 +20,23 @@ from pydantic_core import PydanticCustomError
 
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.hardware import canonical_hardware_name
+from pdsim.llmservingsim_keys import (
+    KV_CACHE_DTYPES,
+    UNSUPPORTED_KEYS,
+    check_dp_group,
+    check_ep,
+    infer_instance_sizes,
+    noted_keys,
+    per_dim_links,
+)
 from pdsim.models import DTYPE_BYTES, load_model
-from pdsim.perf.moe_time import ExpertPlacement, check_placement
+from pdsim.perf.moe_time import ExpertPlacement
 
 # Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
 # fields, plus "_"-prefixed keys, the usual way to put a comment in JSON.
 IGNORED_KEYS: frozenset[str] = frozenset(
     {"name", "description", "npu_num", "npu_group", "power"}
 )
-
-# ---- LLMServingSim keys pdsim reads (docs/moe.md "Config compatibility") ----
-# Keys that change results in LLMServingSim but that pdsim does not model: refused with the reason
-# (ignoring them would silently report a different system).
-UNSUPPORTED_KEYS: dict[str, str] = {
-    "cxl_mem": "CXL memory expansion (weights or KV cache in CXL memory) is not modelled",
-    "placement": "per-layer weight/KV placement over NPU, CPU and CXL memory is not modelled",
-    "pim_config": "processing-in-memory (PIM) devices are not modelled",
-}
-# Keys that change no latency or memory figure: accepted, and a note says they are ignored.
-NOTED_KEYS: dict[str, str] = {"power": "power model ignored (pdsim reports no energy; latencies unchanged)"}
-# vLLM's --kv-cache-dtype values -> the KV bytes pdsim counts ("auto": the model's dtype).
-KV_CACHE_DTYPES: dict[str, str | None] = {
-    "auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
-}
 
 PD_TYPES = ("prefill", "decode")
 KV_TRANSFER_MODES = ("after_prefill", "layerwise")
@@ -179,27 +173,7 @@ class InstanceConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _infer_sizes(cls, data: Any) -> Any:
-        """LLMServingSim infers num_npus = tp_size * pp_size, or tp_size = num_npus // pp_size; its
-        batching limit 0 means unlimited: max_num_batched_tokens is then the model's context length
-        (LLMServingSim caps it so) and max_num_seqs that many (no step holds more sequences)."""
-        if not isinstance(data, dict):
-            return data
-        if data.get("max_num_batched_tokens") == 0 and isinstance(data.get("model_name"), str):
-            try:
-                data = {**data, "max_num_batched_tokens": load_model(data["model_name"]).max_position_embeddings}
-            except PdsimError:
-                pass  # the model_name check reports it
-        if data.get("max_num_seqs") == 0 and isinstance(data.get("max_num_batched_tokens", 2048), int):
-            data = {**data, "max_num_seqs": data.get("max_num_batched_tokens", 2048)}
-        pp = data.get("pp_size", 1)
-        if not isinstance(pp, int) or isinstance(pp, bool) or pp < 1:
-            return data  # the field check reports it
-        tp, npus = data.get("tp_size"), data.get("num_npus")
-        if npus is None and isinstance(tp, int) and not isinstance(tp, bool):
-            data = {**data, "num_npus": tp * pp}
-        elif tp is None and isinstance(npus, int) and not isinstance(npus, bool) and npus >= pp:
-            data = {**data, "tp_size": npus // pp}
-        return data
+        return infer_instance_sizes(data)
 
     @field_validator("hardware", mode="before")
     @classmethod
@@ -225,15 +199,7 @@ class InstanceConfig(_Strict):
         return ExpertPlacement(self.tp_size, self.effective_ep_size(), dp_size)
 
     def _check_ep(self) -> None:
-        model = load_model(self.model_name)
-        ep = self.effective_ep_size()
-        if model.is_moe and model.moe.num_experts % ep:
-            raise PydanticCustomError("ep", "ep_size {ep}: {e} experts cannot be split {ep} ways",
-                                      {"ep": ep, "e": model.moe.num_experts})
-        if self.dp_group is None and ep > self.tp_size:
-            raise PydanticCustomError(
-                "ep", "ep_size {ep} is more than tp_size {tp}; without a dp_group experts are split over "
-                "the instance's own GPUs", {"ep": ep, "tp": self.tp_size})
+        check_ep(self)
 
     @field_validator("pd_type", mode="before")
     @classmethod
@@ -387,20 +353,7 @@ class ClusterConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _per_dim_links(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for key, low in (("link_bw", 0.0), ("link_latency", -1.0)):
-            value = data.get(key)
-            if isinstance(value, list):
-                ok = value and all(isinstance(v, int | float) and not isinstance(v, bool) and v > low for v in value)
-                if not ok:
-                    raise PydanticCustomError(
-                        "choice", "{key}: expected a number or a non-empty list of numbers {bound}, got {got}",
-                        {"key": key, "bound": "> 0" if low == 0 else ">= 0", "got": _fmt(value)})
-                data[key] = float(value[-1])
-                data[f"{key}_per_dim"] = tuple(float(v) for v in value)
-        return data
+        return per_dim_links(data)
 
     def dp_groups(self) -> dict[str, list[InstanceRef]]:
         """dp_group name -> its instances, in config order."""
@@ -412,19 +365,7 @@ class ClusterConfig(_Strict):
 
     def _check_dp_groups(self) -> None:
         for name, refs in self.dp_groups().items():
-            first = refs[0].config
-            for ref in refs[1:]:
-                for key in ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "pd_type"):
-                    if getattr(ref.config, key) != getattr(first, key):
-                        raise PydanticCustomError(
-                            "dp", "dp_group {g}: {where} has {key} {a}, but {first} has {b}; all members of a "
-                            "DP group must agree", {"g": _fmt(name), "where": ref.instance_id, "key": key,
-                                                     "a": _fmt(getattr(ref.config, key)), "first": refs[0].instance_id,
-                                                     "b": _fmt(getattr(first, key))})
-            model = load_model(first.model_name)
-            why = check_placement(model, first.expert_placement(len(refs))) if model.is_moe else None
-            if why:
-                raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": why})
+            check_dp_group(name, refs)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterConfig:
@@ -585,27 +526,3 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
         print(f"note: {path}: {note}", file=sys.stderr)
     return cfg
 
-
-def noted_keys(raw: Any) -> list[str]:
-    """One line per accepted-but-ignored LLMServingSim key (NOTED_KEYS) in a raw config."""
-    found: list[str] = []
-
-    def walk(node: Any, where: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                here = f"{where}.{key}" if where else str(key)
-                if key in NOTED_KEYS:
-                    found.append(f"{here}: {NOTED_KEYS[key]}")
-                walk(value, here)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{where}[{i}]")
-
-    walk(raw, "")
-    if isinstance(raw, dict):
-        for n, node in enumerate(raw.get("nodes") or []):
-            for i, inst in enumerate((node.get("instances") or []) if isinstance(node, dict) else []):
-                if isinstance(inst, dict) and inst.get("enable_prefix_caching") is True:
-                    found.append(f"nodes[{n}].instances[{i}].enable_prefix_caching: accepted, but prefix reuse "
-                                 "is not modelled in this build (every prompt is computed in full)")
-    return found
