@@ -263,3 +263,16 @@ def test_validation_on_the_measured_moe_run(tmp_path):
         if len(parts) >= 4 and parts[-1].endswith("%") and parts[-4] == "mean":
             diffs[parts[0]] = float(parts[-1].rstrip("%"))
     assert abs(diffs["TTFT"]) <= 10 and abs(diffs["TPOT"]) <= 3 and abs(diffs["E2E"]) <= 3, out.output
+
+
+def test_mixtral_tp2_runs_with_estimated_experts_and_vllm_weights():
+    inst = {"model_name": "mistralai/Mixtral-8x7B-v0.1", "hardware": "H100", "tp_size": 2,
+            "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_util": 0.9}}
+    res = simulate(cluster_config_from_dict(_cluster(inst)), trace([(500, 20, 0.0), (80, 40, 0.01)]), SimOptions())
+    assert [r.status for r in res.requests] == ["finished", "finished"]
+    info = res.infos[0]
+    assert info.hardware == "H100-SXM"
+    assert info.weights_gb == pytest.approx(43.50, abs=0.01)  # vLLM 0.19 reports 43.51 GiB (H100, TP2)
+    assert info.estimated_profile
+    notes = res.instances[0].predictor.notes
+    assert any("MoE expert layers estimated" in n for n in notes)
