@@ -276,3 +276,12 @@ def test_mixtral_tp2_runs_with_estimated_experts_and_vllm_weights():
     assert info.estimated_profile
     notes = res.instances[0].predictor.notes
     assert any("MoE expert layers estimated" in n for n in notes)
+
+
+def test_per_dimension_links_innermost_prices_tp_outermost_dp():
+    dims = dict(link_bw=[128, 16], link_latency=[500, 20000])
+    tp2 = _instance(tp_size=2, ep_size=4, dp_group="A")
+    res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
+    notes = " ".join(res.instances[0].predictor.notes)
+    assert "TP all-reduce modelled (ring over RTXPRO6000 intra-node link, 128 GB/s, 500 ns)" in notes
+    assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from pdsim.engine.router import Router
 from pdsim.engine.scheduler import StepPlan
 from pdsim.engine.topology import Topology
 from pdsim.errors import ConfigError, ProfileError
-from pdsim.hardware import get_hardware
+from pdsim.hardware import HardwareSpec, get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.predictor import StepTimePredictor
@@ -148,7 +149,7 @@ def _build_instance(
     except ProfileError as exc:
         raise ProfileError(f"{where}.hardware: {exc}") from None
     predictor = StepTimePredictor(
-        profile, model, ic.tp_size, get_hardware(ic.hardware),
+        profile, model, ic.tp_size, _tp_link_hardware(get_hardware(ic.hardware), cfg),
         step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
@@ -190,6 +191,15 @@ def _build_instance(
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info
+
+
+def _tp_link_hardware(hw: HardwareSpec | None, cfg: ClusterConfig) -> HardwareSpec | None:
+    """The GPU spec, with its intra-node link replaced by the innermost of per-dimension link_bw /
+    link_latency lists when the config gives them (LLMServingSim's TP dimension, docs/moe.md)."""
+    if hw is None or cfg.link_bw_per_dim is None:
+        return hw
+    latency = cfg.link_latency_per_dim[0] if cfg.link_latency_per_dim else cfg.link_latency
+    return dataclasses.replace(hw, intra_node_bw_gbps=cfg.link_bw_per_dim[0], intra_node_latency_ns=latency)
 
 
 class Cluster:
