@@ -285,3 +285,13 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     notes = " ".join(res.instances[0].predictor.notes)
     assert "TP all-reduce modelled (ring over RTXPRO6000 intra-node link, 128 GB/s, 500 ns)" in notes
     assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
+
+
+def test_fp8_kv_cache_halves_the_kv_transferred():
+    def run(kv_cache_dtype: str) -> int:
+        pd = [_instance(pd_type=t, kv_cache_dtype=kv_cache_dtype) for t in ("prefill", "decode")]
+        res = simulate(cluster_config_from_dict(_cluster(*pd)), trace([(512, 4, 0.0)]), SimOptions())
+        assert res.requests[0].status == "finished"
+        return res.requests[0].kv_bytes
+
+    assert run("fp8") * 2 == run("auto")

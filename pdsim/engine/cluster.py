@@ -181,6 +181,7 @@ def _build_instance(
         weight_bytes=weight_bytes, activation_bytes=activation_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
+        kv_dtype=ic.kv_dtype,
     )
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
     inst = Instance(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)

@@ -56,6 +56,7 @@ class InstanceSpec:
     long_prefill_token_threshold: int = 0
     async_scheduling: bool = False
     reserve_full_isl: bool = True
+    kv_dtype: str | None = None  # the KV cache's dtype (kv_cache_dtype), None: `dtype`
 
 
 @dataclass
