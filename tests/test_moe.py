@@ -295,3 +295,24 @@ def test_fp8_kv_cache_halves_the_kv_transferred():
         return res.requests[0].kv_bytes
 
     assert run("fp8") * 2 == run("auto")
+
+
+@needs_case
+def test_bad_moe_csv_names_the_file_and_row(tmp_path):
+    import shutil
+
+    from pdsim.errors import ProfileError
+
+    shutil.copy(CASE / "profile/meta.yaml", tmp_path / "meta.yaml")
+    shutil.copytree(CASE / "profile/tp1", tmp_path / "tp1")
+    moe = tmp_path / "tp1/moe.csv"
+    lines = moe.read_text().splitlines()
+    moe.write_text("\n".join([*lines, lines[1]]) + "\n")  # the first row again
+    with pytest.raises(ProfileError, match=r"moe.csv: two rows for tokens=1, activated_experts=8"):
+        read_profile(tmp_path, tp=1)
+    moe.write_text("tokens,experts,time_us\n1,8,50\n")
+    with pytest.raises(ProfileError, match=r"moe.csv: line 1: missing column\(s\) activated_experts"):
+        read_profile(tmp_path, tp=1)
+    moe.write_text("tokens,activated_experts,time_us\n1,8,fast\n")
+    with pytest.raises(ProfileError, match=r"moe.csv: line 2, column 'time_us': expected a number"):
+        read_profile(tmp_path, tp=1)
