@@ -31,9 +31,6 @@ from pdsim.perf.moe_time import MoELayerModel
 if TYPE_CHECKING:
     from pdsim.engine.instance import Instance
 
-# vLLM's dummy batch on an idle DP rank: one token, no KV cache.
-DUMMY_CHUNKS: tuple[tuple[int, int], ...] = ((1, 0),)
-
 
 class DPGroup:
     def __init__(self, env: simpy.Environment, name: str, members: Sequence[Instance],
@@ -87,7 +84,7 @@ class DPGroup:
         for member in self.members:
             plan = self._plans[member.id]
             if plan.empty:
-                own_s = member.predictor.step_time_s(DUMMY_CHUNKS, 0, 0)
+                own_s = member.predictor.dummy_step_s()
                 group_tokens += 1
                 self.dummy_steps[member.id] += 1
             else:

@@ -278,6 +278,12 @@ class StepTimePredictor:
         self._step_cache[key] = seconds
         return seconds
 
+    def dummy_step_s(self) -> float:
+        """An idle DP rank's dummy batch (vLLM's execute_dummy_batch -> _dummy_run(1)): a forward
+        pass of one token without KV, and no logits or sampling; MoE layers as the predictor
+        counts them (none when `moe_external`)."""
+        return self.step_time_s(((1, 0),), 0, 0) - self._per_seq_us(1) * 1e-6
+
     def decode_run_s(
         self, n_decode: int, kv_decode_sum: int, num_steps: int, kv_decode_max: int | None = None
     ) -> np.ndarray:
