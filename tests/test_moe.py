@@ -316,3 +316,12 @@ def test_bad_moe_csv_names_the_file_and_row(tmp_path):
     moe.write_text("tokens,activated_experts,time_us\n1,8,fast\n")
     with pytest.raises(ProfileError, match=r"moe.csv: line 2, column 'time_us': expected a number"):
         read_profile(tmp_path, tp=1)
+
+
+def test_dummy_batch_is_a_forward_pass_without_sampling():
+    model, hw = load_model(QWEN_MOE), get_hardware("RTXPRO6000")
+    profile = estimate_profile(hw, model, "bfloat16", 1)
+    pred = StepTimePredictor(profile, model, 1, hw, moe_external=True)
+    per_seq_s = (profile.per_sequence["lm_head"](1) + profile.per_sequence["sampler"](1)) * 1e-6
+    assert pred.dummy_step_s() == pytest.approx(pred.step_time_s(((1, 0),), 0, 0) - per_seq_s, rel=1e-12)
+    assert 0 < pred.dummy_step_s() < pred.step_time_s(((1, 0),), 0, 0)
