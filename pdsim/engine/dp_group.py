@@ -106,7 +106,7 @@ def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str,
         if group.lockstep:
             link = _group_link(cfg, refs)
             for member in members:
-                member.predictor.notes.append(member.predictor.moe_layer.set_link(link))
+                member.predictor.notes.append(member.predictor.moe_layer.set_link(*link))
                 member.dp_group = group
         groups.append(group)
     return groups

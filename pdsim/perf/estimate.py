@@ -266,7 +266,8 @@ def load_or_estimate(
 
 class MoERoofline(_Roofline):
     """One MoE layer on one GPU from specs (pdsim/perf/moe_time.py says what it is given):
-    the router gate over the rank's tokens, then the grouped expert GEMMs: every activated local
+    the router gate over the tokens given (the group's: an upper bound, as vLLM gates a rank's own
+    tokens before the all-gather), then the grouped expert GEMMs: every activated local
     expert's weights streamed from memory once, and the FLOPs of the token-expert pairs; one
     kernel each for the gate, top-k, gate_up, activation and down."""
 

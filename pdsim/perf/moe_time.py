@@ -12,14 +12,15 @@ all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g t
 * experts: each GPU runs its local experts over the tokens routed to them. Under uniform top-k
   routing (pdsim/moe.py) it activates A = E_local * (1 - (1 - k/E)^T_g) distinct experts and
   gets T_g * k * E_local / E token-expert pairs on average. `moe.csv` (tokens, activated_experts,
-  time_us) was measured on the whole layer (all E experts, gate included, one GPU); the same work
+  time_us) was measured on the whole layer (all E experts on one GPU; taken to include the router
+  gate, which dense.csv does not list); the same work
   there is T_eq = T_g * E_local / E tokens (same pairs) activating A experts, looked up piecewise
   linearly (tokens bracketed between the two nearest measured counts; activated experts linear
   within each, extended linearly past its ends: a row only holds A <= k * tokens).
 * dispatch/combine (dp_size > 1): an all-gather of the T_g tokens' hidden states and a
-  reduce-scatter of the expert outputs over the DP ranks, each a ring over the GPUs' intra-node
-  link (datasheet bandwidth and latency, pdsim/hardware.py): (P-1)/P * T_g * hidden * bytes / bw
-  + (P-1) * latency, P = dp_size. Not measured: the profile has no collective tables.
+  reduce-scatter of the expert outputs over the DP ranks, each a ring:
+  (P-1)/P * T_g * hidden * bytes / bw + (P-1) * latency, P = dp_size, over the link
+  pdsim/engine/dp_group.py picks (docs/moe.md). Not measured: the profile has no collective tables.
 * without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so).
 
 Why the group's total: a MoE layer is a collective, so every rank waits for every other one in
@@ -122,9 +123,8 @@ class MoELayerModel:
         self.local_experts = placement.local_experts(model.moe.num_experts)
         self._bytes_per_token = model.hidden_size * dtype_bytes(dtype)
         self._hardware = hardware
-        self._link: tuple[float, float] | None = None  # (GB/s, ns) of the DP ranks' link
-        if hardware is not None:
-            self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns)
+        # (GB/s, ns) of the DP ranks' link: the GPU's intra-node link until a DP group sets one.
+        self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns) if hardware else (0.0, 0.0)
         self._cache: dict[int, float] = {}
         self.notes: list[str] = []
         if table is None:
@@ -136,22 +136,13 @@ class MoELayerModel:
             self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp)
             self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile)")
 
-    def set_link(self, link: tuple[float, float, str] | None) -> str:
-        """The link the DP ranks' dispatch/combine crosses: (GB/s, ns, where it comes from), or
-        None for the GPUs' intra-node link (hardware spec)."""
-        if link is None:
-            if self._hardware is None:
-                raise ProfileError(f"{self.model.name}: a DP group needs the intra-node link of a known GPU to "
-                                   "price the MoE dispatch/combine")
-            hw = self._hardware
-            self._link = (hw.intra_node_bw_gbps, hw.intra_node_latency_ns)
-            where = f"{hw.name} intra-node link (datasheet)"
-        else:
-            self._link = link[:2]
-            where = link[2]
+    def set_link(self, bw_gbps: float, latency_ns: float, where: str) -> str:
+        """The link the DP ranks' dispatch/combine crosses (pdsim/engine/dp_group.py picks it);
+        returns the note a report should carry."""
+        self._link = (bw_gbps, latency_ns)
         self._cache.clear()
         note = (f"MoE dispatch/combine modelled (all-gather + reduce-scatter ring over {where}, "
-                f"{self._link[0]:g} GB/s, {self._link[1]:g} ns), not measured")
+                f"{bw_gbps:g} GB/s, {latency_ns:g} ns), not measured")
         self.notes.append(note)
         return note
 
@@ -167,9 +158,9 @@ class MoELayerModel:
 
     def dispatch_combine_us(self, group_tokens: int) -> float:
         p = self.placement.dp_size
-        if p <= 1:
-            return 0.0
         bw_gbps, latency_ns = self._link
+        if p <= 1 or bw_gbps <= 0:
+            return 0.0
         nbytes = group_tokens * self._bytes_per_token
         one = (p - 1) / p * nbytes / (bw_gbps * 1e3) + (p - 1) * latency_ns * 1e-3
         return 2.0 * one
