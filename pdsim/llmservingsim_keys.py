@@ -32,6 +32,16 @@ NOTED_KEYS: dict[str, str] = {"power": "power model ignored (pdsim reports no en
 KV_CACHE_DTYPES: dict[str, str | None] = {
     "auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
 }
+# LLMServingSim's per-instance switches for features pdsim does not model: false is accepted
+# (the feature off is what pdsim simulates), true is refused with the reason.
+OFF_ONLY_KEYS: dict[str, str] = {
+    "enable_local_offloading": "KV offloading to CPU memory is not modelled",
+    "enable_attn_offloading": "attention offloading is not modelled",
+    "enable_sub_batch_interleaving": "sub-batch interleaving is not modelled",
+    "enable_block_copy": "KV block copy between memory tiers is not modelled",
+}
+# LLMServingSim's names for pdsim's own instance keys.
+RENAMED_KEYS: dict[str, str] = {"reserve_full_isl": "scheduler_reserve_full_isl"}
 # Keys every member of a DP group must agree on (LLMServingSim: tp, pp, ep; vLLM: one model).
 DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "pd_type")
 
@@ -51,6 +61,7 @@ def infer_instance_sizes(data: Any) -> Any:
     (LLMServingSim caps it so) and max_num_seqs that many (no step holds more sequences)."""
     if not isinstance(data, dict):
         return data
+    data = _translate_switches(data)
     if data.get("max_num_batched_tokens") == 0 and isinstance(data.get("model_name"), str):
         try:
             data = {**data, "max_num_batched_tokens": load_model(data["model_name"]).max_position_embeddings}
@@ -66,6 +77,25 @@ def infer_instance_sizes(data: Any) -> Any:
         data = {**data, "num_npus": tp * pp}
     elif tp is None and _is_int(npus) and npus >= pp:
         data = {**data, "tp_size": npus // pp}
+    return data
+
+
+def _translate_switches(data: dict) -> dict:
+    for key, why in OFF_ONLY_KEYS.items():
+        if key in data:
+            if data[key] is True:
+                raise PydanticCustomError("unsupported", "{key} true is not supported: {why}", {"key": key, "why": why})
+            if data[key] is not False:
+                raise PydanticCustomError("unsupported", "{key}: expected true or false, got {got}",
+                                          {"key": key, "got": _fmt(data[key])})
+            data = {k: v for k, v in data.items() if k != key}
+    for theirs, ours in RENAMED_KEYS.items():
+        if theirs in data:
+            if ours in data and data[ours] != data[theirs]:
+                raise PydanticCustomError(
+                    "unsupported", "{a} and {b} disagree ({x} and {y}); they are the same setting",
+                    {"a": theirs, "b": ours, "x": _fmt(data[theirs]), "y": _fmt(data[ours])})
+            data = {**{k: v for k, v in data.items() if k != theirs}, ours: data[theirs]}
     return data
 
 

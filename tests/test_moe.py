@@ -325,3 +325,14 @@ def test_dummy_batch_is_a_forward_pass_without_sampling():
     per_seq_s = (profile.per_sequence["lm_head"](1) + profile.per_sequence["sampler"](1)) * 1e-6
     assert pred.dummy_step_s() == pytest.approx(pred.step_time_s(((1, 0),), 0, 0) - per_seq_s, rel=1e-12)
     assert 0 < pred.dummy_step_s() < pred.step_time_s(((1, 0),), 0, 0)
+
+
+def test_llmservingsim_switches():
+    cfg = cluster_config_from_dict(_cluster(_instance(reserve_full_isl=False, enable_local_offloading=False,
+                                                      enable_block_copy=False)))
+    assert cfg.instances()[0].config.scheduler_reserve_full_isl is False
+    msg = _config_error(_cluster(_instance(enable_attn_offloading=True)))
+    assert msg == "x.json: nodes[0].instances[0]: enable_attn_offloading true is not supported: attention " \
+                  "offloading is not modelled"
+    msg = _config_error(_cluster(_instance(reserve_full_isl=False, scheduler_reserve_full_isl=True)))
+    assert "reserve_full_isl and scheduler_reserve_full_isl disagree" in msg
