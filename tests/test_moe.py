@@ -336,3 +336,15 @@ def test_llmservingsim_switches():
                   "offloading is not modelled"
     msg = _config_error(_cluster(_instance(reserve_full_isl=False, scheduler_reserve_full_isl=True)))
     assert "reserve_full_isl and scheduler_reserve_full_isl disagree" in msg
+
+
+@pytest.mark.parametrize("mode", ["after_prefill", "layerwise"])
+def test_pd_with_a_dp_group_on_each_side(mode):
+    insts = [_instance(pd_type=t, ep_size=2, dp_group=t[0].upper()) for t in ("prefill", "prefill", "decode", "decode")]
+    rows = [(100 + 37 * i, 5 + i % 17, i * 0.02) for i in range(120)]
+    res = simulate(cluster_config_from_dict(_cluster(*insts, kv_transfer={"mode": mode})), trace(rows), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    assert {r.prefill_instance for r in res.requests} == {"n0.i0", "n0.i1"}
+    assert {r.decode_instance for r in res.requests} == {"n0.i2", "n0.i3"}
+    for inst in res.instances:
+        assert inst.stats.steps + inst.dp_group.dummy_steps[inst.id] == inst.dp_group.num_steps
