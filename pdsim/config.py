@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,13 +19,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from pdsim.errors import ConfigError, PdsimError
-from pdsim.hardware import get_hardware
+from pdsim.hardware import canonical_hardware_name, get_hardware
+from pdsim.llmservingsim_keys import (
+    KV_CACHE_DTYPES,
+    UNSUPPORTED_KEYS,
+    check_dp_group,
+    check_ep,
+    infer_instance_sizes,
+    noted_keys,
+    per_dim_links,
+)
 from pdsim.models import DTYPE_BYTES, load_model
+from pdsim.perf.moe_time import ExpertPlacement
 
 # Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
 # fields, plus "_"-prefixed keys, the usual way to put a comment in JSON.
 IGNORED_KEYS: frozenset[str] = frozenset(
-    {"name", "description", "npu_num", "npu_group", "placement", "pim_config", "power"}
+    {"name", "description", "npu_num", "npu_group", "power"}
 )
 
 PD_TYPES = ("prefill", "decode")
@@ -82,6 +93,10 @@ class _Strict(BaseModel):
                 kept[key] = value
             elif key in IGNORED_KEYS or (isinstance(key, str) and key.startswith("_")):
                 continue
+            elif key in UNSUPPORTED_KEYS:
+                raise PydanticCustomError(
+                    "unsupported", 'key "{key}" is not supported: {why}', {"key": key, "why": UNSUPPORTED_KEYS[key]}
+                )
             else:
                 close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -150,6 +165,49 @@ class InstanceConfig(_Strict):
     # use (weights, activations and KV cache); null: vLLM's default 0.9. Not with npu_mem.mem_util.
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
 
+    # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
+    # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
+    # MoE model (experts split over the instance's GPUs), 1 for a dense one.
+    ep_size: int | None = Field(default=None, ge=1)
+    # Instances with the same dp_group form one data-parallel group (vLLM's data_parallel_size):
+    # they step in lock step and, for a MoE model, share the experts (pdsim/engine/dp_group.py).
+    dp_group: str | None = None
+    # vLLM's --kv-cache-dtype: "auto" stores KV in `dtype`; fp8 variants store one byte per value.
+    kv_cache_dtype: str = "auto"
+    # vLLM's --enable-prefix-caching: accepted; prefix reuse is not modelled by this block.
+    enable_prefix_caching: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_sizes(cls, data: Any) -> Any:
+        return infer_instance_sizes(data)
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_alias(cls, v: Any) -> Any:
+        return canonical_hardware_name(v) if isinstance(v, str) else v
+
+    @field_validator("kv_cache_dtype", mode="before")
+    @classmethod
+    def _kv_cache_dtype(cls, v: Any) -> Any:
+        return _one_of(v, tuple(KV_CACHE_DTYPES))
+
+    @property
+    def kv_dtype(self) -> str:
+        """The dtype the KV cache is stored in (its bytes per value)."""
+        return KV_CACHE_DTYPES[self.kv_cache_dtype] or self.dtype
+
+    def effective_ep_size(self) -> int:
+        if self.ep_size is not None:
+            return self.ep_size
+        return self.tp_size if load_model(self.model_name).is_moe else 1
+
+    def expert_placement(self, dp_size: int = 1) -> ExpertPlacement:
+        return ExpertPlacement(self.tp_size, self.effective_ep_size(), dp_size)
+
+    def _check_ep(self) -> None:
+        check_ep(self)
+
     @field_validator("pd_type", mode="before")
     @classmethod
     def _pd_type(cls, v: Any) -> Any:
@@ -173,7 +231,8 @@ class InstanceConfig(_Strict):
     def _cross_checks(self) -> InstanceConfig:
         if self.pp_size > 1:
             raise PydanticCustomError(
-                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet", {"pp": self.pp_size}
+                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet; only pp_size 1 is supported",
+                {"pp": self.pp_size},
             )
         if self.tp_size * self.pp_size > self.num_npus:
             raise PydanticCustomError(
@@ -194,7 +253,10 @@ class InstanceConfig(_Strict):
         except PdsimError as e:
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
         self._check_memory()
-        weight_gb = model.weight_bytes(self.dtype, self.tp_size) / GB  # GB as GPU memory is counted: 2^30
+        self._check_ep()
+        # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them).
+        expert_shards = max(self.tp_size, self.effective_ep_size())
+        weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards) / GB  # GB = 2^30
         util_name, util = (("mem_util", self.npu_mem.mem_util) if self.npu_mem.mem_util is not None
                            else ("gpu_memory_utilization", self.gpu_memory_utilization or 0.9))
         usable_gb = self.npu_mem.mem_size * util
@@ -302,12 +364,34 @@ class ClusterConfig(_Strict):
     # intra_node_bw on a node, same-node pairs use it too (LLMServingSim's meaning).
     link_bw: float = Field(gt=0)
     link_latency: float = Field(ge=0)
+    # LLMServingSim's per-topology-dimension lists (innermost first, e.g. [TP, DP]); link_bw and
+    # link_latency then hold the outermost value, the link between instances (docs/moe.md).
+    link_bw_per_dim: tuple[float, ...] | None = None
+    link_latency_per_dim: tuple[float, ...] | None = None
     nodes: list[NodeConfig]
     router: RouterConfig = Field(default_factory=RouterConfig)
     kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _per_dim_links(cls, data: Any) -> Any:
+        return per_dim_links(data)
+
+    def dp_groups(self) -> dict[str, list[InstanceRef]]:
+        """dp_group name -> its instances, in config order."""
+        groups: dict[str, list[InstanceRef]] = {}
+        for ref in self.instances():
+            if ref.config.dp_group is not None:
+                groups.setdefault(ref.config.dp_group, []).append(ref)
+        return groups
+
+    def _check_dp_groups(self) -> None:
+        for name, refs in self.dp_groups().items():
+            check_dp_group(name, refs)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterConfig:
+        self._check_dp_groups()
         if self.num_nodes != len(self.nodes):
             raise PydanticCustomError(
                 "count",
@@ -365,6 +449,9 @@ _TYPE_NAMES = {
 # Error types raised by our validators, whose message is already complete.
 _OWN_ERROR_TYPES = frozenset(
     {
+        "unsupported",
+        "ep",
+        "dp",
         "choice",
         "unknown_key",
         "unknown_model",
@@ -457,4 +544,8 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
     if overrides:
         _apply_overrides(raw, overrides)
-    return cluster_config_from_dict(raw, str(path))
+    cfg = cluster_config_from_dict(raw, str(path))
+    for note in noted_keys(raw):
+        print(f"note: {path}: {note}", file=sys.stderr)
+    return cfg
+

@@ -102,5 +102,26 @@ def known_hardware() -> list[str]:
 
 
 def get_hardware(name: str) -> HardwareSpec | None:
-    """The spec for `name`, or None (a measured profile may still exist for unlisted hardware)."""
-    return HARDWARE.get(name)
+    """The spec for `name` (or an alias of it), or None (a measured profile may still exist for
+    unlisted hardware)."""
+    return HARDWARE.get(canonical_hardware_name(name))
+
+
+# Names other tools use for the GPUs above (LLMServingSim's configs say "H100"), in one place.
+HARDWARE_ALIASES: dict[str, str] = {
+    "H100": "H100-SXM",
+    "H100-SXM5": "H100-SXM",
+    "H100_SXM": "H100-SXM",
+    "H200-SXM": "H200",
+    "H200_SXM": "H200",
+    "A100": "A100-80GB",
+    "A100-SXM-80GB": "A100-80GB",
+    "RTX-PRO-6000": "RTXPRO6000",
+    "RTXPRO6000-Blackwell": "RTXPRO6000",
+    "RTX-4090": "RTX4090",
+}
+
+
+def canonical_hardware_name(name: str) -> str:
+    """The name pdsim knows `name` by (aliases resolved; unknown names are returned unchanged)."""
+    return HARDWARE_ALIASES.get(name, name)

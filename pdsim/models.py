@@ -2,7 +2,8 @@
 
 The files live in `configs/models/<org>/<name>.json` so that a model is referred to by
 its Hugging Face id and a new one is added by dropping its published config there.
-Only dense decoder-only architectures whose layer shapes we count exactly are accepted.
+Only decoder-only architectures whose layer shapes we count exactly are accepted: dense ones
+here, and mixture-of-experts ones whose MoE blocks `pdsim/moe.py` reads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from pdsim.bundled import bundled_path
 from pdsim.errors import PdsimError, read_json_object
+from pdsim.moe import MOE_KEYS, MoESpec, moe_from_hf
 
 MODELS_DIR = bundled_path("configs", "models")
 
@@ -26,7 +28,9 @@ DTYPE_BYTES: dict[str, int] = {
 }
 
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
-_SUPPORTED_MODEL_TYPES: dict[str, bool] = {"llama": False, "mistral": False, "qwen3": True}
+_SUPPORTED_MODEL_TYPES: dict[str, bool] = {
+    "llama": False, "mistral": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
+}
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -51,6 +55,15 @@ class ModelSpec:
     tie_word_embeddings: bool
     has_qk_norm: bool
     max_position_embeddings: int
+    moe: MoESpec | None = None  # None: a dense model
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    @property
+    def dense_mlp_layers(self) -> int:
+        return self.num_layers - (self.moe.moe_layers if self.moe else 0)
 
     # ---- tensor-parallel shapes (vLLM's column/row-parallel split) ----
 
@@ -91,21 +104,36 @@ class ModelSpec:
 
     # ---- sizes ----
 
-    def _params_per_shard(self, tp: int) -> int:
+    def _params_per_shard(self, tp: int, expert_shards: int | None = None) -> int:
         h = self.hidden_size
         attn = h * self.qkv_out(tp) + self.o_in(tp) * h
         mlp = 3 * h * self.intermediate_per_shard(tp)  # gate, up, down
         norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)  # replicated on every shard
         embed = self.vocab_per_shard(tp) * h
         lm_head = 0 if self.tie_word_embeddings else embed
-        return embed + self.num_layers * (attn + mlp + norms) + h + lm_head
+        total = embed + self.num_layers * (attn + norms) + self.dense_mlp_layers * mlp + h + lm_head
+        if self.moe is not None:
+            # Every expert is held somewhere: split over the GPUs holding experts (EP, or TP
+            # shards of each expert); the router gate is replicated.
+            shards = tp if expert_shards is None else expert_shards
+            total += self.moe.moe_layers * self.moe.non_expert_mlp_params(h, tp)
+            total += -(-self.moe.routed_params(h) // shards)
+        return total
 
     def param_count(self) -> int:
         return self._params_per_shard(1)
 
-    def weight_bytes(self, dtype: str, tp: int = 1) -> int:
-        """Bytes of weights held by one TP shard."""
-        return self._params_per_shard(tp) * dtype_bytes(dtype)
+    def active_param_count(self) -> int:
+        """Parameters one token uses: all but the routed experts it does not pick."""
+        if self.moe is None:
+            return self.param_count()
+        idle = self.moe.num_experts - self.moe.top_k
+        return self.param_count() - self.moe.moe_layers * idle * self.moe.expert_params(self.hidden_size)
+
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None) -> int:
+        """Bytes of weights one GPU holds: a TP shard of the dense weights and, for a MoE model,
+        1/`expert_shards` of the routed experts (default: split over the tp GPUs)."""
+        return self._params_per_shard(tp, expert_shards) * dtype_bytes(dtype)
 
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         """KV-cache bytes one token occupies on one TP shard (K and V, all layers)."""
@@ -156,6 +184,8 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         if raw.get(key):
             raise PdsimError(f"{path}: field {key!r}: biased projections are not modelled")
 
+    if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
+        raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
     hidden = field("hidden_size")
     heads = field("num_attention_heads")
     # HF defaults: no num_key_value_heads means MHA; no head_dim means hidden / heads.
@@ -167,11 +197,12 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         raise PdsimError(
             f"{path}: field 'num_key_value_heads': {kv_heads} does not divide num_attention_heads {heads}"
         )
+    num_layers = field("num_hidden_layers")
     return ModelSpec(
         name=name,
         architecture=model_type,
         hidden_size=hidden,
-        num_layers=field("num_hidden_layers"),
+        num_layers=num_layers,
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
@@ -180,4 +211,5 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         tie_word_embeddings=field("tie_word_embeddings", bool, False) is True,
         has_qk_norm=_SUPPORTED_MODEL_TYPES[model_type],
         max_position_embeddings=field("max_position_embeddings"),
+        moe=moe_from_hf(path, model_type, raw, num_layers),
     )

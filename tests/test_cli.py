@@ -204,7 +204,8 @@ def test_misspelled_command_is_named_with_a_suggestion():
 def test_debug_is_accepted_by_every_command(tmp_path):
     r = pdsim("workload", "generate", "--num-requests", "3", "--output", str(tmp_path / "w.jsonl"), "--debug")
     assert r.returncode == 0, r.stderr
-    r = pdsim("profile", "estimate", "--hardware", "H100", "--model", "meta-llama/Llama-3.1-8B", "--debug")
+    r = pdsim("profile", "estimate", "--hardware", "H10", "--model", "meta-llama/Llama-3.1-8B", "--debug",
+              "--out", str(tmp_path))
     assert "No such option" not in r.stderr and "Traceback" in r.stderr  # --debug shows it
 
 
@@ -232,8 +233,9 @@ def test_workload_generate_takes_bare_lengths_and_refuses_a_rate_for_burst(tmp_p
     assert r.returncode == 0 and "all at t=0" in r.stdout
 
 
-def test_estimate_suggests_the_hardware_name():
-    r = pdsim("profile", "estimate", "--hardware", "H100", "--model", "meta-llama/Llama-3.1-8B")
+def test_estimate_suggests_the_hardware_name(tmp_path):
+    r = pdsim("profile", "estimate", "--hardware", "H100-SX", "--model", "meta-llama/Llama-3.1-8B",
+              "--out", str(tmp_path))
     assert r.returncode == 2 and "did you mean 'H100-SXM'?" in r.stderr
 
 

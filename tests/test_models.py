@@ -8,11 +8,14 @@ from pdsim.models import dtype_bytes, known_models, load_model
 
 ALL = [
     "JackFram/llama-160m",
+    "Qwen/Qwen3-30B-A3B",
+    "Qwen/Qwen3-30B-A3B-Instruct-2507",
     "Qwen/Qwen3-32B",
     "Qwen/Qwen3-8B",
     "meta-llama/Llama-3.1-70B",
     "meta-llama/Llama-3.1-8B",
     "mistralai/Mistral-7B-v0.3",
+    "mistralai/Mixtral-8x7B-v0.1",
     "pdsim/tiny-llama",
 ]
 
@@ -129,9 +132,9 @@ def test_bad_field_value(tmp_path):
 
 def test_unsupported_architecture(tmp_path):
     cfg = _tiny()
-    cfg["model_type"] = "mixtral"
+    cfg["model_type"] = "deepseek_v3"
     root = _write(tmp_path, cfg)
-    with pytest.raises(PdsimError, match="'mixtral' is not supported"):
+    with pytest.raises(PdsimError, match="'deepseek_v3' is not supported"):
         load_model("org/m", root)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import simpy
 
 from pdsim.config import GB, TTFT_MODES, ClusterConfig, InstanceRef
+from pdsim.engine.dp_group import DPGroup, build_dp_groups
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.kv_transfer import KVTransfers
@@ -20,7 +22,7 @@ from pdsim.engine.router import Router
 from pdsim.engine.scheduler import StepPlan
 from pdsim.engine.topology import Topology
 from pdsim.errors import ConfigError, ProfileError
-from pdsim.hardware import get_hardware
+from pdsim.hardware import HardwareSpec, get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import kv_budget
@@ -141,9 +143,12 @@ class SimulationResult:
 
 
 def _build_instance(
-    env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str
+    env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str,
+    dp_size: int = 1,
 ) -> tuple[Instance, InstanceInfo]:
     ic = ref.config
+    # A MoE DP group (dp_size > 1) steps in lock step and shares its experts (engine/dp_group.py).
+    placement = ic.expert_placement(dp_size)
     where = f"{source}: nodes[{ref.node_index}].instances[{ref.instance_index}]"
     model = load_model(ic.model_name)
     try:
@@ -154,17 +159,19 @@ def _build_instance(
     except ProfileError as exc:
         raise ProfileError(f"{where}.hardware: {exc}") from None
     predictor = StepTimePredictor(
-        profile, model, ic.tp_size, get_hardware(ic.hardware),
+        profile, model, ic.tp_size, _tp_link_hardware(get_hardware(ic.hardware), cfg),
         step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
+        moe_placement=placement, moe_external=model.is_moe and dp_size > 1,
     )
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
-    budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id))
-    weight_bytes, kv_bytes_per_token = budget.weight_bytes, model.kv_bytes_per_token(ic.dtype, ic.tp_size)
+    budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
+                       placement.expert_shards)
+    weight_bytes, kv_bytes_per_token = budget.weight_bytes, model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     num_blocks = budget.usable_blocks
     spec = InstanceSpec(
         id=ref.instance_id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware,
@@ -174,17 +181,28 @@ def _build_instance(
         weight_bytes=weight_bytes, activation_bytes=budget.activation_bytes + budget.other_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
+        kv_dtype=ic.kv_dtype,
     )
-    inst = Instance(env, spec, predictor, num_blocks, opts.max_decode_run_steps)
+    lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
+    inst = Instance(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GIB,
         weights_gb=weight_bytes / GIB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GIB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
         kv_predicted_tokens=budget.predicted_gpu_blocks * ic.block_size,
-        profile_path=str(profile.meta.path), estimated_profile=profile.estimated,
+        profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info
+
+
+def _tp_link_hardware(hw: HardwareSpec | None, cfg: ClusterConfig) -> HardwareSpec | None:
+    """The GPU spec, with its intra-node link replaced by the innermost of per-dimension link_bw /
+    link_latency lists when the config gives them (LLMServingSim's TP dimension, docs/moe.md)."""
+    if hw is None or cfg.link_bw_per_dim is None:
+        return hw
+    latency = cfg.link_latency_per_dim[0] if cfg.link_latency_per_dim else cfg.link_latency
+    return dataclasses.replace(hw, intra_node_bw_gbps=cfg.link_bw_per_dim[0], intra_node_latency_ns=latency)
 
 
 class Cluster:
@@ -199,8 +217,10 @@ class Cluster:
         unknown = sorted(set(opts.kv_gpu_blocks) - {ref.instance_id for ref in cfg.instances()})
         if unknown:
             raise ConfigError(f"KV-capacity override for {', '.join(unknown)}: no such instance in {source}")
+        group_of = {ref.instance_id: name for name, refs in cfg.dp_groups().items() for ref in refs}
+        group_sizes = {name: len(refs) for name, refs in cfg.dp_groups().items()}
         for ref in cfg.instances():
-            inst, info = _build_instance(env, ref, cfg, opts, source)
+            inst, info = _build_instance(env, ref, cfg, opts, source, group_sizes.get(group_of.get(ref.instance_id), 1))
             inst.on_finish = self._on_finish
             inst.on_handoff = self._on_handoff
             inst.on_reserved = self._on_reserved
@@ -208,6 +228,8 @@ class Cluster:
             self.instances.append(inst)
             self.infos.append(info)
         self.by_id = {inst.id: inst for inst in self.instances}
+        self.dp_groups = build_dp_groups(env, cfg, self.by_id)
+        self._unit_of = {m.id: g for g in self.dp_groups for m in g.members}
         self.prefill_pool = [i for i in self.instances if i.pd_type in (None, "prefill")]
         self.decode_pool = [i for i in self.instances if i.pd_type == "decode"]
         self.prefill_router = Router(opts.prefill_policy or cfg.router.prefill_policy, opts.seed)
@@ -233,11 +255,21 @@ class Cluster:
         if not candidates:
             self._reject(req, self._why_not(req))
             return
-        inst = self.prefill_router.choose(candidates)
+        inst = self._choose_prefill(candidates)
         req.prefill_instance = inst.id
         if inst.pd_type is None:
             req.decode_instance = inst.id
         inst.submit(req)
+
+    def _choose_prefill(self, candidates: list[Instance]) -> Instance:
+        """The router picks an instance or a whole DP group, which then picks its rank."""
+        if not self.dp_groups:
+            return self.prefill_router.choose(candidates)
+        units = list(dict.fromkeys(self._unit_of.get(c.id, c) for c in candidates))
+        unit = self.prefill_router.choose(units)
+        if isinstance(unit, DPGroup):
+            return unit.choose_rank([c for c in candidates if self._unit_of.get(c.id) is unit])
+        return unit
 
     def _fits(self, inst: Instance, req: Request) -> bool:
         if req.input_toks + req.output_toks > self.max_model_len[inst.spec.model_name]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -19,6 +20,9 @@ import simpy
 from pdsim.engine.kv_cache import BlockManager, blocks_for
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler, StepPlan
+
+if TYPE_CHECKING:
+    from pdsim.engine.dp_group import DPGroup
 
 
 class StepTimeModel:
@@ -52,6 +56,7 @@ class InstanceSpec:
     long_prefill_token_threshold: int = 0
     async_scheduling: bool = False
     reserve_full_isl: bool = True
+    kv_dtype: str | None = None  # the KV cache's dtype (kv_cache_dtype), None: `dtype`
 
 
 @dataclass
@@ -106,6 +111,8 @@ class Instance:
         self._not_picked_up: list[Request] = []  # arrived since the last decision
         # (end, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, np.ndarray] | None = None
+        self.dp_group: DPGroup | None = None  # set by the cluster for a MoE DP group (lock step)
+        self._woken_at_barrier = False  # work came while this rank waited for its DP group
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
@@ -142,9 +149,16 @@ class Instance:
             if self.sched.could_admit(self.sched.waiting[0]):
                 self._wake_up()
 
+    def wake_for_group(self) -> None:
+        """Another rank of this instance's DP group has work: decide (maybe a dummy step) now."""
+        if self._idle:
+            self._wake_up()
+
     def _wake_up(self) -> None:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self.dp_group is not None:
+            self._woken_at_barrier = True
 
     def _reserve_pending(self) -> None:
         # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
@@ -177,6 +191,16 @@ class Instance:
             plan = sched.schedule(env.now, cutoff)
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
+            if self.dp_group is not None:
+                # Wakeable while at the barrier: what arrives then is decided on right after.
+                self._idle, self._woken_at_barrier = True, False
+                group_s = yield from self.dp_group.step(self, plan)
+                self._idle = False
+                if group_s is not None:
+                    yield from self._group_step(plan, group_s)
+                    continue
+                if self._woken_at_barrier:
+                    continue
             if plan.empty:
                 self._last_steps = None
                 self._idle = True
@@ -215,6 +239,18 @@ class Instance:
                     yield env.timeout(max(start + float(ends[steps - 1]) - env.now, 0.0))
                     durations = durations[:steps]
             self._after_steps(plan, durations, steps)
+
+    def _group_step(self, plan: StepPlan, seconds: float):
+        """One lock-step DP-group step of `seconds` (pdsim/engine/dp_group.py); an empty plan is a
+        dummy batch."""
+        durations = np.array([seconds])
+        if plan.prefill:
+            self.on_prefill_step(self, plan, self.env.now, seconds)
+        yield self.env.timeout(seconds)
+        if plan.empty:
+            self._last_steps = (self.env.now, durations)
+        else:
+            self._after_steps(plan, durations, 1)
 
     def _last_step_start(self) -> float | None:
         if self._last_steps is None:

@@ -76,8 +76,8 @@ class KVTransfers:
     def start(self, src: Instance, dst: Instance, req: Request, on_done: Callable[[], None]) -> None:
         """Move `req`'s prompt KV from `src` to `dst`; `on_done` runs when it has all arrived."""
         model = self.models[src.spec.model_name]
-        total = kv_transfer_bytes(model, req.input_toks, src.spec.block_size, src.spec.dtype, dst.spec.tp,
-                                  self.cfg.dtype)
+        kv_dtype = src.spec.kv_dtype or src.spec.dtype
+        total = kv_transfer_bytes(model, req.input_toks, src.spec.block_size, kv_dtype, dst.spec.tp, self.cfg.dtype)
         req.kv_bytes = total
         path = self.topology.path(src, dst)
         delay_after_s = self.topology.latency_s(path) + self.cfg.per_transfer_overhead_us * 1e-6

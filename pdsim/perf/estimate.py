@@ -272,3 +272,24 @@ def load_or_estimate(
             f"hardware spec to estimate one; known hardware: {', '.join(known_hardware())}"
         )
     return estimate_profile(spec, model, dtype, tp)
+
+
+class MoERoofline(_Roofline):
+    """One MoE layer on one GPU from specs (pdsim/perf/moe_time.py says what it is given):
+    the router gate over the tokens given (the group's: an upper bound, as vLLM gates a rank's own
+    tokens before the all-gather), then the grouped expert GEMMs: every activated local
+    expert's weights streamed from memory once, and the FLOPs of the token-expert pairs; one
+    kernel each for the gate, top-k, gate_up, activation and down."""
+
+    def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int):
+        super().__init__(hw, model, dtype, 1)
+        self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
+
+    def layer_us(self, tokens: int, pairs: float, active: float) -> float:
+        h, e = self.m.hidden_size, self.m.moe.num_experts
+        gate = self.gemm_us(max(int(tokens), 1), e, h)
+        flops = 2.0 * pairs * self.expert_params
+        eff = GEMM_COMPUTE_EFF_MAX * pairs / (pairs + GEMM_HALF_EFF_M * max(active, 1.0))
+        compute = flops / (self.flops_per_us * max(eff, 1e-6))
+        memory = (active * self.expert_params + 4 * pairs * h) * self.dt / (self.bytes_per_us * MEM_EFF)
+        return gate + max(compute, memory) + 4 * KERNEL_LAUNCH_US

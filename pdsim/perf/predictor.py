@@ -27,6 +27,10 @@ prefill chunk tokens and prefill prefix -- alpha is near 1 for a few decodes bes
 chunk and a few hundredths for a hundred decodes -- else `alpha_default` of the instance's tp in
 meta.yaml. A given alpha (config `decode_skew_alpha`) replaces all of it.
 
+MoE models (pdsim/perf/moe_time.py): the dense MLP ops count only for the layers that have a
+dense MLP, and every MoE layer adds the expert layer's time at the step's tokens (with a DP group,
+at the group's tokens, added by pdsim/engine/dp_group.py instead: `moe_external`).
+
 The overhead terms are the engine's CPU time per step that no kernel table sees (scheduling,
 input preparation, output processing): a fixed part and a part per scheduled sequence. They are
 calibration knobs (`pdsim calibrate` fits them to a measured run), 0 by default.
@@ -49,7 +53,8 @@ from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
 from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
-from pdsim.perf.profile import PER_LAYER_OPS, PER_STEP_OPS, Profile
+from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
+from pdsim.perf.profile import MLP_OPS, PER_LAYER_OPS, PER_STEP_OPS, Profile
 
 _STEP_CACHE_MAX = 2_000_000  # entries; cleared when full so memory stays bounded on long runs
 
@@ -64,6 +69,8 @@ class StepTimePredictor:
         step_overhead_us: float = 0.0,
         step_overhead_per_seq_us: float = 0.0,
         skew_alpha: float | None = None,
+        moe_placement: ExpertPlacement | None = None,
+        moe_external: bool = False,
     ):
         self.profile = profile
         self.model = model
@@ -86,6 +93,13 @@ class StepTimePredictor:
         self._lm_head = profile.per_sequence["lm_head"]
         self._sampler = profile.per_sequence["sampler"]
         self._act_bytes_per_token = model.hidden_size * dtype_bytes(profile.meta.dtype)
+        self.moe_layer: MoELayerModel | None = None
+        self._moe_external = moe_external
+        if model.moe is not None:
+            self._init_moe(moe_placement or ExpertPlacement(tp, ep_size=tp))
+        elif not MLP_OPS <= profile.dense.keys():
+            raise ProfileError(f"{profile.meta.path}: dense.csv has no {', '.join(sorted(MLP_OPS))} rows, which "
+                               f"dense model {model.name} needs (a MoE model's profile?)")
 
         # Notes a report should carry about how these times were obtained.
         self.notes: list[str] = []
@@ -103,12 +117,30 @@ class StepTimePredictor:
                 f"{hardware.intra_node_bw_gbps:g} GB/s, {hardware.intra_node_latency_ns:g} ns), not measured"
             )
 
+        if self.moe_layer is not None:
+            self.notes.extend(self.moe_layer.notes)
         self._nonattn_cache: dict[tuple[int, int], float] = {}
         self._dense_cache: dict[int, float] = {}
         self._seq_cache: dict[int, float] = {}
         self._prefill_cache: dict[tuple[int, int], float] = {}
         self._decode_slices: dict[int, Table1D] = {}
         self._step_cache: dict[tuple, float] = {}
+
+    def _init_moe(self, placement: ExpertPlacement) -> None:
+        model = self.model
+        self.moe_layer = MoELayerModel(model, placement, self.profile.meta.dtype, self.hardware, self.profile.moe)
+        if self.profile.moe is None:
+            self.estimated = True
+        # The dense MLP ops run only in the layers without a MoE block.
+        mlp_layers = model.dense_mlp_layers
+        if mlp_layers and not MLP_OPS <= self.profile.dense.keys():
+            raise ProfileError(f"{self.profile.meta.path}: {model.name} has {mlp_layers} dense MLP layers but "
+                               f"dense.csv has no {', '.join(sorted(MLP_OPS))} rows")
+        dense = self.profile.dense
+        ops = [op for op in PER_LAYER_OPS if op in dense]
+        self._mlp_items = [(dense[op], PER_LAYER_OPS[op]) for op in ops if op in MLP_OPS]
+        self._dense_items = [(dense[op], PER_LAYER_OPS[op]) for op in ops if op not in MLP_OPS]
+        self._mlp_layer_fraction = mlp_layers / model.num_layers
 
     # ------------------------------------------------------------ parts
 
@@ -129,9 +161,13 @@ class StepTimePredictor:
         per_layer = 0.0
         for table, count in self._dense_items:
             per_layer += count * table(tokens)
+        if self.moe_layer is not None:
+            per_layer += self._mlp_layer_fraction * sum(count * table(tokens) for table, count in self._mlp_items)
         if self.tp > 1:
             per_layer += 2 * self._allreduce_us(tokens * self._act_bytes_per_token)
         us = self.num_layers * per_layer
+        if self.moe_layer is not None and not self._moe_external:
+            us += self.moe_layer.step_us(tokens)
         for table in self._step_items:
             us += table(tokens)
         self._dense_cache[tokens] = us
@@ -242,6 +278,12 @@ class StepTimePredictor:
             self._step_cache.clear()
         self._step_cache[key] = seconds
         return seconds
+
+    def dummy_step_s(self) -> float:
+        """An idle DP rank's dummy batch (vLLM's execute_dummy_batch -> _dummy_run(1)): a forward
+        pass of one token without KV, and no logits or sampling; MoE layers as the predictor
+        counts them (none when `moe_external`)."""
+        return self.step_time_s(((1, 0),), 0, 0) - self._per_seq_us(1) * 1e-6
 
     def decode_run_s(
         self, n_decode: int, kv_decode_sum: int, num_steps: int, kv_decode_max: int | None = None

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from pdsim.errors import ProfileError, read_json_object
+from pdsim.moe import MOE_KEYS
 from pdsim.perf.interp import Table1D, Table2D, TableND
+from pdsim.perf.moe_time import MoETable
 
 FORMAT_NAME = "pdsim-profile"
 FORMAT_VERSION = 1
@@ -41,6 +43,8 @@ PER_LAYER_OPS: dict[str, int] = {
 }
 PER_STEP_OPS: tuple[str, ...] = ("embedding", "final_layernorm")
 OPTIONAL_DENSE_OPS: frozenset[str] = frozenset({"qk_norm", "residual_add", "layer_overhead"})
+# The dense MLP; a profile of a MoE model whose layers are all MoE has moe.csv instead.
+MLP_OPS: frozenset[str] = frozenset({"gate_up_proj", "act_fn", "down_proj"})
 DENSE_OPS: tuple[str, ...] = (*PER_LAYER_OPS, *PER_STEP_OPS)
 PER_SEQUENCE_OPS: tuple[str, ...] = ("lm_head", "sampler")
 
@@ -74,6 +78,7 @@ class Profile:
     attention_decode: Table2D | None = None
     attention_grid4d: TableND | None = None
     allreduce: Table1D | None = None
+    moe: MoETable | None = None  # LLMServingSim's moe.csv: expert layer by tokens, activated experts
 
     @property
     def estimated(self) -> bool:
@@ -82,7 +87,7 @@ class Profile:
     def tables(self) -> list:
         """Every lookup table, e.g. to collect their extrapolation notes for a report."""
         found = [*self.dense.values(), *self.per_sequence.values()]
-        for t in (self.attention_prefill, self.attention_decode, self.attention_grid4d, self.allreduce):
+        for t in (self.attention_prefill, self.attention_decode, self.attention_grid4d, self.allreduce, self.moe):
             if t is not None:
                 found.append(t)
         return found
@@ -194,15 +199,18 @@ def _full_grid(path: Path, rows: Sequence[tuple[float, float, float]], axes: tup
 # ---------------------------------------------------------------- pdsim format
 
 
-def _read_op_tables(folder: Path, op_column: str) -> tuple[dict[str, Table1D], dict[str, Table1D]]:
+def _read_op_tables(
+    folder: Path, op_column: str, mlp_optional: bool = False
+) -> tuple[dict[str, Table1D], dict[str, Table1D]]:
     """dense.csv (by tokens) and per_sequence.csv (by sequences), one table per op; both formats
     share the layout and differ only in the name of the op column."""
     p = folder / "dense.csv"
+    optional = OPTIONAL_DENSE_OPS | MLP_OPS if mlp_optional else OPTIONAL_DENSE_OPS
     dense = _tables_by_op(
         p,
         _read_csv(p, (op_column, "tokens", "time_us"), ("tokens", "time_us")),
         DENSE_OPS,
-        [op for op in DENSE_OPS if op not in OPTIONAL_DENSE_OPS],
+        [op for op in DENSE_OPS if op not in optional],
         "tokens",
     )
     p = folder / "per_sequence.csv"
@@ -315,7 +323,10 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         path=str(tp_dir),
         fmt="llmservingsim",
     )
-    dense, per_seq = _read_op_tables(tp_dir, "layer")
+    moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
+    # A MoE model's layers have no dense MLP to profile (the predictor checks the model needs none).
+    mlp_optional = moe is not None or raw.get("architecture") in MOE_KEYS
+    dense, per_seq = _read_op_tables(tp_dir, "layer", mlp_optional=mlp_optional)
     p = tp_dir / "attention.csv"
     cols = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us")
     arr = np.array(_read_csv(p, cols, cols), dtype=np.float64)
@@ -323,7 +334,7 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         grid = TableND(p.name, arr[:, :4], arr[:, 4], cols[:4])
     except ValueError as e:
         raise ProfileError(f"{p}: {e}") from None
-    return Profile(meta, dense, per_seq, None, None, grid, None)
+    return Profile(meta, dense, per_seq, None, None, grid, None, moe)
 
 
 # ---------------------------------------------------------------- public API

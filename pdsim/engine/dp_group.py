@@ -1,0 +1,127 @@
+"""A data-parallel group: instances sharing a `dp_group` (vLLM's data_parallel_size ranks).
+
+Routing (vLLM's DP coordinator, v1/engine/core_client.py DPLBAsyncMPClient): the cluster router
+sees the group as one unit; inside it a request goes to the rank with the lowest
+4 x waiting + running requests, ties to the lowest rank. vLLM scores ranks on counts the
+coordinator publishes every 100 ms plus what the client itself sent since; pdsim uses the exact
+counts at the arrival.
+
+Lock step (MoE groups only: vLLM runs the ranks of a dense model as independent engines). A MoE
+layer is a collective over the group's expert-parallel ranks, so in every step all ranks run a
+forward pass together: a rank with no work runs a dummy batch of one token (vLLM's
+`execute_dummy_batch`), and the step lasts as long as the slowest rank's own part (attention,
+dense ops, sampling: its own batch) plus the MoE layers at the group's total token count
+(pdsim/perf/moe_time.py). When no rank has work the group sleeps until a request arrives.
+
+The barrier: every rank, after its scheduling decision, hands its plan to `step`; the last one
+to arrive prices the step and releases all of them, each then lets the same duration pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING
+
+import simpy
+
+from pdsim.config import ClusterConfig
+from pdsim.engine.scheduler import StepPlan
+from pdsim.perf.moe_time import MoELayerModel
+
+if TYPE_CHECKING:
+    from pdsim.engine.instance import Instance
+
+
+class DPGroup:
+    def __init__(self, env: simpy.Environment, name: str, members: Sequence[Instance],
+                 moe_layer: MoELayerModel | None) -> None:
+        self.env = env
+        self.name = name
+        self.members = list(members)
+        self.moe_layer = moe_layer
+        self.lockstep = moe_layer is not None and len(self.members) > 1
+        self._plans: dict[str, StepPlan] = {}
+        self._released: simpy.Event | None = None
+        self.num_steps = 0
+        self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
+
+    # -- routing --------------------------------------------------------------------------------
+    @property
+    def load_tokens(self) -> int:
+        return sum(m.load_tokens for m in self.members)
+
+    def choose_rank(self, candidates: Sequence[Instance]) -> Instance:
+        def score(inst: Instance) -> int:
+            waiting = len(inst.sched.waiting) + len(inst.pending)
+            return 4 * waiting + len(inst.sched.running)
+
+        return min(candidates, key=score)  # min keeps the first (lowest rank) of equal scores
+
+    # -- lock step ------------------------------------------------------------------------------
+    def step(self, inst: Instance, plan: StepPlan) -> Generator[simpy.Event, float | None, float | None]:
+        """Wait until every rank has decided; seconds the group step lasts, None when no rank
+        has work (the ranks then idle)."""
+        self._plans[inst.id] = plan
+        if self._released is None:
+            self._released = self.env.event()
+        released = self._released
+        if len(self._plans) < len(self.members):
+            for member in self.members:
+                if member.id not in self._plans:
+                    member.wake_for_group()
+            return (yield released)
+        seconds = self._price()
+        self._plans = {}
+        self._released = None
+        released.succeed(seconds)
+        return seconds
+
+    def _price(self) -> float | None:
+        if all(p.empty for p in self._plans.values()):
+            return None
+        slowest_s = 0.0
+        group_tokens = 0
+        for member in self.members:
+            plan = self._plans[member.id]
+            if plan.empty:
+                own_s = member.predictor.dummy_step_s()
+                group_tokens += 1
+                self.dummy_steps[member.id] += 1
+            else:
+                chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
+                own_s = member.predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
+                group_tokens += sum(c for c, _ in chunks) + plan.n_decode
+            slowest_s = max(slowest_s, own_s)
+        self.num_steps += 1
+        return slowest_s + self.moe_layer.step_us(group_tokens) * 1e-6
+
+
+def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str, Instance]) -> list[DPGroup]:
+    """The config's DP groups over the built instances; MoE groups step in lock step."""
+    groups = []
+    for name, refs in cfg.dp_groups().items():
+        members = [by_id[ref.instance_id] for ref in refs]
+        moe_layer = members[0].predictor.moe_layer if len(members) > 1 else None
+        group = DPGroup(env, name, members, moe_layer)
+        if group.lockstep:
+            link = _group_link(cfg, refs)
+            for member in members:
+                member.predictor.notes.append(member.predictor.moe_layer.set_link(*link))
+                member.dp_group = group
+        groups.append(group)
+    return groups
+
+
+def _group_link(cfg: ClusterConfig, refs: list) -> tuple[float, float, str]:
+    """(GB/s, ns, where from) of the link the ranks' MoE dispatch/combine crosses, with pdsim's
+    topology rules (docs/pd_realism.md): a node's `intra_node_bw` fabric when the group is on one
+    node that has one; else the config's link between instances, which in LLMServingSim's
+    meaning is a scalar broadcast to every topology dimension or, as a list, the outermost
+    (its DP-group topology is [tp, dp], innermost first)."""
+    nodes = {ref.node_index for ref in refs}
+    if len(nodes) == 1:
+        node = cfg.nodes[next(iter(nodes))]
+        if node.intra_node_bw is not None:
+            return node.intra_node_bw, node.intra_node_latency, "the node's intra_node_bw fabric"
+    where = "the outermost link_bw/link_latency" if cfg.link_bw_per_dim is not None else "link_bw/link_latency"
+    return cfg.link_bw, cfg.link_latency, f"the config's {where}"

@@ -1,0 +1,170 @@
+"""LLMServingSim cluster-config keys beyond pdsim's own schema: what they mean here (docs/moe.md).
+
+`pdsim/config.py` calls these from its validators; they work on the raw JSON (before) or on
+validated instances (after) and raise pydantic errors whose message is complete, so a bad value
+is reported with its JSON path like every other config error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import PydanticCustomError
+
+from pdsim.errors import PdsimError
+from pdsim.models import load_model
+from pdsim.perf.moe_time import check_placement
+
+if TYPE_CHECKING:
+    from pdsim.config import InstanceConfig, InstanceRef
+
+# Keys that change results in LLMServingSim but that pdsim does not model: refused with the reason
+# (ignoring them would silently report a different system).
+UNSUPPORTED_KEYS: dict[str, str] = {
+    "cxl_mem": "CXL memory expansion (weights or KV cache in CXL memory) is not modelled",
+    "placement": "per-layer weight/KV placement over NPU, CPU and CXL memory is not modelled",
+    "pim_config": "processing-in-memory (PIM) devices are not modelled",
+}
+# Keys that change no latency or memory figure: accepted, and a note says they are ignored.
+NOTED_KEYS: dict[str, str] = {"power": "power model ignored (pdsim reports no energy; latencies unchanged)"}
+# vLLM's --kv-cache-dtype values -> the KV bytes pdsim counts (None, "auto": the model's dtype).
+KV_CACHE_DTYPES: dict[str, str | None] = {
+    "auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
+}
+# LLMServingSim's per-instance switches for features pdsim does not model: false is accepted
+# (the feature off is what pdsim simulates), true is refused with the reason.
+OFF_ONLY_KEYS: dict[str, str] = {
+    "enable_local_offloading": "KV offloading to CPU memory is not modelled",
+    "enable_attn_offloading": "attention offloading is not modelled",
+    "enable_sub_batch_interleaving": "sub-batch interleaving is not modelled",
+    "enable_block_copy": "KV block copy between memory tiers is not modelled",
+}
+# LLMServingSim's names for pdsim's own instance keys.
+RENAMED_KEYS: dict[str, str] = {"reserve_full_isl": "scheduler_reserve_full_isl"}
+# Keys every member of a DP group must agree on (LLMServingSim: tp, pp, ep; vLLM: one model).
+DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "pd_type")
+
+
+def _fmt(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float | list | type(None)) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def infer_instance_sizes(data: Any) -> Any:
+    """LLMServingSim infers num_npus = tp_size * pp_size, or tp_size = num_npus // pp_size; its
+    batching limit 0 means unlimited: max_num_batched_tokens is then the model's context length
+    (LLMServingSim caps it so) and max_num_seqs that many (no step holds more sequences)."""
+    if not isinstance(data, dict):
+        return data
+    data = _translate_switches(data)
+    if data.get("max_num_batched_tokens") == 0 and isinstance(data.get("model_name"), str):
+        try:
+            data = {**data, "max_num_batched_tokens": load_model(data["model_name"]).max_position_embeddings}
+        except PdsimError:
+            pass  # the model_name check reports it
+    if data.get("max_num_seqs") == 0 and _is_int(data.get("max_num_batched_tokens", 2048)):
+        data = {**data, "max_num_seqs": data.get("max_num_batched_tokens", 2048)}
+    pp = data.get("pp_size", 1)
+    if not _is_int(pp) or pp < 1:
+        return data  # the field check reports it
+    tp, npus = data.get("tp_size"), data.get("num_npus")
+    if npus is None and _is_int(tp):
+        data = {**data, "num_npus": tp * pp}
+    elif tp is None and _is_int(npus) and npus >= pp:
+        data = {**data, "tp_size": npus // pp}
+    return data
+
+
+def _translate_switches(data: dict) -> dict:
+    for key, why in OFF_ONLY_KEYS.items():
+        if key in data:
+            if data[key] is True:
+                raise PydanticCustomError("unsupported", "{key} true is not supported: {why}", {"key": key, "why": why})
+            if data[key] is not False:
+                raise PydanticCustomError("unsupported", "{key}: expected true or false, got {got}",
+                                          {"key": key, "got": _fmt(data[key])})
+            data = {k: v for k, v in data.items() if k != key}
+    for theirs, ours in RENAMED_KEYS.items():
+        if theirs in data:
+            if ours in data and data[ours] != data[theirs]:
+                raise PydanticCustomError(
+                    "unsupported", "{a} and {b} disagree ({x} and {y}); they are the same setting",
+                    {"a": theirs, "b": ours, "x": _fmt(data[theirs]), "y": _fmt(data[ours])})
+            data = {**{k: v for k, v in data.items() if k != theirs}, ours: data[theirs]}
+    return data
+
+
+def per_dim_links(data: Any) -> Any:
+    """A per-topology-dimension link_bw / link_latency list (innermost first) -> its outermost
+    value, the link between instances, with the list kept in link_*_per_dim."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for key, low in (("link_bw", 0.0), ("link_latency", -1.0)):
+        value = data.get(key)
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > low for v in value):
+                raise PydanticCustomError(
+                    "choice", "{key}: expected a number or a non-empty list of numbers {bound}, got {got}",
+                    {"key": key, "bound": "> 0" if low == 0 else ">= 0", "got": _fmt(value)})
+            data[key] = float(value[-1])
+            data[f"{key}_per_dim"] = tuple(float(v) for v in value)
+    return data
+
+
+def check_ep(inst: InstanceConfig) -> None:
+    model = load_model(inst.model_name)
+    ep = inst.effective_ep_size()
+    if model.is_moe and model.moe.num_experts % ep:
+        raise PydanticCustomError("ep", "ep_size {ep}: {e} experts cannot be split {ep} ways",
+                                  {"ep": ep, "e": model.moe.num_experts})
+    if inst.dp_group is None and ep > inst.tp_size:
+        raise PydanticCustomError(
+            "ep", "ep_size {ep} is more than tp_size {tp}; without a dp_group experts are split over "
+            "the instance's own GPUs", {"ep": ep, "tp": inst.tp_size})
+
+
+def check_dp_group(name: str, refs: list[InstanceRef]) -> None:
+    first = refs[0].config
+    for ref in refs[1:]:
+        for key in DP_GROUP_SHARED_KEYS:
+            a, b = getattr(ref.config, key), getattr(first, key)
+            if a != b:
+                raise PydanticCustomError(
+                    "dp", "dp_group {g}: {where} has {key} {a}, but {first} has {b}; all members of a DP group "
+                    "must agree", {"g": _fmt(name), "where": ref.instance_id, "key": key, "a": _fmt(a),
+                                   "first": refs[0].instance_id, "b": _fmt(b)})
+    model = load_model(first.model_name)
+    why = check_placement(model, first.expert_placement(len(refs))) if model.is_moe else None
+    if why:
+        raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": why})
+
+
+def noted_keys(raw: Any) -> list[str]:
+    """One line per accepted-but-ignored LLMServingSim setting in a raw config."""
+    found: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                here = f"{where}.{key}" if where else str(key)
+                if key in NOTED_KEYS:
+                    found.append(f"{here}: {NOTED_KEYS[key]}")
+                walk(value, here)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(raw, "")
+    if isinstance(raw, dict):
+        for n, node in enumerate(raw.get("nodes") or []):
+            for i, inst in enumerate((node.get("instances") or []) if isinstance(node, dict) else []):
+                if isinstance(inst, dict) and inst.get("enable_prefix_caching") is True:
+                    found.append(f"nodes[{n}].instances[{i}].enable_prefix_caching: accepted, but prefix reuse "
+                                 "is not modelled in this build (every prompt is computed in full)")
+    return found

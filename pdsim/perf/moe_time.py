@@ -1,0 +1,195 @@
+"""Time of a mixture-of-experts layer on one GPU, measured (LLMServingSim's `moe.csv`) or estimated.
+
+Placement (LLMServingSim's keys, vLLM's layout). An instance of `tp` GPUs in a DP group of
+`dp_size` instances with expert-parallel degree `ep_size` (the whole group's, as LLMServingSim
+counts it; `ep_size / dp_size` <= tp of it inside one instance) holds E / ep_size experts per GPU,
+each split `expert_tp = tp / (ep_size / dp_size)` ways by TP. Weights: the routed experts are
+split over `ep_size * expert_tp` GPUs.
+
+One MoE layer of a step in which the group's ranks together compute T_g tokens (vLLM's default
+all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g tokens):
+
+* experts: each GPU runs its local experts over the tokens routed to them. Under uniform top-k
+  routing (pdsim/moe.py) it activates A = E_local * (1 - (1 - k/E)^T_g) distinct experts and
+  gets T_g * k * E_local / E token-expert pairs on average. `moe.csv` (tokens, activated_experts,
+  time_us) was measured on the whole layer (all E experts on one GPU; taken to include the router
+  gate, which dense.csv does not list); the same work
+  there is T_eq = T_g * E_local / E tokens (same pairs) activating A experts, looked up piecewise
+  linearly (tokens bracketed between the two nearest measured counts; activated experts linear
+  within each, extended linearly past its ends: a row only holds A <= k * tokens).
+* dispatch/combine (dp_size > 1): an all-gather of the T_g tokens' hidden states and a
+  reduce-scatter of the expert outputs over the DP ranks, each a ring:
+  (P-1)/P * T_g * hidden * bytes / bw + (P-1) * latency, P = dp_size, over the link
+  pdsim/engine/dp_group.py picks (docs/moe.md). Not measured: the profile has no collective tables.
+* without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so).
+
+Why the group's total: a MoE layer is a collective, so every rank waits for every other one in
+each layer; a DP group therefore steps in lock step (pdsim/engine/dp_group.py).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pdsim.errors import ProfileError
+from pdsim.hardware import HardwareSpec
+from pdsim.models import ModelSpec, dtype_bytes
+
+
+class MoETable:
+    """moe.csv: us of one MoE layer by (tokens, activated_experts), a row per measured point."""
+
+    def __init__(self, name: str, rows: dict[float, tuple[np.ndarray, np.ndarray]]):
+        self.name = name
+        self._tokens = sorted(rows)
+        self._rows = [rows[t] for t in self._tokens]
+        self.out_of_range: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> MoETable:
+        from pdsim.perf.profile import _read_csv  # the strict CSV reader shared by every table
+
+        cols = ("tokens", "activated_experts", "time_us")
+        by_tokens: dict[float, dict[float, float]] = {}
+        for t, a, us in _read_csv(path, cols, cols):
+            row = by_tokens.setdefault(t, {})
+            if a in row:
+                raise ProfileError(f"{path}: two rows for tokens={t:g}, activated_experts={a:g}")
+            row[a] = us
+        rows = {t: (np.array(sorted(r)), np.array([r[a] for a in sorted(r)])) for t, r in by_tokens.items()}
+        return cls(path.name, rows)
+
+    def _row(self, i: int, active: float) -> float:
+        xs, ys = self._rows[i]
+        if len(xs) == 1:
+            return float(ys[0])
+        j = min(max(int(np.searchsorted(xs, active)) - 1, 0), len(xs) - 2)
+        return float(ys[j] + (ys[j + 1] - ys[j]) * (active - xs[j]) / (xs[j + 1] - xs[j]))
+
+    def __call__(self, tokens: float, active: float) -> float:
+        keys = self._tokens
+        if tokens > keys[-1] and self.out_of_range is None:
+            self.out_of_range = (f"profile table {self.name!r}: tokens={tokens:g} is above the profiled "
+                                 f"{keys[-1]:g}; extrapolating linearly")
+        if len(keys) == 1:
+            return max(self._row(0, active), 0.0)
+        i = min(max(bisect_right(keys, tokens) - 1, 0), len(keys) - 2)
+        lo, hi = self._row(i, active), self._row(i + 1, active)
+        w = (tokens - keys[i]) / (keys[i + 1] - keys[i])
+        if tokens < keys[0]:
+            w = 0.0  # below the smallest count: a layer does not get cheaper than one token's
+        return max(lo + (hi - lo) * w, 0.0)
+
+
+@dataclass(frozen=True)
+class ExpertPlacement:
+    """Where the experts of one GPU of an instance come from (module docstring)."""
+
+    tp: int
+    ep_size: int = 1
+    dp_size: int = 1
+
+    @property
+    def ep_in_instance(self) -> int:
+        return max(1, self.ep_size // self.dp_size)
+
+    @property
+    def expert_tp(self) -> int:
+        return max(1, self.tp // self.ep_in_instance)
+
+    @property
+    def expert_shards(self) -> int:
+        """GPUs the routed experts are split over (for weight bytes per GPU)."""
+        return self.ep_size * self.expert_tp
+
+    def local_experts(self, num_experts: int) -> int:
+        return num_experts // self.ep_size
+
+
+class MoELayerModel:
+    """us of one MoE layer (experts + dispatch/combine) on one GPU by the group's token count."""
+
+    def __init__(self, model: ModelSpec, placement: ExpertPlacement, dtype: str,
+                 hardware: HardwareSpec | None, table: MoETable | None):
+        assert model.moe is not None
+        self.moe = model.moe
+        self.model = model
+        self.placement = placement
+        self.table = table
+        self.local_experts = placement.local_experts(model.moe.num_experts)
+        self._bytes_per_token = model.hidden_size * dtype_bytes(dtype)
+        self._hardware = hardware
+        # (GB/s, ns) of the DP ranks' link: the GPU's intra-node link until a DP group sets one.
+        self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns) if hardware else (0.0, 0.0)
+        self._cache: dict[int, float] = {}
+        self.notes: list[str] = []
+        if table is None:
+            if hardware is None:
+                raise ProfileError(f"{model.name}: the profile has no moe.csv and there is no hardware spec "
+                                   "to estimate the expert layers from")
+            from pdsim.perf.estimate import MoERoofline
+
+            self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp)
+            self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile)")
+
+    def set_link(self, bw_gbps: float, latency_ns: float, where: str) -> str:
+        """The link the DP ranks' dispatch/combine crosses (pdsim/engine/dp_group.py picks it);
+        returns the note a report should carry."""
+        self._link = (bw_gbps, latency_ns)
+        self._cache.clear()
+        note = (f"MoE dispatch/combine modelled (all-gather + reduce-scatter ring over {where}, "
+                f"{bw_gbps:g} GB/s, {latency_ns:g} ns), not measured")
+        self.notes.append(note)
+        return note
+
+    def active_experts(self, group_tokens: float) -> float:
+        return self.moe.expected_active_experts(group_tokens, self.local_experts)
+
+    def experts_us(self, group_tokens: int) -> float:
+        active = self.active_experts(group_tokens)
+        tokens_eq = group_tokens * self.local_experts / self.moe.num_experts
+        if self.table is not None:
+            return self.table(tokens_eq, active)
+        return self._estimate.layer_us(group_tokens, tokens_eq * self.moe.top_k, active)
+
+    def dispatch_combine_us(self, group_tokens: int) -> float:
+        p = self.placement.dp_size
+        bw_gbps, latency_ns = self._link
+        if p <= 1 or bw_gbps <= 0:
+            return 0.0
+        nbytes = group_tokens * self._bytes_per_token
+        one = (p - 1) / p * nbytes / (bw_gbps * 1e3) + (p - 1) * latency_ns * 1e-3
+        return 2.0 * one
+
+    def layer_us(self, group_tokens: int) -> float:
+        cached = self._cache.get(group_tokens)
+        if cached is None:
+            cached = self.experts_us(group_tokens) + self.dispatch_combine_us(group_tokens)
+            self._cache[group_tokens] = cached
+        return cached
+
+    def step_us(self, group_tokens: int) -> float:
+        """All MoE layers of a step."""
+        if group_tokens <= 0:
+            return 0.0
+        return self.moe.moe_layers * self.layer_us(group_tokens)
+
+
+def check_placement(model: ModelSpec, placement: ExpertPlacement) -> str | None:
+    """Why vLLM could not lay this model's experts out so, or None."""
+    if model.moe is None:
+        return None
+    e, p = model.moe.num_experts, placement
+    if e % p.ep_size:
+        return f"{e} experts cannot be split over ep_size={p.ep_size}"
+    if p.ep_size % p.dp_size:
+        return f"ep_size={p.ep_size} is not a multiple of the DP group size {p.dp_size}"
+    if p.ep_in_instance > p.tp or p.tp % p.ep_in_instance:
+        return f"ep_size / DP group size = {p.ep_in_instance} must divide tp_size={p.tp}"
+    if model.moe.expert_intermediate % p.expert_tp:
+        return f"expert intermediate size {model.moe.expert_intermediate} cannot be split {p.expert_tp} ways"
+    return None

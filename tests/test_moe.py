@@ -1,0 +1,350 @@
+"""MoE models, the expert layer's time, DP groups in lock step, and the LLMServingSim keys for them."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdsim.config import cluster_config_from_dict
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import ConfigError, PdsimError
+from pdsim.hardware import get_hardware
+from pdsim.models import load_model
+from pdsim.perf.estimate import MoERoofline, estimate_profile
+from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel, check_placement
+from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.profile import read_profile
+from tests.helpers import trace
+
+QWEN_MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+CASE = SHARED / "calibration" / "llmservingsim-rtxpro6000-qwen3-30b-a3b"
+KV_CSV = SHARED / "calibration" / "vllm-kv-capacity" / "vllm_kv_capacity_h100.csv"
+needs_case = pytest.mark.skipif(not CASE.is_dir(), reason="needs ../shared/data (the measured MoE run)")
+GIB = 1024**3
+
+
+def _instance(**knobs) -> dict:
+    return {
+        "model_name": QWEN_MOE, "hardware": "RTXPRO6000",
+        "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0, "mem_util": 0.9},
+        "tp_size": 1, "pd_type": None, **knobs,
+    }
+
+
+def _cluster(*instances: dict, **top) -> dict:
+    return {"num_nodes": 1, "link_bw": 16, "link_latency": 20000,
+            "nodes": [{"num_instances": len(instances), "instances": list(instances)}], **top}
+
+
+# ---------------------------------------------------------------- model shapes
+
+
+def test_total_and_active_parameters_match_the_published_counts():
+    qwen, mixtral = load_model(QWEN_MOE), load_model("mistralai/Mixtral-8x7B-v0.1")
+    # Model cards: Qwen3-30B-A3B 30.5B total, 3.3B activated; Mixtral 8x7B 46.7B total, 12.9B active.
+    assert qwen.param_count() == pytest.approx(30.5e9, rel=3e-3)
+    assert qwen.active_param_count() == pytest.approx(3.3e9, rel=2e-2)
+    assert mixtral.param_count() == pytest.approx(46.7e9, rel=3e-3)
+    assert mixtral.active_param_count() == pytest.approx(12.9e9, rel=2e-2)
+    assert qwen.moe.num_experts == 128 and qwen.moe.top_k == 8 and qwen.moe.moe_layers == 48
+    assert load_model("Qwen/Qwen3-8B").moe is None
+
+
+@pytest.mark.skipif(not KV_CSV.is_file(), reason="needs ../shared/data (vLLM start-up logs)")
+def test_weight_bytes_per_gpu_match_vllm_startup_logs():
+    rows = {r["model_id"]: r for r in csv.DictReader(KV_CSV.open())}
+    qwen = rows["Qwen/Qwen3-30B-A3B"]
+    mixtral = rows["mistralai/Mixtral-8x7B-Instruct-v0.1"]
+    got = load_model("Qwen/Qwen3-30B-A3B").weight_bytes("bfloat16", 1) / GIB
+    assert got == pytest.approx(float(qwen["weights_gib"]), abs=0.02)
+    got = load_model("mistralai/Mixtral-8x7B-v0.1").weight_bytes("bfloat16", int(mixtral["tensor_parallel_size"]))
+    assert got / GIB == pytest.approx(float(mixtral["weights_gib"]), abs=0.02)
+
+
+def test_experts_split_by_ep_the_rest_replicated():
+    m = load_model(QWEN_MOE)
+    routed = m.moe.routed_params(m.hidden_size) * 2
+    whole = m.weight_bytes("bfloat16", 1)
+    assert whole - m.weight_bytes("bfloat16", 1, expert_shards=2) == routed // 2
+    assert whole - m.weight_bytes("bfloat16", 1, expert_shards=4) == routed * 3 // 4
+
+
+def test_expected_active_experts_matches_uniform_routing():
+    moe = load_model(QWEN_MOE).moe
+    assert moe.expected_active_experts(1) == pytest.approx(8)
+    assert moe.expected_active_experts(10_000) == pytest.approx(128)
+    assert moe.expected_active_experts(1, local_experts=64) == pytest.approx(4)
+    rng = np.random.default_rng(0)
+    for tokens in (2, 8, 32, 100):
+        seen = [len({e for _ in range(tokens) for e in rng.choice(128, 8, replace=False)}) for _ in range(400)]
+        assert np.mean(seen) == pytest.approx(moe.expected_active_experts(tokens), rel=0.02)
+
+
+def test_unsupported_moe_shapes_are_refused(tmp_path):
+    raw = json.loads((Path(__file__).resolve().parents[1] / "configs/models/Qwen/Qwen3-30B-A3B.json").read_text())
+    raw["num_experts_per_tok"] = 200
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(PdsimError, match="num_experts_per_tok"):
+        load_model("org/m", tmp_path)
+    raw["num_experts_per_tok"], raw["shared_expert_intermediate_size"] = 8, 1024
+    (tmp_path / "org" / "s.json").write_text(json.dumps(raw))
+    with pytest.raises(PdsimError, match="shared experts are not modelled"):
+        load_model("org/s", tmp_path)
+
+
+def test_placement_checks():
+    m = load_model(QWEN_MOE)
+    assert check_placement(m, ExpertPlacement(tp=1, ep_size=2, dp_size=2)) is None
+    assert "cannot be split" in check_placement(m, ExpertPlacement(tp=1, ep_size=3, dp_size=1))
+    assert "multiple of the DP group size" in check_placement(m, ExpertPlacement(tp=2, ep_size=2, dp_size=4))
+    assert "must divide tp_size" in check_placement(m, ExpertPlacement(tp=1, ep_size=4, dp_size=2))
+    p = ExpertPlacement(tp=2, ep_size=2, dp_size=2)  # experts EP-split over the group, TP-split in it
+    assert (p.expert_tp, p.expert_shards, p.local_experts(128)) == (2, 4, 64)
+
+
+# ---------------------------------------------------------------- expert layer time
+
+
+@needs_case
+def test_moe_table_reproduces_its_rows_and_interpolates():
+    profile = read_profile(CASE / "profile", tp=1)
+    rows = [tuple(float(v) for v in r.values()) for r in csv.DictReader((CASE / "profile/tp1/moe.csv").open())]
+    for tokens, active, us in rows:
+        assert profile.moe(tokens, active) == pytest.approx(us)
+    mid = profile.moe(96, 64)  # between the 64- and 128-token rows
+    assert profile.moe(64, 64) < mid < profile.moe(128, 64)
+    assert "gate_up_proj" not in profile.dense  # a MoE profile has no dense MLP
+
+
+@needs_case
+def test_predictor_prices_moe_layers_from_the_table():
+    model = load_model(QWEN_MOE)
+    profile = read_profile(CASE / "profile", tp=1)
+    hw = get_hardware("RTXPRO6000")
+    whole = StepTimePredictor(profile, model, 1, hw, moe_placement=ExpertPlacement(1, 1, 1))
+    external = StepTimePredictor(profile, model, 1, hw, moe_placement=ExpertPlacement(1, 1, 1), moe_external=True)
+    for tokens in (1, 37, 512):
+        moe_us = 48 * profile.moe(tokens, model.moe.expected_active_experts(tokens))
+        diff_us = (whole.step_time_s(((tokens, 0),), 0, 0) - external.step_time_s(((tokens, 0),), 0, 0)) * 1e6
+        assert diff_us == pytest.approx(moe_us, rel=1e-9)
+    assert not whole.estimated and not any("estimated" in n for n in whole.notes)
+
+
+@needs_case
+def test_moe_roofline_estimate_against_the_measured_table():
+    model = load_model(QWEN_MOE)
+    roof = MoERoofline(get_hardware("RTXPRO6000"), model, "bfloat16", 1)
+    ratios = np.array([roof.layer_us(t, t * 8, a) / us for t, a, us in (
+        tuple(float(v) for v in r.values()) for r in csv.DictReader((CASE / "profile/tp1/moe.csv").open()))])
+    assert 0.6 < ratios.min() and ratios.max() < 1.5
+    assert np.median(np.abs(ratios - 1)) < 0.06
+
+
+def test_estimated_moe_layers_are_said_so():
+    model = load_model(QWEN_MOE)
+    hw = get_hardware("RTXPRO6000")
+    pred = StepTimePredictor(estimate_profile(hw, model, "bfloat16", 1), model, 1, hw)
+    assert pred.estimated and any("MoE expert layers estimated" in n for n in pred.notes)
+    # The dense MLP ops (of intermediate_size 6144) must not be charged on top of the experts.
+    layer = MoELayerModel(model, ExpertPlacement(1, 1, 1), "bfloat16", hw, None)
+    no_moe = StepTimePredictor(estimate_profile(hw, model, "bfloat16", 1), model, 1, hw, moe_external=True)
+    step = pred.step_time_s(((64, 0),), 0, 0) - no_moe.step_time_s(((64, 0),), 0, 0)
+    assert step * 1e6 == pytest.approx(48 * layer.layer_us(64), rel=1e-9)
+
+
+# ---------------------------------------------------------------- DP groups
+
+
+def _dp_run(rows, **opts):
+    cfg = cluster_config_from_dict(_cluster(_instance(ep_size=2, dp_group="A"), _instance(ep_size=2, dp_group="A")))
+    return simulate(cfg, trace(rows), SimOptions(**opts))
+
+
+def test_dp_group_steps_in_lock_step_with_dummy_batches():
+    res = _dp_run([(300, 40, 0.0), (2000, 5, 0.0)])
+    assert all(r.status == "finished" for r in res.requests)
+    a, b = res.instances
+    group = a.dp_group
+    assert group is b.dp_group and group.lockstep
+    # Both requests arrive together: the group router sends them to different ranks.
+    assert {r.prefill_instance for r in res.requests} == {a.id, b.id}
+    # Every rank takes part in every group step: its own steps plus its dummy ones.
+    for inst in (a, b):
+        assert inst.stats.steps + group.dummy_steps[inst.id] == group.num_steps
+    assert sum(group.dummy_steps.values()) > 0  # the short request's rank idled while the other decoded
+    # Weights per GPU: the dense part plus half of the experts (ep_size 2 over the group).
+    assert res.infos[0].weights_gb == pytest.approx(
+        load_model(QWEN_MOE).weight_bytes("bfloat16", 1, expert_shards=2) / GIB)
+
+
+def test_dp_group_step_lasts_as_long_as_the_slowest_rank():
+    # One long prefill on one rank: the other rank's decode steps wait for it.
+    alone = _dp_run([(50, 30, 0.0)])
+    shared = _dp_run([(50, 30, 0.0), (2000, 2, 0.001)])
+    r_alone, r_shared = alone.requests[0], shared.requests[0]
+    assert r_shared.finish_s - r_shared.first_token_s > r_alone.finish_s - r_alone.first_token_s
+
+
+def test_dense_dp_group_is_routed_as_one_but_not_synchronised():
+    inst = {"model_name": "meta-llama/Llama-3.1-8B", "hardware": "RTXPRO6000",
+            "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_util": 0.9}, "tp_size": 1, "dp_group": "D"}
+    cfg = cluster_config_from_dict(_cluster(inst, dict(inst)))
+    res = simulate(cfg, trace([(100, 10, 0.0), (100, 10, 0.0)]), SimOptions())
+    assert {r.prefill_instance for r in res.requests} == {"n0.i0", "n0.i1"}
+    assert all(i.dp_group is None for i in res.instances)
+
+
+# ---------------------------------------------------------------- config keys
+
+
+def _config_error(raw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        cluster_config_from_dict(raw, "x.json")
+    return str(exc.value)
+
+
+def test_ep_and_dp_group_checks():
+    assert "ep_size 2 is more than tp_size 1" in _config_error(_cluster(_instance(ep_size=2)))
+    assert "128 experts cannot be split 3 ways" in _config_error(_cluster(_instance(ep_size=3)))
+    msg = _config_error(_cluster(_instance(ep_size=2, dp_group="A"), _instance(ep_size=4, dp_group="A")))
+    assert 'dp_group "A": n0.i1 has ep_size 4' in msg
+    msg = _config_error(_cluster(_instance(ep_size=4, dp_group="A"), _instance(ep_size=4, dp_group="A")))
+    assert "must divide tp_size=1" in msg
+
+
+def test_llmservingsim_instance_keys():
+    raw = _cluster(_instance(hardware="H100", npu_mem={"mem_size": 80, "mem_bw": 3350}, kv_cache_dtype="fp8",
+                             enable_prefix_caching=False),
+                   _instance(tp_size=None, num_npus=2, max_num_seqs=0, max_num_batched_tokens=0))
+    del raw["nodes"][0]["instances"][1]["tp_size"]
+    cfg = cluster_config_from_dict(raw)
+    a, b = (ref.config for ref in cfg.instances())
+    assert a.hardware == "H100-SXM" and a.num_npus == 1 and a.kv_dtype == "fp8" and b.kv_dtype == "bfloat16"
+    assert b.tp_size == 2 and b.num_npus == 2  # tp inferred from num_npus
+    assert b.max_num_batched_tokens == 262144 and b.max_num_seqs == 262144  # 0: unlimited (context length)
+    res = simulate(cluster_config_from_dict(_cluster(raw["nodes"][0]["instances"][0])), trace([(100, 5, 0.0)]),
+                   SimOptions())
+    assert res.requests[0].status == "finished"
+    fp8, bf16 = res.instances[0].spec.kv_bytes_per_token, load_model(QWEN_MOE).kv_bytes_per_token("bfloat16")
+    assert fp8 * 2 == bf16
+    assert "kv_cache_dtype" in _config_error(_cluster(_instance(kv_cache_dtype="fp4")))
+
+
+def test_per_dimension_links_and_refused_keys():
+    cfg = cluster_config_from_dict(_cluster(_instance(), link_bw=[128, 16], link_latency=[500, 20000]))
+    assert (cfg.link_bw, cfg.link_latency, cfg.link_bw_per_dim) == (16.0, 20000.0, (128.0, 16.0))
+    assert "link_bw: expected a number or a non-empty list" in _config_error(_cluster(_instance(), link_bw=[]))
+    msg = _config_error(_cluster(_instance(), cxl_mem={"mem_size": 1}))
+    assert msg == 'x.json: key "cxl_mem" is not supported: CXL memory expansion (weights or KV cache in CXL memory) ' \
+                  "is not modelled"
+    assert "pp_size 2: pipeline parallelism is not modelled yet" in _config_error(_cluster(_instance(pp_size=2)))
+
+
+# ---------------------------------------------------------------- the measured run
+
+
+@needs_case
+def test_validation_on_the_measured_moe_run(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.validate.cli import validate
+
+    out = CliRunner().invoke(validate, [
+        "--measured", str(CASE / "vllm_run/requests.jsonl"), "--cluster-config", str(CASE / "cluster_config.json"),
+        "--profile-dir", str(CASE / "profile"), "--output", str(tmp_path / "v.csv")])
+    assert out.exit_code == 0, out.output
+    diffs = {}
+    for line in out.output.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[-1].endswith("%") and parts[-4] == "mean":
+            diffs[parts[0]] = float(parts[-1].rstrip("%"))
+    assert abs(diffs["TTFT"]) <= 10 and abs(diffs["TPOT"]) <= 3 and abs(diffs["E2E"]) <= 3, out.output
+
+
+def test_mixtral_tp2_runs_with_estimated_experts_and_vllm_weights():
+    inst = {"model_name": "mistralai/Mixtral-8x7B-v0.1", "hardware": "H100", "tp_size": 2,
+            "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_util": 0.9}}
+    res = simulate(cluster_config_from_dict(_cluster(inst)), trace([(500, 20, 0.0), (80, 40, 0.01)]), SimOptions())
+    assert [r.status for r in res.requests] == ["finished", "finished"]
+    info = res.infos[0]
+    assert info.hardware == "H100-SXM"
+    assert info.weights_gb == pytest.approx(43.50, abs=0.01)  # vLLM 0.19 reports 43.51 GiB (H100, TP2)
+    assert info.estimated_profile
+    notes = res.instances[0].predictor.notes
+    assert any("MoE expert layers estimated" in n for n in notes)
+
+
+def test_per_dimension_links_innermost_prices_tp_outermost_dp():
+    dims = dict(link_bw=[128, 16], link_latency=[500, 20000])
+    tp2 = _instance(tp_size=2, ep_size=4, dp_group="A")
+    res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
+    notes = " ".join(res.instances[0].predictor.notes)
+    assert "TP all-reduce modelled (ring over RTXPRO6000 intra-node link, 128 GB/s, 500 ns)" in notes
+    assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
+
+
+def test_fp8_kv_cache_halves_the_kv_transferred():
+    def run(kv_cache_dtype: str) -> int:
+        pd = [_instance(pd_type=t, kv_cache_dtype=kv_cache_dtype) for t in ("prefill", "decode")]
+        res = simulate(cluster_config_from_dict(_cluster(*pd)), trace([(512, 4, 0.0)]), SimOptions())
+        assert res.requests[0].status == "finished"
+        return res.requests[0].kv_bytes
+
+    assert run("fp8") * 2 == run("auto")
+
+
+@needs_case
+def test_bad_moe_csv_names_the_file_and_row(tmp_path):
+    import shutil
+
+    from pdsim.errors import ProfileError
+
+    shutil.copy(CASE / "profile/meta.yaml", tmp_path / "meta.yaml")
+    shutil.copytree(CASE / "profile/tp1", tmp_path / "tp1")
+    moe = tmp_path / "tp1/moe.csv"
+    lines = moe.read_text().splitlines()
+    moe.write_text("\n".join([*lines, lines[1]]) + "\n")  # the first row again
+    with pytest.raises(ProfileError, match=r"moe.csv: two rows for tokens=1, activated_experts=8"):
+        read_profile(tmp_path, tp=1)
+    moe.write_text("tokens,experts,time_us\n1,8,50\n")
+    with pytest.raises(ProfileError, match=r"moe.csv: line 1: missing column\(s\) activated_experts"):
+        read_profile(tmp_path, tp=1)
+    moe.write_text("tokens,activated_experts,time_us\n1,8,fast\n")
+    with pytest.raises(ProfileError, match=r"moe.csv: line 2, column 'time_us': expected a number"):
+        read_profile(tmp_path, tp=1)
+
+
+def test_dummy_batch_is_a_forward_pass_without_sampling():
+    model, hw = load_model(QWEN_MOE), get_hardware("RTXPRO6000")
+    profile = estimate_profile(hw, model, "bfloat16", 1)
+    pred = StepTimePredictor(profile, model, 1, hw, moe_external=True)
+    per_seq_s = (profile.per_sequence["lm_head"](1) + profile.per_sequence["sampler"](1)) * 1e-6
+    assert pred.dummy_step_s() == pytest.approx(pred.step_time_s(((1, 0),), 0, 0) - per_seq_s, rel=1e-12)
+    assert 0 < pred.dummy_step_s() < pred.step_time_s(((1, 0),), 0, 0)
+
+
+def test_llmservingsim_switches():
+    cfg = cluster_config_from_dict(_cluster(_instance(reserve_full_isl=False, enable_local_offloading=False,
+                                                      enable_block_copy=False)))
+    assert cfg.instances()[0].config.scheduler_reserve_full_isl is False
+    msg = _config_error(_cluster(_instance(enable_attn_offloading=True)))
+    assert msg == "x.json: nodes[0].instances[0]: enable_attn_offloading true is not supported: attention " \
+                  "offloading is not modelled"
+    msg = _config_error(_cluster(_instance(reserve_full_isl=False, scheduler_reserve_full_isl=True)))
+    assert "reserve_full_isl and scheduler_reserve_full_isl disagree" in msg
+
+
+@pytest.mark.parametrize("mode", ["after_prefill", "layerwise"])
+def test_pd_with_a_dp_group_on_each_side(mode):
+    insts = [_instance(pd_type=t, ep_size=2, dp_group=t[0].upper()) for t in ("prefill", "prefill", "decode", "decode")]
+    rows = [(100 + 37 * i, 5 + i % 17, i * 0.02) for i in range(120)]
+    res = simulate(cluster_config_from_dict(_cluster(*insts, kv_transfer={"mode": mode})), trace(rows), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    assert {r.prefill_instance for r in res.requests} == {"n0.i0", "n0.i1"}
+    assert {r.decode_instance for r in res.requests} == {"n0.i2", "n0.i3"}
+    for inst in res.instances:
+        assert inst.stats.steps + inst.dp_group.dummy_steps[inst.id] == inst.dp_group.num_steps
