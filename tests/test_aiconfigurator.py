@@ -64,3 +64,38 @@ def test_every_mapped_system_has_a_hardware_spec():
 
     missing = {system: name for system, name in SYSTEM_HARDWARE.items() if get_hardware(name) is None}
     assert not missing
+
+
+def test_allreduce_tables_are_looked_up_in_elements():
+    import pandas as pd
+
+    from pdsim.perf.aiconfigurator import allreduce_rows
+
+    # Latency (ms) = elements / 1e6: at 2 bytes per element, 2 MiB is 1 Mi elements -> 1.048576 ms.
+    sizes = [2 ** i for i in range(7, 30)]
+    table = pd.DataFrame({"message_size": sizes, "latency": [s / 1e6 for s in sizes]})
+    rows = dict(allreduce_rows(table, table.iloc[0:0], 2))
+    assert rows[2 ** 21] == pytest.approx(2 ** 20 / 1e6 * 1e3)
+    # The faster of the two tables wins, each at the same element count.
+    slower = table.assign(latency=table.latency * 3)
+    assert dict(allreduce_rows(slower, table, 1))[2 ** 21] == pytest.approx(2 ** 21 / 1e6 * 1e3)
+
+
+@needs_shared
+def test_h100_nccl_sizes_are_elements():
+    import pandas as pd
+
+    # Bandwidth-bound NCCL all-reduce: if message_size were bytes, `half` and `int8` rows of one
+    # size would take the same time; they differ by the element size.
+    nccl = pd.read_parquet(AIC / "systems_data_h100_sxm" / "comm" / "nccl" / "2.27.3" / "nccl_perf.parquet")
+    big = nccl[(nccl.op_name == "all_reduce") & (nccl.message_size >= 2 ** 26)]
+    lat = big.pivot_table(index=["num_gpus", "message_size"], columns="nccl_dtype", values="latency").dropna()
+    ratio = lat["half"] / lat["int8"]
+    assert len(ratio) >= 6 and ratio.between(1.5, 2.1).all()
+
+
+@needs_shared
+def test_imported_allreduce_is_the_measured_one_at_bytes_over_two(profiles):
+    # TP 8, 1 MiB = 512 Ki bf16 elements: vLLM custom all-reduce (graph) measured 15.0 us there.
+    prof = read_profile(profiles[8])
+    assert prof.allreduce(2 ** 20) == pytest.approx(15.0, abs=0.1)

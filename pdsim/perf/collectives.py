@@ -1,0 +1,98 @@
+"""Time of one tensor-parallel all-reduce when the profile has no measured all-reduce table.
+
+Every model here has the alpha-beta form nccl-tests reports in:
+
+    time_us = call_us + 2 (n - 1) hop_us + 2 (n - 1) / n * nbytes / bus_bw
+
+`bus_bw` is nccl-tests' "bus bandwidth" (busbw = algbw * 2 (n - 1) / n), so the achieved figure
+can be set directly; `call_us` is the per-call cost (kernel launch and synchronisation),
+`hop_us` a per-ring-step cost. Which model prices an instance, first that applies
+(docs/validation.md, "TP collectives"):
+
+1. the profile's measured all-reduce table (not here: the predictor reads it);
+2. a GPU with NVLink: NVLINK_ALLREDUCE, derived from aiconfigurator's H100 measurements;
+   a cluster config's links never price NVLink collectives;
+3. a PCIe GPU on a node without an intra-node description (no `intra_node_bw`): a ring over
+   the cluster's link_bw / link_latency, as ASTRA-Sim prices it in LLMServingSim, where that
+   link joins the node's GPUs too: 2 (n - 1) steps of (link_latency + nbytes / n / link_bw);
+4. any other PCIe GPU: the PCIe model below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdsim.hardware import HardwareSpec
+
+
+@dataclass(frozen=True)
+class AllReduceModel:
+    source: str  # what priced the all-reduce, as reports name it
+    call_us: float
+    hop_us: float
+    bus_bw_gbps: float
+
+    def time_us(self, nbytes: float, n: int) -> float:
+        if n <= 1:
+            return 0.0
+        steps = 2 * (n - 1)
+        return self.call_us + steps * self.hop_us + steps / n * nbytes / (self.bus_bw_gbps * 1e3)  # GB/s = 1e3 B/us
+
+
+# NVLink 4 (H100/H200 SXM), per GPU count: (per-call latency us, bus bandwidth GB/s). Least-squares
+# fit (relative error) to the faster of vLLM's custom all-reduce (CUDA-graph mode, vLLM 0.24.0)
+# and NCCL 2.27.3 all_reduce (half), as measured in aiconfigurator's h100_sxm database
+# (comm/vllm/0.24.0/custom_allreduce_perf.parquet, comm/nccl/2.27.3/nccl_perf.parquet; message
+# sizes there are elements, x2 for bytes), over 8 KB..256 MB. Mean |error| 5% / 10% / 13% for
+# 2 / 4 / 8 GPUs, worst 17% / 30% / 31% (tests/test_collectives.py re-derives it from the data).
+# The small-message floor is 4.2-4.7 us measured; nccl-tests' large-message busbw 320-470 GB/s.
+NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 282.0), 8: (6.10, 340.0)}
+NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
+NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
+
+# PCIe without NVLink. Bus bandwidth: NCCL's own topology model takes a PCIe link at 3/4 of its
+# line rate (src/graph/topo.h: PCI_BW 12.0 GB/s for a Gen3 x16 link of 15.75 GB/s); nccl-tests
+# on PCIe reach at most that. Per-call latency: every flag of the protocol crosses PCIe (about
+# 1 us per round trip against 0.3-0.5 us over NVLink), so the NVLink call floor (4.3 us) grows to
+# about 10 us; on more than two PCIe GPUs vLLM disables its custom all-reduce
+# (vllm/distributed/device_communicators/custom_all_reduce.py: "not supported on more than two
+# PCIe-only GPUs") and NCCL's ring adds a PCIe hop per step. Estimated, not measured: no PCIe
+# all-reduce measurement is in ../shared (docs/validation.md, "TP collectives", checks it
+# against a TP 2 RTX PRO 6000 run).
+PCIE_BUS_EFFICIENCY = 0.75
+PCIE_CALL_US = 10.0
+PCIE_HOP_US = 1.0
+PCIE_SOURCE = "PCIe model (estimated: NCCL's PCIe rate, ~10 us per call)"
+
+
+def nvlink_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
+    """H100's measured NVLink behaviour; another NVLink generation's bandwidth scaled by its line rate."""
+    gpus = min(NVLINK4_BY_GPUS, key=lambda g: (abs(g - n), g))
+    call_us, bus_bw = NVLINK4_BY_GPUS[gpus]
+    scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
+    source = NVLINK_SOURCE if scale == 1.0 else f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
+    return AllReduceModel(source, call_us, 0.0, bus_bw * scale)
+
+
+def pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
+    hop_us = PCIE_HOP_US if n > 2 else 0.0  # two GPUs: vLLM's one-shot custom all-reduce, one call
+    return AllReduceModel(PCIE_SOURCE, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * hardware.intra_node_bw_gbps)
+
+
+def link_model(link_bw_gbps: float, link_latency_ns: float) -> AllReduceModel:
+    """A ring over the cluster config's link: 2 (n - 1) steps of (latency + nbytes / n / bw)."""
+    return AllReduceModel(f"config link (ring over link_bw {link_bw_gbps:g} GB/s, link_latency "
+                          f"{link_latency_ns:g} ns)", 0.0, link_latency_ns * 1e-3, link_bw_gbps)
+
+
+def interconnect_model(hardware: HardwareSpec, n: int,
+                       config_link: tuple[float, float] | None = None) -> AllReduceModel:
+    """The model for a TP group of n GPUs without a measured table (rules 2-4 above).
+
+    config_link: (link_bw GB/s, link_latency ns) of the cluster when the instance's node has no
+    intra-node description, else None."""
+    if hardware.intra_node_link == "nvlink":
+        return nvlink_model(hardware, n)
+    if config_link is not None:
+        return link_model(*config_link)
+    return pcie_model(hardware, n)
