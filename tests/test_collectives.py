@@ -80,10 +80,9 @@ def test_nvlink_constants_follow_from_aiconfigurator_h100_data():
 
 def test_run_summary_names_the_source_per_instance(tmp_path):
     from pdsim.config import cluster_config_from_dict
+    from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.summary import requests_frame, summarize
     from tests.helpers import instance, trace
-
-    from pdsim.engine.cluster import SimOptions, simulate
 
     def node(hardware: str, **extra) -> dict:
         return {"num_instances": 1, "instances": [instance(None, 80, hardware, tp_size=2, num_npus=2)], **extra}
