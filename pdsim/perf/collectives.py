@@ -45,20 +45,22 @@ class AllReduceModel:
 # (comm/vllm/0.24.0/custom_allreduce_perf.parquet, comm/nccl/2.27.3/nccl_perf.parquet; message
 # sizes there are elements, x2 for bytes), over 8 KB..256 MB. Mean |error| 5% / 10% / 13% for
 # 2 / 4 / 8 GPUs, worst 17% / 30% / 31% (tests/test_collectives.py re-derives it from the data).
-# The small-message floor is 4.2-4.7 us measured; nccl-tests' large-message busbw 320-470 GB/s.
+# The data's small-message floor is 4.2-4.7 us; its busbw at 256-512 MB is 320-470 GB/s.
 NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 282.0), 8: (6.10, 340.0)}
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
 NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
 
-# PCIe without NVLink. Bus bandwidth: NCCL's own topology model takes a PCIe link at 3/4 of its
-# line rate (src/graph/topo.h: PCI_BW 12.0 GB/s for a Gen3 x16 link of 15.75 GB/s); nccl-tests
-# on PCIe reach at most that. Per-call latency: every flag of the protocol crosses PCIe (about
-# 1 us per round trip against 0.3-0.5 us over NVLink), so the NVLink call floor (4.3 us) grows to
-# about 10 us; on more than two PCIe GPUs vLLM disables its custom all-reduce
-# (vllm/distributed/device_communicators/custom_all_reduce.py: "not supported on more than two
-# PCIe-only GPUs") and NCCL's ring adds a PCIe hop per step. Estimated, not measured: no PCIe
-# all-reduce measurement is in ../shared (docs/validation.md, "TP collectives", checks it
-# against a TP 2 RTX PRO 6000 run).
+# PCIe without NVLink. Estimated, not measured: no PCIe collective measurement is in ../shared.
+# Bus bandwidth 3/4 of the line rate: the PCIe protocol itself caps a x16 link's payload at about
+# 0.87 of it (128b/130b coding is in the line rate; a 256-byte TLP carries ~26 bytes of header,
+# sequence number, LCRC and framing; ACK and flow-control DLLPs take a few % more), and NCCL's
+# topology model rates a Gen3 x16 link at 12 of its 15.75 GB/s (src/graph/topo.h, PCI_BW; recalled,
+# not checked here). Per call about 10 us, against the 4.3 us NVLink floor measured above: the
+# kernel synchronises with its peers through flags that cross PCIe. vLLM 0.19's custom all-reduce
+# runs on two PCIe GPUs when peer-to-peer access works and is off beyond two ("not supported on
+# more than two PCIe-only GPUs", vllm/distributed/device_communicators/custom_all_reduce.py;
+# read in the 0.19.0 wheel), where NCCL's ring takes a PCIe hop per step. docs/validation.md
+# ("TP collectives") checks the model against a reported TP 2 RTX PRO 6000 run.
 PCIE_BUS_EFFICIENCY = 0.75
 PCIE_CALL_US = 10.0
 PCIE_HOP_US = 1.0
