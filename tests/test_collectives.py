@@ -8,39 +8,35 @@ import numpy as np
 import pytest
 
 from pdsim.hardware import get_hardware
-from pdsim.perf.collectives import NVLINK4_BY_GPUS, interconnect_model, link_model
+from pdsim.perf.collectives import NVLINK4_BY_GPUS, interconnect_model
 
 COMM = (Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "aiconfigurator-h100"
         / "systems_data_h100_sxm" / "comm")
 needs_shared = pytest.mark.skipif(not COMM.is_dir(), reason="../shared data not present")
 
 
-def test_rule_nvlink_never_priced_by_the_config_link():
-    h100 = get_hardware("H100-SXM")
-    # An H100 node without intra_node_bw whose cluster link is 16 GB/s (the P/D KV link).
-    model = interconnect_model(h100, 8, config_link=(16.0, 20000.0))
+def test_nvlink_small_messages_cost_what_h100_measures():
+    model = interconnect_model(get_hardware("H100-SXM"), 8)
     assert "NVLink" in model.source
     # TP 8, one decode token of Qwen3-32B (10 KB): a few us as measured, not the old 14 us.
     assert 4.0 < model.time_us(10240, 8) < 8.0
-    assert interconnect_model(h100, 8).time_us(10240, 8) == model.time_us(10240, 8)
 
 
-def test_rule_pcie_node_without_intra_node_description_uses_the_link():
+def test_pcie_model():
     rtx = get_hardware("RTXPRO6000")
-    linked = interconnect_model(rtx, 2, config_link=(16.0, 20000.0))
-    assert "config link" in linked.source
-    # ASTRA-Sim's ring: 2 (n - 1) steps of (latency + M / n / bw).
-    m = 1 << 20
-    assert linked.time_us(m, 2) == pytest.approx(2 * (20.0 + m / 2 / 16e3))
-    assert linked.time_us(m, 4) == pytest.approx(6 * (20.0 + m / 4 / 16e3))
     own = interconnect_model(rtx, 2)
-    assert "PCIe" in own.source and own.time_us(m, 2) < linked.time_us(m, 2)
+    assert "PCIe" in own.source
+    m = 1 << 20
+    assert own.time_us(m, 2) == pytest.approx(10.0 + m / (0.75 * 64.0 * 1e3))
     # More than two PCIe GPUs: no custom all-reduce in vLLM, NCCL's ring pays a hop per step.
-    assert interconnect_model(rtx, 4).time_us(0, 4) > own.time_us(0, 2)
+    assert interconnect_model(rtx, 4).time_us(0, 4) == pytest.approx(10.0 + 6 * 1.0)
+    # A PCIe 4 card moves the same message at half the rate.
+    l40s = interconnect_model(get_hardware("L40S"), 2)
+    assert l40s.time_us(m, 2) - 10.0 == pytest.approx(2 * (own.time_us(m, 2) - 10.0))
 
 
 def test_models_are_zero_for_one_gpu_and_grow_with_size():
-    for model in (interconnect_model(get_hardware("A100-80GB"), 4), link_model(50.0, 5000.0)):
+    for model in (interconnect_model(get_hardware("A100-80GB"), 4), interconnect_model(get_hardware("L40S"), 4)):
         assert model.time_us(1 << 20, 1) == 0.0
         assert model.time_us(1 << 24, 4) > model.time_us(1 << 20, 4) > 0.0
 
@@ -81,18 +77,19 @@ def test_nvlink_constants_follow_from_aiconfigurator_h100_data():
 def test_run_summary_names_the_source_per_instance(tmp_path):
     from pdsim.config import cluster_config_from_dict
     from pdsim.engine.cluster import SimOptions, simulate
-    from pdsim.metrics.summary import requests_frame, summarize
+    from pdsim.metrics.summary import format_summary, requests_frame, summarize
     from tests.helpers import instance, trace
 
-    def node(hardware: str, **extra) -> dict:
-        return {"num_instances": 1, "instances": [instance(None, 80, hardware, tp_size=2, num_npus=2)], **extra}
+    def node(hardware: str, tp: int) -> dict:
+        return {"num_instances": 1, "instances": [instance(None, 80, hardware, tp_size=tp, num_npus=tp)]}
 
+    # A 16 GB/s, 20 us cluster link (the P/D KV network) prices no TP collective.
     cfg = cluster_config_from_dict({"num_nodes": 3, "link_bw": 16, "link_latency": 20000, "nodes": [
-        node("H100-SXM"), node("RTXPRO6000"), node("RTXPRO6000", intra_node_bw=64)]})
+        node("H100-SXM", 2), node("RTXPRO6000", 2), node("RTXPRO6000", 1)]})
     # An empty profiles root: every instance runs on an estimated profile, which has no table.
     result = simulate(cfg, trace([(64, 4, 0.0), (64, 4, 0.0), (64, 4, 0.0)]),
                       SimOptions(profiles_root=str(tmp_path)))
-    sources = [inst["allreduce_source"] for inst in summarize(result, requests_frame(result))["instances"]]
-    assert "NVLink" in sources[0]
-    assert sources[1].startswith("config link") and "16 GB/s" in sources[1]
-    assert sources[2].startswith("PCIe model")
+    summary = summarize(result, requests_frame(result))
+    sources = [inst["allreduce_source"] for inst in summary["instances"]]
+    assert "NVLink" in sources[0] and sources[1].startswith("PCIe model") and sources[2] is None
+    assert f"note: TP all-reduce priced by {sources[1]}" in format_summary(summary)

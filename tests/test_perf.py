@@ -263,16 +263,11 @@ def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
     p2 = read_profile(LSS, tp=2)
     without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([(2048, 0)], 0, 0)
     nbytes = 2048 * 4096 * 2
-    # No cluster config (or a node with intra_node_bw): the PCIe model; 2 GPUs take one call.
+    # RTX PRO 6000 is a PCIe GPU: the PCIe model; 2 GPUs take one call.
     pred = StepTimePredictor(p2, llama8b, 2, rtx)
     assert any("PCIe model" in n for n in pred.notes) and "PCIe model" in pred.allreduce_source
     pcie_us = 10.0 + nbytes / (0.75 * 64.0 * 1e3)
     assert pred.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(2 * 32 * pcie_us * 1e-6, rel=1e-9)
-    # A node without an intra-node description: a ring over the cluster link, as LLMServingSim.
-    linked = StepTimePredictor(p2, llama8b, 2, rtx, config_link=(16.0, 20000.0))
-    assert "config link" in linked.allreduce_source
-    ring_us = 2 * (20.0 + nbytes / 2 / (16.0 * 1e3))
-    assert linked.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(2 * 32 * ring_us * 1e-6, rel=1e-9)
     with pytest.raises(ProfileError, match="no spec to model one"):
         StepTimePredictor(p2, llama8b, 2, None)
 

@@ -149,9 +149,6 @@ def _build_instance(
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
-        # A node without an intra-node description keeps LLMServingSim's meaning: its GPUs are
-        # joined by the cluster link (pdsim/perf/collectives.py says when that prices TP).
-        config_link=(cfg.link_bw, cfg.link_latency) if cfg.nodes[ref.node_index].intra_node_bw is None else None,
     )
     weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)

@@ -6,16 +6,16 @@ Every model here has the alpha-beta form nccl-tests reports in:
 
 `bus_bw` is nccl-tests' "bus bandwidth" (busbw = algbw * 2 (n - 1) / n), so the achieved figure
 can be set directly; `call_us` is the per-call cost (kernel launch and synchronisation),
-`hop_us` a per-ring-step cost. Which model prices an instance, first that applies
-(docs/validation.md, "TP collectives"):
+`hop_us` a per-ring-step cost. Which source prices an instance's TP all-reduce, first that
+applies (docs/validation.md, "TP collectives"):
 
-1. the profile's measured all-reduce table (not here: the predictor reads it);
-2. a GPU with NVLink: NVLINK_ALLREDUCE, derived from aiconfigurator's H100 measurements;
-   a cluster config's links never price NVLink collectives;
-3. a PCIe GPU on a node without an intra-node description (no `intra_node_bw`): a ring over
-   the cluster's link_bw / link_latency, as ASTRA-Sim prices it in LLMServingSim, where that
-   link joins the node's GPUs too: 2 (n - 1) steps of (link_latency + nbytes / n / link_bw);
-4. any other PCIe GPU: the PCIe model below.
+1. the profile's measured all-reduce table (the predictor reads it);
+2. a GPU with NVLink: NVLINK4_BY_GPUS, derived from aiconfigurator's H100 measurements;
+3. a PCIe GPU: the PCIe model below.
+
+A cluster config's link_bw / link_latency never price TP collectives: they are the network that
+carries KV between instances (LLMServingSim prices TP collectives over them too; the TP 2 RTX
+PRO 6000 check in docs/validation.md is why pdsim does not).
 """
 
 from __future__ import annotations
@@ -81,20 +81,8 @@ def pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
     return AllReduceModel(PCIE_SOURCE, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * hardware.intra_node_bw_gbps)
 
 
-def link_model(link_bw_gbps: float, link_latency_ns: float) -> AllReduceModel:
-    """A ring over the cluster config's link: 2 (n - 1) steps of (latency + nbytes / n / bw)."""
-    return AllReduceModel(f"config link (ring over link_bw {link_bw_gbps:g} GB/s, link_latency "
-                          f"{link_latency_ns:g} ns)", 0.0, link_latency_ns * 1e-3, link_bw_gbps)
-
-
-def interconnect_model(hardware: HardwareSpec, n: int,
-                       config_link: tuple[float, float] | None = None) -> AllReduceModel:
-    """The model for a TP group of n GPUs without a measured table (rules 2-4 above).
-
-    config_link: (link_bw GB/s, link_latency ns) of the cluster when the instance's node has no
-    intra-node description, else None."""
+def interconnect_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
+    """The model for a TP group of n GPUs without a measured table (rules 2-3 above)."""
     if hardware.intra_node_link == "nvlink":
         return nvlink_model(hardware, n)
-    if config_link is not None:
-        return link_model(*config_link)
     return pcie_model(hardware, n)

@@ -64,7 +64,6 @@ class StepTimePredictor:
         step_overhead_us: float = 0.0,
         step_overhead_per_seq_us: float = 0.0,
         skew_alpha: float | None = None,
-        config_link: tuple[float, float] | None = None,
     ):
         self.profile = profile
         self.model = model
@@ -104,7 +103,7 @@ class StepTimePredictor:
                     f"{profile.meta.path}: tp={tp} needs an all-reduce time, but the profile has no "
                     f"allreduce.csv and hardware {profile.meta.hardware!r} has no spec to model one"
                 )
-            self._allreduce_model = interconnect_model(hardware, tp, config_link)
+            self._allreduce_model = interconnect_model(hardware, tp)
             self.allreduce_source = self._allreduce_model.source
         if self.allreduce_source is not None:
             self.notes.append(f"TP all-reduce priced by {self.allreduce_source}")
