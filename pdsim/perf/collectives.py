@@ -1,6 +1,6 @@
 """Time of one tensor-parallel all-reduce when the profile has no measured all-reduce table.
 
-Every model here has the alpha-beta form nccl-tests reports in:
+Every model here has the alpha-beta form, in nccl-tests' terms:
 
     time_us = call_us + 2 (n - 1) hop_us + 2 (n - 1) / n * nbytes / bus_bw
 
@@ -59,12 +59,12 @@ NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL meas
 # kernel synchronises with its peers through flags that cross PCIe. vLLM 0.19's custom all-reduce
 # runs on two PCIe GPUs when peer-to-peer access works and is off beyond two ("not supported on
 # more than two PCIe-only GPUs", vllm/distributed/device_communicators/custom_all_reduce.py;
-# read in the 0.19.0 wheel), where NCCL's ring takes a PCIe hop per step. docs/validation.md
+# read in the 0.19.0 wheel), where NCCL's ring takes a PCIe hop per step (1 us, estimated). docs/validation.md
 # ("TP collectives") checks the model against a reported TP 2 RTX PRO 6000 run.
 PCIE_BUS_EFFICIENCY = 0.75
 PCIE_CALL_US = 10.0
 PCIE_HOP_US = 1.0
-PCIE_SOURCE = "PCIe model (estimated: NCCL's PCIe rate, ~10 us per call)"
+PCIE_SOURCE = "PCIe model (estimated: 3/4 of the PCIe line rate, 10 us per call)"
 
 
 def nvlink_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
