@@ -4,7 +4,7 @@
 
 pdsim side: profiles imported from aiconfigurator's per-kernel database in ../shared
 (`pdsim profile import-aiconfigurator`), every row simulated as `pdsim validate` does (closed
-loop, aiconfigurator's engine preset, step_overhead_us 1000).
+loop, aiconfigurator's engine preset, step_overhead_us 1500 as `pdsim calibrate` fits it on TPOT).
 
 aiconfigurator side: `aiconfigurator.cli.api.cli_estimate(mode="agg", ...)`, the function behind
 `aiconfigurator cli estimate --estimate-mode agg`, with its defaults (SILICON database, its newest
@@ -55,7 +55,7 @@ def pdsim_rows(workdir: Path) -> pd.DataFrame:
                     "--out", str(profiles)], check=True, stdout=subprocess.DEVNULL)
     out = workdir / "pdsim.csv"
     subprocess.run([sys.executable, "-m", "pdsim", "validate", "--measured", str(TABLE), "--profile-dir",
-                    str(profiles), "--step-overhead-us", "1000", "--output", str(out)], check=True,
+                    str(profiles), "--step-overhead-us", "1500", "--output", str(out)], check=True,
                    stdout=subprocess.DEVNULL)
     return pd.read_csv(out)
 

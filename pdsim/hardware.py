@@ -1,8 +1,8 @@
 """GPU specifications from vendor datasheets.
 
-Used for estimated profiles (roofline), for TP all-reduce when a profile has no measured
-all-reduce table, and to check names in cluster configs. Numbers are dense (non-sparse)
-tensor-core peaks with FP32 accumulation, as published; they are upper bounds that real
+Used for estimated profiles (roofline), to choose the TP all-reduce model when a profile has no
+measured all-reduce table (pdsim/perf/collectives.py), and to check names in cluster configs.
+Numbers are dense (non-sparse) tensor-core peaks with FP32 accumulation, as published; they are upper bounds that real
 kernels reach only partly, which `pdsim/perf/estimate.py` accounts for with efficiencies.
 """
 
@@ -21,6 +21,7 @@ class HardwareSpec:
     mem_size_gb: float
     intra_node_bw_gbps: float  # per-direction GPU-to-GPU bandwidth inside a node (NVLink or PCIe)
     intra_node_latency_ns: float
+    intra_node_link: str  # "nvlink" or "pcie": which all-reduce model applies (pdsim/perf/collectives.py)
     source: str
 
 
@@ -36,6 +37,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             mem_size_gb=96.0,
             intra_node_bw_gbps=64.0,  # PCIe 5.0 x16, no NVLink
             intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
             source="NVIDIA RTX PRO 6000 Blackwell datasheet",
         ),
         HardwareSpec(
@@ -47,6 +49,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             mem_size_gb=80.0,
             intra_node_bw_gbps=450.0,  # NVLink 4, 900 GB/s bidirectional
             intra_node_latency_ns=1000.0,
+            intra_node_link="nvlink",
             source="NVIDIA H100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -58,6 +61,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             mem_size_gb=141.0,
             intra_node_bw_gbps=450.0,
             intra_node_latency_ns=1000.0,
+            intra_node_link="nvlink",
             source="NVIDIA H200 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -69,6 +73,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             mem_size_gb=80.0,
             intra_node_bw_gbps=300.0,  # NVLink 3, 600 GB/s bidirectional
             intra_node_latency_ns=1000.0,
+            intra_node_link="nvlink",
             source="NVIDIA A100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -80,6 +85,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             mem_size_gb=48.0,
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
             intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
             source="NVIDIA L40S datasheet",
         ),
         HardwareSpec(
@@ -91,6 +97,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             mem_size_gb=24.0,
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16, no P2P over NVLink
             intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
             source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090)",
         ),
     ]

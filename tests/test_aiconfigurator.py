@@ -15,7 +15,7 @@ from pdsim.validate.measured import read_closed_loop_table
 
 AIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "aiconfigurator-h100"
 needs_shared = pytest.mark.skipif(not AIC.is_dir(), reason="../shared data not present")
-STEP_OVERHEAD_US = 1000.0  # fitted on TPOT in docs/validation.md (leave-one-out MAPE 4.8%)
+STEP_OVERHEAD_US = 1500.0  # fitted on TPOT in docs/validation.md (leave-one-out MAPE 5.8%)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,14 @@ def test_h100_qwen3_32b_closed_loop(profiles):
     df = simulate_table(table, "Qwen/Qwen3-32B", "H100-SXM", 80, lambda tp: str(profiles[tp]),
                         SimOptions(step_overhead_us=STEP_OVERHEAD_US, client_delay_s=0.001))
     assert len(df) == 90
-    assert mape(df.tpot_err_pct) <= 8.0  # measured 4.7%
-    # Measured 19.5%; the target is 15% (docs/validation.md says what is left).
-    assert mape(df.ttft_err_pct) <= 20.5
-    # A request's whole time, TTFT + (osl - 1) TPOT (the closed loop's throughput): measured 4.1%.
+    assert mape(df.tpot_err_pct) <= 8.0  # measured 5.8%
+    # Measured 25.6% with the all-reduce looked up in elements; the target is 15%
+    # (docs/validation.md says what is left). A guard against getting worse, not a target.
+    assert mape(df.ttft_err_pct) <= 27.0
+    # A request's whole time, TTFT + (osl - 1) TPOT (the closed loop's throughput): measured 6.5%.
     measured = df.ttft_ms + (df.osl - 1) * df.tpot_ms
     simulated = df.sim_ttft_ms + (df.osl - 1) * df.sim_tpot_ms
-    assert mape((simulated / measured - 1) * 100) <= 5.5
+    assert mape((simulated / measured - 1) * 100) <= 7.5
     # The harness matters: `vllm serve` defaults pack eight 1024-token prompts per step, which the
     # measurements contradict (TTFT per lone prefill is the same for isl 1024 and 4096).
     serve = simulate_table(table[table.tp == 8], "Qwen/Qwen3-32B", "H100-SXM", 80, lambda tp: str(profiles[tp]),
@@ -64,3 +65,38 @@ def test_every_mapped_system_has_a_hardware_spec():
 
     missing = {system: name for system, name in SYSTEM_HARDWARE.items() if get_hardware(name) is None}
     assert not missing
+
+
+def test_allreduce_tables_are_looked_up_in_elements():
+    import pandas as pd
+
+    from pdsim.perf.aiconfigurator import allreduce_rows
+
+    # Latency (ms) = elements / 1e6: at 2 bytes per element, 2 MiB is 1 Mi elements -> 1.048576 ms.
+    sizes = [2 ** i for i in range(7, 30)]
+    table = pd.DataFrame({"message_size": sizes, "latency": [s / 1e6 for s in sizes]})
+    rows = dict(allreduce_rows(table, table.iloc[0:0], 2))
+    assert rows[2 ** 21] == pytest.approx(2 ** 20 / 1e6 * 1e3)
+    # The faster of the two tables wins, each at the same element count.
+    slower = table.assign(latency=table.latency * 3)
+    assert dict(allreduce_rows(slower, table, 1))[2 ** 21] == pytest.approx(2 ** 21 / 1e6 * 1e3)
+
+
+@needs_shared
+def test_h100_nccl_sizes_are_elements():
+    import pandas as pd
+
+    # Bandwidth-bound NCCL all-reduce: if message_size were bytes, `half` and `int8` rows of one
+    # size would take the same time; they differ by the element size.
+    nccl = pd.read_parquet(AIC / "systems_data_h100_sxm" / "comm" / "nccl" / "2.27.3" / "nccl_perf.parquet")
+    big = nccl[(nccl.op_name == "all_reduce") & (nccl.message_size >= 2 ** 26)]
+    lat = big.pivot_table(index=["num_gpus", "message_size"], columns="nccl_dtype", values="latency").dropna()
+    ratio = lat["half"] / lat["int8"]
+    assert len(ratio) >= 6 and ratio.between(1.5, 2.1).all()
+
+
+@needs_shared
+def test_imported_allreduce_is_the_measured_one_at_bytes_over_two(profiles):
+    # TP 8, 1 MiB = 512 Ki bf16 elements: vLLM custom all-reduce (graph) measured 15.0 us there.
+    prof = read_profile(profiles[8])
+    assert prof.allreduce(2 ** 20) == pytest.approx(15.0, abs=0.1)

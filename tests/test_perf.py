@@ -259,14 +259,15 @@ def test_llmservingsim_step_time_by_hand(llama8b, rtx):
 
 @needs_shared
 def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
+    # The profile has tp2 tables but no allreduce.csv: the all-reduce is modelled, 2 per layer.
     p2 = read_profile(LSS, tp=2)
-    pred = StepTimePredictor(p2, llama8b, 2, rtx)
-    assert any("all-reduce modelled" in n for n in pred.notes)
-    t = pred.step_time_s([(2048, 0)], 0, 0)
-    nbytes = 2048 * 4096 * 2
-    ring_us = 2 * 0.5 * nbytes / (64.0 * 1e3) + 2 * 1 * 2.0
     without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([(2048, 0)], 0, 0)
-    assert t - without == pytest.approx(2 * 32 * ring_us * 1e-6, rel=1e-9)
+    nbytes = 2048 * 4096 * 2
+    # RTX PRO 6000 is a PCIe GPU: the PCIe model; 2 GPUs take one call.
+    pred = StepTimePredictor(p2, llama8b, 2, rtx)
+    assert any("PCIe model" in n for n in pred.notes) and "PCIe model" in pred.allreduce_source
+    pcie_us = 10.0 + nbytes / (0.75 * 64.0 * 1e3)
+    assert pred.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(2 * 32 * pcie_us * 1e-6, rel=1e-9)
     with pytest.raises(ProfileError, match="no spec to model one"):
         StepTimePredictor(p2, llama8b, 2, None)
 

@@ -142,6 +142,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
             "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
             "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
             "profile": info.profile_path, "estimated_profile": info.estimated_profile,
+            "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
         })
     summary = {
         "requests": int(len(df)),

@@ -14,7 +14,7 @@ from the model's shapes:
   the chunk's: a chunk of c tokens over p cached ones does c * (p + c / 2) query-key pairs, as
   much as a fresh prompt of sqrt(c^2 + 2 c p) tokens.
 - allreduce(bytes): the faster of vLLM's custom all-reduce (CUDA-graph mode) and NCCL, as vLLM
-  picks custom all-reduce for small messages and NCCL beyond.
+  picks custom all-reduce for small messages and NCCL beyond; looked up at bytes / element size.
 - element-wise ops (norms, rotary, activation, embedding) and the sampler: not in the database;
   taken from pdsim's roofline estimate (pdsim/perf/estimate.py), which the notes say.
 """
@@ -173,6 +173,23 @@ def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) ->
     return ((1 - t) * vals[0] + t * vals[1]) * 1e3
 
 
+def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: int) -> list[tuple[int, float]]:
+    """(bytes, us) at ALLREDUCE_BYTES: the faster of the custom all-reduce and NCCL tables.
+
+    Both tables are keyed by message size in ELEMENTS, not bytes: aiconfigurator's models pass
+    `hidden_size` per token to CustomAllReduce and `num_elements_per_token` to NCCL
+    (sdk/models/llama.py, aiconfigurator-core 0.12.0), and in the h100_sxm data NCCL's `half`
+    rows take about twice as long as its `int8` rows of the same size once bandwidth-bound
+    (tests/test_aiconfigurator.py checks it)."""
+    out = []
+    for nbytes in ALLREDUCE_BYTES:
+        elements = nbytes / bytes_per_element
+        cands = [float(np.interp(elements, t.message_size, t.latency)) * 1e3
+                 for t in (custom.sort_values("message_size"), nccl.sort_values("message_size")) if len(t)]
+        out.append((nbytes, min(cands)))
+    return out
+
+
 def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16"):
     """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile."""
     root = system_root(Path(systems_dir), system)
@@ -219,11 +236,7 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
         nccl = nccl[(nccl.num_gpus == tp) & (nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half")]
         if nccl.empty and custom.empty:
             raise ProfileError(f"no all-reduce rows for {tp} GPUs in the aiconfigurator database")
-        allreduce = []
-        for nbytes in ALLREDUCE_BYTES:
-            cands = [float(np.interp(nbytes, t.message_size, t.latency)) * 1e3
-                     for t in (custom.sort_values("message_size"), nccl.sort_values("message_size")) if len(t)]
-            allreduce.append((nbytes, min(cands)))
+        allreduce = allreduce_rows(custom, nccl, dtype_bytes(dtype))
     notes = (f"aiconfigurator {system} database ({root}): GEMMs, attention ({kernel}), all-reduce measured; "
              "element-wise ops and sampler from pdsim's roofline estimate; prefill attention of a chunk "
              "over a cached prefix mapped to a fresh prompt of equal causal work")

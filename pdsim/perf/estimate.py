@@ -25,7 +25,7 @@ except by `source: estimated`. The efficiencies are physical, not fitted to one 
 * the sampler is several small kernels (temperature, softmax, top-k/p, argmax) over fp32 logits:
   SAMPLER_KERNELS launches plus SAMPLER_PASSES passes over the logits.
 
-TP all-reduce is not tabulated here; the predictor models it from the link.
+TP all-reduce is not tabulated here: the predictor prices it with pdsim/perf/collectives.py.
 """
 
 from __future__ import annotations

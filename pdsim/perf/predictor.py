@@ -6,7 +6,7 @@ KV lengths sum to K:  T = sum(c_i) + n new tokens,  S = len(chunks) + n sequence
     time = L * sum_op(count_op * dense_op(T)) + embedding(T) + final_layernorm(T)
          + lm_head(S) + sampler(S)
          + L * attention
-         + (tp > 1) 2 * L * allreduce(T * hidden * dtype_bytes)
+         + (tp > 1) 2 * L * allreduce(T * hidden * dtype_bytes)   (pdsim/perf/collectives.py)
          + step_overhead + step_overhead_per_seq * S
 
 attention (pdsim format)  = sum_i prefill(c_i, p_i) + (n > 0) decode(n, K / n)
@@ -51,6 +51,7 @@ import numpy as np
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.collectives import AllReduceModel, interconnect_model
 from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
@@ -105,17 +106,22 @@ class StepTimePredictor:
         self.notes: list[str] = []
         if self.estimated:
             self.notes.append("step times estimated from hardware specs")
+        # TP all-reduce: the profile's table, else a model (collectives.py says which and why).
         self._allreduce_table = profile.allreduce
-        if tp > 1 and self._allreduce_table is None:
+        self._allreduce_model: AllReduceModel | None = None
+        self.allreduce_source: str | None = None
+        if tp > 1 and self._allreduce_table is not None:
+            self.allreduce_source = f"measured table (allreduce.csv, {profile.meta.tool})"
+        elif tp > 1:
             if hardware is None:
                 raise ProfileError(
                     f"{profile.meta.path}: tp={tp} needs an all-reduce time, but the profile has no "
                     f"allreduce.csv and hardware {profile.meta.hardware!r} has no spec to model one"
                 )
-            self.notes.append(
-                f"TP all-reduce modelled (ring over {hardware.name} intra-node link, "
-                f"{hardware.intra_node_bw_gbps:g} GB/s, {hardware.intra_node_latency_ns:g} ns), not measured"
-            )
+            self._allreduce_model = interconnect_model(hardware, tp)
+            self.allreduce_source = self._allreduce_model.source
+        if self.allreduce_source is not None:
+            self.notes.append(f"TP all-reduce priced by {self.allreduce_source}")
 
         if self.moe_layer is not None:
             self.notes.extend(self.moe_layer.notes)
@@ -147,11 +153,7 @@ class StepTimePredictor:
     def _allreduce_us(self, nbytes: float) -> float:
         if self._allreduce_table is not None:
             return self._allreduce_table(nbytes)
-        # Ring all-reduce: reduce-scatter + all-gather each move (tp-1)/tp of the data over the
-        # slowest link and take tp-1 latency-bound hops.
-        hw, tp = self.hardware, self.tp
-        bw_bytes_per_us = hw.intra_node_bw_gbps * 1e3  # GB/s = 1e3 bytes/us
-        return 2 * (tp - 1) / tp * nbytes / bw_bytes_per_us + 2 * (tp - 1) * hw.intra_node_latency_ns * 1e-3
+        return self._allreduce_model.time_us(nbytes, self.tp)
 
     def _dense_us(self, tokens: int) -> float:
         """Token-parallel ops at T tokens, all layers, plus the TP all-reduces (also by T)."""
