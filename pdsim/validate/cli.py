@@ -71,12 +71,11 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     table = read_closed_loop_table(measured)
-    model = model or (str(table["model_path"].iloc[0]) if "model_path" in table else None)
-    if not model:
+    if not model and "model_path" not in table:
         raise PdsimError("--model: needed (the table has no model_path column)")
 
-    def lookup(tp: int) -> str | None:
-        return str(profile_path(profile_dir, hardware, model, "bfloat16", tp)) if profile_dir else None
+    def lookup(row_model: str, tp: int) -> str | None:
+        return str(profile_path(profile_dir, hardware, row_model, "bfloat16", tp)) if profile_dir else None
 
     preset = ENGINE_PRESETS[engine_preset]
 
@@ -107,6 +106,25 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                 "scheduler_reserve_full_isl": reserve})
+
+
+def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
+    """The one line that says the comparison is against estimated, not measured, step times."""
+    from pdsim.metrics.summary import ESTIMATED_NOTE
+
+    where = f"in {rows} of {of} simulated rows" if rows is not None else "for at least one instance"
+    return (f"NOTE: {ESTIMATED_NOTE} {where} (no measured profile; give --profile-dir): the differences "
+            "above include the estimate's error")
+
+
+def _refuse_inexpressible(run: MeasuredRun) -> None:
+    """A run whose meta.json names a precision pdsim does not simulate is not replayed as bf16."""
+    from pdsim.validate.closed_loop import unsupported_reason
+
+    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    reason = unsupported_reason({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
+    if reason is not None:
+        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
 
 
 @click.command("validate")
@@ -144,11 +162,16 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         df = simulate(step_overhead_us)
         df.to_csv(output, index=False, float_format="%.4f")
         click.echo(format_rows(df))
+        ran = df[df.status == "simulated"]
+        estimated = int(ran.estimated_profile.astype(bool).sum())
+        if estimated:
+            click.echo(_estimated_line(estimated, len(ran)))
         click.echo(f"wrote {output}")
         return
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
     run = read_measured(measured, clock)
+    _refuse_inexpressible(run)
     cfg = _replay_config(cluster_config, run, async_scheduling)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
     if opts.client_send_gaps_s:
@@ -158,9 +181,13 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     result = replay(cfg, run, opts, str(cluster_config))
     table = compare(run, result)
+    estimated = any(info.estimated_profile for info in result.infos)
+    table["estimated_profile"] = estimated
     table.to_csv(output, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
     click.echo(format_table(table))
+    if estimated:
+        click.echo(_estimated_line())
     written = [output]
     if plot:
         written += write_cdf_plots(run, result, output.with_suffix(""))
@@ -196,7 +223,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         column = {"tpot_ms": "tpot_err_pct", "ttft_ms": "ttft_err_pct"}[metric]
 
         def errors_at(overhead_us: float):
-            return simulate(overhead_us)[column].to_numpy()
+            df = simulate(overhead_us)
+            return df[df.status == "simulated"][column].to_numpy()
 
         what = f"{metric} per row"
     else:
