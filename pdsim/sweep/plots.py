@@ -49,12 +49,16 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
     labels = list(dict.fromkeys(r["label"] for r in rows))
     cmap = plt.get_cmap("viridis", max(2, len(labels)))
     for i, label in enumerate(labels):
-        pts = sorted((float(r["rate_per_s"]), r["ttft_p90_ms"], r["tpot_p90_ms"]) for r in rows if r["label"] == label)
+        pts = sorted((float(r["rate_per_s"]), r["ttft_p90_ms"], r["tpot_p90_ms"], _stable(r))
+                     for r in rows if r["label"] == label)
         rates = [p[0] for p in pts]
         style = "--" if label.startswith("colo") else "-"
         color = "tab:red" if label.startswith("colo") else cmap(i)
-        axes[0].plot(rates, [p[1] for p in pts], style, marker=".", color=color, label=label)
-        axes[1].plot(rates, [p[2] for p in pts], style, marker=".", color=color, label=label)
+        for ax, k in ((axes[0], 1), (axes[1], 2)):
+            ax.plot(rates, [p[k] for p in pts], style, marker=".", color=color, label=label)
+            bad = [p for p in pts if not p[3]]
+            ax.plot([p[0] for p in bad], [p[k] for p in bad], "x", color=color, ms=7, ls="none")
+    axes[0].plot([], [], "kx", ls="none", label="unstable (queue grows)")
     for ax, slo, name in ((axes[0], slo_ttft_ms, "TTFT p90 (ms)"), (axes[1], slo_tpot_ms, "TPOT p90 (ms)")):
         ax.axhline(slo, color="k", lw=1, ls=":", label="SLO")
         ax.set_yscale("log")
@@ -66,6 +70,10 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _stable(row: dict[str, Any]) -> bool:
+    return bool(row.get("stable", 1))
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -84,12 +92,18 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
     pts = [(r["output_tok_s_per_user"], r["output_tok_s_per_gpu"]) for r in rows]
     keep = [i for i, (x, y) in enumerate(pts) if not (math.isnan(x) or math.isnan(y))]
+    bad_pts = [pts[i] for i in keep if not _stable(rows[i])]
+    # Unstable runs are drawn apart and left out of the front: their throughput is not sustainable.
+    keep = [i for i in keep if _stable(rows[i])]
     pts = [pts[i] for i in keep]
     labels = [rows[i]["label"] for i in keep]
     colo = np.array([lab.startswith("colo") for lab in labels], dtype=bool)
     xy = np.array(pts, dtype=float).reshape(-1, 2)
     ax.scatter(xy[~colo, 0], xy[~colo, 1], s=12, alpha=0.6, label="P:D splits")
     ax.scatter(xy[colo, 0], xy[colo, 1], s=12, alpha=0.6, color="tab:red", label="colocated")
+    if bad_pts:
+        bad = np.array(bad_pts, dtype=float)
+        ax.scatter(bad[:, 0], bad[:, 1], s=16, marker="x", color="0.5", label="unstable (not on the front)")
     front = sorted(pareto_front(pts), key=lambda i: pts[i][0])
     if front:
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k-", lw=1, label="Pareto front")
