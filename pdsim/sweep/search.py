@@ -138,7 +138,7 @@ def _why_failed(row: dict[str, Any] | None) -> str:
         return "-"
     if not row.get("stable", 1):
         return "unstable"
-    return f"attain {row['attain_both']:.2f}"
+    return f"attain {row['attain_both']:.3g}"
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
