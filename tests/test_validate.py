@@ -347,6 +347,12 @@ def test_validate_announces_estimated_step_times(tmp_path):
     import pandas as pd
 
     assert pd.read_csv(out).estimated_profile.all()
+    # The same run measured with fp8 weights (meta.json): refused, not replayed as bf16.
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0",
+                                                    "engine_kwargs": {"dtype": "bfloat16", "quantization": "fp8"}}))
+    with pytest.raises(PdsimError, match="quantization fp8"):
+        _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                      str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v2.csv"))
 
 
 @needs_shared
