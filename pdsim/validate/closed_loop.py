@@ -84,8 +84,8 @@ def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts:
 
 
 # What pdsim can express: a vLLM engine (its scheduler is vLLM's), aggregated (one instance runs
-# prefill and decode), with 16-bit weights (profiles and memory are for bf16/fp16). Rows of other
-# backends, modes or precisions are skipped, never simulated as something they are not.
+# prefill and decode), no pipeline parallelism, 16-bit weights (profiles and memory are for
+# bf16/fp16). Other rows are skipped, never simulated as something they are not.
 _BACKENDS = ("vllm",)
 _MODES = ("agg", "aggregated", "colocated")
 _PRECISION_COLUMNS = ("precision", "dtype", "weight_dtype", "quant", "quantization", "quant_mode",
@@ -106,6 +106,10 @@ def unsupported_reason(row: dict) -> str | None:
     mode = _text(row.get("mode"))
     if mode and mode not in _MODES:
         return f"mode {row['mode']} (closed-loop rows are simulated as one aggregated instance)"
+    for column in ("pp_size", "pp"):
+        value = _text(row.get(column))
+        if value and value not in ("1", "1.0"):
+            return f"{column} {row[column]} (pdsim models no pipeline parallelism)"
     for column in _PRECISION_COLUMNS:
         value = _text(row.get(column))
         if value and value not in _SIXTEEN_BIT:
