@@ -58,7 +58,7 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
             ax.plot(rates, [p[k] for p in pts], style, marker=".", color=color, label=label)
             bad = [p for p in pts if not p[3]]
             ax.plot([p[0] for p in bad], [p[k] for p in bad], "x", color=color, ms=7, ls="none")
-    axes[0].plot([], [], "kx", ls="none", label="unstable (queue grows)")
+    axes[1].plot([], [], "kx", ls="none", label="unstable (queue grows)")
     for ax, slo, name in ((axes[0], slo_ttft_ms, "TTFT p90 (ms)"), (axes[1], slo_tpot_ms, "TPOT p90 (ms)")):
         ax.axhline(slo, color="k", lw=1, ls=":", label="SLO")
         ax.set_yscale("log")
