@@ -85,7 +85,7 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     def simulate(step_overhead_us: float):
         opts = _sim_options(None, step_overhead_us)
         opts.client_delay_s = client_delay_ms / 1e3
-        return simulate_table(table, model, hardware, mem_gb, lookup, opts, rounds, engine)
+        return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup)
 
     return simulate
 

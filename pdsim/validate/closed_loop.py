@@ -119,16 +119,19 @@ def unsupported_reason(row: dict) -> str | None:
 
 def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
                    profile_dir_for_tp, opts: SimOptions | None = None, rounds: int = ROUNDS,
-                   engine: str | Callable[[int, int], dict] = "aiconfigurator") -> pd.DataFrame:
+                   engine: str | Callable[[int, int], dict] = "aiconfigurator",
+                   profile_lookup: Callable[[str, int], str | None] | None = None) -> pd.DataFrame:
     """Every row simulated that pdsim can express; adds sim_ttft_ms, sim_tpot_ms, their % errors,
     `status` (simulated, skipped: not expressible; error: bad row) and `reason`.
 
     model: model id for every row (None: each row's model_path).
-    profile_dir_for_tp: (model, tp) -> profile folder (or None to look profiles up by hardware/model).
+    profile_dir_for_tp: tp -> profile folder (or None to look profiles up by hardware/model);
+    profile_lookup, when given, replaces it: (model, tp) -> profile folder, for tables of several models.
     engine: a preset of ENGINE_PRESETS, or (concurrency, isl) -> engine settings.
     opts: simulation options; the closed loop's client delay defaults to CLIENT_DELAY_S.
     """
     opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
+    lookup = profile_lookup or (lambda _model, tp: profile_dir_for_tp(tp))
     out = []
     for line, row in enumerate(table.itertuples(index=False), start=2):
         fields = row._asdict()
@@ -137,7 +140,7 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
             out.append({**fields, "status": "skipped", "reason": reason})
             continue
         try:
-            sim = _simulate_one(fields, model, hardware, mem_gb, profile_dir_for_tp, opts, rounds, engine)
+            sim = _simulate_one(fields, model, hardware, mem_gb, lookup, opts, rounds, engine)
         except PdsimError as e:
             out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; ")})
             continue
@@ -151,7 +154,7 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     return df
 
 
-def _simulate_one(row: dict, model: str | None, hardware: str, mem_gb: float, profile_dir_for_tp,
+def _simulate_one(row: dict, model: str | None, hardware: str, mem_gb: float, lookup,
                   opts: SimOptions, rounds: int, engine) -> dict:
     isl, osl, conc, tp = int(row["isl"]), int(row["osl"]), int(row["concurrency"]), int(row["tp"])
     if model is None and _text(row.get("model_path")):
@@ -163,7 +166,7 @@ def _simulate_one(row: dict, model: str | None, hardware: str, mem_gb: float, pr
     # later (or of unknown version), off before.
     eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(str(row.get("backend_version", "")))
                    is not False)
-    cfg = row_config(model, hardware, mem_gb, tp, profile_dir_for_tp(model, tp), eng)
+    cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp), eng)
     return simulate_row(cfg, isl, osl, conc, opts, rounds)
 
 
