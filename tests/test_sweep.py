@@ -152,9 +152,11 @@ def test_cli_sweep_and_search(tmp_path):
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "sweep.csv").exists() and (tmp_path / "s" / "sweep_pareto.png").exists()
-    res = runner.invoke(cli, ["search", *common, "--max-probes", "5", "--out", str(tmp_path / "q")])
+    res = runner.invoke(cli, ["search", *common, "--max-probes", "5", "--ttft-mode", "client",
+                              "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     assert "winner:" in res.output or "no configuration" in res.output
+    assert "TTFT at the client" in res.output and "steady state: arrivals span >= " in res.output
     assert (tmp_path / "q" / "search_goodput.png").exists()
 
 
