@@ -41,7 +41,8 @@ def test_long_prompt_is_chunked_by_the_token_budget():
 
 
 def test_pd_ttft_and_transfer_follow_the_link():
-    cfg = cluster(instance("prefill"), instance("decode"), link_bw=16, link_latency=20000)
+    cfg = cluster(instance("prefill"), instance("decode"), link_bw=16, link_latency=20000,
+                  kv_transfer={"per_layer_overhead_us": 0.0, "bandwidth_efficiency": 1.0})  # line rate, no fixed cost
     res = run(cfg, [(2000, 20, 0.0)])
     req = res.requests[0]
     prefill_inst, decode_inst = res.instances

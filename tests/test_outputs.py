@@ -157,7 +157,10 @@ def test_renamed_columns_say_units_and_cumulative(tmp_path):
                "--output", str(tmp_path / "r.csv")) == 0
     links = pd.read_csv(tmp_path / "r_links.csv")
     assert {"capacity_gb_per_s", "rate_gb_per_s", "cumulative_moved_gb"} <= set(links.columns)
-    assert links.capacity_gb_per_s.iloc[0] == 16  # the config's link_bw, GB/s
+    # the config's link_bw (GB/s) at the achieved fraction of line rate (kv_transfer.bandwidth_efficiency)
+    from pdsim.config import KVTransferConfig
+
+    assert links.capacity_gb_per_s.iloc[0] == pytest.approx(16 * KVTransferConfig().bandwidth_efficiency)
     timeline = pd.read_csv(tmp_path / "r_timeline.csv")
     assert {"cumulative_prompt_tokens", "cumulative_decode_tokens", "kv_send_gb_per_s"} <= set(timeline.columns)
     assert timeline.groupby("instance").cumulative_decode_tokens.apply(lambda s: s.is_monotonic_increasing).all()

@@ -23,6 +23,9 @@ from tests.helpers import MODEL, cluster, instance, run, trace
 REPO = Path(__file__).resolve().parent.parent
 MOONCAKE = REPO.parent / "shared/data/calibration/mooncake-kv-transfer/vllm-v1-pd-performance.md"
 PER_TOKEN = 131072  # Llama-3.1-8B bf16: 2 x 32 layers x 8 KV heads x 128 x 2 bytes
+# The mechanics tests use an ideal transfer: line rate, no fixed cost (the defaults are measured).
+IDEAL_XFER = {"per_layer_overhead_us": 0.0, "bandwidth_efficiency": 1.0}
+IDEAL = {"kv_transfer": IDEAL_XFER}
 
 
 def _two_nodes(prefill: dict, decodes: list[dict], **top) -> dict:
@@ -101,24 +104,50 @@ def test_bytes_are_grouped_query_aware_block_granular_and_follow_tp_and_wire_dty
     assert kv_transfer_bytes(big, 16, 16, "bfloat16", 16) == 2 * kv_transfer_bytes(big, 16, 16, "bfloat16", 8)
 
 
-@pytest.mark.skipif(not MOONCAKE.exists(), reason="../shared is not available")
-def test_mooncake_bytes_within_5pct_and_transfer_times_within_25pct():
-    from benchmarks.mooncake_kv_transfer import compare, load_rows
+needs_mooncake = pytest.mark.skipif(not MOONCAKE.is_file(), reason="../shared data not present")
 
-    rows = load_rows(MOONCAKE)
-    assert len(rows) == 9
-    results, link_bw, _ = compare(rows)
-    assert 100 < link_bw < 200  # below the 200 GB/s line rate of 8 x 200 Gb/s
-    for r in results:
-        assert r["sim_bytes"] == pytest.approx(r["their_bytes"], rel=0.05), r
-        assert r["sim_ms"] == pytest.approx(r["their_ms"], rel=0.25), r
+
+@needs_mooncake
+def test_transfer_defaults_are_the_vllm_tables_fit_and_hold_on_the_sglang_table():
+    # The defaults come from Mooncake's vLLM table; its SGLang table (another engine, model, GPU and
+    # NIC layout) is held out. Bytes within 5% everywhere; transfer times with the defaults within
+    # 25% on the held-out table from 512 tokens up and 40% below (measured: -36% at 128 and 256
+    # tokens, -22..+14% from 512); within 10% on the table they were fitted on.
+    from benchmarks.mooncake_kv_transfer import CASES, derive, load_rows, score
+    from pdsim.config import KVTransferConfig
+
+    tables = {name: load_rows(case) for name, case in CASES.items()}
+    assert [len(rows) for rows in tables.values()] == [9, 9]
+    default = KVTransferConfig()
+    assert derive(CASES["vllm"], tables["vllm"]) == default
+    line_rate = KVTransferConfig(per_layer_overhead_us=0.0, bandwidth_efficiency=1.0)
+    for name, bound_small, bound in (("sglang", 0.40, 0.25), ("vllm", 0.10, 0.10)):
+        results = score(CASES[name], tables[name], {"default": default, "line": line_rate})
+        for r in results:
+            assert r["sim_bytes"] == pytest.approx(r["their_bytes"], rel=0.05), (name, r)
+            rel = bound if r["prompt"] >= 512 else bound_small
+            assert r["default"] == pytest.approx(r["their_ms"], rel=rel), (name, r)
+            assert abs(r["default"] / r["their_ms"] - 1) < abs(r["line"] / r["their_ms"] - 1), (name, r)
+
+
+def test_transfer_time_is_per_layer_cost_plus_bytes_at_the_achieved_rate():
+    rows = [(2000, 5, 0.0)]
+    layers = load_model(MODEL).num_layers
+    req = run(cluster(instance("prefill"), instance("decode"), link_bw=2, link_latency=0), rows).requests[0]
+    expected_s = 10.5e-6 * layers + 2000 * PER_TOKEN / (0.73 * 2e9)
+    assert req.kv_transfer_end_s - req.kv_transfer_start_s == pytest.approx(expected_s, rel=1e-9)
+    # A config stating its whole per-transfer overhead keeps exactly that (no per-layer term added).
+    stated = run(cluster(instance("prefill"), instance("decode"), link_bw=2, link_latency=0,
+                         kv_transfer={"per_transfer_overhead_us": 400}), rows).requests[0]
+    assert stated.kv_transfer_end_s - stated.kv_transfer_start_s == pytest.approx(
+        400e-6 + 2000 * PER_TOKEN / (0.73 * 2e9), rel=1e-9)
 
 
 # -- the engine ---------------------------------------------------------------------------------
 def test_two_simultaneous_handoffs_share_the_link():
-    one = run(cluster(instance("prefill"), instance("decode"), link_bw=2, link_latency=0), [(2000, 5, 0.0)])
+    one = run(cluster(instance("prefill"), instance("decode"), link_bw=2, link_latency=0, **IDEAL), [(2000, 5, 0.0)])
     two = run(cluster(instance("prefill", max_num_batched_tokens=4096), instance("decode"), link_bw=2,
-                      link_latency=0), [(2000, 5, 0.0), (2000, 5, 0.0)])
+                      link_latency=0, **IDEAL), [(2000, 5, 0.0), (2000, 5, 0.0)])
     alone_s = 2000 * PER_TOKEN / 2e9
     assert one.requests[0].kv_transfer_end_s - one.requests[0].kv_transfer_start_s == pytest.approx(alone_s)
     for req in two.requests:  # prefilled in one step, handed off together
@@ -130,7 +159,7 @@ def test_one_nic_is_shared_by_all_transfers_of_an_instance():
     # Two decode instances on another node: their network paths are separate, the prefill's NIC is not.
     raw = _two_nodes(instance("prefill", max_num_batched_tokens=4096), [instance("decode"), instance("decode")],
                      link_bw=10, link_latency=0,
-                     node0={"nic_bw": 2})
+                     node0={"nic_bw": 2}, **IDEAL)
     res = simulate(cluster_config_from_dict(raw), trace([(2000, 5, 0.0), (2000, 5, 0.0)]), SimOptions())
     assert {r.decode_instance for r in res.requests} == {"n1.i0", "n1.i1"}
     for req in res.requests:
@@ -143,7 +172,7 @@ def test_same_node_uses_the_fabric_when_given_and_link_bw_otherwise():
     rows = [(2000, 5, 0.0)]
     flat = run(cluster(instance("prefill"), instance("decode")), rows)  # LLMServingSim meaning
     assert list(flat.links) == ["n0.i0->n0.i1"]
-    raw = {"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [{
+    raw = {"num_nodes": 1, "link_bw": 16, "link_latency": 20000, **IDEAL, "nodes": [{
         "num_instances": 2, "intra_node_bw": 400, "instances": [instance("prefill"), instance("decode")]}]}
     nvl = simulate(cluster_config_from_dict(raw), trace(rows), SimOptions())
     assert sorted(nvl.links) == ["n0.i0.fabric_out", "n0.i1.fabric_in"]
@@ -157,8 +186,8 @@ def test_layerwise_hides_all_but_the_last_layer_behind_compute():
     # KV takes longer than a few layers: overlap matters.
     base = dict(link_bw=20, link_latency=0)
     pre = instance("prefill", max_num_batched_tokens=4096)  # one prefill step
-    after = run(cluster(pre, instance("decode"), **base), rows).requests[0]
-    raw = {"num_nodes": 1, **base, "kv_transfer": {"mode": "layerwise"},
+    after = run(cluster(pre, instance("decode"), **base, **IDEAL), rows).requests[0]
+    raw = {"num_nodes": 1, **base, "kv_transfer": {"mode": "layerwise", **IDEAL_XFER},
            "nodes": [{"num_instances": 2, "instances": [pre, instance("decode")]}]}
     res = simulate(cluster_config_from_dict(raw), trace(rows), SimOptions())
     lw = res.requests[0]
@@ -202,7 +231,7 @@ def test_full_decode_instance_queues_handoffs_and_the_wait_is_in_the_csv(tmp_pat
 
 def test_memory_duplication_shows_in_the_prefill_instance_timeline():
     # A slow link: the 2000-token KV (262 MB) takes 0.26 s, during which both sides hold it.
-    cfg = cluster(instance("prefill"), instance("decode"), link_bw=1, link_latency=0)
+    cfg = cluster(instance("prefill"), instance("decode"), link_bw=1, link_latency=0, **IDEAL)
     res = run(cfg, [(2000, 5, 0.0)], sample_interval_s=0.01)
     req = res.requests[0]
     tl = pd.DataFrame([s.__dict__ for s in res.samples])

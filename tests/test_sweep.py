@@ -152,7 +152,63 @@ def test_cli_sweep_and_search(tmp_path):
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "sweep.csv").exists() and (tmp_path / "s" / "sweep_pareto.png").exists()
-    res = runner.invoke(cli, ["search", *common, "--max-probes", "5", "--out", str(tmp_path / "q")])
+    res = runner.invoke(cli, ["search", *common, "--max-probes", "5", "--ttft-mode", "client",
+                              "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     assert "winner:" in res.output or "no configuration" in res.output
+    assert "TTFT at the client" in res.output and "steady state: arrivals span >= " in res.output
     assert (tmp_path / "q" / "search_goodput.png").exists()
+
+
+def test_duration_rule_covers_the_longest_request_life():
+    from pdsim.sweep.steady import longest_life_s, run_duration_s
+    from pdsim.workload.trace import TraceRequest
+
+    base = [TraceRequest(0, 100, 101, 0), TraceRequest(1, 100, 11, 10**9)]
+    life_s = longest_life_s(base, ttft_slo_ms=1000, tpot_slo_ms=25)
+    assert life_s == pytest.approx(1.0 + 100 * 0.025)  # TTFT SLO + 100 more tokens at the TPOT SLO
+    assert run_duration_s(60.0, life_s) == 60.0
+    assert run_duration_s(5.0, life_s) == pytest.approx(3 * life_s)
+    # A 2k-token output at a 45 ms TPOT SLO lives ~90 s: 60 s is too short, the rule gives 3 lives.
+    long_out = [TraceRequest(0, 100, 2048, 0)]
+    assert run_duration_s(60.0, longest_life_s(long_out, 1000, 45)) == pytest.approx(3 * (1 + 2047 * 0.045))
+    trace = trace_at_rate(base, 4.0, "scale", 0, run_duration_s(5.0, life_s))
+    assert trace[-1].arrival_time_ns / 1e9 >= 3 * life_s - 0.25  # (n - 1) gaps of 1/rate
+
+
+def _sweep(tmp_path, name: str, *extra: str):
+    args = ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "40", "--gpus", "2",
+            "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1", "--time-limit-slack-s", "5",
+            "--no-plots", "--out", str(tmp_path / name), *extra]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    return res.output, pd.read_csv(tmp_path / name / "sweep.csv")
+
+
+def test_an_overloaded_run_is_unstable_and_never_meets_the_target(tmp_path):
+    # Attainment target 0: every run passes on attainment alone; the 60 req/s run on two GPUs
+    # (prompts ~3,000 tokens) is far beyond what they prefill, its queue grows, and it must not count.
+    out, df = _sweep(tmp_path, "s", "--rates", "2,60", "--attainment", "0", "--ratios", "1:1", "--no-colocated")
+    low, high = df[df.rate_per_s == 2].iloc[0], df[df.rate_per_s == 60].iloc[0]
+    assert low.stable == 1 and high.stable == 0
+    assert "queue grew" in high.unstable_reason and high.served_req_s < 0.5 * high.offered_req_s
+    assert "UNSTABLE: 1 of 2 runs" in out
+    goodput_line = out.split("goodput on this rate grid")[1].splitlines()[2].split()
+    assert goodput_line[:2] == ["1P1D-tp1/1", "2"]  # goodput stops at the stable rate
+    from pdsim.sweep.search import meets
+
+    assert not meets(high.to_dict(), 0.0, "joint") and meets(low.to_dict(), 0.0, "joint")
+    # Warm-up and drain are not scored: fewer requests scored than simulated.
+    assert low.scored < low.requests
+
+
+def test_ttft_mode_reaches_the_runs(tmp_path):
+    common = ("--rates", "2", "--ratios", "1:1", "--no-colocated")
+    _, prefill = _sweep(tmp_path, "p", *common)
+    out, client = _sweep(tmp_path, "c", *common, "--ttft-mode", "client")
+    assert "TTFT at the client" in out
+    # Client TTFT adds the KV transfer and the first decode step to the prefill-side TTFT.
+    assert client.ttft_p50_ms[0] > prefill.ttft_p50_ms[0] + 1.0
+    assert client.tpot_p50_ms[0] == pytest.approx(prefill.tpot_p50_ms[0])

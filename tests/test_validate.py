@@ -289,3 +289,77 @@ def test_closed_loop_harness_starts_all_clients_together():
     # the mean TTFT is well above a lone prefill's.
     lone = simulate_row(cfg, 1024, 16, 1, opts, rounds=1)
     assert row["sim_ttft_ms"] > 1.3 * lone["sim_ttft_ms"]
+
+
+_TABLE_HEADER = ("backend,backend_version,model_path,system,mode,isl,osl,batch_size,tp_size,pp_size,gemm_quant_mode,"
+                 "silicon_ttft_ms,silicon_tpot_ms\n")
+
+
+def _validate_cli(*args: str):
+    from click.testing import CliRunner
+
+    from pdsim.validate.cli import validate
+
+    return CliRunner().invoke(validate, list(args), catch_exceptions=False)
+
+
+def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
+    # One row pdsim can run, then an fp8 row, an SGLang row, a disaggregated row, a row whose
+    # weights do not fit and a pipeline-parallel row: the five are counted with their reasons, never
+    # simulated as bf16 vLLM aggregated TP-only, and the bad row does not abort the table.
+    ok = "vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,256,16,2,1,1,bf16,30.0,8.0\n"
+    rows = [ok, ok.replace(",bf16,", ",fp8,"), ok.replace("vllm,0.12.0", "sglang,0.5.0"),
+            ok.replace(",agg,", ",disagg,"), ok.replace("Llama-3.1-8B", "Llama-3.1-70B"),
+            ok.replace(",1,1,bf16,", ",1,2,bf16,")]
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
+    out = tmp_path / "v.csv"
+    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert list(df.status) == ["simulated", "skipped", "skipped", "skipped", "error", "skipped"]
+    assert df.sim_ttft_ms.notna().tolist() == [True, False, False, False, False, False]
+    assert "fp8" in df.reason[1] and "sglang" in df.reason[2] and "disagg" in df.reason[3]
+    assert "weights need" in df.reason[4] and "line 6" in df.reason[4] and "pp_size 2" in df.reason[5]
+    assert "over 1 simulated rows of 6" in res.output
+    assert "skipped: 4 row(s)" in res.output and "error: 1 row(s)" in res.output
+    # No measured H100 profile for Llama-3.1-8B: the comparison is against an estimate, and it says so.
+    assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
+
+
+def test_validate_announces_estimated_step_times(tmp_path):
+    # A per-request run replayed on a config with no measured profile: one clear line says so,
+    # and the output CSV carries it; a measured profile gives no such line.
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(40)]
+    cfg = cluster(instance(None, max_num_seqs=16))
+    made = simulate(cfg, trace(rows), SimOptions())
+    assert any(info.estimated_profile for info in made.infos)
+    lines = [json.dumps({"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
+                         "queued_ts": r.arrival_s, "scheduled_ts": r.arrival_s, "first_token_ts": r.first_token_s,
+                         "last_token_ts": r.finish_s}) for r in made.requests]
+    (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "cluster.json").write_text(cfg.model_dump_json(exclude_none=True))
+    out = tmp_path / "v.csv"
+    res = _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                        str(tmp_path / "cluster.json"), "--output", str(out))
+    assert res.exit_code == 0, res.output
+    assert sum("step times estimated from hardware specs" in line for line in res.output.splitlines()) == 1
+    import pandas as pd
+
+    assert pd.read_csv(out).estimated_profile.all()
+    # The same run measured with fp8 weights (meta.json): refused, not replayed as bf16.
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0",
+                                                    "engine_kwargs": {"dtype": "bfloat16", "quantization": "fp8"}}))
+    with pytest.raises(PdsimError, match="quantization fp8"):
+        _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                      str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v2.csv"))
+
+
+@needs_shared
+def test_validate_with_a_measured_profile_has_no_estimated_line(tmp_path):
+    res = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                        str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "estimated" not in res.output

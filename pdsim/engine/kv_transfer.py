@@ -43,6 +43,13 @@ def kv_transfer_bytes(
     return cached_tokens * model.kv_bytes_per_token(dtype, dst_tp) * dst_tp
 
 
+def transfer_fixed_cost_s(cfg: KVTransferConfig, model: ModelSpec) -> float:
+    """What a hand-off costs besides moving its bytes: the connector writes each layer's K and V
+    blocks as their own RDMA requests and waits for their completions (per layer), plus the
+    handshake (per transfer)."""
+    return (cfg.per_layer_overhead_us * model.num_layers + cfg.per_transfer_overhead_us) * 1e-6
+
+
 @dataclass
 class _FinalStep:
     """The prefill step that completes a request, as seen when it starts (layerwise mode)."""
@@ -80,8 +87,8 @@ class KVTransfers:
         total = kv_transfer_bytes(model, req.input_toks, src.spec.block_size, kv_dtype, dst.spec.tp, self.cfg.dtype)
         req.kv_bytes = total
         path = self.topology.path(src, dst)
-        delay_after_s = self.topology.latency_s(path) + self.cfg.per_transfer_overhead_us * 1e-6
         step = self._final_steps.pop(req.id, None)
+        delay_after_s = self.topology.latency_s(path) + transfer_fixed_cost_s(self.cfg, model)
         if step is None:
             self.network.start(path, total, on_done, delay_after_s, endpoints=(src.id, dst.id))
             return

@@ -58,6 +58,8 @@ class Topology:
     def _link(self, name: str, kind: str, capacity_bytes_per_s: float, latency_s: float) -> Link:
         link = self.links.get(name)
         if link is None:
+            if not kind.startswith("fabric"):  # RDMA over the NICs reaches a measured share of line rate
+                capacity_bytes_per_s *= self.cfg.kv_transfer.bandwidth_efficiency
             link = Link(name, kind, capacity_bytes_per_s, latency_s)
             self.links[name] = link
         return link

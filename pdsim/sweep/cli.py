@@ -19,12 +19,12 @@ from pdsim.outputs import OutputSet, check_output_dir, check_output_file
 from pdsim.workload.readers import dataset_options
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
-                 "attain_ttft", "attain_tpot", "attain_both"]
+                 "attain_ttft", "attain_tpot", "attain_both", "served_req_s", "stable"]
 PLOTS = ("goodput", "latency", "pareto")
 OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv",
                 *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
-SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "attain_both", "ttft_p90_ms",
-                  "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
+SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "first_fail_why", "attain_both",
+                  "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
 
 
 def _common(f: Callable) -> Callable:
@@ -62,8 +62,13 @@ def _common(f: Callable) -> Callable:
         click.option("--time-limit-slack-s", type=float, default=120.0, show_default=True,
                      help="Simulate this long past the last arrival; requests still running then miss their SLOs."),
         click.option("--min-duration-s", type=float, default=60.0, show_default=True,
-                     help="Repeat the dataset until arrivals span at least this long at each rate, so a high "
-                          "rate is a sustained load and not a burst the cluster absorbs whole."),
+                     help="Repeat the dataset until arrivals span at least this long at each rate, and at least "
+                          "3 x the longest request life the SLOs allow (TTFT SLO + (longest output - 1) x TPOT "
+                          "SLO), so a run measures the sustained rate, not the ramp-up. Requests arriving within "
+                          "one such life of the first or last arrival are not scored."),
+        click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
+                     help="P/D: TTFT ends when the first token leaves the prefill instance, or when it reaches "
+                          "the client through the decode instance (after the KV transfer and a decode step)."),
         click.option("--workers", type=int, default=None,
                      help="Local worker processes (1: run inline).  [default: CPU count]"),
         click.option("--ray-address", default=None,
@@ -89,6 +94,7 @@ class _Setup:
         from pdsim.config import load_cluster_config
         from pdsim.sweep.expand import expand, parse_int_list, parse_ratios
         from pdsim.sweep.runner import RunSettings, Slo
+        from pdsim.sweep.steady import longest_life_s, run_duration_s
         from pdsim.workload.readers import load_dataset
 
         for name in ("slo_ttft_ms", "slo_tpot_ms"):
@@ -105,10 +111,11 @@ class _Setup:
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
                                   max_requests=kw["num_requests"])
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
+        self.life_s = longest_life_s(self.trace, self.slo.ttft_ms, self.slo.tpot_ms)
         self.settings = RunSettings(
             slo=self.slo, arrival=kw["arrival"], seed=kw["seed"], time_limit_slack_s=kw["time_limit_slack_s"],
-            min_duration_s=kw["min_duration_s"],
-            profiles_root=str(kw["profiles_root"] or bundled_path("profiles")),
+            min_duration_s=run_duration_s(kw["min_duration_s"], self.life_s), warmup_s=self.life_s,
+            ttft_mode=kw["ttft_mode"], profiles_root=str(kw["profiles_root"] or bundled_path("profiles")),
         )
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
@@ -139,7 +146,16 @@ class _Setup:
         ex = f"Ray at {self.kw['ray_address']}" if self.kw["ray_address"] else (
             f"{self.kw['workers']} worker(s)" if self.kw["workers"] else "one worker per CPU")
         return (f"{len(self.variants)} configurations of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
-                f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}")
+                f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}; TTFT at the "
+                f"{self.kw['ttft_mode']}\n" + self.steady_rule())
+
+    def steady_rule(self) -> str:
+        s = self.settings
+        why = ("--min-duration-s" if s.min_duration_s > 3 * self.life_s
+               else f"3 x the longest request life, {self.life_s:.1f} s")
+        return (f"steady state: arrivals span >= {s.min_duration_s:.0f} s per run ({why}); requests arriving in "
+                f"the first and last {self.life_s:.1f} s are not scored; a run whose queue keeps growing is "
+                "unstable and never meets the target")
 
     def estimates(self) -> dict[str, dict[str, Any]]:
         from pdsim.engine.cluster import SimOptions
@@ -170,6 +186,15 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
 
+
+
+def _unstable_note(rows: list[dict[str, Any]]) -> str:
+    bad = [r for r in rows if not r.get("stable", 1)]
+    if not bad:
+        return f"all {len(rows)} runs stable (no queue growth over the scored window, none unfinished)"
+    lines = [f"UNSTABLE: {len(bad)} of {len(rows)} runs (stable = 0; never counted as meeting the target):"]
+    lines += [f"  {r['label']} at {r['rate_per_s']} req/s: {r['unstable_reason']}" for r in bad]
+    return "\n".join(lines)
 
 
 def _estimated_note(rows: list[dict[str, Any]]) -> str:
@@ -205,6 +230,7 @@ def sweep(rates: str, **kw: Any) -> None:
         bar.close()
     wall_s = time.perf_counter() - started
     click.echo(_table(rows, SWEEP_COLUMNS))
+    click.echo(_unstable_note(rows))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
@@ -286,6 +312,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     in_order = [goodput_row(st, estimates.get(st.variant.label)) for st in states]
     ranked = rank(in_order)
     click.echo(_table(ranked, SEARCH_COLUMNS))
+    click.echo(_unstable_note([writer.rows[k] for k in sorted(writer.rows)]))
     win = ranked[0]
     colo = [r for r in ranked if r["ratio"] == "colo"]
     vs = ""

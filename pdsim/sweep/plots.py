@@ -50,12 +50,16 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
     labels = list(dict.fromkeys(r["label"] for r in rows))
     cmap = plt.get_cmap("viridis", max(2, len(labels)))
     for i, label in enumerate(labels):
-        pts = sorted((float(r["rate_per_s"]), r["ttft_p90_ms"], r["tpot_p90_ms"]) for r in rows if r["label"] == label)
+        pts = sorted((float(r["rate_per_s"]), r["ttft_p90_ms"], r["tpot_p90_ms"], _stable(r))
+                     for r in rows if r["label"] == label)
         rates = [p[0] for p in pts]
         style = "--" if label.startswith("colo") else "-"
         color = "tab:red" if label.startswith("colo") else cmap(i)
-        axes[0].plot(rates, [p[1] for p in pts], style, marker=".", color=color, label=label)
-        axes[1].plot(rates, [p[2] for p in pts], style, marker=".", color=color, label=label)
+        for ax, k in ((axes[0], 1), (axes[1], 2)):
+            ax.plot(rates, [p[k] for p in pts], style, marker=".", color=color, label=label)
+            bad = [p for p in pts if not p[3]]
+            ax.plot([p[0] for p in bad], [p[k] for p in bad], "x", color=color, ms=7, ls="none")
+    axes[1].plot([], [], "kx", ls="none", label="unstable (queue grows)")
     for ax, slo, name in ((axes[0], slo_ttft_ms, "TTFT p90 (ms)"), (axes[1], slo_tpot_ms, "TPOT p90 (ms)")):
         ax.axhline(slo, color="k", lw=1, ls=":", label=f"SLO {slo:g} ms")
         ax.set_yscale("log")
@@ -69,6 +73,10 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
     fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
     return path
+
+
+def _stable(row: dict[str, Any]) -> bool:
+    return bool(row.get("stable", 1))
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -90,13 +98,17 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[s
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 4.6), dpi=90)
     usable = [r for r in rows if not (math.isnan(r["output_tok_s_per_user"]) or math.isnan(r["output_tok_s_per_gpu"]))]
+    # Unstable runs are drawn apart and left out of the front: their throughput is not sustainable.
+    unstable = [r for r in usable if not _stable(r)]
+    usable = [r for r in usable if _stable(r)]
     ok = [r for r in usable if passes(r)]
     for group, style in (([r for r in usable if not passes(r)], dict(facecolors="none", edgecolors="grey",
                                                                       label=f"misses {slo_text}")),
                          ([r for r in ok if not r["label"].startswith("colo")], dict(color="tab:blue",
                                                                                      label="P:D split, meets it")),
                          ([r for r in ok if r["label"].startswith("colo")], dict(color="tab:red",
-                                                                                 label="colocated, meets it"))):
+                                                                                 label="colocated, meets it")),
+                         (unstable, dict(marker="x", color="0.5", label="unstable (not on the front)"))):
         if group:
             ax.scatter([r["output_tok_s_per_user"] for r in group], [r["output_tok_s_per_gpu"] for r in group],
                        s=16, alpha=0.7, **style)

@@ -22,6 +22,7 @@ import numpy as np
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path
 from pdsim.sweep.expand import Variant
+from pdsim.sweep.steady import Window, stability
 from pdsim.workload.trace import TraceRequest
 
 ARRIVAL_MODES = ("scale", "poisson")
@@ -44,7 +45,12 @@ class RunSettings:
     # At high rates a finite trace arrives in a burst the cluster can absorb whole (all requests
     # batched at once), which is a transient, not a sustainable rate: traces are lengthened by
     # repeating the dataset until arrivals span at least this long.
+    # sweep/search set this to steady.run_duration_s (at least 3 longest request lives).
     min_duration_s: float = 60.0
+    # Warm-up and drain windows (steady.longest_life_s): requests arriving within this long of the
+    # first or the last arrival are simulated but not scored. 0: every request is scored.
+    warmup_s: float = 0.0
+    ttft_mode: str = "prefill"  # what TTFT means in P/D (SimOptions.ttft_mode)
     profiles_root: str | None = None
     profile_dir: str | None = None
 
@@ -108,11 +114,12 @@ ROW_FIELDS = [
     "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
-    "output_tok_s_per_user", "attain_ttft", "attain_tpot", "attain_both", "last_finish_s", "estimated_profile",
+    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "offered_req_s",
+    "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s", "estimated_profile",
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "requests", "finished",
-               "unfinished", "rejected", "estimated_profile"}
-_STR_FIELDS = {"label", "ratio", "rate_per_s"}
+               "unfinished", "rejected", "scored", "backlog_growth", "stable", "estimated_profile"}
+_STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
 
 
 def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings) -> dict[str, Any]:
@@ -127,11 +134,14 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
         seed=settings.seed, profiles_root=settings.profiles_root, profile_dir=settings.profile_dir,
         # A coarse timeline: the sweep keeps no samples, and each one costs a pass over the instances.
         sample_interval_s=max(1.0, last_arrival_s / 20),
-        max_sim_time_s=last_arrival_s + settings.time_limit_slack_s,
+        # Long enough for a drain-window request to finish in a stable run: what is still running
+        # then marks the run unstable.
+        max_sim_time_s=last_arrival_s + max(settings.time_limit_slack_s, 2 * settings.warmup_s),
+        ttft_mode=settings.ttft_mode,
     )
     result = simulate(v.config(), trace, opts, source=v.label)
     df = requests_frame(result)
-    row = summarize_run(job, df, settings.slo)
+    row = summarize_run(job, df, settings.slo, settings.warmup_s)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
     return row
 
@@ -141,35 +151,43 @@ def _pct(values: np.ndarray, p: float) -> float:
     return float(np.percentile(values, p)) if values.size else math.nan
 
 
-def summarize_run(job: Job, df, slo: Slo) -> dict[str, Any]:
+def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, Any]:
+    """Counts and throughput over the whole run; latencies and attainment over the requests that
+    arrived in the scored window (steady.Window); stability over that window."""
     v = job.variant
-    n = len(df)
-    done = df[df.status == "finished"]
+    window = Window.of(df.arrival_s.to_numpy(dtype=float), warmup_s)
+    steady = stability(df, window)
+    scored = df[window.holds(df.arrival_s.to_numpy(dtype=float))]
+    if scored.empty:  # arrivals too sparse to have any inside the window
+        scored = df
+    all_done = df[df.status == "finished"]
+    n = len(scored)
+    done = scored[scored.status == "finished"]
     ttft = done.ttft_ms.to_numpy(dtype=float)
     tpot = done.tpot_ms.to_numpy(dtype=float)
     e2e = done.e2e_ms.to_numpy(dtype=float)
     # Unfinished and rejected requests miss every SLO; a one-token output has no TPOT to miss.
     ok_ttft = ttft <= slo.ttft_ms
     ok_tpot = np.isnan(tpot) | (tpot <= slo.tpot_ms)
-    span_s = float(done.finish_s.max() - df.arrival_s.min()) if len(done) else 0.0
-    out_toks = float(done.output_toks.sum())
+    span_s = float(all_done.finish_s.max() - df.arrival_s.min()) if len(all_done) else 0.0
+    out_toks = float(all_done.output_toks.sum())
     tok_s = out_toks / span_s if span_s > 0 else 0.0
     tpot_mean = float(np.nanmean(tpot)) if np.any(~np.isnan(tpot)) else math.nan
     return {
         "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
         "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "gpus": v.gpus,
         "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
-        "requests": n, "finished": len(done), "unfinished": int((df.status == "unfinished").sum()),
+        "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
         "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": _pct(ttft, 90), "ttft_p99_ms": _pct(ttft, 99),
         "tpot_p50_ms": _pct(tpot, 50), "tpot_p90_ms": _pct(tpot, 90), "tpot_p99_ms": _pct(tpot, 99),
         "e2e_p50_ms": _pct(e2e, 50), "e2e_p90_ms": _pct(e2e, 90), "e2e_p99_ms": _pct(e2e, 99),
-        "throughput_req_s": len(done) / span_s if span_s > 0 else 0.0,
+        "throughput_req_s": len(all_done) / span_s if span_s > 0 else 0.0,
         "output_tok_s": tok_s, "output_tok_s_per_gpu": tok_s / v.gpus,
         # What one user sees while its request streams: tokens per second of its own decode.
         "output_tok_s_per_user": 1e3 / tpot_mean if tpot_mean > 0 else math.nan,
-        "attain_ttft": float(ok_ttft.sum()) / n, "attain_tpot": float(ok_tpot.sum()) / n,
-        "attain_both": float((ok_ttft & ok_tpot).sum()) / n, "last_finish_s": _last_finish_s(df),
+        "scored": n, "attain_ttft": float(ok_ttft.sum()) / n, "attain_tpot": float(ok_tpot.sum()) / n,
+        "attain_both": float((ok_ttft & ok_tpot).sum()) / n, **steady, "last_finish_s": _last_finish_s(df),
     }
 
 

@@ -28,6 +28,9 @@ SLO_MODES = ("joint", "separate")
 
 
 def meets(row: dict[str, Any], attainment: float, mode: str) -> bool:
+    """An unstable run (its queue kept growing: steady.stability) never meets the target."""
+    if not row.get("stable", 1):
+        return False
     if mode == "joint":
         return row["attain_both"] >= attainment
     return row["attain_ttft"] >= attainment and row["attain_tpot"] >= attainment
@@ -48,6 +51,7 @@ class Bisection:
     lo: float = 0.0  # highest rate that passed
     hi: float = math.inf  # lowest rate that failed
     lo_row: dict[str, Any] | None = None
+    hi_row: dict[str, Any] | None = None
     probes: list[tuple[float, bool]] = field(default_factory=list)
 
     def next_rate(self) -> float | None:
@@ -71,7 +75,7 @@ class Bisection:
         if passed and rate > self.lo:
             self.lo, self.lo_row = rate, row
         elif not passed and rate < self.hi:
-            self.hi = rate
+            self.hi, self.hi_row = rate, row
 
 
 def search(
@@ -115,6 +119,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         "goodput_per_gpu": goodput / v.gpus,
         # The bracket: the true goodput is in [goodput, first_fail).
         "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
+        "first_fail_why": _why_failed(st.hi_row),
         "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
         "attain_both": row.get("attain_both", math.nan),
         "ttft_p90_ms": row.get("ttft_p90_ms", math.nan), "tpot_p90_ms": row.get("tpot_p90_ms", math.nan),
@@ -126,6 +131,14 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         out["est_bottleneck"] = est["bottleneck"]
         out["sim_over_est"] = goodput / est["capacity_req_s"] if est["capacity_req_s"] > 0 else math.nan
     return out
+
+
+def _why_failed(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    if not row.get("stable", 1):
+        return "unstable"
+    return f"attain {row['attain_both']:.3g}"
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

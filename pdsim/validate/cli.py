@@ -73,12 +73,11 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     table = read_closed_loop_table(measured)
-    model = model or (str(table["model_path"].iloc[0]) if "model_path" in table else None)
-    if not model:
+    if not model and "model_path" not in table:
         raise PdsimError("--model: needed (the table has no model_path column)")
 
-    def lookup(tp: int) -> str | None:
-        return str(profile_path(profile_dir, hardware, model, "bfloat16", tp)) if profile_dir else None
+    def lookup(row_model: str, tp: int) -> str | None:
+        return str(profile_path(profile_dir, hardware, row_model, "bfloat16", tp)) if profile_dir else None
 
     preset = ENGINE_PRESETS[engine_preset]
 
@@ -88,7 +87,7 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     def simulate(step_overhead_us: float):
         opts = _sim_options(None, step_overhead_us)
         opts.client_delay_s = client_delay_ms / 1e3
-        return simulate_table(table, model, hardware, mem_gb, lookup, opts, rounds, engine)
+        return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup)
 
     return simulate
 
@@ -125,6 +124,25 @@ def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacit
                              "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
         opts.kv_gpu_blocks = {ref.instance_id: kv.tokens // ref.config.block_size for ref in cfg.instances()}
     return kv
+
+
+def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
+    """The one line that says the comparison is against estimated, not measured, step times."""
+    from pdsim.metrics.summary import ESTIMATED_NOTE
+
+    where = f"in {rows} of {of} simulated rows" if rows is not None else "for at least one instance"
+    return (f"NOTE: {ESTIMATED_NOTE} {where} (no measured profile; give --profile-dir): the differences "
+            "above include the estimate's error")
+
+
+def _refuse_inexpressible(run: MeasuredRun) -> None:
+    """A run whose meta.json names a precision pdsim does not simulate is not replayed as bf16."""
+    from pdsim.validate.closed_loop import unsupported_reason
+
+    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    reason = unsupported_reason({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
+    if reason is not None:
+        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
 
 
 @click.command("validate")
@@ -171,11 +189,16 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         with atomic_path(output) as tmp:
             df.to_csv(tmp, index=False, float_format="%.4f")
         click.echo(format_rows(df))
+        ran = df[df.status == "simulated"]
+        estimated = int(ran.estimated_profile.astype(bool).sum())
+        if estimated:
+            click.echo(_estimated_line(estimated, len(ran)))
         click.echo(f"wrote {output}")
         return
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
     run = read_measured(measured, clock)
+    _refuse_inexpressible(run)
     cfg = _replay_config(cluster_config, run, async_scheduling)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
     if opts.client_send_gaps_s:
@@ -186,6 +209,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     kv_measured = _kv_override(run, cfg, opts, engine_log, kv_capacity)
     result = replay(cfg, run, opts, str(cluster_config))
     table = compare(run, result)
+    estimated = any(info.estimated_profile for info in result.infos)
+    table["estimated_profile"] = estimated
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
@@ -193,6 +218,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     rule = "llmservingsim" if cfg.instances()[0].config.npu_mem.mem_util is not None else "vllm"
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity))
     click.echo(format_table(table))
+    if estimated:
+        click.echo(_estimated_line())
     written = [output]
     if plot:
         written += write_cdf_plots(run, result, output.with_suffix(""))
@@ -231,7 +258,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         column = {"tpot_ms": "tpot_err_pct", "ttft_ms": "ttft_err_pct"}[metric]
 
         def errors_at(overhead_us: float):
-            return simulate(overhead_us)[column].to_numpy()
+            df = simulate(overhead_us)
+            return df[df.status == "simulated"][column].to_numpy()
 
         what = f"{metric} per row"
     else:

@@ -26,8 +26,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from pdsim.config import ClusterConfig
+from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import PdsimError
 from pdsim.metrics.summary import requests_frame
 from pdsim.validate.measured import vllm_reserves_full_isl
 from pdsim.workload.trace import TraceRequest
@@ -64,59 +65,132 @@ def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: s
     }
     if profile_dir is not None:
         inst["profile_dir"] = profile_dir
-    return ClusterConfig.model_validate({
+    return cluster_config_from_dict({
         "num_nodes": 1, "link_bw": 16, "link_latency": 0,
         "nodes": [{"num_instances": 1, "instances": [inst]}],
-    })
+    }, f"row (model {model}, tp {tp})")
 
 
 def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts: SimOptions,
                  rounds: int = ROUNDS) -> dict[str, float]:
     """The measured phase of one row: `rounds * concurrency` requests from clients that start together."""
     trace = [TraceRequest(i, isl, osl, 0) for i in range(rounds * concurrency)]
-    df = requests_frame(simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=0.0)))
+    result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=0.0))
+    df = requests_frame(result)
     done = df[df.status == "finished"]
     return {"sim_ttft_ms": float(done.ttft_ms.mean()), "sim_tpot_ms": float(done.tpot_ms.mean()),
-            "sim_preemptions": int(df.preemptions.sum())}
+            "sim_preemptions": int(df.preemptions.sum()),
+            "estimated_profile": any(info.estimated_profile for info in result.infos)}
 
 
-def simulate_table(table: pd.DataFrame, model: str, hardware: str, mem_gb: float,
+# What pdsim can express: a vLLM engine (its scheduler is vLLM's), aggregated (one instance runs
+# prefill and decode), no pipeline parallelism, 16-bit weights (profiles and memory are for
+# bf16/fp16). Other rows are skipped, never simulated as something they are not.
+_BACKENDS = ("vllm",)
+_MODES = ("agg", "aggregated", "colocated")
+_PRECISION_COLUMNS = ("precision", "dtype", "weight_dtype", "quant", "quantization", "quant_mode",
+                      "gemm_quant_mode", "moe_quant_mode", "fmha_quant_mode", "kvcache_quant_mode",
+                      "kv_cache_dtype")
+_SIXTEEN_BIT = ("bf16", "bfloat16", "fp16", "float16", "half", "auto", "none")
+
+
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().lower()
+
+
+def unsupported_reason(row: dict) -> str | None:
+    """Why pdsim cannot simulate this row as measured (None: it can)."""
+    backend = _text(row.get("backend"))
+    if backend and backend not in _BACKENDS:
+        return f"backend {row['backend']} (pdsim models vLLM's scheduler only)"
+    mode = _text(row.get("mode"))
+    if mode and mode not in _MODES:
+        return f"mode {row['mode']} (closed-loop rows are simulated as one aggregated instance)"
+    for column in ("pp_size", "pp"):
+        value = _text(row.get(column))
+        if value and value not in ("1", "1.0"):
+            return f"{column} {row[column]} (pdsim models no pipeline parallelism)"
+    for column in _PRECISION_COLUMNS:
+        value = _text(row.get(column))
+        if value and value not in _SIXTEEN_BIT:
+            return f"{column} {row[column]} (pdsim simulates bf16/fp16 weights only)"
+    return None
+
+
+def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
                    profile_dir_for_tp, opts: SimOptions | None = None, rounds: int = ROUNDS,
-                   engine: str | Callable[[int, int], dict] = "aiconfigurator") -> pd.DataFrame:
-    """Every row simulated; adds sim_ttft_ms, sim_tpot_ms and their % errors.
+                   engine: str | Callable[[int, int], dict] = "aiconfigurator",
+                   profile_lookup: Callable[[str, int], str | None] | None = None) -> pd.DataFrame:
+    """Every row simulated that pdsim can express; adds sim_ttft_ms, sim_tpot_ms, their % errors,
+    `status` (simulated, skipped: not expressible; error: bad row) and `reason`.
 
-    profile_dir_for_tp: tp -> profile folder (or None to look profiles up by hardware/model).
+    model: model id for every row (None: each row's model_path).
+    profile_dir_for_tp: tp -> profile folder (or None to look profiles up by hardware/model);
+    profile_lookup, when given, replaces it: (model, tp) -> profile folder, for tables of several models.
     engine: a preset of ENGINE_PRESETS, or (concurrency, isl) -> engine settings.
     opts: simulation options; the closed loop's client delay defaults to CLIENT_DELAY_S.
     """
     opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
+    lookup = profile_lookup or (lambda _model, tp: profile_dir_for_tp(tp))
     out = []
-    for row in table.itertuples(index=False):
-        isl, osl, conc, tp = int(row.isl), int(row.osl), int(row.concurrency), int(row.tp)
-        eng = (ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl)
-        # vLLM 0.19 added the whole-sequence admission check: on for a row measured with 0.19 or
-        # later (or of unknown version), off before.
-        eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(getattr(row, "backend_version", ""))
-                       is not False)
-        cfg = row_config(model, hardware, mem_gb, tp, profile_dir_for_tp(tp), eng)
-        out.append({**row._asdict(), **simulate_row(cfg, isl, osl, conc, opts, rounds)})
+    for line, row in enumerate(table.itertuples(index=False), start=2):
+        fields = row._asdict()
+        reason = unsupported_reason(fields)
+        if reason is not None:
+            out.append({**fields, "status": "skipped", "reason": reason})
+            continue
+        try:
+            sim = _simulate_one(fields, model, hardware, mem_gb, lookup, opts, rounds, engine)
+        except PdsimError as e:
+            out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; ")})
+            continue
+        out.append({**fields, **sim, "status": "simulated", "reason": ""})
     df = pd.DataFrame(out)
+    for column in ("sim_ttft_ms", "sim_tpot_ms", "sim_preemptions", "estimated_profile"):
+        if column not in df:
+            df[column] = np.nan
     df["ttft_err_pct"] = (df.sim_ttft_ms - df.ttft_ms) / df.ttft_ms * 100
     df["tpot_err_pct"] = (df.sim_tpot_ms - df.tpot_ms) / df.tpot_ms * 100
     return df
+
+
+def _simulate_one(row: dict, model: str | None, hardware: str, mem_gb: float, lookup,
+                  opts: SimOptions, rounds: int, engine) -> dict:
+    isl, osl, conc, tp = int(row["isl"]), int(row["osl"]), int(row["concurrency"]), int(row["tp"])
+    if model is None and _text(row.get("model_path")):
+        model = str(row["model_path"]).strip()
+    if not model:
+        raise PdsimError("no model: give --model (the row has no model_path)")
+    eng = (ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl)
+    # vLLM 0.19 added the whole-sequence admission check: on for a row measured with 0.19 or
+    # later (or of unknown version), off before.
+    eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(str(row.get("backend_version", "")))
+                   is not False)
+    cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp), eng)
+    return simulate_row(cfg, isl, osl, conc, opts, rounds)
+
+
+def simulated(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df.status == "simulated"]
 
 
 def mape(errors_pct: pd.Series) -> float:
     return float(np.mean(np.abs(errors_pct)))
 
 
-def format_rows(df: pd.DataFrame) -> str:
+def format_rows(table: pd.DataFrame) -> str:
+    df = simulated(table)
     lines = [f"{'isl':>6}{'osl':>6}{'conc':>6}{'tp':>4}{'TTFT meas':>11}{'sim':>9}{'err':>8}"
              f"{'TPOT meas':>11}{'sim':>8}{'err':>8}"]
     for r in df.itertuples(index=False):
         lines.append(f"{r.isl:>6}{r.osl:>6}{r.concurrency:>6}{r.tp:>4}{r.ttft_ms:>11.1f}{r.sim_ttft_ms:>9.1f}"
                      f"{r.ttft_err_pct:>+7.1f}%{r.tpot_ms:>11.2f}{r.sim_tpot_ms:>8.2f}{r.tpot_err_pct:>+7.1f}%")
-    lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} rows")
+    if len(df):
+        lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} "
+                     f"simulated rows of {len(table)}")
+    else:
+        lines.append(f"no row of {len(table)} simulated")
+    lines += not_simulated_lines(table)
     if len(df) > 1:
         # Where the error lies: signed, averaged over the rows that differ only in osl.
         for column, name in (("ttft_err_pct", "TTFT"), ("tpot_err_pct", "TPOT")):
@@ -124,3 +198,16 @@ def format_rows(df: pd.DataFrame) -> str:
             lines.append(f"\n{name} signed error (%), mean over osl, by tp/isl (rows) and concurrency (columns):")
             lines.append(pivot.apply(lambda col: col.map(lambda v: "" if np.isnan(v) else f"{v:+.1f}")).to_string())
     return "\n".join(lines)
+
+
+def not_simulated_lines(table: pd.DataFrame) -> list[str]:
+    """The rows left out, counted by status and reason."""
+    lines = []
+    for status in ("skipped", "error"):
+        rows = table[table.status == status]
+        if len(rows):
+            lines.append(f"{status}: {len(rows)} row(s)" + (" pdsim cannot express" if status == "skipped" else
+                                                          " that could not be simulated"))
+            for reason, n in rows.reason.value_counts(sort=False).items():
+                lines.append(f"  {n} x {reason}")
+    return lines
