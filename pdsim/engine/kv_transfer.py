@@ -76,8 +76,9 @@ class KVTransfers:
     def start(self, src: Instance, dst: Instance, req: Request, on_done: Callable[[], None]) -> None:
         """Move `req`'s prompt KV from `src` to `dst`; `on_done` runs when it has all arrived."""
         model = self.models[src.spec.model_name]
-        total = kv_transfer_bytes(model, req.input_toks, src.spec.block_size, src.spec.dtype, dst.spec.tp,
-                                  self.cfg.dtype)
+        # Only the blocks the receiver does not hold already (its prefix cache) travel.
+        total = kv_transfer_bytes(model, req.input_toks - req.decode_cached_tokens, src.spec.block_size,
+                                  src.spec.dtype, dst.spec.tp, self.cfg.dtype)
         req.kv_bytes = total
         path = self.topology.path(src, dst)
         delay_after_s = self.topology.latency_s(path) + self.cfg.per_transfer_overhead_us * 1e-6

@@ -13,7 +13,7 @@ REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
     "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "prefill_instance", "decode_instance",
     "kv_transfer_ms", "kv_transfer_wait_ms", "kv_bytes", "preemptions", "status", "reason",
-    "ttft_prefill_ms", "ttft_client_ms",
+    "ttft_prefill_ms", "ttft_client_ms", "cached_tokens",
 ]
 PERCENTILES = (50, 90, 99)
 ESTIMATED_NOTE = "step times estimated from hardware specs"
@@ -46,7 +46,7 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
             r.id, r.input_toks, r.output_toks, r.arrival_s, _or_nan(r.first_token_s), _or_nan(r.finish_s),
             ttft * 1e3, tpot * 1e3, e2e * 1e3, queue * 1e3, r.prefill_instance, r.decode_instance,
             transfer * 1e3, transfer_wait * 1e3, r.kv_bytes, r.preemptions, r.status, r.reason,
-            ttft_prefill * 1e3, ttft_client * 1e3,
+            ttft_prefill * 1e3, ttft_client * 1e3, r.cached_tokens,
         ))
     return pd.DataFrame.from_records(rows, columns=REQUEST_COLUMNS)
 
@@ -141,6 +141,8 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
             "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
             "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
             "profile": info.profile_path, "estimated_profile": info.estimated_profile,
+            "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
+            "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
         })
     summary = {
         "requests": int(len(df)),
@@ -233,4 +235,8 @@ def format_summary(summary: dict) -> str:
             f"{inst['busy_fraction']:>7.0%}{inst['preemptions']:>9}"
         )
     lines.append("(memory per GPU, GB = 2^30 bytes)")
+    if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
+        lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
+            f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
+            if inst["prefix_caching"]))
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 One JSON object per line: `input_toks`, `output_toks`, `arrival_time_ns`, and optionally
 `input_tok_ids` / `output_tok_ids`, which are accepted and ignored (only lengths matter to
-the simulator). Traces can have 100k+ lines, so the per-line path stays lean.
+the simulator), and `hash_ids` (Mooncake's prefix-block ids) with `hash_block_tokens` (default
+512). Traces can have 100k+ lines, so the per-line path stays lean.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class TraceRequest:
     input_toks: int
     output_toks: int
     arrival_time_ns: int
+    hash_ids: tuple[int, ...] = ()  # prefix-block ids (Mooncake `hash_ids`), each covering hash_block_tokens tokens
+    hash_block_tokens: int = 0  # tokens per hash id (512 in Mooncake's traces); 0 = no prefix information
 
 
 def _length(value: object, key: str, where: str) -> int:
@@ -41,6 +44,15 @@ def _arrival(value: object, where: str) -> int:
     elif type(value) is float and math.isfinite(value) and value >= 0:
         return round(value)
     raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {value!r}")
+
+
+def _with_hashes(obj: dict, inp: object, out: object, arr: object, n: int, where: str) -> TraceRequest:
+    ids = obj["hash_ids"]
+    if type(ids) is not list or any(type(i) is not int for i in ids):
+        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers, got {ids!r}")
+    block = _length(obj.get("hash_block_tokens", 512), "hash_block_tokens", where)
+    return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where),
+                        _arrival(arr, where), tuple(ids), block if ids else 0)
 
 
 def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceRequest]:
@@ -82,6 +94,9 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
                 ) from None
             n = len(requests)
+            if "hash_ids" in obj:
+                append(_with_hashes(obj, inp, out, arr, n, f"{path}:{lineno}"))
+                continue
             # Fast path for the common all-int line; the checkers handle the rest and errors.
             if (
                 type(inp) is int
