@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pdsim.config import load_cluster_config
@@ -310,3 +315,33 @@ def test_enable_prefix_caching_is_a_config_field_and_an_override(tmp_path):
     path.write_text(cfg.model_dump_json())
     off = load_cluster_config(path, {"enable_prefix_caching": False})
     assert off.nodes[0].instances[0].enable_prefix_caching is False
+
+
+def test_command_line_reports_cached_tokens_and_hit_rates_and_turns_caching_off(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    trace_path = tmp_path / "chat.jsonl"
+    trace_path.write_text("".join(
+        json.dumps({"input_toks": 1100 + 512 * i, "output_toks": 8, "arrival_time_ns": i * 10**9,
+                    "hash_ids": list(range(3 + i))}) + "\n" for i in range(4)))
+
+    def cli(*extra: str) -> tuple[pd.DataFrame, dict, pd.DataFrame, str]:
+        out = tmp_path / "run.csv"
+        r = subprocess.run([sys.executable, "-m", "pdsim", "--cluster-config",
+                            str(repo / "configs/cluster/single_node_pd_instance.json"), "--dataset", str(trace_path),
+                            "--output", str(out), "--quiet", *extra],
+                           capture_output=True, text=True, cwd=repo, timeout=300)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads((tmp_path / "run_summary.json").read_text())
+        return pd.read_csv(out), summary, pd.read_csv(tmp_path / "run_timeline.csv"), r.stdout
+
+    df, summary, timeline, stdout = cli()
+    # Each prompt extends the previous one: all of it but the new span's partial block is cached.
+    assert list(df.cached_tokens) == [0, 1100 // 16 * 16, (1100 + 512) // 16 * 16, (1100 + 1024) // 16 * 16]
+    prefill = summary["instances"][0]
+    assert prefill["prefix_hit_rate"] == pytest.approx(df.cached_tokens.sum() / df.input_toks.sum())
+    assert "prefix cache hit rate" in stdout
+    assert timeline[timeline.instance == "n0.i0"].prefix_hit_tokens.iloc[-1] == df.cached_tokens.sum()
+    assert df.kv_bytes.iloc[3] < df.kv_bytes.iloc[0]  # the decode instance held the earlier turns
+    df_off, summary_off, _, stdout_off = cli("--no-enable-prefix-caching")
+    assert (df_off.cached_tokens == 0).all() and "prefix cache hit rate" not in stdout_off
+    assert df_off.kv_bytes.iloc[3] > df_off.kv_bytes.iloc[0]
