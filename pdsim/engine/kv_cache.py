@@ -189,6 +189,19 @@ class BlockManager:
         # At least the last token is computed: its logits give the next token.
         return self.longest_hit(keys, (req.input_toks + req.num_generated - 1) // self.block_size)
 
+    def start_request(self, req: Request, hit: int) -> None:
+        """A request starts here from nothing with its first `hit` prompt blocks found cached."""
+        bs = self.block_size
+        if not req.preemptions:  # vLLM counts a recompute's lookup apart from its hit rate
+            self.query_tokens += req.input_toks
+            self.hit_tokens += hit * bs
+            req.cached_tokens = hit * bs
+        if req.hash_ids:
+            req.cache_keys = list(req.prefix_keys[:hit])
+            self.touch(req.cache_keys)
+            req.num_computed = hit * bs
+            req.blocks = hit
+
     def register_request(self, req: Request, num_new: int) -> None:
         """Cache the request's full prompt blocks up to `num_new` tokens past its computed ones."""
         keys = req.prefix_keys

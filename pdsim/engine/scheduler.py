@@ -326,15 +326,7 @@ class Scheduler:
         self.waiting_tokens -= req.tokens_to_compute
         kv = self.kv
         if kv.enable_caching and not req.kv_ready:
-            if not req.preemptions:  # vLLM counts recomputes' lookups apart from its hit rate
-                kv.query_tokens += req.input_toks
-                kv.hit_tokens += hit * self.block_size
-                req.cached_tokens = hit * self.block_size
-            if req.hash_ids:
-                req.cache_keys = list(req.prefix_keys[:hit])
-                kv.touch(req.cache_keys)
-                req.num_computed = hit * self.block_size
-                req.blocks = hit
+            kv.start_request(req, hit)
         need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
         kv.allocate(need)
         req.blocks += need
