@@ -71,8 +71,9 @@ class BlockManager:
         # key -> reference count; a count of 0 means cached, free, and in the queue below.
         self.cached: dict[int, int] = {}
         # The free queue behind `_anon_head` anonymous blocks (which come first): cached keys
-        # (value None) and runs of anonymous blocks (key a negative run id, value the count).
-        self._queue: OrderedDict[int, int | None] = OrderedDict()
+        # (value None) and runs of anonymous blocks (key a 1-tuple run id, never equal to an int
+        # key; value the count).
+        self._queue: OrderedDict[int | tuple[int], int | None] = OrderedDict()
         self._anon_head = num_blocks
         self._run_id = 0
         # Prompt tokens looked up, and found, at admission (vLLM's PrefixCacheStats queries/hits).
@@ -119,8 +120,8 @@ class BlockManager:
         if not self._queue:
             self._anon_head += n
         elif n:
-            self._run_id -= 1
-            self._queue[self._run_id] = n
+            self._run_id += 1
+            self._queue[(self._run_id,)] = n
 
     # -- blocks with keys ----------------------------------------------------------------------
     def longest_hit(self, keys: tuple[int, ...], max_blocks: int) -> tuple[int, int]:
