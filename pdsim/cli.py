@@ -101,6 +101,9 @@ def cli() -> None:
 @click.option("--async-scheduling/--sync-scheduling", default=None,
               help="Override for all instances: vLLM's --async-scheduling (a request arriving during a step "
                    "starts two steps later; vLLM 0.19's default).  [default: config, else sync]")
+@click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None,
+              help="Override for all instances: vLLM's prefix caching (acts on requests with prefix ids, trace "
+                   "`hash_ids`; others are unaffected).  [default: config, else enabled, as vLLM]")
 @click.option("--step-overhead-us", default=0.0, show_default=True,
               help="Fixed CPU/scheduling time added to every engine step.")
 @click.option("--max-sim-time", type=float, default=None,
@@ -125,9 +128,9 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
-            async_scheduling: bool | None, step_overhead_us: float, max_sim_time: float | None,
-            log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None, slo_tpot_ms: float | None,
-            plot: bool, quiet: bool, debug: bool) -> None:
+            async_scheduling: bool | None, enable_prefix_caching: bool | None, step_overhead_us: float,
+            max_sim_time: float | None, log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None,
+            slo_tpot_ms: float | None, plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
     from pdsim.config import load_cluster_config
     from pdsim.engine.cluster import SimOptions, simulate
@@ -145,7 +148,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         raise PdsimError(f"--log-interval: expected a positive number of seconds, got {log_interval}")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
-                 "async_scheduling": async_scheduling}
+                 "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching}
     cfg = load_cluster_config(cluster_config, overrides)
     if concurrency is not None and concurrency < 1:
         raise PdsimError(f"--concurrency: expected a positive number of clients, got {concurrency}")

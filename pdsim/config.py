@@ -43,14 +43,14 @@ KV_TRANSFER_MODES = ("after_prefill", "layerwise")
 KV_TRANSFER_DTYPES = ("same", "fp8", "int8")
 TTFT_MODES = ("prefill", "client")
 INTRA_NODE_LATENCY_NS = 2000.0  # NVLink-class hop incl. launch, when intra_node_bw is given
-ROUTER_POLICIES = ("round_robin", "random", "least_loaded")
+ROUTER_POLICIES = ("round_robin", "random", "least_loaded", "power_of_two", "prefix_aware", "kv_aware")
 
 GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2^30 bytes
 
 # CLI knobs that `load_cluster_config(overrides=...)` sets on every instance.
 OVERRIDABLE_KEYS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
-    "scheduler_reserve_full_isl",
+    "scheduler_reserve_full_isl", "enable_prefix_caching",
 )
 
 
@@ -153,6 +153,9 @@ class InstanceConfig(_Strict):
     # vLLM's --async-scheduling: the next step is decided while the current one runs, so a request
     # that arrives during step n starts in step n+2. Off by default in vLLM 0.12, on in 0.19.
     async_scheduling: bool = False
+    # vLLM's --enable-prefix-caching (on by default in vLLM v1). Acts only on requests that carry
+    # prefix ids (trace `hash_ids`); others run exactly as without it.
+    enable_prefix_caching: bool = True
     # GPU memory vLLM's determine_available_memory() keeps out of the KV cache besides weights and
     # the activation peak (GB per GPU). non_torch: NCCL/cuBLAS/attention-backend buffers that appear
     # during start-up and profiling ("non-torch forward increase memory" in vLLM's log; ~0.1-0.3
@@ -174,8 +177,6 @@ class InstanceConfig(_Strict):
     dp_group: str | None = None
     # vLLM's --kv-cache-dtype: "auto" stores KV in `dtype`; fp8 variants store one byte per value.
     kv_cache_dtype: str = "auto"
-    # vLLM's --enable-prefix-caching: accepted; prefix reuse is not modelled by this block.
-    enable_prefix_caching: bool = False
 
     @model_validator(mode="before")
     @classmethod

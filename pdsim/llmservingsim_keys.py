@@ -161,10 +161,4 @@ def noted_keys(raw: Any) -> list[str]:
                 walk(value, f"{where}[{i}]")
 
     walk(raw, "")
-    if isinstance(raw, dict):
-        for n, node in enumerate(raw.get("nodes") or []):
-            for i, inst in enumerate((node.get("instances") or []) if isinstance(node, dict) else []):
-                if isinstance(inst, dict) and inst.get("enable_prefix_caching") is True:
-                    found.append(f"nodes[{n}].instances[{i}].enable_prefix_caching: accepted, but prefix reuse "
-                                 "is not modelled in this build (every prompt is computed in full)")
     return found

@@ -174,7 +174,8 @@ def test_tp_larger_than_npus(tmp_path):
 
 def test_router_policy(tmp_path):
     msg = _err(tmp_path, lambda r: r.update(router={"decode_policy": "rr"}))
-    assert msg.endswith('router.decode_policy: expected "round_robin", "random" or "least_loaded", got "rr"')
+    assert msg.endswith('router.decode_policy: expected "round_robin", "random", "least_loaded", "power_of_two", '
+                        '"prefix_aware" or "kv_aware", got "rr"')
 
 
 def test_several_errors_one_line_each(tmp_path):

@@ -92,6 +92,10 @@ class Sample:
     kv_held_for_transfer_gb: float = 0.0
     kv_send_gbps: float = 0.0
     kv_recv_gbps: float = 0.0
+    # Prefix cache: prompt tokens looked up and found so far (cumulative; vLLM's queries/hits).
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_hit_rate: float = 0.0  # hit / query tokens so far
 
 
 @dataclass
@@ -182,6 +186,7 @@ def _build_instance(
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
         kv_dtype=ic.kv_dtype,
+        enable_prefix_caching=ic.enable_prefix_caching,
     )
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
     inst = Instance(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
@@ -255,16 +260,17 @@ class Cluster:
         if not candidates:
             self._reject(req, self._why_not(req))
             return
-        inst = self._choose_prefill(candidates)
+        inst = self._choose_prefill(candidates, req)
         req.prefill_instance = inst.id
         if inst.pd_type is None:
             req.decode_instance = inst.id
         inst.submit(req)
 
-    def _choose_prefill(self, candidates: list[Instance]) -> Instance:
-        """The router picks an instance or a whole DP group, which then picks its rank."""
+    def _choose_prefill(self, candidates: list[Instance], req: Request) -> Instance:
+        """The router picks an instance or a whole DP group, which then picks its rank (a group is
+        chosen by load: cache-aware policies look at single instances' caches)."""
         if not self.dp_groups:
-            return self.prefill_router.choose(candidates)
+            return self.prefill_router.choose(candidates, req)
         units = list(dict.fromkeys(self._unit_of.get(c.id, c) for c in candidates))
         unit = self.prefill_router.choose(units)
         if isinstance(unit, DPGroup):
@@ -332,6 +338,7 @@ class Cluster:
         req.handoff_s = self.env.now
         # The prefill instance keeps these blocks until the transfer is over.
         req.prefill_blocks = req.blocks
+        req.prefill_cache_keys, req.cache_keys = req.cache_keys, None
         self._held_blocks[src.id] += req.blocks
         req.blocks = 0
         req.status = "handoff"
@@ -340,8 +347,8 @@ class Cluster:
         # Any policy first looks among the instances that can take the KV now, so a request does
         # not queue behind a full decode instance while another has room; only when all are full
         # does it wait in the pending queue of the one the policy picks.
-        with_room = [d for d in candidates if d.has_room_for(req.input_toks)]
-        dec = self.decode_router.choose(with_room or candidates)
+        with_room = [d for d in candidates if d.has_room_for(req)]
+        dec = self.decode_router.choose(with_room or candidates, req)
         req.decode_instance = dec.id
         dec.receive_handoff(req)
 
@@ -364,8 +371,9 @@ class Cluster:
 
     def _kv_arrived(self, src: Instance, dec: Instance, req: Request) -> None:
         self._held_blocks[src.id] -= req.prefill_blocks
-        src.release_blocks(req.prefill_blocks)
+        src.release_blocks(req.prefill_blocks, req.prefill_cache_keys)
         req.prefill_blocks = 0
+        req.prefill_cache_keys = None
         req.kv_ready = True
         dec.submit(req)
 
@@ -385,6 +393,8 @@ class Cluster:
                 mem_used_gb=fixed_gb + kv_gb, prompt_tokens=inst.stats.prompt_tokens, decode_tokens=decode_tokens,
                 kv_held_for_transfer_gb=self._held_blocks[inst.id] * inst.kv.block_bytes / GIB,
                 kv_send_gbps=send.get(inst.id, 0.0) / 1e9, kv_recv_gbps=recv.get(inst.id, 0.0) / 1e9,
+                prefix_query_tokens=inst.kv.query_tokens, prefix_hit_tokens=inst.kv.hit_tokens,
+                prefix_hit_rate=inst.kv.hit_rate,
             ))
         return out
 
@@ -431,7 +441,8 @@ def simulate(
     opts = opts or SimOptions()
     env = simpy.Environment()
     cluster = Cluster(env, cfg, opts, source)
-    requests = [Request(t.request_id, t.input_toks, t.output_toks, t.arrival_time_ns * 1e-9) for t in trace]
+    requests = [Request(t.request_id, t.input_toks, t.output_toks, t.arrival_time_ns * 1e-9,
+                        hash_ids=t.hash_ids, hash_block_tokens=t.hash_block_tokens) for t in trace]
     total = len(requests)
     samples: list[Sample] = []
 

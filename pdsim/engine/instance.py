@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
-from pdsim.engine.kv_cache import BlockManager, blocks_for
+from pdsim.engine.kv_cache import BlockManager, blocks_for, request_keys
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler, StepPlan
 
@@ -57,6 +57,7 @@ class InstanceSpec:
     async_scheduling: bool = False
     reserve_full_isl: bool = True
     kv_dtype: str | None = None  # the KV cache's dtype (kv_cache_dtype), None: `dtype`
+    enable_prefix_caching: bool = True  # vLLM's default; acts only on requests with prefix ids
 
 
 @dataclass
@@ -85,7 +86,8 @@ class Instance:
         self.id = spec.id
         self.pd_type = spec.pd_type
         self.predictor = predictor
-        self.kv = BlockManager(num_blocks, spec.block_size, spec.block_size * spec.kv_bytes_per_token)
+        self.kv = BlockManager(num_blocks, spec.block_size, spec.block_size * spec.kv_bytes_per_token,
+                               spec.enable_prefix_caching)
         self.sched = Scheduler(
             self.kv,
             max_num_seqs=spec.max_num_seqs,
@@ -120,13 +122,38 @@ class Instance:
     def load_tokens(self) -> int:
         return self.sched.load_tokens + self.pending_tokens
 
-    def has_room_for(self, kv_tokens: int) -> bool:
-        """Whether a hand-off of `kv_tokens` could reserve its blocks at once (nobody queued before it)."""
-        return not self.pending and blocks_for(kv_tokens + 1, self.kv.block_size) <= self.kv.free
+    @property
+    def num_requests(self) -> int:
+        """Requests queued, running or waiting for hand-off blocks here (SGLang's router's load)."""
+        return len(self.sched.waiting) + len(self.sched.running) + len(self.pending)
+
+    def prefix_hit_tokens(self, req: Request) -> int:
+        """Prompt tokens of `req` this instance's prefix cache holds (what a KV-aware router sees)."""
+        if not req.hash_ids or not self.kv.enable_caching:
+            return 0
+        bs = self.kv.block_size
+        return self.kv.longest_hit(request_keys(req, bs), (req.input_toks - 1) // bs)[0] * bs
+
+    def _handoff_need(self, req: Request) -> tuple[int, int]:
+        """(blocks a hand-off must take from the free pool, prompt blocks already held here)."""
+        need = blocks_for(req.input_toks + 1, self.kv.block_size)  # its KV and its first decode token
+        if not req.hash_ids or not self.kv.enable_caching:
+            return need, 0
+        bs = self.kv.block_size
+        hit, evict = self.kv.longest_hit(request_keys(req, bs), (req.input_toks - 1) // bs)
+        return need - hit + evict, hit
+
+    def has_room_for(self, req: Request) -> bool:
+        """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
+        return not self.pending and self._handoff_need(req)[0] <= self.kv.free
 
     def submit(self, req: Request) -> None:
         """A request that starts (or, after its KV arrived, continues) on this instance."""
         req.queued_s = self.env.now
+        if req.kv_ready and req.cache_keys is not None:
+            # The prompt KV that arrived is cached from now on (vLLM: cache_blocks once it is received).
+            self.kv.register(req.prefix_keys, req.decode_cached_tokens // self.kv.block_size,
+                             min(req.input_toks // self.kv.block_size, len(req.prefix_keys)), req.cache_keys)
         if req.picked_up_s is None:
             self._not_picked_up.append(req)
         self.sched.add_waiting(req)
@@ -138,13 +165,13 @@ class Instance:
         # input_toks, not num_computed: a layer-wise hand-off arrives while its last chunk computes.
         self.pending.append(req)
         self.pending_tokens += req.input_toks
-        fits = blocks_for(req.input_toks + 1, self.kv.block_size) <= self.kv.free
+        fits = self._handoff_need(req)[0] <= self.kv.free
         if fits and (self._idle or self._run is not None):
             self._wake_up()
 
-    def release_blocks(self, n: int) -> None:
+    def release_blocks(self, n: int, cache_keys: list[int] | None = None) -> None:
         """Blocks freed outside a step (KV transfer done): they may let a waiting request in."""
-        self.kv.release(n)
+        self.kv.free_request(n, cache_keys)
         if self.sched.waiting and (self._idle or self._run is not None):
             if self.sched.could_admit(self.sched.waiting[0]):
                 self._wake_up()
@@ -167,14 +194,26 @@ class Instance:
             return
         while self.pending:
             req = self.pending[0]
-            # Room for the KV it brings and for the token its first decode step adds.
-            need = blocks_for(req.input_toks + 1, self.kv.block_size)
+            # Room for the KV it brings and for the token its first decode step adds; prompt
+            # blocks this instance already caches are shared, not sent again.
+            need, hit = self._handoff_need(req)
             if need > self.kv.free:
                 return
             self.pending.popleft()
             self.pending_tokens -= req.input_toks
-            self.kv.allocate(need)
-            req.blocks = need
+            kv = self.kv
+            if hit:
+                req.cache_keys = list(req.prefix_keys[:hit])
+                kv.touch(req.cache_keys)
+            elif req.hash_ids and kv.enable_caching:
+                req.cache_keys = []
+            if kv.enable_caching:
+                kv.query_tokens += req.input_toks
+                kv.hit_tokens += hit * kv.block_size
+            req.decode_cached_tokens = hit * kv.block_size
+            new = blocks_for(req.input_toks + 1, kv.block_size) - hit
+            kv.allocate(new)
+            req.blocks = new + hit
             self.on_reserved(self, req)
 
     # -- the engine loop ------------------------------------------------------------------------

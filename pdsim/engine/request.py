@@ -23,6 +23,16 @@ class Request:
     num_computed: int = 0
     num_generated: int = 0
     blocks: int = 0  # KV blocks held on the instance that runs it
+    # Prefix information (empty: none, and no prefix caching for this request): Mooncake-style
+    # ids of hash_block_tokens-token spans, the engine-block keys derived from them for one
+    # block size, and the cached blocks it holds a reference on (a leading part of `blocks`).
+    hash_ids: tuple[int, ...] = ()
+    hash_block_tokens: int = 0
+    prefix_keys: tuple[int, ...] = ()
+    prefix_keys_block_size: int = 0
+    cache_keys: list[int] | None = None
+    cached_tokens: int = 0  # prompt tokens found in the prefill (or colocated) instance's cache
+    decode_cached_tokens: int = 0  # prompt tokens the decode instance already held: not transferred
 
     # Set while the request sits in a decode cohort (see cohort.py): its progress is derived
     # from the cohort's step counter instead of being counted token by token.
@@ -33,6 +43,7 @@ class Request:
 
     # P/D hand-off: blocks still held on the prefill instance until the KV transfer ends.
     prefill_blocks: int = 0
+    prefill_cache_keys: list[int] | None = None
     kv_ready: bool = False  # KV arrived on the decode instance; only decoding is left
 
     prefill_instance: str = ""

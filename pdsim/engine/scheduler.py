@@ -26,8 +26,13 @@ against 0.19.0; docs/validation.md has the rule table):
   request that finished in that step still holds its slot and blocks; an idle engine still starts
   at once.
 
-Not modelled: prefix caching (vLLM keeps a preempted request's freed blocks as cache hits until
-they are evicted, so its recompute can be shorter), speculative decoding (`num_lookahead_tokens`),
+Prefix caching (requests with prefix ids only, see kv_cache.py): a request admitted with nothing
+computed first takes the longest run of its prompt blocks cached here, at most all but its last
+token (vLLM's get_computed_blocks), and computes from there; its new full prompt blocks are cached
+as they are allocated (vLLM's cache_blocks in allocate_slots). A preempted request's freed blocks
+stay cached until evicted, so its recompute can be shorter.
+
+Not modelled: speculative decoding (`num_lookahead_tokens`),
 and KV allocation per request in list order (the decode cohort asks for its blocks as one group;
 the victims are the same unless partial prefills sit between decodes and memory runs out).
 
@@ -109,6 +114,7 @@ class Scheduler:
         self.async_scheduling = async_scheduling
         self._releasing_blocks = 0
         self._releasing_slots = 0
+        self._releasing_keys: list[int] = []
         self.released_after_decision = 0
         self.paused_kv_tokens = 0
         self._rejoined: set[Request] | frozenset[Request] = _NONE  # paused last step, back in the cohort now
@@ -146,10 +152,12 @@ class Scheduler:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
         if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
             return False
-        if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req):
+        hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
+        if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
             return False
-        need = blocks_for(req.num_computed + min(self._chunk_cap(req.tokens_to_compute), self.max_num_batched_tokens),
-                          self.block_size) - req.blocks
+        hit_tokens = hit * self.block_size
+        todo = min(self._chunk_cap(req.tokens_to_compute - hit_tokens), self.max_num_batched_tokens)
+        need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
         return need <= self.kv.free
 
     # -- one scheduling decision ---------------------------------------------------------------
@@ -236,6 +244,8 @@ class Scheduler:
                 break
             kv.allocate(need)
             req.blocks += need
+            if req.cache_keys is not None:
+                self.kv.register_request(req, num_new)
             plan.prefill.append((req, num_new))
             plan.prefill_prefix.append(req.num_computed)
             budget -= num_new
@@ -269,9 +279,10 @@ class Scheduler:
 
     def _release_finished(self) -> None:
         if self._releasing_slots:
-            self.kv.release(self._releasing_blocks)
+            self.kv.free_request(self._releasing_blocks, self._releasing_keys)
             self.released_after_decision += self._releasing_blocks
             self._releasing_blocks = self._releasing_slots = 0
+            self._releasing_keys = []
 
     def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
         # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
@@ -289,27 +300,38 @@ class Scheduler:
             req = self.waiting[0]
             if req.queued_s > self._cutoff:
                 break
-            todo = self._chunk_cap(req.tokens_to_compute)
+            hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
+            hit_tokens = hit * self.block_size
+            todo = self._chunk_cap(req.tokens_to_compute - hit_tokens)
             if not self.enable_chunked_prefill and todo > budget:
                 break
-            if self.reserve_full_isl and not self._fits_whole(req):
+            if self.reserve_full_isl and not self._fits_whole(req, hit, evict):
                 break
             num_new = min(todo, budget)
-            if blocks_for(req.num_computed + num_new, self.block_size) - req.blocks > self.kv.free:
+            if blocks_for(req.num_computed + hit_tokens + num_new, self.block_size) - req.blocks - hit + evict \
+                    > self.kv.free:
                 break
             self.waiting.popleft()
-            budget -= self._start(req, num_new, now, plan)
+            budget -= self._start(req, num_new, now, plan, hit)
 
-    def _fits_whole(self, req: Request) -> bool:
-        """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far."""
-        return blocks_for(req.input_toks + req.num_generated, self.block_size) - req.blocks <= self.kv.free
+    def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
+        """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far
+        (cached blocks it would reuse count only when they must leave the free queue)."""
+        need = blocks_for(req.input_toks + req.num_generated, self.block_size) - req.blocks - hit + evict
+        return need <= self.kv.free
 
-    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan) -> int:
-        """Move a waiting request into the running batch with `num_new` tokens this step."""
+    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
+        """Move a waiting request into the running batch with `num_new` tokens this step, after
+        the `hit` prompt blocks found cached."""
         self.waiting_tokens -= req.tokens_to_compute
+        kv = self.kv
+        if kv.enable_caching and not req.kv_ready:
+            kv.start_request(req, hit)
         need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
-        self.kv.allocate(need)
+        kv.allocate(need)
         req.blocks += need
+        if req.cache_keys is not None and not req.kv_ready:
+            self.kv.register_request(req, num_new)
         self.running[req] = None
         if req.first_scheduled_s is None:
             req.first_scheduled_s = self._decided_s  # when the decision was taken (a step early when async)
@@ -340,7 +362,8 @@ class Scheduler:
         else:
             self.prefilling.remove(victim)
             self.prefilling_kv_tokens -= victim.num_computed
-        self.kv.release(victim.blocks)
+        self.kv.free_request(victim.blocks, victim.cache_keys)
+        victim.cache_keys = None
         victim.blocks = 0
         victim.num_computed = 0
         victim.preemptions += 1
@@ -391,8 +414,11 @@ class Scheduler:
         if self.async_scheduling:
             self._releasing_blocks += req.blocks
             self._releasing_slots += 1
+            if req.cache_keys:
+                self._releasing_keys += req.cache_keys
         else:
-            self.kv.release(req.blocks)
+            self.kv.free_request(req.blocks, req.cache_keys)
+        req.cache_keys = None
         req.blocks = 0
         req.finish_s = now
         req.status = "finished"

@@ -14,7 +14,7 @@ REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
     "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "prefill_instance", "decode_instance",
     "kv_transfer_ms", "kv_transfer_wait_ms", "kv_bytes", "preemptions", "status", "reason",
-    "ttft_prefill_ms", "ttft_client_ms",
+    "ttft_prefill_ms", "ttft_client_ms", "cached_tokens",
 ]
 PERCENTILES = (50, 90, 99)
 ESTIMATED_NOTE = "step times estimated from hardware specs"
@@ -47,7 +47,7 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
             r.id, r.input_toks, r.output_toks, r.arrival_s, _or_nan(r.first_token_s), _or_nan(r.finish_s),
             ttft * 1e3, tpot * 1e3, e2e * 1e3, queue * 1e3, r.prefill_instance, r.decode_instance,
             transfer * 1e3, transfer_wait * 1e3, r.kv_bytes, r.preemptions, r.status, r.reason,
-            ttft_prefill * 1e3, ttft_client * 1e3,
+            ttft_prefill * 1e3, ttft_client * 1e3, r.cached_tokens,
         ))
     return pd.DataFrame.from_records(rows, columns=REQUEST_COLUMNS)
 
@@ -143,6 +143,8 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
             "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
             "profile": info.profile_path, "estimated_profile": info.estimated_profile,
             "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
+            "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
+            "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
         })
     summary = {
         "requests": int(len(df)),
@@ -279,6 +281,10 @@ def format_summary(summary: dict) -> str:
                  "engine steps)")
     for note in summary.get("memory_notes", []):
         lines.append(f"KV capacity {note}")
+    if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
+        lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
+            f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
+            if inst["prefix_caching"]))
     return "\n".join(lines)
 
 

@@ -1,0 +1,347 @@
+"""Prefix caching (vLLM v1's, from Mooncake-style hash_ids) and the cache-aware routers."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pdsim.config import load_cluster_config
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.engine.kv_cache import BlockManager, blocks_for, prefix_block_keys
+from pdsim.engine.kv_transfer import kv_transfer_bytes
+from pdsim.engine.request import Request
+from pdsim.engine.router import Router
+from pdsim.errors import TraceError
+from pdsim.metrics.summary import requests_frame, summarize
+from pdsim.models import load_model
+from pdsim.workload.generate import generate_requests
+from pdsim.workload.trace import TraceRequest, load_trace
+from tests.helpers import MODEL, cluster, instance
+
+
+def req(i: int, inp: int, out: int, t_s: float, ids: tuple[int, ...] = (), block: int = 512) -> TraceRequest:
+    return TraceRequest(i, inp, out, int(round(t_s * 1e9)), ids, block if ids else 0)
+
+
+def run(cfg, rows, **opts):
+    return simulate(cfg, rows, SimOptions(**opts))
+
+
+# -- keys --------------------------------------------------------------------------------------
+def test_equal_prefixes_map_to_equal_block_keys_and_differ_after_the_first_different_id():
+    a = prefix_block_keys((1, 2, 3), 512, 1536, 16)
+    b = prefix_block_keys((1, 2, 9), 512, 1536, 16)
+    assert len(a) == len(b) == 96  # 3 spans x 32 engine blocks
+    assert a[:64] == b[:64]
+    assert all(x != y for x, y in zip(a[64:], b[64:]))
+    assert len(set(a)) == 96
+    # Same ids in another order name other blocks: a block's key depends on the whole prefix.
+    assert prefix_block_keys((2, 1), 512, 1024, 16)[32:] != a[32:64]
+
+
+def test_partial_last_span_is_cached_up_to_its_last_full_block_only():
+    keys = prefix_block_keys((1, 2), 512, 512 + 100, 16)
+    assert len(keys) == 32 + 100 // 16
+    # A span longer than the prompt it belongs to caches no block past the prompt.
+    assert len(prefix_block_keys((1, 2, 3), 512, 700, 16)) == 700 // 16
+    # Spans that are not a multiple of the block size: a block straddling two spans needs both.
+    odd_a = prefix_block_keys((1, 2), 24, 48, 16)
+    odd_b = prefix_block_keys((1, 3), 24, 48, 16)
+    assert odd_a[0] == odd_b[0] and odd_a[1] != odd_b[1]
+
+
+# -- the block pool ----------------------------------------------------------------------------
+def test_freed_cached_blocks_are_evicted_least_recently_freed_first_and_never_over_capacity():
+    kv = BlockManager(10, 16, 1, enable_caching=True)
+    a_keys, b_keys = [101, 102, 103, 104], [201, 202, 203, 204]
+    for keys in (a_keys, b_keys):
+        kv.allocate(4)
+        held: list[int] = []
+        kv.register(tuple(keys), 0, 4, held)
+        assert held == keys
+    assert kv.free == 2
+    kv.free_request(4, a_keys)  # A ends first, then B
+    kv.free_request(4, b_keys)
+    assert kv.free == 10 and kv.used == 0
+    assert kv.longest_hit(tuple(a_keys), 10) == (4, 4)
+    kv.allocate(2)  # the two never-cached blocks go first
+    assert kv.longest_hit(tuple(a_keys), 10) == (4, 4)
+    kv.allocate(1)  # then A's blocks, its last one first (vLLM frees a request's blocks in reverse)
+    assert kv.longest_hit(tuple(a_keys), 10) == (3, 3)
+    assert kv.longest_hit(tuple(b_keys), 10) == (4, 4)
+    # A hit takes the cached block out of the free queue: it is no longer evicted.
+    kv.touch(b_keys[:2])
+    kv.allocate(5)
+    assert kv.free == 0 and kv.longest_hit(tuple(b_keys), 10) == (2, 0)
+    assert kv.longest_hit(tuple(a_keys), 10) == (0, 0)
+    with pytest.raises(Exception, match="allocating"):
+        kv.allocate(1)
+
+
+def test_a_shared_block_is_counted_once():
+    kv = BlockManager(8, 16, 1, enable_caching=True)
+    kv.allocate(3)
+    held: list[int] = []
+    kv.register((1, 2, 3), 0, 3, held)
+    kv.touch([1, 2, 3])  # a second request shares all three
+    assert kv.used == 3
+    kv.free_request(3, held)
+    assert kv.used == 3  # still held by the second
+    kv.free_request(3, [1, 2, 3])
+    assert kv.used == 0 and kv.free == 8
+
+
+# -- end to end --------------------------------------------------------------------------------
+def test_a_prefix_shared_by_two_requests_is_computed_once():
+    rows = [req(0, 2048, 4, 0.0, (1, 2, 3, 4)), req(1, 2048, 4, 1.0, (1, 2, 3, 5))]
+    on = run(cluster(instance(None)), rows)
+    off = run(cluster(instance(None, enable_prefix_caching=False)), rows)
+    assert on.requests[1].cached_tokens == 1536
+    assert on.instances[0].stats.prompt_tokens == 2048 + 512
+    assert off.instances[0].stats.prompt_tokens == 2 * 2048
+    ttft = [r.first_token_s - r.arrival_s for r in on.requests]
+    assert ttft[1] < 0.5 * ttft[0]
+    assert on.requests[0].first_token_s == off.requests[0].first_token_s
+
+
+def test_an_identical_prompt_still_computes_its_last_block():
+    rows = [req(0, 2048, 4, 0.0, (1, 2, 3, 4)), req(1, 2048, 4, 1.0, (1, 2, 3, 4))]
+    res = run(cluster(instance(None)), rows)
+    assert res.requests[1].cached_tokens == 2048 - 16  # vLLM: at most num_tokens - 1, in full blocks
+    assert res.instances[0].stats.prompt_tokens == 2048 + 16
+
+
+def test_concurrent_requests_share_blocks_without_double_counting():
+    # B arrives while A is still prefilling: A's blocks are cached as they are allocated.
+    rows = [req(0, 4096, 50, 0.0, tuple(range(8))), req(1, 4096, 50, 0.0, (*range(7), 99))]
+    res = run(cluster(instance(None)), rows)
+    inst = res.instances[0]
+    assert res.requests[1].cached_tokens == 3584
+    assert inst.stats.prompt_tokens == 4096 + 512
+    separate = 2 * blocks_for(4096 + 50, 16)
+    assert inst.kv.peak_used <= separate - 3584 // 16
+    assert inst.kv.free == inst.kv.num_blocks
+
+
+def _chat_trace(n: int, seed: int, rate: float, sessions: int = 12, turn_ids: int = 3) -> list[TraceRequest]:
+    """Multi-turn sessions: each turn's prompt is its session's previous prompt plus new spans."""
+    rng = random.Random(seed)
+    history: dict[int, list[int]] = {s: [s * 10_000] for s in range(sessions)}
+    next_id = 1_000_000
+    t = 0.0
+    out = []
+    for i in range(n):
+        t += rng.expovariate(rate)
+        s = rng.randrange(sessions)
+        for _ in range(rng.randint(1, turn_ids)):
+            history[s].append(next_id)
+            next_id += 1
+        ids = tuple(history[s][:12])
+        inp = 512 * (len(ids) - 1) + rng.randint(1, 512)
+        out.append(req(i, inp, rng.randint(2, 300), t, ids))
+    return out
+
+
+@pytest.mark.parametrize("pd", [False, True])
+def test_eviction_under_memory_pressure_conserves_requests_and_memory(pd):
+    small = 19.5  # a few thousand tokens of KV on a 15 GB model
+    cfg = cluster(instance("prefill", small), instance("decode", small)) if pd else cluster(instance(None, small))
+    rows = _chat_trace(150, seed=4, rate=20)
+    res = run(cfg, rows)
+    df = requests_frame(res)
+    assert (df.status == "finished").all(), df[df.status != "finished"].reason.unique()
+    distinct = len({k for r in rows for k in prefix_block_keys(r.hash_ids, 512, r.input_toks, 16)})
+    for inst in res.instances:
+        assert inst.kv.free == inst.kv.num_blocks
+        assert 0 < inst.kv.peak_used <= inst.kv.num_blocks
+        assert len(inst.kv.cached) <= inst.kv.num_blocks
+    prefill = res.instances[0]
+    assert distinct > prefill.kv.num_blocks, "the test needs more distinct blocks than fit"
+    assert len(prefill.kv.cached) < distinct  # so blocks were evicted
+    assert prefill.kv.hit_tokens > 0
+    assert res.instances[-1].sched.num_preemptions > 0, "the test needs preemptions to mean anything"
+
+
+def test_fast_forward_matches_stepping_with_prefix_hits():
+    cfg = cluster(instance("prefill", 19.5), instance("decode", 19.5))
+    rows = _chat_trace(120, seed=5, rate=20)
+    fast = run(cfg, rows)
+    slow = run(cfg, rows, max_decode_run_steps=1)
+    assert fast.instances[0].kv.hit_tokens > 0
+    for a, b in zip(fast.requests, slow.requests):
+        assert a.status == b.status == "finished"
+        assert a.cached_tokens == b.cached_tokens
+        assert a.first_token_s == pytest.approx(b.first_token_s, rel=1e-9, abs=1e-9)
+        assert a.finish_s == pytest.approx(b.finish_s, rel=1e-9, abs=1e-9)
+
+
+def test_hit_rate_accounting_matches_the_requests():
+    rows = _chat_trace(80, seed=1, rate=5)
+    res = run(cluster(instance(None), instance(None)), rows, prefill_policy="prefix_aware")
+    df = requests_frame(res)
+    summary = summarize(res, df)
+    total_hit = 0
+    for inst, info in zip(res.instances, summary["instances"]):
+        mine = df[df.prefill_instance == inst.id]
+        assert inst.kv.query_tokens == mine.input_toks.sum()
+        assert inst.kv.hit_tokens == mine.cached_tokens.sum()
+        assert info["prefix_hit_rate"] == pytest.approx(mine.cached_tokens.sum() / mine.input_toks.sum())
+        total_hit += inst.kv.hit_tokens
+    assert 0 < total_hit < df.input_toks.sum()
+    # The timeline's cumulative counters end at the totals.
+    last = {s.instance: s for s in res.samples}
+    assert sum(s.prefix_hit_tokens for s in last.values()) == total_hit
+
+
+def test_requests_without_prefix_ids_run_identically_with_caching_on_and_off():
+    rows = generate_requests(120, 30, "lognormal:1500,800,max=6000", "lognormal:300,200,max=1500", seed=3)
+    on = run(cluster(instance("prefill", 19.5), instance("decode", 19.5)), rows)
+    off = run(cluster(instance("prefill", 19.5, enable_prefix_caching=False),
+                      instance("decode", 19.5, enable_prefix_caching=False)), rows)
+    assert on.instances[1].sched.num_preemptions > 0
+    for a, b in zip(on.requests, off.requests):
+        assert (a.first_token_s, a.finish_s, a.kv_bytes, a.preemptions) == (b.first_token_s, b.finish_s,
+                                                                             b.kv_bytes, b.preemptions)
+
+
+def test_a_decode_instance_that_holds_the_prefix_receives_fewer_bytes():
+    rows = [req(0, 3000, 20, 0.0, (1, 2, 3, 4, 5, 6)), req(1, 3500, 20, 5.0, (1, 2, 3, 4, 5, 6, 7))]
+    res = run(cluster(instance("prefill"), instance("decode")), rows)
+    a, b = res.requests
+    model = load_model(MODEL)
+    assert a.kv_bytes == kv_transfer_bytes(model, 3000, 16, "bfloat16", 1)
+    # The decode instance kept A's prompt blocks cached: 3000 // 16 full blocks.
+    assert b.decode_cached_tokens == 3000 // 16 * 16
+    assert b.kv_bytes == kv_transfer_bytes(model, 3500 - 2992, 16, "bfloat16", 1)
+    assert b.kv_bytes < a.kv_bytes / 5
+    off = run(cluster(instance("prefill"), instance("decode", enable_prefix_caching=False)), rows)
+    assert off.requests[1].kv_bytes == kv_transfer_bytes(model, 3500, 16, "bfloat16", 1)
+    assert b.kv_transfer_end_s - b.kv_transfer_start_s < off.requests[1].kv_transfer_end_s - \
+        off.requests[1].kv_transfer_start_s
+
+
+# -- routing -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", ["prefix_aware", "kv_aware"])
+def test_routers_prefer_the_instance_holding_the_prefix(policy):
+    rows = [req(0, 4000, 10, 0.0, tuple(range(8))), req(1, 4200, 10, 3.0, tuple(range(9)))]
+    cfg = cluster(instance(None), instance(None))
+    aware = requests_frame(run(cfg, rows, prefill_policy=policy))
+    plain = requests_frame(run(cfg, rows, prefill_policy="least_loaded"))
+    assert plain.prefill_instance[0] != plain.prefill_instance[1]  # idle ties rotate
+    assert aware.prefill_instance[0] == aware.prefill_instance[1]
+    assert aware.cached_tokens[1] == 4000 // 16 * 16
+
+
+def test_decode_router_prefers_the_decode_instance_holding_the_prefix():
+    rows = [req(0, 4000, 10, 0.0, tuple(range(8))), req(1, 4200, 10, 3.0, tuple(range(9)))]
+    cfg = cluster(instance("prefill"), instance("decode"), instance("decode"))
+    aware = run(cfg, rows, decode_policy="kv_aware")
+    assert aware.requests[0].decode_instance == aware.requests[1].decode_instance
+    assert aware.requests[1].decode_cached_tokens > 0
+    plain = run(cfg, rows, decode_policy="least_loaded")
+    assert plain.requests[1].kv_bytes > aware.requests[1].kv_bytes
+
+
+@dataclass
+class FakeInstance:
+    load_tokens: int
+    num_requests: int
+    hit: int
+
+    def prefix_hit_tokens(self, req: Request) -> int:
+        return self.hit
+
+
+def test_prefix_aware_falls_back_to_the_least_loaded_when_imbalanced_as_sglang():
+    r = Request(0, 1000, 10, 0.0)
+    holder = FakeInstance(load_tokens=50_000, num_requests=100, hit=900)
+    idle = FakeInstance(load_tokens=10, num_requests=10, hit=0)
+    router = Router("prefix_aware", 0)
+    assert router.choose([idle, holder], r) is idle  # 100 - 10 > 64 and 100 > 1.5 x 10
+    holder.num_requests = 70  # 60 apart: balanced enough, the cache wins
+    assert router.choose([idle, holder], r) is holder
+    holder.hit = 300  # 30% of the prompt is not more than the threshold: least loaded
+    assert router.choose([idle, holder], r) is idle
+
+
+def test_kv_aware_trades_cached_tokens_against_queued_work_as_dynamo():
+    r = Request(0, 1000, 10, 0.0)
+    holder = FakeInstance(load_tokens=600, num_requests=1, hit=800)  # cost 200 + 600
+    other = FakeInstance(load_tokens=500, num_requests=1, hit=0)  # cost 1000 + 500
+    router = Router("kv_aware", 0)
+    assert router.choose([other, holder], r) is holder
+    holder.load_tokens = 1400  # cost 1600
+    assert router.choose([other, holder], r) is other
+
+
+def test_power_of_two_takes_the_less_loaded_of_two_random_draws():
+    busy = [FakeInstance(load_tokens=1000 + i, num_requests=1, hit=0) for i in range(3)]
+    light = FakeInstance(load_tokens=1, num_requests=1, hit=0)
+    router = Router("power_of_two", 7)
+    picks = [router.choose([*busy, light]) for _ in range(400)]
+    assert picks.count(light) == pytest.approx(400 * (1 - 0.75 * 2 / 3), rel=0.2)  # drawn in half the pairs
+    assert busy[2] not in picks  # the most loaded never wins a pair
+    assert all(router.choose([busy[0], light]) is light for _ in range(20))
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def test_trace_reader_takes_hash_ids_with_512_tokens_each_by_default(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(
+        '{"input_toks": 700, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [4, 5]}\n'
+        '{"input_toks": 70, "output_toks": 5, "arrival_time_ns": 1, "hash_ids": [4], "hash_block_tokens": 64}\n'
+        '{"input_toks": 70, "output_toks": 5, "arrival_time_ns": 2}\n'
+    )
+    a, b, c = load_trace(path)
+    assert (a.hash_ids, a.hash_block_tokens) == ((4, 5), 512)
+    assert (b.hash_ids, b.hash_block_tokens) == ((4,), 64)
+    assert (c.hash_ids, c.hash_block_tokens) == ((), 0)
+    path.write_text('{"input_toks": 7, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [1, "x"]}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl:1: field 'hash_ids': expected a list of integers"):
+        load_trace(path)
+
+
+def test_enable_prefix_caching_is_a_config_field_and_an_override(tmp_path):
+    cfg = cluster(instance(None))
+    assert cfg.nodes[0].instances[0].enable_prefix_caching is True  # vLLM's default
+    path = tmp_path / "c.json"
+    path.write_text(cfg.model_dump_json())
+    off = load_cluster_config(path, {"enable_prefix_caching": False})
+    assert off.nodes[0].instances[0].enable_prefix_caching is False
+
+
+def test_command_line_reports_cached_tokens_and_hit_rates_and_turns_caching_off(tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    trace_path = tmp_path / "chat.jsonl"
+    trace_path.write_text("".join(
+        json.dumps({"input_toks": 1100 + 512 * i, "output_toks": 8, "arrival_time_ns": i * 10**9,
+                    "hash_ids": list(range(3 + i))}) + "\n" for i in range(4)))
+
+    def cli(*extra: str) -> tuple[pd.DataFrame, dict, pd.DataFrame, str]:
+        out = tmp_path / "run.csv"
+        r = subprocess.run([sys.executable, "-m", "pdsim", "--cluster-config",
+                            str(repo / "configs/cluster/single_node_pd_instance.json"), "--dataset", str(trace_path),
+                            "--output", str(out), "--quiet", *extra],
+                           capture_output=True, text=True, cwd=repo, timeout=300)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads((tmp_path / "run_summary.json").read_text())
+        return pd.read_csv(out), summary, pd.read_csv(tmp_path / "run_timeline.csv"), r.stdout
+
+    df, summary, timeline, stdout = cli()
+    # Each prompt extends the previous one: all of it but the new span's partial block is cached.
+    assert list(df.cached_tokens) == [0, 1100 // 16 * 16, (1100 + 512) // 16 * 16, (1100 + 1024) // 16 * 16]
+    prefill = summary["instances"][0]
+    assert prefill["prefix_hit_rate"] == pytest.approx(df.cached_tokens.sum() / df.input_toks.sum())
+    assert "prefix cache hit rate" in stdout
+    assert timeline[timeline.instance == "n0.i0"].prefix_hit_tokens.iloc[-1] == df.cached_tokens.sum()
+    assert df.kv_bytes.iloc[3] < df.kv_bytes.iloc[0]  # the decode instance held the earlier turns
+    df_off, summary_off, _, stdout_off = cli("--no-enable-prefix-caching")
+    assert (df_off.cached_tokens == 0).all() and "prefix cache hit rate" not in stdout_off
+    assert df_off.kv_bytes.iloc[3] > df_off.kv_bytes.iloc[0]
