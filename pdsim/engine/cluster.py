@@ -334,6 +334,12 @@ class Cluster:
         dec.submit(req)
 
     # -- observation ----------------------------------------------------------------------------
+    def is_still(self) -> bool:
+        """Nothing changes until the next scheduled event: no bytes moving, no run of decode steps
+        passing in one event (whose steps end in between)."""
+        return (not any(flow.rate_bytes_per_s > 0 for flow in self.network.flows)
+                and all(inst.in_run is False for inst in self.instances))
+
     def sample(self) -> list[Sample]:
         now = self.env.now
         self.network.settle()
@@ -467,7 +473,7 @@ def simulate(
                 return
             # Wake at the next sample time, or as soon as the last request is done, so the run
             # ends there and not at the next multiple of the sample interval.
-            yield env.timeout(opts.sample_interval_s) | all_done
+            yield env.timeout(_next_sample_delay_s(env, cluster, opts.sample_interval_s)) | all_done
             if env.peek() == math.inf and cluster.num_done < total:
                 # Nothing else will ever happen: what is left is stuck; it is reported below.
                 samples.extend(cluster.sample())
@@ -487,6 +493,26 @@ def simulate(
         samples=samples, sim_end_s=end,
         link_samples=cluster.link_samples, ttft_mode=opts.ttft_mode,
     )
+
+
+# An idle span longer than this many sample intervals is skipped (its samples would all repeat the
+# one before it): a lone request at t = 1e6 s, or Unix-epoch arrival times, must not cost a sample
+# per simulated second. Normal runs never idle this long, so their timelines keep every row.
+_IDLE_SAMPLES_KEPT = 1000
+
+
+def _next_sample_delay_s(env: simpy.Environment, cluster: Cluster, interval_s: float) -> float:
+    """The next sample interval, or, when nothing changes before the next event, a jump to the last
+    sample time before it (the timeline then shows the idle state at both ends of the gap)."""
+    if not cluster.is_still():
+        return interval_s
+    gap_s = env.peek() - env.now
+    if gap_s == math.inf or gap_s <= _IDLE_SAMPLES_KEPT * interval_s:
+        return interval_s
+    steps = math.floor(gap_s / interval_s)
+    if steps * interval_s >= gap_s:
+        steps -= 1  # strictly before the event, as a sample at its very time might see it or not
+    return max(steps, 1) * interval_s
 
 
 def _unfinished_reason(req: Request, opts: SimOptions, end_s: float) -> str:

@@ -113,6 +113,11 @@ class Instance:
     def load_tokens(self) -> int:
         return self.sched.load_tokens + self.pending_tokens
 
+    @property
+    def in_run(self) -> bool:
+        """A run of decode steps is passing in one event (the monitor counts its steps as they end)."""
+        return self._run is not None
+
     def has_room_for(self, kv_tokens: int) -> bool:
         """Whether a hand-off of `kv_tokens` could reserve its blocks at once (nobody queued before it)."""
         return not self.pending and blocks_for(kv_tokens + 1, self.kv.block_size) <= self.kv.free
