@@ -238,7 +238,7 @@ class Cluster:
     def _fits(self, inst: Instance, req: Request) -> bool:
         if req.input_toks + req.output_toks > self.max_model_len[inst.spec.model_name]:
             return False
-        if not inst.spec.enable_chunked_prefill and req.input_toks > inst.spec.max_num_batched_tokens:
+        if not _recompute_fits(inst, req):
             return False
         tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
         if blocks_for(tokens, inst.kv.block_size) > inst.kv.num_blocks:
@@ -248,16 +248,19 @@ class Cluster:
         return True
 
     def _fits_decode(self, dec: Instance, src: Instance, req: Request) -> bool:
-        return (dec.spec.model_name == src.spec.model_name
+        return (dec.spec.model_name == src.spec.model_name and _recompute_fits(dec, req)
                 and blocks_for(req.input_toks + req.output_toks, dec.kv.block_size) <= dec.kv.num_blocks)
 
     def _why_not(self, req: Request) -> str:
         total = req.input_toks + req.output_toks
         if all(total > self.max_model_len[i.spec.model_name] for i in self.prefill_pool):
             return f"input+output = {total} tokens exceeds the model's max length"
-        if all(not i.spec.enable_chunked_prefill and req.input_toks > i.spec.max_num_batched_tokens
-               for i in self.prefill_pool):
-            return "prompt longer than max_num_batched_tokens with chunked prefill disabled"
+        if all(not _recompute_fits(i, req) for i in self.prefill_pool):
+            return (f"input+output = {total} tokens exceeds max_num_batched_tokens with chunked prefill "
+                    "disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
+        if self.decode_pool and all(not _recompute_fits(d, req) for d in self.decode_pool):
+            return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
+                    "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
         return f"input+output = {total} tokens needs more KV blocks than any instance has"
 
     def _reject(self, req: Request, reason: str) -> None:
@@ -386,6 +389,14 @@ class Cluster:
         self._last_link_sample = (now, {name: link.bytes_moved for name, link in self.links.items()})
         self.link_samples.extend(out)
         return out
+
+
+def _recompute_fits(inst: Instance, req: Request) -> bool:
+    """Without chunked prefill a preempted request recomputes its prompt and what it generated in
+    one step, so that must fit the token budget or the request blocks its queue forever. vLLM
+    refuses max_num_batched_tokens < max_model_len then; pdsim rejects the longer requests with a
+    reason instead, as vLLM run with max_model_len = max_num_batched_tokens would."""
+    return inst.spec.enable_chunked_prefill or req.input_toks + req.output_toks <= inst.spec.max_num_batched_tokens
 
 
 def simulate(

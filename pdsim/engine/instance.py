@@ -151,17 +151,19 @@ class Instance:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
-    def _reserve_pending(self) -> None:
+    def _can_reserve(self) -> bool:
+        """Whether _reserve_pending would reserve blocks for the first hand-off now."""
         # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
         # blocks only when it reaches the head of the waiting queue.
-        if len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
-            return
-        while self.pending:
+        if not self.pending or len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
+            return False
+        # Room for the KV it brings and for the token its first decode step adds.
+        return blocks_for(self.pending[0].input_toks + 1, self.kv.block_size) <= self.kv.free
+
+    def _reserve_pending(self) -> None:
+        while self._can_reserve():
             req = self.pending[0]
-            # Room for the KV it brings and for the token its first decode step adds.
             need = blocks_for(req.input_toks + 1, self.kv.block_size)
-            if need > self.kv.free:
-                return
             self.pending.popleft()
             self.pending_tokens -= req.input_toks
             self.kv.allocate(need)
@@ -183,6 +185,8 @@ class Instance:
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if plan.empty:
+                if sched.released_after_decision and self._can_reserve():
+                    continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
                 self._last_steps = None
                 self._idle = True
                 self._wake = env.event()
