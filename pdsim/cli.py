@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,12 +56,12 @@ def cli() -> None:
                    "--concurrency and --input-len/--output-len.")
 @click.option("--output", default="outputs/run.csv", show_default=True, type=click.Path(path_type=Path),
               help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv and plots go beside it.")
-@click.option("--num-requests", "--num-reqs", type=int, default=None,
+@click.option("--num-requests", "--num-reqs", type=int, default=None, callback=number_in(1, what="a request count"),
               help="Use only the first N requests (by arrival).  [default: all]")
-@click.option("--concurrency", type=int, default=None,
+@click.option("--concurrency", type=int, default=None, callback=number_in(1, what="a number of clients"),
               help="Closed loop: N clients, each sending its next request when its previous one ends "
                    "(trace arrival times are ignored).  [default: open loop]")
-@click.option("--client-delay-ms", default=1.0, show_default=True,
+@click.option("--client-delay-ms", default=1.0, show_default=True, callback=number_in(0, 1e6, what="a delay (ms)"),
               help="Closed loop: mean delay from a client's send to the engine (HTTP, API server), uniform on "
                    "[0, 2 x mean] and counted in TTFT; 0 lets a request join the very step its predecessor's "
                    "end finishes, which no real client can.")
@@ -89,12 +90,12 @@ def cli() -> None:
 @click.option("--async-scheduling/--sync-scheduling", default=None,
               help="Override for all instances: vLLM's --async-scheduling (a request arriving during a step "
                    "starts two steps later; vLLM 0.19's default).  [default: config, else sync]")
-@click.option("--step-overhead-us", default=0.0, show_default=True,
+@click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6, what="a time (us)"),
               help="Fixed CPU/scheduling time added to every engine step.")
-@click.option("--max-sim-time", type=float, default=None,
+@click.option("--max-sim-time", type=float, default=None, callback=number_in(0, 4e9, low_open=True, what="a time (s)"),
               help="Stop at this simulated time (s); requests still in flight are reported unfinished.  "
                    "[default: none]")
-@click.option("--log-interval", type=float, default=None,
+@click.option("--log-interval", type=float, default=None, callback=number_in(1e-3, 4e9, what="an interval (s)"),
               help="Print a progress line every this many simulated seconds.  [default: off]")
 @click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "

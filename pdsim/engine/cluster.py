@@ -452,7 +452,8 @@ def simulate(
 
         def clients():
             gap_s = opts.client_start_spread_s / opts.concurrency
-            for i in range(opts.concurrency):
+            # Clients beyond the number of requests would never send one: only the others are started.
+            for i in range(min(opts.concurrency, total)):
                 if i and gap_s > 0:
                     yield env.timeout(gap_s)
                 send_next()
