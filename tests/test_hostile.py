@@ -212,3 +212,19 @@ def test_a_billion_clients_do_not_loop_a_billion_times(tmp_path, capsys):
                                   "--output", str(out), "--quiet"], timeout_s=60)
     assert code == 0, err
     assert json.loads((tmp_path / "run_summary.json").read_text())["finished"] == 3
+
+
+@pytest.mark.parametrize("args", [
+    ["sweep", "--base-config", "x.json", "--dataset", "t.jsonl", "--gpus", "2", "--slo-ttft-ms", "nan",
+     "--slo-tpot-ms", "5", "--out", "OUT"],
+    ["search", "--base-config", "x.json", "--dataset", "t.jsonl", "--gpus", "2", "--slo-ttft-ms", "50",
+     "--slo-tpot-ms", "inf", "--out", "OUT"],
+    ["validate", "--measured", str(CONFIG), "--step-overhead-us", "-5", "--output", "OUT/v.csv"],
+    ["calibrate", "--measured", str(CONFIG), "--client-delay-ms", "nan", "--out", "OUT/c.json"],
+])
+def test_hostile_sweep_and_validate_options(tmp_path, capsys, args):
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, [a.replace("OUT", str(out)) for a in args])
+    flag = next(a for a, v in zip(args, args[1:]) if v in ("nan", "inf", "-5"))
+    _assert_clean_error(code, err, flag)
+    assert not out.exists()

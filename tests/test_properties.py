@@ -350,9 +350,12 @@ def test_without_chunked_prefill_a_request_whose_recompute_exceeds_the_budget_is
 
 def test_async_decode_instance_picks_up_a_hand_off_freed_by_a_finished_request():
     # Async scheduling frees a finished request's blocks after the decision; with nothing else to
-    # run the decode instance idled holding a hand-off that fitted by then, and nothing woke it.
-    cfg = build_cluster(_tiny("prefill", 200), _tiny("decode", 6, async_scheduling=True))
-    rows = [TraceRequest(i, 60, 8, i * 10**6) for i in range(4)]
+    # run the decode instance idled holding a hand-off that fitted by then, and nothing woke it
+    # (found by the generated suite above; the second request stayed "handoff" forever).
+    decode = _tiny("decode", 16, block_size=4, max_tokens=78, max_seqs=1, async_scheduling=True)
+    cfg = build_cluster(_tiny("prefill", 200), decode, link_bw=0.001, link_latency=0)
+    rows = [TraceRequest(0, 44, 2, 0), TraceRequest(1, 32, 2, 0)]
     with time_limit(CASE_LIMIT_S):
         result = simulate(cfg, rows, SimOptions())
+    assert [r.status for r in result.requests] == ["finished", "finished"]
     check_result(result, rows)
