@@ -341,7 +341,7 @@ class Cluster:
         """Nothing changes until the next scheduled event: no bytes moving, no run of decode steps
         passing in one event (whose steps end in between)."""
         return (not any(flow.rate_bytes_per_s > 0 for flow in self.network.flows)
-                and all(inst.in_run is False for inst in self.instances))
+                and not any(inst.in_run for inst in self.instances))
 
     def sample(self) -> list[Sample]:
         now = self.env.now
