@@ -18,7 +18,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pdsim.config import GB, cluster_config_from_dict
@@ -72,7 +72,8 @@ def instances(draw, pd_type: str | None) -> dict:
     max_seqs = draw(st.integers(1, 8))
     max_tokens = draw(st.integers(max_seqs, 256))
     block_size = draw(st.sampled_from([1, 4, 16]))
-    blocks = draw(st.integers(1, 120))
+    # KV room for about one to a few requests (up to 420 tokens each): enough to run, short enough to preempt.
+    blocks = -(-draw(st.integers(24, 800)) // block_size)
     return {
         "model_name": MODEL, "hardware": HARDWARE, "pd_type": pd_type,
         "npu_mem": {"mem_size": _mem_size_gb(blocks, block_size, max_tokens, max_seqs), "mem_bw": 3350,
@@ -126,7 +127,7 @@ def workloads(draw) -> list[TraceRequest]:
     t = start_s
     for i in range(n):
         t += draw(st.sampled_from([0.0, 0.0, 1e-3, 0.05, 2.0]))
-        rows.append(TraceRequest(i, draw(st.integers(1, 300)), draw(st.integers(1, 30)), int(round(t * 1e9))))
+        rows.append(TraceRequest(i, draw(st.integers(1, 300)), draw(st.integers(1, 120)), int(round(t * 1e9))))
     return rows
 
 
@@ -186,6 +187,37 @@ def test_generated_runs_terminate_and_account_for_every_request(cfg, trace, opts
     with time_limit(CASE_LIMIT_S):
         result = simulate(cfg, trace, opts, source="<generated>")
     check_result(result, trace)
+    # Shown by --hypothesis-show-statistics: how often the cases reach the paths that hung or stalled.
+    event("finished: " + ("all" if all(r.status == "finished" for r in result.requests)
+                          else "some" if any(r.status == "finished" for r in result.requests) else "none"))
+    event(f"preempted: {any(r.preemptions for r in result.requests)}")
+    event(f"kv transferred: {any(r.kv_bytes for r in result.requests)}")
+
+
+@st.composite
+def tight_clusters(draw):
+    """One colocated instance, or one P/D pair, whose KV holds about two requests: preemption."""
+    def tight(pd_type):
+        inst = draw(instances(pd_type))
+        inst.update(max_num_seqs=8, max_num_batched_tokens=max(inst["max_num_batched_tokens"], 8),
+                    enable_chunked_prefill=True)
+        inst["npu_mem"]["mem_size"] = _mem_size_gb(-(-draw(st.integers(150, 400)) // inst["block_size"]),
+                                                   inst["block_size"], inst["max_num_batched_tokens"], 8)
+        return inst
+
+    insts = [tight(None)] if draw(st.booleans()) else [tight("prefill"), tight("decode")]
+    return build_cluster(*insts, link_bw=draw(BANDWIDTHS))
+
+
+@settings(FAST, max_examples=150)
+@given(cfg=tight_clusters(), opts=options(), lengths=st.lists(st.tuples(st.integers(20, 120), st.integers(20, 120)),
+                                                              min_size=3, max_size=6))
+def test_memory_pressure_preempts_and_still_accounts_for_every_request(cfg, opts, lengths):
+    trace = [TraceRequest(i, inp, out, 0) for i, (inp, out) in enumerate(lengths)]
+    with time_limit(CASE_LIMIT_S):
+        result = simulate(cfg, trace, opts, source="<generated>")
+    check_result(result, trace)
+    event(f"preempted: {any(r.preemptions for r in result.requests)}")
 
 
 # ---- hostile values: refused with the field or flag named, or accepted and run to a finite result
