@@ -228,3 +228,23 @@ def test_hostile_sweep_and_validate_options(tmp_path, capsys, args):
     flag = next(a for a, v in zip(args, args[1:]) if v in ("nan", "inf", "-5"))
     _assert_clean_error(code, err, flag)
     assert not out.exists()
+
+
+def test_hostile_measured_runs_name_the_file(tmp_path, capsys):
+    line = ('{"input_toks": 20, "output_toks": 4, "arrival_time": 0, "queued_ts": 0, "first_token_ts": 0.1, '
+            '"last_token_ts": 0.2}')
+    cases = {
+        "utf16.jsonl": ((line + "\n").encode("utf-16"), "UTF-16"),
+        "dup.jsonl": ((line[:-1] + ', "queued_ts": 5}\n').encode(), "'queued_ts' appears twice"),
+        "deep.jsonl": (("[" * 100_000 + "]" * 100_000 + "\n").encode(), "nested too deeply"),
+        "bench.json": (b'{"ttfts": [0.1], "itls": [[]], "input_lens": [5], "output_lens": [1], "ttfts": [1]}',
+                       "'ttfts' appears twice"),
+    }
+    for name, (data, words) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        out = tmp_path / "out" / "v.csv"
+        code, err = _run_cli(capsys, ["validate", "--measured", str(path), "--cluster-config", str(CONFIG),
+                                      "--output", str(out)])
+        _assert_clean_error(code, err, str(path), words)
+        assert not out.exists()  # (validate makes the output folder before reading: the files task's remit)
