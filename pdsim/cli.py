@@ -119,16 +119,10 @@ def run_cmd(cluster_config: Path, dataset: Path | None, output: Path, num_reques
     from pdsim.progress import ProgressBar
     from pdsim.workload.trace import load_trace
 
-    if log_interval is not None and log_interval <= 0:
-        raise PdsimError(f"--log-interval: expected a positive number of seconds, got {log_interval}")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling}
     cfg = load_cluster_config(cluster_config, overrides)
-    if concurrency is not None and concurrency < 1:
-        raise PdsimError(f"--concurrency: expected a positive number of clients, got {concurrency}")
-    if client_delay_ms < 0:
-        raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
