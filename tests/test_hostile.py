@@ -248,3 +248,21 @@ def test_hostile_measured_runs_name_the_file(tmp_path, capsys):
                                       "--output", str(out)])
         _assert_clean_error(code, err, str(path), words)
         assert not out.exists()  # (validate makes the output folder before reading: the files task's remit)
+
+
+@pytest.mark.parametrize(("name", "mangle", "words"), [
+    ("dense.csv", lambda b: b.decode().encode("utf-16"), "UTF-16"),
+    ("dense.csv", lambda b: b.replace(b"op,", b"op\xe9,", 1), "not valid UTF-8"),
+    ("meta.json", lambda b: b.replace(b'"tp"', b'"tp": 1, "tp"', 1), "'tp' appears twice"),
+])
+def test_profile_files_that_are_not_utf8_json_or_csv_name_the_file(tmp_path, capsys, name, mangle, words):
+    profile = _profile_copy(tmp_path, lambda m: None)
+    (profile / name).write_bytes(mangle((profile / name).read_bytes()))
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    out = tmp_path / "out" / "run.csv"
+    code, err = _run_cli(capsys, ["--cluster-config", str(REPO / "configs/cluster/cpu_llama160m.json"),
+                                  "--dataset", str(trace), "--profile-dir", str(profile), "--output", str(out),
+                                  "--quiet"])
+    _assert_clean_error(code, err, str(profile / name), words)
+    assert not out.parent.exists()

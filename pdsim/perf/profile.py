@@ -9,6 +9,7 @@ misread profile skews every number a simulation reports.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsim.errors import ProfileError, read_json_object
+from pdsim.errors import ProfileError, decode_text, read_json_object
 from pdsim.models import DTYPE_BYTES
 from pdsim.perf.interp import Table1D, Table2D, TableND
 
@@ -99,48 +100,49 @@ def _read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str]) -> lis
     """
     if not path.is_file():
         raise ProfileError(f"{path}: missing profile file (expected columns {','.join(columns)})")
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ProfileError(f"{path}: empty file; expected a header {','.join(columns)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in columns if c not in header]
-        if missing:
+    # Decoded up front: a UTF-16 or Latin-1 file is a clear error, not a decode failure mid-table.
+    text = decode_text(path.read_bytes(), str(path), ProfileError)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise ProfileError(f"{path}: empty file; expected a header {','.join(columns)}")
+    header = [h.strip() for h in header]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ProfileError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)}; expected {','.join(columns)}, "
+            f"found {','.join(header)}"
+        )
+    idx = [header.index(c) for c in columns]
+    num = set(numeric)
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        if not raw or all(not c.strip() for c in raw):
+            continue
+        if len(raw) < len(header):
             raise ProfileError(
-                f"{path}: line 1: missing column(s) {', '.join(missing)}; expected {','.join(columns)}, "
-                f"found {','.join(header)}"
+                f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
             )
-        idx = [header.index(c) for c in columns]
-        num = set(numeric)
-        rows = []
-        for line_no, raw in enumerate(reader, start=2):
-            if not raw or all(not c.strip() for c in raw):
-                continue
-            if len(raw) < len(header):
-                raise ProfileError(
-                    f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
-                )
-            row = []
-            for c, i in zip(columns, idx, strict=True):
-                cell = raw[i].strip()
-                if c in num:
-                    try:
-                        value = float(cell)
-                    except ValueError:
-                        value = math.nan
-                    if not math.isfinite(value):
-                        raise ProfileError(
-                            f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
-                        )
-                    if value < 0:
-                        raise ProfileError(
-                            f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"
-                        )
-                    row.append(value)
-                else:
-                    row.append(cell)
-            rows.append(tuple(row))
+        row = []
+        for c, i in zip(columns, idx, strict=True):
+            cell = raw[i].strip()
+            if c in num:
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise ProfileError(
+                        f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
+                    )
+                if value < 0:
+                    raise ProfileError(
+                        f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"
+                    )
+                row.append(value)
+            else:
+                row.append(cell)
+        rows.append(tuple(row))
     if not rows:
         raise ProfileError(f"{path}: no data rows")
     return rows
@@ -313,7 +315,7 @@ def _read_simple_yaml(path: Path) -> dict[str, str]:
     justify a PyYAML dependency.
     """
     found: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in decode_text(path.read_bytes(), str(path), ProfileError).splitlines():
         m = re.match(r"^([A-Za-z_][\w-]*):\s*(.*?)\s*$", line)  # top level: no indentation
         if not m or not m.group(2) or m.group(2).startswith("#"):
             continue
