@@ -311,6 +311,30 @@ def test_hostile_options_are_refused_by_name_or_run_to_valid_json(tmp_path_facto
     assert summary["finished"] + summary["rejected"] + summary.get("unfinished", 0) == 2
 
 
+@settings(FAST, max_examples=150)
+@given(arrival=st.one_of(st.integers(-10, 10**31), st.floats(allow_nan=True, allow_infinity=True),
+                         st.sampled_from([10**30, 1e30, 4 * 10**18, 4 * 10**18 + 1, 1_733_300_000 * 10**9])))
+def test_trace_arrivals_are_refused_by_name_or_kept_within_the_clock(tmp_path_factory, arrival):
+    from pdsim.errors import TraceError
+    from pdsim.workload.trace import MAX_ARRIVAL_NS, load_trace
+
+    path = tmp_path_factory.mktemp("trace") / "t.jsonl"
+    path.write_text(json.dumps({"input_toks": 5, "output_toks": 2, "arrival_time_ns": arrival}) + "\n")
+    try:
+        (req,) = load_trace(path)
+    except TraceError as e:
+        assert str(e).startswith(f"{path}:1: field 'arrival_time_ns'") and "\n" not in str(e)
+        return
+    assert 0 <= req.arrival_time_ns <= MAX_ARRIVAL_NS
+
+
+@pytest.mark.parametrize("kwargs", [{"sample_interval_s": 1e-12}, {"sample_interval_s": math.nan},
+                                    {"max_sim_time_s": 0.0}, {"max_sim_time_s": math.inf}])
+def test_sim_options_refuse_what_would_never_end(kwargs):
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        SimOptions(**kwargs)
+
+
 # ---- one regression test per failure the issue reports
 
 

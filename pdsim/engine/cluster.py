@@ -68,6 +68,11 @@ class SimOptions:
     def __post_init__(self) -> None:
         if self.ttft_mode not in TTFT_MODES:
             raise ConfigError(f"ttft_mode: expected one of {', '.join(TTFT_MODES)}, got {self.ttft_mode!r}")
+        # A sample per 1e-12 s would never end; the CLI's --log-interval refuses the same range.
+        if not (math.isfinite(self.sample_interval_s) and self.sample_interval_s >= 1e-3):
+            raise ConfigError(f"sample_interval_s: expected a finite number >= 0.001 s, got {self.sample_interval_s}")
+        if self.max_sim_time_s is not None and not (math.isfinite(self.max_sim_time_s) and self.max_sim_time_s > 0):
+            raise ConfigError(f"max_sim_time_s: expected a finite number > 0 (s), got {self.max_sim_time_s}")
 
 
 @dataclass
