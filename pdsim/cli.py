@@ -11,6 +11,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
+from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 from pdsim.workload.readers import dataset_options
 
@@ -67,12 +68,12 @@ def cli() -> None:
               type=click.Path(path_type=Path),
               help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv, <stem>_links.csv and plots go "
                    "beside it. Existing files of that stem are replaced whole, only once the run succeeded.")
-@click.option("--num-requests", "--num-reqs", type=int, default=None,
+@click.option("--num-requests", "--num-reqs", type=int, default=None, callback=number_in(1, what="a request count"),
               help="Use only the first N requests (by arrival).  [default: all]")
-@click.option("--concurrency", type=int, default=None,
+@click.option("--concurrency", type=int, default=None, callback=number_in(1, what="a number of clients"),
               help="Closed loop: N clients, each sending its next request when its previous one ends "
                    "(trace arrival times are ignored).  [default: open loop]")
-@click.option("--client-delay-ms", default=1.0, show_default=True,
+@click.option("--client-delay-ms", default=1.0, show_default=True, callback=number_in(0, 1e6, what="a delay (ms)"),
               help="Closed loop: mean delay from a client's send to the engine (HTTP, API server), uniform on "
                    "[0, 2 x mean] and counted in TTFT; 0 lets a request join the very step its predecessor's "
                    "end finishes, which no real client can.")
@@ -104,12 +105,12 @@ def cli() -> None:
 @click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None,
               help="Override for all instances: vLLM's prefix caching (acts on requests with prefix ids, trace "
                    "`hash_ids`; others are unaffected).  [default: config, else enabled, as vLLM]")
-@click.option("--step-overhead-us", default=0.0, show_default=True,
+@click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6, what="a time (us)"),
               help="Fixed CPU/scheduling time added to every engine step.")
-@click.option("--max-sim-time", type=float, default=None,
+@click.option("--max-sim-time", type=float, default=None, callback=number_in(0, 4e9, low_open=True, what="a time (s)"),
               help="Stop at this simulated time (s); requests still in flight are reported unfinished.  "
                    "[default: none]")
-@click.option("--log-interval", type=float, default=None,
+@click.option("--log-interval", type=float, default=None, callback=number_in(1e-3, 4e9, what="an interval (s)"),
               help="Print a progress line every this many simulated seconds.  [default: off]")
 @click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
@@ -144,16 +145,10 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
-    if log_interval is not None and log_interval <= 0:
-        raise PdsimError(f"--log-interval: expected a positive number of seconds, got {log_interval}")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching}
     cfg = load_cluster_config(cluster_config, overrides)
-    if concurrency is not None and concurrency < 1:
-        raise PdsimError(f"--concurrency: expected a positive number of clients, got {concurrency}")
-    if client_delay_ms < 0:
-        raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")

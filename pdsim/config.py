@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from pdsim.errors import ConfigError, PdsimError
+from pdsim.errors import ConfigError, PdsimError, parse_json
 from pdsim.hardware import canonical_hardware_name, get_hardware
 from pdsim.llmservingsim_keys import (
     KV_CACHE_DTYPES,
@@ -46,6 +46,17 @@ INTRA_NODE_LATENCY_NS = 2000.0  # NVLink-class hop incl. launch, when intra_node
 ROUTER_POLICIES = ("round_robin", "random", "least_loaded", "power_of_two", "prefix_aware", "kv_aware")
 
 GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2^30 bytes
+
+# Bounds that keep every simulated time finite and far inside the clock's resolution (a float64
+# second count resolves 1 us up to ~4e9 s): they reject Infinity, 1e400 or 1e-300, not hardware.
+MIN_BW_GBPS = 1e-3  # 1 MB/s: a 1 GB KV transfer then still ends within ~17 minutes
+MAX_BW_GBPS = 1e6  # 1 PB/s, 2000x an NVLink port
+MAX_LATENCY_NS = 1e9  # 1 s per hop
+MAX_OVERHEAD_US = 1e6  # 1 s per step or transfer
+MAX_MEM_GB = 1e6  # per GPU
+MAX_NPUS = 65536
+MAX_TOKENS = 10**9
+MAX_BLOCK_SIZE = 1024  # tokens per KV block (vLLM's sizes are 1-256)
 
 # CLI knobs that `load_cluster_config(overrides=...)` sets on every instance.
 OVERRIDABLE_KEYS = (
@@ -75,6 +86,14 @@ def _one_of(value: str | None, options: tuple[str, ...], nullable: bool = False)
         "expected {expected}, got {got}",
         {"expected": _choices(options, nullable), "got": _fmt(value)},
     )
+
+
+def _bandwidth_floor(gbps: float) -> float:
+    if gbps < MIN_BW_GBPS:
+        raise PydanticCustomError(
+            "bandwidth", "expected a bandwidth >= {low} GB/s, got {got}", {"low": MIN_BW_GBPS, "got": _fmt(gbps)}
+        )
+    return gbps
 
 
 class _Strict(BaseModel):
@@ -109,9 +128,9 @@ class _Strict(BaseModel):
 
 
 class MemConfig(_Strict):
-    mem_size: float = Field(gt=0)  # GB
-    mem_bw: float = Field(gt=0)  # GB/s
-    mem_latency: float = Field(default=0, ge=0)  # ns
+    mem_size: float = Field(gt=0, le=MAX_MEM_GB, allow_inf_nan=False)  # GB
+    mem_bw: float = Field(gt=0, allow_inf_nan=False)  # GB/s
+    mem_latency: float = Field(default=0, ge=0, allow_inf_nan=False)  # ns
 
 
 class NpuMemConfig(MemConfig):
@@ -119,20 +138,20 @@ class NpuMemConfig(MemConfig):
     # mem_size x mem_util - weights (its published values are calibrated to that formula), and the
     # run says what vLLM's accounting would give. Left out: vLLM's accounting (gpu_memory_utilization
     # on the instance). See docs/memory.md.
-    mem_util: float | None = Field(default=None, gt=0, le=1)
+    mem_util: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
 
 
 class InstanceConfig(_Strict):
     model_name: str
     hardware: str  # not checked here: a measured profile may exist for unlisted hardware
     npu_mem: NpuMemConfig
-    num_npus: int = Field(default=1, ge=1)
-    tp_size: int = Field(default=1, ge=1)
-    pp_size: int = Field(default=1, ge=1)
+    num_npus: int = Field(default=1, ge=1, le=MAX_NPUS)
+    tp_size: int = Field(default=1, ge=1, le=MAX_NPUS)
+    pp_size: int = Field(default=1, ge=1, le=MAX_NPUS)
     pd_type: str | None = None  # "prefill", "decode", or None for a colocated instance
-    max_num_seqs: int = Field(default=128, ge=1)
-    max_num_batched_tokens: int = Field(default=2048, ge=1)
-    block_size: int = Field(default=16, ge=1)
+    max_num_seqs: int = Field(default=128, ge=1, le=MAX_TOKENS)
+    max_num_batched_tokens: int = Field(default=2048, ge=1, le=MAX_TOKENS)
+    block_size: int = Field(default=16, ge=1, le=MAX_BLOCK_SIZE)
     enable_chunked_prefill: bool = True
     dtype: str = "bfloat16"
     profile_dir: str | None = None
@@ -140,12 +159,12 @@ class InstanceConfig(_Strict):
     # run). Engine CPU time per step that kernel profiles do not see: a fixed part and a part per
     # scheduled sequence (us). decode_skew_alpha: how much of the gap between the longest and the
     # mean decode KV the attention pays; null takes the profile's own fit (0 when it has none).
-    step_overhead_us: float = Field(default=0.0, ge=0)
-    step_overhead_per_seq_us: float = Field(default=0.0, ge=0)
-    decode_skew_alpha: float | None = Field(default=None, ge=0, le=1)
+    step_overhead_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
+    step_overhead_per_seq_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
+    decode_skew_alpha: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     # vLLM v1 scheduler knob: cap on one request's prefill chunk per step; 0 (vLLM's default with
     # max_num_partial_prefills 1) lets a prefill take the whole budget left.
-    long_prefill_token_threshold: int = Field(default=0, ge=0)
+    long_prefill_token_threshold: int = Field(default=0, ge=0, le=MAX_TOKENS)
     # vLLM's scheduler_reserve_full_isl (new in 0.19, on by default; absent up to 0.18): a waiting
     # request is admitted only when its whole sequence fits in the free KV blocks, not just its
     # first chunk. Set false to model vLLM 0.18 or older.
@@ -162,16 +181,16 @@ class InstanceConfig(_Strict):
     # GiB at TP 1, more with NCCL). cudagraph: vLLM's CUDA-graph estimate, subtracted only when
     # VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 (off by default in 0.19.0, on in 0.33.0), so 0 here.
     # null: vLLM 0.19's measured increase on H100, 0.25 GiB at TP 1 and 2.1 GiB at TP >= 2 (docs/memory.md).
-    non_torch_memory_gb: float | None = Field(default=None, ge=0)
-    cudagraph_memory_gb: float = Field(default=0.0, ge=0)
+    non_torch_memory_gb: float | None = Field(default=None, ge=0, le=MAX_MEM_GB, allow_inf_nan=False)
+    cudagraph_memory_gb: float = Field(default=0.0, ge=0, le=MAX_MEM_GB, allow_inf_nan=False)
     # vLLM's --gpu-memory-utilization: the fraction of the GPU's CUDA-visible memory the engine may
     # use (weights, activations and KV cache); null: vLLM's default 0.9. Not with npu_mem.mem_util.
-    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
     # MoE model (experts split over the instance's GPUs), 1 for a dense one.
-    ep_size: int | None = Field(default=None, ge=1)
+    ep_size: int | None = Field(default=None, ge=1, le=MAX_NPUS)
     # Instances with the same dp_group form one data-parallel group (vLLM's data_parallel_size):
     # they step in lock step and, for a MoE model, share the experts (pdsim/engine/dp_group.py).
     dp_group: str | None = None
@@ -287,19 +306,25 @@ class InstanceConfig(_Strict):
 
 
 class NodeConfig(_Strict):
-    num_instances: int = Field(ge=0)
+    num_instances: int = Field(ge=0, le=MAX_NPUS)
     cpu_mem: MemConfig | None = None
     instances: list[InstanceConfig]
     # KV-transfer topology (docs/pd_realism.md). All optional: left out, the node is as in
     # LLMServingSim, where link_bw/link_latency join every pair of instances.
     # intra_node_bw: GB/s per GPU and direction into the node's fabric (NVLink-class: 450 on H100,
     # 300 on A100); same-node transfers then use the fabric instead of link_bw.
-    intra_node_bw: float | None = Field(default=None, gt=0)
-    intra_node_latency: float = Field(default=INTRA_NODE_LATENCY_NS, ge=0)  # ns, used with intra_node_bw
+    intra_node_bw: float | None = Field(default=None, gt=0, le=MAX_BW_GBPS, allow_inf_nan=False)
+    # ns, used with intra_node_bw
+    intra_node_latency: float = Field(default=INTRA_NODE_LATENCY_NS, ge=0, le=MAX_LATENCY_NS, allow_inf_nan=False)
     # nic_bw: GB/s per GPU and direction of the node's network interfaces (one NIC per GPU, as on
     # HGX boards: an instance's NIC bandwidth is nic_bw x tp_size); shared by all of the instance's
     # outgoing (or incoming) transfers. Left out: NICs are not a bottleneck.
-    nic_bw: float | None = Field(default=None, gt=0)
+    nic_bw: float | None = Field(default=None, gt=0, le=MAX_BW_GBPS, allow_inf_nan=False)
+
+    @field_validator("intra_node_bw", "nic_bw")
+    @classmethod
+    def _bw_floor(cls, v: float | None) -> float | None:
+        return None if v is None else _bandwidth_floor(v)
 
     @model_validator(mode="after")
     def _count(self) -> NodeConfig:
@@ -336,10 +361,11 @@ class KVTransferConfig(_Strict):
     # SGLang table. The connector posts each layer's K and V blocks as their own RDMA writes and
     # waits for their completions, so a hand-off pays a fixed cost per model layer; and RDMA
     # reaches a fraction of the NICs' line rate.
-    per_layer_overhead_us: float = Field(default=10.5, ge=0)
-    per_transfer_overhead_us: float = Field(default=0.0, ge=0)  # handshake + completion notice
+    per_layer_overhead_us: float = Field(default=10.5, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
+    per_transfer_overhead_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US,
+                                            allow_inf_nan=False)  # handshake + completion notice
     # Share of link_bw / nic_bw a transfer achieves (network and NIC links; not intra_node_bw).
-    bandwidth_efficiency: float = Field(default=0.73, gt=0, le=1)
+    bandwidth_efficiency: float = Field(default=0.73, gt=0, le=1, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -377,11 +403,11 @@ def instance_id(node_index: int, instance_index: int) -> str:
 
 
 class ClusterConfig(_Strict):
-    num_nodes: int = Field(ge=1)
+    num_nodes: int = Field(ge=1, le=MAX_NPUS)
     # The network between instances: GB/s (per direction) one instance pair gets, and ns. Without
     # intra_node_bw on a node, same-node pairs use it too (LLMServingSim's meaning).
-    link_bw: float = Field(gt=0)
-    link_latency: float = Field(ge=0)
+    link_bw: float = Field(gt=0, le=MAX_BW_GBPS, allow_inf_nan=False)
+    link_latency: float = Field(ge=0, le=MAX_LATENCY_NS, allow_inf_nan=False)
     # LLMServingSim's per-topology-dimension lists (innermost first, e.g. [TP, DP]); link_bw and
     # link_latency then hold the outermost value, the link between instances (docs/moe.md).
     link_bw_per_dim: tuple[float, ...] | None = None
@@ -389,6 +415,11 @@ class ClusterConfig(_Strict):
     nodes: list[NodeConfig]
     router: RouterConfig = Field(default_factory=RouterConfig)
     kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig)
+
+    @field_validator("link_bw")
+    @classmethod
+    def _bw_floor(cls, v: float) -> float:
+        return _bandwidth_floor(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -462,6 +493,7 @@ _TYPE_NAMES = {
     "model_type": "an object",
     "model_attributes_type": "an object",
     "none_required": "null",
+    "finite_number": "a finite number",
 }
 
 # Error types raised by our validators, whose message is already complete.
@@ -482,6 +514,7 @@ _OWN_ERROR_TYPES = frozenset(
         "count",
         "pd",
         "empty",
+        "bandwidth",
     }
 )
 
@@ -551,15 +584,12 @@ def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfi
 def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: cluster config not found") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read cluster config ({e.strerror})") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    raw = parse_json(data, str(path), ConfigError)
     if overrides:
         _apply_overrides(raw, overrides)
     cfg = cluster_config_from_dict(raw, str(path))

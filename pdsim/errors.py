@@ -25,12 +25,56 @@ class ProfileError(PdsimError):
     pass
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key)
+    return obj
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def decode_text(data: bytes, where: str, error: type[PdsimError] = PdsimError) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark is allowed); anything else is an error naming `where`."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and (data[0] == 0 or data[1] == 0)):
+        raise error(f"{where}: not UTF-8 (looks like UTF-16); save the file as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise error(f"{where}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimError) -> object:
+    """JSON with the checks json.loads leaves out: a key repeated in one object (json.loads keeps the
+    last silently), nesting too deep for the parser, numbers too long to convert."""
+    if isinstance(text, bytes):
+        text = decode_text(text, where, error)
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except _DuplicateKey as e:
+        raise error(f"{where}: key {e.args[0]!r} appears twice in one object; give it once") from None
+    except RecursionError:
+        raise error(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise error(f"{where}: not valid JSON ({e})") from None
+
+
 def read_json_object(path: Path, error: type[PdsimError] = PdsimError) -> dict:
     """A JSON file holding one object; `error` names the file (and line:column) when it does not."""
     try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise error(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    raw = parse_json(data, str(path), error)
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a JSON object")
     return raw

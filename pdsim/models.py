@@ -190,7 +190,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
     heads = field("num_attention_heads")
     # HF defaults: no num_key_value_heads means MHA; no head_dim means hidden / heads.
     kv_heads = field("num_key_value_heads", int, heads)
-    if hidden % heads and "head_dim" not in raw:
+    if hidden % heads and raw.get("head_dim") is None:
         raise PdsimError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
     head_dim = field("head_dim", int, hidden // heads)
     if heads % kv_heads:

@@ -39,6 +39,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _temp_beside(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)  # checked creatable by check_output_dir beforehand
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); an output gets the permissions open() would give it.
@@ -118,19 +119,15 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
 
 
 def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> None:
-    """The folder of an output: created if missing; an error if it is a file or not writable."""
+    """The folder of an output: an error if it (or the nearest part of it that exists) is a file or
+    not writable. Nothing is created here: a run refused later on its input leaves no trace; the
+    folder is made when the first output is written."""
     shown = shown if shown is not None else folder
-    for parent in [folder, *folder.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise PdsimError(f"{option} {shown}: {parent} is a file, not a folder")
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PdsimError(f"{option} {shown}: cannot create the folder {folder} ({e.strerror})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PdsimError(f"{option} {shown}: the folder {folder} is not writable")
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise PdsimError(f"{option} {shown}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PdsimError(f"{option} {shown}: the folder {existing} is not writable")
 
 
 def _same_file(a: Path, b: Path) -> bool:

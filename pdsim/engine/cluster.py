@@ -74,6 +74,11 @@ class SimOptions:
     def __post_init__(self) -> None:
         if self.ttft_mode not in TTFT_MODES:
             raise ConfigError(f"ttft_mode: expected one of {', '.join(TTFT_MODES)}, got {self.ttft_mode!r}")
+        # A sample per 1e-12 s would never end; the CLI's --log-interval refuses the same range.
+        if not (math.isfinite(self.sample_interval_s) and self.sample_interval_s >= 1e-3):
+            raise ConfigError(f"sample_interval_s: expected a finite number >= 0.001 s, got {self.sample_interval_s}")
+        if self.max_sim_time_s is not None and not (math.isfinite(self.max_sim_time_s) and self.max_sim_time_s > 0):
+            raise ConfigError(f"max_sim_time_s: expected a finite number > 0 (s), got {self.max_sim_time_s}")
 
 
 @dataclass
@@ -280,7 +285,7 @@ class Cluster:
     def _fits(self, inst: Instance, req: Request) -> bool:
         if req.input_toks + req.output_toks > self.max_model_len[inst.spec.model_name]:
             return False
-        if not inst.spec.enable_chunked_prefill and req.input_toks > inst.spec.max_num_batched_tokens:
+        if not _recompute_fits(inst, req):
             return False
         tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
         if blocks_for(tokens, inst.kv.block_size) > inst.kv.num_blocks:
@@ -290,16 +295,19 @@ class Cluster:
         return True
 
     def _fits_decode(self, dec: Instance, src: Instance, req: Request) -> bool:
-        return (dec.spec.model_name == src.spec.model_name
+        return (dec.spec.model_name == src.spec.model_name and _recompute_fits(dec, req)
                 and blocks_for(req.input_toks + req.output_toks, dec.kv.block_size) <= dec.kv.num_blocks)
 
     def _why_not(self, req: Request) -> str:
         total = req.input_toks + req.output_toks
         if all(total > self.max_model_len[i.spec.model_name] for i in self.prefill_pool):
             return f"input+output = {total} tokens exceeds the model's max length"
-        if all(not i.spec.enable_chunked_prefill and req.input_toks > i.spec.max_num_batched_tokens
-               for i in self.prefill_pool):
-            return "prompt longer than max_num_batched_tokens with chunked prefill disabled"
+        if all(not _recompute_fits(i, req) for i in self.prefill_pool):
+            return (f"input+output = {total} tokens exceeds max_num_batched_tokens with chunked prefill "
+                    "disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
+        if self.decode_pool and all(not _recompute_fits(d, req) for d in self.decode_pool):
+            return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
+                    "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
         return f"input+output = {total} tokens needs more KV blocks than any instance has"
 
     def _reject(self, req: Request, reason: str) -> None:
@@ -378,6 +386,12 @@ class Cluster:
         dec.submit(req)
 
     # -- observation ----------------------------------------------------------------------------
+    def is_still(self) -> bool:
+        """Nothing changes until the next scheduled event: no bytes moving, no run of decode steps
+        passing in one event (whose steps end in between)."""
+        return (not any(flow.rate_bytes_per_s > 0 for flow in self.network.flows)
+                and not any(inst.in_run for inst in self.instances))
+
     def sample(self) -> list[Sample]:
         now = self.env.now
         self.network.settle()
@@ -426,6 +440,14 @@ class Cluster:
         self._last_link_sample = (now, {name: link.bytes_moved for name, link in self.links.items()})
         self.link_samples.extend(out)
         return out
+
+
+def _recompute_fits(inst: Instance, req: Request) -> bool:
+    """Without chunked prefill a preempted request recomputes its prompt and what it generated in
+    one step, so that must fit the token budget or the request blocks its queue forever. vLLM
+    refuses max_num_batched_tokens < max_model_len then; pdsim rejects the longer requests with a
+    reason instead, as vLLM run with max_model_len = max_num_batched_tokens would."""
+    return inst.spec.enable_chunked_prefill or req.input_toks + req.output_toks <= inst.spec.max_num_batched_tokens
 
 
 def simulate(
@@ -482,7 +504,8 @@ def simulate(
 
         def clients():
             gap_s = opts.client_start_spread_s / opts.concurrency
-            for i in range(opts.concurrency):
+            # Clients beyond the number of requests would never send one: only the others are started.
+            for i in range(min(opts.concurrency, total)):
                 if i and gap_s > 0:
                     yield env.timeout(gap_s)
                 send_next()
@@ -514,7 +537,7 @@ def simulate(
                 return
             # Wake at the next sample time, or as soon as the last request is done, so the run
             # ends there and not at the next multiple of the sample interval.
-            yield env.timeout(opts.sample_interval_s) | all_done
+            yield env.timeout(_next_sample_delay_s(env, cluster, opts.sample_interval_s)) | all_done
             if env.peek() == math.inf and cluster.num_done < total:
                 # Nothing else will ever happen: what is left is stuck; it is reported below.
                 samples.extend(cluster.sample())
@@ -534,6 +557,26 @@ def simulate(
         samples=samples, sim_end_s=end,
         link_samples=cluster.link_samples, ttft_mode=opts.ttft_mode,
     )
+
+
+# An idle span longer than this many sample intervals is skipped (its samples would all repeat the
+# one before it): a lone request at t = 1e6 s, or Unix-epoch arrival times, must not cost a sample
+# per simulated second. Normal runs never idle this long, so their timelines keep every row.
+_IDLE_SAMPLES_KEPT = 1000
+
+
+def _next_sample_delay_s(env: simpy.Environment, cluster: Cluster, interval_s: float) -> float:
+    """The next sample interval, or, when nothing changes before the next event, a jump to the last
+    sample time before it (the timeline then shows the idle state at both ends of the gap)."""
+    if not cluster.is_still():
+        return interval_s
+    gap_s = env.peek() - env.now
+    if gap_s == math.inf or gap_s <= _IDLE_SAMPLES_KEPT * interval_s:
+        return interval_s
+    steps = math.floor(gap_s / interval_s)
+    if steps * interval_s >= gap_s:
+        steps -= 1  # strictly before the event, as a sample at its very time might see it or not
+    return max(steps, 1) * interval_s
 
 
 def _unfinished_reason(req: Request, opts: SimOptions, end_s: float) -> str:

@@ -146,6 +146,10 @@ class Instance:
     def has_room_for(self, req: Request) -> bool:
         """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
         return not self.pending and self._handoff_need(req)[0] <= self.kv.free
+    def in_run(self) -> bool:
+        """A run of decode steps is passing in one event (the monitor counts its steps as they end)."""
+        return self._run is not None
+
 
     def submit(self, req: Request) -> None:
         """A request that starts (or, after its KV arrived, continues) on this instance."""
@@ -187,12 +191,18 @@ class Instance:
         elif self.dp_group is not None:
             self._woken_at_barrier = True
 
-    def _reserve_pending(self) -> None:
+    def _can_reserve(self) -> bool:
+        """Whether _reserve_pending would reserve blocks for the first hand-off now."""
         # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
         # blocks only when it reaches the head of the waiting queue.
-        if len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
-            return
-        while self.pending:
+        if not self.pending or len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
+            return False
+        # Room for the KV it brings and for the token its first decode step adds (less the prompt
+        # blocks this instance's prefix cache already holds).
+        return self._handoff_need(self.pending[0])[0] <= self.kv.free
+
+    def _reserve_pending(self) -> None:
+        while self._can_reserve():
             req = self.pending[0]
             # Room for the KV it brings and for the token its first decode step adds; prompt
             # blocks this instance already caches are shared, not sent again.
@@ -241,6 +251,8 @@ class Instance:
                 if self._woken_at_barrier:
                     continue
             if plan.empty:
+                if sched.released_after_decision and self._can_reserve():
+                    continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
                 self._last_steps = None
                 self._idle = True
                 self._wake = env.event()

@@ -137,8 +137,26 @@ class Network:
         if generation != self._generation:
             return  # a flow started, ended or was fed since this timer was set
         self.settle()
+        self._snap_unrepresentable()
         self._finish_done()
         self._replan()
+
+    def _snap_unrepresentable(self) -> None:
+        """Late in a run the clock's resolution (one ulp of `now`) can exceed the time a fast flow
+        needs for its last bytes: the timer then fires at the same `now`, `settle` moves nothing,
+        and the flow would be rescheduled forever. Such a flow has, to the clock's resolution,
+        reached its next change already: move those bytes now."""
+        now = self.env.now
+        resolution_s = 2.0 * math.ulp(now)
+        for flow in self.flows:
+            rate = flow.rate_bytes_per_s
+            if rate <= 0:
+                continue
+            ahead = min(flow.remaining_bytes, flow.fed_bytes - flow.sent_bytes)
+            if 0 < ahead and ahead / rate <= resolution_s:
+                flow.sent_bytes += ahead
+                for link in flow.path:
+                    link.bytes_moved += ahead
 
     def _solve(self) -> None:
         """Max-min fair rates by progressive filling over the flows that have bytes to send."""

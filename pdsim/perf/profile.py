@@ -9,6 +9,7 @@ misread profile skews every number a simulation reports.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsim.errors import ProfileError, read_json_object
+from pdsim.errors import ProfileError, decode_text, read_json_object
+from pdsim.models import DTYPE_BYTES
 from pdsim.moe import MOE_KEYS
 from pdsim.perf.interp import Table1D, Table2D, TableND
 from pdsim.perf.moe_time import MoETable
@@ -103,48 +105,49 @@ def _read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str]) -> lis
     """
     if not path.is_file():
         raise ProfileError(f"{path}: missing profile file (expected columns {','.join(columns)})")
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ProfileError(f"{path}: empty file; expected a header {','.join(columns)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in columns if c not in header]
-        if missing:
+    # Decoded up front: a UTF-16 or Latin-1 file is a clear error, not a decode failure mid-table.
+    text = decode_text(path.read_bytes(), str(path), ProfileError)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise ProfileError(f"{path}: empty file; expected a header {','.join(columns)}")
+    header = [h.strip() for h in header]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ProfileError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)}; expected {','.join(columns)}, "
+            f"found {','.join(header)}"
+        )
+    idx = [header.index(c) for c in columns]
+    num = set(numeric)
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        if not raw or all(not c.strip() for c in raw):
+            continue
+        if len(raw) < len(header):
             raise ProfileError(
-                f"{path}: line 1: missing column(s) {', '.join(missing)}; expected {','.join(columns)}, "
-                f"found {','.join(header)}"
+                f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
             )
-        idx = [header.index(c) for c in columns]
-        num = set(numeric)
-        rows = []
-        for line_no, raw in enumerate(reader, start=2):
-            if not raw or all(not c.strip() for c in raw):
-                continue
-            if len(raw) < len(header):
-                raise ProfileError(
-                    f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
-                )
-            row = []
-            for c, i in zip(columns, idx, strict=True):
-                cell = raw[i].strip()
-                if c in num:
-                    try:
-                        value = float(cell)
-                    except ValueError:
-                        value = math.nan
-                    if not math.isfinite(value):
-                        raise ProfileError(
-                            f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
-                        )
-                    if value < 0:
-                        raise ProfileError(
-                            f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"
-                        )
-                    row.append(value)
-                else:
-                    row.append(cell)
-            rows.append(tuple(row))
+        row = []
+        for c, i in zip(columns, idx, strict=True):
+            cell = raw[i].strip()
+            if c in num:
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise ProfileError(
+                        f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
+                    )
+                if value < 0:
+                    raise ProfileError(
+                        f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"
+                    )
+                row.append(value)
+            else:
+                row.append(cell)
+        rows.append(tuple(row))
     if not rows:
         raise ProfileError(f"{path}: no data rows")
     return rows
@@ -224,6 +227,33 @@ def _read_op_tables(
     return dense, per_seq
 
 
+def _optional_object(raw: dict, key: str, meta_path: Path) -> dict:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProfileError(f"{meta_path}: field {key!r}: expected an object, got {value!r}")
+    return value
+
+
+def _positive_int(value: object, key: str, meta_path: Path) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ProfileError(f"{meta_path}: field {key!r}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_bytes(value: object, meta_path: Path) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ProfileError(
+            f"{meta_path}: field 'memory.activation_peak_bytes': expected a finite number of bytes >= 0, got {value!r}"
+        )
+    return value
+
+
 def _read_pdsim(root: Path) -> Profile:
     meta_path = root / "meta.json"
     raw = read_json_object(meta_path, ProfileError)
@@ -243,20 +273,25 @@ def _read_pdsim(root: Path) -> Profile:
     source = need("source", str)
     if source not in ("measured", "estimated"):
         raise ProfileError(f"{meta_path}: field 'source': expected 'measured' or 'estimated', got {source!r}")
-    memory = raw.get("memory") or {}
+    dtype = need("dtype", str)
+    if dtype not in DTYPE_BYTES:
+        raise ProfileError(f"{meta_path}: field 'dtype': expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    tp = need("tp", int)
+    memory = _optional_object(raw, "memory", meta_path)
     meta = ProfileMeta(
         hardware=need("hardware", str),
         model=need("model", str),
-        dtype=need("dtype", str),
-        tp=need("tp", int),
+        dtype=dtype,
+        tp=_positive_int(tp, "tp", meta_path),
         source=source,
         tool=str(raw.get("tool", "")),
         tool_version=str(raw.get("tool_version", "")),
         created_at=str(raw.get("created_at", "")),
-        num_layers=raw.get("num_layers"),
-        device=raw.get("device") or {},
-        activation_peak_bytes=memory.get("activation_peak_bytes"),
-        activation_tokens=memory.get("max_num_batched_tokens"),
+        num_layers=_positive_int(raw.get("num_layers"), "num_layers", meta_path),
+        device=_optional_object(raw, "device", meta_path),
+        activation_peak_bytes=_non_negative_bytes(memory.get("activation_peak_bytes"), meta_path),
+        activation_tokens=_positive_int(memory.get("max_num_batched_tokens"), "memory.max_num_batched_tokens",
+                                        meta_path),
         notes=str(raw.get("notes", "")),
         path=str(root),
         fmt="pdsim",
@@ -288,7 +323,7 @@ def _read_simple_yaml(path: Path) -> dict[str, str]:
     justify a PyYAML dependency.
     """
     found: dict[str, str] = {}
-    for line in path.read_text().splitlines():
+    for line in decode_text(path.read_bytes(), str(path), ProfileError).splitlines():
         m = re.match(r"^([A-Za-z_][\w-]*):\s*(.*?)\s*$", line)  # top level: no indentation
         if not m or not m.group(2) or m.group(2).startswith("#"):
             continue
@@ -470,6 +505,20 @@ def write_profile(
     read_profile(out)  # fail here, not in a later simulation, on a malformed table
 
 
+def _same_model(a: str, b: str) -> bool:
+    # LLMServingSim's meta.yaml may name a model without its organisation ("Llama-3.1-8B").
+    return a.lower() == b.lower() or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
+
+
+def _check_model(profile: Profile, model: str) -> None:
+    """A profile given with --profile-dir times another model's layers: refuse it, not use it."""
+    if not _same_model(profile.meta.model, model):
+        path = Path(profile.meta.path)
+        meta = path / "meta.json" if profile.meta.fmt == "pdsim" else path.parent / "meta.yaml"
+        raise ProfileError(f"{meta}: field 'model': the profile is for {profile.meta.model}, "
+                           f"but the instance runs {model}")
+
+
 def profile_path(root: str | Path, hardware: str, model: str, dtype: str, tp: int) -> Path:
     """root/<hardware>/<org>/<model>/<dtype>/tp<N>; `model` is a Hugging Face id (org/name)."""
     return Path(root) / hardware / Path(*model.split("/")) / dtype / f"tp{tp}"
@@ -489,7 +538,9 @@ def find_profile(
     hold a profile, and for LLMServingSim its `tpN/` for this tp.
     """
     if profile_dir is not None:
-        return read_profile(profile_dir, tp=tp)
+        profile = read_profile(profile_dir, tp=tp)
+        _check_model(profile, model)
+        return profile
     path = profile_path(root if root is not None else PROFILES_ROOT, hardware, model, dtype, tp)
     if not path.is_dir():
         return None

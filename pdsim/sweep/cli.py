@@ -14,6 +14,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
+from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file
 from pdsim.workload.readers import dataset_options
@@ -37,7 +38,8 @@ def _common(f: Callable) -> Callable:
         click.option("--dataset", required=True, type=InputFile("dataset"),
                      help="Trace (pdsim JSONL, a public trace (docs/workloads.md) or a bundled name); its "
                           "lengths are replayed at each rate."),
-        click.option("--num-requests", type=int, default=None, help="Use the first N requests.  [default: all]"),
+        click.option("--num-requests", type=int, default=None,
+                     callback=number_in(1, what="a request count"), help="Use the first N requests.  [default: all]"),
         click.option("--gpus", type=int, required=True, help="GPU budget every configuration uses."),
         click.option("--ratios", default="all", show_default=True,
                      help="P:D instance counts to try: 'all' or a list such as 1:7,2:6 (or 1P7D,2P6D)."),
@@ -47,8 +49,10 @@ def _common(f: Callable) -> Callable:
                      help="Include the colocated baseline on the same GPUs."),
         click.option("--node-gpus", type=int, default=None,
                      help="GPUs per node when placing instances.  [default: 8, or the base's largest node]"),
-        click.option("--slo-ttft-ms", type=float, required=True, help="TTFT SLO (ms)."),
-        click.option("--slo-tpot-ms", type=float, required=True, help="TPOT SLO (ms)."),
+        click.option("--slo-ttft-ms", type=float, required=True,
+                     callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TTFT SLO (ms)."),
+        click.option("--slo-tpot-ms", type=float, required=True,
+                     callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TPOT SLO (ms)."),
         click.option("--attainment", type=click.FloatRange(0, 1), default=0.9, show_default=True,
                      help="Share of requests that must meet the SLOs."),
         click.option("--slo-mode", type=click.Choice(SLO_MODES), default="joint", show_default=True,
@@ -60,8 +64,10 @@ def _common(f: Callable) -> Callable:
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of Poisson arrivals and random routing; runs are deterministic per seed."),
         click.option("--time-limit-slack-s", type=float, default=120.0, show_default=True,
+                     callback=number_in(0, 1e9, what="a time (s)"),
                      help="Simulate this long past the last arrival; requests still running then miss their SLOs."),
         click.option("--min-duration-s", type=float, default=60.0, show_default=True,
+                     callback=number_in(0, 1e9, what="a time (s)"),
                      help="Repeat the dataset until arrivals span at least this long at each rate, and at least "
                           "3 x the longest request life the SLOs allow (TTFT SLO + (longest output - 1) x TPOT "
                           "SLO), so a run measures the sustained rate, not the ramp-up. Requests arriving within "
@@ -279,7 +285,7 @@ def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]]
 
 
 @click.command("search")
-@click.option("--rel-tol", type=float, default=0.05, show_default=True,
+@click.option("--rel-tol", type=float, default=0.05, show_default=True, callback=number_in(0, 1, low_open=True),
               help="Stop bisecting when the bracket is narrower than this fraction of the rate.")
 @click.option("--max-probes", type=int, default=14, show_default=True, help="Most runs per configuration.")
 @_common

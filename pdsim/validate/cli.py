@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
+from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_text_atomic
 from pdsim.validate.kv_capacity import capacity_line
@@ -41,7 +42,8 @@ def _closed_loop_options(f):
     options = [
         click.option("--model", default=None, help="Closed-loop tables: model id (default: the table's model_path)."),
         click.option("--hardware", default="H100-SXM", show_default=True, help="Closed-loop tables: pdsim hardware."),
-        click.option("--mem-gb", default=80.0, show_default=True, help="Closed-loop tables: GPU memory (GB)."),
+        click.option("--mem-gb", default=80.0, show_default=True,
+                     callback=number_in(0, 1e6, low_open=True), help="Closed-loop tables: GPU memory (GB)."),
         click.option("--engine-preset", type=click.Choice(["aiconfigurator", "vllm-serve"]), default="aiconfigurator",
                      show_default=True,
                      help="Closed-loop tables: the engine settings per row. aiconfigurator: what its generator "
@@ -50,7 +52,7 @@ def _closed_loop_options(f):
         click.option("--rounds", default=20, show_default=True,
                      help="Closed-loop tables: measured requests per client (aiperf --num-requests = rounds x "
                           "concurrency)."),
-        click.option("--client-delay-ms", default=1.0, show_default=True,
+        click.option("--client-delay-ms", default=1.0, show_default=True, callback=number_in(0, 1e6),
                      help="Closed-loop tables and closed-loop runs: mean client-to-engine delay per request "
                           "(uniform on [0, 2 x mean], counted in TTFT). aiperf closed-loop runs also wait their "
                           "own measured gaps between a request's end and the next send."),
@@ -155,7 +157,8 @@ def _refuse_inexpressible(run: MeasuredRun) -> None:
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
               help="Profile for every instance; for closed-loop tables, a root holding "
                    "<hw>/<model>/<dtype>/tp<N> (as import-aiconfigurator writes).")
-@click.option("--step-overhead-us", default=0.0, show_default=True, help="Engine CPU time per step (calibrate).")
+@click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6),
+              help="Engine CPU time per step (calibrate).")
 @click.option("--async-scheduling/--sync-scheduling", default=None,
               help="vLLM's --async-scheduling on every instance (on by default in vLLM 0.19, off in 0.12).  "
                    "[default: the measured run's meta.json (its engine_kwargs, else its vLLM version's "

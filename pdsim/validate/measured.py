@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pdsim.errors import PdsimError, read_json_object
+from pdsim.errors import PdsimError, decode_text, parse_json, read_json_object
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]
 
@@ -98,19 +98,19 @@ def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
         p = p / AIPERF_RECORDS
     if not p.is_file():
         raise PdsimError(f"{p}: measured run not found")
-    text = p.read_text()
+    text = decode_text(p.read_bytes(), str(p))
     first = text.lstrip()[:1]
     if first == "{":
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
-            obj = None  # JSONL: one object per line
+        except (json.JSONDecodeError, RecursionError):
+            obj = None  # JSONL: one object per line (the reader below names any other problem)
         if isinstance(obj, dict) and "ttfts" in obj:
-            return read_vllm_bench_json(p, obj)
+            return read_vllm_bench_json(p)  # read again, strictly (no repeated keys)
         head = text.lstrip().split("\n", 1)[0]
         try:
             first_record = json.loads(head)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             first_record = None
         if isinstance(first_record, dict) and "metadata" in first_record and "metrics" in first_record:
             return read_aiperf_jsonl(p)
@@ -130,13 +130,9 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     """
     p = Path(path)
     rows = []
-    for line_no, line in enumerate(p.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise PdsimError(f"{p}:{line_no}: not valid JSON ({e.msg})") from None
+    for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
+        if line.strip():
+            rows.append(parse_json(line, f"{p}:{line_no}"))
     need = ("input_toks", "output_toks", "arrival_time", "queued_ts", "first_token_ts", "last_token_ts")
     df = pd.DataFrame(rows)
     missing = [c for c in need if c not in df.columns]
@@ -172,7 +168,9 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
     """
     p = Path(path)
     if obj is None:
-        obj = json.loads(p.read_text())
+        obj = parse_json(p.read_bytes(), str(p))
+        if not isinstance(obj, dict):
+            raise PdsimError(f"{p}: expected a JSON object")
     for key in ("ttfts", "itls", "input_lens", "output_lens"):
         if key not in obj:
             raise PdsimError(f"{p}: missing {key!r}; save it with `vllm bench serve --save-result --save-detailed`")
@@ -267,14 +265,11 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     p = Path(path)
     rows, itls, ends_ns = [], [], []
     warmup = failed = 0
-    for line_no, line in enumerate(p.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{p}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PdsimError(f"{where}: not valid JSON ({e.msg})") from None
+        record = parse_json(line, where)
         if not isinstance(record, dict) or not isinstance(record.get("metadata"), dict) \
                 or not isinstance(record.get("metrics"), dict):
             raise PdsimError(f"{where}: expected an aiperf record with 'metadata' and 'metrics' objects")

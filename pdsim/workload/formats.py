@@ -168,6 +168,8 @@ def read_mooncake(path: Path) -> Loaded:
                 obj = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise TraceError(f"{where}: not valid JSON ({getattr(e, 'msg', e)})") from None
+            except (RecursionError, ValueError):
+                raise TraceError(f"{where}: not valid JSON (nested too deeply or a number too long)") from None
             if not isinstance(obj, dict):
                 raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             t_ms = obj.get("timestamp")
@@ -221,6 +223,8 @@ def read_sharegpt(path: Path, chars_per_token: float = CHARS_PER_TOKEN) -> Loade
         items = json.loads(path.read_bytes())
     except json.JSONDecodeError as e:
         raise TraceError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except (RecursionError, ValueError):
+        raise TraceError(f"{path}: not valid JSON (nested too deeply, not UTF-8, or a number too long)") from None
     if not isinstance(items, list):
         raise TraceError(f"{path}: expected a JSON list of conversations")
     requests, skipped = [], 0
@@ -250,6 +254,8 @@ def read_vllm_bench(path: Path) -> Loaded:
         run = read_vllm_bench_json(path, json.loads(path.read_bytes()))
     except json.JSONDecodeError as e:
         raise TraceError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except (RecursionError, ValueError):
+        raise TraceError(f"{path}: not valid JSON (nested too deeply, not UTF-8, or a number too long)") from None
     except PdsimError as e:
         raise TraceError(str(e)) from None
     df = run.requests

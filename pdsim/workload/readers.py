@@ -90,7 +90,7 @@ def detect_format(path: Path) -> str:
     if text.startswith("{"):
         try:
             obj = json.loads(first)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             obj = None  # one JSON document over many lines (vllm bench's saved result)
         if isinstance(obj, dict):
             if "input_toks" in obj:

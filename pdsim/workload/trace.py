@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdsim.errors import TraceError
+from pdsim.errors import TraceError, parse_json
 
 
 @dataclass(slots=True)
@@ -42,12 +42,20 @@ def _length(value: object, key: str, where: str) -> int:
     raise TraceError(f"{where}: field {key!r}: expected a positive integer, got {value!r}")
 
 
+# Past ~4e9 s a float64 clock resolves less than 1 us, and step times would vanish in it; the
+# bound still admits Unix-epoch timestamps (~1.7e18 ns).
+MAX_ARRIVAL_NS = 4 * 10**18
+
+
 def _arrival(value: object, where: str) -> int:
     if type(value) is int:
-        if value >= 0:
+        if 0 <= value <= MAX_ARRIVAL_NS:
             return value
-    elif type(value) is float and math.isfinite(value) and value >= 0:
+    elif type(value) is float and math.isfinite(value) and 0 <= value <= MAX_ARRIVAL_NS:
         return round(value)
+    if type(value) in (int, float) and value > MAX_ARRIVAL_NS:
+        raise TraceError(f"{where}: field 'arrival_time_ns': expected at most {MAX_ARRIVAL_NS:.0e} ns "
+                         f"(~127 years), got {value!r}")
     raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {value!r}")
 
 
@@ -89,6 +97,11 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                 raise TraceError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             except UnicodeDecodeError as e:
                 raise TraceError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
+            except (RecursionError, ValueError):
+                parse_json(line, f"{path}:{lineno}", TraceError)  # names the problem
+                raise
+            if line.count(b'"input_toks"') + line.count(b'"output_toks"') + line.count(b'"arrival_time_ns"') != 3:
+                parse_json(line, f"{path}:{lineno}", TraceError)  # a field given twice: json.loads kept the last
             try:
                 inp = obj["input_toks"]
                 out = obj["output_toks"]
@@ -113,7 +126,7 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                 and type(arr) is int
                 and inp > 0
                 and out > 0
-                and arr >= 0
+                and 0 <= arr <= MAX_ARRIVAL_NS
             ):
                 append(TraceRequest(n, inp, out, arr))
             else:

@@ -1,0 +1,269 @@
+"""Hostile input (issue 17, parts 4-5): every case exits with code 2 and one line on stderr that names
+the file and field or the flag, with no traceback and no output file written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from pdsim.cli import main
+from pdsim.errors import PdsimError
+from pdsim.models import load_model
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs/cluster/single_node_pd_instance.json"
+TRACE = REPO / "workloads/example_trace.jsonl"
+PROFILE = REPO / "profiles/CPU-1core/JackFram/llama-160m/bfloat16/tp1"
+TRACE_LINE = '{"input_toks": 20, "output_toks": 4, "arrival_time_ns": 0}\n'
+
+
+def _run_cli(capsys, args: list[str], timeout_s: float = 30) -> tuple[int, str]:
+    def stop(_sig, _frame):
+        raise TimeoutError(f"pdsim {' '.join(args)} ran over {timeout_s} s")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return code, capsys.readouterr().err
+
+
+def _config_text(tmp_path: Path, edit) -> Path:
+    raw = json.loads(CONFIG.read_text())
+    text = edit(raw)
+    path = tmp_path / "cfg.json"
+    path.write_text(text if isinstance(text, str) else json.dumps(raw))
+    return path
+
+
+def _set(path: tuple, literal: str):
+    """Put `literal` (raw JSON text such as Infinity or 1e400) at `path` of the config."""
+
+    def edit(raw: dict) -> str:
+        node = raw
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = "@@VALUE@@"
+        return json.dumps(raw).replace('"@@VALUE@@"', literal)
+
+    return edit
+
+
+INST = ("nodes", 0, "instances", 0)
+CONFIG_CASES = [
+    (("link_bw",), "Infinity", "link_bw"),
+    (("link_bw",), "1e400", "link_bw"),
+    (("link_bw",), "1e-300", "link_bw"),
+    (("link_bw",), "NaN", "link_bw"),
+    (("link_latency",), "Infinity", "link_latency"),
+    (("link_latency",), "1e400", "link_latency"),
+    (("nodes", 0, "nic_bw"), "Infinity", "nodes[0].nic_bw"),
+    (("nodes", 0, "nic_bw"), "1e-300", "nodes[0].nic_bw"),
+    (("nodes", 0, "intra_node_bw"), "1e400", "nodes[0].intra_node_bw"),
+    (("nodes", 0, "intra_node_bw"), "1e-300", "nodes[0].intra_node_bw"),
+    ((*INST, "step_overhead_us"), "Infinity", "step_overhead_us"),
+    ((*INST, "step_overhead_us"), "1e400", "step_overhead_us"),
+    ((*INST, "npu_mem", "mem_size"), "1e300", "npu_mem.mem_size"),
+    ((*INST, "npu_mem", "mem_size"), "Infinity", "npu_mem.mem_size"),
+    ((*INST, "block_size"), "1" + "0" * 30, "block_size"),
+    ((*INST, "max_num_batched_tokens"), "1" + "0" * 30, "max_num_batched_tokens"),
+]
+
+
+def _assert_clean_error(code: int, err: str, *names: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "internal error" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+@pytest.mark.parametrize(("path", "literal", "field"), CONFIG_CASES)
+def test_hostile_config_value_is_one_line_naming_file_and_field(tmp_path, capsys, path, literal, field):
+    cfg = _config_text(tmp_path, _set(path, literal))
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    out = tmp_path / "out" / "run.csv"
+    code, err = _run_cli(capsys, ["--cluster-config", str(cfg), "--dataset", str(trace), "--output", str(out),
+                                  "--quiet"])
+    _assert_clean_error(code, err, str(cfg), field)
+    assert not out.parent.exists()
+
+
+OPTION_CASES = [
+    ("--step-overhead-us", "nan"), ("--step-overhead-us", "inf"), ("--step-overhead-us", "-5"),
+    ("--client-delay-ms", "nan"), ("--client-delay-ms", "inf"),
+    ("--max-sim-time", "nan"), ("--max-sim-time", "0"), ("--max-sim-time", "-1"),
+    ("--log-interval", "1e-12"), ("--log-interval", "nan"),
+    ("--num-requests", "0"), ("--concurrency", "0"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value"), OPTION_CASES)
+def test_hostile_option_is_one_line_naming_the_flag(tmp_path, capsys, flag, value):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    out = tmp_path / "out" / "run.csv"
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(trace), "--output", str(out),
+                                  "--quiet", flag, value])
+    _assert_clean_error(code, err, flag)
+    assert "max_requests" not in err
+    assert not out.parent.exists()
+
+
+def _bad_file_cases(tmp_path: Path) -> list[tuple[str, Path, str]]:
+    base = CONFIG.read_text()
+    cases = []
+    p = tmp_path / "dup.json"
+    p.write_text(base.replace('"link_bw"', '"link_bw": 1, "link_bw"', 1))
+    cases.append(("config", p, "'link_bw' appears twice"))
+    p = tmp_path / "utf16.json"
+    p.write_bytes(base.encode("utf-16"))
+    cases.append(("config", p, "UTF-16"))
+    p = tmp_path / "latin1.json"
+    p.write_bytes(base.replace('"num_nodes"', '"_note": "caf\u00e9", "num_nodes"', 1).encode("latin-1"))
+    cases.append(("config", p, "not valid UTF-8"))
+    p = tmp_path / "deep.json"
+    p.write_text('{"num_nodes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    cases.append(("config", p, "nested too deeply"))
+    p = tmp_path / "dup.jsonl"
+    p.write_text('{"input_toks": 20, "output_toks": 4, "arrival_time_ns": 0, "output_toks": 9}\n')
+    cases.append(("trace", p, "'output_toks' appears twice"))
+    p = tmp_path / "far.jsonl"
+    p.write_text('{"input_toks": 20, "output_toks": 4, "arrival_time_ns": 1e30}\n')
+    cases.append(("trace", p, "arrival_time_ns"))
+    p = tmp_path / "deep.jsonl"
+    p.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    cases.append(("trace", p, "nested too deeply"))
+    return cases
+
+
+def test_hostile_files_are_one_line_naming_the_file(tmp_path, capsys):
+    for kind, path, words in _bad_file_cases(tmp_path):
+        trace = tmp_path / "t.jsonl"
+        trace.write_text(TRACE_LINE)
+        args = ["--cluster-config", str(path if kind == "config" else CONFIG),
+                "--dataset", str(path if kind == "trace" else trace)]
+        out = tmp_path / "out" / "run.csv"
+        code, err = _run_cli(capsys, [*args, "--output", str(out), "--quiet"])
+        _assert_clean_error(code, err, str(path), words)
+        assert not out.parent.exists()
+
+
+def _profile_copy(tmp_path: Path, edit) -> Path:
+    dst = tmp_path / "profile"
+    shutil.copytree(PROFILE, dst)
+    meta = json.loads((dst / "meta.json").read_text())
+    edit(meta)
+    (dst / "meta.json").write_text(json.dumps(meta))
+    return dst
+
+
+PROFILE_CASES = [
+    (lambda m: m["memory"].update(activation_peak_bytes=-(2**40)), "activation_peak_bytes"),
+    (lambda m: m.update(memory=[1, 2]), "'memory'"),
+    (lambda m: m.update(device="gpu"), "'device'"),
+    (lambda m: m.update(dtype="bf17"), "'dtype'"),
+    (lambda m: m.update(num_layers=-3), "'num_layers'"),
+    (lambda m: m.update(tp=0), "'tp'"),
+    (lambda m: m.update(model="meta-llama/Llama-3.1-8B"), "'model'"),
+]
+
+
+@pytest.mark.parametrize(("edit", "field"), PROFILE_CASES)
+def test_malformed_or_foreign_profile_meta_is_one_line(tmp_path, capsys, edit, field):
+    profile = _profile_copy(tmp_path, edit)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    out = tmp_path / "out" / "run.csv"
+    code, err = _run_cli(capsys, ["--cluster-config", str(REPO / "configs/cluster/cpu_llama160m.json"),
+                                  "--dataset", str(trace), "--profile-dir", str(profile), "--output", str(out),
+                                  "--quiet"])
+    _assert_clean_error(code, err, str(profile / "meta.json"), field)
+    assert not out.parent.exists()
+
+
+def test_head_dim_null_takes_the_hf_default_or_names_the_field(tmp_path):
+    raw = json.loads((REPO / "configs/models/pdsim/tiny-llama.json").read_text())
+    (tmp_path / "pdsim").mkdir()
+    raw["head_dim"] = None
+    (tmp_path / "pdsim/ok.json").write_text(json.dumps(raw))
+    assert load_model("pdsim/ok", tmp_path).head_dim == 64
+    raw["hidden_size"] = 250  # not a multiple of 4 heads: null gives no head_dim to fall back on
+    (tmp_path / "pdsim/bad.json").write_text(json.dumps(raw))
+    with pytest.raises(PdsimError, match="bad.json: hidden_size 250"):
+        load_model("pdsim/bad", tmp_path)
+
+
+def test_a_billion_clients_do_not_loop_a_billion_times(tmp_path, capsys):
+    out = tmp_path / "run.csv"
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--concurrency", "1000000000",
+                                  "--num-requests", "3", "--input-len", "50", "--output-len", "5",
+                                  "--output", str(out), "--quiet"], timeout_s=60)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run_summary.json").read_text())["finished"] == 3
+
+
+@pytest.mark.parametrize("args", [
+    ["sweep", "--base-config", str(CONFIG), "--dataset", str(TRACE), "--gpus", "2", "--slo-ttft-ms", "nan",
+     "--slo-tpot-ms", "5", "--out", "OUT"],
+    ["search", "--base-config", str(CONFIG), "--dataset", str(TRACE), "--gpus", "2", "--slo-ttft-ms", "50",
+     "--slo-tpot-ms", "inf", "--out", "OUT"],
+    ["validate", "--measured", str(CONFIG), "--step-overhead-us", "-5", "--output", "OUT/v.csv"],
+    ["calibrate", "--measured", str(CONFIG), "--client-delay-ms", "nan", "--out", "OUT/c.json"],
+])
+def test_hostile_sweep_and_validate_options(tmp_path, capsys, args):
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, [a.replace("OUT", str(out)) for a in args])
+    flag = next(a for a, v in zip(args, args[1:]) if v in ("nan", "inf", "-5"))
+    _assert_clean_error(code, err, flag)
+    assert not out.exists()
+
+
+def test_hostile_measured_runs_name_the_file(tmp_path, capsys):
+    line = ('{"input_toks": 20, "output_toks": 4, "arrival_time": 0, "queued_ts": 0, "first_token_ts": 0.1, '
+            '"last_token_ts": 0.2}')
+    cases = {
+        "utf16.jsonl": ((line + "\n").encode("utf-16"), "UTF-16"),
+        "dup.jsonl": ((line[:-1] + ', "queued_ts": 5}\n').encode(), "'queued_ts' appears twice"),
+        "deep.jsonl": (("[" * 100_000 + "]" * 100_000 + "\n").encode(), "nested too deeply"),
+        "bench.json": (b'{"ttfts": [0.1], "itls": [[]], "input_lens": [5], "output_lens": [1], "ttfts": [1]}',
+                       "'ttfts' appears twice"),
+    }
+    for name, (data, words) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        out = tmp_path / "out" / "v.csv"
+        code, err = _run_cli(capsys, ["validate", "--measured", str(path), "--cluster-config", str(CONFIG),
+                                      "--output", str(out)])
+        _assert_clean_error(code, err, str(path), words)
+        assert not out.exists()  # (validate makes the output folder before reading: the files task's remit)
+
+
+@pytest.mark.parametrize(("name", "mangle", "words"), [
+    ("dense.csv", lambda b: b.decode().encode("utf-16"), "UTF-16"),
+    ("dense.csv", lambda b: b.replace(b"op,", b"op\xe9,", 1), "not valid UTF-8"),
+    ("meta.json", lambda b: b.replace(b'"tp"', b'"tp": 1, "tp"', 1), "'tp' appears twice"),
+])
+def test_profile_files_that_are_not_utf8_json_or_csv_name_the_file(tmp_path, capsys, name, mangle, words):
+    profile = _profile_copy(tmp_path, lambda m: None)
+    (profile / name).write_bytes(mangle((profile / name).read_bytes()))
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    out = tmp_path / "out" / "run.csv"
+    code, err = _run_cli(capsys, ["--cluster-config", str(REPO / "configs/cluster/cpu_llama160m.json"),
+                                  "--dataset", str(trace), "--profile-dir", str(profile), "--output", str(out),
+                                  "--quiet"])
+    _assert_clean_error(code, err, str(profile / name), words)
+    assert not out.parent.exists()
