@@ -260,11 +260,13 @@ def test_hostile_config_numbers_are_refused_by_name_or_run_finite(path, value):
     try:
         cfg = cluster_config_from_dict(_with(path, value), "cfg.json")
     except ConfigError as e:
+        event("refused")
         msg = str(e)
         assert msg.startswith("cfg.json: ") and "\n" not in msg
         assert str(path[-1]) in msg or "weights need" in msg, msg
         return
     assert math.isfinite(value)
+    event("accepted")
     trace = [TraceRequest(0, 40, 4, 0), TraceRequest(1, 90, 3, 10**6)]
     try:
         with time_limit(CASE_LIMIT_S):
@@ -299,6 +301,7 @@ def test_hostile_options_are_refused_by_name_or_run_to_valid_json(tmp_path_facto
             code = 0
         except SystemExit as e:
             code = e.code
+    event(f"{flag}: " + ("refused" if code == 2 else "ran"))
     if code == 2:
         text = err.getvalue().strip()
         assert "\n" not in text and flag in text, text
