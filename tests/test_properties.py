@@ -260,11 +260,13 @@ def test_hostile_config_numbers_are_refused_by_name_or_run_finite(path, value):
     try:
         cfg = cluster_config_from_dict(_with(path, value), "cfg.json")
     except ConfigError as e:
+        event("refused")
         msg = str(e)
         assert msg.startswith("cfg.json: ") and "\n" not in msg
         assert str(path[-1]) in msg or "weights need" in msg, msg
         return
     assert math.isfinite(value)
+    event("accepted")
     trace = [TraceRequest(0, 40, 4, 0), TraceRequest(1, 90, 3, 10**6)]
     try:
         with time_limit(CASE_LIMIT_S):
@@ -299,6 +301,7 @@ def test_hostile_options_are_refused_by_name_or_run_to_valid_json(tmp_path_facto
             code = 0
         except SystemExit as e:
             code = e.code
+    event(f"{flag}: " + ("refused" if code == 2 else "ran"))
     if code == 2:
         text = err.getvalue().strip()
         assert "\n" not in text and flag in text, text
@@ -353,6 +356,18 @@ def test_layerwise_transfer_over_a_fast_fabric_ends_late_in_the_run(start_s):
         result = simulate(_pd_layerwise_fabric(), trace, SimOptions())
     assert all(r.status == "finished" for r in result.requests)
     assert all(r.kv_bytes > 0 and r.kv_transfer_end_s > r.kv_transfer_start_s for r in result.requests)
+
+
+@pytest.mark.parametrize(("start_s", "link_bw"), [(20.0, 1e6), (300.0, 1e5), (1150.0, 1e6)])
+def test_fast_links_early_in_the_run_end(start_s, link_bw):
+    # Hung before at these times: 1e5-1e6 GB/s moves more than a byte per ulp of the clock.
+    raw = json.loads((REPO / "configs/cluster/multi_node_2p2d.json").read_text())
+    raw["link_bw"] = link_bw
+    trace = [TraceRequest(i, 137 + 311 * i, 7, int(round((start_s + 0.013 * i) * 1e9))) for i in range(8)]
+    with time_limit(CASE_LIMIT_S):
+        result = simulate(cluster_config_from_dict(raw), trace, SimOptions())
+    check_result(result, trace)
+    assert all(r.status == "finished" for r in result.requests)
 
 
 def test_bundled_2p2d_at_one_million_seconds_is_fast_and_sparse():

@@ -303,8 +303,9 @@ class Cluster:
         if all(total > self.max_model_len[i.spec.model_name] for i in self.prefill_pool):
             return f"input+output = {total} tokens exceeds the model's max length"
         if all(not _recompute_fits(i, req) for i in self.prefill_pool):
-            return (f"input+output = {total} tokens exceeds max_num_batched_tokens with chunked prefill "
-                    "disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
+            return (f"input+output = {total} tokens (input alone on a prefill-only instance) exceeds "
+                    "max_num_batched_tokens with chunked prefill disabled (vLLM then caps max_model_len at "
+                    "max_num_batched_tokens)")
         if self.decode_pool and all(not _recompute_fits(d, req) for d in self.decode_pool):
             return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
                     "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
@@ -446,8 +447,12 @@ def _recompute_fits(inst: Instance, req: Request) -> bool:
     """Without chunked prefill a preempted request recomputes its prompt and what it generated in
     one step, so that must fit the token budget or the request blocks its queue forever. vLLM
     refuses max_num_batched_tokens < max_model_len then; pdsim rejects the longer requests with a
-    reason instead, as vLLM run with max_model_len = max_num_batched_tokens would."""
-    return inst.spec.enable_chunked_prefill or req.input_toks + req.output_toks <= inst.spec.max_num_batched_tokens
+    reason instead, as vLLM run with max_model_len = max_num_batched_tokens would. A prefill-only
+    instance hands the request off with its first token, so only the prompt is ever recomputed there."""
+    if inst.spec.enable_chunked_prefill:
+        return True
+    tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
+    return tokens <= inst.spec.max_num_batched_tokens
 
 
 def simulate(
