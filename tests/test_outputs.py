@@ -194,3 +194,18 @@ def test_sweep_replaces_its_files_together_and_a_failed_one_leaves_the_earlier_r
     a_file = tmp_path / "f"
     a_file.write_text("x")
     assert run(*args, "--rates", "5", "--out", str(a_file)) == 2
+
+
+def test_summary_is_strict_json_when_a_figure_is_undefined(tmp_path):
+    # One request with one output token: TPOT and ITL have no sample (NaN); the summary must
+    # still be JSON (null), not NaN, which strict parsers refuse.
+    trace = tmp_path / "one.jsonl"
+    trace.write_text('{"input_toks": 64, "output_toks": 1, "arrival_time_ns": 0}\n')
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(trace), "--output", str(tmp_path / "r.csv"),
+               "--quiet") == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"non-JSON constant {name} in the summary")
+
+    summary = json.loads((tmp_path / "r_summary.json").read_text(), parse_constant=refuse)
+    assert summary["tpot_ms"]["mean"] is None

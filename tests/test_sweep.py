@@ -24,7 +24,7 @@ from pdsim.sweep.runner import (
     trace_at_rate,
 )
 from pdsim.sweep.search import Bisection, search
-from pdsim.workload.trace import load_trace
+from pdsim.workload.trace import TraceRequest, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "configs" / "cluster" / "sweep_base_h100.json"
@@ -212,3 +212,13 @@ def test_ttft_mode_reaches_the_runs(tmp_path):
     # Client TTFT adds the KV transfer and the first decode step to the prefill-side TTFT.
     assert client.ttft_p50_ms[0] > prefill.ttft_p50_ms[0] + 1.0
     assert client.tpot_p50_ms[0] == pytest.approx(prefill.tpot_p50_ms[0])
+
+
+def test_trace_at_rate_keeps_prefix_ids_and_gives_repeats_their_own():
+    base = [TraceRequest(0, 1024, 8, 0, (1, 2), 512), TraceRequest(1, 600, 8, 10**9, (1, 3), 512)]
+    reqs = trace_at_rate(base, 1.0, "scale", 0, min_duration_s=4)
+    assert len(reqs) == 4
+    assert [r.hash_ids for r in reqs[:2]] == [(1, 2), (1, 3)]  # shared first block kept within a copy
+    assert all(r.hash_block_tokens == 512 for r in reqs)
+    first, second = {h for r in reqs[:2] for h in r.hash_ids}, {h for r in reqs[2:] for h in r.hash_ids}
+    assert not first & second  # a repeated copy is not a cache hit of the first

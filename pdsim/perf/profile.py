@@ -22,6 +22,7 @@ import numpy as np
 from pdsim.errors import ProfileError, decode_text, read_json_object
 from pdsim.models import DTYPE_BYTES
 from pdsim.moe import MOE_KEYS
+from pdsim.outputs import write_text_atomic
 from pdsim.perf.interp import Table1D, Table2D, TableND
 from pdsim.perf.moe_time import MoETable
 
@@ -450,10 +451,8 @@ def _write_rows(path: Path, header: str, rows: Iterable[Sequence]) -> None:
             return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
         return str(v)
 
-    with path.open("w") as f:
-        f.write(header + "\n")
-        for row in rows:
-            f.write(",".join(fmt(v) for v in row) + "\n")
+    lines = [header, *(",".join(fmt(v) for v in row) for row in rows)]
+    write_text_atomic(path, "\n".join(lines) + "\n")  # a profile file is replaced whole or not at all
 
 
 def write_profile(
@@ -491,7 +490,7 @@ def write_profile(
     }
     if meta.activation_tokens is not None:
         raw["memory"]["max_num_batched_tokens"] = meta.activation_tokens
-    (out / "meta.json").write_text(json.dumps(raw, indent=2) + "\n")
+    write_text_atomic(out / "meta.json", json.dumps(raw, indent=2) + "\n")
     _write_rows(out / "dense.csv", "op,tokens,time_us", dense_rows)
     _write_rows(out / "per_sequence.csv", "op,sequences,time_us", per_sequence_rows)
     _write_rows(

@@ -79,7 +79,9 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     scale: the base arrival times multiplied so the mean rate is `rate_per_s` (keeps the dataset's
     burstiness); poisson: exponential gaps at that rate, drawn from `seed` (same seed, same trace).
     When n / rate is shorter than min_duration_s, the dataset is repeated (its lengths and, for
-    scale, its arrival pattern) to ceil(rate x min_duration_s) requests."""
+    scale, its arrival pattern) to ceil(rate x min_duration_s) requests. Prefix ids (`hash_ids`)
+    travel with their request; a repeated copy gets ids of its own, so a repetition is not a
+    prefix-cache hit that the real traffic would not have."""
     if rate_per_s <= 0 or not math.isfinite(rate_per_s):
         raise PdsimError(f"rate: expected a positive number of requests/s, got {rate_per_s}")
     n_base = len(base)
@@ -104,7 +106,14 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
             times_ns = np.rint(tiled_ns * factor).astype(np.int64)
     else:
         raise PdsimError(f"--arrival: expected one of {', '.join(ARRIVAL_MODES)}, got {arrival!r}")
-    return [TraceRequest(i, inp, out, int(t)) for i, ((inp, out), t) in enumerate(zip(lengths, times_ns))]
+    id_span = 1 + max((max(r.hash_ids) for r in base if r.hash_ids), default=-1)
+    out = []
+    for i, ((inp, outp), t) in enumerate(zip(lengths, times_ns)):
+        src = base[i % n_base]
+        shift = (i // n_base) * id_span
+        ids = tuple(h + shift for h in src.hash_ids) if shift else src.hash_ids
+        out.append(TraceRequest(i, inp, outp, int(t), ids, src.hash_block_tokens))
+    return out
 
 
 # -- one run --------------------------------------------------------------------------------------

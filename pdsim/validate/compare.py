@@ -10,6 +10,7 @@ import pandas as pd
 from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
 from pdsim.metrics.summary import itl_samples, requests_frame
+from pdsim.outputs import atomic_path
 from pdsim.validate.measured import MeasuredRun
 from pdsim.workload.trace import TraceRequest
 
@@ -131,7 +132,8 @@ def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Pat
         ax.legend()
         fig.tight_layout()
         path = prefix.with_name(f"{prefix.name}_cdf_{key.removesuffix('_ms')}.png")
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         written.append(path)
     return written
