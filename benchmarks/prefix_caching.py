@@ -71,7 +71,7 @@ def cluster(name: str, caching: bool) -> ClusterConfig:
             inst["enable_prefix_caching"] = caching
             if name == "H200 TP2":
                 inst.update(hardware="H200", tp_size=2, num_npus=2,
-                            npu_mem={"mem_size": 141, "mem_bw": 4800, "mem_latency": 0, "mem_util": 0.9})
+                            npu_mem={"mem_size": 141, "mem_bw": 4800, "mem_latency": 0})
     return cluster_config_from_dict(raw, str(CONFIG))
 
 
