@@ -19,7 +19,7 @@ from pdsim.engine.link import Link
 from pdsim.engine.network import Network
 from pdsim.engine.request import Request
 from pdsim.engine.router import Router
-from pdsim.engine.scheduler import StepPlan
+from pdsim.engine.step_plan import StepPlan
 from pdsim.engine.topology import Topology
 from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import HardwareSpec, get_hardware

@@ -19,7 +19,8 @@ import simpy
 
 from pdsim.engine.kv_cache import BlockManager, blocks_for, request_keys
 from pdsim.engine.request import Request
-from pdsim.engine.scheduler import Scheduler, StepPlan
+from pdsim.engine.scheduler import Scheduler
+from pdsim.engine.step_plan import StepPlan
 
 if TYPE_CHECKING:
     from pdsim.engine.dp_group import DPGroup
@@ -146,6 +147,8 @@ class Instance:
     def has_room_for(self, req: Request) -> bool:
         """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
         return not self.pending and self._handoff_need(req)[0] <= self.kv.free
+
+    @property
     def in_run(self) -> bool:
         """A run of decode steps is passing in one event (the monitor counts its steps as they end)."""
         return self._run is not None
