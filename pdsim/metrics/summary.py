@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from pdsim.engine.cluster import GIB, SimulationResult
+from pdsim.engine.result import GIB, SimulationResult
 
 REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
