@@ -9,6 +9,13 @@ import numpy as np
 import pandas as pd
 
 from pdsim.engine.result import GIB, SimulationResult
+from pdsim.metrics.stats import (
+    per_second,
+    percentiles_linear,
+    percentiles_nearest_rank,
+    sorted_by_value,
+    span_s,
+)
 
 REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
@@ -57,11 +64,12 @@ def _or_nan(x: float | None) -> float:
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
+    """Mean and percentiles of the per-request latencies (numpy's linear percentiles)."""
     values = values[~np.isnan(values)]
     if values.size == 0:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    pct = np.percentile(values, PERCENTILES)
-    return {"mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)}}
+    pct = percentiles_linear(values, PERCENTILES)
+    return {"mean": float(values.mean()), **{f"p{p}": v for p, v in zip(PERCENTILES, pct)}}
 
 
 def itl_samples(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
@@ -84,19 +92,16 @@ def itl_samples(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
 
 
 def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float | None]:
+    """Mean and percentiles of the ITLs, each weighted by the tokens it delayed: the value below
+    which p% of the tokens' latencies fall (weighted nearest rank)."""
     keep = weights > 0
     values, weights = values[keep], weights[keep]
     if values.size == 0:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    order = np.argsort(values, kind="stable")
-    values, weights = values[order], weights[order]
-    cum = np.cumsum(weights)
-    total = cum[-1]
-    out: dict[str, float | None] = {"mean": float(np.dot(values, weights) / total)}
-    for p in PERCENTILES:
-        # The value below which p% of the tokens' latencies fall (nearest rank on the weights).
-        idx = int(np.searchsorted(cum, p / 100 * total, side="left"))
-        out[f"p{p}"] = float(values[min(idx, values.size - 1)])
+    values, weights = sorted_by_value(values, weights)
+    out: dict[str, float | None] = {"mean": float(np.dot(values, weights) / weights.sum())}
+    for p, v in zip(PERCENTILES, percentiles_nearest_rank(values, weights, PERCENTILES)):
+        out[f"p{p}"] = v
     return out
 
 
@@ -125,10 +130,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
     finished = df[df.status == "finished"]
     itl_values, itl_weights = itl_samples(result)
     itl = weighted_stats(itl_values * 1e3, itl_weights)
-    if len(finished):
-        span_s = float(finished.finish_s.max() - df.arrival_s.min())
-    else:
-        span_s = 0.0
+    span = span_s(df.arrival_s.min(), finished.finish_s.max()) if len(finished) else 0.0
     estimated = any(info.estimated_profile for info in result.infos)
     instances = []
     for inst, info in zip(result.instances, result.infos):
@@ -160,11 +162,11 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "queue_ms": _stats(finished.queue_ms.to_numpy(dtype=float)),
         "kv_transfer_ms": _stats(finished.kv_transfer_ms.to_numpy(dtype=float)),
         "throughput": {
-            "requests_per_s": len(finished) / span_s if span_s > 0 else 0.0,
-            "input_tokens_per_s": float(finished.input_toks.sum()) / span_s if span_s > 0 else 0.0,
-            "output_tokens_per_s": float(finished.output_toks.sum()) / span_s if span_s > 0 else 0.0,
+            "requests_per_s": per_second(len(finished), span),
+            "input_tokens_per_s": per_second(float(finished.input_toks.sum()), span),
+            "output_tokens_per_s": per_second(float(finished.output_toks.sum()), span),
         },
-        "duration_s": span_s,
+        "duration_s": span,
         "sim_end_s": result.sim_end_s,
         "instances": instances,
         "estimated_profile": estimated,
