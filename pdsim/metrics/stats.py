@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+REPORTED_PERCENTILES = (50, 90, 99)  # what `pdsim run` and `pdsim sweep` report
+
 
 def percentiles_linear(values: np.ndarray, ps: Sequence[float]) -> list[float]:
     """numpy's default percentile: linear interpolation between order statistics (rank (n - 1) p / 100).

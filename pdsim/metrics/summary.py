@@ -10,6 +10,7 @@ import pandas as pd
 
 from pdsim.engine.result import GIB, SimulationResult
 from pdsim.metrics.stats import (
+    REPORTED_PERCENTILES,
     per_second,
     percentiles_linear,
     percentiles_nearest_rank,
@@ -23,7 +24,7 @@ REQUEST_COLUMNS = [
     "kv_transfer_ms", "kv_transfer_wait_ms", "kv_bytes", "preemptions", "status", "reason",
     "ttft_prefill_ms", "ttft_client_ms", "cached_tokens",
 ]
-PERCENTILES = (50, 90, 99)
+PERCENTILES = REPORTED_PERCENTILES
 ESTIMATED_NOTE = "step times estimated from hardware specs"
 
 

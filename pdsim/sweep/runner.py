@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pdsim.errors import PdsimError
-from pdsim.metrics.stats import per_second, percentiles_linear, span_s
+from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_linear, span_s
 from pdsim.outputs import atomic_path
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.steady import Window, stability
@@ -147,10 +147,6 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     return row
 
 
-def _pct(values: np.ndarray, p: float) -> float:
-    return percentiles_linear(values, [p])[0]
-
-
 def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, Any]:
     """Counts and throughput over the whole run; latencies and attainment over the requests that
     arrived in the scored window (steady.Window); stability over that window."""
@@ -178,9 +174,8 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
         "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
         "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
-        "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": _pct(ttft, 90), "ttft_p99_ms": _pct(ttft, 99),
-        "tpot_p50_ms": _pct(tpot, 50), "tpot_p90_ms": _pct(tpot, 90), "tpot_p99_ms": _pct(tpot, 99),
-        "e2e_p50_ms": _pct(e2e, 50), "e2e_p90_ms": _pct(e2e, 90), "e2e_p99_ms": _pct(e2e, 99),
+        **{f"{name}_p{p}_ms": x for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e))
+           for p, x in zip(REPORTED_PERCENTILES, percentiles_linear(values, REPORTED_PERCENTILES))},
         "throughput_req_s": per_second(len(all_done), span),
         "output_tok_s": tok_s, "output_tok_s_per_gpu": tok_s / v.gpus,
         # What one user sees while its request streams: tokens per second of its own decode.
