@@ -219,41 +219,9 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = []
-    lines.append(
-        f"requests: {summary['requests']} total, {summary['finished']} finished, "
-        f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
-    )
-    for item in summary["not_finished_reasons"]:
-        span = ""
-        if "N_min" in item:
-            lo, hi = f"{item['N_min']:,g}", f"{item['N_max']:,g}"
-            span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
-        lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
-    load = summary.get("load")
-    if load and load.get("overloaded") is not None:
-        lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
-    if summary["estimated_profile"]:
-        lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
-    for note in summary["profile_notes"]:
-        if note != ESTIMATED_NOTE:
-            lines.append(f"note: {note}")
+    lines = _status_lines(summary)
     lines.append("")
-    ttft_label = "TTFT (ms)" if summary.get("ttft_mode", "prefill") == "prefill" else "TTFT client (ms)"
-    rows = [["metric", "mean", "p50", "p90", "p99"]]
-    for key, label in [("ttft_ms", ttft_label), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
-                       ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
-                       ("kv_transfer_ms", "KV transfer (ms)")]:
-        s = summary[key]
-        if s["mean"] is None and key == "kv_transfer_ms":
-            continue
-        rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
-    lines.extend(_columns(rows))
-    slo = summary.get("slo")
-    if slo:
-        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
-                     f"{summary['requests']} requests): TTFT {_pct(slo['attain_ttft'])}, TPOT "
-                     f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
+    lines.extend(_latency_lines(summary))
     steady = summary.get("closed_loop_steady_state")
     if steady is not None:
         lines.append("")
@@ -272,6 +240,58 @@ def format_summary(summary: dict) -> str:
         f"{t['output_tokens_per_s']:,.0f} output tok/s over {summary['duration_s']:.1f} s"
     )
     lines.append("")
+    lines.extend(_instance_lines(summary))
+    return "\n".join(lines)
+
+
+def _status_lines(summary: dict) -> list[str]:
+    """Request counts, why some did not finish, the load verdict and notes on the step times."""
+    lines: list[str] = []
+    lines.append(
+        f"requests: {summary['requests']} total, {summary['finished']} finished, "
+        f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
+    )
+    for item in summary["not_finished_reasons"]:
+        span = ""
+        if "N_min" in item:
+            lo, hi = f"{item['N_min']:,g}", f"{item['N_max']:,g}"
+            span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
+        lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
+    load = summary.get("load")
+    if load and load.get("overloaded") is not None:
+        lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
+    if summary["estimated_profile"]:
+        lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
+    for note in summary["profile_notes"]:
+        if note != ESTIMATED_NOTE:
+            lines.append(f"note: {note}")
+    return lines
+
+
+def _latency_lines(summary: dict) -> list[str]:
+    """The latency table, and SLO attainment when the run had SLOs."""
+    lines: list[str] = []
+    ttft_label = "TTFT (ms)" if summary.get("ttft_mode", "prefill") == "prefill" else "TTFT client (ms)"
+    rows = [["metric", "mean", "p50", "p90", "p99"]]
+    for key, label in [("ttft_ms", ttft_label), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
+                       ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
+                       ("kv_transfer_ms", "KV transfer (ms)")]:
+        s = summary[key]
+        if s["mean"] is None and key == "kv_transfer_ms":
+            continue
+        rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
+    lines.extend(_columns(rows))
+    slo = summary.get("slo")
+    if slo:
+        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
+                     f"{summary['requests']} requests): TTFT {_pct(slo['attain_ttft'])}, TPOT "
+                     f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
+    return lines
+
+
+def _instance_lines(summary: dict) -> list[str]:
+    """One row per instance (memory, busy share, preemptions) and the memory and prefix-cache notes."""
+    lines: list[str] = []
     lines.append(f"{'instance':<10}{'pd_type':<10}{'hardware':<12}{'tp':>3}{'kv_cap_gb':>11}"
                  f"{'peak_kv_gb':>12}{'peak_mem_gb':>13}{'busy':>7}{'preempt':>9}")
     for inst in summary["instances"]:
@@ -288,7 +308,7 @@ def format_summary(summary: dict) -> str:
         lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
             f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
             if inst["prefix_caching"]))
-    return "\n".join(lines)
+    return lines
 
 
 def _pct(x: float | None) -> str:
