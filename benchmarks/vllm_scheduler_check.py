@@ -130,16 +130,18 @@ def _model_dir(model_name: str, work: Path) -> str:
     return str(folder)
 
 
-def make_scheduler(cfg, work: Path, opts=None):
+def make_scheduler(cfg, work: Path, opts=None, step_times=None):
     """vLLM's Scheduler (AsyncScheduler with async scheduling) set up as the cluster's single
-    instance, with pdsim's step-time predictor for it. Returns (vllm namespace, scheduler, predictor)."""
+    instance, with pdsim's step-time predictor for it (made by step_times, default StepTimePredictor).
+    Returns (vllm namespace, scheduler, predictor)."""
     import simpy
 
     from pdsim.engine.cluster import Cluster, SimOptions
+    from pdsim.perf.predictor import StepTimePredictor
 
     v = _vllm()
     ic = next(iter(cfg.instances())).config
-    instance = Cluster(simpy.Environment(), cfg, opts or SimOptions())
+    instance = Cluster(simpy.Environment(), cfg, opts or SimOptions(), step_times=step_times or StepTimePredictor)
     predictor, num_blocks = instance.instances[0].predictor, instance.infos[0].num_kv_blocks
     async_mode = bool(ic.async_scheduling)
     max_model_len = 32768
@@ -225,10 +227,10 @@ class StepPlanner:
         return [o for client in self.sched.update_from_output(out, output).values() for o in client.outputs]
 
 
-def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None):
+def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None, step_times=None):
     """rows: [(input_toks, output_toks, arrival_s)] (arrivals ignored in a closed loop). Returns
     [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
-    v, sched, predictor = make_scheduler(cfg, work, opts)
+    v, sched, predictor = make_scheduler(cfg, work, opts, step_times)
     async_mode = bool(next(iter(cfg.instances())).config.async_scheduling)
     planner = StepPlanner(v, sched, predictor)
     plan = planner.plan
@@ -306,15 +308,16 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
     return [(first[i], finish[i]) for i in range(len(rows))]
 
 
-def pdsim_run(cfg, rows, concurrency=None, client_delay_s=0.0, seed=0, opts=None):
+def pdsim_run(cfg, rows, concurrency=None, client_delay_s=0.0, seed=0, opts=None, step_times=None):
     from dataclasses import replace
 
     from pdsim.engine.cluster import SimOptions, simulate
+    from pdsim.perf.predictor import StepTimePredictor
     from pdsim.workload.trace import TraceRequest
 
     trace = [TraceRequest(i, a, b, int(round(t * 1e9))) for i, (a, b, t) in enumerate(rows)]
     opts = replace(opts or SimOptions(), concurrency=concurrency, client_delay_s=client_delay_s, seed=seed)
-    result = simulate(cfg, trace, opts)
+    result = simulate(cfg, trace, opts, step_times=step_times or StepTimePredictor)
     return [(r.first_token_s, r.finish_s) for r in result.requests]
 
 
@@ -408,36 +411,33 @@ def golden_config(engine: dict):
     return cluster(instance(None, engine["mem_size_gb"], **knobs))
 
 
-def _num_gpu_blocks(cfg) -> int:
+def _num_gpu_blocks(cfg, step_times) -> int:
     import simpy
 
     from pdsim.engine.cluster import Cluster, SimOptions
 
-    return Cluster(simpy.Environment(), cfg, SimOptions()).infos[0].num_kv_blocks + 1
+    return Cluster(simpy.Environment(), cfg, SimOptions(), step_times=step_times).infos[0].num_kv_blocks + 1
 
 
 def record(path: Path | None, work: Path) -> None:
-    from unittest import mock
-
     from pdsim.engine.cluster import SimOptions
     from tests.helpers import AnalyticStepTimes
 
     v = _vllm()
     path = path or REPO / "tests" / "data" / f"vllm_scheduler_golden_{v.version}.json"
     scenarios = []
-    with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
-        for sc in golden_scenarios(has_reserve_full_isl(v)):
-            cfg = golden_config(sc["engine"])
-            # Recorded with the engine's block count (the null block included), which the test pins.
-            blocks = {"n0.i0": sc["engine"].get("kv_gpu_blocks") or _num_gpu_blocks(cfg)}
-            sc["engine"]["kv_gpu_blocks"] = blocks["n0.i0"]
-            times = vllm_run(cfg, sc["rows"], work, sc["concurrency"], sc["client_delay_s"],
-                             opts=SimOptions(kv_gpu_blocks=blocks))
-            ours = pdsim_run(cfg, sc["rows"], sc["concurrency"], sc["client_delay_s"],
-                             opts=SimOptions(kv_gpu_blocks=blocks))
-            print(f"{sc['name']}: {len(times)} requests, largest difference from pdsim "
-                  f"{_max_diff(times, ours) * 1e6:.3f} us")
-            scenarios.append({**sc, "vllm_times_s": times})
+    for sc in golden_scenarios(has_reserve_full_isl(v)):
+        cfg = golden_config(sc["engine"])
+        # Recorded with the engine's block count (the null block included), which the test pins.
+        blocks = {"n0.i0": sc["engine"].get("kv_gpu_blocks") or _num_gpu_blocks(cfg, AnalyticStepTimes)}
+        sc["engine"]["kv_gpu_blocks"] = blocks["n0.i0"]
+        times = vllm_run(cfg, sc["rows"], work, sc["concurrency"], sc["client_delay_s"],
+                         opts=SimOptions(kv_gpu_blocks=blocks), step_times=AnalyticStepTimes)
+        ours = pdsim_run(cfg, sc["rows"], sc["concurrency"], sc["client_delay_s"],
+                         opts=SimOptions(kv_gpu_blocks=blocks), step_times=AnalyticStepTimes)
+        print(f"{sc['name']}: {len(times)} requests, largest difference from pdsim "
+              f"{_max_diff(times, ours) * 1e6:.3f} us")
+        scenarios.append({**sc, "vllm_times_s": times})
     path.parent.mkdir(parents=True, exist_ok=True)
     source = (f"benchmarks/vllm_scheduler_check.py --record: vLLM {v.version}'s Scheduler/AsyncScheduler driven as "
               "its engine core does, with tests.helpers.AnalyticStepTimes")

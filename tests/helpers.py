@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pdsim.config import ClusterConfig, cluster_config_from_dict
-from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
+from pdsim.engine.cluster import SimOptions, SimulationResult, StepTimeFactory, simulate
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.workload.trace import TraceRequest
 
@@ -32,8 +32,10 @@ def trace(rows: list[tuple[int, int, float]]) -> list[TraceRequest]:
     return [TraceRequest(i, inp, out, int(round(t * 1e9))) for i, (inp, out, t) in enumerate(rows)]
 
 
-def run(cfg: ClusterConfig, rows: list[tuple[int, int, float]], **opts) -> SimulationResult:
-    return simulate(cfg, trace(rows), SimOptions(**opts))
+def run(cfg: ClusterConfig, rows: list[tuple[int, int, float]], step_times: StepTimeFactory = StepTimePredictor,
+        **opts) -> SimulationResult:
+    """Simulate the rows; step_times makes each instance's step-time model (e.g. AnalyticStepTimes)."""
+    return simulate(cfg, trace(rows), SimOptions(**opts), step_times=step_times)
 
 
 class AnalyticStepTimes(StepTimePredictor):

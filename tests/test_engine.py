@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -243,9 +242,9 @@ def test_schedules_as_vllms_own_scheduler(version, scenario):
     engine = scenario["engine"]
     knobs = {k: v for k, v in engine.items() if k not in ("mem_size_gb", "kv_gpu_blocks")}
     cfg = cluster(instance(None, engine["mem_size_gb"], **knobs))
-    with mock.patch("pdsim.engine.cluster.StepTimePredictor", AnalyticStepTimes):
-        res = run(cfg, [tuple(r) for r in scenario["rows"]], concurrency=scenario["concurrency"],
-                  client_delay_s=scenario["client_delay_s"], kv_gpu_blocks={"n0.i0": engine["kv_gpu_blocks"]})
+    res = run(cfg, [tuple(r) for r in scenario["rows"]], step_times=AnalyticStepTimes,
+              concurrency=scenario["concurrency"], client_delay_s=scenario["client_delay_s"],
+              kv_gpu_blocks={"n0.i0": engine["kv_gpu_blocks"]})
     assert res.instances[0].kv.num_blocks == engine["kv_gpu_blocks"] - 1
     ours = np.array([(r.first_token_s, r.finish_s) for r in res.requests])
     theirs = np.array(scenario["vllm_times_s"])

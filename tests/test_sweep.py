@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pdsim.cli import cli
-from pdsim.config import load_cluster_config
+from pdsim.config import cluster_config_from_dict, load_cluster_config
 from pdsim.errors import PdsimError
 from pdsim.sweep.expand import expand, parse_ratios
 from pdsim.sweep.runner import (
@@ -222,3 +223,24 @@ def test_trace_at_rate_keeps_prefix_ids_and_gives_repeats_their_own():
     assert all(r.hash_block_tokens == 512 for r in reqs)
     first, second = {h for r in reqs[:2] for h in r.hash_ids}, {h for r in reqs[2:] for h in r.hash_ids}
     assert not first & second  # a repeated copy is not a cache hit of the first
+
+
+def test_swept_variants_keep_every_base_field_but_the_nodes():
+    """A variant replaces the nodes only: kv_transfer, router, links (per-dimension lists too) and the
+    per-node network (nic_bw, intra_node_bw, cpu_mem) of the base config reach every swept config."""
+    raw = json.loads(BASE.read_text())
+    raw["link_bw"], raw["link_latency"] = [400.0, 50.0], [100.0, 5000.0]
+    raw["kv_transfer"] = {"mode": "layerwise", "dtype": "fp8", "bandwidth_efficiency": 0.5}
+    raw["router"] = {"prefill_policy": "round_robin", "decode_policy": "random"}
+    raw["nodes"][0].update(nic_bw=25.0, intra_node_bw=300.0, intra_node_latency=1500.0)
+    base = cluster_config_from_dict(raw, "<test base>")
+    node_fields = {"instances", "num_instances"}
+    base_top = base.model_dump(exclude={"nodes", "num_nodes"})
+    base_node = base.nodes[0].model_dump(exclude=node_fields)
+    variants = expand(base, 16, tp_prefill=[1, 2], tp_decode=[1])
+    assert len(variants) > 2 and any(len(v.raw["nodes"]) > 1 for v in variants)
+    for v in variants:
+        cfg = v.config()
+        assert cfg.model_dump(exclude={"nodes", "num_nodes"}) == base_top, v.label
+        for node in cfg.nodes:
+            assert node.model_dump(exclude=node_fields) == base_node, v.label

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import simpy
 
 from pdsim.config import ClusterConfig
-from pdsim.engine.scheduler import StepPlan
+from pdsim.engine.step_plan import StepPlan
 from pdsim.perf.moe_time import MoELayerModel
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ import simpy
 
 from pdsim.engine.kv_cache import BlockManager, blocks_for, request_keys
 from pdsim.engine.request import Request
-from pdsim.engine.scheduler import Scheduler, StepPlan
+from pdsim.engine.scheduler import Scheduler
+from pdsim.engine.step_plan import StepPlan
 
 if TYPE_CHECKING:
     from pdsim.engine.dp_group import DPGroup
@@ -254,12 +255,7 @@ class Instance:
             if plan.empty:
                 if sched.released_after_decision and self._can_reserve():
                     continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
-                self._last_steps = None
-                self._idle = True
-                self._wake = env.event()
-                yield self._wake
-                self._wake = None
-                self._idle = False
+                yield from self._sleep()
                 continue
 
             start = env.now
@@ -291,6 +287,15 @@ class Instance:
                     yield env.timeout(max(start + float(ends[steps - 1]) - env.now, 0.0))
                     durations = durations[:steps]
             self._after_steps(plan, durations, steps)
+
+    def _sleep(self):
+        """Idle until something wakes the instance (an arrival, a hand-off, freed blocks)."""
+        self._last_steps = None
+        self._idle = True
+        self._wake = self.env.event()
+        yield self._wake
+        self._wake = None
+        self._idle = False
 
     def _group_step(self, plan: StepPlan, seconds: float):
         """One lock-step DP-group step of `seconds` (pdsim/engine/dp_group.py); an empty plan is a

@@ -36,50 +36,25 @@ Not modelled: speculative decoding (`num_lookahead_tokens`),
 and KV allocation per request in list order (the decode cohort asks for its blocks as one group;
 the victims are the same unless partial prefills sit between decodes and memory runs out).
 
-Checked against the `Scheduler` and `AsyncScheduler` classes of vLLM 0.12.0 and 0.19.0, run in a
-loop that follows vLLM's engine core with the same step times (benchmarks/vllm_scheduler_check.py):
-every request's first-token and finish times agree to floating-point rounding on the 90 H100
-closed-loop rows, the RTX PRO 6000 run (sync and async) and the golden scenarios that
-tests/test_engine.py replays (preemption, chunk caps).
+Checked against vLLM 0.12.0's and 0.19.0's `Scheduler` and `AsyncScheduler` (first-token and finish
+times agree to rounding; benchmarks/vllm_scheduler_check.py, docs/validation.md; the golden
+scenarios are replayed by tests/test_engine.py).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
+from pdsim.engine.admission import WaitingAdmission
 from pdsim.engine.cohort import DecodeCohort
 from pdsim.engine.kv_cache import BlockManager, blocks_for
 from pdsim.engine.request import Request
+from pdsim.engine.step_plan import StepOutcome, StepPlan
 
 _NONE: frozenset[Request] = frozenset()
 
 
-@dataclass(slots=True)
-class StepPlan:
-    prefill: list[tuple[Request, int]] = field(default_factory=list)  # (request, new tokens this step)
-    prefill_prefix: list[int] = field(default_factory=list)  # KV tokens each chunk attends to before it
-    n_decode: int = 0
-    kv_decode_sum: int = 0
-    kv_decode_max: int = 0  # the longest decode KV: uneven batches cost more than their mean says
-    max_steps: int = 1  # how many decode steps may run back to back without a scheduling decision
-    fresh_decoders: list[Request] = field(default_factory=list)  # joined with a gap since their last token
-
-    @property
-    def empty(self) -> bool:
-        return not self.prefill and self.n_decode == 0
-
-
-@dataclass(slots=True)
-class StepOutcome:
-    finished: list[Request] = field(default_factory=list)
-    gap_itls_s: list[float] = field(default_factory=list)  # token gaps longer than one step (after a recompute)
-    handoffs: list[Request] = field(default_factory=list)  # prefill done on a prefill-only instance
-    prompt_tokens: int = 0
-    decode_tokens: int = 0
-
-
-class Scheduler:
+class Scheduler(WaitingAdmission):
     def __init__(
         self,
         kv: BlockManager,
@@ -130,105 +105,99 @@ class Scheduler:
         """Queued plus running tokens: the router's measure of how busy this instance is."""
         return self.waiting_tokens + self.prefilling_kv_tokens + self.cohort.kv_sum + self.paused_kv_tokens
 
-
-
-    @property
-    def _cutoff(self) -> float:
-        """Requests queued up to this time may be admitted; 1 ns of slack, as a fast-forwarded run
-        sums its step times in another order than stepping one by one does."""
-        return self._decided_s + 1e-9
-
-    @property
-    def _slots_taken(self) -> int:
-        return len(self.running) + self._releasing_slots
-
     def add_waiting(self, req: Request) -> None:
         self.waiting.append(req)
         if req.kv_ready:
             self.num_waiting_kv_ready += 1
         self.waiting_tokens += req.tokens_to_compute
 
-    def could_admit(self, req: Request) -> bool:
-        """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
-        if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
-            return False
-        hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
-        if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
-            return False
-        hit_tokens = hit * self.block_size
-        todo = min(self._chunk_cap(req.tokens_to_compute - hit_tokens), self.max_num_batched_tokens)
-        need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
-        return need <= self.kv.free
-
     # -- one scheduling decision ---------------------------------------------------------------
-    def _chunk_cap(self, todo: int) -> int:
-        cap = self.long_prefill_token_threshold
-        return cap if 0 < cap < todo else todo
-
     def schedule(self, now: float, admit_cutoff_s: float | None = None) -> StepPlan:
         """The next step. admit_cutoff_s: only requests queued by then may be admitted; vLLM's async
         scheduling decides step n+1 while step n runs, so a request that arrived during step n
-        waits for step n+2. None: everything queued so far (synchronous scheduling)."""
+        waits for step n+2. None: everything queued so far (synchronous scheduling).
+
+        The phases follow vLLM's schedule(): the running list first (budget, decode blocks,
+        partial prefill chunks, preempting the newest when memory runs out), then the waiting
+        queue, then how many decode steps may run before the next decision."""
         plan = StepPlan()
         self._decided_s = now if admit_cutoff_s is None else admit_cutoff_s
         self.released_after_decision = 0  # blocks of finished requests freed once it was taken
-        kv = self.kv
-        cohort = self.cohort
-        preempted = False
+        rejoined = self._rejoin_paused()
+        chunks = self._budget_running_tail(now) if self.prefilling else {}
+        preempted = self._allocate_decodes(now)
+        budget = self.max_num_batched_tokens - self.cohort.n
+        for req in rejoined:
+            if req.in_cohort:
+                plan.fresh_decoders.append(req)  # its gap since the last token is two steps or more
+        budget, preempted_chunk = self._schedule_partial_prefills(plan, chunks, budget, now)
+        self._schedule_waiting(plan, budget, preempted or preempted_chunk, now)
+        self._plan_decode_run(plan, preempted or preempted_chunk)
+        self._release_finished()
+        return plan
 
-        # Members skipped last step decode again (unless skipped again below).
+    def _rejoin_paused(self) -> list[Request]:
+        """Members skipped last step decode again (unless skipped again this step)."""
         rejoined: list[Request] = []
         if self.paused:
             rejoined = list(self.paused)
             for req in rejoined:
-                cohort.add(req)
+                self.cohort.add(req)
             self.paused.clear()
             self.paused_kv_tokens = 0
-        self._rejoined = rejoined_set = set(rejoined) if rejoined else _NONE
+        self._rejoined = set(rejoined) if rejoined else _NONE
+        return rejoined
 
-        # The running list in admission order: decodes ahead of the first partial prefill take a
-        # token each (the budget always covers them: max_num_batched_tokens >= max_num_seqs), the
-        # requests from there on share what is left in order, and whoever comes after the budget
-        # is spent waits. Only that tail is walked, one request at a time.
+    def _budget_running_tail(self, now: float) -> dict[Request, int]:
+        """The running list in admission order: decodes ahead of the first partial prefill take a
+        token each (the budget always covers them: max_num_batched_tokens >= max_num_seqs), the
+        requests from there on share what is left in order, and whoever comes after the budget
+        is spent waits (a decode is paused, out of the cohort). Only that tail is walked, one
+        request at a time. Returns each partial prefill's chunk."""
+        cohort = self.cohort
         chunks: dict[Request, int] = {}
-        if self.prefilling:
-            first = self.prefilling[0]
-            tail: list[Request] = []
-            for req in reversed(self.running):
-                tail.append(req)
-                if req is first:
-                    break
-            tail.reverse()
-            budget = self.max_num_batched_tokens - cohort.n + sum(1 for r in tail if r.in_cohort)
-            for req in tail:
-                if req.in_cohort:
-                    if budget > 0:
-                        budget -= 1
-                    else:
-                        cohort.remove(req)  # syncs num_computed / num_generated
-                        if req not in rejoined_set:
-                            req.last_token_s = now  # its last token came at the end of the last step
-                        self.paused[req] = None
-                        self.paused_kv_tokens += req.num_computed
-                elif budget > 0:
-                    num_new = min(self._chunk_cap(req.tokens_to_compute), budget)
-                    chunks[req] = num_new
-                    budget -= num_new
+        first = self.prefilling[0]
+        tail: list[Request] = []
+        for req in reversed(self.running):
+            tail.append(req)
+            if req is first:
+                break
+        tail.reverse()
+        budget = self.max_num_batched_tokens - cohort.n + sum(1 for r in tail if r.in_cohort)
+        for req in tail:
+            if req.in_cohort:
+                if budget > 0:
+                    budget -= 1
+                else:
+                    cohort.remove(req)  # syncs num_computed / num_generated
+                    if req not in self._rejoined:
+                        req.last_token_s = now  # its last token came at the end of the last step
+                    self.paused[req] = None
+                    self.paused_kv_tokens += req.num_computed
+            elif budget > 0:
+                num_new = min(self._chunk_cap(req.tokens_to_compute), budget)
+                chunks[req] = num_new
+                budget -= num_new
+        return chunks
 
-        # Decoding requests allocate first: each needs one token and, at a block boundary, one
-        # new block; short of blocks, the newest running request is preempted.
+    def _allocate_decodes(self, now: float) -> bool:
+        """Decoding requests allocate first: each needs one token and, at a block boundary, one
+        new block; short of blocks, the newest running request is preempted. Returns whether any was."""
+        cohort, kv = self.cohort, self.kv
+        preempted = False
         self._cohort_blocks_allocated = False
         while cohort.n and cohort.new_blocks(0, 1) > kv.free:
             self._preempt_last(now)
             preempted = True
         kv.allocate(cohort.new_blocks(0, 1))
         self._cohort_blocks_allocated = True
-        budget = self.max_num_batched_tokens - cohort.n
-        for req in rejoined:
-            if req.in_cohort:
-                plan.fresh_decoders.append(req)  # its gap since the last token is two steps or more
+        return preempted
 
-        # Then the partial prefills' chunks, in admission order.
+    def _schedule_partial_prefills(self, plan: StepPlan, chunks: dict[Request, int], budget: int,
+                                   now: float) -> tuple[int, bool]:
+        """The partial prefills' chunks, in admission order. Returns the budget left and whether a
+        request was preempted for their blocks."""
+        preempted = False
         for req in list(self.prefilling):
             num_new = chunks.get(req, 0)
             if num_new <= 0 or budget <= 0:
@@ -237,22 +206,25 @@ class Scheduler:
                 continue
             num_new = min(num_new, budget)
             need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
-            while need > kv.free and req in self.running:
+            while need > self.kv.free and req in self.running:
                 self._preempt_last(now)
                 preempted = True
             if req not in self.running:
                 break
-            kv.allocate(need)
+            self.kv.allocate(need)
             req.blocks += need
             if req.cache_keys is not None:
                 self.kv.register_request(req, num_new)
             plan.prefill.append((req, num_new))
             plan.prefill_prefix.append(req.num_computed)
             budget -= num_new
+        return budget, preempted
 
-        # Then waiting requests, unless this step already had to preempt (as vLLM does) and
-        # still has work: with nothing left running, the next step would admit them anyway.
-        # (plan.n_decode is only filled in below, so the decodes are counted from the cohort.)
+    def _schedule_waiting(self, plan: StepPlan, budget: int, preempted: bool, now: float) -> None:
+        """Waiting requests, unless this step already had to preempt (as vLLM does) and still has
+        work: with nothing left running, the next step would admit them anyway. (plan.n_decode is
+        only filled in later, so the decodes are counted from the cohort.)"""
+        cohort = self.cohort
         if not preempted or (not plan.prefill and not cohort.n):
             self._admit_waiting(plan, budget, now)
         if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing_slots):
@@ -262,6 +234,9 @@ class Scheduler:
             self._decided_s = now
             self._admit_waiting(plan, budget, now)
 
+    def _plan_decode_run(self, plan: StepPlan, preempted: bool) -> None:
+        """The decode batch, and how many decode steps may run back to back."""
+        cohort = self.cohort
         plan.n_decode = cohort.n
         plan.kv_decode_sum = cohort.kv_sum
         plan.kv_decode_max = cohort.kv_max
@@ -270,12 +245,10 @@ class Scheduler:
             # max_num_seqs, memory or budget, and none of those improve while only decodes run.
             # (After a preemption, the next step may admit the victim again: no run then.)
             limit = min(cohort.steps_to_next_finish(), self.max_decode_run_steps)
-            plan.max_steps = 1 + cohort.max_steps_within(kv.free, 1, limit - 1)
+            plan.max_steps = 1 + cohort.max_steps_within(self.kv.free, 1, limit - 1)
             if self.waiting and self.waiting[-1].queued_s > self._cutoff:
                 # Async scheduling: the newest arrival (appended last) may join at the next decision.
                 plan.max_steps = 1
-        self._release_finished()
-        return plan
 
     def _release_finished(self) -> None:
         if self._releasing_slots:
@@ -283,70 +256,6 @@ class Scheduler:
             self.released_after_decision += self._releasing_blocks
             self._releasing_blocks = self._releasing_slots = 0
             self._releasing_keys = []
-
-    def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
-        # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
-        # the slot for their next token), so they cost no memory, and letting them wait behind a
-        # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
-        if self.num_waiting_kv_ready:
-            for req in [r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff]:
-                if budget <= 0 or self._slots_taken >= self.max_num_seqs:
-                    return
-                self.waiting.remove(req)
-                self.num_waiting_kv_ready -= 1
-                budget -= self._start(req, 1, now, plan)
-        # Then first come, first served, stopping at the first request that does not fit.
-        while self.waiting and budget > 0 and self._slots_taken < self.max_num_seqs:
-            req = self.waiting[0]
-            if req.queued_s > self._cutoff:
-                break
-            hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
-            hit_tokens = hit * self.block_size
-            todo = self._chunk_cap(req.tokens_to_compute - hit_tokens)
-            if not self.enable_chunked_prefill and todo > budget:
-                break
-            if self.reserve_full_isl and not self._fits_whole(req, hit, evict):
-                break
-            num_new = min(todo, budget)
-            if blocks_for(req.num_computed + hit_tokens + num_new, self.block_size) - req.blocks - hit + evict \
-                    > self.kv.free:
-                break
-            self.waiting.popleft()
-            budget -= self._start(req, num_new, now, plan, hit)
-
-    def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
-        """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far
-        (cached blocks it would reuse count only when they must leave the free queue)."""
-        need = blocks_for(req.input_toks + req.num_generated, self.block_size) - req.blocks - hit + evict
-        return need <= self.kv.free
-
-    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
-        """Move a waiting request into the running batch with `num_new` tokens this step, after
-        the `hit` prompt blocks found cached."""
-        self.waiting_tokens -= req.tokens_to_compute
-        kv = self.kv
-        if kv.enable_caching and not req.kv_ready:
-            kv.start_request(req, hit)
-        need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
-        kv.allocate(need)
-        req.blocks += need
-        if req.cache_keys is not None and not req.kv_ready:
-            self.kv.register_request(req, num_new)
-        self.running[req] = None
-        if req.first_scheduled_s is None:
-            req.first_scheduled_s = self._decided_s  # when the decision was taken (a step early when async)
-        req.status = "running"
-        if req.kv_ready:
-            # A handed-off request whose KV has arrived: it decodes from this step on.
-            req.kv_ready = False
-            self.cohort.add(req)
-            plan.fresh_decoders.append(req)
-        else:
-            self.prefilling.append(req)
-            self.prefilling_kv_tokens += req.num_computed
-            plan.prefill.append((req, num_new))
-            plan.prefill_prefix.append(req.num_computed)
-        return num_new
 
     def _preempt_last(self, now: float) -> Request:
         victim, _ = self.running.popitem()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pdsim.engine.cluster import SimulationResult
+from pdsim.engine.result import SimulationResult
 from pdsim.outputs import OutputSet, check_output_file
 
 # The engine's sample fields -> the CSV column names (units and cumulative counts said in the name).

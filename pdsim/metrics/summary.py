@@ -8,7 +8,15 @@ import re
 import numpy as np
 import pandas as pd
 
-from pdsim.engine.cluster import GIB, SimulationResult
+from pdsim.engine.result import GIB, SimulationResult
+from pdsim.metrics.stats import (
+    REPORTED_PERCENTILES,
+    per_second,
+    percentiles_linear,
+    percentiles_nearest_rank,
+    sorted_by_value,
+    span_s,
+)
 
 REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
@@ -16,7 +24,7 @@ REQUEST_COLUMNS = [
     "kv_transfer_ms", "kv_transfer_wait_ms", "kv_bytes", "preemptions", "status", "reason",
     "ttft_prefill_ms", "ttft_client_ms", "cached_tokens",
 ]
-PERCENTILES = (50, 90, 99)
+PERCENTILES = REPORTED_PERCENTILES
 ESTIMATED_NOTE = "step times estimated from hardware specs"
 
 
@@ -57,11 +65,12 @@ def _or_nan(x: float | None) -> float:
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
+    """Mean and percentiles of the per-request latencies (numpy's linear percentiles)."""
     values = values[~np.isnan(values)]
     if values.size == 0:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    pct = np.percentile(values, PERCENTILES)
-    return {"mean": float(values.mean()), **{f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)}}
+    pct = percentiles_linear(values, PERCENTILES)
+    return {"mean": float(values.mean()), **{f"p{p}": v for p, v in zip(PERCENTILES, pct)}}
 
 
 def itl_samples(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
@@ -84,19 +93,16 @@ def itl_samples(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
 
 
 def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float | None]:
+    """Mean and percentiles of the ITLs, each weighted by the tokens it delayed: the value below
+    which p% of the tokens' latencies fall (weighted nearest rank)."""
     keep = weights > 0
     values, weights = values[keep], weights[keep]
     if values.size == 0:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    order = np.argsort(values, kind="stable")
-    values, weights = values[order], weights[order]
-    cum = np.cumsum(weights)
-    total = cum[-1]
-    out: dict[str, float | None] = {"mean": float(np.dot(values, weights) / total)}
-    for p in PERCENTILES:
-        # The value below which p% of the tokens' latencies fall (nearest rank on the weights).
-        idx = int(np.searchsorted(cum, p / 100 * total, side="left"))
-        out[f"p{p}"] = float(values[min(idx, values.size - 1)])
+    values, weights = sorted_by_value(values, weights)
+    out: dict[str, float | None] = {"mean": float(np.dot(values, weights) / weights.sum())}
+    for p, v in zip(PERCENTILES, percentiles_nearest_rank(values, weights, PERCENTILES)):
+        out[f"p{p}"] = v
     return out
 
 
@@ -125,10 +131,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
     finished = df[df.status == "finished"]
     itl_values, itl_weights = itl_samples(result)
     itl = weighted_stats(itl_values * 1e3, itl_weights)
-    if len(finished):
-        span_s = float(finished.finish_s.max() - df.arrival_s.min())
-    else:
-        span_s = 0.0
+    span = span_s(df.arrival_s.min(), finished.finish_s.max()) if len(finished) else 0.0
     estimated = any(info.estimated_profile for info in result.infos)
     instances = []
     for inst, info in zip(result.instances, result.infos):
@@ -160,11 +163,11 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "queue_ms": _stats(finished.queue_ms.to_numpy(dtype=float)),
         "kv_transfer_ms": _stats(finished.kv_transfer_ms.to_numpy(dtype=float)),
         "throughput": {
-            "requests_per_s": len(finished) / span_s if span_s > 0 else 0.0,
-            "input_tokens_per_s": float(finished.input_toks.sum()) / span_s if span_s > 0 else 0.0,
-            "output_tokens_per_s": float(finished.output_toks.sum()) / span_s if span_s > 0 else 0.0,
+            "requests_per_s": per_second(len(finished), span),
+            "input_tokens_per_s": per_second(float(finished.input_toks.sum()), span),
+            "output_tokens_per_s": per_second(float(finished.output_toks.sum()), span),
         },
-        "duration_s": span_s,
+        "duration_s": span,
         "sim_end_s": result.sim_end_s,
         "instances": instances,
         "estimated_profile": estimated,
@@ -216,41 +219,9 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    lines = []
-    lines.append(
-        f"requests: {summary['requests']} total, {summary['finished']} finished, "
-        f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
-    )
-    for item in summary["not_finished_reasons"]:
-        span = ""
-        if "N_min" in item:
-            lo, hi = f"{item['N_min']:,g}", f"{item['N_max']:,g}"
-            span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
-        lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
-    load = summary.get("load")
-    if load and load.get("overloaded") is not None:
-        lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
-    if summary["estimated_profile"]:
-        lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
-    for note in summary["profile_notes"]:
-        if note != ESTIMATED_NOTE:
-            lines.append(f"note: {note}")
+    lines = _status_lines(summary)
     lines.append("")
-    ttft_label = "TTFT (ms)" if summary.get("ttft_mode", "prefill") == "prefill" else "TTFT client (ms)"
-    rows = [["metric", "mean", "p50", "p90", "p99"]]
-    for key, label in [("ttft_ms", ttft_label), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
-                       ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
-                       ("kv_transfer_ms", "KV transfer (ms)")]:
-        s = summary[key]
-        if s["mean"] is None and key == "kv_transfer_ms":
-            continue
-        rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
-    lines.extend(_columns(rows))
-    slo = summary.get("slo")
-    if slo:
-        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
-                     f"{summary['requests']} requests): TTFT {_pct(slo['attain_ttft'])}, TPOT "
-                     f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
+    lines.extend(_latency_lines(summary))
     steady = summary.get("closed_loop_steady_state")
     if steady is not None:
         lines.append("")
@@ -269,6 +240,58 @@ def format_summary(summary: dict) -> str:
         f"{t['output_tokens_per_s']:,.0f} output tok/s over {summary['duration_s']:.1f} s"
     )
     lines.append("")
+    lines.extend(_instance_lines(summary))
+    return "\n".join(lines)
+
+
+def _status_lines(summary: dict) -> list[str]:
+    """Request counts, why some did not finish, the load verdict and notes on the step times."""
+    lines: list[str] = []
+    lines.append(
+        f"requests: {summary['requests']} total, {summary['finished']} finished, "
+        f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
+    )
+    for item in summary["not_finished_reasons"]:
+        span = ""
+        if "N_min" in item:
+            lo, hi = f"{item['N_min']:,g}", f"{item['N_max']:,g}"
+            span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
+        lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
+    load = summary.get("load")
+    if load and load.get("overloaded") is not None:
+        lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
+    if summary["estimated_profile"]:
+        lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
+    for note in summary["profile_notes"]:
+        if note != ESTIMATED_NOTE:
+            lines.append(f"note: {note}")
+    return lines
+
+
+def _latency_lines(summary: dict) -> list[str]:
+    """The latency table, and SLO attainment when the run had SLOs."""
+    lines: list[str] = []
+    ttft_label = "TTFT (ms)" if summary.get("ttft_mode", "prefill") == "prefill" else "TTFT client (ms)"
+    rows = [["metric", "mean", "p50", "p90", "p99"]]
+    for key, label in [("ttft_ms", ttft_label), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"),
+                       ("e2e_ms", "E2E latency (ms)"), ("queue_ms", "queueing (ms)"),
+                       ("kv_transfer_ms", "KV transfer (ms)")]:
+        s = summary[key]
+        if s["mean"] is None and key == "kv_transfer_ms":
+            continue
+        rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
+    lines.extend(_columns(rows))
+    slo = summary.get("slo")
+    if slo:
+        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
+                     f"{summary['requests']} requests): TTFT {_pct(slo['attain_ttft'])}, TPOT "
+                     f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
+    return lines
+
+
+def _instance_lines(summary: dict) -> list[str]:
+    """One row per instance (memory, busy share, preemptions) and the memory and prefix-cache notes."""
+    lines: list[str] = []
     lines.append(f"{'instance':<10}{'pd_type':<10}{'hardware':<12}{'tp':>3}{'kv_cap_gb':>11}"
                  f"{'peak_kv_gb':>12}{'peak_mem_gb':>13}{'busy':>7}{'preempt':>9}")
     for inst in summary["instances"]:
@@ -285,7 +308,7 @@ def format_summary(summary: dict) -> str:
         lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
             f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
             if inst["prefix_caching"]))
-    return "\n".join(lines)
+    return lines
 
 
 def _pct(x: float | None) -> str:

@@ -79,7 +79,9 @@ def _instance(template: dict[str, Any], pd_type: str | None, tp: int) -> dict[st
 
 
 def _pack(base: ClusterConfig, instances: list[dict[str, Any]], node_gpus: int) -> dict[str, Any]:
-    """Fill nodes of node_gpus GPUs in order (prefill instances come first), like a real placement would."""
+    """The base config with its nodes replaced: nodes of node_gpus GPUs filled in order (prefill instances
+    come first), like a real placement would. Every other field (links, router, kv_transfer) is the base's,
+    and each node keeps the base's first node's own settings (cpu_mem, nic_bw, intra_node_bw, ...)."""
     nodes: list[list[dict[str, Any]]] = []
     used = node_gpus  # forces a first node
     for inst in instances:
@@ -88,17 +90,16 @@ def _pack(base: ClusterConfig, instances: list[dict[str, Any]], node_gpus: int) 
             used = 0
         nodes[-1].append(inst)
         used += inst["num_npus"]
-    cpu_mem = base.nodes[0].cpu_mem.model_dump(mode="json") if base.nodes[0].cpu_mem else None
-    raw_nodes = []
-    for insts in nodes:
-        node: dict[str, Any] = {"num_instances": len(insts), "instances": insts}
-        if cpu_mem is not None:
-            node["cpu_mem"] = cpu_mem
-        raw_nodes.append(node)
-    return {
-        "num_nodes": len(raw_nodes), "link_bw": base.link_bw, "link_latency": base.link_latency,
-        "nodes": raw_nodes, "router": base.router.model_dump(mode="json"),
-    }
+    node_settings = base.nodes[0].model_dump(mode="json", exclude={"instances", "num_instances"})
+    raw = base.model_dump(mode="json")  # replacing keys in place keeps the config's field order
+    for key in ("link_bw", "link_latency"):  # a per-dimension list is written as the config gives it
+        per_dim = raw.pop(f"{key}_per_dim")
+        if per_dim is not None:
+            raw[key] = list(per_dim)
+    raw["num_nodes"] = len(nodes)
+    raw["nodes"] = [{"num_instances": len(insts), **copy.deepcopy(node_settings), "instances": insts}
+                    for insts in nodes]
+    return raw
 
 
 def expand(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pdsim.errors import PdsimError
+from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_linear, span_s
 from pdsim.outputs import atomic_path
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.steady import Window, stability
@@ -155,11 +156,6 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     return row
 
 
-def _pct(values: np.ndarray, p: float) -> float:
-    values = values[~np.isnan(values)]
-    return float(np.percentile(values, p)) if values.size else math.nan
-
-
 def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, Any]:
     """Counts and throughput over the whole run; latencies and attainment over the requests that
     arrived in the scored window (steady.Window); stability over that window."""
@@ -178,9 +174,8 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
     # Unfinished and rejected requests miss every SLO; a one-token output has no TPOT to miss.
     ok_ttft = ttft <= slo.ttft_ms
     ok_tpot = np.isnan(tpot) | (tpot <= slo.tpot_ms)
-    span_s = float(all_done.finish_s.max() - df.arrival_s.min()) if len(all_done) else 0.0
-    out_toks = float(all_done.output_toks.sum())
-    tok_s = out_toks / span_s if span_s > 0 else 0.0
+    span = span_s(df.arrival_s.min(), all_done.finish_s.max()) if len(all_done) else 0.0
+    tok_s = per_second(float(all_done.output_toks.sum()), span)
     tpot_mean = float(np.nanmean(tpot)) if np.any(~np.isnan(tpot)) else math.nan
     return {
         "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
@@ -188,10 +183,9 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
         "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
         "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
-        "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": _pct(ttft, 90), "ttft_p99_ms": _pct(ttft, 99),
-        "tpot_p50_ms": _pct(tpot, 50), "tpot_p90_ms": _pct(tpot, 90), "tpot_p99_ms": _pct(tpot, 99),
-        "e2e_p50_ms": _pct(e2e, 50), "e2e_p90_ms": _pct(e2e, 90), "e2e_p99_ms": _pct(e2e, 99),
-        "throughput_req_s": len(all_done) / span_s if span_s > 0 else 0.0,
+        **{f"{name}_p{p}_ms": x for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e))
+           for p, x in zip(REPORTED_PERCENTILES, percentiles_linear(values, REPORTED_PERCENTILES))},
+        "throughput_req_s": per_second(len(all_done), span),
         "output_tok_s": tok_s, "output_tok_s_per_gpu": tok_s / v.gpus,
         # What one user sees while its request streams: tokens per second of its own decode.
         "output_tok_s_per_user": 1e3 / tpot_mean if tpot_mean > 0 else math.nan,

@@ -9,6 +9,7 @@ import pandas as pd
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
+from pdsim.metrics.stats import per_second, percentiles_interpolated, sorted_by_value, span_s
 from pdsim.metrics.summary import itl_samples, requests_frame
 from pdsim.outputs import atomic_path
 from pdsim.validate.measured import MeasuredRun
@@ -44,14 +45,13 @@ def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, f
     values, weights = values[keep], weights[keep]
     if values.size == 0:
         return dict.fromkeys(STATS, np.nan)
-    order = np.argsort(values, kind="stable")
-    values, weights = values[order], weights[order].astype(float)
+    values, weights = sorted_by_value(values, weights)
+    weights = weights.astype(float)
     out = {"mean": float(np.average(values, weights=weights))}
-    # Percentiles with linear interpolation between order statistics (numpy's default), on the
-    # weighted empirical CDF so that an ITL step shared by n requests counts n times.
-    cum = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
-    for s in STATS[1:]:
-        out[s] = float(np.interp(int(s[1:]) / 100, cum, values))
+    # Interpolated percentiles on the weighted empirical CDF, so that an ITL step shared by n
+    # requests counts n times (docs/architecture.md: why not the simulator's nearest rank).
+    ps = [int(s[1:]) for s in STATS[1:]]
+    out.update(zip(STATS[1:], percentiles_interpolated(values, weights, ps)))
     return out
 
 
@@ -82,13 +82,13 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
             s = _stats(sim[key].to_numpy())
         for stat in STATS:
             rows.append((label, stat, m[stat], s[stat], _pct(s[stat], m[stat])))
-    span_m = float((mea.arrival_s + mea.e2e_ms / 1e3).max() - mea.arrival_s.min())
-    span_s = float(sim.finish_s.max() - sim.arrival_s.min()) if len(sim) else np.nan
+    span_m = span_s(mea.arrival_s.min(), (mea.arrival_s + mea.e2e_ms / 1e3).max())
+    span_sim = span_s(sim.arrival_s.min(), sim.finish_s.max()) if len(sim) else np.nan
     for label, num_m, num_s in (
         ("throughput (req/s)", len(mea), len(sim)),
         ("output throughput (tok/s)", mea.output_toks.sum(), sim.output_toks.sum()),
     ):
-        m, s = num_m / span_m, num_s / span_s
+        m, s = per_second(num_m, span_m, np.nan), per_second(num_s, span_sim, np.nan)
         rows.append((label, "mean", m, s, _pct(s, m)))
     return pd.DataFrame(rows, columns=["metric", "stat", "measured", "simulated", "diff_pct"])
 

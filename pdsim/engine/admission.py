@@ -1,0 +1,124 @@
+"""Admitting waiting requests into the running batch: vLLM's waiting-queue loop (first come, first
+served, stopping at the first that does not fit), with prefix-cache hits counted as vLLM's
+get_computed_blocks does. A part of `Scheduler` (scheduler.py), kept apart as the one place that
+decides whether a waiting request fits."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pdsim.engine.cohort import DecodeCohort
+from pdsim.engine.kv_cache import BlockManager, blocks_for
+from pdsim.engine.request import Request
+from pdsim.engine.step_plan import StepPlan
+
+
+class WaitingAdmission:
+    """The admission half of `Scheduler`; the state it reads is the scheduler's."""
+
+    kv: BlockManager
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    enable_chunked_prefill: bool
+    reserve_full_isl: bool
+    long_prefill_token_threshold: int
+    waiting: deque[Request]
+    running: dict[Request, None]
+    prefilling: list[Request]
+    cohort: DecodeCohort
+    waiting_tokens: int
+    prefilling_kv_tokens: int
+    num_waiting_kv_ready: int
+    _decided_s: float
+    _releasing_slots: int
+
+    @property
+    def _cutoff(self) -> float:
+        """Requests queued up to this time may be admitted; 1 ns of slack, as a fast-forwarded run
+        sums its step times in another order than stepping one by one does."""
+        return self._decided_s + 1e-9
+
+    @property
+    def _slots_taken(self) -> int:
+        return len(self.running) + self._releasing_slots
+
+    def _chunk_cap(self, todo: int) -> int:
+        cap = self.long_prefill_token_threshold
+        return cap if 0 < cap < todo else todo
+
+    def could_admit(self, req: Request) -> bool:
+        """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
+        if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
+            return False
+        hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
+        if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
+            return False
+        hit_tokens = hit * self.block_size
+        todo = min(self._chunk_cap(req.tokens_to_compute - hit_tokens), self.max_num_batched_tokens)
+        need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
+        return need <= self.kv.free
+
+    def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
+        # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
+        # the slot for their next token), so they cost no memory, and letting them wait behind a
+        # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
+        if self.num_waiting_kv_ready:
+            for req in [r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff]:
+                if budget <= 0 or self._slots_taken >= self.max_num_seqs:
+                    return
+                self.waiting.remove(req)
+                self.num_waiting_kv_ready -= 1
+                budget -= self._start(req, 1, now, plan)
+        # Then first come, first served, stopping at the first request that does not fit.
+        while self.waiting and budget > 0 and self._slots_taken < self.max_num_seqs:
+            req = self.waiting[0]
+            if req.queued_s > self._cutoff:
+                break
+            hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
+            hit_tokens = hit * self.block_size
+            todo = self._chunk_cap(req.tokens_to_compute - hit_tokens)
+            if not self.enable_chunked_prefill and todo > budget:
+                break
+            if self.reserve_full_isl and not self._fits_whole(req, hit, evict):
+                break
+            num_new = min(todo, budget)
+            if blocks_for(req.num_computed + hit_tokens + num_new, self.block_size) - req.blocks - hit + evict \
+                    > self.kv.free:
+                break
+            self.waiting.popleft()
+            budget -= self._start(req, num_new, now, plan, hit)
+
+    def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
+        """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far
+        (cached blocks it would reuse count only when they must leave the free queue)."""
+        need = blocks_for(req.input_toks + req.num_generated, self.block_size) - req.blocks - hit + evict
+        return need <= self.kv.free
+
+    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
+        """Move a waiting request into the running batch with `num_new` tokens this step, after
+        the `hit` prompt blocks found cached."""
+        self.waiting_tokens -= req.tokens_to_compute
+        kv = self.kv
+        if kv.enable_caching and not req.kv_ready:
+            kv.start_request(req, hit)
+        need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
+        kv.allocate(need)
+        req.blocks += need
+        if req.cache_keys is not None and not req.kv_ready:
+            self.kv.register_request(req, num_new)
+        self.running[req] = None
+        if req.first_scheduled_s is None:
+            req.first_scheduled_s = self._decided_s  # when the decision was taken (a step early when async)
+        req.status = "running"
+        if req.kv_ready:
+            # A handed-off request whose KV has arrived: it decodes from this step on.
+            req.kv_ready = False
+            self.cohort.add(req)
+            plan.fresh_decoders.append(req)
+        else:
+            self.prefilling.append(req)
+            self.prefilling_kv_tokens += req.num_computed
+            plan.prefill.append((req, num_new))
+            plan.prefill_prefix.append(req.num_computed)
+        return num_new

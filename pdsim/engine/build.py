@@ -1,0 +1,109 @@
+"""Building the instances of a cluster config: each one's step-time model, KV budget and engine."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import simpy
+
+from pdsim.config import GB, ClusterConfig, InstanceConfig, InstanceRef
+from pdsim.engine.instance import Instance, InstanceSpec
+from pdsim.engine.options import SimOptions
+from pdsim.engine.result import InstanceInfo
+from pdsim.errors import ConfigError, ProfileError
+from pdsim.hardware import HardwareSpec, get_hardware
+from pdsim.models import load_model
+from pdsim.perf.estimate import load_or_estimate
+from pdsim.perf.memory import KVBudget, kv_budget
+from pdsim.perf.predictor import StepTimePredictor
+
+# Makes an instance's step-time model; called as StepTimePredictor is. Tests pass a closed-form one.
+StepTimeFactory = Callable[..., StepTimePredictor]
+
+
+def build_instances(
+    env: simpy.Environment, cfg: ClusterConfig, opts: SimOptions, source: str,
+    step_times: StepTimeFactory = StepTimePredictor,
+) -> tuple[list[Instance], list[InstanceInfo]]:
+    """Every instance of the config, in config order, with what the summary reports about it."""
+    unknown = sorted(set(opts.kv_gpu_blocks) - {ref.instance_id for ref in cfg.instances()})
+    if unknown:
+        raise ConfigError(f"KV-capacity override for {', '.join(unknown)}: no such instance in {source}")
+    group_of = {ref.instance_id: name for name, refs in cfg.dp_groups().items() for ref in refs}
+    group_sizes = {name: len(refs) for name, refs in cfg.dp_groups().items()}
+    instances: list[Instance] = []
+    infos: list[InstanceInfo] = []
+    for ref in cfg.instances():
+        dp_size = group_sizes.get(group_of.get(ref.instance_id), 1)
+        inst, info = build_instance(env, ref, cfg, opts, source, dp_size, step_times)
+        instances.append(inst)
+        infos.append(info)
+    return instances, infos
+
+
+def build_instance(
+    env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str,
+    dp_size: int = 1, step_times: StepTimeFactory = StepTimePredictor,
+) -> tuple[Instance, InstanceInfo]:
+    ic = ref.config
+    # A MoE DP group (dp_size > 1) steps in lock step and shares its experts (engine/dp_group.py).
+    placement = ic.expert_placement(dp_size)
+    where = f"{source}: nodes[{ref.node_index}].instances[{ref.instance_index}]"
+    model = load_model(ic.model_name)
+    try:
+        profile = load_or_estimate(
+            ic.hardware, model, ic.dtype, ic.tp_size,
+            root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir, mem_bw_gbps=ic.npu_mem.mem_bw,
+        )
+    except ProfileError as exc:
+        raise ProfileError(f"{where}.hardware: {exc}") from None
+    predictor = step_times(
+        profile, model, ic.tp_size, _tp_link_hardware(get_hardware(ic.hardware), cfg),
+        step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
+        step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
+                                  else ic.step_overhead_per_seq_us),
+        skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
+        moe_placement=placement, moe_external=model.is_moe and dp_size > 1,
+    )
+    if not profile.estimated:
+        predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
+    activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
+    budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
+                       placement.expert_shards)
+    spec = _spec(ref, ic, budget, model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size))
+    num_blocks = budget.usable_blocks
+    lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
+    inst = Instance(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
+    info = InstanceInfo(
+        id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
+        num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
+        weights_gb=budget.weight_bytes / GB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GB,
+        kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
+        kv_predicted_tokens=budget.predicted_gpu_blocks * ic.block_size,
+        profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
+    )
+    return inst, info
+
+
+def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_token: int) -> InstanceSpec:
+    return InstanceSpec(
+        id=ref.instance_id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware,
+        tp=ic.tp_size, dtype=ic.dtype, node=ref.node_index, max_num_seqs=ic.max_num_seqs,
+        max_num_batched_tokens=ic.max_num_batched_tokens, block_size=ic.block_size,
+        enable_chunked_prefill=ic.enable_chunked_prefill, kv_bytes_per_token=kv_bytes_per_token,
+        weight_bytes=budget.weight_bytes, activation_bytes=budget.activation_bytes + budget.other_bytes,
+        long_prefill_token_threshold=ic.long_prefill_token_threshold,
+        async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
+        kv_dtype=ic.kv_dtype,
+        enable_prefix_caching=ic.enable_prefix_caching,
+    )
+
+
+def _tp_link_hardware(hw: HardwareSpec | None, cfg: ClusterConfig) -> HardwareSpec | None:
+    """The GPU spec, with its intra-node link replaced by the innermost of per-dimension link_bw /
+    link_latency lists when the config gives them (LLMServingSim's TP dimension, docs/moe.md)."""
+    if hw is None or cfg.link_bw_per_dim is None:
+        return hw
+    latency = cfg.link_latency_per_dim[0] if cfg.link_latency_per_dim else cfg.link_latency
+    return dataclasses.replace(hw, intra_node_bw_gbps=cfg.link_bw_per_dim[0], intra_node_latency_ns=latency)

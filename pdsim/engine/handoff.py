@@ -1,0 +1,115 @@
+"""The P/D hand-off: a prefill-only instance's finished prompt goes to a decode instance, which
+reserves blocks and pulls the KV cache over the network; the prefill side holds its blocks until
+the transfer is over. Layer-wise mode hands off as the final prefill step begins."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import simpy
+
+from pdsim.engine.instance import Instance
+from pdsim.engine.kv_cache import blocks_for
+from pdsim.engine.kv_transfer import KVTransfers
+from pdsim.engine.request import Request
+from pdsim.engine.router import Router
+from pdsim.engine.step_plan import StepPlan
+
+
+def recompute_fits(inst: Instance, req: Request) -> bool:
+    """Without chunked prefill a preempted request recomputes its prompt and what it generated in
+    one step, so that must fit the token budget or the request blocks its queue forever. vLLM
+    refuses max_num_batched_tokens < max_model_len then; pdsim rejects the longer requests with a
+    reason instead, as vLLM run with max_model_len = max_num_batched_tokens would. A prefill-only
+    instance hands the request off with its first token, so only the prompt is ever recomputed there."""
+    if inst.spec.enable_chunked_prefill:
+        return True
+    tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
+    return tokens <= inst.spec.max_num_batched_tokens
+
+
+def fits_decode(dec: Instance, src: Instance, req: Request) -> bool:
+    """Whether decode instance `dec` can ever continue `req` from `src`: same model (a heterogeneous
+    pool may mix hardware and TP, never weights), and room for the whole sequence."""
+    return (dec.spec.model_name == src.spec.model_name and recompute_fits(dec, req)
+            and blocks_for(req.input_toks + req.output_toks, dec.kv.block_size) <= dec.kv.num_blocks)
+
+
+class HandOff:
+    """Moves requests from prefill to decode instances; wired to the instances' callbacks."""
+
+    def __init__(self, env: simpy.Environment, kv_transfers: KVTransfers, instances: Sequence[Instance],
+                 decode_router: Router) -> None:
+        self.env = env
+        self.kv_transfers = kv_transfers
+        self.by_id = {inst.id: inst for inst in instances}
+        self.decode_pool = [i for i in instances if i.pd_type == "decode"]
+        self.decode_router = decode_router
+        self._early_handoffs: set[int] = set()  # layer-wise: handed off as their final prefill step began
+        self._arrived_early: set[int] = set()  # ... whose KV arrived before that step's end was processed
+        # Prefill-side blocks still held for transfers in flight, per instance id.
+        self.held_blocks: dict[str, int] = {inst.id: 0 for inst in instances}
+
+    def on_prefill_step(self, src: Instance, plan: StepPlan, start_s: float, duration_s: float) -> None:
+        """Layer-wise mode: a request whose final prefill chunk starts now is handed off now, so that
+        its decode-side blocks can be reserved and its KV streamed while the layers compute."""
+        if not self.kv_transfers.layerwise or src.pd_type != "prefill":
+            return
+        for (req, num_new), prior in zip(plan.prefill, plan.prefill_prefix):
+            completes = req.num_computed + num_new >= req.input_toks + req.num_generated
+            if completes and req.num_generated + 1 < req.output_toks:
+                self.kv_transfers.note_final_step(req, start_s, duration_s, prior, num_new)
+                self._early_handoffs.add(req.id)
+                self._hand_off(src, req)
+
+    def on_handoff(self, src: Instance, req: Request) -> None:
+        """Prefill done on a prefill-only instance: pick a decode instance, wait there for blocks."""
+        if req.id in self._early_handoffs:
+            self._early_handoffs.discard(req.id)
+            if req.id in self._arrived_early:
+                self._arrived_early.discard(req.id)
+                self._kv_arrived(src, self.by_id[req.decode_instance], req)
+            return
+        self._hand_off(src, req)
+
+    def _hand_off(self, src: Instance, req: Request) -> None:
+        req.handoff_s = self.env.now
+        # The prefill instance keeps these blocks until the transfer is over.
+        req.prefill_blocks = req.blocks
+        req.prefill_cache_keys, req.cache_keys = req.cache_keys, None
+        self.held_blocks[src.id] += req.blocks
+        req.blocks = 0
+        req.status = "handoff"
+        candidates = [d for d in self.decode_pool if fits_decode(d, src, req)]
+        # Any policy first looks among the instances that can take the KV now, so a request does
+        # not queue behind a full decode instance while another has room; only when all are full
+        # does it wait in the pending queue of the one the policy picks.
+        with_room = [d for d in candidates if d.has_room_for(req)]
+        dec = self.decode_router.choose(with_room or candidates, req)
+        req.decode_instance = dec.id
+        dec.receive_handoff(req)
+
+    def on_reserved(self, dec: Instance, req: Request) -> None:
+        """Decode-side blocks are reserved: pull the KV cache over the network (pull model)."""
+        src = self.by_id[req.prefill_instance]
+        req.kv_transfer_start_s = self.env.now
+        req.status = "kv_transfer"
+
+        def done() -> None:
+            req.kv_transfer_end_s = self.env.now
+            if req.id in self._early_handoffs:
+                # Layer-wise KV all arrived in the same instant the final prefill step ends: let
+                # that step finish first, so the request leaves the prefill instance in order.
+                self._arrived_early.add(req.id)
+                return
+            self._kv_arrived(src, dec, req)
+
+        self.kv_transfers.start(src, dec, req, done)
+
+    def _kv_arrived(self, src: Instance, dec: Instance, req: Request) -> None:
+        self.held_blocks[src.id] -= req.prefill_blocks
+        src.release_blocks(req.prefill_blocks, req.prefill_cache_keys)
+        req.prefill_blocks = 0
+        req.prefill_cache_keys = None
+        req.kv_ready = True
+        dec.submit(req)

@@ -1,0 +1,82 @@
+"""What a simulation returns: the requests, the instances and their sizing, and the sampled timelines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pdsim.config import GB
+from pdsim.engine.instance import Instance
+from pdsim.engine.link import Link
+from pdsim.engine.request import Request
+
+GIB = GB
+
+
+@dataclass
+class Sample:
+    time_s: float
+    instance: str
+    prefill_reqs: int
+    decode_reqs: int
+    waiting_reqs: int
+    kv_used_gb: float
+    mem_used_gb: float
+    prompt_tokens: int
+    decode_tokens: int
+    # KV hand-off: prefill-side blocks still held for transfers in flight (the temporary
+    # duplication with the decode side), and the instance's current transfer rates.
+    kv_held_for_transfer_gb: float = 0.0
+    kv_send_gbps: float = 0.0
+    kv_recv_gbps: float = 0.0
+    # Prefix cache: prompt tokens looked up and found so far (cumulative; vLLM's queries/hits).
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    prefix_hit_rate: float = 0.0  # hit / query tokens so far
+
+
+@dataclass
+class LinkSample:
+    """One link at one sample time; utilisation is averaged over the interval since the last sample."""
+
+    time_s: float
+    link: str
+    kind: str
+    capacity_gbps: float
+    active_transfers: int
+    rate_gbps: float  # at the sample instant
+    utilisation: float
+    moved_gb: float  # since the start
+
+
+@dataclass
+class InstanceInfo:
+    id: str
+    pd_type: str | None
+    model_name: str
+    hardware: str
+    tp: int
+    num_kv_blocks: int
+    kv_capacity_gb: float
+    weights_gb: float
+    activation_gb: float
+    profile_path: str
+    estimated_profile: bool
+    # KV sizing: rule ("vllm", "llmservingsim", "measured"), capacity in tokens as vLLM reports it
+    # (num_gpu_blocks x block_size, the null block included) and how it was obtained.
+    kv_rule: str = "vllm"
+    kv_tokens: int = 0
+    memory_note: str = ""
+    kv_predicted_tokens: int = 0  # the config's prediction, when a measured capacity replaced it
+
+
+@dataclass
+class SimulationResult:
+    requests: list[Request]
+    instances: list[Instance]
+    infos: list[InstanceInfo]
+    links: dict[str, Link]
+    samples: list[Sample]
+    sim_end_s: float
+    warnings: list[str] = field(default_factory=list)
+    link_samples: list[LinkSample] = field(default_factory=list)
+    ttft_mode: str = "prefill"

@@ -1,0 +1,31 @@
+"""What the scheduler decided for the next step(s), and what came out of running them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pdsim.engine.request import Request
+
+
+@dataclass(slots=True)
+class StepPlan:
+    prefill: list[tuple[Request, int]] = field(default_factory=list)  # (request, new tokens this step)
+    prefill_prefix: list[int] = field(default_factory=list)  # KV tokens each chunk attends to before it
+    n_decode: int = 0
+    kv_decode_sum: int = 0
+    kv_decode_max: int = 0  # the longest decode KV: uneven batches cost more than their mean says
+    max_steps: int = 1  # how many decode steps may run back to back without a scheduling decision
+    fresh_decoders: list[Request] = field(default_factory=list)  # joined with a gap since their last token
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefill and self.n_decode == 0
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    finished: list[Request] = field(default_factory=list)
+    gap_itls_s: list[float] = field(default_factory=list)  # token gaps longer than one step (after a recompute)
+    handoffs: list[Request] = field(default_factory=list)  # prefill done on a prefill-only instance
+    prompt_tokens: int = 0
+    decode_tokens: int = 0

@@ -1,0 +1,78 @@
+"""The clients that send a trace's requests to the cluster, as SimPy processes: an open loop (each
+request at its trace time) or a closed loop (a fixed number of clients, each sending its next
+request when its previous one ends, as `vllm bench serve --max-concurrency` does)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import simpy
+
+from pdsim.engine.request import Request
+
+Admit = Callable[[Request], None]
+
+
+def open_loop(env: simpy.Environment, requests: Sequence[Request], admit: Admit) -> Generator[Any, Any, None]:
+    """Each request reaches the cluster at its arrival time (requests sorted by it)."""
+    for req in requests:
+        delay = req.arrival_s - env.now
+        if delay > 0:
+            yield env.timeout(delay)
+        admit(req)
+
+
+class ClosedLoopClients:
+    """`concurrency` clients sending the requests in order (their trace arrival times are replaced by
+    the send times). Client i starts at i * start_spread_s / concurrency; each request reaches the
+    engine after a seeded uniform [0, 2 * delay_s] delay; between a request's end and its client's
+    next send a gap drawn from send_gaps_s (seeded) when given. Call `on_done` when a request ends."""
+
+    def __init__(self, env: simpy.Environment, requests: Sequence[Request], admit: Admit, concurrency: int,
+                 seed: int, start_spread_s: float = 0.0, delay_s: float = 0.0,
+                 send_gaps_s: tuple[float, ...] = ()) -> None:
+        self.env = env
+        self.admit = admit
+        self.concurrency = concurrency
+        self.total = len(requests)
+        self.start_spread_s = start_spread_s
+        self.delay_s = delay_s
+        self.send_gaps_s = send_gaps_s
+        self._backlog = iter(requests)
+        self._rng = random.Random(seed)
+
+    def start(self) -> Generator[Any, Any, None]:
+        """The SimPy process starting the clients."""
+        gap_s = self.start_spread_s / self.concurrency
+        # Clients beyond the number of requests would never send one: only the others are started.
+        for i in range(min(self.concurrency, self.total)):
+            if i and gap_s > 0:
+                yield self.env.timeout(gap_s)
+            self.on_done()
+        yield self.env.timeout(0)
+
+    def on_done(self, _done: Request | None = None) -> None:
+        """A client's request ended (or the client starts): it sends the next one."""
+        req = next(self._backlog, None)
+        if req is not None:
+            if self.send_gaps_s:
+                self.env.process(self._send_after(req, self._rng.choice(self.send_gaps_s)))
+            else:
+                self._send(req)
+
+    def _send(self, req: Request) -> None:
+        req.arrival_s = self.env.now
+        if self.delay_s > 0:
+            self.env.process(self._deliver(req, self._rng.uniform(0.0, 2.0 * self.delay_s)))
+        else:
+            self.admit(req)
+
+    def _send_after(self, req: Request, gap_s: float) -> Generator[Any, Any, None]:
+        yield self.env.timeout(gap_s)
+        self._send(req)
+
+    def _deliver(self, req: Request, delay_s: float) -> Generator[Any, Any, None]:
+        yield self.env.timeout(delay_s)
+        self.admit(req)
