@@ -146,10 +146,11 @@ class Instance:
     def has_room_for(self, req: Request) -> bool:
         """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
         return not self.pending and self._handoff_need(req)[0] <= self.kv.free
+
+    @property
     def in_run(self) -> bool:
         """A run of decode steps is passing in one event (the monitor counts its steps as they end)."""
         return self._run is not None
-
 
     def submit(self, req: Request) -> None:
         """A request that starts (or, after its KV arrived, continues) on this instance."""
