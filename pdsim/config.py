@@ -29,7 +29,7 @@ from pdsim.llmservingsim_keys import (
     noted_keys,
     per_dim_links,
 )
-from pdsim.models import DTYPE_BYTES, load_model
+from pdsim.models import DTYPE_BYTES, QUANTIZATIONS, load_model
 from pdsim.perf.moe_time import ExpertPlacement
 
 # Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
@@ -94,6 +94,19 @@ def _bandwidth_floor(gbps: float) -> float:
             "bandwidth", "expected a bandwidth >= {low} GB/s, got {got}", {"low": MIN_BW_GBPS, "got": _fmt(gbps)}
         )
     return gbps
+
+
+def _fp8_dtype_as_quantization(data: Any) -> Any:
+    """LLMServingSim's `dtype: "fp8"` means fp8 weights: read it as vLLM's `--quantization fp8`
+    over bf16 activations (embeddings, norms and lm_head stay bf16, as in vLLM); the KV cache
+    stays bf16 unless kv_cache_dtype says fp8, as with vLLM's flags (docs/precision.md)."""
+    if not isinstance(data, dict) or data.get("dtype") != "fp8":
+        return data
+    if data.get("quantization") not in (None, "fp8"):
+        raise PydanticCustomError(
+            "quantization", 'dtype "fp8" means quantization "fp8"; got quantization {got}; give dtype "bfloat16" '
+            "with the quantization wanted", {"got": _fmt(data.get("quantization"))})
+    return {**data, "dtype": "bfloat16", "quantization": "fp8"}
 
 
 class _Strict(BaseModel):
@@ -196,16 +209,25 @@ class InstanceConfig(_Strict):
     dp_group: str | None = None
     # vLLM's --kv-cache-dtype: "auto" stores KV in `dtype`; fp8 variants store one byte per value.
     kv_cache_dtype: str = "auto"
+    # vLLM's --quantization for the weights (docs/precision.md): null keeps them in `dtype`; "fp8"
+    # (per-channel scales, as compressed-tensors W8A8 / FP8-dynamic checkpoints) and "fp8_block"
+    # (128x128 block scales) store the linear layers at 1 byte and run their GEMMs in fp8.
+    quantization: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _infer_sizes(cls, data: Any) -> Any:
-        return infer_instance_sizes(data)
+        return infer_instance_sizes(_fp8_dtype_as_quantization(data))
 
     @field_validator("hardware", mode="before")
     @classmethod
     def _hardware_alias(cls, v: Any) -> Any:
         return canonical_hardware_name(v) if isinstance(v, str) else v
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization(cls, v: Any) -> Any:
+        return _one_of(v, QUANTIZATIONS, nullable=True)
 
     @field_validator("kv_cache_dtype", mode="before")
     @classmethod
@@ -276,7 +298,7 @@ class InstanceConfig(_Strict):
         self._check_ep()
         # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them).
         expert_shards = max(self.tp_size, self.effective_ep_size())
-        weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards) / GB  # GB = 2^30
+        weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
         util_name, util = (("mem_util", self.npu_mem.mem_util) if self.npu_mem.mem_util is not None
                            else ("gpu_memory_utilization", self.gpu_memory_utilization or 0.9))
         usable_gb = self.npu_mem.mem_size * util
@@ -285,7 +307,7 @@ class InstanceConfig(_Strict):
                 "weights",
                 "{msg}",
                 {
-                    "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU ({self.dtype}, "
+                    "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU ({self.quantization or self.dtype}, "
                     f"tp={self.tp_size}) but only {usable_gb:.2f} GB is usable "
                     f"(mem_size {self.npu_mem.mem_size:g} GB x {util_name} {util:g})"
                 },

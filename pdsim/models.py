@@ -27,6 +27,13 @@ DTYPE_BYTES: dict[str, int] = {
     "int8": 1,
 }
 
+# Weight quantisation schemes (InstanceConfig.quantization): fp8 linear weights, 1 byte each, with
+# fp32 scales per output channel ("fp8") or per 128x128 block ("fp8_block").
+QUANTIZATIONS = ("fp8", "fp8_block")
+FP8_WEIGHT_BYTES = 1
+SCALE_BYTES = 4  # fp32 weight scales, as vLLM allocates them
+FP8_BLOCK = 128
+
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
     "llama": False, "mistral": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
@@ -131,14 +138,62 @@ class ModelSpec:
         idle = self.moe.num_experts - self.moe.top_k
         return self.param_count() - self.moe.moe_layers * idle * self.moe.expert_params(self.hidden_size)
 
-    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None) -> int:
+    def _unquantized_params_per_shard(self, tp: int) -> int:
+        """Parameters that fp8 quantisation leaves in `dtype` (vLLM's Fp8Config, compressed-tensors
+        W8A8 and block-wise fp8 quantise only the decoder's linear layers): embeddings, lm_head,
+        norms and the MoE router gates."""
+        h = self.hidden_size
+        embed = self.vocab_per_shard(tp) * h
+        lm_head = 0 if self.tie_word_embeddings else embed
+        norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)
+        routers = self.moe.moe_layers * h * self.moe.num_experts if self.moe is not None else 0
+        return embed + lm_head + self.num_layers * norms + h + routers
+
+    def _linear_shapes(self, tp: int, expert_shards: int | None = None) -> list[tuple[float, int, int]]:
+        """(matrices per GPU, output rows, input columns) of the quantised linear layers on one GPU,
+        merged as vLLM merges them (qkv_proj, gate_up_proj); routed experts as a fraction."""
+        h, inter = self.hidden_size, self.intermediate_per_shard(tp)
+        shapes = [(self.num_layers, self.qkv_out(tp), h), (self.num_layers, h, self.o_in(tp)),
+                  (self.dense_mlp_layers, 2 * inter, h), (self.dense_mlp_layers, h, inter)]
+        if self.moe is not None:
+            shards = tp if expert_shards is None else expert_shards
+            experts = self.moe.moe_layers * self.moe.num_experts / shards
+            e_inter = self.moe.expert_intermediate
+            shapes += [(experts, 2 * e_inter, h), (experts, h, e_inter)]
+            if self.moe.shared_intermediate:
+                s_inter = -(-self.moe.shared_intermediate // tp)
+                shapes += [(self.moe.moe_layers, 2 * s_inter, h), (self.moe.moe_layers, h, s_inter)]
+        return shapes
+
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
+                     quantization: str | None = None) -> int:
         """Bytes of weights one GPU holds: a TP shard of the dense weights and, for a MoE model,
-        1/`expert_shards` of the routed experts (default: split over the tp GPUs)."""
-        return self._params_per_shard(tp, expert_shards) * dtype_bytes(dtype)
+        1/`expert_shards` of the routed experts (default: split over the tp GPUs).
+
+        quantization (docs/precision.md): None keeps every weight in `dtype`; "fp8" stores the
+        linear layers at 1 byte with one fp32 scale per output channel (compressed-tensors W8A8
+        fp8, the published FP8 checkpoints); "fp8_block" at 1 byte with one fp32 scale per 128x128
+        block (DeepSeek-style block-wise fp8). Embeddings, lm_head, norms and routers stay in `dtype`."""
+        total = self._params_per_shard(tp, expert_shards)
+        if quantization is None:
+            return total * dtype_bytes(dtype)
+        kept = self._unquantized_params_per_shard(tp)
+        shapes = self._linear_shapes(tp, expert_shards)
+        scales = _scale_count(shapes, quantization)
+        return kept * dtype_bytes(dtype) + (total - kept) * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
 
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         """KV-cache bytes one token occupies on one TP shard (K and V, all layers)."""
         return 2 * self.num_layers * self.kv_size(tp) * dtype_bytes(dtype)
+
+
+def _scale_count(shapes: list[tuple[float, int, int]], quantization: str) -> int:
+    if quantization == "fp8":
+        return math.ceil(sum(n * out for n, out, _ in shapes))
+    if quantization == "fp8_block":
+        b = FP8_BLOCK
+        return math.ceil(sum(n * -(-out // b) * -(-cols // b) for n, out, cols in shapes))
+    raise PdsimError(f"unknown quantization {quantization!r}; known: {', '.join(QUANTIZATIONS)}")
 
 
 def known_models(models_dir: Path | None = None) -> list[str]:

@@ -16,6 +16,7 @@ ALL = [
     "deepseek-ai/DeepSeek-V3",
     "meta-llama/Llama-3.1-70B",
     "meta-llama/Llama-3.1-8B",
+    "meta-llama/Llama-3.3-70B-Instruct",
     "mistralai/Mistral-7B-v0.3",
     "mistralai/Mixtral-8x7B-v0.1",
     "pdsim/tiny-llama",

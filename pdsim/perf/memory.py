@@ -145,7 +145,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     used instead of the prediction (validate --kv-capacity measured); expert_shards: the GPUs a
     MoE model's experts are split over."""
     block_bytes = ic.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
-    weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size, expert_shards)
+    weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size, expert_shards, ic.quantization)
     non_torch = non_torch_bytes(ic.tp_size) if ic.non_torch_memory_gb is None else int(ic.non_torch_memory_gb * GIB)
     other = non_torch + int(ic.cudagraph_memory_gb * GIB)
     vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
