@@ -100,6 +100,24 @@ class MLAModelSpec(ModelSpec):
             total += -(-self.moe.routed_params(h) // shards)
         return total
 
+    def _unquantized_params_per_shard(self, tp: int) -> int:
+        """What fp8 leaves in `dtype`: ModelSpec's (embeddings, lm_head, norms, routers) with MLA's
+        q_a/kv_a RMSNorms in place of per-head q/k norms."""
+        h, m = self.hidden_size, self._mla
+        embed = self.vocab_per_shard(tp) * h
+        lm_head = 0 if self.tie_word_embeddings else embed
+        norms = 2 * h + (m.q_lora_rank or 0) + m.kv_lora_rank
+        routers = self.moe.moe_layers * h * self.moe.num_experts if self.moe is not None else 0
+        return embed + lm_head + self.num_layers * norms + h + routers
+
+    def _linear_shapes(self, tp: int, expert_shards: int | None = None) -> list[tuple[float, int, int]]:
+        """MLA's linear layers (fused q_a/kv_a, q_b, kv_b, o_proj) and ModelSpec's MLP/expert ones."""
+        h, m, heads, n = self.hidden_size, self._mla, self.heads_per_shard(tp), self.num_layers
+        q_lora = m.q_lora_rank or 0
+        attn = [(n, q_lora + m.latent_per_token, h), (n, heads * m.qk_head_dim, q_lora or h),
+                (n, heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank), (n, h, heads * m.v_head_dim)]
+        return attn + super()._linear_shapes(tp, expert_shards)[2:]
+
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         """Latent-cache bytes one token occupies on one GPU (all layers; not divided by TP)."""
         return self.num_layers * self._mla.latent_per_token * dtype_bytes(dtype)

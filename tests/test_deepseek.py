@@ -59,6 +59,17 @@ def test_weights_per_gpu_under_ep8(v3):
     assert tp8 - ROUTED // 8 > replicated + (dense_part - replicated) // 8
 
 
+@pytest.mark.parametrize(("tp", "shards"), [(1, 8), (8, 8), (8, 16)])
+def test_fp8_block_weights_cover_every_mla_linear_layer(v3, tp, shards):
+    kept = v3._unquantized_params_per_shard(tp)
+    linear = v3._params_per_shard(tp, shards) - kept
+    # The quantised shapes account for exactly the parameters outside embeddings/norms/routers.
+    assert sum(n * rows * cols for n, rows, cols in v3._linear_shapes(tp, shards)) == pytest.approx(linear)
+    fp8_block = v3.weight_bytes("bfloat16", tp, shards, "fp8_block")
+    # 1 byte per linear weight, bf16 for the rest, plus one fp32 scale per 128x128 block (< 0.1 %).
+    assert 2 * kept + linear < fp8_block < 2 * kept + linear * 1.001
+
+
 def _raw() -> dict:
     return json.loads((ROOT / "configs" / "models" / f"{V3}.json").read_text())
 
@@ -111,7 +122,8 @@ def test_example_config_runs_to_completion():
     assert len(decode) == 8 and decode[0].dp_group is not None and decode[0].dp_group.lockstep
     v3 = load_model(V3)
     by_id = {i.id: i for i in res.infos}
-    assert by_id[decode[0].id].weights_gb == pytest.approx(v3.weight_bytes("fp8", 1, 8) / GIB)
-    assert by_id[prefill.id].weights_gb == pytest.approx(v3.weight_bytes("fp8", 8, 8) / GIB)
+    assert by_id[decode[0].id].weights_gb == pytest.approx(v3.weight_bytes("bfloat16", 1, 8, "fp8_block") / GIB)
+    assert by_id[prefill.id].weights_gb == pytest.approx(v3.weight_bytes("bfloat16", 8, 8, "fp8_block") / GIB)
+    assert 93 * GIB < v3.weight_bytes("bfloat16", 1, 8, "fp8_block") < 95 * GIB
     assert decode[0].spec.kv_bytes_per_token == 70_272  # bf16 latent cache beside fp8 weights
     assert math.isfinite(max(r.finish_s for r in res.requests))
