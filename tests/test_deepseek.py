@@ -103,6 +103,17 @@ def test_estimated_mla_profile(v3):
     assert prof.attention_prefill(512, 16_384) > prof.attention_prefill(512, 0)
 
 
+def test_gqa_only_profile_sources_refuse_mla(v3, tmp_path):
+    from pdsim.errors import ProfileError
+    from pdsim.perf.aiconfigurator import build_rows
+
+    with pytest.raises(ProfileError, match="MLA attention is not in aiconfigurator"):
+        build_rows(tmp_path, "h200_sxm", v3, 8)
+    ops = pytest.importorskip("pdsim.profiler.ops")  # needs torch
+    with pytest.raises(PdsimError, match="MLA attention is not profiled"):
+        ops.ShardShapes.of(v3, 1)
+
+
 def test_shared_expert_is_priced_in_the_moe_estimate(v3):
     hw = get_hardware("H200")
     with_shared = MoERoofline(hw, v3, "bfloat16", 1, shared_tp=1)

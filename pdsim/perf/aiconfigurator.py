@@ -192,6 +192,8 @@ def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: 
 
 def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16"):
     """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile."""
+    if getattr(model, "mla", None) is not None:  # its tables are GQA attention shapes
+        raise ProfileError(f"{model.name}: MLA attention is not in aiconfigurator's GQA tables; use the estimate")
     root = system_root(Path(systems_dir), system)
     model.check_tp(tp)
     hardware = get_hardware(SYSTEM_HARDWARE.get(system, system))
