@@ -51,8 +51,13 @@ EXTRA_SHAPES: dict[str, tuple[ModelSpec, str]] = {
                         "model_type phi3 not loadable by pdsim yet"),
 }
 SAME_ARCH = {"meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B",
-             "RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic": "meta-llama/Llama-3.1-70B",
+             "RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic": "meta-llama/Llama-3.3-70B-Instruct",
+             "mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/Mixtral-8x7B-v0.1",
+             "Qwen/Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
              "Qwen/Qwen3-8B": "Qwen/Qwen3-8B", "Qwen/Qwen3-32B": "Qwen/Qwen3-32B"}
+# The CSV's quantization column -> pdsim's InstanceConfig.quantization (compressed-tensors FP8-dynamic
+# W8A8 checkpoints carry per-channel fp8 weight scales: pdsim's "fp8").
+QUANTIZATION = {"compressed-tensors (FP8 dynamic W8A8)": "fp8"}
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Case:
     model: str
     tp: int
     kv_dtype: str
+    quantization: str | None
     spec: ModelSpec | None
     caveat: str  # what pdsim cannot express, empty when nothing
     tokens: int  # max_num_batched_tokens used for the activation peak
@@ -76,25 +82,21 @@ def load_cases(path: Path) -> list[Case]:
     for _, r in df.iterrows():
         model, tp = str(r.model_id), int(r.tensor_parallel_size)
         caveats = []
-        if str(r.model_class).strip().lower() == "moe":
-            spec, caveats = None, ["MoE: not supported by pdsim"]
-        elif model in EXTRA_SHAPES:
+        if model in EXTRA_SHAPES:
             spec, why = EXTRA_SHAPES[model]
             caveats += [why] if why else []
         else:
             spec = load_model(SAME_ARCH[model])
-        if isinstance(r.quantization, str) and r.quantization.strip():
-            caveats.append("FP8 weights (W8A8): not expressible in pdsim (weights taken from the log)")
+        quant = str(r.quantization).strip() if isinstance(r.quantization, str) else ""
+        quantization = QUANTIZATION[quant] if quant else None
         kv_dtype = "fp8" if str(r.kv_cache_dtype).strip() == "fp8" else "bfloat16"
-        if kv_dtype == "fp8":
-            caveats.append("FP8 KV cache: no kv_cache_dtype config field yet (computed with 1-byte KV)")
         tokens, seqs = r.max_num_batched_tokens, r.max_num_seqs
         if pd.isna(tokens) or pd.isna(seqs):
             # Not in the summary table: vLLM's defaults for >= 70 GiB GPUs (vllm/engine/arg_utils.py).
             tokens, seqs = 8192, 1024
             caveats.append("vLLM 0.11 summary row: engine args not recorded (assumed 8192 tokens, 1024 seqs)")
-        cases.append(Case(int(r.row_id), model, tp, kv_dtype, spec, "; ".join(caveats), int(tokens), int(seqs),
-                          float(r.gpu_memory_utilization), int(r.block_size), r))
+        cases.append(Case(int(r.row_id), model, tp, kv_dtype, quantization, spec, "; ".join(caveats), int(tokens),
+                          int(seqs), float(r.gpu_memory_utilization), int(r.block_size), r))
     return cases
 
 
@@ -112,9 +114,12 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
     if case.spec is None:
         return None
     spec = case.spec
-    weights = case.measured.weights_gib * GIB if "W8A8" in case.caveat else spec.weight_bytes("bfloat16", case.tp)
-    forward = memory.forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens)
-    sampler = sampler_bytes * min(case.tokens, case.seqs) * spec.vocab_size + case.tokens * spec.hidden_size * 2
+    weights = spec.weight_bytes("bfloat16", case.tp, quantization=case.quantization)
+    forward = max(memory.forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens),
+                  memory.moe_forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens))
+    # A MoE model's fused-MoE workspaces are still held when the sampler runs (pdsim/perf/memory.py).
+    sampler = (sampler_bytes * min(case.tokens, case.seqs) * spec.vocab_size + case.tokens * spec.hidden_size * 2
+               + memory.moe_workspace_bytes(spec, "bfloat16", case.tp, case.tokens))
     activation = max(forward, sampler) if activation_bytes is None else activation_bytes
     non_torch = memory.non_torch_bytes(case.tp)
     total = memory.GPU_VISIBLE_MEMORY["H100-SXM"].total_gib * GIB
@@ -127,7 +132,7 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
 def sampler_bound(case: Case, sampler_bytes: float) -> bool:
     spec = case.spec
     forward = memory.forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens)
-    return sampler_bytes * min(case.tokens, case.seqs) * spec.vocab_size > forward
+    return not spec.is_moe and sampler_bytes * min(case.tokens, case.seqs) * spec.vocab_size > forward
 
 
 def fit_sampler_bytes(cases: list[Case]) -> float:
@@ -143,7 +148,8 @@ def fit_sampler_bytes(cases: list[Case]) -> float:
 
 
 def fit_cases(cases: list[Case]) -> list[Case]:
-    """The rows the coefficient is fitted on: dense vLLM 0.19 logs with known engine args."""
+    """The rows the coefficient is fitted on: vLLM 0.19 logs with known engine args (MoE rows are
+    evaluated with it but not fitted: sampler_bound excludes them)."""
     return [c for c in cases if c.spec is not None and "0.11" not in c.caveat]
 
 
@@ -159,6 +165,7 @@ def evaluate(cases: list[Case]) -> pd.DataFrame:
         m = c.measured
         tokens = None if pd.isna(m.kv_tokens) else int(m.kv_tokens)
         row = {"row": c.row, "model": c.model.split("/")[-1], "tp": c.tp, "kv_dtype": c.kv_dtype,
+               "quant": c.quantization or "",
                "meas_weights_gib": m.weights_gib, "meas_act_gib": m.activation_peak_gib,
                "meas_non_torch_gib": m.non_torch_gib, "meas_kv_gib": m.kv_cache_gib, "meas_kv_tokens": tokens,
                "caveat": c.caveat}
@@ -190,7 +197,8 @@ def markdown(df: pd.DataFrame) -> str:
         tok = (f"{f(r.meas_kv_tokens, 0)} / {f(r.get('pred_kv_tokens'), 0)}" if has and r.meas_kv_tokens
                else f(r.meas_kv_tokens, 0))
         lines.append(
-            f"| {r.row} | {r.model}{' (FP8 KV)' if r.kv_dtype == 'fp8' else ''} | {r.tp} | "
+            f"| {r.row} | {r.model}{' (FP8 KV)' if r.kv_dtype == 'fp8' else ''}{' (fp8 weights)' if r.quant else ''}"
+            f" | {r.tp} | "
             f"{f(r.meas_weights_gib)} / {f(r.get('pred_weights_gib'))} | "
             f"{f(r.meas_act_gib)} / {f(r.get('pred_act_gib'))} | "
             f"{f(r.meas_non_torch_gib)} / {f(r.get('pred_non_torch_gib'))} | {f(r.meas_kv_gib)} | {f(pred)} | "
@@ -216,7 +224,7 @@ def main() -> None:
     print(f"sampler bytes per logit: {coef:.2f} fitted on {sum(sampler_bound(c, coef) for c in fit)} sampler-bound "
           f"rows (pdsim uses {memory.SAMPLER_BYTES_PER_LOGIT}); leave-one-out {min(loo):.2f}-{max(loo):.2f}")
     print(f"activation peak, leave-one-out: MAPE {dense.act_err_loo_pct.abs().mean():.1f}%, "
-          f"max |err| {dense.act_err_loo_pct.abs().max():.1f}% over {len(dense)} dense vLLM 0.19 rows")
+          f"max |err| {dense.act_err_loo_pct.abs().max():.1f}% over {len(dense)} vLLM 0.19 rows")
     print(f"KV capacity, leave-one-out: MAPE {dense.kv_err_loo_pct.abs().mean():.2f}%, "
           f"max |err| {dense.kv_err_loo_pct.abs().max():.2f}% over the same rows")
     if args.markdown:

@@ -65,6 +65,32 @@ HARDWARE: dict[str, HardwareSpec] = {
             source="NVIDIA H200 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
+            name="B200",
+            description="NVIDIA B200 SXM 180 GB HBM3e (HGX B200)",
+            bf16_tflops=2250.0,  # 36 PFLOPS sparse FP16/BF16 per 8-GPU HGX B200 -> 2.25 dense per GPU
+            fp8_tflops=4500.0,  # 72 PFLOPS sparse FP8 per HGX B200 -> 4.5 dense per GPU
+            mem_bw_gbps=8000.0,
+            mem_size_gb=180.0,  # 1,440 GB per HGX B200
+            intra_node_bw_gbps=900.0,  # NVLink 5, 1.8 TB/s bidirectional
+            intra_node_latency_ns=1000.0,
+            intra_node_link="nvlink",
+            source="NVIDIA HGX B200 datasheet (per-GPU = 8-GPU totals / 8; dense = sparse / 2); NVIDIA Blackwell "
+                   "architecture technical brief (NVLink 5: 1.8 TB/s per GPU)",
+        ),
+        HardwareSpec(
+            name="GB200",
+            description="NVIDIA Blackwell GPU of a GB200 Superchip (186 GB HBM3e, GB200 NVL72)",
+            bf16_tflops=2500.0,  # 360 PFLOPS sparse FP16/BF16 per NVL72 / 72 GPUs -> 2.5 dense per GPU
+            fp8_tflops=5000.0,  # 720 PFLOPS sparse FP8 per NVL72 -> 5 dense per GPU
+            mem_bw_gbps=8000.0,  # 576 TB/s per NVL72 / 72
+            mem_size_gb=186.0,  # 13.4 TB HBM3e per NVL72 / 72
+            intra_node_bw_gbps=900.0,  # NVLink 5, 1.8 TB/s bidirectional; 130 TB/s per NVL72 / 72
+            intra_node_latency_ns=1000.0,
+            intra_node_link="nvlink",
+            source="NVIDIA GB200 NVL72 datasheet (per-GPU = rack totals / 72; dense = sparse / 2); NVIDIA Blackwell "
+                   "architecture technical brief (NVLink 5: 1.8 TB/s per GPU)",
+        ),
+        HardwareSpec(
             name="A100-80GB",
             description="NVIDIA A100 SXM4 80 GB",
             bf16_tflops=312.0,
@@ -121,6 +147,11 @@ HARDWARE_ALIASES: dict[str, str] = {
     "H100_SXM": "H100-SXM",
     "H200-SXM": "H200",
     "H200_SXM": "H200",
+    "B200-SXM": "B200",
+    "B200_SXM": "B200",
+    "HGX-B200": "B200",
+    "GB200-SXM": "GB200",
+    "GB200_SXM": "GB200",
     "A100": "A100-80GB",
     "A100-SXM-80GB": "A100-80GB",
     "RTX-PRO-6000": "RTXPRO6000",

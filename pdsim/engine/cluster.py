@@ -164,6 +164,7 @@ def _build_instance(
         profile = load_or_estimate(
             ic.hardware, model, ic.dtype, ic.tp_size,
             root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir, mem_bw_gbps=ic.npu_mem.mem_bw,
+            quantization=ic.quantization, kv_dtype=ic.kv_dtype,
         )
     except ProfileError as exc:
         raise ProfileError(f"{where}.hardware: {exc}") from None

@@ -36,10 +36,12 @@ from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
 
 # aiconfigurator system name -> pdsim hardware name (for the profile's place under profiles/)
 SYSTEM_HARDWARE = {"h100_sxm": "H100-SXM", "h200_sxm": "H200", "a100_sxm": "A100-80GB", "l40s": "L40S",
-                   "rtx_pro_6000_server": "RTXPRO6000"}
+                   "rtx_pro_6000_server": "RTXPRO6000", "b200_sxm": "B200", "gb200_sxm": "GB200"}
 # The GPU each system's tables must say they were measured on (their `device` column).
 SYSTEM_DEVICE = {"h100_sxm": "H100", "h200_sxm": "H200", "a100_sxm": "A100", "l40s": "L40S",
-                 "rtx_pro_6000_server": "RTX PRO 6000"}
+                 "rtx_pro_6000_server": "RTX PRO 6000", "b200_sxm": "B200", "gb200_sxm": "GB200"}
+# pdsim quantization -> aiconfigurator's gemm_dtype (its GEMM tables' quant-mode column).
+QUANT_GEMM_DTYPE = {"fp8": "fp8", "fp8_block": "fp8_block"}
 # Attention kernels in order of preference: FlashAttention 3 on Hopper, FlashAttention 2 before it.
 ATTENTION_KERNELS = ("vllm_flash_attn_fa3", "vllm_flash_attn")
 GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -190,8 +192,10 @@ def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: 
     return out
 
 
-def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16"):
-    """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile."""
+def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16",
+               quantization: str | None = None):
+    """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile. quantization:
+    the layer GEMMs from the table's fp8 / fp8_block rows (lm_head stays in dtype, as in vLLM)."""
     if getattr(model, "mla", None) is not None:  # its tables are GQA attention shapes
         raise ProfileError(f"{model.name}: MLA attention is not in aiconfigurator's GQA tables; use the estimate")
     root = system_root(Path(systems_dir), system)
@@ -199,11 +203,12 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
     hardware = get_hardware(SYSTEM_HARDWARE.get(system, system))
     if hardware is None:
         raise ProfileError(f"--system {system}: no pdsim hardware spec for the element-wise ops' estimate")
-    dense, per_seq, _, _ = estimate_rows(hardware, model, dtype, tp)
+    dense, per_seq, _, _ = estimate_rows(hardware, model, dtype, tp, quantization)
     gemm_path = _latest(root, "gemm", "vllm") / "gemm_perf.parquet"
     gemm_rows = _read(gemm_path)
     _check_device(gemm_rows, system, gemm_path)
     gemm = _Gemm(gemm_rows, dtype)
+    layer_gemm = gemm if quantization is None else _Gemm(gemm_rows, QUANT_GEMM_DTYPE[quantization])
     h = model.hidden_size
     shapes = {  # op -> (n, k) per TP shard
         "qkv_proj": (model.qkv_out(tp), h),
@@ -211,7 +216,7 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
         "gate_up_proj": (2 * model.intermediate_per_shard(tp), h),
         "down_proj": (h, model.intermediate_per_shard(tp)),
     }
-    dense = [(op, t, gemm(t, *shapes[op], ) if op in shapes else us) for op, t, us in dense]
+    dense = [(op, t, layer_gemm(t, *shapes[op], ) if op in shapes else us) for op, t, us in dense]
     per_seq = [(op, s, gemm(s, model.vocab_per_shard(tp), h) if op == "lm_head" else us)
                for op, s, us in per_seq]
 
@@ -239,27 +244,34 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
         if nccl.empty and custom.empty:
             raise ProfileError(f"no all-reduce rows for {tp} GPUs in the aiconfigurator database")
         allreduce = allreduce_rows(custom, nccl, dtype_bytes(dtype))
-    notes = (f"aiconfigurator {system} database ({root}): GEMMs, attention ({kernel}), all-reduce measured; "
+    gemms = f"GEMMs ({quantization} layer GEMMs from its {QUANT_GEMM_DTYPE[quantization]} table)" if quantization \
+        else "GEMMs"
+    notes = (f"aiconfigurator {system} database ({root}): {gemms}, attention ({kernel}), all-reduce measured; "
              "element-wise ops and sampler from pdsim's roofline estimate; prefill attention of a chunk "
              "over a cached prefix mapped to a fresh prompt of equal causal work")
     return dense, per_seq, prefill, decode, allreduce, notes, hardware
 
 
 def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: int, out_root: str | Path,
-                   dtype: str = "bfloat16") -> Path:
-    """Write profiles/<hardware>/<model>/<dtype>/tp<N>/ from the database; returns the folder."""
+                   dtype: str = "bfloat16", quantization: str | None = None) -> Path:
+    """Write profiles/<hardware>/<model>/<dtype or quantization>/tp<N>/ from the database; returns the folder."""
     if dtype_bytes(dtype) != 2:
-        raise ProfileError(f"--dtype {dtype}: only 16-bit profiles are built from the database so far")
+        raise ProfileError(f"--dtype {dtype}: activations must be 16-bit; fp8 weights are --quant fp8 or fp8_block")
+    if quantization is not None and quantization not in QUANT_GEMM_DTYPE:
+        raise ProfileError(f"--quant {quantization}: expected one of {', '.join(QUANT_GEMM_DTYPE)}")
     dense, per_seq, prefill, decode, allreduce, notes, hardware = build_rows(
-        Path(systems_dir), system, model, tp, dtype)
+        Path(systems_dir), system, model, tp, dtype, quantization)
+    device = {"name": hardware.description, "aiconfigurator_system": system}
+    if quantization is not None:
+        device["gemm_precision"] = f"aiconfigurator {system} {QUANT_GEMM_DTYPE[quantization]} GEMM table"
     meta = ProfileMeta(
         hardware=hardware.name, model=model.name, dtype=dtype, tp=tp, source="measured",
         tool="pdsim profile import-aiconfigurator", tool_version="1",
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        num_layers=model.num_layers, device={"name": hardware.description, "aiconfigurator_system": system},
+        num_layers=model.num_layers, device=device,
         activation_peak_bytes=None, notes=notes,
     )
-    out = profile_path(out_root, hardware.name, model.name, dtype, tp)
+    out = profile_path(out_root, hardware.name, model.name, quantization or dtype, tp)
     write_profile(out, meta, dense, per_seq, prefill, decode, allreduce)
     return out
 

@@ -23,6 +23,8 @@ from pdsim.perf.profile import profile_path, write_profile
 )
 @click.option("--dtype", default="bfloat16", show_default=True, help="Weights and KV cache dtype.")
 @click.option("--tp", default=1, show_default=True, type=int, help="tensor-parallel degree")
+@click.option("--quantization", type=click.Choice(["fp8", "fp8_block"]), default=None,
+              help="fp8 weights (GEMMs at the fp8 peak); writes <dtype> = the scheme (docs/precision.md)")
 @click.option(
     "--out",
     "--output",
@@ -32,7 +34,7 @@ from pdsim.perf.profile import profile_path, write_profile
     type=click.Path(file_okay=False, path_type=Path),
     help="profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/",
 )
-def estimate(hardware: str, model_name: str, dtype: str, tp: int, out: Path) -> None:
+def estimate(hardware: str, model_name: str, dtype: str, tp: int, quantization: str | None, out: Path) -> None:
     """Estimate a latency profile from hardware specs (roofline per op) and write it."""
     spec = get_hardware(hardware)
     if spec is None:
@@ -42,12 +44,12 @@ def estimate(hardware: str, model_name: str, dtype: str, tp: int, out: Path) -> 
         )
     dtype_bytes(dtype)  # rejects unknown dtypes with the list of known ones
     model = load_model(model_name)
-    meta = estimate_meta(spec, model, dtype, tp)
-    directory = profile_path(out, spec.name, model.name, dtype, tp)
+    meta = estimate_meta(spec, model, dtype, tp, quantization)
+    directory = profile_path(out, spec.name, model.name, quantization or dtype, tp)
     meta.path = str(directory)
-    dense, per_seq, prefill, decode = estimate_rows(spec, model, dtype, tp)
+    dense, per_seq, prefill, decode = estimate_rows(spec, model, dtype, tp, quantization)
     write_profile(directory, meta, dense, per_seq, prefill, decode)
-    click.echo(f"wrote estimated profile {directory}")
+    click.echo(f"wrote estimated profile {directory} ({meta.device['gemm_precision']})")
     if Path(out).resolve() != bundled_path("profiles").resolve():  # runs look in the bundled profiles/ by default
         click.echo(f"runs use it with --profiles-root {out} (or --profile-dir {directory})")
 

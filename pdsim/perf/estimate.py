@@ -62,6 +62,8 @@ SM_COUNT: dict[str, int] = {
     "RTXPRO6000": 188,
     "H100-SXM": 132,
     "H200": 132,
+    "B200": 148,
+    "GB200": 148,
     "A100-80GB": 108,
     "L40S": 142,
     "RTX4090": 128,
@@ -89,13 +91,31 @@ BATCH_GRID = _geometric_grid(512, factor=1.25, dense_until=8)
 KV_GRID = [0, *_geometric_grid(131072, factor=1.6, dense_until=16, start=16)]
 
 
+def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tuple[float, int, str]:
+    """(tensor peak TFLOPS, bytes per weight and GEMM input element, what priced it) of an instance's
+    GEMMs: fp8-quantised weights (and vLLM's dynamically quantised fp8 activations) at the fp8 peak."""
+    if quantization is None and dtype_bytes(dtype) != 1:
+        return hw.bf16_tflops, dtype_bytes(dtype), f"{dtype} GEMMs at the {hw.bf16_tflops:g} TFLOPS bf16 peak"
+    if hw.fp8_tflops <= 0:
+        raise ProfileError(f"{hw.name} has no fp8 tensor cores ({hw.source}); quantization "
+                           f"{quantization or dtype} cannot run on it")
+    return hw.fp8_tflops, 1, (f"{quantization or dtype} GEMMs at the {hw.fp8_tflops:g} TFLOPS fp8 peak, "
+                              "weights read at 1 byte")
+
+
 class _Roofline:
-    def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, tp: int):
+    def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
+                 quantization: str | None = None, kv_dtype: str | None = None):
+        # dt: activations (norms, rotary, all-reduce); wt: GEMM weights and inputs; kt: the KV cache.
         self.m, self.tp, self.dt = model, tp, dtype_bytes(dtype)
-        tflops = hw.fp8_tflops if self.dt == 1 and hw.fp8_tflops > 0 else hw.bf16_tflops
+        tflops, self.wt, self.gemm_source = gemm_precision(hw, dtype, quantization)
+        self.kt = dtype_bytes(kv_dtype) if kv_dtype is not None else self.dt
         self.flops_per_us = tflops * 1e6  # TFLOP/s = 1e6 FLOP/us
+        # Attention (QK^T, PV) runs in bf16 even over an fp8 KV cache (FlashAttention dequantises).
+        self.attn_flops_per_us = hw.bf16_tflops * 1e6
         self.bytes_per_us = hw.mem_bw_gbps * 1e3  # GB/s = 1e3 bytes/us
         self.sm_count = SM_COUNT.get(hw.name, DEFAULT_SM_COUNT)
+        self._unquantised = self if quantization is None else _Roofline(hw, model, dtype, tp)
 
     def mem_us(self, nbytes: float) -> float:
         return nbytes / (self.bytes_per_us * MEM_EFF) + KERNEL_LAUNCH_US
@@ -103,7 +123,7 @@ class _Roofline:
     def gemm_us(self, m: int, n: int, k: int) -> float:
         eff = GEMM_COMPUTE_EFF_MAX * m / (m + GEMM_HALF_EFF_M)
         compute = 2.0 * m * n * k / (self.flops_per_us * eff)
-        memory = (m * k + k * n + m * n) * self.dt / (self.bytes_per_us * MEM_EFF)
+        memory = ((m * k + k * n) * self.wt + m * n * self.dt) / (self.bytes_per_us * MEM_EFF)
         return max(compute, memory) + KERNEL_LAUNCH_US
 
     def dense(self, op: str, t: int) -> float:
@@ -131,8 +151,8 @@ class _Roofline:
 
     def per_sequence(self, op: str, s: int) -> float:
         vocab = self.m.vocab_per_shard(self.tp)
-        if op == "lm_head":
-            return self.gemm_us(s, vocab, self.m.hidden_size)
+        if op == "lm_head":  # not quantised (vLLM's fp8 schemes keep lm_head in dtype)
+            return _Roofline.gemm_us(self._unquantised, s, vocab, self.m.hidden_size)
         if op == "sampler":
             passes = s * vocab * 4 * SAMPLER_PASSES
             return passes / (self.bytes_per_us * MEM_EFF) + SAMPLER_KERNELS * KERNEL_LAUNCH_US
@@ -140,7 +160,7 @@ class _Roofline:
 
     def _kv_cache_write_us(self, tokens: int) -> float:
         # vLLM's reshape_and_cache: write the step's new K and V into the paged cache.
-        return self.mem_us(2 * tokens * 2 * self.m.kv_size(self.tp) * self.dt)
+        return self.mem_us(2 * tokens * 2 * self.m.kv_size(self.tp) * self.kt)
 
     def attention_prefill(self, chunk: int, prefix: int) -> float:
         m, tp, dt = self.m, self.tp, self.dt
@@ -148,40 +168,43 @@ class _Roofline:
         # Causal: each new token sees the prefix plus on average half the chunk.
         pairs = chunk * (prefix + (chunk + 1) / 2)
         flops = 4.0 * pairs * heads * d  # QK^T and PV
-        nbytes = (2 * chunk * m.q_size(tp) + 2 * (prefix + chunk) * m.kv_size(tp)) * dt
-        compute = flops / (self.flops_per_us * FLASH_ATTN_COMPUTE_EFF)
+        nbytes = 2 * chunk * m.q_size(tp) * dt + 2 * (prefix + chunk) * m.kv_size(tp) * self.kt
+        compute = flops / (self.attn_flops_per_us * FLASH_ATTN_COMPUTE_EFF)
         memory = nbytes / (self.bytes_per_us * MEM_EFF)
         # Critical path: one block = one padded query tile of one head over its causal KV span.
         tiles = -(-chunk // FLASH_ATTN_TILE_ROWS)
         waves = -(-(tiles * heads) // self.sm_count)
         block_flops = 4.0 * FLASH_ATTN_TILE_ROWS * (prefix + (chunk + FLASH_ATTN_TILE_ROWS) / 2) * d
-        critical = waves * block_flops / (self.flops_per_us / self.sm_count)
+        critical = waves * block_flops / (self.attn_flops_per_us / self.sm_count)
         return max(compute, memory, critical) + KERNEL_LAUNCH_US + self._kv_cache_write_us(chunk)
 
     def attention_decode(self, batch: int, kv_tokens: int) -> float:
         m, tp, dt = self.m, self.tp, self.dt
         ctx = kv_tokens + 1  # the new token attends to itself too
-        nbytes = batch * (2 * ctx * m.kv_size(tp) + 2 * m.q_size(tp)) * dt
+        nbytes = batch * (2 * ctx * m.kv_size(tp) * self.kt + 2 * m.q_size(tp) * dt)
         flops = 4.0 * batch * ctx * m.heads_per_shard(tp) * m.head_dim
-        compute = flops / (self.flops_per_us * FLASH_ATTN_COMPUTE_EFF)
+        compute = flops / (self.attn_flops_per_us * FLASH_ATTN_COMPUTE_EFF)
         memory = nbytes / (self.bytes_per_us * MEM_EFF)
         return max(compute, memory) + KERNEL_LAUNCH_US + self._kv_cache_write_us(batch)
 
 
-def _roofline(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int) -> _Roofline:
+def _roofline(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
+              quantization: str | None, kv_dtype: str | None) -> _Roofline:
     if getattr(model, "mla", None) is not None:  # DeepSeek's latent attention (pdsim/mla.py)
         from pdsim.perf.mla_estimate import MLARoofline
 
-        return MLARoofline(hardware, model, dtype, tp)
-    return _Roofline(hardware, model, dtype, tp)
+        return MLARoofline(hardware, model, dtype, tp, quantization, kv_dtype)
+    return _Roofline(hardware, model, dtype, tp, quantization, kv_dtype)
 
 
 def estimate_rows(
-    hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int
+    hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int, quantization: str | None = None,
+    kv_dtype: str | None = None,
 ) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
-    """(dense, per_sequence, attention_prefill, attention_decode) rows in write_profile's layout."""
+    """(dense, per_sequence, attention_prefill, attention_decode) rows in write_profile's layout.
+    quantization: the weights' (InstanceConfig.quantization); kv_dtype: the KV cache's (default dtype)."""
     model.check_tp(tp)
-    r = _roofline(hardware, model, dtype, tp)
+    r = _roofline(hardware, model, dtype, tp, quantization, kv_dtype)
     ops = ["layernorm", "qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn", "down_proj"]
     if model.has_qk_norm:
         ops.append("qk_norm")
@@ -193,7 +216,15 @@ def estimate_rows(
     return dense, per_seq, prefill, decode
 
 
-def estimate_meta(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int) -> ProfileMeta:
+def precision_key(dtype: str, quantization: str | None) -> str:
+    """The profile path's precision component: the quantisation scheme, else the dtype."""
+    return quantization or dtype
+
+
+def estimate_meta(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
+                  quantization: str | None = None, kv_dtype: str | None = None) -> ProfileMeta:
+    gemms = gemm_precision(hardware, dtype, quantization)[2]
+    kv = f", KV cache read as {kv_dtype}" if kv_dtype not in (None, dtype) else ""
     return ProfileMeta(
         hardware=hardware.name,
         model=model.name,
@@ -204,14 +235,16 @@ def estimate_meta(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int)
         tool_version=PDSIM_VERSION,
         created_at=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         num_layers=model.num_layers,
-        device={"name": hardware.description, "spec_source": hardware.source, "mem_bw_gbps": hardware.mem_bw_gbps},
+        device={"name": hardware.description, "spec_source": hardware.source, "mem_bw_gbps": hardware.mem_bw_gbps,
+                "gemm_precision": f"estimated: {gemms}"},
         activation_peak_bytes=None,
         notes=(
             f"roofline per op: compute eff {GEMM_COMPUTE_EFF_MAX} x M/(M+{GEMM_HALF_EFF_M:g}), "
             f"flash-attn eff {FLASH_ATTN_COMPUTE_EFF}, memory eff {MEM_EFF}, "
-            f"+{KERNEL_LAUNCH_US:g} us per kernel (pdsim/perf/estimate.py)"
+            f"+{KERNEL_LAUNCH_US:g} us per kernel (pdsim/perf/estimate.py); {gemms}{kv}"
         ),
-        path=f"<estimated {hardware.name}/{model.name}/{dtype}/tp{tp}>",
+        path=(f"<estimated {hardware.name}/{model.name}/{precision_key(dtype, quantization)}/tp{tp}"
+              f"{kv and '/kv-' + kv_dtype}>"),
         fmt="pdsim",
     )
 
@@ -229,11 +262,12 @@ def _table2d(name: str, rows: list[tuple], xs: list[int], ys: list[int], axes: t
     return Table2D(name, xs, ys, values, axes)
 
 
-def estimate_profile(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int) -> Profile:
+def estimate_profile(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
+                     quantization: str | None = None, kv_dtype: str | None = None) -> Profile:
     """An in-memory profile from the roofline (source "estimated")."""
-    dense, per_seq, prefill, decode = estimate_rows(hardware, model, dtype, tp)
+    dense, per_seq, prefill, decode = estimate_rows(hardware, model, dtype, tp, quantization, kv_dtype)
     return Profile(
-        meta=estimate_meta(hardware, model, dtype, tp),
+        meta=estimate_meta(hardware, model, dtype, tp, quantization, kv_dtype),
         dense=_table1d("estimated dense", dense, "tokens"),
         per_sequence=_table1d("estimated per_sequence", per_seq, "sequences"),
         attention_prefill=_table2d(
@@ -257,13 +291,18 @@ def load_or_estimate(
     root=None,
     profile_dir=None,
     mem_bw_gbps: float | None = None,
+    quantization: str | None = None,
+    kv_dtype: str | None = None,
 ) -> Profile:
     """The profile on disk for this instance, else one estimated from the hardware spec.
 
     mem_bw_gbps (the config's npu_mem.mem_bw): the memory bandwidth an estimate uses instead of the
     datasheet's; an estimated profile on disk (built from the datasheet) is then estimated afresh.
+    quantization: looked up under <precision_key>/ (profiles/<hw>/<model>/fp8/tp<N>); kv_dtype: the
+    KV cache's dtype, which an estimate reads attention at (a profile on disk is used as measured).
     """
-    found = find_profile(hardware_name, model.name, dtype, tp, root=root, profile_dir=profile_dir)
+    key = precision_key(dtype, quantization)
+    found = find_profile(hardware_name, model.name, key, tp, root=root, profile_dir=profile_dir)
     spec = get_hardware(hardware_name)
     if spec is not None and mem_bw_gbps is not None and mem_bw_gbps != spec.mem_bw_gbps:
         spec = replace(spec, mem_bw_gbps=mem_bw_gbps)
@@ -273,13 +312,13 @@ def load_or_estimate(
         return found
     if spec is None:
         where = profile_path(
-            root if root is not None else PROFILES_ROOT, hardware_name, model.name, dtype, tp
+            root if root is not None else PROFILES_ROOT, hardware_name, model.name, key, tp
         )
         raise ProfileError(
-            f"no measured profile for {hardware_name}/{model.name}/{dtype}/tp{tp} under {where} and no "
+            f"no measured profile for {hardware_name}/{model.name}/{key}/tp{tp} under {where} and no "
             f"hardware spec to estimate one; known hardware: {', '.join(known_hardware())}"
         )
-    return estimate_profile(spec, model, dtype, tp)
+    return estimate_profile(spec, model, dtype, tp, quantization, kv_dtype)
 
 
 class MoERoofline(_Roofline):
@@ -291,8 +330,9 @@ class MoERoofline(_Roofline):
     one dense MLP of the model's shared width, TP-sharded `shared_tp` ways, over the same tokens
     (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens)."""
 
-    def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int, shared_tp: int = 1):
-        super().__init__(hw, model, dtype, 1)
+    def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int,
+                 quantization: str | None = None, shared_tp: int = 1):
+        super().__init__(hw, model, dtype, 1, quantization)
         self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
         self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
 
@@ -309,5 +349,5 @@ class MoERoofline(_Roofline):
         flops = 2.0 * pairs * self.expert_params
         eff = GEMM_COMPUTE_EFF_MAX * pairs / (pairs + GEMM_HALF_EFF_M * max(active, 1.0))
         compute = flops / (self.flops_per_us * max(eff, 1e-6))
-        memory = (active * self.expert_params + 4 * pairs * h) * self.dt / (self.bytes_per_us * MEM_EFF)
+        memory = (active * self.expert_params * self.wt + 4 * pairs * h * self.dt) / (self.bytes_per_us * MEM_EFF)
         return gate + max(compute, memory) + 4 * KERNEL_LAUNCH_US + self.shared_us(tokens)

@@ -61,6 +61,9 @@ NON_TORCH_GIB_TP_MULTI = 2.1
 # what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
 # (1) occupy at once.
 SAMPLER_BYTES_PER_LOGIT = 14.93
+# vLLM's VLLM_FUSED_MOE_CHUNK_SIZE default (vllm/envs.py): fused_moe processes at most this many
+# tokens at a time, which bounds its workspaces.
+FUSED_MOE_CHUNK_TOKENS = 16 * 1024
 
 
 def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
@@ -100,9 +103,36 @@ def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int) -> 
     return int(SAMPLER_BYTES_PER_LOGIT * rows * model.vocab_size) + tokens * model.hidden_size * dtype_bytes(dtype)
 
 
-def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int) -> int:
-    """vLLM's profile_run peak: the forward, then the sampler; torch reports the larger."""
-    return max(forward_peak_bytes(model, dtype, tp, tokens), sampler_peak_bytes(model, dtype, tokens, seqs))
+def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
+    """vLLM's fused-MoE workspaces (FusedMoEModularKernel with TritonExperts, vLLM 0.19): workspace13
+    [M, top_k, max(I, H)] (intermediate caches 2 and 3) and workspace2 [M, top_k, max(2 I, H)]
+    (intermediate cache 1, the gate_up output), M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE), I the
+    expert intermediate size on one GPU. vLLM's workspace manager allocates them at the first MoE
+    forward and keeps them, so they are still held when the sampler runs. 0 for a dense model."""
+    if model.moe is None:
+        return 0
+    m, h = min(tokens, FUSED_MOE_CHUNK_TOKENS), model.hidden_size
+    inter = -(-model.moe.expert_intermediate // expert_tp)
+    return m * model.moe.top_k * (max(inter, h) + max(2 * inter, h)) * dtype_bytes(dtype)
+
+
+def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
+    """Torch peak inside one MoE block: the residual, the normed input, the router logits [T, E]
+    and the block's output [T, hidden] beside the fused-MoE workspaces."""
+    if model.moe is None:
+        return 0
+    held = tokens * dtype_bytes(dtype) * (3 * model.hidden_size + model.moe.num_experts)
+    return held + moe_workspace_bytes(model, dtype, expert_tp, tokens)
+
+
+def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
+                          expert_tp: int | None = None) -> int:
+    """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's kept fused-MoE
+    workspaces); torch reports the larger. expert_tp: the ways each expert is split (default tp)."""
+    etp = tp if expert_tp is None else expert_tp
+    forward = max(forward_peak_bytes(model, dtype, tp, tokens), moe_forward_peak_bytes(model, dtype, etp, tokens))
+    sampler = sampler_peak_bytes(model, dtype, tokens, seqs) + moe_workspace_bytes(model, dtype, etp, tokens)
+    return max(forward, sampler)
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,19 @@ from pdsim.perf.estimate import (
 
 
 class MLARoofline(_Roofline):
-    def __init__(self, hw: HardwareSpec, model: MLAModelSpec, dtype: str, tp: int):
-        super().__init__(hw, model, dtype, tp)
+    def __init__(self, hw: HardwareSpec, model: MLAModelSpec, dtype: str, tp: int,
+                 quantization: str | None = None, kv_dtype: str | None = None):
+        super().__init__(hw, model, dtype, tp, quantization, kv_dtype)
         assert model.mla is not None
         self.mla = model.mla
         self.heads = model.heads_per_shard(tp)
 
     def _attn_us(self, flops: float, nbytes: float) -> float:
-        compute = flops / (self.flops_per_us * FLASH_ATTN_COMPUTE_EFF)
+        compute = flops / (self.attn_flops_per_us * FLASH_ATTN_COMPUTE_EFF)
         return max(compute, nbytes / (self.bytes_per_us * MEM_EFF)) + KERNEL_LAUNCH_US
 
     def _latent_write_us(self, tokens: int) -> float:
-        return self.mem_us(tokens * self.mla.latent_per_token * self.dt)
+        return self.mem_us(tokens * self.mla.latent_per_token * self.kt)
 
     def dense(self, op: str, t: int) -> float:
         mla, h, dt = self.mla, self.m.hidden_size, self.dt
@@ -63,20 +64,22 @@ class MLARoofline(_Roofline):
         d_qk, d_v = mla.qk_head_dim, mla.v_head_dim
         pairs = chunk * (prefix + (chunk + 1) / 2)
         flops = 2.0 * pairs * heads * (d_qk + d_v)
-        nbytes = (chunk * heads * (d_qk + d_v) + ctx * heads * (d_qk + d_v)) * dt
+        nbytes = (chunk * heads * (d_qk + d_v) + ctx * heads * (d_qk + d_v)) * dt + ctx * mla.latent_per_token * self.kt
         attn = self._attn_us(flops, nbytes)
         tiles = -(-chunk // FLASH_ATTN_TILE_ROWS)
         waves = -(-(tiles * heads) // self.sm_count)
         block_flops = 2.0 * FLASH_ATTN_TILE_ROWS * (prefix + (chunk + FLASH_ATTN_TILE_ROWS) / 2) * (d_qk + d_v)
-        critical = waves * block_flops / (self.flops_per_us / self.sm_count) + KERNEL_LAUNCH_US
+        critical = waves * block_flops / (self.attn_flops_per_us / self.sm_count) + KERNEL_LAUNCH_US
         return kv_b + max(attn, critical) + self._latent_write_us(chunk)
 
     def attention_decode(self, batch: int, kv_tokens: int) -> float:
         mla, heads, dt = self.mla, self.heads, self.dt
         ctx = kv_tokens + 1
-        # W_UK and W_UV absorbed: per-head batched GEMMs, priced as one GEMM of the same FLOPs and weights.
-        absorb = (self.gemm_us(batch, heads * mla.kv_lora_rank, mla.qk_nope_head_dim)
-                  + self.gemm_us(batch, heads * mla.v_head_dim, mla.kv_lora_rank))
+        # W_UK and W_UV absorbed: per-head batched GEMMs, priced as one GEMM of the same FLOPs and
+        # weights; unquantised, as vLLM keeps the absorbed W_UK/W_UV in the model dtype.
+        bf16 = self._unquantised
+        absorb = (_Roofline.gemm_us(bf16, batch, heads * mla.kv_lora_rank, mla.qk_nope_head_dim)
+                  + _Roofline.gemm_us(bf16, batch, heads * mla.v_head_dim, mla.kv_lora_rank))
         flops = 2.0 * batch * ctx * heads * (mla.latent_per_token + mla.kv_lora_rank)
-        nbytes = batch * (ctx * mla.latent_per_token + heads * (mla.latent_per_token + mla.kv_lora_rank)) * dt
+        nbytes = batch * (ctx * mla.latent_per_token * self.kt + heads * (mla.latent_per_token + mla.kv_lora_rank) * dt)
         return absorb + self._attn_us(flops, nbytes) + self._latent_write_us(batch)

@@ -106,6 +106,9 @@ class StepTimePredictor:
         self.notes: list[str] = []
         if self.estimated:
             self.notes.append("step times estimated from hardware specs")
+        gemm_precision = profile.meta.device.get("gemm_precision", "") if isinstance(profile.meta.device, dict) else ""
+        if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
+            self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
         # TP all-reduce: the profile's table, else a model (collectives.py says which and why).
         self._allreduce_table = profile.allreduce
         self._allreduce_model: AllReduceModel | None = None

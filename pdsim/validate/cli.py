@@ -291,14 +291,17 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 @click.option("--systems-dir", type=click.Path(path_type=Path), default=None,
               help="aiconfigurator's systems/data folder (default: the installed aiconfigurator package's).")
 @click.option("--system", required=True,
-              help="aiconfigurator system, one of: a100_sxm, h100_sxm, h200_sxm, l40s, rtx_pro_6000_server.")
+              help="aiconfigurator system, one of: a100_sxm, b200_sxm, gb200_sxm, h100_sxm, h200_sxm, l40s, "
+              "rtx_pro_6000_server.")
 @click.option("--model", required=True, help="Hugging Face id, e.g. Qwen/Qwen3-32B")
 @click.option("--tp", type=int, multiple=True, required=True, help="Tensor-parallel size; repeat for several.")
-@click.option("--dtype", default="bfloat16", show_default=True, help="Weights and KV dtype (16-bit only).")
+@click.option("--dtype", default="bfloat16", show_default=True, help="Activations and KV dtype (16-bit only).")
+@click.option("--quant", "quantization", type=click.Choice(["fp8", "fp8_block"]), default=None,
+              help="fp8 weights: layer GEMMs from the table's fp8 / fp8_block rows; writes <dtype> = the scheme.")
 @click.option("--out", "--output", "out", default="profiles", show_default=True, type=click.Path(path_type=Path),
               help="Profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/.")
 def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp: tuple[int, ...], dtype: str,
-                          out: Path) -> None:
+                          quantization: str | None, out: Path) -> None:
     """Build pdsim profiles from NVIDIA aiconfigurator's per-kernel database (not committed)."""
     from pdsim.models import load_model
     from pdsim.perf.aiconfigurator import find_systems_dir, import_profile
@@ -310,4 +313,4 @@ def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp:
                          "database folder: <system>/gemm/... or gemm/... directly)")
     spec = load_model(model)
     for n in tp:
-        click.echo(f"wrote {import_profile(root, system, spec, n, out, dtype)}")
+        click.echo(f"wrote {import_profile(root, system, spec, n, out, dtype, quantization)}")

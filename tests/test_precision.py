@@ -1,0 +1,144 @@
+"""fp8 weights (quantization), fp8 KV in the step-time estimate, and the Blackwell specs (docs/precision.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pdsim.config import InstanceConfig
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import ProfileError
+from pdsim.hardware import get_hardware
+from pdsim.models import load_model
+from pdsim.perf import memory
+from pdsim.perf.aiconfigurator import SYSTEM_DEVICE, SYSTEM_HARDWARE, import_profile, importable_systems
+from pdsim.perf.estimate import _Roofline, load_or_estimate
+from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.profile import read_profile
+from tests.helpers import cluster, trace
+
+GIB = 1024**3
+LLAMA70 = "meta-llama/Llama-3.3-70B-Instruct"
+AIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "aiconfigurator-h100"
+H100 = {"hardware": "H100", "npu_mem": {"mem_size": 80, "mem_bw": 3350}}
+
+
+def test_fp8_weight_bytes_match_vllms_logged_weights():
+    # vLLM 0.19 "Model loading took" for RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic (compressed-tensors W8A8)
+    # on H100: 33.88 GiB at TP 2, 16.96 GiB at TP 4 (../shared/.../vllm_kv_capacity_h100.csv rows 10, 11).
+    m = load_model(LLAMA70)
+    assert m.weight_bytes("bfloat16", 2, quantization="fp8") / GIB == pytest.approx(33.88, abs=0.05)
+    assert m.weight_bytes("bfloat16", 4, quantization="fp8") / GIB == pytest.approx(16.96, abs=0.05)
+    # Not simply half the bf16 weights: embeddings and lm_head (2 x 128256 x 8192 / tp) stay bf16.
+    bf16 = m.weight_bytes("bfloat16", 2)
+    embed_and_head = 2 * m.vocab_per_shard(2) * m.hidden_size
+    assert m.weight_bytes("bfloat16", 2, quantization="fp8") > bf16 / 2 + embed_and_head / 2
+
+
+def test_block_scales_are_one_fp32_per_128x128_block():
+    m = load_model("meta-llama/Llama-3.1-8B")
+    linear = m.weight_bytes("bfloat16") - m._unquantized_params_per_shard(1) * 2  # 2 bytes per linear param
+    per_channel = m.weight_bytes("bfloat16", quantization="fp8")
+    block = m.weight_bytes("bfloat16", quantization="fp8_block")
+    base = m._unquantized_params_per_shard(1) * 2 + linear // 2
+    # Per layer: qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down 4096x14336.
+    blocks = 32 * (48 * 32 + 32 * 32 + 224 * 32 + 32 * 112)
+    channels = 32 * (6144 + 4096 + 28672 + 4096)
+    assert block - base == 4 * blocks and per_channel - base == 4 * channels
+
+
+def test_quantization_field_and_llmservingsim_dtype_fp8():
+    base = dict(model_name=LLAMA70, tp_size=2, num_npus=2, **H100)
+    assert InstanceConfig(**base, dtype="fp8").quantization == "fp8"
+    cfg = InstanceConfig(**base, dtype="fp8")
+    assert cfg.dtype == "bfloat16" and cfg.kv_dtype == "bfloat16"  # as vLLM: KV stays bf16 unless asked
+    with pytest.raises(ValidationError, match='quantization\n.*expected "fp8", "fp8_block" or null, got "int4"'):
+        InstanceConfig(**base, quantization="int4")
+    with pytest.raises(ValidationError, match='dtype "fp8" means quantization "fp8"'):
+        InstanceConfig(**base, dtype="fp8", quantization="fp8_block")
+    # 70B on one H100: bf16 does not fit (131 GiB), fp8 does (~68 GiB).
+    with pytest.raises(ValidationError, match="weights need 131.4"):
+        InstanceConfig(**{**base, "tp_size": 1, "num_npus": 1})
+    InstanceConfig(**{**base, "tp_size": 1, "num_npus": 1, "gpu_memory_utilization": 0.95}, quantization="fp8")
+
+
+def test_fp8_gemms_faster_in_the_estimate_lm_head_not():
+    hw, m = get_hardware("H100-SXM"), load_model(LLAMA70)
+    bf16, fp8 = _Roofline(hw, m, "bfloat16", 2), _Roofline(hw, m, "bfloat16", 2, "fp8")
+    for tokens in (1, 8192):  # weight-streaming bound, then compute bound: both ~2x
+        assert fp8.dense("gate_up_proj", tokens) < 0.55 * bf16.dense("gate_up_proj", tokens)
+    assert fp8.dense("layernorm", 512) == bf16.dense("layernorm", 512)
+    assert fp8.per_sequence("lm_head", 64) == bf16.per_sequence("lm_head", 64)
+    with pytest.raises(ProfileError, match="no fp8 tensor cores"):
+        _Roofline(get_hardware("A100-80GB"), m, "bfloat16", 2, "fp8")
+
+
+def test_fp8_kv_cache_halves_decode_attention_in_the_estimate():
+    hw, m = get_hardware("H100-SXM"), load_model("meta-llama/Llama-3.1-8B")
+    bf16, fp8 = _Roofline(hw, m, "bfloat16", 1), _Roofline(hw, m, "bfloat16", 1, None, "fp8")
+    a, b = bf16.attention_decode(128, 32768), fp8.attention_decode(128, 32768)
+    assert b / a == pytest.approx(0.5, abs=0.02)
+    assert fp8.dense("qkv_proj", 64) == bf16.dense("qkv_proj", 64)  # weights untouched
+
+
+def test_fp8_instance_runs_end_to_end_and_says_what_priced_its_gemms():
+    inst = {"model_name": LLAMA70, **H100, "tp_size": 2, "num_npus": 2, "gpu_memory_utilization": 0.95,
+            "max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+    rows = [(1000, 50, 0.1 * i) for i in range(8)]
+    results = {}
+    for q in (None, "fp8"):
+        res = simulate(cluster({**inst, "quantization": q}), trace(rows), SimOptions())
+        results[q] = res
+    bf16, fp8 = results[None].infos[0], results["fp8"].infos[0]
+    assert fp8.weights_gb == pytest.approx(33.85, abs=0.05) and bf16.weights_gb == pytest.approx(65.71, abs=0.05)
+    assert fp8.kv_capacity_gb > bf16.kv_capacity_gb + 30
+    assert "/fp8/tp2" in fp8.profile_path
+    done = [r for r in results["fp8"].requests if r.finish_s is not None]
+    assert len(done) == len(rows)
+    assert any("fp8 GEMMs priced by estimated" in n for n in results["fp8"].instances[0].predictor.notes)
+
+
+def test_predictor_notes_name_the_fp8_gemm_source():
+    m = load_model(LLAMA70)
+    prof = load_or_estimate("H100-SXM", m, "bfloat16", 2, quantization="fp8")
+    pred = StepTimePredictor(prof, m, 2, get_hardware("H100-SXM"))
+    assert any("fp8 GEMMs priced by estimated: fp8 GEMMs at the 1978.9 TFLOPS fp8 peak" in n for n in pred.notes)
+    bf16 = StepTimePredictor(load_or_estimate("H100-SXM", m, "bfloat16", 2), m, 2, get_hardware("H100-SXM"))
+    assert pred.step_time_s([(4096, 0)], 0, 0) < 0.7 * bf16.step_time_s([(4096, 0)], 0, 0)
+
+
+def test_blackwell_specs_and_aiconfigurator_systems():
+    for name, bf16, fp8, mem in (("B200", 2250, 4500, 180), ("GB200", 2500, 5000, 186)):
+        spec = get_hardware(name)
+        assert (spec.bf16_tflops, spec.fp8_tflops, spec.mem_size_gb) == (bf16, fp8, mem)
+        assert spec.mem_bw_gbps == 8000 and spec.intra_node_bw_gbps == 900 and "datasheet" in spec.source
+    assert get_hardware("B200_SXM").name == "B200"
+    for system in ("b200_sxm", "gb200_sxm"):
+        assert system in importable_systems()
+        assert get_hardware(SYSTEM_HARDWARE[system]) is not None and SYSTEM_DEVICE[system]
+    # No measured visible memory for Blackwell: the documented 79.19/80 fraction of the datasheet size.
+    total, how = memory.visible_memory_gib("B200", 180)
+    assert total == pytest.approx(180 * 79.19 / 80) and "assumed" in how
+
+
+def test_moe_workspace_is_held_through_the_sampler_run():
+    m = load_model("Qwen/Qwen3-30B-A3B")
+    ws = memory.moe_workspace_bytes(m, "bfloat16", 1, 8192)
+    assert ws == 8192 * 8 * (2048 + 2048) * 2  # top_k 8; max(768, 2048) + max(1536, 2048)
+    peak = memory.activation_peak_bytes(m, "bfloat16", 1, 8192, 1024)
+    assert peak == memory.sampler_peak_bytes(m, "bfloat16", 8192, 1024) + ws
+    assert memory.moe_workspace_bytes(load_model("meta-llama/Llama-3.1-8B"), "bfloat16", 1, 8192) == 0
+
+
+@pytest.mark.skipif(not AIC.is_dir(), reason="../shared data not present")
+def test_import_aiconfigurator_fp8_gemm_table(tmp_path):
+    m = load_model("Qwen/Qwen3-32B")
+    bf16 = read_profile(import_profile(AIC / "systems_data_h100_sxm", "h100_sxm", m, 2, tmp_path))
+    out = import_profile(AIC / "systems_data_h100_sxm", "h100_sxm", m, 2, tmp_path, quantization="fp8")
+    assert out.parts[-2:] == ("fp8", "tp2")
+    fp8 = read_profile(out)
+    assert fp8.dense["gate_up_proj"](8192) < 0.8 * bf16.dense["gate_up_proj"](8192)
+    assert fp8.per_sequence["lm_head"](64) == bf16.per_sequence["lm_head"](64)
+    assert "fp8 table" in fp8.meta.notes and "fp8 GEMM table" in fp8.meta.device["gemm_precision"]
