@@ -103,6 +103,21 @@ def test_estimated_mla_profile(v3):
     assert prof.attention_prefill(512, 16_384) > prof.attention_prefill(512, 0)
 
 
+def test_fp8_block_mla_gemms_read_half_the_weight_bytes(v3):
+    hw = get_hardware("H200")
+    bf16 = estimate_profile(hw, v3, "bfloat16", 1)
+    fp8 = estimate_profile(hw, v3, "bfloat16", 1, "fp8_block")
+    # One token: the projections only stream their weights, 1 byte instead of 2: the saving is one
+    # byte per weight at the streaming bandwidth (q_a + kv_a + q_b; o_proj).
+    per_byte_us = 1 / (hw.mem_bw_gbps * 1e3 * MEM_EFF)
+    qkv_weights = H * (1536 + 576) + 1536 * 128 * 192
+    assert bf16.dense["qkv_proj"](1) - fp8.dense["qkv_proj"](1) == pytest.approx(qkv_weights * per_byte_us, rel=0.02)
+    assert bf16.dense["o_proj"](1) - fp8.dense["o_proj"](1) == pytest.approx(128 * 128 * H * per_byte_us, rel=0.02)
+    # An fp8 latent cache halves what decode attention reads at one request over a long context.
+    fp8_kv = estimate_profile(hw, v3, "bfloat16", 1, "fp8_block", kv_dtype="fp8")
+    assert fp8_kv.attention_decode(1, 131_072) <= fp8.attention_decode(1, 131_072)
+
+
 def test_gqa_only_profile_sources_refuse_mla(v3, tmp_path):
     from pdsim.errors import ProfileError
     from pdsim.perf.aiconfigurator import build_rows
