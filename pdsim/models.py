@@ -37,6 +37,7 @@ FP8_BLOCK = 128
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
     "llama": False, "mistral": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
+    "deepseek_v3": False,
 }
 
 
@@ -253,7 +254,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
             f"{path}: field 'num_key_value_heads': {kv_heads} does not divide num_attention_heads {heads}"
         )
     num_layers = field("num_hidden_layers")
-    return ModelSpec(
+    spec = ModelSpec(
         name=name,
         architecture=model_type,
         hidden_size=hidden,
@@ -268,3 +269,8 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         max_position_embeddings=field("max_position_embeddings"),
         moe=moe_from_hf(path, model_type, raw, num_layers),
     )
+    if model_type == "deepseek_v3":  # MLA attention: pdsim/mla.py
+        from pdsim.mla import with_mla
+
+        return with_mla(spec, path, raw)
+    return spec

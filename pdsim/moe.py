@@ -1,4 +1,4 @@
-"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`).
+"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`, `deepseek_v3`).
 
 A MoE decoder layer replaces the dense MLP by a router gate (hidden x num_experts, replicated on
 every GPU), `num_experts` routed experts of which each token uses `top_k`, and optionally shared
@@ -14,6 +14,11 @@ it unused with probability (1 - k/E)^T and activate on average
 distinct experts (the occupancy expectation; exact for independent uniform top-k choices, an
 upper bound for real, skewed routers, which concentrate tokens on fewer experts). A GPU holding
 E_local of the E experts activates E_local / E of that on average.
+
+DeepSeek-V3 routes by groups (n_group groups of experts, the topk_group best groups, then the top
+k experts inside them); the formula treats it as plain top-k over all E experts: every expert is
+still equally likely under uniform scores, and the group limit only makes a token's k experts
+cluster in fewer groups (which matters for DeepEP's node-limited dispatch, not modelled).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pdsim.errors import PdsimError
 MOE_KEYS: dict[str, tuple[str, str]] = {
     "qwen3_moe": ("num_experts", "moe_intermediate_size"),
     "mixtral": ("num_local_experts", "intermediate_size"),
+    "deepseek_v3": ("n_routed_experts", "moe_intermediate_size"),
 }
 
 
@@ -85,10 +91,23 @@ def moe_from_hf(path: object, model_type: str, raw: dict, num_layers: int) -> Mo
         step = positive("decoder_sparse_step", 1)
         dense_only = set(raw.get("mlp_only_layers") or [])
         moe_layers = sum(1 for i in range(num_layers) if i not in dense_only and (i + 1) % step == 0)
+    shared = 0
+    if model_type == "deepseek_v3":
+        # vLLM's DeepseekV2DecoderLayer: MoE where index >= first_k_dense_replace and
+        # index % moe_layer_freq == 0; the shared experts are one MLP of n_shared x the expert size.
+        first_dense, freq = raw.get("first_k_dense_replace", 0), positive("moe_layer_freq", 1)
+        if not isinstance(first_dense, int) or isinstance(first_dense, bool) or not 0 <= first_dense <= num_layers:
+            raise PdsimError(f"{path}: field 'first_k_dense_replace': expected an integer in 0..{num_layers}, "
+                             f"got {first_dense!r}")
+        moe_layers = sum(1 for i in range(first_dense, num_layers) if i % freq == 0)
+        n_shared = raw.get("n_shared_experts") or 0
+        if not isinstance(n_shared, int) or isinstance(n_shared, bool) or n_shared < 0:
+            raise PdsimError(f"{path}: field 'n_shared_experts': expected a non-negative integer, got {n_shared!r}")
+        shared = n_shared * positive(inter_key)
     return MoESpec(
         num_experts=experts,
         top_k=top_k,
         expert_intermediate=positive(inter_key),
         moe_layers=moe_layers,
-        shared_intermediate=0,
+        shared_intermediate=shared,
     )

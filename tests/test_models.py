@@ -12,6 +12,8 @@ ALL = [
     "Qwen/Qwen3-30B-A3B-Instruct-2507",
     "Qwen/Qwen3-32B",
     "Qwen/Qwen3-8B",
+    "deepseek-ai/DeepSeek-R1",
+    "deepseek-ai/DeepSeek-V3",
     "meta-llama/Llama-3.1-70B",
     "meta-llama/Llama-3.1-8B",
     "meta-llama/Llama-3.3-70B-Instruct",
@@ -133,9 +135,9 @@ def test_bad_field_value(tmp_path):
 
 def test_unsupported_architecture(tmp_path):
     cfg = _tiny()
-    cfg["model_type"] = "deepseek_v3"
+    cfg["model_type"] = "falcon_mamba"
     root = _write(tmp_path, cfg)
-    with pytest.raises(PdsimError, match="'deepseek_v3' is not supported"):
+    with pytest.raises(PdsimError, match="'falcon_mamba' is not supported"):
         load_model("org/m", root)
 
 

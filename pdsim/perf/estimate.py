@@ -188,6 +188,15 @@ class _Roofline:
         return max(compute, memory) + KERNEL_LAUNCH_US + self._kv_cache_write_us(batch)
 
 
+def _roofline(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
+              quantization: str | None, kv_dtype: str | None) -> _Roofline:
+    if getattr(model, "mla", None) is not None:  # DeepSeek's latent attention (pdsim/mla.py)
+        from pdsim.perf.mla_estimate import MLARoofline
+
+        return MLARoofline(hardware, model, dtype, tp, quantization, kv_dtype)
+    return _Roofline(hardware, model, dtype, tp, quantization, kv_dtype)
+
+
 def estimate_rows(
     hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int, quantization: str | None = None,
     kv_dtype: str | None = None,
@@ -195,7 +204,7 @@ def estimate_rows(
     """(dense, per_sequence, attention_prefill, attention_decode) rows in write_profile's layout.
     quantization: the weights' (InstanceConfig.quantization); kv_dtype: the KV cache's (default dtype)."""
     model.check_tp(tp)
-    r = _Roofline(hardware, model, dtype, tp, quantization, kv_dtype)
+    r = _roofline(hardware, model, dtype, tp, quantization, kv_dtype)
     ops = ["layernorm", "qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn", "down_proj"]
     if model.has_qk_norm:
         ops.append("qk_norm")
@@ -317,12 +326,22 @@ class MoERoofline(_Roofline):
     the router gate over the tokens given (the group's: an upper bound, as vLLM gates a rank's own
     tokens before the all-gather), then the grouped expert GEMMs: every activated local
     expert's weights streamed from memory once, and the FLOPs of the token-expert pairs; one
-    kernel each for the gate, top-k, gate_up, activation and down."""
+    kernel each for the gate, top-k, gate_up, activation and down. Shared experts (DeepSeek) are
+    one dense MLP of the model's shared width, TP-sharded `shared_tp` ways, over the same tokens
+    (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens)."""
 
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int,
-                 quantization: str | None = None):
+                 quantization: str | None = None, shared_tp: int = 1):
         super().__init__(hw, model, dtype, 1, quantization)
         self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
+        self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
+
+    def shared_us(self, tokens: int) -> float:
+        if not self.shared_inter or tokens <= 0:
+            return 0.0
+        h, t, inter = self.m.hidden_size, int(tokens), self.shared_inter
+        return (self.gemm_us(t, 2 * inter, h) + self.mem_us(3 * t * inter * self.dt)
+                + self.gemm_us(t, h, inter))
 
     def layer_us(self, tokens: int, pairs: float, active: float) -> float:
         h, e = self.m.hidden_size, self.m.moe.num_experts
@@ -331,4 +350,4 @@ class MoERoofline(_Roofline):
         eff = GEMM_COMPUTE_EFF_MAX * pairs / (pairs + GEMM_HALF_EFF_M * max(active, 1.0))
         compute = flops / (self.flops_per_us * max(eff, 1e-6))
         memory = (active * self.expert_params * self.wt + 4 * pairs * h * self.dt) / (self.bytes_per_us * MEM_EFF)
-        return gate + max(compute, memory) + 4 * KERNEL_LAUNCH_US
+        return gate + max(compute, memory) + 4 * KERNEL_LAUNCH_US + self.shared_us(tokens)

@@ -133,7 +133,8 @@ class MoELayerModel:
                                    "to estimate the expert layers from")
             from pdsim.perf.estimate import MoERoofline
 
-            self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp)
+            self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp,
+                                         shared_tp=placement.tp)
             self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile)")
 
     def set_link(self, bw_gbps: float, latency_ns: float, where: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pdsim.errors import PdsimError
 from pdsim.models import ModelSpec
 from pdsim.perf.profile import PER_LAYER_OPS, PER_SEQUENCE_OPS, PER_STEP_OPS  # noqa: F401 - re-exported
 
@@ -57,6 +58,8 @@ class ShardShapes:
     @classmethod
     def of(cls, model: ModelSpec, tp: int) -> ShardShapes:
         model.check_tp(tp)
+        if getattr(model, "mla", None) is not None:  # the profiler's ops are GQA attention
+            raise PdsimError(f"{model.name}: MLA attention is not profiled; pdsim estimates it from specs")
         return cls(
             hidden=model.hidden_size,
             heads=model.heads_per_shard(tp),
