@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from pdsim.errors import ConfigError, PdsimError, parse_json
@@ -224,16 +232,6 @@ class InstanceConfig(_Strict):
     def _hardware_alias(cls, v: Any) -> Any:
         return canonical_hardware_name(v) if isinstance(v, str) else v
 
-    @field_validator("quantization", mode="before")
-    @classmethod
-    def _quantization(cls, v: Any) -> Any:
-        return _one_of(v, QUANTIZATIONS, nullable=True)
-
-    @field_validator("kv_cache_dtype", mode="before")
-    @classmethod
-    def _kv_cache_dtype(cls, v: Any) -> Any:
-        return _one_of(v, tuple(KV_CACHE_DTYPES))
-
     @property
     def kv_dtype(self) -> str:
         """The dtype the KV cache is stored in (its bytes per value)."""
@@ -250,15 +248,13 @@ class InstanceConfig(_Strict):
     def _check_ep(self) -> None:
         check_ep(self)
 
-    @field_validator("pd_type", mode="before")
+    @field_validator("pd_type", "dtype", "quantization", "kv_cache_dtype", mode="before")
     @classmethod
-    def _pd_type(cls, v: Any) -> Any:
-        return _one_of(v, PD_TYPES, nullable=True)
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype(cls, v: Any) -> Any:
-        return _one_of(v, tuple(DTYPE_BYTES))
+    def _choice(cls, v: Any, info: ValidationInfo) -> Any:
+        choices, nullable = {"pd_type": (PD_TYPES, True), "dtype": (tuple(DTYPE_BYTES), False),
+                             "quantization": (QUANTIZATIONS, True),
+                             "kv_cache_dtype": (tuple(KV_CACHE_DTYPES), False)}[info.field_name]
+        return _one_of(v, choices, nullable=nullable)
 
     @field_validator("model_name")
     @classmethod
