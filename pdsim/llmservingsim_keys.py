@@ -43,7 +43,7 @@ OFF_ONLY_KEYS: dict[str, str] = {
 # LLMServingSim's names for pdsim's own instance keys.
 RENAMED_KEYS: dict[str, str] = {"reserve_full_isl": "scheduler_reserve_full_isl"}
 # Keys every member of a DP group must agree on (LLMServingSim: tp, pp, ep; vLLM: one model).
-DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "pd_type")
+DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "quantization", "pd_type")
 
 
 def _fmt(value: Any) -> str:

@@ -214,6 +214,10 @@ def test_ep_and_dp_group_checks():
     assert 'dp_group "A": n0.i1 has ep_size 4' in msg
     msg = _config_error(_cluster(_instance(ep_size=4, dp_group="A"), _instance(ep_size=4, dp_group="A")))
     assert "must divide tp_size=1" in msg
+    msg = _config_error(_cluster(_instance(ep_size=2, dp_group="A"),
+                                 _instance(ep_size=2, dp_group="A", quantization="fp8")))
+    # The ranks of one engine share its weights' format.
+    assert 'dp_group "A": n0.i1 has quantization "fp8", but n0.i0 has null' in msg
 
 
 def test_llmservingsim_instance_keys():
