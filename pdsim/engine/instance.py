@@ -193,25 +193,26 @@ class Instance:
         elif self.dp_group is not None:
             self._woken_at_barrier = True
 
-    def _can_reserve(self) -> bool:
-        """Whether _reserve_pending would reserve blocks for the first hand-off now."""
+    def _reservable_head(self) -> tuple[int, int] | None:
+        """(blocks to take, prompt blocks already cached) of the first hand-off, when it may reserve
+        them now; None otherwise."""
         # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
         # blocks only when it reaches the head of the waiting queue.
         if not self.pending or len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
-            return False
+            return None
         # Room for the KV it brings and for the token its first decode step adds (less the prompt
-        # blocks this instance's prefix cache already holds).
-        return self._handoff_need(self.pending[0])[0] <= self.kv.free
+        # blocks this instance's prefix cache already holds: shared, not sent again).
+        need, hit = self._handoff_need(self.pending[0])
+        return (need, hit) if need <= self.kv.free else None
+
+    def _can_reserve(self) -> bool:
+        """Whether _reserve_pending would reserve blocks for the first hand-off now."""
+        return self._reservable_head() is not None
 
     def _reserve_pending(self) -> None:
-        while self._can_reserve():
-            req = self.pending[0]
-            # Room for the KV it brings and for the token its first decode step adds; prompt
-            # blocks this instance already caches are shared, not sent again.
-            need, hit = self._handoff_need(req)
-            if need > self.kv.free:
-                return
-            self.pending.popleft()
+        while (head := self._reservable_head()) is not None:
+            hit = head[1]
+            req = self.pending.popleft()
             self.pending_tokens -= req.input_toks
             kv = self.kv
             if hit:
