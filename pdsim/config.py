@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from pdsim.errors import ConfigError, PdsimError, parse_json
+from pdsim.errors import ConfigError, PdsimError, read_json_object
 from pdsim.hardware import canonical_hardware_name, get_hardware
 from pdsim.llmservingsim_keys import (
     KV_CACHE_DTYPES,
@@ -602,13 +602,7 @@ def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfi
 
 def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: cluster config not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read cluster config ({e.strerror})") from None
-    raw = parse_json(data, str(path), ConfigError)
+    raw = read_json_object(path, ConfigError, "cluster config")
     if overrides:
         _apply_overrides(raw, overrides)
     cfg = cluster_config_from_dict(raw, str(path))

@@ -66,14 +66,15 @@ def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimErr
         raise error(f"{where}: not valid JSON ({e})") from None
 
 
-def read_json_object(path: Path, error: type[PdsimError] = PdsimError) -> dict:
-    """A JSON file holding one object; `error` names the file (and line:column) when it does not."""
+def read_json_object(path: Path, error: type[PdsimError] = PdsimError, what: str | None = None) -> dict:
+    """A JSON file holding one object; `error` names the file (and line:column) when it does not,
+    and `what` the kind of file (e.g. "cluster config") when it is missing or unreadable."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
+        raise error(f"{path}: {what or 'file'} not found") from None
     except OSError as e:
-        raise error(f"{path}: cannot read ({e.strerror})") from None
+        raise error(f"{path}: cannot read{' ' + what if what else ''} ({e.strerror})") from None
     raw = parse_json(data, str(path), error)
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a JSON object")
