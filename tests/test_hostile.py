@@ -181,15 +181,21 @@ PROFILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("edit", "field"), PROFILE_CASES)
-def test_malformed_or_foreign_profile_meta_is_one_line(tmp_path, capsys, edit, field):
-    profile = _profile_copy(tmp_path, edit)
+def _run_with_profile(tmp_path: Path, capsys, profile: Path) -> tuple[int, str, Path]:
+    """The CPU example run on a one-request trace with `profile` as --profile-dir: (exit code, stderr, output)."""
     trace = tmp_path / "t.jsonl"
     trace.write_text(TRACE_LINE)
     out = tmp_path / "out" / "run.csv"
     code, err = _run_cli(capsys, ["--cluster-config", str(REPO / "configs/cluster/cpu_llama160m.json"),
                                   "--dataset", str(trace), "--profile-dir", str(profile), "--output", str(out),
                                   "--quiet"])
+    return code, err, out
+
+
+@pytest.mark.parametrize(("edit", "field"), PROFILE_CASES)
+def test_malformed_or_foreign_profile_meta_is_one_line(tmp_path, capsys, edit, field):
+    profile = _profile_copy(tmp_path, edit)
+    code, err, out = _run_with_profile(tmp_path, capsys, profile)
     _assert_clean_error(code, err, str(profile / "meta.json"), field)
     assert not out.parent.exists()
 
@@ -259,11 +265,6 @@ def test_hostile_measured_runs_name_the_file(tmp_path, capsys):
 def test_profile_files_that_are_not_utf8_json_or_csv_name_the_file(tmp_path, capsys, name, mangle, words):
     profile = _profile_copy(tmp_path, lambda m: None)
     (profile / name).write_bytes(mangle((profile / name).read_bytes()))
-    trace = tmp_path / "t.jsonl"
-    trace.write_text(TRACE_LINE)
-    out = tmp_path / "out" / "run.csv"
-    code, err = _run_cli(capsys, ["--cluster-config", str(REPO / "configs/cluster/cpu_llama160m.json"),
-                                  "--dataset", str(trace), "--profile-dir", str(profile), "--output", str(out),
-                                  "--quiet"])
+    code, err, out = _run_with_profile(tmp_path, capsys, profile)
     _assert_clean_error(code, err, str(profile / name), words)
     assert not out.parent.exists()
