@@ -339,6 +339,9 @@ class NodeConfig(_Strict):
     # HGX boards: an instance's NIC bandwidth is nic_bw x tp_size); shared by all of the instance's
     # outgoing (or incoming) transfers. Left out: NICs are not a bottleneck.
     nic_bw: float | None = Field(default=None, gt=0, le=MAX_BW_GBPS, allow_inf_nan=False)
+    # GPUs that share one NIC (1 on HGX boards; 2 where 8 GPUs have 4 NICs). The TP ranks that share
+    # a NIC queue their per-layer RDMA requests on it, so a transfer's per-layer cost grows with them.
+    gpus_per_nic: int = Field(default=1, ge=1, le=MAX_NPUS)
 
     @field_validator("intra_node_bw", "nic_bw")
     @classmethod
@@ -378,7 +381,8 @@ class KVTransferConfig(_Strict):
     # Defaults measured, not line rate (docs/pd_realism.md, benchmarks/mooncake_kv_transfer.py):
     # derived from Mooncake's vLLM v1 table (Qwen3-8B TP8, H800, 8x200 Gb/s RoCE), held out on its
     # SGLang table. The connector posts each layer's K and V blocks as their own RDMA writes and
-    # waits for their completions, so a hand-off pays a fixed cost per model layer; and RDMA
+    # waits for their completions, so a hand-off pays a fixed cost per model layer (per TP rank
+    # queued on one NIC, NodeConfig.gpus_per_nic); and RDMA
     # reaches a fraction of the NICs' line rate.
     per_layer_overhead_us: float = Field(default=10.5, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
     per_transfer_overhead_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US,
