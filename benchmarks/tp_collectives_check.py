@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from pdsim.hardware import get_hardware  # noqa: E402
 from pdsim.perf import predictor  # noqa: E402
-from pdsim.perf.collectives import AllReduceModel, pcie_model  # noqa: E402
+from pdsim.perf.collectives import AllReduceModel, measured_pcie_model, pcie_model  # noqa: E402
 from pdsim.validate.cli import _replay_config, _sim_options  # noqa: E402
 from pdsim.validate.compare import compare, replay  # noqa: E402
 from pdsim.validate.measured import read_measured  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
     inst = cfg["nodes"][0]["instances"][0]
     inst["tp_size"], inst["num_npus"] = 2, 2
     old = AllReduceModel("old spec model (64 GB/s, 2 us per hop)", 0.0, 2.0, 64.0)
-    candidates = [old, link_model(cfg["link_bw"], cfg["link_latency"]), pcie_model(rtx, 2)]
+    candidates = [old, link_model(cfg["link_bw"], cfg["link_latency"]), pcie_model(rtx, 2), measured_pcie_model(rtx, 2)]
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "cluster_config_tp2.json"
         config.write_text(json.dumps(cfg))

@@ -11,7 +11,9 @@ applies (docs/validation.md, "TP collectives"):
 
 1. the profile's measured all-reduce table (the predictor reads it);
 2. a GPU with NVLink: NVLINK4_BY_GPUS, derived from aiconfigurator's H100 measurements;
-3. a PCIe GPU: the PCIe model below.
+3. a PCIe GPU whose server was measured (RTX PRO 6000, L40S): PCIE_MEASURED, derived from
+   aiconfigurator-core's collective tables for it;
+4. another PCIe GPU: the estimated PCIe model below.
 
 A cluster config's link_bw / link_latency never price TP collectives: they are the network that
 carries KV between instances (LLMServingSim prices TP collectives over them too; the TP 2 RTX
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pdsim.hardware import HardwareSpec
+from pdsim.hardware import HardwareSpec, get_hardware
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,16 @@ class AllReduceModel:
     call_us: float
     hop_us: float
     bus_bw_gbps: float
+    # The algorithm the engine switches to for messages of `large_from_bytes` and more (vLLM's
+    # custom all-reduce hands messages of its max_size, 8 MiB, and up to NCCL).
+    large: AllReduceModel | None = None
+    large_from_bytes: float = float("inf")
 
     def time_us(self, nbytes: float, n: int) -> float:
         if n <= 1:
             return 0.0
+        if self.large is not None and nbytes >= self.large_from_bytes:
+            return self.large.time_us(nbytes, n)
         steps = 2 * (n - 1)
         return self.call_us + steps * self.hop_us + steps / n * nbytes / (self.bus_bw_gbps * 1e3)  # GB/s = 1e3 B/us
 
@@ -50,7 +58,31 @@ NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 2
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
 NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
 
-# PCIe without NVLink. Estimated, not measured: no PCIe collective measurement is in ../shared.
+# PCIe servers that were measured: aiconfigurator-core 0.12.0's systems data (Apache-2.0, the PyPI
+# wheel aiconfigurator-core; `systems/data/<system>/comm/`), message sizes in elements of bf16 (x2 for
+# bytes, as for H100 above). Per GPU count: (call us, bus bandwidth GB/s) of vLLM's custom all-reduce
+# in CUDA-graph mode (`vLLM_custom_graph`), which vLLM 0.19 runs on two PCIe GPUs for messages under
+# its 8 MiB max_size, and of NCCL all_reduce (half), which it runs for larger messages and on more than
+# two PCIe GPUs. Least squares in relative error over 8 KB..8 MiB (custom) and 8 KB..256 MB (NCCL);
+# benchmarks/pcie_allreduce_fit.py re-derives them and prints the fit errors:
+# - rtx_pro_6000_server (8 x RTX PRO 6000 Blackwell Server Edition, PCIe 5): custom all-reduce of vLLM
+#   0.19.0, NCCL 2.29.2. Mean |error| custom 3%, NCCL 9 / 9 / 14% for 2 / 4 / 8 GPUs.
+# - l40s (8 x L40S, PCIe 4): custom all-reduce of vLLM 0.14.0, NCCL 2.27.3. Mean |error| custom 4%,
+#   NCCL 11 / 5 / 20%. Its 4- and 8-GPU NCCL bandwidths (5 and 1.6 GB/s) are that server's: the ranks
+#   then cross CPU sockets without peer-to-peer access.
+# These are the measured servers' topologies; another server of the same GPU may differ (docs/validation.md).
+PCIE_CUSTOM_MAX_BYTES = 8 * 2**20
+PCIE_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
+    # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count)
+    "RTXPRO6000": ("RTX PRO 6000 Server: vLLM 0.19 custom all-reduce, NCCL 2.29.2",
+                   {2: (18.8, 14.7)}, {2: (7.33, 34.0), 4: (14.2, 24.2), 8: (29.4, 22.2)}),
+    "L40S": ("L40S server: vLLM 0.14 custom all-reduce, NCCL 2.27.3",
+             {2: (5.41, 19.4)}, {2: (7.93, 18.6), 4: (11.2, 5.12), 8: (28.4, 1.62)}),
+}
+PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 collective tables)"
+
+
+# Other PCIe GPUs (RTX 4090, ...). Estimated, not measured: no collective measurement of them is at hand.
 # Bus bandwidth 3/4 of the line rate: the PCIe protocol itself caps a x16 link's payload at about
 # 0.87 of it (128b/130b coding is in the line rate; a 256-byte TLP carries ~26 bytes of header,
 # sequence number, LCRC and framing; ACK and flow-control DLLPs take a few % more), and NCCL's
@@ -81,8 +113,26 @@ def pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
     return AllReduceModel(PCIE_SOURCE, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * hardware.intra_node_bw_gbps)
 
 
+def measured_pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel | None:
+    """The measured server's model for n GPUs (the nearest measured count), as vLLM picks the
+    algorithm: custom all-reduce on two GPUs below 8 MiB, NCCL otherwise. None when the GPU's
+    server was not measured, or a config gave it another link than its spec's (another machine)."""
+    if hardware.name not in PCIE_MEASURED:
+        return None
+    if hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
+        return None
+    what, custom, nccl = PCIE_MEASURED[hardware.name]
+    source = PCIE_MEASURED_SOURCE.format(what)
+    gpus = min(nccl, key=lambda g: (abs(g - n), g))
+    nccl_model = AllReduceModel(source, *nccl[gpus][:1], 0.0, nccl[gpus][1])
+    if n != 2 or 2 not in custom:
+        return nccl_model
+    call_us, bus_bw = custom[2]
+    return AllReduceModel(source, call_us, 0.0, bus_bw, large=nccl_model, large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
+
+
 def interconnect_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
-    """The model for a TP group of n GPUs without a measured table (rules 2-3 above)."""
+    """The model for a TP group of n GPUs without a measured table (rules 2-4 above)."""
     if hardware.intra_node_link == "nvlink":
         return nvlink_model(hardware, n)
-    return pcie_model(hardware, n)
+    return measured_pcie_model(hardware, n) or pcie_model(hardware, n)
