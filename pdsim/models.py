@@ -179,7 +179,7 @@ class ModelSpec:
             return total * dtype_bytes(dtype)
         kept = self._unquantized_params_per_shard(tp)
         shapes = self._linear_shapes(tp, expert_shards)
-        scales = _scale_count(shapes, quantization)
+        scales = scale_count(shapes, quantization)
         return kept * dtype_bytes(dtype) + (total - kept) * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
 
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
@@ -187,7 +187,7 @@ class ModelSpec:
         return 2 * self.num_layers * self.kv_size(tp) * dtype_bytes(dtype)
 
 
-def _scale_count(shapes: list[tuple[float, int, int]], quantization: str) -> int:
+def scale_count(shapes: list[tuple[float, int, int]], quantization: str) -> int:
     if quantization == "fp8":
         return math.ceil(sum(n * out for n, out, _ in shapes))
     if quantization == "fp8_block":

@@ -65,7 +65,7 @@ def build_instance(
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
-        moe_placement=placement, moe_external=model.is_moe and dp_size > 1,
+        moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
     )
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
