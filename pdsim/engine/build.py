@@ -81,7 +81,7 @@ def build_instance(
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
         weights_gb=budget.weight_bytes / GB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
-        kv_predicted_tokens=budget.predicted_gpu_blocks * ic.block_size,
+        kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info

@@ -194,6 +194,10 @@ def _roofline(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
         from pdsim.perf.mla_estimate import MLARoofline
 
         return MLARoofline(hardware, model, dtype, tp, quantization, kv_dtype)
+    if getattr(model, "sliding_window", 0):  # gpt-oss's sliding-window layers (pdsim/gpt_oss.py)
+        from pdsim.perf.sliding_estimate import SlidingRoofline
+
+        return SlidingRoofline(hardware, model, dtype, tp, quantization, kv_dtype)
     return _Roofline(hardware, model, dtype, tp, quantization, kv_dtype)
 
 
@@ -341,6 +345,10 @@ class MoERoofline(_Roofline):
         h, inter = model.hidden_size, model.moe.expert_intermediate // expert_tp
         scales = 0 if quantization is None else scale_count([(1, 2 * inter, h), (1, h, inter)], quantization)
         self.expert_bytes = self.expert_params * self.wt + scales * SCALE_BYTES
+        bits = getattr(model, "expert_weight_bits", None)
+        if bits is not None:  # MXFP4 experts (gpt-oss): 4.25 bits streamed, upcast to bf16 for the GEMM
+            self.expert_bytes = self.expert_params * bits / 8
+            self.gemm_source += f", expert weights read at {bits:g} bits (MXFP4)"
         self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
 
     def shared_us(self, tokens: int) -> float:
