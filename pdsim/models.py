@@ -37,8 +37,9 @@ FP8_BLOCK = 128
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
     "llama": False, "mistral": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
-    "deepseek_v3": False,
+    "deepseek_v3": False, "gpt_oss": False,
 }
+BIASED_MODEL_TYPES = ("gpt_oss",)  # biased projections counted (pdsim/gpt_oss.py)
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -179,7 +180,7 @@ class ModelSpec:
             return total * dtype_bytes(dtype)
         kept = self._unquantized_params_per_shard(tp)
         shapes = self._linear_shapes(tp, expert_shards)
-        scales = _scale_count(shapes, quantization)
+        scales = scale_count(shapes, quantization)
         return kept * dtype_bytes(dtype) + (total - kept) * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
 
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
@@ -187,7 +188,7 @@ class ModelSpec:
         return 2 * self.num_layers * self.kv_size(tp) * dtype_bytes(dtype)
 
 
-def _scale_count(shapes: list[tuple[float, int, int]], quantization: str) -> int:
+def scale_count(shapes: list[tuple[float, int, int]], quantization: str) -> int:
     if quantization == "fp8":
         return math.ceil(sum(n * out for n, out, _ in shapes))
     if quantization == "fp8_block":
@@ -237,7 +238,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
             f"{path}: field 'model_type': {model_type!r} is not supported; supported: {supported}"
         )
     for key in ("attention_bias", "mlp_bias"):
-        if raw.get(key):
+        if raw.get(key) and model_type not in BIASED_MODEL_TYPES:
             raise PdsimError(f"{path}: field {key!r}: biased projections are not modelled")
 
     if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
@@ -273,4 +274,8 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         from pdsim.mla import with_mla
 
         return with_mla(spec, path, raw)
+    if model_type == "gpt_oss":  # sliding-window layers, sinks, MXFP4 experts: pdsim/gpt_oss.py
+        from pdsim.gpt_oss import with_gpt_oss
+
+        return with_gpt_oss(spec, path, raw)
     return spec

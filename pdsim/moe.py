@@ -1,4 +1,5 @@
-"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`, `deepseek_v3`).
+"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`, `deepseek_v3`,
+`gpt_oss`).
 
 A MoE decoder layer replaces the dense MLP by a router gate (hidden x num_experts, replicated on
 every GPU), `num_experts` routed experts of which each token uses `top_k`, and optionally shared
@@ -33,6 +34,7 @@ MOE_KEYS: dict[str, tuple[str, str]] = {
     "qwen3_moe": ("num_experts", "moe_intermediate_size"),
     "mixtral": ("num_local_experts", "intermediate_size"),
     "deepseek_v3": ("n_routed_experts", "moe_intermediate_size"),
+    "gpt_oss": ("num_local_experts", "intermediate_size"),
 }
 
 

@@ -65,7 +65,7 @@ def build_instance(
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
-        moe_placement=placement, moe_external=model.is_moe and dp_size > 1,
+        moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
     )
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
@@ -81,7 +81,7 @@ def build_instance(
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
         weights_gb=budget.weight_bytes / GB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
-        kv_predicted_tokens=budget.predicted_gpu_blocks * ic.block_size,
+        kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info

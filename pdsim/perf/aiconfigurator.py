@@ -198,6 +198,9 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
     the layer GEMMs from the table's fp8 / fp8_block rows (lm_head stays in dtype, as in vLLM)."""
     if getattr(model, "mla", None) is not None:  # its tables are GQA attention shapes
         raise ProfileError(f"{model.name}: MLA attention is not in aiconfigurator's GQA tables; use the estimate")
+    if getattr(model, "sliding_window", 0):  # its attention tables are full attention without sinks
+        raise ProfileError(f"{model.name}: sliding-window attention is not in aiconfigurator's tables; "
+                           "use the estimate")
     root = system_root(Path(systems_dir), system)
     model.check_tp(tp)
     hardware = get_hardware(SYSTEM_HARDWARE.get(system, system))

@@ -38,7 +38,7 @@ import numpy as np
 from pdsim import __version__ as PDSIM_VERSION
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec, get_hardware, known_hardware
-from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.models import SCALE_BYTES, ModelSpec, dtype_bytes, scale_count
 from pdsim.perf.interp import Table1D, Table2D
 from pdsim.perf.profile import (
     PROFILES_ROOT,
@@ -194,6 +194,10 @@ def _roofline(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
         from pdsim.perf.mla_estimate import MLARoofline
 
         return MLARoofline(hardware, model, dtype, tp, quantization, kv_dtype)
+    if getattr(model, "sliding_window", 0):  # gpt-oss's sliding-window layers (pdsim/gpt_oss.py)
+        from pdsim.perf.sliding_estimate import SlidingRoofline
+
+        return SlidingRoofline(hardware, model, dtype, tp, quantization, kv_dtype)
     return _Roofline(hardware, model, dtype, tp, quantization, kv_dtype)
 
 
@@ -328,12 +332,23 @@ class MoERoofline(_Roofline):
     expert's weights streamed from memory once, and the FLOPs of the token-expert pairs; one
     kernel each for the gate, top-k, gate_up, activation and down. Shared experts (DeepSeek) are
     one dense MLP of the model's shared width, TP-sharded `shared_tp` ways, over the same tokens
-    (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens)."""
+    (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens).
+    Under fp8 `quantization` the expert and shared GEMMs run at the fp8 peak and each expert streams
+    1-byte weights plus its fp32 scales; the router gate stays in dtype."""
 
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int,
                  quantization: str | None = None, shared_tp: int = 1):
         super().__init__(hw, model, dtype, 1, quantization)
         self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
+        # Bytes one activated expert streams: its weights at self.wt (1 under fp8) plus, quantised,
+        # its fp32 scales counted as ModelSpec.weight_bytes counts them (docs/precision.md).
+        h, inter = model.hidden_size, model.moe.expert_intermediate // expert_tp
+        scales = 0 if quantization is None else scale_count([(1, 2 * inter, h), (1, h, inter)], quantization)
+        self.expert_bytes = self.expert_params * self.wt + scales * SCALE_BYTES
+        bits = getattr(model, "expert_weight_bits", None)
+        if bits is not None:  # MXFP4 experts (gpt-oss): 4.25 bits streamed, upcast to bf16 for the GEMM
+            self.expert_bytes = self.expert_params * bits / 8
+            self.gemm_source += f", expert weights read at {bits:g} bits (MXFP4)"
         self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
 
     def shared_us(self, tokens: int) -> float:
@@ -345,9 +360,10 @@ class MoERoofline(_Roofline):
 
     def layer_us(self, tokens: int, pairs: float, active: float) -> float:
         h, e = self.m.hidden_size, self.m.moe.num_experts
-        gate = self.gemm_us(max(int(tokens), 1), e, h)
+        # The router gate stays in dtype under fp8 (vLLM's fp8 schemes leave it unquantised).
+        gate = _Roofline.gemm_us(self._unquantised, max(int(tokens), 1), e, h)
         flops = 2.0 * pairs * self.expert_params
         eff = GEMM_COMPUTE_EFF_MAX * pairs / (pairs + GEMM_HALF_EFF_M * max(active, 1.0))
         compute = flops / (self.flops_per_us * max(eff, 1e-6))
-        memory = (active * self.expert_params * self.wt + 4 * pairs * h * self.dt) / (self.bytes_per_us * MEM_EFF)
+        memory = (active * self.expert_bytes + 4 * pairs * h * self.dt) / (self.bytes_per_us * MEM_EFF)
         return gate + max(compute, memory) + 4 * KERNEL_LAUNCH_US + self.shared_us(tokens)

@@ -146,14 +146,19 @@ class KVBudget:
     other_bytes: int  # non-torch + CUDA-graph
     note: str  # how the capacity was obtained, for the run's output
     predicted_gpu_blocks: int = 0  # what the config's rule predicts (differs when measured)
+    # Sliding-window models (pdsim/gpt_oss.py): blocks set aside for the sliding layers' windows,
+    # and vLLM's KV-cache groups, which its logged token count divides the blocks by.
+    reserved_blocks: int = 0
+    kv_groups: int = 1
 
     @property
     def usable_blocks(self) -> int:
-        return self.num_gpu_blocks - 1
+        return self.num_gpu_blocks - 1 - self.reserved_blocks
 
     @property
     def kv_tokens(self) -> int:
-        return self.num_gpu_blocks * self.block_size
+        """vLLM's "GPU KV cache size: N tokens" (num_blocks // groups x block_size)."""
+        return self.num_gpu_blocks // self.kv_groups * self.block_size
 
     @property
     def kv_gib(self) -> float:
@@ -202,8 +207,29 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks")
         return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
                         f"blocks, instead of {note}", **parts)
+    window = sliding_window_reserve(ic, model)
+    if window is not None:
+        parts.update(reserved_blocks=window[0], kv_groups=window[1])
+        note += window[2]
+        _check_room(blocks - window[0], where, detail + window[2])
     _check_room(blocks, where, detail)
     return KVBudget(rule, blocks, note=note, **parts)
+
+
+def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, int, str] | None:
+    """(blocks set aside, KV-cache groups, note) for a model with sliding-window layers, else None.
+    vLLM's hybrid allocator keeps each running request's sliding layers at the blocks reaching
+    into its window; pdsim's blocks are full-attention ones, so max_num_seqs times that maximum
+    is kept out of the pool (pdsim/gpt_oss.py)."""
+    per_request = getattr(model, "sliding_blocks_per_request", None)
+    if per_request is None:
+        return None
+    from pdsim.gpt_oss import KV_GROUPS
+
+    reserve = ic.max_num_seqs * per_request(ic.block_size)
+    note = (f"; {reserve:,} blocks set aside for the sliding-window layers (max_num_seqs {ic.max_num_seqs} x "
+            f"{per_request(ic.block_size)} blocks of a {model.sliding_window}-token window)")
+    return reserve, KV_GROUPS, note
 
 
 def _check_room(blocks: int, where: str, detail: str) -> None:

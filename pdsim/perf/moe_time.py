@@ -21,7 +21,10 @@ all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g t
   reduce-scatter of the expert outputs over the DP ranks, each a ring:
   (P-1)/P * T_g * hidden * bytes / bw + (P-1) * latency, P = dp_size, over the link
   pdsim/engine/dp_group.py picks (docs/moe.md). Not measured: the profile has no collective tables.
-* without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so).
+* without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so), at the
+  instance's weight precision (`quantization`: fp8 experts at the fp8 peak, 1-byte weights plus
+  scales). A `moe.csv` is used as measured: profiles are keyed by precision, so an fp8 instance
+  reads the one under `.../fp8/tp<N>/`.
 
 Why the group's total: a MoE layer is a collective, so every rank waits for every other one in
 each layer; a DP group therefore steps in lock step (pdsim/engine/dp_group.py).
@@ -114,7 +117,7 @@ class MoELayerModel:
     """us of one MoE layer (experts + dispatch/combine) on one GPU by the group's token count."""
 
     def __init__(self, model: ModelSpec, placement: ExpertPlacement, dtype: str,
-                 hardware: HardwareSpec | None, table: MoETable | None):
+                 hardware: HardwareSpec | None, table: MoETable | None, quantization: str | None = None):
         assert model.moe is not None
         self.moe = model.moe
         self.model = model
@@ -133,9 +136,10 @@ class MoELayerModel:
                                    "to estimate the expert layers from")
             from pdsim.perf.estimate import MoERoofline
 
-            self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp,
+            self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp, quantization,
                                          shared_tp=placement.tp)
-            self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile)")
+            self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile; "
+                              f"{self._estimate.gemm_source})")
 
     def set_link(self, bw_gbps: float, latency_ns: float, where: str) -> str:
         """The link the DP ranks' dispatch/combine crosses (pdsim/engine/dp_group.py picks it);

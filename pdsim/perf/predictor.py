@@ -72,6 +72,7 @@ class StepTimePredictor:
         skew_alpha: float | None = None,
         moe_placement: ExpertPlacement | None = None,
         moe_external: bool = False,
+        quantization: str | None = None,  # the weights' (InstanceConfig.quantization): prices estimated experts
     ):
         self.profile = profile
         self.model = model
@@ -96,6 +97,7 @@ class StepTimePredictor:
         self._act_bytes_per_token = model.hidden_size * dtype_bytes(profile.meta.dtype)
         self.moe_layer: MoELayerModel | None = None
         self._moe_external = moe_external
+        self._quantization = quantization
         if model.moe is not None:
             self._init_moe(moe_placement or ExpertPlacement(tp, ep_size=tp))
         elif not MLP_OPS <= profile.dense.keys():
@@ -137,7 +139,8 @@ class StepTimePredictor:
 
     def _init_moe(self, placement: ExpertPlacement) -> None:
         model = self.model
-        self.moe_layer = MoELayerModel(model, placement, self.profile.meta.dtype, self.hardware, self.profile.moe)
+        self.moe_layer = MoELayerModel(model, placement, self.profile.meta.dtype, self.hardware, self.profile.moe,
+                                       self._quantization)
         if self.profile.moe is None:
             self.estimated = True
         # The dense MLP ops run only in the layers without a MoE block.

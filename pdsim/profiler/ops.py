@@ -60,6 +60,8 @@ class ShardShapes:
         model.check_tp(tp)
         if getattr(model, "mla", None) is not None:  # the profiler's ops are GQA attention
             raise PdsimError(f"{model.name}: MLA attention is not profiled; pdsim estimates it from specs")
+        if getattr(model, "sliding_window", 0):  # the profiler's attention has no window, sinks or biases
+            raise PdsimError(f"{model.name}: sliding-window attention is not profiled; pdsim estimates it from specs")
         return cls(
             hidden=model.hidden_size,
             heads=model.heads_per_shard(tp),

@@ -45,6 +45,9 @@ def _common(f: Callable) -> Callable:
                      help="P:D instance counts to try: 'all' or a list such as 1:7,2:6 (or 1P7D,2P6D)."),
         click.option("--tp-prefill", default="1", show_default=True, help="TP sizes for prefill instances, e.g. 1,2."),
         click.option("--tp-decode", default="1", show_default=True, help="TP sizes for decode instances, e.g. 1,2."),
+        click.option("--decode-dp", default="1", show_default=True,
+                     help="Decode DP-group sizes for MoE models, e.g. 1,8: each decode unit is that many ranks of "
+                          "--tp-decode GPUs in one dp_group, experts split over all of them (DP attention)."),
         click.option("--colocated/--no-colocated", default=True, show_default=True,
                      help="Include the colocated baseline on the same GPUs."),
         click.option("--node-gpus", type=int, default=None,
@@ -110,9 +113,11 @@ class _Setup:
             raise PdsimError(f"--workers: expected a positive integer, got {kw['workers']}")
         self.kw = kw
         base = load_cluster_config(kw["base_config"])
+        self.skipped: list[str] = []  # layouts left out, each with its reason
         self.variants = expand(
             base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
             parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
+            parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
         )
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
                                   max_requests=kw["num_requests"])
@@ -151,9 +156,10 @@ class _Setup:
     def describe(self) -> str:
         ex = f"Ray at {self.kw['ray_address']}" if self.kw["ray_address"] else (
             f"{self.kw['workers']} worker(s)" if self.kw["workers"] else "one worker per CPU")
+        skipped = "".join(f"\nskipped {why}" for why in self.skipped)
         return (f"{len(self.variants)} configurations of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
                 f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}; TTFT at the "
-                f"{self.kw['ttft_mode']}\n" + self.steady_rule())
+                f"{self.kw['ttft_mode']}{skipped}\n" + self.steady_rule())
 
     def steady_rule(self) -> str:
         s = self.settings

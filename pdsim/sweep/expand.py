@@ -1,4 +1,5 @@
-"""Expand a base cluster config into every P:D split (and the colocated baseline) of a GPU budget."""
+"""Expand a base cluster config into every P:D split (and the colocated baseline) of a GPU budget, with
+the decode pool as plain instances or as data-parallel groups (MoE DP attention, docs/moe.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.errors import PdsimError
+from pdsim.models import ModelSpec, load_model
+from pdsim.perf.moe_time import ExpertPlacement, check_placement
 
 NODE_GPUS = 8  # GPUs per node when the base config does not say more
 
@@ -24,6 +27,7 @@ class Variant:
     tp_decode: int
     gpus: int
     raw: dict[str, Any]
+    dp_decode: int = 1  # decode DP-group size; num_decode then counts DP groups
 
     @property
     def colocated(self) -> bool:
@@ -72,24 +76,49 @@ def _template(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
     return chosen.config.model_dump(mode="json")
 
 
-def _instance(template: dict[str, Any], pd_type: str | None, tp: int) -> dict[str, Any]:
+def _instance(template: dict[str, Any], pd_type: str | None, tp: int, dp_group: str | None = None,
+              ep_size: int | None = None) -> dict[str, Any]:
+    """A copy of the template as one instance of `tp` GPUs. Outside a DP group the experts are split
+    over the instance's own GPUs: the template's ep_size capped at tp (None stays vLLM's default)."""
     inst = copy.deepcopy(template)
-    inst.update(pd_type=pd_type, tp_size=tp, num_npus=tp, pp_size=1)
+    if dp_group is None and ep_size is None and inst.get("ep_size") is not None:
+        ep_size = min(inst["ep_size"], tp)
+    inst.update(pd_type=pd_type, tp_size=tp, num_npus=tp, pp_size=1, dp_group=dp_group, ep_size=ep_size)
     return inst
 
 
-def _pack(base: ClusterConfig, instances: list[dict[str, Any]], node_gpus: int) -> dict[str, Any]:
+def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str) -> list[dict[str, Any]]:
+    """`dp` decode ranks of `tp` GPUs in one DP group with the experts split over all of them
+    (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size = DP x TP)."""
+    return [_instance(template, "decode", tp, name, dp * tp) for _ in range(dp)]
+
+
+def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int) -> str | None:
+    """Why a decode DP group of `dp` ranks of TP `tp` cannot be built, or None."""
+    if dp == 1:
+        return None
+    if not model.is_moe:
+        return (f"{model.name} is dense: vLLM runs dense DP ranks as independent engines, which the "
+                f"splits with {dp}x more TP{tp} decode instances already cover")
+    if dp * tp > node_gpus:
+        return f"DP {dp} x TP {tp} = {dp * tp} GPUs does not fit a node of {node_gpus} GPUs"
+    return check_placement(model, ExpertPlacement(tp, dp * tp, dp))
+
+
+def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int) -> dict[str, Any]:
     """The base config with its nodes replaced: nodes of node_gpus GPUs filled in order (prefill instances
-    come first), like a real placement would. Every other field (links, router, kv_transfer) is the base's,
-    and each node keeps the base's first node's own settings (cpu_mem, nic_bw, intra_node_bw, ...)."""
+    come first), like a real placement would; a unit (one instance, or a DP group's ranks) is never split
+    over nodes. Every other field (links, router, kv_transfer) is the base's, and each node keeps the base's
+    first node's own settings (cpu_mem, nic_bw, intra_node_bw, ...)."""
     nodes: list[list[dict[str, Any]]] = []
     used = node_gpus  # forces a first node
-    for inst in instances:
-        if used + inst["num_npus"] > node_gpus:
+    for unit in units:
+        size = sum(inst["num_npus"] for inst in unit)
+        if used + size > node_gpus:
             nodes.append([])
             used = 0
-        nodes[-1].append(inst)
-        used += inst["num_npus"]
+        nodes[-1].extend(unit)
+        used += size
     node_settings = base.nodes[0].model_dump(mode="json", exclude={"instances", "num_instances"})
     raw = base.model_dump(mode="json")  # replacing keys in place keeps the config's field order
     for key in ("link_bw", "link_latency"):  # a per-dimension list is written as the config gives it
@@ -102,6 +131,51 @@ def _pack(base: ClusterConfig, instances: list[dict[str, Any]], node_gpus: int) 
     return raw
 
 
+@dataclass(frozen=True)
+class _Pools:
+    """What every split of one expansion shares: the base, its templates and the node size."""
+
+    base: ClusterConfig
+    gpus: int
+    node_gpus: int
+    wanted: set[tuple[int, int]] | None
+
+    def template(self, pd_type: str | None) -> dict[str, Any]:
+        return _template(self.base, pd_type)
+
+    def splits(self, tp_p: int, tp_d: int, dp: int) -> list[Variant]:
+        """Every n_p x tp_p + n_d x dp x tp_d == gpus split (n_d decode instances, or DP groups)."""
+        p_tmpl, d_tmpl = self.template("prefill"), self.template("decode")
+        unit = dp * tp_d
+        out: list[Variant] = []
+        for n_p in range(1, self.gpus // tp_p + 1):
+            rest = self.gpus - n_p * tp_p
+            if rest < unit or rest % unit:
+                continue
+            n_d = rest // unit
+            if self.wanted is not None and (n_p, n_d) not in self.wanted:
+                continue
+            units = [[_instance(p_tmpl, "prefill", tp_p)] for _ in range(n_p)]
+            if dp == 1:
+                units += [[_instance(d_tmpl, "decode", tp_d)] for _ in range(n_d)]
+                label = f"{n_p}P{n_d}D-tp{tp_p}/{tp_d}"
+            else:
+                units += [_dp_group(d_tmpl, tp_d, dp, f"decode{g}") for g in range(n_d)]
+                label = f"{n_p}P{n_d}D-tp{tp_p}/dp{dp}xtp{tp_d}"
+            out.append(Variant(label, n_p, n_d, tp_p, tp_d, self.gpus, _pack(self.base, units, self.node_gpus), dp))
+        return out
+
+    def colocated(self, tps: list[int]) -> list[Variant]:
+        c_tmpl, out = self.template(None), []
+        for tp in tps:
+            if self.gpus % tp:
+                continue
+            n = self.gpus // tp
+            units = [[_instance(c_tmpl, None, tp)] for _ in range(n)]
+            out.append(Variant(f"colo-{n}x-tp{tp}", n, 0, tp, tp, self.gpus, _pack(self.base, units, self.node_gpus)))
+        return out
+
+
 def expand(
     base: ClusterConfig,
     gpus: int,
@@ -110,44 +184,49 @@ def expand(
     tp_decode: list[int] | None = None,
     colocated: bool = True,
     node_gpus: int | None = None,
+    dp_decode: list[int] | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Variant]:
-    """Every (num_prefill x tp_prefill + num_decode x tp_decode == gpus) split, prefill-light first,
-    then the colocated baselines (gpus / tp instances, for each TP that divides the budget).
+    """Every (num_prefill x tp_prefill + num_decode x dp_decode x tp_decode == gpus) split, prefill-light
+    first, then the colocated baselines (gpus / tp instances, for each TP that divides the budget).
 
-    `ratios` restricts the splits to these (prefill, decode) instance counts."""
+    `ratios` restricts the splits to these (prefill, decode) instance counts (a DP group counts as one
+    decode instance). `dp_decode` (default [1]): decode DP-group sizes, each group `dp` ranks of TP
+    `tp_decode` with the experts split over all dp x tp GPUs (MoE models). A layout vLLM could not
+    build, or a variant whose config is refused (e.g. its weights do not fit), is left out with its
+    reason appended to `skipped`; an error only when nothing is left."""
     if gpus < 2:
         raise PdsimError(f"--gpus: a P:D split needs at least 2 GPUs, got {gpus}")
-    tp_prefill = tp_prefill or [1]
-    tp_decode = tp_decode or [1]
+    tp_prefill, tp_decode, dp_decode = tp_prefill or [1], tp_decode or [1], dp_decode or [1]
     base_node_gpus = max(sum(i.num_npus for i in node.instances) for node in base.nodes)
     node_gpus = node_gpus or max(NODE_GPUS, base_node_gpus)
     if max(tp_prefill + tp_decode) > node_gpus:
         raise PdsimError(f"TP {max(tp_prefill + tp_decode)} does not fit in a node of {node_gpus} GPUs")
-    wanted = set(ratios) if ratios is not None else None
-    p_tmpl, d_tmpl, c_tmpl = _template(base, "prefill"), _template(base, "decode"), _template(base, None)
-    variants: list[Variant] = []
+    reasons = skipped if skipped is not None else []
+    pools = _Pools(base, gpus, node_gpus, set(ratios) if ratios is not None else None)
+    model = load_model(pools.template("decode")["model_name"])
+    candidates: list[Variant] = []
     for tp_p in tp_prefill:
         for tp_d in tp_decode:
-            for n_p in range(1, gpus // tp_p + 1):
-                rest = gpus - n_p * tp_p
-                if rest < tp_d or rest % tp_d:
+            for dp in dp_decode:
+                problem = dp_layout_problem(model, tp_d, dp, node_gpus)
+                if problem is not None:
+                    if tp_p == tp_prefill[0]:  # once per decode layout
+                        reasons.append(f"decode DP {dp} x TP {tp_d}: {problem}")
                     continue
-                n_d = rest // tp_d
-                if wanted is not None and (n_p, n_d) not in wanted:
-                    continue
-                insts = [_instance(p_tmpl, "prefill", tp_p) for _ in range(n_p)]
-                insts += [_instance(d_tmpl, "decode", tp_d) for _ in range(n_d)]
-                variants.append(Variant(f"{n_p}P{n_d}D-tp{tp_p}/{tp_d}", n_p, n_d, tp_p, tp_d, gpus,
-                                        _pack(base, insts, node_gpus)))
+                candidates += pools.splits(tp_p, tp_d, dp)
     if colocated:
-        for tp in sorted(set(tp_prefill) | set(tp_decode)):
-            if gpus % tp:
-                continue
-            n = gpus // tp
-            insts = [_instance(c_tmpl, None, tp) for _ in range(n)]
-            variants.append(Variant(f"colo-{n}x-tp{tp}", n, 0, tp, tp, gpus, _pack(base, insts, node_gpus)))
+        candidates += pools.colocated(sorted(set(tp_prefill) | set(tp_decode)))
+    variants = []
+    for v in candidates:
+        try:
+            v.config()  # refused here, in the parent, with the config's own message
+        except PdsimError as exc:  # one line: every instance of the variant repeats the same refusal
+            first = str(exc).splitlines()[0].removeprefix(f"<sweep {v.label}>: ")
+            reasons.append(f"{v.label}: {first}")
+            continue
+        variants.append(v)
     if not variants:
-        raise PdsimError(f"no P:D split of {gpus} GPUs matches --ratios/--tp-prefill/--tp-decode")
-    for v in variants:
-        v.config()  # fail early, in the parent, with the config's own message (e.g. weights do not fit)
+        why = "".join(f"\n  {r}" for r in reasons)
+        raise PdsimError(f"no P:D split of {gpus} GPUs matches --ratios/--tp-prefill/--tp-decode/--decode-dp{why}")
     return variants

@@ -7,6 +7,8 @@ step-time predictor alone (no simulation), as DistServe's placement reasoning do
 - Decode capacity of one decode instance: the largest batch n with n <= max_num_seqs, KV for n
   requests at mid-generation (prompt + output/2 tokens) within the instance's KV blocks, and the
   step time at that batch and mean context <= the TPOT SLO; then n / (output length x step time).
+- A decode DP group (MoE, lock step) is dp ranks at the same batch, each step paying the MoE layers
+  at the group's dp x n tokens (pdsim/engine/dp_group.py).
 - A split's capacity is min(P x prefill, D x decode): the slower pool is the bottleneck.
 - Colocated: each instance spends 1/prefill + 1/decode seconds per request, so 1 / (that sum);
   this ignores that chunked prefill rides along with decode steps, so it is pessimistic for
@@ -63,8 +65,9 @@ def prefill_rate(inst: Instance, mean_input: float) -> float:
     return 1.0 / seconds
 
 
-def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float) -> tuple[float, int]:
-    """(requests/s, batch) one instance decodes at the largest batch that meets the TPOT SLO."""
+def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float, group_ranks: int = 1) -> tuple[float, int]:
+    """(requests/s, batch) one instance decodes at the largest batch that meets the TPOT SLO. A rank of a
+    MoE DP group of `group_ranks` (all at the same batch) adds the MoE layers at the group's tokens."""
     out = max(1.0, lengths.mean_output)
     context = round(lengths.mean_input + out / 2)  # mean KV length over a request's decode
     per_req_blocks = blocks_for(context, inst.kv.block_size)
@@ -72,6 +75,8 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float) -> tuple[f
     best_n, best_step = 0, math.inf
     for n in range(1, max(1, n_max) + 1):
         step_s = inst.predictor.step_time_s((), n, n * context)
+        if group_ranks > 1 and inst.predictor.moe_layer is not None:
+            step_s += inst.predictor.moe_layer.step_us(group_ranks * n) * 1e-6
         if step_s * 1e3 > tpot_slo_ms and n > 1:
             break
         best_n, best_step = n, step_s
@@ -93,6 +98,6 @@ def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOp
     p_inst = next(i for i in cluster.instances if i.pd_type == "prefill")
     d_inst = next(i for i in cluster.instances if i.pd_type == "decode")
     p = prefill_rate(p_inst, lengths.mean_input)
-    d, n = decode_rate(d_inst, lengths, tpot_slo_ms)
-    p_cap, d_cap = variant.num_prefill * p, variant.num_decode * d
+    d, n = decode_rate(d_inst, lengths, tpot_slo_ms, variant.dp_decode)
+    p_cap, d_cap = variant.num_prefill * p, variant.num_decode * variant.dp_decode * d
     return Estimate(variant.label, p, d, n, min(p_cap, d_cap), "prefill" if p_cap <= d_cap else "decode")

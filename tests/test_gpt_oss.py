@@ -1,0 +1,126 @@
+"""gpt-oss: config reading, parameters, MXFP4 weights, vLLM's hybrid KV allocator, sliding-window timing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pdsim.config import cluster_config_from_dict
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import PdsimError, ProfileError
+from pdsim.gpt_oss import GptOssModelSpec
+from pdsim.hardware import get_hardware
+from pdsim.models import load_model
+from pdsim.perf.estimate import KERNEL_LAUNCH_US, MEM_EFF, MoERoofline, _Roofline, estimate_profile
+from pdsim.perf.memory import GIB, non_torch_bytes, visible_memory_gib
+from tests.helpers import trace
+
+H, LAYERS, E, INTER, VOCAB, HEADS, KV_HEADS, HEAD_DIM = 2880, 24, 32, 2880, 201_088, 64, 8, 64
+
+
+def _instance(**knobs) -> dict:
+    return {"model_name": "openai/gpt-oss-20b", "hardware": "H100", "npu_mem": {"mem_size": 80, "mem_bw": 3350},
+            "num_npus": 1, "tp_size": 1, "pd_type": None, **knobs}
+
+
+def _cluster(*instances: dict):
+    return cluster_config_from_dict({"num_nodes": 1, "link_bw": 50, "link_latency": 5000,
+                                     "nodes": [{"num_instances": len(instances), "instances": list(instances)}]})
+
+
+def test_layout_and_published_parameter_counts():
+    m20, m120 = load_model("openai/gpt-oss-20b"), load_model("openai/gpt-oss-120b")
+    assert isinstance(m20, GptOssModelSpec)
+    assert (m20.sliding_layers, m20.full_layers, m20.sliding_window) == (12, 12, 128)
+    assert (m20.moe.num_experts, m20.moe.top_k, m20.moe.moe_layers, m20.dense_mlp_layers) == (32, 4, 24, 0)
+    assert m120.moe.num_experts == 128 and m120.sliding_layers == 18
+    # OpenAI's model card: 20.91 B and 116.83 B parameters in all (biases and sinks included).
+    assert m20.param_count() / 1e9 == pytest.approx(20.91, abs=0.005)
+    assert m120.param_count() / 1e9 == pytest.approx(116.83, abs=0.005)
+
+
+def _hand_weight_bytes_20b() -> int:
+    """gpt-oss-20b on one GPU: the experts' matrices in MXFP4, everything else bf16."""
+    q, kv = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM  # 4096, 512
+    attention = (H * q + q) + 2 * (H * kv + kv) + (q * H + H) + HEADS  # q, k, v, o with biases; sinks
+    router = H * E + E
+    expert_biases = E * (2 * INTER + H)
+    per_layer = attention + 2 * H + router + expert_biases  # + the two RMSNorms
+    bf16_params = 2 * VOCAB * H + LAYERS * per_layer + H  # embedding, lm_head (untied), final norm
+    mxfp4_params = LAYERS * E * 3 * H * INTER  # gate_up (2 x inter) and down, 19.11 B
+    return 2 * bf16_params + mxfp4_params * 17 // 32  # 4.25 bits = 17/32 byte
+
+
+def test_weights_are_mxfp4_experts_and_bf16_rest():
+    m = load_model("openai/gpt-oss-20b")
+    assert m.weight_bytes("bfloat16", 1) == _hand_weight_bytes_20b()
+    assert m.weight_bytes("bfloat16", 1) / GIB == pytest.approx(12.82, abs=0.01)
+    assert 60.7 < load_model("openai/gpt-oss-120b").weight_bytes("bfloat16", 1) / GIB < 60.8  # "fits one 80 GB GPU"
+    with pytest.raises(PdsimError, match="MXFP4"):
+        m.weight_bytes("bfloat16", 1, quantization="fp8")
+
+
+def test_kv_capacity_on_h100_as_vllms_hybrid_allocator_computes_it():
+    cfg = _cluster(_instance(max_num_seqs=256, max_num_batched_tokens=8192))
+    res = simulate(cfg, trace([(3000, 40, 0.0), (200, 20, 0.01)]), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    info, inst = res.infos[0], res.instances[0]
+    # vLLM: requested = 79.19 GiB visible x 0.9; available = requested - weights - activation peak -
+    # non-torch (the last two: pdsim's profile-run and non-torch figures, docs/memory.md).
+    total_gib, _ = visible_memory_gib("H100-SXM", 80)
+    activation = info.activation_gb * GIB - non_torch_bytes(1)
+    available = total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - activation - non_torch_bytes(1)
+    # Two KV-cache groups of 12 layers (sliding, full); a page is one layer's 16-token block:
+    # 16 x (K, V) x 8 heads x 64 x 2 bytes = 32,768 B, and num_blocks = available // page // 12.
+    page = 16 * 2 * KV_HEADS * HEAD_DIM * 2
+    num_blocks = int(available // page // 12)
+    assert info.kv_predicted_tokens == info.kv_tokens == num_blocks // 2 * 16  # vLLM's "GPU KV cache size"
+    assert 1_150_000 < info.kv_tokens < 1_300_000
+    # pdsim's blocks are full-group blocks; 256 seqs x (cdiv(127, 16) + 1 = 9) blocks kept for the windows.
+    assert inst.kv.num_blocks == num_blocks - 1 - 256 * 9
+    assert inst.spec.kv_bytes_per_token == 12 * 2 * KV_HEADS * HEAD_DIM * 2  # full layers only: 24,576 B
+    assert "set aside for the sliding-window layers" in info.memory_note
+
+
+def test_sliding_layers_cap_attention_at_the_window():
+    m, hw = load_model("openai/gpt-oss-20b"), get_hardware("H100-SXM")
+    prof = estimate_profile(hw, m, "bfloat16", 1)
+    full = _Roofline(hw, m, "bfloat16", 1)
+    # Decode: half the layers read the whole context, half at most 127 cached tokens.
+    expected = 0.5 * full.attention_decode(64, 65_536) + 0.5 * full.attention_decode(64, 127)
+    assert prof.attention_decode(64, 65_536) == pytest.approx(expected, rel=0.02)
+    assert prof.attention_decode(64, 65_536) < 0.55 * full.attention_decode(64, 65_536)
+    assert prof.attention_decode(8, 100) == pytest.approx(full.attention_decode(8, 100), rel=0.02)  # within the window
+    # Prefill of a long chunk: the sliding half does ~128 pairs per token instead of ~chunk / 2.
+    assert prof.attention_prefill(8192, 0) < 0.6 * full.attention_prefill(8192, 0)
+
+
+def test_mxfp4_experts_stream_4_25_bits_per_weight():
+    m, hw = load_model("openai/gpt-oss-20b"), get_hardware("H100-SXM")
+    roof = MoERoofline(hw, m, "bfloat16", 1)
+    assert roof.expert_bytes == 3 * H * INTER * 4.25 / 8
+    assert "4.25 bits (MXFP4)" in roof.gemm_source
+    # One token, 4 experts: memory-bound; the experts' part is their 4.25-bit bytes and the 4 pairs'
+    # activations (in, gate_up out, act out, down out: 4 x hidden x 2 bytes each) at 80 % of 3350 GB/s.
+    others = roof.gemm_us(1, E, H) + 4 * KERNEL_LAUNCH_US  # the bf16 router gate and 4 more kernels
+    streamed = 4 * 3 * H * INTER * 17 / 32 + 4 * 4 * H * 2
+    assert roof.layer_us(1, 4, 4.0) - others == pytest.approx(streamed / (hw.mem_bw_gbps * 1e3 * MEM_EFF))
+
+
+def test_bad_gpt_oss_configs_are_refused_naming_the_field(tmp_path):
+    raw = json.loads((load_model.__globals__["MODELS_DIR"] / "openai" / "gpt-oss-20b.json").read_text())
+    for key, value, message in (("layer_types", ["full_attention"] * 24, "only equal numbers"),
+                                ("layer_types", ["sliding_attention"] * 3, "expected 24 entries"),
+                                ("sliding_window", 0, "'sliding_window'"),
+                                ("quantization_config", {"quant_method": "awq"}, "only 'mxfp4'")):
+        (tmp_path / "m.json").write_text(json.dumps({**raw, key: value}))
+        with pytest.raises(PdsimError, match=message):
+            load_model("m", tmp_path)
+
+
+def test_measured_profile_sources_refuse_sliding_window(tmp_path):
+    from pdsim.perf.aiconfigurator import build_rows
+
+    with pytest.raises(ProfileError, match="sliding-window attention is not in aiconfigurator"):
+        build_rows(tmp_path, "h100_sxm", load_model("openai/gpt-oss-20b"), 1)

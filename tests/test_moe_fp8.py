@@ -1,0 +1,102 @@
+"""fp8 MoE expert GEMMs: the estimated expert layers follow the instance's weight quantization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import simpy
+
+from pdsim.config import cluster_config_from_dict
+from pdsim.engine.cluster import Cluster, SimOptions
+from pdsim.hardware import get_hardware
+from pdsim.models import load_model
+from pdsim.perf.estimate import KERNEL_LAUNCH_US, MEM_EFF, MoERoofline, _Roofline, estimate_profile
+from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
+from pdsim.perf.predictor import StepTimePredictor
+from tests.helpers import cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "configs" / "cluster" / "deepseek_v3_pd_h200.json"
+QWEN = "Qwen/Qwen3-30B-A3B"
+
+
+def _routed_us(roof: MoERoofline, tokens: int, pairs: float, active: float) -> float:
+    """The routed-expert part of one layer: the layer less the (bf16) router gate, shared experts and launches."""
+    gate = _Roofline.gemm_us(roof._unquantised, tokens, roof.m.moe.num_experts, roof.m.hidden_size)
+    return roof.layer_us(tokens, pairs, active) - gate - roof.shared_us(tokens) - 4 * KERNEL_LAUNCH_US
+
+
+@pytest.mark.parametrize("quantization", ["fp8", "fp8_block"])
+def test_memory_bound_experts_speed_up_by_the_weight_byte_ratio(quantization):
+    # A DeepSeek-V3 DP rank (EP8, 32 local experts) decoding 8 tokens of the group: 8 tokens x top-8
+    # over 256 experts activate ~2 of its 32 experts on ~2 pairs: streaming weights dominates.
+    v3, hw = load_model("deepseek-ai/DeepSeek-V3"), get_hardware("H200")
+    h, inter = v3.hidden_size, v3.moe.expert_intermediate
+    tokens, local = 8, 32
+    active = v3.moe.expected_active_experts(tokens, local)
+    pairs = tokens * v3.moe.top_k * local / v3.moe.num_experts
+    bf16 = MoERoofline(hw, v3, "bfloat16", 1)
+    fp8 = MoERoofline(hw, v3, "bfloat16", 1, quantization)
+    # Bytes of one expert: gate_up (2 x inter rows) and down (h rows) at 2 bytes, or at 1 byte plus
+    # fp32 scales: one per output row ("fp8") or per 128 x 128 block ("fp8_block").
+    params = 3 * h * inter
+    scales = (2 * inter + h) if quantization == "fp8" else (2 * inter // 128) * (h // 128) + (h // 128) * (inter // 128)
+    byte_ratio = (2 * params) / (params + 4 * scales)
+    assert fp8.expert_bytes == params + 4 * scales and bf16.expert_bytes == 2 * params
+    ratio = _routed_us(bf16, tokens, pairs, active) / _routed_us(fp8, tokens, pairs, active)
+    assert ratio == pytest.approx(byte_ratio, rel=0.02)
+    assert 1.9 < ratio < 2.0
+    # The router gate is the same in both (vLLM's fp8 schemes keep it in bf16).
+    assert _Roofline.gemm_us(fp8._unquantised, 8, 256, h) == bf16.gemm_us(8, 256, h)
+
+
+def test_bf16_experts_unchanged_hand_roofline():
+    # Qwen3-30B-A3B TP1 on H100, one decode token: 8 of 128 experts, each 3 x 2048 x 768 bf16 weights
+    # streamed at 80 % of 3350 GB/s, plus the gate GEMM (2048 x 128) and 4 kernel launches.
+    qwen, hw = load_model(QWEN), get_hardware("H100-SXM")
+    layer = MoELayerModel(qwen, ExpertPlacement(1, 1, 1), "bfloat16", hw, None, quantization=None)
+    active = qwen.moe.expected_active_experts(1)
+    assert active == pytest.approx(8.0)
+    bytes_per_us = hw.mem_bw_gbps * 1e3 * MEM_EFF
+    experts = (active * 3 * 2048 * 768 * 2 + 4 * 8 * 2048 * 2) / bytes_per_us
+    gate = ((2048 + 2048 * 128) * 2 + 128 * 2) / bytes_per_us + KERNEL_LAUNCH_US
+    assert layer.experts_us(1) == pytest.approx(gate + experts + 4 * KERNEL_LAUNCH_US, rel=1e-9)
+
+
+def _qwen_fp8_saving_us(tokens: int) -> float:
+    """Qwen3-30B-A3B on H100, TP1: what fp8 experts save over bf16 on a memory-bound step: per activated
+    expert, 3 x 2048 x 768 weights at 1 byte less, less its 2 x 768 + 2048 per-row fp32 scales."""
+    qwen, hw = load_model(QWEN), get_hardware("H100-SXM")
+    saved_bytes = 3 * 2048 * 768 - 4 * (2 * 768 + 2048)
+    active = qwen.moe.expected_active_experts(tokens)
+    return qwen.moe.moe_layers * active * saved_bytes / (hw.mem_bw_gbps * 1e3 * MEM_EFF)
+
+
+def test_predictor_passes_quantization_to_the_expert_estimate():
+    qwen, hw = load_model(QWEN), get_hardware("H100-SXM")
+    prof = estimate_profile(hw, qwen, "bfloat16", 1, "fp8")
+    fp8 = StepTimePredictor(prof, qwen, 1, hw, quantization="fp8")
+    unquantised = StepTimePredictor(prof, qwen, 1, hw)
+    saved = unquantised.moe_layer.step_us(4) - fp8.moe_layer.step_us(4)
+    assert saved == pytest.approx(_qwen_fp8_saving_us(4), rel=1e-6)
+    assert any("MoE expert layers estimated" in n and "fp8 GEMMs at the" in n for n in fp8.notes)
+    assert any("MoE expert layers estimated" in n and "bf16 peak" in n for n in unquantised.notes)
+
+
+def _decode_instance(cfg):
+    c = Cluster(simpy.Environment(), cfg, SimOptions(), "<test>")
+    return next(i for i in c.instances if i.pd_type == "decode")
+
+
+def test_fp8_instance_config_prices_experts_at_fp8_end_to_end():
+    inst = {"model_name": QWEN, "hardware": "H100", "npu_mem": {"mem_size": 80, "mem_bw": 3350},
+            "num_npus": 1, "tp_size": 1, "pd_type": "decode"}
+    prefill = {**inst, "pd_type": "prefill"}
+    by_q = {q: _decode_instance(cluster(prefill, {**inst, "quantization": q})) for q in (None, "fp8")}
+    bf16_us, fp8_us = (by_q[q].predictor.moe_layer.step_us(4) for q in (None, "fp8"))
+    assert bf16_us - fp8_us == pytest.approx(_qwen_fp8_saving_us(4), rel=1e-6)
+    # A DP-group rank of the bundled DeepSeek example (fp8_block) streams 1-byte experts too.
+    v3_rank = _decode_instance(cluster_config_from_dict(json.loads(EXAMPLE.read_text()), str(EXAMPLE)))
+    assert v3_rank.predictor.moe_layer._estimate.wt == 1

@@ -1,0 +1,86 @@
+"""`pdsim search` over decode DP-group layouts (MoE DP attention): expansion, skips with reasons, a search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pdsim.cli import cli
+from pdsim.config import load_cluster_config
+from pdsim.errors import PdsimError
+from pdsim.sweep.expand import expand
+
+ROOT = Path(__file__).resolve().parent.parent
+DEEPSEEK = ROOT / "configs" / "cluster" / "deepseek_v3_pd_h200.json"
+DENSE = ROOT / "configs" / "cluster" / "sweep_base_h100.json"
+
+
+@pytest.fixture(scope="module")
+def deepseek():
+    return load_cluster_config(DEEPSEEK)
+
+
+def test_dp1_and_dp8_decode_layouts_are_built_from_the_base(deepseek):
+    skipped: list[str] = []
+    variants = expand(deepseek, 16, tp_prefill=[8], tp_decode=[1, 8], dp_decode=[1, 8], colocated=False,
+                      skipped=skipped)
+    by_label = {v.label: v for v in variants}
+    assert set(by_label) == {"1P1D-tp8/dp8xtp1", "1P1D-tp8/8"}
+    dp = by_label["1P1D-tp8/dp8xtp1"].config()
+    prefill, *ranks = dp.instances()
+    assert len(ranks) == 8 and {r.config.dp_group for r in ranks} == {"decode0"}
+    assert {(r.config.tp_size, r.config.ep_size, r.node_index) for r in ranks} == {(1, 8, 1)}  # one node
+    assert prefill.config.dp_group is None and prefill.config.ep_size == 8
+    tp8 = by_label["1P1D-tp8/8"].config()
+    assert [(r.config.tp_size, r.config.dp_group, r.config.ep_size) for r in tp8.instances()] == [
+        (8, None, 8), (8, None, 8)]
+    # Every base field but the nodes is kept (links, precision, memory knobs of the instance).
+    base_top = deepseek.model_dump(exclude={"nodes", "num_nodes"})
+    assert dp.model_dump(exclude={"nodes", "num_nodes"}) == base_top
+    assert all(r.config.quantization == "fp8_block" and r.config.max_num_seqs == 128 for r in ranks)
+    # TP1 decode without a DP group holds all 256 experts: refused by the config's fit check, skipped.
+    assert any(s.startswith("1P8D-tp8/1: ") and "weights need" in s for s in skipped)
+
+
+def test_invalid_dp_layouts_are_skipped_with_a_reason(deepseek):
+    skipped: list[str] = []
+    variants = expand(deepseek, 32, tp_prefill=[8], tp_decode=[1, 2, 8], dp_decode=[3, 8], colocated=False,
+                      skipped=skipped)
+    assert {v.label for v in variants} >= {"1P3D-tp8/dp8xtp1"}
+    assert "decode DP 3 x TP 1: 256 experts cannot be split over ep_size=3" in skipped
+    assert "decode DP 8 x TP 2: DP 8 x TP 2 = 16 GPUs does not fit a node of 8 GPUs" in skipped
+    assert "decode DP 8 x TP 8: DP 8 x TP 8 = 64 GPUs does not fit a node of 8 GPUs" in skipped
+    assert all(v.dp_decode == 8 for v in variants)
+    with pytest.raises(PdsimError, match="DP 3 x TP 2 = 6 GPUs|256 experts cannot be split over ep_size=6"):
+        expand(deepseek, 16, tp_prefill=[8], tp_decode=[2], dp_decode=[3], colocated=False)
+
+
+def test_dp_on_a_dense_model_is_skipped_not_crashed():
+    skipped: list[str] = []
+    variants = expand(load_cluster_config(DENSE), 8, tp_decode=[1], dp_decode=[1, 2], skipped=skipped)
+    assert variants and all(v.dp_decode == 1 for v in variants)
+    assert len(skipped) == 1 and "is dense" in skipped[0]
+
+
+def test_search_over_dp1_and_dp8_decode_returns_both(tmp_path):
+    dataset = tmp_path / "small.jsonl"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["workload", "generate", "--num-requests", "30", "--rate", "4", "--input-len",
+                              "lognormal:2000,800", "--output-len", "lognormal:200,50", "--seed", "2",
+                              "--output", str(dataset)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, [
+        "search", "--base-config", str(DEEPSEEK), "--dataset", str(dataset), "--gpus", "16", "--tp-prefill", "8",
+        "--tp-decode", "1,8", "--decode-dp", "1,8", "--no-colocated", "--slo-ttft-ms", "1000",
+        "--slo-tpot-ms", "70", "--max-probes", "3", "--workers", "1", "--min-duration-s", "0", "--no-plots",
+        "--quiet", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    assert "skipped decode DP 8 x TP 8: DP 8 x TP 8 = 64 GPUs does not fit a node of 8 GPUs" in res.output
+    rows = pd.read_csv(tmp_path / "q" / "search.csv").set_index("label")
+    assert set(rows.index) == {"1P1D-tp8/dp8xtp1", "1P1D-tp8/8"}
+    dp8, tp8 = rows.loc["1P1D-tp8/dp8xtp1"], rows.loc["1P1D-tp8/8"]
+    assert dp8.tpot_p90_ms != tp8.tpot_p90_ms and dp8.est_capacity_req_s != tp8.est_capacity_req_s
+    assert (tmp_path / "q" / "configs" / "1P1D-tp8-dp8xtp1.json").exists()
