@@ -29,10 +29,15 @@ SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s
 
 
 def _common(f: Callable) -> Callable:
-    from pdsim.sweep.runner import ARRIVAL_MODES
-    from pdsim.sweep.search import SLO_MODES
+    options = [*_space_options(), *_slo_options(), *_run_options(), *_execution_options()]
+    for opt in reversed(options):
+        f = opt(f)
+    return dataset_options(f)
 
-    options = [
+
+def _space_options() -> list[Callable]:
+    """What is tried: the base config, the trace, the GPU budget and the splits of it."""
+    return [
         click.option("--base-config", required=True, type=InputFile("cluster config"),
                      help="Cluster config whose instance (model, hardware, memory, knobs) and link are the template."),
         click.option("--dataset", required=True, type=InputFile("dataset"),
@@ -49,6 +54,14 @@ def _common(f: Callable) -> Callable:
                      help="Include the colocated baseline on the same GPUs."),
         click.option("--node-gpus", type=int, default=None,
                      help="GPUs per node when placing instances.  [default: 8, or the base's largest node]"),
+    ]
+
+
+def _slo_options() -> list[Callable]:
+    """What counts as meeting the target."""
+    from pdsim.sweep.search import SLO_MODES
+
+    return [
         click.option("--slo-ttft-ms", type=float, required=True,
                      callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TTFT SLO (ms)."),
         click.option("--slo-tpot-ms", type=float, required=True,
@@ -58,6 +71,14 @@ def _common(f: Callable) -> Callable:
         click.option("--slo-mode", type=click.Choice(SLO_MODES), default="joint", show_default=True,
                      help="joint: a request must meet TTFT and TPOT together; separate: each SLO's attainment "
                           "must reach the target on its own."),
+    ]
+
+
+def _run_options() -> list[Callable]:
+    """How each (config, rate) run is simulated."""
+    from pdsim.sweep.runner import ARRIVAL_MODES
+
+    return [
         click.option("--arrival", type=click.Choice(ARRIVAL_MODES), default="scale", show_default=True,
                      help="scale: the dataset's arrival times rescaled to each rate; poisson: new Poisson "
                           "arrivals at each rate (seeded)."),
@@ -75,6 +96,12 @@ def _common(f: Callable) -> Callable:
         click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
                      help="P/D: TTFT ends when the first token leaves the prefill instance, or when it reaches "
                           "the client through the decode instance (after the KV transfer and a decode step)."),
+    ]
+
+
+def _execution_options() -> list[Callable]:
+    """Where the runs execute and where their results go."""
+    return [
         click.option("--workers", type=int, default=None,
                      help="Local worker processes (1: run inline).  [default: CPU count]"),
         click.option("--ray-address", default=None,
@@ -88,9 +115,6 @@ def _common(f: Callable) -> Callable:
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--debug", is_flag=True, help="Show tracebacks for errors."),
     ]
-    for opt in reversed(options):
-        f = opt(f)
-    return dataset_options(f)
 
 
 class _Setup:
