@@ -8,13 +8,12 @@ misread profile skews every number a simulation reports.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pdsim.errors import ProfileError
-from pdsim.outputs import write_text_atomic
+from pdsim.outputs import write_json_atomic, write_text_atomic
 from pdsim.perf.profile_format import (  # noqa: F401 - the format's names are used from here
     DENSE_OPS,
     FORMAT_NAME,
@@ -126,7 +125,7 @@ def write_profile(
     }
     if meta.activation_tokens is not None:
         raw["memory"]["max_num_batched_tokens"] = meta.activation_tokens
-    write_text_atomic(out / "meta.json", json.dumps(raw, indent=2) + "\n")
+    write_json_atomic(out / "meta.json", raw)
     _write_rows(out / "dense.csv", "op,tokens,time_us", dense_rows)
     _write_rows(out / "per_sequence.csv", "op,sequences,time_us", per_sequence_rows)
     _write_rows(

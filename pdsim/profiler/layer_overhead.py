@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pdsim.outputs import write_json_atomic
 from pdsim.perf.profile import LAYER_OVERHEAD_DECODE_KV, Profile, layer_ops_us, read_profile, replace_dense_op
 
 if TYPE_CHECKING:
@@ -46,4 +47,4 @@ def write_layer_overhead(out_dir: Path, measured: Measurements, how: str) -> Non
     raw.setdefault("spread", {}).update(
         {k: v for k, v in measured.spread_summary().items() if k == "layer_forward"}
     )
-    meta_path.write_text(json.dumps(raw, indent=2) + "\n")
+    write_json_atomic(meta_path, raw)

@@ -34,6 +34,7 @@ from pdsim import __version__
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes, load_model
+from pdsim.outputs import write_json_atomic
 from pdsim.perf.profile import (
     ProfileMeta,
     profile_path,
@@ -304,7 +305,7 @@ def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements,
     }
     raw["spread"] = measured.spread_summary()
     raw["allreduce"] = allreduce_note
-    meta_path.write_text(json.dumps(raw, indent=2) + "\n")
+    write_json_atomic(meta_path, raw)
 
 
 def add_layer_overhead(req: ProfileRequest, progress_enabled: bool = False) -> Path:

@@ -3,7 +3,6 @@ SLOs on the fewest GPUs."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import pandas as pd
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
-from pdsim.outputs import OutputSet, check_output_dir, check_output_file
+from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.workload.readers import dataset_options
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
@@ -163,7 +162,7 @@ class _Setup:
         out.adopt(partial_path(self.out / streamed), self.out / streamed)
         (self.out / "configs").mkdir(exist_ok=True)
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`
-            text = json.dumps(v.raw, indent=2) + "\n"
+            text = json_text(v.raw)
             out.stage(self.out / "configs" / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
         return out
 
