@@ -1,9 +1,9 @@
 """Latency profiles on disk: the pdsim format (see profiles/README.md) and LLMServingSim's.
 
-A `Profile` holds the lookup tables of one (hardware, model, dtype, tp); how they compose into a
-step time is `pdsim/perf/predictor.py`'s business. Reading is strict: every problem is a
-`ProfileError` naming the file, the row or column and what was expected, because a silently
-misread profile skews every number a simulation reports.
+The way in: `read_profile`, `find_profile` (the profile of an instance), `write_profile`. A
+`Profile` holds the lookup tables of one (hardware, model, dtype, tp) (`profile_format.py`); the
+readers are strict (`profile_readers.py`); how the tables compose into a step time is
+`pdsim/perf/predictor.py`'s business. The format's names are re-exported here.
 """
 
 from __future__ import annotations
