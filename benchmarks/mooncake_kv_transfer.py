@@ -8,7 +8,8 @@ at a time, prompt length swept, 1 prefill + 1 decode instance over RDMA (RoCE):
   (sglang-benchmark-results-v1.md; sizes in decimal MB/GB). Both have 200 GB/s of line rate.
 
 The transfer model (pdsim/engine/kv_transfer.py, topology.py): time = per_layer_overhead_us x
-layers + per_transfer_overhead_us + bytes / (bandwidth_efficiency x line rate). The two
+layers x ranks per NIC + per_transfer_overhead_us + bytes / (bandwidth_efficiency x line rate);
+the testbeds have 1 and 2 GPUs per NIC. The two
 parameters that matter are derived from ONE table (relative least squares over its nine rows)
 and scored on the other; pdsim's defaults are the vllm table's (the engine pdsim simulates),
 so the sglang table is held out. The script also prints the reverse (fitted on sglang, scored
@@ -49,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO.parent / "shared/data/calibration/mooncake-kv-transfer"
 LINE_RATE_GBPS = 200.0  # both testbeds: 8 x 200 Gb/s and 4 x 400 Gb/s per node
 MIB = 2**20
+NIC_SHARING_IGNORED = "default, GPUs per NIC ignored"
 
 QWEN3_235B_KV = ModelSpec(  # attention and KV layout of Qwen3-235B-A22B (HF config.json)
     name="Qwen/Qwen3-235B-A22B-Instruct-2507", architecture="qwen3_moe", hidden_size=4096, num_layers=94,
@@ -72,13 +74,14 @@ class Case:
     model: Callable[[], ModelSpec]
     template_tokens: int  # tokens the chat template adds to the prompt
     block_size: int  # tokens per transferred page
+    gpus_per_nic: int  # the testbed's GPUs per NIC: 8 NICs for 8 GPUs, or 4 for 8
 
 
 CASES = {
     "vllm": Case("vllm", "vllm-v1-pd-performance.md", {"MB": MIB, "GB": 1024 * MIB},
-                 lambda: load_model("Qwen/Qwen3-8B"), 8, 16),
+                 lambda: load_model("Qwen/Qwen3-8B"), 8, 16, 1),
     "sglang": Case("sglang", "sglang-benchmark-results-v1.md", {"MB": 1e6, "GB": 1e9},
-                   lambda: QWEN3_235B_KV, 0, 1),
+                   lambda: QWEN3_235B_KV, 0, 1, 2),
 }
 
 
@@ -99,7 +102,7 @@ def sim_bytes(case: Case, prompt_tokens: int) -> int:
 
 def derive(case: Case, rows: list[Row]) -> KVTransferConfig:
     """per_layer_overhead_us and bandwidth_efficiency minimising the relative error over the rows."""
-    layers = case.model().num_layers
+    layers = case.model().num_layers * case.gpus_per_nic  # layer requests queued on one NIC
     a = np.array([[layers / r.transfer_ms, sim_bytes(case, r.prompt_tokens) / r.transfer_ms] for r in rows])
     per_layer_ms, ms_per_byte = np.linalg.lstsq(a, np.ones(len(rows)), rcond=None)[0]
     efficiency = 1e3 / ms_per_byte / (LINE_RATE_GBPS * 1e9)
@@ -131,21 +134,23 @@ def engine_transfer_ms(prompt_tokens: int, kv: KVTransferConfig) -> tuple[float,
     return float(df.kv_bytes[0]), float(df.kv_transfer_ms[0])
 
 
-def network_transfer_ms(case: Case, prompt_tokens: int, kv: KVTransferConfig) -> tuple[float, float]:
+def network_transfer_ms(case: Case, prompt_tokens: int, kv: KVTransferConfig,
+                        nic_sharing: bool = True) -> tuple[float, float]:
     """(bytes, transfer ms) of the hand-off alone, through the engine's network model."""
     nbytes = sim_bytes(case, prompt_tokens)
     env = simpy.Environment()
     link = Link("nic", "network", LINE_RATE_GBPS * 1e9 * kv.bandwidth_efficiency)
     done: list[float] = []
-    Network(env).start((link,), nbytes, lambda: done.append(env.now), transfer_fixed_cost_s(kv, case.model()))
+    fixed_s = transfer_fixed_cost_s(kv, case.model(), case.gpus_per_nic if nic_sharing else 1)
+    Network(env).start((link,), nbytes, lambda: done.append(env.now), fixed_s)
     env.run()
     return float(nbytes), done[0] * 1e3
 
 
-def transfer_ms(case: Case, prompt_tokens: int, kv: KVTransferConfig) -> tuple[float, float]:
+def transfer_ms(case: Case, prompt_tokens: int, kv: KVTransferConfig, nic_sharing: bool = True) -> tuple[float, float]:
     if case.name == "vllm":
         return engine_transfer_ms(prompt_tokens, kv)
-    return network_transfer_ms(case, prompt_tokens, kv)
+    return network_transfer_ms(case, prompt_tokens, kv, nic_sharing)
 
 
 def score(case: Case, rows: list[Row], settings: dict[str, KVTransferConfig]) -> list[dict]:
@@ -154,7 +159,7 @@ def score(case: Case, rows: list[Row], settings: dict[str, KVTransferConfig]) ->
     for row in rows:
         entry = {"prompt": row.prompt_tokens, "their_bytes": row.kv_bytes, "their_ms": row.transfer_ms}
         for name, kv in settings.items():
-            entry["sim_bytes"], entry[name] = transfer_ms(case, row.prompt_tokens, kv)
+            entry["sim_bytes"], entry[name] = transfer_ms(case, row.prompt_tokens, kv, name != NIC_SHARING_IGNORED)
         out.append(entry)
     return out
 
@@ -168,6 +173,8 @@ def settings_for(case: Case, fits: dict[str, KVTransferConfig]) -> dict[str, KVT
     for label, kv in ((f"fitted on {other}", fits[other]), (f"fitted on {case.name}", fits[case.name])):
         if kv != out["default"]:
             out[label] = kv
+    if case.gpus_per_nic > 1:
+        out[NIC_SHARING_IGNORED] = KVTransferConfig()
     out["line rate, no fixed cost"] = KVTransferConfig(per_layer_overhead_us=0.0, bandwidth_efficiency=1.0)
     return out
 

@@ -109,11 +109,12 @@ needs_mooncake = pytest.mark.skipif(not MOONCAKE.is_file(), reason="../shared da
 
 @needs_mooncake
 def test_transfer_defaults_are_the_vllm_tables_fit_and_hold_on_the_sglang_table():
-    # The defaults come from Mooncake's vLLM table; its SGLang table (another engine, model, GPU and
-    # NIC layout) is held out. Bytes within 5% everywhere; transfer times with the defaults within
-    # 25% on the held-out table from 512 tokens up and 40% below (measured: -36% at 128 and 256
-    # tokens, -22..+14% from 512); within 10% on the table they were fitted on.
-    from benchmarks.mooncake_kv_transfer import CASES, derive, load_rows, score
+    # The defaults come from Mooncake's vLLM table (8 NICs for 8 GPUs); its SGLang table (another
+    # engine, model, GPU, and 4 NICs for 8 GPUs) is held out. Bytes within 5% everywhere; transfer
+    # times with the defaults within 20% on the held-out table (measured: +3..+18%) and 10% on the
+    # table they were fitted on; each table's own fit predicts the other within 20% (measured 18%),
+    # which without the GPUs-per-NIC term it did not (53% and 36%).
+    from benchmarks.mooncake_kv_transfer import CASES, NIC_SHARING_IGNORED, derive, load_rows, score
     from pdsim.config import KVTransferConfig
 
     tables = {name: load_rows(case) for name, case in CASES.items()}
@@ -121,13 +122,37 @@ def test_transfer_defaults_are_the_vllm_tables_fit_and_hold_on_the_sglang_table(
     default = KVTransferConfig()
     assert derive(CASES["vllm"], tables["vllm"]) == default
     line_rate = KVTransferConfig(per_layer_overhead_us=0.0, bandwidth_efficiency=1.0)
-    for name, bound_small, bound in (("sglang", 0.40, 0.25), ("vllm", 0.10, 0.10)):
-        results = score(CASES[name], tables[name], {"default": default, "line": line_rate})
+    for name, bound in (("sglang", 0.20), ("vllm", 0.10)):
+        settings = {"default": default, "line": line_rate, NIC_SHARING_IGNORED: default}
+        results = score(CASES[name], tables[name], settings)
         for r in results:
             assert r["sim_bytes"] == pytest.approx(r["their_bytes"], rel=0.05), (name, r)
-            rel = bound if r["prompt"] >= 512 else bound_small
-            assert r["default"] == pytest.approx(r["their_ms"], rel=rel), (name, r)
+            assert r["default"] == pytest.approx(r["their_ms"], rel=bound), (name, r)
             assert abs(r["default"] / r["their_ms"] - 1) < abs(r["line"] / r["their_ms"] - 1), (name, r)
+        if name == "sglang":  # the shared NICs are what the small prompts' fixed cost needs
+            assert min(r[NIC_SHARING_IGNORED] / r["their_ms"] for r in results) < 0.7
+        elsewhere = "sglang" if name == "vllm" else "vllm"
+        crossed = score(CASES[name], tables[name], {"crossed": derive(CASES[elsewhere], tables[elsewhere])})
+        assert all(abs(r["crossed"] / r["their_ms"] - 1) < 0.20 for r in crossed), (name, crossed)
+
+
+def test_ranks_sharing_a_nic_multiply_the_per_layer_cost():
+    # Two TP 2 instances on two nodes: with 2 GPUs per NIC on the receiving node both ranks queue
+    # their per-layer requests on one NIC, so the fixed part doubles; the bytes' part does not move.
+    layers = load_model(MODEL).num_layers
+    times = []
+    for gpus_per_nic in (1, 2):
+        cfg = cluster_config_from_dict({
+            "num_nodes": 2, "link_bw": 2, "link_latency": 0,
+            "nodes": [
+                {"num_instances": 1, "instances": [{**instance("prefill"), "tp_size": 2, "num_npus": 2}]},
+                {"num_instances": 1, "gpus_per_nic": gpus_per_nic,
+                 "instances": [{**instance("decode"), "tp_size": 2, "num_npus": 2}]},
+            ],
+        })
+        req = run(cfg, [(2000, 5, 0.0)]).requests[0]
+        times.append(req.kv_transfer_end_s - req.kv_transfer_start_s)
+    assert times[1] - times[0] == pytest.approx(10.5e-6 * layers, rel=1e-9)
 
 
 def test_transfer_time_is_per_layer_cost_plus_bytes_at_the_achieved_rate():

@@ -249,6 +249,9 @@ class NodeConfig(_Strict):
     # HGX boards: an instance's NIC bandwidth is nic_bw x tp_size); shared by all of the instance's
     # outgoing (or incoming) transfers. Left out: NICs are not a bottleneck.
     nic_bw: float | None = Field(default=None, gt=0, le=MAX_BW_GBPS, allow_inf_nan=False)
+    # GPUs that share one NIC (1 on HGX boards; 2 where 8 GPUs have 4 NICs). The TP ranks that share
+    # a NIC queue their per-layer RDMA requests on it, so a transfer's per-layer cost grows with them.
+    gpus_per_nic: int = Field(default=1, ge=1, le=MAX_NPUS)
 
     @field_validator("intra_node_bw", "nic_bw")
     @classmethod

@@ -32,7 +32,8 @@ class KVTransferConfig(_Strict):
     # Defaults measured, not line rate (docs/pd_realism.md, benchmarks/mooncake_kv_transfer.py):
     # derived from Mooncake's vLLM v1 table (Qwen3-8B TP8, H800, 8x200 Gb/s RoCE), held out on its
     # SGLang table. The connector posts each layer's K and V blocks as their own RDMA writes and
-    # waits for their completions, so a hand-off pays a fixed cost per model layer; and RDMA
+    # waits for their completions, so a hand-off pays a fixed cost per model layer (per TP rank
+    # queued on one NIC, NodeConfig.gpus_per_nic); and RDMA
     # reaches a fraction of the NICs' line rate.
     per_layer_overhead_us: float = Field(default=10.5, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
     per_transfer_overhead_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US,
