@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -136,10 +137,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.config import load_cluster_config
     from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.files import check_run_output, write_run_outputs
-    from pdsim.metrics.load import load_report
-    from pdsim.metrics.summary import format_summary, requests_frame, summarize
+    from pdsim.metrics.summary import format_summary, requests_frame
     from pdsim.progress import ProgressBar
-    from pdsim.workload.readers import load_dataset
 
     check_run_output(output, [cluster_config, dataset])
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
@@ -149,12 +148,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching}
     cfg = load_cluster_config(cluster_config, overrides)
-    if dataset is not None:
-        if input_len or output_len:
-            raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
-        trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
-    else:
-        trace = _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
+    trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
+                       concurrency, seed)
     opts = SimOptions(
         seed=seed, prefill_policy=prefill_policy, decode_policy=decode_policy,
         profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
@@ -163,11 +158,45 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         client_delay_s=client_delay_ms / 1e3,  # used by the closed loop only
     )
     bar = ProgressBar("simulating", enabled=False if quiet else None)
+    on_sample = _progress_lines(bar) if not quiet and log_interval is not None else None
+
+    started = time.perf_counter()
+    result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
+                      on_progress=lambda done, total: bar.update(done, total, "requests"))
+    wall_s = time.perf_counter() - started
+    bar.close()
+
+    source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
+    df = requests_frame(result)
+    summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms, slo_tpot_ms)
+    written = write_run_outputs(output, df, summary, result, plot)
+
+    loop = f", closed loop with {concurrency} clients" if concurrency else ""
+    click.echo(f"pdsim: {cluster_config} with {source}: {len(trace)} requests{loop}, "
+               f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
+    click.echo(format_summary(summary))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | None, time_scale: float,
+               num_requests: int | None, input_len: str | None, output_len: str | None,
+               concurrency: int | None, seed: int) -> list:
+    """The requests of a run: the dataset's, or synthetic ones for a closed loop without one."""
+    from pdsim.workload.readers import load_dataset
+
+    if dataset is not None:
+        if input_len or output_len:
+            raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
+        return load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
+    return _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
+
+
+def _progress_lines(bar) -> Callable[[float, list], None]:
+    """An on_sample callback printing one line per sample: requests in each phase, prompt and decode
+    tokens per second since the previous line, and each instance's memory."""
     last: dict[str, tuple[float, int, int]] = {}
 
     def on_sample(now: float, snap) -> None:
-        if quiet or log_interval is None:
-            return
         prompt = sum(s.prompt_tokens for s in snap)
         decode = sum(s.decode_tokens for s in snap)
         t0, p0, d0 = last.get("all", (0.0, 0, 0))
@@ -182,14 +211,16 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             f"decode_t={_si((decode - d0) / dt)} tok/s npu_mem=[{mem}]"
         )
 
-    started = time.perf_counter()
-    result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
-                      on_progress=lambda done, total: bar.update(done, total, "requests"))
-    wall_s = time.perf_counter() - started
-    bar.close()
+    return on_sample
 
-    source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
-    df = requests_frame(result)
+
+def _run_summary(result, df: pd.DataFrame, wall_s: float, cluster_config: Path, source: object,
+                 concurrency: int | None, seed: int, slo_ttft_ms: float | None, slo_tpot_ms: float | None) -> dict:
+    """run_summary.json: the metrics summary, what was run, the offered load (open loop) and the
+    SLO attainment (when both SLOs are given)."""
+    from pdsim.metrics.load import load_report
+    from pdsim.metrics.summary import summarize
+
     summary = summarize(result, df, wall_s=wall_s, concurrency=concurrency)
     summary["cluster_config"] = str(cluster_config)
     summary["dataset"] = str(source)
@@ -199,13 +230,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         summary["load"] = load_report(df, result.sim_end_s)
     if slo_ttft_ms is not None and slo_tpot_ms is not None:
         summary["slo"] = _slo_attainment(df, slo_ttft_ms, slo_tpot_ms)
-    written = write_run_outputs(output, df, summary, result, plot)
-
-    loop = f", closed loop with {concurrency} clients" if concurrency else ""
-    click.echo(f"pdsim: {cluster_config} with {source}: {len(trace)} requests{loop}, "
-               f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
-    click.echo(format_summary(summary))
-    click.echo("wrote " + ", ".join(str(p) for p in written))
+    return summary
 
 
 def _slo_attainment(df: pd.DataFrame, ttft_ms: float, tpot_ms: float) -> dict:

@@ -1,6 +1,6 @@
 """LLMServingSim cluster-config keys beyond pdsim's own schema: what they mean here (docs/moe.md).
 
-`pdsim/config.py` calls these from its validators; they work on the raw JSON (before) or on
+`pdsim/config/` calls these from its validators; they work on the raw JSON (before) or on
 validated instances (after) and raise pydantic errors whose message is complete, so a bad value
 is reported with its JSON path like every other config error.
 """

@@ -12,6 +12,8 @@ then, so a folder never mixes two runs.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +38,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def finite_json(value: object) -> object:
+    """`value` with every non-finite float (no figure: e.g. TPOT of no finished request) as null, so
+    the file is valid JSON (json.dumps writes NaN/Infinity, which JSON has not)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def json_text(value: object, indent: int | None = 2) -> str:
+    """`value` as strict JSON text ending in a newline: what every JSON file or printout of pdsim is.
+    A figure that does not exist (NaN, infinite) is null."""
+    return json.dumps(finite_json(value), indent=indent, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    write_text_atomic(path, json_text(value))
 
 
 def _temp_beside(path: Path) -> Path:

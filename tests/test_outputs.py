@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pdsim.cli import main
-from pdsim.outputs import OutputSet, atomic_path
+from pdsim.outputs import OutputSet, atomic_path, json_text, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 PD_CONFIG = REPO / "configs/cluster/single_node_pd_instance.json"
@@ -209,3 +209,21 @@ def test_summary_is_strict_json_when_a_figure_is_undefined(tmp_path):
 
     summary = json.loads((tmp_path / "r_summary.json").read_text(), parse_constant=refuse)
     assert summary["tpot_ms"]["mean"] is None
+
+
+def test_json_text_writes_null_for_every_non_finite_number(tmp_path):
+    import numpy as np
+
+    def refuse(name: str):
+        raise ValueError(f"{name} in JSON output")
+
+    value = {"nan": float("nan"), "inf": [float("inf"), -float("inf"), 1.5], "np": (np.float64("nan"), 2),
+             "nested": {"x": {"y": [float("nan")]}}, "none": None, "text": "NaN"}
+    text = json_text(value)
+    assert text.endswith("}\n")
+    assert json.loads(text, parse_constant=refuse) == {
+        "nan": None, "inf": [None, None, 1.5], "np": [None, 2], "nested": {"x": {"y": [None]}}, "none": None,
+        "text": "NaN"}
+    path = tmp_path / "fit.json"
+    write_json_atomic(path, value)
+    assert path.read_text() == text and not temp_files(tmp_path)

@@ -94,3 +94,31 @@ def test_trace_without_times_has_no_rate(tmp_path):
     res = CliRunner().invoke(workload, ["stats", str(src), "--plot", str(tmp_path / "l.png")])
     assert res.exit_code == 0, res.output
     assert "no arrival rate" in res.output and "note: no arrival times in the file" in res.output
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, which Python writes but JSON has not."""
+    def refuse(name: str):
+        raise ValueError(f"{name} in JSON output")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_is_strict_when_a_figure_is_undefined(tmp_path):
+    # One request: no gap and no span, so no rate and no gap CV; they print as null, never NaN.
+    src = tmp_path / "one.jsonl"
+    write_trace(src, [TraceRequest(0, 100, 10, 0)])
+    res = CliRunner().invoke(workload, ["stats", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    figures = _strict_json(res.output)
+    assert figures["requests"] == 1 and figures["span_s"] == 0.0
+    assert figures["mean_rate_per_s"] is None and figures["gap_cv"] is None and figures["rate_per_s"] is None
+    assert figures["input_toks"]["max"] == 100.0
+
+
+def test_an_infinite_bin_is_refused_not_printed_as_infinity(tmp_path):
+    # --bin-s inf used to print "rate_bin_s": Infinity and NaN rates: invalid JSON from bad input.
+    src = tmp_path / "t.jsonl"
+    write_trace(src, generate_requests(50, 5.0, "fixed:100", "fixed:10", seed=1))
+    res = CliRunner().invoke(workload, ["stats", str(src), "--bin-s", "inf", "--json"])
+    assert res.exit_code == 2
+    assert "--bin-s: expected a finite number of seconds > 0, got inf" in res.output

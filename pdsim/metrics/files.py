@@ -7,14 +7,12 @@ as link bandwidth is quoted. `cumulative_*` columns count from the start of the 
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from pdsim.engine.result import SimulationResult
-from pdsim.outputs import OutputSet, check_output_file
+from pdsim.outputs import OutputSet, check_output_file, json_text
 
 # The engine's sample fields -> the CSV column names (units and cumulative counts said in the name).
 TIMELINE_COLUMNS = {
@@ -64,7 +62,7 @@ def write_run_outputs(output: Path, df: pd.DataFrame, summary: dict, result: Sim
     with OutputSet(stale=companion_paths(output)) as out:
         out.stage(output, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6f"))
         out.stage(_with(stem, "_summary.json"),
-                  lambda tmp: tmp.write_text(json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n"))
+                  lambda tmp: tmp.write_text(json_text(summary)))
         out.stage(_with(stem, "_timeline.csv"), lambda tmp: timeline.to_csv(tmp, index=False, float_format="%.6f"))
         if result.link_samples:
             links = links_frame(result)
@@ -76,15 +74,3 @@ def write_run_outputs(output: Path, df: pd.DataFrame, summary: dict, result: Sim
 
 def _with(stem: Path, suffix: str) -> Path:
     return stem.with_name(stem.name + suffix)
-
-
-def finite_json(value: object) -> object:
-    """`value` with every non-finite float (no figure: e.g. TPOT of no finished request) as null, so
-    the file is valid JSON (json.dumps writes NaN/Infinity, which JSON has not)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(v) for v in value]
-    return value

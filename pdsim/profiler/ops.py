@@ -22,7 +22,7 @@ from pdsim.perf.profile import PER_LAYER_OPS, PER_SEQUENCE_OPS, PER_STEP_OPS  # 
 RMS_EPS = 1e-6
 ROPE_THETA = 10000.0
 
-# The op vocabulary is the profile format's (pdsim/perf/profile.py); layer_overhead is derived
+# The op vocabulary is the profile format's (pdsim/perf/profile_format.py); layer_overhead is derived
 # from whole-layer timings, not timed as an op of its own.
 LAYER_OPS = tuple(op for op in PER_LAYER_OPS if op != "layer_overhead")
 STEP_OPS = PER_STEP_OPS

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,30 +34,27 @@ from pdsim import __version__
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes, load_model
+from pdsim.outputs import write_json_atomic
 from pdsim.perf.profile import (
-    LAYER_OVERHEAD_DECODE_KV,
-    Profile,
     ProfileMeta,
-    layer_ops_us,
     profile_path,
     read_profile,
-    replace_dense_op,
     write_profile,
 )
 from pdsim.profiler import ops
 from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
 from pdsim.profiler.grid import GridSpec
+from pdsim.profiler.layer_overhead import write_layer_overhead
 from pdsim.profiler.memory import activation_peak_bytes
-from pdsim.profiler.model import RandomModel, decoder_layer
-from pdsim.profiler.ops import LayerWeights, ShardShapes
+from pdsim.profiler.model import RandomModel
+from pdsim.profiler.ops import ShardShapes
 from pdsim.profiler.outliers import DEFAULT_TOLERANCE, suspicious_points
+from pdsim.profiler.points import Point, PointBuilder, grid_points, layer_points
 from pdsim.profiler.progress import Progress
 from pdsim.profiler.timing import TIMINGS_FILE, Timer, Timing, TimingConfig, write_timings
 
 TOOL = "pdsim profile"
-
-Variants = list[Callable[[], object]]
 
 
 @dataclass
@@ -81,15 +76,6 @@ class ProfileRequest:
 
 
 @dataclass
-class _Point:
-    table: str  # dense | per_sequence | attention_prefill | attention_decode | layer_forward
-    op: str
-    key: tuple[int, ...]
-    work: float  # rough cost for the ETA
-    build: Callable[[], Variants]
-
-
-@dataclass
 class Measurements:
     rows: dict[str, list[tuple]] = field(
         default_factory=lambda: {
@@ -104,7 +90,7 @@ class Measurements:
     remeasured: int = 0  # points re-measured as out of line with their neighbours
     suspicious_left: list[str] = field(default_factory=list)  # still out of line after the rechecks
 
-    def add(self, p: _Point, t: Timing) -> None:
+    def add(self, p: Point, t: Timing) -> None:
         one_d = p.table in ("dense", "per_sequence", "layer_forward")
         row = (p.op, *p.key, t.median_us) if one_d else (*p.key, t.median_us)
         self.rows[p.table].append(row)
@@ -125,183 +111,7 @@ class Measurements:
         return summary
 
 
-class _Builder:
-    """Makes the closures timed at each grid point."""
-
-    def __init__(self, model: ModelSpec, req: ProfileRequest) -> None:
-        self.s = ShardShapes.of(model, req.tp)
-        self.dtype = ops.torch_dtype(req.dtype)
-        self.dev = req.device
-        self.elem = dtype_bytes(req.dtype)
-        self.flush_bytes = 2 * last_level_cache_bytes(req.device)
-        self.num_layers = model.num_layers
-        s = self.s
-        smallest = (
-            min(s.hidden * (s.q_size + 2 * s.kv_size), s.hidden * s.q_size, 2 * s.hidden * s.intermediate)
-            * self.elem
-        )
-        n_copies = self._copies(smallest)
-        # Several layers' weights, used in turn: as in a real forward pass, an op does not find
-        # its weights hot in cache from the previous repeat (CPU L3 / GPU L2 would hold them).
-        self.layers = [LayerWeights.random(s, self.dtype, self.dev) for _ in range(n_copies)]
-        self.head = ops.HeadWeights.random(s, self.dtype, self.dev)
-        self.rope = ops.Rope(s, self.dtype, self.dev, req.grid.max_tokens + req.grid.max_kv + 1)
-        self.attention = make_attention(s, self.dtype, self.dev, req.attention_backend)
-
-    def _copies(self, nbytes: int) -> int:
-        return max(1, min(self.num_layers, math.ceil(self.flush_bytes / max(nbytes, 1))))
-
-    def _x(self, tokens: int, width: int | None = None) -> torch.Tensor:
-        return torch.randn(tokens, width or self.s.hidden, dtype=self.dtype, device=self.dev)
-
-    def dense(self, op: str, t: int) -> Variants:
-        s, L = self.s, self.layers
-        if op == "layernorm":
-            x = self._x(t)
-            return [lambda w=w: ops.layernorm(x, w.input_norm) for w in L]
-        if op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
-            fn = getattr(ops, op)
-            x = self._x(t, s.q_size if op == "o_proj" else s.intermediate if op == "down_proj" else None)
-            return [lambda w=w: fn(x, w) for w in L]
-        if op in ("qk_norm", "rotary_emb"):
-            q, k, _ = ops.split_qkv(self._x(t, s.q_size + 2 * s.kv_size), s)
-            if op == "qk_norm":
-                return [lambda w=w: ops.qk_norm(q, k, w) for w in L]
-            positions = torch.arange(t, device=self.dev)
-            return [lambda: ops.rotary_emb(q, k, positions, self.rope)]
-        if op == "act_fn":
-            x = self._x(t, 2 * s.intermediate)
-            return [lambda: ops.act_fn(x)]
-        if op == "residual_add":
-            x, r = self._x(t), self._x(t)
-            return [lambda: ops.residual_add(x, r)]
-        if op == "embedding":
-            ids = torch.randint(0, s.vocab_shard, (t,), device=self.dev)
-            return [lambda: ops.embedding(ids, self.head)]
-        if op == "final_layernorm":
-            x = self._x(t)
-            return [lambda: ops.final_layernorm(x, self.head)]
-        raise ValueError(op)
-
-    def layer(self, t: int, decode: bool) -> Variants:
-        """One whole decoder layer of t new tokens at `layer_overhead`'s reference shape (decode:
-        t sequences with LAYER_OVERHEAD_DECODE_KV cached each; else a prefill with KV prefix 0),
-        rotating over the weight copies as the isolated ops do (and a full forward over its layers)."""
-        x = self._x(t)
-        if decode:
-            kv = LAYER_OVERHEAD_DECODE_KV
-            positions = torch.full((t,), kv, device=self.dev)
-            caches = [self.attention.new_cache(t, kv, 1) for _ in self.layers]
-            attention = self.attention.decode
-        else:
-            positions = torch.arange(t, device=self.dev)
-            caches = [self.attention.new_cache(1, 0, t) for _ in self.layers]
-            attention = self.attention.prefill
-        return [
-            lambda w=w, c=c: decoder_layer(x, w, self.s, positions, self.rope, attention, c)
-            for w, c in zip(self.layers, caches, strict=True)
-        ]
-
-    def per_sequence(self, op: str, n: int) -> Variants:
-        if op == "lm_head":
-            x, idx = self._x(n), torch.arange(n, device=self.dev)
-            return [lambda: ops.lm_head(x, idx, self.head)]
-        logits = ops.full_vocab_logits(self.s, n, self.dtype, self.dev)
-        return [lambda: ops.sampler(logits)]
-
-    def _qkv(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        s = self.s
-        return ops.split_qkv(self._x(t, s.q_size + 2 * s.kv_size), s)
-
-    def _cache_copies(self, batch: int, cached: int, new: int) -> int:
-        return self._copies(2 * batch * (cached + new) * self.s.kv_size * self.elem)
-
-    def prefill(self, chunk: int, prefix: int) -> Variants:
-        q, k, v = self._qkv(chunk)
-        caches = [
-            self.attention.new_cache(1, prefix, chunk) for _ in range(self._cache_copies(1, prefix, chunk))
-        ]
-        return [lambda c=c: self.attention.prefill(q, k, v, c) for c in caches]
-
-    def decode(self, batch: int, kv: int) -> Variants:
-        q, k, v = self._qkv(batch)
-        caches = [self.attention.new_cache(batch, kv, 1) for _ in range(self._cache_copies(batch, kv, 1))]
-        return [lambda c=c: self.attention.decode(q, k, v, c) for c in caches]
-
-    # FLOP estimates (only rank points for the ETA)
-    def dense_flops(self, op: str, t: int) -> float:
-        s = self.s
-        out = {
-            "qkv_proj": s.q_size + 2 * s.kv_size,
-            "o_proj": s.hidden,
-            "gate_up_proj": 2 * s.intermediate,
-            "down_proj": s.hidden,
-        }.get(op)
-        inp = {"o_proj": s.q_size, "down_proj": s.intermediate}.get(op, s.hidden)
-        return 2.0 * t * inp * out if out else 10.0 * t * s.hidden
-
-    def attention_flops(self, q_tokens: int, kv_tokens: int, batch: int = 1) -> float:
-        return 4.0 * batch * q_tokens * kv_tokens * self.s.q_size
-
-
-def _layer_points(b: _Builder, grid: GridSpec) -> list[_Point]:
-    layer_flops = sum(b.dense_flops(op, 1) for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))
-    return [
-        _Point(
-            "layer_forward",
-            "layer_forward",
-            (t,),
-            Progress.work(t * layer_flops + b.attention_flops(t, t)),
-            lambda t=t: b.layer(t, decode=t <= grid.max_batch),
-        )
-        for t in grid.tokens()
-    ]
-
-
-def _points(b: _Builder, grid: GridSpec) -> list[_Point]:
-    points: list[_Point] = []
-    dense_ops = [op for op in (*ops.LAYER_OPS, *ops.STEP_OPS) if op != "qk_norm" or b.s.qk_norm]
-    for op in dense_ops:
-        for t in grid.tokens():
-            points.append(
-                _Point(
-                    "dense", op, (t,), Progress.work(b.dense_flops(op, t)), lambda op=op, t=t: b.dense(op, t)
-                )
-            )
-    for op in ops.PER_SEQUENCE_OPS:
-        for n in grid.sequences():
-            flops = 2.0 * n * b.s.hidden * b.s.vocab_shard if op == "lm_head" else 5.0 * n * b.s.vocab
-            points.append(
-                _Point(
-                    "per_sequence", op, (n,), Progress.work(flops), lambda op=op, n=n: b.per_sequence(op, n)
-                )
-            )
-    for c in grid.prefill_chunks():
-        for p in grid.prefill_prefixes():
-            points.append(
-                _Point(
-                    "attention_prefill",
-                    "attention_prefill",
-                    (c, p),
-                    Progress.work(b.attention_flops(c, p + c)),
-                    lambda c=c, p=p: b.prefill(c, p),
-                )
-            )
-    for n in grid.decode_batches():
-        for kv in grid.decode_kv():
-            points.append(
-                _Point(
-                    "attention_decode",
-                    "attention_decode",
-                    (n, kv),
-                    Progress.work(b.attention_flops(1, kv + 1, n)),
-                    lambda n=n, kv=kv: b.decode(n, kv),
-                )
-            )
-    return points + _layer_points(b, grid)
-
-
-def _label(p: _Point) -> str:
+def _label(p: Point) -> str:
     return f"{p.op} {'x'.join(map(str, p.key))}"
 
 
@@ -309,8 +119,8 @@ def measure(
     req: ProfileRequest, model: ModelSpec, progress_enabled: bool, layer_only: bool = False
 ) -> Measurements:
     """Every grid point (`layer_only`: just the `layer_forward` series)."""
-    b = _Builder(model, req)
-    points = _layer_points(b, req.grid) if layer_only else _points(b, req.grid)
+    b = PointBuilder(model, req)
+    points = layer_points(b, req.grid) if layer_only else grid_points(b, req.grid)
     passes = max(1, req.passes)
     progress = Progress(len(points) * passes, sum(p.work for p in points) * passes, progress_enabled)
     timer = Timer(req.device, req.timing)
@@ -373,7 +183,29 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     load_at_start = round(os.getloadavg()[0], 2)
 
     measured = measure(req, model, progress_enabled)
+    peak = _activation_peak(req, model)
+    allreduce_rows, allreduce_note = _allreduce(req, model)
+    device_info = _device_info(req, model, threads, load_at_start)
+    meta = _profile_meta(req, model, started, device_info, peak, allreduce_note)
 
+    out_dir = profile_path(req.out, req.hardware, req.model, req.dtype, req.tp)
+    r = measured.rows
+    write_profile(
+        out_dir,
+        meta,
+        r["dense"],
+        r["per_sequence"],
+        r["attention_prefill"],
+        r["attention_decode"],
+        allreduce_rows,
+    )
+    _record_settings(out_dir, req, measured, allreduce_note)
+    write_timings(out_dir / TIMINGS_FILE, measured.timings)
+    write_layer_overhead(out_dir, measured, "measured with the rest of the profile")
+    return out_dir
+
+
+def _activation_peak(req: ProfileRequest, model: ModelSpec) -> int:
     # Activation peak at the largest token count profiled (= max_num_batched_tokens a cluster
     # config may use with this profile); one layer suffices since layers free their activations.
     one_layer = RandomModel(
@@ -387,7 +219,11 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     )
     peak = activation_peak_bytes(one_layer, req.grid.max_tokens)
     del one_layer
+    return peak
 
+
+def _allreduce(req: ProfileRequest, model: ModelSpec) -> tuple[list[tuple[int, float]] | None, str]:
+    """The all-reduce rows (None when not measured) and a note that says how they were obtained."""
     allreduce_rows = None
     allreduce_note = "all-reduce not profiled (tp=1)" if req.tp == 1 else ""
     if req.tp > 1:
@@ -403,7 +239,10 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
                 f"all-reduce not measured (fewer than {req.tp} GPUs visible): the simulator "
                 f"models it from {req.hardware}'s intra-node link"
             )
+    return allreduce_rows, allreduce_note
 
+
+def _device_info(req: ProfileRequest, model: ModelSpec, threads: int, load_at_start: float) -> dict:
     device_info = describe_device(req.device, threads)
     # Other processes on the machine inflate CPU timings (an OpenMP region waits for a
     # descheduled thread): record the load so a suspicious profile can be recognised.
@@ -415,7 +254,13 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     device_info["attention_backend"] = attention_name
     if get_hardware(req.hardware) is None:
         device_info["hardware_spec"] = "none in pdsim/hardware.py (measured-only hardware)"
-    meta = ProfileMeta(
+    return device_info
+
+
+def _profile_meta(req: ProfileRequest, model: ModelSpec, started: dt.datetime, device_info: dict, peak: int,
+                  allreduce_note: str) -> ProfileMeta:
+    attention_name = device_info["attention_backend"]
+    return ProfileMeta(
         hardware=req.hardware,
         model=req.model,
         dtype=req.dtype,
@@ -438,17 +283,9 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
             f"{allreduce_note}"
         ),
     )
-    out_dir = profile_path(req.out, req.hardware, req.model, req.dtype, req.tp)
-    r = measured.rows
-    write_profile(
-        out_dir,
-        meta,
-        r["dense"],
-        r["per_sequence"],
-        r["attention_prefill"],
-        r["attention_decode"],
-        allreduce_rows,
-    )
+
+
+def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements, allreduce_note: str) -> None:
     # Extra keys the reader ignores: the grid limits (which cluster configs must stay inside),
     # timing settings and the per-table spread.
     meta_path = out_dir / "meta.json"
@@ -468,46 +305,7 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     }
     raw["spread"] = measured.spread_summary()
     raw["allreduce"] = allreduce_note
-    meta_path.write_text(json.dumps(raw, indent=2) + "\n")
-    write_timings(out_dir / TIMINGS_FILE, measured.timings)
-    _write_layer_overhead(out_dir, measured, "measured with the rest of the profile")
-    return out_dir
-
-
-LAYER_OVERHEAD_DEFINITION = (
-    "max(0, one decoder-layer forward (pdsim.profiler.model.decoder_layer) of T new tokens minus that "
-    "layer as this profile composes it (sum of count x dense op(T) + its attention)); for T <= the "
-    f"largest decode batch a decode step of T sequences with {LAYER_OVERHEAD_DECODE_KV} cached tokens "
-    "each (attention_decode(T, 16)), above a prefill of T tokens with KV prefix 0 (attention_prefill(T, 0)); "
-    "added once per layer to every step of T tokens"
-)
-
-
-def layer_overhead_rows(profile: Profile, layer_rows: list[tuple]) -> list[tuple[int, float]]:
-    """(tokens, us) of `layer_overhead` from the measured ("layer_forward", T, us) rows."""
-    return [(int(t), max(0.0, us - layer_ops_us(profile, t))) for _, t, us in layer_rows]
-
-
-def _write_layer_overhead(out_dir: Path, measured: Measurements, how: str) -> None:
-    """Derive `layer_overhead` from the measured layer forwards and the profile on disk, write it
-    into dense.csv and record how it was made in meta.json."""
-    layer_rows = sorted(measured.rows["layer_forward"], key=lambda r: r[1])
-    overhead = layer_overhead_rows(read_profile(out_dir), layer_rows)
-    replace_dense_op(out_dir, "layer_overhead", overhead)
-    meta_path = out_dir / "meta.json"
-    raw = json.loads(meta_path.read_text())
-    raw["layer_overhead"] = {
-        "definition": LAYER_OVERHEAD_DEFINITION,
-        "how": how,
-        "clipped_to_zero": [t for t, us in overhead if us == 0.0],
-        "median_fraction_of_layer": round(
-            sorted(o / r[2] for (_, o), r in zip(overhead, layer_rows, strict=True))[len(overhead) // 2], 4
-        ),
-    }
-    raw.setdefault("spread", {}).update(
-        {k: v for k, v in measured.spread_summary().items() if k == "layer_forward"}
-    )
-    meta_path.write_text(json.dumps(raw, indent=2) + "\n")
+    write_json_atomic(meta_path, raw)
 
 
 def add_layer_overhead(req: ProfileRequest, progress_enabled: bool = False) -> Path:
@@ -538,7 +336,7 @@ def add_layer_overhead(req: ProfileRequest, progress_enabled: bool = False) -> P
         f"{req.recheck_rounds} recheck round(s), {req.timing.repeats} repeats after {req.timing.warmup} warm-up; "
         f"the other tables are those of {profile.meta.created_at}"
     )
-    _write_layer_overhead(out_dir, measured, how)
+    write_layer_overhead(out_dir, measured, how)
     timings_path = out_dir / TIMINGS_FILE
     if timings_path.is_file():
         # bytes, not text: the csv module's \r\n line ends must survive the rewrite

@@ -3,7 +3,6 @@ SLOs on the fewest GPUs."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import pandas as pd
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
-from pdsim.outputs import OutputSet, check_output_dir, check_output_file
+from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.workload.readers import dataset_options
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
@@ -29,10 +28,15 @@ SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s
 
 
 def _common(f: Callable) -> Callable:
-    from pdsim.sweep.runner import ARRIVAL_MODES
-    from pdsim.sweep.search import SLO_MODES
+    options = [*_space_options(), *_slo_options(), *_run_options(), *_execution_options()]
+    for opt in reversed(options):
+        f = opt(f)
+    return dataset_options(f)
 
-    options = [
+
+def _space_options() -> list[Callable]:
+    """What is tried: the base config, the trace, the GPU budget and the splits of it."""
+    return [
         click.option("--base-config", required=True, type=InputFile("cluster config"),
                      help="Cluster config whose instance (model, hardware, memory, knobs) and link are the template."),
         click.option("--dataset", required=True, type=InputFile("dataset"),
@@ -52,6 +56,14 @@ def _common(f: Callable) -> Callable:
                      help="Include the colocated baseline on the same GPUs."),
         click.option("--node-gpus", type=int, default=None,
                      help="GPUs per node when placing instances.  [default: 8, or the base's largest node]"),
+    ]
+
+
+def _slo_options() -> list[Callable]:
+    """What counts as meeting the target."""
+    from pdsim.sweep.search import SLO_MODES
+
+    return [
         click.option("--slo-ttft-ms", type=float, required=True,
                      callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TTFT SLO (ms)."),
         click.option("--slo-tpot-ms", type=float, required=True,
@@ -61,6 +73,14 @@ def _common(f: Callable) -> Callable:
         click.option("--slo-mode", type=click.Choice(SLO_MODES), default="joint", show_default=True,
                      help="joint: a request must meet TTFT and TPOT together; separate: each SLO's attainment "
                           "must reach the target on its own."),
+    ]
+
+
+def _run_options() -> list[Callable]:
+    """How each (config, rate) run is simulated."""
+    from pdsim.sweep.runner import ARRIVAL_MODES
+
+    return [
         click.option("--arrival", type=click.Choice(ARRIVAL_MODES), default="scale", show_default=True,
                      help="scale: the dataset's arrival times rescaled to each rate; poisson: new Poisson "
                           "arrivals at each rate (seeded)."),
@@ -78,6 +98,12 @@ def _common(f: Callable) -> Callable:
         click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
                      help="P/D: TTFT ends when the first token leaves the prefill instance, or when it reaches "
                           "the client through the decode instance (after the KV transfer and a decode step)."),
+    ]
+
+
+def _execution_options() -> list[Callable]:
+    """Where the runs execute and where their results go."""
+    return [
         click.option("--workers", type=int, default=None,
                      help="Local worker processes (1: run inline).  [default: CPU count]"),
         click.option("--ray-address", default=None,
@@ -91,9 +117,6 @@ def _common(f: Callable) -> Callable:
         click.option("--quiet", is_flag=True, help="No progress bar."),
         click.option("--debug", is_flag=True, help="Show tracebacks for errors."),
     ]
-    for opt in reversed(options):
-        f = opt(f)
-    return dataset_options(f)
 
 
 class _Setup:
@@ -144,7 +167,7 @@ class _Setup:
         out.adopt(partial_path(self.out / streamed), self.out / streamed)
         (self.out / "configs").mkdir(exist_ok=True)
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`
-            text = json.dumps(v.raw, indent=2) + "\n"
+            text = json_text(v.raw)
             out.stage(self.out / "configs" / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
         return out
 

@@ -8,12 +8,11 @@ pool-vs-Ray comparison exact.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import numpy as np
 
 from pdsim.errors import PdsimError
 from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_linear, span_s
-from pdsim.outputs import atomic_path
 from pdsim.sweep.expand import Variant
+from pdsim.sweep.rows import ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
 from pdsim.sweep.steady import Window, stability
 from pdsim.workload.trace import TraceRequest
 
@@ -118,19 +117,6 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
 
 
 # -- one run --------------------------------------------------------------------------------------
-
-ROW_FIELDS = [
-    "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "rate_per_s",
-    "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
-    "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
-    "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
-    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "offered_req_s",
-    "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s", "estimated_profile",
-]
-_INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "requests", "finished",
-               "unfinished", "rejected", "scored", "backlog_growth", "stable", "estimated_profile"}
-_STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
-
 
 def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings) -> dict[str, Any]:
     """Simulate one (config, rate) point and reduce it to a row (see ROW_FIELDS)."""
@@ -305,82 +291,6 @@ def make_executor(base_trace: Sequence[TraceRequest], settings: RunSettings, wor
     return PoolExecutor(base_trace, settings, workers)
 
 
-# -- the streamed CSV -----------------------------------------------------------------------------
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
-
-
-def partial_path(path: Path) -> Path:
-    """Where rows stream while a command runs (runs.partial.csv); moved to `path` when it succeeds,
-    so an earlier run's complete CSV is replaced only by a complete one."""
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
-
-
-class RowWriter:
-    """Appends rows to <path>.partial as they arrive, flushed each time, so a killed run loses at most
-    the runs in flight. With resume, the rows already in the partial file (else in `path`, a
-    finished run) are kept and their keys skipped. The caller moves the partial file into place."""
-
-    def __init__(self, path: Path, fields: list[str], resume: bool) -> None:
-        self.path, self.fields = path, fields
-        self.partial = partial_path(path)
-        self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        source = self.partial if self.partial.exists() else path
-        if resume and source.exists() and source.stat().st_size > 0:
-            with source.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames != fields:
-                    raise PdsimError(f"--resume: {source} has other columns than this command writes; "
-                                     f"use another --out or drop --resume")
-                for row in reader:
-                    # A run killed mid-write leaves a short last line: that run is simply done again.
-                    if None in row.values() or None in row:
-                        continue
-                    self.rows[self.key(row)] = parse_row(row)
-        # Rewritten whole (header plus the rows kept) and swapped in at once, so a torn last line
-        # never merges with a new one and a crash here loses none of the kept rows.
-        with atomic_path(self.partial) as tmp, tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(fields)
-            for row in self.rows.values():
-                writer.writerow([_fmt(row[f]) for f in fields])
-        self.file = self.partial.open("a", newline="")
-        self.writer = csv.writer(self.file)
-
-    def key(self, row: dict[str, Any]) -> tuple[str, ...]:
-        return row["label"], str(row["rate_per_s"])
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows[self.key(row)] = row
-        self.writer.writerow([_fmt(row[f]) for f in self.fields])
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-def parse_row(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row back into typed values; floats go through the same text as fresh rows do."""
-    out: dict[str, Any] = {}
-    for k, text in row.items():
-        if k in _STR_FIELDS:
-            out[k] = text
-        elif k in _INT_FIELDS:
-            out[k] = int(text)
-        else:
-            out[k] = float(text) if text != "" else math.nan
-    return out
-
-
-def normalize(row: dict[str, Any]) -> dict[str, Any]:
-    """A fresh row rounded as the CSV stores it, so resumed and fresh rows compare equal."""
-    return parse_row({k: _fmt(v) for k, v in row.items()})
-
-
 def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bool,
               on_row: Callable[[int, int], None] | None = None, commit: bool = True) -> list[dict[str, Any]]:
     """Run the jobs not already in `out_csv` (with resume), stream their rows to its partial file,
@@ -402,7 +312,3 @@ def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bo
     if commit:
         os.replace(writer.partial, out_csv)
     return [normalize(writer.rows[j.key]) for j in jobs]
-
-
-def settings_dict(settings: RunSettings) -> dict[str, Any]:
-    return asdict(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +10,7 @@ import numpy as np
 
 from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
-from pdsim.outputs import atomic_path, check_output_file, write_text_atomic
+from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
 from pdsim.validate.kv_capacity import capacity_line
 
 if TYPE_CHECKING:
@@ -282,7 +281,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     fit = fit_overhead(errors_at)
     fit.update({"measured": str(measured), "metric": metric,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
-    write_text_atomic(out, json.dumps(fit, indent=2) + "\n")
+    write_json_atomic(out, fit)
     click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
                f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
 

@@ -282,38 +282,20 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
         if record.get("error") is not None or meta.get("was_cancelled"):
             failed += 1
             continue
-        values = {tag: _aiperf_value(record, tag, where, unit) for tag, unit in (
-            ("time_to_first_token", "ms"), ("request_latency", "ms"),
-            ("input_sequence_length", "tokens"), ("output_sequence_length", "tokens"))}
-        missing = [tag for tag, v in values.items() if v is None]
-        if missing:
-            hint = " (TTFT needs a streamed run: aiperf --streaming)" if "time_to_first_token" in missing else ""
-            raise PdsimError(f"{where}: metrics lack {', '.join(missing)}{hint}")
-        if "request_start_ns" not in meta:
-            raise PdsimError(f"{where}: metadata lacks request_start_ns")
-        osl = int(values["output_sequence_length"])
-        ttft, latency = float(values["time_to_first_token"]), float(values["request_latency"])
-        rows.append({"input_toks": int(values["input_sequence_length"]), "output_toks": osl,
-                     "start_ns": int(meta["request_start_ns"]), "ttft_ms": ttft,
-                     "tpot_ms": (latency - ttft) / (osl - 1) if osl > 1 else np.nan, "e2e_ms": latency})
-        chunks = _aiperf_value(record, "inter_chunk_latency", where)
+        row, chunks = _aiperf_request(record, meta, where)
+        rows.append(row)
         if chunks is not None:
             itls.extend(chunks)
     if not rows:
         raise PdsimError(f"{p}: no successful profiling-phase request")
-    df = pd.DataFrame(rows)
-    # Wall-clock ns since 1970 lose sub-microsecond precision as float seconds: subtract first.
-    start_ns = df.pop("start_ns")
-    df.insert(2, "arrival_s", (start_ns - start_ns.min()) / 1e9)
-    order = np.argsort(df.arrival_s.to_numpy(), kind="stable")
-    df = df.iloc[order].reset_index(drop=True)
+    df, sent_ns = _by_arrival(rows)
     concurrency = aiperf_concurrency(p)
     notes = ["arrival times: when aiperf sent each request"]
     gaps = None
     if concurrency:
         # A closed-loop client sends when a request ends: how long after the latest end each send
         # came is the client's own delay, measured on its clock.
-        gaps = gaps_since_latest(ends_ns, start_ns.to_numpy(dtype=np.int64)[order]) / 1e9
+        gaps = gaps_since_latest(ends_ns, sent_ns) / 1e9
         notes = [f"closed loop, {concurrency} clients ({AIPERF_SUMMARY})"]
     if warmup:
         notes.append(f"{warmup} warm-up request(s) left out")
@@ -322,6 +304,36 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     return MeasuredRun(str(p), df, itl_ms=np.asarray(itls, dtype=float) if itls else None,
                        concurrency=concurrency, notes=notes, client_gaps_s=gaps if gaps is not None and gaps.size
                        else None)
+
+
+def _by_arrival(rows: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The requests in arrival order with `arrival_s` from the first send, and their send times (ns)."""
+    df = pd.DataFrame(rows)
+    # Wall-clock ns since 1970 lose sub-microsecond precision as float seconds: subtract first.
+    start_ns = df.pop("start_ns")
+    df.insert(2, "arrival_s", (start_ns - start_ns.min()) / 1e9)
+    order = np.argsort(df.arrival_s.to_numpy(), kind="stable")
+    return df.iloc[order].reset_index(drop=True), start_ns.to_numpy(dtype=np.int64)[order]
+
+
+def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[float] | None]:
+    """One successful profiling-phase record: its row (lengths, send time, TTFT, TPOT, E2E) and
+    its inter-chunk gaps (None when the record has none)."""
+    values = {tag: _aiperf_value(record, tag, where, unit) for tag, unit in (
+        ("time_to_first_token", "ms"), ("request_latency", "ms"),
+        ("input_sequence_length", "tokens"), ("output_sequence_length", "tokens"))}
+    missing = [tag for tag, v in values.items() if v is None]
+    if missing:
+        hint = " (TTFT needs a streamed run: aiperf --streaming)" if "time_to_first_token" in missing else ""
+        raise PdsimError(f"{where}: metrics lack {', '.join(missing)}{hint}")
+    if "request_start_ns" not in meta:
+        raise PdsimError(f"{where}: metadata lacks request_start_ns")
+    osl = int(values["output_sequence_length"])
+    ttft, latency = float(values["time_to_first_token"]), float(values["request_latency"])
+    row = {"input_toks": int(values["input_sequence_length"]), "output_toks": osl,
+           "start_ns": int(meta["request_start_ns"]), "ttft_ms": ttft,
+           "tpot_ms": (latency - ttft) / (osl - 1) if osl > 1 else np.nan, "e2e_ms": latency}
+    return row, _aiperf_value(record, "inter_chunk_latency", where)
 
 
 # -- closed-loop tables ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
 
@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.errors import PdsimError
-from pdsim.outputs import check_output_file
+from pdsim.outputs import check_output_file, json_text
 from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
 from pdsim.workload.readers import Dataset, dataset_options, parse_window, read_dataset
 from pdsim.workload.sessions import SystemPrompts
@@ -167,13 +167,13 @@ def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: b
     """Size, span, arrival rate (mean, over time), gap CV, length percentiles and prefix reuse of a trace."""
     from pdsim.workload.stats import format_stats, plot_stats, trace_stats
 
-    if bin_s is not None and not bin_s > 0:
-        raise PdsimError(f"--bin-s: expected a number of seconds > 0, got {bin_s}")
+    if bin_s is not None and not 0 < bin_s < math.inf:
+        raise PdsimError(f"--bin-s: expected a finite number of seconds > 0, got {bin_s}")
     data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
     figures = trace_stats(data.requests, bin_s)
     figures.update({"trace": str(trace), "format": data.fmt, "notes": data.notes})
     if as_json:
-        click.echo(json.dumps(figures, indent=2))
+        click.echo(json_text(figures), nl=False)
     else:
         click.echo(format_stats(figures, f"{trace} ({data.fmt})"))
         for note in data.notes:

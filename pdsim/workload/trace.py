@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pdsim.errors import TraceError, parse_json
 
@@ -77,13 +78,7 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
     path = Path(path)
     if max_requests is not None and max_requests < 1:
         raise TraceError(f"max_requests must be >= 1, got {max_requests}")
-    try:
-        f = path.open("rb")  # bytes: json.loads decodes them itself, and faster
-    except FileNotFoundError:
-        raise TraceError(f"{path}: trace file not found") from None
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
-
+    f = _open_trace(path)
     requests: list[TraceRequest] = []
     loads = json.loads
     append = requests.append
@@ -93,12 +88,8 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                 continue
             try:
                 obj = loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            except UnicodeDecodeError as e:
-                raise TraceError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
-            except (RecursionError, ValueError):
-                parse_json(line, f"{path}:{lineno}", TraceError)  # names the problem
+            except (RecursionError, ValueError) as e:
+                _not_json(e, line, f"{path}:{lineno}")
                 raise
             if line.count(b'"input_toks"') + line.count(b'"output_toks"') + line.count(b'"arrival_time_ns"') != 3:
                 parse_json(line, f"{path}:{lineno}", TraceError)  # a field given twice: json.loads kept the last
@@ -113,12 +104,6 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
                 ) from None
             n = len(requests)
-            if "hash_ids" in obj:
-                ids, block = _hash_ids(obj, f"{path}:{lineno}")
-                append(TraceRequest(n, _length(inp, "input_toks", f"{path}:{lineno}"),
-                                    _length(out, "output_toks", f"{path}:{lineno}"),
-                                    _arrival(arr, f"{path}:{lineno}"), ids, block))
-                continue
             # Fast path for the common all-int line; the checkers handle the rest and errors.
             if (
                 type(inp) is int
@@ -127,18 +112,11 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                 and inp > 0
                 and out > 0
                 and 0 <= arr <= MAX_ARRIVAL_NS
+                and "hash_ids" not in obj
             ):
                 append(TraceRequest(n, inp, out, arr))
             else:
-                where = f"{path}:{lineno}"
-                append(
-                    TraceRequest(
-                        n,
-                        _length(inp, "input_toks", where),
-                        _length(out, "output_toks", where),
-                        _arrival(arr, where),
-                    )
-                )
+                append(_checked_request(n, obj, inp, out, arr, f"{path}:{lineno}"))
 
     if not requests:
         raise TraceError(f"{path}: the trace has no requests")
@@ -146,6 +124,33 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
     if max_requests is not None:
         del requests[max_requests:]
     return requests
+
+
+def _open_trace(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")  # bytes: json.loads decodes them itself, and faster
+    except FileNotFoundError:
+        raise TraceError(f"{path}: trace file not found") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
+
+
+def _not_json(e: Exception, line: bytes, where: str) -> None:
+    """Raise the TraceError that says why json.loads refused `line` (returns only if it cannot tell)."""
+    if isinstance(e, json.JSONDecodeError):
+        raise TraceError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(e, UnicodeDecodeError):
+        raise TraceError(f"{where}: not valid UTF-8 ({e.reason})") from None
+    parse_json(line, where, TraceError)  # names the problem
+
+
+def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, where: str) -> TraceRequest:
+    """A request off the fast path: every field checked (errors name `where`), prefix ids read."""
+    if "hash_ids" in obj:
+        ids, block = _hash_ids(obj, where)
+        return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where),
+                            _arrival(arr, where), ids, block)
+    return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where), _arrival(arr, where))
 
 
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:

@@ -9,99 +9,39 @@ do not model, are dropped.
 
 from __future__ import annotations
 
-import difflib
-import json
-import sys
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from pdsim.errors import ConfigError, PdsimError, read_json_object
+from pdsim.config.base import (
+    GB,
+    INTRA_NODE_LATENCY_NS,
+    MAX_BLOCK_SIZE,
+    MAX_BW_GBPS,
+    MAX_LATENCY_NS,
+    MAX_MEM_GB,
+    MAX_NPUS,
+    MAX_OVERHEAD_US,
+    MAX_TOKENS,
+    PD_TYPES,
+    _bandwidth_floor,
+    _fmt,
+    _one_of,
+    _Strict,
+)
+from pdsim.config.policies import KVTransferConfig, RouterConfig
+from pdsim.errors import PdsimError
 from pdsim.hardware import canonical_hardware_name, get_hardware
 from pdsim.llmservingsim_keys import (
     KV_CACHE_DTYPES,
-    UNSUPPORTED_KEYS,
     check_dp_group,
     check_ep,
     infer_instance_sizes,
-    noted_keys,
     per_dim_links,
 )
 from pdsim.models import DTYPE_BYTES, QUANTIZATIONS, load_model
 from pdsim.perf.moe_time import ExpertPlacement
-
-# Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
-# fields, plus "_"-prefixed keys, the usual way to put a comment in JSON.
-IGNORED_KEYS: frozenset[str] = frozenset(
-    {"name", "description", "npu_num", "npu_group", "power"}
-)
-
-PD_TYPES = ("prefill", "decode")
-KV_TRANSFER_MODES = ("after_prefill", "layerwise")
-KV_TRANSFER_DTYPES = ("same", "fp8", "int8")
-TTFT_MODES = ("prefill", "client")
-INTRA_NODE_LATENCY_NS = 2000.0  # NVLink-class hop incl. launch, when intra_node_bw is given
-ROUTER_POLICIES = ("round_robin", "random", "least_loaded", "power_of_two", "prefix_aware", "kv_aware")
-
-GB = 1024**3  # memory sizes (mem_size) are in GB as GPU vendors count memory: 2^30 bytes
-
-# Bounds that keep every simulated time finite and far inside the clock's resolution (a float64
-# second count resolves 1 us up to ~4e9 s): they reject Infinity, 1e400 or 1e-300, not hardware.
-MIN_BW_GBPS = 1e-3  # 1 MB/s: a 1 GB KV transfer then still ends within ~17 minutes
-MAX_BW_GBPS = 1e6  # 1 PB/s, 2000x an NVLink port
-MAX_LATENCY_NS = 1e9  # 1 s per hop
-MAX_OVERHEAD_US = 1e6  # 1 s per step or transfer
-MAX_MEM_GB = 1e6  # per GPU
-MAX_NPUS = 65536
-MAX_TOKENS = 10**9
-MAX_BLOCK_SIZE = 1024  # tokens per KV block (vLLM's sizes are 1-256)
-
-# CLI knobs that `load_cluster_config(overrides=...)` sets on every instance.
-OVERRIDABLE_KEYS = (
-    "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
-    "scheduler_reserve_full_isl", "enable_prefix_caching",
-)
-
-
-def _fmt(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _choices(options: tuple[str, ...], nullable: bool = False) -> str:
-    quoted = [f'"{o}"' for o in options] + (["null"] if nullable else [])
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
-
-
-def _one_of(value: str | None, options: tuple[str, ...], nullable: bool = False) -> str | None:
-    if (value is None and nullable) or value in options:
-        return value
-    raise PydanticCustomError(
-        "choice",
-        "expected {expected}, got {got}",
-        {"expected": _choices(options, nullable), "got": _fmt(value)},
-    )
-
-
-def _bandwidth_floor(gbps: float) -> float:
-    if gbps < MIN_BW_GBPS:
-        raise PydanticCustomError(
-            "bandwidth", "expected a bandwidth >= {low} GB/s, got {got}", {"low": MIN_BW_GBPS, "got": _fmt(gbps)}
-        )
-    return gbps
 
 
 def _fp8_dtype_as_quantization(data: Any) -> Any:
@@ -116,36 +56,6 @@ def _fp8_dtype_as_quantization(data: Any) -> Any:
             "with the quantization wanted", {"got": _fmt(data.get("quantization"))})
     return {**data, "dtype": "bfloat16", "quantization": "fp8"}
 
-
-class _Strict(BaseModel):
-    # strict: JSON "16" or true must not pass for a number; frozen: configs are shared.
-    model_config = ConfigDict(strict=True, frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_keys(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        allowed = set(cls.model_fields)
-        kept = {}
-        for key, value in data.items():
-            if key in allowed:
-                kept[key] = value
-            elif key in IGNORED_KEYS or (isinstance(key, str) and key.startswith("_")):
-                continue
-            elif key in UNSUPPORTED_KEYS:
-                raise PydanticCustomError(
-                    "unsupported", 'key "{key}" is not supported: {why}', {"key": key, "why": UNSUPPORTED_KEYS[key]}
-                )
-            else:
-                close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
-                raise PydanticCustomError(
-                    "unknown_key",
-                    'unknown key "{key}"{hint}; allowed keys: {allowed}',
-                    {"key": key, "hint": hint, "allowed": ", ".join(sorted(allowed))},
-                )
-        return kept
 
 
 class MemConfig(_Strict):
@@ -359,57 +269,6 @@ class NodeConfig(_Strict):
         return self
 
 
-class RouterConfig(_Strict):
-    prefill_policy: str = "least_loaded"
-    decode_policy: str = "least_loaded"
-
-    @field_validator("prefill_policy", "decode_policy", mode="before")
-    @classmethod
-    def _policy(cls, v: Any) -> Any:
-        return _one_of(v, ROUTER_POLICIES)
-
-
-class KVTransferConfig(_Strict):
-    """How a prefilled request's KV cache moves to its decode instance (docs/pd_realism.md)."""
-
-    # after_prefill: the transfer starts once the prefill step is over and decode-side blocks are
-    # reserved (vLLM's NIXL/Mooncake connectors). layerwise: decode-side blocks are reserved when
-    # the final prefill step starts, and each layer's KV leaves as soon as that layer is computed.
-    mode: str = "after_prefill"
-    # Wire format: "same" sends the KV in the instances' dtype; fp8/int8 quantise it (1 byte/value).
-    dtype: str = "same"
-    # Defaults measured, not line rate (docs/pd_realism.md, benchmarks/mooncake_kv_transfer.py):
-    # derived from Mooncake's vLLM v1 table (Qwen3-8B TP8, H800, 8x200 Gb/s RoCE), held out on its
-    # SGLang table. The connector posts each layer's K and V blocks as their own RDMA writes and
-    # waits for their completions, so a hand-off pays a fixed cost per model layer (per TP rank
-    # queued on one NIC, NodeConfig.gpus_per_nic); and RDMA
-    # reaches a fraction of the NICs' line rate.
-    per_layer_overhead_us: float = Field(default=10.5, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
-    per_transfer_overhead_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US,
-                                            allow_inf_nan=False)  # handshake + completion notice
-    # Share of link_bw / nic_bw a transfer achieves (network and NIC links; not intra_node_bw).
-    bandwidth_efficiency: float = Field(default=0.73, gt=0, le=1, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _explicit_overhead_replaces_per_layer(cls, raw: Any) -> Any:
-        # A config that states its per-transfer overhead (fitted as the whole fixed cost) keeps
-        # exactly that: the per-layer default is not added on top.
-        if isinstance(raw, dict) and "per_transfer_overhead_us" in raw and "per_layer_overhead_us" not in raw:
-            return {**raw, "per_layer_overhead_us": 0.0}
-        return raw
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _mode(cls, v: Any) -> Any:
-        return _one_of(v, KV_TRANSFER_MODES)
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype(cls, v: Any) -> Any:
-        return _one_of(v, KV_TRANSFER_DTYPES)
-
-
 class InstanceRef(NamedTuple):
     node_index: int
     instance_index: int
@@ -498,119 +357,3 @@ class ClusterConfig(_Strict):
             for n, node in enumerate(self.nodes)
             for i, inst in enumerate(node.instances)
         ]
-
-
-# ---- loading and error messages ----
-
-_TYPE_NAMES = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "an object",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-    "none_required": "null",
-    "finite_number": "a finite number",
-}
-
-# Error types raised by our validators, whose message is already complete.
-_OWN_ERROR_TYPES = frozenset(
-    {
-        "unsupported",
-        "ep",
-        "dp",
-        "choice",
-        "unknown_key",
-        "unknown_model",
-        "pp",
-        "npus",
-        "budget",
-        "tp",
-        "weights",
-        "memory",
-        "count",
-        "pd",
-        "empty",
-        "bandwidth",
-    }
-)
-
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _describe(err: dict[str, Any]) -> str:
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    got = _fmt(err.get("input"))
-    if kind == "missing":
-        return "missing required field"
-    if kind in _TYPE_NAMES:
-        return f"expected {_TYPE_NAMES[kind]}, got {got}"
-    if kind in _BOUNDS:
-        bound = next(iter(ctx.values()))
-        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return f"expected a number {_BOUNDS[kind]} {bound}, got {got}"
-    if kind == "literal_error":
-        return f"expected {ctx.get('expected')}, got {got}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind in _OWN_ERROR_TYPES:
-        return err["msg"]
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{msg}, got {got}" if "input" in err and not isinstance(err["input"], dict | list) else msg
-
-
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = _loc(err["loc"])
-        lines.append(f"{source}: {where}: {_describe(err)}" if where else f"{source}: {_describe(err)}")
-    return "\n".join(lines)
-
-
-def _apply_overrides(raw: Any, overrides: dict[str, object]) -> None:
-    unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
-    if unknown:
-        raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
-    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
-        return  # validation reports the broken structure
-    for node in raw["nodes"]:
-        if isinstance(node, dict) and isinstance(node.get("instances"), list):
-            for inst in node["instances"]:
-                if isinstance(inst, dict):
-                    inst.update({k: v for k, v in overrides.items() if v is not None})
-
-
-def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:
-    try:
-        return ClusterConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(source, e)) from None
-
-
-def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
-    path = Path(path)
-    raw = read_json_object(path, ConfigError, "cluster config")
-    if overrides:
-        _apply_overrides(raw, overrides)
-    cfg = cluster_config_from_dict(raw, str(path))
-    for note in noted_keys(raw):
-        print(f"note: {path}: {note}", file=sys.stderr)
-    return cfg
-

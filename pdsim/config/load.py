@@ -1,0 +1,128 @@
+"""Reading a cluster config file: CLI overrides, validation, and error messages that name the
+file, the JSON path of the field and what was expected."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pdsim.config.base import OVERRIDABLE_KEYS, _fmt
+from pdsim.config.models import ClusterConfig
+from pdsim.errors import ConfigError, read_json_object
+from pdsim.llmservingsim_keys import noted_keys
+
+_TYPE_NAMES = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "none_required": "null",
+    "finite_number": "a finite number",
+}
+
+# Error types raised by our validators, whose message is already complete.
+_OWN_ERROR_TYPES = frozenset(
+    {
+        "unsupported",
+        "ep",
+        "dp",
+        "choice",
+        "unknown_key",
+        "unknown_model",
+        "pp",
+        "npus",
+        "budget",
+        "tp",
+        "weights",
+        "memory",
+        "count",
+        "pd",
+        "empty",
+        "bandwidth",
+    }
+)
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = _fmt(err.get("input"))
+    if kind == "missing":
+        return "missing required field"
+    if kind in _TYPE_NAMES:
+        return f"expected {_TYPE_NAMES[kind]}, got {got}"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"expected a number {_BOUNDS[kind]} {bound}, got {got}"
+    if kind == "literal_error":
+        return f"expected {ctx.get('expected')}, got {got}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind in _OWN_ERROR_TYPES:
+        return err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{msg}, got {got}" if "input" in err and not isinstance(err["input"], dict | list) else msg
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = _loc(err["loc"])
+        lines.append(f"{source}: {where}: {_describe(err)}" if where else f"{source}: {_describe(err)}")
+    return "\n".join(lines)
+
+
+def _apply_overrides(raw: Any, overrides: dict[str, object]) -> None:
+    unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
+    if unknown:
+        raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
+        return  # validation reports the broken structure
+    for node in raw["nodes"]:
+        if isinstance(node, dict) and isinstance(node.get("instances"), list):
+            for inst in node["instances"]:
+                if isinstance(inst, dict):
+                    inst.update({k: v for k, v in overrides.items() if v is not None})
+
+
+def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:
+    try:
+        return ClusterConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e)) from None
+
+
+def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
+    path = Path(path)
+    raw = read_json_object(path, ConfigError, "cluster config")
+    if overrides:
+        _apply_overrides(raw, overrides)
+    cfg = cluster_config_from_dict(raw, str(path))
+    for note in noted_keys(raw):
+        print(f"note: {path}: {note}", file=sys.stderr)
+    return cfg
+

@@ -1,0 +1,107 @@
+"""What a latency profile is: the lookup tables of one (hardware, model, dtype, tp) and the ops
+they time (the format is documented in profiles/README.md).
+
+How the tables compose into a step time is `pdsim/perf/predictor.py`'s business; reading and
+writing them on disk is `profile_readers.py` and `profile.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pdsim.perf.interp import Table1D, Table2D, TableND
+from pdsim.perf.moe_time import MoETable
+
+FORMAT_NAME = "pdsim-profile"
+FORMAT_VERSION = 1
+PROFILES_ROOT = Path(__file__).resolve().parents[2] / "profiles"
+
+# op -> how many times it runs per step-layer; "per_step" ops run once per step, not per layer.
+PER_LAYER_OPS: dict[str, int] = {
+    "layernorm": 2,
+    "qkv_proj": 1,
+    "qk_norm": 1,
+    "rotary_emb": 1,
+    "o_proj": 1,
+    "gate_up_proj": 1,
+    "act_fn": 1,
+    "down_proj": 1,
+    "residual_add": 2,
+    # measured: one whole decoder layer minus the sum of its isolated ops (README "dense.csv")
+    "layer_overhead": 1,
+}
+PER_STEP_OPS: tuple[str, ...] = ("embedding", "final_layernorm")
+OPTIONAL_DENSE_OPS: frozenset[str] = frozenset({"qk_norm", "residual_add", "layer_overhead"})
+# The dense MLP; a profile of a MoE model whose layers are all MoE has moe.csv instead.
+MLP_OPS: frozenset[str] = frozenset({"gate_up_proj", "act_fn", "down_proj"})
+DENSE_OPS: tuple[str, ...] = (*PER_LAYER_OPS, *PER_STEP_OPS)
+PER_SEQUENCE_OPS: tuple[str, ...] = ("lm_head", "sampler")
+
+
+@dataclass
+class ProfileMeta:
+    hardware: str
+    model: str
+    dtype: str
+    tp: int
+    source: str = "measured"  # "measured" | "estimated"
+    tool: str = ""
+    tool_version: str = ""
+    created_at: str = ""
+    num_layers: int | None = None  # of the profiled model (LLMServingSim profiles a 1-layer copy)
+    device: dict = field(default_factory=dict)
+    activation_peak_bytes: int | None = None
+    notes: str = ""
+    path: str = ""
+    fmt: str = "pdsim"  # "pdsim" | "llmservingsim"
+    # max_num_batched_tokens the activation peak was measured at (lets it be rescaled), if known
+    activation_tokens: int | None = None
+
+
+@dataclass
+class Profile:
+    meta: ProfileMeta
+    dense: dict[str, Table1D]
+    per_sequence: dict[str, Table1D]
+    attention_prefill: Table2D | None = None
+    attention_decode: Table2D | None = None
+    attention_grid4d: TableND | None = None
+    allreduce: Table1D | None = None
+    moe: MoETable | None = None  # LLMServingSim's moe.csv: expert layer by tokens, activated experts
+
+    @property
+    def estimated(self) -> bool:
+        return self.meta.source == "estimated"
+
+    def tables(self) -> list:
+        """Every lookup table, e.g. to collect their extrapolation notes for a report."""
+        found = [*self.dense.values(), *self.per_sequence.values()]
+        for t in (self.attention_prefill, self.attention_decode, self.attention_grid4d, self.allreduce, self.moe):
+            if t is not None:
+                found.append(t)
+        return found
+
+
+# `layer_overhead` reference shape (README "dense.csv"): up to the largest decode batch of the
+# profile a decode step of T sequences with this many cached tokens each, above a prefill of T
+# tokens with KV prefix 0.
+LAYER_OVERHEAD_DECODE_KV = 16
+
+
+def layer_overhead_is_decode(profile: Profile, tokens: float) -> bool:
+    """Whether `layer_overhead` at `tokens` is measured on a decode step (else on a prefill)."""
+    return profile.attention_decode is not None and tokens <= max(profile.attention_decode.xs)
+
+
+def layer_ops_us(profile: Profile, tokens: float) -> float:
+    """One decoder layer of T = `tokens` new tokens at `layer_overhead`'s reference shape, as the
+    predictor composes it from this profile without `layer_overhead`: what it is measured against."""
+    us = sum(
+        count * profile.dense[op](tokens)
+        for op, count in PER_LAYER_OPS.items()
+        if op != "layer_overhead" and op in profile.dense
+    )
+    if layer_overhead_is_decode(profile, tokens):
+        return us + profile.attention_decode(tokens, float(LAYER_OVERHEAD_DECODE_KV))
+    return us + profile.attention_prefill(tokens, 0.0)

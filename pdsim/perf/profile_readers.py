@@ -1,0 +1,309 @@
+"""Reading profiles from disk, strictly: the pdsim format (meta.json and CSV tables) and
+LLMServingSim's (meta.yaml and tpN/ folders).
+
+Every problem is a `ProfileError` naming the file, the row or column and what was expected,
+because a silently misread profile skews every number a simulation reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pdsim.errors import ProfileError, decode_text, read_json_object
+from pdsim.models import DTYPE_BYTES
+from pdsim.moe import MOE_KEYS
+from pdsim.perf.interp import Table1D, Table2D, TableND
+from pdsim.perf.moe_time import MoETable
+from pdsim.perf.profile_format import (
+    DENSE_OPS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MLP_OPS,
+    OPTIONAL_DENSE_OPS,
+    PER_SEQUENCE_OPS,
+    Profile,
+    ProfileMeta,
+)
+
+# ---------------------------------------------------------------- CSV reading
+
+
+def _read_csv(path: Path, columns: Sequence[str], numeric: Sequence[str]) -> list[tuple]:
+    """Rows of `path` as tuples in `columns` order; the `numeric` columns as floats.
+
+    Row numbers in errors are file line numbers (the header is line 1).
+    """
+    if not path.is_file():
+        raise ProfileError(f"{path}: missing profile file (expected columns {','.join(columns)})")
+    # Decoded up front: a UTF-16 or Latin-1 file is a clear error, not a decode failure mid-table.
+    text = decode_text(path.read_bytes(), str(path), ProfileError)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise ProfileError(f"{path}: empty file; expected a header {','.join(columns)}")
+    header = [h.strip() for h in header]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ProfileError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)}; expected {','.join(columns)}, "
+            f"found {','.join(header)}"
+        )
+    idx = [header.index(c) for c in columns]
+    num = set(numeric)
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        if not raw or all(not c.strip() for c in raw):
+            continue
+        if len(raw) < len(header):
+            raise ProfileError(
+                f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
+            )
+        row = []
+        for c, i in zip(columns, idx, strict=True):
+            cell = raw[i].strip()
+            if c in num:
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise ProfileError(
+                        f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
+                    )
+                if value < 0:
+                    raise ProfileError(
+                        f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"
+                    )
+                row.append(value)
+            else:
+                row.append(cell)
+        rows.append(tuple(row))
+    if not rows:
+        raise ProfileError(f"{path}: no data rows")
+    return rows
+
+
+def _tables_by_op(
+    path: Path,
+    rows: Iterable[tuple[str, float, float]],
+    known: Sequence[str],
+    required: Iterable[str],
+    axis: str,
+) -> dict[str, Table1D]:
+    by_op: dict[str, dict[float, float]] = {}
+    for op, x, us in rows:
+        if op not in known:
+            raise ProfileError(f"{path}: unknown op {op!r}; known ops: {', '.join(known)}")
+        points = by_op.setdefault(op, {})
+        if x in points:
+            raise ProfileError(f"{path}: op {op!r} has two rows for {axis}={x:g}")
+        points[x] = us
+    missing = [op for op in required if op not in by_op]
+    if missing:
+        raise ProfileError(f"{path}: missing op(s) {', '.join(missing)}")
+    tables = {}
+    for op, points in by_op.items():
+        xs = sorted(points)
+        tables[op] = Table1D(f"{path.name}:{op}", xs, [points[x] for x in xs], axis)
+    return tables
+
+
+def _full_grid(path: Path, rows: Sequence[tuple[float, float, float]], axes: tuple[str, str]) -> Table2D:
+    xs = sorted({r[0] for r in rows})
+    ys = sorted({r[1] for r in rows})
+    xi = {x: i for i, x in enumerate(xs)}
+    yi = {y: j for j, y in enumerate(ys)}
+    values = np.full((len(xs), len(ys)), np.nan)
+    for x, y, us in rows:
+        if not math.isnan(values[xi[x], yi[y]]):
+            raise ProfileError(f"{path}: two rows for {axes[0]}={x:g}, {axes[1]}={y:g}")
+        values[xi[x], yi[y]] = us
+    holes = np.argwhere(np.isnan(values))
+    if len(holes):
+        i, j = holes[0]
+        raise ProfileError(
+            f"{path}: not a full grid: no row for {axes[0]}={xs[i]:g}, {axes[1]}={ys[j]:g} "
+            f"({len(holes)} of {values.size} grid points missing); every {axes[0]} value needs "
+            f"every {axes[1]} value"
+        )
+    return Table2D(path.name, xs, ys, values, axes)
+
+
+# ---------------------------------------------------------------- pdsim format
+
+
+def _read_op_tables(
+    folder: Path, op_column: str, mlp_optional: bool = False
+) -> tuple[dict[str, Table1D], dict[str, Table1D]]:
+    """dense.csv (by tokens) and per_sequence.csv (by sequences), one table per op; both formats
+    share the layout and differ only in the name of the op column."""
+    p = folder / "dense.csv"
+    optional = OPTIONAL_DENSE_OPS | MLP_OPS if mlp_optional else OPTIONAL_DENSE_OPS
+    dense = _tables_by_op(
+        p,
+        _read_csv(p, (op_column, "tokens", "time_us"), ("tokens", "time_us")),
+        DENSE_OPS,
+        [op for op in DENSE_OPS if op not in optional],
+        "tokens",
+    )
+    p = folder / "per_sequence.csv"
+    per_seq = _tables_by_op(
+        p,
+        _read_csv(p, (op_column, "sequences", "time_us"), ("sequences", "time_us")),
+        PER_SEQUENCE_OPS,
+        PER_SEQUENCE_OPS,
+        "sequences",
+    )
+    return dense, per_seq
+
+
+def _optional_object(raw: dict, key: str, meta_path: Path) -> dict:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProfileError(f"{meta_path}: field {key!r}: expected an object, got {value!r}")
+    return value
+
+
+def _positive_int(value: object, key: str, meta_path: Path) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise ProfileError(f"{meta_path}: field {key!r}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_bytes(value: object, meta_path: Path) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ProfileError(
+            f"{meta_path}: field 'memory.activation_peak_bytes': expected a finite number of bytes >= 0, got {value!r}"
+        )
+    return value
+
+
+def _read_pdsim(root: Path) -> Profile:
+    meta_path = root / "meta.json"
+    raw = read_json_object(meta_path, ProfileError)
+    if raw.get("format", FORMAT_NAME) != FORMAT_NAME or raw.get("format_version", 1) != FORMAT_VERSION:
+        raise ProfileError(
+            f"{meta_path}: format {raw.get('format')!r} version {raw.get('format_version')!r}; "
+            f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}"
+        )
+
+    def need(key: str, kind: type) -> object:
+        if key not in raw:
+            raise ProfileError(f"{meta_path}: missing field {key!r}")
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
+            raise ProfileError(f"{meta_path}: field {key!r}: expected {kind.__name__}, got {raw[key]!r}")
+        return raw[key]
+
+    source = need("source", str)
+    if source not in ("measured", "estimated"):
+        raise ProfileError(f"{meta_path}: field 'source': expected 'measured' or 'estimated', got {source!r}")
+    dtype = need("dtype", str)
+    if dtype not in DTYPE_BYTES:
+        raise ProfileError(f"{meta_path}: field 'dtype': expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
+    tp = need("tp", int)
+    memory = _optional_object(raw, "memory", meta_path)
+    meta = ProfileMeta(
+        hardware=need("hardware", str),
+        model=need("model", str),
+        dtype=dtype,
+        tp=_positive_int(tp, "tp", meta_path),
+        source=source,
+        tool=str(raw.get("tool", "")),
+        tool_version=str(raw.get("tool_version", "")),
+        created_at=str(raw.get("created_at", "")),
+        num_layers=_positive_int(raw.get("num_layers"), "num_layers", meta_path),
+        device=_optional_object(raw, "device", meta_path),
+        activation_peak_bytes=_non_negative_bytes(memory.get("activation_peak_bytes"), meta_path),
+        activation_tokens=_positive_int(memory.get("max_num_batched_tokens"), "memory.max_num_batched_tokens",
+                                        meta_path),
+        notes=str(raw.get("notes", "")),
+        path=str(root),
+        fmt="pdsim",
+    )
+    dense, per_seq = _read_op_tables(root, "op")
+    cols = ("chunk_tokens", "kv_prefix_tokens", "time_us")
+    p = root / "attention_prefill.csv"
+    prefill = _full_grid(p, _read_csv(p, cols, cols), cols[:2])
+    cols = ("batch_size", "kv_tokens", "time_us")
+    p = root / "attention_decode.csv"
+    decode = _full_grid(p, _read_csv(p, cols, cols), cols[:2])
+    allreduce = None
+    p = root / "allreduce.csv"
+    if p.is_file():
+        rows = _read_csv(p, ("bytes", "time_us"), ("bytes", "time_us"))
+        allreduce = _tables_by_op(p, [("allreduce", b, us) for b, us in rows], ["allreduce"], [], "bytes")[
+            "allreduce"
+        ]
+    return Profile(meta, dense, per_seq, prefill, decode, None, allreduce)
+
+
+# ---------------------------------------------------------------- LLMServingSim format
+
+
+def _read_simple_yaml(path: Path) -> dict[str, str]:
+    """The top-level `key: scalar` pairs of a YAML file (nested blocks are skipped).
+
+    LLMServingSim's meta.yaml is read for a handful of top-level scalars only, which does not
+    justify a PyYAML dependency.
+    """
+    found: dict[str, str] = {}
+    for line in decode_text(path.read_bytes(), str(path), ProfileError).splitlines():
+        m = re.match(r"^([A-Za-z_][\w-]*):\s*(.*?)\s*$", line)  # top level: no indentation
+        if not m or not m.group(2) or m.group(2).startswith("#"):
+            continue
+        value = m.group(2)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        found[m.group(1)] = value
+    return found
+
+
+def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
+    meta_path = root / "meta.yaml"
+    raw = _read_simple_yaml(meta_path)
+    for key in ("model", "hardware"):
+        if key not in raw:
+            raise ProfileError(f"{meta_path}: missing top-level field {key!r}")
+    variant = raw.get("variant", raw.get("dtype", "bf16"))
+    dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(variant, variant)
+    meta = ProfileMeta(
+        hardware=raw["hardware"],
+        model=raw["model"],
+        dtype=dtype,
+        tp=tp,
+        source="measured",
+        tool="LLMServingSim profiler",
+        tool_version=raw.get("profiler_version", ""),
+        created_at=raw.get("profiled_at", ""),
+        num_layers=None,  # a one-layer copy was profiled; the count comes from the model
+        device={k: raw[k] for k in ("gpu", "vllm_version", "cuda_version") if k in raw},
+        activation_peak_bytes=None,
+        notes="LLMServingSim layer-wise profile (vLLM enforce_eager); TP all-reduce not included",
+        path=str(tp_dir),
+        fmt="llmservingsim",
+    )
+    moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
+    # A MoE model's layers have no dense MLP to profile (the predictor checks the model needs none).
+    mlp_optional = moe is not None or raw.get("architecture") in MOE_KEYS
+    dense, per_seq = _read_op_tables(tp_dir, "layer", mlp_optional=mlp_optional)
+    p = tp_dir / "attention.csv"
+    cols = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us")
+    arr = np.array(_read_csv(p, cols, cols), dtype=np.float64)
+    try:
+        grid = TableND(p.name, arr[:, :4], arr[:, 4], cols[:4])
+    except ValueError as e:
+        raise ProfileError(f"{p}: {e}") from None
+    return Profile(meta, dense, per_seq, None, None, grid, None, moe)

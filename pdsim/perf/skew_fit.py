@@ -1,0 +1,119 @@
+"""The decode-skew alpha a profile ships (docs/validation.md): LLMServingSim's overall
+`alpha_default` in meta.yaml and its per-bucket fit in skew_fit.csv, read for the predictor."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from pdsim.perf.profile import Profile
+
+
+def profile_skew_alpha(profile: Profile) -> float:
+    """The decode-skew alpha a profile ships: LLMServingSim's `skew_fit.per_tp.<tp>.alpha_default`
+    in meta.yaml; 0 (uniform-batch lookup) for profiles without one."""
+    if profile.meta.fmt != "llmservingsim":
+        return 0.0
+    meta_yaml = Path(profile.meta.path).parent / "meta.yaml"
+    try:
+        text = meta_yaml.read_text()
+    except OSError:
+        return 0.0
+    # skew_fit: ... per_tp:\n    1:\n      method: ...\n      alpha_default: 0.0543
+    m = re.search(rf"\n(\s+){profile.meta.tp}:\s*\n(?:\1\s+.*\n)*?\1\s+alpha_default:\s*([0-9.eE+-]+)", text)
+    return float(m.group(2)) if m else 0.0
+
+
+class SkewFit:
+    """LLMServingSim's per-bucket decode-skew fit (`skew_fit.csv` beside the tables): alpha by
+    prefill chunk tokens (`pc`, a profiled grid point; 0 for decode-only steps), decode batch-size
+    bucket (`n<=N`), skew-rate bucket (the share of the batch at the long KV, `sr<=P%`),
+    prefill-prefix bucket (`kp=0`, `kp<=N`) and longest-KV bucket.
+
+    pdsim's batches know their longest decode, not how many share it, so a batch of n is taken as
+    one long member among n: the skew-rate bucket that holds 1/n. The longest-KV buckets are
+    averaged, weighted by their sample counts. Between two profiled chunk sizes alpha is
+    interpolated linearly; outside them it is the nearest one's."""
+
+    def __init__(self, alphas: dict[tuple[float, float, float], dict[int, float]]):
+        # (n bucket upper, skew-rate bucket upper, kp bucket upper) -> (profiled pcs, their alphas)
+        self._by_bucket = {
+            key: (np.array(sorted(by_pc), dtype=float), np.array([by_pc[pc] for pc in sorted(by_pc)]))
+            for key, by_pc in alphas.items()
+        }
+        self._n_uppers = sorted({n for n, _, _ in alphas})
+        self._sr_uppers = sorted({sr for _, sr, _ in alphas})
+        self._kp_uppers = sorted({kp for _, _, kp in alphas})
+        self._cache: dict[tuple[int, int, int], float | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_bucket)
+
+    @classmethod
+    def read(cls, profile: Profile) -> SkewFit | None:
+        """The profile's fit; None for profiles without one (pdsim's own, aiconfigurator's)."""
+        if profile.meta.fmt != "llmservingsim":
+            return None
+        path = Path(profile.meta.path) / "skew_fit.csv"
+        if not path.is_file():
+            return None
+        sums: dict[tuple[float, float, float, int], list[float]] = {}
+        with path.open() as f:
+            header = f.readline().strip().split(",")
+            col = {c: i for i, c in enumerate(header)}
+            if not {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"} <= col.keys():
+                return None
+            for line in f:
+                r = line.strip().split(",")
+                if len(r) < len(header) or not r[col["pc"]].isdigit():
+                    continue
+                n_upper = _bucket_upper(r[col["n_label"]], "n")
+                sr_upper = _bucket_upper(r[col["skew_rate_label"]], "sr")
+                kp_upper = _bucket_upper(r[col["kp_label"]], "kp")
+                if n_upper is None or sr_upper is None or kp_upper is None:
+                    continue
+                w = float(r[col["n_samples"]])
+                acc = sums.setdefault((n_upper, min(sr_upper, 1.0), kp_upper, int(r[col["pc"]])), [0.0, 0.0])
+                acc[0] += w * float(r[col["alpha"]])
+                acc[1] += w
+        alphas: dict[tuple[float, float, float], dict[int, float]] = {}
+        for (n_upper, sr_upper, kp_upper, pc), (a, w) in sums.items():
+            if w > 0:
+                alphas.setdefault((n_upper, sr_upper, kp_upper), {})[pc] = a / w
+        return cls(alphas)
+
+    def alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float | None:
+        """alpha for a step of n_decode decodes beside prefill chunks of chunk_sum new tokens on
+        prefix_sum cached ones (0, 0: a decode-only step); None where the fit has no bucket."""
+        key = (chunk_sum, prefix_sum, n_decode)
+        if key in self._cache:
+            return self._cache[key]
+        n_upper = next((u for u in self._n_uppers if n_decode <= u), None)
+        sr_upper = next((u for u in self._sr_uppers if 1.0 / max(n_decode, 1) <= u), None)
+        kp_upper = next((u for u in self._kp_uppers if prefix_sum <= u), None)
+        found = self._by_bucket.get((n_upper, sr_upper, kp_upper))
+        alpha = None
+        if found is not None:
+            pcs, values = found
+            if chunk_sum == 0:
+                alpha = float(values[0]) if pcs[0] == 0 else None
+            else:
+                mixed = pcs > 0  # a decode-only step is no end point for a mixed one
+                if mixed.any():
+                    alpha = float(np.interp(chunk_sum, pcs[mixed], values[mixed]))
+        self._cache[key] = alpha
+        return alpha
+
+
+def _bucket_upper(label: str, axis: str) -> float | None:
+    """Upper bound of a skew-fit bucket label: `n<=128` -> 128, `kp<=2k` -> 2048, `kp=0` -> 0,
+    `sr<=5%` -> 0.05, `kp>8k` -> inf; None for anything else."""
+    m = re.fullmatch(rf"{axis}(<=|=|>)(\d+)(k|%)?", label)
+    if not m:
+        return None
+    if m.group(1) == ">":
+        return float("inf")
+    value = int(m.group(2))
+    return value / 100 if m.group(3) == "%" else float(value * (1024 if m.group(3) == "k" else 1))

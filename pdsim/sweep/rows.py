@@ -1,0 +1,100 @@
+"""A run's row: its columns, and the CSV the rows stream to while a sweep or search runs, so a
+killed command loses at most the runs in flight and `--resume` picks up the rest."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from pdsim.errors import PdsimError
+from pdsim.outputs import atomic_path
+
+ROW_FIELDS = [
+    "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "rate_per_s",
+    "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
+    "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
+    "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
+    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "offered_req_s",
+    "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s", "estimated_profile",
+]
+_INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "gpus", "requests", "finished",
+               "unfinished", "rejected", "scored", "backlog_growth", "stable", "estimated_profile"}
+_STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
+
+
+# -- the streamed CSV -----------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def partial_path(path: Path) -> Path:
+    """Where rows stream while a command runs (runs.partial.csv); moved to `path` when it succeeds,
+    so an earlier run's complete CSV is replaced only by a complete one."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+class RowWriter:
+    """Appends rows to <path>.partial as they arrive, flushed each time, so a killed run loses at most
+    the runs in flight. With resume, the rows already in the partial file (else in `path`, a
+    finished run) are kept and their keys skipped. The caller moves the partial file into place."""
+
+    def __init__(self, path: Path, fields: list[str], resume: bool) -> None:
+        self.path, self.fields = path, fields
+        self.partial = partial_path(path)
+        self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = self.partial if self.partial.exists() else path
+        if resume and source.exists() and source.stat().st_size > 0:
+            with source.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != fields:
+                    raise PdsimError(f"--resume: {source} has other columns than this command writes; "
+                                     f"use another --out or drop --resume")
+                for row in reader:
+                    # A run killed mid-write leaves a short last line: that run is simply done again.
+                    if None in row.values() or None in row:
+                        continue
+                    self.rows[self.key(row)] = parse_row(row)
+        # Rewritten whole (header plus the rows kept) and swapped in at once, so a torn last line
+        # never merges with a new one and a crash here loses none of the kept rows.
+        with atomic_path(self.partial) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(fields)
+            for row in self.rows.values():
+                writer.writerow([_fmt(row[f]) for f in fields])
+        self.file = self.partial.open("a", newline="")
+        self.writer = csv.writer(self.file)
+
+    def key(self, row: dict[str, Any]) -> tuple[str, ...]:
+        return row["label"], str(row["rate_per_s"])
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows[self.key(row)] = row
+        self.writer.writerow([_fmt(row[f]) for f in self.fields])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def parse_row(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row back into typed values; floats go through the same text as fresh rows do."""
+    out: dict[str, Any] = {}
+    for k, text in row.items():
+        if k in _STR_FIELDS:
+            out[k] = text
+        elif k in _INT_FIELDS:
+            out[k] = int(text)
+        else:
+            out[k] = float(text) if text != "" else math.nan
+    return out
+
+
+def normalize(row: dict[str, Any]) -> dict[str, Any]:
+    """A fresh row rounded as the CSV stores it, so resumed and fresh rows compare equal."""
+    return parse_row({k: _fmt(v) for k, v in row.items()})
