@@ -217,6 +217,20 @@ def _load_model(name: str, root: Path) -> ModelSpec:
     return _spec_from_hf(name, path, read_json_object(path))
 
 
+def _check_supported(path: Path, model_type: str, raw: dict) -> None:
+    """Refuse what pdsim does not model, naming the field."""
+    if model_type not in _SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(_SUPPORTED_MODEL_TYPES)
+        raise PdsimError(
+            f"{path}: field 'model_type': {model_type!r} is not supported; supported: {supported}"
+        )
+    for key in ("attention_bias", "mlp_bias"):
+        if raw.get(key) and model_type not in BIASED_MODEL_TYPES:
+            raise PdsimError(f"{path}: field {key!r}: biased projections are not modelled")
+    if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
+        raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
+
+
 def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
     def field(key: str, kind: type = int, default: object = None) -> object:
         if key not in raw or raw[key] is None:
@@ -232,17 +246,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         return value
 
     model_type = field("model_type", str)
-    if model_type not in _SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(_SUPPORTED_MODEL_TYPES)
-        raise PdsimError(
-            f"{path}: field 'model_type': {model_type!r} is not supported; supported: {supported}"
-        )
-    for key in ("attention_bias", "mlp_bias"):
-        if raw.get(key) and model_type not in BIASED_MODEL_TYPES:
-            raise PdsimError(f"{path}: field {key!r}: biased projections are not modelled")
-
-    if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
-        raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
+    _check_supported(path, model_type, raw)
     hidden = field("hidden_size")
     heads = field("num_attention_heads")
     # HF defaults: no num_key_value_heads means MHA; no head_dim means hidden / heads.

@@ -100,3 +100,24 @@ def test_imported_allreduce_is_the_measured_one_at_bytes_over_two(profiles):
     # TP 8, 1 MiB = 512 Ki bf16 elements: vLLM custom all-reduce (graph) measured 15.0 us there.
     prof = read_profile(profiles[8])
     assert prof.allreduce(2 ** 20) == pytest.approx(15.0, abs=0.1)
+
+
+def test_pcie_all_reduce_table_follows_vllms_choice_not_the_faster():
+    # On PCIe vLLM runs its custom all-reduce on two GPUs below 8 MiB even where NCCL is faster
+    # (as on the RTX PRO 6000 server's tables), NCCL above, and NCCL only on more GPUs.
+    import pandas as pd
+
+    from pdsim.perf.aiconfigurator import ALLREDUCE_BYTES, allreduce_rows
+
+    sizes = [2**k for k in range(6, 28)]  # elements
+    custom = pd.DataFrame({"message_size": sizes, "latency": [0.002 * (1 + s / 2**16) for s in sizes]})
+    nccl = pd.DataFrame({"message_size": sizes, "latency": [0.001 * (1 + s / 2**17) for s in sizes]})
+    faster = dict(allreduce_rows(custom, nccl, 2))
+    two = dict(allreduce_rows(custom, nccl, 2, pcie_gpus=2))
+    four = dict(allreduce_rows(custom, nccl, 2, pcie_gpus=4))
+    small = [b for b in ALLREDUCE_BYTES if b < 8 * 2**20]
+    large = [b for b in ALLREDUCE_BYTES if b >= 8 * 2**20]
+    assert small and large
+    assert all(two[b] > faster[b] for b in small)  # the slower custom kernel, as vLLM picks it
+    assert all(two[b] == faster[b] for b in large)
+    assert four == faster  # NCCL is the faster table here

@@ -31,6 +31,7 @@ import pandas as pd
 from pdsim.errors import ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.collectives import PCIE_CUSTOM_MAX_BYTES
 from pdsim.perf.estimate import BATCH_GRID, CHUNK_GRID, KV_GRID, PREFIX_GRID, SEQUENCE_GRID, TOKEN_GRID, estimate_rows
 from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
 
@@ -175,8 +176,11 @@ def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) ->
     return ((1 - t) * vals[0] + t * vals[1]) * 1e3
 
 
-def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: int) -> list[tuple[int, float]]:
-    """(bytes, us) at ALLREDUCE_BYTES: the faster of the custom all-reduce and NCCL tables.
+def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: int,
+                   pcie_gpus: int | None = None) -> list[tuple[int, float]]:
+    """(bytes, us) at ALLREDUCE_BYTES: the faster of the custom all-reduce and NCCL tables; on a PCIe
+    system (`pcie_gpus`, the TP size) what vLLM picks instead: its custom all-reduce on two GPUs below
+    its 8 MiB max_size, NCCL otherwise (pdsim/perf/collectives.py).
 
     Both tables are keyed by message size in ELEMENTS, not bytes: aiconfigurator's models pass
     `hidden_size` per token to CustomAllReduce and `num_elements_per_token` to NCCL
@@ -186,10 +190,24 @@ def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: 
     out = []
     for nbytes in ALLREDUCE_BYTES:
         elements = nbytes / bytes_per_element
+        tables = (custom, nccl)
+        if pcie_gpus is not None and len(nccl):
+            use_custom = pcie_gpus == 2 and nbytes < PCIE_CUSTOM_MAX_BYTES and len(custom)
+            tables = (custom,) if use_custom else (nccl,)
         cands = [float(np.interp(elements, t.message_size, t.latency)) * 1e3
-                 for t in (custom.sort_values("message_size"), nccl.sort_values("message_size")) if len(t)]
+                 for t in (t.sort_values("message_size") for t in tables) if len(t)]
         out.append((nbytes, min(cands)))
     return out
+
+
+def _allreduce(comm: Path, tp: int, dtype: str, pcie: bool) -> list[tuple[int, float]]:
+    custom = _read(_latest(comm, "vllm") / "custom_allreduce_perf.parquet")
+    custom = custom[(custom.num_gpus == tp) & (custom.backend == "vllm_graph")]
+    nccl = _read(_latest(comm, "nccl") / "nccl_perf.parquet")
+    nccl = nccl[(nccl.num_gpus == tp) & (nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half")]
+    if nccl.empty and custom.empty:
+        raise ProfileError(f"no all-reduce rows for {tp} GPUs in the aiconfigurator database")
+    return allreduce_rows(custom, nccl, dtype_bytes(dtype), tp if pcie else None)
 
 
 def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16",
@@ -237,16 +255,7 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
 
     prefill = [(c, p, prefill_us(c, p)) for c in CHUNK_GRID for p in PREFIX_GRID]
 
-    allreduce = None
-    if tp > 1:
-        comm = Path(root) / "comm"
-        custom = _read(_latest(comm, "vllm") / "custom_allreduce_perf.parquet")
-        custom = custom[(custom.num_gpus == tp) & (custom.backend == "vllm_graph")]
-        nccl = _read(_latest(comm, "nccl") / "nccl_perf.parquet")
-        nccl = nccl[(nccl.num_gpus == tp) & (nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half")]
-        if nccl.empty and custom.empty:
-            raise ProfileError(f"no all-reduce rows for {tp} GPUs in the aiconfigurator database")
-        allreduce = allreduce_rows(custom, nccl, dtype_bytes(dtype))
+    allreduce = _allreduce(Path(root) / "comm", tp, dtype, hardware.intra_node_link == "pcie") if tp > 1 else None
     gemms = f"GEMMs ({quantization} layer GEMMs from its {QUANT_GEMM_DTYPE[quantization]} table)" if quantization \
         else "GEMMs"
     notes = (f"aiconfigurator {system} database ({root}): {gemms}, attention ({kernel}), all-reduce measured; "
