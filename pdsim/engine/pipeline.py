@@ -1,0 +1,218 @@
+"""A pipeline-parallel instance (pp_size P > 1) as vLLM V1 runs one (docs/pipeline.md).
+
+vLLM's engine core keeps a batch queue of `max_concurrent_batches` = P scheduled batches
+(vllm/v1/executor/multiproc_executor.py; EngineCore.step_with_batch_queue in
+vllm/v1/engine/core.py, read in the 0.19.0 wheel): while the queue is not full and the oldest
+batch has not finished it schedules another at once, otherwise it blocks on the oldest batch and
+processes its output. The scheduler advances a request's computed tokens when it schedules it, so a
+request whose step is in flight has nothing left to schedule ("PP>1 and we have already scheduled
+all prompt tokens but they are not finished yet") and is skipped until its output returns.
+
+Here: the batches pass through P stages, each a SimPy Resource of capacity 1 (a stage computes one
+micro-batch at a time), with the activation send between stages (non-blocking in vLLM: isend, so
+the stage is free once its forward ends). The scheduler is pdsim's vLLM scheduler with the
+requests of in-flight batches taken out of its running list, decode cohort and prefill list while
+their batch is in flight (they keep their KV blocks and count against max_num_seqs) and put back,
+in admission order, when it returns.
+
+Simplifications (docs/pipeline.md): a partially prefilled request's next chunk waits for its
+previous chunk to return (vLLM may schedule it while the previous chunk is in flight); only
+requests not in flight can be preempted; async scheduling is not combined with PP.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from pdsim.engine.instance import Instance, InstanceSpec
+from pdsim.engine.request import Request
+from pdsim.engine.scheduler import Scheduler
+from pdsim.engine.step_plan import StepOutcome, StepPlan
+from pdsim.perf.pipeline_time import PipelinePredictor
+
+
+@dataclass
+class MicroBatch:
+    plan: StepPlan
+    launched_s: float
+    done: simpy.Event
+    decoders: list[Request] = field(default_factory=list)
+    prefills: list[Request] = field(default_factory=list)
+    kv_tokens: int = 0  # KV tokens its requests hold (for the router's load)
+
+
+class PipelineScheduler(Scheduler):
+    """vLLM's scheduler where the requests of in-flight micro-batches cannot be scheduled again."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._order: dict[Request, int] = {}  # admission order of running requests (vLLM's running list)
+        self._counter = itertools.count()
+        self.num_in_flight = 0
+        self.in_flight_tokens = 0
+
+    @property
+    def _slots_taken(self) -> int:
+        return len(self.running) + self._releasing_slots + self.num_in_flight
+
+    @property
+    def load_tokens(self) -> int:
+        return super().load_tokens + self.in_flight_tokens
+
+    def _preempt_last(self, now: float) -> Request:
+        victim = super()._preempt_last(now)
+        self._order.pop(victim, None)  # admitted again later, at the end of the running list
+        return victim
+
+    def detach(self, plan: StepPlan, batch: MicroBatch) -> None:
+        """Take the plan's requests out of the schedulable state while their batch is in flight."""
+        order, running = self._order, self.running
+        for req in running:
+            if req not in order:
+                order[req] = next(self._counter)
+        for req in [r for r in running if r.in_cohort]:
+            self.cohort.remove(req)
+            if req.num_computed % self.block_size == 0:
+                req.blocks += 1  # the block schedule() allocated for this step's token
+            batch.decoders.append(req)
+        for req, _ in plan.prefill:
+            self.prefilling.remove(req)
+            self.prefilling_kv_tokens -= req.num_computed
+            batch.prefills.append(req)
+        for req in (*batch.decoders, *batch.prefills):
+            del running[req]
+            batch.kv_tokens += req.num_computed
+        self.num_in_flight += len(batch.decoders) + len(batch.prefills)
+        self.in_flight_tokens += batch.kv_tokens
+
+    def complete_batch(self, batch: MicroBatch, now: float) -> StepOutcome:
+        """Put the batch's requests back where they were and apply its step."""
+        self.num_in_flight -= len(batch.decoders) + len(batch.prefills)
+        self.in_flight_tokens -= batch.kv_tokens
+        for req in batch.decoders:
+            self.cohort.add(req)
+        for req in batch.prefills:
+            self.prefilling.append(req)
+            self.prefilling_kv_tokens += req.num_computed
+        order = self._order
+        self.prefilling.sort(key=order.__getitem__)
+        self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills],
+                                            key=order.__getitem__))
+        out = self.complete(batch.plan, 1, now)
+        for req in (*out.finished, *out.handoffs):
+            order.pop(req, None)
+        return out
+
+
+class PipelinedInstance(Instance):
+    """An instance of P pipeline stages with vLLM's batch queue of P micro-batches."""
+
+    predictor: PipelinePredictor
+
+    def __init__(self, env: simpy.Environment, spec: InstanceSpec, predictor: PipelinePredictor,
+                 num_blocks: int, max_decode_run_steps: int) -> None:
+        super().__init__(env, spec, predictor, num_blocks, 1)
+        old = self.sched
+        self.sched = PipelineScheduler(
+            self.kv, max_num_seqs=old.max_num_seqs, max_num_batched_tokens=old.max_num_batched_tokens,
+            enable_chunked_prefill=old.enable_chunked_prefill, prefill_only=old.prefill_only,
+            max_decode_run_steps=1, long_prefill_token_threshold=old.long_prefill_token_threshold,
+            async_scheduling=False, reserve_full_isl=old.reserve_full_isl)
+        self.num_stages = predictor.num_stages
+        self.stages = [simpy.Resource(env, capacity=1) for _ in range(self.num_stages)]
+        self.in_flight: deque[MicroBatch] = deque()
+        self.stage_busy_s = [0.0] * self.num_stages
+        self._busy_since: float | None = None
+
+    def _loop(self):
+        env, sched = self.env, self.sched
+        while True:
+            if self.pending:
+                self._reserve_pending()
+            if self._not_picked_up:
+                self._pick_up()
+            # vLLM processes a finished batch's output before it schedules more.
+            if self.in_flight and self.in_flight[-1].done.triggered:
+                self._collect()
+                continue
+            if len(self.in_flight) < self.num_stages:
+                plan = sched.schedule(env.now)
+                if not plan.empty:
+                    self._launch(plan)
+                    continue
+            if self.in_flight:
+                yield self.in_flight[-1].done
+                self._collect()
+                continue
+            yield from self._sleep()
+
+    def _launch(self, plan: StepPlan) -> None:
+        env = self.env
+        chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
+        stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
+        send_s = self.predictor.send_s(sum(c for c, _ in chunks) + plan.n_decode)
+        batch = MicroBatch(plan, env.now, env.event())
+        self.sched.detach(plan, batch)
+        if plan.prefill:
+            self.on_prefill_step(self, plan, env.now, sum(stage_s) + (self.num_stages - 1) * send_s)
+        if self._busy_since is None:
+            self._busy_since = env.now
+        self.in_flight.appendleft(batch)
+        env.process(self._through_stages(batch, stage_s, send_s))
+
+    def _through_stages(self, batch: MicroBatch, stage_s: tuple[float, ...], send_s: float):
+        env = self.env
+        for i, (stage, seconds) in enumerate(zip(self.stages, stage_s)):
+            with stage.request() as turn:
+                yield turn
+                yield env.timeout(seconds)
+                self.stage_busy_s[i] += seconds
+            if i < self.num_stages - 1:
+                yield env.timeout(send_s)  # isend: the stage is free for the next micro-batch
+        batch.done.succeed()
+
+    def _collect(self) -> None:
+        batch = self.in_flight.pop()
+        now = self.env.now
+        durations = np.array([now - batch.launched_s])
+        outcome = self.sched.complete_batch(batch, now)
+        self._record(batch.plan, durations, outcome)
+        self._last_steps = None  # inputs are taken in at every decision, which happen at launches and returns
+        if not self.in_flight:
+            self.stats.busy_s += now - self._busy_since
+            self._busy_since = None
+
+    def _record(self, plan: StepPlan, durations: np.ndarray, outcome: StepOutcome) -> None:
+        """Instance._after_steps's bookkeeping for one micro-batch (busy time counted in _collect:
+        micro-batches overlap)."""
+        stats = self.stats
+        stats.steps += 1
+        stats.prompt_tokens += outcome.prompt_tokens
+        stats.decode_tokens += outcome.decode_tokens
+        if plan.n_decode:
+            stats.itl_runs.append((durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders)))
+        now = self.env.now
+        for req in plan.fresh_decoders:
+            stats.itl_gaps_s.append(now - req.last_token_s)
+            if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
+                req.decode_first_token_s = now
+        stats.itl_gaps_s.extend(outcome.gap_itls_s)
+        for req in outcome.finished:
+            self.on_finish(req)
+        for req in outcome.handoffs:
+            self.on_handoff(self, req)
+
+    @property
+    def num_requests(self) -> int:
+        return super().num_requests + self.sched.num_in_flight
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        sched = self.sched
+        prefill = len(sched.prefilling) + sum(len(b.prefills) for b in self.in_flight)
+        decode = sched.cohort.n + sum(len(b.decoders) for b in self.in_flight)
+        return prefill, decode, self.kv.used, self.stats.decode_tokens
