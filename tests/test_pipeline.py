@@ -74,6 +74,29 @@ def test_single_request_ttft_is_the_sum_of_stages_plus_the_send():
     assert send > 0
 
 
+def test_a_long_prompts_chunks_are_pipelined():
+    # 8,000 tokens in chunks of 2,048: vLLM schedules the next chunk while the previous one is in
+    # flight, so the chunks follow each other through stage 0 and the prompt takes about one stage
+    # per chunk plus one pass through the rest, not a whole pass per chunk.
+    rows = [(8000, 2, 0.0)]
+    (r2,) = run(cluster(_pp()), rows).requests
+    pred = _built(cluster(_pp())).predictor
+    chunks = [(2048, 0), (2048, 2048), (2048, 4096), (1856, 6144)]
+    per_chunk = [pred.stage_times_s([c], 0, 0) for c in chunks]
+    serial = sum(sum(t) + pred.send_s(c[0]) for t, c in zip(per_chunk, chunks))
+    ttft = r2.first_token_s - r2.arrival_s
+    assert ttft < 0.8 * serial
+    # By hand: at most 2 chunks in flight (a chunk is scheduled once the one two before it returned);
+    # each stage takes one chunk at a time, in order; stage 1 after the chunk's stage 0 and send.
+    launch, stage0_end, stage1_end, done = 0.0, 0.0, 0.0, []
+    for k, (t, c) in enumerate(zip(per_chunk, chunks)):
+        launch = max(launch, done[k - 2] if k >= 2 else 0.0)
+        stage0_end = max(launch, stage0_end) + t[0]
+        stage1_end = max(stage0_end + pred.send_s(c[0]), stage1_end) + t[1]
+        done.append(stage1_end)
+    assert ttft == pytest.approx(done[-1], rel=1e-6)
+
+
 def test_two_micro_batches_overlap_in_steady_decode():
     # 64 short prompts at once: the token budget (2048) puts 32 in each of two micro-batches, which
     # then alternate through the two stages.

@@ -15,13 +15,16 @@ requests of in-flight batches taken out of its running list, decode cohort and p
 their batch is in flight (they keep their KV blocks and count against max_num_seqs) and put back,
 in admission order, when it returns.
 
-Simplifications (docs/pipeline.md): a partially prefilled request's next chunk waits for its
-previous chunk to return (vLLM may schedule it while the previous chunk is in flight); only
-requests not in flight can be preempted; async scheduling is not combined with PP.
+A prompt's chunks before its last are applied when scheduled, as vLLM advances computed tokens
+then: the next chunk may go in the next micro-batch while the previous one is in flight. The last
+chunk (which samples a token) and every decode are taken out until their batch returns.
+Simplifications (docs/pipeline.md): only requests not in flight can be preempted; async
+scheduling is not combined with PP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +47,8 @@ class MicroBatch:
     decoders: list[Request] = field(default_factory=list)
     prefills: list[Request] = field(default_factory=list)
     kv_tokens: int = 0  # KV tokens its requests hold (for the router's load)
+    final_plan: StepPlan | None = None  # the plan less the chunks applied at launch (not final ones)
+    partial_tokens: int = 0  # prompt tokens of those chunks
 
 
 class PipelineScheduler(Scheduler):
@@ -80,10 +85,21 @@ class PipelineScheduler(Scheduler):
             if req.num_computed % self.block_size == 0:
                 req.blocks += 1  # the block schedule() allocated for this step's token
             batch.decoders.append(req)
-        for req, _ in plan.prefill:
+        final = []
+        for (req, num_new), prefix in zip(plan.prefill, plan.prefill_prefix):
+            if req.num_computed + num_new < req.input_toks + req.num_generated:
+                # Not the prompt's last chunk: vLLM advances the computed tokens when it schedules, so the
+                # next chunk can go in the next micro-batch while this one is in flight.
+                req.num_computed += num_new
+                self.prefilling_kv_tokens += num_new
+                batch.partial_tokens += num_new
+                continue
+            final.append(((req, num_new), prefix))
             self.prefilling.remove(req)
             self.prefilling_kv_tokens -= req.num_computed
             batch.prefills.append(req)
+        batch.final_plan = dataclasses.replace(plan, prefill=[f[0] for f in final],
+                                               prefill_prefix=[f[1] for f in final])
         for req in (*batch.decoders, *batch.prefills):
             del running[req]
             batch.kv_tokens += req.num_computed
@@ -103,7 +119,8 @@ class PipelineScheduler(Scheduler):
         self.prefilling.sort(key=order.__getitem__)
         self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills],
                                             key=order.__getitem__))
-        out = self.complete(batch.plan, 1, now)
+        out = self.complete(batch.final_plan or batch.plan, 1, now)
+        out.prompt_tokens += batch.partial_tokens
         for req in (*out.finished, *out.handoffs):
             order.pop(req, None)
         return out
@@ -128,6 +145,7 @@ class PipelinedInstance(Instance):
         self.in_flight: deque[MicroBatch] = deque()
         self.stage_busy_s = [0.0] * self.num_stages
         self._busy_since: float | None = None
+        self._stage0_free_s = 0.0
 
     def _loop(self):
         env, sched = self.env, self.sched
@@ -157,9 +175,12 @@ class PipelinedInstance(Instance):
         stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
         send_s = self.predictor.send_s(sum(c for c, _ in chunks) + plan.n_decode)
         batch = MicroBatch(plan, env.now, env.event())
+        # Micro-batches enter the first stage in launch order: this one starts there when the last one left.
+        start = max(env.now, self._stage0_free_s)
+        self._stage0_free_s = start + stage_s[0]
+        if plan.prefill:  # before detach: the layer-wise hand-off reads the chunks' progress as scheduled
+            self.on_prefill_step(self, plan, start, sum(stage_s) + (self.num_stages - 1) * send_s)
         self.sched.detach(plan, batch)
-        if plan.prefill:
-            self.on_prefill_step(self, plan, env.now, sum(stage_s) + (self.num_stages - 1) * send_s)
         if self._busy_since is None:
             self._busy_since = env.now
         self.in_flight.appendleft(batch)
