@@ -159,3 +159,24 @@ def test_pd_with_a_pipelined_prefill_instance_moves_all_the_kv():
     piped = run(cluster(_pp("prefill"), instance("decode")), rows).requests
     assert [r.status for r in piped] == ["finished"] * 2
     assert [r.kv_bytes for r in piped] == [r.kv_bytes for r in flat] and flat[0].kv_bytes > 0
+
+
+def test_moe_dp_group_ranks_send_micro_batches_through_the_stages_together(monkeypatch):
+    # Two pipelined MoE ranks in one DP group: every launch is a group micro-batch (a dummy one on an
+    # idle rank), so both ranks launch at the same instants, and up to pp_size are in flight.
+    launches: dict[str, list[tuple[float, int]]] = {"n0.i0": [], "n0.i1": []}
+    launch = engine_pipeline.PipelinedInstance._launch
+
+    def recorded(self, plan, stage_s, send_s):
+        launch(self, plan, stage_s, send_s)
+        launches[self.id].append((self.env.now, len(self.in_flight)))
+
+    monkeypatch.setattr(engine_pipeline.PipelinedInstance, "_launch", recorded)
+    rank = {"model_name": "Qwen/Qwen3-30B-A3B-Instruct-2507", "hardware": "RTXPRO6000",
+            "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "tp_size": 1, "pp_size": 2,
+            "ep_size": 2, "dp_group": "A", "pd_type": None}
+    rows = [(600, 20, 0.0)] * 12  # 3,600 prompt tokens per rank: two micro-batches of at most 2,048
+    res = run(cluster(rank, dict(rank)), rows)
+    assert all(r.status == "finished" for r in res.requests)
+    assert [t for t, _ in launches["n0.i0"]] == [t for t, _ in launches["n0.i1"]]
+    assert max(n for _, n in launches["n0.i0"]) == 2

@@ -88,7 +88,7 @@ def build_instance(
     spec = _spec(ref, ic, budget, kv_per_token)
     num_blocks = budget.usable_blocks
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
-    engine = PipelinedInstance if ic.pp_size > 1 and not lockstep else Instance
+    engine = PipelinedInstance if ic.pp_size > 1 else Instance
     inst = engine(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,

@@ -160,8 +160,18 @@ class PipelinedInstance(Instance):
                 continue
             if len(self.in_flight) < self.num_stages:
                 plan = sched.schedule(env.now)
-                if not plan.empty:
-                    self._launch(plan)
+                if self.dp_group is not None:
+                    # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
+                    self._idle, self._woken_at_barrier = True, False
+                    priced = yield from self.dp_group.step(self, plan)
+                    self._idle = False
+                    if priced is not None:
+                        self._launch(plan, *priced)  # an empty plan: this rank's dummy batch
+                        continue
+                    if self._woken_at_barrier:
+                        continue
+                elif not plan.empty:
+                    self._launch(plan, *self._price(plan))
                     continue
             if self.in_flight:
                 yield self.in_flight[-1].done
@@ -169,11 +179,13 @@ class PipelinedInstance(Instance):
                 continue
             yield from self._sleep()
 
-    def _launch(self, plan: StepPlan) -> None:
-        env = self.env
+    def _price(self, plan: StepPlan) -> tuple[tuple[float, ...], float]:
         chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
         stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
-        send_s = self.predictor.send_s(sum(c for c, _ in chunks) + plan.n_decode)
+        return stage_s, self.predictor.send_s(sum(c for c, _ in chunks) + plan.n_decode)
+
+    def _launch(self, plan: StepPlan, stage_s: tuple[float, ...], send_s: float) -> None:
+        env = self.env
         batch = MicroBatch(plan, env.now, env.event())
         # Micro-batches enter the first stage in launch order: this one starts there when the last one left.
         start = max(env.now, self._stage0_free_s)
@@ -200,9 +212,9 @@ class PipelinedInstance(Instance):
     def _collect(self) -> None:
         batch = self.in_flight.pop()
         now = self.env.now
-        durations = np.array([now - batch.launched_s])
-        outcome = self.sched.complete_batch(batch, now)
-        self._record(batch.plan, durations, outcome)
+        if not batch.plan.empty:  # a DP rank's dummy batch changes nothing
+            outcome = self.sched.complete_batch(batch, now)
+            self._record(batch.plan, np.array([now - batch.launched_s]), outcome)
         self._last_steps = None  # inputs are taken in at every decision, which happen at launches and returns
         if not self.in_flight:
             self.stats.busy_s += now - self._busy_since

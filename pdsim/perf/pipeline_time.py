@@ -137,3 +137,13 @@ class PipelinePredictor:
 
     def dummy_step_s(self) -> float:
         return self.step_time_s(((1, 0),), 0, 0) - (self._lm_head(1) + self._sampler(1)) * 1e-6
+
+    def dummy_stage_times_s(self) -> tuple[float, ...]:
+        """An idle DP rank's dummy batch (one token, no logits or sampling) on each stage."""
+        times = list(self.stage_times_s(((1, 0),), 0, 0))
+        times[-1] = max(times[-1] - (self._lm_head(1) + self._sampler(1)) * 1e-6, 0.0)
+        return tuple(times)
+
+    @property
+    def moe_layers_per_stage(self) -> list[int]:
+        return [p.model.moe.moe_layers if p.model.moe is not None else 0 for p in self.stages]
