@@ -10,7 +10,7 @@ from pdsim.engine import pipeline as engine_pipeline
 from pdsim.engine.cluster import Cluster, SimOptions
 from pdsim.errors import ConfigError
 from pdsim.models import load_model
-from pdsim.perf.pipeline import pp_partition, pp_stages, stage_weight_bytes
+from pdsim.perf.pipeline import pp_partition, pp_stages, stage_model, stage_weight_bytes
 from tests.helpers import MODEL, cluster, instance, run
 
 
@@ -45,6 +45,18 @@ def test_stage_weights_add_up_to_the_model():
     matrix = model.vocab_size * model.hidden_size * 2
     assert first - last == -model.hidden_size * 2  # same layers; embedding vs LM head + final norm
     assert abs(first - (whole - matrix) / 2) < matrix  # half the layers, one of the two big matrices
+
+
+def test_moe_mla_stages_hold_their_experts_and_add_up():
+    # DeepSeek-V3: 61 layers, the first 3 dense (MLA attention, fp8 block-wise weights, experts over EP 4).
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    whole = model.weight_bytes("bfloat16", 4, 4, "fp8_block")
+    for pp, moe_layers in ((2, [28, 30]), (4, [12, 15, 16, 15])):
+        stages = pp_stages(model.num_layers, pp)
+        assert [stage_model(model, s).moe.moe_layers for s in stages] == moe_layers
+        assert sum(stage_weight_bytes(model, s, "bfloat16", 4, 4, "fp8_block") for s in stages) == whole
+        per_token = [stage_model(model, s).kv_bytes_per_token("bfloat16", 4) for s in stages]
+        assert sum(per_token) == model.kv_bytes_per_token("bfloat16", 4)
 
 
 def test_memory_per_gpu_and_kv_blocks_p2_vs_p1():
