@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from pdsim.engine.cohort import DecodeCohort
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler
@@ -47,7 +48,8 @@ class MicroBatch:
     decoders: list[Request] = field(default_factory=list)
     prefills: list[Request] = field(default_factory=list)
     kv_tokens: int = 0  # KV tokens its requests hold (for the router's load)
-    final_plan: StepPlan | None = None  # the plan less the chunks applied at launch (not final ones)
+    cohort: DecodeCohort | None = None  # the scheduler's decode cohort when it was launched
+    final_plan: StepPlan | None = None  # the plan less the chunks applied at launch (not a prompt's last)
     partial_tokens: int = 0  # prompt tokens of those chunks
 
 
@@ -74,17 +76,18 @@ class PipelineScheduler(Scheduler):
         self._order.pop(victim, None)  # admitted again later, at the end of the running list
         return victim
 
+    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
+        self._order[req] = next(self._counter)  # joins the end of vLLM's running list
+        return super()._start(req, num_new, now, plan, hit)
+
     def detach(self, plan: StepPlan, batch: MicroBatch) -> None:
-        """Take the plan's requests out of the schedulable state while their batch is in flight."""
-        order, running = self._order, self.running
-        for req in running:
-            if req not in order:
-                order[req] = next(self._counter)
-        for req in [r for r in running if r.in_cohort]:
-            self.cohort.remove(req)
-            if req.num_computed % self.block_size == 0:
-                req.blocks += 1  # the block schedule() allocated for this step's token
-            batch.decoders.append(req)
+        """Take the plan's requests out of the schedulable state while their batch is in flight.
+
+        Every decoding request of the cohort is in the plan, so the batch takes the whole cohort
+        object (its members keep their progress relative to it) and the scheduler starts a new one."""
+        running = self.running
+        batch.decoders = [r for r in running if r.in_cohort]
+        batch.cohort, self.cohort = self.cohort, DecodeCohort(self.block_size)
         final = []
         for (req, num_new), prefix in zip(plan.prefill, plan.prefill_prefix):
             if req.num_computed + num_new < req.input_toks + req.num_generated:
@@ -98,25 +101,31 @@ class PipelineScheduler(Scheduler):
             self.prefilling.remove(req)
             self.prefilling_kv_tokens -= req.num_computed
             batch.prefills.append(req)
-        batch.final_plan = dataclasses.replace(plan, prefill=[f[0] for f in final],
-                                               prefill_prefix=[f[1] for f in final])
-        for req in (*batch.decoders, *batch.prefills):
-            del running[req]
-            batch.kv_tokens += req.num_computed
+        batch.final_plan = plan if len(final) == len(plan.prefill) else dataclasses.replace(
+            plan, prefill=[f[0] for f in final], prefill_prefix=[f[1] for f in final])
+        if batch.prefills:
+            gone = set(batch.prefills)
+            self.running = {r: None for r in running if not r.in_cohort and r not in gone}
+        elif batch.decoders:
+            self.running = {r: None for r in running if not r.in_cohort}
+        batch.kv_tokens = batch.cohort.kv_sum + sum(r.num_computed for r in batch.prefills)
         self.num_in_flight += len(batch.decoders) + len(batch.prefills)
         self.in_flight_tokens += batch.kv_tokens
 
     def complete_batch(self, batch: MicroBatch, now: float) -> StepOutcome:
         """Put the batch's requests back where they were and apply its step."""
+        # The engine schedules between any two returns (pdsim/engine/pipeline.py's loop, as vLLM's
+        # step_with_batch_queue), and every schedule leaves the cohort empty or launches it whole.
+        assert self.cohort.n == 0, "a returning micro-batch found decodes that were never launched"
+        self.cohort = batch.cohort
         self.num_in_flight -= len(batch.decoders) + len(batch.prefills)
         self.in_flight_tokens -= batch.kv_tokens
-        for req in batch.decoders:
-            self.cohort.add(req)
-        for req in batch.prefills:
-            self.prefilling.append(req)
-            self.prefilling_kv_tokens += req.num_computed
         order = self._order
-        self.prefilling.sort(key=order.__getitem__)
+        if batch.prefills:
+            for req in batch.prefills:
+                self.prefilling.append(req)
+                self.prefilling_kv_tokens += req.num_computed
+            self.prefilling.sort(key=order.__getitem__)
         self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills],
                                             key=order.__getitem__))
         out = self.complete(batch.final_plan or batch.plan, 1, now)
@@ -148,33 +157,34 @@ class PipelinedInstance(Instance):
         self._stage0_free_s = 0.0
 
     def _loop(self):
+        """vLLM's step_with_batch_queue: schedule a batch while the queue has room; go on scheduling
+        while the oldest batch has not finished, else (or when nothing was scheduled) wait for the
+        oldest and process its output."""
         env, sched = self.env, self.sched
         while True:
             if self.pending:
                 self._reserve_pending()
             if self._not_picked_up:
                 self._pick_up()
-            # vLLM processes a finished batch's output before it schedules more.
-            if self.in_flight and self.in_flight[-1].done.triggered:
-                self._collect()
-                continue
             if len(self.in_flight) < self.num_stages:
                 plan = sched.schedule(env.now)
+                priced = None
                 if self.dp_group is not None:
                     # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
                     self._idle, self._woken_at_barrier = True, False
-                    priced = yield from self.dp_group.step(self, plan)
+                    priced = yield from self.dp_group.step(self, plan)  # None: no rank has work
                     self._idle = False
-                    if priced is not None:
-                        self._launch(plan, *priced)  # an empty plan: this rank's dummy batch
-                        continue
-                    if self._woken_at_barrier:
+                    if priced is None and self._woken_at_barrier:
                         continue
                 elif not plan.empty:
-                    self._launch(plan, *self._price(plan))
-                    continue
+                    priced = self._price(plan)
+                if priced is not None:
+                    self._launch(plan, *priced)  # an empty plan: a DP rank's dummy batch
+                    if len(self.in_flight) < self.num_stages and not self.in_flight[-1].done.triggered:
+                        continue
             if self.in_flight:
-                yield self.in_flight[-1].done
+                if not self.in_flight[-1].done.triggered:
+                    yield self.in_flight[-1].done
                 self._collect()
                 continue
             yield from self._sleep()
