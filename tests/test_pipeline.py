@@ -9,6 +9,7 @@ import simpy
 from pdsim.engine import pipeline as engine_pipeline
 from pdsim.engine.cluster import Cluster, SimOptions
 from pdsim.errors import ConfigError
+from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.perf.pipeline import pp_partition, pp_stages, stage_model, stage_weight_bytes
 from tests.helpers import MODEL, cluster, instance, run
@@ -151,7 +152,7 @@ def test_requests_are_never_scheduled_twice_while_in_flight(monkeypatch):
             for t in np.sort(rng.uniform(0, 2, 120))]
     res = run(cluster(_pp(pp=4, max_num_seqs=16)), rows)
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
-    assert max(launched) <= 16 + 0  # max_num_seqs counts the requests in flight
+    assert max(launched) <= 16  # max_num_seqs counts the requests in flight
     assert not in_flight
 
 
@@ -192,3 +193,13 @@ def test_moe_dp_group_ranks_send_micro_batches_through_the_stages_together(monke
     assert all(r.status == "finished" for r in res.requests)
     assert [t for t, _ in launches["n0.i0"]] == [t for t, _ in launches["n0.i1"]]
     assert max(n for _, n in launches["n0.i0"]) == 2
+
+
+def test_summary_reports_the_stages():
+    res = run(cluster(_pp(pp=4)), [(500, 50, 0.0), (500, 50, 0.001), (3000, 20, 0.002)])
+    inst = summarize(res, requests_frame(res))["instances"][0]
+    assert inst["pp"] == 4 and len(inst["stage_busy_fraction"]) == 4
+    # Each stage is busy for part of the time the instance has a batch in flight, never more.
+    assert all(0 < f <= inst["busy_fraction"] + 1e-9 for f in inst["stage_busy_fraction"])
+    flat = run(cluster(instance(None)), [(500, 5, 0.0)])
+    assert "pp" not in summarize(flat, requests_frame(flat))["instances"][0]
