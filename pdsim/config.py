@@ -307,7 +307,8 @@ class InstanceConfig(_Strict):
                 {
                     "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU "
                     f"({self.quantization or self.dtype}, "
-                    f"tp={self.tp_size}) but only {usable_gb:.2f} GB is usable "
+                    f"tp={self.tp_size}{f', pp={self.pp_size}' if self.pp_size > 1 else ''}) "
+                    f"but only {usable_gb:.2f} GB is usable "
                     f"(mem_size {self.npu_mem.mem_size:g} GB x {util_name} {util:g})"
                 },
             )
