@@ -178,10 +178,7 @@ class InstanceConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> InstanceConfig:
         if self.pp_size > 1:
-            raise PydanticCustomError(
-                "pp", "pp_size {pp}: pipeline parallelism is not modelled yet; only pp_size 1 is supported",
-                {"pp": self.pp_size},
-            )
+            _check_pipeline(self)
         if self.tp_size * self.pp_size > self.num_npus:
             raise PydanticCustomError(
                 "npus",
@@ -205,6 +202,11 @@ class InstanceConfig(_Strict):
         # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them).
         expert_shards = max(self.tp_size, self.effective_ep_size())
         weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
+        if self.pp_size > 1:  # each GPU holds its stage's layers (pdsim/perf/pipeline.py)
+            from pdsim.perf.pipeline import max_stage_weight_bytes
+
+            weight_gb = max_stage_weight_bytes(model, self.pp_size, self.dtype, self.tp_size, expert_shards,
+                                               self.quantization) / GB
         util_name, util = (("mem_util", self.npu_mem.mem_util) if self.npu_mem.mem_util is not None
                            else ("gpu_memory_utilization", self.gpu_memory_utilization or 0.9))
         usable_gb = self.npu_mem.mem_size * util
@@ -215,7 +217,8 @@ class InstanceConfig(_Strict):
                 {
                     "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU "
                     f"({self.quantization or self.dtype}, "
-                    f"tp={self.tp_size}) but only {usable_gb:.2f} GB is usable "
+                    f"tp={self.tp_size}{f', pp={self.pp_size}' if self.pp_size > 1 else ''}) "
+                    f"but only {usable_gb:.2f} GB is usable "
                     f"(mem_size {self.npu_mem.mem_size:g} GB x {util_name} {util:g})"
                 },
             )
@@ -232,6 +235,19 @@ class InstanceConfig(_Strict):
                 "memory", "{msg}",
                 {"msg": f"npu_mem.mem_size: {self.npu_mem.mem_size:g} GB is more than the {self.hardware}'s "
                         f"{spec.mem_size_gb:g} GB ({spec.source}); pdsim does not clamp it"})
+
+
+def _check_pipeline(ic: InstanceConfig) -> None:
+    """What pdsim's pipeline model (docs/pipeline.md) needs of a pp_size > 1 instance."""
+    layers = load_model(ic.model_name).num_layers
+    if ic.pp_size > layers:
+        raise PydanticCustomError("pp", "pp_size {pp}: more pipeline stages than the model's {n} layers",
+                                  {"pp": ic.pp_size, "n": layers})
+    if ic.async_scheduling:
+        raise PydanticCustomError(
+            "pp", "pp_size {pp} with async_scheduling true is not modelled (vLLM then schedules a decode again "
+            "while its last step is still in flight); set async_scheduling false (docs/pipeline.md)",
+            {"pp": ic.pp_size})
 
 
 class NodeConfig(_Strict):

@@ -10,12 +10,15 @@ import simpy
 from pdsim.config import GB, ClusterConfig, InstanceConfig, InstanceRef
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.options import SimOptions
+from pdsim.engine.pipeline import PipelinedInstance
+from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import HardwareSpec, get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
+from pdsim.perf.pipeline import pipeline_kv_budget
 from pdsim.perf.predictor import StepTimePredictor
 
 # Makes an instance's step-time model; called as StepTimePredictor is. Tests pass a closed-form one.
@@ -59,23 +62,34 @@ def build_instance(
         )
     except ProfileError as exc:
         raise ProfileError(f"{where}.hardware: {exc}") from None
-    predictor = step_times(
-        profile, model, ic.tp_size, _tp_link_hardware(get_hardware(ic.hardware), cfg),
+    hardware = _tp_link_hardware(get_hardware(ic.hardware), cfg)
+    knobs = dict(
         step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
         step_overhead_per_seq_us=(opts.step_overhead_per_seq_us if opts.step_overhead_per_seq_us is not None
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
         moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
     )
+    predictor = step_times(profile, model, ic.tp_size, hardware, **knobs)
+    if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py
+        predictor = pipeline_predictor(predictor, step_times, profile, model, ic, hardware, knobs,
+                                       pp_link(cfg, ref.node_index))
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
-    budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
-                       placement.expert_shards)
-    spec = _spec(ref, ic, budget, model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size))
+    kv_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
+    if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
+        staged = pipeline_kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
+                                    placement.expert_shards)
+        budget, kv_per_token = staged.budget, staged.kv_bytes_per_token
+    else:
+        budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
+                           placement.expert_shards)
+    spec = _spec(ref, ic, budget, kv_per_token)
     num_blocks = budget.usable_blocks
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
-    inst = Instance(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
+    engine = PipelinedInstance if ic.pp_size > 1 else Instance
+    inst = engine(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
@@ -96,7 +110,7 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         weight_bytes=budget.weight_bytes, activation_bytes=budget.activation_bytes + budget.other_bytes,
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
-        kv_dtype=ic.kv_dtype,
+        kv_dtype=ic.kv_dtype, pp=ic.pp_size,
         enable_prefix_caching=ic.enable_prefix_caching,
     )
 

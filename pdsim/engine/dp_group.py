@@ -53,7 +53,7 @@ class DPGroup:
     def choose_rank(self, candidates: Sequence[Instance]) -> Instance:
         def score(inst: Instance) -> int:
             waiting = len(inst.sched.waiting) + len(inst.pending)
-            return 4 * waiting + len(inst.sched.running)
+            return 4 * waiting + len(inst.sched.running) + inst.sched.num_in_flight
 
         return min(candidates, key=score)  # min keeps the first (lowest rank) of equal scores
 
@@ -102,7 +102,9 @@ def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str,
     for name, refs in cfg.dp_groups().items():
         members = [by_id[ref.instance_id] for ref in refs]
         moe_layer = members[0].predictor.moe_layer if len(members) > 1 else None
-        group = DPGroup(env, name, members, moe_layer)
+        from pdsim.engine.pipeline_dp import PipelineDPGroup  # imports this module
+
+        group = (PipelineDPGroup if members[0].spec.pp > 1 else DPGroup)(env, name, members, moe_layer)
         if group.lockstep:
             link = _group_link(cfg, refs)
             for member in members:

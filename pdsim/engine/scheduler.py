@@ -55,6 +55,8 @@ _NONE: frozenset[Request] = frozenset()
 
 
 class Scheduler(WaitingAdmission):
+    num_in_flight = 0  # running requests in micro-batches in flight (pipeline.py; none here)
+
     def __init__(
         self,
         kv: BlockManager,

@@ -149,6 +149,9 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
             "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
             "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
         })
+        if inst.spec.pp > 1:  # pipeline stages (docs/pipeline.md): steps are micro-batches
+            instances[-1].update(pp=inst.spec.pp, stage_busy_fraction=[
+                b / result.sim_end_s if result.sim_end_s > 0 else 0.0 for b in inst.stage_busy_s])
     summary = {
         "requests": int(len(df)),
         "finished": int(len(finished)),

@@ -84,7 +84,7 @@ def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts:
 
 
 # What pdsim can express: a vLLM engine (its scheduler is vLLM's), aggregated (one instance runs
-# prefill and decode), no pipeline parallelism, 16-bit weights (profiles and memory are for
+# prefill and decode), no pipeline parallelism (not built here), 16-bit weights (profiles and memory are for
 # bf16/fp16). Other rows are skipped, never simulated as something they are not.
 _BACKENDS = ("vllm",)
 _MODES = ("agg", "aggregated", "colocated")
@@ -109,7 +109,7 @@ def unsupported_reason(row: dict) -> str | None:
     for column in ("pp_size", "pp"):
         value = _text(row.get(column))
         if value and value not in ("1", "1.0"):
-            return f"{column} {row[column]} (pdsim models no pipeline parallelism)"
+            return f"{column} {row[column]} (the closed-loop replay builds no pipelined instances)"
     for column in _PRECISION_COLUMNS:
         value = _text(row.get(column))
         if value and value not in _SIXTEEN_BIT:

@@ -1,0 +1,261 @@
+"""A pipeline-parallel instance (pp_size P > 1) as vLLM V1 runs one (docs/pipeline.md).
+
+vLLM's engine core keeps a batch queue of `max_concurrent_batches` = P scheduled batches
+(vllm/v1/executor/multiproc_executor.py; EngineCore.step_with_batch_queue in
+vllm/v1/engine/core.py, read in the 0.19.0 wheel): while the queue is not full and the oldest
+batch has not finished it schedules another at once, otherwise it blocks on the oldest batch and
+processes its output. The scheduler advances a request's computed tokens when it schedules it, so a
+request whose step is in flight has nothing left to schedule ("PP>1 and we have already scheduled
+all prompt tokens but they are not finished yet") and is skipped until its output returns.
+
+Here: the batches pass through P stages, each a SimPy Resource of capacity 1 (a stage computes one
+micro-batch at a time), with the activation send between stages (non-blocking in vLLM: isend, so
+the stage is free once its forward ends). The scheduler is pdsim's vLLM scheduler with the
+requests of in-flight batches taken out of its running list, decode cohort and prefill list while
+their batch is in flight (they keep their KV blocks and count against max_num_seqs) and put back,
+in admission order, when it returns.
+
+A prompt's chunks before its last are applied when scheduled, as vLLM advances computed tokens
+then: the next chunk may go in the next micro-batch while the previous one is in flight. The last
+chunk (which samples a token) and every decode are taken out until their batch returns.
+Simplifications (docs/pipeline.md): only requests not in flight can be preempted; async
+scheduling is not combined with PP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from pdsim.engine.cohort import DecodeCohort
+from pdsim.engine.instance import Instance, InstanceSpec
+from pdsim.engine.request import Request
+from pdsim.engine.scheduler import Scheduler
+from pdsim.engine.step_plan import StepOutcome, StepPlan
+from pdsim.perf.pipeline_time import PipelinePredictor
+
+
+@dataclass
+class MicroBatch:
+    plan: StepPlan
+    launched_s: float
+    done: simpy.Event
+    decoders: list[Request] = field(default_factory=list)
+    prefills: list[Request] = field(default_factory=list)
+    kv_tokens: int = 0  # KV tokens its requests hold (for the router's load)
+    cohort: DecodeCohort | None = None  # the scheduler's decode cohort when it was launched
+    final_plan: StepPlan | None = None  # the plan less the chunks applied at launch (not a prompt's last)
+    partial_tokens: int = 0  # prompt tokens of those chunks
+
+
+class PipelineScheduler(Scheduler):
+    """vLLM's scheduler where the requests of in-flight micro-batches cannot be scheduled again."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._order: dict[Request, int] = {}  # admission order of running requests (vLLM's running list)
+        self._counter = itertools.count()
+        self.num_in_flight = 0
+        self.in_flight_tokens = 0
+
+    @property
+    def _slots_taken(self) -> int:
+        return len(self.running) + self._releasing_slots + self.num_in_flight
+
+    @property
+    def load_tokens(self) -> int:
+        return super().load_tokens + self.in_flight_tokens
+
+    def _preempt_last(self, now: float) -> Request:
+        victim = super()._preempt_last(now)
+        self._order.pop(victim, None)  # admitted again later, at the end of the running list
+        return victim
+
+    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
+        self._order[req] = next(self._counter)  # joins the end of vLLM's running list
+        return super()._start(req, num_new, now, plan, hit)
+
+    def detach(self, plan: StepPlan, batch: MicroBatch) -> None:
+        """Take the plan's requests out of the schedulable state while their batch is in flight.
+
+        Every decoding request of the cohort is in the plan, so the batch takes the whole cohort
+        object (its members keep their progress relative to it) and the scheduler starts a new one."""
+        running = self.running
+        batch.decoders = [r for r in running if r.in_cohort]
+        batch.cohort, self.cohort = self.cohort, DecodeCohort(self.block_size)
+        final = []
+        for (req, num_new), prefix in zip(plan.prefill, plan.prefill_prefix):
+            if req.num_computed + num_new < req.input_toks + req.num_generated:
+                # Not the prompt's last chunk: vLLM advances the computed tokens when it schedules, so the
+                # next chunk can go in the next micro-batch while this one is in flight.
+                req.num_computed += num_new
+                self.prefilling_kv_tokens += num_new
+                batch.partial_tokens += num_new
+                continue
+            final.append(((req, num_new), prefix))
+            self.prefilling.remove(req)
+            self.prefilling_kv_tokens -= req.num_computed
+            batch.prefills.append(req)
+        batch.final_plan = plan if len(final) == len(plan.prefill) else dataclasses.replace(
+            plan, prefill=[f[0] for f in final], prefill_prefix=[f[1] for f in final])
+        if batch.prefills:
+            gone = set(batch.prefills)
+            self.running = {r: None for r in running if not r.in_cohort and r not in gone}
+        elif batch.decoders:
+            self.running = {r: None for r in running if not r.in_cohort}
+        batch.kv_tokens = batch.cohort.kv_sum + sum(r.num_computed for r in batch.prefills)
+        self.num_in_flight += len(batch.decoders) + len(batch.prefills)
+        self.in_flight_tokens += batch.kv_tokens
+
+    def complete_batch(self, batch: MicroBatch, now: float) -> StepOutcome:
+        """Put the batch's requests back where they were and apply its step."""
+        # The engine schedules between any two returns (pdsim/engine/pipeline.py's loop, as vLLM's
+        # step_with_batch_queue), and every schedule leaves the cohort empty or launches it whole.
+        assert self.cohort.n == 0, "a returning micro-batch found decodes that were never launched"
+        self.cohort = batch.cohort
+        self.num_in_flight -= len(batch.decoders) + len(batch.prefills)
+        self.in_flight_tokens -= batch.kv_tokens
+        order = self._order
+        if batch.prefills:
+            for req in batch.prefills:
+                self.prefilling.append(req)
+                self.prefilling_kv_tokens += req.num_computed
+            self.prefilling.sort(key=order.__getitem__)
+        self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills],
+                                            key=order.__getitem__))
+        out = self.complete(batch.final_plan or batch.plan, 1, now)
+        out.prompt_tokens += batch.partial_tokens
+        for req in (*out.finished, *out.handoffs):
+            order.pop(req, None)
+        return out
+
+
+class PipelinedInstance(Instance):
+    """An instance of P pipeline stages with vLLM's batch queue of P micro-batches."""
+
+    predictor: PipelinePredictor
+
+    def __init__(self, env: simpy.Environment, spec: InstanceSpec, predictor: PipelinePredictor,
+                 num_blocks: int, max_decode_run_steps: int) -> None:
+        super().__init__(env, spec, predictor, num_blocks, 1)
+        old = self.sched
+        self.sched = PipelineScheduler(
+            self.kv, max_num_seqs=old.max_num_seqs, max_num_batched_tokens=old.max_num_batched_tokens,
+            enable_chunked_prefill=old.enable_chunked_prefill, prefill_only=old.prefill_only,
+            max_decode_run_steps=1, long_prefill_token_threshold=old.long_prefill_token_threshold,
+            async_scheduling=False, reserve_full_isl=old.reserve_full_isl)
+        self.num_stages = predictor.num_stages
+        self.stages = [simpy.Resource(env, capacity=1) for _ in range(self.num_stages)]
+        self.in_flight: deque[MicroBatch] = deque()
+        self.stage_busy_s = [0.0] * self.num_stages
+        self._busy_since: float | None = None
+        self._stage0_free_s = 0.0
+
+    def _loop(self):
+        """vLLM's step_with_batch_queue: schedule a batch while the queue has room; go on scheduling
+        while the oldest batch has not finished, else (or when nothing was scheduled) wait for the
+        oldest and process its output."""
+        env, sched = self.env, self.sched
+        while True:
+            if self.pending:
+                self._reserve_pending()
+            if self._not_picked_up:
+                self._pick_up()
+            if len(self.in_flight) < self.num_stages:
+                plan = sched.schedule(env.now)
+                priced = None
+                if self.dp_group is not None:
+                    # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
+                    self._idle, self._woken_at_barrier = True, False
+                    priced = yield from self.dp_group.step(self, plan)  # None: no rank has work
+                    self._idle = False
+                    if priced is None and self._woken_at_barrier:
+                        continue
+                elif not plan.empty:
+                    priced = self._price(plan)
+                if priced is not None:
+                    self._launch(plan, *priced)  # an empty plan: a DP rank's dummy batch
+                    if len(self.in_flight) < self.num_stages and not self.in_flight[-1].done.triggered:
+                        continue
+            if self.in_flight:
+                if not self.in_flight[-1].done.triggered:
+                    yield self.in_flight[-1].done
+                self._collect()
+                continue
+            yield from self._sleep()
+
+    def _price(self, plan: StepPlan) -> tuple[tuple[float, ...], float]:
+        chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
+        stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
+        return stage_s, self.predictor.send_s(sum(c for c, _ in chunks) + plan.n_decode)
+
+    def _launch(self, plan: StepPlan, stage_s: tuple[float, ...], send_s: float) -> None:
+        env = self.env
+        batch = MicroBatch(plan, env.now, env.event())
+        # Micro-batches enter the first stage in launch order: this one starts there when the last one left.
+        start = max(env.now, self._stage0_free_s)
+        self._stage0_free_s = start + stage_s[0]
+        if plan.prefill:  # before detach: the layer-wise hand-off reads the chunks' progress as scheduled
+            self.on_prefill_step(self, plan, start, sum(stage_s) + (self.num_stages - 1) * send_s)
+        self.sched.detach(plan, batch)
+        if self._busy_since is None:
+            self._busy_since = env.now
+        self.in_flight.appendleft(batch)
+        env.process(self._through_stages(batch, stage_s, send_s))
+
+    def _through_stages(self, batch: MicroBatch, stage_s: tuple[float, ...], send_s: float):
+        env = self.env
+        for i, (stage, seconds) in enumerate(zip(self.stages, stage_s)):
+            with stage.request() as turn:
+                yield turn
+                yield env.timeout(seconds)
+                self.stage_busy_s[i] += seconds
+            if i < self.num_stages - 1:
+                yield env.timeout(send_s)  # isend: the stage is free for the next micro-batch
+        batch.done.succeed()
+
+    def _collect(self) -> None:
+        batch = self.in_flight.pop()
+        now = self.env.now
+        if not batch.plan.empty:  # a DP rank's dummy batch changes nothing
+            outcome = self.sched.complete_batch(batch, now)
+            self._record(batch.plan, np.array([now - batch.launched_s]), outcome)
+        self._last_steps = None  # inputs are taken in at every decision, which happen at launches and returns
+        if not self.in_flight:
+            self.stats.busy_s += now - self._busy_since
+            self._busy_since = None
+
+    def _record(self, plan: StepPlan, durations: np.ndarray, outcome: StepOutcome) -> None:
+        """Instance._after_steps's bookkeeping for one micro-batch (busy time counted in _collect:
+        micro-batches overlap)."""
+        stats = self.stats
+        stats.steps += 1
+        stats.prompt_tokens += outcome.prompt_tokens
+        stats.decode_tokens += outcome.decode_tokens
+        if plan.n_decode:
+            stats.itl_runs.append((durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders)))
+        now = self.env.now
+        for req in plan.fresh_decoders:
+            stats.itl_gaps_s.append(now - req.last_token_s)
+            if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
+                req.decode_first_token_s = now
+        stats.itl_gaps_s.extend(outcome.gap_itls_s)
+        for req in outcome.finished:
+            self.on_finish(req)
+        for req in outcome.handoffs:
+            self.on_handoff(self, req)
+
+    @property
+    def num_requests(self) -> int:
+        return super().num_requests + self.sched.num_in_flight
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        sched = self.sched
+        prefill = len(sched.prefilling) + sum(len(b.prefills) for b in self.in_flight)
+        decode = sched.cohort.n + sum(len(b.decoders) for b in self.in_flight)
+        return prefill, decode, self.kv.used, self.stats.decode_tokens

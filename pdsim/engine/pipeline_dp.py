@@ -1,0 +1,42 @@
+"""A MoE data-parallel group whose ranks are pipelined (pp_size > 1).
+
+Each DP rank is a vLLM engine with its own batch queue of pp_size micro-batches; a MoE layer is a
+collective over the group's ranks in the same pipeline stage, so the ranks' k-th micro-batches go
+through every stage together, an idle rank supplying a dummy batch of one token (vLLM's
+execute_dummy_batch), as pdsim/engine/dp_group.py does for unpipelined groups. A group
+micro-batch holds each stage for the slowest rank's own part of that stage (attention, dense
+ops, sampling on the last stage) plus the stage's MoE layers at the group's token count; the
+activation send is that of the rank with the most tokens.
+"""
+
+from __future__ import annotations
+
+from pdsim.engine.dp_group import DPGroup
+
+
+class PipelineDPGroup(DPGroup):
+    def _price(self) -> tuple[tuple[float, ...], float] | None:  # type: ignore[override]
+        """(seconds per stage, send seconds) of the group's next micro-batch; None when no rank has work."""
+        if all(p.empty for p in self._plans.values()):
+            return None
+        own: list[tuple[float, ...]] = []
+        group_tokens = max_tokens = 0
+        for member in self.members:
+            plan = self._plans[member.id]
+            if plan.empty:
+                own.append(member.predictor.dummy_stage_times_s())
+                tokens = 1
+                self.dummy_steps[member.id] += 1
+            else:
+                chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
+                own.append(member.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum,
+                                                          plan.kv_decode_max))
+                tokens = sum(c for c, _ in chunks) + plan.n_decode
+            group_tokens += tokens
+            max_tokens = max(max_tokens, tokens)
+        predictor = self.members[0].predictor
+        moe_us = self.moe_layer.layer_us(group_tokens) if self.moe_layer is not None else 0.0
+        stages = tuple(max(times[i] for times in own) + layers * moe_us * 1e-6
+                       for i, layers in enumerate(predictor.moe_layers_per_stage))
+        self.num_steps += 1
+        return stages, predictor.send_s(max_tokens)

@@ -1,0 +1,205 @@
+"""Pipeline parallelism (docs/pipeline.md): vLLM's layer split, per-stage memory, micro-batches in flight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simpy
+
+from pdsim.engine import pipeline as engine_pipeline
+from pdsim.engine.cluster import Cluster, SimOptions
+from pdsim.errors import ConfigError
+from pdsim.metrics.summary import requests_frame, summarize
+from pdsim.models import load_model
+from pdsim.perf.pipeline import pp_partition, pp_stages, stage_model, stage_weight_bytes
+from tests.helpers import MODEL, cluster, instance, run
+
+
+def _pp(pd_type=None, pp=2, **knobs) -> dict:
+    return instance(pd_type, pp_size=pp, num_npus=pp, **knobs)
+
+
+def _built(cfg):
+    return Cluster(simpy.Environment(), cfg, SimOptions()).instances[0]
+
+
+def test_layer_split_is_vllms_get_pp_indices():
+    # vLLM: layers // P each; the remainder, one each, to the stages before the last.
+    assert pp_partition(32, 2) == [16, 16]
+    assert pp_partition(30, 4) == [7, 8, 8, 7]
+    assert pp_partition(61, 4) == [15, 15, 16, 15]
+    assert pp_partition(5, 4) == [1, 1, 2, 1]
+    stages = pp_stages(30, 4)
+    assert [(s.start_layer, s.end_layer) for s in stages] == [(0, 7), (7, 15), (15, 23), (23, 30)]
+    assert [s.first for s in stages] == [True, False, False, False] and stages[-1].last
+    with pytest.raises(ConfigError, match="pp_size 33"):
+        pp_partition(32, 33)
+
+
+def test_stage_weights_add_up_to_the_model():
+    model = load_model(MODEL)  # untied: embedding on stage 0, LM head on the last
+    whole = model.weight_bytes("bfloat16")
+    for pp in (2, 4):
+        parts = [stage_weight_bytes(model, s, "bfloat16", 1, None, None) for s in pp_stages(32, pp)]
+        assert sum(parts) == whole
+    first, last = (stage_weight_bytes(model, s, "bfloat16", 1, None, None) for s in pp_stages(32, 2))
+    matrix = model.vocab_size * model.hidden_size * 2
+    assert first - last == -model.hidden_size * 2  # same layers; embedding vs LM head + final norm
+    assert abs(first - (whole - matrix) / 2) < matrix  # half the layers, one of the two big matrices
+
+
+def test_moe_mla_stages_hold_their_experts_and_add_up():
+    # DeepSeek-V3: 61 layers, the first 3 dense (MLA attention, fp8 block-wise weights, experts over EP 4).
+    model = load_model("deepseek-ai/DeepSeek-V3")
+    whole = model.weight_bytes("bfloat16", 4, 4, "fp8_block")
+    for pp, moe_layers in ((2, [28, 30]), (4, [12, 15, 16, 15])):
+        stages = pp_stages(model.num_layers, pp)
+        assert [stage_model(model, s).moe.moe_layers for s in stages] == moe_layers
+        assert sum(stage_weight_bytes(model, s, "bfloat16", 4, 4, "fp8_block") for s in stages) == whole
+        per_token = [stage_model(model, s).kv_bytes_per_token("bfloat16", 4) for s in stages]
+        assert sum(per_token) == model.kv_bytes_per_token("bfloat16", 4)
+
+
+def test_memory_per_gpu_and_kv_blocks_p2_vs_p1():
+    one, two = _built(cluster(instance(None))), _built(cluster(_pp()))
+    bb1 = one.spec.block_size * one.spec.kv_bytes_per_token
+    bb2 = two.spec.block_size * two.spec.kv_bytes_per_token
+    assert two.spec.kv_bytes_per_token * 2 == one.spec.kv_bytes_per_token  # 16 of 32 layers per GPU
+    assert two.spec.weight_bytes < 0.51 * one.spec.weight_bytes
+    # Same GPU, same reserve: the stage's free memory is the P=1 free memory plus the weights it no longer holds.
+    free1 = (one.kv.num_blocks + 1) * bb1
+    free2 = (two.kv.num_blocks + 1) * bb2
+    assert abs(free2 - (free1 + one.spec.weight_bytes - two.spec.weight_bytes)) < bb1 + bb2
+    assert two.kv.num_blocks > 2 * one.kv.num_blocks
+
+
+def test_single_request_ttft_is_the_sum_of_stages_plus_the_send():
+    rows = [(1000, 2, 0.0)]
+    (r1,) = run(cluster(instance(None)), rows).requests
+    (r2,) = run(cluster(_pp()), rows).requests
+    pred = _built(cluster(_pp())).predictor
+    stages = pred.stage_times_s([(1000, 0)], 0, 0)
+    send = pred.send_s(1000)
+    ttft2 = r2.first_token_s - r2.arrival_s
+    assert ttft2 == pytest.approx(sum(stages) + send, rel=1e-9)
+    # No speed-up for one request: the stages add up to the unpipelined step, plus the send.
+    assert ttft2 == pytest.approx(r1.first_token_s - r1.arrival_s + send, rel=1e-6)
+    assert send > 0
+
+
+def test_a_long_prompts_chunks_are_pipelined():
+    # 8,000 tokens in chunks of 2,048: vLLM schedules the next chunk while the previous one is in
+    # flight, so the chunks follow each other through stage 0 and the prompt takes about one stage
+    # per chunk plus one pass through the rest, not a whole pass per chunk.
+    rows = [(8000, 2, 0.0)]
+    (r2,) = run(cluster(_pp()), rows).requests
+    pred = _built(cluster(_pp())).predictor
+    chunks = [(2048, 0), (2048, 2048), (2048, 4096), (1856, 6144)]
+    per_chunk = [pred.stage_times_s([c], 0, 0) for c in chunks]
+    serial = sum(sum(t) + pred.send_s(c[0]) for t, c in zip(per_chunk, chunks))
+    ttft = r2.first_token_s - r2.arrival_s
+    assert ttft < 0.8 * serial
+    # By hand: at most 2 chunks in flight (a chunk is scheduled once the one two before it returned);
+    # each stage takes one chunk at a time, in order; stage 1 after the chunk's stage 0 and send.
+    launch, stage0_end, stage1_end, done = 0.0, 0.0, 0.0, []
+    for k, (t, c) in enumerate(zip(per_chunk, chunks)):
+        launch = max(launch, done[k - 2] if k >= 2 else 0.0)
+        stage0_end = max(launch, stage0_end) + t[0]
+        stage1_end = max(stage0_end + pred.send_s(c[0]), stage1_end) + t[1]
+        done.append(stage1_end)
+    assert ttft == pytest.approx(done[-1], rel=1e-6)
+
+
+def test_two_micro_batches_overlap_in_steady_decode():
+    # 64 short prompts at once: the token budget (2048) puts 32 in each of two micro-batches, which
+    # then alternate through the two stages.
+    rows = [(64, 300, 0.0)] * 64
+    res = run(cluster(_pp()), rows)
+    pred = _built(cluster(_pp())).predictor
+    stage = max(pred.stage_times_s((), 32, 32 * 200))  # mid-run KV
+    send = pred.send_s(32)
+    tpot = np.median([(r.finish_s - r.first_token_s) / (r.output_toks - 1) for r in res.requests])
+    # Each request's step goes through both stages and the send: a cycle of 2 stages + 1 send ...
+    assert tpot == pytest.approx(2 * stage + send, rel=0.05)
+    # ... and with two micro-batches in flight a batch completes every (stage + send / 2): near
+    # 1 / max-stage-time, twice the rate without overlap (1 / sum of the stages).
+    batches_per_s = 2 / tpot
+    assert batches_per_s > 0.9 / stage
+    assert batches_per_s > 1.8 / (2 * stage + send)
+
+
+def test_requests_are_never_scheduled_twice_while_in_flight(monkeypatch):
+    in_flight: set[int] = set()
+    detach, complete = engine_pipeline.PipelineScheduler.detach, engine_pipeline.PipelineScheduler.complete_batch
+    launched = []
+
+    def checked_detach(self, plan, batch):
+        detach(self, plan, batch)
+        ids = {r.id for r in (*batch.decoders, *batch.prefills)}
+        assert not ids & in_flight, "a request in flight was scheduled again"
+        assert len(ids) == len(batch.decoders) + len(batch.prefills)
+        in_flight.update(ids)
+        launched.append(len(in_flight))
+
+    def checked_complete(self, batch, now):
+        in_flight.difference_update(r.id for r in (*batch.decoders, *batch.prefills))
+        return complete(self, batch, now)
+
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "detach", checked_detach)
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "complete_batch", checked_complete)
+    rng = np.random.default_rng(3)
+    rows = [(int(rng.integers(20, 3000)), int(rng.integers(1, 60)), float(t))
+            for t in np.sort(rng.uniform(0, 2, 120))]
+    res = run(cluster(_pp(pp=4, max_num_seqs=16)), rows)
+    assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
+    assert max(launched) <= 16  # max_num_seqs counts the requests in flight
+    assert not in_flight
+
+
+def test_preemption_under_memory_pressure_completes():
+    # A KV cache too small for everyone: requests are preempted and recomputed, all finish, and
+    # the block pool ends empty.
+    cfg = cluster(_pp(mem_size_gb=96, gpu_memory_utilization=0.9))
+    rows = [(1500, 400, 0.001 * i) for i in range(40)]
+    res = run(cfg, rows, kv_gpu_blocks={"n0.i0": 400})
+    assert all(r.status == "finished" for r in res.requests)
+    assert sum(r.preemptions for r in res.requests) > 0
+
+
+def test_pd_with_a_pipelined_prefill_instance_moves_all_the_kv():
+    rows = [(2000, 5, 0.0), (700, 3, 0.01)]
+    flat = run(cluster(instance("prefill"), instance("decode")), rows).requests
+    piped = run(cluster(_pp("prefill"), instance("decode")), rows).requests
+    assert [r.status for r in piped] == ["finished"] * 2
+    assert [r.kv_bytes for r in piped] == [r.kv_bytes for r in flat] and flat[0].kv_bytes > 0
+
+
+def test_moe_dp_group_ranks_send_micro_batches_through_the_stages_together(monkeypatch):
+    # Two pipelined MoE ranks in one DP group: every launch is a group micro-batch (a dummy one on an
+    # idle rank), so both ranks launch at the same instants, and up to pp_size are in flight.
+    launches: dict[str, list[tuple[float, int]]] = {"n0.i0": [], "n0.i1": []}
+    launch = engine_pipeline.PipelinedInstance._launch
+
+    def recorded(self, plan, stage_s, send_s):
+        launch(self, plan, stage_s, send_s)
+        launches[self.id].append((self.env.now, len(self.in_flight)))
+
+    monkeypatch.setattr(engine_pipeline.PipelinedInstance, "_launch", recorded)
+    rank = {"model_name": "Qwen/Qwen3-30B-A3B-Instruct-2507", "hardware": "RTXPRO6000",
+            "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "tp_size": 1, "pp_size": 2,
+            "ep_size": 2, "dp_group": "A", "pd_type": None}
+    rows = [(600, 20, 0.0)] * 12  # 3,600 prompt tokens per rank: two micro-batches of at most 2,048
+    res = run(cluster(rank, dict(rank)), rows)
+    assert all(r.status == "finished" for r in res.requests)
+    assert [t for t, _ in launches["n0.i0"]] == [t for t, _ in launches["n0.i1"]]
+    assert max(n for _, n in launches["n0.i0"]) == 2
+
+
+def test_summary_reports_the_stages():
+    res = run(cluster(_pp(pp=4)), [(500, 50, 0.0), (500, 50, 0.001), (3000, 20, 0.002)])
+    inst = summarize(res, requests_frame(res))["instances"][0]
+    assert inst["pp"] == 4 and len(inst["stage_busy_fraction"]) == 4
+    # Each stage is busy for part of the time the instance has a batch in flight, never more.
+    assert all(0 < f <= inst["busy_fraction"] + 1e-9 for f in inst["stage_busy_fraction"])
+    flat = run(cluster(instance(None)), [(500, 5, 0.0)])
+    assert "pp" not in summarize(flat, requests_frame(flat))["instances"][0]
