@@ -125,6 +125,27 @@ def closed_loop_steady_state(df: pd.DataFrame, concurrency: int) -> dict:
     return out
 
 
+def _instance_summary(result: SimulationResult, inst, info) -> dict:
+    peak_kv_gb = inst.kv.peak_used * inst.kv.block_bytes / GIB
+    out = {
+        "id": info.id, "pd_type": info.pd_type, "model_name": info.model_name, "hardware": info.hardware,
+        "tp": info.tp, "num_kv_blocks": info.num_kv_blocks, "kv_capacity_gb": info.kv_capacity_gb,
+        "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + peak_kv_gb,
+        "weights_gb": info.weights_gb, "activation_gb": info.activation_gb,
+        "kv_capacity_tokens": info.kv_tokens, "kv_rule": info.kv_rule, "memory_note": info.memory_note,
+        "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
+        "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
+        "profile": info.profile_path, "estimated_profile": info.estimated_profile,
+        "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
+        "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
+        "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
+    }
+    if inst.spec.pp > 1:  # pipeline stages (docs/pipeline.md): steps are micro-batches
+        out.update(pp=inst.spec.pp, stage_busy_fraction=[
+            b / result.sim_end_s if result.sim_end_s > 0 else 0.0 for b in inst.stage_busy_s])
+    return out
+
+
 def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None = None,
               concurrency: int | None = None) -> dict:
     """concurrency: the run was a closed loop of that many clients (adds its steady state)."""
@@ -133,25 +154,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
     itl = weighted_stats(itl_values * 1e3, itl_weights)
     span = span_s(df.arrival_s.min(), finished.finish_s.max()) if len(finished) else 0.0
     estimated = any(info.estimated_profile for info in result.infos)
-    instances = []
-    for inst, info in zip(result.instances, result.infos):
-        peak_kv_gb = inst.kv.peak_used * inst.kv.block_bytes / GIB
-        instances.append({
-            "id": info.id, "pd_type": info.pd_type, "model_name": info.model_name, "hardware": info.hardware,
-            "tp": info.tp, "num_kv_blocks": info.num_kv_blocks, "kv_capacity_gb": info.kv_capacity_gb,
-            "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + peak_kv_gb,
-            "weights_gb": info.weights_gb, "activation_gb": info.activation_gb,
-            "kv_capacity_tokens": info.kv_tokens, "kv_rule": info.kv_rule, "memory_note": info.memory_note,
-            "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
-            "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
-            "profile": info.profile_path, "estimated_profile": info.estimated_profile,
-            "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
-            "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
-            "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
-        })
-        if inst.spec.pp > 1:  # pipeline stages (docs/pipeline.md): steps are micro-batches
-            instances[-1].update(pp=inst.spec.pp, stage_busy_fraction=[
-                b / result.sim_end_s if result.sim_end_s > 0 else 0.0 for b in inst.stage_busy_s])
+    instances = [_instance_summary(result, inst, info) for inst, info in zip(result.instances, result.infos)]
     summary = {
         "requests": int(len(df)),
         "finished": int(len(finished)),
