@@ -29,6 +29,7 @@ import pandas as pd
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
+from pdsim.hardware import get_hardware
 from pdsim.metrics.summary import requests_frame
 from pdsim.validate.measured import vllm_reserves_full_isl
 from pdsim.validate.row_layout import row_layout, text
@@ -60,9 +61,12 @@ ENGINE_PRESETS: dict[str, Callable[[int, int], dict]] = {
 def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: str | None = None,
                engine: dict | None = None) -> ClusterConfig:
     eng = {**vllm_serve_engine(1, 0), **(engine or {})}
+    # The GPU's own bandwidth (an estimated profile reads it from npu_mem.mem_bw); 3350 GB/s (H100 SXM)
+    # only for hardware pdsim has no spec for.
+    spec = get_hardware(hardware)
     inst = {
         "model_name": model, "hardware": hardware, "num_npus": tp, "tp_size": tp, "pd_type": None,
-        "npu_mem": {"mem_size": mem_gb, "mem_bw": 3350}, **eng,
+        "npu_mem": {"mem_size": mem_gb, "mem_bw": spec.mem_bw_gbps if spec else 3350}, **eng,
     }
     if profile_dir is not None:
         inst["profile_dir"] = profile_dir

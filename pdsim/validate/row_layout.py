@@ -113,12 +113,13 @@ def _kv(row: dict) -> tuple[str, str | None]:
 def _experts(row: dict, model: str | None) -> tuple[int | None, str | None]:
     """(ep_size, reason) from the MoE layout columns (0 or empty: not recorded)."""
     tp = _number(row.get("tp")) or 1
-    dp = _number(row.get("attention_dp_size")) or 1
+    recorded_dp = _number(row.get("attention_dp_size"))
+    dp = recorded_dp or 1
     moe_tp = _number(row.get("moe_tp_size")) or 0
     moe_ep = _number(row.get("moe_ep_size")) or 0
-    if moe_tp and moe_ep and moe_tp * moe_ep > tp * dp:
+    if recorded_dp and moe_tp and moe_ep and moe_tp * moe_ep > tp * dp:
         return None, f"moe_tp_size {moe_tp:g} x moe_ep_size {moe_ep:g} is more than tp x attention_dp_size"
-    if moe_tp and moe_ep and moe_tp * moe_ep > tp:
+    if moe_tp and moe_ep and moe_tp * moe_ep > tp:  # not recorded: the experts' GPUs beyond TP are DP ranks
         dp = max(dp, moe_tp * moe_ep / tp)
     if dp > 1:
         return None, (f"attention data parallelism (DP {dp:g} x TP {tp:g}, moe_tp {moe_tp:g}, moe_ep {moe_ep:g}): "
