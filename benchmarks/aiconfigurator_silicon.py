@@ -141,6 +141,14 @@ def run_group(group: pd.DataFrame, profiles: Profiles, overhead_us: float, round
     return out
 
 
+def _source(estimated: bool, imported: bool) -> str:
+    if not estimated:
+        return "aiconfigurator tables"
+    if imported:  # a MoE model: the reader imports no expert tables, so pdsim estimates the experts
+        return "aiconfigurator tables, MoE experts ESTIMATED from hardware specs"
+    return "ESTIMATED from hardware specs"
+
+
 def _signed(errors: pd.Series) -> float:
     return float(np.mean(errors))
 
@@ -161,10 +169,11 @@ def report(results: dict[float, list[pd.DataFrame]], skipped: pd.DataFrame, prof
                 lines.append(head + "not simulated: " + "; ".join(sorted(set(g.reason))))
                 continue
             estimated = bool(done.estimated_profile.astype(bool).any())
+            imported = not any(k[0] == system and k[1] == done.pdsim_model.iloc[0] for k in profiles.why_estimated)
             lines.append(head + f"{mape(done.ttft_err_pct):>8.1f}% {_signed(done.ttft_err_pct):>+6.1f}% "
                                 f"{mape(done.tpot_err_pct):>8.1f}% {_signed(done.tpot_err_pct):>+6.1f}% "
                                 f"{done.prefill_load.median():>5.2f}  "
-                                + ("ESTIMATED from hardware specs" if estimated else "aiconfigurator tables"))
+                                + _source(estimated, imported))
         done = df[df.status == "simulated"]
         if len(done):
             lines.append(f"all simulated: {len(done)} rows, TTFT MAPE {mape(done.ttft_err_pct):.1f}% "
@@ -206,7 +215,7 @@ def main() -> None:
             frames = []
             for _, group in todo.groupby(["system", "pdsim_model", "quantization"], dropna=False):
                 out = run_group(group, profiles, overhead, args.rounds)
-                out["model_path"] = group.model_path.values
+                out["model_path"], out["pdsim_model"] = group.model_path.values, group.pdsim_model.values
                 frames.append(out.assign(step_overhead_us=overhead))
             results[overhead] = frames
     print(report(results, skipped, profiles))

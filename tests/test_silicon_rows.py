@@ -120,3 +120,17 @@ def test_silicon_benchmark_runs_expressible_rows_and_names_every_skip(tmp_path, 
     assert df.status.tolist() == ["simulated"] and df.quantization.tolist() == ["fp8"]
     assert df.model_path.tolist() == ["nvidia/Llama-3.1-8B-Instruct-FP8"]
     assert df.prefill_load[0] > 0 and df.lone_prefill_ms[0] > 0
+
+
+def test_attention_table_takes_the_kernel_measured_over_the_lengths():
+    # B200's vLLM context-attention table: FlashInfer's prefill kernel over every isl and its decode
+    # kernel at isl 1 only. The decode kernel's single row would be extrapolated to every length.
+    from pdsim.perf.aiconfigurator import _attn_table
+
+    shape = {"num_heads": 8, "num_key_value_heads": 1, "head_dim": 128, "kv_cache_dtype": "bfloat16",
+             "window_size": 0, "batch_size": 1}
+    rows = [{**shape, "isl": 1, "latency": 0.009, "kernel_source": "vllm_flashinfer_trtllmdecode"}]
+    rows += [{**shape, "isl": n, "latency": 0.01 * n / 1024, "kernel_source": "vllm_flashinfer_trtllmprefill"}
+             for n in (16, 1024, 4096, 16384)]
+    table, kernel = _attn_table(pd.DataFrame(rows), 8, 1, 128, "isl")
+    assert kernel == "vllm_flashinfer_trtllmprefill" and sorted(table.isl) == [16, 1024, 4096, 16384]
