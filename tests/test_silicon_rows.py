@@ -134,3 +134,37 @@ def test_attention_table_takes_the_kernel_measured_over_the_lengths():
              for n in (16, 1024, 4096, 16384)]
     table, kernel = _attn_table(pd.DataFrame(rows), 8, 1, 128, "isl")
     assert kernel == "vllm_flashinfer_trtllmprefill" and sorted(table.isl) == [16, 1024, 4096, 16384]
+
+
+def test_per_request_run_with_fp8_weights_replays_on_an_fp8_config_only(tmp_path):
+    # meta.json says fp8 weights: a config with quantization fp8 replays it; a bf16 one is refused
+    # (naming both), never replayed as bf16. A run that names no quantization is not second-guessed.
+    import json
+
+    from click.testing import CliRunner
+
+    from pdsim.engine.cluster import simulate
+    from pdsim.errors import PdsimError
+    from pdsim.validate.cli import validate
+    from tests.helpers import cluster, instance, trace
+
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(20)]
+    fp8 = cluster(instance(None, max_num_seqs=16, quantization="fp8"))
+    made = simulate(fp8, trace(rows), SimOptions())
+    lines = [json.dumps({"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
+                         "queued_ts": r.arrival_s, "scheduled_ts": r.arrival_s, "first_token_ts": r.first_token_s,
+                         "last_token_ts": r.finish_s}) for r in made.requests]
+    (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "fp8.json").write_text(fp8.model_dump_json(exclude_none=True))
+    (tmp_path / "bf16.json").write_text(cluster(instance(None, max_num_seqs=16)).model_dump_json(exclude_none=True))
+
+    def run(config: str, kwargs: dict):
+        (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": kwargs}))
+        return CliRunner().invoke(validate, ["--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                                             str(tmp_path / config), "--output", str(tmp_path / "v.csv")],
+                                  catch_exceptions=False)
+
+    assert run("fp8.json", {"quantization": "fp8"}).exit_code == 0
+    assert run("fp8.json", {"async_scheduling": False}).exit_code == 0
+    with pytest.raises(PdsimError, match="quantization fp8.*has quantization null"):
+        run("bf16.json", {"quantization": "fp8"})

@@ -146,11 +146,12 @@ def _refuse_inexpressible(run: MeasuredRun, cfg) -> None:
     layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
     if reason is not None:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
-    if not kwargs:
-        return
+    # Only what the run names is checked: vLLM reads an fp8 checkpoint's scheme from the checkpoint, so a
+    # run without a quantization argument may still have fp8 weights (the config says so).
     for ref in cfg.instances():
         got = (ref.config.quantization, ref.config.kv_cache_dtype)
-        if layout.quantization != got[0] or (layout.kv_cache_dtype != "auto" and layout.kv_cache_dtype != got[1]):
+        if (layout.quantization is not None and layout.quantization != got[0]) or (
+                layout.kv_cache_dtype != "auto" and layout.kv_cache_dtype != got[1]):
             raise PdsimError(
                 f"{run.source}: meta.json engine_kwargs say quantization {layout.quantization or 'null'}, "
                 f"kv_cache_dtype {layout.kv_cache_dtype}; the cluster config's instance {ref.instance_id} has "
