@@ -8,6 +8,7 @@ from pdsim.models import dtype_bytes, known_models, load_model
 
 ALL = [
     "JackFram/llama-160m",
+    "Qwen/Qwen3-235B-A22B",
     "Qwen/Qwen3-30B-A3B",
     "Qwen/Qwen3-30B-A3B-Instruct-2507",
     "Qwen/Qwen3-32B",

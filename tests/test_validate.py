@@ -304,11 +304,11 @@ def _validate_cli(*args: str):
 
 
 def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
-    # One row pdsim can run, then an fp8 row, an SGLang row, a disaggregated row, a row whose
+    # One row pdsim can run, then an int4 row, an SGLang row, a disaggregated row, a row whose
     # weights do not fit and a pipeline-parallel row: the five are counted with their reasons, never
     # simulated as bf16 vLLM aggregated TP-only, and the bad row does not abort the table.
     ok = "vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,256,16,2,1,1,bf16,30.0,8.0\n"
-    rows = [ok, ok.replace(",bf16,", ",fp8,"), ok.replace("vllm,0.12.0", "sglang,0.5.0"),
+    rows = [ok, ok.replace(",bf16,", ",int4,"), ok.replace("vllm,0.12.0", "sglang,0.5.0"),
             ok.replace(",agg,", ",disagg,"), ok.replace("Llama-3.1-8B", "Llama-3.1-70B"),
             ok.replace(",1,1,bf16,", ",1,2,bf16,")]
     (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
@@ -320,7 +320,7 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     df = pd.read_csv(out)
     assert list(df.status) == ["simulated", "skipped", "skipped", "skipped", "error", "skipped"]
     assert df.sim_ttft_ms.notna().tolist() == [True, False, False, False, False, False]
-    assert "fp8" in df.reason[1] and "sglang" in df.reason[2] and "disagg" in df.reason[3]
+    assert "int4" in df.reason[1] and "sglang" in df.reason[2] and "disagg" in df.reason[3]
     assert "weights need" in df.reason[4] and "line 6" in df.reason[4] and "pp_size 2" in df.reason[5]
     assert "over 1 simulated rows of 6" in res.output
     assert "skipped: 4 row(s)" in res.output and "error: 1 row(s)" in res.output

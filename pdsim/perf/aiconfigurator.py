@@ -151,7 +151,10 @@ def _attn_table(df: pd.DataFrame, heads: int, kv_heads: int, head_dim: int, key:
     if sel.empty:
         raise ProfileError(f"no attention rows for heads={heads}, kv_heads={kv_heads}, head_dim={head_dim}")
     kernels = set(sel.kernel_source)
-    kernel = next((k for k in ATTENTION_KERNELS if k in kernels), sorted(kernels)[0])
+    # Else the kernel with the most rows: B200's context table holds FlashInfer's TRT-LLM prefill kernel
+    # and, for isl 1 only, its decode kernel; one row per batch size would be extrapolated into nonsense.
+    counts = sel.kernel_source.value_counts()
+    kernel = next((k for k in ATTENTION_KERNELS if k in kernels), min(kernels, key=lambda k: (-counts[k], k)))
     sel = sel[sel.kernel_source == kernel]
     return sel.groupby(["batch_size", key], as_index=False).latency.min(), kernel
 

@@ -77,8 +77,8 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     if not model and "model_path" not in table:
         raise PdsimError("--model: needed (the table has no model_path column)")
 
-    def lookup(row_model: str, tp: int) -> str | None:
-        return str(profile_path(profile_dir, hardware, row_model, "bfloat16", tp)) if profile_dir else None
+    def lookup(row_model: str, tp: int, precision: str) -> str | None:
+        return str(profile_path(profile_dir, hardware, row_model, precision, tp)) if profile_dir else None
 
     preset = ENGINE_PRESETS[engine_preset]
 
@@ -136,14 +136,25 @@ def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
             "above include the estimate's error")
 
 
-def _refuse_inexpressible(run: MeasuredRun) -> None:
-    """A run whose meta.json names a precision pdsim does not simulate is not replayed as bf16."""
-    from pdsim.validate.closed_loop import unsupported_reason
+def _refuse_inexpressible(run: MeasuredRun, cfg) -> None:
+    """A run whose meta.json names a precision pdsim does not simulate, or one the config does not
+    run (fp8 weights replayed on a bf16 config), is not replayed."""
+    from pdsim.validate.row_layout import row_layout
 
     kwargs = run.engine_meta.get("engine_kwargs") or {}
-    reason = unsupported_reason({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
+    layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
     if reason is not None:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
+    # Only what the run names is checked: vLLM reads an fp8 checkpoint's scheme from the checkpoint, so a
+    # run without a quantization argument may still have fp8 weights (the config says so).
+    for ref in cfg.instances():
+        got = (ref.config.quantization, ref.config.kv_cache_dtype)
+        if (layout.quantization is not None and layout.quantization != got[0]) or (
+                layout.kv_cache_dtype != "auto" and layout.kv_cache_dtype != got[1]):
+            raise PdsimError(
+                f"{run.source}: meta.json engine_kwargs say quantization {layout.quantization or 'null'}, "
+                f"kv_cache_dtype {layout.kv_cache_dtype}; the cluster config's instance {ref.instance_id} has "
+                f"quantization {got[0] or 'null'}, kv_cache_dtype {got[1]}: set them as the run did")
 
 
 @click.command("validate")
@@ -200,8 +211,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
     run = read_measured(measured, clock)
-    _refuse_inexpressible(run)
     cfg = _replay_config(cluster_config, run, async_scheduling)
+    _refuse_inexpressible(run, cfg)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
     if opts.client_send_gaps_s:
         run.notes.append(f"clients send after the run's own gaps (median {np.median(opts.client_send_gaps_s) * 1e3:.1f}"

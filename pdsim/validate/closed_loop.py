@@ -29,8 +29,10 @@ import pandas as pd
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
+from pdsim.hardware import get_hardware
 from pdsim.metrics.summary import requests_frame
 from pdsim.validate.measured import vllm_reserves_full_isl
+from pdsim.validate.row_layout import row_layout, text
 from pdsim.workload.trace import TraceRequest
 
 ROUNDS = 20
@@ -59,9 +61,12 @@ ENGINE_PRESETS: dict[str, Callable[[int, int], dict]] = {
 def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: str | None = None,
                engine: dict | None = None) -> ClusterConfig:
     eng = {**vllm_serve_engine(1, 0), **(engine or {})}
+    # The GPU's own bandwidth (an estimated profile reads it from npu_mem.mem_bw); 3350 GB/s (H100 SXM)
+    # only for hardware pdsim has no spec for.
+    spec = get_hardware(hardware)
     inst = {
         "model_name": model, "hardware": hardware, "num_npus": tp, "tp_size": tp, "pd_type": None,
-        "npu_mem": {"mem_size": mem_gb, "mem_bw": 3350}, **eng,
+        "npu_mem": {"mem_size": mem_gb, "mem_bw": spec.mem_bw_gbps if spec else 3350}, **eng,
     }
     if profile_dir is not None:
         inst["profile_dir"] = profile_dir
@@ -83,38 +88,9 @@ def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts:
             "estimated_profile": any(info.estimated_profile for info in result.infos)}
 
 
-# What pdsim can express: a vLLM engine (its scheduler is vLLM's), aggregated (one instance runs
-# prefill and decode), no pipeline parallelism (not built here), 16-bit weights (profiles and memory are for
-# bf16/fp16). Other rows are skipped, never simulated as something they are not.
-_BACKENDS = ("vllm",)
-_MODES = ("agg", "aggregated", "colocated")
-_PRECISION_COLUMNS = ("precision", "dtype", "weight_dtype", "quant", "quantization", "quant_mode",
-                      "gemm_quant_mode", "moe_quant_mode", "fmha_quant_mode", "kvcache_quant_mode",
-                      "kv_cache_dtype")
-_SIXTEEN_BIT = ("bf16", "bfloat16", "fp16", "float16", "half", "auto", "none")
-
-
-def _text(value) -> str:
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip().lower()
-
-
-def unsupported_reason(row: dict) -> str | None:
-    """Why pdsim cannot simulate this row as measured (None: it can)."""
-    backend = _text(row.get("backend"))
-    if backend and backend not in _BACKENDS:
-        return f"backend {row['backend']} (pdsim models vLLM's scheduler only)"
-    mode = _text(row.get("mode"))
-    if mode and mode not in _MODES:
-        return f"mode {row['mode']} (closed-loop rows are simulated as one aggregated instance)"
-    for column in ("pp_size", "pp"):
-        value = _text(row.get(column))
-        if value and value not in ("1", "1.0"):
-            return f"{column} {row[column]} (the closed-loop replay builds no pipelined instances)"
-    for column in _PRECISION_COLUMNS:
-        value = _text(row.get(column))
-        if value and value not in _SIXTEEN_BIT:
-            return f"{column} {row[column]} (pdsim simulates bf16/fp16 weights only)"
-    return None
+def unsupported_reason(row: dict, model: str | None = None) -> str | None:
+    """Why pdsim cannot simulate this row as measured (None: it can); see row_layout."""
+    return row_layout(row, model)[1]
 
 
 def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
@@ -126,21 +102,22 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
 
     model: model id for every row (None: each row's model_path).
     profile_dir_for_tp: tp -> profile folder (or None to look profiles up by hardware/model);
-    profile_lookup, when given, replaces it: (model, tp) -> profile folder, for tables of several models.
+    profile_lookup, when given, replaces it: (model, tp, precision) -> profile folder, for tables of
+    several models or precisions (precision: the profile's folder name, `quantization` or bfloat16).
     engine: a preset of ENGINE_PRESETS, or (concurrency, isl) -> engine settings.
     opts: simulation options; the closed loop's client delay defaults to CLIENT_DELAY_S.
     """
     opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
-    lookup = profile_lookup or (lambda _model, tp: profile_dir_for_tp(tp))
+    lookup = profile_lookup or (lambda _model, tp, _precision: profile_dir_for_tp(tp))
     out = []
     for line, row in enumerate(table.itertuples(index=False), start=2):
         fields = row._asdict()
-        reason = unsupported_reason(fields)
+        layout, reason = row_layout(fields, model)
         if reason is not None:
             out.append({**fields, "status": "skipped", "reason": reason})
             continue
         try:
-            sim = _simulate_one(fields, model, hardware, mem_gb, lookup, opts, rounds, engine)
+            sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine)
         except PdsimError as e:
             out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; ")})
             continue
@@ -154,19 +131,22 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     return df
 
 
-def _simulate_one(row: dict, model: str | None, hardware: str, mem_gb: float, lookup,
+def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: float, lookup,
                   opts: SimOptions, rounds: int, engine) -> dict:
+    for column in ("isl", "osl", "concurrency", "tp"):
+        if not text(row.get(column)) or text(row.get(column)) == "nan":
+            raise PdsimError(f"column {column}: empty (expected a positive integer)")
     isl, osl, conc, tp = int(row["isl"]), int(row["osl"]), int(row["concurrency"]), int(row["tp"])
-    if model is None and _text(row.get("model_path")):
+    if model is None and text(row.get("model_path")):
         model = str(row["model_path"]).strip()
     if not model:
         raise PdsimError("no model: give --model (the row has no model_path)")
-    eng = (ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl)
+    eng = {**(ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl), **layout.instance_keys()}
     # vLLM 0.19 added the whole-sequence admission check: on for a row measured with 0.19 or
     # later (or of unknown version), off before.
     eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(str(row.get("backend_version", "")))
                    is not False)
-    cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp), eng)
+    cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng)
     return simulate_row(cfg, isl, osl, conc, opts, rounds)
 
 
