@@ -202,4 +202,12 @@ def test_summary_reports_the_stages():
     # Each stage is busy for part of the time the instance has a batch in flight, never more.
     assert all(0 < f <= inst["busy_fraction"] + 1e-9 for f in inst["stage_busy_fraction"])
     flat = run(cluster(instance(None)), [(500, 5, 0.0)])
-    assert "pp" not in summarize(flat, requests_frame(flat))["instances"][0]
+    flat_summary = summarize(flat, requests_frame(flat))
+    assert "pp" not in flat_summary["instances"][0]
+    # The text report gets a pp column only when an instance is pipelined.
+    from pdsim.metrics.summary import format_summary
+
+    header = next(line for line in format_summary(summarize(res, requests_frame(res))).splitlines()
+                  if line.startswith("instance"))
+    assert header.split()[:5] == ["instance", "pd_type", "hardware", "tp", "pp"]
+    assert " pp " not in next(line for line in format_summary(flat_summary).splitlines() if line.startswith("instance"))

@@ -298,11 +298,14 @@ def _latency_lines(summary: dict) -> list[str]:
 def _instance_lines(summary: dict) -> list[str]:
     """One row per instance (memory, busy share, preemptions) and the memory and prefix-cache notes."""
     lines: list[str] = []
-    lines.append(f"{'instance':<10}{'pd_type':<10}{'hardware':<12}{'tp':>3}{'kv_cap_gb':>11}"
+    pipelined = any("pp" in inst for inst in summary["instances"])  # a pp column only where it says something
+    pp_head = f"{'pp':>3}" if pipelined else ""
+    lines.append(f"{'instance':<10}{'pd_type':<10}{'hardware':<12}{'tp':>3}{pp_head}{'kv_cap_gb':>11}"
                  f"{'peak_kv_gb':>12}{'peak_mem_gb':>13}{'busy':>7}{'preempt':>9}")
     for inst in summary["instances"]:
+        pp = f"{inst.get('pp', 1):>3}" if pipelined else ""
         lines.append(
-            f"{inst['id']:<10}{inst['pd_type'] or 'both':<10}{inst['hardware']:<12}{inst['tp']:>3}"
+            f"{inst['id']:<10}{inst['pd_type'] or 'both':<10}{inst['hardware']:<12}{inst['tp']:>3}{pp}"
             f"{inst['kv_capacity_gb']:>11.2f}{inst['peak_kv_gb']:>12.2f}{inst['peak_mem_gb']:>13.2f}"
             f"{inst['busy_fraction']:>7.0%}{inst['preemptions']:>9}"
         )
