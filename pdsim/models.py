@@ -65,6 +65,9 @@ class ModelSpec:
     has_qk_norm: bool
     max_position_embeddings: int
     moe: MoESpec | None = None  # None: a dense model
+    # The checkpoint's own weight quantization (its config.json's quantization_config), which vLLM
+    # applies without --quantization: "fp8", "fp8_block" or None (pdsim/models.py, checkpoint_quantization).
+    checkpoint_quantization: str | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -202,9 +205,32 @@ def known_models(models_dir: Path | None = None) -> list[str]:
     return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.json"))
 
 
+# Model configs that a run brings with it (LLMServingSim's run layout: model_config.json beside the
+# cluster config), for names pdsim does not bundle: name -> file. Bundled names are never replaced.
+_RUN_MODEL_FILES: dict[str, Path] = {}
+
+
+def use_model_file(name: str, path: str | Path) -> bool:
+    """Take `path` (a Hugging Face config.json) as model `name` when pdsim bundles no config of that
+    name; True when it was taken. The file is read and checked at once (errors name it)."""
+    path = Path(path).resolve()
+    if name in known_models() or _RUN_MODEL_FILES.get(name) == path:
+        return False
+    _load_model_file(name, path)
+    _RUN_MODEL_FILES[name] = path
+    return True
+
+
 def load_model(name: str, models_dir: Path | None = None) -> ModelSpec:
+    if models_dir is None and name in _RUN_MODEL_FILES:
+        return _load_model_file(name, _RUN_MODEL_FILES[name])
     root = (Path(models_dir) if models_dir is not None else MODELS_DIR).resolve()
     return _load_model(name, root)
+
+
+@functools.cache
+def _load_model_file(name: str, path: Path) -> ModelSpec:
+    return _spec_from_hf(name, path, read_json_object(path))
 
 
 @functools.cache
@@ -215,6 +241,30 @@ def _load_model(name: str, root: Path) -> ModelSpec:
         known = ", ".join(known_models(root)) or "(none)"
         raise PdsimError(f"unknown model {name!r}; known models: {known} (configs in {root})")
     return _spec_from_hf(name, path, read_json_object(path))
+
+
+def checkpoint_quantization(path: Path, raw: dict) -> str | None:
+    """The fp8 scheme of a quantised checkpoint's `quantization_config`, as vLLM reads it: "fp8_block"
+    for 128x128 block scales, "fp8" for per-tensor or per-channel scales, None for an unquantised
+    checkpoint. Other schemes are refused with the field named (gpt-oss's MXFP4: pdsim/gpt_oss.py)."""
+    q = raw.get("quantization_config")
+    if q is None:
+        return None
+    where = f"{path}: field 'quantization_config"
+    if not isinstance(q, dict):
+        raise PdsimError(f"{where}': expected an object, got {q!r}")
+    method = str(q.get("quant_method", "")).lower()
+    if method == "fp8":  # HF fp8 (Qwen3-*-FP8, DeepSeek-V3): weight_block_size gives block scales
+        return "fp8_block" if q.get("weight_block_size") else "fp8"
+    if method == "modelopt" and str(q.get("quant_algo", "")).upper() == "FP8":
+        return "fp8"
+    if method == "compressed-tensors":
+        weights = [g.get("weights") or {} for g in (q.get("config_groups") or {}).values() if isinstance(g, dict)]
+        if weights and all(w.get("num_bits") == 8 and w.get("type") == "float" for w in weights):
+            return "fp8_block" if any(w.get("strategy") == "block" for w in weights) else "fp8"
+        raise PdsimError(f"{where}.config_groups': only 8-bit float (fp8) weights are modelled, got {weights!r}")
+    raise PdsimError(f"{where}.quant_method': {method!r} is not modelled (fp8, fp8 block-wise and gpt-oss's "
+                     "MXFP4 are)")
 
 
 def _check_supported(path: Path, model_type: str, raw: dict) -> None:
@@ -273,6 +323,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         has_qk_norm=_SUPPORTED_MODEL_TYPES[model_type],
         max_position_embeddings=field("max_position_embeddings"),
         moe=moe_from_hf(path, model_type, raw, num_layers),
+        checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
     )
     if model_type == "deepseek_v3":  # MLA attention: pdsim/mla.py
         from pdsim.mla import with_mla

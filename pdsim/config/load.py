@@ -11,8 +11,9 @@ from pydantic import ValidationError
 
 from pdsim.config.base import OVERRIDABLE_KEYS, _fmt
 from pdsim.config.models import ClusterConfig
-from pdsim.errors import ConfigError, read_json_object
+from pdsim.errors import ConfigError, PdsimError, read_json_object
 from pdsim.llmservingsim_keys import noted_keys
+from pdsim.models import use_model_file
 
 _TYPE_NAMES = {
     "int_type": "an integer",
@@ -116,11 +117,32 @@ def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfi
         raise ConfigError(format_validation_error(source, e)) from None
 
 
+RUN_MODEL_CONFIG = "model_config.json"
+
+
+def _use_run_model_config(path: Path, raw: dict) -> None:
+    """LLMServingSim's run layout keeps the model's Hugging Face config as model_config.json beside
+    the cluster config: it names the config's one model when pdsim bundles none of that name."""
+    beside = path.parent / RUN_MODEL_CONFIG
+    names = {inst.get("model_name") for node in raw.get("nodes") or [] if isinstance(node, dict)
+             for inst in node.get("instances") or [] if isinstance(inst, dict)}
+    if len(names) != 1 or not beside.is_file() or not isinstance(next(iter(names)), str):
+        return
+    name = next(iter(names))
+    try:
+        if use_model_file(name, beside):
+            print(f"note: {path}: model {name!r} from {beside} (pdsim bundles no config of that name)",
+                  file=sys.stderr)
+    except PdsimError as e:
+        raise ConfigError(f"{path}: model {name!r}: {e}") from None
+
+
 def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
     path = Path(path)
     raw = read_json_object(path, ConfigError, "cluster config")
     if overrides:
         _apply_overrides(raw, overrides)
+    _use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
     for note in noted_keys(raw):
         print(f"note: {path}: {note}", file=sys.stderr)

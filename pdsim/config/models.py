@@ -44,6 +44,25 @@ from pdsim.models import DTYPE_BYTES, QUANTIZATIONS, load_model
 from pdsim.perf.moe_time import ExpertPlacement
 
 
+def _checkpoint_quantization(data: Any) -> Any:
+    """A quantised checkpoint (its config.json's quantization_config) runs quantised in vLLM without
+    --quantization: take its scheme when the instance gives none; a different one is an error."""
+    if not isinstance(data, dict) or not isinstance(data.get("model_name"), str):
+        return data
+    try:
+        own = load_model(data["model_name"]).checkpoint_quantization
+    except PdsimError:
+        return data  # the model_name validator words it
+    given = data.get("quantization")
+    if own is None or given == own:
+        return data
+    if given is None:
+        return {**data, "quantization": own}
+    raise PydanticCustomError(
+        "quantization", "the checkpoint of {model} is quantised {own} (its quantization_config); got quantization "
+        "{given}", {"model": data["model_name"], "own": own, "given": _fmt(given)})
+
+
 def _fp8_dtype_as_quantization(data: Any) -> Any:
     """LLMServingSim's `dtype: "fp8"` means fp8 weights: read it as vLLM's `--quantization fp8`
     over bf16 activations (embeddings, norms and lm_head stay bf16, as in vLLM); the KV cache
@@ -135,7 +154,7 @@ class InstanceConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _infer_sizes(cls, data: Any) -> Any:
-        return infer_instance_sizes(_fp8_dtype_as_quantization(data))
+        return infer_instance_sizes(_checkpoint_quantization(_fp8_dtype_as_quantization(data)))
 
     @field_validator("hardware", mode="before")
     @classmethod

@@ -153,6 +153,19 @@ def _check_model(profile: Profile, model: str) -> None:
                            f"but the instance runs {model}")
 
 
+def _check_precision(profile: Profile, precision: str) -> None:
+    """An LLMServingSim profile measured with fp8 weights times fp8 GEMMs: an instance running
+    unquantised weights (or the reverse) would be sized one way and timed another, so refuse it."""
+    if profile.meta.fmt != "llmservingsim" or profile.meta.quantization is None and not precision.startswith("fp8"):
+        return
+    if (profile.meta.quantization is not None) != precision.startswith("fp8"):
+        meta = Path(profile.meta.path).parent / "meta.yaml"
+        measured = profile.meta.quantization or profile.meta.dtype
+        raise ProfileError(f"{meta}: field 'variant': the profile was measured with {measured} weights, but the "
+                           f"instance runs {precision} (set the instance's quantization, or dtype \"fp8\" as "
+                           "LLMServingSim does, to match)")
+
+
 def profile_path(root: str | Path, hardware: str, model: str, dtype: str, tp: int) -> Path:
     """root/<hardware>/<org>/<model>/<dtype>/tp<N>; `model` is a Hugging Face id (org/name)."""
     return Path(root) / hardware / Path(*model.split("/")) / dtype / f"tp{tp}"
@@ -174,6 +187,7 @@ def find_profile(
     if profile_dir is not None:
         profile = read_profile(profile_dir, tp=tp)
         _check_model(profile, model)
+        _check_precision(profile, dtype)
         return profile
     path = profile_path(root if root is not None else PROFILES_ROOT, hardware, model, dtype, tp)
     if not path.is_dir():

@@ -57,6 +57,9 @@ class ProfileMeta:
     fmt: str = "pdsim"  # "pdsim" | "llmservingsim"
     # max_num_batched_tokens the activation peak was measured at (lets it be rescaled), if known
     activation_tokens: int | None = None
+    # The weights' fp8 scheme the profile was measured with (an LLMServingSim `variant: fp8`), or None;
+    # `dtype` is then the activations' dtype, as in vLLM.
+    quantization: str | None = None
 
 
 @dataclass

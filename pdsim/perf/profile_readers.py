@@ -278,7 +278,11 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         if key not in raw:
             raise ProfileError(f"{meta_path}: missing top-level field {key!r}")
     variant = raw.get("variant", raw.get("dtype", "bf16"))
+    # An fp8 variant is fp8 weights over bf16 activations (vLLM's fp8 checkpoints and --quantization fp8).
+    quantization = ("fp8_block" if "block" in variant else "fp8") if variant.startswith("fp8") else None
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(variant, variant)
+    if quantization:
+        dtype = "bfloat16"
     meta = ProfileMeta(
         hardware=raw["hardware"],
         model=raw["model"],
@@ -294,6 +298,7 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         notes="LLMServingSim layer-wise profile (vLLM enforce_eager); TP all-reduce not included",
         path=str(tp_dir),
         fmt="llmservingsim",
+        quantization=quantization,
     )
     moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
     # A MoE model's layers have no dense MLP to profile (the predictor checks the model needs none).

@@ -1,0 +1,101 @@
+"""A run's own model config (model_config.json beside the cluster config, LLMServingSim's run layout),
+quantised checkpoints read as vLLM reads them, and fp8 LLMServingSim profiles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pdsim.config import load_cluster_config
+from pdsim.errors import ConfigError, PdsimError, ProfileError
+from pdsim.models import MODELS_DIR, checkpoint_quantization, load_model
+from pdsim.perf.profile import find_profile
+
+LLAMA = json.loads((MODELS_DIR / "meta-llama" / "Llama-3.1-8B.json").read_text())
+RUN = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "llmservingsim-rtxpro6000-llama31-8b"
+COMPRESSED_FP8 = {"quant_method": "compressed-tensors", "config_groups": {
+    "group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}}}
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8_block"),  # Qwen3-*-FP8, DeepSeek-V3
+    ({"quant_method": "fp8"}, "fp8"),
+    (COMPRESSED_FP8, "fp8"),  # RedHatAI / neuralmagic FP8-dynamic
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {
+        "num_bits": 8, "type": "float", "strategy": "block"}}}}, "fp8_block"),
+    ({"quant_method": "modelopt", "quant_algo": "FP8"}, "fp8"),  # nvidia/*-FP8
+])
+def test_checkpoint_quantization_as_vllm_reads_it(config, expected):
+    assert checkpoint_quantization(Path("c.json"), {"quantization_config": config}) == expected
+    assert checkpoint_quantization(Path("c.json"), {}) is None
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"quant_method": "awq", "bits": 4}, "quantization_config.quant_method"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 4, "type": "int"}}}},
+     "quantization_config.config_groups"),
+])
+def test_other_schemes_are_refused_naming_the_field(config, field):
+    with pytest.raises(PdsimError, match=f"c.json: field '{field}'"):
+        checkpoint_quantization(Path("c.json"), {"quantization_config": config})
+
+
+def _run_dir(tmp_path: Path, model_name: str, model_config: dict | None, **instance) -> Path:
+    cfg = {"num_nodes": 1, "link_bw": 16, "link_latency": 0, "nodes": [{"num_instances": 1, "instances": [{
+        "model_name": model_name, "hardware": "H100-SXM", "npu_mem": {"mem_size": 80, "mem_bw": 3350},
+        "num_npus": 1, "tp_size": 1, "pd_type": None, **instance}]}]}
+    (tmp_path / "cluster_config.json").write_text(json.dumps(cfg))
+    if model_config is not None:
+        (tmp_path / "model_config.json").write_text(json.dumps(model_config))
+    return tmp_path / "cluster_config.json"
+
+
+def test_a_runs_own_model_config_names_an_unbundled_fp8_checkpoint(tmp_path, capsys):
+    name = "acme/Llama-3.1-8B-FP8-run-test"
+    path = _run_dir(tmp_path, name, {**LLAMA, "quantization_config": COMPRESSED_FP8})
+    cfg = load_cluster_config(path)
+    assert f"model {name!r} from {tmp_path / 'model_config.json'}" in capsys.readouterr().err
+    ic = cfg.nodes[0].instances[0]
+    assert ic.quantization == "fp8"  # the checkpoint's, with no --quantization given
+    model = load_model(name)
+    fp8, bf16 = model.weight_bytes("bfloat16", 1, quantization="fp8"), model.weight_bytes("bfloat16", 1)
+    assert 0.5 < fp8 / bf16 < 0.6  # fp8 layers, bf16 embeddings and lm_head
+    # A quantization other than the checkpoint's is an error that names the field.
+    refused = r"instances\[0\]: the checkpoint .* quantised fp8 .*got quantization \"fp8_block\""
+    with pytest.raises(ConfigError, match=refused):
+        load_cluster_config(_run_dir(tmp_path, name, None, quantization="fp8_block"))
+
+
+def test_without_its_model_config_an_unknown_model_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model 'acme/not-bundled-anywhere'"):
+        load_cluster_config(_run_dir(tmp_path, "acme/not-bundled-anywhere", None))
+
+
+def test_a_bundled_model_is_never_replaced_by_a_runs_file(tmp_path):
+    other = {**LLAMA, "num_hidden_layers": 2}
+    load_cluster_config(_run_dir(tmp_path, "meta-llama/Llama-3.1-8B", other))
+    assert load_model("meta-llama/Llama-3.1-8B").num_layers == 32
+
+
+def test_a_broken_model_config_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="model_config.json: field 'num_hidden_layers'"):
+        load_cluster_config(_run_dir(tmp_path, "acme/broken-run-test", {**LLAMA, "num_hidden_layers": "x"}))
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared/data/calibration")
+def test_an_fp8_llmservingsim_profile_must_match_the_instances_weights(tmp_path):
+    shutil.copytree(RUN / "profile", tmp_path / "profile")
+    meta = tmp_path / "profile" / "meta.yaml"
+    meta.write_text(meta.read_text().replace("variant: bf16", "variant: fp8"))
+    profile = find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "fp8", 1, profile_dir=tmp_path / "profile")
+    # fp8 weights over bf16 activations: the all-reduce and dispatch bytes stay 2 per value.
+    assert profile.meta.quantization == "fp8" and profile.meta.dtype == "bfloat16"
+    with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': .*fp8 weights.*runs bfloat16"):
+        find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "bfloat16", 1, profile_dir=tmp_path / "profile")
+    bf16 = find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "bfloat16", 1, profile_dir=RUN / "profile")
+    assert bf16.meta.quantization is None
+    with pytest.raises(ProfileError, match="field 'variant'"):
+        find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "fp8", 1, profile_dir=RUN / "profile")
