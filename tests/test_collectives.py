@@ -23,13 +23,23 @@ def test_nvlink_small_messages_cost_what_h100_measures():
 
 
 def test_estimated_pcie_model_for_an_unmeasured_gpu():
-    rtx4090 = get_hardware("RTX4090")
-    own = interconnect_model(rtx4090, 2)
+    from dataclasses import replace
+
+    # A PCIe GPU whose server nobody measured (here: an RTX PRO 6000 on another link).
+    other = replace(get_hardware("RTXPRO6000"), intra_node_bw_gbps=32.0)
+    own = interconnect_model(other, 2)
     assert "estimated" in own.source
     m = 1 << 20
     assert own.time_us(m, 2) == pytest.approx(10.0 + m / (0.75 * 32.0 * 1e3))
     # More than two PCIe GPUs: no custom all-reduce in vLLM, NCCL's ring pays a hop per step.
-    assert interconnect_model(rtx4090, 4).time_us(0, 4) == pytest.approx(10.0 + 6 * 1.0)
+    assert interconnect_model(other, 4).time_us(0, 4) == pytest.approx(10.0 + 6 * 1.0)
+
+
+def test_a_gpu_without_peer_to_peer_gets_nccl_of_its_pcie_generation():
+    # RTX 4090: no P2P, so no custom all-reduce; the L40S server's NCCL (PCIe 4), 7.93 us + 18.6 GB/s.
+    model = interconnect_model(get_hardware("RTX4090"), 2)
+    assert "without peer-to-peer" in model.source and model.large is None
+    assert model.time_us(512 * 1024, 2) == pytest.approx(7.93 + 512 * 1024 / 18.6e3)
 
 
 def test_measured_pcie_servers_follow_their_tables():

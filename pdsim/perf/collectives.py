@@ -80,9 +80,13 @@ PCIE_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tu
              {2: (5.41, 19.4)}, {2: (7.93, 18.6), 4: (11.2, 5.12), 8: (28.4, 1.62)}),
 }
 PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 collective tables)"
+# GeForce cards have no peer-to-peer access (NVIDIA left it off the RTX 40 series), so vLLM's custom
+# all-reduce fails its P2P check and NCCL runs: priced by the NCCL table of the measured server of the same
+# PCIe generation. NCCL without P2P stages through host memory, so this is a lower bound on the time.
+PCIE_WITHOUT_P2P_LIKE = {"RTX4090": "L40S"}
 
 
-# Other PCIe GPUs (RTX 4090, ...). Estimated, not measured: no collective measurement of them is at hand.
+# Other PCIe GPUs. Estimated, not measured: no collective measurement of them is at hand.
 # Bus bandwidth 3/4 of the line rate: the PCIe protocol itself caps a x16 link's payload at about
 # 0.87 of it (128b/130b coding is in the line rate; a 256-byte TLP carries ~26 bytes of header,
 # sequence number, LCRC and framing; ACK and flow-control DLLPs take a few % more), and NCCL's
@@ -117,12 +121,17 @@ def measured_pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel | None
     """The measured server's model for n GPUs (the nearest measured count), as vLLM picks the
     algorithm: custom all-reduce on two GPUs below 8 MiB, NCCL otherwise. None when the GPU's
     server was not measured, or a config gave it another link than its spec's (another machine)."""
-    if hardware.name not in PCIE_MEASURED:
+    measured = PCIE_WITHOUT_P2P_LIKE.get(hardware.name, hardware.name)
+    if measured not in PCIE_MEASURED:
         return None
     if hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
         return None
-    what, custom, nccl = PCIE_MEASURED[hardware.name]
+    what, custom, nccl = PCIE_MEASURED[measured]
     source = PCIE_MEASURED_SOURCE.format(what)
+    if measured != hardware.name:  # no P2P: NCCL only, lower bound
+        custom = {}
+        source = (f"{hardware.name} without peer-to-peer: NCCL as measured on the {what.split(':')[0]} "
+                  "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound")
     gpus = min(nccl, key=lambda g: (abs(g - n), g))
     nccl_model = AllReduceModel(source, *nccl[gpus][:1], 0.0, nccl[gpus][1])
     if n != 2 or 2 not in custom:
