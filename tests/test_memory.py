@@ -186,3 +186,12 @@ def test_kv_capacity_of_public_vllm_start_ups():
 
 def test_sim_options_default_has_no_override():
     assert SimOptions().kv_gpu_blocks == {}
+
+
+def test_a_gpu_without_a_spec_keeps_back_what_the_driver_does():
+    # vLLM multiplies the CUDA-visible total, not the nominal size, by gpu_memory_utilization: a GPU
+    # pdsim has no spec for is assumed to show H100's share of its config's mem_size.
+    from pdsim.perf.memory import ASSUMED_VISIBLE_FRACTION, visible_memory_gib
+
+    total, why = visible_memory_gib("SOME-NEW-GPU", 48.0)
+    assert total == pytest.approx(48.0 * ASSUMED_VISIBLE_FRACTION) and "no spec for SOME-NEW-GPU" in why

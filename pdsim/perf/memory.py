@@ -76,8 +76,10 @@ def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
     elif spec is not None:
         total = spec.mem_size_gb * ASSUMED_VISIBLE_FRACTION
         kind = f"assumed {ASSUMED_VISIBLE_FRACTION:.1%} of {spec.mem_size_gb:g} GB as on H100"
-    else:
-        return mem_size_gb, f"mem_size; no figure for {hardware}"
+    else:  # a GPU pdsim has no spec for: its config's nominal size, less what the driver keeps
+        total = mem_size_gb * ASSUMED_VISIBLE_FRACTION
+        return total, (f"assumed {ASSUMED_VISIBLE_FRACTION:.1%} of mem_size {mem_size_gb:g} GB as on H100; "
+                       f"no spec for {hardware}")
     if mem_size_gb < total:
         return mem_size_gb, f"mem_size, below the {total:.2f} GiB CUDA shows"
     return total, kind
