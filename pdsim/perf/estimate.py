@@ -327,10 +327,8 @@ def load_or_estimate(
 
 @dataclass(frozen=True)
 class MoEKernel:
-    """How close vLLM's fused-MoE expert kernels get to the roofline (docs/moe.md, "Estimated expert
-    time"): compute efficiency compute_eff_max x M/(M + half_eff_rows) at M tokens per active expert,
-    weights streamed at mem_eff of the datasheet bandwidth, plus fixed_us per MoE block (top-k,
-    moe_align_block_size's sort, the three expert kernels)."""
+    """How close vLLM's fused_moe gets to the roofline (MoERoofline.experts_us; docs/moe.md, "Estimated
+    expert time"): what each constant stands for and the data it was fitted on are documented there."""
 
     compute_eff_max: float
     half_eff_rows: float
@@ -340,10 +338,9 @@ class MoEKernel:
     block_scale_eff: float
 
 
-# Before the fit against measured kernels: the dense-GEMM constants, 3 kernel launches.
+# Before the fit: the dense-GEMM constants, 3 kernel launches.
 DENSE_GEMM_MOE_KERNEL = MoEKernel(GEMM_COMPUTE_EFF_MAX, GEMM_HALF_EFF_M, MEM_EFF, 3 * KERNEL_LAUNCH_US, 0.0, 1.0)
-# Relative least squares on aiconfigurator-core 0.12's measured H200 vLLM 0.19 fused_moe tables (bf16,
-# fp8, fp8_block; balanced routing; 12,096 points): benchmarks/moe_kernel_fit.py --fit h200_sxm.
+# Fitted on aiconfigurator-core 0.12's measured H200 vLLM 0.19 fused_moe tables (benchmarks/moe_kernel_fit.py).
 MOE_KERNEL = MoEKernel(compute_eff_max=0.48, half_eff_rows=55.0, mem_eff=0.82, fixed_us=38.0, row_passes=3.1,
                        block_scale_eff=0.57)
 
@@ -351,9 +348,8 @@ MOE_KERNEL = MoEKernel(compute_eff_max=0.48, half_eff_rows=55.0, mem_eff=0.82, f
 class MoERoofline(_Roofline):
     """One MoE layer on one GPU from specs (pdsim/perf/moe_time.py says what it is given):
     the router gate over the tokens given (the group's: an upper bound, as vLLM gates a rank's own
-    tokens before the all-gather), then the grouped expert GEMMs: every activated local
-    expert's weights streamed from memory once, and the FLOPs of the token-expert pairs; one
-    kernel each for the gate, top-k, gate_up, activation and down. Shared experts (DeepSeek) are
+    tokens before the all-gather), the top-k kernel, then fused_moe (experts_us, MoEKernel).
+    Shared experts (DeepSeek) are
     one dense MLP of the model's shared width, TP-sharded `shared_tp` ways, over the same tokens
     (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens).
     Under fp8 `quantization` the expert and shared GEMMs run at the fp8 peak and each expert streams
@@ -390,14 +386,12 @@ class MoERoofline(_Roofline):
         on `active` local experts, out of `tokens` tokens given to it (all of a DP group's under
         vLLM's all-gather dispatch)."""
         k, h, dt = self.kernel, self.m.hidden_size, self.dt
-        flops = 2.0 * pairs * self.expert_params
         rows = pairs / max(active, 1.0)  # tokens per active expert: each expert's GEMM M
         eff = k.compute_eff_max * rows / (rows + k.half_eff_rows) * self.block_scale
-        compute = flops / (self.flops_per_us * max(eff, 1e-6))
+        compute = 2.0 * pairs * self.expert_params / (self.flops_per_us * max(eff, 1e-6))
         # fused_moe runs the activation and the top-k weighted sum over every (token, top-k) row it
         # is given, local expert or not (an expert_map only masks the GEMMs).
-        all_rows = tokens * self.m.moe.top_k
-        row_bytes = k.row_passes * all_rows * (3 * self.expert_inter + h) * dt
+        row_bytes = k.row_passes * tokens * self.m.moe.top_k * (3 * self.expert_inter + h) * dt
         memory = (active * self.expert_bytes + 4 * pairs * h * dt + row_bytes) / (self.bytes_per_us * k.mem_eff)
         return max(compute, memory) + k.fixed_us
 
