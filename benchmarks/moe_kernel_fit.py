@@ -186,6 +186,11 @@ def main() -> int:
         print(f"error: {args.aic_core} has no systems/data (the unpacked aiconfigurator_core package)",
               file=sys.stderr)
         return 2
+    unknown = [s for s in args.fit.split(",") if s and s not in SYSTEMS]
+    if unknown:
+        print(f"error: --fit {','.join(unknown)}: not a system of this check; known: {', '.join(SYSTEMS)}",
+              file=sys.stderr)
+        return 2
     cases = load_cases(args.aic_core, list(SYSTEMS))
     for c in cases:
         print(f"{c.system} {c.dtype}: {c.kernel_source}, {len(c.frame)} balanced points")
