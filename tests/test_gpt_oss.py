@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -12,7 +13,7 @@ from pdsim.errors import PdsimError, ProfileError
 from pdsim.gpt_oss import GptOssModelSpec
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
-from pdsim.perf.estimate import KERNEL_LAUNCH_US, MEM_EFF, MoERoofline, _Roofline, estimate_profile
+from pdsim.perf.estimate import KERNEL_LAUNCH_US, MOE_KERNEL, MoERoofline, _Roofline, estimate_profile
 from pdsim.perf.memory import GIB, non_torch_bytes, visible_memory_gib
 from tests.helpers import trace
 
@@ -98,14 +99,17 @@ def test_sliding_layers_cap_attention_at_the_window():
 
 def test_mxfp4_experts_stream_4_25_bits_per_weight():
     m, hw = load_model("openai/gpt-oss-20b"), get_hardware("H100-SXM")
-    roof = MoERoofline(hw, m, "bfloat16", 1)
+    # No small-M compute penalty, so that one token stays memory-bound (MXFP4 GEMMs run at the bf16 peak).
+    k = replace(MOE_KERNEL, half_eff_rows=0.0)
+    roof = MoERoofline(hw, m, "bfloat16", 1, kernel=k)
     assert roof.expert_bytes == 3 * H * INTER * 4.25 / 8
     assert "4.25 bits (MXFP4)" in roof.gemm_source
-    # One token, 4 experts: memory-bound; the experts' part is their 4.25-bit bytes and the 4 pairs'
-    # activations (in, gate_up out, act out, down out: 4 x hidden x 2 bytes each) at 80 % of 3350 GB/s.
-    others = roof.gemm_us(1, E, H) + 4 * KERNEL_LAUNCH_US  # the bf16 router gate and 4 more kernels
-    streamed = 4 * 3 * H * INTER * 17 / 32 + 4 * 4 * H * 2
-    assert roof.layer_us(1, 4, 4.0) - others == pytest.approx(streamed / (hw.mem_bw_gbps * 1e3 * MEM_EFF))
+    # One token, 4 experts: memory-bound; the experts' part is their 4.25-bit bytes, the 4 pairs'
+    # activations (in, gate_up out, act out, down out: 4 x hidden x 2 bytes each) and fused_moe's
+    # passes over the token's 4 top-k rows, at the fused-MoE memory efficiency, plus its fixed cost.
+    others = roof.gemm_us(1, E, H) + KERNEL_LAUNCH_US + k.fixed_us  # the bf16 router gate, top-k, fused-MoE
+    streamed = 4 * 3 * H * INTER * 17 / 32 + 4 * 4 * H * 2 + k.row_passes * 4 * (3 * INTER + H) * 2
+    assert roof.layer_us(1, 4, 4.0) - others == pytest.approx(streamed / (hw.mem_bw_gbps * 1e3 * k.mem_eff))
 
 
 def test_bad_gpt_oss_configs_are_refused_naming_the_field(tmp_path):

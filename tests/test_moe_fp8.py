@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from pdsim.config import cluster_config_from_dict
 from pdsim.engine.cluster import Cluster, SimOptions
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
-from pdsim.perf.estimate import KERNEL_LAUNCH_US, MEM_EFF, MoERoofline, _Roofline, estimate_profile
+from pdsim.perf.estimate import KERNEL_LAUNCH_US, MEM_EFF, MOE_KERNEL, MoERoofline, _Roofline, estimate_profile
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
 from pdsim.perf.predictor import StepTimePredictor
 from tests.helpers import cluster
@@ -23,9 +24,11 @@ QWEN = "Qwen/Qwen3-30B-A3B"
 
 
 def _routed_us(roof: MoERoofline, tokens: int, pairs: float, active: float) -> float:
-    """The routed-expert part of one layer: the layer less the (bf16) router gate, shared experts and launches."""
+    """The routed-expert part of one layer: the layer less the (bf16) router gate, shared experts, top-k
+    launch and fused-MoE fixed cost."""
     gate = _Roofline.gemm_us(roof._unquantised, tokens, roof.m.moe.num_experts, roof.m.hidden_size)
-    return roof.layer_us(tokens, pairs, active) - gate - roof.shared_us(tokens) - 4 * KERNEL_LAUNCH_US
+    fixed = KERNEL_LAUNCH_US + roof.kernel.fixed_us
+    return roof.layer_us(tokens, pairs, active) - gate - roof.shared_us(tokens) - fixed
 
 
 @pytest.mark.parametrize("quantization", ["fp8", "fp8_block"])
@@ -37,8 +40,10 @@ def test_memory_bound_experts_speed_up_by_the_weight_byte_ratio(quantization):
     tokens, local = 8, 32
     active = v3.moe.expected_active_experts(tokens, local)
     pairs = tokens * v3.moe.top_k * local / v3.moe.num_experts
-    bf16 = MoERoofline(hw, v3, "bfloat16", 1)
-    fp8 = MoERoofline(hw, v3, "bfloat16", 1, quantization)
+    # Without fused_moe's passes over all gathered rows (bf16 activations in both), to isolate the weights.
+    weights_only = replace(MOE_KERNEL, row_passes=0.0)
+    bf16 = MoERoofline(hw, v3, "bfloat16", 1, kernel=weights_only)
+    fp8 = MoERoofline(hw, v3, "bfloat16", 1, quantization, kernel=weights_only)
     # Bytes of one expert: gate_up (2 x inter rows) and down (h rows) at 2 bytes, or at 1 byte plus
     # fp32 scales: one per output row ("fp8") or per 128 x 128 block ("fp8_block").
     params = 3 * h * inter
@@ -54,15 +59,17 @@ def test_memory_bound_experts_speed_up_by_the_weight_byte_ratio(quantization):
 
 def test_bf16_experts_unchanged_hand_roofline():
     # Qwen3-30B-A3B TP1 on H100, one decode token: 8 of 128 experts, each 3 x 2048 x 768 bf16 weights
-    # streamed at 80 % of 3350 GB/s, plus the gate GEMM (2048 x 128) and 4 kernel launches.
+    # streamed at the fused-MoE memory efficiency of 3350 GB/s with fused_moe's passes over the token's
+    # 8 top-k rows, plus the gate GEMM (2048 x 128), the top-k launch and the fused-MoE fixed cost.
     qwen, hw = load_model(QWEN), get_hardware("H100-SXM")
     layer = MoELayerModel(qwen, ExpertPlacement(1, 1, 1), "bfloat16", hw, None, quantization=None)
     active = qwen.moe.expected_active_experts(1)
     assert active == pytest.approx(8.0)
-    bytes_per_us = hw.mem_bw_gbps * 1e3 * MEM_EFF
-    experts = (active * 3 * 2048 * 768 * 2 + 4 * 8 * 2048 * 2) / bytes_per_us
-    gate = ((2048 + 2048 * 128) * 2 + 128 * 2) / bytes_per_us + KERNEL_LAUNCH_US
-    assert layer.experts_us(1) == pytest.approx(gate + experts + 4 * KERNEL_LAUNCH_US, rel=1e-9)
+    k = MOE_KERNEL
+    rows = k.row_passes * 8 * (3 * 768 + 2048) * 2
+    experts = (active * 3 * 2048 * 768 * 2 + 4 * 8 * 2048 * 2 + rows) / (hw.mem_bw_gbps * 1e3 * k.mem_eff)
+    gate = ((2048 + 2048 * 128) * 2 + 128 * 2) / (hw.mem_bw_gbps * 1e3 * MEM_EFF) + KERNEL_LAUNCH_US
+    assert layer.experts_us(1) == pytest.approx(gate + experts + KERNEL_LAUNCH_US + k.fixed_us, rel=1e-9)
 
 
 def _qwen_fp8_saving_us(tokens: int) -> float:
@@ -71,7 +78,7 @@ def _qwen_fp8_saving_us(tokens: int) -> float:
     qwen, hw = load_model(QWEN), get_hardware("H100-SXM")
     saved_bytes = 3 * 2048 * 768 - 4 * (2 * 768 + 2048)
     active = qwen.moe.expected_active_experts(tokens)
-    return qwen.moe.moe_layers * active * saved_bytes / (hw.mem_bw_gbps * 1e3 * MEM_EFF)
+    return qwen.moe.moe_layers * active * saved_bytes / (hw.mem_bw_gbps * 1e3 * MOE_KERNEL.mem_eff)
 
 
 def test_predictor_passes_quantization_to_the_expert_estimate():

@@ -30,7 +30,7 @@ TP all-reduce is not tabulated here: the predictor prices it with pdsim/perf/col
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -325,20 +325,42 @@ def load_or_estimate(
     return estimate_profile(spec, model, dtype, tp, quantization, kv_dtype)
 
 
+@dataclass(frozen=True)
+class MoEKernel:
+    """How close vLLM's fused_moe gets to the roofline (MoERoofline.experts_us; docs/moe.md, "Estimated
+    expert time"): what each constant stands for and the data it was fitted on are documented there."""
+
+    compute_eff_max: float
+    half_eff_rows: float
+    mem_eff: float
+    fixed_us: float
+    row_passes: float
+    block_scale_eff: float
+
+
+# Before the fit: the dense-GEMM constants, 3 kernel launches.
+DENSE_GEMM_MOE_KERNEL = MoEKernel(GEMM_COMPUTE_EFF_MAX, GEMM_HALF_EFF_M, MEM_EFF, 3 * KERNEL_LAUNCH_US, 0.0, 1.0)
+# Fitted on aiconfigurator-core 0.12's measured H200 vLLM 0.19 fused_moe tables (benchmarks/moe_kernel_fit.py).
+MOE_KERNEL = MoEKernel(compute_eff_max=0.48, half_eff_rows=55.0, mem_eff=0.82, fixed_us=38.0, row_passes=3.1,
+                       block_scale_eff=0.57)
+
+
 class MoERoofline(_Roofline):
     """One MoE layer on one GPU from specs (pdsim/perf/moe_time.py says what it is given):
     the router gate over the tokens given (the group's: an upper bound, as vLLM gates a rank's own
-    tokens before the all-gather), then the grouped expert GEMMs: every activated local
-    expert's weights streamed from memory once, and the FLOPs of the token-expert pairs; one
-    kernel each for the gate, top-k, gate_up, activation and down. Shared experts (DeepSeek) are
+    tokens before the all-gather), the top-k kernel, then fused_moe (experts_us, MoEKernel).
+    Shared experts (DeepSeek) are
     one dense MLP of the model's shared width, TP-sharded `shared_tp` ways, over the same tokens
     (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens).
     Under fp8 `quantization` the expert and shared GEMMs run at the fp8 peak and each expert streams
     1-byte weights plus its fp32 scales; the router gate stays in dtype."""
 
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int,
-                 quantization: str | None = None, shared_tp: int = 1):
+                 quantization: str | None = None, shared_tp: int = 1, kernel: MoEKernel | None = None):
         super().__init__(hw, model, dtype, 1, quantization)
+        self.kernel = kernel if kernel is not None else MOE_KERNEL
+        # Block-scaled fp8 rescales every 128-deep K step inside the GEMM's main loop.
+        self.block_scale = self.kernel.block_scale_eff if quantization == "fp8_block" else 1.0
         self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
         # Bytes one activated expert streams: its weights at self.wt (1 under fp8) plus, quantised,
         # its fp32 scales counted as ModelSpec.weight_bytes counts them (docs/precision.md).
@@ -350,6 +372,7 @@ class MoERoofline(_Roofline):
             self.expert_bytes = self.expert_params * bits / 8
             self.gemm_source += f", expert weights read at {bits:g} bits (MXFP4)"
         self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
+        self.expert_inter = inter
 
     def shared_us(self, tokens: int) -> float:
         if not self.shared_inter or tokens <= 0:
@@ -358,12 +381,22 @@ class MoERoofline(_Roofline):
         return (self.gemm_us(t, 2 * inter, h) + self.mem_us(3 * t * inter * self.dt)
                 + self.gemm_us(t, h, inter))
 
+    def experts_us(self, tokens: float, pairs: float, active: float) -> float:
+        """The fused expert kernels (vLLM's fused_moe) on this GPU: `pairs` local token-expert pairs
+        on `active` local experts, out of `tokens` tokens given to it (all of a DP group's under
+        vLLM's all-gather dispatch)."""
+        k, h, dt = self.kernel, self.m.hidden_size, self.dt
+        rows = pairs / max(active, 1.0)  # tokens per active expert: each expert's GEMM M
+        eff = k.compute_eff_max * rows / (rows + k.half_eff_rows) * self.block_scale
+        compute = 2.0 * pairs * self.expert_params / (self.flops_per_us * max(eff, 1e-6))
+        # fused_moe runs the activation and the top-k weighted sum over every (token, top-k) row it
+        # is given, local expert or not (an expert_map only masks the GEMMs).
+        row_bytes = k.row_passes * tokens * self.m.moe.top_k * (3 * self.expert_inter + h) * dt
+        memory = (active * self.expert_bytes + 4 * pairs * h * dt + row_bytes) / (self.bytes_per_us * k.mem_eff)
+        return max(compute, memory) + k.fixed_us
+
     def layer_us(self, tokens: int, pairs: float, active: float) -> float:
         h, e = self.m.hidden_size, self.m.moe.num_experts
         # The router gate stays in dtype under fp8 (vLLM's fp8 schemes leave it unquantised).
         gate = _Roofline.gemm_us(self._unquantised, max(int(tokens), 1), e, h)
-        flops = 2.0 * pairs * self.expert_params
-        eff = GEMM_COMPUTE_EFF_MAX * pairs / (pairs + GEMM_HALF_EFF_M * max(active, 1.0))
-        compute = flops / (self.flops_per_us * max(eff, 1e-6))
-        memory = (active * self.expert_bytes + 4 * pairs * h * self.dt) / (self.bytes_per_us * MEM_EFF)
-        return gate + max(compute, memory) + 4 * KERNEL_LAUNCH_US + self.shared_us(tokens)
+        return gate + KERNEL_LAUNCH_US + self.experts_us(tokens, pairs, active) + self.shared_us(tokens)
