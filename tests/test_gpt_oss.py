@@ -128,3 +128,12 @@ def test_measured_profile_sources_refuse_sliding_window(tmp_path):
 
     with pytest.raises(ProfileError, match="sliding-window attention is not in aiconfigurator"):
         build_rows(tmp_path, "h100_sxm", load_model("openai/gpt-oss-20b"), 1)
+
+
+def test_mxfp4_experts_keep_the_dense_gemm_constants():
+    # The fused-MoE fit (docs/moe.md) was made on bf16/fp8 kernels, not on gpt-oss's MXFP4 ones.
+    from pdsim.perf.estimate import DENSE_GEMM_MOE_KERNEL
+
+    roof = MoERoofline(get_hardware("H100-SXM"), load_model("openai/gpt-oss-20b"), "bfloat16", 1)
+    assert roof.kernel == DENSE_GEMM_MOE_KERNEL and "did not cover MXFP4" in roof.gemm_source
+    assert MoERoofline(get_hardware("H100-SXM"), load_model("Qwen/Qwen3-30B-A3B"), "bfloat16", 1).kernel == MOE_KERNEL

@@ -358,7 +358,10 @@ class MoERoofline(_Roofline):
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int,
                  quantization: str | None = None, shared_tp: int = 1, kernel: MoEKernel | None = None):
         super().__init__(hw, model, dtype, 1, quantization)
-        self.kernel = kernel if kernel is not None else MOE_KERNEL
+        bits = getattr(model, "expert_weight_bits", None)
+        # MXFP4 experts (gpt-oss) run another kernel family than the one MOE_KERNEL was fitted on: keep
+        # the dense-GEMM constants there rather than carry the fit over unchecked.
+        self.kernel = kernel if kernel is not None else MOE_KERNEL if bits is None else DENSE_GEMM_MOE_KERNEL
         # Block-scaled fp8 rescales every 128-deep K step inside the GEMM's main loop.
         self.block_scale = self.kernel.block_scale_eff if quantization == "fp8_block" else 1.0
         self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
@@ -367,10 +370,10 @@ class MoERoofline(_Roofline):
         h, inter = model.hidden_size, model.moe.expert_intermediate // expert_tp
         scales = 0 if quantization is None else scale_count([(1, 2 * inter, h), (1, h, inter)], quantization)
         self.expert_bytes = self.expert_params * self.wt + scales * SCALE_BYTES
-        bits = getattr(model, "expert_weight_bits", None)
         if bits is not None:  # MXFP4 experts (gpt-oss): 4.25 bits streamed, upcast to bf16 for the GEMM
             self.expert_bytes = self.expert_params * bits / 8
-            self.gemm_source += f", expert weights read at {bits:g} bits (MXFP4)"
+            self.gemm_source += (f", expert weights read at {bits:g} bits (MXFP4), expert GEMMs at the dense "
+                                 "GEMM efficiencies (the fused-MoE fit did not cover MXFP4 kernels)")
         self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
         self.expert_inter = inter
 
