@@ -16,6 +16,9 @@ Prints the relative error (predicted / measured - 1) of `MoERoofline.experts_us`
 per system and dtype, with the constants pdsim ships (`MOE_KERNEL`) and with the dense-GEMM
 constants it had before; `--fit SYSTEM[,SYSTEM]` refits the four MoEKernel constants (relative
 least squares) on those systems' tables, then checks leave-one-shape-out and the other systems.
+
+`--family mxfp4` does the same for gpt-oss's MXFP4 experts (moe_dtype w4a16_mxfp4: 4-bit weights
+with E8M0 scales, bf16 activations; vLLM's gpt-oss MXFP4 kernels) against `MXFP4_MOE_KERNEL`.
 """
 
 from __future__ import annotations
@@ -30,10 +33,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pdsim.gpt_oss import MXFP4_BITS_PER_PARAM, GptOssModelSpec  # noqa: E402
 from pdsim.hardware import get_hardware  # noqa: E402
 from pdsim.models import ModelSpec  # noqa: E402
 from pdsim.moe import MoESpec  # noqa: E402
-from pdsim.perf.estimate import DENSE_GEMM_MOE_KERNEL, MOE_KERNEL, MoEKernel, MoERoofline  # noqa: E402
+from pdsim.perf.estimate import (  # noqa: E402
+    DENSE_GEMM_MOE_KERNEL,
+    MOE_KERNEL,
+    MXFP4_MOE_KERNEL,
+    MoEKernel,
+    MoERoofline,
+)
 
 # aiconfigurator system -> (pdsim hardware, vLLM table version: the one closest to vLLM 0.19)
 SYSTEMS = {
@@ -43,7 +53,16 @@ SYSTEMS = {
     "l40s": ("L40S", "0.24.0"),
     "rtx_pro_6000_server": ("RTXPRO6000", "0.24.0"),
 }
-DTYPES = {"bfloat16": None, "fp8": "fp8", "fp8_block": "fp8_block"}
+# moe_dtype -> pdsim's quantization of the instance (MXFP4 experts are the model's own weights: None)
+DTYPES = {"bfloat16": None, "fp8": "fp8", "fp8_block": "fp8_block", "w4a16_mxfp4": None}
+# Kernel families: the dtypes of each and the constants pdsim ships for it.
+FAMILIES = {"fused": (["bfloat16", "fp8", "fp8_block"], MOE_KERNEL), "mxfp4": (["w4a16_mxfp4"], MXFP4_MOE_KERNEL)}
+EXPERT_BITS = {"w4a16_mxfp4": MXFP4_BITS_PER_PARAM}
+# MXFP4 tables: vLLM 0.19's (h200_sxm, b200_sxm) time every moe_ep_size like EP 1 (the same latency at
+# EP 1..128: the collector did not shard the experts), so the family reads 0.24's, and 0.19's H200 EP 1
+# rows (closest to the silicon rows' vLLM 0.18) as a case of their own, "h200_sxm@0.19.0".
+MXFP4_VERSIONS = {"h200_sxm": "0.24.0", "b200_sxm": "0.24.0"}
+MXFP4_EXTRA = {"h200_sxm@0.19.0": ("h200_sxm", "0.19.0")}
 SHAPE = ["hidden_size", "inter_size", "topk", "num_experts"]
 RANGES = [(1, 16), (17, 256), (257, 2048), (2049, 16384)]
 
@@ -56,16 +75,34 @@ class Case:
     frame: pd.DataFrame  # one row per measured point: shape, tp, ep, num_tokens, latency_us
 
 
-def load_cases(aic: Path, systems: list[str]) -> list[Case]:
+def hardware_of(label: str) -> str:
+    """pdsim hardware of a case label (an aiconfigurator system, or SYSTEM@VERSION)."""
+    return SYSTEMS[label.split("@")[0]][0]
+
+
+def tables(systems: list[str], family: str) -> dict[str, tuple[str, str]]:
+    """Case label -> (aiconfigurator system, vLLM table version) read for this kernel family."""
+    if family != "mxfp4":
+        return {s: (s, SYSTEMS[s][1]) for s in systems}
+    return {**{s: (s, MXFP4_VERSIONS.get(s, SYSTEMS[s][1])) for s in systems}, **MXFP4_EXTRA}
+
+
+def load_cases(aic: Path, systems: list[str], dtypes: list[str] | None = None,
+               versions: dict[str, tuple[str, str]] | None = None) -> list[Case]:
+    dtypes = FAMILIES["fused"][0] if dtypes is None else dtypes
+    versions = {s: (s, SYSTEMS[s][1]) for s in systems} if versions is None else versions
     cases = []
-    for system in systems:
-        version = SYSTEMS[system][1]
+    for label, (system, version) in versions.items():
         path = aic / "systems" / "data" / system / "moe" / "vllm" / version / "moe_perf.parquet"
         if not path.is_file():
-            print(f"{system}: no {path}, skipped")
+            print(f"{label}: no {path}, skipped")
             continue
         df = pd.read_parquet(path)
-        df = df[(df.distribution == "balanced") & df.moe_dtype.isin(list(DTYPES))]
+        if label in MXFP4_EXTRA:
+            df = df[df.moe_ep_size == 1]
+        df = df[(df.distribution == "balanced") & df.moe_dtype.isin(dtypes)]
+        # compressed-tensors MXFP4 checkpoints (other models' w4a4 Marlin path) are not gpt-oss's kernel
+        df = df[~df.kernel_source.str.contains("compressedtensors") | ~df.moe_dtype.str.contains("mxfp4")]
         for dtype, g in df.groupby("moe_dtype"):
             # Several kernels for one dtype (0.24's FlashInfer and Triton paths): vLLM's Triton fused_moe
             # (what vLLM 0.19 runs on Hopper) where measured, else the one with the most rows.
@@ -74,23 +111,28 @@ def load_cases(aic: Path, systems: list[str]) -> list[Case]:
             source = triton[0] if triton else counts.index[0]
             g = g[g.kernel_source == source].copy()
             g["latency_us"] = g.latency * 1000.0
-            cases.append(Case(system, str(dtype), source, g.reset_index(drop=True)))
+            cases.append(Case(label, str(dtype), source, g.reset_index(drop=True)))
     return cases
 
 
-def _model(hidden: int, inter: int, topk: int, experts: int) -> ModelSpec:
-    return ModelSpec(name=f"moe-{hidden}-{inter}-{topk}of{experts}", architecture="synthetic", hidden_size=hidden,
-                     num_layers=1, num_heads=1, num_kv_heads=1, head_dim=128, intermediate_size=inter,
-                     vocab_size=32000, tie_word_embeddings=False, has_qk_norm=False,
-                     max_position_embeddings=32768, moe=MoESpec(experts, topk, inter, 1))
+def _model(hidden: int, inter: int, topk: int, experts: int, expert_bits: float | None = None) -> ModelSpec:
+    """One MoE layer of these shapes; expert_bits: MXFP4 experts (a gpt-oss spec) at that many bits."""
+    spec = dict(name=f"moe-{hidden}-{inter}-{topk}of{experts}", architecture="synthetic", hidden_size=hidden,
+                num_layers=1, num_heads=1, num_kv_heads=1, head_dim=128, intermediate_size=inter,
+                vocab_size=32000, tie_word_embeddings=False, has_qk_norm=False,
+                max_position_embeddings=32768, moe=MoESpec(experts, topk, inter, 1))
+    if expert_bits is None:
+        return ModelSpec(**spec)
+    return GptOssModelSpec(**spec, expert_weight_bits=expert_bits)
 
 
 def predict_us(case: Case, kernel: MoEKernel) -> np.ndarray:
-    hw = get_hardware(SYSTEMS[case.system][0])
+    hw = get_hardware(hardware_of(case.system))
     out = np.empty(len(case.frame))
     keys = [*SHAPE, "moe_tp_size", "moe_ep_size"]
     for (h, inter, k, e, tp, ep), g in case.frame.groupby(keys):
-        est = MoERoofline(hw, _model(h, inter, k, e), "bfloat16", int(tp), DTYPES[case.dtype], kernel=kernel)
+        model = _model(h, inter, k, e, EXPERT_BITS.get(case.dtype))
+        est = MoERoofline(hw, model, "bfloat16", int(tp), DTYPES[case.dtype], kernel=kernel)
         for i, t in zip(g.index, g.num_tokens):
             pairs = t * k / ep
             out[i] = est.experts_us(t, pairs, min(e / ep, pairs))
@@ -176,6 +218,8 @@ def detail(cases: list[Case], spec: str, kernels: dict[str, MoEKernel]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--aic-core", type=Path, required=True, help="unpacked aiconfigurator_core package")
+    ap.add_argument("--family", choices=list(FAMILIES), default="fused",
+                    help="fused: bf16/fp8 fused_moe (MOE_KERNEL); mxfp4: gpt-oss's MXFP4 experts (MXFP4_MOE_KERNEL)")
     ap.add_argument("--fit", default="", help="systems to refit the constants on, comma-separated")
     ap.add_argument("--loso", action="store_true", help="with --fit: leave-one-shape-out check")
     ap.add_argument("--detail", default="", help="SYSTEM:DTYPE:HIDDEN:INTER:TOPK:EXPERTS, e.g. "
@@ -191,20 +235,21 @@ def main() -> int:
         print(f"error: --fit {','.join(unknown)}: not a system of this check; known: {', '.join(SYSTEMS)}",
               file=sys.stderr)
         return 2
-    cases = load_cases(args.aic_core, list(SYSTEMS))
+    dtypes, shipped = FAMILIES[args.family]
+    cases = load_cases(args.aic_core, list(SYSTEMS), dtypes, tables(list(SYSTEMS), args.family))
     for c in cases:
         print(f"{c.system} {c.dtype}: {c.kernel_source}, {len(c.frame)} balanced points")
     _print(f"before (dense-GEMM constants {DENSE_GEMM_MOE_KERNEL})", errors(cases, DENSE_GEMM_MOE_KERNEL))
-    _print(f"shipped {MOE_KERNEL}", errors(cases, MOE_KERNEL))
+    _print(f"shipped {shipped}", errors(cases, shipped))
     if args.detail:
         if args.tokens:
             keep = {int(t) for t in args.tokens.split(",")}
             cases = [Case(c.system, c.dtype, c.kernel_source,
                           c.frame[c.frame.num_tokens.isin(keep)].reset_index(drop=True)) for c in cases]
-        detail(cases, args.detail, {"before_us": DENSE_GEMM_MOE_KERNEL, "shipped_us": MOE_KERNEL})
+        detail(cases, args.detail, {"before_us": DENSE_GEMM_MOE_KERNEL, "shipped_us": shipped})
     if args.fit:
         on = args.fit.split(",")
-        k = fit([c for c in cases if c.system in on], MOE_KERNEL)
+        k = fit([c for c in cases if c.system in on], shipped)
         _print(f"fitted on {on}: {k}", errors(cases, k))
         if args.loso:
             lo = leave_one_shape_out([c for c in cases if c.system in on], k)

@@ -125,3 +125,60 @@ def test_qwen3_235b_prefill_chunk_near_aiconfigurators_measured_h200_kernel():
         before = roofline(tp=2, kernel=DENSE_GEMM_MOE_KERNEL).experts_us(tokens, tokens * 8, active)
         assert before < 0.75 * measured_us
     assert np.isfinite(r.experts_us(0, 0, 0))
+
+
+def _mxfp4_rows(tmp_path, system: str, version: str, rows: list[dict]) -> None:
+    d = tmp_path / "systems" / "data" / system / "moe" / "vllm" / version
+    d.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(d / "moe_perf.parquet")
+
+
+def test_mxfp4_family_reads_gpt_oss_kernels_and_only_ep1_of_vllm_019(tmp_path):
+    pytest.importorskip("pyarrow")
+    base = dict(moe_dtype="w4a16_mxfp4", num_tokens=8, hidden_size=2880, inter_size=2880, topk=4, num_experts=128,
+                moe_tp_size=1, moe_ep_size=1, latency=0.2, distribution="balanced",
+                kernel_source="vllm_gptossmxfp4moe_triton_oaitritonmxfp4expertsmonolithic")
+    # 0.24: another model's compressed-tensors MXFP4 (Marlin) rows are not gpt-oss's kernel; bf16 rows another family
+    _mxfp4_rows(tmp_path, "h200_sxm", "0.24.0", [
+        base, dict(base, num_tokens=16),
+        dict(base, kernel_source="vllm_compressedtensorsw4a4mxfp4moe_marlin_marlinexperts", hidden_size=3584),
+        dict(base, moe_dtype="bfloat16", kernel_source="vllm_fused_moe")])
+    # 0.19: every EP size timed like EP 1, so only EP 1 is read
+    _mxfp4_rows(tmp_path, "h200_sxm", "0.19.0", [dict(base, kernel_source="vllm_mxfp4_moe"),
+                                                  dict(base, kernel_source="vllm_mxfp4_moe", moe_ep_size=8)])
+    dtypes = fit_mod.FAMILIES["mxfp4"][0]
+    cases = fit_mod.load_cases(tmp_path, ["h200_sxm"], dtypes, fit_mod.tables(["h200_sxm"], "mxfp4"))
+    got = {c.system: (c.kernel_source, sorted(c.frame.num_tokens), sorted(c.frame.moe_ep_size)) for c in cases}
+    assert got == {"h200_sxm": (base["kernel_source"], [8, 16], [1, 1]),
+                   "h200_sxm@0.19.0": ("vllm_mxfp4_moe", [8], [1])}
+    assert fit_mod.hardware_of("h200_sxm@0.19.0") == "H200"
+
+
+def test_mxfp4_case_prices_4_25_bit_experts():
+    # One token on 4 of 32 experts, memory-bound with no small-M penalty: the 4 experts' weights at 4.25 bits.
+    k = MoEKernel(0.5, 0.0, 0.5, 0.0, 0.0, 1.0)
+    frame = pd.DataFrame([dict(hidden_size=2880, inter_size=2880, topk=4, num_experts=32, moe_tp_size=1,
+                               moe_ep_size=1, num_tokens=1)])
+    (got,) = fit_mod.predict_us(fit_mod.Case("h200_sxm", "w4a16_mxfp4", "synthetic", frame), k)
+    weights = 4 * 3 * 2880 * 2880 * 4.25 / 8
+    activations = 4 * 4 * 2880 * 2
+    assert got == pytest.approx((weights + activations) / (H200.mem_bw_gbps * 1e3 * 0.5), rel=1e-9)
+    bf16 = fit_mod.predict_us(fit_mod.Case("h200_sxm", "bfloat16", "synthetic", frame), k)[0]
+    assert got < 0.3 * bf16  # bf16 experts stream 16 bits per weight
+
+
+def test_fit_recovers_mxfp4_constants_from_synthetic_measurements():
+    truth = MoEKernel(compute_eff_max=0.55, half_eff_rows=45.0, mem_eff=0.65, fixed_us=60.0, row_passes=0.5,
+                      block_scale_eff=1.0)
+    rows = [dict(hidden_size=2880, inter_size=2880, topk=4, num_experts=e, moe_tp_size=tp, moe_ep_size=ep,
+                 num_tokens=t) for e in (32, 128) for tp, ep in ((1, 1), (2, 1), (1, 8))
+            for t in (1, 4, 16, 64, 256, 1024, 4096, 16384)]
+    frame = pd.DataFrame(rows)
+    case = fit_mod.Case("h200_sxm", "w4a16_mxfp4", "synthetic", frame)
+    frame["latency_us"] = fit_mod.predict_us(case, truth)
+    got = fit_mod.fit([case], replace(DENSE_GEMM_MOE_KERNEL, block_scale_eff=1.0))
+    # At gpt-oss's shapes the small-M compute term outweighs weight streaming, so mem_eff (and the
+    # row passes) are weakly determined; the compute constants and the fixed cost are not.
+    for name in ("compute_eff_max", "half_eff_rows", "fixed_us"):
+        assert getattr(got, name) == pytest.approx(getattr(truth, name), rel=0.05), name
+    assert fit_mod.errors([case], got).err.abs().max() < 0.01

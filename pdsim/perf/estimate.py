@@ -343,6 +343,12 @@ DENSE_GEMM_MOE_KERNEL = MoEKernel(GEMM_COMPUTE_EFF_MAX, GEMM_HALF_EFF_M, MEM_EFF
 # Fitted on aiconfigurator-core 0.12's measured H200 vLLM 0.19 fused_moe tables (benchmarks/moe_kernel_fit.py).
 MOE_KERNEL = MoEKernel(compute_eff_max=0.48, half_eff_rows=55.0, mem_eff=0.82, fixed_us=38.0, row_passes=3.1,
                        block_scale_eff=0.57)
+# MXFP4 experts (gpt-oss: vLLM's OAI-Triton MXFP4 kernel on Hopper): fitted on aiconfigurator-core 0.12's
+# measured H200 vLLM 0.24 tables (benchmarks/moe_kernel_fit.py --family mxfp4 --fit h200_sxm); no block
+# scale term (the E8M0 dequant is inside compute_eff_max), so block_scale_eff is 1. Not the default:
+# docs/moe.md ("MXFP4 experts") says why (end-to-end TPOT got worse with it).
+MXFP4_MOE_KERNEL = MoEKernel(compute_eff_max=0.56, half_eff_rows=48.0, mem_eff=0.64, fixed_us=62.0, row_passes=0.52,
+                             block_scale_eff=1.0)
 
 
 class MoERoofline(_Roofline):
@@ -359,8 +365,8 @@ class MoERoofline(_Roofline):
                  quantization: str | None = None, shared_tp: int = 1, kernel: MoEKernel | None = None):
         super().__init__(hw, model, dtype, 1, quantization)
         bits = getattr(model, "expert_weight_bits", None)
-        # MXFP4 experts (gpt-oss) run another kernel family than the one MOE_KERNEL was fitted on: keep
-        # the dense-GEMM constants there rather than carry the fit over unchecked.
+        # MXFP4 experts (gpt-oss) run another kernel family; their fitted constants (MXFP4_MOE_KERNEL)
+        # bring prefill closer but overshoot decode end to end (docs/moe.md): dense-GEMM constants there.
         self.kernel = kernel if kernel is not None else MOE_KERNEL if bits is None else DENSE_GEMM_MOE_KERNEL
         # Block-scaled fp8 rescales every 128-deep K step inside the GEMM's main loop.
         self.block_scale = self.kernel.block_scale_eff if quantization == "fp8_block" else 1.0
@@ -372,8 +378,10 @@ class MoERoofline(_Roofline):
         self.expert_bytes = self.expert_params * self.wt + scales * SCALE_BYTES
         if bits is not None:  # MXFP4 experts (gpt-oss): 4.25 bits streamed, upcast to bf16 for the GEMM
             self.expert_bytes = self.expert_params * bits / 8
-            self.gemm_source += (f", expert weights read at {bits:g} bits (MXFP4), expert GEMMs at the dense "
-                                 "GEMM efficiencies (the fused-MoE fit did not cover MXFP4 kernels)")
+            fitted = self.kernel == MXFP4_MOE_KERNEL
+            self.gemm_source += (f", expert weights read at {bits:g} bits (MXFP4), expert kernels at the "
+                                 + ("efficiencies fitted on measured MXFP4 fused-MoE kernels" if fitted else
+                                    "dense GEMM efficiencies (the fused-MoE fit did not cover MXFP4 kernels)"))
         self.shared_inter = -(-model.moe.shared_intermediate // shared_tp)
         self.expert_inter = inter
 
