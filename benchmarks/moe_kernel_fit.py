@@ -175,6 +175,11 @@ def fit(cases: list[Case], start: MoEKernel) -> MoEKernel:
     return MoEKernel(*(round(float(v), 3) for v in r.x))
 
 
+def ep1_only(cases: list[Case]) -> list[Case]:
+    return [Case(c.system, c.dtype, c.kernel_source, c.frame[c.frame.moe_ep_size == 1].reset_index(drop=True))
+            for c in cases]
+
+
 def _print(title: str, err: pd.DataFrame) -> None:
     print(f"\n{title}: median signed error / median |error| by token range (n points)")
     s = summary(err)
@@ -222,6 +227,8 @@ def main() -> int:
                     help="fused: bf16/fp8 fused_moe (MOE_KERNEL); mxfp4: gpt-oss's MXFP4 experts (MXFP4_MOE_KERNEL)")
     ap.add_argument("--fit", default="", help="systems to refit the constants on, comma-separated")
     ap.add_argument("--loso", action="store_true", help="with --fit: leave-one-shape-out check")
+    ap.add_argument("--ep1", action="store_true", help="fit on the moe_ep_size 1 rows only (vLLM's default "
+                    "layout, no --enable-expert-parallel); errors are printed on all rows and on EP 1")
     ap.add_argument("--detail", default="", help="SYSTEM:DTYPE:HIDDEN:INTER:TOPK:EXPERTS, e.g. "
                     "h200_sxm:fp8_block:4096:1536:8:128 (Qwen3-235B-A22B)")
     ap.add_argument("--tokens", default="", help="with --detail: only these token counts, comma-separated")
@@ -247,12 +254,17 @@ def main() -> int:
             cases = [Case(c.system, c.dtype, c.kernel_source,
                           c.frame[c.frame.num_tokens.isin(keep)].reset_index(drop=True)) for c in cases]
         detail(cases, args.detail, {"before_us": DENSE_GEMM_MOE_KERNEL, "shipped_us": shipped})
+    if args.ep1:
+        _print("shipped, EP 1 rows", errors(ep1_only(cases), shipped))
     if args.fit:
         on = args.fit.split(",")
-        k = fit([c for c in cases if c.system in on], shipped)
-        _print(f"fitted on {on}: {k}", errors(cases, k))
+        train = [c for c in (ep1_only(cases) if args.ep1 else cases) if c.system in on]
+        k = fit(train, shipped)
+        _print(f"fitted on {on}{' EP 1' if args.ep1 else ''}: {k}", errors(cases, k))
+        if args.ep1:
+            _print("fitted, EP 1 rows", errors(ep1_only(cases), k))
         if args.loso:
-            lo = leave_one_shape_out([c for c in cases if c.system in on], k)
+            lo = leave_one_shape_out(train, k)
             print("\nleave one shape out (fit without it, error on it):")
             print(lo.to_string(index=False, formatters={"median": "{:+.1%}".format, "median_abs": "{:.1%}".format}))
     return 0
