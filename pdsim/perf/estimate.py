@@ -343,10 +343,8 @@ DENSE_GEMM_MOE_KERNEL = MoEKernel(GEMM_COMPUTE_EFF_MAX, GEMM_HALF_EFF_M, MEM_EFF
 # Fitted on aiconfigurator-core 0.12's measured H200 vLLM 0.19 fused_moe tables (benchmarks/moe_kernel_fit.py).
 MOE_KERNEL = MoEKernel(compute_eff_max=0.48, half_eff_rows=55.0, mem_eff=0.82, fixed_us=38.0, row_passes=3.1,
                        block_scale_eff=0.57)
-# MXFP4 experts (gpt-oss: vLLM's OAI-Triton MXFP4 kernel on Hopper): fitted on aiconfigurator-core 0.12's
-# measured H200 vLLM 0.24 tables, EP 1 rows (benchmarks/moe_kernel_fit.py --family mxfp4 --fit h200_sxm
-# --ep1; docs/moe.md, "MXFP4 experts"); the E8M0 dequant is inside compute_eff_max, so block_scale_eff is 1.
-# Not the default: with it gpt-oss TPOT overshoots end to end at the 1500 us step overhead (docs/moe.md).
+# MXFP4 experts (vLLM's Hopper OAI-Triton kernel), fitted on the same wheel's H200 vLLM 0.24 EP 1 rows
+# (docs/moe.md, "MXFP4 experts": how, held-out errors, and why it is not the default).
 MXFP4_MOE_KERNEL = MoEKernel(compute_eff_max=0.57, half_eff_rows=42.0, mem_eff=0.56, fixed_us=36.0, row_passes=1.2,
                              block_scale_eff=1.0)
 
@@ -365,8 +363,7 @@ class MoERoofline(_Roofline):
                  quantization: str | None = None, shared_tp: int = 1, kernel: MoEKernel | None = None):
         super().__init__(hw, model, dtype, 1, quantization)
         bits = getattr(model, "expert_weight_bits", None)
-        # MXFP4 experts (gpt-oss) run another kernel family; their fitted constants (MXFP4_MOE_KERNEL)
-        # bring prefill closer but TPOT overshoots end to end (docs/moe.md): dense-GEMM constants there.
+        # MXFP4 experts (gpt-oss): dense-GEMM constants; their own fit overshoots TPOT end to end (docs/moe.md).
         self.kernel = kernel if kernel is not None else MOE_KERNEL if bits is None else DENSE_GEMM_MOE_KERNEL
         # Block-scaled fp8 rescales every 128-deep K step inside the GEMM's main loop.
         self.block_scale = self.kernel.block_scale_eff if quantization == "fp8_block" else 1.0
