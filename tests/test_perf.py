@@ -513,3 +513,18 @@ def test_predictor_microbenchmark(llama8b, rtx):
         f"decode_run_s(k=1000) {run * 1e6:.1f} us/call"
     )
     assert math.isfinite(cold)
+
+
+@pytest.mark.parametrize("name", ["A100-40GB", "H100-PCIe", "H800", "H20", "L4", "L40"])
+def test_every_added_gpu_runs_an_estimated_step_and_a_tp2_all_reduce(name, llama8b):
+    # Datasheet entries for GPUs LLMServingSim users bring: a spec estimates a step no faster than
+    # streaming a TP shard's weights at the spec's bandwidth, and picks a TP all-reduce model by its
+    # link, so a TP 2 run never stops for want of one.
+    from pdsim.hardware import canonical_hardware_name, get_hardware
+
+    hw = get_hardware(name)
+    assert hw.bf16_tflops > 0 and hw.intra_node_link in ("nvlink", "pcie")
+    pred = StepTimePredictor(estimate_profile(hw, llama8b, "bfloat16", 2), llama8b, 2, hw)
+    decode_s = pred.step_time_s([], 8, 8 * 1000)
+    assert decode_s > llama8b.weight_bytes("bfloat16", 2) / (hw.mem_bw_gbps * 1e9)
+    assert pred.allreduce_source and canonical_hardware_name(name) == name
