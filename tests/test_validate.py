@@ -363,3 +363,29 @@ def test_validate_with_a_measured_profile_has_no_estimated_line(tmp_path):
                         "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
     assert "estimated" not in res.output
+
+
+@needs_shared
+def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
+    # meta.json engine_kwargs say what the engine ran; the LLMServingSim cluster config does not carry
+    # max_num_seqs (LLMServingSim takes it from a flag). A run recorded at max_num_seqs 16 replays at
+    # 16, says so, and queues far longer than at 128.
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(RTX / "vllm_run", run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["engine_kwargs"]["max_num_seqs"] = 16
+    (run / "meta.json").write_text(json.dumps(meta))
+    args = ["--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+            "--output"]
+    at16 = _validate_cli("--measured", str(run / "requests.jsonl"), *args, str(tmp_path / "a.csv"))
+    at128 = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), *args, str(tmp_path / "b.csv"))
+    assert "max_num_seqs 16 from meta.json engine_kwargs" in at16.output
+    assert "max_num_seqs 128 from meta.json engine_kwargs" in at128.output
+    import pandas as pd
+
+    ttft = [pd.read_csv(tmp_path / f).set_index(["metric", "stat"]).loc[("TTFT (ms)", "mean"), "simulated"]
+            for f in ("a.csv", "b.csv")]
+    assert ttft[0] > 2 * ttft[1]

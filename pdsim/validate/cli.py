@@ -108,7 +108,32 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
-                                                "scheduler_reserve_full_isl": reserve})
+                                                "scheduler_reserve_full_isl": reserve,
+                                                **_engine_limits(cluster_config, run)})
+
+
+# Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches: the replay
+# takes what the engine ran, whatever the cluster config (LLMServingSim gets them from command-line flags).
+_RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
+                    "enable_chunked_prefill": bool, "enable_prefix_caching": bool}
+
+
+def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
+    from pdsim.errors import ConfigError, read_json_object
+
+    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    raw = read_json_object(cluster_config, ConfigError, "cluster config")
+    stated = {k: inst.get(k) for node in raw.get("nodes") or [] if isinstance(node, dict)
+              for inst in node.get("instances") or [] if isinstance(inst, dict) for k in _RECORDED_LIMITS if k in inst}
+    out: dict[str, object] = {}
+    for key, kind in _RECORDED_LIMITS.items():
+        value = kwargs.get(key)
+        if value is None or type(value) is not kind:  # None: the engine's own default, not recorded
+            continue
+        out[key] = value
+        was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
+        run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    return out
 
 
 def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity: str):
