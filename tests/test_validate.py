@@ -389,3 +389,36 @@ def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
     ttft = [pd.read_csv(tmp_path / f).set_index(["metric", "stat"]).loc[("TTFT (ms)", "mean"), "simulated"]
             for f in ("a.csv", "b.csv")]
     assert ttft[0] > 2 * ttft[1]
+
+
+def test_block_hash_ids_chain_as_vllms_prefix_cache():
+    from pdsim.validate.token_ids import block_hash_ids
+
+    a, b, c = list(range(40)), list(range(32)) + [99] * 8, [7] + list(range(1, 40))
+    ids = block_hash_ids([a, b, c], 16)
+    assert len(ids[0]) == 2 and ids[1] == ids[0][:2]  # the same two full blocks, then a partial one
+    assert ids[2][0] != ids[0][0] and ids[2][1] != ids[0][1]  # a different first block breaks the chain
+
+
+@needs_shared
+def test_the_runs_token_ids_give_the_engines_prefix_hits(tmp_path):
+    # vLLM 0.19 caches prefixes by default; the run's workload.jsonl has the ids it was sent. With them
+    # the replay skips the prefill of blocks seen before (7.6% of this run's prompt tokens), so its TTFT
+    # is lower than without, and a workload of another length fails with the file named.
+    args = ["--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+            str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"), "--output"]
+    with_ids = _validate_cli(*args, str(tmp_path / "a.csv"), "--token-ids", str(RTX / "workload.jsonl"))
+    without = _validate_cli(*args, str(tmp_path / "b.csv"))
+    assert "7.6% of prompt tokens are in 16-token blocks" in with_ids.output
+    assert "no prefix-cache hits are modelled" in without.output
+    import pandas as pd
+
+    ttft = [pd.read_csv(tmp_path / f).set_index(["metric", "stat"]).loc[("TTFT (ms)", "mean"), "simulated"]
+            for f in ("a.csv", "b.csv")]
+    assert ttft[0] < ttft[1]
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join((RTX / "workload.jsonl").read_text().splitlines()[:10]))
+    from pdsim.errors import PdsimError
+
+    with pytest.raises(PdsimError, match="short.jsonl: 10 prompts with token ids, but the measured run has 300"):
+        _validate_cli(*args, str(tmp_path / "c.csv"), "--token-ids", str(short))

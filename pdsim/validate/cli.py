@@ -182,6 +182,20 @@ def _refuse_inexpressible(run: MeasuredRun, cfg) -> None:
                 f"quantization {got[0] or 'null'}, kv_cache_dtype {got[1]}: set them as the run did")
 
 
+def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
+    """The prompts' prefix blocks from --token-ids; without them, say that no hits are modelled where
+    the engine had prefix caching on."""
+    first = cfg.instances()[0].config
+    if token_ids is not None:
+        from pdsim.validate.token_ids import attach_prefix_ids
+
+        run.prefix_ids = attach_prefix_ids(run, token_ids, first.block_size)
+        run.prefix_block_tokens = first.block_size
+    elif first.enable_prefix_caching:
+        run.notes.append("prefix caching on, but the measured requests carry no token ids: no prefix-cache hits "
+                         "are modelled (--token-ids gives them)")
+
+
 @click.command("validate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
               help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, an aiperf run (its "
@@ -207,13 +221,16 @@ def _refuse_inexpressible(run: MeasuredRun, cfg) -> None:
 @click.option("--kv-capacity", type=click.Choice(["predicted", "measured"]), default="predicted", show_default=True,
               help="KV capacity the replay uses: pdsim's prediction from the config, or the measured engine's "
                    "(to see timing errors apart from memory errors).")
+@click.option("--token-ids", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The workload that fed a per-request run, with its prompts' token ids (LLMServingSim's "
+                   "workload.jsonl, input_tok_ids): the replay then gets the engine's prefix-cache hits.")
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
               type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
              engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
-             output: Path, plot: bool) -> None:
+             token_ids: Path | None, output: Path, plot: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.measured import is_closed_loop_table, read_measured
 
@@ -238,6 +255,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     run = read_measured(measured, clock)
     cfg = _replay_config(cluster_config, run, async_scheduling)
     _refuse_inexpressible(run, cfg)
+    _prefix_ids(run, cfg, token_ids)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
     if opts.client_send_gaps_s:
         run.notes.append(f"clients send after the run's own gaps (median {np.median(opts.client_send_gaps_s) * 1e3:.1f}"

@@ -22,9 +22,11 @@ METRICS = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (
 def trace_of(measured: MeasuredRun) -> list[TraceRequest]:
     """The measured requests as a simulator trace: same lengths, same arrival times."""
     df = measured.requests
+    ids = measured.prefix_ids or [()] * len(df)
+    block = measured.prefix_block_tokens if measured.prefix_ids else 0
     return [
         TraceRequest(request_id=i, input_toks=int(r.input_toks), output_toks=int(r.output_toks),
-                     arrival_time_ns=int(round(r.arrival_s * 1e9)))
+                     arrival_time_ns=int(round(r.arrival_s * 1e9)), hash_ids=ids[i], hash_block_tokens=block)
         for i, r in enumerate(df.itertuples(index=False))
     ]
 

@@ -46,6 +46,9 @@ class MeasuredRun:
     # Where TTFT and E2E start: "arrival" (the client sent it) or "pickup" (the engine first took it
     # in, between two steps: vLLM's `queued_ts`).
     latency_origin: str = "arrival"
+    # Per request, its prompt's prefix-block ids (pdsim/validate/token_ids.py), when the ids are known.
+    prefix_ids: list[tuple[int, ...]] | None = None
+    prefix_block_tokens: int = 0
 
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
