@@ -97,17 +97,21 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def raw_instances(raw: Any) -> list[dict]:
+    """The instance objects of an unvalidated cluster config; broken parts are skipped (validation
+    reports them)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
+        return []
+    return [inst for node in raw["nodes"] if isinstance(node, dict) and isinstance(node.get("instances"), list)
+            for inst in node["instances"] if isinstance(inst, dict)]
+
+
 def _apply_overrides(raw: Any, overrides: dict[str, object]) -> None:
     unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
     if unknown:
         raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
-    if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
-        return  # validation reports the broken structure
-    for node in raw["nodes"]:
-        if isinstance(node, dict) and isinstance(node.get("instances"), list):
-            for inst in node["instances"]:
-                if isinstance(inst, dict):
-                    inst.update({k: v for k, v in overrides.items() if v is not None})
+    for inst in raw_instances(raw):
+        inst.update({k: v for k, v in overrides.items() if v is not None})
 
 
 def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:
@@ -124,8 +128,7 @@ def _use_run_model_config(path: Path, raw: dict) -> None:
     """LLMServingSim's run layout keeps the model's Hugging Face config as model_config.json beside
     the cluster config: it names the config's one model when pdsim bundles none of that name."""
     beside = path.parent / RUN_MODEL_CONFIG
-    names = {inst.get("model_name") for node in raw.get("nodes") or [] if isinstance(node, dict)
-             for inst in node.get("instances") or [] if isinstance(inst, dict)}
+    names = {inst.get("model_name") for inst in raw_instances(raw)}
     if len(names) != 1 or not beside.is_file() or not isinstance(next(iter(names)), str):
         return
     name = next(iter(names))

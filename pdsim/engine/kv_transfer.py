@@ -90,7 +90,7 @@ class KVTransfers:
         req.kv_bytes = total
         path = self.topology.path(src, dst)
         step = self._final_steps.pop(req.id, None)
-        fixed_s = transfer_fixed_cost_s(self.cfg, model, self.topology.ranks_per_nic(src, dst))
+        fixed_s = transfer_fixed_cost_s(self.cfg, model, self.topology.ranks_per_nic(path, src, dst))
         delay_after_s = self.topology.latency_s(path) + fixed_s
         if step is None:
             self.network.start(path, total, on_done, delay_after_s, endpoints=(src.id, dst.id))

@@ -51,10 +51,10 @@ class Topology:
             path.append(self._link(f"{dst.id}.nic_in", "nic_in", dst_node.nic_bw * GB_PER_S * dst.spec.tp, 0.0))
         return tuple(path)
 
-    def ranks_per_nic(self, src: Instance, dst: Instance) -> int:
+    def ranks_per_nic(self, path: tuple[Link, ...], src: Instance, dst: Instance) -> int:
         """How many of an instance's TP ranks share one NIC, the larger of the two ends (1 when the
-        transfer stays on one node's fabric)."""
-        if src.spec.node == dst.spec.node and self.cfg.nodes[src.spec.node].intra_node_bw is not None:
+        transfer's `path` stays on one node's fabric)."""
+        if path[0].kind.startswith("fabric"):
             return 1
         return max(min(self.cfg.nodes[inst.spec.node].gpus_per_nic, inst.spec.tp) for inst in (src, dst))
 

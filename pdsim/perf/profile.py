@@ -156,9 +156,7 @@ def _check_model(profile: Profile, model: str) -> None:
 def _check_precision(profile: Profile, precision: str) -> None:
     """An LLMServingSim profile measured with fp8 weights times fp8 GEMMs: an instance running
     unquantised weights (or the reverse) would be sized one way and timed another, so refuse it."""
-    if profile.meta.fmt != "llmservingsim" or profile.meta.quantization is None and not precision.startswith("fp8"):
-        return
-    if (profile.meta.quantization is not None) != precision.startswith("fp8"):
+    if profile.meta.fmt == "llmservingsim" and (profile.meta.quantization is not None) != precision.startswith("fp8"):
         meta = Path(profile.meta.path).parent / "meta.yaml"
         measured = profile.meta.quantization or profile.meta.dtype
         raise ProfileError(f"{meta}: field 'variant': the profile was measured with {measured} weights, but the "

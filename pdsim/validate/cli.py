@@ -119,12 +119,12 @@ _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_s
 
 
 def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
+    from pdsim.config.load import raw_instances
     from pdsim.errors import ConfigError, read_json_object
 
     kwargs = run.engine_meta.get("engine_kwargs") or {}
     raw = read_json_object(cluster_config, ConfigError, "cluster config")
-    stated = {k: inst.get(k) for node in raw.get("nodes") or [] if isinstance(node, dict)
-              for inst in node.get("instances") or [] if isinstance(inst, dict) for k in _RECORDED_LIMITS if k in inst}
+    stated = {k: inst[k] for inst in raw_instances(raw) for k in _RECORDED_LIMITS if k in inst}
     out: dict[str, object] = {}
     for key, kind in _RECORDED_LIMITS.items():
         value = kwargs.get(key)
