@@ -306,3 +306,27 @@ def test_rejections_are_counted_by_reason_and_numbers_never_run_together(tmp_pat
     summary["e2e_ms"] = huge
     row = [line for line in format_summary(summary).splitlines() if line.startswith("E2E latency")][0]
     assert row.split()[3:] == ["938,123,456.7", "12,345,678.9", "999,999,999.9", "1,234,567,890.1"]
+
+
+def test_the_measured_h200_profile_prices_its_config(tmp_path):
+    """The bundled H200 profile was measured by `pdsim profile` on an H200: a run on that GPU uses
+    it and says nothing about estimates; the same cluster on an estimated profile differs."""
+    from pdsim.perf.profile import read_profile
+
+    meta = read_profile(REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1").meta
+    assert meta.source == "measured" and meta.device["name"] == "NVIDIA H200" and meta.tool == "pdsim profile"
+    out = tmp_path / "h200.csv"
+    r = pdsim("--cluster-config", str(REPO / "configs/cluster/single_node_pd_h200.json"), "--dataset", str(TRACE),
+              "--output", str(out), "--num-requests", "40")
+    assert r.returncode == 0, r.stderr
+    assert "estimated" not in r.stdout.replace("estimated_profile", "")
+    summary = json.loads((tmp_path / "h200_summary.json").read_text())
+    assert summary["estimated_profile"] is False and summary["finished"] == 40
+    empty = tmp_path / "no_profiles"
+    empty.mkdir()
+    r2 = pdsim("--cluster-config", str(REPO / "configs/cluster/single_node_pd_h200.json"), "--dataset", str(TRACE),
+               "--output", str(tmp_path / "est.csv"), "--num-requests", "40", "--profiles-root", str(empty))
+    assert r2.returncode == 0, r2.stderr
+    assert "step times estimated from hardware specs" in r2.stdout
+    estimated = json.loads((tmp_path / "est_summary.json").read_text())
+    assert estimated["tpot_ms"]["mean"] != summary["tpot_ms"]["mean"]

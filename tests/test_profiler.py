@@ -222,7 +222,7 @@ def test_qwen3_shards_and_qk_norm() -> None:
     assert s.intermediate == model.intermediate_size // 8
     w = ops.LayerWeights.random(s, torch.bfloat16, "cpu")
     q, k, _ = ops.split_qkv(torch.randn(2, s.q_size + 2 * s.kv_size, dtype=torch.bfloat16), s)
-    q, k = ops.qk_norm(q, k, w)
+    q, k = ops.qk_rms_norm(q, k, w.q_norm, w.k_norm)
     assert q.shape == (2, s.heads, model.head_dim) and k.shape == (2, s.kv_heads, model.head_dim)
 
 
@@ -248,3 +248,77 @@ def test_missing_model_option_is_a_usage_error() -> None:
 def test_bad_tp_is_a_clean_error(tmp_path: Path) -> None:
     result = _invoke("--model", MODEL, "--tp", "3", "--out", str(tmp_path), *GRID, *FAST)
     assert isinstance(result.exception, PdsimError) and "tp=3" in str(result.exception)
+
+
+def test_profile_records_the_elementwise_ops_and_timer(profile_dir: Path) -> None:
+    """On the CPU the elementwise ops run eagerly and the timer is the host clock; meta says so."""
+    meta = json.loads((profile_dir / "meta.json").read_text())
+    assert meta["device"]["elementwise_ops"] == "eager"
+    assert meta["timing"]["timer"] == "time.perf_counter_ns"
+    assert "elementwise ops: eager" in meta["notes"]
+
+
+def test_gpu_only_kernels_fall_back_where_they_cannot_run() -> None:
+    """torch's bundled FlashAttention-2 and compiled elementwise ops are CUDA paths: on a machine
+    without them, `auto` picks SDPA and eager ops, saying why when it tried."""
+    from pdsim.profiler import elementwise, ops
+    from pdsim.profiler.attention import make_attention, torch_flash_available
+
+    s = ops.ShardShapes.of(load_model(MODEL), 1)
+    assert not torch_flash_available(s, "cpu", torch.bfloat16)
+    assert make_attention(s, torch.bfloat16, "cpu").name == "sdpa"
+    assert elementwise.make_elementwise("cpu", torch.bfloat16) is elementwise.EAGER
+    if not torch.cuda.is_available():
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            ew = elementwise.make_elementwise("cuda", torch.bfloat16)
+            assert ew.name == "eager" and "torch.compile unavailable" in ew.note
+            with pytest.raises(ImportError):
+                elementwise.make_elementwise("cuda", torch.bfloat16, "compiled")
+
+
+def test_eager_elementwise_ops_are_the_ops_functions() -> None:
+    """The layer's elementwise ops through `Elementwise` compute what the plain op functions do."""
+    from pdsim.profiler import elementwise, ops
+
+    s = ops.ShardShapes.of(load_model("Qwen/Qwen3-8B"), 8)
+    w = ops.LayerWeights.random(s, torch.float32, "cpu")
+    rope = ops.Rope(s, torch.float32, "cpu", 16)
+    q, k, _ = ops.split_qkv(torch.randn(3, s.q_size + 2 * s.kv_size), s)
+    ew = elementwise.EAGER
+    positions = torch.tensor([0, 5, 9])
+    got_q, got_k = ew.rotary_emb(q, k, positions, rope)
+    want_q, _ = ops.rotary(q, k, positions, rope.cos, rope.sin)
+    assert torch.equal(got_q, want_q) and got_k.shape == k.shape
+    # rotary at position 0 is the identity
+    assert torch.allclose(got_q[0], q[0])
+    x = torch.randn(3, s.hidden)
+    normed = ew.layernorm(x, w.input_norm)
+    assert torch.allclose(normed.pow(2).mean(-1), torch.ones(3), atol=1e-3)
+    native = elementwise._rms_norm_native(x, w.input_norm)
+    assert torch.allclose(native, normed, atol=1e-5)
+
+
+def test_timer_spin_and_graphs_leave_cpu_timing_alone() -> None:
+    from pdsim.profiler.timing import Timer, TimingConfig
+
+    calls: list[int] = []
+    timer = Timer("cpu", TimingConfig(warmup=2, repeats=4), graphs=True)
+    t = timer.time([lambda: calls.append(1)])
+    assert not timer.graphs and t.repeats == 4 and len(calls) == 6 and not timer.graph_failures
+
+
+def test_one_shard_check_leaves_the_allreduce_out() -> None:
+    """A tp 2 profile checked on one GPU compares without the all-reduces it cannot run."""
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.estimate import estimate_profile
+
+    model = load_model("meta-llama/Llama-3.1-8B")
+    hw = get_hardware("H100-SXM")
+    tp2 = StepTimePredictor(estimate_profile(hw, model, "bfloat16", 2), model, 2, hw)
+    tp1 = StepTimePredictor(estimate_profile(hw, model, "bfloat16", 1), model, 1, hw)
+    assert tp1.allreduce_s(1024) == 0.0
+    comm = tp2.allreduce_s(1024)
+    assert 0 < comm < tp2.step_time_s([(1024, 0)], 0, 0)
+    assert tp2.allreduce_s(4096) > comm

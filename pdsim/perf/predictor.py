@@ -166,6 +166,12 @@ class StepTimePredictor:
             return self._allreduce_table(nbytes)
         return self._allreduce_model.time_us(nbytes, self.tp)
 
+    def allreduce_s(self, tokens: int) -> float:
+        """Seconds of a step's TP all-reduces at `tokens` new tokens (0 at tp 1)."""
+        if self.tp <= 1:
+            return 0.0
+        return 2 * self.num_layers * self._allreduce_us(tokens * self._act_bytes_per_token) * 1e-6
+
     def _dense_us(self, tokens: int) -> float:
         """Token-parallel ops at T tokens, all layers, plus the TP all-reduces (also by T)."""
         cached = self._dense_cache.get(tokens)

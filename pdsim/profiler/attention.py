@@ -10,6 +10,11 @@ Backends:
   a fresh prompt uses `is_causal`.
 - `flash`: flash-attn's `flash_attn_varlen_func` (prefill) and `flash_attn_with_kvcache`
   (decode), used on CUDA with fp16/bf16 when the `flash_attn` package is importable, as vLLM.
+- `torch-flash`: the FlashAttention-2 kernel that PyTorch's CUDA build carries, called through
+  its variable-length entry (`aten._flash_attention_forward` with cumulative sequence lengths,
+  causal aligned bottom-right, K/V heads shared natively). Used on CUDA when flash-attn is not
+  installed: SDPA has no fused kernel for a chunk behind a cached prefix with grouped K/V heads
+  and would fall back to a materialised mask and the unfused math path, which no engine runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class KVCache:
     v: torch.Tensor
     cached_tokens: int  # tokens already in the cache before this step (same for every request)
     lengths: torch.Tensor | None = None  # int32 [batch] for flash-attn, = cached_tokens
+    # torch-flash: int32 cumulative query / key lengths, built with the cache so that no host
+    # to device copy happens inside a timed call or a captured CUDA graph
+    cu_q: torch.Tensor | None = None
+    cu_k: torch.Tensor | None = None
 
 
 def flash_available(device: str, dtype: torch.dtype) -> bool:
@@ -122,11 +131,64 @@ class FlashAttention:
         return out.reshape(b, self.s.q_size)
 
 
-Attention = SdpaAttention | FlashAttention
+class TorchFlashAttention:
+    name = "torch_flash_attention_2"
+
+    def __init__(self, s: ShardShapes, dtype: torch.dtype, device: str) -> None:
+        self.s, self.dtype, self.device = s, dtype, device
+
+    def new_cache(self, batch: int, cached_tokens: int, new_tokens: int) -> KVCache:
+        # [batch, kv_len, kv_heads, head_dim], contiguous: viewed as the packed [batch * kv_len,
+        # kv_heads, head_dim] K/V of a varlen call where every request has kv_len tokens
+        kv_len = cached_tokens + new_tokens
+        k = torch.randn((batch, kv_len, self.s.kv_heads, self.s.head_dim), dtype=self.dtype, device=self.device)
+        steps = torch.arange(batch + 1, dtype=torch.int32, device=self.device)
+        return KVCache(k, torch.randn_like(k), cached_tokens, cu_q=steps * new_tokens, cu_k=steps * kv_len)
+
+    def _call(self, q: torch.Tensor, cache: KVCache, max_q: int) -> torch.Tensor:
+        kv_len = cache.k.shape[1]
+        packed = (-1, self.s.kv_heads, self.s.head_dim)
+        out = torch.ops.aten._flash_attention_forward(
+            q, cache.k.view(packed), cache.v.view(packed), cache.cu_q, cache.cu_k, max_q, kv_len, 0.0, True, False
+        )[0]
+        return out.reshape(q.shape[0], self.s.q_size)
+
+    def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        c, p = q.shape[0], cache.cached_tokens
+        cache.k[0, p : p + c].copy_(k)
+        cache.v[0, p : p + c].copy_(v)
+        return self._call(q.contiguous(), cache, c)
+
+    def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        L = cache.cached_tokens
+        cache.k[:, L].copy_(k)
+        cache.v[:, L].copy_(v)
+        return self._call(q.contiguous(), cache, 1)
+
+
+def torch_flash_available(s: ShardShapes, device: str, dtype: torch.dtype) -> bool:
+    """Whether this torch build runs its bundled FlashAttention-2 here (a tiny probe call)."""
+    if device != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        attn = TorchFlashAttention(s, dtype, device)
+        cache = attn.new_cache(1, 16, 4)
+        q = torch.randn((4, s.heads, s.head_dim), dtype=dtype, device=device)
+        kv = torch.randn((4, s.kv_heads, s.head_dim), dtype=dtype, device=device)
+        attn.prefill(q, kv, kv, cache)
+        torch.cuda.synchronize()
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+    return True
+
+
+Attention = SdpaAttention | FlashAttention | TorchFlashAttention
 
 
 def make_attention(s: ShardShapes, dtype: torch.dtype, device: str, backend: str = "auto") -> Attention:
-    """`auto` picks flash-attn where it runs, else SDPA."""
+    """`auto` picks flash-attn where it runs, else torch's bundled FlashAttention-2, else SDPA."""
     if backend == "flash" or (backend == "auto" and flash_available(device, dtype)):
         return FlashAttention(s, dtype, device)
+    if backend == "torch-flash" or (backend == "auto" and torch_flash_available(s, device, dtype)):
+        return TorchFlashAttention(s, dtype, device)
     return SdpaAttention(s, dtype, device)

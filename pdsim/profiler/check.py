@@ -9,6 +9,7 @@ tables. A large error means the per-op tables miss something the simulator would
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.perf.profile import read_profile
-from pdsim.profiler.model import RandomModel, decode_inputs, forward, prefill_inputs
+from pdsim.profiler.model import RandomModel, StepInputs, decode_inputs, forward, prefill_inputs
 from pdsim.profiler.progress import Progress
 from pdsim.profiler.timing import Timer, TimingConfig
 
@@ -37,6 +38,9 @@ class CheckRow:
     predicted_ms: float
     spread_rel: float  # (p90-p10)/median of the measured forward
     in_grid: bool  # False when the prediction extrapolated beyond the profiled grid
+    # CUDA: measured_ms is the forward replayed from a CUDA graph, as vLLM runs its steps (no
+    # launch gaps); this is the same forward launched op by op. None on the CPU.
+    eager_ms: float | None = None
 
     @property
     def rel_error(self) -> float:
@@ -57,6 +61,7 @@ class CheckRequest:
     decode_batches: tuple[int, ...] = DECODE_BATCHES
     decode_kv: int = DECODE_KV
     attention_backend: str = "auto"
+    elementwise: str = "auto"
     passes: int = 1  # time every case this many times, interleaved; the fastest median is kept
 
 
@@ -86,25 +91,36 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
         req.device,
         max_positions=max([*req.prefill_tokens, req.decode_kv + 1]) + 1,
         attention_backend=req.attention_backend,
+        elementwise=req.elementwise,
     )
     timer = Timer(req.device, req.timing)
+    launched = Timer(req.device, req.timing, spin=False)  # eager: host launch gaps included
     cases = [("prefill", n, 0) for n in req.prefill_tokens] + [
         ("decode", b, req.decode_kv) for b in req.decode_batches
     ]
     passes = max(1, req.passes)
     progress = Progress(len(cases) * passes, float(len(cases) * passes), progress_enabled)
     best: dict[int, tuple[float, float]] = {}  # case -> (median us, spread) of the fastest pass
+    eager: dict[int, float] = {}
     try:
         for _ in range(passes):
             for i, (kind, n, kv) in enumerate(cases):
                 step = prefill_inputs(m, n) if kind == "prefill" else decode_inputs(m, n, kv)
-                timing = timer.time([lambda step=step: forward(m, step)])
+                if req.device == "cuda":
+                    timing = launched.time([lambda step=step: forward(m, step)])
+                    eager[i] = min(eager.get(i, timing.median_us), timing.median_us)
+                    timing = timer.time([_graph_replay(m, step)])
+                else:
+                    timing = timer.time([lambda step=step: forward(m, step)])
                 del step
                 if i not in best or timing.median_us < best[i][0]:
                     best[i] = (timing.median_us, timing.spread_rel)
                 progress.advance(f"check {kind} {n}", 1.0)
     finally:
         progress.close()
+    # One GPU runs one shard of a tp > 1 model: there is nothing to all-reduce with, so the
+    # prediction is compared without its all-reduces.
+    one_shard = meta.tp > 1 and (req.device != "cuda" or torch.cuda.device_count() < meta.tp)
     rows: list[CheckRow] = []
     for i, (kind, n, kv) in enumerate(cases):
         if kind == "prefill":
@@ -113,19 +129,41 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
         else:
             predicted = predictor.step_time_s([], n, n * kv)
             in_grid = n <= max_batch and kv <= max_kv
+        if one_shard:
+            predicted -= predictor.allreduce_s(n)
         median_us, spread = best[i]
-        rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid))
+        eager_ms = eager[i] / 1e3 if i in eager else None
+        rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid, eager_ms))
     return rows
 
 
+def _graph_replay(m: RandomModel, step: StepInputs) -> Callable[[], object]:
+    """The forward captured once in a CUDA graph (after warm-up on a side stream, as torch asks)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            forward(m, step)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward(m, step)
+    return graph.replay
+
+
 def format_table(rows: list[CheckRow]) -> str:
-    lines = [f"{'step':<22} {'measured ms':>12} {'predicted ms':>13} {'rel error':>10} {'spread':>8}"]
+    graphs = any(r.eager_ms is not None for r in rows)
+    eager_head = f" {'eager ms':>10}" if graphs else ""
+    lines = [f"{'step':<22} {'measured ms':>12} {'predicted ms':>13} {'rel error':>10} {'spread':>8}{eager_head}"]
     for r in rows:
         flag = "" if r.in_grid else "  (outside the profiled grid: extrapolated)"
+        eager = f" {r.eager_ms:10.3f}" if r.eager_ms is not None else ""
         lines.append(
             f"{r.label():<22} {r.measured_ms:12.3f} {r.predicted_ms:13.3f} {r.rel_error:+10.1%} "
-            f"{r.spread_rel:8.1%}{flag}"
+            f"{r.spread_rel:8.1%}{eager}{flag}"
         )
+    if graphs:
+        lines.append("measured: the forward replayed from a CUDA graph (as vLLM runs it); eager: launched op by op")
     for kind in ("prefill", "decode"):
         errs = [abs(r.rel_error) for r in rows if r.kind == kind]
         if errs:

@@ -170,8 +170,17 @@ def default_hardware_name(device: str, threads: int) -> str:
     "attention_backend",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "sdpa", "flash"]),
-    help="Attention kernel: auto = flash-attn on CUDA when importable, else SDPA.",
+    type=click.Choice(["auto", "sdpa", "flash", "torch-flash"]),
+    help="Attention kernel: auto = flash-attn on CUDA when importable, else the FlashAttention-2 "
+    "kernel bundled with torch's CUDA build (torch-flash), else SDPA.",
+)
+@click.option(
+    "--elementwise",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "eager", "compiled"]),
+    help="Norms, rotary, SiLU-and-mul and residual adds: auto = compiled with torch.compile on CUDA "
+    "when Triton is importable (as vLLM runs them), else eager.",
 )
 @click.option(
     "--quiet", is_flag=True, help="No progress line on stderr (it is also off when stderr is not a terminal)."
@@ -280,6 +289,7 @@ def _profile(opts: dict) -> None:
         threads=opts["threads"],
         out=Path(opts["out"]),
         attention_backend=str(opts["attention_backend"]),
+        elementwise=str(opts["elementwise"]),
         passes=_passes(opts),
         recheck_rounds=int(opts["recheck_rounds"]),
         recheck_tolerance=float(opts["recheck_tolerance"]),
@@ -309,6 +319,7 @@ def _check(opts: dict) -> None:
         decode_batches=_int_list(str(opts["check_decode"]), "--check-decode"),
         decode_kv=int(opts["check_kv"]),
         attention_backend=str(opts["attention_backend"]),
+        elementwise=str(opts["elementwise"]),
         passes=_passes(opts),
     )
     rows = run_check(req, progress_enabled(bool(opts["quiet"])))

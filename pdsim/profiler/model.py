@@ -17,6 +17,7 @@ import torch
 from pdsim.models import ModelSpec
 from pdsim.profiler import ops
 from pdsim.profiler.attention import KVCache, make_attention
+from pdsim.profiler.elementwise import Elementwise, make_elementwise
 from pdsim.profiler.ops import HeadWeights, LayerWeights, Rope, ShardShapes
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, KVCache], torch.Tensor]
@@ -35,6 +36,7 @@ class RandomModel:
         max_positions: int,
         num_layers: int | None = None,
         attention_backend: str = "auto",
+        elementwise: str = "auto",
     ) -> None:
         self.spec = model
         self.shapes = ShardShapes.of(model, tp)
@@ -45,6 +47,7 @@ class RandomModel:
         self.head = HeadWeights.random(self.shapes, self.dtype, device)
         self.rope = Rope(self.shapes, self.dtype, device, max_positions)
         self.attention = make_attention(self.shapes, self.dtype, device, attention_backend)
+        self.ew = make_elementwise(device, self.dtype, elementwise)
 
 
 def decoder_layer(
@@ -55,18 +58,19 @@ def decoder_layer(
     rope: Rope,
     attention: AttentionFn,
     cache: KVCache,
+    ew: Elementwise,
 ) -> torch.Tensor:
     """One pre-norm Llama/Qwen3 decoder layer; the op sequence dense.csv's counts describe."""
     residual = x
-    h = ops.layernorm(x, w.input_norm)
+    h = ew.layernorm(x, w.input_norm)
     q, k, v = ops.split_qkv(ops.qkv_proj(h, w), s)
     if s.qk_norm:
-        q, k = ops.qk_norm(q, k, w)
-    q, k = ops.rotary_emb(q, k, positions, rope)
-    x = ops.residual_add(ops.o_proj(attention(q, k, v, cache), w), residual)
+        q, k = ew.qk_norm(q, k, w)
+    q, k = ew.rotary_emb(q, k, positions, rope)
+    x = ew.residual_add(ops.o_proj(attention(q, k, v, cache), w), residual)
     residual = x
-    h = ops.layernorm(x, w.post_norm)
-    return ops.residual_add(ops.down_proj(ops.act_fn(ops.gate_up_proj(h, w)), w), residual)
+    h = ew.layernorm(x, w.post_norm)
+    return ew.residual_add(ops.down_proj(ew.act_fn(ops.gate_up_proj(h, w)), w), residual)
 
 
 @dataclass
@@ -109,6 +113,6 @@ def forward(m: RandomModel, step: StepInputs) -> torch.Tensor:
     """Token ids sampled for every sequence of the step."""
     x = ops.embedding(step.ids, m.head)
     for w, cache in zip(m.layers, step.caches, strict=True):
-        x = decoder_layer(x, w, m.shapes, step.positions, m.rope, step.attention, cache)
-    x = ops.final_layernorm(x, m.head)
+        x = decoder_layer(x, w, m.shapes, step.positions, m.rope, step.attention, cache, m.ew)
+    x = m.ew.final_layernorm(x, m.head)
     return ops.sampler(ops.lm_head(x, step.last_token_idx, m.head))

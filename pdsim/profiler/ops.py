@@ -1,7 +1,8 @@
 """The ops of a Llama-style decoder, as the profiler times them and the self-check chains them.
 
 Every op is a plain function of tensors so that the per-op timings (`run.py`) and the full
-forward pass of the self-check (`model.py`) execute exactly the same code. Shapes are those of
+forward pass of the self-check (`model.py`) execute exactly the same code; the elementwise ones
+are called through `elementwise.py`, which may compile them as vLLM does. Shapes are those of
 ONE tensor-parallel shard (vLLM's column/row split: heads, KV heads, intermediate and vocab
 divided by tp); the weights are random, nothing is downloaded.
 
@@ -172,10 +173,11 @@ def split_qkv(qkv: torch.Tensor, s: ShardShapes) -> tuple[torch.Tensor, torch.Te
     )
 
 
-def qk_norm(q: torch.Tensor, k: torch.Tensor, w: LayerWeights) -> tuple[torch.Tensor, torch.Tensor]:
+def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen3: RMSNorm over head_dim of every query and key head."""
     d = q.shape[-1]
-    return F.rms_norm(q, (d,), w.q_norm, RMS_EPS), F.rms_norm(k, (d,), w.k_norm, RMS_EPS)
+    return F.rms_norm(q, (d,), q_norm, RMS_EPS), F.rms_norm(k, (d,), k_norm, RMS_EPS)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -183,11 +185,12 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-def rotary_emb(
-    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rope: Rope
+def rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    cos = rope.cos[positions].unsqueeze(1)  # [T, 1, D/2], broadcast over heads
-    sin = rope.sin[positions].unsqueeze(1)
+    """Neox rotary embedding of q and k (vLLM's RotaryEmbedding.forward_native)."""
+    cos = cos_table[positions].unsqueeze(1)  # [T, 1, D/2], broadcast over heads
+    sin = sin_table[positions].unsqueeze(1)
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 
@@ -211,10 +214,6 @@ def down_proj(x: torch.Tensor, w: LayerWeights) -> torch.Tensor:
 
 def residual_add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return x + residual
-
-
-def final_layernorm(x: torch.Tensor, w: HeadWeights) -> torch.Tensor:
-    return layernorm(x, w.final_norm)
 
 
 def lm_head(x: torch.Tensor, last_token_idx: torch.Tensor, w: HeadWeights) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pdsim.perf.profile import LAYER_OVERHEAD_DECODE_KV
 from pdsim.profiler import ops
 from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import last_level_cache_bytes
+from pdsim.profiler.elementwise import make_elementwise
 from pdsim.profiler.grid import GridSpec
 from pdsim.profiler.model import decoder_layer
 from pdsim.profiler.ops import LayerWeights, ShardShapes
@@ -62,6 +63,7 @@ class PointBuilder:
         self.head = ops.HeadWeights.random(s, self.dtype, self.dev)
         self.rope = ops.Rope(s, self.dtype, self.dev, req.grid.max_tokens + req.grid.max_kv + 1)
         self.attention = make_attention(s, self.dtype, self.dev, req.attention_backend)
+        self.ew = make_elementwise(self.dev, self.dtype, req.elementwise)
 
     def _copies(self, nbytes: int) -> int:
         return max(1, min(self.num_layers, math.ceil(self.flush_bytes / max(nbytes, 1))))
@@ -70,10 +72,10 @@ class PointBuilder:
         return torch.randn(tokens, width or self.s.hidden, dtype=self.dtype, device=self.dev)
 
     def dense(self, op: str, t: int) -> Variants:
-        s, L = self.s, self.layers
+        s, L, ew = self.s, self.layers, self.ew
         if op == "layernorm":
             x = self._x(t)
-            return [lambda w=w: ops.layernorm(x, w.input_norm) for w in L]
+            return [lambda w=w: ew.layernorm(x, w.input_norm) for w in L]
         if op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
             fn = getattr(ops, op)
             x = self._x(t, s.q_size if op == "o_proj" else s.intermediate if op == "down_proj" else None)
@@ -81,21 +83,21 @@ class PointBuilder:
         if op in ("qk_norm", "rotary_emb"):
             q, k, _ = ops.split_qkv(self._x(t, s.q_size + 2 * s.kv_size), s)
             if op == "qk_norm":
-                return [lambda w=w: ops.qk_norm(q, k, w) for w in L]
+                return [lambda w=w: ew.qk_norm(q, k, w) for w in L]
             positions = torch.arange(t, device=self.dev)
-            return [lambda: ops.rotary_emb(q, k, positions, self.rope)]
+            return [lambda: ew.rotary_emb(q, k, positions, self.rope)]
         if op == "act_fn":
             x = self._x(t, 2 * s.intermediate)
-            return [lambda: ops.act_fn(x)]
+            return [lambda: ew.act_fn(x)]
         if op == "residual_add":
             x, r = self._x(t), self._x(t)
-            return [lambda: ops.residual_add(x, r)]
+            return [lambda: ew.residual_add(x, r)]
         if op == "embedding":
             ids = torch.randint(0, s.vocab_shard, (t,), device=self.dev)
             return [lambda: ops.embedding(ids, self.head)]
         if op == "final_layernorm":
             x = self._x(t)
-            return [lambda: ops.final_layernorm(x, self.head)]
+            return [lambda: ew.final_layernorm(x, self.head)]
         raise ValueError(op)
 
     def layer(self, t: int, decode: bool) -> Variants:
@@ -113,7 +115,7 @@ class PointBuilder:
             caches = [self.attention.new_cache(1, 0, t) for _ in self.layers]
             attention = self.attention.prefill
         return [
-            lambda w=w, c=c: decoder_layer(x, w, self.s, positions, self.rope, attention, c)
+            lambda w=w, c=c: decoder_layer(x, w, self.s, positions, self.rope, attention, c, self.ew)
             for w, c in zip(self.layers, caches, strict=True)
         ]
 

@@ -44,6 +44,7 @@ from pdsim.perf.profile import (
 from pdsim.profiler import ops
 from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
+from pdsim.profiler.elementwise import make_elementwise
 from pdsim.profiler.grid import GridSpec
 from pdsim.profiler.layer_overhead import write_layer_overhead
 from pdsim.profiler.memory import activation_peak_bytes
@@ -69,6 +70,7 @@ class ProfileRequest:
     threads: int | None  # CPU: torch.set_num_threads; None keeps torch's default
     out: Path
     attention_backend: str = "auto"
+    elementwise: str = "auto"  # auto | eager | compiled (elementwise.py)
     seed: int = 0
     passes: int = 1  # whole-grid passes, fastest median per point kept
     recheck_rounds: int = 2  # rounds of re-measuring points out of line with their neighbours
@@ -89,6 +91,7 @@ class Measurements:
     timings: list[tuple[str, str, tuple[int, ...], Timing]] = field(default_factory=list)
     remeasured: int = 0  # points re-measured as out of line with their neighbours
     suspicious_left: list[str] = field(default_factory=list)  # still out of line after the rechecks
+    graph_failures: list[str] = field(default_factory=list)  # CUDA points timed without a graph, and why
 
     def add(self, p: Point, t: Timing) -> None:
         one_d = p.table in ("dense", "per_sequence", "layer_forward")
@@ -123,7 +126,7 @@ def measure(
     points = layer_points(b, req.grid) if layer_only else grid_points(b, req.grid)
     passes = max(1, req.passes)
     progress = Progress(len(points) * passes, sum(p.work for p in points) * passes, progress_enabled)
-    timer = Timer(req.device, req.timing)
+    timer = Timer(req.device, req.timing, graphs=True)
     best: list[Timing | None] = [None] * len(points)
     runs = [0] * len(points)
 
@@ -162,6 +165,7 @@ def measure(
             result.suspicious_left = [_label(points[i]) for i in suspicious()] if req.recheck_rounds > 0 else []
     finally:
         progress.close()
+    result.graph_failures = timer.graph_failures
     for i, p in enumerate(points):
         result.add(p, replace(best[i], runs=runs[i]))
     return result
@@ -216,6 +220,7 @@ def _activation_peak(req: ProfileRequest, model: ModelSpec) -> int:
         max_positions=req.grid.max_tokens + 1,
         num_layers=1,
         attention_backend=req.attention_backend,
+        elementwise=req.elementwise,
     )
     peak = activation_peak_bytes(one_layer, req.grid.max_tokens)
     del one_layer
@@ -252,6 +257,8 @@ def _device_info(req: ProfileRequest, model: ModelSpec, threads: int, load_at_st
         ShardShapes.of(model, req.tp), ops.torch_dtype(req.dtype), req.device, req.attention_backend
     ).name
     device_info["attention_backend"] = attention_name
+    ew = make_elementwise(req.device, ops.torch_dtype(req.dtype), req.elementwise)
+    device_info["elementwise_ops"] = ew.name + (f"; {ew.note}" if ew.note else "")
     if get_hardware(req.hardware) is None:
         device_info["hardware_spec"] = "none in pdsim/hardware.py (measured-only hardware)"
     return device_info
@@ -279,7 +286,8 @@ def _profile_meta(req: ProfileRequest, model: ModelSpec, started: dt.datetime, d
             f"fastest of {max(1, req.passes)} pass(es) over the grid and of re-measures of points "
             f"out of line with their neighbours; "
             f"spread = (p90-p10)/median per point in {TIMINGS_FILE}, per table in 'spread'; "
-            f"attention: {attention_name}; sampler: fp32 softmax + argmax over the full vocabulary; "
+            f"attention: {attention_name}; elementwise ops: {device_info['elementwise_ops']}; "
+            f"sampler: fp32 softmax + argmax over the full vocabulary; "
             f"{allreduce_note}"
         ),
     )
@@ -295,7 +303,13 @@ def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements,
         "warmup": req.timing.warmup,
         "repeats": req.timing.repeats,
         "max_seconds_per_point": req.timing.max_seconds_per_point,
-        "timer": "cuda events" if req.device == "cuda" else "time.perf_counter_ns",
+        "timer": (
+            "cuda events around CUDA-graph replays of the op, after a spin kernel that outlasts the launch"
+            if req.device == "cuda"
+            else "time.perf_counter_ns"
+        ),
+        "points_timed_without_graph": len(measured.graph_failures),
+        "graph_failures": sorted(set(measured.graph_failures))[:5],
         "cache_flush_bytes": 2 * last_level_cache_bytes(req.device),
         "passes": max(1, req.passes),
         "recheck_rounds": req.recheck_rounds,

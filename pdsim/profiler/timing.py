@@ -1,7 +1,10 @@
 """Timing one op: warm-up, repeats, median and spread.
 
 On CUDA each repeat is bracketed by CUDA events (device time, no host jitter); on the CPU by
-`time.perf_counter_ns` around a call that is synchronous anyway. Each repeat calls the next of
+`time.perf_counter_ns` around a call that is synchronous anyway. On CUDA the GPU is first kept
+busy by a spin kernel lasting longer than the host needs to launch the call: otherwise a small
+op's events also time the host's launch latency (an RMSNorm of a few tokens reads 18 us instead
+of a few), which an engine replaying CUDA graphs, as vLLM does, never pays. Each repeat calls the next of
 several equivalent closures in turn: they hold different copies of the weights / KV cache so
 that, as in a real forward pass where every layer has its own weights, the op does not find
 its operands hot in the last-level cache from the previous repeat.
@@ -10,6 +13,7 @@ its operands hot in the last-level cache from the previous repeat.
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,9 +70,15 @@ def summarize(samples_us: Sequence[float]) -> Timing:
 class Timer:
     """Times closures on one device ("cpu" or "cuda")."""
 
-    def __init__(self, device: str, config: TimingConfig) -> None:
+    def __init__(self, device: str, config: TimingConfig, *, spin: bool = True, graphs: bool = False) -> None:
         self.device = device
         self.config = config
+        self.spin = spin  # False: time the call as launched, host launch gaps included
+        # CUDA: time calls replayed from a CUDA graph, as vLLM replays its steps (kernels queued
+        # by a graph start closer together than kernels launched one by one)
+        self.graphs = graphs and device == "cuda"
+        self.graph_failures: list[str] = []
+        self._sleep_cycles = 0
         if device == "cuda":
             import torch
 
@@ -79,16 +89,54 @@ class Timer:
         if not variants:
             raise ValueError("nothing to time")
         cfg = self.config
-        for i in range(max(cfg.warmup, 1)):
+        warmup = max(cfg.warmup, 1)
+        launch_s = 0.0
+        for i in range(warmup):
+            self._sync()
+            t0 = time.perf_counter()
             variants[i % len(variants)]()
+            if i >= warmup - 3:  # the first calls include one-off set-up (cuBLAS heuristics)
+                launch_s = max(launch_s, time.perf_counter() - t0)
         self._sync()
+        if self.spin:
+            # twice the host launch time of the last warm-up calls, at least 100 us, at ~2 GHz
+            # (a slower clock only makes the spin longer); capped so it cannot stall the profile
+            self._sleep_cycles = int(2e9 * min(max(2 * launch_s, 100e-6), 50e-3))
+        calls, replay = 1, None
+        if self.graphs:
+            calls, replay = self._capture(variants)
         samples: list[float] = []
         started = time.perf_counter()
         for i in range(cfg.repeats):
-            samples.append(self._time_once(variants[i % len(variants)]))
+            fn = replay if replay is not None else variants[i % len(variants)]
+            samples.append(self._time_once(fn) / calls)
             if i + 1 >= cfg.min_repeats and time.perf_counter() - started > cfg.max_seconds_per_point:
                 break
         return summarize(samples)
+
+    def _capture(self, variants: Sequence[Callable[[], object]]) -> tuple[int, Callable[[], object] | None]:
+        """A CUDA graph of the variants called round-robin, enough times to run >= 200 us
+        (so the replay's own launch is small beside it); (1, None) when capture fails."""
+        torch = self._torch
+        single_us = max(self._time_once(variants[0]), 1e-3)
+        rounds = max(1, min(32, math.ceil(200.0 / single_us / len(variants))))
+        calls = rounds * len(variants)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for fn in variants:
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph):
+                for i in range(calls):
+                    variants[i % len(variants)]()
+        except RuntimeError as e:
+            self.graph_failures.append(str(e).splitlines()[0][:200])
+            torch.cuda.synchronize()
+            return 1, None
+        return calls, graph.replay
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -99,6 +147,8 @@ class Timer:
             torch = self._torch
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
+            if self._sleep_cycles:
+                torch.cuda._sleep(self._sleep_cycles)
             start.record()
             fn()
             end.record()
