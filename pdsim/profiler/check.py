@@ -22,7 +22,7 @@ from pdsim.perf.predictor import StepTimePredictor
 from pdsim.perf.profile import read_profile
 from pdsim.profiler.model import RandomModel, StepInputs, decode_inputs, forward, prefill_inputs
 from pdsim.profiler.progress import Progress
-from pdsim.profiler.timing import Timer, TimingConfig
+from pdsim.profiler.timing import Timer, TimingConfig, capture_cuda_graph
 
 PREFILL_TOKENS = (128, 256, 512, 1024, 2048)
 DECODE_BATCHES = (1, 4, 8, 16, 32)
@@ -138,17 +138,11 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
 
 
 def _graph_replay(m: RandomModel, step: StepInputs) -> Callable[[], object]:
-    """The forward captured once in a CUDA graph (after warm-up on a side stream, as torch asks)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            forward(m, step)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        forward(m, step)
-    return graph.replay
+    """The forward captured once in a CUDA graph (after two warm-up forwards)."""
+    def step_forward() -> object:
+        return forward(m, step)
+
+    return capture_cuda_graph(step_forward, warmup=[step_forward] * 2).replay
 
 
 def format_table(rows: list[CheckRow]) -> str:

@@ -13,7 +13,7 @@ compiling fails, they run eagerly and meta.json says which was used.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -121,5 +121,5 @@ def make_elementwise(device: str, dtype: torch.dtype, mode: str = "auto") -> Ele
     except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly, and say why
         if mode == "compiled":
             raise
-        return Elementwise(**{**EAGER.__dict__, "note": f"torch.compile unavailable ({type(e).__name__}: {e})"[:300]})
+        return replace(EAGER, note=f"torch.compile unavailable ({type(e).__name__}: {e})"[:300])
     return ew

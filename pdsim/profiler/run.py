@@ -41,10 +41,7 @@ from pdsim.perf.profile import (
     read_profile,
     write_profile,
 )
-from pdsim.profiler import ops
-from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
-from pdsim.profiler.elementwise import make_elementwise
 from pdsim.profiler.grid import GridSpec
 from pdsim.profiler.layer_overhead import write_layer_overhead
 from pdsim.profiler.memory import activation_peak_bytes
@@ -92,6 +89,8 @@ class Measurements:
     remeasured: int = 0  # points re-measured as out of line with their neighbours
     suspicious_left: list[str] = field(default_factory=list)  # still out of line after the rechecks
     graph_failures: list[str] = field(default_factory=list)  # CUDA points timed without a graph, and why
+    # the kernels the points ran (the PointBuilder's choices; meta.json device keys)
+    kernels: dict[str, str] = field(default_factory=dict)
 
     def add(self, p: Point, t: Timing) -> None:
         one_d = p.table in ("dense", "per_sequence", "layer_forward")
@@ -166,6 +165,10 @@ def measure(
     finally:
         progress.close()
     result.graph_failures = timer.graph_failures
+    result.kernels = {
+        "attention_backend": b.attention.name,
+        "elementwise_ops": b.ew.name + (f"; {b.ew.note}" if b.ew.note else ""),
+    }
     for i, p in enumerate(points):
         result.add(p, replace(best[i], runs=runs[i]))
     return result
@@ -189,7 +192,7 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     measured = measure(req, model, progress_enabled)
     peak = _activation_peak(req, model)
     allreduce_rows, allreduce_note = _allreduce(req, model)
-    device_info = _device_info(req, model, threads, load_at_start)
+    device_info = _device_info(req, measured, threads, load_at_start)
     meta = _profile_meta(req, model, started, device_info, peak, allreduce_note)
 
     out_dir = profile_path(req.out, req.hardware, req.model, req.dtype, req.tp)
@@ -247,18 +250,13 @@ def _allreduce(req: ProfileRequest, model: ModelSpec) -> tuple[list[tuple[int, f
     return allreduce_rows, allreduce_note
 
 
-def _device_info(req: ProfileRequest, model: ModelSpec, threads: int, load_at_start: float) -> dict:
+def _device_info(req: ProfileRequest, measured: Measurements, threads: int, load_at_start: float) -> dict:
     device_info = describe_device(req.device, threads)
     # Other processes on the machine inflate CPU timings (an OpenMP region waits for a
     # descheduled thread): record the load so a suspicious profile can be recognised.
     device_info["loadavg_1m_at_start"] = load_at_start
     device_info["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    attention_name = make_attention(
-        ShardShapes.of(model, req.tp), ops.torch_dtype(req.dtype), req.device, req.attention_backend
-    ).name
-    device_info["attention_backend"] = attention_name
-    ew = make_elementwise(req.device, ops.torch_dtype(req.dtype), req.elementwise)
-    device_info["elementwise_ops"] = ew.name + (f"; {ew.note}" if ew.note else "")
+    device_info.update(measured.kernels)
     if get_hardware(req.hardware) is None:
         device_info["hardware_spec"] = "none in pdsim/hardware.py (measured-only hardware)"
     return device_info

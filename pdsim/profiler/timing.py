@@ -19,6 +19,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 TIMINGS_FILE = "timings.csv"  # per-point median/p10/p90/repeats, next to the profile tables
 
@@ -121,17 +125,13 @@ class Timer:
         single_us = max(self._time_once(variants[0]), 1e-3)
         rounds = max(1, min(32, math.ceil(200.0 / single_us / len(variants))))
         calls = rounds * len(variants)
-        graph = torch.cuda.CUDAGraph()
+
+        def repeated() -> None:
+            for i in range(calls):
+                variants[i % len(variants)]()
+
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for fn in variants:
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(graph):
-                for i in range(calls):
-                    variants[i % len(variants)]()
+            graph = capture_cuda_graph(repeated, warmup=variants)
         except RuntimeError as e:
             self.graph_failures.append(str(e).splitlines()[0][:200])
             torch.cuda.synchronize()
@@ -157,6 +157,23 @@ class Timer:
         t0 = time.perf_counter_ns()
         fn()
         return (time.perf_counter_ns() - t0) / 1000.0
+
+
+def capture_cuda_graph(fn: Callable[[], object], warmup: Sequence[Callable[[], object]]) -> torch.cuda.CUDAGraph:
+    """`fn` captured in a CUDA graph, after the `warmup` calls on a side stream (as torch asks:
+    library handles and workspaces are set up outside the capture)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in warmup:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
 
 
 def write_timings(path: Path, timings: Sequence[tuple[str, str, tuple[int, ...], Timing]]) -> None:
