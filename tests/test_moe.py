@@ -135,6 +135,25 @@ def test_predictor_prices_moe_layers_from_the_table():
 
 
 @needs_case
+def test_a_tp2_instance_borrows_the_tp1_moe_table():
+    # LLMServingSim writes moe.csv under tp1/ only; it times whole experts on one GPU.
+    model = load_model(QWEN_MOE)
+    hw = get_hardware("RTXPRO6000")
+    tp1, tp2 = read_profile(CASE / "profile", tp=1), read_profile(CASE / "profile", tp=2)
+    assert not (CASE / "profile/tp2/moe.csv").exists() and tp2.moe is not None and tp2.moe.measured_tp == 1
+    ep = StepTimePredictor(tp2, model, 2, hw, moe_placement=ExpertPlacement(2, ep_size=2))
+    assert not ep.estimated and any("tp1/moe.csv (no moe.csv for tp=2" in n for n in ep.notes)
+    for tokens in (1, 64, 2048):  # 64 whole experts per GPU: the table at the same token-expert pairs
+        active = model.moe.expected_active_experts(tokens, 64)
+        assert ep.moe_layer.experts_us(tokens) == pytest.approx(tp1.moe(tokens / 2, active), rel=1e-12)
+    split = StepTimePredictor(tp2, model, 2, hw, moe_placement=ExpertPlacement(2, ep_size=1))
+    assert any("scaled by the hardware-spec estimate" in n for n in split.notes)
+    for tokens in (1, 64, 2048):  # 128 experts of half width: the table's time, less the narrower GEMMs
+        whole = tp1.moe(tokens, model.moe.expected_active_experts(tokens, 128))
+        assert 0.3 * whole < split.moe_layer.experts_us(tokens) < whole
+
+
+@needs_case
 def test_moe_roofline_estimate_against_the_measured_table():
     model = load_model(QWEN_MOE)
     roof = MoERoofline(get_hardware("RTXPRO6000"), model, "bfloat16", 1)

@@ -46,14 +46,16 @@ from pdsim.models import ModelSpec, dtype_bytes
 class MoETable:
     """moe.csv: us of one MoE layer by (tokens, activated_experts), a row per measured point."""
 
-    def __init__(self, name: str, rows: dict[float, tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, name: str, rows: dict[float, tuple[np.ndarray, np.ndarray]], measured_tp: int | None = None):
         self.name = name
+        # Set when the table was read from another TP degree's folder than the instance's (tp1/).
+        self.measured_tp = measured_tp
         self._tokens = sorted(rows)
         self._rows = [rows[t] for t in self._tokens]
         self.out_of_range: str | None = None
 
     @classmethod
-    def read(cls, path: Path) -> MoETable:
+    def read(cls, path: Path, measured_tp: int | None = None) -> MoETable:
         from pdsim.perf.profile import _read_csv  # the strict CSV reader shared by every table
 
         cols = ("tokens", "activated_experts", "time_us")
@@ -64,7 +66,7 @@ class MoETable:
                 raise ProfileError(f"{path}: two rows for tokens={t:g}, activated_experts={a:g}")
             row[a] = us
         rows = {t: (np.array(sorted(r)), np.array([r[a] for a in sorted(r)])) for t, r in by_tokens.items()}
-        return cls(path.name, rows)
+        return cls(path.name, rows, measured_tp)
 
     def _row(self, i: int, active: float) -> float:
         xs, ys = self._rows[i]
@@ -130,6 +132,9 @@ class MoELayerModel:
         self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns) if hardware else (0.0, 0.0)
         self._cache: dict[int, float] = {}
         self.notes: list[str] = []
+        self._scale_from: tuple | None = None  # (estimate at this expert_tp, at the table's) when rescaled
+        if table is not None and table.measured_tp is not None:
+            self._note_borrowed_table(table, hardware, dtype, quantization)
         if table is None:
             if hardware is None:
                 raise ProfileError(f"{model.name}: the profile has no moe.csv and there is no hardware spec "
@@ -140,6 +145,29 @@ class MoELayerModel:
                                          shared_tp=placement.tp)
             self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile; "
                               f"{self._estimate.gemm_source})")
+
+    def _note_borrowed_table(self, table: MoETable, hardware: HardwareSpec | None, dtype: str,
+                             quantization: str | None) -> None:
+        """A moe.csv from the tp{measured_tp}/ folder: whole experts on one GPU. A rank that holds whole
+        experts (expert parallelism) runs the same kernels on its own experts; one whose experts are
+        TP-split runs narrower ones, priced as the table times the spec model's ratio between the two."""
+        p, where = self.placement, f"tp{table.measured_tp}/{table.name}"
+        if p.expert_tp == table.measured_tp:
+            self.notes.append(f"MoE expert layers from the profile's {where} (no moe.csv for tp={p.tp}; each GPU "
+                              f"holds whole experts under ep_size={p.ep_size}, as the profiled GPU did)")
+            return
+        if hardware is None:
+            self.notes.append(f"MoE expert layers from the profile's {where} unscaled, an upper bound: experts "
+                              f"split {p.expert_tp} ways here, and no hardware spec to scale the table by")
+            return
+        from pdsim.perf.estimate import MoERoofline
+
+        model = self.model
+        self._scale_from = (MoERoofline(hardware, model, dtype, p.expert_tp, quantization, shared_tp=p.tp),
+                            MoERoofline(hardware, model, dtype, table.measured_tp, quantization,
+                                        shared_tp=table.measured_tp))
+        self.notes.append(f"MoE expert layers from the profile's {where}, scaled by the hardware-spec estimate's "
+                          f"ratio for experts split {p.expert_tp} ways (estimated: no moe.csv for tp={p.tp})")
 
     def set_link(self, bw_gbps: float, latency_ns: float, where: str) -> str:
         """The link the DP ranks' dispatch/combine crosses (pdsim/engine/dp_group.py picks it);
@@ -158,7 +186,12 @@ class MoELayerModel:
         active = self.active_experts(group_tokens)
         tokens_eq = group_tokens * self.local_experts / self.moe.num_experts
         if self.table is not None:
-            return self.table(tokens_eq, active)
+            measured = self.table(tokens_eq, active)
+            if self._scale_from is None:
+                return measured
+            here, there = self._scale_from
+            pairs = tokens_eq * self.moe.top_k
+            return measured * here.layer_us(group_tokens, pairs, active) / there.layer_us(group_tokens, pairs, active)
         return self._estimate.layer_us(group_tokens, tokens_eq * self.moe.top_k, active)
 
     def dispatch_combine_us(self, group_tokens: int) -> float:

@@ -301,6 +301,10 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         quantization=quantization,
     )
     moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
+    if moe is None and tp > 1 and (root / "tp1" / "moe.csv").is_file():
+        # LLMServingSim writes moe.csv under tp1/ only. It times whole experts on one GPU, which is
+        # what a TP rank holds under expert parallelism (pdsim/perf/moe_time.py uses it so).
+        moe = MoETable.read(root / "tp1" / "moe.csv", measured_tp=1)
     # A MoE model's layers have no dense MLP to profile (the predictor checks the model needs none).
     mlp_optional = moe is not None or raw.get("architecture") in MOE_KEYS
     dense, per_seq = _read_op_tables(tp_dir, "layer", mlp_optional=mlp_optional)
