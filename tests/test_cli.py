@@ -252,6 +252,18 @@ def test_profile_check_verdict_against_the_10_percent_goal():
     assert "1 of them within the measurement's own spread" in verdict
 
 
+def test_profile_check_table_reports_the_sustained_forward():
+    from pdsim.profiler.check import CheckRow, format_table
+
+    rows = [CheckRow("prefill", 1024, 0, 28.0, 27.0, 0.01, True, 30.0, 30.0),
+            CheckRow("decode", 64, 1024, 10.0, 10.2, 0.01, True, 20.0, 10.0)]
+    table = format_table(rows)
+    assert "sustained ms" in table.splitlines()[0]
+    assert "-10.0%" in table.splitlines()[1] and "+2.0%" in table.splitlines()[2]
+    assert "prefill vs sustained: max |rel error| 10.0%" in table
+    assert "sustained" not in format_table([CheckRow("decode", 1, 16, 1.0, 1.0, 0.0, True)])  # the CPU's table
+
+
 def test_import_aiconfigurator_lists_its_systems(tmp_path):
     from pdsim.perf.aiconfigurator import importable_systems
 
