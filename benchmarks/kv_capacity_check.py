@@ -37,24 +37,19 @@ def _spec(name: str, arch: str, hidden: int, layers: int, heads: int, kv_heads: 
                      tie_word_embeddings=False, has_qk_norm=False, max_position_embeddings=max_pos)
 
 
-# Shapes from each model's Hugging Face config.json, for models pdsim cannot load yet (its model
-# reader takes llama/mistral/qwen3 without biases; Qwen2.5 has QKV biases, phi-4 is model_type phi3).
-# Their memory arithmetic needs only the shapes.
+# Shapes from the model's Hugging Face config.json, for a model pdsim bundles no config of. Its memory
+# arithmetic needs only the shapes.
 EXTRA_SHAPES: dict[str, tuple[ModelSpec, str]] = {
-    "Qwen/Qwen2.5-7B-Instruct": (_spec("Qwen/Qwen2.5-7B-Instruct", "qwen2", 3584, 28, 28, 4, 18944, 152064, 32768),
-                                 "model_type qwen2 (QKV biases) not loadable by pdsim yet"),
-    "Qwen/Qwen2.5-72B-Instruct": (_spec("Qwen/Qwen2.5-72B-Instruct", "qwen2", 8192, 80, 64, 8, 29568, 152064,
-                                        32768), "model_type qwen2 (QKV biases) not loadable by pdsim yet"),
     "codellama/CodeLlama-7b-hf": (_spec("codellama/CodeLlama-7b-hf", "llama", 4096, 32, 32, 32, 11008, 32016, 16384),
                                   ""),
-    "microsoft/phi-4": (_spec("microsoft/phi-4", "phi3", 5120, 40, 40, 10, 17920, 100352, 16384),
-                        "model_type phi3 not loadable by pdsim yet"),
 }
 SAME_ARCH = {"meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B",
              "RedHatAI/Llama-3.3-70B-Instruct-fp8-dynamic": "meta-llama/Llama-3.3-70B-Instruct",
              "mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/Mixtral-8x7B-v0.1",
              "Qwen/Qwen3-30B-A3B": "Qwen/Qwen3-30B-A3B",
-             "Qwen/Qwen3-8B": "Qwen/Qwen3-8B", "Qwen/Qwen3-32B": "Qwen/Qwen3-32B"}
+             "Qwen/Qwen3-8B": "Qwen/Qwen3-8B", "Qwen/Qwen3-32B": "Qwen/Qwen3-32B",
+             "Qwen/Qwen2.5-7B-Instruct": "Qwen/Qwen2.5-7B-Instruct",
+             "Qwen/Qwen2.5-72B-Instruct": "Qwen/Qwen2.5-72B-Instruct", "microsoft/phi-4": "microsoft/phi-4"}
 # The CSV's quantization column -> pdsim's InstanceConfig.quantization (compressed-tensors FP8-dynamic
 # W8A8 checkpoints carry per-channel fp8 weight scales: pdsim's "fp8").
 QUANTIZATION = {"compressed-tensors (FP8 dynamic W8A8)": "fp8"}

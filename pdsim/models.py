@@ -36,10 +36,13 @@ FP8_BLOCK = 128
 
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
-    "llama": False, "mistral": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
-    "deepseek_v3": False, "gpt_oss": False,
+    "llama": False, "mistral": False, "qwen2": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
+    "phi3": False, "phimoe": False, "deepseek_v3": False, "gpt_oss": False,
 }
 BIASED_MODEL_TYPES = ("gpt_oss",)  # biased projections counted (pdsim/gpt_oss.py)
+# Types whose `attention_bias: true` puts biases on q, k, v and o (vLLM's LlamaAttention, PhiMoE);
+# Qwen2 always has q, k, v biases and none on o. The biases are counted in the weights.
+ATTENTION_BIAS_TYPES = ("llama", "mistral", "phimoe")
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -68,6 +71,12 @@ class ModelSpec:
     # The checkpoint's own weight quantization (its config.json's quantization_config), which vLLM
     # applies without --quantization: "fp8", "fp8_block" or None (pdsim/models.py, checkpoint_quantization).
     checkpoint_quantization: str | None = None
+    # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
+    # and the final one (PhiMoE's LayerNorm), on lm_head (PhiMoE).
+    qkv_bias: bool = False
+    o_bias: bool = False
+    norm_bias: bool = False
+    lm_head_bias: bool = False
 
     @property
     def is_moe(self) -> bool:
@@ -124,6 +133,7 @@ class ModelSpec:
         embed = self.vocab_per_shard(tp) * h
         lm_head = 0 if self.tie_word_embeddings else embed
         total = embed + self.num_layers * (attn + norms) + self.dense_mlp_layers * mlp + h + lm_head
+        total += self._bias_params(tp)
         if self.moe is not None:
             # Every expert is held somewhere: split over the GPUs holding experts (EP, or TP
             # shards of each expert); the router gate is replicated.
@@ -151,7 +161,16 @@ class ModelSpec:
         lm_head = 0 if self.tie_word_embeddings else embed
         norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)
         routers = self.moe.moe_layers * h * self.moe.num_experts if self.moe is not None else 0
-        return embed + lm_head + self.num_layers * norms + h + routers
+        return embed + lm_head + self.num_layers * norms + h + routers + self._bias_params(tp)
+
+    def _bias_params(self, tp: int) -> int:
+        """Bias parameters on one GPU: column-parallel ones (q/k/v, lm_head) are split, the others
+        held whole on every rank, as vLLM allocates them."""
+        h = self.hidden_size
+        per_layer = (self.qkv_out(tp) if self.qkv_bias else 0) + (h if self.o_bias else 0)
+        per_layer += 2 * h if self.norm_bias else 0
+        once = (h if self.norm_bias else 0) + (self.vocab_per_shard(tp) if self.lm_head_bias else 0)
+        return self.num_layers * per_layer + once
 
     def _linear_shapes(self, tp: int, expert_shards: int | None = None) -> list[tuple[float, int, int]]:
         """(matrices per GPU, output rows, input columns) of the quantised linear layers on one GPU,
@@ -274,9 +293,18 @@ def _check_supported(path: Path, model_type: str, raw: dict) -> None:
         raise PdsimError(
             f"{path}: field 'model_type': {model_type!r} is not supported; supported: {supported}"
         )
-    for key in ("attention_bias", "mlp_bias"):
-        if raw.get(key) and model_type not in BIASED_MODEL_TYPES:
-            raise PdsimError(f"{path}: field {key!r}: biased projections are not modelled")
+    if raw.get("mlp_bias") and model_type not in BIASED_MODEL_TYPES:
+        raise PdsimError(f"{path}: field 'mlp_bias': biased MLP projections are not modelled")
+    if raw.get("attention_bias") and model_type not in (*BIASED_MODEL_TYPES, *ATTENTION_BIAS_TYPES):
+        raise PdsimError(f"{path}: field 'attention_bias': biased attention projections are not modelled for "
+                         f"model_type {model_type!r}")
+    window = raw.get("sliding_window")
+    if raw.get("use_sliding_window") is False:  # Qwen2/Qwen3: the window is off unless this is true
+        window = None
+    if model_type != "gpt_oss" and isinstance(window, int) and window < raw.get("max_position_embeddings", 0):
+        # vLLM would then keep only the window's KV per sequence; pdsim keeps all of it.
+        raise PdsimError(f"{path}: field 'sliding_window': {window}: sliding-window attention is not modelled for "
+                         f"model_type {model_type!r} (pdsim models it for gpt_oss only)")
     if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
         raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
 
@@ -324,6 +352,10 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         max_position_embeddings=field("max_position_embeddings"),
         moe=moe_from_hf(path, model_type, raw, num_layers),
         checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
+        qkv_bias=model_type == "qwen2" or (model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True),
+        o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,
+        norm_bias=model_type == "phimoe",  # nn.LayerNorm with bias in vLLM's PhiMoE
+        lm_head_bias=model_type == "phimoe" and raw.get("lm_head_bias") is True,
     )
     if model_type == "deepseek_v3":  # MLA attention: pdsim/mla.py
         from pdsim.mla import with_mla

@@ -35,6 +35,7 @@ MOE_KEYS: dict[str, tuple[str, str]] = {
     "mixtral": ("num_local_experts", "intermediate_size"),
     "deepseek_v3": ("n_routed_experts", "moe_intermediate_size"),
     "gpt_oss": ("num_local_experts", "intermediate_size"),
+    "phimoe": ("num_local_experts", "intermediate_size"),
 }
 
 

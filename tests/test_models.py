@@ -8,6 +8,8 @@ from pdsim.models import dtype_bytes, known_models, load_model
 
 ALL = [
     "JackFram/llama-160m",
+    "Qwen/Qwen2.5-72B-Instruct",
+    "Qwen/Qwen2.5-7B-Instruct",
     "Qwen/Qwen3-235B-A22B",
     "Qwen/Qwen3-30B-A3B",
     "Qwen/Qwen3-30B-A3B-Instruct-2507",
@@ -18,6 +20,7 @@ ALL = [
     "meta-llama/Llama-3.1-70B",
     "meta-llama/Llama-3.1-8B",
     "meta-llama/Llama-3.3-70B-Instruct",
+    "microsoft/phi-4",
     "mistralai/Mistral-7B-v0.3",
     "mistralai/Mixtral-8x7B-v0.1",
     "openai/gpt-oss-120b",
@@ -62,6 +65,56 @@ def test_qwen3_explicit_head_dim_and_qk_norm():
     # head_dim 128 with 64 heads: q projection is wider than hidden (8192 vs 5120)
     assert big.head_dim == 128 and big.q_size() == 8192 and big.hidden_size == 5120
     assert big.o_in() == 8192
+
+
+def test_biased_projections_are_counted():
+    # Qwen2: q/k/v biases, none on o; the published count is 7,615,616,512 parameters.
+    qwen = load_model("Qwen/Qwen2.5-7B-Instruct")
+    assert qwen.qkv_bias and not qwen.o_bias and qwen.param_count() == 7_615_616_512
+    assert load_model("microsoft/phi-4").param_count() == pytest.approx(14.66e9, rel=1e-3)
+    # fp8 leaves the biases in bf16: 2 bytes more per bias parameter than the 1-byte weights.
+    plain = dict(json.loads(Path(__file__).resolve().parent.parent.joinpath(
+        "configs/models/Qwen/Qwen2.5-7B-Instruct.json").read_text()), model_type="llama")
+    assert qwen.param_count() - 28 * (3584 + 2 * 512) == _spec(plain).param_count()
+    fp8 = {"dtype": "bfloat16", "quantization": "fp8"}
+    assert qwen.weight_bytes(**fp8) - _spec(plain).weight_bytes(**fp8) == 2 * 28 * (3584 + 2 * 512)
+
+
+def _spec(cfg: dict):
+    from pdsim.models import _spec_from_hf
+
+    return _spec_from_hf("org/m", Path("m.json"), cfg)
+
+
+PHI_MINI_MOE = {  # microsoft/Phi-mini-MoE-instruct's shapes (7.6B total, 2.4B active, per its model card)
+    "model_type": "phimoe", "hidden_size": 4096, "intermediate_size": 960, "num_attention_heads": 16,
+    "num_key_value_heads": 4, "num_hidden_layers": 32, "num_local_experts": 16, "num_experts_per_tok": 2,
+    "vocab_size": 32064, "max_position_embeddings": 4096, "attention_bias": True, "lm_head_bias": True,
+    "sliding_window": None, "tie_word_embeddings": False,
+}
+
+
+def test_phimoe_reads_with_its_biases():
+    m = _spec(PHI_MINI_MOE)
+    assert m.moe.num_experts == 16 and m.moe.top_k == 2 and m.moe.moe_layers == 32
+    assert m.qkv_bias and m.o_bias and m.norm_bias and m.lm_head_bias
+    assert m.param_count() == pytest.approx(7.6e9, rel=0.01)
+    assert m.active_param_count() == pytest.approx(2.4e9, rel=0.03)
+    unbiased = _spec(dict(PHI_MINI_MOE, model_type="mixtral", attention_bias=False))
+    h, q_kv = 4096, 4096 + 2 * 1024
+    assert m.param_count() - unbiased.param_count() == 32 * (q_kv + h + 2 * h) + h + 32064
+
+
+def test_refused_biases_and_sliding_windows_name_the_field():
+    with pytest.raises(PdsimError, match="'attention_bias': biased attention projections are not modelled for "
+                                         "model_type 'qwen3'"):
+        _spec(dict(json.loads((Path(__file__).resolve().parent.parent / "configs/models/Qwen/Qwen3-8B.json")
+                              .read_text()), attention_bias=True))
+    with pytest.raises(PdsimError, match="'sliding_window': 2047: sliding-window attention is not modelled"):
+        _spec(dict(PHI_MINI_MOE, model_type="phi3", attention_bias=False, sliding_window=2047))
+    # Qwen2.5's window is off (use_sliding_window false) and one as long as the context changes nothing.
+    _spec(dict(PHI_MINI_MOE, sliding_window=4096))
+    assert load_model("Qwen/Qwen2.5-72B-Instruct").num_layers == 80
 
 
 def test_llama_160m_defaults_kv_heads_to_heads():
