@@ -125,5 +125,5 @@ def _group_link(cfg: ClusterConfig, refs: list) -> tuple[float, float, str]:
         node = cfg.nodes[next(iter(nodes))]
         if node.intra_node_bw is not None:
             return node.intra_node_bw, node.intra_node_latency, "the node's intra_node_bw fabric"
-    where = "the outermost link_bw/link_latency" if cfg.link_bw_per_dim is not None else "link_bw/link_latency"
+    where = "outermost link_bw/link_latency" if cfg.link_bw_per_dim is not None else "link_bw/link_latency"
     return cfg.link_bw, cfg.link_latency, f"the config's {where}"
