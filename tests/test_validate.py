@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -348,12 +349,24 @@ def test_validate_announces_estimated_step_times(tmp_path):
     import pandas as pd
 
     assert pd.read_csv(out).estimated_profile.all()
-    # The same run measured with fp8 weights (meta.json): refused, not replayed as bf16.
-    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0",
-                                                    "engine_kwargs": {"dtype": "bfloat16", "quantization": "fp8"}}))
-    with pytest.raises(PdsimError, match="quantization fp8"):
+    bf16 = res
+    # The same run measured with fp8 weights and KV (meta.json): replayed so, not as the config's bf16.
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": {
+        "dtype": "bfloat16", "quantization": "fp8", "kv_cache_dtype": "fp8"}}))
+    res = _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                        str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v2.csv"))
+    assert res.exit_code == 0, res.output
+    assert "quantization fp8 from meta.json engine_kwargs" in res.output
+    assert "kv_cache_dtype fp8 from meta.json engine_kwargs, the config says auto" in res.output
+    def kv_tokens(output: str) -> int:
+        return int(re.search(r"KV capacity .*?: predicted ([\d,]+)", output).group(1).replace(",", ""))
+    assert kv_tokens(res.output) > 2 * kv_tokens(bf16.output)  # 1-byte KV entries, and room from 1-byte weights
+    # A precision pdsim does not model is refused, not replayed as something else.
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": {
+        "dtype": "bfloat16", "quantization": "awq"}}))
+    with pytest.raises(PdsimError, match="skipped, pdsim cannot express this run: .*awq"):
         _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
-                      str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v2.csv"))
+                      str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v3.csv"))
 
 
 @needs_shared

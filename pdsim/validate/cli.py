@@ -109,7 +109,8 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                 "scheduler_reserve_full_isl": reserve,
-                                                **_engine_limits(cluster_config, run)})
+                                                **_engine_limits(cluster_config, run),
+                                                **_recorded_precision(cluster_config, run)})
 
 
 # Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches: the replay
@@ -136,6 +137,47 @@ def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
     return out
 
 
+def _recorded_precision(cluster_config: Path, run) -> dict[str, object]:
+    """The weight and KV precision meta.json's engine_kwargs name (`quantization`, `kv_cache_dtype`):
+    the replay runs them whatever the cluster config says, as it takes the batch limits. A precision
+    pdsim cannot express stops the replay with the reason."""
+    from pdsim.config.load import raw_instances
+    from pdsim.errors import ConfigError, read_json_object
+    from pdsim.models import load_model
+    from pdsim.validate.row_layout import row_layout
+
+    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
+    if reason is not None:
+        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
+    raw = read_json_object(cluster_config, ConfigError, "cluster config")
+    instances = raw_instances(raw)
+    out: dict[str, object] = {}
+    if layout.quantization is not None:
+        quantization = layout.quantization
+        try:  # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
+            if load_model(str(instances[0].get("model_name"))).checkpoint_quantization == "fp8_block":
+                quantization = "fp8_block"
+        except PdsimError:
+            pass  # an unknown model: the config's own check words it
+        out["quantization"] = quantization
+    if layout.kv_cache_dtype != "auto":
+        out["kv_cache_dtype"] = layout.kv_cache_dtype
+    for key, value in out.items():
+        stated = {str(v) for inst in instances if (v := _stated_precision(inst, key)) is not None}
+        was = f", the config says {', '.join(sorted(stated))}" if stated and stated != {value} else ""
+        run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    if "quantization" in out and any(inst.get("dtype") == "fp8" for inst in instances):
+        out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
+    return out
+
+
+def _stated_precision(inst: dict, key: str) -> object:
+    if key == "quantization" and inst.get("dtype") == "fp8":  # LLMServingSim's spelling of fp8 weights
+        return inst.get("quantization") or "fp8"
+    return inst.get(key)
+
+
 def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity: str):
     """The measured engine's KV capacity (None when not recorded); with --kv-capacity measured,
     every instance of the replay gets it."""
@@ -159,27 +201,6 @@ def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
     where = f"in {rows} of {of} simulated rows" if rows is not None else "for at least one instance"
     return (f"NOTE: {ESTIMATED_NOTE} {where} (no measured profile; give --profile-dir): the differences "
             "above include the estimate's error")
-
-
-def _refuse_inexpressible(run: MeasuredRun, cfg) -> None:
-    """A run whose meta.json names a precision pdsim does not simulate, or one the config does not
-    run (fp8 weights replayed on a bf16 config), is not replayed."""
-    from pdsim.validate.row_layout import row_layout
-
-    kwargs = run.engine_meta.get("engine_kwargs") or {}
-    layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
-    if reason is not None:
-        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
-    # Only what the run names is checked: vLLM reads an fp8 checkpoint's scheme from the checkpoint, so a
-    # run without a quantization argument may still have fp8 weights (the config says so).
-    for ref in cfg.instances():
-        got = (ref.config.quantization, ref.config.kv_cache_dtype)
-        if (layout.quantization is not None and layout.quantization != got[0]) or (
-                layout.kv_cache_dtype != "auto" and layout.kv_cache_dtype != got[1]):
-            raise PdsimError(
-                f"{run.source}: meta.json engine_kwargs say quantization {layout.quantization or 'null'}, "
-                f"kv_cache_dtype {layout.kv_cache_dtype}; the cluster config's instance {ref.instance_id} has "
-                f"quantization {got[0] or 'null'}, kv_cache_dtype {got[1]}: set them as the run did")
 
 
 def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
@@ -254,7 +275,6 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
     run = read_measured(measured, clock)
     cfg = _replay_config(cluster_config, run, async_scheduling)
-    _refuse_inexpressible(run, cfg)
     _prefix_ids(run, cfg, token_ids)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
     if opts.client_send_gaps_s:
