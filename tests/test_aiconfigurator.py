@@ -121,3 +121,50 @@ def test_pcie_all_reduce_table_follows_vllms_choice_not_the_faster():
     assert all(two[b] > faster[b] for b in small)  # the slower custom kernel, as vLLM picks it
     assert all(two[b] == faster[b] for b in large)
     assert four == faster  # NCCL is the faster table here
+
+
+@needs_shared
+def test_fused_moe_tables_become_the_profiles_expert_kernels(tmp_path):
+    """aiconfigurator's moe_perf table (here a synthetic one beside the shared H100 tables) is imported
+    per expert layout, Triton kernel preferred, balanced routing only; the predictor uses it for a
+    layout it measured and estimates the others, saying which."""
+    import shutil
+
+    import pandas as pd
+
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.moe_time import ExpertPlacement
+    from pdsim.perf.predictor import StepTimePredictor
+
+    pytest.importorskip("pyarrow")
+    db = tmp_path / "h100_sxm"
+    shutil.copytree(AIC / "systems_data_h100_sxm", db)
+    model = load_model("Qwen/Qwen3-30B-A3B")
+    rows = []
+    for moe_tp, moe_ep, kernel, scale in ((2, 1, "vllm_unquantizedfusedmoe_triton_tritonexperts", 1.0),
+                                          (2, 1, "vllm_other_kernel", 0.5), (1, 2, "vllm_other_kernel", 2.0)):
+        for dist in ("balanced", "power_law_1.2"):
+            for tokens in (1, 64, 1024):
+                rows.append({"framework": "VLLM", "version": "0.24.0", "device": "NVIDIA H100 80GB HBM3",
+                             "op_name": "moe", "kernel_source": kernel, "moe_dtype": "bfloat16",
+                             "num_tokens": tokens, "hidden_size": 2048, "inter_size": 768, "topk": 8,
+                             "num_experts": 128, "moe_tp_size": moe_tp, "moe_ep_size": moe_ep, "distribution": dist,
+                             "latency": scale * (0.05 + tokens * 1e-4) * (3.0 if dist != "balanced" else 1.0)})
+    (db / "moe/vllm/0.24.0").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(db / "moe/vllm/0.24.0/moe_perf.parquet")
+    prof = read_profile(import_profile(db, "h100_sxm", model, 2, tmp_path / "p"))
+    assert prof.moe_layouts.layouts() == [(1, 2), (2, 1)]
+    assert prof.moe_layouts(2, 1, 64) == pytest.approx((0.05 + 64e-4) * 1e3)  # Triton, balanced
+    assert prof.moe_layouts(1, 2, 544) == pytest.approx(2 * (0.05 + 544e-4) * 1e3)  # between 64 and 1024
+    assert "2x1 vllm_unquantizedfusedmoe_triton_tritonexperts" in prof.meta.notes
+    hw = get_hardware("H100-SXM")
+    split = StepTimePredictor(prof, model, 2, hw, moe_placement=ExpertPlacement(2, ep_size=1))
+    assert not split.estimated and any("moe_layouts.csv (moe_tp 2, moe_ep 1)" in n for n in split.notes)
+    est = split.moe_layer._estimate
+    pairs, active = 64 * 8, model.moe.expected_active_experts(64, 128)
+    expected = est.layer_us(64, pairs, active) - est.experts_us(64, pairs, active) + prof.moe_layouts(2, 1, 64)
+    assert split.moe_layer.experts_us(64) == pytest.approx(expected)
+    # A layout the table lacks is estimated, and said so.
+    prof.moe_layouts._rows.pop((1, 2))
+    ep = StepTimePredictor(prof, model, 2, hw, moe_placement=ExpertPlacement(2, ep_size=2))
+    assert ep.estimated and any("has no moe_tp 1 x moe_ep 2" in n for n in ep.notes)

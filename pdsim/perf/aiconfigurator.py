@@ -15,6 +15,9 @@ from the model's shapes:
   much as a fresh prompt of sqrt(c^2 + 2 c p) tokens.
 - allreduce(bytes): the faster of vLLM's custom all-reduce (CUDA-graph mode) and NCCL, as vLLM
   picks custom all-reduce for small messages and NCCL beyond; looked up at bytes / element size.
+- MoE experts (moe_layouts.csv): vLLM's fused expert kernels by (moe_tp, moe_ep, tokens) for the
+  model's expert shape under balanced routing, every layout of tp GPUs the database measured; the
+  router gate and top-k are estimated beside them (pdsim/perf/moe_time.py).
 - element-wise ops (norms, rotary, activation, embedding) and the sampler: not in the database;
   taken from pdsim's roofline estimate (pdsim/perf/estimate.py), which the notes say.
 """
@@ -213,6 +216,40 @@ def _allreduce(comm: Path, tp: int, dtype: str, pcie: bool) -> list[tuple[int, f
     return allreduce_rows(custom, nccl, dtype_bytes(dtype), tp if pcie else None)
 
 
+# pdsim precision -> aiconfigurator's moe_dtype (its fused-MoE table's quant-mode column).
+MOE_DTYPE = {None: "bfloat16", "fp8": "fp8", "fp8_block": "fp8_block"}
+
+
+def moe_layout_rows(root: Path, system: str, model: ModelSpec, tp: int,
+                    quantization: str | None) -> tuple[list[tuple[int, int, int, float]], str]:
+    """(moe_tp, moe_ep, tokens, us) of vLLM's fused expert kernels for every expert layout of `tp` GPUs
+    the database measured for this model's expert shape, under balanced routing (pdsim routes
+    uniformly); and which kernels. Empty when it has none. Where a layout was measured with several
+    kernels, vLLM's Triton fused_moe (its default path) is taken, else the kernel with most rows."""
+    moe = model.moe
+    base = root / "moe" / "vllm"
+    if moe is None or not base.is_dir():
+        return [], ""
+    path = _latest(root, "moe", "vllm") / "moe_perf.parquet"
+    df = _read(path)
+    _check_device(df, system, path)
+    df = df[(df.moe_dtype == MOE_DTYPE.get(quantization)) & (df.topk == moe.top_k)
+            & (df.num_experts == moe.num_experts) & (df.hidden_size == model.hidden_size)
+            & (df.inter_size == moe.expert_intermediate) & (df.distribution == "balanced")
+            & (df.moe_tp_size * df.moe_ep_size == tp)]
+    if df.empty:
+        return [], ""
+    rows, used = [], []
+    for (moe_tp, moe_ep), layout in df.groupby(["moe_tp_size", "moe_ep_size"]):
+        kernels = layout.kernel_source.value_counts()
+        triton = [k for k in kernels.index if "triton" in k or k == "vllm_fused_moe"]
+        kernel = triton[0] if triton else kernels.index[0]
+        used.append(f"{moe_tp}x{moe_ep} {kernel}")
+        times = layout[layout.kernel_source == kernel].groupby("num_tokens").latency.min()
+        rows += [(int(moe_tp), int(moe_ep), int(t), float(ms) * 1e3) for t, ms in times.items()]
+    return rows, f"vLLM {path.parent.name}, moe_tp x moe_ep: {', '.join(used)}"
+
+
 def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16",
                quantization: str | None = None):
     """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile. quantization:
@@ -261,10 +298,12 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
     allreduce = _allreduce(Path(root) / "comm", tp, dtype, hardware.intra_node_link == "pcie") if tp > 1 else None
     gemms = f"GEMMs ({quantization} layer GEMMs from its {QUANT_GEMM_DTYPE[quantization]} table)" if quantization \
         else "GEMMs"
-    notes = (f"aiconfigurator {system} database ({root}): {gemms}, attention ({kernel}), all-reduce measured; "
-             "element-wise ops and sampler from pdsim's roofline estimate; prefill attention of a chunk "
-             "over a cached prefix mapped to a fresh prompt of equal causal work")
-    return dense, per_seq, prefill, decode, allreduce, notes, hardware
+    moe_rows, moe_kernel = moe_layout_rows(Path(root), system, model, tp, quantization)
+    experts = f", fused MoE experts ({moe_kernel}; balanced routing)" if moe_rows else ""
+    notes = (f"aiconfigurator {system} database ({root}): {gemms}, attention ({kernel}){experts}, all-reduce "
+             "measured; element-wise ops and sampler from pdsim's roofline estimate; prefill attention of a "
+             "chunk over a cached prefix mapped to a fresh prompt of equal causal work")
+    return dense, per_seq, prefill, decode, allreduce, moe_rows, notes, hardware
 
 
 def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: int, out_root: str | Path,
@@ -274,7 +313,7 @@ def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: i
         raise ProfileError(f"--dtype {dtype}: activations must be 16-bit; fp8 weights are --quant fp8 or fp8_block")
     if quantization is not None and quantization not in QUANT_GEMM_DTYPE:
         raise ProfileError(f"--quant {quantization}: expected one of {', '.join(QUANT_GEMM_DTYPE)}")
-    dense, per_seq, prefill, decode, allreduce, notes, hardware = build_rows(
+    dense, per_seq, prefill, decode, allreduce, moe_rows, notes, hardware = build_rows(
         Path(systems_dir), system, model, tp, dtype, quantization)
     device = {"name": hardware.description, "aiconfigurator_system": system}
     if quantization is not None:
@@ -287,7 +326,7 @@ def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: i
         activation_peak_bytes=None, notes=notes,
     )
     out = profile_path(out_root, hardware.name, model.name, quantization or dtype, tp)
-    write_profile(out, meta, dense, per_seq, prefill, decode, allreduce)
+    write_profile(out, meta, dense, per_seq, prefill, decode, allreduce, moe_rows)
     return out
 
 

@@ -90,6 +90,43 @@ class MoETable:
         return max(lo + (hi - lo) * w, 0.0)
 
 
+class MoELayoutTable:
+    """moe_layouts.csv (`pdsim profile import-aiconfigurator`): us of the fused expert kernels on one GPU
+    by (moe_tp, moe_ep, tokens given to the GPU), measured per expert layout; no router, no top-k."""
+
+    FILE = "moe_layouts.csv"
+    COLUMNS = ("moe_tp", "moe_ep", "tokens", "time_us")
+
+    def __init__(self, name: str, rows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]):
+        self.name = name
+        self._rows = rows
+
+    @classmethod
+    def read(cls, path: Path) -> MoELayoutTable:
+        from pdsim.perf.profile import _read_csv
+
+        by_layout: dict[tuple[int, int], dict[float, float]] = {}
+        for tp, ep, t, us in _read_csv(path, cls.COLUMNS, cls.COLUMNS):
+            by_layout.setdefault((int(tp), int(ep)), {})[t] = us
+        return cls(path.name, {k: (np.array(sorted(r)), np.array([r[t] for t in sorted(r)]))
+                               for k, r in by_layout.items()})
+
+    def layouts(self) -> list[tuple[int, int]]:
+        return sorted(self._rows)
+
+    def __call__(self, moe_tp: int, moe_ep: int, tokens: float) -> float | None:
+        """Linear in tokens between measured counts (extended linearly past the largest); None when
+        the layout was not measured."""
+        row = self._rows.get((moe_tp, moe_ep))
+        if row is None:
+            return None
+        xs, ys = row
+        if tokens <= xs[0] or len(xs) == 1:
+            return float(ys[0])
+        j = min(int(np.searchsorted(xs, tokens)) - 1, len(xs) - 2)
+        return float(ys[j] + (ys[j + 1] - ys[j]) * (tokens - xs[j]) / (xs[j + 1] - xs[j]))
+
+
 @dataclass(frozen=True)
 class ExpertPlacement:
     """Where the experts of one GPU of an instance come from (module docstring)."""
@@ -119,7 +156,8 @@ class MoELayerModel:
     """us of one MoE layer (experts + dispatch/combine) on one GPU by the group's token count."""
 
     def __init__(self, model: ModelSpec, placement: ExpertPlacement, dtype: str,
-                 hardware: HardwareSpec | None, table: MoETable | None, quantization: str | None = None):
+                 hardware: HardwareSpec | None, table: MoETable | None, quantization: str | None = None,
+                 layouts: MoELayoutTable | None = None):
         assert model.moe is not None
         self.moe = model.moe
         self.model = model
@@ -135,6 +173,9 @@ class MoELayerModel:
         self._scale_from: tuple | None = None  # (estimate at this expert_tp, at the table's) when rescaled
         if table is not None and table.measured_tp is not None:
             self._note_borrowed_table(table, hardware, dtype, quantization)
+        # The profile's per-layout kernel table, where it measured this layout (one instance, no DP group).
+        self.layouts = layouts if layouts is not None and placement.dp_size == 1 and \
+            layouts(placement.expert_tp, placement.ep_size, 1) is not None else None
         if table is None:
             if hardware is None:
                 raise ProfileError(f"{model.name}: the profile has no moe.csv and there is no hardware spec "
@@ -143,8 +184,15 @@ class MoELayerModel:
 
             self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp, quantization,
                                          shared_tp=placement.tp)
-            self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile; "
-                              f"{self._estimate.gemm_source})")
+            if self.layouts is not None:
+                self.notes.append(f"MoE expert kernels from the profile's {self.layouts.name} (moe_tp "
+                                  f"{placement.expert_tp}, moe_ep {placement.ep_size}); router and top-k "
+                                  f"estimated ({self._estimate.gemm_source})")
+            else:
+                have = f"; its {layouts.name} has no moe_tp {placement.expert_tp} x moe_ep {placement.ep_size}" \
+                    if layouts is not None else ""
+                self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile"
+                                  f"{have}; {self._estimate.gemm_source})")
 
     def _note_borrowed_table(self, table: MoETable, hardware: HardwareSpec | None, dtype: str,
                              quantization: str | None) -> None:
@@ -192,7 +240,12 @@ class MoELayerModel:
             here, there = self._scale_from
             pairs = tokens_eq * self.moe.top_k
             return measured * here.layer_us(group_tokens, pairs, active) / there.layer_us(group_tokens, pairs, active)
-        return self._estimate.layer_us(group_tokens, tokens_eq * self.moe.top_k, active)
+        pairs = tokens_eq * self.moe.top_k
+        layer = self._estimate.layer_us(group_tokens, pairs, active)
+        if self.layouts is not None:  # the measured kernels in place of the estimated ones
+            measured = self.layouts(self.placement.expert_tp, self.placement.ep_size, group_tokens)
+            layer += measured - self._estimate.experts_us(group_tokens, pairs, active)
+        return layer
 
     def dispatch_combine_us(self, group_tokens: int) -> float:
         p = self.placement.dp_size

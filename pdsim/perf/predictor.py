@@ -145,8 +145,8 @@ class StepTimePredictor:
     def _init_moe(self, placement: ExpertPlacement) -> None:
         model = self.model
         self.moe_layer = MoELayerModel(model, placement, self.profile.meta.dtype, self.hardware, self.profile.moe,
-                                       self._quantization)
-        if self.profile.moe is None:
+                                       self._quantization, self.profile.moe_layouts)
+        if self.profile.moe is None and self.moe_layer.layouts is None:
             self.estimated = True
         # The dense MLP ops run only in the layers without a MoE block.
         mlp_layers = model.dense_mlp_layers

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdsim.perf.interp import Table1D, Table2D, TableND
-from pdsim.perf.moe_time import MoETable
+from pdsim.perf.moe_time import MoELayoutTable, MoETable
 
 FORMAT_NAME = "pdsim-profile"
 FORMAT_VERSION = 1
@@ -72,6 +72,7 @@ class Profile:
     attention_grid4d: TableND | None = None
     allreduce: Table1D | None = None
     moe: MoETable | None = None  # LLMServingSim's moe.csv: expert layer by tokens, activated experts
+    moe_layouts: MoELayoutTable | None = None  # fused expert kernels by (moe_tp, moe_ep, tokens)
 
     @property
     def estimated(self) -> bool:

@@ -20,7 +20,7 @@ from pdsim.errors import ProfileError, decode_text, read_json_object
 from pdsim.models import DTYPE_BYTES
 from pdsim.moe import MOE_KEYS
 from pdsim.perf.interp import Table1D, Table2D, TableND
-from pdsim.perf.moe_time import MoETable
+from pdsim.perf.moe_time import MoELayoutTable, MoETable
 from pdsim.perf.profile_format import (
     DENSE_OPS,
     FORMAT_NAME,
@@ -247,7 +247,9 @@ def _read_pdsim(root: Path) -> Profile:
         allreduce = _tables_by_op(p, [("allreduce", b, us) for b, us in rows], ["allreduce"], [], "bytes")[
             "allreduce"
         ]
-    return Profile(meta, dense, per_seq, prefill, decode, None, allreduce)
+    p = root / MoELayoutTable.FILE
+    moe_layouts = MoELayoutTable.read(p) if p.is_file() else None
+    return Profile(meta, dense, per_seq, prefill, decode, None, allreduce, moe_layouts=moe_layouts)
 
 
 # ---------------------------------------------------------------- LLMServingSim format
