@@ -136,9 +136,9 @@ def test_attention_table_takes_the_kernel_measured_over_the_lengths():
     assert kernel == "vllm_flashinfer_trtllmprefill" and sorted(table.isl) == [16, 1024, 4096, 16384]
 
 
-def test_per_request_run_with_fp8_weights_replays_on_an_fp8_config_only(tmp_path):
-    # meta.json says fp8 weights: a config with quantization fp8 replays it; a bf16 one is refused
-    # (naming both), never replayed as bf16. A run that names no quantization is not second-guessed.
+def test_per_request_run_with_fp8_weights_replays_with_fp8_weights(tmp_path):
+    # meta.json says fp8 weights: the replay runs them whatever the config says (noting the config's
+    # value), never replays the run as bf16. A run that names no quantization is not second-guessed.
     import json
 
     from click.testing import CliRunner
@@ -164,7 +164,13 @@ def test_per_request_run_with_fp8_weights_replays_on_an_fp8_config_only(tmp_path
                                              str(tmp_path / config), "--output", str(tmp_path / "v.csv")],
                                   catch_exceptions=False)
 
-    assert run("fp8.json", {"quantization": "fp8"}).exit_code == 0
+    on_fp8 = run("fp8.json", {"quantization": "fp8"})
+    assert on_fp8.exit_code == 0 and "quantization fp8 from meta.json engine_kwargs" in on_fp8.output
+    first = (tmp_path / "v.csv").read_text()
+    on_bf16 = run("bf16.json", {"quantization": "fp8"})
+    assert on_bf16.exit_code == 0
+    assert "quantization fp8 from meta.json engine_kwargs, the config says" not in on_fp8.output
+    assert (tmp_path / "v.csv").read_text() == first  # the same replay: fp8 weights both times
     assert run("fp8.json", {"async_scheduling": False}).exit_code == 0
-    with pytest.raises(PdsimError, match="quantization fp8.*has quantization null"):
-        run("bf16.json", {"quantization": "fp8"})
+    with pytest.raises(PdsimError, match="cannot express this run"):
+        run("bf16.json", {"quantization": "gptq"})
