@@ -404,6 +404,37 @@ def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
     assert ttft[0] > 2 * ttft[1]
 
 
+@needs_shared
+def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
+    # A run made tight with gpu_memory_utilization: a config without LLMServingSim's mem_util replays
+    # it at the recorded figure; one with mem_util keeps its own (LLMServingSim's rule) and says so.
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(RTX / "vllm_run", run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["engine_kwargs"]["gpu_memory_utilization"] = 0.25
+    (run / "meta.json").write_text(json.dumps(meta))
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    del cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"]
+    (tmp_path / "vllm_rule.json").write_text(json.dumps(cfg))
+
+    def capacity(config: Path) -> tuple[int, str]:
+        res = _validate_cli("--measured", str(run / "requests.jsonl"), "--cluster-config", str(config),
+                            "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+        assert res.exit_code == 0, res.output
+        found = re.search(r"KV capacity .*?: predicted ([\d,]+)", res.output)
+        return int(found.group(1).replace(",", "")), res.output
+
+    tight, out = capacity(tmp_path / "vllm_rule.json")
+    assert "gpu_memory_utilization 0.25 from meta.json engine_kwargs" in out
+    # 95 GiB x 0.25 - 15 GiB of weights - activations: under 8.6 GiB of KV, 128 KiB a token
+    assert 30_000 < tight < 8.6 * 2**30 / 131072
+    kept, out = capacity(RTX / "cluster_config.json")
+    assert "the config's npu_mem.mem_util 0.9 sizes the KV cache" in out and kept > 8 * tight
+
+
 def test_block_hash_ids_chain_as_vllms_prefix_cache():
     from pdsim.validate.token_ids import block_hash_ids
 

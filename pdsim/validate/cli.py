@@ -134,6 +134,16 @@ def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    util = kwargs.get("gpu_memory_utilization")
+    if isinstance(util, (int, float)) and not isinstance(util, bool) and 0 < util <= 1:
+        mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in raw_instances(raw)} - {None}
+        if mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
+            run.notes.append(f"meta.json engine_kwargs record gpu_memory_utilization {util:g}; the config's "
+                             f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
+                             "(LLMServingSim's rule)")
+        else:
+            out["gpu_memory_utilization"] = float(util)
+            run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
     return out
 
 
