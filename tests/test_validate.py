@@ -435,6 +435,22 @@ def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     assert "the config's npu_mem.mem_util 0.9 sizes the KV cache" in out and kept > 8 * tight
 
 
+@needs_shared
+def test_a_config_of_another_tp_degree_than_the_run_is_refused(tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(RTX / "vllm_run", run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["engine_kwargs"]["tensor_parallel_size"] = 2
+    (run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PdsimError, match="instance n0.i0 has tp_size 1, but the measured engine ran "
+                                         "tensor_parallel_size 2"):
+        _validate_cli("--measured", str(run / "requests.jsonl"), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
 def test_block_hash_ids_chain_as_vllms_prefix_cache():
     from pdsim.validate.token_ids import block_hash_ids
 

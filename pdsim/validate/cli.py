@@ -107,10 +107,27 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
-    return load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
-                                                "scheduler_reserve_full_isl": reserve,
-                                                **_engine_limits(cluster_config, run),
-                                                **_recorded_precision(cluster_config, run)})
+    cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
+                                               "scheduler_reserve_full_isl": reserve,
+                                               **_engine_limits(cluster_config, run),
+                                               **_recorded_precision(cluster_config, run)})
+    _check_parallelism(run, cfg, cluster_config)
+    return cfg
+
+
+def _check_parallelism(run, cfg, cluster_config: Path) -> None:
+    """The config must lay the engine out as the run did: its TP and PP degrees are the config's
+    structure, not something a replay can override."""
+    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
+        recorded = kwargs.get(key)
+        if not isinstance(recorded, int) or isinstance(recorded, bool):
+            continue
+        for ref in cfg.instances():
+            if getattr(ref.config, field) != recorded:
+                raise PdsimError(f"{cluster_config}: instance {ref.instance_id} has {field} "
+                                 f"{getattr(ref.config, field)}, but the measured engine ran {key} {recorded} "
+                                 f"({run.source}'s meta.json engine_kwargs): give the measured engine's config")
 
 
 # Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches: the replay
