@@ -198,6 +198,54 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_link="pcie",
             source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090)",
         ),
+        HardwareSpec(
+            name="RTX6000Ada",
+            description="NVIDIA RTX 6000 Ada Generation 48 GB GDDR6",
+            bf16_tflops=364.2,  # half the datasheet's 728.5 sparse; FP8 1,457 sparse
+            fp8_tflops=728.5,
+            mem_bw_gbps=960.0,
+            mem_size_gb=48.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            source="NVIDIA RTX 6000 Ada Generation datasheet",
+        ),
+        HardwareSpec(
+            name="RTXA6000",
+            description="NVIDIA RTX A6000 48 GB GDDR6",
+            bf16_tflops=154.8,  # half the datasheet's 309.7 sparse; no FP8
+            fp8_tflops=0.0,
+            mem_bw_gbps=768.0,
+            mem_size_gb=48.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16 (an optional 2-GPU NVLink bridge is not modelled)
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            source="NVIDIA RTX A6000 datasheet",
+        ),
+        HardwareSpec(
+            name="A40",
+            description="NVIDIA A40 48 GB GDDR6",
+            bf16_tflops=149.7,
+            fp8_tflops=0.0,
+            mem_bw_gbps=696.0,
+            mem_size_gb=48.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16 (an optional 2-GPU NVLink bridge is not modelled)
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            source="NVIDIA A40 datasheet",
+        ),
+        HardwareSpec(
+            name="A10",
+            description="NVIDIA A10 24 GB GDDR6",
+            bf16_tflops=125.0,
+            fp8_tflops=0.0,
+            mem_bw_gbps=600.0,
+            mem_size_gb=24.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            source="NVIDIA A10 datasheet",
+        ),
     ]
 }
 
@@ -234,6 +282,10 @@ HARDWARE_ALIASES: dict[str, str] = {
     "RTX-PRO-6000": "RTXPRO6000",
     "RTXPRO6000-Blackwell": "RTXPRO6000",
     "RTX-4090": "RTX4090",
+    "RTX-6000-Ada": "RTX6000Ada",
+    "RTX6000-Ada": "RTX6000Ada",
+    "A6000": "RTXA6000",
+    "RTX-A6000": "RTXA6000",
 }
 
 

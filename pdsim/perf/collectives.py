@@ -13,7 +13,8 @@ applies (docs/validation.md, "TP collectives"):
 2. a GPU with NVLink: NVLINK4_BY_GPUS, derived from aiconfigurator's H100 measurements;
 3. a PCIe GPU whose server was measured (RTX PRO 6000, L40S): PCIE_MEASURED, derived from
    aiconfigurator-core's collective tables for it;
-4. another PCIe GPU: the estimated PCIe model below.
+4. another PCIe GPU: the estimated PCIe model below;
+5. a GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16, said to be an assumption.
 
 A cluster config's link_bw / link_latency never price TP collectives: they are the network that
 carries KV between instances (LLMServingSim prices TP collectives over them too; the TP 2 RTX
@@ -110,6 +111,18 @@ def nvlink_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
     source = NVLINK_SOURCE if scale == 1.0 else f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
     return AllReduceModel(source, call_us, 0.0, bus_bw * scale)
+
+
+# A GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16 (the link of most PCIe cards
+# in service), which the source says is an assumption.
+UNKNOWN_GPU_PCIE_GBPS = 32.0
+
+
+def unknown_gpu_model(hardware_name: str, n: int) -> AllReduceModel:
+    hop_us = PCIE_HOP_US if n > 2 else 0.0
+    source = (f"PCIe model (estimated) at PCIe 4.0 x16, assumed: pdsim has no spec for {hardware_name!r} "
+              "(add one in pdsim/hardware.py, or measure allreduce.csv)")
+    return AllReduceModel(source, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * UNKNOWN_GPU_PCIE_GBPS)
 
 
 def pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel:

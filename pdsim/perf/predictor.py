@@ -49,7 +49,7 @@ import numpy as np
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
-from pdsim.perf.collectives import AllReduceModel, interconnect_model
+from pdsim.perf.collectives import AllReduceModel, interconnect_model, unknown_gpu_model
 from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
@@ -124,12 +124,8 @@ class StepTimePredictor:
         if tp > 1 and self._allreduce_table is not None:
             self.allreduce_source = f"measured table (allreduce.csv, {profile.meta.tool})"
         elif tp > 1:
-            if hardware is None:
-                raise ProfileError(
-                    f"{profile.meta.path}: tp={tp} needs an all-reduce time, but the profile has no "
-                    f"allreduce.csv and hardware {profile.meta.hardware!r} has no spec to model one"
-                )
-            self._allreduce_model = interconnect_model(hardware, tp)
+            self._allreduce_model = (interconnect_model(hardware, tp) if hardware is not None
+                                     else unknown_gpu_model(profile.meta.hardware, tp))
             self.allreduce_source = self._allreduce_model.source
         if self.allreduce_source is not None:
             self.notes.append(f"TP all-reduce priced by {self.allreduce_source}")
