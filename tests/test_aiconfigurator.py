@@ -165,6 +165,6 @@ def test_fused_moe_tables_become_the_profiles_expert_kernels(tmp_path):
     expected = est.layer_us(64, pairs, active) - est.experts_us(64, pairs, active) + prof.moe_layouts(2, 1, 64)
     assert split.moe_layer.experts_us(64) == pytest.approx(expected)
     # A layout the table lacks is estimated, and said so.
-    prof.moe_layouts._rows.pop((1, 2))
+    prof.moe_layouts._rows.pop((1, 2))  # as if the database had not measured it
     ep = StepTimePredictor(prof, model, 2, hw, moe_placement=ExpertPlacement(2, ep_size=2))
     assert ep.estimated and any("has no moe_tp 1 x moe_ep 2" in n for n in ep.notes)

@@ -114,6 +114,9 @@ class MoELayoutTable:
     def layouts(self) -> list[tuple[int, int]]:
         return sorted(self._rows)
 
+    def has(self, moe_tp: int, moe_ep: int) -> bool:
+        return (moe_tp, moe_ep) in self._rows
+
     def __call__(self, moe_tp: int, moe_ep: int, tokens: float) -> float | None:
         """Linear in tokens between measured counts (extended linearly past the largest); None when
         the layout was not measured."""
@@ -174,8 +177,8 @@ class MoELayerModel:
         if table is not None and table.measured_tp is not None:
             self._note_borrowed_table(table, hardware, dtype, quantization)
         # The profile's per-layout kernel table, where it measured this layout (one instance, no DP group).
-        self.layouts = layouts if layouts is not None and placement.dp_size == 1 and \
-            layouts(placement.expert_tp, placement.ep_size, 1) is not None else None
+        measured_layout = layouts is not None and layouts.has(placement.expert_tp, placement.ep_size)
+        self.layouts = layouts if measured_layout and placement.dp_size == 1 else None
         if table is None:
             if hardware is None:
                 raise ProfileError(f"{model.name}: the profile has no moe.csv and there is no hardware spec "
@@ -233,14 +236,13 @@ class MoELayerModel:
     def experts_us(self, group_tokens: int) -> float:
         active = self.active_experts(group_tokens)
         tokens_eq = group_tokens * self.local_experts / self.moe.num_experts
+        pairs = tokens_eq * self.moe.top_k
         if self.table is not None:
             measured = self.table(tokens_eq, active)
             if self._scale_from is None:
                 return measured
             here, there = self._scale_from
-            pairs = tokens_eq * self.moe.top_k
             return measured * here.layer_us(group_tokens, pairs, active) / there.layer_us(group_tokens, pairs, active)
-        pairs = tokens_eq * self.moe.top_k
         layer = self._estimate.layer_us(group_tokens, pairs, active)
         if self.layouts is not None:  # the measured kernels in place of the estimated ones
             measured = self.layouts(self.placement.expert_tp, self.placement.ep_size, group_tokens)
