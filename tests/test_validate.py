@@ -369,6 +369,34 @@ def test_validate_announces_estimated_step_times(tmp_path):
                       str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v3.csv"))
 
 
+def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tmp_path):
+    from pdsim.validate.compare import compare, replay, simulated_requests
+    from pdsim.validate.measured import read_engine_jsonl
+
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(30)]
+    cfg = cluster(instance(None, max_num_seqs=8))
+    made = simulate(cfg, trace(rows), SimOptions())
+    records = [{"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
+                "queued_ts": r.arrival_s, "scheduled_ts": r.arrival_s, "first_token_ts": r.first_token_s,
+                "last_token_ts": r.finish_s} for r in sorted(made.requests, key=lambda r: r.arrival_s)]
+    records[4]["first_token_ts"] = records[4]["last_token_ts"] = None  # aborted in the engine
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    run = read_engine_jsonl(path)
+    assert any("1 request(s) without a first or last token time" in n for n in run.notes)
+    result = replay(cfg, run)
+    assert len(result.requests) == 30  # still replayed: it held a slot in the engine
+    table = compare(run, result).set_index(["metric", "stat"])
+    sim = simulated_requests(run, result)
+    others = sim[sim.request_id != 4]
+    assert table.loc[("TTFT (ms)", "mean"), "simulated"] == pytest.approx(others.ttft_ms.mean())
+    assert table.loc[("TTFT (ms)", "mean"), "measured"] == pytest.approx(run.requests.ttft_ms.drop(4).mean())
+    records[6]["output_toks"] = 0
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with pytest.raises(PdsimError, match=r"requests.jsonl:7: field 'output_toks': expected a positive integer, got 0"):
+        read_engine_jsonl(path)
+
+
 @needs_shared
 def test_validate_with_a_measured_profile_has_no_estimated_line(tmp_path):
     res = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",

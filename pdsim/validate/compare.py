@@ -71,6 +71,11 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     """One row per (metric, statistic): measured, simulated, and the difference in %."""
     sim = simulated_requests(measured, result)
     mea = measured.requests
+    # A request the measured engine did not finish is left out of both sides (it was still replayed).
+    done = mea.e2e_ms.notna().to_numpy()
+    if not done.all():
+        sim = sim[~sim.request_id.isin(np.flatnonzero(~done).tolist())]
+        mea = mea[done]
     rows = []
     for key, label in METRICS:
         if key == "itl_ms":

@@ -132,10 +132,11 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     (`arrival_time`, when the benchmark sent it).
     """
     p = Path(path)
-    rows = []
+    rows, line_nos = [], []
     for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
         if line.strip():
             rows.append(parse_json(line, f"{p}:{line_no}"))
+            line_nos.append(line_no)
     need = ("input_toks", "output_toks", "arrival_time", "queued_ts", "first_token_ts", "last_token_ts")
     df = pd.DataFrame(rows)
     missing = [c for c in need if c not in df.columns]
@@ -143,7 +144,25 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         raise PdsimError(f"{p}: missing field(s) {', '.join(missing)}; expected {', '.join(need)}")
     if clock not in ("engine", "client"):
         raise PdsimError(f"clock: expected 'engine' or 'client', got {clock!r}")
+    for key in ("input_toks", "output_toks"):
+        values = pd.to_numeric(df[key], errors="coerce")
+        bad = values.isna() | (values < 1) | (values != values.round())
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            got = rows[i].get(key)
+            raise PdsimError(f"{p}:{line_nos[i]}: field {key!r}: expected a positive integer, got {got!r}")
+    notes = [f"arrival times from the {clock} clock"]
     arrival = df.queued_ts if clock == "engine" else df.arrival_time
+    unseen = pd.to_numeric(arrival, errors="coerce").isna()
+    if unseen.any():  # never reached the engine (or the client sent nothing): nothing to replay
+        notes.append(f"{int(unseen.sum())} request(s) without {'queued_ts' if clock == 'engine' else 'arrival_time'} "
+                     "left out of the replay")
+        df = df[~unseen]
+        arrival = arrival[~unseen]
+    unfinished = df.first_token_ts.isna() | df.last_token_ts.isna()
+    if unfinished.any():
+        notes.append(f"{int(unfinished.sum())} request(s) without a first or last token time (failed or aborted in "
+                     "the measured run): replayed, left out of both sides' statistics")
     out = pd.DataFrame({
         "input_toks": df.input_toks.astype(int),
         "output_toks": df.output_toks.astype(int),
@@ -157,8 +176,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
-    return MeasuredRun(str(p), out, notes=[f"arrival times from the {clock} clock"], engine_meta=meta,
-                       latency_origin="pickup")
+    return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup")
 
 
 def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
