@@ -99,3 +99,20 @@ def test_an_fp8_llmservingsim_profile_must_match_the_instances_weights(tmp_path)
     assert bf16.meta.quantization is None
     with pytest.raises(ProfileError, match="field 'variant'"):
         find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "fp8", 1, profile_dir=RUN / "profile")
+
+
+def test_a_pdsim_profile_must_match_the_instances_weights_too(tmp_path):
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.estimate import estimate_meta, estimate_rows
+    from pdsim.perf.profile import write_profile
+
+    hw, model = get_hardware("RTXPRO6000"), load_model("meta-llama/Llama-3.1-8B")
+    for name, quantization in (("bf16", None), ("fp8", "fp8")):
+        write_profile(tmp_path / name, estimate_meta(hw, model, "bfloat16", 1, quantization),
+                      *estimate_rows(hw, model, "bfloat16", 1, quantization))
+    assert find_profile("RTXPRO6000", model.name, "fp8", 1, profile_dir=tmp_path / "fp8") is not None
+    with pytest.raises(ProfileError, match=r"fp8/meta.json: field 'device.gemm_precision': .*fp8 weights.*runs "
+                                           "bfloat16"):
+        find_profile("RTXPRO6000", model.name, "bfloat16", 1, profile_dir=tmp_path / "fp8")
+    with pytest.raises(ProfileError, match=r"bf16/meta.json: .*with bfloat16 weights, but the instance runs fp8"):
+        find_profile("RTXPRO6000", model.name, "fp8", 1, profile_dir=tmp_path / "bf16")

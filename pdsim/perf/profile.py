@@ -161,14 +161,19 @@ def _check_model(profile: Profile, model: str) -> None:
 
 
 def _check_precision(profile: Profile, precision: str) -> None:
-    """An LLMServingSim profile measured with fp8 weights times fp8 GEMMs: an instance running
-    unquantised weights (or the reverse) would be sized one way and timed another, so refuse it."""
-    if profile.meta.fmt == "llmservingsim" and (profile.meta.quantization is not None) != precision.startswith("fp8"):
-        meta = Path(profile.meta.path).parent / "meta.yaml"
-        measured = profile.meta.quantization or profile.meta.dtype
-        raise ProfileError(f"{meta}: field 'variant': the profile was measured with {measured} weights, but the "
-                           f"instance runs {precision} (set the instance's quantization, or dtype \"fp8\" as "
-                           "LLMServingSim does, to match)")
+    """A profile measured with fp8 weights times fp8 GEMMs: an instance running unquantised weights
+    (or the reverse) would be sized one way and timed another, so refuse it."""
+    meta = profile.meta
+    if meta.fmt == "llmservingsim":
+        measured, where = meta.quantization or meta.dtype, Path(meta.path).parent / "meta.yaml"
+        field, fix = "variant", " (set the instance's quantization, or dtype \"fp8\" as LLMServingSim does, to match)"
+    else:  # pdsim's own: an fp8 profile names its GEMM tables (import-aiconfigurator --quant)
+        gemms = meta.device.get("gemm_precision", "") if isinstance(meta.device, dict) else ""
+        measured = "fp8" if "fp8" in gemms else meta.dtype
+        where, field, fix = Path(meta.path) / "meta.json", "device.gemm_precision", ""
+    if measured.startswith("fp8") != precision.startswith("fp8"):
+        raise ProfileError(f"{where}: field '{field}': the profile was measured with {measured} weights, but the "
+                           f"instance runs {precision}{fix}")
 
 
 def profile_path(root: str | Path, hardware: str, model: str, dtype: str, tp: int) -> Path:
