@@ -406,22 +406,27 @@ def test_validate_with_a_measured_profile_has_no_estimated_line(tmp_path):
     assert "estimated" not in res.output
 
 
-@needs_shared
-def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
-    # meta.json engine_kwargs say what the engine ran; the LLMServingSim cluster config does not carry
-    # max_num_seqs (LLMServingSim takes it from a flag). A run recorded at max_num_seqs 16 replays at
-    # 16, says so, and queues far longer than at 128.
+def _rtx_run_with(tmp_path: Path, **engine_kwargs) -> Path:
+    """The shared RTX PRO 6000 run, its meta.json engine_kwargs updated; its requests.jsonl."""
     import json
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(RTX / "vllm_run", run)
     meta = json.loads((run / "meta.json").read_text())
-    meta["engine_kwargs"]["max_num_seqs"] = 16
+    meta["engine_kwargs"].update(engine_kwargs)
     (run / "meta.json").write_text(json.dumps(meta))
+    return run / "requests.jsonl"
+
+
+@needs_shared
+def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
+    # meta.json engine_kwargs say what the engine ran; the LLMServingSim cluster config does not carry
+    # max_num_seqs (LLMServingSim takes it from a flag). A run recorded at max_num_seqs 16 replays at
+    # 16, says so, and queues far longer than at 128.
     args = ["--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
             "--output"]
-    at16 = _validate_cli("--measured", str(run / "requests.jsonl"), *args, str(tmp_path / "a.csv"))
+    at16 = _validate_cli("--measured", str(_rtx_run_with(tmp_path, max_num_seqs=16)), *args, str(tmp_path / "a.csv"))
     at128 = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), *args, str(tmp_path / "b.csv"))
     assert "max_num_seqs 16 from meta.json engine_kwargs" in at16.output
     assert "max_num_seqs 128 from meta.json engine_kwargs" in at128.output
@@ -436,20 +441,13 @@ def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
 def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     # A run made tight with gpu_memory_utilization: a config without LLMServingSim's mem_util replays
     # it at the recorded figure; one with mem_util keeps its own (LLMServingSim's rule) and says so.
-    import json
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(RTX / "vllm_run", run)
-    meta = json.loads((run / "meta.json").read_text())
-    meta["engine_kwargs"]["gpu_memory_utilization"] = 0.25
-    (run / "meta.json").write_text(json.dumps(meta))
+    requests = _rtx_run_with(tmp_path, gpu_memory_utilization=0.25)
     cfg = json.loads((RTX / "cluster_config.json").read_text())
     del cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"]
     (tmp_path / "vllm_rule.json").write_text(json.dumps(cfg))
 
     def capacity(config: Path) -> tuple[int, str]:
-        res = _validate_cli("--measured", str(run / "requests.jsonl"), "--cluster-config", str(config),
+        res = _validate_cli("--measured", str(requests), "--cluster-config", str(config),
                             "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
         assert res.exit_code == 0, res.output
         found = re.search(r"KV capacity .*?: predicted ([\d,]+)", res.output)
@@ -465,17 +463,10 @@ def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
 
 @needs_shared
 def test_a_config_of_another_tp_degree_than_the_run_is_refused(tmp_path):
-    import json
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(RTX / "vllm_run", run)
-    meta = json.loads((run / "meta.json").read_text())
-    meta["engine_kwargs"]["tensor_parallel_size"] = 2
-    (run / "meta.json").write_text(json.dumps(meta))
+    requests = _rtx_run_with(tmp_path, tensor_parallel_size=2)
     with pytest.raises(PdsimError, match="instance n0.i0 has tp_size 1, but the measured engine ran "
                                          "tensor_parallel_size 2"):
-        _validate_cli("--measured", str(run / "requests.jsonl"), "--cluster-config", str(RTX / "cluster_config.json"),
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                       "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
 
 
