@@ -77,6 +77,9 @@ class ModelSpec:
     o_bias: bool = False
     norm_bias: bool = False
     lm_head_bias: bool = False
+    # A sliding window vLLM would honour on every layer (shorter than the context), which pdsim does not
+    # model: it keeps and attends to every token's KV (0: none). gpt-oss's windows are modelled.
+    unmodelled_sliding_window: int = 0
 
     @property
     def is_moe(self) -> bool:
@@ -298,15 +301,19 @@ def _check_supported(path: Path, model_type: str, raw: dict) -> None:
     if raw.get("attention_bias") and model_type not in (*BIASED_MODEL_TYPES, *ATTENTION_BIAS_TYPES):
         raise PdsimError(f"{path}: field 'attention_bias': biased attention projections are not modelled for "
                          f"model_type {model_type!r}")
-    window = raw.get("sliding_window")
-    if raw.get("use_sliding_window") is False:  # Qwen2/Qwen3: the window is off unless this is true
-        window = None
-    if model_type != "gpt_oss" and isinstance(window, int) and window < raw.get("max_position_embeddings", 0):
-        # vLLM would then keep only the window's KV per sequence; pdsim keeps all of it.
-        raise PdsimError(f"{path}: field 'sliding_window': {window}: sliding-window attention is not modelled for "
-                         f"model_type {model_type!r} (pdsim models it for gpt_oss only)")
     if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
         raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
+
+
+def _sliding_window(raw: dict, model_type: str) -> int:
+    """The window of a model whose every layer vLLM would run with sliding-window attention, else 0."""
+    window = raw.get("sliding_window")
+    if raw.get("use_sliding_window") is False or model_type == "gpt_oss":  # Qwen2/3: off unless true
+        return 0
+    max_len = raw.get("max_position_embeddings")
+    if isinstance(window, int) and not isinstance(window, bool) and isinstance(max_len, int) and 0 < window < max_len:
+        return window
+    return 0
 
 
 def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
@@ -356,6 +363,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,
         norm_bias=model_type == "phimoe",  # nn.LayerNorm with bias in vLLM's PhiMoE
         lm_head_bias=model_type == "phimoe" and raw.get("lm_head_bias") is True,
+        unmodelled_sliding_window=_sliding_window(raw, model_type),
     )
     if model_type == "deepseek_v3":  # MLA attention: pdsim/mla.py
         from pdsim.mla import with_mla

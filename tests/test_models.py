@@ -105,16 +105,30 @@ def test_phimoe_reads_with_its_biases():
     assert m.param_count() - unbiased.param_count() == 32 * (q_kv + h + 2 * h) + h + 32064
 
 
-def test_refused_biases_and_sliding_windows_name_the_field():
+def test_refused_biases_and_unmodelled_sliding_windows():
     with pytest.raises(PdsimError, match="'attention_bias': biased attention projections are not modelled for "
                                          "model_type 'qwen3'"):
         _spec(dict(json.loads((Path(__file__).resolve().parent.parent / "configs/models/Qwen/Qwen3-8B.json")
                               .read_text()), attention_bias=True))
-    with pytest.raises(PdsimError, match="'sliding_window': 2047: sliding-window attention is not modelled"):
-        _spec(dict(PHI_MINI_MOE, model_type="phi3", attention_bias=False, sliding_window=2047))
-    # Qwen2.5's window is off (use_sliding_window false) and one as long as the context changes nothing.
-    _spec(dict(PHI_MINI_MOE, sliding_window=4096))
-    assert load_model("Qwen/Qwen2.5-72B-Instruct").num_layers == 80
+    # A window vLLM would honour is kept on the spec, for the run's note; Qwen2.5's is off
+    # (use_sliding_window false) and one as long as the context changes nothing.
+    assert _spec(dict(PHI_MINI_MOE, model_type="phi3", attention_bias=False, sliding_window=2047)) \
+        .unmodelled_sliding_window == 2047
+    assert _spec(dict(PHI_MINI_MOE, sliding_window=4096)).unmodelled_sliding_window == 0
+    assert load_model("Qwen/Qwen2.5-72B-Instruct").unmodelled_sliding_window == 0
+    assert load_model("openai/gpt-oss-20b").unmodelled_sliding_window == 0  # modelled (pdsim/gpt_oss.py)
+
+
+def test_a_run_says_when_its_models_sliding_window_is_not_modelled(tmp_path, capsys):
+    from pdsim.config import load_cluster_config
+
+    cfg = {"num_nodes": 1, "link_bw": 16, "link_latency": 1000, "nodes": [{"num_instances": 1, "instances": [
+        {"model_name": "acme/windowed-test", "hardware": "RTXPRO6000", "npu_mem": {"mem_size": 96, "mem_bw": 1597},
+         "pd_type": None, "tp_size": 1}]}]}
+    (tmp_path / "cluster_config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model_config.json").write_text(json.dumps(dict(_tiny(), sliding_window=512)))
+    load_cluster_config(tmp_path / "cluster_config.json")
+    assert "model acme/windowed-test: sliding_window 512 is not modelled" in capsys.readouterr().err
 
 
 def test_llama_160m_defaults_kv_heads_to_heads():

@@ -147,7 +147,21 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
         _apply_overrides(raw, overrides)
     _use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
-    for note in noted_keys(raw):
+    for note in [*noted_keys(raw), *_model_notes(cfg)]:
         print(f"note: {path}: {note}", file=sys.stderr)
     return cfg
+
+
+def _model_notes(cfg: ClusterConfig) -> list[str]:
+    """What pdsim leaves out of the config's models, said once per model."""
+    from pdsim.models import load_model
+
+    notes = []
+    for name in dict.fromkeys(ref.config.model_name for ref in cfg.instances()):
+        window = load_model(name).unmodelled_sliding_window
+        if window:
+            notes.append(f"model {name}: sliding_window {window} is not modelled: vLLM keeps and attends to the "
+                         f"last {window} tokens of a sequence, pdsim to all of them (KV use and attention beyond "
+                         f"{window} tokens over-counted)")
+    return notes
 
