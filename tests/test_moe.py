@@ -210,6 +210,23 @@ def test_dp_group_step_lasts_as_long_as_the_slowest_rank():
     assert r_shared.finish_s - r_shared.first_token_s > r_alone.finish_s - r_alone.first_token_s
 
 
+def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
+    from types import SimpleNamespace
+
+    from pdsim.engine.dp_group import DPGroup, cudagraph_sizes
+
+    # vLLM 0.19's default capture sizes at max_num_seqs 128, 2048 batched tokens: 1, 2, 4, 8..248 by 8, 256.
+    sizes = cudagraph_sizes(128, 2048)
+    assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-2:] == [248, 256] and len(sizes) == 35
+    assert cudagraph_sizes(256, 8192)[-1] == 512 and cudagraph_sizes(4, 8192) == [1, 2, 4, 8]
+    member = SimpleNamespace(spec=SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048))
+    group = DPGroup.__new__(DPGroup)
+    group.members = [member, member]
+    assert group._moe_tokens([61, 3]) == 2 * 64  # both under 256: padded to 64, then to the largest
+    assert group._moe_tokens([1, 1]) == 2  # two dummy batches
+    assert group._moe_tokens([300, 3]) == 303  # one rank above the largest graph: no padding
+
+
 def test_dense_dp_group_is_routed_as_one_but_not_synchronised():
     inst = {"model_name": "meta-llama/Llama-3.1-8B", "hardware": "RTXPRO6000",
             "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_util": 0.9}, "tp_size": 1, "dp_group": "D"}

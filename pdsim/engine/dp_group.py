@@ -13,6 +13,12 @@ forward pass together: a rank with no work runs a dummy batch of one token (vLLM
 dense ops, sampling: its own batch) plus the MoE layers at the group's total token count
 (pdsim/perf/moe_time.py). When no rank has work the group sleeps until a request arrives.
 
+Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when every rank's step
+can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default
+min(2 x max_num_seqs, 512, max_num_batched_tokens)), each rank pads its batch to its capture size
+and then all to the largest, so the MoE layers see ranks x that many tokens; a larger step runs
+without graphs and unpadded (`all_gatherv` of the true sizes).
+
 The barrier: every rank, after its scheduling decision, hands its plan to `step`; the last one
 to arrive prices the step and releases all of them, each then lets the same duration pass.
 """
@@ -80,20 +86,38 @@ class DPGroup:
         if all(p.empty for p in self._plans.values()):
             return None
         slowest_s = 0.0
-        group_tokens = 0
+        tokens: list[int] = []
         for member in self.members:
             plan = self._plans[member.id]
             if plan.empty:
                 own_s = member.predictor.dummy_step_s()
-                group_tokens += 1
+                tokens.append(1)
                 self.dummy_steps[member.id] += 1
             else:
                 chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
                 own_s = member.predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
-                group_tokens += sum(c for c, _ in chunks) + plan.n_decode
+                tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
             slowest_s = max(slowest_s, own_s)
         self.num_steps += 1
-        return slowest_s + self.moe_layer.step_us(group_tokens) * 1e-6
+        return slowest_s + self.moe_layer.step_us(self._moe_tokens(tokens)) * 1e-6
+
+    def _moe_tokens(self, tokens: list[int]) -> int:
+        """Tokens the group's MoE layers see: the ranks' own, or, when every rank runs a CUDA graph,
+        every rank padded to the largest capture size among them (module docstring)."""
+        caps = [cudagraph_sizes(m.spec.max_num_seqs, m.spec.max_num_batched_tokens) for m in self.members]
+        if any(t > sizes[-1] for t, sizes in zip(tokens, caps)):
+            return sum(tokens)
+        padded = max(next(size for size in sizes if size >= t) for t, sizes in zip(tokens, caps))
+        return padded * len(tokens)
+
+
+def cudagraph_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
+    """vLLM 0.19's default CUDA-graph capture sizes (config/vllm.py): 1, 2, 4, then every 8 below
+    256, then every 16, up to min(2 x max_num_seqs, 512, max_num_batched_tokens)."""
+    cap = min(2 * max_num_seqs, 512, max_num_batched_tokens)
+    sizes = [s for s in (1, 2, 4) if s <= cap]
+    sizes += list(range(8, min(cap + 1, 256), 8)) + list(range(256, cap + 1, 16))
+    return sizes or [cap]
 
 
 def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str, Instance]) -> list[DPGroup]:
