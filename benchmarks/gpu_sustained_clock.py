@@ -6,7 +6,8 @@ under load keeps it, than when it is timed alone, as a profiler times it (needs 
 For GEMMs of Llama-3.1-8B's gate_up shape at several token counts it prints the time per call
   - timed as `pdsim profile` times an op (pdsim.profiler.timing.Timer: a spin kernel, then the
     op replayed from a CUDA graph, 20 repeats; the GPU mostly idles between repeats), and
-  - in the last eighth of `--seconds` of back-to-back calls,
+  - in the last 0.5 s of `--seconds` of back-to-back calls (pdsim.profiler.check.sustained_us, as
+    the self-check's `sustained ms` column times a forward),
 with the SM clock, board power and clock-event reasons nvidia-smi reports meanwhile (sampled every
 20 ms; reason 0x4 is the software power cap). Nothing is fitted. profiles/PROFILER.md has the
 H200's figures and what they mean for profiles measured in bursts.
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's pdsim
 
 import torch  # noqa: E402
 
+from pdsim.profiler.check import SUSTAINED_WINDOW_S, sustained_us  # noqa: E402
 from pdsim.profiler.timing import Timer, TimingConfig  # noqa: E402
 
 SMI_FIELDS = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active"
@@ -72,24 +74,6 @@ class Smi:
             self.proc.terminate()
 
 
-def sustained_us(fn, single_us: float, seconds: float) -> tuple[float, float, float]:
-    """(mean us per call over the last eighth, start and end time.time() of that eighth)."""
-    calls = max(1, round(0.05e6 / max(single_us, 1.0)))  # windows of about 50 ms
-    windows: list[tuple[float, float, float]] = []
-    end = time.time() + seconds
-    while time.time() < end:
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0 = time.time()
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        b.synchronize()
-        windows.append((a.elapsed_time(b) * 1e3 / calls, t0, time.time()))
-    last = windows[-max(1, len(windows) // 8):]
-    return statistics.mean(w[0] for w in last), last[0][1], last[-1][2]
-
-
 def _num(v: float | None, width: int) -> str:
     return f"{v:{width}.0f}" if v is not None else f"{'-':>{width}}"
 
@@ -107,8 +91,9 @@ def case(tokens: int, args: argparse.Namespace, smi: Smi) -> str:
         turn[0] += 1
         calls[turn[0] % len(calls)]()
 
-    loaded, t0, t1 = sustained_us(one, burst, args.seconds)
-    clock, power, reasons = smi.between(t0, t1)
+    loaded = sustained_us(one, burst, heat_s=args.seconds - SUSTAINED_WINDOW_S)
+    t1 = time.time()
+    clock, power, reasons = smi.between(t1 - SUSTAINED_WINDOW_S, t1)
     return (f"{tokens:7d} {burst:12.1f} {loaded:13.1f} {loaded / burst:6.3f} {_num(clock, 7)} {_num(power, 8)}  "
             f"{reasons}")
 
@@ -118,7 +103,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=4096)
     ap.add_argument("--inter", type=int, default=14336, help="MLP intermediate size (gate_up has twice it)")
     ap.add_argument("--tokens", default="64,512,1024,2048,8192")
-    ap.add_argument("--seconds", type=float, default=4.0, help="back-to-back run per case")
+    ap.add_argument("--seconds", type=float, default=4.0, help="back-to-back run per case (more than 0.5)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_sustained_clock.py needs a CUDA GPU")

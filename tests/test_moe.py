@@ -213,15 +213,16 @@ def test_dp_group_step_lasts_as_long_as_the_slowest_rank():
 def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     from types import SimpleNamespace
 
+    import simpy
+
     from pdsim.engine.dp_group import DPGroup, cudagraph_sizes
 
     # vLLM 0.19's default capture sizes at max_num_seqs 128, 2048 batched tokens: 1, 2, 4, 8..248 by 8, 256.
     sizes = cudagraph_sizes(128, 2048)
     assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-2:] == [248, 256] and len(sizes) == 35
     assert cudagraph_sizes(256, 8192)[-1] == 512 and cudagraph_sizes(4, 8192) == [1, 2, 4, 8]
-    member = SimpleNamespace(spec=SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048))
-    group = DPGroup.__new__(DPGroup)
-    group.members = [member, member]
+    spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048)
+    group = DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
     assert group._moe_tokens([61, 3]) == 2 * 64  # both under 256: padded to 64, then to the largest
     assert group._moe_tokens([1, 1]) == 2  # two dummy batches
     assert group._moe_tokens([300, 3]) == 303  # one rank above the largest graph: no padding

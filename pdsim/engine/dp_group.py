@@ -50,6 +50,9 @@ class DPGroup:
         self._released: simpy.Event | None = None
         self.num_steps = 0
         self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
+        # Per rank, vLLM's CUDA-graph capture sizes (fixed by its engine settings): for the padding.
+        self._graph_sizes = [cudagraph_sizes(m.spec.max_num_seqs, m.spec.max_num_batched_tokens)
+                             for m in self.members]
 
     # -- routing --------------------------------------------------------------------------------
     @property
@@ -104,7 +107,7 @@ class DPGroup:
     def _moe_tokens(self, tokens: list[int]) -> int:
         """Tokens the group's MoE layers see: the ranks' own, or, when every rank runs a CUDA graph,
         every rank padded to the largest capture size among them (module docstring)."""
-        caps = [cudagraph_sizes(m.spec.max_num_seqs, m.spec.max_num_batched_tokens) for m in self.members]
+        caps = self._graph_sizes
         if any(t > sizes[-1] for t, sizes in zip(tokens, caps)):
             return sum(tokens)
         padded = max(next(size for size in sizes if size >= t) for t, sizes in zip(tokens, caps))

@@ -119,15 +119,18 @@ UNKNOWN_GPU_PCIE_GBPS = 32.0
 
 
 def unknown_gpu_model(hardware_name: str, n: int) -> AllReduceModel:
-    hop_us = PCIE_HOP_US if n > 2 else 0.0
     source = (f"PCIe model (estimated) at PCIe 4.0 x16, assumed: pdsim has no spec for {hardware_name!r} "
               "(add one in pdsim/hardware.py, or measure allreduce.csv)")
-    return AllReduceModel(source, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * UNKNOWN_GPU_PCIE_GBPS)
+    return _estimated_pcie(source, UNKNOWN_GPU_PCIE_GBPS, n)
 
 
 def pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
+    return _estimated_pcie(PCIE_SOURCE, hardware.intra_node_bw_gbps, n)
+
+
+def _estimated_pcie(source: str, line_gbps: float, n: int) -> AllReduceModel:
     hop_us = PCIE_HOP_US if n > 2 else 0.0  # two GPUs: vLLM's one-shot custom all-reduce, one call
-    return AllReduceModel(PCIE_SOURCE, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * hardware.intra_node_bw_gbps)
+    return AllReduceModel(source, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * line_gbps)
 
 
 def measured_pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel | None:

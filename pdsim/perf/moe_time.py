@@ -41,6 +41,7 @@ import numpy as np
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.interp import Table1D
 
 
 class MoETable:
@@ -92,12 +93,13 @@ class MoETable:
 
 class MoELayoutTable:
     """moe_layouts.csv (`pdsim profile import-aiconfigurator`): us of the fused expert kernels on one GPU
-    by (moe_tp, moe_ep, tokens given to the GPU), measured per expert layout; no router, no top-k."""
+    by (moe_tp, moe_ep, tokens given to the GPU), measured per expert layout; no router, no top-k.
+    Each layout's row is a piecewise-linear table over tokens (pdsim/perf/interp.py)."""
 
     FILE = "moe_layouts.csv"
     COLUMNS = ("moe_tp", "moe_ep", "tokens", "time_us")
 
-    def __init__(self, name: str, rows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, name: str, rows: dict[tuple[int, int], Table1D]):
         self.name = name
         self._rows = rows
 
@@ -108,8 +110,9 @@ class MoELayoutTable:
         by_layout: dict[tuple[int, int], dict[float, float]] = {}
         for tp, ep, t, us in _read_csv(path, cls.COLUMNS, cls.COLUMNS):
             by_layout.setdefault((int(tp), int(ep)), {})[t] = us
-        return cls(path.name, {k: (np.array(sorted(r)), np.array([r[t] for t in sorted(r)]))
-                               for k, r in by_layout.items()})
+        return cls(path.name, {(tp, ep): Table1D(f"{path.name} moe_tp {tp} x moe_ep {ep}", sorted(r),
+                                                 [r[t] for t in sorted(r)], "tokens")
+                               for (tp, ep), r in by_layout.items()})
 
     def layouts(self) -> list[tuple[int, int]]:
         return sorted(self._rows)
@@ -117,17 +120,13 @@ class MoELayoutTable:
     def has(self, moe_tp: int, moe_ep: int) -> bool:
         return (moe_tp, moe_ep) in self._rows
 
+    def tables(self) -> list[Table1D]:
+        return list(self._rows.values())
+
     def __call__(self, moe_tp: int, moe_ep: int, tokens: float) -> float | None:
-        """Linear in tokens between measured counts (extended linearly past the largest); None when
-        the layout was not measured."""
+        """None when the layout was not measured."""
         row = self._rows.get((moe_tp, moe_ep))
-        if row is None:
-            return None
-        xs, ys = row
-        if tokens <= xs[0] or len(xs) == 1:
-            return float(ys[0])
-        j = min(int(np.searchsorted(xs, tokens)) - 1, len(xs) - 2)
-        return float(ys[j] + (ys[j + 1] - ys[j]) * (tokens - xs[j]) / (xs[j + 1] - xs[j]))
+        return None if row is None else row(tokens)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class Profile:
         for t in (self.attention_prefill, self.attention_decode, self.attention_grid4d, self.allreduce, self.moe):
             if t is not None:
                 found.append(t)
+        if self.moe_layouts is not None:
+            found.extend(self.moe_layouts.tables())
         return found
 
 

@@ -97,6 +97,8 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
     """The measured engine's cluster config, scheduling as the run did: the option, else what the
     run's meta.json says (noted in the run's notes), else the config's."""
     from pdsim.config import load_cluster_config
+    from pdsim.config.load import raw_instances
+    from pdsim.errors import ConfigError, read_json_object
 
     if cluster_config is None:
         raise PdsimError("--cluster-config: needed to replay a per-request run")
@@ -107,10 +109,12 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
+    # What the config itself states, for the notes on what the run's meta.json overrides.
+    stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
     cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                "scheduler_reserve_full_isl": reserve,
-                                               **_engine_limits(cluster_config, run),
-                                               **_recorded_precision(cluster_config, run)})
+                                               **_engine_limits(stated, run),
+                                               **_recorded_precision(stated, run)})
     _check_parallelism(run, cfg, cluster_config)
     return cfg
 
@@ -136,13 +140,9 @@ _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_s
                     "enable_chunked_prefill": bool, "enable_prefix_caching": bool}
 
 
-def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
-    from pdsim.config.load import raw_instances
-    from pdsim.errors import ConfigError, read_json_object
-
+def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     kwargs = run.engine_meta.get("engine_kwargs") or {}
-    raw = read_json_object(cluster_config, ConfigError, "cluster config")
-    stated = {k: inst[k] for inst in raw_instances(raw) for k in _RECORDED_LIMITS if k in inst}
+    stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
     out: dict[str, object] = {}
     for key, kind in _RECORDED_LIMITS.items():
         value = kwargs.get(key)
@@ -153,7 +153,7 @@ def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
     util = kwargs.get("gpu_memory_utilization")
     if isinstance(util, (int, float)) and not isinstance(util, bool) and 0 < util <= 1:
-        mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in raw_instances(raw)} - {None}
+        mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             run.notes.append(f"meta.json engine_kwargs record gpu_memory_utilization {util:g}; the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
@@ -164,12 +164,10 @@ def _engine_limits(cluster_config: Path, run) -> dict[str, object]:
     return out
 
 
-def _recorded_precision(cluster_config: Path, run) -> dict[str, object]:
+def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
     """The weight and KV precision meta.json's engine_kwargs name (`quantization`, `kv_cache_dtype`):
     the replay runs them whatever the cluster config says, as it takes the batch limits. A precision
     pdsim cannot express stops the replay with the reason."""
-    from pdsim.config.load import raw_instances
-    from pdsim.errors import ConfigError, read_json_object
     from pdsim.models import load_model
     from pdsim.validate.row_layout import row_layout
 
@@ -177,8 +175,6 @@ def _recorded_precision(cluster_config: Path, run) -> dict[str, object]:
     layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
     if reason is not None:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
-    raw = read_json_object(cluster_config, ConfigError, "cluster config")
-    instances = raw_instances(raw)
     out: dict[str, object] = {}
     if layout.quantization is not None:
         quantization = layout.quantization
