@@ -322,3 +322,25 @@ def test_one_shard_check_leaves_the_allreduce_out() -> None:
     comm = tp2.allreduce_s(1024)
     assert 0 < comm < tp2.step_time_s([(1024, 0)], 0, 0)
     assert tp2.allreduce_s(4096) > comm
+
+
+def test_compiled_elementwise_ops_are_compiled_as_vllm_compiles_them() -> None:
+    """Only the token dim is dynamic (another hidden size recompiles, another token count does not),
+    and the residual add is fused into the norm, computing what the eager add and norm compute;
+    the grid then has no separate residual_add."""
+    from torch._dynamo.utils import counters
+
+    from pdsim.profiler import elementwise, ops
+
+    torch._dynamo.reset()
+    counters.clear()
+    ew = elementwise._compiled()
+    assert ew.fused_residual and not elementwise.EAGER.fused_residual
+    for tokens, hidden in ((5, 64), (7, 64), (9, 64), (6, 96)):
+        x, r, w = torch.randn(tokens, hidden), torch.randn(tokens, hidden), torch.randn(hidden)
+        got, got_residual = ew.add_layernorm(x, r, w)
+        want, want_residual = elementwise.EAGER.add_layernorm(x, r, w)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got_residual, want_residual)
+        torch.testing.assert_close(want, ops.layernorm(x + r, w))
+    assert counters["stats"]["unique_graphs"] == 2  # one per hidden size, whatever the token count

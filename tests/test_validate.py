@@ -501,3 +501,21 @@ def test_the_runs_token_ids_give_the_engines_prefix_hits(tmp_path):
 
     with pytest.raises(PdsimError, match="short.jsonl: 10 prompts with token ids, but the measured run has 300"):
         _validate_cli(*args, str(tmp_path / "c.csv"), "--token-ids", str(short))
+
+
+@needs_shared
+def test_a_tp2_replay_says_what_priced_its_all_reduce(tmp_path):
+    # LLMServingSim's profile has tp2 tables but no all-reduce; the replay must say which model priced
+    # it (here: the measured PCIe behaviour of the same GPU), as the main run's notes do.
+    requests = _rtx_run_with(tmp_path, tensor_parallel_size=2)
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0].update(tp_size=2, num_npus=2)
+    (tmp_path / "tp2.json").write_text(json.dumps(cfg))
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(tmp_path / "tp2.json"),
+                        "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^note: TP all-reduce priced by PCIe model", res.output, re.M), res.output
+    one = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                        str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+                        "--output", str(tmp_path / "w.csv"))
+    assert "all-reduce" not in one.output

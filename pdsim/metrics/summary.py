@@ -179,16 +179,22 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "estimated_profile": estimated,
         "step_time_source": ESTIMATED_NOTE if estimated else "measured profiles",
         "memory_notes": _memory_notes(result),
-        "profile_notes": sorted({
-            note for inst in result.instances
-            for note in [*inst.predictor.notes, *inst.predictor.extrapolation_notes()]
-        }),
+        "profile_notes": profile_notes(result),
     }
     if concurrency is not None:
         summary["closed_loop_steady_state"] = closed_loop_steady_state(df, concurrency)
     if wall_s is not None:
         summary["wall_s"] = wall_s
     return summary
+
+
+def profile_notes(result: SimulationResult) -> list[str]:
+    """What priced each instance's steps (estimated parts, the all-reduce's source, MoE tables) and
+    where the run left the profile's grid, once per distinct note."""
+    return sorted({
+        note for inst in result.instances
+        for note in [*inst.predictor.notes, *inst.predictor.extrapolation_notes()]
+    })
 
 
 def not_finished_reasons(df: pd.DataFrame) -> list[dict]:

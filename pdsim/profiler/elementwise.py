@@ -8,6 +8,13 @@ one kernel per arithmetic op instead (a neox rotary of q and k is 16 kernels), s
 eager ops cost several times what the engine pays, and most of a small decode step. On CUDA with
 Triton the profiler compiles the same functions the same way (`auto`); on the CPU, or when
 compiling fails, they run eagerly and meta.json says which was used.
+
+Compiled as vLLM compiles them in two respects that decide the kernels' speed:
+- only the token dimension is dynamic (vLLM's `support_torch_compile` marks dim 0 of its inputs);
+  hidden and head sizes stay static, so Inductor can pick a reduction kernel for them;
+- the residual add is done inside the next RMSNorm (vLLM's Llama/Qwen layers call
+  `norm(x, residual)`, `RMSNorm.forward_static` with a residual), one fused kernel, so a compiled
+  profile's `layernorm` is that fused add + norm and it has no separate `residual_add`.
 """
 
 from __future__ import annotations
@@ -31,11 +38,17 @@ class Elementwise:
     rotary: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
     silu_and_mul: Callable[[Tensor], Tensor]
     add: Callable[[Tensor, Tensor], Tensor]
+    add_rms_norm: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    fused_residual: bool = False  # add_rms_norm is one kernel: no separate residual_add op
     note: str = ""  # why `auto` fell back to eager, if it did
 
     # The op names of the profile format, over the layer's weight structures.
     def layernorm(self, x: Tensor, weight: Tensor) -> Tensor:
         return self.rms_norm(x, weight)
+
+    def add_layernorm(self, x: Tensor, residual: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(RMSNorm(x + residual), x + residual): the norm after a residual add, as vLLM calls it."""
+        return self.add_rms_norm(x, residual, weight)
 
     def qk_norm(self, q: Tensor, k: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor]:
         return self.qk_rms_norm(q, k, w.q_norm, w.k_norm)
@@ -53,7 +66,13 @@ class Elementwise:
         return self.rms_norm(x, w.final_norm)
 
 
-EAGER = Elementwise("eager", ops.layernorm, ops.qk_rms_norm, ops.rotary, ops.act_fn, ops.residual_add)
+def _add_rms_norm_eager(x: Tensor, residual: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    x = ops.residual_add(x, residual)
+    return ops.layernorm(x, weight), x
+
+
+EAGER = Elementwise("eager", ops.layernorm, ops.qk_rms_norm, ops.rotary, ops.act_fn, ops.residual_add,
+                    _add_rms_norm_eager)
 
 
 def _rms_norm_native(x: Tensor, weight: Tensor) -> Tensor:
@@ -64,21 +83,41 @@ def _rms_norm_native(x: Tensor, weight: Tensor) -> Tensor:
     return x.to(dtype) * weight
 
 
+def _add_rms_norm_native(x: Tensor, residual: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """vLLM's RMSNorm.forward_static with a residual: the add in float32, kept in the input dtype."""
+    dtype = x.dtype
+    x = x.float() + residual
+    residual = x.to(dtype)
+    x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + ops.RMS_EPS)
+    return x.to(dtype) * weight, residual
+
+
 def _qk_rms_norm_native(q: Tensor, k: Tensor, q_norm: Tensor, k_norm: Tensor) -> tuple[Tensor, Tensor]:
     return _rms_norm_native(q, q_norm), _rms_norm_native(k, k_norm)
 
 
 def _compiled() -> Elementwise:
-    def compile_(fn: Callable) -> Callable:
-        return torch.compile(fn, dynamic=True, fullgraph=True)
+    def compile_(fn: Callable, token_args: int) -> Callable:
+        # dynamic=False: static shapes, except the dims marked below (a later call with another
+        # hidden size recompiles for it instead of turning that dim dynamic)
+        compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+
+        def call(*args: Tensor) -> object:
+            for a in args[:token_args]:  # dim 0 = tokens, the only dynamic one (as vLLM marks it)
+                torch._dynamo.maybe_mark_dynamic(a, 0)
+            return compiled(*args)
+
+        return call
 
     return Elementwise(
         "torch.compile (inductor)",
-        compile_(_rms_norm_native),
-        compile_(_qk_rms_norm_native),
-        compile_(ops.rotary),
-        compile_(ops.act_fn),
-        compile_(ops.residual_add),
+        compile_(_rms_norm_native, 1),
+        compile_(_qk_rms_norm_native, 2),
+        compile_(ops.rotary, 3),
+        compile_(ops.act_fn, 1),
+        compile_(ops.residual_add, 2),
+        compile_(_add_rms_norm_native, 2),
+        fused_residual=True,
     )
 
 
@@ -99,6 +138,7 @@ def _agrees(ew: Elementwise, device: str, dtype: torch.dtype) -> None:
         (ew.rotary(q, k, positions, cos, sin), ops.rotary(q, k, positions, cos, sin)),
         (ew.silu_and_mul(rand(5, 128)), None),
         (ew.add(x, r), ops.residual_add(x, r)),
+        (ew.add_rms_norm(x, r, w), _add_rms_norm_eager(x, r, w)),
     ]
     for got, want in pairs:
         if want is None:

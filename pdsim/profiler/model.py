@@ -52,6 +52,7 @@ class RandomModel:
 
 def decoder_layer(
     x: torch.Tensor,
+    residual: torch.Tensor | None,
     w: LayerWeights,
     s: ShardShapes,
     positions: torch.Tensor,
@@ -59,18 +60,21 @@ def decoder_layer(
     attention: AttentionFn,
     cache: KVCache,
     ew: Elementwise,
-) -> torch.Tensor:
-    """One pre-norm Llama/Qwen3 decoder layer; the op sequence dense.csv's counts describe."""
-    residual = x
-    h = ew.layernorm(x, w.input_norm)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pre-norm Llama/Qwen3 decoder layer as vLLM writes it: the residual add of the previous
+    sub-layer is done by the next norm (`norm(x, residual)`), so the layer takes and returns the
+    sub-layer output and the residual stream apart (residual None: the first layer). Two norms,
+    each with its add, per layer: the op sequence dense.csv's counts describe."""
+    if residual is None:
+        residual, h = x, ew.layernorm(x, w.input_norm)
+    else:
+        h, residual = ew.add_layernorm(x, residual, w.input_norm)
     q, k, v = ops.split_qkv(ops.qkv_proj(h, w), s)
     if s.qk_norm:
         q, k = ew.qk_norm(q, k, w)
     q, k = ew.rotary_emb(q, k, positions, rope)
-    x = ew.residual_add(ops.o_proj(attention(q, k, v, cache), w), residual)
-    residual = x
-    h = ew.layernorm(x, w.post_norm)
-    return ew.residual_add(ops.down_proj(ew.act_fn(ops.gate_up_proj(h, w)), w), residual)
+    h, residual = ew.add_layernorm(ops.o_proj(attention(q, k, v, cache), w), residual, w.post_norm)
+    return ops.down_proj(ew.act_fn(ops.gate_up_proj(h, w)), w), residual
 
 
 @dataclass
@@ -111,8 +115,8 @@ def decode_inputs(m: RandomModel, batch_size: int, kv_tokens: int) -> StepInputs
 @torch.inference_mode()
 def forward(m: RandomModel, step: StepInputs) -> torch.Tensor:
     """Token ids sampled for every sequence of the step."""
-    x = ops.embedding(step.ids, m.head)
+    x, residual = ops.embedding(step.ids, m.head), None
     for w, cache in zip(m.layers, step.caches, strict=True):
-        x = decoder_layer(x, w, m.shapes, step.positions, m.rope, step.attention, cache, m.ew)
-    x = m.ew.final_layernorm(x, m.head)
+        x, residual = decoder_layer(x, residual, w, m.shapes, step.positions, m.rope, step.attention, cache, m.ew)
+    x, _ = m.ew.add_layernorm(x, residual, m.head.final_norm)
     return ops.sampler(ops.lm_head(x, step.last_token_idx, m.head))

@@ -73,8 +73,10 @@ class PointBuilder:
 
     def dense(self, op: str, t: int) -> Variants:
         s, L, ew = self.s, self.layers, self.ew
-        if op == "layernorm":
-            x = self._x(t)
+        if op == "layernorm":  # as the engine runs it: fused with the residual add where compiled
+            x, r = self._x(t), self._x(t)
+            if ew.fused_residual:
+                return [lambda w=w: ew.add_layernorm(x, r, w.input_norm) for w in L]
             return [lambda w=w: ew.layernorm(x, w.input_norm) for w in L]
         if op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
             fn = getattr(ops, op)
@@ -96,7 +98,9 @@ class PointBuilder:
             ids = torch.randint(0, s.vocab_shard, (t,), device=self.dev)
             return [lambda: ops.embedding(ids, self.head)]
         if op == "final_layernorm":
-            x = self._x(t)
+            x, r = self._x(t), self._x(t)
+            if ew.fused_residual:
+                return [lambda: ew.add_layernorm(x, r, self.head.final_norm)]
             return [lambda: ew.final_layernorm(x, self.head)]
         raise ValueError(op)
 
@@ -104,7 +108,7 @@ class PointBuilder:
         """One whole decoder layer of t new tokens at `layer_overhead`'s reference shape (decode:
         t sequences with LAYER_OVERHEAD_DECODE_KV cached each; else a prefill with KV prefix 0),
         rotating over the weight copies as the isolated ops do (and a full forward over its layers)."""
-        x = self._x(t)
+        x, r = self._x(t), self._x(t)  # a middle layer's input: sub-layer output and residual stream
         if decode:
             kv = LAYER_OVERHEAD_DECODE_KV
             positions = torch.full((t,), kv, device=self.dev)
@@ -115,7 +119,7 @@ class PointBuilder:
             caches = [self.attention.new_cache(1, 0, t) for _ in self.layers]
             attention = self.attention.prefill
         return [
-            lambda w=w, c=c: decoder_layer(x, w, self.s, positions, self.rope, attention, c, self.ew)
+            lambda w=w, c=c: decoder_layer(x, r, w, self.s, positions, self.rope, attention, c, self.ew)
             for w, c in zip(self.layers, caches, strict=True)
         ]
 
@@ -177,7 +181,8 @@ def layer_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
 
 def grid_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
     points: list[Point] = []
-    dense_ops = [op for op in (*ops.LAYER_OPS, *ops.STEP_OPS) if op != "qk_norm" or b.s.qk_norm]
+    dense_ops = [op for op in (*ops.LAYER_OPS, *ops.STEP_OPS)
+                 if (op != "qk_norm" or b.s.qk_norm) and (op != "residual_add" or not b.ew.fused_residual)]
     for op in dense_ops:
         for t in grid.tokens():
             points.append(

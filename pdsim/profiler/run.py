@@ -167,7 +167,9 @@ def measure(
     result.graph_failures = timer.graph_failures
     result.kernels = {
         "attention_backend": b.attention.name,
-        "elementwise_ops": b.ew.name + (f"; {b.ew.note}" if b.ew.note else ""),
+        "elementwise_ops": b.ew.name + (f"; {b.ew.note}" if b.ew.note else "")
+        + (", token dim dynamic; layernorm and final_layernorm are RMSNorm fused with the residual add "
+           "before it (vLLM's norm(x, residual)), no separate residual_add" if b.ew.fused_residual else ""),
     }
     for i, p in enumerate(points):
         result.add(p, replace(best[i], runs=runs[i]))

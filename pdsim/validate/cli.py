@@ -294,6 +294,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
             click.echo(_estimated_line(estimated, len(ran)))
         click.echo(f"wrote {output}")
         return
+    from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
     run = read_measured(measured, clock)
@@ -313,6 +314,9 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
+    for note in profile_notes(result):
+        if note != ESTIMATED_NOTE:  # said after the table, where the figures it qualifies are
+            click.echo(f"note: {note}")
     info = result.infos[0]
     rule = "llmservingsim" if cfg.instances()[0].config.npu_mem.mem_util is not None else "vllm"
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity))
