@@ -519,3 +519,18 @@ def test_a_tp2_replay_says_what_priced_its_all_reduce(tmp_path):
                         str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
                         "--output", str(tmp_path / "w.csv"))
     assert "all-reduce" not in one.output
+
+
+@needs_shared
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("max_num_seqs", -3, "a whole number >= 1"),
+    ("enable_prefix_caching", "yes", "true or false"),
+    ("gpu_memory_utilization", "high", r"a number in \(0, 1\]"),
+])
+def test_a_bad_recorded_engine_argument_names_meta_json(tmp_path, key, value, expected):
+    # Not silently the config's value, and not blamed on the cluster config: the error names the
+    # file the value came from.
+    requests = _rtx_run_with(tmp_path, **{key: value})
+    with pytest.raises(PdsimError, match=rf"run/meta\.json: engine_kwargs\.{key}: expected {expected}, got"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))

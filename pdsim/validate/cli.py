@@ -144,15 +144,21 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     kwargs = run.engine_meta.get("engine_kwargs") or {}
     stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
     out: dict[str, object] = {}
+    meta = Path(run.source).with_name("meta.json")
     for key, kind in _RECORDED_LIMITS.items():
         value = kwargs.get(key)
-        if value is None or type(value) is not kind:  # None: the engine's own default, not recorded
+        if value is None:  # the engine's own default, not recorded
             continue
+        if type(value) is not kind or (kind is int and value < 1):
+            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected "
+                             f"{'a whole number >= 1' if kind is int else 'true or false'}, got {value!r}")
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
     util = kwargs.get("gpu_memory_utilization")
-    if isinstance(util, (int, float)) and not isinstance(util, bool) and 0 < util <= 1:
+    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
+        raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
+    if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             run.notes.append(f"meta.json engine_kwargs record gpu_memory_utilization {util:g}; the config's "
