@@ -534,3 +534,19 @@ def test_a_bad_recorded_engine_argument_names_meta_json(tmp_path, key, value, ex
     with pytest.raises(PdsimError, match=rf"run/meta\.json: engine_kwargs\.{key}: expected {expected}, got"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                       "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+@needs_shared
+def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
+    # LLMServingSim's meta.yaml records enforce_eager: true for its profiling engine; the measured run
+    # records none (vLLM compiles by default), so the replay says the elementwise kernels differ, and
+    # does not when the run itself was eager.
+    from pdsim.perf.profile import read_profile
+
+    assert read_profile(RTX / "profile", tp=1).meta.engine_enforce_eager is True
+    args = ["--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"), "--output"]
+    compiled = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), *args, str(tmp_path / "a.csv"))
+    eager_run = _rtx_run_with(tmp_path, enforce_eager=True)
+    eager = _validate_cli("--measured", str(eager_run), *args, str(tmp_path / "b.csv"))
+    assert "the profile was measured with enforce_eager" in compiled.output
+    assert "enforce_eager" not in eager.output

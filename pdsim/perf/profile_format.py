@@ -60,6 +60,9 @@ class ProfileMeta:
     # The weights' fp8 scheme the profile was measured with (an LLMServingSim `variant: fp8`), or None;
     # `dtype` is then the activations' dtype, as in vLLM.
     quantization: str | None = None
+    # The profiled vLLM's enforce_eager (LLMServingSim's meta.yaml engine_effective): True means its
+    # custom CUDA ops, not the Inductor-compiled ones a default engine runs; None where not recorded.
+    engine_enforce_eager: bool | None = None
 
 
 @dataclass

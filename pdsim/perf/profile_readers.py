@@ -273,6 +273,17 @@ def _read_simple_yaml(path: Path) -> dict[str, str]:
     return found
 
 
+def _nested_flag(path: Path, block: str, key: str) -> bool | None:
+    """`block: {key: true|false}` of a YAML file (the one-level nesting of LLMServingSim's meta.yaml)."""
+    inside = False
+    for line in decode_text(path.read_bytes(), str(path), ProfileError).splitlines():
+        if re.match(r"^\S", line):
+            inside = line.split(":", 1)[0].strip() == block
+        elif inside and (m := re.match(rf"^\s+{re.escape(key)}:\s*(\S+)", line)):
+            return {"true": True, "false": False}.get(m.group(1).lower())
+    return None
+
+
 def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
     meta_path = root / "meta.yaml"
     raw = _read_simple_yaml(meta_path)
@@ -301,6 +312,7 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         path=str(tp_dir),
         fmt="llmservingsim",
         quantization=quantization,
+        engine_enforce_eager=_nested_flag(meta_path, "engine_effective", "enforce_eager"),
     )
     moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
     if moe is None and tp > 1 and (root / "tp1" / "moe.csv").is_file():

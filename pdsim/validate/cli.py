@@ -223,6 +223,21 @@ def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacit
     return kv
 
 
+def _eager_profile_note(run, result) -> None:
+    """A profile measured with enforce_eager (LLMServingSim's) times vLLM's custom CUDA ops; an engine
+    that compiled its model (vLLM's default) ran Inductor's kernels instead, which differ at prefill
+    sizes (docs/validation.md): said, not corrected."""
+    predictors = [getattr(inst.predictor, "full", inst.predictor) for inst in result.instances]
+    if not any(p.profile.meta.engine_enforce_eager for p in predictors):
+        return
+    if (run.engine_meta.get("engine_kwargs") or {}).get("enforce_eager") is True:
+        return
+    run.notes.append("the profile was measured with enforce_eager (vLLM's custom CUDA ops); the run records no "
+                     "enforce_eager, so its engine compiled the model (vLLM's default) and ran its norms, rotary and "
+                     "SiLU as Inductor kernels, which at prefill sizes may be slower than the profile's: not "
+                     "corrected (docs/validation.md, RTX PRO 6000)")
+
+
 def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
     """The one line that says the comparison is against estimated, not measured, step times."""
     from pdsim.metrics.summary import ESTIMATED_NOTE
@@ -314,6 +329,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     kv_measured = _kv_override(run, cfg, opts, engine_log, kv_capacity)
     result = replay(cfg, run, opts, str(cluster_config))
+    _eager_profile_note(run, result)
     table = compare(run, result)
     estimated = any(info.estimated_profile for info in result.infos)
     table["estimated_profile"] = estimated
