@@ -550,3 +550,46 @@ def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
     eager = _validate_cli("--measured", str(eager_run), *args, str(tmp_path / "b.csv"))
     assert "the profile was measured with enforce_eager" in compiled.output
     assert "enforce_eager" not in eager.output
+
+
+MOE = SHARED / "llmservingsim-rtxpro6000-qwen3-30b-a3b"
+
+
+def _moe_run(tmp_path: Path, config: dict, **engine_kwargs) -> tuple[Path, Path]:
+    """The shared MoE run with its meta.json engine_kwargs updated, and a cluster config beside it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(MOE / "vllm_run", run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["engine_kwargs"].update(engine_kwargs)
+    (run / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "cluster.json").write_text(json.dumps(config))
+    return run / "requests.jsonl", tmp_path / "cluster.json"
+
+
+@needs_shared
+def test_the_replay_takes_the_expert_layout_the_engine_recorded(tmp_path):
+    # LLMServingSim's ep_size defaults to tp_size (whole experts per GPU); vLLM without
+    # enable_expert_parallel shards every expert by TP: the replay runs what the engine recorded.
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+    inst = cfg["nodes"][0]["instances"][0]
+    inst.pop("dp_group")
+    inst.update(tp_size=2, num_npus=2, ep_size=2)
+    cfg["nodes"][0].update(instances=[inst], num_instances=1)
+    requests, config = _moe_run(tmp_path, cfg, tensor_parallel_size=2, data_parallel_size=1,
+                                enable_expert_parallel=False)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                        str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "ep_size 1 from meta.json engine_kwargs enable_expert_parallel false, the config says 2" in res.output
+    assert "scaled by the hardware-spec estimate's ratio for experts split 2 ways" in res.output
+
+
+@needs_shared
+def test_a_dp_group_without_expert_parallelism_is_refused_with_the_reason(tmp_path):
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+    requests, config = _moe_run(tmp_path, cfg, enable_expert_parallel=False)
+    with pytest.raises(PdsimError, match="shards every expert by TP over the whole DP group"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                      str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))

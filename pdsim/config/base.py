@@ -46,7 +46,7 @@ MAX_BLOCK_SIZE = 1024  # tokens per KV block (vLLM's sizes are 1-256)
 OVERRIDABLE_KEYS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
     "scheduler_reserve_full_isl", "enable_prefix_caching", "quantization", "kv_cache_dtype",
-    "gpu_memory_utilization",
+    "gpu_memory_utilization", "ep_size",
 )
 
 

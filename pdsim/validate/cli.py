@@ -114,7 +114,8 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
     cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                "scheduler_reserve_full_isl": reserve,
                                                **_engine_limits(stated, run),
-                                               **_recorded_precision(stated, run)})
+                                               **_recorded_precision(stated, run),
+                                               **_recorded_expert_layout(stated, run)})
     _check_parallelism(run, cfg, cluster_config)
     return cfg
 
@@ -199,6 +200,39 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
     if "quantization" in out and any(inst.get("dtype") == "fp8" for inst in instances):
         out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
     return out
+
+
+def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
+    """A MoE run's expert layout as meta.json's engine_kwargs record it: vLLM shards every expert by TP
+    unless `enable_expert_parallel` is set, when each GPU holds whole experts (over the DP group's
+    GPUs too). LLMServingSim's `ep_size` defaults to tp_size, i.e. expert parallelism; the replay takes
+    what the engine ran, as it takes the batch limits."""
+    from pdsim.models import load_model
+
+    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    expert_parallel = kwargs.get("enable_expert_parallel")
+    if not isinstance(expert_parallel, bool) or not instances:
+        return {}
+    try:
+        if not load_model(str(instances[0].get("model_name"))).is_moe:
+            return {}
+    except PdsimError:
+        return {}  # an unknown model: the config's own check words it
+    tp = kwargs.get("tensor_parallel_size")
+    dp = kwargs.get("data_parallel_size")
+    tp = tp if isinstance(tp, int) and tp >= 1 else int(instances[0].get("tp_size") or 1)
+    dp = dp if isinstance(dp, int) and dp >= 1 else 1
+    grouped = any(inst.get("dp_group") for inst in instances)
+    if not expert_parallel and grouped and dp > 1:
+        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: vLLM without "
+                         "enable_expert_parallel shards every expert by TP over the whole DP group, and pdsim's DP "
+                         "groups place experts by expert parallelism (meta.json engine_kwargs)")
+    ep = tp * (dp if grouped else 1) if expert_parallel else 1
+    stated = {inst.get("ep_size") for inst in instances} - {None}
+    was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""
+    run.notes.append(f"ep_size {ep} from meta.json engine_kwargs enable_expert_parallel "
+                     f"{str(expert_parallel).lower()}{was}")
+    return {"ep_size": ep}
 
 
 def _stated_precision(inst: dict, key: str) -> object:
