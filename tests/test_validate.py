@@ -593,3 +593,13 @@ def test_a_dp_group_without_expert_parallelism_is_refused_with_the_reason(tmp_pa
     with pytest.raises(PdsimError, match="shards every expert by TP over the whole DP group"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
                       str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+@needs_shared
+def test_a_moe_config_of_another_dp_size_than_the_run_is_refused(tmp_path):
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+    requests, config = _moe_run(tmp_path, cfg, data_parallel_size=1)
+    with pytest.raises(PdsimError, match="its data-parallel groups have 2 instance.s., but the measured engine ran "
+                                         "data_parallel_size 1"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                      str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))

@@ -111,6 +111,7 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     # What the config itself states, for the notes on what the run's meta.json overrides.
     stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
+    _check_dp_size(stated, run, cluster_config)
     cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                "scheduler_reserve_full_isl": reserve,
                                                **_engine_limits(stated, run),
@@ -133,6 +134,34 @@ def _check_parallelism(run, cfg, cluster_config: Path) -> None:
                 raise PdsimError(f"{cluster_config}: instance {ref.instance_id} has {field} "
                                  f"{getattr(ref.config, field)}, but the measured engine ran {key} {recorded} "
                                  f"({run.source}'s meta.json engine_kwargs): give the measured engine's config")
+
+
+def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
+    """A MoE config's DP groups must be the run's data_parallel_size (checked before the recorded expert
+    layout is applied to them); a dense one's mismatch is noted."""
+    from pdsim.models import load_model
+
+    recorded = (run.engine_meta.get("engine_kwargs") or {}).get("data_parallel_size")
+    if not isinstance(recorded, int) or isinstance(recorded, bool):
+        return
+    groups: dict[object, int] = {}
+    for i, inst in enumerate(instances):
+        key = inst.get("dp_group") or ("", i)  # an instance outside a group is a group of one
+        groups[key] = groups.get(key, 0) + 1
+    sizes = sorted(set(groups.values()))
+    if sizes == [recorded]:
+        return
+    what = (f"{cluster_config}: its data-parallel groups have {', '.join(map(str, sizes))} instance(s), but the "
+            f"measured engine ran data_parallel_size {recorded} ({run.source}'s meta.json engine_kwargs)")
+    try:
+        moe = load_model(str(instances[0].get("model_name"))).is_moe if instances else False
+    except PdsimError:
+        moe = False  # an unknown model: the config's own check words it
+    if moe:  # the ranks of a MoE group step together and share the experts: the group is structure
+        raise PdsimError(f"{what}: give the measured engine's config (the instances of one DP group share a "
+                         "dp_group)")
+    # Dense DP ranks are independent engines; the group only changes how requests are spread.
+    run.notes.append(f"{what}: dense DP ranks run independently, so the replay goes on with the config's instances")
 
 
 # Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches: the replay
