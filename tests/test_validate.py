@@ -603,3 +603,11 @@ def test_a_moe_config_of_another_dp_size_than_the_run_is_refused(tmp_path):
                                          "data_parallel_size 1"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
                       str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+@needs_shared
+def test_a_run_with_speculative_decoding_is_refused_not_replayed_without_it(tmp_path):
+    requests = _rtx_run_with(tmp_path, speculative_config={"method": "ngram", "num_speculative_tokens": 3})
+    with pytest.raises(PdsimError, match="cannot express this run: speculative decoding"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
