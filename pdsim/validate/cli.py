@@ -210,7 +210,8 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
     kwargs = run.engine_meta.get("engine_kwargs") or {}
     if kwargs.get("speculative_config"):
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: speculative decoding "
-                         f"(speculative_config {kwargs['speculative_config']!r}) is not modelled (meta.json engine_kwargs)")
+                         f"(speculative_config {kwargs['speculative_config']!r}) is not modelled "
+                         "(meta.json engine_kwargs)")
     layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
     if reason is not None:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
