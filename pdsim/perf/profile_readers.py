@@ -256,32 +256,29 @@ def _read_pdsim(root: Path) -> Profile:
 
 
 def _read_simple_yaml(path: Path) -> dict[str, str]:
-    """The top-level `key: scalar` pairs of a YAML file (nested blocks are skipped).
+    """The `key: scalar` pairs of a YAML file: top-level ones by their key, those of a one-level
+    block as `block.key` (deeper nesting and lists are skipped).
 
-    LLMServingSim's meta.yaml is read for a handful of top-level scalars only, which does not
-    justify a PyYAML dependency.
+    LLMServingSim's meta.yaml is read for a handful of scalars only, which does not justify a PyYAML
+    dependency.
     """
     found: dict[str, str] = {}
+    block, child_indent = "", ""
     for line in decode_text(path.read_bytes(), str(path), ProfileError).splitlines():
-        m = re.match(r"^([A-Za-z_][\w-]*):\s*(.*?)\s*$", line)  # top level: no indentation
-        if not m or not m.group(2) or m.group(2).startswith("#"):
+        m = re.match(r"^(\s*)([A-Za-z_][\w-]*):\s*(.*?)\s*$", line)
+        if not m:
             continue
-        value = m.group(2)
+        indent, key, value = m.groups()
+        if not indent:
+            block, child_indent = key, ""
+        elif not child_indent:
+            child_indent = indent  # the block's first key sets its level; deeper ones are skipped
+        if (indent and indent != child_indent) or not value or value.startswith("#"):
+            continue
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        found[m.group(1)] = value
+        found[f"{block}.{key}" if indent else key] = value
     return found
-
-
-def _nested_flag(path: Path, block: str, key: str) -> bool | None:
-    """`block: {key: true|false}` of a YAML file (the one-level nesting of LLMServingSim's meta.yaml)."""
-    inside = False
-    for line in decode_text(path.read_bytes(), str(path), ProfileError).splitlines():
-        if re.match(r"^\S", line):
-            inside = line.split(":", 1)[0].strip() == block
-        elif inside and (m := re.match(rf"^\s+{re.escape(key)}:\s*(\S+)", line)):
-            return {"true": True, "false": False}.get(m.group(1).lower())
-    return None
 
 
 def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
@@ -312,7 +309,7 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         path=str(tp_dir),
         fmt="llmservingsim",
         quantization=quantization,
-        engine_enforce_eager=_nested_flag(meta_path, "engine_effective", "enforce_eager"),
+        engine_enforce_eager={"true": True, "false": False}.get(raw.get("engine_effective.enforce_eager", "").lower()),
     )
     moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
     if moe is None and tp > 1 and (root / "tp1" / "moe.csv").is_file():

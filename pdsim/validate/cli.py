@@ -124,7 +124,7 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
 def _check_parallelism(run, cfg, cluster_config: Path) -> None:
     """The config must lay the engine out as the run did: its TP and PP degrees are the config's
     structure, not something a replay can override."""
-    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    kwargs = run.engine_kwargs
     for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
         recorded = kwargs.get(key)
         if not isinstance(recorded, int) or isinstance(recorded, bool):
@@ -136,12 +136,21 @@ def _check_parallelism(run, cfg, cluster_config: Path) -> None:
                                  f"({run.source}'s meta.json engine_kwargs): give the measured engine's config")
 
 
+def _stated_model(instances: list[dict]):
+    """The model the config's instances name (the first's), or None where pdsim does not know it (the
+    config's own check words that)."""
+    from pdsim.models import load_model
+
+    try:
+        return load_model(str(instances[0].get("model_name"))) if instances else None
+    except PdsimError:
+        return None
+
+
 def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
     """A MoE config's DP groups must be the run's data_parallel_size (checked before the recorded expert
     layout is applied to them); a dense one's mismatch is noted."""
-    from pdsim.models import load_model
-
-    recorded = (run.engine_meta.get("engine_kwargs") or {}).get("data_parallel_size")
+    recorded = run.engine_kwargs.get("data_parallel_size")
     if not isinstance(recorded, int) or isinstance(recorded, bool):
         return
     groups: dict[object, int] = {}
@@ -153,11 +162,9 @@ def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
         return
     what = (f"{cluster_config}: its data-parallel groups have {', '.join(map(str, sizes))} instance(s), but the "
             f"measured engine ran data_parallel_size {recorded} ({run.source}'s meta.json engine_kwargs)")
-    try:
-        moe = load_model(str(instances[0].get("model_name"))).is_moe if instances else False
-    except PdsimError:
-        moe = False  # an unknown model: the config's own check words it
-    if moe:  # the ranks of a MoE group step together and share the experts: the group is structure
+    model = _stated_model(instances)
+    # The ranks of a MoE group step together and share the experts: the group is structure.
+    if model is not None and model.is_moe:
         raise PdsimError(f"{what}: give the measured engine's config (the instances of one DP group share a "
                          "dp_group)")
     # Dense DP ranks are independent engines; the group only changes how requests are spread.
@@ -171,7 +178,7 @@ _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_s
 
 
 def _engine_limits(instances: list[dict], run) -> dict[str, object]:
-    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    kwargs = run.engine_kwargs
     stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
     out: dict[str, object] = {}
     meta = Path(run.source).with_name("meta.json")
@@ -204,10 +211,9 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
     """The weight and KV precision meta.json's engine_kwargs name (`quantization`, `kv_cache_dtype`):
     the replay runs them whatever the cluster config says, as it takes the batch limits. A precision
     pdsim cannot express stops the replay with the reason."""
-    from pdsim.models import load_model
     from pdsim.validate.row_layout import row_layout
 
-    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    kwargs = run.engine_kwargs
     if kwargs.get("speculative_config"):
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: speculative decoding "
                          f"(speculative_config {kwargs['speculative_config']!r}) is not modelled "
@@ -217,13 +223,10 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
     out: dict[str, object] = {}
     if layout.quantization is not None:
-        quantization = layout.quantization
-        try:  # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
-            if load_model(str(instances[0].get("model_name"))).checkpoint_quantization == "fp8_block":
-                quantization = "fp8_block"
-        except PdsimError:
-            pass  # an unknown model: the config's own check words it
-        out["quantization"] = quantization
+        model = _stated_model(instances)
+        # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
+        block = model is not None and model.checkpoint_quantization == "fp8_block"
+        out["quantization"] = "fp8_block" if block else layout.quantization
     if layout.kv_cache_dtype != "auto":
         out["kv_cache_dtype"] = layout.kv_cache_dtype
     for key, value in out.items():
@@ -240,17 +243,11 @@ def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
     unless `enable_expert_parallel` is set, when each GPU holds whole experts (over the DP group's
     GPUs too). LLMServingSim's `ep_size` defaults to tp_size, i.e. expert parallelism; the replay takes
     what the engine ran, as it takes the batch limits."""
-    from pdsim.models import load_model
-
-    kwargs = run.engine_meta.get("engine_kwargs") or {}
+    kwargs = run.engine_kwargs
     expert_parallel = kwargs.get("enable_expert_parallel")
-    if not isinstance(expert_parallel, bool) or not instances:
+    model = _stated_model(instances)
+    if not isinstance(expert_parallel, bool) or model is None or not model.is_moe:
         return {}
-    try:
-        if not load_model(str(instances[0].get("model_name"))).is_moe:
-            return {}
-    except PdsimError:
-        return {}  # an unknown model: the config's own check words it
     tp = kwargs.get("tensor_parallel_size")
     dp = kwargs.get("data_parallel_size")
     tp = tp if isinstance(tp, int) and tp >= 1 else int(instances[0].get("tp_size") or 1)
@@ -297,7 +294,7 @@ def _eager_profile_note(run, result) -> None:
     predictors = [getattr(inst.predictor, "full", inst.predictor) for inst in result.instances]
     if not any(p.profile.meta.engine_enforce_eager for p in predictors):
         return
-    if (run.engine_meta.get("engine_kwargs") or {}).get("enforce_eager") is True:
+    if run.engine_kwargs.get("enforce_eager") is True:
         return
     run.notes.append("the profile was measured with enforce_eager (vLLM's custom CUDA ops); the run records no "
                      "enforce_eager, so its engine compiled the model (vLLM's default) and ran its norms, rotary and "

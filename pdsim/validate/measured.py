@@ -50,6 +50,11 @@ class MeasuredRun:
     prefix_ids: list[tuple[int, ...]] | None = None
     prefix_block_tokens: int = 0
 
+    @property
+    def engine_kwargs(self) -> dict:
+        """The engine arguments meta.json records (empty when it records none)."""
+        return self.engine_meta.get("engine_kwargs") or {}
+
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
         return self._engine_setting("async_scheduling", vllm_async_scheduling_default)
@@ -62,7 +67,7 @@ class MeasuredRun:
     def _engine_setting(self, key: str, default_of: Callable[[str], bool | None]) -> tuple[bool | None, str]:
         """A boolean engine argument: as meta.json's engine_kwargs set it, else the default of the
         vLLM version meta.json names (default_of(version), None when not known)."""
-        kwargs = self.engine_meta.get("engine_kwargs") or {}
+        kwargs = self.engine_kwargs
         if isinstance(kwargs.get(key), bool):
             return kwargs[key], "set in meta.json engine_kwargs"
         version = str(self.engine_meta.get("vllm_version", ""))
