@@ -101,6 +101,20 @@ def test_hostile_config_value_is_one_line_naming_file_and_field(tmp_path, capsys
     assert not out.parent.exists()
 
 
+def test_model_name_of_another_type_beside_a_model_config_names_the_field(tmp_path, capsys):
+    """LLMServingSim's run layout (model_config.json beside the config) must not turn a model_name
+    that is not a string into an internal error: validation names the field."""
+    cfg = _config_text(tmp_path, _set((*INST, "model_name"), "{}"))
+    (tmp_path / "model_config.json").write_text("{}")
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    code, err = _run_cli(capsys, ["--cluster-config", str(cfg), "--dataset", str(trace), "--output",
+                                  str(tmp_path / "out" / "run.csv"), "--quiet"])
+    assert code == 2, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert "instances[0].model_name: expected a string" in err
+
+
 OPTION_CASES = [
     ("--step-overhead-us", "nan"), ("--step-overhead-us", "inf"), ("--step-overhead-us", "-5"),
     ("--client-delay-ms", "nan"), ("--client-delay-ms", "inf"),

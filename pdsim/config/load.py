@@ -128,8 +128,10 @@ def _use_run_model_config(path: Path, raw: dict) -> None:
     """LLMServingSim's run layout keeps the model's Hugging Face config as model_config.json beside
     the cluster config: it names the config's one model when pdsim bundles none of that name."""
     beside = path.parent / RUN_MODEL_CONFIG
-    names = {inst.get("model_name") for inst in raw_instances(raw)}
-    if len(names) != 1 or not beside.is_file() or not isinstance(next(iter(names)), str):
+    # A name that is not a string is left to the config's validation, which names the field.
+    names = {name if isinstance(name, str) else None for name in
+             (inst.get("model_name") for inst in raw_instances(raw))}
+    if len(names) != 1 or not beside.is_file() or None in names:
         return
     name = next(iter(names))
     try:
