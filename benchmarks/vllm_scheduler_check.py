@@ -96,6 +96,7 @@ def _vllm():
         platforms._current_platform = CpuPlatform()  # no GPU here; the scheduler needs none
         from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
         from vllm.sampling_params import SamplingParams
+        from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
         from vllm.v1.core.sched.async_scheduler import AsyncScheduler
         from vllm.v1.core.sched.scheduler import Scheduler
         from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
@@ -103,6 +104,10 @@ def _vllm():
         from vllm.v1.request import Request
         from vllm.v1.structured_output import StructuredOutputManager
         from vllm.version import __version__ as vllm_version
+        try:
+            from vllm.utils.hashing import get_hash_fn_by_name
+        except ImportError:  # 0.12 keeps it in vllm.utils
+            from vllm.utils import get_hash_fn_by_name
     except ImportError as exc:
         sys.exit(f"vLLM {VLLM_VERSION}'s sources are not importable ({exc}); run with --setup DIR first, then "
                  f"DIR/venv/bin/python {Path(__file__).relative_to(REPO)}")
@@ -112,7 +117,9 @@ def _vllm():
         SchedulerConfig=SchedulerConfig, VllmConfig=VllmConfig, SamplingParams=SamplingParams,
         AsyncScheduler=AsyncScheduler, Scheduler=Scheduler, FullAttentionSpec=FullAttentionSpec,
         KVCacheConfig=KVCacheConfig, KVCacheGroupSpec=KVCacheGroupSpec, ModelRunnerOutput=ModelRunnerOutput,
-        Request=Request, StructuredOutputManager=StructuredOutputManager)
+        Request=Request, StructuredOutputManager=StructuredOutputManager,
+        get_request_block_hasher=get_request_block_hasher, init_none_hash=init_none_hash,
+        get_hash_fn_by_name=get_hash_fn_by_name)
 
 
 def has_reserve_full_isl(v) -> bool:
@@ -157,7 +164,7 @@ def make_scheduler(cfg, work: Path, opts=None, step_times=None):
     model_config = v.ModelConfig(model=_model_dir(ic.model_name, work), skip_tokenizer_init=True, dtype="bfloat16",
                                     max_model_len=max_model_len, seed=0)
     cache_config = v.CacheConfig(block_size=ic.block_size, gpu_memory_utilization=0.9, cache_dtype="auto",
-                                    enable_prefix_caching=False)
+                                    enable_prefix_caching=ic.enable_prefix_caching)
     vllm_config = v.VllmConfig(scheduler_config=scheduler_config, model_config=model_config,
                                   cache_config=cache_config, device_config=v.DeviceConfig(device="cpu"))
     # pdsim's pool plus vLLM's null block (block 0, never handed out).
@@ -171,15 +178,24 @@ def make_scheduler(cfg, work: Path, opts=None, step_times=None):
                 structured_output_manager=v.StructuredOutputManager(vllm_config), block_size=ic.block_size,
                 log_stats=False)
     assert sched.max_num_scheduled_tokens == ic.max_num_batched_tokens
+    # As vLLM's EngineCore sets up prefix caching: every request hashes its full blocks.
+    sched.block_hasher = None
+    if ic.enable_prefix_caching:
+        hash_fn = v.get_hash_fn_by_name(cache_config.prefix_caching_hash_algo)
+        v.init_none_hash(hash_fn)
+        sched.block_hasher = v.get_request_block_hasher(ic.block_size, hash_fn)
     return v, sched, predictor
 
 
-def new_request(v, request_id: str, input_toks: int, output_toks: int):
-    """A vLLM request of that many prompt tokens, generating exactly output_toks (ignore_eos)."""
+def new_request(v, request_id: str, input_toks: int, output_toks: int, block_hasher=None):
+    """A vLLM request of that many prompt tokens, generating exactly output_toks (ignore_eos).
+    Its prompt is its own (token id 3 + its number): as a pdsim request without prefix ids, it
+    can hit only its own blocks in the prefix cache."""
     # The EOS id is a Request argument up to 0.12 and gone by 0.19 (ignore_eos makes it moot).
     eos = {"eos_token_id": 2} if "eos_token_id" in inspect.signature(v.Request.__init__).parameters else {}
     params = v.SamplingParams(max_tokens=output_toks, ignore_eos=True, temperature=0.0)
-    return v.Request(request_id, [1] * input_toks, params, None, **eos)
+    hasher = {"block_hasher": block_hasher} if block_hasher is not None else {}
+    return v.Request(request_id, [3 + int(request_id)] * input_toks, params, None, **eos, **hasher)
 
 
 class StepPlanner:
@@ -188,7 +204,9 @@ class StepPlanner:
 
     def __init__(self, v, sched, predictor) -> None:
         self.v, self.sched, self.predictor = v, sched, predictor
-        self.decoding: set[str] = set()  # requests past their prefill (or recompute), as pdsim's decode cohort
+        # Requests past their prefill (or recompute), as pdsim's decode cohort, with their
+        # preemption count then: a later preemption sends them back to computing.
+        self.decoding: dict[str, int] = {}
 
     def plan(self):
         """-> (scheduler output, {request id: samples a token}, step seconds)."""
@@ -201,8 +219,9 @@ class StepPlanner:
         for rid, n in out.num_scheduled_tokens.items():
             req = sched.requests[rid]
             before = req.num_computed_tokens - n  # schedule() has already advanced it
-            if before == 0:
-                self.decoding.discard(rid)  # new, or recomputing after a preemption
+            if before == 0 or self.decoding.get(rid) != req.num_preemptions:
+                # New, or recomputing after a preemption (from a prefix-cache hit, not always 0).
+                self.decoding.pop(rid, None)
             if rid in self.decoding:
                 n_decode += 1
                 kv_sum += before
@@ -213,7 +232,7 @@ class StepPlanner:
             samples[rid] = before + n >= due[rid]
         for rid, sampled in samples.items():
             if sampled:
-                self.decoding.add(rid)
+                self.decoding[rid] = sched.requests[rid].num_preemptions
         seconds = self.predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max if n_decode else None)
         return out, samples, seconds
 
@@ -259,7 +278,7 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
     def add_arrived(now: float) -> None:
         while arrivals and arrivals[0][0] <= now:
             _, i = heapq.heappop(arrivals)
-            sched.add_request(new_request(v, str(i), rows[i][0], rows[i][1]))
+            sched.add_request(new_request(v, str(i), rows[i][0], rows[i][1], sched.block_hasher))
 
     def process(out, samples, now: float) -> None:
         for o in planner.finish(out, samples):
@@ -389,7 +408,7 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
     open_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
                  for r in generate_requests(120, 40, "lognormal:600,400", "lognormal:120,80", seed=7)]
     base = {"mem_size_gb": 96.0, "max_num_seqs": 8, "max_num_batched_tokens": 8 + 1024 + 1500,
-            "scheduler_reserve_full_isl": reserve_full_isl}
+            "scheduler_reserve_full_isl": reserve_full_isl, "enable_prefix_caching": False}
     tight = {**base, "mem_size_gb": 18.5, "max_num_seqs": 32, "max_num_batched_tokens": 512}
     out = []
     for async_mode in (False, True):
@@ -397,6 +416,10 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
         out.append({"name": f"closed_loop_{tag}", "engine": {**base, "async_scheduling": async_mode},
                     "concurrency": 8, "client_delay_s": 0.001, "rows": [(1024, 40, 0.0)] * 48})
         out.append({"name": f"open_loop_preemption_{tag}", "engine": {**tight, "async_scheduling": async_mode},
+                    "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
+        # vLLM's default: a preempted request's blocks stay cached and its recompute reuses them.
+        out.append({"name": f"open_loop_preemption_prefix_caching_{tag}",
+                    "engine": {**tight, "async_scheduling": async_mode, "enable_prefix_caching": True},
                     "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},

@@ -200,15 +200,24 @@ def test_hit_rate_accounting_matches_the_requests():
     assert sum(s.prefix_hit_tokens for s in last.values()) == total_hit
 
 
-def test_requests_without_prefix_ids_run_identically_with_caching_on_and_off():
+def test_requests_without_prefix_ids_share_nothing_and_reuse_only_their_own_blocks():
     rows = generate_requests(120, 30, "lognormal:1500,800,max=6000", "lognormal:300,200,max=1500", seed=3)
-    on = run(cluster(instance("prefill", 19.5), instance("decode", 19.5)), rows)
-    off = run(cluster(instance("prefill", 19.5, enable_prefix_caching=False),
-                      instance("decode", 19.5, enable_prefix_caching=False)), rows)
-    assert on.instances[1].sched.num_preemptions > 0
+
+    def both(mem_gb: float):
+        return [run(cluster(instance("prefill", mem_gb, enable_prefix_caching=c),
+                            instance("decode", mem_gb, enable_prefix_caching=c)), rows) for c in (True, False)]
+
+    # Without a preemption caching changes nothing: no request can hit another's blocks.
+    on, off = both(40.0)
+    assert on.instances[1].sched.num_preemptions == 0
     for a, b in zip(on.requests, off.requests):
-        assert (a.first_token_s, a.finish_s, a.kv_bytes, a.preemptions) == (b.first_token_s, b.finish_s,
-                                                                             b.kv_bytes, b.preemptions)
+        assert (a.first_token_s, a.finish_s, a.kv_bytes) == (b.first_token_s, b.finish_s, b.kv_bytes)
+    assert on.instances[0].kv.hit_tokens == on.instances[1].kv.hit_tokens == 0
+    # With preemptions on the decode instance, a resumed request finds its own blocks.
+    on, off = both(19.5)
+    assert on.instances[1].sched.num_preemptions > 0 and off.instances[1].sched.num_preemptions > 0
+    assert on.instances[1].stats.prompt_tokens < off.instances[1].stats.prompt_tokens
+    assert [r.kv_bytes for r in on.requests] == [r.kv_bytes for r in off.requests]
 
 
 def test_a_decode_instance_that_holds_the_prefix_receives_fewer_bytes():
@@ -345,3 +354,29 @@ def test_command_line_reports_cached_tokens_and_hit_rates_and_turns_caching_off(
     df_off, summary_off, _, stdout_off = cli("--no-enable-prefix-caching")
     assert (df_off.cached_tokens == 0).all() and "prefix cache hit rate" not in stdout_off
     assert df_off.kv_bytes.iloc[3] > df_off.kv_bytes.iloc[0]
+
+
+# -- a preempted request's own blocks ------------------------------------------------------------
+def test_a_preempted_request_recomputes_from_its_own_blocks_still_cached():
+    # vLLM hashes every full block of a request, prompt and output, and a freed block stays cached
+    # until an allocation reaches it, so a recompute after a preemption starts from the longest
+    # run of its own blocks left. Requests without prefix ids can hit nothing else.
+    from tests.helpers import AnalyticStepTimes
+    from tests.helpers import run as run_rows
+
+    rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+            for r in generate_requests(120, 40, "lognormal:600,400", "lognormal:120,80", seed=7)]
+    runs = {}
+    for caching in (False, True):
+        cfg = cluster(instance(None, 18.5, max_num_seqs=32, max_num_batched_tokens=512,
+                               enable_prefix_caching=caching))
+        res = run_rows(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i0": 707})
+        assert all(r.status == "finished" for r in res.requests)
+        runs[caching] = res
+    preempted = {c: sum(r.preemptions for r in res.requests) for c, res in runs.items()}
+    assert preempted[False] > 5 and preempted[True] > 5
+    prompt = {c: res.instances[0].stats.prompt_tokens for c, res in runs.items()}
+    fresh = sum(r[0] for r in rows)
+    # Without caching every recompute redoes prompt and output; with it, most of that is found.
+    assert prompt[False] - fresh > 2 * (prompt[True] - fresh) > 0
+    assert runs[True].instances[0].kv.hit_tokens == 0  # recompute lookups are not counted as hits (vLLM)

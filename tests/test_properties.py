@@ -171,7 +171,7 @@ def check_result(result: SimulationResult, trace: list[TraceRequest]) -> None:
         assert 0 <= kv.free <= kv.num_blocks == info.num_kv_blocks
         assert kv.peak_used <= kv.num_blocks
         # Everything finished: only blocks an async step still holds until its next decision remain.
-        assert kv.used == inst.sched._releasing_blocks, (inst.id, kv.used)
+        assert kv.used == inst.sched.releasing_blocks, (inst.id, kv.used)
     capacity = {info.id: info.kv_capacity_gb for info in result.infos}
     for s in result.samples:
         assert 0 <= s.kv_used_gb <= capacity[s.instance] * (1 + 1e-9) + 1e-12

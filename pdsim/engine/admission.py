@@ -32,6 +32,7 @@ class WaitingAdmission:
     num_waiting_kv_ready: int
     _decided_s: float
     _releasing_slots: int
+    _admissions: int
 
     @property
     def _cutoff(self) -> float:
@@ -51,7 +52,7 @@ class WaitingAdmission:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
         if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
             return False
-        hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
+        hit, evict = self.kv.request_hit(req) if req.hash_ids or req.preemptions else (0, 0)
         if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
             return False
         hit_tokens = hit * self.block_size
@@ -75,7 +76,7 @@ class WaitingAdmission:
             req = self.waiting[0]
             if req.queued_s > self._cutoff:
                 break
-            hit, evict = self.kv.request_hit(req) if req.hash_ids else (0, 0)
+            hit, evict = self.kv.request_hit(req) if req.hash_ids or req.preemptions else (0, 0)
             hit_tokens = hit * self.block_size
             todo = self._chunk_cap(req.tokens_to_compute - hit_tokens)
             if not self.enable_chunked_prefill and todo > budget:
@@ -108,6 +109,8 @@ class WaitingAdmission:
         if req.cache_keys is not None and not req.kv_ready:
             self.kv.register_request(req, num_new)
         self.running[req] = None
+        self._admissions += 1
+        req.admitted_seq = self._admissions
         if req.first_scheduled_s is None:
             req.first_scheduled_s = self._decided_s  # when the decision was taken (a step early when async)
         req.status = "running"

@@ -47,6 +47,7 @@ class DecodeCohort:
         req.cohort_kv_base = base
         req.cohort_gen_base = req.num_generated - self.steps
         req.cohort_finish_step = self.steps + req.output_toks - req.num_generated
+        req.cohort_join_step = self.steps
         self.n += 1
         self._kv_base_sum += base
         self._residue_counts[base % self.block_size] += 1

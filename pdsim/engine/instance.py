@@ -58,7 +58,7 @@ class InstanceSpec:
     async_scheduling: bool = False
     reserve_full_isl: bool = True
     kv_dtype: str | None = None  # the KV cache's dtype (kv_cache_dtype), None: `dtype`
-    enable_prefix_caching: bool = True  # vLLM's default; acts only on requests with prefix ids
+    enable_prefix_caching: bool = True  # vLLM's default: shared prefixes (prefix ids), a recompute's own blocks
     pp: int = 1  # pipeline stages, each of `tp` GPUs (pdsim/engine/pipeline.py)
 
 

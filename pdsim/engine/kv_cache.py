@@ -50,6 +50,23 @@ def prefix_block_keys(hash_ids: tuple[int, ...], hash_block_tokens: int, input_t
     return tuple(keys)
 
 
+_OWN_BLOCK = -1  # salt of the keys of blocks whose contents only their own request has
+
+
+def keep_computed_blocks(req: Request, block_size: int) -> None:
+    """Name every full block of `req`'s tokens so far, prompt and output, before it is preempted.
+
+    vLLM hashes all of a request's full blocks by content (`Request.block_hashes` grows with every
+    output token) and caches each once computed, so a preempted request's freed blocks stay
+    findable until evicted and its recompute starts from the longest run still cached. Blocks past
+    the prompt's prefix ids hold content no other request has: keyed by (request, block), they can
+    only be hit by the request itself."""
+    keys = request_keys(req, block_size)
+    total = (req.input_toks + req.num_generated) // block_size
+    if total > len(keys):
+        req.prefix_keys = keys + tuple(hash((_OWN_BLOCK, req.id, b)) for b in range(len(keys), total))
+
+
 def request_keys(req: Request, block_size: int) -> tuple[int, ...]:
     """The request's prefix block keys for this block size (computed once per size)."""
     if req.prefix_keys_block_size != block_size:
@@ -182,8 +199,18 @@ class BlockManager:
         if self.free > self.num_blocks:
             raise PdsimError(f"internal error: free KV blocks {self.free} over capacity {self.num_blocks}")
 
+    def cache_preempted(self, req: Request, cached_tokens: int) -> None:
+        """Before a preempted request is freed: the full blocks of its first `cached_tokens`
+        tokens become cached (see keep_computed_blocks), so free_request leaves them findable at
+        the tail of the free queue."""
+        keep_computed_blocks(req, self.block_size)
+        if req.cache_keys is None:
+            req.cache_keys = []
+        self.register(req.prefix_keys, 0, min(cached_tokens // self.block_size, req.blocks), req.cache_keys)
+
     def request_hit(self, req: Request) -> tuple[int, int]:
-        """(prompt blocks cached here, of which free) for a request about to start from nothing."""
+        """(leading blocks cached here, of which free) for a request about to start from nothing:
+        prompt blocks named by prefix ids, and after a preemption its own earlier blocks."""
         if req.num_computed or req.kv_ready or not self.enable_caching:
             return 0, 0
         keys = request_keys(req, self.block_size)
@@ -197,7 +224,7 @@ class BlockManager:
             self.query_tokens += req.input_toks
             self.hit_tokens += hit * bs
             req.cached_tokens = hit * bs
-        if req.hash_ids:
+        if req.hash_ids or req.preemptions:
             req.cache_keys = list(req.prefix_keys[:hit])
             self.touch(req.cache_keys)
             req.num_computed = hit * bs

@@ -25,7 +25,7 @@ scheduling is not combined with PP.
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import operator
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -58,8 +58,6 @@ class PipelineScheduler(Scheduler):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._order: dict[Request, int] = {}  # admission order of running requests (vLLM's running list)
-        self._counter = itertools.count()
         self.num_in_flight = 0
         self.in_flight_tokens = 0
 
@@ -70,15 +68,6 @@ class PipelineScheduler(Scheduler):
     @property
     def load_tokens(self) -> int:
         return super().load_tokens + self.in_flight_tokens
-
-    def _preempt_last(self, now: float) -> Request:
-        victim = super()._preempt_last(now)
-        self._order.pop(victim, None)  # admitted again later, at the end of the running list
-        return victim
-
-    def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
-        self._order[req] = next(self._counter)  # joins the end of vLLM's running list
-        return super()._start(req, num_new, now, plan, hit)
 
     def detach(self, plan: StepPlan, batch: MicroBatch) -> None:
         """Take the plan's requests out of the schedulable state while their batch is in flight.
@@ -120,18 +109,16 @@ class PipelineScheduler(Scheduler):
         self.cohort = batch.cohort
         self.num_in_flight -= len(batch.decoders) + len(batch.prefills)
         self.in_flight_tokens -= batch.kv_tokens
-        order = self._order
+        # Back in vLLM's running-list order: admission order (Request.admitted_seq).
+        order = operator.attrgetter("admitted_seq")
         if batch.prefills:
             for req in batch.prefills:
                 self.prefilling.append(req)
                 self.prefilling_kv_tokens += req.num_computed
-            self.prefilling.sort(key=order.__getitem__)
-        self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills],
-                                            key=order.__getitem__))
+            self.prefilling.sort(key=order)
+        self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills], key=order))
         out = self.complete(batch.final_plan or batch.plan, 1, now)
         out.prompt_tokens += batch.partial_tokens
-        for req in (*out.finished, *out.handoffs):
-            order.pop(req, None)
         return out
 
 

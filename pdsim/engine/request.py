@@ -40,6 +40,7 @@ class Request:
     cohort_kv_base: int = 0
     cohort_gen_base: int = 0
     cohort_finish_step: int = 0
+    cohort_join_step: int = 0  # the cohort's step count when it joined (it has decoded since if lower)
 
     # P/D hand-off: blocks still held on the prefill instance until the KV transfer ends.
     prefill_blocks: int = 0
@@ -64,6 +65,7 @@ class Request:
     # (vLLM stamps `queued_ts` there, between steps; the engine clock's latencies start from it).
     picked_up_s: float | None = None
     preemptions: int = 0
+    admitted_seq: int = 0  # its place in the instance's running list (the newest is preempted first)
     status: str = "queued"
     reason: str = ""
 

@@ -26,11 +26,13 @@ against 0.19.0; docs/validation.md has the rule table):
   request that finished in that step still holds its slot and blocks; an idle engine still starts
   at once.
 
-Prefix caching (requests with prefix ids only, see kv_cache.py): a request admitted with nothing
-computed first takes the longest run of its prompt blocks cached here, at most all but its last
-token (vLLM's get_computed_blocks), and computes from there; its new full prompt blocks are cached
-as they are allocated (vLLM's cache_blocks in allocate_slots). A preempted request's freed blocks
-stay cached until evicted, so its recompute can be shorter.
+Prefix caching (see kv_cache.py): a request admitted with nothing computed first takes the
+longest run of its blocks cached here, at most all but its last token (vLLM's
+get_computed_blocks), and computes from there; its new full prompt blocks are cached as they are
+allocated (vLLM's cache_blocks in allocate_slots). Shared prompt blocks need prefix ids; a
+preempted request's computed blocks, prompt and output, stay cached under keys of their own
+until evicted, so its recompute can be shorter. With async scheduling a request whose last token
+is in flight is still in vLLM's running list: when it is the newest it is the one preempted.
 
 Not modelled: speculative decoding (`num_lookahead_tokens`),
 and KV allocation per request in list order (the decode cohort asks for its blocks as one group;
@@ -89,9 +91,10 @@ class Scheduler(WaitingAdmission):
         # Async scheduling decides step n+1 before step n's output is processed, so a request that
         # finished in step n still holds its slot and blocks for that decision: freed after it.
         self.async_scheduling = async_scheduling
-        self._releasing_blocks = 0
-        self._releasing_slots = 0
-        self._releasing_keys: list[int] = []
+        # (admission number, blocks, cached block keys) of each: in vLLM they are still in its
+        # running list, where the newest can be the one preempted (freeing its blocks early).
+        self._releasing: list[tuple[int, int, list[int] | None]] = []
+        self._admissions = 0  # running requests' admission numbers (Request.admitted_seq)
         self.released_after_decision = 0
         self.paused_kv_tokens = 0
         self._rejoined: set[Request] | frozenset[Request] = _NONE  # paused last step, back in the cohort now
@@ -252,15 +255,47 @@ class Scheduler(WaitingAdmission):
                 # Async scheduling: the newest arrival (appended last) may join at the next decision.
                 plan.max_steps = 1
 
-    def _release_finished(self) -> None:
-        if self._releasing_slots:
-            self.kv.free_request(self._releasing_blocks, self._releasing_keys)
-            self.released_after_decision += self._releasing_blocks
-            self._releasing_blocks = self._releasing_slots = 0
-            self._releasing_keys = []
+    @property
+    def _releasing_slots(self) -> int:
+        return len(self._releasing)
 
-    def _preempt_last(self, now: float) -> Request:
+    @property
+    def releasing_blocks(self) -> int:
+        """Blocks of finished requests that the next decision frees (async scheduling)."""
+        return sum(blocks for _, blocks, _ in self._releasing)
+
+    def _release_finished(self) -> None:
+        for _, blocks, keys in self._releasing:
+            self.kv.free_request(blocks, keys)
+            self.released_after_decision += blocks
+        self._releasing.clear()
+
+    def _preempt_finishing(self) -> bool:
+        """Async scheduling: when the newest request of vLLM's running list is one whose last
+        token is in flight, vLLM preempts it (its blocks are freed now; it still finishes when
+        that step's output comes). Returns whether that happened."""
+        if not self._releasing:
+            return False
+        newest = max(range(len(self._releasing)), key=lambda i: self._releasing[i][0])
+        seq, blocks, keys = self._releasing[newest]
+        if self.running and next(reversed(self.running)).admitted_seq > seq:
+            return False
+        del self._releasing[newest]
+        self.kv.free_request(blocks, keys)
+        self.num_preemptions += 1
+        return True
+
+    def _preempt_last(self, now: float) -> Request | None:
+        """Preempt the newest running request; None when that was a finishing one (see
+        _preempt_finishing)."""
+        if self._preempt_finishing():
+            return None
         victim, _ = self.running.popitem()
+        # vLLM caches a block once its tokens are known and its KV computed. With async scheduling
+        # the token a decode step is computing now (this decision's step in flight) is still a
+        # placeholder to it, so the block that token completes is not cached yet.
+        in_flight_decode = self.async_scheduling and victim.in_cohort and \
+            victim.cohort_join_step < self.cohort.steps
         if victim in self.paused:
             del self.paused[victim]
             self.paused_kv_tokens -= victim.num_computed
@@ -273,6 +308,8 @@ class Scheduler(WaitingAdmission):
         else:
             self.prefilling.remove(victim)
             self.prefilling_kv_tokens -= victim.num_computed
+        if self.kv.enable_caching:
+            self.kv.cache_preempted(victim, victim.num_computed - in_flight_decode)
         self.kv.free_request(victim.blocks, victim.cache_keys)
         victim.cache_keys = None
         victim.blocks = 0
@@ -323,10 +360,7 @@ class Scheduler(WaitingAdmission):
 
     def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
         if self.async_scheduling:
-            self._releasing_blocks += req.blocks
-            self._releasing_slots += 1
-            if req.cache_keys:
-                self._releasing_keys += req.cache_keys
+            self._releasing.append((req.admitted_seq, req.blocks, req.cache_keys))
         else:
             self.kv.free_request(req.blocks, req.cache_keys)
         req.cache_keys = None
