@@ -46,6 +46,8 @@ def link_model(link_bw_gbps: float, link_latency_ns: float) -> AllReduceModel:
 def simulate(model: AllReduceModel, config: Path) -> dict[str, float]:
     predictor.interconnect_model = lambda hardware, n: model
     run = read_measured(RUN / "vllm_run" / "requests.jsonl")
+    # The TP 1 run's engine, as if it had run at TP 2 (the reported run's layout).
+    run.engine_meta = {**run.engine_meta, "engine_kwargs": {**run.engine_kwargs, "tensor_parallel_size": 2}}
     cfg = _replay_config(config, run, None)
     table = compare(run, replay(cfg, run, _sim_options(RUN / "profile", 0.0, run), str(config)))
     return table[table.stat == "mean"].set_index("metric").simulated.to_dict()

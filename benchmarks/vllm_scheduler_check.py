@@ -15,8 +15,9 @@ unpacks its Python sources only (no CUDA kernel is used), and installs torch (CP
 pure-Python requirements and pdsim into a venv of their own. The check then covers
   - the 90 H100 closed-loop rows (profiles from aiconfigurator's database, as in
     docs/validation.md; `--profile-dir`, built if missing) with the benchmark harness pdsim uses,
-  - the RTX PRO 6000 run's 300 requests, synchronous and asynchronous scheduling,
-and `--record` writes tests/data/vllm_scheduler_golden_<vLLM version>.json: small scenarios
+  - the RTX PRO 6000 run's 300 requests, synchronous and asynchronous scheduling.
+`--random N` runs N random small engines under memory pressure instead, and `--record` writes
+tests/data/vllm_scheduler_golden_<vLLM version>.json: small scenarios
 (closed and open loop, preemption, a chunk cap, sync and async) with closed-form step times,
 which tests/test_engine.py replays without vLLM. pdsim is configured as the vLLM version
 compared (its whole-sequence admission check exists from 0.19 on).
@@ -400,6 +401,56 @@ def check_rtx(work: Path) -> None:
               f"{_max_diff(theirs, ours) * 1e6:.3f} us")
 
 
+def check_random(count: int, work: Path, seed: int = 1) -> None:
+    """Random small engines under memory pressure: open and closed loops, chunk caps, block sizes,
+    sync and async scheduling, prefix caching on and off, with closed-form step times."""
+    from pdsim.engine.cluster import SimOptions
+    from pdsim.workload.generate import generate_requests
+    from tests.helpers import AnalyticStepTimes
+
+    v = _vllm()
+    rng = random.Random(seed)
+    worst, preempted, started = 0.0, 0, time.perf_counter()
+    for k in range(count):
+        concurrency = rng.choice([None, None, 8, 24])
+        # At most 2,500 tokens a request: each fits the smallest KV cache drawn here (vLLM would
+        # otherwise wait for it forever).
+        rows = [(r.input_toks, r.output_toks, 0.0 if concurrency else r.arrival_time_ns * 1e-9)
+                for r in generate_requests(100, rng.choice([10, 30, 60]), "lognormal:700,600", "lognormal:120,100",
+                                           seed=1000 + k) if r.input_toks + r.output_toks <= 2500]
+        engine = {"mem_size_gb": rng.choice([18.5, 19.0, 19.5]), "max_num_seqs": rng.choice([8, 32, 64]),
+                  "max_num_batched_tokens": rng.choice([512, 1024, 2048]),
+                  "long_prefill_token_threshold": rng.choice([0, 0, 256]),
+                  "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
+                  "async_scheduling": rng.random() < 0.5, "enable_prefix_caching": rng.random() < 0.7,
+                  "block_size": rng.choice([16, 16, 32])}
+        cfg = golden_config(engine)
+        opts = SimOptions(kv_gpu_blocks={"n0.i0": _num_gpu_blocks(cfg, AnalyticStepTimes)})
+        delay = 0.001 if concurrency else 0.0
+        theirs = vllm_run(cfg, rows, work, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
+        ours = pdsim_run(cfg, rows, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
+        diff = _max_diff(theirs, ours)
+        if diff > 1e-6:
+            print(f"scenario {k}: {engine}, concurrency {concurrency}: differs by {diff * 1e6:.3f} us")
+        worst = max(worst, diff)
+        preempted += _preemptions(cfg, rows, concurrency, delay, opts)
+    print(f"{count} random scenarios (vLLM {v.version}'s scheduler, {preempted} preemptions in pdsim): largest "
+          f"difference in a first-token or finish time: {worst * 1e6:.3f} us ({time.perf_counter() - started:.0f} s)")
+
+
+def _preemptions(cfg, rows, concurrency, delay, opts) -> int:
+    from dataclasses import replace
+
+    from pdsim.engine.cluster import simulate
+    from pdsim.workload.trace import TraceRequest
+    from tests.helpers import AnalyticStepTimes
+
+    trace = [TraceRequest(i, a, b, int(round(t * 1e9))) for i, (a, b, t) in enumerate(rows)]
+    result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_delay_s=delay),
+                      step_times=AnalyticStepTimes)
+    return sum(r.preemptions for r in result.requests)
+
+
 # -- golden scenarios for the test suite --------------------------------------------------------
 def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
     """reserve_full_isl: the vLLM being recorded has the whole-sequence admission check (0.19+)."""
@@ -477,6 +528,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None, help="only the first N H100 rows")
     ap.add_argument("--record", type=Path, nargs="?", const=Path(), default=None,
                     help="write the golden scenarios (default: tests/data/vllm_scheduler_golden_<vLLM version>.json)")
+    ap.add_argument("--random", type=int, default=0, metavar="N",
+                    help="only N random small engines under memory pressure (closed-form step times)")
     ap.add_argument("--vllm-version", default=VLLM_VERSION, help="for --setup")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
     args = ap.parse_args()
@@ -486,6 +539,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.record is not None:
         record(args.record if args.record != Path() else None, args.work)
+        return
+    if args.random:
+        check_random(args.random, args.work)
         return
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: not found (the measured runs this check replays)")

@@ -259,7 +259,9 @@ def test_llmservingsim_step_time_by_hand(llama8b, rtx):
 
 @needs_shared
 def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
-    # The profile has tp2 tables but no allreduce.csv: the all-reduce is modelled, 2 per layer.
+    # The profile has tp2 tables but no allreduce.csv: the collectives are modelled, as vLLM runs
+    # them: 2 all-reduces per layer, 1 after the embedding, and an NCCL all-gather of the sampled
+    # rows' logits (each rank computes half of the 128,256-token vocabulary).
     p2 = read_profile(LSS, tp=2)
     without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([(2048, 0)], 0, 0)
     nbytes = 2048 * 4096 * 2
@@ -268,12 +270,23 @@ def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
     pred = StepTimePredictor(p2, llama8b, 2, rtx)
     assert any("PCIe model measured" in n for n in pred.notes) and "PCIe model measured" in pred.allreduce_source
     pcie_us = 7.33 + nbytes / (34.0 * 1e3)
-    assert pred.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(2 * 32 * pcie_us * 1e-6, rel=1e-9)
+    gather_us = 7.33 + 0.5 * 1 * 128256 * 2 / (34.0 * 1e3)  # one sampled row, the same NCCL link
+    assert pred.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx((65 * pcie_us + gather_us) * 1e-6,
+                                                                          rel=1e-9)
+    # A decode step of 64: 512 KiB all-reduces take vLLM's custom kernel (18.8 us, 14.7 GB/s); the
+    # 64 rows of logits (16 MB) are gathered by NCCL.
+    decode_without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([], 64, 64 * 500)
+    custom_us = 18.8 + 64 * 4096 * 2 / (14.7 * 1e3)
+    gather_us = 7.33 + 0.5 * 64 * 128256 * 2 / (34.0 * 1e3)
+    assert pred.step_time_s([], 64, 64 * 500) - decode_without == pytest.approx(
+        (65 * custom_us + gather_us) * 1e-6, rel=1e-9)
     # A GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16, said to be assumed.
     unknown = StepTimePredictor(p2, llama8b, 2, None)
     assert "assumed: pdsim has no spec for 'RTXPRO6000'" in unknown.allreduce_source
     guess_us = 10.0 + nbytes / (0.75 * 32.0 * 1e3)
-    assert unknown.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(2 * 32 * guess_us * 1e-6, rel=1e-9)
+    guess_gather_us = 10.0 + 0.5 * 128256 * 2 / (0.75 * 32.0 * 1e3)
+    assert unknown.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(
+        (65 * guess_us + guess_gather_us) * 1e-6, rel=1e-9)
 
 
 # ---------------------------------------------------------------- predictor

@@ -47,6 +47,15 @@ class AllReduceModel:
         steps = 2 * (n - 1)
         return self.call_us + steps * self.hop_us + steps / n * nbytes / (self.bus_bw_gbps * 1e3)  # GB/s = 1e3 B/us
 
+    def all_gather_us(self, nbytes: float, n: int) -> float:
+        """An NCCL all-gather whose output is `nbytes` (vLLM gathers the logits of a TP group with
+        NCCL; its custom kernel only all-reduces). A ring moves (n - 1) / n of the output through
+        each link, half of what an all-reduce of that size moves, at the same bus bandwidth."""
+        if n <= 1:
+            return 0.0
+        nccl = self.large or self
+        return nccl.call_us + (n - 1) * nccl.hop_us + (n - 1) / n * nbytes / (nccl.bus_bw_gbps * 1e3)
+
 
 # NVLink 4 (H100/H200 SXM), per GPU count: (per-call latency us, bus bandwidth GB/s). Least-squares
 # fit (relative error) to the faster of vLLM's custom all-reduce (CUDA-graph mode, vLLM 0.24.0)

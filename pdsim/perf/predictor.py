@@ -6,11 +6,17 @@ KV lengths sum to K:  T = sum(c_i) + n new tokens,  S = len(chunks) + n sequence
     time = L * sum_op(count_op * dense_op(T)) + embedding(T) + final_layernorm(T)
          + lm_head(S) + sampler(S)
          + L * attention
-         + (tp > 1) 2 * L * allreduce(T * hidden * dtype_bytes)   (pdsim/perf/collectives.py)
+         + (tp > 1) (2 * L + 1) * allreduce(T * hidden * dtype_bytes)   (pdsim/perf/collectives.py)
+         + (tp > 1) all_gather(S * vocab * dtype_bytes)
          + step_overhead + step_overhead_per_seq * S
 
 attention (pdsim format)  = sum_i prefill(c_i, p_i) + (n > 0) decode(n, K / n)
 attention (LLMServingSim) = grid4d(sum c_i, sum p_i, n, K / n), once per step.
+
+At TP > 1 vLLM all-reduces twice per layer (after attention's o_proj and the MLP's down_proj)
+and once more after the vocabulary-parallel embedding, and all-gathers the logits of the S rows it
+samples from (LogitsProcessor._gather_logits; each rank computes vocab / tp of them). A profile's
+lm_head is one shard's GEMM, so the gather is added here.
 
 The per-layer dense ops include the optional `layer_overhead(T)` (count 1, 0 when the profile has
 none): what one whole decoder layer forward of T tokens takes beyond the sum of its isolated ops
@@ -94,6 +100,7 @@ class StepTimePredictor:
         self._lm_head = profile.per_sequence["lm_head"]
         self._sampler = profile.per_sequence["sampler"]
         self._act_bytes_per_token = model.hidden_size * dtype_bytes(profile.meta.dtype)
+        self._logits_bytes_per_row = model.vocab_size * dtype_bytes(profile.meta.dtype)
         self.moe_layer: MoELayerModel | None = None
         self._moe_external = moe_external
         self._quantization = quantization
@@ -162,11 +169,20 @@ class StepTimePredictor:
             return self._allreduce_table(nbytes)
         return self._allreduce_model.time_us(nbytes, self.tp)
 
-    def allreduce_s(self, tokens: int) -> float:
-        """Seconds of a step's TP all-reduces at `tokens` new tokens (0 at tp 1)."""
+    def _all_gather_us(self, nbytes: float) -> float:
+        if self._allreduce_table is not None:
+            # Only all-reduces were measured: an all-gather moves half an all-reduce's bytes.
+            return self._allreduce_table(nbytes / 2)
+        return self._allreduce_model.all_gather_us(nbytes, self.tp)
+
+    def allreduce_s(self, tokens: int, sequences: int | None = None) -> float:
+        """Seconds of a step's TP collectives at `tokens` new tokens and `sequences` sampled rows
+        (default: one per token, a decode step) -- 0 at tp 1."""
         if self.tp <= 1:
             return 0.0
-        return 2 * self.num_layers * self._allreduce_us(tokens * self._act_bytes_per_token) * 1e-6
+        rows = tokens if sequences is None else sequences
+        return ((2 * self.num_layers + 1) * self._allreduce_us(tokens * self._act_bytes_per_token)
+                + self._all_gather_us(rows * self._logits_bytes_per_row)) * 1e-6
 
     def _dense_us(self, tokens: int) -> float:
         """Token-parallel ops at T tokens, all layers, plus the TP all-reduces (also by T)."""
@@ -181,6 +197,8 @@ class StepTimePredictor:
         if self.tp > 1:
             per_layer += 2 * self._allreduce_us(tokens * self._act_bytes_per_token)
         us = self.num_layers * per_layer
+        if self.tp > 1:  # the vocabulary-parallel embedding's
+            us += self._allreduce_us(tokens * self._act_bytes_per_token)
         if self.moe_layer is not None and not self._moe_external:
             us += self.moe_layer.step_us(tokens)
         for table in self._step_items:
@@ -192,6 +210,8 @@ class StepTimePredictor:
         cached = self._seq_cache.get(sequences)
         if cached is None:
             cached = self._lm_head(sequences) + self._sampler(sequences)
+            if self.tp > 1:
+                cached += self._all_gather_us(sequences * self._logits_bytes_per_row)
             self._seq_cache[sequences] = cached
         return cached
 

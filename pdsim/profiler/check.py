@@ -145,7 +145,7 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
             predicted = predictor.step_time_s([], n, n * kv)
             in_grid = n <= max_batch and kv <= max_kv
         if one_shard:
-            predicted -= predictor.allreduce_s(n)
+            predicted -= predictor.allreduce_s(n, 1 if kind == "prefill" else n)
         median_us, spread = best[i]
         eager_ms = eager[i] / 1e3 if i in eager else None
         sustained_ms = sustained[i] / 1e3 if i in sustained else None
