@@ -41,7 +41,7 @@ RUNS = {
         CAL / "llmservingsim-rtxpro6000-qwen3-30b-a3b",
 }
 H100 = CAL / "aiconfigurator-h100"
-H100_OVERHEAD_US = 1500.0  # docs/validation.md: calibrate's pick on these rows' TPOT (leave-one-out 5.8%)
+H100_OVERHEAD_US = 1500.0  # docs/validation.md: calibrate's pick on these rows' TPOT (leave-one-out 5.6%)
 
 
 def _validate(*args: str) -> None:
@@ -74,7 +74,7 @@ def h100_rows(out: Path) -> list[tuple[str, str, str, str]]:
     df = pd.read_csv(csv)
     df = df[df.status == "simulated"]
     case = f"H100, Qwen3-32B, vLLM 0.12 ({len(df)} closed-loop rows, TP 2/4/8)"
-    fitted = f"step_overhead_us {H100_OVERHEAD_US:g} on these rows' TPOT (leave-one-out TPOT MAPE 5.8%)"
+    fitted = f"step_overhead_us {H100_OVERHEAD_US:g} on these rows' TPOT (leave-one-out TPOT MAPE 5.6%)"
     return [(case, "TTFT MAPE (signed mean)", f"{df.ttft_err_pct.abs().mean():.1f}% ({df.ttft_err_pct.mean():+.1f}%)",
              fitted),
             (case, "TPOT MAPE (signed mean)", f"{df.tpot_err_pct.abs().mean():.1f}% ({df.tpot_err_pct.mean():+.1f}%)",
