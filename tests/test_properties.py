@@ -123,11 +123,15 @@ def workloads(draw) -> list[TraceRequest]:
     # Unix-epoch start (1.7e9 s) cost a sample per idle simulated second.
     start_s = draw(st.sampled_from([0.0, 0.0, 0.0, 5e4, 1e6, 1.7e9]))
     n = draw(st.integers(1, 5))
+    # Prefix ids (shared prompt prefixes for the prefix cache, Mooncake-style) on some workloads.
+    shared = draw(st.booleans())
     rows = []
     t = start_s
     for i in range(n):
         t += draw(st.sampled_from([0.0, 0.0, 1e-3, 0.05, 2.0]))
-        rows.append(TraceRequest(i, draw(st.integers(1, 300)), draw(st.integers(1, 120)), int(round(t * 1e9))))
+        inp = draw(st.integers(1, 300))
+        ids = tuple(draw(st.lists(st.integers(0, 2), min_size=1, max_size=-(-inp // 16)))) if shared else ()
+        rows.append(TraceRequest(i, inp, draw(st.integers(1, 120)), int(round(t * 1e9)), ids, 16 if ids else 0))
     return rows
 
 
