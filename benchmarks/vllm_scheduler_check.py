@@ -472,6 +472,14 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
         out.append({"name": f"open_loop_preemption_prefix_caching_{tag}",
                     "engine": {**tight, "async_scheduling": async_mode, "enable_prefix_caching": True},
                     "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
+    # A busier open loop, where async preemptions hit requests whose decode token is in flight
+    # (its block is not cached yet: vLLM still holds a placeholder for that token).
+    busy_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                 for r in generate_requests(150, 80, "lognormal:600,500", "lognormal:150,120", seed=105)
+                 if r.input_toks + r.output_toks <= 3000]
+    out.append({"name": "open_loop_preemption_prefix_caching_async_busy",
+                "engine": {**tight, "async_scheduling": True, "enable_prefix_caching": True},
+                "concurrency": None, "client_delay_s": 0.0, "rows": busy_rows})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})

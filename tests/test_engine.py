@@ -235,7 +235,8 @@ def test_schedules_as_vllms_own_scheduler(version, scenario):
     # 0.19.0), run unmodified in a loop that follows its engine core, with the same closed-form step
     # times (benchmarks/vllm_scheduler_check.py --record, which needs vLLM's sources; regenerate
     # there if AnalyticStepTimes or the scenarios change). Covers closed and open loops, chunked
-    # prefill, preemption under memory pressure, a chunk cap, sync and async scheduling, and
+    # prefill, preemption under memory pressure (a resumed request reusing its own cached blocks
+    # when prefix caching is on), a chunk cap, sync and async scheduling, and
     # 0.19's whole-sequence admission check (on in its scenarios, off in 0.12's).
     # The KV capacity vLLM was given when the scenario was recorded (num_gpu_blocks, the null
     # block included), pinned so that a change in the memory model does not move it.
