@@ -31,7 +31,7 @@ class WaitingAdmission:
     prefilling_kv_tokens: int
     num_waiting_kv_ready: int
     _decided_s: float
-    _releasing_slots: int
+    _releasing: list[tuple[int, int, list[int] | None]]  # finished, still holding slots (async)
     _admissions: int
 
     @property
@@ -42,7 +42,7 @@ class WaitingAdmission:
 
     @property
     def _slots_taken(self) -> int:
-        return len(self.running) + self._releasing_slots
+        return len(self.running) + len(self._releasing)
 
     def _chunk_cap(self, todo: int) -> int:
         cap = self.long_prefill_token_threshold

@@ -63,7 +63,7 @@ class PipelineScheduler(Scheduler):
 
     @property
     def _slots_taken(self) -> int:
-        return len(self.running) + self._releasing_slots + self.num_in_flight
+        return len(self.running) + len(self._releasing) + self.num_in_flight
 
     @property
     def load_tokens(self) -> int:

@@ -232,7 +232,7 @@ class Scheduler(WaitingAdmission):
         cohort = self.cohort
         if not preempted or (not plan.prefill and not cohort.n):
             self._admit_waiting(plan, budget, now)
-        if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing_slots):
+        if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished) and schedules what has arrived at once.
             self._release_finished()
@@ -256,15 +256,13 @@ class Scheduler(WaitingAdmission):
                 plan.max_steps = 1
 
     @property
-    def _releasing_slots(self) -> int:
-        return len(self._releasing)
-
-    @property
     def releasing_blocks(self) -> int:
         """Blocks of finished requests that the next decision frees (async scheduling)."""
         return sum(blocks for _, blocks, _ in self._releasing)
 
     def _release_finished(self) -> None:
+        if not self._releasing:
+            return
         for _, blocks, keys in self._releasing:
             self.kv.free_request(blocks, keys)
             self.released_after_decision += blocks
