@@ -224,7 +224,7 @@ class BlockManager:
             self.query_tokens += req.input_toks
             self.hit_tokens += hit * bs
             req.cached_tokens = hit * bs
-        if req.hash_ids or req.preemptions:
+        if req.has_block_keys:
             req.cache_keys = list(req.prefix_keys[:hit])
             self.touch(req.cache_keys)
             req.num_computed = hit * bs

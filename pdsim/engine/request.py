@@ -70,5 +70,11 @@ class Request:
     reason: str = ""
 
     @property
+    def has_block_keys(self) -> bool:
+        """Its blocks can be looked up in a prefix cache: named by prefix ids, or, after a
+        preemption, its own computed ones (kv_cache.py, keep_computed_blocks)."""
+        return bool(self.hash_ids) or self.preemptions > 0
+
+    @property
     def tokens_to_compute(self) -> int:
         return self.input_toks + self.num_generated - self.num_computed

@@ -169,7 +169,11 @@ class StepTimePredictor:
             return self._allreduce_table(nbytes)
         return self._allreduce_model.time_us(nbytes, self.tp)
 
-    def _all_gather_us(self, nbytes: float) -> float:
+    def _logits_gather_us(self, sequences: int) -> float:
+        """The all-gather of `sequences` rows of logits over the TP group (0 at tp 1)."""
+        if self.tp <= 1:
+            return 0.0
+        nbytes = sequences * self._logits_bytes_per_row
         if self._allreduce_table is not None:
             # Only all-reduces were measured: an all-gather moves half an all-reduce's bytes.
             return self._allreduce_table(nbytes / 2)
@@ -182,7 +186,7 @@ class StepTimePredictor:
             return 0.0
         rows = tokens if sequences is None else sequences
         return ((2 * self.num_layers + 1) * self._allreduce_us(tokens * self._act_bytes_per_token)
-                + self._all_gather_us(rows * self._logits_bytes_per_row)) * 1e-6
+                + self._logits_gather_us(rows)) * 1e-6
 
     def _dense_us(self, tokens: int) -> float:
         """Token-parallel ops at T tokens, all layers, plus the TP all-reduces (also by T)."""
@@ -194,11 +198,9 @@ class StepTimePredictor:
             per_layer += count * table(tokens)
         if self.moe_layer is not None:
             per_layer += self._mlp_layer_fraction * sum(count * table(tokens) for table, count in self._mlp_items)
-        if self.tp > 1:
-            per_layer += 2 * self._allreduce_us(tokens * self._act_bytes_per_token)
-        us = self.num_layers * per_layer
-        if self.tp > 1:  # the vocabulary-parallel embedding's
-            us += self._allreduce_us(tokens * self._act_bytes_per_token)
+        allreduce = self._allreduce_us(tokens * self._act_bytes_per_token) if self.tp > 1 else 0.0
+        per_layer += 2 * allreduce
+        us = self.num_layers * per_layer + allreduce  # and the vocabulary-parallel embedding's
         if self.moe_layer is not None and not self._moe_external:
             us += self.moe_layer.step_us(tokens)
         for table in self._step_items:
@@ -209,9 +211,7 @@ class StepTimePredictor:
     def _per_seq_us(self, sequences: int) -> float:
         cached = self._seq_cache.get(sequences)
         if cached is None:
-            cached = self._lm_head(sequences) + self._sampler(sequences)
-            if self.tp > 1:
-                cached += self._all_gather_us(sequences * self._logits_bytes_per_row)
+            cached = self._lm_head(sequences) + self._sampler(sequences) + self._logits_gather_us(sequences)
             self._seq_cache[sequences] = cached
         return cached
 
