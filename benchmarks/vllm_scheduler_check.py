@@ -16,9 +16,11 @@ pure-Python requirements and pdsim into a venv of their own. The check then cove
   - the 90 H100 closed-loop rows (profiles from aiconfigurator's database, as in
     docs/validation.md; `--profile-dir`, built if missing) with the benchmark harness pdsim uses,
   - the RTX PRO 6000 run's 300 requests, synchronous and asynchronous scheduling.
-`--random N` runs N random small engines under memory pressure instead, and `--record` writes
-tests/data/vllm_scheduler_golden_<vLLM version>.json: small scenarios
-(closed and open loop, preemption, a chunk cap, sync and async) with closed-form step times,
+`--random N` runs N random small engines under memory pressure instead; `--random-prefixes N`
+the same with prompts that share prefixes (`hash_ids`: system prompts, later turns of a
+conversation), vLLM hashing the same tokens for the same ids (`--seed` for either). `--record`
+writes tests/data/vllm_scheduler_golden_<vLLM version>.json: small scenarios (closed and open
+loop, preemption, shared prefixes, a chunk cap, sync and async) with closed-form step times,
 which tests/test_engine.py replays without vLLM. pdsim is configured as the vLLM version
 compared (its whole-sequence admission check exists from 0.19 on).
 """
@@ -188,15 +190,27 @@ def make_scheduler(cfg, work: Path, opts=None, step_times=None):
     return v, sched, predictor
 
 
-def new_request(v, request_id: str, input_toks: int, output_toks: int, block_hasher=None):
+def new_request(v, request_id: str, input_toks: int, output_toks: int, block_hasher=None,
+                hash_ids: tuple[int, ...] = (), hash_block_tokens: int = 0):
     """A vLLM request of that many prompt tokens, generating exactly output_toks (ignore_eos).
-    Its prompt is its own (token id 3 + its number): as a pdsim request without prefix ids, it
-    can hit only its own blocks in the prefix cache."""
+    Prefix id j stands for hash_block_tokens tokens of id SPAN_TOKEN + hash_ids[j], so two prompts
+    that start with the same ids start with the same tokens, as pdsim reads `hash_ids`; the rest
+    of the prompt is its own (token id 3 + its number): it can hit only its own blocks."""
     # The EOS id is a Request argument up to 0.12 and gone by 0.19 (ignore_eos makes it moot).
     eos = {"eos_token_id": 2} if "eos_token_id" in inspect.signature(v.Request.__init__).parameters else {}
     params = v.SamplingParams(max_tokens=output_toks, ignore_eos=True, temperature=0.0)
     hasher = {"block_hasher": block_hasher} if block_hasher is not None else {}
-    return v.Request(request_id, [3 + int(request_id)] * input_toks, params, None, **eos, **hasher)
+    prompt = [SPAN_TOKEN + h for h in hash_ids for _ in range(hash_block_tokens)][:input_toks]
+    prompt += [3 + int(request_id)] * (input_toks - len(prompt))
+    return v.Request(request_id, prompt, params, None, **eos, **hasher)
+
+
+# Prompt tokens of prefix ids, and of what each request samples: apart from every request's own
+# prompt token (3 + its number), so that only equal prefix ids make equal blocks. Sampled tokens
+# are the request's own too: two requests with the same prompt do not share their output blocks
+# (pdsim keys those by request).
+SPAN_TOKEN = 1_000_000
+SAMPLED_TOKEN = 2_000_000
 
 
 class StepPlanner:
@@ -242,13 +256,14 @@ class StepPlanner:
         ids = list(out.num_scheduled_tokens)
         output = self.v.ModelRunnerOutput(
             req_ids=ids, req_id_to_index={r: k for k, r in enumerate(ids)},
-            sampled_token_ids=[[7] if samples[r] else [] for r in ids], logprobs=None, prompt_logprobs_dict={},
-            pooler_output=[])
+            sampled_token_ids=[[SAMPLED_TOKEN + int(r)] if samples[r] else [] for r in ids], logprobs=None,
+            prompt_logprobs_dict={}, pooler_output=[])
         return [o for client in self.sched.update_from_output(out, output).values() for o in client.outputs]
 
 
 def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None, step_times=None):
-    """rows: [(input_toks, output_toks, arrival_s)] (arrivals ignored in a closed loop). Returns
+    """rows: [(input_toks, output_toks, arrival_s[, hash_ids, hash_block_tokens])] (arrivals ignored in
+    a closed loop). Returns
     [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
     v, sched, predictor = make_scheduler(cfg, work, opts, step_times)
     async_mode = bool(next(iter(cfg.instances())).config.async_scheduling)
@@ -269,7 +284,7 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
             sent += 1
 
     if concurrency is None:
-        arrivals = [(a, i) for i, (_, _, a) in enumerate(rows)]
+        arrivals = [(row[2], i) for i, row in enumerate(rows)]
         heapq.heapify(arrivals)
         sent = len(rows)
     else:
@@ -279,7 +294,7 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
     def add_arrived(now: float) -> None:
         while arrivals and arrivals[0][0] <= now:
             _, i = heapq.heappop(arrivals)
-            sched.add_request(new_request(v, str(i), rows[i][0], rows[i][1], sched.block_hasher))
+            sched.add_request(new_request(v, str(i), rows[i][0], rows[i][1], sched.block_hasher, *rows[i][3:]))
 
     def process(out, samples, now: float) -> None:
         for o in planner.finish(out, samples):
@@ -335,7 +350,7 @@ def pdsim_run(cfg, rows, concurrency=None, client_delay_s=0.0, seed=0, opts=None
     from pdsim.perf.predictor import StepTimePredictor
     from pdsim.workload.trace import TraceRequest
 
-    trace = [TraceRequest(i, a, b, int(round(t * 1e9))) for i, (a, b, t) in enumerate(rows)]
+    trace = [TraceRequest(i, a, b, int(round(t * 1e9)), *prefix) for i, (a, b, t, *prefix) in enumerate(rows)]
     opts = replace(opts or SimOptions(), concurrency=concurrency, client_delay_s=client_delay_s, seed=seed)
     result = simulate(cfg, trace, opts, step_times=step_times or StepTimePredictor)
     return [(r.first_token_s, r.finish_s) for r in result.requests]
@@ -401,16 +416,17 @@ def check_rtx(work: Path) -> None:
               f"{_max_diff(theirs, ours) * 1e6:.3f} us")
 
 
-def check_random(count: int, work: Path, seed: int = 1) -> None:
+def check_random(count: int, work: Path, seed: int = 1, prefixes: bool = False) -> None:
     """Random small engines under memory pressure: open and closed loops, chunk caps, block sizes,
-    sync and async scheduling, prefix caching on and off, with closed-form step times."""
+    sync and async scheduling, prefix caching on and off, with closed-form step times. prefixes:
+    the requests share prompt prefixes (`hash_ids`), and prefix caching is always on."""
     from pdsim.engine.cluster import SimOptions
     from pdsim.workload.generate import generate_requests
     from tests.helpers import AnalyticStepTimes
 
     v = _vllm()
     rng = random.Random(seed)
-    worst, preempted, started = 0.0, 0, time.perf_counter()
+    worst, preempted, hits, started = 0.0, 0, 0, time.perf_counter()
     for k in range(count):
         concurrency = rng.choice([None, None, 8, 24])
         # At most 2,500 tokens a request: each fits the smallest KV cache drawn here (vLLM would
@@ -418,12 +434,16 @@ def check_random(count: int, work: Path, seed: int = 1) -> None:
         rows = [(r.input_toks, r.output_toks, 0.0 if concurrency else r.arrival_time_ns * 1e-9)
                 for r in generate_requests(100, rng.choice([10, 30, 60]), "lognormal:700,600", "lognormal:120,100",
                                            seed=1000 + k) if r.input_toks + r.output_toks <= 2500]
+        if prefixes:
+            rows = with_shared_prefixes(rows, random.Random(seed * 100_003 + k))
         engine = {"mem_size_gb": rng.choice([18.5, 19.0, 19.5]), "max_num_seqs": rng.choice([8, 32, 64]),
                   "max_num_batched_tokens": rng.choice([512, 1024, 2048]),
                   "long_prefill_token_threshold": rng.choice([0, 0, 256]),
                   "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
                   "async_scheduling": rng.random() < 0.5, "enable_prefix_caching": rng.random() < 0.7,
                   "block_size": rng.choice([16, 16, 32])}
+        if prefixes:
+            engine["enable_prefix_caching"] = True
         cfg = golden_config(engine)
         opts = SimOptions(kv_gpu_blocks={"n0.i0": _num_gpu_blocks(cfg, AnalyticStepTimes)})
         delay = 0.001 if concurrency else 0.0
@@ -433,22 +453,61 @@ def check_random(count: int, work: Path, seed: int = 1) -> None:
         if diff > 1e-6:
             print(f"scenario {k}: {engine}, concurrency {concurrency}: differs by {diff * 1e6:.3f} us")
         worst = max(worst, diff)
-        preempted += _preemptions(cfg, rows, concurrency, delay, opts)
-    print(f"{count} random scenarios (vLLM {v.version}'s scheduler, {preempted} preemptions in pdsim): largest "
+        counts = _counts(cfg, rows, concurrency, delay, opts)
+        preempted += counts[0]
+        hits += counts[1]
+    shared = f", {hits:,} prompt tokens from the prefix cache" if prefixes else ""
+    print(f"{count} random scenarios{' with shared prefixes' if prefixes else ''} (vLLM {v.version}'s scheduler, "
+          f"{preempted} preemptions in pdsim{shared}): largest "
           f"difference in a first-token or finish time: {worst * 1e6:.3f} us ({time.perf_counter() - started:.0f} s)")
 
 
-def _preemptions(cfg, rows, concurrency, delay, opts) -> int:
+def with_shared_prefixes(rows, rng: random.Random):
+    """The rows with prefix ids (`hash_ids`) as a chat service's prompts share them: a few system
+    prompts, follow-up turns that start with an earlier prompt, and prompts of their own; a prompt
+    may end inside its last id's span. Each row fits the same 2,500 tokens."""
+    span = rng.choice([16, 32, 64, 128])
+    next_id = 0
+
+    def fresh(n: int) -> list[int]:
+        nonlocal next_id
+        next_id += n
+        return list(range(next_id - n, next_id))
+
+    systems = [fresh(rng.randint(1, 6)) for _ in range(3)]
+    out: list[tuple] = []
+    for input_toks, output_toks, arrival in rows:
+        pick = rng.random()
+        earlier = [r[3] for r in out if r[3]]
+        if pick < 0.3 and earlier:
+            ids = list(rng.choice(earlier)) + fresh(rng.randint(1, 4))  # a later turn of that conversation
+        elif pick < 0.8:
+            ids = rng.choice(systems) + fresh(rng.randint(0, 3))
+        else:
+            ids = []  # no prefix information: a prompt of its own
+        ids = ids[:max(0, (2500 - output_toks) // span)]
+        if not ids:
+            out.append((input_toks, output_toks, arrival, (), 0))
+            continue
+        covered = len(ids) * span
+        input_toks = covered - rng.randrange(span) if rng.random() < 0.2 else covered + rng.randrange(2 * span)
+        input_toks = max(1, min(input_toks, 2500 - output_toks))
+        out.append((input_toks, output_toks, arrival, tuple(ids), span))
+    return out
+
+
+def _counts(cfg, rows, concurrency, delay, opts) -> tuple[int, int]:
+    """pdsim's preemptions and prompt tokens taken from the prefix cache in that scenario."""
     from dataclasses import replace
 
     from pdsim.engine.cluster import simulate
     from pdsim.workload.trace import TraceRequest
     from tests.helpers import AnalyticStepTimes
 
-    trace = [TraceRequest(i, a, b, int(round(t * 1e9))) for i, (a, b, t) in enumerate(rows)]
+    trace = [TraceRequest(i, a, b, int(round(t * 1e9)), *prefix) for i, (a, b, t, *prefix) in enumerate(rows)]
     result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_delay_s=delay),
                       step_times=AnalyticStepTimes)
-    return sum(r.preemptions for r in result.requests)
+    return sum(r.preemptions for r in result.requests), sum(r.cached_tokens for r in result.requests)
 
 
 # -- golden scenarios for the test suite --------------------------------------------------------
@@ -480,6 +539,37 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
     out.append({"name": "open_loop_preemption_prefix_caching_async_busy",
                 "engine": {**tight, "async_scheduling": True, "enable_prefix_caching": True},
                 "concurrency": None, "client_delay_s": 0.0, "rows": busy_rows})
+    # Prompts sharing prefixes (system prompts, later turns of a conversation): hits at admission,
+    # blocks shared while their first owner computes them, eviction from the free queue.
+    shared_rows = with_shared_prefixes([(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                                        for r in generate_requests(150, 60, "lognormal:600,500", "lognormal:150,120",
+                                                                   seed=211) if r.input_toks + r.output_toks <= 2500],
+                                       random.Random(5))
+    for async_mode in (False, True):
+        out.append({"name": f"open_loop_shared_prefixes_preemption_{'async' if async_mode else 'sync'}",
+                    "engine": {**tight, "async_scheduling": async_mode, "enable_prefix_caching": True},
+                    "concurrency": None, "client_delay_s": 0.0, "rows": shared_rows})
+    # Clients whose requests finish in the same step but arrived out of order (their delays
+    # differ): vLLM frees them in admission order, which decides whose cached prefix is evicted first.
+    closed_rows = with_shared_prefixes([(r.input_toks, r.output_toks, 0.0)
+                                        for r in generate_requests(100, 10, "lognormal:700,600", "lognormal:120,100",
+                                                                   seed=1022) if r.input_toks + r.output_toks <= 2500],
+                                       random.Random(100_025))
+    out.append({"name": "closed_loop_shared_prefixes_sync",
+                "engine": {**tight, "mem_size_gb": 19.5, "max_num_seqs": 64, "max_num_batched_tokens": 1024,
+                           "long_prefill_token_threshold": 256, "block_size": 32, "async_scheduling": False,
+                           "enable_prefix_caching": True},
+                "concurrency": 24, "client_delay_s": 0.001, "rows": closed_rows})
+    # Requests that compute the same prefix at once: vLLM caches both copies, and the later one
+    # is found once the earlier is evicted.
+    async_rows = with_shared_prefixes([(r.input_toks, r.output_toks, 0.0)
+                                       for r in generate_requests(100, 10, "lognormal:700,600", "lognormal:120,100",
+                                                                  seed=1036) if r.input_toks + r.output_toks <= 2500],
+                                      random.Random(300_045))
+    out.append({"name": "closed_loop_shared_prefixes_async",
+                "engine": {**tight, "max_num_batched_tokens": 1024, "long_prefill_token_threshold": 256,
+                           "async_scheduling": True, "enable_prefix_caching": True},
+                "concurrency": 24, "client_delay_s": 0.001, "rows": async_rows})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
@@ -538,6 +628,9 @@ def main() -> None:
                     help="write the golden scenarios (default: tests/data/vllm_scheduler_golden_<vLLM version>.json)")
     ap.add_argument("--random", type=int, default=0, metavar="N",
                     help="only N random small engines under memory pressure (closed-form step times)")
+    ap.add_argument("--random-prefixes", type=int, default=0, metavar="N",
+                    help="only N random small engines whose requests share prompt prefixes (prefix caching on)")
+    ap.add_argument("--seed", type=int, default=1, help="for --random and --random-prefixes")
     ap.add_argument("--vllm-version", default=VLLM_VERSION, help="for --setup")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
     args = ap.parse_args()
@@ -548,8 +641,8 @@ def main() -> None:
     if args.record is not None:
         record(args.record if args.record != Path() else None, args.work)
         return
-    if args.random:
-        check_random(args.random, args.work)
+    if args.random or args.random_prefixes:
+        check_random(args.random or args.random_prefixes, args.work, args.seed, prefixes=bool(args.random_prefixes))
         return
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: not found (the measured runs this check replays)")

@@ -27,12 +27,13 @@ def cluster(*instances: dict, link_bw: float = 16, link_latency: float = 20000, 
     })
 
 
-def trace(rows: list[tuple[int, int, float]]) -> list[TraceRequest]:
-    """(input, output, arrival seconds) rows."""
-    return [TraceRequest(i, inp, out, int(round(t * 1e9))) for i, (inp, out, t) in enumerate(rows)]
+def trace(rows: list[tuple]) -> list[TraceRequest]:
+    """(input, output, arrival seconds[, hash_ids, hash_block_tokens]) rows."""
+    return [TraceRequest(i, inp, out, int(round(t * 1e9)), *(tuple(p) if isinstance(p, list) else p for p in prefix))
+            for i, (inp, out, t, *prefix) in enumerate(rows)]
 
 
-def run(cfg: ClusterConfig, rows: list[tuple[int, int, float]], step_times: StepTimeFactory = StepTimePredictor,
+def run(cfg: ClusterConfig, rows: list[tuple], step_times: StepTimeFactory = StepTimePredictor,
         **opts) -> SimulationResult:
     """Simulate the rows; step_times makes each instance's step-time model (e.g. AnalyticStepTimes)."""
     return simulate(cfg, trace(rows), SimOptions(**opts), step_times=step_times)

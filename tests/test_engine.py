@@ -236,8 +236,8 @@ def test_schedules_as_vllms_own_scheduler(version, scenario):
     # times (benchmarks/vllm_scheduler_check.py --record, which needs vLLM's sources; regenerate
     # there if AnalyticStepTimes or the scenarios change). Covers closed and open loops, chunked
     # prefill, preemption under memory pressure (a resumed request reusing its own cached blocks
-    # when prefix caching is on), a chunk cap, sync and async scheduling, and
-    # 0.19's whole-sequence admission check (on in its scenarios, off in 0.12's).
+    # when prefix caching is on), prompts that share prefixes (`hash_ids`), a chunk cap, sync and
+    # async scheduling, and 0.19's whole-sequence admission check (on in its scenarios, off in 0.12's).
     # The KV capacity vLLM was given when the scenario was recorded (num_gpu_blocks, the null
     # block included), pinned so that a change in the memory model does not move it.
     engine = scenario["engine"]
@@ -253,6 +253,8 @@ def test_schedules_as_vllms_own_scheduler(version, scenario):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
     if "preemption" in scenario["name"]:
         assert sum(r.preemptions for r in res.requests) > 5  # the scenario does exercise preemption
+    if "shared_prefixes" in scenario["name"]:
+        assert sum(r.cached_tokens for r in res.requests) > 10_000  # and prompts found in the prefix cache
 
 
 # -- vLLM v1 scheduler rules (docs/validation.md, "vLLM v1 rules and pdsim") ---------------------

@@ -217,8 +217,7 @@ class Instance:
             self.pending_tokens -= req.input_toks
             kv = self.kv
             if hit:
-                req.cache_keys = list(req.prefix_keys[:hit])
-                kv.touch(req.cache_keys)
+                req.cache_keys = kv.touch(req.prefix_keys[:hit])
             elif req.hash_ids and kv.enable_caching:
                 req.cache_keys = []
             if kv.enable_caching:

@@ -11,7 +11,10 @@ prefix caching (vLLM v1's default) the full prompt blocks of requests that carry
   (vLLM's FreeKVCacheBlockQueue: allocation pops the head, a freed block goes to the tail, the
   blocks of one request tail first);
 - a cache hit takes the block out of that queue (vLLM's `touch`), so a block shared by several
-  requests is held, and counted, once.
+  requests is held, and counted, once;
+- a block computed again while a copy is cached (two requests computing the same prefix at once)
+  is cached too: a lookup finds the earliest copy still cached, and the later one takes over when
+  that one is evicted (vLLM's BlockHashToBlockMap keeps every copy of a hash).
 
 Free blocks that hold nothing reusable are kept as runs of counts in the same queue, so a
 workload without prefix ids costs what plain counting costs.
@@ -75,6 +78,9 @@ def request_keys(req: Request, block_size: int) -> tuple[int, ...]:
     return req.prefix_keys
 
 
+Copy = int | tuple[int, int]  # a cached block: its key, or (key, serial) for a later copy of that key
+
+
 class BlockManager:
     """Free-block counting, plus vLLM's prefix cache for blocks that have keys."""
 
@@ -85,12 +91,17 @@ class BlockManager:
         self.enable_caching = enable_caching
         self.free = num_blocks  # every block not referenced by a request (cached-but-free ones included)
         self.peak_used = 0
-        # key -> reference count; a count of 0 means cached, free, and in the queue below.
-        self.cached: dict[int, int] = {}
-        # The free queue behind `_anon_head` anonymous blocks (which come first): cached keys
-        # (value None) and runs of anonymous blocks (key a 1-tuple run id, never equal to an int
-        # key; value the count).
-        self._queue: OrderedDict[int | tuple[int], int | None] = OrderedDict()
+        # A cached block is named by its key if it is the first copy of that key cached, else by
+        # (key, serial). key -> the copy a lookup finds (the earliest cached that still is):
+        self.cached: dict[int, Copy] = {}
+        self._later_copies: dict[int, list[Copy]] = {}  # key -> the others, earliest first
+        self._serial = 0
+        # Reference count of every cached copy; 0 means cached, free, and in the queue below.
+        self.refs: dict[Copy, int] = {}
+        # The free queue behind `_anon_head` anonymous blocks (which come first): cached copies
+        # (value None) and runs of anonymous blocks (key a 1-tuple run id, never equal to a
+        # copy's name; value the count).
+        self._queue: OrderedDict[Copy | tuple[int], int | None] = OrderedDict()
         self._anon_head = num_blocks
         self._run_id = 0
         # Prompt tokens looked up, and found, at admission (vLLM's PrefixCacheStats queries/hits).
@@ -122,7 +133,7 @@ class BlockManager:
         while n > 0:
             key, count = queue.popitem(last=False)
             if count is None:
-                del self.cached[key]  # evicted (vLLM: _maybe_evict_cached_block)
+                self._evict(key)
                 n -= 1
             elif count > n:
                 self._anon_head = count - n
@@ -140,61 +151,89 @@ class BlockManager:
             self._run_id += 1
             self._queue[(self._run_id,)] = n
 
+    def _evict(self, copy: Copy) -> None:
+        """A free cached copy is reused (vLLM: _maybe_evict_cached_block): a later copy of its key,
+        if one is cached, is what lookups find from now on."""
+        del self.refs[copy]
+        key = copy if type(copy) is int else copy[0]
+        later = self._later_copies.get(key)
+        if self.cached[key] == copy:
+            if later:
+                self.cached[key] = later.pop(0)
+            else:
+                del self.cached[key]
+        else:
+            later.remove(copy)
+        if later is not None and not later:
+            del self._later_copies[key]
+
     # -- blocks with keys ----------------------------------------------------------------------
     def longest_hit(self, keys: tuple[int, ...], max_blocks: int) -> tuple[int, int]:
         """(leading blocks of `keys` cached here, how many of those are free and would be taken out
         of the free queue), at most `max_blocks` (vLLM's find_longest_cache_hit)."""
         if not self.enable_caching:
             return 0, 0
-        cached = self.cached
+        cached, refs = self.cached, self.refs
         hits = evictable = 0
         for key in keys[:max_blocks]:
-            ref = cached.get(key)
-            if ref is None:
+            copy = cached.get(key)
+            if copy is None:
                 break
             hits += 1
-            if ref == 0:
+            if refs[copy] == 0:
                 evictable += 1
         return hits, evictable
 
-    def touch(self, keys: tuple[int, ...] | list[int]) -> None:
-        """Take a reference on cached blocks (a hit): a free one leaves the free queue."""
-        cached = self.cached
+    def touch(self, keys: tuple[int, ...] | list[int]) -> list[Copy]:
+        """Take a reference on the cached blocks of `keys` (a hit), the copies a lookup finds: a
+        free one leaves the free queue. Returns those copies."""
+        cached, refs = self.cached, self.refs
+        copies = []
         for key in keys:
-            ref = cached[key]
+            copy = cached[key]
+            ref = refs[copy]
             if ref == 0:
-                del self._queue[key]
+                del self._queue[copy]
                 self.free -= 1
-            cached[key] = ref + 1
+            refs[copy] = ref + 1
+            copies.append(copy)
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
+        return copies
 
-    def register(self, keys: tuple[int, ...], start: int, stop: int, held: list[int]) -> None:
+    def register(self, keys: tuple[int, ...], start: int, stop: int, held: list[Copy]) -> None:
         """A request's blocks start..stop-1 now hold (or are being written with) the prefix those
-        keys name: they become cached, referenced by the request (`held`). A key already cached
-        by another request's copy stays that copy's; this one remains an anonymous block, as
-        vLLM keeps a duplicate block out of its lookups."""
-        cached = self.cached
+        keys name: they become cached, referenced by the request (`held`, which names its blocks
+        0..start-1 already). A key another copy already caches gets a second copy, found by
+        lookups only once the first is evicted."""
+        if start != len(held):
+            raise PdsimError(f"internal error: caching blocks from {start} of a request holding {len(held)}")
+        cached, refs = self.cached, self.refs
         for key in keys[start:stop]:
-            if key not in cached:
-                cached[key] = 1
-                held.append(key)
+            if key in cached:
+                self._serial += 1
+                copy = (key, self._serial)
+                self._later_copies.setdefault(key, []).append(copy)
+            else:
+                copy = cached[key] = key
+            refs[copy] = 1
+            held.append(copy)
 
-    def free_request(self, num_blocks: int, held: list[int] | None) -> None:
+    def free_request(self, num_blocks: int, held: list[Copy] | None) -> None:
         """Release a request's `num_blocks` blocks, of which those in `held` are cached: they
         stay cached at the tail of the free queue, last block first (vLLM frees in reverse)."""
         if not held:
             self.release(num_blocks)
             return
         self.release(num_blocks - len(held))
-        cached = self.cached
+        refs = self.refs
         queue = self._queue
-        for key in reversed(held):
-            ref = cached[key] - 1
-            cached[key] = ref
+        for copy in reversed(held):
+            ref = refs[copy] - 1
+            refs[copy] = ref
             if ref == 0:
-                queue[key] = None
+                queue[copy] = None
                 self.free += 1
         if self.free > self.num_blocks:
             raise PdsimError(f"internal error: free KV blocks {self.free} over capacity {self.num_blocks}")
@@ -206,7 +245,9 @@ class BlockManager:
         keep_computed_blocks(req, self.block_size)
         if req.cache_keys is None:
             req.cache_keys = []
-        self.register(req.prefix_keys, 0, min(cached_tokens // self.block_size, req.blocks), req.cache_keys)
+        held = len(req.cache_keys)
+        self.register(req.prefix_keys, held, max(held, min(cached_tokens // self.block_size, req.blocks)),
+                      req.cache_keys)
 
     def request_hit(self, req: Request) -> tuple[int, int]:
         """(leading blocks cached here, of which free) for a request about to start from nothing:
@@ -225,8 +266,7 @@ class BlockManager:
             self.hit_tokens += hit * bs
             req.cached_tokens = hit * bs
         if req.has_block_keys:
-            req.cache_keys = list(req.prefix_keys[:hit])
-            self.touch(req.cache_keys)
+            req.cache_keys = self.touch(req.prefix_keys[:hit])
             req.num_computed = hit * bs
             req.blocks = hit
 

@@ -30,7 +30,7 @@ class Request:
     hash_block_tokens: int = 0
     prefix_keys: tuple[int, ...] = ()
     prefix_keys_block_size: int = 0
-    cache_keys: list[int] | None = None
+    cache_keys: list[int | tuple[int, int]] | None = None  # kv_cache.Copy names
     cached_tokens: int = 0  # prompt tokens found in the prefill (or colocated) instance's cache
     decode_cached_tokens: int = 0  # prompt tokens the decode instance already held: not transferred
 
@@ -44,7 +44,7 @@ class Request:
 
     # P/D hand-off: blocks still held on the prefill instance until the KV transfer ends.
     prefill_blocks: int = 0
-    prefill_cache_keys: list[int] | None = None
+    prefill_cache_keys: list[int | tuple[int, int]] | None = None
     kv_ready: bool = False  # KV arrived on the decode instance; only decoding is left
 
     prefill_instance: str = ""

@@ -326,10 +326,9 @@ class Scheduler(WaitingAdmission):
         # Blocks for the decode steps after the first (the first was allocated in schedule()).
         self.kv.allocate(cohort.new_blocks(1, steps_done - 1))
         out.decode_tokens = cohort.n * steps_done
-        finished = cohort.advance(steps_done)
-        for req in finished:
+        finishing = cohort.advance(steps_done)
+        for req in finishing:
             del self.running[req]
-            self._finish(req, now, out)
 
         for req, num_new in plan.prefill:
             req.num_computed += num_new
@@ -348,12 +347,19 @@ class Scheduler(WaitingAdmission):
             req.last_token_s = now
             if req.num_generated >= req.output_toks:
                 del self.running[req]
-                self._finish(req, now, out)
+                finishing.append(req)
             elif self.prefill_only:
                 del self.running[req]
                 out.handoffs.append(req)
             else:
                 cohort.add(req)
+        # vLLM frees the requests that finished in a step in the order of its running list (their
+        # admission order): with prefix caching, that order is the order their cached blocks are
+        # evicted in.
+        if len(finishing) > 1:
+            finishing.sort(key=lambda r: r.admitted_seq)
+        for req in finishing:
+            self._finish(req, now, out)
         return out
 
     def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
