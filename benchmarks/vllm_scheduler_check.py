@@ -18,7 +18,8 @@ pure-Python requirements and pdsim into a venv of their own. The check then cove
   - the RTX PRO 6000 run's 300 requests, synchronous and asynchronous scheduling.
 `--random N` runs N random small engines under memory pressure instead; `--random-prefixes N`
 the same with prompts that share prefixes (`hash_ids`: system prompts, later turns of a
-conversation), vLLM hashing the same tokens for the same ids (`--seed` for either). `--record`
+conversation), vLLM hashing the same tokens for the same ids; `--random-wide N` engines of a wider
+range (chunked prefill off, 1 to 128 sequences, blocks of 64; `--seed` for any of them). `--record`
 writes tests/data/vllm_scheduler_golden_<vLLM version>.json: small scenarios (closed and open
 loop, preemption, shared prefixes, a chunk cap, sync and async) with closed-form step times,
 which tests/test_engine.py replays without vLLM. pdsim is configured as the vLLM version
@@ -44,6 +45,7 @@ SHARED = REPO.parent / "shared" / "data" / "calibration"
 sys.path.insert(0, str(REPO))  # tests.helpers (the closed-form step times of the golden scenarios)
 
 VLLM_VERSION = "0.12.0"
+MAX_MODEL_LEN = 32768  # of the scheduler check's vLLM engines
 # vLLM's requirements that the scheduler does not need and that would pull CUDA builds or large
 # native packages (torch is installed as the CPU build first).
 SKIP_REQUIREMENTS = {
@@ -154,7 +156,7 @@ def make_scheduler(cfg, work: Path, opts=None, step_times=None):
     instance = Cluster(simpy.Environment(), cfg, opts or SimOptions(), step_times=step_times or StepTimePredictor)
     predictor, num_blocks = instance.instances[0].predictor, instance.infos[0].num_kv_blocks
     async_mode = bool(ic.async_scheduling)
-    max_model_len = 32768
+    max_model_len = MAX_MODEL_LEN
     knobs = {}
     if has_reserve_full_isl(v):
         knobs["scheduler_reserve_full_isl"] = ic.scheduler_reserve_full_isl
@@ -416,10 +418,12 @@ def check_rtx(work: Path) -> None:
               f"{_max_diff(theirs, ours) * 1e6:.3f} us")
 
 
-def check_random(count: int, work: Path, seed: int = 1, prefixes: bool = False) -> None:
+def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
     """Random small engines under memory pressure: open and closed loops, chunk caps, block sizes,
-    sync and async scheduling, prefix caching on and off, with closed-form step times. prefixes:
-    the requests share prompt prefixes (`hash_ids`), and prefix caching is always on."""
+    sync and async scheduling, prefix caching on and off, with closed-form step times. mode
+    "prefixes": the requests share prompt prefixes (`hash_ids`) and prefix caching is always on;
+    "wide": also chunked prefill off, 1 to 128 sequences, blocks of 64, half the scenarios with
+    shared prefixes, and a KV cache of 700-1,500 blocks of 16 tokens' size."""
     from pdsim.engine.cluster import SimOptions
     from pdsim.workload.generate import generate_requests
     from tests.helpers import AnalyticStepTimes
@@ -428,24 +432,32 @@ def check_random(count: int, work: Path, seed: int = 1, prefixes: bool = False) 
     rng = random.Random(seed)
     worst, preempted, hits, started = 0.0, 0, 0, time.perf_counter()
     for k in range(count):
-        concurrency = rng.choice([None, None, 8, 24])
+        concurrency = rng.choice([None, None, 4, 16] if mode == "wide" else [None, None, 8, 24])
         # At most 2,500 tokens a request: each fits the smallest KV cache drawn here (vLLM would
         # otherwise wait for it forever).
         rows = [(r.input_toks, r.output_toks, 0.0 if concurrency else r.arrival_time_ns * 1e-9)
-                for r in generate_requests(100, rng.choice([10, 30, 60]), "lognormal:700,600", "lognormal:120,100",
-                                           seed=1000 + k) if r.input_toks + r.output_toks <= 2500]
-        if prefixes:
-            rows = with_shared_prefixes(rows, random.Random(seed * 100_003 + k))
-        engine = {"mem_size_gb": rng.choice([18.5, 19.0, 19.5]), "max_num_seqs": rng.choice([8, 32, 64]),
-                  "max_num_batched_tokens": rng.choice([512, 1024, 2048]),
-                  "long_prefill_token_threshold": rng.choice([0, 0, 256]),
-                  "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
-                  "async_scheduling": rng.random() < 0.5, "enable_prefix_caching": rng.random() < 0.7,
-                  "block_size": rng.choice([16, 16, 32])}
-        if prefixes:
-            engine["enable_prefix_caching"] = True
+                for r in generate_requests(80 if mode == "wide" else 100, rng.choice([10, 30, 60]),
+                                           "lognormal:700,600", "lognormal:120,100",
+                                           seed=(5000 if mode == "wide" else 1000) + k)
+                if r.input_toks + r.output_toks <= 2500]
+        if mode == "wide":
+            engine, blocks = _wide_engine(rng, v)
+            if rng.random() < 0.5:
+                rows = with_shared_prefixes(rows, random.Random(seed * 7 + k))
+        else:
+            if mode == "prefixes":
+                rows = with_shared_prefixes(rows, random.Random(seed * 100_003 + k))
+            engine = {"mem_size_gb": rng.choice([18.5, 19.0, 19.5]), "max_num_seqs": rng.choice([8, 32, 64]),
+                      "max_num_batched_tokens": rng.choice([512, 1024, 2048]),
+                      "long_prefill_token_threshold": rng.choice([0, 0, 256]),
+                      "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
+                      "async_scheduling": rng.random() < 0.5, "enable_prefix_caching": rng.random() < 0.7,
+                      "block_size": rng.choice([16, 16, 32])}
+            if mode == "prefixes":
+                engine["enable_prefix_caching"] = True
+            blocks = None
         cfg = golden_config(engine)
-        opts = SimOptions(kv_gpu_blocks={"n0.i0": _num_gpu_blocks(cfg, AnalyticStepTimes)})
+        opts = SimOptions(kv_gpu_blocks={"n0.i0": blocks or _num_gpu_blocks(cfg, AnalyticStepTimes)})
         delay = 0.001 if concurrency else 0.0
         theirs = vllm_run(cfg, rows, work, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
         ours = pdsim_run(cfg, rows, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
@@ -456,10 +468,27 @@ def check_random(count: int, work: Path, seed: int = 1, prefixes: bool = False) 
         counts = _counts(cfg, rows, concurrency, delay, opts)
         preempted += counts[0]
         hits += counts[1]
-    shared = f", {hits:,} prompt tokens from the prefix cache" if prefixes else ""
-    print(f"{count} random scenarios{' with shared prefixes' if prefixes else ''} (vLLM {v.version}'s scheduler, "
-          f"{preempted} preemptions in pdsim{shared}): largest "
-          f"difference in a first-token or finish time: {worst * 1e6:.3f} us ({time.perf_counter() - started:.0f} s)")
+    shared = f", {hits:,} prompt tokens from the prefix cache" if hits else ""
+    label = {"prefixes": " with shared prefixes", "wide": " (wide)"}.get(mode, "")
+    print(f"{count} random scenarios{label} (vLLM {v.version}'s scheduler, {preempted} preemptions in pdsim{shared}): "
+          f"largest difference in a first-token or finish time: {worst * 1e6:.3f} us "
+          f"({time.perf_counter() - started:.0f} s)")
+
+
+def _wide_engine(rng: random.Random, v) -> tuple[dict, int]:
+    """An engine of the wide random mode, and its KV blocks (vLLM's null block included). Without
+    chunked prefill vLLM needs a budget of at least max_model_len, whose activation peak would not
+    fit a small GPU: the memory is ample and the block count is pinned instead."""
+    chunked = rng.random() < 0.5
+    engine = {"mem_size_gb": 80.0, "max_num_seqs": rng.choice([1, 2, 4, 16, 128]),
+              "max_num_batched_tokens": rng.choice([256, 512, 4096]) if chunked else MAX_MODEL_LEN,
+              "enable_chunked_prefill": chunked,
+              "long_prefill_token_threshold": rng.choice([0, 0, 128]) if chunked else 0,
+              "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
+              "async_scheduling": rng.random() < 0.5, "enable_prefix_caching": rng.random() < 0.7,
+              "block_size": rng.choice([16, 32, 64])}
+    engine["max_num_seqs"] = min(engine["max_num_seqs"], engine["max_num_batched_tokens"])
+    return engine, rng.choice([700, 1000, 1500]) * 16 // engine["block_size"] + 1
 
 
 def with_shared_prefixes(rows, rng: random.Random):
@@ -630,7 +659,9 @@ def main() -> None:
                     help="only N random small engines under memory pressure (closed-form step times)")
     ap.add_argument("--random-prefixes", type=int, default=0, metavar="N",
                     help="only N random small engines whose requests share prompt prefixes (prefix caching on)")
-    ap.add_argument("--seed", type=int, default=1, help="for --random and --random-prefixes")
+    ap.add_argument("--random-wide", type=int, default=0, metavar="N",
+                    help="only N random engines of a wider range (chunked prefill off, 1 to 128 sequences, ...)")
+    ap.add_argument("--seed", type=int, default=1, help="for the --random modes")
     ap.add_argument("--vllm-version", default=VLLM_VERSION, help="for --setup")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
     args = ap.parse_args()
@@ -641,8 +672,10 @@ def main() -> None:
     if args.record is not None:
         record(args.record if args.record != Path() else None, args.work)
         return
-    if args.random or args.random_prefixes:
-        check_random(args.random or args.random_prefixes, args.work, args.seed, prefixes=bool(args.random_prefixes))
+    for count, mode in ((args.random, ""), (args.random_prefixes, "prefixes"), (args.random_wide, "wide")):
+        if count:
+            check_random(count, args.work, args.seed, mode)
+    if args.random or args.random_prefixes or args.random_wide:
         return
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: not found (the measured runs this check replays)")
