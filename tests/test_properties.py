@@ -215,9 +215,13 @@ def tight_clusters(draw):
 
 @settings(FAST, max_examples=150)
 @given(cfg=tight_clusters(), opts=options(), lengths=st.lists(st.tuples(st.integers(20, 120), st.integers(20, 120)),
-                                                              min_size=3, max_size=6))
-def test_memory_pressure_preempts_and_still_accounts_for_every_request(cfg, opts, lengths):
-    trace = [TraceRequest(i, inp, out, 0) for i, (inp, out) in enumerate(lengths)]
+                                                              min_size=3, max_size=6),
+       shared=st.sampled_from([(), (0,), (0, 1), (0, 1, 2)]))
+def test_memory_pressure_preempts_and_still_accounts_for_every_request(cfg, opts, lengths, shared):
+    # `shared`: prefix ids every prompt starts with (16 tokens each), so that requests computing the
+    # same prefix at once make copies of its blocks, preempted ones among them.
+    trace = [TraceRequest(i, inp, out, 0, shared[:-(-inp // 16)], 16 if shared else 0)
+             for i, (inp, out) in enumerate(lengths)]
     with time_limit(CASE_LIMIT_S):
         result = simulate(cfg, trace, opts, source="<generated>")
     check_result(result, trace)
