@@ -219,14 +219,15 @@ class StepPlanner:
     """One engine step: vLLM's scheduler decides the batch, pdsim's predictor prices it, and what
     vLLM's model runner would sample is handed back (nothing for a partial prefill or recompute)."""
 
-    def __init__(self, v, sched, predictor) -> None:
-        self.v, self.sched, self.predictor = v, sched, predictor
+    def __init__(self, v, sched, predictor, num_stages: int = 1) -> None:
+        self.v, self.sched, self.predictor, self.num_stages = v, sched, predictor, num_stages
         # Requests past their prefill (or recompute), as pdsim's decode cohort, with their
         # preemption count then: a later preemption sends them back to computing.
         self.decoding: dict[str, int] = {}
 
     def plan(self):
-        """-> (scheduler output, {request id: samples a token}, step seconds)."""
+        """-> (scheduler output, {request id: samples a token}, step seconds; with pipeline stages,
+        (seconds per stage, seconds per activation send))."""
         sched = self.sched
         # Tokens each request must have computed to sample its next one (async: with the token
         # of the step in flight, a placeholder), taken before schedule() advances anything.
@@ -250,8 +251,14 @@ class StepPlanner:
         for rid, sampled in samples.items():
             if sampled:
                 self.decoding[rid] = sched.requests[rid].num_preemptions
-        seconds = self.predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max if n_decode else None)
-        return out, samples, seconds
+        kv_max = kv_max if n_decode else None
+        tokens = sum(c for c, _ in chunks) + n_decode
+        if not tokens:
+            return out, samples, None  # nothing scheduled
+        if self.num_stages > 1:  # pipeline stages: each stage's time, and the activation send between two
+            stage_s = self.predictor.stage_times_s(tuple(chunks), n_decode, kv_sum, kv_max)
+            return out, samples, (stage_s, self.predictor.send_s(tokens))
+        return out, samples, self.predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max)
 
     def finish(self, out, samples):
         """Hand the step's samples to the scheduler; -> its outputs (EngineCoreOutput per request)."""
@@ -268,8 +275,9 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
     a closed loop). Returns
     [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
     v, sched, predictor = make_scheduler(cfg, work, opts, step_times)
-    async_mode = bool(next(iter(cfg.instances())).config.async_scheduling)
-    planner = StepPlanner(v, sched, predictor)
+    ic = next(iter(cfg.instances())).config
+    async_mode, num_stages = bool(ic.async_scheduling), ic.pp_size
+    planner = StepPlanner(v, sched, predictor, num_stages)
     plan = planner.plan
 
     rng = random.Random(seed)
@@ -308,8 +316,21 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
                 if concurrency is not None:
                     send(now)
 
+    stage_free = [0.0] * num_stages
+
+    def through_stages(now: float, priced) -> float:
+        """When a micro-batch launched now leaves the last stage: each stage takes one at a time, in
+        launch order, and hands it on with an activation send (pdsim's PipelinedInstance)."""
+        stage_s, send_s = priced
+        t = now
+        for i, seconds in enumerate(stage_s):
+            t = stage_free[i] = max(t, stage_free[i]) + seconds
+            if i < num_stages - 1:
+                t += send_s
+        return stage_free[-1]
+
     now = 0.0
-    if not async_mode:
+    if not async_mode and num_stages == 1:
         # EngineCore.step: schedule, execute, process the output; arrivals join between steps.
         while len(finish) < len(rows):
             add_arrived(now)
@@ -320,8 +341,11 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
             now += seconds
             process(out, samples, now)
     else:
-        # EngineCore.step_with_batch_queue (queue of 2): step n+1 is scheduled while step n runs;
-        # step n's output is processed when it ends, after that decision.
+        # EngineCore.step_with_batch_queue, its queue 2 long with async scheduling (step n+1 is
+        # scheduled while step n runs; step n's output is processed when it ends, after that
+        # decision) and as long as the pipeline stages with pipeline parallelism (vLLM's sync
+        # Scheduler then; a request whose step is in flight has nothing left to schedule).
+        queue_size = num_stages if num_stages > 1 else 2
         in_flight: list[tuple] = []  # newest first
         gpu_free = 0.0
         while len(finish) < len(rows):
@@ -332,9 +356,12 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
             if sched.has_requests():
                 out, samples, seconds = plan()
                 if out.total_num_scheduled_tokens > 0:
-                    gpu_free = max(now, gpu_free) + seconds
-                    in_flight.insert(0, (out, samples, gpu_free))
-                    if len(in_flight) < 2 and in_flight[-1][2] > now:
+                    if num_stages > 1:
+                        end = through_stages(now, seconds)
+                    else:
+                        end = gpu_free = max(now, gpu_free) + seconds
+                    in_flight.insert(0, (out, samples, end))
+                    if len(in_flight) < queue_size and in_flight[-1][2] > now:
                         continue  # don't block on the running step: schedule the next one
                 else:
                     in_flight.insert(0, (out, samples, now))

@@ -211,3 +211,21 @@ def test_summary_reports_the_stages():
                   if line.startswith("instance"))
     assert header.split()[:5] == ["instance", "pd_type", "hardware", "tp", "pp"]
     assert " pp " not in next(line for line in format_summary(flat_summary).splitlines() if line.startswith("instance"))
+
+
+def test_a_request_preempted_from_one_micro_batch_cohort_and_rejoining_another_finishes_once():
+    # Each in-flight micro-batch has a decode cohort of its own. A request preempted out of one
+    # and back in another (here after a prefix-cache hit on its own blocks) left a stale entry in
+    # the first, whose step count could match its new finish step: the first cohort then
+    # "finished" it too, and the run stopped with a KeyError.
+    from pdsim.workload.generate import generate_requests
+    from tests.helpers import AnalyticStepTimes, cluster, instance, run
+
+    cfg = cluster(instance(None, 80.0, pp_size=2, num_npus=2, max_num_seqs=32, max_num_batched_tokens=512,
+                           enable_prefix_caching=True, block_size=32, scheduler_reserve_full_isl=True))
+    rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+            for r in generate_requests(80, 60, "lognormal:700,600", "lognormal:120,100", seed=7002)
+            if r.input_toks + r.output_toks <= 2500]
+    res = run(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i0": 351})
+    assert sum(r.preemptions for r in res.requests) > 5
+    assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)

@@ -37,13 +37,14 @@ class DecodeCohort:
     def kv_max(self) -> int:
         """The longest member's KV length before the next step (0 when empty)."""
         heap = self._kv_base_heap
-        while heap and (not heap[0][2].in_cohort or heap[0][2].cohort_kv_base != -heap[0][0]):
+        while heap and (heap[0][2].cohort is not self or heap[0][2].cohort_kv_base != -heap[0][0]):
             heapq.heappop(heap)
         return -heap[0][0] + self.steps if heap else 0
 
     def add(self, req: Request) -> None:
         base = req.num_computed - self.steps
         req.in_cohort = True
+        req.cohort = self
         req.cohort_kv_base = base
         req.cohort_gen_base = req.num_generated - self.steps
         req.cohort_finish_step = self.steps + req.output_toks - req.num_generated
@@ -63,19 +64,22 @@ class DecodeCohort:
     def remove(self, req: Request) -> None:
         self.sync(req)
         req.in_cohort = False
+        req.cohort = None
         self.n -= 1
         self._kv_base_sum -= req.cohort_kv_base
         self._residue_counts[req.cohort_kv_base % self.block_size] -= 1
         if len(self._kv_base_heap) > 2 * self.n + 64:
             # Departed members that never reached the top would otherwise pile up.
-            self._kv_base_heap = [e for e in self._kv_base_heap if e[2].in_cohort and e[2].cohort_kv_base == -e[0]]
+            self._kv_base_heap = [e for e in self._kv_base_heap if e[2].cohort is self and e[2].cohort_kv_base == -e[0]]
             heapq.heapify(self._kv_base_heap)
-        # The heap entries stay; they are skipped when they surface (in_cohort is False or the
-        # recorded step/base differs from the member's current one after a re-join).
+        # The heap entries stay; they are skipped when they surface (the request is in no cohort or
+        # another one, or the recorded step/base differs from its current one after a re-join: with
+        # pipeline parallelism each in-flight micro-batch has a cohort of its own, whose step counts
+        # can coincide).
 
     def _clean_heap_top(self) -> None:
         heap = self._finish_heap
-        while heap and (not heap[0][2].in_cohort or heap[0][2].cohort_finish_step != heap[0][0]):
+        while heap and (heap[0][2].cohort is not self or heap[0][2].cohort_finish_step != heap[0][0]):
             heapq.heappop(heap)
 
     def steps_to_next_finish(self) -> int:

@@ -37,6 +37,7 @@ class Request:
     # Set while the request sits in a decode cohort (see cohort.py): its progress is derived
     # from the cohort's step counter instead of being counted token by token.
     in_cohort: bool = False
+    cohort: object | None = None  # the DecodeCohort it is in (several exist with pipeline parallelism)
     cohort_kv_base: int = 0
     cohort_gen_base: int = 0
     cohort_finish_step: int = 0
