@@ -463,14 +463,16 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
         # At most 2,500 tokens a request: each fits the smallest KV cache drawn here (vLLM would
         # otherwise wait for it forever).
         rows = [(r.input_toks, r.output_toks, 0.0 if concurrency else r.arrival_time_ns * 1e-9)
-                for r in generate_requests(80 if mode == "wide" else 100, rng.choice([10, 30, 60]),
+                for r in generate_requests(100 if mode in ("", "prefixes") else 80, rng.choice([10, 30, 60]),
                                            "lognormal:700,600", "lognormal:120,100",
-                                           seed=(5000 if mode == "wide" else 1000) + k)
+                                           seed={"wide": 5000, "pp": 7000}.get(mode, 1000) + k)
                 if r.input_toks + r.output_toks <= 2500]
         if mode == "wide":
             engine, blocks = _wide_engine(rng, v)
             if rng.random() < 0.5:
                 rows = with_shared_prefixes(rows, random.Random(seed * 7 + k))
+        elif mode == "pp":
+            engine, blocks = _pp_engine(rng, v)
         else:
             if mode == "prefixes":
                 rows = with_shared_prefixes(rows, random.Random(seed * 100_003 + k))
@@ -490,16 +492,29 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
         ours = pdsim_run(cfg, rows, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
         diff = _max_diff(theirs, ours)
         if diff > 1e-6:
-            print(f"scenario {k}: {engine}, concurrency {concurrency}: differs by {diff * 1e6:.3f} us")
+            print(f"scenario {k}: {engine}, concurrency {concurrency}, {opts.kv_gpu_blocks['n0.i0']} KV blocks: "
+                  f"differs by {diff * 1e6:.3f} us")
         worst = max(worst, diff)
         counts = _counts(cfg, rows, concurrency, delay, opts)
         preempted += counts[0]
         hits += counts[1]
     shared = f", {hits:,} prompt tokens from the prefix cache" if hits else ""
-    label = {"prefixes": " with shared prefixes", "wide": " (wide)"}.get(mode, "")
+    label = {"prefixes": " with shared prefixes", "wide": " (wide)", "pp": " with pipeline stages"}.get(mode, "")
     print(f"{count} random scenarios{label} (vLLM {v.version}'s scheduler, {preempted} preemptions in pdsim{shared}): "
           f"largest difference in a first-token or finish time: {worst * 1e6:.3f} us "
           f"({time.perf_counter() - started:.0f} s)")
+
+
+def _pp_engine(rng: random.Random, v) -> tuple[dict, int]:
+    """An engine of 2-4 pipeline stages (vLLM's batch queue as long), and its KV blocks."""
+    pp = rng.choice([2, 3, 4])
+    engine = {"mem_size_gb": 80.0, "pp_size": pp, "num_npus": pp, "max_num_seqs": rng.choice([8, 32, 64]),
+              "max_num_batched_tokens": rng.choice([512, 1024, 2048]),
+              "long_prefill_token_threshold": rng.choice([0, 0, 256]),
+              "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
+              "async_scheduling": False, "enable_prefix_caching": rng.random() < 0.7,
+              "block_size": rng.choice([16, 32])}
+    return engine, rng.choice([100000, 1500, 700]) * 16 // engine["block_size"] + 1
 
 
 def _wide_engine(rng: random.Random, v) -> tuple[dict, int]:
@@ -626,6 +641,16 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
                 "engine": {**tight, "max_num_batched_tokens": 1024, "long_prefill_token_threshold": 256,
                            "async_scheduling": True, "enable_prefix_caching": True},
                 "concurrency": 24, "client_delay_s": 0.001, "rows": async_rows})
+    # Pipeline parallelism, 4 stages, a batch queue as long (KV ample: vLLM may preempt a request
+    # whose micro-batch is in flight, pdsim does not, docs/pipeline.md).
+    pp_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+               for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7007)
+               if r.input_toks + r.output_toks <= 2500]
+    out.append({"name": "open_loop_pipeline_4_stages",
+                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 4, "num_npus": 4, "max_num_seqs": 64,
+                           "max_num_batched_tokens": 2048, "long_prefill_token_threshold": 256,
+                           "enable_prefix_caching": True, "kv_gpu_blocks": 100_001},
+                "concurrency": None, "client_delay_s": 0.0, "rows": pp_rows})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
@@ -688,6 +713,8 @@ def main() -> None:
                     help="only N random small engines whose requests share prompt prefixes (prefix caching on)")
     ap.add_argument("--random-wide", type=int, default=0, metavar="N",
                     help="only N random engines of a wider range (chunked prefill off, 1 to 128 sequences, ...)")
+    ap.add_argument("--random-pp", type=int, default=0, metavar="N",
+                    help="only N random engines of 2-4 pipeline stages (docs/pipeline.md)")
     ap.add_argument("--seed", type=int, default=1, help="for the --random modes")
     ap.add_argument("--vllm-version", default=VLLM_VERSION, help="for --setup")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
@@ -699,10 +726,11 @@ def main() -> None:
     if args.record is not None:
         record(args.record if args.record != Path() else None, args.work)
         return
-    for count, mode in ((args.random, ""), (args.random_prefixes, "prefixes"), (args.random_wide, "wide")):
+    modes = ((args.random, ""), (args.random_prefixes, "prefixes"), (args.random_wide, "wide"), (args.random_pp, "pp"))
+    for count, mode in modes:
         if count:
             check_random(count, args.work, args.seed, mode)
-    if args.random or args.random_prefixes or args.random_wide:
+    if any(count for count, _ in modes):
         return
     if not SHARED.is_dir():
         sys.exit(f"{SHARED}: not found (the measured runs this check replays)")

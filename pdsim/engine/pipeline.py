@@ -8,9 +8,9 @@ processes its output. The scheduler advances a request's computed tokens when it
 request whose step is in flight has nothing left to schedule ("PP>1 and we have already scheduled
 all prompt tokens but they are not finished yet") and is skipped until its output returns.
 
-Here: the batches pass through P stages, each a SimPy Resource of capacity 1 (a stage computes one
-micro-batch at a time), with the activation send between stages (non-blocking in vLLM: isend, so
-the stage is free once its forward ends). The scheduler is pdsim's vLLM scheduler with the
+Here: the batches pass through P stages, each computing one micro-batch at a time in launch order,
+with the activation send between stages (non-blocking in vLLM: isend, so the stage is free once
+its forward ends). The scheduler is pdsim's vLLM scheduler with the
 requests of in-flight batches taken out of its running list, decode cohort and prefill list while
 their batch is in flight (they keep their KV blocks and count against max_num_seqs) and put back,
 in admission order, when it returns.
@@ -137,11 +137,10 @@ class PipelinedInstance(Instance):
             max_decode_run_steps=1, long_prefill_token_threshold=old.long_prefill_token_threshold,
             async_scheduling=False, reserve_full_isl=old.reserve_full_isl)
         self.num_stages = predictor.num_stages
-        self.stages = [simpy.Resource(env, capacity=1) for _ in range(self.num_stages)]
+        self._stage_free_s = [0.0] * self.num_stages  # when each stage's last micro-batch leaves it
         self.in_flight: deque[MicroBatch] = deque()
         self.stage_busy_s = [0.0] * self.num_stages
         self._busy_since: float | None = None
-        self._stage0_free_s = 0.0
 
     def _loop(self):
         """vLLM's step_with_batch_queue: schedule a batch while the queue has room; go on scheduling
@@ -169,6 +168,12 @@ class PipelinedInstance(Instance):
                     self._launch(plan, *priced)  # an empty plan: a DP rank's dummy batch
                     if len(self.in_flight) < self.num_stages and not self.in_flight[-1].done.triggered:
                         continue
+                elif self.dp_group is None and any(not b.plan.empty for b in self.in_flight):
+                    # vLLM queues an empty schedule too: done at once, it holds a place in the batch
+                    # queue until it is the oldest, so fewer real batches fit meanwhile.
+                    empty = MicroBatch(plan, env.now, env.event())
+                    empty.done.succeed()
+                    self.in_flight.appendleft(empty)
             if self.in_flight:
                 if not self.in_flight[-1].done.triggered:
                     yield self.in_flight[-1].done
@@ -184,26 +189,32 @@ class PipelinedInstance(Instance):
     def _launch(self, plan: StepPlan, stage_s: tuple[float, ...], send_s: float) -> None:
         env = self.env
         batch = MicroBatch(plan, env.now, env.event())
-        # Micro-batches enter the first stage in launch order: this one starts there when the last one left.
-        start = max(env.now, self._stage0_free_s)
-        self._stage0_free_s = start + stage_s[0]
+        ends = self._stage_ends(stage_s, send_s)
         if plan.prefill:  # before detach: the layer-wise hand-off reads the chunks' progress as scheduled
-            self.on_prefill_step(self, plan, start, sum(stage_s) + (self.num_stages - 1) * send_s)
+            self.on_prefill_step(self, plan, ends[0] - stage_s[0], sum(stage_s) + (self.num_stages - 1) * send_s)
         self.sched.detach(plan, batch)
         if self._busy_since is None:
             self._busy_since = env.now
         self.in_flight.appendleft(batch)
-        env.process(self._through_stages(batch, stage_s, send_s))
+        env.process(self._through_stages(batch, ends, stage_s))
 
-    def _through_stages(self, batch: MicroBatch, stage_s: tuple[float, ...], send_s: float):
+    def _stage_ends(self, stage_s: tuple[float, ...], send_s: float) -> list[float]:
+        """When a micro-batch launched now leaves each stage. Every stage runs the micro-batches one
+        at a time in launch order: each stage's worker runs the forwards in the order the engine
+        issued them, so a small batch does not overtake a large one whose activations are still being
+        sent. The send does not hold the stage (vLLM's isend)."""
+        ends, arrival, free = [], self.env.now, self._stage_free_s
+        for i, seconds in enumerate(stage_s):
+            free[i] = max(arrival, free[i]) + seconds
+            ends.append(free[i])
+            arrival = free[i] + send_s
+        return ends
+
+    def _through_stages(self, batch: MicroBatch, ends: list[float], stage_s: tuple[float, ...]):
         env = self.env
-        for i, (stage, seconds) in enumerate(zip(self.stages, stage_s)):
-            with stage.request() as turn:
-                yield turn
-                yield env.timeout(seconds)
-                self.stage_busy_s[i] += seconds
-            if i < self.num_stages - 1:
-                yield env.timeout(send_s)  # isend: the stage is free for the next micro-batch
+        for i, (end, seconds) in enumerate(zip(ends, stage_s)):
+            yield env.timeout(end - env.now)
+            self.stage_busy_s[i] += seconds
         batch.done.succeed()
 
     def _collect(self) -> None:
