@@ -338,7 +338,7 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
                 now = arrivals[0][0]
                 continue
             out, samples, seconds = plan()
-            now += seconds
+            now += seconds or 0.0  # None: nothing was scheduled
             process(out, samples, now)
     else:
         # EngineCore.step_with_batch_queue, its queue 2 long with async scheduling (step n+1 is
