@@ -651,6 +651,15 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
                            "max_num_batched_tokens": 2048, "long_prefill_token_threshold": 256,
                            "enable_prefix_caching": True, "kv_gpu_blocks": 100_001},
                 "concurrency": None, "client_delay_s": 0.0, "rows": pp_rows})
+    # Four stages, a few sequences: a small micro-batch right behind a large one waits for it at every
+    # stage (each stage's worker runs the forwards in the order they were issued).
+    out.append({"name": "open_loop_pipeline_4_stages_in_order",
+                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 4, "num_npus": 4, "max_num_seqs": 8,
+                           "max_num_batched_tokens": 2048, "kv_gpu_blocks": 1501},
+                "concurrency": None, "client_delay_s": 0.0,
+                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                         for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7003)
+                         if r.input_toks + r.output_toks <= 2500]})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
