@@ -660,6 +660,16 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
                 "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
                          for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7003)
                          if r.input_toks + r.output_toks <= 2500]})
+    # Two stages under memory pressure: the newest request of vLLM's running list is often one
+    # whose micro-batch is in flight, and it is the one preempted.
+    out.append({"name": "open_loop_pipeline_preemption_in_flight",
+                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 2, "num_npus": 2, "max_num_seqs": 32,
+                           "max_num_batched_tokens": 512, "enable_prefix_caching": True, "block_size": 32,
+                           "kv_gpu_blocks": 351},
+                "concurrency": None, "client_delay_s": 0.0,
+                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                         for r in generate_requests(80, 60, "lognormal:700,600", "lognormal:120,100", seed=7002)
+                         if r.input_toks + r.output_toks <= 2500]})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})

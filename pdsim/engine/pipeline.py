@@ -18,8 +18,9 @@ in admission order, when it returns.
 A prompt's chunks before its last are applied when scheduled, as vLLM advances computed tokens
 then: the next chunk may go in the next micro-batch while the previous one is in flight. The last
 chunk (which samples a token) and every decode are taken out until their batch returns.
-Simplifications (docs/pipeline.md): only requests not in flight can be preempted; async
-scheduling is not combined with PP.
+A request in flight can be preempted, as in vLLM (its running list keeps in-flight requests in
+admission order): its blocks are freed at once and the token its batch samples is still appended
+when the batch returns. Async scheduling is not combined with PP (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class MicroBatch:
     cohort: DecodeCohort | None = None  # the scheduler's decode cohort when it was launched
     final_plan: StepPlan | None = None  # the plan less the chunks applied at launch (not a prompt's last)
     partial_tokens: int = 0  # prompt tokens of those chunks
+    preempted: list[Request] = field(default_factory=list)  # preempted while in flight: their token still comes
 
 
 class PipelineScheduler(Scheduler):
@@ -60,6 +62,77 @@ class PipelineScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.num_in_flight = 0
         self.in_flight_tokens = 0
+        self.batches: list[MicroBatch] = []  # in flight, oldest first
+
+    def _preempt_last(self, now: float) -> Request | None:
+        """vLLM's running list holds the requests of in-flight batches too, in admission order: when
+        the newest of all is in flight, it is the victim."""
+        newest = next(reversed(self.running), None)
+        candidates = [r for b in self.batches for r in (*b.decoders, *b.prefills)]
+        if candidates:
+            in_flight = max(candidates, key=operator.attrgetter("admitted_seq"))
+            if newest is None or in_flight.admitted_seq > newest.admitted_seq:
+                return self._preempt_in_flight(in_flight)
+        return super()._preempt_last(now)
+
+    def _preempt_in_flight(self, victim: Request) -> Request:
+        """vLLM frees an in-flight request's blocks and sends it back to waiting at once; the token
+        its micro-batch samples is still appended when the batch returns (complete_batch)."""
+        batch = next(b for b in self.batches if victim in b.decoders or victim in b.prefills)
+        if victim in batch.decoders:
+            batch.decoders.remove(victim)
+            batch.cohort.remove(victim)  # its progress before the step in flight
+            if victim.num_computed % self.block_size == 0:
+                victim.blocks += 1  # the block its step in flight was given
+            cached = victim.num_computed  # the in-flight token's block is not cached yet
+            batch.kv_tokens -= victim.num_computed
+            self.in_flight_tokens -= victim.num_computed
+        else:
+            plan = batch.final_plan
+            k = next(i for i, (r, _) in enumerate(plan.prefill) if r is victim)
+            chunk = plan.prefill[k][1]
+            batch.final_plan = dataclasses.replace(plan, prefill=plan.prefill[:k] + plan.prefill[k + 1:],
+                                                   prefill_prefix=plan.prefill_prefix[:k] + plan.prefill_prefix[k + 1:])
+            batch.prefills.remove(victim)
+            cached = victim.num_computed + chunk  # vLLM caches a chunk's blocks when it schedules them
+            batch.kv_tokens -= victim.num_computed
+            self.in_flight_tokens -= victim.num_computed
+        self.num_in_flight -= 1
+        batch.preempted.append(victim)
+        if self.kv.enable_caching:
+            self.kv.cache_preempted(victim, cached)
+        self.kv.free_request(victim.blocks, victim.cache_keys)
+        victim.cache_keys = None
+        victim.blocks = 0
+        victim.num_computed = 0
+        victim.preemptions += 1
+        victim.status = "preempted"
+        self.num_preemptions += 1
+        self.waiting.appendleft(victim)
+        self.waiting_tokens += victim.tokens_to_compute
+        return victim
+
+    def _sampled_after_preemption(self, req: Request, now: float, out: StepOutcome) -> None:
+        """The token a request preempted in flight sampled (vLLM's update_from_output appends it
+        whatever the request's status now): one more to recompute, or its last."""
+        before = req.tokens_to_compute
+        req.num_generated += 1
+        if req.first_token_s is None:
+            req.first_token_s = now
+        req.last_token_s = now
+        done = req.num_generated >= req.output_toks
+        if req in self.waiting:
+            if done:
+                self.waiting.remove(req)
+                self.waiting_tokens -= before
+                self._finish(req, now, out)
+            else:
+                self.waiting_tokens += req.tokens_to_compute - before
+        elif req in self.prefilling and done:  # admitted again meanwhile
+            del self.running[req]
+            self.prefilling.remove(req)
+            self.prefilling_kv_tokens -= req.num_computed
+            self._finish(req, now, out)
 
     @property
     def _slots_taken(self) -> int:
@@ -100,6 +173,8 @@ class PipelineScheduler(Scheduler):
         batch.kv_tokens = batch.cohort.kv_sum + sum(r.num_computed for r in batch.prefills)
         self.num_in_flight += len(batch.decoders) + len(batch.prefills)
         self.in_flight_tokens += batch.kv_tokens
+        if not plan.empty:  # a DP rank's dummy batch holds no request and is not completed
+            self.batches.append(batch)
 
     def complete_batch(self, batch: MicroBatch, now: float) -> StepOutcome:
         """Put the batch's requests back where they were and apply its step."""
@@ -117,8 +192,11 @@ class PipelineScheduler(Scheduler):
                 self.prefilling_kv_tokens += req.num_computed
             self.prefilling.sort(key=order)
         self.running = dict.fromkeys(sorted([*self.running, *batch.decoders, *batch.prefills], key=order))
+        self.batches.remove(batch)
         out = self.complete(batch.final_plan or batch.plan, 1, now)
         out.prompt_tokens += batch.partial_tokens
+        for req in batch.preempted:
+            self._sampled_after_preemption(req, now, out)
         return out
 
 
