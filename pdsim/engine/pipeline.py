@@ -99,18 +99,7 @@ class PipelineScheduler(Scheduler):
             self.in_flight_tokens -= victim.num_computed
         self.num_in_flight -= 1
         batch.preempted.append(victim)
-        if self.kv.enable_caching:
-            self.kv.cache_preempted(victim, cached)
-        self.kv.free_request(victim.blocks, victim.cache_keys)
-        victim.cache_keys = None
-        victim.blocks = 0
-        victim.num_computed = 0
-        victim.preemptions += 1
-        victim.status = "preempted"
-        self.num_preemptions += 1
-        self.waiting.appendleft(victim)
-        self.waiting_tokens += victim.tokens_to_compute
-        return victim
+        return self._send_back(victim, cached)
 
     def _sampled_after_preemption(self, req: Request, now: float, out: StepOutcome) -> None:
         """The token a request preempted in flight sampled (vLLM's update_from_output appends it

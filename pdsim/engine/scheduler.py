@@ -306,8 +306,13 @@ class Scheduler(WaitingAdmission):
         else:
             self.prefilling.remove(victim)
             self.prefilling_kv_tokens -= victim.num_computed
+        return self._send_back(victim, victim.num_computed - in_flight_decode)
+
+    def _send_back(self, victim: Request, cached_tokens: int) -> Request:
+        """Free a preempted request's blocks (its first `cached_tokens` tokens' full blocks stay
+        cached) and put it at the head of the waiting queue, as vLLM's _preempt_request does."""
         if self.kv.enable_caching:
-            self.kv.cache_preempted(victim, victim.num_computed - in_flight_decode)
+            self.kv.cache_preempted(victim, cached_tokens)
         self.kv.free_request(victim.blocks, victim.cache_keys)
         victim.cache_keys = None
         victim.blocks = 0
