@@ -43,7 +43,6 @@ class DecodeCohort:
 
     def add(self, req: Request) -> None:
         base = req.num_computed - self.steps
-        req.in_cohort = True
         req.cohort = self
         req.cohort_kv_base = base
         req.cohort_gen_base = req.num_generated - self.steps
@@ -63,7 +62,6 @@ class DecodeCohort:
 
     def remove(self, req: Request) -> None:
         self.sync(req)
-        req.in_cohort = False
         req.cohort = None
         self.n -= 1
         self._kv_base_sum -= req.cohort_kv_base

@@ -85,8 +85,6 @@ class PipelineScheduler(Scheduler):
             if victim.num_computed % self.block_size == 0:
                 victim.blocks += 1  # the block its step in flight was given
             cached = victim.num_computed  # the in-flight token's block is not cached yet
-            batch.kv_tokens -= victim.num_computed
-            self.in_flight_tokens -= victim.num_computed
         else:
             plan = batch.final_plan
             k = next(i for i, (r, _) in enumerate(plan.prefill) if r is victim)
@@ -95,8 +93,8 @@ class PipelineScheduler(Scheduler):
                                                    prefill_prefix=plan.prefill_prefix[:k] + plan.prefill_prefix[k + 1:])
             batch.prefills.remove(victim)
             cached = victim.num_computed + chunk  # vLLM caches a chunk's blocks when it schedules them
-            batch.kv_tokens -= victim.num_computed
-            self.in_flight_tokens -= victim.num_computed
+        batch.kv_tokens -= victim.num_computed  # the KV it held before the step in flight
+        self.in_flight_tokens -= victim.num_computed
         self.num_in_flight -= 1
         batch.preempted.append(victim)
         return self._send_back(victim, cached)

@@ -36,7 +36,6 @@ class Request:
 
     # Set while the request sits in a decode cohort (see cohort.py): its progress is derived
     # from the cohort's step counter instead of being counted token by token.
-    in_cohort: bool = False
     cohort: object | None = None  # the DecodeCohort it is in (several exist with pipeline parallelism)
     cohort_kv_base: int = 0
     cohort_gen_base: int = 0
@@ -69,6 +68,10 @@ class Request:
     admitted_seq: int = 0  # its place in the instance's running list (the newest is preempted first)
     status: str = "queued"
     reason: str = ""
+
+    @property
+    def in_cohort(self) -> bool:
+        return self.cohort is not None
 
     @property
     def has_block_keys(self) -> bool:
