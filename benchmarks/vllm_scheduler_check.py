@@ -641,8 +641,7 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
                 "engine": {**tight, "max_num_batched_tokens": 1024, "long_prefill_token_threshold": 256,
                            "async_scheduling": True, "enable_prefix_caching": True},
                 "concurrency": 24, "client_delay_s": 0.001, "rows": async_rows})
-    # Pipeline parallelism, 4 stages, a batch queue as long (KV ample: vLLM may preempt a request
-    # whose micro-batch is in flight, pdsim does not, docs/pipeline.md).
+    # Pipeline parallelism, 4 stages, a batch queue as long, KV ample.
     pp_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
                for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7007)
                if r.input_toks + r.output_toks <= 2500]
@@ -669,6 +668,28 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
                 "concurrency": None, "client_delay_s": 0.0,
                 "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
                          for r in generate_requests(80, 60, "lognormal:700,600", "lognormal:120,100", seed=7002)
+                         if r.input_toks + r.output_toks <= 2500]})
+    # Three stages under memory pressure: a request preempted in flight is admitted again, and its
+    # earlier batch returns (appending the token it sampled) while the new last chunk is in flight:
+    # vLLM schedules that token at once, beside the chunk, and appends the chunk's token too later.
+    out.append({"name": "open_loop_pipeline_late_token",
+                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 3, "num_npus": 3, "max_num_seqs": 32,
+                           "max_num_batched_tokens": 2048, "enable_prefix_caching": True, "block_size": 32,
+                           "kv_gpu_blocks": 351},
+                "concurrency": None, "client_delay_s": 0.0,
+                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                         for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7013)
+                         if r.input_toks + r.output_toks <= 2500]})
+    # Four stages under memory pressure: a step that preempts and has nothing else to run is queued
+    # empty (no admission in a step that preempted), and the engine decides again when the oldest
+    # batch returns, not at once.
+    out.append({"name": "open_loop_pipeline_empty_step_after_preemption",
+                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 4, "num_npus": 4, "max_num_seqs": 32,
+                           "max_num_batched_tokens": 2048, "long_prefill_token_threshold": 256, "block_size": 32,
+                           "kv_gpu_blocks": 351},
+                "concurrency": None, "client_delay_s": 0.0,
+                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                         for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7010)
                          if r.input_toks + r.output_toks <= 2500]})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},

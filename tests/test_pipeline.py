@@ -229,3 +229,41 @@ def test_a_request_preempted_from_one_micro_batch_cohort_and_rejoining_another_f
     res = run(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i0": 351})
     assert sum(r.preemptions for r in res.requests) > 5
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
+
+
+def test_a_token_returning_for_a_request_admitted_again_lets_it_run_beside_its_chunk_in_flight(monkeypatch):
+    # A request preempted in flight and admitted again: when its old micro-batch returns, vLLM
+    # appends the token it sampled, counts the new chunk in flight as computed, and schedules the
+    # new token at once, beside that chunk (whose own token comes later; it may finish the request
+    # while the other step is in flight). Every request still finishes once, with exactly its
+    # output tokens, and every block is returned. (That the times are vLLM's is the golden scenario
+    # open_loop_pipeline_late_token in tests/test_engine.py.)
+    from pdsim.workload.generate import generate_requests
+    from tests.helpers import AnalyticStepTimes, cluster, instance, run
+
+    in_flight_again = []
+    late_token = engine_pipeline.PipelineScheduler._late_token
+
+    def counted(self, req, now, out):
+        in_flight_again.append(any(req in b.decoders or req in b.prefills for b in self.batches))
+        late_token(self, req, now, out)
+
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_late_token", counted)
+    finishes = []
+    finish = engine_pipeline.PipelineScheduler._finish
+
+    def finished(self, req, now, out):
+        finishes.append(req.id)
+        finish(self, req, now, out)
+
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_finish", finished)
+    cfg = cluster(instance(None, 80.0, pp_size=3, num_npus=3, max_num_seqs=32, max_num_batched_tokens=2048,
+                           enable_prefix_caching=True, block_size=32, scheduler_reserve_full_isl=True))
+    rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+            for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7013)
+            if r.input_toks + r.output_toks <= 2500]
+    res = run(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i0": 351})
+    assert sum(in_flight_again) > 0  # late tokens came for requests with a step in flight again
+    assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
+    assert sorted(finishes) == sorted(r.id for r in res.requests)
+    assert res.instances[0].kv.used == 0

@@ -20,7 +20,11 @@ then: the next chunk may go in the next micro-batch while the previous one is in
 chunk (which samples a token) and every decode are taken out until their batch returns.
 A request in flight can be preempted, as in vLLM (its running list keeps in-flight requests in
 admission order): its blocks are freed at once and the token its batch samples is still appended
-when the batch returns. Async scheduling is not combined with PP (docs/pipeline.md).
+when the batch returns. If it was admitted again meanwhile and has a step in flight, that step counts
+as computed and the new token is scheduled at once, beside it (PipelineScheduler._late_token). A step
+that preempts and has nothing else to run is queued empty, and the next decision waits for the oldest
+batch (vLLM admits nothing in a step that preempted). Async scheduling is not combined with PP
+(docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import simpy
 
 from pdsim.engine.cohort import DecodeCohort
 from pdsim.engine.instance import Instance, InstanceSpec
+from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler
 from pdsim.engine.step_plan import StepOutcome, StepPlan
@@ -52,7 +57,9 @@ class MicroBatch:
     cohort: DecodeCohort | None = None  # the scheduler's decode cohort when it was launched
     final_plan: StepPlan | None = None  # the plan less the chunks applied at launch (not a prompt's last)
     partial_tokens: int = 0  # prompt tokens of those chunks
-    preempted: list[Request] = field(default_factory=list)  # preempted while in flight: their token still comes
+    # Requests that left the batch while it was in flight (preempted, or given more to compute after a
+    # late token): the token it samples for them is still appended when it returns.
+    leavers: list[Request] = field(default_factory=list)
 
 
 class PipelineScheduler(Scheduler):
@@ -79,47 +86,92 @@ class PipelineScheduler(Scheduler):
         """vLLM frees an in-flight request's blocks and sends it back to waiting at once; the token
         its micro-batch samples is still appended when the batch returns (complete_batch)."""
         batch = next(b for b in self.batches if victim in b.decoders or victim in b.prefills)
-        if victim in batch.decoders:
-            batch.decoders.remove(victim)
-            batch.cohort.remove(victim)  # its progress before the step in flight
-            if victim.num_computed % self.block_size == 0:
-                victim.blocks += 1  # the block its step in flight was given
-            cached = victim.num_computed  # the in-flight token's block is not cached yet
-        else:
-            plan = batch.final_plan
-            k = next(i for i, (r, _) in enumerate(plan.prefill) if r is victim)
-            chunk = plan.prefill[k][1]
-            batch.final_plan = dataclasses.replace(plan, prefill=plan.prefill[:k] + plan.prefill[k + 1:],
-                                                   prefill_prefix=plan.prefill_prefix[:k] + plan.prefill_prefix[k + 1:])
-            batch.prefills.remove(victim)
-            cached = victim.num_computed + chunk  # vLLM caches a chunk's blocks when it schedules them
-        batch.kv_tokens -= victim.num_computed  # the KV it held before the step in flight
-        self.in_flight_tokens -= victim.num_computed
-        self.num_in_flight -= 1
-        batch.preempted.append(victim)
-        return self._send_back(victim, cached)
+        decoding = victim in batch.decoders
+        self._leave_in_flight(batch, victim)
+        # vLLM caches a chunk's blocks when it schedules them; an in-flight decode token's block not yet.
+        return self._send_back(victim, victim.num_computed - decoding)
 
-    def _sampled_after_preemption(self, req: Request, now: float, out: StepOutcome) -> None:
-        """The token a request preempted in flight sampled (vLLM's update_from_output appends it
-        whatever the request's status now): one more to recompute, or its last."""
-        before = req.tokens_to_compute
-        req.num_generated += 1
-        if req.first_token_s is None:
-            req.first_token_s = now
-        req.last_token_s = now
-        done = req.num_generated >= req.output_toks
+    def _late_token(self, req: Request, now: float, out: StepOutcome) -> None:
+        """The token a returning micro-batch sampled for a request that left it in flight. vLLM's
+        update_from_output appends it whatever the request's state now, unless it has finished.
+
+        A request preempted in flight and admitted again may have its new last chunk (or, later, a
+        decode) in flight when the token comes: vLLM has counted that step's tokens as computed, so
+        the new token is schedulable at once, beside the step in flight, whose own token is appended
+        when it returns. The request leaves that batch too (it becomes one of its leavers) and is
+        a running request again, with the step in flight counted as computed."""
+        if req.status == "finished":
+            return
         if req in self.waiting:
-            if done:
+            before = req.tokens_to_compute
+            self._add_token(req, now, out)
+            if req.num_generated >= req.output_toks:
                 self.waiting.remove(req)
                 self.waiting_tokens -= before
                 self._finish(req, now, out)
             else:
                 self.waiting_tokens += req.tokens_to_compute - before
-        elif req in self.prefilling and done:  # admitted again meanwhile
-            del self.running[req]
+            return
+        batch = next((b for b in self.batches if req in b.decoders or req in b.prefills), None)
+        if batch is not None:
+            self._leave_in_flight(batch, req)
+        elif req.cohort is self.cohort:
+            self.cohort.remove(req)
+        elif req in self.paused:
+            del self.paused[req]
+            self.paused_kv_tokens -= req.num_computed
+        else:
             self.prefilling.remove(req)
             self.prefilling_kv_tokens -= req.num_computed
+        self._add_token(req, now, out)
+        if req.num_generated >= req.output_toks:
+            self.running.pop(req, None)
             self._finish(req, now, out)
+            return
+        if req not in self.running:
+            self.running = dict.fromkeys(sorted([*self.running, req], key=operator.attrgetter("admitted_seq")))
+        if req.tokens_to_compute == 1:
+            self.cohort.add(req)
+        else:
+            self.prefilling.append(req)
+            self.prefilling.sort(key=operator.attrgetter("admitted_seq"))
+            self.prefilling_kv_tokens += req.num_computed
+
+    def _leave_in_flight(self, batch: MicroBatch, req: Request) -> None:
+        """Take a request out of its in-flight batch, its step there counted as computed (vLLM
+        advances the computed tokens when it schedules); the batch's token for it comes later."""
+        if req in batch.decoders:
+            batch.decoders.remove(req)
+            batch.cohort.remove(req)  # its progress before the step in flight
+            held = req.num_computed
+            req.num_computed += 1
+            req.blocks = blocks_for(req.num_computed, self.block_size)  # with the block that step was given
+        else:
+            plan = batch.final_plan
+            k = next(i for i, (r, _) in enumerate(plan.prefill) if r is req)
+            chunk = plan.prefill[k][1]
+            batch.final_plan = dataclasses.replace(plan, prefill=plan.prefill[:k] + plan.prefill[k + 1:],
+                                                   prefill_prefix=plan.prefill_prefix[:k] + plan.prefill_prefix[k + 1:])
+            batch.prefills.remove(req)
+            held = req.num_computed
+            req.num_computed += chunk
+            batch.partial_tokens += chunk
+        batch.kv_tokens -= held
+        self.in_flight_tokens -= held
+        self.num_in_flight -= 1
+        batch.leavers.append(req)
+
+    @staticmethod
+    def _add_token(req: Request, now: float, out: StepOutcome) -> None:
+        req.num_generated += 1
+        out.decode_tokens += 1
+        if req.first_token_s is None:
+            req.first_token_s = now
+        req.last_token_s = now
+
+    @property
+    def num_batches_in_flight(self) -> int:
+        return len(self.batches)
 
     @property
     def _slots_taken(self) -> int:
@@ -182,8 +234,8 @@ class PipelineScheduler(Scheduler):
         self.batches.remove(batch)
         out = self.complete(batch.final_plan or batch.plan, 1, now)
         out.prompt_tokens += batch.partial_tokens
-        for req in batch.preempted:
-            self._sampled_after_preemption(req, now, out)
+        for req in batch.leavers:
+            self._late_token(req, now, out)
         return out
 
 

@@ -58,6 +58,7 @@ _NONE: frozenset[Request] = frozenset()
 
 class Scheduler(WaitingAdmission):
     num_in_flight = 0  # running requests in micro-batches in flight (pipeline.py; none here)
+    num_batches_in_flight = 0  # micro-batches in flight (pipeline.py; none here)
 
     def __init__(
         self,
@@ -227,10 +228,12 @@ class Scheduler(WaitingAdmission):
 
     def _schedule_waiting(self, plan: StepPlan, budget: int, preempted: bool, now: float) -> None:
         """Waiting requests, unless this step already had to preempt (as vLLM does) and still has
-        work: with nothing left running, the next step would admit them anyway. (plan.n_decode is
-        only filled in later, so the decodes are counted from the cohort.)"""
+        work: with nothing left running, the next step would admit them anyway, at once. (With
+        micro-batches in flight vLLM queues the empty step and decides again when the oldest
+        returns: pipeline.py. plan.n_decode is only filled in later, so the decodes are counted
+        from the cohort.)"""
         cohort = self.cohort
-        if not preempted or (not plan.prefill and not cohort.n):
+        if not preempted or (not plan.prefill and not cohort.n and not self.num_batches_in_flight):
             self._admit_waiting(plan, budget, now)
         if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing):
             # Nothing would run: with no step in flight the engine has processed the last output
