@@ -67,6 +67,23 @@ def test_llmservingsim_rule_when_its_mem_util_is_given():
     assert f"({vllm_blocks:,} blocks)" in info.memory_note
 
 
+def test_a_config_with_neither_utilization_says_what_llmservingsim_would_give():
+    # LLMServingSim sizes a config without mem_util at its default 0.9 of mem_size, less the weights;
+    # pdsim follows vLLM's accounting there, and the output gives LLMServingSim's figure beside it.
+    inst = instance(None, 24, "RTX4090")
+    del inst["gpu_memory_utilization"]
+    inst["npu_mem"]["mem_bw"] = 1008
+    info = run(cluster(inst), [(100, 2, 0.0)]).infos[0]
+    lss_blocks = math.floor((24 * GB * 0.9 - LLAMA.weight_bytes("bfloat16")) / BLOCK_BYTES)
+    assert info.kv_rule == "vllm" and info.num_kv_blocks + 1 < lss_blocks
+    said = f"LLMServingSim would give {lss_blocks * BLOCK_BYTES / GB:.2f} GiB ({lss_blocks:,} blocks"
+    assert said in info.memory_note
+    # A config that asks for vLLM's accounting explicitly gets no such remark.
+    explicit = instance(None, 24, "RTX4090", gpu_memory_utilization=0.9)
+    explicit["npu_mem"]["mem_bw"] = 1008
+    assert "LLMServingSim" not in run(cluster(explicit), [(100, 2, 0.0)]).infos[0].memory_note
+
+
 def test_both_utilizations_or_too_much_memory_are_errors(tmp_path):
     both = instance(None, gpu_memory_utilization=0.9)
     both["npu_mem"]["mem_util"] = 0.9

@@ -27,6 +27,8 @@ from pdsim.models import ModelSpec, dtype_bytes
 
 GIB = GB
 VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+# LLMServingSim's --npu-memory-utilization default (its README.upstream.md, npu_mem.mem_util).
+LLMSERVINGSIM_DEFAULT_MEM_UTIL = 0.9
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,13 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
                   f"peak {activation_bytes / GIB:.2f}, non-torch and CUDA-graph {other / GIB:.2f} GiB")
         note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
+        if ic.gpu_memory_utilization is None:
+            # An LLMServingSim config without mem_util: LLMServingSim sizes it at its own default.
+            lss_blocks = max(math.floor((ic.npu_mem.mem_size * GIB * LLMSERVINGSIM_DEFAULT_MEM_UTIL - weight_bytes)
+                                        / block_bytes), 0)
+            note += (f"; LLMServingSim would give {lss_blocks * block_bytes / GIB:.2f} GiB ({lss_blocks:,} blocks: "
+                     f"mem_size {ic.npu_mem.mem_size:g} GiB x its default mem_util {LLMSERVINGSIM_DEFAULT_MEM_UTIL:g}"
+                     f" - weights); set npu_mem.mem_util to size it that way")
     parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
                  activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
     if measured_gpu_blocks is not None:
