@@ -438,6 +438,23 @@ def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
 
 
 @needs_shared
+def test_a_pipelined_run_that_scheduled_asynchronously_is_refused_not_replayed_sync(tmp_path):
+    # vLLM 0.19 schedules asynchronously by default, pipelined too; pdsim does not model that
+    # combination, so a PP 2 run that records no async_scheduling is refused with the reason, and
+    # --sync-scheduling (the user's explicit choice) replays it as a synchronous engine.
+    requests = _rtx_run_with(tmp_path, pipeline_parallel_size=2)
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0].update(pp_size=2, num_npus=2)
+    (tmp_path / "pp2.json").write_text(json.dumps(cfg))
+    args = ["--measured", str(requests), "--cluster-config", str(tmp_path / "pp2.json"),
+            "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv")]
+    with pytest.raises(PdsimError, match=r"pipeline_parallel_size 2 with async scheduling \(vLLM 0.19.0's default"):
+        _validate_cli(*args)
+    assert not (tmp_path / "v.csv").exists()
+    assert _validate_cli(*args, "--sync-scheduling").exit_code == 0
+
+
+@needs_shared
 def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     # A run made tight with gpu_memory_utilization: a config without LLMServingSim's mem_util replays
     # it at the recorded figure; one with mem_util keeps its own (LLMServingSim's rule) and says so.
