@@ -127,6 +127,14 @@ def _vllm():
         get_hash_fn_by_name=get_hash_fn_by_name)
 
 
+def has_async_pp(v) -> bool:
+    """vLLM 0.12 refuses async scheduling with pipeline parallelism; 0.19 runs it."""
+    import inspect
+
+    from vllm.config import vllm as config_module
+    return "Async scheduling is not yet compatible with" not in inspect.getsource(config_module)
+
+
 def has_reserve_full_isl(v) -> bool:
     """vLLM 0.19 added the whole-sequence admission check (SchedulerConfig.scheduler_reserve_full_isl)."""
     return "scheduler_reserve_full_isl" in v.SchedulerConfig.__dataclass_fields__
@@ -344,7 +352,8 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
         # EngineCore.step_with_batch_queue, its queue 2 long with async scheduling (step n+1 is
         # scheduled while step n runs; step n's output is processed when it ends, after that
         # decision) and as long as the pipeline stages with pipeline parallelism (vLLM's sync
-        # Scheduler then; a request whose step is in flight has nothing left to schedule).
+        # Scheduler then; a request whose step is in flight has nothing left to schedule; with
+        # async scheduling its AsyncScheduler, pp_size 2).
         queue_size = num_stages if num_stages > 1 else 2
         in_flight: list[tuple] = []  # newest first
         gpu_free = 0.0
@@ -356,7 +365,14 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
             if sched.has_requests():
                 out, samples, seconds = plan()
                 if out.total_num_scheduled_tokens > 0:
-                    if num_stages > 1:
+                    if num_stages > 1 and async_mode:
+                        # Async scheduling with PP (vLLM 0.19): the first stage takes the previous
+                        # micro-batch's sampled tokens, broadcast from the last one, before its next
+                        # forward (gpu_model_runner, read, not run): no two micro-batches overlap.
+                        stage_s, send_s = seconds
+                        end = gpu_free = (max(now, gpu_free) + sum(stage_s) + (num_stages - 1) * send_s
+                                          + planner.predictor.send_s(0))
+                    elif num_stages > 1:
                         end = through_stages(now, seconds)
                     else:
                         end = gpu_free = max(now, gpu_free) + seconds
@@ -457,7 +473,7 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
 
     v = _vllm()
     rng = random.Random(seed)
-    worst, preempted, hits, started = 0.0, 0, 0, time.perf_counter()
+    worst, preempted, hits, started, asynchronous = 0.0, 0, 0, time.perf_counter(), 0
     for k in range(count):
         concurrency = rng.choice([None, None, 4, 16] if mode == "wide" else [None, None, 8, 24])
         # At most 2,500 tokens a request: each fits the smallest KV cache drawn here (vLLM would
@@ -473,6 +489,7 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
                 rows = with_shared_prefixes(rows, random.Random(seed * 7 + k))
         elif mode == "pp":
             engine, blocks = _pp_engine(rng, v)
+            asynchronous += engine["async_scheduling"]
         else:
             if mode == "prefixes":
                 rows = with_shared_prefixes(rows, random.Random(seed * 100_003 + k))
@@ -499,7 +516,8 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
         preempted += counts[0]
         hits += counts[1]
     shared = f", {hits:,} prompt tokens from the prefix cache" if hits else ""
-    label = {"prefixes": " with shared prefixes", "wide": " (wide)", "pp": " with pipeline stages"}.get(mode, "")
+    label = {"prefixes": " with shared prefixes", "wide": " (wide)",
+             "pp": f" with pipeline stages, {asynchronous} of them async"}.get(mode, "")
     print(f"{count} random scenarios{label} (vLLM {v.version}'s scheduler, {preempted} preemptions in pdsim{shared}): "
           f"largest difference in a first-token or finish time: {worst * 1e6:.3f} us "
           f"({time.perf_counter() - started:.0f} s)")
@@ -514,7 +532,10 @@ def _pp_engine(rng: random.Random, v) -> tuple[dict, int]:
               "scheduler_reserve_full_isl": has_reserve_full_isl(v) and rng.random() < 0.7,
               "async_scheduling": False, "enable_prefix_caching": rng.random() < 0.7,
               "block_size": rng.choice([16, 32])}
-    return engine, rng.choice([100000, 1500, 700]) * 16 // engine["block_size"] + 1
+    blocks = rng.choice([100000, 1500, 700]) * 16 // engine["block_size"] + 1
+    # Async scheduling with PP (pdsim models pp_size 2), where vLLM allows it (0.19; 0.12 refuses it).
+    engine["async_scheduling"] = pp == 2 and has_async_pp(v) and rng.random() < 0.5
+    return engine, blocks
 
 
 def _wide_engine(rng: random.Random, v) -> tuple[dict, int]:
@@ -582,8 +603,9 @@ def _counts(cfg, rows, concurrency, delay, opts) -> tuple[int, int]:
 
 
 # -- golden scenarios for the test suite --------------------------------------------------------
-def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
-    """reserve_full_isl: the vLLM being recorded has the whole-sequence admission check (0.19+)."""
+def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
+    """reserve_full_isl: the vLLM being recorded has the whole-sequence admission check (0.19+);
+    async_pp: it runs async scheduling with pipeline parallelism (0.19; 0.12 refuses it)."""
     from pdsim.workload.generate import generate_requests
 
     open_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
@@ -691,6 +713,17 @@ def golden_scenarios(reserve_full_isl: bool) -> list[dict]:
                 "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
                          for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7010)
                          if r.input_toks + r.output_toks <= 2500]})
+    if async_pp:
+        # Two stages with async scheduling under memory pressure: every micro-batch holds every decode
+        # (output placeholders) and waits for the previous one's sampled tokens.
+        out.append({"name": "open_loop_pipeline_2_stages_async_preemption",
+                    "engine": {**base, "mem_size_gb": 80.0, "pp_size": 2, "num_npus": 2, "max_num_seqs": 32,
+                               "max_num_batched_tokens": 1024, "enable_prefix_caching": True,
+                               "async_scheduling": True, "kv_gpu_blocks": 701},
+                    "concurrency": None, "client_delay_s": 0.0,
+                    "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+                             for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7020)
+                             if r.input_toks + r.output_toks <= 2500]})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})
@@ -719,7 +752,7 @@ def record(path: Path | None, work: Path) -> None:
     v = _vllm()
     path = path or REPO / "tests" / "data" / f"vllm_scheduler_golden_{v.version}.json"
     scenarios = []
-    for sc in golden_scenarios(has_reserve_full_isl(v)):
+    for sc in golden_scenarios(has_reserve_full_isl(v), has_async_pp(v)):
         cfg = golden_config(sc["engine"])
         # Recorded with the engine's block count (the null block included), which the test pins.
         blocks = {"n0.i0": sc["engine"].get("kv_gpu_blocks") or _num_gpu_blocks(cfg, AnalyticStepTimes)}

@@ -267,3 +267,32 @@ def test_a_token_returning_for_a_request_admitted_again_lets_it_run_beside_its_c
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
     assert sorted(finishes) == sorted(r.id for r in res.requests)
     assert res.instances[0].kv.used == 0
+
+
+def test_async_scheduling_at_two_stages_runs_one_micro_batch_at_a_time():
+    # vLLM 0.19's async scheduling with PP: every micro-batch holds every decode and waits for the
+    # previous one's sampled tokens (broadcast back to the first stage), so nothing overlaps. A lone
+    # request's first token comes one traversal plus that broadcast after it arrives; synchronously,
+    # one traversal. The summary still reports each stage's busy time.
+    rows = [(1500, 40, 0.0)]
+    sync = run(cluster(_pp()), rows)
+    asynchronous = run(cluster(_pp(async_scheduling=True)), rows)
+    inst = asynchronous.instances[0]
+    assert isinstance(inst, engine_pipeline.AsyncPipelinedInstance)
+    broadcast_s = inst.predictor.send_s(0)
+    assert broadcast_s > 0
+    assert asynchronous.requests[0].first_token_s == pytest.approx(sync.requests[0].first_token_s + broadcast_s)
+    s = summarize(asynchronous, requests_frame(asynchronous))["instances"][0]
+    assert s["pp"] == 2 and all(0 < f <= s["busy_fraction"] + 1e-9 for f in s["stage_busy_fraction"])
+    # Busy, the synchronous engine overlaps its micro-batches and serves more.
+    busy = [(1200, 60, 0.002 * i) for i in range(300)]
+    ends = [max(r.finish_s for r in run(cluster(_pp(async_scheduling=a)), busy).requests) for a in (False, True)]
+    assert ends[0] < ends[1]
+
+
+def test_async_scheduling_with_stages_in_a_moe_dp_group_is_refused():
+    rank = {"model_name": "Qwen/Qwen3-30B-A3B-Instruct-2507", "hardware": "RTXPRO6000",
+            "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "tp_size": 1, "pp_size": 2,
+            "ep_size": 2, "dp_group": "A", "pd_type": None, "async_scheduling": True}
+    with pytest.raises(ConfigError, match="async_scheduling true in a MoE DP group is not modelled"):
+        run(cluster(rank, dict(rank)), [(600, 20, 0.0)])

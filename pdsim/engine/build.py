@@ -10,7 +10,7 @@ import simpy
 from pdsim.config import GB, ClusterConfig, InstanceConfig, InstanceRef
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.options import SimOptions
-from pdsim.engine.pipeline import PipelinedInstance
+from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
 from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
@@ -88,7 +88,12 @@ def build_instance(
     spec = _spec(ref, ic, budget, kv_per_token)
     num_blocks = budget.usable_blocks
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
-    engine = PipelinedInstance if ic.pp_size > 1 else Instance
+    engine: type[Instance] = Instance
+    if ic.pp_size > 1:
+        engine = AsyncPipelinedInstance if ic.async_scheduling else PipelinedInstance
+        if ic.async_scheduling and lockstep:
+            raise ConfigError(f"{where}: pp_size {ic.pp_size} with async_scheduling true in a MoE DP group is not "
+                              "modelled; set async_scheduling false (docs/pipeline.md)")
     inst = engine(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,

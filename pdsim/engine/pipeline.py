@@ -23,8 +23,8 @@ admission order): its blocks are freed at once and the token its batch samples i
 when the batch returns. If it was admitted again meanwhile and has a step in flight, that step counts
 as computed and the new token is scheduled at once, beside it (PipelineScheduler._late_token). A step
 that preempts and has nothing else to run is queued empty, and the next decision waits for the oldest
-batch (vLLM admits nothing in a step that preempted). Async scheduling is not combined with PP
-(docs/pipeline.md).
+batch (vLLM admits nothing in a step that preempted). With async scheduling (two stages only) the
+micro-batches do not overlap: AsyncPipelinedInstance, at the end (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler
 from pdsim.engine.step_plan import StepOutcome, StepPlan
-from pdsim.perf.pipeline_time import PipelinePredictor
+from pdsim.perf.pipeline_time import AsyncPipelinePredictor, PipelinePredictor
 
 
 @dataclass
@@ -374,3 +374,26 @@ class PipelinedInstance(Instance):
         prefill = len(sched.prefilling) + sum(len(b.prefills) for b in self.in_flight)
         decode = sched.cohort.n + sum(len(b.decoders) for b in self.in_flight)
         return prefill, decode, self.kv.used, self.stats.decode_tokens
+
+
+class AsyncPipelinedInstance(Instance):
+    """pp_size 2 with vLLM's async scheduling. Its micro-batches do not overlap (every one holds every
+    decode and waits for the previous one's sampled tokens: AsyncPipelinePredictor), and its batch queue
+    of 2 is async scheduling's own, so the engine is the unpipelined async one stepping through both
+    stages; only the per-stage busy time is added."""
+
+    predictor: AsyncPipelinePredictor
+
+    def __init__(self, env: simpy.Environment, spec: InstanceSpec, predictor: AsyncPipelinePredictor,
+                 num_blocks: int, max_decode_run_steps: int) -> None:
+        super().__init__(env, spec, predictor, num_blocks, max_decode_run_steps)
+        self.stage_busy_s = [0.0] * predictor.num_stages
+
+    def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
+        chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
+        for j in range(steps):  # the times were priced already: these lookups hit the predictor's cache
+            stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum + j * plan.n_decode,
+                                                   plan.kv_decode_max + j)
+            for i, seconds in enumerate(stage_s):
+                self.stage_busy_s[i] += float(seconds)
+        super()._after_steps(plan, durations, steps)

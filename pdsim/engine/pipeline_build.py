@@ -10,7 +10,7 @@ from pdsim.config import ClusterConfig, InstanceConfig
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec
 from pdsim.perf.pipeline import pp_stages, stage_model
-from pdsim.perf.pipeline_time import PipelinePredictor, activation_send
+from pdsim.perf.pipeline_time import AsyncPipelinePredictor, PipelinePredictor, activation_send
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.perf.profile import Profile
 
@@ -37,4 +37,5 @@ def pipeline_predictor(full: StepTimePredictor, step_times: Callable[..., StepTi
     no_overhead = {**knobs, "step_overhead_us": 0.0, "step_overhead_per_seq_us": 0.0}
     predictors = [step_times(profile, stage_model(model, s), ic.tp_size, hardware,
                              **(knobs if s.first else no_overhead)) for s in stages]
-    return PipelinePredictor(full, predictors, stages, activation_send(model, profile.meta.dtype, hardware, link))
+    kind = AsyncPipelinePredictor if ic.async_scheduling else PipelinePredictor
+    return kind(full, predictors, stages, activation_send(model, profile.meta.dtype, hardware, link))

@@ -147,3 +147,18 @@ class PipelinePredictor:
     @property
     def moe_layers_per_stage(self) -> list[int]:
         return [p.model.moe.moe_layers if p.model.moe is not None else 0 for p in self.stages]
+
+
+class AsyncPipelinePredictor(PipelinePredictor):
+    """Step times of a pipelined instance under vLLM's async scheduling (pp_size 2, docs/pipeline.md).
+
+    Every micro-batch then holds every decoding request, and the first stage takes the previous
+    micro-batch's sampled tokens as input, broadcast from the last stage (vLLM 0.19's
+    gpu_model_runner, _pp_receive_prev_sampled_token_ids_to_input_batch): a step passes every stage
+    before the next one starts. Its time is the whole traversal with the sends, plus that broadcast
+    (a few bytes per request: priced at the send's latency)."""
+
+    def step_time_s(self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
+                    kv_decode_max: int | None = None) -> float:
+        seconds = super().step_time_s(prefill_chunks, n_decode, kv_decode_sum, kv_decode_max)
+        return seconds + self.send_s(0) if seconds > 0 else 0.0
