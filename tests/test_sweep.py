@@ -67,6 +67,42 @@ def test_expand_tp_pools_fill_nodes_of_eight():
         parse_ratios("3-5")
 
 
+def test_expand_pipeline_stages_per_role():
+    # --pp-prefill / --pp-decode: each instance is TP x PP GPUs on one node, the budget is spent
+    # exactly, and the colocated baseline takes every layout either list gives.
+    variants = expand(load_cluster_config(BASE), 8, pp_prefill=[1, 2], pp_decode=[2])
+    labels = [v.label for v in variants]
+    assert "2P3D-tp1/1-pp1/2" in labels and "2P2D-tp1/1-pp2/2" in labels
+    assert "colo-8x-tp1" in labels and "colo-4x-tp1-pp2" in labels
+    for v in variants:
+        insts = [i for n in v.raw["nodes"] for i in n["instances"]]
+        assert sum(i["num_npus"] for i in insts) == 8
+        assert all(i["num_npus"] == i["tp_size"] * i["pp_size"] for i in insts)
+        if not v.colocated:
+            assert {i["pp_size"] for i in insts if i["pd_type"] == "prefill"} == {v.pp_prefill}
+            assert {i["pp_size"] for i in insts if i["pd_type"] == "decode"} == {v.pp_decode}
+    with pytest.raises(PdsimError, match=r"TP 4 x PP 4 \(decode\) does not fit in a node of 8 GPUs"):
+        expand(load_cluster_config(BASE), 32, tp_decode=[4], pp_decode=[4])
+
+
+def test_rate_match_prices_overlapping_stages_by_the_slowest_one():
+    # Synchronous stages overlap their micro-batches: a prefill step holds the instance for its
+    # slowest stage, not the whole traversal. Async scheduling at two stages runs one step at a time.
+    from pdsim.sweep.ratematch import prefill_rate
+    from tests.helpers import cluster, instance, run
+
+    def rate(**knobs) -> tuple[float, float, float]:
+        inst = run(cluster(instance(None, 96, pp_size=2, num_npus=2, **knobs)), [(10, 2, 0.0)]).instances[0]
+        chunks = ((2000, 0),)
+        return (prefill_rate(inst, 2000), 1 / max(inst.predictor.stage_times_s(chunks, 0, 0)),
+                1 / inst.predictor.step_time_s(chunks, 0, 0))
+
+    sync, slowest_stage, _ = rate()
+    assert sync == pytest.approx(slowest_stage)
+    asynchronous, _, traversal = rate(async_scheduling=True)
+    assert asynchronous == pytest.approx(traversal) and asynchronous < 0.6 * sync
+
+
 def test_trace_at_rate_scales_and_lengthens():
     base = load_trace(DATASET, max_requests=100)
     t = trace_at_rate(base, 20.0, "scale", 0)

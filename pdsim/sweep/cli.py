@@ -49,6 +49,11 @@ def _space_options() -> list[Callable]:
                      help="P:D instance counts to try: 'all' or a list such as 1:7,2:6 (or 1P7D,2P6D)."),
         click.option("--tp-prefill", default="1", show_default=True, help="TP sizes for prefill instances, e.g. 1,2."),
         click.option("--tp-decode", default="1", show_default=True, help="TP sizes for decode instances, e.g. 1,2."),
+        click.option("--pp-prefill", default="1", show_default=True,
+                     help="Pipeline stages of prefill (and colocated) instances, e.g. 1,2: each instance is then "
+                          "TP x PP GPUs on one node (docs/pipeline.md)."),
+        click.option("--pp-decode", default="1", show_default=True,
+                     help="Pipeline stages of decode (and colocated) instances, e.g. 1,2."),
         click.option("--decode-dp", default="1", show_default=True,
                      help="Decode DP-group sizes for MoE models, e.g. 1,8: each decode unit is that many ranks of "
                           "--tp-decode GPUs in one dp_group, experts split over all of them (DP attention)."),
@@ -141,6 +146,7 @@ class _Setup:
             base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
             parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
             parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
+            parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
         )
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
                                   max_requests=kw["num_requests"])

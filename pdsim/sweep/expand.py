@@ -28,6 +28,8 @@ class Variant:
     gpus: int
     raw: dict[str, Any]
     dp_decode: int = 1  # decode DP-group size; num_decode then counts DP groups
+    pp_prefill: int = 1  # pipeline stages of each prefill (for colocated: each) instance
+    pp_decode: int = 1
 
     @property
     def colocated(self) -> bool:
@@ -76,21 +78,21 @@ def _template(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
     return chosen.config.model_dump(mode="json")
 
 
-def _instance(template: dict[str, Any], pd_type: str | None, tp: int, dp_group: str | None = None,
+def _instance(template: dict[str, Any], pd_type: str | None, tp: int, pp: int = 1, dp_group: str | None = None,
               ep_size: int | None = None) -> dict[str, Any]:
-    """A copy of the template as one instance of `tp` GPUs. Outside a DP group the experts are split
-    over the instance's own GPUs: the template's ep_size capped at tp (None stays vLLM's default)."""
+    """A copy of the template as one instance of `pp` stages of `tp` GPUs. Outside a DP group the experts
+    are split over a stage's GPUs: the template's ep_size capped at tp (None stays vLLM's default)."""
     inst = copy.deepcopy(template)
     if dp_group is None and ep_size is None and inst.get("ep_size") is not None:
         ep_size = min(inst["ep_size"], tp)
-    inst.update(pd_type=pd_type, tp_size=tp, num_npus=tp, pp_size=1, dp_group=dp_group, ep_size=ep_size)
+    inst.update(pd_type=pd_type, tp_size=tp, num_npus=tp * pp, pp_size=pp, dp_group=dp_group, ep_size=ep_size)
     return inst
 
 
-def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str) -> list[dict[str, Any]]:
-    """`dp` decode ranks of `tp` GPUs in one DP group with the experts split over all of them
-    (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size = DP x TP)."""
-    return [_instance(template, "decode", tp, name, dp * tp) for _ in range(dp)]
+def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str, pp: int = 1) -> list[dict[str, Any]]:
+    """`dp` decode ranks of `pp` stages of `tp` GPUs in one DP group with the experts split over each
+    stage's ranks (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size = DP x TP)."""
+    return [_instance(template, "decode", tp, pp, name, dp * tp) for _ in range(dp)]
 
 
 def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int) -> str | None:
@@ -143,36 +145,42 @@ class _Pools:
     def template(self, pd_type: str | None) -> dict[str, Any]:
         return _template(self.base, pd_type)
 
-    def splits(self, tp_p: int, tp_d: int, dp: int) -> list[Variant]:
-        """Every n_p x tp_p + n_d x dp x tp_d == gpus split (n_d decode instances, or DP groups)."""
+    def splits(self, tp_p: int, tp_d: int, dp: int, pp_p: int = 1, pp_d: int = 1) -> list[Variant]:
+        """Every n_p x tp_p x pp_p + n_d x dp x tp_d x pp_d == gpus split (n_d decode instances, or DP
+        groups)."""
         p_tmpl, d_tmpl = self.template("prefill"), self.template("decode")
-        unit = dp * tp_d
+        p_unit, unit = tp_p * pp_p, dp * tp_d * pp_d
+        staged = "" if pp_p == pp_d == 1 else f"-pp{pp_p}/{pp_d}"
         out: list[Variant] = []
-        for n_p in range(1, self.gpus // tp_p + 1):
-            rest = self.gpus - n_p * tp_p
+        for n_p in range(1, self.gpus // p_unit + 1):
+            rest = self.gpus - n_p * p_unit
             if rest < unit or rest % unit:
                 continue
             n_d = rest // unit
             if self.wanted is not None and (n_p, n_d) not in self.wanted:
                 continue
-            units = [[_instance(p_tmpl, "prefill", tp_p)] for _ in range(n_p)]
+            units = [[_instance(p_tmpl, "prefill", tp_p, pp_p)] for _ in range(n_p)]
             if dp == 1:
-                units += [[_instance(d_tmpl, "decode", tp_d)] for _ in range(n_d)]
-                label = f"{n_p}P{n_d}D-tp{tp_p}/{tp_d}"
+                units += [[_instance(d_tmpl, "decode", tp_d, pp_d)] for _ in range(n_d)]
+                label = f"{n_p}P{n_d}D-tp{tp_p}/{tp_d}{staged}"
             else:
-                units += [_dp_group(d_tmpl, tp_d, dp, f"decode{g}") for g in range(n_d)]
-                label = f"{n_p}P{n_d}D-tp{tp_p}/dp{dp}xtp{tp_d}"
-            out.append(Variant(label, n_p, n_d, tp_p, tp_d, self.gpus, _pack(self.base, units, self.node_gpus), dp))
+                units += [_dp_group(d_tmpl, tp_d, dp, f"decode{g}", pp_d) for g in range(n_d)]
+                label = f"{n_p}P{n_d}D-tp{tp_p}/dp{dp}xtp{tp_d}{staged}"
+            out.append(Variant(label, n_p, n_d, tp_p, tp_d, self.gpus, _pack(self.base, units, self.node_gpus), dp,
+                               pp_p, pp_d))
         return out
 
-    def colocated(self, tps: list[int]) -> list[Variant]:
+    def colocated(self, layouts: list[tuple[int, int]]) -> list[Variant]:
+        """gpus / (tp x pp) instances of each (tp, pp) layout that divides the budget."""
         c_tmpl, out = self.template(None), []
-        for tp in tps:
-            if self.gpus % tp:
+        for tp, pp in layouts:
+            if self.gpus % (tp * pp):
                 continue
-            n = self.gpus // tp
-            units = [[_instance(c_tmpl, None, tp)] for _ in range(n)]
-            out.append(Variant(f"colo-{n}x-tp{tp}", n, 0, tp, tp, self.gpus, _pack(self.base, units, self.node_gpus)))
+            n = self.gpus // (tp * pp)
+            units = [[_instance(c_tmpl, None, tp, pp)] for _ in range(n)]
+            label = f"colo-{n}x-tp{tp}" + (f"-pp{pp}" if pp > 1 else "")
+            out.append(Variant(label, n, 0, tp, tp, self.gpus, _pack(self.base, units, self.node_gpus),
+                               pp_prefill=pp, pp_decode=pp))
         return out
 
 
@@ -186,9 +194,12 @@ def expand(
     node_gpus: int | None = None,
     dp_decode: list[int] | None = None,
     skipped: list[str] | None = None,
+    pp_prefill: list[int] | None = None,
+    pp_decode: list[int] | None = None,
 ) -> list[Variant]:
-    """Every (num_prefill x tp_prefill + num_decode x dp_decode x tp_decode == gpus) split, prefill-light
-    first, then the colocated baselines (gpus / tp instances, for each TP that divides the budget).
+    """Every (num_prefill x tp_prefill x pp_prefill + num_decode x dp_decode x tp_decode x pp_decode == gpus)
+    split, prefill-light first, then the colocated baselines (gpus / (tp x pp) instances, for each layout
+    of the prefill or decode lists that divides the budget). An instance's stages share a node.
 
     `ratios` restricts the splits to these (prefill, decode) instance counts (a DP group counts as one
     decode instance). `dp_decode` (default [1]): decode DP-group sizes, each group `dp` ranks of TP
@@ -198,25 +209,34 @@ def expand(
     if gpus < 2:
         raise PdsimError(f"--gpus: a P:D split needs at least 2 GPUs, got {gpus}")
     tp_prefill, tp_decode, dp_decode = tp_prefill or [1], tp_decode or [1], dp_decode or [1]
+    pp_prefill, pp_decode = pp_prefill or [1], pp_decode or [1]
     base_node_gpus = max(sum(i.num_npus for i in node.instances) for node in base.nodes)
     node_gpus = node_gpus or max(NODE_GPUS, base_node_gpus)
-    if max(tp_prefill + tp_decode) > node_gpus:
-        raise PdsimError(f"TP {max(tp_prefill + tp_decode)} does not fit in a node of {node_gpus} GPUs")
+    for role, tps, pps in (("prefill", tp_prefill, pp_prefill), ("decode", tp_decode, pp_decode)):
+        if max(tps) * max(pps) > node_gpus:
+            what = f"TP {max(tps)}" if max(pps) == 1 else f"TP {max(tps)} x PP {max(pps)}"
+            raise PdsimError(f"{what} ({role}) does not fit in a node of {node_gpus} GPUs")
     reasons = skipped if skipped is not None else []
     pools = _Pools(base, gpus, node_gpus, set(ratios) if ratios is not None else None)
     model = load_model(pools.template("decode")["model_name"])
     candidates: list[Variant] = []
-    for tp_p in tp_prefill:
+    prefill_layouts = [(tp, pp) for tp in tp_prefill for pp in pp_prefill]
+    for tp_p, pp_p in prefill_layouts:
         for tp_d in tp_decode:
             for dp in dp_decode:
-                problem = dp_layout_problem(model, tp_d, dp, node_gpus)
-                if problem is not None:
-                    if tp_p == tp_prefill[0]:  # once per decode layout
-                        reasons.append(f"decode DP {dp} x TP {tp_d}: {problem}")
-                    continue
-                candidates += pools.splits(tp_p, tp_d, dp)
+                layout_problem = dp_layout_problem(model, tp_d, dp, node_gpus)
+                for pp_d in pp_decode:
+                    problem = layout_problem
+                    if problem is None and dp * tp_d * pp_d > node_gpus:
+                        problem = f"{dp * tp_d * pp_d} GPUs do not fit a node of {node_gpus} GPUs"
+                    if problem is not None:
+                        reason = f"decode DP {dp} x TP {tp_d}" + (f" x PP {pp_d}" if pp_d > 1 else "") + f": {problem}"
+                        if reason not in reasons:  # once per decode layout
+                            reasons.append(reason)
+                        continue
+                    candidates += pools.splits(tp_p, tp_d, dp, pp_p, pp_d)
     if colocated:
-        candidates += pools.colocated(sorted(set(tp_prefill) | set(tp_decode)))
+        candidates += pools.colocated(sorted(set(prefill_layouts) | {(tp, pp) for tp in tp_decode for pp in pp_decode}))
     variants = []
     for v in candidates:
         try:
@@ -228,5 +248,6 @@ def expand(
         variants.append(v)
     if not variants:
         why = "".join(f"\n  {r}" for r in reasons)
-        raise PdsimError(f"no P:D split of {gpus} GPUs matches --ratios/--tp-prefill/--tp-decode/--decode-dp{why}")
+        raise PdsimError(f"no P:D split of {gpus} GPUs matches --ratios/--tp-prefill/--tp-decode/--pp-prefill/"
+                         f"--pp-decode/--decode-dp{why}")
     return variants

@@ -9,6 +9,10 @@ step-time predictor alone (no simulation), as DistServe's placement reasoning do
   step time at that batch and mean context <= the TPOT SLO; then n / (output length x step time).
 - A decode DP group (MoE, lock step) is dp ranks at the same batch, each step paying the MoE layers
   at the group's dp x n tokens (pdsim/engine/dp_group.py).
+- Pipeline stages whose micro-batches overlap (sync scheduling): a prefill step holds the instance for
+  its slowest stage; a decode batch of n is one micro-batch of n / P per stage, and a request's
+  tokens come every max(P x slowest stage, whole traversal) of such a micro-batch. Async scheduling
+  at two stages runs one step at a time: the whole traversal (docs/pipeline.md).
 - A split's capacity is min(P x prefill, D x decode): the slower pool is the bottleneck.
 - Colocated: each instance spends 1/prefill + 1/decode seconds per request, so 1 / (that sum);
   this ignores that chunked prefill rides along with decode steps, so it is pessimistic for
@@ -27,6 +31,7 @@ import simpy
 from pdsim.engine.cluster import Cluster, SimOptions
 from pdsim.engine.instance import Instance
 from pdsim.engine.kv_cache import blocks_for
+from pdsim.perf.pipeline_time import AsyncPipelinePredictor
 from pdsim.sweep.expand import Variant
 
 
@@ -49,6 +54,29 @@ class Estimate:
         return self.__dict__.copy()
 
 
+def _overlapped(pred) -> bool:
+    """Pipeline stages whose micro-batches overlap (synchronous scheduling; docs/pipeline.md)."""
+    return getattr(pred, "num_stages", 1) > 1 and not isinstance(pred, AsyncPipelinePredictor)
+
+
+def _prefill_step_s(pred, chunks: tuple[tuple[int, int], ...]) -> float:
+    """Seconds a prefill step holds the instance: overlapping stages take a new micro-batch as fast as
+    the slowest stage frees up; otherwise the whole step."""
+    if _overlapped(pred):
+        return max(pred.stage_times_s(chunks, 0, 0))
+    return pred.step_time_s(chunks, 0, 0)
+
+
+def _decode_interval_s(pred, n: int, context: int) -> float:
+    """Seconds between two tokens of one request at decode batch n. With overlapping stages the n
+    requests are spread over one micro-batch per stage; a request's next step waits for its micro-batch
+    to pass every stage, and each stage runs every micro-batch in turn."""
+    if not _overlapped(pred):
+        return pred.step_time_s((), n, n * context)
+    m = -(-n // pred.num_stages)
+    return max(pred.num_stages * max(pred.stage_times_s((), m, m * context)), pred.step_time_s((), m, m * context))
+
+
 def prefill_rate(inst: Instance, mean_input: float) -> float:
     """Requests/s one instance prefills with every step filled to its token budget."""
     length = max(1, round(mean_input))
@@ -56,11 +84,11 @@ def prefill_rate(inst: Instance, mean_input: float) -> float:
     pred = inst.predictor
     if length <= budget:
         k = min(budget // length, inst.spec.max_num_seqs)
-        return k / pred.step_time_s(tuple([(length, 0)] * k), 0, 0)
+        return k / _prefill_step_s(pred, tuple([(length, 0)] * k))
     seconds, done = 0.0, 0
     while done < length:
         chunk = min(budget, length - done)
-        seconds += pred.step_time_s(((chunk, done),), 0, 0)
+        seconds += _prefill_step_s(pred, ((chunk, done),))
         done += chunk
     return 1.0 / seconds
 
@@ -74,7 +102,7 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float, group_rank
     n_max = min(inst.spec.max_num_seqs, inst.kv.num_blocks // max(1, per_req_blocks))
     best_n, best_step = 0, math.inf
     for n in range(1, max(1, n_max) + 1):
-        step_s = inst.predictor.step_time_s((), n, n * context)
+        step_s = _decode_interval_s(inst.predictor, n, context)
         if group_ranks > 1 and inst.predictor.moe_layer is not None:
             step_s += inst.predictor.moe_layer.step_us(group_ranks * n) * 1e-6
         if step_s * 1e3 > tpot_slo_ms and n > 1:

@@ -165,7 +165,8 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
     tpot_mean = float(np.nanmean(tpot)) if np.any(~np.isnan(tpot)) else math.nan
     return {
         "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
-        "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "gpus": v.gpus,
+        "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "pp_prefill": v.pp_prefill, "pp_decode": v.pp_decode,
+        "gpus": v.gpus,
         "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
         "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
