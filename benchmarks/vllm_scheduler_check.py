@@ -603,6 +603,15 @@ def _counts(cfg, rows, concurrency, delay, opts) -> tuple[int, int]:
 
 
 # -- golden scenarios for the test suite --------------------------------------------------------
+def _pp_rows(seed: int, rate_per_s: float) -> list[tuple[int, int, float]]:
+    """An open loop of the random pipeline mode's kind (--random-pp): 80 requests, each fitting 2,500 tokens."""
+    from pdsim.workload.generate import generate_requests
+
+    return [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+            for r in generate_requests(80, rate_per_s, "lognormal:700,600", "lognormal:120,100", seed=seed)
+            if r.input_toks + r.output_toks <= 2500]
+
+
 def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
     """reserve_full_isl: the vLLM being recorded has the whole-sequence admission check (0.19+);
     async_pp: it runs async scheduling with pipeline parallelism (0.19; 0.12 refuses it)."""
@@ -664,66 +673,36 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
                            "async_scheduling": True, "enable_prefix_caching": True},
                 "concurrency": 24, "client_delay_s": 0.001, "rows": async_rows})
     # Pipeline parallelism, 4 stages, a batch queue as long, KV ample.
-    pp_rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-               for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7007)
-               if r.input_toks + r.output_toks <= 2500]
-    out.append({"name": "open_loop_pipeline_4_stages",
-                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 4, "num_npus": 4, "max_num_seqs": 64,
-                           "max_num_batched_tokens": 2048, "long_prefill_token_threshold": 256,
-                           "enable_prefix_caching": True, "kv_gpu_blocks": 100_001},
-                "concurrency": None, "client_delay_s": 0.0, "rows": pp_rows})
+    def pipelined(name: str, pp: int, seqs: int, budget: int, blocks: int, rows, **knobs) -> dict:
+        """An open loop on an engine of `pp` stages (its batch queue as long), 80 GB per GPU."""
+        engine = {**base, "mem_size_gb": 80.0, "pp_size": pp, "num_npus": pp, "max_num_seqs": seqs,
+                  "max_num_batched_tokens": budget, **knobs, "kv_gpu_blocks": blocks}
+        return {"name": name, "engine": engine, "concurrency": None, "client_delay_s": 0.0, "rows": rows}
+
+    out.append(pipelined("open_loop_pipeline_4_stages", 4, 64, 2048, 100_001, _pp_rows(7007, 30),
+                         long_prefill_token_threshold=256, enable_prefix_caching=True))
     # Four stages, a few sequences: a small micro-batch right behind a large one waits for it at every
     # stage (each stage's worker runs the forwards in the order they were issued).
-    out.append({"name": "open_loop_pipeline_4_stages_in_order",
-                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 4, "num_npus": 4, "max_num_seqs": 8,
-                           "max_num_batched_tokens": 2048, "kv_gpu_blocks": 1501},
-                "concurrency": None, "client_delay_s": 0.0,
-                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-                         for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7003)
-                         if r.input_toks + r.output_toks <= 2500]})
+    out.append(pipelined("open_loop_pipeline_4_stages_in_order", 4, 8, 2048, 1501, _pp_rows(7003, 30)))
     # Two stages under memory pressure: the newest request of vLLM's running list is often one
     # whose micro-batch is in flight, and it is the one preempted.
-    out.append({"name": "open_loop_pipeline_preemption_in_flight",
-                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 2, "num_npus": 2, "max_num_seqs": 32,
-                           "max_num_batched_tokens": 512, "enable_prefix_caching": True, "block_size": 32,
-                           "kv_gpu_blocks": 351},
-                "concurrency": None, "client_delay_s": 0.0,
-                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-                         for r in generate_requests(80, 60, "lognormal:700,600", "lognormal:120,100", seed=7002)
-                         if r.input_toks + r.output_toks <= 2500]})
+    out.append(pipelined("open_loop_pipeline_preemption_in_flight", 2, 32, 512, 351, _pp_rows(7002, 60),
+                         enable_prefix_caching=True, block_size=32))
     # Three stages under memory pressure: a request preempted in flight is admitted again, and its
     # earlier batch returns (appending the token it sampled) while the new last chunk is in flight:
     # vLLM schedules that token at once, beside the chunk, and appends the chunk's token too later.
-    out.append({"name": "open_loop_pipeline_late_token",
-                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 3, "num_npus": 3, "max_num_seqs": 32,
-                           "max_num_batched_tokens": 2048, "enable_prefix_caching": True, "block_size": 32,
-                           "kv_gpu_blocks": 351},
-                "concurrency": None, "client_delay_s": 0.0,
-                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-                         for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7013)
-                         if r.input_toks + r.output_toks <= 2500]})
+    out.append(pipelined("open_loop_pipeline_late_token", 3, 32, 2048, 351, _pp_rows(7013, 30),
+                         enable_prefix_caching=True, block_size=32))
     # Four stages under memory pressure: a step that preempts and has nothing else to run is queued
     # empty (no admission in a step that preempted), and the engine decides again when the oldest
     # batch returns, not at once.
-    out.append({"name": "open_loop_pipeline_empty_step_after_preemption",
-                "engine": {**base, "mem_size_gb": 80.0, "pp_size": 4, "num_npus": 4, "max_num_seqs": 32,
-                           "max_num_batched_tokens": 2048, "long_prefill_token_threshold": 256, "block_size": 32,
-                           "kv_gpu_blocks": 351},
-                "concurrency": None, "client_delay_s": 0.0,
-                "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-                         for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7010)
-                         if r.input_toks + r.output_toks <= 2500]})
+    out.append(pipelined("open_loop_pipeline_empty_step_after_preemption", 4, 32, 2048, 351, _pp_rows(7010, 30),
+                         long_prefill_token_threshold=256, block_size=32))
     if async_pp:
         # Two stages with async scheduling under memory pressure: every micro-batch holds every decode
         # (output placeholders) and waits for the previous one's sampled tokens.
-        out.append({"name": "open_loop_pipeline_2_stages_async_preemption",
-                    "engine": {**base, "mem_size_gb": 80.0, "pp_size": 2, "num_npus": 2, "max_num_seqs": 32,
-                               "max_num_batched_tokens": 1024, "enable_prefix_caching": True,
-                               "async_scheduling": True, "kv_gpu_blocks": 701},
-                    "concurrency": None, "client_delay_s": 0.0,
-                    "rows": [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-                             for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7020)
-                             if r.input_toks + r.output_toks <= 2500]})
+        out.append(pipelined("open_loop_pipeline_2_stages_async_preemption", 2, 32, 1024, 701, _pp_rows(7020, 30),
+                             enable_prefix_caching=True, async_scheduling=True))
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})

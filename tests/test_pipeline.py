@@ -213,19 +213,25 @@ def test_summary_reports_the_stages():
     assert " pp " not in next(line for line in format_summary(flat_summary).splitlines() if line.startswith("instance"))
 
 
+def _random_open_loop(seed: int, rate_per_s: float) -> list[tuple[int, int, float]]:
+    """80 requests of benchmarks/vllm_scheduler_check.py's random pipeline mode, each within 2,500 tokens."""
+    from pdsim.workload.generate import generate_requests
+
+    return [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
+            for r in generate_requests(80, rate_per_s, "lognormal:700,600", "lognormal:120,100", seed=seed)
+            if r.input_toks + r.output_toks <= 2500]
+
+
 def test_a_request_preempted_from_one_micro_batch_cohort_and_rejoining_another_finishes_once():
     # Each in-flight micro-batch has a decode cohort of its own. A request preempted out of one
     # and back in another (here after a prefix-cache hit on its own blocks) left a stale entry in
     # the first, whose step count could match its new finish step: the first cohort then
     # "finished" it too, and the run stopped with a KeyError.
-    from pdsim.workload.generate import generate_requests
     from tests.helpers import AnalyticStepTimes, cluster, instance, run
 
     cfg = cluster(instance(None, 80.0, pp_size=2, num_npus=2, max_num_seqs=32, max_num_batched_tokens=512,
                            enable_prefix_caching=True, block_size=32, scheduler_reserve_full_isl=True))
-    rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-            for r in generate_requests(80, 60, "lognormal:700,600", "lognormal:120,100", seed=7002)
-            if r.input_toks + r.output_toks <= 2500]
+    rows = _random_open_loop(7002, 60)
     res = run(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i0": 351})
     assert sum(r.preemptions for r in res.requests) > 5
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
@@ -238,7 +244,6 @@ def test_a_token_returning_for_a_request_admitted_again_lets_it_run_beside_its_c
     # while the other step is in flight). Every request still finishes once, with exactly its
     # output tokens, and every block is returned. (That the times are vLLM's is the golden scenario
     # open_loop_pipeline_late_token in tests/test_engine.py.)
-    from pdsim.workload.generate import generate_requests
     from tests.helpers import AnalyticStepTimes, cluster, instance, run
 
     in_flight_again = []
@@ -259,9 +264,7 @@ def test_a_token_returning_for_a_request_admitted_again_lets_it_run_beside_its_c
     monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_finish", finished)
     cfg = cluster(instance(None, 80.0, pp_size=3, num_npus=3, max_num_seqs=32, max_num_batched_tokens=2048,
                            enable_prefix_caching=True, block_size=32, scheduler_reserve_full_isl=True))
-    rows = [(r.input_toks, r.output_toks, r.arrival_time_ns * 1e-9)
-            for r in generate_requests(80, 30, "lognormal:700,600", "lognormal:120,100", seed=7013)
-            if r.input_toks + r.output_toks <= 2500]
+    rows = _random_open_loop(7013, 30)
     res = run(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i0": 351})
     assert sum(in_flight_again) > 0  # late tokens came for requests with a step in flight again
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
