@@ -533,8 +533,8 @@ def _pp_engine(rng: random.Random, v) -> tuple[dict, int]:
               "async_scheduling": False, "enable_prefix_caching": rng.random() < 0.7,
               "block_size": rng.choice([16, 32])}
     blocks = rng.choice([100000, 1500, 700]) * 16 // engine["block_size"] + 1
-    # Async scheduling with PP (pdsim models pp_size 2), where vLLM allows it (0.19; 0.12 refuses it).
-    engine["async_scheduling"] = pp == 2 and has_async_pp(v) and rng.random() < 0.5
+    # Async scheduling with PP, where vLLM allows it (0.19; 0.12 refuses it).
+    engine["async_scheduling"] = has_async_pp(v) and rng.random() < 0.5
     return engine, blocks
 
 
@@ -702,6 +702,10 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
         # Two stages with async scheduling under memory pressure: every micro-batch holds every decode
         # (output placeholders) and waits for the previous one's sampled tokens.
         out.append(pipelined("open_loop_pipeline_2_stages_async_preemption", 2, 32, 1024, 701, _pp_rows(7020, 30),
+                             enable_prefix_caching=True, async_scheduling=True))
+        # Four stages: vLLM decides three steps ahead, so a finished request is in the next two steps, and
+        # a preempted one's tokens from the steps decided before reach it over the next decisions.
+        out.append(pipelined("open_loop_pipeline_4_stages_async_preemption", 4, 32, 1024, 701, _pp_rows(7008, 30),
                              enable_prefix_caching=True, async_scheduling=True))
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},

@@ -163,15 +163,10 @@ def test_allowlisted_keys_are_ignored(tmp_path):
 
 
 def test_pipeline_parallel_limits(tmp_path):
-    # pp_size > 1 loads (docs/pipeline.md), with async scheduling only at pp_size 2, and never with more
-    # stages than layers.
+    # pp_size > 1 loads (docs/pipeline.md), with async scheduling too, but never with more stages than layers.
     raw = copy.deepcopy(PD)
-    _inst(raw).update(pp_size=2, num_npus=2, async_scheduling=True)
-    assert load_cluster_config(_write(tmp_path, raw)).instances()[1].config.pp_size == 2
-    msg = _err(tmp_path, lambda r: _inst(r).update(pp_size=4, num_npus=4, async_scheduling=True))
-    assert msg.endswith("nodes[0].instances[1]: pp_size 4 with async_scheduling true is modelled for pp_size 2 only "
-                        "(vLLM's batch queue is pp_size long, so it then decides pp_size - 1 steps ahead); set "
-                        "async_scheduling false or pp_size 2 (docs/pipeline.md)")
+    _inst(raw).update(pp_size=4, num_npus=4, async_scheduling=True)
+    assert load_cluster_config(_write(tmp_path, raw)).instances()[1].config.pp_size == 4
     msg = _err(tmp_path, lambda r: _inst(r).update(pp_size=64, num_npus=64))
     assert msg.endswith("pp_size 64: more pipeline stages than the model's 32 layers")
 

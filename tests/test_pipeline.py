@@ -299,3 +299,23 @@ def test_async_scheduling_with_stages_in_a_moe_dp_group_is_refused():
             "ep_size": 2, "dp_group": "A", "pd_type": None, "async_scheduling": True}
     with pytest.raises(ConfigError, match="async_scheduling true in a MoE DP group is not modelled"):
         run(cluster(rank, dict(rank)), [(600, 20, 0.0)])
+
+
+def test_async_scheduling_with_three_stages_decides_two_steps_ahead(monkeypatch):
+    # vLLM's batch queue is pp_size long: it decides pp_size - 1 steps ahead and counts only the tokens
+    # it has seen, so a request is in one step after its last token (pp_size 3) before it leaves.
+    from pdsim.engine.instance import Instance
+
+    steps = []
+    after = Instance._after_steps
+
+    def recorded(self, plan, durations, n):
+        steps.extend([(len(plan.prefill), plan.n_decode)] * n)
+        after(self, plan, durations, n)
+
+    monkeypatch.setattr(Instance, "_after_steps", recorded)
+    res = run(cluster(_pp(pp=3, async_scheduling=True)), [(100, 5, 0.0), (100, 40, 0.0)])
+    assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
+    # One prefill step for both, four decode steps of both, the short one's extra step, then the long one.
+    assert steps[:7] == [(2, 0), (0, 2), (0, 2), (0, 2), (0, 2), (0, 2), (0, 1)]
+    assert res.instances[0].kv.used == 0

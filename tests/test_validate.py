@@ -438,25 +438,26 @@ def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
 
 
 @needs_shared
-def test_a_pipelined_run_that_scheduled_asynchronously_replays_so_or_is_refused(tmp_path):
-    # vLLM 0.19 schedules asynchronously by default, pipelined too. pdsim models that at PP 2 (the
-    # replay says async scheduling is on); a PP 4 run that records no async_scheduling is refused with
-    # the reason, and --sync-scheduling (the user's explicit choice) replays it as a synchronous engine.
-    def pipelined(pp: int) -> list[str]:
-        requests = _rtx_run_with(tmp_path / f"pp{pp}", pipeline_parallel_size=pp)
-        cfg = json.loads((RTX / "cluster_config.json").read_text())
-        cfg["nodes"][0]["instances"][0].update(pp_size=pp, num_npus=pp)
-        (tmp_path / f"pp{pp}.json").write_text(json.dumps(cfg))
-        return ["--measured", str(requests), "--cluster-config", str(tmp_path / f"pp{pp}.json"),
-                "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / f"v{pp}.csv")]
+def test_a_pipelined_run_replays_with_the_scheduling_it_recorded(tmp_path):
+    # vLLM 0.19 schedules asynchronously by default, pipelined too: a PP 4 run that records no
+    # async_scheduling replays so (and says why); --sync-scheduling replays vLLM's synchronous engine.
+    requests = _rtx_run_with(tmp_path, pipeline_parallel_size=4)
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0].update(pp_size=4, num_npus=4)
+    (tmp_path / "pp4.json").write_text(json.dumps(cfg))
+    args = ["--measured", str(requests), "--cluster-config", str(tmp_path / "pp4.json"),
+            "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv")]
+    asynchronous = _validate_cli(*args)
+    assert asynchronous.exit_code == 0 and "async scheduling on: vLLM 0.19.0's default" in asynchronous.output
+    import pandas as pd
 
-    at2 = _validate_cli(*pipelined(2))
-    assert at2.exit_code == 0 and "async scheduling on: vLLM 0.19.0's default" in at2.output
-    at4 = pipelined(4)
-    with pytest.raises(PdsimError, match=r"pipeline_parallel_size 4 with async scheduling \(vLLM 0.19.0's default"):
-        _validate_cli(*at4)
-    assert not (tmp_path / "v4.csv").exists()
-    assert _validate_cli(*at4, "--sync-scheduling").exit_code == 0
+    def ttft_mean() -> float:
+        table = pd.read_csv(tmp_path / "v.csv").set_index(["metric", "stat"])
+        return float(table.loc[("TTFT (ms)", "mean"), "simulated"])
+
+    async_ttft = ttft_mean()
+    assert _validate_cli(*args, "--sync-scheduling").exit_code == 0
+    assert ttft_mean() != async_ttft  # a different engine: micro-batches overlap
 
 
 @needs_shared

@@ -262,11 +262,6 @@ def _check_pipeline(ic: InstanceConfig) -> None:
     if ic.pp_size > layers:
         raise PydanticCustomError("pp", "pp_size {pp}: more pipeline stages than the model's {n} layers",
                                   {"pp": ic.pp_size, "n": layers})
-    if ic.async_scheduling and ic.pp_size > 2:
-        raise PydanticCustomError(
-            "pp", "pp_size {pp} with async_scheduling true is modelled for pp_size 2 only (vLLM's batch queue is "
-            "pp_size long, so it then decides pp_size - 1 steps ahead); set async_scheduling false or pp_size 2 "
-            "(docs/pipeline.md)", {"pp": ic.pp_size})
 
 
 class NodeConfig(_Strict):

@@ -31,7 +31,8 @@ class WaitingAdmission:
     prefilling_kv_tokens: int
     num_waiting_kv_ready: int
     _decided_s: float
-    _releasing: list[tuple[int, int, list[int] | None]]  # finished, still holding slots (async)
+    _releasing: list  # scheduler.Finishing: finished, still holding slots (async)
+    _unseen: dict[Request, int]  # sampled tokens vLLM has not seen yet (scheduler.py, async_depth > 1)
     _admissions: int
 
     @property
@@ -43,6 +44,11 @@ class WaitingAdmission:
     @property
     def _slots_taken(self) -> int:
         return len(self.running) + len(self._releasing)
+
+    def _known_todo(self, req: Request) -> int:
+        """Tokens a waiting request has to compute that vLLM knows of: its waiting loop counts no token
+        still on its way back from a step in flight."""
+        return req.tokens_to_compute - self._unseen.get(req, 0) if self._unseen else req.tokens_to_compute
 
     def _chunk_cap(self, todo: int) -> int:
         cap = self.long_prefill_token_threshold
@@ -56,7 +62,7 @@ class WaitingAdmission:
         if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
             return False
         hit_tokens = hit * self.block_size
-        todo = min(self._chunk_cap(req.tokens_to_compute - hit_tokens), self.max_num_batched_tokens)
+        todo = min(self._chunk_cap(self._known_todo(req) - hit_tokens), self.max_num_batched_tokens)
         need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
         return need <= self.kv.free
 
@@ -78,7 +84,7 @@ class WaitingAdmission:
                 break
             hit, evict = self.kv.request_hit(req) if req.has_block_keys else (0, 0)
             hit_tokens = hit * self.block_size
-            todo = self._chunk_cap(req.tokens_to_compute - hit_tokens)
+            todo = self._chunk_cap(self._known_todo(req) - hit_tokens)
             if not self.enable_chunked_prefill and todo > budget:
                 break
             if self.reserve_full_isl and not self._fits_whole(req, hit, evict):
@@ -93,7 +99,8 @@ class WaitingAdmission:
     def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
         """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far
         (cached blocks it would reuse count only when they must leave the free queue)."""
-        need = blocks_for(req.input_toks + req.num_generated, self.block_size) - req.blocks - hit + evict
+        known = req.input_toks + req.num_generated - self._unseen.get(req, 0)
+        need = blocks_for(known, self.block_size) - req.blocks - hit + evict
         return need <= self.kv.free
 
     def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:

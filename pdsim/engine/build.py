@@ -116,6 +116,7 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         long_prefill_token_threshold=ic.long_prefill_token_threshold,
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
         kv_dtype=ic.kv_dtype, pp=ic.pp_size,
+        async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
         enable_prefix_caching=ic.enable_prefix_caching,
     )
 

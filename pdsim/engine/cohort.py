@@ -41,12 +41,15 @@ class DecodeCohort:
             heapq.heappop(heap)
         return -heap[0][0] + self.steps if heap else 0
 
-    def add(self, req: Request) -> None:
+    def add(self, req: Request, steps_left: int | None = None) -> None:
+        """steps_left: leave after that many steps (default: when its last output token is made)."""
         base = req.num_computed - self.steps
         req.cohort = self
         req.cohort_kv_base = base
         req.cohort_gen_base = req.num_generated - self.steps
-        req.cohort_finish_step = self.steps + req.output_toks - req.num_generated
+        if steps_left is None:
+            steps_left = req.output_toks - req.num_generated
+        req.cohort_finish_step = self.steps + steps_left
         req.cohort_join_step = self.steps
         self.n += 1
         self._kv_base_sum += base

@@ -60,6 +60,7 @@ class InstanceSpec:
     kv_dtype: str | None = None  # the KV cache's dtype (kv_cache_dtype), None: `dtype`
     enable_prefix_caching: bool = True  # vLLM's default: shared prefixes (prefix ids), a recompute's own blocks
     pp: int = 1  # pipeline stages, each of `tp` GPUs (pdsim/engine/pipeline.py)
+    async_depth: int = 1  # steps async scheduling decides ahead (pp - 1 with pipeline stages: pipeline.py)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Instance:
             long_prefill_token_threshold=spec.long_prefill_token_threshold,
             async_scheduling=spec.async_scheduling,
             reserve_full_isl=spec.reserve_full_isl,
+            async_depth=spec.async_depth,
         )
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0
@@ -115,6 +117,9 @@ class Instance:
         self._not_picked_up: list[Request] = []  # arrived since the last decision
         # (end, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, np.ndarray] | None = None
+        # Starts of the last async_depth steps since the engine idled: async scheduling decided the
+        # next step when the first of them started (vLLM had processed the step before it).
+        self._step_starts: deque[float] = deque(maxlen=spec.async_depth)
         self.dp_group: DPGroup | None = None  # set by the cluster for a MoE DP group (lock step)
         self._woken_at_barrier = False  # work came while this rank waited for its DP group
         self.process = env.process(self._loop())
@@ -239,10 +244,12 @@ class Instance:
                 self._reserve_pending()
             if self._not_picked_up:
                 self._pick_up()
-            cutoff = self._last_step_start() if self.spec.async_scheduling else None
+            cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
             plan = sched.schedule(env.now, cutoff)
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
+            if sched._releasing:
+                plan.max_steps = 1  # held for decisions to come, each of which may free it
             if self.dp_group is not None:
                 # Wakeable while at the barrier: what arrives then is decided on right after.
                 self._idle, self._woken_at_barrier = True, False
@@ -292,6 +299,7 @@ class Instance:
     def _sleep(self):
         """Idle until something wakes the instance (an arrival, a hand-off, freed blocks)."""
         self._last_steps = None
+        self._step_starts.clear()
         self._idle = True
         self._wake = self.env.event()
         yield self._wake
@@ -307,14 +315,9 @@ class Instance:
         yield self.env.timeout(seconds)
         if plan.empty:
             self._last_steps = (self.env.now, durations)
+            self._step_starts.append(self.env.now - seconds)
         else:
             self._after_steps(plan, durations, 1)
-
-    def _last_step_start(self) -> float | None:
-        if self._last_steps is None:
-            return None
-        end, durations = self._last_steps
-        return end - float(durations[-1])
 
     def _pick_up(self) -> None:
         # A real engine looks at its input between any two steps; a run of decode steps passed in
@@ -329,6 +332,12 @@ class Instance:
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
         self._last_steps = (self.env.now, durations[:steps])
+        if self.spec.async_scheduling:  # the last steps' starts, counted back from now
+            starts, t = [], self.env.now
+            for seconds in durations[:steps][::-1][:self.spec.async_depth]:
+                t -= float(seconds)
+                starts.append(t)
+            self._step_starts.extend(reversed(starts))
         outcome = self.sched.complete(plan, steps, self.env.now)
         stats = self.stats
         stats.steps += steps

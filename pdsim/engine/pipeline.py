@@ -23,8 +23,8 @@ admission order): its blocks are freed at once and the token its batch samples i
 when the batch returns. If it was admitted again meanwhile and has a step in flight, that step counts
 as computed and the new token is scheduled at once, beside it (PipelineScheduler._late_token). A step
 that preempts and has nothing else to run is queued empty, and the next decision waits for the oldest
-batch (vLLM admits nothing in a step that preempted). With async scheduling (two stages only) the
-micro-batches do not overlap: AsyncPipelinedInstance, at the end (docs/pipeline.md).
+batch (vLLM admits nothing in a step that preempted). With async scheduling the micro-batches do not
+overlap: AsyncPipelinedInstance, at the end (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -377,10 +377,10 @@ class PipelinedInstance(Instance):
 
 
 class AsyncPipelinedInstance(Instance):
-    """pp_size 2 with vLLM's async scheduling. Its micro-batches do not overlap (every one holds every
-    decode and waits for the previous one's sampled tokens: AsyncPipelinePredictor), and its batch queue
-    of 2 is async scheduling's own, so the engine is the unpipelined async one stepping through both
-    stages; only the per-stage busy time is added."""
+    """Pipeline stages under vLLM's async scheduling. Its micro-batches do not overlap (every one holds
+    every decode and waits for the previous one's sampled tokens: AsyncPipelinePredictor), so the
+    engine is the unpipelined async one stepping through every stage, deciding pp_size - 1 steps ahead
+    as vLLM's batch queue of pp_size lets it (Scheduler.async_depth); the per-stage busy time is added."""
 
     predictor: AsyncPipelinePredictor
 

@@ -24,7 +24,11 @@ against 0.19.0; docs/validation.md has the rule table):
 - With async scheduling (`async_scheduling`, vLLM's `--async-scheduling`) a step is decided while
   the previous one runs, so only requests queued before that step started can join, and a
   request that finished in that step still holds its slot and blocks; an idle engine still starts
-  at once.
+  at once. With pipeline stages (one step at a time, pipeline.py) vLLM decides `async_depth` =
+  pp_size - 1 steps ahead: a finished request holds its slot for that many decisions and, as vLLM
+  counts only the tokens it has seen, takes part in the steps already decided (a ghost decode,
+  Finishing); a preempted request's tokens from the steps decided before reach vLLM over the next
+  decisions, so a recompute admitted before then leaves them out of its first chunk.
 
 Prefix caching (see kv_cache.py): a request admitted with nothing computed first takes the
 longest run of its blocks cached here, at most all but its last token (vLLM's
@@ -46,6 +50,7 @@ scenarios are replayed by tests/test_engine.py).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from pdsim.engine.admission import WaitingAdmission
 from pdsim.engine.cohort import DecodeCohort
@@ -54,6 +59,21 @@ from pdsim.engine.request import Request
 from pdsim.engine.step_plan import StepOutcome, StepPlan
 
 _NONE: frozenset[Request] = frozenset()
+
+
+@dataclass(slots=True)
+class Finishing:
+    """A request that finished while async scheduling had decided later steps: in vLLM it is still in
+    the running list (the newest can be the one preempted, freeing its blocks early), holding its slot
+    and blocks until its output is processed, `async_depth` decisions later. Deciding more than one step
+    ahead, vLLM also put it in the steps after its last (it counts only the tokens it has seen): a ghost
+    decode in the cohort until then."""
+
+    req: Request
+    blocks: int
+    cache_keys: list[int | tuple[int, int]] | None
+    release_after: int  # the decision after which its blocks are freed
+    ghost: bool = False
 
 
 class Scheduler(WaitingAdmission):
@@ -71,6 +91,7 @@ class Scheduler(WaitingAdmission):
         long_prefill_token_threshold: int = 0,
         async_scheduling: bool = False,
         reserve_full_isl: bool = True,
+        async_depth: int = 1,
     ) -> None:
         self.kv = kv
         self.block_size = kv.block_size
@@ -92,9 +113,16 @@ class Scheduler(WaitingAdmission):
         # Async scheduling decides step n+1 before step n's output is processed, so a request that
         # finished in step n still holds its slot and blocks for that decision: freed after it.
         self.async_scheduling = async_scheduling
-        # (admission number, blocks, cached block keys) of each: in vLLM they are still in its
-        # running list, where the newest can be the one preempted (freeing its blocks early).
-        self._releasing: list[tuple[int, int, list[int] | None]] = []
+        # How many steps ahead vLLM decides: its batch queue less the step running (1 without pipeline
+        # stages; pp_size - 1 with them, whose steps run one at a time: pipeline.py). A request that
+        # finished holds its slot and blocks for that many decisions.
+        self.async_depth = async_depth
+        self._decisions = 0
+        self._releasing: list[Finishing] = []
+        # (the decision before which it arrives, request): tokens of a preempted request's steps in flight
+        # when more than one step was decided ahead (async_depth > 1).
+        self._late_tokens: list[tuple[int, Request]] = []
+        self._unseen: dict[Request, int] = {}  # how many of a request's tokens are among them
         self._admissions = 0  # running requests' admission numbers (Request.admitted_seq)
         self.released_after_decision = 0
         self.paused_kv_tokens = 0
@@ -127,6 +155,7 @@ class Scheduler(WaitingAdmission):
         partial prefill chunks, preempting the newest when memory runs out), then the waiting
         queue, then how many decode steps may run before the next decision."""
         plan = StepPlan()
+        self._decisions += 1
         self._decided_s = now if admit_cutoff_s is None else admit_cutoff_s
         self.released_after_decision = 0  # blocks of finished requests freed once it was taken
         rejoined = self._rejoin_paused()
@@ -206,8 +235,10 @@ class Scheduler(WaitingAdmission):
         preempted = False
         for req in list(self.prefilling):
             num_new = chunks.get(req, 0)
-            if num_new <= 0 or budget <= 0:
+            if budget <= 0:
                 break
+            if num_new <= 0:  # nothing to compute until a token it sampled comes back (async_depth > 1)
+                continue
             if req not in self.running:  # preempted while serving an earlier one
                 continue
             num_new = min(num_new, budget)
@@ -238,7 +269,7 @@ class Scheduler(WaitingAdmission):
         if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished) and schedules what has arrived at once.
-            self._release_finished()
+            self._release_finished(everything=True)
             self._decided_s = now
             self._admit_waiting(plan, budget, now)
 
@@ -260,16 +291,34 @@ class Scheduler(WaitingAdmission):
 
     @property
     def releasing_blocks(self) -> int:
-        """Blocks of finished requests that the next decision frees (async scheduling)."""
-        return sum(blocks for _, blocks, _ in self._releasing)
+        """Blocks of finished requests that later decisions free (async scheduling)."""
+        return sum(entry.blocks for entry in self._releasing)
 
-    def _release_finished(self) -> None:
+    def _release_finished(self, everything: bool = False) -> None:
+        """Free what finished `async_depth` decisions ago (everything: all of it)."""
         if not self._releasing:
             return
-        for _, blocks, keys in self._releasing:
-            self.kv.free_request(blocks, keys)
-            self.released_after_decision += blocks
-        self._releasing.clear()
+        kept = []
+        for entry in self._releasing:
+            if everything or entry.release_after <= self._decisions:
+                self._end_ghost(entry)
+                self.kv.free_request(entry.blocks, entry.cache_keys)
+                self.released_after_decision += entry.blocks
+            else:
+                kept.append(entry)
+        self._releasing = kept
+
+    def _end_ghost(self, entry: Finishing) -> None:
+        """Its ghost decodes end (taken out of the cohort if still there): their blocks join its own."""
+        if not entry.ghost:
+            return
+        req = entry.req
+        if req.cohort is self.cohort:
+            self.cohort.remove(req)
+            if self._cohort_blocks_allocated and req.num_computed % self.block_size == 0:
+                req.blocks += 1  # the block it was given for the step being decided
+        entry.blocks = max(entry.blocks, req.blocks)
+        req.num_generated, req.blocks, entry.ghost = req.output_toks, 0, False
 
     def _preempt_finishing(self) -> bool:
         """Async scheduling: when the newest request of vLLM's running list is one whose last
@@ -277,12 +326,13 @@ class Scheduler(WaitingAdmission):
         that step's output comes). Returns whether that happened."""
         if not self._releasing:
             return False
-        newest = max(range(len(self._releasing)), key=lambda i: self._releasing[i][0])
-        seq, blocks, keys = self._releasing[newest]
-        if self.running and next(reversed(self.running)).admitted_seq > seq:
+        newest = max(range(len(self._releasing)), key=lambda i: self._releasing[i].req.admitted_seq)
+        entry = self._releasing[newest]
+        if self.running and next(reversed(self.running)).admitted_seq > entry.req.admitted_seq:
             return False
         del self._releasing[newest]
-        self.kv.free_request(blocks, keys)
+        self._end_ghost(entry)
+        self.kv.free_request(entry.blocks, entry.cache_keys)
         self.num_preemptions += 1
         return True
 
@@ -295,8 +345,11 @@ class Scheduler(WaitingAdmission):
         # vLLM caches a block once its tokens are known and its KV computed. With async scheduling
         # the token a decode step is computing now (this decision's step in flight) is still a
         # placeholder to it, so the block that token completes is not cached yet.
-        in_flight_decode = self.async_scheduling and victim.in_cohort and \
-            victim.cohort_join_step < self.cohort.steps
+        decoding = self.async_scheduling and victim.in_cohort
+        in_flight_decode = min(self.async_depth, self.cohort.steps - victim.cohort_join_step) if decoding else 0
+        # The tokens it sampled in the steps vLLM had decided but not yet seen: those decodes, and the
+        # step that completed its prompt if that is one of them.
+        unseen = min(self.async_depth, self.cohort.steps - victim.cohort_join_step + 1) if decoding else 0
         if victim in self.paused:
             del self.paused[victim]
             self.paused_kv_tokens -= victim.num_computed
@@ -309,6 +362,13 @@ class Scheduler(WaitingAdmission):
         else:
             self.prefilling.remove(victim)
             self.prefilling_kv_tokens -= victim.num_computed
+        if self.async_depth > 1 and unseen:
+            # Those tokens reach vLLM one step apart, after this decision: admitted again before they
+            # have, its first chunk leaves them out (_known_todo), and later ones count them, as vLLM
+            # counts output placeholders (_deliver_late_tokens).
+            first = self._decisions + self.async_depth - unseen
+            self._late_tokens += [(first + j, victim) for j in range(1, unseen + 1)]
+            self._unseen[victim] = self._unseen.get(victim, 0) + unseen
         return self._send_back(victim, victim.num_computed - in_flight_decode)
 
     def _send_back(self, victim: Request, cached_tokens: int) -> Request:
@@ -335,6 +395,8 @@ class Scheduler(WaitingAdmission):
         self.kv.allocate(cohort.new_blocks(1, steps_done - 1))
         out.decode_tokens = cohort.n * steps_done
         finishing = cohort.advance(steps_done)
+        if self.async_depth > 1:
+            finishing = self._end_ghosts(finishing)
         for req in finishing:
             del self.running[req]
 
@@ -368,11 +430,38 @@ class Scheduler(WaitingAdmission):
             finishing.sort(key=lambda r: r.admitted_seq)
         for req in finishing:
             self._finish(req, now, out)
+            if self.async_depth > 1 and req.output_toks > 1:
+                # vLLM decided the next async_depth - 1 steps before seeing this request's last token.
+                self._releasing[-1].ghost = True
+                cohort.add(req, steps_left=self.async_depth - 1)
+        if self._late_tokens:
+            self._deliver_late_tokens()
         return out
+
+    def _deliver_late_tokens(self) -> None:
+        """The unseen tokens that vLLM sees by the next decision."""
+        decision = self._decisions + 1
+        for at, req in self._late_tokens:
+            if at <= decision:
+                self._unseen[req] -= 1
+                if not self._unseen[req]:
+                    del self._unseen[req]
+        self._late_tokens = [(at, req) for at, req in self._late_tokens if at > decision]
+
+    def _end_ghosts(self, leaving: list[Request]) -> list[Request]:
+        """The members that finished, less the ghosts (pdsim/engine/scheduler.py, Finishing) whose extra
+        steps are over, which leave here."""
+        ghosts = [r for r in leaving if r.status == "finished"]
+        if not ghosts:
+            return leaving
+        for entry in self._releasing:
+            if entry.ghost and entry.req in ghosts:
+                self._end_ghost(entry)
+        return [r for r in leaving if r.status != "finished"]
 
     def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
         if self.async_scheduling:
-            self._releasing.append((req.admitted_seq, req.blocks, req.cache_keys))
+            self._releasing.append(Finishing(req, req.blocks, req.cache_keys, self._decisions + self.async_depth))
         else:
             self.kv.free_request(req.blocks, req.cache_keys)
         req.cache_keys = None

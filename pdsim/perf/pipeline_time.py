@@ -150,7 +150,7 @@ class PipelinePredictor:
 
 
 class AsyncPipelinePredictor(PipelinePredictor):
-    """Step times of a pipelined instance under vLLM's async scheduling (pp_size 2, docs/pipeline.md).
+    """Step times of a pipelined instance under vLLM's async scheduling (docs/pipeline.md).
 
     Every micro-batch then holds every decoding request, and the first stage takes the previous
     micro-batch's sampled tokens as input, broadcast from the last stage (vLLM 0.19's

@@ -106,12 +106,6 @@ def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | No
         async_scheduling, why = run.async_scheduling()
         if async_scheduling is not None:
             run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
-            pp = run.engine_kwargs.get("pipeline_parallel_size")
-            if async_scheduling and isinstance(pp, int) and not isinstance(pp, bool) and pp > 2:
-                raise PdsimError(f"{run.source}: the engine ran pipeline_parallel_size {pp} with async scheduling "
-                                 f"({why}), which pdsim models for pipeline_parallel_size 2 only (docs/pipeline.md); "
-                                 "--sync-scheduling replays it as vLLM's --no-async-scheduling engine instead, "
-                                 "which is not the engine that ran")
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
