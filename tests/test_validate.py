@@ -419,6 +419,16 @@ def _rtx_run_with(tmp_path: Path, **engine_kwargs) -> Path:
     return run / "requests.jsonl"
 
 
+def _rtx_layout(tmp_path: Path, tp_size: int = 1, pp_size: int = 1) -> tuple[Path, Path]:
+    """The shared RTX PRO 6000 run as if made at this TP and PP, and its cluster config so laid out."""
+    requests = _rtx_run_with(tmp_path, tensor_parallel_size=tp_size, pipeline_parallel_size=pp_size)
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0].update(tp_size=tp_size, pp_size=pp_size, num_npus=tp_size * pp_size)
+    config = tmp_path / f"tp{tp_size}_pp{pp_size}.json"
+    config.write_text(json.dumps(cfg))
+    return requests, config
+
+
 @needs_shared
 def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
     # meta.json engine_kwargs say what the engine ran; the LLMServingSim cluster config does not carry
@@ -441,11 +451,8 @@ def test_the_replay_takes_the_batch_limits_the_engine_recorded(tmp_path):
 def test_a_pipelined_run_replays_with_the_scheduling_it_recorded(tmp_path):
     # vLLM 0.19 schedules asynchronously by default, pipelined too: a PP 4 run that records no
     # async_scheduling replays so (and says why); --sync-scheduling replays vLLM's synchronous engine.
-    requests = _rtx_run_with(tmp_path, pipeline_parallel_size=4)
-    cfg = json.loads((RTX / "cluster_config.json").read_text())
-    cfg["nodes"][0]["instances"][0].update(pp_size=4, num_npus=4)
-    (tmp_path / "pp4.json").write_text(json.dumps(cfg))
-    args = ["--measured", str(requests), "--cluster-config", str(tmp_path / "pp4.json"),
+    requests, config = _rtx_layout(tmp_path, pp_size=4)
+    args = ["--measured", str(requests), "--cluster-config", str(config),
             "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv")]
     asynchronous = _validate_cli(*args)
     assert asynchronous.exit_code == 0 and "async scheduling on: vLLM 0.19.0's default" in asynchronous.output
@@ -530,11 +537,8 @@ def test_the_runs_token_ids_give_the_engines_prefix_hits(tmp_path):
 def test_a_tp2_replay_says_what_priced_its_all_reduce(tmp_path):
     # LLMServingSim's profile has tp2 tables but no all-reduce; the replay must say which model priced
     # it (here: the measured PCIe behaviour of the same GPU), as the main run's notes do.
-    requests = _rtx_run_with(tmp_path, tensor_parallel_size=2)
-    cfg = json.loads((RTX / "cluster_config.json").read_text())
-    cfg["nodes"][0]["instances"][0].update(tp_size=2, num_npus=2)
-    (tmp_path / "tp2.json").write_text(json.dumps(cfg))
-    res = _validate_cli("--measured", str(requests), "--cluster-config", str(tmp_path / "tp2.json"),
+    requests, config = _rtx_layout(tmp_path, tp_size=2)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config),
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
     assert re.search(r"^note: TP all-reduce priced by PCIe model", res.output, re.M), res.output
