@@ -268,8 +268,10 @@ class Scheduler(WaitingAdmission):
             self._admit_waiting(plan, budget, now)
         if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing):
             # Nothing would run: with no step in flight the engine has processed the last output
-            # (freeing what finished) and schedules what has arrived at once.
+            # (freeing what finished, seeing every token) and schedules what has arrived at once.
             self._release_finished(everything=True)
+            self._late_tokens.clear()
+            self._unseen.clear()
             self._decided_s = now
             self._admit_waiting(plan, budget, now)
 
