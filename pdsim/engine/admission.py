@@ -6,11 +6,15 @@ decides whether a waiting request fits."""
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 from pdsim.engine.cohort import DecodeCohort
 from pdsim.engine.kv_cache import BlockManager, blocks_for
 from pdsim.engine.request import Request
 from pdsim.engine.step_plan import StepPlan
+
+if TYPE_CHECKING:
+    from pdsim.engine.scheduler import Finishing
 
 
 class WaitingAdmission:
@@ -31,8 +35,8 @@ class WaitingAdmission:
     prefilling_kv_tokens: int
     num_waiting_kv_ready: int
     _decided_s: float
-    _releasing: list  # scheduler.Finishing: finished, still holding slots (async)
-    _unseen: dict[Request, int]  # sampled tokens vLLM has not seen yet (scheduler.py, async_depth > 1)
+    _releasing: list[Finishing]  # finished, still holding slots (async)
+    _unseen: dict[Request, list[int]]  # sampled tokens vLLM has not seen yet (scheduler.py, async_depth > 1)
     _admissions: int
 
     @property
@@ -48,7 +52,7 @@ class WaitingAdmission:
     def _known_todo(self, req: Request) -> int:
         """Tokens a waiting request has to compute that vLLM knows of: its waiting loop counts no token
         still on its way back from a step in flight."""
-        return req.tokens_to_compute - self._unseen.get(req, 0) if self._unseen else req.tokens_to_compute
+        return req.tokens_to_compute - len(self._unseen.get(req, ())) if self._unseen else req.tokens_to_compute
 
     def _chunk_cap(self, todo: int) -> int:
         cap = self.long_prefill_token_threshold
@@ -99,7 +103,7 @@ class WaitingAdmission:
     def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
         """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far
         (cached blocks it would reuse count only when they must leave the free queue)."""
-        known = req.input_toks + req.num_generated - self._unseen.get(req, 0)
+        known = req.input_toks + req.num_generated - len(self._unseen.get(req, ()))
         need = blocks_for(known, self.block_size) - req.blocks - hit + evict
         return need <= self.kv.free
 

@@ -248,8 +248,6 @@ class Instance:
             plan = sched.schedule(env.now, cutoff)
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
-            if sched._releasing:
-                plan.max_steps = 1  # held for decisions to come, each of which may free it
             if self.dp_group is not None:
                 # Wakeable while at the barrier: what arrives then is decided on right after.
                 self._idle, self._woken_at_barrier = True, False

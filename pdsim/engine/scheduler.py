@@ -119,10 +119,9 @@ class Scheduler(WaitingAdmission):
         self.async_depth = async_depth
         self._decisions = 0
         self._releasing: list[Finishing] = []
-        # (the decision before which it arrives, request): tokens of a preempted request's steps in flight
-        # when more than one step was decided ahead (async_depth > 1).
-        self._late_tokens: list[tuple[int, Request]] = []
-        self._unseen: dict[Request, int] = {}  # how many of a request's tokens are among them
+        # A preempted request's tokens from the steps vLLM had decided but not yet seen (async_depth > 1):
+        # for each, the decision by which vLLM has seen it.
+        self._unseen: dict[Request, list[int]] = {}
         self._admissions = 0  # running requests' admission numbers (Request.admitted_seq)
         self.released_after_decision = 0
         self.paused_kv_tokens = 0
@@ -169,6 +168,8 @@ class Scheduler(WaitingAdmission):
         self._schedule_waiting(plan, budget, preempted or preempted_chunk, now)
         self._plan_decode_run(plan, preempted or preempted_chunk)
         self._release_finished()
+        if self._releasing:
+            plan.max_steps = 1  # held for decisions to come, each of which may free it (async_depth > 1)
         return plan
 
     def _rejoin_paused(self) -> list[Request]:
@@ -270,7 +271,6 @@ class Scheduler(WaitingAdmission):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished, seeing every token) and schedules what has arrived at once.
             self._release_finished(everything=True)
-            self._late_tokens.clear()
             self._unseen.clear()
             self._decided_s = now
             self._admit_waiting(plan, budget, now)
@@ -347,11 +347,11 @@ class Scheduler(WaitingAdmission):
         # vLLM caches a block once its tokens are known and its KV computed. With async scheduling
         # the token a decode step is computing now (this decision's step in flight) is still a
         # placeholder to it, so the block that token completes is not cached yet.
-        decoding = self.async_scheduling and victim.in_cohort
-        in_flight_decode = min(self.async_depth, self.cohort.steps - victim.cohort_join_step) if decoding else 0
+        decoded = self.cohort.steps - victim.cohort_join_step if self.async_scheduling and victim.in_cohort else None
+        in_flight_decode = min(self.async_depth, decoded) if decoded is not None else 0
         # The tokens it sampled in the steps vLLM had decided but not yet seen: those decodes, and the
         # step that completed its prompt if that is one of them.
-        unseen = min(self.async_depth, self.cohort.steps - victim.cohort_join_step + 1) if decoding else 0
+        unseen = min(self.async_depth, decoded + 1) if decoded is not None else 0
         if victim in self.paused:
             del self.paused[victim]
             self.paused_kv_tokens -= victim.num_computed
@@ -369,8 +369,7 @@ class Scheduler(WaitingAdmission):
             # have, its first chunk leaves them out (_known_todo), and later ones count them, as vLLM
             # counts output placeholders (_deliver_late_tokens).
             first = self._decisions + self.async_depth - unseen
-            self._late_tokens += [(first + j, victim) for j in range(1, unseen + 1)]
-            self._unseen[victim] = self._unseen.get(victim, 0) + unseen
+            self._unseen.setdefault(victim, []).extend(first + j for j in range(1, unseen + 1))
         return self._send_back(victim, victim.num_computed - in_flight_decode)
 
     def _send_back(self, victim: Request, cached_tokens: int) -> Request:
@@ -436,19 +435,19 @@ class Scheduler(WaitingAdmission):
                 # vLLM decided the next async_depth - 1 steps before seeing this request's last token.
                 self._releasing[-1].ghost = True
                 cohort.add(req, steps_left=self.async_depth - 1)
-        if self._late_tokens:
+        if self._unseen:
             self._deliver_late_tokens()
         return out
 
     def _deliver_late_tokens(self) -> None:
         """The unseen tokens that vLLM sees by the next decision."""
         decision = self._decisions + 1
-        for at, req in self._late_tokens:
-            if at <= decision:
-                self._unseen[req] -= 1
-                if not self._unseen[req]:
-                    del self._unseen[req]
-        self._late_tokens = [(at, req) for at, req in self._late_tokens if at > decision]
+        for req in list(self._unseen):
+            later = [at for at in self._unseen[req] if at > decision]
+            if later:
+                self._unseen[req] = later
+            else:
+                del self._unseen[req]
 
     def _end_ghosts(self, leaving: list[Request]) -> list[Request]:
         """The members that finished, less the ghosts (pdsim/engine/scheduler.py, Finishing) whose extra
