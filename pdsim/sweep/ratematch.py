@@ -12,7 +12,7 @@ step-time predictor alone (no simulation), as DistServe's placement reasoning do
 - Pipeline stages whose micro-batches overlap (sync scheduling): a prefill step holds the instance for
   its slowest stage; a decode batch of n is one micro-batch of n / P per stage, and a request's
   tokens come every max(P x slowest stage, whole traversal) of such a micro-batch. Async scheduling
-  at two stages runs one step at a time: the whole traversal (docs/pipeline.md).
+  runs one step at a time: the whole traversal (docs/pipeline.md).
 - A split's capacity is min(P x prefill, D x decode): the slower pool is the bottleneck.
 - Colocated: each instance spends 1/prefill + 1/decode seconds per request, so 1 / (that sum);
   this ignores that chunked prefill rides along with decode steps, so it is pessimistic for
