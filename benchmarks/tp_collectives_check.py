@@ -44,7 +44,7 @@ def link_model(link_bw_gbps: float, link_latency_ns: float) -> AllReduceModel:
 
 
 def simulate(model: AllReduceModel, config: Path) -> dict[str, float]:
-    predictor.interconnect_model = lambda hardware, n: model
+    predictor.interconnect_model = lambda hardware, n, custom_all_reduce=True: model
     run = read_measured(RUN / "vllm_run" / "requests.jsonl")
     # The TP 1 run's engine, as if it had run at TP 2 (the reported run's layout).
     run.engine_meta = {**run.engine_meta, "engine_kwargs": {**run.engine_kwargs, "tensor_parallel_size": 2}}
@@ -74,7 +74,8 @@ def main() -> None:
     inst = cfg["nodes"][0]["instances"][0]
     inst["tp_size"], inst["num_npus"] = 2, 2
     old = AllReduceModel("old spec model (64 GB/s, 2 us per hop)", 0.0, 2.0, 64.0)
-    candidates = [old, link_model(cfg["link_bw"], cfg["link_latency"]), pcie_model(rtx, 2), measured_pcie_model(rtx, 2)]
+    candidates = [old, link_model(cfg["link_bw"], cfg["link_latency"]), pcie_model(rtx, 2), measured_pcie_model(rtx, 2),
+                  measured_pcie_model(rtx, 2, custom_all_reduce=False)]
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "cluster_config_tp2.json"
         config.write_text(json.dumps(cfg))

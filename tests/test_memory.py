@@ -212,3 +212,24 @@ def test_a_gpu_without_a_spec_keeps_back_what_the_driver_does():
 
     total, why = visible_memory_gib("SOME-NEW-GPU", 48.0)
     assert total == pytest.approx(48.0 * ASSUMED_VISIBLE_FRACTION) and "no spec for SOME-NEW-GPU" in why
+
+
+def test_vllms_kv_size_overrides_replace_both_rules():
+    # vLLM 0.19: kv_cache_memory_bytes replaces the memory the utilization leaves (blocks = bytes // block
+    # bytes, per GPU); num_gpu_blocks_override replaces the block count itself and wins over it.
+    for mem_util in (None, 0.833919):  # vLLM's accounting, and an LLMServingSim config
+        inst = instance(None, 24, "RTX4090")
+        inst["npu_mem"]["mem_bw"] = 1008
+        if mem_util is not None:
+            del inst["gpu_memory_utilization"]
+            inst["npu_mem"]["mem_util"] = mem_util
+        info = run(cluster({**inst, "kv_cache_memory_bytes": 3 * 2**30}), [(100, 2, 0.0)]).infos[0]
+        assert info.kv_rule == "override" and info.num_kv_blocks == 3 * 2**30 // BLOCK_BYTES - 1
+        assert "kv_cache_memory_bytes" in info.memory_note and "instead of" in info.memory_note
+        both = {**inst, "kv_cache_memory_bytes": 3 * 2**30, "num_gpu_blocks_override": 777}
+        assert _blocks(cluster(both)) == 776
+    # More than the GPU holds (23.65 GiB visible, 14.96 GiB of weights): vLLM would run out of memory.
+    with pytest.raises(ConfigError, match=r"kv_cache_memory_bytes .* more than the 23.65 GiB"):
+        _blocks(cluster({**instance(None, 24, "RTX4090"), "kv_cache_memory_bytes": 10 * 2**30}))
+    with pytest.raises(ConfigError, match="num_gpu_blocks_override"):
+        cluster_config_from_dict(cluster({**instance(None), "num_gpu_blocks_override": 1}))

@@ -492,6 +492,29 @@ def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
 
 
 @needs_shared
+def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_path):
+    # vLLM's num_gpu_blocks_override (here in its command-line form, "3k" = 3,000) fixes the block count;
+    # disable_custom_all_reduce leaves the TP all-reduces to NCCL.
+    requests, config = _rtx_layout(tmp_path, tp_size=2)
+    meta = requests.with_name("meta.json")
+    recorded = json.loads(meta.read_text())
+    recorded["engine_kwargs"].update(num_gpu_blocks_override="3k", disable_custom_all_reduce=True)
+    meta.write_text(json.dumps(recorded))
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config),
+                        "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "num_gpu_blocks_override 3000 from meta.json engine_kwargs" in res.output
+    assert ("predicted 48,000 (vLLM's kv_cache_memory_bytes or num_gpu_blocks_override)" in res.output)
+    assert "disable_custom_all_reduce True from meta.json engine_kwargs" in res.output
+    assert re.search(r"note: TP all-reduce priced by .*NCCL only", res.output)
+    recorded["engine_kwargs"]["num_gpu_blocks_override"] = "lots"
+    meta.write_text(json.dumps(recorded))
+    with pytest.raises(PdsimError, match="engine_kwargs.num_gpu_blocks_override: expected a whole number"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(config),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+@needs_shared
 def test_a_config_of_another_tp_degree_than_the_run_is_refused(tmp_path):
     requests = _rtx_run_with(tmp_path, tensor_parallel_size=2)
     with pytest.raises(PdsimError, match="instance n0.i0 has tp_size 1, but the measured engine ran "

@@ -136,6 +136,14 @@ class InstanceConfig(_Strict):
     # vLLM's --gpu-memory-utilization: the fraction of the GPU's CUDA-visible memory the engine may
     # use (weights, activations and KV cache); null: vLLM's default 0.9. Not with npu_mem.mem_util.
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    # vLLM's two ways to fix the KV cache's size instead (docs/memory.md): --kv-cache-memory-bytes, bytes
+    # per GPU (vLLM then ignores the utilization), and num_gpu_blocks_override, the engine's block count
+    # whatever the memory ("used for testing preemption"). Either replaces both rules above.
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1, le=int(MAX_MEM_GB * GB))
+    num_gpu_blocks_override: int | None = Field(default=None, ge=2, le=MAX_TOKENS)
+    # vLLM's --disable-custom-all-reduce: TP all-reduces run on NCCL only (what vLLM also does when its
+    # peer-to-peer check fails); its custom kernel is otherwise used for small messages (collectives.py).
+    disable_custom_all_reduce: bool = False
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a

@@ -69,6 +69,7 @@ def build_instance(
                                   else ic.step_overhead_per_seq_us),
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
         moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
+        custom_all_reduce=not ic.disable_custom_all_reduce,
     )
     predictor = step_times(profile, model, ic.tp_size, hardware, **knobs)
     if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py

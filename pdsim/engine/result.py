@@ -61,7 +61,7 @@ class InstanceInfo:
     activation_gb: float
     profile_path: str
     estimated_profile: bool
-    # KV sizing: rule ("vllm", "llmservingsim", "measured"), capacity in tokens as vLLM reports it
+    # KV sizing: rule ("vllm", "llmservingsim", "override", "measured"), capacity in tokens as vLLM reports it
     # (num_gpu_blocks x block_size, the null block included) and how it was obtained.
     kv_rule: str = "vllm"
     kv_tokens: int = 0

@@ -19,6 +19,10 @@ applies (docs/validation.md, "TP collectives"):
 A cluster config's link_bw / link_latency never price TP collectives: they are the network that
 carries KV between instances (LLMServingSim prices TP collectives over them too; the TP 2 RTX
 PRO 6000 check in docs/validation.md is why pdsim does not).
+
+vLLM's `--disable-custom-all-reduce` (InstanceConfig.disable_custom_all_reduce; also what vLLM falls
+back to when its peer-to-peer check fails) leaves every all-reduce to NCCL: rules 2-5 then price
+NCCL alone, from its own measurements where there are some.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ class AllReduceModel:
 # 2 / 4 / 8 GPUs, worst 17% / 30% / 31% (tests/test_collectives.py re-derives it from the data).
 # The data's small-message floor is 4.2-4.7 us; its busbw at 256-512 MB is 320-470 GB/s.
 NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 282.0), 8: (6.10, 340.0)}
+# NCCL 2.27.3 all_reduce (half) alone, same data and fit (mean |error| 12% / 8% / 11%, worst 41% / 21% /
+# 25%): what runs with vLLM's custom all-reduce disabled. Its small-message floor is 6.6-18.6 us.
+NVLINK4_NCCL_BY_GPUS: dict[int, tuple[float, float]] = {2: (7.43, 241.0), 4: (11.1, 292.0), 8: (18.2, 340.0)}
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
 NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
 
@@ -111,15 +118,17 @@ PCIE_BUS_EFFICIENCY = 0.75
 PCIE_CALL_US = 10.0
 PCIE_HOP_US = 1.0
 PCIE_SOURCE = "PCIe model (estimated: 3/4 of the PCIe line rate, 10 us per call)"
+NCCL_ONLY = "; NCCL only (vLLM's custom all-reduce disabled)"
 
 
-def nvlink_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
+def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
     """H100's measured NVLink behaviour; another NVLink generation's bandwidth scaled by its line rate."""
-    gpus = min(NVLINK4_BY_GPUS, key=lambda g: (abs(g - n), g))
-    call_us, bus_bw = NVLINK4_BY_GPUS[gpus]
+    table = NVLINK4_BY_GPUS if custom_all_reduce else NVLINK4_NCCL_BY_GPUS
+    gpus = min(table, key=lambda g: (abs(g - n), g))
+    call_us, bus_bw = table[gpus]
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
     source = NVLINK_SOURCE if scale == 1.0 else f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
-    return AllReduceModel(source, call_us, 0.0, bus_bw * scale)
+    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
 
 
 # A GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16 (the link of most PCIe cards
@@ -127,25 +136,26 @@ def nvlink_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
 UNKNOWN_GPU_PCIE_GBPS = 32.0
 
 
-def unknown_gpu_model(hardware_name: str, n: int) -> AllReduceModel:
+def unknown_gpu_model(hardware_name: str, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
     source = (f"PCIe model (estimated) at PCIe 4.0 x16, assumed: pdsim has no spec for {hardware_name!r} "
               "(add one in pdsim/hardware.py, or measure allreduce.csv)")
-    return _estimated_pcie(source, UNKNOWN_GPU_PCIE_GBPS, n)
+    return _estimated_pcie(source, UNKNOWN_GPU_PCIE_GBPS, n, custom_all_reduce)
 
 
-def pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
-    return _estimated_pcie(PCIE_SOURCE, hardware.intra_node_bw_gbps, n)
+def pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
+    return _estimated_pcie(PCIE_SOURCE, hardware.intra_node_bw_gbps, n, custom_all_reduce)
 
 
-def _estimated_pcie(source: str, line_gbps: float, n: int) -> AllReduceModel:
-    hop_us = PCIE_HOP_US if n > 2 else 0.0  # two GPUs: vLLM's one-shot custom all-reduce, one call
-    return AllReduceModel(source, PCIE_CALL_US, hop_us, PCIE_BUS_EFFICIENCY * line_gbps)
+def _estimated_pcie(source: str, line_gbps: float, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
+    one_shot = custom_all_reduce and n == 2  # two GPUs: vLLM's one-shot custom all-reduce, one call
+    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), PCIE_CALL_US,
+                          0.0 if one_shot else PCIE_HOP_US, PCIE_BUS_EFFICIENCY * line_gbps)
 
 
-def measured_pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel | None:
+def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
     """The measured server's model for n GPUs (the nearest measured count), as vLLM picks the
-    algorithm: custom all-reduce on two GPUs below 8 MiB, NCCL otherwise. None when the GPU's
-    server was not measured, or a config gave it another link than its spec's (another machine)."""
+    algorithm: custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise. None when
+    the GPU's server was not measured, or a config gave it another link than its spec's (another machine)."""
     measured = PCIE_WITHOUT_P2P_LIKE.get(hardware.name, hardware.name)
     if measured not in PCIE_MEASURED:
         return None
@@ -157,6 +167,8 @@ def measured_pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel | None
         custom = {}
         source = (f"{hardware.name} without peer-to-peer: NCCL as measured on the {what.split(':')[0]} "
                   "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound")
+    if not custom_all_reduce and custom:
+        custom, source = {}, source + NCCL_ONLY
     gpus = min(nccl, key=lambda g: (abs(g - n), g))
     nccl_model = AllReduceModel(source, *nccl[gpus][:1], 0.0, nccl[gpus][1])
     if n != 2 or 2 not in custom:
@@ -165,8 +177,9 @@ def measured_pcie_model(hardware: HardwareSpec, n: int) -> AllReduceModel | None
     return AllReduceModel(source, call_us, 0.0, bus_bw, large=nccl_model, large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
 
 
-def interconnect_model(hardware: HardwareSpec, n: int) -> AllReduceModel:
-    """The model for a TP group of n GPUs without a measured table (rules 2-4 above)."""
+def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
+    """The model for a TP group of n GPUs without a measured table (rules 2-4 above); custom_all_reduce
+    False: vLLM's --disable-custom-all-reduce."""
     if hardware.intra_node_link == "nvlink":
-        return nvlink_model(hardware, n)
-    return measured_pcie_model(hardware, n) or pcie_model(hardware, n)
+        return nvlink_model(hardware, n, custom_all_reduce)
+    return measured_pcie_model(hardware, n, custom_all_reduce) or pcie_model(hardware, n, custom_all_reduce)

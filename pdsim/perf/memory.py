@@ -141,7 +141,8 @@ def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, se
 
 @dataclass(frozen=True)
 class KVBudget:
-    rule: str  # "vllm", "llmservingsim" or "measured"
+    # "vllm", "llmservingsim", "override" (vLLM's kv_cache_memory_bytes / num_gpu_blocks_override), "measured"
+    rule: str
     num_gpu_blocks: int  # as vLLM counts them (the null block included)
     block_bytes: int
     block_size: int
@@ -188,6 +189,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     non_torch = non_torch_bytes(ic.tp_size) if ic.non_torch_memory_gb is None else int(ic.non_torch_memory_gb * GIB)
     other = non_torch + int(ic.cudagraph_memory_gb * GIB)
     vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
+    engine_parts = activation_bytes, other  # what a vLLM engine holds besides weights and KV
     vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f} - activation peak "
                  f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB")
     if ic.npu_mem.mem_util is not None:
@@ -212,6 +214,17 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
             note += (f"; LLMServingSim would give {lss_blocks * block_bytes / GIB:.2f} GiB ({lss_blocks:,} blocks: "
                      f"mem_size {ic.npu_mem.mem_size:g} GiB x its default mem_util {LLMSERVINGSIM_DEFAULT_MEM_UTIL:g}"
                      f" - weights); set npu_mem.mem_util to size it that way")
+    override = vllm_override_blocks(ic, block_bytes)
+    if override is not None:  # vLLM's own override of both rules
+        blocks, how = override
+        rule, detail, note = "override", how, f"{how}, instead of {note}"
+        activation_bytes, other = engine_parts
+        total_gib, source = visible_memory_gib(ic.hardware, ic.npu_mem.mem_size)
+        needed = weight_bytes + activation_bytes + other + blocks * block_bytes
+        if needed > total_gib * GIB:  # vLLM would run out of memory allocating it
+            raise ConfigError(f"{where}: {how}: with weights {weight_bytes / GIB:.2f}, activation peak "
+                              f"{activation_bytes / GIB:.2f} and non-torch {other / GIB:.2f} GiB that is "
+                              f"{needed / GIB:.2f} GiB per GPU, more than the {total_gib:.2f} GiB there ({source})")
     parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
                  activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
     if measured_gpu_blocks is not None:
@@ -225,6 +238,19 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         _check_room(blocks - window[0], where, detail + window[2])
     _check_room(blocks, where, detail)
     return KVBudget(rule, blocks, note=note, **parts)
+
+
+def vllm_override_blocks(ic: InstanceConfig, block_bytes: int) -> tuple[int, str] | None:
+    """(blocks, how) where the config fixes the KV size as vLLM lets one (gpu_worker.py and
+    kv_cache_utils.py, vLLM 0.19): kv_cache_memory_bytes replaces the memory left by the utilization,
+    and num_gpu_blocks_override, applied after it, replaces the block count."""
+    if ic.num_gpu_blocks_override is not None:
+        return ic.num_gpu_blocks_override, f"num_gpu_blocks_override {ic.num_gpu_blocks_override:,} (vLLM's)"
+    if ic.kv_cache_memory_bytes is not None:
+        blocks = ic.kv_cache_memory_bytes // block_bytes
+        return blocks, (f"kv_cache_memory_bytes {ic.kv_cache_memory_bytes:,} ({ic.kv_cache_memory_bytes / GIB:.2f} "
+                        f"GiB per GPU, vLLM's --kv-cache-memory-bytes) = {blocks:,} blocks")
+    return None
 
 
 def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, int, str] | None:

@@ -78,6 +78,7 @@ class StepTimePredictor:
         moe_placement: ExpertPlacement | None = None,
         moe_external: bool = False,
         quantization: str | None = None,  # the weights' (InstanceConfig.quantization): prices estimated experts
+        custom_all_reduce: bool = True,  # False: vLLM's --disable-custom-all-reduce (NCCL only)
     ):
         self.profile = profile
         self.model = model
@@ -117,13 +118,14 @@ class StepTimePredictor:
         gemm_precision = profile.meta.device.get("gemm_precision", "") if isinstance(profile.meta.device, dict) else ""
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
             self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
-        self._init_allreduce(profile, hardware, tp)
+        self._init_allreduce(profile, hardware, tp, custom_all_reduce)
 
         if self.moe_layer is not None:
             self.notes.extend(self.moe_layer.notes)
         self._init_caches()
 
-    def _init_allreduce(self, profile: Profile, hardware: HardwareSpec | None, tp: int) -> None:
+    def _init_allreduce(self, profile: Profile, hardware: HardwareSpec | None, tp: int,
+                        custom_all_reduce: bool) -> None:
         # TP all-reduce: the profile's table, else a model (collectives.py says which and why).
         self._allreduce_table = profile.allreduce
         self._allreduce_model: AllReduceModel | None = None
@@ -131,8 +133,8 @@ class StepTimePredictor:
         if tp > 1 and self._allreduce_table is not None:
             self.allreduce_source = f"measured table (allreduce.csv, {profile.meta.tool})"
         elif tp > 1:
-            self._allreduce_model = (interconnect_model(hardware, tp) if hardware is not None
-                                     else unknown_gpu_model(profile.meta.hardware, tp))
+            self._allreduce_model = (interconnect_model(hardware, tp, custom_all_reduce) if hardware is not None
+                                     else unknown_gpu_model(profile.meta.hardware, tp, custom_all_reduce))
             self.allreduce_source = self._allreduce_model.source
         if self.allreduce_source is not None:
             self.notes.append(f"TP all-reduce priced by {self.allreduce_source}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,10 +172,26 @@ def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
     run.notes.append(f"{what}: dense DP ranks run independently, so the replay goes on with the config's instances")
 
 
-# Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches: the replay
-# takes what the engine ran, whatever the cluster config (LLMServingSim gets them from command-line flags).
+# Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches, its KV
+# cache's size and its TP collectives: the replay takes what the engine ran, whatever the cluster config
+# (LLMServingSim gets them from command-line flags).
 _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
-                    "enable_chunked_prefill": bool, "enable_prefix_caching": bool}
+                    "enable_chunked_prefill": bool, "enable_prefix_caching": bool,
+                    "kv_cache_memory_bytes": int, "num_gpu_blocks_override": int, "disable_custom_all_reduce": bool}
+
+
+def _human_readable_int(text: str) -> int | str:
+    """vLLM's command-line integers ('2048', '25.6k' = 25,600, '4G' = 4 x 2^30: engine/arg_utils.py,
+    human_readable_int); the text unchanged when it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)", text.strip())
+    if m is None:
+        return text
+    number, suffix = m.groups()
+    if not suffix:
+        return int(number) if number.isdigit() else text
+    if suffix.islower():
+        return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
+    return int(number) * 1024 ** ("KMGT".index(suffix) + 1) if number.isdigit() else text
 
 
 def _engine_limits(instances: list[dict], run) -> dict[str, object]:
@@ -186,6 +203,8 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         value = kwargs.get(key)
         if value is None:  # the engine's own default, not recorded
             continue
+        if kind is int and isinstance(value, str):
+            value = _human_readable_int(value)
         if type(value) is not kind or (kind is int and value < 1):
             raise PdsimError(f"{meta}: engine_kwargs.{key}: expected "
                              f"{'a whole number >= 1' if kind is int else 'true or false'}, got {value!r}")
@@ -404,7 +423,9 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         if note != ESTIMATED_NOTE:  # said after the table, where the figures it qualifies are
             click.echo(f"note: {note}")
     info = result.infos[0]
-    rule = "llmservingsim" if cfg.instances()[0].config.npu_mem.mem_util is not None else "vllm"
+    first = cfg.instances()[0].config
+    rule = ("override" if first.kv_cache_memory_bytes or first.num_gpu_blocks_override
+            else "llmservingsim" if first.npu_mem.mem_util is not None else "vllm")
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity))
     click.echo(format_table(table))
     if estimated:

@@ -69,7 +69,8 @@ def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_siz
     return kv_from_meta(meta, meta_source, block_size)
 
 
-RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, npu_mem.mem_util given"}
+RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, npu_mem.mem_util given",
+         "override": "vLLM's kv_cache_memory_bytes or num_gpu_blocks_override"}
 
 
 def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None, used: str) -> str:
