@@ -211,6 +211,7 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
         raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
@@ -224,6 +225,33 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
             out["gpu_memory_utilization"] = float(util)
             run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
     return out
+
+
+def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, object]:
+    """vLLM's cap on one request's prefill chunk per step: long_prefill_token_threshold as recorded, or, when
+    max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (vLLM 0.19 config/scheduler.py; the v1
+    scheduler uses max_num_partial_prefills for nothing else)."""
+    kwargs = run.engine_kwargs
+    values = {}
+    for key, least in (("long_prefill_token_threshold", 0), ("max_num_partial_prefills", 1), ("max_model_len", 1)):
+        value = kwargs.get(key)
+        if isinstance(value, str):
+            value = _human_readable_int(value)
+        if value is not None and (type(value) is not int or value < least):
+            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number >= {least}, got {value!r}")
+        values[key] = value
+    threshold, partial = values["long_prefill_token_threshold"], values["max_num_partial_prefills"]
+    if not threshold and partial is not None and partial > 1:
+        model = _stated_model(instances)
+        max_model_len = values["max_model_len"] or (model.max_position_embeddings if model else None)
+        if max_model_len is None:
+            return {}
+        threshold = int(max_model_len * 0.04)
+        run.notes.append(f"long_prefill_token_threshold {threshold} (vLLM sets 4% of max_model_len {max_model_len} "
+                         f"when max_num_partial_prefills is {partial}, meta.json engine_kwargs)")
+    elif threshold is not None:
+        run.notes.append(f"long_prefill_token_threshold {threshold} from meta.json engine_kwargs")
+    return {} if threshold is None else {"long_prefill_token_threshold": threshold}
 
 
 def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
