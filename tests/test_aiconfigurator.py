@@ -168,3 +168,24 @@ def test_fused_moe_tables_become_the_profiles_expert_kernels(tmp_path):
     prof.moe_layouts._rows.pop((1, 2))  # as if the database had not measured it
     ep = StepTimePredictor(prof, model, 2, hw, moe_placement=ExpertPlacement(2, ep_size=2))
     assert ep.estimated and any("has no moe_tp 1 x moe_ep 2" in n for n in ep.notes)
+
+
+@needs_shared
+def test_the_imported_all_reduce_is_vllms_choice_and_is_set_aside_without_the_custom_kernel(profiles):
+    import dataclasses
+
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.predictor import StepTimePredictor
+
+    prof, model, h100 = read_profile(profiles[8]), load_model("Qwen/Qwen3-32B"), get_hardware("H100-SXM")
+    default = StepTimePredictor(prof, model, 8, h100)
+    assert default.allreduce_source.startswith("measured table") and "not measured" not in default.allreduce_source
+    nccl = StepTimePredictor(prof, model, 8, h100, custom_all_reduce=False)
+    assert "NCCL only" in nccl.allreduce_source and "set aside" in nccl.allreduce_source
+    # One decode token of Qwen3-32B (10 KiB) at TP 8: the custom kernel's ~5 us against NCCL's ~18 us.
+    assert default._allreduce_us(10240) < 8.0 < 15.0 < nccl._allreduce_us(10240)
+    # A table of NCCL alone (pdsim's own profiler) is used as measured, and says what it leaves out.
+    prof.meta = dataclasses.replace(prof.meta, tool="pdsim profile")
+    own = StepTimePredictor(prof, model, 8, h100)
+    assert "custom all-reduce for small messages" in own.allreduce_source
+    assert StepTimePredictor(prof, model, 8, h100, custom_all_reduce=False).allreduce_source.endswith("profile)")

@@ -177,6 +177,16 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
     return AllReduceModel(source, call_us, 0.0, bus_bw, large=nccl_model, large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
 
 
+def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:
+    """Whether vLLM 0.19 runs its custom all-reduce for small messages on n of these GPUs (when not
+    disabled): world sizes 2, 4, 6, 8; fully connected (NVLink), or two PCIe GPUs with peer-to-peer access."""
+    if hardware is None or n not in (2, 4, 6, 8):
+        return False
+    if hardware.intra_node_link == "nvlink":
+        return True
+    return n == 2 and hardware.name not in PCIE_WITHOUT_P2P_LIKE
+
+
 def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
     """The model for a TP group of n GPUs without a measured table (rules 2-4 above); custom_all_reduce
     False: vLLM's --disable-custom-all-reduce."""

@@ -55,7 +55,7 @@ import numpy as np
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
-from pdsim.perf.collectives import AllReduceModel, interconnect_model, unknown_gpu_model
+from pdsim.perf.collectives import AllReduceModel, custom_all_reduce_runs, interconnect_model, unknown_gpu_model
 from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
@@ -130,12 +130,22 @@ class StepTimePredictor:
         self._allreduce_table = profile.allreduce
         self._allreduce_model: AllReduceModel | None = None
         self.allreduce_source: str | None = None
+        vllms_choice = profile.meta.allreduce_by_vllms_choice
+        if tp > 1 and self._allreduce_table is not None and not custom_all_reduce and vllms_choice:
+            # The table holds vLLM's custom kernel for small messages, which the instance turns off.
+            self._allreduce_table = None
         if tp > 1 and self._allreduce_table is not None:
             self.allreduce_source = f"measured table (allreduce.csv, {profile.meta.tool})"
+            if custom_all_reduce and not vllms_choice and custom_all_reduce_runs(hardware, tp):
+                self.allreduce_source += (", NCCL; vLLM runs its custom all-reduce for small messages unless "
+                                          "disable_custom_all_reduce, which was not measured")
         elif tp > 1:
             self._allreduce_model = (interconnect_model(hardware, tp, custom_all_reduce) if hardware is not None
                                      else unknown_gpu_model(profile.meta.hardware, tp, custom_all_reduce))
             self.allreduce_source = self._allreduce_model.source
+            if profile.allreduce is not None:
+                self.allreduce_source += ("; the profile's allreduce.csv (vLLM's choice, custom kernel included) "
+                                          "set aside")
         if self.allreduce_source is not None:
             self.notes.append(f"TP all-reduce priced by {self.allreduce_source}")
 

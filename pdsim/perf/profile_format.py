@@ -64,6 +64,12 @@ class ProfileMeta:
     # custom CUDA ops, not the Inductor-compiled ones a default engine runs; None where not recorded.
     engine_enforce_eager: bool | None = None
 
+    @property
+    def allreduce_by_vllms_choice(self) -> bool:
+        """Whether allreduce.csv holds what vLLM runs (its custom kernel for small messages, NCCL
+        above: the aiconfigurator import) rather than NCCL alone (pdsim's profiler, torch.distributed)."""
+        return self.tool == "pdsim profile import-aiconfigurator"
+
 
 @dataclass
 class Profile:
