@@ -233,3 +233,13 @@ def test_vllms_kv_size_overrides_replace_both_rules():
         _blocks(cluster({**instance(None, 24, "RTX4090"), "kv_cache_memory_bytes": 10 * 2**30}))
     with pytest.raises(ConfigError, match="num_gpu_blocks_override"):
         cluster_config_from_dict(cluster({**instance(None), "num_gpu_blocks_override": 1}))
+
+
+def test_data_center_gddr_boards_lose_a_sixteenth_to_ecc():
+    # ECC is on by default on an L40S and uses 1/16 of its GDDR6; an RTX 6000 Ada (ECC off) and an H200 (HBM) do not.
+    l40s, how = memory.visible_memory_gib("L40S", 48)
+    assert l40s == pytest.approx(48 * 15 / 16 * memory.ASSUMED_VISIBLE_FRACTION) and "ECC" in how
+    assert memory.visible_memory_gib("RTX6000Ada", 48)[0] == pytest.approx(48 * memory.ASSUMED_VISIBLE_FRACTION)
+    assert "ECC" not in memory.visible_memory_gib("H200", 141)[1]
+    # A config slice below that is still taken as given.
+    assert memory.visible_memory_gib("L40S", 40) == (40, "mem_size, below the 44.54 GiB CUDA shows")

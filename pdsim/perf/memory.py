@@ -47,9 +47,17 @@ GPU_VISIBLE_MEMORY: dict[str, VisibleMemory] = {
                                "('GPU 0 has a total capacity of 79.15 GiB'), quoted from public reports"),
     "RTX4090": VisibleMemory(23.65, "published torch figure", "PyTorch out-of-memory messages on RTX 4090 "
                              "('GPU 0 has a total capacity of 23.65 GiB'), quoted from public reports"),
+    "A100-40GB": VisibleMemory(39.39, "published torch figure", "PyTorch out-of-memory messages on A100-SXM4-40GB "
+                               "('39.39 GiB total capacity'), quoted from public reports"),
 }
 # Hardware without a figure above: assume the H100's ratio of CUDA-visible to datasheet memory.
 ASSUMED_VISIBLE_FRACTION = 79.19 / 80.0
+# Data-center boards with GDDR6 ship with ECC on, and GDDR6 has no check bits of its own: the memory
+# controller keeps 1/16 of the memory for them (nvidia-smi shows 46,068 of 49,152 MiB on an L40S, L40 or
+# A40 and 23,028-23,034 of 24,576 MiB on an A10 or L4; public figures, recalled, not measured here). HBM
+# carries its check bits beside the data, and workstation and GeForce boards ship with ECC off.
+ECC_ON_GDDR = frozenset({"L4", "L40", "L40S", "A10", "A40"})
+INLINE_ECC_FRACTION = 15 / 16
 
 # vLLM's "non-torch forward increase" per GPU (custom all-reduce and NCCL buffers, cuBLAS workspace),
 # vLLM 0.19 on H100: 0.24-0.27 GiB at TP 1 (9 start-up logs), 2.06-2.21 GiB at TP 2 and 4 (6 logs).
@@ -75,6 +83,10 @@ def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
     spec = get_hardware(hardware)
     if known is not None:
         total, kind = known.total_gib, known.kind
+    elif spec is not None and spec.name in ECC_ON_GDDR:
+        total = spec.mem_size_gb * INLINE_ECC_FRACTION * ASSUMED_VISIBLE_FRACTION
+        kind = (f"assumed: 15/16 of {spec.mem_size_gb:g} GB left by its ECC, on by default, x "
+                f"{ASSUMED_VISIBLE_FRACTION:.1%} as on H100")
     elif spec is not None:
         total = spec.mem_size_gb * ASSUMED_VISIBLE_FRACTION
         kind = f"assumed {ASSUMED_VISIBLE_FRACTION:.1%} of {spec.mem_size_gb:g} GB as on H100"
