@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from pdsim.hardware import get_hardware  # noqa: E402
 from pdsim.perf import predictor  # noqa: E402
 from pdsim.perf.collectives import AllReduceModel, measured_pcie_model, pcie_model  # noqa: E402
-from pdsim.validate.cli import _replay_config, _sim_options  # noqa: E402
+from pdsim.validate.cli import _sim_options  # noqa: E402
 from pdsim.validate.compare import compare, replay  # noqa: E402
 from pdsim.validate.measured import read_measured  # noqa: E402
+from pdsim.validate.recorded import replay_config  # noqa: E402
 
 RUN = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "llmservingsim-rtxpro6000-llama31-8b"
 # The reported errors of the old model, simulated / real - 1.
@@ -48,7 +49,7 @@ def simulate(model: AllReduceModel, config: Path) -> dict[str, float]:
     run = read_measured(RUN / "vllm_run" / "requests.jsonl")
     # The TP 1 run's engine, as if it had run at TP 2 (the reported run's layout).
     run.engine_meta = {**run.engine_meta, "engine_kwargs": {**run.engine_kwargs, "tensor_parallel_size": 2}}
-    cfg = _replay_config(config, run, None)
+    cfg = replay_config(config, run, None)
     table = compare(run, replay(cfg, run, _sim_options(RUN / "profile", 0.0, run), str(config)))
     return table[table.stat == "mean"].set_index("metric").simulated.to_dict()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
 from pdsim.validate.kv_capacity import capacity_line
+from pdsim.validate.recorded import kv_override, replay_config
 
 if TYPE_CHECKING:
     from pdsim.engine.cluster import SimOptions
@@ -92,246 +92,6 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
         return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup)
 
     return simulate
-
-
-def _replay_config(cluster_config: Path | None, run, async_scheduling: bool | None):
-    """The measured engine's cluster config, scheduling as the run did: the option, else what the
-    run's meta.json says (noted in the run's notes), else the config's."""
-    from pdsim.config import load_cluster_config
-    from pdsim.config.load import raw_instances
-    from pdsim.errors import ConfigError, read_json_object
-
-    if cluster_config is None:
-        raise PdsimError("--cluster-config: needed to replay a per-request run")
-    if async_scheduling is None:
-        async_scheduling, why = run.async_scheduling()
-        if async_scheduling is not None:
-            run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
-    reserve, why = run.reserve_full_isl()
-    if reserve is not None:
-        run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
-    # What the config itself states, for the notes on what the run's meta.json overrides.
-    stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
-    _check_dp_size(stated, run, cluster_config)
-    cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
-                                               "scheduler_reserve_full_isl": reserve,
-                                               **_engine_limits(stated, run),
-                                               **_recorded_precision(stated, run),
-                                               **_recorded_expert_layout(stated, run)})
-    _check_parallelism(run, cfg, cluster_config)
-    return cfg
-
-
-def _check_parallelism(run, cfg, cluster_config: Path) -> None:
-    """The config must lay the engine out as the run did: its TP and PP degrees are the config's
-    structure, not something a replay can override."""
-    kwargs = run.engine_kwargs
-    for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
-        recorded = kwargs.get(key)
-        if not isinstance(recorded, int) or isinstance(recorded, bool):
-            continue
-        for ref in cfg.instances():
-            if getattr(ref.config, field) != recorded:
-                raise PdsimError(f"{cluster_config}: instance {ref.instance_id} has {field} "
-                                 f"{getattr(ref.config, field)}, but the measured engine ran {key} {recorded} "
-                                 f"({run.source}'s meta.json engine_kwargs): give the measured engine's config")
-
-
-def _stated_model(instances: list[dict]):
-    """The model the config's instances name (the first's), or None where pdsim does not know it (the
-    config's own check words that)."""
-    from pdsim.models import load_model
-
-    try:
-        return load_model(str(instances[0].get("model_name"))) if instances else None
-    except PdsimError:
-        return None
-
-
-def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
-    """A MoE config's DP groups must be the run's data_parallel_size (checked before the recorded expert
-    layout is applied to them); a dense one's mismatch is noted."""
-    recorded = run.engine_kwargs.get("data_parallel_size")
-    if not isinstance(recorded, int) or isinstance(recorded, bool):
-        return
-    groups: dict[object, int] = {}
-    for i, inst in enumerate(instances):
-        key = inst.get("dp_group") or ("", i)  # an instance outside a group is a group of one
-        groups[key] = groups.get(key, 0) + 1
-    sizes = sorted(set(groups.values()))
-    if sizes == [recorded]:
-        return
-    what = (f"{cluster_config}: its data-parallel groups have {', '.join(map(str, sizes))} instance(s), but the "
-            f"measured engine ran data_parallel_size {recorded} ({run.source}'s meta.json engine_kwargs)")
-    model = _stated_model(instances)
-    # The ranks of a MoE group step together and share the experts: the group is structure.
-    if model is not None and model.is_moe:
-        raise PdsimError(f"{what}: give the measured engine's config (the instances of one DP group share a "
-                         "dp_group)")
-    # Dense DP ranks are independent engines; the group only changes how requests are spread.
-    run.notes.append(f"{what}: dense DP ranks run independently, so the replay goes on with the config's instances")
-
-
-# Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches, its KV
-# cache's size and its TP collectives: the replay takes what the engine ran, whatever the cluster config
-# (LLMServingSim gets them from command-line flags).
-_RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
-                    "enable_chunked_prefill": bool, "enable_prefix_caching": bool,
-                    "kv_cache_memory_bytes": int, "num_gpu_blocks_override": int, "disable_custom_all_reduce": bool}
-
-
-def _human_readable_int(text: str) -> int | str:
-    """vLLM's command-line integers ('2048', '25.6k' = 25,600, '4G' = 4 x 2^30: engine/arg_utils.py,
-    human_readable_int); the text unchanged when it is not one."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)", text.strip())
-    if m is None:
-        return text
-    number, suffix = m.groups()
-    if not suffix:
-        return int(number) if number.isdigit() else text
-    if suffix.islower():
-        return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
-    return int(number) * 1024 ** ("KMGT".index(suffix) + 1) if number.isdigit() else text
-
-
-def _engine_limits(instances: list[dict], run) -> dict[str, object]:
-    kwargs = run.engine_kwargs
-    stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
-    out: dict[str, object] = {}
-    meta = Path(run.source).with_name("meta.json")
-    for key, kind in _RECORDED_LIMITS.items():
-        value = kwargs.get(key)
-        if value is None:  # the engine's own default, not recorded
-            continue
-        if kind is int and isinstance(value, str):
-            value = _human_readable_int(value)
-        if type(value) is not kind or (kind is int and value < 1):
-            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected "
-                             f"{'a whole number >= 1' if kind is int else 'true or false'}, got {value!r}")
-        out[key] = value
-        was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
-        run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
-    out.update(_recorded_chunk_cap(instances, run, meta))
-    util = kwargs.get("gpu_memory_utilization")
-    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
-        raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
-    if util is not None:
-        mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
-        if mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
-            run.notes.append(f"meta.json engine_kwargs record gpu_memory_utilization {util:g}; the config's "
-                             f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
-                             "(LLMServingSim's rule)")
-        else:
-            out["gpu_memory_utilization"] = float(util)
-            run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
-    return out
-
-
-def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, object]:
-    """vLLM's cap on one request's prefill chunk per step: long_prefill_token_threshold as recorded, or, when
-    max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (vLLM 0.19 config/scheduler.py; the v1
-    scheduler uses max_num_partial_prefills for nothing else)."""
-    kwargs = run.engine_kwargs
-    values = {}
-    for key, least in (("long_prefill_token_threshold", 0), ("max_num_partial_prefills", 1), ("max_model_len", 1)):
-        value = kwargs.get(key)
-        if isinstance(value, str):
-            value = _human_readable_int(value)
-        if value is not None and (type(value) is not int or value < least):
-            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number >= {least}, got {value!r}")
-        values[key] = value
-    threshold, partial = values["long_prefill_token_threshold"], values["max_num_partial_prefills"]
-    if not threshold and partial is not None and partial > 1:
-        model = _stated_model(instances)
-        max_model_len = values["max_model_len"] or (model.max_position_embeddings if model else None)
-        if max_model_len is None:
-            return {}
-        threshold = int(max_model_len * 0.04)
-        run.notes.append(f"long_prefill_token_threshold {threshold} (vLLM sets 4% of max_model_len {max_model_len} "
-                         f"when max_num_partial_prefills is {partial}, meta.json engine_kwargs)")
-    elif threshold is not None:
-        run.notes.append(f"long_prefill_token_threshold {threshold} from meta.json engine_kwargs")
-    return {} if threshold is None else {"long_prefill_token_threshold": threshold}
-
-
-def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
-    """The weight and KV precision meta.json's engine_kwargs name (`quantization`, `kv_cache_dtype`):
-    the replay runs them whatever the cluster config says, as it takes the batch limits. A precision
-    pdsim cannot express stops the replay with the reason."""
-    from pdsim.validate.row_layout import row_layout
-
-    kwargs = run.engine_kwargs
-    if kwargs.get("speculative_config"):
-        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: speculative decoding "
-                         f"(speculative_config {kwargs['speculative_config']!r}) is not modelled "
-                         "(meta.json engine_kwargs)")
-    layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
-    if reason is not None:
-        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
-    out: dict[str, object] = {}
-    if layout.quantization is not None:
-        model = _stated_model(instances)
-        # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
-        block = model is not None and model.checkpoint_quantization == "fp8_block"
-        out["quantization"] = "fp8_block" if block else layout.quantization
-    if layout.kv_cache_dtype != "auto":
-        out["kv_cache_dtype"] = layout.kv_cache_dtype
-    for key, value in out.items():
-        stated = {str(v) for inst in instances if (v := _stated_precision(inst, key)) is not None}
-        was = f", the config says {', '.join(sorted(stated))}" if stated and stated != {value} else ""
-        run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
-    if "quantization" in out and any(inst.get("dtype") == "fp8" for inst in instances):
-        out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
-    return out
-
-
-def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
-    """A MoE run's expert layout as meta.json's engine_kwargs record it: vLLM shards every expert by TP
-    unless `enable_expert_parallel` is set, when each GPU holds whole experts (over the DP group's
-    GPUs too). LLMServingSim's `ep_size` defaults to tp_size, i.e. expert parallelism; the replay takes
-    what the engine ran, as it takes the batch limits."""
-    kwargs = run.engine_kwargs
-    expert_parallel = kwargs.get("enable_expert_parallel")
-    model = _stated_model(instances)
-    if not isinstance(expert_parallel, bool) or model is None or not model.is_moe:
-        return {}
-    tp = kwargs.get("tensor_parallel_size")
-    dp = kwargs.get("data_parallel_size")
-    tp = tp if isinstance(tp, int) and tp >= 1 else int(instances[0].get("tp_size") or 1)
-    dp = dp if isinstance(dp, int) and dp >= 1 else 1
-    grouped = any(inst.get("dp_group") for inst in instances)
-    if not expert_parallel and grouped and dp > 1:
-        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: vLLM without "
-                         "enable_expert_parallel shards every expert by TP over the whole DP group, and pdsim's DP "
-                         "groups place experts by expert parallelism (meta.json engine_kwargs)")
-    ep = tp * (dp if grouped else 1) if expert_parallel else 1
-    stated = {inst.get("ep_size") for inst in instances} - {None}
-    was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""
-    run.notes.append(f"ep_size {ep} from meta.json engine_kwargs enable_expert_parallel "
-                     f"{str(expert_parallel).lower()}{was}")
-    return {"ep_size": ep}
-
-
-def _stated_precision(inst: dict, key: str) -> object:
-    if key == "quantization" and inst.get("dtype") == "fp8":  # LLMServingSim's spelling of fp8 weights
-        return inst.get("quantization") or "fp8"
-    return inst.get(key)
-
-
-def _kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity: str):
-    """The measured engine's KV capacity (None when not recorded); with --kv-capacity measured,
-    every instance of the replay gets it."""
-    from pdsim.validate.kv_capacity import measured_kv
-
-    block_size = cfg.instances()[0].config.block_size
-    meta_source = str(Path(run.source).parent / "meta.json")
-    kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size)
-    if kv_capacity == "measured":
-        if kv is None:
-            raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
-                             "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
-        opts.kv_gpu_blocks = {ref.instance_id: kv.tokens // ref.config.block_size for ref in cfg.instances()}
-    return kv
 
 
 def _eager_profile_note(run, result) -> None:
@@ -430,7 +190,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
     run = read_measured(measured, clock)
-    cfg = _replay_config(cluster_config, run, async_scheduling)
+    cfg = replay_config(cluster_config, run, async_scheduling)
     _prefix_ids(run, cfg, token_ids)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
     if opts.client_send_gaps_s:
@@ -438,7 +198,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                          f" ms after a request ends)")
     if opts.client_delay_s:
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
-    kv_measured = _kv_override(run, cfg, opts, engine_log, kv_capacity)
+    kv_measured = kv_override(run, cfg, opts, engine_log, kv_capacity)
     result = replay(cfg, run, opts, str(cluster_config))
     _eager_profile_note(run, result)
     table = compare(run, result)
@@ -504,7 +264,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         from pdsim.validate.compare import compare, replay
 
         run = read_measured(measured)
-        cfg = _replay_config(cluster_config, run, async_scheduling)
+        cfg = replay_config(cluster_config, run, async_scheduling)
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
