@@ -12,7 +12,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import number_in
+from pdsim.cli_checks import number_in, vllm_int_option
 from pdsim.errors import PdsimError
 from pdsim.workload.readers import dataset_options
 
@@ -106,6 +106,16 @@ def cli() -> None:
 @click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None,
               help="Override for all instances: vLLM's prefix caching (acts on requests with prefix ids, trace "
                    "`hash_ids`; others are unaffected).  [default: config, else enabled, as vLLM]")
+@click.option("--gpu-memory-utilization", type=float, default=None,
+              callback=number_in(0, 1, low_open=True, what="a fraction"),
+              help="Override for all instances: vLLM's share of CUDA-visible memory for weights, activations and "
+                   "KV (not with LLMServingSim's npu_mem.mem_util).  [default: config, else 0.9]")
+@click.option("--kv-cache-memory-bytes", default=None, callback=vllm_int_option,
+              help="Override for all instances: vLLM's KV cache size per GPU, e.g. 4G, instead of what the "
+                   "utilization leaves.  [default: config, else the memory rule]")
+@click.option("--disable-custom-all-reduce/--enable-custom-all-reduce", default=None,
+              help="Override for all instances: vLLM's --disable-custom-all-reduce (TP all-reduces on NCCL "
+                   "only).  [default: config, else vLLM's custom kernel for small messages]")
 @click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6, what="a time (us)"),
               help="Fixed CPU/scheduling time added to every engine step.")
 @click.option("--max-sim-time", type=float, default=None, callback=number_in(0, 4e9, low_open=True, what="a time (s)"),
@@ -130,7 +140,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
-            async_scheduling: bool | None, enable_prefix_caching: bool | None, step_overhead_us: float,
+            async_scheduling: bool | None, enable_prefix_caching: bool | None, gpu_memory_utilization: float | None,
+            kv_cache_memory_bytes: int | None, disable_custom_all_reduce: bool | None, step_overhead_us: float,
             max_sim_time: float | None, log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None,
             slo_tpot_ms: float | None, plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
@@ -146,7 +157,9 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
-                 "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching}
+                 "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
+                 "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_memory_bytes": kv_cache_memory_bytes,
+                 "disable_custom_all_reduce": disable_custom_all_reduce}
     cfg = load_cluster_config(cluster_config, overrides)
     trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
                        concurrency, seed)

@@ -7,6 +7,7 @@ one-line PdsimError naming the flag (exit code 2), before anything is read or wr
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import click
@@ -34,3 +35,29 @@ def number_in(low: float | None = None, high: float | None = None, *, low_open: 
         return value
 
     return check
+
+
+def vllm_int(text: str) -> int | str:
+    """vLLM's command-line integers ('2048', '25.6k' = 25,600, '4G' = 4 x 2^30: engine/arg_utils.py,
+    human_readable_int); the text unchanged when it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)", text.strip())
+    if m is None:
+        return text
+    number, suffix = m.groups()
+    if not suffix:
+        return int(number) if number.isdigit() else text
+    if suffix.islower():
+        return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
+    return int(number) * 1024 ** ("KMGT".index(suffix) + 1) if number.isdigit() else text
+
+
+def vllm_int_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """A click callback: a whole number >= 1 in vLLM's command-line form ('4G', '25.6k', '2048')."""
+    if value is None:
+        return None
+    number = vllm_int(value)
+    if not isinstance(number, int) or number < 1:
+        flag = param.opts[0] if param.opts else param.name
+        raise PdsimError(f"{flag}: expected a whole number >= 1, as vLLM writes it (e.g. 2048, 25.6k, 4G), "
+                         f"got {value!r}")
+    return number

@@ -143,3 +143,30 @@ def test_run_summary_names_the_source_per_instance(tmp_path):
     sources = [inst["allreduce_source"] for inst in summary["instances"]]
     assert "NVLink" in sources[0] and sources[1].startswith("PCIe model") and sources[2] is None
     assert f"note: TP all-reduce priced by {sources[1]}" in format_summary(summary)
+
+
+def test_run_takes_vllms_all_reduce_and_kv_size_flags(tmp_path):
+    # `pdsim run --disable-custom-all-reduce --kv-cache-memory-bytes 2G`, as vLLM spells them.
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import cluster, instance
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / "tp2.json"
+    config.write_text(cluster(instance(None, 96, "RTXPRO6000", tp_size=2, num_npus=2)).model_dump_json())
+    out = tmp_path / "run.csv"
+    args = [sys.executable, "-m", "pdsim", "--cluster-config", str(config), "--dataset",
+            str(repo / "workloads" / "example_trace.jsonl"), "--num-requests", "5", "--output", str(out), "--quiet",
+            "--profiles-root", str(tmp_path), "--kv-cache-memory-bytes", "2G"]
+
+    def source(*extra: str) -> str:
+        res = subprocess.run([*args, *extra], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert "kv_cache_memory_bytes 2,147,483,648" in res.stdout
+        return json.loads(out.with_name("run_summary.json").read_text())["instances"][0]["allreduce_source"]
+
+    assert "NCCL only" in source("--disable-custom-all-reduce") and "NCCL only" not in source()
+    res = subprocess.run([*args[:-1], "2.5G"], capture_output=True, text=True)
+    assert res.returncode == 2 and "--kv-cache-memory-bytes: expected a whole number" in res.stderr

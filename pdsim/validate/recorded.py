@@ -5,10 +5,10 @@ config cannot replay are refused (docs/validation.md)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pdsim.cli_checks import vllm_int
 from pdsim.errors import PdsimError
 
 if TYPE_CHECKING:
@@ -101,20 +101,6 @@ _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_s
                     "kv_cache_memory_bytes": int, "num_gpu_blocks_override": int, "disable_custom_all_reduce": bool}
 
 
-def _human_readable_int(text: str) -> int | str:
-    """vLLM's command-line integers ('2048', '25.6k' = 25,600, '4G' = 4 x 2^30: engine/arg_utils.py,
-    human_readable_int); the text unchanged when it is not one."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)", text.strip())
-    if m is None:
-        return text
-    number, suffix = m.groups()
-    if not suffix:
-        return int(number) if number.isdigit() else text
-    if suffix.islower():
-        return int(float(number) * 1000 ** ("kmgt".index(suffix) + 1))
-    return int(number) * 1024 ** ("KMGT".index(suffix) + 1) if number.isdigit() else text
-
-
 def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     kwargs = run.engine_kwargs
     stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
@@ -125,7 +111,7 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         if value is None:  # the engine's own default, not recorded
             continue
         if kind is int and isinstance(value, str):
-            value = _human_readable_int(value)
+            value = vllm_int(value)
         if type(value) is not kind or (kind is int and value < 1):
             raise PdsimError(f"{meta}: engine_kwargs.{key}: expected "
                              f"{'a whole number >= 1' if kind is int else 'true or false'}, got {value!r}")
@@ -157,7 +143,7 @@ def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, obj
     for key, least in (("long_prefill_token_threshold", 0), ("max_num_partial_prefills", 1), ("max_model_len", 1)):
         value = kwargs.get(key)
         if isinstance(value, str):
-            value = _human_readable_int(value)
+            value = vllm_int(value)
         if value is not None and (type(value) is not int or value < least):
             raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number >= {least}, got {value!r}")
         values[key] = value
