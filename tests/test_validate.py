@@ -369,6 +369,30 @@ def test_validate_announces_estimated_step_times(tmp_path):
                       str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v3.csv"))
 
 
+def test_the_wait_before_the_first_schedule_is_compared_where_the_engine_stamped_it(tmp_path):
+    # A pdsim run written as LLMServingSim's vLLM runner records one (queued_ts at the pick-up, scheduled_ts at
+    # the first schedule) replays to itself, queueing included; without scheduled_ts there is no such row.
+    from pdsim.validate.compare import compare, replay
+    from pdsim.validate.measured import read_engine_jsonl
+
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.02 * i) for i in range(60)]
+    cfg = cluster(instance(None, max_num_seqs=8))
+    made = simulate(cfg, trace(rows), SimOptions())
+    records = [{"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
+                "queued_ts": r.picked_up_s, "scheduled_ts": r.first_scheduled_s, "first_token_ts": r.first_token_s,
+                "last_token_ts": r.finish_s} for r in sorted(made.requests, key=lambda r: r.arrival_s)]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    run = read_engine_jsonl(path)
+    table = compare(run, replay(cfg, run)).set_index(["metric", "stat"])
+    queue = table.loc["queueing (ms)"]
+    assert queue.loc["mean", "measured"] > 100  # 8 slots for 60 requests: they wait
+    # (to within the floating-point placement of a pick-up on a step boundary)
+    assert queue.diff_pct.abs().max() < 0.5 and table.diff_pct.abs().max() < 0.5
+    path.write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "scheduled_ts"}) for r in records))
+    assert "queueing (ms)" not in set(compare(read_engine_jsonl(path), replay(cfg, run)).metric)
+
+
 def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tmp_path):
     from pdsim.validate.compare import compare, replay, simulated_requests
     from pdsim.validate.measured import read_engine_jsonl

@@ -16,7 +16,16 @@ from pdsim.validate.measured import MeasuredRun
 from pdsim.workload.trace import TraceRequest
 
 STATS = ("mean", "p50", "p90", "p95", "p99")
-METRICS = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"), ("e2e_ms", "E2E latency (ms)"))
+METRICS = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"), ("e2e_ms", "E2E latency (ms)"),
+           ("queue_ms", "queueing (ms)"))
+
+
+def _compared(measured: MeasuredRun) -> list[tuple[str, str]]:
+    """The metrics the run can be compared on: ITL only with per-token gaps, the wait before the first
+    schedule only where the engine stamped it (vLLM's `scheduled_ts`)."""
+    have_queue = "queue_ms" in measured.requests.columns and measured.requests.queue_ms.notna().any()
+    return [(key, label) for key, label in METRICS
+            if (key != "itl_ms" or measured.itl_ms is not None) and (key != "queue_ms" or have_queue)]
 
 
 def trace_of(measured: MeasuredRun) -> list[TraceRequest]:
@@ -63,7 +72,7 @@ def simulated_requests(measured: MeasuredRun, result: SimulationResult) -> pd.Da
     if measured.latency_origin == "pickup":
         picked = {r.id: r.picked_up_s for r in result.requests}
         wait_ms = (sim.request_id.map(picked).astype(float) - sim.arrival_s) * 1e3
-        sim = sim.assign(ttft_ms=sim.ttft_ms - wait_ms, e2e_ms=sim.e2e_ms - wait_ms)
+        sim = sim.assign(ttft_ms=sim.ttft_ms - wait_ms, e2e_ms=sim.e2e_ms - wait_ms, queue_ms=sim.queue_ms - wait_ms)
     return sim[sim.status == "finished"]
 
 
@@ -77,10 +86,8 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
         sim = sim[~sim.request_id.isin(np.flatnonzero(~done).tolist())]
         mea = mea[done]
     rows = []
-    for key, label in METRICS:
+    for key, label in _compared(measured):
         if key == "itl_ms":
-            if measured.itl_ms is None:
-                continue  # the file has only first/last token times: no per-token gaps to compare
             m = _stats(measured.itl_ms)
             values, weights = itl_samples(result)
             s = _stats(values * 1e3, weights)
@@ -120,10 +127,8 @@ def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Pat
 
     sim = simulated_requests(measured, result)
     written = []
-    for key, label in METRICS:
+    for key, label in _compared(measured):
         if key == "itl_ms":
-            if measured.itl_ms is None:
-                continue
             m = np.sort(measured.itl_ms)
             values, weights = itl_samples(result)
             s = np.repeat(values * 1e3, weights)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from pdsim.errors import PdsimError, decode_text, parse_json, read_json_object
 
-MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]
+MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
 
 
 @dataclass
@@ -178,6 +178,8 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                             np.nan),
         "e2e_ms": (df.last_token_ts - df.queued_ts) * 1e3,
     })
+    if "scheduled_ts" in df.columns:  # vLLM stamps it when it first schedules the request
+        out["queue_ms"] = (pd.to_numeric(df.scheduled_ts, errors="coerce") - df.queued_ts) * 1e3
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
