@@ -329,6 +329,16 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
 
 
+def _engine_records(made, stamped: bool = False) -> list[dict]:
+    """A simulated run as LLMServingSim's vLLM runner records one, in arrival order; stamped: queued_ts at
+    the pick-up and scheduled_ts at the first schedule, as vLLM stamps them (else both at arrival)."""
+    return [{"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
+             "queued_ts": r.picked_up_s if stamped else r.arrival_s,
+             "scheduled_ts": r.first_scheduled_s if stamped else r.arrival_s,
+             "first_token_ts": r.first_token_s, "last_token_ts": r.finish_s}
+            for r in sorted(made.requests, key=lambda r: r.arrival_s)]
+
+
 def test_validate_announces_estimated_step_times(tmp_path):
     # A per-request run replayed on a config with no measured profile: one clear line says so,
     # and the output CSV carries it; a measured profile gives no such line.
@@ -336,9 +346,7 @@ def test_validate_announces_estimated_step_times(tmp_path):
     cfg = cluster(instance(None, max_num_seqs=16))
     made = simulate(cfg, trace(rows), SimOptions())
     assert any(info.estimated_profile for info in made.infos)
-    lines = [json.dumps({"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
-                         "queued_ts": r.arrival_s, "scheduled_ts": r.arrival_s, "first_token_ts": r.first_token_s,
-                         "last_token_ts": r.finish_s}) for r in made.requests]
+    lines = [json.dumps(r) for r in _engine_records(made)]
     (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "cluster.json").write_text(cfg.model_dump_json(exclude_none=True))
     out = tmp_path / "v.csv"
@@ -378,9 +386,7 @@ def test_the_wait_before_the_first_schedule_is_compared_where_the_engine_stamped
     rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.02 * i) for i in range(60)]
     cfg = cluster(instance(None, max_num_seqs=8))
     made = simulate(cfg, trace(rows), SimOptions())
-    records = [{"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
-                "queued_ts": r.picked_up_s, "scheduled_ts": r.first_scheduled_s, "first_token_ts": r.first_token_s,
-                "last_token_ts": r.finish_s} for r in sorted(made.requests, key=lambda r: r.arrival_s)]
+    records = _engine_records(made, stamped=True)
     path = tmp_path / "requests.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     run = read_engine_jsonl(path)
@@ -400,9 +406,7 @@ def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tm
     rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(30)]
     cfg = cluster(instance(None, max_num_seqs=8))
     made = simulate(cfg, trace(rows), SimOptions())
-    records = [{"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
-                "queued_ts": r.arrival_s, "scheduled_ts": r.arrival_s, "first_token_ts": r.first_token_s,
-                "last_token_ts": r.finish_s} for r in sorted(made.requests, key=lambda r: r.arrival_s)]
+    records = _engine_records(made)
     records[4]["first_token_ts"] = records[4]["last_token_ts"] = None  # aborted in the engine
     path = tmp_path / "requests.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
