@@ -527,7 +527,7 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
     meta = requests.with_name("meta.json")
     recorded = json.loads(meta.read_text())
     recorded["engine_kwargs"].update(num_gpu_blocks_override="3k", disable_custom_all_reduce=True,
-                                     max_num_partial_prefills=2)
+                                     max_num_partial_prefills=2, max_model_len="auto")
     meta.write_text(json.dumps(recorded))
     res = _validate_cli("--measured", str(requests), "--cluster-config", str(config),
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
@@ -536,7 +536,8 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
     assert ("predicted 48,000 (vLLM's kv_cache_memory_bytes or num_gpu_blocks_override)" in res.output)
     assert "disable_custom_all_reduce True from meta.json engine_kwargs" in res.output
     assert re.search(r"note: TP all-reduce priced by .*NCCL only", res.output)
-    # max_num_partial_prefills > 1 caps each prefill chunk at 4% of max_model_len (131,072 for Llama-3.1).
+    # max_num_partial_prefills > 1 caps each prefill chunk at 4% of max_model_len (vLLM's "auto": the model's
+    # 131,072 for Llama-3.1).
     assert "long_prefill_token_threshold 5242 (vLLM sets 4% of max_model_len 131072" in res.output
     recorded["engine_kwargs"]["num_gpu_blocks_override"] = "lots"
     meta.write_text(json.dumps(recorded))

@@ -140,7 +140,7 @@ def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, obj
     scheduler uses max_num_partial_prefills for nothing else)."""
     kwargs = run.engine_kwargs
     values = {}
-    for key, least in (("long_prefill_token_threshold", 0), ("max_num_partial_prefills", 1), ("max_model_len", 1)):
+    for key, least in (("long_prefill_token_threshold", 0), ("max_num_partial_prefills", 1)):
         value = kwargs.get(key)
         if isinstance(value, str):
             value = vllm_int(value)
@@ -149,8 +149,12 @@ def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, obj
         values[key] = value
     threshold, partial = values["long_prefill_token_threshold"], values["max_num_partial_prefills"]
     if not threshold and partial is not None and partial > 1:
+        # max_model_len as recorded; vLLM's "auto" / -1 (fit to memory) and null mean the model's own, as here
+        recorded = kwargs.get("max_model_len")
+        recorded = vllm_int(recorded) if isinstance(recorded, str) else recorded
         model = _stated_model(instances)
-        max_model_len = values["max_model_len"] or (model.max_position_embeddings if model else None)
+        max_model_len = (recorded if type(recorded) is int and recorded >= 1
+                         else model.max_position_embeddings if model else None)
         if max_model_len is None:
             return {}
         threshold = int(max_model_len * 0.04)
