@@ -215,6 +215,22 @@ def test_rtxpro6000_llama8b_matches_measured_vllm():
             assert abs(got[(metric, stat)]) <= bound, (metric, stat, got[(metric, stat)])
 
 
+def test_async_scheduling_follows_the_recorded_version_and_executor():
+    import pandas as pd
+
+    from pdsim.validate.measured import MeasuredRun
+
+    def decided(version: str, **kwargs) -> bool | None:
+        return MeasuredRun("run", pd.DataFrame(), engine_meta={"vllm_version": version,
+                                                               "engine_kwargs": kwargs}).async_scheduling()[0]
+
+    assert decided("0.19.0") is True and decided("0.12.0") is False
+    # vLLM 0.19 keeps its default off where the executor cannot schedule ahead (Ray), unless it is set.
+    assert decided("0.19.0", distributed_executor_backend="ray") is False
+    assert decided("0.19.0", distributed_executor_backend="mp") is True
+    assert decided("0.12.0", async_scheduling=True) is True
+
+
 def test_skew_fit_buckets():
     from pdsim.perf.predictor import SkewFit, _bucket_upper
 

@@ -57,6 +57,11 @@ class MeasuredRun:
 
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
+        set_explicitly = isinstance(self.engine_kwargs.get("async_scheduling"), bool)
+        if not set_explicitly and self.engine_kwargs.get("distributed_executor_backend") == "ray":
+            # vLLM 0.19 leaves its default off where the executor cannot schedule ahead (config/vllm.py):
+            # only the multiprocessing and single-process executors can.
+            return False, "off with distributed_executor_backend ray, which cannot schedule ahead (meta.json)"
         return self._engine_setting("async_scheduling", vllm_async_scheduling_default)
 
     def reserve_full_isl(self) -> tuple[bool | None, str]:
