@@ -385,6 +385,11 @@ def test_validate_announces_estimated_step_times(tmp_path):
     def kv_tokens(output: str) -> int:
         return int(re.search(r"KV capacity .*?: predicted ([\d,]+)", output).group(1).replace(",", ""))
     assert kv_tokens(res.output) > 2 * kv_tokens(bf16.output)  # 1-byte KV entries, and room from 1-byte weights
+    # Offloading to CPU memory is not modelled either: refused, not replayed as if it had not happened.
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": {"cpu_offload_gb": 4}}))
+    with pytest.raises(PdsimError, match=r"cannot express this run: weights offloaded .*cpu_offload_gb 4"):
+        _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                      str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v4.csv"))
     # A precision pdsim does not model is refused, not replayed as something else.
     (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": {
         "dtype": "bfloat16", "quantization": "awq"}}))

@@ -176,6 +176,11 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: speculative decoding "
                          f"(speculative_config {kwargs['speculative_config']!r}) is not modelled "
                          "(meta.json engine_kwargs)")
+    for key, what in (("cpu_offload_gb", "weights offloaded to CPU memory"),
+                      ("kv_offloading_size", "KV cache offloaded to CPU memory")):
+        if isinstance(kwargs.get(key), (int, float)) and not isinstance(kwargs[key], bool) and kwargs[key] > 0:
+            raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {what} ({key} {kwargs[key]}) "
+                             "is not modelled (meta.json engine_kwargs)")
     layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
     if reason is not None:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
