@@ -714,3 +714,18 @@ def test_a_run_with_speculative_decoding_is_refused_not_replayed_without_it(tmp_
     with pytest.raises(PdsimError, match="cannot express this run: speculative decoding"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                       "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+def test_a_wait_of_microseconds_has_no_relative_difference():
+    # vLLM stamps scheduled_ts a few us after queued_ts for a request scheduled at once: 4.4 us against 0 is
+    # not "-100%"; a real throughput of 0.05 req/s still gets its difference.
+    import numpy as np
+    import pandas as pd
+
+    from pdsim.validate.compare import NEGLIGIBLE, _pct, format_table
+
+    assert np.isnan(_pct(0.0, 0.0044, NEGLIGIBLE)) and _pct(110.0, 100.0, NEGLIGIBLE) == pytest.approx(10.0)
+    assert _pct(0.06, 0.05) == pytest.approx(20.0)
+    table = pd.DataFrame([("queueing (ms)", "p50", 0.0044, 0.0, np.nan)],
+                         columns=["metric", "stat", "measured", "simulated", "diff_pct"])
+    assert format_table(table).splitlines()[1].endswith("n/a")
