@@ -17,7 +17,9 @@ from pdsim.workload.trace import TraceRequest
 
 STATS = ("mean", "p50", "p90", "p95", "p99")
 METRICS = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"), ("e2e_ms", "E2E latency (ms)"),
-           ("queue_ms", "queueing (ms)"))
+           ("queue_ms", "queueing (ms)"), ("sched_to_token_ms", "sched. to 1st token (ms)"))
+# The two parts of TTFT where the engine stamped its first schedule (vLLM's scheduled_ts).
+SCHEDULE_SPLIT = ("queue_ms", "sched_to_token_ms")
 # Up to this (ms) a measured time is zero for a relative difference: vLLM stamps scheduled_ts 2-8 us after
 # queued_ts when it schedules a request in the same loop iteration (the MoE run's median wait is 4.4 us),
 # its own bookkeeping, not a wait; every engine step is far longer.
@@ -25,11 +27,11 @@ NEGLIGIBLE = 0.1
 
 
 def _compared(measured: MeasuredRun) -> list[tuple[str, str]]:
-    """The metrics the run can be compared on: ITL only with per-token gaps, the wait before the first
-    schedule only where the engine stamped it (vLLM's `scheduled_ts`)."""
-    have_queue = "queue_ms" in measured.requests.columns and measured.requests.queue_ms.notna().any()
+    """The metrics the run can be compared on: ITL only with per-token gaps; TTFT's two parts (the wait
+    before the first schedule, then the time to the first token) only where the engine stamped it."""
+    have_split = "queue_ms" in measured.requests.columns and measured.requests.queue_ms.notna().any()
     return [(key, label) for key, label in METRICS
-            if (key != "itl_ms" or measured.itl_ms is not None) and (key != "queue_ms" or have_queue)]
+            if (key != "itl_ms" or measured.itl_ms is not None) and (key not in SCHEDULE_SPLIT or have_split)]
 
 
 def trace_of(measured: MeasuredRun) -> list[TraceRequest]:
@@ -77,6 +79,7 @@ def simulated_requests(measured: MeasuredRun, result: SimulationResult) -> pd.Da
         picked = {r.id: r.picked_up_s for r in result.requests}
         wait_ms = (sim.request_id.map(picked).astype(float) - sim.arrival_s) * 1e3
         sim = sim.assign(ttft_ms=sim.ttft_ms - wait_ms, e2e_ms=sim.e2e_ms - wait_ms, queue_ms=sim.queue_ms - wait_ms)
+    sim = sim.assign(sched_to_token_ms=sim.ttft_ms - sim.queue_ms)
     return sim[sim.status == "finished"]
 
 

@@ -184,7 +184,9 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         "e2e_ms": (df.last_token_ts - df.queued_ts) * 1e3,
     })
     if "scheduled_ts" in df.columns:  # vLLM stamps it when it first schedules the request
-        out["queue_ms"] = (pd.to_numeric(df.scheduled_ts, errors="coerce") - df.queued_ts) * 1e3
+        scheduled = pd.to_numeric(df.scheduled_ts, errors="coerce")
+        out["queue_ms"] = (scheduled - df.queued_ts) * 1e3
+        out["sched_to_token_ms"] = (df.first_token_ts - scheduled) * 1e3
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
@@ -399,5 +401,6 @@ def is_closed_loop_table(path: str | Path) -> bool:
     p = Path(path)
     if p.suffix.lower() != ".csv":
         return False
-    header = p.open().readline().strip().split(",")
+    with p.open(encoding="utf-8", errors="replace") as f:
+        header = f.readline().strip().split(",")
     return any(c in header for c in _ALIASES["concurrency"]) and any(c in header for c in _ALIASES["isl"])
