@@ -57,9 +57,13 @@ def per_request_runs(out: Path) -> list[tuple[str, str, str, str]]:
         _validate("--measured", str(root / "vllm_run" / "requests.jsonl"), "--cluster-config",
                   str(root / "cluster_config.json"), "--profile-dir", str(root / "profile"), "--output", str(csv))
         table = pd.read_csv(csv).set_index(["metric", "stat"]).diff_pct
-        for metric in ("TTFT (ms)", "TPOT (ms)", "E2E latency (ms)"):
-            figure = " / ".join(f"{table[(metric, s)]:+.1f}%" for s in ("mean", "p50", "p90"))
-            rows.append((case, f"{metric.split(' (')[0]} mean / p50 / p90", figure,
+        # TTFT's two parts (where the engine stamped its first schedule) say where a TTFT error sits.
+        for metric in ("TTFT (ms)", "queueing (ms)", "sched. to 1st token (ms)", "TPOT (ms)", "E2E latency (ms)"):
+            figure = " / ".join("n/a" if pd.isna(table[(metric, s)]) else f"{table[(metric, s)]:+.1f}%"
+                                for s in ("mean", "p50", "p90"))
+            name = metric.split(' (')[0]
+            name = f"  of TTFT, {name}" if metric in ("queueing (ms)", "sched. to 1st token (ms)") else name
+            rows.append((case, f"{name} mean / p50 / p90", figure,
                          "nothing (the run's own profile, config and engine settings)"))
     return rows
 
