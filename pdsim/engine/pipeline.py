@@ -115,14 +115,8 @@ class PipelineScheduler(Scheduler):
         batch = next((b for b in self.batches if req in b.decoders or req in b.prefills), None)
         if batch is not None:
             self._leave_in_flight(batch, req)
-        elif req.cohort is self.cohort:
-            self.cohort.remove(req)
-        elif req in self.paused:
-            del self.paused[req]
-            self.paused_kv_tokens -= req.num_computed
         else:
-            self.prefilling.remove(req)
-            self.prefilling_kv_tokens -= req.num_computed
+            self._take_out(req)
         self._add_token(req, now, out)
         if req.num_generated >= req.output_toks:
             self.running.pop(req, None)

@@ -352,18 +352,13 @@ class Scheduler(WaitingAdmission):
         # The tokens it sampled in the steps vLLM had decided but not yet seen: those decodes, and the
         # step that completed its prompt if that is one of them.
         unseen = min(self.async_depth, decoded + 1) if decoded is not None else 0
-        if victim in self.paused:
-            del self.paused[victim]
-            self.paused_kv_tokens -= victim.num_computed
-        elif victim.in_cohort:
-            self.cohort.remove(victim)
+        decoding = victim.in_cohort
+        self._take_out(victim)
+        if decoding:
             if victim not in self._rejoined:
                 victim.last_token_s = now  # it decoded in the step that just ended
             if self._cohort_blocks_allocated and victim.num_computed % self.block_size == 0:
                 victim.blocks += 1  # the block it was given for this step
-        else:
-            self.prefilling.remove(victim)
-            self.prefilling_kv_tokens -= victim.num_computed
         if self.async_depth > 1 and unseen:
             # Those tokens reach vLLM one step apart, after this decision: admitted again before they
             # have, its first chunk leaves them out (_known_todo), and later ones count them, as vLLM
@@ -371,6 +366,18 @@ class Scheduler(WaitingAdmission):
             first = self._decisions + self.async_depth - unseen
             self._unseen.setdefault(victim, []).extend(first + j for j in range(1, unseen + 1))
         return self._send_back(victim, victim.num_computed - in_flight_decode)
+
+    def _take_out(self, req: Request) -> None:
+        """Take a running request out of where it waits for its next step: the paused decodes, the
+        decode cohort (its progress synced) or the partial prefills."""
+        if req in self.paused:
+            del self.paused[req]
+            self.paused_kv_tokens -= req.num_computed
+        elif req.in_cohort:
+            self.cohort.remove(req)
+        else:
+            self.prefilling.remove(req)
+            self.prefilling_kv_tokens -= req.num_computed
 
     def _send_back(self, victim: Request, cached_tokens: int) -> Request:
         """Free a preempted request's blocks (its first `cached_tokens` tokens' full blocks stay
