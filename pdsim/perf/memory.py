@@ -207,7 +207,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     if ic.npu_mem.mem_util is not None:
         usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
         blocks = math.floor((usable - weight_bytes) / block_bytes)
-        rule, activation_bytes, other = "llmservingsim", 0, 0
+        activation_bytes, other = 0, 0
         detail = (f"mem_size {ic.npu_mem.mem_size:g} GiB x mem_util {ic.npu_mem.mem_util:g} = "
                   f"{usable / GIB:.2f} GiB, weights {weight_bytes / GIB:.2f} GiB")
         note = (f"LLMServingSim's rule (npu_mem.mem_util given): {ic.npu_mem.mem_size:g} GiB x {ic.npu_mem.mem_util:g}"
@@ -215,7 +215,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
                 f"({blocks:,} blocks); {vllm_note} would give {max(vllm_blocks, 0) * block_bytes / GIB:.2f} GiB "
                 f"({max(vllm_blocks, 0):,} blocks)")
     else:
-        rule, blocks = "vllm", vllm_blocks
+        blocks = vllm_blocks
         detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
                   f"peak {activation_bytes / GIB:.2f}, non-torch and CUDA-graph {other / GIB:.2f} GiB")
         note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
@@ -229,7 +229,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     override = vllm_override_blocks(ic, block_bytes)
     if override is not None:  # vLLM's own override of both rules
         blocks, how = override
-        rule, detail, note = "override", how, f"{how}, instead of {note}"
+        detail, note = how, f"{how}, instead of {note}"
         activation_bytes, other = engine_parts
         total_gib, source = visible_memory_gib(ic.hardware, ic.npu_mem.mem_size)
         needed = weight_bytes + activation_bytes + other + blocks * block_bytes
@@ -249,7 +249,15 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         note += window[2]
         _check_room(blocks - window[0], where, detail + window[2])
     _check_room(blocks, where, detail)
-    return KVBudget(rule, blocks, note=note, **parts)
+    return KVBudget(kv_rule(ic), blocks, note=note, **parts)
+
+
+def kv_rule(ic: InstanceConfig) -> str:
+    """Which rule sizes an instance's KV cache: "override" (vLLM's kv_cache_memory_bytes or
+    num_gpu_blocks_override), "llmservingsim" (npu_mem.mem_util given) or "vllm" (its accounting)."""
+    if ic.num_gpu_blocks_override is not None or ic.kv_cache_memory_bytes is not None:
+        return "override"
+    return "llmservingsim" if ic.npu_mem.mem_util is not None else "vllm"
 
 
 def vllm_override_blocks(ic: InstanceConfig, block_bytes: int) -> tuple[int, str] | None:

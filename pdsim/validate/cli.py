@@ -187,6 +187,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         click.echo(f"wrote {output}")
         return
     from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
+    from pdsim.perf.memory import kv_rule
     from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
 
     run = read_measured(measured, clock)
@@ -211,9 +212,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         if note != ESTIMATED_NOTE:  # said after the table, where the figures it qualifies are
             click.echo(f"note: {note}")
     info = result.infos[0]
-    first = cfg.instances()[0].config
-    rule = ("override" if first.kv_cache_memory_bytes or first.num_gpu_blocks_override
-            else "llmservingsim" if first.npu_mem.mem_util is not None else "vllm")
+    rule = kv_rule(cfg.instances()[0].config)
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity))
     click.echo(format_table(table))
     if estimated:

@@ -107,14 +107,11 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     out: dict[str, object] = {}
     meta = Path(run.source).with_name("meta.json")
     for key, kind in _RECORDED_LIMITS.items():
-        value = kwargs.get(key)
+        value = _recorded_int(kwargs, key, 1, meta) if kind is int else kwargs.get(key)
         if value is None:  # the engine's own default, not recorded
             continue
-        if kind is int and isinstance(value, str):
-            value = vllm_int(value)
-        if type(value) is not kind or (kind is int and value < 1):
-            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected "
-                             f"{'a whole number >= 1' if kind is int else 'true or false'}, got {value!r}")
+        if type(value) is not kind:
+            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected true or false, got {value!r}")
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
@@ -134,20 +131,24 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     return out
 
 
+def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
+    """A whole-number engine argument as recorded (also in vLLM's command-line form, '8k'); None when not
+    recorded."""
+    value = kwargs.get(key)
+    if isinstance(value, str):
+        value = vllm_int(value)
+    if value is not None and (type(value) is not int or value < least):
+        raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number >= {least}, got {value!r}")
+    return value
+
+
 def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, object]:
     """vLLM's cap on one request's prefill chunk per step: long_prefill_token_threshold as recorded, or, when
     max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (vLLM 0.19 config/scheduler.py; the v1
     scheduler uses max_num_partial_prefills for nothing else)."""
     kwargs = run.engine_kwargs
-    values = {}
-    for key, least in (("long_prefill_token_threshold", 0), ("max_num_partial_prefills", 1)):
-        value = kwargs.get(key)
-        if isinstance(value, str):
-            value = vllm_int(value)
-        if value is not None and (type(value) is not int or value < least):
-            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number >= {least}, got {value!r}")
-        values[key] = value
-    threshold, partial = values["long_prefill_token_threshold"], values["max_num_partial_prefills"]
+    threshold = _recorded_int(kwargs, "long_prefill_token_threshold", 0, meta)
+    partial = _recorded_int(kwargs, "max_num_partial_prefills", 1, meta)
     if not threshold and partial is not None and partial > 1:
         # max_model_len as recorded; vLLM's "auto" / -1 (fit to memory) and null mean the model's own, as here
         recorded = kwargs.get("max_model_len")
