@@ -116,3 +116,32 @@ def test_a_pdsim_profile_must_match_the_instances_weights_too(tmp_path):
         find_profile("RTXPRO6000", model.name, "bfloat16", 1, profile_dir=tmp_path / "fp8")
     with pytest.raises(ProfileError, match=r"bf16/meta.json: .*with bfloat16 weights, but the instance runs fp8"):
         find_profile("RTXPRO6000", model.name, "fp8", 1, profile_dir=tmp_path / "bf16")
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+@pytest.mark.parametrize("hardware,outcome", [
+    ("H100", "error"),  # a GPU pdsim knows, not the one the profile was measured on
+    ("RTX-PRO-6000", "same"),  # an alias of the profile's own
+    ("RTXPRO6000-MaxQ-lab", "note"),  # a name pdsim does not know: may be the same GPU, so said, not refused
+])
+def test_a_profile_measured_on_another_gpu_is_refused_or_said(tmp_path, hardware, outcome):
+    from click.testing import CliRunner
+
+    from pdsim.cli import cli
+
+    cfg = json.loads((RUN / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0].update(hardware=hardware, npu_mem={"mem_size": 80, "mem_bw": 1597, "mem_util": 0.9})
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    (tmp_path / "t.jsonl").write_text(
+        '{"input_toks": 100, "output_toks": 4, "arrival_time_ns": 0}\n')
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(tmp_path / "c.json"), "--dataset",
+                                    str(tmp_path / "t.jsonl"), "--profile-dir", str(RUN / "profile"),
+                                    "--output", str(tmp_path / "o.csv"), "--quiet"])
+    said = "the profile was measured on 'RTXPRO6000'"
+    if outcome == "error":
+        assert isinstance(res.exception, ProfileError)
+        assert "instances[0].hardware: H100-SXM, but the profile" in str(res.exception)
+        assert "was measured on RTXPRO6000" in str(res.exception)
+    else:
+        assert res.exit_code == 0, res.output
+        assert (said in res.output) == (outcome == "note")

@@ -14,7 +14,7 @@ from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
 from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
-from pdsim.hardware import HardwareSpec, get_hardware
+from pdsim.hardware import HardwareSpec, canonical_hardware_name, get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
@@ -62,6 +62,11 @@ def build_instance(
         )
     except ProfileError as exc:
         raise ProfileError(f"{where}.hardware: {exc}") from None
+    mismatch = _profile_hardware_mismatch(profile.meta.hardware, ic.hardware) if not profile.estimated else None
+    if mismatch == "error":
+        raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({profile.meta.path}) was measured on "
+                           f"{profile.meta.hardware}: its step times are that GPU's; give the instance that hardware, "
+                           "or a profile measured on this one")
     hardware = _tp_link_hardware(get_hardware(ic.hardware), cfg)
     knobs = dict(
         step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
@@ -77,6 +82,9 @@ def build_instance(
                                        pp_link(cfg, ref.node_index))
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
+    if mismatch == "note":
+        predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
+                               f"{ic.hardware!r}: step times are the profile's, memory and links the instance's")
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
     kv_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
@@ -105,6 +113,17 @@ def build_instance(
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info
+
+
+def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
+    """How a measured profile's GPU and the instance's differ: "error" where both are GPUs pdsim knows and
+    they differ (another GPU's step times would be reported as this one's), "note" where a name pdsim does
+    not know may still be the same GPU, None where they agree."""
+    if canonical_hardware_name(measured_on) == canonical_hardware_name(named):
+        return None
+    if get_hardware(measured_on) is not None and get_hardware(named) is not None:
+        return "error"
+    return "note"
 
 
 def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_token: int) -> InstanceSpec:
