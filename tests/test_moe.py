@@ -104,6 +104,12 @@ def test_placement_checks():
     assert "must divide tp_size" in check_placement(m, ExpertPlacement(tp=1, ep_size=4, dp_size=2))
     p = ExpertPlacement(tp=2, ep_size=2, dp_size=2)  # experts EP-split over the group, TP-split in it
     assert (p.expert_tp, p.expert_shards, p.local_experts(128)) == (2, 4, 64)
+    # ep_size 1 in a DP group: vLLM without expert parallelism, every expert TP-split over all the group's GPUs.
+    flat = ExpertPlacement(tp=2, ep_size=1, dp_size=2)
+    assert flat.over_group and (flat.expert_tp, flat.expert_shards, flat.local_experts(128)) == (4, 4, 128)
+    assert check_placement(m, flat) is None
+    assert not ExpertPlacement(tp=2, ep_size=1, dp_size=1).over_group
+    assert "cannot be split 5 ways" in check_placement(m, ExpertPlacement(tp=1, ep_size=1, dp_size=5))
 
 
 # ---------------------------------------------------------------- expert layer time

@@ -698,12 +698,30 @@ def test_the_replay_takes_the_expert_layout_the_engine_recorded(tmp_path):
 
 
 @needs_shared
-def test_a_dp_group_without_expert_parallelism_is_refused_with_the_reason(tmp_path):
+def test_a_dp_group_without_expert_parallelism_splits_every_expert_over_the_group(tmp_path):
+    # vLLM's DP without enable_expert_parallel flattens TP across DP: each GPU holds every expert, split
+    # two ways here, where expert parallelism gives each GPU half the experts whole.
+    import re
+
+    import pandas as pd
+
     cfg = json.loads((MOE / "cluster_config.json").read_text())
     requests, config = _moe_run(tmp_path, cfg, enable_expert_parallel=False)
-    with pytest.raises(PdsimError, match="shards every expert by TP over the whole DP group"):
-        _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
-                      str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
+    args = ("--cluster-config", str(config), "--profile-dir", str(MOE / "profile"))
+    flat = _validate_cli("--measured", str(requests), *args, "--output", str(tmp_path / "v.csv"))
+    assert flat.exit_code == 0, flat.output
+    assert ("ep_size 1 from meta.json engine_kwargs enable_expert_parallel false (every expert split over the DP "
+            "group's GPUs), the config says 2") in flat.output
+    assert ("ratio for experts split 2 ways (estimated: experts split over the DP group's 2 GPUs, without expert "
+            "parallelism)") in flat.output
+    ep = _validate_cli("--measured", str(MOE / "vllm_run" / "requests.jsonl"), *args, "--output",
+                       str(tmp_path / "e.csv"))
+    # The same expert bytes per GPU either way, so the same KV capacity; other expert kernels.
+    capacity = re.compile(r"KV capacity .*: predicted ([\d,]+)")
+    assert capacity.search(flat.output).group(1) == capacity.search(ep.output).group(1)
+    tpot = [pd.read_csv(tmp_path / f).set_index(["metric", "stat"]).simulated[("TPOT (ms)", "mean")]
+            for f in ("v.csv", "e.csv")]
+    assert tpot[0] != pytest.approx(tpot[1], rel=1e-3)
 
 
 @needs_shared

@@ -4,7 +4,9 @@ Placement (LLMServingSim's keys, vLLM's layout). An instance of `tp` GPUs in a D
 `dp_size` instances with expert-parallel degree `ep_size` (the whole group's, as LLMServingSim
 counts it; `ep_size / dp_size` <= tp of it inside one instance) holds E / ep_size experts per GPU,
 each split `expert_tp = tp / (ep_size / dp_size)` ways by TP. Weights: the routed experts are
-split over `ep_size * expert_tp` GPUs.
+split over `ep_size * expert_tp` GPUs. `ep_size` 1 in a DP group is vLLM's DP without
+`enable_expert_parallel` (`FusedMoEParallelConfig.make` flattens TP across DP): every GPU of the group
+holds every expert, split `tp * dp_size` ways, over the same gathered tokens.
 
 One MoE layer of a step in which the group's ranks together compute T_g tokens (vLLM's default
 all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g tokens):
@@ -138,11 +140,18 @@ class ExpertPlacement:
     dp_size: int = 1
 
     @property
+    def over_group(self) -> bool:
+        """Experts split by TP over the whole DP group (vLLM's DP without expert parallelism)."""
+        return self.ep_size == 1 and self.dp_size > 1
+
+    @property
     def ep_in_instance(self) -> int:
         return max(1, self.ep_size // self.dp_size)
 
     @property
     def expert_tp(self) -> int:
+        if self.over_group:
+            return self.tp * self.dp_size
         return max(1, self.tp // self.ep_in_instance)
 
     @property
@@ -173,7 +182,7 @@ class MoELayerModel:
         self._cache: dict[int, float] = {}
         self.notes: list[str] = []
         self._scale_from: tuple | None = None  # (estimate at this expert_tp, at the table's) when rescaled
-        if table is not None and table.measured_tp is not None:
+        if table is not None and (table.measured_tp is not None or placement.over_group):
             self._note_borrowed_table(table, hardware, dtype, quantization)
         # The profile's per-layout kernel table, where it measured this layout (one instance, no DP group).
         measured_layout = layouts is not None and layouts.has(placement.expert_tp, placement.ep_size)
@@ -201,8 +210,12 @@ class MoELayerModel:
         """A moe.csv from the tp{measured_tp}/ folder: whole experts on one GPU. A rank that holds whole
         experts (expert parallelism) runs the same kernels on its own experts; one whose experts are
         TP-split runs narrower ones, priced as the table times the spec model's ratio between the two."""
-        p, where = self.placement, f"tp{table.measured_tp}/{table.name}"
-        if p.expert_tp == table.measured_tp:
+        p = self.placement
+        measured_tp = table.measured_tp if table.measured_tp is not None else p.tp  # its own folder's: this tp
+        where, why = f"tp{measured_tp}/{table.name}", f"no moe.csv for tp={p.tp}"
+        if p.over_group:
+            why = f"experts split over the DP group's {p.tp * p.dp_size} GPUs, without expert parallelism"
+        if p.expert_tp == measured_tp:
             self.notes.append(f"MoE expert layers from the profile's {where} (no moe.csv for tp={p.tp}; each GPU "
                               f"holds whole experts under ep_size={p.ep_size}, as the profiled GPU did)")
             return
@@ -214,10 +227,9 @@ class MoELayerModel:
 
         model = self.model
         self._scale_from = (MoERoofline(hardware, model, dtype, p.expert_tp, quantization, shared_tp=p.tp),
-                            MoERoofline(hardware, model, dtype, table.measured_tp, quantization,
-                                        shared_tp=table.measured_tp))
+                            MoERoofline(hardware, model, dtype, measured_tp, quantization, shared_tp=measured_tp))
         self.notes.append(f"MoE expert layers from the profile's {where}, scaled by the hardware-spec estimate's "
-                          f"ratio for experts split {p.expert_tp} ways (estimated: no moe.csv for tp={p.tp})")
+                          f"ratio for experts split {p.expert_tp} ways (estimated: {why})")
 
     def set_link(self, bw_gbps: float, latency_ns: float, where: str) -> str:
         """The link the DP ranks' dispatch/combine crosses (pdsim/engine/dp_group.py picks it);
@@ -276,6 +288,11 @@ def check_placement(model: ModelSpec, placement: ExpertPlacement) -> str | None:
     if model.moe is None:
         return None
     e, p = model.moe.num_experts, placement
+    if p.over_group:
+        if model.moe.expert_intermediate % p.expert_tp:
+            return (f"expert intermediate size {model.moe.expert_intermediate} cannot be split {p.expert_tp} ways "
+                    f"(ep_size 1 in a DP group: each expert over the group's tp x {p.dp_size} GPUs)")
+        return None
     if e % p.ep_size:
         return f"{e} experts cannot be split over ep_size={p.ep_size}"
     if p.ep_size % p.dp_size:

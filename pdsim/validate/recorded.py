@@ -204,9 +204,9 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
 
 def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
     """A MoE run's expert layout as meta.json's engine_kwargs record it: vLLM shards every expert by TP
-    unless `enable_expert_parallel` is set, when each GPU holds whole experts (over the DP group's
-    GPUs too). LLMServingSim's `ep_size` defaults to tp_size, i.e. expert parallelism; the replay takes
-    what the engine ran, as it takes the batch limits."""
+    (over the DP group's GPUs too: ep_size 1 in a DP group) unless `enable_expert_parallel` is set, when
+    each GPU holds whole experts. LLMServingSim's `ep_size` defaults to tp_size, i.e. expert parallelism;
+    the replay takes what the engine ran, as it takes the batch limits."""
     kwargs = run.engine_kwargs
     expert_parallel = kwargs.get("enable_expert_parallel")
     model = _stated_model(instances)
@@ -217,15 +217,12 @@ def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
     tp = tp if isinstance(tp, int) and tp >= 1 else int(instances[0].get("tp_size") or 1)
     dp = dp if isinstance(dp, int) and dp >= 1 else 1
     grouped = any(inst.get("dp_group") for inst in instances)
-    if not expert_parallel and grouped and dp > 1:
-        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: vLLM without "
-                         "enable_expert_parallel shards every expert by TP over the whole DP group, and pdsim's DP "
-                         "groups place experts by expert parallelism (meta.json engine_kwargs)")
     ep = tp * (dp if grouped else 1) if expert_parallel else 1
     stated = {inst.get("ep_size") for inst in instances} - {None}
     was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""
+    over_group = " (every expert split over the DP group's GPUs)" if not expert_parallel and grouped and dp > 1 else ""
     run.notes.append(f"ep_size {ep} from meta.json engine_kwargs enable_expert_parallel "
-                     f"{str(expert_parallel).lower()}{was}")
+                     f"{str(expert_parallel).lower()}{over_group}{was}")
     return {"ep_size": ep}
 
 
