@@ -272,6 +272,29 @@ def test_rtx_profile_skew_alpha_by_batch():
 
 
 @needs_shared
+def test_a_measured_profile_without_a_skew_fit_says_decode_attention_is_priced_at_the_mean(tmp_path):
+    import shutil
+
+    from pdsim.models import load_model
+    from pdsim.perf.predictor import StepTimePredictor
+    from pdsim.perf.profile import read_profile
+
+    llama = load_model("meta-llama/Llama-3.1-8B")
+    said = "the profile has no decode-skew fit"
+    fitted = StepTimePredictor(read_profile(RTX / "profile" / "tp1"), llama, 1, None)
+    assert not any(said in n for n in fitted.notes)
+    shutil.copytree(RTX / "profile", tmp_path / "profile")
+    for f in (tmp_path / "profile" / "tp1").glob("skew*.csv"):
+        f.unlink()
+    meta = tmp_path / "profile" / "meta.yaml"
+    meta.write_text(meta.read_text().split("skew_profile:")[0])
+    bare = StepTimePredictor(read_profile(tmp_path / "profile" / "tp1"), llama, 1, None)
+    assert bare.skew_alpha == 0 and any(said in n for n in bare.notes)
+    given = StepTimePredictor(read_profile(tmp_path / "profile" / "tp1"), llama, 1, None, skew_alpha=0.05)
+    assert not any(said in n for n in given.notes)
+
+
+@needs_shared
 def test_rtxpro6000_run_was_scheduled_asynchronously():
     # vLLM stamps `scheduled_ts` when it decides the step; with async scheduling that is one step
     # before the step runs. For short prompts the gap to the first token shows which it was.

@@ -115,6 +115,10 @@ class StepTimePredictor:
         self.notes: list[str] = []
         if self.estimated:
             self.notes.append("step times estimated from hardware specs")
+        elif skew_alpha is None and not self.skew_alpha and self._skew_fit is None:
+            self.notes.append("the profile has no decode-skew fit (LLMServingSim's skew_fit): decode attention is "
+                              "priced at the batch's mean KV length, which a batch of uneven lengths exceeds "
+                              "(decode_skew_alpha sets one; docs/validation.md, decode skew)")
         gemm_precision = profile.meta.device.get("gemm_precision", "") if isinstance(profile.meta.device, dict) else ""
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
             self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
