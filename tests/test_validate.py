@@ -229,6 +229,13 @@ def test_async_scheduling_follows_the_recorded_version_and_executor():
     assert decided("0.19.0", distributed_executor_backend="ray") is False
     assert decided("0.19.0", distributed_executor_backend="mp") is True
     assert decided("0.12.0", async_scheduling=True) is True
+    # Off up to 0.13, on from 0.14 (read in each release's config/vllm.py); 0.14 alone turned it off
+    # with pipeline parallelism.
+    assert [decided(v) for v in ("0.13.0", "0.14.1", "0.15.1", "0.18.0")] == [False, True, True, True]
+    assert decided("0.14.0", pipeline_parallel_size=2) is False
+    assert decided("0.15.1", pipeline_parallel_size=2) is True
+    assert decided("0.14.0", pipeline_parallel_size=2, async_scheduling=True) is True
+    assert decided("nightly") is None
 
 
 def test_skew_fit_buckets():
@@ -366,6 +373,24 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     assert "skipped: 4 row(s)" in res.output and "error: 1 row(s)" in res.output
     # No measured H100 profile for Llama-3.1-8B: the comparison is against an estimate, and it says so.
     assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
+
+
+def test_closed_loop_rows_schedule_as_their_vllm_version_does_by_default(tmp_path):
+    # vLLM 0.12 schedules synchronously by default, 0.18 asynchronously; --sync/--async-scheduling
+    # set every row.
+    import pandas as pd
+
+    row = "vllm,{v},meta-llama/Llama-3.1-8B,h100_sxm,agg,512,32,4,1,1,bf16,30.0,8.0\n"
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + row.format(v="0.12.0") + row.format(v="0.18.0"))
+    ttft = {}
+    for flag in ("", "--sync-scheduling", "--async-scheduling"):
+        out = tmp_path / f"v{flag}.csv"
+        res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output", str(out),
+                            *([flag] if flag else []))
+        assert res.exit_code == 0, res.output
+        ttft[flag] = pd.read_csv(out).sim_ttft_ms.tolist()
+    assert ttft["--sync-scheduling"][0] != ttft["--async-scheduling"][0]
+    assert ttft[""] == [ttft["--sync-scheduling"][0], ttft["--async-scheduling"][1]]
 
 
 def _engine_records(made, stamped: bool = False) -> list[dict]:

@@ -84,7 +84,8 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     preset = ENGINE_PRESETS[engine_preset]
 
     def engine(concurrency: int, isl: int) -> dict:
-        return {**preset(concurrency, isl), "async_scheduling": bool(async_scheduling)}
+        given = {} if async_scheduling is None else {"async_scheduling": async_scheduling}
+        return {**preset(concurrency, isl), **given}  # else each row's vLLM version's default
 
     def simulate(step_overhead_us: float):
         opts = _sim_options(None, step_overhead_us)
@@ -145,9 +146,10 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
 @click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6),
               help="Engine CPU time per step (calibrate).")
 @click.option("--async-scheduling/--sync-scheduling", default=None,
-              help="vLLM's --async-scheduling on every instance (on by default in vLLM 0.19, off in 0.12).  "
+              help="vLLM's --async-scheduling on every instance (on by default from vLLM 0.14, off up to 0.13).  "
                    "[default: the measured run's meta.json (its engine_kwargs, else its vLLM version's "
-                   "default), else the cluster config's; sync for closed-loop tables]")
+                   "default), else the cluster config's; for closed-loop tables each row's"
+                   " backend_version's default (off up to vLLM 0.13 and when not recorded, on from 0.14)]")
 @click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
               help="Engine JSONL: which timestamps give the replay's arrival times.")
 @_closed_loop_options
@@ -233,7 +235,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
               help="Fit on this metric (per-request runs: its mean/p50/p90; tables: its per-row error); the "
                    "others stay held out.")
 @click.option("--async-scheduling/--sync-scheduling", default=None,
-              help="As for validate.  [default: the run's meta.json, else the config's; sync for tables]")
+              help="As for validate.  [default: the run's meta.json, else the config's; for tables each row's "
+                   "vLLM version's default]")
 @_closed_loop_options
 @click.option("--output", "--out", "out", default="outputs/calibration.json", show_default=True,
               type=click.Path(path_type=Path), help="The fitted overhead and its errors, JSON.")

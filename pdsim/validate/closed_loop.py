@@ -31,7 +31,7 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.metrics.summary import requests_frame
-from pdsim.validate.measured import vllm_reserves_full_isl
+from pdsim.validate.measured import vllm_async_scheduling_default, vllm_reserves_full_isl
 from pdsim.validate.row_layout import row_layout, text
 from pdsim.workload.trace import TraceRequest
 
@@ -144,8 +144,11 @@ def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: f
     eng = {**(ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl), **layout.instance_keys()}
     # vLLM 0.19 added the whole-sequence admission check: on for a row measured with 0.19 or
     # later (or of unknown version), off before.
-    eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(str(row.get("backend_version", "")))
-                   is not False)
+    version = str(row.get("backend_version", ""))
+    eng.setdefault("scheduler_reserve_full_isl", vllm_reserves_full_isl(version) is not False)
+    # Async scheduling as the row's vLLM runs it by default (aiconfigurator's generator sets nothing; rows
+    # are not pipelined): off up to 0.13 and where the version is not known, on from 0.14.
+    eng.setdefault("async_scheduling", bool(vllm_async_scheduling_default(version)))
     cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng)
     return simulate_row(cfg, isl, osl, conc, opts, rounds)
 

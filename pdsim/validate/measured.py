@@ -57,11 +57,16 @@ class MeasuredRun:
 
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
-        set_explicitly = isinstance(self.engine_kwargs.get("async_scheduling"), bool)
-        if not set_explicitly and self.engine_kwargs.get("distributed_executor_backend") == "ray":
-            # vLLM 0.19 leaves its default off where the executor cannot schedule ahead (config/vllm.py):
+        kwargs = self.engine_kwargs
+        set_explicitly = isinstance(kwargs.get("async_scheduling"), bool)
+        if not set_explicitly and kwargs.get("distributed_executor_backend") == "ray":
+            # From 0.14 vLLM leaves its default off where the executor cannot schedule ahead (config/vllm.py):
             # only the multiprocessing and single-process executors can.
             return False, "off with distributed_executor_backend ray, which cannot schedule ahead (meta.json)"
+        version = str(self.engine_meta.get("vllm_version", ""))
+        pp = kwargs.get("pipeline_parallel_size")
+        if not set_explicitly and vllm_major_minor(version) == (0, 14) and isinstance(pp, int) and pp > 1:
+            return False, f"off with pipeline_parallel_size {pp}: vLLM {version}'s default (meta.json)"
         return self._engine_setting("async_scheduling", vllm_async_scheduling_default)
 
     def reserve_full_isl(self) -> tuple[bool | None, str]:
@@ -90,11 +95,11 @@ def vllm_major_minor(version: str) -> tuple[int, int] | None:
 
 
 def vllm_async_scheduling_default(version: str) -> bool | None:
-    """On by default from 0.19, off up to 0.12; None for versions between or unknown."""
+    """vLLM's default: off up to 0.13 (`SchedulerConfig.async_scheduling = False`), on from 0.14 (None there,
+    which `VllmConfig.__post_init__` turns on unless something rules it out: ray, speculative decoding other
+    than EAGLE, and in 0.14 alone pipeline parallelism); read in the 0.13.0 to 0.19.0 releases. None: unknown."""
     major_minor = vllm_major_minor(version)
-    if major_minor is None or (0, 12) < major_minor < (0, 19):
-        return None
-    return major_minor >= (0, 19)
+    return None if major_minor is None else major_minor >= (0, 14)
 
 
 def vllm_reserves_full_isl(version: str) -> bool | None:

@@ -8,8 +8,7 @@ columns (aiconfigurator's silicon tables: `moe_tp_size`, `moe_ep_size`, `attenti
   `quantization_config`), the one 4-bit scheme pdsim sizes and prices. aiconfigurator's tables label
   gpt-oss's Hopper rows `nvfp4`; Hopper has no NVFP4 and vLLM runs the checkpoint's MXFP4 there.
 - fp8 as vLLM loads it: "fp8" (per-tensor/per-channel scales) unless a column says block-wise.
-- no attention data parallelism: with DP and without `--enable-expert-parallel` vLLM shards the
-  experts by tensor parallelism over all DP x TP GPUs, which pdsim's DP groups (experts by EP) do not model.
+- no attention data parallelism: the closed-loop replay builds one instance, not a DP group of them.
 """
 
 from __future__ import annotations
@@ -123,8 +122,7 @@ def _experts(row: dict, model: str | None) -> tuple[int | None, str | None]:
         dp = max(dp, moe_tp * moe_ep / tp)
     if dp > 1:
         return None, (f"attention data parallelism (DP {dp:g} x TP {tp:g}, moe_tp {moe_tp:g}, moe_ep {moe_ep:g}): "
-                      "the closed-loop replay runs one instance, and vLLM's DP without expert parallelism shards "
-                      "the experts by TP over the DP group, which pdsim's DP groups do not model")
+                      "the closed-loop replay builds one instance, not a DP group of them")
     if not moe_ep or not model:
         return None, None
     try:
