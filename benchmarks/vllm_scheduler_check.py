@@ -50,7 +50,7 @@ MAX_MODEL_LEN = 32768  # of the scheduler check's vLLM engines
 # native packages (torch is installed as the CPU build first).
 SKIP_REQUIREMENTS = {
     "torch", "torchaudio", "torchvision", "flashinfer-python", "ray", "numba", "opencv-python-headless",
-    "compressed-tensors", "depyf", "mistral_common", "lm-format-enforcer", "outlines_core", "anthropic",
+    "compressed-tensors", "depyf", "lm-format-enforcer", "outlines_core", "anthropic",
     "model-hosting-container-standards", "scipy", "setuptools", "ninja",
 }
 
@@ -114,7 +114,7 @@ def _vllm():
         except ImportError:  # 0.12 keeps it in vllm.utils
             from vllm.utils import get_hash_fn_by_name
     except ImportError as exc:
-        sys.exit(f"vLLM {VLLM_VERSION}'s sources are not importable ({exc}); run with --setup DIR first, then "
+        sys.exit(f"vLLM's sources are not importable ({exc}); run with --setup DIR first, then "
                  f"DIR/venv/bin/python {Path(__file__).relative_to(REPO)}")
     logging.disable(logging.WARNING)
     return SimpleNamespace(
