@@ -143,6 +143,11 @@ def check_dp_group(name: str, refs: list[InstanceRef]) -> None:
     why = check_placement(model, first.expert_placement(len(refs))) if model.is_moe else None
     if why:
         raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": why})
+    if model.is_moe and first.effective_ep_size() == 1:  # each expert split over the group's GPUs
+        try:
+            first.check_weights_fit(first.expert_placement(len(refs)).expert_shards)
+        except PydanticCustomError as e:
+            raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": str(e)}) from None
 
 
 def noted_keys(raw: Any) -> list[str]:

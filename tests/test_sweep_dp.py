@@ -45,6 +45,28 @@ def test_dp1_and_dp8_decode_layouts_are_built_from_the_base(deepseek):
     assert any(s.startswith("1P8D-tp8/1: ") and "weights need" in s for s in skipped)
 
 
+def test_dp_groups_without_expert_parallelism_split_every_expert_over_the_group(deepseek):
+    from pdsim.engine.build import build_instances
+    from pdsim.engine.options import SimOptions
+
+    ep, flat = (expand(deepseek, 16, tp_prefill=[8], tp_decode=[1], dp_decode=[8], colocated=False,
+                       expert_parallel=e)[0] for e in (True, False))
+    assert (ep.label, flat.label) == ("1P1D-tp8/dp8xtp1", "1P1D-tp8/dp8xtp1-noep")
+    ranks = flat.config().instances()[1:]
+    assert {(r.config.dp_group, r.config.ep_size) for r in ranks} == {("decode0", 1)}
+    import simpy
+
+    infos = {v.label: build_instances(simpy.Environment(), v.config(), SimOptions(), v.label)[1] for v in (ep, flat)}
+    # The same expert bytes per GPU either way (256 experts over 8 GPUs, whole or sliced), so the same KV.
+    assert infos[ep.label][1].num_kv_blocks == infos[flat.label][1].num_kv_blocks
+    # Two GPUs cannot hold the experts, sliced or not: the group's check refuses it, naming the group.
+    skipped: list[str] = []
+    with pytest.raises(PdsimError, match="no P:D split"):
+        expand(deepseek, 10, tp_prefill=[8], tp_decode=[1], dp_decode=[2], colocated=False, expert_parallel=False,
+               skipped=skipped)
+    assert skipped[0].startswith('1P1D-tp8/dp2xtp1-noep: dp_group "decode0": deepseek-ai/DeepSeek-V3 weights need')
+
+
 def test_invalid_dp_layouts_are_skipped_with_a_reason(deepseek):
     skipped: list[str] = []
     variants = expand(deepseek, 32, tp_prefill=[8], tp_decode=[1, 2, 8], dp_decode=[3, 8], colocated=False,

@@ -226,8 +226,15 @@ class InstanceConfig(_Strict):
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
         self._check_memory()
         self._check_ep()
-        # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them).
-        expert_shards = max(self.tp_size, self.effective_ep_size())
+        # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them). With
+        # ep_size 1 in a DP group each expert is split over the whole group: check_dp_group checks that.
+        if not (self.dp_group is not None and model.is_moe and self.effective_ep_size() == 1):
+            self.check_weights_fit(max(self.tp_size, self.effective_ep_size()))
+        return self
+
+    def check_weights_fit(self, expert_shards: int) -> None:
+        """The weights one GPU holds, with the routed experts split over `expert_shards` GPUs, must fit."""
+        model = load_model(self.model_name)
         weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
         if self.pp_size > 1:  # each GPU holds its stage's layers (pdsim/perf/pipeline.py)
             from pdsim.perf.pipeline import max_stage_weight_bytes
@@ -249,7 +256,6 @@ class InstanceConfig(_Strict):
                     f"(mem_size {self.npu_mem.mem_size:g} GB x {util_name} {util:g})"
                 },
             )
-        return self
 
     def _check_memory(self) -> None:
         if self.npu_mem.mem_util is not None and self.gpu_memory_utilization is not None:

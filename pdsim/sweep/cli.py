@@ -57,6 +57,10 @@ def _space_options() -> list[Callable]:
         click.option("--decode-dp", default="1", show_default=True,
                      help="Decode DP-group sizes for MoE models, e.g. 1,8: each decode unit is that many ranks of "
                           "--tp-decode GPUs in one dp_group, experts split over all of them (DP attention)."),
+        click.option("--decode-expert-parallel/--no-decode-expert-parallel", default=True, show_default=True,
+                     help="How a decode DP group splits the experts: whole experts per GPU (vLLM's "
+                          "--enable-expert-parallel), or each expert split over all the group's GPUs (vLLM's "
+                          "DP without it; labels end in -noep)."),
         click.option("--colocated/--no-colocated", default=True, show_default=True,
                      help="Include the colocated baseline on the same GPUs."),
         click.option("--node-gpus", type=int, default=None,
@@ -147,6 +151,7 @@ class _Setup:
             parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
             parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
             parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
+            kw["decode_expert_parallel"],
         )
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
                                   max_requests=kw["num_requests"])

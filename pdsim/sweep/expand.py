@@ -89,13 +89,15 @@ def _instance(template: dict[str, Any], pd_type: str | None, tp: int, pp: int = 
     return inst
 
 
-def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str, pp: int = 1) -> list[dict[str, Any]]:
+def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str, pp: int = 1,
+              expert_parallel: bool = True) -> list[dict[str, Any]]:
     """`dp` decode ranks of `pp` stages of `tp` GPUs in one DP group with the experts split over each
-    stage's ranks (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size = DP x TP)."""
-    return [_instance(template, "decode", tp, pp, name, dp * tp) for _ in range(dp)]
+    stage's ranks: whole experts per GPU (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size =
+    DP x TP), or, without expert parallelism, every expert split over them (ep_size 1, docs/moe.md)."""
+    return [_instance(template, "decode", tp, pp, name, dp * tp if expert_parallel else 1) for _ in range(dp)]
 
 
-def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int) -> str | None:
+def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int, expert_parallel: bool = True) -> str | None:
     """Why a decode DP group of `dp` ranks of TP `tp` cannot be built, or None."""
     if dp == 1:
         return None
@@ -104,7 +106,7 @@ def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int) -> str
                 f"splits with {dp}x more TP{tp} decode instances already cover")
     if dp * tp > node_gpus:
         return f"DP {dp} x TP {tp} = {dp * tp} GPUs does not fit a node of {node_gpus} GPUs"
-    return check_placement(model, ExpertPlacement(tp, dp * tp, dp))
+    return check_placement(model, ExpertPlacement(tp, dp * tp if expert_parallel else 1, dp))
 
 
 def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int) -> dict[str, Any]:
@@ -141,6 +143,7 @@ class _Pools:
     gpus: int
     node_gpus: int
     wanted: set[tuple[int, int]] | None
+    expert_parallel: bool = True  # how a decode DP group splits the experts
 
     def template(self, pd_type: str | None) -> dict[str, Any]:
         return _template(self.base, pd_type)
@@ -164,8 +167,8 @@ class _Pools:
                 units += [[_instance(d_tmpl, "decode", tp_d, pp_d)] for _ in range(n_d)]
                 label = f"{n_p}P{n_d}D-tp{tp_p}/{tp_d}{staged}"
             else:
-                units += [_dp_group(d_tmpl, tp_d, dp, f"decode{g}", pp_d) for g in range(n_d)]
-                label = f"{n_p}P{n_d}D-tp{tp_p}/dp{dp}xtp{tp_d}{staged}"
+                units += [_dp_group(d_tmpl, tp_d, dp, f"decode{g}", pp_d, self.expert_parallel) for g in range(n_d)]
+                label = f"{n_p}P{n_d}D-tp{tp_p}/dp{dp}xtp{tp_d}{staged}" + ("" if self.expert_parallel else "-noep")
             out.append(Variant(label, n_p, n_d, tp_p, tp_d, self.gpus, _pack(self.base, units, self.node_gpus), dp,
                                pp_p, pp_d))
         return out
@@ -196,6 +199,7 @@ def expand(
     skipped: list[str] | None = None,
     pp_prefill: list[int] | None = None,
     pp_decode: list[int] | None = None,
+    expert_parallel: bool = True,
 ) -> list[Variant]:
     """Every (num_prefill x tp_prefill x pp_prefill + num_decode x dp_decode x tp_decode x pp_decode == gpus)
     split, prefill-light first, then the colocated baselines (gpus / (tp x pp) instances, for each layout
@@ -203,7 +207,8 @@ def expand(
 
     `ratios` restricts the splits to these (prefill, decode) instance counts (a DP group counts as one
     decode instance). `dp_decode` (default [1]): decode DP-group sizes, each group `dp` ranks of TP
-    `tp_decode` with the experts split over all dp x tp GPUs (MoE models). A layout vLLM could not
+    `tp_decode` with the experts split over all dp x tp GPUs (MoE models): whole experts per GPU, or with
+    `expert_parallel` False each expert split over them (vLLM's DP without expert parallelism). A layout vLLM could not
     build, or a variant whose config is refused (e.g. its weights do not fit), is left out with its
     reason appended to `skipped`; an error only when nothing is left."""
     if gpus < 2:
@@ -217,14 +222,14 @@ def expand(
             what = f"TP {max(tps)}" if max(pps) == 1 else f"TP {max(tps)} x PP {max(pps)}"
             raise PdsimError(f"{what} ({role}) does not fit in a node of {node_gpus} GPUs")
     reasons = skipped if skipped is not None else []
-    pools = _Pools(base, gpus, node_gpus, set(ratios) if ratios is not None else None)
+    pools = _Pools(base, gpus, node_gpus, set(ratios) if ratios is not None else None, expert_parallel)
     model = load_model(pools.template("decode")["model_name"])
     candidates: list[Variant] = []
     prefill_layouts = [(tp, pp) for tp in tp_prefill for pp in pp_prefill]
     for tp_p, pp_p in prefill_layouts:
         for tp_d in tp_decode:
             for dp in dp_decode:
-                layout_problem = dp_layout_problem(model, tp_d, dp, node_gpus)
+                layout_problem = dp_layout_problem(model, tp_d, dp, node_gpus, expert_parallel)
                 for pp_d in pp_decode:
                     problem = layout_problem
                     if problem is None and dp * tp_d * pp_d > node_gpus:
