@@ -102,7 +102,7 @@ def cli() -> None:
 @click.option("--dtype", default=None, help="Override for all instances.  [default: config, else bfloat16]")
 @click.option("--async-scheduling/--sync-scheduling", default=None,
               help="Override for all instances: vLLM's --async-scheduling (a request arriving during a step "
-                   "starts two steps later; vLLM 0.19's default).  [default: config, else sync]")
+                   "starts two steps later; vLLM's default from 0.14).  [default: config, else sync]")
 @click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None,
               help="Override for all instances: vLLM's prefix caching (acts on requests with prefix ids, trace "
                    "`hash_ids`; others are unaffected).  [default: config, else enabled, as vLLM]")
