@@ -11,7 +11,7 @@ import pytest
 
 from pdsim.config import load_cluster_config
 from pdsim.engine.cluster import SimOptions, simulate
-from pdsim.errors import PdsimError
+from pdsim.errors import PdsimError, ProfileError
 from pdsim.validate.compare import compare, replay
 from pdsim.validate.measured import read_measured
 from tests.helpers import cluster, instance, trace
@@ -299,6 +299,10 @@ def test_a_measured_profile_without_a_skew_fit_says_decode_attention_is_priced_a
     assert bare.skew_alpha == 0 and any(said in n for n in bare.notes)
     given = StepTimePredictor(read_profile(tmp_path / "profile" / "tp1"), llama, 1, None, skew_alpha=0.05)
     assert not any(said in n for n in given.notes)
+    # A fit whose columns pdsim cannot read is an error naming the file, not a fit left out silently.
+    (tmp_path / "profile" / "tp1" / "skew_fit.csv").write_text("pc,n_label,alpha\n0,n<=2,0.5\n")
+    with pytest.raises(ProfileError, match=r"skew_fit.csv: columns kp_label, n_samples, skew_rate_label missing"):
+        StepTimePredictor(read_profile(tmp_path / "profile" / "tp1"), llama, 1, None)
 
 
 @needs_shared

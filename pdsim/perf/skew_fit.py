@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdsim.errors import ProfileError
 from pdsim.perf.profile import Profile
 
 
@@ -63,8 +64,10 @@ class SkewFit:
         with path.open() as f:
             header = f.readline().strip().split(",")
             col = {c: i for i, c in enumerate(header)}
-            if not {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"} <= col.keys():
-                return None
+            need = {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"}
+            if not need <= col.keys():  # a fit pdsim cannot read would be left out without a word
+                raise ProfileError(f"{path}: columns {', '.join(sorted(need - col.keys()))} missing; expected "
+                                   f"LLMServingSim's skew fit ({', '.join(sorted(need))})")
             for line in f:
                 r = line.strip().split(",")
                 if len(r) < len(header) or not r[col["pc"]].isdigit():
