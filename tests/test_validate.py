@@ -807,3 +807,16 @@ def test_a_wait_of_microseconds_has_no_relative_difference():
     table = pd.DataFrame([("queueing (ms)", "p50", 0.0044, 0.0, np.nan)],
                          columns=["metric", "stat", "measured", "simulated", "diff_pct"])
     assert format_table(table).splitlines()[1].endswith("n/a")
+
+
+@needs_shared
+def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    run = read_measured(_rtx_run_with(tmp_path, scheduling_policy="priority", seed=7, tokenizer=None))
+    replay_config(RTX / "cluster_config.json", run, None)
+    unused = [n for n in run.notes if "not modelled" in n]
+    assert unused == ["meta.json engine_kwargs not modelled, replayed as vLLM's defaults: scheduling_policy 'priority'"]
+    plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
+    replay_config(RTX / "cluster_config.json", plain, None)
+    assert not any("not modelled" in n for n in plain.notes)

@@ -40,7 +40,28 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
                                                **_recorded_precision(stated, run),
                                                **_recorded_expert_layout(stated, run)})
     _check_parallelism(run, cfg, cluster_config)
+    _note_unused(run)
     return cfg
+
+
+# Engine arguments the replay reads (here, in measured.py and in validate's notes), and those that do not
+# change the engine's timing or memory; any other recorded one is named, so a replay never drops one silently.
+_READ_KWARGS = {"async_scheduling", "distributed_executor_backend", "data_parallel_size", "enable_expert_parallel",
+                "enforce_eager", "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
+                "quantization", "speculative_config", "tensor_parallel_size", "dtype", "long_prefill_token_threshold",
+                "max_num_partial_prefills", "cpu_offload_gb", "kv_offloading_size", "scheduler_reserve_full_isl"}
+_NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remote_code", "revision", "code_revision",
+                     "tokenizer_revision", "download_dir", "load_format", "served_model_name", "disable_log_stats",
+                     "enable_log_requests", "disable_log_requests", "max_logprobs", "skip_tokenizer_init",
+                     "generation_config", "config_format", "worker_extension_cls", "hf_token"}
+
+
+def _note_unused(run) -> None:
+    unused = {k: v for k, v in run.engine_kwargs.items()
+              if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
+    if unused:
+        run.notes.append("meta.json engine_kwargs not modelled, replayed as vLLM's defaults: "
+                         + ", ".join(f"{k} {v!r}" for k, v in sorted(unused.items())))
 
 
 def _check_parallelism(run, cfg, cluster_config: Path) -> None:
