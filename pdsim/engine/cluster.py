@@ -127,10 +127,6 @@ class Cluster:
         self.num_done += 1
         self.on_done(req)
 
-    def _on_finish(self, req: Request) -> None:
-        self.num_done += 1
-        self.on_done(req)
-
 
 def simulate(
     cfg: ClusterConfig,
