@@ -544,3 +544,32 @@ def test_every_added_gpu_runs_an_estimated_step_and_a_tp2_all_reduce(name, llama
     decode_s = pred.step_time_s([], 8, 8 * 1000)
     assert decode_s > llama8b.weight_bytes("bfloat16", 2) / (hw.mem_bw_gbps * 1e9)
     assert pred.allreduce_source and canonical_hardware_name(name) == name
+
+
+def test_a_profile_with_uneven_decode_batches_prices_the_decode_skew_from_them(tmp_path):
+    # pdsim's profiler times a decode batch with one request at a long KV beside n - 1 at an eighth of
+    # it; alpha = (t_uneven - t(mean)) / (t(long) - t(mean)) per batch size, linear in between.
+    from pdsim.perf.skew_fit import MeasuredSkew
+
+    hw, model = get_hardware("H100-SXM"), load_model(LLAMA8B)
+    meta = estimate_meta(hw, model, "bfloat16", 1)
+    rows = estimate_rows(hw, model, "bfloat16", 1)
+    write_profile(tmp_path / "plain", meta, *rows)
+    uniform = read_profile(tmp_path / "plain").attention_decode
+    skew = []
+    for n, alpha in ((2, 0.3), (8, 0.1)):
+        for long in (2048, 4096):
+            short = long // 8
+            mean = (long + (n - 1) * short) / n
+            skew.append((n, short, long, uniform(n, mean) + alpha * (uniform(n, long) - uniform(n, mean))))
+    write_profile(tmp_path / "skew", meta, *rows, decode_skew_rows=skew)
+    profile = read_profile(tmp_path / "skew")
+    fit = MeasuredSkew.from_profile(profile)
+    assert [round(fit.alpha(0, 0, n), 3) for n in (1, 2, 5, 8, 64)] == [0.3, 0.3, 0.2, 0.1, 0.1]
+    pred = StepTimePredictor(profile, model, 1, hw)
+    assert any("decode skew measured" in n for n in pred.notes)
+    assert not any("no decode-skew fit" in n for n in pred.notes)
+    # Two decodes, one at 4096 and one at 512 cached tokens, cost more than two at their mean.
+    assert pred.step_time_s([], 2, 4608, 4096) > pred.step_time_s([], 2, 4608, None)
+    # The plain profile has no such table: uniform lookups.
+    assert MeasuredSkew.from_profile(read_profile(tmp_path / "plain")) is None

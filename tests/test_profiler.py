@@ -83,7 +83,11 @@ def test_every_table_has_the_grid(profile_dir: Path) -> None:
     assert profile.allreduce is None
     raw = json.loads((profile_dir / "meta.json").read_text())
     assert raw["grid"]["max_tokens"] == 64
-    assert set(raw["spread"]) == {"dense", "per_sequence", "attention_prefill", "attention_decode", "layer_forward"}
+    assert set(raw["spread"]) == {"dense", "per_sequence", "attention_prefill", "attention_decode",
+                                  "attention_decode_skew", "layer_forward"}
+    # Uneven decode batches (one request at a long KV, the rest at an eighth of it), for the decode skew.
+    assert sorted(r[:3] for r in profile.decode_skew_rows) == sorted(grid.decode_skew())
+    assert all(r[3] > 0 for r in profile.decode_skew_rows) and min(r[0] for r in profile.decode_skew_rows) == 2
     assert "prefix 0" in raw["layer_overhead"]["definition"]
 
 
@@ -182,6 +186,11 @@ def test_suspicious_points_flags_only_slow_outliers() -> None:
     grid = {(*key, (b, kv)): float(b * kv) for b in (1, 2, 4, 8) for kv in (16, 32, 64)}
     grid[(*key, (4, 32))] *= 1.5
     assert suspicious_points(grid) == {(*key, (4, 32))}
+    # The uneven decode batches: along the batch size at fixed KV lengths
+    key = ("attention_decode_skew", "attention_decode_skew")
+    skew = {(*key, (b, s, long)): float(b * long) for b in (2, 4, 8) for s, long in ((4, 32), (8, 64))}
+    skew[(*key, (4, 8, 64))] *= 1.5
+    assert suspicious_points(skew) == {(*key, (4, 8, 64))}
 
 
 def test_passes_and_rechecks_keep_the_fastest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

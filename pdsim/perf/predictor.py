@@ -60,7 +60,12 @@ from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
 from pdsim.perf.profile import MLP_OPS, PER_LAYER_OPS, PER_STEP_OPS, Profile
-from pdsim.perf.skew_fit import SkewFit, _bucket_upper, profile_skew_alpha  # noqa: F401 - re-exported
+from pdsim.perf.skew_fit import (  # noqa: F401 - re-exported
+    MeasuredSkew,
+    SkewFit,
+    _bucket_upper,
+    profile_skew_alpha,
+)
 
 _STEP_CACHE_MAX = 2_000_000  # entries; cleared when full so memory stays bounded on long runs
 
@@ -115,7 +120,9 @@ class StepTimePredictor:
         self.notes: list[str] = []
         if self.estimated:
             self.notes.append("step times estimated from hardware specs")
-        elif skew_alpha is None and not self.skew_alpha and self._skew_fit is None:
+        if isinstance(self._skew_fit, MeasuredSkew):
+            self.notes.append(self._skew_fit.describe())
+        elif not self.estimated and skew_alpha is None and not self.skew_alpha and self._skew_fit is None:
             self.notes.append("the profile has no decode-skew fit (LLMServingSim's skew_fit): decode attention is "
                               "priced at the batch's mean KV length, which a batch of uneven lengths exceeds "
                               "(decode_skew_alpha sets one; docs/validation.md, decode skew)")

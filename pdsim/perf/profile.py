@@ -16,6 +16,8 @@ from pdsim.errors import ProfileError
 from pdsim.outputs import write_json_atomic, write_text_atomic
 from pdsim.perf.moe_time import MoELayoutTable
 from pdsim.perf.profile_format import (  # noqa: F401 - the format's names are used from here
+    DECODE_SKEW_COLUMNS,
+    DECODE_SKEW_FILE,
     DENSE_OPS,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -100,13 +102,14 @@ def write_profile(
     attention_decode_rows: Sequence[tuple[int, int, float]],
     allreduce_rows: Sequence[tuple[int, float]] | None = None,
     moe_layout_rows: Sequence[tuple[int, int, int, float]] | None = None,
+    decode_skew_rows: Sequence[tuple[int, int, int, float]] | None = None,
 ) -> None:
     """Write a pdsim-format profile to `directory` (created if needed) and check it reads back.
 
     Rows: dense (op, tokens, us), per-sequence (op, sequences, us), prefill attention
     (chunk_tokens, kv_prefix_tokens, us), decode attention (batch_size, kv_tokens, us),
-    all-reduce (bytes, us), fused MoE experts (moe_tp, moe_ep, tokens, us). Times are for one layer, as
-    in profiles/README.md.
+    all-reduce (bytes, us), fused MoE experts (moe_tp, moe_ep, tokens, us), uneven decode batches
+    (batch_size, kv_short_tokens, kv_long_tokens, us). Times are for one layer, as in profiles/README.md.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,10 +142,12 @@ def write_profile(
         _write_rows(out / "allreduce.csv", "bytes,time_us", allreduce_rows)
     elif (out / "allreduce.csv").exists():
         (out / "allreduce.csv").unlink()  # a stale table from an earlier write would be read back
-    if moe_layout_rows:
-        _write_rows(out / MoELayoutTable.FILE, ",".join(MoELayoutTable.COLUMNS), moe_layout_rows)
-    elif (out / MoELayoutTable.FILE).exists():
-        (out / MoELayoutTable.FILE).unlink()
+    for rows, name, header in ((moe_layout_rows, MoELayoutTable.FILE, ",".join(MoELayoutTable.COLUMNS)),
+                               (decode_skew_rows, DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS))):
+        if rows:
+            _write_rows(out / name, header, rows)
+        elif (out / name).exists():
+            (out / name).unlink()  # a stale table from an earlier write would be read back
     read_profile(out)  # fail here, not in a later simulation, on a malformed table
 
 

@@ -82,6 +82,9 @@ class Profile:
     allreduce: Table1D | None = None
     moe: MoETable | None = None  # LLMServingSim's moe.csv: expert layer by tokens, activated experts
     moe_layouts: MoELayoutTable | None = None  # fused expert kernels by (moe_tp, moe_ep, tokens)
+    # pdsim's profiler: uneven decode batches (batch_size, kv_short_tokens, kv_long_tokens, us), one request
+    # at the long KV; the decode skew is derived from them (pdsim/perf/skew_fit.py)
+    decode_skew_rows: list[tuple[int, int, int, float]] | None = None
 
     @property
     def estimated(self) -> bool:
@@ -102,6 +105,8 @@ class Profile:
 # profile a decode step of T sequences with this many cached tokens each, above a prefill of T
 # tokens with KV prefix 0.
 LAYER_OVERHEAD_DECODE_KV = 16
+DECODE_SKEW_FILE = "attention_decode_skew.csv"
+DECODE_SKEW_COLUMNS = ("batch_size", "kv_short_tokens", "kv_long_tokens", "time_us")
 
 
 def layer_overhead_is_decode(profile: Profile, tokens: float) -> bool:

@@ -22,6 +22,8 @@ from pdsim.moe import MOE_KEYS
 from pdsim.perf.interp import Table1D, Table2D, TableND
 from pdsim.perf.moe_time import MoELayoutTable, MoETable
 from pdsim.perf.profile_format import (
+    DECODE_SKEW_COLUMNS,
+    DECODE_SKEW_FILE,
     DENSE_OPS,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -249,7 +251,13 @@ def _read_pdsim(root: Path) -> Profile:
         ]
     p = root / MoELayoutTable.FILE
     moe_layouts = MoELayoutTable.read(p) if p.is_file() else None
-    return Profile(meta, dense, per_seq, prefill, decode, None, allreduce, moe_layouts=moe_layouts)
+    p = root / DECODE_SKEW_FILE
+    skew = None
+    if p.is_file():
+        skew = [(int(n), int(short), int(long), us) for n, short, long, us in
+                _read_csv(p, DECODE_SKEW_COLUMNS, DECODE_SKEW_COLUMNS)]
+    return Profile(meta, dense, per_seq, prefill, decode, None, allreduce, moe_layouts=moe_layouts,
+                   decode_skew_rows=skew)
 
 
 # ---------------------------------------------------------------- LLMServingSim format

@@ -53,10 +53,11 @@ class SkewFit:
         return bool(self._by_bucket)
 
     @classmethod
-    def read(cls, profile: Profile) -> SkewFit | None:
-        """The profile's fit; None for profiles without one (pdsim's own, aiconfigurator's)."""
+    def read(cls, profile: Profile) -> SkewFit | MeasuredSkew | None:
+        """The profile's fit: LLMServingSim's, or pdsim's profiler's uneven decode batches; None for
+        profiles without one (aiconfigurator's, estimated ones, older pdsim profiles)."""
         if profile.meta.fmt != "llmservingsim":
-            return None
+            return MeasuredSkew.from_profile(profile)
         path = Path(profile.meta.path) / "skew_fit.csv"
         if not path.is_file():
             return None
@@ -108,6 +109,45 @@ class SkewFit:
                     alpha = float(np.interp(chunk_sum, pcs[mixed], values[mixed]))
         self._cache[key] = alpha
         return alpha
+
+
+class MeasuredSkew:
+    """The decode skew from pdsim's profiler's uneven decode batches (`attention_decode_skew.csv`: one
+    request at a long KV beside n - 1 at an eighth of it). Per batch size n, alpha = (t_uneven - t(n, mean
+    KV)) / (t(n, long KV) - t(n, mean KV)) on the uniform decode table, the median over the KV lengths
+    timed, within [0, 1]; linear in n between the measured sizes, the nearest one's outside them. The same
+    alpha serves a decode-only step and the decodes of a mixed one (prefill attention is its own table
+    in this format). A row whose long and mean KV cost the same (within 1%) says nothing and is left out."""
+
+    def __init__(self, batch_sizes: list[int], alphas: list[float]):
+        self._ns = np.array(batch_sizes, dtype=float)
+        self._alphas = np.array(alphas, dtype=float)
+
+    @classmethod
+    def from_profile(cls, profile: Profile) -> MeasuredSkew | None:
+        table = profile.attention_decode
+        if not profile.decode_skew_rows or table is None:
+            return None
+        by_n: dict[int, list[float]] = {}
+        for n, short, long, us in profile.decode_skew_rows:
+            mean = (long + (n - 1) * short) / n
+            at_mean, at_long = table(n, mean), table(n, long)
+            if at_long - at_mean > 0.01 * at_mean:
+                by_n.setdefault(n, []).append(min(1.0, max(0.0, (us - at_mean) / (at_long - at_mean))))
+        if not by_n:
+            return None
+        ns = sorted(by_n)
+        return cls(ns, [float(np.median(by_n[n])) for n in ns])
+
+    def __bool__(self) -> bool:
+        return True
+
+    def alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float:
+        return float(np.interp(n_decode, self._ns, self._alphas))
+
+    def describe(self) -> str:
+        return (f"decode skew measured (attention_decode_skew.csv): alpha {self._alphas[0]:.2f} at {self._ns[0]:g} "
+                f"decodes to {self._alphas[-1]:.2f} at {self._ns[-1]:g}")
 
 
 def _bucket_upper(label: str, axis: str) -> float | None:

@@ -39,6 +39,10 @@ class KVCache:
     # to device copy happens inside a timed call or a captured CUDA graph
     cu_q: torch.Tensor | None = None
     cu_k: torch.Tensor | None = None
+    # uneven decode batches (one request at a long KV, the rest at a short one): where each request's new
+    # K/V goes, and for sdpa the mask of each request's own length
+    write_at: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
 
 def flash_available(device: str, dtype: torch.dtype) -> bool:
@@ -89,6 +93,24 @@ class SdpaAttention:
         )
         return out.reshape(b, self.s.q_size)
 
+    def uneven_cache(self, batch: int, kv_short: int, kv_long: int) -> KVCache:
+        cache = self.new_cache(batch, kv_long, 1)
+        lengths = torch.full((batch,), kv_short, dtype=torch.long, device=self.device)
+        lengths[0] = kv_long
+        cache.write_at = lengths
+        cache.mask = (torch.arange(kv_long + 1, device=self.device) <= lengths[:, None])[:, None, None, :]
+        return cache
+
+    def decode_uneven(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """As decode, each request at its own length (a padded cache, masked per request)."""
+        b = q.shape[0]
+        rows = torch.arange(b, device=self.device)
+        cache.k[rows, :, cache.write_at] = k
+        cache.v[rows, :, cache.write_at] = v
+        out = F.scaled_dot_product_attention(q.unsqueeze(2), cache.k, cache.v, attn_mask=cache.mask,
+                                             enable_gqa=self.gqa)
+        return out.reshape(b, self.s.q_size)
+
 
 class FlashAttention:
     name = "flash_attn"
@@ -130,6 +152,15 @@ class FlashAttention:
         )
         return out.reshape(b, self.s.q_size)
 
+    def uneven_cache(self, batch: int, kv_short: int, kv_long: int) -> KVCache:
+        cache = self.new_cache(batch, kv_long, 1)
+        cache.lengths.fill_(kv_short)
+        cache.lengths[0] = kv_long
+        return cache
+
+    def decode_uneven(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.decode(q, k, v, cache)  # flash-attn reads each request's own cache_seqlens
+
 
 class TorchFlashAttention:
     name = "torch_flash_attention_2"
@@ -164,6 +195,24 @@ class TorchFlashAttention:
         cache.k[:, L].copy_(k)
         cache.v[:, L].copy_(v)
         return self._call(q.contiguous(), cache, 1)
+
+    def uneven_cache(self, batch: int, kv_short: int, kv_long: int) -> KVCache:
+        # packed [sum of lengths + 1 each, kv_heads, head_dim]: the first request kv_long, the others kv_short
+        lengths = torch.full((batch,), kv_short + 1, dtype=torch.int32, device=self.device)
+        lengths[0] = kv_long + 1
+        cu_k = torch.zeros(batch + 1, dtype=torch.int32, device=self.device)
+        cu_k[1:] = torch.cumsum(lengths, 0)
+        k = torch.randn((int(cu_k[-1]), self.s.kv_heads, self.s.head_dim), dtype=self.dtype, device=self.device)
+        cu_q = torch.arange(batch + 1, dtype=torch.int32, device=self.device)
+        return KVCache(k, torch.randn_like(k), kv_long, cu_q=cu_q, cu_k=cu_k, write_at=(cu_k[1:] - 1).long())
+
+    def decode_uneven(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        cache.k.index_copy_(0, cache.write_at, k)
+        cache.v.index_copy_(0, cache.write_at, v)
+        out = torch.ops.aten._flash_attention_forward(
+            q.contiguous(), cache.k, cache.v, cache.cu_q, cache.cu_k, 1, cache.cached_tokens + 1, 0.0, True, False
+        )[0]
+        return out.reshape(q.shape[0], self.s.q_size)
 
 
 def torch_flash_available(s: ShardShapes, device: str, dtype: torch.dtype) -> bool:

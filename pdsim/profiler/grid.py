@@ -87,5 +87,12 @@ class GridSpec:
     def decode_kv(self) -> list[int]:
         return decode_kv_grid(self.max_kv, self.attention_steps_per_octave)
 
+    def decode_skew(self) -> list[tuple[int, int, int]]:
+        """(batch, short KV, long KV) of the uneven decode batches timed for the decode skew: one request
+        at a long KV beside batch - 1 at an eighth of it, at the two longest KV lengths, for every batch of
+        two or more."""
+        longs = [kv for kv in self.decode_kv() if kv >= 16][-2:]
+        return [(n, max(1, kv // 8), kv) for n in self.decode_batches() if n >= 2 for kv in longs]
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

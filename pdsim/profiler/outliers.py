@@ -12,9 +12,10 @@ them (convex curves stay below it, linear ones on it). So a point is suspicious 
   with size).
 
 Series: a dense / per-sequence op over its token (sequence) counts; attention along each axis of
-its 2-D grid with the other fixed. Only slow outliers are flagged (load only ever adds time), and
-a flagged point is only re-measured, never adjusted: a real step in a kernel's time (e.g. a
-different matmul blocking) is re-measured, confirmed and kept.
+its 2-D grid with the other fixed; the uneven decode batches along the batch size. Only slow
+outliers are flagged (load only ever adds time), and a flagged point is only re-measured, never
+adjusted: a real step in a kernel's time (e.g. a different matmul blocking) is re-measured,
+confirmed and kept.
 
 Torch-free, so it is tested without the profiler's dependencies.
 """
@@ -37,6 +38,8 @@ def _series(medians: Mapping[PointKey, float]) -> list[list[tuple[int, PointKey]
         table, op, grid_key = key
         if len(grid_key) == 1:
             groups[(table, op)].append((grid_key[0], key))
+        elif len(grid_key) > 2:  # the uneven decode batches: along the batch size at fixed KV lengths
+            groups[(table, op, *grid_key[1:])].append((grid_key[0], key))
         else:
             x, y = grid_key
             groups[(table, op, "x", y)].append((x, key))  # along x at fixed y

@@ -33,7 +33,7 @@ Variants = list[Callable[[], object]]
 
 @dataclass
 class Point:
-    table: str  # dense | per_sequence | attention_prefill | attention_decode | layer_forward
+    table: str  # dense | per_sequence | attention_prefill | attention_decode(_skew) | layer_forward
     op: str
     key: tuple[int, ...]
     work: float  # rough cost for the ETA
@@ -149,6 +149,13 @@ class PointBuilder:
         caches = [self.attention.new_cache(batch, kv, 1) for _ in range(self._cache_copies(batch, kv, 1))]
         return [lambda c=c: self.attention.decode(q, k, v, c) for c in caches]
 
+    def decode_uneven(self, batch: int, kv_short: int, kv_long: int) -> Variants:
+        """A decode batch with one request at kv_long cached tokens and the others at kv_short."""
+        q, k, v = self._qkv(batch)
+        copies = self._cache_copies(batch, kv_long, 1)
+        caches = [self.attention.uneven_cache(batch, kv_short, kv_long) for _ in range(copies)]
+        return [lambda c=c: self.attention.decode_uneven(q, k, v, c) for c in caches]
+
     # FLOP estimates (only rank points for the ETA)
     def dense_flops(self, op: str, t: int) -> float:
         s = self.s
@@ -220,4 +227,14 @@ def grid_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
                     lambda n=n, kv=kv: b.decode(n, kv),
                 )
             )
+    for n, short, long in grid.decode_skew():
+        points.append(
+            Point(
+                "attention_decode_skew",
+                "attention_decode_skew",
+                (n, short, long),
+                Progress.work(b.attention_flops(1, long + 1 + (n - 1) * (short + 1))),
+                lambda n=n, short=short, long=long: b.decode_uneven(n, short, long),
+            )
+        )
     return points + layer_points(b, grid)

@@ -82,6 +82,7 @@ class Measurements:
             "per_sequence": [],
             "attention_prefill": [],
             "attention_decode": [],
+            "attention_decode_skew": [],
             "layer_forward": [],
         }
     )
@@ -207,6 +208,7 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
         r["attention_prefill"],
         r["attention_decode"],
         allreduce_rows,
+        decode_skew_rows=r["attention_decode_skew"],
     )
     _record_settings(out_dir, req, measured, allreduce_note)
     write_timings(out_dir / TIMINGS_FILE, measured.timings)
