@@ -127,6 +127,24 @@ def test_only_layer_overhead_keeps_the_other_tables(tmp_path: Path) -> None:
     assert sum(r["table"] == "layer_forward" for r in iter_timings(path)) == len(GridSpec(16, 2, 16).tokens())
 
 
+def test_only_attention_decode_skew_adds_it_to_an_older_profile(tmp_path: Path) -> None:
+    small = ["--max-tokens", "16", "--max-kv", "64", "--max-batch", "4"]
+    assert _invoke("--model", MODEL, "--out", str(tmp_path), *small, *FAST).exit_code == 0
+    path = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 1)
+    (path / "attention_decode_skew.csv").unlink()  # as a profile made before the profiler timed it
+    before = {f.name: f.read_text() for f in path.glob("*.csv") if f.name != "timings.csv"}
+    assert read_profile(path).decode_skew_rows is None
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), "--only", "attention_decode_skew", *FAST)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert {f: (path / f).read_text() for f in before} == before
+    rows = read_profile(path).decode_skew_rows
+    assert sorted(r[:3] for r in rows) == sorted(GridSpec(16, 4, 64).decode_skew()) and all(r[3] > 0 for r in rows)
+    meta = json.loads((path / "meta.json").read_text())
+    assert "--only attention_decode_skew" in meta["attention_decode_skew"]["how"]
+    timed = [r for r in iter_timings(path) if r["table"] == "attention_decode_skew"]
+    assert len(timed) == len(rows)
+
+
 def test_predictor_uses_the_profile(profile_dir: Path) -> None:
     model = load_model(MODEL)
     predictor = StepTimePredictor(read_profile(profile_dir), model, 1, None)

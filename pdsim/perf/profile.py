@@ -151,6 +151,11 @@ def write_profile(
     read_profile(out)  # fail here, not in a later simulation, on a malformed table
 
 
+def write_decode_skew(directory: str | Path, rows: Sequence[tuple[int, int, int, float]]) -> None:
+    """Write (or replace) a profile's uneven decode batches (`pdsim profile --only attention_decode_skew`)."""
+    _write_rows(Path(directory) / DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS), rows)
+
+
 def _same_model(a: str, b: str) -> bool:
     # LLMServingSim's meta.yaml may name a model without its organisation ("Llama-3.1-8B").
     return a.lower() == b.lower() or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()

@@ -187,9 +187,10 @@ def default_hardware_name(device: str, threads: int) -> str:
 )
 @click.option(
     "--only",
-    type=click.Choice(["layer_overhead"]),
-    help="Measure only this op into the existing profile that --out --hardware --model --dtype --tp "
-    "name (its grid from its meta.json), leaving its other tables as they are.",
+    type=click.Choice(["layer_overhead", "attention_decode_skew"]),
+    help="Measure only this series into the existing profile that --out --hardware --model --dtype --tp "
+    "name (its grid from its meta.json), leaving its other tables as they are: e.g. the uneven decode "
+    "batches of the decode skew into a profile measured before the profiler timed them.",
 )
 @click.option(
     "--check",
@@ -265,7 +266,7 @@ def _profile(opts: dict) -> None:
     from pdsim.profiler.device import pick_device
     from pdsim.profiler.grid import GridSpec
     from pdsim.profiler.progress import progress_enabled
-    from pdsim.profiler.run import ProfileRequest, add_layer_overhead, run_profile
+    from pdsim.profiler.run import ProfileRequest, add_only, run_profile
 
     device = pick_device(str(opts["device"]))
     try:
@@ -294,8 +295,10 @@ def _profile(opts: dict) -> None:
         recheck_rounds=int(opts["recheck_rounds"]),
         recheck_tolerance=float(opts["recheck_tolerance"]),
     )
-    run = add_layer_overhead if opts["only"] == "layer_overhead" else run_profile
-    out_dir = run(req, progress_enabled(bool(opts["quiet"])))
+    if opts["only"]:
+        out_dir = add_only(req, opts["only"], progress_enabled(bool(opts["quiet"])))
+    else:
+        out_dir = run_profile(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"wrote {out_dir}")
 
 

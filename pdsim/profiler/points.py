@@ -227,14 +227,18 @@ def grid_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
                     lambda n=n, kv=kv: b.decode(n, kv),
                 )
             )
-    for n, short, long in grid.decode_skew():
-        points.append(
-            Point(
-                "attention_decode_skew",
-                "attention_decode_skew",
-                (n, short, long),
-                Progress.work(b.attention_flops(1, long + 1 + (n - 1) * (short + 1))),
-                lambda n=n, short=short, long=long: b.decode_uneven(n, short, long),
-            )
+    return points + decode_skew_points(b, grid) + layer_points(b, grid)
+
+
+def decode_skew_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
+    """The uneven decode batches (GridSpec.decode_skew) the decode skew is derived from."""
+    return [
+        Point(
+            "attention_decode_skew",
+            "attention_decode_skew",
+            (n, short, long),
+            Progress.work(b.attention_flops(1, long + 1 + (n - 1) * (short + 1))),
+            lambda n=n, short=short, long=long: b.decode_uneven(n, short, long),
         )
-    return points + layer_points(b, grid)
+        for n, short, long in grid.decode_skew()
+    ]

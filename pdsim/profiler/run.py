@@ -16,7 +16,7 @@ layer forward) is timed over the token grid, as grid points of a `layer_forward`
 same passes and rechecks: up to the largest decode batch as a decode step of T sequences with
 16 cached tokens each, above as a prefill of T tokens with KV prefix 0; then
 layer_overhead(T) = max(0, layer_forward(T) - the layer at that shape as the finished profile
-composes it). `add_layer_overhead` (`pdsim profile --only layer_overhead`) measures just this
+composes it). `add_only` (`pdsim profile --only layer_overhead`) measures just this
 into an existing profile.
 """
 
@@ -39,6 +39,7 @@ from pdsim.perf.profile import (
     ProfileMeta,
     profile_path,
     read_profile,
+    write_decode_skew,
     write_profile,
 )
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
@@ -48,7 +49,7 @@ from pdsim.profiler.memory import activation_peak_bytes
 from pdsim.profiler.model import RandomModel
 from pdsim.profiler.ops import ShardShapes
 from pdsim.profiler.outliers import DEFAULT_TOLERANCE, suspicious_points
-from pdsim.profiler.points import Point, PointBuilder, grid_points, layer_points
+from pdsim.profiler.points import Point, PointBuilder, decode_skew_points, grid_points, layer_points
 from pdsim.profiler.progress import Progress
 from pdsim.profiler.timing import TIMINGS_FILE, Timer, Timing, TimingConfig, write_timings
 
@@ -119,11 +120,12 @@ def _label(p: Point) -> str:
 
 
 def measure(
-    req: ProfileRequest, model: ModelSpec, progress_enabled: bool, layer_only: bool = False
+    req: ProfileRequest, model: ModelSpec, progress_enabled: bool, only: str | None = None
 ) -> Measurements:
-    """Every grid point (`layer_only`: just the `layer_forward` series)."""
+    """Every grid point (`only`: just the `layer_overhead` or `attention_decode_skew` series)."""
     b = PointBuilder(model, req)
-    points = layer_points(b, req.grid) if layer_only else grid_points(b, req.grid)
+    points = {"layer_overhead": layer_points, "attention_decode_skew": decode_skew_points}.get(
+        only or "", grid_points)(b, req.grid)
     passes = max(1, req.passes)
     progress = Progress(len(points) * passes, sum(p.work for p in points) * passes, progress_enabled)
     timer = Timer(req.device, req.timing, graphs=True)
@@ -324,10 +326,10 @@ def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements,
     write_json_atomic(meta_path, raw)
 
 
-def add_layer_overhead(req: ProfileRequest, progress_enabled: bool = False) -> Path:
-    """`pdsim profile --only layer_overhead`: measure `layer_overhead` into the existing profile
-    that `req` names (its grid and thread count as recorded in its meta.json), leaving every other
-    table as it is. Returns the profile directory."""
+def add_only(req: ProfileRequest, only: str, progress_enabled: bool = False) -> Path:
+    """`pdsim profile --only layer_overhead | attention_decode_skew`: measure that series into the existing
+    profile that `req` names (its grid and thread count as recorded in its meta.json), leaving every
+    other table as it is. Returns the profile directory."""
     out_dir = profile_path(req.out, req.hardware, req.model, req.dtype, req.tp)
     profile = read_profile(out_dir)
     model = load_model(req.model)
@@ -345,19 +347,28 @@ def add_layer_overhead(req: ProfileRequest, progress_enabled: bool = False) -> P
         req = replace(req, grid=GridSpec(**raw["grid"]))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     load_at_start = round(os.getloadavg()[0], 2)
-    measured = measure(req, model, progress_enabled, layer_only=True)
+    measured = measure(req, model, progress_enabled, only=only)
     how = (
-        f"added later by `pdsim profile --only layer_overhead` at {started} (load {load_at_start} at start, "
+        f"added later by `pdsim profile --only {only}` at {started} (load {load_at_start} at start, "
         f"{round(os.getloadavg()[0], 2)} at end), fastest of {max(1, req.passes)} pass(es) and "
         f"{req.recheck_rounds} recheck round(s), {req.timing.repeats} repeats after {req.timing.warmup} warm-up; "
         f"the other tables are those of {profile.meta.created_at}"
     )
-    write_layer_overhead(out_dir, measured, how)
+    table = "layer_forward" if only == "layer_overhead" else only
+    if only == "layer_overhead":
+        write_layer_overhead(out_dir, measured, how)
+    else:
+        write_decode_skew(out_dir, measured.rows[only])
+        raw = json.loads((out_dir / "meta.json").read_text())
+        raw[only] = {"how": how}
+        raw.setdefault("spread", {}).update({k: v for k, v in measured.spread_summary().items() if k == only})
+        write_json_atomic(out_dir / "meta.json", raw)
+        read_profile(out_dir)  # fail here, not in a later simulation, on a malformed table
     timings_path = out_dir / TIMINGS_FILE
     if timings_path.is_file():
         # bytes, not text: the csv module's \r\n line ends must survive the rewrite
         lines = timings_path.read_bytes().splitlines(keepends=True)
-        kept = [line for line in lines if not line.startswith(b"layer_forward,")]
+        kept = [line for line in lines if not line.startswith(f"{table},".encode())]
         new = out_dir / (TIMINGS_FILE + ".new")
         write_timings(new, measured.timings)
         timings_path.write_bytes(b"".join(kept) + b"".join(new.read_bytes().splitlines(keepends=True)[1:]))
