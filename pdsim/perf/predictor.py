@@ -123,9 +123,9 @@ class StepTimePredictor:
         if isinstance(self._skew_fit, MeasuredSkew):
             self.notes.append(self._skew_fit.describe())
         elif not self.estimated and skew_alpha is None and not self.skew_alpha and self._skew_fit is None:
-            self.notes.append("the profile has no decode-skew fit (LLMServingSim's skew_fit): decode attention is "
-                              "priced at the batch's mean KV length, which a batch of uneven lengths exceeds "
-                              "(decode_skew_alpha sets one; docs/validation.md, decode skew)")
+            self.notes.append("the profile has no decode-skew fit (LLMServingSim's skew_fit.csv, or the uneven decode "
+                              "batches `pdsim profile --only attention_decode_skew` adds): decode attention is "
+                              "priced at the batch's mean KV length, which a batch of uneven lengths exceeds")
         gemm_precision = profile.meta.device.get("gemm_precision", "") if isinstance(profile.meta.device, dict) else ""
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
             self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
