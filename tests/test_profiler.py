@@ -172,7 +172,8 @@ def test_check_returns_numbers(profile_dir: Path) -> None:
     assert result.exit_code == 0, result.output + repr(result.exception)
     lines = result.output.splitlines()
     rows = [line for line in lines if line.startswith(("prefill N=", "decode B="))]
-    assert len(rows) == 4
+    # 2 prefills, 2 uniform decodes and one uneven (B=4: one request at 64 cached tokens, the grid's most)
+    assert len(rows) == 5 and rows[-1].startswith("decode B=4 L=32,64 ")
     for row in rows:
         measured, predicted = (float(v) for v in row[22:].split()[:2])
         assert measured > 0 and predicted > 0

@@ -21,7 +21,14 @@ from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.perf.profile import read_profile
-from pdsim.profiler.model import RandomModel, StepInputs, decode_inputs, forward, prefill_inputs
+from pdsim.profiler.model import (
+    RandomModel,
+    StepInputs,
+    decode_inputs,
+    forward,
+    prefill_inputs,
+    uneven_decode_inputs,
+)
 from pdsim.profiler.progress import Progress
 from pdsim.profiler.timing import Timer, TimingConfig, capture_cuda_graph
 
@@ -32,9 +39,9 @@ DECODE_KV = 512
 
 @dataclass(frozen=True)
 class CheckRow:
-    kind: str  # "prefill" | "decode"
+    kind: str  # "prefill" | "decode" | "decode_uneven"
     tokens: int  # prefill: new tokens; decode: batch size
-    kv: int  # decode: KV tokens per request; prefill: 0
+    kv: int  # decode: KV tokens per request (uneven: of all but the first); prefill: 0
     measured_ms: float
     predicted_ms: float
     spread_rel: float  # (p90-p10)/median of the measured forward
@@ -46,6 +53,8 @@ class CheckRow:
     # steps; compute-bound forwards then run at the clock the GPU's power limit allows, below the
     # boost clock an isolated forward (measured_ms) gets. None on the CPU.
     sustained_ms: float | None = None
+    kv_long: int | None = None  # decode_uneven: the first request's KV tokens
+
 
     @property
     def rel_error(self) -> float:
@@ -58,7 +67,9 @@ class CheckRow:
         return (self.predicted_ms - self.sustained_ms) / self.sustained_ms
 
     def label(self) -> str:
-        return f"prefill N={self.tokens}" if self.kind == "prefill" else f"decode B={self.tokens} L={self.kv}"
+        if self.kind == "prefill":
+            return f"prefill N={self.tokens}"
+        return f"decode B={self.tokens} L={self.kv}" + (f",{self.kv_long}" if self.kv_long else "")
 
 
 @dataclass
@@ -100,15 +111,18 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
         meta.tp,
         meta.dtype,
         req.device,
-        max_positions=max([*req.prefill_tokens, req.decode_kv + 1]) + 1,
+        max_positions=max([*req.prefill_tokens, 4 * req.decode_kv + 1]) + 1,
         attention_backend=req.attention_backend,
         elementwise=req.elementwise,
     )
     timer = Timer(req.device, req.timing)
     launched = Timer(req.device, req.timing, spin=False)  # eager: host launch gaps included
+    # Uneven decode batches (one request at 4x the KV of the others, within the profile's grid) check
+    # the decode skew: a uniform lookup at the batch's mean KV would miss what the long request adds.
+    long_kv = min(4 * req.decode_kv, int(max_kv))
     cases = [("prefill", n, 0) for n in req.prefill_tokens] + [
         ("decode", b, req.decode_kv) for b in req.decode_batches
-    ]
+    ] + [("decode_uneven", b, req.decode_kv) for b in req.decode_batches if b >= 2 and long_kv > req.decode_kv]
     passes = max(1, req.passes)
     progress = Progress(len(cases) * passes, float(len(cases) * passes), progress_enabled)
     best: dict[int, tuple[float, float]] = {}  # case -> (median us, spread) of the fastest pass
@@ -117,7 +131,12 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
     try:
         for _ in range(passes):
             for i, (kind, n, kv) in enumerate(cases):
-                step = prefill_inputs(m, n) if kind == "prefill" else decode_inputs(m, n, kv)
+                if kind == "prefill":
+                    step = prefill_inputs(m, n)
+                elif kind == "decode":
+                    step = decode_inputs(m, n, kv)
+                else:
+                    step = uneven_decode_inputs(m, n, kv, long_kv)
                 if req.device == "cuda":
                     timing = launched.time([lambda step=step: forward(m, step)])
                     eager[i] = min(eager.get(i, timing.median_us), timing.median_us)
@@ -141,15 +160,19 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
         if kind == "prefill":
             predicted = predictor.step_time_s([(n, 0)], 0, 0)
             in_grid = n <= max_tokens
-        else:
+        elif kind == "decode":
             predicted = predictor.step_time_s([], n, n * kv)
             in_grid = n <= max_batch and kv <= max_kv
+        else:
+            predicted = predictor.step_time_s([], n, long_kv + (n - 1) * kv, long_kv)
+            in_grid = n <= max_batch and long_kv <= max_kv
         if one_shard:
             predicted -= predictor.allreduce_s(n, 1 if kind == "prefill" else n)
         median_us, spread = best[i]
         eager_ms = eager[i] / 1e3 if i in eager else None
         sustained_ms = sustained[i] / 1e3 if i in sustained else None
-        rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid, eager_ms, sustained_ms))
+        rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid, eager_ms, sustained_ms,
+                             long_kv if kind == "decode_uneven" else None))
     return rows
 
 
@@ -203,7 +226,10 @@ def format_table(rows: list[CheckRow]) -> str:
         lines.append(f"sustained: the same graph replayed back to back for {SUSTAINED_S:g} s first, as an engine under "
                      "load runs its steps (GPU clocks then settle under the power limit); vs sustained: the "
                      "prediction's error against it")
-    for kind in ("prefill", "decode"):
+    if any(r.kind == "decode_uneven" for r in rows):
+        lines.append("L=s,l: an uneven decode batch, one request at l cached tokens and the others at s "
+                     "(the decode skew)")
+    for kind in ("prefill", "decode", "decode_uneven"):
         errs = [abs(r.rel_error) for r in rows if r.kind == kind]
         if errs:
             lines.append(f"{kind}: max |rel error| {max(errs):.1%}, mean {sum(errs) / len(errs):.1%}")

@@ -112,6 +112,20 @@ def decode_inputs(m: RandomModel, batch_size: int, kv_tokens: int) -> StepInputs
     )
 
 
+def uneven_decode_inputs(m: RandomModel, batch_size: int, kv_short: int, kv_long: int) -> StepInputs:
+    """`batch_size` requests decoding one token each: one with `kv_long` cached, the others `kv_short`."""
+    dev = m.device
+    positions = torch.full((batch_size,), kv_short, device=dev)
+    positions[0] = kv_long
+    return StepInputs(
+        ids=torch.randint(0, m.shapes.vocab_shard, (batch_size,), device=dev),
+        positions=positions,
+        last_token_idx=torch.arange(batch_size, device=dev),
+        caches=[m.attention.uneven_cache(batch_size, kv_short, kv_long) for _ in m.layers],
+        attention=m.attention.decode_uneven,
+    )
+
+
 @torch.inference_mode()
 def forward(m: RandomModel, step: StepInputs) -> torch.Tensor:
     """Token ids sampled for every sequence of the step."""
