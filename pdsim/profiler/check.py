@@ -55,7 +55,6 @@ class CheckRow:
     sustained_ms: float | None = None
     kv_long: int | None = None  # decode_uneven: the first request's KV tokens
 
-
     @property
     def rel_error(self) -> float:
         return (self.predicted_ms - self.measured_ms) / self.measured_ms
