@@ -122,6 +122,7 @@ class MeasuredSkew:
     def __init__(self, batch_sizes: list[int], alphas: list[float]):
         self._ns = np.array(batch_sizes, dtype=float)
         self._alphas = np.array(alphas, dtype=float)
+        self._by_n: dict[int, float] = {}
 
     @classmethod
     def from_profile(cls, profile: Profile) -> MeasuredSkew | None:
@@ -143,7 +144,10 @@ class MeasuredSkew:
         return True
 
     def alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float:
-        return float(np.interp(n_decode, self._ns, self._alphas))
+        found = self._by_n.get(n_decode)
+        if found is None:
+            found = self._by_n[n_decode] = float(np.interp(n_decode, self._ns, self._alphas))
+        return found
 
     def describe(self) -> str:
         return (f"decode skew measured (attention_decode_skew.csv): alpha {self._alphas[0]:.2f} at {self._ns[0]:g} "
