@@ -138,11 +138,8 @@ def write_profile(
         out / "attention_prefill.csv", "chunk_tokens,kv_prefix_tokens,time_us", attention_prefill_rows
     )
     _write_rows(out / "attention_decode.csv", "batch_size,kv_tokens,time_us", attention_decode_rows)
-    if allreduce_rows:
-        _write_rows(out / "allreduce.csv", "bytes,time_us", allreduce_rows)
-    elif (out / "allreduce.csv").exists():
-        (out / "allreduce.csv").unlink()  # a stale table from an earlier write would be read back
-    for rows, name, header in ((moe_layout_rows, MoELayoutTable.FILE, ",".join(MoELayoutTable.COLUMNS)),
+    for rows, name, header in ((allreduce_rows, "allreduce.csv", "bytes,time_us"),
+                               (moe_layout_rows, MoELayoutTable.FILE, ",".join(MoELayoutTable.COLUMNS)),
                                (decode_skew_rows, DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS))):
         if rows:
             _write_rows(out / name, header, rows)

@@ -140,9 +140,6 @@ class MeasuredSkew:
         ns = sorted(by_n)
         return cls(ns, [float(np.median(by_n[n])) for n in ns])
 
-    def __bool__(self) -> bool:
-        return True
-
     def alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float:
         found = self._by_n.get(n_decode)
         if found is None:

@@ -94,7 +94,12 @@ def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str, pp: int = 1
     """`dp` decode ranks of `pp` stages of `tp` GPUs in one DP group with the experts split over each
     stage's ranks: whole experts per GPU (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size =
     DP x TP), or, without expert parallelism, every expert split over them (ep_size 1, docs/moe.md)."""
-    return [_instance(template, "decode", tp, pp, name, dp * tp if expert_parallel else 1) for _ in range(dp)]
+    return [_instance(template, "decode", tp, pp, name, _group_ep_size(tp, dp, expert_parallel)) for _ in range(dp)]
+
+
+def _group_ep_size(tp: int, dp: int, expert_parallel: bool) -> int:
+    """A decode DP group's ep_size: DP x TP with expert parallelism, else 1 (each expert over the group)."""
+    return dp * tp if expert_parallel else 1
 
 
 def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int, expert_parallel: bool = True) -> str | None:
@@ -106,7 +111,7 @@ def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int, expert
                 f"splits with {dp}x more TP{tp} decode instances already cover")
     if dp * tp > node_gpus:
         return f"DP {dp} x TP {tp} = {dp * tp} GPUs does not fit a node of {node_gpus} GPUs"
-    return check_placement(model, ExpertPlacement(tp, dp * tp if expert_parallel else 1, dp))
+    return check_placement(model, ExpertPlacement(tp, _group_ep_size(tp, dp, expert_parallel), dp))
 
 
 def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int) -> dict[str, Any]:
