@@ -22,6 +22,7 @@ class HardwareSpec:
     intra_node_bw_gbps: float  # per-direction GPU-to-GPU bandwidth inside a node (NVLink or PCIe)
     intra_node_latency_ns: float
     intra_node_link: str  # "nvlink" or "pcie": which all-reduce model applies (pdsim/perf/collectives.py)
+    compute_capability: str  # CUDA's, e.g. "9.0": vLLM picks kernels and fusions by it
     source: str
 
 
@@ -38,6 +39,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=64.0,  # PCIe 5.0 x16, no NVLink
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="12.0",
             source="NVIDIA RTX PRO 6000 Blackwell datasheet",
         ),
         HardwareSpec(
@@ -50,6 +52,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=450.0,  # NVLink 4, 900 GB/s bidirectional
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="9.0",
             source="NVIDIA H100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -62,6 +65,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=450.0,
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="9.0",
             source="NVIDIA H200 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -74,6 +78,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=900.0,  # NVLink 5, 1.8 TB/s bidirectional
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="10.0",
             source="NVIDIA HGX B200 datasheet (per-GPU = 8-GPU totals / 8; dense = sparse / 2); NVIDIA Blackwell "
                    "architecture technical brief (NVLink 5: 1.8 TB/s per GPU)",
         ),
@@ -87,6 +92,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=900.0,  # NVLink 5, 1.8 TB/s bidirectional; 130 TB/s per NVL72 / 72
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="10.0",
             source="NVIDIA GB200 NVL72 datasheet (per-GPU = rack totals / 72; dense = sparse / 2); NVIDIA Blackwell "
                    "architecture technical brief (NVLink 5: 1.8 TB/s per GPU)",
         ),
@@ -100,6 +106,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=300.0,  # NVLink 3, 600 GB/s bidirectional
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="8.0",
             source="NVIDIA A100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -112,6 +119,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=300.0,  # NVLink 3, 600 GB/s bidirectional
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="8.0",
             source="NVIDIA A100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -124,6 +132,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=64.0,  # PCIe 5.0 x16
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="9.0",
             source="NVIDIA H100 Tensor Core GPU datasheet (H100 PCIe column)",
         ),
         HardwareSpec(
@@ -136,6 +145,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=200.0,  # NVLink 4 at 400 GB/s bidirectional (the export variant)
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="9.0",
             source="NVIDIA H800 product brief (H100 SXM compute and memory, NVLink 400 GB/s)",
         ),
         HardwareSpec(
@@ -148,6 +158,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=450.0,  # NVLink 4, 900 GB/s bidirectional
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
+            compute_capability="9.0",
             source="NVIDIA H20 product brief",
         ),
         HardwareSpec(
@@ -160,6 +171,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.9",
             source="NVIDIA L4 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -172,6 +184,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.9",
             source="NVIDIA L40 GPU datasheet",
         ),
         HardwareSpec(
@@ -184,6 +197,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.9",
             source="NVIDIA L40S datasheet",
         ),
         HardwareSpec(
@@ -196,6 +210,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16, no P2P over NVLink
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.9",
             source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090)",
         ),
         HardwareSpec(
@@ -208,6 +223,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.9",
             source="NVIDIA RTX 6000 Ada Generation datasheet",
         ),
         HardwareSpec(
@@ -220,6 +236,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16 (an optional 2-GPU NVLink bridge is not modelled)
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.6",
             source="NVIDIA RTX A6000 datasheet",
         ),
         HardwareSpec(
@@ -232,6 +249,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16 (an optional 2-GPU NVLink bridge is not modelled)
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.6",
             source="NVIDIA A40 datasheet",
         ),
         HardwareSpec(
@@ -244,6 +262,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
+            compute_capability="8.6",
             source="NVIDIA A10 datasheet",
         ),
     ]

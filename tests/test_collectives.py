@@ -170,3 +170,55 @@ def test_run_takes_vllms_all_reduce_and_kv_size_flags(tmp_path):
     assert "NCCL only" in source("--disable-custom-all-reduce") and "NCCL only" not in source()
     res = subprocess.run([*args[:-1], "2.5G"], capture_output=True, text=True)
     assert res.returncode == 2 and "--kv-cache-memory-bytes: expected a whole number" in res.stderr
+
+
+def test_vllm_fuses_the_all_reduce_with_the_norm_after_it_where_it_does():
+    # vLLM >= 0.17 (-O2): FlashInfer's all-reduce + residual add + RMSNorm kernel on compute capability 9.0 /
+    # 10.x at TP 2/4/8, for steps up to its max message size (H100 TP 4: 2 MiB, 256 tokens of a 4096-wide
+    # bf16 model). Those steps pay the all-reduce alone; larger ones the norms too.
+    from pdsim.models import load_model
+    from pdsim.perf.collectives import fused_allreduce_norm_tokens
+    from pdsim.perf.estimate import load_or_estimate
+    from pdsim.perf.predictor import StepTimePredictor
+
+    h100, model = get_hardware("H100-SXM"), load_model("meta-llama/Llama-3.1-8B")
+    width = model.hidden_size * 2
+    assert [fused_allreduce_norm_tokens(h100, tp, width) for tp in (2, 4, 8)] == [8192, 256, 64]
+    assert fused_allreduce_norm_tokens(get_hardware("B200"), 4, width) == 4096
+    for other, tp in (("RTXPRO6000", 2), ("A100-80GB", 4), ("L40S", 2), ("H100-SXM", 3)):
+        assert fused_allreduce_norm_tokens(get_hardware(other), tp, width) is None
+    profile = load_or_estimate("H100-SXM", model, "bfloat16", 4)
+    plain = StepTimePredictor(profile, model, 4, h100)
+    fused = StepTimePredictor(profile, model, 4, h100, fused_norm_tokens=256)
+    assert any("fused with the residual add and RMSNorm" in n for n in fused.notes)
+    assert not any("fused" in n for n in plain.notes)
+
+    def norms(t: int) -> float:  # seconds of the norms and residual adds a step of t tokens runs
+        per_layer = sum(profile.dense[op](t) * c for op, c in (("layernorm", 2), ("residual_add", 2))
+                        if op in profile.dense)
+        return (model.num_layers * per_layer + profile.dense["final_layernorm"](t)) * 1e-6
+
+    for n in (1, 64, 256):
+        saved = plain.step_time_s([], n, n * 1000) - fused.step_time_s([], n, n * 1000)
+        assert saved == pytest.approx(norms(n)) and saved > 0
+    assert fused.step_time_s([(200, 0)], 57, 57_000) == plain.step_time_s([(200, 0)], 57, 57_000)
+
+
+def test_instances_fuse_as_vllm_decides_by_gpu_layout_and_setting(tmp_path):
+    from pdsim.config import cluster_config_from_dict
+    from pdsim.engine.cluster import SimOptions, simulate
+    from pdsim.metrics.summary import format_summary, requests_frame, summarize
+    from tests.helpers import instance, trace
+
+    def fused(**keys) -> bool:
+        inst = instance(None, 80, keys.pop("hardware", "H100-SXM"), **{"tp_size": 2, "num_npus": 2, **keys})
+        cfg = cluster_config_from_dict({"num_nodes": 1, "link_bw": 16, "link_latency": 20000,
+                                        "nodes": [{"num_instances": 1, "instances": [inst]}]})
+        result = simulate(cfg, trace([(64, 4, 0.0)]), SimOptions(profiles_root=str(tmp_path)))
+        return "fused with the residual add and RMSNorm" in format_summary(summarize(result, requests_frame(result)))
+
+    assert fused() and fused(hardware="B200")
+    assert not fused(hardware="RTXPRO6000") and not fused(tp_size=1, num_npus=1)
+    assert not fused(allreduce_rms_fusion=False)  # vLLM 0.16 or older, enforce_eager, -O0/-O1
+    assert not fused(pp_size=2, num_npus=4)  # vLLM leaves it off with PP ...
+    assert fused(pp_size=2, num_npus=4, allreduce_rms_fusion=True)  # ... unless set by hand

@@ -398,6 +398,21 @@ def test_closed_loop_rows_schedule_as_their_vllm_version_does_by_default(tmp_pat
     assert ttft[""] == [ttft["--sync-scheduling"][0], ttft["--async-scheduling"][1]]
 
 
+def test_closed_loop_rows_fuse_all_reduce_and_norm_from_vllm_0_17(tmp_path):
+    # H100 TP 2: vLLM 0.17's default compilation fuses each all-reduce with the norm after it, 0.16's does not
+    # (both replayed synchronously here, so the version changes nothing else); at TP 1 there is nothing to fuse.
+    import pandas as pd
+
+    row = "vllm,{v},meta-llama/Llama-3.1-8B,h100_sxm,agg,512,32,4,{tp},1,bf16,30.0,8.0\n"
+    rows = [row.format(v=v, tp=tp) for tp in (2, 1) for v in ("0.16.0", "0.17.0")]
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
+    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--sync-scheduling",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    tpot = pd.read_csv(tmp_path / "v.csv").sim_tpot_ms.tolist()
+    assert tpot[1] < tpot[0] and tpot[2] == tpot[3]
+
+
 def _engine_records(made, stamped: bool = False) -> list[dict]:
     """A simulated run as LLMServingSim's vLLM runner records one, in arrival order; stamped: queued_ts at
     the pick-up and scheduled_ts at the first schedule, as vLLM stamps them (else both at arrival)."""
@@ -821,3 +836,31 @@ def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path)
     plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(RTX / "cluster_config.json", plain, None)
     assert not any("not modelled" in n for n in plain.notes)
+
+
+@needs_shared
+def test_the_replay_fuses_all_reduce_and_norm_as_the_recorded_engine_could(tmp_path):
+    # The shared run as if made at TP 2 on H100s (step times estimated): vLLM 0.19 fuses each all-reduce with
+    # the norm after it there, in every step (up to 8,192 tokens, more than the engine's 2,048 budget); 0.16
+    # predates the fusion, and enforce_eager compiles nothing to fuse.
+    requests, config = _rtx_layout(tmp_path, tp_size=2)
+    cfg = json.loads(config.read_text())
+    cfg["nodes"][0]["instances"][0].update(hardware="H100", npu_mem={"mem_size": 80, "mem_bw": 3350, "mem_latency": 0})
+    config.write_text(json.dumps(cfg))
+    meta = requests.with_name("meta.json")
+    recorded = json.loads(meta.read_text())
+
+    def replay(version: str, **kwargs) -> str:
+        meta.write_text(json.dumps({**recorded, "vllm_version": version,
+                                    "engine_kwargs": {**recorded["engine_kwargs"], **kwargs}}))
+        res = _validate_cli("--measured", str(requests), "--cluster-config", str(config),
+                            "--output", str(tmp_path / "v.csv"))
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    fused = "note: TP all-reduce fused with the residual add and RMSNorm after it in steps of up to 2,048"
+    assert fused in replay("0.19.0")
+    old = replay("0.16.0")
+    assert "TP all-reduce not fused with the norms after it: vLLM 0.16.0 predates it" in old and "RMSNorm" not in old
+    eager = replay("0.19.0", enforce_eager=True)
+    assert "not fused with the norms after it: enforce_eager" in eager and "RMSNorm" not in eager

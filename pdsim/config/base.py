@@ -47,7 +47,7 @@ OVERRIDABLE_KEYS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
     "scheduler_reserve_full_isl", "enable_prefix_caching", "quantization", "kv_cache_dtype",
     "gpu_memory_utilization", "ep_size", "kv_cache_memory_bytes", "num_gpu_blocks_override",
-    "disable_custom_all_reduce", "long_prefill_token_threshold",
+    "disable_custom_all_reduce", "long_prefill_token_threshold", "allreduce_rms_fusion",
 )
 
 

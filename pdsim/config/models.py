@@ -144,6 +144,11 @@ class InstanceConfig(_Strict):
     # vLLM's --disable-custom-all-reduce: TP all-reduces run on NCCL only (what vLLM also does when its
     # peer-to-peer check fails); its custom kernel is otherwise used for small messages (collectives.py).
     disable_custom_all_reduce: bool = False
+    # vLLM >= 0.17's all-reduce + RMSNorm fusion (FlashInfer; -O2, its default compilation): null runs it where
+    # vLLM does (compute capability 9.0/10.x, TP 2/4/8, no DP group, no PP; pdsim/perf/collectives.py); false
+    # for vLLM 0.16 or older, enforce_eager or -O0/-O1; true also in a DP group or with PP (vLLM's
+    # pass_config fuse_allreduce_rms set by hand), still only on the GPUs and TP sizes vLLM has sizes for.
+    allreduce_rms_fusion: bool | None = None
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a

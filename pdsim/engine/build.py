@@ -15,7 +15,8 @@ from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import HardwareSpec, canonical_hardware_name, get_hardware
-from pdsim.models import load_model
+from pdsim.models import ModelSpec, dtype_bytes, load_model
+from pdsim.perf.collectives import fused_allreduce_norm_tokens
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
 from pdsim.perf.pipeline import pipeline_kv_budget
@@ -75,6 +76,7 @@ def build_instance(
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
         moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
         custom_all_reduce=not ic.disable_custom_all_reduce,
+        fused_norm_tokens=_fused_norm_tokens(ic, hardware, model, dp_size),
     )
     predictor = step_times(profile, model, ic.tp_size, hardware, **knobs)
     if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py
@@ -139,6 +141,17 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
         enable_prefix_caching=ic.enable_prefix_caching,
     )
+
+
+def _fused_norm_tokens(ic: InstanceConfig, hardware: HardwareSpec | None, model: ModelSpec,
+                       dp_size: int) -> int | None:
+    """Up to how many tokens a step runs its TP all-reduces fused with the norms after them, as vLLM >= 0.17
+    decides it (None: never): by default not in a DP group or with PP, where vLLM leaves the fusion off."""
+    setting = ic.allreduce_rms_fusion
+    if ic.tp_size <= 1 or setting is False or (setting is None and (dp_size > 1 or ic.pp_size > 1)):
+        return None
+    tokens = fused_allreduce_norm_tokens(hardware, ic.tp_size, model.hidden_size * dtype_bytes(ic.dtype))
+    return None if tokens is None else min(tokens, ic.max_num_batched_tokens)  # as vLLM sizes its workspace
 
 
 def _tp_link_hardware(hw: HardwareSpec | None, cfg: ClusterConfig) -> HardwareSpec | None:

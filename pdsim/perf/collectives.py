@@ -193,3 +193,22 @@ def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
     if hardware.intra_node_link == "nvlink":
         return nvlink_model(hardware, n, custom_all_reduce)
     return measured_pcie_model(hardware, n, custom_all_reduce) or pcie_model(hardware, n, custom_all_reduce)
+
+
+# vLLM >= 0.17's default compilation (-O2) fuses each TP all-reduce with the residual add and RMSNorm
+# after it into one FlashInfer kernel (`compilation/passes/fusion/allreduce_rms_fusion.py`,
+# `config/vllm.py` enable_allreduce_rms_fusion): on compute capability 9.0 and 10.x, TP 2/4/8, no DP
+# and no PP, for steps whose all-reduce message is at most this many MiB (by capability, then TP;
+# the same in 0.17.0 to 0.19.0, which added 10.3). Larger steps run the plain all-reduce and norm.
+FUSED_ALLREDUCE_NORM_MAX_MIB: dict[str, dict[int, float]] = {
+    "9.0": {2: 64, 4: 2, 8: 0.5},
+    "10.0": {2: 64, 4: 32, 8: 1},
+    "10.3": {2: 64, 4: 64, 8: 2},
+}
+
+
+def fused_allreduce_norm_tokens(hardware: HardwareSpec | None, tp: int, act_bytes_per_token: int) -> int | None:
+    """The most tokens a step may have for vLLM to run its all-reduces fused with the norms after them
+    (max size // (hidden x activation bytes), as the pass computes it), or None where it never does."""
+    max_mib = FUSED_ALLREDUCE_NORM_MAX_MIB.get(hardware.compute_capability, {}).get(tp) if hardware else None
+    return None if max_mib is None else int(max_mib * 2**20) // act_bytes_per_token

@@ -8,6 +8,7 @@ KV lengths sum to K:  T = sum(c_i) + n new tokens,  S = len(chunks) + n sequence
          + L * attention
          + (tp > 1) (2 * L + 1) * allreduce(T * hidden * dtype_bytes)   (pdsim/perf/collectives.py)
          + (tp > 1) all_gather(S * vocab * dtype_bytes)
+         - (steps vLLM >= 0.17 fuses, below) the norms and residual adds after those all-reduces
          + step_overhead + step_overhead_per_seq * S
 
 attention (pdsim format)  = sum_i prefill(c_i, p_i) + (n > 0) decode(n, K / n)
@@ -16,7 +17,10 @@ attention (LLMServingSim) = grid4d(sum c_i, sum p_i, n, K / n), once per step.
 At TP > 1 vLLM all-reduces twice per layer (after attention's o_proj and the MLP's down_proj)
 and once more after the vocabulary-parallel embedding, and all-gathers the logits of the S rows it
 samples from (LogitsProcessor._gather_logits; each rank computes vocab / tp of them). A profile's
-lm_head is one shard's GEMM, so the gather is added here.
+lm_head is one shard's GEMM, so the gather is added here. From 0.17, on the GPUs and TP sizes in
+collectives.FUSED_ALLREDUCE_NORM_MAX_MIB, vLLM's compiled graph runs each all-reduce and the residual
+add + RMSNorm after it as one FlashInfer kernel in steps up to a message size: such steps pay the
+all-reduce and not the norms (the fused kernel is not measured; docs/validation.md "TP collectives").
 
 The per-layer dense ops include the optional `layer_overhead(T)` (count 1, 0 when the profile has
 none): what one whole decoder layer forward of T tokens takes beyond the sum of its isolated ops
@@ -67,6 +71,11 @@ from pdsim.perf.skew_fit import (  # noqa: F401 - re-exported
     profile_skew_alpha,
 )
 
+# The ops vLLM's all-reduce + RMSNorm fusion takes into the all-reduce kernel: every decoder norm and
+# residual add follows an all-reduce (o_proj's, down_proj's or the MoE block's, and the first layer's
+# input norm the embedding's), and so does the final norm.
+FUSED_NORM_OPS = frozenset({"layernorm", "residual_add", "final_layernorm"})
+
 _STEP_CACHE_MAX = 2_000_000  # entries; cleared when full so memory stays bounded on long runs
 
 
@@ -84,6 +93,7 @@ class StepTimePredictor:
         moe_external: bool = False,
         quantization: str | None = None,  # the weights' (InstanceConfig.quantization): prices estimated experts
         custom_all_reduce: bool = True,  # False: vLLM's --disable-custom-all-reduce (NCCL only)
+        fused_norm_tokens: int | None = None,  # steps of at most this many tokens fuse all-reduce and norm
     ):
         self.profile = profile
         self.model = model
@@ -101,7 +111,7 @@ class StepTimePredictor:
         self._grid4d = profile.attention_grid4d
         if self._grid4d is None and (profile.attention_prefill is None or profile.attention_decode is None):
             raise ProfileError(f"{profile.meta.path}: profile has no attention tables")
-        self._dense_items = [(profile.dense[op], c) for op, c in PER_LAYER_OPS.items() if op in profile.dense]
+        self._dense_ops = [op for op in PER_LAYER_OPS if op in profile.dense]
         self._step_items = [profile.dense[op] for op in PER_STEP_OPS]
         self._lm_head = profile.per_sequence["lm_head"]
         self._sampler = profile.per_sequence["sampler"]
@@ -130,9 +140,20 @@ class StepTimePredictor:
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
             self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
         self._init_allreduce(profile, hardware, tp, custom_all_reduce)
+        self._fused_norm_tokens = fused_norm_tokens if tp > 1 else None
+        if self._fused_norm_tokens is not None:
+            self.notes.append(f"TP all-reduce fused with the residual add and RMSNorm after it in steps of up to "
+                              f"{self._fused_norm_tokens:,} tokens (vLLM >= 0.17's default on this GPU, FlashInfer): "
+                              "those steps leave the norms' time out and pay the all-reduce alone (the fused kernel "
+                              "was not measured)")
 
         if self.moe_layer is not None:
             self.notes.extend(self.moe_layer.notes)
+        dense = profile.dense
+        self._dense_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops]
+        # What a step pays instead when its all-reduces are fused with the residual adds and norms after them.
+        self._unfused_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops if op not in FUSED_NORM_OPS]
+        self._unfused_step_items = [dense[op] for op in PER_STEP_OPS if op not in FUSED_NORM_OPS]
         self._init_caches()
 
     def _init_allreduce(self, profile: Profile, hardware: HardwareSpec | None, tp: int,
@@ -182,7 +203,7 @@ class StepTimePredictor:
         dense = self.profile.dense
         ops = [op for op in PER_LAYER_OPS if op in dense]
         self._mlp_items = [(dense[op], PER_LAYER_OPS[op]) for op in ops if op in MLP_OPS]
-        self._dense_items = [(dense[op], PER_LAYER_OPS[op]) for op in ops if op not in MLP_OPS]
+        self._dense_ops = [op for op in ops if op not in MLP_OPS]
         self._mlp_layer_fraction = mlp_layers / model.num_layers
 
     # ------------------------------------------------------------ parts
@@ -216,8 +237,9 @@ class StepTimePredictor:
         cached = self._dense_cache.get(tokens)
         if cached is not None:
             return cached
+        fused = self._fused_norm_tokens is not None and tokens <= self._fused_norm_tokens
         per_layer = 0.0
-        for table, count in self._dense_items:
+        for table, count in (self._unfused_items if fused else self._dense_items):
             per_layer += count * table(tokens)
         if self.moe_layer is not None:
             per_layer += self._mlp_layer_fraction * sum(count * table(tokens) for table, count in self._mlp_items)
@@ -226,7 +248,7 @@ class StepTimePredictor:
         us = self.num_layers * per_layer + allreduce  # and the vocabulary-parallel embedding's
         if self.moe_layer is not None and not self._moe_external:
             us += self.moe_layer.step_us(tokens)
-        for table in self._step_items:
+        for table in (self._unfused_step_items if fused else self._step_items):
             us += table(tokens)
         self._dense_cache[tokens] = us
         return us

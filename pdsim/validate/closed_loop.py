@@ -31,7 +31,7 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.metrics.summary import requests_frame
-from pdsim.validate.measured import vllm_async_scheduling_default, vllm_reserves_full_isl
+from pdsim.validate.measured import vllm_async_scheduling_default, vllm_fuses_allreduce_norm, vllm_reserves_full_isl
 from pdsim.validate.row_layout import row_layout, text
 from pdsim.workload.trace import TraceRequest
 
@@ -149,6 +149,9 @@ def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: f
     # Async scheduling as the row's vLLM runs it by default (aiconfigurator's generator sets nothing; rows
     # are not pipelined): off up to 0.13 and where the version is not known, on from 0.14.
     eng.setdefault("async_scheduling", bool(vllm_async_scheduling_default(version)))
+    # vLLM 0.17's default compilation added the all-reduce + RMSNorm fusion (where the GPU allows it).
+    if vllm_fuses_allreduce_norm(version) is False:
+        eng.setdefault("allreduce_rms_fusion", False)
     cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng)
     return simulate_row(cfg, isl, osl, conc, opts, rounds)
 

@@ -74,6 +74,16 @@ class MeasuredRun:
         KV cache (scheduler_reserve_full_isl), and why pdsim thinks so (None: unknown)."""
         return self._engine_setting("scheduler_reserve_full_isl", vllm_reserves_full_isl)
 
+    def allreduce_rms_fusion(self) -> tuple[bool | None, str]:
+        """False where the measured vLLM cannot have fused its TP all-reduces with the norms after them
+        (enforce_eager, or a version before 0.17), and why; None: vLLM's own rule decides (by GPU and layout)."""
+        if self.engine_kwargs.get("enforce_eager") is True:
+            return False, "enforce_eager in meta.json engine_kwargs (nothing compiled)"
+        version = str(self.engine_meta.get("vllm_version", ""))
+        if vllm_fuses_allreduce_norm(version) is False:
+            return False, f"vLLM {version} predates it (meta.json; on by default from 0.17)"
+        return None, ""
+
     def _engine_setting(self, key: str, default_of: Callable[[str], bool | None]) -> tuple[bool | None, str]:
         """A boolean engine argument: as meta.json's engine_kwargs set it, else the default of the
         vLLM version meta.json names (default_of(version), None when not known)."""
@@ -100,6 +110,14 @@ def vllm_async_scheduling_default(version: str) -> bool | None:
     than EAGLE, and in 0.14 alone pipeline parallelism); read in the 0.13.0 to 0.19.0 releases. None: unknown."""
     major_minor = vllm_major_minor(version)
     return None if major_minor is None else major_minor >= (0, 14)
+
+
+def vllm_fuses_allreduce_norm(version: str) -> bool | None:
+    """Whether the version's default compilation (-O2) fuses TP all-reduces with the RMSNorm after them where
+    the GPU allows (`config/vllm.py`: off in every optimization level up to 0.16, enable_allreduce_rms_fusion
+    from 0.17); None: unknown."""
+    major_minor = vllm_major_minor(version)
+    return None if major_minor is None else major_minor >= (0, 17)
 
 
 def vllm_reserves_full_isl(version: str) -> bool | None:

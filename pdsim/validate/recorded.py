@@ -31,6 +31,7 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
+    fusion, why_not = run.allreduce_rms_fusion()
     # What the config itself states, for the notes on what the run's meta.json overrides.
     stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
     _check_dp_size(stated, run, cluster_config)
@@ -38,7 +39,10 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
                                                "scheduler_reserve_full_isl": reserve,
                                                **_engine_limits(stated, run),
                                                **_recorded_precision(stated, run),
-                                               **_recorded_expert_layout(stated, run)})
+                                               **_recorded_expert_layout(stated, run),
+                                               **({} if fusion is None else {"allreduce_rms_fusion": fusion})})
+    if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
+        run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_parallelism(run, cfg, cluster_config)
     _note_unused(run)
     return cfg
