@@ -215,7 +215,10 @@ def test_instances_fuse_as_vllm_decides_by_gpu_layout_and_setting(tmp_path):
         cfg = cluster_config_from_dict({"num_nodes": 1, "link_bw": 16, "link_latency": 20000,
                                         "nodes": [{"num_instances": 1, "instances": [inst]}]})
         result = simulate(cfg, trace([(64, 4, 0.0)]), SimOptions(profiles_root=str(tmp_path)))
-        return "fused with the residual add and RMSNorm" in format_summary(summarize(result, requests_frame(result)))
+        summary = summarize(result, requests_frame(result))
+        said = "fused with the residual add and RMSNorm" in format_summary(summary)
+        assert said == (summary["instances"][0]["allreduce_norm_fused_max_tokens"] == 2048)  # the 2,048-token budget
+        return said
 
     assert fused() and fused(hardware="B200")
     assert not fused(hardware="RTXPRO6000") and not fused(tp_size=1, num_npus=1)

@@ -137,6 +137,8 @@ def _instance_summary(result: SimulationResult, inst, info) -> dict:
         "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
         "profile": info.profile_path, "estimated_profile": info.estimated_profile,
         "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
+        # steps of up to this many tokens run each all-reduce fused with the norm after it (None: none do)
+        "allreduce_norm_fused_max_tokens": inst.predictor.fused_norm_tokens,
         "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
         "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
     }

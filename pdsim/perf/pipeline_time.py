@@ -78,6 +78,10 @@ class PipelinePredictor:
         return self.full.allreduce_source
 
     @property
+    def fused_norm_tokens(self) -> int | None:
+        return self.stages[0].fused_norm_tokens
+
+    @property
     def moe_layer(self):  # the whole model's MoE layers: a DP group runs the stages one after another
         return self.full.moe_layer
 

@@ -140,10 +140,10 @@ class StepTimePredictor:
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
             self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
         self._init_allreduce(profile, hardware, tp, custom_all_reduce)
-        self._fused_norm_tokens = fused_norm_tokens if tp > 1 else None
-        if self._fused_norm_tokens is not None:
+        self.fused_norm_tokens = fused_norm_tokens if tp > 1 else None
+        if self.fused_norm_tokens is not None:
             self.notes.append(f"TP all-reduce fused with the residual add and RMSNorm after it in steps of up to "
-                              f"{self._fused_norm_tokens:,} tokens (vLLM >= 0.17's default on this GPU, FlashInfer): "
+                              f"{self.fused_norm_tokens:,} tokens (vLLM >= 0.17's default on this GPU, FlashInfer): "
                               "those steps leave the norms' time out and pay the all-reduce alone (the fused kernel "
                               "was not measured)")
 
@@ -237,7 +237,7 @@ class StepTimePredictor:
         cached = self._dense_cache.get(tokens)
         if cached is not None:
             return cached
-        fused = self._fused_norm_tokens is not None and tokens <= self._fused_norm_tokens
+        fused = self.fused_norm_tokens is not None and tokens <= self.fused_norm_tokens
         per_layer = 0.0
         for table, count in (self._unfused_items if fused else self._dense_items):
             per_layer += count * table(tokens)
