@@ -162,8 +162,11 @@ def test_validate_prints_and_can_replay_the_measured_capacity(tmp_path):
     assert predicted.returncode == 0, predicted.stderr
     line = next(x for x in predicted.stdout.splitlines() if x.startswith("KV capacity"))
     assert "predicted 41,408" in line and "measured 19,200" in line and "used the predicted" in line
+    # Its 41,408 tokens fill (2,587 blocks used, one preemption), so the +116% gap is flagged.
+    assert "NOTE: the replay filled its KV cache" in predicted.stdout
     measured = _pdsim(*args, "--kv-capacity", "measured")
     assert measured.returncode == 0 and "used the measured capacity" in measured.stdout
+    assert "NOTE: the replay filled its KV cache" not in measured.stdout
     # The fixture's measured cache is less than half the predicted one: requests wait, TTFT rises.
     assert _ttft_mean(measured.stdout) > 1.5 * _ttft_mean(predicted.stdout)
     no_kv = tmp_path / "run"
@@ -243,3 +246,14 @@ def test_data_center_gddr_boards_lose_a_sixteenth_to_ecc():
     assert "ECC" not in memory.visible_memory_gib("H200", 141)[1]
     # A config slice below that is still taken as given.
     assert memory.visible_memory_gib("L40S", 40) == (40, "mem_size, below the 44.54 GiB CUDA shows")
+
+
+def test_a_capacity_gap_is_flagged_when_the_replay_fills_its_cache():
+    from pdsim.validate.kv_capacity import MeasuredKV, capacity_line
+
+    measured = MeasuredKV(2588, 16, "meta.json kv_cache.num_gpu_blocks")  # 41,408 tokens
+    flag = "NOTE: the replay filled its KV cache"
+    assert flag in capacity_line(46_000, "vllm", measured, "predicted", replay_filled=True)  # +11%
+    assert flag not in capacity_line(46_000, "vllm", measured, "predicted", replay_filled=False)
+    assert flag not in capacity_line(42_000, "vllm", measured, "predicted", replay_filled=True)  # +1.4%
+    assert flag not in capacity_line(46_000, "vllm", measured, "measured", replay_filled=True)

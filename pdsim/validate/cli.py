@@ -215,7 +215,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
             click.echo(f"note: {note}")
     info = result.infos[0]
     rule = kv_rule(cfg.instances()[0].config)
-    click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity))
+    filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
+    click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled))
     click.echo(format_table(table))
     if estimated:
         click.echo(_estimated_line())

@@ -73,12 +73,22 @@ RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, np
          "override": "vLLM's kv_cache_memory_bytes or num_gpu_blocks_override"}
 
 
-def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None, used: str) -> str:
-    """One line: predicted vs measured KV capacity, and which one the replay used."""
+# Above this gap between predicted and measured capacity a replay that fills its cache carries a memory error.
+KV_GAP_PCT = 5.0
+
+
+def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None, used: str,
+                  replay_filled: bool = False) -> str:
+    """One line: predicted vs measured KV capacity, and which one the replay used; replay_filled: the
+    replay's cache filled up (it preempted, or its peak reached the capacity)."""
     how = f" ({RULES[rule]})" if rule in RULES else ""
     head = f"KV capacity (tokens per instance, as vLLM reports it): predicted {predicted_tokens:,}{how}"
     if measured is None:
         return f"{head}; measured: not recorded by the run (give --engine-log, or a meta.json with kv_cache)"
     err = 100.0 * (predicted_tokens - measured.tokens) / measured.tokens
-    return (f"{head} vs measured {measured.tokens:,} ({measured.num_gpu_blocks:,} blocks, {measured.source}): "
+    line = (f"{head} vs measured {measured.tokens:,} ({measured.num_gpu_blocks:,} blocks, {measured.source}): "
             f"{err:+.1f}%; the replay used the {used} capacity")
+    if used == "predicted" and replay_filled and abs(err) > KV_GAP_PCT:
+        line += ("\nNOTE: the replay filled its KV cache, so the latencies below carry that capacity error as well "
+                 "as the step times'; --kv-capacity measured replays with the engine's blocks to tell them apart")
+    return line
