@@ -116,6 +116,10 @@ def cli() -> None:
 @click.option("--disable-custom-all-reduce/--enable-custom-all-reduce", default=None,
               help="Override for all instances: vLLM's --disable-custom-all-reduce (TP all-reduces on NCCL "
                    "only).  [default: config, else vLLM's custom kernel for small messages]")
+@click.option("--allreduce-rms-fusion/--no-allreduce-rms-fusion", default=None,
+              help="Override for all instances: vLLM's fusion of each TP all-reduce with the RMSNorm after it (its "
+                   "default from 0.17; off for 0.16 and older or --enforce-eager).  [default: config, else where "
+                   "vLLM fuses: TP 2/4/8 on compute capability 9.0/10.x, no DP group, no PP]")
 @click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6, what="a time (us)"),
               help="Fixed CPU/scheduling time added to every engine step.")
 @click.option("--max-sim-time", type=float, default=None, callback=number_in(0, 4e9, low_open=True, what="a time (s)"),
@@ -141,7 +145,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
             async_scheduling: bool | None, enable_prefix_caching: bool | None, gpu_memory_utilization: float | None,
-            kv_cache_memory_bytes: int | None, disable_custom_all_reduce: bool | None, step_overhead_us: float,
+            kv_cache_memory_bytes: int | None, disable_custom_all_reduce: bool | None,
+            allreduce_rms_fusion: bool | None, step_overhead_us: float,
             max_sim_time: float | None, log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None,
             slo_tpot_ms: float | None, plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
@@ -159,7 +164,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
                  "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_memory_bytes": kv_cache_memory_bytes,
-                 "disable_custom_all_reduce": disable_custom_all_reduce}
+                 "disable_custom_all_reduce": disable_custom_all_reduce, "allreduce_rms_fusion": allreduce_rms_fusion}
     cfg = load_cluster_config(cluster_config, overrides)
     trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
                        concurrency, seed)

@@ -168,6 +168,11 @@ def test_run_takes_vllms_all_reduce_and_kv_size_flags(tmp_path):
         return json.loads(out.with_name("run_summary.json").read_text())["instances"][0]["allreduce_source"]
 
     assert "NCCL only" in source("--disable-custom-all-reduce") and "NCCL only" not in source()
+    # The RTX PRO 6000 (compute capability 12.0) never fuses the all-reduce with the norm, even when asked:
+    # vLLM has no size for it.
+    source("--allreduce-rms-fusion")
+    summary = json.loads(out.with_name("run_summary.json").read_text())
+    assert summary["instances"][0]["allreduce_norm_fused_max_tokens"] is None
     res = subprocess.run([*args[:-1], "2.5G"], capture_output=True, text=True)
     assert res.returncode == 2 and "--kv-cache-memory-bytes: expected a whole number" in res.stderr
 
@@ -225,3 +230,27 @@ def test_instances_fuse_as_vllm_decides_by_gpu_layout_and_setting(tmp_path):
     assert not fused(allreduce_rms_fusion=False)  # vLLM 0.16 or older, enforce_eager, -O0/-O1
     assert not fused(pp_size=2, num_npus=4)  # vLLM leaves it off with PP ...
     assert fused(pp_size=2, num_npus=4, allreduce_rms_fusion=True)  # ... unless set by hand
+
+
+def test_run_turns_the_all_reduce_norm_fusion_off_as_for_an_older_vllm(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import cluster, instance
+
+    repo = Path(__file__).resolve().parents[1]
+    config = tmp_path / "h100_tp2.json"
+    config.write_text(cluster(instance(None, 80, "H100-SXM", tp_size=2, num_npus=2)).model_dump_json())
+    out = tmp_path / "run.csv"
+    args = [sys.executable, "-m", "pdsim", "--cluster-config", str(config), "--dataset",
+            str(repo / "workloads" / "example_trace.jsonl"), "--num-requests", "5", "--output", str(out), "--quiet",
+            "--profiles-root", str(tmp_path)]
+
+    def fused(*extra: str) -> int | None:
+        res = subprocess.run([*args, *extra], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        summary = json.loads(out.with_name("run_summary.json").read_text())
+        return summary["instances"][0]["allreduce_norm_fused_max_tokens"]
+
+    assert fused() == 2048 and fused("--no-allreduce-rms-fusion") is None
