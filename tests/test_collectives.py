@@ -145,8 +145,8 @@ def test_run_summary_names_the_source_per_instance(tmp_path):
     assert f"note: TP all-reduce priced by {sources[1]}" in format_summary(summary)
 
 
-def test_run_takes_vllms_all_reduce_and_kv_size_flags(tmp_path):
-    # `pdsim run --disable-custom-all-reduce --kv-cache-memory-bytes 2G`, as vLLM spells them.
+def _run_tp2(tmp_path: Path, hardware: str, mem_gb: float, *flags: str):
+    """`pdsim run` of five requests on one TP 2 instance with these flags: the process and its instance's summary."""
     import json
     import subprocess
     import sys
@@ -154,26 +154,30 @@ def test_run_takes_vllms_all_reduce_and_kv_size_flags(tmp_path):
     from tests.helpers import cluster, instance
 
     repo = Path(__file__).resolve().parents[1]
-    config = tmp_path / "tp2.json"
-    config.write_text(cluster(instance(None, 96, "RTXPRO6000", tp_size=2, num_npus=2)).model_dump_json())
+    config = tmp_path / f"{hardware}_tp2.json"
+    config.write_text(cluster(instance(None, mem_gb, hardware, tp_size=2, num_npus=2)).model_dump_json())
     out = tmp_path / "run.csv"
-    args = [sys.executable, "-m", "pdsim", "--cluster-config", str(config), "--dataset",
-            str(repo / "workloads" / "example_trace.jsonl"), "--num-requests", "5", "--output", str(out), "--quiet",
-            "--profiles-root", str(tmp_path), "--kv-cache-memory-bytes", "2G"]
+    res = subprocess.run([sys.executable, "-m", "pdsim", "--cluster-config", str(config), "--dataset",
+                          str(repo / "workloads" / "example_trace.jsonl"), "--num-requests", "5", "--output", str(out),
+                          "--quiet", "--profiles-root", str(tmp_path), *flags], capture_output=True, text=True)
+    summary = json.loads(out.with_name("run_summary.json").read_text()) if res.returncode == 0 else None
+    return res, summary["instances"][0] if summary else None
 
-    def source(*extra: str) -> str:
-        res = subprocess.run([*args, *extra], capture_output=True, text=True)
+
+def test_run_takes_vllms_all_reduce_and_kv_size_flags(tmp_path):
+    # `pdsim run --disable-custom-all-reduce --kv-cache-memory-bytes 2G`, as vLLM spells them.
+    def instance(*flags: str) -> dict:
+        res, inst = _run_tp2(tmp_path, "RTXPRO6000", 96, "--kv-cache-memory-bytes", "2G", *flags)
         assert res.returncode == 0, res.stderr
         assert "kv_cache_memory_bytes 2,147,483,648" in res.stdout
-        return json.loads(out.with_name("run_summary.json").read_text())["instances"][0]["allreduce_source"]
+        return inst
 
-    assert "NCCL only" in source("--disable-custom-all-reduce") and "NCCL only" not in source()
+    assert "NCCL only" in instance("--disable-custom-all-reduce")["allreduce_source"]
+    assert "NCCL only" not in instance()["allreduce_source"]
     # The RTX PRO 6000 (compute capability 12.0) never fuses the all-reduce with the norm, even when asked:
     # vLLM has no size for it.
-    source("--allreduce-rms-fusion")
-    summary = json.loads(out.with_name("run_summary.json").read_text())
-    assert summary["instances"][0]["allreduce_norm_fused_max_tokens"] is None
-    res = subprocess.run([*args[:-1], "2.5G"], capture_output=True, text=True)
+    assert instance("--allreduce-rms-fusion")["allreduce_norm_fused_max_tokens"] is None
+    res, _ = _run_tp2(tmp_path, "RTXPRO6000", 96, "--kv-cache-memory-bytes", "2.5G")
     assert res.returncode == 2 and "--kv-cache-memory-bytes: expected a whole number" in res.stderr
 
 
@@ -233,24 +237,9 @@ def test_instances_fuse_as_vllm_decides_by_gpu_layout_and_setting(tmp_path):
 
 
 def test_run_turns_the_all_reduce_norm_fusion_off_as_for_an_older_vllm(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from tests.helpers import cluster, instance
-
-    repo = Path(__file__).resolve().parents[1]
-    config = tmp_path / "h100_tp2.json"
-    config.write_text(cluster(instance(None, 80, "H100-SXM", tp_size=2, num_npus=2)).model_dump_json())
-    out = tmp_path / "run.csv"
-    args = [sys.executable, "-m", "pdsim", "--cluster-config", str(config), "--dataset",
-            str(repo / "workloads" / "example_trace.jsonl"), "--num-requests", "5", "--output", str(out), "--quiet",
-            "--profiles-root", str(tmp_path)]
-
-    def fused(*extra: str) -> int | None:
-        res = subprocess.run([*args, *extra], capture_output=True, text=True)
+    def fused(*flags: str) -> int | None:
+        res, inst = _run_tp2(tmp_path, "H100-SXM", 80, *flags)
         assert res.returncode == 0, res.stderr
-        summary = json.loads(out.with_name("run_summary.json").read_text())
-        return summary["instances"][0]["allreduce_norm_fused_max_tokens"]
+        return inst["allreduce_norm_fused_max_tokens"]
 
     assert fused() == 2048 and fused("--no-allreduce-rms-fusion") is None
