@@ -152,8 +152,8 @@ class StepTimePredictor:
         dense = profile.dense
         self._dense_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops]
         # What a step pays instead when its all-reduces are fused with the residual adds and norms after them.
-        self._unfused_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops if op not in FUSED_NORM_OPS]
-        self._unfused_step_items = [dense[op] for op in PER_STEP_OPS if op not in FUSED_NORM_OPS]
+        self._items_when_fused = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops if op not in FUSED_NORM_OPS]
+        self._step_items_when_fused = [dense[op] for op in PER_STEP_OPS if op not in FUSED_NORM_OPS]
         self._init_caches()
 
     def _init_allreduce(self, profile: Profile, hardware: HardwareSpec | None, tp: int,
@@ -201,9 +201,8 @@ class StepTimePredictor:
             raise ProfileError(f"{self.profile.meta.path}: {model.name} has {mlp_layers} dense MLP layers but "
                                f"dense.csv has no {', '.join(sorted(MLP_OPS))} rows")
         dense = self.profile.dense
-        ops = [op for op in PER_LAYER_OPS if op in dense]
-        self._mlp_items = [(dense[op], PER_LAYER_OPS[op]) for op in ops if op in MLP_OPS]
-        self._dense_ops = [op for op in ops if op not in MLP_OPS]
+        self._mlp_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops if op in MLP_OPS]
+        self._dense_ops = [op for op in self._dense_ops if op not in MLP_OPS]
         self._mlp_layer_fraction = mlp_layers / model.num_layers
 
     # ------------------------------------------------------------ parts
@@ -239,7 +238,7 @@ class StepTimePredictor:
             return cached
         fused = self.fused_norm_tokens is not None and tokens <= self.fused_norm_tokens
         per_layer = 0.0
-        for table, count in (self._unfused_items if fused else self._dense_items):
+        for table, count in (self._items_when_fused if fused else self._dense_items):
             per_layer += count * table(tokens)
         if self.moe_layer is not None:
             per_layer += self._mlp_layer_fraction * sum(count * table(tokens) for table, count in self._mlp_items)
@@ -248,7 +247,7 @@ class StepTimePredictor:
         us = self.num_layers * per_layer + allreduce  # and the vocabulary-parallel embedding's
         if self.moe_layer is not None and not self._moe_external:
             us += self.moe_layer.step_us(tokens)
-        for table in (self._unfused_step_items if fused else self._step_items):
+        for table in (self._step_items_when_fused if fused else self._step_items):
             us += table(tokens)
         self._dense_cache[tokens] = us
         return us

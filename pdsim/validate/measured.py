@@ -104,26 +104,30 @@ def vllm_major_minor(version: str) -> tuple[int, int] | None:
     return major, minor
 
 
+def vllm_at_least(version: str, first: tuple[int, int]) -> bool | None:
+    """Whether `version` is `first` or later: what a default that vLLM turned on in `first` is for that
+    version; None when it is not a release number."""
+    major_minor = vllm_major_minor(version)
+    return None if major_minor is None else major_minor >= first
+
+
 def vllm_async_scheduling_default(version: str) -> bool | None:
     """vLLM's default: off up to 0.13 (`SchedulerConfig.async_scheduling = False`), on from 0.14 (None there,
     which `VllmConfig.__post_init__` turns on unless something rules it out: ray, speculative decoding other
     than EAGLE, and in 0.14 alone pipeline parallelism); read in the 0.13.0 to 0.19.0 releases. None: unknown."""
-    major_minor = vllm_major_minor(version)
-    return None if major_minor is None else major_minor >= (0, 14)
+    return vllm_at_least(version, (0, 14))
 
 
 def vllm_fuses_allreduce_norm(version: str) -> bool | None:
     """Whether the version's default compilation (-O2) fuses TP all-reduces with the RMSNorm after them where
     the GPU allows (`config/vllm.py`: off in every optimization level up to 0.16, enable_allreduce_rms_fusion
     from 0.17); None: unknown."""
-    major_minor = vllm_major_minor(version)
-    return None if major_minor is None else major_minor >= (0, 17)
+    return vllm_at_least(version, (0, 17))
 
 
 def vllm_reserves_full_isl(version: str) -> bool | None:
     """scheduler_reserve_full_isl: new in 0.19 (on by default), absent up to 0.18; None: unknown."""
-    major_minor = vllm_major_minor(version)
-    return None if major_minor is None else major_minor >= (0, 19)
+    return vllm_at_least(version, (0, 19))
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
