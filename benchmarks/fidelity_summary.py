@@ -65,6 +65,13 @@ def per_request_runs(out: Path) -> list[tuple[str, str, str, str]]:
             name = f"  of TTFT, {name}" if metric in ("queueing (ms)", "sched. to 1st token (ms)") else name
             rows.append((case, f"{name} mean / p50 / p90", figure,
                          "nothing (the run's own profile, config and engine settings)"))
+        # How far a step-time error of 2% moves TTFT here (validate's step-time margin columns).
+        csv_all = pd.read_csv(csv).set_index(["metric", "stat"])
+        margin = csv_all.step_time_margin_pct.iloc[0]
+        band = " / ".join(f"{csv_all.diff_pct_steps_faster[('TTFT (ms)', s)]:+.1f}.."
+                          f"{csv_all.diff_pct_steps_slower[('TTFT (ms)', s)]:+.1f}%" for s in ("mean", "p50", "p90"))
+        rows.append((case, f"  TTFT mean / p50 / p90 with every step {margin:g}% faster..slower", band,
+                     "nothing (the run's own profile, config and engine settings)"))
     return rows
 
 

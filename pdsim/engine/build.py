@@ -21,6 +21,7 @@ from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
 from pdsim.perf.pipeline import pipeline_kv_budget
 from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.scaled import ScaledStepTimes
 
 # Makes an instance's step-time model; called as StepTimePredictor is. Tests pass a closed-form one.
 StepTimeFactory = Callable[..., StepTimePredictor]
@@ -82,6 +83,8 @@ def build_instance(
     if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py
         predictor = pipeline_predictor(predictor, step_times, profile, model, ic, hardware, knobs,
                                        pp_link(cfg, ref.node_index))
+    if opts.step_time_scale != 1.0:
+        predictor = ScaledStepTimes(predictor, opts.step_time_scale)
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     if mismatch == "note":

@@ -47,6 +47,8 @@ class SimOptions:
     # Instance id -> the measured engine's num_gpu_blocks, used instead of the predicted KV capacity
     # (validate --kv-capacity measured), so memory and timing errors can be seen apart.
     kv_gpu_blocks: dict[str, int] = field(default_factory=dict)
+    # Every engine step this many times as long as predicted (validate's step-time sensitivity replays).
+    step_time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.ttft_mode not in TTFT_MODES:
@@ -54,5 +56,7 @@ class SimOptions:
         # A sample per 1e-12 s would never end; the CLI's --log-interval refuses the same range.
         if not (math.isfinite(self.sample_interval_s) and self.sample_interval_s >= 1e-3):
             raise ConfigError(f"sample_interval_s: expected a finite number >= 0.001 s, got {self.sample_interval_s}")
+        if not (math.isfinite(self.step_time_scale) and self.step_time_scale > 0):
+            raise ConfigError(f"step_time_scale: expected a finite number > 0, got {self.step_time_scale}")
         if self.max_sim_time_s is not None and not (math.isfinite(self.max_sim_time_s) and self.max_sim_time_s > 0):
             raise ConfigError(f"max_sim_time_s: expected a finite number > 0 (s), got {self.max_sim_time_s}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,13 +163,16 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
 @click.option("--token-ids", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The workload that fed a per-request run, with its prompts' token ids (LLMServingSim's "
                    "workload.jsonl, input_tok_ids): the replay then gets the engine's prefix-cache hits.")
+@click.option("--step-time-margin-pct", default=2.0, show_default=True, callback=number_in(0, 50),
+              help="Per-request runs: replay twice more with every engine step this % faster and slower, and "
+                   "print what each figure then is (how far a step-time error of that size moves it; 0: off).")
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
               type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
              engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
-             token_ids: Path | None, output: Path, plot: bool) -> None:
+             token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.measured import is_closed_loop_table, read_measured
 
@@ -190,7 +194,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         return
     from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
     from pdsim.perf.memory import kv_rule
-    from pdsim.validate.compare import compare, format_table, replay, write_cdf_plots
+    from pdsim.validate.compare import compare, format_table, replay, with_step_margin, write_cdf_plots
 
     run = read_measured(measured, clock)
     cfg = replay_config(cluster_config, run, async_scheduling)
@@ -206,6 +210,11 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     _eager_profile_note(run, result)
     table = compare(run, result)
     estimated = any(info.estimated_profile for info in result.infos)
+    if step_time_margin_pct:
+        faster, slower = (compare(run, replay(cfg, run, dataclasses.replace(opts, step_time_scale=scale),
+                                              str(cluster_config)))
+                          for scale in (1 - step_time_margin_pct / 100, 1 + step_time_margin_pct / 100))
+        table = with_step_margin(table, faster, slower, step_time_margin_pct)
     table["estimated_profile"] = estimated
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
@@ -218,6 +227,10 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled))
     click.echo(format_table(table))
+    if step_time_margin_pct:
+        click.echo(f"(last column: the differences with every replayed step {step_time_margin_pct:g}% faster and "
+                   f"{step_time_margin_pct:g}% slower; a figure that moves much more than {step_time_margin_pct:g}% "
+                   "is dominated by queueing, where a small step-time error makes a large latency error)")
     if estimated:
         click.echo(_estimated_line())
     written = [output]

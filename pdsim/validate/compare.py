@@ -119,11 +119,31 @@ def _pct(sim: float, meas: float, floor: float = 0.0) -> float:
     return (sim - meas) / meas * 100 if not np.isnan(meas) and abs(meas) > floor else np.nan
 
 
+def with_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd.DataFrame,
+                     margin_pct: float) -> pd.DataFrame:
+    """The table with each figure of the replays whose every step was margin_pct % faster and slower."""
+    out = table.copy()
+    out["step_time_margin_pct"] = margin_pct
+    for side, other in (("faster", faster), ("slower", slower)):
+        values = other.simulated.to_numpy()
+        out[f"simulated_steps_{side}"] = values
+        # NaN where the table's own difference is (a measured figure of about nothing).
+        out[f"diff_pct_steps_{side}"] = np.where(table.diff_pct.isna(), np.nan,
+                                                  (values - table.measured) / table.measured * 100)
+    return out
+
+
 def format_table(table: pd.DataFrame) -> str:
-    lines = [f"{'metric':<27}{'stat':<6}{'measured':>12}{'simulated':>12}{'diff':>9}"]
+    margin = table.step_time_margin_pct.iloc[0] if "step_time_margin_pct" in table else None
+    band = f"steps -/+{margin:g}%" if margin is not None else ""
+    lines = [f"{'metric':<27}{'stat':<6}{'measured':>12}{'simulated':>12}{'diff':>9}" + (f"{band:>20}" if band else "")]
     for r in table.itertuples(index=False):
         diff = "n/a" if np.isnan(r.diff_pct) else f"{r.diff_pct:+.1f}%"
-        lines.append(f"{r.metric:<27}{r.stat:<6}{r.measured:>12,.2f}{r.simulated:>12,.2f}{diff:>9}")
+        line = f"{r.metric:<27}{r.stat:<6}{r.measured:>12,.2f}{r.simulated:>12,.2f}{diff:>9}"
+        if band:
+            lo, hi = r.diff_pct_steps_faster, r.diff_pct_steps_slower
+            line += f"{'n/a' if np.isnan(lo) else f'{lo:+.1f}% .. {hi:+.1f}%':>20}"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -1,0 +1,73 @@
+"""Every engine step scaled (SimOptions.step_time_scale) and validate's step-time margin column."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from pdsim.config import cluster_config_from_dict
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import ConfigError
+from tests.helpers import cluster, instance, trace
+
+QWEN_MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
+ROWS = [(900, 40, 0.0), (300, 120, 0.0), (2500, 12, 0.0), (64, 200, 0.0)]
+
+
+def _moe_dp_group():
+    rank = {"model_name": QWEN_MOE, "hardware": "RTXPRO6000", "tp_size": 1, "pd_type": None, "ep_size": 2,
+            "dp_group": "A", "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0, "mem_util": 0.9}}
+    return cluster_config_from_dict({"num_nodes": 1, "link_bw": 16, "link_latency": 20000,
+                                     "nodes": [{"num_instances": 2, "instances": [rank, dict(rank)]}]})
+
+
+@pytest.mark.parametrize("cfg", [cluster(instance(None, max_num_seqs=8)),
+                                 cluster(instance(None, async_scheduling=True)), _moe_dp_group()],
+                         ids=["sync", "async", "moe-dp-group"])
+def test_every_step_scaled_scales_the_whole_timeline(cfg):
+    # All requests arrive at 0 and nothing else takes time (no links, no client): with every step 1.5x as long
+    # every first token and finish comes at 1.5x the time. A path that missed the scale (a decode run, a DP
+    # group's MoE layer or dummy step) would break it.
+    base = simulate(cfg, trace(ROWS), SimOptions())
+    slow = simulate(cfg, trace(ROWS), SimOptions(step_time_scale=1.5))
+    assert all(r.status == "finished" for r in base.requests + slow.requests)
+    for a, b in zip(base.requests, slow.requests):
+        assert b.first_token_s == pytest.approx(1.5 * a.first_token_s, rel=1e-9)
+        assert b.finish_s == pytest.approx(1.5 * a.finish_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_step_time_scale_must_be_positive_and_finite(scale):
+    with pytest.raises(ConfigError, match="step_time_scale"):
+        SimOptions(step_time_scale=scale)
+
+
+def test_validate_prints_each_figure_with_every_step_faster_and_slower(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.validate.cli import validate
+
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.02 * i) for i in range(60)]
+    cfg = cluster(instance(None, max_num_seqs=8))
+    made = simulate(cfg, trace(rows), SimOptions())
+    records = [{"input_toks": r.input_toks, "output_toks": r.output_toks, "arrival_time": r.arrival_s,
+                "queued_ts": r.arrival_s, "scheduled_ts": r.arrival_s, "first_token_ts": r.first_token_s,
+                "last_token_ts": r.finish_s} for r in made.requests]
+    (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "cluster.json").write_text(cfg.model_dump_json(exclude_none=True))
+    args = ["--measured", str(tmp_path / "requests.jsonl"), "--cluster-config", str(tmp_path / "cluster.json")]
+    res = CliRunner().invoke(validate, [*args, "--output", str(tmp_path / "v.csv")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "steps -/+2%" in res.output and "every replayed step 2% faster and 2% slower" in res.output
+    table = pd.read_csv(tmp_path / "v.csv").set_index(["metric", "stat"])
+    ttft, tpot = table.loc[("TTFT (ms)", "mean")], table.loc[("TPOT (ms)", "mean")]
+    assert ttft.simulated_steps_faster < ttft.simulated < ttft.simulated_steps_slower
+    # The run is pdsim's own: the replay is exact, and a decode step 2% longer is a TPOT 2% longer.
+    assert tpot.diff_pct == pytest.approx(0, abs=1e-6)
+    assert tpot.diff_pct_steps_slower == pytest.approx(2.0, abs=0.2)
+    assert tpot.diff_pct_steps_faster == pytest.approx(-2.0, abs=0.2)
+    # Off: the table as before.
+    res = CliRunner().invoke(validate, [*args, "--step-time-margin-pct", "0", "--output", str(tmp_path / "w.csv")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0 and "steps -/+" not in res.output
+    assert "simulated_steps_faster" not in pd.read_csv(tmp_path / "w.csv").columns
