@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 import time
@@ -122,6 +123,9 @@ def cli() -> None:
                    "vLLM fuses: TP 2/4/8 on compute capability 9.0/10.x, no DP group, no PP]")
 @click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6, what="a time (us)"),
               help="Fixed CPU/scheduling time added to every engine step.")
+@click.option("--step-time-margin-pct", default=0.0, show_default=True, callback=number_in(0, 50, what="a percentage"),
+              help="Also run with every engine step this % faster and slower, and report TTFT, TPOT and E2E under "
+                   "both: how far a step-time error of that size moves them (3 runs instead of 1).")
 @click.option("--max-sim-time", type=float, default=None, callback=number_in(0, 4e9, low_open=True, what="a time (s)"),
               help="Stop at this simulated time (s); requests still in flight are reported unfinished.  "
                    "[default: none]")
@@ -146,7 +150,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
             async_scheduling: bool | None, enable_prefix_caching: bool | None, gpu_memory_utilization: float | None,
             kv_cache_memory_bytes: int | None, disable_custom_all_reduce: bool | None,
-            allreduce_rms_fusion: bool | None, step_overhead_us: float,
+            allreduce_rms_fusion: bool | None, step_overhead_us: float, step_time_margin_pct: float,
             max_sim_time: float | None, log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None,
             slo_tpot_ms: float | None, plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
@@ -187,6 +191,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
     df = requests_frame(result)
     summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms, slo_tpot_ms)
+    if step_time_margin_pct:
+        summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config), step_time_margin_pct)
     written = write_run_outputs(output, df, summary, result, plot)
 
     loop = f", closed loop with {concurrency} clients" if concurrency else ""
@@ -194,6 +200,20 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
     click.echo(format_summary(summary))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float) -> dict:
+    """TTFT, TPOT and E2E (mean/p50/p90/p99) of the same run with every engine step margin_pct % faster
+    and slower: how far a step-time error of that size moves them."""
+    from pdsim.engine.cluster import simulate
+    from pdsim.metrics.summary import requests_frame, summarize
+
+    out: dict = {"margin_pct": margin_pct}
+    for side, scale in (("faster", 1 - margin_pct / 100), ("slower", 1 + margin_pct / 100)):
+        result = simulate(cfg, trace, dataclasses.replace(opts, step_time_scale=scale), source=source)
+        summary = summarize(result, requests_frame(result))
+        out[side] = {key: summary[key] for key in ("finished", "ttft_ms", "tpot_ms", "e2e_ms")}
+    return out
 
 
 def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | None, time_scale: float,

@@ -1,6 +1,7 @@
 """Every engine step scaled (SimOptions.step_time_scale) and validate's step-time margin column."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import ConfigError
 from tests.helpers import cluster, instance, trace
 
+REPO = Path(__file__).resolve().parents[1]
 QWEN_MOE = "Qwen/Qwen3-30B-A3B-Instruct-2507"
 ROWS = [(900, 40, 0.0), (300, 120, 0.0), (2500, 12, 0.0), (64, 200, 0.0)]
 
@@ -71,3 +73,27 @@ def test_validate_prints_each_figure_with_every_step_faster_and_slower(tmp_path)
                              catch_exceptions=False)
     assert res.exit_code == 0 and "steps -/+" not in res.output
     assert "simulated_steps_faster" not in pd.read_csv(tmp_path / "w.csv").columns
+
+
+def test_run_reports_ttft_tpot_and_e2e_with_every_step_faster_and_slower(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.bundled import bundled_path
+    from pdsim.cli import cli
+    from pdsim.config import load_cluster_config
+    from pdsim.metrics.summary import requests_frame, summarize
+    from pdsim.workload.readers import load_dataset
+
+    config, dataset = REPO / "configs/cluster/single_node_pd_instance.json", REPO / "workloads/example_trace.jsonl"
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(dataset), "--quiet",
+                                    "--step-time-margin-pct", "5", "--output", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    assert "with every step 5% faster .. 5% slower (mean / p90): TTFT " in res.output
+    summary = json.loads((tmp_path / "r_summary.json").read_text())
+    margin = summary["step_time_margin"]
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert margin["faster"][key]["mean"] < summary[key]["mean"] < margin["slower"][key]["mean"]
+    # The same as a run of its own at that scale, from a freshly read trace (the first run left it as it was).
+    alone = simulate(load_cluster_config(config), load_dataset(dataset),
+                     SimOptions(step_time_scale=0.95, profiles_root=str(bundled_path("profiles"))))
+    assert margin["faster"]["ttft_ms"] == summarize(alone, requests_frame(alone))["ttft_ms"]

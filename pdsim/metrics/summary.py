@@ -295,6 +295,15 @@ def _latency_lines(summary: dict) -> list[str]:
             continue
         rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
     lines.extend(_columns(rows))
+    margin = summary.get("step_time_margin")
+    if margin:
+        m = f"{margin['margin_pct']:g}%"
+        lines.append(f"with every step {m} faster .. {m} slower (mean / p90): " + "; ".join(
+            f"{label} {_fmt(margin['faster'][key]['mean'], 2 if key == 'tpot_ms' else 1)}.."
+            f"{_fmt(margin['slower'][key]['mean'], 2 if key == 'tpot_ms' else 1)} / "
+            f"{_fmt(margin['faster'][key]['p90'], 2 if key == 'tpot_ms' else 1)}.."
+            f"{_fmt(margin['slower'][key]['p90'], 2 if key == 'tpot_ms' else 1)} ms"
+            for key, label in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2e_ms", "E2E"))))
     slo = summary.get("slo")
     if slo:
         lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
