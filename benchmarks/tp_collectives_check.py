@@ -10,7 +10,9 @@ that is (llmservingsim-rtxpro6000-llama31-8b), with tp_size 2. This script repla
 workload at TP 2 with the old model, then adds a constant d us to every all-reduce until each
 reported error is undone, and prints the implied time per all-reduce beside what each
 candidate gives (LLMServingSim's reading of the config's link, pdsim's PCIe model), and the
-metrics each candidate simulates. Nothing is fitted into pdsim.
+metrics each candidate simulates. The reported run's arrival rate is not known, so the last lines
+set the candidates against the run the reports imply at 1.5, 2 and 2.5 times the TP 1 run's rate.
+Nothing is fitted into pdsim.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ RUN = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / 
 # The reported errors of the old model, simulated / real - 1.
 REPORTED = {"TPOT (ms)": -0.20, "E2E latency (ms)": -0.25, "throughput (req/s)": +0.24, "TTFT (ms)": -0.31}
 MESSAGE_TOKENS = (64, 128, 2048)
+RATES = (1.5, 2.0, 2.5)
 BYTES_PER_TOKEN = 4096 * 2  # Llama-3.1-8B hidden size, bf16
 
 
@@ -44,9 +47,13 @@ def link_model(link_bw_gbps: float, link_latency_ns: float) -> AllReduceModel:
                           f"{link_latency_ns:g} ns)", 0.0, link_latency_ns * 1e-3, link_bw_gbps)
 
 
-def simulate(model: AllReduceModel, config: Path) -> dict[str, float]:
+def simulate(model: AllReduceModel, config: Path, rate: float = 1.0) -> dict[str, float]:
+    """Means of the replay with `model` pricing every TP all-reduce; rate: the TP 1 run's arrival
+    rate times this (its arrival times divided by it)."""
     predictor.interconnect_model = lambda hardware, n, custom_all_reduce=True: model
     run = read_measured(RUN / "vllm_run" / "requests.jsonl")
+    first = run.requests.arrival_s.min()
+    run.requests["arrival_s"] = first + (run.requests.arrival_s - first) / rate
     # The TP 1 run's engine, as if it had run at TP 2 (the reported run's layout).
     run.engine_meta = {**run.engine_meta, "engine_kwargs": {**run.engine_kwargs, "tensor_parallel_size": 2}}
     cfg = replay_config(config, run, None)
@@ -94,6 +101,16 @@ def main() -> None:
             sim = simulate(model, config)
             parts = [f"{m} {sim[m]:.2f} ({sim[m] / (base[m] / (1 + e)) - 1:+.1%})" for m, e in REPORTED.items()]
             print(f"  {model.source}: " + ", ".join(parts))
+        # The reported run's arrival rate is not known: at other rates the old model's reported errors
+        # imply another run. A candidate that matches all four at one rate explains the report.
+        print("against the run the report implies at other arrival rates (x the TP 1 run's): "
+              + ", ".join(m.split(" (")[0] for m in REPORTED))
+        for rate in RATES:
+            at = simulate(old, config, rate)
+            for model in candidates[1:]:
+                sim = simulate(model, config, rate)
+                errors = " / ".join(f"{sim[m] / (at[m] / (1 + e)) - 1:+.1%}" for m, e in REPORTED.items())
+                print(f"  x{rate:g} {model.source}: {errors}")
 
 
 if __name__ == "__main__":
