@@ -97,3 +97,23 @@ def test_run_reports_ttft_tpot_and_e2e_with_every_step_faster_and_slower(tmp_pat
     alone = simulate(load_cluster_config(config), load_dataset(dataset),
                      SimOptions(step_time_scale=0.95, profiles_root=str(bundled_path("profiles"))))
     assert margin["faster"]["ttft_ms"] == summarize(alone, requests_frame(alone))["ttft_ms"]
+
+
+def test_validate_gives_a_closed_loop_table_its_mapes_with_every_step_faster_and_slower(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.validate.cli import validate
+
+    header = ("backend,backend_version,model_path,system,mode,isl,osl,batch_size,tp_size,pp_size,gemm_quant_mode,"
+              "silicon_ttft_ms,silicon_tpot_ms\n")
+    rows = "".join(f"vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,{isl},32,{c},1,1,bf16,60.0,9.0\n"
+                   for isl, c in ((512, 4), (2048, 8)))
+    (tmp_path / "t.csv").write_text(header + rows)
+    res = CliRunner().invoke(validate, ["--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output",
+                                        str(tmp_path / "v.csv")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "with every step 2% faster .. 2% slower: TTFT MAPE" in res.output
+    df = pd.read_csv(tmp_path / "v.csv")
+    for metric in ("ttft", "tpot"):
+        assert (df[f"sim_{metric}_ms_steps_faster"] < df[f"sim_{metric}_ms"]).all()
+        assert (df[f"sim_{metric}_ms"] < df[f"sim_{metric}_ms_steps_slower"]).all()

@@ -66,7 +66,7 @@ def _closed_loop_options(f):
 def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str | None, hardware: str,
                            mem_gb: float, engine_preset: str, rounds: int, client_delay_ms: float,
                            async_scheduling: bool | None):
-    """step_overhead_us -> the table with every row simulated (see closed_loop.simulate_table)."""
+    """(step_overhead_us, step_time_scale) -> the table with every row simulated (see closed_loop.simulate_table)."""
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
     from pdsim.validate.measured import read_closed_loop_table
@@ -88,9 +88,10 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
         given = {} if async_scheduling is None else {"async_scheduling": async_scheduling}
         return {**preset(concurrency, isl), **given}  # else each row's vLLM version's default
 
-    def simulate(step_overhead_us: float):
+    def simulate(step_overhead_us: float, step_time_scale: float = 1.0):
         opts = _sim_options(None, step_overhead_us)
         opts.client_delay_s = client_delay_ms / 1e3
+        opts.step_time_scale = step_time_scale
         return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup)
 
     return simulate
@@ -164,8 +165,9 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
               help="The workload that fed a per-request run, with its prompts' token ids (LLMServingSim's "
                    "workload.jsonl, input_tok_ids): the replay then gets the engine's prefix-cache hits.")
 @click.option("--step-time-margin-pct", default=2.0, show_default=True, callback=number_in(0, 50),
-              help="Per-request runs: replay twice more with every engine step this % faster and slower, and "
-                   "print what each figure then is (how far a step-time error of that size moves it; 0: off).")
+              help="Replay twice more with every engine step this % faster and slower, and print what each "
+                   "figure (closed-loop tables: each MAPE) then is: how far a step-time error of that size moves "
+                   "it (0: off).")
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
               type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
@@ -178,11 +180,14 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
     check_output_file(output, "--output", [measured, cluster_config, engine_log])
     if is_closed_loop_table(measured):
-        from pdsim.validate.closed_loop import format_rows
+        from pdsim.validate.closed_loop import format_rows, with_table_step_margin
 
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
                                           client_delay_ms, async_scheduling)
         df = simulate(step_overhead_us)
+        if step_time_margin_pct:
+            df = with_table_step_margin(df, *(simulate(step_overhead_us, 1 + sign * step_time_margin_pct / 100)
+                                              for sign in (-1, 1)), step_time_margin_pct)
         with atomic_path(output) as tmp:
             df.to_csv(tmp, index=False, float_format="%.4f")
         click.echo(format_rows(df))

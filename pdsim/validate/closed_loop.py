@@ -164,6 +164,19 @@ def mape(errors_pct: pd.Series) -> float:
     return float(np.mean(np.abs(errors_pct)))
 
 
+def with_table_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd.DataFrame,
+                           margin_pct: float) -> pd.DataFrame:
+    """The table with each row's simulated TTFT and TPOT, and their errors, when every step was margin_pct %
+    faster and slower (the same rows, simulated again)."""
+    out = table.copy()
+    out["step_time_margin_pct"] = margin_pct
+    for side, other in (("faster", faster), ("slower", slower)):
+        for metric in ("ttft", "tpot"):
+            out[f"sim_{metric}_ms_steps_{side}"] = other[f"sim_{metric}_ms"].to_numpy()
+            out[f"{metric}_err_pct_steps_{side}"] = other[f"{metric}_err_pct"].to_numpy()
+    return out
+
+
 def format_rows(table: pd.DataFrame) -> str:
     df = simulated(table)
     lines = [f"{'isl':>6}{'osl':>6}{'conc':>6}{'tp':>4}{'TTFT meas':>11}{'sim':>9}{'err':>8}"
@@ -174,6 +187,12 @@ def format_rows(table: pd.DataFrame) -> str:
     if len(df):
         lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} "
                      f"simulated rows of {len(table)}")
+        if "step_time_margin_pct" in df:
+            m = f"{df.step_time_margin_pct.iloc[0]:g}%"
+            lines.append(f"with every step {m} faster .. {m} slower: " + ", ".join(
+                f"{name} MAPE {mape(df[f'{col}_steps_faster']):.1f} .. {mape(df[f'{col}_steps_slower']):.1f}% (signed "
+                f"{df[f'{col}_steps_faster'].mean():+.1f} .. {df[f'{col}_steps_slower'].mean():+.1f}%)"
+                for col, name in (("ttft_err_pct", "TTFT"), ("tpot_err_pct", "TPOT"))))
     else:
         lines.append(f"no row of {len(table)} simulated")
     lines += not_simulated_lines(table)
