@@ -192,7 +192,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     df = requests_frame(result)
     summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms, slo_tpot_ms)
     if step_time_margin_pct:
-        summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config), step_time_margin_pct)
+        summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config), step_time_margin_pct,
+                                                        quiet)
     written = write_run_outputs(output, df, summary, result, plot)
 
     loop = f", closed loop with {concurrency} clients" if concurrency else ""
@@ -202,15 +203,19 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float) -> dict:
+def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, quiet: bool) -> dict:
     """TTFT, TPOT and E2E (mean/p50/p90/p99) of the same run with every engine step margin_pct % faster
     and slower: how far a step-time error of that size moves them."""
     from pdsim.engine.cluster import simulate
     from pdsim.metrics.summary import requests_frame, summarize
+    from pdsim.progress import ProgressBar
 
     out: dict = {"margin_pct": margin_pct}
     for side, scale in (("faster", 1 - margin_pct / 100), ("slower", 1 + margin_pct / 100)):
-        result = simulate(cfg, trace, dataclasses.replace(opts, step_time_scale=scale), source=source)
+        bar = ProgressBar(f"steps {margin_pct:g}% {side}", enabled=False if quiet else None)
+        result = simulate(cfg, trace, dataclasses.replace(opts, step_time_scale=scale), source=source,
+                          on_progress=lambda done, total, bar=bar: bar.update(done, total, "requests"))
+        bar.close()
         summary = summarize(result, requests_frame(result))
         out[side] = {key: summary[key] for key in ("finished", "ttft_ms", "tpot_ms", "e2e_ms")}
     return out

@@ -297,13 +297,13 @@ def _latency_lines(summary: dict) -> list[str]:
     lines.extend(_columns(rows))
     margin = summary.get("step_time_margin")
     if margin:
+        parts = []
+        for key, label, digits in (("ttft_ms", "TTFT", 1), ("tpot_ms", "TPOT", 2), ("e2e_ms", "E2E", 1)):
+            fast, slow = margin["faster"][key], margin["slower"][key]
+            parts.append(f"{label} {_fmt(fast['mean'], digits)}..{_fmt(slow['mean'], digits)} / "
+                         f"{_fmt(fast['p90'], digits)}..{_fmt(slow['p90'], digits)} ms")
         m = f"{margin['margin_pct']:g}%"
-        lines.append(f"with every step {m} faster .. {m} slower (mean / p90): " + "; ".join(
-            f"{label} {_fmt(margin['faster'][key]['mean'], 2 if key == 'tpot_ms' else 1)}.."
-            f"{_fmt(margin['slower'][key]['mean'], 2 if key == 'tpot_ms' else 1)} / "
-            f"{_fmt(margin['faster'][key]['p90'], 2 if key == 'tpot_ms' else 1)}.."
-            f"{_fmt(margin['slower'][key]['p90'], 2 if key == 'tpot_ms' else 1)} ms"
-            for key, label in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2e_ms", "E2E"))))
+        lines.append(f"with every step {m} faster .. {m} slower (mean / p90): " + "; ".join(parts))
     slo = summary.get("slo")
     if slo:
         lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
