@@ -10,7 +10,7 @@ Runs, from ../shared/data (read in place), the checks the docs describe one by o
 - the 15 vLLM 0.19 start-up logs: KV capacity (benchmarks/kv_capacity_check.py);
 - Mooncake's two KV-transfer tables with pdsim's default transfer settings
   (benchmarks/mooncake_kv_transfer.py).
-About a minute. Each line says what was fitted and on which data ("nothing" where nothing was).
+About 20 s. Each line says what was fitted and on which data ("nothing" where nothing was).
 """
 
 from __future__ import annotations
