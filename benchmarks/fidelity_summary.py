@@ -56,7 +56,8 @@ def per_request_runs(out: Path) -> list[tuple[str, str, str, str]]:
         csv = out / (root.name + ".csv")
         _validate("--measured", str(root / "vllm_run" / "requests.jsonl"), "--cluster-config",
                   str(root / "cluster_config.json"), "--profile-dir", str(root / "profile"), "--output", str(csv))
-        table = pd.read_csv(csv).set_index(["metric", "stat"]).diff_pct
+        full = pd.read_csv(csv).set_index(["metric", "stat"])
+        table = full.diff_pct
         # TTFT's two parts (where the engine stamped its first schedule) say where a TTFT error sits.
         for metric in ("TTFT (ms)", "queueing (ms)", "sched. to 1st token (ms)", "TPOT (ms)", "E2E latency (ms)"):
             figure = " / ".join("n/a" if pd.isna(table[(metric, s)]) else f"{table[(metric, s)]:+.1f}%"
@@ -66,10 +67,9 @@ def per_request_runs(out: Path) -> list[tuple[str, str, str, str]]:
             rows.append((case, f"{name} mean / p50 / p90", figure,
                          "nothing (the run's own profile, config and engine settings)"))
         # How far a step-time error of 2% moves TTFT here (validate's step-time margin columns).
-        csv_all = pd.read_csv(csv).set_index(["metric", "stat"])
-        margin = csv_all.step_time_margin_pct.iloc[0]
-        band = " / ".join(f"{csv_all.diff_pct_steps_faster[('TTFT (ms)', s)]:+.1f}.."
-                          f"{csv_all.diff_pct_steps_slower[('TTFT (ms)', s)]:+.1f}%" for s in ("mean", "p50", "p90"))
+        margin = full.step_time_margin_pct.iloc[0]
+        band = " / ".join(f"{full.diff_pct_steps_faster[('TTFT (ms)', s)]:+.1f}.."
+                          f"{full.diff_pct_steps_slower[('TTFT (ms)', s)]:+.1f}%" for s in ("mean", "p50", "p90"))
         rows.append((case, f"  TTFT mean / p50 / p90 with every step {margin:g}% faster..slower", band,
                      "nothing (the run's own profile, config and engine settings)"))
     return rows

@@ -208,10 +208,11 @@ def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, qu
     and slower: how far a step-time error of that size moves them."""
     from pdsim.engine.cluster import simulate
     from pdsim.metrics.summary import requests_frame, summarize
+    from pdsim.perf.scaled import margin_scales
     from pdsim.progress import ProgressBar
 
     out: dict = {"margin_pct": margin_pct}
-    for side, scale in (("faster", 1 - margin_pct / 100), ("slower", 1 + margin_pct / 100)):
+    for side, scale in margin_scales(margin_pct).items():
         bar = ProgressBar(f"steps {margin_pct:g}% {side}", enabled=False if quiet else None)
         result = simulate(cfg, trace, dataclasses.replace(opts, step_time_scale=scale), source=source,
                           on_progress=lambda done, total, bar=bar: bar.update(done, total, "requests"))

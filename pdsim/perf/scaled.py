@@ -18,6 +18,11 @@ _TIMED = frozenset({"step_time_s", "decode_run_s", "dummy_step_s", "stage_times_
                     "step_us", "layer_us"})
 
 
+def margin_scales(margin_pct: float) -> dict[str, float]:
+    """The step-time scales of "every step margin_pct % faster" and "... slower"."""
+    return {"faster": 1 - margin_pct / 100, "slower": 1 + margin_pct / 100}
+
+
 class ScaledStepTimes:
     def __init__(self, inner: Any, scale: float) -> None:
         self._inner = inner

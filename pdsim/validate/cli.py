@@ -12,6 +12,7 @@ import numpy as np
 from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
+from pdsim.perf.scaled import margin_scales
 from pdsim.validate.kv_capacity import capacity_line
 from pdsim.validate.recorded import kv_override, replay_config
 
@@ -186,8 +187,9 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                                           client_delay_ms, async_scheduling)
         df = simulate(step_overhead_us)
         if step_time_margin_pct:
-            df = with_table_step_margin(df, *(simulate(step_overhead_us, 1 + sign * step_time_margin_pct / 100)
-                                              for sign in (-1, 1)), step_time_margin_pct)
+            scales = margin_scales(step_time_margin_pct)
+            df = with_table_step_margin(df, simulate(step_overhead_us, scales["faster"]),
+                                        simulate(step_overhead_us, scales["slower"]), step_time_margin_pct)
         with atomic_path(output) as tmp:
             df.to_csv(tmp, index=False, float_format="%.4f")
         click.echo(format_rows(df))
@@ -218,7 +220,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     if step_time_margin_pct:
         faster, slower = (compare(run, replay(cfg, run, dataclasses.replace(opts, step_time_scale=scale),
                                               str(cluster_config)))
-                          for scale in (1 - step_time_margin_pct / 100, 1 + step_time_margin_pct / 100))
+                          for scale in margin_scales(step_time_margin_pct).values())
         table = with_step_margin(table, faster, slower, step_time_margin_pct)
     table["estimated_profile"] = estimated
     with atomic_path(output) as tmp:

@@ -124,12 +124,9 @@ def with_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd.DataF
     """The table with each figure of the replays whose every step was margin_pct % faster and slower."""
     out = table.copy()
     out["step_time_margin_pct"] = margin_pct
-    for side, other in (("faster", faster), ("slower", slower)):
-        values = other.simulated.to_numpy()
-        out[f"simulated_steps_{side}"] = values
-        # NaN where the table's own difference is (a measured figure of about nothing).
-        out[f"diff_pct_steps_{side}"] = np.where(table.diff_pct.isna(), np.nan,
-                                                  (values - table.measured) / table.measured * 100)
+    for side, other in (("faster", faster), ("slower", slower)):  # compare()'s tables of the same run
+        out[f"simulated_steps_{side}"] = other.simulated.to_numpy()
+        out[f"diff_pct_steps_{side}"] = other.diff_pct.to_numpy()
     return out
 
 
