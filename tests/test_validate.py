@@ -839,6 +839,40 @@ def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path)
 
 
 @needs_shared
+def test_a_recorded_version_pdsim_cannot_read_is_said(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    requests = _rtx_run_with(tmp_path)
+    meta = requests.with_name("meta.json")
+    for version in ("banana", None):
+        recorded = json.loads(meta.read_text())
+        recorded["vllm_version"] = version
+        meta.write_text(json.dumps(recorded))
+        run = read_measured(requests)
+        replay_config(RTX / "cluster_config.json", run, None)
+        said = [n for n in run.notes if n.startswith("meta.json has")]
+        assert len(said) == 1 and ("'banana', not a release number" if version else "no vllm_version") in said[0]
+        assert not any(n.startswith("async scheduling") for n in run.notes)  # no version, no version default
+    plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
+    replay_config(RTX / "cluster_config.json", plain, None)
+    assert not any(n.startswith("meta.json has") for n in plain.notes)
+
+
+@needs_shared
+def test_a_recorded_value_the_config_cannot_take_is_named_with_its_source(tmp_path):
+    # The config is fine as written; the error names what the run's meta.json put into it.
+    from pdsim.validate.recorded import replay_config
+
+    requests = _rtx_run_with(tmp_path, max_num_batched_tokens=3)
+    with pytest.raises(PdsimError) as raised:
+        replay_config(RTX / "cluster_config.json", read_measured(requests), None)
+    message = str(raised.value)
+    assert "max_num_batched_tokens (3) must be >= max_num_seqs (128)" in message
+    assert f"the replay applied what {requests.with_name('meta.json')} records" in message
+    assert "max_num_batched_tokens 3" in message
+
+
+@needs_shared
 def test_the_replay_fuses_all_reduce_and_norm_as_the_recorded_engine_could(tmp_path):
     # The shared run as if made at TP 2 on H100s (step times estimated): vLLM 0.19 fuses each all-reduce with
     # the norm after it there, in every step (up to 8,192 tokens, more than the engine's 2,048 budget); 0.16

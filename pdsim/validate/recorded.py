@@ -24,6 +24,7 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
 
     if cluster_config is None:
         raise PdsimError("--cluster-config: needed to replay a per-request run")
+    _note_unread_version(run)
     if async_scheduling is None:
         async_scheduling, why = run.async_scheduling()
         if async_scheduling is not None:
@@ -35,17 +36,36 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
     # What the config itself states, for the notes on what the run's meta.json overrides.
     stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
     _check_dp_size(stated, run, cluster_config)
-    cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
-                                               "scheduler_reserve_full_isl": reserve,
-                                               **_engine_limits(stated, run),
-                                               **_recorded_precision(stated, run),
-                                               **_recorded_expert_layout(stated, run),
-                                               **({} if fusion is None else {"allreduce_rms_fusion": fusion})})
+    recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
+                **_recorded_expert_layout(stated, run)}
+    try:
+        cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
+                                                   "scheduler_reserve_full_isl": reserve, **recorded,
+                                                   **({} if fusion is None else {"allreduce_rms_fusion": fusion})})
+    except ConfigError as e:
+        if not recorded:
+            raise
+        # The config may be fine as written: name what the run's record put into it.
+        applied = ", ".join(f"{key} {value}" for key, value in recorded.items())
+        raise ConfigError(f"{e} (the replay applied what {Path(run.source).with_name('meta.json')} records: "
+                          f"{applied})") from e
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_parallelism(run, cfg, cluster_config)
     _note_unused(run)
     return cfg
+
+
+def _note_unread_version(run) -> None:
+    """A meta.json whose vLLM version pdsim cannot read leaves that version's defaults to the config: say so."""
+    from pdsim.validate.measured import vllm_major_minor
+
+    version = run.engine_meta.get("vllm_version")
+    if run.engine_meta and vllm_major_minor(str(version or "")) is None:
+        what = "no vllm_version" if version in (None, "") else f"vllm_version {version!r}, not a release number"
+        run.notes.append(f"meta.json has {what}: the defaults that depend on it (async scheduling, the "
+                         "whole-sequence admission check, all-reduce + norm fusion) are the cluster config's "
+                         "unless its engine_kwargs set them")
 
 
 # Engine arguments the replay reads (here, in measured.py and in validate's notes), and those that do not
