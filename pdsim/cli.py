@@ -14,10 +14,9 @@ import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import number_in, vllm_int_option
+from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import PdsimError
 from pdsim.workload.readers import dataset_options
-
-POLICIES = ("round_robin", "random", "least_loaded")
 
 
 class DefaultCommandGroup(click.Group):
@@ -84,9 +83,9 @@ def cli() -> None:
                    "lognormal:1000,400.")
 @click.option("--output-len", default=None, help="Without --dataset: output length, N or a spec.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random routing; runs are deterministic per seed.")
-@click.option("--prefill-policy", type=click.Choice(POLICIES), default=None,
+@click.option("--prefill-policy", type=click.Choice(ROUTER_POLICIES), default=None,
               help="Routing over prefill-capable instances.  [default: config's router, else least_loaded]")
-@click.option("--decode-policy", type=click.Choice(POLICIES), default=None,
+@click.option("--decode-policy", type=click.Choice(ROUTER_POLICIES), default=None,
               help="Routing over decode instances.  [default: config's router, else least_loaded]")
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
               help="Use this profile for every instance: a pdsim profile dir (meta.json) or an LLMServingSim "

@@ -56,6 +56,29 @@ def test_help_lists_options_with_defaults_and_subcommands():
         assert text in r.stdout
 
 
+def test_every_routing_policy_a_config_takes_is_taken_on_the_command_line(tmp_path):
+    from pdsim.config.base import ROUTER_POLICIES
+
+    r = pdsim("run", "--help")
+    assert "|".join(ROUTER_POLICIES) in r.stdout.replace("\n", "").replace(" ", "")
+    # The cache-aware one routes differently from the default: two colocated instances, prompts that
+    # share prefixes, so prefix_aware sends more of them where their prefix is cached.
+    trace = tmp_path / "chats.jsonl"  # three conversations of ten turns, each turn's prompt extending the last
+    trace.write_text("".join(
+        json.dumps({"input_toks": 512 * (turn + 2), "output_toks": 16, "arrival_time_ns": (turn * 3 + chat) * 10**8,
+                    "hash_ids": [chat * 1000 + b for b in range(turn + 2)]}) + "\n"
+        for turn in range(10) for chat in range(3)))
+    outs = {}
+    for policy in ("least_loaded", "prefix_aware"):
+        r = pdsim("run", "--cluster-config", "single_node_2colocated", "--dataset", str(trace),
+                  "--prefill-policy", policy, "--output", str(tmp_path / f"{policy}.csv"),
+                  "--quiet")
+        assert r.returncode == 0, r.stderr
+        outs[policy] = pd.read_csv(tmp_path / f"{policy}.csv")
+        assert (outs[policy].status == "finished").all()
+    assert outs["prefix_aware"].cached_tokens.sum() > outs["least_loaded"].cached_tokens.sum()
+
+
 def test_closed_loop_run_without_dataset(tmp_path):
     r = pdsim("run", "--cluster-config", str(REPO / "configs/cluster/single_node_single_instance.json"),
               "--concurrency", "4", "--num-reqs", "12", "--input-len", "512", "--output-len", "32",

@@ -120,6 +120,11 @@ def test_mem_bw_changes_estimated_step_times_only():
     t_fast = run(cluster(fast), decode).requests[0].finish_s
     t_slow = run(cluster(slow), decode).requests[0].finish_s
     assert t_slow > 1.3 * t_fast  # decode streams the weights: memory bound
+    # The bandwidth that priced the estimate is said when it is not the datasheet's (1792 for this GPU).
+    said = [n for n in run(cluster(slow), decode).instances[0].predictor.notes if "mem_bw" in n]
+    assert said == ["step times estimated at npu_mem.mem_bw 900 GB/s, the config's; RTXPRO6000's datasheet "
+                    "gives 1792 GB/s"]
+    assert not any("mem_bw" in n for n in run(cluster(fast), decode).instances[0].predictor.notes)
     cpu = load_cluster_config(REPO / "configs" / "cluster" / "cpu_llama160m.json")
     res = run(cpu, [(10, 3, 0.0)])
     assert any("mem_bw is not used" in note for note in res.instances[0].predictor.notes)

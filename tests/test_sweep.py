@@ -195,6 +195,16 @@ def test_cli_sweep_and_search(tmp_path):
     assert "winner:" in res.output or "no configuration" in res.output
     assert "TTFT at the client" in res.output and "steady state: arrivals span >= " in res.output
     assert (tmp_path / "q" / "search_goodput.png").exists()
+    assert "mem_bw" not in res.output  # the template's bandwidth is its GPU's datasheet figure
+    # A template moved to another GPU but not its bandwidth: the estimate's bandwidth is named.
+    moved = json.loads(BASE.read_text())
+    moved["nodes"][0]["instances"][0]["hardware"] = "A100-80GB"
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    res = runner.invoke(cli, ["sweep", *common, "--rates", "5", "--out", str(tmp_path / "m")]
+                        + ["--base-config", str(tmp_path / "moved.json")])
+    assert res.exit_code == 0, res.output
+    assert ("note: step times estimated at npu_mem.mem_bw 3350 GB/s, the config's; A100-80GB's datasheet gives"
+            in res.output)
 
 
 def test_duration_rule_covers_the_longest_request_life():

@@ -87,6 +87,8 @@ def build_instance(
         predictor = ScaledStepTimes(predictor, opts.step_time_scale)
     if not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
+    elif (note := mem_bw_note(ic)) is not None:
+        predictor.notes.append(note)
     if mismatch == "note":
         predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
                                f"{ic.hardware!r}: step times are the profile's, memory and links the instance's")
@@ -118,6 +120,16 @@ def build_instance(
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info
+
+
+def mem_bw_note(ic: InstanceConfig) -> str | None:
+    """What an estimate priced at the config's npu_mem.mem_bw, when that is not the GPU's datasheet figure: a
+    template copied from another GPU keeps its bandwidth unless edited."""
+    spec = get_hardware(ic.hardware)
+    if spec is None or ic.npu_mem.mem_bw == spec.mem_bw_gbps:
+        return None
+    return (f"step times estimated at npu_mem.mem_bw {ic.npu_mem.mem_bw:g} GB/s, the config's; "
+            f"{spec.name}'s datasheet gives {spec.mem_bw_gbps:g} GB/s")
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:

@@ -23,9 +23,10 @@ import random
 from collections.abc import Sequence
 from typing import Protocol
 
+from pdsim.config.base import ROUTER_POLICIES
 from pdsim.engine.request import Request
 
-POLICIES = ("round_robin", "random", "least_loaded", "power_of_two", "prefix_aware", "kv_aware")
+POLICIES = ROUTER_POLICIES  # one list: configs, the CLI and the router accept the same names
 
 SGLANG_CACHE_THRESHOLD = 0.3
 SGLANG_BALANCE_ABS_THRESHOLD = 64

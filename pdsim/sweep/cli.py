@@ -133,6 +133,7 @@ class _Setup:
 
     def __init__(self, kw: dict[str, Any]) -> None:
         from pdsim.config import load_cluster_config
+        from pdsim.engine.build import mem_bw_note
         from pdsim.sweep.expand import expand, parse_int_list, parse_ratios
         from pdsim.sweep.runner import RunSettings, Slo
         from pdsim.sweep.steady import longest_life_s, run_duration_s
@@ -145,6 +146,8 @@ class _Setup:
             raise PdsimError(f"--workers: expected a positive integer, got {kw['workers']}")
         self.kw = kw
         base = load_cluster_config(kw["base_config"])
+        self.bandwidth_notes = list(dict.fromkeys(
+            note for ref in base.instances() if (note := mem_bw_note(ref.config)) is not None))
         self.skipped: list[str] = []  # layouts left out, each with its reason
         self.variants = expand(
             base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
@@ -243,10 +246,12 @@ def _unstable_note(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _estimated_note(rows: list[dict[str, Any]]) -> str:
+def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
     n = sum(1 for r in rows if r.get("estimated_profile"))
-    return (f"NOTE: step times estimated from hardware specs in {n} of {len(rows)} runs "
-            "(no measured profile for some instance)") if n else "step times from measured profiles"
+    if not n:
+        return "step times from measured profiles"
+    return "\n".join([f"NOTE: step times estimated from hardware specs in {n} of {len(rows)} runs "
+                      "(no measured profile for some instance)", *(f"note: {b}" for b in setup.bandwidth_notes)])
 
 
 @click.command("sweep")
@@ -286,7 +291,7 @@ def sweep(rates: str, **kw: Any) -> None:
         if kw["plots"]:
             _plots(setup, good, rows, "sweep", out)
         written = [p for p in out.commit() if p.parent == setup.out]
-    click.echo(_estimated_note(rows))
+    click.echo(_estimated_note(rows, setup))
     click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written) +
                f" and {len(setup.variants)} configs in {setup.out / 'configs'}")
 
@@ -383,5 +388,5 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         if kw["plots"]:
             _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search", out)
         written = [p for p in out.commit() if p.parent == setup.out]
-    click.echo(_estimated_note(rows))
+    click.echo(_estimated_note(rows, setup))
     click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
