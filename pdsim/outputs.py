@@ -62,7 +62,15 @@ def write_json_atomic(path: Path, value: object) -> None:
     write_text_atomic(path, json_text(value))
 
 
+def refuse_special_file(path: Path, option: str = "output") -> None:
+    """An output is replaced by renaming a new file over it: never do that to a device, FIFO or socket
+    (`--output /dev/null` would swap the device for a plain file)."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise PdsimError(f"{option} {path}: not a regular file (a device, FIFO or socket); give the name of a file")
+
+
 def _temp_beside(path: Path) -> Path:
+    refuse_special_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # checked creatable by check_output_dir beforehand
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -131,8 +139,10 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
     """Refuse (PdsimError, exit 2) an output file that could not be written whole, or that would
     overwrite an input: `output` and its `companions` are compared with every input by identity
     on disk (`samefile`), so a different spelling of the same file is caught too."""
-    if output.is_dir():
-        raise PdsimError(f"{option} {output}: is a directory; give the name of a file (in it or elsewhere)")
+    if not output.name or output.is_dir():
+        raise PdsimError(f"{option} {str(output)!r}: is a directory; give the name of a file (in it or elsewhere)")
+    for target in [output, *companions]:
+        refuse_special_file(target, option)
     check_output_dir(output.parent, option, output)
     existing_inputs = [Path(p) for p in inputs if p is not None and Path(p).is_file()]
     for target in [output, *companions]:

@@ -147,6 +147,13 @@ def test_prefill_with_only_colocated(tmp_path):
     assert 'there are "prefill" instances but no "decode" instance' in msg
 
 
+def test_prefill_and_decode_of_different_models(tmp_path):
+    # Before, such a cluster ran and rejected every request as too large for any instance.
+    msg = _err(tmp_path, lambda r: _inst(r, 1).update(model_name="Qwen/Qwen3-8B"))
+    assert ("nodes[0].instances[0] is a prefill instance of meta-llama/Llama-3.1-8B, but no decode instance serves "
+            "that model (they serve Qwen/Qwen3-8B)") in msg
+
+
 def test_unknown_extra_key(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r).update(max_num_seq=64))
     assert 'nodes[0].instances[1]: unknown key "max_num_seq" (did you mean "max_num_seqs"?)' in msg

@@ -236,6 +236,21 @@ def test_a_billion_clients_do_not_loop_a_billion_times(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args", [
+    ["workload", "generate", "--num-requests", "1000000000", "--output", "OUT/t.jsonl"],
+    ["run", "--cluster-config", str(CONFIG), "--concurrency", "4", "--num-requests", "1000000000", "--input-len", "10",
+     "--output-len", "2", "--output", "OUT/r.csv"],
+    ["sweep", "--base-config", str(CONFIG), "--dataset", str(TRACE), "--gpus", "2", "--slo-ttft-ms", "200",
+     "--slo-tpot-ms", "50", "--rates", "1e9", "--workers", "1", "--out", "OUT"],
+])
+def test_a_request_count_past_memory_is_refused_before_it_is_built(tmp_path, capsys, args):
+    # A billion requests would take ~1.6 TB: refused with the limit, not run out of memory.
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, [a.replace("OUT", str(out)) for a in args], timeout_s=60)
+    assert code == 2 and "pdsim runs at most 10,000,000 in one simulation" in err, err
+    assert "Traceback" not in err and not list(out.glob("*.csv")) and not list(out.glob("*.jsonl"))
+
+
+@pytest.mark.parametrize("args", [
     ["sweep", "--base-config", str(CONFIG), "--dataset", str(TRACE), "--gpus", "2", "--slo-ttft-ms", "nan",
      "--slo-tpot-ms", "5", "--out", "OUT"],
     ["search", "--base-config", str(CONFIG), "--dataset", str(TRACE), "--gpus", "2", "--slo-ttft-ms", "50",

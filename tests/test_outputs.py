@@ -119,7 +119,10 @@ def test_output_that_would_overwrite_an_input_exits_2_naming_it(tmp_path, which,
 def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "plain.txt"
     a_file.write_text("x")
-    cases = {tmp_path: "is a directory", a_file / "run.csv": "is a file, not a folder"}
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)  # as /dev/null would be: renaming a new file over it would replace the device
+    cases = {tmp_path: "is a directory", a_file / "run.csv": "is a file, not a folder", Path(""): "is a directory",
+             fifo: "not a regular file (a device, FIFO or socket)"}
     for output, expected in cases.items():
         assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(output)) == 2
         err = capsys.readouterr().err
@@ -132,6 +135,7 @@ def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert "is not writable" in err and len(err.strip().splitlines()) == 1
     assert a_file.read_text() == "x"
+    assert fifo.exists() and not fifo.is_file()
 
 
 def test_overloaded_run_says_so_and_a_stable_one_does_not(tmp_path, capsys):
@@ -189,7 +193,8 @@ def test_sweep_replaces_its_files_together_and_a_failed_one_leaves_the_earlier_r
     monkeypatch.undo()
     assert run(*args, "--rates", "5,20", "--no-plots", "--colocated", "--resume") == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {"runs.csv", "sweep.csv", "configs"}  # the earlier plots are gone, no partial file left
+    # the earlier plots are gone, no partial file left; the settings the rows were made with stay beside them
+    assert names == {"runs.csv", "runs.settings.json", "sweep.csv", "configs"}
     assert "20" in (out / "sweep.csv").read_text()
     a_file = tmp_path / "f"
     a_file.write_text("x")

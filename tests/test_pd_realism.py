@@ -287,6 +287,10 @@ def test_ttft_modes():
     assert df.ttft_client_ms[0] == pytest.approx(expected_client_s * 1e3, rel=1e-9)
     assert requests_frame(prefill_mode).ttft_ms[0] == pytest.approx(req.first_token_s * 1e3, rel=1e-9)
     assert summarize(client_mode, df)["ttft_mode"] == "client"
+    # The columns add up in either mode: e2e = ttft + (n - 1) x tpot, first token = arrival + ttft.
+    for frame in (df, requests_frame(prefill_mode)):
+        assert frame.e2e_ms[0] == pytest.approx(frame.ttft_ms[0] + 19 * frame.tpot_ms[0], rel=1e-9)
+        assert frame.first_token_s[0] * 1e3 == pytest.approx(frame.arrival_s[0] * 1e3 + frame.ttft_ms[0], rel=1e-9)
     with pytest.raises(ConfigError):
         SimOptions(ttft_mode="first")
 

@@ -375,9 +375,46 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     assert "int4" in df.reason[1] and "sglang" in df.reason[2] and "disagg" in df.reason[3]
     assert "weights need" in df.reason[4] and "line 6" in df.reason[4] and "pp_size 2" in df.reason[5]
     assert "over 1 simulated rows of 6" in res.output
-    assert "skipped: 4 row(s)" in res.output and "error: 1 row(s)" in res.output
+    assert "skipped: 4 row(s)" in res.output and "bad rows: 1 row(s)" in res.output
     # No measured H100 profile for Llama-3.1-8B: the comparison is against an estimate, and it says so.
     assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
+
+
+def test_closed_loop_rows_with_bad_values_are_left_out_by_name_and_osl_1_has_no_tpot(tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from pdsim.errors import PdsimError
+    from pdsim.validate.cli import calibrate
+
+    ok = "vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,256,16,2,1,1,bf16,30.0,8.0\n"
+    rows = [ok, ok.replace(",2,1,1,bf16,", ",abc,1,1,bf16,"), ok.replace(",2,1,1,bf16,", ",0,1,1,bf16,"),
+            ok.replace(",30.0,8.0", ",-30.0,8.0"), ok.replace(",30.0,8.0", ",30.0,"),
+            ok.replace(",256,16,", ",256,1,").replace(",30.0,8.0", ",30.0,")]
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
+    out = tmp_path / "v.csv"
+    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert list(df.status) == ["simulated", "error", "error", "error", "error", "simulated"]
+    assert "line 3: column batch_size: expected a positive integer, got 'abc'" in df.reason[1]
+    assert "column batch_size: expected a positive integer, got '0'" in df.reason[2]
+    assert "column silicon_ttft_ms: the measured value must be a positive number of ms" in df.reason[3]
+    assert "column silicon_tpot_ms" in df.reason[4]
+    assert np.isnan(df.tpot_err_pct[5]) and np.isfinite(df.ttft_err_pct[5])  # one output token: no TPOT
+    assert "over 2 simulated rows of 6 (TPOT over 1: 1 with one output token have none)" in res.output
+    assert "bad rows: 4 row(s)" in res.output and "nan" not in res.output.lower().split("wrote")[0]
+    # A .csv without a column the table needs names the column, however the rest looks.
+    (tmp_path / "noisl.csv").write_text("osl,batch_size,tp_size,silicon_ttft_ms,silicon_tpot_ms\n16,2,1,30,8\n")
+    with pytest.raises(PdsimError, match=r"noisl.csv: no column for isl"):
+        _validate_cli("--measured", str(tmp_path / "noisl.csv"), "--output", str(out))
+    (tmp_path / "empty.csv").write_text(_TABLE_HEADER)
+    with pytest.raises(PdsimError, match=r"empty.csv: the table has no rows"):
+        _validate_cli("--measured", str(tmp_path / "empty.csv"), "--output", str(out))
+    # calibrate fits on the good rows and lists the others.
+    res = CliRunner().invoke(calibrate, ["--measured", str(tmp_path / "t.csv"), "--rounds", "2",
+                                         "--out", str(tmp_path / "c.json")], catch_exceptions=False)
+    assert res.exit_code == 0 and "bad rows: 4 row(s)" in res.output, res.output
 
 
 def test_closed_loop_rows_schedule_as_their_vllm_version_does_by_default(tmp_path):
@@ -856,6 +893,31 @@ def test_a_recorded_version_pdsim_cannot_read_is_said(tmp_path):
     plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(RTX / "cluster_config.json", plain, None)
     assert not any(n.startswith("meta.json has") for n in plain.notes)
+
+
+@needs_shared
+def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0]["model_name"] = "Qwen/Qwen3-8B"
+    (tmp_path / "qwen.json").write_text(json.dumps(cfg))
+    run = read_measured(RTX / "vllm_run" / "requests.jsonl")
+    with pytest.raises(PdsimError, match=r"serve Qwen/Qwen3-8B, but the measured engine ran meta-llama/Llama-3.1-8B"):
+        replay_config(tmp_path / "qwen.json", run, None)
+    # A name pdsim does not know is compared by name only: said, not refused.
+    requests = _rtx_run_with(tmp_path)
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    requests.with_name("meta.json").write_text(json.dumps({**meta, "model": "someorg/llama-copy"}))
+    run = read_measured(requests)
+    replay_config(RTX / "cluster_config.json", run, None)
+    assert "NOTE: the config's instances serve meta-llama/Llama-3.1-8B, the run's meta.json names someorg/llama-copy" \
+        in run.notes
+    # A 1P1D config replaying one engine without a KV connector.
+    run = read_measured(RTX / "vllm_run" / "requests.jsonl")
+    replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
+    assert any("prefill and decode instances, but the run's meta.json engine_kwargs record no kv_transfer_config" in n
+               for n in run.notes)
 
 
 @needs_shared

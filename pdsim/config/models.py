@@ -398,6 +398,20 @@ class ClusterConfig(_Strict):
                 'add a pd_type "decode" instance or set pd_type to null for colocated serving',
                 {},
             )
+        # A prefilled request's KV only continues on a decode instance of the same model (a decode instance of
+        # another model may sit beside them: it is never chosen).
+        for side, other in (("prefill", "decode"),):
+            served = {ref.config.model_name for ref in refs if ref.config.pd_type == other}
+            for ref in refs:
+                if ref.config.pd_type == side and served and ref.config.model_name not in served:
+                    raise PydanticCustomError(
+                        "pd",
+                        "nodes[{n}].instances[{i}] is a {side} instance of {model}, but no {other} instance serves "
+                        "that model (they serve {served}): a request's KV cache can only move between instances of "
+                        "one model",
+                        {"n": ref.node_index, "i": ref.instance_index, "side": side, "model": ref.config.model_name,
+                         "other": other, "served": ", ".join(sorted(served))},
+                    )
         return self
 
     def instances(self) -> list[InstanceRef]:

@@ -34,6 +34,8 @@ RUN_COMPANIONS = ("_summary.json", "_timeline.csv", "_links.csv", "_latency_cdf.
 
 
 def companion_paths(output: Path) -> list[Path]:
+    if not output.name:  # '' or '/': check_output_file says what is wrong with it
+        return []
     return [output.with_name(output.stem + suffix) for suffix in RUN_COMPANIONS]
 
 

@@ -36,11 +36,14 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
         # P/D: a proxy client's first token comes from the decode instance's first step.
         client_first_s = r.decode_first_token_s if r.kv_bytes else r.first_token_s
         ttft_client = client_first_s - r.arrival_s if client_first_s is not None else math.nan
+        # first_token_s, ttft_ms and tpot_ms follow the mode, so that e2e = ttft + (n - 1) x tpot either way
+        # (vllm bench's TPOT: the tokens after the first the client sees).
+        first_s = client_first_s if result.ttft_mode == "client" else r.first_token_s
         ttft = ttft_client if result.ttft_mode == "client" else ttft_prefill
         e2e = r.finish_s - r.arrival_s if r.finish_s is not None else math.nan
         tpot = (
-            (r.finish_s - r.first_token_s) / (r.output_toks - 1)
-            if r.finish_s is not None and r.first_token_s is not None and r.output_toks > 1 else math.nan
+            (r.finish_s - first_s) / (r.output_toks - 1)
+            if r.finish_s is not None and first_s is not None and r.output_toks > 1 else math.nan
         )
         queue = r.first_scheduled_s - r.arrival_s if r.first_scheduled_s is not None else math.nan
         transfer = (
@@ -52,7 +55,7 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
             if r.kv_transfer_start_s is not None and r.handoff_s is not None else math.nan
         )
         rows.append((
-            r.id, r.input_toks, r.output_toks, r.arrival_s, _or_nan(r.first_token_s), _or_nan(r.finish_s),
+            r.id, r.input_toks, r.output_toks, r.arrival_s, _or_nan(first_s), _or_nan(r.finish_s),
             ttft * 1e3, tpot * 1e3, e2e * 1e3, queue * 1e3, r.prefill_instance, r.decode_instance,
             transfer * 1e3, transfer_wait * 1e3, r.kv_bytes, r.preemptions, r.status, r.reason,
             ttft_prefill * 1e3, ttft_client * 1e3, r.cached_tokens,

@@ -3,6 +3,8 @@ SLOs on the fewest GPUs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -97,7 +99,8 @@ def _run_options() -> list[Callable]:
                      help="Seed of Poisson arrivals and random routing; runs are deterministic per seed."),
         click.option("--time-limit-slack-s", type=float, default=120.0, show_default=True,
                      callback=number_in(0, 1e9, what="a time (s)"),
-                     help="Simulate this long past the last arrival; requests still running then miss their SLOs."),
+                     help="Simulate this long past the last arrival (at least twice the longest request life the "
+                          "SLOs allow); requests still running then miss their SLOs."),
         click.option("--min-duration-s", type=float, default=60.0, show_default=True,
                      callback=number_in(0, 1e9, what="a time (s)"),
                      help="Repeat the dataset until arrivals span at least this long at each rate, and at least "
@@ -165,6 +168,14 @@ class _Setup:
             min_duration_s=run_duration_s(kw["min_duration_s"], self.life_s), warmup_s=self.life_s,
             ttft_mode=kw["ttft_mode"], profiles_root=str(kw["profiles_root"] or bundled_path("profiles")),
         )
+        # What the rows depend on besides their (label, rate) key: a --resume must find the same.
+        self.fingerprint = json.loads(json.dumps({
+            "base_config_sha256": _sha256(kw["base_config"]), "dataset": str(kw["dataset"]),
+            "dataset_sha256": _sha256(kw["dataset"]),
+            **{k: kw[k] for k in ("dataset_format", "window", "time_scale", "num_requests", "slo_ttft_ms",
+                                  "slo_tpot_ms", "arrival", "seed", "time_limit_slack_s", "ttft_mode")},
+            "min_duration_s": self.settings.min_duration_s, "profiles_root": self.settings.profiles_root,
+        }, default=str))
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
         for name in OUTPUT_NAMES:
@@ -220,6 +231,10 @@ def config_file_stem(label: str) -> str:
     return label.replace("/", "-")
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _bar(quiet: bool):
     from pdsim.progress import ProgressBar
 
@@ -260,21 +275,25 @@ def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
 def sweep(rates: str, **kw: Any) -> None:
     """Every P:D split of a GPU budget x every rate: latency percentiles, throughput, SLO attainment."""
     from pdsim.sweep.runner import Job, run_sweep
+    from pdsim.workload.trace import check_request_count
 
     try:
         rate_list = sorted({float(x) for x in rates.split(",") if x.strip()})
     except ValueError:
         raise PdsimError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
-    if not rate_list or min(rate_list) <= 0:
+    if not rate_list or min(rate_list) <= 0 or not all(math.isfinite(r) for r in rate_list):
         raise PdsimError(f"--rates: expected positive numbers, got {rates!r}")
     setup = _Setup(kw)
+    for rate in rate_list:  # before any run starts (trace_at_rate checks it again for search's rates)
+        check_request_count(max(len(setup.trace), math.ceil(rate * setup.settings.min_duration_s)),
+                            f"--rates {rate:g} (for at least {setup.settings.min_duration_s:g} s)")
     jobs = [Job(v, r) for v in setup.variants for r in rate_list]
     click.echo(f"sweep: {setup.describe()}, {len(rate_list)} rates: {len(jobs)} runs")
     bar = _bar(kw["quiet"])
     started = time.perf_counter()
     executor = setup.executor()
     try:
-        rows = run_sweep(jobs, executor, setup.out / "runs.csv", kw["resume"],
+        rows = run_sweep(jobs, executor, setup.out / "runs.csv", kw["resume"], settings=setup.fingerprint,
                          on_row=lambda done, total: bar.update(done, total, "runs"), commit=False)
     finally:
         executor.close()
@@ -349,7 +368,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     bar = _bar(kw["quiet"])
     started = time.perf_counter()
     executor = setup.executor()
-    writer = RowWriter(setup.out / "probes.csv", ROW_FIELDS, kw["resume"])
+    writer = RowWriter(setup.out / "probes.csv", ROW_FIELDS, kw["resume"], setup.fingerprint)
     budget = len(setup.variants) * max_probes
     try:
         states = run_search(setup.variants, starts, executor, writer, kw["attainment"], kw["slo_mode"],

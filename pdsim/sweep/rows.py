@@ -4,12 +4,13 @@ killed command loses at most the runs in flight and `--resume` picks up the rest
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 from pdsim.errors import PdsimError
-from pdsim.outputs import atomic_path
+from pdsim.outputs import atomic_path, write_json_atomic
 
 ROW_FIELDS = [
     "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "gpus",
@@ -39,18 +40,39 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
+def settings_path(path: Path) -> Path:
+    """Beside runs.csv / probes.csv: the settings its rows were made with (runs.settings.json)."""
+    return path.with_name(f"{path.stem}.settings.json")
+
+
+def _check_same_settings(sidecar: Path, settings: dict[str, Any], source: Path) -> None:
+    """Rows made under other settings (SLOs, seed, dataset, base config, ...) must not be mixed with new ones."""
+    if not sidecar.is_file():
+        return  # rows from before the settings were recorded: nothing to compare
+    try:
+        old = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        raise PdsimError(f"--resume: {sidecar} is not readable JSON; use another --out or drop --resume") from None
+    changed = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+               if old.get(k) != settings.get(k)]
+    if changed:
+        raise PdsimError(f"--resume: the rows in {source} were made with other settings ({'; '.join(changed)}); "
+                         "use another --out or drop --resume")
+
+
 class RowWriter:
     """Appends rows to <path>.partial as they arrive, flushed each time, so a killed run loses at most
     the runs in flight. With resume, the rows already in the partial file (else in `path`, a
     finished run) are kept and their keys skipped. The caller moves the partial file into place."""
 
-    def __init__(self, path: Path, fields: list[str], resume: bool) -> None:
+    def __init__(self, path: Path, fields: list[str], resume: bool, settings: dict[str, Any] | None = None) -> None:
         self.path, self.fields = path, fields
         self.partial = partial_path(path)
         self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         source = self.partial if self.partial.exists() else path
         if resume and source.exists() and source.stat().st_size > 0:
+            _check_same_settings(settings_path(path), settings or {}, source)
             with source.open(newline="") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != fields:
@@ -68,6 +90,8 @@ class RowWriter:
             writer.writerow(fields)
             for row in self.rows.values():
                 writer.writerow([_fmt(row[f]) for f in fields])
+        if settings is not None:  # what made these rows, for a later --resume to compare with
+            write_json_atomic(settings_path(path), settings)
         self.file = self.partial.open("a", newline="")
         self.writer = csv.writer(self.file)
 

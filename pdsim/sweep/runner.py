@@ -23,7 +23,7 @@ from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_li
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.rows import ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
 from pdsim.sweep.steady import Window, stability
-from pdsim.workload.trace import TraceRequest
+from pdsim.workload.trace import TraceRequest, check_request_count
 
 ARRIVAL_MODES = ("scale", "poisson")
 
@@ -86,6 +86,7 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
         raise PdsimError(f"rate: expected a positive number of requests/s, got {rate_per_s}")
     n_base = len(base)
     n = max(n_base, math.ceil(rate_per_s * min_duration_s))
+    check_request_count(n, f"rate {rate_per_s:g} req/s for at least {min_duration_s:g} s")
     lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
     if arrival == "poisson":
         gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n)
@@ -293,11 +294,13 @@ def make_executor(base_trace: Sequence[TraceRequest], settings: RunSettings, wor
 
 
 def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bool,
-              on_row: Callable[[int, int], None] | None = None, commit: bool = True) -> list[dict[str, Any]]:
+              on_row: Callable[[int, int], None] | None = None, commit: bool = True,
+              settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run the jobs not already in `out_csv` (with resume), stream their rows to its partial file,
     and return all rows in job order (configs as expanded, rates ascending), rounded as stored.
-    commit: move the partial file to `out_csv` when every job has run (else the caller does)."""
-    writer = RowWriter(out_csv, ROW_FIELDS, resume)
+    commit: move the partial file to `out_csv` when every job has run (else the caller does).
+    settings: what the rows depend on besides their key, kept beside the CSV; a resume with other ones is refused."""
+    writer = RowWriter(out_csv, ROW_FIELDS, resume, settings)
     todo = [j for j in jobs if j.key not in writer.rows]
     done = len(jobs) - len(todo)
     try:

@@ -277,12 +277,20 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
                                           client_delay_ms, async_scheduling)
         column = {"tpot_ms": "tpot_err_pct", "ttft_ms": "ttft_err_pct"}[metric]
+        left_out: list[str] = []  # the same rows at every overhead
 
         def errors_at(overhead_us: float):
+            from pdsim.validate.closed_loop import not_simulated_lines
+
             df = simulate(overhead_us)
-            return df[df.status == "simulated"][column].to_numpy()
+            left_out[:] = not_simulated_lines(df)
+            errors = df[df.status == "simulated"][column].dropna().to_numpy()
+            if not len(errors):
+                raise PdsimError(f"{measured}: no row to fit on ({'; '.join(left_out) or 'no row simulated'})")
+            return errors
 
         what = f"{metric} per row"
+        notes = left_out
     else:
         from pdsim.validate.compare import compare, replay
 
@@ -296,11 +304,14 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             return sel.diff_pct.to_numpy()
 
         what = f"{metric} mean/p50/p90"
+        notes = []
 
     fit = fit_overhead(errors_at)
     fit.update({"measured": str(measured), "metric": metric,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
     write_json_atomic(out, fit)
+    for line in notes:  # rows of a table left out of the fit, with their reasons
+        click.echo(line)
     click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
                f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
 

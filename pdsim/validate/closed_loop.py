@@ -117,7 +117,8 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
             out.append({**fields, "status": "skipped", "reason": reason})
             continue
         try:
-            sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine)
+            sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine,
+                                table.attrs.get("source_columns", {}))
         except PdsimError as e:
             out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; ")})
             continue
@@ -132,11 +133,12 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
 
 
 def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: float, lookup,
-                  opts: SimOptions, rounds: int, engine) -> dict:
-    for column in ("isl", "osl", "concurrency", "tp"):
-        if not text(row.get(column)) or text(row.get(column)) == "nan":
-            raise PdsimError(f"column {column}: empty (expected a positive integer)")
-    isl, osl, conc, tp = int(row["isl"]), int(row["osl"]), int(row["concurrency"]), int(row["tp"])
+                  opts: SimOptions, rounds: int, engine, names: dict[str, str]) -> dict:
+    isl, osl, conc, tp = (_positive_int(row, column, names.get(column, column))
+                          for column in ("isl", "osl", "concurrency", "tp"))
+    _measured_ms(row, "ttft_ms", names.get("ttft_ms", "ttft_ms"))
+    if osl > 1:  # one output token has no TPOT; the row's TTFT is still compared
+        _measured_ms(row, "tpot_ms", names.get("tpot_ms", "tpot_ms"))
     if model is None and text(row.get("model_path")):
         model = str(row["model_path"]).strip()
     if not model:
@@ -156,12 +158,38 @@ def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: f
     return simulate_row(cfg, isl, osl, conc, opts, rounds)
 
 
+def _positive_int(row: dict, column: str, shown: str) -> int:
+    value = text(row.get(column))
+    if not value or value == "nan":
+        raise PdsimError(f"column {shown}: empty (expected a positive integer)")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not (number.is_integer() and number >= 1):  # NaN and inf fail is_integer
+        raise PdsimError(f"column {shown}: expected a positive integer, got {value!r}")
+    return int(number)
+
+
+def _measured_ms(row: dict, column: str, shown: str) -> None:
+    """A measured latency must be a positive number, or the row's error would be meaningless."""
+    value = text(row.get(column))
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise PdsimError(f"column {shown}: the measured value must be a positive number of ms, "
+                         f"got {value or 'nothing'!r}")
+
+
 def simulated(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.status == "simulated"]
 
 
 def mape(errors_pct: pd.Series) -> float:
-    return float(np.mean(np.abs(errors_pct)))
+    """Over the rows that have the error (an osl-1 row has no TPOT)."""
+    return float(np.mean(np.abs(errors_pct.dropna())))
 
 
 def with_table_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd.DataFrame,
@@ -182,11 +210,16 @@ def format_rows(table: pd.DataFrame) -> str:
     lines = [f"{'isl':>6}{'osl':>6}{'conc':>6}{'tp':>4}{'TTFT meas':>11}{'sim':>9}{'err':>8}"
              f"{'TPOT meas':>11}{'sim':>8}{'err':>8}"]
     for r in df.itertuples(index=False):
+        tpot = (f"{r.tpot_ms:>11.2f}{r.sim_tpot_ms:>8.2f}{r.tpot_err_pct:>+7.1f}%" if np.isfinite(r.tpot_err_pct)
+                else f"{'-':>11}{'-':>8}{'-':>8}")  # one output token: no TPOT
         lines.append(f"{r.isl:>6}{r.osl:>6}{r.concurrency:>6}{r.tp:>4}{r.ttft_ms:>11.1f}{r.sim_ttft_ms:>9.1f}"
-                     f"{r.ttft_err_pct:>+7.1f}%{r.tpot_ms:>11.2f}{r.sim_tpot_ms:>8.2f}{r.tpot_err_pct:>+7.1f}%")
+                     f"{r.ttft_err_pct:>+7.1f}%{tpot}")
     if len(df):
+        without_tpot = int(df.tpot_err_pct.isna().sum())
         lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} "
-                     f"simulated rows of {len(table)}")
+                     f"simulated rows of {len(table)}" + (f" (TPOT over {len(df) - without_tpot}: "
+                                                          f"{without_tpot} with one output token have none)"
+                                                          if without_tpot else ""))
         if "step_time_margin_pct" in df:
             m = f"{df.step_time_margin_pct.iloc[0]:g}%"
             lines.append(f"with every step {m} faster .. {m} slower: " + ", ".join(
@@ -211,8 +244,8 @@ def not_simulated_lines(table: pd.DataFrame) -> list[str]:
     for status in ("skipped", "error"):
         rows = table[table.status == status]
         if len(rows):
-            lines.append(f"{status}: {len(rows)} row(s)" + (" pdsim cannot express" if status == "skipped" else
-                                                          " that could not be simulated"))
+            lines.append(f"skipped: {len(rows)} row(s) pdsim cannot express" if status == "skipped" else
+                         f"bad rows: {len(rows)} row(s) with values that cannot be simulated (left out)")
             for reason, n in rows.reason.value_counts(sort=False).items():
                 lines.append(f"  {n} x {reason}")
     return lines

@@ -414,20 +414,24 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     """Rows of (isl, osl, concurrency, tp, ttft_ms, tpot_ms) plus whatever else the file has
     (model_path, system, backend_version ... are kept)."""
     p = Path(path)
-    df = pd.read_csv(p)
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PdsimError(f"{p}: not a readable CSV table ({str(e).strip().splitlines()[0]})") from None
+    if df.empty:
+        raise PdsimError(f"{p}: the table has no rows")
     rename = {}
     for name, options in _ALIASES.items():
         found = next((c for c in options if c in df.columns), None)
         if found is None:
             raise PdsimError(f"{p}: no column for {name} (tried {', '.join(options)})")
         rename[found] = name
-    return df.rename(columns=rename)
+    df = df.rename(columns=rename)
+    df.attrs["source_columns"] = {name: found for found, name in rename.items()}  # for messages about a row
+    return df
 
 
 def is_closed_loop_table(path: str | Path) -> bool:
-    p = Path(path)
-    if p.suffix.lower() != ".csv":
-        return False
-    with p.open(encoding="utf-8", errors="replace") as f:
-        header = f.readline().strip().split(",")
-    return any(c in header for c in _ALIASES["concurrency"]) and any(c in header for c in _ALIASES["isl"])
+    """A .csv is read as a closed-loop table (the per-request formats are JSON), so a table missing a
+    column is told which one, not read as JSON."""
+    return Path(path).suffix.lower() == ".csv"

@@ -52,6 +52,7 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_parallelism(run, cfg, cluster_config)
+    _check_model_and_roles(run, cfg, cluster_config)
     _note_unused(run)
     return cfg
 
@@ -101,6 +102,38 @@ def _check_parallelism(run, cfg, cluster_config: Path) -> None:
                 raise PdsimError(f"{cluster_config}: instance {ref.instance_id} has {field} "
                                  f"{getattr(ref.config, field)}, but the measured engine ran {key} {recorded} "
                                  f"({run.source}'s meta.json engine_kwargs): give the measured engine's config")
+
+
+def _check_model_and_roles(run, cfg, cluster_config: Path) -> None:
+    """The config must serve the model the run's meta.json names (a Hugging Face id; a local path is not
+    compared). A P/D config replaying a run whose engine records no KV connector is said loudly."""
+    from pdsim.models import load_model
+
+    recorded = run.engine_meta.get("model") or run.engine_kwargs.get("model")
+    if isinstance(recorded, str) and recorded.count("/") == 1 and not recorded.startswith((".", "/", "~")):
+        try:
+            shape = _shape(load_model(recorded))
+        except PdsimError:
+            shape = None  # a model pdsim does not know: compared by name only
+        for name in dict.fromkeys(ref.config.model_name for ref in cfg.instances()):
+            if name.lower() == recorded.lower():
+                continue
+            if shape is not None and _shape(load_model(name)) != shape:
+                raise PdsimError(f"{cluster_config}: the instances serve {name}, but the measured engine ran "
+                                 f"{recorded} ({run.source}'s meta.json), a model of another shape: give the "
+                                 "measured engine's config")
+            run.notes.append(f"NOTE: the config's instances serve {name}, the run's meta.json names {recorded}"
+                             + (" (the same shape)" if shape is not None else ""))
+    roles = {ref.config.pd_type for ref in cfg.instances()} - {None}
+    if roles and run.engine_kwargs and "kv_transfer_config" not in run.engine_kwargs:
+        run.notes.append("NOTE: the config has prefill and decode instances, but the run's meta.json engine_kwargs "
+                         "record no kv_transfer_config: the measured engine looks like one vLLM engine without P/D, "
+                         "so the two may not be comparable")
+
+
+def _shape(spec) -> tuple:
+    return (spec.architecture, spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads,
+            spec.intermediate_size, spec.vocab_size, spec.moe)
 
 
 def _stated_model(instances: list[dict]):

@@ -17,7 +17,7 @@ import numpy as np
 from pdsim.errors import PdsimError
 from pdsim.workload.arrivals import ARRIVALS, Diurnal, RateSchedule, arrival_times_ns
 from pdsim.workload.sessions import SessionShape, SystemPrompts, build_requests
-from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest, check_request_count
 
 __all__ = ["ARRIVALS", "LengthDist", "generate_requests", "parse_length_dist"]
 
@@ -118,6 +118,7 @@ def generate_requests(
     """
     if num_requests < 1:
         raise PdsimError(f"--num-requests: expected a positive integer, got {num_requests}")
+    check_request_count(num_requests, "--num-requests")
     din = (
         input_dist
         if isinstance(input_dist, LengthDist)
