@@ -15,7 +15,7 @@ import pandas as pd
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import number_in, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
-from pdsim.errors import PdsimError
+from pdsim.errors import ConfigError, PdsimError
 from pdsim.workload.readers import dataset_options
 
 
@@ -160,6 +160,10 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.progress import ProgressBar
 
     check_run_output(output, [cluster_config, dataset])
+    if concurrency is None and (click.get_current_context().get_parameter_source("client_delay_ms")
+                                is not click.core.ParameterSource.DEFAULT):
+        raise PdsimError("--client-delay-ms: applies to a closed loop (--concurrency); an open-loop trace's "
+                         "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
@@ -168,7 +172,11 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
                  "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_memory_bytes": kv_cache_memory_bytes,
                  "disable_custom_all_reduce": disable_custom_all_reduce, "allreduce_rms_fusion": allreduce_rms_fusion}
-    cfg = load_cluster_config(cluster_config, overrides)
+    given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v is not None)
+    try:
+        cfg = load_cluster_config(cluster_config, overrides)
+    except ConfigError as e:
+        raise _from_command_line(e, given) from None
     trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
                        concurrency, seed)
     opts = SimOptions(
@@ -182,8 +190,11 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     on_sample = _progress_lines(bar) if not quiet and log_interval is not None else None
 
     started = time.perf_counter()
-    result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
-                      on_progress=lambda done, total: bar.update(done, total, "requests"))
+    try:
+        result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
+                          on_progress=lambda done, total: bar.update(done, total, "requests"))
+    except ConfigError as e:  # an instance that cannot be built (e.g. no room for its KV cache)
+        raise _from_command_line(e, given) from None
     wall_s = time.perf_counter() - started
     bar.close()
 
@@ -221,6 +232,11 @@ def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, qu
     return out
 
 
+def _from_command_line(error: ConfigError, given: str) -> ConfigError:
+    """A config error the command line's overrides may have caused: the config may be fine as written."""
+    return ConfigError(f"{error} (with {given} from the command line)") if given else error
+
+
 def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | None, time_scale: float,
                num_requests: int | None, input_len: str | None, output_len: str | None,
                concurrency: int | None, seed: int) -> list:
@@ -230,7 +246,11 @@ def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | N
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
-        return load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
+        trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
+        if num_requests is not None and num_requests > len(trace):
+            print(f"note: --num-requests {num_requests}: the trace has {len(trace)} requests"
+                  f"{' in that window' if window else ''}; all are used", file=sys.stderr)
+        return trace
     return _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
 
 

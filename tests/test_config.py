@@ -180,7 +180,11 @@ def test_pipeline_parallel_limits(tmp_path):
 
 def test_tp_larger_than_npus(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r).update(tp_size=2))
-    assert msg.endswith("nodes[0].instances[1]: tp_size * pp_size = 2 is more than num_npus = 1")
+    assert msg.endswith("nodes[0].instances[1]: tp_size * pp_size = 2 is more than num_npus = 1: an instance runs "
+                        "on tp_size x pp_size GPUs")
+    # Spare GPUs would be counted in nothing: refused too (before, silently ignored).
+    msg = _err(tmp_path, lambda r: _inst(r).update(num_npus=2))
+    assert "nodes[0].instances[1]: tp_size * pp_size = 1 is less than num_npus = 2" in msg
 
 
 def test_router_policy(tmp_path):

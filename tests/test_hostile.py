@@ -121,6 +121,7 @@ OPTION_CASES = [
     ("--max-sim-time", "nan"), ("--max-sim-time", "0"), ("--max-sim-time", "-1"),
     ("--log-interval", "1e-12"), ("--log-interval", "nan"),
     ("--num-requests", "0"), ("--concurrency", "0"),
+    ("--client-delay-ms", "5"),  # an open-loop trace: the delay would apply to nothing
 ]
 
 
@@ -134,6 +135,32 @@ def test_hostile_option_is_one_line_naming_the_flag(tmp_path, capsys, flag, valu
     _assert_clean_error(code, err, flag)
     assert "max_requests" not in err
     assert not out.parent.exists()
+
+
+def test_options_that_would_do_nothing_or_change_the_config_are_said(tmp_path, capsys):
+    out = tmp_path / "out"
+    # --lengths-from draws both lengths: an --input-len beside it would be ignored.
+    code, err = _run_cli(capsys, ["workload", "generate", "--lengths-from", str(TRACE), "--input-len", "5",
+                                  "--output", str(out / "t.jsonl")])
+    _assert_clean_error(code, err, "--input-len", "--lengths-from")
+    cases = ((["search", "--max-probes", "0"], "--max-probes"), (["sweep", "--rates", "1", "--node-gpus", "0"],
+                                                                 "--node-gpus"))
+    for args, flag in cases:
+        code, err = _run_cli(capsys, [*args, "--base-config", str(CONFIG), "--dataset", str(TRACE), "--gpus", "2",
+                                      "--slo-ttft-ms", "100", "--slo-tpot-ms", "50", "--out", str(out)])
+        _assert_clean_error(code, err, flag)
+    # A config error the command line caused names the option.
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--max-num-batched-tokens",
+                                  "1000000000", "--output", str(out / "r.csv"), "--quiet"])
+    _assert_clean_error(code, err, "no room for the KV cache", "(with --max-num-batched-tokens 1000000000 from the "
+                        "command line)")
+    assert not out.exists()
+    # Said, not refused: LLMServingSim's 0 = unlimited, and a request count past the trace.
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--max-num-seqs", "0",
+                                  "--num-requests", "500", "--output", str(out / "r.csv"), "--quiet"])
+    assert code == 0, err
+    assert "max_num_seqs: 0 is LLMServingSim's 'unlimited': max_num_seqs becomes max_num_batched_tokens" in err
+    assert "note: --num-requests 500: the trace has 200 requests; all are used" in err
 
 
 def _bad_file_cases(tmp_path: Path) -> list[tuple[str, Path, str]]:

@@ -190,7 +190,7 @@ def test_convert_writes_pdsim_jsonl_atomically_and_never_over_input(tmp_path):
     assert res.exit_code == 2 and "is the input trace" in res.output
     assert src.read_text() == before
     res = CliRunner().invoke(workload, ["convert", str(tmp_path / "nope.csv"), "--out", str(out)])
-    assert res.exit_code == 2 and "not found" in res.output
+    assert res.exit_code == 2 and "nope.csv: no such file" in res.output
 
 
 def test_mooncake_convert_roundtrip_keeps_hash_ids(tmp_path):

@@ -211,11 +211,14 @@ class InstanceConfig(_Strict):
     def _cross_checks(self) -> InstanceConfig:
         if self.pp_size > 1:
             _check_pipeline(self)
-        if self.tp_size * self.pp_size > self.num_npus:
+        if self.tp_size * self.pp_size != self.num_npus:
+            # An instance runs on exactly tp x pp GPUs (LLMServingSim's configs say so too); spare GPUs
+            # would be counted in nothing, a shortfall cannot run.
             raise PydanticCustomError(
                 "npus",
-                "tp_size * pp_size = {need} is more than num_npus = {have}",
-                {"need": self.tp_size * self.pp_size, "have": self.num_npus},
+                "tp_size * pp_size = {need} is {rel} num_npus = {have}: an instance runs on tp_size x pp_size GPUs",
+                {"need": self.tp_size * self.pp_size, "have": self.num_npus,
+                 "rel": "more than" if self.tp_size * self.pp_size > self.num_npus else "less than"},
             )
         if self.max_num_batched_tokens < self.max_num_seqs:
             # vLLM refuses this too: a full decode batch must fit in one step's token budget.

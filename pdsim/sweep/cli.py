@@ -65,7 +65,7 @@ def _space_options() -> list[Callable]:
                           "DP without it; labels end in -noep)."),
         click.option("--colocated/--no-colocated", default=True, show_default=True,
                      help="Include the colocated baseline on the same GPUs."),
-        click.option("--node-gpus", type=int, default=None,
+        click.option("--node-gpus", type=int, default=None, callback=number_in(1, what="a GPU count"),
                      help="GPUs per node when placing instances.  [default: 8, or the base's largest node]"),
     ]
 
@@ -351,7 +351,8 @@ def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]]
 @click.command("search")
 @click.option("--rel-tol", type=float, default=0.05, show_default=True, callback=number_in(0, 1, low_open=True),
               help="Stop bisecting when the bracket is narrower than this fraction of the rate.")
-@click.option("--max-probes", type=int, default=14, show_default=True, help="Most runs per configuration.")
+@click.option("--max-probes", type=int, default=14, show_default=True, callback=number_in(1, what="a run count"),
+              help="Most runs per configuration.")
 @_common
 def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     """Goodput per GPU of every P:D split (bisection on the rate), ranked, next to the rate-matching estimate."""

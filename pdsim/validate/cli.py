@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
+from pdsim.bundled import InputFile
 from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
@@ -141,7 +142,7 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
               help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, an aiperf run (its "
                    "artifacts folder or profile_export.jsonl), or a closed-loop CSV (isl, osl, "
                    "concurrency/batch_size, tp, ttft, tpot).")
-@click.option("--cluster-config", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--cluster-config", type=InputFile("cluster config"), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
               help="Profile for every instance; for closed-loop tables, a root holding "
@@ -249,7 +250,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 @click.command("calibrate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
               help="A per-request run (as for validate) or a closed-loop table.")
-@click.option("--cluster-config", type=click.Path(exists=True, path_type=Path), default=None,
+@click.option("--cluster-config", type=InputFile("cluster config"), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
 @click.option("--profile-dir", type=click.Path(path_type=Path), default=None, help="As for validate.")
 @click.option("--metric", type=click.Choice(["tpot_ms", "e2e_ms", "ttft_ms"]), default="tpot_ms", show_default=True,

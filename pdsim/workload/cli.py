@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from pdsim.bundled import InputFile
 from pdsim.errors import PdsimError
 from pdsim.outputs import check_output_file, json_text
 from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
@@ -108,6 +109,12 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         raise PdsimError(f"--rate {rate:g}: --arrival burst sends every request at t=0, so a rate does not apply; "
                          "use --arrival poisson or uniform for a rate")
     check_output_file(out_path, "--output", [lengths_from])
+    if lengths_from:
+        given = [f"--{name.replace('_', '-')}" for name in ("input_len", "output_len")
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given:
+            raise PdsimError(f"{' and '.join(given)}: --lengths-from draws both lengths from {lengths_from}; "
+                             "give one or the other")
     input_len, output_len = _spec(input_len), _spec(output_len)
     if rate_schedule and diurnal:
         raise PdsimError("--rate-schedule and --diurnal: give one of them")
@@ -136,7 +143,7 @@ def _spec(value: str) -> str:
 
 
 @workload.command("convert")
-@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("trace", type=InputFile("dataset"))
 @_format_options
 @click.option("--output", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="pdsim JSONL to write (atomically; never over the input).")
@@ -153,7 +160,7 @@ def convert(trace: Path, out_path: Path, num_requests: int | None, **kw) -> None
 
 
 @workload.command("stats")
-@click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("trace", type=InputFile("dataset"))
 @_format_options
 @click.option("--num-requests", "--num-reqs", type=click.IntRange(min=1), default=None,
               help="Only the earliest N requests.  [default: all]")

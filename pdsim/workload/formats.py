@@ -60,7 +60,8 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
         # stays text and _int_column names the cell.
         df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path}: not a readable CSV ({e})") from None
+        detail = str(e).strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
+        raise TraceError(f"{path}: not a readable CSV ({detail}); read as: {what} trace") from None
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in need if c not in df.columns]
     if missing:
