@@ -53,6 +53,13 @@ def test_expand_every_split_and_colocated():
     assert sum(ref.config.num_npus for ref in cfg.instances()) == 8
 
 
+def test_a_ratio_no_layout_fits_is_said():
+    skipped: list[str] = []
+    variants = expand(load_cluster_config(BASE), 2, [(3, 5), (1, 1)], skipped=skipped)
+    assert {v.label for v in variants} == {"1P1D-tp1/1", "colo-2x-tp1"}
+    assert any(r.startswith("3:5: no layout") and "on exactly 2 GPUs" in r for r in skipped)
+
+
 def test_expand_tp_pools_fill_nodes_of_eight():
     variants = expand(load_cluster_config(BASE), 16, tp_prefill=[1, 2], tp_decode=[2], colocated=True)
     labels = [v.label for v in variants]

@@ -245,6 +245,11 @@ def expand(
                             reasons.append(reason)
                         continue
                     candidates += pools.splits(tp_p, tp_d, dp, pp_p, pp_d)
+    if ratios is not None:  # a ratio no layout fits into the budget is said, not dropped silently
+        found = {(v.num_prefill, v.num_decode) for v in candidates}
+        reasons += [f"{p}:{d}: no layout of --tp-prefill/--tp-decode/--pp-prefill/--pp-decode/--decode-dp puts "
+                    f"{p} prefill and {d} decode instances on exactly {gpus} GPUs"
+                    for p, d in ratios if (p, d) not in found]
     if colocated:
         candidates += pools.colocated(sorted(set(prefill_layouts) | {(tp, pp) for tp in tp_decode for pp in pp_decode}))
     variants = []
