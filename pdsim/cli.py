@@ -135,9 +135,10 @@ def cli() -> None:
                    "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
                    "what a client of vLLM's P/D proxy measures).")
 @click.option("--slo-ttft-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="TTFT SLO: reports the share of requests within it and marks it on the CDF plot.")
+              help="TTFT SLO: reports the share of requests within it and marks it on the CDF plot (with "
+                   "--slo-tpot-ms).")
 @click.option("--slo-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="TPOT SLO: as --slo-ttft-ms.")
+              help="TPOT SLO: as --slo-ttft-ms (give both or neither).")
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (accepted by every command).")
@@ -297,13 +298,16 @@ def _run_summary(result, df: pd.DataFrame, wall_s: float, cluster_config: Path, 
 
 
 def _slo_attainment(df: pd.DataFrame, ttft_ms: float, tpot_ms: float) -> dict:
-    """Shares of all requests within each SLO; a request not finished meets neither. A one-token
-    output has no TPOT and meets that SLO."""
+    """Shares of the requests that arrived within each SLO; a request not finished meets neither. A one-token
+    output has no TPOT and meets that SLO. (A run stopped by --max-sim-time leaves out those it never saw arrive.)"""
+    from pdsim.metrics.load import arrived_not
+
+    df = df[~arrived_not(df)]
     finished = df.status == "finished"
     ttft_ok = finished & (df.ttft_ms <= ttft_ms)
     tpot_ok = finished & (df.tpot_ms.isna() | (df.tpot_ms <= tpot_ms))
     n = max(len(df), 1)
-    return {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "attain_ttft": float(ttft_ok.sum() / n),
+    return {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "requests": len(df), "attain_ttft": float(ttft_ok.sum() / n),
             "attain_tpot": float(tpot_ok.sum() / n), "attain_both": float((ttft_ok & tpot_ok).sum() / n)}
 
 

@@ -57,7 +57,10 @@ def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimErr
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
-        raise error(f"{where}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+        # One line of a JSONL file is named file:line already: add only the column (file:line:column).
+        one_line = e.lineno == 1 and where.rpartition(":")[2].isdigit()
+        at = f"{where}:{e.colno}" if one_line else f"{where}:{e.lineno}:{e.colno}"
+        raise error(f"{at}: not valid JSON ({e.msg})") from None
     except _DuplicateKey as e:
         raise error(f"{where}: key {e.args[0]!r} appears twice in one object; give it once") from None
     except RecursionError:

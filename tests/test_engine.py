@@ -163,6 +163,18 @@ def test_max_sim_time_reports_unfinished_with_reason():
     df = requests_frame(res)
     assert df.status.tolist() == ["unfinished", "finished"]
     assert "--max-sim-time" in df.reason[0]
+    # A request due after the stop never arrived: said so, and left out of the load check and SLO shares.
+    from pdsim.cli import _slo_attainment
+    from pdsim.metrics.load import load_report
+
+    rows = [(200, 5, 0.05 * i) for i in range(30)] + [(200, 5, 10.0 + i) for i in range(30)]
+    df = requests_frame(simulate(cfg, trace(rows), SimOptions(max_sim_time_s=5.0)))
+    late = df.arrival_s > 5.0
+    assert (df.status[late] == "unfinished").all() and (df.status[~late] == "finished").all()
+    assert df.reason[late].str.startswith("not arrived: the simulation stopped at --max-sim-time 5 s").all()
+    assert _slo_attainment(df, 1e6, 1e6) == {"ttft_ms": 1e6, "tpot_ms": 1e6, "requests": 30, "attain_ttft": 1.0,
+                                              "attain_tpot": 1.0, "attain_both": 1.0}
+    assert load_report(df, 5.0)["arrival_window_s"] == pytest.approx(0.05 * 29)
 
 
 def test_summary_and_itl_are_consistent():

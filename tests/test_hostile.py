@@ -302,6 +302,9 @@ def test_hostile_measured_runs_name_the_file(tmp_path, capsys):
         "deep.jsonl": (("[" * 100_000 + "]" * 100_000 + "\n").encode(), "nested too deeply"),
         "bench.json": (b'{"ttfts": [0.1], "itls": [[]], "input_lens": [5], "output_lens": [1], "ttfts": [1]}',
                        "'ttfts' appears twice"),
+        "order.jsonl": ((line + "\n" + line.replace('"first_token_ts": 0.1', '"first_token_ts": 0.3') + "\n").encode(),
+                        "order.jsonl:2: last_token_ts 0.2 is before first_token_ts 0.3"),
+        "broken.jsonl": ((line + "\n" + line.replace(", ", " ", 1) + "\n").encode(), "broken.jsonl:2:19: not valid"),
     }
     for name, (data, words) in cases.items():
         path = tmp_path / name
@@ -324,3 +327,12 @@ def test_profile_files_that_are_not_utf8_json_or_csv_name_the_file(tmp_path, cap
     code, err, out = _run_with_profile(tmp_path, capsys, profile)
     _assert_clean_error(code, err, str(profile / name), words)
     assert not out.parent.exists()
+
+
+def test_a_bad_jsonl_line_is_located_as_file_line_column():
+    from pdsim.errors import parse_json
+
+    with pytest.raises(PdsimError, match=r"^f\.jsonl:2:9: not valid JSON \(Expecting ',' delimiter\)$"):
+        parse_json('{"a": 1 "b": 2}', "f.jsonl:2")
+    with pytest.raises(PdsimError, match=r"^f\.json:2:6: not valid JSON"):
+        parse_json('{"a": 1,\n "b" 2}', "f.json")

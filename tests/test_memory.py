@@ -151,6 +151,19 @@ def test_reads_the_measured_kv_size():
         kv_from_log(FIXTURE / "vllm_startup.log", 112)
 
 
+def test_two_kv_figures_are_both_named(tmp_path):
+    from pdsim.validate.kv_capacity import measured_kv
+
+    log = tmp_path / "engine.log"
+    log.write_text("INFO GPU KV cache size: 32,000 tokens\nrestart\nINFO GPU KV cache size: 19,200 tokens\n")
+    kv = kv_from_log(log, 16)
+    assert kv.tokens == 19200 and "the last of 2 such lines, which also give 32,000" in kv.source
+    meta = {"kv_cache": {"num_gpu_blocks": 3000}}
+    both = measured_kv(meta, "meta.json", log, 16)
+    assert both.num_gpu_blocks == 1200 and "taken over meta.json kv_cache.num_gpu_blocks's 3,000 blocks" in both.source
+    assert "taken over" not in measured_kv({"kv_cache": {"num_gpu_blocks": 1200}}, "meta.json", log, 16).source
+
+
 def _pdsim(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pdsim", *args], capture_output=True, text=True, cwd=REPO)
 

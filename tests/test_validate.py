@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,16 @@ def test_aiperf_export_of_a_simulated_run_replays_to_itself(tmp_path):
     table = compare(run, replay(cfg, run))
     assert len(table) == 5 * 3 + 2  # TTFT, TPOT, E2E x 5 statistics, two throughputs; no ITL
     assert table.diff_pct.abs().max() < 1e-6
+
+
+def test_calibrate_says_when_the_best_overhead_is_the_grid_edge():
+    from pdsim.validate.calibrate import fit_overhead
+
+    inside = fit_overhead(lambda us: np.array([us - 1000.0, us - 1200.0]), grid_us=[0, 500, 1000, 1500, 2000])
+    assert inside["step_overhead_us"] == 1000 and not inside["at_grid_edge"]
+    edge = fit_overhead(lambda us: np.array([us - 9000.0]), grid_us=[0, 500, 1000, 1500, 2000])
+    assert edge["step_overhead_us"] == 2000 and edge["at_grid_edge"]
+    assert not fit_overhead(lambda us: np.array([us + 5.0]), grid_us=[0, 500])["at_grid_edge"]  # 0: a true bound
 
 
 def test_calibrate_recovers_the_overhead_an_aiperf_run_was_made_with(tmp_path):
@@ -682,11 +693,17 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
 
 @needs_shared
 def test_a_config_of_another_tp_degree_than_the_run_is_refused(tmp_path):
-    requests = _rtx_run_with(tmp_path, tensor_parallel_size=2)
-    with pytest.raises(PdsimError, match="instance n0.i0 has tp_size 1, but the measured engine ran "
-                                         "tensor_parallel_size 2"):
-        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
-                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    # Recorded as a number or, as vLLM's command line would, a string; for a MoE config too, where the DP
+    # group's expert layout used to be refused first with a message about ep_size.
+    moe = SHARED / "llmservingsim-rtxpro6000-qwen3-30b-a3b"
+    for recorded, config, count in ((2, RTX / "cluster_config.json", 1), ("2", RTX / "cluster_config.json", 1),
+                                    (2, moe / "cluster_config.json", 2)):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        requests = _rtx_run_with(tmp_path, tensor_parallel_size=recorded)
+        with pytest.raises(PdsimError, match=f"instance 1 of {count} has tp_size 1, but the measured engine ran "
+                                             "tensor_parallel_size 2"):
+            _validate_cli("--measured", str(requests), "--cluster-config", str(config),
+                          "--output", str(tmp_path / "v.csv"))
 
 
 def test_block_hash_ids_chain_as_vllms_prefix_cache():
@@ -918,6 +935,37 @@ def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
     replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
     assert any("prefill and decode instances, but the run's meta.json engine_kwargs record no kv_transfer_config" in n
                for n in run.notes)
+
+
+@needs_shared
+def test_a_recorded_max_model_len_the_requests_exceed_is_said(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    run = read_measured(_rtx_run_with(tmp_path, max_model_len=1024))
+    replay_config(RTX / "cluster_config.json", run, None)
+    longer = int(((run.requests.input_toks + run.requests.output_toks) > 1024).sum())
+    assert longer > 0
+    assert f"NOTE: meta.json records max_model_len 1024, but {longer} request(s) are longer" in "; ".join(run.notes)
+
+
+@needs_shared
+def test_replayed_requests_that_do_not_finish_are_said(tmp_path):
+    # Chunked prefill off caps a request at 2,048 tokens: 40 of the run's requests cannot replay.
+    requests = _rtx_run_with(tmp_path, enable_chunked_prefill=False)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert ("NOTE: 40 of 300 replayed requests did not finish in the replay (40 rejected: input+output = N tokens"
+            in res.output)
+    from click.testing import CliRunner
+
+    from pdsim.validate.cli import calibrate
+
+    with pytest.raises(PdsimError, match="40 of 300 replayed requests did not finish"):
+        CliRunner().invoke(calibrate, ["--measured", str(requests), "--cluster-config",
+                                       str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+                                       "--out", str(tmp_path / "c.json")], catch_exceptions=False)
 
 
 @needs_shared

@@ -63,7 +63,10 @@ def build_instance(
             quantization=ic.quantization, kv_dtype=ic.kv_dtype,
         )
     except ProfileError as exc:
-        raise ProfileError(f"{where}.hardware: {exc}") from None
+        # A profile looked up by the instance's hardware names that field; a given one (--profile-dir, the
+        # instance's profile_dir) may not fit the instance in another way (its TP, its model), which it says.
+        field = "" if (opts.profile_dir or ic.profile_dir) else ".hardware"
+        raise ProfileError(f"{where}{field}: {exc}") from None
     mismatch = _profile_hardware_mismatch(profile.meta.hardware, ic.hardware) if not profile.estimated else None
     if mismatch == "error":
         raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({profile.meta.path}) was measured on "

@@ -20,7 +20,7 @@ from pdsim.engine.kv_transfer import KVTransfers
 from pdsim.engine.monitor import Monitor
 from pdsim.engine.network import Network
 from pdsim.engine.options import SimOptions
-from pdsim.engine.request import Request
+from pdsim.engine.request import NOT_ARRIVED, Request
 from pdsim.engine.result import GIB, InstanceInfo, LinkSample, Sample, SimulationResult
 from pdsim.engine.router import Router
 from pdsim.engine.topology import Topology
@@ -71,6 +71,7 @@ class Cluster:
     # -- request flow ---------------------------------------------------------------------------
     def admit(self, req: Request) -> None:
         """Route a newly arrived request, or reject it with a reason when it can never run."""
+        req.arrived = True
         candidates = [inst for inst in self.prefill_pool if self._fits(inst, req)]
         if not candidates:
             self._reject(req, self._why_not(req))
@@ -179,6 +180,11 @@ def simulate(
 
 
 def _unfinished_reason(req: Request, opts: SimOptions, end_s: float) -> str:
+    if not req.arrived:
+        stop = (f"stopped at --max-sim-time {opts.max_sim_time_s:g} s" if opts.max_sim_time_s is not None
+                else "could not make progress")
+        return (f"{NOT_ARRIVED}: the simulation {stop} before "
+                + ("its client sent it" if opts.concurrency is not None else "it arrived"))
     if opts.max_sim_time_s is not None and end_s >= opts.max_sim_time_s:
         return f"simulation stopped at --max-sim-time {opts.max_sim_time_s:g} s (request was {req.status})"
     return f"simulation could not make progress (request was {req.status})"

@@ -68,6 +68,7 @@ class Request:
     admitted_seq: int = 0  # its place in the instance's running list (the newest is preempted first)
     status: str = "queued"
     reason: str = ""
+    arrived: bool = False  # reached the cluster (a run stopped by --max-sim-time may end before some do)
 
     @property
     def in_cohort(self) -> bool:
@@ -82,3 +83,7 @@ class Request:
     @property
     def tokens_to_compute(self) -> int:
         return self.input_toks + self.num_generated - self.num_computed
+
+
+# The reason of a request a stopped run never saw arrive (metrics leave these out of rates and SLO shares).
+NOT_ARRIVED = "not arrived"

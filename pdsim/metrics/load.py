@@ -14,16 +14,24 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pdsim.engine.request import NOT_ARRIVED
+
 SERVED_SHARE = 0.9
 LATENCY_GROWTH = 1.5
 MIN_REQUESTS = 20
+
+
+def arrived_not(df: pd.DataFrame) -> pd.Series:
+    """The requests a run stopped by --max-sim-time never saw arrive."""
+    return df.reason.astype(str).str.startswith(NOT_ARRIVED)
 
 
 def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
     """Offered and served rates (req/s), the backlog (arrived, not yet finished) at the middle and
     the end of the arrival window, and the verdict; `overloaded` is None when there are too few
     requests or arrivals span no time to judge."""
-    live = df[df.status != "rejected"]  # a rejected request leaves at once and loads nothing
+    # A rejected request leaves at once and loads nothing; one a stopped run never saw arrive loads nothing yet.
+    live = df[(df.status != "rejected") & ~arrived_not(df)]
     arrivals = np.sort(live.arrival_s.to_numpy(dtype=float))
     n = arrivals.size
     window_s = float(arrivals[-1] - arrivals[0]) if n else 0.0

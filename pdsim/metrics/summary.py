@@ -309,8 +309,11 @@ def _latency_lines(summary: dict) -> list[str]:
         lines.append(f"with every step {m} faster .. {m} slower (mean / p90): " + "; ".join(parts))
     slo = summary.get("slo")
     if slo:
-        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, of all "
-                     f"{summary['requests']} requests): TTFT {_pct(slo['attain_ttft'])}, TPOT "
+        scored = slo.get("requests", summary["requests"])
+        of = (f"of all {scored} requests" if scored == summary["requests"] else
+              f"of the {scored} requests that arrived before the stop")
+        lines.append(f"SLO attainment (TTFT <= {slo['ttft_ms']:g} ms, TPOT <= {slo['tpot_ms']:g} ms, {of}): "
+                     f"TTFT {_pct(slo['attain_ttft'])}, TPOT "
                      f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
     return lines
 

@@ -202,7 +202,14 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         return
     from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
     from pdsim.perf.memory import kv_rule
-    from pdsim.validate.compare import compare, format_table, replay, with_step_margin, write_cdf_plots
+    from pdsim.validate.compare import (
+        compare,
+        format_table,
+        replay,
+        replay_losses,
+        with_step_margin,
+        write_cdf_plots,
+    )
 
     run = read_measured(measured, clock)
     cfg = replay_config(cluster_config, run, async_scheduling)
@@ -234,6 +241,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     rule = kv_rule(cfg.instances()[0].config)
     filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled))
+    if (lost := replay_losses(result)) is not None:
+        click.echo(lost)
     click.echo(format_table(table))
     if step_time_margin_pct:
         click.echo(f"(last column: the differences with every replayed step {step_time_margin_pct:g}% faster and "
@@ -293,14 +302,18 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         what = f"{metric} per row"
         notes = left_out
     else:
-        from pdsim.validate.compare import compare, replay
+        from pdsim.validate.compare import compare, replay, replay_losses
 
         run = read_measured(measured)
         cfg = replay_config(cluster_config, run, async_scheduling)
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
-            table = compare(run, replay(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms)))
+            result = replay(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms))
+            if (lost := replay_losses(result)) is not None:
+                raise PdsimError(f"{measured}: {lost.removeprefix('NOTE: ')} (at step_overhead_us {overhead_us:g}): "
+                                 "nothing to fit")
+            table = compare(run, result)
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()
 
@@ -313,6 +326,10 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     write_json_atomic(out, fit)
     for line in notes:  # rows of a table left out of the fit, with their reasons
         click.echo(line)
+    if fit["at_grid_edge"]:
+        click.echo(f"NOTE: the best overhead is the grid's largest, {fit['step_overhead_us']:g} us, and the error was "
+                   "still falling there: the run is slower than any overhead on the grid explains (the step times "
+                   "or the configuration are off), so this is not a fit to use")
     click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
                f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,19 @@ def simulated_requests(measured: MeasuredRun, result: SimulationResult) -> pd.Da
         sim = sim.assign(ttft_ms=sim.ttft_ms - wait_ms, e2e_ms=sim.e2e_ms - wait_ms, queue_ms=sim.queue_ms - wait_ms)
     sim = sim.assign(sched_to_token_ms=sim.ttft_ms - sim.queue_ms)
     return sim[sim.status == "finished"]
+
+
+def replay_losses(result: SimulationResult) -> str | None:
+    """Replayed requests that did not finish (rejected or unfinished), which the simulated side's figures leave
+    out: a line saying how many and why, or None."""
+    lost = [r for r in result.requests if r.status != "finished"]
+    if not lost:
+        return None
+    # Counted by kind of reason (each names its own request's lengths).
+    reasons = pd.Series([f"{r.status}: {re.sub(r'[0-9][0-9,.]*', 'N', r.reason)}" for r in lost]).value_counts()
+    why = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
+    return (f"NOTE: {len(lost)} of {len(result.requests)} replayed requests did not finish in the replay ({why}); "
+            "the simulated figures are over the others, so they are not comparable with the measured ones")
 
 
 def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:

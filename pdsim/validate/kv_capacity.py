@@ -8,7 +8,7 @@ num_gpu_blocks x block_size, engine-wide). Both count vLLM's null block.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pdsim.errors import PdsimError
@@ -59,13 +59,22 @@ def kv_from_log(path: str | Path, block_size: int) -> MeasuredKV:
     tokens = int(found[-1].replace(",", ""))
     if tokens % block_size:
         raise PdsimError(f"{path}: KV cache size {tokens:,} tokens is not a multiple of block_size {block_size}")
-    return MeasuredKV(tokens // block_size, block_size, f"{path} 'GPU KV cache size'")
+    sizes = list(dict.fromkeys(int(f.replace(",", "")) for f in found))
+    also = (f"; the last of {len(found)} such lines, which also give {', '.join(f'{t:,}' for t in sizes[:-1])}"
+            if len(sizes) > 1 else "")
+    return MeasuredKV(tokens // block_size, block_size, f"{path} 'GPU KV cache size'{also}")
 
 
 def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_size: int) -> MeasuredKV | None:
-    """The engine log when given, else meta.json's kv_cache, else None."""
+    """The engine log when given, else meta.json's kv_cache, else None (a meta.json figure the log contradicts
+    is named in the source)."""
     if engine_log is not None:
-        return kv_from_log(engine_log, block_size)
+        logged = kv_from_log(engine_log, block_size)
+        recorded = kv_from_meta(meta, meta_source, block_size)
+        if recorded is not None and recorded.num_gpu_blocks != logged.num_gpu_blocks:
+            return replace(logged, source=f"{logged.source}, taken over {recorded.source}'s "
+                                          f"{recorded.num_gpu_blocks:,} blocks")
+        return logged
     return kv_from_meta(meta, meta_source, block_size)
 
 

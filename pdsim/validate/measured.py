@@ -188,6 +188,16 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
             i = int(np.flatnonzero(bad.to_numpy())[0])
             got = rows[i].get(key)
             raise PdsimError(f"{p}:{line_nos[i]}: field {key!r}: expected a positive integer, got {got!r}")
+    stamps = {k: pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "scheduled_ts", "first_token_ts",
+                                                                  "last_token_ts") if k in df}
+    for earlier, later in (("queued_ts", "scheduled_ts"), ("scheduled_ts", "first_token_ts"),
+                           ("queued_ts", "first_token_ts"), ("first_token_ts", "last_token_ts")):
+        if earlier in stamps and later in stamps:
+            bad = (stamps[later] < stamps[earlier]).to_numpy()  # NaN compares False: a missing time is not this
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise PdsimError(f"{p}:{line_nos[i]}: {later} {rows[i].get(later)!r} is before {earlier} "
+                                 f"{rows[i].get(earlier)!r}; an engine stamps them in that order")
     notes = [f"arrival times from the {clock} clock"]
     arrival = df.queued_ts if clock == "engine" else df.arrival_time
     unseen = pd.to_numeric(arrival, errors="coerce").isna()

@@ -35,6 +35,7 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
     fusion, why_not = run.allreduce_rms_fusion()
     # What the config itself states, for the notes on what the run's meta.json overrides.
     stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
+    _check_parallelism(run, stated, cluster_config)
     _check_dp_size(stated, run, cluster_config)
     recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
                 **_recorded_expert_layout(stated, run)}
@@ -51,8 +52,8 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
                           f"{applied})") from e
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
-    _check_parallelism(run, cfg, cluster_config)
     _check_model_and_roles(run, cfg, cluster_config)
+    _check_max_model_len(run)
     _note_unused(run)
     return cfg
 
@@ -89,19 +90,29 @@ def _note_unused(run) -> None:
                          + ", ".join(f"{k} {v!r}" for k, v in sorted(unused.items())))
 
 
-def _check_parallelism(run, cfg, cluster_config: Path) -> None:
+def _check_parallelism(run, instances: list[dict], cluster_config: Path) -> None:
     """The config must lay the engine out as the run did: its TP and PP degrees are the config's
-    structure, not something a replay can override."""
-    kwargs = run.engine_kwargs
+    structure, not something a replay can override. Checked on the config as written (sizes inferred as
+    LLMServingSim infers them), before anything else about its layout is."""
+    from pdsim.llmservingsim_keys import infer_instance_sizes
+
+    meta = Path(run.source).with_name("meta.json")
+    sized = []
+    for inst in instances:
+        try:
+            sized.append(infer_instance_sizes(dict(inst)))
+        except Exception:  # a malformed instance: the config's own validation words that
+            sized.append(inst)
     for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
-        recorded = kwargs.get(key)
-        if not isinstance(recorded, int) or isinstance(recorded, bool):
+        recorded = _recorded_int(run.engine_kwargs, key, 1, meta)
+        if recorded is None:
             continue
-        for ref in cfg.instances():
-            if getattr(ref.config, field) != recorded:
-                raise PdsimError(f"{cluster_config}: instance {ref.instance_id} has {field} "
-                                 f"{getattr(ref.config, field)}, but the measured engine ran {key} {recorded} "
-                                 f"({run.source}'s meta.json engine_kwargs): give the measured engine's config")
+        for n, inst in enumerate(sized):
+            stated = inst.get(field, 1)
+            if stated != recorded:
+                raise PdsimError(f"{cluster_config}: instance {n + 1} of {len(sized)} has {field} {stated}, but "
+                                 f"the measured engine ran {key} {recorded} ({run.source}'s meta.json "
+                                 "engine_kwargs): give the measured engine's config")
 
 
 def _check_model_and_roles(run, cfg, cluster_config: Path) -> None:
@@ -129,6 +140,21 @@ def _check_model_and_roles(run, cfg, cluster_config: Path) -> None:
         run.notes.append("NOTE: the config has prefill and decode instances, but the run's meta.json engine_kwargs "
                          "record no kv_transfer_config: the measured engine looks like one vLLM engine without P/D, "
                          "so the two may not be comparable")
+
+
+def _check_max_model_len(run) -> None:
+    """vLLM refuses a request longer than max_model_len before it reaches the engine: a run recording both
+    contradicts itself, and the replay (which runs them) says so."""
+    try:
+        limit = _recorded_int(run.engine_kwargs, "max_model_len", 1, Path(run.source).with_name("meta.json"))
+    except PdsimError:  # 'auto' (vLLM fits it to the memory) or another form: nothing to compare with
+        return
+    if limit is None:
+        return
+    longer = int(((run.requests.input_toks + run.requests.output_toks) > limit).sum())
+    if longer:
+        run.notes.append(f"NOTE: meta.json records max_model_len {limit}, but {longer} request(s) are longer "
+                         "(prompt + output): vLLM would have refused them; they are replayed as measured")
 
 
 def _shape(spec) -> tuple:
