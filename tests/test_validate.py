@@ -366,21 +366,27 @@ def _validate_cli(*args: str):
     return CliRunner().invoke(validate, list(args), catch_exceptions=False)
 
 
+_TABLE_ROW = "vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,256,16,2,1,1,bf16,30.0,8.0\n"
+
+
+def _validate_table(tmp_path: Path, rows: list[str]):
+    """validate on a closed-loop table of these rows (2 rounds): the CLI result and the CSV it wrote."""
+    import pandas as pd
+
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
+    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    return res, pd.read_csv(tmp_path / "v.csv")
+
+
 def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     # One row pdsim can run, then an int4 row, an SGLang row, a disaggregated row, a row whose
     # weights do not fit and a pipeline-parallel row: the five are counted with their reasons, never
     # simulated as bf16 vLLM aggregated TP-only, and the bad row does not abort the table.
-    ok = "vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,256,16,2,1,1,bf16,30.0,8.0\n"
-    rows = [ok, ok.replace(",bf16,", ",int4,"), ok.replace("vllm,0.12.0", "sglang,0.5.0"),
-            ok.replace(",agg,", ",disagg,"), ok.replace("Llama-3.1-8B", "Llama-3.1-70B"),
-            ok.replace(",1,1,bf16,", ",1,2,bf16,")]
-    (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
-    out = tmp_path / "v.csv"
-    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output", str(out))
-    assert res.exit_code == 0, res.output
-    import pandas as pd
-
-    df = pd.read_csv(out)
+    ok = _TABLE_ROW
+    res, df = _validate_table(tmp_path, [ok, ok.replace(",bf16,", ",int4,"), ok.replace("vllm,0.12.0", "sglang,0.5.0"),
+                                         ok.replace(",agg,", ",disagg,"), ok.replace("Llama-3.1-8B", "Llama-3.1-70B"),
+                                         ok.replace(",1,1,bf16,", ",1,2,bf16,")])
     assert list(df.status) == ["simulated", "skipped", "skipped", "skipped", "error", "skipped"]
     assert df.sim_ttft_ms.notna().tolist() == [True, False, False, False, False, False]
     assert "int4" in df.reason[1] and "sglang" in df.reason[2] and "disagg" in df.reason[3]
@@ -392,21 +398,17 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
 
 
 def test_closed_loop_rows_with_bad_values_are_left_out_by_name_and_osl_1_has_no_tpot(tmp_path):
-    import pandas as pd
     from click.testing import CliRunner
 
     from pdsim.errors import PdsimError
     from pdsim.validate.cli import calibrate
 
-    ok = "vllm,0.12.0,meta-llama/Llama-3.1-8B,h100_sxm,agg,256,16,2,1,1,bf16,30.0,8.0\n"
-    rows = [ok, ok.replace(",2,1,1,bf16,", ",abc,1,1,bf16,"), ok.replace(",2,1,1,bf16,", ",0,1,1,bf16,"),
-            ok.replace(",30.0,8.0", ",-30.0,8.0"), ok.replace(",30.0,8.0", ",30.0,"),
-            ok.replace(",256,16,", ",256,1,").replace(",30.0,8.0", ",30.0,")]
-    (tmp_path / "t.csv").write_text(_TABLE_HEADER + "".join(rows))
+    ok = _TABLE_ROW
+    res, df = _validate_table(tmp_path, [ok, ok.replace(",2,1,1,bf16,", ",abc,1,1,bf16,"),
+                                         ok.replace(",2,1,1,bf16,", ",0,1,1,bf16,"),
+                                         ok.replace(",30.0,8.0", ",-30.0,8.0"), ok.replace(",30.0,8.0", ",30.0,"),
+                                         ok.replace(",256,16,", ",256,1,").replace(",30.0,8.0", ",30.0,")])
     out = tmp_path / "v.csv"
-    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--rounds", "2", "--output", str(out))
-    assert res.exit_code == 0, res.output
-    df = pd.read_csv(out)
     assert list(df.status) == ["simulated", "error", "error", "error", "error", "simulated"]
     assert "line 3: column batch_size: expected a positive integer, got 'abc'" in df.reason[1]
     assert "column batch_size: expected a positive integer, got '0'" in df.reason[2]
