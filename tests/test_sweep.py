@@ -90,6 +90,11 @@ def test_expand_pipeline_stages_per_role():
             assert {i["pp_size"] for i in insts if i["pd_type"] == "decode"} == {v.pp_decode}
     with pytest.raises(PdsimError, match=r"TP 4 x PP 4 \(decode\) does not fit in a node of 8 GPUs"):
         expand(load_cluster_config(BASE), 32, tp_decode=[4], pp_decode=[4])
+    # One layout too large among others that fit: skipped with its reason, the sweep goes on.
+    skipped: list[str] = []
+    variants = expand(load_cluster_config(BASE), 16, tp_decode=[1, 8], pp_decode=[1, 2], skipped=skipped)
+    assert variants and all(v.tp_decode * v.pp_decode <= 8 for v in variants)
+    assert any("TP 8 x PP 2: 16 GPUs do not fit a node of 8 GPUs" in r for r in skipped), skipped
 
 
 def test_rate_match_prices_overlapping_stages_by_the_slowest_one():

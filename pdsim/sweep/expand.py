@@ -222,15 +222,20 @@ def expand(
     pp_prefill, pp_decode = pp_prefill or [1], pp_decode or [1]
     base_node_gpus = max(sum(i.num_npus for i in node.instances) for node in base.nodes)
     node_gpus = node_gpus or max(NODE_GPUS, base_node_gpus)
-    for role, tps, pps in (("prefill", tp_prefill, pp_prefill), ("decode", tp_decode, pp_decode)):
-        if max(tps) * max(pps) > node_gpus:
-            what = f"TP {max(tps)}" if max(pps) == 1 else f"TP {max(tps)} x PP {max(pps)}"
-            raise PdsimError(f"{what} ({role}) does not fit in a node of {node_gpus} GPUs")
     reasons = skipped if skipped is not None else []
+    for role, tps, pps in (("prefill", tp_prefill, pp_prefill), ("decode", tp_decode, pp_decode)):
+        # A layout too large for a node is skipped with its reason; only when none of a role's fits is it an error.
+        too_big = [(tp, pp) for tp in tps for pp in pps if tp * pp > node_gpus]
+        for tp, pp in too_big:
+            what = f"TP {tp}" if pp == 1 else f"TP {tp} x PP {pp}"
+            if len(too_big) == len(tps) * len(pps):
+                raise PdsimError(f"{what} ({role}) does not fit in a node of {node_gpus} GPUs")
+            if role == "prefill":  # decode layouts are skipped in the loop below, with the DP size
+                reasons.append(f"{what} (prefill): does not fit in a node of {node_gpus} GPUs")
     pools = _Pools(base, gpus, node_gpus, set(ratios) if ratios is not None else None, expert_parallel)
     model = load_model(pools.template("decode")["model_name"])
     candidates: list[Variant] = []
-    prefill_layouts = [(tp, pp) for tp in tp_prefill for pp in pp_prefill]
+    prefill_layouts = [(tp, pp) for tp in tp_prefill for pp in pp_prefill if tp * pp <= node_gpus]
     for tp_p, pp_p in prefill_layouts:
         for tp_d in tp_decode:
             for dp in dp_decode:
@@ -251,7 +256,8 @@ def expand(
                     f"{p} prefill and {d} decode instances on exactly {gpus} GPUs"
                     for p, d in ratios if (p, d) not in found]
     if colocated:
-        candidates += pools.colocated(sorted(set(prefill_layouts) | {(tp, pp) for tp in tp_decode for pp in pp_decode}))
+        candidates += pools.colocated(sorted(set(prefill_layouts) | {(tp, pp) for tp in tp_decode for pp in pp_decode
+                                                                     if tp * pp <= node_gpus}))
     variants = []
     for v in candidates:
         try:
