@@ -49,6 +49,11 @@ def decode_text(data: bytes, where: str, error: type[PdsimError] = PdsimError) -
         raise error(f"{where}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
+def csv_error_detail(error: Exception) -> str:
+    """The first line of a CSV reader's error, without pandas' own prefix, to put in a one-line message."""
+    return str(error).strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
+
+
 def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimError) -> object:
     """JSON with the checks json.loads leaves out: a key repeated in one object (json.loads keeps the
     last silently), nesting too deep for the parser, numbers too long to convert."""

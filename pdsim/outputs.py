@@ -141,11 +141,10 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
     on disk (`samefile`), so a different spelling of the same file is caught too."""
     if not output.name or output.is_dir():
         raise PdsimError(f"{option} {str(output)!r}: is a directory; give the name of a file (in it or elsewhere)")
-    for target in [output, *companions]:
-        refuse_special_file(target, option)
     check_output_dir(output.parent, option, output)
     existing_inputs = [Path(p) for p in inputs if p is not None and Path(p).is_file()]
     for target in [output, *companions]:
+        refuse_special_file(target, option)
         for src in existing_inputs:
             if _same_file(target, src):
                 which = "" if target == output else f" (its companion {target.name})"

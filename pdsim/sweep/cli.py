@@ -274,7 +274,7 @@ def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
 @_common
 def sweep(rates: str, **kw: Any) -> None:
     """Every P:D split of a GPU budget x every rate: latency percentiles, throughput, SLO attainment."""
-    from pdsim.sweep.runner import Job, run_sweep
+    from pdsim.sweep.runner import Job, requests_at_rate, run_sweep
     from pdsim.workload.trace import check_request_count
 
     try:
@@ -285,7 +285,7 @@ def sweep(rates: str, **kw: Any) -> None:
         raise PdsimError(f"--rates: expected positive numbers, got {rates!r}")
     setup = _Setup(kw)
     for rate in rate_list:  # before any run starts (trace_at_rate checks it again for search's rates)
-        check_request_count(max(len(setup.trace), math.ceil(rate * setup.settings.min_duration_s)),
+        check_request_count(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
                             f"--rates {rate:g} (for at least {setup.settings.min_duration_s:g} s)")
     jobs = [Job(v, r) for v in setup.variants for r in rate_list]
     click.echo(f"sweep: {setup.describe()}, {len(rate_list)} rates: {len(jobs)} runs")

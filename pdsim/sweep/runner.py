@@ -72,6 +72,11 @@ def rate_key(rate_per_s: float) -> str:
 
 # -- traces ---------------------------------------------------------------------------------------
 
+def requests_at_rate(n_base: int, rate_per_s: float, min_duration_s: float) -> int:
+    """How many requests trace_at_rate makes: the dataset's, or enough for arrivals to span min_duration_s."""
+    return max(n_base, math.ceil(rate_per_s * min_duration_s))
+
+
 def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str, seed: int,
                   min_duration_s: float = 0.0) -> list[TraceRequest]:
     """The base trace's lengths arriving at `rate_per_s` on average, for at least `min_duration_s`.
@@ -85,7 +90,7 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     if rate_per_s <= 0 or not math.isfinite(rate_per_s):
         raise PdsimError(f"rate: expected a positive number of requests/s, got {rate_per_s}")
     n_base = len(base)
-    n = max(n_base, math.ceil(rate_per_s * min_duration_s))
+    n = requests_at_rate(n_base, rate_per_s, min_duration_s)
     check_request_count(n, f"rate {rate_per_s:g} req/s for at least {min_duration_s:g} s")
     lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
     if arrival == "poisson":

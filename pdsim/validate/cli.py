@@ -242,7 +242,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
     click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled))
     if (lost := replay_losses(result)) is not None:
-        click.echo(lost)
+        click.echo(f"NOTE: {lost}")
     click.echo(format_table(table))
     if step_time_margin_pct:
         click.echo(f"(last column: the differences with every replayed step {step_time_margin_pct:g}% faster and "
@@ -311,8 +311,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         def errors_at(overhead_us: float):
             result = replay(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms))
             if (lost := replay_losses(result)) is not None:
-                raise PdsimError(f"{measured}: {lost.removeprefix('NOTE: ')} (at step_overhead_us {overhead_us:g}): "
-                                 "nothing to fit")
+                raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             table = compare(run, result)
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()

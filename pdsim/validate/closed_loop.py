@@ -162,22 +162,24 @@ def _positive_int(row: dict, column: str, shown: str) -> int:
     value = text(row.get(column))
     if not value or value == "nan":
         raise PdsimError(f"column {shown}: empty (expected a positive integer)")
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
+    number = _as_float(value)
     if not (number.is_integer() and number >= 1):  # NaN and inf fail is_integer
         raise PdsimError(f"column {shown}: expected a positive integer, got {value!r}")
     return int(number)
 
 
+def _as_float(value: str) -> float:
+    """A table cell as a number; NaN where it is not one."""
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")
+
+
 def _measured_ms(row: dict, column: str, shown: str) -> None:
     """A measured latency must be a positive number, or the row's error would be meaningless."""
     value = text(row.get(column))
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
+    number = _as_float(value)
     if not (np.isfinite(number) and number > 0):
         raise PdsimError(f"column {shown}: the measured value must be a positive number of ms, "
                          f"got {value or 'nothing'!r}")

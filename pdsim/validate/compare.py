@@ -93,7 +93,7 @@ def replay_losses(result: SimulationResult) -> str | None:
     # Counted by kind of reason (each names its own request's lengths).
     reasons = pd.Series([f"{r.status}: {re.sub(r'[0-9][0-9,.]*', 'N', r.reason)}" for r in lost]).value_counts()
     why = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
-    return (f"NOTE: {len(lost)} of {len(result.requests)} replayed requests did not finish in the replay ({why}); "
+    return (f"{len(lost)} of {len(result.requests)} replayed requests did not finish in the replay ({why}); "
             "the simulated figures are over the others, so they are not comparable with the measured ones")
 
 

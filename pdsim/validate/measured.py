@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pdsim.errors import PdsimError, decode_text, parse_json, read_json_object
+from pdsim.errors import PdsimError, csv_error_detail, decode_text, parse_json, read_json_object
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
 
@@ -427,7 +427,7 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PdsimError(f"{p}: not a readable CSV table ({str(e).strip().splitlines()[0]})") from None
+        raise PdsimError(f"{p}: not a readable CSV table ({csv_error_detail(e)})") from None
     if df.empty:
         raise PdsimError(f"{p}: the table has no rows")
     rename = {}

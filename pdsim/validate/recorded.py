@@ -101,7 +101,7 @@ def _check_parallelism(run, instances: list[dict], cluster_config: Path) -> None
     for inst in instances:
         try:
             sized.append(infer_instance_sizes(dict(inst)))
-        except Exception:  # a malformed instance: the config's own validation words that
+        except ValueError:  # a malformed instance (pydantic's error): the config's own validation words that
             sized.append(inst)
     for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
         recorded = _recorded_int(run.engine_kwargs, key, 1, meta)

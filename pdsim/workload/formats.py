@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pdsim.errors import TraceError
+from pdsim.errors import TraceError, csv_error_detail
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
@@ -60,8 +60,7 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
         # stays text and _int_column names the cell.
         df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        detail = str(e).strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
-        raise TraceError(f"{path}: not a readable CSV ({detail}); read as: {what} trace") from None
+        raise TraceError(f"{path}: not a readable CSV ({csv_error_detail(e)}); read as: {what} trace") from None
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in need if c not in df.columns]
     if missing:
