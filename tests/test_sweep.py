@@ -199,6 +199,49 @@ def test_bisection_brackets_then_narrows():
     assert st.lo == 0.0 and len(st.probes) <= st.max_probes
 
 
+def test_bisection_stops_where_load_no_longer_matters():
+    # Halving the rate changed neither attainment nor the p90s: no lower rate can pass.
+    def row(ttft: float, tpot: float, attain: float = 0.0, stable: int = 1) -> dict:
+        return {"attain_both": attain, "attain_ttft": 1.0, "attain_tpot": attain, "ttft_p90_ms": ttft,
+                "tpot_p90_ms": tpot, "stable": stable}
+
+    st = Bisection(variant=None, start_rate=10.0)  # type: ignore[arg-type]
+    st.record(st.next_rate(), row(114.0, 7.6), False)
+    st.record(st.next_rate(), row(113.8, 7.55), False)
+    assert st.low_load_miss and st.next_rate() is None and len(st.probes) == 2
+    # Still queueing (p90 TTFT halves with the rate, or the run is unstable): keep halving.
+    for higher, lower in ((row(900.0, 7.6), row(450.0, 7.6)), (row(114.0, 7.6, stable=0), row(114.0, 7.6))):
+        st = Bisection(variant=None, start_rate=10.0)  # type: ignore[arg-type]
+        st.record(st.next_rate(), higher, False)
+        st.record(st.next_rate(), lower, False)
+        assert not st.low_load_miss and st.next_rate() == 2.5
+
+
+def test_search_says_a_config_misses_even_at_low_load(small, tmp_path):
+    from pdsim.sweep.ratematch import Lengths, estimate
+    from pdsim.sweep.search import disagreements, goodput_row
+
+    variants, base_trace, _ = small
+    lengths = Lengths(sum(r.input_toks for r in base_trace) / len(base_trace),
+                      sum(r.output_toks for r in base_trace) / len(base_trace))
+    # A TPOT SLO below a lone request's step time: no capacity, but the search still starts where
+    # batch one would run.
+    est = estimate(variants[0], lengths, 1.0).as_dict()
+    assert est["capacity_req_s"] == 0.0 and est["start_req_s"] > 0
+    settings = RunSettings(slo=Slo(ttft_ms=1000, tpot_ms=1.0), min_duration_s=0.0,
+                           profiles_root=str(ROOT / "profiles"))
+    writer = RowWriter(tmp_path / "probes.csv", ROW_FIELDS, False)
+    states = search(variants[:1], {variants[0].label: est["start_req_s"]}, InlineExecutor(base_trace, settings),
+                    writer, attainment=0.9, mode="joint")
+    writer.close()
+    st = states[0]
+    assert st.lo == 0.0 and st.low_load_miss and len(st.probes) < st.max_probes // 2
+    out = goodput_row(st, est)
+    assert out["first_fail_why"].startswith("misses at low load: attain 0 (TTFT 1, TPOT 0)")
+    assert out["metrics_at_req_s"] == st.hi and out["tpot_p90_ms"] > 1.0  # the lowest failing rate's metrics
+    assert any("misses the target even at low load" in n for n in disagreements([out]))
+
+
 def test_search_finds_a_goodput_per_config(small, tmp_path):
     variants, base_trace, _ = small
     writer = RowWriter(tmp_path / "probes.csv", ROW_FIELDS, False)

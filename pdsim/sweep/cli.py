@@ -25,7 +25,8 @@ SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_m
 PLOTS = ("goodput", "latency", "pareto")
 OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv",
                 *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
-SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "first_fail_why", "attain_both",
+SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "first_fail_why",
+                  "metrics_at_req_s", "attain_both",
                   "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
 
 
@@ -365,7 +366,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
                f"{kw['slo_ttft_ms']:g} ms and TPOT {kw['slo_tpot_ms']:g} ms ({kw['slo_mode']})")
     estimates = setup.estimates()
     # Start each bisection near its estimate, a little under it since tails bind before saturation.
-    starts = {label: max(0.8 * e["capacity_req_s"], 0.01) for label, e in estimates.items()}
+    starts = {label: max(0.8 * e["start_req_s"], 0.01) for label, e in estimates.items()}
     bar = _bar(kw["quiet"])
     started = time.perf_counter()
     executor = setup.executor()

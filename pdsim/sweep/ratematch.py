@@ -7,6 +7,8 @@ step-time predictor alone (no simulation), as DistServe's placement reasoning do
 - Decode capacity of one decode instance: the largest batch n with n <= max_num_seqs, KV for n
   requests at mid-generation (prompt + output/2 tokens) within the instance's KV blocks, and the
   step time at that batch and mean context <= the TPOT SLO; then n / (output length x step time).
+  When even a batch of one misses the SLO the pool has no capacity under it (0), and the rate at
+  batch one is kept only as where a search starts.
 - A decode DP group (MoE, lock step) is dp ranks at the same batch, each step paying the MoE layers
   at the group's dp x n tokens (pdsim/engine/dp_group.py).
 - Pipeline stages whose micro-batches overlap (sync scheduling): a prefill step holds the instance for
@@ -49,6 +51,9 @@ class Estimate:
     decode_batch: int
     capacity_req_s: float
     bottleneck: str  # "prefill", "decode" or "colocated"
+    # Where a goodput search starts: the capacity, or, when batch one already misses the TPOT SLO,
+    # the capacity at batch one (the simulated TPOT spreads around the mean-context estimate).
+    start_req_s: float
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -93,9 +98,11 @@ def prefill_rate(inst: Instance, mean_input: float) -> float:
     return 1.0 / seconds
 
 
-def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float, group_ranks: int = 1) -> tuple[float, int]:
-    """(requests/s, batch) one instance decodes at the largest batch that meets the TPOT SLO. A rank of a
-    MoE DP group of `group_ranks` (all at the same batch) adds the MoE layers at the group's tokens."""
+def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float,
+                group_ranks: int = 1) -> tuple[float, int, bool]:
+    """(requests/s, batch, SLO met) one instance decodes at the largest batch that meets the TPOT SLO,
+    or at batch one, not met, when even that misses it. A rank of a MoE DP group of `group_ranks` (all
+    at the same batch) adds the MoE layers at the group's tokens."""
     out = max(1.0, lengths.mean_output)
     context = round(lengths.mean_input + out / 2)  # mean KV length over a request's decode
     per_req_blocks = blocks_for(context, inst.kv.block_size)
@@ -109,8 +116,8 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float, group_rank
             break
         best_n, best_step = n, step_s
     if best_n == 0:
-        return 0.0, 0
-    return best_n / (out * best_step), best_n
+        return 0.0, 0, False
+    return best_n / (out * best_step), best_n, best_step * 1e3 <= tpot_slo_ms
 
 
 def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOptions | None = None) -> Estimate:
@@ -120,12 +127,16 @@ def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOp
     if variant.colocated:
         inst = cluster.instances[0]
         p = prefill_rate(inst, lengths.mean_input)
-        d, n = decode_rate(inst, lengths, tpot_slo_ms)
+        d, n, met = decode_rate(inst, lengths, tpot_slo_ms)
         per_inst = 1.0 / (1.0 / p + 1.0 / d) if p > 0 and d > 0 else 0.0
-        return Estimate(variant.label, p, d, n, per_inst * len(cluster.instances), "colocated")
+        total = per_inst * len(cluster.instances)
+        return Estimate(variant.label, p, d, n, total if met else 0.0, "colocated", total)
     p_inst = next(i for i in cluster.instances if i.pd_type == "prefill")
     d_inst = next(i for i in cluster.instances if i.pd_type == "decode")
     p = prefill_rate(p_inst, lengths.mean_input)
-    d, n = decode_rate(d_inst, lengths, tpot_slo_ms, variant.dp_decode)
+    d, n, met = decode_rate(d_inst, lengths, tpot_slo_ms, variant.dp_decode)
     p_cap, d_cap = variant.num_prefill * p, variant.num_decode * variant.dp_decode * d
-    return Estimate(variant.label, p, d, n, min(p_cap, d_cap), "prefill" if p_cap <= d_cap else "decode")
+    if not met:
+        return Estimate(variant.label, p, d, n, 0.0, "decode", min(p_cap, d_cap))
+    return Estimate(variant.label, p, d, n, min(p_cap, d_cap), "prefill" if p_cap <= d_cap else "decode",
+                    min(p_cap, d_cap))

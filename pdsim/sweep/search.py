@@ -7,7 +7,10 @@ meet their SLOs. Two readings of "meet their SLOs" are offered:
               DistServe's end-to-end attainment);
   separate -- the TTFT attainment and the TPOT attainment must each reach the target, counted
               over all requests independently (looser: different requests may miss each).
-Attainment is assumed to fall as the rate rises, which is what makes bisection valid.
+Attainment is assumed to fall as the rate rises, which is what makes bisection valid. A configuration
+that misses the target even when load no longer matters (two halvings in a row change neither its
+attainment nor its p90 latencies) misses it at any rate: its search stops there instead of halving
+towards zero.
 
 All configurations advance in lockstep, one probe each per round, so one round is one batch of
 independent runs for the executor; the sequence of probed rates depends only on the results, so
@@ -53,10 +56,11 @@ class Bisection:
     lo_row: dict[str, Any] | None = None
     hi_row: dict[str, Any] | None = None
     probes: list[tuple[float, bool]] = field(default_factory=list)
+    low_load_miss: bool = False  # fails where load no longer matters: no rate meets the target
 
     def next_rate(self) -> float | None:
         """The next rate to probe, or None when the answer is known well enough."""
-        if len(self.probes) >= self.max_probes:
+        if len(self.probes) >= self.max_probes or self.low_load_miss:
             return None
         if not self.probes:
             return round_rate(self.start_rate)
@@ -72,10 +76,26 @@ class Bisection:
 
     def record(self, rate: float, row: dict[str, Any], passed: bool) -> None:
         self.probes.append((rate, passed))
+        if not passed and self.lo == 0.0 and self.hi_row is not None and rate < self.hi:
+            self.low_load_miss = _load_free(self.hi_row, row)
         if passed and rate > self.lo:
             self.lo, self.lo_row = rate, row
         elif not passed and rate < self.hi:
             self.hi, self.hi_row = rate, row
+
+
+def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.05) -> bool:
+    """Two failing runs, the second at a lower rate: queueing no longer moves the figures when both
+    are stable, attainment did not rise and the p90 TTFT and TPOT moved by under `rel`."""
+    if not (higher.get("stable", 1) and lower.get("stable", 1)):
+        return False
+    if lower.get("attain_both", 0.0) > higher.get("attain_both", 0.0) + 0.005:
+        return False
+    for key in ("ttft_p90_ms", "tpot_p90_ms"):
+        a, b = higher.get(key, math.nan), lower.get(key, math.nan)
+        if math.isnan(a) != math.isnan(b) or (not math.isnan(a) and abs(a - b) > rel * max(abs(a), abs(b))):
+            return False
+    return True
 
 
 def search(
@@ -112,14 +132,17 @@ def search(
 
 
 def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
-    v, row = st.variant, st.lo_row or {}
+    """The metrics are the goodput rate's; when no rate passed, the lowest failing rate's, so a
+    configuration that never meets the target still shows by how much it misses."""
+    v, row = st.variant, st.lo_row or st.hi_row or {}
     goodput = st.lo
     out: dict[str, Any] = {
         "label": v.label, "ratio": v.ratio, "gpus": v.gpus, "goodput_req_s": goodput,
         "goodput_per_gpu": goodput / v.gpus,
         # The bracket: the true goodput is in [goodput, first_fail).
         "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
-        "first_fail_why": _why_failed(st.hi_row),
+        "first_fail_why": _why_failed(st.hi_row, st.low_load_miss),
+        "metrics_at_req_s": st.lo if st.lo_row is not None else (st.hi if st.hi_row is not None else math.nan),
         "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
         "attain_both": row.get("attain_both", math.nan),
         "ttft_p90_ms": row.get("ttft_p90_ms", math.nan), "tpot_p90_ms": row.get("tpot_p90_ms", math.nan),
@@ -133,11 +156,14 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _why_failed(row: dict[str, Any] | None) -> str:
+def _why_failed(row: dict[str, Any] | None, low_load: bool = False) -> str:
     if row is None:
         return "-"
     if not row.get("stable", 1):
         return "unstable"
+    if low_load:  # which SLO a lone request misses
+        return (f"misses at low load: attain {row['attain_both']:.3g} "
+                f"(TTFT {row['attain_ttft']:.3g}, TPOT {row['attain_tpot']:.3g})")
     return f"attain {row['attain_both']:.3g}"
 
 
@@ -153,7 +179,7 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[st
         return notes
     sim_best = rows[0]
     est_best = max(rows, key=lambda r: r["est_per_gpu"])
-    if est_best["label"] != sim_best["label"]:
+    if est_best["label"] != sim_best["label"] and sim_best["goodput_per_gpu"] > 0:
         notes.append(
             f"the estimate picks {est_best['label']} ({est_best['est_per_gpu']:.3g} req/s/GPU), the simulation "
             f"{sim_best['label']} ({sim_best['goodput_per_gpu']:.3g} req/s/GPU; "
@@ -161,7 +187,11 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[st
         )
     for r in rows:
         ratio = r["sim_over_est"]
-        if math.isnan(ratio):
+        if r["first_fail_why"].startswith("misses at low load"):
+            notes.append(f"{r['label']}: misses the target even at low load "
+                         f"({r['first_fail_why'].split(': ', 1)[1]}): a lone request's latency, not capacity, "
+                         "is the limit")
+        elif math.isnan(ratio):
             notes.append(f"{r['label']}: the estimate has no capacity for it (decode cannot meet the TPOT SLO)")
         elif abs(ratio - 1) > tolerance:
             if ratio > 1:
