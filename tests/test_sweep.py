@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -260,6 +261,8 @@ def test_cli_sweep_and_search(tmp_path):
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "sweep.csv").exists() and (tmp_path / "s" / "sweep_pareto.png").exists()
+    swept = pd.read_csv(tmp_path / "s" / "sweep.csv")
+    assert set(swept.dp_decode) == set(swept.ep_decode) == {1}  # a dense model: no DP group, no expert split
     res = runner.invoke(cli, ["search", *common, "--max-probes", "5", "--ttft-mode", "client",
                               "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output

@@ -52,6 +52,8 @@ def test_dp_groups_without_expert_parallelism_split_every_expert_over_the_group(
     ep, flat = (expand(deepseek, 16, tp_prefill=[8], tp_decode=[1], dp_decode=[8], colocated=False,
                        expert_parallel=e)[0] for e in (True, False))
     assert (ep.label, flat.label) == ("1P1D-tp8/dp8xtp1", "1P1D-tp8/dp8xtp1-noep")
+    # The CSV rows carry the decode layout as columns, not only in the label.
+    assert [(v.dp_decode, v.ep_decode) for v in (ep, flat)] == [(8, 8), (8, 1)]
     ranks = flat.config().instances()[1:]
     assert {(r.config.dp_group, r.config.ep_size) for r in ranks} == {("decode0", 1)}
     import simpy

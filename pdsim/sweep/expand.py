@@ -36,6 +36,17 @@ class Variant:
         return self.num_decode == 0
 
     @property
+    def ep_decode(self) -> int:
+        """Expert-parallel size of a decode (for colocated: every) instance; 1 where the experts are split
+        over each GPU's tensor slices (vLLM's default, and any dense model)."""
+        role = None if self.colocated else "decode"
+        for node in self.raw["nodes"]:
+            for inst in node["instances"]:
+                if inst.get("pd_type") == role:
+                    return inst.get("ep_size") or 1
+        return 1
+
+    @property
     def ratio(self) -> str:
         """The P:D ratio as plots label it ("3:5", "colo")."""
         return "colo" if self.colocated else f"{self.num_prefill}:{self.num_decode}"

@@ -13,14 +13,16 @@ from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, write_json_atomic
 
 ROW_FIELDS = [
-    "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "gpus",
+    "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode",
+    "dp_decode", "ep_decode", "gpus",
     "rate_per_s", "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
     "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "offered_req_s",
     "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s", "estimated_profile",
 ]
-_INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "gpus",
+_INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "dp_decode",
+               "ep_decode", "gpus",
                "requests", "finished", "unfinished", "rejected", "scored", "backlog_growth", "stable",
                "estimated_profile"}
 _STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}

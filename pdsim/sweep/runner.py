@@ -172,7 +172,7 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
     return {
         "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
         "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "pp_prefill": v.pp_prefill, "pp_decode": v.pp_decode,
-        "gpus": v.gpus,
+        "dp_decode": v.dp_decode, "ep_decode": v.ep_decode, "gpus": v.gpus,
         "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
         "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
