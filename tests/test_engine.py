@@ -163,6 +163,10 @@ def test_max_sim_time_reports_unfinished_with_reason():
     df = requests_frame(res)
     assert df.status.tolist() == ["unfinished", "finished"]
     assert "--max-sim-time" in df.reason[0]
+    # The timeline ends at the stop, with the request still decoding there.
+    last = res.samples[-1]
+    assert last.time_s == 1.0 and last.decode_reqs + last.prefill_reqs == 1 and last.kv_used_gb > 0
+    assert res.link_samples == [] or res.link_samples[-1].time_s == 1.0
     # A request due after the stop never arrived: said so, and left out of the load check and SLO shares.
     from pdsim.cli import _slo_attainment
     from pdsim.metrics.load import load_report

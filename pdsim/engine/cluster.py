@@ -168,6 +168,11 @@ def simulate(
     env.process(cluster.monitor.run(lambda: cluster.num_done, total, all_done, on_sample, on_progress))
     env.run(until=opts.max_sim_time_s)
     end = all_done.value if all_done.triggered else env.now
+    monitor = cluster.monitor
+    if not all_done.triggered and monitor.samples and monitor.samples[-1].time_s < env.now:
+        # Stopped by --max-sim-time between two samples: the timeline ends with the state it stopped in.
+        monitor.samples.extend(monitor.sample())
+        monitor.sample_links()
     for req in requests:
         if req.status not in ("finished", "rejected"):
             req.reason = _unfinished_reason(req, opts, end)
