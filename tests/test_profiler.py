@@ -169,8 +169,10 @@ def test_check_returns_numbers(profile_dir: Path) -> None:
         "--check-kv",
         "32",
     )
-    assert result.exit_code == 0, result.output + repr(result.exception)
     lines = result.output.splitlines()
+    # The verdict on a tiny model on a shared CPU is timing noise; the exit status follows it (1 on FAIL)
+    expected = 1 if lines and lines[-1].startswith("verdict: FAIL") else 0
+    assert result.exit_code == expected, result.output + repr(result.exception)
     rows = [line for line in lines if line.startswith(("prefill N=", "decode B="))]
     # 2 prefills, 2 uniform decodes and one uneven (B=4: one request at 64 cached tokens, the grid's most)
     assert len(rows) == 5 and rows[-1].startswith("decode B=4 L=32,64 ")

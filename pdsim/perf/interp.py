@@ -19,7 +19,27 @@ import numpy as np
 
 
 class ExtrapolationWarning(UserWarning):
-    """A lookup left the profiled grid of a table; the value was extrapolated linearly."""
+    """A lookup left the profiled grid of a table; the value was extrapolated linearly.
+
+    Besides the message it carries the table, axis, value and profiled range, so that a report
+    gathering many of them (`pdsim profile --check`) can summarise without parsing the text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        table: str | None = None,
+        axis: str | None = None,
+        value: float | None = None,
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> None:
+        super().__init__(message)  # args == (message,): str(), pickling and filters see the text only
+        self.table = table
+        self.axis = axis
+        self.value = value
+        self.lo = lo
+        self.hi = hi
 
 
 class _RangeTracker:
@@ -36,7 +56,8 @@ class _RangeTracker:
             f"profile table {self.name!r}: {self.axis_names[axis]}={value:g} is outside the profiled "
             f"range [{lo:g}, {hi:g}]; extrapolating linearly (warned once per table)"
         )
-        warnings.warn(self.out_of_range, ExtrapolationWarning, stacklevel=4)
+        warning = ExtrapolationWarning(self.out_of_range, self.name, self.axis_names[axis], value, lo, hi)
+        warnings.warn(warning, stacklevel=4)
 
 
 def _bracket(keys: list[float], x: float) -> tuple[int, float]:

@@ -10,8 +10,10 @@ tables. A large error means the per-op tables miss something the simulator would
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ import torch
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
+from pdsim.perf.interp import ExtrapolationWarning
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.perf.profile import read_profile
 from pdsim.profiler.model import (
@@ -86,7 +89,14 @@ class CheckRequest:
     passes: int = 1  # time every case this many times, interleaved; the fastest median is kept
 
 
-def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRow]:
+@dataclass
+class CheckResult:
+    rows: list[CheckRow]
+    # One line per kind of profile table the predictions extrapolated (`summarise_extrapolations`).
+    notes: list[str] = field(default_factory=list)
+
+
+def run_check(req: CheckRequest, progress_enabled: bool = False) -> CheckResult:
     profile = read_profile(req.profile_dir)
     meta = profile.meta
     if meta.model != req.model:
@@ -155,24 +165,75 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> list[CheckRo
     # prediction is compared without its all-reduces.
     one_shard = meta.tp > 1 and (req.device != "cuda" or torch.cuda.device_count() < meta.tp)
     rows: list[CheckRow] = []
-    for i, (kind, n, kv) in enumerate(cases):
-        if kind == "prefill":
-            predicted = predictor.step_time_s([(n, 0)], 0, 0)
-            in_grid = n <= max_tokens
-        elif kind == "decode":
-            predicted = predictor.step_time_s([], n, n * kv)
-            in_grid = n <= max_batch and kv <= max_kv
+    notes: list[str] = []
+    with _extrapolations_summarised(notes):
+        for i, (kind, n, kv) in enumerate(cases):
+            if kind == "prefill":
+                predicted = predictor.step_time_s([(n, 0)], 0, 0)
+                in_grid = n <= max_tokens
+            elif kind == "decode":
+                predicted = predictor.step_time_s([], n, n * kv)
+                in_grid = n <= max_batch and kv <= max_kv
+            else:
+                predicted = predictor.step_time_s([], n, long_kv + (n - 1) * kv, long_kv)
+                in_grid = n <= max_batch and long_kv <= max_kv
+            if one_shard:
+                predicted -= predictor.allreduce_s(n, 1 if kind == "prefill" else n)
+            median_us, spread = best[i]
+            eager_ms = eager[i] / 1e3 if i in eager else None
+            sustained_ms = sustained[i] / 1e3 if i in sustained else None
+            rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid, eager_ms, sustained_ms,
+                                 long_kv if kind == "decode_uneven" else None))
+    return CheckResult(rows, notes)
+
+
+@contextmanager
+def _extrapolations_summarised(notes: list[str]) -> Iterator[None]:
+    """Gather the ExtrapolationWarnings of the block into `notes` (`summarise_extrapolations`).
+
+    Checking steps beyond the profiled grid is deliberate here, so a raw warning per table (one
+    per dense op, with file and line) is noise. Only the predictions are wrapped: warnings from
+    the measurements are shown as usual, and anything else caught here is re-issued.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExtrapolationWarning)  # none lost to a once-per-location filter
+        yield
+    notes.extend(summarise_extrapolations(w.message for w in caught if isinstance(w.message, ExtrapolationWarning)))
+    for w in caught:
+        if not isinstance(w.message, ExtrapolationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def summarise_extrapolations(caught: Iterable[ExtrapolationWarning]) -> list[str]:
+    """One "note:" line per kind of profile table (dense.csv, attention_decode.csv, ...), axis and
+    profiled range that lookups left, naming the ops; instead of one warning per table.
+
+    A table warns only at its first lookup outside the grid, so the value shown is the first one
+    seen, not necessarily the farthest (the check's table flags every extrapolated step).
+    """
+    groups: dict[tuple[str, str, float, float], tuple[list[str], list[float]]] = {}
+    unstructured: list[str] = []
+    for w in caught:
+        if w.table is None or w.axis is None or w.value is None or w.lo is None or w.hi is None:
+            unstructured.append(str(w))  # raised without the table's details: show its text as it is
+            continue
+        kind, _, op = w.table.partition(":")
+        kind = kind.removesuffix(".csv")
+        names, values = groups.setdefault((kind, w.axis, w.lo, w.hi), ([], []))
+        if (op or kind) not in names:
+            names.append(op or kind)
+        values.append(w.value)
+    lines = []
+    for (kind, axis, lo, hi), (names, values) in groups.items():
+        first = ", ".join(f"{v:g}" for v in sorted(set(values)))
+        where = f"the profiled {axis} range [{lo:g}, {hi:g}] (first at {axis}={first})"
+        if names == [kind]:  # a table of one op (attention): its name says it all
+            lines.append(f"note: the {kind} table was extrapolated beyond {where}")
         else:
-            predicted = predictor.step_time_s([], n, long_kv + (n - 1) * kv, long_kv)
-            in_grid = n <= max_batch and long_kv <= max_kv
-        if one_shard:
-            predicted -= predictor.allreduce_s(n, 1 if kind == "prefill" else n)
-        median_us, spread = best[i]
-        eager_ms = eager[i] / 1e3 if i in eager else None
-        sustained_ms = sustained[i] / 1e3 if i in sustained else None
-        rows.append(CheckRow(kind, n, kv, median_us / 1e3, predicted * 1e3, spread, in_grid, eager_ms, sustained_ms,
-                             long_kv if kind == "decode_uneven" else None))
-    return rows
+            ops = "op was" if len(names) == 1 else "ops were"
+            lines.append(f"note: {len(names)} {kind} {ops} extrapolated beyond {where}: {', '.join(names)}")
+    lines += [f"note: {text}" for text in unstructured]
+    return lines
 
 
 SUSTAINED_S = 2.0  # back-to-back replays before the timed window: clocks settle within a second
