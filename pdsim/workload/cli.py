@@ -63,35 +63,40 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
               help="Gaps between arrivals: poisson (exponential), gamma (CV --cv), uniform (even), burst (every "
                    "request at t=0, a saturation test; --rate does not apply).")
 @click.option("--cv", type=float, default=2.0, show_default=True,
-              help="--arrival gamma: coefficient of variation of the gaps (1 is Poisson; above 1 burstier).")
+              help="--arrival gamma only: coefficient of variation of the gaps (1 is Poisson; above 1 burstier).")
 @click.option("--rate-schedule", default=None,
               help="A rate that changes over time: TIME_S:RATE pairs, e.g. 0:5,60:20,120:5 (5 req/s, from 60 s "
-                   "20, from 120 s 5 again); replaces --rate.")
+                   "20, from 120 s 5 again); replaces --rate. Not with --arrival burst.")
 @click.option("--diurnal", default=None,
-              help="A sinusoidal rate PERIOD_S,AMPLITUDE around --rate, e.g. 86400,0.6 (+-60% once a day).")
+              help="A sinusoidal rate PERIOD_S,AMPLITUDE around --rate, e.g. 86400,0.6 (+-60% once a day). Not "
+                   "with --arrival burst.")
 @click.option("--lengths-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw (input, output) pairs from this trace (any format workload stats reads) instead of "
                    "--input-len/--output-len.")
-@click.option("--lengths-format", default=None, help="Format of --lengths-from.  [default: detected]")
+@click.option("--lengths-format", default=None, help="Format of --lengths-from (only with it).  [default: detected]")
 @click.option("--system-prompts", type=click.IntRange(min=0), default=0, show_default=True,
               help="Number of distinct shared system prompts (0: none). Requests that use one get hash_ids, "
                    "so a prefix-caching engine can reuse it.")
 @click.option("--system-prompt-len", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Tokens in each system prompt (added to the input length).")
+              help="--system-prompts: tokens in each system prompt (added to the input length).")
 @click.option("--system-prompt-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
-              help="Share of requests (with --turns: sessions) that start with a system prompt, chosen uniformly.")
+              help="--system-prompts: share of requests (with --turns: sessions) that start with a system "
+                   "prompt, chosen uniformly.")
 @click.option("--turns", default=None,
               help="Multi-turn sessions: turns per session as a length spec (fixed:4, uniform:2,8). Each turn "
                    "carries the whole conversation as its prefix (hash_ids).  [default: single requests]")
 @click.option("--think-time-s", type=float, default=10.0, show_default=True,
-              help="--turns: mean (exponential) user think time between a reply and the next turn.")
+              help="--turns (more than one turn): mean (exponential) user think time between a reply and the "
+                   "next turn.")
 @click.option("--expected-tpot-ms", type=float, default=20.0, show_default=True,
-              help="--turns: assumed time per output token, to place the next turn after the previous one's "
-                   "expected end (the generator is offline and cannot see the served reply).")
+              help="--turns (more than one turn): assumed time per output token, to place the next turn after "
+                   "the previous one's expected end (the generator is offline and cannot see the served reply).")
 @click.option("--hash-block-tokens", type=click.IntRange(min=1), default=DEFAULT_HASH_BLOCK_TOKENS,
-              show_default=True, help="Tokens per hash id (Mooncake's traces use 512).")
+              show_default=True, help="--system-prompts or --turns: tokens per hash id (Mooncake's traces use "
+                                      "512).")
 @click.option("--max-len", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Cap on every length (a session ends when its context would exceed it).")
+              help="Cap on every sampled length (a session ends when its context would exceed it); a length spec "
+                   "that gives only more (fixed:N, or uniform:LO,HI with LO above it) is refused.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed; a seed always gives the same trace.")
 @click.option("--output", "--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="Trace JSONL to write (replaced whole, only once it is complete).")
@@ -103,18 +108,43 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
              think_time_s: float, expected_tpot_ms: float, hash_block_tokens: int, max_len: int, seed: int,
              out_path: Path) -> None:
     """Write a synthetic JSONL trace in LLMServingSim's format."""
-    from pdsim.workload.generate import generate_requests
+    from pdsim.workload.generate import generate_requests, parse_length_dist
 
-    if arrival == "burst" and ctx.get_parameter_source("rate") is not click.core.ParameterSource.DEFAULT:
+    # An option that would change nothing is refused before anything is read or written: the user
+    # meant it to matter. "Given" is by its source, so an option spelled out at its default counts too.
+    if arrival == "burst" and _given(ctx, "rate"):
         raise PdsimError(f"--rate {rate:g}: --arrival burst sends every request at t=0, so a rate does not apply; "
                          "use --arrival poisson or uniform for a rate")
+    if arrival == "burst" and (over_time := _given(ctx, "rate_schedule", "diurnal")):
+        raise PdsimError(f"{' and '.join(over_time)} with --arrival burst: burst sends every request at t=0, so a "
+                         "rate over time does not apply; use --arrival poisson, gamma or uniform with it")
+    if _given(ctx, "rate_schedule") and _given(ctx, "rate"):
+        raise PdsimError(f"--rate {rate:g} with --rate-schedule: the schedule sets the rate from 0 s on, so --rate "
+                         "would not be used; give one of them")
+    if arrival not in _TAKE_CV and _given(ctx, "cv"):
+        default = " (the default)" if not _given(ctx, "arrival") else ""
+        raise PdsimError(f"--cv {cv:g}: only --arrival {' or '.join(_TAKE_CV)} takes a coefficient of variation "
+                         f"(poisson's gaps have CV 1, uniform's 0, burst has none); got --arrival {arrival}{default}")
+    if lengths_from is None and _given(ctx, "lengths_format"):
+        raise PdsimError(f"--lengths-format {lengths_format}: it names the format of --lengths-from, which is not "
+                         "given")
+    if not system_prompts and (knobs := _given(ctx, "system_prompt_len", "system_prompt_share")):
+        raise PdsimError(f"{' and '.join(knobs)}: shape the shared system prompts, but there are none "
+                         f"(--system-prompts {system_prompts}); add --system-prompts N, the number of distinct "
+                         "prompts")
+    turns_dist = parse_length_dist(turns, "--turns") if turns is not None else None
+    if (turns_dist is None or turns_dist.bounds()[1] <= 1) and (timing := _given(ctx, "think_time_s",
+                                                                                  "expected_tpot_ms")):
+        why = "--turns is not given" if turns_dist is None else f"--turns {turns} gives one turn per session"
+        raise PdsimError(f"{' and '.join(timing)}: place the next turn of a session, but {why}; give --turns "
+                         "with more than one turn, e.g. uniform:2,8")
+    if not system_prompts and turns is None and _given(ctx, "hash_block_tokens"):
+        raise PdsimError(f"--hash-block-tokens {hash_block_tokens}: hash_ids are written only with --system-prompts "
+                         "or --turns, and neither is given")
     check_output_file(out_path, "--output", [lengths_from])
-    if lengths_from:
-        given = [f"--{name.replace('_', '-')}" for name in ("input_len", "output_len")
-                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
-        if given:
-            raise PdsimError(f"{' and '.join(given)}: --lengths-from draws both lengths from {lengths_from}; "
-                             "give one or the other")
+    if lengths_from and (lengths := _given(ctx, "input_len", "output_len")):
+        raise PdsimError(f"{' and '.join(lengths)}: --lengths-from draws both lengths from {lengths_from}; "
+                         "give one or the other")
     input_len, output_len = _spec(input_len), _spec(output_len)
     if rate_schedule and diurnal:
         raise PdsimError("--rate-schedule and --diurnal: give one of them")
@@ -123,7 +153,7 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
     pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
     prompts = SystemPrompts(system_prompts, system_prompt_len, system_prompt_share) if system_prompts else None
     reqs = generate_requests(num_requests, rate, input_len, output_len, seed, arrival, max_len, cv=cv,
-                             rate_fn=rate_fn, lengths_from=pairs, prompts=prompts, turns=turns,
+                             rate_fn=rate_fn, lengths_from=pairs, prompts=prompts, turns=turns_dist,
                              think_time_s=think_time_s, expected_tpot_ms=expected_tpot_ms,
                              hash_block_tokens=hash_block_tokens)
     write_trace(out_path, reqs)
@@ -135,6 +165,16 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         f"wrote {len(reqs)} requests to {out_path}: arrivals over {span_s:.1f} s ({rate_txt}), "
         f"input mean {inp.mean():.0f} (max {inp.max()}), output mean {out.mean():.0f} (max {out.max()})"
     )
+
+
+# The arrival processes whose gaps have a CV to choose (arrivals.unit_gaps reads --cv only for these).
+_TAKE_CV = ("gamma",)
+
+
+def _given(ctx: click.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the user gave, as --option spellings."""
+    return [f"--{name.replace('_', '-')}" for name in names
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
 
 
 def _spec(value: str) -> str:

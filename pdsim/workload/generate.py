@@ -51,6 +51,17 @@ class LengthDist:
         hi = self.max_len if self.max_len is not None else np.inf
         return np.clip(np.rint(x), self.min_len, hi).astype(np.int64)
 
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest length sample() can give (the largest inf when unbounded)."""
+        if self.kind == "fixed":
+            lo = hi = self.params[0]
+        elif self.kind == "uniform":
+            lo, hi = int(self.params[0]), int(self.params[1])  # as sample() draws them
+        else:  # normal and lognormal reach any length; only min= and max= bound them
+            lo, hi = 1, math.inf
+        cap = self.max_len if self.max_len is not None else math.inf
+        return float(np.clip(lo, self.min_len, cap)), float(np.clip(hi, self.min_len, cap))
+
 
 def parse_length_dist(spec: str, option: str = "length", max_len: int | None = None) -> LengthDist:
     """Parse a length spec; `option` names the CLI option in errors, `max_len` is an extra cap."""
@@ -84,12 +95,21 @@ def parse_length_dist(spec: str, option: str = "length", max_len: int | None = N
         raise bad("need 1 <= LO <= HI")
     if kind in ("normal", "lognormal") and (params[0] <= 0 or params[1] < 0):
         raise bad("need MEAN > 0 and STD >= 0")
-    min_len = bounds.get("min", 1)
-    caps = [c for c in (bounds.get("max"), max_len) if c is not None]
-    cap = min(caps) if caps else None
-    if min_len < 1 or (cap is not None and cap < min_len):
+    min_len, spec_max = bounds.get("min", 1), bounds.get("max")
+    if min_len < 1 or (spec_max is not None and spec_max < min_len):
         raise bad("need 1 <= min <= max")
-    return LengthDist(kind, tuple(params), min_len, cap)
+    dist = LengthDist(kind, tuple(params), min_len, spec_max)
+    if max_len is None:
+        return dist
+    # max_len trims the tail of a distribution; a spec whose every length lies above it would be
+    # replaced by max_len whole, which is not what was asked for.
+    least = int(dist.bounds()[0])
+    if least > max_len:
+        what = f"a fixed length of {least}" if kind == "fixed" else f"never less than {least} tokens"
+        raise PdsimError(f"{option}: {spec.strip()!r} is {what}, above --max-len {max_len}, so every length would "
+                         f"be cut to {max_len}; give lengths of at most {max_len} or raise --max-len (it caps the "
+                         "tail of a sampled distribution, not a length asked for)")
+    return LengthDist(kind, tuple(params), min_len, min(max_len, spec_max or max_len))
 
 
 def generate_requests(

@@ -206,9 +206,11 @@ def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-for
                           "[default: detected from the file]"),
         click.option("--window", default=None, metavar="START_S:END_S",
                      help="Keep requests arriving START_S:END_S seconds after the trace's first one "
-                          "(e.g. 600:1200, or :300); times then start at START_S.  [default: all]"),
+                          "(e.g. 600:1200, or :300), in the trace's own seconds (the window is cut before "
+                          "--time-scale); kept times then count from START_S.  [default: all]"),
         click.option("--time-scale", type=float, default=1.0, show_default=True,
-                     help="Multiply arrival times by this (2 halves the rate, 0.5 doubles it)."),
+                     help="Multiply arrival times by this (2 halves the rate, 0.5 doubles it), after --window "
+                          "has cut the trace."),
     ]
     for opt in reversed(options):
         f = opt(f)
