@@ -210,6 +210,15 @@ def test_calibrate_recovers_the_overhead_an_aiperf_run_was_made_with(tmp_path):
 
 
 @needs_shared
+def test_a_run_folder_is_read_through_its_request_log(tmp_path):
+    # LLMServingSim's vllm_run/ folder, as a user points at it: its requests.jsonl, with meta.json beside it.
+    folder = read_measured(RTX / "vllm_run")
+    assert len(folder.requests) == 300 and folder.engine_meta["vllm_version"] == "0.19.0"
+    with pytest.raises(PdsimError, match="a folder without a measured run in it .*requests.jsonl"):
+        read_measured(tmp_path)
+
+
+@needs_shared
 def test_rtxpro6000_llama8b_matches_measured_vllm():
     run = read_measured(RTX / "vllm_run" / "requests.jsonl")
     asynchronous, why = run.async_scheduling()

@@ -139,7 +139,8 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
 
 @click.command("validate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Per-request engine JSONL, `vllm bench serve --save-detailed` JSON, an aiperf run (its "
+              help="Per-request engine JSONL (or an LLMServingSim-style run folder: its requests.jsonl, with "
+                   "meta.json beside it), `vllm bench serve --save-detailed` JSON, an aiperf run (its "
                    "artifacts folder or profile_export.jsonl), or a closed-loop CSV (isl, osl, "
                    "concurrency/batch_size, tp, ttft, tpot).")
 @click.option("--cluster-config", type=InputFile("cluster config"), default=None,

@@ -134,8 +134,13 @@ def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
     """Read a per-request JSONL, a `vllm bench serve` JSON or an aiperf export (chosen by content;
     an aiperf artifacts folder is read through its profile_export.jsonl)."""
     p = Path(path)
-    if p.is_dir() and (p / AIPERF_RECORDS).is_file():
-        p = p / AIPERF_RECORDS
+    if p.is_dir():
+        # An aiperf artifacts folder, or the vllm_run/ folder of an LLMServingSim-style run.
+        inside = next((p / name for name in (AIPERF_RECORDS, LLMSERVINGSIM_REQUESTS) if (p / name).is_file()), None)
+        if inside is None:
+            raise PdsimError(f"{p}: a folder without a measured run in it (expected {LLMSERVINGSIM_REQUESTS}, as in "
+                             f"an LLMServingSim run's vllm_run/, or aiperf's {AIPERF_RECORDS}); give the file")
+        p = inside
     if not p.is_file():
         raise PdsimError(f"{p}: measured run not found")
     text = decode_text(p.read_bytes(), str(p))
@@ -278,6 +283,7 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
 # -- aiperf ---------------------------------------------------------------------------------------
 
 AIPERF_RECORDS = "profile_export.jsonl"
+LLMSERVINGSIM_REQUESTS = "requests.jsonl"  # the engine's per-request log beside meta.json
 AIPERF_SUMMARY = "profile_export_aiperf.json"
 _TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "sec": 1e3, "s": 1e3}
 
