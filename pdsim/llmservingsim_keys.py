@@ -160,6 +160,9 @@ def noted_keys(raw: Any) -> list[str]:
                 here = f"{where}.{key}" if where else str(key)
                 if key in NOTED_KEYS:
                     found.append(f"{here}: {NOTED_KEYS[key]}")
+                if key == "mem_latency" and isinstance(value, int | float) and value:
+                    found.append(f"{here}: memory access latency is not modelled (step times come from the "
+                                 "profile, or from bandwidth and compute rooflines); ignored")
                 if key in ("max_num_seqs", "max_num_batched_tokens") and _is_int(value) and value == 0:
                     found.append(f"{here}: 0 is LLMServingSim's 'unlimited': " + (
                         "max_num_seqs becomes max_num_batched_tokens" if key == "max_num_seqs" else

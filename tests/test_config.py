@@ -69,7 +69,9 @@ def test_pd_type_typo(tmp_path):
         ("inst", "tp_size", 0, "nodes[0].instances[1].tp_size: expected a number >= 1, got 0"),
         ("inst", "max_num_seqs", -5, "nodes[0].instances[1].max_num_seqs: expected a number >= 1, got -5"),
         ("mem", "mem_size", 0, "nodes[0].instances[1].npu_mem.mem_size: expected a number > 0, got 0"),
-        ("mem", "mem_bw", -1, "nodes[0].instances[1].npu_mem.mem_bw: expected a number > 0, got -1"),
+        ("mem", "mem_bw", -1, "nodes[0].instances[1].npu_mem.mem_bw: expected a number >= 1, got -1"),
+        # Below 1 GB/s a run's steps stretch so far that its timeline alone would not finish.
+        ("mem", "mem_bw", 1e-6, "nodes[0].instances[1].npu_mem.mem_bw: expected a number >= 1, got 1e-06"),
         ("mem", "mem_util", 1.5, "nodes[0].instances[1].npu_mem.mem_util: expected a number <= 1, got 1.5"),
         ("top", "link_bw", 0, "link_bw: expected a number > 0, got 0"),
         ("top", "link_latency", -3, "link_latency: expected a number >= 0, got -3"),
@@ -81,6 +83,16 @@ def test_bad_numbers(tmp_path, where, key, value, expect):
         target[key] = value
 
     assert _err(tmp_path, mutate).endswith(expect)
+
+
+def test_a_memory_latency_is_said_to_be_ignored(tmp_path, capsys):
+    raw = copy.deepcopy(PD)
+    _inst(raw)["npu_mem"]["mem_latency"] = 250
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    load_cluster_config(tmp_path / "c.json")
+    err = capsys.readouterr().err
+    assert "nodes[0].instances[1].npu_mem.mem_latency: memory access latency is not modelled" in err
+    assert "instances[0].npu_mem.mem_latency" not in err  # 0, as LLMServingSim's configs give it: nothing to say
 
 
 def test_wrong_types_are_not_coerced(tmp_path):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from pdsim.errors import PdsimError, TraceError
 from pdsim.workload.cli import workload
 from pdsim.workload.generate import generate_requests, parse_length_dist
-from pdsim.workload.trace import TraceRequest, load_trace, write_trace
+from pdsim.workload.trace import TraceRequest, load_trace, read_trace, write_trace
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "workloads" / "example_trace.jsonl"
 
@@ -37,6 +37,16 @@ def test_token_ids_accepted_and_floats_that_are_integral(tmp_path):
     (r,) = load_trace(_trace(tmp_path, text))
     assert (r.input_toks, r.output_toks, r.arrival_time_ns) == (12, 3, 1600)
     assert type(r.input_toks) is int and type(r.arrival_time_ns) is int
+
+
+def test_keys_outside_the_format_are_named(tmp_path):
+    # A misspelt hash_ids would turn prefix caching off without a word.
+    text = "\n".join([_line(hash_id=[1, 2]), _line(t=5, hash_id=[1], extra=1), _line(t=9, input_tok_ids=[1] * 10)])
+    reqs, notes = read_trace(_trace(tmp_path, text + "\n"))
+    assert len(reqs) == 3 and not any(r.hash_ids for r in reqs)
+    assert notes == [notes[0]] and notes[0].startswith(
+        "key(s) not in the trace format, ignored: 'extra' (1 line(s)), 'hash_id' (2 line(s)); its keys are ")
+    assert read_trace(_trace(tmp_path, _line(input_tok_ids=[1] * 10, hash_ids=[3]) + "\n"))[1] == []
 
 
 def test_max_requests_keeps_earliest(tmp_path):

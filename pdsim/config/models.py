@@ -79,7 +79,9 @@ def _fp8_dtype_as_quantization(data: Any) -> Any:
 
 class MemConfig(_Strict):
     mem_size: float = Field(gt=0, le=MAX_MEM_GB, allow_inf_nan=False)  # GB
-    mem_bw: float = Field(gt=0, allow_inf_nan=False)  # GB/s
+    # GB/s. At least 1: slower memory is no serving GPU's, and (a TB/s figure typed in GB/s, say) would
+    # stretch every step so far that the run's timeline alone would not finish.
+    mem_bw: float = Field(ge=1, allow_inf_nan=False)
     mem_latency: float = Field(default=0, ge=0, allow_inf_nan=False)  # ns
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from pdsim.errors import TraceError
 from pdsim.workload import formats
-from pdsim.workload.trace import TraceRequest, load_trace
+from pdsim.workload.trace import TraceRequest, read_trace
 
 FORMATS = ("pdsim", "azure", "mooncake", "burstgpt", "sharegpt", "lengths-csv", "vllm-bench")
 _PARAMS = {"burstgpt": ("model", "log"), "sharegpt": ("chars_per_token",)}
@@ -114,7 +114,7 @@ def detect_format(path: Path) -> str:
 
 def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
     if name == "pdsim":
-        return formats.Loaded.from_requests(load_trace(path))
+        return formats.Loaded.from_requests(*read_trace(path))
     if not path.is_file():
         raise TraceError(f"{path}: trace file not found")
     if name == "sharegpt":

@@ -81,12 +81,24 @@ def _hash_ids(obj: dict, where: str) -> tuple[tuple[int, ...], int]:
     return tuple(ids), (block if ids else 0)
 
 
+# Every key a line may carry; any other is named in a note, since a misspelt optional key (`hash_id`)
+# would otherwise turn its feature off without a word.
+TRACE_KEYS = frozenset({"input_toks", "output_toks", "arrival_time_ns", "input_tok_ids", "output_tok_ids",
+                        "hash_ids", "hash_block_tokens"})
+
+
 def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceRequest]:
     """Requests sorted by arrival time (ties keep file order).
 
     With `max_requests`, the earliest-arriving `max_requests` requests are kept.
     """
+    return read_trace(path, max_requests)[0]
+
+
+def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[TraceRequest], list[str]]:
+    """load_trace's requests, and notes on what in the file was not read (unknown keys)."""
     path = Path(path)
+    unknown: dict[str, int] = {}
     if max_requests is not None and max_requests < 1:
         raise TraceError(f"max_requests must be >= 1, got {max_requests}")
     f = _open_trace(path)
@@ -114,6 +126,9 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
                 raise TraceError(
                     f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
                 ) from None
+            if len(obj) > 3:
+                for key in obj.keys() - TRACE_KEYS:
+                    unknown[key] = unknown.get(key, 0) + 1
             n = len(requests)
             # Fast path for the common all-int line; the checkers handle the rest and errors.
             if (
@@ -134,7 +149,11 @@ def load_trace(path: str | Path, max_requests: int | None = None) -> list[TraceR
     requests.sort(key=lambda r: r.arrival_time_ns)  # list.sort is stable
     if max_requests is not None:
         del requests[max_requests:]
-    return requests
+    notes = []
+    if unknown:
+        found = ", ".join(f"{key!r} ({n:,} line(s))" for key, n in sorted(unknown.items()))
+        notes.append(f"key(s) not in the trace format, ignored: {found}; its keys are {', '.join(sorted(TRACE_KEYS))}")
+    return requests, notes
 
 
 def _open_trace(path: Path) -> BinaryIO:
