@@ -94,6 +94,13 @@ KV_GRID = [0, *_geometric_grid(131072, factor=1.6, dense_until=16, start=16)]
 def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tuple[float, int, str]:
     """(tensor peak TFLOPS, bytes per weight and GEMM input element, what priced it) of an instance's
     GEMMs: fp8-quantised weights (and vLLM's dynamically quantised fp8 activations) at the fp8 peak."""
+    # The table holds bf16/fp16 and fp8 tensor peaks only: float32 GEMMs run on CUDA cores (vLLM leaves
+    # TF32 off) and int8 ones on int8 tensor cores, at peaks it does not have; pricing them at another
+    # precision's peak would be off by an order of magnitude without a word.
+    if quantization is None and dtype in ("float32", "int8"):
+        raise ProfileError(f"dtype {dtype}: step times cannot be estimated for {dtype} GEMMs (pdsim's hardware "
+                           f"table has bf16/fp16 and fp8 tensor peaks only); give a measured profile of it (--profile-dir) "
+                           f"or use bfloat16, float16 or fp8")
     if quantization is None and dtype_bytes(dtype) != 1:
         return hw.bf16_tflops, dtype_bytes(dtype), f"{dtype} GEMMs at the {hw.bf16_tflops:g} TFLOPS bf16 peak"
     if hw.fp8_tflops <= 0:
