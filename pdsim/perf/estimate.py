@@ -99,8 +99,8 @@ def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tu
     # precision's peak would be off by an order of magnitude without a word.
     if quantization is None and dtype in ("float32", "int8"):
         raise ProfileError(f"dtype {dtype}: step times cannot be estimated for {dtype} GEMMs (pdsim's hardware "
-                           f"table has bf16/fp16 and fp8 tensor peaks only); give a measured profile of it (--profile-dir) "
-                           f"or use bfloat16, float16 or fp8")
+                           "table has bf16/fp16 and fp8 tensor peaks only); give a measured profile of it "
+                           "(--profile-dir) or use bfloat16, float16 or fp8")
     if quantization is None and dtype_bytes(dtype) != 1:
         return hw.bf16_tflops, dtype_bytes(dtype), f"{dtype} GEMMs at the {hw.bf16_tflops:g} TFLOPS bf16 peak"
     if hw.fp8_tflops <= 0:
