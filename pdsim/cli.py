@@ -160,14 +160,14 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.metrics.summary import format_summary, requests_frame
     from pdsim.progress import ProgressBar
 
-    check_run_output(output, [cluster_config, dataset])
+    profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
+    check_run_output(output, _run_inputs(cluster_config, dataset, profile_dir, profiles_root))
     if concurrency is None and (click.get_current_context().get_parameter_source("client_delay_ms")
                                 is not click.core.ParameterSource.DEFAULT):
         raise PdsimError("--client-delay-ms: applies to a closed loop (--concurrency); an open-loop trace's "
                          "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
-    profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
@@ -212,6 +212,31 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
     click.echo(format_summary(summary))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _run_inputs(cluster_config: Path, dataset: Path | None, profile_dir: Path | None,
+                profiles_root: Path) -> list[Path | None]:
+    """Every file or folder `run` reads, which none of its outputs may be written over or into: the
+    profile folders too (a table overwritten by a CSV would time the next run), those under the
+    profiles root included (the bundled one when no other is given, as runs look profiles up there)."""
+    from pdsim.config.load import RUN_MODEL_CONFIG
+
+    inputs: list[Path | None] = [cluster_config, dataset, profile_dir, cluster_config.parent / RUN_MODEL_CONFIG]
+    if profile_dir is not None and profile_dir.name.startswith("tp") and not (profile_dir / "meta.json").is_file():
+        inputs.append(profile_dir.parent / "meta.yaml")  # an LLMServingSim tpN/ folder's meta is beside it
+    return inputs + _profile_folders(profiles_root)
+
+
+def _profile_folders(root: Path) -> list[Path]:
+    """The profile folders under a profiles root, at the depths <hw>/<org>/<model>/<dtype>/tp<N> puts
+    them (a model without an organisation one less; an LLMServingSim meta.yaml one above its tpN/).
+    Only these, not the whole root: a run may write beside them (tests point --profiles-root at an
+    empty scratch folder to have step times estimated, and write there)."""
+    found: list[Path] = []
+    for depth in range(2, 6):
+        for meta in ("meta.json", "meta.yaml"):
+            found.extend(p.parent for p in root.glob("/".join(["*"] * depth + [meta])))
+    return found
 
 
 def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, quiet: bool) -> dict:

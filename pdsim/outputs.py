@@ -6,7 +6,8 @@ the new one, never a file cut mid-row. A command's files are staged together and
 place once all of them are written (`OutputSet`), so a failure leaves the earlier run's files as
 they were and no success-claiming summary beside a missing CSV. Companion files of an earlier run
 with the same stem that this run does not write (a `_links.csv` of a P/D run, plots) are removed
-then, so a folder never mixes two runs.
+then, so a folder never mixes two runs. A folder written as a whole (a profile) is filled beside its
+target and swapped in (`staged_folder`), so no file of the folder it replaces is left in it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -85,6 +87,37 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Yields a new empty folder beside `target`; when the block ends normally it takes `target`'s
+    place (the old folder, if any, is removed), when it raises it is removed and `target` untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's folder is private; an output folder is not
+        yield stage
+        _put_in_place(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _put_in_place(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    # The old folder is moved aside for as long as two renames take, and put back if the new one
+    # cannot go in.
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rename(target, aside)  # over the empty folder mkdtemp made
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 class OutputSet:
     """The files of one command, staged as temporary files and committed together.
 
@@ -137,17 +170,23 @@ class OutputSet:
 def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] = (),
                       companions: Iterable[Path] = ()) -> None:
     """Refuse (PdsimError, exit 2) an output file that could not be written whole, or that would
-    overwrite an input: `output` and its `companions` are compared with every input by identity
-    on disk (`samefile`), so a different spelling of the same file is caught too."""
+    overwrite an input: `output` and its `companions` are compared with every input file by identity
+    on disk (`samefile`), so a different spelling of the same file is caught too. An input may be a
+    folder (a profile, a run folder): then every file in it, at any depth, is an input, so an output
+    anywhere inside it (symlinks resolved) is refused."""
     if not output.name or output.is_dir():
         raise PdsimError(f"{option} {str(output)!r}: is a directory; give the name of a file (in it or elsewhere)")
     check_output_dir(output.parent, option, output)
-    existing_inputs = [Path(p) for p in inputs if p is not None and Path(p).is_file()]
+    existing_inputs = [Path(p) for p in inputs if p is not None and Path(p).exists()]
     for target in [output, *companions]:
         refuse_special_file(target, option)
+        which = "" if target == output else f" (its companion {target.name})"
         for src in existing_inputs:
-            if _same_file(target, src):
-                which = "" if target == output else f" (its companion {target.name})"
+            if src.is_dir():
+                if _inside(target, src):
+                    raise PdsimError(f"{option} {output}{which}: would write into the input folder {src}; "
+                                     "choose a name outside it")
+            elif _same_file(target, src):
                 raise PdsimError(f"{option} {output}{which}: would overwrite the input {src}; choose another name")
 
 
@@ -161,6 +200,17 @@ def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> No
         raise PdsimError(f"{option} {shown}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PdsimError(f"{option} {shown}: the folder {existing} is not writable")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (which need not exist) is `folder` or lies in it at any depth. The path's
+    symlinks are resolved first, and each folder above it is compared with `folder` by identity
+    on disk, so `link/x.csv`, `a/../P/x.csv` or a bind mount of P are all caught."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: no folder of ours lies behind it
+        return False
+    return any(_same_file(p, folder) for p in [resolved, *resolved.parents])
 
 
 def _same_file(a: Path, b: Path) -> bool:

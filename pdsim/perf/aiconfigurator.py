@@ -34,6 +34,7 @@ import pandas as pd
 from pdsim.errors import ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.outputs import check_output_dir
 from pdsim.perf.collectives import PCIE_CUSTOM_MAX_BYTES
 from pdsim.perf.estimate import BATCH_GRID, CHUNK_GRID, KV_GRID, PREFIX_GRID, SEQUENCE_GRID, TOKEN_GRID, estimate_rows
 from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
@@ -311,6 +312,7 @@ def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: i
     """Write profiles/<hardware>/<model>/<dtype or quantization>/tp<N>/ from the database; returns the folder."""
     if dtype_bytes(dtype) != 2:
         raise ProfileError(f"--dtype {dtype}: activations must be 16-bit; fp8 weights are --quant fp8 or fp8_block")
+    check_output_dir(Path(out_root), "--out")  # before the database is read: a file where the root should be
     if quantization is not None and quantization not in QUANT_GEMM_DTYPE:
         raise ProfileError(f"--quant {quantization}: expected one of {', '.join(QUANT_GEMM_DTYPE)}")
     dense, per_seq, prefill, decode, allreduce, moe_rows, notes, hardware = build_rows(

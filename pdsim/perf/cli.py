@@ -12,6 +12,7 @@ from pdsim.bundled import bundled_path
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware, known_hardware
 from pdsim.models import dtype_bytes, load_model
+from pdsim.outputs import check_output_dir
 from pdsim.perf.estimate import estimate_meta, estimate_rows
 from pdsim.perf.profile import profile_path, write_profile
 
@@ -35,7 +36,10 @@ from pdsim.perf.profile import profile_path, write_profile
     help="profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/",
 )
 def estimate(hardware: str, model_name: str, dtype: str, tp: int, quantization: str | None, out: Path) -> None:
-    """Estimate a latency profile from hardware specs (roofline per op) and write it."""
+    """Estimate a latency profile from hardware specs (roofline per op) and write it.
+
+    It replaces an earlier estimate in that folder whole, and is refused over a measured profile."""
+    check_output_dir(out, "--out")  # `--out afile/sub`: one line naming the file, not a NotADirectoryError
     spec = get_hardware(hardware)
     if spec is None:
         raise PdsimError(

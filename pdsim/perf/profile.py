@@ -8,12 +8,13 @@ readers are strict (`profile_readers.py`); how the tables compose into a step ti
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pdsim.errors import ProfileError
-from pdsim.outputs import write_json_atomic, write_text_atomic
+from pdsim.outputs import check_output_dir, staged_folder, write_json_atomic, write_text_atomic
 from pdsim.perf.moe_time import MoELayoutTable
 from pdsim.perf.profile_format import (  # noqa: F401 - the format's names are used from here
     DECODE_SKEW_COLUMNS,
@@ -106,13 +107,18 @@ def write_profile(
 ) -> None:
     """Write a pdsim-format profile to `directory` (created if needed) and check it reads back.
 
+    The profile replaces the folder whole (no file of an earlier profile is left), and only when
+    `check_profile_target` allows it: never an estimate or an import over a measured profile.
+
     Rows: dense (op, tokens, us), per-sequence (op, sequences, us), prefill attention
     (chunk_tokens, kv_prefix_tokens, us), decode attention (batch_size, kv_tokens, us),
     all-reduce (bytes, us), fused MoE experts (moe_tp, moe_ep, tokens, us), uneven decode batches
     (batch_size, kv_short_tokens, kv_long_tokens, us). Times are for one layer, as in profiles/README.md.
     """
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_symlink():  # replace the folder the link names, and keep the link
+        out = out.resolve()
+    check_profile_target(out, meta.source, meta.tool)
     raw = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -131,21 +137,68 @@ def write_profile(
     }
     if meta.activation_tokens is not None:
         raw["memory"]["max_num_batched_tokens"] = meta.activation_tokens
-    write_json_atomic(out / "meta.json", raw)
-    _write_rows(out / "dense.csv", "op,tokens,time_us", dense_rows)
-    _write_rows(out / "per_sequence.csv", "op,sequences,time_us", per_sequence_rows)
-    _write_rows(
-        out / "attention_prefill.csv", "chunk_tokens,kv_prefix_tokens,time_us", attention_prefill_rows
-    )
-    _write_rows(out / "attention_decode.csv", "batch_size,kv_tokens,time_us", attention_decode_rows)
-    for rows, name, header in ((allreduce_rows, "allreduce.csv", "bytes,time_us"),
-                               (moe_layout_rows, MoELayoutTable.FILE, ",".join(MoELayoutTable.COLUMNS)),
-                               (decode_skew_rows, DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS))):
-        if rows:
-            _write_rows(out / name, header, rows)
-        elif (out / name).exists():
-            (out / name).unlink()  # a stale table from an earlier write would be read back
-    read_profile(out)  # fail here, not in a later simulation, on a malformed table
+    # The profile is written whole into a hidden sibling folder and then put in place of the old one,
+    # so a reader never sees two profiles' tables mixed, and no table (nor a timings.csv) of the profile
+    # replaced is left beside the new one.
+    with staged_folder(out) as stage:
+        write_json_atomic(stage / "meta.json", raw)
+        _write_rows(stage / "dense.csv", "op,tokens,time_us", dense_rows)
+        _write_rows(stage / "per_sequence.csv", "op,sequences,time_us", per_sequence_rows)
+        _write_rows(
+            stage / "attention_prefill.csv", "chunk_tokens,kv_prefix_tokens,time_us", attention_prefill_rows
+        )
+        _write_rows(stage / "attention_decode.csv", "batch_size,kv_tokens,time_us", attention_decode_rows)
+        for rows, name, header in ((allreduce_rows, "allreduce.csv", "bytes,time_us"),
+                                   (moe_layout_rows, MoELayoutTable.FILE, ",".join(MoELayoutTable.COLUMNS)),
+                                   (decode_skew_rows, DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS))):
+            if rows:
+                _write_rows(stage / name, header, rows)
+        read_profile(stage)  # fail here, before the old profile is replaced, on a malformed table
+
+
+# How much a profile is worth keeping: one may replace a profile of its own rank or below, so an
+# estimate (made again in a second) never replaces a profile timed on a GPU, nor an import (which
+# needs aiconfigurator's database) one that pdsim's profiler measured.
+_RANK_NAMES = {0: "an estimated", 1: "an imported", 2: "a measured"}
+IMPORT_TOOL_PREFIX = "pdsim profile import-"
+
+
+def _profile_rank(source: str, tool: str) -> int:
+    if source != "measured":
+        return 0
+    return 1 if tool.startswith(IMPORT_TOOL_PREFIX) else 2
+
+
+def check_profile_target(directory: Path, source: str, tool: str, option: str = "--out") -> None:
+    """Refuse (PdsimError, exit 2) to write a profile of `source`/`tool` to `directory`: when a file
+    stands where a folder is needed, the folder is not writable, or it holds something the new
+    profile must not replace (a measured profile under an estimated or imported one, a folder that
+    is no pdsim profile, whose files the whole-set replacement would delete)."""
+    check_output_dir(directory, option)
+    check_output_dir(directory.parent, option, directory)  # the staging folder is made beside it
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return
+    llmservingsim = (directory / "meta.yaml").is_file() or (
+        re.fullmatch(r"tp\d+", directory.name) is not None and (directory.parent / "meta.yaml").is_file())
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        what = "an LLMServingSim profile" if llmservingsim else "files but no pdsim profile (no meta.json)"
+        raise ProfileError(f"{option} {directory}: holds {what}; pdsim replaces only a pdsim profile folder "
+                           f"whole: give another {option}, or move that folder away first")
+    try:
+        raw = json.loads(meta_path.read_text())
+        old_source, old_tool = raw["source"], str(raw.get("tool", ""))
+    except (OSError, ValueError, TypeError, KeyError):
+        raise ProfileError(f"{option} {directory}: {meta_path} cannot be read as a pdsim profile's meta (no "
+                           f"'source'), so it is not replaced: give another {option}, or move that folder away "
+                           "first") from None
+    old, new = _profile_rank(str(old_source), old_tool), _profile_rank(source, tool)
+    if new < old:
+        made_by = f" (made by {old_tool})" if old_tool else ""
+        raise ProfileError(
+            f"{option} {directory}: holds {_RANK_NAMES[old]} profile{made_by}, "
+            f"which {_RANK_NAMES[new]} one must not replace: give another {option} (runs then use it with "
+            f"--profiles-root or --profile-dir), or move that folder away first if it is to go")
 
 
 def write_decode_skew(directory: str | Path, rows: Sequence[tuple[int, int, int, float]]) -> None:

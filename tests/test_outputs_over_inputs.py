@@ -1,0 +1,314 @@
+"""No output is written over or into an input, folders included, and a profile never replaces a
+better one (an estimate over a measurement) nor leaves files of the profile it replaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pdsim.cli import main
+from pdsim.errors import PdsimError
+from pdsim.outputs import check_output_file
+from pdsim.perf.profile import ProfileMeta, read_profile, write_profile
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs/cluster/single_node_single_instance.json"
+TRACE = REPO / "workloads/example_trace.jsonl"
+MEASURED = REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1"  # source: measured, with timings.csv
+MODEL = "meta-llama/Llama-3.1-8B"
+TP1 = Path("H200/meta-llama/Llama-3.1-8B/bfloat16/tp1")  # where `estimate --hardware H200` writes under --out
+
+
+def cli(*args: str) -> int:
+    """The CLI in-process; its exit code (0 when it returns)."""
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones too) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+    return err
+
+
+# ------------------------------------------------------------ check_output_file with folder inputs
+
+
+def test_an_output_inside_an_input_folder_at_any_depth_is_refused_naming_option_and_folder(tmp_path):
+    folder = tmp_path / "prof"
+    (folder / "tp1").mkdir(parents=True)
+    (folder / "tp1" / "attention.csv").write_text("x\n")
+    (tmp_path / "link").symlink_to(folder)
+    for output in (folder / "tp1" / "attention.csv", folder / "new.csv", folder / "a" / "b" / "c.csv",
+                   tmp_path / "link" / "tp1" / "x.csv", tmp_path / "other" / ".." / "prof" / "x.csv"):
+        with pytest.raises(PdsimError) as e:
+            check_output_file(output, "--output", [folder])
+        assert str(e.value) == (f"--output {output}: would write into the input folder {folder}; "
+                                "choose a name outside it")
+    (tmp_path / "run_summary.json").mkdir()  # an input folder where a companion would be written
+    with pytest.raises(PdsimError, match="its companion run_summary.json.*input folder"):
+        check_output_file(tmp_path / "run.csv", "--output", [tmp_path / "run_summary.json"],
+                          [tmp_path / "run_summary.json"])
+    with pytest.raises(PdsimError, match="is a directory"):  # the folder itself
+        check_output_file(folder, "--output", [folder])
+    # beside the folder, or in a folder whose name only starts like it: fine
+    check_output_file(tmp_path / "prof.csv", "--output", [folder])
+    check_output_file(tmp_path / "prof2" / "x.csv", "--output", [folder])
+
+
+def test_file_inputs_are_compared_as_before(tmp_path):
+    src = tmp_path / "trace.jsonl"
+    src.write_text("{}\n")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(PdsimError, match=f"would overwrite the input {src}; choose another name"):
+        check_output_file(tmp_path / "sub" / ".." / "trace.jsonl", "--output", [src, None, tmp_path / "missing"])
+    check_output_file(tmp_path / "trace.csv", "--output", [src])  # a sibling of an input file: fine
+
+
+# ------------------------------------------------------------ run: every input, every output
+
+
+@pytest.fixture
+def profile_copy(tmp_path) -> Path:
+    root = tmp_path / "profiles"
+    shutil.copytree(MEASURED, root / TP1)
+    return root
+
+
+def test_run_refuses_an_output_inside_the_profile_dir(tmp_path, profile_copy, capsys):
+    prof = profile_copy / TP1
+    before = snapshot(profile_copy)
+    for output in (prof / "attention_decode.csv", prof / "sub" / "r.csv"):
+        assert cli("run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--profile-dir", str(prof),
+                   "--output", str(output), "--quiet") == 2
+        err = one_line_error(capsys)
+        assert "--output" in err and f"input folder {prof}" in err
+    # a companion (here the timeline) lands in the folder too: refused before anything is written
+    assert cli("run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--profile-dir", str(prof),
+               "--output", str(prof / "dense.csv"), "--quiet") == 2
+    one_line_error(capsys)
+    assert snapshot(profile_copy) == before
+
+
+def test_run_refuses_an_output_inside_a_profile_under_the_profiles_root_given_or_bundled(
+        tmp_path, profile_copy, capsys, monkeypatch):
+    llmservingsim = profile_copy / "RTXPRO6000/Llama-3.1-8B/bf16"  # meta.yaml + tp1/, one level up
+    (llmservingsim / "tp1").mkdir(parents=True)
+    (llmservingsim / "meta.yaml").write_text("model: x\n")
+    before = snapshot(profile_copy)
+    for output, folder in ((profile_copy / TP1 / "dense.csv", profile_copy / TP1),
+                           (llmservingsim / "tp1" / "r.csv", llmservingsim)):
+        assert cli("run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--profiles-root",
+                   str(profile_copy), "--output", str(output), "--quiet") == 2
+        assert f"input folder {folder};" in one_line_error(capsys)
+    import pdsim.cli
+
+    # without --profiles-root runs look profiles up in the bundled root: its profiles are inputs as well
+    monkeypatch.setattr(pdsim.cli, "bundled_path", lambda *parts: tmp_path.joinpath(*parts))
+    assert cli("run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--output",
+               str(profile_copy / TP1 / "dense.csv"), "--quiet") == 2
+    assert f"input folder {profile_copy / TP1};" in one_line_error(capsys)
+    assert snapshot(profile_copy) == before
+    # beside the profiles (a scratch root that holds none where the run looks): allowed
+    assert cli("run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--num-requests", "2",
+               "--profiles-root", str(profile_copy), "--output", str(profile_copy / "run.csv"), "--quiet") == 0
+    assert (profile_copy / "run_summary.json").is_file()
+
+
+def test_run_refuses_writing_over_the_model_config_beside_the_cluster_config(tmp_path, capsys):
+    config = tmp_path / "cluster_config.json"
+    shutil.copy(CONFIG, config)
+    model_config = tmp_path / "model_config.json"
+    model_config.write_text('{"architectures": ["LlamaForCausalLM"]}\n')
+    assert cli("run", "--cluster-config", str(config), "--dataset", str(TRACE), "--output", str(model_config),
+               "--quiet") == 2
+    assert f"would overwrite the input {model_config}" in one_line_error(capsys)
+    assert model_config.read_text() == '{"architectures": ["LlamaForCausalLM"]}\n'
+
+
+def test_run_refuses_writing_over_an_llmservingsim_profiles_meta_yaml(tmp_path, capsys):
+    (tmp_path / "prof" / "tp1").mkdir(parents=True)
+    meta = tmp_path / "prof" / "meta.yaml"
+    meta.write_text("model: x\n")
+    assert cli("run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--profile-dir",
+               str(tmp_path / "prof" / "tp1"), "--output", str(meta), "--quiet") == 2
+    assert f"would overwrite the input {meta}" in one_line_error(capsys)
+    assert meta.read_text() == "model: x\n"
+
+
+# ------------------------------------------------------------ profile estimate
+
+
+def estimate(out: Path | None, hardware: str = "H200") -> int:
+    return cli("profile", "estimate", "--hardware", hardware, "--model", MODEL,
+               *(("--out", str(out)) if out is not None else ()))
+
+
+def test_estimate_under_a_file_says_so_in_one_line(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert estimate(a_file / "sub") == 2
+    assert f"--out {a_file / 'sub'}: {a_file} is a file, not a folder" in one_line_error(capsys)
+    assert a_file.read_text() == "x"
+
+
+def test_estimate_is_refused_over_a_measured_profile_default_out_included(tmp_path, profile_copy, capsys,
+                                                                          monkeypatch):
+    before = snapshot(profile_copy)
+    assert estimate(profile_copy) == 2
+    err = one_line_error(capsys)
+    assert f"--out {profile_copy / TP1}: holds a measured profile" in err and "give another --out" in err
+    monkeypatch.chdir(tmp_path)  # the default --out, profiles/, from a checkout's root: the shipped profile
+    assert estimate(None) == 2
+    assert "holds a measured profile" in one_line_error(capsys)
+    assert snapshot(profile_copy) == before
+    assert [p.name for p in (profile_copy / TP1).parent.iterdir()] == ["tp1"]  # no staging folder left
+
+
+def test_estimate_replaces_an_earlier_estimate_whole(tmp_path, capsys):
+    root = tmp_path / "profiles"
+    assert estimate(root) == 0
+    prof = root / TP1
+    assert read_profile(prof).meta.source == "estimated"
+    for stale in ("timings.csv", "allreduce.csv", "notes.txt"):
+        (prof / stale).write_text("from the earlier profile\n")
+    (prof / "dense.csv").write_text("op,tokens,time_us\n")  # half-edited: the new set replaces it too
+    assert estimate(root) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in prof.iterdir()) == [
+        "attention_decode.csv", "attention_prefill.csv", "dense.csv", "meta.json", "per_sequence.csv"]
+    assert read_profile(prof).dense  # whole again
+    assert [p.name for p in prof.parent.iterdir()] == ["tp1"]  # no staging or set-aside folder left
+    assert oct(prof.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's private 0700
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_profile_is_not_written_over_a_folder_that_is_no_pdsim_profile(tmp_path, capsys):
+    root = tmp_path / "profiles"
+    (root / TP1).mkdir(parents=True)
+    mine = root / TP1 / "mine.txt"
+    mine.write_text("keep")
+    assert estimate(root) == 2
+    assert "holds files but no pdsim profile (no meta.json)" in one_line_error(capsys)
+    mine.unlink()
+    (root / TP1.parent / "meta.yaml").write_text("model: x\n")  # an LLMServingSim profile: dtype/meta.yaml + tp1/
+    (root / TP1 / "dense.csv").write_text("x\n")
+    assert estimate(root) == 2
+    assert "holds an LLMServingSim profile" in one_line_error(capsys)
+    assert (root / TP1 / "dense.csv").read_text() == "x\n"
+
+
+def test_a_failed_write_leaves_the_earlier_profile_as_it_was(tmp_path, monkeypatch):
+    root = tmp_path / "profiles"
+    assert estimate(root) == 0
+    before = snapshot(root)
+    import pdsim.perf.profile as profile
+
+    def broken(path: Path) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(profile, "read_profile", broken)  # the check before the swap fails
+    with pytest.raises(RuntimeError):
+        write_profile(root / TP1, _meta("estimated", "pdsim estimate"), *_rows())
+    assert snapshot(root) == before and [p.name for p in (root / TP1).parent.iterdir()] == ["tp1"]
+
+
+# ------------------------------------------------------------ who may replace whom
+
+
+def _meta(source: str, tool: str) -> ProfileMeta:
+    return ProfileMeta(hardware="H200", model=MODEL, dtype="bfloat16", tp=1, source=source, tool=tool,
+                       num_layers=32)
+
+
+def _rows() -> tuple:
+    from pdsim.hardware import get_hardware
+    from pdsim.models import load_model
+    from pdsim.perf.estimate import estimate_rows
+
+    return estimate_rows(get_hardware("H200"), load_model(MODEL), "bfloat16", 1, None)
+
+
+IMPORT = ("measured", "pdsim profile import-aiconfigurator")
+PROFILER = ("measured", "pdsim profile")
+ESTIMATE = ("estimated", "pdsim estimate")
+
+
+@pytest.mark.parametrize(("old", "new", "allowed"), [
+    (ESTIMATE, ESTIMATE, True), (ESTIMATE, IMPORT, True), (ESTIMATE, PROFILER, True),
+    (IMPORT, IMPORT, True), (IMPORT, PROFILER, True), (PROFILER, PROFILER, True),
+    (IMPORT, ESTIMATE, False), (PROFILER, ESTIMATE, False), (PROFILER, IMPORT, False),
+])
+def test_a_profile_replaces_only_one_of_its_rank_or_below(tmp_path, old, new, allowed):
+    rows = _rows()
+    write_profile(tmp_path / "p", _meta(*old), *rows)
+    if allowed:
+        write_profile(tmp_path / "p", _meta(*new), *rows)
+        assert json.loads((tmp_path / "p" / "meta.json").read_text())["tool"] == new[1]
+    else:
+        with pytest.raises(PdsimError, match="which an? (estimated|imported) one must not replace"):
+            write_profile(tmp_path / "p", _meta(*new), *rows)
+        assert json.loads((tmp_path / "p" / "meta.json").read_text())["tool"] == old[1]
+
+
+# ------------------------------------------------------------ profile import-aiconfigurator
+
+
+@pytest.fixture
+def fake_database(tmp_path, monkeypatch) -> Path:
+    """aiconfigurator's tables stood in for by the H200 estimate: the command's writing is under test."""
+    import pdsim.perf.aiconfigurator as aic
+    from pdsim.hardware import get_hardware
+
+    def build_rows(systems_dir, system, model, tp, dtype="bfloat16", quantization=None):
+        return (*_rows(), None, None, "stand-in rows", get_hardware("H200"))
+
+    monkeypatch.setattr(aic, "build_rows", build_rows)
+    db = tmp_path / "db"
+    db.mkdir()
+    return db
+
+
+def import_aic(db: Path, out: Path) -> int:
+    return cli("profile", "import-aiconfigurator", "--systems-dir", str(db), "--system", "h200_sxm",
+               "--model", MODEL, "--tp", "1", "--out", str(out))
+
+
+def test_import_is_refused_over_a_measured_profile_and_replaces_an_import_whole(tmp_path, profile_copy,
+                                                                               fake_database, capsys):
+    before = snapshot(profile_copy)
+    assert import_aic(fake_database, profile_copy) == 2
+    err = one_line_error(capsys)
+    assert f"--out {profile_copy / TP1}: holds a measured profile" in err and "an imported one" in err
+    assert snapshot(profile_copy) == before
+
+    root = tmp_path / "imported"
+    assert import_aic(fake_database, root) == 0
+    (root / TP1 / "timings.csv").write_text("stale\n")
+    assert import_aic(fake_database, root) == 0
+    assert not (root / TP1 / "timings.csv").exists()
+    assert read_profile(root / TP1).meta.tool.startswith("pdsim profile import-")
+
+
+def test_import_under_a_file_says_so_in_one_line(tmp_path, fake_database, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    assert import_aic(fake_database, a_file / "sub") == 2
+    assert f"--out {a_file / 'sub'}: {a_file} is a file, not a folder" in one_line_error(capsys)
