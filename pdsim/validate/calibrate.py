@@ -31,9 +31,12 @@ def fit_overhead(errors_at: Callable[[float], np.ndarray], grid_us: Sequence[flo
     for i in range(n):
         j = int(np.argmin((total - abs_errs[:, i]) / max(n - 1, 1)))
         loo.append(abs_errs[j, i])
-    # The grid's last point as the best: the error may still fall beyond it, so it is no fit (the first
-    # point, 0, is a genuine lower bound: an overhead is never negative).
+    # The grid's last point as the best: the error may still fall beyond it, so it is no fit.
     at_edge = best == len(grid_us) - 1 and len(grid_us) > 1
+    # The first point (0 us) as the best is a genuine bound, an overhead is never negative, but it is no fit
+    # either: every overhead made the error worse, so whatever is off is not a missing per-step cost.
+    at_bottom = best == 0 and len(grid_us) > 1
     return {"step_overhead_us": float(grid_us[best]), "mape_pct": float(abs_errs[best].mean()),
-            "loo_mape_pct": float(np.mean(loo)), "grid_us": list(grid_us),
-            "mape_by_grid_pct": [float(x) for x in abs_errs.mean(axis=1)], "at_grid_edge": at_edge}
+            "signed_err_pct": float(errs[best].mean()), "loo_mape_pct": float(np.mean(loo)),
+            "grid_us": list(grid_us), "mape_by_grid_pct": [float(x) for x in abs_errs.mean(axis=1)],
+            "at_grid_edge": at_edge, "at_grid_bottom": at_bottom}

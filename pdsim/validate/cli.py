@@ -44,9 +44,12 @@ def _closed_loop_options(f):
     """Options describing how a closed-loop table was measured (shared by validate and calibrate)."""
     options = [
         click.option("--model", default=None, help="Closed-loop tables: model id (default: the table's model_path)."),
-        click.option("--hardware", default="H100-SXM", show_default=True, help="Closed-loop tables: pdsim hardware."),
-        click.option("--mem-gb", default=80.0, show_default=True,
-                     callback=number_in(0, 1e6, low_open=True), help="Closed-loop tables: GPU memory (GB)."),
+        click.option("--hardware", default="H100-SXM", show_default=True,
+                     help="Closed-loop tables: pdsim hardware; a table's rows measured on another GPU (its system "
+                          "column) are skipped."),
+        click.option("--mem-gb", type=float, default=None, callback=number_in(0, 1e6, low_open=True),
+                     help="Closed-loop tables: GPU memory (GB).  [default: the --hardware's own, from pdsim's "
+                          "hardware spec: 80 for H100-SXM]"),
         click.option("--engine-preset", type=click.Choice(["aiconfigurator", "vllm-serve"]), default="aiconfigurator",
                      show_default=True,
                      help="Closed-loop tables: the engine settings per row. aiconfigurator: what its generator "
@@ -65,14 +68,64 @@ def _closed_loop_options(f):
     return f
 
 
+# Options of one kind of --measured only (parameter names): given for the other kind they would change
+# nothing, so they are refused (_refuse_unused).
+TABLE_OPTIONS = ("model", "hardware", "mem_gb", "engine_preset", "rounds")
+TABLE_KIND = "closed-loop tables"
+RUN_KIND = "per-request runs (engine JSONL, vllm bench JSON, aiperf)"
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave option `name` (a value at its default, not given, is fine anywhere)."""
+    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+
+def _flag(ctx: click.Context, name: str) -> str:
+    param = next(p for p in ctx.command.params if p.name == name)
+    return param.opts[0] if param.opts else name
+
+
+def _refuse_unused(ctx: click.Context, names: tuple[str, ...], measured: Path, applies_to: str, why: str) -> None:
+    """Refuse the options among `names` that the user gave although they do nothing for this --measured."""
+    given = [_flag(ctx, name) for name in names if _given(ctx, name)]
+    if given:
+        verb, it = ("applies", "it") if len(given) == 1 else ("apply", "they")
+        raise PdsimError(f"{', '.join(given)}: {verb} to {applies_to} only; {measured} {why}, so {it} would change "
+                         f"nothing (leave {'it' if it == 'it' else 'them'} out)")
+
+
+def _refuse_open_loop_delay(ctx: click.Context, run: MeasuredRun, measured: Path) -> None:
+    """A client delay applies where clients wait for their previous request (a closed loop): an open-loop
+    run's requests arrive at their own recorded times."""
+    if run.concurrency is None and _given(ctx, "client_delay_ms"):
+        raise PdsimError(f"--client-delay-ms: applies to closed-loop tables and closed-loop runs only; {measured} is "
+                         "an open-loop run, whose requests arrive at their recorded times, so it would change nothing "
+                         "(leave it out)")
+
+
+def _table_mem_gb(hardware: str, mem_gb: float | None) -> float:
+    """--mem-gb, else the GPU's own memory (the spec's mem_size_gb; 80 for H100-SXM, as before), so a table
+    simulated on a larger GPU is not squeezed into an H100's 80 GB."""
+    from pdsim.hardware import get_hardware, known_hardware
+
+    if mem_gb is not None:
+        return mem_gb
+    spec = get_hardware(hardware)
+    if spec is None:
+        raise PdsimError(f"--mem-gb: needed, pdsim has no spec of --hardware {hardware} to take its memory from "
+                         f"(specs: {', '.join(known_hardware())})")
+    return spec.mem_size_gb
+
+
 def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str | None, hardware: str,
-                           mem_gb: float, engine_preset: str, rounds: int, client_delay_ms: float,
+                           mem_gb: float | None, engine_preset: str, rounds: int, client_delay_ms: float,
                            async_scheduling: bool | None):
     """(step_overhead_us, step_time_scale) -> the table with every row simulated (see closed_loop.simulate_table)."""
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
     from pdsim.validate.measured import read_closed_loop_table
 
+    mem_gb = _table_mem_gb(hardware, mem_gb)
     if rounds < 1:
         raise PdsimError(f"--rounds: expected a positive number, got {rounds}")
     if client_delay_ms < 0:
@@ -175,14 +228,31 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
               type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
-             hardware: str, mem_gb: float, step_overhead_us: float, async_scheduling: bool | None, clock: str,
+             hardware: str, mem_gb: float | None, step_overhead_us: float, async_scheduling: bool | None, clock: str,
              engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
              token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
-    from pdsim.validate.measured import is_closed_loop_table, read_measured
+    from pdsim.validate.measured import is_closed_loop_table, measured_inputs, read_measured
 
-    check_output_file(output, "--output", [measured, cluster_config, engine_log])
-    if is_closed_loop_table(measured):
+    ctx = click.get_current_context()
+    table_input = is_closed_loop_table(measured)
+    if table_input:
+        _refuse_unused(ctx, ("cluster_config", "engine_log", "token_ids", "plot"), measured, RUN_KIND,
+                       "is a closed-loop table (one mean TTFT and TPOT per row, each row's engine built from the "
+                       "table options)")
+        # --kv-capacity predicted and --clock engine only say what a table's replay does anyway.
+        if kv_capacity != "predicted":
+            _refuse_unused(ctx, ("kv_capacity",), measured, RUN_KIND,
+                           "is a closed-loop table, which records no KV capacity (each row's is predicted)")
+        if clock != "engine":
+            _refuse_unused(ctx, ("clock",), measured, RUN_KIND,
+                           "is a closed-loop table, which records no arrival times (its clients are simulated)")
+    else:
+        _refuse_unused(ctx, TABLE_OPTIONS, measured, TABLE_KIND,
+                       "is a per-request run, replayed on its --cluster-config")
+    check_output_file(output, "--output", [*measured_inputs(measured), cluster_config, engine_log, token_ids,
+                                           profile_dir], _plot_files(output) if plot else ())
+    if table_input:
         from pdsim.validate.closed_loop import format_rows, with_table_step_margin
 
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
@@ -213,6 +283,10 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     )
 
     run = read_measured(measured, clock)
+    _refuse_open_loop_delay(ctx, run, measured)
+    if clock != "engine" and run.latency_origin != "pickup":
+        raise PdsimError(f"--clock {clock}: applies to engine JSONL (per-request engine timestamps) only; {run.source} "
+                         "records the client's times only, so it would change nothing (leave it out)")
     cfg = replay_config(cluster_config, run, async_scheduling)
     _prefix_ids(run, cfg, token_ids)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
@@ -257,6 +331,13 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
+def _plot_files(output: Path) -> list[Path]:
+    """The CDF plots --plot may write beside --output (compare.write_cdf_plots names them so)."""
+    from pdsim.validate.compare import plot_paths
+
+    return plot_paths(output.with_suffix(""))
+
+
 @click.command("calibrate")
 @click.option("--measured", required=True, type=click.Path(exists=True, path_type=Path),
               help="A per-request run (as for validate) or a closed-loop table.")
@@ -273,16 +354,26 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 @click.option("--output", "--out", "out", default="outputs/calibration.json", show_default=True,
               type=click.Path(path_type=Path), help="The fitted overhead and its errors, JSON.")
 def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, metric: str,
-              async_scheduling: bool | None, model: str | None, hardware: str, mem_gb: float, engine_preset: str,
-              rounds: int, client_delay_ms: float, out: Path) -> None:
+              async_scheduling: bool | None, model: str | None, hardware: str, mem_gb: float | None,
+              engine_preset: str, rounds: int, client_delay_ms: float, out: Path) -> None:
     """Fit the per-step engine overhead to one measured run or table; writes it as JSON (config knob),
     with the in-sample and leave-one-out error."""
     from pdsim.validate.calibrate import fit_overhead
-    from pdsim.validate.measured import is_closed_loop_table, read_measured
+    from pdsim.validate.measured import is_closed_loop_table, measured_inputs, read_measured
 
-    check_output_file(out, "--output", [measured, cluster_config])
+    ctx = click.get_current_context()
+    table_input = is_closed_loop_table(measured)
+    if table_input:
+        _refuse_unused(ctx, ("cluster_config",), measured, RUN_KIND,
+                       "is a closed-loop table (each row's engine built from the table options)")
+    else:
+        _refuse_unused(ctx, TABLE_OPTIONS, measured, TABLE_KIND,
+                       "is a per-request run, replayed on its --cluster-config")
+    check_output_file(out, "--output", [*measured_inputs(measured), cluster_config, profile_dir])
+    # [simulated rows or runs on estimated step times, of how many]: the same at every overhead.
+    estimated = [0, 0]
 
-    if is_closed_loop_table(measured):
+    if table_input:
         if metric == "e2e_ms":
             raise PdsimError("--metric: closed-loop tables have ttft_ms and tpot_ms, not e2e_ms")
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
@@ -295,7 +386,9 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 
             df = simulate(overhead_us)
             left_out[:] = not_simulated_lines(df)
-            errors = df[df.status == "simulated"][column].dropna().to_numpy()
+            ran = df[df.status == "simulated"]
+            estimated[:] = [int(ran.estimated_profile.astype(bool).sum()), len(ran)]
+            errors = ran[column].dropna().to_numpy()
             if not len(errors):
                 raise PdsimError(f"{measured}: no row to fit on ({'; '.join(left_out) or 'no row simulated'})")
             return errors
@@ -306,32 +399,44 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         from pdsim.validate.compare import compare, replay, replay_losses
 
         run = read_measured(measured)
+        _refuse_open_loop_delay(ctx, run, measured)
         cfg = replay_config(cluster_config, run, async_scheduling)
+        _prefix_ids(run, cfg, None)  # calibrate takes no --token-ids: says where hits go unmodelled
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
             result = replay(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms))
             if (lost := replay_losses(result)) is not None:
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
+            estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
             table = compare(run, result)
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()
 
         what = f"{metric} mean/p50/p90"
-        notes = []
+        # What the replay took from the run and its meta.json, as validate prints it.
+        notes = [f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes)]
 
     fit = fit_overhead(errors_at)
-    fit.update({"measured": str(measured), "metric": metric,
+    fit.update({"measured": str(measured), "metric": metric, "estimated_profile": estimated[0] > 0,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
     write_json_atomic(out, fit)
-    for line in notes:  # rows of a table left out of the fit, with their reasons
+    for line in notes:  # the run's notes, or the rows of a table left out of the fit with their reasons
         click.echo(line)
     if fit["at_grid_edge"]:
         click.echo(f"NOTE: the best overhead is the grid's largest, {fit['step_overhead_us']:g} us, and the error was "
                    "still falling there: the run is slower than any overhead on the grid explains (the step times "
                    "or the configuration are off), so this is not a fit to use")
+    if fit["at_grid_bottom"]:
+        slower = ", the simulation already slower than the run" if fit["signed_err_pct"] > 0 else ""
+        click.echo(f"NOTE: the best overhead is the grid's smallest, {fit['step_overhead_us']:g} us: every overhead "
+                   f"made the error worse (mean signed error {fit['signed_err_pct']:+.1f}% at "
+                   f"{fit['step_overhead_us']:g} us{slower}), so there is nothing for an overhead to explain; an "
+                   "error left lies in the step times or the configuration, not in a missing per-step cost")
     click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
                f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
+    if estimated[0]:  # the fit is then to the estimate's error as much as to the engine's overhead
+        click.echo(_estimated_line(*estimated) if table_input else _estimated_line())
 
 
 @click.command("import-aiconfigurator")

@@ -29,9 +29,14 @@ import pandas as pd
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
-from pdsim.hardware import get_hardware
+from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, get_hardware
 from pdsim.metrics.summary import requests_frame
-from pdsim.validate.measured import vllm_async_scheduling_default, vllm_fuses_allreduce_norm, vllm_reserves_full_isl
+from pdsim.validate.measured import (
+    vllm_async_scheduling_default,
+    vllm_fuses_allreduce_norm,
+    vllm_major_minor,
+    vllm_reserves_full_isl,
+)
 from pdsim.validate.row_layout import row_layout, text
 from pdsim.workload.trace import TraceRequest
 
@@ -88,6 +93,51 @@ def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts:
             "estimated_profile": any(info.estimated_profile for info in result.infos)}
 
 
+def _hardware_key(name: str) -> str:
+    """A GPU name compared loosely: case, '-' and '_' aside (h100_sxm and H100-SXM are one name)."""
+    return name.strip().lower().replace("_", "-")
+
+
+def system_hardware(system: str) -> str | None:
+    """pdsim's hardware name for a table's `system` (aiconfigurator's h100_sxm, b200_sxm, ..., or a name
+    or alias pdsim knows, in any case); None where pdsim knows no such GPU."""
+    from pdsim.perf.aiconfigurator import SYSTEM_HARDWARE
+
+    name = system.strip()
+    if name.lower() in SYSTEM_HARDWARE:
+        return SYSTEM_HARDWARE[name.lower()]
+    known = {_hardware_key(n): canonical_hardware_name(n) for n in [*HARDWARE, *HARDWARE_ALIASES]}
+    return known.get(_hardware_key(name))
+
+
+def system_reason(row: dict, hardware: str) -> str | None:
+    """Why a row measured on another GPU than the one simulated is left out (None: the same GPU). Asked only
+    of tables with a `system` column: a row that names no GPU pdsim knows cannot be matched either."""
+    system = text(row.get("system"))
+    if not system:
+        return "system empty (the row does not say which GPU measured it)"
+    measured_on = system_hardware(system)
+    if measured_on is None:
+        return f"system {str(row['system']).strip()}: a GPU pdsim does not know, so not matched to the simulated one"
+    simulated_on = canonical_hardware_name(hardware)
+    if _hardware_key(measured_on) != _hardware_key(simulated_on):
+        return (f"system {str(row['system']).strip()} (pdsim's {measured_on}), not the simulated hardware "
+                f"{simulated_on} (--hardware chooses it)")
+    return None
+
+
+def version_note(row: dict, async_given: bool = False) -> str | None:
+    """A row whose backend_version is not a vLLM release number is simulated with pdsim's choices for an
+    unknown version where the version would decide: said, as for a run's meta.json (recorded.py)."""
+    version = text(row.get("backend_version"))
+    if vllm_major_minor(version) is not None:
+        return None
+    what = "backend_version empty" if not version else f"backend_version {str(row['backend_version']).strip()!r}"
+    decided = "" if async_given else "synchronous scheduling, "
+    return (f"{what}, not a vLLM release number: the defaults that depend on it are pdsim's for an unknown "
+            f"version ({decided}the whole-sequence admission check on, all-reduce + norm fusion by the GPU's rule)")
+
+
 def unsupported_reason(row: dict, model: str | None = None) -> str | None:
     """Why pdsim cannot simulate this row as measured (None: it can); see row_layout."""
     return row_layout(row, model)[1]
@@ -109,20 +159,28 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     """
     opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
     lookup = profile_lookup or (lambda _model, tp, _precision: profile_dir_for_tp(tp))
+    # Where the table says which GPU measured each row, only the rows of the GPU simulated are comparable.
+    has_system = "system" in table.columns
+    has_version = "backend_version" in table.columns
+    async_given = not isinstance(engine, str) and "async_scheduling" in engine(1, 1)
     out = []
     for line, row in enumerate(table.itertuples(index=False), start=2):
         fields = row._asdict()
         layout, reason = row_layout(fields, model)
+        if reason is None and has_system:
+            reason = system_reason(fields, hardware)
         if reason is not None:
-            out.append({**fields, "status": "skipped", "reason": reason})
+            out.append({**fields, "status": "skipped", "reason": reason, "note": ""})
             continue
         try:
             sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine,
                                 table.attrs.get("source_columns", {}))
         except PdsimError as e:
-            out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; ")})
+            out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; "),
+                        "note": ""})
             continue
-        out.append({**fields, **sim, "status": "simulated", "reason": ""})
+        note = version_note(fields, async_given) if has_version else None
+        out.append({**fields, **sim, "status": "simulated", "reason": "", "note": note or ""})
     df = pd.DataFrame(out)
     for column in ("sim_ttft_ms", "sim_tpot_ms", "sim_preemptions", "estimated_profile"):
         if column not in df:
@@ -161,7 +219,7 @@ def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: f
 def _positive_int(row: dict, column: str, shown: str) -> int:
     value = text(row.get(column))
     if not value or value == "nan":
-        raise PdsimError(f"column {shown}: empty (expected a positive integer)")
+        raise PdsimError(f"column {shown}: no value (the cell is empty or not a number); expected a positive integer")
     number = _as_float(value)
     if not (number.is_integer() and number >= 1):  # NaN and inf fail is_integer
         raise PdsimError(f"column {shown}: expected a positive integer, got {value!r}")
@@ -179,10 +237,12 @@ def _as_float(value: str) -> float:
 def _measured_ms(row: dict, column: str, shown: str) -> None:
     """A measured latency must be a positive number, or the row's error would be meaningless."""
     value = text(row.get(column))
+    if not value or value == "nan":  # pandas reads an empty cell and "nan" alike
+        raise PdsimError(f"column {shown}: no measured value (the cell is empty or not a number); expected a "
+                         "positive number of ms")
     number = _as_float(value)
     if not (np.isfinite(number) and number > 0):
-        raise PdsimError(f"column {shown}: the measured value must be a positive number of ms, "
-                         f"got {value or 'nothing'!r}")
+        raise PdsimError(f"column {shown}: the measured value must be a positive number of ms, got {value!r}")
 
 
 def simulated(df: pd.DataFrame) -> pd.DataFrame:
@@ -241,13 +301,20 @@ def format_rows(table: pd.DataFrame) -> str:
 
 
 def not_simulated_lines(table: pd.DataFrame) -> list[str]:
-    """The rows left out, counted by status and reason."""
+    """The rows left out, counted by status and reason, then the simulated rows with a caveat, counted by it."""
     lines = []
     for status in ("skipped", "error"):
         rows = table[table.status == status]
         if len(rows):
-            lines.append(f"skipped: {len(rows)} row(s) pdsim cannot express" if status == "skipped" else
+            lines.append(f"skipped: {len(rows)} row(s) pdsim cannot express, or measured on other hardware"
+                         if status == "skipped" else
                          f"bad rows: {len(rows)} row(s) with values that cannot be simulated (left out)")
             for reason, n in rows.reason.value_counts(sort=False).items():
                 lines.append(f"  {n} x {reason}")
+    noted = table[table.status == "simulated"]
+    noted = noted[noted.note.fillna("").astype(str) != ""] if "note" in noted else noted.iloc[:0]
+    if len(noted):
+        lines.append(f"notes: {len(noted)} simulated row(s)")
+        for note, n in noted.note.value_counts(sort=False).items():
+            lines.append(f"  {n} x {note}")
     return lines

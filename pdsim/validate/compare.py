@@ -158,6 +158,16 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def plot_path(prefix: Path, key: str) -> Path:
+    """Where write_cdf_plots puts the CDF of metric `key`."""
+    return prefix.with_name(f"{prefix.name}_cdf_{key.removesuffix('_ms')}.png")
+
+
+def plot_paths(prefix: Path) -> list[Path]:
+    """Every file write_cdf_plots may write for `prefix` (one per metric), for checking them before the run."""
+    return [plot_path(prefix, key) for key, _ in METRICS]
+
+
 def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Path) -> list[Path]:
     """CDF overlays (measured vs simulated) per metric, as PNG."""
     import matplotlib
@@ -183,7 +193,7 @@ def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Pat
         ax.set_ylabel("CDF")
         ax.legend()
         fig.tight_layout()
-        path = prefix.with_name(f"{prefix.name}_cdf_{key.removesuffix('_ms')}.png")
+        path = plot_path(prefix, key)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)

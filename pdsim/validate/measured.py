@@ -130,17 +130,37 @@ def vllm_reserves_full_isl(version: str) -> bool | None:
     return vllm_at_least(version, (0, 19))
 
 
-def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
-    """Read a per-request JSONL, a `vllm bench serve` JSON or an aiperf export (chosen by content;
-    an aiperf artifacts folder is read through its profile_export.jsonl)."""
+def resolve_measured(path: str | Path) -> Path:
+    """The file a --measured path names: itself, or the run file inside a run folder (an aiperf artifacts
+    folder, or the vllm_run/ folder of an LLMServingSim-style run)."""
     p = Path(path)
     if p.is_dir():
-        # An aiperf artifacts folder, or the vllm_run/ folder of an LLMServingSim-style run.
         inside = next((p / name for name in (AIPERF_RECORDS, LLMSERVINGSIM_REQUESTS) if (p / name).is_file()), None)
         if inside is None:
             raise PdsimError(f"{p}: a folder without a measured run in it (expected {LLMSERVINGSIM_REQUESTS}, as in "
                              f"an LLMServingSim run's vllm_run/, or aiperf's {AIPERF_RECORDS}); give the file")
-        p = inside
+        return inside
+    return p
+
+
+def measured_inputs(path: str | Path) -> list[Path]:
+    """Every file a --measured path makes pdsim read, for refusing an output that would overwrite one: the
+    run file (in a folder given), and the files read beside it (an engine log's meta.json, aiperf's summary).
+    Not the folder itself: only these files in it are read, so an output may go beside them."""
+    p = Path(path)
+    try:
+        run_file = resolve_measured(p)
+    except PdsimError:
+        return [p]  # reading it says what is wrong
+    inputs = [run_file]
+    inputs.append(run_file.with_name(AIPERF_SUMMARY if run_file.name == AIPERF_RECORDS else "meta.json"))
+    return inputs
+
+
+def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
+    """Read a per-request JSONL, a `vllm bench serve` JSON or an aiperf export (chosen by content;
+    an aiperf artifacts folder is read through its profile_export.jsonl)."""
+    p = resolve_measured(path)
     if not p.is_file():
         raise PdsimError(f"{p}: measured run not found")
     text = decode_text(p.read_bytes(), str(p))
@@ -177,9 +197,16 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     rows, line_nos = [], []
     for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
         if line.strip():
-            rows.append(parse_json(line, f"{p}:{line_no}"))
+            record = parse_json(line, f"{p}:{line_no}")
+            if not isinstance(record, dict):
+                raise PdsimError(f"{p}:{line_no}: expected one JSON object per request, got "
+                                 f"{type(record).__name__} {record!r:.60}")
+            rows.append(record)
             line_nos.append(line_no)
     need = ("input_toks", "output_toks", "arrival_time", "queued_ts", "first_token_ts", "last_token_ts")
+    if not rows:  # said as such: a list of missing fields would point at the wrong problem
+        raise PdsimError(f"{p}: no requests in the file (expected one JSON object per request, with "
+                         f"{', '.join(need)})")
     df = pd.DataFrame(rows)
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -193,6 +220,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
             i = int(np.flatnonzero(bad.to_numpy())[0])
             got = rows[i].get(key)
             raise PdsimError(f"{p}:{line_nos[i]}: field {key!r}: expected a positive integer, got {got!r}")
+    _check_stamp_values(p, rows, line_nos)
     stamps = {k: pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "scheduled_ts", "first_token_ts",
                                                                   "last_token_ts") if k in df}
     for earlier, later in (("queued_ts", "scheduled_ts"), ("scheduled_ts", "first_token_ts"),
@@ -203,7 +231,15 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                 i = int(np.flatnonzero(bad)[0])
                 raise PdsimError(f"{p}:{line_nos[i]}: {later} {rows[i].get(later)!r} is before {earlier} "
                                  f"{rows[i].get(earlier)!r}; an engine stamps them in that order")
+    if clock == "client":
+        _check_client_times(p, rows, line_nos, pd.to_numeric(df.arrival_time, errors="coerce"), stamps)
+    meta_path = p.with_name("meta.json")
+    meta = read_json_object(meta_path) if meta_path.is_file() else {}
     notes = [f"arrival times from the {clock} clock"]
+    if (said := _request_count_note(p, meta, len(rows))) is not None:
+        notes.append(said)
+    if (said := _repeated_id_note(p, rows, line_nos, stamps)) is not None:
+        notes.append(said)
     arrival = df.queued_ts if clock == "engine" else df.arrival_time
     unseen = pd.to_numeric(arrival, errors="coerce").isna()
     if unseen.any():  # never reached the engine (or the client sent nothing): nothing to replay
@@ -211,28 +247,131 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                      "left out of the replay")
         df = df[~unseen]
         arrival = arrival[~unseen]
+    if df.empty:
+        raise PdsimError(f"{p}: no request has {'queued_ts' if clock == 'engine' else 'arrival_time'}: nothing to "
+                         "replay")
+    arrival = pd.to_numeric(arrival, errors="coerce")
     unfinished = df.first_token_ts.isna() | df.last_token_ts.isna()
     if unfinished.any():
         notes.append(f"{int(unfinished.sum())} request(s) without a first or last token time (failed or aborted in "
                      "the measured run): replayed, left out of both sides' statistics")
+    queued, first, last = (pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "first_token_ts",
+                                                                         "last_token_ts"))
     out = pd.DataFrame({
         "input_toks": df.input_toks.astype(int),
         "output_toks": df.output_toks.astype(int),
         "arrival_s": arrival - arrival.min(),
-        "ttft_ms": (df.first_token_ts - df.queued_ts) * 1e3,
+        "ttft_ms": (first - queued) * 1e3,
         "tpot_ms": np.where(df.output_toks > 1,
-                            (df.last_token_ts - df.first_token_ts) / (df.output_toks - 1).clip(lower=1) * 1e3,
+                            (last - first) / (df.output_toks - 1).clip(lower=1) * 1e3,
                             np.nan),
-        "e2e_ms": (df.last_token_ts - df.queued_ts) * 1e3,
+        "e2e_ms": (last - queued) * 1e3,
     })
     if "scheduled_ts" in df.columns:  # vLLM stamps it when it first schedules the request
         scheduled = pd.to_numeric(df.scheduled_ts, errors="coerce")
-        out["queue_ms"] = (scheduled - df.queued_ts) * 1e3
-        out["sched_to_token_ms"] = (df.first_token_ts - scheduled) * 1e3
+        out["queue_ms"] = (scheduled - queued) * 1e3
+        out["sched_to_token_ms"] = (first - scheduled) * 1e3
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
-    meta_path = p.with_name("meta.json")
-    meta = read_json_object(meta_path) if meta_path.is_file() else {}
     return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup")
+
+
+ENGINE_STAMPS = ("arrival_time", "queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
+
+
+def _stamp_number(value: object) -> float | None:
+    """A timestamp field as seconds: None where it is missing (null); NaN where it is not a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return math.nan
+    try:
+        number = float(value)  # a number, or a number written as a string (as read before)
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _check_stamp_values(p: Path, rows: list[dict], line_nos: list[int]) -> None:
+    """Every timestamp a finite number of seconds, or null where the request never got there: Infinity,
+    NaN or text would otherwise turn into a missing time (a request left out) or an overflow."""
+    for record, line_no in zip(rows, line_nos):
+        for key in ENGINE_STAMPS:
+            value = record.get(key)
+            number = _stamp_number(value)
+            if number is not None and math.isnan(number):
+                raise PdsimError(f"{p}:{line_no}: field {key!r}: expected a finite number of seconds (or null where "
+                                 f"the request never got there), got {value!r}")
+
+
+def _check_client_times(p: Path, rows: list[dict], line_nos: list[int], arrival: pd.Series,
+                        stamps: dict[str, pd.Series]) -> None:
+    """--clock client replays `arrival_time`, the client's clock, which is offset from the engine's by an
+    unknown constant: the two cannot be ordered like the engine's own stamps, but every request's
+    arrival_time must lie where the others' put it (queued_ts minus their median lag) give or take how
+    long the run lasted on the engine clock. A value outside is not a time of this run (a typo, a
+    placeholder such as -1e12), and would make the replay wait for years or overflow."""
+    queued = stamps["queued_ts"]
+    both = arrival.notna() & queued.notna()
+    if not both.any():
+        return  # nothing on the engine clock to place them against
+    lag = float((queued[both] - arrival[both]).median())
+    engine_times = pd.concat([s for s in stamps.values()]).dropna()
+    t0, t1 = float(engine_times.min()), float(engine_times.max())
+    slack = max(t1 - t0, 1.0)
+    placed = arrival + lag  # on the engine clock
+    outside = (arrival.notna() & ((placed < t0 - slack) | (placed > t1 + slack))).to_numpy()
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        off = t0 - placed.iloc[i] if placed.iloc[i] < t0 else placed.iloc[i] - t1
+        where = "before the run's first" if placed.iloc[i] < t0 else "after the run's last"
+        raise PdsimError(f"{p}:{line_nos[i]}: field 'arrival_time': {rows[i].get('arrival_time')!r} is {off:.3g} s "
+                         f"{where} engine time, placed by the other requests' arrival_time and queued_ts (median "
+                         f"lag {lag:.6g} s), while the run lasts {t1 - t0:.3g} s: not a client time of this run "
+                         "(--clock engine replays queued_ts instead)")
+
+
+def _request_count_note(p: Path, meta: dict, read: int) -> str | None:
+    """meta.json's num_requests against the lines read: a cut (or padded) log replays another workload than
+    the run's, so the figures compare a part of it."""
+    recorded = meta.get("num_requests")
+    if recorded is None:
+        return None
+    if type(recorded) is not int or recorded < 0:
+        return f"meta.json num_requests {recorded!r} is not a count: not compared with the {read} request(s) read"
+    if recorded == read:
+        return None
+    return (f"NOTE: meta.json records num_requests {recorded}, but {p.name} has {read} request(s) (a cut or partial "
+            f"log, or another run's meta.json): the {read} are replayed, so the comparison is not of the whole run")
+
+
+def _repeated_id_note(p: Path, rows: list[dict], line_nos: list[int], stamps: dict[str, pd.Series]) -> str | None:
+    """A request_id on more than one line. vLLM refuses an id while a request of that id is still in the
+    engine, so a repeat whose time in the engine overlaps the first's (a duplicated line, say) cannot be
+    a real run: refused. Ids reused one after the other (a client that restarts its numbering) are
+    possible: replayed as separate requests, and said."""
+    queued, last = stamps["queued_ts"], stamps["last_token_ts"]
+    seen: dict[str, list[int]] = {}
+    for i, record in enumerate(rows):
+        rid = record.get("request_id")
+        if rid is None:
+            continue
+        key = json.dumps(rid, sort_keys=True)  # ids may be any JSON value; 1 and "1" stay apart
+        for j in seen.get(key, []):
+            if record == rows[j]:
+                raise PdsimError(f"{p}:{line_nos[i]}: repeats line {line_nos[j]} exactly (request_id {rid!r}): a "
+                                 "duplicated line; an engine logs each request once")
+            if queued.iloc[i] < last.iloc[j] and queued.iloc[j] < last.iloc[i]:
+                raise PdsimError(f"{p}:{line_nos[i]}: request_id {rid!r} is already in the engine (line "
+                                 f"{line_nos[j]}, queued_ts {rows[j].get('queued_ts')!r} to last_token_ts "
+                                 f"{rows[j].get('last_token_ts')!r}): vLLM refuses an id that is still running")
+        seen.setdefault(key, []).append(i)
+    reused = {key: idx for key, idx in seen.items() if len(idx) > 1}
+    if not reused:
+        return None
+    key, idx = next(iter(reused.items()))
+    lines = ", ".join(str(line_nos[i]) for i in idx)
+    return (f"{len(reused)} request_id(s) used by more than one request one after the other (e.g. "
+            f"{rows[idx[0]]['request_id']!r} on lines {lines}): replayed as separate requests")
 
 
 def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
@@ -431,7 +570,8 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     (model_path, system, backend_version ... are kept)."""
     p = Path(path)
     try:
-        df = pd.read_csv(p)
+        # Versions as written: read as numbers, 0.10 would become 0.1 (another vLLM release).
+        df = pd.read_csv(p, dtype={"backend_version": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PdsimError(f"{p}: not a readable CSV table ({csv_error_detail(e)})") from None
     if df.empty:

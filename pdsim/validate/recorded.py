@@ -52,6 +52,7 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
                           f"{applied})") from e
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
+    _check_engine_count(run, cfg, cluster_config)
     _check_model_and_roles(run, cfg, cluster_config)
     _check_max_model_len(run)
     _note_unused(run)
@@ -195,6 +196,34 @@ def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
                          "dp_group)")
     # Dense DP ranks are independent engines; the group only changes how requests are spread.
     run.notes.append(f"{what}: dense DP ranks run independently, so the replay goes on with the config's instances")
+
+
+def _check_engine_count(run, cfg, cluster_config: Path) -> None:
+    """The config must serve the requests with as many engines as the run did. vLLM runs
+    data_parallel_size engine replicas (1 without DP), each a config instance: in a DP group or not, an
+    instance is one engine that takes requests (how a group steps is _check_dp_size's matter). Two
+    instances replaying a one-engine run halve its load, and every figure with it (TPOT -27% on the RTX
+    run), so a recorded data_parallel_size the config does not match is refused, as a recorded TP degree
+    is; where meta.json's engine_kwargs leave it out, vLLM's default of 1 is assumed and a mismatch is a
+    NOTE, the record being silent. A config with prefill and decode instances is left to its own NOTE
+    (_check_model_and_roles): its engines split each request's work, they do not share the requests."""
+    if not run.engine_kwargs or any(ref.config.pd_type is not None for ref in cfg.instances()):
+        return
+    recorded = _recorded_int(run.engine_kwargs, "data_parallel_size", 1, Path(run.source).with_name("meta.json"))
+    engines = len(cfg.instances())
+    if engines == (recorded or 1):
+        return
+    grouped = sum(ref.config.dp_group is not None for ref in cfg.instances())
+    layout = (f"{engines} instances ({grouped} in DP groups)" if grouped else f"{engines} independent instances")
+    if recorded is None:
+        run.notes.append(f"NOTE: {cluster_config} serves the requests with {layout}, but the run's meta.json "
+                         "engine_kwargs record no data_parallel_size (vLLM's default: 1, one engine): the replay "
+                         "shares the measured load among more engines than may have served it")
+        return
+    raise PdsimError(f"{cluster_config}: serves the requests with {layout}, but the measured engine ran "
+                     f"data_parallel_size {recorded} ({run.source}'s meta.json engine_kwargs), i.e. {recorded} "
+                     f"engine(s): the replay would share the measured load among {engines}; give the measured "
+                     "engine's config")
 
 
 # Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches, its KV

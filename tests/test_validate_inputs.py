@@ -1,0 +1,307 @@
+"""pdsim validate / calibrate on inputs that are wrong, partial or given options that do nothing:
+refused with file, line and field, or said in a note; never replayed silently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+
+from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.errors import PdsimError
+from pdsim.validate.measured import read_measured
+from tests.helpers import cluster, instance, trace
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+RTX = SHARED / "calibration" / "llmservingsim-rtxpro6000-llama31-8b"
+needs_shared = pytest.mark.skipif(not RTX.is_dir(), reason="../shared data not present")
+
+TABLE_HEADER = ("backend,backend_version,model_path,system,mode,isl,osl,batch_size,tp_size,pp_size,"
+                "silicon_ttft_ms,silicon_tpot_ms\n")
+TABLE_ROW = "vllm,{version},{model},{system},agg,256,16,2,1,1,{ttft},8.0\n"
+
+
+def _row(version: str = "0.12.0", model: str = "meta-llama/Llama-3.1-8B", system: str = "h100_sxm",
+         ttft: str = "30.0") -> str:
+    return TABLE_ROW.format(version=version, model=model, system=system, ttft=ttft)
+
+
+def _cli(command: str, *args: str) -> Result:
+    from pdsim.validate.cli import calibrate, validate
+
+    return CliRunner().invoke({"validate": validate, "calibrate": calibrate}[command], list(args),
+                              catch_exceptions=False)
+
+
+def _run(folder: Path, n: int = 30, meta: dict | None = None, instances: int = 1) -> tuple[Path, Path]:
+    """A small simulated run written as LLMServingSim's vLLM runner records one (requests.jsonl, with
+    request ids, and meta.json when given), and its one-engine cluster config (or `instances` engines)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(n)]
+    cfg = cluster(instance(None, max_num_seqs=16))
+    made = simulate(cfg, trace(rows), SimOptions())
+    records = [{"request_id": f"req-{r.id}", "input_toks": r.input_toks, "output_toks": r.output_toks,
+                "arrival_time": 1_700_000_000.0 + r.arrival_s, "queued_ts": 5000.0 + r.arrival_s,
+                "first_token_ts": 5000.0 + r.first_token_s, "last_token_ts": 5000.0 + r.finish_s}
+               for r in sorted(made.requests, key=lambda r: r.arrival_s)]
+    (folder / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if meta is not None:
+        (folder / "meta.json").write_text(json.dumps(meta))
+    config = folder.parent / f"{folder.name}_cluster.json"
+    config.write_text(cluster(*[instance(None, max_num_seqs=16)] * instances).model_dump_json(exclude_none=True))
+    return folder / "requests.jsonl", config
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+# -- 1. outputs over inputs -------------------------------------------------------------------------------------------
+
+def test_an_output_over_a_file_the_run_reads_beside_it_is_refused(tmp_path):
+    from pdsim.validate.measured import measured_inputs
+
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0", "num_requests": 30})
+    meta = requests.with_name("meta.json")
+    before = meta.read_bytes()
+    # The run file names only itself, yet its meta.json is read: an output there is refused, for both commands.
+    with pytest.raises(PdsimError, match=r"--output .*meta.json: would overwrite the input .*meta.json"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(meta))
+    with pytest.raises(PdsimError, match=r"--output .*meta.json: would overwrite the input .*meta.json"):
+        _cli("calibrate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(meta))
+    assert meta.read_bytes() == before
+    # A run folder is read through its requests.jsonl, with meta.json beside it: both are inputs; the folder
+    # is not (an output may go beside them).
+    assert set(measured_inputs(requests.parent)) == {requests, meta}
+    with pytest.raises(PdsimError, match=r"--output .*meta.json"):
+        _cli("validate", "--measured", str(requests.parent), "--cluster-config", str(config), "--output", str(meta))
+    assert meta.read_bytes() == before
+    # --token-ids is an input too.
+    ids = tmp_path / "workload.jsonl"
+    _write_lines(ids, [{"input_tok_ids": [1] * 8} for _ in range(30)])
+    with pytest.raises(PdsimError, match=r"would overwrite the input .*workload.jsonl"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--token-ids", str(ids),
+             "--output", str(ids))
+
+
+@needs_shared
+def test_an_output_into_the_shared_run_folder_is_refused_and_meta_json_kept(tmp_path):
+    run = tmp_path / "vllm_run"
+    shutil.copytree(RTX / "vllm_run", run)
+    before = (run / "meta.json").read_bytes()
+    with pytest.raises(PdsimError, match=r"--output .*meta.json"):
+        _cli("validate", "--measured", str(run), "--cluster-config", str(RTX / "cluster_config.json"),
+             "--output", str(run / "meta.json"))
+    assert (run / "meta.json").read_bytes() == before
+
+
+# -- 2. the GPU a table row was measured on ---------------------------------------------------------------------------
+
+def test_table_rows_of_another_gpu_are_skipped_with_the_reason(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row() + _row(system="b200_sxm") + _row(system="tpu_v9") + _row(system=""))
+    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--output", str(tmp_path / "v.csv"))
+    df = pd.read_csv(tmp_path / "v.csv")
+    assert list(df.status) == ["simulated", "skipped", "skipped", "skipped"]
+    assert "system b200_sxm (pdsim's B200), not the simulated hardware H100-SXM" in df.reason[1]
+    assert "system tpu_v9: a GPU pdsim does not know" in df.reason[2]
+    assert "system empty" in df.reason[3]
+    assert "1 x system b200_sxm" in res.output and "over 1 simulated rows of 4" in res.output
+    # Simulated on the B200 (named by an alias), the H100 row is the one left out.
+    _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200-SXM",
+         "--output", str(tmp_path / "b.csv"))
+    df = pd.read_csv(tmp_path / "b.csv")
+    assert list(df.status[:2]) == ["skipped", "simulated"]
+    assert "system h100_sxm (pdsim's H100-SXM), not the simulated hardware B200" in df.reason[0]
+
+
+def test_table_memory_defaults_to_the_simulated_gpus_own(tmp_path):
+    from pdsim.validate.cli import _table_mem_gb
+
+    assert _table_mem_gb("H100-SXM", None) == 80  # as before: the H100 figures do not move
+    assert _table_mem_gb("B200", None) == 180 and _table_mem_gb("B200", 96.0) == 96.0
+    with pytest.raises(PdsimError, match="--mem-gb: needed"):
+        _table_mem_gb("my-gpu", None)
+    # Llama-3.1-70B at TP 1 (141 GB of weights) fits a B200's 180 GB, not 80.
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row(model="meta-llama/Llama-3.1-70B", system="b200_sxm"))
+    _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200", "--output",
+         str(tmp_path / "v.csv"))
+    assert list(pd.read_csv(tmp_path / "v.csv").status) == ["simulated"]
+    _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200", "--mem-gb", "80",
+         "--output", str(tmp_path / "v80.csv"))
+    assert list(pd.read_csv(tmp_path / "v80.csv").status) == ["error"]
+
+
+# -- 3. as many engines as the run ------------------------------------------------------------------------------------
+
+def test_a_config_of_more_engines_than_the_run_is_refused_or_noted(tmp_path):
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0",
+                                                    "engine_kwargs": {"data_parallel_size": 1}}, instances=2)
+    with pytest.raises(PdsimError, match=r"2 independent instances, but the measured engine ran data_parallel_size 1"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+             str(tmp_path / "v.csv"))
+    # engine_kwargs without data_parallel_size: vLLM's default, one engine, assumed and said.
+    requests.with_name("meta.json").write_text(json.dumps({"vllm_version": "0.19.0",
+                                                           "engine_kwargs": {"max_num_seqs": 16}}))
+    res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"))
+    assert "NOTE: " in res.output and "record no data_parallel_size" in res.output
+
+
+@needs_shared
+def test_the_shared_one_engine_run_on_two_instances_is_refused(tmp_path):
+    with pytest.raises(PdsimError, match=r"single_node_multi_instance.json: serves the requests with 2 independent "
+                                         r"instances, but the measured engine ran data_parallel_size 1"):
+        _cli("validate", "--measured", str(RTX / "vllm_run"), "--cluster-config",
+             str(SHARED / "llmservingsim-configs" / "single_node_multi_instance.json"), "--profile-dir",
+             str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+# -- 4. a cut or repeated request log --------------------------------------------------------------------------------
+
+def test_a_cut_log_and_repeated_request_ids_are_said_or_refused(tmp_path):
+    requests, _ = _run(tmp_path / "run", meta={"vllm_version": "0.19.0", "num_requests": 30})
+    assert not any("num_requests" in n for n in read_measured(requests).notes)
+    records = _lines(requests)
+    _write_lines(requests, records[:20])
+    assert any(n.startswith("NOTE: meta.json records num_requests 30, but requests.jsonl has 20") for n in
+               read_measured(requests).notes)
+    # A duplicated line: the engine logs each request once.
+    _write_lines(requests, records + [records[4]])
+    with pytest.raises(PdsimError, match=r"requests.jsonl:31: repeats line 5 exactly \(request_id 'req-"):
+        read_measured(requests)
+    # The same id on a request still in the engine: vLLM refuses it.
+    clash = {**records[4], "input_toks": records[4]["input_toks"] + 1}
+    _write_lines(requests, records + [clash])
+    with pytest.raises(PdsimError, match=r"requests.jsonl:31: request_id .* is already in the engine \(line 5"):
+        read_measured(requests)
+    # An id used again after its first request finished: possible, replayed, said.
+    last = max(r["last_token_ts"] for r in records)
+    again = {**records[4], "queued_ts": last + 1, "arrival_time": records[-1]["arrival_time"] + 1,
+             "first_token_ts": last + 1.1, "last_token_ts": last + 2}
+    _write_lines(requests, records + [again])
+    run = read_measured(requests)
+    assert len(run.requests) == 31 and any("1 request_id(s) used by more than one request" in n for n in run.notes)
+
+
+# -- 5. calibrate says what it fitted on ------------------------------------------------------------------------------
+
+def test_calibrate_announces_estimated_step_times_and_a_best_fit_at_zero(tmp_path):
+    from pdsim.validate.calibrate import fit_overhead
+
+    bottom = fit_overhead(lambda us: np.array([us / 100 + 5.0]), grid_us=[0, 500, 1000])
+    assert bottom["at_grid_bottom"] and not bottom["at_grid_edge"] and bottom["signed_err_pct"] == 5.0
+    # A run made with no overhead, replayed on estimated step times (no profile): the best fit is 0.
+    requests, config = _run(tmp_path / "run")
+    out = tmp_path / "cal.json"
+    res = _cli("calibrate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(out))
+    fit = json.loads(out.read_text())
+    assert fit["estimated_profile"] is True and fit["step_overhead_us"] == 0 and fit["at_grid_bottom"]
+    assert "NOTE: step times estimated from hardware specs" in res.output
+    assert "NOTE: the best overhead is the grid's smallest, 0 us" in res.output
+    # A closed-loop table without a profile.
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row())
+    res = _cli("calibrate", "--measured", str(table), "--rounds", "1", "--output", str(out))
+    assert json.loads(out.read_text())["estimated_profile"] is True
+    assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
+
+
+# -- 6. client times that are not times of the run ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, words", [
+    ("Infinity", "expected a finite number of seconds"),
+    ("NaN", "expected a finite number of seconds"),
+    ('"soon"', "expected a finite number of seconds"),
+    ("-1e12", "before the run's first engine time"),
+    ("1e30", "after the run's last engine time"),
+])
+def test_an_arrival_time_that_is_no_time_of_the_run_names_file_line_and_field(tmp_path, value, words):
+    requests, config = _run(tmp_path / "run")
+    lines = requests.read_text().splitlines()
+    record = json.loads(lines[6])
+    lines[6] = json.dumps(record).replace(json.dumps(record["arrival_time"]), value)
+    requests.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PdsimError, match=rf"requests.jsonl:7: field 'arrival_time'.*{words}"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--clock", "client",
+             "--output", str(tmp_path / "v.csv"))
+
+
+def test_an_engine_time_that_is_not_a_number_is_refused_not_taken_as_missing(tmp_path):
+    requests, _ = _run(tmp_path / "run")
+    records = _lines(requests)
+    records[2]["queued_ts"] = "later"
+    _write_lines(requests, records)
+    with pytest.raises(PdsimError, match=r"requests.jsonl:3: field 'queued_ts': expected a finite number"):
+        read_measured(requests)
+    records[2]["queued_ts"] = None  # null: never reached the engine, left out and counted
+    _write_lines(requests, records)
+    assert "1 request(s) without queued_ts left out of the replay" in read_measured(requests).notes
+
+
+# -- 7. options that would change nothing -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [["--cluster-config", "CONFIG"], ["--engine-log", "CONFIG"],
+                                   ["--token-ids", "CONFIG"], ["--kv-capacity", "measured"],
+                                   ["--clock", "client"], ["--plot"]])
+def test_per_request_options_on_a_table_are_refused(tmp_path, extra):
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row())
+    _, config = _run(tmp_path / "run", n=2)
+    args = [a.replace("CONFIG", str(config)) for a in extra]
+    refused = rf"^{extra[0]}: applies to per-request runs .* only; .*t.csv is a closed-loop"
+    with pytest.raises(PdsimError, match=refused):
+        _cli("validate", "--measured", str(table), "--rounds", "1", *args, "--output", str(tmp_path / "v.csv"))
+
+
+def test_table_options_on_a_per_request_run_are_refused_and_defaults_are_fine(tmp_path):
+    requests, config = _run(tmp_path / "run")
+    base = ["--measured", str(requests), "--cluster-config", str(config)]
+    for extra in (["--hardware", "H100-SXM"], ["--mem-gb", "80"], ["--model", "meta-llama/Llama-3.1-8B"],
+                  ["--engine-preset", "vllm-serve"], ["--rounds", "20"]):
+        for command in ("validate", "calibrate"):
+            with pytest.raises(PdsimError, match=rf"^{extra[0]}: applies to closed-loop tables only; .*per-request"):
+                _cli(command, *base, *extra, "--output", str(tmp_path / "out.x"))
+    # An open-loop run: no client waits for its previous request, so a client delay does nothing.
+    with pytest.raises(PdsimError, match=r"^--client-delay-ms: applies to closed-loop .*open-loop run"):
+        _cli("validate", *base, "--client-delay-ms", "2", "--output", str(tmp_path / "v.csv"))
+    # A table is given no cluster config by calibrate either; options left at their defaults are fine.
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row())
+    with pytest.raises(PdsimError, match=r"^--cluster-config: applies to per-request runs"):
+        _cli("calibrate", "--measured", str(table), "--cluster-config", str(config), "--output", str(tmp_path / "c"))
+    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--kv-capacity", "predicted",
+               "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert _cli("validate", *base, "--output", str(tmp_path / "v.csv")).exit_code == 0
+
+
+# -- 8, 9. a row's unreadable version, an empty cell, an empty log ---------------------------------------------------
+
+def test_a_rows_unreadable_version_is_noted_and_an_empty_cell_is_named(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row() + _row(version="garbage") + _row(ttft="nan") + _row(ttft=""))
+    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--output", str(tmp_path / "v.csv"))
+    df = pd.read_csv(tmp_path / "v.csv")
+    assert list(df.status) == ["simulated", "simulated", "error", "error"]
+    assert "notes: 1 simulated row(s)" in res.output
+    assert "1 x backend_version 'garbage', not a vLLM release number" in res.output
+    for reason in df.reason[2:]:
+        assert "column silicon_ttft_ms: no measured value (the cell is empty or not a number)" in reason
+
+
+def test_an_empty_request_log_says_it_has_no_requests(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "requests.jsonl").write_text("\n")
+    with pytest.raises(PdsimError, match=r"requests.jsonl: no requests in the file"):
+        read_measured(tmp_path / "run")
