@@ -35,6 +35,19 @@ def test_import_reads_back_with_allreduce(profiles):
 
 
 @needs_shared
+def test_a_run_on_an_imported_profile_says_which_ops_are_estimated(profiles, tmp_path):
+    from tests.helpers import cluster, instance, run
+
+    prof = read_profile(profiles[2])
+    assert prof.meta.imported and not prof.estimated
+    inst = instance(None, 80, "H100-SXM", model_name="Qwen/Qwen3-32B", tp_size=2, num_npus=2,
+                    profile_dir=str(profiles[2]))
+    notes = run(cluster(inst), [(100, 4, 0.0)]).instances[0].predictor.notes
+    assert any(n.startswith("step times from a profile built by pdsim profile import-aiconfigurator: kernels "
+                            "from its database are measured, the ops it lacks") for n in notes), notes
+
+
+@needs_shared
 def test_h100_qwen3_32b_closed_loop(profiles):
     table = read_closed_loop_table(AIC / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv")
     # The benchmark as aiperf runs it (burst start, 20 rounds) on the engine aiconfigurator deploys.

@@ -88,7 +88,12 @@ def build_instance(
                                        pp_link(cfg, ref.node_index))
     if opts.step_time_scale != 1.0:
         predictor = ScaledStepTimes(predictor, opts.step_time_scale)
-    if not profile.estimated:
+    if profile.meta.imported:
+        predictor.notes.append(f"step times from a profile built by {profile.meta.tool}: kernels from its database "
+                               "are measured, the ops it lacks (element-wise ops and the sampler; its meta.json notes "
+                               f"list them) pdsim's roofline estimate at {profile.meta.hardware}'s datasheet "
+                               "bandwidth; npu_mem.mem_bw is not used")
+    elif not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     elif (note := mem_bw_note(ic)) is not None:
         predictor.notes.append(note)

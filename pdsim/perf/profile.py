@@ -22,6 +22,7 @@ from pdsim.perf.profile_format import (  # noqa: F401 - the format's names are u
     DENSE_OPS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    IMPORT_TOOL_PREFIX,
     LAYER_OVERHEAD_DECODE_KV,
     MLP_OPS,
     OPTIONAL_DENSE_OPS,
@@ -160,7 +161,6 @@ def write_profile(
 # estimate (made again in a second) never replaces a profile timed on a GPU, nor an import (which
 # needs aiconfigurator's database) one that pdsim's profiler measured.
 _RANK_NAMES = {0: "an estimated", 1: "an imported", 2: "a measured"}
-IMPORT_TOOL_PREFIX = "pdsim profile import-"
 
 
 def _profile_rank(source: str, tool: str) -> int:

@@ -39,6 +39,11 @@ DENSE_OPS: tuple[str, ...] = (*PER_LAYER_OPS, *PER_STEP_OPS)
 PER_SEQUENCE_OPS: tuple[str, ...] = ("lm_head", "sampler")
 
 
+# The tool name of a profile built from another tool's kernel database (import-aiconfigurator): its
+# kernels are measured, but ops the database lacks are pdsim's estimate.
+IMPORT_TOOL_PREFIX = "pdsim profile import-"
+
+
 @dataclass
 class ProfileMeta:
     hardware: str
@@ -63,6 +68,10 @@ class ProfileMeta:
     # The profiled vLLM's enforce_eager (LLMServingSim's meta.yaml engine_effective): True means its
     # custom CUDA ops, not the Inductor-compiled ones a default engine runs; None where not recorded.
     engine_enforce_eager: bool | None = None
+
+    @property
+    def imported(self) -> bool:
+        return self.tool.startswith(IMPORT_TOOL_PREFIX)
 
     @property
     def allreduce_by_vllms_choice(self) -> bool:
