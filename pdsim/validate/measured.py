@@ -345,33 +345,37 @@ def _request_count_note(p: Path, meta: dict, read: int) -> str | None:
 
 
 def _repeated_id_note(p: Path, rows: list[dict], line_nos: list[int], stamps: dict[str, pd.Series]) -> str | None:
-    """A request_id on more than one line. vLLM refuses an id while a request of that id is still in the
-    engine, so a repeat whose time in the engine overlaps the first's (a duplicated line, say) cannot be
-    a real run: refused. Ids reused one after the other (a client that restarts its numbering) are
-    possible: replayed as separate requests, and said."""
+    """A request_id on more than one line. A line repeated exactly is a duplicated line: refused. Other
+    repeats are replayed as separate requests and said: one after the other (a client that restarts its
+    numbering), or, where vLLM would have refused the id as still running, ids that are not the engine's
+    (the log may merge runs). Each line is compared with the previous one of its id only, so a log whose
+    ids are all one value stays linear."""
     queued, last = stamps["queued_ts"], stamps["last_token_ts"]
-    seen: dict[str, list[int]] = {}
+    previous: dict[str, int] = {}
+    reused: list[tuple[int, int]] = []
+    overlapping: list[tuple[int, int]] = []
     for i, record in enumerate(rows):
         rid = record.get("request_id")
         if rid is None:
             continue
         key = json.dumps(rid, sort_keys=True)  # ids may be any JSON value; 1 and "1" stay apart
-        for j in seen.get(key, []):
+        j = previous.get(key)
+        if j is not None:
             if record == rows[j]:
                 raise PdsimError(f"{p}:{line_nos[i]}: repeats line {line_nos[j]} exactly (request_id {rid!r}): a "
                                  "duplicated line; an engine logs each request once")
-            if queued.iloc[i] < last.iloc[j] and queued.iloc[j] < last.iloc[i]:
-                raise PdsimError(f"{p}:{line_nos[i]}: request_id {rid!r} is already in the engine (line "
-                                 f"{line_nos[j]}, queued_ts {rows[j].get('queued_ts')!r} to last_token_ts "
-                                 f"{rows[j].get('last_token_ts')!r}): vLLM refuses an id that is still running")
-        seen.setdefault(key, []).append(i)
-    reused = {key: idx for key, idx in seen.items() if len(idx) > 1}
-    if not reused:
-        return None
-    key, idx = next(iter(reused.items()))
-    lines = ", ".join(str(line_nos[i]) for i in idx)
-    return (f"{len(reused)} request_id(s) used by more than one request one after the other (e.g. "
-            f"{rows[idx[0]]['request_id']!r} on lines {lines}): replayed as separate requests")
+            both_in = queued.iloc[i] < last.iloc[j] and queued.iloc[j] < last.iloc[i]
+            (overlapping if both_in else reused).append((j, i))
+        previous[key] = i
+    notes = []
+    for pairs, what in ((reused, "by another request after the first ended"),
+                        (overlapping, "while an earlier request of that id was still in the engine, which vLLM "
+                                      "refuses: the ids may not be the engine's, or the log may merge runs")):
+        if pairs:
+            j, i = pairs[0]
+            notes.append(f"{len(pairs)} request_id repeat(s) {what} (e.g. {rows[i]['request_id']!r} on lines "
+                         f"{line_nos[j]} and {line_nos[i]}): replayed as separate requests")
+    return "; ".join(notes) or None
 
 
 def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
