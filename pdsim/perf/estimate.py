@@ -93,14 +93,9 @@ KV_GRID = [0, *_geometric_grid(131072, factor=1.6, dense_until=16, start=16)]
 
 def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tuple[float, int, str]:
     """(tensor peak TFLOPS, bytes per weight and GEMM input element, what priced it) of an instance's
-    GEMMs: fp8-quantised weights (and vLLM's dynamically quantised fp8 activations) at the fp8 peak."""
-    # The table holds bf16/fp16 and fp8 tensor peaks only: float32 GEMMs run on CUDA cores (vLLM leaves
-    # TF32 off) and int8 ones on int8 tensor cores, at peaks it does not have; pricing them at another
-    # precision's peak would be off by an order of magnitude without a word.
-    if quantization is None and dtype in ("float32", "int8"):
-        raise ProfileError(f"dtype {dtype}: step times cannot be estimated for {dtype} GEMMs (pdsim's hardware "
-                           "table has bf16/fp16 and fp8 tensor peaks only); give a measured profile of it "
-                           "(--profile-dir) or use bfloat16, float16 or fp8")
+    GEMMs: fp8-quantised weights (and vLLM's dynamically quantised fp8 activations) at the fp8 peak.
+    float32 is priced at the bf16 peak: right only in a ratio of two such estimates (a measured MoE table
+    rescaled); check_estimable keeps it out of estimated step times."""
     if quantization is None and dtype_bytes(dtype) != 1:
         return hw.bf16_tflops, dtype_bytes(dtype), f"{dtype} GEMMs at the {hw.bf16_tflops:g} TFLOPS bf16 peak"
     if hw.fp8_tflops <= 0:
@@ -208,6 +203,16 @@ def _roofline(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
     return _Roofline(hardware, model, dtype, tp, quantization, kv_dtype)
 
 
+def check_estimable(dtype: str, quantization: str | None) -> None:
+    """Step times can be estimated only at a precision whose GEMM peak the hardware table holds (bf16/fp16,
+    fp8). float32 GEMMs run on CUDA cores (vLLM leaves TF32 off) and int8 ones on int8 tensor cores: priced
+    at another precision's peak they would be off by an order of magnitude without a word."""
+    if quantization is None and dtype in ("float32", "int8"):
+        raise ProfileError(f"dtype {dtype}: step times cannot be estimated for {dtype} GEMMs (pdsim's hardware "
+                           "table has bf16/fp16 and fp8 tensor peaks only); give a measured profile of it "
+                           "(--profile-dir) or use bfloat16, float16 or fp8")
+
+
 def estimate_rows(
     hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int, quantization: str | None = None,
     kv_dtype: str | None = None,
@@ -215,6 +220,7 @@ def estimate_rows(
     """(dense, per_sequence, attention_prefill, attention_decode) rows in write_profile's layout.
     quantization: the weights' (InstanceConfig.quantization); kv_dtype: the KV cache's (default dtype)."""
     model.check_tp(tp)
+    check_estimable(dtype, quantization)
     r = _roofline(hardware, model, dtype, tp, quantization, kv_dtype)
     ops = ["layernorm", "qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn", "down_proj"]
     if model.has_qk_norm:

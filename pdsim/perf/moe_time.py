@@ -191,8 +191,9 @@ class MoELayerModel:
             if hardware is None:
                 raise ProfileError(f"{model.name}: the profile has no moe.csv and there is no hardware spec "
                                    "to estimate the expert layers from")
-            from pdsim.perf.estimate import MoERoofline
+            from pdsim.perf.estimate import MoERoofline, check_estimable
 
+            check_estimable(dtype, quantization)
             self._estimate = MoERoofline(hardware, model, dtype, placement.expert_tp, quantization,
                                          shared_tp=placement.tp)
             if self.layouts is not None:
