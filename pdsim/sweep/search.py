@@ -57,6 +57,7 @@ class Bisection:
     hi_row: dict[str, Any] | None = None
     probes: list[tuple[float, bool]] = field(default_factory=list)
     low_load_miss: bool = False  # fails where load no longer matters: no rate meets the target
+    flat_halvings: int = 0  # consecutive halvings that changed neither attainment nor the p90s
 
     def next_rate(self) -> float | None:
         """The next rate to probe, or None when the answer is known well enough."""
@@ -77,14 +78,15 @@ class Bisection:
     def record(self, rate: float, row: dict[str, Any], passed: bool) -> None:
         self.probes.append((rate, passed))
         if not passed and self.lo == 0.0 and self.hi_row is not None and rate < self.hi:
-            self.low_load_miss = _load_free(self.hi_row, row)
+            self.flat_halvings = self.flat_halvings + 1 if _load_free(self.hi_row, row) else 0
+            self.low_load_miss = self.flat_halvings >= 2
         if passed and rate > self.lo:
             self.lo, self.lo_row = rate, row
         elif not passed and rate < self.hi:
             self.hi, self.hi_row = rate, row
 
 
-def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.05) -> bool:
+def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.02) -> bool:
     """Two failing runs, the second at a lower rate: queueing no longer moves the figures when both
     are stable, attainment did not rise and the p90 TTFT and TPOT moved by under `rel`."""
     if not (higher.get("stable", 1) and lower.get("stable", 1)):
@@ -142,6 +144,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         # The bracket: the true goodput is in [goodput, first_fail).
         "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
         "first_fail_why": _why_failed(st.hi_row, st.low_load_miss),
+        "low_load_miss": int(st.low_load_miss),
         "metrics_at_req_s": st.lo if st.lo_row is not None else (st.hi if st.hi_row is not None else math.nan),
         "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
         "attain_both": row.get("attain_both", math.nan),
@@ -156,13 +159,16 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+LOW_LOAD = "misses at low load: "
+
+
 def _why_failed(row: dict[str, Any] | None, low_load: bool = False) -> str:
     if row is None:
         return "-"
     if not row.get("stable", 1):
         return "unstable"
     if low_load:  # which SLO a lone request misses
-        return (f"misses at low load: attain {row['attain_both']:.3g} "
+        return (f"{LOW_LOAD}attain {row['attain_both']:.3g} "
                 f"(TTFT {row['attain_ttft']:.3g}, TPOT {row['attain_tpot']:.3g})")
     return f"attain {row['attain_both']:.3g}"
 
@@ -187,9 +193,9 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[st
         )
     for r in rows:
         ratio = r["sim_over_est"]
-        if r["first_fail_why"].startswith("misses at low load"):
+        if r["low_load_miss"]:
             notes.append(f"{r['label']}: misses the target even at low load "
-                         f"({r['first_fail_why'].split(': ', 1)[1]}): a lone request's latency, not capacity, "
+                         f"({r['first_fail_why'].removeprefix(LOW_LOAD)}): a lone request's latency, not capacity, "
                          "is the limit")
         elif math.isnan(ratio):
             notes.append(f"{r['label']}: the estimate has no capacity for it (decode cannot meet the TPOT SLO)")
