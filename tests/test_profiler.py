@@ -374,3 +374,25 @@ def test_compiled_elementwise_ops_are_compiled_as_vllm_compiles_them() -> None:
         torch.testing.assert_close(got_residual, want_residual)
         torch.testing.assert_close(want, ops.layernorm(x + r, w))
     assert counters["stats"]["unique_graphs"] == 2  # one per hidden size, whatever the token count
+
+
+def test_a_folder_the_profile_may_not_replace_is_refused_before_measuring(tmp_path: Path, monkeypatch) -> None:
+    import pdsim.profiler.run as profiler_run
+
+    target = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 1)
+    target.mkdir(parents=True)
+    (target / "notes.txt").write_text("not a profile")
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("measured before the output folder was checked")
+
+    monkeypatch.setattr(profiler_run, "measure", never)
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), *GRID, *FAST)
+    assert result.exit_code != 0 and "no pdsim profile (no meta.json)" in str(result.exception)
+    assert (target / "notes.txt").read_text() == "not a profile"
+
+
+def test_the_profilers_timings_are_part_of_the_profile_it_swaps_in(profile_dir: Path) -> None:
+    # Written into the staged folder with the tables, not beside the profile after it was put in place.
+    assert (profile_dir / "timings.csv").is_file()
+    assert not [p for p in profile_dir.parent.iterdir() if p.name.startswith(".")]

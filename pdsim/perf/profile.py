@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from pdsim.errors import ProfileError
@@ -105,8 +105,11 @@ def write_profile(
     allreduce_rows: Sequence[tuple[int, float]] | None = None,
     moe_layout_rows: Sequence[tuple[int, int, int, float]] | None = None,
     decode_skew_rows: Sequence[tuple[int, int, int, float]] | None = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> None:
     """Write a pdsim-format profile to `directory` (created if needed) and check it reads back.
+    `finish(folder)` adds what a tool keeps beside the tables (the profiler's timings) before the
+    folder is put in place, so that is part of the whole too.
 
     The profile replaces the folder whole (no file of an earlier profile is left), and only when
     `check_profile_target` allows it: never an estimate or an import over a measured profile.
@@ -155,6 +158,9 @@ def write_profile(
             if rows:
                 _write_rows(stage / name, header, rows)
         read_profile(stage)  # fail here, before the old profile is replaced, on a malformed table
+        if finish is not None:
+            finish(stage)
+            read_profile(stage)
 
 
 # How much a profile is worth keeping: one may replace a profile of its own rank or below, so an

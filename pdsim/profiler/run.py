@@ -37,6 +37,7 @@ from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.outputs import write_json_atomic
 from pdsim.perf.profile import (
     ProfileMeta,
+    check_profile_target,
     profile_path,
     read_profile,
     write_decode_skew,
@@ -189,6 +190,8 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     """Measure and write the profile; returns its directory."""
     model = load_model(req.model)
     ShardShapes.of(model, req.tp)  # a clean PdsimError for an impossible tp before any work
+    # A folder the profile may not replace is refused now, not after the measurement (hours on a GPU).
+    check_profile_target(profile_path(req.out, req.hardware, req.model, req.dtype, req.tp), "measured", TOOL)
     torch.manual_seed(req.seed)
     threads = _set_threads(req)
     started = dt.datetime.now(dt.timezone.utc)
@@ -211,11 +214,16 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
         r["attention_decode"],
         allreduce_rows,
         decode_skew_rows=r["attention_decode_skew"],
+        finish=lambda folder: _finish(folder, req, measured, allreduce_note),
     )
-    _record_settings(out_dir, req, measured, allreduce_note)
-    write_timings(out_dir / TIMINGS_FILE, measured.timings)
-    write_layer_overhead(out_dir, measured, "measured with the rest of the profile")
     return out_dir
+
+
+def _finish(folder: Path, req: ProfileRequest, measured: Measurements, allreduce_note: str) -> None:
+    """The profiler's own files beside the tables: its settings, every point's timings, the layer overhead."""
+    _record_settings(folder, req, measured, allreduce_note)
+    write_timings(folder / TIMINGS_FILE, measured.timings)
+    write_layer_overhead(folder, measured, "measured with the rest of the profile")
 
 
 def _activation_peak(req: ProfileRequest, model: ModelSpec) -> int:
