@@ -350,7 +350,7 @@ def _repeated_id_note(p: Path, rows: list[dict], line_nos: list[int], stamps: di
     numbering), or, where vLLM would have refused the id as still running, ids that are not the engine's
     (the log may merge runs). Each line is compared with the previous one of its id only, so a log whose
     ids are all one value stays linear."""
-    queued, last = stamps["queued_ts"], stamps["last_token_ts"]
+    queued, last = stamps["queued_ts"].to_numpy(), stamps["last_token_ts"].to_numpy()
     previous: dict[str, int] = {}
     reused: list[tuple[int, int]] = []
     overlapping: list[tuple[int, int]] = []
@@ -364,7 +364,7 @@ def _repeated_id_note(p: Path, rows: list[dict], line_nos: list[int], stamps: di
             if record == rows[j]:
                 raise PdsimError(f"{p}:{line_nos[i]}: repeats line {line_nos[j]} exactly (request_id {rid!r}): a "
                                  "duplicated line; an engine logs each request once")
-            both_in = queued.iloc[i] < last.iloc[j] and queued.iloc[j] < last.iloc[i]
+            both_in = queued[i] < last[j] and queued[j] < last[i]
             (overlapping if both_in else reused).append((j, i))
         previous[key] = i
     notes = []
