@@ -61,3 +61,11 @@ def vllm_int_option(_ctx: click.Context, param: click.Parameter, value: str | No
         raise PdsimError(f"{flag}: expected a whole number >= 1, as vLLM writes it (e.g. 2048, 25.6k, 4G), "
                          f"got {value!r}")
     return number
+
+
+def given_options(ctx: click.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the user gave, as their flags. By source, not value:
+    an option spelled out at its default counts as given (it was meant to matter), one left out does not."""
+    flags = {p.name: (p.opts[0] if p.opts else p.name) for p in ctx.command.params}
+    return [flags.get(name, f"--{name.replace('_', '-')}") for name in names
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import number_in
+from pdsim.cli_checks import given_options, number_in
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
@@ -75,29 +75,19 @@ TABLE_KIND = "closed-loop tables"
 RUN_KIND = "per-request runs (engine JSONL, vllm bench JSON, aiperf)"
 
 
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether the user gave option `name` (a value at its default, not given, is fine anywhere)."""
-    return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-
-
-def _flag(ctx: click.Context, name: str) -> str:
-    param = next(p for p in ctx.command.params if p.name == name)
-    return param.opts[0] if param.opts else name
-
-
 def _refuse_unused(ctx: click.Context, names: tuple[str, ...], measured: Path, applies_to: str, why: str) -> None:
     """Refuse the options among `names` that the user gave although they do nothing for this --measured."""
-    given = [_flag(ctx, name) for name in names if _given(ctx, name)]
+    given = given_options(ctx, *names)
     if given:
-        verb, it = ("applies", "it") if len(given) == 1 else ("apply", "they")
+        verb, it, them = ("applies", "it", "it") if len(given) == 1 else ("apply", "they", "them")
         raise PdsimError(f"{', '.join(given)}: {verb} to {applies_to} only; {measured} {why}, so {it} would change "
-                         f"nothing (leave {'it' if it == 'it' else 'them'} out)")
+                         f"nothing (leave {them} out)")
 
 
 def _refuse_open_loop_delay(ctx: click.Context, run: MeasuredRun, measured: Path) -> None:
     """A client delay applies where clients wait for their previous request (a closed loop): an open-loop
     run's requests arrive at their own recorded times."""
-    if run.concurrency is None and _given(ctx, "client_delay_ms"):
+    if run.concurrency is None and given_options(ctx, "client_delay_ms"):
         raise PdsimError(f"--client-delay-ms: applies to closed-loop tables and closed-loop runs only; {measured} is "
                          "an open-loop run, whose requests arrive at their recorded times, so it would change nothing "
                          "(leave it out)")
@@ -176,7 +166,7 @@ def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
             "above include the estimate's error")
 
 
-def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
+def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str = "--token-ids gives them") -> None:
     """The prompts' prefix blocks from --token-ids; without them, say that no hits are modelled where
     the engine had prefix caching on."""
     first = cfg.instances()[0].config
@@ -187,7 +177,7 @@ def _prefix_ids(run, cfg, token_ids: Path | None) -> None:
         run.prefix_block_tokens = first.block_size
     elif first.enable_prefix_caching:
         run.notes.append("prefix caching on, but the measured requests carry no token ids: no prefix-cache hits "
-                         "are modelled (--token-ids gives them)")
+                         f"are modelled ({remedy})")
 
 
 @click.command("validate")
@@ -401,7 +391,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         run = read_measured(measured)
         _refuse_open_loop_delay(ctx, run, measured)
         cfg = replay_config(cluster_config, run, async_scheduling)
-        _prefix_ids(run, cfg, None)  # calibrate takes no --token-ids: says where hits go unmodelled
+        _prefix_ids(run, cfg, None, "calibrate takes no --token-ids; validate --token-ids models them")
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
