@@ -13,7 +13,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import given_options, number_in, vllm_int_option
+from pdsim.cli_checks import number_in, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.workload.readers import dataset_options
@@ -162,7 +162,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
 
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
     check_run_output(output, _run_inputs(cluster_config, dataset, profile_dir, profiles_root))
-    if concurrency is None and given_options(click.get_current_context(), "client_delay_ms"):
+    if concurrency is None and unused_options(click.get_current_context(), "client_delay_ms"):
         raise PdsimError("--client-delay-ms: applies to a closed loop (--concurrency); an open-loop trace's "
                          "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):

@@ -69,3 +69,26 @@ def given_options(ctx: click.Context, *names: str) -> list[str]:
     flags = {p.name: (p.opts[0] if p.opts else p.name) for p in ctx.command.params}
     return [flags.get(name, f"--{name.replace('_', '-')}") for name in names
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+
+
+
+def unused_options(ctx: click.Context, *names: str) -> list[str]:
+    """Of `names`, options that do not apply to this command line, given at another value than their
+    default: the caller refuses them (the user meant them to matter). One given at its default (a script
+    that always passes it) changes nothing either way: a note on stderr says it is ignored."""
+    params = {p.name: p for p in ctx.command.params}
+    changed = []
+    for name in names:
+        if not given_options(ctx, name):
+            continue
+        param, value = params[name], ctx.params.get(name)
+        flag = param.opts[0] if param.opts else name
+        try:
+            default = param.type_cast_value(ctx, param.get_default(ctx))
+        except (click.BadParameter, TypeError, ValueError):
+            default = object()  # a default that cannot be compared: treat the option as changed
+        if value == default:
+            click.echo(f"note: {flag} {value}: its default, which does not apply here; ignored", err=True)
+        else:
+            changed.append(flag)
+    return changed

@@ -1,7 +1,8 @@
 """`pdsim workload generate` refuses options that would change nothing, instead of ignoring them.
 
 Each refusal is checked through the CLI (exit code 2, the option named, no traceback, no trace
-written), also with the option spelled out at its default value: "given" means given by the user.
+written). An option spelled out at its default value (a script that always passes it) is noted as
+ignored instead.
 """
 
 from __future__ import annotations
@@ -40,13 +41,20 @@ def test_a_rate_over_time_is_refused_with_burst(tmp_path: Path, over_time: list[
 
 
 def test_rate_and_rate_schedule_together_are_refused(tmp_path: Path) -> None:
-    # 5.0 is --rate's default: spelled out, it still counts as given.
-    _refused(tmp_path, ["--rate", "5", "--rate-schedule", "0:5,10:20"], "--rate 5", "--rate-schedule")
+    _refused(tmp_path, ["--rate", "7", "--rate-schedule", "0:5,10:20"], "--rate 7", "--rate-schedule")
+
+
+def test_an_option_at_its_default_that_does_not_apply_is_noted_not_refused(tmp_path: Path) -> None:
+    # A script looping over --system-prompts 0,4,8 with --system-prompt-len 1024 (the default) keeps working.
+    res, out = _generate(tmp_path, "--system-prompts", "0", "--system-prompt-len", "1024", "--cv", "2")
+    assert res.exit_code == 0, res.output
+    assert "note: --system-prompt-len 1024: its default, which does not apply here; ignored" in res.output
+    assert "note: --cv 2.0: its default" in res.output and len(load_trace(out)) == 20
 
 
 @pytest.mark.parametrize("arrival", [[], ["--arrival", "poisson"], ["--arrival", "uniform"], ["--arrival", "burst"]])
 def test_cv_is_refused_unless_the_arrivals_are_gamma(tmp_path: Path, arrival: list[str]) -> None:
-    text = _refused(tmp_path, [*arrival, "--cv", "2"], "--cv 2", "only --arrival gamma")
+    text = _refused(tmp_path, [*arrival, "--cv", "3"], "--cv 3", "only --arrival gamma")
     assert ("(the default)" in text) == (not arrival)
 
 
@@ -56,9 +64,9 @@ def test_lengths_format_is_refused_without_lengths_from(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("prompts", [[], ["--system-prompts", "0"]])
 def test_system_prompt_knobs_are_refused_without_system_prompts(tmp_path: Path, prompts: list[str]) -> None:
-    _refused(tmp_path, [*prompts, "--system-prompt-len", "1024", "--system-prompt-share", "0.5"],
+    _refused(tmp_path, [*prompts, "--system-prompt-len", "512", "--system-prompt-share", "0.5"],
              "--system-prompt-len and --system-prompt-share", "--system-prompts N")
-    text = _refused(tmp_path, [*prompts, "--system-prompt-share", "1"], "--system-prompt-share")
+    text = _refused(tmp_path, [*prompts, "--system-prompt-share", "0.4"], "--system-prompt-share")
     assert "--system-prompt-len" not in text  # only the knobs given are named
 
 
@@ -66,11 +74,11 @@ def test_system_prompt_knobs_are_refused_without_system_prompts(tmp_path: Path, 
                                    ["--turns", "lognormal:3,1,max=1"]])
 @pytest.mark.parametrize("timing", ["--think-time-s", "--expected-tpot-ms"])
 def test_turn_timing_is_refused_without_a_second_turn(tmp_path: Path, turns: list[str], timing: str) -> None:
-    _refused(tmp_path, [*turns, timing, "10"], timing, "--turns")
+    _refused(tmp_path, [*turns, timing, "12"], timing, "--turns")
 
 
 def test_hash_block_tokens_is_refused_without_prompts_or_turns(tmp_path: Path) -> None:
-    _refused(tmp_path, ["--hash-block-tokens", "512"], "--hash-block-tokens 512", "--system-prompts", "--turns")
+    _refused(tmp_path, ["--hash-block-tokens", "256"], "--hash-block-tokens 256", "--system-prompts", "--turns")
 
 
 @pytest.mark.parametrize(("args", "option"), [

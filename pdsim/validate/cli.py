@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import given_options, number_in
+from pdsim.cli_checks import number_in, unused_options
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
@@ -77,7 +77,7 @@ RUN_KIND = "per-request runs (engine JSONL, vllm bench JSON, aiperf)"
 
 def _refuse_unused(ctx: click.Context, names: tuple[str, ...], measured: Path, applies_to: str, why: str) -> None:
     """Refuse the options among `names` that the user gave although they do nothing for this --measured."""
-    given = given_options(ctx, *names)
+    given = unused_options(ctx, *names)
     if given:
         verb, it, them = ("applies", "it", "it") if len(given) == 1 else ("apply", "they", "them")
         raise PdsimError(f"{', '.join(given)}: {verb} to {applies_to} only; {measured} {why}, so {it} would change "
@@ -87,7 +87,7 @@ def _refuse_unused(ctx: click.Context, names: tuple[str, ...], measured: Path, a
 def _refuse_open_loop_delay(ctx: click.Context, run: MeasuredRun, measured: Path) -> None:
     """A client delay applies where clients wait for their previous request (a closed loop): an open-loop
     run's requests arrive at their own recorded times."""
-    if run.concurrency is None and given_options(ctx, "client_delay_ms"):
+    if run.concurrency is None and unused_options(ctx, "client_delay_ms"):
         raise PdsimError(f"--client-delay-ms: applies to closed-loop tables and closed-loop runs only; {measured} is "
                          "an open-loop run, whose requests arrive at their recorded times, so it would change nothing "
                          "(leave it out)")

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import given_options
+from pdsim.cli_checks import given_options, unused_options
 from pdsim.errors import PdsimError
 from pdsim.outputs import check_output_file, json_text
 from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
@@ -113,37 +113,37 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
 
     # An option that would change nothing is refused before anything is read or written: the user
     # meant it to matter. "Given" is by its source, so an option spelled out at its default counts too.
-    if arrival == "burst" and given_options(ctx, "rate"):
+    if arrival == "burst" and unused_options(ctx, "rate"):
         raise PdsimError(f"--rate {rate:g}: --arrival burst sends every request at t=0, so a rate does not apply; "
                          "use --arrival poisson or uniform for a rate")
-    if arrival == "burst" and (over_time := given_options(ctx, "rate_schedule", "diurnal")):
+    if arrival == "burst" and (over_time := unused_options(ctx, "rate_schedule", "diurnal")):
         raise PdsimError(f"{' and '.join(over_time)} with --arrival burst: burst sends every request at t=0, so a "
                          "rate over time does not apply; use --arrival poisson, gamma or uniform with it")
-    if given_options(ctx, "rate_schedule") and given_options(ctx, "rate"):
+    if unused_options(ctx, "rate_schedule") and unused_options(ctx, "rate"):
         raise PdsimError(f"--rate {rate:g} with --rate-schedule: the schedule sets the rate from 0 s on, so --rate "
                          "would not be used; give one of them")
-    if arrival not in _TAKE_CV and given_options(ctx, "cv"):
+    if arrival not in _TAKE_CV and unused_options(ctx, "cv"):
         default = " (the default)" if not given_options(ctx, "arrival") else ""
         raise PdsimError(f"--cv {cv:g}: only --arrival {' or '.join(_TAKE_CV)} takes a coefficient of variation "
                          f"(poisson's gaps have CV 1, uniform's 0, burst has none); got --arrival {arrival}{default}")
-    if lengths_from is None and given_options(ctx, "lengths_format"):
+    if lengths_from is None and unused_options(ctx, "lengths_format"):
         raise PdsimError(f"--lengths-format {lengths_format}: it names the format of --lengths-from, which is not "
                          "given")
-    if not system_prompts and (knobs := given_options(ctx, "system_prompt_len", "system_prompt_share")):
+    if not system_prompts and (knobs := unused_options(ctx, "system_prompt_len", "system_prompt_share")):
         raise PdsimError(f"{' and '.join(knobs)}: shape the shared system prompts, but there are none "
                          f"(--system-prompts {system_prompts}); add --system-prompts N, the number of distinct "
                          "prompts")
     turns_dist = parse_length_dist(turns, "--turns") if turns is not None else None
-    if (turns_dist is None or turns_dist.bounds()[1] <= 1) and (timing := given_options(ctx, "think_time_s",
+    if (turns_dist is None or turns_dist.bounds()[1] <= 1) and (timing := unused_options(ctx, "think_time_s",
                                                                                   "expected_tpot_ms")):
         why = "--turns is not given" if turns_dist is None else f"--turns {turns} gives one turn per session"
         raise PdsimError(f"{' and '.join(timing)}: place the next turn of a session, but {why}; give --turns "
                          "with more than one turn, e.g. uniform:2,8")
-    if not system_prompts and turns is None and given_options(ctx, "hash_block_tokens"):
+    if not system_prompts and turns is None and unused_options(ctx, "hash_block_tokens"):
         raise PdsimError(f"--hash-block-tokens {hash_block_tokens}: hash_ids are written only with --system-prompts "
                          "or --turns, and neither is given")
     check_output_file(out_path, "--output", [lengths_from])
-    if lengths_from and (lengths := given_options(ctx, "input_len", "output_len")):
+    if lengths_from and (lengths := unused_options(ctx, "input_len", "output_len")):
         raise PdsimError(f"{' and '.join(lengths)}: --lengths-from draws both lengths from {lengths_from}; "
                          "give one or the other")
     input_len, output_len = _spec(input_len), _spec(output_len)
