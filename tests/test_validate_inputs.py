@@ -104,20 +104,25 @@ def test_an_output_into_the_shared_run_folder_is_refused_and_meta_json_kept(tmp_
     assert (run / "meta.json").read_bytes() == before
 
 
+def _validate_table(tmp_path: Path, *rows: str) -> tuple:
+    """validate on a closed-loop table of these rows, one round each: its result and its CSV."""
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + "".join(rows))
+    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--output", str(tmp_path / "v.csv"))
+    return res, pd.read_csv(tmp_path / "v.csv")
+
+
 # -- 2. the GPU a table row was measured on ---------------------------------------------------------------------------
 
 def test_table_rows_of_another_gpu_are_skipped_with_the_reason(tmp_path):
-    table = tmp_path / "t.csv"
-    table.write_text(TABLE_HEADER + _row() + _row(system="b200_sxm") + _row(system="tpu_v9") + _row(system=""))
-    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--output", str(tmp_path / "v.csv"))
-    df = pd.read_csv(tmp_path / "v.csv")
+    res, df = _validate_table(tmp_path, _row(), _row(system="b200_sxm"), _row(system="tpu_v9"), _row(system=""))
     assert list(df.status) == ["simulated", "skipped", "skipped", "skipped"]
     assert "system b200_sxm (pdsim's B200), not the simulated hardware H100-SXM" in df.reason[1]
     assert "system tpu_v9: a GPU pdsim does not know" in df.reason[2]
     assert "system empty" in df.reason[3]
     assert "1 x system b200_sxm" in res.output and "over 1 simulated rows of 4" in res.output
     # Simulated on the B200 (named by an alias), the H100 row is the one left out.
-    _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200-SXM",
+    _cli("validate", "--measured", str(tmp_path / "t.csv"), "--rounds", "1", "--hardware", "B200-SXM",
          "--output", str(tmp_path / "b.csv"))
     df = pd.read_csv(tmp_path / "b.csv")
     assert list(df.status[:2]) == ["skipped", "simulated"]
@@ -297,10 +302,7 @@ def test_table_options_on_a_per_request_run_are_refused_and_defaults_are_fine(tm
 # -- 8, 9. a row's unreadable version, an empty cell, an empty log ---------------------------------------------------
 
 def test_a_rows_unreadable_version_is_noted_and_an_empty_cell_is_named(tmp_path):
-    table = tmp_path / "t.csv"
-    table.write_text(TABLE_HEADER + _row() + _row(version="garbage") + _row(ttft="nan") + _row(ttft=""))
-    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--output", str(tmp_path / "v.csv"))
-    df = pd.read_csv(tmp_path / "v.csv")
+    res, df = _validate_table(tmp_path, _row(), _row(version="garbage"), _row(ttft="nan"), _row(ttft=""))
     assert list(df.status) == ["simulated", "simulated", "error", "error"]
     assert "notes: 1 simulated row(s)" in res.output
     assert "1 x backend_version 'garbage', not a vLLM release number" in res.output
