@@ -63,13 +63,16 @@ def vllm_int_option(_ctx: click.Context, param: click.Parameter, value: str | No
     return number
 
 
+def _flag(param: click.Parameter) -> str:
+    return param.opts[0] if param.opts else str(param.name)
+
+
 def given_options(ctx: click.Context, *names: str) -> list[str]:
     """The options among `names` (parameter names) that the user gave, as their flags. By source, not value:
     an option spelled out at its default counts as given (it was meant to matter), one left out does not."""
-    flags = {p.name: (p.opts[0] if p.opts else p.name) for p in ctx.command.params}
-    return [flags.get(name, f"--{name.replace('_', '-')}") for name in names
+    params = {p.name: p for p in ctx.command.params}
+    return [_flag(params[name]) for name in names
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
-
 
 
 def unused_options(ctx: click.Context, *names: str) -> list[str]:
@@ -79,16 +82,15 @@ def unused_options(ctx: click.Context, *names: str) -> list[str]:
     params = {p.name: p for p in ctx.command.params}
     changed = []
     for name in names:
-        if not given_options(ctx, name):
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
             continue
         param, value = params[name], ctx.params.get(name)
-        flag = param.opts[0] if param.opts else name
         try:
             default = param.type_cast_value(ctx, param.get_default(ctx))
         except (click.BadParameter, TypeError, ValueError):
             default = object()  # a default that cannot be compared: treat the option as changed
         if value == default:
-            click.echo(f"note: {flag} {value}: its default, which does not apply here; ignored", err=True)
+            click.echo(f"note: {_flag(param)} {value}: its default, which does not apply here; ignored", err=True)
         else:
-            changed.append(flag)
+            changed.append(_flag(param))
     return changed

@@ -136,7 +136,6 @@ def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOp
     p = prefill_rate(p_inst, lengths.mean_input)
     d, n, met = decode_rate(d_inst, lengths, tpot_slo_ms, variant.dp_decode)
     p_cap, d_cap = variant.num_prefill * p, variant.num_decode * variant.dp_decode * d
-    if not met:
-        return Estimate(variant.label, p, d, n, 0.0, "decode", min(p_cap, d_cap))
-    return Estimate(variant.label, p, d, n, min(p_cap, d_cap), "prefill" if p_cap <= d_cap else "decode",
-                    min(p_cap, d_cap))
+    cap = min(p_cap, d_cap)
+    bottleneck = "prefill" if met and p_cap <= d_cap else "decode"
+    return Estimate(variant.label, p, d, n, cap if met else 0.0, bottleneck, cap)

@@ -152,9 +152,7 @@ def measured_inputs(path: str | Path) -> list[Path]:
         run_file = resolve_measured(p)
     except PdsimError:
         return [p]  # reading it says what is wrong
-    inputs = [run_file]
-    inputs.append(run_file.with_name(AIPERF_SUMMARY if run_file.name == AIPERF_RECORDS else "meta.json"))
-    return inputs
+    return [run_file, run_file.with_name(AIPERF_SUMMARY if run_file.name == AIPERF_RECORDS else "meta.json")]
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
@@ -231,8 +229,9 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                 i = int(np.flatnonzero(bad)[0])
                 raise PdsimError(f"{p}:{line_nos[i]}: {later} {rows[i].get(later)!r} is before {earlier} "
                                  f"{rows[i].get(earlier)!r}; an engine stamps them in that order")
+    arrival_time = pd.to_numeric(df.arrival_time, errors="coerce")
     if clock == "client":
-        _check_client_times(p, rows, line_nos, pd.to_numeric(df.arrival_time, errors="coerce"), stamps)
+        _check_client_times(p, rows, line_nos, arrival_time, stamps)
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
     notes = [f"arrival times from the {clock} clock"]
@@ -240,23 +239,20 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         notes.append(said)
     if (said := _repeated_id_note(p, rows, line_nos, stamps)) is not None:
         notes.append(said)
-    arrival = df.queued_ts if clock == "engine" else df.arrival_time
-    unseen = pd.to_numeric(arrival, errors="coerce").isna()
-    if unseen.any():  # never reached the engine (or the client sent nothing): nothing to replay
-        notes.append(f"{int(unseen.sum())} request(s) without {'queued_ts' if clock == 'engine' else 'arrival_time'} "
+    arrival = stamps["queued_ts"] if clock == "engine" else arrival_time
+    seen = arrival.notna()
+    if not seen.all():  # never reached the engine (or the client sent nothing): nothing to replay
+        notes.append(f"{int((~seen).sum())} request(s) without {'queued_ts' if clock == 'engine' else 'arrival_time'} "
                      "left out of the replay")
-        df = df[~unseen]
-        arrival = arrival[~unseen]
-    if df.empty:
+    if not seen.any():
         raise PdsimError(f"{p}: no request has {'queued_ts' if clock == 'engine' else 'arrival_time'}: nothing to "
                          "replay")
-    arrival = pd.to_numeric(arrival, errors="coerce")
-    unfinished = df.first_token_ts.isna() | df.last_token_ts.isna()
+    df, arrival = df[seen], arrival[seen]
+    queued, first, last = (stamps[k][seen] for k in ("queued_ts", "first_token_ts", "last_token_ts"))
+    unfinished = first.isna() | last.isna()
     if unfinished.any():
         notes.append(f"{int(unfinished.sum())} request(s) without a first or last token time (failed or aborted in "
                      "the measured run): replayed, left out of both sides' statistics")
-    queued, first, last = (pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "first_token_ts",
-                                                                         "last_token_ts"))
     out = pd.DataFrame({
         "input_toks": df.input_toks.astype(int),
         "output_toks": df.output_toks.astype(int),
@@ -267,8 +263,8 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                             np.nan),
         "e2e_ms": (last - queued) * 1e3,
     })
-    if "scheduled_ts" in df.columns:  # vLLM stamps it when it first schedules the request
-        scheduled = pd.to_numeric(df.scheduled_ts, errors="coerce")
+    if "scheduled_ts" in stamps:  # vLLM stamps it when it first schedules the request
+        scheduled = stamps["scheduled_ts"][seen]
         out["queue_ms"] = (scheduled - queued) * 1e3
         out["sched_to_token_ms"] = (first - scheduled) * 1e3
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
