@@ -161,7 +161,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.progress import ProgressBar
 
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
-    check_run_output(output, _run_inputs(cluster_config, dataset, profile_dir, profiles_root))
+    check_run_output(output, _run_inputs(cluster_config, dataset, profile_dir, profiles_root, output))
     if concurrency is None and unused_options(click.get_current_context(), "client_delay_ms"):
         raise PdsimError("--client-delay-ms: applies to a closed loop (--concurrency); an open-loop trace's "
                          "requests arrive at its own times")
@@ -214,7 +214,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
 
 
 def _run_inputs(cluster_config: Path, dataset: Path | None, profile_dir: Path | None,
-                profiles_root: Path) -> list[Path | None]:
+                profiles_root: Path, output: Path) -> list[Path | None]:
     """Every file or folder `run` reads, which none of its outputs may be written over or into: the
     profile folders too (a table overwritten by a CSV would time the next run), those under the
     profiles root included (the bundled one when no other is given, as runs look profiles up there)."""
@@ -223,19 +223,22 @@ def _run_inputs(cluster_config: Path, dataset: Path | None, profile_dir: Path | 
     inputs: list[Path | None] = [cluster_config, dataset, profile_dir, cluster_config.parent / RUN_MODEL_CONFIG]
     if profile_dir is not None and profile_dir.name.startswith("tp") and not (profile_dir / "meta.json").is_file():
         inputs.append(profile_dir.parent / "meta.yaml")  # an LLMServingSim tpN/ folder's meta is beside it
-    return inputs + _profile_folders(profiles_root)
+    return inputs + _profile_folders_around(profiles_root, output.parent)
 
 
-def _profile_folders(root: Path) -> list[Path]:
-    """The profile folders under a profiles root, at the depths <hw>/<org>/<model>/<dtype>/tp<N> puts
-    them (a model without an organisation one less; an LLMServingSim meta.yaml one above its tpN/).
-    Only these, not the whole root: a run may write beside them (tests point --profiles-root at an
-    empty scratch folder to have step times estimated, and write there)."""
-    found: list[Path] = []
-    for depth in range(2, 6):
-        for meta in ("meta.json", "meta.yaml"):
-            found.extend(p.parent for p in root.glob("/".join(["*"] * depth + [meta])))
-    return found
+def _profile_folders_around(root: Path, folder: Path) -> list[Path]:
+    """The profile folders under a profiles root that `folder` (where a run writes) lies in, at the depths
+    <hw>/<org>/<model>/<dtype>/tp<N> puts them (a model without an organisation one less; an
+    LLMServingSim meta.yaml one above its tpN/). Only the folders above the output are looked at, not
+    the whole root, so a large root costs nothing at start-up; and only profile folders, as a run may
+    write beside them (tests point --profiles-root at an empty scratch folder to have step times
+    estimated, and write there)."""
+    try:
+        parts = folder.resolve().relative_to(root.resolve()).parts
+    except ValueError:
+        return []  # the output is outside the root
+    above = [root.joinpath(*parts[:depth]) for depth in range(2, min(len(parts), 5) + 1)]
+    return [p for p in above if (p / "meta.json").is_file() or (p / "meta.yaml").is_file()]
 
 
 def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, quiet: bool) -> dict:

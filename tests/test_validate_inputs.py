@@ -315,3 +315,16 @@ def test_an_empty_request_log_says_it_has_no_requests(tmp_path):
     (tmp_path / "run" / "requests.jsonl").write_text("\n")
     with pytest.raises(PdsimError, match=r"requests.jsonl: no requests in the file"):
         read_measured(tmp_path / "run")
+
+
+@pytest.mark.parametrize("value", ["true", "Infinity", "-Infinity", "NaN", "1" + "0" * 400, '"12.5x"'])
+def test_an_engine_stamp_that_is_no_finite_number_is_refused_by_line(tmp_path, value):
+    # The usual log (every stamp a finite float) is checked a column at a time; one odd value anywhere sends
+    # that column through the per-value check, which must still name its line.
+    requests, _ = _run(tmp_path / "run")
+    lines = requests.read_text().splitlines()
+    record = json.loads(lines[4])
+    lines[4] = json.dumps(record).replace(json.dumps(record["last_token_ts"]), value)
+    requests.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PdsimError, match=r"requests.jsonl:5: field 'last_token_ts': expected a finite number"):
+        read_measured(requests)
