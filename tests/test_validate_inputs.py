@@ -328,3 +328,49 @@ def test_an_engine_stamp_that_is_no_finite_number_is_refused_by_line(tmp_path, v
     requests.write_text("\n".join(lines) + "\n")
     with pytest.raises(PdsimError, match=r"requests.jsonl:5: field 'last_token_ts': expected a finite number"):
         read_measured(requests)
+
+
+class _Terminal:
+    """stderr as a terminal would be: the progress bars draw on it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("command", ["validate", "calibrate"])
+def test_validate_and_calibrate_show_progress_on_a_terminal_unless_quiet(tmp_path, monkeypatch, command):
+    import pdsim.validate.cli
+    from pdsim.progress import ProgressBar
+
+    terminal = _Terminal()
+    monkeypatch.setattr(pdsim.validate.cli, "ProgressBar",
+                        lambda label, enabled=None: ProgressBar(label, enabled, stream=terminal))
+    requests, config = _run(tmp_path / "run")
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row())
+    for measured, extra, unit in ((requests, ["--cluster-config", str(config)], "requests"),
+                                  (table, ["--rounds", "1"], "rows")):
+        terminal.text = ""
+        out = tmp_path / f"{command}_{unit}.out"
+        res = _cli(command, "--measured", str(measured), *extra, "--output", str(out))
+        assert res.exit_code == 0, res.output
+        first = "replaying" if command == "validate" and unit == "requests" else \
+            "simulating" if command == "validate" else "step_overhead_us 0"
+        assert f"{first} [" in terminal.text and f"{unit} " in terminal.text
+        if command == "calibrate":  # one bar per overhead of the grid
+            assert "step_overhead_us 3000 [" in terminal.text
+        else:  # and one for each side of the step-time margin
+            assert "steps 2% faster [" in terminal.text and "steps 2% slower [" in terminal.text
+        assert "\r\033[K" in terminal.text
+        terminal.text = ""
+        assert _cli(command, "--measured", str(measured), *extra, "--output", str(out), "--quiet").exit_code == 0
+        assert terminal.text == ""

@@ -14,6 +14,7 @@ from pdsim.cli_checks import number_in, unused_options
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
+from pdsim.progress import ProgressBar
 from pdsim.validate.kv_capacity import capacity_line
 from pdsim.validate.recorded import kv_override, replay_config
 
@@ -133,11 +134,17 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
         given = {} if async_scheduling is None else {"async_scheduling": async_scheduling}
         return {**preset(concurrency, isl), **given}  # else each row's vLLM version's default
 
-    def simulate(step_overhead_us: float, step_time_scale: float = 1.0):
+    def simulate(step_overhead_us: float, step_time_scale: float = 1.0, bar: ProgressBar | None = None):
         opts = _sim_options(None, step_overhead_us)
         opts.client_delay_s = client_delay_ms / 1e3
         opts.step_time_scale = step_time_scale
-        return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup)
+        on_row = None if bar is None else (lambda done, total: bar.update(done, total, "rows"))
+        try:
+            return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup,
+                                  on_row=on_row)
+        finally:
+            if bar is not None:
+                bar.close()
 
     return simulate
 
@@ -217,10 +224,11 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str = "--token-ids giv
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
               type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float | None, step_overhead_us: float, async_scheduling: bool | None, clock: str,
              engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
-             token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool) -> None:
+             token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool, quiet: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.measured import is_closed_loop_table, measured_inputs, read_measured
 
@@ -247,11 +255,12 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
                                           client_delay_ms, async_scheduling)
-        df = simulate(step_overhead_us)
+        df = simulate(step_overhead_us, bar=_bar("simulating", quiet))
         if step_time_margin_pct:
             scales = margin_scales(step_time_margin_pct)
-            df = with_table_step_margin(df, simulate(step_overhead_us, scales["faster"]),
-                                        simulate(step_overhead_us, scales["slower"]), step_time_margin_pct)
+            faster, slower = (simulate(step_overhead_us, scale, _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
+                              for side, scale in scales.items())
+            df = with_table_step_margin(df, faster, slower, step_time_margin_pct)
         with atomic_path(output) as tmp:
             df.to_csv(tmp, index=False, float_format="%.4f")
         click.echo(format_rows(df))
@@ -266,7 +275,6 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     from pdsim.validate.compare import (
         compare,
         format_table,
-        replay,
         replay_losses,
         with_step_margin,
         write_cdf_plots,
@@ -286,14 +294,15 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     if opts.client_delay_s:
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     kv_measured = kv_override(run, cfg, opts, engine_log, kv_capacity)
-    result = replay(cfg, run, opts, str(cluster_config))
+    result = _replay_with_bar(cfg, run, opts, str(cluster_config), _bar("replaying", quiet))
     _eager_profile_note(run, result)
     table = compare(run, result)
     estimated = any(info.estimated_profile for info in result.infos)
     if step_time_margin_pct:
-        faster, slower = (compare(run, replay(cfg, run, dataclasses.replace(opts, step_time_scale=scale),
-                                              str(cluster_config)))
-                          for scale in margin_scales(step_time_margin_pct).values())
+        faster, slower = (compare(run, _replay_with_bar(cfg, run, dataclasses.replace(opts, step_time_scale=scale),
+                                                        str(cluster_config),
+                                                        _bar(f"steps {step_time_margin_pct:g}% {side}", quiet)))
+                          for side, scale in margin_scales(step_time_margin_pct).items())
         table = with_step_margin(table, faster, slower, step_time_margin_pct)
     table["estimated_profile"] = estimated
     with atomic_path(output) as tmp:
@@ -321,6 +330,20 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
+def _bar(label: str, quiet: bool) -> ProgressBar:
+    """A progress bar on stderr: on a terminal, unless --quiet."""
+    return ProgressBar(label, enabled=False if quiet else None)
+
+
+def _replay_with_bar(cfg, run: MeasuredRun, opts: SimOptions, source: str, bar: ProgressBar):
+    from pdsim.validate.compare import replay
+
+    try:
+        return replay(cfg, run, opts, source, lambda done, total: bar.update(done, total, "requests"))
+    finally:
+        bar.close()
+
+
 def _plot_files(output: Path) -> list[Path]:
     """The CDF plots --plot may write beside --output (compare.write_cdf_plots names them so)."""
     from pdsim.validate.compare import plot_paths
@@ -343,9 +366,10 @@ def _plot_files(output: Path) -> list[Path]:
 @_closed_loop_options
 @click.option("--output", "--out", "out", default="outputs/calibration.json", show_default=True,
               type=click.Path(path_type=Path), help="The fitted overhead and its errors, JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, metric: str,
               async_scheduling: bool | None, model: str | None, hardware: str, mem_gb: float | None,
-              engine_preset: str, rounds: int, client_delay_ms: float, out: Path) -> None:
+              engine_preset: str, rounds: int, client_delay_ms: float, out: Path, quiet: bool) -> None:
     """Fit the per-step engine overhead to one measured run or table; writes it as JSON (config knob),
     with the in-sample and leave-one-out error."""
     from pdsim.validate.calibrate import fit_overhead
@@ -374,7 +398,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         def errors_at(overhead_us: float):
             from pdsim.validate.closed_loop import not_simulated_lines
 
-            df = simulate(overhead_us)
+            df = simulate(overhead_us, bar=_bar(f"step_overhead_us {overhead_us:g}", quiet))
             left_out[:] = not_simulated_lines(df)
             ran = df[df.status == "simulated"]
             estimated[:] = [int(ran.estimated_profile.astype(bool).sum()), len(ran)]
@@ -386,7 +410,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         what = f"{metric} per row"
         notes = left_out
     else:
-        from pdsim.validate.compare import compare, replay, replay_losses
+        from pdsim.validate.compare import compare, replay_losses
 
         run = read_measured(measured)
         _refuse_open_loop_delay(ctx, run, measured)
@@ -395,7 +419,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
 
         def errors_at(overhead_us: float):
-            result = replay(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms))
+            result = _replay_with_bar(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms),
+                                      str(cluster_config), _bar(f"step_overhead_us {overhead_us:g}", quiet))
             if (lost := replay_losses(result)) is not None:
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]

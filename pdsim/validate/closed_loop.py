@@ -146,7 +146,8 @@ def unsupported_reason(row: dict, model: str | None = None) -> str | None:
 def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
                    profile_dir_for_tp, opts: SimOptions | None = None, rounds: int = ROUNDS,
                    engine: str | Callable[[int, int], dict] = "aiconfigurator",
-                   profile_lookup: Callable[[str, int], str | None] | None = None) -> pd.DataFrame:
+                   profile_lookup: Callable[[str, int], str | None] | None = None,
+                   on_row: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Every row simulated that pdsim can express; adds sim_ttft_ms, sim_tpot_ms, their % errors,
     `status` (simulated, skipped: not expressible; error: bad row) and `reason`.
 
@@ -156,6 +157,7 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     several models or precisions (precision: the profile's folder name, `quantization` or bfloat16).
     engine: a preset of ENGINE_PRESETS, or (concurrency, isl) -> engine settings.
     opts: simulation options; the closed loop's client delay defaults to CLIENT_DELAY_S.
+    on_row: called with (rows done, rows) after each row, for a progress bar.
     """
     opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
     lookup = profile_lookup or (lambda _model, tp, _precision: profile_dir_for_tp(tp))
@@ -163,8 +165,10 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     has_system = "system" in table.columns
     has_version = "backend_version" in table.columns
     async_given = not isinstance(engine, str) and "async_scheduling" in engine(1, 1)
-    out = []
+    out: list[dict] = []
     for line, row in enumerate(table.itertuples(index=False), start=2):
+        if on_row is not None:
+            on_row(line - 2, len(table))
         fields = row._asdict()
         layout, reason = row_layout(fields, model)
         if reason is None and has_system:
@@ -181,6 +185,8 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
             continue
         note = version_note(fields, async_given) if has_version else None
         out.append({**fields, **sim, "status": "simulated", "reason": "", "note": note or ""})
+    if on_row is not None:
+        on_row(len(table), len(table))
     df = pd.DataFrame(out)
     for column in ("sim_ttft_ms", "sim_tpot_ms", "sim_preemptions", "estimated_profile"):
         if column not in df:

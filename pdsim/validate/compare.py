@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,11 @@ def trace_of(measured: MeasuredRun) -> list[TraceRequest]:
 
 
 def replay(cfg: ClusterConfig, measured: MeasuredRun, opts: SimOptions | None = None,
-           source: str = "<config>") -> SimulationResult:
+           source: str = "<config>", on_progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     opts = opts or SimOptions()
     if measured.concurrency is not None and opts.concurrency is None:
         opts.concurrency = measured.concurrency
-    return simulate(cfg, trace_of(measured), opts, source)
+    return simulate(cfg, trace_of(measured), opts, source, on_progress=on_progress)
 
 
 def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
