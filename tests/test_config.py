@@ -123,6 +123,8 @@ def test_unknown_model(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r).update(model_name="meta-llama/Llama-9B"))
     assert "nodes[0].instances[1].model_name: unknown model 'meta-llama/Llama-9B'" in msg
     assert "known models:" in msg and "meta-llama/Llama-3.1-8B" in msg
+    assert msg.endswith("another model: its Hugging Face config.json as model_config.json beside the cluster config "
+                        "of one model (LLMServingSim's run layout)")
 
 
 def test_unknown_dtype(tmp_path):

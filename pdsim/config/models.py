@@ -206,7 +206,11 @@ class InstanceConfig(_Strict):
         try:
             load_model(v)
         except PdsimError as e:
-            raise PydanticCustomError("unknown_model", "{msg}", {"msg": str(e)}) from None
+            msg = str(e)
+            if msg.startswith("unknown model"):  # where a model pdsim does not bundle comes from in a run
+                msg += ("; another model: its Hugging Face config.json as model_config.json beside the cluster "
+                        "config of one model (LLMServingSim's run layout)")
+            raise PydanticCustomError("unknown_model", "{msg}", {"msg": msg}) from None
         return v
 
     @model_validator(mode="after")
