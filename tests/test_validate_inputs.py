@@ -65,6 +65,15 @@ def _write_lines(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def _write_raw_value(path: Path, index: int, key: str, value: str) -> None:
+    """Line `index` (from 0) with field `key` written as the raw JSON text `value` (which json.dumps may not
+    write: Infinity, a 400-digit integer)."""
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[index])
+    lines[index] = json.dumps(record).replace(json.dumps(record[key]), value)
+    path.write_text("\n".join(lines) + "\n")
+
+
 # -- 1. outputs over inputs -------------------------------------------------------------------------------------------
 
 def test_an_output_over_a_file_the_run_reads_beside_it_is_refused(tmp_path):
@@ -238,10 +247,7 @@ def test_calibrate_announces_estimated_step_times_and_a_best_fit_at_zero(tmp_pat
 ])
 def test_an_arrival_time_that_is_no_time_of_the_run_names_file_line_and_field(tmp_path, value, words):
     requests, config = _run(tmp_path / "run")
-    lines = requests.read_text().splitlines()
-    record = json.loads(lines[6])
-    lines[6] = json.dumps(record).replace(json.dumps(record["arrival_time"]), value)
-    requests.write_text("\n".join(lines) + "\n")
+    _write_raw_value(requests, 6, "arrival_time", value)
     with pytest.raises(PdsimError, match=rf"requests.jsonl:7: field 'arrival_time'.*{words}"):
         _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--clock", "client",
              "--output", str(tmp_path / "v.csv"))
@@ -322,10 +328,7 @@ def test_an_engine_stamp_that_is_no_finite_number_is_refused_by_line(tmp_path, v
     # The usual log (every stamp a finite float) is checked a column at a time; one odd value anywhere sends
     # that column through the per-value check, which must still name its line.
     requests, _ = _run(tmp_path / "run")
-    lines = requests.read_text().splitlines()
-    record = json.loads(lines[4])
-    lines[4] = json.dumps(record).replace(json.dumps(record["last_token_ts"]), value)
-    requests.write_text("\n".join(lines) + "\n")
+    _write_raw_value(requests, 4, "last_token_ts", value)
     with pytest.raises(PdsimError, match=r"requests.jsonl:5: field 'last_token_ts': expected a finite number"):
         read_measured(requests)
 
