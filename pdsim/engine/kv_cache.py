@@ -128,12 +128,17 @@ class BlockManager:
     def _take_from_queue(self, n: int) -> None:
         """Pop `n` free blocks from the head of the queue, evicting the cached ones reached."""
         queue = self._queue
+        refs, cached, later_copies = self.refs, self.cached, self._later_copies
         n -= self._anon_head
         self._anon_head = 0
         while n > 0:
             key, count = queue.popitem(last=False)
             if count is None:
-                self._evict(key)
+                if type(key) is int and key not in later_copies:  # the usual case, inlined: a key's only copy
+                    del refs[key]
+                    del cached[key]
+                else:
+                    self._evict(key)
                 n -= 1
             elif count > n:
                 self._anon_head = count - n
@@ -229,12 +234,14 @@ class BlockManager:
         self.release(num_blocks - len(held))
         refs = self.refs
         queue = self._queue
+        freed = 0
         for copy in reversed(held):
             ref = refs[copy] - 1
             refs[copy] = ref
             if ref == 0:
                 queue[copy] = None
-                self.free += 1
+                freed += 1
+        self.free += freed
         if self.free > self.num_blocks:
             raise PdsimError(f"internal error: free KV blocks {self.free} over capacity {self.num_blocks}")
 
