@@ -377,3 +377,29 @@ def test_validate_and_calibrate_show_progress_on_a_terminal_unless_quiet(tmp_pat
         terminal.text = ""
         assert _cli(command, "--measured", str(measured), *extra, "--output", str(out), "--quiet").exit_code == 0
         assert terminal.text == ""
+
+
+def test_an_llmservingsim_case_folder_is_read_and_its_config_and_profile_are_named(tmp_path):
+    # <case>/vllm_run/requests.jsonl beside <case>/cluster_config.json and <case>/profile/, as LLMServingSim
+    # lays a run out: the case folder is taken as --measured, and what the replay needs is named, not guessed.
+    case = tmp_path / "case"
+    _, config = _run(case / "vllm_run")
+    shutil.copy(config, case / "cluster_config.json")
+    with pytest.raises(PdsimError, match=r"--cluster-config: needed to replay a per-request run \(the run's case "
+                                         rf"folder has one: --cluster-config {case / 'cluster_config.json'}\)"):
+        _cli("validate", "--measured", str(case), "--output", str(tmp_path / "v.csv"))
+    (case / "profile").mkdir()
+    res = _cli("validate", "--measured", str(case), "--cluster-config", str(case / "cluster_config.json"),
+               "--output", str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    assert res.exit_code == 0, res.output
+    assert f"{case / 'vllm_run' / 'requests.jsonl'}: 30 requests" in res.output
+    assert f"NOTE: the run's case folder has its own profile: --profile-dir {case / 'profile'}" in res.output
+    # a run file outside that layout: nothing is suggested
+    other = tmp_path / "other"
+    shutil.copytree(case / "vllm_run", other)
+    shutil.copy(case / "cluster_config.json", tmp_path / "cluster_config.json")
+    with pytest.raises(PdsimError, match=r"needed to replay a per-request run$"):
+        _cli("validate", "--measured", str(other), "--output", str(tmp_path / "v.csv"))
+    res = _cli("validate", "--measured", str(other), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    assert res.exit_code == 0 and "case folder" not in res.output

@@ -230,7 +230,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
              engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
              token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool, quiet: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
-    from pdsim.validate.measured import is_closed_loop_table, measured_inputs, read_measured
+    from pdsim.validate.measured import case_file, is_closed_loop_table, measured_inputs, read_measured
 
     ctx = click.get_current_context()
     table_input = is_closed_loop_table(measured)
@@ -324,6 +324,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                    "is dominated by queueing, where a small step-time error makes a large latency error)")
     if estimated:
         click.echo(_estimated_line())
+        if profile_dir is None and (own := case_file(run.source, "profile")) is not None:
+            click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
     written = [output]
     if plot:
         written += write_cdf_plots(run, result, output.with_suffix(""))

@@ -132,15 +132,27 @@ def vllm_reserves_full_isl(version: str) -> bool | None:
 
 def resolve_measured(path: str | Path) -> Path:
     """The file a --measured path names: itself, or the run file inside a run folder (an aiperf artifacts
-    folder, or the vllm_run/ folder of an LLMServingSim-style run)."""
+    folder, the vllm_run/ folder of an LLMServingSim-style run, or the case folder above it)."""
     p = Path(path)
     if p.is_dir():
-        inside = next((p / name for name in (AIPERF_RECORDS, LLMSERVINGSIM_REQUESTS) if (p / name).is_file()), None)
+        names = (AIPERF_RECORDS, LLMSERVINGSIM_REQUESTS, f"{LLMSERVINGSIM_RUN}/{LLMSERVINGSIM_REQUESTS}")
+        inside = next((p / name for name in names if (p / name).is_file()), None)
         if inside is None:
-            raise PdsimError(f"{p}: a folder without a measured run in it (expected {LLMSERVINGSIM_REQUESTS}, as in "
-                             f"an LLMServingSim run's vllm_run/, or aiperf's {AIPERF_RECORDS}); give the file")
+            raise PdsimError(f"{p}: a folder without a measured run in it (expected {LLMSERVINGSIM_REQUESTS}, as "
+                             f"in an LLMServingSim run's {LLMSERVINGSIM_RUN}/, or aiperf's {AIPERF_RECORDS}); give "
+                             "the file")
         return inside
     return p
+
+
+def case_file(run_file: str | Path, name: str) -> Path | None:
+    """`name` (cluster_config.json, profile) in the case folder of an LLMServingSim-style run
+    (<case>/vllm_run/requests.jsonl), where that layout keeps the run's config and profile; None elsewhere."""
+    run_file = Path(run_file)
+    if run_file.name != LLMSERVINGSIM_REQUESTS or run_file.parent.name != LLMSERVINGSIM_RUN:
+        return None
+    found = run_file.parent.parent / name
+    return found if found.exists() else None
 
 
 def measured_inputs(path: str | Path) -> list[Path]:
@@ -428,6 +440,7 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
 
 AIPERF_RECORDS = "profile_export.jsonl"
 LLMSERVINGSIM_REQUESTS = "requests.jsonl"  # the engine's per-request log beside meta.json
+LLMSERVINGSIM_RUN = "vllm_run"  # its folder in an LLMServingSim case, beside cluster_config.json and profile/
 AIPERF_SUMMARY = "profile_export_aiperf.json"
 _TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "sec": 1e3, "s": 1e3}
 

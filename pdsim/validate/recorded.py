@@ -23,7 +23,11 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
     from pdsim.errors import ConfigError, read_json_object
 
     if cluster_config is None:
-        raise PdsimError("--cluster-config: needed to replay a per-request run")
+        from pdsim.validate.measured import case_file
+
+        beside = case_file(run.source, "cluster_config.json")
+        hint = f" (the run's case folder has one: --cluster-config {beside})" if beside is not None else ""
+        raise PdsimError(f"--cluster-config: needed to replay a per-request run{hint}")
     _note_unread_version(run)
     if async_scheduling is None:
         async_scheduling, why = run.async_scheduling()
