@@ -28,6 +28,12 @@ class ProgressBar:
         self.stream.write(f"\r\033[K{self.label} [{bar:<30}] {done}/{total} {extra} {elapsed:.1f}s")
         self.stream.flush()
 
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\r\033[K")

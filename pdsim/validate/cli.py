@@ -111,7 +111,8 @@ def _table_mem_gb(hardware: str, mem_gb: float | None) -> float:
 def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str | None, hardware: str,
                            mem_gb: float | None, engine_preset: str, rounds: int, client_delay_ms: float,
                            async_scheduling: bool | None):
-    """(step_overhead_us, step_time_scale) -> the table with every row simulated (see closed_loop.simulate_table)."""
+    """(step_overhead_us, step_time_scale, progress bar) -> the table with every row simulated (see
+    closed_loop.simulate_table)."""
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
     from pdsim.validate.measured import read_closed_loop_table
@@ -134,17 +135,13 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
         given = {} if async_scheduling is None else {"async_scheduling": async_scheduling}
         return {**preset(concurrency, isl), **given}  # else each row's vLLM version's default
 
-    def simulate(step_overhead_us: float, step_time_scale: float = 1.0, bar: ProgressBar | None = None):
+    def simulate(step_overhead_us: float, step_time_scale: float, bar: ProgressBar):
         opts = _sim_options(None, step_overhead_us)
         opts.client_delay_s = client_delay_ms / 1e3
         opts.step_time_scale = step_time_scale
-        on_row = None if bar is None else (lambda done, total: bar.update(done, total, "rows"))
-        try:
+        with bar:
             return simulate_table(table, model, hardware, mem_gb, None, opts, rounds, engine, profile_lookup=lookup,
-                                  on_row=on_row)
-        finally:
-            if bar is not None:
-                bar.close()
+                                  on_row=lambda done, total: bar.update(done, total, "rows"))
 
     return simulate
 
@@ -255,7 +252,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
                                           client_delay_ms, async_scheduling)
-        df = simulate(step_overhead_us, bar=_bar("simulating", quiet))
+        df = simulate(step_overhead_us, 1.0, _bar("simulating", quiet))
         if step_time_margin_pct:
             scales = margin_scales(step_time_margin_pct)
             faster, slower = (simulate(step_overhead_us, scale, _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
@@ -340,10 +337,8 @@ def _bar(label: str, quiet: bool) -> ProgressBar:
 def _replay_with_bar(cfg, run: MeasuredRun, opts: SimOptions, source: str, bar: ProgressBar):
     from pdsim.validate.compare import replay
 
-    try:
+    with bar:
         return replay(cfg, run, opts, source, lambda done, total: bar.update(done, total, "requests"))
-    finally:
-        bar.close()
 
 
 def _plot_files(output: Path) -> list[Path]:
@@ -400,7 +395,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         def errors_at(overhead_us: float):
             from pdsim.validate.closed_loop import not_simulated_lines
 
-            df = simulate(overhead_us, bar=_bar(f"step_overhead_us {overhead_us:g}", quiet))
+            df = simulate(overhead_us, 1.0, _bar(f"step_overhead_us {overhead_us:g}", quiet))
             left_out[:] = not_simulated_lines(df)
             ran = df[df.status == "simulated"]
             estimated[:] = [int(ran.estimated_profile.astype(bool).sum()), len(ran)]
