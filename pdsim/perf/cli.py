@@ -1,5 +1,5 @@
-"""`estimate`: write a roofline-estimated profile in the pdsim format (the lead mounts it as
-`pdsim profile estimate`)."""
+"""`pdsim profile estimate`: write a roofline-estimated profile in the pdsim format (pdsim/cli.py
+adds this command to the `profile` group)."""
 
 from __future__ import annotations
 
