@@ -9,6 +9,7 @@ where a step-by-step engine would first see the arrival.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,10 +70,22 @@ class InstanceStats:
     busy_s: float = 0.0
     prompt_tokens: int = 0
     decode_tokens: int = 0
-    # Inter-token latencies: each entry is a run of step durations, every step giving a token
-    # to `weight` requests (the first step to `first_weight`), plus gaps that are not one step.
-    itl_runs: list[tuple[np.ndarray, int, int]] = field(default_factory=list)
-    itl_gaps_s: list[float] = field(default_factory=list)
+    # Inter-token latencies: runs of decode steps, every step of a run giving a token to the run's
+    # weight in requests (its first step to its first weight), plus gaps that are not one step.
+    # Kept flat: a long trace makes millions of runs of a few steps each.
+    itl_steps_s: array = field(default_factory=lambda: array("d"))
+    itl_run_steps: array = field(default_factory=lambda: array("q"))
+    itl_run_weights: array = field(default_factory=lambda: array("q"))
+    itl_run_first_weights: array = field(default_factory=lambda: array("q"))
+    itl_gaps_s: array = field(default_factory=lambda: array("d"))
+
+    def add_itl_run(self, durations: np.ndarray, weight: int, first_weight: int) -> None:
+        """A run of decode steps of `durations`, each giving a token to `weight` requests, the first
+        to `first_weight` (those that were decoding before it)."""
+        self.itl_steps_s.frombytes(np.ascontiguousarray(durations, dtype=np.float64).tobytes())
+        self.itl_run_steps.append(len(durations))
+        self.itl_run_weights.append(weight)
+        self.itl_run_first_weights.append(first_weight)
 
 
 class Instance:
@@ -344,7 +357,7 @@ class Instance:
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
         if plan.n_decode:
-            stats.itl_runs.append((durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders)))
+            stats.add_itl_run(durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders))
         if plan.fresh_decoders:
             end_of_first = self.env.now - busy_s + float(durations[0])
             for req in plan.fresh_decoders:

@@ -347,7 +347,7 @@ class PipelinedInstance(Instance):
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
         if plan.n_decode:
-            stats.itl_runs.append((durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders)))
+            stats.add_itl_run(durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders))
         now = self.env.now
         for req in plan.fresh_decoders:
             stats.itl_gaps_s.append(now - req.last_token_s)

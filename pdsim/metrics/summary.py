@@ -82,14 +82,16 @@ def itl_samples(result: SimulationResult) -> tuple[np.ndarray, np.ndarray]:
     values: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     for inst in result.instances:
-        for durations, weight, first_weight in inst.stats.itl_runs:
-            w = np.full(durations.shape, weight, dtype=np.int64)
-            w[0] = first_weight
-            values.append(durations)
+        stats = inst.stats
+        if stats.itl_run_steps:
+            steps = np.array(stats.itl_run_steps, dtype=np.int64)
+            w = np.repeat(np.array(stats.itl_run_weights, dtype=np.int64), steps)
+            w[np.cumsum(steps) - steps] = np.array(stats.itl_run_first_weights, dtype=np.int64)
+            values.append(np.array(stats.itl_steps_s, dtype=np.float64))
             weights.append(w)
-        if inst.stats.itl_gaps_s:
-            values.append(np.asarray(inst.stats.itl_gaps_s))
-            weights.append(np.ones(len(inst.stats.itl_gaps_s), dtype=np.int64))
+        if stats.itl_gaps_s:
+            values.append(np.array(stats.itl_gaps_s, dtype=np.float64))
+            weights.append(np.ones(len(stats.itl_gaps_s), dtype=np.int64))
     if not values:
         return np.empty(0), np.empty(0, dtype=np.int64)
     return np.concatenate(values), np.concatenate(weights)
