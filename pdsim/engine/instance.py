@@ -283,11 +283,11 @@ class Instance:
                 durations = np.array([
                     predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)])
                 self.on_prefill_step(self, plan, start, float(durations[0]))
-                yield env.timeout(durations[0])
+                yield env.timeout(float(durations[0]))
                 steps = 1
             elif plan.max_steps == 1:
                 durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1, plan.kv_decode_max)
-                yield env.timeout(durations[0])
+                yield env.timeout(float(durations[0]))
                 steps = 1
             else:
                 durations = predictor.decode_run_s(
