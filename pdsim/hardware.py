@@ -23,6 +23,7 @@ class HardwareSpec:
     intra_node_latency_ns: float
     intra_node_link: str  # "nvlink" or "pcie": which all-reduce model applies (pdsim/perf/collectives.py)
     compute_capability: str  # CUDA's, e.g. "9.0": vLLM picks kernels and fusions by it
+    sm_count: int  # streaming multiprocessors: how many attention tiles run at once (pdsim/perf/estimate.py)
     source: str
 
 
@@ -40,6 +41,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="12.0",
+            sm_count=188,  # 24,064 CUDA cores / 128 per SM
             source="NVIDIA RTX PRO 6000 Blackwell datasheet",
         ),
         HardwareSpec(
@@ -53,6 +55,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="9.0",
+            sm_count=132,  # Hopper whitepaper: 16,896 CUDA cores / 128 per SM
             source="NVIDIA H100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -66,6 +69,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="9.0",
+            sm_count=132,  # the H100 SXM5's GH100 configuration
             source="NVIDIA H200 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -79,6 +83,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="10.0",
+            sm_count=148,  # as reported of HGX B200 (CUDA device properties); not in the datasheet
             source="NVIDIA HGX B200 datasheet (per-GPU = 8-GPU totals / 8; dense = sparse / 2); NVIDIA Blackwell "
                    "architecture technical brief (NVLink 5: 1.8 TB/s per GPU)",
         ),
@@ -93,6 +98,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="10.0",
+            sm_count=148,  # the B200 GPU
             source="NVIDIA GB200 NVL72 datasheet (per-GPU = rack totals / 72; dense = sparse / 2); NVIDIA Blackwell "
                    "architecture technical brief (NVLink 5: 1.8 TB/s per GPU)",
         ),
@@ -107,6 +113,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="8.0",
+            sm_count=108,  # Ampere GA100 whitepaper
             source="NVIDIA A100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -120,6 +127,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="8.0",
+            sm_count=108,  # Ampere GA100 whitepaper
             source="NVIDIA A100 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -133,6 +141,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="9.0",
+            sm_count=114,  # Hopper whitepaper: 14,592 CUDA cores / 128 per SM
             source="NVIDIA H100 Tensor Core GPU datasheet (H100 PCIe column)",
         ),
         HardwareSpec(
@@ -146,6 +155,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="9.0",
+            sm_count=132,  # the H100 SXM5's GH100 configuration
             source="NVIDIA H800 product brief (H100 SXM compute and memory, NVLink 400 GB/s)",
         ),
         HardwareSpec(
@@ -159,6 +169,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=1000.0,
             intra_node_link="nvlink",
             compute_capability="9.0",
+            sm_count=78,  # as reported (CUDA device properties); not in the datasheet
             source="NVIDIA H20 product brief",
         ),
         HardwareSpec(
@@ -172,6 +183,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.9",
+            sm_count=58,  # Ada AD104 configuration, 7,424 CUDA cores
             source="NVIDIA L4 Tensor Core GPU datasheet",
         ),
         HardwareSpec(
@@ -185,6 +197,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.9",
+            sm_count=142,  # Ada AD102 configuration, 18,176 CUDA cores
             source="NVIDIA L40 GPU datasheet",
         ),
         HardwareSpec(
@@ -198,6 +211,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.9",
+            sm_count=142,  # Ada AD102 configuration, 18,176 CUDA cores
             source="NVIDIA L40S datasheet",
         ),
         HardwareSpec(
@@ -211,6 +225,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.9",
+            sm_count=128,  # Ada whitepaper, 16,384 CUDA cores
             source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090)",
         ),
         HardwareSpec(
@@ -224,6 +239,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.9",
+            sm_count=142,  # Ada AD102 configuration, 18,176 CUDA cores
             source="NVIDIA RTX 6000 Ada Generation datasheet",
         ),
         HardwareSpec(
@@ -237,6 +253,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.6",
+            sm_count=84,  # Ampere GA102 configuration, 10,752 CUDA cores
             source="NVIDIA RTX A6000 datasheet",
         ),
         HardwareSpec(
@@ -250,6 +267,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.6",
+            sm_count=84,  # Ampere GA102 configuration, 10,752 CUDA cores
             source="NVIDIA A40 datasheet",
         ),
         HardwareSpec(
@@ -263,6 +281,7 @@ HARDWARE: dict[str, HardwareSpec] = {
             intra_node_latency_ns=2000.0,
             intra_node_link="pcie",
             compute_capability="8.6",
+            sm_count=72,  # Ampere GA102 configuration, 9,216 CUDA cores
             source="NVIDIA A10 datasheet",
         ),
     ]

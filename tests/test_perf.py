@@ -573,3 +573,22 @@ def test_a_profile_with_uneven_decode_batches_prices_the_decode_skew_from_them(t
     assert pred.step_time_s([], 2, 4608, 4096) > pred.step_time_s([], 2, 4608, None)
     # The plain profile has no such table: uniform lookups.
     assert MeasuredSkew.from_profile(read_profile(tmp_path / "plain")) is None
+
+
+def test_short_chunk_attention_follows_the_gpus_own_sm_count():
+    """A 16-token chunk over a 16k prefix runs one thread block per head, each on one SM: its time is
+    one block's work at one SM's share of the peak, so it scales with the GPU's SM count (H100 PCIe:
+    114, not the SXM's 132)."""
+    from dataclasses import replace
+
+    from pdsim.perf.estimate import KERNEL_LAUNCH_US, _roofline
+
+    model = load_model("meta-llama/Llama-3.1-8B")
+    pcie = get_hardware("H100-PCIe")
+    assert pcie.sm_count == 114 and get_hardware("H100-SXM").sm_count == 132
+
+    def attention_us(hw) -> float:
+        r = _roofline(hw, model, "bfloat16", 1, None, None)
+        return r.attention_prefill(16, 16384) - KERNEL_LAUNCH_US - r._kv_cache_write_us(16)
+
+    assert attention_us(replace(pcie, sm_count=132)) / attention_us(pcie) == pytest.approx(132 / 114)

@@ -56,19 +56,6 @@ KERNEL_LAUNCH_US = 4.0
 SAMPLER_KERNELS = 5
 SAMPLER_PASSES = 4
 FLASH_ATTN_TILE_ROWS = 128
-# Streaming multiprocessors per GPU (vendor specs); used only for the attention critical path.
-# Belongs in HardwareSpec once that grows the field; unknown GPUs get an H100's count.
-SM_COUNT: dict[str, int] = {
-    "RTXPRO6000": 188,
-    "H100-SXM": 132,
-    "H200": 132,
-    "B200": 148,
-    "GB200": 148,
-    "A100-80GB": 108,
-    "L40S": 142,
-    "RTX4090": 128,
-}
-DEFAULT_SM_COUNT = 132
 
 
 def _geometric_grid(stop: int, factor: float = 1.25, dense_until: int = 16, start: int = 1) -> list[int]:
@@ -116,7 +103,7 @@ class _Roofline:
         # Attention (QK^T, PV) runs in bf16 even over an fp8 KV cache (FlashAttention dequantises).
         self.attn_flops_per_us = hw.bf16_tflops * 1e6
         self.bytes_per_us = hw.mem_bw_gbps * 1e3  # GB/s = 1e3 bytes/us
-        self.sm_count = SM_COUNT.get(hw.name, DEFAULT_SM_COUNT)
+        self.sm_count = hw.sm_count
         self._unquantised = self if quantization is None else _Roofline(hw, model, dtype, tp)
 
     def mem_us(self, nbytes: float) -> float:
