@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,118 @@ def test_a_shared_block_is_counted_once():
     kv.free_request(3, [1, 2, 3])
     assert kv.used == 0 and kv.free == 8
 
+
+
+class _OneEntryPerBlock(BlockManager):
+    """The free queue as vLLM keeps it, one entry per block (an OrderedDict; pdsim's own form before
+    it kept a freed request's copies as one segment with lazy deletion): the reference the segments
+    must match block for block."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.entries: OrderedDict = OrderedDict()  # a copy -> None, or (run number,) -> anonymous count
+        self.runs = 0
+
+    def release(self, n: int) -> None:
+        self.free += n
+        if not self.entries:
+            self._anon_head += n
+        elif n:
+            self.runs += 1
+            self.entries[(self.runs,)] = n
+
+    def _take_from_queue(self, n: int) -> None:
+        n -= self._anon_head
+        self._anon_head = 0
+        while n > 0:
+            entry, count = self.entries.popitem(last=False)
+            if count is None:
+                self._evict(entry)
+                n -= 1
+            elif count > n:
+                self._anon_head, n = count - n, 0
+            else:
+                n -= count
+
+    def longest_hit(self, keys, max_blocks):
+        hits = 0
+        for key in keys[:max_blocks]:
+            if key not in self.cached:
+                break
+            hits += 1
+        return hits, sum(self.refs[self.cached[key]] == 0 for key in keys[:hits])
+
+    def touch(self, keys):
+        copies = [self.cached[key] for key in keys]
+        for copy in copies:
+            if self.refs[copy] == 0:
+                del self.entries[copy]
+                self.free -= 1
+            self.refs[copy] += 1
+        return copies
+
+    def free_request(self, num_blocks, held):
+        self.release(num_blocks - len(held))
+        for copy in reversed(held):
+            self.refs[copy] -= 1
+            if self.refs[copy] == 0:
+                self.entries[copy] = None
+                self.free += 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_segmented_free_queue_evicts_exactly_what_one_entry_per_block_does(seed):
+    """Random requests over shared prefixes (hits, evictions, blocks computed again while cached, so
+    cached twice) on both queues: the same blocks stay cached, with the same references, after every
+    step."""
+    rng = random.Random(seed)
+    segmented, reference = BlockManager(40, 16, 1, True), _OneEntryPerBlock(40, 16, 1, True)
+    running: list[tuple[int, list, list]] = []
+    for _ in range(3000):
+        if running and (rng.random() < 0.45 or len(running) > 6):
+            blocks, held_s, held_r = running.pop(rng.randrange(len(running)))
+            segmented.free_request(blocks, held_s)
+            reference.free_request(blocks, held_r)
+        else:
+            doc, length, extra = rng.randrange(4), rng.randint(1, 12), rng.randint(0, 3)
+            keys = tuple(hash((doc, i)) for i in range(length))
+            hit = segmented.longest_hit(keys, length)
+            assert hit == reference.longest_hit(keys, length)
+            if rng.random() < 0.2:  # looked up before another request cached the same blocks: computed again
+                hit = (0, 0)
+            if segmented.free - hit[1] < length - hit[0] + extra:
+                continue
+            held_s, held_r = segmented.touch(keys[:hit[0]]), reference.touch(keys[:hit[0]])
+            for kv, held in ((segmented, held_s), (reference, held_r)):
+                kv.allocate(length - hit[0] + extra)
+                kv.register(keys, hit[0], length, held)
+            running.append((length + extra, held_s, held_r))
+        assert held_s == held_r and segmented.free == reference.free
+        assert segmented.cached == reference.cached and segmented._later_copies == reference._later_copies
+        assert {c: max(r, 0) for c, r in segmented.refs.items()} == reference.refs
+
+
+def test_blocks_a_hit_took_out_of_the_queue_do_not_pile_up_in_it():
+    """A prefix freed and hit again and again, never evicted: each hit leaves its copies stale in
+    their segment; the queue is compacted before they outnumber the live ones by more than a bound."""
+    kv = BlockManager(1000, 16, 1, True)
+    other: list = []  # another prefix, freed and left cached: the queue is never empty
+    kv.allocate(10)
+    kv.register(tuple(range(1000, 1010)), 0, 10, other)
+    kv.free_request(10, other)
+    keys = tuple(range(100))
+    kv.allocate(100)
+    held: list = []
+    kv.register(keys, 0, 100, held)
+    for _ in range(1000):
+        kv.free_request(100, held)
+        held = kv.touch(keys)
+        assert kv.longest_hit(keys, 100) == (100, 0)
+    assert sum(len(e[1]) - e[2] for e in kv._queue if type(e) is list) < 2 * 100 + 4096 + 100
+    kv.free_request(100, held)
+    assert kv.longest_hit(tuple(range(1000, 1010)), 10) == (10, 10)
+    kv.allocate(1000)  # every block, the cached ones evicted
+    assert kv.free == 0 and not kv.cached and not kv.refs
 
 # -- end to end --------------------------------------------------------------------------------
 def test_a_prefix_shared_by_two_requests_is_computed_once():

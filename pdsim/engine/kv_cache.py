@@ -22,7 +22,7 @@ workload without prefix ids costs what plain counting costs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 
 from pdsim.engine.request import Request
 from pdsim.errors import PdsimError
@@ -96,14 +96,20 @@ class BlockManager:
         self.cached: dict[int, Copy] = {}
         self._later_copies: dict[int, list[Copy]] = {}  # key -> the others, earliest first
         self._serial = 0
-        # Reference count of every cached copy; 0 means cached, free, and in the queue below.
+        # Reference count of every cached copy; a free one (cached, in the queue below) has instead
+        # minus the stamp of the segment it was freed in.
         self.refs: dict[Copy, int] = {}
-        # The free queue behind `_anon_head` anonymous blocks (which come first): cached copies
-        # (value None) and runs of anonymous blocks (key a 1-tuple run id, never equal to a
-        # copy's name; value the count).
-        self._queue: OrderedDict[Copy | tuple[int], int | None] = OrderedDict()
+        # The free queue behind `_anon_head` anonymous blocks (which come first): runs of anonymous
+        # blocks (a count) and segments, the cached copies one request freed together
+        # ([stamp, copies, next index]). A copy taken out by a hit stays in its segment, stale,
+        # and is skipped when reached: a Python dict entry per block in a queue was most of a
+        # prefix-cache run's time.
+        self._queue: deque[int | list] = deque()
         self._anon_head = num_blocks
-        self._run_id = 0
+        self._stamp = 0
+        self._queued_copies = 0  # free cached copies in the queue
+        self._queued_runs = 0  # runs in the queue
+        self._stale = 0  # copies in segments that are no longer free there
         # Prompt tokens looked up, and found, at admission (vLLM's PrefixCacheStats queries/hits).
         self.query_tokens = 0
         self.hit_tokens = 0
@@ -132,29 +138,64 @@ class BlockManager:
         n -= self._anon_head
         self._anon_head = 0
         while n > 0:
-            key, count = queue.popitem(last=False)
-            if count is None:
-                if type(key) is int and key not in later_copies:  # the usual case, inlined: a key's only copy
-                    del refs[key]
-                    del cached[key]
+            head = queue[0]
+            if type(head) is int:
+                queue.popleft()
+                self._queued_runs -= 1
+                if head > n:
+                    self._anon_head = head - n
+                    n = 0
                 else:
-                    self._evict(key)
+                    n -= head
+                continue
+            free_mark, copies, i = -head[0], head[1], head[2]
+            end = len(copies)
+            while i < end and n > 0:
+                copy = copies[i]
+                i += 1
+                if refs.get(copy) != free_mark:  # taken out by a hit since
+                    self._stale -= 1
+                    continue
+                if type(copy) is int and copy not in later_copies:  # the usual case, inlined: a key's only copy
+                    del refs[copy]
+                    del cached[copy]
+                else:
+                    self._evict(copy)
+                self._queued_copies -= 1
                 n -= 1
-            elif count > n:
-                self._anon_head = count - n
-                n = 0
+            if i == end:
+                queue.popleft()
             else:
-                n -= count
+                head[2] = i
+
+    def _compact(self) -> None:
+        """Drop the stale copies from the queue's segments (they only cost memory and skipping)."""
+        refs = self.refs
+        compacted: deque[int | list] = deque()
+        for entry in self._queue:
+            if type(entry) is int:
+                compacted.append(entry)
+                continue
+            free_mark = -entry[0]
+            live = [copy for copy in entry[1][entry[2]:] if refs.get(copy) == free_mark]
+            if live:
+                compacted.append([entry[0], live, 0])
+        self._queue = compacted
+        self._stale = 0
 
     def release(self, n: int) -> None:
         self.free += n
         if self.free > self.num_blocks or n < 0:
             raise PdsimError(f"internal error: released {n} KV blocks, free count now {self.free}/{self.num_blocks}")
-        if not self._queue:
-            self._anon_head += n
-        elif n:
-            self._run_id += 1
-            self._queue[(self._run_id,)] = n
+        if self._queued_copies or self._queued_runs:
+            if n:
+                self._queue.append(n)
+                self._queued_runs += 1
+            return
+        if self._queue:  # only stale copies left: the queue is empty
+            self._queue.clear()
+            self._stale = 0
+        self._anon_head += n
 
     def _evict(self, copy: Copy) -> None:
         """A free cached copy is reused (vLLM: _maybe_evict_cached_block): a later copy of its key,
@@ -185,7 +226,7 @@ class BlockManager:
             if copy is None:
                 break
             hits += 1
-            if refs[copy] == 0:
+            if refs[copy] < 0:
                 evictable += 1
         return hits, evictable
 
@@ -194,14 +235,21 @@ class BlockManager:
         free one leaves the free queue. Returns those copies."""
         cached, refs = self.cached, self.refs
         copies = []
+        taken = 0
         for key in keys:
             copy = cached[key]
             ref = refs[copy]
-            if ref == 0:
-                del self._queue[copy]
-                self.free -= 1
+            if ref < 0:  # free: out of the queue (its segment entry goes stale)
+                taken += 1
+                ref = 0
             refs[copy] = ref + 1
             copies.append(copy)
+        if taken:
+            self.free -= taken
+            self._queued_copies -= taken
+            self._stale += taken
+            if self._stale > 2 * self._queued_copies + 4096:  # bounds the queue at 3x its live copies + 4096
+                self._compact()
         used = self.num_blocks - self.free
         if used > self.peak_used:
             self.peak_used = used
@@ -233,15 +281,20 @@ class BlockManager:
             return
         self.release(num_blocks - len(held))
         refs = self.refs
-        queue = self._queue
-        freed = 0
+        self._stamp += 1
+        free_mark = -self._stamp
+        freed = []
         for copy in reversed(held):
             ref = refs[copy] - 1
-            refs[copy] = ref
             if ref == 0:
-                queue[copy] = None
-                freed += 1
-        self.free += freed
+                refs[copy] = free_mark
+                freed.append(copy)
+            else:
+                refs[copy] = ref
+        if freed:
+            self._queue.append([self._stamp, freed, 0])
+            self._queued_copies += len(freed)
+            self.free += len(freed)
         if self.free > self.num_blocks:
             raise PdsimError(f"internal error: free KV blocks {self.free} over capacity {self.num_blocks}")
 
