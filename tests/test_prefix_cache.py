@@ -99,11 +99,9 @@ def test_a_shared_block_is_counted_once():
     assert kv.used == 0 and kv.free == 8
 
 
-
 class _OneEntryPerBlock(BlockManager):
-    """The free queue as vLLM keeps it, one entry per block (an OrderedDict; pdsim's own form before
-    it kept a freed request's copies as one segment with lazy deletion): the reference the segments
-    must match block for block."""
+    """The free queue with one entry per block, as vLLM keeps it (here an OrderedDict): the reference
+    that BlockManager's segments, deleted from lazily, must match block for block."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
