@@ -280,10 +280,10 @@ class Instance:
             start = env.now
             if plan.prefill:
                 chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
-                durations = np.array([
-                    predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)])
-                self.on_prefill_step(self, plan, start, float(durations[0]))
-                yield env.timeout(float(durations[0]))
+                seconds = float(predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max))
+                durations = np.array([seconds])
+                self.on_prefill_step(self, plan, start, seconds)
+                yield env.timeout(seconds)
                 steps = 1
             elif plan.max_steps == 1:
                 durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1, plan.kv_decode_max)

@@ -108,7 +108,6 @@ class BlockManager:
         self._anon_head = num_blocks
         self._stamp = 0
         self._queued_copies = 0  # free cached copies in the queue
-        self._queued_runs = 0  # runs in the queue
         self._stale = 0  # copies in segments that are no longer free there
         # Prompt tokens looked up, and found, at admission (vLLM's PrefixCacheStats queries/hits).
         self.query_tokens = 0
@@ -141,7 +140,6 @@ class BlockManager:
             head = queue[0]
             if type(head) is int:
                 queue.popleft()
-                self._queued_runs -= 1
                 if head > n:
                     self._anon_head = head - n
                     n = 0
@@ -187,10 +185,9 @@ class BlockManager:
         self.free += n
         if self.free > self.num_blocks or n < 0:
             raise PdsimError(f"internal error: released {n} KV blocks, free count now {self.free}/{self.num_blocks}")
-        if self._queued_copies or self._queued_runs:
+        if self.free - n > self._anon_head:  # free blocks are queued behind the head: these go after them
             if n:
                 self._queue.append(n)
-                self._queued_runs += 1
             return
         if self._queue:  # only stale copies left: the queue is empty
             self._queue.clear()
