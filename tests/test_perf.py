@@ -198,6 +198,38 @@ def test_bad_profiles_name_file_and_row(tmp_path):
         read_profile(tmp_path / "..")
 
 
+def test_profile_tables_parsed_once_and_again_when_rewritten(tmp_path, monkeypatch):
+    from pdsim.perf import profile_readers
+
+    meta = ProfileMeta(hardware="X", model="m", dtype="bfloat16", tp=1)
+    dense, per_seq, prefill, decode = _small_parts()
+    write_profile(tmp_path, meta, dense, per_seq, prefill, decode)
+    parsed = []
+    parse = profile_readers._parse_csv
+    monkeypatch.setattr(profile_readers, "_parse_csv", lambda path, *a: parsed.append(path.name) or parse(path, *a))
+    first = read_profile(tmp_path)
+    n_files = len(parsed)
+    second = read_profile(tmp_path)
+    assert len(parsed) == n_files  # nothing parsed again
+    # each read has its own tables: one leaving its grid does not mark the other's
+    with pytest.warns(ExtrapolationWarning):
+        first.dense["layernorm"](1e9)
+    assert first.dense["layernorm"].out_of_range and second.dense["layernorm"].out_of_range is None
+    # a same-size rewrite in place (same inode, possibly the same mtime tick) is read afresh
+    path = tmp_path / "dense.csv"
+    text = path.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("layernorm,"))
+    op, tokens, us = row.split(",")
+    changed = f"{op},{tokens},{us.replace(us[0], '9' if us[0] != '9' else '8', 1)}"
+    path.write_text(text.replace(row, changed))
+    assert read_profile(tmp_path).dense["layernorm"](float(tokens)) == pytest.approx(float(changed.split(",")[2]))
+    assert parsed.count("dense.csv") == 2
+    # the rows handed out are a copy: changing them changes no later read
+    rows = profile_readers._read_csv(path, ("op", "tokens", "time_us"), ("tokens", "time_us"))
+    rows.clear()
+    assert profile_readers._read_csv(path, ("op", "tokens", "time_us"), ("tokens", "time_us"))
+
+
 # ---------------------------------------------------------------- LLMServingSim format
 
 
