@@ -99,35 +99,59 @@ def test_a_shared_block_is_counted_once():
     assert kv.used == 0 and kv.free == 8
 
 
-class _OneEntryPerBlock(BlockManager):
-    """The free queue with one entry per block, as vLLM keeps it (here an OrderedDict): the reference
-    that BlockManager's segments, deleted from lazily, must match block for block."""
+class _OneEntryPerBlock:
+    """vLLM's block pool kept plainly, as the reference BlockManager must match block for block: the
+    free queue with one entry per block (here an OrderedDict), a dict key -> the copy a lookup finds,
+    and a reference count per copy (0 when free)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, num_blocks: int) -> None:
+        self.free = num_blocks
+        self.anon_head = num_blocks  # anonymous free blocks ahead of the queue's entries
         self.entries: OrderedDict = OrderedDict()  # a copy -> None, or (run number,) -> anonymous count
         self.runs = 0
+        self.cached: dict = {}
+        self.later_copies: dict = {}
+        self.refs: dict = {}
+        self.serial = 0
+
+    def allocate(self, n: int) -> None:
+        self.free -= n
+        if n <= self.anon_head:
+            self.anon_head -= n
+            return
+        n -= self.anon_head
+        self.anon_head = 0
+        while n > 0:
+            entry, count = self.entries.popitem(last=False)
+            if count is None:
+                self.evict(entry)
+                n -= 1
+            elif count > n:
+                self.anon_head, n = count - n, 0
+            else:
+                n -= count
+
+    def evict(self, copy) -> None:
+        del self.refs[copy]
+        key = copy if type(copy) is int else copy[0]
+        later = self.later_copies.get(key, [])
+        if self.cached[key] == copy:
+            if later:
+                self.cached[key] = later.pop(0)
+            else:
+                del self.cached[key]
+        else:
+            later.remove(copy)
+        if key in self.later_copies and not later:
+            del self.later_copies[key]
 
     def release(self, n: int) -> None:
         self.free += n
         if not self.entries:
-            self._anon_head += n
+            self.anon_head += n
         elif n:
             self.runs += 1
             self.entries[(self.runs,)] = n
-
-    def _take_from_queue(self, n: int) -> None:
-        n -= self._anon_head
-        self._anon_head = 0
-        while n > 0:
-            entry, count = self.entries.popitem(last=False)
-            if count is None:
-                self._evict(entry)
-                n -= 1
-            elif count > n:
-                self._anon_head, n = count - n, 0
-            else:
-                n -= count
 
     def longest_hit(self, keys, max_blocks):
         hits = 0
@@ -146,6 +170,17 @@ class _OneEntryPerBlock(BlockManager):
             self.refs[copy] += 1
         return copies
 
+    def register(self, keys, start, stop, held) -> None:
+        for key in keys[start:stop]:
+            if key in self.cached:
+                self.serial += 1
+                copy = (key, self.serial)
+                self.later_copies.setdefault(key, []).append(copy)
+            else:
+                copy = self.cached[key] = key
+            self.refs[copy] = 1
+            held.append(copy)
+
     def free_request(self, num_blocks, held):
         self.release(num_blocks - len(held))
         for copy in reversed(held):
@@ -161,7 +196,7 @@ def test_the_segmented_free_queue_evicts_exactly_what_one_entry_per_block_does(s
     cached twice) on both queues: the same blocks stay cached, with the same references, after every
     step."""
     rng = random.Random(seed)
-    segmented, reference = BlockManager(40, 16, 1, True), _OneEntryPerBlock(40, 16, 1, True)
+    segmented, reference = BlockManager(40, 16, 1, True), _OneEntryPerBlock(40)
     running: list[tuple[int, list, list]] = []
     for _ in range(3000):
         if running and (rng.random() < 0.45 or len(running) > 6):
@@ -183,7 +218,7 @@ def test_the_segmented_free_queue_evicts_exactly_what_one_entry_per_block_does(s
                 kv.register(keys, hit[0], length, held)
             running.append((length + extra, held_s, held_r))
         assert held_s == held_r and segmented.free == reference.free
-        assert segmented.cached == reference.cached and segmented._later_copies == reference._later_copies
+        assert segmented.cached == reference.cached and segmented._later_copies == reference.later_copies
         assert {c: max(r, 0) for c, r in segmented.refs.items()} == reference.refs
 
 

@@ -92,13 +92,14 @@ class BlockManager:
         self.free = num_blocks  # every block not referenced by a request (cached-but-free ones included)
         self.peak_used = 0
         # A cached block is named by its key if it is the first copy of that key cached, else by
-        # (key, serial). key -> the copy a lookup finds (the earliest cached that still is):
-        self.cached: dict[int, Copy] = {}
-        self._later_copies: dict[int, list[Copy]] = {}  # key -> the others, earliest first
-        self._serial = 0
-        # Reference count of every cached copy; a free one (cached, in the queue below) has instead
-        # minus the stamp of the segment it was freed in.
+        # (key, serial). Reference count of every cached copy; a free one (cached, in the queue below)
+        # has instead minus the stamp of the segment it was freed in:
         self.refs: dict[Copy, int] = {}
+        # A lookup finds the earliest copy of a key still cached: the key itself while that copy is
+        # cached (so one dict lookup per block, in `refs`), else the later copy `_moved` names.
+        self._moved: dict[int, Copy] = {}
+        self._later_copies: dict[int, list[Copy]] = {}  # key -> the copies after the first, earliest first
+        self._serial = 0
         # The free queue behind `_anon_head` anonymous blocks (which come first): runs of anonymous
         # blocks (a count) and segments, the cached copies one request freed together
         # ([stamp, copies, next index]). A copy taken out by a hit stays in its segment, stale,
@@ -117,6 +118,13 @@ class BlockManager:
     def used(self) -> int:
         return self.num_blocks - self.free
 
+    @property
+    def cached(self) -> dict[int, Copy]:
+        """Every cached key -> the copy a lookup finds (for checks and reports; built on each call)."""
+        found: dict[int, Copy] = {copy: copy for copy in self.refs if type(copy) is int}
+        found.update(self._moved)
+        return found
+
     # -- anonymous blocks (no key) ---------------------------------------------------------------
     def allocate(self, n: int) -> None:
         if n > self.free:
@@ -133,7 +141,7 @@ class BlockManager:
     def _take_from_queue(self, n: int) -> None:
         """Pop `n` free blocks from the head of the queue, evicting the cached ones reached."""
         queue = self._queue
-        refs, cached, later_copies = self.refs, self.cached, self._later_copies
+        refs, later_copies = self.refs, self._later_copies
         n -= self._anon_head
         self._anon_head = 0
         while n > 0:
@@ -156,7 +164,6 @@ class BlockManager:
                     continue
                 if type(copy) is int and copy not in later_copies:  # the usual case, inlined: a key's only copy
                     del refs[copy]
-                    del cached[copy]
                 else:
                     self._evict(copy)
                 self._queued_copies -= 1
@@ -200,11 +207,11 @@ class BlockManager:
         del self.refs[copy]
         key = copy if type(copy) is int else copy[0]
         later = self._later_copies.get(key)
-        if self.cached[key] == copy:
+        if copy == key or self._moved.get(key) == copy:  # the copy lookups found
             if later:
-                self.cached[key] = later.pop(0)
+                self._moved[key] = later.pop(0)
             else:
-                del self.cached[key]
+                self._moved.pop(key, None)
         else:
             later.remove(copy)
         if later is not None and not later:
@@ -216,25 +223,28 @@ class BlockManager:
         of the free queue), at most `max_blocks` (vLLM's find_longest_cache_hit)."""
         if not self.enable_caching:
             return 0, 0
-        cached, refs = self.cached, self.refs
+        refs, moved = self.refs, self._moved
         hits = evictable = 0
         for key in keys[:max_blocks]:
-            copy = cached.get(key)
-            if copy is None:
-                break
+            ref = refs.get(key)
+            if ref is None:
+                copy = moved.get(key)
+                if copy is None:
+                    break
+                ref = refs[copy]
             hits += 1
-            if refs[copy] < 0:
+            if ref < 0:
                 evictable += 1
         return hits, evictable
 
     def touch(self, keys: tuple[int, ...] | list[int]) -> list[Copy]:
         """Take a reference on the cached blocks of `keys` (a hit), the copies a lookup finds: a
         free one leaves the free queue. Returns those copies."""
-        cached, refs = self.cached, self.refs
+        refs, moved = self.refs, self._moved
         copies = []
         taken = 0
         for key in keys:
-            copy = cached[key]
+            copy = key if key in refs else moved[key]
             ref = refs[copy]
             if ref < 0:  # free: out of the queue (its segment entry goes stale)
                 taken += 1
@@ -259,14 +269,14 @@ class BlockManager:
         lookups only once the first is evicted."""
         if start != len(held):
             raise PdsimError(f"internal error: caching blocks from {start} of a request holding {len(held)}")
-        cached, refs = self.cached, self.refs
+        refs, moved = self.refs, self._moved
         for key in keys[start:stop]:
-            if key in cached:
+            if key in refs or key in moved:
                 self._serial += 1
                 copy = (key, self._serial)
                 self._later_copies.setdefault(key, []).append(copy)
             else:
-                copy = cached[key] = key
+                copy = key
             refs[copy] = 1
             held.append(copy)
 
