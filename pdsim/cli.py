@@ -218,9 +218,9 @@ def _run_inputs(cluster_config: Path, dataset: Path | None, profile_dir: Path | 
     """Every file or folder `run` reads, which none of its outputs may be written over or into: the
     profile folders too (a table overwritten by a CSV would time the next run), those under the
     profiles root included (the bundled one when no other is given, as runs look profiles up there)."""
-    from pdsim.config.load import RUN_MODEL_CONFIG
+    from pdsim.config.load import config_inputs
 
-    inputs: list[Path | None] = [cluster_config, dataset, profile_dir, cluster_config.parent / RUN_MODEL_CONFIG]
+    inputs: list[Path | None] = [*config_inputs(cluster_config), dataset, profile_dir]
     if profile_dir is not None and profile_dir.name.startswith("tp") and not (profile_dir / "meta.json").is_file():
         inputs.append(profile_dir.parent / "meta.yaml")  # an LLMServingSim tpN/ folder's meta is beside it
     return inputs + _profile_folders_around(profiles_root, output.parent)

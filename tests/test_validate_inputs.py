@@ -403,3 +403,104 @@ def test_an_llmservingsim_case_folder_is_read_and_its_config_and_profile_are_nam
     res = _cli("validate", "--measured", str(other), "--cluster-config", str(config), "--output",
                str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
     assert res.exit_code == 0 and "case folder" not in res.output
+
+
+# -- 7. runs that leave nothing to compare, and records that contradict the run ---------------------------------------
+
+@pytest.mark.parametrize("meta, words", [
+    ({"engine_kwargs": 5}, r"engine_kwargs: expected an object"),
+    ({"engine_kwargs": []}, r"engine_kwargs: expected an object"),
+    ({"engine_kwargs": {"async_scheduling": "x"}}, r"engine_kwargs.async_scheduling: expected true or false"),
+    ({"engine_kwargs": {"enforce_eager": 1}}, r"engine_kwargs.enforce_eager: expected true or false"),
+    ({"engine_kwargs": {"max_model_len": 0}}, r"engine_kwargs.max_model_len: expected a whole number >= 1"),
+    ({"model": 5}, r"model: expected a string, got 5"),
+])
+def test_engine_records_of_the_wrong_shape_name_meta_json_and_the_field(tmp_path, meta, words):
+    requests, _ = _run(tmp_path / "run", meta={"vllm_version": "0.19.0", **meta})
+    with pytest.raises(PdsimError, match=r"run/meta.json: " + words):
+        read_measured(requests)
+
+
+def test_engine_records_vllm_accepts_are_read(tmp_path):
+    for limit in (None, "auto", -1, "8k", 4096):
+        requests, _ = _run(tmp_path / "run", n=4, meta={"engine_kwargs": {"max_model_len": limit,
+                                                                          "enforce_eager": None}})
+        assert len(read_measured(requests).requests) == 4
+
+
+@pytest.mark.parametrize("value", ["0", "0,000", "-5", "1e3", "abc"])
+def test_an_engine_log_kv_size_that_is_no_token_count_names_the_line(tmp_path, value):
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0"})
+    log = tmp_path / "engine.log"
+    log.write_text(f"INFO starting\nINFO GPU KV cache size: {value} tokens\n")
+    with pytest.raises(PdsimError, match=rf"engine.log:2: 'GPU KV cache size: {value} tokens': expected a positive"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--engine-log", str(log),
+             "--output", str(tmp_path / "v.csv"))
+    assert not (tmp_path / "v.csv").exists()
+
+
+def test_a_run_with_no_finished_request_or_no_start_time_is_refused(tmp_path):
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0"})
+    records = _lines(requests)
+    _write_lines(requests, [{**r, "first_token_ts": None, "last_token_ts": None} for r in records])
+    with pytest.raises(PdsimError, match=r"requests.jsonl: no request has both a first_token_ts and a last_token_ts"):
+        read_measured(requests)
+    # With the client's clock a request without queued_ts is replayed at its arrival, but its latencies start at
+    # queued_ts: when no finished request has one, there is nothing to compare.
+    _write_lines(requests, [{**r, "queued_ts": None} for r in records])
+    with pytest.raises(PdsimError, match=r"no finished request has queued_ts"):
+        read_measured(requests, clock="client")
+    _write_lines(requests, [{**r, "queued_ts": None} if i < 5 else r for i, r in enumerate(records)])
+    assert any(n.startswith("5 request(s) without queued_ts") for n in read_measured(requests, "client").notes)
+
+
+def test_a_recorded_kv_capacity_too_small_for_the_run_is_refused_naming_its_source(tmp_path):
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0", "kv_cache": {"num_gpu_blocks": 5}})
+    out = tmp_path / "v.csv"
+    with pytest.raises(PdsimError, match=r"meta.json kv_cache.num_gpu_blocks: 80 tokens \(5 blocks of 16\) cannot "
+                                         r"hold a request the measured run finished"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--kv-capacity", "measured",
+             "--output", str(out))
+    # Predicted capacity: the record is only compared with (the replay runs).
+    assert _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+                str(out)).exit_code == 0
+    # An engine argument that sizes the replay's cache below every request: no request finishes in the replay.
+    meta = requests.with_name("meta.json")
+    meta.write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": {"num_gpu_blocks_override": 2}}))
+    with pytest.raises(PdsimError, match=r"30 of 30 replayed requests did not finish in the replay \(30 rejected: .*"
+                                         r"nothing to compare .*num_gpu_blocks_override 2 from meta.json"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(out))
+
+
+def test_one_token_outputs_are_said_and_a_late_last_token_noted(tmp_path):
+    requests, _ = _run(tmp_path / "run", meta={"vllm_version": "0.19.0"})
+    records = _lines(requests)
+    _write_lines(requests, [{**r, "output_toks": 1} for r in records])
+    notes = read_measured(requests).notes
+    assert "no request has more than one output token: TPOT and ITL have no samples" in notes
+    assert any(n.startswith("NOTE: 30 request(s) with one output token end up to") for n in notes)
+    _write_lines(requests, [{**r, "output_toks": 1, "last_token_ts": r["first_token_ts"]} for r in records])
+    assert not any("one output token end" in n for n in read_measured(requests).notes)
+
+
+def test_an_output_over_a_case_record_or_the_model_config_beside_the_config_is_refused(tmp_path):
+    requests, config = _run(tmp_path / "case" / "vllm_run", meta={"vllm_version": "0.19.0"})
+    series = requests.with_name("timeseries.csv")
+    series.write_text("t,running\n1.0,3\n")
+    model = config.with_name("model_config.json")
+    model.write_text("{}")
+    for target in (series, model):
+        before = target.read_bytes()
+        with pytest.raises(PdsimError, match=rf"would overwrite the input .*{target.name}"):
+            _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(target))
+        assert target.read_bytes() == before
+
+
+def test_engine_times_in_milliseconds_are_noted(tmp_path):
+    requests, _ = _run(tmp_path / "run")
+    records = _lines(requests)
+    assert not any("read as seconds" in n for n in read_measured(requests).notes)
+    stamps = ("queued_ts", "first_token_ts", "last_token_ts")
+    _write_lines(requests, [{**r, **{k: r[k] * 1e3 for k in stamps}} for r in records])
+    assert any(n.startswith("NOTE: the median time per output token is") and "read as seconds" in n
+               for n in read_measured(requests).notes)

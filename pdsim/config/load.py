@@ -124,6 +124,12 @@ def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfi
 RUN_MODEL_CONFIG = "model_config.json"
 
 
+def config_inputs(path: Path | None) -> list[Path]:
+    """The files reading the cluster config at `path` may read (itself, and the model config beside it):
+    what no output may be written over."""
+    return [] if path is None else [path, path.parent / RUN_MODEL_CONFIG]
+
+
 def _use_run_model_config(path: Path, raw: dict) -> None:
     """LLMServingSim's run layout keeps the model's Hugging Face config as model_config.json beside
     the cluster config: it names the config's one model when pdsim bundles none of that name."""

@@ -16,6 +16,7 @@ import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import number_in
+from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.workload.readers import dataset_options
@@ -180,7 +181,7 @@ class _Setup:
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
         for name in OUTPUT_NAMES:
-            check_output_file(self.out / name, "--out", [kw["base_config"], kw["dataset"]])
+            check_output_file(self.out / name, "--out", [*config_inputs(kw["base_config"]), kw["dataset"]])
 
     def outputs(self, stem: str, streamed: str) -> OutputSet:
         """The command's files, committed together once all are written: the streamed CSV, the

@@ -11,6 +11,7 @@ import numpy as np
 
 from pdsim.bundled import InputFile
 from pdsim.cli_checks import number_in, unused_options
+from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
@@ -245,8 +246,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     else:
         _refuse_unused(ctx, TABLE_OPTIONS, measured, TABLE_KIND,
                        "is a per-request run, replayed on its --cluster-config")
-    check_output_file(output, "--output", [*measured_inputs(measured), cluster_config, engine_log, token_ids,
-                                           profile_dir], _plot_files(output) if plot else ())
+    check_output_file(output, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), engine_log,
+                                           token_ids, profile_dir], _plot_files(output) if plot else ())
     if table_input:
         from pdsim.validate.closed_loop import format_rows, with_table_step_margin
 
@@ -272,6 +273,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     from pdsim.validate.compare import (
         compare,
         format_table,
+        lost_requests,
         replay_losses,
         with_step_margin,
         write_cdf_plots,
@@ -292,6 +294,9 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     kv_measured = kv_override(run, cfg, opts, engine_log, kv_capacity)
     result = _replay_with_bar(cfg, run, opts, str(cluster_config), _bar("replaying", quiet))
+    if not any(r.status == "finished" for r in result.requests):
+        raise PdsimError(f"{run.source}: {lost_requests(result)}: nothing to compare (the replay: "
+                         f"{'; '.join(run.notes)})")
     _eager_profile_note(run, result)
     table = compare(run, result)
     estimated = any(info.estimated_profile for info in result.infos)
@@ -380,7 +385,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     else:
         _refuse_unused(ctx, TABLE_OPTIONS, measured, TABLE_KIND,
                        "is a per-request run, replayed on its --cluster-config")
-    check_output_file(out, "--output", [*measured_inputs(measured), cluster_config, profile_dir])
+    check_output_file(out, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), profile_dir])
     # [simulated rows or runs on estimated step times, of how many]: the same at every overhead.
     estimated = [0, 0]
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
+from pdsim.errors import PdsimError
 from pdsim.metrics.stats import per_second, percentiles_interpolated, sorted_by_value, span_s
 from pdsim.metrics.summary import itl_samples, requests_frame
 from pdsim.outputs import atomic_path
@@ -85,17 +86,24 @@ def simulated_requests(measured: MeasuredRun, result: SimulationResult) -> pd.Da
     return sim[sim.status == "finished"]
 
 
-def replay_losses(result: SimulationResult) -> str | None:
-    """Replayed requests that did not finish (rejected or unfinished), which the simulated side's figures leave
-    out: a line saying how many and why, or None."""
+def lost_requests(result: SimulationResult) -> str | None:
+    """How many replayed requests did not finish (rejected or unfinished) and why, or None."""
     lost = [r for r in result.requests if r.status != "finished"]
     if not lost:
         return None
     # Counted by kind of reason (each names its own request's lengths).
     reasons = pd.Series([f"{r.status}: {re.sub(r'[0-9][0-9,.]*', 'N', r.reason)}" for r in lost]).value_counts()
     why = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
-    return (f"{len(lost)} of {len(result.requests)} replayed requests did not finish in the replay ({why}); "
-            "the simulated figures are over the others, so they are not comparable with the measured ones")
+    return f"{len(lost)} of {len(result.requests)} replayed requests did not finish in the replay ({why})"
+
+
+def replay_losses(result: SimulationResult) -> str | None:
+    """Replayed requests that did not finish, which the simulated side's figures leave out: a line saying how
+    many and why, or None."""
+    lost = lost_requests(result)
+    if lost is None:
+        return None
+    return f"{lost}; the simulated figures are over the others, so they are not comparable with the measured ones"
 
 
 def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
@@ -104,6 +112,9 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     mea = measured.requests
     # A request the measured engine did not finish is left out of both sides (it was still replayed).
     done = mea.e2e_ms.notna().to_numpy()
+    if not done.any():
+        raise PdsimError(f"{measured.source}: no request of the measured run finished (none has an end-to-end "
+                         "latency): nothing to compare")
     if not done.all():
         sim = sim[~sim.request_id.isin(np.flatnonzero(~done).tolist())]
         mea = mea[done]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pdsim.errors import PdsimError
 
-_LOG_LINE = re.compile(r"GPU KV cache size:\s*([\d,]+)\s*tokens")
+_LOG_LINE = re.compile(r"GPU KV cache size:\s*(\S+)\s*tokens")
+_TOKEN_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")  # vLLM prints it with thousands separators
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,13 @@ def kv_from_log(path: str | Path, block_size: int) -> MeasuredKV:
         text = Path(path).read_text(errors="replace")
     except OSError as e:
         raise PdsimError(f"{path}: cannot read the engine log ({e.strerror})") from None
-    found = _LOG_LINE.findall(text)
+    found = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        for value in _LOG_LINE.findall(line):
+            if not _TOKEN_COUNT.fullmatch(value) or int(value.replace(",", "")) == 0:
+                raise PdsimError(f"{path}:{line_no}: 'GPU KV cache size: {value} tokens': expected a positive whole "
+                                 "number of tokens (vLLM logs num_gpu_blocks x block_size, e.g. 454,832)")
+            found.append(value)
     if not found:
         raise PdsimError(f"{path}: no 'GPU KV cache size: N tokens' line (vLLM logs it at start-up)")
     tokens = int(found[-1].replace(",", ""))

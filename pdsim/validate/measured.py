@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pdsim.cli_checks import vllm_int
 from pdsim.errors import PdsimError, csv_error_detail, decode_text, parse_json, read_json_object
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
@@ -155,16 +156,49 @@ def case_file(run_file: str | Path, name: str) -> Path | None:
     return found if found.exists() else None
 
 
+# The engine arguments pdsim reads as switches (meta.json engine_kwargs): anything but true, false or null is
+# an error, not a silent fall-back on vLLM's default.
+ENGINE_SWITCHES = ("async_scheduling", "enforce_eager", "enable_expert_parallel", "scheduler_reserve_full_isl",
+                   "enable_chunked_prefill", "enable_prefix_caching", "disable_custom_all_reduce")
+
+
+def _check_engine_meta(meta_path: Path, meta: dict) -> None:
+    """The shape of what meta.json says about the engine; each field's own meaning is checked where it is used."""
+    kwargs = meta.get("engine_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise PdsimError(f"{meta_path}: engine_kwargs: expected an object (the engine's arguments by name), "
+                         f"got {kwargs!r}")
+    for key in ENGINE_SWITCHES:
+        if kwargs.get(key) is not None and not isinstance(kwargs[key], bool):
+            raise PdsimError(f"{meta_path}: engine_kwargs.{key}: expected true or false, got {kwargs[key]!r}")
+    limit = kwargs.get("max_model_len")
+    number = vllm_int(limit) if isinstance(limit, str) else limit
+    if not (limit is None or limit == "auto" or number == -1 or (type(number) is int and number >= 1)):
+        raise PdsimError(f"{meta_path}: engine_kwargs.max_model_len: expected a whole number >= 1, -1 or 'auto' "
+                         f"(vLLM fits it to the memory), got {limit!r}")
+    for where, obj, key in (("", meta, "model"), ("", meta, "vllm_version"), ("engine_kwargs.", kwargs, "model")):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise PdsimError(f"{meta_path}: {where}{key}: expected a string, got {obj[key]!r}")
+
+
 def measured_inputs(path: str | Path) -> list[Path]:
     """Every file a --measured path makes pdsim read, for refusing an output that would overwrite one: the
     run file (in a folder given), and the files read beside it (an engine log's meta.json, aiperf's summary).
-    Not the folder itself: only these files in it are read, so an output may go beside them."""
+    Not the folder itself: only these files in it are read, so an output may go beside them. In
+    LLMServingSim's case layout the run's other records (its timeseries, the case's config, model config,
+    trace and profile) count too: they are the measurement, and the case's config may be read in place."""
     p = Path(path)
     try:
         run_file = resolve_measured(p)
     except PdsimError:
         return [p]  # reading it says what is wrong
-    return [run_file, run_file.with_name(AIPERF_SUMMARY if run_file.name == AIPERF_RECORDS else "meta.json")]
+    found = [run_file, run_file.with_name(AIPERF_SUMMARY if run_file.name == AIPERF_RECORDS else "meta.json")]
+    if run_file.name == LLMSERVINGSIM_REQUESTS and run_file.parent.name == LLMSERVINGSIM_RUN:
+        found.append(run_file.with_name("timeseries.csv"))
+        found += [f for name in CASE_FILES if (f := case_file(run_file, name)) is not None]
+    return found
 
 
 def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
@@ -246,6 +280,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         _check_client_times(p, rows, line_nos, arrival_time, stamps)
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
+    _check_engine_meta(meta_path, meta)
     notes = [f"arrival times from the {clock} clock"]
     if (said := _request_count_note(p, meta, len(rows))) is not None:
         notes.append(said)
@@ -262,9 +297,27 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     df, arrival = df[seen], arrival[seen]
     queued, first, last = (stamps[k][seen] for k in ("queued_ts", "first_token_ts", "last_token_ts"))
     unfinished = first.isna() | last.isna()
+    if unfinished.all():
+        raise PdsimError(f"{p}: no request has both a first_token_ts and a last_token_ts (every one failed or was "
+                         "aborted in the measured run): nothing to compare")
     if unfinished.any():
         notes.append(f"{int(unfinished.sum())} request(s) without a first or last token time (failed or aborted in "
                      "the measured run): replayed, left out of both sides' statistics")
+    unstarted = queued.isna() & ~unfinished
+    if not (~unfinished & ~unstarted).any():
+        raise PdsimError(f"{p}: no finished request has queued_ts, where vLLM's TTFT and E2E start (the engine "
+                         "picking it up): nothing to compare")
+    if unstarted.any():
+        notes.append(f"{int(unstarted.sum())} request(s) without queued_ts: replayed at their arrival_time, left out "
+                     "of both sides' statistics")
+    if not (df.output_toks > 1).any():
+        notes.append("no request has more than one output token: TPOT and ITL have no samples")
+    late = (df.output_toks == 1) & ((last - first) > 1e-3)  # NaN compares False
+    if late.any():
+        longest_s = (last - first)[late].max()
+        notes.append(f"NOTE: {int(late.sum())} request(s) with one output token end up to {longest_s:.3g} s after "
+                     "their first token, which a one-token request cannot (its first token is its last): check "
+                     "output_toks")
     out = pd.DataFrame({
         "input_toks": df.input_toks.astype(int),
         "output_toks": df.output_toks.astype(int),
@@ -280,6 +333,10 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         out["queue_ms"] = (scheduled - queued) * 1e3
         out["sched_to_token_ms"] = (first - scheduled) * 1e3
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+    tpot_s = float(np.nanmedian(out.tpot_ms)) / 1e3 if out.tpot_ms.notna().any() else 0.0
+    if tpot_s > 10:  # no engine takes 10 s a token: the stamps are not in seconds
+        notes.append(f"NOTE: the median time per output token is {tpot_s:,.0f} s: the engine times are read as "
+                     "seconds (vLLM's stamps are); times in milliseconds would need converting first")
     return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup")
 
 
@@ -440,6 +497,8 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
 
 AIPERF_RECORDS = "profile_export.jsonl"
 LLMSERVINGSIM_REQUESTS = "requests.jsonl"  # the engine's per-request log beside meta.json
+# What an LLMServingSim case folder keeps beside its vllm_run/ (its config, model, trace and profile).
+CASE_FILES = ("cluster_config.json", "model_config.json", "workload.jsonl", "profile")
 LLMSERVINGSIM_RUN = "vllm_run"  # its folder in an LLMServingSim case, beside cluster_config.json and profile/
 AIPERF_SUMMARY = "profile_export_aiperf.json"
 _TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "sec": 1e3, "s": 1e3}

@@ -381,5 +381,25 @@ def kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity
         if kv is None:
             raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
                              "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
+        _check_holds_longest(run, kv)
         opts.kv_gpu_blocks = {ref.instance_id: kv.tokens // ref.config.block_size for ref in cfg.instances()}
     return kv
+
+
+def _check_holds_longest(run, kv) -> None:
+    """A recorded KV capacity that cannot hold a request the measured engine finished contradicts the run: vLLM
+    keeps a running request's whole sequence in its cache (and refuses to start when one max_model_len sequence
+    does not fit), so such a capacity is not the one the run had."""
+    done = run.requests[run.requests.e2e_ms.notna()]
+    if done.empty:
+        return
+    # The last output token's KV is never written; one block is vLLM's null block.
+    need = done.input_toks + done.output_toks - 1
+    i = int(need.to_numpy().argmax())
+    longest = int(need.iloc[i])
+    blocks = -(-longest // kv.block_size)
+    if blocks > kv.num_gpu_blocks - 1:
+        raise PdsimError(f"{kv.source}: {kv.tokens:,} tokens ({kv.num_gpu_blocks:,} blocks of {kv.block_size}) "
+                         f"cannot hold a request the measured run finished ({done.input_toks.iloc[i]} prompt + "
+                         f"{done.output_toks.iloc[i]} output tokens, {blocks:,} blocks): this is not the capacity "
+                         "the run had; --kv-capacity predicted replays with pdsim's own")
