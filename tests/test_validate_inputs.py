@@ -504,3 +504,17 @@ def test_engine_times_in_milliseconds_are_noted(tmp_path):
     _write_lines(requests, [{**r, **{k: r[k] * 1e3 for k in stamps}} for r in records])
     assert any(n.startswith("NOTE: the median time per output token is") and "read as seconds" in n
                for n in read_measured(requests).notes)
+
+
+def test_a_recorded_or_configured_size_that_is_no_size_names_its_field(tmp_path):
+    requests, config = _run(tmp_path / "run", meta={"engine_kwargs": {"data_parallel_size": 0}})
+    with pytest.raises(PdsimError, match=r"meta.json: engine_kwargs.data_parallel_size: expected a whole number >= 1"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+             str(tmp_path / "v.csv"))
+    requests.with_name("meta.json").write_text(json.dumps({"engine_kwargs": {"tensor_parallel_size": 1}}))
+    raw = json.loads(config.read_text())
+    raw["nodes"][0]["instances"][0]["tp_size"] = 0
+    config.write_text(json.dumps(raw))
+    with pytest.raises(PdsimError, match=r"instances\[0\].tp_size: expected a number >= 1, got 0"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+             str(tmp_path / "v.csv"))

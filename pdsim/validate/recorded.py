@@ -114,6 +114,8 @@ def _check_parallelism(run, instances: list[dict], cluster_config: Path) -> None
             continue
         for n, inst in enumerate(sized):
             stated = inst.get(field, 1)
+            if type(stated) is not int or stated < 1:  # not a size: the config's own validation names the field
+                continue
             if stated != recorded:
                 raise PdsimError(f"{cluster_config}: instance {n + 1} of {len(sized)} has {field} {stated}, but "
                                  f"the measured engine ran {key} {recorded} ({run.source}'s meta.json "
@@ -181,8 +183,8 @@ def _stated_model(instances: list[dict]):
 def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
     """A MoE config's DP groups must be the run's data_parallel_size (checked before the recorded expert
     layout is applied to them); a dense one's mismatch is noted."""
-    recorded = run.engine_kwargs.get("data_parallel_size")
-    if not isinstance(recorded, int) or isinstance(recorded, bool):
+    recorded = _recorded_int(run.engine_kwargs, "data_parallel_size", 1, Path(run.source).with_name("meta.json"))
+    if recorded is None:
         return
     groups: dict[object, int] = {}
     for i, inst in enumerate(instances):
