@@ -151,9 +151,12 @@ def test_table_memory_defaults_to_the_simulated_gpus_own(tmp_path):
     _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200", "--output",
          str(tmp_path / "v.csv"))
     assert list(pd.read_csv(tmp_path / "v.csv").status) == ["simulated"]
-    _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200", "--mem-gb", "80",
-         "--output", str(tmp_path / "v80.csv"))
-    assert list(pd.read_csv(tmp_path / "v80.csv").status) == ["error"]
+    # Its one row does not fit: no row simulated, nothing to compare, nothing written.
+    with pytest.raises(PdsimError, match=r"(?s)t.csv: no row of 1 simulated, so there is nothing to compare\n"
+                                         r".*1 x .*t.csv line 2: "):
+        _cli("validate", "--measured", str(table), "--rounds", "1", "--hardware", "B200", "--mem-gb", "80",
+             "--output", str(tmp_path / "v80.csv"))
+    assert not (tmp_path / "v80.csv").exists()
 
 
 # -- 3. as many engines as the run ------------------------------------------------------------------------------------

@@ -249,11 +249,12 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     check_output_file(output, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), engine_log,
                                            token_ids, profile_dir], _plot_files(output) if plot else ())
     if table_input:
-        from pdsim.validate.closed_loop import format_rows, with_table_step_margin
+        from pdsim.validate.closed_loop import format_rows, require_simulated, with_table_step_margin
 
         simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
                                           client_delay_ms, async_scheduling)
         df = simulate(step_overhead_us, 1.0, _bar("simulating", quiet))
+        require_simulated(df)  # before the margin runs and before anything is written
         if step_time_margin_pct:
             scales = margin_scales(step_time_margin_pct)
             faster, slower = (simulate(step_overhead_us, scale, _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))

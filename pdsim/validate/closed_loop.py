@@ -20,7 +20,9 @@ The engine is configured as the benchmark deployed it (`ENGINE_PRESETS`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -31,13 +33,15 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
 from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, get_hardware
 from pdsim.metrics.summary import requests_frame
+from pdsim.models import load_model
+from pdsim.perf.interp import ExtrapolationWarning
 from pdsim.validate.measured import (
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
     vllm_major_minor,
     vllm_reserves_full_isl,
 )
-from pdsim.validate.row_layout import row_layout, text
+from pdsim.validate.row_layout import row_layout, text, whole_number
 from pdsim.workload.trace import TraceRequest
 
 ROUNDS = 20
@@ -64,7 +68,8 @@ ENGINE_PRESETS: dict[str, Callable[[int, int], dict]] = {
 
 
 def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: str | None = None,
-               engine: dict | None = None) -> ClusterConfig:
+               engine: dict | None = None, source: str | None = None) -> ClusterConfig:
+    """One row's cluster: one instance. source: what its errors are said to come from (a table's line)."""
     eng = {**vllm_serve_engine(1, 0), **(engine or {})}
     # The GPU's own bandwidth (an estimated profile reads it from npu_mem.mem_bw); 3350 GB/s (H100 SXM)
     # only for hardware pdsim has no spec for.
@@ -78,16 +83,24 @@ def row_config(model: str, hardware: str, mem_gb: float, tp: int, profile_dir: s
     return cluster_config_from_dict({
         "num_nodes": 1, "link_bw": 16, "link_latency": 0,
         "nodes": [{"num_instances": 1, "instances": [inst]}],
-    }, f"row (model {model}, tp {tp})")
+    }, source or f"row (model {model}, tp {tp})")
 
 
 def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts: SimOptions,
-                 rounds: int = ROUNDS) -> dict[str, float]:
-    """The measured phase of one row: `rounds * concurrency` requests from clients that start together."""
+                 rounds: int = ROUNDS, source: str = "<config>") -> dict[str, float]:
+    """The measured phase of one row: `rounds * concurrency` requests from clients that start together.
+    A row whose requests do not all finish (rejected: too long for the model or the KV cache) has no mean
+    to compare: PdsimError with their reasons, counted."""
     trace = [TraceRequest(i, isl, osl, 0) for i in range(rounds * concurrency)]
-    result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=0.0))
+    result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=0.0), source)
     df = requests_frame(result)
     done = df[df.status == "finished"]
+    if len(done) < len(df):
+        left = df[df.status != "finished"].fillna({"reason": ""})
+        why = "; ".join(f"{n} {status}: {reason}" for (status, reason), n in
+                        left.groupby(["status", "reason"], sort=False).size().items())
+        raise PdsimError(f"{len(df) - len(done)} of the row's {len(df)} requests not finished ({why}): no mean to "
+                         "compare")
     return {"sim_ttft_ms": float(done.ttft_ms.mean()), "sim_tpot_ms": float(done.tpot_ms.mean()),
             "sim_preemptions": int(df.preemptions.sum()),
             "estimated_profile": any(info.estimated_profile for info in result.infos)}
@@ -143,6 +156,17 @@ def unsupported_reason(row: dict, model: str | None = None) -> str | None:
     return row_layout(row, model)[1]
 
 
+# The columns read as numbers, with what each must hold (after read_closed_loop_table's renames).
+NUMBER_COLUMNS = {"isl": "a positive integer", "osl": "a positive integer", "concurrency": "a positive integer",
+                  "tp": "a positive integer", "ttft_ms": "a positive number of ms",
+                  "tpot_ms": "a positive number of ms",
+                  "pp_size": "a whole number >= 1", "pp": "a whole number >= 1",
+                  "attention_dp_size": "a whole number >= 0", "moe_tp_size": "a whole number >= 0",
+                  "moe_ep_size": "a whole number >= 0"}
+INTEGER_COLUMNS = ("isl", "osl", "concurrency", "tp", "pp_size", "pp", "attention_dp_size", "moe_tp_size",
+                   "moe_ep_size")
+
+
 def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
                    profile_dir_for_tp, opts: SimOptions | None = None, rounds: int = ROUNDS,
                    engine: str | Callable[[int, int], dict] = "aiconfigurator",
@@ -158,6 +182,10 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     engine: a preset of ENGINE_PRESETS, or (concurrency, isl) -> engine settings.
     opts: simulation options; the closed loop's client delay defaults to CLIENT_DELAY_S.
     on_row: called with (rows done, rows) after each row, for a progress bar.
+
+    A bad row (a cell of a number column that is no number, a value out of range, requests the simulation
+    cannot finish) is an error with its line and why; a simulated row's profile extrapolations are its note.
+    table.attrs["source"], when set (the table's path), names the rows' lines in messages.
     """
     opts = opts or SimOptions(client_delay_s=CLIENT_DELAY_S)
     lookup = profile_lookup or (lambda _model, tp, _precision: profile_dir_for_tp(tp))
@@ -165,29 +193,40 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     has_system = "system" in table.columns
     has_version = "backend_version" in table.columns
     async_given = not isinstance(engine, str) and "async_scheduling" in engine(1, 1)
+    names = table.attrs.get("source_columns", {})
+    source = table.attrs.get("source")
     out: list[dict] = []
     for line, row in enumerate(table.itertuples(index=False), start=2):
         if on_row is not None:
             on_row(line - 2, len(table))
         fields = row._asdict()
-        layout, reason = row_layout(fields, model)
-        if reason is None and has_system:
-            reason = system_reason(fields, hardware)
-        if reason is not None:
-            out.append({**fields, "status": "skipped", "reason": reason, "note": ""})
-            continue
+        label = f"{source} line {line}" if source else f"line {line}"
         try:
-            sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine,
-                                table.attrs.get("source_columns", {}))
+            _check_numbers(fields, names)  # text in a number column: a bad row, whatever else the row says
+            layout, reason = row_layout(fields, model)
+            if reason is None and has_system:
+                reason = system_reason(fields, hardware)
+            if reason is not None:
+                out.append({**fields, "status": "skipped", "reason": reason, "note": ""})
+                continue
+            extrapolated: list[ExtrapolationWarning] = []
+            with _extrapolations(extrapolated):
+                sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine, names,
+                                    label)
         except PdsimError as e:
-            out.append({**fields, "status": "error", "reason": f"line {line}: " + str(e).replace("\n", "; "),
-                        "note": ""})
+            message = str(e).replace("\n", "; ")
+            out.append({**fields, "status": "error", "note": "",
+                        "reason": message if message.startswith(f"{label}: ") else f"{label}: {message}"})
             continue
-        note = version_note(fields, async_given) if has_version else None
-        out.append({**fields, **sim, "status": "simulated", "reason": "", "note": note or ""})
+        notes = [version_note(fields, async_given) if has_version else None, extrapolation_note(extrapolated)]
+        out.append({**fields, **sim, "status": "simulated", "reason": "", "note": "; ".join(n for n in notes if n)})
     if on_row is not None:
         on_row(len(table), len(table))
     df = pd.DataFrame(out)
+    df.attrs = dict(table.attrs)
+    for column in NUMBER_COLUMNS:  # a bad row's text left in the column: NaN there, the others' numbers kept
+        if column in df and not pd.api.types.is_numeric_dtype(df[column]):
+            df[column] = _numeric(df[column], column in INTEGER_COLUMNS)
     for column in ("sim_ttft_ms", "sim_tpot_ms", "sim_preemptions", "estimated_profile"):
         if column not in df:
             df[column] = np.nan
@@ -196,8 +235,56 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     return df
 
 
+def _numeric(column: pd.Series, integer: bool) -> pd.Series:
+    """A column as numbers, NaN where a cell is none; whole numbers stay integers (Int64, empty where NaN)."""
+    numbers = pd.to_numeric(column.map(lambda v: v.strip() if isinstance(v, str) else v), errors="coerce")
+    finite = numbers.dropna()
+    if integer and np.isfinite(finite).all() and (finite == finite.round()).all():
+        return numbers.astype("Int64")
+    return numbers.astype(float)
+
+
+@contextmanager
+def _extrapolations(caught: list[ExtrapolationWarning]) -> Iterator[None]:
+    """Gather the block's ExtrapolationWarnings into `caught` (said as the row's note, not as raw warnings with
+    file and line); any other warning is issued again, also when the block raises."""
+    seen: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ExtrapolationWarning)
+            yield
+    finally:
+        for w in seen:
+            if isinstance(w.message, ExtrapolationWarning):
+                caught.append(w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def extrapolation_note(caught: list[ExtrapolationWarning]) -> str | None:
+    """One note for a row's extrapolated profile tables: per kind of table (dense, attention_prefill, ...),
+    axis and side of the profiled range, the number of ops; the values are the row's own (its isl, its
+    batch), so rows that left the grid alike share the note."""
+    groups: dict[tuple[str, str, str], list[str]] = {}  # (kind, axis, side) -> the ops (none: a one-op table)
+    loose: list[str] = []
+    for w in caught:
+        if w.table is None or w.axis is None or w.value is None or w.lo is None or w.hi is None:
+            loose.append(str(w))  # warned without the table's details: its text as it is
+            continue
+        kind, _, op = w.table.partition(":")
+        side = f"above {w.hi:g}" if w.value > w.hi else f"below {w.lo:g}"
+        ops = groups.setdefault((kind.removesuffix(".csv"), w.axis, side), [])
+        if op and op not in ops:
+            ops.append(op)
+    if not groups and not loose:
+        return None
+    parts = [f"{kind} ({len(ops)} op{'s' if len(ops) > 1 else ''}) {axis} {side}" if ops else f"{kind} {axis} {side}"
+             for (kind, axis, side), ops in groups.items()]
+    return "step times extrapolated beyond the profile's measured range: " + ", ".join(parts + loose)
+
+
 def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: float, lookup,
-                  opts: SimOptions, rounds: int, engine, names: dict[str, str]) -> dict:
+                  opts: SimOptions, rounds: int, engine, names: dict[str, str], source: str) -> dict:
     isl, osl, conc, tp = (_positive_int(row, column, names.get(column, column))
                           for column in ("isl", "osl", "concurrency", "tp"))
     _measured_ms(row, "ttft_ms", names.get("ttft_ms", "ttft_ms"))
@@ -207,6 +294,7 @@ def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: f
         model = str(row["model_path"]).strip()
     if not model:
         raise PdsimError("no model: give --model (the row has no model_path)")
+    _check_length(model, isl, osl, names)
     eng = {**(ENGINE_PRESETS[engine] if isinstance(engine, str) else engine)(conc, isl), **layout.instance_keys()}
     # vLLM 0.19 added the whole-sequence admission check: on for a row measured with 0.19 or
     # later (or of unknown version), off before.
@@ -218,8 +306,32 @@ def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: f
     # vLLM 0.17's default compilation added the all-reduce + RMSNorm fusion (where the GPU allows it).
     if vllm_fuses_allreduce_norm(version) is False:
         eng.setdefault("allreduce_rms_fusion", False)
-    cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng)
-    return simulate_row(cfg, isl, osl, conc, opts, rounds)
+    cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng, source)
+    return simulate_row(cfg, isl, osl, conc, opts, rounds, source)
+
+
+def _check_length(model: str, isl: int, osl: int, names: dict[str, str]) -> None:
+    """vLLM refuses a request longer than the model's max length, so no such row was measured as given."""
+    try:
+        longest = load_model(model).max_position_embeddings
+    except PdsimError:
+        return  # the simulation names the unknown model
+    if longest and isl + osl > longest:
+        raise PdsimError(f"not simulatable: prompt + output ({names.get('isl', 'isl')} {isl} + "
+                         f"{names.get('osl', 'osl')} {osl} = {isl + osl} tokens) is longer than {model}'s max "
+                         f"length {longest} (max_position_embeddings), which vLLM refuses")
+
+
+def _check_numbers(row: dict, names: dict[str, str]) -> None:
+    """A cell of a number column that holds text (abc, a repeated header line's names) makes the row bad; the
+    values' ranges are checked where they are used."""
+    for column, expected in NUMBER_COLUMNS.items():
+        value = row.get(column)
+        if isinstance(value, str) and value.strip() and np.isnan(_as_float(value.strip())):
+            raise PdsimError(f"column {names.get(column, column)}: expected {expected}, got {value.strip()!r} "
+                             "(not a number)")
+    for column in ("pp_size", "pp", "attention_dp_size", "moe_tp_size", "moe_ep_size"):
+        whole_number(row, column, 1 if column.startswith("pp") else 0)
 
 
 def _positive_int(row: dict, column: str, shown: str) -> int:
@@ -273,29 +385,53 @@ def with_table_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd
     return out
 
 
+def _count(value) -> str:
+    return f"{int(value)}" if float(value).is_integer() else f"{value}"
+
+
+# The printed table's columns: heading, width (at least: a wider value widens its column) and format.
+_ROW_COLUMNS = (("isl", 6, _count), ("osl", 6, _count), ("conc", 6, _count), ("tp", 4, _count),
+                ("TTFT meas", 11, "{:.1f}".format), ("sim", 9, "{:.1f}".format), ("err", 8, "{:+.1f}%".format),
+                ("TPOT meas", 11, "{:.2f}".format), ("sim", 8, "{:.2f}".format), ("err", 8, "{:+.1f}%".format))
+
+
+def require_simulated(table: pd.DataFrame) -> None:
+    """A table with no row simulated has nothing to compare: PdsimError saying why no row was (the reasons,
+    counted)."""
+    if not len(simulated(table)):
+        source = table.attrs.get("source")
+        raise PdsimError("\n".join([f"{source + ': ' if source else ''}no row of {len(table)} simulated, so there is "
+                                    "nothing to compare", *not_simulated_lines(table)]))
+
+
 def format_rows(table: pd.DataFrame) -> str:
+    """The simulated rows with their errors, the MAPEs, the rows left out counted by reason and the notes."""
+    require_simulated(table)
     df = simulated(table)
-    lines = [f"{'isl':>6}{'osl':>6}{'conc':>6}{'tp':>4}{'TTFT meas':>11}{'sim':>9}{'err':>8}"
-             f"{'TPOT meas':>11}{'sim':>8}{'err':>8}"]
+    cells = []
     for r in df.itertuples(index=False):
-        tpot = (f"{r.tpot_ms:>11.2f}{r.sim_tpot_ms:>8.2f}{r.tpot_err_pct:>+7.1f}%" if np.isfinite(r.tpot_err_pct)
-                else f"{'-':>11}{'-':>8}{'-':>8}")  # one output token: no TPOT
-        lines.append(f"{r.isl:>6}{r.osl:>6}{r.concurrency:>6}{r.tp:>4}{r.ttft_ms:>11.1f}{r.sim_ttft_ms:>9.1f}"
-                     f"{r.ttft_err_pct:>+7.1f}%{tpot}")
-    if len(df):
-        without_tpot = int(df.tpot_err_pct.isna().sum())
-        lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} "
-                     f"simulated rows of {len(table)}" + (f" (TPOT over {len(df) - without_tpot}: "
-                                                          f"{without_tpot} with one output token have none)"
-                                                          if without_tpot else ""))
-        if "step_time_margin_pct" in df:
-            m = f"{df.step_time_margin_pct.iloc[0]:g}%"
-            lines.append(f"with every step {m} faster .. {m} slower: " + ", ".join(
-                f"{name} MAPE {mape(df[f'{col}_steps_faster']):.1f} .. {mape(df[f'{col}_steps_slower']):.1f}% (signed "
-                f"{df[f'{col}_steps_faster'].mean():+.1f} .. {df[f'{col}_steps_slower'].mean():+.1f}%)"
-                for col, name in (("ttft_err_pct", "TTFT"), ("tpot_err_pct", "TPOT"))))
-    else:
-        lines.append(f"no row of {len(table)} simulated")
+        values = [r.isl, r.osl, r.concurrency, r.tp, r.ttft_ms, r.sim_ttft_ms, r.ttft_err_pct, r.tpot_ms,
+                  r.sim_tpot_ms, r.tpot_err_pct]
+        row = [fmt(v) for v, (_, _, fmt) in zip(values, _ROW_COLUMNS, strict=True)]
+        cells.append(row if np.isfinite(r.tpot_err_pct) else row[:7] + ["-"] * 3)  # one output token: no TPOT
+    # Each column at least one wider than its widest value, so no two values run together.
+    widths = [max(width, *(len(row[i]) + 1 for row in cells)) for i, (_, width, _) in enumerate(_ROW_COLUMNS)]
+    lines = ["".join(f"{name:>{w}}" for (name, _, _), w in zip(_ROW_COLUMNS, widths, strict=True))]
+    lines += ["".join(f"{cell:>{w}}" for cell, w in zip(row, widths, strict=True)) for row in cells]
+    without_tpot = df[df.tpot_err_pct.isna()]
+    one_token = int((without_tpot.osl == 1).sum())
+    why = ", ".join(part for part in (f"{one_token} with one output token" if one_token else "",
+                                      f"{len(without_tpot) - one_token} without a simulated TPOT"
+                                      if len(without_tpot) > one_token else "") if part)
+    lines.append(f"MAPE: TTFT {mape(df.ttft_err_pct):.1f}%, TPOT {mape(df.tpot_err_pct):.1f}% over {len(df)} "
+                 f"simulated rows of {len(table)}" + (f" (TPOT over {len(df) - len(without_tpot)}: {why} have none)"
+                                                      if len(without_tpot) else ""))
+    if "step_time_margin_pct" in df:
+        m = f"{df.step_time_margin_pct.iloc[0]:g}%"
+        lines.append(f"with every step {m} faster .. {m} slower: " + ", ".join(
+            f"{name} MAPE {mape(df[f'{col}_steps_faster']):.1f} .. {mape(df[f'{col}_steps_slower']):.1f}% (signed "
+            f"{df[f'{col}_steps_faster'].mean():+.1f} .. {df[f'{col}_steps_slower'].mean():+.1f}%)"
+            for col, name in (("ttft_err_pct", "TTFT"), ("tpot_err_pct", "TPOT"))))
     lines += not_simulated_lines(table)
     if len(df) > 1:
         # Where the error lies: signed, averaged over the rows that differ only in osl.

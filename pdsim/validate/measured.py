@@ -661,6 +661,7 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
         rename[found] = name
     df = df.rename(columns=rename)
     df.attrs["source_columns"] = {name: found for found, name in rename.items()}  # for messages about a row
+    df.attrs["source"] = str(p)
     return df
 
 
