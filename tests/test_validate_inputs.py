@@ -476,9 +476,13 @@ def test_a_recorded_kv_capacity_too_small_for_the_run_is_refused_naming_its_sour
 
 
 def test_one_token_outputs_are_said_and_a_late_last_token_noted(tmp_path):
-    requests, _ = _run(tmp_path / "run", meta={"vllm_version": "0.19.0"})
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0"})
     records = _lines(requests)
     _write_lines(requests, [{**r, "output_toks": 1} for r in records])
+    res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"))
+    tpot = [line.split() for line in res.output.splitlines() if line.startswith("TPOT (ms)")]
+    assert tpot and all(cells[3:6] == ["-", "-", "n/a"] for cells in tpot) and "nan" not in res.output
     notes = read_measured(requests).notes
     assert "no request has more than one output token: TPOT and ITL have no samples" in notes
     assert any(n.startswith("NOTE: 30 request(s) with one output token end up to") for n in notes)

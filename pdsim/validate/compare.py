@@ -160,9 +160,12 @@ def format_table(table: pd.DataFrame) -> str:
     margin = table.step_time_margin_pct.iloc[0] if "step_time_margin_pct" in table else None
     band = f"steps -/+{margin:g}%" if margin is not None else ""
     lines = [f"{'metric':<27}{'stat':<6}{'measured':>12}{'simulated':>12}{'diff':>9}" + (f"{band:>20}" if band else "")]
+    def value(x: float) -> str:  # no samples (TPOT of one-token requests): said, not printed as nan
+        return "-" if np.isnan(x) else f"{x:,.2f}"
+
     for r in table.itertuples(index=False):
         diff = "n/a" if np.isnan(r.diff_pct) else f"{r.diff_pct:+.1f}%"
-        line = f"{r.metric:<27}{r.stat:<6}{r.measured:>12,.2f}{r.simulated:>12,.2f}{diff:>9}"
+        line = f"{r.metric:<27}{r.stat:<6}{value(r.measured):>12}{value(r.simulated):>12}{diff:>9}"
         if band:
             lo, hi = r.diff_pct_steps_faster, r.diff_pct_steps_slower
             line += f"{'n/a' if np.isnan(lo) else f'{lo:+.1f}% .. {hi:+.1f}%':>20}"
