@@ -230,6 +230,55 @@ def test_profile_tables_parsed_once_and_again_when_rewritten(tmp_path, monkeypat
     assert profile_readers._read_csv(path, ("op", "tokens", "time_us"), ("tokens", "time_us"))
 
 
+def test_a_profile_row_with_extra_fields_or_an_impossible_time_is_refused(tmp_path):
+    meta = ProfileMeta(hardware="X", model="m", dtype="bfloat16", tp=1)
+    dense, per_seq, prefill, decode = _small_parts()
+    write_profile(tmp_path, meta, dense, per_seq, prefill, decode)
+    path = tmp_path / "dense.csv"
+    lines = path.read_text().splitlines()
+    op, tokens, _ = lines[3].split(",")
+    for row, words in ((f"{op},{tokens},1,234.5", r"line 4: 4 fields, expected 3"),
+                       (f"{op},{tokens},1e300", r"line 4, column 'time_us': 1e300 us is over 1000 s for one op")):
+        path.write_text("\n".join([*lines[:3], row, *lines[4:]]) + "\n")
+        with pytest.raises(ProfileError, match=r"dense\.csv: " + words):
+            read_profile(tmp_path)
+    path.write_text("\n".join([*lines[:3], lines[3] + ",", *lines[4:]]) + "\n")  # a trailing comma is no field
+    read_profile(tmp_path)
+
+
+@needs_shared
+def test_decode_skew_alphas_are_numbers_and_a_negative_one_makes_no_negative_time(tmp_path, llama8b, rtx):
+    import shutil
+
+    profile = tmp_path / "profile"
+    shutil.copytree(LSS, profile)
+    fit = profile / "tp1" / "skew_fit.csv"
+    lines = fit.read_text().splitlines()
+    for cell in ("abc", "nan", "1e300"):
+        cells = lines[5].split(",")
+        cells[5] = cell
+        fit.write_text("\n".join([*lines[:5], ",".join(cells), *lines[6:]]) + "\n")
+        with pytest.raises(ProfileError, match=rf"skew_fit.csv:6: column 'alpha': expected a decode-skew alpha .*"
+                                               rf"got '{cell}'"):
+            StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    fit.unlink()  # the overall alpha of meta.yaml then applies
+    meta = profile / "meta.yaml"
+    text = meta.read_text()
+    meta.write_text(text.replace("alpha_default: 0.0543", "alpha_default: ."))
+    with pytest.raises(ProfileError, match=r"meta.yaml: skew_fit.per_tp.1.alpha_default: expected a decode-skew alpha"):
+        StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    meta.write_text(text.replace("alpha_default: 0.0543", "alpha_default: -50"))
+    pred = StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    uniform = StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx, skew_alpha=0.0)
+    # 64 decodes, one at 8k tokens of KV: alpha -50 would take the attention far below zero; it stops at zero,
+    # leaving the step's other ops.
+    kv_sum, kv_max = 63 * 256 + 8192, 8192
+    step = pred.step_time_s((), 64, kv_sum, kv_max)
+    assert 0 < step < uniform.step_time_s((), 64, kv_sum, kv_max)
+    assert step == pytest.approx(pred.decode_run_s(64, kv_sum, 3, kv_max)[0])
+    assert step == pytest.approx(pred._nonattn_us(64, 64) * 1e-6)
+
+
 # ---------------------------------------------------------------- LLMServingSim format
 
 

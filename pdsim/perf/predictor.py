@@ -284,7 +284,9 @@ class StepTimePredictor:
         table = self._decode_slice(n_decode)
         attn = table.eval_sorted(np.array([kv_mean]))
         if kv_max is not None:
-            attn = attn + self._mixed_alpha(0, 0, n_decode) * (table.eval_sorted(np.array([float(kv_max)])) - attn)
+            # A negative alpha (LLMServingSim's fits have some) never makes a time below zero.
+            attn = np.maximum(attn + self._mixed_alpha(0, 0, n_decode)
+                              * (table.eval_sorted(np.array([float(kv_max)])) - attn), 0.0)
         return float(attn[0])
 
     def _mixed_alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float:
@@ -342,7 +344,7 @@ class StepTimePredictor:
                 attn = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), kv_mean)
                 if kv_max is not None:
                     at_max = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), float(kv_max))
-                    attn += self._mixed_alpha(chunk_sum, prefix_sum, n_decode) * (at_max - attn)
+                    attn = max(attn + self._mixed_alpha(chunk_sum, prefix_sum, n_decode) * (at_max - attn), 0.0)
             else:
                 attn = self._decode_attn_us(n_decode, kv_decode_sum / n_decode, kv_max)
         else:
@@ -383,7 +385,8 @@ class StepTimePredictor:
         kv_max = self._skewed_max(n_decode, kv_decode_sum, kv_decode_max)
         if kv_max is not None:
             # The gap max - mean stays constant over the run, so the skew applies to every step.
-            attn = attn + self._mixed_alpha(0, 0, n_decode) * (table.eval_sorted(kv_max + steps) - attn)
+            attn = np.maximum(attn + self._mixed_alpha(0, 0, n_decode) * (table.eval_sorted(kv_max + steps) - attn),
+                              0.0)
         return (self._nonattn_us(n_decode, n_decode) + self.num_layers * attn) * 1e-6
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024) -> int:

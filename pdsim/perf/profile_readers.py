@@ -43,6 +43,9 @@ from pdsim.perf.profile_format import (
 # Rows are tuples, so handing out a copy of the list is safe. Emptied past 16 MiB of source (an
 # LLMServingSim profile is about 2 MiB, and its rows take a few times that).
 _PARSED: dict[tuple, list[tuple]] = {}
+# No kernel or layer takes 1,000 s: a time above it is a unit mistake or a corrupt cell (and would make
+# a run of days of simulated steps).
+MAX_OP_US = 1e9
 _PARSED_MAX_BYTES = 16 << 20
 
 
@@ -84,7 +87,9 @@ def _parse_csv(path: Path, data: bytes, columns: Sequence[str], numeric: Sequenc
     for line_no, raw in enumerate(reader, start=2):
         if not raw or all(not c.strip() for c in raw):
             continue
-        if len(raw) < len(header):
+        # More fields than the header (a trailing comma aside) shift nothing here but mean the row is not
+        # what it says: a thousands separator (2048,1,234.5) would read as 1 us.
+        if len(raw) < len(header) or any(c.strip() for c in raw[len(header):]):
             raise ProfileError(
                 f"{path}: line {line_no}: {len(raw)} fields, expected {len(header)} ({','.join(header)})"
             )
@@ -100,6 +105,9 @@ def _parse_csv(path: Path, data: bytes, columns: Sequence[str], numeric: Sequenc
                     raise ProfileError(
                         f"{path}: line {line_no}, column {c!r}: expected a number, got {cell!r}"
                     )
+                if c == "time_us" and value > MAX_OP_US:
+                    raise ProfileError(f"{path}: line {line_no}, column 'time_us': {cell} us is over "
+                                       f"{MAX_OP_US / 1e6:g} s for one op; expected microseconds")
                 if value < 0:
                     raise ProfileError(
                         f"{path}: line {line_no}, column {c!r}: expected a value >= 0, got {cell!r}"

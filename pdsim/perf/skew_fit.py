@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -23,8 +24,30 @@ def profile_skew_alpha(profile: Profile) -> float:
     except OSError:
         return 0.0
     # skew_fit: ... per_tp:\n    1:\n      method: ...\n      alpha_default: 0.0543
-    m = re.search(rf"\n(\s+){profile.meta.tp}:\s*\n(?:\1\s+.*\n)*?\1\s+alpha_default:\s*([0-9.eE+-]+)", text)
-    return float(m.group(2)) if m else 0.0
+    m = re.search(rf"\n(\s+){profile.meta.tp}:\s*\n(?:\1\s+.*\n)*?\1\s+alpha_default:[ \t]*(\S*)", text)
+    if not m:
+        return 0.0
+    return _alpha(m.group(2), f"{meta_yaml}: skew_fit.per_tp.{profile.meta.tp}.alpha_default")
+
+
+# LLMServingSim's fitted alphas reach a few hundred in sparse buckets (-735 in the shared RTX PRO 6000 tp2
+# fit); beyond this bound a value is a corrupt cell, and it would price steps in hours.
+MAX_ABS_ALPHA = 1e6
+
+
+def _alpha(cell: str, where: str) -> float:
+    value = _number(cell)
+    if not abs(value) <= MAX_ABS_ALPHA:  # NaN fails too
+        raise ProfileError(f"{where}: expected a decode-skew alpha (a number, |alpha| <= {MAX_ABS_ALPHA:g}), got "
+                           f"{cell!r}")
+    return value
+
+
+def _number(cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
 
 
 class SkewFit:
@@ -69,18 +92,22 @@ class SkewFit:
             if not need <= col.keys():  # a fit pdsim cannot read would be left out without a word
                 raise ProfileError(f"{path}: columns {', '.join(sorted(need - col.keys()))} missing; expected "
                                    f"LLMServingSim's skew fit ({', '.join(sorted(need))})")
-            for line in f:
+            for line_no, line in enumerate(f, start=2):
                 r = line.strip().split(",")
-                if len(r) < len(header) or not r[col["pc"]].isdigit():
+                if len(r) < len(header) or not r[col["pc"]].isdigit():  # a repeated header line, a blank one
                     continue
                 n_upper = _bucket_upper(r[col["n_label"]], "n")
                 sr_upper = _bucket_upper(r[col["skew_rate_label"]], "sr")
                 kp_upper = _bucket_upper(r[col["kp_label"]], "kp")
                 if n_upper is None or sr_upper is None or kp_upper is None:
                     continue
-                w = float(r[col["n_samples"]])
+                w = _number(r[col["n_samples"]])
+                if not (math.isfinite(w) and w >= 0):
+                    raise ProfileError(f"{path}:{line_no}: column 'n_samples': expected a count >= 0, got "
+                                       f"{r[col['n_samples']]!r}")
+                alpha = _alpha(r[col["alpha"]], f"{path}:{line_no}: column 'alpha'")
                 acc = sums.setdefault((n_upper, min(sr_upper, 1.0), kp_upper, int(r[col["pc"]])), [0.0, 0.0])
-                acc[0] += w * float(r[col["alpha"]])
+                acc[0] += w * alpha
                 acc[1] += w
         alphas: dict[tuple[float, float, float], dict[int, float]] = {}
         for (n_upper, sr_upper, kp_upper, pc), (a, w) in sums.items():
