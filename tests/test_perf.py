@@ -673,3 +673,17 @@ def test_short_chunk_attention_follows_the_gpus_own_sm_count():
         return r.attention_prefill(16, 16384) - KERNEL_LAUNCH_US - r._kv_cache_write_us(16)
 
     assert attention_us(replace(pcie, sm_count=132)) / attention_us(pcie) == pytest.approx(132 / 114)
+
+
+@needs_shared
+def test_an_unknown_llmservingsim_variant_names_meta_yaml_and_the_field(tmp_path):
+    import shutil
+
+    profile = tmp_path / "profile"
+    shutil.copytree(LSS, profile)
+    meta = profile / "meta.yaml"
+    text = meta.read_text()
+    assert "\nvariant: bf16" in text
+    meta.write_text(text.replace("\nvariant: bf16", "\nvariant: int4"))
+    with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': expected bf16, fp16, fp32 or fp8 .*'int4'"):
+        read_profile(profile, tp=1)

@@ -271,3 +271,40 @@ def test_generate_lengths_from_an_azure_csv(tmp_path):
                                         "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert {(r.input_toks, r.output_toks) for r in load_trace(out)} <= {(374, 44), (396, 109), (1000, 5)}
+
+
+@pytest.mark.parametrize(("name", "text", "words"), [
+    ("t.jsonl", '{"input_toks": 100000000000000000000, "output_toks": 5, "arrival_time_ns": 0}\n',
+     r"t.jsonl:1: field 'input_toks': expected a positive integer up to 1e\+09"),
+    ("l.csv", "num_prefill_tokens,num_decode_tokens\n10,5\n10,1e20\n",
+     r"l.csv:3: field 'num_decode_tokens': expected an integer from 1 to 1e\+09, got 1e\+20"),
+    ("a.csv", AZURE.replace(",44\n", ",1e300\n"), r"a.csv:2: field 'GeneratedTokens': expected an integer from 0"),
+    ("b.csv", BURST.replace("5,ChatGPT,472", "5,ChatGPT,1e19"), r"b.csv:2: field 'Request tokens'"),
+    ("b.csv", BURST.replace("46,GPT-4", "1e20,GPT-4"), r"b.csv:4: field 'Timestamp': expected seconds from 0 to "
+                                                       r"4e\+09, got 1e\+20"),
+    ("b.csv", BURST.replace("46,GPT-4", "-5,GPT-4"), r"b.csv:4: field 'Timestamp': .*, got -5.0$"),
+    ("m.jsonl", _mooncake_line(t=1e19) + "\n", r"m.jsonl:1: field 'timestamp': expected ms from 0 to 4e\+12"),
+    ("m.jsonl", _mooncake_line(i=10**20) + "\n", r"m.jsonl:1: field 'input_length': expected an integer from 1"),
+])
+def test_counts_and_times_past_the_clocks_range_name_the_cell(tmp_path, name, text, words):
+    """Values past int64 (or past what a run's clock holds) are refused with their line, not wrapped into
+    negative lengths and times."""
+    fmt = {"l.csv": "lengths-csv", "a.csv": "azure", "b.csv": "burstgpt", "m.jsonl": "mooncake"}.get(name)
+    with pytest.raises(TraceError, match=words):
+        load_dataset(_write(tmp_path, name, text), fmt=fmt)
+
+
+def test_a_window_or_time_scale_past_the_clocks_range_is_said_not_overflowed(tmp_path):
+    p = _write(tmp_path, "m.jsonl", "\n".join(_mooncake_line(t * 1000, 100, 5, ()) for t in range(3)) + "\n")
+    assert len(load_dataset(p, window="0:1e300")) == 3
+    with pytest.raises(TraceError, match="no request in the window"):
+        load_dataset(p, window="1e300:")
+    with pytest.raises(TraceError, match=r"--time-scale 1e\+12: the last arrival would be 2e\+12 s after the first"):
+        load_dataset(p, time_scale=1e12)
+
+
+def test_a_json_list_of_trace_records_says_they_are_jsonl(tmp_path):
+    p = _write(tmp_path, "t.json", json.dumps([{"input_toks": 5, "output_toks": 3, "arrival_time_ns": 0}]))
+    with pytest.raises(TraceError, match=r"it has 'input_toks', a field of pdsim's and Mooncake's traces, which are "
+                                         r"JSONL"):
+        load_dataset(p)

@@ -330,6 +330,10 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(variant, variant)
     if quantization:
         dtype = "bfloat16"
+    elif dtype not in DTYPE_BYTES:
+        field = "variant" if "variant" in raw else "dtype"
+        raise ProfileError(f"{meta_path}: field {field!r}: expected bf16, fp16, fp32 or fp8 (an fp8 variant: fp8 "
+                           f"weights over bf16 activations), or one of {', '.join(DTYPE_BYTES)}, got {variant!r}")
     meta = ProfileMeta(
         hardware=raw["hardware"],
         model=raw["model"],

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import TraceError, csv_error_detail
-from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
 # English; for Llama-2's tokenizer on ShareGPT it is about 3.5-4 (documented in docs/workloads.md).
@@ -71,14 +72,19 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
 
 
 def _int_column(df: pd.DataFrame, column: str, path: Path, min_value: int = 1) -> np.ndarray:
-    """A whole-number column; the first bad cell is named by file line (header = line 1) and column."""
+    """A token-count column; the first bad cell is named by file line (header = line 1) and column."""
     x = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(x) | (x != np.round(x)) | (x < min_value)
+    bad = ~np.isfinite(x) | (x != np.round(x)) | (x < min_value) | (x > MAX_TOKENS)
     if bad.any():
         i = int(np.argmax(bad))
-        raise TraceError(f"{path}:{i + 2}: field {column!r}: expected an integer >= {min_value}, "
-                         f"got {df[column].iloc[i]!r}")
+        raise TraceError(f"{path}:{i + 2}: field {column!r}: expected an integer from {min_value} to "
+                         f"{MAX_TOKENS:.0e}, got {_cell(df[column].iloc[i])}")
     return x.astype(np.int64)
+
+
+def _cell(value: object) -> str:
+    """A cell as the file has it (numpy's repr, np.float64(-5.0), is not what the user wrote)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def read_azure(path: Path) -> Loaded:
@@ -116,10 +122,11 @@ def read_burstgpt(path: Path, model: str | None = None, log_type: str | None = N
             keep &= match.to_numpy()
             notes.append(f"{what} {wanted!r} only")
     t_s = pd.to_numeric(df["Timestamp"], errors="coerce").to_numpy(dtype=float)
-    bad = ~np.isfinite(t_s) | (t_s < 0)
+    bad = ~np.isfinite(t_s) | (t_s < 0) | (t_s > MAX_ARRIVAL_NS / 1e9)
     if bad.any():
         i = int(np.argmax(bad))
-        raise TraceError(f"{path}:{i + 2}: field 'Timestamp': expected seconds >= 0, got {df['Timestamp'].iloc[i]!r}")
+        raise TraceError(f"{path}:{i + 2}: field 'Timestamp': expected seconds from 0 to {MAX_ARRIVAL_NS / 1e9:.0e}, "
+                         f"got {_cell(df['Timestamp'].iloc[i])}")
     inputs = _int_column(df, "Request tokens", path, min_value=0)
     outputs = _int_column(df, "Response tokens", path, min_value=0)
     failed = keep & (outputs == 0)
@@ -149,8 +156,9 @@ def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
         raise TraceError(f"{where}: missing field {key!r}") from None
     if type(v) is float and v.is_integer():
         v = int(v)
-    if type(v) is not int or v < min_value:
-        raise TraceError(f"{where}: field {key!r}: expected an integer >= {min_value}, got {v!r}")
+    if type(v) is not int or not min_value <= v <= MAX_TOKENS:
+        raise TraceError(f"{where}: field {key!r}: expected an integer from {min_value} to {MAX_TOKENS:.0e}, "
+                         f"got {v!r}")
     return v
 
 
@@ -173,8 +181,9 @@ def read_mooncake(path: Path) -> Loaded:
             if not isinstance(obj, dict):
                 raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             t_ms = obj.get("timestamp")
-            if type(t_ms) not in (int, float) or not t_ms >= 0 or t_ms == float("inf"):
-                raise TraceError(f"{where}: field 'timestamp': expected ms >= 0, got {t_ms!r}")
+            if type(t_ms) not in (int, float) or not 0 <= t_ms <= MAX_ARRIVAL_NS / 1e6:  # NaN fails too
+                raise TraceError(f"{where}: field 'timestamp': expected ms from 0 to {MAX_ARRIVAL_NS / 1e6:.0e}, "
+                                 f"got {t_ms!r}")
             inp = _mooncake_field(obj, "input_length", where, 1)
             out = _mooncake_field(obj, "output_length", where, 1)
             ids = obj.get("hash_ids", [])
@@ -202,7 +211,10 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
         return counts[0], counts[1]
     turns = item.get("conversations", item.get("conversation"))
     if not isinstance(turns, list):
-        raise TraceError(f"{where}: field 'conversations': expected a list of turns, got {turns!r}")
+        record = next((k for k in ("input_toks", "input_length", "arrival_time_ns", "timestamp") if k in item), None)
+        hint = (f" (it has {record!r}, a field of pdsim's and Mooncake's traces, which are JSONL: one object per "
+                "line, not a JSON list)" if record else "")
+        raise TraceError(f"{where}: field 'conversations': expected a list of turns, got {turns!r}{hint}")
     for k in range(len(turns) - 1):
         a, b = turns[k], turns[k + 1]
         if not (isinstance(a, dict) and isinstance(b, dict)):

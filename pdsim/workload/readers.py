@@ -18,7 +18,7 @@ import numpy as np
 
 from pdsim.errors import TraceError
 from pdsim.workload import formats
-from pdsim.workload.trace import TraceRequest, read_trace
+from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, read_trace
 
 FORMATS = ("pdsim", "azure", "mooncake", "burstgpt", "sharegpt", "lengths-csv", "vllm-bench")
 _PARAMS = {"burstgpt": ("model", "log"), "sharegpt": ("chars_per_token",)}
@@ -153,10 +153,10 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
     origin_ns = int(times[0])
     notes = list(loaded.notes)
     if window is not None:
-        lo = origin_ns + round(window.start_s * 1e9)
+        lo = origin_ns + _window_ns(window.start_s)
         keep = times >= lo
         if window.end_s is not None:
-            keep &= times < origin_ns + round(window.end_s * 1e9)
+            keep &= times < origin_ns + _window_ns(window.end_s)
         order, times, origin_ns = order[keep], times[keep], lo
         if not len(order):
             raise TraceError(f"{path}: no request in the window {window.start_s:g}-{window.end_s or 'end'} s")
@@ -165,9 +165,19 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
         order, times = order[:max_requests], times[:max_requests]
     times = times - origin_ns
     if time_scale != 1.0:
-        times = np.rint(times * time_scale).astype(np.int64)
+        scaled = np.rint(times * time_scale)
+        if scaled[-1] > MAX_ARRIVAL_NS:  # times are sorted
+            raise TraceError(f"--time-scale {time_scale:g}: the last arrival would be {scaled[-1] / 1e9:.3g} s after "
+                             f"the first, past the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds")
+        times = scaled.astype(np.int64)
         notes.append(f"times x{time_scale:g}")
     return Dataset(_requests(loaded, order, times), name, notes, loaded.has_times)
+
+
+def _window_ns(bound_s: float) -> int:
+    """A window bound in ns from the first arrival; one past the clock's range (1e300 s) is held just past
+    it, where it keeps nothing or everything, as in seconds, instead of overflowing int64."""
+    return round(min(bound_s * 1e9, MAX_ARRIVAL_NS + 1))
 
 
 def _requests(loaded: formats.Loaded, order: np.ndarray, times_ns: np.ndarray) -> list[TraceRequest]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError, TraceError, parse_json
 
 
@@ -36,11 +37,11 @@ DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace g
 def _length(value: object, key: str, where: str) -> int:
     # type() rather than isinstance: bool is an int subclass, and `true` is no length.
     if type(value) is int:
-        if value > 0:
+        if 0 < value <= MAX_TOKENS:
             return value
-    elif type(value) is float and value.is_integer() and value > 0:  # NaN/inf fail is_integer
+    elif type(value) is float and value.is_integer() and 0 < value <= MAX_TOKENS:  # NaN/inf fail is_integer
         return int(value)
-    raise TraceError(f"{where}: field {key!r}: expected a positive integer, got {value!r}")
+    raise TraceError(f"{where}: field {key!r}: expected a positive integer up to {MAX_TOKENS:.0e}, got {value!r}")
 
 
 # pdsim holds every request of a run in memory (about 1.6 KB each with its results: 450 MB for 200,000
@@ -135,8 +136,8 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
                 type(inp) is int
                 and type(out) is int
                 and type(arr) is int
-                and inp > 0
-                and out > 0
+                and 0 < inp <= MAX_TOKENS
+                and 0 < out <= MAX_TOKENS
                 and 0 <= arr <= MAX_ARRIVAL_NS
                 and "hash_ids" not in obj
             ):
