@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -369,3 +370,48 @@ def test_swept_variants_keep_every_base_field_but_the_nodes():
         assert cfg.model_dump(exclude={"nodes", "num_nodes"}) == base_top, v.label
         for node in cfg.nodes:
             assert node.model_dump(exclude=node_fields) == base_node, v.label
+
+
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--attainment", "nan", r"--attainment: expected a share of requests >= 0 and <= 1, got nan"),
+    ("--seed", "-1", r"--seed: expected a seed >= 0"),
+    ("--gpus", "99999999999999999999", r"--gpus: expected a GPU count >= 1 and <= 65536"),
+    ("--rates", "1e308", r"--rates: expected numbers > 0 and <= 1e\+06 \(req/s\), got '1e308'"),
+])
+def test_sweep_options_out_of_range_are_refused_before_any_run(tmp_path, option, value, words):
+    args = {"--attainment": "0.9", "--seed": "0", "--gpus": "2", "--rates": "5", option: value}
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests",
+                                   "20", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1",
+                                   "--out", str(tmp_path / "s"), *[x for kv in args.items() for x in kv]])
+    assert isinstance(res.exception, PdsimError) and re.search(words, str(res.exception)), res.output
+    assert not (tmp_path / "s" / "runs.csv").exists()
+
+
+def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "s"
+    common = ["--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "20", "--gpus", "2",
+              "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1", "--min-duration-s", "0",
+              "--rates", "5"]
+    assert runner.invoke(cli, ["sweep", *common, "--out", str(out)]).exit_code == 0
+    runs = out / "runs.csv"
+    lines = runs.read_text().splitlines()
+    header = lines[0].split(",")
+    for column, value in (("finished", "abc"), ("rate_per_s", "nan")):
+        cells = lines[1].split(",")
+        cells[header.index(column)] = value
+        runs.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
+        res = runner.invoke(cli, ["sweep", *common, "--out", str(out), "--resume"])
+        assert isinstance(res.exception, PdsimError), res.output
+        assert "runs.csv:2: " in str(res.exception) and "this command did not write it" in str(res.exception)
+    # The base config inside the configs/ folder the sweep rewrites, and a file where that folder goes.
+    inside = out / "configs" / "base.json"
+    inside.write_text(BASE.read_text())
+    res = runner.invoke(cli, ["sweep", *common[2:], "--base-config", str(inside), "--out", str(out)])
+    assert isinstance(res.exception, PdsimError) and "which this command rewrites" in str(res.exception)
+    assert inside.read_text() == BASE.read_text()
+    other = tmp_path / "t"
+    other.mkdir()
+    (other / "configs").write_text("x")
+    res = runner.invoke(cli, ["sweep", *common, "--out", str(other)])
+    assert isinstance(res.exception, PdsimError) and "configs is a file" in str(res.exception)

@@ -16,10 +16,14 @@ import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import number_in
+from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.workload.readers import dataset_options
+
+# A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
+MAX_RATE_PER_S = 1e6
 
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
                  "attain_ttft", "attain_tpot", "attain_both", "served_req_s", "stable"]
@@ -48,7 +52,8 @@ def _space_options() -> list[Callable]:
                           "lengths are replayed at each rate."),
         click.option("--num-requests", type=int, default=None,
                      callback=number_in(1, what="a request count"), help="Use the first N requests.  [default: all]"),
-        click.option("--gpus", type=int, required=True, help="GPU budget every configuration uses."),
+        click.option("--gpus", type=int, required=True, callback=number_in(1, MAX_NPUS, what="a GPU count"),
+                     help="GPU budget every configuration uses."),
         click.option("--ratios", default="all", show_default=True,
                      help="P:D instance counts to try: 'all' or a list such as 1:7,2:6 (or 1P7D,2P6D)."),
         click.option("--tp-prefill", default="1", show_default=True, help="TP sizes for prefill instances, e.g. 1,2."),
@@ -81,7 +86,8 @@ def _slo_options() -> list[Callable]:
                      callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TTFT SLO (ms)."),
         click.option("--slo-tpot-ms", type=float, required=True,
                      callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TPOT SLO (ms)."),
-        click.option("--attainment", type=click.FloatRange(0, 1), default=0.9, show_default=True,
+        click.option("--attainment", type=float, default=0.9, show_default=True,
+                     callback=number_in(0, 1, what="a share of requests"),
                      help="Share of requests that must meet the SLOs."),
         click.option("--slo-mode", type=click.Choice(SLO_MODES), default="joint", show_default=True,
                      help="joint: a request must meet TTFT and TPOT together; separate: each SLO's attainment "
@@ -97,7 +103,7 @@ def _run_options() -> list[Callable]:
         click.option("--arrival", type=click.Choice(ARRIVAL_MODES), default="scale", show_default=True,
                      help="scale: the dataset's arrival times rescaled to each rate; poisson: new Poisson "
                           "arrivals at each rate (seeded)."),
-        click.option("--seed", type=int, default=0, show_default=True,
+        click.option("--seed", type=int, default=0, show_default=True, callback=number_in(0, 2**32 - 1, what="a seed"),
                      help="Seed of Poisson arrivals and random routing; runs are deterministic per seed."),
         click.option("--time-limit-slack-s", type=float, default=120.0, show_default=True,
                      callback=number_in(0, 1e9, what="a time (s)"),
@@ -180,8 +186,16 @@ class _Setup:
         }, default=str))
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
+        inputs = [*config_inputs(kw["base_config"]), kw["dataset"]]
         for name in OUTPUT_NAMES:
-            check_output_file(self.out / name, "--out", [*config_inputs(kw["base_config"]), kw["dataset"]])
+            check_output_file(self.out / name, "--out", inputs)
+        configs = self.out / "configs"
+        if configs.exists() and not configs.is_dir():
+            raise PdsimError(f"--out {self.out}: {configs} is a file; this command writes a folder of configs there")
+        for source in inputs:  # configs/ is emptied of earlier runs' configs and written anew
+            if source.exists() and configs.is_dir() and source.resolve().parent == configs.resolve():
+                raise PdsimError(f"--out {self.out}: the input {source} is in {configs}, which this command "
+                                 "rewrites; copy it elsewhere or choose another --out")
 
     def outputs(self, stem: str, streamed: str) -> OutputSet:
         """The command's files, committed together once all are written: the streamed CSV, the
@@ -283,8 +297,8 @@ def sweep(rates: str, **kw: Any) -> None:
         rate_list = sorted({float(x) for x in rates.split(",") if x.strip()})
     except ValueError:
         raise PdsimError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
-    if not rate_list or min(rate_list) <= 0 or not all(math.isfinite(r) for r in rate_list):
-        raise PdsimError(f"--rates: expected positive numbers, got {rates!r}")
+    if not rate_list or min(rate_list) <= 0 or not max(rate_list) <= MAX_RATE_PER_S:  # NaN fails too
+        raise PdsimError(f"--rates: expected numbers > 0 and <= {MAX_RATE_PER_S:g} (req/s), got {rates!r}")
     setup = _Setup(kw)
     for rate in rate_list:  # before any run starts (trace_at_rate checks it again for search's rates)
         check_request_count(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),

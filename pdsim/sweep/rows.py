@@ -84,7 +84,7 @@ class RowWriter:
                     # A run killed mid-write leaves a short last line: that run is simply done again.
                     if None in row.values() or None in row:
                         continue
-                    self.rows[self.key(row)] = parse_row(row)
+                    self.rows[self.key(row)] = _resumed_row(row, f"{source}:{reader.line_num}")
         # Rewritten whole (header plus the rows kept) and swapped in at once, so a torn last line
         # never merges with a new one and a crash here loses none of the kept rows.
         with atomic_path(self.partial) as tmp, tmp.open("w", newline="") as f:
@@ -107,6 +107,31 @@ class RowWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
+    """A kept row, or PdsimError naming its line and cell: a row this command did not write (edited, or
+    another tool's) would be skipped as done, or crash the summary."""
+    for k, text in row.items():
+        try:
+            if k in _INT_FIELDS:
+                int(text)
+            elif k not in _STR_FIELDS and text != "":
+                float(text)
+        except ValueError:
+            kind = "a whole number" if k in _INT_FIELDS else "a number"
+            raise PdsimError(f"--resume: {where}: column {k!r}: expected {kind}, got {text!r}; this command did not "
+                             "write it: use another --out or drop --resume") from None
+    parsed = parse_row(row)
+    try:  # kept as its text (the key a rerun must match), but it must be a rate
+        rate = float(row.get("rate_per_s") or "nan")
+    except ValueError:
+        rate = math.nan
+    if not parsed.get("label") or not (math.isfinite(rate) and rate > 0):
+        raise PdsimError(f"--resume: {where}: expected a label and a rate_per_s > 0, got {row.get('label')!r} and "
+                         f"{row.get('rate_per_s')!r}; this command did not write it: use another --out or drop "
+                         "--resume")
+    return parsed
 
 
 def parse_row(row: dict[str, str]) -> dict[str, Any]:
