@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pdsim.errors import ProfileError
+from pdsim.errors import PdsimError, ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.cli import estimate
@@ -687,3 +687,16 @@ def test_an_unknown_llmservingsim_variant_names_meta_yaml_and_the_field(tmp_path
     meta.write_text(text.replace("\nvariant: bf16", "\nvariant: int4"))
     with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': expected bf16, fp16, fp32 or fp8 .*'int4'"):
         read_profile(profile, tp=1)
+
+
+def test_estimate_refuses_fp8_weights_over_32_bit_activations_and_profiler_options_out_of_range(tmp_path):
+    from pdsim.cli import cli
+
+    res = CliRunner().invoke(estimate, ["--hardware", "H100-SXM", "--model", "meta-llama/Llama-3.1-8B",
+                                        "--quantization", "fp8", "--dtype", "float32", "--out", str(tmp_path)])
+    assert isinstance(res.exception, PdsimError) and "fp8 weights run over 16-bit" in str(res.exception)
+    assert not any(tmp_path.iterdir())
+    for option, value in (("--max-seconds-per-point", "nan"), ("--recheck-tolerance", "-1"), ("--threads", "0")):
+        res = CliRunner().invoke(cli, ["profile", "--model", "pdsim/tiny-llama", option, value, "--out",
+                                       str(tmp_path / "p")])
+        assert f"{option}: expected" in str(res.exception), (option, res.output)

@@ -415,3 +415,24 @@ def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
     (other / "configs").write_text("x")
     res = runner.invoke(cli, ["sweep", *common, "--out", str(other)])
     assert isinstance(res.exception, PdsimError) and "configs is a file" in str(res.exception)
+
+
+def test_a_rate_too_low_for_the_clock_and_a_bad_ray_address_are_said(tmp_path):
+    base = [TraceRequest(i, 100, 10, i * 1_000_000) for i in range(100)]
+    with pytest.raises(PdsimError, match=r"rate 1e-09 req/s: 100 requests would arrive over 9.9e\+10 s"):
+        trace_at_rate(base, 1e-9, "scale", 0)
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests",
+                                   "20", "--gpus", "2", "--rates", "5", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25",
+                                   "--workers", "99999999999999999999", "--out", str(tmp_path / "s")])
+    assert isinstance(res.exception, PdsimError) and "--workers: expected a process count" in str(res.exception)
+
+
+def test_runs_that_reject_requests_are_said(tmp_path):
+    trace = tmp_path / "long.jsonl"
+    trace.write_text("".join(json.dumps({"input_toks": 500_000, "output_toks": 5, "arrival_time_ns": i * 10**8})
+                             + "\n" for i in range(10)))
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(trace), "--gpus", "2",
+                                   "--ratios", "1:1", "--rates", "5", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25",
+                                   "--workers", "1", "--min-duration-s", "0", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "runs rejected requests (too long for the model or the KV cache; counted as missing the SLOs)" in res.output

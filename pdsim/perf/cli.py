@@ -47,6 +47,9 @@ def estimate(hardware: str, model_name: str, dtype: str, tp: int, quantization: 
             f"{', '.join(known_hardware())}"
         )
     dtype_bytes(dtype)  # rejects unknown dtypes with the list of known ones
+    if quantization and dtype not in ("bfloat16", "float16"):
+        raise PdsimError(f"--quantization {quantization} with --dtype {dtype}: fp8 weights run over 16-bit activations "
+                         "(bfloat16 or float16), as in vLLM")
     model = load_model(model_name)
     meta = estimate_meta(spec, model, dtype, tp, quantization)
     directory = profile_path(out, spec.name, model.name, quantization or dtype, tp)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pdsim.cli_checks import number_in
 from pdsim.errors import PdsimError
 
 if TYPE_CHECKING:  # check.py imports torch, which this module must not
@@ -138,6 +139,7 @@ def default_hardware_name(device: str, threads: int) -> str:
     type=float,
     default=2.0,
     show_default=True,
+    callback=number_in(0, 3600, low_open=True, what="a time (s)"),
     help="Stop repeating a point after this long (at least 3 repeats are always taken).",
 )
 @click.option(
@@ -162,11 +164,13 @@ def default_hardware_name(device: str, threads: int) -> str:
     type=float,
     default=0.15,
     show_default=True,
+    callback=number_in(0, 100, low_open=True, what="a relative excess"),
     help="Relative excess over the neighbours' chord that makes a grid point suspicious.",
 )
 @click.option(
     "--threads",
     type=int,
+    callback=number_in(1, 4096, what="a thread count"),
     help="CPU threads (torch.set_num_threads). Default: torch's default "
     "(the physical core count). Recorded in meta.json.",
 )

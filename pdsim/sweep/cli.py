@@ -30,6 +30,8 @@ SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_m
 PLOTS = ("goodput", "latency", "pareto")
 OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv",
                 *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
+# Also written in --out, and kept: what a run streams to, and what a --resume compares with.
+KEPT_NAMES = ("runs.partial.csv", "probes.partial.csv", "runs.settings.json", "probes.settings.json")
 SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "first_fail_why",
                   "metrics_at_req_s", "attain_both",
                   "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
@@ -124,7 +126,7 @@ def _run_options() -> list[Callable]:
 def _execution_options() -> list[Callable]:
     """Where the runs execute and where their results go."""
     return [
-        click.option("--workers", type=int, default=None,
+        click.option("--workers", type=int, default=None, callback=number_in(1, 4096, what="a process count"),
                      help="Local worker processes (1: run inline).  [default: CPU count]"),
         click.option("--ray-address", default=None,
                      help="Run on Ray instead: 'auto', HOST:PORT, or 'local' for a fresh local instance."),
@@ -187,7 +189,7 @@ class _Setup:
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
         inputs = [*config_inputs(kw["base_config"]), kw["dataset"]]
-        for name in OUTPUT_NAMES:
+        for name in (*OUTPUT_NAMES, *KEPT_NAMES):
             check_output_file(self.out / name, "--out", inputs)
         configs = self.out / "configs"
         if configs.exists() and not configs.is_dir():
@@ -270,10 +272,15 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _unstable_note(rows: list[dict[str, Any]]) -> str:
     bad = [r for r in rows if not r.get("stable", 1)]
-    if not bad:
-        return f"all {len(rows)} runs stable (no queue growth over the scored window, none unfinished)"
-    lines = [f"UNSTABLE: {len(bad)} of {len(rows)} runs (stable = 0; never counted as meeting the target):"]
+    rejected = [r for r in rows if r.get("rejected", 0)]
+    lines = ([f"all {len(rows)} runs stable (no queue growth over the scored window, none unfinished)"] if not bad
+             else [f"UNSTABLE: {len(bad)} of {len(rows)} runs (stable = 0; never counted as meeting the target):"])
     lines += [f"  {r['label']} at {r['rate_per_s']} req/s: {r['unstable_reason']}" for r in bad]
+    if rejected:  # a rejected request meets no SLO; say it, as a run of only rejections looks calm otherwise
+        worst = max(rejected, key=lambda r: r["rejected"] / max(r["requests"], 1))
+        lines.append(f"NOTE: {len(rejected)} of {len(rows)} runs rejected requests (too long for the model or the KV "
+                     f"cache; counted as missing the SLOs), up to {worst['rejected']:,} of {worst['requests']:,} "
+                     f"({worst['label']} at {worst['rate_per_s']} req/s): see the rejected column")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ killed command loses at most the runs in flight and `--resume` picks up the rest
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -75,7 +76,12 @@ class RowWriter:
         source = self.partial if self.partial.exists() else path
         if resume and source.exists() and source.stat().st_size > 0:
             _check_same_settings(settings_path(path), settings or {}, source)
-            with source.open(newline="") as f:
+            try:
+                text = source.read_text()
+            except UnicodeDecodeError as e:
+                raise PdsimError(f"--resume: {source} is not UTF-8 text ({e.reason} at byte {e.start}); this command "
+                                 "did not write it: use another --out or drop --resume") from None
+            with io.StringIO(text, newline="") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != fields:
                     raise PdsimError(f"--resume: {source} has other columns than this command writes; "

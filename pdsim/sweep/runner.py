@@ -23,7 +23,7 @@ from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_li
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.rows import ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
 from pdsim.sweep.steady import Window, stability
-from pdsim.workload.trace import TraceRequest, check_request_count
+from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, check_request_count
 
 ARRIVAL_MODES = ("scale", "poisson")
 
@@ -93,6 +93,10 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     n = requests_at_rate(n_base, rate_per_s, min_duration_s)
     check_request_count(n, f"rate {rate_per_s:g} req/s for at least {min_duration_s:g} s")
     lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
+    # Within the run clock's range (with room for Poisson's spread), not wrapped past int64 ns.
+    if (n - 1) / rate_per_s > 0.9 * MAX_ARRIVAL_NS / 1e9:
+        raise PdsimError(f"rate {rate_per_s:g} req/s: {n:,} requests would arrive over {(n - 1) / rate_per_s:.3g} s, "
+                         f"past the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds; give a higher rate")
     if arrival == "poisson":
         gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n)
         gaps_s[0] = 0.0
@@ -267,7 +271,10 @@ class RayExecutor(Executor):
                 kwargs["address"] = None
             # Workers import pdsim from the same checkout when the cluster shares it; otherwise it
             # must be installed on every node.
-            ray.init(**kwargs)
+            try:
+                ray.init(**kwargs)
+            except ValueError as e:  # Ray's words for an address it cannot parse
+                raise PdsimError(f"--ray-address {address!r}: {e} (expected 'auto', 'local' or HOST:PORT)") from None
         self.trace_ref = ray.put(list(base_trace))
         self.settings = settings
         self.remote = ray.remote(run_job)
