@@ -377,6 +377,7 @@ def test_swept_variants_keep_every_base_field_but_the_nodes():
     ("--seed", "-1", r"--seed: expected a seed >= 0"),
     ("--gpus", "99999999999999999999", r"--gpus: expected a GPU count >= 1 and <= 65536"),
     ("--rates", "1e308", r"--rates: expected numbers > 0 and <= 1e\+06 \(req/s\), got '1e308'"),
+    ("--rates", "nan,5", r"--rates: expected numbers > 0 and <= 1e\+06 \(req/s\), got 'nan,5'"),
 ])
 def test_sweep_options_out_of_range_are_refused_before_any_run(tmp_path, option, value, words):
     args = {"--attainment": "0.9", "--seed": "0", "--gpus": "2", "--rates": "5", option: value}
