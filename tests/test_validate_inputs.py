@@ -424,6 +424,13 @@ def test_engine_records_of_the_wrong_shape_name_meta_json_and_the_field(tmp_path
         read_measured(requests)
 
 
+def test_every_recorded_switch_the_replay_takes_is_checked_when_the_run_is_read():
+    from pdsim.validate.measured import ENGINE_SWITCHES
+    from pdsim.validate.recorded import _RECORDED_LIMITS
+
+    assert {key for key, kind in _RECORDED_LIMITS.items() if kind is bool} <= set(ENGINE_SWITCHES)
+
+
 def test_engine_records_vllm_accepts_are_read(tmp_path):
     for limit in (None, "auto", -1, "8k", 4096):
         requests, _ = _run(tmp_path / "run", n=4, meta={"engine_kwargs": {"max_model_len": limit,

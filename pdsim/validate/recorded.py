@@ -246,11 +246,10 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     out: dict[str, object] = {}
     meta = Path(run.source).with_name("meta.json")
     for key, kind in _RECORDED_LIMITS.items():
+        # A switch is true, false or null: read_engine_jsonl checked it (measured.ENGINE_SWITCHES).
         value = _recorded_int(kwargs, key, 1, meta) if kind is int else kwargs.get(key)
         if value is None:  # the engine's own default, not recorded
             continue
-        if type(value) is not kind:
-            raise PdsimError(f"{meta}: engine_kwargs.{key}: expected true or false, got {value!r}")
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
