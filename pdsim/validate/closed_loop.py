@@ -41,7 +41,7 @@ from pdsim.validate.measured import (
     vllm_major_minor,
     vllm_reserves_full_isl,
 )
-from pdsim.validate.row_layout import row_layout, text, whole_number
+from pdsim.validate.row_layout import LAYOUT_COUNTS, row_layout, text, whole_number
 from pdsim.workload.trace import TraceRequest
 
 ROUNDS = 20
@@ -160,11 +160,8 @@ def unsupported_reason(row: dict, model: str | None = None) -> str | None:
 NUMBER_COLUMNS = {"isl": "a positive integer", "osl": "a positive integer", "concurrency": "a positive integer",
                   "tp": "a positive integer", "ttft_ms": "a positive number of ms",
                   "tpot_ms": "a positive number of ms",
-                  "pp_size": "a whole number >= 1", "pp": "a whole number >= 1",
-                  "attention_dp_size": "a whole number >= 0", "moe_tp_size": "a whole number >= 0",
-                  "moe_ep_size": "a whole number >= 0"}
-INTEGER_COLUMNS = ("isl", "osl", "concurrency", "tp", "pp_size", "pp", "attention_dp_size", "moe_tp_size",
-                   "moe_ep_size")
+                  **{column: f"a whole number >= {least}" for column, least in LAYOUT_COUNTS.items()}}
+INTEGER_COLUMNS = ("isl", "osl", "concurrency", "tp", *LAYOUT_COUNTS)
 
 
 def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
@@ -323,15 +320,16 @@ def _check_length(model: str, isl: int, osl: int, names: dict[str, str]) -> None
 
 
 def _check_numbers(row: dict, names: dict[str, str]) -> None:
-    """A cell of a number column that holds text (abc, a repeated header line's names) makes the row bad; the
-    values' ranges are checked where they are used."""
+    """A cell of a number column that holds text (abc, a repeated header line's names) makes the row bad, and
+    so does a layout count out of its range (checked here too, before a skip reason could hide it); the
+    other values' ranges are checked where they are used."""
     for column, expected in NUMBER_COLUMNS.items():
         value = row.get(column)
         if isinstance(value, str) and value.strip() and np.isnan(_as_float(value.strip())):
             raise PdsimError(f"column {names.get(column, column)}: expected {expected}, got {value.strip()!r} "
                              "(not a number)")
-    for column in ("pp_size", "pp", "attention_dp_size", "moe_tp_size", "moe_ep_size"):
-        whole_number(row, column, 1 if column.startswith("pp") else 0)
+    for column in LAYOUT_COUNTS:
+        whole_number(row, column)
 
 
 def _positive_int(row: dict, column: str, shown: str) -> int:

@@ -63,13 +63,18 @@ def _number(value) -> float | None:
     return None if math.isnan(number) else number
 
 
-def whole_number(row: dict, column: str, least: int) -> int | None:
-    """A layout column's value as a whole number >= least (None: empty, not recorded); PdsimError naming
-    the column and value for anything else (text, a fraction, a negative count): a bad row, not a layout."""
+# The layout columns that hold counts, and the least each may hold (0: not recorded).
+LAYOUT_COUNTS = {"pp_size": 1, "pp": 1, "attention_dp_size": 0, "moe_tp_size": 0, "moe_ep_size": 0}
+
+
+def whole_number(row: dict, column: str) -> int | None:
+    """A layout column's count (LAYOUT_COUNTS; None: empty, not recorded); PdsimError naming the column and
+    value for anything else (text, a fraction, a count below the least): a bad row, not a layout."""
     value = text(row.get(column))
     if not value or value == "nan":
         return None
     number = _number(value)
+    least = LAYOUT_COUNTS[column]
     if number is None or not (number.is_integer() and number >= least):  # inf fails is_integer
         raise PdsimError(f"column {column}: expected a whole number >= {least}, got {str(row[column]).strip()!r}")
     return int(number)
@@ -124,10 +129,10 @@ def _kv(row: dict) -> tuple[str, str | None]:
 def _experts(row: dict, model: str | None) -> tuple[int | None, str | None]:
     """(ep_size, reason) from the MoE layout columns (0 or empty: not recorded)."""
     tp = _number(row.get("tp")) or 1
-    recorded_dp = whole_number(row, "attention_dp_size", 0)
+    recorded_dp = whole_number(row, "attention_dp_size")
     dp = recorded_dp or 1
-    moe_tp = whole_number(row, "moe_tp_size", 0) or 0
-    moe_ep = whole_number(row, "moe_ep_size", 0) or 0
+    moe_tp = whole_number(row, "moe_tp_size") or 0
+    moe_ep = whole_number(row, "moe_ep_size") or 0
     if recorded_dp and moe_tp and moe_ep and moe_tp * moe_ep > tp * dp:
         return None, f"moe_tp_size {moe_tp:g} x moe_ep_size {moe_ep:g} is more than tp x attention_dp_size"
     if moe_tp and moe_ep and moe_tp * moe_ep > tp:  # not recorded: the experts' GPUs beyond TP are DP ranks
@@ -156,7 +161,7 @@ def row_layout(row: dict, model: str | None = None) -> tuple[RowLayout | None, s
     if mode and mode not in MODES:
         return None, f"mode {row['mode']} (closed-loop rows are simulated as one aggregated instance)"
     for column in ("pp_size", "pp"):
-        pp = whole_number(row, column, 1)
+        pp = whole_number(row, column)
         if pp is not None and pp > 1:
             return None, f"{column} {row[column]} (the closed-loop replay builds no pipelined instances)"
     model = model or (str(row["model_path"]).strip() if text(row.get("model_path")) else None)
