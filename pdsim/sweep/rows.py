@@ -115,41 +115,39 @@ class RowWriter:
         self.file.close()
 
 
+_NOT_WRITTEN_HERE = "this command did not write it: use another --out or drop --resume"
+
+
 def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
     """A kept row, or PdsimError naming its line and cell: a row this command did not write (edited, or
     another tool's) would be skipped as done, or crash the summary."""
-    for k, text in row.items():
-        try:
-            if k in _INT_FIELDS:
-                int(text)
-            elif k not in _STR_FIELDS and text != "":
-                float(text)
-        except ValueError:
-            kind = "a whole number" if k in _INT_FIELDS else "a number"
-            raise PdsimError(f"--resume: {where}: column {k!r}: expected {kind}, got {text!r}; this command did not "
-                             "write it: use another --out or drop --resume") from None
-    parsed = parse_row(row)
+    parsed = parse_row(row, where)
     try:  # kept as its text (the key a rerun must match), but it must be a rate
         rate = float(row.get("rate_per_s") or "nan")
     except ValueError:
         rate = math.nan
     if not parsed.get("label") or not (math.isfinite(rate) and rate > 0):
         raise PdsimError(f"--resume: {where}: expected a label and a rate_per_s > 0, got {row.get('label')!r} and "
-                         f"{row.get('rate_per_s')!r}; this command did not write it: use another --out or drop "
-                         "--resume")
+                         f"{row.get('rate_per_s')!r}; {_NOT_WRITTEN_HERE}")
     return parsed
 
 
-def parse_row(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row back into typed values; floats go through the same text as fresh rows do."""
+def parse_row(row: dict[str, str], where: str = "") -> dict[str, Any]:
+    """A CSV row back into typed values; floats go through the same text as fresh rows do. A cell that is no
+    number (a row read back from `where` that this command did not write) is a PdsimError naming it."""
     out: dict[str, Any] = {}
     for k, text in row.items():
-        if k in _STR_FIELDS:
-            out[k] = text
-        elif k in _INT_FIELDS:
-            out[k] = int(text)
-        else:
-            out[k] = float(text) if text != "" else math.nan
+        try:
+            if k in _STR_FIELDS:
+                out[k] = text
+            elif k in _INT_FIELDS:
+                out[k] = int(text)
+            else:
+                out[k] = float(text) if text != "" else math.nan
+        except ValueError:
+            kind = "a whole number" if k in _INT_FIELDS else "a number"
+            raise PdsimError(f"--resume: {where}: column {k!r}: expected {kind}, got {text!r}; "
+                             f"{_NOT_WRITTEN_HERE}") from None
     return out
 
 

@@ -92,11 +92,11 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     n_base = len(base)
     n = requests_at_rate(n_base, rate_per_s, min_duration_s)
     check_request_count(n, f"rate {rate_per_s:g} req/s for at least {min_duration_s:g} s")
-    lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
     # Within the run clock's range (with room for Poisson's spread), not wrapped past int64 ns.
     if (n - 1) / rate_per_s > 0.9 * MAX_ARRIVAL_NS / 1e9:
         raise PdsimError(f"rate {rate_per_s:g} req/s: {n:,} requests would arrive over {(n - 1) / rate_per_s:.3g} s, "
                          f"past the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds; give a higher rate")
+    lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
     if arrival == "poisson":
         gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n)
         gaps_s[0] = 0.0
