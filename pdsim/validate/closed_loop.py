@@ -35,6 +35,7 @@ from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, 
 from pdsim.metrics.summary import requests_frame
 from pdsim.models import load_model
 from pdsim.perf.interp import ExtrapolationWarning
+from pdsim.validate.compare import lost_requests
 from pdsim.validate.measured import (
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
@@ -93,14 +94,10 @@ def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts:
     to compare: PdsimError with their reasons, counted."""
     trace = [TraceRequest(i, isl, osl, 0) for i in range(rounds * concurrency)]
     result = simulate(cfg, trace, replace(opts, concurrency=concurrency, client_start_spread_s=0.0), source)
+    if (lost := lost_requests(result)) is not None:
+        raise PdsimError(f"{lost}: the row has no mean to compare")
     df = requests_frame(result)
     done = df[df.status == "finished"]
-    if len(done) < len(df):
-        left = df[df.status != "finished"].fillna({"reason": ""})
-        why = "; ".join(f"{n} {status}: {reason}" for (status, reason), n in
-                        left.groupby(["status", "reason"], sort=False).size().items())
-        raise PdsimError(f"{len(df) - len(done)} of the row's {len(df)} requests not finished ({why}): no mean to "
-                         "compare")
     return {"sim_ttft_ms": float(done.ttft_ms.mean()), "sim_tpot_ms": float(done.tpot_ms.mean()),
             "sim_preemptions": int(df.preemptions.sum()),
             "estimated_profile": any(info.estimated_profile for info in result.infos)}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pdsim.cli_checks import vllm_int
+from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError
 
 if TYPE_CHECKING:
@@ -398,7 +399,7 @@ def _check_holds_longest(run, kv) -> None:
     need = done.input_toks + done.output_toks - 1
     i = int(need.to_numpy().argmax())
     longest = int(need.iloc[i])
-    blocks = -(-longest // kv.block_size)
+    blocks = blocks_for(longest, kv.block_size)
     if blocks > kv.num_gpu_blocks - 1:
         raise PdsimError(f"{kv.source}: {kv.tokens:,} tokens ({kv.num_gpu_blocks:,} blocks of {kv.block_size}) "
                          f"cannot hold a request the measured run finished ({done.input_toks.iloc[i]} prompt + "
