@@ -1,7 +1,10 @@
 """Benchmark: a P:D sweep of 7 ratios x 4 rates x 2,000 requests (plus the colocated baseline) on
 the local process pool. The target is under 2 minutes on a 2-core machine.
 
-    python benchmarks/sweep_speed.py [--workers N] [--requests 2000] [--ray]
+    python benchmarks/sweep_speed.py [--workers N] [--requests 2000] [--ray] [--expand-gpus 1000]
+
+It also times the expansion alone of a large budget into every split (what a sweep does before its
+first run), which must stay a small part of such a sweep.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--ray", action="store_true", help="run on a fresh local Ray instance instead")
+    ap.add_argument("--expand-gpus", type=int, default=1000, help="budget of the expansion timing (0: skip)")
     args = ap.parse_args()
 
     base = load_cluster_config(ROOT / "configs" / "cluster" / "sweep_base_h100.json")
@@ -46,6 +50,11 @@ def main() -> None:
     print(f"{len(rows)} runs ({split_runs} P:D split runs = 7 ratios x {len(RATES)} rates, + colocated) x "
           f"{args.requests} requests on {args.workers} {'Ray' if args.ray else 'pool'} worker(s), "
           f"{os.cpu_count()} CPUs: {wall_s:.1f} s wall ({wall_s / len(rows):.2f} s per run per machine)")
+    if args.expand_gpus:
+        started = time.perf_counter()
+        large = expand(base, args.expand_gpus)
+        print(f"expanding {args.expand_gpus} GPUs into every split: {len(large)} configurations of "
+              f"{args.expand_gpus} instances in {time.perf_counter() - started:.2f} s")
 
 
 if __name__ == "__main__":

@@ -246,8 +246,13 @@ def use_model_file(name: str, path: str | Path) -> bool:
 def load_model(name: str, models_dir: Path | None = None) -> ModelSpec:
     if models_dir is None and name in _RUN_MODEL_FILES:
         return _load_model_file(name, _RUN_MODEL_FILES[name])
-    root = (Path(models_dir) if models_dir is not None else MODELS_DIR).resolve()
-    return _load_model(name, root)
+    return _load_model(name, Path(models_dir).resolve() if models_dir is not None else _bundled_models_root())
+
+
+@functools.cache
+def _bundled_models_root() -> Path:
+    # Resolved once: config validation looks a model up for every instance, and resolving is a dozen stats.
+    return MODELS_DIR.resolve()
 
 
 @functools.cache

@@ -55,6 +55,28 @@ def test_expand_every_split_and_colocated():
     assert sum(ref.config.num_npus for ref in cfg.instances()) == 8
 
 
+def test_a_large_budget_shares_one_instance_dict_per_role():
+    # 1000 GPUs in every split: a copy of the instance per GPU per split would be a million dicts (GBs).
+    variants = expand(load_cluster_config(BASE), 1000, colocated=False)
+    assert len(variants) == 999
+    dicts = {id(i) for v in variants for n in v.raw["nodes"] for i in n["instances"]}
+    assert len(dicts) == 2
+    v = variants[499]
+    cfg = v.config()  # the shared dicts still make a whole config of 500 + 500 instances
+    assert [r.config.pd_type for r in cfg.instances()].count("decode") == v.num_decode == 500
+
+
+def test_a_refused_layout_names_the_role_of_its_instance():
+    # The refusal comes from the layout's smallest config; its node/instance index would not be the
+    # variant's, so the instance is named by its role.
+    skipped: list[str] = []
+    base = load_cluster_config(ROOT / "configs" / "cluster" / "deepseek_v3_pd_h200.json")
+    expand(base, 16, tp_prefill=[8], tp_decode=[1, 8], skipped=skipped)
+    assert [s.split(": ")[:2] for s in skipped] == [["1P8D-tp8/1", "decode instance"],
+                                                    ["colo-16x-tp1", "colocated instance"]]
+    assert all("weights need 626.92 GB per NPU" in s for s in skipped)
+
+
 def test_a_ratio_no_layout_fits_is_said():
     skipped: list[str] = []
     variants = expand(load_cluster_config(BASE), 2, [(3, 5), (1, 1)], skipped=skipped)

@@ -4,7 +4,8 @@ the decode pool as plain instances or as data-parallel groups (MoE DP attention,
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from pdsim.config import ClusterConfig, cluster_config_from_dict
@@ -104,8 +105,9 @@ def _dp_group(template: dict[str, Any], tp: int, dp: int, name: str, pp: int = 1
               expert_parallel: bool = True) -> list[dict[str, Any]]:
     """`dp` decode ranks of `pp` stages of `tp` GPUs in one DP group with the experts split over each
     stage's ranks: whole experts per GPU (vLLM's --data-parallel-size dp --enable-expert-parallel: EP size =
-    DP x TP), or, without expert parallelism, every expert split over them (ep_size 1, docs/moe.md)."""
-    return [_instance(template, "decode", tp, pp, name, _group_ep_size(tp, dp, expert_parallel)) for _ in range(dp)]
+    DP x TP), or, without expert parallelism, every expert split over them (ep_size 1, docs/moe.md).
+    The ranks are one dict: a variant's dicts are read, never changed (see _Pools.splits)."""
+    return [_instance(template, "decode", tp, pp, name, _group_ep_size(tp, dp, expert_parallel))] * dp
 
 
 def _group_ep_size(tp: int, dp: int, expert_parallel: bool) -> int:
@@ -164,13 +166,25 @@ class _Pools:
     def template(self, pd_type: str | None) -> dict[str, Any]:
         return _template(self.base, pd_type)
 
-    def splits(self, tp_p: int, tp_d: int, dp: int, pp_p: int = 1, pp_d: int = 1) -> list[Variant]:
+    def splits(self, tp_p: int, tp_d: int, dp: int, pp_p: int = 1, pp_d: int = 1) -> _Layout:
         """Every n_p x tp_p x pp_p + n_d x dp x tp_d x pp_d == gpus split (n_d decode instances, or DP
-        groups)."""
-        p_tmpl, d_tmpl = self.template("prefill"), self.template("decode")
+        groups). The splits share their instance dicts: at a budget of thousands of GPUs a copy per GPU per
+        split costs GBs, and nothing changes a variant's dicts (each worker validates its own copy)."""
         p_unit, unit = tp_p * pp_p, dp * tp_d * pp_d
+        prefill = [_instance(self.template("prefill"), "prefill", tp_p, pp_p)]
+        d_tmpl = self.template("decode")
+        single = [_instance(d_tmpl, "decode", tp_d, pp_d)]
+        groups: dict[int, list[dict[str, Any]]] = {}  # DP group g's ranks (groups differ only in their name)
+
+        def decode_units(n: int) -> list[list[dict[str, Any]]]:
+            if dp == 1:
+                return [single] * n
+            for g in range(len(groups), n):
+                groups[g] = _dp_group(d_tmpl, tp_d, dp, f"decode{g}", pp_d, self.expert_parallel)
+            return [groups[g] for g in range(n)]
+
         staged = "" if pp_p == pp_d == 1 else f"-pp{pp_p}/{pp_d}"
-        out: list[Variant] = []
+        layout = _Layout(self._pack([prefill, *decode_units(1)]))
         for n_p in range(1, self.gpus // p_unit + 1):
             rest = self.gpus - n_p * p_unit
             if rest < unit or rest % unit:
@@ -178,29 +192,50 @@ class _Pools:
             n_d = rest // unit
             if self.wanted is not None and (n_p, n_d) not in self.wanted:
                 continue
-            units = [[_instance(p_tmpl, "prefill", tp_p, pp_p)] for _ in range(n_p)]
             if dp == 1:
-                units += [[_instance(d_tmpl, "decode", tp_d, pp_d)] for _ in range(n_d)]
                 label = f"{n_p}P{n_d}D-tp{tp_p}/{tp_d}{staged}"
             else:
-                units += [_dp_group(d_tmpl, tp_d, dp, f"decode{g}", pp_d, self.expert_parallel) for g in range(n_d)]
                 label = f"{n_p}P{n_d}D-tp{tp_p}/dp{dp}xtp{tp_d}{staged}" + ("" if self.expert_parallel else "-noep")
-            out.append(Variant(label, n_p, n_d, tp_p, tp_d, self.gpus, _pack(self.base, units, self.node_gpus), dp,
-                               pp_p, pp_d))
-        return out
+            layout.variants.append(Variant(label, n_p, n_d, tp_p, tp_d, self.gpus,
+                                           self._pack([prefill] * n_p + decode_units(n_d)), dp, pp_p, pp_d))
+        return layout
 
-    def colocated(self, layouts: list[tuple[int, int]]) -> list[Variant]:
-        """gpus / (tp x pp) instances of each (tp, pp) layout that divides the budget."""
-        c_tmpl, out = self.template(None), []
-        for tp, pp in layouts:
-            if self.gpus % (tp * pp):
-                continue
+    def colocated(self, tp: int, pp: int) -> _Layout:
+        """gpus / (tp x pp) instances of this layout (none when it does not divide the budget)."""
+        units = [[_instance(self.template(None), None, tp, pp)]]
+        layout = _Layout(self._pack(units))
+        if self.gpus % (tp * pp) == 0:
             n = self.gpus // (tp * pp)
-            units = [[_instance(c_tmpl, None, tp, pp)] for _ in range(n)]
             label = f"colo-{n}x-tp{tp}" + (f"-pp{pp}" if pp > 1 else "")
-            out.append(Variant(label, n, 0, tp, tp, self.gpus, _pack(self.base, units, self.node_gpus),
-                               pp_prefill=pp, pp_decode=pp))
-        return out
+            layout.variants.append(Variant(label, n, 0, tp, tp, self.gpus, self._pack(units * n),
+                                           pp_prefill=pp, pp_decode=pp))
+        return layout
+
+    def _pack(self, units: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        return _pack(self.base, units, self.node_gpus)
+
+
+@dataclass
+class _Layout:
+    """The variants of one instance layout, and the smallest config of that layout (one unit of each
+    role): whether a config is refused depends on its instances and DP groups, not on how many there are,
+    so that config is validated for all of them."""
+
+    probe: dict[str, Any]
+    variants: list[Variant] = field(default_factory=list)
+
+    def refusal(self) -> str | None:
+        """The first line of the probe config's refusal, its instance named by role, or None."""
+        try:
+            cluster_config_from_dict(self.probe, "<sweep>")
+        except PdsimError as exc:
+            first = str(exc).splitlines()[0].removeprefix("<sweep>: ")
+            where = re.match(r"nodes\[(\d+)\]\.instances\[(\d+)\]: ", first)
+            if where is None:
+                return first
+            role = self.probe["nodes"][int(where[1])]["instances"][int(where[2])]["pd_type"] or "colocated"
+            return f"{role} instance: {first[where.end():]}"
+        return None
 
 
 def expand(
@@ -245,7 +280,7 @@ def expand(
                 reasons.append(f"{what} (prefill): does not fit in a node of {node_gpus} GPUs")
     pools = _Pools(base, gpus, node_gpus, set(ratios) if ratios is not None else None, expert_parallel)
     model = load_model(pools.template("decode")["model_name"])
-    candidates: list[Variant] = []
+    layouts: list[_Layout] = []
     prefill_layouts = [(tp, pp) for tp in tp_prefill for pp in pp_prefill if tp * pp <= node_gpus]
     for tp_p, pp_p in prefill_layouts:
         for tp_d in tp_decode:
@@ -260,24 +295,24 @@ def expand(
                         if reason not in reasons:  # once per decode layout
                             reasons.append(reason)
                         continue
-                    candidates += pools.splits(tp_p, tp_d, dp, pp_p, pp_d)
+                    layouts.append(pools.splits(tp_p, tp_d, dp, pp_p, pp_d))
     if ratios is not None:  # a ratio no layout fits into the budget is said, not dropped silently
-        found = {(v.num_prefill, v.num_decode) for v in candidates}
+        found = {(v.num_prefill, v.num_decode) for layout in layouts for v in layout.variants}
         reasons += [f"{p}:{d}: no layout of --tp-prefill/--tp-decode/--pp-prefill/--pp-decode/--decode-dp puts "
                     f"{p} prefill and {d} decode instances on exactly {gpus} GPUs"
                     for p, d in ratios if (p, d) not in found]
     if colocated:
-        candidates += pools.colocated(sorted(set(prefill_layouts) | {(tp, pp) for tp in tp_decode for pp in pp_decode
-                                                                     if tp * pp <= node_gpus}))
+        layouts += [pools.colocated(tp, pp) for tp, pp in sorted(
+            set(prefill_layouts) | {(tp, pp) for tp in tp_decode for pp in pp_decode if tp * pp <= node_gpus})]
     variants = []
-    for v in candidates:
-        try:
-            v.config()  # refused here, in the parent, with the config's own message
-        except PdsimError as exc:  # one line: every instance of the variant repeats the same refusal
-            first = str(exc).splitlines()[0].removeprefix(f"<sweep {v.label}>: ")
-            reasons.append(f"{v.label}: {first}")
+    for layout in layouts:
+        if not layout.variants:
             continue
-        variants.append(v)
+        refusal = layout.refusal()  # in the parent, with the config's own message
+        if refusal is None:
+            variants += layout.variants
+        else:
+            reasons += [f"{v.label}: {refusal}" for v in layout.variants]
     if not variants:
         why = "".join(f"\n  {r}" for r in reasons)
         raise PdsimError(f"no P:D split of {gpus} GPUs matches --ratios/--tp-prefill/--tp-decode/--pp-prefill/"
