@@ -77,6 +77,15 @@ def test_a_refused_layout_names_the_role_of_its_instance():
     assert all("weights need 626.92 GB per NPU" in s for s in skipped)
 
 
+def test_a_base_config_of_two_models_is_refused():
+    raw = json.loads(BASE.read_text())
+    other = {**raw["nodes"][0]["instances"][0], "model_name": "Qwen/Qwen3-8B"}
+    raw["nodes"][0]["instances"].append(other)
+    raw["nodes"][0]["num_instances"] = 2
+    with pytest.raises(PdsimError, match=r"serves 2 models \(meta-llama/Llama-3.1-8B, Qwen/Qwen3-8B\)"):
+        expand(cluster_config_from_dict(raw), 8)
+
+
 def test_a_ratio_no_layout_fits_is_said():
     skipped: list[str] = []
     variants = expand(load_cluster_config(BASE), 2, [(3, 5), (1, 1)], skipped=skipped)
@@ -400,9 +409,11 @@ def test_swept_variants_keep_every_base_field_but_the_nodes():
     ("--gpus", "99999999999999999999", r"--gpus: expected a GPU count >= 1 and <= 65536"),
     ("--rates", "1e308", r"--rates: expected numbers > 0 and <= 1e\+06 \(req/s\), got '1e308'"),
     ("--rates", "nan,5", r"--rates: expected numbers > 0 and <= 1e\+06 \(req/s\), got 'nan,5'"),
+    ("--ratios", "", r"--ratios: expected 'all' or items like 3:5 or 3P5D, got ''"),  # not colocated alone
+    ("--ratios", "1:1,0:2", r"--ratios: '0:2': a P:D split needs at least 1 prefill and 1 decode instance"),
 ])
 def test_sweep_options_out_of_range_are_refused_before_any_run(tmp_path, option, value, words):
-    args = {"--attainment": "0.9", "--seed": "0", "--gpus": "2", "--rates": "5", option: value}
+    args = {"--attainment": "0.9", "--seed": "0", "--gpus": "2", "--rates": "5", "--ratios": "all", option: value}
     res = CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests",
                                    "20", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1",
                                    "--out", str(tmp_path / "s"), *[x for kv in args.items() for x in kv]])

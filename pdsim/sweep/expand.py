@@ -77,9 +77,14 @@ def parse_ratios(text: str) -> list[tuple[int, int]] | None:
             pair = (int(p), int(d))
         except ValueError:
             raise PdsimError(f"--ratios: expected 'all' or items like 3:5 or 3P5D, got {part!r}") from None
-        if not sep or min(pair) < 1:
+        if not sep:
             raise PdsimError(f"--ratios: expected 'all' or items like 3:5 or 3P5D, got {part!r}")
+        if min(pair) < 1:
+            raise PdsimError(f"--ratios: {part!r}: a P:D split needs at least 1 prefill and 1 decode instance "
+                             "(the colocated baseline is --colocated)")
         out.append(pair)
+    if not out:  # else only the colocated baseline would run, as if no split had been asked for
+        raise PdsimError(f"--ratios: expected 'all' or items like 3:5 or 3P5D, got {text!r}")
     return out
 
 
@@ -264,6 +269,10 @@ def expand(
     reason appended to `skipped`; an error only when nothing is left."""
     if gpus < 2:
         raise PdsimError(f"--gpus: a P:D split needs at least 2 GPUs, got {gpus}")
+    models = list(dict.fromkeys(ref.config.model_name for ref in base.instances()))
+    if len(models) > 1:  # the templates would take one model's instances and drop the other's silently
+        raise PdsimError(f"the base config serves {len(models)} models ({', '.join(models)}); a sweep splits one "
+                         "model's GPU budget: keep the instances of one model")
     tp_prefill, tp_decode, dp_decode = tp_prefill or [1], tp_decode or [1], dp_decode or [1]
     pp_prefill, pp_decode = pp_prefill or [1], pp_decode or [1]
     base_node_gpus = max(sum(i.num_npus for i in node.instances) for node in base.nodes)
