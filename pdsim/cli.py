@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,10 +135,10 @@ def cli() -> None:
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
                    "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
                    "what a client of vLLM's P/D proxy measures).")
-@click.option("--slo-ttft-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--slo-ttft-ms", type=float, default=None, callback=number_in(0, 1e9, low_open=True, what="a time (ms)"),
               help="TTFT SLO: reports the share of requests within it and marks it on the CDF plot (with "
                    "--slo-tpot-ms).")
-@click.option("--slo-tpot-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--slo-tpot-ms", type=float, default=None, callback=number_in(0, 1e9, low_open=True, what="a time (ms)"),
               help="TPOT SLO: as --slo-ttft-ms (give both or neither).")
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
@@ -158,6 +159,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.files import check_run_output, write_run_outputs
     from pdsim.metrics.summary import format_summary, requests_frame
+    from pdsim.perf.interp import ExtrapolationWarning
     from pdsim.progress import ProgressBar
 
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
@@ -177,6 +179,9 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         cfg = load_cluster_config(cluster_config, overrides)
     except ConfigError as e:
         raise _from_command_line(e, given) from None
+    if profile_dir is None:  # the instances' own profile folders, which the config names
+        check_run_output(output, [p for d in dict.fromkeys(ref.config.profile_dir for ref in cfg.instances())
+                                  for p in _profile_inputs(None if d is None else Path(d))])
     trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
                        concurrency, seed)
     opts = SimOptions(
@@ -190,20 +195,25 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     on_sample = _progress_lines(bar) if not quiet and log_interval is not None else None
 
     started = time.perf_counter()
-    try:
-        result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
-                          on_progress=lambda done, total: bar.update(done, total, "requests"))
-    except ConfigError as e:  # an instance that cannot be built (e.g. no room for its KV cache)
-        raise _from_command_line(e, given) from None
-    wall_s = time.perf_counter() - started
-    bar.close()
+    with warnings.catch_warnings():
+        # A lookup off a profile's grid is said once per table among the summary's notes (profile_notes),
+        # not also as a Python warning with a source line.
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        try:
+            result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
+                              on_progress=lambda done, total: bar.update(done, total, "requests"))
+        except ConfigError as e:  # an instance that cannot be built (e.g. no room for its KV cache)
+            raise _from_command_line(e, given) from None
+        wall_s = time.perf_counter() - started
+        bar.close()
 
-    source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
-    df = requests_frame(result)
-    summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms, slo_tpot_ms)
-    if step_time_margin_pct:
-        summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config), step_time_margin_pct,
-                                                        quiet)
+        source = dataset if dataset is not None else f"synthetic input {input_len} output {output_len}"
+        df = requests_frame(result)
+        summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms,
+                               slo_tpot_ms)
+        if step_time_margin_pct:
+            summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config),
+                                                            step_time_margin_pct, quiet)
     written = write_run_outputs(output, df, summary, result, plot)
 
     loop = f", closed loop with {concurrency} clients" if concurrency else ""
@@ -220,10 +230,17 @@ def _run_inputs(cluster_config: Path, dataset: Path | None, profile_dir: Path | 
     profiles root included (the bundled one when no other is given, as runs look profiles up there)."""
     from pdsim.config.load import config_inputs
 
-    inputs: list[Path | None] = [*config_inputs(cluster_config), dataset, profile_dir]
-    if profile_dir is not None and profile_dir.name.startswith("tp") and not (profile_dir / "meta.json").is_file():
-        inputs.append(profile_dir.parent / "meta.yaml")  # an LLMServingSim tpN/ folder's meta is beside it
-    return inputs + _profile_folders_around(profiles_root, output.parent)
+    inputs: list[Path | None] = [*config_inputs(cluster_config), dataset]
+    return inputs + _profile_inputs(profile_dir) + _profile_folders_around(profiles_root, output.parent)
+
+
+def _profile_inputs(profile_dir: Path | None) -> list[Path]:
+    """A profile folder, and the meta.yaml beside an LLMServingSim tpN/ folder."""
+    if profile_dir is None:
+        return []
+    if profile_dir.name.startswith("tp") and not (profile_dir / "meta.json").is_file():
+        return [profile_dir, profile_dir.parent / "meta.yaml"]
+    return [profile_dir]
 
 
 def _profile_folders_around(root: Path, folder: Path) -> list[Path]:

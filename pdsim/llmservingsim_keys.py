@@ -99,19 +99,28 @@ def _translate_switches(data: dict) -> dict:
     return data
 
 
-def per_dim_links(data: Any) -> Any:
+def per_dim_links(data: Any, bounds: dict[str, tuple[float, float]]) -> Any:
     """A per-topology-dimension link_bw / link_latency list (innermost first) -> its outermost
-    value, the link between instances, with the list kept in link_*_per_dim."""
+    value, the link between instances, with the list kept in link_*_per_dim. `bounds` holds each key's
+    least and greatest value, which every entry must respect (the inner ones price TP and PP traffic)."""
     if not isinstance(data, dict):
         return data
     data = dict(data)
-    for key, low in (("link_bw", 0.0), ("link_latency", -1.0)):
+    for key, (low, high) in bounds.items():
+        if f"{key}_per_dim" in data:  # pdsim's own record of a list, not an input
+            raise PydanticCustomError("choice", "{key}_per_dim is not a config key: give {key} as a list, innermost "
+                                      "dimension first", {"key": key})
+        unit = "GB/s" if key.endswith("_bw") else "ns"
         value = data.get(key)
         if isinstance(value, list):
-            if not value or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > low for v in value):
-                raise PydanticCustomError(
-                    "choice", "{key}: expected a number or a non-empty list of numbers {bound}, got {got}",
-                    {"key": key, "bound": "> 0" if low == 0 else ">= 0", "got": _fmt(value)})
+            if not value:
+                raise PydanticCustomError("choice", "{key}: expected a number or a non-empty list of numbers, got []",
+                                          {"key": key})
+            for i, v in enumerate(value):
+                if not (isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high):
+                    raise PydanticCustomError(
+                        "choice", "{key}[{i}]: expected a number >= {low} and <= {high} ({unit}), got {got}",
+                        {"key": key, "i": i, "low": f"{low:g}", "high": f"{high:g}", "unit": unit, "got": _fmt(v)})
             data[key] = float(value[-1])
             data[f"{key}_per_dim"] = tuple(float(v) for v in value)
     return data

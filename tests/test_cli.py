@@ -365,3 +365,21 @@ def test_the_measured_h200_profile_prices_its_config(tmp_path):
     assert "step times estimated from hardware specs" in r2.stdout
     estimated = json.loads((tmp_path / "est_summary.json").read_text())
     assert estimated["tpot_ms"]["mean"] != summary["tpot_ms"]["mean"]
+
+
+def test_no_python_warning_reaches_the_user(tmp_path):
+    """A lookup off the profile's grid is said once as a note, not also as a Python warning with its source
+    line; plots of a run where nothing finished draw no empty legend (matplotlib warned)."""
+    prof = tmp_path / "prof"
+    shutil.copytree(REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1", prof)
+    decode = prof / "attention_decode.csv"
+    decode.write_text("".join(decode.read_text().splitlines(keepends=True)[:3]))  # kv_tokens 1 and 16 only
+    r = pdsim("--cluster-config", str(REPO / "configs/cluster/single_node_pd_h200.json"), "--dataset", str(TRACE),
+              "--output", str(tmp_path / "r.csv"), "--num-requests", "5", "--profile-dir", str(prof), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("profile table 'attention_decode.csv': kv_tokens=") == 1
+    assert "Warning" not in r.stderr, r.stderr
+    r = pdsim("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(tmp_path / "n.csv"),
+              "--num-requests", "5", "--max-sim-time", "0.001", "--plot", "--quiet")
+    assert r.returncode == 0 and "5 total, 0 finished" in r.stdout, r.stdout
+    assert "Warning" not in r.stderr, r.stderr

@@ -75,6 +75,11 @@ CONFIG_CASES = [
     ((*INST, "step_overhead_us"), "1e400", "step_overhead_us"),
     ((*INST, "npu_mem", "mem_size"), "1e300", "npu_mem.mem_size"),
     ((*INST, "npu_mem", "mem_size"), "Infinity", "npu_mem.mem_size"),
+    (("link_bw",), "[1e-300, 16]", "link_bw[0]: expected a number >= 0.001"),  # the inner (TP) dimension
+    (("link_bw",), "[16, Infinity]", "link_bw[1]"),
+    (("link_latency",), "[0, 1e300]", "link_latency[1]: expected a number >= 0 and <= 1e+09 (ns)"),
+    (("link_bw_per_dim",), "[16, 16]", "link_bw_per_dim is not a config key: give link_bw as a list"),
+    (("kv_transfer",), '{"bandwidth_efficiency": 1e-9}', "kv_transfer.bandwidth_efficiency 1e-09 x link_bw"),
     ((*INST, "block_size"), "1" + "0" * 30, "block_size"),
     ((*INST, "max_num_batched_tokens"), "1" + "0" * 30, "max_num_batched_tokens"),
 ]
@@ -122,6 +127,7 @@ OPTION_CASES = [
     ("--log-interval", "1e-12"), ("--log-interval", "nan"),
     ("--num-requests", "0"), ("--concurrency", "0"),
     ("--client-delay-ms", "5"),  # an open-loop trace: the delay would apply to nothing
+    ("--slo-ttft-ms", "nan"), ("--slo-tpot-ms", "inf"),  # printed "TTFT <= nan ms: 0.0%" at exit 0
 ]
 
 
@@ -154,12 +160,19 @@ def test_options_that_would_do_nothing_or_change_the_config_are_said(tmp_path, c
                                   "1000000000", "--output", str(out / "r.csv"), "--quiet"])
     _assert_clean_error(code, err, "no room for the KV cache", "(with --max-num-batched-tokens 1000000000 from the "
                         "command line)")
+    # A KV size too small names the option's field, not npu_mem.mem_size.
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--kv-cache-memory-bytes",
+                                  "1k", "--output", str(out / "r.csv"), "--quiet"])
+    _assert_clean_error(code, err, "instances[0].kv_cache_memory_bytes: no room for the KV cache",
+                        "(with --kv-cache-memory-bytes 1000 from the command line)")
     assert not out.exists()
     # Said, not refused: LLMServingSim's 0 = unlimited, and a request count past the trace.
     code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--max-num-seqs", "0",
                                   "--num-requests", "500", "--output", str(out / "r.csv"), "--quiet"])
     assert code == 0, err
-    assert "max_num_seqs: 0 is LLMServingSim's 'unlimited': max_num_seqs becomes max_num_batched_tokens" in err
+    # The option is named, once, not the config's fields it set.
+    assert err.count("note: --max-num-seqs 0: 0 is LLMServingSim's 'unlimited': max_num_seqs becomes "
+                     "max_num_batched_tokens\n") == 1 and "instances[0].max_num_seqs" not in err
     assert "note: --num-requests 500: the trace has 200 requests; all are used" in err
 
 

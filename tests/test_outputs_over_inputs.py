@@ -102,6 +102,24 @@ def test_run_refuses_an_output_inside_the_profile_dir(tmp_path, profile_copy, ca
     assert snapshot(profile_copy) == before
 
 
+def test_run_refuses_an_output_inside_a_profile_dir_the_config_names(tmp_path, profile_copy, capsys):
+    # An instance's own profile_dir is an input as --profile-dir is: the run CSV replaced its dense.csv.
+    prof = profile_copy / TP1
+    raw = json.loads(CONFIG.read_text())
+    raw["nodes"][0]["instances"][0].update(profile_dir=str(prof), hardware="H200",
+                                           npu_mem={"mem_size": 141, "mem_bw": 4800, "mem_latency": 0})
+    config = tmp_path / "cluster.json"
+    config.write_text(json.dumps(raw))
+    before = snapshot(profile_copy)
+    for output in (prof / "dense.csv", prof / "new.csv"):
+        assert cli("run", "--cluster-config", str(config), "--dataset", str(TRACE), "--output", str(output),
+                   "--quiet") == 2
+        assert f"input folder {prof}" in one_line_error(capsys)
+    assert snapshot(profile_copy) == before
+    assert cli("run", "--cluster-config", str(config), "--dataset", str(TRACE), "--num-requests", "5", "--output",
+               str(tmp_path / "out" / "r.csv"), "--quiet") == 0
+
+
 def test_run_refuses_an_output_inside_a_profile_under_the_profiles_root_given_or_bundled(
         tmp_path, profile_copy, capsys, monkeypatch):
     llmservingsim = profile_copy / "RTXPRO6000/Llama-3.1-8B/bf16"  # meta.yaml + tp1/, one level up

@@ -182,7 +182,12 @@ def test_clipping():
         ("fixed:1,2", "fixed takes 1 number(s), got 2"),
         ("uniform:10,x", "'x' is not a number"),
         ("uniform:20,10", "need 1 <= LO <= HI"),
-        ("lognormal:0,1", "need MEAN > 0"),
+        ("lognormal:0,1", "need MEAN >= 1"),
+        ("lognormal:1e-300,1", "need MEAN >= 1"),  # (STD/MEAN)^2 overflowed
+        ("lognormal:100,1e300", "lengths are at most 1,000,000,000 tokens"),
+        ("fixed:1e30", "lengths are at most 1,000,000,000 tokens"),  # wrapped to a negative int64 length
+        ("uniform:1,1e30", "lengths are at most 1,000,000,000 tokens"),
+        ("normal:100,10,min=99999999999999999999", "lengths are at most 1,000,000,000 tokens"),
         ("normal:10,1,cap=5", "unknown option 'cap'"),
     ],
 )
@@ -191,6 +196,11 @@ def test_bad_length_spec(spec, why):
         parse_length_dist(spec, "--input-len")
     msg = str(e.value)
     assert msg.startswith("--input-len: ") and why in msg and "accepted forms: fixed:N" in msg
+
+
+def test_a_far_lognormal_tail_is_cut_at_the_token_bound():
+    lengths = parse_length_dist("lognormal:1e9,1e9").sample(np.random.default_rng(0), 5000)
+    assert lengths.min() >= 1 and lengths.max() == 10**9
 
 
 def test_bad_rate_and_arrival():

@@ -155,9 +155,17 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
         _apply_overrides(raw, overrides)
     _use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
-    for note in [*noted_keys(raw), *_model_notes(cfg)]:
-        print(f"note: {path}: {note}", file=sys.stderr)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for note in dict.fromkeys([*(_command_line_note(n, given) for n in noted_keys(raw)), *_model_notes(cfg)]):
+        print(f"note: {note}" if note.startswith("--") else f"note: {path}: {note}", file=sys.stderr)
     return cfg
+
+
+def _command_line_note(note: str, given: dict[str, object]) -> str:
+    """A note on an instance field that an option set names the option, once, not each instance's field."""
+    where, _, text = note.partition(": ")
+    key = where.rsplit(".", 1)[-1]
+    return f"--{key.replace('_', '-')} {given[key]}: {text}" if key in given else note
 
 
 def _model_notes(cfg: ClusterConfig) -> list[str]:

@@ -24,6 +24,7 @@ from pdsim.config.base import (
     MAX_NPUS,
     MAX_OVERHEAD_US,
     MAX_TOKENS,
+    MIN_BW_GBPS,
     PD_TYPES,
     _bandwidth_floor,
     _fmt,
@@ -364,7 +365,7 @@ class ClusterConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _per_dim_links(cls, data: Any) -> Any:
-        return per_dim_links(data)
+        return per_dim_links(data, {"link_bw": (MIN_BW_GBPS, MAX_BW_GBPS), "link_latency": (0.0, MAX_LATENCY_NS)})
 
     def dp_groups(self) -> dict[str, list[InstanceRef]]:
         """dp_group name -> its instances, in config order."""
@@ -381,6 +382,7 @@ class ClusterConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterConfig:
         self._check_dp_groups()
+        self._check_transfer_rate()
         if self.num_nodes != len(self.nodes):
             raise PydanticCustomError(
                 "count",
@@ -422,6 +424,18 @@ class ClusterConfig(_Strict):
                          "other": other, "served": ", ".join(sorted(served))},
                     )
         return self
+
+    def _check_transfer_rate(self) -> None:
+        # The efficiency scales link_bw and nic_bw (not intra_node_bw): their product gets the floor each
+        # bandwidth gets alone, else a KV hand-off of a few MB outlasts any run.
+        eff = self.kv_transfer.bandwidth_efficiency
+        for where, gbps in (("link_bw", self.link_bw),
+                            *((f"nodes[{n}].nic_bw", node.nic_bw) for n, node in enumerate(self.nodes))):
+            if gbps is not None and gbps * eff < MIN_BW_GBPS:
+                raise PydanticCustomError(
+                    "bandwidth", "kv_transfer.bandwidth_efficiency {eff} x {where} {gbps} GB/s = {rate} GB/s: a KV "
+                    "transfer needs >= {low} GB/s", {"eff": _fmt(eff), "where": where, "gbps": _fmt(gbps),
+                                                      "rate": f"{gbps * eff:.3g}", "low": MIN_BW_GBPS})
 
     def instances(self) -> list[InstanceRef]:
         return [

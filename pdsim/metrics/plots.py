@@ -76,7 +76,8 @@ def _cdf(ax, values: np.ndarray, stats: dict, slo: float | None, unit: str) -> N
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # none when no request finished and no SLO is drawn
+        ax.legend(fontsize="small", loc="lower right")
 
 
 def _latency_cdfs(plt, df: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:

@@ -240,15 +240,16 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
                  activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
     if measured_gpu_blocks is not None:
-        _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks")
+        _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks", None)
         return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
                         f"blocks, instead of {note}", **parts)
+    field = "kv_cache_memory_bytes" if override is not None else "npu_mem.mem_size"  # the figure that set the size
     window = sliding_window_reserve(ic, model)
     if window is not None:
         parts.update(reserved_blocks=window[0], kv_groups=window[1])
         note += window[2]
-        _check_room(blocks - window[0], where, detail + window[2])
-    _check_room(blocks, where, detail)
+        _check_room(blocks - window[0], where, detail + window[2], field)
+    _check_room(blocks, where, detail, field)
     return KVBudget(kv_rule(ic), blocks, note=note, **parts)
 
 
@@ -289,6 +290,6 @@ def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, i
     return reserve, KV_GROUPS, note
 
 
-def _check_room(blocks: int, where: str, detail: str) -> None:
+def _check_room(blocks: int, where: str, detail: str, field: str | None) -> None:
     if blocks < 2:  # one block is vLLM's null block
-        raise ConfigError(f"{where}.npu_mem.mem_size: no room for the KV cache per GPU: {detail}")
+        raise ConfigError(f"{where}{'.' + field if field else ''}: no room for the KV cache per GPU: {detail}")

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import given_options, unused_options
+from pdsim.cli_checks import given_options, number_in, unused_options
 from pdsim.errors import PdsimError
 from pdsim.outputs import check_output_file, json_text
 from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
@@ -80,7 +80,8 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
                    "so a prefix-caching engine can reuse it.")
 @click.option("--system-prompt-len", type=click.IntRange(min=1), default=1024, show_default=True,
               help="--system-prompts: tokens in each system prompt (added to the input length).")
-@click.option("--system-prompt-share", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+@click.option("--system-prompt-share", type=float, default=1.0, show_default=True,
+              callback=number_in(0, 1, what="a share of requests"),
               help="--system-prompts: share of requests (with --turns: sessions) that start with a system "
                    "prompt, chosen uniformly.")
 @click.option("--turns", default=None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError
 from pdsim.workload.arrivals import ARRIVALS, Diurnal, RateSchedule, arrival_times_ns
 from pdsim.workload.sessions import SessionShape, SystemPrompts, build_requests
@@ -48,7 +49,9 @@ class LengthDist:
             mean, std = self.params
             sigma2 = math.log1p((std / mean) ** 2)
             x = rng.lognormal(math.log(mean) - sigma2 / 2, math.sqrt(sigma2), size=n)
-        hi = self.max_len if self.max_len is not None else np.inf
+        # A normal or lognormal tail is cut at MAX_TOKENS, the bound every trace reader keeps (the
+        # parameters are at most that, so only a far tail is cut), before int64 could wrap it.
+        hi = min(self.max_len, MAX_TOKENS) if self.max_len is not None else MAX_TOKENS
         return np.clip(np.rint(x), self.min_len, hi).astype(np.int64)
 
     def bounds(self) -> tuple[float, float]:
@@ -89,12 +92,14 @@ def parse_length_dist(spec: str, option: str = "length", max_len: int | None = N
         raise bad(f"{kind} takes {_NUM_PARAMS[kind]} number(s), got {len(params)}")
     if not all(math.isfinite(p) for p in params):
         raise bad("parameters must be finite")
+    if any(abs(p) > MAX_TOKENS for p in params) or any(b > MAX_TOKENS for b in bounds.values()):
+        raise bad(f"lengths are at most {MAX_TOKENS:,} tokens")
     if kind == "fixed" and (params[0] < 1 or not params[0].is_integer()):
         raise bad("N must be a positive integer")
     if kind == "uniform" and not (1 <= params[0] <= params[1]):
         raise bad("need 1 <= LO <= HI")
-    if kind in ("normal", "lognormal") and (params[0] <= 0 or params[1] < 0):
-        raise bad("need MEAN > 0 and STD >= 0")
+    if kind in ("normal", "lognormal") and (params[0] < 1 or params[1] < 0):
+        raise bad("need MEAN >= 1 and STD >= 0")
     min_len, spec_max = bounds.get("min", 1), bounds.get("max")
     if min_len < 1 or (spec_max is not None and spec_max < min_len):
         raise bad("need 1 <= min <= max")
