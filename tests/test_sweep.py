@@ -459,6 +459,19 @@ def test_a_rate_too_low_for_the_clock_and_a_bad_ray_address_are_said(tmp_path):
                                    "20", "--gpus", "2", "--rates", "5", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25",
                                    "--workers", "99999999999999999999", "--out", str(tmp_path / "s")])
     assert isinstance(res.exception, PdsimError) and "--workers: expected a process count" in str(res.exception)
+    pytest.importorskip("ray")
+    import socket
+    import time
+
+    from pdsim.sweep.runner import RayExecutor
+
+    with socket.socket() as free:  # a port nothing listens on: ray.init retried it for minutes
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(PdsimError, match=rf"--ray-address '127.0.0.1:{port}': nothing answers at 127.0.0.1:{port}"):
+        RayExecutor(base, SETTINGS, f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 60
 
 
 def test_runs_that_reject_requests_are_said(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -271,6 +272,8 @@ class RayExecutor(Executor):
                 kwargs["address"] = None
             # Workers import pdsim from the same checkout when the cluster shares it; otherwise it
             # must be installed on every node.
+            if kwargs["address"] not in (None, "auto"):
+                _check_reachable(address)
             try:
                 ray.init(**kwargs)
             except ValueError as e:  # Ray's words for an address it cannot parse
@@ -293,6 +296,18 @@ class RayExecutor(Executor):
     def close(self) -> None:
         if self.started_here:
             self.ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A Ray HOST:PORT that does not answer is said in seconds; ray.init retries it for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # Ray words what it cannot parse
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise PdsimError(f"--ray-address {address!r}: nothing answers at {host}:{port} within {timeout_s:g} s ({e}); "
+                         "start the cluster with `ray start --head` there, or use 'local'") from None
 
 
 def make_executor(base_trace: Sequence[TraceRequest], settings: RunSettings, workers: int | None,
