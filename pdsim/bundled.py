@@ -66,4 +66,9 @@ class InputFile(click.ParamType):
             names = ", ".join(bundled_names(self.kind)) or "(none)"
             option = param.opts[0] if param is not None else self.kind
             raise PdsimError(f"{option} {path}: no such file, here or among the bundled {self.kind}s ({names})")
+        if not (found.is_file() or found.is_dir()):
+            # A pipe's first bytes would be gone after the format is detected from them; a FIFO blocks.
+            option = param.opts[0] if param is not None else self.kind
+            raise PdsimError(f"{option} {path}: not a regular file (a pipe, FIFO or device); pdsim reads an input "
+                             "more than once, so save it to a file first")
         return found

@@ -107,7 +107,7 @@ def per_dim_links(data: Any, bounds: dict[str, tuple[float, float]]) -> Any:
         return data
     data = dict(data)
     for key, (low, high) in bounds.items():
-        if f"{key}_per_dim" in data:  # pdsim's own record of a list, not an input
+        if data.pop(f"{key}_per_dim", None) is not None:  # pdsim's own record of a list (null in its dumps)
             raise PydanticCustomError("choice", "{key}_per_dim is not a config key: give {key} as a list, innermost "
                                       "dimension first", {"key": key})
         unit = "GB/s" if key.endswith("_bw") else "ns"

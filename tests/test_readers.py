@@ -187,7 +187,7 @@ def test_convert_writes_pdsim_jsonl_atomically_and_never_over_input(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["b.jsonl"]  # no temporary file left behind
     before = src.read_text()
     res = CliRunner().invoke(workload, ["convert", str(src), "--out", str(src)])
-    assert res.exit_code == 2 and "is the input trace" in res.output
+    assert res.exit_code == 2 and "would overwrite the input" in res.output
     assert src.read_text() == before
     res = CliRunner().invoke(workload, ["convert", str(tmp_path / "nope.csv"), "--out", str(out)])
     assert res.exit_code == 2 and "nope.csv: no such file" in res.output
@@ -245,7 +245,8 @@ def test_empty_file_says_no_requests(tmp_path):
 
 def test_pdsim_trace_through_load_dataset_is_load_trace(tmp_path):
     lines = [json.dumps({"input_toks": i + 1, "output_toks": 2, "arrival_time_ns": t, **extra})
-             for i, (t, extra) in enumerate([(300, {}), (100, {"hash_ids": [4, 5]}), (100, {}), (0, {})])]
+             for i, (t, extra) in enumerate([(300, {}), (100, {"hash_ids": [4, 5], "hash_block_tokens": 1}), (100, {}),
+                                             (0, {})])]
     p = _write(tmp_path, "t.jsonl", "\n".join(lines) + "\n")
     assert load_dataset(p) == load_trace(p)
     assert [r.request_id for r in load_dataset(p)] == [3, 1, 2, 0]
@@ -308,3 +309,71 @@ def test_a_json_list_of_trace_records_says_they_are_jsonl(tmp_path):
     with pytest.raises(TraceError, match=r"it has 'input_toks', a field of pdsim's and Mooncake's traces, which are "
                                          r"JSONL"):
         load_dataset(p)
+
+
+def _stats(path: Path, *args: str):
+    return CliRunner().invoke(workload, ["stats", str(path), *args])
+
+
+@pytest.mark.parametrize(("name", "text", "args", "words"), [
+    # More prefix ids than the prompt has blocks: stats printed a reuse of -7530% of input tokens.
+    ("ids.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [1, 2, 3]}\n', [],
+     "ids.jsonl:1: field 'hash_ids': 3 ids of 512 tokens each, but 10 input tokens make at most 1 blocks"),
+    ("mc.jsonl", '{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1, 2, 3, 4]}\n', [],
+     "mc.jsonl:1: field 'hash_ids': 4 ids"),
+    # Years past int64 ns wrapped into arrival times at exit 0; so did a span over the clock's.
+    ("old.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:04,10,5\n1023-11-16 18:17:04,10,5\n",
+     [], "old.csv:3: field 'TIMESTAMP': expected a date-time between the years 1678 and 2261"),
+    ("span.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1700-01-01 00:00:00,10,5\n2200-01-01 00:00:00,10,5\n",
+     [], "span.csv:3: field 'TIMESTAMP': '2200-01-01 00:00:00' is more than 4e+09 s after"),
+    ("empty.csv", "", ["--format", "azure"], "empty.csv: the file is empty; read as: Azure trace"),
+    ("sg.json", '[{"input_tokens": 1000000000000, "output_tokens": 5}]', [],
+     "field 'input_tokens': expected an integer from 1 to 1e+09"),
+    ("sg2.json", '[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]',
+     ["--format", "sharegpt:chars_per_token=1e-320"], "chars_per_token: expected a number from 0.1 to 100"),
+    ("t.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0}\n'
+     '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 1000000000}\n', ["--bin-s", "1e-300"],
+     "--bin-s 1e-300: 1e+300 bins over the trace's 1 s, more than 1,000,000"),  # asked for 3 TiB
+])
+def test_trace_values_past_the_bounds_are_refused_naming_the_line(tmp_path, name, text, args, words):
+    path = tmp_path / name
+    path.write_text(text)
+    res = _stats(path, *args)
+    assert res.exit_code == 2 and words in res.output, res.output
+
+
+def test_readers_take_what_they_misread(tmp_path):
+    # A numeric Model column crashed the BurstGPT model filter; a trailing comma made the first column the index
+    # (a wrong error about the cells).
+    burst = tmp_path / "b.csv"
+    burst.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                     "1,1,10,5,15,Conversation log\n2,2,10,5,15,Conversation log\n")
+    assert len(read_dataset(burst, "burstgpt:model=1").requests) == 1
+    comma = tmp_path / "a.csv"
+    comma.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,10,5,\n2023-11-16 18:15:47,11,6,\n")
+    with pytest.raises(TraceError, match="rows have more fields than the header"):
+        read_dataset(comma)
+    # A pdsim line longer than the 64 KB the format is told from (token ids of a long prompt).
+    long = tmp_path / "long.jsonl"
+    ids = list(range(20_000))
+    long.write_text(json.dumps({"input_toks": 20_000, "output_toks": 2, "arrival_time_ns": 0, "input_tok_ids": ids})
+                    + "\n")
+    assert detect_format(long) == "pdsim"
+
+
+def test_pipes_and_special_outputs_are_refused(tmp_path):
+    import os
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0}\n')
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # A FIFO as the output became a regular file (so did /dev/null); as the input, the format was told
+    # from bytes the reader then no longer had.
+    res = CliRunner().invoke(workload, ["convert", str(trace), "--out", str(fifo)])
+    assert res.exit_code == 2 and "not a regular file" in res.output, res.output
+    assert fifo.is_fifo()
+    res = CliRunner().invoke(workload, ["stats", str(fifo)])
+    assert res.exit_code == 2 and "not a regular file (a pipe, FIFO or device)" in res.output, res.output
+    res = _stats(trace, "--plot", str(trace / "p.png"))
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output, res.output

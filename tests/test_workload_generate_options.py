@@ -130,3 +130,22 @@ def test_the_help_says_where_each_option_applies() -> None:
     for phrase in ("--arrival gamma only", "Not with --arrival burst", "--system-prompts: tokens in each",
                    "--turns (more than one turn): mean", "a length spec that gives only more"):
         assert phrase in text, phrase
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    # Arrivals past the clock wrapped to int64's least value at exit 0.
+    (["--rate", "1e-10"], ["--rate: the requests would arrive over", "past the simulator's clock"]),
+    (["--rate-schedule", "0:1e-10"], ["--rate-schedule/--diurnal: the requests would arrive over"]),
+    (["--rate", "0", "--diurnal", "100,0.5"], ["--rate: expected a finite number of requests/s > 0"]),
+    (["--rate", "nan", "--diurnal", "100,0.5"], ["--rate: expected a finite number"]),
+    (["--arrival", "gamma", "--cv", "1e155"], ["--cv: expected a number >= 1e-06 and <= 1e+06"]),
+    (["--seed", "-1"], ["--seed: expected a seed >= 0"]),
+    (["--turns", "fixed:3", "--think-time-s", "inf"], ["--think-time-s: expected a time (s)"]),
+    (["--turns", "fixed:3", "--think-time-s", "1e9", "--num-requests", "30"],
+     ["the last turn would arrive at", "past the simulator's clock"]),
+    (["--system-prompts", "1000000", "--system-prompt-len", "100000", "--hash-block-tokens", "1"],
+     ["100,000,000,000 prefix ids to build, more than 10,000,000"]),
+    (["--input-len", "fixed:1e30"], ["lengths are at most 1,000,000,000 tokens"]),
+])
+def test_values_past_the_simulators_bounds_are_refused(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    _refused(tmp_path, args, *words)

@@ -70,7 +70,7 @@ def test_cli_text_json_and_plot(tmp_path):
     assert res.exit_code == 0, res.output
     assert "100 requests" in res.output and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = CliRunner().invoke(workload, ["stats", str(src), "--plot", str(src)])
-    assert res.exit_code == 2 and "is the input trace" in res.output
+    assert res.exit_code == 2 and "would overwrite the input" in res.output
 
 
 @pytest.mark.skipif(not TRACES.is_dir(), reason="no ../shared/data/traces (real traces)")

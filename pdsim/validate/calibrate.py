@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pdsim.errors import PdsimError
+
 DEFAULT_GRID_US = tuple(float(x) for x in range(0, 3001, 250))
 
 
@@ -23,6 +25,11 @@ def fit_overhead(errors_at: Callable[[float], np.ndarray], grid_us: Sequence[flo
     leave-one-out MAPE (each sample predicted with the overhead fitted on the others).
     """
     errs = np.array([np.asarray(errors_at(float(g)), dtype=float) for g in grid_us])  # grid x samples
+    if errs.size == 0 or np.isnan(errs).any():
+        # A metric without samples (TPOT of one-token outputs, a row measured as NaN) has no error to
+        # minimise: argmin over NaN would "fit" the grid's first point.
+        raise PdsimError("--metric: the measured run has no samples of this metric to fit on (e.g. TPOT when every "
+                         "output is one token); choose another --metric")
     abs_errs = np.abs(errs)
     best = int(np.argmin(abs_errs.mean(axis=1)))
     total = abs_errs.sum(axis=1)

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsim.errors import PdsimError
+from pdsim.workload.trace import MAX_ARRIVAL_NS
+
+# Gamma gaps' CV: the shape 1/cv^2 stays a finite positive float, and the gaps drawable, within these.
+MIN_CV, MAX_CV = 1e-6, 1e6
 
 ARRIVALS = ("poisson", "gamma", "uniform", "burst")
 
@@ -94,14 +98,15 @@ def parse_diurnal(text: str, mean_rate_per_s: float) -> Diurnal:
         raise PdsimError(f"--diurnal: expected PERIOD_S,AMPLITUDE such as 86400,0.6, got {text!r}") from None
     if not (0 < period_s < math.inf) or not (0 <= amplitude < 1):
         raise PdsimError(f"--diurnal: need PERIOD_S > 0 and 0 <= AMPLITUDE < 1, got {text!r}")
+    _check_rate(mean_rate_per_s)
     return Diurnal(mean_rate_per_s, period_s, amplitude)
 
 
 def unit_gaps(rng: np.random.Generator, n: int, arrival: str, cv: float) -> np.ndarray:
     """n gaps of mean 1 (the first one 0: the first request arrives at 0)."""
     if arrival == "gamma":
-        if not (0 < cv < math.inf):
-            raise PdsimError(f"--cv: expected a number > 0, got {cv}")
+        if not (MIN_CV <= cv <= MAX_CV):  # outside, the gamma shape 1/cv^2 overflows or underflows
+            raise PdsimError(f"--cv: expected a number >= {MIN_CV:g} and <= {MAX_CV:g}, got {cv}")
         shape = 1.0 / cv**2  # Gamma(k, theta): mean k theta = 1, CV 1/sqrt(k)
         gaps = rng.gamma(shape, 1.0 / shape, size=n)
     elif arrival == "uniform":
@@ -121,13 +126,26 @@ def arrival_times_ns(rng: np.random.Generator, n: int, rate_per_s: float, arriva
     if arrival == "burst":  # everything at once: a saturation test, rate unused
         return np.zeros(n, dtype=np.int64)
     if rate_fn is None:
-        if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
-            raise PdsimError(f"--rate: expected a finite number of requests/s > 0, got {rate_per_s}")
+        _check_rate(rate_per_s)
         if arrival == "poisson":  # drawn as before gamma existed, so old seeds give the same traces
             gaps_s = rng.exponential(1.0 / rate_per_s, size=n)
             gaps_s[0] = 0.0
         else:
             gaps_s = unit_gaps(rng, n, arrival, cv) / rate_per_s
-        return np.rint(np.cumsum(gaps_s) * 1e9).astype(np.int64)
+        return checked_ns(np.cumsum(gaps_s), "--rate")
     u = np.cumsum(unit_gaps(rng, n, arrival, cv))
-    return np.rint(rate_fn.inverse_cumulative(u) * 1e9).astype(np.int64)
+    return checked_ns(rate_fn.inverse_cumulative(u), "--rate-schedule/--diurnal")
+
+
+def _check_rate(rate_per_s: float) -> None:
+    if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise PdsimError(f"--rate: expected a finite number of requests/s > 0, got {rate_per_s}")
+
+
+def checked_ns(times_s: np.ndarray, option: str) -> np.ndarray:
+    """Times in s as int64 ns, refused (naming `option`) past the clock's bound instead of wrapping."""
+    last = float(np.max(times_s)) if len(times_s) else 0.0
+    if not last <= MAX_ARRIVAL_NS / 1e9:  # NaN fails too
+        raise PdsimError(f"{option}: the requests would arrive over {last:.3g} s, past the simulator's clock "
+                         f"({MAX_ARRIVAL_NS / 1e9:.0e} s); give a higher rate or fewer requests")
+    return np.rint(times_s * 1e9).astype(np.int64)

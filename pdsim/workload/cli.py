@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import click
@@ -11,12 +10,17 @@ import numpy as np
 
 from pdsim.bundled import InputFile
 from pdsim.cli_checks import given_options, number_in, unused_options
+from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError
 from pdsim.outputs import check_output_file, json_text
 from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
 from pdsim.workload.readers import Dataset, dataset_options, parse_window, read_dataset
 from pdsim.workload.sessions import SystemPrompts
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, write_trace
+
+MAX_SYSTEM_PROMPTS = 1_000_000
+MAX_BINS = 1_000_000  # of `stats --bin-s`: each is a row of the JSON and a bar of the plot
+MAX_PROMPT_IDS = 10**7  # every prompt's ids are built up front (8 bytes and more each)
 
 
 class _UserError(click.ClickException):
@@ -40,10 +44,6 @@ def workload() -> None:
 
 def _format_options(f):
     return dataset_options(f, ("--format", "--dataset-format"))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
 def _read(trace: Path, dataset_format: str | None, window: str | None, time_scale: float,
@@ -75,10 +75,10 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
               help="Draw (input, output) pairs from this trace (any format workload stats reads) instead of "
                    "--input-len/--output-len.")
 @click.option("--lengths-format", default=None, help="Format of --lengths-from (only with it).  [default: detected]")
-@click.option("--system-prompts", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--system-prompts", type=click.IntRange(0, MAX_SYSTEM_PROMPTS), default=0, show_default=True,
               help="Number of distinct shared system prompts (0: none). Requests that use one get hash_ids, "
                    "so a prefix-caching engine can reuse it.")
-@click.option("--system-prompt-len", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--system-prompt-len", type=click.IntRange(1, MAX_TOKENS), default=1024, show_default=True,
               help="--system-prompts: tokens in each system prompt (added to the input length).")
 @click.option("--system-prompt-share", type=float, default=1.0, show_default=True,
               callback=number_in(0, 1, what="a share of requests"),
@@ -88,18 +88,21 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
               help="Multi-turn sessions: turns per session as a length spec (fixed:4, uniform:2,8). Each turn "
                    "carries the whole conversation as its prefix (hash_ids).  [default: single requests]")
 @click.option("--think-time-s", type=float, default=10.0, show_default=True,
+              callback=number_in(0, 1e9, what="a time (s)"),
               help="--turns (more than one turn): mean (exponential) user think time between a reply and the "
                    "next turn.")
 @click.option("--expected-tpot-ms", type=float, default=20.0, show_default=True,
+              callback=number_in(0, 1e6, what="a time (ms)"),
               help="--turns (more than one turn): assumed time per output token, to place the next turn after "
                    "the previous one's expected end (the generator is offline and cannot see the served reply).")
 @click.option("--hash-block-tokens", type=click.IntRange(min=1), default=DEFAULT_HASH_BLOCK_TOKENS,
               show_default=True, help="--system-prompts or --turns: tokens per hash id (Mooncake's traces use "
                                       "512).")
-@click.option("--max-len", type=click.IntRange(min=1), default=8192, show_default=True,
+@click.option("--max-len", type=click.IntRange(1, MAX_TOKENS), default=8192, show_default=True,
               help="Cap on every sampled length (a session ends when its context would exceed it); a length spec "
                    "that gives only more (fixed:N, or uniform:LO,HI with LO above it) is refused.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; a seed always gives the same trace.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=number_in(0, what="a seed"),
+              help="Random seed; a seed always gives the same trace.")
 @click.option("--output", "--out", "out_path", type=click.Path(path_type=Path), required=True,
               help="Trace JSONL to write (replaced whole, only once it is complete).")
 @click.pass_context
@@ -153,6 +156,11 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
     rate_fn = parse_rate_schedule(rate_schedule) if rate_schedule else (
         parse_diurnal(diurnal, rate) if diurnal else None)
     pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
+    prompt_ids = system_prompts * -(-system_prompt_len // hash_block_tokens)
+    if prompt_ids > MAX_PROMPT_IDS:
+        raise PdsimError(f"--system-prompts {system_prompts} x --system-prompt-len {system_prompt_len} / "
+                         f"--hash-block-tokens {hash_block_tokens}: {prompt_ids:,} prefix ids to build, more than "
+                         f"{MAX_PROMPT_IDS:,}; give fewer or shorter prompts, or larger blocks")
     prompts = SystemPrompts(system_prompts, system_prompt_len, system_prompt_share) if system_prompts else None
     reqs = generate_requests(num_requests, rate, input_len, output_len, seed, arrival, max_len, cv=cv,
                              rate_fn=rate_fn, lengths_from=pairs, prompts=prompts, turns=turns_dist,
@@ -187,8 +195,7 @@ def _spec(value: str) -> str:
               help="Keep the earliest N requests.  [default: all]")
 def convert(trace: Path, out_path: Path, num_requests: int | None, **kw) -> None:
     """Convert a public trace (Azure, Mooncake, BurstGPT, ShareGPT, vllm bench ...) to pdsim JSONL."""
-    if _same_file(out_path, trace):
-        raise PdsimError(f"--out: {out_path} is the input trace; write the conversion elsewhere")
+    check_output_file(out_path, "--output", [trace])
     data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
     write_trace(out_path, data.requests)
     notes = f" ({'; '.join(data.notes)})" if data.notes else ""
@@ -212,7 +219,13 @@ def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: b
 
     if bin_s is not None and not 0 < bin_s < math.inf:
         raise PdsimError(f"--bin-s: expected a finite number of seconds > 0, got {bin_s}")
+    if plot is not None:
+        check_output_file(plot, "--plot", [trace])
     data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
+    span_s = max(r.arrival_time_ns for r in data.requests) / 1e9
+    if bin_s is not None and span_s / bin_s > MAX_BINS:
+        raise PdsimError(f"--bin-s {bin_s:g}: {span_s / bin_s:.3g} bins over the trace's {span_s:g} s, more than "
+                         f"{MAX_BINS:,}; give at least {span_s / MAX_BINS:.3g} s")
     figures = trace_stats(data.requests, bin_s)
     figures.update({"trace": str(trace), "format": data.fmt, "notes": data.notes})
     if as_json:
@@ -222,8 +235,6 @@ def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: b
         for note in data.notes:
             click.echo(f"note: {note}")
     if plot is not None:
-        if _same_file(plot, trace):
-            raise PdsimError(f"--plot: {plot} is the input trace")
         written = plot_stats(data.requests, figures, plot, f"{trace.name} ({data.fmt}, {len(data.requests):,} "
                                                            "requests)")
         click.echo(f"wrote {written}", err=as_json)

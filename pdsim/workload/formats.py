@@ -13,6 +13,7 @@ Formats (docs/workloads.md has the details and where to get each trace):
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import TraceError, csv_error_detail
-from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, check_hash_id_count
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
 # English; for Llama-2's tokenizer on ShareGPT it is about 3.5-4 (documented in docs/workloads.md).
@@ -59,10 +60,20 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
         # Default dtypes: clean numeric columns parse as int64 at once; a column with a bad cell
         # stays text and _int_column names the cell.
-        df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
+        # index_col=False: rows longer than the header must not turn the first column into the index;
+        # pandas then drops their extra fields with a warning, made an error below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning:
+        raise TraceError(f"{path}: rows have more fields than the header (a trailing comma, or an unquoted comma in a "
+                         f"cell); read as: {what} trace") from None
+    except pd.errors.EmptyDataError:
+        raise TraceError(f"{path}: the file is empty; read as: {what} trace (a CSV with columns "
+                         f"{', '.join(need)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise TraceError(f"{path}: not a readable CSV ({csv_error_detail(e)}); read as: {what} trace") from None
-    df.columns = [c.strip() for c in df.columns]
+    df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise TraceError(f"{path}:1: {what} CSV lacks column(s) {', '.join(missing)}; expected {', '.join(need)}")
@@ -96,7 +107,19 @@ def read_azure(path: Path) -> Loaded:
         i = int(np.argmax(times.isna().to_numpy()))
         raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': expected a date-time such as "
                          f"2023-11-16 18:15:46.6805900, got {df['TIMESTAMP'].iloc[i]!r}")
+    # Years outside 1678..2261 do not fit int64 ns since 1970 (they would wrap); a span over the clock's
+    # bound would not fit a trace's arrival times.
+    outside = ((times.dt.year < 1678) | (times.dt.year > 2261)).to_numpy()
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': expected a date-time between the years 1678 and 2261, "
+                         f"got {df['TIMESTAMP'].iloc[i]!r}")
     arrival_ns = times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    late = arrival_ns.astype(float) - float(arrival_ns.min()) > MAX_ARRIVAL_NS  # in float: int64 would wrap
+    if late.any():
+        i = int(np.argmax(late))
+        raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': {df['TIMESTAMP'].iloc[i]!r} is more than "
+                         f"{MAX_ARRIVAL_NS / 1e9:.0e} s after the trace's first request")
     inputs = _int_column(df, "ContextTokens", path)
     outputs = _int_column(df, "GeneratedTokens", path, min_value=0)
     keep = outputs > 0
@@ -115,10 +138,11 @@ def read_burstgpt(path: Path, model: str | None = None, log_type: str | None = N
     notes = []
     for column, wanted, what in (("Model", model, "model"), ("Log Type", log_type, "log")):
         if wanted is not None:
-            match = df[column].str.strip().str.lower() == wanted.strip().lower()
+            cells = df[column].astype(str).str.strip()  # a column of numbers reads as numbers
+            match = cells.str.lower() == wanted.strip().lower()
             if not match.any():
                 raise TraceError(f"{path}: no row has {column} {wanted!r}; the file has "
-                                 f"{', '.join(sorted(df[column].str.strip().unique())[:10])}")
+                                 f"{', '.join(sorted(cells.unique())[:10])}")
             keep &= match.to_numpy()
             notes.append(f"{what} {wanted!r} only")
     t_s = pd.to_numeric(df["Timestamp"], errors="coerce").to_numpy(dtype=float)
@@ -189,6 +213,7 @@ def read_mooncake(path: Path) -> Loaded:
             ids = obj.get("hash_ids", [])
             if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
                 raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
+            check_hash_id_count(ids, inp, block, where)
             requests.append(TraceRequest(len(requests), inp, out, round(t_ms * 1_000_000), tuple(ids),
                                          block if ids else 0))
     if not requests:
@@ -205,8 +230,8 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
         counts = []
         for key in ("input_tokens", "output_tokens"):
             v = item.get(key)
-            if type(v) is not int or v < 1:
-                raise TraceError(f"{where}: field {key!r}: expected a positive integer, got {v!r}")
+            if type(v) is not int or not 1 <= v <= MAX_TOKENS:
+                raise TraceError(f"{where}: field {key!r}: expected an integer from 1 to {MAX_TOKENS:.0e}, got {v!r}")
             counts.append(v)
         return counts[0], counts[1]
     turns = item.get("conversations", item.get("conversation"))
@@ -223,7 +248,11 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
             pa, pb = a.get("value"), b.get("value")
             if not (isinstance(pa, str) and isinstance(pb, str)):
                 raise TraceError(f"{where}: conversations[{k}]: field 'value': expected text")
-            return max(1, round(len(pa) / chars_per_token)), max(1, round(len(pb) / chars_per_token))
+            lengths = max(1, round(len(pa) / chars_per_token)), max(1, round(len(pb) / chars_per_token))
+            if max(lengths) > MAX_TOKENS:
+                raise TraceError(f"{where}: conversations[{k}]: {max(lengths):.3g} tokens at {chars_per_token:g} "
+                                 f"characters per token, more than {MAX_TOKENS:.0e}")
+            return lengths
     return None
 
 

@@ -18,7 +18,7 @@ from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError
 from pdsim.workload.arrivals import ARRIVALS, Diurnal, RateSchedule, arrival_times_ns
 from pdsim.workload.sessions import SessionShape, SystemPrompts, build_requests
-from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, TraceRequest, check_request_count
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, check_request_count
 
 __all__ = ["ARRIVALS", "LengthDist", "generate_requests", "parse_length_dist"]
 
@@ -169,11 +169,27 @@ def generate_requests(
         shape = None
         if turns is not None:
             dturns = turns if isinstance(turns, LengthDist) else parse_length_dist(turns, "--turns")
-            if not (think_time_s >= 0 and expected_tpot_ms >= 0):
-                raise PdsimError("--think-time-s/--expected-tpot-ms: expected numbers >= 0")
+            if not (0 <= think_time_s <= 1e9 and 0 <= expected_tpot_ms <= 1e6):
+                raise PdsimError("--think-time-s/--expected-tpot-ms: expected numbers >= 0 and <= 1e9 s / 1e6 ms, "
+                                 f"got {think_time_s} and {expected_tpot_ms}")
             shape = SessionShape(dturns.sample(rng, num_requests), think_time_s, expected_tpot_ms)
-        return build_requests(arrivals, inputs, outputs, rng, prompts, shape, max_len, hash_block_tokens)
+        return _within_bounds(build_requests(arrivals, inputs, outputs, rng, prompts, shape, max_len,
+                                             hash_block_tokens))
     return [
         TraceRequest(request_id=i, input_toks=int(a), output_toks=int(b), arrival_time_ns=int(t))
         for i, (a, b, t) in enumerate(zip(inputs, outputs, arrivals, strict=True))
     ]
+
+
+def _within_bounds(requests: list[TraceRequest]) -> list[TraceRequest]:
+    """Sessions add system prompts to the inputs and think times to the arrivals: either may pass the
+    bounds every trace reader keeps, which pdsim would then refuse to read back."""
+    longest = max(r.input_toks for r in requests)
+    if longest > MAX_TOKENS:
+        raise PdsimError(f"--system-prompt-len/--input-len: a request would have {longest:,} input tokens, more "
+                         f"than {MAX_TOKENS:,}")
+    last = max(r.arrival_time_ns for r in requests)
+    if last > MAX_ARRIVAL_NS:
+        raise PdsimError(f"--think-time-s/--expected-tpot-ms/--rate: the last turn would arrive at {last / 1e9:.3g} s, "
+                         f"past the simulator's clock ({MAX_ARRIVAL_NS / 1e9:.0e} s)")
+    return requests

@@ -101,6 +101,11 @@ def detect_format(path: Path) -> str:
                 return "vllm-bench"
         if obj is None and any(k in text for k in ('"input_lens"', '"ttfts"')):
             return "vllm-bench"
+        if obj is None and "\n" not in text:  # a first line longer than the head (token ids): its keys
+            if '"input_toks"' in first:
+                return "pdsim"
+            if '"input_length"' in first or '"hash_ids"' in first:
+                return "mooncake"
     header = {c.strip() for c in first.split(",")}
     if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
         return "azure"
@@ -123,8 +128,9 @@ def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
             chars = float(cpt)
         except ValueError:
             chars = math.nan
-        if not (0 < chars < math.inf):
-            raise TraceError(f"--dataset-format: sharegpt chars_per_token: expected a number > 0, got {cpt!r}")
+        if not (0.1 <= chars <= 100):  # English text runs 3-5 characters per token
+            raise TraceError(f"--dataset-format: sharegpt chars_per_token: expected a number from 0.1 to 100, "
+                             f"got {cpt!r}")
         return formats.read_sharegpt(path, chars)
     if name == "burstgpt":
         return formats.read_burstgpt(path, params.get("model"), params.get("log"))

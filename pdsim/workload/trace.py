@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -80,6 +80,15 @@ def _hash_ids(obj: dict, where: str) -> tuple[tuple[int, ...], int]:
     if type(block) is not int or block < 1:
         raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer, got {block!r}")
     return tuple(ids), (block if ids else 0)
+
+
+def check_hash_id_count(ids: Sequence[int], input_toks: int, block: int, where: str) -> None:
+    """A prompt of input_toks tokens has at most ceil(input_toks / block) prefix blocks (Mooncake's traces
+    have exactly that many); more ids would cover tokens the prompt does not have."""
+    most = -(-input_toks // block) if block else 0
+    if len(ids) > most:
+        raise TraceError(f"{where}: field 'hash_ids': {len(ids)} ids of {block} tokens each, but {input_toks} input "
+                         f"tokens make at most {most} blocks")
 
 
 # Every key a line may carry; any other is named in a note, since a misspelt optional key (`hash_id`)
@@ -179,8 +188,9 @@ def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, w
     """A request off the fast path: every field checked (errors name `where`), prefix ids read."""
     if "hash_ids" in obj:
         ids, block = _hash_ids(obj, where)
-        return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where),
-                            _arrival(arr, where), ids, block)
+        input_toks = _length(inp, "input_toks", where)
+        check_hash_id_count(ids, input_toks, block, where)
+        return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
     return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where), _arrival(arr, where))
 
 
