@@ -145,3 +145,14 @@ def test_a_tables_path_names_its_rows_in_messages(tmp_path, profile_root):
                         profile_lookup=lambda model, tp, _precision: str(profile_root / model / f"tp{tp}"))
     assert df.status[0] == "error"
     assert df.reason[0].startswith("t.csv line 2: nodes[0].instances[0]: "), df.reason[0]
+
+
+def test_unknown_hardware_is_named_and_rounds_are_bounded(tmp_path, profile_root):
+    table = _table(tmp_path, [_row()])
+    # Every row read "measured on other hardware" when --hardware was no GPU pdsim knows.
+    with pytest.raises(PdsimError, match="system h100_sxm: --hardware foo is no GPU pdsim knows"):
+        _validate_cli("--measured", str(table), "--profile-dir", str(profile_root), "--rounds", "1",
+                      "--hardware", "foo", "--mem-gb", "80", "--output", str(tmp_path / "h.csv"))
+    with pytest.raises(PdsimError, match="--rounds: expected a number from 1 to 1000"):
+        _validate_cli("--measured", str(table), "--profile-dir", str(profile_root), "--rounds", "1000000",
+                      "--output", str(tmp_path / "r.csv"))

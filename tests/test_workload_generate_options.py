@@ -146,6 +146,10 @@ def test_the_help_says_where_each_option_applies() -> None:
     (["--system-prompts", "1000000", "--system-prompt-len", "100000", "--hash-block-tokens", "1"],
      ["100,000,000,000 prefix ids to build, more than 10,000,000"]),
     (["--input-len", "fixed:1e30"], ["lengths are at most 1,000,000,000 tokens"]),
+    (["--rate-schedule", ""], ["--rate-schedule: the first time must be 0"]),  # was ignored at exit 0
+    (["--diurnal", ""], ["--diurnal: expected PERIOD_S,AMPLITUDE"]),
+    (["--lengths-from", str(Path(__file__).resolve().parent.parent / "workloads" / "example_trace.jsonl"),
+      "--lengths-format", "foo"], ["--lengths-format: unknown format 'foo'"]),
 ])
 def test_values_past_the_simulators_bounds_are_refused(tmp_path: Path, args: list[str], words: list[str]) -> None:
     _refused(tmp_path, args, *words)

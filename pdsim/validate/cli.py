@@ -119,8 +119,8 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     from pdsim.validate.measured import read_closed_loop_table
 
     mem_gb = _table_mem_gb(hardware, mem_gb)
-    if rounds < 1:
-        raise PdsimError(f"--rounds: expected a positive number, got {rounds}")
+    if not 1 <= rounds <= 1000:  # each row simulates rounds x concurrency requests
+        raise PdsimError(f"--rounds: expected a number from 1 to 1000 (requests per client of each row), got {rounds}")
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     table = read_closed_loop_table(measured)

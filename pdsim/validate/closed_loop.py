@@ -31,7 +31,7 @@ import pandas as pd
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
-from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, get_hardware
+from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, get_hardware, known_hardware
 from pdsim.metrics.summary import requests_frame
 from pdsim.models import load_model
 from pdsim.perf.interp import ExtrapolationWarning
@@ -130,6 +130,9 @@ def system_reason(row: dict, hardware: str) -> str | None:
     if measured_on is None:
         return f"system {str(row['system']).strip()}: a GPU pdsim does not know, so not matched to the simulated one"
     simulated_on = canonical_hardware_name(hardware)
+    if get_hardware(simulated_on) is None:
+        return (f"system {str(row['system']).strip()}: --hardware {hardware} is no GPU pdsim knows, so no system "
+                f"matches it (known: {', '.join(known_hardware())})")
     if _hardware_key(measured_on) != _hardware_key(simulated_on):
         return (f"system {str(row['system']).strip()} (pdsim's {measured_on}), not the simulated hardware "
                 f"{simulated_on} (--hardware chooses it)")

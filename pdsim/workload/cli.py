@@ -151,11 +151,14 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         raise PdsimError(f"{' and '.join(lengths)}: --lengths-from draws both lengths from {lengths_from}; "
                          "give one or the other")
     input_len, output_len = _spec(input_len), _spec(output_len)
-    if rate_schedule and diurnal:
+    if rate_schedule is not None and diurnal is not None:
         raise PdsimError("--rate-schedule and --diurnal: give one of them")
-    rate_fn = parse_rate_schedule(rate_schedule) if rate_schedule else (
-        parse_diurnal(diurnal, rate) if diurnal else None)
-    pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
+    rate_fn = parse_rate_schedule(rate_schedule) if rate_schedule is not None else (
+        parse_diurnal(diurnal, rate) if diurnal is not None else None)
+    try:
+        pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
+    except PdsimError as e:  # the reader words its format option as run's; here it is --lengths-format
+        raise PdsimError(str(e).replace("--dataset-format:", "--lengths-format:", 1)) from None
     prompt_ids = system_prompts * -(-system_prompt_len // hash_block_tokens)
     if prompt_ids > MAX_PROMPT_IDS:
         raise PdsimError(f"--system-prompts {system_prompts} x --system-prompt-len {system_prompt_len} / "
