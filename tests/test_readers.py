@@ -327,6 +327,11 @@ def _stats(path: Path, *args: str):
     ("span.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1700-01-01 00:00:00,10,5\n2200-01-01 00:00:00,10,5\n",
      [], "span.csv:3: field 'TIMESTAMP': '2200-01-01 00:00:00' is more than 4e+09 s after"),
     ("empty.csv", "", ["--format", "azure"], "empty.csv: the file is empty; read as: Azure trace"),
+    # A key given twice: json.loads kept the last one without a word.
+    ("twice.jsonl", '{"timestamp": 0, "input_length": 10, "input_length": 900, "output_length": 5}\n', [],
+     "twice.jsonl:1: key 'input_length' appears twice in one object"),
+    ("twice2.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [1], "hash_ids": [2]}\n',
+     [], "twice2.jsonl:1: key 'hash_ids' appears twice in one object"),
     ("sg.json", '[{"input_tokens": 1000000000000, "output_tokens": 5}]', [],
      "field 'input_tokens': expected an integer from 1 to 1e+09"),
     ("sg2.json", '[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]',

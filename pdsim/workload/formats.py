@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import TraceError, csv_error_detail
+from pdsim.errors import TraceError, csv_error_detail, parse_json
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, check_hash_id_count
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
@@ -186,6 +186,10 @@ def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
     return v
 
 
+_MOONCAKE_NAMES = frozenset({"timestamp", "input_length", "output_length", "hash_ids"})
+_MOONCAKE_KEYS = tuple(f'"{k}"'.encode() for k in _MOONCAKE_NAMES)
+
+
 def read_mooncake(path: Path) -> Loaded:
     """Mooncake's FAST'25 traces: `timestamp` in ms from the trace's start, and `hash_ids`, one id
     per 512-token block of the prompt (equal ids: equal prefixes)."""
@@ -204,6 +208,8 @@ def read_mooncake(path: Path) -> Loaded:
                 raise TraceError(f"{where}: not valid JSON (nested too deeply or a number too long)") from None
             if not isinstance(obj, dict):
                 raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            if sum(map(line.count, _MOONCAKE_KEYS)) > len(obj.keys() & _MOONCAKE_NAMES):
+                parse_json(line, where, TraceError)  # a key given twice, which json.loads kept the last of
             t_ms = obj.get("timestamp")
             if type(t_ms) not in (int, float) or not 0 <= t_ms <= MAX_ARRIVAL_NS / 1e6:  # NaN fails too
                 raise TraceError(f"{where}: field 'timestamp': expected ms from 0 to {MAX_ARRIVAL_NS / 1e6:.0e}, "

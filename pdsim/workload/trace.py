@@ -124,7 +124,8 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
             except (RecursionError, ValueError) as e:
                 _not_json(e, line, f"{path}:{lineno}")
                 raise
-            if line.count(b'"input_toks"') + line.count(b'"output_toks"') + line.count(b'"arrival_time_ns"') != 3:
+            if (line.count(b'"input_toks"') + line.count(b'"output_toks"') + line.count(b'"arrival_time_ns"') != 3
+                    or line.count(b'"hash_ids"') > 1 or line.count(b'"hash_block_tokens"') > 1):
                 parse_json(line, f"{path}:{lineno}", TraceError)  # a field given twice: json.loads kept the last
             try:
                 inp = obj["input_toks"]
