@@ -79,7 +79,7 @@ CONFIG_CASES = [
     (("link_bw",), "[16, Infinity]", "link_bw[1]"),
     (("link_latency",), "[0, 1e300]", "link_latency[1]: expected a number >= 0 and <= 1e+09 (ns)"),
     (("link_bw_per_dim",), "[16, 16]", "link_bw_per_dim is not a config key: give link_bw as a list"),
-    (("kv_transfer",), '{"bandwidth_efficiency": 1e-9}', "kv_transfer.bandwidth_efficiency 1e-09 x link_bw"),
+    (("kv_transfer",), '{"bandwidth_efficiency": 1e-9}', "kv_transfer.bandwidth_efficiency: expected a number >= 0.01"),
     ((*INST, "block_size"), "1" + "0" * 30, "block_size"),
     ((*INST, "max_num_batched_tokens"), "1" + "0" * 30, "max_num_batched_tokens"),
 ]

@@ -358,6 +358,11 @@ def test_readers_take_what_they_misread(tmp_path):
     comma.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,10,5,\n2023-11-16 18:15:47,11,6,\n")
     with pytest.raises(TraceError, match="rows have more fields than the header"):
         read_dataset(comma)
+    latin = tmp_path / "l.csv"
+    latin.write_bytes(b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,10,5\n"
+                      b"2023-11-16 18:15:47,1\xff,6\n")
+    with pytest.raises(TraceError, match=r"l.csv:3: not valid UTF-8"):  # the line was not named
+        read_dataset(latin)
     # A pdsim line longer than the 64 KB the format is told from (token ids of a long prompt).
     long = tmp_path / "long.jsonl"
     ids = list(range(20_000))

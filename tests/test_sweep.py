@@ -194,7 +194,9 @@ def test_resume_refuses_rows_made_under_other_settings(tmp_path):
     before = (tmp_path / "s" / "runs.csv").read_text()
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--slo-ttft-ms", "500", "--resume"])
     message = str(res.exception)
-    assert "were made with other settings (" in message and "slo_ttft_ms 1000.0 -> 500.0" in message, res.output
+    assert "were made with other settings (" in message and "slo_ttft_ms 1000 -> 500" in message, res.output
+    # The derived duration changes with the SLO; shown to 6 digits, not with float noise (40.050000000000004).
+    assert re.search(r"min_duration_s [\d.]{1,7} -> [\d.]{1,7}; ", message), message
     assert (tmp_path / "s" / "runs.csv").read_text() == before
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--slo-ttft-ms", "1000", "--resume"])
     assert res.exit_code == 0, res.output

@@ -382,7 +382,6 @@ class ClusterConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterConfig:
         self._check_dp_groups()
-        self._check_transfer_rate()
         if self.num_nodes != len(self.nodes):
             raise PydanticCustomError(
                 "count",
@@ -424,18 +423,6 @@ class ClusterConfig(_Strict):
                          "other": other, "served": ", ".join(sorted(served))},
                     )
         return self
-
-    def _check_transfer_rate(self) -> None:
-        # The efficiency scales link_bw and nic_bw (not intra_node_bw): their product gets the floor each
-        # bandwidth gets alone, else a KV hand-off of a few MB outlasts any run.
-        eff = self.kv_transfer.bandwidth_efficiency
-        for where, gbps in (("link_bw", self.link_bw),
-                            *((f"nodes[{n}].nic_bw", node.nic_bw) for n, node in enumerate(self.nodes))):
-            if gbps is not None and gbps * eff < MIN_BW_GBPS:
-                raise PydanticCustomError(
-                    "bandwidth", "kv_transfer.bandwidth_efficiency {eff} x {where} {gbps} GB/s = {rate} GB/s: a KV "
-                    "transfer needs >= {low} GB/s", {"eff": _fmt(eff), "where": where, "gbps": _fmt(gbps),
-                                                      "rate": f"{gbps * eff:.3g}", "low": MIN_BW_GBPS})
 
     def instances(self) -> list[InstanceRef]:
         return [

@@ -38,8 +38,10 @@ class KVTransferConfig(_Strict):
     per_layer_overhead_us: float = Field(default=10.5, ge=0, le=MAX_OVERHEAD_US, allow_inf_nan=False)
     per_transfer_overhead_us: float = Field(default=0.0, ge=0, le=MAX_OVERHEAD_US,
                                             allow_inf_nan=False)  # handshake + completion notice
-    # Share of link_bw / nic_bw a transfer achieves (network and NIC links; not intra_node_bw).
-    bandwidth_efficiency: float = Field(default=0.73, gt=0, le=1, allow_inf_nan=False)
+    # Share of link_bw / nic_bw a transfer achieves (network and NIC links; not intra_node_bw). At least 1%:
+    # below it a link is broken, not slow, and a hand-off would outlast any run (the link's own floor is
+    # 1 MB/s).
+    bandwidth_efficiency: float = Field(default=0.73, ge=0.01, le=1, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -48,6 +48,11 @@ def settings_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.settings.json")
 
 
+def _shown(value: Any) -> str:
+    """A setting as the message shows it: derived floats (min_duration_s) to 6 significant digits."""
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
 def _check_same_settings(sidecar: Path, settings: dict[str, Any], source: Path) -> None:
     """Rows made under other settings (SLOs, seed, dataset, base config, ...) must not be mixed with new ones."""
     if not sidecar.is_file():
@@ -56,7 +61,7 @@ def _check_same_settings(sidecar: Path, settings: dict[str, Any], source: Path) 
         old = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         raise PdsimError(f"--resume: {sidecar} is not readable JSON; use another --out or drop --resume") from None
-    changed = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+    changed = [f"{k} {_shown(old.get(k))} -> {_shown(settings.get(k))}" for k in sorted(set(old) | set(settings))
                if old.get(k) != settings.get(k)]
     if changed:
         raise PdsimError(f"--resume: the rows in {source} were made with other settings ({'; '.join(changed)}); "

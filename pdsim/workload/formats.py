@@ -71,7 +71,15 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise TraceError(f"{path}: the file is empty; read as: {what} trace (a CSV with columns "
                          f"{', '.join(need)})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raw = path.read_bytes()  # only on this error: to name the line
+        try:
+            raw.decode("utf-8")
+            line = ""
+        except UnicodeDecodeError as at:
+            line = ":" + str(raw.count(b"\n", 0, at.start) + 1)
+        raise TraceError(f"{path}{line}: not valid UTF-8 ({e.reason}); read as: {what} trace") from None
+    except pd.errors.ParserError as e:
         raise TraceError(f"{path}: not a readable CSV ({csv_error_detail(e)}); read as: {what} trace") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in need if c not in df.columns]
