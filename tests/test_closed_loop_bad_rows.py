@@ -156,3 +156,15 @@ def test_unknown_hardware_is_named_and_rounds_are_bounded(tmp_path, profile_root
     with pytest.raises(PdsimError, match="--rounds: expected a number from 1 to 1000"):
         _validate_cli("--measured", str(table), "--profile-dir", str(profile_root), "--rounds", "1000000",
                       "--output", str(tmp_path / "r.csv"))
+
+
+def test_calibrate_says_which_simulated_rows_have_no_sample_of_the_metric(tmp_path, profile_root):
+    from click.testing import CliRunner
+
+    from pdsim.validate.cli import calibrate
+
+    table = _table(tmp_path, [_row(), _row(osl="1")])  # one output token: no TPOT, silently out of the fit
+    res = CliRunner().invoke(calibrate, ["--measured", str(table), "--profile-dir", str(profile_root), "--rounds",
+                                         "1", "--quiet", "--out", str(tmp_path / "c.json")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "left out of the fit: 1 simulated row(s) with no tpot_ms to compare" in res.output

@@ -406,6 +406,9 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             ran = df[df.status == "simulated"]
             estimated[:] = [int(ran.estimated_profile.astype(bool).sum()), len(ran)]
             errors = ran[column].dropna().to_numpy()
+            if (no_sample := len(ran) - len(errors)) > 0:  # e.g. TPOT of one-token outputs (osl 1)
+                left_out.append(f"left out of the fit: {no_sample} simulated row(s) with no {metric} to compare "
+                                "(TPOT needs an output of 2 tokens or more)")
             if not len(errors):
                 raise PdsimError(f"{measured}: no row to fit on ({'; '.join(left_out) or 'no row simulated'})")
             return errors
