@@ -127,7 +127,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[s
     ax.set_ylabel("output tokens/s per GPU")
     ax.set_title(f"Throughput vs speed per user, every run ({slo_text})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:  # none when no run has latency figures
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout(rect=(0, 0, 0.73, 1))
     fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
