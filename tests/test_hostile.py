@@ -318,6 +318,12 @@ def test_hostile_measured_runs_name_the_file(tmp_path, capsys):
         "order.jsonl": ((line + "\n" + line.replace('"first_token_ts": 0.1', '"first_token_ts": 0.3') + "\n").encode(),
                         "order.jsonl:2: last_token_ts 0.2 is before first_token_ts 0.3"),
         "broken.jsonl": ((line + "\n" + line.replace(", ", " ", 1) + "\n").encode(), "broken.jsonl:2:19: not valid"),
+        # A placeholder stamp, in order within its request, made its TTFT 480,000 s at exit 0.
+        "far.jsonl": ("".join(line.replace('"queued_ts": 0', f'"queued_ts": {479748 + i}')
+                              .replace('"first_token_ts": 0.1', f'"first_token_ts": {479748.1 + i}')
+                              .replace('"last_token_ts": 0.2', f'"last_token_ts": {479748.2 + i}') + "\n"
+                              for i in range(5)).replace('"queued_ts": 479750', '"queued_ts": -1').encode(),
+                      "far.jsonl:3: field 'queued_ts': -1 lies far outside the run's engine times"),
     }
     for name, (data, words) in cases.items():
         path = tmp_path / name

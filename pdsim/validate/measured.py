@@ -275,6 +275,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                 i = int(np.flatnonzero(bad)[0])
                 raise PdsimError(f"{p}:{line_nos[i]}: {later} {rows[i].get(later)!r} is before {earlier} "
                                  f"{rows[i].get(earlier)!r}; an engine stamps them in that order")
+    _check_engine_span(p, rows, line_nos, stamps)
     arrival_time = pd.to_numeric(df.arrival_time, errors="coerce")
     if clock == "client":
         _check_client_times(p, rows, line_nos, arrival_time, stamps)
@@ -371,6 +372,25 @@ def _check_stamp_values(p: Path, df: pd.DataFrame, rows: list[dict], line_nos: l
             if number is not None and math.isnan(number):
                 raise PdsimError(f"{p}:{line_no}: field {key!r}: expected a finite number of seconds (or null "
                                  f"where the request never got there), got {value!r}")
+
+
+def _check_engine_span(p: Path, rows: list[dict], line_nos: list[int], stamps: dict[str, pd.Series]) -> None:
+    """The engine stamps share one clock and one run: a stamp far outside the span the bulk of them cover
+    (a typo, a placeholder such as -1) would make one request's TTFT or E2E days long and move the means
+    it is compared on. The window is the 10th..90th percentile of all stamps widened by 100 times its width
+    on each side: a pause in the run or a straggler stays inside, a stamp off by orders of magnitude does not."""
+    pooled = pd.concat(list(stamps.values())).dropna() if stamps else pd.Series(dtype=float)
+    if len(pooled) < 5:
+        return
+    p10, p90 = (float(x) for x in pooled.quantile([0.1, 0.9]))
+    width = max(p90 - p10, 1.0)
+    lo, hi = p10 - 100 * width, p90 + 100 * width
+    for key, values in stamps.items():
+        outside = ((values < lo) | (values > hi)).to_numpy()  # NaN compares False
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            raise PdsimError(f"{p}:{line_nos[i]}: field {key!r}: {rows[i].get(key)!r} lies far outside the run's "
+                             f"engine times ({p10:.6g} .. {p90:.6g} s for most stamps): not a time of this run")
 
 
 def _check_client_times(p: Path, rows: list[dict], line_nos: list[int], arrival: pd.Series,
