@@ -355,3 +355,27 @@ def test_a_bad_jsonl_line_is_located_as_file_line_column():
         parse_json('{"a": 1 "b": 2}', "f.jsonl:2")
     with pytest.raises(PdsimError, match=r"^f\.json:2:6: not valid JSON"):
         parse_json('{"a": 1,\n "b" 2}', "f.json")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--max-kv", "8"], "max_kv must be >= 16"),  # the layer-overhead point's KV: an IndexError
+    (["--attention", "flash"], "--attention flash: flash-attn does not run here"),  # ModuleNotFoundError
+    (["--hardware", "H100-SXM"], "--hardware H100-SXM: a GPU pdsim knows, but this runs on the CPU"),
+    (["--hardware", "../../escape"], "--hardware '../../escape': expected a name of letters"),  # wrote outside --out
+    (["--check", "--check-kv", "-5"], "--check-kv: expected a KV length >= 1"),  # negative dimension
+])
+def test_hostile_profiler_options_are_refused_before_measuring(tmp_path, capsys, args, words):
+    code, err = _run_cli(capsys, ["profile", "--model", "JackFram/llama-160m", "--device", "cpu", "--max-tokens", "4",
+                                  "--max-batch", "4", "--out", str(tmp_path / "p"), "--quiet", *args])
+    _assert_clean_error(code, err, words)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "escape").exists()
+
+
+def test_resume_settings_that_are_no_object_are_one_line(tmp_path, capsys):
+    from pdsim.sweep.rows import RowWriter
+
+    runs = tmp_path / "runs.csv"
+    runs.write_text("label\n")
+    (tmp_path / "runs.settings.json").write_text("[1, 2]")
+    with pytest.raises(PdsimError, match=r"runs.settings.json: expected the JSON object of settings pdsim writes"):
+        RowWriter(runs, ["label"], True, {"seed": 0})

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pdsim.errors import PdsimError
 from pdsim.profiler.ops import ShardShapes
 
 
@@ -236,6 +237,12 @@ Attention = SdpaAttention | FlashAttention | TorchFlashAttention
 
 def make_attention(s: ShardShapes, dtype: torch.dtype, device: str, backend: str = "auto") -> Attention:
     """`auto` picks flash-attn where it runs, else torch's bundled FlashAttention-2, else SDPA."""
+    if backend == "flash" and not flash_available(device, dtype):
+        raise PdsimError(f"--attention flash: flash-attn does not run here ({device}, {dtype}: it needs a CUDA GPU, "
+                         "16-bit activations and the flash-attn package); use auto or sdpa")
+    if backend == "torch-flash" and not torch_flash_available(s, device, dtype):
+        raise PdsimError(f"--attention torch-flash: torch's FlashAttention-2 kernel does not run here ({device}, "
+                         f"{dtype}); use auto or sdpa")
     if backend == "flash" or (backend == "auto" and flash_available(device, dtype)):
         return FlashAttention(s, dtype, device)
     if backend == "torch-flash" or (backend == "auto" and torch_flash_available(s, device, dtype)):

@@ -8,6 +8,7 @@ only once one of them actually runs, so the simulator's CLI loads without it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -221,7 +222,8 @@ def default_hardware_name(device: str, threads: int) -> str:
 )
 @click.option("--check-decode", default="1,4,8,16,32", show_default=True, help="--check: decode batch sizes.")
 @click.option(
-    "--check-kv", type=int, default=512, show_default=True, help="--check: KV length of every decode request."
+    "--check-kv", type=int, default=512, show_default=True, callback=number_in(1, 10**7, what="a KV length"),
+    help="--check: KV length of every decode request."
 )
 @click.pass_context
 def profile_group(ctx: click.Context, **opts: object) -> None:
@@ -272,11 +274,21 @@ def _passes(opts: dict) -> int:
 def _hardware(opts: dict, device: str) -> str:
     import torch
 
+    from pdsim.hardware import get_hardware
+
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
-    return (
-        str(opts["hardware"]) if opts["hardware"] else default_hardware_name(device, torch.get_num_threads())
-    )
+    if not opts["hardware"]:
+        return default_hardware_name(device, torch.get_num_threads())
+    name = str(opts["hardware"])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):  # it names a folder under --out
+        raise PdsimError(f"--hardware {name!r}: expected a name of letters, digits and . _ + - (it names the "
+                         "profile's folder)")
+    if device == "cpu" and get_hardware(name) is not None:
+        # CPU timings filed under a GPU's name would price that GPU's steps (and replace or extend its profile).
+        raise PdsimError(f"--hardware {name}: a GPU pdsim knows, but this runs on the CPU; leave --hardware out "
+                         "(CPU-<threads>core) or run on that GPU")
+    return name
 
 
 def _profile(opts: dict) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pdsim.perf.profile_format import LAYER_OVERHEAD_DECODE_KV
+
 
 def geometric_grid(
     max_value: int, *, dense_until: int = 16, steps_per_octave: int = 4, min_value: int = 1
@@ -66,6 +68,8 @@ class GridSpec:
         for name in ("max_tokens", "max_batch", "max_kv", "steps_per_octave", "attention_steps_per_octave"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_kv < LAYER_OVERHEAD_DECODE_KV:  # the layer-overhead decode point sits at that KV
+            raise ValueError(f"max_kv must be >= {LAYER_OVERHEAD_DECODE_KV}, got {self.max_kv}")
 
     def tokens(self) -> list[int]:
         return geometric_grid(self.max_tokens, steps_per_octave=self.steps_per_octave)

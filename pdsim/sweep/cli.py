@@ -90,7 +90,8 @@ def _slo_options() -> list[Callable]:
                      callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TPOT SLO (ms)."),
         click.option("--attainment", type=float, default=0.9, show_default=True,
                      callback=number_in(0, 1, what="a share of requests"),
-                     help="Share of requests that must meet the SLOs."),
+                     help="Share of requests that must meet the SLOs (0: the highest stable rate, whatever the "
+                          "latency)."),
         click.option("--slo-mode", type=click.Choice(SLO_MODES), default="joint", show_default=True,
                      help="joint: a request must meet TTFT and TPOT together; separate: each SLO's attainment "
                           "must reach the target on its own."),

@@ -61,6 +61,9 @@ def _check_same_settings(sidecar: Path, settings: dict[str, Any], source: Path) 
         old = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         raise PdsimError(f"--resume: {sidecar} is not readable JSON; use another --out or drop --resume") from None
+    if not isinstance(old, dict):
+        raise PdsimError(f"--resume: {sidecar}: expected the JSON object of settings pdsim writes, got "
+                         f"{type(old).__name__}; use another --out or drop --resume")
     changed = [f"{k} {_shown(old.get(k))} -> {_shown(settings.get(k))}" for k in sorted(set(old) | set(settings))
                if old.get(k) != settings.get(k)]
     if changed:
