@@ -434,7 +434,9 @@ def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
     runs = out / "runs.csv"
     lines = runs.read_text().splitlines()
     header = lines[0].split(",")
-    for column, value in (("finished", "abc"), ("rate_per_s", "nan")):
+    # Out-of-range cells were kept, printed and ranked; a rate written 5.0 is not the key 5 (it ran again).
+    for column, value in (("finished", "abc"), ("rate_per_s", "nan"), ("attain_both", "5"), ("ttft_p90_ms", "-5"),
+                          ("stable", "7"), ("rate_per_s", "5.0"), ("served_req_s", "inf")):
         cells = lines[1].split(",")
         cells[header.index(column)] = value
         runs.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")

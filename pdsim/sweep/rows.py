@@ -137,6 +137,18 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
     if not parsed.get("label") or not (math.isfinite(rate) and rate > 0):
         raise PdsimError(f"--resume: {where}: expected a label and a rate_per_s > 0, got {row.get('label')!r} and "
                          f"{row.get('rate_per_s')!r}; {_NOT_WRITTEN_HERE}")
+    from pdsim.sweep.runner import rate_key
+
+    if row.get("rate_per_s") != rate_key(rate):  # the key a rerun matches: 32.480 would run 32.48 again
+        raise PdsimError(f"--resume: {where}: rate_per_s written {row.get('rate_per_s')!r}, where pdsim writes "
+                         f"{rate_key(rate)!r}; {_NOT_WRITTEN_HERE}")
+    for k, v in parsed.items():
+        if k in _STR_FIELDS or k == "backlog_growth" or (isinstance(v, float) and math.isnan(v)):
+            continue  # backlog_growth may be negative; an empty cell is a figure a run did not have
+        high = 1 if k.startswith("attain_") or k in ("stable", "estimated_profile") else math.inf
+        if not (0 <= v <= high and v < math.inf):
+            raise PdsimError(f"--resume: {where}: column {k!r}: expected a number from 0 to {high:g}, got {row[k]!r}; "
+                             f"{_NOT_WRITTEN_HERE}")
     return parsed
 
 
