@@ -87,6 +87,14 @@ def test_a_base_config_of_two_models_is_refused():
         expand(cluster_config_from_dict(raw), 8)
 
 
+def test_a_layout_no_split_of_the_budget_fits_is_said():
+    skipped: list[str] = []  # TP 3 prefill on 2 GPUs: every split dropped without a word
+    variants = expand(load_cluster_config(BASE), 2, tp_prefill=[3], skipped=skipped)
+    assert [v.label for v in variants] == ["colo-2x-tp1"]
+    assert skipped == ["prefill of 3 GPU(s) + decode of 1 GPU(s) (tp3/1): no whole number of them makes exactly 2 GPUs",
+                       "colocated of 3 GPU(s) (tp3): no whole number of them makes exactly 2 GPUs"]
+
+
 def test_a_ratio_no_layout_fits_is_said():
     skipped: list[str] = []
     variants = expand(load_cluster_config(BASE), 2, [(3, 5), (1, 1)], skipped=skipped)

@@ -189,7 +189,9 @@ class _Pools:
             return [groups[g] for g in range(n)]
 
         staged = "" if pp_p == pp_d == 1 else f"-pp{pp_p}/{pp_d}"
-        layout = _Layout(self._pack([prefill, *decode_units(1)]))
+        layout = _Layout(self._pack([prefill, *decode_units(1)]),
+                         f"prefill of {p_unit} GPU(s) + decode of {unit} GPU(s) (tp{tp_p}/{tp_d}{staged}"
+                         f"{f', DP {dp}' if dp > 1 else ''})")
         for n_p in range(1, self.gpus // p_unit + 1):
             rest = self.gpus - n_p * p_unit
             if rest < unit or rest % unit:
@@ -208,7 +210,7 @@ class _Pools:
     def colocated(self, tp: int, pp: int) -> _Layout:
         """gpus / (tp x pp) instances of this layout (none when it does not divide the budget)."""
         units = [[_instance(self.template(None), None, tp, pp)]]
-        layout = _Layout(self._pack(units))
+        layout = _Layout(self._pack(units), f"colocated of {tp * pp} GPU(s) (tp{tp}{f', pp{pp}' if pp > 1 else ''})")
         if self.gpus % (tp * pp) == 0:
             n = self.gpus // (tp * pp)
             label = f"colo-{n}x-tp{tp}" + (f"-pp{pp}" if pp > 1 else "")
@@ -227,6 +229,7 @@ class _Layout:
     so that config is validated for all of them."""
 
     probe: dict[str, Any]
+    what: str  # the layout in words, for a reason it is left out
     variants: list[Variant] = field(default_factory=list)
 
     def refusal(self) -> str | None:
@@ -316,6 +319,8 @@ def expand(
     variants = []
     for layout in layouts:
         if not layout.variants:
+            if ratios is None or layout.what.startswith("colocated"):  # else the ratios' own reasons say it
+                reasons.append(f"{layout.what}: no whole number of them makes exactly {gpus} GPUs")
             continue
         refusal = layout.refusal()  # in the parent, with the config's own message
         if refusal is None:
