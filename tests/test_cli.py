@@ -383,3 +383,20 @@ def test_no_python_warning_reaches_the_user(tmp_path):
               "--num-requests", "5", "--max-sim-time", "0.001", "--plot", "--quiet")
     assert r.returncode == 0 and "5 total, 0 finished" in r.stdout, r.stdout
     assert "Warning" not in r.stderr, r.stderr
+
+
+def test_a_profile_filed_under_another_models_name_is_refused(tmp_path):
+    # Found by the profiles-root lookup (not --profile-dir), its meta.json's model was not checked.
+    root = tmp_path / "profiles"
+    shutil.copytree(REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1",
+                    root / "H200/Qwen/Qwen3-8B/bfloat16/tp1")
+    config = json.loads((REPO / "configs/cluster/single_node_pd_h200.json").read_text())
+    for node in config["nodes"]:
+        for inst in node["instances"]:
+            inst["model_name"] = "Qwen/Qwen3-8B"
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    r = pdsim("--cluster-config", str(path), "--dataset", str(TRACE), "--num-requests", "5", "--profiles-root",
+              str(root), "--output", str(tmp_path / "r.csv"), "--quiet")
+    assert r.returncode == 2 and "field 'model': the profile is for meta-llama/Llama-3.1-8B, but the instance runs " \
+                                 "Qwen/Qwen3-8B" in r.stderr, r.stderr

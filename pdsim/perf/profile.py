@@ -218,7 +218,8 @@ def _same_model(a: str, b: str) -> bool:
 
 
 def _check_model(profile: Profile, model: str) -> None:
-    """A profile given with --profile-dir times another model's layers: refuse it, not use it."""
+    """A profile (given with --profile-dir, or found under the profiles root) that times another model's layers:
+    refuse it, not use it."""
     if not _same_model(profile.meta.model, model):
         path = Path(profile.meta.path)
         meta = path / "meta.json" if profile.meta.fmt == "pdsim" else path.parent / "meta.yaml"
@@ -268,4 +269,6 @@ def find_profile(
     path = profile_path(root if root is not None else PROFILES_ROOT, hardware, model, dtype, tp)
     if not path.is_dir():
         return None
-    return read_profile(path, tp=tp)
+    profile = read_profile(path, tp=tp)
+    _check_model(profile, model)  # a folder copied under another model's name would time that model
+    return profile
