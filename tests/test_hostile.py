@@ -379,3 +379,15 @@ def test_resume_settings_that_are_no_object_are_one_line(tmp_path, capsys):
     (tmp_path / "runs.settings.json").write_text("[1, 2]")
     with pytest.raises(PdsimError, match=r"runs.settings.json: expected the JSON object of settings pdsim writes"):
         RowWriter(runs, ["label"], True, {"seed": 0})
+
+
+def test_import_aiconfigurator_checks_every_tp_and_the_folder_first(tmp_path, capsys):
+    args = ["profile", "import-aiconfigurator", "--system", "h100_sxm", "--model", "Qwen/Qwen3-32B",
+            "--out", str(tmp_path / "p")]
+    (tmp_path / "f.txt").write_text("x")
+    code, err = _run_cli(capsys, [*args, "--systems-dir", str(tmp_path / "f.txt"), "--tp", "1"])
+    _assert_clean_error(code, err, "--systems-dir", "not a folder")
+    # TP 3 fails after TP 1 was written: checked first, nothing is left behind.
+    code, err = _run_cli(capsys, [*args, "--systems-dir", str(tmp_path), "--tp", "1", "--tp", "3"])
+    _assert_clean_error(code, err, "cannot be split over tp=3")
+    assert not (tmp_path / "p").exists()

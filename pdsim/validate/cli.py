@@ -484,6 +484,12 @@ def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp:
         raise PdsimError("--systems-dir: not given, and no aiconfigurator database is installed "
                          "(pip install -e '.[aiconfigurator]' installs aiconfigurator-core, or give the "
                          "database folder: <system>/gemm/... or gemm/... directly)")
+    if not root.is_dir():
+        raise PdsimError(f"--systems-dir {root}: not a folder (aiconfigurator's systems/data, or <system>/gemm/...)")
     spec = load_model(model)
+    for n in tp:  # all checked before the first is written, so a bad one leaves none behind
+        if n < 1:
+            raise PdsimError(f"--tp {n}: expected a positive integer")
+        spec.check_tp(n)
     for n in tp:
         click.echo(f"wrote {import_profile(root, system, spec, n, out, dtype, quantization)}")
