@@ -391,3 +391,24 @@ def test_import_aiconfigurator_checks_every_tp_and_the_folder_first(tmp_path, ca
     code, err = _run_cli(capsys, [*args, "--systems-dir", str(tmp_path), "--tp", "1", "--tp", "3"])
     _assert_clean_error(code, err, "cannot be split over tp=3")
     assert not (tmp_path / "p").exists()
+
+
+def test_profile_compare_names_a_bad_timings_cell_and_says_when_setups_differ(tmp_path, capsys):
+    prof = tmp_path / "a"
+    shutil.copytree(PROFILE, prof)
+    timings = prof / "timings.csv"
+    good = timings.read_text()
+    lines = good.splitlines()
+    header = lines[0].split(",")
+    cells = lines[2].split(",")
+    cells[header.index("median_us")] = "abc"  # crashed with ValueError
+    timings.write_text("\n".join([lines[0], lines[1], ",".join(cells), *lines[3:]]) + "\n")
+    code, err = _run_cli(capsys, ["profile", "compare", str(prof), str(PROFILE)])
+    _assert_clean_error(code, err, f"{timings}:3: median_us 'abc'")
+    timings.write_bytes(good.encode().replace(b"dense", b"d\xe9nse", 1))
+    code, err = _run_cli(capsys, ["profile", "compare", str(prof), str(PROFILE)])
+    _assert_clean_error(code, err, "not valid UTF-8")
+    timings.write_text(good)
+    main(["profile", "compare", str(PROFILE), str(REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1")])
+    assert "NOTE: the profiles differ in model (JackFram/llama-160m vs meta-llama/Llama-3.1-8B)" in \
+        capsys.readouterr().out

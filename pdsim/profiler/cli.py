@@ -394,9 +394,15 @@ def check_verdict(rows, goal: float = CHECK_GOAL) -> str:
 @click.argument("profile_b", type=click.Path(path_type=Path, exists=True, file_okay=False))
 def compare_command(profile_a: Path, profile_b: Path) -> None:
     """Compare two measured profiles point by point (run-to-run stability vs recorded spread)."""
+    from pdsim.perf.profile import read_profile
     from pdsim.profiler.compare import compare_profiles, format_diffs
 
     click.echo(format_diffs(compare_profiles(profile_a, profile_b)))
+    meta_a, meta_b = read_profile(profile_a).meta, read_profile(profile_b).meta
+    for what in ("model", "hardware", "dtype", "tp"):  # then the diffs are between two setups, not two runs
+        if getattr(meta_a, what) != getattr(meta_b, what):
+            click.echo(f"NOTE: the profiles differ in {what} ({getattr(meta_a, what)} vs {getattr(meta_b, what)}): "
+                       "the differences above are not run-to-run noise")
 
 
 profile = profile_group  # the name pdsim/cli.py mounts

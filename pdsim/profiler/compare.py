@@ -8,11 +8,12 @@ than the repeats within a run do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdsim.errors import PdsimError
-from pdsim.profiler.timing import iter_timings
+from pdsim.profiler.timing import TIMINGS_FILE, iter_timings
 
 TABLES = ("dense", "per_sequence", "attention_prefill", "attention_decode")
 
@@ -29,13 +30,31 @@ class TableDiff:
 
 
 def _load(profile_dir: Path) -> dict[tuple[str, str, str, str], tuple[float, float]]:
-    rows = {
-        (r["table"], r["op"], r["x"], r["y"]): (float(r["median_us"]), float(r["spread_rel"]))
-        for r in iter_timings(profile_dir)
-    }
+    """(table, op, x, y) -> (median us, relative spread) of a profile's timings.csv; a bad cell names its line."""
+    path = Path(profile_dir) / TIMINGS_FILE
+    rows: dict[tuple[str, str, str, str], tuple[float, float]] = {}
+    try:
+        for line, r in enumerate(iter_timings(profile_dir), start=2):
+            missing = [c for c in _COLUMNS if r.get(c) is None]
+            if missing:
+                raise PdsimError(f"{path}:{line}: missing column(s) {', '.join(missing)}; expected "
+                                 f"{', '.join(_COLUMNS)}")
+            try:
+                median, spread = float(r["median_us"]), float(r["spread_rel"])
+            except ValueError:
+                median = spread = math.nan
+            if not (0 < median < math.inf and 0 <= spread < math.inf):
+                raise PdsimError(f"{path}:{line}: median_us {r['median_us']!r} and spread_rel {r['spread_rel']!r}: "
+                                 "expected a time > 0 and a spread >= 0")
+            rows[(r["table"], r["op"], r["x"], r["y"])] = (median, spread)
+    except UnicodeDecodeError as e:
+        raise PdsimError(f"{path}: not valid UTF-8 ({e.reason})") from None
     if not rows:
         raise PdsimError(f"{profile_dir}: no timings.csv (only profiles written by `pdsim profile` have one)")
     return rows
+
+
+_COLUMNS = ("table", "op", "x", "y", "median_us", "spread_rel")
 
 
 def _quantile(values: list[float], q: float) -> float:
