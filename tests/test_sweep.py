@@ -498,3 +498,11 @@ def test_runs_that_reject_requests_are_said(tmp_path):
                                        "25", "--workers", "1", "--min-duration-s", "0", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert "runs rejected requests (too long for the model or the KV cache; counted as missing the SLOs)" in res.output
+
+
+def test_a_winner_whose_bracket_never_closed_is_a_lower_bound(tmp_path):
+    res = CliRunner().invoke(cli, ["search", "--base-config", str(BASE), "--dataset", str(DATASET), "--gpus", "2",
+                                   "--num-requests", "30", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25",
+                                   "--max-probes", "1", "--workers", "1", "--no-plots", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound" in res.output

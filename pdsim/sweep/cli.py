@@ -419,6 +419,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
                    f"({win['goodput_per_gpu']:.3g} req/s per GPU){vs}; config: "
                    f"{setup.out / 'configs' / (config_file_stem(win['label']) + '.json')}")
+        if math.isnan(win["first_fail_req_s"]):
+            click.echo("NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound, and "
+                       "the ranking may change with more probes")
+        tied = [r["label"] for r in ranked[1:] if r["goodput_per_gpu"] == win["goodput_per_gpu"]]
+        if tied:
+            click.echo(f"NOTE: tied with {', '.join(tied)} at the same goodput per GPU; the probes do not tell them "
+                       "apart (raise --max-probes or lower --rel-tol)")
     notes = disagreements(ranked)
     if notes:
         click.echo("rate-matching estimate vs simulation:")
