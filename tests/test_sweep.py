@@ -506,3 +506,22 @@ def test_a_winner_whose_bracket_never_closed_is_a_lower_bound(tmp_path):
                                    "--max-probes", "1", "--workers", "1", "--no-plots", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert "NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound" in res.output
+
+
+def test_profile_tables_left_are_one_note_not_a_warning_per_run(tmp_path):
+    import shutil
+
+    root = tmp_path / "profiles"
+    prof = root / "H200/meta-llama/Llama-3.1-8B/bfloat16/tp1"
+    shutil.copytree(ROOT / "profiles" / "H200/meta-llama/Llama-3.1-8B/bfloat16/tp1", prof)
+    decode = prof / "attention_decode.csv"
+    decode.write_text("".join(decode.read_text().splitlines(keepends=True)[:3]))  # kv_tokens 1 and 16 only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every worker printed the ExtrapolationWarning with its source line
+        res = CliRunner().invoke(cli, ["sweep", "--base-config", str(ROOT / "configs/cluster/single_node_pd_h200.json"),
+                                       "--dataset", str(DATASET), "--num-requests", "20", "--gpus", "2",
+                                       "--rates", "5,10", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25",
+                                       "--workers", "1", "--min-duration-s", "0", "--profiles-root", str(root),
+                                       "--no-plots", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("NOTE: profile table 'attention_decode.csv': kv_tokens=") == 1, res.output

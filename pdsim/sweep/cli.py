@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -238,12 +239,15 @@ class _Setup:
 
     def estimates(self) -> dict[str, dict[str, Any]]:
         from pdsim.engine.cluster import SimOptions
+        from pdsim.perf.interp import ExtrapolationWarning
         from pdsim.sweep.ratematch import Lengths, estimate
 
         lengths = Lengths(sum(r.input_toks for r in self.trace) / len(self.trace),
                           sum(r.output_toks for r in self.trace) / len(self.trace))
         opts = SimOptions(profiles_root=self.settings.profiles_root)
-        return {v.label: estimate(v, lengths, self.slo.tpot_ms, opts).as_dict() for v in self.variants}
+        with warnings.catch_warnings():  # the runs on the same profiles say where they leave its grid
+            warnings.simplefilter("ignore", ExtrapolationWarning)
+            return {v.label: estimate(v, lengths, self.slo.tpot_ms, opts).as_dict() for v in self.variants}
 
 
 def config_file_stem(label: str) -> str:
@@ -285,6 +289,15 @@ def _unstable_note(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _run_notes(notes: set[str]) -> str:
+    """What the runs of this command said besides their rows, once per profile table (each run names the
+    first point it looked up off the table's grid, so their points differ)."""
+    first: dict[str, str] = {}
+    for note in sorted(notes):
+        first.setdefault(note.split(": ", 1)[0], note)
+    return "\n".join(f"NOTE: {note}" for note in first.values())
+
+
 def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
     n = sum(1 for r in rows if r.get("estimated_profile"))
     if not n:
@@ -317,14 +330,17 @@ def sweep(rates: str, **kw: Any) -> None:
     started = time.perf_counter()
     executor = setup.executor()
     try:
+        notes: set[str] = set()
         rows = run_sweep(jobs, executor, setup.out / "runs.csv", kw["resume"], settings=setup.fingerprint,
-                         on_row=lambda done, total: bar.update(done, total, "runs"), commit=False)
+                         on_row=lambda done, total: bar.update(done, total, "runs"), commit=False, notes=notes)
     finally:
         executor.close()
         bar.close()
     wall_s = time.perf_counter() - started
     click.echo(_table(rows, SWEEP_COLUMNS))
     click.echo(_unstable_note(rows))
+    if notes:
+        click.echo(_run_notes(notes))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
@@ -408,6 +424,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     ranked = rank(in_order)
     click.echo(_table(ranked, SEARCH_COLUMNS))
     click.echo(_unstable_note([writer.rows[k] for k in sorted(writer.rows)]))
+    if writer.notes:
+        click.echo(_run_notes(writer.notes))
     win = ranked[0]
     colo = [r for r in ranked if r["ratio"] == "colo"]
     vs = ""

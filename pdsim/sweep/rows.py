@@ -71,6 +71,9 @@ def _check_same_settings(sidecar: Path, settings: dict[str, Any], source: Path) 
                          "use another --out or drop --resume")
 
 
+NOTES_KEY = "notes"  # a fresh row's notes (profile tables left), said by the command, not a CSV column
+
+
 class RowWriter:
     """Appends rows to <path>.partial as they arrive, flushed each time, so a killed run loses at most
     the runs in flight. With resume, the rows already in the partial file (else in `path`, a
@@ -80,6 +83,7 @@ class RowWriter:
         self.path, self.fields = path, fields
         self.partial = partial_path(path)
         self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.notes: set[str] = set()  # what the runs said besides their rows (NOTES_KEY), once each
         path.parent.mkdir(parents=True, exist_ok=True)
         source = self.partial if self.partial.exists() else path
         if resume and source.exists() and source.stat().st_size > 0:
@@ -115,6 +119,7 @@ class RowWriter:
         return row["label"], str(row["rate_per_s"])
 
     def add(self, row: dict[str, Any]) -> None:
+        self.notes.update(row.pop(NOTES_KEY, ()))
         self.rows[self.key(row)] = row
         self.writer.writerow([_fmt(row[f]) for f in self.fields])
         self.file.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 from pdsim.errors import PdsimError
 from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_linear, span_s
 from pdsim.sweep.expand import Variant
-from pdsim.sweep.rows import ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
+from pdsim.sweep.rows import NOTES_KEY, ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
 from pdsim.sweep.steady import Window, stability
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, check_request_count
 
@@ -133,6 +134,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     """Simulate one (config, rate) point and reduce it to a row (see ROW_FIELDS)."""
     from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.summary import requests_frame
+    from pdsim.perf.interp import ExtrapolationWarning
 
     v = job.variant
     trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed, settings.min_duration_s)
@@ -146,10 +148,15 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
         max_sim_time_s=last_arrival_s + max(settings.time_limit_slack_s, 2 * settings.warmup_s),
         ttft_mode=settings.ttft_mode,
     )
-    result = simulate(v.config(), trace, opts, source=v.label)
+    with warnings.catch_warnings():
+        # A lookup off a profile's grid comes back as a note (RowWriter gathers them), not as a Python
+        # warning printed by every worker.
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        result = simulate(v.config(), trace, opts, source=v.label)
     df = requests_frame(result)
     row = summarize_run(job, df, settings.slo, settings.warmup_s)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
+    row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()})
     return row
 
 
@@ -322,11 +329,12 @@ def make_executor(base_trace: Sequence[TraceRequest], settings: RunSettings, wor
 
 def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bool,
               on_row: Callable[[int, int], None] | None = None, commit: bool = True,
-              settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+              settings: dict[str, Any] | None = None, notes: set[str] | None = None) -> list[dict[str, Any]]:
     """Run the jobs not already in `out_csv` (with resume), stream their rows to its partial file,
     and return all rows in job order (configs as expanded, rates ascending), rounded as stored.
     commit: move the partial file to `out_csv` when every job has run (else the caller does).
-    settings: what the rows depend on besides their key, kept beside the CSV; a resume with other ones is refused."""
+    settings: what the rows depend on besides their key, kept beside the CSV; a resume with other ones is refused.
+    notes: gathers what the runs said besides their rows."""
     writer = RowWriter(out_csv, ROW_FIELDS, resume, settings)
     todo = [j for j in jobs if j.key not in writer.rows]
     done = len(jobs) - len(todo)
@@ -340,6 +348,8 @@ def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bo
                 on_row(done, len(jobs))
     finally:
         writer.close()
+        if notes is not None:
+            notes.update(writer.notes)
     if commit:
         os.replace(writer.partial, out_csv)
     return [normalize(writer.rows[j.key]) for j in jobs]
