@@ -412,3 +412,16 @@ def test_profile_compare_names_a_bad_timings_cell_and_says_when_setups_differ(tm
     main(["profile", "compare", str(PROFILE), str(REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1")])
     assert "NOTE: the profiles differ in model (JackFram/llama-160m vs meta-llama/Llama-3.1-8B)" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("grid", ['"abc"', '{"max_tokens": 64, "oops": 1}', '{"max_tokens": -5}'])
+def test_only_names_a_malformed_grid_in_meta_json(tmp_path, capsys, grid):
+    root = tmp_path / "profiles"
+    prof = root / "CPU-1core/JackFram/llama-160m/bfloat16/tp1"
+    shutil.copytree(PROFILE, prof)
+    meta = json.loads((prof / "meta.json").read_text())
+    meta["grid"] = json.loads(grid)
+    (prof / "meta.json").write_text(json.dumps(meta))
+    code, err = _run_cli(capsys, ["profile", "--model", "JackFram/llama-160m", "--device", "cpu", "--threads", "1",
+                                  "--out", str(root), "--quiet", "--only", "layer_overhead"])
+    _assert_clean_error(code, err, f"{prof / 'meta.json'}: field 'grid'")  # a TypeError or ValueError before

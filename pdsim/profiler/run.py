@@ -352,7 +352,13 @@ def add_only(req: ProfileRequest, only: str, progress_enabled: bool = False) -> 
         )
     raw = json.loads((out_dir / "meta.json").read_text())
     if "grid" in raw:
-        req = replace(req, grid=GridSpec(**raw["grid"]))
+        grid = raw["grid"]
+        try:
+            if not isinstance(grid, dict) or not all(type(v) is int for v in grid.values()):
+                raise TypeError("expected an object of whole numbers")
+            req = replace(req, grid=GridSpec(**grid))
+        except (TypeError, ValueError) as e:  # an unknown key, a missing one, or a value out of range
+            raise PdsimError(f"{out_dir / 'meta.json'}: field 'grid': {e}; got {grid!r}") from None
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     load_at_start = round(os.getloadavg()[0], 2)
     measured = measure(req, model, progress_enabled, only=only)
