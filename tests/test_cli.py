@@ -324,6 +324,26 @@ def test_import_aiconfigurator_reads_an_a100_shaped_database_and_refuses_another
     assert r.returncode == 2 and "measured on NVIDIA H100" in r.stderr and not (tmp_path / "q").exists()
 
 
+@pytest.mark.skipif(not AIC_H100.is_dir(), reason="../shared data not present")
+def test_import_aiconfigurator_refuses_latencies_it_cannot_use(tmp_path):
+    # A GEMM latency of 0 priced the kernel at nothing (TPOT 1.0 ms for 7.2 ms); a corrupt file crashed.
+    pytest.importorskip("pyarrow")
+    db = tmp_path / "h100_sxm"
+    shutil.copytree(AIC_H100, db)
+    gemm = next(db.rglob("gemm_perf.parquet"))
+    df = pd.read_parquet(gemm)
+    df.loc[df.index[3], "latency"] = 0.0
+    df.to_parquet(gemm)
+    args = ("profile", "import-aiconfigurator", "--model", "meta-llama/Llama-3.1-8B", "--tp", "1", "--system",
+            "h100_sxm", "--systems-dir", str(tmp_path), "--out", str(tmp_path / "p"))
+    r = pdsim(*args)
+    assert r.returncode == 2 and f"{gemm}: row 3: latency 0.0: expected a finite time > 0 (ms)" in r.stderr, r.stderr
+    gemm.write_bytes(b"not parquet")
+    r = pdsim(*args)
+    assert r.returncode == 2 and f"{gemm}: not a readable parquet table" in r.stderr, r.stderr
+    assert not (tmp_path / "p").exists()
+
+
 def test_rejections_are_counted_by_reason_and_numbers_never_run_together(tmp_path):
     from pdsim.metrics.summary import format_summary
 

@@ -105,9 +105,22 @@ def _latest(root: Path, *parts: str) -> Path:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    """A table of the database; its latencies (ms) must be finite and > 0: a 0 or negative one would price a
+    kernel at nothing, which no interpolation of the table repairs."""
     if not path.is_file():
         raise ProfileError(f"{path}: missing table in the aiconfigurator database")
-    return pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow's own errors (ArrowInvalid, ...) for a file that is no parquet table
+        raise ProfileError(f"{path}: not a readable parquet table ({type(e).__name__}: {e})") from None
+    if "latency" not in df.columns or df.empty:
+        raise ProfileError(f"{path}: expected rows with a 'latency' column (ms), got columns {list(df.columns)}")
+    latency = pd.to_numeric(df.latency, errors="coerce").to_numpy(dtype=float)
+    bad = ~(np.isfinite(latency) & (latency > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ProfileError(f"{path}: row {i}: latency {df.latency.iloc[i]}: expected a finite time > 0 (ms)")
+    return df
 
 
 class _Gemm:
@@ -315,8 +328,12 @@ def import_profile(systems_dir: str | Path, system: str, model: ModelSpec, tp: i
     check_output_dir(Path(out_root), "--out")  # before the database is read: a file where the root should be
     if quantization is not None and quantization not in QUANT_GEMM_DTYPE:
         raise ProfileError(f"--quant {quantization}: expected one of {', '.join(QUANT_GEMM_DTYPE)}")
-    dense, per_seq, prefill, decode, allreduce, moe_rows, notes, hardware = build_rows(
-        Path(systems_dir), system, model, tp, dtype, quantization)
+    try:
+        dense, per_seq, prefill, decode, allreduce, moe_rows, notes, hardware = build_rows(
+            Path(systems_dir), system, model, tp, dtype, quantization)
+    except (KeyError, AttributeError, TypeError, ValueError) as e:  # a table of another layout than aiconfigurator's
+        raise ProfileError(f"{systems_dir}: the {system} database has a table pdsim cannot read "
+                           f"({type(e).__name__}: {e}); expected aiconfigurator's own layout") from None
     device = {"name": hardware.description, "aiconfigurator_system": system}
     if quantization is not None:
         device["gemm_precision"] = f"aiconfigurator {system} {QUANT_GEMM_DTYPE[quantization]} GEMM table"
