@@ -248,6 +248,17 @@ def test_a_failed_write_leaves_the_earlier_profile_as_it_was(tmp_path, monkeypat
     assert snapshot(root) == before and [p.name for p in (root / TP1).parent.iterdir()] == ["tp1"]
 
 
+def test_a_bad_table_is_named_where_it_would_be_written_not_in_the_staging_folder(tmp_path):
+    from pdsim.errors import ProfileError
+
+    dense, *rest = _rows()
+    dense = [(op, tokens, float("nan") if i == 3 else us) for i, (op, tokens, us) in enumerate(dense)]
+    with pytest.raises(ProfileError) as e:
+        write_profile(tmp_path / TP1, _meta("estimated", "pdsim estimate"), dense, *rest)
+    assert str(e.value).startswith(f"{tmp_path / TP1} (as it would be written)/dense.csv"), str(e.value)
+    assert ".tmp" not in str(e.value) and not (tmp_path / TP1).exists()
+
+
 # ------------------------------------------------------------ who may replace whom
 
 

@@ -157,10 +157,19 @@ def write_profile(
                                    (decode_skew_rows, DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS))):
             if rows:
                 _write_rows(stage / name, header, rows)
-        read_profile(stage)  # fail here, before the old profile is replaced, on a malformed table
+        _check_staged(stage, out)  # fail here, before the old profile is replaced, on a malformed table
         if finish is not None:
             finish(stage)
-            read_profile(stage)
+            _check_staged(stage, out)
+
+
+def _check_staged(stage: Path, out_dir: Path) -> None:
+    """read_profile of the staged tables; its error names the profile being written, not the staging folder,
+    which is gone by the time the message is read."""
+    try:
+        read_profile(stage)
+    except ProfileError as e:
+        raise ProfileError(str(e).replace(str(stage), f"{out_dir} (as it would be written)")) from None
 
 
 # How much a profile is worth keeping: one may replace a profile of its own rank or below, so an
