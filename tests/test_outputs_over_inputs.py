@@ -259,6 +259,15 @@ def test_a_bad_table_is_named_where_it_would_be_written_not_in_the_staging_folde
     assert ".tmp" not in str(e.value) and not (tmp_path / TP1).exists()
 
 
+def test_a_profile_is_not_written_inside_another_profile_folder(tmp_path):
+    from pdsim.errors import ProfileError
+
+    shutil.copytree(MEASURED, tmp_path / "prof")
+    with pytest.raises(ProfileError, match=r"inside the profile folder .*prof; give --out a folder outside it"):
+        write_profile(tmp_path / "prof" / "x" / TP1, _meta("estimated", "pdsim estimate"), *_rows())
+    assert not (tmp_path / "prof" / "x").exists()
+
+
 # ------------------------------------------------------------ who may replace whom
 
 

@@ -123,6 +123,10 @@ def write_profile(
     if out.is_symlink():  # replace the folder the link names, and keep the link
         out = out.resolve()
     check_profile_target(out, meta.source, meta.tool)
+    holder = next((p for p in out.absolute().parents if (p / "meta.json").is_file() or (p / "meta.yaml").is_file()),
+                  None)
+    if holder is not None:  # a profile tree nested in a profile folder: neither would read as it should
+        raise ProfileError(f"{out}: inside the profile folder {holder}; give --out a folder outside it")
     raw = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
