@@ -66,8 +66,9 @@ class InputFile(click.ParamType):
             names = ", ".join(bundled_names(self.kind)) or "(none)"
             option = param.opts[0] if param is not None else self.kind
             raise PdsimError(f"{option} {path}: no such file, here or among the bundled {self.kind}s ({names})")
-        if not (found.is_file() or found.is_dir()):
-            # A pipe's first bytes would be gone after the format is detected from them; a FIFO blocks.
+        if self.kind == "dataset" and not (found.is_file() or found.is_dir()):
+            # A trace's first bytes tell its format, and are gone from a pipe by the time its requests
+            # are read (a FIFO blocks); a sweep hashes it first too. A config is read once by run.
             option = param.opts[0] if param is not None else self.kind
             raise PdsimError(f"{option} {path}: not a regular file (a pipe, FIFO or device); pdsim reads an input "
                              "more than once, so save it to a file first")

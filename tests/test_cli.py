@@ -420,3 +420,15 @@ def test_a_profile_filed_under_another_models_name_is_refused(tmp_path):
               str(root), "--output", str(tmp_path / "r.csv"), "--quiet")
     assert r.returncode == 2 and "field 'model': the profile is for meta-llama/Llama-3.1-8B, but the instance runs " \
                                  "Qwen/Qwen3-8B" in r.stderr, r.stderr
+
+
+def test_a_cluster_config_may_come_from_a_pipe_a_trace_may_not(tmp_path):
+    # run reads a config once; a trace's first bytes tell its format and would be gone from a pipe.
+    cmd = (f"{sys.executable} -m pdsim --cluster-config <(cat {PD_CONFIG}) --dataset {TRACE} --num-requests 5 "
+           f"--quiet --output {tmp_path / 'r.csv'}")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cmd = (f"{sys.executable} -m pdsim --cluster-config {PD_CONFIG} --dataset <(cat {TRACE}) --num-requests 5 "
+           f"--quiet --output {tmp_path / 'p.csv'}")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "not a regular file (a pipe, FIFO or device)" in r.stderr, r.stderr

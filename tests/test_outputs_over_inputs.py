@@ -266,6 +266,16 @@ def test_a_profile_is_not_written_inside_another_profile_folder(tmp_path):
     with pytest.raises(ProfileError, match=r"inside the profile folder .*prof; give --out a folder outside it"):
         write_profile(tmp_path / "prof" / "x" / TP1, _meta("estimated", "pdsim estimate"), *_rows())
     assert not (tmp_path / "prof" / "x").exists()
+    # Not a profile: another tool's meta.json above the root, and the LLMServingSim meta.yaml beside a new tpN/.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "meta.json").write_text("{}")
+    write_profile(tmp_path / "run" / "profiles" / TP1, _meta("estimated", "pdsim estimate"), *_rows())
+    lss = tmp_path / "lss" / TP1.parent
+    lss.mkdir(parents=True)
+    (lss / "meta.yaml").write_text("model: x\n")
+    write_profile(lss / "tp4", _meta("estimated", "pdsim estimate"), *_rows())
+    with pytest.raises(ProfileError, match="inside the profile folder"):
+        write_profile(lss / "deeper" / "tp1", _meta("estimated", "pdsim estimate"), *_rows())
 
 
 # ------------------------------------------------------------ who may replace whom

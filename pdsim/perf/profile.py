@@ -123,8 +123,7 @@ def write_profile(
     if out.is_symlink():  # replace the folder the link names, and keep the link
         out = out.resolve()
     check_profile_target(out, meta.source, meta.tool)
-    holder = next((p for p in out.absolute().parents if (p / "meta.json").is_file() or (p / "meta.yaml").is_file()),
-                  None)
+    holder = next((p for p in out.absolute().parents if _is_profile_folder(p, out)), None)
     if holder is not None:  # a profile tree nested in a profile folder: neither would read as it should
         raise ProfileError(f"{out}: inside the profile folder {holder}; give --out a folder outside it")
     raw = {
@@ -165,6 +164,18 @@ def write_profile(
         if finish is not None:
             finish(stage)
             _check_staged(stage, out)
+
+
+def _is_profile_folder(folder: Path, target: Path) -> bool:
+    """`folder` holds a profile that `target` (below it) would be nested in: a pdsim meta.json, or an
+    LLMServingSim meta.yaml other than the one beside a tpN/ target (its own tables' folders)."""
+    meta = folder / "meta.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text()).get("format") == FORMAT_NAME
+        except (OSError, ValueError, AttributeError):
+            return False  # another tool's meta.json (a run folder): no profile
+    return (folder / "meta.yaml").is_file() and target.absolute().parent != folder
 
 
 def _check_staged(stage: Path, out_dir: Path) -> None:

@@ -8,12 +8,13 @@ than the repeats within a run do.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdsim.errors import PdsimError
-from pdsim.profiler.timing import TIMINGS_FILE, iter_timings
+from pdsim.errors import PdsimError, decode_text
+from pdsim.profiler.timing import TIMINGS_FILE
 
 TABLES = ("dense", "per_sequence", "attention_prefill", "attention_decode")
 
@@ -33,8 +34,16 @@ def _load(profile_dir: Path) -> dict[tuple[str, str, str, str], tuple[float, flo
     """(table, op, x, y) -> (median us, relative spread) of a profile's timings.csv; a bad cell names its line."""
     path = Path(profile_dir) / TIMINGS_FILE
     rows: dict[tuple[str, str, str, str], tuple[float, float]] = {}
+    if not path.is_file():
+        raise PdsimError(f"{profile_dir}: no timings.csv (only profiles written by `pdsim profile` have one)")
     try:
-        for line, r in enumerate(iter_timings(profile_dir), start=2):
+        f = path.open(newline="")
+    except OSError as e:
+        raise PdsimError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        reader = csv.DictReader(f)
+        for r in reader:
+            line = reader.line_num  # the file's own line, blank lines counted
             missing = [c for c in _COLUMNS if r.get(c) is None]
             if missing:
                 raise PdsimError(f"{path}:{line}: missing column(s) {', '.join(missing)}; expected "
@@ -48,9 +57,12 @@ def _load(profile_dir: Path) -> dict[tuple[str, str, str, str], tuple[float, flo
                                  "expected a time > 0 and a spread >= 0")
             rows[(r["table"], r["op"], r["x"], r["y"])] = (median, spread)
     except UnicodeDecodeError as e:
+        decode_text(path.read_bytes(), str(path))  # names the line
         raise PdsimError(f"{path}: not valid UTF-8 ({e.reason})") from None
+    finally:
+        f.close()
     if not rows:
-        raise PdsimError(f"{profile_dir}: no timings.csv (only profiles written by `pdsim profile` have one)")
+        raise PdsimError(f"{path}: no timing rows")
     return rows
 
 

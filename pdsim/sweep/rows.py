@@ -150,9 +150,10 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
     for k, v in parsed.items():
         if k in _STR_FIELDS or k == "backlog_growth" or (isinstance(v, float) and math.isnan(v)):
             continue  # backlog_growth may be negative; an empty cell is a figure a run did not have
-        high = 1 if k.startswith("attain_") or k in ("stable", "estimated_profile") else math.inf
-        if not (0 <= v <= high and v < math.inf):
-            raise PdsimError(f"--resume: {where}: column {k!r}: expected a number from 0 to {high:g}, got {row[k]!r}; "
+        share = k.startswith("attain_") or k in ("stable", "estimated_profile")
+        if not (0 <= v <= (1 if share else math.inf) and v < math.inf):
+            expected = "a number from 0 to 1" if share else "a finite number >= 0"
+            raise PdsimError(f"--resume: {where}: column {k!r}: expected {expected}, got {row[k]!r}; "
                              f"{_NOT_WRITTEN_HERE}")
     return parsed
 

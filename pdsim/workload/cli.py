@@ -14,6 +14,7 @@ from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError
 from pdsim.outputs import check_output_file, json_text
 from pdsim.workload.arrivals import ARRIVALS, parse_diurnal, parse_rate_schedule
+from pdsim.workload.generate import MAX_EXPECTED_TPOT_MS, MAX_THINK_TIME_S
 from pdsim.workload.readers import Dataset, dataset_options, parse_window, read_dataset
 from pdsim.workload.sessions import SystemPrompts
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, write_trace
@@ -88,11 +89,11 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
               help="Multi-turn sessions: turns per session as a length spec (fixed:4, uniform:2,8). Each turn "
                    "carries the whole conversation as its prefix (hash_ids).  [default: single requests]")
 @click.option("--think-time-s", type=float, default=10.0, show_default=True,
-              callback=number_in(0, 1e9, what="a time (s)"),
+              callback=number_in(0, MAX_THINK_TIME_S, what="a time (s)"),
               help="--turns (more than one turn): mean (exponential) user think time between a reply and the "
                    "next turn.")
 @click.option("--expected-tpot-ms", type=float, default=20.0, show_default=True,
-              callback=number_in(0, 1e6, what="a time (ms)"),
+              callback=number_in(0, MAX_EXPECTED_TPOT_MS, what="a time (ms)"),
               help="--turns (more than one turn): assumed time per output token, to place the next turn after "
                    "the previous one's expected end (the generator is offline and cannot see the served reply).")
 @click.option("--hash-block-tokens", type=click.IntRange(min=1), default=DEFAULT_HASH_BLOCK_TOKENS,
@@ -157,8 +158,8 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         parse_diurnal(diurnal, rate) if diurnal is not None else None)
     try:
         pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
-    except PdsimError as e:  # the reader words its format option as run's; here it is --lengths-format
-        raise PdsimError(str(e).replace("--dataset-format:", "--lengths-format:", 1)) from None
+    except PdsimError as e:  # the reader names its format option as run's; here it is --lengths-format
+        raise PdsimError(str(e).replace("--dataset-format", "--lengths-format")) from None
     prompt_ids = system_prompts * -(-system_prompt_len // hash_block_tokens)
     if prompt_ids > MAX_PROMPT_IDS:
         raise PdsimError(f"--system-prompts {system_prompts} x --system-prompt-len {system_prompt_len} / "

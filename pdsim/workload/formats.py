@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import TraceError, csv_error_detail, parse_json
+from pdsim.errors import TraceError, csv_error_detail, decode_text, parse_json
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, check_hash_id_count
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
@@ -72,13 +72,8 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
         raise TraceError(f"{path}: the file is empty; read as: {what} trace (a CSV with columns "
                          f"{', '.join(need)})") from None
     except UnicodeDecodeError as e:
-        raw = path.read_bytes()  # only on this error: to name the line
-        try:
-            raw.decode("utf-8")
-            line = ""
-        except UnicodeDecodeError as at:
-            line = ":" + str(raw.count(b"\n", 0, at.start) + 1)
-        raise TraceError(f"{path}{line}: not valid UTF-8 ({e.reason}); read as: {what} trace") from None
+        decode_text(path.read_bytes(), str(path), TraceError)  # names the line
+        raise TraceError(f"{path}: not valid UTF-8 ({e.reason}); read as: {what} trace") from None
     except pd.errors.ParserError as e:
         raise TraceError(f"{path}: not a readable CSV ({csv_error_detail(e)}); read as: {what} trace") from None
     df.columns = [str(c).strip() for c in df.columns]

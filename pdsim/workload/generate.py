@@ -20,8 +20,12 @@ from pdsim.workload.arrivals import ARRIVALS, Diurnal, RateSchedule, arrival_tim
 from pdsim.workload.sessions import SessionShape, SystemPrompts, build_requests
 from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, check_request_count
 
-__all__ = ["ARRIVALS", "LengthDist", "generate_requests", "parse_length_dist"]
+__all__ = ["ARRIVALS", "MAX_EXPECTED_TPOT_MS", "MAX_THINK_TIME_S", "LengthDist", "generate_requests",
+           "parse_length_dist"]
 
+
+MAX_THINK_TIME_S = 1e9  # beyond, a session's next turn lands past the simulator's clock anyway
+MAX_EXPECTED_TPOT_MS = 1e6
 
 _FORMS = (
     "fixed:N, uniform:LO,HI, normal:MEAN,STD or lognormal:MEAN,STD, "
@@ -169,9 +173,10 @@ def generate_requests(
         shape = None
         if turns is not None:
             dturns = turns if isinstance(turns, LengthDist) else parse_length_dist(turns, "--turns")
-            if not (0 <= think_time_s <= 1e9 and 0 <= expected_tpot_ms <= 1e6):
-                raise PdsimError("--think-time-s/--expected-tpot-ms: expected numbers >= 0 and <= 1e9 s / 1e6 ms, "
-                                 f"got {think_time_s} and {expected_tpot_ms}")
+            if not (0 <= think_time_s <= MAX_THINK_TIME_S and 0 <= expected_tpot_ms <= MAX_EXPECTED_TPOT_MS):
+                raise PdsimError(f"--think-time-s/--expected-tpot-ms: expected numbers >= 0 and <= "
+                                 f"{MAX_THINK_TIME_S:g} s / {MAX_EXPECTED_TPOT_MS:g} ms, got {think_time_s} and "
+                                 f"{expected_tpot_ms}")
             shape = SessionShape(dturns.sample(rng, num_requests), think_time_s, expected_tpot_ms)
         return _within_bounds(build_requests(arrivals, inputs, outputs, rng, prompts, shape, max_len,
                                              hash_block_tokens))
