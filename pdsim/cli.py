@@ -6,7 +6,6 @@ import dataclasses
 import difflib
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,7 +158,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.files import check_run_output, write_run_outputs
     from pdsim.metrics.summary import format_summary, requests_frame
-    from pdsim.perf.interp import ExtrapolationWarning
+    from pdsim.perf.interp import extrapolations_gathered
     from pdsim.progress import ProgressBar
 
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
@@ -195,10 +194,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     on_sample = _progress_lines(bar) if not quiet and log_interval is not None else None
 
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # A lookup off a profile's grid is said once per table among the summary's notes (profile_notes),
-        # not also as a Python warning with a source line.
-        warnings.simplefilter("ignore", ExtrapolationWarning)
+    with extrapolations_gathered():  # said once per table among the summary's notes (profile_notes)
         try:
             result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
                               on_progress=lambda done, total: bar.update(done, total, "requests"))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import warnings
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -41,6 +42,25 @@ class ExtrapolationWarning(UserWarning):
         self.lo = lo
         self.hi = hi
 
+
+
+@contextmanager
+def extrapolations_gathered(caught: list[ExtrapolationWarning] | None = None) -> Iterator[None]:
+    """Gather the block's ExtrapolationWarnings into `caught` (None: drop them, where the caller reports the
+    tables' `out_of_range` itself), so a report says them once, not as raw warnings with file and line. Any
+    other warning is issued again, also when the block raises."""
+    seen: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ExtrapolationWarning)  # none lost to a once-per-location filter
+            yield
+    finally:
+        for w in seen:
+            if isinstance(w.message, ExtrapolationWarning):
+                if caught is not None:
+                    caught.append(w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 class _RangeTracker:
     """Warns once per table when a lookup leaves the range of one of its axes."""

@@ -10,7 +10,6 @@ tables. A large error means the per-op tables miss something the simulator would
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
-from pdsim.perf.interp import ExtrapolationWarning
+from pdsim.perf.interp import ExtrapolationWarning, extrapolations_gathered
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.perf.profile import read_profile
 from pdsim.profiler.model import (
@@ -195,13 +194,10 @@ def _extrapolations_summarised(notes: list[str]) -> Iterator[None]:
     per dense op, with file and line) is noise. Only the predictions are wrapped: warnings from
     the measurements are shown as usual, and anything else caught here is re-issued.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ExtrapolationWarning)  # none lost to a once-per-location filter
+    caught: list[ExtrapolationWarning] = []
+    with extrapolations_gathered(caught):
         yield
-    notes.extend(summarise_extrapolations(w.message for w in caught if isinstance(w.message, ExtrapolationWarning)))
-    for w in caught:
-        if not isinstance(w.message, ExtrapolationWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    notes.extend(summarise_extrapolations(caught))
 
 
 def summarise_extrapolations(caught: Iterable[ExtrapolationWarning]) -> list[str]:

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -239,14 +238,13 @@ class _Setup:
 
     def estimates(self) -> dict[str, dict[str, Any]]:
         from pdsim.engine.cluster import SimOptions
-        from pdsim.perf.interp import ExtrapolationWarning
+        from pdsim.perf.interp import extrapolations_gathered
         from pdsim.sweep.ratematch import Lengths, estimate
 
         lengths = Lengths(sum(r.input_toks for r in self.trace) / len(self.trace),
                           sum(r.output_toks for r in self.trace) / len(self.trace))
         opts = SimOptions(profiles_root=self.settings.profiles_root)
-        with warnings.catch_warnings():  # the runs on the same profiles say where they leave its grid
-            warnings.simplefilter("ignore", ExtrapolationWarning)
+        with extrapolations_gathered():  # the runs on the same profiles say where they leave its grid
             return {v.label: estimate(v, lengths, self.slo.tpot_ms, opts).as_dict() for v in self.variants}
 
 

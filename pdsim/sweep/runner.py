@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -134,7 +133,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     """Simulate one (config, rate) point and reduce it to a row (see ROW_FIELDS)."""
     from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.summary import requests_frame
-    from pdsim.perf.interp import ExtrapolationWarning
+    from pdsim.perf.interp import extrapolations_gathered
 
     v = job.variant
     trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed, settings.min_duration_s)
@@ -148,10 +147,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
         max_sim_time_s=last_arrival_s + max(settings.time_limit_slack_s, 2 * settings.warmup_s),
         ttft_mode=settings.ttft_mode,
     )
-    with warnings.catch_warnings():
-        # A lookup off a profile's grid comes back as a note (RowWriter gathers them), not as a Python
-        # warning printed by every worker.
-        warnings.simplefilter("ignore", ExtrapolationWarning)
+    with extrapolations_gathered():  # they come back as the row's notes, not as every worker's warnings
         result = simulate(v.config(), trace, opts, source=v.label)
     df = requests_frame(result)
     row = summarize_run(job, df, settings.slo, settings.warmup_s)

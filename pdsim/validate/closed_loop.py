@@ -20,9 +20,7 @@ The engine is configured as the benchmark deployed it (`ENGINE_PRESETS`).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -34,7 +32,7 @@ from pdsim.errors import PdsimError
 from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, get_hardware, known_hardware
 from pdsim.metrics.summary import requests_frame
 from pdsim.models import load_model
-from pdsim.perf.interp import ExtrapolationWarning
+from pdsim.perf.interp import ExtrapolationWarning, extrapolations_gathered
 from pdsim.validate.compare import lost_requests
 from pdsim.validate.measured import (
     vllm_async_scheduling_default,
@@ -207,7 +205,7 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
                 out.append({**fields, "status": "skipped", "reason": reason, "note": ""})
                 continue
             extrapolated: list[ExtrapolationWarning] = []
-            with _extrapolations(extrapolated):
+            with extrapolations_gathered(extrapolated):
                 sim = _simulate_one(fields, layout, model, hardware, mem_gb, lookup, opts, rounds, engine, names,
                                     label)
         except PdsimError as e:
@@ -239,23 +237,6 @@ def _numeric(column: pd.Series, integer: bool) -> pd.Series:
     if integer and np.isfinite(finite).all() and (finite == finite.round()).all():
         return numbers.astype("Int64")
     return numbers.astype(float)
-
-
-@contextmanager
-def _extrapolations(caught: list[ExtrapolationWarning]) -> Iterator[None]:
-    """Gather the block's ExtrapolationWarnings into `caught` (said as the row's note, not as raw warnings with
-    file and line); any other warning is issued again, also when the block raises."""
-    seen: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always", ExtrapolationWarning)
-            yield
-    finally:
-        for w in seen:
-            if isinstance(w.message, ExtrapolationWarning):
-                caught.append(w.message)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def extrapolation_note(caught: list[ExtrapolationWarning]) -> str | None:
