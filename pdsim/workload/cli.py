@@ -21,7 +21,6 @@ from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, write_trace
 
 MAX_SYSTEM_PROMPTS = 1_000_000
 MAX_BINS = 1_000_000  # of `stats --bin-s`: each is a row of the JSON and a bar of the plot
-MAX_PROMPT_IDS = 10**7  # every prompt's ids are built up front (8 bytes and more each)
 
 
 class _UserError(click.ClickException):
@@ -160,11 +159,6 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         pairs = read_dataset(lengths_from, lengths_format).requests if lengths_from else None
     except PdsimError as e:  # the reader names its format option as run's; here it is --lengths-format
         raise PdsimError(str(e).replace("--dataset-format", "--lengths-format")) from None
-    prompt_ids = system_prompts * -(-system_prompt_len // hash_block_tokens)
-    if prompt_ids > MAX_PROMPT_IDS:
-        raise PdsimError(f"--system-prompts {system_prompts} x --system-prompt-len {system_prompt_len} / "
-                         f"--hash-block-tokens {hash_block_tokens}: {prompt_ids:,} prefix ids to build, more than "
-                         f"{MAX_PROMPT_IDS:,}; give fewer or shorter prompts, or larger blocks")
     prompts = SystemPrompts(system_prompts, system_prompt_len, system_prompt_share) if system_prompts else None
     reqs = generate_requests(num_requests, rate, input_len, output_len, seed, arrival, max_len, cv=cv,
                              rate_fn=rate_fn, lengths_from=pairs, prompts=prompts, turns=turns_dist,

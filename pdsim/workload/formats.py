@@ -22,7 +22,7 @@ import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import TraceError, csv_error_detail, decode_text, parse_json
-from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, check_hash_id_count
+from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, checked_hash_ids
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
 # English; for Llama-2's tokenizer on ShareGPT it is about 3.5-4 (documented in docs/workloads.md).
@@ -219,12 +219,8 @@ def read_mooncake(path: Path) -> Loaded:
                                  f"got {t_ms!r}")
             inp = _mooncake_field(obj, "input_length", where, 1)
             out = _mooncake_field(obj, "output_length", where, 1)
-            ids = obj.get("hash_ids", [])
-            if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
-                raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
-            check_hash_id_count(ids, inp, block, where)
-            requests.append(TraceRequest(len(requests), inp, out, round(t_ms * 1_000_000), tuple(ids),
-                                         block if ids else 0))
+            ids = checked_hash_ids(obj.get("hash_ids", []), inp, block, where)
+            requests.append(TraceRequest(len(requests), inp, out, round(t_ms * 1_000_000), ids, block if ids else 0))
     if not requests:
         raise TraceError(f"{path}: the trace has no requests")
     return Loaded.from_requests(requests)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdsim.errors import PdsimError
-from pdsim.workload.trace import TraceRequest
+from pdsim.workload.trace import TraceRequest, hash_blocks
+
+MAX_PROMPT_IDS = 10**7  # every prompt's ids are built up front (8 bytes and more each)
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,6 @@ class _Ids:
         return ids
 
 
-def _blocks(tokens: int, block: int) -> int:
-    return -(-tokens // block)
-
-
 def build_requests(starts_ns: np.ndarray, inputs: np.ndarray, outputs: np.ndarray, rng: np.random.Generator,
                    prompts: SystemPrompts | None, sessions: SessionShape | None, max_len: int | None,
                    block: int) -> list[TraceRequest]:
@@ -63,6 +61,11 @@ def build_requests(starts_ns: np.ndarray, inputs: np.ndarray, outputs: np.ndarra
         if prompts.count < 1 or prompts.tokens < 1 or not (0 <= prompts.share <= 1):
             raise PdsimError("--system-prompts/--system-prompt-len/--system-prompt-share: need at least one "
                              "prompt of at least one token, and a share in [0, 1]")
+        id_count = prompts.count * hash_blocks(prompts.tokens, block)
+        if id_count > MAX_PROMPT_IDS:
+            raise PdsimError(f"--system-prompts {prompts.count} x --system-prompt-len {prompts.tokens} / "
+                             f"--hash-block-tokens {block}: {id_count:,} prefix ids to build, more than "
+                             f"{MAX_PROMPT_IDS:,}; give fewer or shorter prompts, or larger blocks")
         if max_len is not None and prompts.tokens >= max_len:
             raise PdsimError(f"--system-prompt-len: {prompts.tokens} leaves no room under --max-len {max_len}")
     ids = _Ids()
@@ -88,7 +91,7 @@ def build_requests(starts_ns: np.ndarray, inputs: np.ndarray, outputs: np.ndarra
                 if turn > 0:
                     break  # the conversation outgrew the context: the session ends here
                 inp = max_len  # a first turn keeps its system prompt and loses some of the message
-            hash_ids = context_ids + ids.take(_blocks(inp, block) - len(context_ids))
+            hash_ids = context_ids + ids.take(hash_blocks(inp, block) - len(context_ids))
             out.append((round(t), inp, int(outputs[i]), tuple(hash_ids)))
             context_tokens = inp + int(outputs[i])
             context_ids = hash_ids[: inp // block] + ids.take(context_tokens // block - inp // block)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -72,23 +72,29 @@ def _arrival(value: object, where: str) -> int:
     raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {value!r}")
 
 
-def _hash_ids(obj: dict, where: str) -> tuple[tuple[int, ...], int]:
-    ids = obj["hash_ids"]
-    if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
-        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
+def _hash_ids(obj: dict, input_toks: int, where: str) -> tuple[tuple[int, ...], int]:
     block = obj.get("hash_block_tokens", DEFAULT_HASH_BLOCK_TOKENS)
     if type(block) is not int or block < 1:
         raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer, got {block!r}")
-    return tuple(ids), (block if ids else 0)
+    ids = checked_hash_ids(obj["hash_ids"], input_toks, block, where)
+    return ids, (block if ids else 0)
 
 
-def check_hash_id_count(ids: Sequence[int], input_toks: int, block: int, where: str) -> None:
-    """A prompt of input_toks tokens has at most ceil(input_toks / block) prefix blocks (Mooncake's traces
-    have exactly that many); more ids would cover tokens the prompt does not have."""
-    most = -(-input_toks // block) if block else 0
+def hash_blocks(tokens: int, block: int) -> int:
+    """The prefix blocks of `block` tokens that a prompt of `tokens` tokens spans (its last one partly)."""
+    return -(-tokens // block)
+
+
+def checked_hash_ids(ids: object, input_toks: int, block: int, where: str) -> tuple[int, ...]:
+    """A trace's `hash_ids`: integers >= 0, at most hash_blocks(input_toks, block) of them (Mooncake's traces
+    have exactly that many); more would cover tokens the prompt does not have."""
+    if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
+        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
+    most = hash_blocks(input_toks, block)
     if len(ids) > most:
         raise TraceError(f"{where}: field 'hash_ids': {len(ids)} ids of {block} tokens each, but {input_toks} input "
                          f"tokens make at most {most} blocks")
+    return tuple(ids)
 
 
 # Every key a line may carry; any other is named in a note, since a misspelt optional key (`hash_id`)
@@ -188,9 +194,8 @@ def _not_json(e: Exception, line: bytes, where: str) -> None:
 def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, where: str) -> TraceRequest:
     """A request off the fast path: every field checked (errors name `where`), prefix ids read."""
     if "hash_ids" in obj:
-        ids, block = _hash_ids(obj, where)
         input_toks = _length(inp, "input_toks", where)
-        check_hash_id_count(ids, input_toks, block, where)
+        ids, block = _hash_ids(obj, input_toks, where)
         return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
     return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where), _arrival(arr, where))
 
