@@ -24,6 +24,7 @@ from pdsim.metrics.stats import REPORTED_PERCENTILES, per_second, percentiles_li
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.rows import NOTES_KEY, ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
 from pdsim.sweep.steady import Window, stability
+from pdsim.workload.arrivals import arrival_times_ns
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, check_request_count
 
 ARRIVAL_MODES = ("scale", "poisson")
@@ -99,9 +100,7 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
                          f"past the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds; give a higher rate")
     lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
     if arrival == "poisson":
-        gaps_s = np.random.default_rng(seed).exponential(1.0 / rate_per_s, size=n)
-        gaps_s[0] = 0.0
-        times_ns = np.rint(np.cumsum(gaps_s) * 1e9).astype(np.int64)
+        times_ns = arrival_times_ns(np.random.default_rng(seed), n, rate_per_s, "poisson")
     elif arrival == "scale":
         base_ns = np.array([r.arrival_time_ns for r in base], dtype=np.float64) - base[0].arrival_time_ns
         span_ns = float(base_ns[-1])
