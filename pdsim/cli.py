@@ -13,7 +13,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import number_in, unused_options, vllm_int_option
+from pdsim.cli_checks import OutputFile, number_in, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.workload.readers import dataset_options
@@ -66,7 +66,7 @@ def cli() -> None:
                    "bundled one such as example_trace. Optional with --concurrency and --input-len/--output-len.")
 @dataset_options
 @click.option("--output", "--out", "output", default="outputs/run.csv", show_default=True,
-              type=click.Path(path_type=Path),
+              type=OutputFile(),
               help="Per-request CSV; <stem>_summary.json, <stem>_timeline.csv, <stem>_links.csv and plots go "
                    "beside it. Existing files of that stem are replaced whole, only once the run succeeded.")
 @click.option("--num-requests", "--num-reqs", type=int, default=None, callback=number_in(1, what="a request count"),

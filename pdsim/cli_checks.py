@@ -7,8 +7,10 @@ one-line PdsimError naming the flag (exit code 2), before anything is read or wr
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -61,6 +63,23 @@ def vllm_int_option(_ctx: click.Context, param: click.Parameter, value: str | No
         raise PdsimError(f"{flag}: expected a whole number >= 1, as vLLM writes it (e.g. 2048, 25.6k, 4G), "
                          f"got {value!r}")
     return number
+
+
+class OutputFile(click.ParamType):
+    """A click type for an output file's path. A name ending in a path separator means a folder, which
+    `Path` would silently turn into a file of that name ('out/' -> 'out'): it is refused here."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx) -> Path:
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        if text.endswith(("/", os.sep)):
+            flag = _flag(param) if param is not None else "output"
+            raise PdsimError(f"{flag} {text!r}: names a folder (it ends in {text[-1]!r}); give the name of a "
+                             "file (in that folder or elsewhere)")
+        return Path(text)
 
 
 def _flag(param: click.Parameter) -> str:

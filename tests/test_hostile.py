@@ -371,6 +371,18 @@ def test_hostile_profiler_options_are_refused_before_measuring(tmp_path, capsys,
     assert not (tmp_path / "p").exists() and not (tmp_path / "escape").exists()
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--check-kv", "2048"], "--check-kv 2048: past JackFram/llama-160m's context of 2048 tokens"),
+    (["--check-prefill", "16,4096"], "--check-prefill 4096: past JackFram/llama-160m's context of 2048 tokens"),
+])
+def test_profile_check_past_the_models_context_is_refused(capsys, args, words):
+    # The decode step reads KV of --check-kv and writes one more token: 2048 + 1 is past the context.
+    cpu_profile = REPO / "profiles/CPU-1core/JackFram/llama-160m/bfloat16/tp1"
+    code, err = _run_cli(capsys, ["profile", "--check", "--model", "JackFram/llama-160m", "--device", "cpu",
+                                  "--profile-dir", str(cpu_profile), "--threads", "1", "--quiet", *args])
+    _assert_clean_error(code, err, words)
+
+
 def test_resume_settings_that_are_no_object_are_one_line(tmp_path, capsys):
     from pdsim.sweep.rows import RowWriter
 

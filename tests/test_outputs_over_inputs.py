@@ -360,3 +360,19 @@ def test_import_under_a_file_says_so_in_one_line(tmp_path, fake_database, capsys
     a_file.write_text("x")
     assert import_aic(fake_database, a_file / "sub") == 2
     assert f"--out {a_file / 'sub'}: {a_file} is a file, not a folder" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--quiet", "--output"],
+    ["workload", "convert", str(TRACE), "--output"],
+    ["workload", "generate", "--num-requests", "3", "--output"],
+    ["workload", "stats", str(TRACE), "--plot"],
+    ["validate", "--measured", str(TRACE), "--cluster-config", str(CONFIG), "--output"],
+])
+def test_an_output_file_named_with_a_trailing_slash_is_refused_not_written_as_a_file(tmp_path, capsys, command):
+    # Path("out/") is Path("out"): the trailing slash was dropped and a *file* named out was written.
+    target = tmp_path / "out"
+    assert cli(*command, f"{target}/") == 2
+    err = one_line_error(capsys)
+    assert err.startswith("error: ") and f"'{target}/': names a folder" in err, err
+    assert not target.exists()

@@ -70,6 +70,14 @@ def test_azure_bad_cell_names_file_line_field(tmp_path, row, field, line):
         read_dataset(p)
 
 
+def test_a_bad_cell_after_blank_lines_is_named_by_its_own_line(tmp_path):
+    # pandas skips blank lines (whitespace-only too, and before the header): row + 2 named line 3 here.
+    p = _write(tmp_path, "a.csv", "\nTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,1,1\n\n  \n"
+                                  "2023-11-16 18:15:47.0,abc,4\n")
+    with pytest.raises(TraceError, match=r"a\.csv:6: field 'ContextTokens'"):
+        read_dataset(p)
+
+
 def test_azure_missing_column_named(tmp_path):
     p = _write(tmp_path, "a.csv", "TIMESTAMP,ContextTokens,Other\n2023-11-16 18:15:46.0,1,1\n")
     with pytest.raises(TraceError, match="lacks column.*GeneratedTokens"):

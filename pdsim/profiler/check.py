@@ -101,6 +101,15 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> CheckResult:
     if meta.model != req.model:
         raise PdsimError(f"{req.profile_dir}: profile is for model {meta.model!r}, not {req.model!r}")
     spec = load_model(req.model)
+    # No engine runs a request past the model's context; checking there would only measure memory
+    # the real run never needs (and --check-kv 10^7 x a decode batch does not fit).
+    context = spec.max_position_embeddings
+    # A decode step at KV length k holds k + 1 tokens.
+    for flag, tokens, held in [("--check-prefill", max(req.prefill_tokens), max(req.prefill_tokens)),
+                               ("--check-kv", req.decode_kv, req.decode_kv + 1)]:
+        if held > context:
+            raise PdsimError(f"{flag} {tokens}: past {req.model}'s context of {context} tokens "
+                             "(max_position_embeddings in its config)")
     if req.device == "cpu" and req.threads:
         torch.set_num_threads(req.threads)
     recorded = meta.device.get("threads")

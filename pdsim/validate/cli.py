@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import number_in, unused_options
+from pdsim.cli_checks import OutputFile, number_in, unused_options
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
@@ -220,7 +220,7 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str = "--token-ids giv
                    "figure (closed-loop tables: each MAPE) then is: how far a step-time error of that size moves "
                    "it (0: off).")
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
-              type=click.Path(path_type=Path), help="Comparison CSV; with --plot the PNGs go beside it.")
+              type=OutputFile(), help="Comparison CSV; with --plot the PNGs go beside it.")
 @click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
@@ -368,7 +368,7 @@ def _plot_files(output: Path) -> list[Path]:
                    "vLLM version's default]")
 @_closed_loop_options
 @click.option("--output", "--out", "out", default="outputs/calibration.json", show_default=True,
-              type=click.Path(path_type=Path), help="The fitted overhead and its errors, JSON.")
+              type=OutputFile(), help="The fitted overhead and its errors, JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, metric: str,
               async_scheduling: bool | None, model: str | None, hardware: str, mem_gb: float | None,

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import given_options, number_in, unused_options
+from pdsim.cli_checks import OutputFile, given_options, number_in, unused_options
 from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError
 from pdsim.outputs import check_output_file, json_text
@@ -25,6 +25,9 @@ MAX_BINS = 1_000_000  # of `stats --bin-s`: each is a row of the JSON and a bar 
 
 class _UserError(click.ClickException):
     exit_code = 2  # bad input, as pdsim's main() exits on a PdsimError
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file, err=True)  # as main() prints a PdsimError
 
 
 class _Group(click.Group):
@@ -103,7 +106,7 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
                    "that gives only more (fixed:N, or uniform:LO,HI with LO above it) is refused.")
 @click.option("--seed", type=int, default=0, show_default=True, callback=number_in(0, what="a seed"),
               help="Random seed; a seed always gives the same trace.")
-@click.option("--output", "--out", "out_path", type=click.Path(path_type=Path), required=True,
+@click.option("--output", "--out", "out_path", type=OutputFile(), required=True,
               help="Trace JSONL to write (replaced whole, only once it is complete).")
 @click.pass_context
 def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str, output_len: str, arrival: str,
@@ -187,7 +190,7 @@ def _spec(value: str) -> str:
 @workload.command("convert")
 @click.argument("trace", type=InputFile("dataset"))
 @_format_options
-@click.option("--output", "--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--output", "--out", "out_path", type=OutputFile(), required=True,
               help="pdsim JSONL to write (atomically; never over the input).")
 @click.option("--num-requests", "--num-reqs", type=click.IntRange(min=1), default=None,
               help="Keep the earliest N requests.  [default: all]")
@@ -208,7 +211,7 @@ def convert(trace: Path, out_path: Path, num_requests: int | None, **kw) -> None
 @click.option("--bin-s", type=float, default=None,
               help="Width of the bins of the rate over time (s).  [default: about 60 bins over the span]")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (rate over time included).")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--plot", type=OutputFile(), default=None,
               help="Write a PNG: arrival rate over time and the input/output length histograms.")
 def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: bool, plot: Path | None,
           **kw) -> None:

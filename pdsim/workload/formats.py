@@ -85,13 +85,26 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     return df
 
 
+def _line(path: Path, i: int) -> int:
+    """The file line (1-based) of data row `i`: pandas skips blank lines (whitespace only, as read with
+    skipinitialspace), before the header too, so row + 2 is off after one. Counted only for an error."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        rows_seen = -2  # the header is the first line that is not blank
+        for number, text in enumerate(f, start=1):
+            if text.strip():
+                rows_seen += 1
+                if rows_seen == i:
+                    return number
+    return i + 2
+
+
 def _int_column(df: pd.DataFrame, column: str, path: Path, min_value: int = 1) -> np.ndarray:
     """A token-count column; the first bad cell is named by file line (header = line 1) and column."""
     x = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(x) | (x != np.round(x)) | (x < min_value) | (x > MAX_TOKENS)
     if bad.any():
         i = int(np.argmax(bad))
-        raise TraceError(f"{path}:{i + 2}: field {column!r}: expected an integer from {min_value} to "
+        raise TraceError(f"{path}:{_line(path, i)}: field {column!r}: expected an integer from {min_value} to "
                          f"{MAX_TOKENS:.0e}, got {_cell(df[column].iloc[i])}")
     return x.astype(np.int64)
 
@@ -108,20 +121,20 @@ def read_azure(path: Path) -> Loaded:
     times = pd.to_datetime(df["TIMESTAMP"], format="ISO8601", errors="coerce", utc=True)
     if times.isna().any():
         i = int(np.argmax(times.isna().to_numpy()))
-        raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': expected a date-time such as "
+        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': expected a date-time such as "
                          f"2023-11-16 18:15:46.6805900, got {df['TIMESTAMP'].iloc[i]!r}")
     # Years outside 1678..2261 do not fit int64 ns since 1970 (they would wrap); a span over the clock's
     # bound would not fit a trace's arrival times.
     outside = ((times.dt.year < 1678) | (times.dt.year > 2261)).to_numpy()
     if outside.any():
         i = int(np.argmax(outside))
-        raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': expected a date-time between the years 1678 and 2261, "
-                         f"got {df['TIMESTAMP'].iloc[i]!r}")
+        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': expected a date-time between the years 1678 "
+                         f"and 2261, got {df['TIMESTAMP'].iloc[i]!r}")
     arrival_ns = times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
     late = arrival_ns.astype(float) - float(arrival_ns.min()) > MAX_ARRIVAL_NS  # in float: int64 would wrap
     if late.any():
         i = int(np.argmax(late))
-        raise TraceError(f"{path}:{i + 2}: field 'TIMESTAMP': {df['TIMESTAMP'].iloc[i]!r} is more than "
+        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': {df['TIMESTAMP'].iloc[i]!r} is more than "
                          f"{MAX_ARRIVAL_NS / 1e9:.0e} s after the trace's first request")
     inputs = _int_column(df, "ContextTokens", path)
     outputs = _int_column(df, "GeneratedTokens", path, min_value=0)
@@ -152,8 +165,8 @@ def read_burstgpt(path: Path, model: str | None = None, log_type: str | None = N
     bad = ~np.isfinite(t_s) | (t_s < 0) | (t_s > MAX_ARRIVAL_NS / 1e9)
     if bad.any():
         i = int(np.argmax(bad))
-        raise TraceError(f"{path}:{i + 2}: field 'Timestamp': expected seconds from 0 to {MAX_ARRIVAL_NS / 1e9:.0e}, "
-                         f"got {_cell(df['Timestamp'].iloc[i])}")
+        raise TraceError(f"{path}:{_line(path, i)}: field 'Timestamp': expected seconds from 0 to "
+                         f"{MAX_ARRIVAL_NS / 1e9:.0e}, got {_cell(df['Timestamp'].iloc[i])}")
     inputs = _int_column(df, "Request tokens", path, min_value=0)
     outputs = _int_column(df, "Response tokens", path, min_value=0)
     failed = keep & (outputs == 0)
