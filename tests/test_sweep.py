@@ -524,4 +524,17 @@ def test_profile_tables_left_are_one_note_not_a_warning_per_run(tmp_path):
                                        "--workers", "1", "--min-duration-s", "0", "--profiles-root", str(root),
                                        "--no-plots", "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    assert res.output.count("NOTE: profile table 'attention_decode.csv': kv_tokens=") == 1, res.output
+    assert res.output.count(f"NOTE: {prof}: profile table 'attention_decode.csv': kv_tokens=") == 1, res.output
+
+
+def test_run_notes_are_one_per_profile_table_and_axis_naming_the_profile():
+    from pdsim.sweep.cli import _run_notes
+
+    def note(profile: str, table: str, value: int) -> str:
+        return (f"{profile}: profile table '{table}': kv_tokens={value} is outside the profiled range [1, 16]; "
+                "extrapolating linearly (warned once per table)")
+
+    notes = {note("p/tp1", "attention_decode.csv", 900), note("p/tp1", "attention_decode.csv", 1415),
+             note("p/tp2", "attention_decode.csv", 1415), note("p/tp1", "attention_prefill.csv", 70)}
+    said = _run_notes(notes).splitlines()
+    assert said == [f"NOTE: {n}" for n in sorted(notes - {note("p/tp1", "attention_decode.csv", 900)})]

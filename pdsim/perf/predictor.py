@@ -406,5 +406,8 @@ class StepTimePredictor:
         return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs)
 
     def extrapolation_notes(self) -> list[str]:
-        """One line per table a lookup left the grid of (for reports)."""
-        return [t.out_of_range for t in self.profile.tables() if t.out_of_range]
+        """One line per table a lookup left the grid of (for reports), naming the profile: instances of one
+        run or sweep may use several (TP 1 and TP 2), whose tables have the same names."""
+        meta = self.profile.meta
+        where = meta.path or f"estimated {meta.hardware} {meta.model} tp{meta.tp}"
+        return [f"{where}: {t.out_of_range}" for t in self.profile.tables() if t.out_of_range]

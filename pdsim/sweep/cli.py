@@ -288,11 +288,11 @@ def _unstable_note(rows: list[dict[str, Any]]) -> str:
 
 
 def _run_notes(notes: set[str]) -> str:
-    """What the runs of this command said besides their rows, once per profile table (each run names the
-    first point it looked up off the table's grid, so their points differ)."""
+    """What the runs of this command said besides their rows, once per profile table and axis (each run
+    names the first point it looked up off the table's grid, so their points differ)."""
     first: dict[str, str] = {}
     for note in sorted(notes):
-        first.setdefault(note.split(": ", 1)[0], note)
+        first.setdefault(note.split("=", 1)[0], note)  # "<profile>: profile table 'x.csv': <axis>"
     return "\n".join(f"NOTE: {note}" for note in first.values())
 
 
