@@ -355,6 +355,17 @@ def test_trace_values_past_the_bounds_are_refused_naming_the_line(tmp_path, name
     assert res.exit_code == 2 and words in res.output, res.output
 
 
+@pytest.mark.parametrize(("name", "line"), [
+    ("s.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "note": "say \\"input_toks\\": 3"}'),
+    ("n.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "meta": {"input_toks": 3}}'),
+    ("m.jsonl", '{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1], "src": {"hash_ids": []}}'),
+])
+def test_a_key_name_in_a_string_or_a_nested_object_is_no_repeated_key(tmp_path, name, line):
+    # The repeated-key check counts quotes on the raw line; these lines have more than their keys, and no key twice.
+    path = _write(tmp_path, name, line + "\n")
+    assert len(read_dataset(path).requests) == 1
+
+
 def test_readers_take_what_they_misread(tmp_path):
     # A numeric Model column crashed the BurstGPT model filter; a trailing comma made the first column the index
     # (a wrong error about the cells).

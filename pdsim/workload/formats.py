@@ -21,8 +21,14 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import TraceError, csv_error_detail, decode_text, parse_json
-from pdsim.workload.trace import DEFAULT_HASH_BLOCK_TOKENS, MAX_ARRIVAL_NS, TraceRequest, checked_hash_ids
+from pdsim.errors import TraceError, csv_error_detail, decode_text
+from pdsim.workload.trace import (
+    DEFAULT_HASH_BLOCK_TOKENS,
+    MAX_ARRIVAL_NS,
+    TraceRequest,
+    check_repeated_keys,
+    checked_hash_ids,
+)
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
 # English; for Llama-2's tokenizer on ShareGPT it is about 3.5-4 (documented in docs/workloads.md).
@@ -202,8 +208,6 @@ def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
     return v
 
 
-_MOONCAKE_NAMES = frozenset({"timestamp", "input_length", "output_length", "hash_ids"})
-_MOONCAKE_KEYS = tuple(f'"{k}"'.encode() for k in _MOONCAKE_NAMES)
 
 
 def read_mooncake(path: Path) -> Loaded:
@@ -224,8 +228,7 @@ def read_mooncake(path: Path) -> Loaded:
                 raise TraceError(f"{where}: not valid JSON (nested too deeply or a number too long)") from None
             if not isinstance(obj, dict):
                 raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            if sum(map(line.count, _MOONCAKE_KEYS)) > len(obj.keys() & _MOONCAKE_NAMES):
-                parse_json(line, where, TraceError)  # a key given twice, which json.loads kept the last of
+            check_repeated_keys(line, obj, where)
             t_ms = obj.get("timestamp")
             if type(t_ms) not in (int, float) or not 0 <= t_ms <= MAX_ARRIVAL_NS / 1e6:  # NaN fails too
                 raise TraceError(f"{where}: field 'timestamp': expected ms from 0 to {MAX_ARRIVAL_NS / 1e6:.0e}, "
