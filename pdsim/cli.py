@@ -13,7 +13,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import OutputFile, number_in, unused_options, vllm_int_option
+from pdsim.cli_checks import OutputFile, number_in, slo_ms, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.workload.readers import dataset_options
@@ -134,10 +134,10 @@ def cli() -> None:
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
                    "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
                    "what a client of vLLM's P/D proxy measures).")
-@click.option("--slo-ttft-ms", type=float, default=None, callback=number_in(0, 1e9, low_open=True, what="a time (ms)"),
+@click.option("--slo-ttft-ms", type=float, default=None, callback=slo_ms,
               help="TTFT SLO: reports the share of requests within it and marks it on the CDF plot (with "
                    "--slo-tpot-ms).")
-@click.option("--slo-tpot-ms", type=float, default=None, callback=number_in(0, 1e9, low_open=True, what="a time (ms)"),
+@click.option("--slo-tpot-ms", type=float, default=None, callback=slo_ms,
               help="TPOT SLO: as --slo-ttft-ms (give both or neither).")
 @click.option("--plot", is_flag=True, help="Write PNG plots beside the CSV.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")

@@ -39,6 +39,10 @@ def number_in(low: float | None = None, high: float | None = None, *, low_open: 
     return check
 
 
+# An SLO (ms) is a positive time; past 1e9 ms (11 days) it is no SLO but a typo.
+slo_ms = number_in(0, 1e9, low_open=True, what="a time (ms)")
+
+
 def vllm_int(text: str) -> int | str:
     """vLLM's command-line integers ('2048', '25.6k' = 25,600, '4G' = 4 x 2^30: engine/arg_utils.py,
     human_readable_int); the text unchanged when it is not one."""

@@ -15,7 +15,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import number_in
+from pdsim.cli_checks import number_in, slo_ms
 from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
@@ -85,9 +85,9 @@ def _slo_options() -> list[Callable]:
 
     return [
         click.option("--slo-ttft-ms", type=float, required=True,
-                     callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TTFT SLO (ms)."),
+                     callback=slo_ms, help="TTFT SLO (ms)."),
         click.option("--slo-tpot-ms", type=float, required=True,
-                     callback=number_in(0, 1e9, low_open=True, what="a time (ms)"), help="TPOT SLO (ms)."),
+                     callback=slo_ms, help="TPOT SLO (ms)."),
         click.option("--attainment", type=float, default=0.9, show_default=True,
                      callback=number_in(0, 1, what="a share of requests"),
                      help="Share of requests that must meet the SLOs (0: the highest stable rate, whatever the "
