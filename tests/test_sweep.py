@@ -265,6 +265,36 @@ def test_bisection_stops_where_load_no_longer_matters():
         assert not st.low_load_miss and st.next_rate() == 1.25
 
 
+def test_alone_marks_requests_whose_lives_overlap_no_other():
+    import pandas as pd
+
+    from pdsim.sweep.runner import _alone
+
+    # Lives: [0, 1], [1, 2] (touching only), [5, 9], [6, 7] (inside the previous), [10, never], [20, 21].
+    df = pd.DataFrame({"arrival_s": [5.0, 0.0, 1.0, 6.0, 10.0, 20.0],
+                       "finish_s": [9.0, 1.0, 2.0, 7.0, math.nan, 21.0],
+                       "status": ["finished"] * 4 + ["unfinished", "finished"]})
+    assert _alone(df).tolist() == [False, True, True, False, False, False]  # the unfinished one never ends
+
+
+def test_bisection_stops_when_lone_requests_alone_keep_attainment_below_the_target():
+    def row(attain: float, alone: float, scored: int = 100, stable: int = 1) -> dict:
+        return {"attain_both": attain, "attain_ttft": attain, "attain_tpot": 1.0, "alone_share": alone,
+                "scored": scored, "stable": stable, "ttft_p90_ms": 80.0, "tpot_p90_ms": 12.0}
+
+    # 0.3 of requests ran alone, all missed: at best 0.7 meet the SLOs at any rate, below 0.9.
+    st = Bisection(variant=None, start_rate=10.0, attainment=0.9)  # type: ignore[arg-type]
+    st.record(st.next_rate(), row(0.0, 0.3), False)
+    assert st.low_load_miss and st.next_rate() is None
+    # The bound reaches the target (0.05 + 0.9 crowded), too few lone requests, an unstable run, or
+    # only TTFT missing under `separate` with the TTFT bound reachable: keep halving.
+    for r, mode in [(row(0.05, 0.1), "joint"), (row(0.0, 0.3, scored=30), "joint"),
+                    (row(0.0, 0.3, stable=0), "joint"), (row(0.5, 0.5), "separate")]:
+        st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode)  # type: ignore[arg-type]
+        st.record(st.next_rate(), r, False)
+        assert not st.low_load_miss and st.next_rate() == 5.0, (r, mode)
+
+
 def test_search_says_a_config_misses_even_at_low_load(small, tmp_path):
     from pdsim.sweep.ratematch import Lengths, estimate
     from pdsim.sweep.search import disagreements, goodput_row

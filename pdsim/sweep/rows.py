@@ -19,7 +19,7 @@ ROW_FIELDS = [
     "rate_per_s", "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
-    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "offered_req_s",
+    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone_share", "offered_req_s",
     "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s", "estimated_profile",
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "dp_decode",

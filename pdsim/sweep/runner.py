@@ -161,9 +161,10 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
     v = job.variant
     window = Window.of(df.arrival_s.to_numpy(dtype=float), warmup_s)
     steady = stability(df, window)
-    scored = df[window.holds(df.arrival_s.to_numpy(dtype=float))]
-    if scored.empty:  # arrivals too sparse to have any inside the window
-        scored = df
+    held = window.holds(df.arrival_s.to_numpy(dtype=float))
+    if not held.any():  # arrivals too sparse to have any inside the window
+        held = np.ones(len(df), dtype=bool)
+    scored = df[held]
     all_done = df[df.status == "finished"]
     n = len(scored)
     done = scored[scored.status == "finished"]
@@ -190,8 +191,25 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
         # What one user sees while its request streams: tokens per second of its own decode.
         "output_tok_s_per_user": 1e3 / tpot_mean if tpot_mean > 0 else math.nan,
         "scored": n, "attain_ttft": float(ok_ttft.sum()) / n, "attain_tpot": float(ok_tpot.sum()) / n,
-        "attain_both": float((ok_ttft & ok_tpot).sum()) / n, **steady, "last_finish_s": _last_finish_s(df),
+        "attain_both": float((ok_ttft & ok_tpot).sum()) / n,
+        "alone_share": float(_alone(df)[held].mean()),
+        **steady, "last_finish_s": _last_finish_s(df),
     }
+
+
+def _alone(df) -> np.ndarray:
+    """Per request (in df's row order): whether its life, arrival to finish, overlapped no other request's
+    anywhere in the cluster. Such a request saw no load: its latency is a lone request's. Unfinished and
+    rejected requests count as overlapped (their end is unknown)."""
+    arrival = df.arrival_s.to_numpy(dtype=float)
+    finish = np.where(df.status.to_numpy() == "finished", df.finish_s.to_numpy(dtype=float), np.inf)
+    order = np.argsort(arrival, kind="stable")
+    a, f = arrival[order], finish[order]
+    earlier_end = np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]])  # latest end of those before
+    next_start = np.concatenate([a[1:], [np.inf]])  # sorted: the next arrival is the first that could overlap
+    alone = np.empty(len(a), dtype=bool)
+    alone[order] = (earlier_end <= a) & (next_start >= f)
+    return alone
 
 
 def _last_finish_s(df) -> float:

@@ -8,9 +8,11 @@ meet their SLOs. Two readings of "meet their SLOs" are offered:
   separate -- the TTFT attainment and the TPOT attainment must each reach the target, counted
               over all requests independently (looser: different requests may miss each).
 Attainment is assumed to fall as the rate rises, which is what makes bisection valid. A configuration
-that misses the target even when load no longer matters (two halvings in a row change neither its
-attainment nor its p90 latencies) misses it at any rate: its search stops there instead of halving
-towards zero.
+that misses the target even when load no longer matters misses it at any rate: its search stops there
+instead of halving towards zero. Load no longer matters when requests that ran alone (their lives
+overlapped no other's: a lone request's latency) miss so often that even if every other request had
+met the SLOs alone, attainment would stay below the target; or when two halvings in a row change
+neither its attainment nor its p90 latencies.
 
 All configurations advance in lockstep, one probe each per round, so one round is one batch of
 independent runs for the executor; the sequence of probed rates depends only on the results, so
@@ -51,6 +53,8 @@ class Bisection:
     rel_tol: float = 0.05
     max_probes: int = 14
     min_rate: float = 1e-3
+    attainment: float = 0.9  # the target and its reading (SLO_MODES), for telling a low-load miss
+    mode: str = "joint"
     lo: float = 0.0  # highest rate that passed
     hi: float = math.inf  # lowest rate that failed
     lo_row: dict[str, Any] | None = None
@@ -77,13 +81,30 @@ class Bisection:
 
     def record(self, rate: float, row: dict[str, Any], passed: bool) -> None:
         self.probes.append((rate, passed))
-        if not passed and self.lo == 0.0 and self.hi_row is not None and rate < self.hi:
-            self.flat_halvings = self.flat_halvings + 1 if _load_free(self.hi_row, row) else 0
-            self.low_load_miss = self.flat_halvings >= 2
+        if not passed and self.lo == 0.0:
+            if self.hi_row is not None and rate < self.hi:
+                self.flat_halvings = self.flat_halvings + 1 if _load_free(self.hi_row, row) else 0
+            self.low_load_miss = self.flat_halvings >= 2 or _lone_requests_miss(row, self.attainment, self.mode)
         if passed and rate > self.lo:
             self.lo, self.lo_row = rate, row
         elif not passed and rate < self.hi:
             self.hi, self.hi_row = rate, row
+
+
+MIN_ALONE = 10  # lone requests a row needs before their misses speak for any lower rate (a sample of the trace)
+
+
+def _lone_requests_miss(row: dict[str, Any], attainment: float, mode: str) -> bool:
+    """Whether lone requests alone keep attainment below the target: a request that ran alone met or
+    missed the SLOs as it would at any rate; at best every other one would meet them alone, so
+    attainment + the share of requests that were not alone bounds what any lower rate can reach."""
+    if not row.get("stable", 1) or "alone_share" not in row:
+        return False
+    if row["alone_share"] * row.get("scored", 0) < MIN_ALONE:
+        return False
+    crowded = 1.0 - row["alone_share"]
+    metrics = ("attain_both",) if mode == "joint" else ("attain_ttft", "attain_tpot")
+    return any(row[m] + crowded < attainment - 1e-9 for m in metrics)
 
 
 def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.02) -> bool:
@@ -112,7 +133,8 @@ def search(
     on_round: Callable[[int, int, int], None] | None = None,
 ) -> list[Bisection]:
     """Bisect every variant's goodput; rows already in `writer` (a resumed run) are reused."""
-    states = [Bisection(v, max(start_rates.get(v.label, 1.0), 1e-3), rel_tol, max_probes) for v in variants]
+    states = [Bisection(v, max(start_rates.get(v.label, 1.0), 1e-3), rel_tol, max_probes, attainment=attainment,
+                        mode=mode) for v in variants]
     rounds = 0
     while True:
         wanted: dict[tuple[str, str], tuple[Bisection, float]] = {}
