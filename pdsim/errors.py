@@ -54,6 +54,15 @@ def csv_error_detail(error: Exception) -> str:
     return str(error).strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
 
 
+def csv_row_lines(path: Path) -> list[int]:
+    """The file line (1-based) of each data row pandas reads from a CSV: it skips blank lines (whitespace
+    only too), before the header as well, so row + 2 is off after one. (A quoted cell spanning lines
+    is not followed: such tables are not what pdsim reads.)"""
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        lines = [number for number, text in enumerate(f, start=1) if text.strip()]
+    return lines[1:]  # the first line that is not blank is the header
+
+
 def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimError) -> object:
     """JSON with the checks json.loads leaves out: a key repeated in one object (json.loads keeps the
     last silently), nesting too deep for the parser, numbers too long to convert."""

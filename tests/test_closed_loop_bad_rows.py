@@ -147,6 +147,21 @@ def test_a_tables_path_names_its_rows_in_messages(tmp_path, profile_root):
     assert df.reason[0].startswith("t.csv line 2: nodes[0].instances[0]: "), df.reason[0]
 
 
+def test_a_rows_line_counts_blank_lines_and_follows_the_rows_kept(tmp_path, profile_root):
+    # pandas skips blank lines: row + 2 named line 3 for the row on line 5; a caller's filter keeps each row's line.
+    from pdsim.engine.cluster import SimOptions
+    from pdsim.validate.closed_loop import simulate_table
+    from pdsim.validate.measured import read_closed_loop_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join([",".join(COLUMNS), ",".join(_row()), "", "  ", ",".join(_row(osl="64"))]) + "\n")
+    table = read_closed_loop_table(path)
+    table = table[table.osl == 64]
+    df = simulate_table(table, "meta-llama/Llama-3.1-8B", "H100-SXM", 80, None, SimOptions(), rounds=1,
+                        profile_lookup=lambda model, tp, _precision: str(profile_root / model / f"tp{tp}"))
+    assert df.reason.tolist()[0].startswith(f"{path} line 5: "), df.reason.tolist()
+
+
 def test_unknown_hardware_is_named_and_rounds_are_bounded(tmp_path, profile_root):
     table = _table(tmp_path, [_row()])
     # Every row read "measured on other hardware" when --hardware was no GPU pdsim knows.

@@ -35,6 +35,7 @@ from pdsim.models import load_model
 from pdsim.perf.interp import ExtrapolationWarning, extrapolations_gathered
 from pdsim.validate.compare import lost_requests
 from pdsim.validate.measured import (
+    FILE_LINE,
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
     vllm_major_minor,
@@ -191,9 +192,10 @@ def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb
     names = table.attrs.get("source_columns", {})
     source = table.attrs.get("source")
     out: list[dict] = []
-    for line, row in enumerate(table.itertuples(index=False), start=2):
+    lines = table.index if table.index.name == FILE_LINE else range(2, len(table) + 2)
+    for i, (line, row) in enumerate(zip(lines, table.itertuples(index=False))):
         if on_row is not None:
-            on_row(line - 2, len(table))
+            on_row(i, len(table))
         fields = row._asdict()
         label = f"{source} line {line}" if source else f"line {line}"
         try:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.cli_checks import vllm_int
-from pdsim.errors import PdsimError, csv_error_detail, decode_text, parse_json, read_json_object
+from pdsim.errors import PdsimError, csv_error_detail, csv_row_lines, decode_text, parse_json, read_json_object
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
 
@@ -662,6 +662,9 @@ _ALIASES = {
 }
 
 
+FILE_LINE = "file_line"  # the name of a closed-loop table's index when it holds each row's line in the file
+
+
 def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     """Rows of (isl, osl, concurrency, tp, ttft_ms, tpot_ms) plus whatever else the file has
     (model_path, system, backend_version ... are kept)."""
@@ -682,6 +685,9 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     df = df.rename(columns=rename)
     df.attrs["source_columns"] = {name: found for found, name in rename.items()}  # for messages about a row
     df.attrs["source"] = str(p)
+    lines = csv_row_lines(p)
+    if len(lines) == len(df):  # each row's file line, as the index: it follows the rows a caller keeps
+        df.index = pd.Index(lines, name=FILE_LINE)
     return df
 
 

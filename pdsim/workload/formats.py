@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import TraceError, csv_error_detail, decode_text
+from pdsim.errors import TraceError, csv_error_detail, csv_row_lines, decode_text
 from pdsim.workload.trace import (
     DEFAULT_HASH_BLOCK_TOKENS,
     MAX_ARRIVAL_NS,
@@ -92,16 +92,9 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
 
 
 def _line(path: Path, i: int) -> int:
-    """The file line (1-based) of data row `i`: pandas skips blank lines (whitespace only, as read with
-    skipinitialspace), before the header too, so row + 2 is off after one. Counted only for an error."""
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        rows_seen = -2  # the header is the first line that is not blank
-        for number, text in enumerate(f, start=1):
-            if text.strip():
-                rows_seen += 1
-                if rows_seen == i:
-                    return number
-    return i + 2
+    """The file line of data row `i`, for an error (counted only then)."""
+    lines = csv_row_lines(path)
+    return lines[i] if i < len(lines) else i + 2
 
 
 def _int_column(df: pd.DataFrame, column: str, path: Path, min_value: int = 1) -> np.ndarray:
