@@ -270,29 +270,37 @@ def test_alone_marks_requests_whose_lives_overlap_no_other():
 
     from pdsim.sweep.runner import _alone
 
-    # Lives: [0, 1], [1, 2] (touching only), [5, 9], [6, 7] (inside the previous), [10, never], [20, 21].
-    df = pd.DataFrame({"arrival_s": [5.0, 0.0, 1.0, 6.0, 10.0, 20.0],
-                       "finish_s": [9.0, 1.0, 2.0, 7.0, math.nan, 21.0],
-                       "status": ["finished"] * 4 + ["unfinished", "finished"]})
-    assert _alone(df).tolist() == [False, True, True, False, False, False]  # the unfinished one never ends
+    # Lives: [0, 1], [1, 2] (touching only), [5, 9], [6, 7] (inside the previous), [10, never], [20, 21];
+    # a rejection at 0.5 takes no time in the cluster and is not alone itself.
+    df = pd.DataFrame({"arrival_s": [5.0, 0.0, 1.0, 6.0, 10.0, 20.0, 0.5],
+                       "finish_s": [9.0, 1.0, 2.0, 7.0, math.nan, 21.0, math.nan],
+                       "status": ["finished"] * 4 + ["unfinished", "finished", "rejected"]})
+    assert _alone(df).tolist() == [False, True, True, False, False, False, False]  # the unfinished one never ends
 
 
-def test_bisection_stops_when_lone_requests_alone_keep_attainment_below_the_target():
-    def row(attain: float, alone: float, scored: int = 100, stable: int = 1) -> dict:
-        return {"attain_both": attain, "attain_ttft": attain, "attain_tpot": 1.0, "alone_share": alone,
-                "scored": scored, "stable": stable, "ttft_p90_ms": 80.0, "tpot_p90_ms": 12.0}
+def test_bisection_stops_when_lone_misses_keep_attainment_below_the_target():
+    def row(attain: float, alone_missed: int, requests: int = 100) -> dict:
+        return {"attain_both": attain, "attain_ttft": attain, "attain_tpot": 1.0, "alone": alone_missed,
+                "alone_missed": alone_missed, "scored": 60, "requests": requests, "stable": 1,
+                "ttft_p90_ms": 80.0, "tpot_p90_ms": 12.0}
 
-    # 0.3 of requests ran alone, all missed: at best 0.7 meet the SLOs at any rate, below 0.9.
-    st = Bisection(variant=None, start_rate=10.0, attainment=0.9)  # type: ignore[arg-type]
-    st.record(st.next_rate(), row(0.0, 0.3), False)
+    # The run holds the dataset's 100 requests once; 11 missed alone: at most 0.89 meet the SLOs at any rate.
+    st = Bisection(variant=None, start_rate=10.0, attainment=0.9, base_requests=100)  # type: ignore[arg-type]
+    st.record(st.next_rate(), row(0.0, 11), False)
     assert st.low_load_miss and st.next_rate() is None
-    # The bound reaches the target (0.05 + 0.9 crowded), too few lone requests, an unstable run, or
-    # only TTFT missing under `separate` with the TTFT bound reachable: keep halving.
-    for r, mode in [(row(0.05, 0.1), "joint"), (row(0.0, 0.3, scored=30), "joint"),
-                    (row(0.0, 0.3, stable=0), "joint"), (row(0.5, 0.5), "separate")]:
-        st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode)  # type: ignore[arg-type]
+    # 10 lone misses leave 0.9 reachable; a repeated dataset or separate attainment: lone requests do not tell.
+    for r, mode in [(row(0.0, 10), "joint"), (row(0.0, 50, requests=200), "joint"), (row(0.0, 50), "separate")]:
+        st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode,  # type: ignore[arg-type]
+                       base_requests=100)
         st.record(st.next_rate(), r, False)
         assert not st.low_load_miss and st.next_rate() == 5.0, (r, mode)
+    # Where they tell, flat figures over two halvings do not stop the search (the scored requests may not have
+    # changed yet); where they do not, they do.
+    for base, stops in [(100, False), (0, True)]:
+        st = Bisection(variant=None, start_rate=10.0, attainment=0.9, base_requests=base)  # type: ignore[arg-type]
+        for _ in range(3):
+            st.record(st.next_rate(), row(0.0, 5), False)
+        assert st.low_load_miss is stops, base
 
 
 def test_search_says_a_config_misses_even_at_low_load(small, tmp_path):
@@ -474,7 +482,7 @@ def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
     header = lines[0].split(",")
     # Out-of-range cells were kept, printed and ranked; a rate written 5.0 is not the key 5 (it ran again).
     for column, value in (("finished", "abc"), ("rate_per_s", "nan"), ("attain_both", "5"), ("ttft_p90_ms", "-5"),
-                          ("stable", "7"), ("rate_per_s", "5.0"), ("served_req_s", "inf")):
+                          ("stable", "7"), ("rate_per_s", "5.0"), ("served_req_s", "inf"), ("alone_missed", "999")):
         cells = lines[1].split(",")
         cells[header.index(column)] = value
         runs.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")

@@ -292,7 +292,7 @@ def _run_notes(notes: set[str]) -> str:
     names the first point it looked up off the table's grid, so their points differ)."""
     first: dict[str, str] = {}
     for note in sorted(notes):
-        first.setdefault(note.split("=", 1)[0], note)  # "<profile>: profile table 'x.csv': <axis>"
+        first.setdefault(note.rsplit("=", 1)[0], note)  # "<profile>: profile table 'x.csv': <axis>"
     return "\n".join(f"NOTE: {note}" for note in first.values())
 
 
@@ -412,7 +412,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     try:
         states = run_search(setup.variants, starts, executor, writer, kw["attainment"], kw["slo_mode"],
                             rel_tol, max_probes,
-                            on_round=lambda rounds, probes, runs: bar.update(probes, budget, f"probes, round {rounds}"))
+                            on_round=lambda rounds, probes, runs: bar.update(probes, budget, f"probes, round {rounds}"),
+                            base_requests=0 if any(r.hash_ids for r in setup.trace) else len(setup.trace))
     finally:
         writer.close()
         executor.close()

@@ -19,12 +19,14 @@ ROW_FIELDS = [
     "rate_per_s", "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
-    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone_share", "offered_req_s",
-    "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s", "estimated_profile",
+    "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone", "alone_missed",
+    "offered_req_s", "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s",
+    "estimated_profile",
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "dp_decode",
                "ep_decode", "gpus",
-               "requests", "finished", "unfinished", "rejected", "scored", "backlog_growth", "stable",
+               "requests", "finished", "unfinished", "rejected", "scored", "alone", "alone_missed", "backlog_growth",
+               "stable",
                "estimated_profile"}
 _STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
 
@@ -155,6 +157,9 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
             expected = "a number from 0 to 1" if share else "a finite number >= 0"
             raise PdsimError(f"--resume: {where}: column {k!r}: expected {expected}, got {row[k]!r}; "
                              f"{_NOT_WRITTEN_HERE}")
+    if not parsed.get("alone_missed", 0) <= parsed.get("alone", 0) <= parsed.get("scored", 0):
+        got = ", ".join(repr(row.get(k)) for k in ("alone_missed", "alone", "scored"))
+        raise PdsimError(f"--resume: {where}: expected alone_missed <= alone <= scored, got {got}; {_NOT_WRITTEN_HERE}")
     return parsed
 
 

@@ -161,9 +161,9 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
     v = job.variant
     window = Window.of(df.arrival_s.to_numpy(dtype=float), warmup_s)
     steady = stability(df, window)
-    held = window.holds(df.arrival_s.to_numpy(dtype=float))
-    if not held.any():  # arrivals too sparse to have any inside the window
-        held = np.ones(len(df), dtype=bool)
+    in_window = window.holds(df.arrival_s.to_numpy(dtype=float))
+    # Arrivals too sparse to have any inside the window: all are scored.
+    held = in_window if in_window.any() else np.ones(len(df), dtype=bool)
     scored = df[held]
     all_done = df[df.status == "finished"]
     n = len(scored)
@@ -174,6 +174,11 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
     # Unfinished and rejected requests miss every SLO; a one-token output has no TPOT to miss.
     ok_ttft = ttft <= slo.ttft_ms
     ok_tpot = np.isnan(tpot) | (tpot <= slo.tpot_ms)
+    # Requests that ran alone had a lone request's latency (search.lone_requests_miss). Only those inside
+    # the window count: a lower rate's window holds them too, where all scored at this rate may not be.
+    alone = _alone(df) & in_window
+    lone = alone[held & (df.status == "finished").to_numpy()]  # in the order of `done`
+    alone_missed = int((lone & ~(ok_ttft & ok_tpot)).sum())
     span = span_s(df.arrival_s.min(), all_done.finish_s.max()) if len(all_done) else 0.0
     tok_s = per_second(float(all_done.output_toks.sum()), span)
     tpot_mean = float(np.nanmean(tpot)) if np.any(~np.isnan(tpot)) else math.nan
@@ -192,23 +197,29 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
         "output_tok_s_per_user": 1e3 / tpot_mean if tpot_mean > 0 else math.nan,
         "scored": n, "attain_ttft": float(ok_ttft.sum()) / n, "attain_tpot": float(ok_tpot.sum()) / n,
         "attain_both": float((ok_ttft & ok_tpot).sum()) / n,
-        "alone_share": float(_alone(df)[held].mean()),
+        "alone": int(alone.sum()), "alone_missed": alone_missed,
         **steady, "last_finish_s": _last_finish_s(df),
     }
 
 
 def _alone(df) -> np.ndarray:
-    """Per request (in df's row order): whether its life, arrival to finish, overlapped no other request's
-    anywhere in the cluster. Such a request saw no load: its latency is a lone request's. Unfinished and
-    rejected requests count as overlapped (their end is unknown)."""
+    """Per request (in df's row order): whether it finished and its life, arrival to finish, overlapped no
+    other request's anywhere in the cluster. Such a request saw no load: its latency is a lone request's.
+    A request still running at the end occupies the cluster from its arrival on; a rejected one never
+    entered it (it overlaps nothing, and is not alone either)."""
     arrival = df.arrival_s.to_numpy(dtype=float)
-    finish = np.where(df.status.to_numpy() == "finished", df.finish_s.to_numpy(dtype=float), np.inf)
+    status = df.status.to_numpy()
+    finished = status == "finished"
+    end = np.where(finished, df.finish_s.to_numpy(dtype=float), np.where(status == "rejected", arrival, np.inf))
     order = np.argsort(arrival, kind="stable")
-    a, f = arrival[order], finish[order]
-    earlier_end = np.concatenate([[-np.inf], np.maximum.accumulate(f)[:-1]])  # latest end of those before
-    next_start = np.concatenate([a[1:], [np.inf]])  # sorted: the next arrival is the first that could overlap
+    a, f = arrival[order], end[order]
+    occupying = (f > a) | finished[order]  # a rejection takes no time in the cluster
+    # The latest end among the earlier arrivals, and the first later arrival that occupies the cluster.
+    earlier_end = np.concatenate([[-np.inf], np.maximum.accumulate(np.where(occupying, f, -np.inf))[:-1]])
+    starts = np.where(occupying, a, np.inf)
+    next_start = np.concatenate([np.minimum.accumulate(starts[::-1])[::-1][1:], [np.inf]])
     alone = np.empty(len(a), dtype=bool)
-    alone[order] = (earlier_end <= a) & (next_start >= f)
+    alone[order] = (earlier_end <= a) & (next_start >= f) & finished[order]
     return alone
 
 

@@ -9,10 +9,10 @@ meet their SLOs. Two readings of "meet their SLOs" are offered:
               over all requests independently (looser: different requests may miss each).
 Attainment is assumed to fall as the rate rises, which is what makes bisection valid. A configuration
 that misses the target even when load no longer matters misses it at any rate: its search stops there
-instead of halving towards zero. Load no longer matters when requests that ran alone (their lives
-overlapped no other's: a lone request's latency) miss so often that even if every other request had
-met the SLOs alone, attainment would stay below the target; or when two halvings in a row change
-neither its attainment nor its p90 latencies.
+instead of halving towards zero. Where a run holds the dataset's requests once, the requests that ran
+alone tell: their lives overlapped no other's, so their latency is a lone request's, which no rate
+improves on (lone_requests_miss). Elsewhere (a dataset repeated to fill the run, prefix ids, separate
+SLO attainment) two halvings in a row that change neither its attainment nor its p90 latencies do.
 
 All configurations advance in lockstep, one probe each per round, so one round is one batch of
 independent runs for the executor; the sequence of probed rates depends only on the results, so
@@ -55,6 +55,7 @@ class Bisection:
     min_rate: float = 1e-3
     attainment: float = 0.9  # the target and its reading (SLO_MODES), for telling a low-load miss
     mode: str = "joint"
+    base_requests: int = 0  # the dataset's requests, when none has prefix ids (0: lone requests do not tell)
     lo: float = 0.0  # highest rate that passed
     hi: float = math.inf  # lowest rate that failed
     lo_row: dict[str, Any] | None = None
@@ -84,27 +85,27 @@ class Bisection:
         if not passed and self.lo == 0.0:
             if self.hi_row is not None and rate < self.hi:
                 self.flat_halvings = self.flat_halvings + 1 if _load_free(self.hi_row, row) else 0
-            self.low_load_miss = self.flat_halvings >= 2 or _lone_requests_miss(row, self.attainment, self.mode)
+            lone = lone_requests_miss(row, self.attainment, self.mode, self.base_requests)
+            # Where lone requests tell, they alone do: flat figures may only mean the scored requests did
+            # not change yet (a lower rate scores more of the dataset).
+            self.low_load_miss = self.flat_halvings >= 2 if lone is None else lone
         if passed and rate > self.lo:
             self.lo, self.lo_row = rate, row
         elif not passed and rate < self.hi:
             self.hi, self.hi_row = rate, row
 
 
-MIN_ALONE = 10  # lone requests a row needs before their misses speak for any lower rate (a sample of the trace)
-
-
-def _lone_requests_miss(row: dict[str, Any], attainment: float, mode: str) -> bool:
-    """Whether lone requests alone keep attainment below the target: a request that ran alone met or
-    missed the SLOs as it would at any rate; at best every other one would meet them alone, so
-    attainment + the share of requests that were not alone bounds what any lower rate can reach."""
-    if not row.get("stable", 1) or "alone_share" not in row:
-        return False
-    if row["alone_share"] * row.get("scored", 0) < MIN_ALONE:
-        return False
-    crowded = 1.0 - row["alone_share"]
-    metrics = ("attain_both",) if mode == "joint" else ("attain_ttft", "attain_tpot")
-    return any(row[m] + crowded < attainment - 1e-9 for m in metrics)
+def lone_requests_miss(row: dict[str, Any], attainment: float, mode: str, base_requests: int) -> bool | None:
+    """Whether the requests that ran alone and missed keep joint attainment below the target at every
+    lower rate; None where they do not tell. A lone request's latency is the least it can have
+    (latency does not fall as load rises; without prefix ids it does not depend on what the cache
+    still holds), so one that missed alone misses at any rate. While a run holds the dataset's requests
+    once, so does any lower rate, their times stretched, and it scores these requests and maybe more
+    (the warm-up and drain windows are fixed in seconds), at most the whole dataset: attainment there
+    <= 1 - alone_missed / the dataset's requests."""
+    if mode != "joint" or base_requests <= 0 or row.get("requests") != base_requests or "alone_missed" not in row:
+        return None
+    return 1.0 - row["alone_missed"] / base_requests < attainment - 1e-9
 
 
 def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.02) -> bool:
@@ -131,10 +132,11 @@ def search(
     rel_tol: float = 0.05,
     max_probes: int = 14,
     on_round: Callable[[int, int, int], None] | None = None,
+    base_requests: int = 0,
 ) -> list[Bisection]:
     """Bisect every variant's goodput; rows already in `writer` (a resumed run) are reused."""
     states = [Bisection(v, max(start_rates.get(v.label, 1.0), 1e-3), rel_tol, max_probes, attainment=attainment,
-                        mode=mode) for v in variants]
+                        mode=mode, base_requests=base_requests) for v in variants]
     rounds = 0
     while True:
         wanted: dict[tuple[str, str], tuple[Bisection, float]] = {}
