@@ -70,8 +70,8 @@ def vllm_int_option(_ctx: click.Context, param: click.Parameter, value: str | No
 
 
 class OutputFile(click.ParamType):
-    """A click type for an output file's path. A name ending in a path separator means a folder, which
-    `Path` would silently turn into a file of that name ('out/' -> 'out'): it is refused here."""
+    """A click type for an output file's path. A name ending in a separator, '.' or '..' means a folder,
+    which `Path` would silently turn into a file of that name ('out/' and 'out/.' -> 'out'): refused here."""
 
     name = "path"
 
@@ -79,10 +79,10 @@ class OutputFile(click.ParamType):
         if isinstance(value, Path):
             return value
         text = str(value)
-        if text.endswith(("/", os.sep)):
+        if os.path.basename(text) in ("", ".", ".."):  # 'out/', 'out/.', 'out/..'
             flag = _flag(param) if param is not None else "output"
-            raise PdsimError(f"{flag} {text!r}: names a folder (it ends in {text[-1]!r}); give the name of a "
-                             "file (in that folder or elsewhere)")
+            raise PdsimError(f"{flag} {text!r}: names a folder; give the name of a file (in that folder or "
+                             "elsewhere)")
         return Path(text)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 from pathlib import Path
 
 
@@ -54,12 +57,18 @@ def csv_error_detail(error: Exception) -> str:
     return str(error).strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
 
 
-def csv_row_lines(path: Path) -> list[int]:
-    """The file line (1-based) of each data row pandas reads from a CSV: it skips blank lines (whitespace
-    only too), before the header as well, so row + 2 is off after one. (A quoted cell spanning lines
-    is not followed: such tables are not what pdsim reads.)"""
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        lines = [number for number, text in enumerate(f, start=1) if text.strip()]
+def csv_row_lines(path: Path) -> list[int] | None:
+    """The file line (1-based) of each data row pandas reads from a CSV: it skips blank lines (spaces and
+    tabs only too), before the header as well, so row + 2 is off after one. None for a file compressed
+    in a way not followed here. (A quoted cell spanning lines is not followed either: such tables are
+    not what pdsim reads.)"""
+    suffix = path.suffix.lower()
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers these from the suffix
+    if suffix in (".zip", ".zst", ".tar"):
+        return None
+    opener = openers.get(suffix, open)
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+        lines = [number for number, text in enumerate(f, start=1) if text.strip(" \t\r\n")]
     return lines[1:]  # the first line that is not blank is the header
 
 

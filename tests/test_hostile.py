@@ -372,7 +372,8 @@ def test_hostile_profiler_options_are_refused_before_measuring(tmp_path, capsys,
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    (["--check-kv", "2048"], "--check-kv 2048: past JackFram/llama-160m's context of 2048 tokens"),
+    (["--check-kv", "2048"], "--check-kv 2048: a decode step at that KV length holds 2049 tokens, past "
+                             "JackFram/llama-160m's context of 2048"),
     (["--check-prefill", "16,4096"], "--check-prefill 4096: past JackFram/llama-160m's context of 2048 tokens"),
 ])
 def test_profile_check_past_the_models_context_is_refused(capsys, args, words):

@@ -372,7 +372,8 @@ def test_import_under_a_file_says_so_in_one_line(tmp_path, fake_database, capsys
 def test_an_output_file_named_with_a_trailing_slash_is_refused_not_written_as_a_file(tmp_path, capsys, command):
     # Path("out/") is Path("out"): the trailing slash was dropped and a *file* named out was written.
     target = tmp_path / "out"
-    assert cli(*command, f"{target}/") == 2
-    err = one_line_error(capsys)
-    assert err.startswith("error: ") and f"'{target}/': names a folder" in err, err
-    assert not target.exists()
+    for given in (f"{target}/", f"{target}/.", f"{target}/.."):
+        assert cli(*command, given) == 2
+        err = one_line_error(capsys)
+        assert err.startswith("error: ") and f"'{given}': names a folder" in err, err
+        assert not target.exists()

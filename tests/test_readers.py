@@ -76,6 +76,13 @@ def test_a_bad_cell_after_blank_lines_is_named_by_its_own_line(tmp_path):
                                   "2023-11-16 18:15:47.0,abc,4\n")
     with pytest.raises(TraceError, match=r"a\.csv:6: field 'ContextTokens'"):
         read_dataset(p)
+    # pandas reads a .gz CSV through its suffix: the lines are counted in the text, not the compressed bytes.
+    import gzip
+
+    gz = tmp_path / "a.csv.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    with pytest.raises(TraceError, match=r"a\.csv\.gz:6: field 'ContextTokens'"):
+        read_dataset(gz, "azure")
 
 
 def test_azure_missing_column_named(tmp_path):
@@ -340,6 +347,10 @@ def _stats(path: Path, *args: str):
      "twice.jsonl:1: key 'input_length' appears twice in one object"),
     ("twice2.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [1], "hash_ids": [2]}\n',
      [], "twice2.jsonl:1: key 'hash_ids' appears twice in one object"),
+    ("twice3.jsonl", '{"id": "a", "input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "id": "b"}\n',
+     [], "twice3.jsonl:1: key 'id' appears twice in one object"),  # string values counted, a key still caught
+    ("twice4.jsonl", '{"input_toks": 10, "output_toks": 5, "arrival_time_ns": 0, "m": {"s": "a", "s": "b"}}\n',
+     [], "twice4.jsonl:1: key 's' appears twice in one object"),
     ("sg.json", '[{"input_tokens": 1000000000000, "output_tokens": 5}]', [],
      "field 'input_tokens': expected an integer from 1 to 1e+09"),
     ("sg2.json", '[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]',

@@ -104,12 +104,13 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> CheckResult:
     # No engine runs a request past the model's context; checking there would only measure memory
     # the real run never needs (and --check-kv 10^7 x a decode batch does not fit).
     context = spec.max_position_embeddings
-    # A decode step at KV length k holds k + 1 tokens.
-    for flag, tokens, held in [("--check-prefill", max(req.prefill_tokens), max(req.prefill_tokens)),
-                               ("--check-kv", req.decode_kv, req.decode_kv + 1)]:
-        if held > context:
-            raise PdsimError(f"{flag} {tokens}: past {req.model}'s context of {context} tokens "
-                             "(max_position_embeddings in its config)")
+    prefill = max(req.prefill_tokens)
+    if prefill > context:
+        raise PdsimError(f"--check-prefill {prefill}: past {req.model}'s context of {context} tokens "
+                         "(max_position_embeddings in its config)")
+    if req.decode_kv + 1 > context:
+        raise PdsimError(f"--check-kv {req.decode_kv}: a decode step at that KV length holds {req.decode_kv + 1} "
+                         f"tokens, past {req.model}'s context of {context} (max_position_embeddings in its config)")
     if req.device == "cpu" and req.threads:
         torch.set_num_threads(req.threads)
     recorded = meta.device.get("threads")
@@ -136,7 +137,7 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> CheckResult:
     launched = Timer(req.device, req.timing, spin=False)  # eager: host launch gaps included
     # Uneven decode batches (one request at 4x the KV of the others, within the profile's grid) check
     # the decode skew: a uniform lookup at the batch's mean KV would miss what the long request adds.
-    long_kv = min(4 * req.decode_kv, int(max_kv))
+    long_kv = min(4 * req.decode_kv, int(max_kv), context - 1)
     cases = [("prefill", n, 0) for n in req.prefill_tokens] + [
         ("decode", b, req.decode_kv) for b in req.decode_batches
     ] + [("decode_uneven", b, req.decode_kv) for b in req.decode_batches if b >= 2 and long_kv > req.decode_kv]

@@ -686,7 +686,7 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     df.attrs["source_columns"] = {name: found for found, name in rename.items()}  # for messages about a row
     df.attrs["source"] = str(p)
     lines = csv_row_lines(p)
-    if len(lines) == len(df):  # each row's file line, as the index: it follows the rows a caller keeps
+    if lines is not None and len(lines) == len(df):  # each row's file line, as the index: it follows the rows kept
         df.index = pd.Index(lines, name=FILE_LINE)
     return df
 

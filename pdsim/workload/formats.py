@@ -94,7 +94,7 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
 def _line(path: Path, i: int) -> int:
     """The file line of data row `i`, for an error (counted only then)."""
     lines = csv_row_lines(path)
-    return lines[i] if i < len(lines) else i + 2
+    return lines[i] if lines is not None and i < len(lines) else i + 2
 
 
 def _int_column(df: pd.DataFrame, column: str, path: Path, min_value: int = 1) -> np.ndarray:

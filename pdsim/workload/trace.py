@@ -181,11 +181,13 @@ def _open_trace(path: Path) -> BinaryIO:
 
 
 def check_repeated_keys(line: bytes, obj: dict, where: str) -> None:
-    """Refuse a JSON line that gives a key twice, which json.loads reads as the last one silently. Cheap
-    on every line: each key of a line adds two quotes, so one repeated adds two the object does not
-    hold; the line is parsed again (to name the key) only when its quotes are not twice its keys
-    (string values or nested objects too: then nothing may be wrong)."""
-    if line.count(b'"') != 2 * len(obj):
+    """Refuse a JSON line that gives a key twice (at any depth), which json.loads reads as the last one
+    silently. Cheap on every line: each key and each string value of a line adds two quotes, so a
+    repeated key adds quotes the object does not hold; the line is parsed again (to name the key) only
+    when its quotes are not twice its keys and string values (nested objects or lists, or an escaped
+    quote, too: then nothing may be wrong)."""
+    quotes = line.count(b'"')
+    if quotes != 2 * len(obj) and quotes != 2 * (len(obj) + list(map(type, obj.values())).count(str)):
         parse_json(line, where, TraceError)
 
 
