@@ -79,8 +79,10 @@ class OutputFile(click.ParamType):
         if isinstance(value, Path):
             return value
         text = str(value)
+        flag = _flag(param) if param is not None else "output"
+        if not text:
+            raise PdsimError(f"{flag}: expected the name of a file, got ''")
         if os.path.basename(text) in ("", ".", ".."):  # 'out/', 'out/.', 'out/..'
-            flag = _flag(param) if param is not None else "output"
             raise PdsimError(f"{flag} {text!r}: names a folder; give the name of a file (in that folder or "
                              "elsewhere)")
         return Path(text)

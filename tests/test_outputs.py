@@ -121,7 +121,8 @@ def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, m
     a_file.write_text("x")
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)  # as /dev/null would be: renaming a new file over it would replace the device
-    cases = {tmp_path: "is a directory", a_file / "run.csv": "is a file, not a folder", Path(""): "is a directory",
+    cases = {tmp_path: "is a directory", a_file / "run.csv": "is a file, not a folder", Path(""): "'.': names a folder",
+             "": "--output: expected the name of a file, got ''",
              fifo: "not a regular file (a device, FIFO or socket)"}
     for output, expected in cases.items():
         assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(output)) == 2
