@@ -63,11 +63,15 @@ def test_every_routing_policy_a_config_takes_is_taken_on_the_command_line(tmp_pa
     assert "|".join(ROUTER_POLICIES) in r.stdout.replace("\n", "").replace(" ", "")
     # The cache-aware one routes differently from the default: two colocated instances, prompts that
     # share prefixes, so prefix_aware sends more of them where their prefix is cached.
-    trace = tmp_path / "chats.jsonl"  # three conversations of ten turns, each turn's prompt extending the last
+    # Five conversations of ten turns, each turn's prompt extending the last, their answers of unequal lengths
+    # (with equal ones the load alone kept each conversation on one instance).
+    trace = tmp_path / "chats.jsonl"
+    outputs = [16, 32, 16, 48, 16]
     trace.write_text("".join(
-        json.dumps({"input_toks": 512 * (turn + 2), "output_toks": 16, "arrival_time_ns": (turn * 3 + chat) * 10**8,
+        json.dumps({"input_toks": 512 * (turn + 2), "output_toks": outputs[chat],
+                    "arrival_time_ns": (turn * 5 + chat) * 10**8,
                     "hash_ids": [chat * 1000 + b for b in range(turn + 2)]}) + "\n"
-        for turn in range(10) for chat in range(3)))
+        for turn in range(10) for chat in range(5)))
     outs = {}
     for policy in ("least_loaded", "prefix_aware"):
         r = pdsim("run", "--cluster-config", "single_node_2colocated", "--dataset", str(trace),

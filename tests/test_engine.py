@@ -101,6 +101,21 @@ def test_fast_forward_matches_stepping_one_by_one():
     assert fast.instances[1].sched.num_preemptions > 0
 
 
+@pytest.mark.parametrize("policy", ["least_loaded", "power_of_two", "kv_aware"])
+@pytest.mark.parametrize("ttft_mode", ["prefill", "client"])
+def test_fast_forward_routes_as_stepping_one_by_one(policy, ttft_mode):
+    # Two instances per pool: the router reads their load while a run of decode steps passes in one
+    # event; the tokens of the steps that already ended count, or 58 of 120 requests went elsewhere.
+    cfg = cluster(instance("prefill"), instance("prefill"), instance("decode", 19.5), instance("decode", 19.5))
+    reqs = _pressure_trace(120, seed=5)
+    opts = {"prefill_policy": policy, "decode_policy": policy, "ttft_mode": ttft_mode}
+    fast = simulate(cfg, reqs, SimOptions(**opts))
+    slow = simulate(cfg, reqs, SimOptions(max_decode_run_steps=1, **opts))
+    for a, b in zip(fast.requests, slow.requests):
+        assert (a.prefill_instance, a.decode_instance) == (b.prefill_instance, b.decode_instance)
+        assert a.finish_s == pytest.approx(b.finish_s, rel=1e-9, abs=1e-9)
+
+
 def test_colocated_decode_suffers_prefill_interference_that_pd_removes():
     # Steady decodes, then a burst of long prompts: in a colocated instance, the decode steps
     # share batches with prefill chunks and slow down; a decode-only instance does not see them.

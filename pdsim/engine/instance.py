@@ -134,13 +134,20 @@ class Instance:
         # next step when the first of them started (vLLM had processed the step before it).
         self._step_starts: deque[float] = deque(maxlen=spec.async_depth)
         self.dp_group: DPGroup | None = None  # set by the cluster for a MoE DP group (lock step)
+        self.regenerates_first_token = False  # a decode instance behind vLLM's P/D proxy (set by the cluster)
         self._woken_at_barrier = False  # work came while this rank waited for its DP group
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
     @property
     def load_tokens(self) -> int:
-        return self.sched.load_tokens + self.pending_tokens
+        """The router's load measure. A run of decode steps passing in one event has added a token per
+        member for each of its steps that already ended, as stepping one by one would have."""
+        tokens = self.sched.load_tokens + self.pending_tokens
+        if self._run is not None:
+            start, ends, n = self._run
+            tokens += n * int(np.searchsorted(ends, self.env.now - start, side="right"))
+        return tokens
 
     @property
     def num_requests(self) -> int:
@@ -154,9 +161,14 @@ class Instance:
         bs = self.kv.block_size
         return self.kv.longest_hit(request_keys(req, bs), (req.input_toks - 1) // bs)[0] * bs
 
+    def _handoff_tokens(self, req: Request) -> int:
+        """Tokens a hand-off's blocks hold as it starts decoding here: its prompt and the one its first decode
+        step computes (the prefill's token; behind vLLM's P/D proxy, the prompt's last, recomputed)."""
+        return req.input_toks if self.regenerates_first_token else req.input_toks + 1
+
     def _handoff_need(self, req: Request) -> tuple[int, int]:
         """(blocks a hand-off must take from the free pool, prompt blocks already held here)."""
-        need = blocks_for(req.input_toks + 1, self.kv.block_size)  # its KV and its first decode token
+        need = blocks_for(self._handoff_tokens(req), self.kv.block_size)
         if not req.hash_ids or not self.kv.enable_caching:
             return need, 0
         bs = self.kv.block_size
@@ -242,7 +254,7 @@ class Instance:
                 kv.query_tokens += req.input_toks
                 kv.hit_tokens += hit * kv.block_size
             req.decode_cached_tokens = hit * kv.block_size
-            new = blocks_for(req.input_toks + 1, kv.block_size) - hit
+            new = blocks_for(self._handoff_tokens(req), kv.block_size) - hit
             kv.allocate(new)
             req.blocks = new + hit
             self.on_reserved(self, req)
@@ -297,14 +309,15 @@ class Instance:
                 self._wake = env.event()
                 yield env.timeout(float(ends[-1])) | self._wake
                 self._wake = None
-                self._run = None
                 steps = plan.max_steps
                 elapsed = env.now - start
                 if elapsed < ends[-1]:
-                    # Woken: finish the step in progress, then decide again.
+                    # Woken: finish the step in progress, then decide again. The run stays in progress
+                    # meanwhile: the router and the monitor count the steps of it that have ended.
                     steps = min(int(np.searchsorted(ends, elapsed, side="right")) + 1, plan.max_steps)
                     yield env.timeout(max(start + float(ends[steps - 1]) - env.now, 0.0))
                     durations = durations[:steps]
+                self._run = None
             self._after_steps(plan, durations, steps)
 
     def _sleep(self):
@@ -361,7 +374,8 @@ class Instance:
         if plan.fresh_decoders:
             end_of_first = self.env.now - busy_s + float(durations[0])
             for req in plan.fresh_decoders:
-                stats.itl_gaps_s.append(end_of_first - req.last_token_s)
+                if not self.regenerates_first_token:  # else the client never saw the prefill's token
+                    stats.itl_gaps_s.append(end_of_first - req.last_token_s)
                 if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
                     req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
         stats.itl_gaps_s.extend(outcome.gap_itls_s)
