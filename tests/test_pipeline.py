@@ -319,3 +319,23 @@ def test_async_scheduling_with_three_stages_decides_two_steps_ahead(monkeypatch)
     # One prefill step for both, four decode steps of both, the short one's extra step, then the long one.
     assert steps[:7] == [(2, 0), (0, 2), (0, 2), (0, 2), (0, 2), (0, 2), (0, 1)]
     assert res.instances[0].kv.used == 0
+
+
+@pytest.mark.parametrize(("pp", "asynchronous", "pd"), [(3, True, False), (4, True, False), (2, False, True),
+                                                        (3, True, True)])
+def test_itl_samples_are_the_tokens_a_client_sees(pp, asynchronous, pd):
+    # Ghost decodes (async scheduling deciding PP steps ahead) make no token, and behind vLLM's P/D proxy
+    # (client TTFT mode) the prefill's token to the first decode token is no gap the client sees: the ITL
+    # samples are n - 1 per request and sum to E2E - TTFT. (Were: pp - 2 extra per request; one extra.)
+    from pdsim.metrics.summary import itl_samples
+
+    if pd:
+        cfg = cluster(instance("prefill"), _pp("decode", pp, async_scheduling=asynchronous))
+    else:
+        cfg = cluster(_pp(None, pp, async_scheduling=asynchronous))
+    res = run(cfg, [(100 + 900 * pd, 20, 0.0), (300, 7, 0.002)], ttft_mode="client")
+    df = requests_frame(res)
+    values, weights = itl_samples(res)
+    assert weights.sum() == (df.output_toks - 1).sum()
+    assert res.instances[-1].stats.decode_tokens == (df.output_toks - (0 if pd else 1)).sum()
+    assert float((values * weights).sum()) == pytest.approx(float((df.e2e_ms - df.ttft_ms).sum()) / 1e3, rel=1e-9)

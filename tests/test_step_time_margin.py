@@ -97,6 +97,13 @@ def test_run_reports_ttft_tpot_and_e2e_with_every_step_faster_and_slower(tmp_pat
     alone = simulate(load_cluster_config(config), load_dataset(dataset),
                      SimOptions(step_time_scale=0.95, profiles_root=str(bundled_path("profiles"))))
     assert margin["faster"]["ttft_ms"] == summarize(alone, requests_frame(alone))["ttft_ms"]
+    assert "NOTE: these runs finished" not in res.output  # all 200 finish each time
+    # Stopped early, the three runs finish different requests: said, as the figures are over different sets.
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(dataset), "--quiet",
+                                    "--max-sim-time", "8", "--step-time-margin-pct", "5",
+                                    "--output", str(tmp_path / "s.csv")])
+    assert res.exit_code == 0, res.output
+    assert "NOTE: these runs finished 15 / 14 / 14 requests (faster / as is / slower)" in res.output
 
 
 def test_validate_gives_a_closed_loop_table_its_mapes_with_every_step_faster_and_slower(tmp_path):

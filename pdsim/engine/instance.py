@@ -370,7 +370,8 @@ class Instance:
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
         if plan.n_decode:
-            stats.add_itl_run(durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders))
+            tokens = plan.n_decode - plan.n_ghosts
+            stats.add_itl_run(durations, tokens, tokens - len(plan.fresh_decoders))
         if plan.fresh_decoders:
             end_of_first = self.env.now - busy_s + float(durations[0])
             for req in plan.fresh_decoders:

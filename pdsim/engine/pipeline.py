@@ -347,10 +347,12 @@ class PipelinedInstance(Instance):
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
         if plan.n_decode:
-            stats.add_itl_run(durations, plan.n_decode, plan.n_decode - len(plan.fresh_decoders))
+            tokens = plan.n_decode - plan.n_ghosts
+            stats.add_itl_run(durations, tokens, tokens - len(plan.fresh_decoders))
         now = self.env.now
         for req in plan.fresh_decoders:
-            stats.itl_gaps_s.append(now - req.last_token_s)
+            if not self.regenerates_first_token:  # else the client never saw the prefill's token
+                stats.itl_gaps_s.append(now - req.last_token_s)
             if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
                 req.decode_first_token_s = now
         stats.itl_gaps_s.extend(outcome.gap_itls_s)

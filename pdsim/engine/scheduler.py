@@ -119,6 +119,7 @@ class Scheduler(WaitingAdmission):
         self.async_depth = async_depth
         self._decisions = 0
         self._releasing: list[Finishing] = []
+        self.ghosts = 0  # entries of _releasing with a ghost decode still in the cohort
         # A preempted request's tokens from the steps vLLM had decided but not yet seen (async_depth > 1):
         # for each, the decision by which vLLM has seen it.
         self._unseen: dict[Request, list[int]] = {}
@@ -279,6 +280,7 @@ class Scheduler(WaitingAdmission):
         """The decode batch, and how many decode steps may run back to back."""
         cohort = self.cohort
         plan.n_decode = cohort.n
+        plan.n_ghosts = self.ghosts
         plan.kv_decode_sum = cohort.kv_sum
         plan.kv_decode_max = cohort.kv_max
         if not plan.prefill and cohort.n and not preempted and not self.paused:
@@ -314,6 +316,7 @@ class Scheduler(WaitingAdmission):
         """Its ghost decodes end (taken out of the cohort if still there): their blocks join its own."""
         if not entry.ghost:
             return
+        self.ghosts -= 1
         req = entry.req
         if req.cohort is self.cohort:
             self.cohort.remove(req)
@@ -401,7 +404,7 @@ class Scheduler(WaitingAdmission):
         cohort = self.cohort
         # Blocks for the decode steps after the first (the first was allocated in schedule()).
         self.kv.allocate(cohort.new_blocks(1, steps_done - 1))
-        out.decode_tokens = cohort.n * steps_done
+        out.decode_tokens = (cohort.n - self.ghosts) * steps_done  # a ghost decode makes no token
         finishing = cohort.advance(steps_done)
         if self.async_depth > 1:
             finishing = self._end_ghosts(finishing)
@@ -441,6 +444,7 @@ class Scheduler(WaitingAdmission):
             if self.async_depth > 1 and req.output_toks > 1:
                 # vLLM decided the next async_depth - 1 steps before seeing this request's last token.
                 self._releasing[-1].ghost = True
+                self.ghosts += 1
                 cohort.add(req, steps_left=self.async_depth - 1)
         if self._unseen:
             self._deliver_late_tokens()

@@ -12,6 +12,7 @@ class StepPlan:
     prefill: list[tuple[Request, int]] = field(default_factory=list)  # (request, new tokens this step)
     prefill_prefix: list[int] = field(default_factory=list)  # KV tokens each chunk attends to before it
     n_decode: int = 0
+    n_ghosts: int = 0  # of n_decode, ghost decodes (scheduler.Finishing): computed, but no token to anyone
     kv_decode_sum: int = 0
     kv_decode_max: int = 0  # the longest decode KV: uneven batches cost more than their mean says
     max_steps: int = 1  # how many decode steps may run back to back without a scheduling decision

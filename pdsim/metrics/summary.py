@@ -309,6 +309,10 @@ def _latency_lines(summary: dict) -> list[str]:
                          f"{_fmt(fast['p90'], digits)}..{_fmt(slow['p90'], digits)} ms")
         m = f"{margin['margin_pct']:g}%"
         lines.append(f"with every step {m} faster .. {m} slower (mean / p90): " + "; ".join(parts))
+        finished = (margin["faster"]["finished"], summary["finished"], margin["slower"]["finished"])
+        if len(set(finished)) > 1:  # a stopped run (--max-sim-time): the figures are over other requests
+            lines.append(f"  NOTE: these runs finished {finished[0]} / {finished[1]} / {finished[2]} requests "
+                         "(faster / as is / slower): each figure is over its own finished requests")
     slo = summary.get("slo")
     if slo:
         scored = slo.get("requests", summary["requests"])
