@@ -116,6 +116,19 @@ def test_fast_forward_routes_as_stepping_one_by_one(policy, ttft_mode):
         assert a.finish_s == pytest.approx(b.finish_s, rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.parametrize("ttft_mode", ["prefill", "client"])
+def test_fast_forward_offers_hand_offs_the_room_stepping_would(ttft_mode):
+    # A hand-off goes first to a decode instance with room for it; during a run passing in one event the
+    # blocks of its ended steps and of the step in progress are taken already, as when stepping.
+    cfg = cluster(instance("prefill"), instance("decode"), instance("decode"))
+    reqs = _pressure_trace(60, seed=3)
+    opts = {"ttft_mode": ttft_mode, "kv_gpu_blocks": {"n0.i1": 200, "n0.i2": 600}}  # 10 routed elsewhere before
+    fast = simulate(cfg, reqs, SimOptions(**opts))
+    slow = simulate(cfg, reqs, SimOptions(max_decode_run_steps=1, **opts))
+    assert [r.decode_instance for r in fast.requests] == [r.decode_instance for r in slow.requests]
+    assert [r.finish_s for r in fast.requests] == pytest.approx([r.finish_s for r in slow.requests], rel=1e-9)
+
+
 def test_colocated_decode_suffers_prefill_interference_that_pd_removes():
     # Steady decodes, then a burst of long prompts: in a colocated instance, the decode steps
     # share batches with prefill chunks and slow down; a decode-only instance does not see them.

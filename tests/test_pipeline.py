@@ -339,3 +339,50 @@ def test_itl_samples_are_the_tokens_a_client_sees(pp, asynchronous, pd):
     assert weights.sum() == (df.output_toks - 1).sum()
     assert res.instances[-1].stats.decode_tokens == (df.output_toks - (0 if pd else 1)).sum()
     assert float((values * weights).sum()) == pytest.approx(float((df.e2e_ms - df.ttft_ms).sum()) / 1e3, rel=1e-9)
+
+
+def _mixed_trace(seed: int, n: int, rate_per_s: float) -> list[tuple[int, int, float]]:
+    """Prompts of 1 to 1,500 tokens (whole blocks and one over), outputs of 1 to 150, Poisson arrivals."""
+    import random
+
+    rng = random.Random(seed)
+    rows, t = [], 0.0
+    for _ in range(n):
+        t += rng.expovariate(rate_per_s)
+        rows.append((rng.choice([1, 2, 15, 16, 17, 31, 32, 33, 100, 255, 256, 600, 1500]),
+                     rng.choice([1, 1, 2, 2, 3, 4, 10, 40, 150]), t))
+    return rows
+
+
+def test_a_layerwise_hand_off_in_flight_on_a_pipelined_prefill_is_not_preempted_there():
+    # Handed off as its final chunk launched (layer-wise KV), a request was still preempted in flight on the
+    # pipelined prefill instance, recomputed and handed off a second time: two reservations and transfers,
+    # a negative free-block count or leaked blocks.
+    cfg = cluster(_pp("prefill", 2, block_size=8, long_prefill_token_threshold=300, scheduler_reserve_full_isl=True),
+                  _pp("decode", 4, block_size=8, long_prefill_token_threshold=300, scheduler_reserve_full_isl=True),
+                  kv_transfer={"mode": "layerwise"})
+    res = run(cfg, _mixed_trace(199, 60, 200.0), ttft_mode="client", kv_gpu_blocks={"n0.i0": 240, "n0.i1": 80})
+    assert {r.status for r in res.requests} <= {"finished", "rejected"}
+    assert all(inst.kv.free == inst.kv.num_blocks for inst in res.instances)
+
+
+def test_client_mode_decode_deciding_steps_ahead_with_prefix_ids_and_whole_block_prompts():
+    # The decode instance caches the prompt blocks whose KV arrived: behind vLLM's proxy not the last token's
+    # yet; a recompute after preemption hit the whole prompt and planned a chunk of -1 tokens (internal error).
+    from pdsim.engine.cluster import simulate
+    from pdsim.workload.trace import TraceRequest
+
+    cfg = cluster(instance("prefill"), _pp("decode", 4, async_scheduling=True))
+    reqs = [TraceRequest(i, 64, out, int(i * 1e6), (0, 1, 2, 3), 16) for i, out in enumerate((8, 20, 40, 8))]
+    for blocks in (9, 11):
+        res = simulate(cfg, reqs, SimOptions(ttft_mode="client", kv_gpu_blocks={"n0.i1": blocks}))
+        assert all(r.status == "finished" for r in res.requests) and sum(r.preemptions for r in res.requests)
+        assert all(inst.kv.free == inst.kv.num_blocks for inst in res.instances)
+
+
+@pytest.mark.parametrize("pp", [3, 4])
+def test_what_finished_is_freed_when_the_engine_goes_idle(pp):
+    # Async scheduling deciding pp - 1 steps ahead freed a finished request only at decisions to come: a
+    # one-token request's blocks stayed held until the next arrival, and past the end of the run.
+    res = run(cluster(_pp(None, pp, async_scheduling=True)), [(17, 1, 0.0)])
+    assert res.requests[0].status == "finished" and res.instances[0].kv.free == res.instances[0].kv.num_blocks

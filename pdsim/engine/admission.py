@@ -128,6 +128,7 @@ class WaitingAdmission:
         if req.kv_ready:
             # A handed-off request whose KV has arrived: it decodes from this step on.
             req.kv_ready = False
+            req.joined_from_handoff = True
             self.cohort.add(req)
             plan.fresh_decoders.append(req)
         else:

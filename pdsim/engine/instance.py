@@ -177,7 +177,16 @@ class Instance:
 
     def has_room_for(self, req: Request) -> bool:
         """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
-        return not self.pending and self._handoff_need(req)[0] <= self.kv.free
+        return not self.pending and self._handoff_need(req)[0] <= self.kv.free - self._run_blocks_ahead()
+
+    def _run_blocks_ahead(self) -> int:
+        """Blocks a run of decode steps passing in one event has not allocated yet where stepping one by one
+        would have: those of the steps after its first up to the one in progress."""
+        if self._run is None:
+            return 0
+        start, ends, _ = self._run
+        done = int(np.searchsorted(ends, self.env.now - start, side="right"))
+        return self.sched.cohort.new_blocks(1, min(done, len(ends) - 1))
 
     @property
     def in_run(self) -> bool:
@@ -189,8 +198,9 @@ class Instance:
         req.queued_s = self.env.now
         if req.kv_ready and req.cache_keys is not None:
             # The prompt KV that arrived is cached from now on (vLLM: cache_blocks once it is received).
+            # The blocks whose KV it holds: behind vLLM's P/D proxy not the prompt's last token's yet.
             self.kv.register(req.prefix_keys, req.decode_cached_tokens // self.kv.block_size,
-                             min(req.input_toks // self.kv.block_size, len(req.prefix_keys)), req.cache_keys)
+                             min(req.num_computed // self.kv.block_size, len(req.prefix_keys)), req.cache_keys)
         if req.picked_up_s is None:
             self._not_picked_up.append(req)
         self.sched.add_waiting(req)
@@ -286,6 +296,8 @@ class Instance:
             if plan.empty:
                 if sched.released_after_decision and self._can_reserve():
                     continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
+                if sched.release_when_idle():
+                    continue  # a hand-off may fit now
                 yield from self._sleep()
                 continue
 
@@ -375,9 +387,10 @@ class Instance:
         if plan.fresh_decoders:
             end_of_first = self.env.now - busy_s + float(durations[0])
             for req in plan.fresh_decoders:
-                if not self.regenerates_first_token:  # else the client never saw the prefill's token
+                handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
+                if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
                     stats.itl_gaps_s.append(end_of_first - req.last_token_s)
-                if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
+                if handed_off:
                     req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
         stats.itl_gaps_s.extend(outcome.gap_itls_s)
         for req in outcome.finished:
@@ -390,12 +403,9 @@ class Instance:
         """(requests in prefill, requests decoding, KV blocks used, decode tokens so far), counting
         the steps of a run in progress that have already ended."""
         sched = self.sched
-        used = self.kv.used
+        used = self.kv.used + self._run_blocks_ahead()
         decode_tokens = self.stats.decode_tokens
         if self._run is not None:
             start, ends, n = self._run
-            done = int(np.searchsorted(ends, self.env.now - start, side="right"))
-            if done:
-                used += sched.cohort.new_blocks(1, done - 1)
-                decode_tokens += n * done
+            decode_tokens += n * int(np.searchsorted(ends, self.env.now - start, side="right"))
         return len(sched.prefilling), sched.cohort.n, used, decode_tokens

@@ -75,7 +75,10 @@ class PipelineScheduler(Scheduler):
         """vLLM's running list holds the requests of in-flight batches too, in admission order: when
         the newest of all is in flight, it is the victim."""
         newest = next(reversed(self.running), None)
-        candidates = [r for b in self.batches for r in (*b.decoders, *b.prefills)]
+        # Not one whose final chunk is in flight with its KV already streaming out (a layer-wise hand-off
+        # at the chunk's launch): it leaves this instance when the chunk returns. (pdsim does not model
+        # aborting a transfer in flight; taking the next newest keeps its blocks and the hand-off whole.)
+        candidates = [r for b in self.batches for r in (*b.decoders, *b.prefills) if r.handoff_s is None]
         if candidates:
             in_flight = max(candidates, key=operator.attrgetter("admitted_seq"))
             if newest is None or in_flight.admitted_seq > newest.admitted_seq:
@@ -125,6 +128,7 @@ class PipelineScheduler(Scheduler):
         if req not in self.running:
             self.running = dict.fromkeys(sorted([*self.running, req], key=operator.attrgetter("admitted_seq")))
         if req.tokens_to_compute == 1:
+            req.joined_from_handoff = False
             self.cohort.add(req)
         else:
             self.prefilling.append(req)
@@ -351,9 +355,10 @@ class PipelinedInstance(Instance):
             stats.add_itl_run(durations, tokens, tokens - len(plan.fresh_decoders))
         now = self.env.now
         for req in plan.fresh_decoders:
-            if not self.regenerates_first_token:  # else the client never saw the prefill's token
+            handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
+            if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
                 stats.itl_gaps_s.append(now - req.last_token_s)
-            if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
+            if handed_off:
                 req.decode_first_token_s = now
         stats.itl_gaps_s.extend(outcome.gap_itls_s)
         for req in outcome.finished:

@@ -41,6 +41,7 @@ class Request:
     cohort_gen_base: int = 0
     cohort_finish_step: int = 0
     cohort_join_step: int = 0  # the cohort's step count when it joined (it has decoded since if lower)
+    joined_from_handoff: bool = False  # joined a decode instance's cohort with its KV sent: no prompt step here
 
     # P/D hand-off: blocks still held on the prefill instance until the KV transfer ends.
     prefill_blocks: int = 0

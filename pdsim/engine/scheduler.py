@@ -293,6 +293,15 @@ class Scheduler(WaitingAdmission):
                 # Async scheduling: the newest arrival (appended last) may join at the next decision.
                 plan.max_steps = 1
 
+    def release_when_idle(self) -> bool:
+        """Nothing runs and nothing is in flight: the engine has processed every output, so what finished is
+        freed now, not at decisions that will not come (async scheduling deciding 2+ steps ahead kept a
+        one-token request's blocks until the next arrival, and past the end of the run). Whether any were."""
+        if not self._releasing or self.num_batches_in_flight:
+            return False
+        self._release_finished(everything=True)
+        return True
+
     @property
     def releasing_blocks(self) -> int:
         """Blocks of finished requests that later decisions free (async scheduling)."""
@@ -353,8 +362,9 @@ class Scheduler(WaitingAdmission):
         decoded = self.cohort.steps - victim.cohort_join_step if self.async_scheduling and victim.in_cohort else None
         in_flight_decode = min(self.async_depth, decoded) if decoded is not None else 0
         # The tokens it sampled in the steps vLLM had decided but not yet seen: those decodes, and the
-        # step that completed its prompt if that is one of them.
-        unseen = min(self.async_depth, decoded + 1) if decoded is not None else 0
+        # step that completed its prompt if that is one of them (a hand-off's prompt ran elsewhere).
+        prompt_step = 0 if victim.joined_from_handoff else 1
+        unseen = min(self.async_depth, decoded + prompt_step) if decoded is not None else 0
         decoding = victim.in_cohort
         self._take_out(victim)
         if decoding:
@@ -433,6 +443,7 @@ class Scheduler(WaitingAdmission):
                 del self.running[req]
                 out.handoffs.append(req)
             else:
+                req.joined_from_handoff = False
                 cohort.add(req)
         # vLLM frees the requests that finished in a step in the order of its running list (their
         # admission order): with prefix caching, that order is the order their cached blocks are
