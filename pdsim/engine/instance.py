@@ -127,6 +127,7 @@ class Instance:
         self._wake: simpy.Event | None = None
         self._idle = False
         self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
+        self._run_later_blocks: int | None = None  # blocks the run's steps after its first take (allocated at its end)
         self._not_picked_up: list[Request] = []  # arrived since the last decision
         # (end, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, np.ndarray] | None = None
@@ -145,9 +146,14 @@ class Instance:
         member for each of its steps that already ended, as stepping one by one would have."""
         tokens = self.sched.load_tokens + self.pending_tokens
         if self._run is not None:
-            start, ends, n = self._run
-            tokens += n * int(np.searchsorted(ends, self.env.now - start, side="right"))
+            tokens += self._run[2] * self._run_steps_done()
         return tokens
+
+    def _run_steps_done(self) -> int:
+        """Steps of the run in progress that have ended by now."""
+        start, ends, _ = self._run
+        elapsed = self.env.now - start
+        return 0 if elapsed < ends[0] else int(ends.searchsorted(elapsed, "right"))
 
     @property
     def num_requests(self) -> int:
@@ -177,16 +183,24 @@ class Instance:
 
     def has_room_for(self, req: Request) -> bool:
         """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
-        return not self.pending and self._handoff_need(req)[0] <= self.kv.free - self._run_blocks_ahead()
+        if self.pending:
+            return False
+        need, free = self._handoff_need(req)[0], self.kv.free
+        if need > free:
+            return False
+        if self._run is None:
+            return True
+        # Room even once the whole run has taken its blocks (the common case) needs no look at its progress.
+        if self._run_later_blocks is None:
+            self._run_later_blocks = self.sched.cohort.new_blocks(1, len(self._run[1]) - 1)
+        return need <= free - self._run_later_blocks or need <= free - self._run_blocks_ahead()
 
     def _run_blocks_ahead(self) -> int:
         """Blocks a run of decode steps passing in one event has not allocated yet where stepping one by one
         would have: those of the steps after its first up to the one in progress."""
         if self._run is None:
             return 0
-        start, ends, _ = self._run
-        done = int(np.searchsorted(ends, self.env.now - start, side="right"))
-        return self.sched.cohort.new_blocks(1, min(done, len(ends) - 1))
+        return self.sched.cohort.new_blocks(1, min(self._run_steps_done(), len(self._run[1]) - 1))
 
     @property
     def in_run(self) -> bool:
@@ -318,6 +332,7 @@ class Instance:
                     plan.n_decode, plan.kv_decode_sum, plan.max_steps, plan.kv_decode_max)
                 ends = np.cumsum(durations)
                 self._run = (start, ends, plan.n_decode)
+                self._run_later_blocks = None  # found when first needed (has_room_for)
                 self._wake = env.event()
                 yield env.timeout(float(ends[-1])) | self._wake
                 self._wake = None
@@ -406,6 +421,5 @@ class Instance:
         used = self.kv.used + self._run_blocks_ahead()
         decode_tokens = self.stats.decode_tokens
         if self._run is not None:
-            start, ends, n = self._run
-            decode_tokens += n * int(np.searchsorted(ends, self.env.now - start, side="right"))
+            decode_tokens += self._run[2] * self._run_steps_done()
         return len(sched.prefilling), sched.cohort.n, used, decode_tokens
