@@ -386,3 +386,24 @@ def test_what_finished_is_freed_when_the_engine_goes_idle(pp):
     # one-token request's blocks stayed held until the next arrival, and past the end of the run.
     res = run(cluster(_pp(None, pp, async_scheduling=True)), [(17, 1, 0.0)])
     assert res.requests[0].status == "finished" and res.instances[0].kv.free == res.instances[0].kv.num_blocks
+
+
+def test_a_recompute_never_plans_a_prefill_chunk_of_no_tokens(monkeypatch):
+    # After a preemption with tokens still in flight, the prefix-cache hit was capped by every token the
+    # request had, seen or not: it could cover all the tokens vLLM knows, leaving a 0-token chunk (priced by
+    # extrapolating the attention table below its grid). vLLM caps the hit at the tokens it has seen, less one.
+    from pdsim.engine import scheduler as engine_scheduler
+
+    chunks: list[int] = []
+    schedule = engine_scheduler.Scheduler.schedule
+
+    def recorded(self, now, cutoff=None):
+        plan = schedule(self, now, cutoff)
+        chunks.extend(n for _, n in plan.prefill)
+        return plan
+
+    monkeypatch.setattr(engine_scheduler.Scheduler, "schedule", recorded)
+    cfg = cluster(_pp(None, 3, async_scheduling=True, block_size=32, max_num_seqs=8, long_prefill_token_threshold=64,
+                      scheduler_reserve_full_isl=True))
+    res = run(cfg, _mixed_trace(0, 40, 200.0), kv_gpu_blocks={"n0.i0": 12})
+    assert sum(r.preemptions for r in res.requests) and chunks and min(chunks) >= 1

@@ -62,7 +62,7 @@ class WaitingAdmission:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
         if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
             return False
-        hit, evict = self.kv.request_hit(req) if req.has_block_keys else (0, 0)
+        hit, evict = self.kv.request_hit(req, len(self._unseen.get(req, ()))) if req.has_block_keys else (0, 0)
         if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
             return False
         hit_tokens = hit * self.block_size
@@ -86,7 +86,7 @@ class WaitingAdmission:
             req = self.waiting[0]
             if req.queued_s > self._cutoff:
                 break
-            hit, evict = self.kv.request_hit(req) if req.has_block_keys else (0, 0)
+            hit, evict = self.kv.request_hit(req, len(self._unseen.get(req, ()))) if req.has_block_keys else (0, 0)
             hit_tokens = hit * self.block_size
             todo = self._chunk_cap(self._known_todo(req) - hit_tokens)
             if not self.enable_chunked_prefill and todo > budget:

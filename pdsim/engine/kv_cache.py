@@ -316,14 +316,16 @@ class BlockManager:
         self.register(req.prefix_keys, held, max(held, min(cached_tokens // self.block_size, req.blocks)),
                       req.cache_keys)
 
-    def request_hit(self, req: Request) -> tuple[int, int]:
+    def request_hit(self, req: Request, unseen: int = 0) -> tuple[int, int]:
         """(leading blocks cached here, of which free) for a request about to start from nothing:
-        prompt blocks named by prefix ids, and after a preemption its own earlier blocks."""
+        prompt blocks named by prefix ids, and after a preemption its own earlier blocks. unseen: of its
+        tokens, those the engine has not seen yet (async scheduling), which it cannot count."""
         if req.num_computed or req.kv_ready or not self.enable_caching:
             return 0, 0
         keys = request_keys(req, self.block_size)
-        # At least the last token is computed: its logits give the next token.
-        return self.longest_hit(keys, (req.input_toks + req.num_generated - 1) // self.block_size)
+        # At least the last token it knows is computed: its logits give the next token (vLLM caps the hit
+        # at num_tokens - 1, the tokens it has seen).
+        return self.longest_hit(keys, (req.input_toks + req.num_generated - unseen - 1) // self.block_size)
 
     def start_request(self, req: Request, hit: int) -> None:
         """A request starts here from nothing with its first `hit` prompt blocks found cached."""
