@@ -249,9 +249,9 @@ def test_a_token_returning_for_a_request_admitted_again_lets_it_run_beside_its_c
     in_flight_again = []
     late_token = engine_pipeline.PipelineScheduler._late_token
 
-    def counted(self, req, now, out):
+    def counted(self, req, now, out, from_prefill=False):
         in_flight_again.append(any(req in b.decoders or req in b.prefills for b in self.batches))
-        late_token(self, req, now, out)
+        late_token(self, req, now, out, from_prefill)
 
     monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_late_token", counted)
     finishes = []
@@ -407,3 +407,15 @@ def test_a_recompute_never_plans_a_prefill_chunk_of_no_tokens(monkeypatch):
                       scheduler_reserve_full_isl=True))
     res = run(cfg, _mixed_trace(0, 40, 200.0), kv_gpu_blocks={"n0.i0": 12})
     assert sum(r.preemptions for r in res.requests) and chunks and min(chunks) >= 1
+
+
+def test_a_recompute_whose_last_chunk_left_in_flight_gives_its_token_an_itl():
+    # Preempted in flight and admitted again, a request's recomputed last chunk can leave its micro-batch in
+    # flight; the token that batch brings back is a token after the first, so an inter-token gap (was: none).
+    from pdsim.metrics.summary import itl_samples
+
+    cfg = cluster(_pp(None, 2, block_size=8, max_num_seqs=8, long_prefill_token_threshold=64,
+                      enable_prefix_caching=False))
+    res = run(cfg, _mixed_trace(19, 40, 30.0), kv_gpu_blocks={"n0.i0": 120})
+    _, weights = itl_samples(res)
+    assert weights.sum() == sum(r.output_toks - 1 for r in res.requests if r.status == "finished")

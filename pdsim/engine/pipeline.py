@@ -60,6 +60,8 @@ class MicroBatch:
     # Requests that left the batch while it was in flight (preempted, or given more to compute after a
     # late token): the token it samples for them is still appended when it returns.
     leavers: list[Request] = field(default_factory=list)
+    # Those of them that left with their prompt's last chunk: a prefill token, with no decode step's ITL.
+    prefill_leavers: set[Request] = field(default_factory=set)
 
 
 class PipelineScheduler(Scheduler):
@@ -94,7 +96,7 @@ class PipelineScheduler(Scheduler):
         # vLLM caches a chunk's blocks when it schedules them; an in-flight decode token's block not yet.
         return self._send_back(victim, victim.num_computed - decoding)
 
-    def _late_token(self, req: Request, now: float, out: StepOutcome) -> None:
+    def _late_token(self, req: Request, now: float, out: StepOutcome, from_prefill: bool = False) -> None:
         """The token a returning micro-batch sampled for a request that left it in flight. vLLM's
         update_from_output appends it whatever the request's state now, unless it has finished.
 
@@ -105,6 +107,10 @@ class PipelineScheduler(Scheduler):
         a running request again, with the step in flight counted as computed."""
         if req.status == "finished":
             return
+        if from_prefill and req.num_generated:
+            # A recompute's last chunk: its token's gap is an ITL, as when a prompt completes in place
+            # (a decode step's token is counted with its batch instead).
+            out.gap_itls_s.append(now - req.last_token_s)
         if req in self.waiting:
             before = req.tokens_to_compute
             self._add_token(req, now, out)
@@ -151,6 +157,7 @@ class PipelineScheduler(Scheduler):
             batch.final_plan = dataclasses.replace(plan, prefill=plan.prefill[:k] + plan.prefill[k + 1:],
                                                    prefill_prefix=plan.prefill_prefix[:k] + plan.prefill_prefix[k + 1:])
             batch.prefills.remove(req)
+            batch.prefill_leavers.add(req)
             held = req.num_computed
             req.num_computed += chunk
             batch.partial_tokens += chunk
@@ -233,7 +240,7 @@ class PipelineScheduler(Scheduler):
         out = self.complete(batch.final_plan or batch.plan, 1, now)
         out.prompt_tokens += batch.partial_tokens
         for req in batch.leavers:
-            self._late_token(req, now, out)
+            self._late_token(req, now, out, req in batch.prefill_leavers)
         return out
 
 
