@@ -52,17 +52,25 @@ class WaitingAdmission:
     def _known_todo(self, req: Request) -> int:
         """Tokens a waiting request has to compute that vLLM knows of: its waiting loop counts no token
         still on its way back from a step in flight."""
-        return req.tokens_to_compute - len(self._unseen.get(req, ())) if self._unseen else req.tokens_to_compute
+        return req.tokens_to_compute - self._unseen_count(req)
 
     def _chunk_cap(self, todo: int) -> int:
         cap = self.long_prefill_token_threshold
         return cap if 0 < cap < todo else todo
 
+    def _unseen_count(self, req: Request) -> int:
+        """Its tokens the engine has not seen yet (scheduler.py, async_depth > 1)."""
+        return len(self._unseen.get(req, ())) if self._unseen else 0
+
+    def _cached_hit(self, req: Request) -> tuple[int, int]:
+        """(leading blocks cached here, of which free) for a waiting request, capped by the tokens seen."""
+        return self.kv.request_hit(req, self._unseen_count(req)) if req.has_block_keys else (0, 0)
+
     def could_admit(self, req: Request) -> bool:
         """Whether `req` might be admitted at the next step boundary (used to decide whether to wake the instance)."""
         if self._slots_taken >= self.max_num_seqs or (self.waiting[0] is not req and not req.kv_ready):
             return False
-        hit, evict = self.kv.request_hit(req, len(self._unseen.get(req, ()))) if req.has_block_keys else (0, 0)
+        hit, evict = self._cached_hit(req)
         if self.reserve_full_isl and not req.kv_ready and not self._fits_whole(req, hit, evict):
             return False
         hit_tokens = hit * self.block_size
@@ -86,7 +94,7 @@ class WaitingAdmission:
             req = self.waiting[0]
             if req.queued_s > self._cutoff:
                 break
-            hit, evict = self.kv.request_hit(req, len(self._unseen.get(req, ()))) if req.has_block_keys else (0, 0)
+            hit, evict = self._cached_hit(req)
             hit_tokens = hit * self.block_size
             todo = self._chunk_cap(self._known_todo(req) - hit_tokens)
             if not self.enable_chunked_prefill and todo > budget:
@@ -103,7 +111,7 @@ class WaitingAdmission:
     def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
         """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far
         (cached blocks it would reuse count only when they must leave the free queue)."""
-        known = req.input_toks + req.num_generated - len(self._unseen.get(req, ()))
+        known = req.input_toks + req.num_generated - self._unseen_count(req)
         need = blocks_for(known, self.block_size) - req.blocks - hit + evict
         return need <= self.kv.free
 

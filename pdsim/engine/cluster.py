@@ -58,10 +58,9 @@ class Cluster:
         self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
         # Client mode is vLLM's P/D proxy: it drops the prefill instance's token, and the decode instance
         # makes all of the output itself (docs/pd_realism.md).
-        regenerate = opts.ttft_mode == "client"
-        self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router, regenerate)
         for inst in self.decode_pool:
-            inst.regenerates_first_token = regenerate
+            inst.regenerates_first_token = opts.ttft_mode == "client"
+        self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router)
         for inst in self.instances:
             inst.on_finish = self._on_finish
             inst.on_handoff = self.handoff.on_handoff

@@ -39,12 +39,8 @@ class HandOff:
     """Moves requests from prefill to decode instances; wired to the instances' callbacks."""
 
     def __init__(self, env: simpy.Environment, kv_transfers: KVTransfers, instances: Sequence[Instance],
-                 decode_router: Router, regenerate_first_token: bool = False) -> None:
+                 decode_router: Router) -> None:
         self.env = env
-        # vLLM's P/D proxy: the decode instance gets the prompt alone, with its KV but the last token's
-        # (vLLM's scheduler recomputes that token to sample from: _update_waiting_for_remote_kv), and
-        # makes every output token, the first included.
-        self.regenerate_first_token = regenerate_first_token
         self.kv_transfers = kv_transfers
         self.by_id = {inst.id: inst for inst in instances}
         self.decode_pool = [i for i in instances if i.pd_type == "decode"]
@@ -116,7 +112,10 @@ class HandOff:
         req.prefill_blocks = 0
         req.prefill_cache_keys = None
         req.kv_ready = True
-        if self.regenerate_first_token:
+        if dec.regenerates_first_token:
+            # vLLM's P/D proxy: the decode instance gets the prompt alone, with its KV but the last token's
+            # (vLLM's scheduler recomputes that token to sample from: _update_waiting_for_remote_kv), and
+            # makes every output token, the first included.
             req.num_computed -= 1
             req.num_generated -= 1
         dec.submit(req)

@@ -21,7 +21,7 @@ import simpy
 from pdsim.engine.kv_cache import BlockManager, blocks_for, request_keys
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler
-from pdsim.engine.step_plan import StepPlan
+from pdsim.engine.step_plan import StepOutcome, StepPlan
 
 if TYPE_CHECKING:
     from pdsim.engine.dp_group import DPGroup
@@ -390,23 +390,28 @@ class Instance:
                 starts.append(t)
             self._step_starts.extend(reversed(starts))
         outcome = self.sched.complete(plan, steps, self.env.now)
+        busy_s = float(durations.sum())
+        self.stats.busy_s += busy_s
+        self._count_steps(plan, durations, steps, outcome, self.env.now - busy_s + float(durations[0]))
+
+    def _count_steps(self, plan: StepPlan, durations: np.ndarray, steps: int, outcome: StepOutcome,
+                     end_of_first: float) -> None:
+        """The bookkeeping of steps that ended (busy time aside: a pipeline's micro-batches overlap): tokens,
+        ITL samples, a hand-off's first decode token (at `end_of_first`, the first step's end), finishes and
+        hand-offs."""
         stats = self.stats
         stats.steps += steps
-        busy_s = float(durations.sum())
-        stats.busy_s += busy_s
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
         if plan.n_decode:
             tokens = plan.n_decode - plan.n_ghosts
             stats.add_itl_run(durations, tokens, tokens - len(plan.fresh_decoders))
-        if plan.fresh_decoders:
-            end_of_first = self.env.now - busy_s + float(durations[0])
-            for req in plan.fresh_decoders:
-                handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
-                if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
-                    stats.itl_gaps_s.append(end_of_first - req.last_token_s)
-                if handed_off:
-                    req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
+        for req in plan.fresh_decoders:
+            handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
+            if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
+                stats.itl_gaps_s.append(end_of_first - req.last_token_s)
+            if handed_off:
+                req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
         stats.itl_gaps_s.extend(outcome.gap_itls_s)
         for req in outcome.finished:
             self.on_finish(req)

@@ -344,34 +344,11 @@ class PipelinedInstance(Instance):
         now = self.env.now
         if not batch.plan.empty:  # a DP rank's dummy batch changes nothing
             outcome = self.sched.complete_batch(batch, now)
-            self._record(batch.plan, np.array([now - batch.launched_s]), outcome)
+            self._count_steps(batch.plan, np.array([now - batch.launched_s]), 1, outcome, now)
         self._last_steps = None  # inputs are taken in at every decision, which happen at launches and returns
         if not self.in_flight:
             self.stats.busy_s += now - self._busy_since
             self._busy_since = None
-
-    def _record(self, plan: StepPlan, durations: np.ndarray, outcome: StepOutcome) -> None:
-        """Instance._after_steps's bookkeeping for one micro-batch (busy time counted in _collect:
-        micro-batches overlap)."""
-        stats = self.stats
-        stats.steps += 1
-        stats.prompt_tokens += outcome.prompt_tokens
-        stats.decode_tokens += outcome.decode_tokens
-        if plan.n_decode:
-            tokens = plan.n_decode - plan.n_ghosts
-            stats.add_itl_run(durations, tokens, tokens - len(plan.fresh_decoders))
-        now = self.env.now
-        for req in plan.fresh_decoders:
-            handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
-            if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
-                stats.itl_gaps_s.append(now - req.last_token_s)
-            if handed_off:
-                req.decode_first_token_s = now
-        stats.itl_gaps_s.extend(outcome.gap_itls_s)
-        for req in outcome.finished:
-            self.on_finish(req)
-        for req in outcome.handoffs:
-            self.on_handoff(self, req)
 
     @property
     def num_requests(self) -> int:

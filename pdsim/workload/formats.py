@@ -201,8 +201,6 @@ def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
     return v
 
 
-
-
 def read_mooncake(path: Path) -> Loaded:
     """Mooncake's FAST'25 traces: `timestamp` in ms from the trace's start, and `hash_ids`, one id
     per 512-token block of the prompt (equal ids: equal prefixes)."""
