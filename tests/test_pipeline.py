@@ -419,3 +419,30 @@ def test_a_recompute_whose_last_chunk_left_in_flight_gives_its_token_an_itl():
     res = run(cfg, _mixed_trace(19, 40, 30.0), kv_gpu_blocks={"n0.i0": 120})
     _, weights = itl_samples(res)
     assert weights.sum() == sum(r.output_toks - 1 for r in res.requests if r.status == "finished")
+
+
+def test_a_prefill_only_request_whose_token_returns_beside_its_recompute_in_flight_is_handed_off(monkeypatch):
+    # Preempted in flight on a pipelined prefill instance and admitted again, a request's token came back
+    # while its recomputed prompt was in flight: it then decoded on the prefill instance (one extra ITL
+    # sample per request, and a hand-off never made) instead of leaving with its first token.
+    from pdsim.metrics.summary import itl_samples
+
+    beside: list[int] = []  # requests whose token returned while their recompute's last chunk was in flight
+    late_token = engine_pipeline.PipelineScheduler._late_token
+    cfg = cluster(_pp("prefill", 4, block_size=8, long_prefill_token_threshold=64), _pp("decode", 1))
+
+    def counted(self, req, now, out, from_prefill=False):
+        in_flight = any(req in b.prefills for b in self.batches)
+        late_token(self, req, now, out, from_prefill)
+        if in_flight and req.status != "finished" and req.tokens_to_compute == 1:
+            beside.append(req.id)
+
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_late_token", counted)
+    res = run(cfg, _mixed_trace(0, 40, 200.0), kv_gpu_blocks={"n0.i0": 80})
+    assert beside, "the case no longer has a token returning beside a recompute in flight"
+    finished = [r for r in res.requests if r.status == "finished"]
+    assert {r.status for r in res.requests} == {"finished", "rejected"}  # 1,510 tokens do not fit 80 blocks of 8
+    assert all(inst.kv.free == inst.kv.num_blocks for inst in res.instances)
+    assert all(res.requests[i].decode_instance == "n0.i1" for i in beside)
+    _, weights = itl_samples(res)
+    assert weights.sum() == sum(r.output_toks - 1 for r in finished)

@@ -105,8 +105,8 @@ class PipelineScheduler(Scheduler):
         the new token is schedulable at once, beside the step in flight, whose own token is appended
         when it returns. The request leaves that batch too (it becomes one of its leavers) and is
         a running request again, with the step in flight counted as computed."""
-        if req.status == "finished":
-            return
+        if req.status == "finished" or (self.prefill_only and req.handoff_s is not None):
+            return  # a prefill-only instance's request is done here once handed off (max_tokens=1)
         if from_prefill and req.num_generated:
             # A recompute's last chunk: its token's gap is an ITL, as when a prompt completes in place
             # (a decode step's token is counted with its batch instead).
@@ -130,6 +130,12 @@ class PipelineScheduler(Scheduler):
         if req.num_generated >= req.output_toks:
             self.running.pop(req, None)
             self._finish(req, now, out)
+            return
+        if self.prefill_only and req.tokens_to_compute == 1:
+            # Its KV is whole (the recompute's chunk in flight counted): it leaves with its first token, as
+            # complete() hands off a prompt's last chunk; that chunk's own token, when it returns, is dropped.
+            self.running.pop(req, None)
+            out.handoffs.append(req)
             return
         if req not in self.running:
             self.running = dict.fromkeys(sorted([*self.running, req], key=operator.attrgetter("admitted_seq")))
