@@ -123,7 +123,7 @@ def test_blackwell_specs_and_aiconfigurator_systems():
         assert (spec.bf16_tflops, spec.fp8_tflops, spec.mem_size_gb) == (bf16, fp8, mem)
         assert spec.mem_bw_gbps == 8000 and spec.intra_node_bw_gbps == 900 and "datasheet" in spec.source
     assert get_hardware("B200_SXM").name == "B200"
-    for system in ("b200_sxm", "gb200_sxm"):
+    for system in ("b200_sxm", "gb200", "gb200_sxm"):
         assert system in importable_systems()
         assert get_hardware(SYSTEM_HARDWARE[system]) is not None and SYSTEM_DEVICE[system]
     # No measured visible memory for Blackwell: the documented 79.19/80 fraction of the datasheet size.

@@ -39,12 +39,13 @@ from pdsim.perf.collectives import PCIE_CUSTOM_MAX_BYTES
 from pdsim.perf.estimate import BATCH_GRID, CHUNK_GRID, KV_GRID, PREFIX_GRID, SEQUENCE_GRID, TOKEN_GRID, estimate_rows
 from pdsim.perf.profile import ProfileMeta, profile_path, write_profile
 
-# aiconfigurator system name -> pdsim hardware name (for the profile's place under profiles/)
+# aiconfigurator system name -> pdsim hardware name (for the profile's place under profiles/). GB200's
+# folder is `gb200` in aiconfigurator-core 0.12.0 (`systems/gb200.yaml`); `gb200_sxm` is kept for older trees.
 SYSTEM_HARDWARE = {"h100_sxm": "H100-SXM", "h200_sxm": "H200", "a100_sxm": "A100-80GB", "l40s": "L40S",
-                   "rtx_pro_6000_server": "RTXPRO6000", "b200_sxm": "B200", "gb200_sxm": "GB200"}
+                   "rtx_pro_6000_server": "RTXPRO6000", "b200_sxm": "B200", "gb200": "GB200", "gb200_sxm": "GB200"}
 # The GPU each system's tables must say they were measured on (their `device` column).
 SYSTEM_DEVICE = {"h100_sxm": "H100", "h200_sxm": "H200", "a100_sxm": "A100", "l40s": "L40S",
-                 "rtx_pro_6000_server": "RTX PRO 6000", "b200_sxm": "B200", "gb200_sxm": "GB200"}
+                 "rtx_pro_6000_server": "RTX PRO 6000", "b200_sxm": "B200", "gb200": "GB200", "gb200_sxm": "GB200"}
 # pdsim quantization -> aiconfigurator's gemm_dtype (its GEMM tables' quant-mode column).
 QUANT_GEMM_DTYPE = {"fp8": "fp8", "fp8_block": "fp8_block"}
 # Attention kernels in order of preference: FlashAttention 3 on Hopper, FlashAttention 2 before it.

@@ -464,8 +464,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 @click.option("--systems-dir", type=click.Path(path_type=Path), default=None,
               help="aiconfigurator's systems/data folder (default: the installed aiconfigurator package's).")
 @click.option("--system", required=True,
-              help="aiconfigurator system, one of: a100_sxm, b200_sxm, gb200_sxm, h100_sxm, h200_sxm, l40s, "
-              "rtx_pro_6000_server.")
+              help="aiconfigurator system, one of: a100_sxm, b200_sxm, gb200 (gb200_sxm in older "
+              "trees), h100_sxm, h200_sxm, l40s, rtx_pro_6000_server.")
 @click.option("--model", required=True, help="Hugging Face id, e.g. Qwen/Qwen3-32B")
 @click.option("--tp", type=int, multiple=True, required=True, help="Tensor-parallel size; repeat for several.")
 @click.option("--dtype", default="bfloat16", show_default=True, help="Activations and KV dtype (16-bit only).")
