@@ -446,3 +446,50 @@ def test_a_prefill_only_request_whose_token_returns_beside_its_recompute_in_flig
     assert all(res.requests[i].decode_instance == "n0.i1" for i in beside)
     _, weights = itl_samples(res)
     assert weights.sum() == sum(r.output_toks - 1 for r in finished)
+
+
+def test_a_token_dropped_for_a_request_that_finished_on_its_other_step_in_flight_is_no_itl(monkeypatch):
+    # Preempted with its decode in flight and admitted again, a request has two steps in flight; it finished on
+    # one, and the other's token was dropped (as vLLM drops a finished request's output), but that batch's
+    # decode count still gave the token an ITL sample: one sample too many.
+    from pdsim.engine.cluster import simulate
+    from pdsim.metrics.summary import itl_samples
+    from pdsim.workload.trace import TraceRequest
+
+    dropped: list[int] = []
+    late_token = engine_pipeline.PipelineScheduler._late_token
+
+    def counted(self, req, now, out, from_prefill=False):
+        if req.status == "finished" and not from_prefill:
+            dropped.append(req.id)
+        late_token(self, req, now, out, from_prefill)
+
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_late_token", counted)
+    shared = tuple(range(1000, 1016))
+    rows = [(0, 16, 2, 0.48, (7681492,), 32), (1, 256, 4, 1.22, shared, 16), (2, 255, 3, 1.75, shared, 16),
+            (3, 256, 150, 3.27, (*shared[:4], 8069921, 1926972, 2707475, 1236000), 32),
+            (7, 256, 2, 6.00, shared[:8], 32), (8, 600, 150, 7.29, tuple(range(5_000_000, 5_000_019)), 32),
+            (9, 2, 10, 7.50, (1885276,), 16), (10, 32, 3, 8.51, (1000,), 32),
+            (11, 256, 2, 9.41, tuple(range(6_000_000, 6_000_016)), 16),
+            (14, 255, 2, 11.14, (*shared[:8], *range(7_000_000, 7_000_008)), 16), (16, 255, 40, 14.68, shared, 16),
+            (17, 31, 2, 15.23, (3810338,), 32), (18, 100, 10, 16.01, shared[:4], 32)]
+    reqs = [TraceRequest(i, inp, out, int(ms * 1e6), ids, hbt) for i, inp, out, ms, ids, hbt in rows]
+    cfg = cluster(instance(None, tp_size=2, pp_size=3, num_npus=6, block_size=16, max_num_batched_tokens=2048,
+                           scheduler_reserve_full_isl=False, long_prefill_token_threshold=64),
+                  link_latency=0)
+    res = simulate(cfg, reqs, SimOptions(kv_gpu_blocks={"n0.i0": 120}))
+    assert dropped, "the case no longer drops a token of a request that finished on its other step in flight"
+    finished = [r for r in res.requests if r.status == "finished"]
+    assert len(finished) == len(rows)
+    _, weights = itl_samples(res)
+    assert weights.sum() == sum(r.output_toks - 1 for r in finished)
+
+
+def test_a_layerwise_transfer_from_a_pipelined_prefill_ends_after_the_step_that_computes_its_kv():
+    # The layer-wise feed spread a micro-batch's layers over the sum of its stage times from its launch; a stage
+    # still busy with an earlier micro-batch made the batch end later, and its KV had all arrived before the last
+    # stage computed it.
+    cfg = cluster(_pp("prefill", 2), instance("decode"), link_bw=1, link_latency=0, kv_transfer={"mode": "layerwise"})
+    res = run(cfg, [(3000, 3, 0.122151763), (33, 2, 0.165102743)])
+    assert all(r.status == "finished" for r in res.requests)
+    assert all(r.kv_transfer_end_s >= r.first_token_s for r in res.requests)

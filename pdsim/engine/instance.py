@@ -403,10 +403,13 @@ class Instance:
         stats.steps += steps
         stats.prompt_tokens += outcome.prompt_tokens
         stats.decode_tokens += outcome.decode_tokens
+        fresh = plan.fresh_decoders
+        if outcome.dropped_decodes:
+            fresh = [r for r in fresh if r not in outcome.dropped_decodes]
         if plan.n_decode:
-            tokens = plan.n_decode - plan.n_ghosts
-            stats.add_itl_run(durations, tokens, tokens - len(plan.fresh_decoders))
-        for req in plan.fresh_decoders:
+            tokens = plan.n_decode - plan.n_ghosts - len(outcome.dropped_decodes)
+            stats.add_itl_run(durations, tokens, tokens - len(fresh))
+        for req in fresh:
             handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
             if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
                 stats.itl_gaps_s.append(end_of_first - req.last_token_s)

@@ -106,7 +106,10 @@ class PipelineScheduler(Scheduler):
         when it returns. The request leaves that batch too (it becomes one of its leavers) and is
         a running request again, with the step in flight counted as computed."""
         if req.status == "finished" or (self.prefill_only and req.handoff_s is not None):
-            return  # a prefill-only instance's request is done here once handed off (max_tokens=1)
+            # A prefill-only instance's request is done here once handed off (max_tokens=1).
+            if not from_prefill:
+                out.dropped_decodes.append(req)
+            return
         if from_prefill and req.num_generated:
             # A recompute's last chunk: its token's gap is an ITL, as when a prompt completes in place
             # (a decode step's token is counted with its batch instead).
@@ -319,7 +322,9 @@ class PipelinedInstance(Instance):
         batch = MicroBatch(plan, env.now, env.event())
         ends = self._stage_ends(stage_s, send_s)
         if plan.prefill:  # before detach: the layer-wise hand-off reads the chunks' progress as scheduled
-            self.on_prefill_step(self, plan, ends[0] - stage_s[0], sum(stage_s) + (self.num_stages - 1) * send_s)
+            # Its layers run from the first stage's start to the last stage's end, waits for busy stages included.
+            start = ends[0] - stage_s[0]
+            self.on_prefill_step(self, plan, start, ends[-1] - start)
         self.sched.detach(plan, batch)
         if self._busy_since is None:
             self._busy_since = env.now

@@ -30,3 +30,6 @@ class StepOutcome:
     handoffs: list[Request] = field(default_factory=list)  # prefill done on a prefill-only instance
     prompt_tokens: int = 0
     decode_tokens: int = 0
+    # Decodes the plan counted whose token was dropped: sampled for a request that had finished (or left the
+    # instance) meanwhile, as vLLM drops a finished request's output (a pipeline's second step in flight).
+    dropped_decodes: list[Request] = field(default_factory=list)
