@@ -218,7 +218,8 @@ class Instance:
         if req.picked_up_s is None:
             self._not_picked_up.append(req)
         self.sched.add_waiting(req)
-        if self._idle or (self._run is not None and self.sched.could_admit(req)):
+        # A hand-off's prompt blocks, cached now, may be the hit that lets a pending one reserve.
+        if self._idle or (self._run is not None and (self.sched.could_admit(req) or self._can_reserve())):
             self._wake_up()
 
     def receive_handoff(self, req: Request) -> None:

@@ -117,10 +117,13 @@ class PipelineScheduler(Scheduler):
         if req in self.waiting:
             before = req.tokens_to_compute
             self._add_token(req, now, out)
-            if req.num_generated >= req.output_toks:
+            if req.num_generated >= req.output_toks or self.prefill_only:
                 self.waiting.remove(req)
                 self.waiting_tokens -= before
-                self._finish(req, now, out)
+                if req.num_generated >= req.output_toks:
+                    self._finish(req, now, out)
+                else:
+                    self._hand_off_late(req, out)
             else:
                 self.waiting_tokens += req.tokens_to_compute - before
             return
@@ -134,11 +137,9 @@ class PipelineScheduler(Scheduler):
             self.running.pop(req, None)
             self._finish(req, now, out)
             return
-        if self.prefill_only and req.tokens_to_compute == 1:
-            # Its KV is whole (the recompute's chunk in flight counted): it leaves with its first token, as
-            # complete() hands off a prompt's last chunk; that chunk's own token, when it returns, is dropped.
+        if self.prefill_only:
             self.running.pop(req, None)
-            out.handoffs.append(req)
+            self._hand_off_late(req, out)
             return
         if req not in self.running:
             self.running = dict.fromkeys(sorted([*self.running, req], key=operator.attrgetter("admitted_seq")))
@@ -149,6 +150,16 @@ class PipelineScheduler(Scheduler):
             self.prefilling.append(req)
             self.prefilling.sort(key=operator.attrgetter("admitted_seq"))
             self.prefilling_kv_tokens += req.num_computed
+
+    @staticmethod
+    def _hand_off_late(req: Request, out: StepOutcome) -> None:
+        """A prefill-only instance's request whose first token came back while it was being recomputed (preempted
+        in flight): vLLM's P/D proxy asked that instance for one token (max_tokens 1), so the token finishes the
+        request there and it leaves with it; a chunk of it still in flight returns a token that is dropped. The
+        decode side takes its whole prompt's KV as sent: what vLLM's connector sends for blocks the request no
+        longer holds (freed by the preemption) is not modelled."""
+        req.num_computed = req.input_toks
+        out.handoffs.append(req)
 
     def _leave_in_flight(self, batch: MicroBatch, req: Request) -> None:
         """Take a request out of its in-flight batch, its step there counted as computed (vLLM
