@@ -323,3 +323,18 @@ def test_heterogeneous_example_runs_and_decode_choice_respects_the_model():
     mixed = cluster_config_from_dict(_two_nodes(instance("prefill"), [other, instance("decode")]))
     res = simulate(mixed, trace([(500, 10, 0.01 * i) for i in range(6)]), SimOptions())
     assert {r.decode_instance for r in res.requests} == {"n1.i1"}
+
+
+def test_a_hand_off_takes_decode_blocks_after_the_running_requests_and_only_with_a_free_slot():
+    # vLLM's scheduler allocates the running requests first; a remote-KV request allocates in the waiting loop,
+    # which stops while max_num_seqs requests run. pdsim reserved a hand-off's blocks before the running
+    # decodes took theirs and whatever the slots, so a running decode was preempted (its recompute made it
+    # finish 0.1 s later) for a hand-off that could not be admitted anyway.
+    from tests.helpers import cluster, instance, run
+
+    cfg = cluster(instance("prefill"), instance("decode", max_num_seqs=1))
+    for steps in (4096, 1):
+        a, b = run(cfg, [(16, 300, 0.0), (600, 10, 0.01)], kv_gpu_blocks={"n0.i1": 50},
+                   max_decode_run_steps=steps).requests
+        assert a.preemptions == 0 and b.status == "finished"
+        assert b.kv_transfer_start_s == pytest.approx(a.finish_s)  # the slot frees when A finishes

@@ -528,15 +528,15 @@ def test_a_preempted_request_recomputes_from_its_own_blocks_still_cached():
     assert runs[True].instances[0].kv.hit_tokens == 0  # recompute lookups are not counted as hits (vLLM)
 
 
-def test_a_hand_off_that_an_arrived_prefix_lets_in_is_reserved_at_the_next_step_of_a_decode_run():
+def test_a_decode_run_passed_in_one_event_matches_stepping_when_an_arrived_prefix_lets_a_hand_off_in():
     # A hand-off's KV arrived on a decode instance in a run of decode steps passed in one event and cached the
     # prefix that a pending hand-off would hit, letting it fit; the run was not woken (only a request it could
-    # admit woke it), so that hand-off reserved 1.7 s later than when stepping one by one.
+    # admit woke it), so that hand-off reserved later than when stepping one by one.
     prefix = tuple(range(1000, 1016))
     rows = [req(0, 16, 150, 0.0), req(1, 256, 10, 0.01, prefix, 16), req(2, 256, 10, 0.011, prefix, 16)]
     cfg = cluster(instance("prefill"), instance("decode", max_num_seqs=1))
     runs = [run(cfg, rows, kv_gpu_blocks={"n0.i1": 30}, max_decode_run_steps=steps) for steps in (4096, 1)]
     assert runs[1].requests[2].decode_cached_tokens == 240  # the case: the third hits the second's prompt
     for fast, stepped in zip(*(r.requests for r in runs)):
-        assert fast.kv_transfer_start_s == stepped.kv_transfer_start_s
+        assert fast.kv_transfer_start_s == pytest.approx(stepped.kv_transfer_start_s)
         assert fast.finish_s == pytest.approx(stepped.finish_s)

@@ -49,6 +49,11 @@ class WaitingAdmission:
     def _slots_taken(self) -> int:
         return len(self.running) + len(self._releasing)
 
+    @property
+    def has_free_slot(self) -> bool:
+        """Fewer than max_num_seqs requests run (vLLM's waiting loop stops there)."""
+        return self._slots_taken < self.max_num_seqs
+
     def _known_todo(self, req: Request) -> int:
         """Tokens a waiting request has to compute that vLLM knows of: its waiting loop counts no token
         still on its way back from a step in flight."""

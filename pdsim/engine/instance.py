@@ -118,6 +118,7 @@ class Instance:
         )
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0
+        self.sched.reserve_handoffs = self._reserve_pending
         self.stats = InstanceStats()
         self.on_finish: Callable[[Request], None] = lambda req: None
         self.on_handoff: Callable[[Instance, Request], None] = lambda inst, req: None
@@ -183,7 +184,7 @@ class Instance:
 
     def has_room_for(self, req: Request) -> bool:
         """Whether a hand-off could reserve its blocks at once (nobody queued before it)."""
-        if self.pending:
+        if self.pending or not self.sched.has_free_slot:
             return False
         need, free = self._handoff_need(req)[0], self.kv.free
         if need > free:
@@ -254,7 +255,8 @@ class Instance:
         them now; None otherwise."""
         # Local requests waiting to (re)compute come first, as in vLLM, where a hand-off gets its
         # blocks only when it reaches the head of the waiting queue.
-        if not self.pending or len(self.sched.waiting) > self.sched.num_waiting_kv_ready:
+        sched = self.sched
+        if not self.pending or len(sched.waiting) > sched.num_waiting_kv_ready or not sched.has_free_slot:
             return None
         # Room for the KV it brings and for the token its first decode step adds (less the prompt
         # blocks this instance's prefix cache already holds: shared, not sent again).
@@ -290,8 +292,6 @@ class Instance:
         sched = self.sched
         predictor = self.predictor
         while True:
-            if self.pending:
-                self._reserve_pending()
             if self._not_picked_up:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None

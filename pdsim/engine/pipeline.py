@@ -278,6 +278,7 @@ class PipelinedInstance(Instance):
             enable_chunked_prefill=old.enable_chunked_prefill, prefill_only=old.prefill_only,
             max_decode_run_steps=1, long_prefill_token_threshold=old.long_prefill_token_threshold,
             async_scheduling=False, reserve_full_isl=old.reserve_full_isl)
+        self.sched.reserve_handoffs = self._reserve_pending
         self.num_stages = predictor.num_stages
         self._stage_free_s = [0.0] * self.num_stages  # when each stage's last micro-batch leaves it
         self.in_flight: deque[MicroBatch] = deque()
@@ -290,8 +291,6 @@ class PipelinedInstance(Instance):
         oldest and process its output."""
         env, sched = self.env, self.sched
         while True:
-            if self.pending:
-                self._reserve_pending()
             if self._not_picked_up:
                 self._pick_up()
             if len(self.in_flight) < self.num_stages:

@@ -50,6 +50,7 @@ scenarios are replayed by tests/test_engine.py).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdsim.engine.admission import WaitingAdmission
@@ -131,6 +132,9 @@ class Scheduler(WaitingAdmission):
         self.prefilling_kv_tokens = 0
         self.num_preemptions = 0
         self.num_waiting_kv_ready = 0
+        # The instance's hand-offs waiting for decode-side blocks take them here, in the waiting phase
+        # (Instance._reserve_pending; set by the instance).
+        self.reserve_handoffs: Callable[[], None] = lambda: None
         self._cohort_blocks_allocated = False
 
     # -- queue state -------------------------------------------------------------------------
@@ -167,6 +171,10 @@ class Scheduler(WaitingAdmission):
                 plan.fresh_decoders.append(req)  # its gap since the last token is two steps or more
         budget, preempted_chunk = self._schedule_partial_prefills(plan, chunks, budget, now)
         self._schedule_waiting(plan, budget, preempted or preempted_chunk, now)
+        if not (preempted or preempted_chunk) and self.has_free_slot:
+            # vLLM's waiting loop, where a remote-KV request allocates its blocks: after the running
+            # requests took theirs, not in a step that preempted, and not while max_num_seqs run.
+            self.reserve_handoffs()
         self._plan_decode_run(plan, preempted or preempted_chunk)
         self._release_finished()
         if self._releasing:
