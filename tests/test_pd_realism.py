@@ -338,3 +338,36 @@ def test_a_hand_off_takes_decode_blocks_after_the_running_requests_and_only_with
                    max_decode_run_steps=steps).requests
         assert a.preemptions == 0 and b.status == "finished"
         assert b.kv_transfer_start_s == pytest.approx(a.finish_s)  # the slot frees when A finishes
+
+
+def test_no_hand_off_reserves_in_a_step_whose_token_budget_is_spent(monkeypatch):
+    # vLLM's waiting loop, where a remote-KV request allocates, runs only while the step has token budget left;
+    # pdsim reserved whatever was left, so hand-offs took the blocks a recompute filling the budget needed
+    # (3 preemptions of it instead of 1).
+    from pdsim.engine import instance as engine_instance
+    from pdsim.engine import scheduler as engine_scheduler
+    from tests.helpers import cluster, instance, run
+
+    instances: list = []
+    spent: list[float] = []  # decisions that reserved a hand-off in a step whose budget was spent
+    init, schedule = engine_instance.Instance.__init__, engine_scheduler.Scheduler.schedule
+
+    def kept(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        instances.append(self)
+
+    def watched(self, now, cutoff=None):
+        pending = [len(inst.pending) for inst in instances]
+        plan = schedule(self, now, cutoff)
+        used = sum(n for _, n in plan.prefill) + plan.n_decode
+        if used >= self.max_num_batched_tokens and any(len(i.pending) < n for i, n in zip(instances, pending)):
+            spent.append(now)
+        return plan
+
+    monkeypatch.setattr(engine_instance.Instance, "__init__", kept)
+    monkeypatch.setattr(engine_scheduler.Scheduler, "schedule", watched)
+    cfg = cluster(instance("prefill"), instance("decode", max_num_batched_tokens=64, max_num_seqs=4, block_size=16))
+    rows = [(200, 300, 0.0), (200, 300, 0.001)] + [(30, 5, 3.5 + 0.004 * i) for i in range(25)]
+    res = run(cfg, rows, kv_gpu_blocks={"n0.i1": 40})
+    assert all(r.status == "finished" for r in res.requests)
+    assert sum(r.preemptions for r in res.requests[:2]) == 1 and not spent

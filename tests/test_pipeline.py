@@ -515,3 +515,25 @@ def test_a_prefill_only_request_leaves_with_its_first_token_whatever_it_was_reco
     finished = [r for r in res.requests if r.status == "finished"]
     assert sum(r.preemptions for r in finished) and set(tokens_at_handoff) == {1}
     assert all(r.decode_instance == "n0.i1" for r in finished if r.output_toks > 1)
+
+
+def test_a_layerwise_transfer_from_a_busy_pipelined_prefill_feeds_the_earlier_chunks_at_once(monkeypatch):
+    # The final chunk of a long prompt launched while the first stage was still busy: its start was in the
+    # future, the layers counted as done came out negative, and the KV of the earlier chunks, ready now, was fed
+    # below its size (and only reached it by the step's start).
+    from pdsim.engine import network as engine_network
+
+    fed: list[tuple[int, int]] = []
+    start = engine_network.Network.start
+
+    def watched(self, path, nbytes, on_done, delay_after_s=0.0, fed_bytes=None, endpoints=("", "")):
+        fed.append((nbytes, fed_bytes))
+        return start(self, path, nbytes, on_done, delay_after_s, fed_bytes, endpoints)
+
+    monkeypatch.setattr(engine_network.Network, "start", watched)
+    cfg = cluster(_pp("prefill", 2), instance("decode"), link_bw=1, link_latency=0, kv_transfer={"mode": "layerwise"})
+    res = run(cfg, [(3000, 3, 0.0)])
+    assert res.requests[0].status == "finished" and len(fed) == 1
+    total, first = fed[0]
+    chunks = [2048, 952]  # the prompt's two chunks at the default budget; the first is done when the last launches
+    assert first == pytest.approx(total * chunks[0] / sum(chunks), rel=1e-9)

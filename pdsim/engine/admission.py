@@ -83,14 +83,15 @@ class WaitingAdmission:
         need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
         return need <= self.kv.free
 
-    def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
+    def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> int:
+        """Admit waiting requests into the step; returns the token budget left."""
         # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
         # the slot for their next token), so they cost no memory, and letting them wait behind a
         # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
         if self.num_waiting_kv_ready:
             for req in [r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff]:
                 if budget <= 0 or self._slots_taken >= self.max_num_seqs:
-                    return
+                    return budget
                 self.waiting.remove(req)
                 self.num_waiting_kv_ready -= 1
                 budget -= self._start(req, 1, now, plan)
@@ -112,6 +113,7 @@ class WaitingAdmission:
                 break
             self.waiting.popleft()
             budget -= self._start(req, num_new, now, plan, hit)
+        return budget
 
     def _fits_whole(self, req: Request, hit: int = 0, evict: int = 0) -> bool:
         """vLLM's can_fit_full_sequence: room for the prompt and what it has generated so far

@@ -101,7 +101,9 @@ class KVTransfers:
         def fed_after(layers_done: int) -> float:
             return total if layers_done >= layers else prior + (total - prior) * layers_done / layers
 
-        elapsed = self.env.now - step.start_s
+        # A pipelined prefill's step may start later than now (its first stage still busy): none of its
+        # layers is done yet, but the KV of the earlier chunks is.
+        elapsed = max(self.env.now - step.start_s, 0.0)
         done = layers if step.duration_s <= 0 else min(layers, int(elapsed / step.duration_s * layers))
         flow = self.network.start(path, total, on_done, delay_after_s, fed_bytes=fed_after(done),
                                   endpoints=(src.id, dst.id))

@@ -170,10 +170,11 @@ class Scheduler(WaitingAdmission):
             if req.in_cohort:
                 plan.fresh_decoders.append(req)  # its gap since the last token is two steps or more
         budget, preempted_chunk = self._schedule_partial_prefills(plan, chunks, budget, now)
-        self._schedule_waiting(plan, budget, preempted or preempted_chunk, now)
-        if not (preempted or preempted_chunk) and self.has_free_slot:
+        budget = self._schedule_waiting(plan, budget, preempted or preempted_chunk, now)
+        if not (preempted or preempted_chunk) and self.has_free_slot and budget > 0:
             # vLLM's waiting loop, where a remote-KV request allocates its blocks: after the running
-            # requests took theirs, not in a step that preempted, and not while max_num_seqs run.
+            # requests took theirs, not in a step that preempted, not while max_num_seqs run, and not
+            # once the step's token budget is spent.
             self.reserve_handoffs()
         self._plan_decode_run(plan, preempted or preempted_chunk)
         self._release_finished()
@@ -267,22 +268,24 @@ class Scheduler(WaitingAdmission):
             budget -= num_new
         return budget, preempted
 
-    def _schedule_waiting(self, plan: StepPlan, budget: int, preempted: bool, now: float) -> None:
+    def _schedule_waiting(self, plan: StepPlan, budget: int, preempted: bool, now: float) -> int:
         """Waiting requests, unless this step already had to preempt (as vLLM does) and still has
         work: with nothing left running, the next step would admit them anyway, at once. (With
         micro-batches in flight vLLM queues the empty step and decides again when the oldest
         returns: pipeline.py. plan.n_decode is only filled in later, so the decodes are counted
-        from the cohort.)"""
+        from the cohort.) Returns the token budget left."""
         cohort = self.cohort
+        left = budget
         if not preempted or (not plan.prefill and not cohort.n and not self.num_batches_in_flight):
-            self._admit_waiting(plan, budget, now)
+            left = self._admit_waiting(plan, budget, now)
         if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished, seeing every token) and schedules what has arrived at once.
             self._release_finished(everything=True)
             self._unseen.clear()
             self._decided_s = now
-            self._admit_waiting(plan, budget, now)
+            left = self._admit_waiting(plan, budget, now)
+        return left
 
     def _plan_decode_run(self, plan: StepPlan, preempted: bool) -> None:
         """The decode batch, and how many decode steps may run back to back."""
