@@ -540,3 +540,19 @@ def test_a_decode_run_passed_in_one_event_matches_stepping_when_an_arrived_prefi
     for fast, stepped in zip(*(r.requests for r in runs)):
         assert fast.kv_transfer_start_s == pytest.approx(stepped.kv_transfer_start_s)
         assert fast.finish_s == pytest.approx(stepped.finish_s)
+
+
+def test_prefix_aware_routing_sees_the_evictions_of_a_decode_run_passed_in_one_event():
+    # A run of decode steps passed in one event allocated its later steps' blocks only at its end, so the cached
+    # free blocks stepping would already have evicted still counted as hits: prefix_aware routing sent a request
+    # to the instance whose cache no longer held its prefix (stepping one by one sent it elsewhere).
+    prefix = tuple(range(1000, 1008))
+    rows = [req(0, 128, 2, 0.0, prefix, 16)] + [req(1 + i, 16, 150, 0.05 + 0.01 * i) for i in range(3)] \
+        + [req(4, 128, 5, 1.0, prefix, 16)]
+    cfg = cluster(instance("prefill"), instance("decode"), instance("decode"),
+                  router={"prefill_policy": "round_robin", "decode_policy": "prefix_aware"})
+    runs = [run(cfg, rows, kv_gpu_blocks={"n0.i1": 14, "n0.i2": 12}, max_decode_run_steps=steps) for steps in (4096, 1)]
+    for fast, stepped in zip(*(r.requests for r in runs)):
+        assert fast.decode_instance == stepped.decode_instance
+        assert fast.finish_s == pytest.approx(stepped.finish_s)
+    assert all(inst.kv.free == inst.kv.num_blocks for r in runs for inst in r.instances)

@@ -165,6 +165,7 @@ class Instance:
         """Prompt tokens of `req` this instance's prefix cache holds (what a KV-aware router sees)."""
         if not req.hash_ids or not self.kv.enable_caching:
             return 0
+        self._take_run_blocks()
         bs = self.kv.block_size
         return self.kv.longest_hit(request_keys(req, bs), (req.input_toks - 1) // bs)[0] * bs
 
@@ -194,14 +195,25 @@ class Instance:
         # Room even once the whole run has taken its blocks (the common case) needs no look at its progress.
         if self._run_later_blocks is None:
             self._run_later_blocks = self.sched.cohort.new_blocks(1, len(self._run[1]) - 1)
-        return need <= free - self._run_later_blocks or need <= free - self._run_blocks_ahead()
+        taken = self.sched.run_blocks_taken
+        return need <= free - (self._run_later_blocks - taken) or need <= free - self._run_blocks_ahead()
 
     def _run_blocks_ahead(self) -> int:
         """Blocks a run of decode steps passing in one event has not allocated yet where stepping one by one
         would have: those of the steps after its first up to the one in progress."""
         if self._run is None:
             return 0
-        return self.sched.cohort.new_blocks(1, min(self._run_steps_done(), len(self._run[1]) - 1))
+        due = self.sched.cohort.new_blocks(1, min(self._run_steps_done(), len(self._run[1]) - 1))
+        return due - self.sched.run_blocks_taken
+
+    def _take_run_blocks(self) -> None:
+        """Allocate now the blocks that stepping one by one would have allocated by now in a run of decode
+        steps passing in one event (the run's end takes only the rest): with a prefix cache, allocations evict
+        cached free blocks, and a lookup must not find one that stepping would have evicted."""
+        ahead = self._run_blocks_ahead()
+        if ahead > 0:
+            self.kv.allocate(ahead)
+            self.sched.run_blocks_taken += ahead
 
     @property
     def in_run(self) -> bool:

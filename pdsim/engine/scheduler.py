@@ -135,6 +135,8 @@ class Scheduler(WaitingAdmission):
         # The instance's hand-offs waiting for decode-side blocks take them here, in the waiting phase
         # (Instance._reserve_pending; set by the instance).
         self.reserve_handoffs: Callable[[], None] = lambda: None
+        # Blocks of a run of decode steps passing in one event taken before its end (Instance._take_run_blocks).
+        self.run_blocks_taken = 0
         self._cohort_blocks_allocated = False
 
     # -- queue state -------------------------------------------------------------------------
@@ -424,7 +426,8 @@ class Scheduler(WaitingAdmission):
         out = StepOutcome()
         cohort = self.cohort
         # Blocks for the decode steps after the first (the first was allocated in schedule()).
-        self.kv.allocate(cohort.new_blocks(1, steps_done - 1))
+        self.kv.allocate(cohort.new_blocks(1, steps_done - 1) - self.run_blocks_taken)
+        self.run_blocks_taken = 0
         out.decode_tokens = (cohort.n - self.ghosts) * steps_done  # a ghost decode makes no token
         finishing = cohort.advance(steps_done)
         if self.async_depth > 1:
