@@ -114,32 +114,30 @@ class PipelineScheduler(Scheduler):
             # A recompute's last chunk: its token's gap is an ITL, as when a prompt completes in place
             # (a decode step's token is counted with its batch instead).
             out.gap_itls_s.append(now - req.last_token_s)
-        if req in self.waiting:
+        waiting = req in self.waiting
+        if waiting:
             before = req.tokens_to_compute
-            self._add_token(req, now, out)
-            if req.num_generated >= req.output_toks or self.prefill_only:
+        else:
+            batch = next((b for b in self.batches if req in b.decoders or req in b.prefills), None)
+            if batch is not None:
+                self._leave_in_flight(batch, req)
+            else:
+                self._take_out(req)
+        self._add_token(req, now, out)
+        done = req.num_generated >= req.output_toks
+        if done or self.prefill_only:
+            if waiting:
                 self.waiting.remove(req)
                 self.waiting_tokens -= before
-                if req.num_generated >= req.output_toks:
-                    self._finish(req, now, out)
-                else:
-                    self._hand_off_late(req, out)
             else:
-                self.waiting_tokens += req.tokens_to_compute - before
+                self.running.pop(req, None)
+            if done:
+                self._finish(req, now, out)
+            else:
+                self._hand_off_late(req, out)
             return
-        batch = next((b for b in self.batches if req in b.decoders or req in b.prefills), None)
-        if batch is not None:
-            self._leave_in_flight(batch, req)
-        else:
-            self._take_out(req)
-        self._add_token(req, now, out)
-        if req.num_generated >= req.output_toks:
-            self.running.pop(req, None)
-            self._finish(req, now, out)
-            return
-        if self.prefill_only:
-            self.running.pop(req, None)
-            self._hand_off_late(req, out)
+        if waiting:
+            self.waiting_tokens += req.tokens_to_compute - before
             return
         if req not in self.running:
             self.running = dict.fromkeys(sorted([*self.running, req], key=operator.attrgetter("admitted_seq")))
