@@ -44,7 +44,7 @@ def test_a_gpu_without_peer_to_peer_gets_nccl_of_its_pcie_generation():
 
 
 def test_measured_pcie_servers_follow_their_tables():
-    # aiconfigurator-core 0.12's rtx_pro_6000_server tables (benchmarks/pcie_allreduce_fit.py), bf16:
+    # aiconfigurator-core 0.12's rtx_pro_6000_server tables (benchmarks/allreduce_fit.py), bf16:
     # vLLM 0.19 custom all-reduce (graph) of 262,144 elements (512 KiB, a 64-token decode of a
     # 4096-wide model) 55.5 us; NCCL 2.29.2 of 8,388,608 elements (16 MiB) 473.5 us.
     rtx = get_hardware("RTXPRO6000")
@@ -83,11 +83,54 @@ def test_models_are_zero_for_one_gpu_and_grow_with_size():
         assert model.time_us(1 << 24, 4) > model.time_us(1 << 20, 4) > 0.0
 
 
-def test_a100_nvlink_bandwidth_scaled_by_its_line_rate():
-    a100, h100 = get_hardware("A100-80GB"), get_hardware("H100-SXM")
-    a, h = interconnect_model(a100, 8), interconnect_model(h100, 8)
-    assert a.bus_bw_gbps == pytest.approx(h.bus_bw_gbps * 300 / 450)
-    assert "scaled" in a.source and a.call_us == h.call_us
+# aiconfigurator-core 0.12's collective tables (benchmarks/allreduce_fit.py re-derives the constants
+# from them), bf16, bytes -> us: the faster of vLLM's custom all-reduce (graph) and NCCL all_reduce at
+# each size, and NCCL alone. A100 SXM4 (vLLM 0.14.0, NCCL 2.27.3) and B200 (0.19.0, 2.29.2) at 8 GPUs,
+# GB200 (0.19.0, 2.29.2) at 4.
+NVLINK_POINTS = {
+    ("A100-80GB", 8): ({16384: 6.5, 131072: 11.4, 1048576: 21.7, 8388608: 128.0, 67108864: 594.2,
+                        268435456: 2170.2}, {16384: 22.6, 1048576: 38.8, 8388608: 128.0, 268435456: 2182.5}),
+    ("B200", 8): ({16384: 8.2, 131072: 9.4, 1048576: 16.7, 8388608: 38.9, 67108864: 222.5, 268435456: 715.3},
+                  {16384: 26.6, 1048576: 30.1, 8388608: 71.6, 268435456: 715.4}),
+    ("GB200", 4): ({16384: 5.4, 131072: 6.0, 1048576: 12.5, 8388608: 50.4, 67108864: 182.4, 268435456: 662.8},
+                   {16384: 16.8, 1048576: 19.7, 8388608: 87.9, 268435456: 662.8}),
+}
+
+
+def _errors(model, points: dict[int, float], n: int) -> np.ndarray:
+    return np.array([model.time_us(b, n) / us - 1 for b, us in points.items()])
+
+
+@pytest.mark.parametrize(("hardware", "n"), list(NVLINK_POINTS))
+def test_nvlink_gpus_with_their_own_tables_use_them(hardware, n):
+    spec = get_hardware(hardware)
+    for points, custom in zip(NVLINK_POINTS[(hardware, n)], (True, False)):
+        own = interconnect_model(spec, n, custom_all_reduce=custom)
+        assert "measured on" in own.source and ("NCCL only" in own.source) != custom
+        # One alpha-beta line through each table: unbiased, within about 20% at these sizes.
+        err = _errors(own, points, n)
+        assert abs(err.mean()) < 0.1 and np.abs(err).mean() < 0.25
+        # The H100 model scaled by line rate, which priced these GPUs before, is 14-30% too fast here.
+        h100_scaled = interconnect_model(replace(spec, name="H100-SXM"), n, custom_all_reduce=custom)
+        assert "scaled" in h100_scaled.source and _errors(h100_scaled, points, n).mean() < -0.1
+
+
+def test_which_nvlink_model_prices_a_gpu():
+    # A100-40GB: the same SXM4 board and NVLink as the measured A100-80GB.
+    assert "measured on A100" in interconnect_model(get_hardware("A100-40GB"), 4).source
+    # GB200 was measured at 2 and 4 GPUs: 8 take the 4-GPU figures, and the source says so.
+    gb = interconnect_model(get_hardware("GB200"), 8)
+    assert gb.source.endswith("its 4-GPU figures")
+    assert gb.call_us == interconnect_model(get_hardware("GB200"), 4).call_us
+    # H200 keeps the H100 model (its own tables refit within 5% of it); H800 has no tables: scaled.
+    h100 = interconnect_model(get_hardware("H100-SXM"), 8)
+    h200 = interconnect_model(get_hardware("H200"), 8)
+    assert (h200.source, h200.call_us, h200.bus_bw_gbps) == (h100.source, h100.call_us, h100.bus_bw_gbps)
+    h800 = interconnect_model(get_hardware("H800"), 8)
+    assert "scaled" in h800.source and h800.bus_bw_gbps == pytest.approx(h100.bus_bw_gbps * 200 / 450)
+    # A config that gives the A100 another link is another machine: the H100 model scaled to that link.
+    other = interconnect_model(replace(get_hardware("A100-80GB"), intra_node_bw_gbps=600.0), 8)
+    assert "scaled" in other.source and other.bus_bw_gbps == pytest.approx(h100.bus_bw_gbps * 600 / 450)
 
 
 @needs_shared

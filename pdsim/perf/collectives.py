@@ -10,7 +10,8 @@ can be set directly; `call_us` is the per-call cost (kernel launch and synchroni
 applies (docs/validation.md, "TP collectives"):
 
 1. the profile's measured all-reduce table (the predictor reads it);
-2. a GPU with NVLink: NVLINK4_BY_GPUS, derived from aiconfigurator's H100 measurements;
+2. a GPU with NVLink: NVLINK_MEASURED where its own server was measured (A100, B200, GB200), else
+   NVLINK4_BY_GPUS, derived from aiconfigurator's H100 measurements;
 3. a PCIe GPU whose server was measured (RTX PRO 6000, L40S): PCIE_MEASURED, derived from
    aiconfigurator-core's collective tables for it;
 4. another PCIe GPU: the estimated PCIe model below;
@@ -74,6 +75,29 @@ NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 2
 NVLINK4_NCCL_BY_GPUS: dict[int, tuple[float, float]] = {2: (7.43, 241.0), 4: (11.1, 292.0), 8: (18.2, 340.0)}
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
 NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
+# Other NVLink servers measured in aiconfigurator-core 0.12.0's systems data (the PyPI wheel, Apache-2.0;
+# `systems/data/<system>/comm/`, sizes in bf16 elements), fitted as above: per GPU count, (call us, bus
+# bandwidth GB/s) of the faster of vLLM's custom all-reduce (CUDA-graph mode) and NCCL all_reduce (half),
+# and of NCCL alone. benchmarks/allreduce_fit.py re-derives them and prints the fit errors (mean |error|
+# 8-19%). Against these tables the H100 model scaled by line rate was too fast by 8-31% on A100 and 19-37%
+# on B200 and GB200 (signed mean error per GPU count and algorithm). H200's own tables (vLLM 0.19.0, NCCL
+# 2.29.2) refit to within 5% of the H100 constants, and the H100 model follows them as closely as it
+# follows H100's (signed mean error -5..+1%), so H200 (and H20, the same NVLink 4) keeps the H100 model.
+NVLINK_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
+    # hardware: (what was measured, custom or NCCL by GPU count, NCCL alone by GPU count)
+    "A100-80GB": ("A100 SXM4 server (NVLink 3): vLLM 0.14 custom all-reduce, NCCL 2.27.3",
+                  {2: (5.02, 170.0), 4: (6.17, 167.0), 8: (7.41, 170.0)},
+                  {2: (13.3, 150.0), 4: (16.9, 170.0), 8: (25.0, 176.0)}),
+    "B200": ("B200 server (NVLink 5): vLLM 0.19 custom all-reduce, NCCL 2.29.2",
+             {2: (7.59, 414.0), 4: (8.37, 475.0), 8: (9.36, 535.0)},
+             {2: (11.4, 444.0), 4: (16.9, 510.0), 8: (27.6, 494.0)}),
+    # GB200 was measured at 2 and 4 GPUs (one compute tray); larger groups take the 4-GPU figures.
+    "GB200": ("GB200 (NVLink 5): vLLM 0.19 custom all-reduce, NCCL 2.29.2",
+              {2: (5.15, 397.0), 4: (5.89, 459.0)},
+              {2: (12.0, 448.0), 4: (17.4, 509.0)}),
+}
+NVLINK_MEASURED_LIKE = {"A100-40GB": "A100-80GB"}  # the same SXM4 board and NVLink 3
+NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 collective tables)"
 
 # PCIe servers that were measured: aiconfigurator-core 0.12.0's systems data (Apache-2.0, the PyPI
 # wheel aiconfigurator-core; `systems/data/<system>/comm/`), message sizes in elements of bf16 (x2 for
@@ -81,7 +105,7 @@ NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL meas
 # in CUDA-graph mode (`vLLM_custom_graph`), which vLLM 0.19 runs on two PCIe GPUs for messages under
 # its 8 MiB max_size, and of NCCL all_reduce (half), which it runs for larger messages and on more than
 # two PCIe GPUs. Least squares in relative error over 8 KB..8 MiB (custom) and 8 KB..256 MB (NCCL);
-# benchmarks/pcie_allreduce_fit.py re-derives them and prints the fit errors:
+# benchmarks/allreduce_fit.py re-derives them and prints the fit errors:
 # - rtx_pro_6000_server (8 x RTX PRO 6000 Blackwell Server Edition, PCIe 5): custom all-reduce of vLLM
 #   0.19.0, NCCL 2.29.2. Mean |error| custom 3%, NCCL 9 / 9 / 14% for 2 / 4 / 8 GPUs.
 # - l40s (8 x L40S, PCIe 4): custom all-reduce of vLLM 0.14.0, NCCL 2.27.3. Mean |error| custom 4%,
@@ -122,13 +146,35 @@ NCCL_ONLY = "; NCCL only (vLLM's custom all-reduce disabled)"
 
 
 def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
-    """H100's measured NVLink behaviour; another NVLink generation's bandwidth scaled by its line rate."""
+    """The GPU's own measured NVLink behaviour where its server was measured; else H100's, with another
+    NVLink generation's bandwidth scaled by its line rate."""
+    measured = measured_nvlink_model(hardware, n, custom_all_reduce)
+    if measured is not None:
+        return measured
     table = NVLINK4_BY_GPUS if custom_all_reduce else NVLINK4_NCCL_BY_GPUS
     gpus = min(table, key=lambda g: (abs(g - n), g))
     call_us, bus_bw = table[gpus]
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
     source = NVLINK_SOURCE if scale == 1.0 else f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
     return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
+
+
+def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
+    """NVLINK_MEASURED's model for n GPUs (the nearest measured count); None when the GPU's server was not
+    measured, or a config gave it another link than its spec's (another machine)."""
+    measured = NVLINK_MEASURED_LIKE.get(hardware.name, hardware.name)
+    if measured not in NVLINK_MEASURED:
+        return None
+    if hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
+        return None
+    what, best, nccl = NVLINK_MEASURED[measured]
+    table = best if custom_all_reduce else nccl
+    gpus = min(table, key=lambda g: (abs(g - n), g))
+    source = NVLINK_MEASURED_SOURCE.format(what)
+    if gpus != n:
+        source += f", its {gpus}-GPU figures"
+    call_us, bus_bw = table[gpus]
+    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw)
 
 
 # A GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16 (the link of most PCIe cards
