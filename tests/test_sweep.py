@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -192,6 +193,59 @@ def test_pool_matches_inline_and_resume_is_exact(small, tmp_path):
     resumed = run_sweep(jobs, Counting(base_trace, SETTINGS), tmp_path / "c.csv", resume=True)
     assert resumed == inline
     assert len(ran) == len(jobs) - 4
+
+
+KILLED_SWEEP = """
+import os, sys, time
+from pdsim.sweep.runner import PoolExecutor
+
+def report(path):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    pool = PoolExecutor([], None, workers=2)
+    pool.pool.submit(report, sys.argv[1])
+    time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie (exited, not yet reaped by whoever adopted it) has ended
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pool_workers_end_when_the_sweep_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script, pid_file = tmp_path / "sweep.py", tmp_path / "worker.pid"
+    script.write_text(KILLED_SWEEP)
+    sweep = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists():
+            assert time.monotonic() < deadline and sweep.poll() is None, "the worker never started"
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+    finally:
+        sweep.kill()  # SIGKILL: no clean-up runs in the sweep process
+        sweep.wait()
+    # Before, the worker ran on and then waited for ever for work, holding its memory.
+    deadline = time.monotonic() + 15
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ended = not _running(worker)
+    if not ended:
+        os.kill(worker, 9)
+    assert ended, "a pool worker outlived the killed sweep"
 
 
 def test_resume_refuses_rows_made_under_other_settings(tmp_path):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -234,9 +236,24 @@ def _last_finish_s(df) -> float:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings) -> None:
+# A pool worker outlives a parent killed outright (SIGKILL, the OOM killer, a batch system's kill): it
+# finishes its run, then waits for ever on the task queue, whose other end its sibling workers hold
+# open, keeping its memory. Each worker checks this often that its parent is still the one that started it.
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings, parent_pid: int | None = None) -> None:
     _WORKER_STATE["trace"] = base_trace
     _WORKER_STATE["settings"] = settings
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="pdsim-parent-check", daemon=True).start()
 
 
 def _run_in_worker(job: Job) -> dict[str, Any]:
@@ -267,7 +284,7 @@ class PoolExecutor(Executor):
 
     def __init__(self, base_trace: Sequence[TraceRequest], settings: RunSettings, workers: int) -> None:
         self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                        initargs=(list(base_trace), settings))
+                                        initargs=(list(base_trace), settings, os.getpid()))
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
         pending: dict[Future, Job] = {self.pool.submit(_run_in_worker, job): job for job in jobs}
