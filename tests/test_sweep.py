@@ -248,6 +248,40 @@ def test_pool_workers_end_when_the_sweep_is_killed(tmp_path):
     assert ended, "a pool worker outlived the killed sweep"
 
 
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
+def test_ctrl_c_stops_a_sweep_at_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    trace = tmp_path / "trace.jsonl"
+    res = CliRunner().invoke(cli, ["workload", "generate", "--num-requests", "50000", "--rate", "20",
+                                   "--out", str(trace)])
+    assert res.exit_code == 0, res.output
+    cmd = [sys.executable, "-m", "pdsim", "sweep", "--base-config", str(BASE), "--dataset", str(trace),
+           "--rates", "5,10,20", "--gpus", "16", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "100",
+           "--workers", "2", "--quiet", "--out", str(tmp_path / "s")]
+    # As a terminal's Ctrl-C: SIGINT to the whole process group (the pool's workers too).
+    sweep = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert sweep.stdout.readline().startswith("sweep: ")
+        time.sleep(2.0)  # the workers are inside their first runs (each takes far longer than this)
+        os.killpg(sweep.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        # Before, each worker took the interrupt for its run's result and went on to the run queued
+        # behind it: the sweep ended only when that run did.
+        _, err = sweep.communicate(timeout=60)
+        took_s = time.monotonic() - interrupted
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert sweep.returncode == 1 and "aborted" in err and "Traceback" not in err, err
+    assert took_s < 5.0, f"the sweep took {took_s:.1f} s to stop"
+
+
 def test_resume_refuses_rows_made_under_other_settings(tmp_path):
     runner = CliRunner()
     common = ["--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "30", "--gpus", "2",

@@ -285,6 +285,7 @@ class PoolExecutor(Executor):
     def __init__(self, base_trace: Sequence[TraceRequest], settings: RunSettings, workers: int) -> None:
         self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
                                         initargs=(list(base_trace), settings, os.getpid()))
+        self.interrupted = False
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
         pending: dict[Future, Job] = {self.pool.submit(_run_in_worker, job): job for job in jobs}
@@ -296,8 +297,18 @@ class PoolExecutor(Executor):
         finally:
             for fut in pending:
                 fut.cancel()
+            self.interrupted = self.interrupted or bool(pending)
 
     def close(self) -> None:
+        if self.interrupted:
+            # Ctrl-C or an error left runs unfinished: nobody wants them, yet a worker finishes the run it
+            # holds and the one queued behind it (it takes an interrupt for that run's result).
+            terminate = getattr(self.pool, "terminate_workers", None)  # Python >= 3.14
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                    process.terminate()
         self.pool.shutdown(cancel_futures=True)
 
 
