@@ -236,24 +236,34 @@ def _last_finish_s(df) -> float:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-# A pool worker outlives a parent killed outright (SIGKILL, the OOM killer, a batch system's kill): it
+# A pool worker outlives a sweep killed outright (SIGKILL, the OOM killer, a batch system's kill): it
 # finishes its run, then waits for ever on the task queue, whose other end its sibling workers hold
-# open, keeping its memory. Each worker checks this often that its parent is still the one that started it.
+# open, keeping its memory. Each worker checks this often that it still has the parent it started with and,
+# under the forkserver start method (the fork server is its parent and outlives the sweep), that the sweep's
+# process still exists.
 PARENT_CHECK_S = 1.0
 
 
-def _exit_with_parent(parent_pid: int) -> None:
+def _exit_with_sweep(parent_pid: int, sweep_pid: int) -> None:
     while True:
         time.sleep(PARENT_CHECK_S)
         if os.getppid() != parent_pid:
             os._exit(1)
+        if sweep_pid != parent_pid:
+            try:
+                os.kill(sweep_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:  # exists, not ours to signal
+                pass
 
 
-def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings, parent_pid: int | None = None) -> None:
+def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings, sweep_pid: int | None = None) -> None:
     _WORKER_STATE["trace"] = base_trace
     _WORKER_STATE["settings"] = settings
-    if parent_pid is not None:
-        threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="pdsim-parent-check", daemon=True).start()
+    if sweep_pid is not None:
+        threading.Thread(target=_exit_with_sweep, args=(os.getppid(), sweep_pid), name="pdsim-sweep-check",
+                         daemon=True).start()
 
 
 def _run_in_worker(job: Job) -> dict[str, Any]:
