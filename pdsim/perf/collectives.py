@@ -159,15 +159,21 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
     return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
 
 
+def _measured(servers: dict[str, tuple], like: dict[str, str], hardware: HardwareSpec) -> tuple[str, tuple] | None:
+    """(name, entry) of the measured server of this GPU (or of the GPU it is measured like); None when there
+    is none, or a config gave the GPU another link than its spec's (another machine)."""
+    name = like.get(hardware.name, hardware.name)
+    if name not in servers or hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
+        return None
+    return name, servers[name]
+
+
 def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
-    """NVLINK_MEASURED's model for n GPUs (the nearest measured count); None when the GPU's server was not
-    measured, or a config gave it another link than its spec's (another machine)."""
-    measured = NVLINK_MEASURED_LIKE.get(hardware.name, hardware.name)
-    if measured not in NVLINK_MEASURED:
+    """NVLINK_MEASURED's model for n GPUs (the nearest measured count), or None (see _measured)."""
+    found = _measured(NVLINK_MEASURED, NVLINK_MEASURED_LIKE, hardware)
+    if found is None:
         return None
-    if hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
-        return None
-    what, best, nccl = NVLINK_MEASURED[measured]
+    what, best, nccl = found[1]
     table = best if custom_all_reduce else nccl
     gpus = min(table, key=lambda g: (abs(g - n), g))
     source = NVLINK_MEASURED_SOURCE.format(what)
@@ -202,12 +208,10 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
     """The measured server's model for n GPUs (the nearest measured count), as vLLM picks the
     algorithm: custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise. None when
     the GPU's server was not measured, or a config gave it another link than its spec's (another machine)."""
-    measured = PCIE_WITHOUT_P2P_LIKE.get(hardware.name, hardware.name)
-    if measured not in PCIE_MEASURED:
+    found = _measured(PCIE_MEASURED, PCIE_WITHOUT_P2P_LIKE, hardware)
+    if found is None:
         return None
-    if hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
-        return None
-    what, custom, nccl = PCIE_MEASURED[measured]
+    measured, (what, custom, nccl) = found
     source = PCIE_MEASURED_SOURCE.format(what)
     if measured != hardware.name:  # no P2P: NCCL only, lower bound
         custom = {}
