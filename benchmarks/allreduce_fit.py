@@ -119,6 +119,10 @@ def main() -> None:
                 nbytes, us = rows(tables, n, MAX_NCCL_BYTES + 1)
                 if ours is not None and n in ours[i]:
                     worst = max(worst, refit(label, nbytes, us, n, *ours[i][n]))
+                else:  # tables pdsim does not use: their own fit, for comparison
+                    c, b, rel = fit(nbytes, us, n)
+                    print(f"  {label}, {n} GPUs: fit {c:.2f} us + busbw {b:.3g} GB/s (not used by pdsim); "
+                          f"mean |error| {np.abs(rel).mean():.0%}, worst {np.abs(rel).max():.0%}")
                 h100_model = nvlink_model(h100_like, n, custom_on)
                 rel = np.array([h100_model.time_us(b, n) for b in nbytes]) / us - 1
                 print(f"    H100 model x{spec.intra_node_bw_gbps / 450:.2f} ({label}, {n} GPUs): mean |error| "

@@ -196,7 +196,7 @@ def test_pool_matches_inline_and_resume_is_exact(small, tmp_path):
 
 
 KILLED_SWEEP = """
-import os, sys, time
+import multiprocessing, os, sys, time
 from pdsim.sweep.runner import PoolExecutor
 
 def report(path):
@@ -206,49 +206,74 @@ def report(path):
     time.sleep(120)
 
 if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[2])
     pool = PoolExecutor([], None, workers=2)
     pool.pool.submit(report, sys.argv[1])
     time.sleep(120)
 """
 
 
-def _running(pid: int) -> bool:
-    try:  # a zombie (exited, not yet reaped by whoever adopted it) has ended
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+def _checkout_env() -> dict[str, str]:
+    """The environment for a child Python that imports this checkout's pdsim, whatever is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _running_in_group(pgid: int) -> list[int]:
+    """Processes of the group still running (a zombie, exited but not yet reaped, has ended)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(group) == pgid and state != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _stop_group(pgid: int, within_s: float) -> list[int]:
+    """Wait up to within_s for the group's processes to end; kill and return those that did not."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + within_s
+    while (left := _running_in_group(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
-def test_pool_workers_end_when_the_sweep_is_killed(tmp_path):
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_pool_workers_end_when_the_sweep_is_killed(tmp_path, start_method):
+    import multiprocessing
     import subprocess
     import sys
     import time
 
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start_method} start method here")
     script, pid_file = tmp_path / "sweep.py", tmp_path / "worker.pid"
     script.write_text(KILLED_SWEEP)
-    sweep = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    sweep = subprocess.Popen([sys.executable, str(script), str(pid_file), start_method], start_new_session=True,
+                             env=_checkout_env())
     try:
         deadline = time.monotonic() + 60
         while not pid_file.exists():
             assert time.monotonic() < deadline and sweep.poll() is None, "the worker never started"
             time.sleep(0.05)
-        worker = int(pid_file.read_text())
-        assert _running(worker)
     finally:
         sweep.kill()  # SIGKILL: no clean-up runs in the sweep process
         sweep.wait()
-    # Before, the worker ran on and then waited for ever for work, holding its memory.
-    deadline = time.monotonic() + 15
-    while _running(worker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    ended = not _running(worker)
-    if not ended:
-        os.kill(worker, 9)
-    assert ended, "a pool worker outlived the killed sweep"
+    # Before, the workers ran on and then waited for ever for work, holding their memory (under
+    # forkserver the fork server stayed too).
+    assert not _stop_group(sweep.pid, 15.0), "pool workers outlived the killed sweep"
 
 
-@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
 def test_ctrl_c_stops_a_sweep_at_once(tmp_path):
     import signal
     import subprocess
@@ -256,30 +281,34 @@ def test_ctrl_c_stops_a_sweep_at_once(tmp_path):
     import time
 
     trace = tmp_path / "trace.jsonl"
-    res = CliRunner().invoke(cli, ["workload", "generate", "--num-requests", "50000", "--rate", "20",
+    res = CliRunner().invoke(cli, ["workload", "generate", "--num-requests", "150000", "--rate", "20",
                                    "--out", str(trace)])
     assert res.exit_code == 0, res.output
-    cmd = [sys.executable, "-m", "pdsim", "sweep", "--base-config", str(BASE), "--dataset", str(trace),
+    # Python as a terminal starts it (Ctrl-C raises KeyboardInterrupt), whatever this process ignores.
+    start = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "runpy.run_module('pdsim', run_name='__main__')")
+    cmd = [sys.executable, "-c", start, "sweep", "--base-config", str(BASE), "--dataset", str(trace),
            "--rates", "5,10,20", "--gpus", "16", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "100",
            "--workers", "2", "--quiet", "--out", str(tmp_path / "s")]
-    # As a terminal's Ctrl-C: SIGINT to the whole process group (the pool's workers too).
     sweep = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             text=True, env=_checkout_env())
     try:
         assert sweep.stdout.readline().startswith("sweep: ")
         time.sleep(2.0)  # the workers are inside their first runs (each takes far longer than this)
-        os.killpg(sweep.pid, signal.SIGINT)
+        os.killpg(sweep.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group
         interrupted = time.monotonic()
         # Before, each worker took the interrupt for its run's result and went on to the run queued
-        # behind it: the sweep ended only when that run did.
-        _, err = sweep.communicate(timeout=60)
+        # behind it: the sweep ended only when that run did (tens of seconds here).
+        _, err = sweep.communicate(timeout=120)
         took_s = time.monotonic() - interrupted
     finally:
         if sweep.poll() is None:
-            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.kill()
             sweep.wait()
+        left = _stop_group(sweep.pid, 5.0)
     assert sweep.returncode == 1 and "aborted" in err and "Traceback" not in err, err
     assert took_s < 5.0, f"the sweep took {took_s:.1f} s to stop"
+    assert not left, "pool workers outlived the interrupted sweep"
 
 
 def test_resume_refuses_rows_made_under_other_settings(tmp_path):

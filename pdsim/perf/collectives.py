@@ -81,7 +81,7 @@ NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL meas
 # and of NCCL alone. benchmarks/allreduce_fit.py re-derives them and prints the fit errors (mean |error|
 # 8-19%). Against these tables the H100 model scaled by line rate was too fast by 8-31% on A100 and 19-37%
 # on B200 and GB200 (signed mean error per GPU count and algorithm). H200's own tables (vLLM 0.19.0, NCCL
-# 2.29.2) refit to within 5% of the H100 constants, and the H100 model follows them as closely as it
+# 2.29.2) refit to within 6% of the H100 constants, and the H100 model follows them as closely as it
 # follows H100's (signed mean error -5..+1%), so H200 (and H20, the same NVLink 4) keeps the H100 model.
 NVLINK_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
     # hardware: (what was measured, custom or NCCL by GPU count, NCCL alone by GPU count)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -262,6 +263,9 @@ def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings, swee
     _WORKER_STATE["trace"] = base_trace
     _WORKER_STATE["settings"] = settings
     if sweep_pid is not None:
+        # Ctrl-C reaches the whole process group: the sweep stops the workers (PoolExecutor.close). A worker
+        # that took it would print a traceback when idle, or go on to its next run when busy.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(target=_exit_with_sweep, args=(os.getppid(), sweep_pid), name="pdsim-sweep-check",
                          daemon=True).start()
 
@@ -311,8 +315,8 @@ class PoolExecutor(Executor):
 
     def close(self) -> None:
         if self.interrupted:
-            # Ctrl-C or an error left runs unfinished: nobody wants them, yet a worker finishes the run it
-            # holds and the one queued behind it (it takes an interrupt for that run's result).
+            # Ctrl-C or an error left runs unfinished: nobody wants them, yet a worker would finish the run it
+            # holds and the one queued behind it.
             terminate = getattr(self.pool, "terminate_workers", None)  # Python >= 3.14
             if terminate is not None:
                 terminate()
