@@ -64,13 +64,14 @@ class AllReduceModel:
 
 # NVLink 4 (H100/H200 SXM), per GPU count: (per-call latency us, bus bandwidth GB/s). Least-squares
 # fit (relative error) to the faster of vLLM's custom all-reduce (CUDA-graph mode, vLLM 0.24.0)
-# and NCCL 2.27.3 all_reduce (half), as measured in aiconfigurator's h100_sxm database
-# (comm/vllm/0.24.0/custom_allreduce_perf.parquet, comm/nccl/2.27.3/nccl_perf.parquet; message
+# and NCCL all_reduce (half), as measured in aiconfigurator's h100_sxm database
+# (comm/vllm/0.24.0/custom_allreduce_perf.parquet, comm/nccl/2.27.3/nccl_perf.parquet, whose rows say
+# NCCL 2.29.2; message
 # sizes there are elements, x2 for bytes), over 8 KB..256 MB. Mean |error| 5% / 10% / 13% for
 # 2 / 4 / 8 GPUs, worst 17% / 30% / 31% (tests/test_collectives.py re-derives it from the data).
 # The data's small-message floor is 4.2-4.7 us; its busbw at 256-512 MB is 320-470 GB/s.
 NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 282.0), 8: (6.10, 340.0)}
-# NCCL 2.27.3 all_reduce (half) alone, same data and fit (mean |error| 12% / 8% / 11%, worst 41% / 21% /
+# NCCL all_reduce (half) alone, same data and fit (mean |error| 12% / 8% / 11%, worst 41% / 21% /
 # 25%): what runs with vLLM's custom all-reduce disabled. Its small-message floor is 6.6-18.6 us.
 NVLINK4_NCCL_BY_GPUS: dict[int, tuple[float, float]] = {2: (7.43, 241.0), 4: (11.1, 292.0), 8: (18.2, 340.0)}
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
