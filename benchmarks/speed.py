@@ -1,7 +1,10 @@
 """Simulation speed: requests and simulated seconds per wall second, and peak memory.
 
 Synthetic Poisson traces (input ~1000, output ~200 tokens) of 10k and 100k requests on the
-1P1D and 2P2D example clusters. Run: python benchmarks/speed.py [--sizes 10000,100000]
+1P1D and 2P2D example clusters, and with --large N on a cluster of N/2 prefill and N/2 decode
+H100s (configs/cluster/sweep_base_h100.json's instance, 4 req/s per instance), where the
+per-request routing and hand-off checks over the pool show.
+Run: python benchmarks/speed.py [--sizes 10000,100000] [--large 64]
 Each run happens in a fresh process so the peak memory (ru_maxrss) is that run's own.
 """
 
@@ -44,14 +47,32 @@ print(json.dumps({"sim_wall_s": sim_wall, "total_wall_s": total_wall, "sim_end_s
 """
 
 
+def large_cluster(folder: Path, half: int) -> Path:
+    cfg = json.loads((REPO / "configs/cluster/sweep_base_h100.json").read_text())
+    node = cfg["nodes"][0]
+    one = node["instances"][0]
+    node["instances"] = [dict(one, pd_type=kind) for kind in ("prefill", "decode") for _ in range(half)]
+    node["num_instances"] = 2 * half
+    path = folder / f"{half}p{half}d.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--large", type=int, default=0, help="also a cluster of this many instances (even)")
     args = parser.parse_args()
     print(f"{'cluster':<8}{'requests':>10}{'finished':>10}{'wall_s':>9}{'req/s wall':>12}"
           f"{'sim_s':>9}{'sim_s/wall_s':>14}{'peak_mb':>9}")
-    with tempfile.TemporaryDirectory():
-        for name, config in CONFIGS.items():
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = dict(CONFIGS)
+        if args.large:
+            half = args.large // 2
+            name = f"{half}P{half}D"
+            configs[name] = large_cluster(Path(tmp), half)
+            RATES[name] = 4.0 * 2 * half
+        for name, config in configs.items():
             for n in (int(x) for x in args.sizes.split(",")):
                 out = subprocess.run([sys.executable, "-c", CHILD, str(config), str(n), str(RATES[name])],
                                      check=True, capture_output=True, text=True, cwd=REPO)

@@ -185,6 +185,30 @@ def test_rejects_requests_that_can_never_fit_and_reports_them():
     assert summary["finished"] == 1 and summary["rejected"] == 2
 
 
+def test_a_mixed_decode_pool_sends_each_request_where_it_fits():
+    # Decode instances of two sizes, interleaved: a long request fits only the large ones' KV cache. The fit
+    # check runs once per kind of instance (FitClasses), and the candidates keep the pool's order.
+    from pdsim.engine.handoff import FitClasses
+
+    small, large = instance("decode", 18.8), instance("decode", 80)
+    cfg = cluster(instance("prefill"), small, large, dict(small), dict(large))
+    rows = [(30_000, 4, 0.5 * i) for i in range(6)] + [(500, 4, 0.25 + 0.5 * i) for i in range(6)]
+    res = run(cfg, rows)
+    df = requests_frame(res)
+    assert (df.status == "finished").all()
+    by_size = {i.id: i.kv.num_blocks for i in res.instances if i.pd_type == "decode"}
+    big = max(by_size.values())
+    long_ones = df.input_toks == 30_000
+    assert all(by_size[d] == big for d in df.decode_instance[long_ones])
+    assert {by_size[d] for d in df.decode_instance[~long_ones]} == set(by_size.values())
+    pool = [i for i in res.instances if i.pd_type == "decode"]
+    asked = []
+    classes = FitClasses(pool)
+    chosen = classes.select(lambda inst: asked.append(inst) or inst.kv.num_blocks == big)
+    assert len(asked) == 2 and chosen == [i for i in pool if i.kv.num_blocks == big]
+    assert classes.select(lambda inst: True) == pool and not classes.any(lambda inst: False)
+
+
 def test_max_sim_time_reports_unfinished_with_reason():
     cfg = cluster(instance(None))
     res = simulate(cfg, trace([(1000, 2000, 0.0), (1000, 10, 0.0)]), SimOptions(max_sim_time_s=1.0))

@@ -13,7 +13,7 @@ import simpy
 from pdsim.config import ClusterConfig
 from pdsim.engine.build import StepTimeFactory, build_instances
 from pdsim.engine.dp_group import DPGroup, build_dp_groups
-from pdsim.engine.handoff import HandOff, fits_decode, recompute_fits
+from pdsim.engine.handoff import FitClasses, HandOff, fits_decode, recompute_fits
 from pdsim.engine.instance import Instance
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.kv_transfer import KVTransfers
@@ -61,6 +61,7 @@ class Cluster:
         for inst in self.decode_pool:
             inst.regenerates_first_token = opts.ttft_mode == "client"
         self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router)
+        self.prefill_classes = FitClasses(self.prefill_pool)
         for inst in self.instances:
             inst.on_finish = self._on_finish
             inst.on_handoff = self.handoff.on_handoff
@@ -76,7 +77,7 @@ class Cluster:
     def admit(self, req: Request) -> None:
         """Route a newly arrived request, or reject it with a reason when it can never run."""
         req.arrived = True
-        candidates = [inst for inst in self.prefill_pool if self._fits(inst, req)]
+        candidates = self.prefill_classes.select(lambda inst: self._fits(inst, req))
         if not candidates:
             self._reject(req, self._why_not(req))
             return
@@ -106,7 +107,7 @@ class Cluster:
         if blocks_for(tokens, inst.kv.block_size) > inst.kv.num_blocks:
             return False
         if inst.pd_type == "prefill" and req.output_toks > 1:
-            return any(fits_decode(d, inst, req) for d in self.decode_pool)
+            return self.handoff.decode_classes.any(lambda d: fits_decode(d, inst, req))
         return True
 
     def _why_not(self, req: Request) -> str:

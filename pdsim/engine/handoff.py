@@ -4,7 +4,7 @@ the transfer is over. Layer-wise mode hands off as the final prefill step begins
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import simpy
 
@@ -35,6 +35,34 @@ def fits_decode(dec: Instance, src: Instance, req: Request) -> bool:
             and blocks_for(req.input_toks + req.output_toks, dec.kv.block_size) <= dec.kv.num_blocks)
 
 
+def fit_class(inst: Instance) -> tuple:
+    """What fits_decode and the cluster's admission check read of `inst`: instances alike in these
+    answer them alike for every request."""
+    spec = inst.spec
+    return (spec.model_name, inst.pd_type, spec.enable_chunked_prefill, spec.max_num_batched_tokens,
+            inst.kv.block_size, inst.kv.num_blocks)
+
+
+class FitClasses:
+    """A pool of instances grouped by fit_class, so that a per-request fit check costs one call per
+    class instead of one per instance (a sweep's large clusters are a few classes of many instances)."""
+
+    def __init__(self, pool: Sequence[Instance]) -> None:
+        self.pool = list(pool)
+        self.classes = [fit_class(inst) for inst in self.pool]
+        self.first = {key: inst for key, inst in reversed(list(zip(self.classes, self.pool)))}
+
+    def select(self, fits: Callable[[Instance], bool]) -> list[Instance]:
+        """The instances for which fits holds, in pool order."""
+        ok = {key: fits(inst) for key, inst in self.first.items()}
+        if all(ok.values()):
+            return list(self.pool)
+        return [inst for inst, key in zip(self.pool, self.classes) if ok[key]]
+
+    def any(self, fits: Callable[[Instance], bool]) -> bool:
+        return any(fits(inst) for inst in self.first.values())
+
+
 class HandOff:
     """Moves requests from prefill to decode instances; wired to the instances' callbacks."""
 
@@ -44,6 +72,7 @@ class HandOff:
         self.kv_transfers = kv_transfers
         self.by_id = {inst.id: inst for inst in instances}
         self.decode_pool = [i for i in instances if i.pd_type == "decode"]
+        self.decode_classes = FitClasses(self.decode_pool)
         self.decode_router = decode_router
         self._early_handoffs: set[int] = set()  # layer-wise: handed off as their final prefill step began
         self._arrived_early: set[int] = set()  # ... whose KV arrived before that step's end was processed
@@ -80,7 +109,7 @@ class HandOff:
         self.held_blocks[src.id] += req.blocks
         req.blocks = 0
         req.status = "handoff"
-        candidates = [d for d in self.decode_pool if fits_decode(d, src, req)]
+        candidates = self.decode_classes.select(lambda d: fits_decode(d, src, req))
         # Any policy first looks among the instances that can take the KV now, so a request does
         # not queue behind a full decode instance while another has room; only when all are full
         # does it wait in the pending queue of the one the policy picks.

@@ -77,10 +77,15 @@ class Router:
         # Fewest queued + running tokens. Ties (typically several idle instances) rotate, so a
         # light load spreads over the pool instead of piling onto the first one.
         n = len(candidates)
-        turn = self._turn
+        start = self._turn % n
         self._turn += 1
-        best = min(range(n), key=lambda i: (candidates[i].load_tokens, (i - turn) % n))
-        return candidates[best]
+        loads = [c.load_tokens for c in candidates]
+        lowest = min(loads)
+        # The first instance at the lowest load from `start` on, wrapping round: min over (load, (i - turn) % n).
+        for i in range(start, n):
+            if loads[i] == lowest:
+                return candidates[i]
+        return candidates[loads.index(lowest)]
 
     def _prefix_aware(self, candidates: Sequence[Routable], req: Request) -> Routable:
         loads = [c.num_requests for c in candidates]
