@@ -207,6 +207,16 @@ def test_a_mixed_decode_pool_sends_each_request_where_it_fits():
     chosen = classes.select(lambda inst: asked.append(inst) or inst.kv.num_blocks == big)
     assert len(asked) == 2 and chosen == [i for i in pool if i.kv.num_blocks == big]
     assert classes.select(lambda inst: True) == pool and not classes.any(lambda inst: False)
+    assert classes.any(lambda inst: inst.kv.num_blocks == big) and list(classes.first.values()) == pool[:2]
+    # fit_class holds all that fits_decode reads: grouped, it answers as instance by instance.
+    from pdsim.engine.handoff import fits_decode
+    from pdsim.engine.request import Request
+
+    src = next(i for i in res.instances if i.pd_type == "prefill")
+    for toks in (500, 30_000, 200_000):
+        req = Request(0, toks, 4, 0.0)
+        grouped = classes.select(lambda d, req=req: fits_decode(d, src, req))
+        assert grouped == [d for d in pool if fits_decode(d, src, req)]
 
 
 def test_max_sim_time_reports_unfinished_with_reason():

@@ -50,7 +50,9 @@ class FitClasses:
     def __init__(self, pool: Sequence[Instance]) -> None:
         self.pool = list(pool)
         self.classes = [fit_class(inst) for inst in self.pool]
-        self.first = {key: inst for key, inst in reversed(list(zip(self.classes, self.pool)))}
+        self.first: dict[tuple, Instance] = {}  # each class's first instance, in pool order
+        for key, inst in zip(self.classes, self.pool):
+            self.first.setdefault(key, inst)
 
     def select(self, fits: Callable[[Instance], bool]) -> list[Instance]:
         """The instances for which fits holds, in pool order."""
