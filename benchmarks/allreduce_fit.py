@@ -81,12 +81,14 @@ def read(systems_dir: Path, system: str, custom_file: str, nccl_file: str) -> tu
     return custom, nccl[(nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half")]
 
 
-def refit(name: str, nbytes: np.ndarray, us: np.ndarray, n: int, call_us: float, bus_bw: float) -> float:
-    """Print the refit beside pdsim's constants; return their largest relative difference."""
+def refit(name: str, nbytes: np.ndarray, us: np.ndarray, n: int, ours: tuple[float, float] | None) -> float:
+    """Print the refit beside pdsim's constants (None: a table pdsim does not use); return their largest
+    relative difference."""
     c, b, rel = fit(nbytes, us, n)
-    print(f"  {name}, {n} GPUs: fit {c:.2f} us + busbw {b:.3g} GB/s (pdsim {call_us} us, {bus_bw} GB/s);"
+    beside = "not used by pdsim" if ours is None else f"pdsim {ours[0]} us, {ours[1]} GB/s"
+    print(f"  {name}, {n} GPUs: fit {c:.2f} us + busbw {b:.3g} GB/s ({beside});"
           f" mean |error| {np.abs(rel).mean():.0%}, worst {np.abs(rel).max():.0%}")
-    return max(abs(c / call_us - 1), abs(b / bus_bw - 1))
+    return 0.0 if ours is None else max(abs(c / ours[0] - 1), abs(b / ours[1] - 1))
 
 
 def main() -> None:
@@ -102,8 +104,8 @@ def main() -> None:
         print(f"{hardware} ({system}; versions {', '.join(sorted(set(custom.version) | set(nccl.version)))})")
         for name, table, ours, max_bytes in (("custom all-reduce", custom, custom_ours, PCIE_CUSTOM_MAX_BYTES),
                                              ("NCCL", nccl, nccl_ours, MAX_NCCL_BYTES + 1)):
-            for n, (call_us, bus_bw) in ours.items():
-                worst = max(worst, refit(name, *rows(table, n, max_bytes), n, call_us, bus_bw))
+            for n, constants in ours.items():
+                worst = max(worst, refit(name, *rows(table, n, max_bytes), n, constants))
     print()
     print("NVLink: the faster of the custom all-reduce and NCCL at each size, and NCCL alone; "
           "then the H100-derived model (scaled by line rate) against the same tables")
@@ -117,12 +119,7 @@ def main() -> None:
         for label, tables, custom_on, i in (("custom or NCCL", [custom, nccl], True, 0), ("NCCL", [nccl], False, 1)):
             for n in sorted(set(nccl.num_gpus)):
                 nbytes, us = rows(tables, n, MAX_NCCL_BYTES + 1)
-                if ours is not None and n in ours[i]:
-                    worst = max(worst, refit(label, nbytes, us, n, *ours[i][n]))
-                else:  # tables pdsim does not use: their own fit, for comparison
-                    c, b, rel = fit(nbytes, us, n)
-                    print(f"  {label}, {n} GPUs: fit {c:.2f} us + busbw {b:.3g} GB/s (not used by pdsim); "
-                          f"mean |error| {np.abs(rel).mean():.0%}, worst {np.abs(rel).max():.0%}")
+                worst = max(worst, refit(label, nbytes, us, n, None if ours is None else ours[i].get(n)))
                 h100_model = nvlink_model(h100_like, n, custom_on)
                 rel = np.array([h100_model.time_us(b, n) for b in nbytes]) / us - 1
                 print(f"    H100 model x{spec.intra_node_bw_gbps / 450:.2f} ({label}, {n} GPUs): mean |error| "

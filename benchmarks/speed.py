@@ -66,15 +66,15 @@ def main() -> None:
     print(f"{'cluster':<8}{'requests':>10}{'finished':>10}{'wall_s':>9}{'req/s wall':>12}"
           f"{'sim_s':>9}{'sim_s/wall_s':>14}{'peak_mb':>9}")
     with tempfile.TemporaryDirectory() as tmp:
-        configs = dict(CONFIGS)
+        configs, rates = dict(CONFIGS), dict(RATES)
         if args.large:
             half = args.large // 2
             name = f"{half}P{half}D"
             configs[name] = large_cluster(Path(tmp), half)
-            RATES[name] = 4.0 * 2 * half
+            rates[name] = 4.0 * 2 * half
         for name, config in configs.items():
             for n in (int(x) for x in args.sizes.split(",")):
-                out = subprocess.run([sys.executable, "-c", CHILD, str(config), str(n), str(RATES[name])],
+                out = subprocess.run([sys.executable, "-c", CHILD, str(config), str(n), str(rates[name])],
                                      check=True, capture_output=True, text=True, cwd=REPO)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 wall = r["total_wall_s"]

@@ -81,7 +81,7 @@ class Router:
         self._turn += 1
         loads = [c.load_tokens for c in candidates]
         lowest = min(loads)
-        # The first instance at the lowest load from `start` on, wrapping round: min over (load, (i - turn) % n).
+        # The first instance at the lowest load from `start` on, wrapping round: min over (load, (i - start) % n).
         for i in range(start, n):
             if loads[i] == lowest:
                 return candidates[i]

@@ -146,6 +146,11 @@ PCIE_SOURCE = "PCIe model (estimated: 3/4 of the PCIe line rate, 10 us per call)
 NCCL_ONLY = "; NCCL only (vLLM's custom all-reduce disabled)"
 
 
+def _nearest_gpus(table: dict[int, tuple[float, float]], n: int) -> int:
+    """The measured GPU count nearest n (the smaller of two as near)."""
+    return min(table, key=lambda g: (abs(g - n), g))
+
+
 def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
     """The GPU's own measured NVLink behaviour where its server was measured; else H100's, with another
     NVLink generation's bandwidth scaled by its line rate."""
@@ -153,7 +158,7 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
     if measured is not None:
         return measured
     table = NVLINK4_BY_GPUS if custom_all_reduce else NVLINK4_NCCL_BY_GPUS
-    gpus = min(table, key=lambda g: (abs(g - n), g))
+    gpus = _nearest_gpus(table, n)
     call_us, bus_bw = table[gpus]
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
     source = NVLINK_SOURCE if scale == 1.0 else f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
@@ -176,7 +181,7 @@ def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: boo
         return None
     what, best, nccl = found[1]
     table = best if custom_all_reduce else nccl
-    gpus = min(table, key=lambda g: (abs(g - n), g))
+    gpus = _nearest_gpus(table, n)
     source = NVLINK_MEASURED_SOURCE.format(what)
     if gpus != n:
         source += f", its {gpus}-GPU figures"
@@ -220,7 +225,7 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
                   "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound")
     if not custom_all_reduce and custom:
         custom, source = {}, source + NCCL_ONLY
-    gpus = min(nccl, key=lambda g: (abs(g - n), g))
+    gpus = _nearest_gpus(nccl, n)
     nccl_model = AllReduceModel(source, *nccl[gpus][:1], 0.0, nccl[gpus][1])
     if n != 2 or 2 not in custom:
         return nccl_model
