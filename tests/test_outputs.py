@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -155,6 +156,29 @@ def test_overloaded_run_says_so_and_a_stable_one_does_not(tmp_path, capsys):
     assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output", str(tmp_path / "s.csv")) == 0
     assert "not overloaded" in capsys.readouterr().out
     assert json.loads((tmp_path / "s_summary.json").read_text())["load"]["overloaded"] is False
+
+
+def _load_frame(arrival_s, ttft_s, e2e_s):
+    return pd.DataFrame({"status": "finished", "reason": "", "arrival_s": arrival_s,
+                         "finish_s": arrival_s + e2e_s, "ttft_ms": ttft_s * 1e3})
+
+
+def test_a_queue_behind_long_decodes_is_overloaded_and_a_filling_cluster_is_not():
+    from pdsim.metrics.load import load_report
+
+    # 10 req/s for 30 s; every request decodes for 25 s once it starts. A queue for running slots adds
+    # 0.5 s of wait per second of arrivals: end to end grows only 1.4x (25 -> 35 s), the wait by 15 s.
+    arrival = np.arange(300) / 10.0
+    queued = _load_frame(arrival, 0.05 + 0.5 * arrival, 25.0 + 0.5 * arrival)
+    report = load_report(queued, 200.0)
+    assert report["e2e_mean_s_last_quarter_arrivals"] / report["e2e_mean_s_first_quarter_arrivals"] < 1.5
+    assert report["ttft_mean_s_growth_first_to_last_quarter"] == pytest.approx(0.5 * 22.5, rel=0.01)
+    assert report["overloaded"] is True and "waited 11.3 s longer for the first token" in report["verdict"]
+    # The same arrivals served at once for 25 s each: fewer finish than arrive within the window (the
+    # cluster is still filling), but neither the wait nor the latency grows.
+    filling = load_report(_load_frame(arrival, np.full(300, 0.05), np.full(300, 25.0)), 60.0)
+    assert filling["served_req_per_s_second_half"] < 0.9 * filling["offered_req_per_s_second_half"]
+    assert filling["overloaded"] is False
 
 
 def test_renamed_columns_say_units_and_cumulative(tmp_path):
