@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pdsim.bundled import bundled_path
@@ -228,19 +228,30 @@ def known_models(models_dir: Path | None = None) -> list[str]:
 
 
 # Model configs that a run brings with it (LLMServingSim's run layout: model_config.json beside the
-# cluster config), for names pdsim does not bundle: name -> file. Bundled names are never replaced.
+# cluster config), for names pdsim does not bundle: name -> file. Bundled names are never replaced: the
+# registry lasts as long as the process, and a bundled name means the bundled model to every later run.
 _RUN_MODEL_FILES: dict[str, Path] = {}
 
 
-def use_model_file(name: str, path: str | Path) -> bool:
-    """Take `path` (a Hugging Face config.json) as model `name` when pdsim bundles no config of that
-    name; True when it was taken. The file is read and checked at once (errors name it)."""
+def use_model_file(name: str, path: str | Path) -> str | None:
+    """Take `path` (a Hugging Face config.json) as model `name` when pdsim bundles no config of that name.
+    Returns what to tell the user: that it was taken, or, for a bundled name, where the file differs
+    from the bundled config (which is kept); None when there is nothing to say. The file is read and
+    checked at once (errors name it)."""
     path = Path(path).resolve()
-    if name in known_models() or _RUN_MODEL_FILES.get(name) == path:
-        return False
-    _load_model_file(name, path)
-    _RUN_MODEL_FILES[name] = path
-    return True
+    if _RUN_MODEL_FILES.get(name) == path:
+        return None
+    spec = _load_model_file(name, path)
+    if name not in known_models():
+        _RUN_MODEL_FILES[name] = path
+        return f"model {name!r} from {path} (pdsim bundles no config of that name)"
+    bundled = _load_model(name, _bundled_models_root())
+    differs = [f"{f.name} {getattr(spec, f.name)!r} there, {getattr(bundled, f.name)!r} bundled"
+               for f in fields(ModelSpec) if getattr(spec, f.name) != getattr(bundled, f.name)]
+    if not differs:
+        return None
+    return (f"model {name!r}: {path} differs from pdsim's bundled config of that name ({'; '.join(differs)}); "
+            "the bundled one is used (give the instance a model_name pdsim does not bundle to use the file)")
 
 
 def load_model(name: str, models_dir: Path | None = None) -> ModelSpec:

@@ -84,6 +84,25 @@ def test_a_config_with_neither_utilization_says_what_llmservingsim_would_give():
     assert "LLMServingSim" not in run(cluster(explicit), [(100, 2, 0.0)]).infos[0].memory_note
 
 
+def test_the_h100_non_torch_figure_at_tp2_is_said_to_be_assumed_on_other_gpus():
+    def note(hardware: str, mem_gb: int, tp: int, **extra) -> str:
+        inst = instance(None, mem_gb, hardware, tp_size=tp, num_npus=tp, **extra)
+        return run(cluster(inst), [(100, 2, 0.0)]).infos[0].memory_note
+
+    assumed = "non-torch 2.10 GiB (H100's at TP >= 2, assumed for RTX4090; non_torch_memory_gb sets it)"
+    assert assumed in note("RTX4090", 24, 2)
+    assert "non-torch 2.10 GiB = " in note("H100-SXM", 80, 2)  # where it was measured
+    assert "non-torch 0.25 GiB = " in note("RTX4090", 24, 1)
+    assert "non-torch 0.60 GiB = " in note("RTX4090", 24, 2, non_torch_memory_gb=0.6)  # given: not assumed
+
+
+def test_a_null_block_count_in_meta_json_is_no_record():
+    assert kv_from_meta({"kv_cache": {"num_gpu_blocks": None, "block_size": 16}}, "meta.json", 16) is None
+    assert kv_from_meta({"kv_cache": {}}, "meta.json", 16) is None
+    with pytest.raises(PdsimError, match=r"meta.json: kv_cache.num_gpu_blocks: expected a positive integer, got 0"):
+        kv_from_meta({"kv_cache": {"num_gpu_blocks": 0}}, "meta.json", 16)
+
+
 def test_both_utilizations_or_too_much_memory_are_errors(tmp_path):
     both = instance(None, gpu_memory_utilization=0.9)
     both["npu_mem"]["mem_util"] = 0.9

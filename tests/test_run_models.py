@@ -74,10 +74,15 @@ def test_without_its_model_config_an_unknown_model_is_refused(tmp_path):
         load_cluster_config(_run_dir(tmp_path, "acme/not-bundled-anywhere", None))
 
 
-def test_a_bundled_model_is_never_replaced_by_a_runs_file(tmp_path):
+def test_a_bundled_model_is_never_replaced_by_a_runs_file_and_a_difference_is_said(tmp_path, capsys):
     other = {**LLAMA, "num_hidden_layers": 2}
     load_cluster_config(_run_dir(tmp_path, "meta-llama/Llama-3.1-8B", other))
     assert load_model("meta-llama/Llama-3.1-8B").num_layers == 32
+    assert ("differs from pdsim's bundled config of that name (num_layers 2 there, 32 bundled); the bundled one is "
+            "used") in capsys.readouterr().err
+    (tmp_path / "same").mkdir()
+    load_cluster_config(_run_dir(tmp_path / "same", "meta-llama/Llama-3.1-8B", LLAMA))  # the same: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_a_broken_model_config_names_the_file(tmp_path):

@@ -497,6 +497,58 @@ def test_one_token_outputs_are_said_and_a_late_last_token_noted(tmp_path):
     assert not any("one output token end" in n for n in read_measured(requests).notes)
 
 
+def test_batch_limits_the_record_leaves_out_are_named_with_the_values_replayed(tmp_path):
+    requests, config = _run(tmp_path / "run", meta={"vllm_version": "0.19.0",
+                                                    "engine_kwargs": {"max_num_seqs": None, "dtype": "bfloat16"}})
+    res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    assert ("NOTE: meta.json engine_kwargs record no max_num_seqs or max_num_batched_tokens: replayed with "
+            "max_num_seqs 16 and max_num_batched_tokens 2048 (the cluster config's, else vLLM's engine default") \
+        in res.output
+    # a record that gives them: nothing assumed
+    requests, config = _run(tmp_path / "given", meta={"vllm_version": "0.19.0", "engine_kwargs": {
+        "max_num_seqs": 16, "max_num_batched_tokens": 2048}})
+    res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    assert "record no max_num" not in res.output and "max_num_seqs 16 from meta.json engine_kwargs" in res.output
+
+
+def test_a_case_folders_workload_is_named_for_the_prefix_cache(tmp_path):
+    case = tmp_path / "case"
+    requests, config = _run(case / "vllm_run", meta={"vllm_version": "0.19.0"})
+    res = _cli("validate", "--measured", str(case), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    assert "no prefix-cache hits are modelled (--token-ids gives them)" in res.output
+    (case / "workload.jsonl").write_text("")
+    res = _cli("validate", "--measured", str(case), "--cluster-config", str(config), "--output",
+               str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    assert (f"no prefix-cache hits are modelled (the run's case folder has its workload: --token-ids "
+            f"{case / 'workload.jsonl'} gives them)") in res.output
+
+
+@needs_shared
+def test_a_replay_off_the_profiles_grid_says_so_in_notes_not_raw_warnings_and_an_fp8_cache_is_said(tmp_path):
+    import warnings
+
+    from pdsim.perf.interp import ExtrapolationWarning
+
+    shutil.copytree(RTX / "vllm_run", tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    meta["engine_kwargs"].update(max_num_batched_tokens=8192, kv_cache_dtype="fp8")
+    (tmp_path / "run" / "meta.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExtrapolationWarning)  # a raw warning would fail the run
+        res = _cli("validate", "--measured", str(tmp_path / "run"), "--cluster-config", str(RTX / "cluster_config.json"),
+                   "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"),
+                   "--step-time-margin-pct", "0")
+    assert res.exit_code == 0, res.output
+    assert "note: " + str(RTX / "profile" / "tp1") + ": profile table 'attention.csv': prefill_chunk=" in res.output
+    assert ("note: kv_cache_dtype fp8: the KV cache holds 1-byte values (its capacity and transfers), but the "
+            "profile's attention was timed with a bfloat16 KV cache and is used as timed") in res.output
+    # the KV line's arithmetic, under it
+    assert "\n  n0.i0: LLMServingSim's rule (npu_mem.mem_util given): 96 GiB x 0.9 - weights 14.96 GiB" in res.output
+
+
 def test_an_output_over_a_case_record_or_the_model_config_beside_the_config_is_refused(tmp_path):
     requests, config = _run(tmp_path / "case" / "vllm_run", meta={"vllm_version": "0.19.0"})
     series = requests.with_name("timeseries.csv")

@@ -132,7 +132,8 @@ def config_inputs(path: Path | None) -> list[Path]:
 
 def _use_run_model_config(path: Path, raw: dict) -> None:
     """LLMServingSim's run layout keeps the model's Hugging Face config as model_config.json beside
-    the cluster config: it names the config's one model when pdsim bundles none of that name."""
+    the cluster config: it gives the config's one model when pdsim bundles none of that name; where
+    pdsim bundles one that reads differently, that is said."""
     beside = path.parent / RUN_MODEL_CONFIG
     # A name that is not a string is left to the config's validation, which names the field.
     names = {name if isinstance(name, str) else None for name in
@@ -141,9 +142,8 @@ def _use_run_model_config(path: Path, raw: dict) -> None:
         return
     name = next(iter(names))
     try:
-        if use_model_file(name, beside):
-            print(f"note: {path}: model {name!r} from {beside} (pdsim bundles no config of that name)",
-                  file=sys.stderr)
+        if (note := use_model_file(name, beside)) is not None:
+            print(f"note: {path}: {note}", file=sys.stderr)
     except PdsimError as e:
         raise ConfigError(f"{path}: model {name!r}: {e}") from None
 

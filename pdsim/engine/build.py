@@ -15,12 +15,14 @@ from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware import HardwareSpec, canonical_hardware_name, get_hardware
+from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
 from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.perf.collectives import fused_allreduce_norm_tokens
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
 from pdsim.perf.pipeline import pipeline_kv_budget
 from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.profile_format import ProfileMeta
 from pdsim.perf.scaled import ScaledStepTimes
 
 # Makes an instance's step-time model; called as StepTimePredictor is. Tests pass a closed-form one.
@@ -45,6 +47,17 @@ def build_instances(
         instances.append(inst)
         infos.append(info)
     return instances, infos
+
+
+def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
+    """A measured profile's attention times hold its own KV cache's bytes per value; an instance that stores
+    its cache in another size (an fp8 cache over a bf16-timed profile) has them used as timed, and says so."""
+    profiled = KV_CACHE_DTYPES.get(meta.engine_kv_cache_dtype or "auto") or meta.dtype
+    if dtype_bytes(ic.kv_dtype) == dtype_bytes(profiled):
+        return None
+    return (f"kv_cache_dtype {ic.kv_cache_dtype}: the KV cache holds {dtype_bytes(ic.kv_dtype)}-byte values (its "
+            f"capacity and transfers), but the profile's attention was timed with a {profiled} KV cache and is used "
+            f"as timed (the attention time of a {ic.kv_cache_dtype} cache is modelled in estimated profiles only)")
 
 
 def build_instance(
@@ -100,6 +113,8 @@ def build_instance(
     if mismatch == "note":
         predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
                                f"{ic.hardware!r}: step times are the profile's, memory and links the instance's")
+    if (note := _kv_dtype_note(ic, profile.meta)) is not None and not profile.estimated:
+        predictor.notes.append(note)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
     kv_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind

@@ -185,7 +185,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "instances": instances,
         "estimated_profile": estimated,
         "step_time_source": ESTIMATED_NOTE if estimated else "measured profiles",
-        "memory_notes": _memory_notes(result),
+        "memory_notes": memory_notes(result),
         "profile_notes": profile_notes(result),
     }
     if concurrency is not None:
@@ -225,7 +225,7 @@ def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
 
 
 _NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w.])")
-def _memory_notes(result: SimulationResult) -> list[str]:
+def memory_notes(result: SimulationResult) -> list[str]:
     """How each instance's KV capacity was obtained, one line per distinct way."""
     by_note: dict[str, list[str]] = {}
     for info in result.infos:

@@ -103,6 +103,16 @@ def non_torch_bytes(tp: int) -> int:
     return int((NON_TORCH_GIB_TP1 if tp == 1 else NON_TORCH_GIB_TP_MULTI) * GIB)
 
 
+def _non_torch_assumed(ic: InstanceConfig) -> str | None:
+    """Why the non-torch figure is assumed, or None where it was measured or given. The TP >= 2 figure holds
+    H100's communication buffers (NCCL over NVLink and NVSwitch, vLLM's all-reduce workspaces for compute
+    capability 9.0), which another GPU or link need not allocate."""
+    spec = get_hardware(ic.hardware)
+    if ic.non_torch_memory_gb is not None or ic.tp_size == 1 or (spec is not None and spec.name == "H100-SXM"):
+        return None
+    return f"H100's at TP >= 2, assumed for {spec.name if spec else ic.hardware}; non_torch_memory_gb sets it"
+
+
 def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> int:
     """Torch peak of one decoder layer's forward over `tokens` tokens on one TP shard: the residual,
     the normed input and the layer's output ([T, hidden] each) beside the larger of the attention
@@ -202,8 +212,9 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     other = non_torch + int(ic.cudagraph_memory_gb * GIB)
     vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
     engine_parts = activation_bytes, other  # what a vLLM engine holds besides weights and KV
+    assumed = f" ({why})" if (why := _non_torch_assumed(ic)) else ""
     vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f} - activation peak "
-                 f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB")
+                 f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB{assumed}")
     if ic.npu_mem.mem_util is not None:
         usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
         blocks = math.floor((usable - weight_bytes) / block_bytes)

@@ -68,6 +68,9 @@ class ProfileMeta:
     # The profiled vLLM's enforce_eager (LLMServingSim's meta.yaml engine_effective): True means its
     # custom CUDA ops, not the Inductor-compiled ones a default engine runs; None where not recorded.
     engine_enforce_eager: bool | None = None
+    # The profiled vLLM's kv_cache_dtype (engine_effective), None where not recorded: the KV cache of
+    # the activations' dtype, vLLM's `auto`.
+    engine_kv_cache_dtype: str | None = None
 
     @property
     def imported(self) -> bool:

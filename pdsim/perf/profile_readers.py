@@ -352,6 +352,7 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
         fmt="llmservingsim",
         quantization=quantization,
         engine_enforce_eager={"true": True, "false": False}.get(raw.get("engine_effective.enforce_eager", "").lower()),
+        engine_kv_cache_dtype=raw.get("engine_effective.kv_cache_dtype") or None,
     )
     moe = MoETable.read(tp_dir / "moe.csv") if (tp_dir / "moe.csv").is_file() else None
     if moe is None and tp > 1 and (root / "tp1" / "moe.csv").is_file():

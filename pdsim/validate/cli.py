@@ -171,9 +171,12 @@ def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
             "above include the estimate's error")
 
 
-def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str = "--token-ids gives them") -> None:
+def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str | None = None) -> None:
     """The prompts' prefix blocks from --token-ids; without them, say that no hits are modelled where
-    the engine had prefix caching on."""
+    the engine had prefix caching on, and how to model them (`remedy`; by default --token-ids, naming
+    the case folder's workload where the run has one)."""
+    from pdsim.validate.measured import case_file
+
     first = cfg.instances()[0].config
     if token_ids is not None:
         from pdsim.validate.token_ids import attach_prefix_ids
@@ -181,6 +184,10 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str = "--token-ids giv
         run.prefix_ids = attach_prefix_ids(run, token_ids, first.block_size)
         run.prefix_block_tokens = first.block_size
     elif first.enable_prefix_caching:
+        if remedy is None:
+            own = case_file(run.source, "workload.jsonl")
+            remedy = ("--token-ids gives them" if own is None
+                      else f"the run's case folder has its workload: --token-ids {own} gives them")
         run.notes.append("prefix caching on, but the measured requests carry no token ids: no prefix-cache hits "
                          f"are modelled ({remedy})")
 
@@ -269,7 +276,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
             click.echo(_estimated_line(estimated, len(ran)))
         click.echo(f"wrote {output}")
         return
-    from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
+    from pdsim.metrics.summary import ESTIMATED_NOTE, memory_notes, profile_notes
     from pdsim.perf.memory import kv_rule
     from pdsim.validate.compare import (
         compare,
@@ -317,7 +324,12 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     info = result.infos[0]
     rule = kv_rule(cfg.instances()[0].config)
     filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
-    click.echo(capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled))
+    head, *notes = capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled).split("\n")
+    click.echo(head)
+    for how in memory_notes(result):  # the arithmetic behind it, and what in it is assumed
+        click.echo(f"  {how}")
+    for note in notes:
+        click.echo(note)
     if (lost := replay_losses(result)) is not None:
         click.echo(f"NOTE: {lost}")
     click.echo(format_table(table))
@@ -341,9 +353,10 @@ def _bar(label: str, quiet: bool) -> ProgressBar:
 
 
 def _replay_with_bar(cfg, run: MeasuredRun, opts: SimOptions, source: str, bar: ProgressBar):
+    from pdsim.perf.interp import extrapolations_gathered
     from pdsim.validate.compare import replay
 
-    with bar:
+    with bar, extrapolations_gathered():  # said once per table among the notes (profile_notes)
         return replay(cfg, run, opts, source, lambda done, total: bar.update(done, total, "requests"))
 
 
@@ -423,6 +436,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         cfg = replay_config(cluster_config, run, async_scheduling)
         _prefix_ids(run, cfg, None, "calibrate takes no --token-ids; validate --token-ids models them")
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
+        left_grid: set[str] = set()  # where the replays left a profile table's grid, said once each
 
         def errors_at(overhead_us: float):
             result = _replay_with_bar(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms),
@@ -430,6 +444,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             if (lost := replay_losses(result)) is not None:
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
+            left_grid.update(n for inst in result.instances for n in inst.predictor.extrapolation_notes())
             table = compare(run, result)
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()
@@ -439,6 +454,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         notes = [f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes)]
 
     fit = fit_overhead(errors_at)
+    if not table_input:
+        notes += [f"note: {n}" for n in sorted(left_grid)]
     fit.update({"measured": str(measured), "metric": metric, "estimated_profile": estimated[0] > 0,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
     write_json_atomic(out, fit)

@@ -35,12 +35,15 @@ def _positive_int(value: object, where: str) -> int:
 
 
 def kv_from_meta(meta: dict, meta_source: str, default_block_size: int) -> MeasuredKV | None:
-    """meta.json's kv_cache section, or None when it has none."""
+    """meta.json's kv_cache section, or None when it records no block count (no section, or a null
+    num_gpu_blocks: a writer that keeps the key when the engine reported nothing)."""
     kv = meta.get("kv_cache")
     if kv is None:
         return None
-    if not isinstance(kv, dict) or "num_gpu_blocks" not in kv:
+    if not isinstance(kv, dict):
         raise PdsimError(f"{meta_source}: kv_cache: expected an object with num_gpu_blocks, got {kv!r}")
+    if kv.get("num_gpu_blocks") is None:
+        return None
     blocks = _positive_int(kv["num_gpu_blocks"], f"{meta_source}: kv_cache.num_gpu_blocks")
     block_size = kv.get("block_size")
     where = f"{meta_source}: kv_cache.block_size"
@@ -100,7 +103,8 @@ def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None,
     how = f" ({RULES[rule]})" if rule in RULES else ""
     head = f"KV capacity (tokens per instance, as vLLM reports it): predicted {predicted_tokens:,}{how}"
     if measured is None:
-        return f"{head}; measured: not recorded by the run (give --engine-log, or a meta.json with kv_cache)"
+        return (f"{head}; measured: not recorded by the run (give --engine-log, or a meta.json with "
+                "kv_cache.num_gpu_blocks)")
     err = 100.0 * (predicted_tokens - measured.tokens) / measured.tokens
     line = (f"{head} vs measured {measured.tokens:,} ({measured.num_gpu_blocks:,} blocks, {measured.source}): "
             f"{err:+.1f}%; the replay used the {used} capacity")

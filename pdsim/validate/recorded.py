@@ -254,6 +254,8 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    if kwargs:
+        _unrecorded_batch_limits(instances, kwargs, run)
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
@@ -268,6 +270,25 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
             out["gpu_memory_utilization"] = float(util)
             run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
     return out
+
+
+def _unrecorded_batch_limits(instances: list[dict], kwargs: dict, run) -> None:
+    """A meta.json whose engine_kwargs leave out the batch limits: the engine ran vLLM's default for how
+    it was started, which the record does not say, so the replay's values are named."""
+    from pdsim.config.models import InstanceConfig
+
+    missing = [key for key in ("max_num_seqs", "max_num_batched_tokens") if kwargs.get(key) is None]
+    if not missing:
+        return
+    used = []
+    for key in missing:
+        values = sorted({inst.get(key, InstanceConfig.model_fields[key].default) for inst in instances})
+        used.append(f"{key} {', '.join(str(v) for v in values)}")
+    run.notes.append(f"NOTE: meta.json engine_kwargs record no {' or '.join(missing)}: replayed with "
+                     f"{' and '.join(used)} (the cluster config's, else vLLM's engine default 128 seqs / 2048 "
+                     "tokens), whereas vLLM's default depends on how the engine was started (`vllm serve`: 256 / 2048 "
+                     "below 70 GiB of GPU memory, 1024 / 8192 above; the LLM class 256 / 8192 and 1024 / 16384), "
+                     "and it sets the batches and the activation peak the KV cache is sized after")
 
 
 def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
