@@ -233,6 +233,27 @@ def test_rtxpro6000_llama8b_matches_measured_vllm():
         for stat in ("mean", "p50", "p90"):
             bound = 5.5 if (metric, stat) == ("TTFT (ms)", "p50") else 3.0
             assert abs(got[(metric, stat)]) <= bound, (metric, stat, got[(metric, stat)])
+    # The engine's own record of its batch and queue, tick by tick (timeseries.csv), against the replay's.
+    from pdsim.validate.timeseries import first_arrival_tick_s, read_timeseries, simulated_counts
+
+    ts = read_timeseries(RTX / "vllm_run" / "timeseries.csv")
+    offset_s = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
+    assert 0.0 < offset_s < 0.2  # the first request came 65 ms after the run started
+    running, waiting = simulated_counts(result, ts.t.to_numpy() - offset_s)
+    assert running.max() == ts.running.max() == 128  # max_num_seqs reached on both
+    assert abs(running.mean() / ts.running.mean() - 1) < 0.03 and abs(waiting.mean() / ts.waiting.mean() - 1) < 0.05
+
+
+def test_a_timeseries_value_that_is_no_number_names_line_and_column(tmp_path):
+    from pdsim.validate.timeseries import read_timeseries
+
+    path = tmp_path / "timeseries.csv"
+    path.write_text("t,running,waiting\n1.0,3,0\n2.0,x,1\n")
+    with pytest.raises(PdsimError, match=r"timeseries.csv: line 3, column 'running': expected a number, got 'x'"):
+        read_timeseries(path)
+    path.write_text("t,running\n1.0,3\n")
+    with pytest.raises(PdsimError, match=r"timeseries.csv: expected columns t, running, waiting; missing waiting"):
+        read_timeseries(path)
 
 
 def test_async_scheduling_follows_the_recorded_version_and_executor():

@@ -538,15 +538,16 @@ def test_a_replay_off_the_profiles_grid_says_so_in_notes_not_raw_warnings_and_an
     (tmp_path / "run" / "meta.json").write_text(json.dumps(meta))
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExtrapolationWarning)  # a raw warning would fail the run
-        res = _cli("validate", "--measured", str(tmp_path / "run"), "--cluster-config", str(RTX / "cluster_config.json"),
-                   "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"),
-                   "--step-time-margin-pct", "0")
+        res = _cli("validate", "--measured", str(tmp_path / "run"), "--cluster-config",
+                   str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"), "--output",
+                   str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
     assert res.exit_code == 0, res.output
     assert "note: " + str(RTX / "profile" / "tp1") + ": profile table 'attention.csv': prefill_chunk=" in res.output
     assert ("note: kv_cache_dtype fp8: the KV cache holds 1-byte values (its capacity and transfers), but the "
             "profile's attention was timed with a bfloat16 KV cache and is used as timed") in res.output
     # the KV line's arithmetic, under it
     assert "\n  n0.i0: LLMServingSim's rule (npu_mem.mem_util given): 96 GiB x 0.9 - weights 14.96 GiB" in res.output
+    assert f"engine state over 67 ticks of {tmp_path / 'run' / 'timeseries.csv'} (measured / simulated" in res.output
 
 
 def test_an_output_over_a_case_record_or_the_model_config_beside_the_config_is_refused(tmp_path):

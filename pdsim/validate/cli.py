@@ -330,6 +330,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         click.echo(f"  {how}")
     for note in notes:
         click.echo(note)
+    if (state := _engine_state(run, result)) is not None:
+        click.echo(state)
     if (lost := replay_losses(result)) is not None:
         click.echo(f"NOTE: {lost}")
     click.echo(format_table(table))
@@ -345,6 +347,19 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     if plot:
         written += write_cdf_plots(run, result, output.with_suffix(""))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _engine_state(run: MeasuredRun, result) -> str | None:
+    """Running and waiting over time against the engine's own timeseries.csv, where the run has one."""
+    from pdsim.validate.timeseries import TIMESERIES, engine_state_line, first_arrival_tick_s, read_timeseries
+
+    path = Path(run.source).with_name(TIMESERIES)
+    if run.latency_origin != "pickup" or not path.is_file():
+        return None
+    ts = read_timeseries(path)
+    if ts.empty:
+        return None
+    return engine_state_line(ts, result, first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s), path)
 
 
 def _bar(label: str, quiet: bool) -> ProgressBar:

@@ -50,6 +50,9 @@ class MeasuredRun:
     # Per request, its prompt's prefix-block ids (pdsim/validate/token_ids.py), when the ids are known.
     prefix_ids: list[tuple[int, ...]] | None = None
     prefix_block_tokens: int = 0
+    # The client's wall-clock time (arrival_time, Unix seconds) of the request replayed first, where the
+    # file has it: places the replay on the clock of the run's other records (timeseries.csv).
+    first_arrival_wall_s: float | None = None
 
     @property
     def engine_kwargs(self) -> dict:
@@ -338,7 +341,9 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     if tpot_s > 10:  # no engine takes 10 s a token: the stamps are not in seconds
         notes.append(f"NOTE: the median time per output token is {tpot_s:,.0f} s: the engine times are read as "
                      "seconds (vLLM's stamps are); times in milliseconds would need converting first")
-    return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup")
+    first_wall = arrival_time[seen].loc[arrival.idxmin()]
+    return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup",
+                       first_arrival_wall_s=float(first_wall) if np.isfinite(first_wall) else None)
 
 
 ENGINE_STAMPS = ("arrival_time", "queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")

@@ -1,0 +1,87 @@
+"""The engine's state over time, measured against the replay's: how many requests were running and
+waiting, from the `timeseries.csv` LLMServingSim's vLLM runner writes beside `requests.jsonl` (one row
+per tick: `t` seconds since the run started, vLLM's `running` and `waiting` request counts).
+
+The latency figures say how long requests took; these say why. A replay whose batch stays below the
+engine's (running) while its queue is longer (waiting) holds fewer requests at once than the engine
+did, which on a tight KV cache points at the capacity; one that matches both and still misses TTFT
+points at the step times.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pdsim.engine.result import SimulationResult
+from pdsim.errors import PdsimError
+
+TIMESERIES = "timeseries.csv"
+COLUMNS = ("t", "running", "waiting")
+
+
+def read_timeseries(path: Path) -> pd.DataFrame:
+    """t, running, waiting per tick, in time order; a file without those columns or with a value that is
+    no finite number is refused naming the file and the column."""
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise PdsimError(f"{path}: cannot read the engine's timeseries ({e})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise PdsimError(f"{path}: expected columns {', '.join(COLUMNS)}; missing {', '.join(missing)}")
+    out = df[list(COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    for column in COLUMNS:
+        bad = ~np.isfinite(out[column].to_numpy(dtype=float))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise PdsimError(f"{path}: line {row + 2}, column {column!r}: expected a number, got "
+                             f"{df[column].iloc[row]!r}")
+    return out.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> float:
+    """When, on the timeseries' clock (seconds since meta.json's `started_at`), the first request
+    arrived, which is the replay's time 0; 0 when the record does not say."""
+    started = meta.get("started_at")
+    if not isinstance(started, str) or first_arrival_wall_s is None:
+        return 0.0
+    try:
+        started_s = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+    offset = first_arrival_wall_s - started_s
+    return offset if 0.0 <= offset < 3600.0 else 0.0  # a wall clock off by more: not the same run's
+
+
+def simulated_counts(result: SimulationResult, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Running and waiting requests summed over the instances, at each of `times_s` (replay time; the
+    last sample at or before it)."""
+    samples = pd.DataFrame([(s.time_s, s.instance, s.prefill_reqs + s.decode_reqs, s.waiting_reqs)
+                            for s in result.samples], columns=["time_s", "instance", "running", "waiting"])
+    if samples.empty:
+        return np.zeros(times_s.size), np.zeros(times_s.size)
+    wide = samples.pivot_table(index="time_s", columns="instance", values=["running", "waiting"], aggfunc="last")
+    wide = wide.sort_index().ffill().fillna(0)
+    index = np.searchsorted(wide.index.to_numpy(), times_s, side="right") - 1
+    running = wide["running"].sum(axis=1).to_numpy()
+    waiting = wide["waiting"].sum(axis=1).to_numpy()
+    before = index < 0
+    index = np.clip(index, 0, None)
+    return np.where(before, 0, running[index]), np.where(before, 0, waiting[index])
+
+
+def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: float, source: Path) -> str:
+    """One line: running and waiting, mean over the ticks and peak, measured vs simulated."""
+    times = ts.t.to_numpy(dtype=float) - offset_s
+    running, waiting = simulated_counts(result, times)
+    parts = []
+    for name, measured, simulated in (("running", ts.running.to_numpy(dtype=float), running),
+                                      ("waiting", ts.waiting.to_numpy(dtype=float), waiting)):
+        parts.append(f"{name} mean {measured.mean():,.1f} / {simulated.mean():,.1f}, peak {measured.max():,.0f} / "
+                     f"{simulated.max():,.0f}")
+    return (f"engine state over {len(ts)} ticks of {source} (measured / simulated, requests summed over the "
+            f"engines): {'; '.join(parts)}")
