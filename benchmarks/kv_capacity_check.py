@@ -116,7 +116,7 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
     sampler = (sampler_bytes * min(case.tokens, case.seqs) * spec.vocab_size + case.tokens * spec.hidden_size * 2
                + memory.moe_workspace_bytes(spec, "bfloat16", case.tp, case.tokens))
     activation = max(forward, sampler) if activation_bytes is None else activation_bytes
-    non_torch = memory.non_torch_bytes(case.tp)
+    non_torch = memory.non_torch_bytes(case.tp, "H100-SXM")
     total = memory.GPU_VISIBLE_MEMORY["H100-SXM"].total_gib * GIB
     kv = total * case.util - weights - activation - non_torch
     block_bytes = case.block_size * spec.kv_bytes_per_token(case.kv_dtype, case.tp)

@@ -84,13 +84,15 @@ def test_a_config_with_neither_utilization_says_what_llmservingsim_would_give():
     assert "LLMServingSim" not in run(cluster(explicit), [(100, 2, 0.0)]).infos[0].memory_note
 
 
-def test_the_h100_non_torch_figure_at_tp2_is_said_to_be_assumed_on_other_gpus():
+def test_the_non_torch_figure_at_tp2_follows_the_link_and_says_when_it_is_assumed():
     def note(hardware: str, mem_gb: int, tp: int, **extra) -> str:
         inst = instance(None, mem_gb, hardware, tp_size=tp, num_npus=tp, **extra)
         return run(cluster(inst), [(100, 2, 0.0)]).infos[0].memory_note
 
-    assumed = "non-torch 2.10 GiB (H100's at TP >= 2, assumed for RTX4090; non_torch_memory_gb sets it)"
-    assert assumed in note("RTX4090", 24, 2)
+    # Without NVLink, TP 1's figure: H100's excess at TP >= 2 is read as NCCL's NVLink buffers.
+    assert "non-torch 0.25 GiB (TP 1's, assumed for RTX4090 at TP >= 2: H100's 2.1 GiB" in note("RTX4090", 24, 2)
+    assert "non-torch 2.10 GiB (H100's at TP >= 2, assumed for H200; non_torch_memory_gb sets it)" in \
+        note("H200", 141, 2)
     assert "non-torch 2.10 GiB = " in note("H100-SXM", 80, 2)  # where it was measured
     assert "non-torch 0.25 GiB = " in note("RTX4090", 24, 1)
     assert "non-torch 0.60 GiB = " in note("RTX4090", 24, 2, non_torch_memory_gb=0.6)  # given: not assumed

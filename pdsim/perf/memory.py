@@ -59,8 +59,10 @@ ASSUMED_VISIBLE_FRACTION = 79.19 / 80.0
 ECC_ON_GDDR = frozenset({"L4", "L40", "L40S", "A10", "A40"})
 INLINE_ECC_FRACTION = 15 / 16
 
-# vLLM's "non-torch forward increase" per GPU (custom all-reduce and NCCL buffers, cuBLAS workspace),
-# vLLM 0.19 on H100: 0.24-0.27 GiB at TP 1 (9 start-up logs), 2.06-2.21 GiB at TP 2 and 4 (6 logs).
+# vLLM's "non-torch forward increase" per GPU: what the profiling run adds outside torch's allocator after
+# the start-up snapshot, which vLLM (0.11 and 0.19, v1/worker/gpu_worker.py) takes once NCCL is initialised
+# (cuBLAS workspace; at TP >= 2 also the buffers NCCL connects at its first collectives, NCCL_RUNTIME_CONNECT).
+# vLLM 0.19 on H100 SXM: 0.24-0.27 GiB at TP 1 (9 start-up logs), 2.06-2.21 GiB at TP 2 and 4 (6 logs).
 # Assumed for other GPUs and versions (vLLM 0.11 logged 0.13-0.54 GiB); non_torch_memory_gb overrides.
 NON_TORCH_GIB_TP1 = 0.25
 NON_TORCH_GIB_TP_MULTI = 2.1
@@ -99,18 +101,28 @@ def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
     return total, kind
 
 
-def non_torch_bytes(tp: int) -> int:
-    return int((NON_TORCH_GIB_TP1 if tp == 1 else NON_TORCH_GIB_TP_MULTI) * GIB)
+def non_torch_gib(tp: int, hardware: str) -> tuple[float, str | None]:
+    """vLLM's non-torch increase per GPU, and why it is assumed (None: measured on such a GPU).
+
+    The H100 SXM figure at TP >= 2 is 1.85 GiB over TP 1's and the same at TP 2 and 4, so no workspace
+    sized by the TP degree; read here as NCCL's buffers over NVLink and NVSwitch (many channels, LL128,
+    NVLink SHARP), which no log splits out. A GPU without NVLink connects NCCL over PCIe (a few
+    channels, neither of those; through host memory where peer-to-peer access is off), buffers of tens
+    of MiB: it gets TP 1's figure, and the run says so."""
+    spec = get_hardware(hardware)
+    if tp == 1:
+        return NON_TORCH_GIB_TP1, None
+    if spec is not None and spec.name == "H100-SXM":
+        return NON_TORCH_GIB_TP_MULTI, None
+    if spec is None or spec.intra_node_link == "pcie":
+        return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {spec.name if spec else hardware} at TP >= 2: H100's 2.1 GiB "
+                                   "there is read as NCCL's NVLink buffers, which a PCIe GPU does not allocate; "
+                                   "non_torch_memory_gb sets it")
+    return NON_TORCH_GIB_TP_MULTI, f"H100's at TP >= 2, assumed for {spec.name}; non_torch_memory_gb sets it"
 
 
-def _non_torch_assumed(ic: InstanceConfig) -> str | None:
-    """Why the non-torch figure is assumed, or None where it was measured or given. The TP >= 2 figure holds
-    H100's communication buffers (NCCL over NVLink and NVSwitch, vLLM's all-reduce workspaces for compute
-    capability 9.0), which another GPU or link need not allocate."""
-    spec = get_hardware(ic.hardware)
-    if ic.non_torch_memory_gb is not None or ic.tp_size == 1 or (spec is not None and spec.name == "H100-SXM"):
-        return None
-    return f"H100's at TP >= 2, assumed for {spec.name if spec else ic.hardware}; non_torch_memory_gb sets it"
+def non_torch_bytes(tp: int, hardware: str) -> int:
+    return int(non_torch_gib(tp, hardware)[0] * GIB)
 
 
 def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> int:
@@ -208,11 +220,13 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     MoE model's experts are split over."""
     block_bytes = ic.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size, expert_shards, ic.quantization)
-    non_torch = non_torch_bytes(ic.tp_size) if ic.non_torch_memory_gb is None else int(ic.non_torch_memory_gb * GIB)
+    default_gib, why = non_torch_gib(ic.tp_size, ic.hardware)
+    given = ic.non_torch_memory_gb is not None
+    non_torch = int((ic.non_torch_memory_gb if given else default_gib) * GIB)
     other = non_torch + int(ic.cudagraph_memory_gb * GIB)
     vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
     engine_parts = activation_bytes, other  # what a vLLM engine holds besides weights and KV
-    assumed = f" ({why})" if (why := _non_torch_assumed(ic)) else ""
+    assumed = f" ({why})" if why and not given else ""
     vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f} - activation peak "
                  f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB{assumed}")
     if ic.npu_mem.mem_util is not None:
