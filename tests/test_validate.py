@@ -242,6 +242,8 @@ def test_rtxpro6000_llama8b_matches_measured_vllm():
     running, waiting = simulated_counts(result, ts.t.to_numpy() - offset_s)
     assert running.max() == ts.running.max() == 128  # max_num_seqs reached on both
     assert abs(running.mean() / ts.running.mean() - 1) < 0.03 and abs(waiting.mean() / ts.waiting.mean() - 1) < 0.05
+    # tick by tick too (measured 1.0 and 0.9 requests apart on average; a one-second lag gives about 4)
+    assert np.abs(running - ts.running).mean() < 2 and np.abs(waiting - ts.waiting).mean() < 2
 
 
 def test_a_timeseries_value_that_is_no_number_names_line_and_column(tmp_path):

@@ -540,8 +540,9 @@ def test_a_replay_off_the_profiles_grid_says_so_in_notes_not_raw_warnings_and_an
         warnings.simplefilter("error", ExtrapolationWarning)  # a raw warning would fail the run
         res = _cli("validate", "--measured", str(tmp_path / "run"), "--cluster-config",
                    str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"), "--output",
-                   str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+                   str(tmp_path / "v.csv"), "--step-time-margin-pct", "0", "--plot")
     assert res.exit_code == 0, res.output
+    assert (tmp_path / "v_engine_state.png").read_bytes()[:4] == b"\x89PNG"  # running and waiting over time
     assert "note: " + str(RTX / "profile" / "tp1") + ": profile table 'attention.csv': prefill_chunk=" in res.output
     assert ("note: kv_cache_dtype fp8: the KV cache holds 1-byte values (its capacity and transfers), but the "
             "profile's attention was timed with a bfloat16 KV cache and is used as timed") in res.output

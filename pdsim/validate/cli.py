@@ -330,7 +330,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         click.echo(f"  {how}")
     for note in notes:
         click.echo(note)
-    if (state := _engine_state(run, result)) is not None:
+    state, state_plot = _engine_state(run, result, output.with_suffix("") if plot else None)
+    if state is not None:
         click.echo(state)
     if (lost := replay_losses(result)) is not None:
         click.echo(f"NOTE: {lost}")
@@ -345,21 +346,30 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
             click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
     written = [output]
     if plot:
-        written += write_cdf_plots(run, result, output.with_suffix(""))
+        written += write_cdf_plots(run, result, output.with_suffix("")) + ([state_plot] if state_plot else [])
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-def _engine_state(run: MeasuredRun, result) -> str | None:
-    """Running and waiting over time against the engine's own timeseries.csv, where the run has one."""
-    from pdsim.validate.timeseries import TIMESERIES, engine_state_line, first_arrival_tick_s, read_timeseries
+def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[str | None, Path | None]:
+    """Running and waiting over time against the engine's own timeseries.csv, where the run has one: the
+    line that compares them, and the plot of both when plot_prefix is given."""
+    from pdsim.validate.timeseries import (
+        TIMESERIES,
+        engine_state_line,
+        first_arrival_tick_s,
+        read_timeseries,
+        write_state_plot,
+    )
 
     path = Path(run.source).with_name(TIMESERIES)
     if run.latency_origin != "pickup" or not path.is_file():
-        return None
+        return None, None
     ts = read_timeseries(path)
     if ts.empty:
-        return None
-    return engine_state_line(ts, result, first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s), path)
+        return None, None
+    offset_s = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
+    plot = write_state_plot(ts, result, offset_s, plot_prefix) if plot_prefix is not None else None
+    return engine_state_line(ts, result, offset_s, path), plot
 
 
 def _bar(label: str, quiet: bool) -> ProgressBar:
@@ -378,8 +388,9 @@ def _replay_with_bar(cfg, run: MeasuredRun, opts: SimOptions, source: str, bar: 
 def _plot_files(output: Path) -> list[Path]:
     """The CDF plots --plot may write beside --output (compare.write_cdf_plots names them so)."""
     from pdsim.validate.compare import plot_paths
+    from pdsim.validate.timeseries import state_plot_path
 
-    return plot_paths(output.with_suffix(""))
+    return [*plot_paths(output.with_suffix("")), state_plot_path(output.with_suffix(""))]
 
 
 @click.command("calibrate")

@@ -58,20 +58,17 @@ def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> floa
 
 
 def simulated_counts(result: SimulationResult, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Running and waiting requests summed over the instances, at each of `times_s` (replay time; the
-    last sample at or before it)."""
+    """Running and waiting requests summed over the instances at each of `times_s` (replay time),
+    interpolated between the replay's samples, which need not fall on the ticks (0 before the first)."""
     samples = pd.DataFrame([(s.time_s, s.instance, s.prefill_reqs + s.decode_reqs, s.waiting_reqs)
                             for s in result.samples], columns=["time_s", "instance", "running", "waiting"])
     if samples.empty:
         return np.zeros(times_s.size), np.zeros(times_s.size)
     wide = samples.pivot_table(index="time_s", columns="instance", values=["running", "waiting"], aggfunc="last")
     wide = wide.sort_index().ffill().fillna(0)
-    index = np.searchsorted(wide.index.to_numpy(), times_s, side="right") - 1
-    running = wide["running"].sum(axis=1).to_numpy()
-    waiting = wide["waiting"].sum(axis=1).to_numpy()
-    before = index < 0
-    index = np.clip(index, 0, None)
-    return np.where(before, 0, running[index]), np.where(before, 0, waiting[index])
+    at = wide.index.to_numpy(dtype=float)
+    return tuple(np.interp(times_s, at, wide[name].sum(axis=1).to_numpy(dtype=float), left=0.0)
+                 for name in ("running", "waiting"))
 
 
 def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: float, source: Path) -> str:
@@ -82,6 +79,38 @@ def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: floa
     for name, measured, simulated in (("running", ts.running.to_numpy(dtype=float), running),
                                       ("waiting", ts.waiting.to_numpy(dtype=float), waiting)):
         parts.append(f"{name} mean {measured.mean():,.1f} / {simulated.mean():,.1f}, peak {measured.max():,.0f} / "
-                     f"{simulated.max():,.0f}")
+                     f"{simulated.max():,.0f}, tick by tick {np.abs(simulated - measured).mean():,.1f} apart")
     return (f"engine state over {len(ts)} ticks of {source} (measured / simulated, requests summed over the "
             f"engines): {'; '.join(parts)}")
+
+
+def state_plot_path(prefix: Path) -> Path:
+    """Where write_state_plot puts the running / waiting overlay."""
+    return prefix.with_name(f"{prefix.name}_engine_state.png")
+
+
+def write_state_plot(ts: pd.DataFrame, result: SimulationResult, offset_s: float, prefix: Path) -> Path:
+    """Running and waiting requests per tick, measured (solid) against simulated (dashed), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pdsim.outputs import atomic_path
+
+    t = ts.t.to_numpy(dtype=float)
+    running, waiting = simulated_counts(result, t - offset_s)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, measured, simulated, color in (("running", ts.running, running, "C0"),
+                                             ("waiting", ts.waiting, waiting, "C1")):
+        ax.plot(t, measured, color=color, label=f"{name}, measured")
+        ax.plot(t, simulated, color=color, linestyle="--", label=f"{name}, simulated")
+    ax.set_xlabel("time since the run started (s)")
+    ax.set_ylabel("requests")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = state_plot_path(prefix)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
