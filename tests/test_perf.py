@@ -687,6 +687,15 @@ def test_an_unknown_llmservingsim_variant_names_meta_yaml_and_the_field(tmp_path
     meta.write_text(text.replace("\nvariant: bf16", "\nvariant: int4"))
     with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': expected bf16, fp16, fp32 or fp8 .*'int4'"):
         read_profile(profile, tp=1)
+    # gpt-oss's own MXFP4 checkpoint (experts in MXFP4, activations bf16) is read as such; on another
+    # architecture MXFP4 is not modelled.
+    meta.write_text(text.replace("\nvariant: bf16", "\nvariant: mxfp4"))
+    with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': expected .*'mxfp4'"):
+        read_profile(profile, tp=1)
+    meta.write_text(text.replace("\nvariant: bf16", "\nvariant: mxfp4").replace("architecture: llama",
+                                                                                  "architecture: gpt_oss"))
+    got = read_profile(profile, tp=1).meta
+    assert (got.dtype, got.quantization) == ("bfloat16", None)
 
 
 def test_estimate_refuses_fp8_weights_over_32_bit_activations_and_profiler_options_out_of_range(tmp_path):

@@ -329,12 +329,17 @@ def _read_llmservingsim(root: Path, tp_dir: Path, tp: int) -> Profile:
     # An fp8 variant is fp8 weights over bf16 activations (vLLM's fp8 checkpoints and --quantization fp8).
     quantization = ("fp8_block" if "block" in variant else "fp8") if variant.startswith("fp8") else None
     dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(variant, variant)
-    if quantization:
+    if variant == "mxfp4" and raw.get("architecture") == "gpt_oss":
+        # gpt-oss's checkpoint holds its experts in MXFP4 (pdsim/gpt_oss.py models them so) over bf16
+        # activations and attention; vLLM runs them as they are, with no --quantization.
+        dtype = "bfloat16"
+    elif quantization:
         dtype = "bfloat16"
     elif dtype not in DTYPE_BYTES:
         field = "variant" if "variant" in raw else "dtype"
         raise ProfileError(f"{meta_path}: field {field!r}: expected bf16, fp16, fp32 or fp8 (an fp8 variant: fp8 "
-                           f"weights over bf16 activations), or one of {', '.join(DTYPE_BYTES)}, got {variant!r}")
+                           f"weights over bf16 activations), mxfp4 on architecture gpt_oss, or one of "
+                           f"{', '.join(DTYPE_BYTES)}, got {variant!r}")
     meta = ProfileMeta(
         hardware=raw["hardware"],
         model=raw["model"],
