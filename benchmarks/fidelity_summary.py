@@ -44,18 +44,20 @@ H100 = CAL / "aiconfigurator-h100"
 H100_OVERHEAD_US = 1500.0  # docs/validation.md: calibrate's pick on these rows' TPOT (leave-one-out 5.6%)
 
 
-def _validate(*args: str) -> None:
+def _validate(*args: str) -> str:
     res = CliRunner().invoke(validate, list(args), catch_exceptions=False)
     if res.exit_code != 0:
         raise SystemExit(f"pdsim validate {' '.join(args)} failed:\n{res.output}")
+    return res.output
 
 
 def per_request_runs(out: Path) -> list[tuple[str, str, str, str]]:
     rows = []
     for case, root in RUNS.items():
         csv = out / (root.name + ".csv")
-        _validate("--measured", str(root / "vllm_run" / "requests.jsonl"), "--cluster-config",
-                  str(root / "cluster_config.json"), "--profile-dir", str(root / "profile"), "--output", str(csv))
+        output = _validate("--measured", str(root / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                           str(root / "cluster_config.json"), "--profile-dir", str(root / "profile"), "--output",
+                           str(csv))
         full = pd.read_csv(csv).set_index(["metric", "stat"])
         table = full.diff_pct
         # TTFT's two parts (where the engine stamped its first schedule) say where a TTFT error sits.
@@ -72,6 +74,11 @@ def per_request_runs(out: Path) -> list[tuple[str, str, str, str]]:
                           f"{full.diff_pct_steps_slower[('TTFT (ms)', s)]:+.1f}%" for s in ("mean", "p50", "p90"))
         rows.append((case, f"  TTFT mean / p50 / p90 with every step {margin:g}% faster..slower", band,
                      "nothing (the run's own profile, config and engine settings)"))
+        # The engine's batch and queue over time (its timeseries.csv) against the replay's.
+        state = next((line for line in output.splitlines() if line.startswith("engine state over ")), None)
+        if state is not None:
+            rows.append((case, "running; waiting requests, measured / simulated", state.split("): ", 1)[1],
+                         "nothing (the run's own profile, config and engine settings)"))
     return rows
 
 

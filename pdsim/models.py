@@ -241,10 +241,14 @@ def use_model_file(name: str, path: str | Path) -> str | None:
     path = Path(path).resolve()
     if _RUN_MODEL_FILES.get(name) == path:
         return None
-    spec = _load_model_file(name, path)
     if name not in known_models():
+        _load_model_file(name, path)
         _RUN_MODEL_FILES[name] = path
         return f"model {name!r} from {path} (pdsim bundles no config of that name)"
+    try:
+        spec = _load_model_file(name, path)
+    except PdsimError as e:  # not used, so not in the way: said, and the bundled config runs
+        return f"model {name!r}: the bundled config is used; {path} beside it cannot be compared with it ({e})"
     bundled = _load_model(name, _bundled_models_root())
     differs = [f"{f.name} {getattr(spec, f.name)!r} there, {getattr(bundled, f.name)!r} bundled"
                for f in fields(ModelSpec) if getattr(spec, f.name) != getattr(bundled, f.name)]

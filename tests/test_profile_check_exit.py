@@ -132,7 +132,7 @@ def test_extrapolation_warning_carries_its_table() -> None:
         table(6)
     w = record[0].message
     assert str(w) == ("profile table 'dense.csv:qkv_proj': tokens=6 is outside the profiled range [1, 4]; "
-                      "extrapolating linearly (warned once per table)")
+                      "extrapolating linearly (said for the first such lookup)")
     assert (w.table, w.axis, w.value, w.lo, w.hi) == ("dense.csv:qkv_proj", "tokens", 6, 1, 4)
 
 

@@ -83,6 +83,10 @@ def test_a_bundled_model_is_never_replaced_by_a_runs_file_and_a_difference_is_sa
     (tmp_path / "same").mkdir()
     load_cluster_config(_run_dir(tmp_path / "same", "meta-llama/Llama-3.1-8B", LLAMA))  # the same: nothing to say
     assert capsys.readouterr().err == ""
+    # One that cannot be read is in nobody's way (the bundled config runs): said, not an error.
+    (tmp_path / "broken").mkdir()
+    load_cluster_config(_run_dir(tmp_path / "broken", "meta-llama/Llama-3.1-8B", {}))
+    assert "the bundled config is used; " in capsys.readouterr().err
 
 
 def test_a_broken_model_config_names_the_file(tmp_path):

@@ -687,7 +687,7 @@ def test_run_notes_are_one_per_profile_table_and_axis_naming_the_profile():
 
     def note(profile: str, table: str, value: int) -> str:
         return (f"{profile}: profile table '{table}': kv_tokens={value} is outside the profiled range [1, 16]; "
-                "extrapolating linearly (warned once per table)")
+                "extrapolating linearly (said for the first such lookup)")
 
     notes = {note("p/tp1", "attention_decode.csv", 900), note("p/tp1", "attention_decode.csv", 1415),
              note("p/tp2", "attention_decode.csv", 1415), note("p/tp1", "attention_prefill.csv", 70)}

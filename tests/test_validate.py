@@ -237,8 +237,8 @@ def test_rtxpro6000_llama8b_matches_measured_vllm():
     from pdsim.validate.timeseries import first_arrival_tick_s, read_timeseries, simulated_counts
 
     ts = read_timeseries(RTX / "vllm_run" / "timeseries.csv")
-    offset_s = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
-    assert 0.0 < offset_s < 0.2  # the first request came 65 ms after the run started
+    offset_s, unknown = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
+    assert 0.0 < offset_s < 0.2 and unknown is None  # the first request came 65 ms after the run started
     running, waiting = simulated_counts(result, ts.t.to_numpy() - offset_s)
     assert running.max() == ts.running.max() == 128  # max_num_seqs reached on both
     assert abs(running.mean() / ts.running.mean() - 1) < 0.03 and abs(waiting.mean() / ts.waiting.mean() - 1) < 0.05

@@ -4,6 +4,7 @@ refused with file, line and field, or said in a note; never replayed silently.""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -511,6 +512,15 @@ def test_batch_limits_the_record_leaves_out_are_named_with_the_values_replayed(t
     res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
                str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
     assert "record no max_num" not in res.output and "max_num_seqs 16 from meta.json engine_kwargs" in res.output
+    # A config value of the wrong type there is the config's error, naming its field, not an internal one.
+    requests, config = _run(tmp_path / "typed", meta={"vllm_version": "0.19.0", "engine_kwargs": {"seed": 0}},
+                            instances=2)
+    raw = json.loads(config.read_text())
+    raw["nodes"][0]["instances"][0]["max_num_seqs"] = None
+    config.write_text(json.dumps(raw))
+    with pytest.raises(PdsimError, match=r"instances\[0\]\.max_num_seqs"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+             str(tmp_path / "v.csv"))
 
 
 def test_a_case_folders_workload_is_named_for_the_prefix_cache(tmp_path):
@@ -524,6 +534,51 @@ def test_a_case_folders_workload_is_named_for_the_prefix_cache(tmp_path):
                str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
     assert (f"no prefix-cache hits are modelled (the run's case folder has its workload: --token-ids "
             f"{case / 'workload.jsonl'} gives them)") in res.output
+
+
+def _ticks(requests: Path, shift_s: float = 0.0) -> str:
+    """timeseries.csv as LLMServingSim's runner writes it, counted from the run's own stamps: `t` seconds
+    after the run started (0.05 s before the first request), running = picked up and not yet done."""
+    records = _lines(requests)
+    first_queued = min(r["queued_ts"] for r in records)
+    rows = ["t,prompt_throughput,gen_throughput,running,waiting,kv_cache_pct"]
+    last = max(r["last_token_ts"] for r in records)
+    for t in np.arange(1.0, last - first_queued + 1.0, 1.0):
+        at = first_queued - 0.05 + t + shift_s
+        running = sum(r["queued_ts"] <= at < r["last_token_ts"] for r in records)
+        rows.append(f"{t},0.0,0.0,{running},0,0.0")
+    return "\n".join(rows) + "\n"
+
+
+def test_the_engines_timeseries_is_compared_tick_by_tick_and_a_bad_one_is_said(tmp_path):
+    started = "2023-11-14T22:13:19.950000Z"  # 0.05 s before the first arrival_time, 1_700_000_000
+    requests, config = _run(tmp_path / "run", n=200, meta={"vllm_version": "0.19.0", "started_at": started})
+    args = ["--measured", str(requests), "--cluster-config", str(config), "--output", str(tmp_path / "v.csv"),
+            "--step-time-margin-pct", "0"]
+    (tmp_path / "run" / "timeseries.csv").write_text(_ticks(requests))
+    line = next(x for x in _cli("validate", *args).output.splitlines() if x.startswith("engine state over "))
+    apart = [float(x) for x in re.findall(r"tick by tick ([\d.]+) apart", line)]
+    assert "placed at tick time 0" not in line and apart[0] < 1.0, line
+    # Counted a second late, the file matches the replay less well tick by tick.
+    (tmp_path / "run" / "timeseries.csv").write_text(_ticks(requests, shift_s=1.0))
+    late = next(x for x in _cli("validate", *args).output.splitlines() if x.startswith("engine state"))
+    assert float(re.findall(r"tick by tick ([\d.]+) apart", late)[0]) > apart[0] + 0.5, (line, late)
+    # Without started_at the replay is placed at tick time 0, and the line says so.
+    (tmp_path / "run" / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0"}))
+    assert "the replay placed at tick time 0 (meta.json has no started_at)" in _cli("validate", *args).output
+    # A timeseries that cannot be read, or has no ticks: said, and the comparison above still printed.
+    for text, said in (("t,running,waiting\n1.0,x,0\n", "line 2, column 'running': expected a number, got 'x'"),
+                       ("t,running,waiting\n\n1.0,,0\n", "line 3, column 'running': expected a number, got an "
+                                                          "empty field"),
+                       ("t,running,waiting\n", "has no ticks")):
+        (tmp_path / "run" / "timeseries.csv").write_text(text)
+        res = _cli("validate", *args)
+        assert res.exit_code == 0 and "NOTE: engine state not compared: " in res.output and said in res.output
+        assert "TTFT (ms)" in res.output
+    # A run file of another name is no runner's layout: its neighbour is not taken for its timeseries.
+    shutil.copy(requests, tmp_path / "run" / "other.jsonl")
+    res = _cli("validate", *[str(tmp_path / "run" / "other.jsonl") if a == str(requests) else a for a in args])
+    assert "engine state" not in res.output
 
 
 @needs_shared

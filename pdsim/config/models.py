@@ -133,7 +133,8 @@ class InstanceConfig(_Strict):
     # during start-up and profiling ("non-torch forward increase memory" in vLLM's log; ~0.1-0.3
     # GiB at TP 1, more with NCCL). cudagraph: vLLM's CUDA-graph estimate, subtracted only when
     # VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 (off by default in 0.19.0, on in 0.33.0), so 0 here.
-    # null: vLLM 0.19's measured increase on H100, 0.25 GiB at TP 1 and 2.1 GiB at TP >= 2 (docs/memory.md).
+    # null: vLLM 0.19's measured increase on H100, 0.25 GiB at TP 1 and 2.1 GiB at TP >= 2, where NVLink
+    # carries NCCL; TP 1's figure at TP >= 2 on a PCIe GPU (perf/memory.py non_torch_gib, docs/memory.md).
     non_torch_memory_gb: float | None = Field(default=None, ge=0, le=MAX_MEM_GB, allow_inf_nan=False)
     cudagraph_memory_gb: float = Field(default=0.0, ge=0, le=MAX_MEM_GB, allow_inf_nan=False)
     # vLLM's --gpu-memory-utilization: the fraction of the GPU's CUDA-visible memory the engine may

@@ -85,8 +85,12 @@ def _verdict(r: dict, growth: float, wait_growth_s: float) -> str:
              f"{r['served_req_per_s_second_half']:,.3g} req/s served")
     if not r["overloaded"]:
         return f"not overloaded ({rates})"
+    signs = []  # the latency sign(s) that agreed with the rates
+    if growth > LATENCY_GROWTH:
+        signs.append(f"took {growth:,.2f}x as long end to end as the first")
+    if wait_growth_s > WAIT_GROWTH_SHARE * r["arrival_window_s"]:
+        signs.append(f"waited {wait_growth_s:,.3g} s longer for its first token than the first")
     return (f"OVERLOADED: {rates}; the backlog (requests arrived, not finished) grew by "
             f"{r['backlog_growth_req_per_s']:,.3g} req/s, from {r['backlog_at_mid_window']:,} to "
-            f"{r['backlog_at_last_arrival']:,}, and the last quarter of arrivals took {growth:,.2f}x as long end to "
-            f"end as the first and waited {wait_growth_s:,.3g} s longer for the first token. There is no steady "
-            "state: the latencies below grow with the trace length.")
+            f"{r['backlog_at_last_arrival']:,}, and the last quarter of arrivals {' and '.join(signs)}. There is no "
+            "steady state: the latencies below grow with the trace length.")

@@ -74,7 +74,7 @@ class _RangeTracker:
             return
         self.out_of_range = (
             f"profile table {self.name!r}: {self.axis_names[axis]}={value:g} is outside the profiled "
-            f"range [{lo:g}, {hi:g}]; extrapolating linearly (warned once per table)"
+            f"range [{lo:g}, {hi:g}]; extrapolating linearly (said for the first such lookup)"
         )
         warning = ExtrapolationWarning(self.out_of_range, self.name, self.axis_names[axis], value, lo, hi)
         warnings.warn(warning, stacklevel=4)

@@ -102,7 +102,8 @@ def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
 
 
 def non_torch_gib(tp: int, hardware: str) -> tuple[float, str | None]:
-    """vLLM's non-torch increase per GPU, and why it is assumed (None: measured on such a GPU).
+    """vLLM's non-torch increase per GPU, and why it is assumed at TP >= 2 (None: measured there, or TP 1,
+    whose figure holds no communication buffers).
 
     The H100 SXM figure at TP >= 2 is 1.85 GiB over TP 1's and the same at TP 2 and 4, so no workspace
     sized by the TP degree; read here as NCCL's buffers over NVLink and NVSwitch (many channels, LL128,
@@ -114,10 +115,14 @@ def non_torch_gib(tp: int, hardware: str) -> tuple[float, str | None]:
         return NON_TORCH_GIB_TP1, None
     if spec is not None and spec.name == "H100-SXM":
         return NON_TORCH_GIB_TP_MULTI, None
-    if spec is None or spec.intra_node_link == "pcie":
-        return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {spec.name if spec else hardware} at TP >= 2: H100's 2.1 GiB "
-                                   "there is read as NCCL's NVLink buffers, which a PCIe GPU does not allocate; "
+    if spec is None:  # its TP all-reduce is priced over PCIe too (pdsim/perf/collectives.py)
+        return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {hardware} at TP >= 2: no spec for it, so no NVLink is "
+                                   "assumed, and H100's 2.1 GiB there is read as NCCL's NVLink buffers; "
                                    "non_torch_memory_gb sets it")
+    if spec.intra_node_link == "pcie":
+        return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {spec.name} at TP >= 2: H100's 2.1 GiB there is read as "
+                                   "NCCL's NVLink buffers, which a PCIe GPU does not allocate; non_torch_memory_gb "
+                                   "sets it")
     return NON_TORCH_GIB_TP_MULTI, f"H100's at TP >= 2, assumed for {spec.name}; non_torch_memory_gb sets it"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,7 +229,8 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str | None = None) -> 
                    "it (0: off).")
 @click.option("--output", "--out", "output", default="outputs/validate.csv", show_default=True,
               type=OutputFile(), help="Comparison CSV; with --plot the PNGs go beside it.")
-@click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG.")
+@click.option("--plot", is_flag=True, help="Write CDF overlays (measured vs simulated) as PNG, and the running and "
+              "waiting requests over time where the run has LLMServingSim's timeseries.csv.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float | None, step_overhead_us: float, async_scheduling: bool | None, clock: str,
@@ -351,8 +353,10 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
 
 
 def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[str | None, Path | None]:
-    """Running and waiting over time against the engine's own timeseries.csv, where the run has one: the
-    line that compares them, and the plot of both when plot_prefix is given."""
+    """Running and waiting over time against the engine's own timeseries.csv, where the run is laid out as
+    LLMServingSim's runner writes it (requests.jsonl beside it): the line that compares them, and the plot of
+    both when plot_prefix is given. A timeseries that cannot be read is said; the comparison above stands."""
+    from pdsim.validate.measured import LLMSERVINGSIM_REQUESTS
     from pdsim.validate.timeseries import (
         TIMESERIES,
         engine_state_line,
@@ -362,14 +366,21 @@ def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[s
     )
 
     path = Path(run.source).with_name(TIMESERIES)
-    if run.latency_origin != "pickup" or not path.is_file():
+    if run.latency_origin != "pickup" or Path(run.source).name != LLMSERVINGSIM_REQUESTS or not path.is_file():
         return None, None
-    ts = read_timeseries(path)
+    try:
+        ts = read_timeseries(path)
+    except PdsimError as e:
+        return f"NOTE: engine state not compared: {e}", None
     if ts.empty:
-        return None, None
-    offset_s = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
+        return f"NOTE: engine state not compared: {path} has no ticks", None
+    offset_s, unknown = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
     plot = write_state_plot(ts, result, offset_s, plot_prefix) if plot_prefix is not None else None
-    return engine_state_line(ts, result, offset_s, path), plot
+    return engine_state_line(ts, result, offset_s, path, unknown), plot
+
+
+# A note on a profile table left at some value: the same table left at another value is the same note.
+_TABLE_NOTE = re.compile(r"^.*?profile table '[^']*'")
 
 
 def _bar(label: str, quiet: bool) -> ProgressBar:
@@ -455,6 +466,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         what = f"{metric} per row"
         notes = left_out
     else:
+        from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
         from pdsim.validate.compare import compare, replay_losses
 
         run = read_measured(measured)
@@ -462,7 +474,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         cfg = replay_config(cluster_config, run, async_scheduling)
         _prefix_ids(run, cfg, None, "calibrate takes no --token-ids; validate --token-ids models them")
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
-        left_grid: set[str] = set()  # where the replays left a profile table's grid, said once each
+        left_grid: dict[str, str] = {}  # what priced the steps and where the replays left a table's grid
 
         def errors_at(overhead_us: float):
             result = _replay_with_bar(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms),
@@ -470,7 +482,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             if (lost := replay_losses(result)) is not None:
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
-            left_grid.update(n for inst in result.instances for n in inst.predictor.extrapolation_notes())
+            for note in profile_notes(result):  # a table left at other values by another overhead: said once
+                left_grid.setdefault(_TABLE_NOTE.match(note).group(0) if _TABLE_NOTE.match(note) else note, note)
             table = compare(run, result)
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()
@@ -481,7 +494,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 
     fit = fit_overhead(errors_at)
     if not table_input:
-        notes += [f"note: {n}" for n in sorted(left_grid)]
+        notes += [f"note: {n}" for n in left_grid.values() if n != ESTIMATED_NOTE]
     fit.update({"measured": str(measured), "metric": metric, "estimated_profile": estimated[0] > 0,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
     write_json_atomic(out, fit)

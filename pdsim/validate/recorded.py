@@ -254,7 +254,7 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
-    if kwargs:
+    if run.engine_meta:  # a meta.json beside the run, which would record them
         _unrecorded_batch_limits(instances, kwargs, run)
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
@@ -282,13 +282,14 @@ def _unrecorded_batch_limits(instances: list[dict], kwargs: dict, run) -> None:
         return
     used = []
     for key in missing:
-        values = sorted({inst.get(key, InstanceConfig.model_fields[key].default) for inst in instances})
-        used.append(f"{key} {', '.join(str(v) for v in values)}")
+        # As written: the config's validation, after this, names a value that is no whole number.
+        values = dict.fromkeys(str(inst.get(key, InstanceConfig.model_fields[key].default)) for inst in instances)
+        used.append(f"{key} {', '.join(values)}")
     run.notes.append(f"NOTE: meta.json engine_kwargs record no {' or '.join(missing)}: replayed with "
                      f"{' and '.join(used)} (the cluster config's, else vLLM's engine default 128 seqs / 2048 "
                      "tokens), whereas vLLM's default depends on how the engine was started (`vllm serve`: 256 / 2048 "
-                     "below 70 GiB of GPU memory, 1024 / 8192 above; the LLM class 256 / 8192 and 1024 / 16384), "
-                     "and it sets the batches and the activation peak the KV cache is sized after")
+                     "below 70 GiB of GPU memory and on A100, 1024 / 8192 above; the LLM class 256 / 8192 and "
+                     "1024 / 16384), and it sets the batches and the activation peak the KV cache is sized after")
 
 
 def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:

@@ -10,7 +10,7 @@ points at the step times.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,37 +24,47 @@ COLUMNS = ("t", "running", "waiting")
 
 
 def read_timeseries(path: Path) -> pd.DataFrame:
-    """t, running, waiting per tick, in time order; a file without those columns or with a value that is
-    no finite number is refused naming the file and the column."""
+    """t, running, waiting per tick, in time order; a file without those columns, or with a row whose
+    value there is no finite number, is refused naming the file, the line and the column."""
     try:
-        df = pd.read_csv(path)
+        # Blank lines kept (and dropped below) so that row i is line i + 2; index_col=False keeps a row with
+        # a field too many from shifting its values into the wrong columns.
+        df = pd.read_csv(path, skip_blank_lines=False, index_col=False, dtype=str)
     except (OSError, ValueError) as e:
         raise PdsimError(f"{path}: cannot read the engine's timeseries ({e})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise PdsimError(f"{path}: expected columns {', '.join(COLUMNS)}; missing {', '.join(missing)}")
+    df = df[df.notna().any(axis=1)]  # blank lines
     out = df[list(COLUMNS)].apply(pd.to_numeric, errors="coerce")
     for column in COLUMNS:
         bad = ~np.isfinite(out[column].to_numpy(dtype=float))
         if bad.any():
-            row = int(np.argmax(bad))
-            raise PdsimError(f"{path}: line {row + 2}, column {column!r}: expected a number, got "
-                             f"{df[column].iloc[row]!r}")
+            label = df.index[int(np.argmax(bad))]
+            raw = df.at[label, column]
+            got = "an empty field" if pd.isna(raw) else repr(raw)
+            raise PdsimError(f"{path}: line {label + 2}, column {column!r}: expected a number, got {got}")
     return out.sort_values("t", kind="stable").reset_index(drop=True)
 
 
-def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> float:
+def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> tuple[float, str | None]:
     """When, on the timeseries' clock (seconds since meta.json's `started_at`), the first request
-    arrived, which is the replay's time 0; 0 when the record does not say."""
+    arrived, which is the replay's time 0; (0, why) when the record does not say."""
     started = meta.get("started_at")
-    if not isinstance(started, str) or first_arrival_wall_s is None:
-        return 0.0
+    if not isinstance(started, str):
+        return 0.0, "meta.json has no started_at"
+    if first_arrival_wall_s is None:
+        return 0.0, "the first request has no arrival_time"
     try:
-        started_s = datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        started_at = datetime.fromisoformat(started.replace("Z", "+00:00"))
     except ValueError:
-        return 0.0
-    offset = first_arrival_wall_s - started_s
-    return offset if 0.0 <= offset < 3600.0 else 0.0  # a wall clock off by more: not the same run's
+        return 0.0, f"meta.json's started_at {started!r} is no ISO 8601 time"
+    if started_at.tzinfo is None:  # the runner writes UTC; a time without a zone is read so
+        started_at = started_at.replace(tzinfo=timezone.utc)
+    offset = first_arrival_wall_s - started_at.timestamp()
+    if not 0.0 <= offset < 3600.0:
+        return 0.0, f"the first request's arrival_time is {offset:,.0f} s from meta.json's started_at"
+    return offset, None
 
 
 def simulated_counts(result: SimulationResult, times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +81,10 @@ def simulated_counts(result: SimulationResult, times_s: np.ndarray) -> tuple[np.
                  for name in ("running", "waiting"))
 
 
-def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: float, source: Path) -> str:
-    """One line: running and waiting, mean over the ticks and peak, measured vs simulated."""
+def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: float, source: Path,
+                      offset_unknown: str | None = None) -> str:
+    """One line: running and waiting, mean over the ticks, peak and mean difference tick by tick,
+    measured vs simulated."""
     times = ts.t.to_numpy(dtype=float) - offset_s
     running, waiting = simulated_counts(result, times)
     parts = []
@@ -80,8 +92,10 @@ def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: floa
                                       ("waiting", ts.waiting.to_numpy(dtype=float), waiting)):
         parts.append(f"{name} mean {measured.mean():,.1f} / {simulated.mean():,.1f}, peak {measured.max():,.0f} / "
                      f"{simulated.max():,.0f}, tick by tick {np.abs(simulated - measured).mean():,.1f} apart")
-    return (f"engine state over {len(ts)} ticks of {source} (measured / simulated, requests summed over the "
-            f"engines): {'; '.join(parts)}")
+    ticks = f"{len(ts)} tick{'s' if len(ts) != 1 else ''}"
+    placed = f"; the replay placed at tick time 0 ({offset_unknown})" if offset_unknown else ""
+    return (f"engine state over {ticks} of {source} (measured / simulated, requests summed over the "
+            f"engines{placed}): {'; '.join(parts)}")
 
 
 def state_plot_path(prefix: Path) -> Path:
