@@ -150,3 +150,14 @@ def test_import_aiconfigurator_fp8_gemm_table(tmp_path):
     assert fp8.dense["gate_up_proj"](8192) < 0.8 * bf16.dense["gate_up_proj"](8192)
     assert fp8.per_sequence["lm_head"](64) == bf16.per_sequence["lm_head"](64)
     assert "fp8 table" in fp8.meta.notes and "fp8 GEMM table" in fp8.meta.device["gemm_precision"]
+
+
+def test_the_kv_line_says_the_precision_that_sized_the_weights():
+    from tests.helpers import instance
+
+    def note(**knobs) -> str:
+        res = simulate(cluster(instance(None, 80, "H100-SXM", **knobs)), trace([(100, 2, 0.0)]), SimOptions())
+        return res.infos[0].memory_note
+
+    assert "(fp8 weights) - activation peak" in note(quantization="fp8")
+    assert "weights" in note() and "fp8 weights" not in note()

@@ -232,7 +232,8 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
     engine_parts = activation_bytes, other  # what a vLLM engine holds besides weights and KV
     assumed = f" ({why})" if why and not given else ""
-    vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f} - activation peak "
+    held = f" ({ic.quantization} weights)" if ic.quantization else ""  # the precision that sized them
+    vllm_note = (f"vLLM's accounting, {how} - weights {weight_bytes / GIB:.2f}{held} - activation peak "
                  f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB{assumed}")
     if ic.npu_mem.mem_util is not None:
         usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
@@ -241,7 +242,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         detail = (f"mem_size {ic.npu_mem.mem_size:g} GiB x mem_util {ic.npu_mem.mem_util:g} = "
                   f"{usable / GIB:.2f} GiB, weights {weight_bytes / GIB:.2f} GiB")
         note = (f"LLMServingSim's rule (npu_mem.mem_util given): {ic.npu_mem.mem_size:g} GiB x {ic.npu_mem.mem_util:g}"
-                f" - weights {weight_bytes / GIB:.2f} GiB = {blocks * block_bytes / GIB:.2f} GiB "
+                f" - weights {weight_bytes / GIB:.2f} GiB{held} = {blocks * block_bytes / GIB:.2f} GiB "
                 f"({blocks:,} blocks); {vllm_note} would give {max(vllm_blocks, 0) * block_bytes / GIB:.2f} GiB "
                 f"({max(vllm_blocks, 0):,} blocks)")
     else:
