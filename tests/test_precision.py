@@ -161,3 +161,19 @@ def test_the_kv_line_says_the_precision_that_sized_the_weights():
 
     assert "(fp8 weights) - activation peak" in note(quantization="fp8")
     assert "weights" in note() and "fp8 weights" not in note()
+
+
+def test_an_fp8_kv_cache_over_a_profile_timed_with_another_says_its_attention_is_used_as_timed():
+    from pdsim.engine.build import _kv_dtype_note
+    from pdsim.perf.profile_format import ProfileMeta
+    from tests.helpers import instance
+
+    def note(kv_cache_dtype: str, profiled: str | None) -> str | None:
+        ic = cluster(instance(None, kv_cache_dtype=kv_cache_dtype)).instances()[0].config
+        return _kv_dtype_note(ic, ProfileMeta(hardware="RTXPRO6000", model="m", dtype="bfloat16", tp=1,
+                                              engine_kv_cache_dtype=profiled))
+
+    assert "the profile's attention was timed with a bfloat16 KV cache and is used as timed" in note("fp8", None)
+    assert note("fp8", "fp8_e4m3") is None and note("fp8", "fp8_inc") is None  # timed with an fp8 cache
+    assert note("auto", None) is None
+    assert "timed with a fp8 KV cache" in note("auto", "fp8")

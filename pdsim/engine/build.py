@@ -52,7 +52,10 @@ def build_instances(
 def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
     """A measured profile's attention times hold its own KV cache's bytes per value; an instance that stores
     its cache in another size (an fp8 cache over a bf16-timed profile) has them used as timed, and says so."""
-    profiled = KV_CACHE_DTYPES.get(meta.engine_kv_cache_dtype or "auto") or meta.dtype
+    recorded = meta.engine_kv_cache_dtype or "auto"
+    # A kv_cache_dtype vLLM has that pdsim's table lacks (fp8_inc, ...): fp8 by its name, else the activations'.
+    profiled = (KV_CACHE_DTYPES[recorded] if recorded in KV_CACHE_DTYPES
+                else "fp8" if "fp8" in recorded else None) or meta.dtype
     if dtype_bytes(ic.kv_dtype) == dtype_bytes(profiled):
         return None
     return (f"kv_cache_dtype {ic.kv_cache_dtype}: the KV cache holds {dtype_bytes(ic.kv_dtype)}-byte values (its "
