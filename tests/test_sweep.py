@@ -693,3 +693,19 @@ def test_run_notes_are_one_per_profile_table_and_axis_naming_the_profile():
              note("p/tp2", "attention_decode.csv", 1415), note("p/tp1", "attention_prefill.csv", 70)}
     said = _run_notes(notes).splitlines()
     assert said == [f"NOTE: {n}" for n in sorted(notes - {note("p/tp1", "attention_decode.csv", 900)})]
+
+
+@pytest.mark.parametrize("held_share, stable", [(0.03, 0), (0.01, 1)])
+def test_a_run_serving_97_percent_of_its_rate_is_unstable_and_one_at_99_is_not(held_share, stable):
+    """10,000 arrivals over a 100 s window, each served in 1 s except a share that stays queued past the
+    window's end: at 3% the queue grew faster than the 2% rule allows (the old 10% let it pass), at 1% it did
+    not."""
+    from pdsim.sweep.steady import Window, stability
+
+    arrival = [i * 0.01 for i in range(10_000)]
+    held = set(range(0, 10_000, round(1 / held_share)))
+    finish = [a + (150.0 if i in held else 1.0) for i, a in enumerate(arrival)]
+    df = pd.DataFrame({"status": "finished", "arrival_s": arrival, "finish_s": finish})
+    got = stability(df, Window(5.0, 99.99))  # in service at both ends: about 100 requests
+    assert got["stable"] == stable, got
+    assert got["served_req_s"] / got["offered_req_s"] == pytest.approx(1 - held_share, abs=0.002)

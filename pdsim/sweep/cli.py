@@ -163,6 +163,7 @@ class _Setup:
         self.bandwidth_notes = list(dict.fromkeys(
             note for ref in base.instances() if (note := mem_bw_note(ref.config)) is not None))
         self.skipped: list[str] = []  # layouts left out, each with its reason
+        self.base_notes = _base_tp_notes(base, kw["tp_prefill"], kw["tp_decode"])
         self.variants = expand(
             base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
             parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
@@ -224,7 +225,8 @@ class _Setup:
         ex = f"Ray at {self.kw['ray_address']}" if self.kw["ray_address"] else (
             f"{self.kw['workers']} worker(s)" if self.kw["workers"] else "one worker per CPU")
         skipped = "".join(f"\nskipped {why}" for why in self.skipped)
-        return (f"{len(self.variants)} configurations of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
+        skipped += "".join(f"\nnote: {note}" for note in self.base_notes)
+        return (f"{_count(len(self.variants), 'configuration')} of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
                 f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}; TTFT at the "
                 f"{self.kw['ttft_mode']}{skipped}\n" + self.steady_rule())
 
@@ -287,6 +289,23 @@ def _unstable_note(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _base_tp_notes(base, tp_prefill: str, tp_decode: str) -> list[str]:
+    """The base config's instances are templates: their TP degree is replaced by --tp-prefill/--tp-decode,
+    which a base at another TP may not expect; said, naming the options."""
+    notes = []
+    for role, given, option in (("prefill", tp_prefill, "--tp-prefill"), ("decode", tp_decode, "--tp-decode")):
+        swept = {int(x) for x in str(given).split(",") if x.strip().isdigit()}
+        based = sorted({ref.config.tp_size for ref in base.instances() if ref.config.pd_type in (role, None)})
+        if based and swept and not set(based) & swept:
+            notes.append(f"the base config's {role} instances run TP {', '.join(map(str, based))}; the variants run "
+                         f"TP {', '.join(map(str, sorted(swept)))} ({option}, default 1)")
+    return notes
+
+
 def _run_notes(notes: set[str]) -> str:
     """What the runs of this command said besides their rows, once per profile table and axis (each run
     names the first point it looked up off the table's grid, so their points differ)."""
@@ -323,7 +342,7 @@ def sweep(rates: str, **kw: Any) -> None:
         check_request_count(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
                             f"--rates {rate:g} (for at least {setup.settings.min_duration_s:g} s)")
     jobs = [Job(v, r) for v in setup.variants for r in rate_list]
-    click.echo(f"sweep: {setup.describe()}, {len(rate_list)} rates: {len(jobs)} runs")
+    click.echo(f"sweep: {setup.describe()}, {_count(len(rate_list), 'rate')}: {_count(len(jobs), 'run')}")
     bar = _bar(kw["quiet"])
     started = time.perf_counter()
     executor = setup.executor()
