@@ -709,3 +709,14 @@ def test_a_run_serving_97_percent_of_its_rate_is_unstable_and_one_at_99_is_not(h
     got = stability(df, Window(5.0, 99.99))  # in service at both ends: about 100 requests
     assert got["stable"] == stable, got
     assert got["served_req_s"] / got["offered_req_s"] == pytest.approx(1 - held_share, abs=0.002)
+
+
+def test_a_goodput_at_the_highest_rate_swept_is_said_to_be_a_lower_bound(tmp_path):
+    common = ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "20", "--gpus", "2",
+              "--slo-ttft-ms", "5000", "--slo-tpot-ms", "200", "--workers", "1", "--min-duration-s", "0",
+              "--no-plots"]
+    res = CliRunner().invoke(cli, [*common, "--rates", "0.5,1", "--out", str(tmp_path / "low")])
+    assert res.exit_code == 0, res.output
+    assert "passed the highest rate swept (1 req/s): a lower bound" in res.output
+    res = CliRunner().invoke(cli, [*common, "--rates", "1,300", "--out", str(tmp_path / "high")])
+    assert res.exit_code == 0 and "a lower bound" not in res.output, res.output

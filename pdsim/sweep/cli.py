@@ -362,6 +362,10 @@ def sweep(rates: str, **kw: Any) -> None:
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
     click.echo(_table(good, ["label", "goodput_req_s", "goodput_per_gpu"]))
+    top = max(float(r) for r in rate_list)
+    if at_top := [g["label"] for g in good if g["goodput_req_s"] >= top]:
+        click.echo(f"NOTE: {', '.join(at_top)} passed the highest rate swept ({top:g} req/s): a lower bound, not a "
+                   "limit found (raise --rates, or use pdsim search)")
     with setup.outputs("sweep", "runs.csv") as out:
         out.stage(setup.out / "sweep.csv", lambda tmp: _write_csv(rows, tmp))
         if kw["plots"]:
