@@ -57,8 +57,8 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
     offered = (np.searchsorted(arrivals, t1, side="right") - np.searchsorted(arrivals, mid, side="right")) / half_s
     served = (np.searchsorted(done, t1, side="right") - np.searchsorted(done, mid, side="right")) / half_s
     # Unfinished requests count with the time they had spent when the run stopped (a lower bound).
-    e2e = np.where(np.isnan(finish), sim_end_s, finish) - live.arrival_s.to_numpy(dtype=float)
     arrival = live.arrival_s.to_numpy(dtype=float)
+    e2e = np.where(np.isnan(finish), sim_end_s, finish) - arrival
     # Requests without a first token waited at least until the run stopped.
     ttft = live.ttft_ms.to_numpy(dtype=float) / 1e3
     wait = np.where(np.isnan(ttft), sim_end_s - arrival, ttft)
@@ -66,8 +66,12 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
     first, last = float(e2e[early].mean()), float(e2e[late].mean())
     growth = last / first if first > 0 else float("inf")
     wait_growth_s = float(wait[late].mean() - wait[early].mean())
-    overloaded = bool(served < SERVED_SHARE * offered
-                      and (growth > LATENCY_GROWTH or wait_growth_s > WAIT_GROWTH_SHARE * window_s))
+    latency_signs = []  # how the latency grew with the arrival time, where it did
+    if growth > LATENCY_GROWTH:
+        latency_signs.append(f"took {growth:,.2f}x as long end to end as the first")
+    if wait_growth_s > WAIT_GROWTH_SHARE * window_s:
+        latency_signs.append(f"waited {wait_growth_s:,.3g} s longer for its first token than the first")
+    overloaded = bool(served < SERVED_SHARE * offered and latency_signs)
     report.update({
         "offered_req_per_s_second_half": float(offered), "served_req_per_s_second_half": float(served),
         "backlog_at_mid_window": backlog(mid), "backlog_at_last_arrival": backlog(t1),
@@ -76,21 +80,16 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
         "ttft_mean_s_growth_first_to_last_quarter": wait_growth_s,
         "overloaded": overloaded,
     })
-    report["verdict"] = _verdict(report, growth, wait_growth_s)
+    report["verdict"] = _verdict(report, latency_signs)
     return report
 
 
-def _verdict(r: dict, growth: float, wait_growth_s: float) -> str:
+def _verdict(r: dict, latency_signs: list[str]) -> str:
     rates = (f"over the second half of the arrivals {r['offered_req_per_s_second_half']:,.3g} req/s offered, "
              f"{r['served_req_per_s_second_half']:,.3g} req/s served")
     if not r["overloaded"]:
         return f"not overloaded ({rates})"
-    signs = []  # the latency sign(s) that agreed with the rates
-    if growth > LATENCY_GROWTH:
-        signs.append(f"took {growth:,.2f}x as long end to end as the first")
-    if wait_growth_s > WAIT_GROWTH_SHARE * r["arrival_window_s"]:
-        signs.append(f"waited {wait_growth_s:,.3g} s longer for its first token than the first")
     return (f"OVERLOADED: {rates}; the backlog (requests arrived, not finished) grew by "
             f"{r['backlog_growth_req_per_s']:,.3g} req/s, from {r['backlog_at_mid_window']:,} to "
-            f"{r['backlog_at_last_arrival']:,}, and the last quarter of arrivals {' and '.join(signs)}. There is no "
-            "steady state: the latencies below grow with the trace length.")
+            f"{r['backlog_at_last_arrival']:,}, and the last quarter of arrivals {' and '.join(latency_signs)}. "
+            "There is no steady state: the latencies below grow with the trace length.")

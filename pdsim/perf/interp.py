@@ -62,6 +62,14 @@ def extrapolations_gathered(caught: list[ExtrapolationWarning] | None = None) ->
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
+def extrapolation_key(note: str) -> str:
+    """What identifies a note on a table left at some value (_RangeTracker's wording, behind the profile path
+    a report puts in front): its profile, table and axis, so runs that left the same table at other values
+    say it once. Any other note is its own key."""
+    head, found, _ = note.rpartition("=")
+    return head if found and " profile table '" in head else note
+
+
 class _RangeTracker:
     """Warns once per table when a lookup leaves the range of one of its axes."""
 

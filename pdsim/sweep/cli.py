@@ -163,10 +163,11 @@ class _Setup:
         self.bandwidth_notes = list(dict.fromkeys(
             note for ref in base.instances() if (note := mem_bw_note(ref.config)) is not None))
         self.skipped: list[str] = []  # layouts left out, each with its reason
-        self.base_notes = _base_tp_notes(base, kw["tp_prefill"], kw["tp_decode"])
+        tp_prefill = parse_int_list(kw["tp_prefill"], "--tp-prefill")
+        tp_decode = parse_int_list(kw["tp_decode"], "--tp-decode")
+        self.base_notes = _base_tp_notes(base, tp_prefill, tp_decode)
         self.variants = expand(
-            base, kw["gpus"], parse_ratios(kw["ratios"]), parse_int_list(kw["tp_prefill"], "--tp-prefill"),
-            parse_int_list(kw["tp_decode"], "--tp-decode"), kw["colocated"], kw["node_gpus"],
+            base, kw["gpus"], parse_ratios(kw["ratios"]), tp_prefill, tp_decode, kw["colocated"], kw["node_gpus"],
             parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
             parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
             kw["decode_expert_parallel"],
@@ -293,25 +294,26 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _base_tp_notes(base, tp_prefill: str, tp_decode: str) -> list[str]:
+def _base_tp_notes(base, tp_prefill: list[int], tp_decode: list[int]) -> list[str]:
     """The base config's instances are templates: their TP degree is replaced by --tp-prefill/--tp-decode,
     which a base at another TP may not expect; said, naming the options."""
     notes = []
-    for role, given, option in (("prefill", tp_prefill, "--tp-prefill"), ("decode", tp_decode, "--tp-decode")):
-        swept = {int(x) for x in str(given).split(",") if x.strip().isdigit()}
+    for role, swept, option in (("prefill", tp_prefill, "--tp-prefill"), ("decode", tp_decode, "--tp-decode")):
         based = sorted({ref.config.tp_size for ref in base.instances() if ref.config.pd_type in (role, None)})
-        if based and swept and not set(based) & swept:
+        if based and not set(based) & set(swept):
             notes.append(f"the base config's {role} instances run TP {', '.join(map(str, based))}; the variants run "
-                         f"TP {', '.join(map(str, sorted(swept)))} ({option}, default 1)")
+                         f"TP {', '.join(map(str, swept))} ({option}, default 1)")
     return notes
 
 
 def _run_notes(notes: set[str]) -> str:
     """What the runs of this command said besides their rows, once per profile table and axis (each run
     names the first point it looked up off the table's grid, so their points differ)."""
+    from pdsim.perf.interp import extrapolation_key
+
     first: dict[str, str] = {}
     for note in sorted(notes):
-        first.setdefault(note.rsplit("=", 1)[0], note)  # "<profile>: profile table 'x.csv': <axis>"
+        first.setdefault(extrapolation_key(note), note)
     return "\n".join(f"NOTE: {note}" for note in first.values())
 
 

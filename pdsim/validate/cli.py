@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -362,6 +361,7 @@ def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[s
         engine_state_line,
         first_arrival_tick_s,
         read_timeseries,
+        simulated_counts,
         write_state_plot,
     )
 
@@ -375,12 +375,9 @@ def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[s
     if ts.empty:
         return f"NOTE: engine state not compared: {path} has no ticks", None
     offset_s, unknown = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
-    plot = write_state_plot(ts, result, offset_s, plot_prefix) if plot_prefix is not None else None
-    return engine_state_line(ts, result, offset_s, path, unknown), plot
-
-
-# A note on a profile table left at some value: the same table left at another value is the same note.
-_TABLE_NOTE = re.compile(r"^.*?profile table '[^']*'")
+    running, waiting = simulated_counts(result, ts.t.to_numpy(dtype=float) - offset_s)
+    plot = write_state_plot(ts, running, waiting, plot_prefix) if plot_prefix is not None else None
+    return engine_state_line(ts, running, waiting, path, unknown), plot
 
 
 def _bar(label: str, quiet: bool) -> ProgressBar:
@@ -467,6 +464,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         notes = left_out
     else:
         from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
+        from pdsim.perf.interp import extrapolation_key
         from pdsim.validate.compare import compare, replay_losses
 
         run = read_measured(measured)
@@ -483,7 +481,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
             for note in profile_notes(result):  # a table left at other values by another overhead: said once
-                left_grid.setdefault(_TABLE_NOTE.match(note).group(0) if _TABLE_NOTE.match(note) else note, note)
+                left_grid.setdefault(extrapolation_key(note), note)
             table = compare(run, result)
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()

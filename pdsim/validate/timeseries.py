@@ -81,12 +81,10 @@ def simulated_counts(result: SimulationResult, times_s: np.ndarray) -> tuple[np.
                  for name in ("running", "waiting"))
 
 
-def engine_state_line(ts: pd.DataFrame, result: SimulationResult, offset_s: float, source: Path,
+def engine_state_line(ts: pd.DataFrame, running: np.ndarray, waiting: np.ndarray, source: Path,
                       offset_unknown: str | None = None) -> str:
     """One line: running and waiting, mean over the ticks, peak and mean difference tick by tick,
-    measured vs simulated."""
-    times = ts.t.to_numpy(dtype=float) - offset_s
-    running, waiting = simulated_counts(result, times)
+    measured vs simulated (`running`, `waiting`: simulated_counts at the ticks)."""
     parts = []
     for name, measured, simulated in (("running", ts.running.to_numpy(dtype=float), running),
                                       ("waiting", ts.waiting.to_numpy(dtype=float), waiting)):
@@ -103,8 +101,9 @@ def state_plot_path(prefix: Path) -> Path:
     return prefix.with_name(f"{prefix.name}_engine_state.png")
 
 
-def write_state_plot(ts: pd.DataFrame, result: SimulationResult, offset_s: float, prefix: Path) -> Path:
-    """Running and waiting requests per tick, measured (solid) against simulated (dashed), as PNG."""
+def write_state_plot(ts: pd.DataFrame, running: np.ndarray, waiting: np.ndarray, prefix: Path) -> Path:
+    """Running and waiting requests per tick, measured (solid) against simulated (dashed, simulated_counts at
+    the ticks), as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +112,6 @@ def write_state_plot(ts: pd.DataFrame, result: SimulationResult, offset_s: float
     from pdsim.outputs import atomic_path
 
     t = ts.t.to_numpy(dtype=float)
-    running, waiting = simulated_counts(result, t - offset_s)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, measured, simulated, color in (("running", ts.running, running, "C0"),
                                              ("waiting", ts.waiting, waiting, "C1")):
