@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from pdsim.cli import cli
 from pdsim.config import cluster_config_from_dict, load_cluster_config
 from pdsim.errors import PdsimError
-from pdsim.sweep.expand import expand, parse_ratios
+from pdsim.sweep.expand import colocated_from_pd, expand, parse_ratios
 from pdsim.sweep.runner import (
     ROW_FIELDS,
     InlineExecutor,
@@ -55,6 +55,25 @@ def test_expand_every_split_and_colocated():
     types = [ref.config.pd_type for ref in cfg.instances()]
     assert types == ["prefill"] * 3 + ["decode"] * 5  # prefill first
     assert sum(ref.config.num_npus for ref in cfg.instances()) == 8
+
+
+def test_colocated_baseline_of_a_pd_base_takes_both_roles_larger_batch_limits():
+    raw = json.loads(BASE.read_text())
+    inst = raw["nodes"][0]["instances"][0]
+    prefill = {**inst, "pd_type": "prefill", "max_num_seqs": 16, "max_num_batched_tokens": 8192}
+    decode = {**inst, "pd_type": "decode", "max_num_seqs": 256, "max_num_batched_tokens": 512,
+              "gpu_memory_utilization": 0.85}
+    raw["nodes"][0].update(num_instances=2, instances=[prefill, decode])
+    base = cluster_config_from_dict(raw, "<test>")
+    colo = expand(base, 4)[-1]
+    assert colo.colocated
+    limits = {(r.config.max_num_seqs, r.config.max_num_batched_tokens, r.config.gpu_memory_utilization)
+              for r in colo.config().instances()}
+    assert limits == {(256, 8192, 0.85)}  # decode's instance, each limit the larger role's
+    assert colocated_from_pd(base)[1] == (
+        "the base config has no colocated instance: the colocated baseline copies its decode instance with the "
+        "larger of the two roles' batch limits, max_num_seqs 256 (decode's), max_num_batched_tokens 8192 (prefill's)")
+    assert colocated_from_pd(load_cluster_config(BASE))[1] is None  # a colocated base is copied as is
 
 
 def test_a_large_budget_shares_one_instance_dict_per_role():

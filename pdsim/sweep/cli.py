@@ -148,7 +148,7 @@ class _Setup:
     def __init__(self, kw: dict[str, Any]) -> None:
         from pdsim.config import load_cluster_config
         from pdsim.engine.build import mem_bw_note
-        from pdsim.sweep.expand import expand, parse_int_list, parse_ratios
+        from pdsim.sweep.expand import colocated_from_pd, expand, parse_int_list, parse_ratios
         from pdsim.sweep.runner import RunSettings, Slo
         from pdsim.sweep.steady import longest_life_s, run_duration_s
         from pdsim.workload.readers import load_dataset
@@ -166,6 +166,9 @@ class _Setup:
         tp_prefill = parse_int_list(kw["tp_prefill"], "--tp-prefill")
         tp_decode = parse_int_list(kw["tp_decode"], "--tp-decode")
         self.base_notes = _base_tp_notes(base, tp_prefill, tp_decode)
+        colocated_note = colocated_from_pd(base)[1] if kw["colocated"] else None
+        if colocated_note:
+            self.base_notes.append(colocated_note)
         self.variants = expand(
             base, kw["gpus"], parse_ratios(kw["ratios"]), tp_prefill, tp_decode, kw["colocated"], kw["node_gpus"],
             parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,

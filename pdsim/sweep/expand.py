@@ -88,11 +88,41 @@ def parse_ratios(text: str) -> list[tuple[int, int]] | None:
     return out
 
 
+# A colocated engine does both roles' work, so a base without a colocated instance lends it the larger of
+# its prefill and decode instances' batch limits: either role's limit was chosen as enough for that role.
+COLOCATED_BATCH_LIMITS = ("max_num_seqs", "max_num_batched_tokens")
+
+
 def _template(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
-    """The base instance to copy for this role: one of that pd_type if the base has it, else the first."""
+    """The base instance to copy for this role: one of that pd_type if the base has it, else the first;
+    for a colocated instance from a P/D base, its decode instance with both roles' larger batch limits."""
     refs = base.instances()
-    chosen = next((r for r in refs if r.config.pd_type == pd_type), refs[0])
-    return chosen.config.model_dump(mode="json")
+    chosen = next((r for r in refs if r.config.pd_type == pd_type), None)
+    if chosen is None and pd_type is None:
+        return colocated_from_pd(base)[0]
+    return (chosen or refs[0]).config.model_dump(mode="json")
+
+
+def colocated_from_pd(base: ClusterConfig) -> tuple[dict[str, Any], str | None]:
+    """The colocated template of a base with no colocated instance, and what it took from which role
+    (None when the base has a colocated instance, which is then copied as is)."""
+    refs = base.instances()
+    colocated = next((r for r in refs if r.config.pd_type is None), None)
+    if colocated is not None:
+        return colocated.config.model_dump(mode="json"), None
+    by_role = {role: next((r.config for r in refs if r.config.pd_type == role), None) for role in ("prefill", "decode")}
+    template = (by_role["decode"] or refs[0].config).model_dump(mode="json")
+    taken = []
+    for key in COLOCATED_BATCH_LIMITS:
+        values = {role: getattr(c, key) for role, c in by_role.items() if c is not None}
+        role, value = max(values.items(), key=lambda kv: kv[1])
+        template[key] = value
+        whose = "both" if len(set(values.values())) == 1 else f"{role}'s"
+        taken.append(f"{key} {value} ({whose})")
+    what = ("the base config has no colocated instance: the colocated baseline copies its "
+            f"{'decode' if by_role['decode'] else 'first'} instance with the larger of the two roles' batch "
+            f"limits, {', '.join(taken)}")
+    return template, what
 
 
 def _instance(template: dict[str, Any], pd_type: str | None, tp: int, pp: int = 1, dp_group: str | None = None,
