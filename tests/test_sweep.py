@@ -330,6 +330,19 @@ def test_ctrl_c_stops_a_sweep_at_once(tmp_path):
     assert not left, "pool workers outlived the interrupted sweep"
 
 
+def test_rows_carry_each_roles_kv_capacity_and_peak_share(small, tmp_path):
+    variants, base_trace, jobs = small
+    rows = run_sweep(jobs, InlineExecutor(base_trace, SETTINGS), tmp_path / "m.csv", resume=False)
+    by = {(r["label"], r["rate_per_s"]): r for r in rows}
+    colo, split_low, split_high = by[("colo-4x-tp1", "40")], by[("1P3D-tp1/1", "10")], by[("1P3D-tp1/1", "40")]
+    # One H100 instance of Llama-3.1-8B per GPU: the same capacity in every role (docs/memory.md's arithmetic).
+    caps = {r[f"{role}_kv_capacity_gb"] for r in (colo, split_low) for role in ("prefill", "decode")}
+    assert len(caps) == 1 and 40 < caps.pop() < 80
+    assert colo["prefill_peak_kv_frac"] == colo["decode_peak_kv_frac"]  # the same instances
+    assert 0 < split_low["decode_peak_kv_frac"] < split_high["decode_peak_kv_frac"] <= 1  # more load holds more
+    assert split_low["prefill_peak_kv_frac"] < split_low["decode_peak_kv_frac"]  # prefill hands its KV over
+
+
 def test_resume_refuses_rows_made_under_other_settings(tmp_path):
     runner = CliRunner()
     common = ["--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "30", "--gpus", "2",
@@ -618,13 +631,21 @@ def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
     header = lines[0].split(",")
     # Out-of-range cells were kept, printed and ranked; a rate written 5.0 is not the key 5 (it ran again).
     for column, value in (("finished", "abc"), ("rate_per_s", "nan"), ("attain_both", "5"), ("ttft_p90_ms", "-5"),
-                          ("stable", "7"), ("rate_per_s", "5.0"), ("served_req_s", "inf"), ("alone_missed", "999")):
+                          ("stable", "7"), ("rate_per_s", "5.0"), ("served_req_s", "inf"), ("alone_missed", "999"),
+                          ("decode_peak_kv_frac", "1.5"), ("preemptions", "-1")):
         cells = lines[1].split(",")
         cells[header.index(column)] = value
         runs.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
         res = runner.invoke(cli, ["sweep", *common, "--out", str(out), "--resume"])
         assert isinstance(res.exception, PdsimError), res.output
         assert "runs.csv:2: " in str(res.exception) and "this command did not write it" in str(res.exception)
+    # An older pdsim's file: other columns, each named.
+    old_header = ",".join(c.replace("rate_per_s_per_gpu", "rate_per_gpu") for c in header if c != "preemptions")
+    runs.write_text("\n".join([old_header, *lines[1:]]) + "\n")
+    res = runner.invoke(cli, ["sweep", *common, "--out", str(out), "--resume"])
+    assert isinstance(res.exception, PdsimError)
+    said = "(it lacks rate_per_s_per_gpu, preemptions; it has rate_per_gpu; an older pdsim's file?)"
+    assert said in str(res.exception)
     # The base config inside the configs/ folder the sweep rewrites, and a file where that folder goes.
     inside = out / "configs" / "base.json"
     inside.write_text(BASE.read_text())

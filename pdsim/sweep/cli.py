@@ -32,9 +32,10 @@ OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv",
                 *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
 # Also written in --out, and kept: what a run streams to, and what a --resume compares with.
 KEPT_NAMES = ("runs.partial.csv", "probes.partial.csv", "runs.settings.json", "probes.settings.json")
-SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_per_gpu", "first_fail_req_s", "first_fail_why",
+SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_req_s_per_gpu", "first_fail_req_s", "first_fail_why",
                   "metrics_at_req_s", "attain_both",
-                  "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_per_gpu", "est_bottleneck", "sim_over_est"]
+                  "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_req_s_per_gpu", "est_bottleneck",
+                  "sim_over_est"]
 
 
 def _common(f: Callable) -> Callable:
@@ -366,7 +367,7 @@ def sweep(rates: str, **kw: Any) -> None:
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
-    click.echo(_table(good, ["label", "goodput_req_s", "goodput_per_gpu"]))
+    click.echo(_table(good, ["label", "goodput_req_s", "goodput_req_s_per_gpu"]))
     top = max(float(r) for r in rate_list)
     if at_top := [g["label"] for g in good if g["goodput_req_s"] >= top]:
         click.echo(f"NOTE: {', '.join(at_top)} passed the highest rate swept ({top:g} req/s): a lower bound, not a "
@@ -393,7 +394,7 @@ def goodput_from_grid(variants, rows: list[dict[str, Any]], attainment: float, m
                 break
             best = float(r["rate_per_s"])
         out.append({"label": v.label, "ratio": v.ratio, "gpus": v.gpus, "goodput_req_s": best,
-                    "goodput_per_gpu": best / v.gpus})
+                    "goodput_req_s_per_gpu": best / v.gpus})
     return out
 
 
@@ -456,18 +457,19 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     win = ranked[0]
     colo = [r for r in ranked if r["ratio"] == "colo"]
     vs = ""
-    if colo and win["ratio"] != "colo" and colo[0]["goodput_per_gpu"] > 0:
-        vs = f", {win['goodput_per_gpu'] / colo[0]['goodput_per_gpu']:.2f}x the best colocated ({colo[0]['label']})"
-    if win["goodput_per_gpu"] <= 0:
+    if colo and win["ratio"] != "colo" and colo[0]["goodput_req_s_per_gpu"] > 0:
+        times = win["goodput_req_s_per_gpu"] / colo[0]["goodput_req_s_per_gpu"]
+        vs = f", {times:.2f}x the best colocated ({colo[0]['label']})"
+    if win["goodput_req_s_per_gpu"] <= 0:
         click.echo("\nno configuration meets the target at any probed rate")
     else:
         click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
-                   f"({win['goodput_per_gpu']:.3g} req/s per GPU){vs}; config: "
+                   f"({win['goodput_req_s_per_gpu']:.3g} req/s per GPU){vs}; config: "
                    f"{setup.out / 'configs' / (config_file_stem(win['label']) + '.json')}")
         if math.isnan(win["first_fail_req_s"]):
             click.echo("NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound, and "
                        "the ranking may change with more probes")
-        tied = [r["label"] for r in ranked[1:] if r["goodput_per_gpu"] == win["goodput_per_gpu"]]
+        tied = [r["label"] for r in ranked[1:] if r["goodput_req_s_per_gpu"] == win["goodput_req_s_per_gpu"]]
         if tied:
             click.echo(f"NOTE: tied with {', '.join(tied)} at the same goodput per GPU; the probes do not tell them "
                        "apart (raise --max-probes or lower --rel-tol)")

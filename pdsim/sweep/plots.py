@@ -25,14 +25,15 @@ def plot_goodput(goodput_rows: list[dict[str, Any]], path: Path, title: str) -> 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
     labels = [r["label"] for r in goodput_rows]
-    values = [r["goodput_per_gpu"] for r in goodput_rows]
+    values = [r["goodput_req_s_per_gpu"] for r in goodput_rows]
     best = int(np.argmax(values)) if values else -1
     colors = ["tab:orange" if r["ratio"] == "colo" else "tab:blue" for r in goodput_rows]
     if best >= 0:
         colors[best] = "tab:green"
     ax.bar(range(len(labels)), values, color=colors)
-    if goodput_rows and "est_per_gpu" in goodput_rows[0]:
-        ax.plot(range(len(labels)), [r["est_per_gpu"] for r in goodput_rows], "kx", label="rate-matching estimate")
+    if goodput_rows and "est_req_s_per_gpu" in goodput_rows[0]:
+        estimates = [r["est_req_s_per_gpu"] for r in goodput_rows]
+        ax.plot(range(len(labels)), estimates, "kx", label="rate-matching estimate")
         ax.legend(fontsize=8)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("goodput (req/s per GPU)")

@@ -16,18 +16,19 @@ from pdsim.outputs import atomic_path, write_json_atomic
 ROW_FIELDS = [
     "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode",
     "dp_decode", "ep_decode", "gpus",
-    "rate_per_s", "rate_per_gpu", "requests", "finished", "unfinished", "rejected",
+    "rate_per_s", "rate_per_s_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
     "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone", "alone_missed",
-    "offered_req_s", "served_req_s", "backlog_growth", "stable", "unstable_reason", "last_finish_s",
+    "offered_req_s", "served_req_s", "backlog_growth_requests", "stable", "unstable_reason", "last_finish_s",
     "estimated_profile",
+    # Memory per GPU (GiB) of the tightest instance of each role (a colocated instance is both), and preemptions.
+    "prefill_kv_capacity_gb", "prefill_peak_kv_frac", "decode_kv_capacity_gb", "decode_peak_kv_frac", "preemptions",
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "dp_decode",
                "ep_decode", "gpus",
-               "requests", "finished", "unfinished", "rejected", "scored", "alone", "alone_missed", "backlog_growth",
-               "stable",
-               "estimated_profile"}
+               "requests", "finished", "unfinished", "rejected", "scored", "alone", "alone_missed",
+               "backlog_growth_requests", "stable", "estimated_profile", "preemptions"}
 _STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
 
 
@@ -98,8 +99,9 @@ class RowWriter:
             with io.StringIO(text, newline="") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != fields:
-                    raise PdsimError(f"--resume: {source} has other columns than this command writes; "
-                                     f"use another --out or drop --resume")
+                    raise PdsimError(f"--resume: {source} has other columns than this command writes "
+                                     f"({_column_change(reader.fieldnames or [], fields)}; an older pdsim's "
+                                     "file?); use another --out or drop --resume")
                 for row in reader:
                     # A run killed mid-write leaves a short last line: that run is simply done again.
                     if None in row.values() or None in row:
@@ -150,9 +152,9 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
         raise PdsimError(f"--resume: {where}: rate_per_s written {row.get('rate_per_s')!r}, where pdsim writes "
                          f"{rate_key(rate)!r}; {_NOT_WRITTEN_HERE}")
     for k, v in parsed.items():
-        if k in _STR_FIELDS or k == "backlog_growth" or (isinstance(v, float) and math.isnan(v)):
-            continue  # backlog_growth may be negative; an empty cell is a figure a run did not have
-        share = k.startswith("attain_") or k in ("stable", "estimated_profile")
+        if k in _STR_FIELDS or k == "backlog_growth_requests" or (isinstance(v, float) and math.isnan(v)):
+            continue  # backlog_growth_requests may be negative; an empty cell is a figure a run did not have
+        share = k.startswith("attain_") or k.endswith("_frac") or k in ("stable", "estimated_profile")
         if not (0 <= v <= (1 if share else math.inf) and v < math.inf):
             expected = "a number from 0 to 1" if share else "a finite number >= 0"
             raise PdsimError(f"--resume: {where}: column {k!r}: expected {expected}, got {row[k]!r}; "
@@ -161,6 +163,17 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
         got = ", ".join(repr(row.get(k)) for k in ("alone_missed", "alone", "scored"))
         raise PdsimError(f"--resume: {where}: expected alone_missed <= alone <= scored, got {got}; {_NOT_WRITTEN_HERE}")
     return parsed
+
+
+def _column_change(found: list[str], written: list[str]) -> str:
+    """What differs between a CSV's header and the columns this command writes, in a few words."""
+    missing = [f for f in written if f not in found]
+    extra = [f for f in found if f not in written]
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    parts = ([f"it lacks {listed(missing)}"] if missing else []) + ([f"it has {listed(extra)}"] if extra else [])
+    return "; ".join(parts) or "the same columns in another order"
 
 
 def parse_row(row: dict[str, str], where: str = "") -> dict[str, Any]:

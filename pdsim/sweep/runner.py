@@ -154,8 +154,22 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     df = requests_frame(result)
     row = summarize_run(job, df, settings.slo, settings.warmup_s)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
+    row.update(memory_columns(result))
     row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()})
     return row
+
+
+def memory_columns(result) -> dict[str, Any]:
+    """Per role, the smallest KV capacity per GPU (GiB) and the largest share of it held at once over the
+    run; a colocated instance counts for both roles. NaN for a role the config lacks."""
+    out: dict[str, Any] = {}
+    for role in ("prefill", "decode"):
+        held = [(info.kv_capacity_gb, inst.kv.peak_used / info.num_kv_blocks if info.num_kv_blocks else math.nan)
+                for inst, info in zip(result.instances, result.infos) if info.pd_type in (role, None)]
+        out[f"{role}_kv_capacity_gb"] = min((cap for cap, _ in held), default=math.nan)
+        out[f"{role}_peak_kv_frac"] = max((frac for _, frac in held), default=math.nan)
+    out["preemptions"] = sum(inst.sched.num_preemptions for inst in result.instances)
+    return out
 
 
 def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, Any]:
@@ -189,7 +203,7 @@ def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, An
         "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
         "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "pp_prefill": v.pp_prefill, "pp_decode": v.pp_decode,
         "dp_decode": v.dp_decode, "ep_decode": v.ep_decode, "gpus": v.gpus,
-        "rate_per_s": rate_key(job.rate_per_s), "rate_per_gpu": job.rate_per_s / v.gpus,
+        "rate_per_s": rate_key(job.rate_per_s), "rate_per_s_per_gpu": job.rate_per_s / v.gpus,
         "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
         **{f"{name}_p{p}_ms": x for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e))

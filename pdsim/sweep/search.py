@@ -164,7 +164,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
     goodput = st.lo
     out: dict[str, Any] = {
         "label": v.label, "ratio": v.ratio, "gpus": v.gpus, "goodput_req_s": goodput,
-        "goodput_per_gpu": goodput / v.gpus,
+        "goodput_req_s_per_gpu": goodput / v.gpus,
         # The bracket: the true goodput is in [goodput, first_fail).
         "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
         "first_fail_why": _why_failed(st.hi_row, st.low_load_miss),
@@ -177,7 +177,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
     }
     if est is not None:
         out["est_capacity_req_s"] = est["capacity_req_s"]
-        out["est_per_gpu"] = est["capacity_req_s"] / v.gpus
+        out["est_req_s_per_gpu"] = est["capacity_req_s"] / v.gpus
         out["est_bottleneck"] = est["bottleneck"]
         out["sim_over_est"] = goodput / est["capacity_req_s"] if est["capacity_req_s"] > 0 else math.nan
     return out
@@ -199,21 +199,21 @@ def _why_failed(row: dict[str, Any] | None, low_load: bool = False) -> str:
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Best goodput per GPU first; ties (e.g. all zero) keep the expansion order via the stable sort."""
-    return sorted(rows, key=lambda r: -r["goodput_per_gpu"])
+    return sorted(rows, key=lambda r: -r["goodput_req_s_per_gpu"])
 
 
 def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[str]:
     """Where the rate-matching estimate and the simulation tell different stories."""
     notes: list[str] = []
-    if not rows or "est_per_gpu" not in rows[0]:
+    if not rows or "est_req_s_per_gpu" not in rows[0]:
         return notes
     sim_best = rows[0]
-    est_best = max(rows, key=lambda r: r["est_per_gpu"])
-    if est_best["label"] != sim_best["label"] and sim_best["goodput_per_gpu"] > 0:
+    est_best = max(rows, key=lambda r: r["est_req_s_per_gpu"])
+    if est_best["label"] != sim_best["label"] and sim_best["goodput_req_s_per_gpu"] > 0:
         notes.append(
-            f"the estimate picks {est_best['label']} ({est_best['est_per_gpu']:.3g} req/s/GPU), the simulation "
-            f"{sim_best['label']} ({sim_best['goodput_per_gpu']:.3g} req/s/GPU; "
-            f"{est_best['label']} simulates at {est_best['goodput_per_gpu']:.3g})"
+            f"the estimate picks {est_best['label']} ({est_best['est_req_s_per_gpu']:.3g} req/s/GPU), the simulation "
+            f"{sim_best['label']} ({sim_best['goodput_req_s_per_gpu']:.3g} req/s/GPU; "
+            f"{est_best['label']} simulates at {est_best['goodput_req_s_per_gpu']:.3g})"
         )
     for r in rows:
         ratio = r["sim_over_est"]

@@ -85,7 +85,7 @@ def stability(df, window: Window) -> dict[str, object]:
     return {
         "offered_req_s": arrived / span_s if span_s > 0 else math.nan,
         "served_req_s": (arrived - growth) / span_s if span_s > 0 else math.nan,
-        "backlog_growth": growth,
+        "backlog_growth_requests": growth,
         "stable": int(not reasons),
         "unstable_reason": "; ".join(reasons),
     }
