@@ -131,7 +131,7 @@ def mooncake_rows() -> list[tuple[str, str, str, str]]:
     text = _script_output("mooncake_kv_transfer")
     found = re.findall(r"^(\w+) table.*?largest \|error\|: default ([\d.]+%)", text, re.S | re.M)
     return [(f"Mooncake KV transfers, {table} table", "largest |error|, default settings", err,
-             "per-transfer overhead and bandwidth share, on the vllm table" +
+             "per-layer overhead and share of line rate, on the vllm table" +
              (" (this table held out)" if table == "sglang" else " (this table)"))
             for table, err in found]
 

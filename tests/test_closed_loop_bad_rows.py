@@ -118,8 +118,9 @@ def test_a_table_with_no_row_simulated_is_an_error_saying_why(tmp_path, profile_
         _validate_cli("--measured", str(table), "--profile-dir", str(profile_root), "--rounds", "1",
                       "--step-time-margin-pct", "0", "--output", str(tmp_path / "v.csv"), *options)
     assert why in str(e.value)
-    if "--model" in options:  # each row's error names its line, not the config builder's placeholder
-        assert "line 2: nodes[0].instances[0]: " in str(e.value) and "<config>" not in str(e.value)
+    if "--model" in options:  # the rows' error names their lines, once, not the config builder's placeholder
+        assert "2 x " + str(table) + " lines 2, 3: nodes[0].instances[0]: " in str(e.value)
+        assert "<config>" not in str(e.value)
 
 
 def test_no_row_simulated_exits_non_zero(tmp_path, profile_root, capsys):
@@ -183,3 +184,12 @@ def test_calibrate_says_which_simulated_rows_have_no_sample_of_the_metric(tmp_pa
                                          "1", "--quiet", "--out", str(tmp_path / "c.json")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "left out of the fit: 1 simulated row(s) with no tpot_ms to compare" in res.output
+
+
+def test_reasons_that_differ_only_in_their_line_are_counted_once_naming_the_lines():
+    from pdsim.validate.closed_loop import _by_reason
+
+    reasons = pd.Series([f"t.csv line {n}: profile directory not found" for n in range(2, 9)]
+                        + ["t.csv line 9: other", "system b200_sxm (pdsim's B200)"])
+    assert _by_reason(reasons) == [("t.csv lines 2, 3, 4, 5, 6 and 2 more: profile directory not found", 7),
+                                   ("t.csv line 9: other", 1), ("system b200_sxm (pdsim's B200)", 1)]

@@ -20,6 +20,7 @@ The engine is configured as the benchmark deployed it (`ENGINE_PRESETS`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -423,6 +424,27 @@ def format_rows(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+_ROW_LINE = re.compile(r"^(?P<file>.*) line (?P<line>\d+): (?P<why>.*)$", re.S)
+
+
+def _by_reason(reasons: pd.Series) -> list[tuple[str, int]]:
+    """Reasons counted; those that differ only in their row's line are one, naming the lines (a whole table
+    left out for one cause is a line, not a row each)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for reason in reasons.astype(str):
+        m = _ROW_LINE.match(reason)
+        key = (m["file"], m["why"]) if m else (reason, "")
+        groups.setdefault(key, []).append(m["line"] if m else "")
+    out = []
+    for (head, why), found in groups.items():
+        if not why:
+            out.append((head, len(found)))
+            continue
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        out.append((f"{head} line{'s' if len(found) > 1 else ''} {shown}: {why}", len(found)))
+    return out
+
+
 def not_simulated_lines(table: pd.DataFrame) -> list[str]:
     """The rows left out, counted by status and reason, then the simulated rows with a caveat, counted by it."""
     lines = []
@@ -432,8 +454,7 @@ def not_simulated_lines(table: pd.DataFrame) -> list[str]:
             lines.append(f"skipped: {len(rows)} row(s) pdsim cannot express, or measured on other hardware"
                          if status == "skipped" else
                          f"bad rows: {len(rows)} row(s) with values that cannot be simulated (left out)")
-            for reason, n in rows.reason.value_counts(sort=False).items():
-                lines.append(f"  {n} x {reason}")
+            lines += [f"  {n} x {reason}" for reason, n in _by_reason(rows.reason)]
     noted = table[table.status == "simulated"]
     noted = noted[noted.note.fillna("").astype(str) != ""] if "note" in noted else noted.iloc[:0]
     if len(noted):
