@@ -474,6 +474,7 @@ def test_search_says_a_config_misses_even_at_low_load(small, tmp_path):
     out = goodput_row(st, est)
     assert out["first_fail_why"].startswith("misses at low load: attain 0 (TTFT 1, TPOT 0)")
     assert out["metrics_at_req_s"] == st.hi and out["tpot_p90_ms"] > 1.0  # the lowest failing rate's metrics
+    assert out["decode_peak_kv_frac"] == st.hi_row["decode_peak_kv_frac"] > 0  # memory too
     assert any("misses the target even at low load" in n for n in disagreements([out]))
 
 

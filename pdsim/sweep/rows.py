@@ -13,6 +13,9 @@ from typing import Any
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, write_json_atomic
 
+# Memory per GPU (GiB) of the tightest instance of each role (a colocated instance is both), and preemptions.
+MEMORY_FIELDS = ("prefill_kv_capacity_gb", "prefill_peak_kv_frac", "decode_kv_capacity_gb", "decode_peak_kv_frac",
+                 "preemptions")
 ROW_FIELDS = [
     "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode",
     "dp_decode", "ep_decode", "gpus",
@@ -22,8 +25,7 @@ ROW_FIELDS = [
     "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone", "alone_missed",
     "offered_req_s", "served_req_s", "backlog_growth_requests", "stable", "unstable_reason", "last_finish_s",
     "estimated_profile",
-    # Memory per GPU (GiB) of the tightest instance of each role (a colocated instance is both), and preemptions.
-    "prefill_kv_capacity_gb", "prefill_peak_kv_frac", "decode_kv_capacity_gb", "decode_peak_kv_frac", "preemptions",
+    *MEMORY_FIELDS,
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "dp_decode",
                "ep_decode", "gpus",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdsim.sweep.expand import Variant
+from pdsim.sweep.rows import MEMORY_FIELDS
 from pdsim.sweep.runner import Executor, Job, RowWriter, normalize, rate_key
 
 SLO_MODES = ("joint", "separate")
@@ -174,6 +175,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         "attain_both": row.get("attain_both", math.nan),
         "ttft_p90_ms": row.get("ttft_p90_ms", math.nan), "tpot_p90_ms": row.get("tpot_p90_ms", math.nan),
         "output_tok_s_per_gpu": row.get("output_tok_s_per_gpu", math.nan), "probes": len(st.probes),
+        **{k: row.get(k, math.nan) for k in MEMORY_FIELDS},
     }
     if est is not None:
         out["est_capacity_req_s"] = est["capacity_req_s"]
