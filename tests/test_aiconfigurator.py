@@ -202,3 +202,21 @@ def test_the_imported_all_reduce_is_vllms_choice_and_is_set_aside_without_the_cu
     own = StepTimePredictor(prof, model, 8, h100)
     assert "custom all-reduce for small messages" in own.allreduce_source
     assert StepTimePredictor(prof, model, 8, h100, custom_all_reduce=False).allreduce_source.endswith("profile)")
+
+
+def test_a_missing_parquet_engine_names_pyarrow(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from pdsim.errors import ProfileError
+    from pdsim.perf import aiconfigurator
+
+    table = tmp_path / "gemm_perf.parquet"
+    table.write_bytes(b"PAR1")
+
+    def no_engine(path, *args, **kwargs):
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow', 'fastparquet'.")
+
+    monkeypatch.setattr(pd, "read_parquet", no_engine)
+    with pytest.raises(ProfileError, match=r"gemm_perf.parquet: reading aiconfigurator's parquet tables needs "
+                                           r"pyarrow: pip install -U pyarrow .*pandas said: Unable to find"):
+        aiconfigurator._read(table)

@@ -63,17 +63,22 @@ def test_colocated_baseline_of_a_pd_base_takes_both_roles_larger_batch_limits():
     prefill = {**inst, "pd_type": "prefill", "max_num_seqs": 16, "max_num_batched_tokens": 8192}
     decode = {**inst, "pd_type": "decode", "max_num_seqs": 256, "max_num_batched_tokens": 512,
               "gpu_memory_utilization": 0.85}
-    raw["nodes"][0].update(num_instances=2, instances=[prefill, decode])
+    raw["nodes"][0].update(num_instances=3, instances=[prefill, decode, {**decode, "max_num_seqs": 384}])
     base = cluster_config_from_dict(raw, "<test>")
     colo = expand(base, 4)[-1]
     assert colo.colocated
     limits = {(r.config.max_num_seqs, r.config.max_num_batched_tokens, r.config.gpu_memory_utilization)
               for r in colo.config().instances()}
-    assert limits == {(256, 8192, 0.85)}  # decode's instance, each limit the larger role's
+    assert limits == {(384, 8192, 0.9)}  # the prefill instance, each limit the largest of any instance
     assert colocated_from_pd(base)[1] == (
-        "the base config has no colocated instance: the colocated baseline copies its decode instance with the "
-        "larger of the two roles' batch limits, max_num_seqs 256 (decode's), max_num_batched_tokens 8192 (prefill's)")
+        "the base config has no colocated instance: the colocated baseline copies its prefill instance with the "
+        "largest batch limits of either role, max_num_seqs 384 (decode's), max_num_batched_tokens 8192 (prefill's); "
+        "its gpu_memory_utilization: the prefill instance's, not the decode instance's")
     assert colocated_from_pd(load_cluster_config(BASE))[1] is None  # a colocated base is copied as is
+    # Other GPUs for decode: the baseline runs on the prefill GPU, and says so.
+    mixed = load_cluster_config(ROOT / "configs" / "cluster" / "heterogeneous_h100p_a100d.json")
+    assert {r.config.hardware for r in expand(mixed, 2)[-1].config().instances()} == {"H100-SXM"}
+    assert "; its hardware, npu_mem: the prefill instance's, not the decode instance's" in colocated_from_pd(mixed)[1]
 
 
 def test_a_large_budget_shares_one_instance_dict_per_role():

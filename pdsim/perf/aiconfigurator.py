@@ -112,9 +112,9 @@ def _read(path: Path) -> pd.DataFrame:
         raise ProfileError(f"{path}: missing table in the aiconfigurator database")
     try:
         df = pd.read_parquet(path)
-    except ImportError:  # pandas reads parquet through pyarrow, an optional dependency
-        raise ProfileError(f"{path}: reading aiconfigurator's parquet tables needs pyarrow: pip install pyarrow "
-                           "(or pdsim's [aiconfigurator] extra)") from None
+    except ImportError as e:  # pandas reads parquet through pyarrow, an optional dependency (or too old)
+        raise ProfileError(f"{path}: reading aiconfigurator's parquet tables needs pyarrow: pip install -U pyarrow "
+                           f"(or pdsim's [aiconfigurator] extra); pandas said: {e}") from None
     except Exception as e:  # pyarrow's own errors (ArrowInvalid, ...) for a file that is no parquet table
         raise ProfileError(f"{path}: not a readable parquet table ({type(e).__name__}: {e})") from None
     if "latency" not in df.columns or df.empty:

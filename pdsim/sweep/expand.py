@@ -88,14 +88,17 @@ def parse_ratios(text: str) -> list[tuple[int, int]] | None:
     return out
 
 
-# A colocated engine does both roles' work, so a base without a colocated instance lends it the larger of
-# its prefill and decode instances' batch limits: either role's limit was chosen as enough for that role.
+# A colocated engine does both roles' work: a base without a colocated instance lends it its prefill
+# instance (the one the splits' prefill instances copy) with the largest batch limits of any of its
+# instances, since each role's limit was chosen as enough for that role's work.
 COLOCATED_BATCH_LIMITS = ("max_num_seqs", "max_num_batched_tokens")
+# Fields a split sets itself, left out when the note names what the roles' instances differ in.
+_LAYOUT_FIELDS = {"pd_type", "tp_size", "num_npus", "pp_size", "dp_group", "ep_size", *COLOCATED_BATCH_LIMITS}
 
 
 def _template(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
-    """The base instance to copy for this role: one of that pd_type if the base has it, else the first;
-    for a colocated instance from a P/D base, its decode instance with both roles' larger batch limits."""
+    """The base instance to copy for this role: the first of that pd_type if the base has it, else the
+    first; a colocated instance from a P/D base: colocated_from_pd."""
     refs = base.instances()
     chosen = next((r for r in refs if r.config.pd_type == pd_type), None)
     if chosen is None and pd_type is None:
@@ -104,24 +107,29 @@ def _template(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
 
 
 def colocated_from_pd(base: ClusterConfig) -> tuple[dict[str, Any], str | None]:
-    """The colocated template of a base with no colocated instance, and what it took from which role
+    """The colocated template, and, for a base without a colocated instance, what it took from where
     (None when the base has a colocated instance, which is then copied as is)."""
     refs = base.instances()
     colocated = next((r for r in refs if r.config.pd_type is None), None)
     if colocated is not None:
         return colocated.config.model_dump(mode="json"), None
-    by_role = {role: next((r.config for r in refs if r.config.pd_type == role), None) for role in ("prefill", "decode")}
-    template = (by_role["decode"] or refs[0].config).model_dump(mode="json")
-    taken = []
+    roles = {role: [r.config for r in refs if r.config.pd_type == role] for role in ("prefill", "decode")}
+    roles = {role: configs for role, configs in roles.items() if configs}  # a P/D base has both
+    first = next(iter(roles.values()))[0]
+    template = first.model_dump(mode="json")
+    taken: list[str] = []
     for key in COLOCATED_BATCH_LIMITS:
-        values = {role: getattr(c, key) for role, c in by_role.items() if c is not None}
-        role, value = max(values.items(), key=lambda kv: kv[1])
-        template[key] = value
-        whose = "both" if len(set(values.values())) == 1 else f"{role}'s"
-        taken.append(f"{key} {value} ({whose})")
-    what = ("the base config has no colocated instance: the colocated baseline copies its "
-            f"{'decode' if by_role['decode'] else 'first'} instance with the larger of the two roles' batch "
-            f"limits, {', '.join(taken)}")
+        by_role = {role: max(getattr(c, key) for c in configs) for role, configs in roles.items()}
+        template[key] = max(by_role.values())
+        whose = [role for role, value in by_role.items() if value == template[key]]
+        label = "both roles'" if len(whose) > 1 else f"{whose[0]}'s"
+        taken.append(f"{key} {template[key]} ({label})")
+    what = (f"the base config has no colocated instance: the colocated baseline copies its {first.pd_type} "
+            f"instance with the largest batch limits of either role, {', '.join(taken)}")
+    other = roles.get("decode", [first])[0].model_dump(mode="json")
+    differ = [k for k in template if k not in _LAYOUT_FIELDS and template[k] != other.get(k)]
+    if differ:
+        what += f"; its {', '.join(differ)}: the prefill instance's, not the decode instance's"
     return template, what
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from pdsim.sweep.rows import NOTES_KEY, ROW_FIELDS, RowWriter, normalize, parse_
 from pdsim.sweep.steady import Window, stability
 from pdsim.workload.arrivals import arrival_times_ns
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, check_request_count
+
+if TYPE_CHECKING:  # the engine is imported where a run starts, not with the sweep's CLI
+    from pdsim.engine.result import SimulationResult
 
 ARRIVAL_MODES = ("scale", "poisson")
 
@@ -159,12 +162,13 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     return row
 
 
-def memory_columns(result) -> dict[str, Any]:
-    """Per role, the smallest KV capacity per GPU (GiB) and the largest share of it held at once over the
-    run; a colocated instance counts for both roles. NaN for a role the config lacks."""
+def memory_columns(result: SimulationResult) -> dict[str, Any]:
+    """Per role, the smallest KV capacity per GPU (GiB) of its instances and the largest share of its own KV
+    cache any of them held at once; a colocated instance counts for both roles. NaN for a role the config
+    lacks (an instance has at least one block: build.py refuses less)."""
     out: dict[str, Any] = {}
     for role in ("prefill", "decode"):
-        held = [(info.kv_capacity_gb, inst.kv.peak_used / info.num_kv_blocks if info.num_kv_blocks else math.nan)
+        held = [(info.kv_capacity_gb, inst.kv.peak_used / info.num_kv_blocks)
                 for inst, info in zip(result.instances, result.infos) if info.pd_type in (role, None)]
         out[f"{role}_kv_capacity_gb"] = min((cap for cap, _ in held), default=math.nan)
         out[f"{role}_peak_kv_frac"] = max((frac for _, frac in held), default=math.nan)

@@ -424,7 +424,7 @@ def format_rows(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-_ROW_LINE = re.compile(r"^(?P<file>.*) line (?P<line>\d+): (?P<why>.*)$", re.S)
+_ROW_LINE = re.compile(r"^(?P<file>.*?) line (?P<line>\d+): (?P<why>.+)$", re.S)
 
 
 def _by_reason(reasons: pd.Series) -> list[tuple[str, int]]:
