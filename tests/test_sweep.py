@@ -766,3 +766,18 @@ def test_a_goodput_at_the_highest_rate_swept_is_said_to_be_a_lower_bound(tmp_pat
     assert "passed the highest rate swept (1 req/s): a lower bound" in res.output
     res = CliRunner().invoke(cli, [*common, "--rates", "1,300", "--out", str(tmp_path / "high")])
     assert res.exit_code == 0 and "a lower bound" not in res.output, res.output
+
+
+def test_a_simulation_above_its_estimate_is_put_down_to_what_the_estimate_leaves_out():
+    from pdsim.sweep.search import disagreements
+
+    def row(label, ratio, bottleneck):
+        return {"label": label, "ratio": ratio, "goodput_req_s_per_gpu": 1.0, "est_req_s_per_gpu": 1.0,
+                "sim_over_est": 1.5, "low_load_miss": 0, "est_bottleneck": bottleneck}
+
+    notes = disagreements([row("colo-2x-tp1", "colo", "colocated"), row("1P1D-tp1/1", "1:1", "prefill"),
+                           row("1P3D-tp1/1", "1:3", "decode")])
+    assert notes[0].startswith("colo-2x-tp1: simulated goodput is 1.50x the estimate (the estimate counts a "
+                               "colocated instance's prefills and decodes apart")
+    assert "next prompt's chunk, as chunked prefill does)" in notes[1]
+    assert notes[2].endswith("(the estimate's simplifications (pdsim/sweep/ratematch.py) undercount it)")

@@ -226,8 +226,14 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[st
         elif math.isnan(ratio):
             notes.append(f"{r['label']}: the estimate has no capacity for it (decode cannot meet the TPOT SLO)")
         elif abs(ratio - 1) > tolerance:
-            if ratio > 1:
-                why = "the simulation batches better than the estimate assumes"
+            if ratio > 1 and r["ratio"] == "colo":
+                why = ("the estimate counts a colocated instance's prefills and decodes apart, where prefill chunks "
+                       "ride along with decode steps")
+            elif ratio > 1 and r.get("est_bottleneck") == "prefill":
+                why = ("the estimate does not fill a prefill step's token budget with the next prompt's chunk, as "
+                       "chunked prefill does")
+            elif ratio > 1:
+                why = "the estimate's simplifications (pdsim/sweep/ratematch.py) undercount it"
             elif r["ratio"] == "colo":
                 why = "prefill chunks sharing steps with decode stretch TPOT, which the estimate ignores"
             else:
