@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pdsim.config import load_cluster_config
@@ -579,7 +580,7 @@ def test_the_wait_before_the_first_schedule_is_compared_where_the_engine_stamped
 
 
 def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tmp_path):
-    from pdsim.validate.compare import compare, replay, simulated_requests
+    from pdsim.validate.compare import compare, per_request, replay, simulated_requests
     from pdsim.validate.measured import read_engine_jsonl
 
     rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(30)]
@@ -598,6 +599,12 @@ def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tm
     others = sim[sim.request_id != 4]
     assert table.loc[("TTFT (ms)", "mean"), "simulated"] == pytest.approx(others.ttft_ms.mean())
     assert table.loc[("TTFT (ms)", "mean"), "measured"] == pytest.approx(run.requests.ttft_ms.drop(4).mean())
+    # Request by request: every replayed request, the engine's unfinished one without measured latencies.
+    rows = per_request(run, result).set_index("request_id")
+    assert len(rows) == 30 and rows.simulated_status.eq("finished").all()
+    assert rows.loc[4, ["measured_ttft_ms", "measured_e2e_ms"]].isna().all()
+    assert rows.drop(4).simulated_ttft_ms.mean() == pytest.approx(table.loc[("TTFT (ms)", "mean"), "simulated"])
+    assert rows.loc[7, "simulated_tpot_ms"] == pytest.approx(sim.set_index("request_id").loc[7, "tpot_ms"])
     records[6]["output_toks"] = 0
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     with pytest.raises(PdsimError, match=r"requests.jsonl:7: field 'output_toks': expected a positive integer, got 0"):
@@ -611,6 +618,13 @@ def test_validate_with_a_measured_profile_has_no_estimated_line(tmp_path):
                         "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
     assert "estimated" not in res.output
+    assert res.output.rstrip().endswith(f"wrote {tmp_path / 'v.csv'}, {tmp_path / 'v_requests.csv'}")
+    table = pd.read_csv(tmp_path / "v.csv").set_index(["metric", "stat"])
+    rows = pd.read_csv(tmp_path / "v_requests.csv")
+    assert len(rows) == 300
+    for column, metric in (("ttft_ms", "TTFT (ms)"), ("e2e_ms", "E2E latency (ms)")):
+        for side in ("measured", "simulated"):
+            assert rows[f"{side}_{column}"].mean() == pytest.approx(table.loc[(metric, "mean"), side], rel=1e-5)
 
 
 def _rtx_run_with(tmp_path: Path, **engine_kwargs) -> Path:

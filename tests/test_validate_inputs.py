@@ -101,6 +101,12 @@ def test_an_output_over_a_file_the_run_reads_beside_it_is_refused(tmp_path):
     with pytest.raises(PdsimError, match=r"would overwrite the input .*workload.jsonl"):
         _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--token-ids", str(ids),
              "--output", str(ids))
+    # Nor the request-by-request companion (<stem>_requests.csv) over an input.
+    companion = tmp_path / "v_requests.csv"
+    shutil.copy(ids, companion)
+    with pytest.raises(PdsimError, match=r"v.csv \(its companion v_requests.csv\): would overwrite the input"):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--token-ids",
+             str(companion), "--output", str(tmp_path / "v.csv"))
 
 
 @needs_shared

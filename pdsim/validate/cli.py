@@ -236,6 +236,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
              engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
              token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool, quiet: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
+    from pdsim.validate.compare import requests_path
     from pdsim.validate.measured import case_file, is_closed_loop_table, measured_inputs, read_measured
 
     ctx = click.get_current_context()
@@ -255,7 +256,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         _refuse_unused(ctx, TABLE_OPTIONS, measured, TABLE_KIND,
                        "is a per-request run, replayed on its --cluster-config")
     check_output_file(output, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), engine_log,
-                                           token_ids, profile_dir], _plot_files(output) if plot else ())
+                                           token_ids, profile_dir],
+                      [*(_plot_files(output) if plot else ()), *(() if table_input else (requests_path(output),))])
     if table_input:
         from pdsim.validate.closed_loop import format_rows, require_simulated, with_table_step_margin
 
@@ -283,6 +285,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         compare,
         format_table,
         lost_requests,
+        per_request,
         replay_losses,
         with_step_margin,
         write_cdf_plots,
@@ -318,6 +321,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     table["estimated_profile"] = estimated
     with atomic_path(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4f")
+    with atomic_path(requests_path(output)) as tmp:
+        per_request(run, result).to_csv(tmp, index=False, float_format="%.4f")
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
     for note in profile_notes(result):
         if note != ESTIMATED_NOTE:  # said after the table, where the figures it qualifies are
@@ -345,7 +350,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         click.echo(_estimated_line())
         if profile_dir is None and (own := case_file(run.source, "profile")) is not None:
             click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
-    written = [output]
+    written = [output, requests_path(output)]
     if plot:
         written += write_cdf_plots(run, result, output.with_suffix("")) + ([state_plot] if state_plot else [])
     click.echo("wrote " + ", ".join(str(p) for p in written))

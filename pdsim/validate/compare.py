@@ -106,6 +106,26 @@ def replay_losses(result: SimulationResult) -> str | None:
     return f"{lost}; the simulated figures are over the others, so they are not comparable with the measured ones"
 
 
+def requests_path(output: Path) -> Path:
+    """Beside the comparison CSV: the request-by-request comparison (<stem>_requests.csv)."""
+    return output.with_name(f"{output.with_suffix('').name}_requests.csv")
+
+
+def per_request(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
+    """Each replayed request, measured beside simulated (its latencies from the origin the run uses): the
+    statistics say how far apart the runs are, this says where (by arrival, length, load)."""
+    mea = measured.requests.reset_index(drop=True)
+    sim = simulated_requests(measured, result).set_index("request_id")
+    status = {r.id: r.status for r in result.requests}
+    out = pd.DataFrame({"request_id": np.arange(len(mea)), "arrival_s": mea.arrival_s.to_numpy(dtype=float),
+                        "input_toks": mea.input_toks.to_numpy(), "output_toks": mea.output_toks.to_numpy()})
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        out[f"measured_{key}"] = mea[key].to_numpy(dtype=float)
+        out[f"simulated_{key}"] = out.request_id.map(sim[key]).astype(float)
+    out["simulated_status"] = out.request_id.map(status)
+    return out
+
+
 def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     """One row per (metric, statistic): measured, simulated, and the difference in %."""
     sim = simulated_requests(measured, result)
