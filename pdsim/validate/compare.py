@@ -119,7 +119,8 @@ def per_request(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame
     status = {r.id: r.status for r in result.requests}
     out = pd.DataFrame({"request_id": np.arange(len(mea)), "arrival_s": mea.arrival_s.to_numpy(dtype=float),
                         "input_toks": mea.input_toks.to_numpy(), "output_toks": mea.output_toks.to_numpy()})
-    for key in ("ttft_ms", "tpot_ms", "e2e_ms"):
+    split = [key for key, _ in _compared(measured) if key in SCHEDULE_SPLIT]  # TTFT's parts, where stamped
+    for key in ("ttft_ms", "tpot_ms", "e2e_ms", *split):
         out[f"measured_{key}"] = mea[key].to_numpy(dtype=float)
         out[f"simulated_{key}"] = out.request_id.map(sim[key]).astype(float)
     out["simulated_status"] = out.request_id.map(status)
