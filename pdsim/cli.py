@@ -71,6 +71,11 @@ def cli() -> None:
                    "beside it. Existing files of that stem are replaced whole, only once the run succeeded.")
 @click.option("--num-requests", "--num-reqs", type=int, default=None, callback=number_in(1, what="a request count"),
               help="Use only the first N requests (by arrival).  [default: all]")
+@click.option("--rate", "rate_per_s", type=float, default=None,
+              callback=number_in(0, 1e9, low_open=True, what="a rate (requests/s)"),
+              help="Stretch or compress the trace's arrival times so its mean rate ((n - 1) / span, as `pdsim "
+                   "workload stats` prints it) is this many requests/s, e.g. a goodput `pdsim search` found; "
+                   "instead of --time-scale.  [default: the trace's own]")
 @click.option("--concurrency", type=int, default=None, callback=number_in(1, what="a number of clients"),
               help="Closed loop: N clients, each sending its next request when its previous one ends "
                    "(trace arrival times are ignored).  [default: open loop]")
@@ -143,7 +148,7 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar or progress lines.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (accepted by every command).")
 def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | None, window: str | None,
-            time_scale: float, output: Path, num_requests: int | None,
+            time_scale: float, output: Path, num_requests: int | None, rate_per_s: float | None,
             concurrency: int | None, client_delay_ms: float, input_len: str | None, output_len: str | None, seed: int,
             prefill_policy: str | None, decode_policy: str | None, profile_dir: Path | None,
             profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
@@ -168,6 +173,10 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                          "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
+    if rate_per_s is not None and (dataset is None or concurrency is not None or time_scale != 1.0):
+        what = ("a closed loop's clients send when their last request ends" if concurrency is not None else
+                "give one of them, not both" if dataset is not None else "it rescales a --dataset's arrivals")
+        raise PdsimError(f"--rate: applies to an open-loop --dataset without --time-scale ({what})")
     overrides = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
@@ -182,7 +191,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         check_run_output(output, [p for d in dict.fromkeys(ref.config.profile_dir for ref in cfg.instances())
                                   for p in _profile_inputs(None if d is None else Path(d))])
     trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
-                       concurrency, seed)
+                       concurrency, seed, rate_per_s)
     opts = SimOptions(
         seed=seed, prefill_policy=prefill_policy, decode_policy=decode_policy,
         profile_dir=str(profile_dir) if profile_dir else None, profiles_root=str(profiles_root),
@@ -280,14 +289,15 @@ def _from_command_line(error: ConfigError, given: str) -> ConfigError:
 
 def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | None, time_scale: float,
                num_requests: int | None, input_len: str | None, output_len: str | None,
-               concurrency: int | None, seed: int) -> list:
+               concurrency: int | None, seed: int, rate_per_s: float | None = None) -> list:
     """The requests of a run: the dataset's, or synthetic ones for a closed loop without one."""
     from pdsim.workload.readers import load_dataset
 
     if dataset is not None:
         if input_len or output_len:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
-        trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests)
+        trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests,
+                             rate_per_s=rate_per_s)
         if num_requests is not None and num_requests > len(trace):
             print(f"note: --num-requests {num_requests}: the trace has {len(trace)} requests"
                   f"{' in that window' if window else ''}; all are used", file=sys.stderr)

@@ -436,3 +436,22 @@ def test_a_cluster_config_may_come_from_a_pipe_a_trace_may_not(tmp_path):
            f"--quiet --output {tmp_path / 'p.csv'}")
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "not a regular file (a pipe, FIFO or device)" in r.stderr, r.stderr
+
+
+def test_rate_rescales_the_trace_to_that_mean_rate_and_is_refused_where_it_means_nothing(tmp_path):
+    out = tmp_path / "r.csv"
+    res = pdsim("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--rate", "7.5", "--num-requests", "50",
+                "--output", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    arrivals = pd.read_csv(out).arrival_s.sort_values().to_numpy()
+    assert len(arrivals) == 50 and (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) == pytest.approx(7.5, rel=1e-6)
+    assert "(--rate 7.5 req/s)" in res.stderr
+    lengths = tmp_path / "lengths.csv"
+    lengths.write_text("num_prefill_tokens,num_decode_tokens\n100,10\n200,20\n")
+    for args, words in ((("--dataset", str(TRACE), "--time-scale", "2"), "give one of them, not both"),
+                        (("--dataset", str(TRACE), "--concurrency", "4"), "a closed loop's clients send"),
+                        (("--num-requests", "8"), "it rescales a --dataset's arrivals"),
+                        (("--dataset", str(lengths)), "lengths.csv has no arrival times, so it has no rate"),
+                        (("--dataset", str(TRACE), "--num-requests", "1"), "has no two arrivals apart in time")):
+        res = pdsim("--cluster-config", str(PD_CONFIG), *args, "--rate", "5", "--output", str(tmp_path / "x.csv"))
+        assert res.returncode == 2 and words in res.stderr, (args, res.stderr)

@@ -142,12 +142,15 @@ def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
 
 
 def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None = None, time_scale: float = 1.0,
-                 max_requests: int | None = None) -> Dataset:
+                 max_requests: int | None = None, rate_per_s: float | None = None) -> Dataset:
     """Read a trace; times start at the first request (or the window's start), multiplied by
-    time_scale (2: half the rate); with max_requests, the earliest that many are kept."""
+    time_scale (2: half the rate), or stretched so that the mean rate ((n - 1) / span, as `workload
+    stats` gives it) is rate_per_s; with max_requests, the earliest that many are kept."""
     path = Path(path)
     if not (0 < time_scale < math.inf):
         raise TraceError(f"--time-scale: expected a number > 0, got {time_scale}")
+    if rate_per_s is not None and not (0 < rate_per_s < math.inf):
+        raise TraceError(f"--rate: expected a rate > 0 (requests/s), got {rate_per_s}")
     if max_requests is not None and max_requests < 1:
         raise TraceError(f"--num-requests: expected a positive integer, got {max_requests}")
     name, params = parse_format(fmt) if fmt else (detect_format(path), {})
@@ -170,13 +173,19 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
     if max_requests is not None:
         order, times = order[:max_requests], times[:max_requests]
     times = times - origin_ns
+    if rate_per_s is not None:
+        if not loaded.has_times or len(times) < 2 or times[-1] <= 0:
+            why = "has no arrival times" if not loaded.has_times else "has no two arrivals apart in time"
+            raise TraceError(f"--rate: {path} {why}, so it has no rate to rescale; give arrivals a rate with "
+                             "`pdsim workload generate --lengths-from` (docs/workloads.md)")
+        time_scale = (len(times) - 1) / (times[-1] / 1e9) / rate_per_s
     if time_scale != 1.0:
         scaled = np.rint(times * time_scale)
         if scaled[-1] > MAX_ARRIVAL_NS:  # times are sorted
             raise TraceError(f"--time-scale {time_scale:g}: the last arrival would be {scaled[-1] / 1e9:.3g} s after "
                              f"the first, past the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds")
         times = scaled.astype(np.int64)
-        notes.append(f"times x{time_scale:g}")
+        notes.append(f"times x{time_scale:g}" + (f" (--rate {rate_per_s:g} req/s)" if rate_per_s is not None else ""))
     return Dataset(_requests(loaded, order, times), name, notes, loaded.has_times)
 
 
@@ -200,13 +209,13 @@ def _requests(loaded: formats.Loaded, order: np.ndarray, times_ns: np.ndarray) -
 
 def load_dataset(path: str | Path, fmt: str | None = None, window: str | Window | None = None,
                  time_scale: float = 1.0, max_requests: int | None = None,
-                 report: Callable[[str], None] | None = None) -> list[TraceRequest]:
+                 report: Callable[[str], None] | None = None, rate_per_s: float | None = None) -> list[TraceRequest]:
     """The requests of any supported trace, for `run`, `sweep`, `search` (see read_dataset). What
     the reader left out or assumed (failed rows, missing times) goes to `report`, by default
     stderr: every request of the file is accounted for."""
     if isinstance(window, str):
         window = parse_window(window)
-    data = read_dataset(path, fmt, window, time_scale, max_requests)
+    data = read_dataset(path, fmt, window, time_scale, max_requests, rate_per_s)
     say = report or (lambda text: click.echo(text, err=True))
     for note in data.notes:
         say(f"note: {path} ({data.fmt}): {note}")
