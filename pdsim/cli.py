@@ -216,6 +216,9 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         df = requests_frame(result)
         summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms,
                                slo_tpot_ms)
+        if dataset is not None:  # how the trace's arrivals were cut and rescaled, so the run can be made again
+            summary["dataset_selection"] = {"window": window, "num_requests": num_requests, "time_scale": time_scale,
+                                            "rate_per_s": rate_per_s}
         if step_time_margin_pct:
             summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config),
                                                             step_time_margin_pct, quiet)

@@ -417,6 +417,7 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     # weights do not fit and a pipeline-parallel row: the five are counted with their reasons, never
     # simulated as bf16 vLLM aggregated TP-only, and the bad row does not abort the table.
     ok = _TABLE_ROW
+    (tmp_path / "v_requests.csv").write_text("left by a replay of a per-request run\n")
     res, df = _validate_table(tmp_path, [ok, ok.replace(",bf16,", ",int4,"), ok.replace("vllm,0.12.0", "sglang,0.5.0"),
                                          ok.replace(",agg,", ",disagg,"), ok.replace("Llama-3.1-8B", "Llama-3.1-70B"),
                                          ok.replace(",1,1,bf16,", ",1,2,bf16,")])
@@ -428,6 +429,7 @@ def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     assert "skipped: 4 row(s)" in res.output and "bad rows: 1 row(s)" in res.output
     # No measured H100 profile for Llama-3.1-8B: the comparison is against an estimate, and it says so.
     assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
+    assert not (tmp_path / "v_requests.csv").exists()  # a table has none: the earlier one would mislead
 
 
 def test_closed_loop_rows_with_bad_values_are_left_out_by_name_and_osl_1_has_no_tpot(tmp_path):

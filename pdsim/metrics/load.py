@@ -7,7 +7,8 @@ on a short trace: over the second half of the arrival window fewer requests fini
 (served < 90% of offered), and the latency grows with the arrival time: the requests arriving in the
 last quarter of the window take more than 1.5x as long end to end as those of the first quarter, or
 wait longer for their first token by more than 5% of the window. A stable cluster still filling up
-(latency longer than half the window) fails the first sign but not the second. The wait is the sign
+(latency longer than half the window) fails the first sign but not the second, and so does an overloaded
+one on a trace shorter than its requests' lives: then the verdict is that the trace cannot tell. The wait is the sign
 where long decodes dilute the end-to-end growth (a queue for a capped number of running requests:
 10 s more wait on 25 s of decoding is 1.4x); a queue growing at the 10% of the offered rate the first
 sign allows adds 7.5% of the window between the quarters' middles.
@@ -34,7 +35,7 @@ def arrived_not(df: pd.DataFrame) -> pd.Series:
 def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
     """Offered and served rates (req/s), the backlog (arrived, not yet finished) at the middle and
     the end of the arrival window, and the verdict; `overloaded` is None when there are too few
-    requests or arrivals span no time to judge."""
+    requests, arrivals span no time, or the signs disagree (the trace is too short to judge)."""
     # A rejected request leaves at once and loads nothing; one a stopped run never saw arrive loads nothing yet.
     live = df[(df.status != "rejected") & ~arrived_not(df)]
     arrivals = np.sort(live.arrival_s.to_numpy(dtype=float))
@@ -71,7 +72,10 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
         latency_signs.append(f"took {growth:,.2f}x as long end to end as the first")
     if wait_growth_s > WAIT_GROWTH_SHARE * window_s:
         latency_signs.append(f"waited {wait_growth_s:,.3g} s longer for its first token than the first")
-    overloaded = bool(served < SERVED_SHARE * offered and latency_signs)
+    short_served = bool(served < SERVED_SHARE * offered)
+    # Fewer served than offered with no growth in latency: a cluster still filling up, or one overloaded
+    # on a trace too short for the growth to show; the trace cannot tell them apart.
+    overloaded = None if short_served and not latency_signs else short_served
     report.update({
         "offered_req_per_s_second_half": float(offered), "served_req_per_s_second_half": float(served),
         "backlog_at_mid_window": backlog(mid), "backlog_at_last_arrival": backlog(t1),
@@ -87,6 +91,11 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
 def _verdict(r: dict, latency_signs: list[str]) -> str:
     rates = (f"over the second half of the arrivals {r['offered_req_per_s_second_half']:,.3g} req/s offered, "
              f"{r['served_req_per_s_second_half']:,.3g} req/s served")
+    if r["overloaded"] is None:
+        return (f"cannot tell whether overloaded ({rates}, but latency did not grow with the arrival time; requests "
+                f"took {r['e2e_mean_s_first_quarter_arrivals']:,.3g} s end to end against an arrival window of "
+                f"{r['arrival_window_s']:,.3g} s): a cluster still filling up and one that cannot keep up look alike "
+                "on a trace this short; a longer one tells them apart")
     if not r["overloaded"]:
         return f"not overloaded ({rates})"
     return (f"OVERLOADED: {rates}; the backlog (requests arrived, not finished) grew by "

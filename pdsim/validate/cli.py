@@ -13,7 +13,7 @@ from pdsim.bundled import InputFile
 from pdsim.cli_checks import OutputFile, number_in, unused_options
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
-from pdsim.outputs import atomic_path, check_output_file, write_json_atomic
+from pdsim.outputs import OutputSet, atomic_path, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
 from pdsim.validate.kv_capacity import capacity_line
@@ -257,7 +257,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                        "is a per-request run, replayed on its --cluster-config")
     check_output_file(output, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), engine_log,
                                            token_ids, profile_dir],
-                      [*(_plot_files(output) if plot else ()), *(() if table_input else (requests_path(output),))])
+                      [*(_plot_files(output) if plot else ()), requests_path(output)])
     if table_input:
         from pdsim.validate.closed_loop import format_rows, require_simulated, with_table_step_margin
 
@@ -270,8 +270,10 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
             faster, slower = (simulate(step_overhead_us, scale, _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
                               for side, scale in scales.items())
             df = with_table_step_margin(df, faster, slower, step_time_margin_pct)
-        with atomic_path(output) as tmp:
-            df.to_csv(tmp, index=False, float_format="%.4f")
+        # A table has no request-by-request file: one an earlier replay left beside --output is removed.
+        with OutputSet(stale=[requests_path(output)]) as out:
+            out.stage(output, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
+            out.commit()
         click.echo(format_rows(df))
         ran = df[df.status == "simulated"]
         estimated = int(ran.estimated_profile.astype(bool).sum())

@@ -174,16 +174,18 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
         order, times = order[:max_requests], times[:max_requests]
     times = times - origin_ns
     if rate_per_s is not None:
-        if not loaded.has_times or len(times) < 2 or times[-1] <= 0:
+        span_ns = times[-1] - times[0]  # from the first kept arrival, which a window need not start with
+        if not loaded.has_times or len(times) < 2 or span_ns <= 0:
             why = "has no arrival times" if not loaded.has_times else "has no two arrivals apart in time"
             raise TraceError(f"--rate: {path} {why}, so it has no rate to rescale; give arrivals a rate with "
                              "`pdsim workload generate --lengths-from` (docs/workloads.md)")
-        time_scale = (len(times) - 1) / (times[-1] / 1e9) / rate_per_s
+        time_scale = (len(times) - 1) / (span_ns / 1e9) / rate_per_s
     if time_scale != 1.0:
         scaled = np.rint(times * time_scale)
         if scaled[-1] > MAX_ARRIVAL_NS:  # times are sorted
-            raise TraceError(f"--time-scale {time_scale:g}: the last arrival would be {scaled[-1] / 1e9:.3g} s after "
-                             f"the first, past the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds")
+            given = f"--time-scale {time_scale:g}" if rate_per_s is None else f"--rate {rate_per_s:g}"
+            raise TraceError(f"{given}: the last arrival would be {scaled[-1] / 1e9:.3g} s after the first, past the "
+                             f"{MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds")
         times = scaled.astype(np.int64)
         notes.append(f"times x{time_scale:g}" + (f" (--rate {rate_per_s:g} req/s)" if rate_per_s is not None else ""))
     return Dataset(_requests(loaded, order, times), name, notes, loaded.has_times)
