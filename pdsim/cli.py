@@ -173,7 +173,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                          "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
-    if rate_per_s is not None and (dataset is None or concurrency is not None or time_scale != 1.0):
+    scaled = click.get_current_context().get_parameter_source("time_scale") != click.core.ParameterSource.DEFAULT
+    if rate_per_s is not None and (dataset is None or concurrency is not None or scaled):
         what = ("a closed loop's clients send when their last request ends" if concurrency is not None else
                 "give one of them, not both" if dataset is not None else "it rescales a --dataset's arrivals")
         raise PdsimError(f"--rate: applies to an open-loop --dataset without --time-scale ({what})")
@@ -217,7 +218,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         summary = _run_summary(result, df, wall_s, cluster_config, source, concurrency, seed, slo_ttft_ms,
                                slo_tpot_ms)
         if dataset is not None:  # how the trace's arrivals were cut and rescaled, so the run can be made again
-            summary["dataset_selection"] = {"window": window, "num_requests": num_requests, "time_scale": time_scale,
+            summary["dataset_selection"] = {"dataset_format": dataset_format, "window": window,
+                                            "num_requests": num_requests, "time_scale": time_scale,
                                             "rate_per_s": rate_per_s}
         if step_time_margin_pct:
             summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config),

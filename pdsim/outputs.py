@@ -188,6 +188,8 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
                                      "choose a name outside it")
             elif _same_file(target, src):
                 raise PdsimError(f"{option} {output}{which}: would overwrite the input {src}; choose another name")
+        if target != output and target.is_dir():  # else found only once the output itself was written
+            raise PdsimError(f"{option} {output}{which}: {target} is a folder; move it or choose another name")
 
 
 def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> None:

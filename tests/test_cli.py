@@ -447,7 +447,7 @@ def test_rate_rescales_the_trace_to_that_mean_rate_and_is_refused_where_it_means
     assert len(arrivals) == 50 and (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) == pytest.approx(7.5, rel=1e-6)
     assert "(--rate 7.5 req/s)" in res.stderr
     assert json.loads((tmp_path / "r_summary.json").read_text())["dataset_selection"] == {
-        "window": None, "num_requests": 50, "time_scale": 1.0, "rate_per_s": 7.5}
+        "dataset_format": None, "window": None, "num_requests": 50, "time_scale": 1.0, "rate_per_s": 7.5}
     # A window that starts before its first request: the rate is over the kept arrivals' own span.
     gap = tmp_path / "gap.jsonl"
     gap.write_text("".join(json.dumps({"input_toks": 100, "output_toks": 10, "arrival_time_ns": int(t * 1e9)}) + "\n"
@@ -460,10 +460,13 @@ def test_rate_rescales_the_trace_to_that_mean_rate_and_is_refused_where_it_means
     lengths = tmp_path / "lengths.csv"
     lengths.write_text("num_prefill_tokens,num_decode_tokens\n100,10\n200,20\n")
     for args, words in ((("--dataset", str(TRACE), "--time-scale", "2"), "give one of them, not both"),
+                        (("--dataset", str(TRACE), "--time-scale", "1"), "give one of them, not both"),
                         (("--dataset", str(TRACE), "--concurrency", "4"), "a closed loop's clients send"),
                         (("--num-requests", "8"), "it rescales a --dataset's arrivals"),
                         (("--dataset", str(lengths)), "lengths.csv has no arrival times, so it has no rate"),
-                        (("--dataset", str(TRACE), "--num-requests", "1"), "has no two arrivals apart in time")):
+                        (("--dataset", str(TRACE), "--num-requests", "1"),
+                         "the 1 request(s) of " + str(TRACE) + " (those --window / --num-requests kept) arrive at one "
+                         "instant")):
         res = pdsim("--cluster-config", str(PD_CONFIG), *args, "--rate", "5", "--output", str(tmp_path / "x.csv"))
         assert res.returncode == 2 and words in res.stderr, (args, res.stderr)
     res = pdsim("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--rate", "1e-9", "--output",

@@ -77,6 +77,15 @@ def test_file_inputs_are_compared_as_before(tmp_path):
     check_output_file(tmp_path / "trace.csv", "--output", [src])  # a sibling of an input file: fine
 
 
+def test_a_folder_where_a_companion_goes_is_refused_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "r_summary.json").mkdir()
+    with pytest.raises(PdsimError, match=r"\(its companion r_summary.json\): .*r_summary.json is a folder"):
+        check_output_file(tmp_path / "r.csv", "--output", [], [tmp_path / "r_summary.json"])
+    assert cli("run", "--cluster-config", "single_node_pd_instance", "--dataset", str(TRACE), "--num-requests", "5",
+               "--output", str(tmp_path / "r.csv")) == 2
+    assert "r_summary.json is a folder" in capsys.readouterr().err and not (tmp_path / "r.csv").exists()
+
+
 # ------------------------------------------------------------ run: every input, every output
 
 

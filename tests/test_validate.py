@@ -68,6 +68,11 @@ def test_vllm_bench_json_reader(tmp_path):
     assert run.requests.tpot_ms.iloc[0] == pytest.approx(15.0)
     assert np.isnan(run.requests.tpot_ms.iloc[2])
     np.testing.assert_allclose(run.itl_ms, [10.0, 20.0, 30.0])
+    # Results listed in completion order: replayed in arrival order, with their own latencies.
+    path.write_text(json.dumps({**doc, "start_times": [10.0, 10.5, 10.2]}))
+    run = read_measured(path)
+    assert list(run.requests.arrival_s.round(6)) == [0.0, 0.2, 0.5]
+    assert list(run.requests.input_toks) == [100, 300, 200] and list(run.requests.e2e_ms.round(6)) == [80.0, 70.0, 90.0]
 
 
 def _aiperf_record(start_ns: int, isl: int, osl: int, ttft_ms: float, latency_ms: float,
@@ -604,8 +609,9 @@ def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tm
     # Request by request: every replayed request, the engine's unfinished one without measured latencies.
     rows = per_request(run, result).set_index("request_id")
     assert len(rows) == 30 and rows.simulated_status.eq("finished").all()
-    assert rows.loc[4, ["measured_ttft_ms", "measured_e2e_ms"]].isna().all()
-    assert rows.drop(4).simulated_ttft_ms.mean() == pytest.approx(table.loc[("TTFT (ms)", "mean"), "simulated"])
+    assert rows.loc[4, ["measured_ttft_ms", "measured_e2e_ms"]].isna().all() and rows.in_comparison.sum() == 29
+    kept = rows[rows.in_comparison == 1]
+    assert kept.simulated_ttft_ms.mean() == pytest.approx(table.loc[("TTFT (ms)", "mean"), "simulated"])
     assert rows.loc[7, "simulated_tpot_ms"] == pytest.approx(sim.set_index("request_id").loc[7, "tpot_ms"])
     records[6]["output_toks"] = 0
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")

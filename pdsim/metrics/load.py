@@ -35,7 +35,8 @@ def arrived_not(df: pd.DataFrame) -> pd.Series:
 def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
     """Offered and served rates (req/s), the backlog (arrived, not yet finished) at the middle and
     the end of the arrival window, and the verdict; `overloaded` is None when there are too few
-    requests, arrivals span no time, or the signs disagree (the trace is too short to judge)."""
+    requests, arrivals span no time, or fewer are served than offered with no growth in latency (the
+    trace is too short to tell)."""
     # A rejected request leaves at once and loads nothing; one a stopped run never saw arrive loads nothing yet.
     live = df[(df.status != "rejected") & ~arrived_not(df)]
     arrivals = np.sort(live.arrival_s.to_numpy(dtype=float))

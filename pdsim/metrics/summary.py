@@ -277,7 +277,7 @@ def _status_lines(summary: dict) -> list[str]:
             span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
         lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
     load = summary.get("load")
-    if load and (load.get("overloaded") is not None or "served_req_per_s_second_half" in load):  # judged, or too short
+    if load and "served_req_per_s_second_half" in load:  # judged (a verdict of too few requests is not shown)
         lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
     if summary["estimated_profile"]:
         lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")

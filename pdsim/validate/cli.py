@@ -13,7 +13,7 @@ from pdsim.bundled import InputFile
 from pdsim.cli_checks import OutputFile, number_in, unused_options
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
-from pdsim.outputs import OutputSet, atomic_path, check_output_file, write_json_atomic
+from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
 from pdsim.validate.kv_capacity import capacity_line
@@ -240,6 +240,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     from pdsim.validate.measured import case_file, is_closed_loop_table, measured_inputs, read_measured
 
     ctx = click.get_current_context()
+    by_request = requests_path(output)  # the request-by-request file beside --output (per-request runs)
     table_input = is_closed_loop_table(measured)
     if table_input:
         _refuse_unused(ctx, ("cluster_config", "engine_log", "token_ids", "plot"), measured, RUN_KIND,
@@ -257,7 +258,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                        "is a per-request run, replayed on its --cluster-config")
     check_output_file(output, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), engine_log,
                                            token_ids, profile_dir],
-                      [*(_plot_files(output) if plot else ()), requests_path(output)])
+                      [*(_plot_files(output) if plot else ()), by_request])
     if table_input:
         from pdsim.validate.closed_loop import format_rows, require_simulated, with_table_step_margin
 
@@ -271,7 +272,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                               for side, scale in scales.items())
             df = with_table_step_margin(df, faster, slower, step_time_margin_pct)
         # A table has no request-by-request file: one an earlier replay left beside --output is removed.
-        with OutputSet(stale=[requests_path(output)]) as out:
+        with OutputSet(stale=[by_request]) as out:
             out.stage(output, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
             out.commit()
         click.echo(format_rows(df))
@@ -321,10 +322,10 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                           for side, scale in margin_scales(step_time_margin_pct).items())
         table = with_step_margin(table, faster, slower, step_time_margin_pct)
     table["estimated_profile"] = estimated
-    with atomic_path(output) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    with atomic_path(requests_path(output)) as tmp:
-        per_request(run, result).to_csv(tmp, index=False, float_format="%.4f")
+    with OutputSet() as out:  # the two files land together
+        out.stage(output, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
+        out.stage(by_request, lambda tmp: per_request(run, result).to_csv(tmp, index=False, float_format="%.4f"))
+        out.commit()
     click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
     for note in profile_notes(result):
         if note != ESTIMATED_NOTE:  # said after the table, where the figures it qualifies are
@@ -352,7 +353,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         click.echo(_estimated_line())
         if profile_dir is None and (own := case_file(run.source, "profile")) is not None:
             click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
-    written = [output, requests_path(output)]
+    written = [output, by_request]
     if plot:
         written += write_cdf_plots(run, result, output.with_suffix("")) + ([state_plot] if state_plot else [])
     click.echo("wrote " + ", ".join(str(p) for p in written))

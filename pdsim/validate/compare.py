@@ -124,6 +124,9 @@ def per_request(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame
         out[f"measured_{key}"] = mea[key].to_numpy(dtype=float)
         out[f"simulated_{key}"] = out.request_id.map(sim[key]).astype(float)
     out["simulated_status"] = out.request_id.map(status)
+    # compare() leaves out a request the measured engine did not finish, on both sides (one the replay did not
+    # finish has no simulated figures).
+    out["in_comparison"] = mea.e2e_ms.notna().to_numpy().astype(int)
     return out
 
 

@@ -514,6 +514,8 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
         notes.append(f"{n - len(ok)} failed request(s) left out")
     df = pd.DataFrame({"input_toks": in_lens, "output_toks": out_lens, "arrival_s": arrival,
                        "ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e})
+    # Results are in completion order: the replay lets requests in by arrival, so they are sorted so.
+    df = df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     itl = np.concatenate(itls) if itls else np.empty(0)
     return MeasuredRun(str(p), df, itl_ms=itl, concurrency=int(conc) if conc else None, notes=notes)
 

@@ -175,10 +175,13 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
     times = times - origin_ns
     if rate_per_s is not None:
         span_ns = times[-1] - times[0]  # from the first kept arrival, which a window need not start with
-        if not loaded.has_times or len(times) < 2 or span_ns <= 0:
-            why = "has no arrival times" if not loaded.has_times else "has no two arrivals apart in time"
-            raise TraceError(f"--rate: {path} {why}, so it has no rate to rescale; give arrivals a rate with "
-                             "`pdsim workload generate --lengths-from` (docs/workloads.md)")
+        if not loaded.has_times:
+            raise TraceError(f"--rate: {path} has no arrival times, so it has no rate to rescale; give arrivals a "
+                             "rate with `pdsim workload generate --lengths-from` (docs/workloads.md)")
+        if len(times) < 2 or span_ns <= 0:
+            kept = "" if len(times) == len(loaded.arrival_ns) else " (those --window / --num-requests kept)"
+            raise TraceError(f"--rate: the {len(times)} request(s) of {path}{kept} arrive at one instant, so they "
+                             "have no rate to rescale")
         time_scale = (len(times) - 1) / (span_ns / 1e9) / rate_per_s
     if time_scale != 1.0:
         scaled = np.rint(times * time_scale)
