@@ -62,6 +62,7 @@ def extrapolations_gathered(caught: list[ExtrapolationWarning] | None = None) ->
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
+
 def extrapolation_key(note: str) -> str:
     """What identifies a note on a table left at some value (_RangeTracker's wording, behind the profile path
     a report puts in front): its profile, table and axis, so runs that left the same table at other values

@@ -236,6 +236,7 @@ def _check_engine_count(run, cfg, cluster_config: Path) -> None:
 # Engine arguments a measured run records (meta.json engine_kwargs) that decide its batches, its KV
 # cache's size and its TP collectives: the replay takes what the engine ran, whatever the cluster config
 # (LLMServingSim gets them from command-line flags).
+_BATCH_LIMITS = ("max_num_seqs", "max_num_batched_tokens")
 _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
                     "enable_chunked_prefill": bool, "enable_prefix_caching": bool,
                     "kv_cache_memory_bytes": int, "num_gpu_blocks_override": int, "disable_custom_all_reduce": bool}
@@ -245,17 +246,19 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     kwargs = run.engine_kwargs
     stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
     out: dict[str, object] = {}
+    unrecorded: list[str] = []
     meta = Path(run.source).with_name("meta.json")
     for key, kind in _RECORDED_LIMITS.items():
         # A switch is true, false or null: read_engine_jsonl checked it (measured.ENGINE_SWITCHES).
         value = _recorded_int(kwargs, key, 1, meta) if kind is int else kwargs.get(key)
         if value is None:  # the engine's own default, not recorded
+            unrecorded.append(key)
             continue
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
     if run.engine_meta:  # a meta.json beside the run, which would record them
-        _unrecorded_batch_limits(instances, kwargs, run)
+        _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
@@ -272,12 +275,11 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     return out
 
 
-def _unrecorded_batch_limits(instances: list[dict], kwargs: dict, run) -> None:
-    """A meta.json whose engine_kwargs leave out the batch limits: the engine ran vLLM's default for how
-    it was started, which the record does not say, so the replay's values are named."""
+def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> None:
+    """A meta.json whose engine_kwargs leave out batch limits (`missing`): the engine ran vLLM's default for
+    how it was started, which the record does not say, so the replay's values are named."""
     from pdsim.config.models import InstanceConfig
 
-    missing = [key for key in ("max_num_seqs", "max_num_batched_tokens") if kwargs.get(key) is None]
     if not missing:
         return
     used = []
