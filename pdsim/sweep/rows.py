@@ -12,6 +12,7 @@ from typing import Any
 
 from pdsim.errors import PdsimError
 from pdsim.outputs import atomic_path, write_json_atomic
+from pdsim.text import listed
 
 # Per role (a colocated instance is both): the smallest KV capacity per GPU (GiB) of its instances and the
 # largest share of its own KV cache any of them held at once; and the run's preemptions.
@@ -168,15 +169,11 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
     return parsed
 
 
-def _listed(names: list[str], shown: int = 4) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def _column_change(found: list[str], written: list[str]) -> str:
     """What differs between a CSV's header and the columns this command writes, in a few words."""
     missing = [f for f in written if f not in found]
     extra = [f for f in found if f not in written]
-    parts = ([f"it lacks {_listed(missing)}"] if missing else []) + ([f"it has {_listed(extra)}"] if extra else [])
+    parts = ([f"it lacks {listed(missing)}"] if missing else []) + ([f"it has {listed(extra)}"] if extra else [])
     return "; ".join(parts) or "the same columns in another order"
 
 

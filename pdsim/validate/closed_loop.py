@@ -34,6 +34,7 @@ from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, 
 from pdsim.metrics.summary import requests_frame
 from pdsim.models import load_model
 from pdsim.perf.interp import ExtrapolationWarning, extrapolations_gathered
+from pdsim.text import listed, plural
 from pdsim.validate.compare import lost_requests
 from pdsim.validate.measured import (
     FILE_LINE,
@@ -259,7 +260,7 @@ def extrapolation_note(caught: list[ExtrapolationWarning]) -> str | None:
             ops.append(op)
     if not groups and not loose:
         return None
-    parts = [f"{kind} ({len(ops)} op{'s' if len(ops) > 1 else ''}) {axis} {side}" if ops else f"{kind} {axis} {side}"
+    parts = [f"{kind} ({plural(len(ops), 'op')}) {axis} {side}" if ops else f"{kind} {axis} {side}"
              for (kind, axis, side), ops in groups.items()]
     return "step times extrapolated beyond the profile's measured range: " + ", ".join(parts + loose)
 
@@ -440,8 +441,7 @@ def _by_reason(reasons: pd.Series) -> list[tuple[str, int]]:
         if not why:
             out.append((head, len(found)))
             continue
-        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-        out.append((f"{head} line{'s' if len(found) > 1 else ''} {shown}: {why}", len(found)))
+        out.append((f"{head} line{'s' if len(found) > 1 else ''} {listed(found, 5)}: {why}", len(found)))
     return out
 
 

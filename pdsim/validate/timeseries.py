@@ -18,6 +18,7 @@ import pandas as pd
 
 from pdsim.engine.result import SimulationResult
 from pdsim.errors import PdsimError
+from pdsim.text import plural
 
 TIMESERIES = "timeseries.csv"
 COLUMNS = ("t", "running", "waiting")
@@ -90,9 +91,8 @@ def engine_state_line(ts: pd.DataFrame, running: np.ndarray, waiting: np.ndarray
                                       ("waiting", ts.waiting.to_numpy(dtype=float), waiting)):
         parts.append(f"{name} mean {measured.mean():,.1f} / {simulated.mean():,.1f}, peak {measured.max():,.0f} / "
                      f"{simulated.max():,.0f}, tick by tick {np.abs(simulated - measured).mean():,.1f} apart")
-    ticks = f"{len(ts)} tick{'s' if len(ts) != 1 else ''}"
     placed = f"; the replay placed at tick time 0 ({offset_unknown})" if offset_unknown else ""
-    return (f"engine state over {ticks} of {source} (measured / simulated, requests summed over the "
+    return (f"engine state over {plural(len(ts), 'tick')} of {source} (measured / simulated, requests summed over the "
             f"engines{placed}): {'; '.join(parts)}")
 
 
