@@ -296,3 +296,29 @@ def test_a_capacity_gap_is_flagged_when_the_replay_fills_its_cache():
     assert flag not in capacity_line(46_000, "vllm", measured, "predicted", replay_filled=False)
     assert flag not in capacity_line(42_000, "vllm", measured, "predicted", replay_filled=True)  # +1.4%
     assert flag not in capacity_line(46_000, "vllm", measured, "measured", replay_filled=True)
+
+
+def test_a_larger_replay_cache_that_never_filled_is_flagged():
+    # The engine's smaller cache may have filled where the replay's did not: said even without a fill.
+    from pdsim.validate.kv_capacity import MeasuredKV, capacity_line
+
+    measured = MeasuredKV(2588, 16, "meta.json kv_cache.num_gpu_blocks")  # 41,408 tokens
+    flag = "NOTE: the replay's KV cache is larger than the engine's and did not fill"
+    assert flag in capacity_line(46_000, "vllm", measured, "predicted", replay_filled=False)  # +11%
+    assert flag not in capacity_line(42_000, "vllm", measured, "predicted", replay_filled=False)  # +1.4%
+    assert flag not in capacity_line(36_000, "vllm", measured, "predicted", replay_filled=False)  # smaller
+    assert flag not in capacity_line(46_000, "vllm", measured, "measured", replay_filled=False)
+    assert flag not in capacity_line(46_000, "vllm", measured, "predicted", replay_filled=True)
+
+
+def test_a_cache_shorter_than_the_models_max_length_is_said():
+    # vLLM refuses to start an engine whose cache cannot hold one request of max_model_len.
+    from pdsim.engine.build import _max_len_note
+    from pdsim.models import load_model
+
+    model = load_model("meta-llama/Llama-3.1-8B")  # max_position_embeddings 131,072
+    tight = memory.KVBudget("vllm", 2588, 16 * 131072, 16, 0, 0, 0, "")
+    note = _max_len_note(tight, model)
+    assert "41,408 tokens hold no request of the model's max length (131,072)" in note
+    assert "--max-model-len 41,408 or less" in note
+    assert _max_len_note(memory.KVBudget("vllm", 8193, 16 * 131072, 16, 0, 0, 0, ""), model) == ""

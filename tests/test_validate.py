@@ -718,6 +718,15 @@ def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     assert 30_000 < tight < 8.6 * 2**30 / 131072
     kept, out = capacity(RTX / "cluster_config.json")
     assert "the config's npu_mem.mem_util 0.9 sizes the KV cache" in out and kept > 8 * tight
+    # Beside LLMServingSim's rule, vLLM's accounting is given at the recorded figure, not at its default 0.9.
+    assert "x gpu_memory_utilization 0.25 (the measured engine's)" in out
+    assert re.search(r"the replay's KV cache: peak use [\d.]+% of its blocks, 0 preemptions", out)
+    # A mem_util equal to the recorded figure is the engine's argument copied: vLLM's accounting applies.
+    cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"] = 0.25
+    (tmp_path / "copied.json").write_text(json.dumps(cfg))
+    copied, out = capacity(tmp_path / "copied.json")
+    assert copied == tight and "the config's npu_mem.mem_util is that same figure" in out
+    assert f"predicted {tight:,} (vLLM's accounting)" in out
 
 
 @needs_shared

@@ -49,6 +49,9 @@ OVERRIDABLE_KEYS = (
     "gpu_memory_utilization", "ep_size", "kv_cache_memory_bytes", "num_gpu_blocks_override",
     "disable_custom_all_reduce", "long_prefill_token_threshold", "allreduce_rms_fusion",
 )
+# An override that sets gpu_memory_utilization in place of npu_mem.mem_util (validate: a config whose mem_util is
+# the measured engine's own argument, not a figure calibrated to LLMServingSim's rule).
+UTILIZATION_OVER_MEM_UTIL = "gpu_memory_utilization_over_mem_util"
 
 
 def _fmt(value: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pdsim.config.base import OVERRIDABLE_KEYS, _fmt
+from pdsim.config.base import OVERRIDABLE_KEYS, UTILIZATION_OVER_MEM_UTIL, _fmt
 from pdsim.config.models import ClusterConfig
 from pdsim.errors import ConfigError, PdsimError, read_json_object
 from pdsim.llmservingsim_keys import noted_keys
@@ -107,11 +107,17 @@ def raw_instances(raw: Any) -> list[dict]:
 
 
 def _apply_overrides(raw: Any, overrides: dict[str, object]) -> None:
+    overrides = dict(overrides)
+    engine_util = overrides.pop(UTILIZATION_OVER_MEM_UTIL, None)
     unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
     if unknown:
         raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
     for inst in raw_instances(raw):
         inst.update({k: v for k, v in overrides.items() if v is not None})
+        if engine_util is not None:
+            if isinstance(inst.get("npu_mem"), dict):
+                inst["npu_mem"].pop("mem_util", None)
+            inst["gpu_memory_utilization"] = engine_util
 
 
 def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:

@@ -122,11 +122,11 @@ def build_instance(
     kv_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
         staged = pipeline_kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
-                                    placement.expert_shards)
+                                    placement.expert_shards, opts.recorded_gpu_memory_utilization)
         budget, kv_per_token = staged.budget, staged.kv_bytes_per_token
     else:
         budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
-                           placement.expert_shards)
+                           placement.expert_shards, opts.recorded_gpu_memory_utilization)
     spec = _spec(ref, ic, budget, kv_per_token)
     num_blocks = budget.usable_blocks
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group
@@ -141,11 +141,22 @@ def build_instance(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
         weights_gb=budget.weight_bytes / GB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GB,
-        kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note,
+        kv_rule=budget.rule, kv_tokens=budget.kv_tokens, memory_note=budget.note + _max_len_note(budget, model),
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
     )
     return inst, info
+
+
+def _max_len_note(budget: KVBudget, model: ModelSpec) -> str:
+    """vLLM will not start an engine whose KV cache cannot hold one request of its max_model_len (vLLM 0.19
+    kv_cache_utils.check_enough_kv_cache_memory); pdsim has no max_model_len but the model's, so it says so."""
+    max_len = model.max_position_embeddings
+    if budget.kv_groups > 1 or budget.kv_tokens >= max_len:  # sliding-window layers: vLLM counts them apart
+        return ""
+    return (f"; {budget.kv_tokens:,} tokens hold no request of the model's max length ({max_len:,}): vLLM starts "
+            f"such an engine only with --max-model-len {budget.kv_tokens:,} or less (here longer requests are "
+            "rejected)")
 
 
 def mem_bw_note(ic: InstanceConfig) -> str | None:

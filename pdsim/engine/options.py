@@ -47,6 +47,9 @@ class SimOptions:
     # Instance id -> the measured engine's num_gpu_blocks, used instead of the predicted KV capacity
     # (validate --kv-capacity measured), so memory and timing errors can be seen apart.
     kv_gpu_blocks: dict[str, int] = field(default_factory=dict)
+    # The measured engine's gpu_memory_utilization (validate, from meta.json): vLLM's accounting is shown at it,
+    # also where the config's npu_mem.mem_util sizes the KV cache by LLMServingSim's rule.
+    recorded_gpu_memory_utilization: float | None = None
     # Every engine step this many times as long as predicted (validate's step-time sensitivity replays).
     step_time_scale: float = 1.0
 

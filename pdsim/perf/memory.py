@@ -210,26 +210,29 @@ class KVBudget:
 
 
 def _vllm_blocks(ic: InstanceConfig, weight_bytes: int, activation_bytes: int, other_bytes: int,
-                 block_bytes: int) -> tuple[int, float, str]:
+                 block_bytes: int, recorded_util: float | None) -> tuple[int, float, str]:
     total_gib, source = visible_memory_gib(ic.hardware, ic.npu_mem.mem_size)
-    util = ic.gpu_memory_utilization or VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+    util = recorded_util or ic.gpu_memory_utilization or VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
     requested = total_gib * GIB * util
+    said = " (the measured engine's)" if recorded_util else ""
     return math.floor((requested - weight_bytes - activation_bytes - other_bytes) / block_bytes), requested, \
-        f"{total_gib:.2f} GiB ({source}) x gpu_memory_utilization {util:g}"
+        f"{total_gib:.2f} GiB ({source}) x gpu_memory_utilization {util:g}{said}"
 
 
 def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
-              measured_gpu_blocks: int | None = None, expert_shards: int = 1) -> KVBudget:
+              measured_gpu_blocks: int | None = None, expert_shards: int = 1,
+              recorded_util: float | None = None) -> KVBudget:
     """The instance's KV cache. measured_gpu_blocks: the measured engine's own num_gpu_blocks,
     used instead of the prediction (validate --kv-capacity measured); expert_shards: the GPUs a
-    MoE model's experts are split over."""
+    MoE model's experts are split over; recorded_util: the measured engine's gpu_memory_utilization,
+    at which vLLM's accounting is taken (beside LLMServingSim's rule too)."""
     block_bytes = ic.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size, expert_shards, ic.quantization)
     default_gib, why = non_torch_gib(ic.tp_size, ic.hardware)
     given = ic.non_torch_memory_gb is not None
     non_torch = int((ic.non_torch_memory_gb if given else default_gib) * GIB)
     other = non_torch + int(ic.cudagraph_memory_gb * GIB)
-    vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes)
+    vllm_blocks, requested, how = _vllm_blocks(ic, weight_bytes, activation_bytes, other, block_bytes, recorded_util)
     engine_parts = activation_bytes, other  # what a vLLM engine holds besides weights and KV
     assumed = f" ({why})" if why and not given else ""
     held = f" ({ic.quantization} weights)" if ic.quantization else ""  # the precision that sized them

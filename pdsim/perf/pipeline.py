@@ -124,14 +124,15 @@ class PipelineBudget:
 
 
 def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
-                       measured_gpu_blocks: int | None = None, expert_shards: int = 1) -> PipelineBudget:
+                       measured_gpu_blocks: int | None = None, expert_shards: int = 1,
+                       recorded_util: float | None = None) -> PipelineBudget:
     """Each stage's KV cache by vLLM's accounting (or LLMServingSim's rule) for its weights and
     layers; the engine gets the fewest blocks of any stage. The activation reserve is the whole
     model's profile-run peak on every stage (the sampler's part belongs to the last one only, so
     this is conservative for the others)."""
     stages = pp_stages(model.num_layers, ic.pp_size)
     budgets = [kv_budget(ic, _StageSizes(model, s), activation_bytes, f"{where} (pipeline stage {s.index})",  # type: ignore[arg-type]
-                         None, expert_shards) for s in stages]
+                         None, expert_shards, recorded_util) for s in stages]
     i = min(range(len(stages)), key=lambda k: budgets[k].num_gpu_blocks)
     blocks = tuple(b.num_gpu_blocks for b in budgets)
     note = (f"pipeline stage {i} of {len(stages)} binds ({stages[i].num_layers} layers; blocks per stage "

@@ -16,7 +16,7 @@ from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
-from pdsim.validate.kv_capacity import capacity_line
+from pdsim.validate.kv_capacity import capacity_line, replay_kv_line
 from pdsim.validate.recorded import kv_override, replay_config
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
     opts = SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
+    if run is not None:  # a number in (0, 1] or absent: replay_config checked it
+        opts.recorded_gpu_memory_utilization = run.engine_kwargs.get("gpu_memory_utilization")
     if run is not None and run.concurrency is not None:
         opts.client_delay_s = client_delay_ms / 1e3
         if run.client_gaps_s is not None:
@@ -337,6 +339,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     click.echo(head)
     for how in memory_notes(result):  # the arithmetic behind it, and what in it is assumed
         click.echo(f"  {how}")
+    click.echo(f"  {replay_kv_line(result.instances)}")
     for note in notes:
         click.echo(note)
     state, state_plot = _engine_state(run, result, output.with_suffix("") if plot else None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pdsim.errors import PdsimError
+from pdsim.text import plural
 
 _LOG_LINE = re.compile(r"GPU KV cache size:\s*(\S+)\s*tokens")
 _TOKEN_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")  # vLLM prints it with thousands separators
@@ -111,4 +112,16 @@ def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None,
     if used == "predicted" and replay_filled and abs(err) > KV_GAP_PCT:
         line += ("\nNOTE: the replay filled its KV cache, so the latencies below carry that capacity error as well "
                  "as the step times'; --kv-capacity measured replays with the engine's blocks to tell them apart")
+    elif used == "predicted" and err > KV_GAP_PCT:
+        # A cache that never filled cannot show the preemptions and waits for blocks of the engine's smaller one.
+        line += ("\nNOTE: the replay's KV cache is larger than the engine's and did not fill: where the engine "
+                 "preempted or held requests back for want of blocks, the replay did not; --kv-capacity measured "
+                 "replays with the engine's blocks")
     return line
+
+
+def replay_kv_line(instances) -> str:
+    """How full the replay's KV caches got and how often they preempted (summed over the instances)."""
+    peak = max(inst.kv.peak_used / inst.kv.num_blocks for inst in instances)
+    preemptions = sum(inst.sched.num_preemptions for inst in instances)
+    return f"the replay's KV cache: peak use {100 * peak:.1f}% of its blocks, {plural(preemptions, 'preemption')}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pdsim.cli_checks import vllm_int
+from pdsim.config.base import UTILIZATION_OVER_MEM_UTIL
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError
 
@@ -52,7 +53,8 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
         if not recorded:
             raise
         # The config may be fine as written: name what the run's record put into it.
-        applied = ", ".join(f"{key} {value}" for key, value in recorded.items())
+        applied = ", ".join(f"{'gpu_memory_utilization' if key == UTILIZATION_OVER_MEM_UTIL else key} {value}"
+                            for key, value in recorded.items())
         raise ConfigError(f"{e} (the replay applied what {Path(run.source).with_name('meta.json')} records: "
                           f"{applied})") from e
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
@@ -265,7 +267,15 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
-        if mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
+        if mem_util == {util}:
+            # A figure calibrated to LLMServingSim's rule (mem_size x mem_util - weights) is the engine's own only by
+            # chance; the same number is the engine's argument copied, which vLLM's accounting applies.
+            out[UTILIZATION_OVER_MEM_UTIL] = float(util)
+            run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs; the config's npu_mem."
+                             "mem_util is that same figure, the engine's argument rather than one calibrated to "
+                             "LLMServingSim's rule (mem_size x mem_util - weights), so vLLM's accounting sizes the KV "
+                             "cache, as in the engine")
+        elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             run.notes.append(f"meta.json engine_kwargs record gpu_memory_utilization {util:g}; the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
                              "(LLMServingSim's rule)")
