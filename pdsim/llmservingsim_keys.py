@@ -43,7 +43,10 @@ OFF_ONLY_KEYS: dict[str, str] = {
 # LLMServingSim's names for pdsim's own instance keys.
 RENAMED_KEYS: dict[str, str] = {"reserve_full_isl": "scheduler_reserve_full_isl"}
 # Keys every member of a DP group must agree on (LLMServingSim: tp, pp, ep; vLLM: one model).
-DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "quantization", "pd_type")
+# One vLLM engine with --data-parallel-size N: its ranks take the same engine arguments.
+DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "quantization", "pd_type",
+                        "kv_cache_dtype", "block_size", "max_num_seqs", "max_num_batched_tokens",
+                        "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling")
 
 
 def _fmt(value: Any) -> str:

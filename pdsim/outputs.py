@@ -202,6 +202,11 @@ def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> No
         raise PdsimError(f"{option} {shown}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PdsimError(f"{option} {shown}: the folder {existing} is not writable")
+    try:  # os.access passes root everywhere, and knows nothing of read-only or pseudo file systems
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise PdsimError(f"{option} {shown}: cannot write in the folder {existing} ({e.strerror or e})") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -438,3 +438,60 @@ def test_only_names_a_malformed_grid_in_meta_json(tmp_path, capsys, grid):
     code, err = _run_cli(capsys, ["profile", "--model", "JackFram/llama-160m", "--device", "cpu", "--threads", "1",
                                   "--out", str(root), "--quiet", "--only", "layer_overhead"])
     _assert_clean_error(code, err, f"{prof / 'meta.json'}: field 'grid'")  # a TypeError or ValueError before
+
+
+GPT_OSS = {"model_name": "openai/gpt-oss-20b", "hardware": "H100-SXM", "npu_mem": {"mem_size": 80, "mem_bw": 3350},
+           "pd_type": None}
+
+
+@pytest.mark.parametrize(("knobs", "field", "words"), [
+    # A pipeline stage of a hybrid (sliding + full) KV cache was a division by zero.
+    ({"pp_size": 2, "num_npus": 2}, "instances[0]", "pp_size 2: pipeline stages of openai/gpt-oss-20b"),
+    ({"quantization": "fp8"}, "instances[0]", "gpt-oss expert weights are the checkpoint's MXFP4"),
+    ({"num_gpu_blocks_override": 6, "max_num_seqs": 16}, "instances[0].num_gpu_blocks_override", "no room"),
+    ({"profile_dir": ""}, "instances[0].profile_dir", "at least 1 character"),
+])
+def test_configs_the_fuzzer_broke_are_one_line_naming_the_field(tmp_path, capsys, knobs, field, words):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [
+        {"num_instances": 1, "instances": [{**GPT_OSS, **knobs}]}]}))
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    code, err = _run_cli(capsys, ["--cluster-config", str(cfg), "--dataset", str(trace), "--output",
+                                  str(tmp_path / "out" / "run.csv"), "--quiet"])
+    _assert_clean_error(code, err, str(cfg), field, words)
+
+
+def test_dp_group_members_must_share_the_engines_arguments(tmp_path, capsys):
+    # One vLLM engine with --data-parallel-size: its ranks cannot take different batch limits.
+    raw = json.loads((REPO / "configs/cluster/single_node_pd_instance.json").read_text())
+    insts = raw["nodes"][0]["instances"]
+    for inst in insts:
+        inst.update(pd_type=None, dp_group="A")
+    insts[1]["max_num_seqs"] = 7
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(raw))
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    code, err = _run_cli(capsys, ["--cluster-config", str(cfg), "--dataset", str(trace), "--output",
+                                  str(tmp_path / "out" / "run.csv"), "--quiet"])
+    _assert_clean_error(code, err, str(cfg), "dp_group \"A\"", "max_num_seqs 7")
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys")
+def test_an_output_folder_no_file_can_be_made_in_is_refused_up_front(tmp_path, capsys):
+    # os.access lets root write anywhere; /sys takes no new file even from root.
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE)
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(trace), "--output",
+                                  "/sys/kernel/run.csv", "--quiet"])
+    _assert_clean_error(code, err, "--output /sys/kernel/run.csv")
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's overflow warning was a second line
+def test_a_rate_that_overflows_the_clock_is_one_line(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(TRACE_LINE + TRACE_LINE.replace('"arrival_time_ns": 0', '"arrival_time_ns": 1000'))
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(trace), "--rate", "1e-300",
+                                  "--output", str(tmp_path / "out" / "run.csv"), "--quiet"])
+    _assert_clean_error(code, err, "--rate 1e-300", "past the")

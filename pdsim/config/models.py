@@ -107,7 +107,7 @@ class InstanceConfig(_Strict):
     block_size: int = Field(default=16, ge=1, le=MAX_BLOCK_SIZE)
     enable_chunked_prefill: bool = True
     dtype: str = "bfloat16"
-    profile_dir: str | None = None
+    profile_dir: str | None = Field(default=None, min_length=1)
     # Calibration knobs (docs/validation.md; `pdsim calibrate` fits the first two to a measured
     # run). Engine CPU time per step that kernel profiles do not see: a fixed part and a part per
     # scheduled sequence (us). decode_skew_alpha: how much of the gap between the longest and the
@@ -240,6 +240,10 @@ class InstanceConfig(_Strict):
             model.check_tp(self.tp_size)
         except PdsimError as e:
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
+        try:  # a precision the model's weights do not take (gpt-oss: MXFP4 experts)
+            model.weight_bytes(self.dtype, self.tp_size, None, self.quantization)
+        except PdsimError as e:
+            raise PydanticCustomError("quantization", "{msg}", {"msg": str(e)}) from None
         self._check_memory()
         self._check_ep()
         # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them). With
@@ -288,10 +292,17 @@ class InstanceConfig(_Strict):
 
 def _check_pipeline(ic: InstanceConfig) -> None:
     """What pdsim's pipeline model (docs/pipeline.md) needs of a pp_size > 1 instance."""
-    layers = load_model(ic.model_name).num_layers
+    model = load_model(ic.model_name)
+    layers = model.num_layers
     if ic.pp_size > layers:
         raise PydanticCustomError("pp", "pp_size {pp}: more pipeline stages than the model's {n} layers",
                                   {"pp": ic.pp_size, "n": layers})
+    if getattr(model, "sliding_layers", 0):
+        # A stage's KV-cache groups would hold its own mix of sliding and full layers, which vLLM's hybrid
+        # allocator groups otherwise than the whole model's equal split (pdsim/gpt_oss.py).
+        raise PydanticCustomError("pp", "pp_size {pp}: pipeline stages of {name}, whose sliding-window and full "
+                                  "attention layers share a hybrid KV cache, are not modelled; use pp_size 1",
+                                  {"pp": ic.pp_size, "name": ic.model_name})
 
 
 class NodeConfig(_Strict):

@@ -45,7 +45,8 @@ def requests_frame(result: SimulationResult) -> pd.DataFrame:
             (r.finish_s - first_s) / (r.output_toks - 1)
             if r.finish_s is not None and first_s is not None and r.output_toks > 1 else math.nan
         )
-        queue = r.first_scheduled_s - r.arrival_s if r.first_scheduled_s is not None else math.nan
+        # At least 0: a request scheduled the instant it arrives can come out -1e-13 s from float clock sums.
+        queue = max(r.first_scheduled_s - r.arrival_s, 0.0) if r.first_scheduled_s is not None else math.nan
         transfer = (
             r.kv_transfer_end_s - r.kv_transfer_start_s
             if r.kv_transfer_end_s is not None and r.kv_transfer_start_s is not None else math.nan

@@ -277,7 +277,9 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks", None)
         return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
                         f"blocks, instead of {note}", **parts)
-    field = "kv_cache_memory_bytes" if override is not None else "npu_mem.mem_size"  # the figure that set the size
+    # The figure that set the size (vLLM applies num_gpu_blocks_override after kv_cache_memory_bytes).
+    field = ("npu_mem.mem_size" if override is None else "num_gpu_blocks_override"
+             if ic.num_gpu_blocks_override is not None else "kv_cache_memory_bytes")
     window = sliding_window_reserve(ic, model)
     if window is not None:
         parts.update(reserved_blocks=window[0], kv_groups=window[1])

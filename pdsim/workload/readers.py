@@ -184,7 +184,8 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
                              "have no rate to rescale")
         time_scale = (len(times) - 1) / (span_ns / 1e9) / rate_per_s
     if time_scale != 1.0:
-        scaled = np.rint(times * time_scale)
+        with np.errstate(over="ignore"):  # an overflow is inf, refused just below
+            scaled = np.rint(times * time_scale)
         if scaled[-1] > MAX_ARRIVAL_NS:  # times are sorted
             given = f"--time-scale {time_scale:g}" if rate_per_s is None else f"--rate {rate_per_s:g}"
             raise TraceError(f"{given}: the last arrival would be {scaled[-1] / 1e9:.3g} s after the first, past the "
