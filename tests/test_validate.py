@@ -257,7 +257,8 @@ def test_a_timeseries_value_that_is_no_number_names_line_and_column(tmp_path):
 
     path = tmp_path / "timeseries.csv"
     path.write_text("t,running,waiting\n1.0,3,0\n2.0,x,1\n")
-    with pytest.raises(PdsimError, match=r"timeseries.csv: line 3, column 'running': expected a number, got 'x'"):
+    with pytest.raises(PdsimError, match=r"timeseries.csv: line 3, column 'running': expected a whole number of "
+                                         r"requests from 0 to 1e\+09, got 'x'"):
         read_timeseries(path)
     path.write_text("t,running\n1.0,3\n")
     with pytest.raises(PdsimError, match=r"timeseries.csv: expected columns t, running, waiting; missing waiting"):
@@ -615,7 +616,8 @@ def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tm
     assert rows.loc[7, "simulated_tpot_ms"] == pytest.approx(sim.set_index("request_id").loc[7, "tpot_ms"])
     records[6]["output_toks"] = 0
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    with pytest.raises(PdsimError, match=r"requests.jsonl:7: field 'output_toks': expected a positive integer, got 0"):
+    with pytest.raises(PdsimError, match=r"requests.jsonl:7: field 'output_toks': expected an integer from 1 to "
+                                         r"1e\+09, got 0"):
         read_engine_jsonl(path)
 
 
@@ -800,7 +802,7 @@ def test_the_runs_token_ids_give_the_engines_prefix_hits(tmp_path):
     short.write_text("\n".join((RTX / "workload.jsonl").read_text().splitlines()[:10]))
     from pdsim.errors import PdsimError
 
-    with pytest.raises(PdsimError, match="short.jsonl: 10 prompts with token ids, but the measured run has 300"):
+    with pytest.raises(PdsimError, match="short.jsonl: 10 prompts with token ids, but the measured run replays 300"):
         _validate_cli(*args, str(tmp_path / "c.csv"), "--token-ids", str(short))
 
 
@@ -1073,3 +1075,22 @@ def test_the_replay_fuses_all_reduce_and_norm_as_the_recorded_engine_could(tmp_p
     assert "TP all-reduce not fused with the norms after it: vLLM 0.16.0 predates it" in old and "RMSNorm" not in old
     eager = replay("0.19.0", enforce_eager=True)
     assert "not fused with the norms after it: enforce_eager" in eager and "RMSNorm" not in eager
+
+
+@needs_shared
+def test_expert_parallelism_without_a_recorded_dp_size_spans_the_configs_group(tmp_path):
+    # A meta.json that records enable_expert_parallel but not data_parallel_size: the replay runs the
+    # config's DP group of 2, so its experts are split over both GPUs (was ep_size 1, as without EP).
+    from pdsim.validate.measured import read_measured
+    from pdsim.validate.recorded import replay_config
+
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+    requests, config = _moe_run(tmp_path, cfg, enable_expert_parallel=True)
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    del meta["engine_kwargs"]["data_parallel_size"]
+    requests.with_name("meta.json").write_text(json.dumps(meta))
+    run = read_measured(requests)
+    replayed = replay_config(config, run, None)
+    assert {ref.config.ep_size for ref in replayed.instances()} == {2}
+    assert any(note.startswith("ep_size 2 from meta.json engine_kwargs enable_expert_parallel true")
+               for note in run.notes)

@@ -573,9 +573,9 @@ def test_the_engines_timeseries_is_compared_tick_by_tick_and_a_bad_one_is_said(t
     (tmp_path / "run" / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0"}))
     assert "the replay placed at tick time 0 (meta.json has no started_at)" in _cli("validate", *args).output
     # A timeseries that cannot be read, or has no ticks: said, and the comparison above still printed.
-    for text, said in (("t,running,waiting\n1.0,x,0\n", "line 2, column 'running': expected a number, got 'x'"),
-                       ("t,running,waiting\n\n1.0,,0\n", "line 3, column 'running': expected a number, got an "
-                                                          "empty field"),
+    count = "expected a whole number of requests from 0 to 1e+09"
+    for text, said in (("t,running,waiting\n1.0,x,0\n", f"line 2, column 'running': {count}, got 'x'"),
+                       ("t,running,waiting\n\n1.0,,0\n", f"line 3, column 'running': {count}, got an empty field"),
                        ("t,running,waiting\n", "has no ticks")):
         (tmp_path / "run" / "timeseries.csv").write_text(text)
         res = _cli("validate", *args)
@@ -647,3 +647,132 @@ def test_a_recorded_or_configured_size_that_is_no_size_names_its_field(tmp_path)
     with pytest.raises(PdsimError, match=r"instances\[0\].tp_size: expected a number >= 1, got 0"):
         _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
              str(tmp_path / "v.csv"))
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ('"5"', "field 'output_toks': expected an integer from 1 to 1e+09, got '5'"),
+    ("1e19", "got 10000000000000000000"),  # was wrapped round to a negative length and replayed
+    ("100000000000000000000", "got 100000000000000000000"),  # was an OverflowError
+])
+def test_an_engine_log_token_count_that_is_no_count_names_file_and_line(tmp_path, value, words):
+    requests, config = _run(tmp_path / "run", n=3)
+    lines = requests.read_text().splitlines()
+    record = json.loads(lines[1])
+    lines[1] = json.dumps(record).replace(f'"output_toks": {record["output_toks"]}', f'"output_toks": {value}')
+    requests.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PdsimError, match=re.escape(f"{requests}:2: {words}") if "field" in words else words):
+        read_measured(requests)
+
+
+BENCH = {"ttfts": [0.05, 0.06], "itls": [[0.01, 0.01], [0.01]], "input_lens": [100, 200], "output_lens": [3, 2],
+         "request_rate": "inf"}
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    ({"ttfts": ["0.1", 0.06]}, "ttfts[0]: field 'ttft': expected a finite number >= 0"),
+    ({"input_lens": [100]}, "'input_lens': expected a list with one entry per request, like 'ttfts' (2)"),
+    ({"request_rate": 0}, "'request_rate': expected a number > 0"),
+    ({"request_rate": "abc"}, "'request_rate'"),
+    ({"max_concurrency": "x"}, "'max_concurrency'"),
+    ({"itls": [[None], [0.01]]}, "itls[0]: field 'itl'"),
+    ({"output_lens": [-3, 2]}, "output_lens[0]: field 'output_len': expected an integer from 1"),
+    ({"output_lens": [10**20, 2]}, "output_lens[0]"),
+    ({"errors": ["boom", "boom"]}, "no successful request"),
+    ({"ttfts": [float("inf"), 0.06]}, "ttfts[0]"),
+])
+def test_a_vllm_bench_result_that_is_malformed_names_the_key(tmp_path, edit, words):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({**BENCH, **edit}))
+    with pytest.raises(PdsimError, match=re.escape(words)):
+        read_measured(path)
+
+
+def _aiperf(folder: Path, metrics: dict, start_ns: object = 1_000_000_000) -> Path:
+    base = {"time_to_first_token": {"value": 50.0, "unit": "ms"}, "request_latency": {"value": 150.0, "unit": "ms"},
+            "input_sequence_length": {"value": 100, "unit": "tokens"},
+            "output_sequence_length": {"value": 11, "unit": "tokens"}}
+    folder.mkdir()
+    path = folder / "profile_export.jsonl"
+    path.write_text(json.dumps({"metadata": {"request_start_ns": start_ns}, "metrics": {**base, **metrics}}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("metrics", "start_ns", "words"), [
+    ({"input_sequence_length": {"value": "abc", "unit": "tokens"}}, 1, "metrics.input_sequence_length"),
+    ({"output_sequence_length": {"value": 0, "unit": "tokens"}}, 1, "metrics.output_sequence_length"),
+    ({"time_to_first_token": {"value": -50, "unit": "ms"}}, 1, "metrics.time_to_first_token': expected a finite"),
+    ({"time_to_first_token": {"value": "x", "unit": "ms"}}, 1, "metrics.time_to_first_token.value"),
+    ({"request_latency": {"value": 10.0, "unit": "ms"}}, 1, "metrics.request_latency': expected a finite number >= 50"),
+    ({"inter_chunk_latency": {"value": 3.0, "unit": "ms"}}, 1, "metrics.inter_chunk_latency: expected a list"),
+    ({}, "x", "metadata.request_start_ns"),
+    ({}, 10**30, "metadata.request_start_ns"),
+])
+def test_an_aiperf_record_that_is_malformed_names_line_and_metric(tmp_path, metrics, start_ns, words):
+    path = _aiperf(tmp_path / "ai", metrics, start_ns)
+    with pytest.raises(PdsimError, match=re.escape(f"{path}:1: ") + ".*" + re.escape(words)):
+        read_measured(path)
+
+
+@pytest.mark.parametrize("value", ["4", "4G", True, -1])
+def test_recorded_offloading_in_any_form_is_refused_not_ignored(tmp_path, value):
+    requests, config = _run(tmp_path / "run", n=3, meta={"vllm_version": "0.19.0",
+                                                          "engine_kwargs": {"cpu_offload_gb": value}})
+    res = _validate_or_error(requests, config, tmp_path)
+    assert "cpu_offload_gb" in res
+
+
+def _validate_or_error(requests: Path, config: Path, tmp_path: Path) -> str:
+    try:
+        res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+                   str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+    except PdsimError as e:
+        return str(e)
+    return res.output
+
+
+def test_token_ids_that_are_not_utf8_or_outnumber_the_replay_are_said(tmp_path):
+    requests, config = _run(tmp_path / "run", n=3)
+    bad = tmp_path / "ids.jsonl"
+    bad.write_bytes(b'{"input_tok_ids": [1]}\xe9\n')
+    from pdsim.validate.token_ids import read_prompt_ids
+
+    with pytest.raises(PdsimError, match=re.escape(f"{bad}:1: not valid UTF-8")):
+        read_prompt_ids(bad)
+    # One more prompt than the replay has requests (a request the run left out): matched by length, said.
+    run = read_measured(requests)
+    ids = tmp_path / "more.jsonl"
+    lengths = [*run.requests.input_toks.astype(int), 7]
+    ids.write_text("".join(json.dumps({"input_tok_ids": list(range(n))}) + "\n" for n in lengths))
+    from pdsim.validate.token_ids import attach_prefix_ids
+
+    attach_prefix_ids(run, ids, 16)
+    assert any("1 of the 4 prompts" in note for note in run.notes)
+
+
+def test_a_timeseries_row_with_a_field_too_many_or_a_negative_count_is_said(tmp_path):
+    from pdsim.validate.timeseries import read_timeseries
+
+    path = tmp_path / "timeseries.csv"
+    path.write_text("t,running,waiting\n1.0,3,1,9\n")
+    with pytest.raises(PdsimError, match="a row has more fields than the header"):
+        read_timeseries(path)
+    path.write_text("t,running,waiting\n1.0,3,-1\n")
+    with pytest.raises(PdsimError, match="line 2, column 'waiting': expected a whole number of requests"):
+        read_timeseries(path)
+
+
+def test_the_table_keeps_a_space_between_columns_whatever_the_figures(tmp_path):
+    from pdsim.validate.compare import format_table
+
+    table = pd.DataFrame({"metric": ["TTFT (ms)"], "stat": ["mean"], "measured": [176.7],
+                          "simulated": [123_456_789.04], "diff_pct": [69_866_600.0]})
+    row = format_table(table).splitlines()[1]
+    assert "123,456,789.04 +69866600.0%" in row
+
+
+def test_the_block_size_the_engine_reported_with_its_kv_size_is_replayed(tmp_path):
+    requests, config = _run(tmp_path / "run", n=3, meta={"vllm_version": "0.19.0", "engine_kwargs": {},
+                                                          "kv_cache": {"num_gpu_blocks": 5000, "block_size": 32}})
+    out = _validate_or_error(requests, config, tmp_path)
+    assert "block_size 32 from meta.json kv_cache" in out
+    assert "vs measured 160,000 (5,000 blocks" in out

@@ -185,6 +185,8 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str | None = None) -> 
 
         run.prefix_ids = attach_prefix_ids(run, token_ids, first.block_size)
         run.prefix_block_tokens = first.block_size
+        if not first.enable_prefix_caching:
+            run.notes.append("prefix caching off in the replay, as in the engine: the token ids make no hits")
     elif first.enable_prefix_caching:
         if remedy is None:
             own = case_file(run.source, "workload.jsonl")

@@ -183,18 +183,24 @@ def with_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd.DataF
 def format_table(table: pd.DataFrame) -> str:
     margin = table.step_time_margin_pct.iloc[0] if "step_time_margin_pct" in table else None
     band = f"steps -/+{margin:g}%" if margin is not None else ""
-    lines = [f"{'metric':<27}{'stat':<6}{'measured':>12}{'simulated':>12}{'diff':>9}" + (f"{band:>20}" if band else "")]
+
     def value(x: float) -> str:  # no samples (TPOT of one-token requests): said, not printed as nan
         return "-" if np.isnan(x) else f"{x:,.2f}"
 
+    rows = [["metric", "stat", "measured", "simulated", "diff"] + ([band] if band else [])]
     for r in table.itertuples(index=False):
-        diff = "n/a" if np.isnan(r.diff_pct) else f"{r.diff_pct:+.1f}%"
-        line = f"{r.metric:<27}{r.stat:<6}{value(r.measured):>12}{value(r.simulated):>12}{diff:>9}"
+        row = [r.metric, r.stat, value(r.measured), value(r.simulated),
+               "n/a" if np.isnan(r.diff_pct) else f"{r.diff_pct:+.1f}%"]
         if band:
             lo, hi = r.diff_pct_steps_faster, r.diff_pct_steps_slower
-            line += f"{'n/a' if np.isnan(lo) else f'{lo:+.1f}% .. {hi:+.1f}%':>20}"
-        lines.append(line)
-    return "\n".join(lines)
+            row.append("n/a" if np.isnan(lo) else f"{lo:+.1f}% .. {hi:+.1f}%")
+        rows.append(row)
+    # Left-aligned name columns, right-aligned figures; a figure wider than its column widens it, keeping a space.
+    widths = [27, 6, 12, 12, 9, 20]
+    for i in range(2, len(rows[0])):
+        widths[i] = max(widths[i], 1 + max(len(row[i]) for row in rows))
+    return "\n".join("".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in rows)
 
 
 def plot_path(prefix: Path, key: str) -> Path:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.cli_checks import vllm_int
+from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError, csv_error_detail, csv_row_lines, decode_text, parse_json, read_json_object
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
@@ -261,12 +262,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     if clock not in ("engine", "client"):
         raise PdsimError(f"clock: expected 'engine' or 'client', got {clock!r}")
     for key in ("input_toks", "output_toks"):
-        values = pd.to_numeric(df[key], errors="coerce")
-        bad = values.isna() | (values < 1) | (values != values.round())
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            got = rows[i].get(key)
-            raise PdsimError(f"{p}:{line_nos[i]}: field {key!r}: expected a positive integer, got {got!r}")
+        df[key] = [_count(row.get(key), f"{p}:{n}", key) for row, n in zip(rows, line_nos)]
     _check_stamp_values(p, df, rows, line_nos)
     stamps = {k: pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "scheduled_ts", "first_token_ts",
                                                                   "last_token_ts") if k in df}
@@ -347,6 +343,23 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
 
 
 ENGINE_STAMPS = ("arrival_time", "queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
+
+
+def _count(value: object, where: str, key: str, least: int = 1) -> int:
+    """A token count as a file gives it: a whole number from `least` to MAX_TOKENS (an integral float too)."""
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not least <= value <= MAX_TOKENS:
+        raise PdsimError(f"{where}: field {key!r}: expected an integer from {least} to {MAX_TOKENS:.0e}, "
+                         f"got {value!r:.60}")
+    return value
+
+
+def _time(value: object, where: str, key: str, least: float = 0.0) -> float:
+    """A duration or time as a file gives it: a finite number of at least `least`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
+        raise PdsimError(f"{where}: field {key!r}: expected a finite number >= {least:g}, got {value!r:.60}")
+    return float(value)
 
 
 def _stamp_number(value: object) -> float | None:
@@ -489,21 +502,41 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
     for key in ("ttfts", "itls", "input_lens", "output_lens"):
         if key not in obj:
             raise PdsimError(f"{p}: missing {key!r}; save it with `vllm bench serve --save-result --save-detailed`")
-    n = len(obj["ttfts"])
+    ttfts = obj["ttfts"]
+    n = len(ttfts) if isinstance(ttfts, list) else 0
+    lists = ["ttfts", "itls", "input_lens", "output_lens"] + [k for k in ("errors", "start_times")
+                                                              if obj.get(k) is not None]
+    for key in lists:
+        if not isinstance(obj[key], list) or len(obj[key]) != n:
+            got = f"a list of {len(obj[key])}" if isinstance(obj[key], list) else type(obj[key]).__name__
+            raise PdsimError(f"{p}: {key!r}: expected a list with one entry per request, like 'ttfts' ({n}), got {got}")
     errors = obj.get("errors") or [""] * n
-    ok = [i for i in range(n) if not errors[i] and obj["ttfts"][i] is not None and obj["ttfts"][i] > 0]
-    ttft = np.array([obj["ttfts"][i] for i in ok]) * 1e3
-    itls = [np.asarray(obj["itls"][i], dtype=float) * 1e3 for i in ok]
-    out_lens = np.array([obj["output_lens"][i] for i in ok], dtype=int)
-    in_lens = np.array([obj["input_lens"][i] for i in ok], dtype=int)
+    # A failed request has an error or no TTFT (vllm bench saves 0 or null for it).
+    ok = [i for i in range(n) if not errors[i] and ttfts[i] is not None and ttfts[i] != 0]
+    if not ok:
+        raise PdsimError(f"{p}: no successful request (each has an error or no TTFT): nothing to compare")
+    ttft = np.array([_time(ttfts[i], f"{p}: ttfts[{i}]", "ttft", 0.0) for i in ok]) * 1e3
+    itls = []
+    for i in ok:
+        if not isinstance(obj["itls"][i], list):
+            raise PdsimError(f"{p}: itls[{i}]: expected a list of seconds, got {obj['itls'][i]!r:.60}")
+        itls.append(np.array([_time(x, f"{p}: itls[{i}]", "itl") for x in obj["itls"][i]], dtype=float) * 1e3)
+    out_lens = np.array([_count(obj["output_lens"][i], f"{p}: output_lens[{i}]", "output_len") for i in ok])
+    in_lens = np.array([_count(obj["input_lens"][i], f"{p}: input_lens[{i}]", "input_len") for i in ok])
     e2e = ttft + np.array([x.sum() for x in itls])
     tpot = np.where(out_lens > 1, (e2e - ttft) / np.maximum(out_lens - 1, 1), np.nan)
     notes = []
     conc = obj.get("max_concurrency")
+    if conc is not None and (type(conc) is not int or conc < 1):
+        raise PdsimError(f"{p}: 'max_concurrency': expected a whole number >= 1 or null, got {conc!r:.60}")
     rate = obj.get("request_rate", "inf")
-    rate = math.inf if rate in (None, "inf", "Infinity") else float(rate)
+    if rate in (None, "inf", "Infinity") or rate == math.inf:
+        rate = math.inf
+    elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
+        raise PdsimError(f"{p}: 'request_rate': expected a number > 0 or \"inf\", got {rate!r:.60}")
     if obj.get("start_times") is not None:
-        starts = np.array([obj["start_times"][i] for i in ok], dtype=float)
+        starts = np.array([_time(obj["start_times"][i], f"{p}: start_times[{i}]", "start_time", -math.inf)
+                           for i in ok])
         arrival = starts - starts.min()
     elif conc is None and math.isfinite(rate):
         arrival = np.arange(len(ok)) / rate
@@ -543,6 +576,9 @@ def _aiperf_value(record: dict, tag: str, where: str, unit: str = "ms"):
         if got not in _TO_MS:
             raise PdsimError(f"{where}: metrics.{tag}: unit {got!r}, expected one of {', '.join(_TO_MS)}")
         scale = _TO_MS[got]
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+            raise PdsimError(f"{where}: metrics.{tag}.value: expected a number or a list of numbers, got {value!r:.60}")
         return [v * scale for v in value] if isinstance(value, list) else value * scale
     return value
 
@@ -649,12 +685,21 @@ def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[fl
         raise PdsimError(f"{where}: metrics lack {', '.join(missing)}{hint}")
     if "request_start_ns" not in meta:
         raise PdsimError(f"{where}: metadata lacks request_start_ns")
-    osl = int(values["output_sequence_length"])
-    ttft, latency = float(values["time_to_first_token"]), float(values["request_latency"])
-    row = {"input_toks": int(values["input_sequence_length"]), "output_toks": osl,
-           "start_ns": int(meta["request_start_ns"]), "ttft_ms": ttft,
+    start_ns = meta["request_start_ns"]
+    if type(start_ns) is not int or not 0 <= start_ns < 2**62:  # ns since 1970 fit int64 to the year 2116
+        raise PdsimError(f"{where}: metadata.request_start_ns: expected a whole number of ns, got {start_ns!r:.60}")
+    osl = _count(values["output_sequence_length"], where, "metrics.output_sequence_length")
+    ttft = _time(values["time_to_first_token"], where, "metrics.time_to_first_token")
+    latency = _time(values["request_latency"], where, "metrics.request_latency", ttft)
+    row = {"input_toks": _count(values["input_sequence_length"], where, "metrics.input_sequence_length"),
+           "output_toks": osl, "start_ns": start_ns, "ttft_ms": ttft,
            "tpot_ms": (latency - ttft) / (osl - 1) if osl > 1 else np.nan, "e2e_ms": latency}
-    return row, _aiperf_value(record, "inter_chunk_latency", where)
+    chunks = _aiperf_value(record, "inter_chunk_latency", where)
+    if chunks is not None:
+        if not isinstance(chunks, list):
+            raise PdsimError(f"{where}: metrics.inter_chunk_latency: expected a list of gaps, got {chunks!r:.60}")
+        chunks = [_time(x, where, "metrics.inter_chunk_latency") for x in chunks]
+    return row, chunks
 
 
 # -- closed-loop tables ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ config cannot replay are refused (docs/validation.md)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -261,6 +262,14 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
     if run.engine_meta:  # a meta.json beside the run, which would record them
         _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
+    kv = run.engine_meta.get("kv_cache")
+    if "block_size" not in out and isinstance(kv, dict) and kv.get("block_size") is not None:
+        if type(kv["block_size"]) is not int or kv["block_size"] < 1:  # the engine's own report of its blocks
+            raise PdsimError(f"{meta}: kv_cache.block_size: expected a whole number >= 1, got {kv['block_size']!r:.60}")
+        out["block_size"] = kv["block_size"]
+        was = f", the config says {stated['block_size']}" if stated.get("block_size") not in (None,
+                                                                                              out["block_size"]) else ""
+        run.notes.append(f"block_size {out['block_size']} from meta.json kv_cache{was}")
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
@@ -352,8 +361,18 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
                          "(meta.json engine_kwargs)")
     for key, what in (("cpu_offload_gb", "weights offloaded to CPU memory"),
                       ("kv_offloading_size", "KV cache offloaded to CPU memory")):
-        if isinstance(kwargs.get(key), (int, float)) and not isinstance(kwargs[key], bool) and kwargs[key] > 0:
-            raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {what} ({key} {kwargs[key]}) "
+        value = kwargs.get(key)
+        if value in (None, 0, 0.0) and not isinstance(value, bool):  # vLLM's default: nothing offloaded
+            continue
+        try:  # a number, or one written as a string ("4")
+            number = math.nan if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if not number >= 0:  # NaN too
+            raise PdsimError(f"{Path(run.source).with_name('meta.json')}: engine_kwargs.{key}: expected a number "
+                             f">= 0 (GiB), got {value!r:.60}")
+        if number > 0:
+            raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {what} ({key} {value}) "
                              "is not modelled (meta.json engine_kwargs)")
     layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
     if reason is not None:
@@ -388,8 +407,10 @@ def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
     tp = kwargs.get("tensor_parallel_size")
     dp = kwargs.get("data_parallel_size")
     tp = tp if isinstance(tp, int) and tp >= 1 else int(instances[0].get("tp_size") or 1)
-    dp = dp if isinstance(dp, int) and dp >= 1 else 1
     grouped = any(inst.get("dp_group") for inst in instances)
+    if not (isinstance(dp, int) and dp >= 1):  # not recorded: the replay runs the config's group (a note says so)
+        first = next((inst.get("dp_group") for inst in instances if inst.get("dp_group")), None)
+        dp = sum(1 for inst in instances if first is not None and inst.get("dp_group") == first) or 1
     ep = tp * (dp if grouped else 1) if expert_parallel else 1
     stated = {inst.get("ep_size") for inst in instances} - {None}
     was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""

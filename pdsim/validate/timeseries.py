@@ -10,6 +10,7 @@ points at the step times.
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pdsim.text import plural
 
 TIMESERIES = "timeseries.csv"
 COLUMNS = ("t", "running", "waiting")
+MAX_COUNT = 1e9  # requests running or waiting at one tick
 
 
 def read_timeseries(path: Path) -> pd.DataFrame:
@@ -29,8 +31,12 @@ def read_timeseries(path: Path) -> pd.DataFrame:
     value there is no finite number, is refused naming the file, the line and the column."""
     try:
         # Blank lines kept (and dropped below) so that row i is line i + 2; index_col=False keeps a row with
-        # a field too many from shifting its values into the wrong columns.
-        df = pd.read_csv(path, skip_blank_lines=False, index_col=False, dtype=str)
+        # a field too many from shifting its values into the wrong columns, and pandas warns of it: refused.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, skip_blank_lines=False, index_col=False, dtype=str)
+    except pd.errors.ParserWarning:
+        raise PdsimError(f"{path}: a row has more fields than the header ({', '.join(COLUMNS)}, ...)") from None
     except (OSError, ValueError) as e:
         raise PdsimError(f"{path}: cannot read the engine's timeseries ({e})") from None
     missing = [c for c in COLUMNS if c not in df.columns]
@@ -39,12 +45,17 @@ def read_timeseries(path: Path) -> pd.DataFrame:
     df = df[df.notna().any(axis=1)]  # blank lines
     out = df[list(COLUMNS)].apply(pd.to_numeric, errors="coerce")
     for column in COLUMNS:
-        bad = ~np.isfinite(out[column].to_numpy(dtype=float))
+        x = out[column].to_numpy(dtype=float)
+        bad = ~np.isfinite(x)
+        if column != "t":  # request counts
+            with np.errstate(invalid="ignore"):
+                bad |= (x < 0) | (x > MAX_COUNT) | (x != np.round(x))
         if bad.any():
             label = df.index[int(np.argmax(bad))]
             raw = df.at[label, column]
             got = "an empty field" if pd.isna(raw) else repr(raw)
-            raise PdsimError(f"{path}: line {label + 2}, column {column!r}: expected a number, got {got}")
+            want = "a number" if column == "t" else f"a whole number of requests from 0 to {MAX_COUNT:.0e}"
+            raise PdsimError(f"{path}: line {label + 2}, column {column!r}: expected {want}, got {got}")
     return out.sort_values("t", kind="stable").reset_index(drop=True)
 
 
@@ -53,7 +64,8 @@ def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> tupl
     arrived, which is the replay's time 0; (0, why) when the record does not say."""
     started = meta.get("started_at")
     if not isinstance(started, str):
-        return 0.0, "meta.json has no started_at"
+        return 0.0, ("meta.json has no started_at" if started is None
+                     else f"meta.json's started_at {started!r:.40} is no ISO time")
     if first_arrival_wall_s is None:
         return 0.0, "the first request has no arrival_time"
     try:

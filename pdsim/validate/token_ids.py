@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pdsim.errors import PdsimError
+from pdsim.errors import PdsimError, decode_text
 from pdsim.validate.measured import MeasuredRun
 
 
@@ -31,7 +31,7 @@ def block_hash_ids(prompts: list[list[int]], block_size: int) -> list[tuple[int,
 
 def read_prompt_ids(path: Path) -> list[list[int]]:
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(decode_text(path.read_bytes(), str(path)).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -48,8 +48,9 @@ def attach_prefix_ids(run: MeasuredRun, path: Path, block_size: int) -> list[tup
     """Each measured request's block hash ids, from the workload file that fed the run: requests are
     matched to its lines by prompt length, in order (error when a length has no line left)."""
     prompts = read_prompt_ids(path)
-    if len(prompts) != len(run.requests):
-        raise PdsimError(f"{path}: {len(prompts)} prompts with token ids, but the measured run has "
+    # More prompts than requests: the run left some out of the replay (never reached the engine).
+    if len(prompts) < len(run.requests):
+        raise PdsimError(f"{path}: {len(prompts)} prompts with token ids, but the measured run replays "
                          f"{len(run.requests)} requests")
     by_length: dict[int, list[int]] = {}
     for i, tokens in enumerate(prompts):
@@ -59,6 +60,9 @@ def attach_prefix_ids(run: MeasuredRun, path: Path, block_size: int) -> list[tup
         if not by_length.get(n):
             raise PdsimError(f"{path}: no prompt of {n} token ids left for a measured request of {n} input tokens")
         order.append(by_length[n].pop(0))
+    if len(prompts) > len(order):
+        run.notes.append(f"{len(prompts) - len(order)} of the {len(prompts)} prompts in {path} matched no replayed "
+                         "request (requests are matched to prompts by length, in order)")
     chains = block_hash_ids([prompts[i] for i in order], block_size)
     seen: set[int] = set()
     hit = 0
