@@ -174,6 +174,13 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
     scaled = click.get_current_context().get_parameter_source("time_scale") != click.core.ParameterSource.DEFAULT
+    if dataset is None and (unused := unused_options(click.get_current_context(), "window", "dataset_format",
+                                                     "time_scale")):
+        raise PdsimError(f"{', '.join(unused)}: appl{'ies' if len(unused) == 1 else 'y'} to a --dataset; a synthetic "
+                         "closed loop has no trace")
+    if concurrency is not None and dataset is not None and unused_options(click.get_current_context(), "time_scale"):
+        raise PdsimError("--time-scale: a closed loop's clients send when their last request ends, so the trace's "
+                         "arrival times are not used (its lengths are)")
     if rate_per_s is not None and (dataset is None or concurrency is not None or scaled):
         what = ("a closed loop's clients send when their last request ends" if concurrency is not None else
                 "give one of them, not both" if dataset is not None else "it rescales a --dataset's arrivals")

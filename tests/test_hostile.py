@@ -495,3 +495,40 @@ def test_a_rate_that_overflows_the_clock_is_one_line(tmp_path, capsys):
     code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(trace), "--rate", "1e-300",
                                   "--output", str(tmp_path / "out" / "run.csv"), "--quiet"])
     _assert_clean_error(code, err, "--rate 1e-300", "past the")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--concurrency", "3", "--input-len", "10", "--output-len", "5", "--num-requests", "3", "--window", "0:1"],
+     "--window: applies to a --dataset"),
+    (["--concurrency", "3", "--input-len", "10", "--output-len", "5", "--num-requests", "3", "--time-scale", "2"],
+     "--time-scale: applies to a --dataset"),
+    (["--dataset", str(TRACE), "--concurrency", "2", "--time-scale", "2"],
+     "--time-scale: a closed loop's clients send when their last request ends"),
+])
+def test_trace_options_that_would_change_nothing_are_refused(tmp_path, capsys, args, words):
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), *args, "--output", str(tmp_path / "o" / "r.csv"),
+                                  "--quiet"])
+    _assert_clean_error(code, err, words)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("5", "expected a JSON object"),
+    ('{"ttfts": [0.1, 0.2], "itls": [[0.01], [0.01]], "input_lens": [10, 20], "output_lens": [2, 2], '
+     '"start_times": [0, 1e12]}', "'start_times': the last request would arrive 1e+12 s after the first"),
+])
+def test_a_vllm_bench_trace_that_is_no_object_or_past_the_clock_is_one_line(tmp_path, capsys, text, words):
+    trace = tmp_path / "bench.json"
+    trace.write_text(text)
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(trace), "--dataset-format",
+                                  "vllm-bench", "--output", str(tmp_path / "o" / "r.csv"), "--quiet"])
+    _assert_clean_error(code, err, str(trace), words)
+
+
+def test_a_csv_token_column_of_true_false_words_is_refused(tmp_path, capsys):
+    # pandas reads such a column as booleans, which counted as 1 and 0 tokens.
+    trace = tmp_path / "az.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:15:47,True,3\n2023-11-16 18:15:48,true,5\n")
+    code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(trace), "--output",
+                                  str(tmp_path / "o" / "r.csv"), "--quiet"])
+    _assert_clean_error(code, err, f"{trace}:2: field 'ContextTokens'", "got True")

@@ -153,3 +153,16 @@ def test_the_help_says_where_each_option_applies() -> None:
 ])
 def test_values_past_the_simulators_bounds_are_refused(tmp_path: Path, args: list[str], words: list[str]) -> None:
     _refused(tmp_path, args, *words)
+
+
+def test_generate_measures_the_rate_from_the_first_arrival(tmp_path):
+    # A schedule that starts idle: a run's clock (and workload stats) start at the first arrival.
+    from click.testing import CliRunner
+
+    from pdsim.workload.cli import workload
+
+    res = CliRunner().invoke(workload, ["generate", "--num-requests", "5", "--rate-schedule", "0:0,60:5", "--out",
+                                        str(tmp_path / "g.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "from the first at 60.0 s (a run's clock starts there)" in res.output
+    assert "0.07 req/s" not in res.output

@@ -27,6 +27,7 @@ import pandas as pd
 from pdsim.cli_checks import vllm_int
 from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError, csv_error_detail, csv_row_lines, decode_text, parse_json, read_json_object
+from pdsim.workload.trace import MAX_ARRIVAL_NS
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
 
@@ -497,8 +498,8 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
     p = Path(path)
     if obj is None:
         obj = parse_json(p.read_bytes(), str(p))
-        if not isinstance(obj, dict):
-            raise PdsimError(f"{p}: expected a JSON object")
+    if not isinstance(obj, dict):
+        raise PdsimError(f"{p}: expected a JSON object")
     for key in ("ttfts", "itls", "input_lens", "output_lens"):
         if key not in obj:
             raise PdsimError(f"{p}: missing {key!r}; save it with `vllm bench serve --save-result --save-detailed`")
@@ -543,6 +544,10 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
         notes.append(f"arrival times not recorded: spaced evenly at the request rate {rate:g}/s")
     else:
         arrival = np.zeros(len(ok))
+    if arrival.size and arrival.max() > MAX_ARRIVAL_NS / 1e9:
+        source = "start_times" if obj.get("start_times") is not None else "request_rate"
+        raise PdsimError(f"{p}: {source!r}: the last request would arrive {arrival.max():.3g} s after the first, past "
+                         f"the {MAX_ARRIVAL_NS / 1e9:.0e} s a run's clock holds")
     if len(ok) < n:
         notes.append(f"{n - len(ok)} failed request(s) left out")
     df = pd.DataFrame({"input_toks": in_lens, "output_toks": out_lens, "arrival_s": arrival,

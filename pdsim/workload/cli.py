@@ -170,10 +170,13 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
     write_trace(out_path, reqs)
     inp = np.array([r.input_toks for r in reqs])
     out = np.array([r.output_toks for r in reqs])
-    span_s = reqs[-1].arrival_time_ns / 1e9
-    rate_txt = f"{(len(reqs) - 1) / span_s:.2f} req/s" if span_s > 0 else "all at t=0"
+    # Measured as `workload stats` and a run read it: from the first arrival, where a run's clock starts.
+    first_s, last_s = (f(r.arrival_time_ns for r in reqs) / 1e9 for f in (min, max))
+    span_s = last_s - first_s
+    rate_txt = f"{(len(reqs) - 1) / span_s:.2f} req/s" if span_s > 0 else f"all at t={first_s:g}"
+    lead = f" from the first at {first_s:.1f} s (a run's clock starts there)" if first_s > 0 else ""
     click.echo(
-        f"wrote {len(reqs)} requests to {out_path}: arrivals over {span_s:.1f} s ({rate_txt}), "
+        f"wrote {len(reqs)} requests to {out_path}: arrivals over {span_s:.1f} s{lead} ({rate_txt}), "
         f"input mean {inp.mean():.0f} (max {inp.max()}), output mean {out.mean():.0f} (max {out.max()})"
     )
 

@@ -101,6 +101,8 @@ def _int_column(df: pd.DataFrame, column: str, path: Path, min_value: int = 1) -
     """A token-count column; the first bad cell is named by file line (header = line 1) and column."""
     x = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(x) | (x != np.round(x)) | (x < min_value) | (x > MAX_TOKENS)
+    if df[column].dtype == bool:  # pandas reads a column of True/False words as booleans, which would count as 1/0
+        bad[:] = True
     if bad.any():
         i = int(np.argmax(bad))
         raise TraceError(f"{path}:{_line(path, i)}: field {column!r}: expected an integer from {min_value} to "

@@ -101,7 +101,7 @@ def detect_format(path: Path) -> str:
                 return "vllm-bench"
         if obj is None and any(k in text for k in ('"input_lens"', '"ttfts"')):
             return "vllm-bench"
-        if obj is None and "\n" not in text:  # a first line longer than the head (token ids): its keys
+        if obj is None:  # a first line longer than the head (token ids), or one the reader will refuse: its keys
             if '"input_toks"' in first:
                 return "pdsim"
             if '"input_length"' in first or '"hash_ids"' in first:
