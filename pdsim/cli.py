@@ -13,7 +13,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import OutputFile, number_in, slo_ms, unused_options, vllm_int_option
+from pdsim.cli_checks import OutputFile, existing_folder, number_in, slo_ms, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.workload.readers import dataset_options
@@ -166,6 +166,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     from pdsim.perf.interp import extrapolations_gathered
     from pdsim.progress import ProgressBar
 
+    existing_folder(profiles_root, "--profiles-root")
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
     check_run_output(output, _run_inputs(cluster_config, dataset, profile_dir, profiles_root, output))
     if concurrency is None and unused_options(click.get_current_context(), "client_delay_ms"):

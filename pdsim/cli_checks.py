@@ -119,3 +119,10 @@ def unused_options(ctx: click.Context, *names: str) -> list[str]:
         else:
             changed.append(_flag(param))
     return changed
+
+
+def existing_folder(path: Path | None, option: str) -> None:
+    """An input folder option (e.g. --profiles-root) must name a folder: a typo would otherwise fall back on
+    estimates without a word."""
+    if path is not None and not path.is_dir():
+        raise PdsimError(f"{option} {path}: " + ("no such folder" if not path.exists() else "not a folder"))

@@ -781,3 +781,46 @@ def test_a_simulation_above_its_estimate_is_put_down_to_what_the_estimate_leaves
                                "colocated instance's prefills and decodes apart")
     assert "next prompt's chunk, as chunked prefill does)" in notes[1]
     assert notes[2].endswith("(the estimate's simplifications (pdsim/sweep/ratematch.py) undercount it)")
+
+
+def test_rates_that_print_alike_are_one_rate(tmp_path):
+    # Rows are keyed by the rate's %g text: two rates equal to 6 digits were two runs under one key.
+    _, df = _sweep(tmp_path, "s", "--rates", "5,5.0000001", "--ratios", "1:1", "--no-colocated",
+                   "--min-duration-s", "0")
+    assert list(df.rate_per_s) == [5]
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--time-scale", "3"], "--time-scale: each rate rescales the trace's arrivals"),
+    (["--profiles-root", "/nonexistent/profiles"], "--profiles-root /nonexistent/profiles: no such folder"),
+])
+def test_sweep_options_that_would_change_nothing_or_fall_back_silently_are_refused(tmp_path, extra, words):
+    with pytest.raises(PdsimError, match=re.escape(words)):
+        CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--gpus", "2",
+                                 "--rates", "5", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1",
+                                 "--out", str(tmp_path / "o"), *extra], catch_exceptions=False)
+
+
+def test_a_variant_that_cannot_be_built_is_skipped_with_its_reason(tmp_path):
+    # The CPU profile has no TP 2 table and the CPU no spec to estimate one: those splits are skipped up front,
+    # the others run (the command stopped with an error mid-way before).
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(ROOT / "configs/cluster/cpu_llama160m.json"),
+                                   "--dataset", str(ROOT / "workloads/cpu_trace.jsonl"), "--num-requests", "20",
+                                   "--gpus", "4", "--tp-decode", "1,2", "--rates", "2", "--slo-ttft-ms", "1000",
+                                   "--slo-tpot-ms", "100", "--min-duration-s", "0", "--workers", "1", "--no-plots",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"skipped 2P1D-tp1/2: nodes\[0\]\.instances\[2\]\.hardware: no measured profile", res.output)
+    labels = set(pd.read_csv(tmp_path / "o" / "sweep.csv").label)
+    assert labels and not any(label.endswith("/2") or label.endswith("tp2") for label in labels)
+
+
+def test_resume_is_refused_when_the_node_size_changed(tmp_path):
+    # --node-gpus places the instances (and so the KV links) without changing the labels.
+    args = ["--rates", "5", "--ratios", "1:1", "--no-colocated", "--min-duration-s", "0"]
+    _sweep(tmp_path, "s", *args, "--node-gpus", "2")
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests",
+                                   "40", "--gpus", "2", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers",
+                                   "1", "--time-limit-slack-s", "5", "--no-plots", "--out", str(tmp_path / "s"), *args,
+                                   "--node-gpus", "1", "--resume"])
+    assert res.exit_code != 0 and "node_gpus" in str(res.exception), res.output

@@ -15,7 +15,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import number_in, slo_ms
+from pdsim.cli_checks import existing_folder, number_in, slo_ms
 from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
@@ -160,6 +160,10 @@ class _Setup:
         if kw["workers"] is not None and kw["workers"] < 1:
             raise PdsimError(f"--workers: expected a positive integer, got {kw['workers']}")
         self.kw = kw
+        existing_folder(kw["profiles_root"], "--profiles-root")
+        if click.get_current_context().get_parameter_source("time_scale") != click.core.ParameterSource.DEFAULT:
+            raise PdsimError("--time-scale: each rate rescales the trace's arrivals, so a time scale changes nothing "
+                             "here; give the rates wanted")
         base = load_cluster_config(kw["base_config"])
         self.bandwidth_notes = list(dict.fromkeys(
             note for ref in base.instances() if (note := mem_bw_note(ref.config)) is not None))
@@ -173,6 +177,7 @@ class _Setup:
             parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
             kw["decode_expert_parallel"],
         )
+        self.variants = self._buildable(self.variants, kw["profiles_root"])
         colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
         if colocated_note:
             self.base_notes.append(colocated_note)
@@ -190,7 +195,8 @@ class _Setup:
             "base_config_sha256": _sha256(kw["base_config"]), "dataset": str(kw["dataset"]),
             "dataset_sha256": _sha256(kw["dataset"]),
             **{k: kw[k] for k in ("dataset_format", "window", "time_scale", "num_requests", "slo_ttft_ms",
-                                  "slo_tpot_ms", "arrival", "seed", "time_limit_slack_s", "ttft_mode")},
+                                  "slo_tpot_ms", "arrival", "seed", "time_limit_slack_s", "ttft_mode",
+                                  "node_gpus")},
             "min_duration_s": self.settings.min_duration_s, "profiles_root": self.settings.profiles_root,
         }, default=str))
         self.out: Path = kw["out"]
@@ -205,6 +211,28 @@ class _Setup:
             if source.exists() and configs.is_dir() and source.resolve().parent == configs.resolve():
                 raise PdsimError(f"--out {self.out}: the input {source} is in {configs}, which this command "
                                  "rewrites; copy it elsewhere or choose another --out")
+
+    def _buildable(self, variants: list, profiles_root: Path | None) -> list:
+        """The variants whose clusters can be built (a profile or a spec for every instance): one that cannot is
+        skipped with the reason, like a layout that does not fit, instead of stopping the command mid-way."""
+        import simpy
+
+        from pdsim.engine.cluster import Cluster, SimOptions
+        from pdsim.perf.interp import extrapolations_gathered
+
+        opts = SimOptions(profiles_root=str(profiles_root or bundled_path("profiles")))
+        kept = []
+        for v in variants:
+            try:
+                with extrapolations_gathered():
+                    Cluster(simpy.Environment(), v.config(), opts, v.label)
+            except PdsimError as e:
+                self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
+                continue
+            kept.append(v)
+        if not kept:
+            raise PdsimError("no configuration can be built: " + "; ".join(self.skipped))
+        return kept
 
     def outputs(self, stem: str, streamed: str) -> OutputSet:
         """The command's files, committed together once all are written: the streamed CSV, the
@@ -338,7 +366,8 @@ def sweep(rates: str, **kw: Any) -> None:
     from pdsim.workload.trace import check_request_count
 
     try:
-        rate_list = sorted({float(x) for x in rates.split(",") if x.strip()})
+        # Rates are keyed by their %g text (6 digits): two that print alike are one rate.
+        rate_list = sorted({float(f"{float(x):g}") for x in rates.split(",") if x.strip()})
     except ValueError:
         raise PdsimError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
     if not rate_list or not all(0 < r <= MAX_RATE_PER_S for r in rate_list):  # NaN fails too (min/max would not)
