@@ -291,7 +291,7 @@ def test_generate_lengths_from_an_azure_csv(tmp_path):
 
 @pytest.mark.parametrize(("name", "text", "words"), [
     ("t.jsonl", '{"input_toks": 100000000000000000000, "output_toks": 5, "arrival_time_ns": 0}\n',
-     r"t.jsonl:1: field 'input_toks': expected a positive integer up to 1e\+09"),
+     r"t.jsonl:1: field 'input_toks': expected an integer from 1 to 1e\+09"),
     ("l.csv", "num_prefill_tokens,num_decode_tokens\n10,5\n10,1e20\n",
      r"l.csv:3: field 'num_decode_tokens': expected an integer from 1 to 1e\+09, got 1e\+20"),
     ("a.csv", AZURE.replace(",44\n", ",1e300\n"), r"a.csv:2: field 'GeneratedTokens': expected an integer from 0"),

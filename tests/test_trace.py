@@ -67,7 +67,7 @@ def test_missing_field(tmp_path):
         load_trace(p)
 
 
-POS = "expected a positive integer up to 1e+09, got"
+POS = "expected an integer from 1 to 1e+09, got"
 ARR = "field 'arrival_time_ns': expected a finite number >= 0"
 
 

@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 
 from pdsim.cli_checks import vllm_int
-from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError, csv_error_detail, csv_row_lines, decode_text, parse_json, read_json_object
-from pdsim.workload.trace import MAX_ARRIVAL_NS
+from pdsim.workload.trace import MAX_ARRIVAL_NS, token_count
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
 
@@ -346,14 +345,8 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
 ENGINE_STAMPS = ("arrival_time", "queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
 
 
-def _count(value: object, where: str, key: str, least: int = 1) -> int:
-    """A token count as a file gives it: a whole number from `least` to MAX_TOKENS (an integral float too)."""
-    if type(value) is float and value.is_integer():
-        value = int(value)
-    if type(value) is not int or not least <= value <= MAX_TOKENS:
-        raise PdsimError(f"{where}: field {key!r}: expected an integer from {least} to {MAX_TOKENS:.0e}, "
-                         f"got {value!r:.60}")
-    return value
+def _count(value: object, where: str, key: str) -> int:
+    return token_count(value, where, key, error=PdsimError)
 
 
 def _time(value: object, where: str, key: str, least: float = 0.0) -> float:

@@ -28,6 +28,7 @@ from pdsim.workload.trace import (
     TraceRequest,
     check_repeated_keys,
     checked_hash_ids,
+    token_count,
 )
 
 # A tokenizer-free length estimate for text: ~4 characters per token is OpenAI's rule of thumb for
@@ -195,12 +196,7 @@ def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
         v = obj[key]
     except KeyError:
         raise TraceError(f"{where}: missing field {key!r}") from None
-    if type(v) is float and v.is_integer():
-        v = int(v)
-    if type(v) is not int or not min_value <= v <= MAX_TOKENS:
-        raise TraceError(f"{where}: field {key!r}: expected an integer from {min_value} to {MAX_TOKENS:.0e}, "
-                         f"got {v!r}")
-    return v
+    return token_count(v, where, key, min_value)
 
 
 def read_mooncake(path: Path) -> Loaded:
@@ -241,13 +237,8 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
     if not isinstance(item, dict):
         raise TraceError(f"{where}: expected a conversation object, got {type(item).__name__}")
     if "input_tokens" in item or "output_tokens" in item:
-        counts = []
-        for key in ("input_tokens", "output_tokens"):
-            v = item.get(key)
-            if type(v) is not int or not 1 <= v <= MAX_TOKENS:
-                raise TraceError(f"{where}: field {key!r}: expected an integer from 1 to {MAX_TOKENS:.0e}, got {v!r}")
-            counts.append(v)
-        return counts[0], counts[1]
+        return (token_count(item.get("input_tokens"), where, "input_tokens"),
+                token_count(item.get("output_tokens"), where, "output_tokens"))
     turns = item.get("conversations", item.get("conversation"))
     if not isinstance(turns, list):
         record = next((k for k in ("input_toks", "input_length", "arrival_time_ns", "timestamp") if k in item), None)

@@ -34,14 +34,18 @@ class TraceRequest:
 DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace gives hash_ids alone
 
 
-def _length(value: object, key: str, where: str) -> int:
+def token_count(value: object, where: str, key: str, least: int = 1, error: type[PdsimError] = TraceError) -> int:
+    """A token count as a file gives it: a whole number from `least` to MAX_TOKENS (an integral float too)."""
     # type() rather than isinstance: bool is an int subclass, and `true` is no length.
-    if type(value) is int:
-        if 0 < value <= MAX_TOKENS:
-            return value
-    elif type(value) is float and value.is_integer() and 0 < value <= MAX_TOKENS:  # NaN/inf fail is_integer
-        return int(value)
-    raise TraceError(f"{where}: field {key!r}: expected a positive integer up to {MAX_TOKENS:.0e}, got {value!r}")
+    if type(value) is float and value.is_integer():  # NaN/inf fail is_integer
+        value = int(value)
+    if type(value) is not int or not least <= value <= MAX_TOKENS:
+        raise error(f"{where}: field {key!r}: expected an integer from {least} to {MAX_TOKENS:.0e}, got {value!r:.60}")
+    return value
+
+
+def _length(value: object, key: str, where: str) -> int:
+    return token_count(value, where, key)
 
 
 # pdsim holds every request of a run in memory (about 1.6 KB each with its results: 450 MB for 200,000
