@@ -417,3 +417,11 @@ def test_pipes_and_special_outputs_are_refused(tmp_path):
     assert res.exit_code == 2 and "not a regular file (a pipe, FIFO or device)" in res.output, res.output
     res = _stats(trace, "--plot", str(trace / "p.png"))
     assert res.exit_code == 2 and "is a file, not a folder" in res.output, res.output
+
+
+def test_mooncake_keys_it_does_not_read_are_noted(tmp_path):
+    # A misspelt hash_ids would otherwise read as a trace without prefix ids, without a word.
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_id": [0, 1]}\n')
+    loaded = read_dataset(path, "mooncake")
+    assert any("not in the Mooncake format, ignored: 'hash_id' (1 line(s))" in note for note in loaded.notes)

@@ -7,6 +7,7 @@ ignored instead.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_max_len_still_trims_the_tail_of_a_distribution(tmp_path: Path) -> None:
 def test_the_library_refuses_a_fixed_length_above_max_len_too() -> None:
     with pytest.raises(PdsimError, match="--output-len: 'fixed:200' is a fixed length of 200, above --max-len 100"):
         generate_requests(5, 1.0, "fixed:10", "fixed:200", max_len=100)
-    assert parse_length_dist("fixed:200,max=150", "--input-len", 300).bounds() == (150, 150)  # its own max=
+    assert parse_length_dist("uniform:100,200,max=150", "--input-len", 300).bounds() == (100, 150)  # its own max=
     assert parse_length_dist("uniform:5,9").bounds() == (5, 9)
     assert parse_length_dist("normal:50,10,min=3", max_len=80).bounds() == (3, 80)
 
@@ -166,3 +167,27 @@ def test_generate_measures_the_rate_from_the_first_arrival(tmp_path):
     assert res.exit_code == 0, res.output
     assert "from the first at 60.0 s (a run's clock starts there)" in res.output
     assert "0.07 req/s" not in res.output
+
+
+@pytest.mark.parametrize("spec", ["fixed:10,max=5", "uniform:10,20,min=30"])
+def test_a_bound_outside_the_lengths_asked_for_is_refused(spec):
+    from pdsim.errors import PdsimError
+    from pdsim.workload.generate import parse_length_dist
+
+    with pytest.raises(PdsimError, match="min/max lie outside"):
+        parse_length_dist(spec, "--input-len")
+    assert parse_length_dist("uniform:10,20,min=15", "--input-len").min_len == 15  # a partial clip stays
+
+
+def test_lengths_from_says_how_many_pairs_the_default_cap_cut(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.workload.cli import workload
+
+    source = tmp_path / "src.jsonl"
+    source.write_text("".join(json.dumps({"input_toks": n, "output_toks": 5, "arrival_time_ns": i})
+                              + "\n" for i, n in enumerate([100, 9000, 20000])))
+    res = CliRunner().invoke(workload, ["generate", "--num-requests", "5", "--lengths-from", str(source), "--out",
+                                        str(tmp_path / "g.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "--max-len 8192 caps 2 of the 3 length pairs" in res.output

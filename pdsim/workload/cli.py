@@ -168,6 +168,12 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
                              think_time_s=think_time_s, expected_tpot_ms=expected_tpot_ms,
                              hash_block_tokens=hash_block_tokens)
     write_trace(out_path, reqs)
+    if pairs:  # the cap is a default the user may not have asked for: how much of the source it cut, said
+        cut = sum(r.input_toks > max_len or r.output_toks > max_len for r in pairs)
+        if cut:
+            click.echo(f"note: --max-len {max_len} caps {cut:,} of the {len(pairs):,} length pairs of {lengths_from} "
+                       f"(longest input {max(r.input_toks for r in pairs):,}, output "
+                       f"{max(r.output_toks for r in pairs):,}); raise it to keep them", err=True)
     inp = np.array([r.input_toks for r in reqs])
     out = np.array([r.output_toks for r in reqs])
     # Measured as `workload stats` and a run read it: from the first arrival, where a run's clock starts.

@@ -199,10 +199,14 @@ def _mooncake_field(obj: dict, key: str, where: str, min_value: int) -> int:
     return token_count(v, where, key, min_value)
 
 
+MOONCAKE_KEYS = frozenset({"timestamp", "input_length", "output_length", "hash_ids"})
+
+
 def read_mooncake(path: Path) -> Loaded:
     """Mooncake's FAST'25 traces: `timestamp` in ms from the trace's start, and `hash_ids`, one id
     per 512-token block of the prompt (equal ids: equal prefixes)."""
     requests: list[TraceRequest] = []
+    unknown: dict[str, int] = {}
     block = DEFAULT_HASH_BLOCK_TOKENS
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
@@ -226,9 +230,16 @@ def read_mooncake(path: Path) -> Loaded:
             out = _mooncake_field(obj, "output_length", where, 1)
             ids = checked_hash_ids(obj.get("hash_ids", []), inp, block, where)
             requests.append(TraceRequest(len(requests), inp, out, round(t_ms * 1_000_000), ids, block if ids else 0))
+            for key in obj.keys() - MOONCAKE_KEYS:  # a misspelt hash_ids would otherwise pass as none
+                unknown[key] = unknown.get(key, 0) + 1
     if not requests:
         raise TraceError(f"{path}: the trace has no requests")
-    return Loaded.from_requests(requests)
+    loaded = Loaded.from_requests(requests)
+    if unknown:
+        found = ", ".join(f"{key!r} ({n:,} line(s))" for key, n in sorted(unknown.items()))
+        loaded.notes.append(f"key(s) not in the Mooncake format, ignored: {found}; its keys are "
+                            f"{', '.join(sorted(MOONCAKE_KEYS))}")
+    return loaded
 
 
 def _conversation_lengths(item: object, where: str, chars_per_token: float) -> tuple[int, int] | None:

@@ -107,6 +107,11 @@ def parse_length_dist(spec: str, option: str = "length", max_len: int | None = N
     min_len, spec_max = bounds.get("min", 1), bounds.get("max")
     if min_len < 1 or (spec_max is not None and spec_max < min_len):
         raise bad("need 1 <= min <= max")
+    if kind in ("fixed", "uniform"):  # a bound outside the lengths asked for would replace them all
+        lo, hi = int(params[0]), int(params[-1])
+        if min_len > hi or (spec_max is not None and spec_max < lo):
+            pinned = min_len if min_len > hi else spec_max
+            raise bad(f"min/max lie outside the {kind} lengths {lo}..{hi}, so every length would be {pinned}")
     dist = LengthDist(kind, tuple(params), min_len, spec_max)
     if max_len is None:
         return dist
