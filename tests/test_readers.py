@@ -425,3 +425,16 @@ def test_mooncake_keys_it_does_not_read_are_noted(tmp_path):
     path.write_text('{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_id": [0, 1]}\n')
     loaded = read_dataset(path, "mooncake")
     assert any("not in the Mooncake format, ignored: 'hash_id' (1 line(s))" in note for note in loaded.notes)
+
+
+@pytest.mark.parametrize(("fmt", "text", "key"), [
+    ("vllm-bench", '{"ttfts": [0.1], "itls": [[0.01]], "input_lens": [10], "input_lens": [20], "output_lens": [2]}',
+     "input_lens"),
+    ("sharegpt", '[{"input_tokens": 5, "output_tokens": 3, "input_tokens": 7}]', "input_tokens"),
+])
+def test_a_key_given_twice_in_a_json_trace_is_refused(tmp_path, fmt, text, key):
+    # json.loads keeps the last silently; the JSONL readers and validate already refused repeats.
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    with pytest.raises(TraceError, match=f"key '{key}' appears twice in one object"):
+        read_dataset(path, fmt)

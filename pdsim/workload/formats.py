@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import TraceError, csv_error_detail, csv_row_lines, decode_text
+from pdsim.errors import TraceError, csv_error_detail, csv_row_lines, decode_text, parse_json
 from pdsim.workload.trace import (
     DEFAULT_HASH_BLOCK_TOKENS,
     MAX_ARRIVAL_NS,
@@ -276,12 +276,7 @@ def read_sharegpt(path: Path, chars_per_token: float = CHARS_PER_TOKEN) -> Loade
     """ShareGPT-style JSON: one request per conversation (its first prompt and the reply, as `vllm
     bench serve --dataset-name sharegpt` samples them), lengths estimated as characters /
     chars_per_token. No times in the file: every request at t=0."""
-    try:
-        items = json.loads(path.read_bytes())
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-    except (RecursionError, ValueError):
-        raise TraceError(f"{path}: not valid JSON (nested too deeply, not UTF-8, or a number too long)") from None
+    items = parse_json(path.read_bytes(), str(path), TraceError)  # a key given twice is refused, not the last kept
     if not isinstance(items, list):
         raise TraceError(f"{path}: expected a JSON list of conversations")
     requests, skipped = [], 0
@@ -308,11 +303,7 @@ def read_vllm_bench(path: Path) -> Loaded:
     from pdsim.validate.measured import read_vllm_bench_json
 
     try:
-        run = read_vllm_bench_json(path, json.loads(path.read_bytes()))
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
-    except (RecursionError, ValueError):
-        raise TraceError(f"{path}: not valid JSON (nested too deeply, not UTF-8, or a number too long)") from None
+        run = read_vllm_bench_json(path, parse_json(path.read_bytes(), str(path)))
     except PdsimError as e:
         raise TraceError(str(e)) from None
     df = run.requests
