@@ -169,17 +169,17 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     existing_folder(profiles_root, "--profiles-root")
     profiles_root = profiles_root if profiles_root is not None else bundled_path("profiles")
     check_run_output(output, _run_inputs(cluster_config, dataset, profile_dir, profiles_root, output))
-    if concurrency is None and unused_options(click.get_current_context(), "client_delay_ms"):
+    ctx = click.get_current_context()
+    if concurrency is None and unused_options(ctx, "client_delay_ms"):
         raise PdsimError("--client-delay-ms: applies to a closed loop (--concurrency); an open-loop trace's "
                          "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
-    scaled = click.get_current_context().get_parameter_source("time_scale") != click.core.ParameterSource.DEFAULT
-    if dataset is None and (unused := unused_options(click.get_current_context(), "window", "dataset_format",
-                                                     "time_scale")):
+    scaled = ctx.get_parameter_source("time_scale") != click.core.ParameterSource.DEFAULT
+    if dataset is None and (unused := unused_options(ctx, "window", "dataset_format", "time_scale")):
         raise PdsimError(f"{', '.join(unused)}: appl{'ies' if len(unused) == 1 else 'y'} to a --dataset; a synthetic "
                          "closed loop has no trace")
-    if concurrency is not None and dataset is not None and unused_options(click.get_current_context(), "time_scale"):
+    if concurrency is not None and dataset is not None and unused_options(ctx, "time_scale"):
         raise PdsimError("--time-scale: a closed loop's clients send when their last request ends, so the trace's "
                          "arrival times are not used (its lengths are)")
     if rate_per_s is not None and (dataset is None or concurrency is not None or scaled):

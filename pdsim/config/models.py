@@ -240,10 +240,6 @@ class InstanceConfig(_Strict):
             model.check_tp(self.tp_size)
         except PdsimError as e:
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
-        try:  # a precision the model's weights do not take (gpt-oss: MXFP4 experts)
-            model.weight_bytes(self.dtype, self.tp_size, None, self.quantization)
-        except PdsimError as e:
-            raise PydanticCustomError("quantization", "{msg}", {"msg": str(e)}) from None
         self._check_memory()
         self._check_ep()
         # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them). With
@@ -255,7 +251,10 @@ class InstanceConfig(_Strict):
     def check_weights_fit(self, expert_shards: int) -> None:
         """The weights one GPU holds, with the routed experts split over `expert_shards` GPUs, must fit."""
         model = load_model(self.model_name)
-        weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
+        try:  # a precision the model's weights do not take (gpt-oss: MXFP4 experts) is named with the instance
+            weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
+        except PdsimError as e:
+            raise PydanticCustomError("quantization", "{msg}", {"msg": str(e)}) from None
         if self.pp_size > 1:  # each GPU holds its stage's layers (pdsim/perf/pipeline.py)
             from pdsim.perf.pipeline import max_stage_weight_bytes
 

@@ -146,7 +146,7 @@ def _execution_options() -> list[Callable]:
 class _Setup:
     """What both commands build from the shared options."""
 
-    def __init__(self, kw: dict[str, Any]) -> None:
+    def __init__(self, kw: dict[str, Any], with_estimates: bool = False) -> None:
         from pdsim.config import load_cluster_config
         from pdsim.engine.build import mem_bw_note
         from pdsim.sweep.expand import colocated_from_pd, expand, parse_int_list, parse_ratios
@@ -177,18 +177,20 @@ class _Setup:
             parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
             kw["decode_expert_parallel"],
         )
-        self.variants = self._buildable(self.variants, kw["profiles_root"])
-        colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
-        if colocated_note:
-            self.base_notes.append(colocated_note)
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
                                   max_requests=kw["num_requests"])
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
+        profiles_root = str(kw["profiles_root"] or bundled_path("profiles"))
+        self.estimates: dict[str, dict[str, Any]] = {}  # search's rate-matching estimate per label
+        self.variants = self._buildable(self.variants, profiles_root, with_estimates)
+        colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
+        if colocated_note:
+            self.base_notes.append(colocated_note)
         self.life_s = longest_life_s(self.trace, self.slo.ttft_ms, self.slo.tpot_ms)
         self.settings = RunSettings(
             slo=self.slo, arrival=kw["arrival"], seed=kw["seed"], time_limit_slack_s=kw["time_limit_slack_s"],
             min_duration_s=run_duration_s(kw["min_duration_s"], self.life_s), warmup_s=self.life_s,
-            ttft_mode=kw["ttft_mode"], profiles_root=str(kw["profiles_root"] or bundled_path("profiles")),
+            ttft_mode=kw["ttft_mode"], profiles_root=profiles_root,
         )
         # What the rows depend on besides their (label, rate) key: a --resume must find the same.
         self.fingerprint = json.loads(json.dumps({
@@ -212,20 +214,27 @@ class _Setup:
                 raise PdsimError(f"--out {self.out}: the input {source} is in {configs}, which this command "
                                  "rewrites; copy it elsewhere or choose another --out")
 
-    def _buildable(self, variants: list, profiles_root: Path | None) -> list:
+    def _buildable(self, variants: list, profiles_root: str, with_estimates: bool) -> list:
         """The variants whose clusters can be built (a profile or a spec for every instance): one that cannot is
-        skipped with the reason, like a layout that does not fit, instead of stopping the command mid-way."""
+        skipped with the reason, like a layout that does not fit, instead of stopping the command mid-way. With
+        estimates, each is the rate-matching estimate's build (kept in self.estimates), so none is built twice."""
         import simpy
 
         from pdsim.engine.cluster import Cluster, SimOptions
         from pdsim.perf.interp import extrapolations_gathered
+        from pdsim.sweep.ratematch import Lengths, estimate
 
-        opts = SimOptions(profiles_root=str(profiles_root or bundled_path("profiles")))
+        opts = SimOptions(profiles_root=profiles_root)
+        lengths = (Lengths(sum(r.input_toks for r in self.trace) / len(self.trace),
+                           sum(r.output_toks for r in self.trace) / len(self.trace)) if with_estimates else None)
         kept = []
         for v in variants:
             try:
-                with extrapolations_gathered():
-                    Cluster(simpy.Environment(), v.config(), opts, v.label)
+                with extrapolations_gathered():  # the runs on the same profiles say where they leave its grid
+                    if lengths is not None:
+                        self.estimates[v.label] = estimate(v, lengths, self.slo.tpot_ms, opts).as_dict()
+                    else:
+                        Cluster(simpy.Environment(), v.config(), opts, v.label)
             except PdsimError as e:
                 self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
                 continue
@@ -270,17 +279,6 @@ class _Setup:
         return (f"steady state: arrivals span >= {s.min_duration_s:.0f} s per run ({why}); requests arriving in "
                 f"the first and last {self.life_s:.1f} s are not scored; a run whose queue keeps growing is "
                 "unstable and never meets the target")
-
-    def estimates(self) -> dict[str, dict[str, Any]]:
-        from pdsim.engine.cluster import SimOptions
-        from pdsim.perf.interp import extrapolations_gathered
-        from pdsim.sweep.ratematch import Lengths, estimate
-
-        lengths = Lengths(sum(r.input_toks for r in self.trace) / len(self.trace),
-                          sum(r.output_toks for r in self.trace) / len(self.trace))
-        opts = SimOptions(profiles_root=self.settings.profiles_root)
-        with extrapolations_gathered():  # the runs on the same profiles say where they leave its grid
-            return {v.label: estimate(v, lengths, self.slo.tpot_ms, opts).as_dict() for v in self.variants}
 
 
 def config_file_stem(label: str) -> str:
@@ -456,10 +454,10 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     from pdsim.sweep.search import disagreements, goodput_row, rank
     from pdsim.sweep.search import search as run_search
 
-    setup = _Setup(kw)
+    setup = _Setup(kw, with_estimates=True)
     click.echo(f"search: {setup.describe()}; target {kw['attainment']:.0%} of requests within TTFT "
                f"{kw['slo_ttft_ms']:g} ms and TPOT {kw['slo_tpot_ms']:g} ms ({kw['slo_mode']})")
-    estimates = setup.estimates()
+    estimates = setup.estimates
     # Start each bisection near its estimate, a little under it since tails bind before saturation.
     starts = {label: max(0.8 * e["start_req_s"], 0.01) for label, e in estimates.items()}
     bar = _bar(kw["quiet"])

@@ -29,7 +29,7 @@ class MeasuredKV:
         return self.num_gpu_blocks * self.block_size
 
 
-def _positive_int(value: object, where: str) -> int:
+def positive_int(value: object, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise PdsimError(f"{where}: expected a positive integer, got {value!r}")
     return value
@@ -45,10 +45,10 @@ def kv_from_meta(meta: dict, meta_source: str, default_block_size: int) -> Measu
         raise PdsimError(f"{meta_source}: kv_cache: expected an object with num_gpu_blocks, got {kv!r}")
     if kv.get("num_gpu_blocks") is None:
         return None
-    blocks = _positive_int(kv["num_gpu_blocks"], f"{meta_source}: kv_cache.num_gpu_blocks")
+    blocks = positive_int(kv["num_gpu_blocks"], f"{meta_source}: kv_cache.num_gpu_blocks")
     block_size = kv.get("block_size")
     where = f"{meta_source}: kv_cache.block_size"
-    size = default_block_size if block_size is None else _positive_int(block_size, where)
+    size = default_block_size if block_size is None else positive_int(block_size, where)
     return MeasuredKV(blocks, size, f"{meta_source} kv_cache.num_gpu_blocks")
 
 

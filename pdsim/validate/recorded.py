@@ -13,6 +13,7 @@ from pdsim.cli_checks import vllm_int
 from pdsim.config.base import UTILIZATION_OVER_MEM_UTIL
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError
+from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
     from pdsim.engine.cluster import SimOptions
@@ -190,11 +191,7 @@ def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
     recorded = _recorded_int(run.engine_kwargs, "data_parallel_size", 1, Path(run.source).with_name("meta.json"))
     if recorded is None:
         return
-    groups: dict[object, int] = {}
-    for i, inst in enumerate(instances):
-        key = inst.get("dp_group") or ("", i)  # an instance outside a group is a group of one
-        groups[key] = groups.get(key, 0) + 1
-    sizes = sorted(set(groups.values()))
+    sizes = sorted(set(_dp_groups(instances).values()))
     if sizes == [recorded]:
         return
     what = (f"{cluster_config}: its data-parallel groups have {', '.join(map(str, sizes))} instance(s), but the "
@@ -206,6 +203,16 @@ def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
                          "dp_group)")
     # Dense DP ranks are independent engines; the group only changes how requests are spread.
     run.notes.append(f"{what}: dense DP ranks run independently, so the replay goes on with the config's instances")
+
+
+def _dp_groups(instances: list[dict]) -> dict[object, int]:
+    """The config's data-parallel groups, by dp_group in config order, and their sizes (an instance outside a
+    group is a group of one, keyed by its place)."""
+    groups: dict[object, int] = {}
+    for i, inst in enumerate(instances):
+        key = inst.get("dp_group") or ("", i)
+        groups[key] = groups.get(key, 0) + 1
+    return groups
 
 
 def _check_engine_count(run, cfg, cluster_config: Path) -> None:
@@ -264,12 +271,9 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
     kv = run.engine_meta.get("kv_cache")
     if "block_size" not in out and isinstance(kv, dict) and kv.get("block_size") is not None:
-        if type(kv["block_size"]) is not int or kv["block_size"] < 1:  # the engine's own report of its blocks
-            raise PdsimError(f"{meta}: kv_cache.block_size: expected a whole number >= 1, got {kv['block_size']!r:.60}")
-        out["block_size"] = kv["block_size"]
-        was = f", the config says {stated['block_size']}" if stated.get("block_size") not in (None,
-                                                                                              out["block_size"]) else ""
-        run.notes.append(f"block_size {out['block_size']} from meta.json kv_cache{was}")
+        size = out["block_size"] = positive_int(kv["block_size"], f"{meta}: kv_cache.block_size")
+        was = f", the config says {stated['block_size']}" if stated.get("block_size") not in (None, size) else ""
+        run.notes.append(f"block_size {size} from meta.json kv_cache{was}")
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
@@ -408,9 +412,8 @@ def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
     dp = kwargs.get("data_parallel_size")
     tp = tp if isinstance(tp, int) and tp >= 1 else int(instances[0].get("tp_size") or 1)
     grouped = any(inst.get("dp_group") for inst in instances)
-    if not (isinstance(dp, int) and dp >= 1):  # not recorded: the replay runs the config's group (a note says so)
-        first = next((inst.get("dp_group") for inst in instances if inst.get("dp_group")), None)
-        dp = sum(1 for inst in instances if first is not None and inst.get("dp_group") == first) or 1
+    if not (isinstance(dp, int) and dp >= 1):  # not recorded: the replay runs the config's groups (a note says so)
+        dp = next((n for key, n in _dp_groups(instances).items() if isinstance(key, str)), 1)  # the first group's
     ep = tp * (dp if grouped else 1) if expert_parallel else 1
     stated = {inst.get("ep_size") for inst in instances} - {None}
     was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""
