@@ -88,6 +88,20 @@ class OutputFile(click.ParamType):
         return Path(text)
 
 
+class OutputFolder(click.ParamType):
+    """A click type for an output folder's path: '' would silently write into the working folder."""
+
+    name = "folder"
+
+    def convert(self, value, param, ctx) -> Path:
+        if isinstance(value, Path):
+            return value
+        if not str(value):
+            flag = _flag(param) if param is not None else "output"
+            raise PdsimError(f"{flag}: expected the name of a folder, got ''")
+        return Path(str(value))
+
+
 def _flag(param: click.Parameter) -> str:
     return param.opts[0] if param.opts else str(param.name)
 

@@ -140,6 +140,24 @@ def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, m
     assert fifo.exists() and not fifo.is_file()
 
 
+@pytest.mark.parametrize("command", [
+    ["sweep", "--base-config", str(REPO / "configs/cluster/sweep_base_h100.json"), "--dataset", str(TRACE), "--gpus",
+     "2", "--rates", "1", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50"],
+    ["search", "--base-config", str(REPO / "configs/cluster/sweep_base_h100.json"), "--dataset", str(TRACE), "--gpus",
+     "2", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50"],
+    ["profile", "estimate", "--hardware", "H100-SXM", "--model", "meta-llama/Llama-3.1-8B"],
+    ["profile", "--model", "meta-llama/Llama-3.1-8B"],
+])
+def test_an_empty_output_folder_is_refused_not_the_working_folder(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)  # '' would have meant the working folder: nothing may appear there
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--out", ""])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out: expected the name of a folder, got ''" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overloaded_run_says_so_and_a_stable_one_does_not(tmp_path, capsys):
     over = tmp_path / "over.jsonl"
     with over.open("w") as f:  # 40 req/s of 1000/300-token requests: far beyond one RTX PRO 6000 decode

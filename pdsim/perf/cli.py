@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pdsim.bundled import bundled_path
+from pdsim.cli_checks import OutputFolder
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware, known_hardware
 from pdsim.models import dtype_bytes, load_model
@@ -32,7 +33,7 @@ from pdsim.perf.profile import profile_path, write_profile
     "out",
     default="profiles",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputFolder(),
     help="profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/",
 )
 def estimate(hardware: str, model_name: str, dtype: str, tp: int, quantization: str | None, out: Path) -> None:

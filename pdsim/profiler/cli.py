@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pdsim.cli_checks import number_in
+from pdsim.cli_checks import OutputFolder, number_in
 from pdsim.errors import PdsimError
 
 if TYPE_CHECKING:  # check.py imports torch, which this module must not
@@ -96,7 +96,7 @@ def default_hardware_name(device: str, threads: int) -> str:
     "--out",
     "--output",
     "out",
-    type=click.Path(path_type=Path),
+    type=OutputFolder(),
     default=Path("profiles"),
     show_default=True,
     help="Profile root; the profile goes to <out>/<hardware>/<model>/<dtype>/tp<N>/.",

@@ -15,7 +15,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import existing_folder, number_in, slo_ms
+from pdsim.cli_checks import OutputFolder, existing_folder, number_in, slo_ms
 from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
@@ -134,7 +134,7 @@ def _execution_options() -> list[Callable]:
                      help="Run on Ray instead: 'auto', HOST:PORT, or 'local' for a fresh local instance."),
         click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
                      help="Where profiles are looked up by hardware/model/dtype/tp.  [default: the bundled profiles/]"),
-        click.option("--out", "--output", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+        click.option("--out", "--output", "out", required=True, type=OutputFolder(),
                      help="Output directory (CSV files, plots, and configs/ with one cluster config per split)."),
         click.option("--resume", is_flag=True, help="Keep the runs already in the output CSV and do only the rest."),
         click.option("--plots/--no-plots", default=True, show_default=True, help="Write the PNG plots."),

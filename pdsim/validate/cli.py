@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import OutputFile, number_in, unused_options
+from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
@@ -538,7 +538,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 @click.option("--dtype", default="bfloat16", show_default=True, help="Activations and KV dtype (16-bit only).")
 @click.option("--quant", "quantization", type=click.Choice(["fp8", "fp8_block"]), default=None,
               help="fp8 weights: layer GEMMs from the table's fp8 / fp8_block rows; writes <dtype> = the scheme.")
-@click.option("--out", "--output", "out", default="profiles", show_default=True, type=click.Path(path_type=Path),
+@click.option("--out", "--output", "out", default="profiles", show_default=True, type=OutputFolder(),
               help="Profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/.")
 def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp: tuple[int, ...], dtype: str,
                           quantization: str | None, out: Path) -> None:
