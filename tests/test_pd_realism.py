@@ -298,6 +298,31 @@ def test_ttft_modes():
         SimOptions(ttft_mode="first")
 
 
+
+@pytest.mark.parametrize("mode", ["after_prefill", "layerwise"])
+@pytest.mark.parametrize("pp_size", [1, 2])
+def test_a_one_token_output_goes_on_to_the_decode_instance_behind_the_proxy(mode, pp_size):
+    # vLLM's P/D proxy sends every request on to the decode instance (max_tokens=1 at the prefill one, its
+    # token dropped), so a one-token output's TTFT and E2E include the transfer and one decode step; as
+    # papers count it, it ends at the prefill instance.
+    raw = {"num_nodes": 1, "link_bw": 16, "link_latency": 0, "kv_transfer": {"mode": mode},
+           "nodes": [{"num_instances": 2, "instances": [instance("prefill", pp_size=pp_size, num_npus=pp_size),
+                                                              instance("decode")]}]}
+    cfg = cluster_config_from_dict(raw)
+    rows = [(2000, 1, 0.0), (2000, 20, 1.0)]
+    prefill_mode = run(cfg, rows)
+    client_mode = run(cfg, rows, ttft_mode="client")
+    assert prefill_mode.requests[0].kv_bytes == 0 and prefill_mode.instances[1].stats.decode_tokens == 19
+    one = client_mode.requests[0]
+    dec = client_mode.instances[1]
+    assert one.status == "finished" and one.decode_instance == dec.id and one.kv_bytes == 2000 * PER_TOKEN
+    assert dec.stats.decode_tokens == 1 + 20  # the recomputed last prompt token samples it
+    df = requests_frame(client_mode)
+    assert df.ttft_ms[0] == pytest.approx(df.e2e_ms[0]) and df.ttft_ms[0] > df.ttft_prefill_ms[0]
+    assert one.finish_s == pytest.approx(one.kv_transfer_end_s + dec.predictor.step_time_s([], 1, 1999), rel=1e-9)
+    for inst in client_mode.instances:
+        assert inst.kv.free == inst.kv.num_blocks
+
 # -- configs --------------------------------------------------------------------------------------
 def test_llmservingsim_configs_stay_valid_and_new_keys_are_checked():
     for path in sorted((REPO / "configs/cluster").glob("*.json")):

@@ -60,6 +60,8 @@ class Cluster:
         # makes all of the output itself (docs/pd_realism.md).
         for inst in self.decode_pool:
             inst.regenerates_first_token = opts.ttft_mode == "client"
+        for inst in self.prefill_pool:
+            inst.sched.hands_off_all = inst.pd_type == "prefill" and opts.ttft_mode == "client"
         self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router)
         self.prefill_classes = FitClasses(self.prefill_pool)
         for inst in self.instances:
@@ -106,7 +108,7 @@ class Cluster:
         tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
         if blocks_for(tokens, inst.kv.block_size) > inst.kv.num_blocks:
             return False
-        if inst.pd_type == "prefill" and req.output_toks > 1:
+        if inst.pd_type == "prefill" and (req.output_toks > 1 or inst.sched.hands_off_all):
             return self.handoff.decode_classes.any(lambda d: fits_decode(d, inst, req))
         return True
 

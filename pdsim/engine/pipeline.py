@@ -124,7 +124,7 @@ class PipelineScheduler(Scheduler):
             else:
                 self._take_out(req)
         self._add_token(req, now, out)
-        done = req.num_generated >= req.output_toks
+        done = req.num_generated >= req.output_toks and not (self.prefill_only and self.hands_off_all)
         if done or self.prefill_only:
             if waiting:
                 self.waiting.remove(req)

@@ -100,6 +100,9 @@ class Scheduler(WaitingAdmission):
         self.max_num_batched_tokens = max_num_batched_tokens
         self.enable_chunked_prefill = enable_chunked_prefill
         self.prefill_only = prefill_only
+        # Behind vLLM's P/D proxy every request goes on to the decode instance, a one-token output too
+        # (the proxy drops the prefill's token); set by the cluster in client TTFT mode.
+        self.hands_off_all = False
         self.max_decode_run_steps = max_decode_run_steps
         self.long_prefill_token_threshold = long_prefill_token_threshold  # 0: no cap on a chunk
         self.reserve_full_isl = reserve_full_isl  # admit only what fits whole (vLLM >= 0.19)
@@ -450,12 +453,12 @@ class Scheduler(WaitingAdmission):
             if req.first_token_s is None:
                 req.first_token_s = now
             req.last_token_s = now
-            if req.num_generated >= req.output_toks:
-                del self.running[req]
-                finishing.append(req)
-            elif self.prefill_only:
+            if self.prefill_only and (self.hands_off_all or req.num_generated < req.output_toks):
                 del self.running[req]
                 out.handoffs.append(req)
+            elif req.num_generated >= req.output_toks:
+                del self.running[req]
+                finishing.append(req)
             else:
                 req.joined_from_handoff = False
                 cohort.add(req)
