@@ -237,10 +237,12 @@ class Scheduler(WaitingAdmission):
         cohort, kv = self.cohort, self.kv
         preempted = False
         self._cohort_blocks_allocated = False
-        while cohort.n and cohort.new_blocks(0, 1) > kv.free:
+        need = cohort.new_blocks(0, 1)
+        while cohort.n and need > kv.free:
             self._preempt_last(now)
             preempted = True
-        kv.allocate(cohort.new_blocks(0, 1))
+            need = cohort.new_blocks(0, 1)
+        kv.allocate(need)
         self._cohort_blocks_allocated = True
         return preempted
 
