@@ -101,7 +101,22 @@ def read_json_object(path: Path, error: type[PdsimError] = PdsimError, what: str
         raise error(f"{path}: {what or 'file'} not found") from None
     except OSError as e:
         raise error(f"{path}: cannot read{' ' + what if what else ''} ({e.strerror})") from None
-    raw = parse_json(data, str(path), error)
+    try:
+        raw = parse_json(data, str(path), error)
+    except PdsimError as e:
+        if what and _json_lines(data):  # e.g. a trace given where a cluster config goes
+            raise error(f"{e}: the file holds one JSON object per line, as a trace does; a {what} is a "
+                        "single JSON object") from None
+        raise
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a JSON object")
     return raw
+
+
+def _json_lines(data: bytes) -> bool:
+    """Whether the file's first two lines that are not blank each hold a JSON object (JSON Lines)."""
+    lines = [line for line in data.splitlines()[:100] if line.strip()][:2]
+    try:
+        return len(lines) == 2 and all(isinstance(json.loads(line), dict) for line in lines)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False

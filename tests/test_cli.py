@@ -234,6 +234,11 @@ def test_debug_is_accepted_by_every_command(tmp_path):
     r = pdsim("profile", "estimate", "--hardware", "H10", "--model", "meta-llama/Llama-3.1-8B", "--debug",
               "--out", str(tmp_path))
     assert "No such option" not in r.stderr and "Traceback" in r.stderr  # --debug shows it
+    for workload_args in (["stats", str(tmp_path / "nosuch.csv")], ["generate", "--input-len", "lognormal:abc",
+                                                                   "--output", str(tmp_path / "x.jsonl")]):
+        plain, debug = pdsim("workload", *workload_args), pdsim("workload", *workload_args, "--debug")
+        assert plain.returncode == 2 and "Traceback" not in plain.stderr, plain.stderr
+        assert "Traceback" in debug.stderr and "PdsimError" in debug.stderr, debug.stderr
 
 
 def test_every_option_has_help_and_every_writer_takes_out_and_output():

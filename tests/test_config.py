@@ -225,6 +225,17 @@ def test_malformed_json(tmp_path):
         load_cluster_config(p)
 
 
+def test_a_trace_given_as_the_cluster_config_is_named_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"example_trace\.jsonl:2:1: not valid JSON \(Extra data\): the file holds "
+                                          r"one JSON object per line, as a trace does; a cluster config is a single"):
+        load_cluster_config(CLUSTER_DIR.parent.parent / "workloads/example_trace.jsonl")
+    p = tmp_path / "two.json"  # two objects, but not one per line: no such guess
+    p.write_text('{"num_nodes": 1}\n{"num_nodes": 1,\n "link_bw": 16}\n')
+    with pytest.raises(ConfigError) as err:
+        load_cluster_config(p)
+    assert "per line" not in str(err.value)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cluster config not found"):
         load_cluster_config(tmp_path / "nope.json")

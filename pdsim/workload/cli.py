@@ -37,6 +37,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PdsimError as e:
+            if ctx.parent is not None:  # under `pdsim`, whose main() prints it, or its traceback with --debug
+                raise
             raise _UserError(str(e)) from None
 
 
