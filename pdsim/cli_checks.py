@@ -129,7 +129,8 @@ def unused_options(ctx: click.Context, *names: str) -> list[str]:
         except (click.BadParameter, TypeError, ValueError):
             default = object()  # a default that cannot be compared: treat the option as changed
         if value == default:
-            click.echo(f"note: {_flag(param)} {value}: its default, which does not apply here; ignored", err=True)
+            click.echo(f"note: {_flag(param)} {value}: given at its default value, which does not apply here; ignored",
+                       err=True)
         else:
             changed.append(_flag(param))
     return changed

@@ -8,6 +8,7 @@ here, and mixture-of-experts ones whose MoE blocks `pdsim/moe.py` reads.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from dataclasses import dataclass, fields
@@ -280,8 +281,12 @@ def _load_model(name: str, root: Path) -> ModelSpec:
     path = root / f"{name}.json"
     # The resolve check keeps names like "../x" from escaping the models directory.
     if not path.is_file() or root not in path.resolve().parents:
-        known = ", ".join(known_models(root)) or "(none)"
-        raise PdsimError(f"unknown model {name!r}; known models: {known} (configs in {root})")
+        names = known_models(root)
+        lower = {n.lower(): n for n in names}  # HF names differ in case only too often: Llama-3.1-8b
+        close = [lower[name.lower()]] if name.lower() in lower else difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise PdsimError(f"unknown model {name!r}{hint}; known models: {', '.join(names) or '(none)'} "
+                         f"(configs in {root})")
     return _spec_from_hf(name, path, read_json_object(path))
 
 

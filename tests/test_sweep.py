@@ -354,6 +354,8 @@ def test_resume_refuses_rows_made_under_other_settings(tmp_path):
               "--slo-tpot-ms", "25", "--workers", "1", "--min-duration-s", "0", "--out", str(tmp_path / "s")]
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5", "--slo-ttft-ms", "1000"])
     assert res.exit_code == 0, res.output
+    out = tmp_path / "s"
+    assert f"wrote {out / 'runs.csv'}, {out / 'runs.settings.json'}, " in res.output  # both kept for --resume
     before = (tmp_path / "s" / "runs.csv").read_text()
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--slo-ttft-ms", "500", "--resume"])
     message = str(res.exception)

@@ -312,7 +312,8 @@ def test_table_options_on_a_per_request_run_are_refused_and_defaults_are_fine(tm
     assert _cli("validate", *base, "--output", str(tmp_path / "v.csv")).exit_code == 0
     # Spelled out at its default (a script that always passes it), an option is noted as ignored, not refused.
     res = _cli("validate", *base, "--hardware", "H100-SXM", "--rounds", "20", "--output", str(tmp_path / "v.csv"))
-    assert res.exit_code == 0 and "note: --hardware H100-SXM: its default, which does not apply here" in res.output
+    assert res.exit_code == 0
+    assert "note: --hardware H100-SXM: given at its default value, which does not apply here" in res.output
 
 
 # -- 8, 9. a row's unreadable version, an empty cell, an empty log ---------------------------------------------------

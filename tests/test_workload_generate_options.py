@@ -49,8 +49,9 @@ def test_an_option_at_its_default_that_does_not_apply_is_noted_not_refused(tmp_p
     # A script looping over --system-prompts 0,4,8 with --system-prompt-len 1024 (the default) keeps working.
     res, out = _generate(tmp_path, "--system-prompts", "0", "--system-prompt-len", "1024", "--cv", "2")
     assert res.exit_code == 0, res.output
-    assert "note: --system-prompt-len 1024: its default, which does not apply here; ignored" in res.output
-    assert "note: --cv 2.0: its default" in res.output and len(load_trace(out)) == 20
+    note = "note: --system-prompt-len 1024: given at its default value, which does not apply here; ignored"
+    assert note in res.output
+    assert "note: --cv 2.0: given at its default value" in res.output and len(load_trace(out)) == 20
 
 
 @pytest.mark.parametrize("arrival", [[], ["--arrival", "poisson"], ["--arrival", "uniform"], ["--arrival", "burst"]])

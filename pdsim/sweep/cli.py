@@ -20,6 +20,7 @@ from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
+from pdsim.sweep.rows import settings_path
 from pdsim.workload.readers import dataset_options
 
 # A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
@@ -403,10 +404,15 @@ def sweep(rates: str, **kw: Any) -> None:
         out.stage(setup.out / "sweep.csv", lambda tmp: _write_csv(rows, tmp))
         if kw["plots"]:
             _plots(setup, good, rows, "sweep", out)
-        written = [p for p in out.commit() if p.parent == setup.out]
+        written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
     click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written) +
                f" and {len(setup.variants)} configs in {setup.out / 'configs'}")
+
+
+def _with_settings(written: list[Path]) -> list[Path]:
+    """The files written, each rows file followed by the settings file kept beside it (--resume reads it)."""
+    return [q for p in written for q in (p, settings_path(p)) if q == p or q.is_file()]
 
 
 def goodput_from_grid(variants, rows: list[dict[str, Any]], attainment: float, mode: str) -> list[dict[str, Any]]:
@@ -512,6 +518,6 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         out.stage(setup.out / "search.csv", lambda tmp: _write_csv(ranked, tmp))
         if kw["plots"]:
             _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search", out)
-        written = [p for p in out.commit() if p.parent == setup.out]
+        written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
     click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
