@@ -206,7 +206,9 @@ def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> No
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        raise PdsimError(f"{option} {shown}: cannot write in the folder {existing} ({e.strerror or e})") from None
+        making = f" to make {folder} there" if existing != folder else ""
+        why = e.strerror or e
+        raise PdsimError(f"{option} {shown}: cannot write in the folder {existing}{making} ({why})") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:
