@@ -356,8 +356,7 @@ class Instance:
                 self._run = (start, ends, plan.n_decode)
                 self._run_later_blocks = None  # found when first needed (has_room_for)
                 self._run_ends = None
-                self._wake = env.event()
-                yield env.timeout(float(ends[-1])) | self._wake
+                yield self._run_or_wake(float(ends[-1]))
                 self._wake = None
                 steps = plan.max_steps
                 elapsed = env.now - start
@@ -369,6 +368,21 @@ class Instance:
                     durations = durations[:steps]
                 self._run = None
             self._after_steps(plan, durations, steps)
+
+    def _run_or_wake(self, seconds: float) -> simpy.Event:
+        """An event that fires once `seconds` have passed or the instance is woken, whichever comes first:
+        what `timeout | wake` gives, without a Condition's bookkeeping on every run. The same events are
+        scheduled in the same order (the first of the two schedules this one), so ties resolve as before."""
+        done = self.env.event()
+
+        def relay(_: simpy.Event) -> None:
+            if not done.triggered:
+                done.succeed()
+
+        self.env.timeout(seconds).callbacks.append(relay)
+        self._wake = self.env.event()
+        self._wake.callbacks.append(relay)
+        return done
 
     def _sleep(self):
         """Idle until something wakes the instance (an arrival, a hand-off, freed blocks)."""
