@@ -1094,3 +1094,24 @@ def test_expert_parallelism_without_a_recorded_dp_size_spans_the_configs_group(t
     assert {ref.config.ep_size for ref in replayed.instances()} == {2}
     assert any(note.startswith("ep_size 2 from meta.json engine_kwargs enable_expert_parallel true")
                for note in run.notes)
+
+
+@needs_shared
+def test_a_pd_replay_compares_the_ttft_the_client_sees_unless_told_otherwise(tmp_path):
+    # The measured TTFT is the client's: behind vLLM's P/D proxy it ends at the decode instance's first token.
+    pd_config = SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json"
+    means = {}
+    for mode in ("client", "prefill"):
+        out = tmp_path / f"{mode}.csv"
+        res = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                            str(pd_config), "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                            "--output", str(out), *(["--ttft-mode", "prefill"] if mode == "prefill" else []))
+        assert res.exit_code == 0, res.output
+        assert ("through the decode instance" if mode == "client" else "at the prefill instance's token") in res.output
+        by_request = pd.read_csv(out.with_name(f"{mode}_requests.csv"))
+        means[mode] = by_request.simulated_ttft_ms.mean()
+    assert means["client"] > means["prefill"]
+    colocated = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                              str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+                              "--step-time-margin-pct", "0", "--output", str(tmp_path / "c.csv"))
+    assert "through the decode instance" not in colocated.output

@@ -216,6 +216,10 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str | None = None) -> 
                    " backend_version's default (off up to vLLM 0.13 and when not recorded, on from 0.14)]")
 @click.option("--clock", type=click.Choice(["engine", "client"]), default="engine", show_default=True,
               help="Engine JSONL: which timestamps give the replay's arrival times.")
+@click.option("--ttft-mode", type=click.Choice(["client", "prefill"]), default="client", show_default=True,
+              help="A config with prefill and decode instances: the replay's TTFT ends at the first token the "
+                   "client sees through the decode instance (vLLM's P/D proxy), or at the prefill instance's. "
+                   "Colocated instances give the same either way.")
 @_closed_loop_options
 @click.option("--engine-log", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The measured engine's vLLM log: its 'GPU KV cache size: N tokens' line gives the measured KV "
@@ -237,8 +241,9 @@ def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str | None = None) -> 
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | None, model: str | None,
              hardware: str, mem_gb: float | None, step_overhead_us: float, async_scheduling: bool | None, clock: str,
-             engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None, kv_capacity: str,
-             token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool, quiet: bool) -> None:
+             ttft_mode: str, engine_preset: str, rounds: int, client_delay_ms: float, engine_log: Path | None,
+             kv_capacity: str, token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool,
+             quiet: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.compare import requests_path
     from pdsim.validate.measured import case_file, is_closed_loop_table, measured_inputs, read_measured
@@ -247,7 +252,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     by_request = requests_path(output)  # the request-by-request file beside --output (per-request runs)
     table_input = is_closed_loop_table(measured)
     if table_input:
-        _refuse_unused(ctx, ("cluster_config", "engine_log", "token_ids", "plot"), measured, RUN_KIND,
+        _refuse_unused(ctx, ("cluster_config", "engine_log", "token_ids", "plot", "ttft_mode"), measured, RUN_KIND,
                        "is a closed-loop table (one mean TTFT and TPOT per row, each row's engine built from the "
                        "table options)")
         # --kv-capacity predicted and --clock engine only say what a table's replay does anyway.
@@ -306,6 +311,11 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     cfg = replay_config(cluster_config, run, async_scheduling)
     _prefix_ids(run, cfg, token_ids)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
+    opts.ttft_mode = ttft_mode
+    if any(ref.config.pd_type is not None for ref in cfg.instances()):
+        run.notes.append("TTFT " + ("as the client sees it, through the decode instance (vLLM's P/D proxy; "
+                                    "--ttft-mode prefill: at the prefill instance)" if ttft_mode == "client" else
+                                    "at the prefill instance's token (--ttft-mode prefill)"))
     if opts.client_send_gaps_s:
         run.notes.append(f"clients send after the run's own gaps (median {np.median(opts.client_send_gaps_s) * 1e3:.1f}"
                          f" ms after a request ends)")
