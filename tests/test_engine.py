@@ -566,3 +566,12 @@ def test_async_scheduling_pd_matches_stepping():
         assert a.status == b.status == "finished"
         assert a.first_token_s == pytest.approx(b.first_token_s, rel=1e-12)
         assert a.finish_s == pytest.approx(b.finish_s, rel=1e-12)
+
+
+def test_a_trace_out_of_arrival_order_is_admitted_at_its_arrival_times():
+    cfg = cluster(instance("prefill"), instance("decode"))
+    rows = [(100, 4, 2.0), (100, 4, 0.0), (300, 4, 1.0)]
+    given = requests_frame(run(cfg, rows)).sort_values("arrival_s").reset_index(drop=True)
+    in_order = requests_frame(run(cfg, sorted(rows, key=lambda r: r[2])))
+    for column in ("first_token_s", "ttft_ms", "queue_ms", "e2e_ms"):
+        assert np.allclose(given[column], in_order[column], rtol=0, atol=1e-12), column

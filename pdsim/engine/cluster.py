@@ -6,6 +6,7 @@ The parts live beside it: run options (options.py), result types (result.py), bu
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 
 import simpy
@@ -155,7 +156,8 @@ def simulate(
                         hash_ids=t.hash_ids, hash_block_tokens=t.hash_block_tokens) for t in trace]
     total = len(requests)
     if opts.concurrency is None:
-        clients = open_loop(env, requests, cluster.admit)
+        # By arrival (stable: ties keep the trace's order): the readers sort, a caller's list may not be.
+        clients = open_loop(env, sorted(requests, key=operator.attrgetter("arrival_s")), cluster.admit)
     else:  # the closed loop replaces the trace's arrival times
         closed = ClosedLoopClients(env, requests, cluster.admit, opts.concurrency, opts.seed,
                                    opts.client_start_spread_s, opts.client_delay_s, opts.client_send_gaps_s)
