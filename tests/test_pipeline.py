@@ -537,3 +537,16 @@ def test_a_layerwise_transfer_from_a_busy_pipelined_prefill_feeds_the_earlier_ch
     total, first = fed[0]
     chunks = [2048, 952]  # the prompt's two chunks at the default budget; the first is done when the last launches
     assert first == pytest.approx(total * chunks[0] / sum(chunks), rel=1e-9)
+
+
+@pytest.mark.parametrize("ttft_mode", ["prefill", "client"])
+def test_a_late_prompt_token_on_a_pipelined_prefill_instance_is_no_decoded_token(ttft_mode):
+    # The second request is preempted while its last prompt chunk is in flight: that chunk's token comes late.
+    cfg = cluster(_pp("prefill", num_gpu_blocks_override=250, long_prefill_token_threshold=1024), instance("decode"),
+                  link_bw=50, link_latency=5000)
+    res = run(cfg, [(n, 5, 0.0) for n in (3000, 1500, 2000, 1700, 3000)], ttft_mode=ttft_mode)
+    prefill, decode = res.instances
+    assert any(r.preemptions for r in res.requests) and all(r.status == "finished" for r in res.requests)
+    assert prefill.stats.decode_tokens == 0
+    per_request = 5 if ttft_mode == "client" else 4  # behind the proxy the decode instance makes every token
+    assert decode.stats.decode_tokens == per_request * len(res.requests)

@@ -123,7 +123,7 @@ class PipelineScheduler(Scheduler):
                 self._leave_in_flight(batch, req)
             else:
                 self._take_out(req)
-        self._add_token(req, now, out)
+        self._add_token(req, now, out, decoded=not from_prefill)
         done = req.num_generated >= req.output_toks and not (self.prefill_only and self.hands_off_all)
         if done or self.prefill_only:
             if waiting:
@@ -185,9 +185,11 @@ class PipelineScheduler(Scheduler):
         batch.leavers.append(req)
 
     @staticmethod
-    def _add_token(req: Request, now: float, out: StepOutcome) -> None:
+    def _add_token(req: Request, now: float, out: StepOutcome, decoded: bool) -> None:
         req.num_generated += 1
-        out.decode_tokens += 1
+        # A prompt's last chunk samples a token too, which a step that completes the prompt in place does not count
+        # as decoded (Scheduler.complete): neither is it here.
+        out.decode_tokens += decoded
         if req.first_token_s is None:
             req.first_token_s = now
         req.last_token_s = now
