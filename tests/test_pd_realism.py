@@ -396,3 +396,10 @@ def test_no_hand_off_reserves_in_a_step_whose_token_budget_is_spent(monkeypatch)
     res = run(cfg, rows, kv_gpu_blocks={"n0.i1": 40})
     assert all(r.status == "finished" for r in res.requests)
     assert sum(r.preemptions for r in res.requests[:2]) == 1 and not spent
+
+
+def test_a_request_no_decode_instance_can_hold_is_rejected_naming_the_decode_instances():
+    cfg = cluster(instance("prefill"), instance("decode", num_gpu_blocks_override=4))
+    res = run(cfg, [(100, 5, 0.0), (30, 5, 0.0)])
+    assert [r.status for r in res.requests] == ["rejected", "finished"]
+    assert "needs more KV blocks than any decode instance has (the largest holds 48 tokens)" in res.requests[0].reason

@@ -124,6 +124,13 @@ class Cluster:
         if self.decode_pool and all(not recompute_fits(d, req) for d in self.decode_pool):
             return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
                     "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
+        prefill_only = [i for i in self.prefill_pool if i.pd_type == "prefill"
+                        and blocks_for(req.input_toks, i.kv.block_size) <= i.kv.num_blocks]
+        decodes = [d for d in self.decode_pool if any(d.spec.model_name == i.spec.model_name for i in prefill_only)]
+        if prefill_only and decodes and not any(i.pd_type is None and self._fits(i, req) for i in self.prefill_pool):
+            most = max(d.kv.num_blocks * d.kv.block_size for d in decodes)
+            return (f"input+output = {total} tokens needs more KV blocks than any decode instance has (the largest "
+                    f"holds {most:,} tokens); the prefill instances have room for its prompt")
         return f"input+output = {total} tokens needs more KV blocks than any instance has"
 
     def _reject(self, req: Request, reason: str) -> None:
