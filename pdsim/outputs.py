@@ -200,15 +200,15 @@ def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> No
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     if not existing.is_dir():
         raise PdsimError(f"{option} {shown}: {existing} is a file, not a folder")
+    making = f" (to make {folder} in it)" if existing != folder else ""
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PdsimError(f"{option} {shown}: the folder {existing} is not writable")
+        raise PdsimError(f"{option} {shown}: the folder {existing} is not writable{making}")
     try:  # os.access passes root everywhere, and knows nothing of read-only or pseudo file systems
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:
-        making = f" to make {folder} there" if existing != folder else ""
-        why = e.strerror or e
-        raise PdsimError(f"{option} {shown}: cannot write in the folder {existing}{making} ({why})") from None
+        raise PdsimError(f"{option} {shown}: cannot write in the folder {existing}{making}: "
+                         f"{e.strerror or e}") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -135,7 +135,8 @@ def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, m
     assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--output",
                str(tmp_path / "ro" / "run.csv")) == 2
     err = capsys.readouterr().err
-    assert "is not writable" in err and len(err.strip().splitlines()) == 1
+    assert f"the folder {tmp_path} is not writable (to make {tmp_path / 'ro'} in it)" in err
+    assert len(err.strip().splitlines()) == 1
     assert a_file.read_text() == "x"
     assert fifo.exists() and not fifo.is_file()
 

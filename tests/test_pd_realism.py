@@ -298,7 +298,6 @@ def test_ttft_modes():
         SimOptions(ttft_mode="first")
 
 
-
 @pytest.mark.parametrize("mode", ["after_prefill", "layerwise"])
 @pytest.mark.parametrize("pp_size", [1, 2])
 def test_a_one_token_output_goes_on_to_the_decode_instance_behind_the_proxy(mode, pp_size):

@@ -1111,6 +1111,9 @@ def test_a_pd_replay_compares_the_ttft_the_client_sees_unless_told_otherwise(tmp
         by_request = pd.read_csv(out.with_name(f"{mode}_requests.csv"))
         means[mode] = by_request.simulated_ttft_ms.mean()
     assert means["client"] > means["prefill"]
+    from pdsim.validate.cli import _sim_options
+
+    assert _sim_options(None, 0.0).ttft_mode == "client"  # what calibrate replays a P/D config with
     colocated = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
                               str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
                               "--step-time-margin-pct", "0", "--output", str(tmp_path / "c.csv"))

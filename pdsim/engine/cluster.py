@@ -102,16 +102,20 @@ class Cluster:
         return unit
 
     def _fits(self, inst: Instance, req: Request) -> bool:
+        if not self._fits_here(inst, req):
+            return False
+        if inst.pd_type == "prefill" and (req.output_toks > 1 or inst.sched.hands_off_all):
+            return self.handoff.decode_classes.any(lambda d: fits_decode(d, inst, req))
+        return True
+
+    def _fits_here(self, inst: Instance, req: Request) -> bool:
+        """Whether `inst` itself can take `req` (a prefill-only instance: its prompt), decode instances aside."""
         if req.input_toks + req.output_toks > self.max_model_len[inst.spec.model_name]:
             return False
         if not recompute_fits(inst, req):
             return False
         tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
-        if blocks_for(tokens, inst.kv.block_size) > inst.kv.num_blocks:
-            return False
-        if inst.pd_type == "prefill" and (req.output_toks > 1 or inst.sched.hands_off_all):
-            return self.handoff.decode_classes.any(lambda d: fits_decode(d, inst, req))
-        return True
+        return blocks_for(tokens, inst.kv.block_size) <= inst.kv.num_blocks
 
     def _why_not(self, req: Request) -> str:
         total = req.input_toks + req.output_toks
@@ -124,10 +128,9 @@ class Cluster:
         if self.decode_pool and all(not recompute_fits(d, req) for d in self.decode_pool):
             return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
                     "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
-        prefill_only = [i for i in self.prefill_pool if i.pd_type == "prefill"
-                        and blocks_for(req.input_toks, i.kv.block_size) <= i.kv.num_blocks]
+        prefill_only = [i for i in self.prefill_pool if i.pd_type == "prefill" and self._fits_here(i, req)]
         decodes = [d for d in self.decode_pool if any(d.spec.model_name == i.spec.model_name for i in prefill_only)]
-        if prefill_only and decodes and not any(i.pd_type is None and self._fits(i, req) for i in self.prefill_pool):
+        if decodes:  # a prefill instance could take it: no decode instance of its model can hold it
             most = max(d.kv.num_blocks * d.kv.block_size for d in decodes)
             return (f"input+output = {total} tokens needs more KV blocks than any decode instance has (the largest "
                     f"holds {most:,} tokens); the prefill instances have room for its prompt")

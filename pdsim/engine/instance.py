@@ -371,8 +371,8 @@ class Instance:
 
     def _run_or_wake(self, seconds: float) -> simpy.Event:
         """An event that fires once `seconds` have passed or the instance is woken, whichever comes first:
-        what `timeout | wake` gives, without a Condition's bookkeeping on every run. The same events are
-        scheduled in the same order (the first of the two schedules this one), so ties resolve as before."""
+        what `timeout | wake` gives, without a Condition's bookkeeping on every run. The first of the two to be
+        processed schedules this one, as it would the Condition, so events at one instant keep their order."""
         done = self.env.event()
 
         def relay(_: simpy.Event) -> None:

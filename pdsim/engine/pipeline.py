@@ -124,7 +124,7 @@ class PipelineScheduler(Scheduler):
             else:
                 self._take_out(req)
         self._add_token(req, now, out, decoded=not from_prefill)
-        done = req.num_generated >= req.output_toks and not (self.prefill_only and self.hands_off_all)
+        done = req.num_generated >= req.output_toks and not self.hands_off_all  # set on prefill-only instances
         if done or self.prefill_only:
             if waiting:
                 self.waiting.remove(req)
@@ -189,7 +189,8 @@ class PipelineScheduler(Scheduler):
         req.num_generated += 1
         # A prompt's last chunk samples a token too, which a step that completes the prompt in place does not count
         # as decoded (Scheduler.complete): neither is it here.
-        out.decode_tokens += decoded
+        if decoded:
+            out.decode_tokens += 1
         if req.first_token_s is None:
             req.first_token_s = now
         req.last_token_s = now

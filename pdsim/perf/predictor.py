@@ -378,8 +378,8 @@ class StepTimePredictor:
             return np.zeros(0)
         if n_decode <= 0:
             return np.zeros(num_steps)
-        # The KV sums are whole numbers, exact as integers or floats: one division gives the same means as
-        # adding j * n_decode in floats first, with fewer numpy calls (a run is often cut short after a step).
+        # Step j's KV sum is kv_decode_sum + j * n_decode, a whole number (exact in a float64): one integer range
+        # and one division, few numpy calls, as a run is often cut short after a step.
         kv_sums = np.arange(kv_decode_sum, kv_decode_sum + num_steps * n_decode, n_decode)
         table = self._decode_slice(n_decode)
         attn = table.eval_sorted(kv_sums / n_decode)

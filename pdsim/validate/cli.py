@@ -34,7 +34,9 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
 
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
-    opts = SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us)
+    # A P/D replay's TTFT is the client's, through the decode instance, as a measured run's is (validate's default).
+    opts = SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us,
+                      ttft_mode="client")
     if run is not None:  # a number in (0, 1] or absent: replay_config checked it
         opts.recorded_gpu_memory_utilization = run.engine_kwargs.get("gpu_memory_utilization")
     if run is not None and run.concurrency is not None:
