@@ -402,3 +402,11 @@ def test_a_request_no_decode_instance_can_hold_is_rejected_naming_the_decode_ins
     res = run(cfg, [(100, 5, 0.0), (30, 5, 0.0)])
     assert [r.status for r in res.requests] == ["rejected", "finished"]
     assert "needs more KV blocks than any decode instance has (the largest holds 48 tokens)" in res.requests[0].reason
+
+
+def test_a_clock_stop_inside_a_decode_run_keeps_the_client_first_token_stepping_gives():
+    cfg = cluster(instance("prefill"), instance("decode"))
+    frames = [requests_frame(run(cfg, [(1000, 500, 0.0)], ttft_mode="client", max_sim_time_s=0.5,
+                                 max_decode_run_steps=steps)) for steps in (4096, 1)]
+    assert frames[0].status[0] == "unfinished" and frames[0].ttft_client_ms[0] > frames[0].ttft_prefill_ms[0]
+    assert frames[0].ttft_client_ms[0] == frames[1].ttft_client_ms[0]

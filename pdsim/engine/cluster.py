@@ -192,6 +192,9 @@ def simulate(
         # Stopped by --max-sim-time between two samples: the timeline ends with the state it stopped in.
         monitor.samples.extend(monitor.sample())
         monitor.sample_links()
+    if not all_done.triggered:
+        for inst in cluster.instances:
+            inst.stamp_run_in_progress()
     for req in requests:
         if req.status not in ("finished", "rejected"):
             req.reason = _unfinished_reason(req, opts, end)

@@ -134,6 +134,7 @@ class Instance:
         # pool for its load on each request, and a bisect of a list is several times faster than numpy's
         # searchsorted on one value (same answers: the list holds the same float64 values).
         self._run_ends: list[float] | None = None
+        self._run_fresh: list[Request] = []  # the run's decoders that joined with a gap (hand-offs among them)
         self._not_picked_up: list[Request] = []  # arrived since the last decision
         # (end, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, np.ndarray] | None = None
@@ -356,6 +357,7 @@ class Instance:
                 self._run = (start, ends, plan.n_decode)
                 self._run_later_blocks = None  # found when first needed (has_room_for)
                 self._run_ends = None
+                self._run_fresh = plan.fresh_decoders
                 yield self._run_or_wake(float(ends[-1]))
                 self._wake = None
                 steps = plan.max_steps
@@ -457,6 +459,16 @@ class Instance:
             self.on_finish(req)
         for req in outcome.handoffs:
             self.on_handoff(self, req)
+
+    def stamp_run_in_progress(self) -> None:
+        """The simulation stopped by the clock inside a decode run: a hand-off whose first decode step there has
+        ended gets that token's time (what a client of a P/D proxy saw first), as stepping one by one gives it."""
+        if self._run is None or self._run_steps_done() == 0:
+            return
+        start, ends, _ = self._run
+        for req in self._run_fresh:
+            if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
+                req.decode_first_token_s = start + float(ends[0])
 
     # -- observation --------------------------------------------------------------------------
     def snapshot(self) -> tuple[int, int, int, int]:
