@@ -411,6 +411,11 @@ def test_bisection_stops_where_load_no_longer_matters():
     assert not st.low_load_miss and st.next_rate() == 2.5  # one flat halving is not enough
     st.record(st.next_rate(), row(113.7, 7.55), False)
     assert st.low_load_miss and st.next_rate() is None and len(st.probes) == 3
+    # Said as what it is: flat figures, which a burst the rate does not spread or rejections make too.
+    from pdsim.sweep.search import _why_failed
+
+    assert _why_failed(st.hi_row, st.low_load_miss, st.low_load_by_lone).startswith(
+        "flat as the rate halved: attain 0 (TTFT 1, TPOT 0)")
     # Still queueing (p90 TTFT moves with the rate, or a run is unstable): keep halving.
     for rows in ((row(900.0, 7.6), row(450.0, 7.6), row(440.0, 7.6)),
                  (row(114.0, 7.6, stable=0), row(114.0, 7.6), row(114.0, 7.6)),
@@ -479,10 +484,12 @@ def test_search_says_a_config_misses_even_at_low_load(small, tmp_path):
     st = states[0]
     assert st.lo == 0.0 and st.low_load_miss and len(st.probes) < st.max_probes  # stopped before the cap
     out = goodput_row(st, est)
-    assert out["first_fail_why"].startswith("misses at low load: attain 0 (TTFT 1, TPOT 0)")
+    # No base_requests given: the requests that ran alone do not tell, two flat halvings do.
+    assert out["first_fail_why"].startswith("flat as the rate halved: attain 0 (TTFT 1, TPOT 0)")
     assert out["metrics_at_req_s"] == st.hi and out["tpot_p90_ms"] > 1.0  # the lowest failing rate's metrics
     assert out["decode_peak_kv_frac"] == st.hi_row["decode_peak_kv_frac"] > 0  # memory too
-    assert any("misses the target even at low load" in n for n in disagreements([out]))
+    assert any("stayed put over two halvings" in n and "requests that miss even alone" in n
+               and "--arrival poisson" in n for n in disagreements([out]))
 
 
 def test_search_finds_a_goodput_per_config(small, tmp_path):

@@ -63,6 +63,7 @@ class Bisection:
     hi_row: dict[str, Any] | None = None
     probes: list[tuple[float, bool]] = field(default_factory=list)
     low_load_miss: bool = False  # fails where load no longer matters: no rate meets the target
+    low_load_by_lone: bool = False  # ... told by the requests that ran alone (else by flat halvings)
     flat_halvings: int = 0  # consecutive halvings that changed neither attainment nor the p90s
 
     def next_rate(self) -> float | None:
@@ -90,6 +91,7 @@ class Bisection:
             # Where lone requests tell, they alone do: flat figures may only mean the scored requests did
             # not change yet (a lower rate scores more of the dataset).
             self.low_load_miss = self.flat_halvings >= 2 if lone is None else lone
+            self.low_load_by_lone = lone is not None
         if passed and rate > self.lo:
             self.lo, self.lo_row = rate, row
         elif not passed and rate < self.hi:
@@ -168,7 +170,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         "goodput_req_s_per_gpu": goodput / v.gpus,
         # The bracket: the true goodput is in [goodput, first_fail).
         "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
-        "first_fail_why": _why_failed(st.hi_row, st.low_load_miss),
+        "first_fail_why": _why_failed(st.hi_row, st.low_load_miss, st.low_load_by_lone),
         "low_load_miss": int(st.low_load_miss),
         "metrics_at_req_s": st.lo if st.lo_row is not None else (st.hi if st.hi_row is not None else math.nan),
         "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
@@ -185,16 +187,17 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-LOW_LOAD = "misses at low load: "
+LOW_LOAD = "misses at low load: "  # requests that ran alone missed
+FLAT = "flat as the rate halved: "  # two halvings moved neither attainment nor the p90s
 
 
-def _why_failed(row: dict[str, Any] | None, low_load: bool = False) -> str:
+def _why_failed(row: dict[str, Any] | None, low_load: bool = False, by_lone: bool = True) -> str:
     if row is None:
         return "-"
     if not row.get("stable", 1):
         return "unstable"
-    if low_load:  # which SLO a lone request misses
-        return (f"{LOW_LOAD}attain {row['attain_both']:.3g} "
+    if low_load:  # which SLO is missed
+        return (f"{LOW_LOAD if by_lone else FLAT}attain {row['attain_both']:.3g} "
                 f"(TTFT {row['attain_ttft']:.3g}, TPOT {row['attain_tpot']:.3g})")
     return f"attain {row['attain_both']:.3g}"
 
@@ -219,7 +222,12 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[st
         )
     for r in rows:
         ratio = r["sim_over_est"]
-        if r["low_load_miss"]:
+        if r["low_load_miss"] and r["first_fail_why"].startswith(FLAT):
+            notes.append(f"{r['label']}: attainment and the p90 latencies stayed put over two halvings of the rate "
+                         f"({r['first_fail_why'].removeprefix(FLAT)}): what keeps it below the target does not ease "
+                         "with the rate (requests that miss even alone, rejected requests, or arrivals the trace sends "
+                         "together, which rescaling the rate keeps together: --arrival poisson spreads them)")
+        elif r["low_load_miss"]:
             notes.append(f"{r['label']}: misses the target even at low load "
                          f"({r['first_fail_why'].removeprefix(LOW_LOAD)}): a lone request's latency, not capacity, "
                          "is the limit")
