@@ -279,3 +279,21 @@ def test_json_text_writes_null_for_every_non_finite_number(tmp_path):
     path = tmp_path / "fit.json"
     write_json_atomic(path, value)
     assert path.read_text() == text and not temp_files(tmp_path)
+
+
+def test_the_instance_table_gives_kv_tokens_and_a_cache_that_is_not_bf16(tmp_path, capsys):
+    raw = json.loads(PD_CONFIG.read_text())
+    outputs = {}
+    for kv_dtype in ("auto", "fp8"):
+        for inst in raw["nodes"][0]["instances"]:
+            inst["kv_cache_dtype"] = kv_dtype
+        config = tmp_path / f"{kv_dtype}.json"
+        config.write_text(json.dumps(raw))
+        assert run("--cluster-config", str(config), "--dataset", str(TRACE), "--output",
+                   str(tmp_path / f"{kv_dtype}.csv")) == 0
+        outputs[kv_dtype] = capsys.readouterr().out
+        summary = json.loads((tmp_path / f"{kv_dtype}_summary.json").read_text())
+        tokens = summary["instances"][0]["kv_capacity_tokens"]
+        assert f"{tokens:,}" in outputs[kv_dtype].split("kv_tokens")[1].splitlines()[1]
+    assert "KV cache values: fp8 (1 byte each) on n0.i0, n0.i1" in outputs["fp8"]
+    assert "KV cache values" not in outputs["auto"]

@@ -67,6 +67,7 @@ class InstanceInfo:
     kv_tokens: int = 0
     memory_note: str = ""
     kv_predicted_tokens: int = 0  # the config's prediction, when a measured capacity replaced it
+    kv_cache_dtype: str = "bfloat16"  # what the KV cache stores its values in
 
 
 @dataclass

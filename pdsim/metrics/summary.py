@@ -17,6 +17,7 @@ from pdsim.metrics.stats import (
     sorted_by_value,
     span_s,
 )
+from pdsim.models import dtype_bytes
 
 REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
@@ -138,7 +139,8 @@ def _instance_summary(result: SimulationResult, inst, info) -> dict:
         "tp": info.tp, "num_kv_blocks": info.num_kv_blocks, "kv_capacity_gb": info.kv_capacity_gb,
         "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + peak_kv_gb,
         "weights_gb": info.weights_gb, "activation_gb": info.activation_gb,
-        "kv_capacity_tokens": info.kv_tokens, "kv_rule": info.kv_rule, "memory_note": info.memory_note,
+        "kv_capacity_tokens": info.kv_tokens, "kv_cache_dtype": info.kv_cache_dtype, "kv_rule": info.kv_rule,
+        "memory_note": info.memory_note,
         "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
         "busy_fraction": inst.stats.busy_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
         "profile": info.profile_path, "estimated_profile": info.estimated_profile,
@@ -331,16 +333,23 @@ def _instance_lines(summary: dict) -> list[str]:
     pipelined = any("pp" in inst for inst in summary["instances"])  # a pp column only where it says something
     pp_head = f"{'pp':>3}" if pipelined else ""
     lines.append(f"{'instance':<10}{'pd_type':<10}{'hardware':<12}{'tp':>3}{pp_head}{'kv_cap_gb':>11}"
-                 f"{'peak_kv_gb':>12}{'peak_mem_gb':>13}{'busy':>7}{'preempt':>9}")
+                 f"{'kv_tokens':>12}{'peak_kv_gb':>12}{'peak_mem_gb':>13}{'busy':>7}{'preempt':>9}")
     for inst in summary["instances"]:
         pp = f"{inst.get('pp', 1):>3}" if pipelined else ""
         lines.append(
             f"{inst['id']:<10}{inst['pd_type'] or 'both':<10}{inst['hardware']:<12}{inst['tp']:>3}{pp}"
-            f"{inst['kv_capacity_gb']:>11.2f}{inst['peak_kv_gb']:>12.2f}{inst['peak_mem_gb']:>13.2f}"
-            f"{inst['busy_fraction']:>7.0%}{inst['preemptions']:>9}"
+            f"{inst['kv_capacity_gb']:>11.2f}{inst['kv_capacity_tokens']:>12,}{inst['peak_kv_gb']:>12.2f}"
+            f"{inst['peak_mem_gb']:>13.2f}{inst['busy_fraction']:>7.0%}{inst['preemptions']:>9}"
         )
-    lines.append("(memory per GPU, GB = 2^30 bytes; busy = share of the simulated time the instance was running "
-                 "engine steps)")
+    lines.append("(memory per GPU, GB = 2^30 bytes; kv_tokens as vLLM reports them; busy = share of the simulated "
+                 "time the instance was running engine steps)")
+    by_dtype: dict[str, list[str]] = {}
+    for inst in summary["instances"]:
+        by_dtype.setdefault(inst.get("kv_cache_dtype", "bfloat16"), []).append(inst["id"])
+    if set(by_dtype) - {"bfloat16"}:  # a cache that is not the usual bf16 changes what a GB holds
+        lines.append("KV cache values: " + "; ".join(
+            f"{dtype} ({dtype_bytes(dtype)} byte{'s' * (dtype_bytes(dtype) > 1)} each) on {', '.join(ids)}"
+            for dtype, ids in by_dtype.items()))
     for note in summary.get("memory_notes", []):
         lines.append(f"KV capacity {note}")
     if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
