@@ -833,3 +833,18 @@ def test_resume_is_refused_when_the_node_size_changed(tmp_path):
                                    "1", "--time-limit-slack-s", "5", "--no-plots", "--out", str(tmp_path / "s"), *args,
                                    "--node-gpus", "1", "--resume"])
     assert res.exit_code != 0 and "node_gpus" in str(res.exception), res.output
+
+
+def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout(tmp_path):
+    raw = json.loads(BASE.read_text())
+    for inst in raw["nodes"][0]["instances"]:
+        inst.update(model_name="meta-llama/Llama-3.1-70B", tp_size=4, num_npus=4)
+    base = tmp_path / "base70b.json"
+    base.write_text(json.dumps(raw))
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--gpus", "16",
+                                   "--rates", "4", "--slo-ttft-ms", "2000", "--slo-tpot-ms", "50",
+                                   "--out", str(tmp_path / "s")])
+    message = str(res.exception)
+    assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
+    assert message.count("weights need 131.42 GB") == 2  # one line per layout: P/D and colocated
+    assert "note: the base config's prefill instances run TP 4; the variants run TP 1 (--tp-prefill" in message

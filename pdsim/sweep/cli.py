@@ -172,12 +172,15 @@ class _Setup:
         tp_prefill = parse_int_list(kw["tp_prefill"], "--tp-prefill")
         tp_decode = parse_int_list(kw["tp_decode"], "--tp-decode")
         self.base_notes = _base_tp_notes(base, tp_prefill, tp_decode)
-        self.variants = expand(
-            base, kw["gpus"], parse_ratios(kw["ratios"]), tp_prefill, tp_decode, kw["colocated"], kw["node_gpus"],
-            parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
-            parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
-            kw["decode_expert_parallel"],
-        )
+        try:
+            self.variants = expand(
+                base, kw["gpus"], parse_ratios(kw["ratios"]), tp_prefill, tp_decode, kw["colocated"], kw["node_gpus"],
+                parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
+                parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
+                kw["decode_expert_parallel"],
+            )
+        except PdsimError as e:  # nothing fits: the base's own TP, if the options replaced it, is the likely why
+            raise PdsimError(str(e) + "".join(f"\nnote: {note}" for note in self.base_notes)) from None
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
                                   max_requests=kw["num_requests"])
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])

@@ -12,6 +12,7 @@ from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.errors import PdsimError
 from pdsim.models import ModelSpec, load_model
 from pdsim.perf.moe_time import ExpertPlacement, check_placement
+from pdsim.text import listed
 
 NODE_GPUS = 8  # GPUs per node when the base config does not say more
 
@@ -364,7 +365,7 @@ def expand(
         if refusal is None:
             variants += layout.variants
         else:
-            reasons += [f"{v.label}: {refusal}" for v in layout.variants]
+            reasons.append(f"{listed([v.label for v in layout.variants])}: {refusal}")  # one line per layout
     if not variants:
         why = "".join(f"\n  {r}" for r in reasons)
         raise PdsimError(f"no P:D split of {gpus} GPUs matches --ratios/--tp-prefill/--tp-decode/--pp-prefill/"
