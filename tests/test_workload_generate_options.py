@@ -192,3 +192,14 @@ def test_lengths_from_says_how_many_pairs_the_default_cap_cut(tmp_path):
                                         str(tmp_path / "g.jsonl")])
     assert res.exit_code == 0, res.output
     assert "--max-len 8192 caps 2 of the 3 length pairs" in res.output
+
+
+def test_a_drawn_length_tail_cut_at_max_len_is_said(tmp_path):
+    res, out = _generate(tmp_path, "--input-len", "lognormal:4000,3000", "--output-len", "fixed:8192", "--max-len",
+                         "8192")
+    assert res.exit_code == 0, res.output
+    at_cap = sum(r.input_toks == 8192 for r in load_trace(out))
+    assert at_cap > 0 and f"note: --max-len 8192 cut the drawn lengths' tail: {at_cap} inputs of 20" in res.output
+    assert "outputs" not in res.output.split("note:")[1].split("\n")[0]  # a fixed length is not a cut tail
+    res, _ = _generate(tmp_path, "--input-len", "lognormal:100,10")
+    assert "cut the drawn lengths' tail" not in res.output

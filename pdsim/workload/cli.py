@@ -178,6 +178,14 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
                        f"{max(r.output_toks for r in pairs):,}); raise it to keep them", err=True)
     inp = np.array([r.input_toks for r in reqs])
     out = np.array([r.output_toks for r in reqs])
+    if not pairs and turns_dist is None:  # a drawn tail cut at the cap: said, as for --lengths-from
+        at_cap = [f"{int((lengths == max_len).sum()):,} {name}s" for name, lengths, spec in
+                  (("input", inp, input_len), ("output", out, output_len))
+                  if parse_length_dist(spec, max_len=max_len).kind in ("normal", "lognormal")
+                  and (lengths == max_len).any()]
+        if at_cap:
+            click.echo(f"note: --max-len {max_len} cut the drawn lengths' tail: {' and '.join(at_cap)} of "
+                       f"{len(reqs):,} are at it; raise it to keep them", err=True)
     # Measured as `workload stats` and a run read it: from the first arrival, where a run's clock starts.
     first_s, last_s = (f(r.arrival_time_ns for r in reqs) / 1e9 for f in (min, max))
     span_s = last_s - first_s
