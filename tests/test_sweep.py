@@ -848,3 +848,15 @@ def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout
     assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
     assert message.count("weights need 131.42 GB") == 2  # one line per layout: P/D and colocated
     assert "note: the base config's prefill instances run TP 4; the variants run TP 1 (--tp-prefill" in message
+
+
+def test_a_poisson_search_says_how_to_run_its_winner_on_such_arrivals(tmp_path):
+    args = ["search", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "30", "--gpus", "2",
+            "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50", "--workers", "1", "--min-duration-s", "0", "--no-plots"]
+    poisson = CliRunner().invoke(cli, [*args, "--arrival", "poisson", "--out", str(tmp_path / "p")])
+    assert poisson.exit_code == 0, poisson.output
+    hint = next(line for line in poisson.output.splitlines() if line.startswith("to run it on Poisson arrivals"))
+    assert f"--lengths-from {DATASET} --arrival poisson --rate " in hint and "--num-requests 30 --seed 0" in hint
+    assert f"pdsim run --cluster-config {tmp_path / 'p' / 'configs'}" in hint
+    scaled = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "s")])
+    assert scaled.exit_code == 0 and "to run it on Poisson" not in scaled.output

@@ -502,6 +502,12 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
                    f"({win['goodput_req_s_per_gpu']:.3g} req/s per GPU){vs}; config: "
                    f"{setup.out / 'configs' / (config_file_stem(win['label']) + '.json')}")
+        if kw["arrival"] == "poisson":  # `pdsim run --rate` rescales the dataset's own arrivals: give it Poisson ones
+            config = setup.out / "configs" / (config_file_stem(win["label"]) + ".json")
+            click.echo(f"to run it on Poisson arrivals as searched: pdsim workload generate --lengths-from "
+                       f"{kw['dataset']} --arrival poisson --rate {win['goodput_req_s']:.3g} --num-requests "
+                       f"{len(setup.trace)} --seed {kw['seed']} --out poisson.jsonl, then pdsim run --cluster-config "
+                       f"{config} --dataset poisson.jsonl (lengths drawn anew: like the probes, not the same run)")
         if math.isnan(win["first_fail_req_s"]):
             click.echo("NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound, and "
                        "the ranking may change with more probes")
