@@ -848,15 +848,30 @@ def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout
     assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
     assert message.count("weights need 131.42 GB") == 2  # one line per layout: P/D and colocated
     assert "note: the base config's prefill instances run TP 4; the variants run TP 1 (--tp-prefill" in message
+    typo = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--gpus", "16",
+                                    "--rates", "4", "--ratios", "1:x", "--slo-ttft-ms", "2000", "--slo-tpot-ms", "50",
+                                    "--out", str(tmp_path / "t")])
+    assert "--ratios" in str(typo.exception) and "note:" not in str(typo.exception)  # a typo is only itself
 
 
-def test_a_poisson_search_says_how_to_run_its_winner_on_such_arrivals(tmp_path):
+def test_a_poisson_search_writes_its_winners_probe_trace_to_run(tmp_path):
     args = ["search", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "30", "--gpus", "2",
-            "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50", "--workers", "1", "--min-duration-s", "0", "--no-plots"]
+            "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50", "--workers", "1", "--min-duration-s", "10", "--no-plots"]
     poisson = CliRunner().invoke(cli, [*args, "--arrival", "poisson", "--out", str(tmp_path / "p")])
     assert poisson.exit_code == 0, poisson.output
-    hint = next(line for line in poisson.output.splitlines() if line.startswith("to run it on Poisson arrivals"))
-    assert f"--lengths-from {DATASET} --arrival poisson --rate " in hint and "--num-requests 30 --seed 0" in hint
-    assert f"pdsim run --cluster-config {tmp_path / 'p' / 'configs'}" in hint
+    hint = next(line for line in poisson.output.splitlines() if line.startswith("to run it on the Poisson arrivals"))
+    trace_path = tmp_path / "p" / "search_winner_trace.jsonl"
+    assert hint.endswith(f"--dataset {trace_path}") and f"--cluster-config {tmp_path / 'p' / 'configs'}" in hint
+    winner = pd.read_csv(tmp_path / "p" / "search.csv").iloc[0]
+    probes = pd.read_csv(tmp_path / "p" / "probes.csv")
+    probed = probes[(probes.label == winner.label) & (probes.rate_per_s == winner.goodput_req_s)].iloc[0]
+    # The trace its probe at the goodput ran: the dataset repeated to span the run's duration, Poisson at that rate.
+    written = load_trace(trace_path)
+    assert len(written) == probed.requests > 30
+    probe = trace_at_rate(load_trace(DATASET)[:30], float(winner.goodput_req_s), "poisson", 0,
+                          (len(written) - 0.5) / float(winner.goodput_req_s))
+    assert [(r.input_toks, r.output_toks, r.arrival_time_ns) for r in written] == \
+        [(r.input_toks, r.output_toks, r.arrival_time_ns) for r in probe]
     scaled = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "s")])
-    assert scaled.exit_code == 0 and "to run it on Poisson" not in scaled.output
+    assert scaled.exit_code == 0 and "to run it on the Poisson" not in scaled.output
+    assert not (tmp_path / "s" / "search_winner_trace.jsonl").exists()

@@ -201,5 +201,7 @@ def test_a_drawn_length_tail_cut_at_max_len_is_said(tmp_path):
     at_cap = sum(r.input_toks == 8192 for r in load_trace(out))
     assert at_cap > 0 and f"note: --max-len 8192 cut the drawn lengths' tail: {at_cap} inputs of 20" in res.output
     assert "outputs" not in res.output.split("note:")[1].split("\n")[0]  # a fixed length is not a cut tail
-    res, _ = _generate(tmp_path, "--input-len", "lognormal:100,10")
-    assert "cut the drawn lengths' tail" not in res.output
+    for spec, said in (("lognormal:100,10", False), ("lognormal:4000,3000,max=8192", False),  # its own max cuts
+                       ("normal:4000,3000,min=8192", False), ("uniform:100,100000", True)):
+        res, _ = _generate(tmp_path, "--input-len", spec, "--max-len", "8192")
+        assert res.exit_code == 0 and ("cut the drawn lengths' tail" in res.output) is said, (spec, res.output)

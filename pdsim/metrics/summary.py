@@ -18,6 +18,7 @@ from pdsim.metrics.stats import (
     span_s,
 )
 from pdsim.models import dtype_bytes
+from pdsim.text import listed
 
 REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
@@ -346,9 +347,9 @@ def _instance_lines(summary: dict) -> list[str]:
     by_dtype: dict[str, list[str]] = {}
     for inst in summary["instances"]:
         by_dtype.setdefault(inst.get("kv_cache_dtype", "bfloat16"), []).append(inst["id"])
-    if set(by_dtype) - {"bfloat16"}:  # a cache that is not the usual bf16 changes what a GB holds
+    if any(dtype_bytes(dtype) != 2 for dtype in by_dtype):  # a cache of 1-byte values holds twice the tokens per GB
         lines.append("KV cache values: " + "; ".join(
-            f"{dtype} ({dtype_bytes(dtype)} byte{'s' * (dtype_bytes(dtype) > 1)} each) on {', '.join(ids)}"
+            f"{dtype} ({dtype_bytes(dtype)} byte{'s' * (dtype_bytes(dtype) > 1)} each) on {listed(ids)}"
             for dtype, ids in by_dtype.items()))
     for note in summary.get("memory_notes", []):
         lines.append(f"KV capacity {note}")

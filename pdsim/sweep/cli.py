@@ -29,8 +29,9 @@ MAX_RATE_PER_S = 1e6
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
                  "attain_ttft", "attain_tpot", "attain_both", "served_req_s", "stable"]
 PLOTS = ("goodput", "latency", "pareto")
-OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv",
+OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv", "search_winner_trace.jsonl",
                 *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
+WINNER_TRACE = "search_winner_trace.jsonl"  # after --arrival poisson: the winner's probe trace, for `pdsim run`
 # Also written in --out, and kept: what a run streams to, and what a --resume compares with.
 KEPT_NAMES = ("runs.partial.csv", "probes.partial.csv", "runs.settings.json", "probes.settings.json")
 SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_req_s_per_gpu", "first_fail_req_s", "first_fail_why",
@@ -172,13 +173,11 @@ class _Setup:
         tp_prefill = parse_int_list(kw["tp_prefill"], "--tp-prefill")
         tp_decode = parse_int_list(kw["tp_decode"], "--tp-decode")
         self.base_notes = _base_tp_notes(base, tp_prefill, tp_decode)
+        ratios, decode_dp = parse_ratios(kw["ratios"]), parse_int_list(kw["decode_dp"], "--decode-dp")
+        pp_prefill, pp_decode = (parse_int_list(kw[k], f"--{k.replace('_', '-')}") for k in ("pp_prefill", "pp_decode"))
         try:
-            self.variants = expand(
-                base, kw["gpus"], parse_ratios(kw["ratios"]), tp_prefill, tp_decode, kw["colocated"], kw["node_gpus"],
-                parse_int_list(kw["decode_dp"], "--decode-dp"), self.skipped,
-                parse_int_list(kw["pp_prefill"], "--pp-prefill"), parse_int_list(kw["pp_decode"], "--pp-decode"),
-                kw["decode_expert_parallel"],
-            )
+            self.variants = expand(base, kw["gpus"], ratios, tp_prefill, tp_decode, kw["colocated"], kw["node_gpus"],
+                                   decode_dp, self.skipped, pp_prefill, pp_decode, kw["decode_expert_parallel"])
         except PdsimError as e:  # nothing fits: the base's own TP, if the options replaced it, is the likely why
             raise PdsimError(str(e) + "".join(f"\nnote: {note}" for note in self.base_notes)) from None
         self.trace = load_dataset(kw["dataset"], kw["dataset_format"], kw["window"], kw["time_scale"],
@@ -502,12 +501,10 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
                    f"({win['goodput_req_s_per_gpu']:.3g} req/s per GPU){vs}; config: "
                    f"{setup.out / 'configs' / (config_file_stem(win['label']) + '.json')}")
-        if kw["arrival"] == "poisson":  # `pdsim run --rate` rescales the dataset's own arrivals: give it Poisson ones
+        if kw["arrival"] == "poisson":  # `pdsim run --rate` rescales the dataset's own arrivals: not these
             config = setup.out / "configs" / (config_file_stem(win["label"]) + ".json")
-            click.echo(f"to run it on Poisson arrivals as searched: pdsim workload generate --lengths-from "
-                       f"{kw['dataset']} --arrival poisson --rate {win['goodput_req_s']:.3g} --num-requests "
-                       f"{len(setup.trace)} --seed {kw['seed']} --out poisson.jsonl, then pdsim run --cluster-config "
-                       f"{config} --dataset poisson.jsonl (lengths drawn anew: like the probes, not the same run)")
+            click.echo(f"to run it on the Poisson arrivals its probe at that rate had: pdsim run --cluster-config "
+                       f"{config} --dataset {setup.out / WINNER_TRACE}")
         if math.isnan(win["first_fail_req_s"]):
             click.echo("NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound, and "
                        "the ranking may change with more probes")
@@ -515,7 +512,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         if tied:
             click.echo(f"NOTE: tied with {', '.join(tied)} at the same goodput per GPU; the probes do not tell them "
                        "apart (raise --max-probes or lower --rel-tol)")
-    notes = disagreements(ranked)
+    notes = disagreements(ranked, arrival=kw["arrival"])
     if notes:
         click.echo("rate-matching estimate vs simulation:")
         for note in notes:
@@ -525,6 +522,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     rows = [writer.rows[k] for k in sorted(writer.rows)]
     with setup.outputs("search", "probes.csv") as out:
         out.stage(setup.out / "search.csv", lambda tmp: _write_csv(ranked, tmp))
+        if kw["arrival"] == "poisson" and win["goodput_req_s"] > 0:
+            from pdsim.sweep.runner import trace_at_rate
+            from pdsim.workload.trace import write_trace
+
+            probe = trace_at_rate(setup.trace, win["goodput_req_s"], "poisson", kw["seed"],
+                                  setup.settings.min_duration_s)
+            out.stage(setup.out / WINNER_TRACE, lambda tmp: write_trace(tmp, probe))
         if kw["plots"]:
             _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search", out)
         written = _with_settings([p for p in out.commit() if p.parent == setup.out])

@@ -207,7 +207,7 @@ def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["goodput_req_s_per_gpu"])
 
 
-def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[str]:
+def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3, arrival: str = "scale") -> list[str]:
     """Where the rate-matching estimate and the simulation tell different stories."""
     notes: list[str] = []
     if not rows or "est_req_s_per_gpu" not in rows[0]:
@@ -225,8 +225,9 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3) -> list[st
         if r["low_load_miss"] and r["first_fail_why"].startswith(FLAT):
             notes.append(f"{r['label']}: attainment and the p90 latencies stayed put over two halvings of the rate "
                          f"({r['first_fail_why'].removeprefix(FLAT)}): what keeps it below the target does not ease "
-                         "with the rate (requests that miss even alone, rejected requests, or arrivals the trace sends "
-                         "together, which rescaling the rate keeps together: --arrival poisson spreads them)")
+                         "with the rate (requests that miss even alone, rejected requests"
+                         + (", or arrivals the trace sends together, which rescaling the rate keeps together: "
+                            "--arrival poisson spreads them)" if arrival == "scale" else ")"))
         elif r["low_load_miss"]:
             notes.append(f"{r['label']}: misses the target even at low load "
                          f"({r['first_fail_why'].removeprefix(LOW_LOAD)}): a lone request's latency, not capacity, "

@@ -181,8 +181,7 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
     if not pairs and turns_dist is None:  # a drawn tail cut at the cap: said, as for --lengths-from
         at_cap = [f"{int((lengths == max_len).sum()):,} {name}s" for name, lengths, spec in
                   (("input", inp, input_len), ("output", out, output_len))
-                  if parse_length_dist(spec, max_len=max_len).kind in ("normal", "lognormal")
-                  and (lengths == max_len).any()]
+                  if _cut_by(spec, max_len) and (lengths == max_len).any()]
         if at_cap:
             click.echo(f"note: --max-len {max_len} cut the drawn lengths' tail: {' and '.join(at_cap)} of "
                        f"{len(reqs):,} are at it; raise it to keep them", err=True)
@@ -195,6 +194,14 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         f"wrote {len(reqs)} requests to {out_path}: arrivals over {span_s:.1f} s{lead} ({rate_txt}), "
         f"input mean {inp.mean():.0f} (max {inp.max()}), output mean {out.mean():.0f} (max {out.max()})"
     )
+
+
+def _cut_by(spec: str, max_len: int) -> bool:
+    """Whether --max-len, not the spec's own bounds, cuts some of the lengths `spec` draws."""
+    from pdsim.workload.generate import parse_length_dist
+
+    low, high = parse_length_dist(spec).bounds()
+    return low < max_len < high
 
 
 # The arrival processes whose gaps have a CV to choose (arrivals.unit_gaps reads --cv only for these).
