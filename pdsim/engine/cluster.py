@@ -104,7 +104,7 @@ class Cluster:
     def _fits(self, inst: Instance, req: Request) -> bool:
         if not self._fits_here(inst, req):
             return False
-        if inst.pd_type == "prefill" and (req.output_toks > 1 or inst.sched.hands_off_all):
+        if inst.sched.hands_off(req, 1):  # its prompt's token is the first
             return self.handoff.decode_classes.any(lambda d: fits_decode(d, inst, req))
         return True
 

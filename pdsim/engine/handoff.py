@@ -88,7 +88,7 @@ class HandOff:
             return
         for (req, num_new), prior in zip(plan.prefill, plan.prefill_prefix):
             completes = req.num_computed + num_new >= req.input_toks + req.num_generated
-            if completes and (req.num_generated + 1 < req.output_toks or src.sched.hands_off_all):
+            if completes and src.sched.hands_off(req, req.num_generated + 1):
                 self.kv_transfers.note_final_step(req, start_s, duration_s, prior, num_new)
                 self._early_handoffs.add(req.id)
                 self._hand_off(src, req)

@@ -124,8 +124,9 @@ class PipelineScheduler(Scheduler):
             else:
                 self._take_out(req)
         self._add_token(req, now, out, decoded=not from_prefill)
-        done = req.num_generated >= req.output_toks and not self.hands_off_all  # set on prefill-only instances
-        if done or self.prefill_only:
+        hand_off = self.hands_off(req, req.num_generated)
+        done = not hand_off and req.num_generated >= req.output_toks
+        if done or hand_off:
             if waiting:
                 self.waiting.remove(req)
                 self.waiting_tokens -= before

@@ -231,6 +231,11 @@ class Scheduler(WaitingAdmission):
                 budget -= num_new
         return chunks
 
+    def hands_off(self, req: Request, generated: int) -> bool:
+        """Whether this (prefill-only) instance hands `req` on to a decode instance once it has made `generated`
+        tokens, rather than finishing it here."""
+        return self.prefill_only and (self.hands_off_all or generated < req.output_toks)
+
     def _allocate_decodes(self, now: float) -> bool:
         """Decoding requests allocate first: each needs one token and, at a block boundary, one
         new block; short of blocks, the newest running request is preempted. Returns whether any was."""
@@ -455,7 +460,7 @@ class Scheduler(WaitingAdmission):
             if req.first_token_s is None:
                 req.first_token_s = now
             req.last_token_s = now
-            if self.prefill_only and (self.hands_off_all or req.num_generated < req.output_toks):
+            if self.hands_off(req, req.num_generated):
                 del self.running[req]
                 out.handoffs.append(req)
             elif req.num_generated >= req.output_toks:
