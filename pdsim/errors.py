@@ -115,7 +115,7 @@ def read_json_object(path: Path, error: type[PdsimError] = PdsimError, what: str
 
 def _json_lines(data: bytes) -> bool:
     """Whether the file's first two lines that are not blank each hold a JSON object (JSON Lines)."""
-    lines = [line for line in data.splitlines()[:100] if line.strip()][:2]
+    lines = [line for line in data.split(b"\n", 100)[:100] if line.strip()][:2]  # the head: a trace may be long
     try:
         return len(lines) == 2 and all(isinstance(json.loads(line), dict) for line in lines)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError

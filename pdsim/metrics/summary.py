@@ -346,7 +346,7 @@ def _instance_lines(summary: dict) -> list[str]:
                  "time the instance was running engine steps)")
     by_dtype: dict[str, list[str]] = {}
     for inst in summary["instances"]:
-        by_dtype.setdefault(inst.get("kv_cache_dtype", "bfloat16"), []).append(inst["id"])
+        by_dtype.setdefault(inst["kv_cache_dtype"], []).append(inst["id"])
     if any(dtype_bytes(dtype) != 2 for dtype in by_dtype):  # a cache of 1-byte values holds twice the tokens per GB
         lines.append("KV cache values: " + "; ".join(
             f"{dtype} ({dtype_bytes(dtype)} byte{'s' * (dtype_bytes(dtype) > 1)} each) on {listed(ids)}"

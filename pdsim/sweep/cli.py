@@ -29,9 +29,9 @@ MAX_RATE_PER_S = 1e6
 SWEEP_COLUMNS = ["label", "rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "e2e_p90_ms", "output_tok_s_per_gpu",
                  "attain_ttft", "attain_tpot", "attain_both", "served_req_s", "stable"]
 PLOTS = ("goodput", "latency", "pareto")
-OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv", "search_winner_trace.jsonl",
-                *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
 WINNER_TRACE = "search_winner_trace.jsonl"  # after --arrival poisson: the winner's probe trace, for `pdsim run`
+OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv", WINNER_TRACE,
+                *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
 # Also written in --out, and kept: what a run streams to, and what a --resume compares with.
 KEPT_NAMES = ("runs.partial.csv", "probes.partial.csv", "runs.settings.json", "probes.settings.json")
 SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_req_s_per_gpu", "first_fail_req_s", "first_fail_why",
@@ -498,11 +498,10 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     if win["goodput_req_s_per_gpu"] <= 0:
         click.echo("\nno configuration meets the target at any probed rate")
     else:
+        config = setup.out / "configs" / (config_file_stem(win["label"]) + ".json")
         click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
-                   f"({win['goodput_req_s_per_gpu']:.3g} req/s per GPU){vs}; config: "
-                   f"{setup.out / 'configs' / (config_file_stem(win['label']) + '.json')}")
+                   f"({win['goodput_req_s_per_gpu']:.3g} req/s per GPU){vs}; config: {config}")
         if kw["arrival"] == "poisson":  # `pdsim run --rate` rescales the dataset's own arrivals: not these
-            config = setup.out / "configs" / (config_file_stem(win["label"]) + ".json")
             click.echo(f"to run it on the Poisson arrivals its probe at that rate had: pdsim run --cluster-config "
                        f"{config} --dataset {setup.out / WINNER_TRACE}")
         if math.isnan(win["first_fail_req_s"]):

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: MeasuredRun | None = None,
-                 client_delay_ms: float = 0.0) -> SimOptions:
+                 client_delay_ms: float = 0.0, ttft_mode: str = "client") -> SimOptions:
     """Simulation options; a closed-loop measured run (run.concurrency) gets the client delay, as
     closed-loop tables do (without one a successor would arrive at the very instant its step
     ends), and, when it has them (aiperf), its own measured gaps between a request's end and the
@@ -34,9 +34,9 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
 
     if client_delay_ms < 0:
         raise PdsimError(f"--client-delay-ms: expected a delay >= 0, got {client_delay_ms}")
-    # A P/D replay's TTFT is the client's, through the decode instance, as a measured run's is (validate's default).
+    # A P/D replay's TTFT is by default the client's, through the decode instance, as a measured run's is.
     opts = SimOptions(profile_dir=str(profile_dir) if profile_dir else None, step_overhead_us=step_overhead_us,
-                      ttft_mode="client")
+                      ttft_mode=ttft_mode)
     if run is not None:  # a number in (0, 1] or absent: replay_config checked it
         opts.recorded_gpu_memory_utilization = run.engine_kwargs.get("gpu_memory_utilization")
     if run is not None and run.concurrency is not None:
@@ -312,8 +312,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                          "records the client's times only, so it would change nothing (leave it out)")
     cfg = replay_config(cluster_config, run, async_scheduling)
     _prefix_ids(run, cfg, token_ids)
-    opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms)
-    opts.ttft_mode = ttft_mode
+    opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms, ttft_mode)
     if any(ref.config.pd_type is not None for ref in cfg.instances()):
         run.notes.append("TTFT " + ("as the client sees it, through the decode instance (vLLM's P/D proxy; "
                                     "--ttft-mode prefill: at the prefill instance)" if ttft_mode == "client" else
