@@ -309,12 +309,26 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 
-def _unstable_note(rows: list[dict[str, Any]]) -> str:
+def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str]] | None = None) -> str:
+    """goodputs: (label, rate) of the runs the search's goodputs rest on, the ones whose passing the
+    stability test on chance matters there (None: a sweep, every run)."""
+    from pdsim.sweep.steady import BACKLOG_TOLERANCE, within_chance
+
     bad = [r for r in rows if not r.get("stable", 1)]
+    lucky = [r for r in rows if within_chance(r) and (goodputs is None or (r["label"], r["rate_per_s"]) in goodputs)]
     rejected = [r for r in rows if r.get("rejected", 0)]
-    lines = ([f"all {len(rows)} runs stable (no queue growth over the scored window, none unfinished)"] if not bad
+    lines = ([f"all {len(rows)} runs stable (no queue growth beyond chance over the scored window, none "
+              "unfinished)"] if not bad
              else [f"UNSTABLE: {len(bad)} of {len(rows)} runs (stable = 0; never counted as meeting the target):"])
     lines += [f"  {r['label']} at {r['rate_per_s']} req/s: {r['unstable_reason']}" for r in bad]
+    if lucky:
+        which = (f"{len(lucky)} stable run(s)" if goodputs is None
+                 else f"{len(lucky)} of the goodputs rest on stable runs that")
+        lines.append(f"WITHIN CHANCE: {which} served under {1 - BACKLOG_TOLERANCE:.0%} of the offered rate; on a "
+                     "scored window this short the queue's growth did not stand out from its wandering, so they may "
+                     "not keep up (a longer --min-duration-s tells):")
+        lines += [f"  {r['label']} at {r['rate_per_s']} req/s: served {r['served_req_s'] / r['offered_req_s']:.1%} "
+                  f"(queue {int(r['backlog_growth_requests']):+d} requests)" for r in lucky]
     if rejected:  # a rejected request meets no SLO; say it, as a run of only rejections looks calm otherwise
         worst = max(rejected, key=lambda r: r["rejected"] / max(r["requests"], 1))
         lines.append(f"NOTE: {len(rejected)} of {len(rows)} runs rejected requests (too long for the model or the KV "
@@ -458,7 +472,7 @@ def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]]
 @_common
 def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     """Goodput per GPU of every P:D split (bisection on the rate), ranked, next to the rate-matching estimate."""
-    from pdsim.sweep.runner import ROW_FIELDS, RowWriter
+    from pdsim.sweep.runner import ROW_FIELDS, RowWriter, rate_key
     from pdsim.sweep.search import disagreements, goodput_row, rank
     from pdsim.sweep.search import search as run_search
 
@@ -486,7 +500,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     in_order = [goodput_row(st, estimates.get(st.variant.label)) for st in states]
     ranked = rank(in_order)
     click.echo(_table(ranked, SEARCH_COLUMNS))
-    click.echo(_unstable_note([writer.rows[k] for k in sorted(writer.rows)]))
+    goodputs = {(st.variant.label, rate_key(st.lo)) for st in states if st.lo_row is not None}
+    click.echo(_unstable_note([writer.rows[k] for k in sorted(writer.rows)], goodputs))
     if writer.notes:
         click.echo(_run_notes(writer.notes))
     win = ranked[0]

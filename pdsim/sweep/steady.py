@@ -64,6 +64,13 @@ def in_system(arrivals_s: np.ndarray, finishes_s: np.ndarray, t: float) -> int:
     return int((arrivals_s <= t).sum() - (finishes_s <= t).sum())
 
 
+def within_chance(row: dict) -> bool:
+    """A run kept as stable though it served clearly less than the offered rate (its queue growth under
+    the chance allowance)."""
+    offered, served = float(row.get("offered_req_s", math.nan)), float(row.get("served_req_s", math.nan))
+    return bool(row.get("stable", 1)) and served < (1 - BACKLOG_TOLERANCE) * offered
+
+
 def stability(df, window: Window) -> dict[str, object]:
     """offered and served rates over the window, backlog growth, and whether the run kept up.
     df: requests_frame of the run (rejected requests never queue and are left out)."""
