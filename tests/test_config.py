@@ -141,6 +141,14 @@ def test_weights_do_not_fit(tmp_path):
     assert "only 14.40 GB is usable" in msg
 
 
+def test_weights_must_fit_in_the_memory_cuda_shows_as_the_kv_accounting_takes_it(tmp_path):
+    # 14.96 GB of weights: 96 GB x 0.157 = 15.07 would hold them, but of an RTX PRO 6000's 96 GB CUDA shows 95.03
+    # (assumed as on H100), x 0.157 = 14.92
+    msg = _err(tmp_path, lambda r: _inst(r).update(gpu_memory_utilization=0.157))
+    assert msg.endswith("weights need 14.96 GB per NPU (bfloat16, tp=1) but only 14.92 GB is usable (95.03 GB that "
+                        "CUDA shows of mem_size 96 GB x gpu_memory_utilization 0.157)")
+
+
 def test_tp_makes_weights_fit(tmp_path):
     raw = copy.deepcopy(PD)
     for inst in raw["nodes"][0]["instances"]:

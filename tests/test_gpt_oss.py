@@ -70,7 +70,8 @@ def test_kv_capacity_on_h100_as_vllms_hybrid_allocator_computes_it():
     # vLLM: requested = 79.19 GiB visible x 0.9; available = requested - weights - activation peak -
     # non-torch (the last two: pdsim's profile-run and non-torch figures, docs/memory.md).
     total_gib, _ = visible_memory_gib("H100-SXM", 80)
-    activation = info.activation_gb * GIB - non_torch_bytes(1, "H100-SXM")
+    activation = info.activation_gb * GIB
+    assert info.non_torch_gb * GIB == non_torch_bytes(1, "H100-SXM")
     available = total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - activation - non_torch_bytes(1, "H100-SXM")
     # Two KV-cache groups of 12 layers (sliding, full); a page is one layer's 16-token block:
     # 16 x (K, V) x 8 heads x 64 x 2 bytes = 32,768 B, and num_blocks = available // page // 12.

@@ -260,9 +260,17 @@ class InstanceConfig(_Strict):
 
             weight_gb = max_stage_weight_bytes(model, self.pp_size, self.dtype, self.tp_size, expert_shards,
                                                self.quantization) / GB
-        util_name, util = (("mem_util", self.npu_mem.mem_util) if self.npu_mem.mem_util is not None
-                           else ("gpu_memory_utilization", self.gpu_memory_utilization or 0.9))
-        usable_gb = self.npu_mem.mem_size * util
+        if self.npu_mem.mem_util is not None:  # LLMServingSim's rule: of mem_size as given
+            util_name, util, total_gb = "mem_util", self.npu_mem.mem_util, self.npu_mem.mem_size
+            total = f"mem_size {total_gb:g} GB"
+        else:  # vLLM's: of the memory CUDA shows, as the KV accounting takes it (docs/memory.md)
+            from pdsim.perf.memory import visible_memory_gib
+
+            util_name, util = "gpu_memory_utilization", self.gpu_memory_utilization or 0.9
+            total_gb = visible_memory_gib(self.hardware, self.npu_mem.mem_size)[0]
+            total = (f"mem_size {total_gb:g} GB" if total_gb == self.npu_mem.mem_size
+                     else f"{total_gb:.2f} GB that CUDA shows of mem_size {self.npu_mem.mem_size:g} GB")
+        usable_gb = total_gb * util
         if weight_gb > usable_gb:
             raise PydanticCustomError(
                 "weights",
@@ -272,7 +280,7 @@ class InstanceConfig(_Strict):
                     f"({self.quantization or self.dtype}, "
                     f"tp={self.tp_size}{f', pp={self.pp_size}' if self.pp_size > 1 else ''}) "
                     f"but only {usable_gb:.2f} GB is usable "
-                    f"(mem_size {self.npu_mem.mem_size:g} GB x {util_name} {util:g})"
+                    f"({total} x {util_name} {util:g})"
                 },
             )
 

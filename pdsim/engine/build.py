@@ -140,7 +140,8 @@ def build_instance(
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
-        weights_gb=budget.weight_bytes / GB, activation_gb=(budget.activation_bytes + budget.other_bytes) / GB,
+        weights_gb=budget.weight_bytes / GB, activation_gb=budget.activation_bytes / GB,
+        non_torch_gb=budget.other_bytes / GB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, kv_cache_dtype=ic.kv_dtype,
         memory_note=budget.note + _max_len_note(budget, model),
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,

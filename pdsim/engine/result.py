@@ -58,7 +58,8 @@ class InstanceInfo:
     num_kv_blocks: int
     kv_capacity_gb: float
     weights_gb: float
-    activation_gb: float
+    activation_gb: float  # the activation peak of vLLM's profiling run
+    non_torch_gb: float  # non-torch and CUDA-graph memory, apart as vLLM's accounting takes it
     profile_path: str
     estimated_profile: bool
     # KV sizing: rule ("vllm", "llmservingsim", "override", "measured"), capacity in tokens as vLLM reports it

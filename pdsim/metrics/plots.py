@@ -109,11 +109,12 @@ def _memory(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage
         if "kv_capacity_gb" in info:
             ax_kv.axhline(info["kv_capacity_gb"], color=color, linestyle="--", linewidth=1,
                           label=f"{label}: KV capacity {info['kv_capacity_gb']:.1f} GB")
-            ceiling = info["weights_gb"] + info["activation_gb"] + info["kv_capacity_gb"]
+            ceiling = (info["weights_gb"] + info["activation_gb"] + info["non_torch_gb"]
+                       + info["kv_capacity_gb"])
             ax_mem.axhline(ceiling, color=color, linestyle="--", linewidth=1,
-                           label=f"{label}: weights + activations + KV capacity {ceiling:.1f} GB")
+                           label=f"{label}: weights + activations + non-torch + KV capacity {ceiling:.1f} GB")
     ax_kv.set_title("KV cache per GPU")
-    ax_mem.set_title("GPU memory per GPU (weights, activations, KV)")
+    ax_mem.set_title("GPU memory per GPU (weights, activations, non-torch, KV)")
     for ax in (ax_kv, ax_mem):
         _time_axes(ax, "GB (2^30 bytes)")
         ax.set_ylim(bottom=0)

@@ -138,8 +138,8 @@ def _instance_summary(result: SimulationResult, inst, info) -> dict:
     out = {
         "id": info.id, "pd_type": info.pd_type, "model_name": info.model_name, "hardware": info.hardware,
         "tp": info.tp, "num_kv_blocks": info.num_kv_blocks, "kv_capacity_gb": info.kv_capacity_gb,
-        "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + peak_kv_gb,
-        "weights_gb": info.weights_gb, "activation_gb": info.activation_gb,
+        "peak_kv_gb": peak_kv_gb, "peak_mem_gb": info.weights_gb + info.activation_gb + info.non_torch_gb + peak_kv_gb,
+        "weights_gb": info.weights_gb, "activation_gb": info.activation_gb, "non_torch_gb": info.non_torch_gb,
         "kv_capacity_tokens": info.kv_tokens, "kv_cache_dtype": info.kv_cache_dtype, "kv_rule": info.kv_rule,
         "memory_note": info.memory_note,
         "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
