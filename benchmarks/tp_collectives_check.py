@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from pdsim.hardware import get_hardware  # noqa: E402
 from pdsim.perf import predictor  # noqa: E402
-from pdsim.perf.collectives import AllReduceModel, measured_pcie_model, pcie_model  # noqa: E402
+from pdsim.perf.collectives import AllReduceModel, measured_pcie_model  # noqa: E402
 from pdsim.validate.cli import _sim_options  # noqa: E402
 from pdsim.validate.compare import compare, replay  # noqa: E402
 from pdsim.validate.measured import read_measured  # noqa: E402
@@ -82,7 +82,10 @@ def main() -> None:
     inst = cfg["nodes"][0]["instances"][0]
     inst["tp_size"], inst["num_npus"] = 2, 2
     old = AllReduceModel("old spec model (64 GB/s, 2 us per hop)", 0.0, 2.0, 64.0)
-    candidates = [old, link_model(cfg["link_bw"], cfg["link_latency"]), pcie_model(rtx, 2), measured_pcie_model(rtx, 2),
+    # The estimate that priced unmeasured PCIe GPUs before the measured servers did: 3/4 of the line rate,
+    # 10 us per call (one-shot on two GPUs).
+    estimate = AllReduceModel("estimated PCIe model (3/4 of the line rate, 10 us per call; before)", 10.0, 0.0, 48.0)
+    candidates = [old, link_model(cfg["link_bw"], cfg["link_latency"]), estimate, measured_pcie_model(rtx, 2),
                   measured_pcie_model(rtx, 2, custom_all_reduce=False)]
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "cluster_config_tp2.json"

@@ -23,17 +23,27 @@ def test_nvlink_small_messages_cost_what_h100_measures():
     assert 4.0 < model.time_us(10240, 8) < 8.0
 
 
-def test_estimated_pcie_model_for_an_unmeasured_gpu():
+def test_an_unmeasured_pcie_gpu_takes_the_measured_server_of_its_pcie_generation():
     from dataclasses import replace
 
-    # A PCIe GPU whose server nobody measured (here: an RTX PRO 6000 on another link).
-    other = replace(get_hardware("RTXPRO6000"), intra_node_bw_gbps=32.0)
-    own = interconnect_model(other, 2)
-    assert "estimated" in own.source
+    l40s, rtx = get_hardware("L40S"), get_hardware("RTXPRO6000")
     m = 1 << 20
-    assert own.time_us(m, 2) == pytest.approx(10.0 + m / (0.75 * 32.0 * 1e3))
-    # More than two PCIe GPUs: no custom all-reduce in vLLM, NCCL's ring pays a hop per step.
-    assert interconnect_model(other, 4).time_us(0, 4) == pytest.approx(10.0 + 6 * 1.0)
+    for n in (2, 4, 8):
+        # The L40 is the L40S's board on the same PCIe 4 link: the same all-reduce, not one 4.7x faster at TP 4.
+        l40 = interconnect_model(get_hardware("L40"), n)
+        assert l40.time_us(m, n) == interconnect_model(l40s, n).time_us(m, n)
+        assert "measured on the L40S server" in l40.source
+        assert "assumed for L40: no measurement of its own" in l40.source
+        # PCIe 5: the RTX PRO 6000 server's.
+        h100 = interconnect_model(get_hardware("H100-PCIe"), n)
+        assert h100.time_us(m, n) == interconnect_model(rtx, n).time_us(m, n)
+    # An RTX PRO 6000 on another link is another machine: the server of that link's generation, scaled by line rate
+    # where none matches (PCIe 3, 16 GB/s: the L40S server's NCCL at half its bandwidth, 7.93 us + 9.3 GB/s).
+    assert interconnect_model(replace(rtx, intra_node_bw_gbps=32.0), 4).time_us(m, 4) == \
+        interconnect_model(l40s, 4).time_us(m, 4)
+    gen3 = interconnect_model(replace(rtx, intra_node_bw_gbps=16.0), 2)
+    assert "scaled x0.50 to its 16 GB/s link" in gen3.source
+    assert gen3.time_us(16 * m, 2) == pytest.approx(7.93 + 16 * m / (0.5 * 18.6e3))
 
 
 def test_a_gpu_without_peer_to_peer_gets_nccl_of_its_pcie_generation():
@@ -72,9 +82,9 @@ def test_disabling_vllms_custom_all_reduce_prices_nccl_alone():
     assert nccl.time_us(512 * 1024, 2) < 0.7 * interconnect_model(rtx, 2).time_us(512 * 1024, 2)
     h100 = get_hardware("H100-SXM")
     assert interconnect_model(h100, 8, custom_all_reduce=False).time_us(10240, 8) > 15.0
-    # The estimated model: NCCL's ring pays its hops on two GPUs too.
-    other = replace(rtx, intra_node_bw_gbps=32.0)
-    assert interconnect_model(other, 2, custom_all_reduce=False).time_us(0, 2) == pytest.approx(10.0 + 2 * 1.0)
+    # A GPU priced by another server's tables: NCCL alone too (the L40S server's, 7.93 us per call).
+    l40 = interconnect_model(get_hardware("L40"), 2, custom_all_reduce=False)
+    assert l40.large is None and "NCCL only" in l40.source and l40.time_us(0, 2) == pytest.approx(7.93)
 
 
 def test_models_are_zero_for_one_gpu_and_grow_with_size():

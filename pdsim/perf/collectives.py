@@ -14,8 +14,8 @@ applies (docs/validation.md, "TP collectives"):
    NVLINK4_BY_GPUS, derived from aiconfigurator's H100 measurements;
 3. a PCIe GPU whose server was measured (RTX PRO 6000, L40S): PCIE_MEASURED, derived from
    aiconfigurator-core's collective tables for it;
-4. another PCIe GPU: the estimated PCIe model below;
-5. a GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16, said to be an assumption.
+4. another PCIe GPU: the measured PCIe server of its generation (PCIE_ASSUMED_SOURCE), said to be assumed;
+5. a GPU pdsim has no spec for: the same, taken as a PCIe 4.0 x16 card, said to be an assumption.
 
 A cluster config's link_bw / link_latency never price TP collectives: they are the network that
 carries KV between instances (LLMServingSim prices TP collectives over them too; the TP 2 RTX
@@ -28,6 +28,7 @@ NCCL alone, from its own measurements where there are some.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pdsim.hardware import HardwareSpec, get_hardware
@@ -128,21 +129,16 @@ PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 coll
 PCIE_WITHOUT_P2P_LIKE = {"RTX4090": "L40S"}
 
 
-# Other PCIe GPUs. Estimated, not measured: no collective measurement of them is at hand.
-# Bus bandwidth 3/4 of the line rate: the PCIe protocol itself caps a x16 link's payload at about
-# 0.87 of it (128b/130b coding is in the line rate; a 256-byte TLP carries ~26 bytes of header,
-# sequence number, LCRC and framing; ACK and flow-control DLLPs take a few % more), and NCCL's
-# topology model rates a Gen3 x16 link at 12 of its 15.75 GB/s (src/graph/topo.h, PCI_BW; recalled,
-# not checked here). Per call about 10 us, against the 4.3 us NVLink floor measured above: the
-# kernel synchronises with its peers through flags that cross PCIe. vLLM 0.19's custom all-reduce
-# runs on two PCIe GPUs when peer-to-peer access works and is off beyond two ("not supported on
-# more than two PCIe-only GPUs", vllm/distributed/device_communicators/custom_all_reduce.py;
-# read in the 0.19.0 wheel), where NCCL's ring takes a PCIe hop per step (1 us, estimated). docs/validation.md
-# ("TP collectives") checks the model against a reported TP 2 RTX PRO 6000 run.
-PCIE_BUS_EFFICIENCY = 0.75
-PCIE_CALL_US = 10.0
-PCIE_HOP_US = 1.0
-PCIE_SOURCE = "PCIe model (estimated: 3/4 of the PCIe line rate, 10 us per call)"
+# Other PCIe GPUs: no collective measurement of them is at hand. They take the measured server of their
+# PCIe generation (the nearest line rate; bandwidths scaled by the line-rate ratio where it differs):
+# PCIe 4 GPUs (L40, A10, A40, L4, RTX A6000, RTX 6000 Ada) the L40S server's tables, PCIe 5 ones
+# (H100 PCIe) the RTX PRO 6000 server's. Both servers achieve about 0.55 of the line rate with NCCL on two
+# GPUs (34.0 of 64, 18.6 of 32 GB/s) and less on more, and 5-30 us per call, so a figure from protocol
+# overheads alone (3/4 of the line rate, 10 us per call, the estimate before) priced them up to 4.7x too
+# fast (4 GPUs on PCIe 4; docs/validation.md). Beyond two GPUs the tables carry their server's topology
+# (the L40S server's ranks cross CPU sockets without peer-to-peer access), which the source says.
+PCIE_ASSUMED_SOURCE = ("PCIe model measured on the {} (aiconfigurator-core 0.12 collective tables), assumed for "
+                       "{}: no measurement of its own{}; beyond 2 GPUs that server's topology")
 NCCL_ONLY = "; NCCL only (vLLM's custom all-reduce disabled)"
 
 
@@ -189,48 +185,59 @@ def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: boo
     return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw)
 
 
-# A GPU pdsim has no spec for: the estimated PCIe model at PCIe 4.0 x16 (the link of most PCIe cards
-# in service), which the source says is an assumption.
+# A GPU pdsim has no spec for: taken as a PCIe 4.0 x16 card (the link of most PCIe cards in service),
+# which the source says is an assumption.
 UNKNOWN_GPU_PCIE_GBPS = 32.0
 
 
 def unknown_gpu_model(hardware_name: str, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
-    source = (f"PCIe model (estimated) at PCIe 4.0 x16, assumed: pdsim has no spec for {hardware_name!r} "
-              "(add one in pdsim/hardware.py, or measure allreduce.csv)")
-    return _estimated_pcie(source, UNKNOWN_GPU_PCIE_GBPS, n, custom_all_reduce)
+    return pcie_model(hardware_name, UNKNOWN_GPU_PCIE_GBPS, n, custom_all_reduce,
+                      why=f", taken as PCIe 4.0 x16 (no spec for {hardware_name!r}: add one in pdsim/hardware.py, "
+                          "or measure allreduce.csv)")
 
 
-def pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
-    return _estimated_pcie(PCIE_SOURCE, hardware.intra_node_bw_gbps, n, custom_all_reduce)
+def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: bool = True,
+               why: str = "") -> AllReduceModel:
+    """The measured server of the nearest PCIe line rate, its bandwidths scaled to line_gbps."""
+    line = {name: get_hardware(name).intra_node_bw_gbps for name in PCIE_MEASURED}
+    server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(line_gbps / line[name])), name))
+    what, custom, nccl = PCIE_MEASURED[server]
+    scale = line_gbps / line[server]
+    if scale != 1.0:
+        why += f", bandwidth scaled x{scale:.2f} to its {line_gbps:g} GB/s link"
+    if hardware_name in PCIE_WITHOUT_P2P_LIKE:
+        custom = {}
+    return _server_model(PCIE_ASSUMED_SOURCE.format(what.split(":")[0], hardware_name, why), custom, nccl, n,
+                         custom_all_reduce, scale)
 
 
-def _estimated_pcie(source: str, line_gbps: float, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
-    one_shot = custom_all_reduce and n == 2  # two GPUs: vLLM's one-shot custom all-reduce, one call
-    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), PCIE_CALL_US,
-                          0.0 if one_shot else PCIE_HOP_US, PCIE_BUS_EFFICIENCY * line_gbps)
+def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dict[int, tuple[float, float]],
+                  n: int, custom_all_reduce: bool, bw_scale: float = 1.0) -> AllReduceModel:
+    """A PCIe server's tables for n GPUs (the nearest measured count), as vLLM picks the algorithm:
+    custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise."""
+    if not custom_all_reduce and custom:
+        custom, source = {}, source + NCCL_ONLY
+    call_us, bus_bw = nccl[_nearest_gpus(nccl, n)]
+    nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale)
+    if n != 2 or 2 not in custom:
+        return nccl_model
+    call_us, bus_bw = custom[2]
+    return AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale, large=nccl_model,
+                          large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
 
 
 def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
-    """The measured server's model for n GPUs (the nearest measured count), as vLLM picks the
-    algorithm: custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise. None when
-    the GPU's server was not measured, or a config gave it another link than its spec's (another machine)."""
+    """The GPU's measured server's model for n GPUs (_server_model). None when the GPU's server was not
+    measured, or a config gave it another link than its spec's (another machine)."""
     found = _measured(PCIE_MEASURED, PCIE_WITHOUT_P2P_LIKE, hardware)
     if found is None:
         return None
     measured, (what, custom, nccl) = found
-    source = PCIE_MEASURED_SOURCE.format(what)
     if measured != hardware.name:  # no P2P: NCCL only, lower bound
-        custom = {}
-        source = (f"{hardware.name} without peer-to-peer: NCCL as measured on the {what.split(':')[0]} "
-                  "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound")
-    if not custom_all_reduce and custom:
-        custom, source = {}, source + NCCL_ONLY
-    gpus = _nearest_gpus(nccl, n)
-    nccl_model = AllReduceModel(source, *nccl[gpus][:1], 0.0, nccl[gpus][1])
-    if n != 2 or 2 not in custom:
-        return nccl_model
-    call_us, bus_bw = custom[2]
-    return AllReduceModel(source, call_us, 0.0, bus_bw, large=nccl_model, large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
+        return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {what.split(':')[0]} "
+                             "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound", {}, nccl, n,
+                             custom_all_reduce)
+    return _server_model(PCIE_MEASURED_SOURCE.format(what), custom, nccl, n, custom_all_reduce)
 
 
 def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:
@@ -248,7 +255,8 @@ def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
     False: vLLM's --disable-custom-all-reduce."""
     if hardware.intra_node_link == "nvlink":
         return nvlink_model(hardware, n, custom_all_reduce)
-    return measured_pcie_model(hardware, n, custom_all_reduce) or pcie_model(hardware, n, custom_all_reduce)
+    return (measured_pcie_model(hardware, n, custom_all_reduce)
+            or pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce))
 
 
 # vLLM >= 0.17's default compilation (-O2) fuses each TP all-reduce with the residual add and RMSNorm
