@@ -136,16 +136,16 @@ def test_unknown_dtype(tmp_path):
 
 def test_weights_do_not_fit(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r)["npu_mem"].update(mem_size=16))
-    # Llama-3.1-8B bf16 is 16.06e9 bytes = 14.96 GB (2^30); 16 GB x 0.9 leaves 14.4 GB
-    assert "nodes[0].instances[1]: meta-llama/Llama-3.1-8B weights need 14.96 GB" in msg
-    assert "only 14.40 GB is usable" in msg
+    # Llama-3.1-8B bf16 is 16.06e9 bytes = 14.96 GiB; mem_size 16 (under what CUDA shows: as given) x 0.9 leaves 14.4
+    assert "nodes[0].instances[1]: meta-llama/Llama-3.1-8B weights need 14.96 GiB" in msg
+    assert "only 14.40 GiB is usable" in msg
 
 
 def test_weights_must_fit_in_the_memory_cuda_shows_as_the_kv_accounting_takes_it(tmp_path):
-    # 14.96 GB of weights: 96 GB x 0.157 = 15.07 would hold them, but of an RTX PRO 6000's 96 GB CUDA shows 95.03
+    # 14.96 GiB of weights: 96 x 0.157 = 15.07 would hold them, but of an RTX PRO 6000's 96 GB CUDA shows 95.03
     # (assumed as on H100), x 0.157 = 14.92
     msg = _err(tmp_path, lambda r: _inst(r).update(gpu_memory_utilization=0.157))
-    assert msg.endswith("weights need 14.96 GB per NPU (bfloat16, tp=1) but only 14.92 GB is usable (95.03 GB that "
+    assert msg.endswith("weights need 14.96 GiB per NPU (bfloat16, tp=1) but only 14.92 GiB is usable (95.03 GiB that "
                         "CUDA shows of mem_size 96 GB x gpu_memory_utilization 0.157)")
 
 

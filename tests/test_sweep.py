@@ -100,7 +100,7 @@ def test_a_refused_layout_names_the_role_of_its_instance():
     expand(base, 16, tp_prefill=[8], tp_decode=[1, 8], skipped=skipped)
     assert [s.split(": ")[:2] for s in skipped] == [["1P8D-tp8/1", "decode instance"],
                                                     ["colo-16x-tp1", "colocated instance"]]
-    assert all("weights need 626.92 GB per NPU" in s for s in skipped)
+    assert all("weights need 626.92 GiB per NPU" in s for s in skipped)
 
 
 def test_a_base_config_of_two_models_is_refused():
@@ -884,7 +884,7 @@ def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout
                                    "--out", str(tmp_path / "s")])
     message = str(res.exception)
     assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
-    assert message.count("weights need 131.42 GB") == 2  # one line per layout: P/D and colocated
+    assert message.count("weights need 131.42 GiB") == 2  # one line per layout: P/D and colocated
     assert "note: the base config's prefill instances run TP 4; the variants run TP 1 (--tp-prefill" in message
     typo = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--gpus", "16",
                                     "--rates", "4", "--ratios", "1:x", "--slo-ttft-ms", "2000", "--slo-tpot-ms", "50",

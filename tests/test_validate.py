@@ -460,7 +460,8 @@ def test_closed_loop_rows_with_bad_values_are_left_out_by_name_and_osl_1_has_no_
     assert "bad rows: 4 row(s)" in res.output and "nan" not in res.output.lower().split("wrote")[0]
     # A .csv without a column the table needs names the column, however the rest looks.
     (tmp_path / "noisl.csv").write_text("osl,batch_size,tp_size,silicon_ttft_ms,silicon_tpot_ms\n16,2,1,30,8\n")
-    with pytest.raises(PdsimError, match=r"noisl.csv: no column for isl"):
+    with pytest.raises(PdsimError, match=r"noisl.csv: no column for isl .*; a .csv is read as a closed-loop table "
+                                         r"\(a row per load point\); per-request runs are read from JSON Lines"):
         _validate_cli("--measured", str(tmp_path / "noisl.csv"), "--output", str(out))
     (tmp_path / "empty.csv").write_text(_TABLE_HEADER)
     with pytest.raises(PdsimError, match=r"empty.csv: the table has no rows"):

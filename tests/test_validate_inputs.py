@@ -688,6 +688,17 @@ def test_a_vllm_bench_result_that_is_malformed_names_the_key(tmp_path, edit, wor
         read_measured(path)
 
 
+def test_a_run_without_meta_json_names_the_batch_limits_it_was_replayed_with(tmp_path):
+    # A `vllm bench serve` result records no engine settings: the replay takes the config's (16 seqs, 2048
+    # tokens), and says so, as vLLM's defaults depend on how the engine was started.
+    _, config = _run(tmp_path / "run", n=3)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps(BENCH))
+    out = _validate_or_error(bench, config, tmp_path)
+    assert ("NOTE: the run records no max_num_seqs or max_num_batched_tokens (no meta.json beside it): replayed "
+            "with max_num_seqs 16 and max_num_batched_tokens 2048 (the cluster config's, else") in out
+
+
 def _aiperf(folder: Path, metrics: dict, start_ns: object = 1_000_000_000) -> Path:
     base = {"time_to_first_token": {"value": 50.0, "unit": "ms"}, "request_latency": {"value": 150.0, "unit": "ms"},
             "input_sequence_length": {"value": 100, "unit": "tokens"},

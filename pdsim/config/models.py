@@ -269,17 +269,17 @@ class InstanceConfig(_Strict):
             util_name, util = "gpu_memory_utilization", self.gpu_memory_utilization or 0.9
             total_gb = visible_memory_gib(self.hardware, self.npu_mem.mem_size)[0]
             total = (f"mem_size {total_gb:g} GB" if total_gb == self.npu_mem.mem_size
-                     else f"{total_gb:.2f} GB that CUDA shows of mem_size {self.npu_mem.mem_size:g} GB")
+                     else f"{total_gb:.2f} GiB that CUDA shows of mem_size {self.npu_mem.mem_size:g} GB")
         usable_gb = total_gb * util
         if weight_gb > usable_gb:
             raise PydanticCustomError(
                 "weights",
                 "{msg}",
                 {
-                    "msg": f"{self.model_name} weights need {weight_gb:.2f} GB per NPU "
+                    "msg": f"{self.model_name} weights need {weight_gb:.2f} GiB per NPU "
                     f"({self.quantization or self.dtype}, "
                     f"tp={self.tp_size}{f', pp={self.pp_size}' if self.pp_size > 1 else ''}) "
-                    f"but only {usable_gb:.2f} GB is usable "
+                    f"but only {usable_gb:.2f} GiB is usable "
                     f"({total} x {util_name} {util:g})"
                 },
             )

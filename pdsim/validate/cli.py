@@ -166,6 +166,14 @@ def _eager_profile_note(run, result) -> None:
                      "corrected (docs/validation.md, RTX PRO 6000)")
 
 
+def _run_note_lines(run) -> list[str]:
+    """What the replay took from the run, on one line; a NOTE (something that may make the comparison
+    misleading) on a line of its own, where it is not lost among them."""
+    plain = [n for n in run.notes if not n.startswith("NOTE: ")]
+    return ([f"{run.source}: {len(run.requests)} requests" + "".join(f"; {n}" for n in plain)]
+            + [n for n in run.notes if n.startswith("NOTE: ")])
+
+
 def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
     """The one line that says the comparison is against estimated, not measured, step times."""
     from pdsim.metrics.summary import ESTIMATED_NOTE
@@ -256,7 +264,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     if table_input:
         _refuse_unused(ctx, ("cluster_config", "engine_log", "token_ids", "plot", "ttft_mode"), measured, RUN_KIND,
                        "is a closed-loop table (one mean TTFT and TPOT per row, each row's engine built from the "
-                       "table options)")
+                       "table options; a .csv is read as one, a per-request run from JSON Lines or a `vllm bench "
+                       "serve` JSON)")
         # --kv-capacity predicted and --clock engine only say what a table's replay does anyway.
         if kv_capacity != "predicted":
             _refuse_unused(ctx, ("kv_capacity",), measured, RUN_KIND,
@@ -341,7 +350,8 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         out.stage(output, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
         out.stage(by_request, lambda tmp: per_request(run, result).to_csv(tmp, index=False, float_format="%.4f"))
         out.commit()
-    click.echo(f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes))
+    for line in _run_note_lines(run):
+        click.echo(line)
     for note in profile_notes(result):
         if note != ESTIMATED_NOTE:  # said after the table, where the figures it qualifies are
             click.echo(f"note: {note}")
@@ -512,7 +522,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 
         what = f"{metric} mean/p50/p90"
         # What the replay took from the run and its meta.json, as validate prints it.
-        notes = [f"{run.source}: {len(run.requests)} requests; " + "; ".join(run.notes)]
+        notes = _run_note_lines(run)
 
     fit = fit_overhead(errors_at)
     if not table_input:

@@ -712,6 +712,10 @@ _ALIASES = {
 }
 
 
+# Said where a .csv is not the closed-loop table it is read as: a per-request run's CSV is the likely slip.
+CSV_IS_A_TABLE = ("a .csv is read as a closed-loop table (a row per load point); per-request runs are read from "
+                  "JSON Lines (LLMServingSim's requests.jsonl, aiperf's profile_export.jsonl) or a `vllm bench serve` "
+                  "JSON (docs/validation.md)")
 FILE_LINE = "file_line"  # the name of a closed-loop table's index when it holds each row's line in the file
 
 
@@ -730,7 +734,7 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
     for name, options in _ALIASES.items():
         found = next((c for c in options if c in df.columns), None)
         if found is None:
-            raise PdsimError(f"{p}: no column for {name} (tried {', '.join(options)})")
+            raise PdsimError(f"{p}: no column for {name} (tried {', '.join(options)}); {CSV_IS_A_TABLE}")
         rename[found] = name
     df = df.rename(columns=rename)
     df.attrs["source_columns"] = {name: found for found, name in rename.items()}  # for messages about a row

@@ -267,8 +267,7 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
-    if run.engine_meta:  # a meta.json beside the run, which would record them
-        _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
+    _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
     kv = run.engine_meta.get("kv_cache")
     if "block_size" not in out and isinstance(kv, dict) and kv.get("block_size") is not None:
         size = out["block_size"] = positive_int(kv["block_size"], f"{meta}: kv_cache.block_size")
@@ -289,9 +288,10 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
                              "LLMServingSim's rule (mem_size x mem_util - weights), so vLLM's accounting sizes the KV "
                              "cache, as in the engine")
         elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
-            run.notes.append(f"meta.json engine_kwargs record gpu_memory_utilization {util:g}; the config's "
+            run.notes.append(f"NOTE: meta.json engine_kwargs record gpu_memory_utilization {util:g}, but the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
-                             "(LLMServingSim's rule)")
+                             "(LLMServingSim's rule, as LLMServingSim sizes it; the KV capacity line gives vLLM's "
+                             "accounting at the recorded figure): without npu_mem.mem_util the replay takes that")
         else:
             out["gpu_memory_utilization"] = float(util)
             run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
@@ -310,7 +310,9 @@ def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> 
         # As written: the config's validation, after this, names a value that is no whole number.
         values = dict.fromkeys(str(inst.get(key, InstanceConfig.model_fields[key].default)) for inst in instances)
         used.append(f"{key} {', '.join(values)}")
-    run.notes.append(f"NOTE: meta.json engine_kwargs record no {' or '.join(missing)}: replayed with "
+    lead = (f"meta.json engine_kwargs record no {' or '.join(missing)}" if run.engine_meta
+            else f"the run records no {' or '.join(missing)} (no meta.json beside it)")
+    run.notes.append(f"NOTE: {lead}: replayed with "
                      f"{' and '.join(used)} (the cluster config's, else vLLM's engine default 128 seqs / 2048 "
                      "tokens), whereas vLLM's default depends on how the engine was started (`vllm serve`: 256 / 2048 "
                      "below 70 GiB of GPU memory and on A100, 1024 / 8192 above; the LLM class 256 / 8192 and "
