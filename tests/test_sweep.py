@@ -464,6 +464,40 @@ def test_bisection_stops_when_lone_misses_keep_attainment_below_the_target():
         assert st.low_load_miss is stops, base
 
 
+def test_bisection_stops_when_rejected_requests_keep_attainment_below_the_target():
+    from pdsim.sweep.search import _why_failed, disagreements
+
+    def row(rejected: int, alone_missed: int = 0, requests: int = 200) -> dict:
+        return {"attain_both": 0.6, "attain_ttft": 0.6, "attain_tpot": 0.6, "alone": 0, "alone_missed": alone_missed,
+                "rejected": rejected, "scored": 120, "requests": requests, "stable": 1, "ttft_p90_ms": 80.0,
+                "tpot_p90_ms": 12.0}
+
+    # 75 of the dataset's 200 requests are too long for the KV cache: rejected at any rate, at most 0.625 can meet
+    # the SLOs, in either reading of attainment. Before, the search halved the rate 23 times towards zero.
+    for mode in ("joint", "separate"):
+        st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode,  # type: ignore[arg-type]
+                       base_requests=200)
+        st.record(st.next_rate(), row(75), False)
+        assert st.low_load_miss and st.next_rate() is None, mode
+    # Rejections and lone misses add up (joint): 12 + 9 of 200 leave at most 0.895.
+    st = Bisection(variant=None, start_rate=10.0, attainment=0.9, base_requests=200)  # type: ignore[arg-type]
+    st.record(st.next_rate(), row(12, alone_missed=9), False)
+    assert st.low_load_miss
+    # 12 rejected alone leave 0.94 reachable: keep halving (separate: the flat rule decides later).
+    for mode in ("joint", "separate"):
+        st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode,  # type: ignore[arg-type]
+                       base_requests=200)
+        st.record(st.next_rate(), row(12), False)
+        assert not st.low_load_miss and st.next_rate() == 5.0, mode
+    why = _why_failed(row(75), low_load=True)
+    assert why == "misses at low load: attain 0.6 (TTFT 0.6, TPOT 0.6; 75 of 200 rejected, 0 missed alone)"
+    note = disagreements([{"label": "1P1D-tp1/1", "ratio": "1:1", "goodput_req_s_per_gpu": 0.0,
+                           "est_req_s_per_gpu": 1.0, "sim_over_est": 0.0, "low_load_miss": 1, "first_fail_why": why,
+                           "est_bottleneck": "decode"}])
+    assert note[0].endswith("requests rejected at any rate (too long for the model or its KV cache: see the rejected "
+                            "column of probes.csv), not capacity, are the limit")
+
+
 def test_search_says_a_config_misses_even_at_low_load(small, tmp_path):
     from pdsim.sweep.ratematch import Lengths, estimate
     from pdsim.sweep.search import disagreements, goodput_row

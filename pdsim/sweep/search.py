@@ -99,16 +99,21 @@ class Bisection:
 
 
 def lone_requests_miss(row: dict[str, Any], attainment: float, mode: str, base_requests: int) -> bool | None:
-    """Whether the requests that ran alone and missed keep joint attainment below the target at every
-    lower rate; None where they do not tell. A lone request's latency is the least it can have
-    (latency does not fall as load rises; without prefix ids it does not depend on what the cache
-    still holds), so one that missed alone misses at any rate. While a run holds the dataset's requests
+    """Whether the requests that ran alone and missed, with the rejected ones, keep attainment below the
+    target at every lower rate; None where they do not tell. A lone request's latency is the least it can
+    have (latency does not fall as load rises; without prefix ids it does not depend on what the cache
+    still holds), so one that missed alone misses at any rate; a rejected request (too long for the model
+    or any KV cache) is rejected at any rate and misses every SLO. While a run holds the dataset's requests
     once, so does any lower rate, their times stretched, and it scores these requests and maybe more
     (the warm-up and drain windows are fixed in seconds), at most the whole dataset: attainment there
-    <= 1 - alone_missed / the dataset's requests."""
-    if mode != "joint" or base_requests <= 0 or row.get("requests") != base_requests or "alone_missed" not in row:
+    <= 1 - (alone_missed + rejected) / the dataset's requests. A lone miss may miss one SLO only, so with
+    separate SLOs only the rejected tell, and only that they doom it."""
+    if base_requests <= 0 or row.get("requests") != base_requests or "alone_missed" not in row:
         return None
-    return 1.0 - row["alone_missed"] / base_requests < attainment - 1e-9
+    rejected = int(row.get("rejected", 0))
+    if mode != "joint":
+        return True if 1.0 - rejected / base_requests < attainment - 1e-9 else None
+    return 1.0 - (row["alone_missed"] + rejected) / base_requests < attainment - 1e-9
 
 
 def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.02) -> bool:
@@ -196,9 +201,11 @@ def _why_failed(row: dict[str, Any] | None, low_load: bool = False, by_lone: boo
         return "-"
     if not row.get("stable", 1):
         return "unstable"
-    if low_load:  # which SLO is missed
+    if low_load:  # which SLO is missed, and by how many rejections where they count
+        rejected = (f"; {int(row['rejected']):,} of {int(row['requests']):,} rejected, "
+                    f"{int(row.get('alone_missed', 0)):,} missed alone" if row.get("rejected") else "")
         return (f"{LOW_LOAD if by_lone else FLAT}attain {row['attain_both']:.3g} "
-                f"(TTFT {row['attain_ttft']:.3g}, TPOT {row['attain_tpot']:.3g})")
+                f"(TTFT {row['attain_ttft']:.3g}, TPOT {row['attain_tpot']:.3g}{rejected})")
     return f"attain {row['attain_both']:.3g}"
 
 
@@ -229,9 +236,14 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3, arrival: s
                          + (", or arrivals the trace sends together, which rescaling the rate keeps together: "
                             "--arrival poisson spreads them)" if arrival == "scale" else ")"))
         elif r["low_load_miss"]:
+            why = r["first_fail_why"]
+            limit = "a lone request's latency, not capacity, is the limit"
+            if " rejected, " in why:
+                limit = ("requests rejected at any rate (too long for the model or its KV cache: see the rejected "
+                         "column of probes.csv)" + ("" if why.endswith(" 0 missed alone)") else
+                                                    " and lone requests' latency") + ", not capacity, are the limit")
             notes.append(f"{r['label']}: misses the target even at low load "
-                         f"({r['first_fail_why'].removeprefix(LOW_LOAD)}): a lone request's latency, not capacity, "
-                         "is the limit")
+                         f"({r['first_fail_why'].removeprefix(LOW_LOAD)}): {limit}")
         elif math.isnan(ratio):
             notes.append(f"{r['label']}: the estimate has no capacity for it (decode cannot meet the TPOT SLO)")
         elif abs(ratio - 1) > tolerance:
