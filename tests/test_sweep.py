@@ -802,8 +802,8 @@ def test_a_run_serving_97_percent_of_its_rate_is_unstable_and_one_at_99_is_not(h
 
 def test_a_run_just_over_capacity_that_passes_on_chance_is_named(tmp_path):
     """5P3D decode-heavy serves about 58.2 req/s. Offered 59.7 over the default window it served 97.8%: the
-    queue grew by 68 requests, beyond 2% of the arrivals but within 3 sqrt of the ~450 in the system, so it
-    stays stable; the output names it."""
+    queue grew by 68 requests, beyond 2% of the arrivals but within 3 sqrt(N_start + N_end) = 3 sqrt(443 + 511)
+    = 93, so it stays stable; the output names it."""
     res = CliRunner().invoke(cli, ["sweep", "--base-config", str(BASE), "--dataset", str(ROOT / "workloads" /
                                    "decode_heavy.jsonl"), "--gpus", "8", "--ratios", "5:3", "--no-colocated",
                                    "--rates", "50,59.7", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25",

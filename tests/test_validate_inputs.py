@@ -699,6 +699,19 @@ def test_a_run_without_meta_json_names_the_batch_limits_it_was_replayed_with(tmp
             "with max_num_seqs 16 and max_num_batched_tokens 2048 (the cluster config's, else") in out
 
 
+def test_a_recorded_utilization_the_configs_mem_util_overrides_is_a_note_of_its_own(tmp_path):
+    requests, config = _run(tmp_path / "run", n=3, meta={"vllm_version": "0.19.0",
+                                                          "engine_kwargs": {"gpu_memory_utilization": 0.5}})
+    raw = json.loads(config.read_text())
+    raw["nodes"][0]["instances"][0]["npu_mem"]["mem_util"] = 0.9
+    raw["nodes"][0]["instances"][0].pop("gpu_memory_utilization", None)
+    config.write_text(json.dumps(raw))
+    out = _validate_or_error(requests, config, tmp_path)
+    assert ("\nNOTE: meta.json engine_kwargs record gpu_memory_utilization 0.5, but the config's npu_mem.mem_util 0.9 "
+            "sizes the KV cache (LLMServingSim's rule") in out
+    assert "without npu_mem.mem_util the replay takes that" in out
+
+
 def _aiperf(folder: Path, metrics: dict, start_ns: object = 1_000_000_000) -> Path:
     base = {"time_to_first_token": {"value": 50.0, "unit": "ms"}, "request_latency": {"value": 150.0, "unit": "ms"},
             "input_sequence_length": {"value": 100, "unit": "tokens"},

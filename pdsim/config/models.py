@@ -262,7 +262,7 @@ class InstanceConfig(_Strict):
                                                self.quantization) / GB
         if self.npu_mem.mem_util is not None:  # LLMServingSim's rule: of mem_size as given
             util_name, util, total_gb = "mem_util", self.npu_mem.mem_util, self.npu_mem.mem_size
-            total = f"mem_size {total_gb:g} GB"
+            total = f"mem_size {total_gb:g} GiB"
         else:  # vLLM's: of the memory CUDA shows, as the KV accounting takes it (docs/memory.md)
             from pdsim.perf.memory import visible_memory_gib
 

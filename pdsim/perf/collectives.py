@@ -138,7 +138,7 @@ PCIE_WITHOUT_P2P_LIKE = {"RTX4090": "L40S"}
 # fast (4 GPUs on PCIe 4; docs/validation.md). Beyond two GPUs the tables carry their server's topology
 # (the L40S server's ranks cross CPU sockets without peer-to-peer access), which the source says.
 PCIE_ASSUMED_SOURCE = ("PCIe model measured on the {} (aiconfigurator-core 0.12 collective tables), assumed for "
-                       "{}: no measurement of its own{}; beyond 2 GPUs that server's topology")
+                       "{}: no measurement of its own{}")
 NCCL_ONLY = "; NCCL only (vLLM's custom all-reduce disabled)"
 
 
@@ -207,8 +207,11 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
         why += f", bandwidth scaled x{scale:.2f} to its {line_gbps:g} GB/s link"
     if hardware_name in PCIE_WITHOUT_P2P_LIKE:
         custom = {}
-    return _server_model(PCIE_ASSUMED_SOURCE.format(what.split(":")[0], hardware_name, why), custom, nccl, n,
-                         custom_all_reduce, scale)
+        why += ", and without peer-to-peer access NCCL alone, a lower bound"
+    source = PCIE_ASSUMED_SOURCE.format(what.split(":")[0], hardware_name, why)
+    if n > 2:
+        source += "; beyond 2 GPUs that server's topology"
+    return _server_model(source, custom, nccl, n, custom_all_reduce, scale)
 
 
 def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dict[int, tuple[float, float]],
@@ -217,7 +220,10 @@ def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dic
     custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise."""
     if not custom_all_reduce and custom:
         custom, source = {}, source + NCCL_ONLY
-    call_us, bus_bw = nccl[_nearest_gpus(nccl, n)]
+    gpus = _nearest_gpus(nccl, n)
+    if gpus != n:
+        source += f", its {gpus}-GPU figures"
+    call_us, bus_bw = nccl[gpus]
     nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale)
     if n != 2 or 2 not in custom:
         return nccl_model

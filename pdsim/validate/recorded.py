@@ -310,7 +310,8 @@ def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> 
         # As written: the config's validation, after this, names a value that is no whole number.
         values = dict.fromkeys(str(inst.get(key, InstanceConfig.model_fields[key].default)) for inst in instances)
         used.append(f"{key} {', '.join(values)}")
-    lead = (f"meta.json engine_kwargs record no {' or '.join(missing)}" if run.engine_meta
+    lead = (f"meta.json engine_kwargs record no {' or '.join(missing)}"
+            if Path(run.source).with_name("meta.json").is_file()
             else f"the run records no {' or '.join(missing)} (no meta.json beside it)")
     run.notes.append(f"NOTE: {lead}: replayed with "
                      f"{' and '.join(used)} (the cluster config's, else vLLM's engine default 128 seqs / 2048 "
