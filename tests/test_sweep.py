@@ -826,15 +826,18 @@ def test_only_the_runs_a_goodput_rests_on_are_named_as_passing_on_chance():
                 "stable": stable, "backlog_growth_requests": round(10 * (rate - served)),
                 "unstable_reason": "queue grew"}
 
-    # a at 10 served 97%, a at 5 96% (b's 98.5% is within the 2% tolerance; c is unstable)
-    rows = [row("a", 10, 9.7), row("a", 5, 4.8), row("b", 10, 9.85), row("c", 10, 9.0, stable=0)]
+    # a at 10 served 97%, a at 5 96% (b's 98.5% is within the 2% tolerance; c is unstable); d's 97.96% is not 98.0%
+    rows = [row("a", 10, 9.7), row("a", 5, 4.8), row("b", 10, 9.85), row("c", 10, 9.0, stable=0),
+            row("d", 100, 97.96)]
     said = _unstable_note(rows).splitlines()
-    assert said[-3].startswith("WITHIN CHANCE: 2 stable run(s)")
-    assert said[-2:] == ["  a at 10 req/s: served 97.0% (queue +3 requests)",
-                         "  a at 5 req/s: served 96.0% (queue +2 requests)"]
+    assert said[-1] == "  d at 100 req/s: served 97.9% (queue +20 requests)"
+    said = said[:-1]
+    assert said[-3].startswith("WITHIN CHANCE: 3 stable run(s)")
+    assert said[-2:] == ["  a at 5 req/s: served 96.0% (queue +2 requests)",  # by rate as a number
+                         "  a at 10 req/s: served 97.0% (queue +3 requests)"]
     said = _unstable_note(rows, {("a", "10"), ("b", "10")}).splitlines()
-    assert said[-2].startswith("WITHIN CHANCE: 1 of the goodputs rest on stable runs that served under 98% of the "
-                               "offered rate")
+    assert said[-2].startswith("WITHIN CHANCE: 1 of the goodputs rests on a stable run that served under 98% of "
+                               "the offered rate")
     assert said[-1] == "  a at 10 req/s: served 97.0% (queue +3 requests)"
 
 
@@ -894,6 +897,24 @@ def test_a_variant_that_cannot_be_built_is_skipped_with_its_reason(tmp_path):
     assert re.search(r"skipped 2P1D-tp1/2: nodes\[0\]\.instances\[2\]\.hardware: no measured profile", res.output)
     labels = set(pd.read_csv(tmp_path / "o" / "sweep.csv").label)
     assert labels and not any(label.endswith("/2") or label.endswith("tp2") for label in labels)
+
+
+def test_a_sweep_says_what_priced_its_tp_all_reduces(tmp_path):
+    # An L40 has no collective measurement of its own: its TP 2 runs take the L40S server's tables, which the
+    # sweep says (before, only `pdsim run` on a variant's config did).
+    raw = json.loads(BASE.read_text())
+    raw["nodes"][0]["instances"][0].update(hardware="L40")
+    raw["nodes"][0]["instances"][0]["npu_mem"]["mem_size"] = 48
+    base = tmp_path / "l40.json"
+    base.write_text(json.dumps(raw))
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--num-requests",
+                                   "20", "--gpus", "4", "--ratios", "1:1", "--tp-prefill", "2", "--tp-decode", "2",
+                                   "--no-colocated", "--rates", "2", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50",
+                                   "--min-duration-s", "0", "--workers", "1", "--no-plots",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert ("NOTE: TP 2 all-reduce priced by PCIe model measured on the L40S server (aiconfigurator-core 0.12 "
+            "collective tables), assumed for L40: no measurement of its own") in res.output
 
 
 def test_resume_is_refused_when_the_node_size_changed(tmp_path):

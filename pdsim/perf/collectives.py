@@ -208,10 +208,15 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
     if hardware_name in PCIE_WITHOUT_P2P_LIKE:
         custom = {}
         why += ", and without peer-to-peer access NCCL alone, a lower bound"
-    source = PCIE_ASSUMED_SOURCE.format(what.split(":")[0], hardware_name, why)
-    if n > 2:
-        source += "; beyond 2 GPUs that server's topology"
+    source = PCIE_ASSUMED_SOURCE.format(what.split(":")[0], hardware_name, why) + _topology(n)
     return _server_model(source, custom, nccl, n, custom_all_reduce, scale)
+
+
+def _topology(n: int) -> str:
+    """Beyond two GPUs a server's NCCL figures are its own topology's (the L40S server's ranks cross CPU sockets
+    without peer-to-peer access)."""
+    return ("" if n <= 2 else "; beyond 2 GPUs that server's topology, which another server may not share "
+            "(measure allreduce.csv)")
 
 
 def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dict[int, tuple[float, float]],
@@ -243,7 +248,10 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
         return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {what.split(':')[0]} "
                              "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound", {}, nccl, n,
                              custom_all_reduce)
-    return _server_model(PCIE_MEASURED_SOURCE.format(what), custom, nccl, n, custom_all_reduce)
+    if not (custom_all_reduce and n == 2 and 2 in custom):  # NCCL alone runs: name only what was measured of it
+        server, algorithms = what.split(": ", 1)
+        what = f"{server}: {algorithms.split(', ')[-1]}"
+    return _server_model(PCIE_MEASURED_SOURCE.format(what) + _topology(n), custom, nccl, n, custom_all_reduce)
 
 
 def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:

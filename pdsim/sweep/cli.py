@@ -320,21 +320,28 @@ def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str]] | 
     lines = ([f"all {len(rows)} runs stable (no queue growth beyond chance over the scored window, none "
               "unfinished)"] if not bad
              else [f"UNSTABLE: {len(bad)} of {len(rows)} runs (stable = 0; never counted as meeting the target):"])
-    lines += [f"  {r['label']} at {r['rate_per_s']} req/s: {r['unstable_reason']}" for r in bad]
+    lines += [f"  {r['label']} at {r['rate_per_s']} req/s: {r['unstable_reason']}" for r in _by_rate(bad)]
     if lucky:
-        which = (f"{len(lucky)} stable run(s)" if goodputs is None
-                 else f"{len(lucky)} of the goodputs rest on stable runs that")
+        which = (f"{len(lucky)} stable run(s)" if goodputs is None else "1 of the goodputs rests on a stable run that"
+                 if len(lucky) == 1 else f"{len(lucky)} of the goodputs rest on stable runs that")
         lines.append(f"WITHIN CHANCE: {which} served under {1 - BACKLOG_TOLERANCE:.0%} of the offered rate; on a "
                      "scored window this short the queue's growth did not stand out from its wandering, so they may "
                      "not keep up (a longer --min-duration-s tells):")
-        lines += [f"  {r['label']} at {r['rate_per_s']} req/s: served {r['served_req_s'] / r['offered_req_s']:.1%} "
-                  f"(queue {int(r['backlog_growth_requests']):+d} requests)" for r in lucky]
+        # Rounded down: a share under 98% must not print as 98.0%.
+        lines += [f"  {r['label']} at {r['rate_per_s']} req/s: served "
+                  f"{math.floor(1000 * r['served_req_s'] / r['offered_req_s']) / 10:.1f}% "
+                  f"(queue {int(r['backlog_growth_requests']):+d} requests)" for r in _by_rate(lucky)]
     if rejected:  # a rejected request meets no SLO; say it, as a run of only rejections looks calm otherwise
         worst = max(rejected, key=lambda r: r["rejected"] / max(r["requests"], 1))
         lines.append(f"NOTE: {len(rejected)} of {len(rows)} runs rejected requests (too long for the model or the KV "
                      f"cache; counted as missing the SLOs), up to {worst['rejected']:,} of {worst['requests']:,} "
                      f"({worst['label']} at {worst['rate_per_s']} req/s): see the rejected column")
     return "\n".join(lines)
+
+
+def _by_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By label, then by rate as a number (the rows' rates are their CSV text)."""
+    return sorted(rows, key=lambda r: (r["label"], float(r["rate_per_s"])))
 
 
 def _count(n: int, noun: str) -> str:
@@ -522,10 +529,14 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         if math.isnan(win["first_fail_req_s"]):
             click.echo("NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound, and "
                        "the ranking may change with more probes")
-        tied = [r["label"] for r in ranked[1:] if r["goodput_req_s_per_gpu"] == win["goodput_req_s_per_gpu"]]
+        tied = [r for r in ranked[1:] if r["goodput_req_s_per_gpu"] == win["goodput_req_s_per_gpu"]]
         if tied:
-            click.echo(f"NOTE: tied with {', '.join(tied)} at the same goodput per GPU; the probes do not tell them "
-                       "apart (raise --max-probes or lower --rel-tol)")
+            # Layouts that share their bottleneck pool tie whatever the probes: their latency at the goodput
+            # is what tells them apart.
+            p90s = "; ".join(f"{r['label']} {r['ttft_p90_ms']:.4g} / {r['tpot_p90_ms']:.4g}" for r in [win, *tied])
+            click.echo(f"NOTE: tied with {', '.join(r['label'] for r in tied)} at the same goodput per GPU; the "
+                       "probes do not tell them apart (raise --max-probes or lower --rel-tol; layouts that share "
+                       f"their bottleneck pool stay tied). TTFT / TPOT p90 (ms) at the goodput: {p90s}")
     notes = disagreements(ranked, arrival=kw["arrival"])
     if notes:
         click.echo("rate-matching estimate vs simulation:")
