@@ -467,9 +467,9 @@ def test_bisection_stops_when_lone_misses_keep_attainment_below_the_target():
 def test_bisection_stops_when_rejected_requests_keep_attainment_below_the_target():
     from pdsim.sweep.search import _why_failed, disagreements
 
-    def row(rejected: int, alone_missed: int = 0, requests: int = 200) -> dict:
+    def row(rejected: int, alone_missed: int = 0, scored: int = 200) -> dict:
         return {"attain_both": 0.6, "attain_ttft": 0.6, "attain_tpot": 0.6, "alone": 0, "alone_missed": alone_missed,
-                "rejected": rejected, "scored": 120, "requests": requests, "stable": 1, "ttft_p90_ms": 80.0,
+                "rejected": rejected, "scored": scored, "requests": 200, "stable": 1, "ttft_p90_ms": 80.0,
                 "tpot_p90_ms": 12.0}
 
     # 75 of the dataset's 200 requests are too long for the KV cache: rejected at any rate, at most 0.625 can meet
@@ -483,12 +483,19 @@ def test_bisection_stops_when_rejected_requests_keep_attainment_below_the_target
     st = Bisection(variant=None, start_rate=10.0, attainment=0.9, base_requests=200)  # type: ignore[arg-type]
     st.record(st.next_rate(), row(12, alone_missed=9), False)
     assert st.low_load_miss
-    # 12 rejected alone leave 0.94 reachable: keep halving (separate: the flat rule decides later).
+    # 12 rejected alone leave 0.94 reachable: keep halving (separate: the flat rule decides later). So do 75
+    # rejected when 80 requests fell outside the scored window: all 75 may have, and a lower rate's window may
+    # add only the others. 75 with 27 outside: at least 48 were scored, at most 1 - 48 / 173 = 0.72 can meet.
     for mode in ("joint", "separate"):
+        for r in (row(12), row(75, scored=120)):
+            st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode,  # type: ignore[arg-type]
+                           base_requests=200)
+            st.record(st.next_rate(), r, False)
+            assert not st.low_load_miss and st.next_rate() == 5.0, (mode, r)
         st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode,  # type: ignore[arg-type]
                        base_requests=200)
-        st.record(st.next_rate(), row(12), False)
-        assert not st.low_load_miss and st.next_rate() == 5.0, mode
+        st.record(st.next_rate(), row(75, scored=173), False)
+        assert st.low_load_miss, mode
     why = _why_failed(row(75), low_load=True)
     assert why == "misses at low load: attain 0.6 (TTFT 0.6, TPOT 0.6; 75 of 200 rejected, 0 missed alone)"
     note = disagreements([{"label": "1P1D-tp1/1", "ratio": "1:1", "goodput_req_s_per_gpu": 0.0,

@@ -105,15 +105,19 @@ def lone_requests_miss(row: dict[str, Any], attainment: float, mode: str, base_r
     still holds), so one that missed alone misses at any rate; a rejected request (too long for the model
     or any KV cache) is rejected at any rate and misses every SLO. While a run holds the dataset's requests
     once, so does any lower rate, their times stretched, and it scores these requests and maybe more
-    (the warm-up and drain windows are fixed in seconds), at most the whole dataset: attainment there
-    <= 1 - (alone_missed + rejected) / the dataset's requests. A lone miss may miss one SLO only, so with
-    separate SLOs only the rejected tell, and only that they doom it."""
+    (the warm-up and drain windows are fixed in seconds), at most the whole dataset. Of the rejected, at
+    least r = rejected - (requests - scored) were scored; the most a lower rate can attain is where its
+    window adds every request that was not rejected: 1 - (alone_missed + r) / (requests - rejected + r).
+    A lone miss may miss one SLO only, so with separate SLOs only the rejected tell, and only that they
+    doom it."""
     if base_requests <= 0 or row.get("requests") != base_requests or "alone_missed" not in row:
         return None
     rejected = int(row.get("rejected", 0))
+    scored_rejected = max(0, rejected - (base_requests - int(row.get("scored", base_requests))))
+    room = base_requests - rejected + scored_rejected
     if mode != "joint":
-        return True if 1.0 - rejected / base_requests < attainment - 1e-9 else None
-    return 1.0 - (row["alone_missed"] + rejected) / base_requests < attainment - 1e-9
+        return True if 1.0 - scored_rejected / room < attainment - 1e-9 else None
+    return 1.0 - (row["alone_missed"] + scored_rejected) / room < attainment - 1e-9
 
 
 def _load_free(higher: dict[str, Any], lower: dict[str, Any], rel: float = 0.02) -> bool:
