@@ -924,6 +924,22 @@ def test_a_sweep_says_what_priced_its_tp_all_reduces(tmp_path):
             "collective tables), assumed for L40: no measurement of its own") in res.output
 
 
+def test_a_tie_at_the_top_names_each_layouts_latency_at_the_goodput(tmp_path):
+    # One prefill instance binds both layouts (prefill-heavy prompts): they tie whatever the probes, and their
+    # TPOT at the goodput (two TP 1 decoders against one TP 2) is what tells them apart.
+    res = CliRunner().invoke(cli, ["search", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests",
+                                   "40", "--gpus", "3", "--ratios", "1:2,1:1", "--tp-decode", "1,2", "--no-colocated",
+                                   "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50", "--min-duration-s", "10",
+                                   "--workers", "1", "--no-plots", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    note = next(line for line in res.output.splitlines() if line.startswith("NOTE: tied with"))
+    found = re.search(r"TTFT / TPOT p90 \(ms\) at the goodput: 1P2D-tp1/1 ([\d.]+) / ([\d.]+); "
+                      r"1P1D-tp1/2 ([\d.]+) / ([\d.]+)$", note)
+    assert found, note
+    ttft_a, tpot_a, ttft_b, tpot_b = map(float, found.groups())
+    assert ttft_a == ttft_b and tpot_b < 0.8 * tpot_a
+
+
 def test_resume_is_refused_when_the_node_size_changed(tmp_path):
     # --node-gpus places the instances (and so the KV links) without changing the labels.
     args = ["--rates", "5", "--ratios", "1:1", "--no-colocated", "--min-duration-s", "0"]
