@@ -87,7 +87,8 @@ def cli() -> None:
               help="Without --dataset: prompt length of the synthetic requests, N or a spec such as "
                    "lognormal:1000,400.")
 @click.option("--output-len", default=None, help="Without --dataset: output length, N or a spec.")
-@click.option("--seed", default=0, show_default=True, help="Seed for random routing; runs are deterministic per seed.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=number_in(0, 2**32 - 1, what="a seed"),
+              help="Seed for random routing; runs are deterministic per seed.")
 @click.option("--prefill-policy", type=click.Choice(ROUTER_POLICIES), default=None,
               help="Routing over prefill-capable instances.  [default: config's router, else least_loaded]")
 @click.option("--decode-policy", type=click.Choice(ROUTER_POLICIES), default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import csv
 import gzip
 import json
 import lzma
@@ -52,6 +53,22 @@ def decode_text(data: bytes, where: str, error: type[PdsimError] = PdsimError) -
         raise error(f"{where}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
+def json_shown(value: object, limit: int = 60) -> str:
+    """A value read from JSON as the file writes it (null, true, "x"), cut to `limit` characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words: for "expected a JSON object, got ..."."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {list: "a list", str: "a string"}.get(type(value), "a number")
+
+
 def csv_error_detail(error: Exception) -> str:
     """The first line of a CSV reader's error, without pandas' own prefix, to put in a one-line message."""
     return str(error).strip().splitlines()[0].removeprefix("Error tokenizing data. C error: ")
@@ -62,14 +79,32 @@ def csv_row_lines(path: Path) -> list[int] | None:
     tabs only too), before the header as well, so row + 2 is off after one. None for a file compressed
     in a way not followed here. (A quoted cell spanning lines is not followed either: such tables are
     not what pdsim reads.)"""
-    suffix = path.suffix.lower()
-    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # pandas infers these from the suffix
-    if suffix in (".zip", ".zst", ".tar"):
+    opener = _csv_opener(path)
+    if opener is None:
         return None
-    opener = openers.get(suffix, open)
     with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
         lines = [number for number, text in enumerate(f, start=1) if text.strip(" \t\r\n")]
     return lines[1:]  # the first line that is not blank is the header
+
+
+def csv_header(path: Path) -> list[str] | None:
+    """A CSV's column names as written (pandas renames a repeated one "X.1"); None as for csv_row_lines."""
+    opener = _csv_opener(path)
+    if opener is None:
+        return None
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
+        for row in csv.reader(f):
+            if any(cell.strip(" \t") for cell in row):
+                return [cell.strip() for cell in row]
+    return []
+
+
+def _csv_opener(path: Path):
+    """How pandas opens the file, by its suffix; None for a compression not followed here."""
+    suffix = path.suffix.lower()
+    if suffix in (".zip", ".zst", ".tar"):
+        return None
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
 
 
 def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimError) -> object:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pdsim.config import ClusterConfig, load_cluster_config
-from pdsim.errors import ConfigError
+from pdsim.errors import ConfigError, PdsimError
 
 CLUSTER_DIR = Path(__file__).resolve().parent.parent / "configs" / "cluster"
 PD = json.loads((CLUSTER_DIR / "single_node_pd_instance.json").read_text())
@@ -258,3 +258,16 @@ def test_overrides_apply_to_all_instances_before_validation(tmp_path):
         load_cluster_config(p, {"max_num_batched_tokens": 64})
     with pytest.raises(ConfigError, match="cannot override tp_size"):
         load_cluster_config(p, {"tp_size": 2})
+
+
+def test_a_hardware_name_with_no_spec_or_profile_gets_a_close_one_named(tmp_path):
+    # Blanks around a name were shown as the name itself, in a long list of the known ones.
+    from pdsim.engine.cluster import SimOptions, simulate
+    from tests.helpers import trace
+
+    raw = copy.deepcopy(PD)
+    for i in (0, 1):
+        _inst(raw, i)["hardware"] = " RTXPRO6000 "
+    with pytest.raises(PdsimError, match=r"no hardware spec for ' RTXPRO6000 ' to estimate one \(did you mean "
+                                         r"'RTXPRO6000'\?\)"):
+        simulate(load_cluster_config(_write(tmp_path, raw)), trace([(10, 2, 0.0)]), SimOptions())

@@ -297,3 +297,20 @@ def test_the_instance_table_gives_kv_tokens_and_a_cache_that_is_not_bf16(tmp_pat
         assert f"{tokens:,}" in outputs[kv_dtype].split("kv_tokens")[1].splitlines()[1]
     assert "KV cache values: fp8 (1 byte each) on n0.i0, n0.i1" in outputs["fp8"]
     assert "KV cache values" not in outputs["auto"]
+
+
+def test_reasons_that_differ_in_one_number_are_one_line_with_the_numbers_written_out():
+    import pandas as pd
+
+    from pdsim.metrics.summary import _status_lines, not_finished_reasons
+
+    df = pd.DataFrame({"status": ["rejected", "rejected", "unfinished"],
+                       "reason": ["input+output = 2000180 tokens needs more KV blocks than any instance has",
+                                  "input+output = 9000 tokens needs more KV blocks than any instance has",
+                                  "simulation stopped at --max-sim-time 1e-300 s (request was running)"]})
+    summary = {"requests": 3, "finished": 0, "rejected": 2, "unfinished": 1, "load": None, "estimated_profile": False,
+               "profile_notes": [], "not_finished_reasons": not_finished_reasons(df)}
+    # Before: (N = 9,000 to 2.00018e+06), and "1e-N s ... (N = 300)" from the exponent.
+    assert _status_lines(summary)[1:3] == [
+        "  2 rejected: input+output = N tokens needs more KV blocks than any instance has (N = 9,000 to 2,000,180)",
+        "  1 unfinished: simulation stopped at --max-sim-time 1e-300 s (request was running)"]

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -415,6 +416,16 @@ def test_pipes_and_special_outputs_are_refused(tmp_path):
     assert fifo.is_fifo()
     res = CliRunner().invoke(workload, ["stats", str(fifo)])
     assert res.exit_code == 2 and "not a regular file (a pipe, FIFO or device)" in res.output, res.output
+    # --lengths-from is read twice (its format, then its lengths): a pipe was read empty the second time, and
+    # "the trace has no requests"; a FIFO nothing writes to hung. A measured run was "not found".
+    res = CliRunner().invoke(workload, ["generate", "--lengths-from", str(fifo), "--num-requests", "3",
+                                        "--output", str(tmp_path / "g.jsonl")])
+    assert res.exit_code == 2 and "--lengths-from" in res.output and "not a regular file" in res.output, res.output
+    from pdsim.errors import PdsimError
+    from pdsim.validate.measured import read_measured
+
+    with pytest.raises(PdsimError, match=f"{fifo}: not a regular file"):
+        read_measured(fifo)
     res = _stats(trace, "--plot", str(trace / "p.png"))
     assert res.exit_code == 2 and "is a file, not a folder" in res.output, res.output
 
@@ -438,3 +449,11 @@ def test_a_key_given_twice_in_a_json_trace_is_refused(tmp_path, fmt, text, key):
     path.write_text(text)
     with pytest.raises(TraceError, match=f"key '{key}' appears twice in one object"):
         read_dataset(path, fmt)
+
+
+def test_a_csv_trace_with_a_column_twice_is_refused(tmp_path):
+    # pandas renamed the second ContextTokens "ContextTokens.1" and the first was read, without a word.
+    path = tmp_path / "a.csv"
+    path.write_text("TIMESTAMP,ContextTokens,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,20,5\n")
+    with pytest.raises(TraceError, match=re.escape(f"{path}:1: column 'ContextTokens' appears 2 times")):
+        read_dataset(path)

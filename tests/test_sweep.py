@@ -665,6 +665,13 @@ def test_swept_variants_keep_every_base_field_but_the_nodes():
     ("--rates", "nan,5", r"--rates: expected numbers > 0 and <= 1e\+06 \(req/s\), got 'nan,5'"),
     ("--ratios", "", r"--ratios: expected 'all' or items like 3:5 or 3P5D, got ''"),  # not colocated alone
     ("--ratios", "1:1,0:2", r"--ratios: '0:2': a P:D split needs at least 1 prefill and 1 decode instance"),
+    # An empty item may be a lost value: "1,,2" ran 1 and 2 without a word.
+    ("--rates", "1,,2", r"--rates: an empty item in '1,,2' \(two commas in a row, or one at an end\)"),
+    ("--ratios", "1:1,", r"--ratios: an empty item in '1:1,'"),
+    ("--tp-decode", ",2", r"--tp-decode: an empty item in ',2'"),
+    # Every split asked for by name falls out: it ran the colocated baseline alone and exited 0.
+    ("--ratios", "3:3", r"--ratios 3:3: none of the P:D splits asked for can run on 2 GPUs \(the colocated baseline "
+                        r"alone would\): 3:3: no layout"),
 ])
 def test_sweep_options_out_of_range_are_refused_before_any_run(tmp_path, option, value, words):
     args = {"--attainment": "0.9", "--seed": "0", "--gpus": "2", "--rates": "5", "--ratios": "all", option: value}

@@ -74,16 +74,17 @@ ARR = "field 'arrival_time_ns': expected a finite number >= 0"
 @pytest.mark.parametrize(
     ("fields", "expect"),
     [
-        ('"input_toks": 5, "output_toks": "abc", "arrival_time_ns": 0', f"field 'output_toks': {POS} 'abc'"),
-        ('"input_toks": NaN, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} nan"),
-        ('"input_toks": 5, "output_toks": Infinity, "arrival_time_ns": 0', f"field 'output_toks': {POS} inf"),
+        ('"input_toks": 5, "output_toks": "abc", "arrival_time_ns": 0', f"field 'output_toks': {POS} \"abc\""),
+        # Values as the file writes them (NaN, true, "abc"), not as Python does.
+        ('"input_toks": NaN, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} NaN"),
+        ('"input_toks": 5, "output_toks": Infinity, "arrival_time_ns": 0', f"field 'output_toks': {POS} Infinity"),
         ('"input_toks": -4, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} -4"),
         ('"input_toks": 0, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} 0"),
         ('"input_toks": 2.5, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} 2.5"),
-        ('"input_toks": true, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} True"),
+        ('"input_toks": true, "output_toks": 1, "arrival_time_ns": 0', f"field 'input_toks': {POS} true"),
         ('"input_toks": 1, "output_toks": 1, "arrival_time_ns": -1', f"{ARR} (ns), got -1"),
-        ('"input_toks": 1, "output_toks": 1, "arrival_time_ns": NaN', f"{ARR} (ns), got nan"),
-        ('"input_toks": 1, "output_toks": 1, "arrival_time_ns": "5"', f"{ARR} (ns), got '5'"),
+        ('"input_toks": 1, "output_toks": 1, "arrival_time_ns": NaN', f"{ARR} (ns), got NaN"),
+        ('"input_toks": 1, "output_toks": 1, "arrival_time_ns": "5"', f"{ARR} (ns), got \"5\""),
     ],
 )
 def test_bad_values(tmp_path, fields, expect):
@@ -94,8 +95,10 @@ def test_bad_values(tmp_path, fields, expect):
 
 
 def test_line_not_an_object(tmp_path):
-    with pytest.raises(TraceError, match=r"t\.jsonl:1: expected a JSON object, got list"):
+    with pytest.raises(TraceError, match=r"t\.jsonl:1: expected a JSON object, got a list"):
         load_trace(_trace(tmp_path, "[1, 2, 3]\n"))
+    with pytest.raises(TraceError, match=r"t\.jsonl:2: expected a JSON object, got null"):  # JSON's word
+        load_trace(_trace(tmp_path, _line() + "\nnull\n"))
 
 
 def test_empty_trace(tmp_path):
@@ -357,3 +360,27 @@ def test_cli_generate_sessions_and_help(tmp_path):
         assert option in help_text
     res = CliRunner().invoke(workload, ["generate", "--rate-schedule", "0:1", "--diurnal", "10,0.5", "--out", str(out)])
     assert res.exit_code == 2 and "give one of them" in res.output
+
+
+@pytest.mark.parametrize(("data", "said"), [
+    ("utf-16", "not UTF-8 (looks like UTF-16); save the file as UTF-8"),
+    (b"\xcf\xff{}", ":1: not valid UTF-8 (byte 0xcf at offset 0)"),
+])
+def test_a_trace_that_is_not_utf8_says_so_not_its_bytes(tmp_path, data, said):
+    from pdsim.workload.readers import read_dataset as read_any
+
+    p = tmp_path / "t.jsonl"
+    p.write_bytes(_line().encode(data) if isinstance(data, str) else data)
+    with pytest.raises(TraceError) as e:
+        read_any(p)
+    assert str(e.value) == f"{p}{said}" if said.startswith(":") else str(e.value) == f"{p}: {said}"
+
+
+def test_a_long_first_line_cut_inside_a_character_is_still_read(tmp_path):
+    # The format is told from the file's first 64 KiB, which may end inside a multi-byte character.
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"input_toks": 5, "output_toks": 3, "arrival_time_ns": 0, "note": "' + "\u00e9" * 40000 + '"}\n',
+                 encoding="utf-8")
+    from pdsim.workload.readers import detect_format
+
+    assert detect_format(p) == "pdsim"

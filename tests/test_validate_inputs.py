@@ -651,7 +651,7 @@ def test_a_recorded_or_configured_size_that_is_no_size_names_its_field(tmp_path)
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    ('"5"', "field 'output_toks': expected an integer from 1 to 1e+09, got '5'"),
+    ('"5"', "field 'output_toks': expected an integer from 1 to 1e+09, got \"5\""),
     ("1e19", "got 10000000000000000000"),  # was wrapped round to a negative length and replayed
     ("100000000000000000000", "got 100000000000000000000"),  # was an OverflowError
 ])

@@ -228,7 +228,8 @@ def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
     return out
 
 
-_NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?![\w.])")
+# A number standing alone: not a part of a name (tp2), of another number (1.5, 1e-300's exponent) or a range.
+_NUMBER = re.compile(r"(?<![\w.+-])\d[\d,]*(?:\.\d+)?(?![\w.])")
 def memory_notes(result: SimulationResult) -> list[str]:
     """How each instance's KV capacity was obtained, one line per distinct way."""
     by_note: dict[str, list[str]] = {}
@@ -277,7 +278,7 @@ def _status_lines(summary: dict) -> list[str]:
     for item in summary["not_finished_reasons"]:
         span = ""
         if "N_min" in item:
-            lo, hi = f"{item['N_min']:,g}", f"{item['N_max']:,g}"
+            lo, hi = (f"{n:,.0f}" if float(n).is_integer() else f"{n:,g}" for n in (item["N_min"], item["N_max"]))
             span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
         lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
     load = summary.get("load")
@@ -305,7 +306,9 @@ def _latency_lines(summary: dict) -> list[str]:
         rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
     lines.extend(_columns(rows))
     margin = summary.get("step_time_margin")
-    if margin:
+    if margin and not any(margin[side]["finished"] for side in ("faster", "slower")) and not summary["finished"]:
+        lines.append(f"with every step {margin['margin_pct']:g}% faster or slower: no request finished either")
+    elif margin:
         parts = []
         for key, label, digits in (("ttft_ms", "TTFT", 1), ("tpot_ms", "TPOT", 2), ("e2e_ms", "E2E", 1)):
             fast, slow = margin["faster"][key], margin["slower"][key]

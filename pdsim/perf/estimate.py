@@ -318,9 +318,14 @@ def load_or_estimate(
         where = profile_path(
             root if root is not None else PROFILES_ROOT, hardware_name, model.name, key, tp
         )
+        import difflib
+
+        known = known_hardware()
+        close = difflib.get_close_matches(hardware_name.strip(), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ProfileError(
             f"no measured profile for {hardware_name}/{model.name}/{key}/tp{tp} under {where} and no "
-            f"hardware spec to estimate one; known hardware: {', '.join(known_hardware())}"
+            f"hardware spec for {hardware_name!r} to estimate one{hint}; known hardware: {', '.join(known)}"
         )
     return estimate_profile(spec, model, dtype, tp, quantization, kv_dtype)
 

@@ -186,6 +186,11 @@ class _Setup:
         profiles_root = str(kw["profiles_root"] or bundled_path("profiles"))
         self.estimates: dict[str, dict[str, Any]] = {}  # search's rate-matching estimate per label
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
+        if ratios is not None and all(v.colocated for v in self.variants):
+            # The splits asked for by name all fell out: running the colocated baseline alone answers another question.
+            raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on {kw['gpus']} GPUs "
+                             "(the colocated baseline alone would): " + "; ".join(self.skipped)
+                             + "".join(f"\nnote: {note}" for note in self.base_notes))
         colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
         if colocated_note:
             self.base_notes.append(colocated_note)
@@ -384,12 +389,13 @@ def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
 @_common
 def sweep(rates: str, **kw: Any) -> None:
     """Every P:D split of a GPU budget x every rate: latency percentiles, throughput, SLO attainment."""
+    from pdsim.sweep.expand import split_items
     from pdsim.sweep.runner import Job, requests_at_rate, run_sweep
     from pdsim.workload.trace import check_request_count
 
     try:
         # Rates are keyed by their %g text (6 digits): two that print alike are one rate.
-        rate_list = sorted({float(f"{float(x):g}") for x in rates.split(",") if x.strip()})
+        rate_list = sorted({float(f"{float(x):g}") for x in split_items(rates, "--rates")})
     except ValueError:
         raise PdsimError(f"--rates: expected comma-separated numbers, got {rates!r}") from None
     if not rate_list or not all(0 < r <= MAX_RATE_PER_S for r in rate_list):  # NaN fails too (min/max would not)

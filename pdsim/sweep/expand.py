@@ -57,9 +57,19 @@ class Variant:
         return cluster_config_from_dict(self.raw, f"<sweep {self.label}>")
 
 
+def split_items(text: str, option: str) -> list[str]:
+    """The comma-separated items of an option's value; an empty one (two commas, or one at an end) is refused,
+    not dropped: "1,,2" may have lost a value."""
+    items = [x.strip() for x in text.split(",")]
+    if text.strip() and not all(items):
+        raise PdsimError(f"{option}: an empty item in {text!r} (two commas in a row, or one at an end); expected "
+                         "comma-separated values")
+    return [x for x in items if x]
+
+
 def parse_int_list(text: str, option: str) -> list[int]:
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in split_items(text, option)]
     except ValueError:
         raise PdsimError(f"{option}: expected comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
@@ -72,7 +82,7 @@ def parse_ratios(text: str) -> list[tuple[int, int]] | None:
     if text.strip().lower() == "all":
         return None
     out = []
-    for part in (p.strip().upper() for p in text.split(",") if p.strip()):
+    for part in (p.upper() for p in split_items(text, "--ratios")):
         p, sep, d = part.replace("P", ":").replace("D", "").partition(":")
         try:
             pair = (int(p), int(d))

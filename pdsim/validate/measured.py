@@ -209,6 +209,9 @@ def read_measured(path: str | Path, clock: str = "engine") -> MeasuredRun:
     """Read a per-request JSONL, a `vllm bench serve` JSON or an aiperf export (chosen by content;
     an aiperf artifacts folder is read through its profile_export.jsonl)."""
     p = resolve_measured(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        raise PdsimError(f"{p}: not a regular file (a pipe, FIFO or device); pdsim reads a measured run more than "
+                         "once, so save it to a file first")
     if not p.is_file():
         raise PdsimError(f"{p}: measured run not found")
     text = decode_text(p.read_bytes(), str(p))

@@ -76,7 +76,7 @@ def _read(trace: Path, dataset_format: str | None, window: str | None, time_scal
 @click.option("--diurnal", default=None,
               help="A sinusoidal rate PERIOD_S,AMPLITUDE around --rate, e.g. 86400,0.6 (+-60% once a day). Not "
                    "with --arrival burst.")
-@click.option("--lengths-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--lengths-from", type=InputFile("dataset"), default=None,
               help="Draw (input, output) pairs from this trace (any format workload stats reads) instead of "
                    "--input-len/--output-len.")
 @click.option("--lengths-format", default=None, help="Format of --lengths-from (only with it).  [default: detected]")

@@ -21,7 +21,16 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import TraceError, csv_error_detail, csv_row_lines, decode_text, parse_json
+from pdsim.errors import (
+    TraceError,
+    csv_error_detail,
+    csv_header,
+    csv_row_lines,
+    decode_text,
+    json_kind,
+    json_shown,
+    parse_json,
+)
 from pdsim.workload.trace import (
     DEFAULT_HASH_BLOCK_TOKENS,
     MAX_ARRIVAL_NS,
@@ -84,6 +93,11 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     except pd.errors.ParserError as e:
         raise TraceError(f"{path}: not a readable CSV ({csv_error_detail(e)}); read as: {what} trace") from None
     df.columns = [str(c).strip() for c in df.columns]
+    header = csv_header(path) or []  # pandas renames a repeated column ("X.1") without a word
+    twice = [c for c in need if header.count(c) > 1]
+    if twice:
+        raise TraceError(f"{path}:1: column {twice[0]!r} appears {header.count(twice[0])} times; which one holds the "
+                         f"values is not clear (read as: {what} trace)")
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise TraceError(f"{path}:1: {what} CSV lacks column(s) {', '.join(missing)}; expected {', '.join(need)}")
@@ -220,12 +234,12 @@ def read_mooncake(path: Path) -> Loaded:
             except (RecursionError, ValueError):
                 raise TraceError(f"{where}: not valid JSON (nested too deeply or a number too long)") from None
             if not isinstance(obj, dict):
-                raise TraceError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                raise TraceError(f"{where}: expected a JSON object, got {json_kind(obj)}")
             check_repeated_keys(line, obj, where)
             t_ms = obj.get("timestamp")
             if type(t_ms) not in (int, float) or not 0 <= t_ms <= MAX_ARRIVAL_NS / 1e6:  # NaN fails too
                 raise TraceError(f"{where}: field 'timestamp': expected ms from 0 to {MAX_ARRIVAL_NS / 1e6:.0e}, "
-                                 f"got {t_ms!r}")
+                                 f"got {json_shown(t_ms)}")
             inp = _mooncake_field(obj, "input_length", where, 1)
             out = _mooncake_field(obj, "output_length", where, 1)
             ids = checked_hash_ids(obj.get("hash_ids", []), inp, block, where)
@@ -255,7 +269,7 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
         record = next((k for k in ("input_toks", "input_length", "arrival_time_ns", "timestamp") if k in item), None)
         hint = (f" (it has {record!r}, a field of pdsim's and Mooncake's traces, which are JSONL: one object per "
                 "line, not a JSON list)" if record else "")
-        raise TraceError(f"{where}: field 'conversations': expected a list of turns, got {turns!r}{hint}")
+        raise TraceError(f"{where}: field 'conversations': expected a list of turns, got {json_shown(turns)}{hint}")
     for k in range(len(turns) - 1):
         a, b = turns[k], turns[k + 1]
         if not (isinstance(a, dict) and isinstance(b, dict)):

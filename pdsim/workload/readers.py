@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from pdsim.errors import TraceError
+from pdsim.errors import TraceError, decode_text
 from pdsim.workload import formats
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, read_trace
 
@@ -72,6 +72,15 @@ def parse_format(spec: str) -> tuple[str, dict[str, str]]:
     return name, params
 
 
+def _whole_characters(head: bytes) -> bytes:
+    """A file's head without a UTF-8 character the read may have cut at its end (and perhaps the whole one
+    before it: the head is only looked at)."""
+    end = len(head)
+    while end > 0 and len(head) - end < 3 and head[end - 1] & 0xC0 == 0x80:  # continuation bytes
+        end -= 1
+    return head[:end - 1] if end > 0 and head[end - 1] >= 0xC0 else head[:end]
+
+
 def detect_format(path: Path) -> str:
     """The format, from the file's first line (and, for one JSON document, its keys)."""
     try:
@@ -81,6 +90,8 @@ def detect_format(path: Path) -> str:
         raise TraceError(f"{path}: trace file not found") from None
     except OSError as e:
         raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
+    # Not UTF-8 (UTF-16, a binary file): said as the config reader says it, not shown as mojibake.
+    decode_text(_whole_characters(head), str(path), TraceError)
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
     if not text.strip():
         raise TraceError(f"{path}: the trace has no requests (the file is empty)")

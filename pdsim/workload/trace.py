@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pdsim.config.base import MAX_TOKENS
-from pdsim.errors import PdsimError, TraceError, parse_json
+from pdsim.errors import PdsimError, TraceError, json_kind, json_shown, parse_json
 
 
 @dataclass(slots=True)
@@ -40,7 +40,8 @@ def token_count(value: object, where: str, key: str, least: int = 1, error: type
     if type(value) is float and value.is_integer():  # NaN/inf fail is_integer
         value = int(value)
     if type(value) is not int or not least <= value <= MAX_TOKENS:
-        raise error(f"{where}: field {key!r}: expected an integer from {least} to {MAX_TOKENS:.0e}, got {value!r:.60}")
+        raise error(f"{where}: field {key!r}: expected an integer from {least} to {MAX_TOKENS:.0e}, "
+                    f"got {json_shown(value)}")
     return value
 
 
@@ -72,14 +73,14 @@ def _arrival(value: object, where: str) -> int:
         return round(value)
     if type(value) in (int, float) and value > MAX_ARRIVAL_NS:
         raise TraceError(f"{where}: field 'arrival_time_ns': expected at most {MAX_ARRIVAL_NS:.0e} ns "
-                         f"(~127 years), got {value!r}")
-    raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {value!r}")
+                         f"(~127 years), got {json_shown(value)}")
+    raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {json_shown(value)}")
 
 
 def _hash_ids(obj: dict, input_toks: int, where: str) -> tuple[tuple[int, ...], int]:
     block = obj.get("hash_block_tokens", DEFAULT_HASH_BLOCK_TOKENS)
     if type(block) is not int or block < 1:
-        raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer, got {block!r}")
+        raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer, got {json_shown(block)}")
     ids = checked_hash_ids(obj["hash_ids"], input_toks, block, where)
     return ids, (block if ids else 0)
 
@@ -93,7 +94,7 @@ def checked_hash_ids(ids: object, input_toks: int, block: int, where: str) -> tu
     """A trace's `hash_ids`: integers >= 0, at most hash_blocks(input_toks, block) of them (Mooncake's traces
     have exactly that many); more would cover tokens the prompt does not have."""
     if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
-        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {ids!r}")
+        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {json_shown(ids)}")
     most = hash_blocks(input_toks, block)
     if len(ids) > most:
         raise TraceError(f"{where}: field 'hash_ids': {len(ids)} ids of {block} tokens each, but {input_toks} input "
@@ -142,7 +143,7 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
                 raise TraceError(f"{path}:{lineno}: missing field {e.args[0]!r}") from None
             except TypeError:
                 raise TraceError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                    f"{path}:{lineno}: expected a JSON object, got {json_kind(obj)}"
                 ) from None
             check_repeated_keys(line, obj, f"{path}:{lineno}")
             if len(obj) > 3:
