@@ -43,6 +43,16 @@ def number_in(low: float | None = None, high: float | None = None, *, low_open: 
 slo_ms = number_in(0, 1e9, low_open=True, what="a time (ms)")
 
 
+def split_items(text: str, option: str) -> list[str]:
+    """The comma-separated items of an option's value; an empty one (two commas, or one at an end) is refused,
+    not dropped: "1,,2" may have lost a value."""
+    items = [x.strip() for x in text.split(",")]
+    if text.strip() and not all(items):
+        raise PdsimError(f"{option}: an empty item in {text!r} (two commas in a row, or one at an end); expected "
+                         "comma-separated values")
+    return [x for x in items if x]
+
+
 def vllm_int(text: str) -> int | str:
     """vLLM's command-line integers ('2048', '25.6k' = 25,600, '4G' = 4 x 2^30: engine/arg_utils.py,
     human_readable_int); the text unchanged when it is not one."""

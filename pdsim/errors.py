@@ -66,7 +66,7 @@ def json_kind(value: object) -> str:
     """What a JSON value is, in JSON's words: for "expected a JSON object, got ..."."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
-    return {list: "a list", str: "a string"}.get(type(value), "a number")
+    return {list: "a list", str: "a string", dict: "an object"}.get(type(value), "a number")
 
 
 def csv_error_detail(error: Exception) -> str:
@@ -93,7 +93,7 @@ def csv_header(path: Path) -> list[str] | None:
     if opener is None:
         return None
     with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as f:
-        for row in csv.reader(f):
+        for row in csv.reader(f, skipinitialspace=True):  # as pandas reads it here
             if any(cell.strip(" \t") for cell in row):
                 return [cell.strip() for cell in row]
     return []

@@ -457,3 +457,23 @@ def test_a_csv_trace_with_a_column_twice_is_refused(tmp_path):
     path.write_text("TIMESTAMP,ContextTokens,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,20,5\n")
     with pytest.raises(TraceError, match=re.escape(f"{path}:1: column 'ContextTokens' appears 2 times")):
         read_dataset(path)
+
+
+def test_a_compressed_trace_needs_its_format_and_a_column_twice_is_found_in_one(tmp_path):
+    import gzip
+
+    path = tmp_path / "l.csv.gz"
+    with gzip.open(path, "wt") as f:  # a BOM, blank lines before the header and a quoted name after a space
+        f.write('\ufeff\n\nnum_prefill_tokens, "num_prefill_tokens",num_decode_tokens\n100,200,10\n')
+    with pytest.raises(TraceError, match=re.escape(f"{path}: a compressed file's format is not told from its bytes; "
+                                                   "give --dataset-format")):
+        read_dataset(path)
+    with pytest.raises(TraceError, match=re.escape(f"{path}:1: column 'num_prefill_tokens' appears 2 times")):
+        read_dataset(path, "lengths-csv")
+
+
+def test_lengths_from_takes_a_bundled_trace_by_name(tmp_path):
+    res = CliRunner().invoke(workload, ["generate", "--lengths-from", "prefill_heavy", "--num-requests", "5",
+                                        "--output", str(tmp_path / "g.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 5

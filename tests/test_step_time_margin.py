@@ -104,6 +104,16 @@ def test_run_reports_ttft_tpot_and_e2e_with_every_step_faster_and_slower(tmp_pat
                                     "--output", str(tmp_path / "s.csv")])
     assert res.exit_code == 0, res.output
     assert "NOTE: these runs finished 15 / 14 / 14 requests (faster / as is / slower)" in res.output
+    # None finishes in any of the three: said so, not "TTFT -..- / -..- ms".
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(dataset), "--quiet",
+                                    "--max-sim-time", "0.001", "--step-time-margin-pct", "5",
+                                    "--output", str(tmp_path / "n.csv")])
+    assert res.exit_code == 0, res.output
+    assert "with every step 5% faster or slower: no request finished either" in res.output and "-..-" not in res.output
+    # --seed as sweep and search take it.
+    res = CliRunner().invoke(cli, ["run", "--cluster-config", str(config), "--dataset", str(dataset), "--seed", "-1",
+                                    "--output", str(tmp_path / "x.csv")])
+    assert "--seed: expected a seed >= 0" in str(res.exception), res.output
 
 
 def test_validate_gives_a_closed_loop_table_its_mapes_with_every_step_faster_and_slower(tmp_path):

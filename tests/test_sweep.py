@@ -467,22 +467,27 @@ def test_bisection_stops_when_lone_misses_keep_attainment_below_the_target():
 def test_bisection_stops_when_rejected_requests_keep_attainment_below_the_target():
     from pdsim.sweep.search import _why_failed, disagreements
 
-    def row(rejected: int, alone_missed: int = 0, scored: int = 200) -> dict:
+    def row(rejected: int, alone_missed: int = 0, scored: int = 199) -> dict:
         return {"attain_both": 0.6, "attain_ttft": 0.6, "attain_tpot": 0.6, "alone": 0, "alone_missed": alone_missed,
                 "rejected": rejected, "scored": scored, "requests": 200, "stable": 1, "ttft_p90_ms": 80.0,
                 "tpot_p90_ms": 12.0}
 
-    # 75 of the dataset's 200 requests are too long for the KV cache: rejected at any rate, at most 0.625 can meet
-    # the SLOs, in either reading of attainment. Before, the search halved the rate 23 times towards zero.
+    # 75 of the dataset's 200 requests are too long for the KV cache: rejected at any rate; of 199 scored, at least
+    # 74 were rejected, so at most 1 - 74 / 199 = 0.63 can meet the SLOs, in either reading of attainment. Before,
+    # the search halved the rate 23 times towards zero.
     for mode in ("joint", "separate"):
         st = Bisection(variant=None, start_rate=10.0, attainment=0.9, mode=mode,  # type: ignore[arg-type]
                        base_requests=200)
         st.record(st.next_rate(), row(75), False)
         assert st.low_load_miss and st.next_rate() is None, mode
-    # Rejections and lone misses add up (joint): 12 + 9 of 200 leave at most 0.895.
+    # Rejections and lone misses add up (joint): 11 + 10 of 199 leave at most 0.894.
     st = Bisection(variant=None, start_rate=10.0, attainment=0.9, base_requests=200)  # type: ignore[arg-type]
-    st.record(st.next_rate(), row(12, alone_missed=9), False)
+    st.record(st.next_rate(), row(12, alone_missed=10), False)
     assert st.low_load_miss
+    # A run that scored every request had no window; a lower rate's may leave those rejected out: nothing told.
+    st = Bisection(variant=None, start_rate=10.0, attainment=0.9, base_requests=200)  # type: ignore[arg-type]
+    st.record(st.next_rate(), row(75, scored=200), False)
+    assert not st.low_load_miss and st.next_rate() == 5.0
     # 12 rejected alone leave 0.94 reachable: keep halving (separate: the flat rule decides later). So do 75
     # rejected when 80 requests fell outside the scored window: all 75 may have, and a lower rate's window may
     # add only the others. 75 with 27 outside: at least 48 were scored, at most 1 - 48 / 173 = 0.72 can meet.
@@ -496,7 +501,7 @@ def test_bisection_stops_when_rejected_requests_keep_attainment_below_the_target
                        base_requests=200)
         st.record(st.next_rate(), row(75, scored=173), False)
         assert st.low_load_miss, mode
-    why = _why_failed(row(75), low_load=True)
+    why = _why_failed(row(75), low_load=True)  # the reasons count the whole run's rejections
     assert why == "misses at low load: attain 0.6 (TTFT 0.6, TPOT 0.6; 75 of 200 rejected, 0 missed alone)"
     note = disagreements([{"label": "1P1D-tp1/1", "ratio": "1:1", "goodput_req_s_per_gpu": 0.0,
                            "est_req_s_per_gpu": 1.0, "sim_over_est": 0.0, "low_load_miss": 1, "first_fail_why": why,
@@ -695,7 +700,8 @@ def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
     # Out-of-range cells were kept, printed and ranked; a rate written 5.0 is not the key 5 (it ran again).
     for column, value in (("finished", "abc"), ("rate_per_s", "nan"), ("attain_both", "5"), ("ttft_p90_ms", "-5"),
                           ("stable", "7"), ("rate_per_s", "5.0"), ("served_req_s", "inf"), ("alone_missed", "999"),
-                          ("decode_peak_kv_frac", "1.5"), ("preemptions", "-1")):
+                          ("decode_peak_kv_frac", "1.5"), ("preemptions", "-1"), ("rejected", "999"),
+                          ("scored", "999")):
         cells = lines[1].split(",")
         cells[header.index(column)] = value
         runs.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")

@@ -229,7 +229,7 @@ def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
 
 
 # A number standing alone: not a part of a name (tp2), of another number (1.5, 1e-300's exponent) or a range.
-_NUMBER = re.compile(r"(?<![\w.+-])\d[\d,]*(?:\.\d+)?(?![\w.])")
+_NUMBER = re.compile(r"(?<![\w.+-])\d[\d,]*(?:\.\d+)?(?![\w.-])")
 def memory_notes(result: SimulationResult) -> list[str]:
     """How each instance's KV capacity was obtained, one line per distinct way."""
     by_note: dict[str, list[str]] = {}
@@ -278,7 +278,7 @@ def _status_lines(summary: dict) -> list[str]:
     for item in summary["not_finished_reasons"]:
         span = ""
         if "N_min" in item:
-            lo, hi = (f"{n:,.0f}" if float(n).is_integer() else f"{n:,g}" for n in (item["N_min"], item["N_max"]))
+            lo, hi = (f"{n:,.6f}".rstrip("0").rstrip(".") for n in (item["N_min"], item["N_max"]))
             span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
         lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
     load = summary.get("load")

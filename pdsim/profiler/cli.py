@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pdsim.cli_checks import OutputFolder, number_in
+from pdsim.cli_checks import OutputFolder, number_in, split_items
 from pdsim.errors import PdsimError
 
 if TYPE_CHECKING:  # check.py imports torch, which this module must not
@@ -44,7 +44,7 @@ def _default(name: str, device: str, value: int | None) -> int:
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(int(v) for v in split_items(text, option))
     except ValueError:
         raise PdsimError(f"{option}: expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:

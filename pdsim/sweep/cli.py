@@ -389,7 +389,7 @@ def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
 @_common
 def sweep(rates: str, **kw: Any) -> None:
     """Every P:D split of a GPU budget x every rate: latency percentiles, throughput, SLO attainment."""
-    from pdsim.sweep.expand import split_items
+    from pdsim.cli_checks import split_items
     from pdsim.sweep.runner import Job, requests_at_rate, run_sweep
     from pdsim.workload.trace import check_request_count
 
@@ -539,7 +539,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         if tied:
             # Layouts that share their bottleneck pool tie whatever the probes: their latency at the goodput
             # is what tells them apart.
-            p90s = "; ".join(f"{r['label']} {r['ttft_p90_ms']:.4g} / {r['tpot_p90_ms']:.4g}" for r in [win, *tied])
+            p90s = "; ".join(f"{r['label']} {r['ttft_p90_ms']:.4g} / {r['tpot_p90_ms']:.4g}".replace("nan", "n/a")
+                             for r in [win, *tied])
             click.echo(f"NOTE: tied with {', '.join(r['label'] for r in tied)} at the same goodput per GPU; the "
                        "probes do not tell them apart (raise --max-probes or lower --rel-tol; layouts that share "
                        f"their bottleneck pool stay tied). TTFT / TPOT p90 (ms) at the goodput: {p90s}")

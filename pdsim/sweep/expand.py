@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pdsim.cli_checks import split_items
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.errors import PdsimError
 from pdsim.models import ModelSpec, load_model
@@ -55,16 +56,6 @@ class Variant:
 
     def config(self) -> ClusterConfig:
         return cluster_config_from_dict(self.raw, f"<sweep {self.label}>")
-
-
-def split_items(text: str, option: str) -> list[str]:
-    """The comma-separated items of an option's value; an empty one (two commas, or one at an end) is refused,
-    not dropped: "1,,2" may have lost a value."""
-    items = [x.strip() for x in text.split(",")]
-    if text.strip() and not all(items):
-        raise PdsimError(f"{option}: an empty item in {text!r} (two commas in a row, or one at an end); expected "
-                         "comma-separated values")
-    return [x for x in items if x]
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

@@ -163,9 +163,15 @@ def _resumed_row(row: dict[str, str], where: str) -> dict[str, Any]:
             expected = "a number from 0 to 1" if share else "a finite number >= 0"
             raise PdsimError(f"--resume: {where}: column {k!r}: expected {expected}, got {row[k]!r}; "
                              f"{_NOT_WRITTEN_HERE}")
-    if not parsed.get("alone_missed", 0) <= parsed.get("alone", 0) <= parsed.get("scored", 0):
-        got = ", ".join(repr(row.get(k)) for k in ("alone_missed", "alone", "scored"))
-        raise PdsimError(f"--resume: {where}: expected alone_missed <= alone <= scored, got {got}; {_NOT_WRITTEN_HERE}")
+    nested = [parsed.get(k, 0) for k in ("alone_missed", "alone", "scored", "requests")]
+    if nested != sorted(nested):
+        got = ", ".join(repr(row.get(k)) for k in ("alone_missed", "alone", "scored", "requests"))
+        raise PdsimError(f"--resume: {where}: expected alone_missed <= alone <= scored <= requests, got {got}; "
+                         f"{_NOT_WRITTEN_HERE}")
+    counts = [parsed.get(k, 0) for k in ("finished", "unfinished", "rejected")]
+    if sum(counts) != parsed.get("requests", 0):  # the search's low-load rule reads them (search.lone_requests_miss)
+        raise PdsimError(f"--resume: {where}: expected finished + unfinished + rejected = requests, got "
+                         f"{' + '.join(map(str, counts))} and {parsed.get('requests', 0)}; {_NOT_WRITTEN_HERE}")
     return parsed
 
 

@@ -109,8 +109,11 @@ def lone_requests_miss(row: dict[str, Any], attainment: float, mode: str, base_r
     least r = rejected - (requests - scored) were scored; the most a lower rate can attain is where its
     window adds every request that was not rejected: 1 - (alone_missed + r) / (requests - rejected + r).
     A lone miss may miss one SLO only, so with separate SLOs only the rejected tell, and only that they
-    doom it."""
+    doom it. A run that scored every request had arrivals too short for a window (steady.Window): a lower
+    rate's window may then leave out what this one scored, so nothing is told."""
     if base_requests <= 0 or row.get("requests") != base_requests or "alone_missed" not in row:
+        return None
+    if int(row.get("scored", base_requests)) >= base_requests:
         return None
     rejected = int(row.get("rejected", 0))
     scored_rejected = max(0, rejected - (base_requests - int(row.get("scored", base_requests))))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdsim.cli_checks import split_items
 from pdsim.errors import PdsimError
 from pdsim.workload.trace import MAX_ARRIVAL_NS
 
@@ -72,7 +73,7 @@ def parse_rate_schedule(text: str) -> RateSchedule:
                           "0:5,60:20,120:5 (from 0 s 5 req/s, from 60 s 20 req/s, ...)")
 
     times, rates = [], []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
+    for part in split_items(text, "--rate-schedule"):
         t, sep, r = part.partition(":")
         try:
             times.append(float(t))

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from pdsim.cli_checks import split_items
 from pdsim.errors import TraceError, decode_text
 from pdsim.workload import formats
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, read_trace
@@ -62,7 +63,7 @@ def parse_format(spec: str) -> tuple[str, dict[str, str]]:
     if name not in FORMATS:
         raise TraceError(f"--dataset-format: unknown format {name!r}; expected one of {', '.join(FORMATS)}")
     params: dict[str, str] = {}
-    for part in (p for p in rest.split(",") if p.strip()):
+    for part in split_items(rest, "--dataset-format"):
         key, eq, value = part.partition("=")
         key = key.strip()
         if not eq or key not in _PARAMS.get(name, ()):
@@ -70,6 +71,10 @@ def parse_format(spec: str) -> tuple[str, dict[str, str]]:
             raise TraceError(f"--dataset-format: {name} takes options {allowed}; got {part.strip()!r}")
         params[key] = value.strip()
     return name, params
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
+CSV_FORMATS = ("azure", "burstgpt", "lengths-csv")
 
 
 def _whole_characters(head: bytes) -> bytes:
@@ -90,6 +95,9 @@ def detect_format(path: Path) -> str:
         raise TraceError(f"{path}: trace file not found") from None
     except OSError as e:
         raise TraceError(f"{path}: cannot read trace ({e.strerror})") from None
+    if path.suffix.lower() in COMPRESSED_SUFFIXES:  # pandas reads these CSVs; their bytes tell no format
+        raise TraceError(f"{path}: a compressed file's format is not told from its bytes; give --dataset-format "
+                         f"(the CSV formats, {', '.join(CSV_FORMATS)}, read it compressed)")
     # Not UTF-8 (UTF-16, a binary file): said as the config reader says it, not shown as mojibake.
     decode_text(_whole_characters(head), str(path), TraceError)
     text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
