@@ -933,8 +933,16 @@ def test_a_sweep_says_what_priced_its_tp_all_reduces(tmp_path):
                                    "--min-duration-s", "0", "--workers", "1", "--no-plots",
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert ("NOTE: TP 2 all-reduce priced by PCIe model measured on the L40S server (aiconfigurator-core 0.12 "
-            "collective tables), assumed for L40: no measurement of its own") in res.output
+    note = ("NOTE: TP 2 all-reduce priced by PCIe model measured on the L40S server (aiconfigurator-core 0.12 "
+            "collective tables), assumed for L40: no measurement of its own")
+    assert note in res.output
+    # A resume that runs nothing again says it too (it comes from the builds, not the runs).
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--num-requests",
+                                   "20", "--gpus", "4", "--ratios", "1:1", "--tp-prefill", "2", "--tp-decode", "2",
+                                   "--no-colocated", "--rates", "2", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50",
+                                   "--min-duration-s", "0", "--workers", "1", "--no-plots", "--resume",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0 and note in res.output, res.output
 
 
 def test_a_tie_at_the_top_names_each_layouts_latency_at_the_goodput(tmp_path):
@@ -951,6 +959,12 @@ def test_a_tie_at_the_top_names_each_layouts_latency_at_the_goodput(tmp_path):
     assert found, note
     ttft_a, tpot_a, ttft_b, tpot_b = map(float, found.groups())
     assert ttft_a == ttft_b and tpot_b < 0.8 * tpot_a
+
+
+def test_a_sweep_of_every_split_where_none_fits_says_the_colocated_baseline_runs_alone(tmp_path):
+    out, df = _sweep(tmp_path, "s", "--rates", "1", "--tp-prefill", "2", "--tp-decode", "2", "--min-duration-s", "0")
+    assert "note: no P:D split can run (skipped above): only the colocated baseline does" in out
+    assert list(df.label) == ["colo-1x-tp2"]
 
 
 def test_resume_is_refused_when_the_node_size_changed(tmp_path):

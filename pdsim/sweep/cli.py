@@ -185,12 +185,15 @@ class _Setup:
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
         profiles_root = str(kw["profiles_root"] or bundled_path("profiles"))
         self.estimates: dict[str, dict[str, Any]] = {}  # search's rate-matching estimate per label
+        self.allreduce_notes: set[str] = set()  # what priced each TP size's all-reduce (_buildable)
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
         if ratios is not None and all(v.colocated for v in self.variants):
             # The splits asked for by name all fell out: running the colocated baseline alone answers another question.
             raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on {kw['gpus']} GPUs "
                              "(the colocated baseline alone would): " + "; ".join(self.skipped)
                              + "".join(f"\nnote: {note}" for note in self.base_notes))
+        if all(v.colocated for v in self.variants):
+            self.base_notes.append("no P:D split can run (skipped above): only the colocated baseline does")
         colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
         if colocated_note:
             self.base_notes.append(colocated_note)
@@ -239,10 +242,12 @@ class _Setup:
         for v in variants:
             try:
                 with extrapolations_gathered():  # the runs on the same profiles say where they leave its grid
+                    cluster = Cluster(simpy.Environment(), v.config(), opts, v.label)
                     if lengths is not None:
-                        self.estimates[v.label] = estimate(v, lengths, self.slo.tpot_ms, opts).as_dict()
-                    else:
-                        Cluster(simpy.Environment(), v.config(), opts, v.label)
+                        self.estimates[v.label] = estimate(v, lengths, self.slo.tpot_ms, opts, cluster).as_dict()
+                # Said once per source, from the builds, so a resumed command that runs nothing says it too.
+                self.allreduce_notes.update(f"TP {inst.spec.tp} all-reduce priced by {inst.predictor.allreduce_source}"
+                                            for inst in cluster.instances if inst.predictor.allreduce_source)
             except PdsimError as e:
                 self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
                 continue
@@ -419,8 +424,8 @@ def sweep(rates: str, **kw: Any) -> None:
     wall_s = time.perf_counter() - started
     click.echo(_table(rows, SWEEP_COLUMNS))
     click.echo(_unstable_note(rows))
-    if notes:
-        click.echo(_run_notes(notes))
+    if notes | setup.allreduce_notes:
+        click.echo(_run_notes(notes | setup.allreduce_notes))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
@@ -515,8 +520,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     click.echo(_table(ranked, SEARCH_COLUMNS))
     goodputs = {(st.variant.label, rate_key(st.lo)) for st in states if st.lo_row is not None}
     click.echo(_unstable_note([writer.rows[k] for k in sorted(writer.rows)], goodputs))
-    if writer.notes:
-        click.echo(_run_notes(writer.notes))
+    if writer.notes | setup.allreduce_notes:
+        click.echo(_run_notes(writer.notes | setup.allreduce_notes))
     win = ranked[0]
     colo = [r for r in ranked if r["ratio"] == "colo"]
     vs = ""

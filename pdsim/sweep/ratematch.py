@@ -120,10 +120,11 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float,
     return best_n / (out * best_step), best_n, best_step * 1e3 <= tpot_slo_ms
 
 
-def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOptions | None = None) -> Estimate:
+def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOptions | None = None,
+             cluster: Cluster | None = None) -> Estimate:
     # Building the cluster (not running it) gives each instance's predictor and KV size exactly
-    # as the simulation will have them.
-    cluster = Cluster(simpy.Environment(), variant.config(), opts or SimOptions(), variant.label)
+    # as the simulation will have them; `cluster` is that build where the caller made it already.
+    cluster = cluster or Cluster(simpy.Environment(), variant.config(), opts or SimOptions(), variant.label)
     if variant.colocated:
         inst = cluster.instances[0]
         p = prefill_rate(inst, lengths.mean_input)

@@ -158,10 +158,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     row = summarize_run(job, df, settings.slo, settings.warmup_s)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
     row.update(memory_columns(result))
-    row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()}
-                            | {f"TP {info.tp} all-reduce priced by {inst.predictor.allreduce_source}"
-                               for inst, info in zip(result.instances, result.infos)
-                               if inst.predictor.allreduce_source is not None})
+    row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()})
     return row
 
 
