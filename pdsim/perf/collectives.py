@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pdsim.hardware import HardwareSpec, get_hardware
 
@@ -115,11 +116,25 @@ NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 
 #   then cross CPU sockets without peer-to-peer access.
 # These are the measured servers' topologies; another server of the same GPU may differ (docs/validation.md).
 PCIE_CUSTOM_MAX_BYTES = 8 * 2**20
-PCIE_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
+
+
+class PcieServer(NamedTuple):
+    """A measured PCIe server and the two algorithms measured on it, as sources name them."""
+
+    name: str
+    custom: str
+    nccl: str
+
+    def measured(self, custom_runs: bool) -> str:
+        """What was measured of the algorithms a model of it runs."""
+        return f"{self.name}: {f'{self.custom}, ' if custom_runs else ''}{self.nccl}"
+
+
+PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
     # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count)
-    "RTXPRO6000": ("RTX PRO 6000 Server: vLLM 0.19 custom all-reduce, NCCL 2.29.2",
+    "RTXPRO6000": (PcieServer("RTX PRO 6000 Server", "vLLM 0.19 custom all-reduce", "NCCL 2.29.2"),
                    {2: (18.8, 14.7)}, {2: (7.33, 34.0), 4: (14.2, 24.2), 8: (29.4, 22.2)}),
-    "L40S": ("L40S server: vLLM 0.14 custom all-reduce, NCCL 2.27.3",
+    "L40S": (PcieServer("L40S server", "vLLM 0.14 custom all-reduce", "NCCL 2.27.3"),
              {2: (5.41, 19.4)}, {2: (7.93, 18.6), 4: (11.2, 5.12), 8: (28.4, 1.62)}),
 }
 PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 collective tables)"
@@ -201,14 +216,14 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
     """The measured server of the nearest PCIe line rate, its bandwidths scaled to line_gbps."""
     line = {name: get_hardware(name).intra_node_bw_gbps for name in PCIE_MEASURED}
     server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(line_gbps / line[name])), name))
-    what, custom, nccl = PCIE_MEASURED[server]
+    measured, custom, nccl = PCIE_MEASURED[server]
     scale = line_gbps / line[server]
     if scale != 1.0:
         why += f", bandwidth scaled x{scale:.2f} to its {line_gbps:g} GB/s link"
     if hardware_name in PCIE_WITHOUT_P2P_LIKE:
         custom = {}
         why += ", and without peer-to-peer access NCCL alone, a lower bound"
-    source = PCIE_ASSUMED_SOURCE.format(what.split(":")[0], hardware_name, why) + _topology(n)
+    source = PCIE_ASSUMED_SOURCE.format(measured.name, hardware_name, why) + _topology(n)
     return _server_model(source, custom, nccl, n, custom_all_reduce, scale)
 
 
@@ -230,11 +245,16 @@ def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dic
         source += f", its {gpus}-GPU figures"
     call_us, bus_bw = nccl[gpus]
     nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale)
-    if n != 2 or 2 not in custom:
+    if not _custom_runs(custom, n, custom_all_reduce):
         return nccl_model
     call_us, bus_bw = custom[2]
     return AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale, large=nccl_model,
                           large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
+
+
+def _custom_runs(custom: dict[int, tuple[float, float]], n: int, custom_all_reduce: bool) -> bool:
+    """Whether a server's custom all-reduce table prices n GPUs' small messages (two GPUs, not disabled)."""
+    return custom_all_reduce and n == 2 and 2 in custom
 
 
 def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
@@ -243,15 +263,14 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
     found = _measured(PCIE_MEASURED, PCIE_WITHOUT_P2P_LIKE, hardware)
     if found is None:
         return None
-    measured, (what, custom, nccl) = found
-    if measured != hardware.name:  # no P2P: NCCL only, lower bound
-        return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {what.split(':')[0]} "
+    name, (server, custom, nccl) = found
+    if name != hardware.name:  # no P2P: NCCL only, lower bound
+        return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {server.name} "
                              "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound", {}, nccl, n,
                              custom_all_reduce)
-    if not (custom_all_reduce and n == 2 and 2 in custom):  # NCCL alone runs: name only what was measured of it
-        server, algorithms = what.split(": ", 1)
-        what = f"{server}: {algorithms.split(', ')[-1]}"
-    return _server_model(PCIE_MEASURED_SOURCE.format(what) + _topology(n), custom, nccl, n, custom_all_reduce)
+    # Named by what runs: where NCCL alone does, only what was measured of it.
+    source = PCIE_MEASURED_SOURCE.format(server.measured(_custom_runs(custom, n, custom_all_reduce)))
+    return _server_model(source + _topology(n), custom, nccl, n, custom_all_reduce)
 
 
 def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:
