@@ -8,7 +8,6 @@ here, and mixture-of-experts ones whose MoE blocks `pdsim/moe.py` reads.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 from dataclasses import dataclass, fields
@@ -17,6 +16,7 @@ from pathlib import Path
 from pdsim.bundled import bundled_path
 from pdsim.errors import PdsimError, read_json_object
 from pdsim.moe import MOE_KEYS, MoESpec, moe_from_hf
+from pdsim.text import did_you_mean
 
 MODELS_DIR = bundled_path("configs", "models")
 
@@ -282,11 +282,8 @@ def _load_model(name: str, root: Path) -> ModelSpec:
     # The resolve check keeps names like "../x" from escaping the models directory.
     if not path.is_file() or root not in path.resolve().parents:
         names = known_models(root)
-        lower = {n.lower(): n for n in names}  # HF names differ in case only too often: Llama-3.1-8b
-        close = [lower[name.lower()]] if name.lower() in lower else difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise PdsimError(f"unknown model {name!r}{hint}; known models: {', '.join(names) or '(none)'} "
-                         f"(configs in {root})")
+        raise PdsimError(f"unknown model {name!r}{did_you_mean(name, names)}; known models: "
+                         f"{', '.join(names) or '(none)'} (configs in {root})")
     return _spec_from_hf(name, path, read_json_object(path))
 
 

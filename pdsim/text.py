@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 
@@ -14,3 +15,12 @@ def listed(items: Sequence[str], shown: int = 4) -> str:
     """The first `shown` items, and how many more: a message stays one line whatever the list's length."""
     head = ", ".join(items[:shown])
     return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def did_you_mean(name: str, names: Sequence[str]) -> str:
+    """' (did you mean 'X'?)' for the known name closest to `name` (the same but for case or blanks first:
+    Hugging Face names differ in case only too often), else ''."""
+    folded = {n.casefold(): n for n in names}
+    key = name.strip().casefold()
+    close = [folded[key]] if key in folded else difflib.get_close_matches(name.strip(), list(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -8,12 +8,12 @@ model, and "_"-prefixed comment keys are dropped.
 from __future__ import annotations
 
 import difflib
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from pdsim.errors import json_shown
 from pdsim.llmservingsim_keys import UNSUPPORTED_KEYS
 
 # Keys accepted at any level and ignored: LLMServingSim's NPU placement/grouping and naming
@@ -55,11 +55,7 @@ UTILIZATION_OVER_MEM_UTIL = "gpu_memory_utilization_over_mem_util"
 
 
 def _fmt(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return json_shown(value, 80)
 
 
 def _choices(options: tuple[str, ...], nullable: bool = False) -> str:

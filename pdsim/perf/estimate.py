@@ -47,6 +47,7 @@ from pdsim.perf.profile import (
     find_profile,
     profile_path,
 )
+from pdsim.text import did_you_mean
 
 GEMM_COMPUTE_EFF_MAX = 0.8
 GEMM_HALF_EFF_M = 64.0
@@ -318,14 +319,11 @@ def load_or_estimate(
         where = profile_path(
             root if root is not None else PROFILES_ROOT, hardware_name, model.name, key, tp
         )
-        import difflib
-
         known = known_hardware()
-        close = difflib.get_close_matches(hardware_name.strip(), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ProfileError(
-            f"no measured profile for {hardware_name}/{model.name}/{key}/tp{tp} under {where} and no "
-            f"hardware spec for {hardware_name!r} to estimate one{hint}; known hardware: {', '.join(known)}"
+            f"no measured profile for {hardware_name}/{model.name}/{key}/tp{tp} under {where} and no hardware "
+            f"spec for {hardware_name!r} to estimate one{did_you_mean(hardware_name, known)}; known hardware: "
+            f"{', '.join(known)}"
         )
     return estimate_profile(spec, model, dtype, tp, quantization, kv_dtype)
 
