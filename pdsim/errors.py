@@ -99,12 +99,17 @@ def csv_header(path: Path) -> list[str] | None:
     return []
 
 
+# The compressions pandas infers from a file's suffix, and the openers of those followed here.
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
 def _csv_opener(path: Path):
     """How pandas opens the file, by its suffix; None for a compression not followed here."""
     suffix = path.suffix.lower()
-    if suffix in (".zip", ".zst", ".tar"):
+    if suffix in COMPRESSED_SUFFIXES and suffix not in _OPENERS:
         return None
-    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+    return _OPENERS.get(suffix, open)
 
 
 def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimError) -> object:

@@ -17,7 +17,7 @@ import click
 import numpy as np
 
 from pdsim.cli_checks import split_items
-from pdsim.errors import TraceError, decode_text
+from pdsim.errors import COMPRESSED_SUFFIXES, TraceError, decode_text
 from pdsim.workload import formats
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, read_trace
 
@@ -73,7 +73,6 @@ def parse_format(spec: str) -> tuple[str, dict[str, str]]:
     return name, params
 
 
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
 CSV_FORMATS = ("azure", "burstgpt", "lengths-csv")
 
 
@@ -99,8 +98,7 @@ def detect_format(path: Path) -> str:
         raise TraceError(f"{path}: a compressed file's format is not told from its bytes; give --dataset-format "
                          f"(the CSV formats, {', '.join(CSV_FORMATS)}, read it compressed)")
     # Not UTF-8 (UTF-16, a binary file): said as the config reader says it, not shown as mojibake.
-    decode_text(_whole_characters(head), str(path), TraceError)
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    text = decode_text(_whole_characters(head), str(path), TraceError).lstrip("\ufeff \t\r\n")
     if not text.strip():
         raise TraceError(f"{path}: the trace has no requests (the file is empty)")
     first = text.split("\n", 1)[0].strip()
