@@ -15,7 +15,7 @@ import click
 import pandas as pd
 
 from pdsim.bundled import InputFile, bundled_path
-from pdsim.cli_checks import OutputFolder, existing_folder, number_in, slo_ms
+from pdsim.cli_checks import OutputFolder, existing_folder, number_in, slo_ms, split_items
 from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
@@ -187,12 +187,11 @@ class _Setup:
         self.estimates: dict[str, dict[str, Any]] = {}  # search's rate-matching estimate per label
         self.allreduce_notes: set[str] = set()  # what priced each TP size's all-reduce (_buildable)
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
-        if ratios is not None and all(v.colocated for v in self.variants):
-            # The splits asked for by name all fell out: running the colocated baseline alone answers another question.
-            raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on {kw['gpus']} GPUs "
-                             "(the colocated baseline alone would): " + "; ".join(self.skipped)
-                             + "".join(f"\nnote: {note}" for note in self.base_notes))
         if all(v.colocated for v in self.variants):
+            if ratios is not None:  # asked for by name, all fell out: the baseline alone answers another question
+                raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on {kw['gpus']} "
+                                 "GPUs (the colocated baseline alone would): " + "; ".join(self.skipped)
+                                 + "".join(f"\nnote: {note}" for note in self.base_notes))
             self.base_notes.append("no P:D split can run (skipped above): only the colocated baseline does")
         colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
         if colocated_note:
@@ -349,6 +348,10 @@ def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str]] | 
     return "\n".join(lines)
 
 
+def _ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4g}"  # no TPOT where every output is one token
+
+
 def _by_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """By label, then by rate as a number (the rows' rates are their CSV text)."""
     return sorted(rows, key=lambda r: (r["label"], float(r["rate_per_s"])))
@@ -394,7 +397,6 @@ def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
 @_common
 def sweep(rates: str, **kw: Any) -> None:
     """Every P:D split of a GPU budget x every rate: latency percentiles, throughput, SLO attainment."""
-    from pdsim.cli_checks import split_items
     from pdsim.sweep.runner import Job, requests_at_rate, run_sweep
     from pdsim.workload.trace import check_request_count
 
@@ -424,8 +426,9 @@ def sweep(rates: str, **kw: Any) -> None:
     wall_s = time.perf_counter() - started
     click.echo(_table(rows, SWEEP_COLUMNS))
     click.echo(_unstable_note(rows))
-    if notes | setup.allreduce_notes:
-        click.echo(_run_notes(notes | setup.allreduce_notes))
+    notes |= setup.allreduce_notes
+    if notes:
+        click.echo(_run_notes(notes))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
@@ -518,10 +521,12 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     in_order = [goodput_row(st, estimates.get(st.variant.label)) for st in states]
     ranked = rank(in_order)
     click.echo(_table(ranked, SEARCH_COLUMNS))
+    rows = [writer.rows[k] for k in sorted(writer.rows)]
     goodputs = {(st.variant.label, rate_key(st.lo)) for st in states if st.lo_row is not None}
-    click.echo(_unstable_note([writer.rows[k] for k in sorted(writer.rows)], goodputs))
-    if writer.notes | setup.allreduce_notes:
-        click.echo(_run_notes(writer.notes | setup.allreduce_notes))
+    click.echo(_unstable_note(rows, goodputs))
+    said = writer.notes | setup.allreduce_notes
+    if said:
+        click.echo(_run_notes(said))
     win = ranked[0]
     colo = [r for r in ranked if r["ratio"] == "colo"]
     vs = ""
@@ -544,8 +549,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         if tied:
             # Layouts that share their bottleneck pool tie whatever the probes: their latency at the goodput
             # is what tells them apart.
-            p90s = "; ".join(f"{r['label']} {r['ttft_p90_ms']:.4g} / {r['tpot_p90_ms']:.4g}".replace("nan", "n/a")
-                             for r in [win, *tied])
+            p90s = "; ".join(f"{r['label']} {_ms(r['ttft_p90_ms'])} / {_ms(r['tpot_p90_ms'])}" for r in [win, *tied])
             click.echo(f"NOTE: tied with {', '.join(r['label'] for r in tied)} at the same goodput per GPU; the "
                        "probes do not tell them apart (raise --max-probes or lower --rel-tol; layouts that share "
                        f"their bottleneck pool stay tied). TTFT / TPOT p90 (ms) at the goodput: {p90s}")
@@ -556,7 +560,6 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
             click.echo(f"  - {note}")
     else:
         click.echo("rate-matching estimate and simulation agree (same winner, every goodput within 30%)")
-    rows = [writer.rows[k] for k in sorted(writer.rows)]
     with setup.outputs("search", "probes.csv") as out:
         out.stage(setup.out / "search.csv", lambda tmp: _write_csv(ranked, tmp))
         if kw["arrival"] == "poisson" and win["goodput_req_s"] > 0:

@@ -113,10 +113,11 @@ def lone_requests_miss(row: dict[str, Any], attainment: float, mode: str, base_r
     rate's window may then leave out what this one scored, so nothing is told."""
     if base_requests <= 0 or row.get("requests") != base_requests or "alone_missed" not in row:
         return None
-    if int(row.get("scored", base_requests)) >= base_requests:
+    scored = int(row.get("scored", base_requests))
+    if scored >= base_requests:
         return None
     rejected = int(row.get("rejected", 0))
-    scored_rejected = max(0, rejected - (base_requests - int(row.get("scored", base_requests))))
+    scored_rejected = max(0, rejected - (base_requests - scored))
     room = base_requests - rejected + scored_rejected
     if mode != "joint":
         return True if 1.0 - scored_rejected / room < attainment - 1e-9 else None
