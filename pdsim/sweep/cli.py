@@ -21,6 +21,7 @@ from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.sweep.rows import settings_path
+from pdsim.text import plural
 from pdsim.workload.readers import dataset_options
 
 # A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
@@ -280,7 +281,7 @@ class _Setup:
             f"{self.kw['workers']} worker(s)" if self.kw["workers"] else "one worker per CPU")
         skipped = "".join(f"\nskipped {why}" for why in self.skipped)
         skipped += "".join(f"\nnote: {note}" for note in self.base_notes)
-        return (f"{_count(len(self.variants), 'configuration')} of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
+        return (f"{plural(len(self.variants), 'configuration')} of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
                 f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}; TTFT at the "
                 f"{self.kw['ttft_mode']}{skipped}\n" + self.steady_rule())
 
@@ -357,10 +358,6 @@ def _by_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["label"], float(r["rate_per_s"])))
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _base_tp_notes(base, tp_prefill: list[int], tp_decode: list[int]) -> list[str]:
     """The base config's instances are templates: their TP degree is replaced by --tp-prefill/--tp-decode,
     which a base at another TP may not expect; said, naming the options."""
@@ -409,10 +406,10 @@ def sweep(rates: str, **kw: Any) -> None:
         raise PdsimError(f"--rates: expected numbers > 0 and <= {MAX_RATE_PER_S:g} (req/s), got {rates!r}")
     setup = _Setup(kw)
     for rate in rate_list:  # before any run starts (trace_at_rate checks it again for search's rates)
-        check_request_count(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
+        check_requestplural(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
                             f"--rates {rate:g} (for at least {setup.settings.min_duration_s:g} s)")
     jobs = [Job(v, r) for v in setup.variants for r in rate_list]
-    click.echo(f"sweep: {setup.describe()}, {_count(len(rate_list), 'rate')}: {_count(len(jobs), 'run')}")
+    click.echo(f"sweep: {setup.describe()}, {plural(len(rate_list), 'rate')}: {plural(len(jobs), 'run')}")
     bar = _bar(kw["quiet"])
     started = time.perf_counter()
     executor = setup.executor()
