@@ -406,7 +406,7 @@ def sweep(rates: str, **kw: Any) -> None:
         raise PdsimError(f"--rates: expected numbers > 0 and <= {MAX_RATE_PER_S:g} (req/s), got {rates!r}")
     setup = _Setup(kw)
     for rate in rate_list:  # before any run starts (trace_at_rate checks it again for search's rates)
-        check_requestplural(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
+        check_request_count(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
                             f"--rates {rate:g} (for at least {setup.settings.min_duration_s:g} s)")
     jobs = [Job(v, r) for v in setup.variants for r in rate_list]
     click.echo(f"sweep: {setup.describe()}, {plural(len(rate_list), 'rate')}: {plural(len(jobs), 'run')}")
