@@ -17,13 +17,14 @@ import math
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pdsim.config import GB, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
-from pdsim.errors import ConfigError
+from pdsim.errors import ConfigError, TraceError
 from pdsim.hardware import get_hardware
 from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
@@ -344,6 +345,49 @@ def test_trace_arrivals_are_refused_by_name_or_kept_within_the_clock(tmp_path_fa
 def test_sim_options_refuse_what_would_never_end(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         SimOptions(**kwargs)
+
+
+# Found by an engine fuzz through the Python API: a NaN overhead never let the clock reach the next step, and the
+# others ended in a bare ZeroDivisionError, IndexError or simpy's negative delay, or ran silently.
+@pytest.mark.parametrize("kwargs", [
+    {"step_overhead_per_seq_us": math.nan}, {"step_overhead_us": -1.0}, {"concurrency": 0}, {"concurrency": -1},
+    {"concurrency": True}, {"client_send_gaps_s": (-1.0,)}, {"client_send_gaps_s": (math.inf,)},
+    {"client_delay_s": math.nan}, {"client_start_spread_s": -1.0}, {"prefill_policy": "bogus"},
+    {"decode_policy": "bogus"}, {"max_decode_run_steps": 0}, {"decode_skew_alpha": 5.0}, {"seed": -1},
+    {"recorded_gpu_memory_utilization": 2.0}, {"kv_gpu_blocks": {"n0.i0": 0}},
+])
+def test_sim_options_refuse_values_out_of_range_by_name_also_when_set_later(kwargs):
+    name = next(iter(kwargs))
+    with pytest.raises(ConfigError, match=f"^{name}"):
+        SimOptions(**kwargs)
+    opts = SimOptions()
+    setattr(opts, name, kwargs[name])  # simulate() checks again: a field set after construction
+    trace = [TraceRequest(0, 10, 5, 0)]
+    with pytest.raises(ConfigError, match=f"^{name}"):
+        simulate(_pd_config(), trace, opts)
+
+
+@pytest.mark.parametrize("trace, why", [
+    ([TraceRequest(0, 10, 5, 0), TraceRequest(0, 10, 5, 0)], r"trace\[1\] \(request_id 0\): expected a request_id"),
+    ([TraceRequest(0, 10.5, 5, 0)], r"trace\[0\] \(request_id 0\): field 'input_toks'.* got 10.5"),
+    ([TraceRequest(0, 10, 0, 0)], "field 'output_toks'"),
+    ([TraceRequest(0, True, 5, 0)], "field 'input_toks'"),
+    ([TraceRequest(0, 10, 5, -1)], "field 'arrival_time_ns'"),
+    ([TraceRequest(0, 10, 5, math.nan)], "field 'arrival_time_ns'"),
+    ([TraceRequest(0, 10, 5, 0, (1, 2, 3, 4), 4)], "field 'hash_ids': 4 ids"),
+])
+def test_a_trace_list_given_to_simulate_is_checked_as_the_readers_check_a_file(trace, why):
+    with pytest.raises(TraceError, match=why):
+        simulate(_pd_config(), trace)
+
+
+def test_numpy_integers_in_a_trace_list_are_whole_numbers():
+    result = simulate(_pd_config(), [TraceRequest(np.int64(0), np.int32(10), np.int64(5), np.int64(0))])
+    assert result.requests[0].status == "finished"
+
+
+def _pd_config() -> object:
+    return cluster_config_from_dict(json.loads((REPO / "configs/cluster/single_node_pd_instance.json").read_text()))
 
 
 # ---- one regression test per failure the issue reports

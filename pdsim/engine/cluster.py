@@ -28,7 +28,7 @@ from pdsim.engine.topology import Topology
 from pdsim.models import load_model
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.workload.clients import ClosedLoopClients, open_loop
-from pdsim.workload.trace import TraceRequest
+from pdsim.workload.trace import TraceRequest, check_requests
 
 __all__ = [
     "GIB", "Cluster", "InstanceInfo", "LinkSample", "Sample", "SimOptions", "SimulationResult",
@@ -160,6 +160,8 @@ def simulate(
     time limit is reached (what is left is reported unfinished with the reason).
     step_times: makes each instance's step-time model (called as StepTimePredictor is)."""
     opts = opts or SimOptions()
+    opts.check()
+    check_requests(trace)
     env = simpy.Environment()
     cluster = Cluster(env, cfg, opts, source, step_times)
     requests = [Request(t.request_id, t.input_toks, t.output_toks, t.arrival_time_ns * 1e-9,

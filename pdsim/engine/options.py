@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from pdsim.config import TTFT_MODES
+from pdsim.config.base import MAX_OVERHEAD_US, ROUTER_POLICIES
 from pdsim.errors import ConfigError
 
 
@@ -54,12 +56,58 @@ class SimOptions:
     step_time_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Every field in its range, else a ConfigError naming it. simulate() asks again, since a caller may set a
+        field after construction; a NaN overhead, for one, would never let the clock reach the next step."""
+        if not _whole(self.seed) or self.seed < 0:
+            raise ConfigError(f"seed: expected a whole number >= 0, got {self.seed!r}")
+        for name in ("prefill_policy", "decode_policy"):
+            policy = getattr(self, name)
+            if policy is not None and policy not in ROUTER_POLICIES:
+                raise ConfigError(f"{name}: expected one of {', '.join(ROUTER_POLICIES)}, got {policy!r}")
         if self.ttft_mode not in TTFT_MODES:
             raise ConfigError(f"ttft_mode: expected one of {', '.join(TTFT_MODES)}, got {self.ttft_mode!r}")
         # A sample per 1e-12 s would never end; the CLI's --log-interval refuses the same range.
-        if not (math.isfinite(self.sample_interval_s) and self.sample_interval_s >= 1e-3):
+        if not (_finite(self.sample_interval_s) and self.sample_interval_s >= 1e-3):
             raise ConfigError(f"sample_interval_s: expected a finite number >= 0.001 s, got {self.sample_interval_s}")
-        if not (math.isfinite(self.step_time_scale) and self.step_time_scale > 0):
+        if not (_finite(self.step_time_scale) and self.step_time_scale > 0):
             raise ConfigError(f"step_time_scale: expected a finite number > 0, got {self.step_time_scale}")
-        if self.max_sim_time_s is not None and not (math.isfinite(self.max_sim_time_s) and self.max_sim_time_s > 0):
+        if self.max_sim_time_s is not None and not (_finite(self.max_sim_time_s) and self.max_sim_time_s > 0):
             raise ConfigError(f"max_sim_time_s: expected a finite number > 0 (s), got {self.max_sim_time_s}")
+        # The instance keys' range (InstanceConfig), which these override.
+        for name in ("step_overhead_us", "step_overhead_per_seq_us"):
+            value = getattr(self, name)
+            if value is not None and not (_finite(value) and 0 <= value <= MAX_OVERHEAD_US):
+                raise ConfigError(f"{name}: expected a number from 0 to {MAX_OVERHEAD_US:g} (us), got {value!r}")
+        alpha = self.decode_skew_alpha
+        if alpha is not None and not (_finite(alpha) and 0 <= alpha <= 1):
+            raise ConfigError(f"decode_skew_alpha: expected a number from 0 to 1, got {alpha!r}")
+        if not _whole(self.max_decode_run_steps) or self.max_decode_run_steps < 1:
+            raise ConfigError(f"max_decode_run_steps: expected a whole number >= 1, got {self.max_decode_run_steps!r}")
+        if self.concurrency is not None and (not _whole(self.concurrency) or self.concurrency < 1):
+            raise ConfigError(f"concurrency: expected a whole number >= 1 (clients) or None, got {self.concurrency!r}")
+        for name in ("client_start_spread_s", "client_delay_s"):
+            value = getattr(self, name)
+            if not (_finite(value) and value >= 0):
+                raise ConfigError(f"{name}: expected a finite number >= 0 (s), got {value!r}")
+        bad_gaps = [g for g in self.client_send_gaps_s if not (_finite(g) and g >= 0)]
+        if bad_gaps:
+            raise ConfigError(f"client_send_gaps_s: expected finite numbers >= 0 (s), got {bad_gaps[0]!r}")
+        bad_blocks = {k: v for k, v in self.kv_gpu_blocks.items() if not _whole(v) or v < 1}
+        if bad_blocks:
+            key, value = next(iter(bad_blocks.items()))
+            raise ConfigError(f"kv_gpu_blocks[{key!r}]: expected a whole number of blocks >= 1, got {value!r}")
+        util = self.recorded_gpu_memory_utilization
+        if util is not None and not (_finite(util) and 0 < util <= 1):
+            raise ConfigError(f"recorded_gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
+
+
+def _finite(value: object) -> bool:
+    """A real number (numpy's too; bool is none) that is finite."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

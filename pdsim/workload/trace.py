@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -100,6 +101,43 @@ def checked_hash_ids(ids: object, input_toks: int, block: int, where: str) -> tu
         raise TraceError(f"{where}: field 'hash_ids': {len(ids)} ids of {block} tokens each, but {input_toks} input "
                          f"tokens make at most {most} blocks")
     return tuple(ids)
+
+
+def check_requests(trace: Iterable[TraceRequest]) -> None:
+    """What the engine needs of a list handed to simulate() directly (the readers give it already): whole
+    lengths >= 1, arrival times in range, one request per id, prefix ids within their prompts. Errors name
+    the request by its place in the list."""
+    seen: set[int] = set()
+    for i, r in enumerate(trace):
+        rid, inp, out, arr = r.request_id, r.input_toks, r.output_toks, r.arrival_time_ns
+        if (type(rid) is int and type(inp) is int and type(out) is int and type(arr) is int  # the readers' kind
+                and 1 <= inp <= MAX_TOKENS and 1 <= out <= MAX_TOKENS and 0 <= arr <= MAX_ARRIVAL_NS
+                and rid not in seen and not r.hash_ids):
+            seen.add(rid)
+            continue
+        _refuse_request(i, r, seen)  # numpy's integers and prefix ids are checked there; bool and 10.0 refused
+        seen.add(rid)
+
+
+def _refuse_request(i: int, r: TraceRequest, seen: set[int]) -> None:
+    """Raise the TraceError that says what check_requests found wrong with r (returns if nothing is)."""
+    where = f"trace[{i}] (request_id {r.request_id!r})"
+    rid = r.request_id
+    if not isinstance(rid, numbers.Integral) or isinstance(rid, bool) or rid in seen:
+        raise TraceError(f"{where}: expected a request_id that is an integer no other request has")
+    for key in ("input_toks", "output_toks"):
+        value = getattr(r, key)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 1 <= value <= MAX_TOKENS:
+            raise TraceError(f"{where}: field {key!r}: expected an integer from 1 to {MAX_TOKENS:.0e}, got {value!r}")
+    arrival = r.arrival_time_ns
+    if not isinstance(arrival, numbers.Real) or isinstance(arrival, bool):
+        raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {arrival!r}")
+    _arrival(arrival if type(arrival) is int else float(arrival), where)
+    if r.hash_ids:
+        if not isinstance(r.hash_block_tokens, numbers.Integral) or r.hash_block_tokens < 1:
+            raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer with hash_ids, "
+                             f"got {r.hash_block_tokens!r}")
+        checked_hash_ids(list(r.hash_ids), r.input_toks, r.hash_block_tokens, where)
 
 
 # Every key a line may carry; any other is named in a note, since a misspelt optional key (`hash_id`)
