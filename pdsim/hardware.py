@@ -8,6 +8,7 @@ kernels reach only partly, which `pdsim/perf/estimate.py` accounts for with effi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -129,6 +130,34 @@ HARDWARE: dict[str, HardwareSpec] = {
             compute_capability="8.0",
             sm_count=108,  # Ampere GA100 whitepaper
             source="NVIDIA A100 Tensor Core GPU datasheet",
+        ),
+        HardwareSpec(
+            name="A100-PCIe-80GB",
+            description="NVIDIA A100 PCIe 80 GB (no NVLink bridge)",
+            bf16_tflops=312.0,
+            fp8_tflops=0.0,
+            mem_bw_gbps=1935.0,
+            mem_size_gb=80.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            compute_capability="8.0",
+            sm_count=108,  # Ampere GA100 whitepaper
+            source="NVIDIA A100 Tensor Core GPU datasheet (A100 80GB PCIe column)",
+        ),
+        HardwareSpec(
+            name="A100-PCIe-40GB",
+            description="NVIDIA A100 PCIe 40 GB (no NVLink bridge)",
+            bf16_tflops=312.0,
+            fp8_tflops=0.0,
+            mem_bw_gbps=1555.0,
+            mem_size_gb=40.0,
+            intra_node_bw_gbps=32.0,  # PCIe 4.0 x16
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            compute_capability="8.0",
+            sm_count=108,  # Ampere GA100 whitepaper
+            source="NVIDIA A100 Tensor Core GPU datasheet (A100 40GB PCIe column)",
         ),
         HardwareSpec(
             name="H100-PCIe",
@@ -313,6 +342,9 @@ HARDWARE_ALIASES: dict[str, str] = {
     "A100": "A100-80GB",
     "A100-SXM4-40GB": "A100-40GB",
     "H100-PCIE": "H100-PCIe",
+    "A100-PCIe": "A100-PCIe-80GB",
+    "A100-PCIE": "A100-PCIe-80GB",
+    "A100-PCIE-40GB": "A100-PCIe-40GB",
     "H100_PCIE": "H100-PCIe",
     "H800-SXM": "H800",
     "H20-SXM": "H20",
@@ -330,3 +362,29 @@ HARDWARE_ALIASES: dict[str, str] = {
 def canonical_hardware_name(name: str) -> str:
     """The name pdsim knows `name` by (aliases resolved; unknown names are returned unchanged)."""
     return HARDWARE_ALIASES.get(name, name)
+
+
+# Boards that one family name covers, told apart by the device name a profile records (torch's
+# get_device_name: "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-40GB", ...). LLMServingSim's
+# configs say "H100" for any H100, but the SXM and PCIe boards differ in TP link (NVLink against PCIe 5), memory
+# bandwidth and the non-torch memory NCCL takes. A board pdsim has no spec for is named as the device calls it.
+_BOARD_PATTERNS: tuple[tuple[str, str, str], ...] = (  # (pattern, family, board); the first match wins
+    (r"H100.*NVL", "H100", "H100 NVL"),
+    (r"H100.*PCIe", "H100", "H100-PCIe"),
+    (r"H100.*(HBM3|SXM)", "H100", "H100-SXM"),
+    (r"A100.*(40GB.*PCIe|PCIe.*40GB)", "A100", "A100-PCIe-40GB"),
+    (r"A100.*PCIe", "A100", "A100-PCIe-80GB"),
+    (r"A100.*SXM4-80GB", "A100", "A100-80GB"),
+    (r"A100.*SXM4-40GB", "A100", "A100-40GB"),
+)
+_FAMILY = {board: family for _, family, board in _BOARD_PATTERNS}
+
+
+def recorded_board(device_name: str, hardware: str) -> str | None:
+    """The board of `hardware`'s family that a recorded device name says, where it says another one than
+    `hardware` (None: the same board, another family, or a name it cannot tell)."""
+    named = canonical_hardware_name(hardware)
+    for pattern, family, board in _BOARD_PATTERNS:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            return board if _FAMILY.get(named) == family and board != named else None
+    return None
