@@ -1,4 +1,4 @@
-"""Multi-head latent attention (MLA) shapes, read from `deepseek_v3` Hugging Face configs.
+"""Multi-head latent attention (MLA) shapes, read from `deepseek_v2` / `deepseek_v3` Hugging Face configs.
 
 MLA (DeepSeek-V2/V3) replaces per-head K and V by one compressed latent per token:
 
@@ -21,8 +21,6 @@ from pathlib import Path
 
 from pdsim.errors import PdsimError
 from pdsim.models import ModelSpec, dtype_bytes
-
-MLA_MODEL_TYPES = ("deepseek_v3",)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`, `deepseek_v3`,
-`gpt_oss`).
+"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`, `deepseek_v2`,
+`deepseek_v3`, `gpt_oss`).
 
 A MoE decoder layer replaces the dense MLP by a router gate (hidden x num_experts, replicated on
 every GPU), `num_experts` routed experts of which each token uses `top_k`, and optionally shared
@@ -33,6 +33,7 @@ from pdsim.errors import PdsimError
 MOE_KEYS: dict[str, tuple[str, str]] = {
     "qwen3_moe": ("num_experts", "moe_intermediate_size"),
     "mixtral": ("num_local_experts", "intermediate_size"),
+    "deepseek_v2": ("n_routed_experts", "moe_intermediate_size"),
     "deepseek_v3": ("n_routed_experts", "moe_intermediate_size"),
     "gpt_oss": ("num_local_experts", "intermediate_size"),
     "phimoe": ("num_local_experts", "intermediate_size"),
@@ -95,7 +96,7 @@ def moe_from_hf(path: object, model_type: str, raw: dict, num_layers: int) -> Mo
         dense_only = set(raw.get("mlp_only_layers") or [])
         moe_layers = sum(1 for i in range(num_layers) if i not in dense_only and (i + 1) % step == 0)
     shared = 0
-    if model_type == "deepseek_v3":
+    if model_type in ("deepseek_v2", "deepseek_v3"):
         # vLLM's DeepseekV2DecoderLayer: MoE where index >= first_k_dense_replace and
         # index % moe_layer_freq == 0; the shared experts are one MLP of n_shared x the expert size.
         first_dense, freq = raw.get("first_k_dense_replace", 0), positive("moe_layer_freq", 1)

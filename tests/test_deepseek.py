@@ -153,3 +153,34 @@ def test_example_config_runs_to_completion():
     assert 93 * GIB < v3.weight_bytes("bfloat16", 1, 8, "fp8_block") < 95 * GIB
     assert decode[0].spec.kv_bytes_per_token == 70_272  # bf16 latent cache beside fp8 weights
     assert math.isfinite(max(r.finish_s for r in res.requests))
+
+
+# DeepSeek-V2-Lite's Hugging Face config (the shape keys): vLLM runs deepseek_v2 and deepseek_v3 as one architecture.
+V2_LITE = {
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
+    "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64, "num_experts_per_tok": 6,
+    "first_k_dense_replace": 1, "moe_layer_freq": 1, "kv_lora_rank": 512, "q_lora_rank": None,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 102400,
+    "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "topk_method": "greedy", "scoring_func": "softmax",
+}
+
+
+def test_deepseek_v2_lite_runs_from_the_model_config_beside_its_cluster_config(tmp_path):
+    from pdsim.config import load_cluster_config
+
+    (tmp_path / "model_config.json").write_text(json.dumps(V2_LITE))
+    cfg = {"num_nodes": 1, "link_bw": 16, "link_latency": 0, "nodes": [{"num_instances": 1, "instances": [
+        {"model_name": "deepseek-ai/DeepSeek-V2-Lite", "hardware": "H100", "npu_mem": {"mem_size": 80, "mem_bw": 3350},
+         "pd_type": None, "tp_size": 2}]}]}
+    (tmp_path / "cluster_config.json").write_text(json.dumps(cfg))
+    config = load_cluster_config(tmp_path / "cluster_config.json")
+    lite = load_model("deepseek-ai/DeepSeek-V2-Lite")
+    # DeepSeek-V2's paper: 15.7B parameters, 2.4B activated per token (without the input embedding, a lookup).
+    assert 15.6e9 < lite.param_count() < 15.8e9
+    assert 2.4e9 < lite.active_param_count() - 102400 * 2048 < 2.5e9
+    assert lite.mla.q_lora_rank is None and lite.dense_mlp_layers == 1 and lite.moe.shared_intermediate == 2 * 1408
+    assert lite.kv_bytes_per_token("bfloat16", tp=2) == 27 * 576 * 2  # the latent, whole on every TP rank
+    result = simulate(config, trace([(500, 20, i * 0.2) for i in range(20)]))
+    assert all(r.status == "finished" for r in result.requests)
