@@ -369,22 +369,22 @@ def canonical_hardware_name(name: str) -> str:
 # configs say "H100" for any H100, but the SXM and PCIe boards differ in TP link (NVLink against PCIe 5), memory
 # bandwidth and the non-torch memory NCCL takes. A board pdsim has no spec for is named as the device calls it.
 _BOARD_PATTERNS: tuple[tuple[str, str, str], ...] = (  # (pattern, family, board); the first match wins
-    (r"H100.*NVL", "H100", "H100 NVL"),
-    (r"H100.*PCIe", "H100", "H100-PCIe"),
-    (r"H100.*(HBM3|SXM)", "H100", "H100-SXM"),
-    (r"A100.*(40GB.*PCIe|PCIe.*40GB)", "A100", "A100-PCIe-40GB"),
-    (r"A100.*PCIe", "A100", "A100-PCIe-80GB"),
-    (r"A100.*SXM4-80GB", "A100", "A100-80GB"),
-    (r"A100.*SXM4-40GB", "A100", "A100-40GB"),
+    (r"H100\b.*\bNVL\b", "H100", "H100 NVL"),  # not "NVLink"
+    (r"H100\b.*PCIe", "H100", "H100-PCIe"),
+    (r"H100\b.*(HBM3|SXM)", "H100", "H100-SXM"),
+    (r"A100\b.*(40 ?GB.*PCIe|PCIe.*40 ?GB)", "A100", "A100-PCIe-40GB"),
+    (r"A100\b.*PCIe", "A100", "A100-PCIe-80GB"),
+    (r"A100\b.*SXM.*80 ?GB", "A100", "A100-80GB"),
+    (r"A100\b.*SXM.*40 ?GB", "A100", "A100-40GB"),
 )
 _FAMILY = {board: family for _, family, board in _BOARD_PATTERNS}
 
 
-def recorded_board(device_name: str, hardware: str) -> str | None:
-    """The board of `hardware`'s family that a recorded device name says, where it says another one than
-    `hardware` (None: the same board, another family, or a name it cannot tell)."""
-    named = canonical_hardware_name(hardware)
-    for pattern, family, board in _BOARD_PATTERNS:
+def device_board(device_name: str, hardware: str) -> str | None:
+    """The board of `hardware`'s family that a recorded device name says (None: another family, or a name it
+    cannot tell)."""
+    family = _FAMILY.get(canonical_hardware_name(hardware))
+    for pattern, board_family, board in _BOARD_PATTERNS:
         if re.search(pattern, device_name, re.IGNORECASE):
-            return board if _FAMILY.get(named) == family and board != named else None
+            return board if board_family == family else None
     return None

@@ -375,14 +375,17 @@ def test_sim_options_refuse_values_out_of_range_by_name_also_when_set_later(kwar
     ([TraceRequest(0, 10, 5, -1)], "field 'arrival_time_ns'"),
     ([TraceRequest(0, 10, 5, math.nan)], "field 'arrival_time_ns'"),
     ([TraceRequest(0, 10, 5, 0, (1, 2, 3, 4), 4)], "field 'hash_ids': 4 ids"),
+    ([TraceRequest(0, 10, 5, 0, (1, 2), True)], "field 'hash_block_tokens'"),
+    ([TraceRequest(0, 10, 5, 0, np.array([1, 2]), 4)], "field 'hash_ids': expected a tuple"),
 ])
 def test_a_trace_list_given_to_simulate_is_checked_as_the_readers_check_a_file(trace, why):
     with pytest.raises(TraceError, match=why):
         simulate(_pd_config(), trace)
 
 
-def test_numpy_integers_in_a_trace_list_are_whole_numbers():
-    result = simulate(_pd_config(), [TraceRequest(np.int64(0), np.int32(10), np.int64(5), np.int64(0))])
+def test_numpy_integers_in_a_trace_list_and_the_seed_are_whole_numbers():
+    trace = [TraceRequest(np.int64(0), np.int32(10), np.int64(5), np.int64(0), (np.int64(1), np.int64(2)), 8)]
+    result = simulate(_pd_config(), trace, SimOptions(seed=np.int64(3)))
     assert result.requests[0].status == "finished"
 
 

@@ -158,26 +158,40 @@ def test_a_profile_measured_on_another_gpu_is_refused_or_said(tmp_path, hardware
 
 @pytest.mark.parametrize("device,hardware,board", [
     ("NVIDIA H100 PCIe", "H100", "H100-PCIe"),  # LLMServingSim's "H100" is read as the SXM board
-    ("NVIDIA H100 80GB HBM3", "H100", None),  # the SXM board: as read
+    ("NVIDIA H100 80GB HBM3", "H100", "H100-SXM"),
     ("NVIDIA H100 80GB HBM3", "H100-PCIe", "H100-SXM"),
     ("NVIDIA H100 NVL", "H100", "H100 NVL"),  # a board pdsim has no spec for, named as the device calls it
+    ("NVIDIA H100 SXM5 80GB", "H100", "H100-SXM"),
     ("NVIDIA A100-SXM4-40GB", "A100", "A100-40GB"),
+    ("NVIDIA A100-SXM-80GB", "A100", "A100-80GB"),
     ("NVIDIA A100 80GB PCIe", "A100", "A100-PCIe-80GB"),
     ("NVIDIA A100-PCIE-40GB", "A100-40GB", "A100-PCIe-40GB"),
-    ("NVIDIA A100 80GB PCIe", "A100-PCIe", None),
     ("NVIDIA H100 PCIe", "RTX4090", None),  # another family: the profile's hardware field decides, as before
+    ("NVIDIA H800", "H100", None),
+    ("NVIDIA GH200 480GB", "H100", None),
     ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTXPRO6000", None),
 ])
 def test_the_board_a_profile_recorded_is_told_within_a_family(device, hardware, board):
-    from pdsim.hardware import recorded_board
+    from pdsim.hardware import device_board
 
-    assert recorded_board(device, hardware) == board
+    assert device_board(device, hardware) == board
+
+
+def test_pdsim_s_own_descriptions_name_their_own_board():
+    # Estimated and imported profiles record the spec's description as their device name.
+    from pdsim.hardware import HARDWARE, device_board
+
+    for name in ("H100-SXM", "H100-PCIe", "A100-80GB", "A100-40GB", "A100-PCIe-80GB", "A100-PCIe-40GB"):
+        assert device_board(HARDWARE[name].description, name) == name
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
-@pytest.mark.parametrize("gpu,board", [("NVIDIA H100 PCIe", "H100-PCIe"), ("NVIDIA H100 80GB HBM3", "H100-SXM"),
-                                       ("NVIDIA H100 NVL", "H100-SXM")])
-def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_board(tmp_path, gpu, board):
+@pytest.mark.parametrize("gpu,named,board", [
+    ("NVIDIA H100 PCIe", "H100", "H100-PCIe"), ("NVIDIA H100 80GB HBM3", "H100", "H100-SXM"),
+    ("NVIDIA H100 NVL", "H100", "H100-SXM"),
+    ("NVIDIA H100 PCIe", "H100-PCIe", "H100-PCIe"),  # the board named: the profile's "H100" does not refuse it
+])
+def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_board(tmp_path, gpu, named, board):
     from pdsim.engine.cluster import simulate
     from pdsim.workload.trace import TraceRequest
 
@@ -187,14 +201,15 @@ def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_bo
     meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", f"gpu: {gpu}"))
     cfg = json.loads((RUN / "cluster_config.json").read_text())
     inst = cfg["nodes"][0]["instances"][0]
-    inst.update(hardware="H100", tp_size=2, num_npus=2, profile_dir=str(tmp_path / "profile"))
+    inst.update(hardware=named, tp_size=2, num_npus=2, profile_dir=str(tmp_path / "profile"))
     inst["npu_mem"] = {"mem_size": 80, "mem_bw": 3350}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     result = simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
     (info,) = result.infos
     assert info.hardware == board
     notes = " ".join(result.instances[0].predictor.notes)
-    assert ("taken as H100-PCIe: the profile was measured on 'NVIDIA H100 PCIe'" in notes) == (board == "H100-PCIe")
+    taken = board == "H100-PCIe" and named == "H100"
+    assert ("taken as H100-PCIe: the profile was measured on 'NVIDIA H100 PCIe'" in notes) == taken
     assert ("'NVIDIA H100 NVL'" in notes and "a board pdsim has no spec for" in notes) == ("NVL" in gpu)
     # A PCIe board's TP 2 all-reduce is not NVLink's, nor its non-torch memory NCCL's NVLink buffers.
     pcie = board == "H100-PCIe"

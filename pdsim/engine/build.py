@@ -14,7 +14,7 @@ from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
 from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
-from pdsim.hardware import HardwareSpec, canonical_hardware_name, get_hardware, recorded_board
+from pdsim.hardware import HardwareSpec, canonical_hardware_name, device_board, get_hardware
 from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
 from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.perf.collectives import fused_allreduce_norm_tokens
@@ -83,11 +83,11 @@ def build_instance(
         # instance's profile_dir) may not fit the instance in another way (its TP, its model), which it says.
         field = "" if (opts.profile_dir or ic.profile_dir) else ".hardware"
         raise ProfileError(f"{where}{field}: {exc}") from None
-    board_note = None
+    board_note, board_told = None, False
     if not profile.estimated:
-        ic, board_note = _recorded_board(ic, profile.meta)
+        ic, board_note, board_told = _recorded_board(ic, profile.meta)
     mismatch = (_profile_hardware_mismatch(profile.meta.hardware, ic.hardware)
-                if not profile.estimated and board_note is None else None)
+                if not profile.estimated and not board_told else None)
     if mismatch == "error":
         raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({profile.meta.path}) was measured on "
                            f"{profile.meta.hardware}: its step times are that GPU's; give the instance that hardware, "
@@ -177,21 +177,22 @@ def mem_bw_note(ic: InstanceConfig) -> str | None:
             f"{spec.name}'s datasheet gives {spec.mem_bw_gbps:g} GB/s")
 
 
-def _recorded_board(ic: InstanceConfig, meta: ProfileMeta) -> tuple[InstanceConfig, str | None]:
-    """The board a measured profile's recorded device names, where the instance's hardware is another board of
-    its family (LLMServingSim's "H100" is read as H100-SXM; a profile measured on an H100 PCIe says so in its
-    `gpu` field): the instance runs as that board, since its step times are that board's, and says so. A board
-    pdsim has no spec for is said, and the instance's kept."""
+def _recorded_board(ic: InstanceConfig, meta: ProfileMeta) -> tuple[InstanceConfig, str | None, bool]:
+    """The board a measured profile's recorded device names, where the instance's hardware is of its family
+    (LLMServingSim's "H100" is read as H100-SXM; a profile measured on an H100 PCIe says so in its `gpu` field):
+    the instance runs as that board, since its step times are that board's, and a board other than the one it
+    named is said (a board pdsim has no spec for is said, and the instance's kept). Also whether the device
+    told the board, which then stands for the profile's hardware field (an "H100" profile of an H100-PCIe)."""
     device = meta.device.get("gpu") or meta.device.get("name")
-    board = recorded_board(device, ic.hardware) if isinstance(device, str) else None
-    if board is None:
-        return ic, None
+    board = device_board(device, ic.hardware) if isinstance(device, str) else None
+    if board is None or board == ic.hardware:
+        return ic, None, board is not None
     if get_hardware(board) is None:
         return ic, (f"the profile was measured on {device!r} ({meta.path}), a board pdsim has no spec for: its "
-                    f"memory and TP links are priced as {ic.hardware}'s")
+                    f"memory and TP links are priced as {ic.hardware}'s"), False
     return ic.model_copy(update={"hardware": board}), (
         f"hardware {ic.hardware} taken as {board}: the profile was measured on {device!r} ({meta.path}); the two "
-        "boards differ in TP link, memory bandwidth and non-torch memory")
+        "boards differ in TP link, memory bandwidth and non-torch memory"), True
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:

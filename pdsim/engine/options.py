@@ -63,6 +63,7 @@ class SimOptions:
         field after construction; a NaN overhead, for one, would never let the clock reach the next step."""
         if not _whole(self.seed) or self.seed < 0:
             raise ConfigError(f"seed: expected a whole number >= 0, got {self.seed!r}")
+        self.seed = int(self.seed)  # random.Random takes no numpy integer
         for name in ("prefill_policy", "decode_policy"):
             policy = getattr(self, name)
             if policy is not None and policy not in ROUTER_POLICIES:

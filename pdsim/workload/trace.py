@@ -112,7 +112,7 @@ def check_requests(trace: Iterable[TraceRequest]) -> None:
         rid, inp, out, arr = r.request_id, r.input_toks, r.output_toks, r.arrival_time_ns
         if (type(rid) is int and type(inp) is int and type(out) is int and type(arr) is int  # the readers' kind
                 and 1 <= inp <= MAX_TOKENS and 1 <= out <= MAX_TOKENS and 0 <= arr <= MAX_ARRIVAL_NS
-                and rid not in seen and not r.hash_ids):
+                and rid not in seen and type(r.hash_ids) is tuple and not r.hash_ids):
             seen.add(rid)
             continue
         _refuse_request(i, r, seen)  # numpy's integers and prefix ids are checked there; bool and 10.0 refused
@@ -133,11 +133,15 @@ def _refuse_request(i: int, r: TraceRequest, seen: set[int]) -> None:
     if not isinstance(arrival, numbers.Real) or isinstance(arrival, bool):
         raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {arrival!r}")
     _arrival(arrival if type(arrival) is int else float(arrival), where)
-    if r.hash_ids:
-        if not isinstance(r.hash_block_tokens, numbers.Integral) or r.hash_block_tokens < 1:
+    ids, block = r.hash_ids, r.hash_block_tokens
+    if not isinstance(ids, (tuple, list)) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
+                                                     for x in ids):
+        raise TraceError(f"{where}: field 'hash_ids': expected a tuple of integers >= 0, got {ids!r}")
+    if ids:
+        if not isinstance(block, numbers.Integral) or isinstance(block, bool) or block < 1:
             raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer with hash_ids, "
-                             f"got {r.hash_block_tokens!r}")
-        checked_hash_ids(list(r.hash_ids), r.input_toks, r.hash_block_tokens, where)
+                             f"got {block!r}")
+        checked_hash_ids([int(x) for x in ids], r.input_toks, block, where)
 
 
 # Every key a line may carry; any other is named in a note, since a misspelt optional key (`hash_id`)
