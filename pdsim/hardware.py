@@ -388,3 +388,9 @@ def device_board(device_name: str, hardware: str) -> str | None:
         if re.search(pattern, device_name, re.IGNORECASE):
             return board if board_family == family else None
     return None
+
+
+def is_family_name(name: str) -> bool:
+    """A name that stands for a GPU family of several boards pdsim tells apart ("H100", "A100"), not one board."""
+    board = canonical_hardware_name(name)
+    return board != name and board in _FAMILY and name.upper() == _FAMILY[board]

@@ -190,6 +190,7 @@ def test_pdsim_s_own_descriptions_name_their_own_board():
     ("NVIDIA H100 PCIe", "H100", "H100-PCIe"), ("NVIDIA H100 80GB HBM3", "H100", "H100-SXM"),
     ("NVIDIA H100 NVL", "H100", "H100-SXM"),
     ("NVIDIA H100 PCIe", "H100-PCIe", "H100-PCIe"),  # the board named: the profile's "H100" does not refuse it
+    ("NVIDIA H100 PCIe", "H100-SXM", "error"),  # another board named: refused, as a profile of another GPU is
 ])
 def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_board(tmp_path, gpu, named, board):
     from pdsim.engine.cluster import simulate
@@ -204,12 +205,17 @@ def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_bo
     inst.update(hardware=named, tp_size=2, num_npus=2, profile_dir=str(tmp_path / "profile"))
     inst["npu_mem"] = {"mem_size": 80, "mem_bw": 3350}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
+    if board == "error":
+        with pytest.raises(ProfileError, match=r"hardware: H100-SXM, but the profile .* was measured on 'NVIDIA H100 "
+                                               r"PCIe' \(H100-PCIe\): its step times are that board's"):
+            simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
+        return
     result = simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
     (info,) = result.infos
     assert info.hardware == board
     notes = " ".join(result.instances[0].predictor.notes)
     taken = board == "H100-PCIe" and named == "H100"
-    assert ("taken as H100-PCIe: the profile was measured on 'NVIDIA H100 PCIe'" in notes) == taken
+    assert ("H100 taken as H100-PCIe, not H100-SXM: the profile was measured on 'NVIDIA H100 PCIe'" in notes) == taken
     assert ("'NVIDIA H100 NVL'" in notes and "a board pdsim has no spec for" in notes) == ("NVL" in gpu)
     # A PCIe board's TP 2 all-reduce is not NVLink's, nor its non-torch memory NCCL's NVLink buffers.
     pcie = board == "H100-PCIe"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from pdsim.config.base import (
@@ -33,7 +33,7 @@ from pdsim.config.base import (
 )
 from pdsim.config.policies import KVTransferConfig, RouterConfig
 from pdsim.errors import PdsimError
-from pdsim.hardware import canonical_hardware_name, get_hardware
+from pdsim.hardware import canonical_hardware_name, get_hardware, is_family_name
 from pdsim.llmservingsim_keys import (
     KV_CACHE_DTYPES,
     check_dp_group,
@@ -177,6 +177,29 @@ class InstanceConfig(_Strict):
     @classmethod
     def _hardware_alias(cls, v: Any) -> Any:
         return canonical_hardware_name(v) if isinstance(v, str) else v
+
+    # The hardware name as the config wrote it: a family name ("H100") lets a measured profile's recorded device
+    # tell the board (engine/build.py), where an explicit board ("H100-SXM") is held to.
+    _hardware_given: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_given_hardware(cls, data: Any, handler: Any) -> Any:
+        instance = handler(data)
+        if isinstance(data, dict) and isinstance(data.get("hardware"), str):
+            instance._hardware_given = data["hardware"]
+        return instance
+
+    @field_serializer("hardware")
+    def _hardware_as_given(self, hardware: str) -> str:
+        # A family name is written back as given, so a config made from this one (sweep's) keeps its meaning.
+        given = self._hardware_given
+        return given if given is not None and canonical_hardware_name(given) == hardware else hardware
+
+    @property
+    def hardware_is_family_name(self) -> bool:
+        """Whether the config named a GPU family whose boards differ (LLMServingSim's "H100"), not one board."""
+        return self._hardware_given is not None and is_family_name(self._hardware_given)
 
     @property
     def kv_dtype(self) -> str:

@@ -85,7 +85,7 @@ def build_instance(
         raise ProfileError(f"{where}{field}: {exc}") from None
     board_note, board_told = None, False
     if not profile.estimated:
-        ic, board_note, board_told = _recorded_board(ic, profile.meta)
+        ic, board_note, board_told = _recorded_board(ic, profile.meta, where)
     mismatch = (_profile_hardware_mismatch(profile.meta.hardware, ic.hardware)
                 if not profile.estimated and not board_told else None)
     if mismatch == "error":
@@ -177,12 +177,13 @@ def mem_bw_note(ic: InstanceConfig) -> str | None:
             f"{spec.name}'s datasheet gives {spec.mem_bw_gbps:g} GB/s")
 
 
-def _recorded_board(ic: InstanceConfig, meta: ProfileMeta) -> tuple[InstanceConfig, str | None, bool]:
-    """The board a measured profile's recorded device names, where the instance's hardware is of its family
-    (LLMServingSim's "H100" is read as H100-SXM; a profile measured on an H100 PCIe says so in its `gpu` field):
-    the instance runs as that board, since its step times are that board's, and a board other than the one it
-    named is said (a board pdsim has no spec for is said, and the instance's kept). Also whether the device
-    told the board, which then stands for the profile's hardware field (an "H100" profile of an H100-PCIe)."""
+def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[InstanceConfig, str | None, bool]:
+    """The board a measured profile's recorded device names, where the instance's hardware is of its family.
+    Where the config named the family ("H100", which LLMServingSim writes for any H100 and pdsim reads as
+    H100-SXM), the instance runs as that board, since its step times are that board's, and says so (a board
+    pdsim has no spec for is said, and the instance's kept); where it named another board, that is refused, as
+    a profile of another GPU is. Also whether the device told the board, which then stands for the profile's
+    hardware field (an "H100" profile measured on an H100 PCIe is an H100-PCIe profile)."""
     device = meta.device.get("gpu") or meta.device.get("name")
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
     if board is None or board == ic.hardware:
@@ -190,9 +191,13 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta) -> tuple[InstanceConf
     if get_hardware(board) is None:
         return ic, (f"the profile was measured on {device!r} ({meta.path}), a board pdsim has no spec for: its "
                     f"memory and TP links are priced as {ic.hardware}'s"), False
+    if not ic.hardware_is_family_name:
+        raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({meta.path}) was measured on {device!r} "
+                           f"({board}): its step times are that board's; give the instance that hardware, or a profile "
+                           "measured on this one")
     return ic.model_copy(update={"hardware": board}), (
-        f"hardware {ic.hardware} taken as {board}: the profile was measured on {device!r} ({meta.path}); the two "
-        "boards differ in TP link, memory bandwidth and non-torch memory"), True
+        f"hardware {ic._hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
+        f"({meta.path}); the boards differ in TP link, memory bandwidth and non-torch memory"), True
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
