@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pdsim.bundled import bundled_path
 from pdsim.errors import PdsimError, read_json_object
-from pdsim.moe import MOE_KEYS, MoESpec, moe_from_hf
+from pdsim.moe import DEEPSEEK_TYPES, MOE_KEYS, MoESpec, moe_from_hf
 from pdsim.text import did_you_mean
 
 MODELS_DIR = bundled_path("configs", "models")
@@ -40,9 +40,6 @@ _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
     "llama": False, "mistral": False, "qwen2": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
     "phi3": False, "phimoe": False, "deepseek_v2": False, "deepseek_v3": False, "gpt_oss": False,
 }
-# DeepSeek-V2 and V3: one architecture in vLLM (DeepseekV3ForCausalLM subclasses DeepseekV2ForCausalLM), MLA
-# attention (pdsim/mla.py) and MoE layers after the first dense ones with shared experts (pdsim/moe.py).
-MLA_TYPES = ("deepseek_v2", "deepseek_v3")
 BIASED_MODEL_TYPES = ("gpt_oss",)  # biased projections counted (pdsim/gpt_oss.py)
 # Types whose `attention_bias: true` puts biases on q, k, v and o (vLLM's LlamaAttention, PhiMoE);
 # Qwen2 always has q, k, v biases and none on o. The biases are counted in the weights.
@@ -390,7 +387,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         lm_head_bias=model_type == "phimoe" and raw.get("lm_head_bias") is True,
         unmodelled_sliding_window=_sliding_window(raw, model_type),
     )
-    if model_type in MLA_TYPES:  # MLA attention: pdsim/mla.py
+    if model_type in DEEPSEEK_TYPES:  # MLA attention: pdsim/mla.py
         from pdsim.mla import with_mla
 
         return with_mla(spec, path, raw)

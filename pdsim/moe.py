@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 from pdsim.errors import PdsimError
 
+# DeepSeek-V2 and V3: one architecture in vLLM (DeepseekV3ForCausalLM subclasses DeepseekV2ForCausalLM): MLA
+# attention (pdsim/mla.py), MoE layers after the first dense ones, shared experts.
+DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 # model_type -> (experts key, expert intermediate key); the dense intermediate_size of a
 # qwen3_moe config is for its non-MoE layers (mlp_only_layers), Mixtral's is the expert size.
 MOE_KEYS: dict[str, tuple[str, str]] = {
@@ -96,7 +99,7 @@ def moe_from_hf(path: object, model_type: str, raw: dict, num_layers: int) -> Mo
         dense_only = set(raw.get("mlp_only_layers") or [])
         moe_layers = sum(1 for i in range(num_layers) if i not in dense_only and (i + 1) % step == 0)
     shared = 0
-    if model_type in ("deepseek_v2", "deepseek_v3"):
+    if model_type in DEEPSEEK_TYPES:
         # vLLM's DeepseekV2DecoderLayer: MoE where index >= first_k_dense_replace and
         # index % moe_layer_freq == 0; the shared experts are one MLP of n_shared x the expert size.
         first_dense, freq = raw.get("first_k_dense_replace", 0), positive("moe_layer_freq", 1)

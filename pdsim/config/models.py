@@ -197,9 +197,14 @@ class InstanceConfig(_Strict):
         return given if given is not None and canonical_hardware_name(given) == hardware else hardware
 
     @property
+    def hardware_given(self) -> str:
+        """The hardware name as the config wrote it (an alias before it was resolved)."""
+        return self._hardware_given or self.hardware
+
+    @property
     def hardware_is_family_name(self) -> bool:
         """Whether the config named a GPU family whose boards differ (LLMServingSim's "H100"), not one board."""
-        return self._hardware_given is not None and is_family_name(self._hardware_given)
+        return is_family_name(self.hardware_given)
 
     @property
     def kv_dtype(self) -> str:

@@ -196,7 +196,7 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
                            f"({board}): its step times are that board's; give the instance that hardware, or a profile "
                            "measured on this one")
     return ic.model_copy(update={"hardware": board}), (
-        f"hardware {ic._hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
+        f"hardware {ic.hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
         f"({meta.path}); the boards differ in TP link, memory bandwidth and non-torch memory"), True
 
 
