@@ -399,6 +399,17 @@ def test_bisection_brackets_then_narrows():
     assert st.lo == 0.0 and len(st.probes) <= st.max_probes
 
 
+def test_bisection_ends_its_bracket_at_the_highest_rate_a_probe_may_run():
+    # Past max_rate a probe's trace would hold more requests than pdsim runs: the search stops there, a lower
+    # bound, instead of failing the whole command on the probe's request count.
+    st = Bisection(variant=None, start_rate=10.0, max_rate=35.0)  # type: ignore[arg-type]
+    while (rate := st.next_rate()) is not None:
+        st.record(rate, {}, True)
+    assert [r for r, _ in st.probes] == [10.0, 20.0] and st.lo == 20.0 and math.isinf(st.hi)
+    st = Bisection(variant=None, start_rate=50.0, max_rate=35.0)  # type: ignore[arg-type]
+    assert st.next_rate() == 35.0
+
+
 def test_bisection_stops_where_load_no_longer_matters():
     # Halving the rate changed neither attainment nor the p90s: no lower rate can pass.
     def row(ttft: float, tpot: float, attain: float = 0.0, stable: int = 1) -> dict:

@@ -23,6 +23,7 @@ from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_t
 from pdsim.sweep.rows import settings_path
 from pdsim.text import plural
 from pdsim.workload.readers import dataset_options
+from pdsim.workload.trace import MAX_REQUESTS
 
 # A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
 MAX_RATE_PER_S = 1e6
@@ -505,11 +506,15 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     executor = setup.executor()
     writer = RowWriter(setup.out / "probes.csv", ROW_FIELDS, kw["resume"], setup.fingerprint)
     budget = len(setup.variants) * max_probes
+    # A probe runs at least --min-duration-s of arrivals: past this rate its trace would pass the request cap.
+    min_duration_s = setup.settings.min_duration_s
+    max_rate = min(MAX_RATE_PER_S, MAX_REQUESTS / min_duration_s if min_duration_s > 0 else math.inf)
     try:
         states = run_search(setup.variants, starts, executor, writer, kw["attainment"], kw["slo_mode"],
                             rel_tol, max_probes,
                             on_round=lambda rounds, probes, runs: bar.update(probes, budget, f"probes, round {rounds}"),
-                            base_requests=0 if any(r.hash_ids for r in setup.trace) else len(setup.trace))
+                            base_requests=0 if any(r.hash_ids for r in setup.trace) else len(setup.trace),
+                            max_rate=max_rate)
     finally:
         writer.close()
         executor.close()
@@ -540,8 +545,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
             click.echo(f"to run it on the Poisson arrivals its probe at that rate had: pdsim run --cluster-config "
                        f"{config} --dataset {setup.out / WINNER_TRACE}")
         if math.isnan(win["first_fail_req_s"]):
-            click.echo("NOTE: no probe of the winner failed (within --max-probes): its goodput is a lower bound, and "
-                       "the ranking may change with more probes")
+            within = "within --max-probes"
+            if win["goodput_req_s"] * 2 > max_rate:
+                within = (f"below {max_rate:g} req/s, past which a probe's {min_duration_s:g} s would hold more than "
+                          f"{MAX_REQUESTS:,} requests" if max_rate < MAX_RATE_PER_S else
+                          f"below {MAX_RATE_PER_S:g} req/s, the most a probe runs")
+            click.echo(f"NOTE: no probe of the winner failed ({within}): its goodput is a lower bound, and the ranking "
+                       "may change with more probes")
         tied = [r for r in ranked[1:] if r["goodput_req_s_per_gpu"] == win["goodput_req_s_per_gpu"]]
         if tied:
             # Layouts that share their bottleneck pool tie whatever the probes: their latency at the goodput

@@ -57,6 +57,7 @@ class Bisection:
     attainment: float = 0.9  # the target and its reading (SLO_MODES), for telling a low-load miss
     mode: str = "joint"
     base_requests: int = 0  # the dataset's requests, when none has prefix ids (0: lone requests do not tell)
+    max_rate: float = math.inf  # the highest rate a probe may run (its trace's requests within the cap)
     lo: float = 0.0  # highest rate that passed
     hi: float = math.inf  # lowest rate that failed
     lo_row: dict[str, Any] | None = None
@@ -71,9 +72,10 @@ class Bisection:
         if len(self.probes) >= self.max_probes or self.low_load_miss:
             return None
         if not self.probes:
-            return round_rate(self.start_rate)
-        if math.isinf(self.hi):
-            return round_rate(self.lo * 2)  # still passing: double until it fails
+            return min(round_rate(self.start_rate), self.max_rate)
+        if math.isinf(self.hi):  # still passing: double until it fails, or the cap ends the bracket
+            nxt = round_rate(self.lo * 2)
+            return nxt if nxt <= self.max_rate else None
         if self.lo == 0.0:
             nxt = self.hi / 2  # failing even here: halve until something passes
             return round_rate(nxt) if nxt >= self.min_rate else None
@@ -149,10 +151,11 @@ def search(
     max_probes: int = 14,
     on_round: Callable[[int, int, int], None] | None = None,
     base_requests: int = 0,
+    max_rate: float = math.inf,
 ) -> list[Bisection]:
     """Bisect every variant's goodput; rows already in `writer` (a resumed run) are reused."""
     states = [Bisection(v, max(start_rates.get(v.label, 1.0), 1e-3), rel_tol, max_probes, attainment=attainment,
-                        mode=mode, base_requests=base_requests) for v in variants]
+                        mode=mode, base_requests=base_requests, max_rate=max_rate) for v in variants]
     rounds = 0
     while True:
         wanted: dict[tuple[str, str], tuple[Bisection, float]] = {}
