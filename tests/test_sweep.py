@@ -410,6 +410,16 @@ def test_bisection_ends_its_bracket_at_the_highest_rate_a_probe_may_run():
     assert st.next_rate() == 35.0
 
 
+def test_a_goodput_no_probe_failed_is_not_explained_as_a_shortfall():
+    from pdsim.sweep.search import disagreements
+
+    row = {"label": "colo-8x-tp1", "ratio": "colo", "goodput_req_s": 0.16, "goodput_req_s_per_gpu": 0.02,
+           "est_req_s_per_gpu": 12.0, "sim_over_est": 0.002, "first_fail_req_s": math.nan, "first_fail_why": "-",
+           "low_load_miss": 0, "est_bottleneck": "decode"}
+    (note,) = disagreements([row])
+    assert "a lower bound: no probe failed" in note and "stretch TPOT" not in note
+
+
 def test_bisection_stops_where_load_no_longer_matters():
     # Halving the rate changed neither attainment nor the p90s: no lower rate can pass.
     def row(ttft: float, tpot: float, attain: float = 0.0, stable: int = 1) -> dict:

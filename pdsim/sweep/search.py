@@ -266,6 +266,8 @@ def disagreements(rows: list[dict[str, Any]], tolerance: float = 0.3, arrival: s
                        "chunked prefill does")
             elif ratio > 1:
                 why = "the estimate's simplifications (pdsim/sweep/ratematch.py) undercount it"
+            elif math.isnan(r["first_fail_req_s"]):  # never failed: the bracket ended (probes or the cap) unclosed
+                why = "a lower bound: no probe failed before the search stopped"
             elif r["ratio"] == "colo":
                 why = "prefill chunks sharing steps with decode stretch TPOT, which the estimate ignores"
             else:
