@@ -354,7 +354,8 @@ def test_sim_options_refuse_what_would_never_end(kwargs):
     {"concurrency": True}, {"client_send_gaps_s": (-1.0,)}, {"client_send_gaps_s": (math.inf,)},
     {"client_delay_s": math.nan}, {"client_start_spread_s": -1.0}, {"prefill_policy": "bogus"},
     {"decode_policy": "bogus"}, {"max_decode_run_steps": 0}, {"decode_skew_alpha": 5.0}, {"seed": -1},
-    {"recorded_gpu_memory_utilization": 2.0}, {"kv_gpu_blocks": {"n0.i0": 0}},
+    {"recorded_gpu_memory_utilization": 2.0}, {"kv_gpu_blocks": {"n0.i0": 0}}, {"kv_gpu_blocks": [1]},
+    {"client_send_gaps_s": None}, {"profile_dir": 5},
 ])
 def test_sim_options_refuse_values_out_of_range_by_name_also_when_set_later(kwargs):
     name = next(iter(kwargs))
@@ -381,6 +382,23 @@ def test_sim_options_refuse_values_out_of_range_by_name_also_when_set_later(kwar
 def test_a_trace_list_given_to_simulate_is_checked_as_the_readers_check_a_file(trace, why):
     with pytest.raises(TraceError, match=why):
         simulate(_pd_config(), trace)
+
+
+@pytest.mark.parametrize("call, why", [
+    (lambda cfg, ok: simulate(cfg, None), "trace: expected a list of TraceRequest"),
+    (lambda cfg, ok: simulate(cfg, [{"input_toks": 5}]), r"trace\[0\]: expected a TraceRequest"),
+    (lambda cfg, ok: simulate(None, ok), "simulate: expected a ClusterConfig"),
+    (lambda cfg, ok: simulate(cfg, ok, {"seed": 1}), "simulate: expected SimOptions or None"),
+])
+def test_what_is_not_a_config_options_or_trace_is_said(call, why):
+    with pytest.raises((ConfigError, TraceError), match=why):
+        call(_pd_config(), [TraceRequest(0, 10, 5, 0)])
+
+
+def test_a_generator_of_requests_runs_every_request():
+    # The check reads the requests once; the engine must get them too (it got none).
+    result = simulate(_pd_config(), (TraceRequest(i, 10, 5, i * 10**8) for i in range(5)))
+    assert len(result.requests) == 5 and all(r.status == "finished" for r in result.requests)
 
 
 def test_numpy_integers_in_a_trace_list_and_the_seed_are_whole_numbers():

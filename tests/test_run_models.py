@@ -221,3 +221,50 @@ def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_bo
     pcie = board == "H100-PCIe"
     assert ("PCIe model" in result.instances[0].predictor.allreduce_source) == pcie
     assert (info.non_torch_gb < 1) == pcie
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+def test_a_memory_the_recorded_board_does_not_have_is_refused(tmp_path):
+    # The config's own check saw "A100" as the 80 GB board; the profile says it ran on the 40 GB one.
+    from pdsim.engine.cluster import simulate
+    from pdsim.workload.trace import TraceRequest
+
+    shutil.copytree(RUN / "profile", tmp_path / "profile")
+    meta = tmp_path / "profile" / "meta.yaml"
+    text = meta.read_text().replace("hardware: RTXPRO6000", "hardware: A100")
+    meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", "gpu: NVIDIA A100-SXM4-40GB"))
+    cfg = json.loads((RUN / "cluster_config.json").read_text())
+    inst = cfg["nodes"][0]["instances"][0]
+    inst.update(hardware="A100", profile_dir=str(tmp_path / "profile"))
+    inst["npu_mem"] = {"mem_size": 80, "mem_bw": 2039, "mem_util": 0.9}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"npu_mem.mem_size: 80 GB is more than the A100-40GB's 40 GB .*the board "
+                                          r"the profile was measured on \('NVIDIA A100-SXM4-40GB'"):
+        simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+def test_a_sweep_says_which_board_its_runs_took(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.cli import cli
+
+    shutil.copytree(RUN / "profile", tmp_path / "profile")
+    meta = tmp_path / "profile" / "meta.yaml"
+    text = meta.read_text().replace("hardware: RTXPRO6000", "hardware: H100")
+    meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", "gpu: NVIDIA H100 PCIe"))
+    cfg = json.loads((RUN / "cluster_config.json").read_text())
+    inst = cfg["nodes"][0]["instances"][0]
+    inst.update(hardware="H100", profile_dir=str(tmp_path / "profile"))
+    inst["npu_mem"] = {"mem_size": 80, "mem_bw": 3350, "mem_util": 0.9}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(tmp_path / "c.json"), "--dataset",
+                                   str(RUN / "workload.jsonl"), "--num-requests", "20", "--gpus", "2", "--rates", "1",
+                                   "--slo-ttft-ms", "5000", "--slo-tpot-ms", "100", "--workers", "1", "--no-plots",
+                                   "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "NOTE: hardware H100 taken as H100-PCIe, not H100-SXM: the profile was measured on 'NVIDIA H100 PCIe'" in (
+        res.output)
+    written = {json.loads(p.read_text())["nodes"][0]["instances"][0]["hardware"]
+               for p in (tmp_path / "s" / "configs").glob("*.json")}
+    assert written == {"H100"}  # as given, so each keeps its meaning when run on its own

@@ -1039,3 +1039,31 @@ def test_a_poisson_search_writes_its_winners_probe_trace_to_run(tmp_path):
     scaled = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "s")])
     assert scaled.exit_code == 0 and "to run it on the Poisson" not in scaled.output
     assert not (tmp_path / "s" / "search_winner_trace.jsonl").exists()
+
+
+def test_a_base_that_brings_its_model_writes_it_beside_the_configs_it_makes(tmp_path):
+    # LLMServingSim's run layout: model_config.json beside the cluster config names a model pdsim does not bundle;
+    # the configs a sweep writes run on their own only with it beside them too.
+    base = json.loads(BASE.read_text())
+    for node in base["nodes"]:
+        for inst in node["instances"]:
+            inst["model_name"] = "acme/sweep-run-local-test"
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "cluster_config.json").write_text(json.dumps(base))
+    llama = json.loads((ROOT / "configs" / "models" / "meta-llama" / "Llama-3.1-8B.json").read_text())
+    (tmp_path / "base" / "model_config.json").write_text(json.dumps(llama))
+    res = CliRunner().invoke(cli, [
+        "sweep", "--base-config", str(tmp_path / "base" / "cluster_config.json"), "--dataset", str(DATASET),
+        "--num-requests", "20", "--gpus", "2", "--ratios", "1:1", "--rates", "1", "--slo-ttft-ms", "1000",
+        "--slo-tpot-ms", "25", "--workers", "1", "--no-plots", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    written = tmp_path / "s" / "configs"
+    assert json.loads((written / "model_config.json").read_text()) == llama
+    # In a process of its own: this one has the model registered from the base already.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "pdsim", "run", "--cluster-config", str(written / "1P1D-tp1-1.json"),
+                          "--dataset", str(DATASET), "--num-requests", "5", "--output", str(tmp_path / "r.csv"),
+                          "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr

@@ -177,6 +177,9 @@ def mem_bw_note(ic: InstanceConfig) -> str | None:
             f"{spec.name}'s datasheet gives {spec.mem_bw_gbps:g} GB/s")
 
 
+BOARD_NOTE = "hardware "  # how a note on the board a profile recorded starts (sweep and search repeat it)
+
+
 def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[InstanceConfig, str | None, bool]:
     """The board a measured profile's recorded device names, where the instance's hardware is of its family.
     Where the config named the family ("H100", which LLMServingSim writes for any H100 and pdsim reads as
@@ -188,15 +191,21 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
     if board is None or board == ic.hardware:
         return ic, None, board is not None
-    if get_hardware(board) is None:
-        return ic, (f"the profile was measured on {device!r} ({meta.path}), a board pdsim has no spec for: its "
-                    f"memory and TP links are priced as {ic.hardware}'s"), False
+    spec = get_hardware(board)
+    if spec is None:
+        return ic, (f"{BOARD_NOTE}{ic.hardware_given} kept as {ic.hardware}: the profile was measured on {device!r} "
+                    f"({meta.path}), a board pdsim has no spec for; its memory and TP links are priced as "
+                    f"{ic.hardware}'s"), False
     if not ic.hardware_is_family_name:
         raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({meta.path}) was measured on {device!r} "
                            f"({board}): its step times are that board's; give the instance that hardware, or a profile "
                            "measured on this one")
+    if ic.npu_mem.mem_size > spec.mem_size_gb:  # the config's own check saw the family's default board
+        raise ConfigError(f"{where}.npu_mem.mem_size: {ic.npu_mem.mem_size:g} GB is more than the {board}'s "
+                          f"{spec.mem_size_gb:g} GB ({spec.source}), the board the profile was measured on "
+                          f"({device!r}, {meta.path})")
     return ic.model_copy(update={"hardware": board}), (
-        f"hardware {ic.hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
+        f"{BOARD_NOTE}{ic.hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
         f"({meta.path}); the boards differ in TP link, memory bandwidth and non-torch memory"), True
 
 

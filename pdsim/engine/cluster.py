@@ -25,6 +25,7 @@ from pdsim.engine.request import NOT_ARRIVED, Request
 from pdsim.engine.result import GIB, InstanceInfo, LinkSample, Sample, SimulationResult
 from pdsim.engine.router import Router
 from pdsim.engine.topology import Topology
+from pdsim.errors import ConfigError
 from pdsim.models import load_model
 from pdsim.perf.predictor import StepTimePredictor
 from pdsim.workload.clients import ClosedLoopClients, open_loop
@@ -159,9 +160,13 @@ def simulate(
     """Run the trace through the cluster until every request has finished, been rejected, or the
     time limit is reached (what is left is reported unfinished with the reason).
     step_times: makes each instance's step-time model (called as StepTimePredictor is)."""
-    opts = opts or SimOptions()
+    if not isinstance(cfg, ClusterConfig):
+        raise ConfigError(f"simulate: expected a ClusterConfig (pdsim.config.load_cluster_config), got {cfg!r:.80}")
+    opts = SimOptions() if opts is None else opts
+    if not isinstance(opts, SimOptions):
+        raise ConfigError(f"simulate: expected SimOptions or None as the options, got {opts!r:.80}")
     opts.check()
-    check_requests(trace)
+    trace = check_requests(trace)
     env = simpy.Environment()
     cluster = Cluster(env, cfg, opts, source, step_times)
     requests = [Request(t.request_id, t.input_toks, t.output_toks, t.arrival_time_ns * 1e-9,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 
 from pdsim.config import TTFT_MODES
@@ -61,6 +62,14 @@ class SimOptions:
     def check(self) -> None:
         """Every field in its range, else a ConfigError naming it. simulate() asks again, since a caller may set a
         field after construction; a NaN overhead, for one, would never let the clock reach the next step."""
+        for name in ("profile_dir", "profiles_root"):
+            folder = getattr(self, name)
+            if folder is not None and not isinstance(folder, (str, os.PathLike)):
+                raise ConfigError(f"{name}: expected a folder path or None, got {folder!r}")
+        if not isinstance(self.client_send_gaps_s, (tuple, list)):
+            raise ConfigError(f"client_send_gaps_s: expected a tuple of seconds, got {self.client_send_gaps_s!r}")
+        if not isinstance(self.kv_gpu_blocks, dict):
+            raise ConfigError(f"kv_gpu_blocks: expected a dict of instance id -> blocks, got {self.kv_gpu_blocks!r}")
         if not _whole(self.seed) or self.seed < 0:
             raise ConfigError(f"seed: expected a whole number >= 0, got {self.seed!r}")
         self.seed = int(self.seed)  # random.Random takes no numpy integer

@@ -17,7 +17,7 @@ import pandas as pd
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import OutputFolder, existing_folder, number_in, slo_ms, split_items
 from pdsim.config.base import MAX_NPUS
-from pdsim.config.load import config_inputs
+from pdsim.config.load import RUN_MODEL_CONFIG, config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.sweep.rows import settings_path
@@ -187,7 +187,7 @@ class _Setup:
         self.slo = Slo(kw["slo_ttft_ms"], kw["slo_tpot_ms"])
         profiles_root = str(kw["profiles_root"] or bundled_path("profiles"))
         self.estimates: dict[str, dict[str, Any]] = {}  # search's rate-matching estimate per label
-        self.allreduce_notes: set[str] = set()  # what priced each TP size's all-reduce (_buildable)
+        self.build_notes: set[str] = set()  # what priced each TP size's all-reduce, which board ran (_buildable)
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
         if all(v.colocated for v in self.variants):
             if ratios is not None:  # asked for by name, all fell out: the baseline alone answers another question
@@ -232,6 +232,7 @@ class _Setup:
         estimates, each is the rate-matching estimate's build (kept in self.estimates), so none is built twice."""
         import simpy
 
+        from pdsim.engine.build import BOARD_NOTE
         from pdsim.engine.cluster import Cluster, SimOptions
         from pdsim.perf.interp import extrapolations_gathered
         from pdsim.sweep.ratematch import Lengths, estimate
@@ -247,8 +248,10 @@ class _Setup:
                     if lengths is not None:
                         self.estimates[v.label] = estimate(v, lengths, self.slo.tpot_ms, opts, cluster).as_dict()
                 # Said once per source, from the builds, so a resumed command that runs nothing says it too.
-                self.allreduce_notes.update(f"TP {inst.spec.tp} all-reduce priced by {inst.predictor.allreduce_source}"
+                self.build_notes.update(f"TP {inst.spec.tp} all-reduce priced by {inst.predictor.allreduce_source}"
                                             for inst in cluster.instances if inst.predictor.allreduce_source)
+                self.build_notes.update(n for inst in cluster.instances for n in inst.predictor.notes
+                                            if n.startswith(BOARD_NOTE))
             except PdsimError as e:
                 self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
                 continue
@@ -270,6 +273,10 @@ class _Setup:
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`
             text = json_text(v.raw)
             out.stage(self.out / "configs" / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
+        model = Path(self.kw["base_config"]).parent / RUN_MODEL_CONFIG
+        if model.is_file():  # the model the base brought (LLMServingSim's run layout) goes with its configs
+            text = model.read_text(encoding="utf-8")
+            out.stage(self.out / "configs" / RUN_MODEL_CONFIG, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
         return out
 
     def executor(self):
@@ -424,7 +431,7 @@ def sweep(rates: str, **kw: Any) -> None:
     wall_s = time.perf_counter() - started
     click.echo(_table(rows, SWEEP_COLUMNS))
     click.echo(_unstable_note(rows))
-    notes |= setup.allreduce_notes
+    notes |= setup.build_notes
     if notes:
         click.echo(_run_notes(notes))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
@@ -526,7 +533,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     rows = [writer.rows[k] for k in sorted(writer.rows)]
     goodputs = {(st.variant.label, rate_key(st.lo)) for st in states if st.lo_row is not None}
     click.echo(_unstable_note(rows, goodputs))
-    said = writer.notes | setup.allreduce_notes
+    said = writer.notes | setup.build_notes
     if said:
         click.echo(_run_notes(said))
     win = ranked[0]

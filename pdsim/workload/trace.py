@@ -103,12 +103,17 @@ def checked_hash_ids(ids: object, input_toks: int, block: int, where: str) -> tu
     return tuple(ids)
 
 
-def check_requests(trace: Iterable[TraceRequest]) -> None:
+def check_requests(trace: Iterable[TraceRequest]) -> list[TraceRequest]:
     """What the engine needs of a list handed to simulate() directly (the readers give it already): whole
     lengths >= 1, arrival times in range, one request per id, prefix ids within their prompts. Errors name
-    the request by its place in the list."""
+    the request by its place in the list. Returns the requests as a list (a generator is read once, here)."""
+    if not isinstance(trace, Iterable) or isinstance(trace, (str, bytes, dict)):
+        raise TraceError(f"trace: expected a list of TraceRequest, got {trace!r:.80}")
+    trace = list(trace)
     seen: set[int] = set()
     for i, r in enumerate(trace):
+        if not isinstance(r, TraceRequest):
+            raise TraceError(f"trace[{i}]: expected a TraceRequest, got {r!r:.80}")
         rid, inp, out, arr = r.request_id, r.input_toks, r.output_toks, r.arrival_time_ns
         if (type(rid) is int and type(inp) is int and type(out) is int and type(arr) is int  # the readers' kind
                 and 1 <= inp <= MAX_TOKENS and 1 <= out <= MAX_TOKENS and 0 <= arr <= MAX_ARRIVAL_NS
@@ -117,6 +122,7 @@ def check_requests(trace: Iterable[TraceRequest]) -> None:
             continue
         _refuse_request(i, r, seen)  # numpy's integers and prefix ids are checked there; bool and 10.0 refused
         seen.add(rid)
+    return trace
 
 
 def _refuse_request(i: int, r: TraceRequest, seen: set[int]) -> None:
@@ -135,7 +141,7 @@ def _refuse_request(i: int, r: TraceRequest, seen: set[int]) -> None:
     _arrival(arrival if type(arrival) is int else float(arrival), where)
     ids, block = r.hash_ids, r.hash_block_tokens
     if not isinstance(ids, (tuple, list)) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool)
-                                                     for x in ids):
+                                                     and x >= 0 for x in ids):
         raise TraceError(f"{where}: field 'hash_ids': expected a tuple of integers >= 0, got {ids!r}")
     if ids:
         if not isinstance(block, numbers.Integral) or isinstance(block, bool) or block < 1:
