@@ -184,3 +184,16 @@ def test_deepseek_v2_lite_runs_from_the_model_config_beside_its_cluster_config(t
     assert lite.kv_bytes_per_token("bfloat16", tp=2) == 27 * 576 * 2  # the latent, whole on every TP rank
     result = simulate(config, trace([(500, 20, i * 0.2) for i in range(20)]))
     assert all(r.status == "finished" for r in result.requests)
+
+
+def test_a_model_pdsim_does_not_bundle_gets_an_estimated_profile_from_its_config(tmp_path):
+    from click.testing import CliRunner
+
+    from pdsim.cli import cli
+
+    (tmp_path / "config.json").write_text(json.dumps(V2_LITE))
+    name = "acme/DeepSeek-V2-Lite-estimate-test"
+    res = CliRunner().invoke(cli, ["profile", "estimate", "--hardware", "H100", "--model", name, "--model-config",
+                                   str(tmp_path / "config.json"), "--tp", "2", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p" / "H100-SXM" / "acme" / "DeepSeek-V2-Lite-estimate-test" / "bfloat16" / "tp2").is_dir()

@@ -12,7 +12,7 @@ from pdsim.bundled import bundled_path
 from pdsim.cli_checks import OutputFolder
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware, known_hardware
-from pdsim.models import dtype_bytes, load_model
+from pdsim.models import dtype_bytes, load_model, use_model_file
 from pdsim.outputs import check_output_dir
 from pdsim.perf.estimate import estimate_meta, estimate_rows
 from pdsim.perf.profile import profile_path, write_profile
@@ -23,6 +23,9 @@ from pdsim.perf.profile import profile_path, write_profile
 @click.option(
     "--model", "model_name", required=True, help="Hugging Face model id, e.g. meta-llama/Llama-3.1-8B"
 )
+@click.option("--model-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the model's Hugging Face config.json, for a model pdsim does not bundle (LLMServingSim's "
+                   "model_config.json)")
 @click.option("--dtype", default="bfloat16", show_default=True, help="Weights and KV cache dtype.")
 @click.option("--tp", default=1, show_default=True, type=int, help="tensor-parallel degree")
 @click.option("--quantization", type=click.Choice(["fp8", "fp8_block"]), default=None,
@@ -36,7 +39,8 @@ from pdsim.perf.profile import profile_path, write_profile
     type=OutputFolder(),
     help="profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/",
 )
-def estimate(hardware: str, model_name: str, dtype: str, tp: int, quantization: str | None, out: Path) -> None:
+def estimate(hardware: str, model_name: str, model_config: Path | None, dtype: str, tp: int, quantization: str | None,
+             out: Path) -> None:
     """Estimate a latency profile from hardware specs (roofline per op) and write it.
 
     It replaces an earlier estimate in that folder whole, and is refused over a measured profile."""
@@ -51,6 +55,8 @@ def estimate(hardware: str, model_name: str, dtype: str, tp: int, quantization: 
     if quantization and dtype not in ("bfloat16", "float16"):
         raise PdsimError(f"--quantization {quantization} with --dtype {dtype}: fp8 weights run over 16-bit activations "
                          "(bfloat16 or float16), as in vLLM")
+    if model_config is not None and (note := use_model_file(model_name, model_config)) is not None:
+        click.echo(f"note: --model-config: {note}", err=True)
     model = load_model(model_name)
     meta = estimate_meta(spec, model, dtype, tp, quantization)
     directory = profile_path(out, spec.name, model.name, quantization or dtype, tp)
