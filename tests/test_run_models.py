@@ -185,6 +185,20 @@ def test_pdsim_s_own_descriptions_name_their_own_board():
         assert device_board(HARDWARE[name].description, name) == name
 
 
+def _case_recorded_on(tmp_path: Path, family: str, gpu: str, named: str, **instance) -> Path:
+    """The shared RTX PRO 6000 case's profile relabelled as measured on `gpu` (its meta.yaml `hardware: family`),
+    and its cluster config with hardware `named` pointing at it: the config's path."""
+    shutil.copytree(RUN / "profile", tmp_path / "profile")
+    meta = tmp_path / "profile" / "meta.yaml"
+    text = meta.read_text().replace("hardware: RTXPRO6000", f"hardware: {family}")
+    meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", f"gpu: {gpu}"))
+    cfg = json.loads((RUN / "cluster_config.json").read_text())
+    inst = cfg["nodes"][0]["instances"][0]
+    inst.update(hardware=named, profile_dir=str(tmp_path / "profile"), **instance)
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    return tmp_path / "c.json"
+
+
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
 @pytest.mark.parametrize("gpu,named,board", [
     ("NVIDIA H100 PCIe", "H100", "H100-PCIe"), ("NVIDIA H100 80GB HBM3", "H100", "H100-SXM"),
@@ -196,21 +210,14 @@ def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_bo
     from pdsim.engine.cluster import simulate
     from pdsim.workload.trace import TraceRequest
 
-    shutil.copytree(RUN / "profile", tmp_path / "profile")
-    meta = tmp_path / "profile" / "meta.yaml"
-    text = meta.read_text().replace("hardware: RTXPRO6000", "hardware: H100")
-    meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", f"gpu: {gpu}"))
-    cfg = json.loads((RUN / "cluster_config.json").read_text())
-    inst = cfg["nodes"][0]["instances"][0]
-    inst.update(hardware=named, tp_size=2, num_npus=2, profile_dir=str(tmp_path / "profile"))
-    inst["npu_mem"] = {"mem_size": 80, "mem_bw": 3350}
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    config = _case_recorded_on(tmp_path, "H100", gpu, named, tp_size=2, num_npus=2,
+                               npu_mem={"mem_size": 80, "mem_bw": 3350})
     if board == "error":
         with pytest.raises(ProfileError, match=r"hardware: H100-SXM, but the profile .* was measured on 'NVIDIA H100 "
                                                r"PCIe' \(H100-PCIe\): its step times are that board's"):
-            simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
+            simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
         return
-    result = simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
+    result = simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
     (info,) = result.infos
     assert info.hardware == board
     notes = " ".join(result.instances[0].predictor.notes)
@@ -229,18 +236,11 @@ def test_a_memory_the_recorded_board_does_not_have_is_refused(tmp_path):
     from pdsim.engine.cluster import simulate
     from pdsim.workload.trace import TraceRequest
 
-    shutil.copytree(RUN / "profile", tmp_path / "profile")
-    meta = tmp_path / "profile" / "meta.yaml"
-    text = meta.read_text().replace("hardware: RTXPRO6000", "hardware: A100")
-    meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", "gpu: NVIDIA A100-SXM4-40GB"))
-    cfg = json.loads((RUN / "cluster_config.json").read_text())
-    inst = cfg["nodes"][0]["instances"][0]
-    inst.update(hardware="A100", profile_dir=str(tmp_path / "profile"))
-    inst["npu_mem"] = {"mem_size": 80, "mem_bw": 2039, "mem_util": 0.9}
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    config = _case_recorded_on(tmp_path, "A100", "NVIDIA A100-SXM4-40GB", "A100",
+                               npu_mem={"mem_size": 80, "mem_bw": 2039, "mem_util": 0.9})
     with pytest.raises(ConfigError, match=r"npu_mem.mem_size: 80 GB is more than the A100-40GB's 40 GB .*the board "
                                           r"the profile was measured on \('NVIDIA A100-SXM4-40GB'"):
-        simulate(load_cluster_config(tmp_path / "c.json"), [TraceRequest(0, 100, 4, 0)])
+        simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
@@ -249,16 +249,9 @@ def test_a_sweep_says_which_board_its_runs_took(tmp_path):
 
     from pdsim.cli import cli
 
-    shutil.copytree(RUN / "profile", tmp_path / "profile")
-    meta = tmp_path / "profile" / "meta.yaml"
-    text = meta.read_text().replace("hardware: RTXPRO6000", "hardware: H100")
-    meta.write_text(text.replace("gpu: NVIDIA RTX PRO 6000 Blackwell Server Edition", "gpu: NVIDIA H100 PCIe"))
-    cfg = json.loads((RUN / "cluster_config.json").read_text())
-    inst = cfg["nodes"][0]["instances"][0]
-    inst.update(hardware="H100", profile_dir=str(tmp_path / "profile"))
-    inst["npu_mem"] = {"mem_size": 80, "mem_bw": 3350, "mem_util": 0.9}
-    (tmp_path / "c.json").write_text(json.dumps(cfg))
-    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(tmp_path / "c.json"), "--dataset",
+    config = _case_recorded_on(tmp_path, "H100", "NVIDIA H100 PCIe", "H100",
+                               npu_mem={"mem_size": 80, "mem_bw": 3350, "mem_util": 0.9})
+    res = CliRunner().invoke(cli, ["sweep", "--base-config", str(config), "--dataset",
                                    str(RUN / "workload.jsonl"), "--num-requests", "20", "--gpus", "2", "--rates", "1",
                                    "--slo-ttft-ms", "5000", "--slo-tpot-ms", "100", "--workers", "1", "--no-plots",
                                    "--out", str(tmp_path / "s")])
