@@ -83,7 +83,7 @@ def build_instance(
         # instance's profile_dir) may not fit the instance in another way (its TP, its model), which it says.
         field = "" if (opts.profile_dir or ic.profile_dir) else ".hardware"
         raise ProfileError(f"{where}{field}: {exc}") from None
-    board_note, board_told = None, False
+    board_note, board_told = "", False
     if not profile.estimated:
         ic, board_note, board_told = _recorded_board(ic, profile.meta, where)
     mismatch = (_profile_hardware_mismatch(profile.meta.hardware, ic.hardware)
@@ -117,7 +117,7 @@ def build_instance(
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     elif (note := mem_bw_note(ic)) is not None:
         predictor.notes.append(note)
-    if board_note is not None:
+    if board_note:
         predictor.notes.append(board_note)
     if mismatch == "note":
         predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
@@ -152,6 +152,7 @@ def build_instance(
         memory_note=budget.note + _max_len_note(budget, model),
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
+        board_note=board_note,
     )
     return inst, info
 
@@ -177,10 +178,7 @@ def mem_bw_note(ic: InstanceConfig) -> str | None:
             f"{spec.name}'s datasheet gives {spec.mem_bw_gbps:g} GB/s")
 
 
-BOARD_NOTE = "hardware "  # how a note on the board a profile recorded starts (sweep and search repeat it)
-
-
-def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[InstanceConfig, str | None, bool]:
+def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[InstanceConfig, str, bool]:
     """The board a measured profile's recorded device names, where the instance's hardware is of its family.
     Where the config named the family ("H100", which LLMServingSim writes for any H100 and pdsim reads as
     H100-SXM), the instance runs as that board, since its step times are that board's, and says so (a board
@@ -190,10 +188,10 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
     device = meta.device.get("gpu") or meta.device.get("name")
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
     if board is None or board == ic.hardware:
-        return ic, None, board is not None
+        return ic, "", board is not None
     spec = get_hardware(board)
     if spec is None:
-        return ic, (f"{BOARD_NOTE}{ic.hardware_given} kept as {ic.hardware}: the profile was measured on {device!r} "
+        return ic, (f"hardware {ic.hardware_given} kept as {ic.hardware}: the profile was measured on {device!r} "
                     f"({meta.path}), a board pdsim has no spec for; its memory and TP links are priced as "
                     f"{ic.hardware}'s"), False
     if not ic.hardware_is_family_name:
@@ -205,7 +203,7 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
                           f"{spec.mem_size_gb:g} GB ({spec.source}), the board the profile was measured on "
                           f"({device!r}, {meta.path})")
     return ic.model_copy(update={"hardware": board}), (
-        f"{BOARD_NOTE}{ic.hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
+        f"hardware {ic.hardware_given} taken as {board}, not {ic.hardware}: the profile was measured on {device!r} "
         f"({meta.path}); the boards differ in TP link, memory bandwidth and non-torch memory"), True
 
 

@@ -69,6 +69,7 @@ class InstanceInfo:
     memory_note: str = ""
     kv_predicted_tokens: int = 0  # the config's prediction, when a measured capacity replaced it
     kv_cache_dtype: str = "bfloat16"  # what the KV cache stores its values in
+    board_note: str = ""  # which board of its family the instance ran as, where its profile's device told it
 
 
 @dataclass

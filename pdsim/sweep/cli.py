@@ -232,7 +232,6 @@ class _Setup:
         estimates, each is the rate-matching estimate's build (kept in self.estimates), so none is built twice."""
         import simpy
 
-        from pdsim.engine.build import BOARD_NOTE
         from pdsim.engine.cluster import Cluster, SimOptions
         from pdsim.perf.interp import extrapolations_gathered
         from pdsim.sweep.ratematch import Lengths, estimate
@@ -249,9 +248,8 @@ class _Setup:
                         self.estimates[v.label] = estimate(v, lengths, self.slo.tpot_ms, opts, cluster).as_dict()
                 # Said once per source, from the builds, so a resumed command that runs nothing says it too.
                 self.build_notes.update(f"TP {inst.spec.tp} all-reduce priced by {inst.predictor.allreduce_source}"
-                                            for inst in cluster.instances if inst.predictor.allreduce_source)
-                self.build_notes.update(n for inst in cluster.instances for n in inst.predictor.notes
-                                            if n.startswith(BOARD_NOTE))
+                                        for inst in cluster.instances if inst.predictor.allreduce_source)
+                self.build_notes.update(info.board_note for info in cluster.infos if info.board_note)
             except PdsimError as e:
                 self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
                 continue
