@@ -26,6 +26,9 @@ class HardwareSpec:
     compute_capability: str  # CUDA's, e.g. "9.0": vLLM picks kernels and fusions by it
     sm_count: int  # streaming multiprocessors: how many attention tiles run at once (pdsim/perf/estimate.py)
     source: str
+    # Per-direction NVLink bandwidth between the two GPUs of a bridged pair (H100 NVL), 0 where there is no
+    # bridge: a TP 2 group on one pair all-reduces over it, larger groups over PCIe (intra_node_*).
+    nvlink_bridge_gbps: float = 0.0
 
 
 HARDWARE: dict[str, HardwareSpec] = {
@@ -172,6 +175,21 @@ HARDWARE: dict[str, HardwareSpec] = {
             compute_capability="9.0",
             sm_count=114,  # Hopper whitepaper: 14,592 CUDA cores / 128 per SM
             source="NVIDIA H100 Tensor Core GPU datasheet (H100 PCIe column)",
+        ),
+        HardwareSpec(
+            name="H100-NVL",
+            description="NVIDIA H100 NVL 94 GB (PCIe card, NVLink bridge per pair)",
+            bf16_tflops=835.5,  # the datasheet's 1,671 with sparsity
+            fp8_tflops=1670.5,  # 3,341 with sparsity
+            mem_bw_gbps=3900.0,
+            mem_size_gb=94.0,
+            intra_node_bw_gbps=64.0,  # PCIe 5.0 x16: beyond the bridged pair
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            compute_capability="9.0",
+            sm_count=132,  # the SXM board's 16,896 CUDA cores / 128 per SM
+            source="NVIDIA H100 NVL product brief",
+            nvlink_bridge_gbps=300.0,  # NVLink bridge, 600 GB/s bidirectional
         ),
         HardwareSpec(
             name="H800",
@@ -359,9 +377,29 @@ HARDWARE_ALIASES: dict[str, str] = {
 }
 
 
+def _name_key(name: str) -> str:
+    """A GPU name compared loosely: case, spaces, '-' and '_' aside, and the vendor's words that name no board
+    ("NVIDIA GeForce RTX 4090" and "rtx_4090" are one name)."""
+    key = re.sub(r"[\s_-]+", "", name).upper()
+    return re.sub(r"^(NVIDIA)?(GEFORCE)?", "", key)
+
+
+_NAMES_BY_KEY: dict[str, str] = {_name_key(alias): board for alias, board in
+                                 [*((name, name) for name in HARDWARE), *HARDWARE_ALIASES.items()]}
+
+
 def canonical_hardware_name(name: str) -> str:
-    """The name pdsim knows `name` by (aliases resolved; unknown names are returned unchanged)."""
-    return HARDWARE_ALIASES.get(name, name)
+    """The name pdsim knows `name` by: aliases resolved, in any case and spelling ("h100", "H100_SXM5"), and
+    device names as torch reports them ("NVIDIA H100 80GB HBM3"); unknown names are returned unchanged."""
+    if name in HARDWARE or name in HARDWARE_ALIASES:
+        return HARDWARE_ALIASES.get(name, name)
+    found = _NAMES_BY_KEY.get(_name_key(name))
+    if found is not None:
+        return found
+    for pattern, _, board in (*_BOARD_PATTERNS, *_DEVICE_PATTERNS):
+        if re.search(pattern, name, re.IGNORECASE):
+            return board
+    return name
 
 
 # Boards that one family name covers, told apart by the device name a profile records (torch's
@@ -369,7 +407,7 @@ def canonical_hardware_name(name: str) -> str:
 # configs say "H100" for any H100, but the SXM and PCIe boards differ in TP link (NVLink against PCIe 5), memory
 # bandwidth and the non-torch memory NCCL takes. A board pdsim has no spec for is named as the device calls it.
 _BOARD_PATTERNS: tuple[tuple[str, str, str], ...] = (  # (pattern, family, board); the first match wins
-    (r"H100\b.*\bNVL\b", "H100", "H100 NVL"),  # not "NVLink"
+    (r"H100\b.*\bNVL\b", "H100", "H100-NVL"),  # not "NVLink"
     (r"H100\b.*PCIe", "H100", "H100-PCIe"),
     (r"H100\b.*(HBM3|SXM)", "H100", "H100-SXM"),
     (r"A100\b.*(40 ?GB.*PCIe|PCIe.*40 ?GB)", "A100", "A100-PCIe-40GB"),
@@ -378,6 +416,12 @@ _BOARD_PATTERNS: tuple[tuple[str, str, str], ...] = (  # (pattern, family, board
     (r"A100\b.*SXM.*40 ?GB", "A100", "A100-40GB"),
 )
 _FAMILY = {board: family for _, family, board in _BOARD_PATTERNS}
+# Device names of one-board GPUs whose torch name is not a spelling of pdsim's (family None: nothing to tell apart).
+_DEVICE_PATTERNS: tuple[tuple[str, None, str], ...] = (
+    (r"RTX PRO 6000", None, "RTXPRO6000"),
+    (r"RTX 6000 Ada", None, "RTX6000Ada"),
+    (r"RTX A6000", None, "RTXA6000"),
+)
 
 
 def device_board(device_name: str, hardware: str) -> str | None:
@@ -390,7 +434,25 @@ def device_board(device_name: str, hardware: str) -> str | None:
     return None
 
 
+def board_family(board: str) -> str | None:
+    """The family name of a board pdsim tells apart within its family ("H100" for H100-PCIe), else None."""
+    return _FAMILY.get(board)
+
+
+def family_board_by_memory(name: str, mem_size_gb: float) -> str | None:
+    """The board a family name stands for where its default board has less memory than `mem_size_gb`: the one
+    board of the family with that much ("H100" with 94 GB is the H100 NVL), else None."""
+    if not is_family_name(name):
+        return None
+    default = canonical_hardware_name(name)
+    if mem_size_gb <= HARDWARE[default].mem_size_gb:
+        return None
+    boards = [board for board, family in _FAMILY.items()
+              if family == _FAMILY[default] and board in HARDWARE and HARDWARE[board].mem_size_gb >= mem_size_gb]
+    return boards[0] if len(boards) == 1 else None
+
+
 def is_family_name(name: str) -> bool:
     """A name that stands for a GPU family of several boards pdsim tells apart ("H100", "A100"), not one board."""
     board = canonical_hardware_name(name)
-    return board != name and board in _FAMILY and name.upper() == _FAMILY[board]
+    return board != name and board in _FAMILY and _name_key(name) == _FAMILY[board]

@@ -261,13 +261,17 @@ def test_overrides_apply_to_all_instances_before_validation(tmp_path):
 
 
 def test_a_hardware_name_with_no_spec_or_profile_gets_a_close_one_named(tmp_path):
-    # Blanks around a name were shown as the name itself, in a long list of the known ones.
+    # A name one letter off was shown in a long list of the known ones; blanks around a name are read past, as
+    # case and separators are (" RTXPRO6000 " is the RTX PRO 6000).
     from pdsim.engine.cluster import SimOptions, simulate
     from tests.helpers import trace
 
     raw = copy.deepcopy(PD)
     for i in (0, 1):
-        _inst(raw, i)["hardware"] = " RTXPRO6000 "
-    with pytest.raises(PdsimError, match=r"no hardware spec for ' RTXPRO6000 ' to estimate one \(did you mean "
+        _inst(raw, i)["hardware"] = "RTXPRO600"
+    with pytest.raises(PdsimError, match=r"no hardware spec for 'RTXPRO600' to estimate one \(did you mean "
                                          r"'RTXPRO6000'\?\)"):
         simulate(load_cluster_config(_write(tmp_path, raw)), trace([(10, 2, 0.0)]), SimOptions())
+    for i in (0, 1):
+        _inst(raw, i)["hardware"] = " RTXPRO6000 "
+    assert load_cluster_config(_write(tmp_path, raw)).instances()[0].config.hardware == "RTXPRO6000"

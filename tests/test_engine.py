@@ -575,3 +575,23 @@ def test_a_trace_out_of_arrival_order_is_admitted_at_its_arrival_times():
     in_order = requests_frame(run(cfg, sorted(rows, key=lambda r: r[2])))
     for column in ("first_token_s", "ttft_ms", "queue_ms", "e2e_ms"):
         assert np.allclose(given[column], in_order[column], rtol=0, atol=1e-12), column
+
+
+def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeypatch):
+    # Step times of hours (a corrupt profile) made a run sample every second of millions of simulated seconds:
+    # two requests took 7 minutes. After MAX_ROUNDS_PER_INTERVAL samples the interval doubles.
+    from pdsim.engine import monitor
+    from pdsim.metrics.summary import format_summary
+
+    monkeypatch.setattr(monitor, "MAX_ROUNDS_PER_INTERVAL", 40)
+    cfg = cluster(instance(None))
+    result = run(cfg, [(100, 2000, 0)], step_times=AnalyticStepTimes, sample_interval_s=0.01)
+    assert result.requests[0].status == "finished"
+    times = np.array([s.time_s for s in result.samples])
+    gaps = np.round(np.diff(times), 9)
+    assert gaps[:38].max() == pytest.approx(0.01)  # the first 40 at 0.01 s, the next 40 at 0.02 s, ...
+    assert gaps[42:78].min() == pytest.approx(0.02) and gaps.max() == pytest.approx(0.04)
+    assert "more than 40 samples at one interval, so it doubled from t = " in result.timeline_note
+    assert result.timeline_note in format_summary(summarize(result, requests_frame(result)))
+    plain = run(cfg, [(100, 400, 0)], step_times=AnalyticStepTimes, sample_interval_s=0.1)
+    assert plain.timeline_note == ""

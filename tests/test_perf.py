@@ -244,6 +244,11 @@ def test_a_profile_row_with_extra_fields_or_an_impossible_time_is_refused(tmp_pa
             read_profile(tmp_path)
     path.write_text("\n".join([*lines[:3], lines[3] + ",", *lines[4:]]) + "\n")  # a trailing comma is no field
     read_profile(tmp_path)
+    # A table of zeros priced every step it holds at nothing, without a word.
+    zeros = [",".join([*line.split(",")[:2], "0"]) for line in lines[1:]]
+    path.write_text("\n".join([lines[0], *zeros]) + "\n")
+    with pytest.raises(ProfileError, match=r"dense\.csv: every time_us is 0; expected measured times"):
+        read_profile(tmp_path)
 
 
 @needs_shared

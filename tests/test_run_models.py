@@ -102,11 +102,14 @@ def test_an_fp8_llmservingsim_profile_must_match_the_instances_weights(tmp_path)
     profile = find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "fp8", 1, profile_dir=tmp_path / "profile")
     # fp8 weights over bf16 activations: the all-reduce and dispatch bytes stay 2 per value.
     assert profile.meta.quantization == "fp8" and profile.meta.dtype == "bfloat16"
-    with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': .*fp8 weights.*runs bfloat16"):
+    # Each way round, the fix offered is the one that fits it.
+    with pytest.raises(ProfileError, match=r"meta.yaml: field 'variant': .*fp8 weights.*runs bfloat16 \(set the "
+                                           r"instance's quantization \"fp8\""):
         find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "bfloat16", 1, profile_dir=tmp_path / "profile")
     bf16 = find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "bfloat16", 1, profile_dir=RUN / "profile")
     assert bf16.meta.quantization is None
-    with pytest.raises(ProfileError, match="field 'variant'"):
+    with pytest.raises(ProfileError, match=r"field 'variant': .*bfloat16 weights, but the instance runs fp8 \(give a "
+                                           r"profile measured with fp8 weights"):
         find_profile("RTXPRO6000", "meta-llama/Llama-3.1-8B", "fp8", 1, profile_dir=RUN / "profile")
 
 
@@ -160,7 +163,7 @@ def test_a_profile_measured_on_another_gpu_is_refused_or_said(tmp_path, hardware
     ("NVIDIA H100 PCIe", "H100", "H100-PCIe"),  # LLMServingSim's "H100" is read as the SXM board
     ("NVIDIA H100 80GB HBM3", "H100", "H100-SXM"),
     ("NVIDIA H100 80GB HBM3", "H100-PCIe", "H100-SXM"),
-    ("NVIDIA H100 NVL", "H100", "H100 NVL"),  # a board pdsim has no spec for, named as the device calls it
+    ("NVIDIA H100 NVL", "H100", "H100-NVL"),
     ("NVIDIA H100 SXM5 80GB", "H100", "H100-SXM"),
     ("NVIDIA A100-SXM4-40GB", "A100", "A100-40GB"),
     ("NVIDIA A100-SXM-80GB", "A100", "A100-80GB"),
@@ -202,7 +205,7 @@ def _case_recorded_on(tmp_path: Path, family: str, gpu: str, named: str, **insta
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
 @pytest.mark.parametrize("gpu,named,board", [
     ("NVIDIA H100 PCIe", "H100", "H100-PCIe"), ("NVIDIA H100 80GB HBM3", "H100", "H100-SXM"),
-    ("NVIDIA H100 NVL", "H100", "H100-SXM"),
+    ("NVIDIA H100 NVL", "H100", "H100-NVL"),
     ("NVIDIA H100 PCIe", "H100-PCIe", "H100-PCIe"),  # the board named: the profile's "H100" does not refuse it
     ("NVIDIA H100 PCIe", "H100-SXM", "error"),  # another board named: refused, as a profile of another GPU is
 ])
@@ -221,13 +224,76 @@ def test_an_h100_profile_measured_on_the_pcie_board_runs_the_instance_as_that_bo
     (info,) = result.infos
     assert info.hardware == board
     notes = " ".join(result.instances[0].predictor.notes)
-    taken = board == "H100-PCIe" and named == "H100"
-    assert ("H100 taken as H100-PCIe, not H100-SXM: the profile was measured on 'NVIDIA H100 PCIe'" in notes) == taken
-    assert ("'NVIDIA H100 NVL'" in notes and "a board pdsim has no spec for" in notes) == ("NVL" in gpu)
-    # A PCIe board's TP 2 all-reduce is not NVLink's, nor its non-torch memory NCCL's NVLink buffers.
-    pcie = board == "H100-PCIe"
-    assert ("PCIe model" in result.instances[0].predictor.allreduce_source) == pcie
-    assert (info.non_torch_gb < 1) == pcie
+    taken = board in ("H100-PCIe", "H100-NVL") and named == "H100"
+    assert (f"H100 taken as {board}, not H100-SXM: the profile was measured on {gpu!r}" in notes) == taken
+    # A PCIe board's TP 2 all-reduce is not NVLink's, nor its non-torch memory NCCL's NVLink buffers; an H100 NVL
+    # pair all-reduces over its NVLink bridge, and has no NVSwitch whose buffers NCCL would take.
+    source = result.instances[0].predictor.allreduce_source
+    assert ("PCIe model" in source) == (board == "H100-PCIe")
+    assert ("scaled x0.67 to H100-NVL's NVLink bridge (one bridged pair), assumed" in source) == (board == "H100-NVL")
+    assert (info.non_torch_gb < 1) == (board != "H100-SXM")
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+@pytest.mark.parametrize("gpu,mem_size,outcome", [
+    ("NVIDIA H100 NVL", 94, "H100-NVL"),  # both the device and the memory say so
+    (None, 94, "H100-NVL"),  # no device recorded: the memory tells the board
+    ("NVIDIA H100 80GB HBM3", 94, "error"),  # the device says SXM, which has no 94 GB
+])
+def test_an_h100_of_94_gb_is_the_nvl_board(tmp_path, gpu, mem_size, outcome):
+    # LLMServingSim writes "H100" for any H100; only the NVL has 94 GB, which pdsim refused as over the SXM's 80.
+    from pdsim.engine.cluster import simulate
+    from pdsim.workload.trace import TraceRequest
+
+    config = _case_recorded_on(tmp_path, "H100", gpu or "", "H100", tp_size=4, num_npus=4,
+                               npu_mem={"mem_size": mem_size, "mem_bw": 3900})
+    if gpu is None:  # a profile that records no device
+        meta = tmp_path / "profile" / "meta.yaml"
+        meta.write_text("\n".join(line for line in meta.read_text().splitlines() if not line.startswith("gpu:")))
+    shutil.copytree(tmp_path / "profile" / "tp2", tmp_path / "profile" / "tp4")
+    cfg = load_cluster_config(config)
+    assert cfg.instances()[0].config.hardware == "H100-NVL"
+    if outcome == "error":
+        with pytest.raises(ConfigError, match=r"npu_mem.mem_size: 94 GB is more than the H100-SXM's 80 GB .*the board "
+                                              r"the profile was measured on \('NVIDIA H100 80GB HBM3'"):
+            simulate(cfg, [TraceRequest(0, 100, 4, 0)])
+        return
+    result = simulate(cfg, [TraceRequest(0, 100, 4, 0)])
+    assert result.infos[0].hardware == "H100-NVL"
+    notes = " ".join(result.instances[0].predictor.notes)
+    said = ("H100 taken as H100-NVL, not H100-SXM: the profile was measured on 'NVIDIA H100 NVL'" if gpu else
+            "H100 taken as H100-NVL, not H100-SXM: npu_mem.mem_size 94 GB is more than the H100-SXM's 80 GB")
+    assert said in notes
+    # Four GPUs are more than a bridged pair: NCCL over PCIe.
+    assert "PCIe model measured on the RTX PRO 6000 Server" in result.instances[0].predictor.allreduce_source
+    assert "4 GPUs beyond its NVLink-bridged pair" in result.instances[0].predictor.allreduce_source
+    # A config written from this one keeps the family name, and with it the memory's reading.
+    assert cfg.model_dump(by_alias=True)["nodes"][0]["instances"][0]["hardware"] == "H100"
+
+
+@pytest.mark.parametrize("name,board", [
+    ("h100", "H100-SXM"), ("H100_SXM5", "H100-SXM"), ("NVIDIA H100 80GB HBM3", "H100-SXM"),
+    ("NVIDIA H100 PCIe", "H100-PCIe"), ("H100 NVL", "H100-NVL"), ("nvidia geforce rtx 4090", "RTX4090"),
+    ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTXPRO6000"), ("rtx_pro_6000", "RTXPRO6000"),
+    ("NVIDIA L40S", "L40S"), ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA RTX 6000 Ada Generation", "RTX6000Ada"),
+    ("NVIDIA A10G", "NVIDIA A10G"),  # no spec: unchanged, and said so where it matters
+])
+def test_gpu_names_are_read_in_any_spelling_and_as_torch_names_them(name, board):
+    # A name pdsim did not know exactly ran as "no spec": its TP all-reduce as a PCIe 4 card's, NVLink GPUs too.
+    from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, _name_key, canonical_hardware_name
+
+    assert canonical_hardware_name(name) == board
+    boards: dict[str, set[str]] = {}
+    for alias, target in [*((n, n) for n in HARDWARE), *HARDWARE_ALIASES.items()]:
+        boards.setdefault(_name_key(alias), set()).add(target)
+    assert all(len(b) == 1 for b in boards.values())  # no two spellings of one key name different boards
+
+
+def test_a_lower_case_family_name_is_still_a_family_name():
+    from pdsim.hardware import is_family_name
+
+    assert is_family_name("h100") and is_family_name("NVIDIA H100") and not is_family_name("H100-SXM")
+    assert not is_family_name("NVIDIA H100 80GB HBM3")  # a device name names its board
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
@@ -261,3 +327,19 @@ def test_a_sweep_says_which_board_its_runs_took(tmp_path):
     written = {json.loads(p.read_text())["nodes"][0]["instances"][0]["hardware"]
                for p in (tmp_path / "s" / "configs").glob("*.json")}
     assert written == {"H100"}  # as given, so each keeps its meaning when run on its own
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+def test_a_profile_without_its_skew_fit_table_says_it_falls_back_to_alpha_default(tmp_path):
+    # meta.yaml's alpha_default stands in for the per-bucket fit: TTFT moved by about 5% on the shared run that way.
+    from pdsim.perf.predictor import StepTimePredictor
+
+    shutil.copytree(RUN / "profile", tmp_path / "profile")
+    spec = load_model("meta-llama/Llama-3.1-8B")
+    kept = StepTimePredictor(find_profile("RTXPRO6000", spec.name, "bfloat16", 1, profile_dir=tmp_path / "profile"),
+                             spec, 1, None)
+    assert not any("skew_fit.csv" in n for n in kept.notes)
+    (tmp_path / "profile" / "tp1" / "skew_fit.csv").unlink()
+    lost = StepTimePredictor(find_profile("RTXPRO6000", spec.name, "bfloat16", 1, profile_dir=tmp_path / "profile"),
+                             spec, 1, None)
+    assert any("has no skew_fit.csv" in n and "alpha_default 0.0543" in n for n in lost.notes), lost.notes

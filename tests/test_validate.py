@@ -127,6 +127,16 @@ def test_aiperf_records_reader(tmp_path):
     (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(
         {"input_config": {"loadgen": {"concurrency": 4}}}))  # aiperf's older layout
     assert read_measured(path).concurrency == 4
+    # A summary of the wrong shape is refused naming the file and the field (before: internal errors, or 2.7
+    # clients read as 2 and true as 1).
+    for config, said in (({"phases": [{"name": "profiling", "concurrency": "four"}]}, r"\.phases\[\]\.concurrency"),
+                         ({"phases": [{"name": "profiling", "concurrency": 2.7}]}, r"\.phases\[\]\.concurrency"),
+                         ({"loadgen": {"concurrency": True}}, r"\.loadgen\.concurrency: .*got true"),
+                         ({"loadgen": "x"}, r"\.loadgen: expected an object"),
+                         ({"phases": "abc"}, r"\.phases: expected a list"), ([1], r": expected an object")):
+        (tmp_path / "profile_export_aiperf.json").write_text(json.dumps({"input_config": config}))
+        with pytest.raises(PdsimError, match=r"profile_export_aiperf.json: input_config" + said):
+            read_measured(path)
 
 
 def test_reads_a_genuine_aiperf_export():
@@ -263,6 +273,23 @@ def test_a_timeseries_value_that_is_no_number_names_line_and_column(tmp_path):
     path.write_text("t,running\n1.0,3\n")
     with pytest.raises(PdsimError, match=r"timeseries.csv: expected columns t, running, waiting; missing waiting"):
         read_timeseries(path)
+
+
+@needs_shared
+def test_ticks_on_another_clock_are_not_compared_but_said(tmp_path):
+    # A t column in ms put every tick past the replay: "running mean 94.9 / 0.0, tick by tick 94.9 apart".
+    import pandas as pd
+
+    requests = _rtx_run_with(tmp_path)
+    ts = pd.read_csv(requests.with_name("timeseries.csv"))
+    ts["t"] = ts["t"] * 1000
+    ts.to_csv(requests.with_name("timeseries.csv"), index=False)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert re.search(r"NOTE: engine state not compared: 0 of 67 ticks of .*timeseries.csv fall within the replay "
+                     r"\(0 to [\d.,]+ s after the first request", res.output), res.output
+    assert "tick by tick" not in res.output
 
 
 def test_async_scheduling_follows_the_recorded_version_and_executor():
@@ -447,13 +474,14 @@ def test_closed_loop_rows_with_bad_values_are_left_out_by_name_and_osl_1_has_no_
     ok = _TABLE_ROW
     res, df = _validate_table(tmp_path, [ok, ok.replace(",2,1,1,bf16,", ",abc,1,1,bf16,"),
                                          ok.replace(",2,1,1,bf16,", ",0,1,1,bf16,"),
-                                         ok.replace(",30.0,8.0", ",-30.0,8.0"), ok.replace(",30.0,8.0", ",30.0,"),
+                                         ok.replace(",30.0,8.0", ",1e300,8.0"), ok.replace(",30.0,8.0", ",30.0,"),
                                          ok.replace(",256,16,", ",256,1,").replace(",30.0,8.0", ",30.0,")])
     out = tmp_path / "v.csv"
     assert list(df.status) == ["simulated", "error", "error", "error", "error", "simulated"]
     assert "line 3: column batch_size: expected a positive integer, got 'abc'" in df.reason[1]
     assert "column batch_size: expected a positive integer, got '0'" in df.reason[2]
-    assert "column silicon_ttft_ms: the measured value must be a positive number of ms" in df.reason[3]
+    assert ("column silicon_ttft_ms: the measured value must be a positive number of ms, at most 8.64e+07"
+            in df.reason[3])
     assert "column silicon_tpot_ms" in df.reason[4]
     assert np.isnan(df.tpot_err_pct[5]) and np.isfinite(df.ttft_err_pct[5])  # one output token: no TPOT
     assert "over 2 simulated rows of 6 (TPOT over 1: 1 with one output token have none)" in res.output
@@ -702,7 +730,8 @@ def test_a_pipelined_run_replays_with_the_scheduling_it_recorded(tmp_path):
 @needs_shared
 def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     # A run made tight with gpu_memory_utilization: a config without LLMServingSim's mem_util replays
-    # it at the recorded figure; one with mem_util keeps its own (LLMServingSim's rule) and says so.
+    # it at the recorded figure; one with a mem_util below it keeps its own (LLMServingSim's rule, calibrated)
+    # and says so; one at or above it cannot be calibrated to this engine, and vLLM's accounting applies.
     requests = _rtx_run_with(tmp_path, gpu_memory_utilization=0.25)
     cfg = json.loads((RTX / "cluster_config.json").read_text())
     del cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"]
@@ -719,17 +748,45 @@ def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     assert "gpu_memory_utilization 0.25 from meta.json engine_kwargs" in out
     # 95 GiB x 0.25 - 15 GiB of weights - activations: under 8.6 GiB of KV, 128 KiB a token
     assert 30_000 < tight < 8.6 * 2**30 / 131072
-    kept, out = capacity(RTX / "cluster_config.json")
-    assert "the config's npu_mem.mem_util 0.9 sizes the KV cache" in out and kept > 8 * tight
+    above, out = capacity(RTX / "cluster_config.json")  # mem_util 0.9
+    assert above == tight and "the config's npu_mem.mem_util 0.9 is above it, so not a figure calibrated" in out
+    cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"] = 0.2
+    (tmp_path / "calibrated.json").write_text(json.dumps(cfg))
+    kept, out = capacity(tmp_path / "calibrated.json")
+    assert "the config's npu_mem.mem_util 0.2 sizes the KV cache" in out
+    # 96 GiB x 0.2 - 15 GiB of weights: 4.2 GiB, 128 KiB a token
+    assert kept == pytest.approx((96 * 0.2 - 14.96) * 2**30 / 131072, rel=0.01)
     # Beside LLMServingSim's rule, vLLM's accounting is given at the recorded figure, not at its default 0.9.
     assert "x gpu_memory_utilization 0.25 (the measured engine's)" in out
-    assert re.search(r"the replay's KV cache: peak use [\d.]+% of its blocks, 0 preemptions", out)
     # A mem_util equal to the recorded figure is the engine's argument copied: vLLM's accounting applies.
     cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"] = 0.25
     (tmp_path / "copied.json").write_text(json.dumps(cfg))
     copied, out = capacity(tmp_path / "copied.json")
     assert copied == tight and "the config's npu_mem.mem_util is that same figure" in out
     assert f"predicted {tight:,} (vLLM's accounting)" in out
+
+
+@needs_shared
+def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
+    # kv_cache_dtype "auto" in meta.json is the model's dtype: an fp8 cache in the config would double the blocks.
+    requests = _rtx_run_with(tmp_path, kv_cache_dtype="auto")
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0]["kv_cache_dtype"] = "fp8"
+    (tmp_path / "fp8.json").write_text(json.dumps(cfg))
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(tmp_path / "fp8.json"),
+                        "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "kv_cache_dtype auto from meta.json engine_kwargs, the config says fp8" in res.output
+    assert "predicted 585,248 (LLMServingSim's rule" in res.output  # bf16's 128 KiB a token, not fp8's 64
+
+
+@needs_shared
+def test_a_precision_refused_by_the_profile_names_the_record_that_set_it(tmp_path):
+    requests = _rtx_run_with(tmp_path, quantization="fp8")
+    with pytest.raises(PdsimError, match=r"bfloat16 weights, but the instance runs fp8 .*\(the replay applied "
+                                         r"quantization fp8 from meta.json engine_kwargs\)"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
 
 
 @needs_shared
@@ -824,7 +881,8 @@ def test_a_tp2_replay_says_what_priced_its_all_reduce(tmp_path):
 
 @needs_shared
 @pytest.mark.parametrize(("key", "value", "expected"), [
-    ("max_num_seqs", -3, "a whole number >= 1"),
+    ("max_num_seqs", -3, "a whole number from 1 to 1,000,000,000"),
+    ("max_num_seqs", 10**400, "a whole number from 1 to 1,000,000,000"),  # was blamed on the cluster config
     ("enable_prefix_caching", "yes", "true or false"),
     ("gpu_memory_utilization", "high", r"a number in \(0, 1\]"),
 ])
@@ -1026,6 +1084,8 @@ def test_replayed_requests_that_do_not_finish_are_said(tmp_path):
     assert res.exit_code == 0, res.output
     assert ("NOTE: 40 of 300 replayed requests did not finish in the replay (40 rejected: input+output = N tokens"
             in res.output)
+    # and the range of N
+    assert re.search(r"max_num_batched_tokens\) \(N = 2,058 to 4,765\)\); the simulated figures", res.output)
     from click.testing import CliRunner
 
     from pdsim.validate.cli import calibrate

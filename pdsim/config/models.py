@@ -9,6 +9,7 @@ do not model, are dropped.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_serializer, field_validator, model_validator
@@ -33,7 +34,13 @@ from pdsim.config.base import (
 )
 from pdsim.config.policies import KVTransferConfig, RouterConfig
 from pdsim.errors import PdsimError
-from pdsim.hardware import canonical_hardware_name, get_hardware, is_family_name
+from pdsim.hardware import (
+    board_family,
+    canonical_hardware_name,
+    family_board_by_memory,
+    get_hardware,
+    is_family_name,
+)
 from pdsim.llmservingsim_keys import (
     KV_CACHE_DTYPES,
     check_dp_group,
@@ -75,6 +82,20 @@ def _fp8_dtype_as_quantization(data: Any) -> Any:
             "quantization", 'dtype "fp8" means quantization "fp8"; got quantization {got}; give dtype "bfloat16" '
             "with the quantization wanted", {"got": _fmt(data.get("quantization"))})
     return {**data, "dtype": "bfloat16", "quantization": "fp8"}
+
+
+def _board_by_memory(data: Any) -> Any:
+    """A family name ("H100") with more memory than its default board's names the family's board that has it
+    (94 GB: the H100 NVL); the name as given is kept (`hardware_given`), so a measured profile's device still
+    tells the board (engine/build.py)."""
+    if not isinstance(data, dict) or not isinstance(data.get("hardware"), str):
+        return data
+    mem = data.get("npu_mem")
+    size = mem.get("mem_size") if isinstance(mem, dict) else None
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size):
+        return data
+    board = family_board_by_memory(data["hardware"], size)
+    return data if board is None else {**data, "hardware": board}
 
 
 
@@ -171,7 +192,7 @@ class InstanceConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _infer_sizes(cls, data: Any) -> Any:
-        return infer_instance_sizes(_checkpoint_quantization(_fp8_dtype_as_quantization(data)))
+        return _board_by_memory(infer_instance_sizes(_checkpoint_quantization(_fp8_dtype_as_quantization(data))))
 
     @field_validator("hardware", mode="before")
     @classmethod
@@ -194,7 +215,9 @@ class InstanceConfig(_Strict):
     def _hardware_as_given(self, hardware: str) -> str:
         # A family name is written back as given, so a config made from this one (sweep's) keeps its meaning.
         given = self._hardware_given
-        return given if given is not None and canonical_hardware_name(given) == hardware else hardware
+        return given if given is not None and (canonical_hardware_name(given) == hardware or (
+            is_family_name(given) and board_family(hardware) == board_family(canonical_hardware_name(given)))) \
+            else hardware
 
     @property
     def hardware_given(self) -> str:

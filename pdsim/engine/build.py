@@ -14,7 +14,14 @@ from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
 from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, ProfileError
-from pdsim.hardware import HardwareSpec, canonical_hardware_name, device_board, get_hardware
+from pdsim.hardware import (
+    HardwareSpec,
+    board_family,
+    canonical_hardware_name,
+    device_board,
+    get_hardware,
+    is_family_name,
+)
 from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
 from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.perf.collectives import fused_allreduce_norm_tokens
@@ -86,6 +93,7 @@ def build_instance(
     board_note, board_told = "", False
     if not profile.estimated:
         ic, board_note, board_told = _recorded_board(ic, profile.meta, where)
+    board_note = board_note or _memory_board_note(ic)
     mismatch = (_profile_hardware_mismatch(profile.meta.hardware, ic.hardware)
                 if not profile.estimated and not board_told else None)
     if mismatch == "error":
@@ -187,6 +195,11 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
     hardware field (an "H100" profile measured on an H100 PCIe is an H100-PCIe profile)."""
     device = meta.device.get("gpu") or meta.device.get("name")
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
+    if board is not None and board == ic.hardware and board != canonical_hardware_name(ic.hardware_given):
+        # The config's memory chose this board (_board_by_memory), and the device agrees.
+        return ic, (f"hardware {ic.hardware_given} taken as {board}, not {canonical_hardware_name(ic.hardware_given)}: "
+                    f"the profile was measured on {device!r} ({meta.path}), and npu_mem.mem_size "
+                    f"{ic.npu_mem.mem_size:g} GB is that board's"), True
     if board is None or board == ic.hardware:
         return ic, "", board is not None
     spec = get_hardware(board)
@@ -207,11 +220,26 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
         f"({meta.path}); the boards differ in TP link, memory bandwidth and non-torch memory"), True
 
 
+def _memory_board_note(ic: InstanceConfig) -> str:
+    """What the instance runs as where its family name was taken as another board than the family's default
+    for its memory (config/models.py _board_by_memory); "" otherwise."""
+    default = canonical_hardware_name(ic.hardware_given)
+    if not ic.hardware_is_family_name or ic.hardware == default:
+        return ""
+    return (f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: npu_mem.mem_size "
+            f"{ic.npu_mem.mem_size:g} GB is more than the {default}'s {get_hardware(default).mem_size_gb:g} GB, "
+            f"and the {ic.hardware} is the {board_family(ic.hardware)} board with that much")
+
+
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
     """How a measured profile's GPU and the instance's differ: "error" where both are GPUs pdsim knows and
     they differ (another GPU's step times would be reported as this one's), "note" where a name pdsim does
-    not know may still be the same GPU, None where they agree."""
+    not know may still be the same GPU, None where they agree (a family name, "H100", agrees with each of its
+    boards: it does not tell which one measured the profile)."""
     if canonical_hardware_name(measured_on) == canonical_hardware_name(named):
+        return None
+    family = board_family(canonical_hardware_name(measured_on))
+    if is_family_name(measured_on) and family is not None and board_family(canonical_hardware_name(named)) == family:
         return None
     if get_hardware(measured_on) is not None and get_hardware(named) is not None:
         return "error"

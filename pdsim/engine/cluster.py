@@ -210,6 +210,7 @@ def simulate(
         requests=requests, instances=cluster.instances, infos=cluster.infos, links=cluster.links,
         samples=cluster.monitor.samples, sim_end_s=end,
         link_samples=cluster.monitor.link_samples, ttft_mode=opts.ttft_mode,
+        timeline_note=cluster.monitor.coarsening_note(),
     )
 
 

@@ -19,6 +19,9 @@ from pdsim.engine.result import LinkSample, Sample
 # one before it): a lone request at t = 1e6 s, or Unix-epoch arrival times, must not cost a sample
 # per simulated second. Normal runs never idle this long, so their timelines keep every row.
 _IDLE_SAMPLES_KEPT = 1000
+# Samples taken at one interval before it doubles: a timeline of more rounds than this (a day of simulated time
+# at 1 s, or step times of hours from a corrupt profile) would cost more than the simulation itself.
+MAX_ROUNDS_PER_INTERVAL = 100_000
 
 
 class Monitor:
@@ -35,13 +38,19 @@ class Monitor:
         self.samples: list[Sample] = []
         self.link_samples: list[LinkSample] = []
         self._last_link_sample: tuple[float, dict[str, float]] = (0.0, {})
+        self.coarsened: list[tuple[float, float]] = []  # (from time_s, interval_s) where the interval doubled
 
     def run(self, num_done: Callable[[], int], total: int, all_done: simpy.Event,
             on_sample: Callable[[float, list[Sample]], None] | None = None,
             on_progress: Callable[[int, int], None] | None = None) -> Generator[Any, Any, None]:
         """The SimPy process: sample until `total` requests are done (or nothing else can happen)."""
         env = self.env
+        rounds = 0
         while True:
+            rounds += 1
+            if rounds % MAX_ROUNDS_PER_INTERVAL == 0:
+                self.interval_s *= 2
+                self.coarsened.append((env.now, self.interval_s))
             snap = self.sample()
             self.samples.extend(snap)
             self.sample_links()
@@ -59,6 +68,14 @@ class Monitor:
                 self.samples.extend(self.sample())
                 self.sample_links()
                 return
+
+    def coarsening_note(self) -> str:
+        """What the timeline's rows are spaced by where the interval doubled; "" where it never did."""
+        if not self.coarsened:
+            return ""
+        (first_s, _), (_, last_interval_s) = self.coarsened[0], self.coarsened[-1]
+        return (f"timeline: more than {MAX_ROUNDS_PER_INTERVAL:,} samples at one interval, so it doubled from "
+                f"t = {first_s:,.6g} s on, to {last_interval_s:g} s between rows by the end")
 
     def is_still(self) -> bool:
         """Nothing changes until the next scheduled event: no bytes moving, no run of decode steps

@@ -80,6 +80,6 @@ class SimulationResult:
     links: dict[str, Link]
     samples: list[Sample]
     sim_end_s: float
-    warnings: list[str] = field(default_factory=list)
     link_samples: list[LinkSample] = field(default_factory=list)
     ttft_mode: str = "prefill"
+    timeline_note: str = ""  # where the sample interval grew (engine/monitor.py)

@@ -191,6 +191,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "step_time_source": ESTIMATED_NOTE if estimated else "measured profiles",
         "memory_notes": memory_notes(result),
         "profile_notes": profile_notes(result),
+        "timeline_note": result.timeline_note,
     }
     if concurrency is not None:
         summary["closed_loop_steady_state"] = closed_loop_steady_state(df, concurrency)
@@ -226,6 +227,15 @@ def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
             item["count"] = int(((df.status == status) & (df.reason == reason)).sum())
         out.append(item)
     return out
+
+
+def reason_text(item: dict) -> str:
+    """One entry of not_finished_reasons as a line: count, status, reason and the range of its N."""
+    span = ""
+    if "N_min" in item:
+        lo, hi = (f"{n:,.6f}".rstrip("0").rstrip(".") for n in (item["N_min"], item["N_max"]))
+        span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
+    return f"{item['count']} {item['status']}: {item['reason']}{span}"
 
 
 # A number standing alone: not a part of a name (tp2), of another number (1.5, 1e-300's exponent) or a range.
@@ -276,11 +286,7 @@ def _status_lines(summary: dict) -> list[str]:
         f"{summary['rejected']} rejected, {summary['unfinished']} unfinished"
     )
     for item in summary["not_finished_reasons"]:
-        span = ""
-        if "N_min" in item:
-            lo, hi = (f"{n:,.6f}".rstrip("0").rstrip(".") for n in (item["N_min"], item["N_max"]))
-            span = f" (N = {lo})" if lo == hi else f" (N = {lo} to {hi})"
-        lines.append(f"  {item['count']} {item['status']}: {item['reason']}{span}")
+        lines.append(f"  {reason_text(item)}")
     load = summary.get("load")
     if load and "served_req_per_s_second_half" in load:  # judged (a verdict of too few requests is not shown)
         lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
@@ -289,6 +295,8 @@ def _status_lines(summary: dict) -> list[str]:
     for note in summary["profile_notes"]:
         if note != ESTIMATED_NOTE:
             lines.append(f"note: {note}")
+    if summary.get("timeline_note"):
+        lines.append(f"note: {summary['timeline_note']}")
     return lines
 
 

@@ -28,6 +28,7 @@ NCCL alone, from its own measurements where there are some.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -172,7 +173,12 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
     gpus = _nearest_gpus(table, n)
     call_us, bus_bw = table[gpus]
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
-    source = NVLINK_SOURCE if scale == 1.0 else f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
+    if scale != 1.0:
+        source = f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
+    elif hardware.name != "H100-SXM":
+        source = f"{NVLINK_SOURCE}, taken for {hardware.name}'s NVLink of the same rate"
+    else:
+        source = NVLINK_SOURCE
     return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
 
 
@@ -288,8 +294,26 @@ def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
     False: vLLM's --disable-custom-all-reduce."""
     if hardware.intra_node_link == "nvlink":
         return nvlink_model(hardware, n, custom_all_reduce)
+    if hardware.nvlink_bridge_gbps:
+        return bridged_pair_model(hardware, n, custom_all_reduce)
     return (measured_pcie_model(hardware, n, custom_all_reduce)
             or pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce))
+
+
+def bridged_pair_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
+    """PCIe cards bridged in pairs by NVLink (H100 NVL): two GPUs, one pair, all-reduce over the bridge,
+    priced as H100 SXM's NVLink with the bridge's bandwidth; a larger group is not NVLink-connected
+    throughout, so vLLM's custom all-reduce is off and NCCL's ring is held to PCIe (the PCIe model). Neither
+    was measured on such cards."""
+    if n > 2:
+        return pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce,
+                          why=f", {n} GPUs beyond its NVLink-bridged pair")
+    bridge = dataclasses.replace(hardware, intra_node_bw_gbps=hardware.nvlink_bridge_gbps, intra_node_link="nvlink")
+    scale = hardware.nvlink_bridge_gbps / NVLINK4_LINE_GBPS
+    source = (f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}'s NVLink bridge (one bridged "
+              "pair), assumed: not measured on such cards")
+    return dataclasses.replace(nvlink_model(bridge, n, custom_all_reduce),
+                               source=source + ("" if custom_all_reduce else NCCL_ONLY))
 
 
 # vLLM >= 0.17's default compilation (-O2) fuses each TP all-reduce with the residual add and RMSNorm

@@ -119,6 +119,10 @@ def non_torch_gib(tp: int, hardware: str) -> tuple[float, str | None]:
         return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {hardware} at TP >= 2: no spec for it, so no NVLink is "
                                    "assumed, and H100's 2.1 GiB there is read as NCCL's NVLink buffers; "
                                    "non_torch_memory_gb sets it")
+    if spec.nvlink_bridge_gbps:
+        return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {spec.name} at TP >= 2: H100 SXM's 2.1 GiB there is read as "
+                                   "NCCL's buffers over NVLink and NVSwitch, and NVLink-bridged pairs have no "
+                                   "NVSwitch; non_torch_memory_gb sets it")
     if spec.intra_node_link == "pcie":
         return NON_TORCH_GIB_TP1, (f"TP 1's, assumed for {spec.name} at TP >= 2: H100's 2.1 GiB there is read as "
                                    "NCCL's NVLink buffers, which a PCIe GPU does not allocate; non_torch_memory_gb "
@@ -214,7 +218,8 @@ def _vllm_blocks(ic: InstanceConfig, weight_bytes: int, activation_bytes: int, o
     total_gib, source = visible_memory_gib(ic.hardware, ic.npu_mem.mem_size)
     util = recorded_util or ic.gpu_memory_utilization or VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
     requested = total_gib * GIB * util
-    said = " (the measured engine's)" if recorded_util else ""
+    said = (" (the measured engine's)" if recorded_util else
+            " (vLLM's default)" if ic.gpu_memory_utilization is None else "")
     return math.floor((requested - weight_bytes - activation_bytes - other_bytes) / block_bytes), requested, \
         f"{total_gib:.2f} GiB ({source}) x gpu_memory_utilization {util:g}{said}"
 

@@ -136,6 +136,10 @@ class StepTimePredictor:
             self.notes.append("the profile has no decode-skew fit (LLMServingSim's skew_fit.csv, or the uneven decode "
                               "batches `pdsim profile --only attention_decode_skew` adds): decode attention is "
                               "priced at the batch's mean KV length, which a batch of uneven lengths exceeds")
+        elif skew_alpha is None and self._skew_fit is None and profile.meta.fmt == "llmservingsim":
+            self.notes.append(f"the profile has no skew_fit.csv in {profile.meta.path}: every step's decode skew takes "
+                              f"meta.yaml's alpha_default {self.skew_alpha:g}, where the per-bucket fit would give "
+                              "each batch size and prefill chunk its own")
         gemm_precision = profile.meta.device.get("gemm_precision", "") if isinstance(profile.meta.device, dict) else ""
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
             self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")

@@ -257,7 +257,11 @@ def _check_precision(profile: Profile, precision: str) -> None:
     meta = profile.meta
     if meta.fmt == "llmservingsim":
         measured, where = meta.quantization or meta.dtype, Path(meta.path).parent / "meta.yaml"
-        field, fix = "variant", " (set the instance's quantization, or dtype \"fp8\" as LLMServingSim does, to match)"
+        field = "variant"
+        fix = (" (give a profile measured with fp8 weights, variant fp8, or run the instance unquantised)"
+               if precision.startswith("fp8") else
+               " (set the instance's quantization \"fp8\", or dtype \"fp8\" as LLMServingSim does, or give a profile "
+               "measured with unquantised weights)")
     else:  # pdsim's own: an fp8 profile names its GEMM tables (import-aiconfigurator --quant)
         gemms = meta.device.get("gemm_precision", "") if isinstance(meta.device, dict) else ""
         measured = "fp8" if "fp8" in gemms else meta.dtype

@@ -119,6 +119,9 @@ def _parse_csv(path: Path, data: bytes, columns: Sequence[str], numeric: Sequenc
         rows.append(tuple(row))
     if not rows:
         raise ProfileError(f"{path}: no data rows")
+    if "time_us" in num and not any(row[columns.index("time_us")] for row in rows):
+        # A table of zeros would run every step it prices in no time, without a word.
+        raise ProfileError(f"{path}: every time_us is 0; expected measured times in microseconds")
     return rows
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from pdsim.bundled import InputFile
 from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options
 from pdsim.config.load import config_inputs
-from pdsim.errors import PdsimError
+from pdsim.errors import PdsimError, ProfileError
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
@@ -332,7 +332,13 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     if opts.client_delay_s:
         run.notes.append(f"client-to-engine delay uniform on [0, {2 * client_delay_ms:g}] ms")
     kv_measured = kv_override(run, cfg, opts, engine_log, kv_capacity)
-    result = _replay_with_bar(cfg, run, opts, str(cluster_config), _bar("replaying", quiet))
+    try:
+        result = _replay_with_bar(cfg, run, opts, str(cluster_config), _bar("replaying", quiet))
+    except ProfileError as e:  # e.g. an fp8 profile refused: say where the instance's precision came from
+        applied = [n for n in run.notes if n.startswith(("quantization ", "kv_cache_dtype ")) and "meta.json" in n]
+        if not applied:
+            raise
+        raise ProfileError(f"{e} (the replay applied {'; '.join(applied)})") from None
     if not any(r.status == "finished" for r in result.requests):
         raise PdsimError(f"{run.source}: {lost_requests(result)}: nothing to compare (the replay: "
                          f"{'; '.join(run.notes)})")
@@ -409,7 +415,13 @@ def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[s
     if ts.empty:
         return f"NOTE: engine state not compared: {path} has no ticks", None
     offset_s, unknown = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
-    running, waiting = simulated_counts(result, ts.t.to_numpy(dtype=float) - offset_s)
+    ticks_s = ts.t.to_numpy(dtype=float) - offset_s
+    inside = int(((ticks_s >= 0) & (ticks_s <= result.sim_end_s)).sum())
+    if inside < 2:  # ticks on another clock (ms, or not from started_at) would compare nothing
+        return (f"NOTE: engine state not compared: {inside} of {len(ticks_s)} ticks of {path} fall within the replay "
+                f"(0 to {result.sim_end_s:,.1f} s after the first request, placed on the ticks' clock at "
+                f"{offset_s:,.3f} s): expected its t column in seconds from meta.json's started_at"), None
+    running, waiting = simulated_counts(result, ticks_s)
     plot = write_state_plot(ts, running, waiting, plot_prefix) if plot_prefix is not None else None
     return engine_state_line(ts, running, waiting, path, unknown), plot
 

@@ -335,6 +335,10 @@ def _as_float(value: str) -> float:
         return float("nan")
 
 
+# A benchmark's mean TTFT or TPOT beyond a day is a corrupt cell (or one in another unit), not a measurement.
+MAX_MEASURED_MS = 86_400_000.0
+
+
 def _measured_ms(row: dict, column: str, shown: str) -> None:
     """A measured latency must be a positive number, or the row's error would be meaningless."""
     value = text(row.get(column))
@@ -342,8 +346,9 @@ def _measured_ms(row: dict, column: str, shown: str) -> None:
         raise PdsimError(f"column {shown}: no measured value (the cell is empty or not a number); expected a "
                          "positive number of ms")
     number = _as_float(value)
-    if not (np.isfinite(number) and number > 0):
-        raise PdsimError(f"column {shown}: the measured value must be a positive number of ms, got {value!r}")
+    if not (np.isfinite(number) and 0 < number <= MAX_MEASURED_MS):
+        raise PdsimError(f"column {shown}: the measured value must be a positive number of ms, at most "
+                         f"{MAX_MEASURED_MS:g} (a day), got {value!r}")
 
 
 def simulated(df: pd.DataFrame) -> pd.DataFrame:

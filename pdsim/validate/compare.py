@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
 from pdsim.errors import PdsimError
 from pdsim.metrics.stats import per_second, percentiles_interpolated, sorted_by_value, span_s
-from pdsim.metrics.summary import itl_samples, requests_frame
+from pdsim.metrics.summary import itl_samples, not_finished_reasons, reason_text, requests_frame
 from pdsim.outputs import atomic_path
 from pdsim.validate.measured import MeasuredRun
 from pdsim.workload.trace import TraceRequest
@@ -91,9 +90,9 @@ def lost_requests(result: SimulationResult) -> str | None:
     lost = [r for r in result.requests if r.status != "finished"]
     if not lost:
         return None
-    # Counted by kind of reason (each names its own request's lengths).
-    reasons = pd.Series([f"{r.status}: {re.sub(r'[0-9][0-9,.]*', 'N', r.reason)}" for r in lost]).value_counts()
-    why = "; ".join(f"{n} {reason}" for reason, n in reasons.items())
+    # Counted by kind of reason (each names its own request's lengths: N, and their range).
+    lost_df = pd.DataFrame([(r.status, r.reason) for r in lost], columns=["status", "reason"])
+    why = "; ".join(reason_text(item) for item in not_finished_reasons(lost_df))
     return f"{len(lost)} of {len(result.requests)} replayed requests did not finish in the replay ({why})"
 
 

@@ -352,10 +352,17 @@ def _count(value: object, where: str, key: str) -> int:
     return token_count(value, where, key, error=PdsimError)
 
 
-def _time(value: object, where: str, key: str, least: float = 0.0) -> float:
-    """A duration or time as a file gives it: a finite number of at least `least`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
-        raise PdsimError(f"{where}: field {key!r}: expected a finite number >= {least:g}, got {value!r:.60}")
+# A request's latency (or a gap within it) beyond a day is a corrupt value (or one in another unit): a benchmark
+# that waited so long measured nothing a replay could be compared with.
+MAX_LATENCY_S = 86_400.0
+
+
+def _time(value: object, where: str, key: str, least: float = 0.0, most: float = MAX_LATENCY_S) -> float:
+    """A duration (or, with most=inf, a time) as a file gives it: a finite number from `least` to `most`."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not least <= value <= most):
+        bounds = f">= {least:g}" if most == math.inf else f"from {least:g} to {most:g}"
+        raise PdsimError(f"{where}: field {key!r}: expected a finite number {bounds}, got {value!r:.60}")
     return float(value)
 
 
@@ -532,7 +539,7 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
     elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < math.inf:
         raise PdsimError(f"{p}: 'request_rate': expected a number > 0 or \"inf\", got {rate!r:.60}")
     if obj.get("start_times") is not None:
-        starts = np.array([_time(obj["start_times"][i], f"{p}: start_times[{i}]", "start_time", -math.inf)
+        starts = np.array([_time(obj["start_times"][i], f"{p}: start_times[{i}]", "start_time", -math.inf, math.inf)
                            for i in ok])
         arrival = starts - starts.min()
     elif conc is None and math.isfinite(rate):
@@ -599,13 +606,37 @@ def aiperf_concurrency(records_path: Path) -> int | None:
     summary = records_path.with_name(AIPERF_SUMMARY)
     if not summary.is_file():
         return None
-    config = read_json_object(summary).get("input_config") or {}
-    phases = [ph for ph in config.get("phases") or [] if isinstance(ph, dict)]
+    config = _object_field(read_json_object(summary), "input_config", summary)
+    phases = config.get("phases") or []
+    if not isinstance(phases, list):
+        raise PdsimError(f"{summary}: input_config.phases: expected a list of phases, got {_json_text(phases)}")
+    phases = [ph for ph in phases if isinstance(ph, dict)]
     phase = next((ph for ph in phases if ph.get("name") == "profiling"), phases[0] if phases else None)
-    value = phase.get("concurrency") if phase else None
+    value, where = (phase.get("concurrency"), "input_config.phases[].concurrency") if phase else (None, "")
     if value is None:
-        value = (config.get("loadgen") or {}).get("concurrency")
-    return int(value) if value else None
+        loadgen = _object_field(config, "loadgen", summary, "input_config.")
+        value, where = loadgen.get("concurrency"), "input_config.loadgen.concurrency"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PdsimError(f"{summary}: {where}: expected a whole number of clients >= 1, got {_json_text(value)}")
+    return value
+
+
+def _object_field(obj: dict, key: str, path: Path, prefix: str = "") -> dict:
+    """obj[key] where it must be a JSON object (absent or null: empty)."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PdsimError(f"{path}: {prefix}{key}: expected an object, got {_json_text(value)}")
+    return value
+
+
+def _json_text(value: object) -> str:
+    """A value as JSON writes it (true, null), cut short."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
@@ -690,8 +721,9 @@ def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[fl
     if type(start_ns) is not int or not 0 <= start_ns < 2**62:  # ns since 1970 fit int64 to the year 2116
         raise PdsimError(f"{where}: metadata.request_start_ns: expected a whole number of ns, got {start_ns!r:.60}")
     osl = _count(values["output_sequence_length"], where, "metrics.output_sequence_length")
-    ttft = _time(values["time_to_first_token"], where, "metrics.time_to_first_token")
-    latency = _time(values["request_latency"], where, "metrics.request_latency", ttft)
+    most_ms = MAX_LATENCY_S * 1e3
+    ttft = _time(values["time_to_first_token"], where, "metrics.time_to_first_token", 0.0, most_ms)
+    latency = _time(values["request_latency"], where, "metrics.request_latency", ttft, most_ms)
     row = {"input_toks": _count(values["input_sequence_length"], where, "metrics.input_sequence_length"),
            "output_toks": osl, "start_ns": start_ns, "ttft_ms": ttft,
            "tpot_ms": (latency - ttft) / (osl - 1) if osl > 1 else np.nan, "e2e_ms": latency}
@@ -699,7 +731,7 @@ def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[fl
     if chunks is not None:
         if not isinstance(chunks, list):
             raise PdsimError(f"{where}: metrics.inter_chunk_latency: expected a list of gaps, got {chunks!r:.60}")
-        chunks = [_time(x, where, "metrics.inter_chunk_latency") for x in chunks]
+        chunks = [_time(x, where, "metrics.inter_chunk_latency", 0.0, most_ms) for x in chunks]
     return row, chunks
 
 

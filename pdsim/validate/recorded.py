@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pdsim.cli_checks import vllm_int
-from pdsim.config.base import UTILIZATION_OVER_MEM_UTIL
+from pdsim.config.base import MAX_TOKENS, UTILIZATION_OVER_MEM_UTIL
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError
 from pdsim.validate.kv_capacity import positive_int
@@ -55,7 +55,7 @@ def replay_config(cluster_config: Path | None, run, async_scheduling: bool | Non
         if not recorded:
             raise
         # The config may be fine as written: name what the run's record put into it.
-        applied = ", ".join(f"{'gpu_memory_utilization' if key == UTILIZATION_OVER_MEM_UTIL else key} {value}"
+        applied = ", ".join(f"{'gpu_memory_utilization' if key == UTILIZATION_OVER_MEM_UTIL else key} {value!s:.40}"
                             for key, value in recorded.items())
         raise ConfigError(f"{e} (the replay applied what {Path(run.source).with_name('meta.json')} records: "
                           f"{applied})") from e
@@ -279,14 +279,18 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
-        if mem_util == {util}:
-            # A figure calibrated to LLMServingSim's rule (mem_size x mem_util - weights) is the engine's own only by
-            # chance; the same number is the engine's argument copied, which vLLM's accounting applies.
+        if mem_util and min(mem_util) >= util:
+            # A mem_util calibrated to the engine's KV size under LLMServingSim's rule (mem_size x mem_util - weights)
+            # is below the engine's utilization: vLLM takes the activation peak and non-torch memory out of
+            # utilization x the GPU's memory, which is under mem_size. One as large is not calibrated to this engine.
             out[UTILIZATION_OVER_MEM_UTIL] = float(util)
+            said = ("is that same figure, the engine's argument" if mem_util == {util} else
+                    f"{', '.join(f'{m:g}' for m in sorted(mem_util))} is above it, so not a figure")
             run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs; the config's npu_mem."
-                             "mem_util is that same figure, the engine's argument rather than one calibrated to "
-                             "LLMServingSim's rule (mem_size x mem_util - weights), so vLLM's accounting sizes the KV "
-                             "cache, as in the engine")
+                             f"mem_util {said} calibrated to this engine under LLMServingSim's rule (mem_size x "
+                             "mem_util - weights, where a calibrated mem_util is below the engine's utilization, "
+                             "vLLM taking the activation peak and non-torch memory out of it), so vLLM's accounting "
+                             "sizes the KV cache, as in the engine")
         elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             run.notes.append(f"NOTE: meta.json engine_kwargs record gpu_memory_utilization {util:g}, but the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
@@ -326,8 +330,10 @@ def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
     value = kwargs.get(key)
     if isinstance(value, str):
         value = vllm_int(value)
-    if value is not None and (type(value) is not int or value < least):
-        raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number >= {least}, got {value!r}")
+    if value is not None and (type(value) is not int or not least <= value <= MAX_TOKENS):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number from {least} to {MAX_TOKENS:,}, "
+                         f"got {shown}")
     return value
 
 
@@ -390,7 +396,9 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
         # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
         block = model is not None and model.checkpoint_quantization == "fp8_block"
         out["quantization"] = "fp8_block" if block else layout.quantization
-    if layout.kv_cache_dtype != "auto":
+    stated_kv = {v for inst in instances if (v := _stated_precision(inst, "kv_cache_dtype")) not in (None, "auto")}
+    if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_kv):
+        # "auto" recorded is the model's dtype, which the engine ran whatever the config says
         out["kv_cache_dtype"] = layout.kv_cache_dtype
     for key, value in out.items():
         stated = {str(v) for inst in instances if (v := _stated_precision(inst, key)) is not None}

@@ -64,7 +64,8 @@ def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> tupl
     arrived, which is the replay's time 0; (0, why) when the record does not say."""
     started = meta.get("started_at")
     if not isinstance(started, str):
-        return 0.0, ("meta.json has no started_at" if started is None
+        return 0.0, ("no meta.json beside the run to say when it started" if not meta else
+                     "meta.json has no started_at" if started is None
                      else f"meta.json's started_at {started!r:.40} is no ISO time")
     if first_arrival_wall_s is None:
         return 0.0, "the first request has no arrival_time"
