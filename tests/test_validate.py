@@ -276,6 +276,19 @@ def test_a_timeseries_value_that_is_no_number_names_line_and_column(tmp_path):
 
 
 @needs_shared
+def test_a_profile_of_another_vllm_release_is_said(tmp_path):
+    requests = _rtx_run_with(tmp_path)
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    args = ["--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+            "--step-time-margin-pct", "0", "--output", str(tmp_path / "v.csv")]
+    same = _validate_cli("--measured", str(requests), *args)
+    assert "measured with vLLM" not in same.output  # 0.19.0 both
+    requests.with_name("meta.json").write_text(json.dumps({**meta, "vllm_version": "0.10.1"}))
+    other = _validate_cli("--measured", str(requests), *args)
+    assert "the profile was measured with vLLM 0.19.0, the run with vLLM 0.10.1: kernels" in other.output
+
+
+@needs_shared
 def test_ticks_on_another_clock_are_not_compared_but_said(tmp_path):
     # A t column in ms put every tick past the replay: "running mean 94.9 / 0.0, tick by tick 94.9 apart".
     import pandas as pd
@@ -491,6 +504,11 @@ def test_closed_loop_rows_with_bad_values_are_left_out_by_name_and_osl_1_has_no_
     with pytest.raises(PdsimError, match=r"noisl.csv: no column for isl .*; a .csv is read as a closed-loop table "
                                          r"\(a row per load point\); per-request runs are read from JSON Lines"):
         _validate_cli("--measured", str(tmp_path / "noisl.csv"), "--output", str(out))
+    # Two columns for one quantity (the fuzz's batch_size and concurrency, differing): one was taken silently.
+    (tmp_path / "two.csv").write_text("isl,osl,batch_size,concurrency,tp_size,silicon_ttft_ms,silicon_tpot_ms\n"
+                                      "64,16,2,4,1,30,8\n")
+    with pytest.raises(PdsimError, match=r"two.csv: columns concurrency and batch_size both give concurrency"):
+        _validate_cli("--measured", str(tmp_path / "two.csv"), "--output", str(out))
     (tmp_path / "empty.csv").write_text(_TABLE_HEADER)
     with pytest.raises(PdsimError, match=r"empty.csv: the table has no rows"):
         _validate_cli("--measured", str(tmp_path / "empty.csv"), "--output", str(out))

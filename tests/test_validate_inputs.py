@@ -805,3 +805,20 @@ def test_the_block_size_the_engine_reported_with_its_kv_size_is_replayed(tmp_pat
     out = _validate_or_error(requests, config, tmp_path)
     assert "block_size 32 from meta.json kv_cache" in out
     assert "vs measured 160,000 (5,000 blocks" in out
+
+
+def test_a_request_line_without_a_length_and_a_json_document_are_named_as_such(tmp_path):
+    requests, _ = _run(tmp_path / "run", n=4)
+    lines = _lines(requests)
+    del lines[2]["input_toks"]  # the column exists (other lines have it): this line lacks it, not "null"
+    requests.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(PdsimError, match=r"requests.jsonl:3: field 'input_toks' missing; expected a whole number"):
+        read_measured(requests)
+    lines[2]["input_toks"] = True
+    requests.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(PdsimError, match=r"requests.jsonl:3: field 'input_toks': .*, got true"):  # JSON's spelling
+        read_measured(requests)
+    document = tmp_path / "doc.jsonl"
+    document.write_text(json.dumps(lines[0], indent=2))
+    with pytest.raises(PdsimError, match=r"doc.jsonl:1: a JSON document over several lines, not JSON lines"):
+        read_measured(document)

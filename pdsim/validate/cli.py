@@ -166,6 +166,22 @@ def _eager_profile_note(run, result) -> None:
                      "corrected (docs/validation.md, RTX PRO 6000)")
 
 
+def _profile_version_note(run, result) -> None:
+    """A profile measured with another vLLM release than the run's: its kernels, and so their times, may be
+    another release's. Said, not corrected."""
+    from pdsim.validate.measured import vllm_major_minor
+
+    ran = str(run.engine_meta.get("vllm_version", ""))
+    if vllm_major_minor(ran) is None:
+        return
+    devices = [getattr(inst.predictor, "full", inst.predictor).profile.meta.device for inst in result.instances]
+    profiled = {str(d["vllm_version"]) for d in devices if isinstance(d, dict) and d.get("vllm_version")}
+    other = sorted(v for v in profiled if vllm_major_minor(v) not in (None, vllm_major_minor(ran)))
+    if other:
+        run.notes.append(f"the profile was measured with vLLM {', '.join(other)}, the run with vLLM {ran}: kernels and "
+                         "their times may differ between releases (not corrected)")
+
+
 def _run_note_lines(run) -> list[str]:
     """What the replay took from the run, on one line; a NOTE (something that may make the comparison
     misleading) on a line of its own, where it is not lost among them."""
@@ -343,6 +359,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         raise PdsimError(f"{run.source}: {lost_requests(result)}: nothing to compare (the replay: "
                          f"{'; '.join(run.notes)})")
     _eager_profile_note(run, result)
+    _profile_version_note(run, result)
     table = compare(run, result)
     estimated = any(info.estimated_profile for info in result.infos)
     if step_time_margin_pct:

@@ -25,7 +25,15 @@ import numpy as np
 import pandas as pd
 
 from pdsim.cli_checks import vllm_int
-from pdsim.errors import PdsimError, csv_error_detail, csv_row_lines, decode_text, parse_json, read_json_object
+from pdsim.errors import (
+    PdsimError,
+    csv_error_detail,
+    csv_row_lines,
+    decode_text,
+    json_shown,
+    parse_json,
+    read_json_object,
+)
 from pdsim.workload.trace import MAX_ARRIVAL_NS, token_count
 
 MEASURED_COLUMNS = ["input_toks", "output_toks", "arrival_s", "ttft_ms", "tpot_ms", "e2e_ms"]  # + queue_ms where known
@@ -248,6 +256,9 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     rows, line_nos = [], []
     for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
         if line.strip():
+            if line.strip() in ("{", "[") and not rows:  # a JSON document written over several lines
+                raise PdsimError(f"{p}:{line_no}: a JSON document over several lines, not JSON lines (one object per "
+                                 "request, each on its own line, as a run's requests.jsonl has): is it the right file?")
             record = parse_json(line, f"{p}:{line_no}")
             if not isinstance(record, dict):
                 raise PdsimError(f"{p}:{line_no}: expected one JSON object per request, got "
@@ -265,7 +276,9 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     if clock not in ("engine", "client"):
         raise PdsimError(f"clock: expected 'engine' or 'client', got {clock!r}")
     for key in ("input_toks", "output_toks"):
-        df[key] = [_count(row.get(key), f"{p}:{n}", key) for row, n in zip(rows, line_nos)]
+        if (absent := next((n for row, n in zip(rows, line_nos) if key not in row), None)) is not None:
+            raise PdsimError(f"{p}:{absent}: field {key!r} missing; expected a whole number of tokens")
+        df[key] = [_count(row[key], f"{p}:{n}", key) for row, n in zip(rows, line_nos)]
     _check_stamp_values(p, df, rows, line_nos)
     stamps = {k: pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "scheduled_ts", "first_token_ts",
                                                                   "last_token_ts") if k in df}
@@ -361,8 +374,9 @@ def _time(value: object, where: str, key: str, least: float = 0.0, most: float =
     """A duration (or, with most=inf, a time) as a file gives it: a finite number from `least` to `most`."""
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or not least <= value <= most):
-        bounds = f">= {least:g}" if most == math.inf else f"from {least:g} to {most:g}"
-        raise PdsimError(f"{where}: field {key!r}: expected a finite number {bounds}, got {value!r:.60}")
+        bounds = ("" if least == -math.inf and most == math.inf else f" >= {least:g}" if most == math.inf
+                  else f" from {least:g} to {most:g}")
+        raise PdsimError(f"{where}: field {key!r}: expected a finite number{bounds}, got {value!r:.60}")
     return float(value)
 
 
@@ -393,7 +407,7 @@ def _check_stamp_values(p: Path, df: pd.DataFrame, rows: list[dict], line_nos: l
             number = _stamp_number(value)
             if number is not None and math.isnan(number):
                 raise PdsimError(f"{p}:{line_no}: field {key!r}: expected a finite number of seconds (or null "
-                                 f"where the request never got there), got {value!r}")
+                                 f"where the request never got there), got {json_shown(value)}")
 
 
 def _check_engine_span(p: Path, rows: list[dict], line_nos: list[int], stamps: dict[str, pd.Series]) -> None:
@@ -512,7 +526,7 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
                                                               if obj.get(k) is not None]
     for key in lists:
         if not isinstance(obj[key], list) or len(obj[key]) != n:
-            got = f"a list of {len(obj[key])}" if isinstance(obj[key], list) else type(obj[key]).__name__
+            got = f"a list of {len(obj[key])}" if isinstance(obj[key], list) else json_shown(obj[key])
             raise PdsimError(f"{p}: {key!r}: expected a list with one entry per request, like 'ttfts' ({n}), got {got}")
     errors = obj.get("errors") or [""] * n
     # A failed request has an error or no TTFT (vllm bench saves 0 or null for it).
@@ -609,7 +623,7 @@ def aiperf_concurrency(records_path: Path) -> int | None:
     config = _object_field(read_json_object(summary), "input_config", summary)
     phases = config.get("phases") or []
     if not isinstance(phases, list):
-        raise PdsimError(f"{summary}: input_config.phases: expected a list of phases, got {_json_text(phases)}")
+        raise PdsimError(f"{summary}: input_config.phases: expected a list of phases, got {json_shown(phases)}")
     phases = [ph for ph in phases if isinstance(ph, dict)]
     phase = next((ph for ph in phases if ph.get("name") == "profiling"), phases[0] if phases else None)
     value, where = (phase.get("concurrency"), "input_config.phases[].concurrency") if phase else (None, "")
@@ -619,7 +633,7 @@ def aiperf_concurrency(records_path: Path) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PdsimError(f"{summary}: {where}: expected a whole number of clients >= 1, got {_json_text(value)}")
+        raise PdsimError(f"{summary}: {where}: expected a whole number of clients >= 1, got {json_shown(value)}")
     return value
 
 
@@ -629,14 +643,8 @@ def _object_field(obj: dict, key: str, path: Path, prefix: str = "") -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise PdsimError(f"{path}: {prefix}{key}: expected an object, got {_json_text(value)}")
+        raise PdsimError(f"{path}: {prefix}{key}: expected an object, got {json_shown(value)}")
     return value
-
-
-def _json_text(value: object) -> str:
-    """A value as JSON writes it (true, null), cut short."""
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
@@ -767,10 +775,12 @@ def read_closed_loop_table(path: str | Path) -> pd.DataFrame:
         raise PdsimError(f"{p}: the table has no rows")
     rename = {}
     for name, options in _ALIASES.items():
-        found = next((c for c in options if c in df.columns), None)
-        if found is None:
+        present = [c for c in options if c in df.columns]
+        if not present:
             raise PdsimError(f"{p}: no column for {name} (tried {', '.join(options)}); {CSV_IS_A_TABLE}")
-        rename[found] = name
+        if len(present) > 1:  # two columns for one quantity: which one the rows mean is not for pdsim to pick
+            raise PdsimError(f"{p}: columns {' and '.join(present)} both give {name}; keep one")
+        rename[present[0]] = name
     df = df.rename(columns=rename)
     df.attrs["source_columns"] = {name: found for found, name in rename.items()}  # for messages about a row
     df.attrs["source"] = str(p)

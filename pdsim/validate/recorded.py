@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pdsim.cli_checks import vllm_int
 from pdsim.config.base import MAX_TOKENS, UTILIZATION_OVER_MEM_UTIL
 from pdsim.engine.kv_cache import blocks_for
-from pdsim.errors import PdsimError
+from pdsim.errors import PdsimError, json_shown
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
@@ -331,9 +331,8 @@ def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
     if isinstance(value, str):
         value = vllm_int(value)
     if value is not None and (type(value) is not int or not least <= value <= MAX_TOKENS):
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number from {least} to {MAX_TOKENS:,}, "
-                         f"got {shown}")
+                         f"got {json_shown(value, 40)}")
     return value
 
 
