@@ -103,8 +103,8 @@ def test_extrapolations_are_summarised(
     assert "ExtrapolationWarning" not in captured.out + captured.err
     lines = captured.out.splitlines()
     notes = [line for line in lines if line.startswith("note:")]
-    # One line per kind of table, not one per op; after the table, before the verdict.
-    assert len(notes) == 4
+    # One line per kind of table and axis left, not one per op; after the table, before the verdict.
+    assert len(notes) == 5
     assert lines[-1].startswith("verdict:") and lines[-len(notes) - 1 : -1] == notes
     dense = next(n for n in notes if " dense ops " in n)
     match = re.fullmatch(
@@ -117,9 +117,11 @@ def test_extrapolations_are_summarised(
     assert int(match.group(1)) == len(ops) == len(set(ops)) and {"qkv_proj", "down_proj"} <= set(ops)
     assert ("note: 2 per_sequence ops were extrapolated beyond the profiled sequences range [1, 2] "
             "(first at sequences=4): lm_head, sampler") in notes
-    # Both of its axes are beyond the grid; a table warns once, at the first axis its lookup left.
+    # Both of its axes are beyond the grid, and each is said (once).
     assert ("note: the attention_decode table was extrapolated beyond the profiled batch_size range [1, 2] "
             "(first at batch_size=4)") in notes
+    assert ("note: the attention_decode table was extrapolated beyond the profiled kv_tokens range [1, 16] "
+            "(first at kv_tokens=32)") in notes
     assert any(n.startswith("note: the attention_prefill table was extrapolated beyond the profiled "
                             "chunk_tokens range [1, 16]") for n in notes)
 

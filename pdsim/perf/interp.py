@@ -67,8 +67,9 @@ def extrapolation_key(note: str) -> str:
     """What identifies a note on a table left at some value (_RangeTracker's wording, behind the profile path
     a report puts in front): its profile, table and axis, so runs that left the same table at other values
     say it once. Any other note is its own key."""
-    head, found, _ = note.rpartition("=")
-    return head if found and " profile table '" in head else note
+    at = note.find(" profile table '")
+    head, found, _ = note[at:].partition("=") if at >= 0 else ("", "", "")
+    return note[:at] + head if found else note
 
 
 class _RangeTracker:
@@ -79,13 +80,17 @@ class _RangeTracker:
     out_of_range: str | None  # the first out-of-range lookup, for reports
 
     def _left_range(self, axis: int, value: float, lo: float, hi: float) -> None:
-        if self.out_of_range is not None:
+        name = self.axis_names[axis]
+        left = f"{name}={value:g} is outside the profiled range [{lo:g}, {hi:g}]"
+        if self.out_of_range is None:
+            self.out_of_range = (f"profile table {self.name!r}: {left}; extrapolating linearly (said for the first "
+                                 "such lookup)")
+        elif f" {name}=" in self.out_of_range:  # each axis said once: a batch past the grid as well as a chunk
             return
-        self.out_of_range = (
-            f"profile table {self.name!r}: {self.axis_names[axis]}={value:g} is outside the profiled "
-            f"range [{lo:g}, {hi:g}]; extrapolating linearly (said for the first such lookup)"
-        )
-        warning = ExtrapolationWarning(self.out_of_range, self.name, self.axis_names[axis], value, lo, hi)
+        else:
+            self.out_of_range = self.out_of_range.replace("; extrapolating linearly", f", {left}; extrapolating "
+                                                          "linearly")
+        warning = ExtrapolationWarning(self.out_of_range, self.name, name, value, lo, hi)
         warnings.warn(warning, stacklevel=4)
 
 

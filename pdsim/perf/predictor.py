@@ -52,6 +52,7 @@ batch size's attention as a 1-D (kv -> us) slice, and whole steps by their exact
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -420,4 +421,13 @@ class StepTimePredictor:
         run or sweep may use several (TP 1 and TP 2), whose tables have the same names."""
         meta = self.profile.meta
         where = meta.path or f"estimated {meta.hardware} {meta.model} tp{meta.tp}"
-        return [f"{where}: {t.out_of_range}" for t in self.profile.tables() if t.out_of_range]
+        # The ops of one file left at one value ('dense.csv:act_fn', 'dense.csv:down_proj', ...) are one line.
+        ops_by_note: dict[tuple[str, str], list[str]] = {}
+        for table in self.profile.tables():
+            if table.out_of_range:
+                found = re.fullmatch(r"profile table '([^':]+):([^']+)': (.*)", table.out_of_range)
+                key = (found.group(1), found.group(3)) if found else (table.out_of_range, "")
+                ops_by_note.setdefault(key, []).append(found.group(2) if found else "")
+        return [f"{where}: profile table {file!r}"
+                + (f" ({', '.join(ops)})" if len(ops) > 1 else f":{ops[0]}" if ops[0] else "") + f": {rest}"
+                if rest else f"{where}: {file}" for (file, rest), ops in ops_by_note.items()]
