@@ -345,35 +345,23 @@ def get_hardware(name: str) -> HardwareSpec | None:
     return HARDWARE.get(canonical_hardware_name(name))
 
 
-# Names other tools use for the GPUs above (LLMServingSim's configs say "H100"), in one place.
+# Names other tools use for the GPUs above (LLMServingSim's configs say "H100"), in one place; other spellings of
+# these and of the spec names (case, spaces, '-' and '_') are matched by canonical_hardware_name.
 HARDWARE_ALIASES: dict[str, str] = {
     "H100": "H100-SXM",
     "H100-SXM5": "H100-SXM",
-    "H100_SXM": "H100-SXM",
     "H200-SXM": "H200",
-    "H200_SXM": "H200",
     "B200-SXM": "B200",
-    "B200_SXM": "B200",
     "HGX-B200": "B200",
     "GB200-SXM": "GB200",
-    "GB200_SXM": "GB200",
     "A100": "A100-80GB",
     "A100-SXM4-40GB": "A100-40GB",
-    "H100-PCIE": "H100-PCIe",
     "A100-PCIe": "A100-PCIe-80GB",
-    "A100-PCIE": "A100-PCIe-80GB",
-    "A100-PCIE-40GB": "A100-PCIe-40GB",
-    "H100_PCIE": "H100-PCIe",
     "H800-SXM": "H800",
     "H20-SXM": "H20",
     "A100-SXM-80GB": "A100-80GB",
-    "RTX-PRO-6000": "RTXPRO6000",
     "RTXPRO6000-Blackwell": "RTXPRO6000",
-    "RTX-4090": "RTX4090",
-    "RTX-6000-Ada": "RTX6000Ada",
-    "RTX6000-Ada": "RTX6000Ada",
     "A6000": "RTXA6000",
-    "RTX-A6000": "RTXA6000",
 }
 
 
@@ -405,7 +393,7 @@ def canonical_hardware_name(name: str) -> str:
 # Boards that one family name covers, told apart by the device name a profile records (torch's
 # get_device_name: "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-40GB", ...). LLMServingSim's
 # configs say "H100" for any H100, but the SXM and PCIe boards differ in TP link (NVLink against PCIe 5), memory
-# bandwidth and the non-torch memory NCCL takes. A board pdsim has no spec for is named as the device calls it.
+# bandwidth and the non-torch memory NCCL takes. Each board here has a spec in HARDWARE.
 _BOARD_PATTERNS: tuple[tuple[str, str, str], ...] = (  # (pattern, family, board); the first match wins
     (r"H100\b.*\bNVL\b", "H100", "H100-NVL"),  # not "NVLink"
     (r"H100\b.*PCIe", "H100", "H100-PCIe"),
@@ -439,17 +427,27 @@ def board_family(board: str) -> str | None:
     return _FAMILY.get(board)
 
 
+# How far under a board's nominal memory a config's mem_size may be and still name that board: 94 GB and 93 GB
+# are an H100 NVL; 85.5 (an 80 GB H100 SXM counted in 10^9 bytes) is no board's, and is refused, not guessed.
+BOARD_MEMORY_SLACK = 0.02
+
+
 def family_board_by_memory(name: str, mem_size_gb: float) -> str | None:
-    """The board a family name stands for where its default board has less memory than `mem_size_gb`: the one
-    board of the family with that much ("H100" with 94 GB is the H100 NVL), else None."""
+    """The board a family name stands for where its default board has less memory than `mem_size_gb`: the board
+    of the family whose memory it is ("H100" with 94 GB is the H100 NVL), else None."""
     if not is_family_name(name):
         return None
     default = canonical_hardware_name(name)
     if mem_size_gb <= HARDWARE[default].mem_size_gb:
         return None
-    boards = [board for board, family in _FAMILY.items()
-              if family == _FAMILY[default] and board in HARDWARE and HARDWARE[board].mem_size_gb >= mem_size_gb]
+    boards = [board for board in family_boards(_FAMILY[default])
+              if (1 - BOARD_MEMORY_SLACK) * HARDWARE[board].mem_size_gb <= mem_size_gb <= HARDWARE[board].mem_size_gb]
     return boards[0] if len(boards) == 1 else None
+
+
+def family_boards(family: str) -> list[str]:
+    """The boards pdsim tells apart under one family name ("H100": H100-NVL, H100-PCIe, H100-SXM)."""
+    return [board for board, of in _FAMILY.items() if of == family]
 
 
 def is_family_name(name: str) -> bool:

@@ -591,7 +591,7 @@ def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeyp
     gaps = np.round(np.diff(times), 9)
     assert gaps[:38].max() == pytest.approx(0.01)  # the first 40 at 0.01 s, the next 40 at 0.02 s, ...
     assert gaps[42:78].min() == pytest.approx(0.02) and gaps.max() == pytest.approx(0.04)
-    assert "more than 40 samples at one interval, so it doubled from t = " in result.timeline_note
+    assert "more than 40 sample times at one interval, so it doubled from t = " in result.timeline_note
     assert result.timeline_note in format_summary(summarize(result, requests_frame(result)))
     plain = run(cfg, [(100, 400, 0)], step_times=AnalyticStepTimes, sample_interval_s=0.1)
     assert plain.timeline_note == ""

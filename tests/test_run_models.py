@@ -182,9 +182,11 @@ def test_the_board_a_profile_recorded_is_told_within_a_family(device, hardware, 
 
 def test_pdsim_s_own_descriptions_name_their_own_board():
     # Estimated and imported profiles record the spec's description as their device name.
-    from pdsim.hardware import HARDWARE, device_board
+    from pdsim.hardware import _FAMILY, HARDWARE, device_board
 
-    for name in ("H100-SXM", "H100-PCIe", "A100-80GB", "A100-40GB", "A100-PCIe-80GB", "A100-PCIe-40GB"):
+    assert set(_FAMILY) == {"H100-SXM", "H100-PCIe", "H100-NVL", "A100-80GB", "A100-40GB", "A100-PCIe-80GB",
+                            "A100-PCIe-40GB"}
+    for name in _FAMILY:  # each board a device name tells has a spec, whose description names it
         assert device_board(HARDWARE[name].description, name) == name
 
 
@@ -264,11 +266,28 @@ def test_an_h100_of_94_gb_is_the_nvl_board(tmp_path, gpu, mem_size, outcome):
     said = ("H100 taken as H100-NVL, not H100-SXM: the profile was measured on 'NVIDIA H100 NVL'" if gpu else
             "H100 taken as H100-NVL, not H100-SXM: npu_mem.mem_size 94 GB is more than the H100-SXM's 80 GB")
     assert said in notes
+    # A profile that names the family alone does not say which board measured it, and the run says so.
+    assert ("the profile names the family 'H100', not which board measured it (no device recorded): its step "
+            "times are taken as the H100-NVL's" in notes) == (gpu is None)
     # Four GPUs are more than a bridged pair: NCCL over PCIe.
     assert "PCIe model measured on the RTX PRO 6000 Server" in result.instances[0].predictor.allreduce_source
     assert "4 GPUs beyond its NVLink-bridged pair" in result.instances[0].predictor.allreduce_source
     # A config written from this one keeps the family name, and with it the memory's reading.
     assert cfg.model_dump(by_alias=True)["nodes"][0]["instances"][0]["hardware"] == "H100"
+
+
+@pytest.mark.parametrize("mem_size", [81.5, 85.5, 95.8])
+def test_an_h100_of_no_board_s_memory_is_refused_naming_the_one_with_more(mem_size):
+    # 81.5 (nvidia-smi's MiB of an SXM board) or 85.5 (its 10^9 bytes) is no H100 NVL, and is not guessed to be.
+    cfg = {"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [{"num_instances": 1, "instances": [
+        {"model_name": "meta-llama/Llama-3.1-8B", "hardware": "H100", "npu_mem": {"mem_size": mem_size, "mem_bw": 3350},
+         "tp_size": 1, "pd_type": None}]}]}
+    from pdsim.config.load import cluster_config_from_dict
+
+    said = r"the H100-NVL has 94 GB: hardware 'H100-NVL', or 'H100' with mem_size 94, runs it"
+    with pytest.raises(ConfigError, match=rf"mem_size: {mem_size:g} GB is more than the H100-SXM's 80 GB .*"
+                                          + (said if mem_size < 94 else r"clamp it$")):
+        cluster_config_from_dict(cfg)
 
 
 @pytest.mark.parametrize("name,board", [

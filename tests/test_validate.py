@@ -300,8 +300,8 @@ def test_ticks_on_another_clock_are_not_compared_but_said(tmp_path):
     res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
-    assert re.search(r"NOTE: engine state not compared: 0 of 67 ticks of .*timeseries.csv fall within the replay "
-                     r"\(0 to [\d.,]+ s after the first request", res.output), res.output
+    assert re.search(r"NOTE: engine state not compared: none of the 67 ticks of .*timeseries.csv falls within the "
+                     r"replay \(0 to [\d.,]+ s after the first request", res.output), res.output
     assert "tick by tick" not in res.output
 
 
@@ -780,7 +780,8 @@ def test_the_replay_takes_the_memory_utilization_the_engine_recorded(tmp_path):
     cfg["nodes"][0]["instances"][0]["npu_mem"]["mem_util"] = 0.25
     (tmp_path / "copied.json").write_text(json.dumps(cfg))
     copied, out = capacity(tmp_path / "copied.json")
-    assert copied == tight and "the config's npu_mem.mem_util is that same figure" in out
+    assert copied == tight and ("the config's npu_mem.mem_util is that same figure, the engine's argument copied, "
+                                "not a figure calibrated to this engine") in out
     assert f"predicted {tight:,} (vLLM's accounting)" in out
 
 
@@ -805,6 +806,17 @@ def test_a_precision_refused_by_the_profile_names_the_record_that_set_it(tmp_pat
                                          r"quantization fp8 from meta.json engine_kwargs\)"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                       "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+
+
+@needs_shared
+def test_a_recorded_kv_size_in_bytes_is_not_held_to_a_token_count_s_limit(tmp_path):
+    # 20 GiB is 2.1e10 bytes: the 1e9 bound of counts refused it for a while.
+    requests = _rtx_run_with(tmp_path, kv_cache_memory_bytes=20 * 2**30)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "predicted 163,840 (vLLM's kv_cache_memory_bytes" in res.output  # 20 GiB / 128 KiB a token
 
 
 @needs_shared

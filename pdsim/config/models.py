@@ -38,6 +38,7 @@ from pdsim.hardware import (
     board_family,
     canonical_hardware_name,
     family_board_by_memory,
+    family_boards,
     get_hardware,
     is_family_name,
 )
@@ -342,10 +343,15 @@ class InstanceConfig(_Strict):
                 "given; keep one (docs/memory.md)", {})
         spec = get_hardware(self.hardware)
         if spec is not None and self.npu_mem.mem_size > spec.mem_size_gb:
+            family = board_family(self.hardware)
+            larger = [f"the {board} has {get_hardware(board).mem_size_gb:g} GB: hardware {board!r}, or {family!r} "
+                      f"with mem_size {get_hardware(board).mem_size_gb:g}, runs it" for board in family_boards(family)
+                      if get_hardware(board).mem_size_gb >= self.npu_mem.mem_size] if family else []
+            also = f" ({'; '.join(larger)})" if larger else ""
             raise PydanticCustomError(
                 "memory", "{msg}",
                 {"msg": f"npu_mem.mem_size: {self.npu_mem.mem_size:g} GB is more than the {self.hardware}'s "
-                        f"{spec.mem_size_gb:g} GB ({spec.source}); pdsim does not clamp it"})
+                        f"{spec.mem_size_gb:g} GB ({spec.source}); pdsim does not clamp it{also}"})
 
 
 def _check_pipeline(ic: InstanceConfig) -> None:

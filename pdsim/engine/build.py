@@ -130,6 +130,9 @@ def build_instance(
     if mismatch == "note":
         predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
                                f"{ic.hardware!r}: step times are the profile's, memory and links the instance's")
+    elif mismatch == "family":
+        predictor.notes.append(f"the profile names the family {profile.meta.hardware!r}, not which board measured it "
+                               f"(no device recorded): its step times are taken as the {ic.hardware}'s")
     if (note := _kv_dtype_note(ic, profile.meta)) is not None and not profile.estimated:
         predictor.notes.append(note)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
@@ -189,10 +192,10 @@ def mem_bw_note(ic: InstanceConfig) -> str | None:
 def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[InstanceConfig, str, bool]:
     """The board a measured profile's recorded device names, where the instance's hardware is of its family.
     Where the config named the family ("H100", which LLMServingSim writes for any H100 and pdsim reads as
-    H100-SXM), the instance runs as that board, since its step times are that board's, and says so (a board
-    pdsim has no spec for is said, and the instance's kept); where it named another board, that is refused, as
-    a profile of another GPU is. Also whether the device told the board, which then stands for the profile's
-    hardware field (an "H100" profile measured on an H100 PCIe is an H100-PCIe profile)."""
+    H100-SXM), the instance runs as that board, since its step times are that board's, and says so; where it
+    named another board, that is refused, as a profile of another GPU is. Also whether the device told the
+    board, which then stands for the profile's hardware field (an "H100" profile measured on an H100 PCIe is an
+    H100-PCIe profile)."""
     device = meta.device.get("gpu") or meta.device.get("name")
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
     if board is not None and board == ic.hardware and board != canonical_hardware_name(ic.hardware_given):
@@ -202,11 +205,7 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
                     f"{ic.npu_mem.mem_size:g} GB is that board's"), True
     if board is None or board == ic.hardware:
         return ic, "", board is not None
-    spec = get_hardware(board)
-    if spec is None:
-        return ic, (f"hardware {ic.hardware_given} kept as {ic.hardware}: the profile was measured on {device!r} "
-                    f"({meta.path}), a board pdsim has no spec for; its memory and TP links are priced as "
-                    f"{ic.hardware}'s"), False
+    spec = get_hardware(board)  # every board a device name tells has a spec (hardware.py _BOARD_PATTERNS)
     if not ic.hardware_is_family_name:
         raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({meta.path}) was measured on {device!r} "
                            f"({board}): its step times are that board's; give the instance that hardware, or a profile "
@@ -234,13 +233,13 @@ def _memory_board_note(ic: InstanceConfig) -> str:
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
     """How a measured profile's GPU and the instance's differ: "error" where both are GPUs pdsim knows and
     they differ (another GPU's step times would be reported as this one's), "note" where a name pdsim does
-    not know may still be the same GPU, None where they agree (a family name, "H100", agrees with each of its
-    boards: it does not tell which one measured the profile)."""
+    not know may still be the same GPU, "family" where the profile names a family ("H100") and the instance
+    one of its boards (which the profile does not say measured it), None where they agree."""
     if canonical_hardware_name(measured_on) == canonical_hardware_name(named):
         return None
     family = board_family(canonical_hardware_name(measured_on))
     if is_family_name(measured_on) and family is not None and board_family(canonical_hardware_name(named)) == family:
-        return None
+        return "family"
     if get_hardware(measured_on) is not None and get_hardware(named) is not None:
         return "error"
     return "note"
@@ -278,4 +277,6 @@ def _tp_link_hardware(hw: HardwareSpec | None, cfg: ClusterConfig) -> HardwareSp
     if hw is None or cfg.link_bw_per_dim is None:
         return hw
     latency = cfg.link_latency_per_dim[0] if cfg.link_latency_per_dim else cfg.link_latency
-    return dataclasses.replace(hw, intra_node_bw_gbps=cfg.link_bw_per_dim[0], intra_node_latency_ns=latency)
+    bridge = cfg.link_bw_per_dim[0] if hw.nvlink_bridge_gbps else 0.0  # a bridged pair's TP link is the given one
+    return dataclasses.replace(hw, intra_node_bw_gbps=cfg.link_bw_per_dim[0], intra_node_latency_ns=latency,
+                               nvlink_bridge_gbps=bridge)

@@ -74,7 +74,7 @@ class Monitor:
         if not self.coarsened:
             return ""
         (first_s, _), (_, last_interval_s) = self.coarsened[0], self.coarsened[-1]
-        return (f"timeline: more than {MAX_ROUNDS_PER_INTERVAL:,} samples at one interval, so it doubled from "
+        return (f"timeline: more than {MAX_ROUNDS_PER_INTERVAL:,} sample times at one interval, so it doubled from "
                 f"t = {first_s:,.6g} s on, to {last_interval_s:g} s between rows by the end")
 
     def is_still(self) -> bool:

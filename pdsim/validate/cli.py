@@ -350,9 +350,9 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     kv_measured = kv_override(run, cfg, opts, engine_log, kv_capacity)
     try:
         result = _replay_with_bar(cfg, run, opts, str(cluster_config), _bar("replaying", quiet))
-    except ProfileError as e:  # e.g. an fp8 profile refused: say where the instance's precision came from
-        applied = [n for n in run.notes if n.startswith(("quantization ", "kv_cache_dtype ")) and "meta.json" in n]
-        if not applied:
+    except ProfileError as e:  # a profile of another precision refused: say where the instance's came from
+        applied = [n for n in run.notes if n.startswith("quantization ") and "meta.json" in n]
+        if not applied or not any(field in str(e) for field in ("field 'variant'", "field 'device.gemm_precision'")):
             raise
         raise ProfileError(f"{e} (the replay applied {'; '.join(applied)})") from None
     if not any(r.status == "finished" for r in result.requests):
@@ -434,10 +434,11 @@ def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[s
     offset_s, unknown = first_arrival_tick_s(run.engine_meta, run.first_arrival_wall_s)
     ticks_s = ts.t.to_numpy(dtype=float) - offset_s
     inside = int(((ticks_s >= 0) & (ticks_s <= result.sim_end_s)).sum())
-    if inside < 2:  # ticks on another clock (ms, or not from started_at) would compare nothing
-        return (f"NOTE: engine state not compared: {inside} of {len(ticks_s)} ticks of {path} fall within the replay "
-                f"(0 to {result.sim_end_s:,.1f} s after the first request, placed on the ticks' clock at "
-                f"{offset_s:,.3f} s): expected its t column in seconds from meta.json's started_at"), None
+    if inside == 0:  # ticks on another clock (ms, or not from started_at) would compare nothing
+        placed = f"at {offset_s:,.3f} s" if unknown is None else f"at 0 ({unknown})"
+        return (f"NOTE: engine state not compared: none of the {len(ticks_s)} ticks of {path} falls within the replay "
+                f"(0 to {result.sim_end_s:,.1f} s after the first request, placed on the ticks' clock {placed}): "
+                "expected its t column in seconds from meta.json's started_at"), None
     running, waiting = simulated_counts(result, ticks_s)
     plot = write_state_plot(ts, running, waiting, plot_prefix) if plot_prefix is not None else None
     return engine_state_line(ts, running, waiting, path, unknown), plot

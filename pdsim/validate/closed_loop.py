@@ -30,7 +30,7 @@ import pandas as pd
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
-from pdsim.hardware import HARDWARE, HARDWARE_ALIASES, canonical_hardware_name, get_hardware, known_hardware
+from pdsim.hardware import canonical_hardware_name, get_hardware, known_hardware
 from pdsim.metrics.summary import requests_frame
 from pdsim.models import load_model
 from pdsim.perf.interp import ExtrapolationWarning, extrapolations_gathered
@@ -104,11 +104,6 @@ def simulate_row(cfg: ClusterConfig, isl: int, osl: int, concurrency: int, opts:
             "estimated_profile": any(info.estimated_profile for info in result.infos)}
 
 
-def _hardware_key(name: str) -> str:
-    """A GPU name compared loosely: case, '-' and '_' aside (h100_sxm and H100-SXM are one name)."""
-    return name.strip().lower().replace("_", "-")
-
-
 def system_hardware(system: str) -> str | None:
     """pdsim's hardware name for a table's `system` (aiconfigurator's h100_sxm, b200_sxm, ..., or a name
     or alias pdsim knows, in any case); None where pdsim knows no such GPU."""
@@ -117,8 +112,8 @@ def system_hardware(system: str) -> str | None:
     name = system.strip()
     if name.lower() in SYSTEM_HARDWARE:
         return SYSTEM_HARDWARE[name.lower()]
-    known = {_hardware_key(n): canonical_hardware_name(n) for n in [*HARDWARE, *HARDWARE_ALIASES]}
-    return known.get(_hardware_key(name))
+    board = canonical_hardware_name(name)  # any spelling, or the name torch gives the device
+    return board if get_hardware(board) is not None else None
 
 
 def system_reason(row: dict, hardware: str) -> str | None:
@@ -134,7 +129,7 @@ def system_reason(row: dict, hardware: str) -> str | None:
     if get_hardware(simulated_on) is None:
         return (f"system {str(row['system']).strip()}: --hardware {hardware} is no GPU pdsim knows, so no system "
                 f"matches it (known: {', '.join(known_hardware())})")
-    if _hardware_key(measured_on) != _hardware_key(simulated_on):
+    if measured_on != simulated_on:
         return (f"system {str(row['system']).strip()} (pdsim's {measured_on}), not the simulated hardware "
                 f"{simulated_on} (--hardware chooses it)")
     return None

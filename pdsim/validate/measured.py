@@ -370,12 +370,13 @@ def _count(value: object, where: str, key: str) -> int:
 MAX_LATENCY_S = 86_400.0
 
 
-def _time(value: object, where: str, key: str, least: float = 0.0, most: float = MAX_LATENCY_S) -> float:
+def _time(value: object, where: str, key: str, least: float = 0.0, most: float = MAX_LATENCY_S,
+          unit: str = "s") -> float:
     """A duration (or, with most=inf, a time) as a file gives it: a finite number from `least` to `most`."""
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or not least <= value <= most):
         bounds = ("" if least == -math.inf and most == math.inf else f" >= {least:g}" if most == math.inf
-                  else f" from {least:g} to {most:g}")
+                  else f" from {least:g} to {most:g} {unit}")
         raise PdsimError(f"{where}: field {key!r}: expected a finite number{bounds}, got {value!r:.60}")
     return float(value)
 
@@ -730,8 +731,8 @@ def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[fl
         raise PdsimError(f"{where}: metadata.request_start_ns: expected a whole number of ns, got {start_ns!r:.60}")
     osl = _count(values["output_sequence_length"], where, "metrics.output_sequence_length")
     most_ms = MAX_LATENCY_S * 1e3
-    ttft = _time(values["time_to_first_token"], where, "metrics.time_to_first_token", 0.0, most_ms)
-    latency = _time(values["request_latency"], where, "metrics.request_latency", ttft, most_ms)
+    ttft = _time(values["time_to_first_token"], where, "metrics.time_to_first_token", 0.0, most_ms, "ms")
+    latency = _time(values["request_latency"], where, "metrics.request_latency", ttft, most_ms, "ms")
     row = {"input_toks": _count(values["input_sequence_length"], where, "metrics.input_sequence_length"),
            "output_toks": osl, "start_ns": start_ns, "ttft_ms": ttft,
            "tpot_ms": (latency - ttft) / (osl - 1) if osl > 1 else np.nan, "e2e_ms": latency}
@@ -739,7 +740,7 @@ def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[fl
     if chunks is not None:
         if not isinstance(chunks, list):
             raise PdsimError(f"{where}: metrics.inter_chunk_latency: expected a list of gaps, got {chunks!r:.60}")
-        chunks = [_time(x, where, "metrics.inter_chunk_latency", 0.0, most_ms) for x in chunks]
+        chunks = [_time(x, where, "metrics.inter_chunk_latency", 0.0, most_ms, "ms") for x in chunks]
     return row, chunks
 
 

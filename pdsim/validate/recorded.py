@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pdsim.cli_checks import vllm_int
-from pdsim.config.base import MAX_TOKENS, UTILIZATION_OVER_MEM_UTIL
+from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_UTIL
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.validate.kv_capacity import positive_int
@@ -284,7 +284,7 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
             # is below the engine's utilization: vLLM takes the activation peak and non-torch memory out of
             # utilization x the GPU's memory, which is under mem_size. One as large is not calibrated to this engine.
             out[UTILIZATION_OVER_MEM_UTIL] = float(util)
-            said = ("is that same figure, the engine's argument" if mem_util == {util} else
+            said = ("is that same figure, the engine's argument copied, not a figure" if mem_util == {util} else
                     f"{', '.join(f'{m:g}' for m in sorted(mem_util))} is above it, so not a figure")
             run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs; the config's npu_mem."
                              f"mem_util {said} calibrated to this engine under LLMServingSim's rule (mem_size x "
@@ -324,14 +324,20 @@ def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> 
                      "1024 / 16384), and it sets the batches and the activation peak the KV cache is sized after")
 
 
+# The most a recorded whole-number argument may be: the config's own limits (a count of tokens or sequences;
+# a KV size in bytes).
+_RECORDED_MOST = {"kv_cache_memory_bytes": int(MAX_MEM_GB * GB)}
+
+
 def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
     """A whole-number engine argument as recorded (also in vLLM's command-line form, '8k'); None when not
     recorded."""
     value = kwargs.get(key)
     if isinstance(value, str):
         value = vllm_int(value)
-    if value is not None and (type(value) is not int or not least <= value <= MAX_TOKENS):
-        raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number from {least} to {MAX_TOKENS:,}, "
+    most = _RECORDED_MOST.get(key, MAX_TOKENS)
+    if value is not None and (type(value) is not int or not least <= value <= most):
+        raise PdsimError(f"{meta}: engine_kwargs.{key}: expected a whole number from {least} to {most:,}, "
                          f"got {json_shown(value, 40)}")
     return value
 
@@ -395,8 +401,8 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
         # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
         block = model is not None and model.checkpoint_quantization == "fp8_block"
         out["quantization"] = "fp8_block" if block else layout.quantization
-    stated_kv = {v for inst in instances if (v := _stated_precision(inst, "kv_cache_dtype")) not in (None, "auto")}
-    if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_kv):
+    stated_fp8_kv = any(str(_stated_precision(inst, "kv_cache_dtype")).startswith("fp8") for inst in instances)
+    if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_fp8_kv):
         # "auto" recorded is the model's dtype, which the engine ran whatever the config says
         out["kv_cache_dtype"] = layout.kv_cache_dtype
     for key, value in out.items():
