@@ -53,6 +53,17 @@ def decode_text(data: bytes, where: str, error: type[PdsimError] = PdsimError) -
         raise error(f"{where}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
+def optional_object(obj: dict, key: str, where: str, error: type[PdsimError] = PdsimError) -> dict:
+    """obj[key] where a JSON file must give an object there (absent or null: an empty one); `where` names the
+    file and the path to `key` in it."""
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise error(f"{where}: expected an object, got {json_shown(value)}")
+    return value
+
+
 def json_shown(value: object, limit: int = 60) -> str:
     """A value read from JSON as the file writes it (null, true, "x"), cut to `limit` characters."""
     try:

@@ -227,7 +227,7 @@ def _memory_board_note(ic: InstanceConfig) -> str:
         return ""
     return (f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: npu_mem.mem_size "
             f"{ic.npu_mem.mem_size:g} GB is more than the {default}'s {get_hardware(default).mem_size_gb:g} GB, "
-            f"and the {ic.hardware} is the {board_family(ic.hardware)} board with that much")
+            f"and the {ic.hardware}'s memory ({get_hardware(ic.hardware).mem_size_gb:g} GB)")
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:

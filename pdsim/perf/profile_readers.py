@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pdsim.errors import ProfileError, decode_text, read_json_object
+from pdsim.errors import ProfileError, decode_text, optional_object, read_json_object
 from pdsim.models import DTYPE_BYTES
 from pdsim.moe import MOE_KEYS
 from pdsim.perf.interp import Table1D, Table2D, TableND
@@ -199,15 +199,6 @@ def _read_op_tables(
     return dense, per_seq
 
 
-def _optional_object(raw: dict, key: str, meta_path: Path) -> dict:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ProfileError(f"{meta_path}: field {key!r}: expected an object, got {value!r}")
-    return value
-
-
 def _positive_int(value: object, key: str, meta_path: Path) -> int | None:
     if value is None:
         return None
@@ -249,7 +240,7 @@ def _read_pdsim(root: Path) -> Profile:
     if dtype not in DTYPE_BYTES:
         raise ProfileError(f"{meta_path}: field 'dtype': expected one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
     tp = need("tp", int)
-    memory = _optional_object(raw, "memory", meta_path)
+    memory = optional_object(raw, "memory", f"{meta_path}: field 'memory'", ProfileError)
     meta = ProfileMeta(
         hardware=need("hardware", str),
         model=need("model", str),
@@ -260,7 +251,7 @@ def _read_pdsim(root: Path) -> Profile:
         tool_version=str(raw.get("tool_version", "")),
         created_at=str(raw.get("created_at", "")),
         num_layers=_positive_int(raw.get("num_layers"), "num_layers", meta_path),
-        device=_optional_object(raw, "device", meta_path),
+        device=optional_object(raw, "device", f"{meta_path}: field 'device'", ProfileError),
         activation_peak_bytes=_non_negative_bytes(memory.get("activation_peak_bytes"), meta_path),
         activation_tokens=_positive_int(memory.get("max_num_batched_tokens"), "memory.max_num_batched_tokens",
                                         meta_path),

@@ -31,6 +31,7 @@ from pdsim.errors import (
     csv_row_lines,
     decode_text,
     json_shown,
+    optional_object,
     parse_json,
     read_json_object,
 )
@@ -621,7 +622,7 @@ def aiperf_concurrency(records_path: Path) -> int | None:
     summary = records_path.with_name(AIPERF_SUMMARY)
     if not summary.is_file():
         return None
-    config = _object_field(read_json_object(summary), "input_config", summary)
+    config = optional_object(read_json_object(summary), "input_config", f"{summary}: input_config")
     phases = config.get("phases") or []
     if not isinstance(phases, list):
         raise PdsimError(f"{summary}: input_config.phases: expected a list of phases, got {json_shown(phases)}")
@@ -629,22 +630,12 @@ def aiperf_concurrency(records_path: Path) -> int | None:
     phase = next((ph for ph in phases if ph.get("name") == "profiling"), phases[0] if phases else None)
     value, where = (phase.get("concurrency"), "input_config.phases[].concurrency") if phase else (None, "")
     if value is None:
-        loadgen = _object_field(config, "loadgen", summary, "input_config.")
+        loadgen = optional_object(config, "loadgen", f"{summary}: input_config.loadgen")
         value, where = loadgen.get("concurrency"), "input_config.loadgen.concurrency"
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PdsimError(f"{summary}: {where}: expected a whole number of clients >= 1, got {json_shown(value)}")
-    return value
-
-
-def _object_field(obj: dict, key: str, path: Path, prefix: str = "") -> dict:
-    """obj[key] where it must be a JSON object (absent or null: empty)."""
-    value = obj.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise PdsimError(f"{path}: {prefix}{key}: expected an object, got {json_shown(value)}")
     return value
 
 
