@@ -381,6 +381,8 @@ def canonical_hardware_name(name: str) -> str:
     device names as torch reports them ("NVIDIA H100 80GB HBM3"); unknown names are returned unchanged."""
     if name in HARDWARE or name in HARDWARE_ALIASES:
         return HARDWARE_ALIASES.get(name, name)
+    if is_gpu_slice(name):  # a slice of a GPU has a fraction of its compute: no board's spec
+        return name
     found = _NAMES_BY_KEY.get(_name_key(name))
     if found is not None:
         return found
@@ -395,20 +397,21 @@ def canonical_hardware_name(name: str) -> str:
 # configs say "H100" for any H100, but the SXM and PCIe boards differ in TP link (NVLink against PCIe 5), memory
 # bandwidth and the non-torch memory NCCL takes. Each board here has a spec in HARDWARE.
 _BOARD_PATTERNS: tuple[tuple[str, str, str], ...] = (  # (pattern, family, board); the first match wins
-    (r"H100\b.*\bNVL\b", "H100", "H100-NVL"),  # not "NVLink"
-    (r"H100\b.*PCIe", "H100", "H100-PCIe"),
-    (r"H100\b.*(HBM3|SXM)", "H100", "H100-SXM"),
-    (r"A100\b.*(40 ?GB.*PCIe|PCIe.*40 ?GB)", "A100", "A100-PCIe-40GB"),
-    (r"A100\b.*PCIe", "A100", "A100-PCIe-80GB"),
-    (r"A100\b.*SXM.*80 ?GB", "A100", "A100-80GB"),
-    (r"A100\b.*SXM.*40 ?GB", "A100", "A100-40GB"),
+    (r"\bH100\b.*\bNVL\b", "H100", "H100-NVL"),  # not "NVLink"
+    (r"\bH100\b.*PCIe", "H100", "H100-PCIe"),
+    (r"\bH100\b.*(HBM3|SXM)", "H100", "H100-SXM"),
+    (r"\bA100\b.*(40 ?GB.*PCIe|PCIe.*40 ?GB)", "A100", "A100-PCIe-40GB"),
+    (r"\bA100\b.*PCIe", "A100", "A100-PCIe-80GB"),
+    (r"\bA100\b.*SXM.*80 ?GB", "A100", "A100-80GB"),
+    (r"\bA100\b.*SXM.*40 ?GB", "A100", "A100-40GB"),
 )
 _FAMILY = {board: family for _, family, board in _BOARD_PATTERNS}
+_MIG = re.compile(r"\bMIG\b")  # "NVIDIA A100-SXM4-80GB MIG 3g.40gb": a Multi-Instance GPU slice
 # Device names of one-board GPUs whose torch name is not a spelling of pdsim's (family None: nothing to tell apart).
 _DEVICE_PATTERNS: tuple[tuple[str, None, str], ...] = (
-    (r"RTX PRO 6000", None, "RTXPRO6000"),
-    (r"RTX 6000 Ada", None, "RTX6000Ada"),
-    (r"RTX A6000", None, "RTXA6000"),
+    (r"\bRTX PRO 6000\b", None, "RTXPRO6000"),
+    (r"\bRTX 6000 Ada\b", None, "RTX6000Ada"),
+    (r"\bRTX A6000\b", None, "RTXA6000"),
 )
 
 
@@ -416,10 +419,17 @@ def device_board(device_name: str, hardware: str) -> str | None:
     """The board of `hardware`'s family that a recorded device name says (None: another family, or a name it
     cannot tell)."""
     family = _FAMILY.get(canonical_hardware_name(hardware))
+    if is_gpu_slice(device_name):  # measured on a slice: its times are no whole board's
+        return None
     for pattern, board_family, board in _BOARD_PATTERNS:
         if re.search(pattern, device_name, re.IGNORECASE):
             return board if board_family == family else None
     return None
+
+
+def is_gpu_slice(device_name: str) -> bool:
+    """A device name of a Multi-Instance GPU slice ("NVIDIA H100 80GB HBM3 MIG 3g.40gb")."""
+    return _MIG.search(device_name) is not None
 
 
 def board_family(board: str) -> str | None:
@@ -433,16 +443,23 @@ BOARD_MEMORY_SLACK = 0.02
 
 
 def family_board_by_memory(name: str, mem_size_gb: float) -> str | None:
-    """The board a family name stands for where its default board has less memory than `mem_size_gb`: the board
-    of the family whose memory it is ("H100" with 94 GB is the H100 NVL), else None."""
+    """The board a family name stands for where `mem_size_gb` is another board's memory than its default's: "H100"
+    with 94 GB is the H100 NVL, "A100" with 40 GB the A100 40GB (of two such boards, the one with the default's
+    link: the SXM4, not the PCIe card); else None."""
     if not is_family_name(name):
         return None
     default = canonical_hardware_name(name)
-    if mem_size_gb <= HARDWARE[default].mem_size_gb:
+    if _memory_of(default, mem_size_gb):
         return None
-    boards = [board for board in family_boards(_FAMILY[default])
-              if (1 - BOARD_MEMORY_SLACK) * HARDWARE[board].mem_size_gb <= mem_size_gb <= HARDWARE[board].mem_size_gb]
+    boards = [board for board in family_boards(_FAMILY[default]) if _memory_of(board, mem_size_gb)]
+    if len(boards) > 1:
+        boards = [board for board in boards if HARDWARE[board].intra_node_link == HARDWARE[default].intra_node_link]
     return boards[0] if len(boards) == 1 else None
+
+
+def _memory_of(board: str, mem_size_gb: float) -> bool:
+    """Whether a config's mem_size is the board's memory (or up to BOARD_MEMORY_SLACK under it)."""
+    return (1 - BOARD_MEMORY_SLACK) * HARDWARE[board].mem_size_gb <= mem_size_gb <= HARDWARE[board].mem_size_gb
 
 
 def family_boards(family: str) -> list[str]:

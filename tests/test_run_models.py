@@ -264,7 +264,8 @@ def test_an_h100_of_94_gb_is_the_nvl_board(tmp_path, gpu, mem_size, outcome):
     assert result.infos[0].hardware == "H100-NVL"
     notes = " ".join(result.instances[0].predictor.notes)
     said = ("H100 taken as H100-NVL, not H100-SXM: the profile was measured on 'NVIDIA H100 NVL'" if gpu else
-            "H100 taken as H100-NVL, not H100-SXM: npu_mem.mem_size 94 GB is more than the H100-SXM's 80 GB")
+            "H100 taken as H100-NVL, not H100-SXM: npu_mem.mem_size 94 GB is the H100-NVL's memory (94 GB), not "
+            "the H100-SXM's (80 GB)")
     assert said in notes
     # A profile that names the family alone does not say which board measured it, and the run says so.
     assert ("the profile names the family 'H100', not which board measured it (no device recorded): its step "
@@ -362,3 +363,36 @@ def test_a_profile_without_its_skew_fit_table_says_it_falls_back_to_alpha_defaul
     lost = StepTimePredictor(find_profile("RTXPRO6000", spec.name, "bfloat16", 1, profile_dir=tmp_path / "profile"),
                              spec, 1, None)
     assert any("has no skew_fit.csv" in n and "alpha_default 0.0543" in n for n in lost.notes), lost.notes
+
+
+def test_an_a100_of_40_gb_is_the_40_gb_board_and_a_mig_slice_no_board():
+    # "A100" with 40 GB ran as the 80 GB board, whose spec differs (bandwidth, visible memory); of the two 40 GB
+    # boards the one with the default's NVLink is taken.
+    from pdsim.config.load import cluster_config_from_dict
+    from pdsim.hardware import canonical_hardware_name, device_board
+
+    def board(hardware: str, mem_size: float) -> str:
+        cfg = {"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [{"num_instances": 1, "instances": [
+            {"model_name": "meta-llama/Llama-3.1-8B", "hardware": hardware,
+             "npu_mem": {"mem_size": mem_size, "mem_bw": 1555}, "tp_size": 1, "pd_type": None}]}]}
+        return cluster_config_from_dict(cfg).instances()[0].config.hardware
+
+    assert board("A100", 40) == board("a100", 39.5) == "A100-40GB"
+    assert board("A100", 80) == "A100-80GB" and board("A100-80GB", 40) == "A100-80GB"  # a board named is held to
+    assert board("H100", 40) == "H100-SXM"  # no H100 has 40 GB: a smaller share of the default board, as before
+    # A Multi-Instance GPU slice is no board: its name is not read as the whole GPU's, nor a profile's device.
+    assert canonical_hardware_name("NVIDIA A100-SXM4-80GB MIG 3g.40gb") == "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
+    assert device_board("NVIDIA H100 80GB HBM3 MIG 3g.40gb", "H100") is None
+    assert canonical_hardware_name("XA100 PCIe") == "XA100 PCIe"  # a board's name, not a longer word's part
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+def test_a_profile_measured_on_a_mig_slice_says_so(tmp_path):
+    from pdsim.engine.cluster import simulate
+    from pdsim.workload.trace import TraceRequest
+
+    config = _case_recorded_on(tmp_path, "H100", "NVIDIA H100 80GB HBM3 MIG 3g.40gb", "H100",
+                               npu_mem={"mem_size": 80, "mem_bw": 3350})
+    result = simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
+    notes = " ".join(result.instances[0].predictor.notes)
+    assert "the profile was measured on a MIG slice, 'NVIDIA H100 80GB HBM3 MIG 3g.40gb'" in notes

@@ -458,6 +458,19 @@ def _validate_table(tmp_path: Path, rows: list[str]):
     return res, pd.read_csv(tmp_path / "v.csv")
 
 
+def test_a_table_s_gpu_is_the_board_the_rows_run_on(tmp_path):
+    # --hardware H100 --mem-gb 94 runs the H100 NVL: rows the H100 SXM measured are another board's (before, they
+    # were kept and simulated on the NVL), and rows of the NVL are its own.
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + _TABLE_ROW)
+    with pytest.raises(PdsimError, match=r"system h100_sxm \(pdsim's H100-SXM\), not the simulated hardware H100-NVL"):
+        _validate_cli("--measured", str(tmp_path / "t.csv"), "--hardware", "H100", "--mem-gb", "94", "--rounds", "2",
+                      "--output", str(tmp_path / "v.csv"))
+    (tmp_path / "t.csv").write_text(_TABLE_HEADER + _TABLE_ROW.replace("h100_sxm", "NVIDIA H100 NVL"))
+    res = _validate_cli("--measured", str(tmp_path / "t.csv"), "--hardware", "h100", "--mem-gb", "94", "--rounds",
+                        "2", "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+
+
 def test_closed_loop_table_skips_what_pdsim_cannot_express(tmp_path):
     # One row pdsim can run, then an int4 row, an SGLang row, a disaggregated row, a row whose
     # weights do not fit and a pipeline-parallel row: the five are counted with their reasons, never

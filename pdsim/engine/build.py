@@ -21,6 +21,7 @@ from pdsim.hardware import (
     device_board,
     get_hardware,
     is_family_name,
+    is_gpu_slice,
 )
 from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
 from pdsim.models import ModelSpec, dtype_bytes, load_model
@@ -197,6 +198,9 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
     board, which then stands for the profile's hardware field (an "H100" profile measured on an H100 PCIe is an
     H100-PCIe profile)."""
     device = meta.device.get("gpu") or meta.device.get("name")
+    if isinstance(device, str) and is_gpu_slice(device):
+        return ic, (f"the profile was measured on a MIG slice, {device!r} ({meta.path}): its step times are that "
+                    f"slice's, slower than the whole {ic.hardware}'s; memory and links are the instance's"), False
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
     if board is not None and board == ic.hardware and board != canonical_hardware_name(ic.hardware_given):
         # The config's memory chose this board (_board_by_memory), and the device agrees.
@@ -226,8 +230,8 @@ def _memory_board_note(ic: InstanceConfig) -> str:
     if not ic.hardware_is_family_name or ic.hardware == default:
         return ""
     return (f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: npu_mem.mem_size "
-            f"{ic.npu_mem.mem_size:g} GB is more than the {default}'s {get_hardware(default).mem_size_gb:g} GB, "
-            f"and the {ic.hardware}'s memory ({get_hardware(ic.hardware).mem_size_gb:g} GB)")
+            f"{ic.npu_mem.mem_size:g} GB is the {ic.hardware}'s memory ({get_hardware(ic.hardware).mem_size_gb:g} "
+            f"GB), not the {default}'s ({get_hardware(default).mem_size_gb:g} GB)")
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
