@@ -342,8 +342,8 @@ def test_a_sweep_says_which_board_its_runs_took(tmp_path):
                                    "--slo-ttft-ms", "5000", "--slo-tpot-ms", "100", "--workers", "1", "--no-plots",
                                    "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    assert "NOTE: hardware H100 taken as H100-PCIe, not H100-SXM: the profile was measured on 'NVIDIA H100 PCIe'" in (
-        res.output)
+    assert ("NOTE: TP 1 instances: hardware H100 taken as H100-PCIe, not H100-SXM: the profile was measured on "
+            "'NVIDIA H100 PCIe'") in res.output
     written = {json.loads(p.read_text())["nodes"][0]["instances"][0]["hardware"]
                for p in (tmp_path / "s" / "configs").glob("*.json")}
     assert written == {"H100"}  # as given, so each keeps its meaning when run on its own

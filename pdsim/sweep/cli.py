@@ -249,7 +249,9 @@ class _Setup:
                 # Said once per source, from the builds, so a resumed command that runs nothing says it too.
                 self.build_notes.update(f"TP {inst.spec.tp} all-reduce priced by {inst.predictor.allreduce_source}"
                                         for inst in cluster.instances if inst.predictor.allreduce_source)
-                self.build_notes.update(info.board_note for info in cluster.infos if info.board_note)
+                # By TP: a profile measured on another board for one TP degree does not speak for the others.
+                self.build_notes.update(f"TP {info.tp} instances: {info.board_note}"
+                                        for info in cluster.infos if info.board_note)
             except PdsimError as e:
                 self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
                 continue
