@@ -822,3 +822,15 @@ def test_a_request_line_without_a_length_and_a_json_document_are_named_as_such(t
     document.write_text(json.dumps(lines[0], indent=2))
     with pytest.raises(PdsimError, match=r"doc.jsonl:1: a JSON document over several lines, not JSON lines"):
         read_measured(document)
+
+
+def test_stamps_that_put_every_last_token_at_the_first_are_refused(tmp_path):
+    # All stamps 0 (or one copied into the others) compared TTFT and TPOT of 0 against the replay, "n/a" without a word.
+    requests, _ = _run(tmp_path / "run", n=4)
+    lines = _lines(requests)
+    for line in lines:
+        line["last_token_ts"] = line["first_token_ts"]
+    requests.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(PdsimError, match=r"requests.jsonl: every request of more than one output token has its "
+                                         r"last_token_ts at its first_token_ts"):
+        read_measured(requests)

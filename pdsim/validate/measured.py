@@ -329,6 +329,12 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
                      "of both sides' statistics")
     if not (df.output_toks > 1).any():
         notes.append("no request has more than one output token: TPOT and ITL have no samples")
+    several = (df.output_toks > 1) & (last.notna() & first.notna())
+    if several.any() and not ((last - first)[several] > 0).any():
+        # Every multi-token request's last token at its first: the stamps (all 0, one copied into the others) are
+        # not times an engine wrote, and every TPOT compared would be 0.
+        raise PdsimError(f"{p}: every request of more than one output token has its last_token_ts at its "
+                         "first_token_ts: these stamps are not an engine's times (TPOT would be 0)")
     late = (df.output_toks == 1) & ((last - first) > 1e-3)  # NaN compares False
     if late.any():
         longest_s = (last - first)[late].max()
