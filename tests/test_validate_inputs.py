@@ -834,3 +834,20 @@ def test_stamps_that_put_every_last_token_at_the_first_are_refused(tmp_path):
     with pytest.raises(PdsimError, match=r"requests.jsonl: every request of more than one output token has its "
                                          r"last_token_ts at its first_token_ts"):
         read_measured(requests)
+
+
+def test_an_aiperf_request_ending_before_it_started_or_of_an_unknown_phase_is_said(tmp_path):
+    path = _aiperf(tmp_path / "ai", {}, 5_000_000_000)
+    record = json.loads(path.read_text())
+    record["metadata"]["request_end_ns"] = 4_000_000_000
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(PdsimError, match=r"profile_export.jsonl:1: metadata.request_end_ns 4000000000 is before "
+                                         r"request_start_ns 5000000000"):
+        read_measured(path)
+    record["metadata"]["request_end_ns"] = 5_200_000_000
+    other = {**record, "metadata": {**record["metadata"], "benchmark_phase": "cooldown"}}
+    path.write_text(json.dumps(record) + "\n" + json.dumps(other) + "\n")
+    run = read_measured(path)
+    assert len(run.requests) == 1
+    assert ("NOTE: request(s) of a benchmark_phase neither warmup nor profiling left out: 1 of 'cooldown'"
+            in run.notes)

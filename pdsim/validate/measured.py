@@ -660,6 +660,7 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     p = Path(path)
     rows, itls, ends_ns = [], [], []
     warmup = failed = 0
+    other_phases: dict[str, int] = {}
     for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
         if not line.strip():
             continue
@@ -671,8 +672,12 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
         meta = record["metadata"]
         if isinstance(meta.get("request_end_ns"), int):
             ends_ns.append(meta["request_end_ns"])  # any request's end, warm-up too, frees a client
-        if str(meta.get("benchmark_phase", "profiling")).lower() != "profiling":
-            warmup += 1
+        phase = str(meta.get("benchmark_phase", "profiling")).lower()
+        if phase != "profiling":
+            if phase == "warmup":
+                warmup += 1
+            else:  # no phase aiperf writes: left out with the warm-up, and said by name
+                other_phases[phase] = other_phases.get(phase, 0) + 1
             continue
         if record.get("error") is not None or meta.get("was_cancelled"):
             failed += 1
@@ -694,6 +699,9 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
         notes = [f"closed loop, {concurrency} clients ({AIPERF_SUMMARY})"]
     if warmup:
         notes.append(f"{warmup} warm-up request(s) left out")
+    if other_phases:
+        notes.append("NOTE: request(s) of a benchmark_phase neither warmup nor profiling left out: "
+                     + ", ".join(f"{n} of {phase!r}" for phase, n in sorted(other_phases.items())))
     if failed:
         notes.append(f"{failed} failed or cancelled request(s) left out")
     return MeasuredRun(str(p), df, itl_ms=np.asarray(itls, dtype=float) if itls else None,
@@ -726,6 +734,9 @@ def _aiperf_request(record: dict, meta: dict, where: str) -> tuple[dict, list[fl
     start_ns = meta["request_start_ns"]
     if type(start_ns) is not int or not 0 <= start_ns < 2**62:  # ns since 1970 fit int64 to the year 2116
         raise PdsimError(f"{where}: metadata.request_start_ns: expected a whole number of ns, got {start_ns!r:.60}")
+    end_ns = meta.get("request_end_ns")
+    if type(end_ns) is int and end_ns < start_ns:
+        raise PdsimError(f"{where}: metadata.request_end_ns {end_ns} is before request_start_ns {start_ns}")
     osl = _count(values["output_sequence_length"], where, "metrics.output_sequence_length")
     most_ms = MAX_LATENCY_S * 1e3
     ttft = _time(values["time_to_first_token"], where, "metrics.time_to_first_token", 0.0, most_ms, "ms")
