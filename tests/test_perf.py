@@ -266,6 +266,12 @@ def test_decode_skew_alphas_are_numbers_and_a_negative_one_makes_no_negative_tim
         with pytest.raises(ProfileError, match=rf"skew_fit.csv:6: column 'alpha': expected a decode-skew alpha .*"
                                                rf"got '{cell}'"):
             StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    header = lines[0].split(",")
+    cells = lines[5].split(",")
+    cells[header.index("n_label")] = "n<=lots"  # a bucket the fit would have dropped without a word
+    fit.write_text("\n".join([*lines[:5], ",".join(cells), *lines[6:]]) + "\n")
+    with pytest.raises(ProfileError, match=r"skew_fit.csv:6: column 'n_label': 'n<=lots' is no bucket label"):
+        StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
     fit.unlink()  # the overall alpha of meta.yaml then applies
     meta = profile / "meta.yaml"
     text = meta.read_text()

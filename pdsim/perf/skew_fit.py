@@ -99,8 +99,10 @@ class SkewFit:
                 n_upper = _bucket_upper(r[col["n_label"]], "n")
                 sr_upper = _bucket_upper(r[col["skew_rate_label"]], "sr")
                 kp_upper = _bucket_upper(r[col["kp_label"]], "kp")
-                if n_upper is None or sr_upper is None or kp_upper is None:
-                    continue
+                for column, upper in (("n_label", n_upper), ("skew_rate_label", sr_upper), ("kp_label", kp_upper)):
+                    if upper is None:  # a bucket pdsim cannot place would drop out of the fit without a word
+                        raise ProfileError(f"{path}:{line_no}: column {column!r}: {r[col[column]]!r} is no bucket "
+                                           "label LLMServingSim writes (n<=128, sr<=5%, kp<=2k, kp=0, kp>8k, ...)")
                 w = _number(r[col["n_samples"]])
                 if not (math.isfinite(w) and w >= 0):
                     raise ProfileError(f"{path}:{line_no}: column 'n_samples': expected a count >= 0, got "
