@@ -73,23 +73,25 @@ def extrapolation_key(note: str) -> str:
 
 
 class _RangeTracker:
-    """Warns once per table when a lookup leaves the range of one of its axes."""
+    """Warns once per table and axis when a lookup leaves the range of that axis."""
 
     name: str
     axis_names: tuple[str, ...]
-    out_of_range: str | None  # the first out-of-range lookup, for reports
+    _left: dict[str, str]  # axis name -> its first out-of-range lookup; each axis is said once
+
+    @property
+    def out_of_range(self) -> str | None:
+        """The first out-of-range lookup of each axis left, for reports (None: none left)."""
+        if not self._left:
+            return None
+        return (f"profile table {self.name!r}: {', '.join(self._left.values())}; extrapolating linearly (said for "
+                "the first such lookup)")
 
     def _left_range(self, axis: int, value: float, lo: float, hi: float) -> None:
         name = self.axis_names[axis]
-        left = f"{name}={value:g} is outside the profiled range [{lo:g}, {hi:g}]"
-        if self.out_of_range is None:
-            self.out_of_range = (f"profile table {self.name!r}: {left}; extrapolating linearly (said for the first "
-                                 "such lookup)")
-        elif f" {name}=" in self.out_of_range:  # each axis said once: a batch past the grid as well as a chunk
+        if name in self._left:
             return
-        else:
-            self.out_of_range = self.out_of_range.replace("; extrapolating linearly", f", {left}; extrapolating "
-                                                          "linearly")
+        self._left[name] = f"{name}={value:g} is outside the profiled range [{lo:g}, {hi:g}]"
         warning = ExtrapolationWarning(self.out_of_range, self.name, name, value, lo, hi)
         warnings.warn(warning, stacklevel=4)
 
@@ -125,7 +127,7 @@ class Table1D(_RangeTracker):
     def __init__(self, name: str, xs: Sequence[float], ys: Sequence[float], axis_name: str = "x"):
         self.name = name
         self.axis_names = (axis_name,)
-        self.out_of_range = None
+        self._left = {}
         self.xs = _as_sorted_axis(xs, name)
         self.ys = np.asarray(ys, dtype=np.float64)
         if self.ys.shape != self.xs.shape:
@@ -197,7 +199,7 @@ class Table2D(_RangeTracker):
     ):
         self.name = name
         self.axis_names = axis_names
-        self.out_of_range = None
+        self._left = {}
         self.xs = _as_sorted_axis(xs, f"{name} {axis_names[0]}")
         self.ys = _as_sorted_axis(ys, f"{name} {axis_names[1]}")
         self.values = np.asarray(values, dtype=np.float64)
@@ -272,7 +274,7 @@ class TableND(_RangeTracker):
     ):
         self.name = name
         self.axis_names = tuple(axis_names)
-        self.out_of_range = None
+        self._left = {}
         points = np.asarray(points, dtype=np.float64)
         values = np.asarray(values, dtype=np.float64)
         d = len(axis_names)

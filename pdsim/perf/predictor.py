@@ -52,7 +52,6 @@ batch size's attention as a 1-D (kv -> us) slice, and whole steps by their exact
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -425,9 +424,9 @@ class StepTimePredictor:
         ops_by_note: dict[tuple[str, str], list[str]] = {}
         for table in self.profile.tables():
             if table.out_of_range:
-                found = re.fullmatch(r"profile table '([^':]+):([^']+)': (.*)", table.out_of_range)
-                key = (found.group(1), found.group(3)) if found else (table.out_of_range, "")
-                ops_by_note.setdefault(key, []).append(found.group(2) if found else "")
-        return [f"{where}: profile table {file!r}"
-                + (f" ({', '.join(ops)})" if len(ops) > 1 else f":{ops[0]}" if ops[0] else "") + f": {rest}"
-                if rest else f"{where}: {file}" for (file, rest), ops in ops_by_note.items()]
+                file, _, op = table.name.partition(":")
+                said = table.out_of_range.removeprefix(f"profile table {table.name!r}: ")
+                ops_by_note.setdefault((file, said), []).append(op)
+        return [f"{where}: profile table " + (f"{file!r} ({', '.join(ops)})" if len(ops) > 1 else
+                                              repr(f"{file}:{ops[0]}" if ops[0] else file)) + f": {said}"
+                for (file, said), ops in ops_by_note.items()]
