@@ -344,9 +344,9 @@ class InstanceConfig(_Strict):
         spec = get_hardware(self.hardware)
         if spec is not None and self.npu_mem.mem_size > spec.mem_size_gb:
             family = board_family(self.hardware)
-            larger = [f"the {board} has {get_hardware(board).mem_size_gb:g} GB: hardware {board!r}, or {family!r} "
-                      f"with mem_size {get_hardware(board).mem_size_gb:g}, runs it" for board in family_boards(family)
-                      if get_hardware(board).mem_size_gb >= self.npu_mem.mem_size] if family else []
+            sizes = {board: get_hardware(board).mem_size_gb for board in family_boards(family)} if family else {}
+            larger = [f"the {board} has {size:g} GB: hardware {board!r}, or {family!r} with mem_size {size:g}, runs it"
+                      for board, size in sizes.items() if size >= self.npu_mem.mem_size]
             also = f" ({'; '.join(larger)})" if larger else ""
             raise PydanticCustomError(
                 "memory", "{msg}",

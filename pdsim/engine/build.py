@@ -241,8 +241,8 @@ def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
     one of its boards (which the profile does not say measured it), None where they agree."""
     if canonical_hardware_name(measured_on) == canonical_hardware_name(named):
         return None
-    family = board_family(canonical_hardware_name(measured_on))
-    if is_family_name(measured_on) and family is not None and board_family(canonical_hardware_name(named)) == family:
+    if is_family_name(measured_on) and (board_family(canonical_hardware_name(named))
+                                        == board_family(canonical_hardware_name(measured_on))):
         return "family"
     if get_hardware(measured_on) is not None and get_hardware(named) is not None:
         return "error"
