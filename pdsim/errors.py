@@ -29,6 +29,10 @@ class ProfileError(PdsimError):
     pass
 
 
+class PrecisionMismatch(ProfileError):
+    """A profile measured at another weight precision than the instance runs (fp8 against unquantised)."""
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):

@@ -13,7 +13,7 @@ import pytest
 
 from pdsim.config import load_cluster_config
 from pdsim.engine.cluster import SimOptions, simulate
-from pdsim.errors import PdsimError, ProfileError
+from pdsim.errors import PdsimError, PrecisionMismatch, ProfileError
 from pdsim.validate.compare import compare, replay
 from pdsim.validate.measured import read_measured
 from tests.helpers import cluster, instance, trace
@@ -815,7 +815,7 @@ def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
 @needs_shared
 def test_a_precision_refused_by_the_profile_names_the_record_that_set_it(tmp_path):
     requests = _rtx_run_with(tmp_path, quantization="fp8")
-    with pytest.raises(PdsimError, match=r"bfloat16 weights, but the instance runs fp8 .*\(the replay applied "
+    with pytest.raises(PrecisionMismatch, match=r"bfloat16 weights, but the instance runs fp8 .*\(the replay applied "
                                          r"quantization fp8 from meta.json engine_kwargs\)"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                       "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))

@@ -90,7 +90,7 @@ def build_instance(
         # A profile looked up by the instance's hardware names that field; a given one (--profile-dir, the
         # instance's profile_dir) may not fit the instance in another way (its TP, its model), which it says.
         field = "" if (opts.profile_dir or ic.profile_dir) else ".hardware"
-        raise ProfileError(f"{where}{field}: {exc}") from None
+        raise type(exc)(f"{where}{field}: {exc}") from None
     board_note, board_told = "", False
     if not profile.estimated:
         ic, board_note, board_told = _recorded_board(ic, profile.meta, where)

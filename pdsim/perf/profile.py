@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from pdsim.errors import ProfileError
+from pdsim.errors import PrecisionMismatch, ProfileError
 from pdsim.outputs import check_output_dir, staged_folder, write_json_atomic, write_text_atomic
 from pdsim.perf.moe_time import MoELayoutTable
 from pdsim.perf.profile_format import (  # noqa: F401 - the format's names are used from here
@@ -267,7 +267,7 @@ def _check_precision(profile: Profile, precision: str) -> None:
         measured = "fp8" if "fp8" in gemms else meta.dtype
         where, field, fix = Path(meta.path) / "meta.json", "device.gemm_precision", ""
     if measured.startswith("fp8") != precision.startswith("fp8"):
-        raise ProfileError(f"{where}: field '{field}': the profile was measured with {measured} weights, but the "
+        raise PrecisionMismatch(f"{where}: field '{field}': the profile was measured with {measured} weights, but the "
                            f"instance runs {precision}{fix}")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from pdsim.bundled import InputFile
 from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options
 from pdsim.config.load import config_inputs
-from pdsim.errors import PdsimError, ProfileError
+from pdsim.errors import PdsimError, PrecisionMismatch
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
@@ -356,11 +356,11 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     kv_measured = kv_override(run, cfg, opts, engine_log, kv_capacity)
     try:
         result = _replay_with_bar(cfg, run, opts, str(cluster_config), _bar("replaying", quiet))
-    except ProfileError as e:  # a profile of another precision refused: say where the instance's came from
+    except PrecisionMismatch as e:  # say where the instance's precision came from
         applied = [n for n in run.notes if n.startswith("quantization ") and "meta.json" in n]
-        if not applied or not any(field in str(e) for field in ("field 'variant'", "field 'device.gemm_precision'")):
+        if not applied:
             raise
-        raise ProfileError(f"{e} (the replay applied {'; '.join(applied)})") from None
+        raise PrecisionMismatch(f"{e} (the replay applied {'; '.join(applied)})") from None
     if not any(r.status == "finished" for r in result.requests):
         raise PdsimError(f"{run.source}: {lost_requests(result)}: nothing to compare (the replay: "
                          f"{'; '.join(run.notes)})")
