@@ -53,9 +53,7 @@ def test_table1d_exact_linear_and_extrapolation_warns_once():
         assert t(0) == 0.0  # 10 - 10 = 0; further below clips at 0
         assert t(-5) == 0.0
     assert "tokens=6" in t.out_of_range
-    xs = np.array([1, 1.5, 3, 4, 6, -5])
-    np.testing.assert_allclose(t.eval_many(xs), [t(x) for x in xs], rtol=1e-15)
-    xs = np.sort(xs)
+    xs = np.sort(np.array([1, 1.5, 3, 4, 6, -5]))
     np.testing.assert_allclose(t.eval_sorted(xs), [t(x) for x in xs], rtol=1e-12)
 
 

@@ -3,7 +3,7 @@
 base.py holds the strict base model, limits and choice lists; models.py the config sections
 (instance, node, cluster); policies.py the router and KV-transfer sections; load.py reads a file
 and words its errors.
-Every name is re-exported here, so `from pdsim.config import ClusterConfig` is the way in.
+The names most callers need are re-exported here (`from pdsim.config import ClusterConfig`).
 """
 
 from pdsim.config.base import (

@@ -103,8 +103,8 @@ class BlockManager:
         # The free queue behind `_anon_head` anonymous blocks (which come first): runs of anonymous
         # blocks (a count) and segments, the cached copies one request freed together
         # ([stamp, copies, next index]). A copy taken out by a hit stays in its segment, stale,
-        # and is skipped when reached: a Python dict entry per block in a queue was most of a
-        # prefix-cache run's time.
+        # and is skipped when reached: a Python dict entry per block in a queue would cost more than
+        # the rest of a prefix-cache run.
         self._queue: deque[int | list] = deque()
         self._anon_head = num_blocks
         self._stamp = 0

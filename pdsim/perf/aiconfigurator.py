@@ -50,7 +50,6 @@ SYSTEM_DEVICE = {"h100_sxm": "H100", "h200_sxm": "H200", "a100_sxm": "A100", "l4
 QUANT_GEMM_DTYPE = {"fp8": "fp8", "fp8_block": "fp8_block"}
 # Attention kernels in order of preference: FlashAttention 3 on Hopper, FlashAttention 2 before it.
 ATTENTION_KERNELS = ("vllm_flash_attn_fa3", "vllm_flash_attn")
-GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALLREDUCE_BYTES = [2 ** i for i in range(7, 30)]
 
 

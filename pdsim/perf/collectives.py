@@ -69,24 +69,20 @@ class AllReduceModel:
 # fit (relative error) to the faster of vLLM's custom all-reduce (CUDA-graph mode, vLLM 0.24.0)
 # and NCCL all_reduce (half), as measured in aiconfigurator's h100_sxm database
 # (comm/vllm/0.24.0/custom_allreduce_perf.parquet, comm/nccl/2.27.3/nccl_perf.parquet, whose rows say
-# NCCL 2.29.2; message
-# sizes there are elements, x2 for bytes), over 8 KB..256 MB. Mean |error| 5% / 10% / 13% for
-# 2 / 4 / 8 GPUs, worst 17% / 30% / 31% (tests/test_collectives.py re-derives it from the data).
-# The data's small-message floor is 4.2-4.7 us; its busbw at 256-512 MB is 320-470 GB/s.
+# NCCL 2.29.2; message sizes there are elements, x2 for bytes), over 8 KB..256 MB. tests/test_collectives.py
+# re-derives it from the data; its errors are in docs/validation.md ("TP collectives").
 NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 282.0), 8: (6.10, 340.0)}
-# NCCL all_reduce (half) alone, same data and fit (mean |error| 12% / 8% / 11%, worst 41% / 21% /
-# 25%): what runs with vLLM's custom all-reduce disabled. Its small-message floor is 6.6-18.6 us.
+# NCCL all_reduce (half) alone, same data and fit: what runs with vLLM's custom all-reduce disabled.
 NVLINK4_NCCL_BY_GPUS: dict[int, tuple[float, float]] = {2: (7.43, 241.0), 4: (11.1, 292.0), 8: (18.2, 340.0)}
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
 NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
 # Other NVLink servers measured in aiconfigurator-core 0.12.0's systems data (the PyPI wheel, Apache-2.0;
 # `systems/data/<system>/comm/`, sizes in bf16 elements), fitted as above: per GPU count, (call us, bus
 # bandwidth GB/s) of the faster of vLLM's custom all-reduce (CUDA-graph mode) and NCCL all_reduce (half),
-# and of NCCL alone. benchmarks/allreduce_fit.py re-derives them and prints the fit errors (mean |error|
-# 8-19%). Against these tables the H100 model scaled by line rate was too fast by 8-31% on A100 and 19-37%
-# on B200 and GB200 (signed mean error per GPU count and algorithm). H200's own tables (vLLM 0.19.0, NCCL
-# 2.29.2) refit to within 6% of the H100 constants, and the H100 model follows them as closely as it
-# follows H100's (signed mean error -5..+1%), so H200 (and H20, the same NVLink 4) keeps the H100 model.
+# and of NCCL alone. benchmarks/allreduce_fit.py re-derives them and prints the fit errors. The H100 model
+# scaled by line rate does not follow A100's or B200's tables, so those servers have their own; H200's
+# tables refit to the H100 constants, so H200 (and H20, the same NVLink 4) keeps the H100 model
+# (docs/validation.md, "NVLink servers with their own tables").
 NVLINK_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
     # hardware: (what was measured, custom or NCCL by GPU count, NCCL alone by GPU count)
     "A100-80GB": ("A100 SXM4 server (NVLink 3): vLLM 0.14 custom all-reduce, NCCL 2.27.3",
@@ -111,10 +107,9 @@ NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 
 # two PCIe GPUs. Least squares in relative error over 8 KB..8 MiB (custom) and 8 KB..256 MB (NCCL);
 # benchmarks/allreduce_fit.py re-derives them and prints the fit errors:
 # - rtx_pro_6000_server (8 x RTX PRO 6000 Blackwell Server Edition, PCIe 5): custom all-reduce of vLLM
-#   0.19.0, NCCL 2.29.2. Mean |error| custom 3%, NCCL 9 / 9 / 14% for 2 / 4 / 8 GPUs.
-# - l40s (8 x L40S, PCIe 4): custom all-reduce of vLLM 0.14.0, NCCL 2.27.3. Mean |error| custom 4%,
-#   NCCL 11 / 5 / 20%. Its 4- and 8-GPU NCCL bandwidths (5 and 1.6 GB/s) are that server's: the ranks
-#   then cross CPU sockets without peer-to-peer access.
+#   0.19.0, NCCL 2.29.2.
+# - l40s (8 x L40S, PCIe 4): custom all-reduce of vLLM 0.14.0, NCCL 2.27.3. Its 4- and 8-GPU NCCL
+#   bandwidths are that server's: the ranks then cross CPU sockets without peer-to-peer access.
 # These are the measured servers' topologies; another server of the same GPU may differ (docs/validation.md).
 PCIE_CUSTOM_MAX_BYTES = 8 * 2**20
 
@@ -148,10 +143,8 @@ PCIE_WITHOUT_P2P_LIKE = {"RTX4090": "L40S"}
 # Other PCIe GPUs: no collective measurement of them is at hand. They take the measured server of their
 # PCIe generation (the nearest line rate; bandwidths scaled by the line-rate ratio where it differs):
 # PCIe 4 GPUs (L40, A10, A40, L4, RTX A6000, RTX 6000 Ada) the L40S server's tables, PCIe 5 ones
-# (H100 PCIe) the RTX PRO 6000 server's. Both servers achieve about 0.55 of the line rate with NCCL on two
-# GPUs (34.0 of 64, 18.6 of 32 GB/s) and less on more, and 5-30 us per call, so a figure from protocol
-# overheads alone (3/4 of the line rate, 10 us per call, the estimate before) priced them up to 4.7x too
-# fast (4 GPUs on PCIe 4; docs/validation.md). Beyond two GPUs the tables carry their server's topology
+# (H100 PCIe) the RTX PRO 6000 server's: a measured server's achieved bandwidth and per-call cost, far from
+# what protocol overheads alone give (docs/validation.md). Beyond two GPUs the tables carry their server's topology
 # (the L40S server's ranks cross CPU sockets without peer-to-peer access), which the source says.
 PCIE_ASSUMED_SOURCE = ("PCIe model measured on the {} (aiconfigurator-core 0.12 collective tables), assumed for "
                        "{}: no measurement of its own{}")

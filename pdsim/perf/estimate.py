@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -293,8 +294,8 @@ def load_or_estimate(
     model: ModelSpec,
     dtype: str,
     tp: int,
-    root=None,
-    profile_dir=None,
+    root: str | Path | None = None,
+    profile_dir: str | Path | None = None,
     mem_bw_gbps: float | None = None,
     quantization: str | None = None,
     kv_dtype: str | None = None,
@@ -341,7 +342,8 @@ class MoEKernel:
     block_scale_eff: float
 
 
-# Before the fit: the dense-GEMM constants, 3 kernel launches.
+# The dense-GEMM constants and 3 kernel launches: the fit's starting point, and what a weight format the fit
+# did not cover (MXFP4) gets.
 DENSE_GEMM_MOE_KERNEL = MoEKernel(GEMM_COMPUTE_EFF_MAX, GEMM_HALF_EFF_M, MEM_EFF, 3 * KERNEL_LAUNCH_US, 0.0, 1.0)
 # Fitted on aiconfigurator-core 0.12's measured H200 vLLM 0.19 fused_moe tables (benchmarks/moe_kernel_fit.py).
 MOE_KERNEL = MoEKernel(compute_eff_max=0.48, half_eff_rows=55.0, mem_eff=0.82, fixed_us=38.0, row_passes=3.1,

@@ -149,23 +149,6 @@ class Table1D(_RangeTracker):
         y = y0 + t * (self._yl[i + 1] - y0)
         return y if y > 0.0 else 0.0
 
-    def eval_many(self, x: np.ndarray) -> np.ndarray:
-        """Vectorised lookup; same values as calling the table on each point (to rounding)."""
-        x = np.asarray(x, dtype=np.float64)
-        xs, ys = self.xs, self.ys
-        if xs.size == 1:
-            return np.full(x.shape, ys[0])
-        lo, hi = xs[0], xs[-1]
-        if x.size and (x.min() < lo or x.max() > hi):
-            bad = x.min() if x.min() < lo else x.max()
-            self._left_range(0, float(bad), lo, hi)
-        i = np.clip(np.searchsorted(xs, x, side="right") - 1, 0, xs.size - 2)
-        x0 = xs[i]
-        t = (x - x0) / (xs[i + 1] - x0)
-        y0 = ys[i]
-        y = y0 + t * (ys[i + 1] - y0)
-        return np.maximum(y, 0.0)
-
     def eval_sorted(self, x: np.ndarray) -> np.ndarray:
         """Vectorised lookup of ascending points: np.interp inside, linear outside, floor 0.
 

@@ -69,7 +69,7 @@ NON_TORCH_GIB_TP_MULTI = 2.1
 
 # vLLM's profile_run ends with _dummy_sampler_run: the sampler over max_num_seqs rows of
 # full-vocabulary logits. Its torch peak per (sequence x vocab) element, fitted on the 12
-# sampler-bound vLLM 0.19 start-up logs (docs/memory.md; leave-one-out fits 14.92-14.95). About
+# sampler-bound vLLM 0.19 start-up logs (docs/memory.md). About
 # what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
 # (1) occupy at once.
 SAMPLER_BYTES_PER_LOGIT = 14.93

@@ -12,6 +12,7 @@ import numpy as np
 from pdsim.errors import ConfigError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.perf.moe_time import MoELayerModel
 from pdsim.perf.pipeline import Stage
 from pdsim.perf.predictor import StepTimePredictor
 
@@ -82,7 +83,8 @@ class PipelinePredictor:
         return self.stages[0].fused_norm_tokens
 
     @property
-    def moe_layer(self):  # the whole model's MoE layers: a DP group runs the stages one after another
+    def moe_layer(self) -> MoELayerModel | None:
+        # The whole model's MoE layers: a DP group runs the stages one after another.
         return self.full.moe_layer
 
     @property

@@ -42,7 +42,7 @@ from pdsim.perf.profile_format import (
 MAX_OP_US = 1e9
 
 # Parsed tables by path, columns and the file's bytes. A sweep builds every instance of every run from
-# the same few files, and parsing them was a fifth of a 500-request run's time; reading the bytes is not.
+# the same few files, and parsing them costs more than many a short run; reading the bytes does not.
 # Keyed on the content, not the file's stat: a same-size rewrite within one clock tick keeps its stat.
 # Rows are tuples, so handing out a copy of the list is safe. Emptied past 16 MiB of source (an
 # LLMServingSim profile is about 2 MiB, and its rows take a few times that).

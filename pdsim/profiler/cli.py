@@ -373,7 +373,7 @@ def check_misses(rows: Sequence[CheckRow], goal: float = CHECK_GOAL) -> list[Che
     return [r for r in rows if abs(r.rel_error) > goal]
 
 
-def check_verdict(rows, goal: float = CHECK_GOAL) -> str:
+def check_verdict(rows: Sequence[CheckRow], goal: float = CHECK_GOAL) -> str:
     """One line: do all checked steps meet the goal; which miss, and whether a miss is within the
     measurement's own run-to-run spread (then the step time itself is not known to that accuracy)."""
     if not rows:

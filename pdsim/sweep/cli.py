@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import pandas as pd
@@ -24,6 +24,9 @@ from pdsim.sweep.rows import settings_path
 from pdsim.text import plural
 from pdsim.workload.readers import dataset_options
 from pdsim.workload.trace import MAX_REQUESTS
+
+if TYPE_CHECKING:
+    from pdsim.sweep.expand import Variant
 
 # A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
 MAX_RATE_PER_S = 1e6
@@ -457,7 +460,8 @@ def _with_settings(written: list[Path]) -> list[Path]:
     return [q for p in written for q in (p, settings_path(p)) if q == p or q.is_file()]
 
 
-def goodput_from_grid(variants, rows: list[dict[str, Any]], attainment: float, mode: str) -> list[dict[str, Any]]:
+def goodput_from_grid(variants: list[Variant], rows: list[dict[str, Any]], attainment: float,
+                      mode: str) -> list[dict[str, Any]]:
     from pdsim.sweep.search import meets
 
     out = []

@@ -31,6 +31,8 @@ from pdsim.workload.arrivals import arrival_times_ns
 from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, check_request_count
 
 if TYPE_CHECKING:  # the engine is imported where a run starts, not with the sweep's CLI
+    import pandas as pd
+
     from pdsim.engine.result import SimulationResult
 
 ARRIVAL_MODES = ("scale", "poisson")
@@ -176,7 +178,7 @@ def memory_columns(result: SimulationResult) -> dict[str, Any]:
     return out
 
 
-def summarize_run(job: Job, df, slo: Slo, warmup_s: float = 0.0) -> dict[str, Any]:
+def summarize_run(job: Job, df: pd.DataFrame, slo: Slo, warmup_s: float = 0.0) -> dict[str, Any]:
     """Counts and throughput over the whole run; latencies and attainment over the requests that
     arrived in the scored window (steady.Window); stability over that window."""
     v = job.variant

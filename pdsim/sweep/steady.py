@@ -20,10 +20,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pdsim.workload.trace import TraceRequest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DURATION_LIVES = 3.0
 # Of the window's arrivals: a queue growing by more than 2% of the offered rate is overload, not noise; under
@@ -71,7 +75,7 @@ def within_chance(row: dict) -> bool:
     return bool(row.get("stable", 1)) and served < (1 - BACKLOG_TOLERANCE) * offered
 
 
-def stability(df, window: Window) -> dict[str, object]:
+def stability(df: pd.DataFrame, window: Window) -> dict[str, object]:
     """offered and served rates over the window, backlog growth, and whether the run kept up.
     df: requests_frame of the run (rejected requests never queue and are left out)."""
     admitted = df[df.status != "rejected"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -161,7 +162,8 @@ INTEGER_COLUMNS = ("isl", "osl", "concurrency", "tp", *LAYOUT_COUNTS)
 
 
 def simulate_table(table: pd.DataFrame, model: str | None, hardware: str, mem_gb: float,
-                   profile_dir_for_tp, opts: SimOptions | None = None, rounds: int = ROUNDS,
+                   profile_dir_for_tp: Callable[[int], Path | str | None], opts: SimOptions | None = None,
+                   rounds: int = ROUNDS,
                    engine: str | Callable[[int, int], dict] = "aiconfigurator",
                    profile_lookup: Callable[[str, int], str | None] | None = None,
                    on_row: Callable[[int, int], None] | None = None) -> pd.DataFrame:

@@ -8,11 +8,16 @@ num_gpu_blocks x block_size, engine-wide). Both count vLLM's null block.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pdsim.errors import PdsimError
 from pdsim.text import plural
+
+if TYPE_CHECKING:
+    from pdsim.engine.instance import Instance
 
 _LOG_LINE = re.compile(r"GPU KV cache size:\s*(\S+)\s*tokens")
 _TOKEN_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")  # vLLM prints it with thousands separators
@@ -120,7 +125,7 @@ def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None,
     return line
 
 
-def replay_kv_line(instances) -> str:
+def replay_kv_line(instances: Sequence[Instance]) -> str:
     """How full the replay's KV caches got and how often they preempted (summed over the instances)."""
     peak = max(inst.kv.peak_used / inst.kv.num_blocks for inst in instances)
     preemptions = sum(inst.sched.num_preemptions for inst in instances)

@@ -613,7 +613,7 @@ def _aiperf_value(record: dict, tag: str, where: str, unit: str = "ms"):
     return value
 
 
-def gaps_since_latest(ends, times) -> np.ndarray:
+def gaps_since_latest(ends: np.ndarray, times: np.ndarray) -> np.ndarray:
     """For each of `times`, how long after the latest of `ends` strictly before it (same unit);
     times with no end before them are left out."""
     ends = np.sort(np.asarray(ends))

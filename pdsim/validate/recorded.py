@@ -16,10 +16,13 @@ from pdsim.errors import PdsimError, json_shown
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
+    from pdsim.config import ClusterConfig
     from pdsim.engine.cluster import SimOptions
+    from pdsim.validate.kv_capacity import MeasuredKV
+    from pdsim.validate.measured import MeasuredRun
 
 
-def replay_config(cluster_config: Path | None, run, async_scheduling: bool | None):
+def replay_config(cluster_config: Path | None, run: MeasuredRun, async_scheduling: bool | None) -> ClusterConfig:
     """The measured engine's cluster config, scheduling as the run did: the option, else what the
     run's meta.json says (noted in the run's notes), else the config's."""
     from pdsim.config import load_cluster_config
@@ -215,15 +218,14 @@ def _dp_groups(instances: list[dict]) -> dict[object, int]:
     return groups
 
 
-def _check_engine_count(run, cfg, cluster_config: Path) -> None:
-    """The config must serve the requests with as many engines as the run did. vLLM runs
-    data_parallel_size engine replicas (1 without DP), each a config instance: in a DP group or not, an
-    instance is one engine that takes requests (how a group steps is _check_dp_size's matter). Two
-    instances replaying a one-engine run halve its load, and every figure with it (TPOT -27% on the RTX
-    run), so a recorded data_parallel_size the config does not match is refused, as a recorded TP degree
-    is; where meta.json's engine_kwargs leave it out, vLLM's default of 1 is assumed and a mismatch is a
-    NOTE, the record being silent. A config with prefill and decode instances is left to its own NOTE
-    (_check_model_and_roles): its engines split each request's work, they do not share the requests."""
+def _check_engine_count(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path) -> None:
+    """The config must serve the requests with as many engines as the run did. vLLM runs data_parallel_size engine
+    replicas (1 without DP), each a config instance: in a DP group or not, an instance is one engine that takes
+    requests (how a group steps is _check_dp_size's matter). Two instances replaying a one-engine run halve its
+    load, and every figure with it, so a recorded data_parallel_size the config does not match is refused, as a
+    recorded TP degree is; where meta.json's engine_kwargs leave it out, vLLM's default of 1 is assumed and a
+    mismatch is a NOTE, the record being silent. A config with prefill and decode instances is left to its own
+    NOTE (_check_model_and_roles): its engines split each request's work, they do not share the requests."""
     if not run.engine_kwargs or any(ref.config.pd_type is not None for ref in cfg.instances()):
         return
     recorded = _recorded_int(run.engine_kwargs, "data_parallel_size", 1, Path(run.source).with_name("meta.json"))
@@ -445,7 +447,8 @@ def _stated_precision(inst: dict, key: str) -> object:
     return inst.get(key)
 
 
-def kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity: str):
+def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_log: Path | None,
+                kv_capacity: str) -> MeasuredKV | None:
     """The measured engine's KV capacity (None when not recorded); with --kv-capacity measured,
     every instance of the replay gets it."""
     from pdsim.validate.kv_capacity import measured_kv
@@ -462,7 +465,7 @@ def kv_override(run, cfg, opts: SimOptions, engine_log: Path | None, kv_capacity
     return kv
 
 
-def _check_holds_longest(run, kv) -> None:
+def _check_holds_longest(run: MeasuredRun, kv: MeasuredKV) -> None:
     """A recorded KV capacity that cannot hold a request the measured engine finished contradicts the run: vLLM
     keeps a running request's whole sequence in its cache (and refuses to start when one max_model_len sequence
     does not fit), so such a capacity is not the one the run had."""
