@@ -48,6 +48,8 @@ class _DuplicateKey(ValueError):
 
 def decode_text(data: bytes, where: str, error: type[PdsimError] = PdsimError) -> str:
     """UTF-8 text (a UTF-8 byte-order mark is allowed); anything else is an error naming `where`."""
+    if data[:64].count(0) == len(data[:64]) > 0:
+        raise error(f"{where}: not text (it starts with NUL bytes); expected a UTF-8 text file")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and (data[0] == 0 or data[1] == 0)):
         raise error(f"{where}: not UTF-8 (looks like UTF-16); save the file as UTF-8")
     try:

@@ -165,6 +165,14 @@ def test_options_that_would_do_nothing_or_change_the_config_are_said(tmp_path, c
                                   "1k", "--output", str(out / "r.csv"), "--quiet"])
     _assert_clean_error(code, err, "instances[0].kv_cache_memory_bytes: no room for the KV cache",
                         "(with --kv-cache-memory-bytes 1000 from the command line)")
+    # A config wrong as written is said without the options, which did not cause it.
+    bad = json.loads(CONFIG.read_text())
+    bad["nodes"][0]["instances"][0]["npu_mem"]["mem_size"] = -96
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    code, err = _run_cli(capsys, ["--cluster-config", str(tmp_path / "bad.json"), "--dataset", str(TRACE),
+                                  "--async-scheduling", "--output", str(out / "r.csv"), "--quiet"])
+    _assert_clean_error(code, err, "npu_mem.mem_size: expected a number > 0, got -96")
+    assert "from the command line" not in err
     assert not out.exists()
     # Said, not refused: LLMServingSim's 0 = unlimited, and a request count past the trace.
     code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--max-num-seqs", "0",

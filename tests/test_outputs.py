@@ -304,13 +304,16 @@ def test_reasons_that_differ_in_one_number_are_one_line_with_the_numbers_written
 
     from pdsim.metrics.summary import _status_lines, not_finished_reasons
 
-    df = pd.DataFrame({"status": ["rejected", "rejected", "unfinished"],
+    decode = "tokens needs more KV blocks than any decode instance has (the largest holds 304 tokens)"
+    df = pd.DataFrame({"status": ["rejected", "rejected", "unfinished", "rejected", "rejected"],
                        "reason": ["input+output = 2000180 tokens needs more KV blocks than any instance has",
                                   "input+output = 9000 tokens needs more KV blocks than any instance has",
-                                  "simulation stopped at --max-sim-time 1e-300 s (request was running)"]})
-    summary = {"requests": 3, "finished": 0, "rejected": 2, "unfinished": 1, "load": None, "estimated_profile": False,
+                                  "simulation stopped at --max-sim-time 1e-300 s (request was running)",
+                                  f"input+output = 3681 {decode}", f"input+output = 412 {decode}"]})
+    summary = {"requests": 5, "finished": 0, "rejected": 4, "unfinished": 1, "load": None, "estimated_profile": False,
                "profile_notes": [], "not_finished_reasons": not_finished_reasons(df)}
-    # Before: (N = 9,000 to 2.00018e+06), and "1e-N s ... (N = 300)" from the exponent.
-    assert _status_lines(summary)[1:3] == [
+    # The request's own number is the first; a second (the instances' size) is the same for all and stays.
+    assert _status_lines(summary)[1:4] == [
         "  2 rejected: input+output = N tokens needs more KV blocks than any instance has (N = 9,000 to 2,000,180)",
-        "  1 unfinished: simulation stopped at --max-sim-time 1e-300 s (request was running)"]
+        "  1 unfinished: simulation stopped at --max-sim-time 1e-300 s (request was running)",
+        f"  2 rejected: input+output = N {decode} (N = 412 to 3,681)"]

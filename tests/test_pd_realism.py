@@ -404,6 +404,14 @@ def test_a_request_no_decode_instance_can_hold_is_rejected_naming_the_decode_ins
     assert "needs more KV blocks than any decode instance has (the largest holds 48 tokens)" in res.requests[0].reason
 
 
+def test_a_prompt_no_prefill_instance_can_hold_is_rejected_naming_the_prefill_instances():
+    cfg = cluster(instance("prefill", num_gpu_blocks_override=4), instance("decode"))
+    res = run(cfg, [(100, 5, 0.0), (30, 5, 0.0)])
+    assert [r.status for r in res.requests] == ["rejected", "finished"]
+    assert res.requests[0].reason == ("input = 100 tokens needs more KV blocks than any prefill instance has (the "
+                                      "largest holds 48 tokens)")
+
+
 def test_a_clock_stop_inside_a_decode_run_keeps_the_client_first_token_stepping_gives():
     cfg = cluster(instance("prefill"), instance("decode"))
     frames = [requests_frame(run(cfg, [(1000, 500, 0.0)], ttft_mode="client", max_sim_time_s=0.5,

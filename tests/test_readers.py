@@ -138,12 +138,13 @@ def test_sharegpt_estimate_and_given_counts(tmp_path):
         {"id": "a", "conversations": [{"from": "human", "value": "x" * 400}, {"from": "gpt", "value": "y" * 81}]},
         {"id": "b", "conversations": [{"from": "gpt", "value": "hi"}]},  # no prompt-reply pair: left out
         {"id": "c", "input_tokens": 12, "output_tokens": 3},
+        {"id": "d", "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}]},  # empty: out
     ]
     d = read_dataset(_write(tmp_path, "s.json", json.dumps(convs)))
     assert d.fmt == "sharegpt" and not d.has_times
     assert [(r.input_toks, r.output_toks) for r in d.requests] == [(100, 20), (12, 3)]
     assert {r.arrival_time_ns for r in d.requests} == {0}
-    assert any("1 conversation(s)" in n for n in d.notes)
+    assert any("2 conversation(s)" in n for n in d.notes)
     d = read_dataset(tmp_path / "s.json", "sharegpt:chars_per_token=2")
     assert d.requests[0].input_toks == 200
     bad = [{"id": "a", "conversations": "oops"}]

@@ -25,6 +25,7 @@ from pdsim.sweep.runner import (
     RowWriter,
     RunSettings,
     Slo,
+    rate_key,
     run_sweep,
     trace_at_rate,
 )
@@ -863,7 +864,7 @@ def test_only_the_runs_a_goodput_rests_on_are_named_as_passing_on_chance():
     from pdsim.sweep.cli import _unstable_note
 
     def row(label, rate, served, stable=1):  # over a 10 s window
-        return {"label": label, "rate_per_s": str(rate), "offered_req_s": rate, "served_req_s": served,
+        return {"label": label, "rate_per_s": str(rate), "duration_x": 1, "offered_req_s": rate, "served_req_s": served,
                 "stable": stable, "backlog_growth_requests": round(10 * (rate - served)),
                 "unstable_reason": "queue grew"}
 
@@ -876,7 +877,7 @@ def test_only_the_runs_a_goodput_rests_on_are_named_as_passing_on_chance():
     assert said[-3].startswith("WITHIN CHANCE: 3 stable run(s)")
     assert said[-2:] == ["  a at 5 req/s: served 96.0% (queue +2 requests)",  # by rate as a number
                          "  a at 10 req/s: served 97.0% (queue +3 requests)"]
-    said = _unstable_note(rows, {("a", "10"), ("b", "10")}).splitlines()
+    said = _unstable_note(rows, {("a", "10", "1"), ("b", "10", "1")}).splitlines()
     assert said[-2].startswith("WITHIN CHANCE: 1 of the goodputs rests on a stable run that served under 98% of "
                                "the offered rate")
     assert said[-1] == "  a at 10 req/s: served 97.0% (queue +3 requests)"
@@ -1028,7 +1029,9 @@ def test_a_poisson_search_writes_its_winners_probe_trace_to_run(tmp_path):
     assert hint.endswith(f"--dataset {trace_path}") and f"--cluster-config {tmp_path / 'p' / 'configs'}" in hint
     winner = pd.read_csv(tmp_path / "p" / "search.csv").iloc[0]
     probes = pd.read_csv(tmp_path / "p" / "probes.csv")
-    probed = probes[(probes.label == winner.label) & (probes.rate_per_s == winner.goodput_req_s)].iloc[0]
+    # The run that decided the goodput: a pass within chance is re-run longer (duration_x), which then decides.
+    probed = probes[(probes.label == winner.label) & (probes.rate_per_s == winner.goodput_req_s)].sort_values(
+        "duration_x").iloc[-1]
     # The trace its probe at the goodput ran: the dataset repeated to span the run's duration, Poisson at that rate.
     written = load_trace(trace_path)
     assert len(written) == probed.requests > 30
@@ -1067,3 +1070,36 @@ def test_a_base_that_brings_its_model_writes_it_beside_the_configs_it_makes(tmp_
                           "--dataset", str(DATASET), "--num-requests", "5", "--output", str(tmp_path / "r.csv"),
                           "--quiet"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+def test_a_pass_within_chance_is_decided_by_a_longer_run(small, tmp_path):
+    # A cluster that keeps up to 8 req/s: above it the default run's queue growth stays within chance while it
+    # serves 96% of the offered rate (steady.within_chance), and a run 4x as long shows it growing.
+    from pdsim.sweep.search import LONGER_X
+
+    variants, _, _ = small
+    ran: list[Job] = []
+
+    class Fake:
+        def run(self, jobs):
+            for job in jobs:
+                ran.append(job)
+                r = job.rate_per_s
+                kept_up = r <= 8.0
+                row = {f: 0 for f in ROW_FIELDS} | {
+                    "label": job.variant.label, "rate_per_s": rate_key(r), "duration_x": job.duration_x,
+                    "attain_ttft": 1.0, "attain_tpot": 1.0, "attain_both": 1.0, "offered_req_s": r,
+                    "served_req_s": r if kept_up else 0.96 * r, "unstable_reason": "",
+                    "stable": int(kept_up or (r <= 10.0 and job.duration_x == 1))}
+                yield job, row
+
+    writer = RowWriter(tmp_path / "probes.csv", ROW_FIELDS, resume=False)
+    try:
+        (st,) = search(variants[:1], {variants[0].label: 1.0}, Fake(), writer, 0.9, "joint")
+    finally:
+        writer.close()
+    longer = [j.rate_per_s for j in ran if j.duration_x == LONGER_X]
+    assert longer and all(8.0 < r <= 10.0 for r in longer)  # only the passes within chance were re-run
+    assert st.lengthened == [(r, False) for r in longer]
+    assert 7.6 <= st.lo <= 8.0 and st.lo_row["duration_x"] == 1  # not a rate the longer runs failed
+    assert all(r > 10.0 or r in longer for r in (j.rate_per_s for j in ran if j.rate_per_s > 8.0))

@@ -365,6 +365,7 @@ def test_cli_generate_sessions_and_help(tmp_path):
 @pytest.mark.parametrize(("data", "said"), [
     ("utf-16", "not UTF-8 (looks like UTF-16); save the file as UTF-8"),
     (b"\xcf\xff{}", ":1: not valid UTF-8 (byte 0xcf at offset 0)"),
+    (b"\0" * 100, "not text (it starts with NUL bytes); expected a UTF-8 text file"),
 ])
 def test_a_trace_that_is_not_utf8_says_so_not_its_bytes(tmp_path, data, said):
     from pdsim.workload.readers import read_dataset as read_any

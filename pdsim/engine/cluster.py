@@ -129,6 +129,10 @@ class Cluster:
         if self.decode_pool and all(not recompute_fits(d, req) for d in self.decode_pool):
             return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
                     "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
+        if self.prefill_pool and all(i.pd_type == "prefill" and not self._fits_here(i, req) for i in self.prefill_pool):
+            most = max(i.kv.num_blocks * i.kv.block_size for i in self.prefill_pool)
+            return (f"input = {req.input_toks} tokens needs more KV blocks than any prefill instance has (the "
+                    f"largest holds {most:,} tokens)")
         prefill_only = [i for i in self.prefill_pool if i.pd_type == "prefill" and self._fits_here(i, req)]
         decodes = [d for d in self.decode_pool if any(d.spec.model_name == i.spec.model_name for i in prefill_only)]
         if decodes:  # a prefill instance could take it: no decode instance of its model can hold it

@@ -210,13 +210,14 @@ def profile_notes(result: SimulationResult) -> list[str]:
 
 
 def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
-    """Requests not finished, counted by status and reason; reasons that differ only in their
-    numbers (`input+output = 9000 tokens ...`) are one entry, with N for the number and its range."""
+    """Requests not finished, counted by status and reason; reasons that differ only in their first
+    number (`input+output = 9000 tokens ...`, the request's own) are one entry, with N for that number and
+    its range."""
     groups: dict[tuple[str, str], list[float]] = {}
     for status, reason in df.loc[df.status != "finished", ["status", "reason"]].itertuples(index=False):
-        numbers = [float(x.replace(",", "")) for x in _NUMBER.findall(str(reason))]
-        key = (status, _NUMBER.sub("N", str(reason)) if len(numbers) == 1 else str(reason))
-        groups.setdefault(key, []).extend(numbers[:1] if len(numbers) == 1 else [])
+        first = _NUMBER.search(str(reason))
+        key = (status, _NUMBER.sub("N", str(reason), count=1) if first else str(reason))
+        groups.setdefault(key, []).extend([float(first.group().replace(",", ""))] if first else [])
     out = []
     for (status, reason), numbers in groups.items():
         item: dict = {"status": status, "reason": reason, "count": 0}

@@ -27,6 +27,7 @@ from pdsim.workload.trace import MAX_REQUESTS
 
 if TYPE_CHECKING:
     from pdsim.sweep.expand import Variant
+    from pdsim.sweep.search import Bisection
 
 # A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
 MAX_RATE_PER_S = 1e6
@@ -330,18 +331,19 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 
-def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str]] | None = None) -> str:
-    """goodputs: (label, rate) of the runs the search's goodputs rest on, the ones whose passing the
+def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str, str]] | None = None) -> str:
+    """goodputs: (label, rate, duration_x) of the runs the search's goodputs rest on, the ones whose passing the
     stability test on chance matters there (None: a sweep, every run)."""
     from pdsim.sweep.steady import BACKLOG_TOLERANCE, within_chance
 
     bad = [r for r in rows if not r.get("stable", 1)]
-    lucky = [r for r in rows if within_chance(r) and (goodputs is None or (r["label"], r["rate_per_s"]) in goodputs)]
+    lucky = [r for r in rows if within_chance(r)
+             and (goodputs is None or (r["label"], str(r["rate_per_s"]), str(r["duration_x"])) in goodputs)]
     rejected = [r for r in rows if r.get("rejected", 0)]
     lines = ([f"all {len(rows)} runs stable (no queue growth beyond chance over the scored window, none "
               "unfinished)"] if not bad
              else [f"UNSTABLE: {len(bad)} of {len(rows)} runs (stable = 0; never counted as meeting the target):"])
-    lines += [f"  {r['label']} at {r['rate_per_s']} req/s: {r['unstable_reason']}" for r in _by_rate(bad)]
+    lines += [f"  {r['label']} at {r['rate_per_s']} req/s{_longer(r)}: {r['unstable_reason']}" for r in _by_rate(bad)]
     if lucky:
         which = (f"{len(lucky)} stable run(s)" if goodputs is None else "1 of the goodputs rests on a stable run that"
                  if len(lucky) == 1 else f"{len(lucky)} of the goodputs rest on stable runs that")
@@ -351,7 +353,7 @@ def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str]] | 
         # Rounded down: a share under 98% must not print as 98.0%.
         lines += [f"  {r['label']} at {r['rate_per_s']} req/s: served "
                   f"{math.floor(1000 * r['served_req_s'] / r['offered_req_s']) / 10:.1f}% "
-                  f"(queue {int(r['backlog_growth_requests']):+d} requests)" for r in _by_rate(lucky)]
+                  f"(queue {int(r['backlog_growth_requests']):+d} requests){_longer(r)}" for r in _by_rate(lucky)]
     if rejected:  # a rejected request meets no SLO; say it, as a run of only rejections looks calm otherwise
         worst = max(rejected, key=lambda r: r["rejected"] / max(r["requests"], 1))
         lines.append(f"NOTE: {len(rejected)} of {len(rows)} runs rejected requests (too long for the model or the KV "
@@ -364,9 +366,27 @@ def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4g}"  # no TPOT where every output is one token
 
 
+def _longer(row: dict[str, Any]) -> str:
+    x = int(row.get("duration_x", 1))
+    return f" ({x}x as long)" if x > 1 else ""
+
+
+def _lengthened_note(states: list[Bisection], min_duration_s: float) -> str:
+    """The probes that passed on chance at the default length and were re-run longer, and what that decided."""
+    from pdsim.sweep.search import LONGER_X
+    from pdsim.sweep.steady import BACKLOG_TOLERANCE
+
+    done = [(st.variant.label, rate, passed) for st in states for rate, passed in st.lengthened]
+    lines = [f"LENGTHENED: {plural(len(done), 'probe')} passed while serving under "
+             f"{1 - BACKLOG_TOLERANCE:.0%} of the offered rate, within chance on the default length; re-run with "
+             f"arrivals over {LONGER_X * min_duration_s:.4g} s ({LONGER_X}x) to tell (probes.csv: duration_x):"]
+    lines += [f"  {label} at {rate:g} req/s: {'passed' if passed else 'failed'}" for label, rate, passed in done]
+    return "\n".join(lines)
+
+
 def _by_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """By label, then by rate as a number (the rows' rates are their CSV text)."""
-    return sorted(rows, key=lambda r: (r["label"], float(r["rate_per_s"])))
+    return sorted(rows, key=lambda r: (r["label"], float(r["rate_per_s"]), int(r.get("duration_x", 1))))
 
 
 def _base_tp_notes(base, tp_prefill: list[int], tp_decode: list[int]) -> list[str]:
@@ -535,8 +555,11 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     ranked = rank(in_order)
     click.echo(_table(ranked, SEARCH_COLUMNS))
     rows = [writer.rows[k] for k in sorted(writer.rows)]
-    goodputs = {(st.variant.label, rate_key(st.lo)) for st in states if st.lo_row is not None}
+    goodputs = {(st.variant.label, rate_key(st.lo), str(st.lo_row["duration_x"])) for st in states
+                if st.lo_row is not None}
     click.echo(_unstable_note(rows, goodputs))
+    if any(st.lengthened for st in states):
+        click.echo(_lengthened_note(states, setup.settings.min_duration_s))
     said = writer.notes | setup.build_notes
     if said:
         click.echo(_run_notes(said))
@@ -584,11 +607,14 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
             from pdsim.sweep.runner import trace_at_rate
             from pdsim.workload.trace import write_trace
 
+            win_x = next(int(st.lo_row["duration_x"]) for st in states if st.variant.label == win["label"])
             probe = trace_at_rate(setup.trace, win["goodput_req_s"], "poisson", kw["seed"],
-                                  setup.settings.min_duration_s)
+                                  setup.settings.min_duration_s * win_x)
             out.stage(setup.out / WINNER_TRACE, lambda tmp: write_trace(tmp, probe))
         if kw["plots"]:
-            _plots(setup, in_order, [r for r in rows if not math.isnan(r["ttft_p90_ms"])], "search", out)
+            # A rate run twice (the second time longer) is drawn once, as the longer run decided it.
+            decisive = {(r["label"], str(r["rate_per_s"])): r for r in sorted(rows, key=lambda r: int(r["duration_x"]))}
+            _plots(setup, in_order, [r for r in decisive.values() if not math.isnan(r["ttft_p90_ms"])], "search", out)
         written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
     click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))

@@ -21,7 +21,7 @@ MEMORY_FIELDS = ("prefill_kv_capacity_gb", "prefill_peak_kv_frac", "decode_kv_ca
 ROW_FIELDS = [
     "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode",
     "dp_decode", "ep_decode", "gpus",
-    "rate_per_s", "rate_per_s_per_gpu", "requests", "finished", "unfinished", "rejected",
+    "rate_per_s", "duration_x", "rate_per_s_per_gpu", "requests", "finished", "unfinished", "rejected",
     "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
     "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone", "alone_missed",
@@ -30,7 +30,7 @@ ROW_FIELDS = [
     *MEMORY_FIELDS,
 ]
 _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode", "dp_decode",
-               "ep_decode", "gpus",
+               "ep_decode", "gpus", "duration_x",
                "requests", "finished", "unfinished", "rejected", "scored", "alone", "alone_missed",
                "backlog_growth_requests", "stable", "estimated_profile", "preemptions"}
 _STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
@@ -124,7 +124,7 @@ class RowWriter:
         self.writer = csv.writer(self.file)
 
     def key(self, row: dict[str, Any]) -> tuple[str, ...]:
-        return row["label"], str(row["rate_per_s"])
+        return row["label"], str(row["rate_per_s"]), str(row["duration_x"])
 
     def add(self, row: dict[str, Any]) -> None:
         self.notes.update(row.pop(NOTES_KEY, ()))

@@ -69,10 +69,13 @@ class RunSettings:
 class Job:
     variant: Variant
     rate_per_s: float
+    # Arrivals span this many times the settings' min_duration_s: search re-runs a probe whose stability the
+    # default length cannot tell (steady.within_chance) longer.
+    duration_x: int = 1
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.variant.label, rate_key(self.rate_per_s)
+    def key(self) -> tuple[str, str, str]:
+        return self.variant.label, rate_key(self.rate_per_s), str(self.duration_x)
 
 
 def rate_key(rate_per_s: float) -> str:
@@ -143,7 +146,8 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     from pdsim.perf.interp import extrapolations_gathered
 
     v = job.variant
-    trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed, settings.min_duration_s)
+    trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed,
+                          settings.min_duration_s * job.duration_x)
     last_arrival_s = trace[-1].arrival_time_ns * 1e-9
     opts = SimOptions(
         seed=settings.seed, profiles_root=settings.profiles_root, profile_dir=settings.profile_dir,
@@ -209,7 +213,8 @@ def summarize_run(job: Job, df: pd.DataFrame, slo: Slo, warmup_s: float = 0.0) -
         "label": v.label, "ratio": v.ratio, "num_prefill": v.num_prefill, "num_decode": v.num_decode,
         "tp_prefill": v.tp_prefill, "tp_decode": v.tp_decode, "pp_prefill": v.pp_prefill, "pp_decode": v.pp_decode,
         "dp_decode": v.dp_decode, "ep_decode": v.ep_decode, "gpus": v.gpus,
-        "rate_per_s": rate_key(job.rate_per_s), "rate_per_s_per_gpu": job.rate_per_s / v.gpus,
+        "rate_per_s": rate_key(job.rate_per_s), "duration_x": job.duration_x,
+        "rate_per_s_per_gpu": job.rate_per_s / v.gpus,
         "requests": len(df), "finished": len(all_done), "unfinished": int((df.status == "unfinished").sum()),
         "rejected": int((df.status == "rejected").sum()),
         **{f"{name}_p{p}_ms": x for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e))

@@ -28,9 +28,14 @@ from typing import Any
 
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.rows import MEMORY_FIELDS
-from pdsim.sweep.runner import Executor, Job, RowWriter, normalize, rate_key
+from pdsim.sweep.runner import Executor, Job, RowWriter, normalize
+from pdsim.sweep.steady import within_chance
 
 SLO_MODES = ("joint", "separate")
+# A passing probe whose queue growth stayed under the chance bound while it served clearly less than offered
+# (steady.within_chance) is re-run with arrivals this many times as long: growth that is real grows with the
+# scored window (3 to 10 longest lives here), the chance bound only with the root of the counts.
+LONGER_X = 4
 
 
 def meets(row: dict[str, Any], attainment: float, mode: str) -> bool:
@@ -66,6 +71,15 @@ class Bisection:
     low_load_miss: bool = False  # fails where load no longer matters: no rate meets the target
     low_load_by_lone: bool = False  # ... told by the requests that ran alone (else by flat halvings)
     flat_halvings: int = 0  # consecutive halvings that changed neither attainment nor the p90s
+    confirming: float | None = None  # a rate whose pass is being re-run LONGER_X times as long
+    lengthened: list[tuple[float, bool]] = field(default_factory=list)  # (rate, passed) of the longer runs
+
+    def next_probe(self) -> tuple[float, int] | None:
+        """The next (rate, duration_x) to run, or None when the answer is known well enough."""
+        if self.confirming is not None:
+            return self.confirming, LONGER_X
+        rate = self.next_rate()
+        return None if rate is None else (rate, 1)
 
     def next_rate(self) -> float | None:
         """The next rate to probe, or None when the answer is known well enough."""
@@ -158,20 +172,28 @@ def search(
                         mode=mode, base_requests=base_requests, max_rate=max_rate) for v in variants]
     rounds = 0
     while True:
-        wanted: dict[tuple[str, str], tuple[Bisection, float]] = {}
+        wanted: dict[tuple[str, str, str], tuple[Bisection, Job]] = {}
         for st in states:
-            rate = st.next_rate()
-            if rate is not None:
-                wanted[(st.variant.label, rate_key(rate))] = (st, rate)
+            probe = st.next_probe()
+            if probe is not None:
+                job = Job(st.variant, *probe)
+                wanted[job.key] = (st, job)
         if not wanted:
             return states
-        jobs = [Job(st.variant, rate) for key, (st, rate) in wanted.items() if key not in writer.rows]
+        jobs = [job for key, (_st, job) in wanted.items() if key not in writer.rows]
         for _job, row in executor.run(jobs):
             writer.add(row)
         rounds += 1
-        for key, (st, rate) in wanted.items():
+        for key, (st, job) in wanted.items():
             row = normalize(writer.rows[key])
-            st.record(rate, row, meets(row, attainment, mode))
+            passed = meets(row, attainment, mode)
+            if job.duration_x == 1 and passed and within_chance(row):
+                st.confirming = job.rate_per_s  # the default length cannot tell: a longer run decides
+                continue
+            if job.duration_x > 1:
+                st.confirming = None
+                st.lengthened.append((job.rate_per_s, passed))
+            st.record(job.rate_per_s, row, passed)
         if on_round:
             on_round(rounds, sum(len(s.probes) for s in states), len(writer.rows))
 

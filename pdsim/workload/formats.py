@@ -278,6 +278,8 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
             pa, pb = a.get("value"), b.get("value")
             if not (isinstance(pa, str) and isinstance(pb, str)):
                 raise TraceError(f"{where}: conversations[{k}]: field 'value': expected text")
+            if not pa or not pb:  # an empty turn is no prompt or no reply
+                return None
             lengths = max(1, round(len(pa) / chars_per_token)), max(1, round(len(pb) / chars_per_token))
             if max(lengths) > MAX_TOKENS:
                 raise TraceError(f"{where}: conversations[{k}]: {max(lengths):.3g} tokens at {chars_per_token:g} "
