@@ -134,3 +134,16 @@ def test_validate_gives_a_closed_loop_table_its_mapes_with_every_step_faster_and
     for metric in ("ttft", "tpot"):
         assert (df[f"sim_{metric}_ms_steps_faster"] < df[f"sim_{metric}_ms"]).all()
         assert (df[f"sim_{metric}_ms"] < df[f"sim_{metric}_ms_steps_slower"]).all()
+
+
+def test_a_ttft_that_moves_far_more_than_the_steps_is_said_to_be_set_by_queueing():
+    from pdsim.metrics.summary import _queueing_bound
+
+    def margin(fast: float, slow: float) -> dict:
+        return {"margin_pct": 2.0, "faster": {"ttft_ms": {"mean": fast}}, "slower": {"ttft_ms": {"mean": slow}}}
+
+    # 734 .. 3,074 ms around 1,296 ms for +-2% steps: 45x (a run at 98% of its capacity).
+    said = _queueing_bound({"ttft_ms": {"mean": 1295.8}}, margin(734.0, 3074.2))
+    assert said is not None and "moves 45x as far as the step times: queueing sets it" in said
+    assert _queueing_bound({"ttft_ms": {"mean": 47.3}}, margin(46.3, 48.3)) is None  # about as far as the steps
+    assert _queueing_bound({"ttft_ms": {"mean": None}}, margin(46.3, 48.3)) is None

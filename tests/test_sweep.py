@@ -584,7 +584,7 @@ def test_cli_sweep_and_search(tmp_path):
                               "--out", str(tmp_path / "q")])
     assert res.exit_code == 0, res.output
     assert "winner:" in res.output or "no configuration" in res.output
-    assert "TTFT at the client" in res.output and "steady state: arrivals span >= " in res.output
+    assert "TTFT as the client sees it" in res.output and "steady state: arrivals span >= " in res.output
     assert (tmp_path / "q" / "search_goodput.png").exists()
     assert "mem_bw" not in res.output  # the template's bandwidth is its GPU's datasheet figure
     # A template moved to another GPU but not its bandwidth: the estimate's bandwidth is named.
@@ -644,9 +644,11 @@ def test_an_overloaded_run_is_unstable_and_never_meets_the_target(tmp_path):
 
 def test_ttft_mode_reaches_the_runs(tmp_path):
     common = ("--rates", "2", "--ratios", "1:1", "--no-colocated")
-    _, prefill = _sweep(tmp_path, "p", *common)
+    said, prefill = _sweep(tmp_path, "p", *common)
     out, client = _sweep(tmp_path, "c", *common, "--ttft-mode", "client")
-    assert "TTFT at the client" in out
+    assert "TTFT as the client sees it" in out
+    # The default says where a slower link shows: not in TTFT.
+    assert "wait for a decode slot count in TPOT; --ttft-mode client counts them in TTFT" in said
     # Client TTFT adds the KV transfer and the first decode step to the prefill-side TTFT.
     assert client.ttft_p50_ms[0] > prefill.ttft_p50_ms[0] + 1.0
     # TPOT follows the mode: from the first token the client sees, so without the hand-off in it.
@@ -1012,7 +1014,8 @@ def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout
     message = str(res.exception)
     assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
     assert message.count("weights need 131.42 GiB") == 2  # one line per layout: P/D and colocated
-    assert "note: the base config's prefill instances run TP 4; the variants run TP 1 (--tp-prefill" in message
+    assert ("note: the base config's colocated instances run TP 4; the variants run TP 1 (--tp-prefill, --tp-decode"
+            in message)
     typo = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--gpus", "16",
                                     "--rates", "4", "--ratios", "1:x", "--slo-ttft-ms", "2000", "--slo-tpot-ms", "50",
                                     "--out", str(tmp_path / "t")])
@@ -1103,3 +1106,37 @@ def test_a_pass_within_chance_is_decided_by_a_longer_run(small, tmp_path):
     assert st.lengthened == [(r, False) for r in longer]
     assert 7.6 <= st.lo <= 8.0 and st.lo_row["duration_x"] == 1  # not a rate the longer runs failed
     assert all(r > 10.0 or r in longer for r in (j.rate_per_s for j in ran if j.rate_per_s > 8.0))
+
+
+def test_a_colocated_base_at_another_tp_is_said_as_colocated():
+    from pdsim.config import cluster_config_from_dict
+    from pdsim.sweep.cli import _base_tp_notes
+
+    raw = json.loads(BASE.read_text())
+    for inst in raw["nodes"][0]["instances"]:
+        inst.update(pd_type=None, tp_size=2, num_npus=2)
+    base = cluster_config_from_dict(raw)
+    assert _base_tp_notes(base, [1], [1]) == ["the base config's colocated instances run TP 2; the variants run TP 1 "
+                                              "(--tp-prefill, --tp-decode, default 1)"]
+    assert _base_tp_notes(base, [1], [2]) == []
+
+
+def test_one_gpu_runs_the_colocated_baseline_alone(tmp_path):
+    args = ["sweep", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "40", "--gpus", "1",
+            "--rates", "2", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1", "--no-plots"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "1 configuration of 1 GPU x" in res.output and "one GPU holds no P:D split" in res.output
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "a" / "sweep.csv").label) == ["colo-1x-tp1"]
+    res = CliRunner().invoke(cli, [*args, "--no-colocated", "--out", str(tmp_path / "b")])
+    assert res.exit_code != 0 and "leave out --no-colocated" in str(res.exception)
+
+
+def test_a_dataset_far_longer_than_a_steady_state_is_said_with_the_options_that_cut_it(tmp_path):
+    said, _ = _sweep(tmp_path, "long", "--rates", "0.1", "--ratios", "1:1", "--no-colocated")
+    assert "note: each run holds all 40 requests of the dataset: 400 s of arrivals even at 0.1 req/s" in said
+    assert "--num-requests or --window cuts each run" in said
+    said, _ = _sweep(tmp_path, "short", "--rates", "2", "--ratios", "1:1", "--no-colocated")
+    assert "each run holds all" not in said

@@ -325,6 +325,8 @@ def _latency_lines(summary: dict) -> list[str]:
                          f"{_fmt(fast['p90'], digits)}..{_fmt(slow['p90'], digits)} ms")
         m = f"{margin['margin_pct']:g}%"
         lines.append(f"with every step {m} faster .. {m} slower (mean / p90): " + "; ".join(parts))
+        if (said := _queueing_bound(summary, margin)) is not None:
+            lines.append(said)
         finished = (margin["faster"]["finished"], summary["finished"], margin["slower"]["finished"])
         if len(set(finished)) > 1:  # a stopped run (--max-sim-time): the figures are over other requests
             lines.append(f"  NOTE: these runs finished {finished[0]} / {finished[1]} / {finished[2]} requests "
@@ -338,6 +340,24 @@ def _latency_lines(summary: dict) -> list[str]:
                      f"TTFT {_pct(slo['attain_ttft'])}, TPOT "
                      f"{_pct(slo['attain_tpot'])}, both {_pct(slo['attain_both'])}")
     return lines
+
+
+# A TTFT that moves this many times as far as the step times is set by the queue, not by the steps.
+QUEUEING_AMPLIFICATION = 3.0
+
+
+def _queueing_bound(summary: dict, margin: dict) -> str | None:
+    """Said where the TTFT mean moves far more than the steps do: the run is near saturation, where waiting
+    for a slot sets TTFT, so a small error in step time or rate moves it a lot."""
+    fast, slow = margin["faster"]["ttft_ms"]["mean"], margin["slower"]["ttft_ms"]["mean"]
+    here = summary["ttft_ms"]["mean"]
+    if None in (fast, here, slow) or here <= 0:
+        return None
+    times = (slow - fast) / here / (2 * margin["margin_pct"] / 100)
+    if times < QUEUEING_AMPLIFICATION:
+        return None
+    return (f"  NOTE: TTFT mean moves {times:,.0f}x as far as the step times: queueing sets it, near saturation, where "
+            "a small error in step time or rate moves it a lot")
 
 
 def _instance_lines(summary: dict) -> list[str]:

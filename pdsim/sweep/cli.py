@@ -50,7 +50,7 @@ def _common(f: Callable) -> Callable:
     options = [*_space_options(), *_slo_options(), *_run_options(), *_execution_options()]
     for opt in reversed(options):
         f = opt(f)
-    return dataset_options(f)
+    return dataset_options(f, rescales_itself=True)
 
 
 def _space_options() -> list[Callable]:
@@ -198,7 +198,8 @@ class _Setup:
                 raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on {kw['gpus']} "
                                  "GPUs (the colocated baseline alone would): " + "; ".join(self.skipped)
                                  + "".join(f"\nnote: {note}" for note in self.base_notes))
-            self.base_notes.append("no P:D split can run (skipped above): only the colocated baseline does")
+            self.base_notes.append("one GPU holds no P:D split: the colocated baseline alone" if kw["gpus"] == 1 else
+                                   "no P:D split can run (skipped above): only the colocated baseline does")
         colocated_note = colocated_from_pd(base)[1] if any(v.colocated for v in self.variants) else None
         if colocated_note:
             self.base_notes.append(colocated_note)
@@ -288,14 +289,27 @@ class _Setup:
 
         return make_executor(self.trace, self.settings, self.kw["workers"], self.kw["ray_address"])
 
+    def long_dataset_note(self, rate_per_s: float) -> None:
+        """Each run holds the whole dataset at least: where its arrivals outlast the steady-state length many times
+        over even at the highest rate, say how to cut them (runs cost in proportion to their requests)."""
+        if not rate_per_s > 0:  # no estimate to size the runs by
+            return
+        span_s = len(self.trace) / rate_per_s
+        if span_s > LONG_DATASET_X * self.settings.min_duration_s:
+            self.base_notes.append(
+                f"each run holds all {len(self.trace):,} requests of the dataset: {span_s:,.0f} s of arrivals even at "
+                f"{rate_per_s:.4g} req/s, where {self.settings.min_duration_s:,.0f} s make a steady state; "
+                "--num-requests or --window cuts each run (and the time it takes) to what the question needs")
+
     def describe(self) -> str:
         ex = f"Ray at {self.kw['ray_address']}" if self.kw["ray_address"] else (
             f"{self.kw['workers']} worker(s)" if self.kw["workers"] else "one worker per CPU")
         skipped = "".join(f"\nskipped {why}" for why in self.skipped)
         skipped += "".join(f"\nnote: {note}" for note in self.base_notes)
-        return (f"{plural(len(self.variants), 'configuration')} of {self.kw['gpus']} GPUs x {len(self.trace)} requests "
-                f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}; TTFT at the "
-                f"{self.kw['ttft_mode']}{skipped}\n" + self.steady_rule())
+        return (f"{plural(len(self.variants), 'configuration')} of {plural(self.kw['gpus'], 'GPU')} x "
+                f"{len(self.trace)} requests "
+                f"of {self.kw['dataset']} ({self.kw['arrival']} arrivals), {ex}; {TTFT_MEANS[self.kw['ttft_mode']]}"
+                f"{skipped}\n" + self.steady_rule())
 
     def steady_rule(self) -> str:
         s = self.settings
@@ -304,6 +318,18 @@ class _Setup:
         return (f"steady state: arrivals span >= {s.min_duration_s:.0f} s per run ({why}); requests arriving in "
                 f"the first and last {self.life_s:.1f} s are not scored; a run whose queue keeps growing is "
                 "unstable and never meets the target")
+
+
+# What TTFT means in a P/D split, said once per command: in prefill mode a slower link shows in TPOT, not TTFT.
+TTFT_MEANS = {
+    "prefill": ("TTFT at the prefill instance's first token (a P/D split's KV hand-off and wait for a decode slot "
+                "count in TPOT; --ttft-mode client counts them in TTFT)"),
+    "client": "TTFT as the client sees it, through the decode instance (KV hand-off included)",
+}
+
+
+# A dataset whose arrivals outlast the steady-state length this many times at the highest rate is said.
+LONG_DATASET_X = 4
 
 
 def config_file_stem(label: str) -> str:
@@ -393,6 +419,13 @@ def _base_tp_notes(base, tp_prefill: list[int], tp_decode: list[int]) -> list[st
     """The base config's instances are templates: their TP degree is replaced by --tp-prefill/--tp-decode,
     which a base at another TP may not expect; said, naming the options."""
     notes = []
+    if all(ref.config.pd_type is None for ref in base.instances()):  # one template for both roles
+        based = sorted({ref.config.tp_size for ref in base.instances()})
+        swept = sorted(set(tp_prefill) | set(tp_decode))
+        if not set(based) & set(swept):
+            notes.append(f"the base config's colocated instances run TP {', '.join(map(str, based))}; the variants "
+                         f"run TP {', '.join(map(str, swept))} (--tp-prefill, --tp-decode, default 1)")
+        return notes
     for role, swept, option in (("prefill", tp_prefill, "--tp-prefill"), ("decode", tp_decode, "--tp-decode")):
         based = sorted({ref.config.tp_size for ref in base.instances() if ref.config.pd_type in (role, None)})
         if based and not set(based) & set(swept):
@@ -440,6 +473,7 @@ def sweep(rates: str, **kw: Any) -> None:
         check_request_count(requests_at_rate(len(setup.trace), rate, setup.settings.min_duration_s),
                             f"--rates {rate:g} (for at least {setup.settings.min_duration_s:g} s)")
     jobs = [Job(v, r) for v in setup.variants for r in rate_list]
+    setup.long_dataset_note(rate_list[-1])
     click.echo(f"sweep: {setup.describe()}, {plural(len(rate_list), 'rate')}: {plural(len(jobs), 'run')}")
     bar = _bar(kw["quiet"])
     started = time.perf_counter()
@@ -527,6 +561,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     from pdsim.sweep.search import search as run_search
 
     setup = _Setup(kw, with_estimates=True)
+    setup.long_dataset_note(max((e["start_req_s"] for e in setup.estimates.values()), default=0.0))
     click.echo(f"search: {setup.describe()}; target {kw['attainment']:.0%} of requests within TTFT "
                f"{kw['slo_ttft_ms']:g} ms and TPOT {kw['slo_tpot_ms']:g} ms ({kw['slo_mode']})")
     estimates = setup.estimates

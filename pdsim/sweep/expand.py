@@ -310,8 +310,9 @@ def expand(
     `expert_parallel` False each expert split over them (vLLM's DP without expert parallelism). A layout vLLM could not
     build, or a variant whose config is refused (e.g. its weights do not fit), is left out with its
     reason appended to `skipped`; an error only when nothing is left."""
-    if gpus < 2:
-        raise PdsimError(f"--gpus: a P:D split needs at least 2 GPUs, got {gpus}")
+    if gpus < 1 or (gpus == 1 and not colocated):
+        alone = " (one GPU runs the colocated baseline alone: leave out --no-colocated)" if gpus == 1 else ""
+        raise PdsimError(f"--gpus: a P:D split needs at least 2 GPUs, got {gpus}{alone}")
     models = list(dict.fromkeys(ref.config.model_name for ref in base.instances()))
     if len(models) > 1:  # the templates would take one model's instances and drop the other's silently
         raise PdsimError(f"the base config serves {len(models)} models ({', '.join(models)}); a sweep splits one "
@@ -334,7 +335,7 @@ def expand(
     model = load_model(pools.template("decode")["model_name"])
     layouts: list[_Layout] = []
     prefill_layouts = [(tp, pp) for tp in tp_prefill for pp in pp_prefill if tp * pp <= node_gpus]
-    for tp_p, pp_p in prefill_layouts:
+    for tp_p, pp_p in prefill_layouts if gpus > 1 else []:  # one GPU holds no split: the colocated baseline only
         for tp_d in tp_decode:
             for dp in dp_decode:
                 layout_problem = dp_layout_problem(model, tp_d, dp, node_gpus, expert_parallel)

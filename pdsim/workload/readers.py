@@ -245,8 +245,14 @@ def load_dataset(path: str | Path, fmt: str | None = None, window: str | Window 
     return data.requests
 
 
-def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-format",)) -> Callable:
-    """--dataset-format, --window and --time-scale, for every command that reads a --dataset."""
+def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-format",),
+                    rescales_itself: bool = False) -> Callable:
+    """--dataset-format, --window and --time-scale, for every command that reads a --dataset.
+    rescales_itself: the command sets the rate itself (sweep, search), so --time-scale is refused there (it stays
+    an option, so that the refusal can say why)."""
+    time_scale_help = ("Not used here: each rate rescales the trace's arrivals (refused when given)." if rescales_itself
+                       else "Multiply arrival times by this (2 halves the rate, 0.5 doubles it), after --window "
+                            "has cut the trace.")
     options = [
         click.option(*format_names, "dataset_format", default=None, metavar="NAME[:KEY=VALUE,...]",
                      help=f"Trace format: {', '.join(FORMATS)}; burstgpt takes model=...,log=... filters "
@@ -256,9 +262,7 @@ def dataset_options(f: Callable, format_names: tuple[str, ...] = ("--dataset-for
                      help="Keep requests arriving START_S:END_S seconds after the trace's first one "
                           "(e.g. 600:1200, or :300), in the trace's own seconds (the window is cut before "
                           "--time-scale); kept times then count from START_S.  [default: all]"),
-        click.option("--time-scale", type=float, default=1.0, show_default=True,
-                     help="Multiply arrival times by this (2 halves the rate, 0.5 doubles it), after --window "
-                          "has cut the trace."),
+        click.option("--time-scale", type=float, default=1.0, show_default=not rescales_itself, help=time_scale_help),
     ]
     for opt in reversed(options):
         f = opt(f)
