@@ -197,7 +197,11 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         cfg = load_cluster_config(cluster_config, overrides)
     except ConfigError as e:
         if given:
-            load_cluster_config(cluster_config)  # an error of the config as written is said as such
+            try:
+                load_cluster_config(cluster_config)
+            except ConfigError as written:
+                if str(written) == str(e):  # the config's own error, which the options did not cause
+                    raise written from None
         raise _from_command_line(e, given) from None
     if profile_dir is None:  # the instances' own profile folders, which the config names
         check_run_output(output, [p for d in dict.fromkeys(ref.config.profile_dir for ref in cfg.instances())

@@ -275,3 +275,20 @@ def test_a_hardware_name_with_no_spec_or_profile_gets_a_close_one_named(tmp_path
     for i in (0, 1):
         _inst(raw, i)["hardware"] = " RTXPRO6000 "
     assert load_cluster_config(_write(tmp_path, raw)).instances()[0].config.hardware == "RTXPRO6000"
+
+
+def test_without_chunked_prefill_an_unset_budget_is_vllms_max_model_len():
+    # vLLM 0.19 (arg_utils.py): with chunked prefill off and no max_num_batched_tokens, the budget is raised to
+    # max_model_len so a whole prompt fits one step, and kept under max_num_seqs x max_model_len.
+    from pdsim.config import cluster_config_from_dict
+
+    raw = json.loads((CLUSTER_DIR / "single_node_single_instance.json").read_text())
+    inst = raw["nodes"][0]["instances"][0]
+    inst.pop("max_num_batched_tokens", None)
+    inst["enable_chunked_prefill"] = False
+    assert cluster_config_from_dict(raw).instances()[0].config.max_num_batched_tokens == 131072  # Llama-3.1-8B
+    inst["max_num_batched_tokens"] = 4096  # given: stands (vLLM then serves prompts up to it)
+    assert cluster_config_from_dict(raw).instances()[0].config.max_num_batched_tokens == 4096
+    del inst["max_num_batched_tokens"]
+    inst["enable_chunked_prefill"] = True  # chunked: vLLM's default budget
+    assert cluster_config_from_dict(raw).instances()[0].config.max_num_batched_tokens == 2048

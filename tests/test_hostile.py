@@ -173,6 +173,15 @@ def test_options_that_would_do_nothing_or_change_the_config_are_said(tmp_path, c
                                   "--async-scheduling", "--output", str(out / "r.csv"), "--quiet"])
     _assert_clean_error(code, err, "npu_mem.mem_size: expected a number > 0, got -96")
     assert "from the command line" not in err
+    # One the options fix, beside one they cause: the one they cause is said, naming them.
+    bad["nodes"][0]["instances"][0]["npu_mem"]["mem_size"] = 96
+    bad["nodes"][0]["instances"][0]["max_num_seqs"] = -5
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    code, err = _run_cli(capsys, ["--cluster-config", str(tmp_path / "bad.json"), "--dataset", str(TRACE),
+                                  "--max-num-seqs", "64", "--block-size", "0", "--output", str(out / "r.csv"),
+                                  "--quiet"])
+    assert code == 2 and "Traceback" not in err and "max_num_seqs" not in err
+    assert "block_size: expected a number >= 1, got 0" in err and "--block-size 0 from the command line" in err
     assert not out.exists()
     # Said, not refused: LLMServingSim's 0 = unlimited, and a request count past the trace.
     code, err = _run_cli(capsys, ["--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--max-num-seqs", "0",

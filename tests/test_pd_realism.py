@@ -412,6 +412,15 @@ def test_a_prompt_no_prefill_instance_can_hold_is_rejected_naming_the_prefill_in
                                       "largest holds 48 tokens)")
 
 
+def test_a_prompt_refused_by_prefill_instances_for_different_reasons_names_both():
+    cfg = cluster(instance("prefill", num_gpu_blocks_override=4),
+                  instance("prefill", enable_chunked_prefill=False, max_num_batched_tokens=64, max_num_seqs=64),
+                  instance("decode"))
+    res = run(cfg, [(100, 5, 0.0)])
+    assert res.requests[0].reason == ("input = 100 tokens: no prefill instance can take the prompt (too long for "
+                                      "the KV cache of some, for one step without chunked prefill on the others)")
+
+
 def test_a_clock_stop_inside_a_decode_run_keeps_the_client_first_token_stepping_gives():
     cfg = cluster(instance("prefill"), instance("decode"))
     frames = [requests_frame(run(cfg, [(1000, 500, 0.0)], ttft_mode="client", max_sim_time_s=0.5,

@@ -147,3 +147,5 @@ def test_a_ttft_that_moves_far_more_than_the_steps_is_said_to_be_set_by_queueing
     assert said is not None and "moves 45x as far as the step times: queueing sets it" in said
     assert _queueing_bound({"ttft_ms": {"mean": 47.3}}, margin(46.3, 48.3)) is None  # about as far as the steps
     assert _queueing_bound({"ttft_ms": {"mean": None}}, margin(46.3, 48.3)) is None
+    tiny = margin(46.3, 48.3) | {"margin_pct": 5e-324}  # a margin that rounds to no spread says nothing
+    assert _queueing_bound({"ttft_ms": {"mean": 47.3}}, tiny) is None

@@ -1014,8 +1014,8 @@ def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout
     message = str(res.exception)
     assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
     assert message.count("weights need 131.42 GiB") == 2  # one line per layout: P/D and colocated
-    assert ("note: the base config's colocated instances run TP 4; the variants run TP 1 (--tp-prefill, --tp-decode"
-            in message)
+    assert ("note: the base config's colocated instances run TP 4; the variants run prefill TP 1 (--tp-prefill, "
+            "default 1); decode TP 1 (--tp-decode, default 1)" in message)
     typo = CliRunner().invoke(cli, ["sweep", "--base-config", str(base), "--dataset", str(DATASET), "--gpus", "16",
                                     "--rates", "4", "--ratios", "1:x", "--slo-ttft-ms", "2000", "--slo-tpot-ms", "50",
                                     "--out", str(tmp_path / "t")])
@@ -1106,6 +1106,15 @@ def test_a_pass_within_chance_is_decided_by_a_longer_run(small, tmp_path):
     assert st.lengthened == [(r, False) for r in longer]
     assert 7.6 <= st.lo <= 8.0 and st.lo_row["duration_x"] == 1  # not a rate the longer runs failed
     assert all(r > 10.0 or r in longer for r in (j.rate_per_s for j in ran if j.rate_per_s > 8.0))
+    # Where the longer run cannot be made (past the request cap or the run clock), the pass stands.
+    ran.clear()
+    writer = RowWriter(tmp_path / "capped.csv", ROW_FIELDS, resume=False)
+    try:
+        (st,) = search(variants[:1], {variants[0].label: 1.0}, Fake(), writer, 0.9, "joint",
+                       can_lengthen=lambda rate: rate < 8.0)
+    finally:
+        writer.close()
+    assert not st.lengthened and all(j.duration_x == 1 for j in ran) and 9.5 <= st.lo <= 10.0
 
 
 def test_a_colocated_base_at_another_tp_is_said_as_colocated():
@@ -1116,9 +1125,12 @@ def test_a_colocated_base_at_another_tp_is_said_as_colocated():
     for inst in raw["nodes"][0]["instances"]:
         inst.update(pd_type=None, tp_size=2, num_npus=2)
     base = cluster_config_from_dict(raw)
-    assert _base_tp_notes(base, [1], [1]) == ["the base config's colocated instances run TP 2; the variants run TP 1 "
-                                              "(--tp-prefill, --tp-decode, default 1)"]
-    assert _base_tp_notes(base, [1], [2]) == []
+    assert _base_tp_notes(base, [1], [1]) == ["the base config's colocated instances run TP 2; the variants run "
+                                              "prefill TP 1 (--tp-prefill, default 1); decode TP 1 (--tp-decode, "
+                                              "default 1)"]
+    assert _base_tp_notes(base, [2], [1]) == ["the base config's colocated instances run TP 2; the variants run "
+                                              "decode TP 1 (--tp-decode, default 1)"]
+    assert _base_tp_notes(base, [1, 2], [2]) == []
 
 
 def test_one_gpu_runs_the_colocated_baseline_alone(tmp_path):
@@ -1140,3 +1152,17 @@ def test_a_dataset_far_longer_than_a_steady_state_is_said_with_the_options_that_
     assert "--num-requests or --window cuts each run" in said
     said, _ = _sweep(tmp_path, "short", "--rates", "2", "--ratios", "1:1", "--no-colocated")
     assert "each run holds all" not in said
+
+
+def test_a_lengthened_probe_runs_four_times_the_arrivals_of_its_default_run():
+    # The dataset alone may outlast the minimum duration; the longer run is 4x the default run's own span.
+    from pdsim.sweep.runner import job_duration_s
+    from pdsim.sweep.search import LONGER_X
+
+    base = load_trace(DATASET)
+    variant = expand(load_cluster_config(BASE), 2)[0]
+    for rate, min_duration_s in ((2.0, 10.0), (2.0, 1000.0)):
+        default = trace_at_rate(base, rate, "poisson", 0, job_duration_s(Job(variant, rate), len(base), min_duration_s))
+        longer = trace_at_rate(base, rate, "poisson", 0,
+                               job_duration_s(Job(variant, rate, LONGER_X), len(base), min_duration_s))
+        assert len(longer) == pytest.approx(LONGER_X * len(default), rel=0.01)

@@ -72,6 +72,26 @@ def _checkpoint_quantization(data: Any) -> Any:
         "{given}", {"model": data["model_name"], "own": own, "given": _fmt(given)})
 
 
+def _unchunked_budget(data: Any) -> Any:
+    """vLLM's default step budget without chunked prefill (engine/arg_utils.py
+    _set_default_max_num_seqs_and_batched_tokens_args, 0.19): where the user set no max_num_batched_tokens it is
+    raised to max_model_len, so that a whole prompt fits one step, and kept under max_num_seqs x max_model_len.
+    pdsim's max_model_len is the model's own."""
+    if (not isinstance(data, dict) or data.get("enable_chunked_prefill") is not False
+            or "max_num_batched_tokens" in data or not isinstance(data.get("model_name"), str)):
+        return data
+    try:
+        max_len = load_model(data["model_name"]).max_position_embeddings
+    except PdsimError:
+        return data  # the model_name validator words it
+    default = InstanceConfig.model_fields["max_num_batched_tokens"].default
+    seqs = data.get("max_num_seqs", InstanceConfig.model_fields["max_num_seqs"].default)
+    budget = max(max_len, default)
+    if type(seqs) is int and seqs >= 1:
+        budget = min(seqs * max_len, budget)
+    return {**data, "max_num_batched_tokens": min(budget, MAX_TOKENS)}
+
+
 def _fp8_dtype_as_quantization(data: Any) -> Any:
     """LLMServingSim's `dtype: "fp8"` means fp8 weights: read it as vLLM's `--quantization fp8`
     over bf16 activations (embeddings, norms and lm_head stay bf16, as in vLLM); the KV cache
@@ -193,7 +213,8 @@ class InstanceConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _infer_sizes(cls, data: Any) -> Any:
-        return _board_by_memory(infer_instance_sizes(_checkpoint_quantization(_fp8_dtype_as_quantization(data))))
+        return _unchunked_budget(_board_by_memory(infer_instance_sizes(_checkpoint_quantization(
+            _fp8_dtype_as_quantization(data)))))
 
     @field_validator("hardware", mode="before")
     @classmethod

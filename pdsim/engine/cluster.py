@@ -124,13 +124,17 @@ class Cluster:
             return f"input+output = {total} tokens exceeds the model's max length"
         if all(not recompute_fits(i, req) for i in self.prefill_pool):
             return (f"input+output = {total} tokens (input alone on a prefill-only instance) exceeds "
-                    "max_num_batched_tokens with chunked prefill disabled (vLLM then caps max_model_len at "
-                    "max_num_batched_tokens)")
+                    "max_num_batched_tokens with chunked prefill disabled (vLLM starts so only with max_model_len "
+                    "at most max_num_batched_tokens)")
         if self.decode_pool and all(not recompute_fits(d, req) for d in self.decode_pool):
             return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
-                    "chunked prefill disabled (vLLM then caps max_model_len at max_num_batched_tokens)")
+                    "chunked prefill disabled (vLLM starts so only with max_model_len at most max_num_batched_tokens)")
         if self.prefill_pool and all(i.pd_type == "prefill" and not self._fits_here(i, req) for i in self.prefill_pool):
-            most = max(i.kv.num_blocks * i.kv.block_size for i in self.prefill_pool)
+            short = [i for i in self.prefill_pool if blocks_for(req.input_toks, i.kv.block_size) > i.kv.num_blocks]
+            if len(short) < len(self.prefill_pool):  # the others cannot take it in one step (no chunked prefill)
+                return (f"input = {req.input_toks} tokens: no prefill instance can take the prompt (too long for "
+                        "the KV cache of some, for one step without chunked prefill on the others)")
+            most = max(i.kv.num_blocks * i.kv.block_size for i in short)
             return (f"input = {req.input_toks} tokens needs more KV blocks than any prefill instance has (the "
                     f"largest holds {most:,} tokens)")
         prefill_only = [i for i in self.prefill_pool if i.pd_type == "prefill" and self._fits_here(i, req)]

@@ -351,9 +351,10 @@ def _queueing_bound(summary: dict, margin: dict) -> str | None:
     for a slot sets TTFT, so a small error in step time or rate moves it a lot."""
     fast, slow = margin["faster"]["ttft_ms"]["mean"], margin["slower"]["ttft_ms"]["mean"]
     here = summary["ttft_ms"]["mean"]
-    if None in (fast, here, slow) or here <= 0:
+    spread = 2 * margin["margin_pct"] / 100
+    if None in (fast, here, slow) or here <= 0 or spread <= 0:
         return None
-    times = (slow - fast) / here / (2 * margin["margin_pct"] / 100)
+    times = (slow - fast) / here / spread
     if times < QUEUEING_AMPLIFICATION:
         return None
     return (f"  NOTE: TTFT mean moves {times:,.0f}x as far as the step times: queueing sets it, near saturation, where "

@@ -80,26 +80,32 @@ BATCH_GRID = _geometric_grid(512, factor=1.25, dense_until=8)
 KV_GRID = [0, *_geometric_grid(131072, factor=1.6, dense_until=16, start=16)]
 
 
-def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tuple[float, int, str]:
-    """(tensor peak TFLOPS, bytes per weight and GEMM input element, what priced it) of an instance's
-    GEMMs: fp8-quantised weights (and vLLM's dynamically quantised fp8 activations) at the fp8 peak.
-    float32 is priced at the bf16 peak: right only in a ratio of two such estimates (a measured MoE table
-    rescaled); check_estimable keeps it out of estimated step times."""
+def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tuple[float, int, int, str]:
+    """(tensor peak TFLOPS, bytes per weight, bytes per GEMM input element, what priced it) of an instance's
+    GEMMs: fp8-quantised weights (and vLLM's dynamically quantised fp8 activations) at the fp8 peak. A GPU
+    without fp8 tensor cores (A100, A10) runs fp8 checkpoints weight-only: vLLM's Marlin fp8 kernel
+    (`quantization/fp8.py`, minimum capability 7.5) reads 1-byte weights and computes in bf16, inputs
+    unquantised. float32 is priced at the bf16 peak: right only in a ratio of two such estimates (a measured
+    MoE table rescaled); check_estimable keeps it out of estimated step times."""
     if quantization is None and dtype_bytes(dtype) != 1:
-        return hw.bf16_tflops, dtype_bytes(dtype), f"{dtype} GEMMs at the {hw.bf16_tflops:g} TFLOPS bf16 peak"
+        return (hw.bf16_tflops, dtype_bytes(dtype), dtype_bytes(dtype),
+                f"{dtype} GEMMs at the {hw.bf16_tflops:g} TFLOPS bf16 peak")
     if hw.fp8_tflops <= 0:
-        raise ProfileError(f"{hw.name} has no fp8 tensor cores ({hw.source}); quantization "
-                           f"{quantization or dtype} cannot run on it")
-    return hw.fp8_tflops, 1, (f"{quantization or dtype} GEMMs at the {hw.fp8_tflops:g} TFLOPS fp8 peak, "
-                              "weights read at 1 byte")
+        inputs = dtype_bytes(dtype) if dtype_bytes(dtype) != 1 else 2  # bf16 where the dtype itself is fp8
+        return (hw.bf16_tflops, 1, inputs, f"{quantization or dtype} weights on a GPU without fp8 tensor cores: "
+                f"read at 1 byte and computed at the {hw.bf16_tflops:g} TFLOPS bf16 peak (vLLM's Marlin weight-only "
+                "fp8 kernel; its efficiency assumed to be a bf16 GEMM's)")
+    return hw.fp8_tflops, 1, 1, (f"{quantization or dtype} GEMMs at the {hw.fp8_tflops:g} TFLOPS fp8 peak, "
+                                 "weights read at 1 byte")
 
 
 class _Roofline:
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
                  quantization: str | None = None, kv_dtype: str | None = None):
-        # dt: activations (norms, rotary, all-reduce); wt: GEMM weights and inputs; kt: the KV cache.
+        # dt: activations (norms, rotary, all-reduce); kt: the KV cache.
         self.m, self.tp, self.dt = model, tp, dtype_bytes(dtype)
-        tflops, self.wt, self.gemm_source = gemm_precision(hw, dtype, quantization)
+        # wt: GEMM weights; at: GEMM inputs (fp8 under W8A8, unquantised under weight-only fp8).
+        tflops, self.wt, self.at, self.gemm_source = gemm_precision(hw, dtype, quantization)
         self.kt = dtype_bytes(kv_dtype) if kv_dtype is not None else self.dt
         self.flops_per_us = tflops * 1e6  # TFLOP/s = 1e6 FLOP/us
         # Attention (QK^T, PV) runs in bf16 even over an fp8 KV cache (FlashAttention dequantises).
@@ -114,7 +120,7 @@ class _Roofline:
     def gemm_us(self, m: int, n: int, k: int) -> float:
         eff = GEMM_COMPUTE_EFF_MAX * m / (m + GEMM_HALF_EFF_M)
         compute = 2.0 * m * n * k / (self.flops_per_us * eff)
-        memory = ((m * k + k * n) * self.wt + m * n * self.dt) / (self.bytes_per_us * MEM_EFF)
+        memory = (m * k * self.at + k * n * self.wt + m * n * self.dt) / (self.bytes_per_us * MEM_EFF)
         return max(compute, memory) + KERNEL_LAUNCH_US
 
     def dense(self, op: str, t: int) -> float:
@@ -229,7 +235,7 @@ def precision_key(dtype: str, quantization: str | None) -> str:
 
 def estimate_meta(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
                   quantization: str | None = None, kv_dtype: str | None = None) -> ProfileMeta:
-    gemms = gemm_precision(hardware, dtype, quantization)[2]
+    gemms = gemm_precision(hardware, dtype, quantization)[3]
     kv = f", KV cache read as {kv_dtype}" if kv_dtype not in (None, dtype) else ""
     return ProfileMeta(
         hardware=hardware.name,

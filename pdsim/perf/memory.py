@@ -73,9 +73,6 @@ NON_TORCH_GIB_TP_MULTI = 2.1
 # what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
 # (1) occupy at once.
 SAMPLER_BYTES_PER_LOGIT = 14.93
-# vLLM's VLLM_FUSED_MOE_CHUNK_SIZE default (vllm/envs.py): fused_moe processes at most this many
-# tokens at a time, which bounds its workspaces.
-FUSED_MOE_CHUNK_TOKENS = 16 * 1024
 
 
 def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
@@ -153,12 +150,13 @@ def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int) -> 
 def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
     """vLLM's fused-MoE workspaces (FusedMoEModularKernel with TritonExperts, vLLM 0.19): workspace13
     [M, top_k, max(I, H)] (intermediate caches 2 and 3) and workspace2 [M, top_k, max(2 I, H)]
-    (intermediate cache 1, the gate_up output), M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE), I the
-    expert intermediate size on one GPU. vLLM's workspace manager allocates them at the first MoE
+    (intermediate cache 1, the gate_up output), M = tokens (0.19 allocates them for the whole batch,
+    `modular_kernel.py`: older releases chunked at VLLM_FUSED_MOE_CHUNK_SIZE), I the expert intermediate size
+    on one GPU. vLLM's workspace manager allocates them at the first MoE
     forward and keeps them, so they are still held when the sampler runs. 0 for a dense model."""
     if model.moe is None:
         return 0
-    m, h = min(tokens, FUSED_MOE_CHUNK_TOKENS), model.hidden_size
+    m, h = tokens, model.hidden_size
     inter = -(-model.moe.expert_intermediate // expert_tp)
     return m * model.moe.top_k * (max(inter, h) + max(2 * inter, h)) * dtype_bytes(dtype)
 

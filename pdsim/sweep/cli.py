@@ -195,8 +195,9 @@ class _Setup:
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
         if all(v.colocated for v in self.variants):
             if ratios is not None:  # asked for by name, all fell out: the baseline alone answers another question
-                raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on {kw['gpus']} "
-                                 "GPUs (the colocated baseline alone would): " + "; ".join(self.skipped)
+                raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on "
+                                 f"{plural(kw['gpus'], 'GPU')} (the colocated baseline alone would): "
+                                 + "; ".join(self.skipped)
                                  + "".join(f"\nnote: {note}" for note in self.base_notes))
             self.base_notes.append("one GPU holds no P:D split: the colocated baseline alone" if kw["gpus"] == 1 else
                                    "no P:D split can run (skipped above): only the colocated baseline does")
@@ -288,6 +289,17 @@ class _Setup:
         from pdsim.sweep.runner import make_executor
 
         return make_executor(self.trace, self.settings, self.kw["workers"], self.kw["ray_address"])
+
+    def can_lengthen(self, rate_per_s: float) -> bool:
+        """Whether search's longer run of a probe at this rate stays within the request cap and the run clock."""
+        from pdsim.sweep.runner import Job, job_duration_s, requests_at_rate
+        from pdsim.sweep.search import LONGER_X
+        from pdsim.workload.trace import MAX_ARRIVAL_NS
+
+        duration_s = job_duration_s(Job(self.variants[0], rate_per_s, LONGER_X), len(self.trace),
+                                    self.settings.min_duration_s)
+        return (requests_at_rate(len(self.trace), rate_per_s, duration_s) <= MAX_REQUESTS
+                and duration_s * 1e9 < MAX_ARRIVAL_NS)
 
     def long_dataset_note(self, rate_per_s: float) -> None:
         """Each run holds the whole dataset at least: where its arrivals outlast the steady-state length many times
@@ -404,8 +416,9 @@ def _lengthened_note(states: list[Bisection], min_duration_s: float) -> str:
 
     done = [(st.variant.label, rate, passed) for st in states for rate, passed in st.lengthened]
     lines = [f"LENGTHENED: {plural(len(done), 'probe')} passed while serving under "
-             f"{1 - BACKLOG_TOLERANCE:.0%} of the offered rate, within chance on the default length; re-run with "
-             f"arrivals over {LONGER_X * min_duration_s:.4g} s ({LONGER_X}x) to tell (probes.csv: duration_x):"]
+             f"{1 - BACKLOG_TOLERANCE:.0%} of the offered rate, within chance on the default length (arrivals over "
+             f"{min_duration_s:.4g} s, or the dataset's span); re-run with {LONGER_X}x the arrivals to tell "
+             "(probes.csv: duration_x):"]
     lines += [f"  {label} at {rate:g} req/s: {'passed' if passed else 'failed'}" for label, rate, passed in done]
     return "\n".join(lines)
 
@@ -421,10 +434,14 @@ def _base_tp_notes(base, tp_prefill: list[int], tp_decode: list[int]) -> list[st
     notes = []
     if all(ref.config.pd_type is None for ref in base.instances()):  # one template for both roles
         based = sorted({ref.config.tp_size for ref in base.instances()})
-        swept = sorted(set(tp_prefill) | set(tp_decode))
-        if not set(based) & set(swept):
+        other = [(role, swept, option) for role, swept, option in (("prefill", tp_prefill, "--tp-prefill"),
+                                                                    ("decode", tp_decode, "--tp-decode"))
+                 if not set(based) & set(swept)]
+        if other:
+            runs = "; ".join(f"{role} TP {', '.join(map(str, swept))} ({option}, default 1)"
+                             for role, swept, option in other)
             notes.append(f"the base config's colocated instances run TP {', '.join(map(str, based))}; the variants "
-                         f"run TP {', '.join(map(str, swept))} (--tp-prefill, --tp-decode, default 1)")
+                         f"run {runs}")
         return notes
     for role, swept, option in (("prefill", tp_prefill, "--tp-prefill"), ("decode", tp_decode, "--tp-decode")):
         based = sorted({ref.config.tp_size for ref in base.instances() if ref.config.pd_type in (role, None)})
@@ -552,7 +569,7 @@ def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]]
 @click.option("--rel-tol", type=float, default=0.05, show_default=True, callback=number_in(0, 1, low_open=True),
               help="Stop bisecting when the bracket is narrower than this fraction of the rate.")
 @click.option("--max-probes", type=int, default=14, show_default=True, callback=number_in(1, what="a run count"),
-              help="Most runs per configuration.")
+              help="Most probed rates per configuration (a pass re-run longer to tell its stability counts once).")
 @_common
 def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     """Goodput per GPU of every P:D split (bisection on the rate), ranked, next to the rate-matching estimate."""
@@ -580,7 +597,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
                             rel_tol, max_probes,
                             on_round=lambda rounds, probes, runs: bar.update(probes, budget, f"probes, round {rounds}"),
                             base_requests=0 if any(r.hash_ids for r in setup.trace) else len(setup.trace),
-                            max_rate=max_rate)
+                            max_rate=max_rate, can_lengthen=setup.can_lengthen)
     finally:
         writer.close()
         executor.close()
@@ -639,12 +656,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     with setup.outputs("search", "probes.csv") as out:
         out.stage(setup.out / "search.csv", lambda tmp: _write_csv(ranked, tmp))
         if kw["arrival"] == "poisson" and win["goodput_req_s"] > 0:
-            from pdsim.sweep.runner import trace_at_rate
+            from pdsim.sweep.runner import Job, job_duration_s, trace_at_rate
             from pdsim.workload.trace import write_trace
 
-            win_x = next(int(st.lo_row["duration_x"]) for st in states if st.variant.label == win["label"])
+            win_state = next(st for st in states if st.variant.label == win["label"])
+            win_job = Job(win_state.variant, win["goodput_req_s"], int(win_state.lo_row["duration_x"]))
             probe = trace_at_rate(setup.trace, win["goodput_req_s"], "poisson", kw["seed"],
-                                  setup.settings.min_duration_s * win_x)
+                                  job_duration_s(win_job, len(setup.trace), setup.settings.min_duration_s))
             out.stage(setup.out / WINNER_TRACE, lambda tmp: write_trace(tmp, probe))
         if kw["plots"]:
             # A rate run twice (the second time longer) is drawn once, as the longer run decided it.

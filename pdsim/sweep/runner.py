@@ -69,8 +69,9 @@ class RunSettings:
 class Job:
     variant: Variant
     rate_per_s: float
-    # Arrivals span this many times the settings' min_duration_s: search re-runs a probe whose stability the
-    # default length cannot tell (steady.within_chance) longer.
+    # Arrivals span this many times what they span at the default length (the settings' min_duration_s, or the
+    # dataset's own span at this rate where longer): search re-runs a probe whose stability the default length
+    # cannot tell (steady.within_chance) longer.
     duration_x: int = 1
 
     @property
@@ -84,6 +85,14 @@ def rate_key(rate_per_s: float) -> str:
 
 
 # -- traces ---------------------------------------------------------------------------------------
+
+def job_duration_s(job: Job, n_base: int, min_duration_s: float) -> float:
+    """The least span of a job's arrivals: the minimum duration, or for a lengthened job duration_x times the
+    default run's span (the dataset alone may outlast the minimum: its requests are all run at least once)."""
+    if job.duration_x == 1:
+        return min_duration_s
+    return job.duration_x * max(min_duration_s, n_base / job.rate_per_s)
+
 
 def requests_at_rate(n_base: int, rate_per_s: float, min_duration_s: float) -> int:
     """How many requests trace_at_rate makes: the dataset's, or enough for arrivals to span min_duration_s."""
@@ -147,7 +156,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
 
     v = job.variant
     trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed,
-                          settings.min_duration_s * job.duration_x)
+                          job_duration_s(job, len(base_trace), settings.min_duration_s))
     last_arrival_s = trace[-1].arrival_time_ns * 1e-9
     opts = SimOptions(
         seed=settings.seed, profiles_root=settings.profiles_root, profile_dir=settings.profile_dir,

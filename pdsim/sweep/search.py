@@ -166,8 +166,11 @@ def search(
     on_round: Callable[[int, int, int], None] | None = None,
     base_requests: int = 0,
     max_rate: float = math.inf,
+    can_lengthen: Callable[[float], bool] = lambda _rate: True,
 ) -> list[Bisection]:
-    """Bisect every variant's goodput; rows already in `writer` (a resumed run) are reused."""
+    """Bisect every variant's goodput; rows already in `writer` (a resumed run) are reused.
+    can_lengthen(rate): whether a probe at that rate may run LONGER_X times as long (its trace within the request
+    cap and the clock); where not, a pass within chance stands."""
     states = [Bisection(v, max(start_rates.get(v.label, 1.0), 1e-3), rel_tol, max_probes, attainment=attainment,
                         mode=mode, base_requests=base_requests, max_rate=max_rate) for v in variants]
     rounds = 0
@@ -187,7 +190,7 @@ def search(
         for key, (st, job) in wanted.items():
             row = normalize(writer.rows[key])
             passed = meets(row, attainment, mode)
-            if job.duration_x == 1 and passed and within_chance(row):
+            if job.duration_x == 1 and passed and within_chance(row) and can_lengthen(job.rate_per_s):
                 st.confirming = job.rate_per_s  # the default length cannot tell: a longer run decides
                 continue
             if job.duration_x > 1:
