@@ -155,6 +155,22 @@ def test_ranks_sharing_a_nic_multiply_the_per_layer_cost():
     assert times[1] - times[0] == pytest.approx(10.5e-6 * layers, rel=1e-9)
 
 
+def test_a_decode_tp_four_times_the_prefills_queues_four_reads_on_the_prefill_rank():
+    # vLLM 0.19's NixlConnector: each of the 4 decode ranks reads its slice of the heads from the one prefill
+    # rank, so 4 reads' per-layer requests queue there; the bytes are the same whichever ranks read them.
+    layers = load_model(MODEL).num_layers
+    times = []
+    for tp in (1, 4):
+        cfg = cluster_config_from_dict({
+            "num_nodes": 2, "link_bw": 2, "link_latency": 0,
+            "nodes": [{"num_instances": 1, "instances": [instance("prefill")]},
+                      {"num_instances": 1, "instances": [{**instance("decode"), "tp_size": tp, "num_npus": tp}]}],
+        })
+        req = run(cfg, [(2000, 5, 0.0)]).requests[0]
+        times.append(req.kv_transfer_end_s - req.kv_transfer_start_s)
+    assert times[1] - times[0] == pytest.approx(3 * 10.5e-6 * layers, rel=1e-6)
+
+
 def test_transfer_time_is_per_layer_cost_plus_bytes_at_the_achieved_rate():
     rows = [(2000, 5, 0.0)]
     layers = load_model(MODEL).num_layers

@@ -43,11 +43,11 @@ def kv_transfer_bytes(
     return cached_tokens * model.kv_bytes_per_token(dtype, dst_tp) * dst_tp
 
 
-def transfer_fixed_cost_s(cfg: KVTransferConfig, model: ModelSpec, ranks_per_nic: int = 1) -> float:
-    """What a hand-off costs besides moving its bytes: each TP rank's connector writes each layer's
-    K and V blocks as their own RDMA requests and waits for their completions (per layer), plus the
-    handshake (per transfer). Ranks that share a NIC queue their requests on it one after another."""
-    per_layer_us = cfg.per_layer_overhead_us * ranks_per_nic
+def transfer_fixed_cost_s(cfg: KVTransferConfig, model: ModelSpec, reads_in_series: int = 1) -> float:
+    """What a hand-off costs besides moving its bytes: each read moves each layer's K and V blocks as their own
+    RDMA requests and waits for their completions (per layer), plus the handshake (per transfer). Reads that
+    share a NIC, or a rank, queue there one after another (Topology.reads_in_series)."""
+    per_layer_us = cfg.per_layer_overhead_us * reads_in_series
     return (per_layer_us * model.num_layers + cfg.per_transfer_overhead_us) * 1e-6
 
 
@@ -90,7 +90,8 @@ class KVTransfers:
         req.kv_bytes = total
         path = self.topology.path(src, dst)
         step = self._final_steps.pop(req.id, None)
-        fixed_s = transfer_fixed_cost_s(self.cfg, model, self.topology.ranks_per_nic(path, src, dst))
+        reads = self.topology.reads_in_series(path, src, dst, mla=getattr(model, "mla", None) is not None)
+        fixed_s = transfer_fixed_cost_s(self.cfg, model, reads)
         delay_after_s = self.topology.latency_s(path) + fixed_s
         if step is None:
             self.network.start(path, total, on_done, delay_after_s, endpoints=(src.id, dst.id))

@@ -51,12 +51,19 @@ class Topology:
             path.append(self._link(f"{dst.id}.nic_in", "nic_in", dst_node.nic_bw * GB_PER_S * dst.spec.tp, 0.0))
         return tuple(path)
 
-    def ranks_per_nic(self, path: tuple[Link, ...], src: Instance, dst: Instance) -> int:
-        """How many of an instance's TP ranks share one NIC, the larger of the two ends (1 when the
-        transfer's `path` stays on one node's fabric)."""
+    def reads_in_series(self, path: tuple[Link, ...], src: Instance, dst: Instance, mla: bool = False) -> int:
+        """How many reads queue one after another at the busier end: on a NIC, the TP ranks that share it (1 when
+        the transfer's `path` stays on one node's fabric) times the reads each rank serves or makes. Where the
+        TPs differ (vLLM 0.19 NixlConnector, kv_connector/utils.py and nixl_connector.py): a decode TP r times
+        the prefill's has r decode ranks read from each prefill rank, each a slice of its heads; a prefill TP r
+        times the decode's has each decode rank read from r prefill ranks (an MLA model's replicated latent
+        KV: from one)."""
+        r_up, r_down = max(1, dst.spec.tp // src.spec.tp), max(1, src.spec.tp // dst.spec.tp)
+        reads = {src.id: r_up, dst.id: 1 if mla else r_down}
         if path[0].kind.startswith("fabric"):
-            return 1
-        return max(min(self.cfg.nodes[inst.spec.node].gpus_per_nic, inst.spec.tp) for inst in (src, dst))
+            return max(reads.values())
+        return max(min(self.cfg.nodes[inst.spec.node].gpus_per_nic, inst.spec.tp) * reads[inst.id]
+                   for inst in (src, dst))
 
     @staticmethod
     def latency_s(path: tuple[Link, ...]) -> float:
