@@ -403,3 +403,25 @@ def test_pd_with_a_dp_group_on_each_side(mode):
     assert {r.decode_instance for r in res.requests} == {"n0.i2", "n0.i3"}
     for inst in res.instances:
         assert inst.stats.steps + inst.dp_group.dummy_steps[inst.id] == inst.dp_group.num_steps
+
+
+def test_decode_dp_groups_leave_the_prefill_router_its_request(monkeypatch):
+    # Only the decode instances form a DP group: the prefill choice is among single instances and a
+    # cache-aware policy there gets the request, as without groups.
+    from pdsim.engine.router import Router
+
+    seen = []
+    choose = Router.choose
+
+    def watched(self, candidates, req=None):
+        seen.append(req is not None)
+        return choose(self, candidates, req)
+
+    monkeypatch.setattr(Router, "choose", watched)
+    cfg = cluster_config_from_dict(_cluster(
+        _instance(pd_type="prefill"), _instance(pd_type="prefill"),
+        _instance(pd_type="decode", ep_size=2, dp_group="A"), _instance(pd_type="decode", ep_size=2, dp_group="A"),
+        router={"prefill_policy": "prefix_aware"}))
+    res = simulate(cfg, trace([(300, 5, 0.0), (300, 5, 0.001)]), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    assert seen and all(seen[:2])  # the two prefill choices came with their requests

@@ -96,6 +96,8 @@ class Cluster:
         chosen by load: cache-aware policies look at single instances' caches)."""
         if not self.dp_groups:
             return self.prefill_router.choose(candidates, req)
+        if not any(c.id in self._unit_of for c in candidates):  # the DP groups decode: as without groups
+            return self.prefill_router.choose(candidates, req)
         units = list(dict.fromkeys(self._unit_of.get(c.id, c) for c in candidates))
         unit = self.prefill_router.choose(units)
         if isinstance(unit, DPGroup):

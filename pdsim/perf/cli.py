@@ -29,7 +29,8 @@ from pdsim.perf.profile import profile_path, write_profile
 @click.option("--dtype", default="bfloat16", show_default=True, help="Weights and KV cache dtype.")
 @click.option("--tp", default=1, show_default=True, type=int, help="tensor-parallel degree")
 @click.option("--quantization", type=click.Choice(["fp8", "fp8_block"]), default=None,
-              help="fp8 weights (GEMMs at the fp8 peak); writes <dtype> = the scheme (docs/precision.md)")
+              help="fp8 weights (GEMMs at the fp8 peak; weight-only at the bf16 peak on GPUs without fp8 tensor "
+                   "cores); writes <dtype> = the scheme (docs/precision.md)")
 @click.option(
     "--out",
     "--output",
