@@ -1166,3 +1166,25 @@ def test_a_lengthened_probe_runs_four_times_the_arrivals_of_its_default_run():
         longer = trace_at_rate(base, rate, "poisson", 0,
                                job_duration_s(Job(variant, rate, LONGER_X), len(base), min_duration_s))
         assert len(longer) == pytest.approx(LONGER_X * len(default), rel=0.01)
+
+
+def test_a_slow_link_is_the_estimates_bottleneck():
+    # The prompt's KV over the one pair's link at its achieved rate (73% of 1 GB/s) caps 1P1D well below
+    # what either pool serves; at 50 GB/s the pools bind again.
+    from pdsim.engine.kv_transfer import kv_transfer_bytes
+    from pdsim.models import load_model
+    from pdsim.sweep.ratematch import Lengths, estimate
+
+    lengths = Lengths(1000.0, 200.0)
+    raw = json.loads(BASE.read_text())
+    per_request = kv_transfer_bytes(load_model(raw["nodes"][0]["instances"][0]["model_name"]), 1000, 16,
+                                    "bfloat16", 1)
+    for link_bw, bound in ((1, True), (50, False)):
+        variant = next(v for v in expand(cluster_config_from_dict({**raw, "link_bw": link_bw}), 2)
+                       if v.ratio == "1:1")
+        est = estimate(variant, lengths, 100.0)
+        if bound:
+            assert est.bottleneck == "link"
+            assert est.capacity_req_s == pytest.approx(0.73 * 1e9 / per_request, rel=1e-9)
+        else:
+            assert est.bottleneck in ("prefill", "decode") and 0 < est.capacity_req_s < 0.73 * 50e9 / per_request

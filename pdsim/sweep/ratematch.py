@@ -19,7 +19,12 @@ step-time predictor alone (no simulation), as DistServe's placement reasoning do
 - Colocated: each instance spends 1/prefill + 1/decode seconds per request, so 1 / (that sum);
   this ignores that chunked prefill rides along with decode steps, so it is pessimistic for
   short prompts.
-It ignores queueing (TTFT tails) and the KV transfer, which is why the simulation can disagree.
+- KV transfer of a split: the prompt's KV (kv_transfer.kv_transfer_bytes at the mean prompt) over the
+  links the hand-offs cross at the rate they achieve (topology.py): per pair of instances its own path's
+  narrowest link; per instance its NIC or fabric port, which all its transfers share; spread evenly, the
+  pool moves the least of the sum over pairs and the sums over the two sides' ports. A capacity below both
+  pools' makes the link the bottleneck.
+It ignores queueing (TTFT tails) and the transfers' fixed costs, which is why the simulation can disagree.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import simpy
 from pdsim.engine.cluster import Cluster, SimOptions
 from pdsim.engine.instance import Instance
 from pdsim.engine.kv_cache import blocks_for
+from pdsim.engine.kv_transfer import kv_transfer_bytes
 from pdsim.perf.pipeline_time import AsyncPipelinePredictor
 from pdsim.sweep.expand import Variant
 
@@ -50,7 +56,7 @@ class Estimate:
     decode_req_s_per_inst: float
     decode_batch: int
     capacity_req_s: float
-    bottleneck: str  # "prefill", "decode" or "colocated"
+    bottleneck: str  # "prefill", "decode", "link" or "colocated"
     # Where a goodput search starts: the capacity, or, when batch one already misses the TPOT SLO,
     # the capacity at batch one (the simulated TPOT spreads around the mean-context estimate).
     start_req_s: float
@@ -120,6 +126,30 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float,
     return best_n / (out * best_step), best_n, best_step * 1e3 <= tpot_slo_ms
 
 
+def link_rate(cluster: Cluster, lengths: Lengths) -> float:
+    """Requests/s the hand-offs' links carry, each request's prompt KV spread evenly over the P x D pairs."""
+    prefills = [i for i in cluster.instances if i.pd_type == "prefill"]
+    decodes = [i for i in cluster.instances if i.pd_type == "decode"]
+    if not prefills or not decodes:
+        return math.inf
+    per_pair, ports = 0.0, {}
+    for src in prefills:
+        for dst in decodes:
+            path = cluster.topology.path(src, dst)
+            per_pair += min(link.capacity_bytes_per_s for link in path)
+            for link in path:
+                if link.kind != "network":  # a NIC or fabric port: shared by all of its instance's transfers
+                    ports[link.name] = link
+    sides = [sum(link.capacity_bytes_per_s for link in ports.values() if link.kind.endswith(end))
+             for end in ("_out", "_in")]
+    bytes_per_s = min([per_pair, *(side for side in sides if side > 0)])
+    src, dst = prefills[0], decodes[0]
+    per_request = kv_transfer_bytes(cluster.models[src.spec.model_name], max(1, round(lengths.mean_input)),
+                                    src.spec.block_size, src.spec.kv_dtype or src.spec.dtype, dst.spec.tp,
+                                    cluster.cfg.kv_transfer.dtype)
+    return bytes_per_s / per_request if per_request > 0 else math.inf
+
+
 def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOptions | None = None,
              cluster: Cluster | None = None) -> Estimate:
     # Building the cluster (not running it) gives each instance's predictor and KV size exactly
@@ -137,6 +167,8 @@ def estimate(variant: Variant, lengths: Lengths, tpot_slo_ms: float, opts: SimOp
     p = prefill_rate(p_inst, lengths.mean_input)
     d, n, met = decode_rate(d_inst, lengths, tpot_slo_ms, variant.dp_decode)
     p_cap, d_cap = variant.num_prefill * p, variant.num_decode * variant.dp_decode * d
-    cap = min(p_cap, d_cap)
-    bottleneck = "prefill" if met and p_cap <= d_cap else "decode"
+    link_cap = link_rate(cluster, lengths)
+    cap = min(p_cap, d_cap, link_cap)
+    bottleneck = ("decode" if not met else "link" if link_cap < min(p_cap, d_cap) else
+                  "prefill" if p_cap <= d_cap else "decode")
     return Estimate(variant.label, p, d, n, cap if met else 0.0, bottleneck, cap)
