@@ -813,6 +813,19 @@ def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
 
 
 @needs_shared
+def test_without_chunked_prefill_an_unrecorded_budget_is_the_recorded_max_model_len(tmp_path):
+    # vLLM 0.19 (arg_utils.py): chunked prefill off and no max_num_batched_tokens: the budget is max_model_len.
+    requests = _rtx_run_with(tmp_path, enable_chunked_prefill=False, max_num_batched_tokens=None, max_model_len=4096)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "max_num_batched_tokens 4096: chunked prefill off and no budget recorded, so vLLM's default, " \
+           "meta.json's max_model_len 4096" in res.output
+    assert "record no max_num_batched_tokens" not in res.output
+
+
+@needs_shared
 def test_a_precision_refused_by_the_profile_names_the_record_that_set_it(tmp_path):
     requests = _rtx_run_with(tmp_path, quantization="fp8")
     with pytest.raises(PrecisionMismatch, match=r"bfloat16 weights, but the instance runs fp8 .*\(the replay applied "

@@ -62,7 +62,10 @@ class Topology:
         reads = {src.id: r_up, dst.id: 1 if mla else r_down}
         if path[0].kind.startswith("fabric"):
             return max(reads.values())
-        return max(min(self.cfg.nodes[inst.spec.node].gpus_per_nic, inst.spec.tp) * reads[inst.id]
+        # The ranks read at each end: all of them, but of an MLA prefill wider than its decode only one per
+        # decode rank.
+        ranks = {src.id: min(src.spec.tp, dst.spec.tp) if mla else src.spec.tp, dst.id: dst.spec.tp}
+        return max(min(self.cfg.nodes[inst.spec.node].gpus_per_nic, ranks[inst.id]) * reads[inst.id]
                    for inst in (src, dst))
 
     @staticmethod

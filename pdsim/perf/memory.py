@@ -255,6 +255,10 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         blocks = vllm_blocks
         detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
                   f"peak {activation_bytes / GIB:.2f}, non-torch and CUDA-graph {other / GIB:.2f} GiB")
+        if not ic.enable_chunked_prefill:  # the budget may be the model's whole length (config._unchunked_budget)
+            detail += (f"; without chunked prefill the activation peak is a forward over max_num_batched_tokens "
+                       f"{ic.max_num_batched_tokens:,} (vLLM's default there: max_model_len): a smaller "
+                       "max_num_batched_tokens, as a smaller vLLM --max-model-len gives, leaves more")
         note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
         if ic.gpu_memory_utilization is None:
             # An LLMServingSim config without mem_util: LLMServingSim sizes it at its own default.

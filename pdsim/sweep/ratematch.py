@@ -20,10 +20,10 @@ step-time predictor alone (no simulation), as DistServe's placement reasoning do
   this ignores that chunked prefill rides along with decode steps, so it is pessimistic for
   short prompts.
 - KV transfer of a split: the prompt's KV (kv_transfer.kv_transfer_bytes at the mean prompt) over the
-  links the hand-offs cross at the rate they achieve (topology.py): per pair of instances its own path's
-  narrowest link; per instance its NIC or fabric port, which all its transfers share; spread evenly, the
-  pool moves the least of the sum over pairs and the sums over the two sides' ports. A capacity below both
-  pools' makes the link the bottleneck.
+  links the hand-offs cross at the rate they achieve (topology.py), requests spread evenly over the P x D
+  pairs: each link (a pair's own, an instance's NIC or fabric port) carries the share of the pairs that
+  cross it, and the narrowest in that sense sets the rate. Decode-side prefix hits, which send less, are
+  not counted. A capacity below both pools' makes the link the bottleneck.
 It ignores queueing (TTFT tails) and the transfers' fixed costs, which is why the simulation can disagree.
 """
 
@@ -127,22 +127,22 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float,
 
 
 def link_rate(cluster: Cluster, lengths: Lengths) -> float:
-    """Requests/s the hand-offs' links carry, each request's prompt KV spread evenly over the P x D pairs."""
+    """Requests/s the hand-offs' links carry with each request's prompt KV sent to each of the P x D pairs
+    alike: every link (a pair's own, or an instance's NIC or fabric port) carries the share of the requests
+    whose pair crosses it, so the rate is the least of capacity / (share x bytes per request)."""
     prefills = [i for i in cluster.instances if i.pd_type == "prefill"]
     decodes = [i for i in cluster.instances if i.pd_type == "decode"]
     if not prefills or not decodes:
         return math.inf
-    per_pair, ports = 0.0, {}
+    pairs_over: dict[str, int] = {}
+    links = {}
     for src in prefills:
         for dst in decodes:
-            path = cluster.topology.path(src, dst)
-            per_pair += min(link.capacity_bytes_per_s for link in path)
-            for link in path:
-                if link.kind != "network":  # a NIC or fabric port: shared by all of its instance's transfers
-                    ports[link.name] = link
-    sides = [sum(link.capacity_bytes_per_s for link in ports.values() if link.kind.endswith(end))
-             for end in ("_out", "_in")]
-    bytes_per_s = min([per_pair, *(side for side in sides if side > 0)])
+            for link in cluster.topology.path(src, dst):
+                pairs_over[link.name] = pairs_over.get(link.name, 0) + 1
+                links[link.name] = link
+    pairs = len(prefills) * len(decodes)
+    bytes_per_s = min(links[name].capacity_bytes_per_s * pairs / count for name, count in pairs_over.items())
     src, dst = prefills[0], decodes[0]
     per_request = kv_transfer_bytes(cluster.models[src.spec.model_name], max(1, round(lengths.mean_input)),
                                     src.spec.block_size, src.spec.kv_dtype or src.spec.dtype, dst.spec.tp,

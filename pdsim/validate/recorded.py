@@ -269,6 +269,9 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    if (budget := _unchunked_budget(instances, stated, out, unrecorded, run)) is not None:
+        out["max_num_batched_tokens"] = budget
+        unrecorded.remove("max_num_batched_tokens")
     _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
     kv = run.engine_meta.get("kv_cache")
     if "block_size" not in out and isinstance(kv, dict) and kv.get("block_size") is not None:
@@ -302,6 +305,33 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
             out["gpu_memory_utilization"] = float(util)
             run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
     return out
+
+
+def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded: list[str], run) -> int | None:
+    """vLLM's step budget where the run turned chunked prefill off and set none (0.19 engine/arg_utils.py): the
+    recorded max_model_len (else the model's), at least the default 2048, at most max_num_seqs x max_model_len.
+    None where the budget is recorded or stated, or chunked prefill is on."""
+    from pdsim.models import load_model
+
+    chunked = out.get("enable_chunked_prefill", stated.get("enable_chunked_prefill", True))
+    if chunked is not False or "max_num_batched_tokens" not in unrecorded or "max_num_batched_tokens" in stated:
+        return None
+    recorded = run.engine_kwargs.get("max_model_len")
+    names = {inst.get("model_name") for inst in instances}
+    if type(recorded) is int and recorded >= 1:
+        max_len, whose = recorded, "meta.json's max_model_len"
+    elif len(names) == 1 and isinstance(next(iter(names)), str):
+        try:
+            max_len, whose = load_model(next(iter(names))).max_position_embeddings, "the model's max length"
+        except PdsimError:
+            return None  # the config's validation names the model
+    else:
+        return None
+    seqs = out.get("max_num_seqs", stated.get("max_num_seqs", 128))
+    budget = min(seqs * max_len, max(max_len, 2048)) if type(seqs) is int else max(max_len, 2048)
+    run.notes.append(f"max_num_batched_tokens {budget}: chunked prefill off and no budget recorded, so vLLM's "
+                     f"default, {whose} {max_len} (at least 2048, at most max_num_seqs x it)")
+    return min(budget, MAX_TOKENS)
 
 
 def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> None:
