@@ -136,39 +136,34 @@ def test_transfer_defaults_are_the_vllm_tables_fit_and_hold_on_the_sglang_table(
         assert all(abs(r["crossed"] / r["their_ms"] - 1) < 0.20 for r in crossed), (name, crossed)
 
 
+def _cross_node_transfer_s(prefill_tp: int, decode_tp: int, decode_gpus_per_nic: int = 1) -> float:
+    """How long one 2,000-token prompt's KV takes from a prefill node to a decode node."""
+    def at(role: str, tp: int) -> dict:
+        return {**instance(role), "tp_size": tp, "num_npus": tp}
+
+    cfg = cluster_config_from_dict({
+        "num_nodes": 2, "link_bw": 2, "link_latency": 0,
+        "nodes": [{"num_instances": 1, "instances": [at("prefill", prefill_tp)]},
+                  {"num_instances": 1, "gpus_per_nic": decode_gpus_per_nic, "instances": [at("decode", decode_tp)]}],
+    })
+    req = run(cfg, [(2000, 5, 0.0)]).requests[0]
+    return req.kv_transfer_end_s - req.kv_transfer_start_s
+
+
 def test_ranks_sharing_a_nic_multiply_the_per_layer_cost():
     # Two TP 2 instances on two nodes: with 2 GPUs per NIC on the receiving node both ranks queue
     # their per-layer requests on one NIC, so the fixed part doubles; the bytes' part does not move.
     layers = load_model(MODEL).num_layers
-    times = []
-    for gpus_per_nic in (1, 2):
-        cfg = cluster_config_from_dict({
-            "num_nodes": 2, "link_bw": 2, "link_latency": 0,
-            "nodes": [
-                {"num_instances": 1, "instances": [{**instance("prefill"), "tp_size": 2, "num_npus": 2}]},
-                {"num_instances": 1, "gpus_per_nic": gpus_per_nic,
-                 "instances": [{**instance("decode"), "tp_size": 2, "num_npus": 2}]},
-            ],
-        })
-        req = run(cfg, [(2000, 5, 0.0)]).requests[0]
-        times.append(req.kv_transfer_end_s - req.kv_transfer_start_s)
-    assert times[1] - times[0] == pytest.approx(10.5e-6 * layers, rel=1e-9)
+    one, shared = (_cross_node_transfer_s(2, 2, gpus_per_nic) for gpus_per_nic in (1, 2))
+    assert shared - one == pytest.approx(10.5e-6 * layers, rel=1e-9)
 
 
 def test_a_decode_tp_four_times_the_prefills_queues_four_reads_on_the_prefill_rank():
     # vLLM 0.19's NixlConnector: each of the 4 decode ranks reads its slice of the heads from the one prefill
     # rank, so 4 reads' per-layer requests queue there; the bytes are the same whichever ranks read them.
     layers = load_model(MODEL).num_layers
-    times = []
-    for tp in (1, 4):
-        cfg = cluster_config_from_dict({
-            "num_nodes": 2, "link_bw": 2, "link_latency": 0,
-            "nodes": [{"num_instances": 1, "instances": [instance("prefill")]},
-                      {"num_instances": 1, "instances": [{**instance("decode"), "tp_size": tp, "num_npus": tp}]}],
-        })
-        req = run(cfg, [(2000, 5, 0.0)]).requests[0]
-        times.append(req.kv_transfer_end_s - req.kv_transfer_start_s)
-    assert times[1] - times[0] == pytest.approx(3 * 10.5e-6 * layers, rel=1e-6)
+    same, wider = _cross_node_transfer_s(1, 1), _cross_node_transfer_s(1, 4)
+    assert wider - same == pytest.approx(3 * 10.5e-6 * layers, rel=1e-6)
 
 
 def test_transfer_time_is_per_layer_cost_plus_bytes_at_the_achieved_rate():
