@@ -1156,15 +1156,13 @@ def test_a_dataset_far_longer_than_a_steady_state_is_said_with_the_options_that_
 
 def test_a_lengthened_probe_runs_four_times_the_arrivals_of_its_default_run():
     # The dataset alone may outlast the minimum duration; the longer run is 4x the default run's own span.
-    from pdsim.sweep.runner import job_duration_s
+    from pdsim.sweep.runner import arrivals_span_s
     from pdsim.sweep.search import LONGER_X
 
     base = load_trace(DATASET)
-    variant = expand(load_cluster_config(BASE), 2)[0]
     for rate, min_duration_s in ((2.0, 10.0), (2.0, 1000.0)):
-        default = trace_at_rate(base, rate, "poisson", 0, job_duration_s(Job(variant, rate), len(base), min_duration_s))
-        longer = trace_at_rate(base, rate, "poisson", 0,
-                               job_duration_s(Job(variant, rate, LONGER_X), len(base), min_duration_s))
+        default = trace_at_rate(base, rate, "poisson", 0, arrivals_span_s(rate, 1, len(base), min_duration_s))
+        longer = trace_at_rate(base, rate, "poisson", 0, arrivals_span_s(rate, LONGER_X, len(base), min_duration_s))
         assert len(longer) == pytest.approx(LONGER_X * len(default), rel=0.01)
 
 

@@ -72,11 +72,22 @@ def _checkpoint_quantization(data: Any) -> Any:
         "{given}", {"model": data["model_name"], "own": own, "given": _fmt(given)})
 
 
-def _unchunked_budget(data: Any) -> Any:
+def unchunked_budget(max_model_len: int, max_num_seqs: Any = None) -> int:
     """vLLM's default step budget without chunked prefill (engine/arg_utils.py
-    _set_default_max_num_seqs_and_batched_tokens_args, 0.19): where the user set no max_num_batched_tokens it is
-    raised to max_model_len, so that a whole prompt fits one step, and kept under max_num_seqs x max_model_len.
-    pdsim's max_model_len is the model's own."""
+    _set_default_max_num_seqs_and_batched_tokens_args, 0.19), where the user set no max_num_batched_tokens:
+    raised to max_model_len, so that a whole prompt fits one step, and kept under max_num_seqs x max_model_len
+    (max_num_seqs None: the default's; one that is no count is left to the config's validation)."""
+    if max_num_seqs is None:
+        max_num_seqs = InstanceConfig.model_fields["max_num_seqs"].default
+    budget = max(max_model_len, InstanceConfig.model_fields["max_num_batched_tokens"].default)
+    if type(max_num_seqs) is int and max_num_seqs >= 1:
+        budget = min(max_num_seqs * max_model_len, budget)
+    return min(budget, MAX_TOKENS)
+
+
+def _unchunked_budget(data: Any) -> Any:
+    """unchunked_budget where the instance turns chunked prefill off and gives no budget; pdsim's max_model_len
+    is the model's own."""
     if (not isinstance(data, dict) or data.get("enable_chunked_prefill") is not False
             or "max_num_batched_tokens" in data or not isinstance(data.get("model_name"), str)):
         return data
@@ -84,12 +95,7 @@ def _unchunked_budget(data: Any) -> Any:
         max_len = load_model(data["model_name"]).max_position_embeddings
     except PdsimError:
         return data  # the model_name validator words it
-    default = InstanceConfig.model_fields["max_num_batched_tokens"].default
-    seqs = data.get("max_num_seqs", InstanceConfig.model_fields["max_num_seqs"].default)
-    budget = max(max_len, default)
-    if type(seqs) is int and seqs >= 1:
-        budget = min(seqs * max_len, budget)
-    return {**data, "max_num_batched_tokens": min(budget, MAX_TOKENS)}
+    return {**data, "max_num_batched_tokens": unchunked_budget(max_len, data.get("max_num_seqs"))}
 
 
 def _fp8_dtype_as_quantization(data: Any) -> Any:

@@ -94,9 +94,7 @@ class Cluster:
     def _choose_prefill(self, candidates: list[Instance], req: Request) -> Instance:
         """The router picks an instance or a whole DP group, which then picks its rank (a group is
         chosen by load: cache-aware policies look at single instances' caches)."""
-        if not self.dp_groups:
-            return self.prefill_router.choose(candidates, req)
-        if not any(c.id in self._unit_of for c in candidates):  # the DP groups decode: as without groups
+        if not self.dp_groups or not any(c.id in self._unit_of for c in candidates):  # none, or only decode ones
             return self.prefill_router.choose(candidates, req)
         units = list(dict.fromkeys(self._unit_of.get(c.id, c) for c in candidates))
         unit = self.prefill_router.choose(units)

@@ -267,8 +267,8 @@ def _check_precision(profile: Profile, precision: str) -> None:
         measured = "fp8" if "fp8" in gemms else meta.dtype
         where, field, fix = Path(meta.path) / "meta.json", "device.gemm_precision", ""
     if measured.startswith("fp8") != precision.startswith("fp8"):
-        raise PrecisionMismatch(f"{where}: field '{field}': the profile was measured with {measured} weights, but the "
-                           f"instance runs {precision}{fix}")
+        raise PrecisionMismatch(f"{where}: field '{field}': the profile was measured with {measured} weights, but "
+                                f"the instance runs {precision}{fix}")
 
 
 def profile_path(root: str | Path, hardware: str, model: str, dtype: str, tp: int) -> Path:

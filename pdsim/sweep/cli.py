@@ -292,12 +292,11 @@ class _Setup:
 
     def can_lengthen(self, rate_per_s: float) -> bool:
         """Whether search's longer run of a probe at this rate stays within the request cap and the run clock."""
-        from pdsim.sweep.runner import Job, job_duration_s, requests_at_rate
+        from pdsim.sweep.runner import arrivals_span_s, requests_at_rate
         from pdsim.sweep.search import LONGER_X
         from pdsim.workload.trace import MAX_ARRIVAL_NS
 
-        duration_s = job_duration_s(Job(self.variants[0], rate_per_s, LONGER_X), len(self.trace),
-                                    self.settings.min_duration_s)
+        duration_s = arrivals_span_s(rate_per_s, LONGER_X, len(self.trace), self.settings.min_duration_s)
         return (requests_at_rate(len(self.trace), rate_per_s, duration_s) <= MAX_REQUESTS
                 and duration_s * 1e9 < MAX_ARRIVAL_NS)
 
@@ -656,13 +655,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     with setup.outputs("search", "probes.csv") as out:
         out.stage(setup.out / "search.csv", lambda tmp: _write_csv(ranked, tmp))
         if kw["arrival"] == "poisson" and win["goodput_req_s"] > 0:
-            from pdsim.sweep.runner import Job, job_duration_s, trace_at_rate
+            from pdsim.sweep.runner import arrivals_span_s, trace_at_rate
             from pdsim.workload.trace import write_trace
 
-            win_state = next(st for st in states if st.variant.label == win["label"])
-            win_job = Job(win_state.variant, win["goodput_req_s"], int(win_state.lo_row["duration_x"]))
+            win_x = next(int(st.lo_row["duration_x"]) for st in states if st.variant.label == win["label"])
             probe = trace_at_rate(setup.trace, win["goodput_req_s"], "poisson", kw["seed"],
-                                  job_duration_s(win_job, len(setup.trace), setup.settings.min_duration_s))
+                                  arrivals_span_s(win["goodput_req_s"], win_x, len(setup.trace),
+                                                  setup.settings.min_duration_s))
             out.stage(setup.out / WINNER_TRACE, lambda tmp: write_trace(tmp, probe))
         if kw["plots"]:
             # A rate run twice (the second time longer) is drawn once, as the longer run decided it.

@@ -86,12 +86,13 @@ def rate_key(rate_per_s: float) -> str:
 
 # -- traces ---------------------------------------------------------------------------------------
 
-def job_duration_s(job: Job, n_base: int, min_duration_s: float) -> float:
-    """The least span of a job's arrivals: the minimum duration, or for a lengthened job duration_x times the
-    default run's span (the dataset alone may outlast the minimum: its requests are all run at least once)."""
-    if job.duration_x == 1:
+def arrivals_span_s(rate_per_s: float, duration_x: int, n_base: int, min_duration_s: float) -> float:
+    """The least span of a run's arrivals: the minimum duration, or for a run lengthened duration_x times that
+    many times the default run's span (the dataset alone may outlast the minimum: its requests are all run at
+    least once)."""
+    if duration_x == 1:
         return min_duration_s
-    return job.duration_x * max(min_duration_s, n_base / job.rate_per_s)
+    return duration_x * max(min_duration_s, n_base / rate_per_s)
 
 
 def requests_at_rate(n_base: int, rate_per_s: float, min_duration_s: float) -> int:
@@ -156,7 +157,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
 
     v = job.variant
     trace = trace_at_rate(base_trace, job.rate_per_s, settings.arrival, settings.seed,
-                          job_duration_s(job, len(base_trace), settings.min_duration_s))
+                          arrivals_span_s(job.rate_per_s, job.duration_x, len(base_trace), settings.min_duration_s))
     last_arrival_s = trace[-1].arrival_time_ns * 1e-9
     opts = SimOptions(
         seed=settings.seed, profiles_root=settings.profiles_root, profile_dir=settings.profile_dir,

@@ -311,6 +311,7 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     """vLLM's step budget where the run turned chunked prefill off and set none (0.19 engine/arg_utils.py): the
     recorded max_model_len (else the model's), at least the default 2048, at most max_num_seqs x max_model_len.
     None where the budget is recorded or stated, or chunked prefill is on."""
+    from pdsim.config.models import unchunked_budget
     from pdsim.models import load_model
 
     chunked = out.get("enable_chunked_prefill", stated.get("enable_chunked_prefill", True))
@@ -327,11 +328,10 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
             return None  # the config's validation names the model
     else:
         return None
-    seqs = out.get("max_num_seqs", stated.get("max_num_seqs", 128))
-    budget = min(seqs * max_len, max(max_len, 2048)) if type(seqs) is int else max(max_len, 2048)
+    budget = unchunked_budget(max_len, out.get("max_num_seqs", stated.get("max_num_seqs")))
     run.notes.append(f"max_num_batched_tokens {budget}: chunked prefill off and no budget recorded, so vLLM's "
                      f"default, {whose} {max_len} (at least 2048, at most max_num_seqs x it)")
-    return min(budget, MAX_TOKENS)
+    return budget
 
 
 def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> None:
