@@ -37,7 +37,8 @@ FP8_BLOCK = 128
 
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
-    "llama": False, "mistral": False, "qwen2": False, "qwen3": True, "qwen3_moe": True, "mixtral": False,
+    "llama": False, "mistral": False, "qwen2": False, "qwen3": True, "qwen3_moe": True, "qwen2_moe": False,
+    "mixtral": False,
     "phi3": False, "phimoe": False, "deepseek_v2": False, "deepseek_v3": False, "gpt_oss": False,
 }
 BIASED_MODEL_TYPES = ("gpt_oss",)  # biased projections counted (pdsim/gpt_oss.py)
@@ -323,7 +324,7 @@ def _check_supported(path: Path, model_type: str, raw: dict) -> None:
     if raw.get("attention_bias") and model_type not in (*BIASED_MODEL_TYPES, *ATTENTION_BIAS_TYPES):
         raise PdsimError(f"{path}: field 'attention_bias': biased attention projections are not modelled for "
                          f"model_type {model_type!r}")
-    if model_type in MOE_KEYS and raw.get("shared_expert_intermediate_size"):
+    if model_type in MOE_KEYS and model_type != "qwen2_moe" and raw.get("shared_expert_intermediate_size"):
         raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
 
 
@@ -381,7 +382,8 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         max_position_embeddings=field("max_position_embeddings"),
         moe=moe_from_hf(path, model_type, raw, num_layers),
         checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
-        qkv_bias=model_type == "qwen2" or (model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True),
+        qkv_bias=model_type in ("qwen2", "qwen2_moe") or (model_type in ATTENTION_BIAS_TYPES
+                                                          and raw.get("attention_bias") is True),
         o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,
         norm_bias=model_type == "phimoe",  # nn.LayerNorm with bias in vLLM's PhiMoE
         lm_head_bias=model_type == "phimoe" and raw.get("lm_head_bias") is True,

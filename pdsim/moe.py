@@ -1,5 +1,5 @@
-"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `mixtral`, `deepseek_v2`,
-`deepseek_v3`, `gpt_oss`).
+"""Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `qwen2_moe`, `mixtral`,
+`deepseek_v2`, `deepseek_v3`, `gpt_oss`).
 
 A MoE decoder layer replaces the dense MLP by a router gate (hidden x num_experts, replicated on
 every GPU), `num_experts` routed experts of which each token uses `top_k`, and optionally shared
@@ -35,6 +35,7 @@ DEEPSEEK_TYPES = ("deepseek_v2", "deepseek_v3")
 # qwen3_moe config is for its non-MoE layers (mlp_only_layers), Mixtral's is the expert size.
 MOE_KEYS: dict[str, tuple[str, str]] = {
     "qwen3_moe": ("num_experts", "moe_intermediate_size"),
+    "qwen2_moe": ("num_experts", "moe_intermediate_size"),
     "mixtral": ("num_local_experts", "intermediate_size"),
     "deepseek_v2": ("n_routed_experts", "moe_intermediate_size"),
     "deepseek_v3": ("n_routed_experts", "moe_intermediate_size"),
@@ -50,6 +51,8 @@ class MoESpec:
     expert_intermediate: int  # of one routed expert
     moe_layers: int  # layers whose MLP is a MoE block (the others are dense)
     shared_intermediate: int = 0  # all shared experts together, 0 when none
+    # Qwen2-MoE scales its shared expert's output by sigmoid(a [hidden -> 1] gate) (vLLM's Qwen2MoeSparseMoeBlock).
+    shared_expert_gate: bool = False
 
     def expected_active_experts(self, tokens: float, local_experts: int | None = None) -> float:
         """Expected distinct experts `tokens` tokens activate among `local_experts` (default all)."""
@@ -69,7 +72,7 @@ class MoESpec:
     def non_expert_mlp_params(self, hidden: int, tp: int) -> int:
         """Per MoE layer and GPU: the router gate (replicated) and the shared experts (TP-sharded)."""
         shared = 3 * hidden * -(-self.shared_intermediate // tp) if self.shared_intermediate else 0
-        return hidden * self.num_experts + shared
+        return hidden * self.num_experts + shared + (hidden if self.shared_expert_gate else 0)
 
     def check_ep(self, name: str, ep: int) -> None:
         if ep < 1 or self.num_experts % ep:
@@ -92,9 +95,9 @@ def moe_from_hf(path: object, model_type: str, raw: dict, num_layers: int) -> Mo
     if top_k > experts:
         raise PdsimError(f"{path}: field 'num_experts_per_tok': {top_k} is more than the {experts} experts")
     moe_layers = num_layers
-    if model_type == "qwen3_moe":
-        # vLLM's Qwen3MoeDecoderLayer: MoE where the layer is not in mlp_only_layers and
-        # (index + 1) % decoder_sparse_step == 0.
+    if model_type in ("qwen3_moe", "qwen2_moe"):
+        # vLLM's Qwen3MoeDecoderLayer and Qwen2MoeDecoderLayer: MoE where the layer is not in mlp_only_layers
+        # and (index + 1) % decoder_sparse_step == 0.
         step = positive("decoder_sparse_step", 1)
         dense_only = set(raw.get("mlp_only_layers") or [])
         moe_layers = sum(1 for i in range(num_layers) if i not in dense_only and (i + 1) % step == 0)
@@ -111,10 +114,16 @@ def moe_from_hf(path: object, model_type: str, raw: dict, num_layers: int) -> Mo
         if not isinstance(n_shared, int) or isinstance(n_shared, bool) or n_shared < 0:
             raise PdsimError(f"{path}: field 'n_shared_experts': expected a non-negative integer, got {n_shared!r}")
         shared = n_shared * positive(inter_key)
+    if model_type == "qwen2_moe":  # one shared expert of its own width (0: none), gated
+        shared = raw.get("shared_expert_intermediate_size") or 0
+        if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0:
+            raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': expected a non-negative integer, "
+                             f"got {shared!r}")
     return MoESpec(
         num_experts=experts,
         top_k=top_k,
         expert_intermediate=positive(inter_key),
         moe_layers=moe_layers,
         shared_intermediate=shared,
+        shared_expert_gate=model_type == "qwen2_moe" and shared > 0,
     )

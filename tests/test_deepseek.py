@@ -152,6 +152,14 @@ def test_example_config_runs_to_completion():
     assert by_id[prefill.id].weights_gb == pytest.approx(v3.weight_bytes("bfloat16", 8, 8, "fp8_block") / GIB)
     assert 93 * GIB < v3.weight_bytes("bfloat16", 1, 8, "fp8_block") < 95 * GIB
     assert decode[0].spec.kv_bytes_per_token == 70_272  # bf16 latent cache beside fp8 weights
+    # A DP rank's profiling run gathers the 8 ranks' 2048 tokens into its MoE blocks (docs/memory.md).
+    from pdsim.perf.memory import activation_peak_bytes
+
+    dp_rank = decode[0].spec
+    assert by_id[decode[0].id].activation_gb == pytest.approx(activation_peak_bytes(
+        v3, "bfloat16", 1, dp_rank.max_num_batched_tokens, dp_rank.max_num_seqs, dp_size=8) / GIB)
+    assert by_id[decode[0].id].activation_gb > 4 * activation_peak_bytes(
+        v3, "bfloat16", 1, dp_rank.max_num_batched_tokens, dp_rank.max_num_seqs) / GIB
     assert math.isfinite(max(r.finish_s for r in res.requests))
 
 
@@ -197,3 +205,20 @@ def test_a_model_pdsim_does_not_bundle_gets_an_estimated_profile_from_its_config
                                    str(tmp_path / "config.json"), "--tp", "2", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "p" / "H100-SXM" / "acme" / "DeepSeek-V2-Lite-estimate-test" / "bfloat16" / "tp2").is_dir()
+
+
+def test_a_dp_rank_runs_its_gate_and_shared_expert_on_its_own_tokens(v3):
+    # vLLM 0.19 keeps the hidden states from before the all-gather for the shared experts and gates a rank's
+    # own tokens: in a DP group of 8 ranks of 128 tokens, those parts cost what 128 tokens cost, not 1024.
+    from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
+
+    hw = get_hardware("H200")
+    roof = MoERoofline(hw, v3, "bfloat16", 1, shared_tp=1)
+    pairs, active = 1024 * 8 / 8, 32.0
+    alone = roof.layer_us(1024, pairs, active)
+    assert alone - roof.layer_us(1024, pairs, active, rank_tokens=128) == pytest.approx(
+        roof.shared_us(1024) - roof.shared_us(128) + roof.gemm_us(1024, 256, 7168) - roof.gemm_us(128, 256, 7168),
+        rel=1e-9)
+    assert roof.shared_us(1024) > 2 * roof.shared_us(128)
+    layer = MoELayerModel(v3, ExpertPlacement(1, 8, 8), "bfloat16", hw, None)
+    assert layer.step_us(1024, 128) < layer.step_us(1024)

@@ -181,7 +181,8 @@ def test_two_kv_figures_are_both_named(tmp_path):
     assert kv.tokens == 19200 and "the last of 2 such lines, which also give 32,000" in kv.source
     meta = {"kv_cache": {"num_gpu_blocks": 3000}}
     both = measured_kv(meta, "meta.json", log, 16)
-    assert both.num_gpu_blocks == 1200 and "taken over meta.json kv_cache.num_gpu_blocks's 3,000 blocks" in both.source
+    assert both.num_gpu_blocks == 1200 and ("taken over meta.json kv_cache.num_gpu_blocks's 3,000 blocks, -60.0% from "
+                                            "it: is the log this run's engine's?") in both.source
     assert "taken over" not in measured_kv({"kv_cache": {"num_gpu_blocks": 1200}}, "meta.json", log, 16).source
 
 
@@ -322,3 +323,21 @@ def test_a_cache_shorter_than_the_models_max_length_is_said():
     assert "41,408 tokens hold no request of the model's max length (131,072)" in note
     assert "--max-model-len 41,408 or less" in note
     assert _max_len_note(memory.KVBudget("vllm", 8193, 16 * 131072, 16, 0, 0, 0, ""), model) == ""
+    # A measured engine started with --max-model-len 8192: its cache held that, whatever the model's length.
+    assert _max_len_note(tight, model, recorded_max_len=8192) == ""
+    assert "max_model_len 65,536, which vLLM refuses to start with" in _max_len_note(tight, model, 65_536)
+
+
+def test_a_moe_dp_rank_sizes_its_moe_workspaces_by_the_groups_gathered_tokens():
+    # vLLM's all-gather dispatch gives each rank's MoE kernels the group's dp x T rows in the profiling run.
+    from pdsim.perf.memory import activation_peak_bytes, moe_workspace_bytes
+
+    qwen = load_model("Qwen/Qwen3-30B-A3B")
+    alone = activation_peak_bytes(qwen, "bfloat16", 1, 8192, 256)
+    in_group = activation_peak_bytes(qwen, "bfloat16", 1, 8192, 256, dp_size=2)
+    extra_workspace = (moe_workspace_bytes(qwen, "bfloat16", 1, 2 * 8192)
+                       - moe_workspace_bytes(qwen, "bfloat16", 1, 8192))
+    assert in_group - alone >= extra_workspace > 0
+    dense = load_model("meta-llama/Llama-3.1-8B")
+    assert activation_peak_bytes(dense, "bfloat16", 1, 8192, 256, dp_size=4) == activation_peak_bytes(
+        dense, "bfloat16", 1, 8192, 256)

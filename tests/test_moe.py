@@ -96,6 +96,38 @@ def test_unsupported_moe_shapes_are_refused(tmp_path):
         load_model("org/s", tmp_path)
 
 
+# Qwen1.5-MoE-A2.7B's Hugging Face config (the shape keys): 60 routed experts of 1408 (4 per token) and one
+# gated shared expert of 5632 in every layer; q, k, v biases as in Qwen2.
+QWEN15_MOE = {
+    "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 2048, "intermediate_size": 5632,
+    "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632, "num_experts": 60,
+    "num_experts_per_tok": 4, "decoder_sparse_step": 1, "mlp_only_layers": [], "num_hidden_layers": 24,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "max_position_embeddings": 8192, "vocab_size": 151936,
+    "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 32768, "torch_dtype": "bfloat16",
+}
+
+
+def test_qwen2_moe_with_its_gated_shared_expert(tmp_path):
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen1.5-MoE-A2.7B.json").write_text(json.dumps(QWEN15_MOE))
+    m = load_model("Qwen/Qwen1.5-MoE-A2.7B", tmp_path)
+    assert (m.moe.num_experts, m.moe.top_k, m.moe.moe_layers, m.moe.shared_intermediate) == (60, 4, 24, 5632)
+    assert m.moe.shared_expert_gate and m.qkv_bias and not m.has_qk_norm
+    assert 14.3e9 < m.param_count() < 14.35e9  # published: 14.3B
+    no_gate = m.moe.non_expert_mlp_params(2048, 1) - 2048  # the gate is [hidden -> 1] per layer
+    assert no_gate == 2048 * 60 + 3 * 2048 * 5632
+    hw = get_hardware("H100")
+    roof = MoERoofline(hw, m, "bfloat16", 1, shared_tp=1)
+    assert roof.shared_us(256) > 0
+    from pdsim.models import use_model_file
+
+    use_model_file("Qwen/Qwen1.5-MoE-A2.7B", tmp_path / "Qwen" / "Qwen1.5-MoE-A2.7B.json")  # as beside a config
+    cfg = cluster_config_from_dict(_cluster({**_instance(), "model_name": "Qwen/Qwen1.5-MoE-A2.7B", "hardware": "H100",
+                                             "npu_mem": {"mem_size": 80, "mem_bw": 3350}}))
+    result = simulate(cfg, trace([(300, 10, i * 0.05) for i in range(10)]), SimOptions())
+    assert all(r.status == "finished" for r in result.requests)
+
+
 def test_placement_checks():
     m = load_model(QWEN_MOE)
     assert check_placement(m, ExpertPlacement(tp=1, ep_size=2, dp_size=2)) is None
@@ -229,9 +261,10 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     assert cudagraph_sizes(256, 8192)[-1] == 512 and cudagraph_sizes(4, 8192) == [1, 2, 4, 8]
     spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048)
     group = DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
-    assert group._moe_tokens([61, 3]) == 2 * 64  # both under 256: padded to 64, then to the largest
-    assert group._moe_tokens([1, 1]) == 2  # two dummy batches
-    assert group._moe_tokens([300, 3]) == 303  # one rank above the largest graph: no padding
+    # (tokens the experts see, the most one rank gives: its router gate and shared experts run on those)
+    assert group._moe_tokens([61, 3]) == (2 * 64, 64)  # both under 256: padded to 64, then to the largest
+    assert group._moe_tokens([1, 1]) == (2, 1)  # two dummy batches
+    assert group._moe_tokens([300, 3]) == (303, 300)  # one rank above the largest graph: no padding
 
 
 def test_dense_dp_group_is_routed_as_one_but_not_synchronised():

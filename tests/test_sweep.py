@@ -1186,3 +1186,22 @@ def test_a_slow_link_is_the_estimates_bottleneck():
             assert est.capacity_req_s == pytest.approx(0.73 * 1e9 / per_request, rel=1e-9)
         else:
             assert est.bottleneck in ("prefill", "decode") and 0 < est.capacity_req_s < 0.73 * 50e9 / per_request
+
+
+def test_written_configs_leave_out_the_settings_the_base_left_out():
+    # A budget the base did not give stays vLLM's default in a written config: run with chunked prefill off,
+    # it becomes the model's max length (config.models.unchunked_budget), not a copied 2048.
+    base = load_cluster_config(ROOT / "configs" / "cluster" / "single_node_pd_instance.json")
+    assert not any("max_num_batched_tokens" in r.config.model_fields_set for r in base.instances())
+    for variant in expand(base, 2):
+        for inst in (i for n in variant.raw["nodes"] for i in n["instances"]):
+            assert "max_num_batched_tokens" not in inst and "max_num_seqs" not in inst, variant.label
+            unchunked = cluster_config_from_dict(
+                {**variant.raw, "nodes": [{**n, "instances": [{**i, "enable_chunked_prefill": False}
+                                                              for i in n["instances"]]} for n in variant.raw["nodes"]]},
+                "<test>")
+            assert {r.config.max_num_batched_tokens for r in unchunked.instances()} == {131072}
+    raw = json.loads(BASE.read_text())
+    raw["nodes"][0]["instances"][0]["max_num_batched_tokens"] = 4096  # one the base gives is kept
+    kept = expand(cluster_config_from_dict(raw, "<test>"), 2)
+    assert {i.get("max_num_batched_tokens") for v in kept for n in v.raw["nodes"] for i in n["instances"]} == {4096}

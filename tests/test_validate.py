@@ -674,11 +674,21 @@ def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tm
     kept = rows[rows.in_comparison == 1]
     assert kept.simulated_ttft_ms.mean() == pytest.approx(table.loc[("TTFT (ms)", "mean"), "simulated"])
     assert rows.loc[7, "simulated_tpot_ms"] == pytest.approx(sim.set_index("request_id").loc[7, "tpot_ms"])
-    records[6]["output_toks"] = 0
+    records[6]["output_toks"] = 0  # a finished request (it has a first token) cannot have none
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     with pytest.raises(PdsimError, match=r"requests.jsonl:7: field 'output_toks': expected an integer from 1 to "
                                          r"1e\+09, got 0"):
         read_engine_jsonl(path)
+    # Aborted before a first token, output_toks 0: scheduled, its prompt ran (replayed as one token); never
+    # scheduled, it did no work (left out of the replay).
+    records[6]["output_toks"] = records[4]["output_toks"] = 0
+    records[6]["first_token_ts"] = records[6]["last_token_ts"] = records[6]["scheduled_ts"] = None
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    run = read_engine_jsonl(path)
+    assert len(run.requests) == 29 and run.requests.output_toks.min() == 1
+    assert any(n.startswith("1 request(s) with output_toks 0 and no scheduled_ts") for n in run.notes)
+    assert any(n.startswith("1 request(s) with output_toks 0 (scheduled, then aborted") for n in run.notes)
+    assert len(replay(cfg, run).requests) == 29
 
 
 @needs_shared
@@ -809,7 +819,7 @@ def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
     assert "kv_cache_dtype auto from meta.json engine_kwargs, the config says fp8" in res.output
-    assert "predicted 585,248 (LLMServingSim's rule" in res.output  # bf16's 128 KiB a token, not fp8's 64
+    assert "predicted 574,032 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
 
 
 @needs_shared
@@ -1072,6 +1082,23 @@ def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path)
     plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(RTX / "cluster_config.json", plain, None)
     assert not any("not modelled" in n for n in plain.notes)
+
+
+@needs_shared
+def test_without_meta_json_the_configs_scheduling_is_said(tmp_path):
+    import shutil
+
+    from pdsim.validate.recorded import replay_config
+
+    shutil.copy(RTX / "vllm_run" / "requests.jsonl", tmp_path / "requests.jsonl")  # no meta.json beside it
+    run = read_measured(tmp_path / "requests.jsonl")
+    cfg = replay_config(RTX / "cluster_config.json", run, None)
+    assert {ref.config.async_scheduling for ref in cfg.instances()} == {False}
+    said = "async scheduling off: the cluster config's (no meta.json beside the run"
+    assert any(n.startswith(said) for n in run.notes)
+    with_meta = read_measured(RTX / "vllm_run" / "requests.jsonl")  # 0.19.0's default decides it
+    replay_config(RTX / "cluster_config.json", with_meta, None)
+    assert not any("the cluster config's (" in n for n in with_meta.notes)
 
 
 @needs_shared

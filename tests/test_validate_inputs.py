@@ -609,7 +609,9 @@ def test_a_replay_off_the_profiles_grid_says_so_in_notes_not_raw_warnings_and_an
     assert ("note: kv_cache_dtype fp8: the KV cache holds 1-byte values (its capacity and transfers), but the "
             "profile's attention was timed with a bfloat16 KV cache and is used as timed") in res.output
     # the KV line's arithmetic, under it
-    assert "\n  n0.i0: LLMServingSim's rule (npu_mem.mem_util given): 96 GiB x 0.9 - weights 14.96 GiB" in res.output
+    # (vLLM's accounting: the engine ran its default utilization, 0.9, of which the config's mem_util is a copy)
+    assert "\n  n0.i0: vLLM's accounting, 95.03 GiB (assumed 99.0% of 96 GB as on H100) x gpu_memory_utilization 0.9" \
+        in res.output
     assert f"engine state over 67 ticks of {tmp_path / 'run' / 'timeseries.csv'} (measured / simulated" in res.output
 
 

@@ -102,16 +102,16 @@ class DPGroup:
                 tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
             slowest_s = max(slowest_s, own_s)
         self.num_steps += 1
-        return slowest_s + self.moe_layer.step_us(self._moe_tokens(tokens)) * 1e-6
+        return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens)) * 1e-6
 
-    def _moe_tokens(self, tokens: list[int]) -> int:
-        """Tokens the group's MoE layers see: the ranks' own, or, when every rank runs a CUDA graph,
-        every rank padded to the largest capture size among them (module docstring)."""
+    def _moe_tokens(self, tokens: list[int]) -> tuple[int, int]:
+        """(tokens the group's MoE layers see, the most one rank gives): the ranks' own, or, when every
+        rank runs a CUDA graph, every rank padded to the largest capture size among them (module docstring)."""
         caps = self._graph_sizes
         if any(t > sizes[-1] for t, sizes in zip(tokens, caps)):
-            return sum(tokens)
+            return sum(tokens), max(tokens)
         padded = max(next(size for size in sizes if size >= t) for t, sizes in zip(tokens, caps))
-        return padded * len(tokens)
+        return padded * len(tokens), padded
 
 
 def cudagraph_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:

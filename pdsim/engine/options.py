@@ -53,6 +53,9 @@ class SimOptions:
     # The measured engine's gpu_memory_utilization (validate, from meta.json): vLLM's accounting is shown at it,
     # also where the config's npu_mem.mem_util sizes the KV cache by LLMServingSim's rule.
     recorded_gpu_memory_utilization: float | None = None
+    # The measured engine's max_model_len (validate, from meta.json), where it set one: the longest request
+    # vLLM checks its KV cache can hold at start-up, in place of the model's max length.
+    recorded_max_model_len: int | None = None
     # Every engine step this many times as long as predicted (validate's step-time sensitivity replays).
     step_time_scale: float = 1.0
 
@@ -112,6 +115,9 @@ class SimOptions:
         util = self.recorded_gpu_memory_utilization
         if util is not None and not (_finite(util) and 0 < util <= 1):
             raise ConfigError(f"recorded_gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
+        limit = self.recorded_max_model_len
+        if limit is not None and not (_whole(limit) and limit >= 1):
+            raise ConfigError(f"recorded_max_model_len: expected a whole number of tokens >= 1, got {limit!r}")
 
 
 def _finite(value: object) -> bool:

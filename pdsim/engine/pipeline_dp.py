@@ -35,7 +35,7 @@ class PipelineDPGroup(DPGroup):
             group_tokens += tokens
             max_tokens = max(max_tokens, tokens)
         predictor = self.members[0].predictor
-        moe_us = self.moe_layer.layer_us(group_tokens) if self.moe_layer is not None else 0.0
+        moe_us = self.moe_layer.layer_us(group_tokens, max_tokens) if self.moe_layer is not None else 0.0
         stages = tuple(max(times[i] for times in own) + layers * moe_us * 1e-6
                        for i, layers in enumerate(predictor.moe_layers_per_stage))
         self.num_steps += 1

@@ -362,11 +362,13 @@ MXFP4_MOE_KERNEL = MoEKernel(compute_eff_max=0.57, half_eff_rows=42.0, mem_eff=0
 
 class MoERoofline(_Roofline):
     """One MoE layer on one GPU from specs (pdsim/perf/moe_time.py says what it is given):
-    the router gate over the tokens given (the group's: an upper bound, as vLLM gates a rank's own
-    tokens before the all-gather), the top-k kernel, then fused_moe (experts_us, MoEKernel).
-    Shared experts (DeepSeek) are
-    one dense MLP of the model's shared width, TP-sharded `shared_tp` ways, over the same tokens
-    (with DP ranks, vLLM's naive all-gather dispatch runs them on the gathered tokens).
+    the router gate over the rank's own tokens (vLLM gates them before the all-gather dispatch), the
+    top-k kernel, then fused_moe (experts_us, MoEKernel) over the tokens dispatched to it (a DP group's
+    all). Shared experts (DeepSeek) are one dense MLP of the model's shared width, TP-sharded
+    `shared_tp` ways, over the rank's own tokens too: vLLM 0.19 keeps the hidden states from before the
+    dispatch for them and adds their output after the combine (fused_moe/runner/default_moe_runner.py).
+    They run in series here; at up to 256 tokens vLLM puts them on a stream of their own beside the
+    routed experts, which, both reading weights at the memory's pace, hides little more than launches.
     Under fp8 `quantization` the expert and shared GEMMs run at the fp8 peak and each expert streams
     1-byte weights plus its fp32 scales; the router gate stays in dtype."""
 
@@ -414,8 +416,10 @@ class MoERoofline(_Roofline):
         memory = (active * self.expert_bytes + 4 * pairs * h * dt + row_bytes) / (self.bytes_per_us * k.mem_eff)
         return max(compute, memory) + k.fixed_us
 
-    def layer_us(self, tokens: int, pairs: float, active: float) -> float:
+    def layer_us(self, tokens: int, pairs: float, active: float, rank_tokens: int | None = None) -> float:
+        """`tokens` dispatched to this GPU, `rank_tokens` its own (default: the same, no DP group)."""
         h, e = self.m.hidden_size, self.m.moe.num_experts
+        own = tokens if rank_tokens is None else rank_tokens
         # The router gate stays in dtype under fp8 (vLLM's fp8 schemes leave it unquantised).
-        gate = _Roofline.gemm_us(self._unquantised, max(int(tokens), 1), e, h)
-        return gate + KERNEL_LAUNCH_US + self.experts_us(tokens, pairs, active) + self.shared_us(tokens)
+        gate = _Roofline.gemm_us(self._unquantised, max(int(own), 1), e, h)
+        return gate + KERNEL_LAUNCH_US + self.experts_us(tokens, pairs, active) + self.shared_us(own)

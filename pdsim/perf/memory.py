@@ -161,22 +161,32 @@ def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: in
     return m * model.moe.top_k * (max(inter, h) + max(2 * inter, h)) * dtype_bytes(dtype)
 
 
-def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
-    """Torch peak inside one MoE block: the residual, the normed input, the router logits [T, E]
-    and the block's output [T, hidden] beside the fused-MoE workspaces."""
+def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int, dp_size: int = 1) -> int:
+    """Torch peak inside one MoE block: the residual, the normed input and the block's output [T, hidden]
+    beside the router logits [M, E] and the fused-MoE workspaces of M rows. M = T, or, in a DP group of
+    `dp_size` ranks, dp_size x T: vLLM's all-gather dispatch gathers every rank's hidden states (another
+    [M, hidden]) and router logits, and the kernels size their workspaces by the gathered rows
+    (device_communicators/all2all.py, fused_moe/modular_kernel.py). In the profiling run every rank
+    gives max_num_batched_tokens."""
     if model.moe is None:
         return 0
-    held = tokens * dtype_bytes(dtype) * (3 * model.hidden_size + model.moe.num_experts)
-    return held + moe_workspace_bytes(model, dtype, expert_tp, tokens)
+    gathered = dp_size * tokens
+    held = tokens * 3 * model.hidden_size + gathered * model.moe.num_experts
+    if dp_size > 1:
+        held += gathered * model.hidden_size
+    return held * dtype_bytes(dtype) + moe_workspace_bytes(model, dtype, expert_tp, gathered)
 
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
-                          expert_tp: int | None = None) -> int:
+                          expert_tp: int | None = None, dp_size: int = 1) -> int:
     """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's kept fused-MoE
-    workspaces); torch reports the larger. expert_tp: the ways each expert is split (default tp)."""
+    workspaces); torch reports the larger. expert_tp: the ways each expert is split (default tp);
+    dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather."""
     etp = tp if expert_tp is None else expert_tp
-    forward = max(forward_peak_bytes(model, dtype, tp, tokens), moe_forward_peak_bytes(model, dtype, etp, tokens))
-    sampler = sampler_peak_bytes(model, dtype, tokens, seqs) + moe_workspace_bytes(model, dtype, etp, tokens)
+    forward = max(forward_peak_bytes(model, dtype, tp, tokens),
+                  moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size))
+    sampler = (sampler_peak_bytes(model, dtype, tokens, seqs)
+               + moe_workspace_bytes(model, dtype, etp, dp_size * tokens))
     return max(forward, sampler)
 
 

@@ -179,7 +179,7 @@ class MoELayerModel:
         self._hardware = hardware
         # (GB/s, ns) of the DP ranks' link: the GPU's intra-node link until a DP group sets one.
         self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns) if hardware else (0.0, 0.0)
-        self._cache: dict[int, float] = {}
+        self._cache: dict[int | tuple[int, int], float] = {}
         self.notes: list[str] = []
         self._scale_from: tuple | None = None  # (estimate at this expert_tp, at the table's) when rescaled
         if table is not None and (table.measured_tp is not None or placement.over_group):
@@ -245,7 +245,9 @@ class MoELayerModel:
     def active_experts(self, group_tokens: float) -> float:
         return self.moe.expected_active_experts(group_tokens, self.local_experts)
 
-    def experts_us(self, group_tokens: int) -> float:
+    def experts_us(self, group_tokens: int, rank_tokens: int | None = None) -> float:
+        """The layer's kernels on one GPU: the experts over the group's tokens, the router gate and any
+        shared experts over the rank's own (`rank_tokens`, default the group's: no DP group)."""
         active = self.active_experts(group_tokens)
         tokens_eq = group_tokens * self.local_experts / self.moe.num_experts
         pairs = tokens_eq * self.moe.top_k
@@ -255,7 +257,7 @@ class MoELayerModel:
                 return measured
             here, there = self._scale_from
             return measured * here.layer_us(group_tokens, pairs, active) / there.layer_us(group_tokens, pairs, active)
-        layer = self._estimate.layer_us(group_tokens, pairs, active)
+        layer = self._estimate.layer_us(group_tokens, pairs, active, rank_tokens)
         if self.layouts is not None:  # the measured kernels in place of the estimated ones
             measured = self.layouts(self.placement.expert_tp, self.placement.ep_size, group_tokens)
             layer += measured - self._estimate.experts_us(group_tokens, pairs, active)
@@ -270,18 +272,21 @@ class MoELayerModel:
         one = (p - 1) / p * nbytes / (bw_gbps * 1e3) + (p - 1) * latency_ns * 1e-3
         return 2.0 * one
 
-    def layer_us(self, group_tokens: int) -> float:
-        cached = self._cache.get(group_tokens)
+    def layer_us(self, group_tokens: int, rank_tokens: int | None = None) -> float:
+        """One MoE layer of a step in which the group's ranks give `group_tokens` in all and the busiest
+        `rank_tokens` (default: the group's, no DP group)."""
+        key = group_tokens if rank_tokens is None else (group_tokens, rank_tokens)
+        cached = self._cache.get(key)
         if cached is None:
-            cached = self.experts_us(group_tokens) + self.dispatch_combine_us(group_tokens)
-            self._cache[group_tokens] = cached
+            cached = self.experts_us(group_tokens, rank_tokens) + self.dispatch_combine_us(group_tokens)
+            self._cache[key] = cached
         return cached
 
-    def step_us(self, group_tokens: int) -> float:
+    def step_us(self, group_tokens: int, rank_tokens: int | None = None) -> float:
         """All MoE layers of a step."""
         if group_tokens <= 0:
             return 0.0
-        return self.moe.moe_layers * self.layer_us(group_tokens)
+        return self.moe.moe_layers * self.layer_us(group_tokens, rank_tokens)
 
 
 def check_placement(model: ModelSpec, placement: ExpertPlacement) -> str | None:

@@ -406,14 +406,20 @@ class StepTimePredictor:
         records the max_num_batched_tokens it was measured at). Otherwise estimated from the model's
         shapes as vLLM's profile_run exercises them (pdsim/perf/memory.py, docs/memory.md): the
         larger of a forward over max_num_batched_tokens tokens and the sampler over
-        min(tokens, max_num_seqs) rows of full-vocabulary logits.
+        min(tokens, max_num_seqs) rows of full-vocabulary logits. A rank of a MoE DP group adds
+        what gathering the group's tokens into its MoE blocks takes (a profile measures one GPU alone).
         """
         meta = self.profile.meta
-        if meta.activation_peak_bytes is not None:
-            if meta.activation_tokens:
-                return int(meta.activation_peak_bytes * max_num_batched_tokens / meta.activation_tokens)
-            return int(meta.activation_peak_bytes)
-        return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs)
+        dp = self.moe_layer.placement.dp_size if self.moe_layer is not None and self._moe_external else 1
+        estimate = activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs)
+        gathered = estimate if dp == 1 else activation_peak_bytes(self.model, meta.dtype, self.tp,
+                                                                  max_num_batched_tokens, max_num_seqs, dp_size=dp)
+        if meta.activation_peak_bytes is None:
+            return gathered
+        measured = meta.activation_peak_bytes
+        if meta.activation_tokens:
+            measured = measured * max_num_batched_tokens / meta.activation_tokens
+        return int(measured) + gathered - estimate
 
     def extrapolation_notes(self) -> list[str]:
         """One line per table a lookup left the grid of (for reports), naming the profile: instances of one

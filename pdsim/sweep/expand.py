@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pdsim.cli_checks import split_items
-from pdsim.config import ClusterConfig, cluster_config_from_dict
+from pdsim.config import ClusterConfig, InstanceConfig, cluster_config_from_dict
 from pdsim.errors import PdsimError
 from pdsim.models import ModelSpec, load_model
 from pdsim.perf.moe_time import ExpertPlacement, check_placement
@@ -105,7 +105,14 @@ def _template(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
     chosen = next((r for r in refs if r.config.pd_type == pd_type), None)
     if chosen is None and pd_type is None:
         return colocated_from_pd(base)[0]
-    return (chosen or refs[0]).config.model_dump(mode="json")
+    return _as_written((chosen or refs[0]).config)
+
+
+def _as_written(instance: InstanceConfig) -> dict[str, Any]:
+    """An instance's fields as its config gave them: a default left out stays out of the configs a sweep
+    writes, so a run of one that changes a setting gets that setting's own default with it (vLLM's step
+    budget without chunked prefill depends on whether one was given: config.models.unchunked_budget)."""
+    return instance.model_dump(mode="json", exclude_unset=True)
 
 
 def colocated_from_pd(base: ClusterConfig) -> tuple[dict[str, Any], str | None]:
@@ -114,22 +121,24 @@ def colocated_from_pd(base: ClusterConfig) -> tuple[dict[str, Any], str | None]:
     refs = base.instances()
     colocated = next((r for r in refs if r.config.pd_type is None), None)
     if colocated is not None:
-        return colocated.config.model_dump(mode="json"), None
+        return _as_written(colocated.config), None
     roles = {role: [r.config for r in refs if r.config.pd_type == role] for role in ("prefill", "decode")}
     roles = {role: configs for role, configs in roles.items() if configs}  # a P/D base has both
     first = next(iter(roles.values()))[0]
-    template = first.model_dump(mode="json")
+    template = _as_written(first)
     taken: list[str] = []
     for key in COLOCATED_BATCH_LIMITS:
         by_role = {role: max(getattr(c, key) for c in configs) for role, configs in roles.items()}
-        template[key] = max(by_role.values())
-        whose = [role for role, value in by_role.items() if value == template[key]]
+        largest = max(by_role.values())
+        if any(key in c.model_fields_set for configs in roles.values() for c in configs):
+            template[key] = largest  # else every instance has the default, which stays unwritten
+        whose = [role for role, value in by_role.items() if value == largest]
         label = "both roles'" if len(whose) > 1 else f"{whose[0]}'s"
-        taken.append(f"{key} {template[key]} ({label})")
+        taken.append(f"{key} {largest} ({label})")
     what = (f"the base config has no colocated instance: the colocated baseline copies its {first.pd_type} "
             f"instance with the largest batch limits of either role, {', '.join(taken)}")
-    other = roles.get("decode", [first])[0].model_dump(mode="json")
-    differ = [k for k in template if k not in _LAYOUT_FIELDS and template[k] != other.get(k)]
+    mine, other = first.model_dump(mode="json"), roles.get("decode", [first])[0].model_dump(mode="json")
+    differ = [k for k in mine if k not in _LAYOUT_FIELDS and mine[k] != other[k]]
     if differ:
         what += f"; its {', '.join(differ)}: the prefill instance's, not the decode instance's"
     return template, what

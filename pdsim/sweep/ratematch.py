@@ -117,7 +117,7 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float,
     for n in range(1, max(1, n_max) + 1):
         step_s = _decode_interval_s(inst.predictor, n, context)
         if group_ranks > 1 and inst.predictor.moe_layer is not None:
-            step_s += inst.predictor.moe_layer.step_us(group_ranks * n) * 1e-6
+            step_s += inst.predictor.moe_layer.step_us(group_ranks * n, n) * 1e-6
         if step_s * 1e3 > tpot_slo_ms and n > 1:
             break
         best_n, best_step = n, step_s

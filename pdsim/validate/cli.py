@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options
+from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options, vllm_int
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError, PrecisionMismatch
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
@@ -39,6 +39,11 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
                       ttft_mode=ttft_mode)
     if run is not None:  # a number in (0, 1] or absent: replay_config checked it
         opts.recorded_gpu_memory_utilization = run.engine_kwargs.get("gpu_memory_utilization")
+        # A whole number, its command-line form ('8k'), or vLLM's fit-to-memory ('auto', -1): read_engine_jsonl
+        # checked it; only a length it names is one.
+        limit = run.engine_kwargs.get("max_model_len")
+        limit = vllm_int(limit) if isinstance(limit, str) else limit
+        opts.recorded_max_model_len = limit if type(limit) is int and limit >= 1 else None
     if run is not None and run.concurrency is not None:
         opts.client_delay_s = client_delay_ms / 1e3
         if run.client_gaps_s is not None:
@@ -169,7 +174,7 @@ def _eager_profile_note(run, result) -> None:
     run.notes.append("the profile was measured with enforce_eager (vLLM's custom CUDA ops); the run records no "
                      "enforce_eager, so its engine compiled the model (vLLM's default) and ran its norms, rotary and "
                      "SiLU as Inductor kernels, which at prefill sizes may be slower than the profile's: not "
-                     "corrected (docs/validation.md, RTX PRO 6000)")
+                     "corrected (docs/validation.md, the RTX PRO 6000 section, weighs this on that run)")
 
 
 def _profile_version_note(run, result) -> None:

@@ -88,8 +88,10 @@ def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_siz
         logged = kv_from_log(engine_log, block_size)
         recorded = kv_from_meta(meta, meta_source, block_size)
         if recorded is not None and recorded.num_gpu_blocks != logged.num_gpu_blocks:
+            apart_pct = (logged.num_gpu_blocks / recorded.num_gpu_blocks - 1) * 100
             return replace(logged, source=f"{logged.source}, taken over {recorded.source}'s "
-                                          f"{recorded.num_gpu_blocks:,} blocks")
+                                          f"{recorded.num_gpu_blocks:,} blocks, {apart_pct:+.1f}% from it: is the "
+                                          "log this run's engine's?")
         return logged
     return kv_from_meta(meta, meta_source, block_size)
 

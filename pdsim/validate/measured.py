@@ -279,7 +279,10 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     for key in ("input_toks", "output_toks"):
         if (absent := next((n for row, n in zip(rows, line_nos) if key not in row), None)) is not None:
             raise PdsimError(f"{p}:{absent}: field {key!r} missing; expected a whole number of tokens")
-        df[key] = [_count(row[key], f"{p}:{n}", key) for row, n in zip(rows, line_nos)]
+        # No output token is a count only a request aborted before its first token has.
+        df[key] = [_count(row[key], f"{p}:{n}", key,
+                          0 if key == "output_toks" and row.get("first_token_ts") is None else 1)
+                   for row, n in zip(rows, line_nos)]
     _check_stamp_values(p, df, rows, line_nos)
     stamps = {k: pd.to_numeric(df[k], errors="coerce") for k in ("queued_ts", "scheduled_ts", "first_token_ts",
                                                                   "last_token_ts") if k in df}
@@ -305,6 +308,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         notes.append(said)
     arrival = stamps["queued_ts"] if clock == "engine" else arrival_time
     seen = arrival.notna()
+    seen &= ~_aborted_unscheduled(df, stamps, seen, notes)
     if not seen.all():  # never reached the engine (or the client sent nothing): nothing to replay
         notes.append(f"{int((~seen).sum())} request(s) without {'queued_ts' if clock == 'engine' else 'arrival_time'} "
                      "left out of the replay")
@@ -368,8 +372,28 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
 ENGINE_STAMPS = ("arrival_time", "queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
 
 
-def _count(value: object, where: str, key: str) -> int:
-    return token_count(value, where, key, error=PdsimError)
+def _aborted_unscheduled(df: pd.DataFrame, stamps: dict[str, pd.Series], seen: pd.Series,
+                         notes: list[str]) -> pd.Series:
+    """Requests with no output token (aborted before their first, e.g. by a client's timeout): one the engine
+    never scheduled did no work, so it is left out (the mask returned); one it scheduled ran its prompt, so it
+    is replayed as a one-token request (df changed in place). When it was dropped is not recorded."""
+    zero = seen & (df.output_toks == 0)
+    scheduled = stamps.get("scheduled_ts")
+    ran = zero & scheduled.notna() if scheduled is not None else zero
+    if (waiting := int((zero & ~ran).sum())):
+        notes.append(f"{waiting} request(s) with output_toks 0 and no scheduled_ts (aborted while waiting, before "
+                     "the engine scheduled them): left out of the replay")
+    if (started := int(ran.sum())):
+        how = "scheduled, then aborted" if scheduled is not None else "no scheduled_ts recorded: taken as run"
+        notes.append(f"{started} request(s) with output_toks 0 ({how} before their first token): replayed as "
+                     "one-token requests, their prompt run once (when the engine dropped them is not recorded), "
+                     "left out of both sides' statistics")
+        df.loc[ran, "output_toks"] = 1
+    return zero & ~ran
+
+
+def _count(value: object, where: str, key: str, least: int = 1) -> int:
+    return token_count(value, where, key, least, error=PdsimError)
 
 
 # A request's latency (or a gap within it) beyond a day is a corrupt value (or one in another unit): a benchmark

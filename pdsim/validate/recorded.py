@@ -13,6 +13,7 @@ from pdsim.cli_checks import vllm_int
 from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_UTIL
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
+from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         async_scheduling, why = run.async_scheduling()
         if async_scheduling is not None:
             run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
+    # Neither the option nor a run record decided it (an unreadable version in one is said on its own).
+    from_config = async_scheduling is None and not run.engine_meta
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
@@ -62,6 +65,11 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
                             for key, value in recorded.items())
         raise ConfigError(f"{e} (the replay applied what {Path(run.source).with_name('meta.json')} records: "
                           f"{applied})") from e
+    if from_config:
+        modes = sorted({"on" if ref.config.async_scheduling else "off" for ref in cfg.instances()}, reverse=True)
+        run.notes.append(f"async scheduling {' and '.join(modes)}: the cluster config's (no meta.json beside the "
+                         "run; vLLM schedules asynchronously by default from 0.14, --async-scheduling / "
+                         "--sync-scheduling set it)")
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_engine_count(run, cfg, cluster_config)
@@ -282,6 +290,13 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
         raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
+    # A run that records its engine's arguments but not this one ran vLLM's default: the config's mem_util is
+    # judged against that as against a recorded figure (a copy of it is no calibration either).
+    defaulted = util is None and isinstance(run.engine_meta.get("engine_kwargs"), dict)
+    if defaulted:
+        util = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+    recorded = ("(vLLM's default; meta.json engine_kwargs record none)" if defaulted else
+                "from meta.json engine_kwargs")
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util and min(mem_util) >= util:
@@ -291,19 +306,23 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
             out[UTILIZATION_OVER_MEM_UTIL] = float(util)
             said = ("is that same figure, the engine's argument copied, not a figure" if mem_util == {util} else
                     f"{', '.join(f'{m:g}' for m in sorted(mem_util))} is above it, so not a figure")
-            run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs; the config's npu_mem."
+            run.notes.append(f"gpu_memory_utilization {util:g} {recorded}; the config's npu_mem."
                              f"mem_util {said} calibrated to this engine under LLMServingSim's rule (mem_size x "
                              "mem_util - weights, where a calibrated mem_util is below the engine's utilization, "
                              "vLLM taking the activation peak and non-torch memory out of it), so vLLM's accounting "
                              "sizes the KV cache, as in the engine")
         elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
-            run.notes.append(f"NOTE: meta.json engine_kwargs record gpu_memory_utilization {util:g}, but the config's "
+            ran = (f"the engine ran vLLM's default gpu_memory_utilization {util:g} (meta.json engine_kwargs record "
+                   "none)" if defaulted else f"meta.json engine_kwargs record gpu_memory_utilization {util:g}")
+            run.notes.append(f"NOTE: {ran}, but the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
                              "(LLMServingSim's rule, as LLMServingSim sizes it; the KV capacity line gives vLLM's "
                              "accounting at the recorded figure): without npu_mem.mem_util the replay takes that")
-        else:
+        elif not defaulted or {inst.get("gpu_memory_utilization", util) for inst in instances} != {util}:
             out["gpu_memory_utilization"] = float(util)
-            run.notes.append(f"gpu_memory_utilization {util:g} from meta.json engine_kwargs")
+            stated_util = {inst["gpu_memory_utilization"] for inst in instances if "gpu_memory_utilization" in inst}
+            was = f", the config says {', '.join(map(str, stated_util))}" if stated_util - {util} else ""
+            run.notes.append(f"gpu_memory_utilization {util:g} {recorded}{was}")
     return out
 
 
