@@ -107,3 +107,18 @@ def test_fp8_instance_config_prices_experts_at_fp8_end_to_end():
     # A DP-group rank of the bundled DeepSeek example (fp8_block) streams 1-byte experts too.
     v3_rank = _decode_instance(cluster_config_from_dict(json.loads(EXAMPLE.read_text()), str(EXAMPLE)))
     assert v3_rank.predictor.moe_layer._estimate.wt == 1
+
+
+def test_fp8_experts_vllm_runs_with_another_kernel_than_the_fit_covers_are_said():
+    # vLLM 0.19 (fused_moe/oracle/fp8.py): block fp8 on Hopper goes to FlashInfer CUTLASS under expert
+    # parallelism, to Triton without; per-channel/per-tensor fp8 depends on the activation scales.
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.moe_time import fp8_kernel_note
+
+    h200, a100, b200 = get_hardware("H200"), get_hardware("A100"), get_hardware("B200")
+    assert "FlashInfer's CUTLASS kernels" in fp8_kernel_note(h200, "fp8_block", 8)
+    assert "moe.csv, measured without expert parallelism" in fp8_kernel_note(h200, "fp8_block", 2, "moe.csv")
+    assert fp8_kernel_note(h200, "fp8_block", 1) is None and fp8_kernel_note(b200, "fp8_block", 8) is None
+    assert "activation scales" in fp8_kernel_note(h200, "fp8", 1)
+    assert fp8_kernel_note(h200, "fp8", 1, "moe.csv") is None  # measured: its own kernel
+    assert fp8_kernel_note(a100, "fp8", 1) is None and fp8_kernel_note(h200, None, 8) is None

@@ -205,6 +205,11 @@ class MoELayerModel:
                     if layouts is not None else ""
                 self.notes.append("MoE expert layers estimated from hardware specs (no moe.csv in the profile"
                                   f"{have}; {self._estimate.gemm_source})")
+                if (said := fp8_kernel_note(hardware, quantization, placement.ep_size)) is not None:
+                    self.notes.append(said)
+        else:  # a moe.csv is measured on one GPU, all experts present: no expert parallelism
+            if (said := fp8_kernel_note(hardware, quantization, placement.ep_size, table.name)) is not None:
+                self.notes.append(said)
 
     def _note_borrowed_table(self, table: MoETable, hardware: HardwareSpec | None, dtype: str,
                              quantization: str | None) -> None:
@@ -287,6 +292,28 @@ class MoELayerModel:
         if group_tokens <= 0:
             return 0.0
         return self.moe.moe_layers * self.layer_us(group_tokens, rank_tokens)
+
+
+def fp8_kernel_note(hardware: HardwareSpec | None, quantization: str | None, ep_size: int,
+                    measured: str | None = None) -> str | None:
+    """Where vLLM 0.19 runs fp8 experts with a kernel other than the Triton fused_moe the expert-time fit
+    covers (fused_moe/oracle/fp8.py, flashinfer_cutlass_moe.py), or a measured table's kernel (taken on one
+    GPU, without expert parallelism) is not the engine's: what to tell the user, else None."""
+    if hardware is None or quantization is None or float(hardware.compute_capability) < 9.0:
+        return None
+    if quantization == "fp8_block":
+        if hardware.compute_capability != "9.0" or ep_size <= 1:
+            return None
+        what = (f"the profile's {measured}, measured without expert parallelism, times Triton's fused_moe"
+                if measured else "the expert-time fit covers Triton's fused_moe only")
+        return (f"vLLM 0.19 runs block-fp8 experts with expert parallelism (ep_size {ep_size}) on Hopper "
+                f"through FlashInfer's CUTLASS kernels, and {what}: unmeasured here (aiconfigurator's H100 "
+                "FlashInfer CUTLASS per-tensor fp8 tables took 2.5-4x the estimate, docs/moe.md)")
+    if measured:
+        return None
+    return ("vLLM 0.19 picks its fp8 MoE kernel by the checkpoint's activation scales: static per-tensor ones "
+            "run FlashInfer's CUTLASS kernels, per-token dynamic ones (compressed-tensors) vLLM's CUTLASS grouped "
+            "GEMM, dynamic per-tensor ones Triton's fused_moe, the only one the expert-time fit covers (docs/moe.md)")
 
 
 def check_placement(model: ModelSpec, placement: ExpertPlacement) -> str | None:
