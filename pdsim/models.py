@@ -38,8 +38,7 @@ FP8_BLOCK = 128
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
     "llama": False, "mistral": False, "qwen2": False, "qwen3": True, "qwen3_moe": True, "qwen2_moe": False,
-    "mixtral": False,
-    "phi3": False, "phimoe": False, "deepseek_v2": False, "deepseek_v3": False, "gpt_oss": False,
+    "mixtral": False, "phi3": False, "phimoe": False, "deepseek_v2": False, "deepseek_v3": False, "gpt_oss": False,
 }
 BIASED_MODEL_TYPES = ("gpt_oss",)  # biased projections counted (pdsim/gpt_oss.py)
 # Types whose `attention_bias: true` puts biases on q, k, v and o (vLLM's LlamaAttention, PhiMoE);
@@ -160,12 +159,14 @@ class ModelSpec:
     def _unquantized_params_per_shard(self, tp: int) -> int:
         """Parameters that fp8 quantisation leaves in `dtype` (vLLM's Fp8Config, compressed-tensors
         W8A8 and block-wise fp8 quantise only the decoder's linear layers): embeddings, lm_head,
-        norms and the MoE router gates."""
+        norms and the MoE router gates (Qwen2-MoE's shared-expert gate, a plain Linear, too)."""
         h = self.hidden_size
         embed = self.vocab_per_shard(tp) * h
         lm_head = 0 if self.tie_word_embeddings else embed
         norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)
-        routers = self.moe.moe_layers * h * self.moe.num_experts if self.moe is not None else 0
+        routers = 0
+        if self.moe is not None:
+            routers = self.moe.moe_layers * h * (self.moe.num_experts + int(self.moe.shared_expert_gate))
         return embed + lm_head + self.num_layers * norms + h + routers + self._bias_params(tp)
 
     def _bias_params(self, tp: int) -> int:

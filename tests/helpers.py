@@ -56,3 +56,10 @@ class AnalyticStepTimes(StepTimePredictor):
             return np.zeros(max(num_steps, 0))
         steps = np.arange(max(num_steps, 0), dtype=np.float64)
         return 1e-3 + 40e-6 * n_decode + 2e-9 * (kv_decode_sum + steps * n_decode)
+
+
+def all_released(inst) -> bool:
+    """Every block of an instance is free once its engine's next KV-connector poll frees the blocks of requests
+    whose KV the decode side read after the engine's last step (Instance.kv_read): no block leaked."""
+    inst.free_read_kv()
+    return inst.kv.free == inst.kv.num_blocks and inst.held_for_transfer_blocks == 0

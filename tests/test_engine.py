@@ -12,7 +12,7 @@ from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.workload.generate import generate_requests
-from tests.helpers import MODEL, AnalyticStepTimes, cluster, instance, run, trace
+from tests.helpers import MODEL, AnalyticStepTimes, all_released, cluster, instance, run, trace
 
 
 def test_single_request_ttft_and_tpot_are_the_predicted_step_times():
@@ -58,7 +58,9 @@ def test_pd_ttft_and_transfer_follow_the_link():
     assert req.finish_s == pytest.approx(prefill_s + transfer_s + decode_s, rel=1e-9)
     # The prefill instance keeps the blocks until the transfer is done, then frees them.
     assert prefill_inst.kv.peak_used == -(-2000 // 16)
-    assert prefill_inst.kv.free == prefill_inst.kv.num_blocks
+    # Read by the decode side after the prefill engine's last step: held until it next polls (Instance.kv_read).
+    assert prefill_inst.kv.free + prefill_inst.held_for_transfer_blocks == prefill_inst.kv.num_blocks
+    assert prefill_inst.held_for_transfer_blocks == -(-2000 // 16)
 
 
 def _pressure_trace(n: int, seed: int, rate: float = 30.0):
@@ -80,7 +82,8 @@ def test_conservation_under_memory_pressure(pd):
     assert (df.status == "finished").all(), df[df.status != "finished"].reason.unique()
     assert res.instances[-1].sched.num_preemptions > 0, "the test needs memory pressure to mean anything"
     for inst in res.instances:
-        assert inst.kv.free == inst.kv.num_blocks  # everything released at the end
+        # everything released at the end, but what was read after a prefill engine's last step (Instance.kv_read)
+        assert all_released(inst)
         assert 0 < inst.kv.peak_used <= inst.kv.num_blocks
         assert not inst.sched.running and not inst.sched.waiting and not inst.pending
     # Preempted requests still produce exactly their tokens: TPOT is finite and positive.

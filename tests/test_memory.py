@@ -341,3 +341,30 @@ def test_a_moe_dp_rank_sizes_its_moe_workspaces_by_the_groups_gathered_tokens():
     dense = load_model("meta-llama/Llama-3.1-8B")
     assert activation_peak_bytes(dense, "bfloat16", 1, 8192, 256, dp_size=4) == activation_peak_bytes(
         dense, "bfloat16", 1, 8192, 256)
+
+
+def test_a_measured_activation_peak_gets_the_dp_groups_gathered_moe_tokens_added():
+    # A profile's measured peak was taken on one GPU alone; a DP rank's profiling run also gathers the group's
+    # tokens into its MoE blocks: the estimate's difference is added.
+    import dataclasses
+
+    from pdsim.hardware import get_hardware
+    from pdsim.perf.estimate import estimate_profile
+    from pdsim.perf.memory import activation_peak_bytes
+    from pdsim.perf.moe_time import ExpertPlacement
+    from pdsim.perf.predictor import StepTimePredictor
+
+    hw, qwen = get_hardware("H100"), load_model("Qwen/Qwen3-30B-A3B")
+    profile = estimate_profile(hw, qwen, "bfloat16", 1)
+    measured = dataclasses.replace(profile, meta=dataclasses.replace(profile.meta, activation_peak_bytes=3 * 2**30,
+                                                                     activation_tokens=None))
+
+    def reserve(prof, dp: int) -> int:
+        return StepTimePredictor(prof, qwen, 1, hw, moe_placement=ExpertPlacement(1, dp, dp),
+                                 moe_external=dp > 1).activation_reserve_bytes(2048, 128)
+
+    extra = (activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1, 2)
+             - activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1))
+    assert extra > 0
+    assert reserve(measured, 1) == 3 * 2**30 and reserve(measured, 2) == 3 * 2**30 + extra
+    assert reserve(profile, 2) == activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1, 2)

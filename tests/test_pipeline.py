@@ -12,7 +12,7 @@ from pdsim.errors import ConfigError
 from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.perf.pipeline import pp_partition, pp_stages, stage_model, stage_weight_bytes
-from tests.helpers import MODEL, cluster, instance, run
+from tests.helpers import MODEL, all_released, cluster, instance, run
 
 
 def _pp(pd_type=None, pp=2, **knobs) -> dict:
@@ -269,7 +269,7 @@ def test_a_token_returning_for_a_request_admitted_again_lets_it_run_beside_its_c
     assert sum(in_flight_again) > 0  # late tokens came for requests with a step in flight again
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
     assert sorted(finishes) == sorted(r.id for r in res.requests)
-    assert res.instances[0].kv.used == 0
+    assert all_released(res.instances[0])
 
 
 def test_async_scheduling_at_two_stages_runs_one_micro_batch_at_a_time():
@@ -318,7 +318,7 @@ def test_async_scheduling_with_three_stages_decides_two_steps_ahead(monkeypatch)
     assert all(r.status == "finished" and r.num_generated == r.output_toks for r in res.requests)
     # One prefill step for both, four decode steps of both, the short one's extra step, then the long one.
     assert steps[:7] == [(2, 0), (0, 2), (0, 2), (0, 2), (0, 2), (0, 2), (0, 1)]
-    assert res.instances[0].kv.used == 0
+    assert all_released(res.instances[0])
 
 
 @pytest.mark.parametrize(("pp", "asynchronous", "pd"), [(3, True, False), (4, True, False), (2, False, True),
@@ -363,7 +363,7 @@ def test_a_layerwise_hand_off_in_flight_on_a_pipelined_prefill_is_not_preempted_
                   kv_transfer={"mode": "layerwise"})
     res = run(cfg, _mixed_trace(199, 60, 200.0), ttft_mode="client", kv_gpu_blocks={"n0.i0": 240, "n0.i1": 80})
     assert {r.status for r in res.requests} <= {"finished", "rejected"}
-    assert all(inst.kv.free == inst.kv.num_blocks for inst in res.instances)
+    assert all(all_released(inst) for inst in res.instances)
 
 
 def test_client_mode_decode_deciding_steps_ahead_with_prefix_ids_and_whole_block_prompts():
@@ -377,7 +377,7 @@ def test_client_mode_decode_deciding_steps_ahead_with_prefix_ids_and_whole_block
     for blocks in (9, 11):
         res = simulate(cfg, reqs, SimOptions(ttft_mode="client", kv_gpu_blocks={"n0.i1": blocks}))
         assert all(r.status == "finished" for r in res.requests) and sum(r.preemptions for r in res.requests)
-        assert all(inst.kv.free == inst.kv.num_blocks for inst in res.instances)
+        assert all(all_released(inst) for inst in res.instances)
 
 
 @pytest.mark.parametrize("pp", [3, 4])
@@ -442,7 +442,7 @@ def test_a_prefill_only_request_whose_token_returns_beside_its_recompute_in_flig
     assert beside, "the case no longer has a token returning beside a recompute in flight"
     finished = [r for r in res.requests if r.status == "finished"]
     assert {r.status for r in res.requests} <= {"finished", "rejected"}  # 1,510 tokens do not fit 80 blocks of 8
-    assert all(inst.kv.free == inst.kv.num_blocks for inst in res.instances)
+    assert all(all_released(inst) for inst in res.instances)
     assert all(res.requests[i].decode_instance == "n0.i1" for i in beside)
     _, weights = itl_samples(res)
     assert weights.sum() == sum(r.output_toks - 1 for r in finished)

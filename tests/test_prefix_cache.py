@@ -24,7 +24,7 @@ from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.workload.generate import generate_requests
 from pdsim.workload.trace import TraceRequest, load_trace
-from tests.helpers import MODEL, cluster, instance
+from tests.helpers import MODEL, all_released, cluster, instance
 
 
 def req(i: int, inp: int, out: int, t_s: float, ids: tuple[int, ...] = (), block: int = 512) -> TraceRequest:
@@ -273,7 +273,7 @@ def test_concurrent_requests_share_blocks_without_double_counting():
     assert inst.stats.prompt_tokens == 4096 + 512
     separate = 2 * blocks_for(4096 + 50, 16)
     assert inst.kv.peak_used <= separate - 3584 // 16
-    assert inst.kv.free == inst.kv.num_blocks
+    assert all_released(inst)
 
 
 def _chat_trace(n: int, seed: int, rate: float, sessions: int = 12, turn_ids: int = 3) -> list[TraceRequest]:
@@ -305,7 +305,7 @@ def test_eviction_under_memory_pressure_conserves_requests_and_memory(pd):
     assert (df.status == "finished").all(), df[df.status != "finished"].reason.unique()
     distinct = len({k for r in rows for k in prefix_block_keys(r.hash_ids, 512, r.input_toks, 16)})
     for inst in res.instances:
-        assert inst.kv.free == inst.kv.num_blocks
+        assert all_released(inst)
         assert 0 < inst.kv.peak_used <= inst.kv.num_blocks
         assert len(inst.kv.cached) <= inst.kv.num_blocks
     prefill = res.instances[0]
@@ -555,4 +555,4 @@ def test_prefix_aware_routing_sees_the_evictions_of_a_decode_run_passed_in_one_e
     for fast, stepped in zip(*(r.requests for r in runs)):
         assert fast.decode_instance == stepped.decode_instance
         assert fast.finish_s == pytest.approx(stepped.finish_s)
-    assert all(inst.kv.free == inst.kv.num_blocks for r in runs for inst in r.instances)
+    assert all(all_released(inst) for r in runs for inst in r.instances)

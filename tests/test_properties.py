@@ -175,8 +175,10 @@ def check_result(result: SimulationResult, trace: list[TraceRequest]) -> None:
         kv = inst.kv
         assert 0 <= kv.free <= kv.num_blocks == info.num_kv_blocks
         assert kv.peak_used <= kv.num_blocks
-        # Everything finished: only blocks an async step still holds until its next decision remain.
-        assert kv.used == inst.sched.releasing_blocks, (inst.id, kv.used)
+        # Everything finished: only blocks an async step still holds until its next decision remain, and, on a
+        # prefill instance, those read after its last step (held until its next poll: Instance.kv_read).
+        inst.free_read_kv()
+        assert kv.used == inst.sched.releasing_blocks and inst.held_for_transfer_blocks == 0, (inst.id, kv.used)
     capacity = {info.id: info.kv_capacity_gb for info in result.infos}
     for s in result.samples:
         assert 0 <= s.kv_used_gb <= capacity[s.instance] * (1 + 1e-9) + 1e-12

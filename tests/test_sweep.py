@@ -1205,3 +1205,17 @@ def test_written_configs_leave_out_the_settings_the_base_left_out():
     raw["nodes"][0]["instances"][0]["max_num_batched_tokens"] = 4096  # one the base gives is kept
     kept = expand(cluster_config_from_dict(raw, "<test>"), 2)
     assert {i.get("max_num_batched_tokens") for v in kept for n in v.raw["nodes"] for i in n["instances"]} == {4096}
+
+
+def test_streamed_rows_are_written_in_a_fixed_order(tmp_path):
+    # Parallel runs end in an order that differs between commands; the committed CSV must not.
+    from pdsim.sweep.rows import sort_rows
+
+    path = tmp_path / "probes.partial.csv"
+    rows = [("2P6D", "20", "1"), ("1P7D", "40", "1"), ("1P7D", "5.5", "4"), ("1P7D", "5.5", "1"), ("2P6D", "10", "1")]
+    lines = "".join(f"{label},{rate},{x},{i}\n" for i, (label, rate, x) in enumerate(rows))
+    path.write_text("label,rate_per_s,duration_x,x\n" + lines)
+    sort_rows(path, ["1P7D", "2P6D"])
+    got = [line.split(",")[:3] for line in path.read_text().splitlines()[1:]]
+    assert got == [["1P7D", "5.5", "1"], ["1P7D", "5.5", "4"], ["1P7D", "40", "1"], ["2P6D", "10", "1"],
+                   ["2P6D", "20", "1"]]

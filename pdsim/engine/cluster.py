@@ -71,8 +71,7 @@ class Cluster:
             inst.on_handoff = self.handoff.on_handoff
             inst.on_reserved = self.handoff.on_reserved
             inst.on_prefill_step = self.handoff.on_prefill_step
-        self.monitor = Monitor(env, self.instances, self.network, self.links, self.handoff.held_blocks,
-                               opts.sample_interval_s)
+        self.monitor = Monitor(env, self.instances, self.network, self.links, opts.sample_interval_s)
         self.max_model_len = {name: m.max_position_embeddings for name, m in self.models.items()}
         self.num_done = 0
         self.on_done: Callable[[Request], None] = lambda req: None

@@ -10,8 +10,9 @@ Lock step (MoE groups only: vLLM runs the ranks of a dense model as independent 
 layer is a collective over the group's expert-parallel ranks, so in every step all ranks run a
 forward pass together: a rank with no work runs a dummy batch of one token (vLLM's
 `execute_dummy_batch`), and the step lasts as long as the slowest rank's own part (attention,
-dense ops, sampling: its own batch) plus the MoE layers at the group's total token count
-(pdsim/perf/moe_time.py). When no rank has work the group sleeps until a request arrives.
+dense ops, sampling: its own batch) plus the MoE layers at the group's total token count, their
+router gate and shared experts at the busiest rank's own (pdsim/perf/moe_time.py). When no rank
+has work the group sleeps until a request arrives.
 
 Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when every rank's step
 can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default

@@ -1,6 +1,7 @@
 """The P/D hand-off: a prefill-only instance's finished prompt goes to a decode instance, which
 reserves blocks and pulls the KV cache over the network; the prefill side holds its blocks until
-the transfer is over. Layer-wise mode hands off as the final prefill step begins."""
+the transfer is over and its engine has polled for it (Instance.kv_read). Layer-wise mode hands off
+as the final prefill step begins."""
 
 from __future__ import annotations
 
@@ -78,8 +79,6 @@ class HandOff:
         self.decode_router = decode_router
         self._early_handoffs: set[int] = set()  # layer-wise: handed off as their final prefill step began
         self._arrived_early: set[int] = set()  # ... whose KV arrived before that step's end was processed
-        # Prefill-side blocks still held for transfers in flight, per instance id.
-        self.held_blocks: dict[str, int] = {inst.id: 0 for inst in instances}
 
     def on_prefill_step(self, src: Instance, plan: StepPlan, start_s: float, duration_s: float) -> None:
         """Layer-wise mode: a request whose final prefill chunk starts now is handed off now, so that
@@ -108,7 +107,7 @@ class HandOff:
         # The prefill instance keeps these blocks until the transfer is over.
         req.prefill_blocks = req.blocks
         req.prefill_cache_keys, req.cache_keys = req.cache_keys, None
-        self.held_blocks[src.id] += req.blocks
+        src.held_for_transfer_blocks += req.blocks
         req.blocks = 0
         req.status = "handoff"
         candidates = self.decode_classes.select(lambda d: fits_decode(d, src, req))
@@ -138,8 +137,7 @@ class HandOff:
         self.kv_transfers.start(src, dec, req, done)
 
     def _kv_arrived(self, src: Instance, dec: Instance, req: Request) -> None:
-        self.held_blocks[src.id] -= req.prefill_blocks
-        src.release_blocks(req.prefill_blocks, req.prefill_cache_keys)
+        src.kv_read(req.prefill_blocks, req.prefill_cache_keys)
         req.prefill_blocks = 0
         req.prefill_cache_keys = None
         req.kv_ready = True

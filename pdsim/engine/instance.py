@@ -119,6 +119,10 @@ class Instance:
         )
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0
+        # A prefill instance's blocks of handed-off requests, held until freed: during the transfer, then
+        # until the engine next polls its KV connector (kv_read).
+        self.held_for_transfer_blocks = 0
+        self._read: list[tuple[int, list[int] | None]] = []  # (blocks, cache keys) read, not yet polled
         self.sched.reserve_handoffs = self._reserve_pending
         self.stats = InstanceStats()
         self.on_finish: Callable[[Request], None] = lambda req: None
@@ -254,12 +258,25 @@ class Instance:
         if fits and (self._idle or self._run is not None):
             self._wake_up()
 
-    def release_blocks(self, n: int, cache_keys: list[int] | None = None) -> None:
-        """Blocks freed outside a step (KV transfer done): they may let a waiting request in."""
-        self.kv.free_request(n, cache_keys)
-        if self.sched.waiting and (self._idle or self._run is not None):
-            if self.sched.could_admit(self.sched.waiting[0]):
-                self._wake_up()
+    def kv_read(self, n: int, cache_keys: list[int] | None = None) -> None:
+        """The decode side has read a handed-off request's KV. vLLM frees its blocks here when the engine next
+        polls its KV connector: at the end of its next step's forward (the worker's get_finished), or in an
+        empty step when a waiting request finds no room (kv_connector_no_forward). An idle engine does not
+        step, so it holds them until work comes."""
+        self._read.append((n, cache_keys))
+        if self._idle and self.sched.waiting:
+            self._wake_up()  # a request waits for room these blocks hold: vLLM is stepping (empty steps)
+
+    def free_read_kv(self) -> bool:
+        """The KV connector's poll: free the blocks of every request whose KV was read. Whether any were.
+        (Also what a caller may run once a simulation is over, to see every block come back.)"""
+        if not self._read:
+            return False
+        for n, cache_keys in self._read:
+            self.kv.free_request(n, cache_keys)
+            self.held_for_transfer_blocks -= n
+        self._read.clear()
+        return True
 
     def wake_for_group(self) -> None:
         """Another rank of this instance's DP group has work: decide (maybe a dummy step) now."""
@@ -318,6 +335,8 @@ class Instance:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
             plan = sched.schedule(env.now, cutoff)
+            if plan.empty and sched.waiting and self.free_read_kv():
+                continue  # vLLM's empty step polls the KV connector: what was read is freed, decide again
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if self.dp_group is not None:
@@ -429,6 +448,7 @@ class Instance:
                 starts.append(t)
             self._step_starts.extend(reversed(starts))
         outcome = self.sched.complete(plan, steps, self.env.now)
+        self.free_read_kv()
         busy_s = float(durations.sum())
         self.stats.busy_s += busy_s
         self._count_steps(plan, durations, steps, outcome, self.env.now - busy_s + float(durations[0]))

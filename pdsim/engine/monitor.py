@@ -28,12 +28,11 @@ class Monitor:
     """Collects the timeline (`samples`) and the link timeline (`link_samples`)."""
 
     def __init__(self, env: simpy.Environment, instances: Sequence[Instance], network: Network,
-                 links: dict[str, Link], held_blocks: dict[str, int], interval_s: float) -> None:
+                 links: dict[str, Link], interval_s: float) -> None:
         self.env = env
         self.instances = instances
         self.network = network
         self.links = links  # the topology's own dict: links appear as transfers first use them
-        self.held_blocks = held_blocks  # prefill-side blocks held for transfers in flight
         self.interval_s = interval_s
         self.samples: list[Sample] = []
         self.link_samples: list[LinkSample] = []
@@ -110,7 +109,7 @@ class Monitor:
                 time_s=now, instance=inst.id, prefill_reqs=prefill, decode_reqs=decode,
                 waiting_reqs=len(inst.sched.waiting) + len(inst.pending), kv_used_gb=kv_gb,
                 mem_used_gb=fixed_gb + kv_gb, prompt_tokens=inst.stats.prompt_tokens, decode_tokens=decode_tokens,
-                kv_held_for_transfer_gb=self.held_blocks[inst.id] * inst.kv.block_bytes / GB,
+                kv_held_for_transfer_gb=inst.held_for_transfer_blocks * inst.kv.block_bytes / GB,
                 kv_send_gbps=send.get(inst.id, 0.0) / 1e9, kv_recv_gbps=recv.get(inst.id, 0.0) / 1e9,
                 prefix_query_tokens=inst.kv.query_tokens, prefix_hit_tokens=inst.kv.hit_tokens,
                 prefix_hit_rate=inst.kv.hit_rate,

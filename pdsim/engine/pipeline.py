@@ -297,6 +297,8 @@ class PipelinedInstance(Instance):
                 self._pick_up()
             if len(self.in_flight) < self.num_stages:
                 plan = sched.schedule(env.now)
+                if plan.empty and sched.waiting and self.free_read_kv():
+                    continue  # an empty step polls the KV connector (Instance.kv_read): decide again
                 priced = None
                 if self.dp_group is not None:
                     # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
@@ -367,6 +369,7 @@ class PipelinedInstance(Instance):
         now = self.env.now
         if not batch.plan.empty:  # a DP rank's dummy batch changes nothing
             outcome = self.sched.complete_batch(batch, now)
+            self.free_read_kv()
             self._count_steps(batch.plan, np.array([now - batch.launched_s]), 1, outcome, now)
         self._last_steps = None  # inputs are taken in at every decision, which happen at launches and returns
         if not self.in_flight:

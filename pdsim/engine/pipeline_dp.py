@@ -5,8 +5,8 @@ collective over the group's ranks in the same pipeline stage, so the ranks' k-th
 through every stage together, an idle rank supplying a dummy batch of one token (vLLM's
 execute_dummy_batch), as pdsim/engine/dp_group.py does for unpipelined groups. A group
 micro-batch holds each stage for the slowest rank's own part of that stage (attention, dense
-ops, sampling on the last stage) plus the stage's MoE layers at the group's token count; the
-activation send is that of the rank with the most tokens.
+ops, sampling on the last stage) plus the stage's MoE layers at the group's token count (their router
+gate and shared experts at the busiest rank's); the activation send is that of the rank with the most tokens.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g t
   pdsim/engine/dp_group.py picks (docs/moe.md). Not measured: the profile has no collective tables.
 * without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so), at the
   instance's weight precision (`quantization`: fp8 experts at the fp8 peak, 1-byte weights plus
-  scales). A `moe.csv` is used as measured: profiles are keyed by precision, so an fp8 instance
-  reads the one under `.../fp8/tp<N>/`.
+  scales); the estimate's router gate and shared experts run on the busiest rank's own tokens, which
+  vLLM does not gather. A `moe.csv` is used as measured (its gate included, at T_eq): profiles are keyed
+  by precision, so an fp8 instance reads the one under `.../fp8/tp<N>/`.
 
 Why the group's total: a MoE layer is a collective, so every rank waits for every other one in
 each layer; a DP group therefore steps in lock step (pdsim/engine/dp_group.py).
@@ -251,8 +252,9 @@ class MoELayerModel:
         return self.moe.expected_active_experts(group_tokens, self.local_experts)
 
     def experts_us(self, group_tokens: int, rank_tokens: int | None = None) -> float:
-        """The layer's kernels on one GPU: the experts over the group's tokens, the router gate and any
-        shared experts over the rank's own (`rank_tokens`, default the group's: no DP group)."""
+        """The layer's kernels on one GPU: the experts over the group's tokens and, where estimated, the
+        router gate and any shared experts over the rank's own (`rank_tokens`, default the group's: no DP
+        group); a measured moe.csv, its gate included, is read at the group's tokens (module docstring)."""
         active = self.active_experts(group_tokens)
         tokens_eq = group_tokens * self.local_experts / self.moe.num_experts
         pairs = tokens_eq * self.moe.top_k
@@ -307,8 +309,8 @@ def fp8_kernel_note(hardware: HardwareSpec | None, quantization: str | None, ep_
         what = (f"the profile's {measured}, measured without expert parallelism, times Triton's fused_moe"
                 if measured else "the expert-time fit covers Triton's fused_moe only")
         return (f"vLLM 0.19 runs block-fp8 experts with expert parallelism (ep_size {ep_size}) on Hopper "
-                f"through FlashInfer's CUTLASS kernels, and {what}: unmeasured here (aiconfigurator's H100 "
-                "FlashInfer CUTLASS per-tensor fp8 tables took 2.5-4x the estimate, docs/moe.md)")
+                f"through FlashInfer's CUTLASS kernels, and {what}: their time is unmeasured (docs/moe.md, "
+                "\"Which kernel vLLM 0.19 runs\")")
     if measured:
         return None
     return ("vLLM 0.19 picks its fp8 MoE kernel by the checkpoint's activation scales: static per-tensor ones "

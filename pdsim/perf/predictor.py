@@ -410,10 +410,14 @@ class StepTimePredictor:
         what gathering the group's tokens into its MoE blocks takes (a profile measures one GPU alone).
         """
         meta = self.profile.meta
-        dp = self.moe_layer.placement.dp_size if self.moe_layer is not None and self._moe_external else 1
-        estimate = activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs)
+        placement = self.moe_layer.placement if self.moe_layer is not None else None
+        dp = placement.dp_size if placement is not None and self._moe_external else 1
+        # The fused-MoE workspaces hold each GPU's slice of an expert: whole under expert parallelism.
+        expert_tp = placement.expert_tp if placement is not None else None
+        estimate = activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs,
+                                         expert_tp)
         gathered = estimate if dp == 1 else activation_peak_bytes(self.model, meta.dtype, self.tp,
-                                                                  max_num_batched_tokens, max_num_seqs, dp_size=dp)
+                                                                  max_num_batched_tokens, max_num_seqs, expert_tp, dp)
         if meta.activation_peak_bytes is None:
             return gathered
         measured = meta.activation_peak_bytes

@@ -269,11 +269,13 @@ class _Setup:
     def outputs(self, stem: str, streamed: str) -> OutputSet:
         """The command's files, committed together once all are written: the streamed CSV, the
         summary CSV, the plots and configs/ (stale ones of an earlier run in this folder removed)."""
+        from pdsim.sweep.rows import sort_rows
         from pdsim.sweep.runner import partial_path
 
         stale = [self.out / name for name in OUTPUT_NAMES if name.startswith(f"{stem}")]
         stale += sorted((self.out / "configs").glob("*.json"))
         out = OutputSet(stale=stale)
+        sort_rows(partial_path(self.out / streamed), [v.label for v in self.variants])
         out.adopt(partial_path(self.out / streamed), self.out / streamed)
         (self.out / "configs").mkdir(exist_ok=True)
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`

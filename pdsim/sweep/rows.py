@@ -136,6 +136,23 @@ class RowWriter:
         self.file.close()
 
 
+def sort_rows(path: Path, labels: list[str]) -> None:
+    """Rewrite a streamed rows CSV in a fixed order, configurations as expanded, rates ascending, a lengthened
+    run after its first: rows stream in as parallel runs end, an order that differs from one command to the
+    next, and a run is to give the same files each time."""
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    at_label, at_rate, at_x = (header.index(k) for k in ("label", "rate_per_s", "duration_x"))
+    rank = {label: i for i, label in enumerate(labels)}
+    rows.sort(key=lambda r: (rank.get(r[at_label], len(rank)), r[at_label], float(r[at_rate]), float(r[at_x])))
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 _NOT_WRITTEN_HERE = "this command did not write it: use another --out or drop --resume"
 
 

@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from pdsim.bundled import InputFile
-from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options, vllm_int
+from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError, PrecisionMismatch
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
@@ -39,11 +39,7 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
                       ttft_mode=ttft_mode)
     if run is not None:  # a number in (0, 1] or absent: replay_config checked it
         opts.recorded_gpu_memory_utilization = run.engine_kwargs.get("gpu_memory_utilization")
-        # A whole number, its command-line form ('8k'), or vLLM's fit-to-memory ('auto', -1): read_engine_jsonl
-        # checked it; only a length it names is one.
-        limit = run.engine_kwargs.get("max_model_len")
-        limit = vllm_int(limit) if isinstance(limit, str) else limit
-        opts.recorded_max_model_len = limit if type(limit) is int and limit >= 1 else None
+        opts.recorded_max_model_len = run.max_model_len
     if run is not None and run.concurrency is not None:
         opts.client_delay_s = client_delay_ms / 1e3
         if run.client_gaps_s is not None:

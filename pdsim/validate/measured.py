@@ -69,6 +69,15 @@ class MeasuredRun:
         """The engine arguments meta.json records (empty when it records none)."""
         return self.engine_meta.get("engine_kwargs") or {}
 
+    @property
+    def max_model_len(self) -> int | None:
+        """The max_model_len the engine was started with, where meta.json names one (also in vLLM's command-line
+        form, '8k'); None where it records none or vLLM's fit-to-memory ('auto', -1). read_engine_jsonl
+        checked the value."""
+        limit = self.engine_kwargs.get("max_model_len")
+        limit = vllm_int(limit) if isinstance(limit, str) else limit
+        return limit if type(limit) is int and limit >= 1 else None
+
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
         kwargs = self.engine_kwargs
@@ -280,6 +289,10 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         if (absent := next((n for row, n in zip(rows, line_nos) if key not in row), None)) is not None:
             raise PdsimError(f"{p}:{absent}: field {key!r} missing; expected a whole number of tokens")
         # No output token is a count only a request aborted before its first token has.
+        for row, n in zip(rows, line_nos):
+            if key == "output_toks" and row[key] == 0 and row.get("first_token_ts") is not None:
+                raise PdsimError(f"{p}:{n}: field 'output_toks': 0 with a first_token_ts; a request that made a "
+                                 "token counts it (0 is only for one aborted before its first token)")
         df[key] = [_count(row[key], f"{p}:{n}", key,
                           0 if key == "output_toks" and row.get("first_token_ts") is None else 1)
                    for row, n in zip(rows, line_nos)]
@@ -308,7 +321,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
         notes.append(said)
     arrival = stamps["queued_ts"] if clock == "engine" else arrival_time
     seen = arrival.notna()
-    seen &= ~_aborted_unscheduled(df, stamps, seen, notes)
+    seen &= ~_take_zero_output_requests(df, stamps, seen, notes)
     if not seen.all():  # never reached the engine (or the client sent nothing): nothing to replay
         notes.append(f"{int((~seen).sum())} request(s) without {'queued_ts' if clock == 'engine' else 'arrival_time'} "
                      "left out of the replay")
@@ -372,7 +385,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
 ENGINE_STAMPS = ("arrival_time", "queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts")
 
 
-def _aborted_unscheduled(df: pd.DataFrame, stamps: dict[str, pd.Series], seen: pd.Series,
+def _take_zero_output_requests(df: pd.DataFrame, stamps: dict[str, pd.Series], seen: pd.Series,
                          notes: list[str]) -> pd.Series:
     """Requests with no output token (aborted before their first, e.g. by a client's timeout): one the engine
     never scheduled did no work, so it is left out (the mask returned); one it scheduled ran its prompt, so it

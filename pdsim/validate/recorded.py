@@ -168,11 +168,8 @@ def _check_model_and_roles(run, cfg, cluster_config: Path) -> None:
 def _check_max_model_len(run) -> None:
     """vLLM refuses a request longer than max_model_len before it reaches the engine: a run recording both
     contradicts itself, and the replay (which runs them) says so."""
-    try:
-        limit = _recorded_int(run.engine_kwargs, "max_model_len", 1, Path(run.source).with_name("meta.json"))
-    except PdsimError:  # 'auto' (vLLM fits it to the memory) or another form: nothing to compare with
-        return
-    if limit is None:
+    limit = run.max_model_len
+    if limit is None:  # none recorded, or vLLM's fit to the memory: nothing to compare with
         return
     longer = int(((run.requests.input_toks + run.requests.output_toks) > limit).sum())
     if longer:
@@ -318,10 +315,11 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
                              "(LLMServingSim's rule, as LLMServingSim sizes it; the KV capacity line gives vLLM's "
                              "accounting at the recorded figure): without npu_mem.mem_util the replay takes that")
-        elif not defaulted or {inst.get("gpu_memory_utilization", util) for inst in instances} != {util}:
+        elif not defaulted or {inst.get("gpu_memory_utilization") or util for inst in instances} != {util}:
             out["gpu_memory_utilization"] = float(util)
-            stated_util = {inst["gpu_memory_utilization"] for inst in instances if "gpu_memory_utilization" in inst}
-            was = f", the config says {', '.join(map(str, stated_util))}" if stated_util - {util} else ""
+            # null is vLLM's default, as left out
+            stated_util = {inst.get("gpu_memory_utilization") for inst in instances} - {None}
+            was = f", the config says {', '.join(map(str, sorted(stated_util)))}" if stated_util - {util} else ""
             run.notes.append(f"gpu_memory_utilization {util:g} {recorded}{was}")
     return out
 
@@ -336,9 +334,9 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     chunked = out.get("enable_chunked_prefill", stated.get("enable_chunked_prefill", True))
     if chunked is not False or "max_num_batched_tokens" not in unrecorded or "max_num_batched_tokens" in stated:
         return None
-    recorded = run.engine_kwargs.get("max_model_len")
+    recorded = run.max_model_len
     names = {inst.get("model_name") for inst in instances}
-    if type(recorded) is int and recorded >= 1:
+    if recorded is not None:
         max_len, whose = recorded, "meta.json's max_model_len"
     elif len(names) == 1 and isinstance(next(iter(names)), str):
         try:
@@ -402,11 +400,8 @@ def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, obj
     partial = _recorded_int(kwargs, "max_num_partial_prefills", 1, meta)
     if not threshold and partial is not None and partial > 1:
         # max_model_len as recorded; vLLM's "auto" / -1 (fit to memory) and null mean the model's own, as here
-        recorded = kwargs.get("max_model_len")
-        recorded = vllm_int(recorded) if isinstance(recorded, str) else recorded
         model = _stated_model(instances)
-        max_model_len = (recorded if type(recorded) is int and recorded >= 1
-                         else model.max_position_embeddings if model else None)
+        max_model_len = run.max_model_len or (model.max_position_embeddings if model else None)
         if max_model_len is None:
             return {}
         threshold = int(max_model_len * 0.04)
