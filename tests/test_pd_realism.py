@@ -459,3 +459,22 @@ def test_a_clock_stop_inside_a_decode_run_keeps_the_client_first_token_stepping_
                                  max_decode_run_steps=steps)) for steps in (4096, 1)]
     assert frames[0].status[0] == "unfinished" and frames[0].ttft_client_ms[0] > frames[0].ttft_prefill_ms[0]
     assert frames[0].ttft_client_ms[0] == frames[1].ttft_client_ms[0]
+
+
+def test_a_prompt_block_held_for_several_hand_offs_counts_once():
+    # Three hand-offs sharing a cached 240-token prefix on a slow link: the prefill side holds those 15 blocks
+    # once, so what it holds for transfers never exceeds what it has in use.
+    from pdsim.workload.trace import TraceRequest
+
+    cfg = cluster(instance("prefill", enable_prefix_caching=True), instance("decode", enable_prefix_caching=True),
+                  link_bw=0.1)
+    ids = tuple(range(15))
+    rows = [TraceRequest(i, 256, 5, 0, ids + (100 + i,), 16) for i in range(3)]
+    res = simulate(cfg, rows, SimOptions(kv_gpu_blocks={"n0.i0": 40}, sample_interval_s=0.005))
+    assert all(r.status == "finished" for r in res.requests)
+    prefill = [s for s in res.samples if s.instance == "n0.i0"]
+    assert max(s.kv_held_for_transfer_gb for s in prefill) > 0
+    assert all(s.kv_held_for_transfer_gb <= s.kv_used_gb + 1e-12 for s in prefill)
+    pre = res.instances[0]
+    assert pre.held_for_transfer_blocks == pre.kv.used == 15 + 3  # the shared prefix once, each own last block
+    assert all_released(pre)

@@ -107,7 +107,7 @@ class HandOff:
         # The prefill instance keeps these blocks until the transfer is over.
         req.prefill_blocks = req.blocks
         req.prefill_cache_keys, req.cache_keys = req.cache_keys, None
-        src.held_for_transfer_blocks += req.blocks
+        src.hold_for_transfer(req.blocks, req.prefill_cache_keys)
         req.blocks = 0
         req.status = "handoff"
         candidates = self.decode_classes.select(lambda d: fits_decode(d, src, req))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
-from pdsim.engine.kv_cache import BlockManager, blocks_for, request_keys
+from pdsim.engine.kv_cache import BlockManager, Copy, blocks_for, request_keys
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler
 from pdsim.engine.step_plan import StepOutcome, StepPlan
@@ -120,9 +120,11 @@ class Instance:
         self.pending: deque[Request] = deque()  # handed-off requests waiting for decode-side blocks
         self.pending_tokens = 0
         # A prefill instance's blocks of handed-off requests, held until freed: during the transfer, then
-        # until the engine next polls its KV connector (kv_read).
-        self.held_for_transfer_blocks = 0
-        self._read: list[tuple[int, list[int] | None]] = []  # (blocks, cache keys) read, not yet polled
+        # until the engine next polls its KV connector (kv_read). Counted once each: a cached prompt block
+        # (its copy's key) may be held by several requests.
+        self._held_own_blocks = 0  # blocks without a cache key: each request's own
+        self._held_keys: Counter[Copy] = Counter()
+        self._read: list[tuple[int, list[Copy] | None]] = []  # (blocks, cache keys) read, not yet polled
         self.sched.reserve_handoffs = self._reserve_pending
         self.stats = InstanceStats()
         self.on_finish: Callable[[Request], None] = lambda req: None
@@ -258,7 +260,17 @@ class Instance:
         if fits and (self._idle or self._run is not None):
             self._wake_up()
 
-    def kv_read(self, n: int, cache_keys: list[int] | None = None) -> None:
+    @property
+    def held_for_transfer_blocks(self) -> int:
+        """Blocks held for hand-offs: in transfer, or read and not yet polled."""
+        return self._held_own_blocks + len(self._held_keys)
+
+    def hold_for_transfer(self, n: int, cache_keys: list[Copy] | None) -> None:
+        """A handed-off request's `n` blocks (its cached prompt blocks named by `cache_keys`) stay held."""
+        self._held_own_blocks += n - len(cache_keys or ())
+        self._held_keys.update(cache_keys or ())
+
+    def kv_read(self, n: int, cache_keys: list[Copy] | None = None) -> None:
         """The decode side has read a handed-off request's KV. vLLM frees its blocks here when the engine next
         polls its KV connector: at the end of its next step's forward (the worker's get_finished), or in an
         empty step when a waiting request finds no room (kv_connector_no_forward). An idle engine does not
@@ -274,7 +286,11 @@ class Instance:
             return False
         for n, cache_keys in self._read:
             self.kv.free_request(n, cache_keys)
-            self.held_for_transfer_blocks -= n
+            self._held_own_blocks -= n - len(cache_keys or ())
+            for key in cache_keys or ():
+                self._held_keys[key] -= 1
+                if not self._held_keys[key]:
+                    del self._held_keys[key]
         self._read.clear()
         return True
 
