@@ -478,3 +478,32 @@ def test_a_prompt_block_held_for_several_hand_offs_counts_once():
     pre = res.instances[0]
     assert pre.held_for_transfer_blocks == pre.kv.used == 15 + 3  # the shared prefix once, each own last block
     assert all_released(pre)
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_request_waiting_for_read_kv_is_admitted_by_the_empty_step_that_polls_for_it(async_scheduling):
+    # B's prompt fits only once A's KV is freed; the prefill engine, stepping empty while B waits, polls for
+    # A's read and frees it (vLLM's kv_connector_no_forward): B is scheduled the moment the read ends.
+    cfg = cluster(instance("prefill", max_num_batched_tokens=4096, async_scheduling=async_scheduling),
+                  instance("decode"), link_bw=2)
+    res = run(cfg, [(2000, 3, 0.0), (2000, 3, 0.001)], kv_gpu_blocks={"n0.i0": 130})
+    a, b = res.requests
+    assert b.first_scheduled_s == pytest.approx(a.kv_transfer_end_s, abs=1e-9)
+    assert all(r.status == "finished" for r in res.requests)
+
+
+def test_under_async_scheduling_a_steps_reported_reads_are_freed_after_the_decisions_already_taken():
+    # vLLM decides step n+1 before it processes step n's output, where the reads step n's poll reported are freed
+    # (after that step's own finished requests): usable from the decision after, as Scheduler._finish frees.
+    cfg = cluster(instance("prefill", async_scheduling=True), instance("decode"))
+    res = run(cfg, [(2000, 3, 0.0)])
+    pre = res.instances[0]
+    held = pre.held_for_transfer_blocks
+    assert held == blocks_for(2000, 16) and pre.kv.used == held  # the idle engine has not polled
+    pre._poll_after_step()  # as if a step ended now: its poll reports the read
+    assert pre.kv.used == held and pre._polled  # reported, not yet freed
+    due = pre._polled[0][0]
+    while pre.sched.decisions < due:
+        assert not pre._free_polled() and pre.kv.used == held
+        pre.sched.schedule(res.sim_end_s)
+    assert pre._free_polled() and pre.kv.used == 0 and pre.held_for_transfer_blocks == 0

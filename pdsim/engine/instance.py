@@ -125,6 +125,9 @@ class Instance:
         self._held_own_blocks = 0  # blocks without a cache key: each request's own
         self._held_keys: Counter[Copy] = Counter()
         self._read: list[tuple[int, list[Copy] | None]] = []  # (blocks, cache keys) read, not yet polled
+        # Async scheduling: reads a step's poll reported, freed when vLLM processes that step's output, after
+        # the decisions it had already taken: (the decision after which they are freed, the reads).
+        self._polled: list[tuple[int, list[tuple[int, list[Copy] | None]]]] = []
         self.sched.reserve_handoffs = self._reserve_pending
         self.stats = InstanceStats()
         self.on_finish: Callable[[Request], None] = lambda req: None
@@ -280,19 +283,43 @@ class Instance:
             self._wake_up()  # a request waits for room these blocks hold: vLLM is stepping (empty steps)
 
     def free_read_kv(self) -> bool:
-        """The KV connector's poll: free the blocks of every request whose KV was read. Whether any were.
-        (Also what a caller may run once a simulation is over, to see every block come back.)"""
+        """The KV connector's poll: free the blocks of every request whose KV was read (those a step reported
+        under async scheduling too). Whether any were. (Also what a caller may run once a simulation is over,
+        to see every block come back.)"""
+        reads = [r for _, polled in self._polled for r in polled] + self._read
+        self._polled, self._read = [], []
+        self._free_reads(reads)
+        return bool(reads)
+
+    def _poll_after_step(self) -> None:
+        """A step's poll: synchronously, what was read is freed as the step's output is processed, after the
+        step's own finished requests; under async scheduling, vLLM processes that output after the decisions
+        it has already taken (as the scheduler frees a finished request: Scheduler._finish)."""
         if not self._read:
+            return
+        if not self.sched.async_scheduling:
+            self.free_read_kv()
+            return
+        self._polled.append((self.sched.decisions + self.sched.async_depth, self._read))
+        self._read = []
+
+    def _free_polled(self) -> bool:
+        """After a decision: free what a step's poll reported that many decisions ago. Whether any was."""
+        due = [reads for after, reads in self._polled if after <= self.sched.decisions]
+        if not due:
             return False
-        for n, cache_keys in self._read:
+        self._polled = [(after, reads) for after, reads in self._polled if after > self.sched.decisions]
+        self._free_reads([r for reads in due for r in reads])
+        return True
+
+    def _free_reads(self, reads: list[tuple[int, list[Copy] | None]]) -> None:
+        for n, cache_keys in reads:
             self.kv.free_request(n, cache_keys)
             self._held_own_blocks -= n - len(cache_keys or ())
             for key in cache_keys or ():
                 self._held_keys[key] -= 1
                 if not self._held_keys[key]:
                     del self._held_keys[key]
-        self._read.clear()
-        return True
 
     def wake_for_group(self) -> None:
         """Another rank of this instance's DP group has work: decide (maybe a dummy step) now."""
@@ -351,8 +378,12 @@ class Instance:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
             plan = sched.schedule(env.now, cutoff)
-            if plan.empty and sched.waiting and self.free_read_kv():
-                continue  # vLLM's empty step polls the KV connector: what was read is freed, decide again
+            freed = bool(self._polled) and self._free_polled()  # after the decision, as Scheduler._release_finished
+            # vLLM's empty step polls the KV connector: what was read is freed for the next decision (a DP rank
+            # still takes its place in the group's step, a dummy one).
+            polled = plan.empty and sched.waiting and (self.free_read_kv() or freed)
+            if polled and self.dp_group is None:
+                continue
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
             if self.dp_group is not None:
@@ -363,13 +394,15 @@ class Instance:
                 if group_s is not None:
                     yield from self._group_step(plan, group_s)
                     continue
-                if self._woken_at_barrier:
+                if self._woken_at_barrier or polled:
                     continue
             if plan.empty:
                 if sched.released_after_decision and self._can_reserve():
                     continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
                 if sched.release_when_idle():
                     continue  # a hand-off may fit now
+                if self._polled and self.free_read_kv():
+                    continue  # nothing in flight: every step's output was processed, its reads freed with it
                 yield from self._sleep()
                 continue
 
@@ -464,7 +497,7 @@ class Instance:
                 starts.append(t)
             self._step_starts.extend(reversed(starts))
         outcome = self.sched.complete(plan, steps, self.env.now)
-        self.free_read_kv()
+        self._poll_after_step()
         busy_s = float(durations.sum())
         self.stats.busy_s += busy_s
         self._count_steps(plan, durations, steps, outcome, self.env.now - busy_s + float(durations[0]))

@@ -326,6 +326,11 @@ class Scheduler(WaitingAdmission):
         return True
 
     @property
+    def decisions(self) -> int:
+        """Scheduling decisions taken so far (async scheduling frees what a step reported this many later)."""
+        return self._decisions
+
+    @property
     def releasing_blocks(self) -> int:
         """Blocks of finished requests that later decisions free (async scheduling)."""
         return sum(entry.blocks for entry in self._releasing)
