@@ -1274,3 +1274,18 @@ def test_a_recorded_max_model_len_is_read_one_way_everywhere():
 
     assert [run(v).max_model_len for v in ("8k", 4096, "auto", -1, None)] == [8000, 4096, None, None, None]
     assert _sim_options(None, 0.0, run("8k")).recorded_max_model_len == 8000
+
+
+@needs_shared
+def test_a_recorded_float16_run_replays_in_float16_and_says_the_profile_is_bfloat16(tmp_path):
+    requests = _rtx_run_with(tmp_path, dtype="float16")
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "dtype float16 from meta.json engine_kwargs" in res.output
+    assert "dtype float16: the profile was measured in bfloat16; its times are used as measured" in res.output
+    plain = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                          str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
+                          "--step-time-margin-pct", "0", "--output", str(tmp_path / "p.csv"))
+    assert "dtype" not in plain.output.split("KV capacity")[0]  # bfloat16 recorded, as the config runs

@@ -71,6 +71,15 @@ def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
             f"as timed (the attention time of a {ic.kv_cache_dtype} cache is modelled in estimated profiles only)")
 
 
+def _dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
+    """A measured profile timed at another 16-bit activation dtype than the instance runs (float16 beside a
+    bfloat16 profile): the same bytes, but other kernels, so its times are used as measured, and said."""
+    if meta.dtype == ic.dtype or dtype_bytes(meta.dtype) != dtype_bytes(ic.dtype):
+        return None
+    return (f"dtype {ic.dtype}: the profile was measured in {meta.dtype}; its times are used as measured (the same "
+            "bytes per value, but other kernels, whose speed may differ)")
+
+
 def build_instance(
     env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str,
     dp_size: int = 1, step_times: StepTimeFactory = StepTimePredictor,
@@ -134,8 +143,9 @@ def build_instance(
     elif mismatch == "family":
         predictor.notes.append(f"the profile names the family {profile.meta.hardware!r}, not which board measured it "
                                f"(no device recorded): its step times are taken as the {ic.hardware}'s")
-    if (note := _kv_dtype_note(ic, profile.meta)) is not None and not profile.estimated:
-        predictor.notes.append(note)
+    for note in (_kv_dtype_note(ic, profile.meta), _dtype_note(ic, profile.meta)):
+        if note is not None and not profile.estimated:
+            predictor.notes.append(note)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
     kv_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind

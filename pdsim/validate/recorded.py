@@ -447,6 +447,11 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
         # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
         block = model is not None and model.checkpoint_quantization == "fp8_block"
         out["quantization"] = "fp8_block" if block else layout.quantization
+    # The activations' 16-bit type as vLLM's --dtype names it ("auto": the checkpoint's, which the config states).
+    recorded_dtype = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16"}.get(str(kwargs.get("dtype")))
+    stated_dtype = {str(inst.get("dtype") or "bfloat16") for inst in instances}
+    if layout.quantization is None and recorded_dtype is not None and stated_dtype != {recorded_dtype}:
+        out["dtype"] = recorded_dtype
     stated_fp8_kv = any(str(_stated_precision(inst, "kv_cache_dtype")).startswith("fp8") for inst in instances)
     if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_fp8_kv):
         # "auto" recorded is the model's dtype, which the engine ran whatever the config says
