@@ -303,12 +303,14 @@ class Instance:
         self._polled.append((self.sched.decisions + self.sched.async_depth, self._read))
         self._read = []
 
-    def _free_polled(self) -> bool:
-        """After a decision: free what a step's poll reported that many decisions ago. Whether any was."""
-        due = [reads for after, reads in self._polled if after <= self.sched.decisions]
+    def _free_polled(self, everything: bool = False) -> bool:
+        """After a decision: free what a step's poll reported that many decisions ago (everything: all a step
+        reported, when the engine has processed every output). Whether any was."""
+        due = [reads for after, reads in self._polled if everything or after <= self.sched.decisions]
         if not due:
             return False
-        self._polled = [(after, reads) for after, reads in self._polled if after > self.sched.decisions]
+        self._polled = [(after, reads) for after, reads in self._polled
+                        if not everything and after > self.sched.decisions]
         self._free_reads([r for reads in due for r in reads])
         return True
 
@@ -401,8 +403,8 @@ class Instance:
                     continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
                 if sched.release_when_idle():
                     continue  # a hand-off may fit now
-                if self._polled and self.free_read_kv():
-                    continue  # nothing in flight: every step's output was processed, its reads freed with it
+                if self._polled and self._free_polled(everything=True):
+                    continue  # nothing in flight: every step's output was processed, what it reported freed
                 yield from self._sleep()
                 continue
 
