@@ -104,7 +104,7 @@ class HandOff:
 
     def _hand_off(self, src: Instance, req: Request) -> None:
         req.handoff_s = self.env.now
-        # The prefill instance keeps these blocks until the transfer is over.
+        # The prefill instance keeps these blocks until the transfer is over and it has polled for it.
         req.prefill_blocks = req.blocks
         req.prefill_cache_keys, req.cache_keys = req.cache_keys, None
         src.hold_for_transfer(req.blocks, req.prefill_cache_keys)

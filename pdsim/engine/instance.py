@@ -286,10 +286,10 @@ class Instance:
         """The KV connector's poll: free the blocks of every request whose KV was read (those a step reported
         under async scheduling too). Whether any were. (Also what a caller may run once a simulation is over,
         to see every block come back.)"""
-        reads = [r for _, polled in self._polled for r in polled] + self._read
-        self._polled, self._read = [], []
+        reported = self._free_polled(everything=True)
+        reads, self._read = self._read, []
         self._free_reads(reads)
-        return bool(reads)
+        return reported or bool(reads)
 
     def _poll_after_step(self) -> None:
         """A step's poll: synchronously, what was read is freed as the step's output is processed, after the

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,11 +114,7 @@ class RowWriter:
                     self.rows[self.key(row)] = _resumed_row(row, f"{source}:{reader.line_num}")
         # Rewritten whole (header plus the rows kept) and swapped in at once, so a torn last line
         # never merges with a new one and a crash here loses none of the kept rows.
-        with atomic_path(self.partial) as tmp, tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(fields)
-            for row in self.rows.values():
-                writer.writerow([_fmt(row[f]) for f in fields])
+        _rewrite(self.partial, fields, ([_fmt(row[f]) for f in fields] for row in self.rows.values()))
         if settings is not None:  # what made these rows, for a later --resume to compare with
             write_json_atomic(settings_path(path), settings)
         self.file = self.partial.open("a", newline="")
@@ -147,6 +144,11 @@ def sort_rows(path: Path, labels: list[str]) -> None:
     at_label, at_rate, at_x = (header.index(k) for k in ("label", "rate_per_s", "duration_x"))
     rank = {label: i for i, label in enumerate(labels)}
     rows.sort(key=lambda r: (rank.get(r[at_label], len(rank)), r[at_label], float(r[at_rate]), float(r[at_x])))
+    _rewrite(path, header, rows)
+
+
+def _rewrite(path: Path, header: list[str], rows: Iterable[list[str]]) -> None:
+    """A rows CSV written whole and swapped in at once (atomic_path)."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
