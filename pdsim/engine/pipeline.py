@@ -297,15 +297,18 @@ class PipelinedInstance(Instance):
                 self._pick_up()
             if len(self.in_flight) < self.num_stages:
                 plan = sched.schedule(env.now)
-                if plan.empty and sched.waiting and self.free_read_kv():
-                    continue  # an empty step polls the KV connector (Instance.kv_read): decide again
+                # An empty step polls the KV connector (Instance.kv_read): decide again, a DP rank after its
+                # place in the group's (dummy) step, as Instance._loop.
+                polled = plan.empty and sched.waiting and self.free_read_kv()
+                if polled and self.dp_group is None:
+                    continue
                 priced = None
                 if self.dp_group is not None:
                     # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
                     self._idle, self._woken_at_barrier = True, False
                     priced = yield from self.dp_group.step(self, plan)  # None: no rank has work
                     self._idle = False
-                    if priced is None and self._woken_at_barrier:
+                    if priced is None and (self._woken_at_barrier or polled):
                         continue
                 elif not plan.empty:
                     priced = self._price(plan)
