@@ -49,6 +49,22 @@ def test_keys_outside_the_format_are_named(tmp_path):
     assert read_trace(_trace(tmp_path, _line(input_tok_ids=[1] * 10, hash_ids=[3]) + "\n"))[1] == []
 
 
+def test_token_ids_give_prefix_block_ids_as_vllm_hashes_blocks(tmp_path):
+    # One id per full 16-token block, chained: equal for equal prefixes, different after the first block that differs.
+    shared = list(range(40))
+    text = "\n".join([_line(40, t=0, input_tok_ids=shared), _line(50, t=1, input_tok_ids=shared[:32] + [7] * 18),
+                      _line(15, t=2, input_tok_ids=shared[:15])]) + "\n"
+    (a, b, c), notes = read_trace(_trace(tmp_path, text))
+    assert a.hash_block_tokens == b.hash_block_tokens == 16 and len(a.hash_ids) == 2 and len(b.hash_ids) == 3
+    assert b.hash_ids[:2] == a.hash_ids and b.hash_ids[2] not in a.hash_ids and c.hash_ids == ()
+    assert notes == ["input_tok_ids read as prefix-block ids (16 tokens each, chained as vLLM hashes blocks): 30.5% "
+                     "of prompt tokens are in blocks an earlier prompt had (prefix-cache hits while still cached)"]
+    for bad, expected in ((_line(3, input_tok_ids=[1, 2]), "field 'input_tok_ids': 2 ids, but input_toks is 3"),
+                          (_line(2, input_tok_ids=[1, "2"]), "field 'input_tok_ids': expected a list of integers")):
+        with pytest.raises(TraceError, match=expected):
+            load_trace(_trace(tmp_path, bad + "\n"))
+
+
 def test_max_requests_keeps_earliest(tmp_path):
     text = "\n".join(_line(t=t) for t in (50, 10, 30, 20)) + "\n"
     reqs = load_trace(_trace(tmp_path, text), max_requests=2)
@@ -124,7 +140,7 @@ def test_write_then_load_roundtrip(tmp_path):
 
 
 def test_load_is_fast(tmp_path):
-    line = _line(1000, 200, 123456789, input_tok_ids=list(range(50))) + "\n"
+    line = _line(50, 200, 123456789, input_tok_ids=list(range(50))) + "\n"
     p = _trace(tmp_path, line * 100_000)
     start = time.perf_counter()
     assert len(load_trace(p)) == 100_000

@@ -14,19 +14,13 @@ from pathlib import Path
 
 from pdsim.errors import PdsimError, decode_text
 from pdsim.validate.measured import MeasuredRun
+from pdsim.workload.trace import block_chain_ids
 
 
 def block_hash_ids(prompts: list[list[int]], block_size: int) -> list[tuple[int, ...]]:
     """Per prompt, an id per full block: equal ids for equal chains of blocks (vLLM's block hash)."""
-    ids: dict[tuple, int] = {}
-    out = []
-    for tokens in prompts:
-        chain, parent = [], None
-        for b in range(len(tokens) // block_size):
-            parent = ids.setdefault((parent, tuple(tokens[b * block_size:(b + 1) * block_size])), len(ids))
-            chain.append(parent)
-        out.append(tuple(chain))
-    return out
+    chains: dict[int, int] = {}
+    return [block_chain_ids(tokens, block_size, chains) for tokens in prompts]
 
 
 def read_prompt_ids(path: Path) -> list[list[int]]:

@@ -1,10 +1,11 @@
 """Request traces in LLMServingSim's JSONL format.
 
 One JSON object per line: `input_toks`, `output_toks`, `arrival_time_ns`, and optionally
-`input_tok_ids` / `output_tok_ids`, which are accepted and ignored (only lengths matter to
-the simulator), and `hash_ids` (prefix-block ids, as in Mooncake's traces) with
-`hash_block_tokens` (tokens per id, 512 when absent). Traces can have 100k+ lines, so the
-per-line path stays lean.
+`hash_ids` (prefix-block ids, as in Mooncake's traces) with `hash_block_tokens` (tokens per id,
+512 when absent), or `input_tok_ids`, the prompt's token ids, which give such ids: one per full
+16-token block (vLLM's default block size), equal for equal chains of blocks as vLLM's block hash
+is. `output_tok_ids` are accepted and ignored (only lengths matter). Traces can have 100k+ lines,
+so the per-line path stays lean.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ class TraceRequest:
 
 
 DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace gives hash_ids alone
+TOKEN_ID_BLOCK_TOKENS = 16  # vLLM's default block size: input_tok_ids become one prefix id per this many
+
+
+def block_chain_ids(tokens: list[int], block_size: int, chains: dict[int, int]) -> tuple[int, ...]:
+    """An id per full block of `tokens`, the same for the same chain of blocks (vLLM's block hash chains each
+    block's ids to its parent's): `chains` numbers the chains seen so far, across the prompts given it."""
+    ids, parent = [], -1
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        parent = chains.setdefault(hash((parent, *tokens[start:start + block_size])), len(chains))
+        ids.append(parent)
+    return tuple(ids)
 
 
 def token_count(value: object, where: str, key: str, least: int = 1, error: type[PdsimError] = TraceError) -> int:
@@ -172,6 +184,7 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
         raise TraceError(f"max_requests must be >= 1, got {max_requests}")
     f = _open_trace(path)
     requests: list[TraceRequest] = []
+    chains: dict[int, int] = {}  # input_tok_ids' block chains (block_chain_ids)
     loads = json.loads
     append = requests.append
     with f:
@@ -207,10 +220,11 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
                 and 0 < out <= MAX_TOKENS
                 and 0 <= arr <= MAX_ARRIVAL_NS
                 and "hash_ids" not in obj
+                and "input_tok_ids" not in obj
             ):
                 append(TraceRequest(n, inp, out, arr))
             else:
-                append(_checked_request(n, obj, inp, out, arr, f"{path}:{lineno}"))
+                append(_checked_request(n, obj, inp, out, arr, f"{path}:{lineno}", chains))
 
     if not requests:
         raise TraceError(f"{path}: the trace has no requests")
@@ -218,6 +232,8 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
     if max_requests is not None:
         del requests[max_requests:]
     notes = []
+    if chains:
+        notes.append(_token_ids_note(requests))
     if unknown:
         found = ", ".join(f"{key!r} ({n:,} line(s))" for key, n in sorted(unknown.items()))
         notes.append(f"key(s) not in the trace format, ignored: {found}; its keys are {', '.join(sorted(TRACE_KEYS))}")
@@ -253,13 +269,37 @@ def _not_json(e: Exception, line: bytes, where: str) -> None:
     parse_json(line, where, TraceError)  # names the problem
 
 
-def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, where: str) -> TraceRequest:
-    """A request off the fast path: every field checked (errors name `where`), prefix ids read."""
+def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, where: str,
+                     chains: dict[int, int]) -> TraceRequest:
+    """A request off the fast path: every field checked (errors name `where`), prefix ids read (hash_ids, else
+    input_tok_ids' block chains, numbered in `chains`)."""
+    input_toks = _length(inp, "input_toks", where)
+    ids, block = (), 0
     if "hash_ids" in obj:
-        input_toks = _length(inp, "input_toks", where)
         ids, block = _hash_ids(obj, input_toks, where)
-        return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
-    return TraceRequest(n, _length(inp, "input_toks", where), _length(out, "output_toks", where), _arrival(arr, where))
+    elif "input_tok_ids" in obj:
+        tokens = obj["input_tok_ids"]
+        if type(tokens) is not list or not all(type(t) is int for t in tokens):
+            raise TraceError(f"{where}: field 'input_tok_ids': expected a list of integers, got {json_shown(tokens)}")
+        if len(tokens) != input_toks:
+            raise TraceError(f"{where}: field 'input_tok_ids': {len(tokens)} ids, but input_toks is {input_toks}")
+        ids, block = block_chain_ids(tokens, TOKEN_ID_BLOCK_TOKENS, chains), TOKEN_ID_BLOCK_TOKENS
+    return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
+
+
+def _token_ids_note(requests: list[TraceRequest]) -> str:
+    """How much of the prompts input_tok_ids say an earlier prompt had (in arrival order): what prefix caching may
+    find cached."""
+    seen: set[int] = set()
+    shared = 0
+    for r in requests:
+        if r.hash_block_tokens == TOKEN_ID_BLOCK_TOKENS:
+            shared += sum(i in seen for i in r.hash_ids)
+            seen.update(r.hash_ids)
+    total = sum(r.input_toks for r in requests)
+    return (f"input_tok_ids read as prefix-block ids ({TOKEN_ID_BLOCK_TOKENS} tokens each, chained as vLLM hashes "
+            f"blocks): {shared * TOKEN_ID_BLOCK_TOKENS / total:.1%} of prompt tokens are in blocks an earlier prompt "
+            "had (prefix-cache hits while still cached)")
 
 
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:
