@@ -194,7 +194,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                  "disable_custom_all_reduce": disable_custom_all_reduce, "allreduce_rms_fusion": allreduce_rms_fusion}
     given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v is not None)
     try:
-        cfg = load_cluster_config(cluster_config, overrides)
+        cfg = load_cluster_config(cluster_config, overrides, from_command_line=True)
     except ConfigError as e:
         if given:
             try:

@@ -76,6 +76,11 @@ def infer_instance_sizes(data: Any) -> Any:
     if not _is_int(pp) or pp < 1:
         return data  # the field check reports it
     tp, npus = data.get("tp_size"), data.get("num_npus")
+    if tp is None and npus is None and ("npu_num" in data or pp != 1):
+        # Without either an instance is one GPU; not where that drops what the config meant.
+        why = ("npu_num, LLMServingSim's former key for them, is not read" if "npu_num" in data else
+               f"pp_size {pp} needs tp_size x pp_size of them")
+        raise PydanticCustomError("npus", "give num_npus or tp_size, the instance's GPUs ({why})", {"why": why})
     if npus is None and _is_int(tp):
         data = {**data, "num_npus": tp * pp}
     elif tp is None and _is_int(npus) and npus >= pp:
@@ -179,6 +184,11 @@ def noted_keys(raw: Any) -> list[str]:
                     found.append(f"{here}: 0 is LLMServingSim's 'unlimited': " + (
                         "max_num_seqs becomes max_num_batched_tokens" if key == "max_num_seqs" else
                         "max_num_batched_tokens becomes the model's context length"))
+                if key == "enable_chunked_prefill" and value is False and "max_num_batched_tokens" not in node:
+                    found.append(f"{here}: chunked prefill off with no max_num_batched_tokens: the step budget "
+                                 "becomes vLLM's for unchunked prefill, the model's context length (at most "
+                                 "max_num_seqs times it), and vLLM's profiling forward over it takes its activation "
+                                 "memory from the KV cache")
                 walk(value, here)
         elif isinstance(node, list):
             for i, value in enumerate(node):

@@ -58,6 +58,20 @@ def _inst(raw, i=1):
     return raw["nodes"][0]["instances"][i]
 
 
+@pytest.mark.parametrize(("extra", "why"), [
+    ({"npu_num": 4}, "npu_num, LLMServingSim's former key for them, is not read"),
+    ({"pp_size": 2}, "pp_size 2 needs tp_size x pp_size of them"),
+])
+def test_an_instance_without_its_gpu_count_is_refused_where_one_gpu_would_drop_what_it_meant(tmp_path, extra, why):
+    def mutate(raw):
+        for key in ("num_npus", "tp_size"):
+            _inst(raw).pop(key, None)
+        _inst(raw).update(extra)
+
+    assert _err(tmp_path, mutate).endswith(f"nodes[0].instances[1]: give num_npus or tp_size, the instance's GPUs "
+                                           f"({why})")
+
+
 def test_pd_type_typo(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r).update(pd_type="prefil"))
     assert msg.endswith('nodes[0].instances[1].pd_type: expected "prefill", "decode" or null, got "prefil"')

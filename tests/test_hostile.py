@@ -191,6 +191,25 @@ def test_options_that_would_do_nothing_or_change_the_config_are_said(tmp_path, c
     assert err.count("note: --max-num-seqs 0: 0 is LLMServingSim's 'unlimited': max_num_seqs becomes "
                      "max_num_batched_tokens\n") == 1 and "instances[0].max_num_seqs" not in err
     assert "note: --num-requests 500: the trace has 200 requests; all are used" in err
+    # An option replacing what an instance sets is said (LLMServingSim's flags give way to it); one setting a
+    # key no instance sets, or the same value, is not.
+    own = json.loads(CONFIG.read_text())
+    own["nodes"][0]["instances"][1]["max_num_seqs"] = 256
+    own["nodes"][0]["instances"][0]["block_size"] = 32
+    (tmp_path / "own.json").write_text(json.dumps(own))
+    code, err = _run_cli(capsys, ["--cluster-config", str(tmp_path / "own.json"), "--dataset", str(TRACE),
+                                  "--max-num-seqs", "64", "--block-size", "32", "--dtype", "bfloat16",
+                                  "--output", str(out / "r2.csv"), "--quiet"])
+    assert code == 0, err
+    assert ("note: --max-num-seqs 64 replaces the max_num_seqs of nodes[0].instances[1] (256) in the config "
+            "(pdsim's options apply to every instance; LLMServingSim's keep an instance's own value)") in err
+    assert "replaces the block_size" not in err and "replaces the dtype" not in err
+    # A switch is named by its flag; unchunked prefill without a budget takes vLLM's, which is said.
+    code, err = _run_cli(capsys, ["--cluster-config", str(tmp_path / "own.json"), "--dataset", str(TRACE),
+                                  "--disable-chunked-prefill", "--output", str(out / "r3.csv"), "--quiet"])
+    assert code == 0, err
+    assert err.count("note: --disable-chunked-prefill: chunked prefill off with no max_num_batched_tokens: the step "
+                     "budget becomes vLLM's for unchunked prefill") == 1
 
 
 def _bad_file_cases(tmp_path: Path) -> list[tuple[str, Path, str]]:

@@ -223,6 +223,55 @@ def _dp_run(rows, **opts):
     return simulate(cfg, trace(rows), SimOptions(**opts))
 
 
+def test_dp_group_runs_dummy_steps_until_its_every_32_steps_check():
+    # vLLM's DPEngineCoreProc asks whether any rank has requests only every 32 steps of a wave.
+    first_finish_s = _dp_run([(300, 5, 0.0)]).requests[0].finish_s
+    res = _dp_run([(300, 5, 0.0), (300, 5, first_finish_s + 1e-4), (300, 5, 100.0)])
+    group = res.instances[0].dp_group
+    assert group.num_steps == 64  # two waves: the first, then the one the request at 100 s starts
+    assert all(r.status == "finished" for r in res.requests)
+    waited_s = [r.first_scheduled_s - r.arrival_s for r in res.requests]
+    # Sent during the first wave's dummy steps, a request waits for the one in progress; at 100 s the
+    # group has stopped, and the request is scheduled at once.
+    assert waited_s[1] > 0 and waited_s[2] == 0
+
+
+def test_an_eager_dp_group_runs_its_ranks_unpadded():
+    # vLLM pads a DP group's ranks to a CUDA-graph capture size; enforce_eager captures none.
+    def group(**knobs):
+        cfg = cluster_config_from_dict(_cluster(*[_instance(ep_size=2, dp_group="A", **knobs)] * 2))
+        res = simulate(cfg, trace([(300, 5, 0.0)]), SimOptions())
+        return res.instances[0].dp_group, res.instances[0].predictor.notes
+
+    graphs, _ = group()
+    eager, notes = group(enforce_eager=True)
+    assert graphs._moe_tokens([3, 1]) == (8, 4) and eager._moe_tokens([3, 1]) == (4, 3)
+    # Its step times are estimated, not measured eager: the launches they leave out are said.
+    assert any(n.startswith("enforce_eager: the engine launches") for n in notes)
+
+
+def test_a_dp_group_layout_llmservingsim_refuses_is_said(tmp_path, capsys):
+    from pdsim.config import load_cluster_config
+
+    for ep, said in ((None, True), (1, True), (2, False)):
+        knobs = {} if ep is None else {"ep_size": ep}
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(_cluster(*[_instance(dp_group="A", **knobs)] * 2)))
+        load_cluster_config(path)
+        err = capsys.readouterr().err
+        assert ("dp_group 'A': ep_size 1 over its 2 members, which LLMServingSim refuses" in err) is said
+
+
+def test_link_lists_must_give_one_value_per_dimension_of_a_dp_topology():
+    # LLMServingSim's topology with DP groups is [tp, dp] ([tp, pp, dp] with stages); a list of another length is
+    # an error there, and read here it would price the wrong links.
+    group = [_instance(ep_size=2, dp_group="A")] * 2
+    assert cluster_config_from_dict(_cluster(*group, link_bw=[128, 16], link_latency=500)).link_bw == 16
+    msg = _config_error(_cluster(*group, link_bw=[128, 64, 16]))
+    assert msg.endswith("link_bw: 3 values, but a config with DP groups has 2 topology dimensions, innermost first "
+                        "(tp, dp): give one value per dimension, or one number for all")
+
+
 def test_dp_group_steps_in_lock_step_with_dummy_batches():
     res = _dp_run([(300, 40, 0.0), (2000, 5, 0.0)])
     assert all(r.status == "finished" for r in res.requests)
@@ -259,7 +308,7 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     sizes = cudagraph_sizes(128, 2048)
     assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-2:] == [248, 256] and len(sizes) == 35
     assert cudagraph_sizes(256, 8192)[-1] == 512 and cudagraph_sizes(4, 8192) == [1, 2, 4, 8]
-    spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048)
+    spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048, enforce_eager=False)
     group = DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
     # (tokens the experts see, the most one rank gives: its router gate and shared experts run on those)
     assert group._moe_tokens([61, 3]) == (2 * 64, 64)  # both under 256: padded to 64, then to the largest

@@ -507,3 +507,16 @@ def test_under_async_scheduling_a_steps_reported_reads_are_freed_after_the_decis
         assert not pre._free_polled() and pre.kv.used == held
         pre.sched.schedule(res.sim_end_s)
     assert pre._free_polled() and pre.kv.used == 0 and pre.held_for_transfer_blocks == 0
+
+
+def test_the_transfer_defaults_are_said_where_the_config_leaves_them():
+    # LLMServingSim moves KV at link_bw; pdsim's measured defaults are slower, so a run that takes them says so.
+    from pdsim.metrics.summary import profile_notes
+
+    rows = [(500, 4, 0.0)]
+    said = "KV hand-offs reach 73% of link_bw / nic_bw and pay 10.5 us per model layer: pdsim's defaults"
+    pd_split = run(cluster(instance("prefill"), instance("decode")), rows)
+    assert any(n.startswith(said) for n in profile_notes(pd_split))
+    assert not any(n.startswith("KV hand-offs") for n in profile_notes(
+        run(cluster(instance("prefill"), instance("decode"), kv_transfer={"bandwidth_efficiency": 0.9}), rows)))
+    assert not any(n.startswith("KV hand-offs") for n in profile_notes(run(cluster(instance(None)), rows)))

@@ -973,7 +973,31 @@ def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
     eager_run = _rtx_run_with(tmp_path, enforce_eager=True)
     eager = _validate_cli("--measured", str(eager_run), *args, str(tmp_path / "b.csv"))
     assert "the profile was measured with enforce_eager" in compiled.output
-    assert "enforce_eager" not in eager.output
+    assert "the profile was measured with enforce_eager" not in eager.output
+    assert "enforce_eager True from meta.json engine_kwargs" in eager.output  # replayed, said once
+    assert "enforce_eager: the engine launches" not in eager.output  # the profile's own conditions
+
+
+@needs_shared
+@pytest.mark.parametrize("meta_change", ["top_level", "no_engine_kwargs"])
+def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_path, meta_change):
+    # The replay reads the engine's arguments from engine_kwargs alone: one written beside it, or a
+    # meta.json without them, is said, not silently replaced by the config's settings.
+    requests = _rtx_run_with(tmp_path)
+    meta_path = requests.with_name("meta.json")
+    meta = json.loads(meta_path.read_text())
+    if meta_change == "top_level":
+        meta["gpu_memory_utilization"] = 0.3
+        expected = "meta.json fields not read: gpu_memory_utilization"
+    else:
+        meta["engine_args"] = meta.pop("engine_kwargs")
+        expected = "meta.json records no engine_kwargs"
+    meta_path.write_text(json.dumps(meta))
+    out = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv")).output
+    assert expected in out
+    if meta_change == "no_engine_kwargs":
+        assert "meta.json fields not read: engine_args" in out
 
 
 MOE = SHARED / "llmservingsim-rtxpro6000-qwen3-30b-a3b"
@@ -1077,7 +1101,9 @@ def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path)
     run = read_measured(_rtx_run_with(tmp_path, scheduling_policy="priority", seed=7, tokenizer=None))
     replay_config(RTX / "cluster_config.json", run, None)
     unused = [n for n in run.notes if "not modelled" in n]
-    assert unused == ["meta.json engine_kwargs not modelled, replayed as vLLM's defaults: scheduling_policy 'priority'"]
+    # On a line of its own (a NOTE), not lost among what the replay took from the run.
+    assert unused == ["NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: scheduling_policy "
+                      "'priority'"]
     plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(RTX / "cluster_config.json", plain, None)
     assert not any("not modelled" in n for n in plain.notes)

@@ -47,7 +47,7 @@ OVERRIDABLE_KEYS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "enable_chunked_prefill", "dtype", "async_scheduling",
     "scheduler_reserve_full_isl", "enable_prefix_caching", "quantization", "kv_cache_dtype",
     "gpu_memory_utilization", "ep_size", "kv_cache_memory_bytes", "num_gpu_blocks_override",
-    "disable_custom_all_reduce", "long_prefill_token_threshold", "allreduce_rms_fusion",
+    "disable_custom_all_reduce", "long_prefill_token_threshold", "allreduce_rms_fusion", "enforce_eager",
 )
 # An override that sets gpu_memory_utilization in place of npu_mem.mem_util (validate: a config whose mem_util is
 # the measured engine's own argument, not a figure calibrated to LLMServingSim's rule).

@@ -100,24 +100,37 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 def raw_instances(raw: Any) -> list[dict]:
     """The instance objects of an unvalidated cluster config; broken parts are skipped (validation
     reports them)."""
+    return [inst for _, inst in _placed_instances(raw)]
+
+
+def _placed_instances(raw: Any) -> list[tuple[str, dict]]:
+    """raw_instances with where each is ("nodes[0].instances[1]")."""
     if not isinstance(raw, dict) or not isinstance(raw.get("nodes"), list):
         return []
-    return [inst for node in raw["nodes"] if isinstance(node, dict) and isinstance(node.get("instances"), list)
-            for inst in node["instances"] if isinstance(inst, dict)]
+    return [(f"nodes[{n}].instances[{i}]", inst) for n, node in enumerate(raw["nodes"])
+            if isinstance(node, dict) and isinstance(node.get("instances"), list)
+            for i, inst in enumerate(node["instances"]) if isinstance(inst, dict)]
 
 
-def _apply_overrides(raw: Any, overrides: dict[str, object]) -> None:
+def _apply_overrides(raw: Any, overrides: dict[str, object]) -> dict[str, list[str]]:
+    """Set the overrides on every instance; per key, the instances (and values) whose own other value each replaced."""
     overrides = dict(overrides)
     engine_util = overrides.pop(UTILIZATION_OVER_MEM_UTIL, None)
     unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
     if unknown:
         raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
-    for inst in raw_instances(raw):
-        inst.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    replaced: dict[str, list[str]] = {}
+    for where, inst in _placed_instances(raw):
+        for key in sorted(given.keys() & inst.keys()):
+            if inst[key] is not None and inst[key] != given[key]:
+                replaced.setdefault(key, []).append(f"{where} ({_fmt(inst[key])})")
+        inst.update(given)
         if engine_util is not None:
             if isinstance(inst.get("npu_mem"), dict):
                 inst["npu_mem"].pop("mem_util", None)
             inst["gpu_memory_utilization"] = engine_util
+    return replaced
 
 
 def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:
@@ -154,15 +167,20 @@ def _use_run_model_config(path: Path, raw: dict) -> None:
         raise ConfigError(f"{path}: model {name!r}: {e}") from None
 
 
-def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None) -> ClusterConfig:
+def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = None,
+                        from_command_line: bool = False) -> ClusterConfig:
+    """from_command_line: the overrides are options the user gave, and where one replaces a value an instance
+    sets, that is said (LLMServingSim's flags give way to an instance's own value)."""
     path = Path(path)
     raw = read_json_object(path, ConfigError, "cluster config")
-    if overrides:
-        _apply_overrides(raw, overrides)
+    replaced = _apply_overrides(raw, overrides) if overrides else {}
     _use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for note in dict.fromkeys([*(_command_line_note(n, given) for n in noted_keys(raw)), *_model_notes(cfg)]):
+    said = [f"{_option_shown(key, given[key])} replaces the {key} of {', '.join(where)} in the config "
+            "(pdsim's options apply to every instance; LLMServingSim's keep an instance's own value)"
+            for key, where in replaced.items()] if from_command_line else []
+    for note in dict.fromkeys([*said, *(_command_line_note(n, given) for n in noted_keys(raw)), *_model_notes(cfg)]):
         print(f"note: {note}" if note.startswith("--") else f"note: {path}: {note}", file=sys.stderr)
     return cfg
 
@@ -171,14 +189,32 @@ def _command_line_note(note: str, given: dict[str, object]) -> str:
     """A note on an instance field that an option set names the option, once, not each instance's field."""
     where, _, text = note.partition(": ")
     key = where.rsplit(".", 1)[-1]
-    return f"--{key.replace('_', '-')} {given[key]}: {text}" if key in given else note
+    return f"{_option_shown(key, given[key])}: {text}" if key in given else note
+
+
+def _option_shown(key: str, value: object) -> str:
+    """The command-line option that set an instance key to `value`: a switch by the flag's name."""
+    option = f"--{key.replace('_', '-')}"
+    if isinstance(value, bool):  # the options are --x/--no-x pairs, some named the other way round
+        on, off = {"enable-chunked-prefill": ("--enable-chunked-prefill", "--disable-chunked-prefill"),
+                   "disable-custom-all-reduce": ("--disable-custom-all-reduce", "--enable-custom-all-reduce"),
+                   "async-scheduling": ("--async-scheduling", "--sync-scheduling")}.get(
+            key.replace("_", "-"), (option, f"--no-{option[2:]}"))
+        return on if value else off
+    return f"{option} {value}"
 
 
 def _model_notes(cfg: ClusterConfig) -> list[str]:
-    """What pdsim leaves out of the config's models, said once per model."""
+    """What pdsim reads otherwise than LLMServingSim in the config's DP groups, and leaves out of its models,
+    said once per group and model."""
     from pdsim.models import load_model
 
     notes = []
+    for group, refs in cfg.dp_groups().items():
+        if len(refs) > 1 and refs[0].config.effective_ep_size() == 1 and load_model(refs[0].config.model_name).is_moe:
+            notes.append(f"dp_group {group!r}: ep_size 1 over its {len(refs)} members, which LLMServingSim refuses "
+                         "(it wants a multiple of them); pdsim reads it as vLLM's data parallelism without expert "
+                         "parallelism, every expert split over the group's GPUs (docs/moe.md)")
     for name in dict.fromkeys(ref.config.model_name for ref in cfg.instances()):
         window = load_model(name).unmodelled_sliding_window
         if window:

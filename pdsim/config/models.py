@@ -201,6 +201,9 @@ class InstanceConfig(_Strict):
     # for vLLM 0.16 or older, enforce_eager or -O0/-O1; true also in a DP group or with PP (vLLM's
     # pass_config fuse_allreduce_rms set by hand), still only on the GPUs and TP sizes vLLM has sizes for.
     allreduce_rms_fusion: bool | None = None
+    # vLLM's --enforce-eager: no torch.compile and no CUDA graphs (config/vllm.py sets both off), so no
+    # all-reduce + norm fusion and no padding of a MoE DP group's ranks to a capture size (dp_group.py).
+    enforce_eager: bool = False
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
@@ -307,6 +310,10 @@ class InstanceConfig(_Strict):
                 {"need": self.tp_size * self.pp_size, "have": self.num_npus,
                  "rel": "more than" if self.tp_size * self.pp_size > self.num_npus else "less than"},
             )
+        if self.enforce_eager and self.allreduce_rms_fusion:
+            raise PydanticCustomError(
+                "eager_fusion",
+                "allreduce_rms_fusion true needs vLLM's compilation, which enforce_eager true turns off", {})
         if self.max_num_batched_tokens < self.max_num_seqs:
             # vLLM refuses this too: a full decode batch must fit in one step's token budget.
             raise PydanticCustomError(
@@ -525,7 +532,24 @@ class ClusterConfig(_Strict):
                         {"n": ref.node_index, "i": ref.instance_index, "side": side, "model": ref.config.model_name,
                          "other": other, "served": ", ".join(sorted(served))},
                     )
+        self._check_link_ranks(refs)
         return self
+
+    def _check_link_ranks(self, refs: list[InstanceRef]) -> None:
+        """A link_bw / link_latency list gives one value per topology dimension; in a config with DP groups
+        LLMServingSim's topology is [tp, dp], or [tp, pp, dp] with pipeline stages, and a list of another length
+        is an error there (its README), so it would be read here against the wrong dimensions."""
+        lists = {key: len(v) for key, v in (("link_bw", self.link_bw_per_dim),
+                                            ("link_latency", self.link_latency_per_dim)) if v is not None}
+        if not lists or not self.dp_groups():
+            return
+        rank = 3 if any(ref.config.pp_size > 1 for ref in refs) else 2
+        for key, n in lists.items():
+            if n != rank:
+                raise PydanticCustomError(
+                    "rank", "{key}: {n} values, but a config with DP groups has {rank} topology dimensions, "
+                    "innermost first ({dims}): give one value per dimension, or one number for all",
+                    {"key": key, "n": n, "rank": rank, "dims": "tp, pp, dp" if rank == 3 else "tp, dp"})
 
     def instances(self) -> list[InstanceRef]:
         return [

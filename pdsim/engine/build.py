@@ -143,6 +143,10 @@ def build_instance(
     elif mismatch == "family":
         predictor.notes.append(f"the profile names the family {profile.meta.hardware!r}, not which board measured it "
                                f"(no device recorded): its step times are taken as the {ic.hardware}'s")
+    if ic.enforce_eager and not profile.meta.engine_enforce_eager:
+        predictor.notes.append("enforce_eager: the engine launches every kernel of every step from Python (no CUDA "
+                               "graphs), which step times not measured under enforce_eager do not include: not "
+                               "modelled")
     for note in (_kv_dtype_note(ic, profile.meta), _dtype_note(ic, profile.meta)):
         if note is not None and not profile.estimated:
             predictor.notes.append(note)
@@ -275,7 +279,7 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         async_scheduling=ic.async_scheduling, reserve_full_isl=ic.scheduler_reserve_full_isl,
         kv_dtype=ic.kv_dtype, pp=ic.pp_size,
         async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
-        enable_prefix_caching=ic.enable_prefix_caching,
+        enable_prefix_caching=ic.enable_prefix_caching, enforce_eager=ic.enforce_eager,
     )
 
 
@@ -284,7 +288,7 @@ def _fused_norm_tokens(ic: InstanceConfig, hardware: HardwareSpec | None, model:
     """Up to how many tokens a step runs its TP all-reduces fused with the norms after them, as vLLM >= 0.17
     decides it (None: never): by default not in a DP group or with PP, where vLLM leaves the fusion off."""
     setting = ic.allreduce_rms_fusion
-    if ic.tp_size <= 1 or setting is False or (setting is None and (dp_size > 1 or ic.pp_size > 1)):
+    if ic.tp_size <= 1 or setting is False or ic.enforce_eager or (setting is None and (dp_size > 1 or ic.pp_size > 1)):
         return None
     tokens = fused_allreduce_norm_tokens(hardware, ic.tp_size, model.hidden_size * dtype_bytes(ic.dtype))
     return None if tokens is None else min(tokens, ic.max_num_batched_tokens)  # as vLLM sizes its workspace

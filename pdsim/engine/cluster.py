@@ -58,6 +58,7 @@ class Cluster:
         self.topology = Topology(cfg, self.instances)
         self.links = self.topology.links  # name -> Link, created as transfers first use them
         self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
+        self.notes = [] if not self.decode_pool else _transfer_defaults_note(cfg)
         # Client mode is vLLM's P/D proxy: it drops the prefill instance's token, and the decode instance
         # makes all of the output itself (docs/pd_realism.md).
         for inst in self.decode_pool:
@@ -217,8 +218,19 @@ def simulate(
         requests=requests, instances=cluster.instances, infos=cluster.infos, links=cluster.links,
         samples=cluster.monitor.samples, sim_end_s=end,
         link_samples=cluster.monitor.link_samples, ttft_mode=opts.ttft_mode,
-        timeline_note=cluster.monitor.coarsening_note(),
+        timeline_note=cluster.monitor.coarsening_note(), notes=cluster.notes,
     )
+
+
+def _transfer_defaults_note(cfg: ClusterConfig) -> list[str]:
+    """The KV hand-offs' measured defaults, said where the config leaves them (LLMServingSim's line rate differs)."""
+    kv = cfg.kv_transfer
+    if kv.model_fields_set & {"bandwidth_efficiency", "per_layer_overhead_us", "per_transfer_overhead_us"}:
+        return []
+    return [f"KV hand-offs reach {kv.bandwidth_efficiency:.0%} of link_bw / nic_bw and pay "
+            f"{kv.per_layer_overhead_us:g} us per model layer: pdsim's defaults, from Mooncake's measured transfers "
+            "(docs/pd_realism.md), where LLMServingSim takes the line rate; kv_transfer.bandwidth_efficiency and "
+            "per_layer_overhead_us set them"]
 
 
 def _unfinished_reason(req: Request, opts: SimOptions, end_s: float) -> str:

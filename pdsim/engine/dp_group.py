@@ -11,14 +11,18 @@ layer is a collective over the group's expert-parallel ranks, so in every step a
 forward pass together: a rank with no work runs a dummy batch of one token (vLLM's
 `execute_dummy_batch`), and the step lasts as long as the slowest rank's own part (attention,
 dense ops, sampling: its own batch) plus the MoE layers at the group's total token count, their
-router gate and shared experts at the busiest rank's own (pdsim/perf/moe_time.py). When no rank
-has work the group sleeps until a request arrives.
+router gate and shared experts at the busiest rank's own (pdsim/perf/moe_time.py).
+
+Waves (vLLM 0.19, v1/engine/core.py `DPEngineCoreProc.run_busy_loop`): the ranks ask each other
+whether any still has requests only every 32 steps, counted from the first step of the group's
+wave, so ranks that have run out of work keep running dummy batches until that check; then the
+group sleeps until a request arrives, which starts a new wave.
 
 Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when every rank's step
 can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default
 min(2 x max_num_seqs, 512, max_num_batched_tokens)), each rank pads its batch to its capture size
-and then all to the largest, so the MoE layers see ranks x that many tokens; a larger step runs
-without graphs and unpadded (`all_gatherv` of the true sizes).
+and then all to the largest, so the MoE layers see ranks x that many tokens; a larger step, or any
+step under enforce_eager (no graphs), runs unpadded (`all_gatherv` of the true sizes).
 
 The barrier: every rank, after its scheduling decision, hands its plan to `step`; the last one
 to arrive prices the step and releases all of them, each then lets the same duration pass.
@@ -35,6 +39,10 @@ from pdsim.config import ClusterConfig
 from pdsim.engine.step_plan import StepPlan
 from pdsim.perf.moe_time import MoELayerModel
 
+# vLLM's DPEngineCoreProc._has_global_unfinished_reqs: the all-reduce of "any rank unfinished" runs
+# only every this many steps.
+WAVE_CHECK_STEPS = 32
+
 if TYPE_CHECKING:
     from pdsim.engine.instance import Instance
 
@@ -50,9 +58,12 @@ class DPGroup:
         self._plans: dict[str, StepPlan] = {}
         self._released: simpy.Event | None = None
         self.num_steps = 0
+        self.wave_steps = 0  # steps since the wave began (module docstring)
         self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
-        # Per rank, vLLM's CUDA-graph capture sizes (fixed by its engine settings): for the padding.
-        self._graph_sizes = [cudagraph_sizes(m.spec.max_num_seqs, m.spec.max_num_batched_tokens)
+        # Per rank, vLLM's CUDA-graph capture sizes (fixed by its engine settings): for the padding. None:
+        # enforce_eager, no graphs.
+        self._graph_sizes = [None if m.spec.enforce_eager else cudagraph_sizes(m.spec.max_num_seqs,
+                                                                               m.spec.max_num_batched_tokens)
                              for m in self.members]
 
     # -- routing --------------------------------------------------------------------------------
@@ -70,7 +81,7 @@ class DPGroup:
     # -- lock step ------------------------------------------------------------------------------
     def step(self, inst: Instance, plan: StepPlan) -> Generator[simpy.Event, float | None, float | None]:
         """Wait until every rank has decided; seconds the group step lasts, None when no rank
-        has work (the ranks then idle)."""
+        has work and the wave ends (the ranks then idle)."""
         self._plans[inst.id] = plan
         if self._released is None:
             self._released = self.env.event()
@@ -86,8 +97,15 @@ class DPGroup:
         released.succeed(seconds)
         return seconds
 
+    def _wave_ends(self) -> bool:
+        """No rank has work: whether the group stops now (at a wave check), else every rank runs a dummy batch."""
+        if self.wave_steps % WAVE_CHECK_STEPS:
+            return False
+        self.wave_steps = 0
+        return True
+
     def _price(self) -> float | None:
-        if all(p.empty for p in self._plans.values()):
+        if all(p.empty for p in self._plans.values()) and self._wave_ends():
             return None
         slowest_s = 0.0
         tokens: list[int] = []
@@ -103,13 +121,14 @@ class DPGroup:
                 tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
             slowest_s = max(slowest_s, own_s)
         self.num_steps += 1
+        self.wave_steps += 1
         return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens)) * 1e-6
 
     def _moe_tokens(self, tokens: list[int]) -> tuple[int, int]:
         """(tokens the group's MoE layers see, the most one rank gives): the ranks' own, or, when every
         rank runs a CUDA graph, every rank padded to the largest capture size among them (module docstring)."""
         caps = self._graph_sizes
-        if any(t > sizes[-1] for t, sizes in zip(tokens, caps)):
+        if any(sizes is None or t > sizes[-1] for t, sizes in zip(tokens, caps)):
             return sum(tokens), max(tokens)
         padded = max(next(size for size in sizes if size >= t) for t, sizes in zip(tokens, caps))
         return padded * len(tokens), padded

@@ -63,6 +63,7 @@ class InstanceSpec:
     enable_prefix_caching: bool = True  # vLLM's default: shared prefixes (prefix ids), a recompute's own blocks
     pp: int = 1  # pipeline stages, each of `tp` GPUs (pdsim/engine/pipeline.py)
     async_depth: int = 1  # steps async scheduling decides ahead (pp - 1 with pipeline stages: pipeline.py)
+    enforce_eager: bool = False  # no CUDA graphs: a DP group's ranks run unpadded (dp_group.py)
 
 
 @dataclass

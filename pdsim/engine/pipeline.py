@@ -306,7 +306,7 @@ class PipelinedInstance(Instance):
                 if self.dp_group is not None:
                     # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
                     self._idle, self._woken_at_barrier = True, False
-                    priced = yield from self.dp_group.step(self, plan)  # None: no rank has work
+                    priced = yield from self.dp_group.step(self, plan)  # None: the group's wave ended
                     self._idle = False
                     if priced is None and (self._woken_at_barrier or polled):
                         continue

@@ -3,7 +3,7 @@
 Each DP rank is a vLLM engine with its own batch queue of pp_size micro-batches; a MoE layer is a
 collective over the group's ranks in the same pipeline stage, so the ranks' k-th micro-batches go
 through every stage together, an idle rank supplying a dummy batch of one token (vLLM's
-execute_dummy_batch), as pdsim/engine/dp_group.py does for unpipelined groups. A group
+execute_dummy_batch), as pdsim/engine/dp_group.py does for unpipelined groups, waves included. A group
 micro-batch holds each stage for the slowest rank's own part of that stage (attention, dense
 ops, sampling on the last stage) plus the stage's MoE layers at the group's token count (their router
 gate and shared experts at the busiest rank's); the activation send is that of the rank with the most tokens.
@@ -16,8 +16,9 @@ from pdsim.engine.dp_group import DPGroup
 
 class PipelineDPGroup(DPGroup):
     def _price(self) -> tuple[tuple[float, ...], float] | None:  # type: ignore[override]
-        """(seconds per stage, send seconds) of the group's next micro-batch; None when no rank has work."""
-        if all(p.empty for p in self._plans.values()):
+        """(seconds per stage, send seconds) of the group's next micro-batch; None when no rank has work and
+        the wave ends."""
+        if all(p.empty for p in self._plans.values()) and self._wave_ends():
             return None
         own: list[tuple[float, ...]] = []
         group_tokens = max_tokens = 0
@@ -39,4 +40,5 @@ class PipelineDPGroup(DPGroup):
         stages = tuple(max(times[i] for times in own) + layers * moe_us * 1e-6
                        for i, layers in enumerate(predictor.moe_layers_per_stage))
         self.num_steps += 1
+        self.wave_steps += 1
         return stages, predictor.send_s(max_tokens)

@@ -83,3 +83,4 @@ class SimulationResult:
     link_samples: list[LinkSample] = field(default_factory=list)
     ttft_mode: str = "prefill"
     timeline_note: str = ""  # where the sample interval grew (engine/monitor.py)
+    notes: list[str] = field(default_factory=list)  # the cluster's own (engine/cluster.py), not an instance's

@@ -201,12 +201,12 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
 
 
 def profile_notes(result: SimulationResult) -> list[str]:
-    """What priced each instance's steps (estimated parts, the all-reduce's source, MoE tables) and
-    where the run left the profile's grid, once per distinct note."""
+    """What priced each instance's steps (estimated parts, the all-reduce's source, MoE tables), where
+    the run left the profile's grid, and the cluster's own (its KV hand-offs' defaults), once per distinct note."""
     return sorted({
         note for inst in result.instances
         for note in [*inst.predictor.notes, *inst.predictor.extrapolation_notes()]
-    })
+    } | set(result.notes))
 
 
 def not_finished_reasons(df: pd.DataFrame) -> list[dict]:

@@ -264,7 +264,9 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     else:
         blocks = vllm_blocks
         detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
-                  f"peak {activation_bytes / GIB:.2f}, non-torch and CUDA-graph {other / GIB:.2f} GiB")
+                  f"peak {activation_bytes / GIB:.2f} (vLLM's profiling forward over max_num_batched_tokens "
+                  f"{ic.max_num_batched_tokens:,}, its sampler over up to max_num_seqs {ic.max_num_seqs:,} rows), "
+                  f"non-torch and CUDA-graph {other / GIB:.2f} GiB")
         if not ic.enable_chunked_prefill:  # the budget may be the model's whole length (config._unchunked_budget)
             detail += (f"; without chunked prefill the activation peak is a forward over max_num_batched_tokens "
                        f"{ic.max_num_batched_tokens:,} (vLLM's default there: max_model_len): a smaller "

@@ -94,7 +94,7 @@ def _note_unread_version(run) -> None:
 # Engine arguments the replay reads (here, in measured.py and in validate's notes), and those that do not
 # change the engine's timing or memory; any other recorded one is named, so a replay never drops one silently.
 _READ_KWARGS = {"async_scheduling", "distributed_executor_backend", "data_parallel_size", "enable_expert_parallel",
-                "enforce_eager", "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
+                "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
                 "quantization", "speculative_config", "tensor_parallel_size", "dtype", "long_prefill_token_threshold",
                 "max_num_partial_prefills", "cpu_offload_gb", "kv_offloading_size", "scheduler_reserve_full_isl"}
 _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remote_code", "revision", "code_revision",
@@ -107,7 +107,7 @@ def _note_unused(run) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
               if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
     if unused:
-        run.notes.append("meta.json engine_kwargs not modelled, replayed as vLLM's defaults: "
+        run.notes.append("NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: "
                          + ", ".join(f"{k} {v!r}" for k, v in sorted(unused.items())))
 
 
@@ -256,7 +256,8 @@ def _check_engine_count(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Pa
 _BATCH_LIMITS = ("max_num_seqs", "max_num_batched_tokens")
 _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
                     "enable_chunked_prefill": bool, "enable_prefix_caching": bool,
-                    "kv_cache_memory_bytes": int, "num_gpu_blocks_override": int, "disable_custom_all_reduce": bool}
+                    "kv_cache_memory_bytes": int, "num_gpu_blocks_override": int, "disable_custom_all_reduce": bool,
+                    "enforce_eager": bool}
 
 
 def _engine_limits(instances: list[dict], run) -> dict[str, object]:
