@@ -161,6 +161,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             slo_tpot_ms: float | None, plot: bool, quiet: bool, debug: bool) -> None:
     """Simulate a trace on a cluster and report TTFT, TPOT, ITL, latency, throughput and memory."""
     from pdsim.config import load_cluster_config
+    from pdsim.config.load import option_shown
     from pdsim.engine.cluster import SimOptions, simulate
     from pdsim.metrics.files import check_run_output, write_run_outputs
     from pdsim.metrics.summary import format_summary, requests_frame
@@ -192,7 +193,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
                  "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_memory_bytes": kv_cache_memory_bytes,
                  "disable_custom_all_reduce": disable_custom_all_reduce, "allreduce_rms_fusion": allreduce_rms_fusion}
-    given = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items() if v is not None)
+    given = ", ".join(option_shown(k, v) for k, v in overrides.items() if v is not None)
     try:
         cfg = load_cluster_config(cluster_config, overrides, from_command_line=True)
     except ConfigError as e:

@@ -345,6 +345,9 @@ def test_ep_and_dp_group_checks():
                                  _instance(ep_size=2, dp_group="A", quantization="fp8")))
     # The ranks of one engine share its weights' format.
     assert 'dp_group "A": n0.i1 has quantization "fp8", but n0.i0 has null' in msg
+    msg = _config_error(_cluster(_instance(ep_size=2, dp_group="A"),
+                                 _instance(ep_size=2, dp_group="A", enforce_eager=True)))
+    assert 'dp_group "A": n0.i1 has enforce_eager true, but n0.i0 has false' in msg  # one engine's arguments
 
 
 def test_llmservingsim_instance_keys():

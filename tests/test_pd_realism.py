@@ -518,5 +518,17 @@ def test_the_transfer_defaults_are_said_where_the_config_leaves_them():
     pd_split = run(cluster(instance("prefill"), instance("decode")), rows)
     assert any(n.startswith(said) for n in profile_notes(pd_split))
     assert not any(n.startswith("KV hand-offs") for n in profile_notes(
-        run(cluster(instance("prefill"), instance("decode"), kv_transfer={"bandwidth_efficiency": 0.9}), rows)))
+        run(cluster(instance("prefill"), instance("decode"),
+                    kv_transfer={"bandwidth_efficiency": 0.9, "per_layer_overhead_us": 0}), rows)))
     assert not any(n.startswith("KV hand-offs") for n in profile_notes(run(cluster(instance(None)), rows)))
+    # Over a node's NVLink fabric a hand-off runs at its line rate: only the per-layer cost applies.
+    fabric = cluster_config_from_dict({"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [
+        {"num_instances": 2, "intra_node_bw": 450, "instances": [instance("prefill"), instance("decode")]}]})
+    assert [n for n in profile_notes(run(fabric, rows)) if n.startswith("KV hand-offs")] == [
+        "KV hand-offs pay 10.5 us per model layer: pdsim's defaults, from Mooncake's measured transfers "
+        "(docs/pd_realism.md), where LLMServingSim moves KV at line rate; kv_transfer.bandwidth_efficiency and "
+        "per_layer_overhead_us set them"]
+    # A per-transfer cost replaces the per-layer one; the share of line rate still applies.
+    fixed = cluster(instance("prefill"), instance("decode"), kv_transfer={"per_transfer_overhead_us": 5})
+    assert any(n.startswith("KV hand-offs reach 73% of link_bw / nic_bw: pdsim's defaults")
+               for n in profile_notes(run(fixed, rows)))

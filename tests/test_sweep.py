@@ -649,6 +649,8 @@ def test_ttft_mode_reaches_the_runs(tmp_path):
     assert "TTFT as the client sees it" in out
     # The default says where a slower link shows: not in TTFT.
     assert "wait for a decode slot count in TPOT; --ttft-mode client counts them in TTFT" in said
+    # The splits' KV hand-offs take pdsim's measured transfer defaults, which the sweep says once.
+    assert said.count("NOTE: KV hand-offs reach 73% of link_bw / nic_bw and pay 10.5 us per model layer") == 1
     # Client TTFT adds the KV transfer and the first decode step to the prefill-side TTFT.
     assert client.ttft_p50_ms[0] > prefill.ttft_p50_ms[0] + 1.0
     # TPOT follows the mode: from the first token the client sees, so without the hand-off in it.

@@ -57,10 +57,14 @@ def test_token_ids_give_prefix_block_ids_as_vllm_hashes_blocks(tmp_path):
     (a, b, c), notes = read_trace(_trace(tmp_path, text))
     assert a.hash_block_tokens == b.hash_block_tokens == 16 and len(a.hash_ids) == 2 and len(b.hash_ids) == 3
     assert b.hash_ids[:2] == a.hash_ids and b.hash_ids[2] not in a.hash_ids and c.hash_ids == ()
-    assert notes == ["input_tok_ids read as prefix-block ids (16 tokens each, chained as vLLM hashes blocks): 30.5% "
-                     "of prompt tokens are in blocks an earlier prompt had (prefix-cache hits while still cached)"]
+    assert notes == ["input_tok_ids read as prefix-block ids (16 tokens each, chained as vLLM hashes blocks)"]
+    # What `workload stats` says of the prefix reuse: 32 of the 90 prompt tokens of the prompts with a full block.
+    from pdsim.workload.stats import prefix_reuse
+
+    assert prefix_reuse([a, b, c])["token_reuse_ratio"] == pytest.approx(32 / 90)
     for bad, expected in ((_line(3, input_tok_ids=[1, 2]), "field 'input_tok_ids': 2 ids, but input_toks is 3"),
-                          (_line(2, input_tok_ids=[1, "2"]), "field 'input_tok_ids': expected a list of integers")):
+                          (_line(2, input_tok_ids=[1, "2"]), "field 'input_tok_ids': expected a list of integers"),
+                          (_line(2, input_tok_ids=[1, -1]), "expected token ids from 0 to 4294967295, got -1")):
         with pytest.raises(TraceError, match=expected):
             load_trace(_trace(tmp_path, bad + "\n"))
 

@@ -177,7 +177,7 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
     _use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    said = [f"{_option_shown(key, given[key])} replaces the {key} of {', '.join(where)} in the config "
+    said = [f"{option_shown(key, given[key])} replaces the {key} of {', '.join(where)} in the config "
             "(pdsim's options apply to every instance; LLMServingSim's keep an instance's own value)"
             for key, where in replaced.items()] if from_command_line else []
     for note in dict.fromkeys([*said, *(_command_line_note(n, given) for n in noted_keys(raw)), *_model_notes(cfg)]):
@@ -189,10 +189,10 @@ def _command_line_note(note: str, given: dict[str, object]) -> str:
     """A note on an instance field that an option set names the option, once, not each instance's field."""
     where, _, text = note.partition(": ")
     key = where.rsplit(".", 1)[-1]
-    return f"{_option_shown(key, given[key])}: {text}" if key in given else note
+    return f"{option_shown(key, given[key])}: {text}" if key in given else note
 
 
-def _option_shown(key: str, value: object) -> str:
+def option_shown(key: str, value: object) -> str:
     """The command-line option that set an instance key to `value`: a switch by the flag's name."""
     option = f"--{key.replace('_', '-')}"
     if isinstance(value, bool):  # the options are --x/--no-x pairs, some named the other way round

@@ -532,18 +532,19 @@ class ClusterConfig(_Strict):
                         {"n": ref.node_index, "i": ref.instance_index, "side": side, "model": ref.config.model_name,
                          "other": other, "served": ", ".join(sorted(served))},
                     )
-        self._check_link_ranks(refs)
+        self._check_link_ranks()
         return self
 
-    def _check_link_ranks(self, refs: list[InstanceRef]) -> None:
+    def _check_link_ranks(self) -> None:
         """A link_bw / link_latency list gives one value per topology dimension; in a config with DP groups
         LLMServingSim's topology is [tp, dp], or [tp, pp, dp] with pipeline stages, and a list of another length
         is an error there (its README), so it would be read here against the wrong dimensions."""
         lists = {key: len(v) for key, v in (("link_bw", self.link_bw_per_dim),
                                             ("link_latency", self.link_latency_per_dim)) if v is not None}
-        if not lists or not self.dp_groups():
+        groups = self.dp_groups()
+        if not lists or not groups:
             return
-        rank = 3 if any(ref.config.pp_size > 1 for ref in refs) else 2
+        rank = 3 if any(ref.config.pp_size > 1 for members in groups.values() for ref in members) else 2
         for key, n in lists.items():
             if n != rank:
                 raise PydanticCustomError(

@@ -58,7 +58,8 @@ class Cluster:
         self.topology = Topology(cfg, self.instances)
         self.links = self.topology.links  # name -> Link, created as transfers first use them
         self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
-        self.notes = [] if not self.decode_pool else _transfer_defaults_note(cfg)
+        self.notes = _transfer_defaults_note(cfg, [i for i in self.prefill_pool if i.pd_type == "prefill"],
+                                             self.decode_pool)
         # Client mode is vLLM's P/D proxy: it drops the prefill instance's token, and the decode instance
         # makes all of the output itself (docs/pd_realism.md).
         for inst in self.decode_pool:
@@ -222,14 +223,24 @@ def simulate(
     )
 
 
-def _transfer_defaults_note(cfg: ClusterConfig) -> list[str]:
-    """The KV hand-offs' measured defaults, said where the config leaves them (LLMServingSim's line rate differs)."""
-    kv = cfg.kv_transfer
-    if kv.model_fields_set & {"bandwidth_efficiency", "per_layer_overhead_us", "per_transfer_overhead_us"}:
+def _transfer_defaults_note(cfg: ClusterConfig, senders: list[Instance], receivers: list[Instance]) -> list[str]:
+    """The KV hand-offs' measured defaults that apply, said where the config leaves them (LLMServingSim moves KV at
+    line rate): the share of line rate where a hand-off crosses the network (not a node's intra_node_bw fabric), the
+    per-layer cost unless a per-transfer or per-layer cost is given."""
+    kv, given = cfg.kv_transfer, cfg.kv_transfer.model_fields_set
+    if not senders or not receivers:
         return []
-    return [f"KV hand-offs reach {kv.bandwidth_efficiency:.0%} of link_bw / nic_bw and pay "
-            f"{kv.per_layer_overhead_us:g} us per model layer: pdsim's defaults, from Mooncake's measured transfers "
-            "(docs/pd_realism.md), where LLMServingSim takes the line rate; kv_transfer.bandwidth_efficiency and "
+    said = []
+    if "bandwidth_efficiency" not in given and any(
+            s.spec.node != r.spec.node or cfg.nodes[s.spec.node].intra_node_bw is None
+            for s in senders for r in receivers):
+        said.append(f"reach {kv.bandwidth_efficiency:.0%} of link_bw / nic_bw")
+    if not given & {"per_layer_overhead_us", "per_transfer_overhead_us"}:
+        said.append(f"pay {kv.per_layer_overhead_us:g} us per model layer")
+    if not said:
+        return []
+    return [f"KV hand-offs {' and '.join(said)}: pdsim's defaults, from Mooncake's measured transfers "
+            "(docs/pd_realism.md), where LLMServingSim moves KV at line rate; kv_transfer.bandwidth_efficiency and "
             "per_layer_overhead_us set them"]
 
 

@@ -91,7 +91,11 @@ class DPGroup:
                 if member.id not in self._plans:
                     member.wake_for_group()
             return (yield released)
-        seconds = self._price()
+        seconds = None
+        if not (all(p.empty for p in self._plans.values()) and self._wave_ends()):
+            self.num_steps += 1
+            self.wave_steps += 1
+            seconds = self._price()
         self._plans = {}
         self._released = None
         released.succeed(seconds)
@@ -104,9 +108,8 @@ class DPGroup:
         self.wave_steps = 0
         return True
 
-    def _price(self) -> float | None:
-        if all(p.empty for p in self._plans.values()) and self._wave_ends():
-            return None
+    def _price(self) -> float:
+        """Seconds the group's step lasts (some rank may have work)."""
         slowest_s = 0.0
         tokens: list[int] = []
         for member in self.members:
@@ -120,8 +123,6 @@ class DPGroup:
                 own_s = member.predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
                 tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
             slowest_s = max(slowest_s, own_s)
-        self.num_steps += 1
-        self.wave_steps += 1
         return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens)) * 1e-6
 
     def _moe_tokens(self, tokens: list[int]) -> tuple[int, int]:

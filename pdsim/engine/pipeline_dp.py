@@ -15,11 +15,8 @@ from pdsim.engine.dp_group import DPGroup
 
 
 class PipelineDPGroup(DPGroup):
-    def _price(self) -> tuple[tuple[float, ...], float] | None:  # type: ignore[override]
-        """(seconds per stage, send seconds) of the group's next micro-batch; None when no rank has work and
-        the wave ends."""
-        if all(p.empty for p in self._plans.values()) and self._wave_ends():
-            return None
+    def _price(self) -> tuple[tuple[float, ...], float]:  # type: ignore[override]
+        """(seconds per stage, send seconds) of the group's next micro-batch."""
         own: list[tuple[float, ...]] = []
         group_tokens = max_tokens = 0
         for member in self.members:
@@ -39,6 +36,4 @@ class PipelineDPGroup(DPGroup):
         moe_us = self.moe_layer.layer_us(group_tokens, max_tokens) if self.moe_layer is not None else 0.0
         stages = tuple(max(times[i] for times in own) + layers * moe_us * 1e-6
                        for i, layers in enumerate(predictor.moe_layers_per_stage))
-        self.num_steps += 1
-        self.wave_steps += 1
         return stages, predictor.send_s(max_tokens)

@@ -268,8 +268,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
                   f"{ic.max_num_batched_tokens:,}, its sampler over up to max_num_seqs {ic.max_num_seqs:,} rows), "
                   f"non-torch and CUDA-graph {other / GIB:.2f} GiB")
         if not ic.enable_chunked_prefill:  # the budget may be the model's whole length (config._unchunked_budget)
-            detail += (f"; without chunked prefill the activation peak is a forward over max_num_batched_tokens "
-                       f"{ic.max_num_batched_tokens:,} (vLLM's default there: max_model_len): a smaller "
+            detail += ("; without chunked prefill vLLM's default budget is max_model_len: a smaller "
                        "max_num_batched_tokens, as a smaller vLLM --max-model-len gives, leaves more")
         note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
         if ic.gpu_memory_utilization is None:

@@ -197,6 +197,8 @@ def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int
         used += size
     node_settings = base.nodes[0].model_dump(mode="json", exclude={"instances", "num_instances"})
     raw = base.model_dump(mode="json")  # replacing keys in place keeps the config's field order
+    # The KV transfer settings as written: one left to pdsim's measured defaults stays so (the run says it is).
+    raw["kv_transfer"] = base.kv_transfer.model_dump(mode="json", exclude_unset=True)
     for key in ("link_bw", "link_latency"):  # a per-dimension list is written as the config gives it
         per_dim = raw.pop(f"{key}_per_dim")
         if per_dim is not None:

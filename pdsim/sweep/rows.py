@@ -79,7 +79,7 @@ def _check_same_settings(sidecar: Path, settings: dict[str, Any], source: Path) 
                          "use another --out or drop --resume")
 
 
-NOTES_KEY = "notes"  # a fresh row's notes (profile tables left), said by the command, not a CSV column
+NOTES_KEY = "notes"  # a fresh row's notes (profile tables left, the run's own), said by the command, not a CSV column
 
 
 class RowWriter:

@@ -174,7 +174,8 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     row = summarize_run(job, df, settings.slo, settings.warmup_s)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
     row.update(memory_columns(result))
-    row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()})
+    row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()}
+                            | set(result.notes))
     return row
 
 

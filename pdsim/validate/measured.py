@@ -190,14 +190,14 @@ META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwar
                          "dataset_hash", "num_requests", "started_at", "finished_at", "tick_seconds"})
 
 
-def _meta_notes(meta_path: Path, meta: dict) -> list[str]:
+def _meta_notes(meta: dict) -> list[str]:
     """What a meta.json leaves the replay without: the engine's arguments, or fields it does not read."""
     notes = []
     if meta and not isinstance(meta.get("engine_kwargs"), dict):
-        notes.append(f"NOTE: {meta_path} records no engine_kwargs (the engine's arguments): the replay takes the "
+        notes.append("NOTE: meta.json records no engine_kwargs (the engine's arguments): the replay takes the "
                      "cluster config's settings and vLLM's defaults")
     if other := sorted(set(meta) - META_FIELDS):
-        notes.append(f"NOTE: {meta_path} fields not read: {', '.join(other)} (the engine's arguments are read from "
+        notes.append(f"NOTE: meta.json fields not read: {', '.join(other)} (the engine's arguments are read from "
                      "engine_kwargs only)")
     return notes
 
@@ -332,7 +332,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     meta_path = p.with_name("meta.json")
     meta = read_json_object(meta_path) if meta_path.is_file() else {}
     _check_engine_meta(meta_path, meta)
-    notes = [f"arrival times from the {clock} clock", *_meta_notes(meta_path, meta)]
+    notes = [f"arrival times from the {clock} clock", *_meta_notes(meta)]
     if (said := _request_count_note(p, meta, len(rows))) is not None:
         notes.append(said)
     if (said := _repeated_id_note(p, rows, line_nos, stamps)) is not None:

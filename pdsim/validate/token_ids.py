@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pdsim.errors import PdsimError, decode_text
 from pdsim.validate.measured import MeasuredRun
-from pdsim.workload.trace import block_chain_ids
+from pdsim.workload.trace import block_chain_ids, checked_token_ids
 
 
 def block_hash_ids(prompts: list[list[int]], block_size: int) -> list[tuple[int, ...]]:
@@ -32,9 +32,7 @@ def read_prompt_ids(path: Path) -> list[list[int]]:
             tokens = json.loads(line)["input_tok_ids"]
         except (ValueError, KeyError, TypeError):
             raise PdsimError(f"{path}:{line_no}: expected a JSON object with input_tok_ids") from None
-        if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
-            raise PdsimError(f"{path}:{line_no}: input_tok_ids: expected a list of integers")
-        rows.append(tokens)
+        rows.append(checked_token_ids(tokens, f"{path}:{line_no}"))
     return rows
 
 
@@ -63,7 +61,7 @@ def attach_prefix_ids(run: MeasuredRun, path: Path, block_size: int) -> list[tup
     for chain in chains:
         hit += sum(h in seen for h in chain)
         seen.update(chain)
-    total = int(run.requests.input_toks.sum())
-    run.notes.append(f"prompt token ids from {path}: {hit * block_size / total:.1%} of prompt tokens are in "
+    share = hit * block_size / int(run.requests.input_toks.sum())
+    run.notes.append(f"prompt token ids from {path}: {share:.1%} of prompt tokens are in "
                      f"{block_size}-token blocks an earlier prompt had (prefix-cache hits when still cached)")
     return chains

@@ -37,6 +37,19 @@ DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace g
 TOKEN_ID_BLOCK_TOKENS = 16  # vLLM's default block size: input_tok_ids become one prefix id per this many
 
 
+MAX_TOKEN_ID = 2**32 - 1  # above every tokenizer's vocabulary; below where Python's int hash wraps (2^61 - 1)
+
+
+def checked_token_ids(tokens: object, where: str) -> list[int]:
+    """A prompt's token ids as a file gives them: a list of whole numbers from 0 to MAX_TOKEN_ID."""
+    if type(tokens) is not list or not set(map(type, tokens)) <= {int}:  # bool is no token id
+        raise TraceError(f"{where}: field 'input_tok_ids': expected a list of integers, got {json_shown(tokens)}")
+    if tokens and not (0 <= min(tokens) and max(tokens) <= MAX_TOKEN_ID):
+        raise TraceError(f"{where}: field 'input_tok_ids': expected token ids from 0 to {MAX_TOKEN_ID}, got "
+                         f"{min(tokens) if min(tokens) < 0 else max(tokens)}")
+    return tokens
+
+
 def block_chain_ids(tokens: list[int], block_size: int, chains: dict[int, int]) -> tuple[int, ...]:
     """An id per full block of `tokens`, the same for the same chain of blocks (vLLM's block hash chains each
     block's ids to its parent's): `chains` numbers the chains seen so far, across the prompts given it."""
@@ -233,7 +246,8 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
         del requests[max_requests:]
     notes = []
     if chains:
-        notes.append(_token_ids_note(requests))
+        notes.append(f"input_tok_ids read as prefix-block ids ({TOKEN_ID_BLOCK_TOKENS} tokens each, chained as vLLM "
+                     "hashes blocks)")
     if unknown:
         found = ", ".join(f"{key!r} ({n:,} line(s))" for key, n in sorted(unknown.items()))
         notes.append(f"key(s) not in the trace format, ignored: {found}; its keys are {', '.join(sorted(TRACE_KEYS))}")
@@ -278,28 +292,11 @@ def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, w
     if "hash_ids" in obj:
         ids, block = _hash_ids(obj, input_toks, where)
     elif "input_tok_ids" in obj:
-        tokens = obj["input_tok_ids"]
-        if type(tokens) is not list or not all(type(t) is int for t in tokens):
-            raise TraceError(f"{where}: field 'input_tok_ids': expected a list of integers, got {json_shown(tokens)}")
+        tokens = checked_token_ids(obj["input_tok_ids"], where)
         if len(tokens) != input_toks:
             raise TraceError(f"{where}: field 'input_tok_ids': {len(tokens)} ids, but input_toks is {input_toks}")
         ids, block = block_chain_ids(tokens, TOKEN_ID_BLOCK_TOKENS, chains), TOKEN_ID_BLOCK_TOKENS
     return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
-
-
-def _token_ids_note(requests: list[TraceRequest]) -> str:
-    """How much of the prompts input_tok_ids say an earlier prompt had (in arrival order): what prefix caching may
-    find cached."""
-    seen: set[int] = set()
-    shared = 0
-    for r in requests:
-        if r.hash_block_tokens == TOKEN_ID_BLOCK_TOKENS:
-            shared += sum(i in seen for i in r.hash_ids)
-            seen.update(r.hash_ids)
-    total = sum(r.input_toks for r in requests)
-    return (f"input_tok_ids read as prefix-block ids ({TOKEN_ID_BLOCK_TOKENS} tokens each, chained as vLLM hashes "
-            f"blocks): {shared * TOKEN_ID_BLOCK_TOKENS / total:.1%} of prompt tokens are in blocks an earlier prompt "
-            "had (prefix-cache hits while still cached)")
 
 
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:
