@@ -109,6 +109,20 @@ def test_a_memory_latency_is_said_to_be_ignored(tmp_path, capsys):
     assert "instances[0].npu_mem.mem_latency" not in err  # 0, as LLMServingSim's configs give it: nothing to say
 
 
+def test_a_step_budget_above_the_context_length_is_said(tmp_path, capsys):
+    # LLMServingSim's scheduler takes min(max_num_batched_tokens, max_position_embeddings); vLLM's does not.
+    raw = copy.deepcopy(PD)
+    for inst in raw["nodes"][0]["instances"]:
+        inst["max_num_batched_tokens"] = 140_000
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    load_cluster_config(tmp_path / "c.json")
+    err = capsys.readouterr().err
+    assert err.count("nodes[0].instances[0].max_num_batched_tokens: 140,000 is above meta-llama/Llama-3.1-8B's "
+                     "context length 131,072: LLMServingSim's scheduler caps a step there") == 1
+    load_cluster_config(CLUSTER_DIR / "single_node_pd_instance.json")
+    assert "context length" not in capsys.readouterr().err
+
+
 def test_wrong_types_are_not_coerced(tmp_path):
     assert _err(tmp_path, lambda r: r.update(link_bw="16")).endswith('link_bw: expected a number, got "16"')
     assert _err(tmp_path, lambda r: _inst(r).update(num_npus=1.5)).endswith(

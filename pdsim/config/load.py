@@ -180,7 +180,7 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
     said = [f"{option_shown(key, given[key])} replaces the {key} of {', '.join(where)} in the config "
             "(pdsim's options apply to every instance; LLMServingSim's keep an instance's own value)"
             for key, where in replaced.items()] if from_command_line else []
-    for note in dict.fromkeys([*said, *(_command_line_note(n, given) for n in noted_keys(raw)), *_model_notes(cfg)]):
+    for note in dict.fromkeys([*said, *(_command_line_note(n, given) for n in [*noted_keys(raw), *_model_notes(cfg)])]):
         print(f"note: {note}" if note.startswith("--") else f"note: {path}: {note}", file=sys.stderr)
     return cfg
 
@@ -215,6 +215,14 @@ def _model_notes(cfg: ClusterConfig) -> list[str]:
             notes.append(f"dp_group {group!r}: ep_size 1 over its {len(refs)} members, which LLMServingSim refuses "
                          "(it wants a multiple of them); pdsim reads it as vLLM's data parallelism without expert "
                          "parallelism, every expert split over the group's GPUs (docs/moe.md)")
+    budgets = {(ref.config.model_name, ref.config.max_num_batched_tokens): ref for ref in reversed(cfg.instances())
+               if ref.config.enable_chunked_prefill}
+    for (name, budget), ref in reversed(budgets.items()):  # once per model and budget, at its first instance
+        context = load_model(name).max_position_embeddings
+        if budget > context:
+            notes.append(f"nodes[{ref.node_index}].instances[{ref.instance_index}].max_num_batched_tokens: "
+                         f"{budget:,} is above {name}'s context length {context:,}: LLMServingSim's scheduler caps "
+                         "a step there, vLLM's (and pdsim's) does not")
     for name in dict.fromkeys(ref.config.model_name for ref in cfg.instances()):
         window = load_model(name).unmodelled_sliding_window
         if window:
