@@ -988,7 +988,8 @@ def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_pat
     meta = json.loads(meta_path.read_text())
     if meta_change == "top_level":
         meta["gpu_memory_utilization"] = 0.3
-        expected = "meta.json fields not read: gpu_memory_utilization"
+        meta["hostname"] = "gpu-node-3"  # the harness's own record: said in passing, not as a NOTE
+        expected = "NOTE: meta.json gives gpu_memory_utilization outside engine_kwargs"
     else:
         meta["engine_args"] = meta.pop("engine_kwargs")
         expected = "meta.json records no engine_kwargs"
@@ -996,8 +997,10 @@ def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_pat
     out = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv")).output
     assert expected in out
+    if meta_change == "top_level":
+        assert "; meta.json fields not read: hostname" in out
     if meta_change == "no_engine_kwargs":
-        assert "meta.json fields not read: engine_args" in out
+        assert "; meta.json fields not read: engine_args" in out
 
 
 MOE = SHARED / "llmservingsim-rtxpro6000-qwen3-30b-a3b"

@@ -191,14 +191,20 @@ META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwar
 
 
 def _meta_notes(meta: dict) -> list[str]:
-    """What a meta.json leaves the replay without: the engine's arguments, or fields it does not read."""
+    """What a meta.json leaves the replay without: the engine's arguments (a NOTE where one the replay would take
+    sits outside engine_kwargs), or other fields it does not read (the harness's own records: said in passing)."""
+    from pdsim.validate.recorded import REPLAYED_KWARGS
+
     notes = []
     if meta and not isinstance(meta.get("engine_kwargs"), dict):
         notes.append("NOTE: meta.json records no engine_kwargs (the engine's arguments): the replay takes the "
                      "cluster config's settings and vLLM's defaults")
-    if other := sorted(set(meta) - META_FIELDS):
-        notes.append(f"NOTE: meta.json fields not read: {', '.join(other)} (the engine's arguments are read from "
-                     "engine_kwargs only)")
+    other = sorted(set(meta) - META_FIELDS)
+    if misplaced := [key for key in other if key in REPLAYED_KWARGS]:
+        notes.append(f"NOTE: meta.json gives {', '.join(misplaced)} outside engine_kwargs, where the replay reads the "
+                     "engine's arguments: not taken")
+    if rest := [key for key in other if key not in REPLAYED_KWARGS]:
+        notes.append(f"meta.json fields not read: {', '.join(rest)}")
     return notes
 
 

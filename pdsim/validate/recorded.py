@@ -260,6 +260,10 @@ _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_s
                     "enforce_eager": bool}
 
 
+# Every engine argument the replay takes from meta.json's engine_kwargs.
+REPLAYED_KWARGS = frozenset(_READ_KWARGS | _RECORDED_LIMITS.keys())
+
+
 def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     kwargs = run.engine_kwargs
     stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
