@@ -123,6 +123,17 @@ def test_a_step_budget_above_the_context_length_is_said(tmp_path, capsys):
     assert "context length" not in capsys.readouterr().err
 
 
+def test_an_instance_without_pd_type_is_said_to_be_colocated(tmp_path, capsys):
+    raw = copy.deepcopy(PD)
+    del _inst(raw)["pd_type"]
+    _inst(raw, 0)["pd_type"] = None
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    assert load_cluster_config(tmp_path / "c.json").instances()[1].config.pd_type is None
+    err = capsys.readouterr().err
+    assert "nodes[0].instances[1]: no pd_type, read as null (colocated, prefill and decode); LLMServingSim requires" \
+           in err and "instances[0]: no pd_type" not in err  # null given is null meant
+
+
 def test_wrong_types_are_not_coerced(tmp_path):
     assert _err(tmp_path, lambda r: r.update(link_bw="16")).endswith('link_bw: expected a number, got "16"')
     assert _err(tmp_path, lambda r: _inst(r).update(num_npus=1.5)).endswith(

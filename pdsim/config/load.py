@@ -176,6 +176,9 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
     replaced = _apply_overrides(raw, overrides) if overrides else {}
     _use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
+    if untyped := [where for where, inst in _placed_instances(raw) if "pd_type" not in inst]:
+        print(f"note: {path}: {', '.join(untyped[:3])}{' ...' if len(untyped) > 3 else ''}: no pd_type, read as null "
+              "(colocated, prefill and decode); LLMServingSim requires the key", file=sys.stderr)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     said = [f"{option_shown(key, given[key])} replaces the {key} of {', '.join(where)} in the config "
             "(pdsim's options apply to every instance; LLMServingSim's keep an instance's own value)"
