@@ -976,6 +976,15 @@ def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
     assert "the profile was measured with enforce_eager" not in eager.output
     assert "enforce_eager True from meta.json engine_kwargs" in eager.output  # replayed, said once
     assert "enforce_eager: the engine launches" not in eager.output  # the profile's own conditions
+    # A config that asks for eager where the run records none replays eager, and says the run's engine compiled.
+    config = json.loads((RTX / "cluster_config.json").read_text())
+    config["nodes"][0]["instances"][0]["enforce_eager"] = True
+    (tmp_path / "eager.json").write_text(json.dumps(config))
+    asked = _validate_cli("--measured", str(RTX / "vllm_run" / "requests.jsonl"), "--cluster-config",
+                          str(tmp_path / "eager.json"), "--profile-dir", str(RTX / "profile"), "--output",
+                          str(tmp_path / "c.csv"))
+    assert "NOTE: the cluster config's enforce_eager true replays an engine without compilation" in asked.output
+    assert "so its engine compiled the model" not in asked.output
 
 
 @needs_shared

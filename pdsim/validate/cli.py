@@ -162,10 +162,14 @@ def _eager_profile_note(run, result) -> None:
     """A profile measured with enforce_eager (LLMServingSim's) times vLLM's custom CUDA ops; an engine
     that compiled its model (vLLM's default) ran Inductor's kernels instead, which differ at prefill
     sizes (docs/validation.md): said, not corrected."""
+    if run.engine_kwargs.get("enforce_eager") is True:
+        return
+    if any(inst.spec.enforce_eager for inst in result.instances):  # the config's, not the run's
+        run.notes.append("NOTE: the cluster config's enforce_eager true replays an engine without compilation or "
+                         "CUDA graphs; the run records no enforce_eager, and vLLM's default compiles")
+        return
     predictors = [getattr(inst.predictor, "full", inst.predictor) for inst in result.instances]
     if not any(p.profile.meta.engine_enforce_eager for p in predictors):
-        return
-    if run.engine_kwargs.get("enforce_eager") is True:
         return
     run.notes.append("the profile was measured with enforce_eager (vLLM's custom CUDA ops); the run records no "
                      "enforce_eager, so its engine compiled the model (vLLM's default) and ran its norms, rotary and "
