@@ -218,9 +218,12 @@ def _model_notes(cfg: ClusterConfig) -> list[str]:
             notes.append(f"dp_group {group!r}: ep_size 1 over its {len(refs)} members, which LLMServingSim refuses "
                          "(it wants a multiple of them); pdsim reads it as vLLM's data parallelism without expert "
                          "parallelism, every expert split over the group's GPUs (docs/moe.md)")
-    budgets = {(ref.config.model_name, ref.config.max_num_batched_tokens): ref for ref in reversed(cfg.instances())
-               if ref.config.enable_chunked_prefill}
-    for (name, budget), ref in reversed(budgets.items()):  # once per model and budget, at its first instance
+    budgets_seen: set[tuple[str, int]] = set()  # said once per model and budget, at its first instance
+    for ref in cfg.instances():
+        name, budget = ref.config.model_name, ref.config.max_num_batched_tokens
+        if not ref.config.enable_chunked_prefill or (name, budget) in budgets_seen:
+            continue
+        budgets_seen.add((name, budget))
         context = load_model(name).max_position_embeddings
         if budget > context:
             notes.append(f"nodes[{ref.node_index}].instances[{ref.instance_index}].max_num_batched_tokens: "

@@ -35,8 +35,6 @@ class TraceRequest:
 
 DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace gives hash_ids alone
 TOKEN_ID_BLOCK_TOKENS = 16  # vLLM's default block size: input_tok_ids become one prefix id per this many
-
-
 MAX_TOKEN_ID = 2**32 - 1  # above every tokenizer's vocabulary; below where Python's int hash wraps (2^61 - 1)
 
 
