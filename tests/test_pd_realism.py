@@ -532,3 +532,20 @@ def test_the_transfer_defaults_are_said_where_the_config_leaves_them():
     fixed = cluster(instance("prefill"), instance("decode"), kv_transfer={"per_transfer_overhead_us": 5})
     assert any(n.startswith("KV hand-offs reach 73% of link_bw / nic_bw: pdsim's defaults")
                for n in profile_notes(run(fixed, rows)))
+
+
+def test_under_async_scheduling_a_hand_off_is_seen_by_the_decision_after_the_step_it_came_in():
+    # vLLM's async engine took the decision for step k+1 while step k ran: a hand-off that reaches a decoding
+    # engine during step k gets its blocks, and its read starts, at the decision for step k+2, a step later
+    # than under synchronous scheduling.
+    rows = [(100, 300, 0.0), (100, 5, 0.5)]  # the first keeps the decode instance stepping
+    wait_s, step_s = {}, 0.0
+    for mode in (False, True):
+        res = run(cluster(instance("prefill", async_scheduling=mode), instance("decode", async_scheduling=mode),
+                          **IDEAL), rows)
+        first, late = res.requests
+        assert all(r.status == "finished" for r in res.requests)
+        wait_s[mode] = late.kv_transfer_start_s - late.handoff_s
+        step_s = (first.finish_s - first.decode_first_token_s) / (first.output_toks - 2)
+    assert 0 <= wait_s[False] < step_s * 1.01
+    assert step_s * 0.99 < wait_s[True] < 2 * step_s * 1.01

@@ -40,6 +40,11 @@ class WaitingAdmission:
     _admissions: int
 
     @property
+    def sees_until_s(self) -> float:
+        """What reached the engine by then (requests, hand-offs) is seen by the decision being taken."""
+        return self._cutoff
+
+    @property
     def _cutoff(self) -> float:
         """Requests queued up to this time may be admitted; 1 ns of slack, as a fast-forwarded run
         sums its step times in another order than stepping one by one does."""

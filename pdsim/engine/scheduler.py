@@ -181,6 +181,11 @@ class Scheduler(WaitingAdmission):
             # requests took theirs, not in a step that preempted, not while max_num_seqs run, and not
             # once the step's token budget is spent.
             self.reserve_handoffs()
+            if not plan.prefill and not self.cohort.n and self._decided_s < now:
+                # Nothing would run: with no step in flight the engine sees every hand-off that has reached it
+                # (async scheduling decided this step while the last one ran, before later ones came).
+                self._decided_s = now
+                self.reserve_handoffs()
         self._plan_decode_run(plan, preempted or preempted_chunk)
         self._release_finished()
         if self._releasing:
