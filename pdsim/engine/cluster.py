@@ -58,8 +58,8 @@ class Cluster:
         self.topology = Topology(cfg, self.instances)
         self.links = self.topology.links  # name -> Link, created as transfers first use them
         self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
-        self.notes = _transfer_defaults_note(cfg, [i for i in self.prefill_pool if i.pd_type == "prefill"],
-                                             self.decode_pool)
+        self.notes = _transfer_defaults_note(cfg, self.topology, [i for i in self.prefill_pool
+                                                                  if i.pd_type == "prefill"], self.decode_pool)
         # Client mode is vLLM's P/D proxy: it drops the prefill instance's token, and the decode instance
         # makes all of the output itself (docs/pd_realism.md).
         for inst in self.decode_pool:
@@ -223,7 +223,8 @@ def simulate(
     )
 
 
-def _transfer_defaults_note(cfg: ClusterConfig, senders: list[Instance], receivers: list[Instance]) -> list[str]:
+def _transfer_defaults_note(cfg: ClusterConfig, topology: Topology, senders: list[Instance],
+                            receivers: list[Instance]) -> list[str]:
     """The KV hand-offs' measured defaults that apply, said where the config leaves them (LLMServingSim moves KV at
     line rate): the share of line rate where a hand-off crosses the network (not a node's intra_node_bw fabric), the
     per-layer cost unless a per-transfer or per-layer cost is given."""
@@ -231,9 +232,7 @@ def _transfer_defaults_note(cfg: ClusterConfig, senders: list[Instance], receive
     if not senders or not receivers:
         return []
     said = []
-    if "bandwidth_efficiency" not in given and any(
-            s.spec.node != r.spec.node or cfg.nodes[s.spec.node].intra_node_bw is None
-            for s in senders for r in receivers):
+    if "bandwidth_efficiency" not in given and not all(topology.on_fabric(s, r) for s in senders for r in receivers):
         said.append(f"reach {kv.bandwidth_efficiency:.0%} of link_bw / nic_bw")
     if not given & {"per_layer_overhead_us", "per_transfer_overhead_us"}:
         said.append(f"pay {kv.per_layer_overhead_us:g} us per model layer")

@@ -343,12 +343,16 @@ class Instance:
         sched = self.sched
         if not self.pending or len(sched.waiting) > sched.num_waiting_kv_ready or not sched.has_free_slot:
             return None
-        if self.pending[0].handoff_s > sched.sees_until_s:  # async: it came after this decision was taken
+        if self._handoff_unseen():
             return None
         # Room for the KV it brings and for the token its first decode step adds (less the prompt
         # blocks this instance's prefix cache already holds: shared, not sent again).
         need, hit = self._handoff_need(self.pending[0])
         return (need, hit) if need <= self.kv.free else None
+
+    def _handoff_unseen(self) -> bool:
+        """Async scheduling: the first hand-off reached the instance after the decision being taken was taken."""
+        return bool(self.pending) and self.pending[0].handoff_s > self.sched.sees_until_s
 
     def _can_reserve(self) -> bool:
         """Whether _reserve_pending would reserve blocks for the first hand-off now."""
@@ -391,8 +395,8 @@ class Instance:
                 continue
             if sched.released_after_decision and (sched.waiting or self.pending):
                 plan.max_steps = 1  # what finished was freed after the decision: the next may admit more
-            elif self.pending and self.pending[0].handoff_s > sched.sees_until_s:
-                plan.max_steps = 1  # async: a hand-off this decision could not see yet is seen by the next
+            elif self._handoff_unseen():
+                plan.max_steps = 1  # a hand-off this decision could not see yet is seen by the next
             if self.dp_group is not None:
                 # Wakeable while at the barrier: what arrives then is decided on right after.
                 self._idle, self._woken_at_barrier = True, False

@@ -30,11 +30,15 @@ class Topology:
         self.by_id = {inst.id: inst for inst in instances}
         self.links: dict[str, Link] = {}
 
+    def on_fabric(self, src: Instance, dst: Instance) -> bool:
+        """Whether a transfer from `src` to `dst` stays on their node's intra_node_bw fabric (else: the network)."""
+        return src.spec.node == dst.spec.node and self.cfg.nodes[src.spec.node].intra_node_bw is not None
+
     def path(self, src: Instance, dst: Instance) -> tuple[Link, ...]:
         """The links a transfer from `src` to `dst` crosses, sender side first."""
         src_node = self.cfg.nodes[src.spec.node]
         dst_node = self.cfg.nodes[dst.spec.node]
-        if src.spec.node == dst.spec.node and src_node.intra_node_bw is not None:
+        if self.on_fabric(src, dst):
             bw = src_node.intra_node_bw * GB_PER_S
             latency_s = src_node.intra_node_latency * 1e-9
             # The latency is charged once, on the sender's port.

@@ -414,16 +414,16 @@ class StepTimePredictor:
         dp = placement.dp_size if placement is not None and self._moe_external else 1
         # The fused-MoE workspaces hold each GPU's slice of an expert: whole under expert parallelism.
         expert_tp = placement.expert_tp if placement is not None else None
-        estimate = activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs,
-                                         expert_tp)
-        gathered = estimate if dp == 1 else activation_peak_bytes(self.model, meta.dtype, self.tp,
-                                                                  max_num_batched_tokens, max_num_seqs, expert_tp, dp)
+        def estimate(ranks: int) -> int:
+            return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs,
+                                         expert_tp, ranks)
+
         if meta.activation_peak_bytes is None:
-            return gathered
+            return estimate(dp)
         measured = meta.activation_peak_bytes
         if meta.activation_tokens:
             measured = measured * max_num_batched_tokens / meta.activation_tokens
-        return int(measured) + gathered - estimate
+        return int(measured) + (estimate(dp) - estimate(1) if dp > 1 else 0)
 
     def extrapolation_notes(self) -> list[str]:
         """One line per table a lookup left the grid of (for reports), naming the profile: instances of one

@@ -334,20 +334,17 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     recorded max_model_len (else the model's), at least the default 2048, at most max_num_seqs x max_model_len.
     None where the budget is recorded or stated, or chunked prefill is on."""
     from pdsim.config.models import unchunked_budget
-    from pdsim.models import load_model
 
     chunked = out.get("enable_chunked_prefill", stated.get("enable_chunked_prefill", True))
     if chunked is not False or "max_num_batched_tokens" not in unrecorded or "max_num_batched_tokens" in stated:
         return None
     recorded = run.max_model_len
-    names = {inst.get("model_name") for inst in instances}
+    # One model the config names (a name pdsim does not know: the config's validation words it).
+    model = _stated_model(instances) if len({inst.get("model_name") for inst in instances}) == 1 else None
     if recorded is not None:
         max_len, whose = recorded, "meta.json's max_model_len"
-    elif len(names) == 1 and isinstance(next(iter(names)), str):
-        try:
-            max_len, whose = load_model(next(iter(names))).max_position_embeddings, "the model's max length"
-        except PdsimError:
-            return None  # the config's validation names the model
+    elif model is not None:
+        max_len, whose = model.max_position_embeddings, "the model's max length"
     else:
         return None
     budget = unchunked_budget(max_len, out.get("max_num_seqs", stated.get("max_num_seqs")))
