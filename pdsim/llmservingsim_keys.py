@@ -46,7 +46,8 @@ RENAMED_KEYS: dict[str, str] = {"reserve_full_isl": "scheduler_reserve_full_isl"
 # One vLLM engine with --data-parallel-size N: its ranks take the same engine arguments.
 DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size", "dtype", "quantization", "pd_type",
                         "kv_cache_dtype", "block_size", "max_num_seqs", "max_num_batched_tokens",
-                        "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling", "enforce_eager")
+                        "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling", "enforce_eager",
+                        "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode")
 
 
 def _fmt(value: Any) -> str:

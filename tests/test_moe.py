@@ -308,12 +308,44 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     sizes = cudagraph_sizes(128, 2048)
     assert sizes[:5] == [1, 2, 4, 8, 16] and sizes[-2:] == [248, 256] and len(sizes) == 35
     assert cudagraph_sizes(256, 8192)[-1] == 512 and cudagraph_sizes(4, 8192) == [1, 2, 4, 8]
-    spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048, enforce_eager=False)
-    group = DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
+    # Given sizes are taken up to the token budget (sorted, once each); a given largest size caps the defaults.
+    assert cudagraph_sizes(128, 2048, sizes=[64, 8, 4096, 8, 1]) == [1, 8, 64]
+    assert cudagraph_sizes(128, 2048, max_size=20) == [1, 2, 4, 8, 16]
+
+    def group(decode_only=False):
+        spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048, cudagraph_sizes=tuple(sizes),
+                               cudagraph_decode_only=decode_only)
+        return DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
+
     # (tokens the experts see, the most one rank gives: its router gate and shared experts run on those)
-    assert group._moe_tokens([61, 3]) == (2 * 64, 64)  # both under 256: padded to 64, then to the largest
-    assert group._moe_tokens([1, 1]) == (2, 1)  # two dummy batches
-    assert group._moe_tokens([300, 3]) == (303, 300)  # one rank above the largest graph: no padding
+    assert group()._moe_tokens([61, 3]) == (2 * 64, 64)  # both under 256: padded to 64, then to the largest
+    assert group()._moe_tokens([1, 1]) == (2, 1)  # two dummy batches
+    assert group()._moe_tokens([300, 3]) == (303, 300)  # one rank above the largest graph: no padding
+    assert group()._moe_tokens([61, 3], mixed=True) == (2 * 64, 64)  # FULL_AND_PIECEWISE: prefills run graphs too
+    # FULL_DECODE_ONLY: graphs for decode-only batches of at most max_num_seqs, none where a rank prefills.
+    assert group(decode_only=True)._moe_tokens([61, 3]) == (2 * 64, 64)
+    assert group(decode_only=True)._moe_tokens([61, 3], mixed=True) == (64, 61)
+    assert group(decode_only=True)._moe_tokens([130, 3]) == (133, 130)  # padded to 136, over max_num_seqs
+
+
+def test_cuda_graph_settings_decide_a_dp_groups_padding():
+    def padded(**knobs):
+        cfg = cluster_config_from_dict(_cluster(*[_instance(ep_size=2, dp_group="A", **knobs)] * 2))
+        return simulate(cfg, trace([(300, 5, 0.0)]), SimOptions()).instances[0].dp_group._moe_tokens([3, 1])
+
+    assert padded() == (8, 4)
+    assert padded(cudagraph_capture_sizes=[2, 6]) == (12, 6)
+    assert padded(max_cudagraph_capture_size=2) == (4, 3)  # above the largest graph
+    assert padded(cudagraph_mode="none") == (4, 3)  # vLLM takes the mode's name in any case
+    assert padded(cudagraph_mode="FULL_DECODE_ONLY") == (8, 4)
+    msg = _config_error(_cluster(_instance(cudagraph_capture_sizes=[8, 16, 4096], max_cudagraph_capture_size=4096)))
+    assert msg.endswith("max_cudagraph_capture_size 4096 is not the largest of cudagraph_capture_sizes (16, of those "
+                        "up to max_num_batched_tokens 2048): give one of the two, or both agreeing, as vLLM needs")
+    assert "cudagraph_mode" in _config_error(_cluster(_instance(cudagraph_mode="FULL_ONLY")))
+    assert "expected token counts from 1" in _config_error(_cluster(_instance(cudagraph_capture_sizes=[0, 8])))
+    msg = _config_error(_cluster(_instance(ep_size=2, dp_group="A"),
+                                 _instance(ep_size=2, dp_group="A", cudagraph_mode="NONE")))
+    assert 'dp_group "A": n0.i1 has cudagraph_mode "NONE", but n0.i0 has null' in msg
 
 
 def test_dense_dp_group_is_routed_as_one_but_not_synchronised():

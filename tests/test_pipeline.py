@@ -197,6 +197,33 @@ def test_moe_dp_group_ranks_send_micro_batches_through_the_stages_together(monke
     assert len(launches["n0.i0"]) % 32 == 0 and res.instances[0].dp_group.num_steps % 32 == 0
 
 
+def test_pipelined_moe_dp_ranks_pad_to_a_cuda_graph_size(monkeypatch):
+    # vLLM pads a DP group's batches whether or not its ranks are pipelined: three decodes on one rank and two on
+    # the other run their MoE layers at 4 tokens each (a capture size), unless nothing runs graphs.
+    from pdsim.perf.moe_time import MoELayerModel
+
+    layer_us = MoELayerModel.layer_us
+
+    def moe_tokens(**knobs):
+        seen = set()
+
+        def recorded(self, tokens, most):
+            seen.add((tokens, most))
+            return layer_us(self, tokens, most)
+
+        monkeypatch.setattr(MoELayerModel, "layer_us", recorded)
+        rank = {"model_name": "Qwen/Qwen3-30B-A3B-Instruct-2507", "hardware": "RTXPRO6000",
+                "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "tp_size": 1, "pp_size": 2,
+                "ep_size": 2, "dp_group": "A", "pd_type": None, **knobs}
+        res = run(cluster(rank, dict(rank)), [(100, 20, 0.0)] * 5)
+        assert all(r.status == "finished" for r in res.requests)
+        return seen
+
+    padded, eager = moe_tokens(), moe_tokens(enforce_eager=True)
+    assert (8, 4) in padded and (5, 3) not in padded
+    assert (5, 3) in eager and (8, 4) not in eager
+
+
 def test_summary_reports_the_stages():
     res = run(cluster(_pp(pp=4)), [(500, 50, 0.0), (500, 50, 0.001), (3000, 20, 0.002)])
     inst = summarize(res, requests_frame(res))["instances"][0]

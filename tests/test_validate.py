@@ -1256,6 +1256,50 @@ def test_the_replay_fuses_all_reduce_and_norm_as_the_recorded_engine_could(tmp_p
     assert "TP all-reduce not fused with the norms after it: vLLM 0.16.0 predates it" in old and "RMSNorm" not in old
     eager = replay("0.19.0", enforce_eager=True)
     assert "not fused with the norms after it: enforce_eager" in eager and "RMSNorm" not in eager
+    uncompiled = replay("0.19.0", compilation_config={"mode": 0})
+    assert "not fused with the norms after it: compilation_config mode 0 in meta.json engine_kwargs (no inductor " \
+           "passes)" in uncompiled and "RMSNorm" not in uncompiled
+
+
+@needs_shared
+def test_the_replay_takes_the_cuda_graphs_the_engine_recorded(tmp_path):
+    # The shared MoE run's DP ranks pad their batches to vLLM's CUDA-graph capture sizes: the replay takes the
+    # sizes and mode the run records, on their own or in compilation_config (an object, or -cc's JSON text).
+    from pdsim.validate.measured import read_measured
+    from pdsim.validate.recorded import replay_config
+
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+
+    def replayed(**kwargs):
+        where = tmp_path / str(len(list(tmp_path.iterdir())))
+        where.mkdir()
+        requests, config = _moe_run(where, cfg, **kwargs)
+        run = read_measured(requests)
+        inst = next(iter(replay_config(config, run, None).instances())).config
+        return (inst.cudagraph_capture_sizes, inst.max_cudagraph_capture_size, inst.cudagraph_mode), run.notes
+
+    assert replayed()[0] == (None, None, None)
+    graphs, notes = replayed(cudagraph_capture_sizes=[1, 8, 64], compilation_config={"cudagraph_mode": 2})
+    assert graphs == ([1, 8, 64], None, "FULL")
+    assert "cudagraph_capture_sizes [1, 8, 64] from meta.json engine_kwargs" in notes
+    assert "cudagraph_mode FULL from meta.json engine_kwargs.compilation_config" in notes
+    assert not any("not modelled" in note for note in notes)
+    graphs, notes = replayed(compilation_config=json.dumps({"max_cudagraph_capture_size": 32,
+                                                            "cudagraph_mode": "full_decode_only"}))
+    assert graphs == (None, 32, "FULL_DECODE_ONLY")
+    # Compiled otherwise than vLLM's default, its piecewise graphs (the default mode's) are not made.
+    graphs, notes = replayed(compilation_config={"mode": "stock_torch_compile", "pass_config": {"x": 1}})
+    assert graphs == (None, None, "NONE")
+    assert any(note.startswith("cudagraph_mode FULL_AND_PIECEWISE (vLLM default) needs vLLM's piecewise compilation, "
+                               "which compilation_config mode 'stock_torch_compile'") for note in notes)
+    assert "NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: compilation_config " \
+           "{'pass_config': {'x': 1}}" in notes
+    with pytest.raises(PdsimError, match="engine_kwargs give max_cudagraph_capture_size both on its own and in "
+                                         "compilation_config, which vLLM refuses"):
+        replayed(max_cudagraph_capture_size=8, compilation_config={"max_cudagraph_capture_size": 8})
+    with pytest.raises(PdsimError, match=r"engine_kwargs.compilation_config: expected an object, its JSON text or a "
+                                         r"compilation mode number \(vLLM's forms\), got \[3\]"):
+        replayed(compilation_config=[3])
 
 
 @needs_shared

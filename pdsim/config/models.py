@@ -16,6 +16,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_serializer, field
 from pydantic_core import PydanticCustomError
 
 from pdsim.config.base import (
+    CUDAGRAPH_MODES,
     GB,
     INTRA_NODE_LATENCY_NS,
     MAX_BLOCK_SIZE,
@@ -204,6 +205,15 @@ class InstanceConfig(_Strict):
     # vLLM's --enforce-eager: no torch.compile and no CUDA graphs (config/vllm.py sets both off), so no
     # all-reduce + norm fusion and no padding of a MoE DP group's ranks to a capture size (dp_group.py).
     enforce_eager: bool = False
+    # vLLM's CUDA graphs (its compilation_config keys), which decide what a MoE DP group's ranks pad their batches
+    # to (dp_group.py). cudagraph_capture_sizes null: vLLM 0.19's defaults, 1, 2, 4, then every 8 below 256 and
+    # every 16 up to max_cudagraph_capture_size (null: min(2 x max_num_seqs, 512)), none above
+    # max_num_batched_tokens; given sizes above it are dropped, as vLLM drops them. cudagraph_mode null is vLLM's
+    # FULL_AND_PIECEWISE; FULL_DECODE_ONLY runs graphs for decode-only steps alone, NONE for no step (the model
+    # is still compiled, unlike enforce_eager).
+    cudagraph_capture_sizes: list[int] | None = Field(default=None, min_length=1)
+    max_cudagraph_capture_size: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    cudagraph_mode: str | None = None
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
@@ -276,6 +286,20 @@ class InstanceConfig(_Strict):
     def _check_ep(self) -> None:
         check_ep(self)
 
+    @field_validator("cudagraph_capture_sizes")
+    @classmethod
+    def _capture_sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not all(1 <= size <= MAX_TOKENS for size in v):
+            raise PydanticCustomError("capture_sizes", "expected token counts from 1 to {most}", {"most": MAX_TOKENS})
+        return v
+
+    @field_validator("cudagraph_mode", mode="before")
+    @classmethod
+    def _cudagraph_mode(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.upper() in CUDAGRAPH_MODES:  # vLLM takes the names in any case
+            return v.upper()
+        return _one_of(v, CUDAGRAPH_MODES, nullable=True)
+
     @field_validator("pd_type", "dtype", "quantization", "kv_cache_dtype", mode="before")
     @classmethod
     def _choice(cls, v: Any, info: ValidationInfo) -> Any:
@@ -314,6 +338,16 @@ class InstanceConfig(_Strict):
             raise PydanticCustomError(
                 "eager_fusion",
                 "allreduce_rms_fusion true needs vLLM's compilation, which enforce_eager true turns off", {})
+        if self.cudagraph_capture_sizes is not None and self.max_cudagraph_capture_size is not None:
+            kept = [size for size in self.cudagraph_capture_sizes if size <= self.max_num_batched_tokens]
+            if self.max_cudagraph_capture_size != max(kept, default=0):  # vLLM refuses the two disagreeing
+                raise PydanticCustomError(
+                    "capture_size",
+                    "max_cudagraph_capture_size {most} is not the largest of cudagraph_capture_sizes ({largest}, of "
+                    "those up to max_num_batched_tokens {budget}): give one of the two, or both agreeing, as vLLM "
+                    "needs",
+                    {"most": self.max_cudagraph_capture_size, "largest": max(kept, default=0),
+                     "budget": self.max_num_batched_tokens})
         if self.max_num_batched_tokens < self.max_num_seqs:
             # vLLM refuses this too: a full decode batch must fit in one step's token budget.
             raise PydanticCustomError(

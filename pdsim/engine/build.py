@@ -8,6 +8,7 @@ from collections.abc import Callable
 import simpy
 
 from pdsim.config import GB, ClusterConfig, InstanceConfig, InstanceRef
+from pdsim.engine.dp_group import cudagraph_sizes
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.options import SimOptions
 from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
@@ -280,6 +281,9 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         kv_dtype=ic.kv_dtype, pp=ic.pp_size,
         async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
         enable_prefix_caching=ic.enable_prefix_caching, enforce_eager=ic.enforce_eager,
+        cudagraph_sizes=() if ic.enforce_eager or ic.cudagraph_mode == "NONE" else tuple(cudagraph_sizes(
+            ic.max_num_seqs, ic.max_num_batched_tokens, ic.cudagraph_capture_sizes, ic.max_cudagraph_capture_size)),
+        cudagraph_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
     )
 
 

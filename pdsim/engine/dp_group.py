@@ -22,7 +22,9 @@ Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when ev
 can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default
 min(2 x max_num_seqs, 512, max_num_batched_tokens)), each rank pads its batch to its capture size
 and then all to the largest, so the MoE layers see ranks x that many tokens; a larger step, or any
-step under enforce_eager (no graphs), runs unpadded (`all_gatherv` of the true sizes).
+step under enforce_eager or cudagraph_mode NONE (no graphs), runs unpadded (`all_gatherv` of the true
+sizes). Under FULL_DECODE_ONLY (v1/cudagraph_dispatcher.py) only decode-only batches of at most
+max_num_seqs run graphs, so a step where some rank prefills runs unpadded too.
 
 The barrier: every rank, after its scheduling decision, hands its plan to `step`; the last one
 to arrive prices the step and releases all of them, each then lets the same duration pass.
@@ -30,6 +32,7 @@ to arrive prices the step and releases all of them, each then lets the same dura
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
@@ -60,11 +63,11 @@ class DPGroup:
         self.num_steps = 0
         self.wave_steps = 0  # steps since the wave began (module docstring)
         self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
-        # Per rank, vLLM's CUDA-graph capture sizes (fixed by its engine settings): for the padding. None:
-        # enforce_eager, no graphs.
-        self._graph_sizes = [None if m.spec.enforce_eager else cudagraph_sizes(m.spec.max_num_seqs,
-                                                                               m.spec.max_num_batched_tokens)
-                             for m in self.members]
+        # vLLM's CUDA graphs, fixed by the engine's arguments, which its ranks share: for the padding.
+        spec = self.members[0].spec
+        self._graph_sizes: tuple[int, ...] = spec.cudagraph_sizes
+        self._graphs_decode_only = spec.cudagraph_decode_only
+        self._max_num_seqs = spec.max_num_seqs
 
     # -- routing --------------------------------------------------------------------------------
     @property
@@ -112,6 +115,7 @@ class DPGroup:
         """Seconds the group's step lasts (some rank may have work)."""
         slowest_s = 0.0
         tokens: list[int] = []
+        mixed = False
         for member in self.members:
             plan = self._plans[member.id]
             if plan.empty:
@@ -122,26 +126,32 @@ class DPGroup:
                 chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
                 own_s = member.predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
                 tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
+                mixed = mixed or bool(chunks)
             slowest_s = max(slowest_s, own_s)
-        return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens)) * 1e-6
+        return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens, mixed)) * 1e-6
 
-    def _moe_tokens(self, tokens: list[int]) -> tuple[int, int]:
+    def _moe_tokens(self, tokens: list[int], mixed: bool = False) -> tuple[int, int]:
         """(tokens the group's MoE layers see, the most one rank gives): the ranks' own, or, when every
-        rank runs a CUDA graph, every rank padded to the largest capture size among them (module docstring)."""
-        caps = self._graph_sizes
-        if any(sizes is None or t > sizes[-1] for t, sizes in zip(tokens, caps)):
+        rank's step runs a CUDA graph, every rank padded to the largest capture size among them (module
+        docstring). mixed: some rank's step has a prefill chunk (not a decode-only batch)."""
+        sizes = self._graph_sizes
+        if not sizes or max(tokens) > sizes[-1] or (self._graphs_decode_only and mixed):
             return sum(tokens), max(tokens)
-        padded = max(next(size for size in sizes if size >= t) for t, sizes in zip(tokens, caps))
+        padded = sizes[bisect_left(sizes, max(tokens))]
+        if self._graphs_decode_only and padded > self._max_num_seqs:  # vLLM captured decode graphs up to there
+            return sum(tokens), max(tokens)
         return padded * len(tokens), padded
 
 
-def cudagraph_sizes(max_num_seqs: int, max_num_batched_tokens: int) -> list[int]:
-    """vLLM 0.19's default CUDA-graph capture sizes (config/vllm.py): 1, 2, 4, then every 8 below
-    256, then every 16, up to min(2 x max_num_seqs, 512, max_num_batched_tokens)."""
-    cap = min(2 * max_num_seqs, 512, max_num_batched_tokens)
-    sizes = [s for s in (1, 2, 4) if s <= cap]
-    sizes += list(range(8, min(cap + 1, 256), 8)) + list(range(256, cap + 1, 16))
-    return sizes or [cap]
+def cudagraph_sizes(max_num_seqs: int, max_num_batched_tokens: int, sizes: Sequence[int] | None = None,
+                    max_size: int | None = None) -> list[int]:
+    """vLLM 0.19's CUDA-graph capture sizes (config/vllm.py `_set_cudagraph_sizes`): the given `sizes` up to
+    max_num_batched_tokens, sorted; else 1, 2, 4, then every 8 below 256, then every 16, up to `max_size`
+    (default min(2 x max_num_seqs, 512)), at most max_num_batched_tokens."""
+    if sizes is not None:
+        return sorted({size for size in sizes if size <= max_num_batched_tokens})
+    cap = min(min(2 * max_num_seqs, 512) if max_size is None else max_size, max_num_batched_tokens)
+    return [s for s in (1, 2, 4) if s <= cap] + list(range(8, min(cap + 1, 256), 8)) + list(range(256, cap + 1, 16))
 
 
 def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str, Instance]) -> list[DPGroup]:

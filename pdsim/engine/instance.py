@@ -63,7 +63,10 @@ class InstanceSpec:
     enable_prefix_caching: bool = True  # vLLM's default: shared prefixes (prefix ids), a recompute's own blocks
     pp: int = 1  # pipeline stages, each of `tp` GPUs (pdsim/engine/pipeline.py)
     async_depth: int = 1  # steps async scheduling decides ahead (pp - 1 with pipeline stages: pipeline.py)
-    enforce_eager: bool = False  # no CUDA graphs: a DP group's ranks run unpadded (dp_group.py)
+    enforce_eager: bool = False  # no compilation, no CUDA graphs
+    # vLLM's CUDA-graph capture sizes, () for none; decode_only: FULL_DECODE_ONLY's graphs (dp_group.py's padding)
+    cudagraph_sizes: tuple[int, ...] = ()
+    cudagraph_decode_only: bool = False
 
 
 @dataclass

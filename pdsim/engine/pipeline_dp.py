@@ -7,6 +7,7 @@ execute_dummy_batch), as pdsim/engine/dp_group.py does for unpipelined groups, w
 micro-batch holds each stage for the slowest rank's own part of that stage (attention, dense
 ops, sampling on the last stage) plus the stage's MoE layers at the group's token count (their router
 gate and shared experts at the busiest rank's); the activation send is that of the rank with the most tokens.
+The ranks pad their batches to a CUDA-graph capture size as an unpipelined group's do (dp_group.py).
 """
 
 from __future__ import annotations
@@ -18,20 +19,22 @@ class PipelineDPGroup(DPGroup):
     def _price(self) -> tuple[tuple[float, ...], float]:  # type: ignore[override]
         """(seconds per stage, send seconds) of the group's next micro-batch."""
         own: list[tuple[float, ...]] = []
-        group_tokens = max_tokens = 0
+        tokens: list[int] = []
+        mixed = False
         for member in self.members:
             plan = self._plans[member.id]
             if plan.empty:
                 own.append(member.predictor.dummy_stage_times_s())
-                tokens = 1
+                tokens.append(1)
                 self.dummy_steps[member.id] += 1
             else:
                 chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
                 own.append(member.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum,
                                                           plan.kv_decode_max))
-                tokens = sum(c for c, _ in chunks) + plan.n_decode
-            group_tokens += tokens
-            max_tokens = max(max_tokens, tokens)
+                tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
+                mixed = mixed or bool(chunks)
+        # Padded as an unpipelined group's ranks are, through every stage (the activations sent included).
+        group_tokens, max_tokens = self._moe_tokens(tokens, mixed)
         predictor = self.members[0].predictor
         moe_us = self.moe_layer.layer_us(group_tokens, max_tokens) if self.moe_layer is not None else 0.0
         stages = tuple(max(times[i] for times in own) + layers * moe_us * 1e-6

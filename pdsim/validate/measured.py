@@ -102,10 +102,26 @@ class MeasuredRun:
         (enforce_eager, or a version before 0.17), and why; None: vLLM's own rule decides (by GPU and layout)."""
         if self.engine_kwargs.get("enforce_eager") is True:
             return False, "enforce_eager in meta.json engine_kwargs (nothing compiled)"
+        compiled, mode = self.compiles()
+        if not compiled:
+            return False, f"{mode} (no inductor passes)"
         version = str(self.engine_meta.get("vllm_version", ""))
         if vllm_fuses_allreduce_norm(version) is False:
             return False, f"vLLM {version} predates it (meta.json; on by default from 0.17)"
         return None, ""
+
+    def compilation_config(self) -> dict:
+        """meta.json engine_kwargs' compilation_config as an object ({} when not recorded; _check_engine_meta
+        checked its form)."""
+        return compilation_config(self.engine_kwargs.get("compilation_config"))
+
+    def compiles(self) -> tuple[bool, str]:
+        """Whether the measured vLLM compiled the model as its default does (compilation_config mode VLLM_COMPILE:
+        piecewise CUDA graphs and inductor's fusion passes), and the recorded mode where it did not."""
+        mode = self.compilation_config().get("mode")
+        if mode is None or mode in (3, "VLLM_COMPILE") or str(mode).upper() == "VLLM_COMPILE":
+            return True, ""
+        return False, f"compilation_config mode {mode!r} in meta.json engine_kwargs"
 
     def _engine_setting(self, key: str, default_of: Callable[[str], bool | None]) -> tuple[bool | None, str]:
         """A boolean engine argument: as meta.json's engine_kwargs set it, else the default of the
@@ -184,6 +200,15 @@ ENGINE_SWITCHES = ("async_scheduling", "enforce_eager", "enable_expert_parallel"
                    "enable_chunked_prefill", "enable_prefix_caching", "disable_custom_all_reduce")
 
 
+def compilation_config(value: object) -> dict:
+    """vLLM's compilation_config as EngineArgs take it: an object, its JSON text (-cc), or a mode number."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {"mode": value} if type(value) is int else value
+
+
 # meta.json's fields beside LLMServingSim's vLLM runs (schema_version 1): the engine's arguments are read from
 # engine_kwargs alone, so one written beside them is named, not taken, and not dropped unsaid.
 META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwargs", "kv_cache", "dataset_path",
@@ -219,6 +244,13 @@ def _check_engine_meta(meta_path: Path, meta: dict) -> None:
     for key in ENGINE_SWITCHES:
         if kwargs.get(key) is not None and not isinstance(kwargs[key], bool):
             raise PdsimError(f"{meta_path}: engine_kwargs.{key}: expected true or false, got {kwargs[key]!r}")
+    try:
+        parsed = compilation_config(kwargs.get("compilation_config"))
+    except json.JSONDecodeError as e:
+        parsed = e
+    if not isinstance(parsed, dict):
+        raise PdsimError(f"{meta_path}: engine_kwargs.compilation_config: expected an object, its JSON text or a "
+                         f"compilation mode number (vLLM's forms), got {json_shown(kwargs['compilation_config'], 60)}")
     limit = kwargs.get("max_model_len")
     number = vllm_int(limit) if isinstance(limit, str) else limit
     if not (limit is None or limit == "auto" or number == -1 or (type(number) is int and number >= 1)):

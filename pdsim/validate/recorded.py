@@ -52,7 +52,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     _check_parallelism(run, stated, cluster_config)
     _check_dp_size(stated, run, cluster_config)
     recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
-                **_recorded_expert_layout(stated, run)}
+                **_recorded_expert_layout(stated, run), **_recorded_cudagraphs(stated, run)}
     try:
         cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                    "scheduler_reserve_full_isl": reserve, **recorded,
@@ -96,7 +96,8 @@ def _note_unread_version(run) -> None:
 _READ_KWARGS = {"async_scheduling", "distributed_executor_backend", "data_parallel_size", "enable_expert_parallel",
                 "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
                 "quantization", "speculative_config", "tensor_parallel_size", "dtype", "long_prefill_token_threshold",
-                "max_num_partial_prefills", "cpu_offload_gb", "kv_offloading_size", "scheduler_reserve_full_isl"}
+                "max_num_partial_prefills", "cpu_offload_gb", "kv_offloading_size", "scheduler_reserve_full_isl",
+                "cudagraph_capture_sizes", "max_cudagraph_capture_size"}
 _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remote_code", "revision", "code_revision",
                      "tokenizer_revision", "download_dir", "load_format", "served_model_name", "disable_log_stats",
                      "enable_log_requests", "disable_log_requests", "max_logprobs", "skip_tokenizer_init",
@@ -106,6 +107,11 @@ _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remo
 def _note_unused(run) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
               if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
+    # compilation_config: its CUDA-graph settings and mode are replayed (_recorded_cudagraphs), the rest named
+    if rest := {k: v for k, v in run.compilation_config().items() if k not in _CUDAGRAPH_CONFIG and v is not None}:
+        unused["compilation_config"] = rest
+    else:
+        unused.pop("compilation_config", None)
     if unused:
         run.notes.append("NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: "
                          + ", ".join(f"{k} {v!r}" for k, v in sorted(unused.items())))
@@ -378,6 +384,46 @@ def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> 
 # The most a recorded whole-number argument may be: the config's own limits (a count of tokens or sequences;
 # a KV size in bytes).
 _RECORDED_MOST = {"kv_cache_memory_bytes": int(MAX_MEM_GB * GB)}
+
+
+# What the replay takes from compilation_config (vLLM's CUDA graphs and whether it compiled: _recorded_cudagraphs).
+_CUDAGRAPH_CONFIG = ("cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode", "mode")
+# vLLM's cudagraph_mode numbers (CUDAGraphMode); the two modes of both kinds have names only.
+_CUDAGRAPH_MODE_NUMBERS = {0: "NONE", 1: "PIECEWISE", 2: "FULL"}
+
+
+def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
+    """vLLM's CUDA graphs as the run recorded them (EngineArgs' cudagraph_capture_sizes and
+    max_cudagraph_capture_size, or compilation_config's, with its cudagraph_mode): they decide what a MoE DP
+    group's ranks pad to. A compilation mode other than VLLM_COMPILE turns off the modes that need its piecewise
+    graphs, vLLM's default among them (config/vllm.py)."""
+    kwargs, cc = run.engine_kwargs, run.compilation_config()
+    meta = Path(run.source).with_name("meta.json")
+    stated = {k: inst[k] for inst in instances for k in _CUDAGRAPH_CONFIG if k in inst}
+    out: dict[str, object] = {}
+    for key in ("cudagraph_capture_sizes", "max_cudagraph_capture_size"):
+        if kwargs.get(key) is not None and cc.get(key) is not None:
+            raise PdsimError(f"{meta}: engine_kwargs give {key} both on its own and in compilation_config, which "
+                             "vLLM refuses")
+        if kwargs.get(key) is not None or cc.get(key) is not None:
+            out[key], where = (kwargs[key], "") if kwargs.get(key) is not None else (cc[key], ".compilation_config")
+            was = f", the config says {stated[key]}" if key in stated and stated[key] != out[key] else ""
+            run.notes.append(f"{key} {json_shown(out[key], 60)} from meta.json engine_kwargs{where}{was}")
+    mode = cc.get("cudagraph_mode")
+    mode = _CUDAGRAPH_MODE_NUMBERS.get(mode, mode) if type(mode) is int else mode
+    mode = mode.upper() if isinstance(mode, str) else mode
+    compiled, why = run.compiles()
+    if not compiled and mode in (None, "PIECEWISE", "FULL_AND_PIECEWISE"):
+        run.notes.append(f"cudagraph_mode {mode or 'FULL_AND_PIECEWISE (vLLM default)'} needs vLLM's piecewise "
+                         f"compilation, which {why} leaves out: replayed as NONE, as vLLM runs it")
+        mode = "NONE"
+    elif mode is not None:
+        given = stated.get("cudagraph_mode")
+        was = f", the config says {given}" if given is not None and str(given).upper() != mode else ""
+        run.notes.append(f"cudagraph_mode {mode} from meta.json engine_kwargs.compilation_config{was}")
+    if mode is not None:
+        out["cudagraph_mode"] = mode
+    return out
 
 
 def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
