@@ -1259,6 +1259,11 @@ def test_the_replay_fuses_all_reduce_and_norm_as_the_recorded_engine_could(tmp_p
     uncompiled = replay("0.19.0", compilation_config={"mode": 0})
     assert "not fused with the norms after it: compilation_config mode 0 in meta.json engine_kwargs (no inductor " \
            "passes)" in uncompiled and "RMSNorm" not in uncompiled
+    assert "not fused with the norms after it: optimization_level 0 in meta.json" in replay("0.19.0",
+                                                                                           optimization_level=0)
+    o1 = replay("0.19.0", optimization_level="-O1")
+    assert "not fused with the norms after it: optimization_level 1 in meta.json engine_kwargs (vLLM's -O1 leaves " \
+           "that fusion off)" in o1 and "RMSNorm" not in o1
 
 
 @needs_shared
@@ -1294,6 +1299,15 @@ def test_the_replay_takes_the_cuda_graphs_the_engine_recorded(tmp_path):
                                "which compilation_config mode 'stock_torch_compile'") for note in notes)
     assert "NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: compilation_config " \
            "{'pass_config': {'x': 1}}" in notes
+    # vLLM's -O levels: 0 compiles nothing and captures no graphs; 1 captures piecewise graphs (padding every step).
+    assert replayed(optimization_level=0)[0] == (None, None, "NONE")
+    graphs, notes = replayed(optimization_level="O1")
+    assert graphs == (None, None, "PIECEWISE") and "cudagraph_mode PIECEWISE: optimization_level 1's, from meta.json " \
+        "engine_kwargs" in notes
+    assert replayed(optimization_level=2)[0] == (None, None, None)
+    with pytest.raises(PdsimError, match=r"engine_kwargs.optimization_level: expected 0, 1, 2 or 3 \(vLLM's -O "
+                                         r'levels\), got "fast"'):
+        replayed(optimization_level="fast")
     with pytest.raises(PdsimError, match="engine_kwargs give max_cudagraph_capture_size both on its own and in "
                                          "compilation_config, which vLLM refuses"):
         replayed(max_cudagraph_capture_size=8, compilation_config={"max_cudagraph_capture_size": 8})

@@ -105,6 +105,8 @@ class MeasuredRun:
         compiled, mode = self.compiles()
         if not compiled:
             return False, f"{mode} (no inductor passes)"
+        if self.optimization_level() == 1:
+            return False, "optimization_level 1 in meta.json engine_kwargs (vLLM's -O1 leaves that fusion off)"
         version = str(self.engine_meta.get("vllm_version", ""))
         if vllm_fuses_allreduce_norm(version) is False:
             return False, f"vLLM {version} predates it (meta.json; on by default from 0.17)"
@@ -115,11 +117,19 @@ class MeasuredRun:
         checked its form)."""
         return compilation_config(self.engine_kwargs.get("compilation_config"))
 
+    def optimization_level(self) -> int | None:
+        """vLLM's -O level as recorded (None: not recorded, vLLM's default 2; _check_engine_meta checked it)."""
+        return optimization_level(self.engine_kwargs.get("optimization_level"))
+
     def compiles(self) -> tuple[bool, str]:
         """Whether the measured vLLM compiled the model as its default does (compilation_config mode VLLM_COMPILE:
-        piecewise CUDA graphs and inductor's fusion passes), and the recorded mode where it did not."""
+        piecewise CUDA graphs and inductor's fusion passes), and the recorded setting where it did not: the mode,
+        or -O0, which sets it to NONE where none is given (config/vllm.py)."""
         mode = self.compilation_config().get("mode")
-        if mode is None or mode in (3, "VLLM_COMPILE") or str(mode).upper() == "VLLM_COMPILE":
+        if mode is None:
+            return (False, "optimization_level 0 in meta.json engine_kwargs") if self.optimization_level() == 0 \
+                else (True, "")
+        if mode == 3 or str(mode).upper() == "VLLM_COMPILE":
             return True, ""
         return False, f"compilation_config mode {mode!r} in meta.json engine_kwargs"
 
@@ -209,6 +219,17 @@ def compilation_config(value: object) -> dict:
     return {"mode": value} if type(value) is int else value
 
 
+def optimization_level(value: object) -> int | None:
+    """vLLM's -O level as EngineArgs take it or a record writes it (2, "2", "O2", "-O2", "OptimizationLevel.O2");
+    None when not recorded. ValueError for anything else."""
+    if value is None:
+        return None
+    text = str(value).removeprefix("OptimizationLevel.").removeprefix("-").removeprefix("O")
+    if isinstance(value, bool) or not isinstance(value, int | str) or text not in ("0", "1", "2", "3"):
+        raise ValueError(value)
+    return int(text)
+
+
 # meta.json's fields beside LLMServingSim's vLLM runs (schema_version 1): the engine's arguments are read from
 # engine_kwargs alone, so one written beside them is named, not taken, and not dropped unsaid.
 META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwargs", "kv_cache", "dataset_path",
@@ -251,6 +272,11 @@ def _check_engine_meta(meta_path: Path, meta: dict) -> None:
     if not isinstance(parsed, dict):
         raise PdsimError(f"{meta_path}: engine_kwargs.compilation_config: expected an object, its JSON text or a "
                          f"compilation mode number (vLLM's forms), got {json_shown(kwargs['compilation_config'], 60)}")
+    try:
+        optimization_level(kwargs.get("optimization_level"))
+    except ValueError:
+        raise PdsimError(f"{meta_path}: engine_kwargs.optimization_level: expected 0, 1, 2 or 3 (vLLM's -O levels), "
+                         f"got {json_shown(kwargs['optimization_level'], 40)}") from None
     limit = kwargs.get("max_model_len")
     number = vllm_int(limit) if isinstance(limit, str) else limit
     if not (limit is None or limit == "auto" or number == -1 or (type(number) is int and number >= 1)):

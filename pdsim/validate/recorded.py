@@ -97,7 +97,7 @@ _READ_KWARGS = {"async_scheduling", "distributed_executor_backend", "data_parall
                 "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
                 "quantization", "speculative_config", "tensor_parallel_size", "dtype", "long_prefill_token_threshold",
                 "max_num_partial_prefills", "cpu_offload_gb", "kv_offloading_size", "scheduler_reserve_full_isl",
-                "cudagraph_capture_sizes", "max_cudagraph_capture_size"}
+                "cudagraph_capture_sizes", "max_cudagraph_capture_size", "optimization_level"}
 _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remote_code", "revision", "code_revision",
                      "tokenizer_revision", "download_dir", "load_format", "served_model_name", "disable_log_stats",
                      "enable_log_requests", "disable_log_requests", "max_logprobs", "skip_tokenizer_init",
@@ -390,6 +390,8 @@ _RECORDED_MOST = {"kv_cache_memory_bytes": int(MAX_MEM_GB * GB)}
 _CUDAGRAPH_CONFIG = ("cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode", "mode")
 # vLLM's cudagraph_mode numbers (CUDAGraphMode); the two modes of both kinds have names only.
 _CUDAGRAPH_MODE_NUMBERS = {0: "NONE", 1: "PIECEWISE", 2: "FULL"}
+# The CUDA graphs of vLLM's -O0 and -O1 where compilation_config gives no cudagraph_mode (-O2, -O3: the default).
+_LEVEL_CUDAGRAPH_MODE = {0: "NONE", 1: "PIECEWISE"}
 
 
 def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
@@ -412,15 +414,18 @@ def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
     mode = cc.get("cudagraph_mode")
     mode = _CUDAGRAPH_MODE_NUMBERS.get(mode, mode) if type(mode) is int else mode
     mode = mode.upper() if isinstance(mode, str) else mode
+    given = stated.get("cudagraph_mode")
+    was = f", the config says {given}" if given is not None and str(given).upper() != mode else ""
+    if mode is not None:
+        run.notes.append(f"cudagraph_mode {mode} from meta.json engine_kwargs.compilation_config{was}")
+    elif (level := run.optimization_level()) in (0, 1):  # the level's default mode (config/vllm.py)
+        mode = _LEVEL_CUDAGRAPH_MODE[level]
+        run.notes.append(f"cudagraph_mode {mode}: optimization_level {level}'s, from meta.json engine_kwargs{was}")
     compiled, why = run.compiles()
     if not compiled and mode in (None, "PIECEWISE", "FULL_AND_PIECEWISE"):
         run.notes.append(f"cudagraph_mode {mode or 'FULL_AND_PIECEWISE (vLLM default)'} needs vLLM's piecewise "
                          f"compilation, which {why} leaves out: replayed as NONE, as vLLM runs it")
         mode = "NONE"
-    elif mode is not None:
-        given = stated.get("cudagraph_mode")
-        was = f", the config says {given}" if given is not None and str(given).upper() != mode else ""
-        run.notes.append(f"cudagraph_mode {mode} from meta.json engine_kwargs.compilation_config{was}")
     if mode is not None:
         out["cudagraph_mode"] = mode
     return out
