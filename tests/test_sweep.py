@@ -336,6 +336,29 @@ def test_ctrl_c_stops_a_sweep_at_once(tmp_path):
     assert not left, "pool workers outlived the interrupted sweep"
 
 
+def test_a_ctrl_c_while_runs_are_submitted_stops_those_submitted(small, monkeypatch):
+    # A Ctrl-C held back while the pool forks its workers is raised as the submissions end. It used to come
+    # before the executor counted its runs as pending, so close() waited for the runs it had submitted.
+    _, base_trace, jobs = small
+    pool = PoolExecutor(base_trace, SETTINGS, workers=1)
+    submit = pool.pool.submit
+    submitted = []
+
+    def interrupted(fn, job):
+        if len(submitted) == 2:
+            raise KeyboardInterrupt
+        submitted.append(job)
+        return submit(fn, job)
+
+    monkeypatch.setattr(pool.pool, "submit", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(pool.run(jobs))
+        assert pool.interrupted
+    finally:
+        pool.close()
+
+
 def test_rows_carry_each_roles_kv_capacity_and_peak_share(small, tmp_path):
     variants, base_trace, jobs = small
     rows = run_sweep(jobs, InlineExecutor(base_trace, SETTINGS), tmp_path / "m.csv", resume=False)

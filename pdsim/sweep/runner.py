@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -338,8 +339,11 @@ class PoolExecutor(Executor):
         self.interrupted = False
 
     def run(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, dict[str, Any]]]:
-        pending: dict[Future, Job] = {self.pool.submit(_run_in_worker, job): job for job in jobs}
+        pending: dict[Future, Job] = {}
         try:
+            with _sigint_held():  # a Ctrl-C held here is raised as it ends: runs submitted then are stopped (close)
+                for job in jobs:
+                    pending[self.pool.submit(_run_in_worker, job)] = job
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -360,6 +364,22 @@ class PoolExecutor(Executor):
                 for process in list((getattr(self.pool, "_processes", None) or {}).values()):
                     process.terminate()
         self.pool.shutdown(cancel_futures=True)
+
+
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Holds Ctrl-C back while the pool takes jobs, which is where it forks its workers: one that came during
+    a fork was raised inside the fork's callbacks, where CPython prints it and drops it, and the sweep ran on
+    (one that came during the pool's bookkeeping left its manager thread to fail with a traceback). Held, it
+    interrupts as soon as the submissions are done."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class RayExecutor(Executor):
