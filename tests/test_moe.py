@@ -338,6 +338,12 @@ def test_cuda_graph_settings_decide_a_dp_groups_padding():
     assert padded(max_cudagraph_capture_size=2) == (4, 3)  # above the largest graph
     assert padded(cudagraph_mode="none") == (4, 3)  # vLLM takes the mode's name in any case
     assert padded(cudagraph_mode="FULL_DECODE_ONLY") == (8, 4)
+    # Sizes above the token budget are dropped, as vLLM drops them: none left, no step runs a graph, said.
+    cfg = cluster_config_from_dict(_cluster(*[_instance(ep_size=2, dp_group="A", cudagraph_capture_sizes=[4096])] * 2))
+    res = simulate(cfg, trace([(300, 5, 0.0)]), SimOptions())
+    assert res.instances[0].dp_group._moe_tokens([3, 1]) == (4, 3)
+    assert "cudagraph_capture_sizes: none at or below max_num_batched_tokens 2,048, which vLLM drops, so no step " \
+           "runs a CUDA graph" in res.instances[0].predictor.notes
     msg = _config_error(_cluster(_instance(cudagraph_capture_sizes=[8, 16, 4096], max_cudagraph_capture_size=4096)))
     assert msg.endswith("max_cudagraph_capture_size 4096 is not the largest of cudagraph_capture_sizes (16, of those "
                         "up to max_num_batched_tokens 2048): give one of the two, or both agreeing, as vLLM needs")
@@ -520,6 +526,38 @@ def test_pd_with_a_dp_group_on_each_side(mode):
     assert {r.decode_instance for r in res.requests} == {"n0.i2", "n0.i3"}
     for inst in res.instances:
         assert inst.stats.steps + inst.dp_group.dummy_steps[inst.id] == inst.dp_group.num_steps
+
+
+def test_a_dp_decode_group_keeps_stepping_while_a_hand_offs_kv_is_on_its_way(monkeypatch):
+    # vLLM counts a request waiting for its KV among a DP rank's unfinished ones, so the group runs dummy steps
+    # past its wave check until the KV is there; the rank, stepping a dummy batch, learns the transfer ended at its
+    # next step's poll, after that step's decision, and schedules the request at the decision after.
+    from pdsim.engine.dp_group import WAVE_CHECK_STEPS, DPGroup
+
+    steps: list[tuple[float, float]] = []  # (start, end) of each decode group step
+    price = DPGroup._price
+
+    def recorded(self):
+        seconds = price(self)
+        steps.append((self.env.now, self.env.now + seconds))
+        return seconds
+
+    monkeypatch.setattr(DPGroup, "_price", recorded)
+    cfg = cluster_config_from_dict(_cluster(
+        _instance(pd_type="prefill"),
+        _instance(pd_type="decode", ep_size=2, dp_group="A"), _instance(pd_type="decode", ep_size=2, dp_group="A"),
+        link_bw=0.5))  # a slow link: the transfer lasts several group steps
+    res = simulate(cfg, trace([(4000, 5, 0.0)]), SimOptions())
+    req = res.requests[0]
+    assert req.status == "finished"
+    during = [s for s in steps if req.kv_transfer_start_s <= s[0] < req.kv_transfer_end_s]
+    assert len(during) > WAVE_CHECK_STEPS  # past the check: the request is unfinished there
+    ends = [end for _, end in steps]
+    arrived_in = next(i for i, (start, end) in enumerate(steps) if start <= req.kv_transfer_end_s < end)
+    # Scheduled two step ends later: the first decode step starts at ends[arrived_in + 1], and its token comes
+    # at the end of that step.
+    assert req.decode_first_token_s == pytest.approx(steps[arrived_in + 2][1])
+    assert ends[arrived_in + 1] == steps[arrived_in + 2][0]
 
 
 def test_decode_dp_groups_leave_the_prefill_router_its_request(monkeypatch):

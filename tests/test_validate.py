@@ -985,6 +985,11 @@ def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
                           str(tmp_path / "c.csv"))
     assert "NOTE: the cluster config's enforce_eager true replays an engine without compilation" in asked.output
     assert "so its engine compiled the model" not in asked.output
+    # A run that records -O0 compiled nothing either: its engine ran vLLM's custom ops, as the profile did.
+    uncompiled = _validate_cli("--measured", str(_rtx_run_with(tmp_path / "o0", optimization_level=0)), *args,
+                               str(tmp_path / "d.csv"))
+    assert uncompiled.exit_code == 0, uncompiled.output
+    assert "the profile was measured with enforce_eager" not in uncompiled.output
 
 
 @needs_shared
@@ -1261,9 +1266,11 @@ def test_the_replay_fuses_all_reduce_and_norm_as_the_recorded_engine_could(tmp_p
            "passes)" in uncompiled and "RMSNorm" not in uncompiled
     assert "not fused with the norms after it: optimization_level 0 in meta.json" in replay("0.19.0",
                                                                                            optimization_level=0)
+    assert "not fused with the norms after it: optimization_level 0 in meta.json engine_kwargs (vLLM's -O0 leaves it " \
+           "off)" in replay("0.19.0", optimization_level=0, compilation_config={"mode": 3})
     o1 = replay("0.19.0", optimization_level="-O1")
     assert "not fused with the norms after it: optimization_level 1 in meta.json engine_kwargs (vLLM's -O1 leaves " \
-           "that fusion off)" in o1 and "RMSNorm" not in o1
+           "it off)" in o1 and "RMSNorm" not in o1
 
 
 @needs_shared
@@ -1308,6 +1315,25 @@ def test_the_replay_takes_the_cuda_graphs_the_engine_recorded(tmp_path):
     with pytest.raises(PdsimError, match=r"engine_kwargs.optimization_level: expected 0, 1, 2 or 3 \(vLLM's -O "
                                          r'levels\), got "fast"'):
         replayed(optimization_level="fast")
+    # What the run does not record, the config's keys replay, said; recorded ones an eager engine does not use.
+    for inst in cfg["nodes"][0]["instances"]:
+        inst["cudagraph_mode"] = "none"
+    graphs, notes = replayed()
+    assert graphs == (None, None, "NONE")
+    assert "NOTE: the cluster config's cudagraph_mode \"none\" replayed, where the run's meta.json engine_kwargs " \
+           "record none: its engine ran vLLM's default" in notes
+    for inst in cfg["nodes"][0]["instances"]:
+        del inst["cudagraph_mode"]
+    _, notes = replayed(enforce_eager=True, compilation_config={"cudagraph_mode": "FULL"})
+    assert "cudagraph_mode not used: enforce_eager in meta.json engine_kwargs captures no CUDA graphs" in notes
+    # vLLM checks the largest size against the list only where it captures graphs.
+    assert replayed(enforce_eager=True, cudagraph_capture_sizes=[8, 16], max_cudagraph_capture_size=32)[0][:2] == \
+        ([8, 16], 32)
+    for mode in ("bogus", "3", [3]):
+        with pytest.raises(PdsimError, match=r"engine_kwargs.compilation_config.mode: expected 0 to 3 or one of NONE, "
+                                             r"STOCK_TORCH_COMPILE, DYNAMO_TRACE_ONCE, VLLM_COMPILE \(vLLM's "
+                                             r"CompilationMode\), got "):
+            replayed(compilation_config={"mode": mode})
     with pytest.raises(PdsimError, match="engine_kwargs give max_cudagraph_capture_size both on its own and in "
                                          "compilation_config, which vLLM refuses"):
         replayed(max_cudagraph_capture_size=8, compilation_config={"max_cudagraph_capture_size": 8})

@@ -338,7 +338,8 @@ class InstanceConfig(_Strict):
             raise PydanticCustomError(
                 "eager_fusion",
                 "allreduce_rms_fusion true needs vLLM's compilation, which enforce_eager true turns off", {})
-        if self.cudagraph_capture_sizes is not None and self.max_cudagraph_capture_size is not None:
+        if (self.cudagraph_capture_sizes is not None and self.max_cudagraph_capture_size is not None
+                and not self.enforce_eager and self.cudagraph_mode != "NONE"):  # where vLLM sizes its graphs
             kept = [size for size in self.cudagraph_capture_sizes if size <= self.max_num_batched_tokens]
             if self.max_cudagraph_capture_size != max(kept, default=0):  # vLLM refuses the two disagreeing
                 raise PydanticCustomError(

@@ -144,6 +144,10 @@ def build_instance(
     elif mismatch == "family":
         predictor.notes.append(f"the profile names the family {profile.meta.hardware!r}, not which board measured it "
                                f"(no device recorded): its step times are taken as the {ic.hardware}'s")
+    if ic.cudagraph_capture_sizes is not None and not ic.enforce_eager and ic.cudagraph_mode != "NONE" and \
+            min(ic.cudagraph_capture_sizes) > ic.max_num_batched_tokens:
+        predictor.notes.append(f"cudagraph_capture_sizes: none at or below max_num_batched_tokens "
+                               f"{ic.max_num_batched_tokens:,}, which vLLM drops, so no step runs a CUDA graph")
     if ic.enforce_eager and not profile.meta.engine_enforce_eager:
         predictor.notes.append("enforce_eager: the engine launches every kernel of every step from Python (no CUDA "
                                "graphs), which step times not measured under enforce_eager do not include: not "

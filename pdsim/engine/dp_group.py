@@ -16,7 +16,11 @@ router gate and shared experts at the busiest rank's own (pdsim/perf/moe_time.py
 Waves (vLLM 0.19, v1/engine/core.py `DPEngineCoreProc.run_busy_loop`): the ranks ask each other
 whether any still has requests only every 32 steps, counted from the first step of the group's
 wave, so ranks that have run out of work keep running dummy batches until that check; then the
-group sleeps until a request arrives, which starts a new wave.
+group sleeps until a request arrives, which starts a new wave. A rank whose requests wait for their
+KV (a hand-off in transfer, or arrived and not yet scheduled) still has unfinished requests, so the
+group keeps stepping past the check; such a rank, stepping dummy batches, sees a transfer that ended
+during one only at its next step's KV connector poll, after that step's decision
+(Instance.receive_kv). Ranks whose requests wait for room are not counted (pdsim's group sleeps).
 
 Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when every rank's step
 can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default
@@ -106,7 +110,7 @@ class DPGroup:
 
     def _wave_ends(self) -> bool:
         """No rank has work: whether the group stops now (at a wave check), else every rank runs a dummy batch."""
-        if self.wave_steps % WAVE_CHECK_STEPS:
+        if self.wave_steps % WAVE_CHECK_STEPS or any(member.awaits_kv for member in self.members):
             return False
         self.wave_steps = 0
         return True

@@ -157,6 +157,11 @@ class Instance:
         self.dp_group: DPGroup | None = None  # set by the cluster for a MoE DP group (lock step)
         self.regenerates_first_token = False  # a decode instance behind vLLM's P/D proxy (set by the cluster)
         self._woken_at_barrier = False  # work came while this rank waited for its DP group
+        self.reads_in_flight = 0  # hand-offs whose KV is on its way here (blocks reserved, not yet arrived)
+        # Lock-step DP: hand-offs whose KV arrived during this rank's dummy step, and whether its step decided or
+        # in progress is one (receive_kv).
+        self._unpolled: list[Request] = []
+        self._dummy_step = False
         self.process = env.process(self._loop())
 
     # -- what the router and the links call ---------------------------------------------------
@@ -257,6 +262,23 @@ class Instance:
         # A hand-off's prompt blocks, cached now, may be the hit that lets a pending one reserve.
         if self._idle or (self._run is not None and (self.sched.could_admit(req) or self._can_reserve())):
             self._wake_up()
+
+    def receive_kv(self, req: Request) -> None:
+        """A hand-off's KV has arrived. A rank of a lock-step DP group whose step is a dummy one learns of it at
+        its next step's KV connector poll, which vLLM's DP loop runs after that step's decision (an idle rank's
+        engine step schedules, then polls in its forward-less execute_model, then runs the dummy batch), so the
+        decision after that one schedules it."""
+        self.reads_in_flight -= 1
+        if self._dummy_step:
+            self._unpolled.append(req)
+        else:
+            self.submit(req)
+
+    @property
+    def awaits_kv(self) -> bool:
+        """A hand-off's KV is on its way, or arrived and not yet scheduled: vLLM counts such a request among the
+        engine's unfinished ones, so its DP group keeps stepping (dp_group.py, waves)."""
+        return bool(self.reads_in_flight or self._unpolled or self.sched.num_waiting_kv_ready)
 
     def receive_handoff(self, req: Request) -> None:
         """A prefilled request chosen to decode here; it waits until blocks for its KV are free."""
@@ -378,6 +400,7 @@ class Instance:
             new = blocks_for(self._handoff_tokens(req), kv.block_size) - hit
             kv.allocate(new)
             req.blocks = new + hit
+            self.reads_in_flight += 1
             self.on_reserved(self, req)
 
     # -- the engine loop ------------------------------------------------------------------------
@@ -390,6 +413,10 @@ class Instance:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
             plan = sched.schedule(env.now, cutoff)
+            if self._unpolled:  # this step's poll reports them (receive_kv)
+                for req in self._unpolled:
+                    self.submit(req)
+                self._unpolled.clear()
             freed = bool(self._polled) and self._free_polled()  # after the decision, as Scheduler._release_finished
             # vLLM's empty step polls the KV connector: what was read is freed for the next decision (a DP rank
             # still takes its place in the group's step, a dummy one).
@@ -402,12 +429,13 @@ class Instance:
                 plan.max_steps = 1  # a hand-off this decision could not see yet is seen by the next
             if self.dp_group is not None:
                 # Wakeable while at the barrier: what arrives then is decided on right after.
-                self._idle, self._woken_at_barrier = True, False
+                self._idle, self._woken_at_barrier, self._dummy_step = True, False, plan.empty
                 group_s = yield from self.dp_group.step(self, plan)
                 self._idle = False
                 if group_s is not None:
                     yield from self._group_step(plan, group_s)
                     continue
+                self._dummy_step = False
                 if self._woken_at_barrier or polled:
                     continue
             if plan.empty:

@@ -162,8 +162,8 @@ def _eager_profile_note(run, result) -> None:
     """A profile measured with enforce_eager (LLMServingSim's) times vLLM's custom CUDA ops; an engine
     that compiled its model (vLLM's default) ran Inductor's kernels instead, which differ at prefill
     sizes (docs/validation.md): said, not corrected."""
-    if run.engine_kwargs.get("enforce_eager") is True:
-        return
+    if run.engine_kwargs.get("enforce_eager") is True or not run.compiles()[0]:
+        return  # nothing compiled: the engine ran vLLM's custom ops, as the profile did
     if any(inst.spec.enforce_eager for inst in result.instances):  # the config's, not the run's
         run.notes.append("NOTE: the cluster config's enforce_eager true replays an engine without compilation or "
                          "CUDA graphs; the run records no enforce_eager, and vLLM's default compiles")

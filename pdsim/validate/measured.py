@@ -105,8 +105,8 @@ class MeasuredRun:
         compiled, mode = self.compiles()
         if not compiled:
             return False, f"{mode} (no inductor passes)"
-        if self.optimization_level() == 1:
-            return False, "optimization_level 1 in meta.json engine_kwargs (vLLM's -O1 leaves that fusion off)"
+        if (level := self.optimization_level()) in (0, 1):
+            return False, f"optimization_level {level} in meta.json engine_kwargs (vLLM's -O{level} leaves it off)"
         version = str(self.engine_meta.get("vllm_version", ""))
         if vllm_fuses_allreduce_norm(version) is False:
             return False, f"vLLM {version} predates it (meta.json; on by default from 0.17)"
@@ -129,7 +129,7 @@ class MeasuredRun:
         if mode is None:
             return (False, "optimization_level 0 in meta.json engine_kwargs") if self.optimization_level() == 0 \
                 else (True, "")
-        if mode == 3 or str(mode).upper() == "VLLM_COMPILE":
+        if mode == 3 or (isinstance(mode, str) and mode.upper() == "VLLM_COMPILE"):
             return True, ""
         return False, f"compilation_config mode {mode!r} in meta.json engine_kwargs"
 
@@ -210,6 +210,10 @@ ENGINE_SWITCHES = ("async_scheduling", "enforce_eager", "enable_expert_parallel"
                    "enable_chunked_prefill", "enable_prefix_caching", "disable_custom_all_reduce")
 
 
+# vLLM's CompilationMode, by number: only VLLM_COMPILE (its default) compiles piecewise graphs and runs fusion passes.
+COMPILATION_MODES = ("NONE", "STOCK_TORCH_COMPILE", "DYNAMO_TRACE_ONCE", "VLLM_COMPILE")
+
+
 def compilation_config(value: object) -> dict:
     """vLLM's compilation_config as EngineArgs take it: an object, its JSON text (-cc), or a mode number."""
     if value is None:
@@ -272,6 +276,11 @@ def _check_engine_meta(meta_path: Path, meta: dict) -> None:
     if not isinstance(parsed, dict):
         raise PdsimError(f"{meta_path}: engine_kwargs.compilation_config: expected an object, its JSON text or a "
                          f"compilation mode number (vLLM's forms), got {json_shown(kwargs['compilation_config'], 60)}")
+    mode = parsed.get("mode")
+    if not (mode is None or (type(mode) is int and 0 <= mode < len(COMPILATION_MODES))
+            or (isinstance(mode, str) and mode.upper() in COMPILATION_MODES)):
+        raise PdsimError(f"{meta_path}: engine_kwargs.compilation_config.mode: expected 0 to 3 or one of "
+                         f"{', '.join(COMPILATION_MODES)} (vLLM's CompilationMode), got {json_shown(mode, 40)}")
     try:
         optimization_level(kwargs.get("optimization_level"))
     except ValueError:

@@ -428,6 +428,14 @@ def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
         mode = "NONE"
     if mode is not None:
         out["cudagraph_mode"] = mode
+    if out and kwargs.get("enforce_eager") is True:
+        run.notes.append(f"{', '.join(k for k in out)} not used: enforce_eager in meta.json engine_kwargs captures no "
+                         "CUDA graphs")
+    unrecorded = {k: v for k, v in stated.items() if k not in out and v is not None}
+    if unrecorded and isinstance(run.engine_meta.get("engine_kwargs"), dict):
+        given = ", ".join(f"{k} {json_shown(v, 40)}" for k, v in unrecorded.items())
+        run.notes.append(f"NOTE: the cluster config's {given} replayed, where the run's meta.json engine_kwargs record "
+                         "none: its engine ran vLLM's default")
     return out
 
 
