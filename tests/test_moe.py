@@ -560,6 +560,40 @@ def test_a_dp_decode_group_keeps_stepping_while_a_hand_offs_kv_is_on_its_way(mon
     assert ends[arrived_in + 1] == steps[arrived_in + 2][0]
 
 
+def test_a_hand_off_to_a_dp_decode_group_goes_to_the_rank_its_coordinator_picks(monkeypatch):
+    # vLLM's P/D proxy sends a hand-off to the decode engine, whose DP coordinator picks the rank: lowest
+    # 4 x waiting + running, where a request waiting for its KV is waiting.
+    from types import SimpleNamespace
+
+    from pdsim.engine.dp_group import DPGroup
+
+    picks = []
+    choose_rank = DPGroup.choose_rank
+
+    def recorded(self, candidates):
+        rank = choose_rank(self, candidates)
+        picks.append((self.name, [c.id for c in candidates], rank.id))
+        return rank
+
+    monkeypatch.setattr(DPGroup, "choose_rank", recorded)
+    cfg = cluster_config_from_dict(_cluster(
+        _instance(pd_type="prefill"),
+        _instance(pd_type="decode", ep_size=2, dp_group="D"), _instance(pd_type="decode", ep_size=2, dp_group="D")))
+    res = simulate(cfg, trace([(300, 5, 0.0), (300, 5, 0.0)]), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    assert [rank for group, _, rank in picks] == ["n0.i1", "n0.i2"] and {g for g, _, _ in picks} == {"D"}
+
+    def rank(name, waiting=0, pending=0, in_flight=0, unpolled=0, running=0):
+        sched = SimpleNamespace(waiting=[None] * waiting, running=[None] * running, num_in_flight=0)
+        return SimpleNamespace(id=name, sched=sched, pending=[None] * pending, reads_in_flight=in_flight,
+                               unpolled=[None] * unpolled)
+
+    group = DPGroup.__new__(DPGroup)
+    assert choose_rank(group, [rank("a", in_flight=1), rank("b", running=3)]).id == "b"  # 4 against 3
+    assert choose_rank(group, [rank("a", unpolled=1), rank("b", running=4)]).id == "a"  # ties: the lowest rank
+    assert choose_rank(group, [rank("a", running=2), rank("b", pending=1)]).id == "a"
+
+
 def test_decode_dp_groups_leave_the_prefill_router_its_request(monkeypatch):
     # Only the decode instances form a DP group: the prefill choice is among single instances and a
     # cache-aware policy there gets the request, as without groups.

@@ -13,7 +13,7 @@ import simpy
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.build import StepTimeFactory, build_instances
-from pdsim.engine.dp_group import DPGroup, build_dp_groups
+from pdsim.engine.dp_group import build_dp_groups, route
 from pdsim.engine.handoff import FitClasses, HandOff, fits_decode, recompute_fits
 from pdsim.engine.instance import Instance
 from pdsim.engine.kv_cache import blocks_for
@@ -66,7 +66,7 @@ class Cluster:
             inst.regenerates_first_token = opts.ttft_mode == "client"
         for inst in self.prefill_pool:
             inst.sched.hands_off_all = inst.pd_type == "prefill" and opts.ttft_mode == "client"
-        self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router)
+        self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router, self._unit_of)
         self.prefill_classes = FitClasses(self.prefill_pool)
         for inst in self.instances:
             inst.on_finish = self._on_finish
@@ -86,22 +86,11 @@ class Cluster:
         if not candidates:
             self._reject(req, self._why_not(req))
             return
-        inst = self._choose_prefill(candidates, req)
+        inst = route(self.prefill_router, candidates, self._unit_of, req)
         req.prefill_instance = inst.id
         if inst.pd_type is None:
             req.decode_instance = inst.id
         inst.submit(req)
-
-    def _choose_prefill(self, candidates: list[Instance], req: Request) -> Instance:
-        """The router picks an instance or a whole DP group, which then picks its rank (a group is
-        chosen by load: cache-aware policies look at single instances' caches)."""
-        if not self.dp_groups or not any(c.id in self._unit_of for c in candidates):  # none, or only decode ones
-            return self.prefill_router.choose(candidates, req)
-        units = list(dict.fromkeys(self._unit_of.get(c.id, c) for c in candidates))
-        unit = self.prefill_router.choose(units)
-        if isinstance(unit, DPGroup):
-            return unit.choose_rank([c for c in candidates if self._unit_of.get(c.id) is unit])
-        return unit
 
     def _fits(self, inst: Instance, req: Request) -> bool:
         if not self._fits_here(inst, req):

@@ -1,8 +1,9 @@
 """A data-parallel group: instances sharing a `dp_group` (vLLM's data_parallel_size ranks).
 
 Routing (vLLM's DP coordinator, v1/engine/core_client.py DPLBAsyncMPClient): the cluster router
-sees the group as one unit; inside it a request goes to the rank with the lowest
-4 x waiting + running requests, ties to the lowest rank. vLLM scores ranks on counts the
+sees the group as one unit, for arrivals and for P/D hand-offs alike (`route`); inside it a request
+goes to the rank with the lowest 4 x waiting + running requests, ties to the lowest rank, a decode
+rank's hand-offs whose KV is still to come counted as waiting. vLLM scores ranks on counts the
 coordinator publishes every 100 ms plus what the client itself sent since; pdsim uses the exact
 counts at the arrival.
 
@@ -52,6 +53,8 @@ WAVE_CHECK_STEPS = 32
 
 if TYPE_CHECKING:
     from pdsim.engine.instance import Instance
+    from pdsim.engine.request import Request
+    from pdsim.engine.router import Router
 
 
 class DPGroup:
@@ -80,7 +83,8 @@ class DPGroup:
 
     def choose_rank(self, candidates: Sequence[Instance]) -> Instance:
         def score(inst: Instance) -> int:
-            waiting = len(inst.sched.waiting) + len(inst.pending)
+            # vLLM's waiting requests include a decode rank's hand-offs whose KV is still to come
+            waiting = len(inst.sched.waiting) + len(inst.pending) + inst.reads_in_flight + len(inst.unpolled)
             return 4 * waiting + len(inst.sched.running) + inst.sched.num_in_flight
 
         return min(candidates, key=score)  # min keeps the first (lowest rank) of equal scores
@@ -145,6 +149,19 @@ class DPGroup:
         if self._graphs_decode_only and padded > self._max_num_seqs:  # vLLM captured decode graphs up to there
             return sum(tokens), max(tokens)
         return padded * len(tokens), padded
+
+
+def route(router: Router, candidates: Sequence[Instance], group_of: dict[str, DPGroup],
+          req: Request | None = None) -> Instance:
+    """The router picks an instance or a whole DP group, which then picks its rank (module docstring; a group is
+    chosen by load: cache-aware policies look at single instances' caches)."""
+    if not group_of or not any(c.id in group_of for c in candidates):
+        return router.choose(candidates, req)
+    units = list(dict.fromkeys(group_of.get(c.id, c) for c in candidates))
+    unit = router.choose(units)
+    if isinstance(unit, DPGroup):
+        return unit.choose_rank([c for c in candidates if group_of.get(c.id) is unit])
+    return unit
 
 
 def cudagraph_sizes(max_num_seqs: int, max_num_batched_tokens: int, sizes: Sequence[int] | None = None,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import simpy
 
+from pdsim.engine.dp_group import DPGroup, route
 from pdsim.engine.instance import Instance
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.kv_transfer import KVTransfers
@@ -70,13 +71,14 @@ class HandOff:
     """Moves requests from prefill to decode instances; wired to the instances' callbacks."""
 
     def __init__(self, env: simpy.Environment, kv_transfers: KVTransfers, instances: Sequence[Instance],
-                 decode_router: Router) -> None:
+                 decode_router: Router, group_of: dict[str, DPGroup]) -> None:
         self.env = env
         self.kv_transfers = kv_transfers
         self.by_id = {inst.id: inst for inst in instances}
         self.decode_pool = [i for i in instances if i.pd_type == "decode"]
         self.decode_classes = FitClasses(self.decode_pool)
         self.decode_router = decode_router
+        self.group_of = group_of  # a DP group's coordinator picks the rank (dp_group.route)
         self._early_handoffs: set[int] = set()  # layer-wise: handed off as their final prefill step began
         self._arrived_early: set[int] = set()  # ... whose KV arrived before that step's end was processed
 
@@ -115,7 +117,7 @@ class HandOff:
         # not queue behind a full decode instance while another has room; only when all are full
         # does it wait in the pending queue of the one the policy picks.
         with_room = [d for d in candidates if d.has_room_for(req)]
-        dec = self.decode_router.choose(with_room or candidates, req)
+        dec = route(self.decode_router, with_room or candidates, self.group_of, req)
         req.decode_instance = dec.id
         dec.receive_handoff(req)
 

@@ -160,7 +160,7 @@ class Instance:
         self.reads_in_flight = 0  # hand-offs whose KV is on its way here (blocks reserved, not yet arrived)
         # Lock-step DP: hand-offs whose KV arrived during this rank's dummy step, and whether its step decided or
         # in progress is one (receive_kv).
-        self._unpolled: list[Request] = []
+        self.unpolled: list[Request] = []
         self._dummy_step = False
         self.process = env.process(self._loop())
 
@@ -270,7 +270,7 @@ class Instance:
         decision after that one schedules it."""
         self.reads_in_flight -= 1
         if self._dummy_step:
-            self._unpolled.append(req)
+            self.unpolled.append(req)
         else:
             self.submit(req)
 
@@ -278,7 +278,7 @@ class Instance:
     def awaits_kv(self) -> bool:
         """A hand-off's KV is on its way, or arrived and not yet scheduled: vLLM counts such a request among the
         engine's unfinished ones, so its DP group keeps stepping (dp_group.py, waves)."""
-        return bool(self.reads_in_flight or self._unpolled or self.sched.num_waiting_kv_ready)
+        return bool(self.reads_in_flight or self.unpolled or self.sched.num_waiting_kv_ready)
 
     def receive_handoff(self, req: Request) -> None:
         """A prefilled request chosen to decode here; it waits until blocks for its KV are free."""
@@ -413,10 +413,10 @@ class Instance:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
             plan = sched.schedule(env.now, cutoff)
-            if self._unpolled:  # this step's poll reports them (receive_kv)
-                for req in self._unpolled:
+            if self.unpolled:  # this step's poll reports them (receive_kv)
+                for req in self.unpolled:
                     self.submit(req)
-                self._unpolled.clear()
+                self.unpolled.clear()
             freed = bool(self._polled) and self._free_polled()  # after the decision, as Scheduler._release_finished
             # vLLM's empty step polls the KV connector: what was read is freed for the next decision (a DP rank
             # still takes its place in the group's step, a dummy one).
