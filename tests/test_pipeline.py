@@ -224,6 +224,30 @@ def test_pipelined_moe_dp_ranks_pad_to_a_cuda_graph_size(monkeypatch):
     assert (5, 3) in eager and (8, 4) not in eager
 
 
+def test_a_pipelined_dp_decode_rank_schedules_a_hand_off_a_decision_after_the_poll_that_sees_its_kv(monkeypatch):
+    # As an unpipelined rank (tests/test_moe.py): a rank launching dummy micro-batches learns a transfer ended at
+    # its next decision's KV connector poll, so the decision after that launches the request.
+    from pdsim.engine.pipeline_dp import PipelineDPGroup
+
+    launches: list[tuple[float, bool]] = []  # (time, whether any rank had work)
+    price = PipelineDPGroup._price
+
+    def recorded(self):
+        launches.append((self.env.now, not all(plan.empty for plan in self._plans.values())))
+        return price(self)
+
+    monkeypatch.setattr(PipelineDPGroup, "_price", recorded)
+    rank = {"model_name": "Qwen/Qwen3-30B-A3B-Instruct-2507", "hardware": "RTXPRO6000",
+            "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "tp_size": 1, "pp_size": 2,
+            "ep_size": 2, "dp_group": "D", "pd_type": "decode"}
+    prefill = {**rank, "pp_size": 1, "dp_group": None, "ep_size": 1, "pd_type": "prefill"}
+    res = run(cluster(prefill, rank, dict(rank), link_bw=0.5), [(4000, 5, 0.0)])
+    req = res.requests[0]
+    assert req.status == "finished"
+    after = [(t, busy) for t, busy in launches if t > req.kv_transfer_end_s]
+    assert not after[0][1] and after[1][1]  # the first decision after the KV came cannot see it; the next runs it
+
+
 def test_summary_reports_the_stages():
     res = run(cluster(_pp(pp=4)), [(500, 50, 0.0), (500, 50, 0.001), (3000, 20, 0.002)])
     inst = summarize(res, requests_frame(res))["instances"][0]

@@ -274,6 +274,13 @@ class Instance:
         else:
             self.submit(req)
 
+    def _submit_polled(self) -> None:
+        """After a decision: the KV this step's connector poll reports (receive_kv) is scheduled by the next."""
+        if self.unpolled:
+            for req in self.unpolled:
+                self.submit(req)
+            self.unpolled.clear()
+
     @property
     def awaits_kv(self) -> bool:
         """A hand-off's KV is on its way, or arrived and not yet scheduled: vLLM counts such a request among the
@@ -413,10 +420,7 @@ class Instance:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
             plan = sched.schedule(env.now, cutoff)
-            if self.unpolled:  # this step's poll reports them (receive_kv)
-                for req in self.unpolled:
-                    self.submit(req)
-                self.unpolled.clear()
+            self._submit_polled()
             freed = bool(self._polled) and self._free_polled()  # after the decision, as Scheduler._release_finished
             # vLLM's empty step polls the KV connector: what was read is freed for the next decision (a DP rank
             # still takes its place in the group's step, a dummy one).

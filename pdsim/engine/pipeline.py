@@ -297,6 +297,7 @@ class PipelinedInstance(Instance):
                 self._pick_up()
             if len(self.in_flight) < self.num_stages:
                 plan = sched.schedule(env.now)
+                self._submit_polled()
                 # An empty step polls the KV connector (Instance.kv_read): decide again, a DP rank after its
                 # place in the group's (dummy) step, as Instance._loop.
                 polled = plan.empty and sched.waiting and self.free_read_kv()
@@ -305,9 +306,10 @@ class PipelinedInstance(Instance):
                 priced = None
                 if self.dp_group is not None:
                     # Wakeable at the barrier, as Instance._loop: what arrives then is decided on right after.
-                    self._idle, self._woken_at_barrier = True, False
+                    self._idle, self._woken_at_barrier, self._dummy_step = True, False, plan.empty
                     priced = yield from self.dp_group.step(self, plan)  # None: the group's wave ended
                     self._idle = False
+                    self._dummy_step = self._dummy_step and priced is not None
                     if priced is None and (self._woken_at_barrier or polled):
                         continue
                 elif not plan.empty:
