@@ -144,8 +144,7 @@ def build_instance(
     elif mismatch == "family":
         predictor.notes.append(f"the profile names the family {profile.meta.hardware!r}, not which board measured it "
                                f"(no device recorded): its step times are taken as the {ic.hardware}'s")
-    if ic.cudagraph_capture_sizes is not None and not ic.enforce_eager and ic.cudagraph_mode != "NONE" and \
-            min(ic.cudagraph_capture_sizes) > ic.max_num_batched_tokens:
+    if ic.cudagraph_capture_sizes is not None and _capture_sizes(ic) == ():
         predictor.notes.append(f"cudagraph_capture_sizes: none at or below max_num_batched_tokens "
                                f"{ic.max_num_batched_tokens:,}, which vLLM drops, so no step runs a CUDA graph")
     if ic.enforce_eager and not profile.meta.engine_enforce_eager:
@@ -285,10 +284,17 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         kv_dtype=ic.kv_dtype, pp=ic.pp_size,
         async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
         enable_prefix_caching=ic.enable_prefix_caching, enforce_eager=ic.enforce_eager,
-        cudagraph_sizes=() if ic.enforce_eager or ic.cudagraph_mode == "NONE" else tuple(cudagraph_sizes(
-            ic.max_num_seqs, ic.max_num_batched_tokens, ic.cudagraph_capture_sizes, ic.max_cudagraph_capture_size)),
-        cudagraph_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
+        cudagraph_sizes=_capture_sizes(ic) or (), cudagraph_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
     )
+
+
+def _capture_sizes(ic: InstanceConfig) -> tuple[int, ...] | None:
+    """The CUDA-graph sizes vLLM captures for this instance (none left of those given: ()); None where it captures
+    no graphs at all (enforce_eager, cudagraph_mode NONE)."""
+    if ic.enforce_eager or ic.cudagraph_mode == "NONE":
+        return None
+    return tuple(cudagraph_sizes(ic.max_num_seqs, ic.max_num_batched_tokens, ic.cudagraph_capture_sizes,
+                                 ic.max_cudagraph_capture_size))
 
 
 def _fused_norm_tokens(ic: InstanceConfig, hardware: HardwareSpec | None, model: ModelSpec,

@@ -386,8 +386,10 @@ def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> 
 _RECORDED_MOST = {"kv_cache_memory_bytes": int(MAX_MEM_GB * GB)}
 
 
-# What the replay takes from compilation_config (vLLM's CUDA graphs and whether it compiled: _recorded_cudagraphs).
-_CUDAGRAPH_CONFIG = ("cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode", "mode")
+# vLLM's CUDA-graph settings, instance keys of the same names; with the compilation mode, what the replay takes from
+# compilation_config (_recorded_cudagraphs).
+_CUDAGRAPH_KEYS = ("cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode")
+_CUDAGRAPH_CONFIG = (*_CUDAGRAPH_KEYS, "mode")
 # vLLM's cudagraph_mode numbers (CUDAGraphMode); the two modes of both kinds have names only.
 _CUDAGRAPH_MODE_NUMBERS = {0: "NONE", 1: "PIECEWISE", 2: "FULL"}
 # The CUDA graphs of vLLM's -O0 and -O1 where compilation_config gives no cudagraph_mode (-O2, -O3: the default).
@@ -401,9 +403,9 @@ def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
     graphs, vLLM's default among them (config/vllm.py)."""
     kwargs, cc = run.engine_kwargs, run.compilation_config()
     meta = Path(run.source).with_name("meta.json")
-    stated = {k: inst[k] for inst in instances for k in _CUDAGRAPH_CONFIG if k in inst}
+    stated = {k: inst[k] for inst in instances for k in _CUDAGRAPH_KEYS if k in inst}
     out: dict[str, object] = {}
-    for key in ("cudagraph_capture_sizes", "max_cudagraph_capture_size"):
+    for key in _CUDAGRAPH_KEYS[:2]:  # EngineArgs' own, or compilation_config's
         if kwargs.get(key) is not None and cc.get(key) is not None:
             raise PdsimError(f"{meta}: engine_kwargs give {key} both on its own and in compilation_config, which "
                              "vLLM refuses")
@@ -433,9 +435,9 @@ def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
                          "CUDA graphs")
     unrecorded = {k: v for k, v in stated.items() if k not in out and v is not None}
     if unrecorded and isinstance(run.engine_meta.get("engine_kwargs"), dict):
-        given = ", ".join(f"{k} {json_shown(v, 40)}" for k, v in unrecorded.items())
-        run.notes.append(f"NOTE: the cluster config's {given} replayed, where the run's meta.json engine_kwargs record "
-                         "none: its engine ran vLLM's default")
+        listed = ", ".join(f"{k} {json_shown(v, 40)}" for k, v in unrecorded.items())
+        run.notes.append(f"NOTE: the cluster config's {listed} replayed, where the run's meta.json engine_kwargs "
+                         "record none: its engine ran vLLM's default")
     return out
 
 
