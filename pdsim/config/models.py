@@ -340,14 +340,15 @@ class InstanceConfig(_Strict):
                 "allreduce_rms_fusion true needs vLLM's compilation, which enforce_eager true turns off", {})
         if (self.cudagraph_capture_sizes is not None and self.max_cudagraph_capture_size is not None
                 and not self.enforce_eager and self.cudagraph_mode != "NONE"):  # where vLLM sizes its graphs
-            kept = [size for size in self.cudagraph_capture_sizes if size <= self.max_num_batched_tokens]
-            if self.max_cudagraph_capture_size != max(kept, default=0):  # vLLM refuses the two disagreeing
+            largest = max((size for size in self.cudagraph_capture_sizes if size <= self.max_num_batched_tokens),
+                          default=0)
+            if self.max_cudagraph_capture_size != largest:  # vLLM refuses the two disagreeing
                 raise PydanticCustomError(
                     "capture_size",
                     "max_cudagraph_capture_size {most} is not the largest of cudagraph_capture_sizes ({largest}, of "
                     "those up to max_num_batched_tokens {budget}): give one of the two, or both agreeing, as vLLM "
                     "needs",
-                    {"most": self.max_cudagraph_capture_size, "largest": max(kept, default=0),
+                    {"most": self.max_cudagraph_capture_size, "largest": largest,
                      "budget": self.max_num_batched_tokens})
         if self.max_num_batched_tokens < self.max_num_seqs:
             # vLLM refuses this too: a full decode batch must fit in one step's token budget.

@@ -48,7 +48,7 @@ class Cluster:
         self.instances, self.infos = build_instances(env, cfg, opts, source, step_times)
         self.by_id = {inst.id: inst for inst in self.instances}
         self.dp_groups = build_dp_groups(env, cfg, self.by_id)
-        self._unit_of = {m.id: g for g in self.dp_groups for m in g.members}
+        self._group_of = {m.id: g for g in self.dp_groups for m in g.members}
         self.prefill_pool = [i for i in self.instances if i.pd_type in (None, "prefill")]
         self.decode_pool = [i for i in self.instances if i.pd_type == "decode"]
         self.prefill_router = Router(opts.prefill_policy or cfg.router.prefill_policy, opts.seed)
@@ -66,7 +66,7 @@ class Cluster:
             inst.regenerates_first_token = opts.ttft_mode == "client"
         for inst in self.prefill_pool:
             inst.sched.hands_off_all = inst.pd_type == "prefill" and opts.ttft_mode == "client"
-        self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router, self._unit_of)
+        self.handoff = HandOff(env, self.kv_transfers, self.instances, self.decode_router, self._group_of)
         self.prefill_classes = FitClasses(self.prefill_pool)
         for inst in self.instances:
             inst.on_finish = self._on_finish
@@ -86,7 +86,7 @@ class Cluster:
         if not candidates:
             self._reject(req, self._why_not(req))
             return
-        inst = route(self.prefill_router, candidates, self._unit_of, req)
+        inst = route(self.prefill_router, candidates, self._group_of, req)
         req.prefill_instance = inst.id
         if inst.pd_type is None:
             req.decode_instance = inst.id

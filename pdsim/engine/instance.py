@@ -439,7 +439,7 @@ class Instance:
                 if group_s is not None:
                     yield from self._group_step(plan, group_s)
                     continue
-                self._dummy_step = False
+                self._dummy_step = False  # no dummy step: the wave ended
                 if self._woken_at_barrier or polled:
                     continue
             if plan.empty:

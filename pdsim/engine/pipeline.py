@@ -309,9 +309,10 @@ class PipelinedInstance(Instance):
                     self._idle, self._woken_at_barrier, self._dummy_step = True, False, plan.empty
                     priced = yield from self.dp_group.step(self, plan)  # None: the group's wave ended
                     self._idle = False
-                    self._dummy_step = self._dummy_step and priced is not None
-                    if priced is None and (self._woken_at_barrier or polled):
-                        continue
+                    if priced is None:  # no dummy step: the wave ended
+                        self._dummy_step = False
+                        if self._woken_at_barrier or polled:
+                            continue
                 elif not plan.empty:
                     priced = self._price(plan)
                 if priced is not None:
