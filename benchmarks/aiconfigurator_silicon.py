@@ -35,7 +35,7 @@ from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.aiconfigurator import SYSTEM_HARDWARE, import_profile
 from pdsim.validate.closed_loop import CLIENT_DELAY_S, ROUNDS, mape, simulate_table
-from pdsim.validate.measured import read_closed_loop_table
+from pdsim.validate.closed_loop_table import read_closed_loop_table
 
 # Checkpoint -> (pdsim model of the same shapes, the checkpoint's weight scheme). Read from the
 # checkpoints' own configs (aiconfigurator-core ships them in model_configs/):

@@ -167,7 +167,7 @@ def serve(tp: int, isl: int, conc: int, profile_dir: Path, work: Path, log_path:
 def client_gaps_ms(log_path: Path, skip: int) -> np.ndarray:
     """At the engine, per measured request: from the latest finish before it arrived to its arrival
     (aiperf's send gap plus both HTTP legs)."""
-    from pdsim.validate.measured import gaps_since_latest
+    from pdsim.validate.aiperf import gaps_since_latest
 
     rows = sorted((json.loads(line) for line in log_path.read_text().splitlines()), key=lambda r: r["arrived"])
     return gaps_since_latest([r["finish"] for r in rows], [r["arrived"] for r in rows[skip:]]) * 1e3

@@ -412,7 +412,8 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
     from pdsim.perf.aiconfigurator import import_profile
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import CLIENT_DELAY_S, ROUNDS, aiconfigurator_engine, row_config
-    from pdsim.validate.measured import read_closed_loop_table, vllm_reserves_full_isl
+    from pdsim.validate.closed_loop_table import read_closed_loop_table
+    from pdsim.validate.engine_meta import vllm_reserves_full_isl
 
     aic = SHARED / "aiconfigurator-h100"
     table = read_closed_loop_table(aic / "silicon_h100_qwen3-32b_vllm-0.12.0_agg_bf16.csv")

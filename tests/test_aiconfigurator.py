@@ -11,7 +11,7 @@ from pdsim.models import load_model
 from pdsim.perf.aiconfigurator import import_profile
 from pdsim.perf.profile import read_profile
 from pdsim.validate.closed_loop import mape, simulate_table
-from pdsim.validate.measured import read_closed_loop_table
+from pdsim.validate.closed_loop_table import read_closed_loop_table
 
 AIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "aiconfigurator-h100"
 needs_shared = pytest.mark.skipif(not AIC.is_dir(), reason="../shared data not present")

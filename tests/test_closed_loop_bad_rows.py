@@ -138,7 +138,7 @@ def test_a_tables_path_names_its_rows_in_messages(tmp_path, profile_root):
     # Where the table says where it was read from (attrs["source"]), a row's config error names the file and line.
     from pdsim.engine.cluster import SimOptions
     from pdsim.validate.closed_loop import simulate_table
-    from pdsim.validate.measured import read_closed_loop_table
+    from pdsim.validate.closed_loop_table import read_closed_loop_table
 
     table = read_closed_loop_table(_table(tmp_path, [_row()]))
     table.attrs["source"] = "t.csv"
@@ -152,7 +152,7 @@ def test_a_rows_line_counts_blank_lines_and_follows_the_rows_kept(tmp_path, prof
     # pandas skips blank lines: row + 2 named line 3 for the row on line 5; a caller's filter keeps each row's line.
     from pdsim.engine.cluster import SimOptions
     from pdsim.validate.closed_loop import simulate_table
-    from pdsim.validate.measured import read_closed_loop_table
+    from pdsim.validate.closed_loop_table import read_closed_loop_table
 
     path = tmp_path / "t.csv"
     path.write_text("\n".join([",".join(COLUMNS), ",".join(_row()), "", "  ", ",".join(_row(osl="64"))]) + "\n")

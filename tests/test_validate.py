@@ -308,7 +308,7 @@ def test_ticks_on_another_clock_are_not_compared_but_said(tmp_path):
 def test_async_scheduling_follows_the_recorded_version_and_executor():
     import pandas as pd
 
-    from pdsim.validate.measured import MeasuredRun
+    from pdsim.validate.measured_run import MeasuredRun
 
     def decided(version: str, **kwargs) -> bool | None:
         return MeasuredRun("run", pd.DataFrame(), engine_meta={"vllm_version": version,
@@ -621,7 +621,7 @@ def test_the_wait_before_the_first_schedule_is_compared_where_the_engine_stamped
     # A pdsim run written as LLMServingSim's vLLM runner records one (queued_ts at the pick-up, scheduled_ts at
     # the first schedule) replays to itself, queueing included; without scheduled_ts there is no such row.
     from pdsim.validate.compare import compare, replay
-    from pdsim.validate.measured import read_engine_jsonl
+    from pdsim.validate.engine_log import read_engine_jsonl
 
     rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.02 * i) for i in range(60)]
     cfg = cluster(instance(None, max_num_seqs=8))
@@ -649,7 +649,7 @@ def test_the_wait_before_the_first_schedule_is_compared_where_the_engine_stamped
 
 def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tmp_path):
     from pdsim.validate.compare import compare, per_request, replay, simulated_requests
-    from pdsim.validate.measured import read_engine_jsonl
+    from pdsim.validate.engine_log import read_engine_jsonl
 
     rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(30)]
     cfg = cluster(instance(None, max_num_seqs=8))
@@ -1389,7 +1389,7 @@ def test_a_recorded_max_model_len_is_read_one_way_everywhere():
     import pandas as pd
 
     from pdsim.validate.cli import _sim_options
-    from pdsim.validate.measured import MeasuredRun
+    from pdsim.validate.measured_run import MeasuredRun
 
     def run(limit: object) -> MeasuredRun:
         return MeasuredRun("r", pd.DataFrame(), engine_meta={"engine_kwargs": {"max_model_len": limit}})

@@ -433,7 +433,7 @@ def test_engine_records_of_the_wrong_shape_name_meta_json_and_the_field(tmp_path
 
 
 def test_every_recorded_switch_the_replay_takes_is_checked_when_the_run_is_read():
-    from pdsim.validate.measured import ENGINE_SWITCHES
+    from pdsim.validate.engine_meta import ENGINE_SWITCHES
     from pdsim.validate.recorded import _RECORDED_LIMITS
 
     assert {key for key, kind in _RECORDED_LIMITS.items() if kind is bool} <= set(ENGINE_SWITCHES)

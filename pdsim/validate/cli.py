@@ -21,7 +21,7 @@ from pdsim.validate.recorded import kv_override, replay_config
 
 if TYPE_CHECKING:
     from pdsim.engine.cluster import SimOptions
-    from pdsim.validate.measured import MeasuredRun
+    from pdsim.validate.measured_run import MeasuredRun
 
 
 def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: MeasuredRun | None = None,
@@ -122,7 +122,7 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     from pdsim.hardware import canonical_hardware_name, family_board_by_memory
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
-    from pdsim.validate.measured import read_closed_loop_table
+    from pdsim.validate.closed_loop_table import read_closed_loop_table
 
     # The board the rows run on, as a config would name it (any spelling; "H100" with 94 GB is the NVL): the rows'
     # system column, the profile folder and the simulation all take this one.
@@ -180,7 +180,7 @@ def _eager_profile_note(run, result) -> None:
 def _profile_version_note(run, result) -> None:
     """A profile measured with another vLLM release than the run's: its kernels, and so their times, may be
     another release's. Said, not corrected."""
-    from pdsim.validate.measured import vllm_major_minor
+    from pdsim.validate.engine_meta import vllm_major_minor
 
     ran = str(run.engine_meta.get("vllm_version", ""))
     if vllm_major_minor(ran) is None:
@@ -282,8 +282,9 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
              kv_capacity: str, token_ids: Path | None, step_time_margin_pct: float, output: Path, plot: bool,
              quiet: bool) -> None:
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
+    from pdsim.validate.closed_loop_table import is_closed_loop_table
     from pdsim.validate.compare import requests_path
-    from pdsim.validate.measured import case_file, is_closed_loop_table, measured_inputs, read_measured
+    from pdsim.validate.measured import case_file, measured_inputs, read_measured
 
     ctx = click.get_current_context()
     by_request = requests_path(output)  # the request-by-request file beside --output (per-request runs)
@@ -498,7 +499,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     """Fit the per-step engine overhead to one measured run or table; writes it as JSON (config knob),
     with the in-sample and leave-one-out error."""
     from pdsim.validate.calibrate import fit_overhead
-    from pdsim.validate.measured import is_closed_loop_table, measured_inputs, read_measured
+    from pdsim.validate.closed_loop_table import is_closed_loop_table
+    from pdsim.validate.measured import measured_inputs, read_measured
 
     ctx = click.get_current_context()
     table_input = is_closed_loop_table(measured)

@@ -36,9 +36,9 @@ from pdsim.metrics.summary import requests_frame
 from pdsim.models import load_model
 from pdsim.perf.interp import ExtrapolationWarning, extrapolations_gathered
 from pdsim.text import listed, plural
+from pdsim.validate.closed_loop_table import FILE_LINE
 from pdsim.validate.compare import lost_requests
-from pdsim.validate.measured import (
-    FILE_LINE,
+from pdsim.validate.engine_meta import (
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
     vllm_major_minor,

@@ -14,7 +14,7 @@ from pdsim.errors import PdsimError
 from pdsim.metrics.stats import per_second, percentiles_interpolated, sorted_by_value, span_s
 from pdsim.metrics.summary import itl_samples, not_finished_reasons, reason_text, requests_frame
 from pdsim.outputs import atomic_path
-from pdsim.validate.measured import MeasuredRun
+from pdsim.validate.measured_run import MeasuredRun
 from pdsim.workload.trace import TraceRequest
 
 STATS = ("mean", "p50", "p90", "p95", "p99")

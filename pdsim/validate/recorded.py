@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pdsim.config import ClusterConfig
     from pdsim.engine.cluster import SimOptions
     from pdsim.validate.kv_capacity import MeasuredKV
-    from pdsim.validate.measured import MeasuredRun
+    from pdsim.validate.measured_run import MeasuredRun
 
 
 def replay_config(cluster_config: Path | None, run: MeasuredRun, async_scheduling: bool | None) -> ClusterConfig:
@@ -81,7 +81,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
 
 def _note_unread_version(run) -> None:
     """A meta.json whose vLLM version pdsim cannot read leaves that version's defaults to the config: say so."""
-    from pdsim.validate.measured import vllm_major_minor
+    from pdsim.validate.engine_meta import vllm_major_minor
 
     version = run.engine_meta.get("vllm_version")
     if run.engine_meta and vllm_major_minor(str(version or "")) is None:
@@ -91,7 +91,7 @@ def _note_unread_version(run) -> None:
                          "unless its engine_kwargs set them")
 
 
-# Engine arguments the replay reads (here, in measured.py and in validate's notes), and those that do not
+# Engine arguments the replay reads (here, in engine_meta.py and in validate's notes), and those that do not
 # change the engine's timing or memory; any other recorded one is named, so a replay never drops one silently.
 _READ_KWARGS = {"async_scheduling", "distributed_executor_backend", "data_parallel_size", "enable_expert_parallel",
                 "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
@@ -277,7 +277,7 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     unrecorded: list[str] = []
     meta = Path(run.source).with_name("meta.json")
     for key, kind in _RECORDED_LIMITS.items():
-        # A switch is true, false or null: read_engine_jsonl checked it (measured.ENGINE_SWITCHES).
+        # A switch is true, false or null: read_engine_jsonl checked it (engine_meta.ENGINE_SWITCHES).
         value = _recorded_int(kwargs, key, 1, meta) if kind is int else kwargs.get(key)
         if value is None:  # the engine's own default, not recorded
             unrecorded.append(key)

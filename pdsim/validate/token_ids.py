@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from pdsim.errors import PdsimError, decode_text
-from pdsim.validate.measured import MeasuredRun
+from pdsim.validate.measured_run import MeasuredRun
 from pdsim.workload.trace import block_chain_ids, checked_token_ids
 
 

@@ -7,7 +7,7 @@ Formats (docs/workloads.md has the details and where to get each trace):
 - burstgpt: BurstGPT CSV, `Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type`;
 - sharegpt: ShareGPT-style conversation JSON (a list of `{"conversations": [{"from", "value"}]}`);
 - lengths-csv: per-request token counts without times (`num_prefill_tokens,num_decode_tokens`);
-- vllm-bench: `vllm bench serve --save-result --save-detailed` JSON (read by pdsim.validate.measured).
+- vllm-bench: `vllm bench serve --save-result --save-detailed` JSON (read by pdsim.validate.vllm_bench).
 """
 
 from __future__ import annotations
@@ -313,10 +313,10 @@ def read_sharegpt(path: Path, chars_per_token: float = CHARS_PER_TOKEN) -> Loade
 
 def read_vllm_bench(path: Path) -> Loaded:
     """`vllm bench serve --save-result --save-detailed`: lengths and, when saved, start times
-    (read by pdsim.validate.measured, which also drops failed requests and notes how it placed
+    (read by pdsim.validate.vllm_bench, which also drops failed requests and notes how it placed
     arrivals that were not recorded)."""
     from pdsim.errors import PdsimError
-    from pdsim.validate.measured import read_vllm_bench_json
+    from pdsim.validate.vllm_bench import read_vllm_bench_json
 
     try:
         run = read_vllm_bench_json(path, parse_json(path.read_bytes(), str(path)))

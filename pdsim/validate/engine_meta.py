@@ -1,0 +1,137 @@
+"""What a measured run's meta.json says about its engine: vLLM's defaults by release, its compilation
+settings, and the checks and notes on the record itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pdsim.cli_checks import vllm_int
+from pdsim.errors import PdsimError, json_shown
+
+
+def vllm_major_minor(version: str) -> tuple[int, int] | None:
+    """(0, 19) for "0.19.0" (or "v0.19.0", "0.19.1+cu128"); None when it is not a release number."""
+    try:
+        major, minor = (int(x) for x in str(version).strip().removeprefix("v").split(".")[:2])
+    except ValueError:
+        return None
+    return major, minor
+
+
+def vllm_at_least(version: str, first: tuple[int, int]) -> bool | None:
+    """Whether `version` is `first` or later: what a default that vLLM turned on in `first` is for that
+    version; None when it is not a release number."""
+    major_minor = vllm_major_minor(version)
+    return None if major_minor is None else major_minor >= first
+
+
+def vllm_async_scheduling_default(version: str) -> bool | None:
+    """vLLM's default: off up to 0.13 (`SchedulerConfig.async_scheduling = False`), on from 0.14 (None there,
+    which `VllmConfig.__post_init__` turns on unless something rules it out: ray, speculative decoding other
+    than EAGLE, and in 0.14 alone pipeline parallelism); read in the 0.13.0 to 0.19.0 releases. None: unknown."""
+    return vllm_at_least(version, (0, 14))
+
+
+def vllm_fuses_allreduce_norm(version: str) -> bool | None:
+    """Whether the version's default compilation (-O2) fuses TP all-reduces with the RMSNorm after them where
+    the GPU allows (`config/vllm.py`: off in every optimization level up to 0.16, enable_allreduce_rms_fusion
+    from 0.17); None: unknown."""
+    return vllm_at_least(version, (0, 17))
+
+
+def vllm_reserves_full_isl(version: str) -> bool | None:
+    """scheduler_reserve_full_isl: new in 0.19 (on by default), absent up to 0.18; None: unknown."""
+    return vllm_at_least(version, (0, 19))
+
+
+# The engine arguments pdsim reads as switches (meta.json engine_kwargs): anything but true, false or null is
+# an error, not a silent fall-back on vLLM's default.
+ENGINE_SWITCHES = ("async_scheduling", "enforce_eager", "enable_expert_parallel", "scheduler_reserve_full_isl",
+                   "enable_chunked_prefill", "enable_prefix_caching", "disable_custom_all_reduce")
+
+
+# vLLM's CompilationMode, by number: only VLLM_COMPILE (its default) compiles piecewise graphs and runs fusion passes.
+COMPILATION_MODES = ("NONE", "STOCK_TORCH_COMPILE", "DYNAMO_TRACE_ONCE", "VLLM_COMPILE")
+
+
+def compilation_config(value: object) -> dict:
+    """vLLM's compilation_config as EngineArgs take it: an object, its JSON text (-cc), or a mode number."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {"mode": value} if type(value) is int else value
+
+
+def optimization_level(value: object) -> int | None:
+    """vLLM's -O level as EngineArgs take it or a record writes it (2, "2", "O2", "-O2", "OptimizationLevel.O2");
+    None when not recorded. ValueError for anything else."""
+    if value is None:
+        return None
+    text = str(value).removeprefix("OptimizationLevel.").removeprefix("-").removeprefix("O")
+    if isinstance(value, bool) or not isinstance(value, int | str) or text not in ("0", "1", "2", "3"):
+        raise ValueError(value)
+    return int(text)
+
+
+# meta.json's fields beside LLMServingSim's vLLM runs (schema_version 1): the engine's arguments are read from
+# engine_kwargs alone, so one written beside them is named, not taken, and not dropped unsaid.
+META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwargs", "kv_cache", "dataset_path",
+                         "dataset_hash", "num_requests", "started_at", "finished_at", "tick_seconds"})
+
+
+def meta_notes(meta: dict) -> list[str]:
+    """What a meta.json leaves the replay without: the engine's arguments (a NOTE where one the replay would take
+    sits outside engine_kwargs), or other fields it does not read (the harness's own records: said in passing)."""
+    from pdsim.validate.recorded import REPLAYED_KWARGS
+
+    notes = []
+    if meta and not isinstance(meta.get("engine_kwargs"), dict):
+        notes.append("NOTE: meta.json records no engine_kwargs (the engine's arguments): the replay takes the "
+                     "cluster config's settings and vLLM's defaults")
+    other = sorted(set(meta) - META_FIELDS)
+    if misplaced := [key for key in other if key in REPLAYED_KWARGS]:
+        notes.append(f"NOTE: meta.json gives {', '.join(misplaced)} outside engine_kwargs, where the replay reads the "
+                     "engine's arguments: not taken")
+    if rest := [key for key in other if key not in REPLAYED_KWARGS]:
+        notes.append(f"meta.json fields not read: {', '.join(rest)}")
+    return notes
+
+
+def check_engine_meta(meta_path: Path, meta: dict) -> None:
+    """The shape of what meta.json says about the engine; each field's own meaning is checked where it is used."""
+    kwargs = meta.get("engine_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise PdsimError(f"{meta_path}: engine_kwargs: expected an object (the engine's arguments by name), "
+                         f"got {kwargs!r}")
+    for key in ENGINE_SWITCHES:
+        if kwargs.get(key) is not None and not isinstance(kwargs[key], bool):
+            raise PdsimError(f"{meta_path}: engine_kwargs.{key}: expected true or false, got {kwargs[key]!r}")
+    try:
+        parsed = compilation_config(kwargs.get("compilation_config"))
+    except json.JSONDecodeError as e:
+        parsed = e
+    if not isinstance(parsed, dict):
+        raise PdsimError(f"{meta_path}: engine_kwargs.compilation_config: expected an object, its JSON text or a "
+                         f"compilation mode number (vLLM's forms), got {json_shown(kwargs['compilation_config'], 60)}")
+    mode = parsed.get("mode")
+    if not (mode is None or (type(mode) is int and 0 <= mode < len(COMPILATION_MODES))
+            or (isinstance(mode, str) and mode.upper() in COMPILATION_MODES)):
+        raise PdsimError(f"{meta_path}: engine_kwargs.compilation_config.mode: expected 0 to 3 or one of "
+                         f"{', '.join(COMPILATION_MODES)} (vLLM's CompilationMode), got {json_shown(mode, 40)}")
+    try:
+        optimization_level(kwargs.get("optimization_level"))
+    except ValueError:
+        raise PdsimError(f"{meta_path}: engine_kwargs.optimization_level: expected 0, 1, 2 or 3 (vLLM's -O levels), "
+                         f"got {json_shown(kwargs['optimization_level'], 40)}") from None
+    limit = kwargs.get("max_model_len")
+    number = vllm_int(limit) if isinstance(limit, str) else limit
+    if not (limit is None or limit == "auto" or number == -1 or (type(number) is int and number >= 1)):
+        raise PdsimError(f"{meta_path}: engine_kwargs.max_model_len: expected a whole number >= 1, -1 or 'auto' "
+                         f"(vLLM fits it to the memory), got {limit!r}")
+    for where, obj, key in (("", meta, "model"), ("", meta, "vllm_version"), ("engine_kwargs.", kwargs, "model")):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise PdsimError(f"{meta_path}: {where}{key}: expected a string, got {obj[key]!r}")
