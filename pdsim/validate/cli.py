@@ -284,7 +284,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
     """Compare a simulated run with a measured one (TTFT, TPOT, ITL, E2E: mean/p50/p90/p95/p99)."""
     from pdsim.validate.closed_loop_table import is_closed_loop_table
     from pdsim.validate.compare import requests_path
-    from pdsim.validate.measured import case_file, measured_inputs, read_measured
+    from pdsim.validate.measured import measured_inputs
 
     ctx = click.get_current_context()
     by_request = requests_path(output)  # the request-by-request file beside --output (per-request runs)
@@ -308,28 +308,47 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
                                            token_ids, profile_dir],
                       [*(_plot_files(output) if plot else ()), by_request])
     if table_input:
-        from pdsim.validate.closed_loop import format_rows, require_simulated, with_table_step_margin
+        _validate_table(measured, profile_dir, model, hardware, mem_gb, step_overhead_us, async_scheduling,
+                        engine_preset, rounds, client_delay_ms, step_time_margin_pct, output, by_request, quiet)
+    else:
+        _validate_run(ctx, measured, cluster_config, profile_dir, step_overhead_us, async_scheduling, clock,
+                      ttft_mode, client_delay_ms, engine_log, kv_capacity, token_ids, step_time_margin_pct, output,
+                      by_request, plot, quiet)
 
-        simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
-                                          client_delay_ms, async_scheduling)
-        df = simulate(step_overhead_us, 1.0, _bar("simulating", quiet))
-        require_simulated(df)  # before the margin runs and before anything is written
-        if step_time_margin_pct:
-            scales = margin_scales(step_time_margin_pct)
-            faster, slower = (simulate(step_overhead_us, scale, _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
-                              for side, scale in scales.items())
-            df = with_table_step_margin(df, faster, slower, step_time_margin_pct)
-        # A table has no request-by-request file: one an earlier replay left beside --output is removed.
-        with OutputSet(stale=[by_request]) as out:
-            out.stage(output, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
-            out.commit()
-        click.echo(format_rows(df))
-        ran = df[df.status == "simulated"]
-        estimated = int(ran.estimated_profile.astype(bool).sum())
-        if estimated:
-            click.echo(_estimated_line(estimated, len(ran)))
-        click.echo(f"wrote {output}")
-        return
+
+def _validate_table(measured: Path, profile_dir: Path | None, model: str | None, hardware: str, mem_gb: float | None,
+                    step_overhead_us: float, async_scheduling: bool | None, engine_preset: str, rounds: int,
+                    client_delay_ms: float, step_time_margin_pct: float, output: Path, by_request: Path,
+                    quiet: bool) -> None:
+    """validate on a closed-loop table: each row simulated as its benchmark ran, the table of rows written."""
+    from pdsim.validate.closed_loop import format_rows, require_simulated, with_table_step_margin
+
+    simulate = _closed_loop_simulator(measured, profile_dir, model, hardware, mem_gb, engine_preset, rounds,
+                                      client_delay_ms, async_scheduling)
+    df = simulate(step_overhead_us, 1.0, _bar("simulating", quiet))
+    require_simulated(df)  # before the margin runs and before anything is written
+    if step_time_margin_pct:
+        scales = margin_scales(step_time_margin_pct)
+        faster, slower = (simulate(step_overhead_us, scale, _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
+                          for side, scale in scales.items())
+        df = with_table_step_margin(df, faster, slower, step_time_margin_pct)
+    # A table has no request-by-request file: one an earlier replay left beside --output is removed.
+    with OutputSet(stale=[by_request]) as out:
+        out.stage(output, lambda tmp: df.to_csv(tmp, index=False, float_format="%.4f"))
+        out.commit()
+    click.echo(format_rows(df))
+    ran = df[df.status == "simulated"]
+    estimated = int(ran.estimated_profile.astype(bool).sum())
+    if estimated:
+        click.echo(_estimated_line(estimated, len(ran)))
+    click.echo(f"wrote {output}")
+
+
+def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | None, profile_dir: Path | None,
+                  step_overhead_us: float, async_scheduling: bool | None, clock: str, ttft_mode: str,
+                  client_delay_ms: float, engine_log: Path | None, kv_capacity: str, token_ids: Path | None,
+                  step_time_margin_pct: float, output: Path, by_request: Path, plot: bool, quiet: bool) -> None:
+    """validate on a per-request run: replayed on its cluster config, compared by statistic and request by request."""
     from pdsim.metrics.summary import ESTIMATED_NOTE, memory_notes, profile_notes
     from pdsim.perf.memory import kv_rule
     from pdsim.validate.compare import (
@@ -341,6 +360,7 @@ def validate(measured: Path, cluster_config: Path | None, profile_dir: Path | No
         with_step_margin,
         write_cdf_plots,
     )
+    from pdsim.validate.measured import case_file, read_measured
 
     run = read_measured(measured, clock)
     _refuse_open_loop_delay(ctx, run, measured)
