@@ -505,3 +505,24 @@ def test_async_decode_instance_picks_up_a_hand_off_freed_by_a_finished_request()
         result = simulate(cfg, rows, SimOptions())
     assert [r.status for r in result.requests] == ["finished", "finished"]
     check_result(result, rows)
+
+
+def test_async_decode_instance_sees_a_hand_off_that_came_during_its_last_step():
+    # The hand-off reaches the decode instance while its one running request takes its last step. The
+    # decision after that step was taken before the hand-off came (async) and, the slot still held, is empty;
+    # nothing is in flight then, so the engine decides again at once and sees it. pdsim slept instead, waiting
+    # for a wake-up that had already come: the request stayed "handoff" (found by a generated case, also with
+    # pp_size 2 and in a DP decode group).
+    instance = {"model_name": "meta-llama/Llama-3.1-8B", "hardware": "H100-SXM", "tp_size": 1,
+                "npu_mem": {"mem_size": 80, "mem_bw": 3350, "mem_latency": 0}}
+    for pp in (1, 2):
+        decode = {**instance, "pd_type": "decode", "async_scheduling": True, "max_num_seqs": 1, "pp_size": pp}
+        cfg = cluster_config_from_dict({"num_nodes": 1, "link_bw": 100, "link_latency": 20000, "nodes": [
+            {"num_instances": 2, "instances": [{**instance, "pd_type": "prefill"}, decode]}]})
+        rows = [TraceRequest(0, 1, 2, 0), TraceRequest(1, 1, 2, 5_000_000)]
+        with time_limit(CASE_LIMIT_S):
+            result = simulate(cfg, rows, SimOptions())
+        check_result(result, rows)
+        first, late = result.requests
+        assert first.kv_transfer_end_s < late.handoff_s < first.finish_s  # during the first one's only decode step
+        assert late.kv_transfer_start_s == pytest.approx(first.finish_s, abs=1e-9)  # read at the next decision

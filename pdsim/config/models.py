@@ -174,8 +174,9 @@ class InstanceConfig(_Strict):
     # vLLM's --async-scheduling: the next step is decided while the current one runs, so a request
     # that arrives during step n starts in step n+2. Off by default in vLLM 0.12, on in 0.19.
     async_scheduling: bool = False
-    # vLLM's --enable-prefix-caching (on by default in vLLM v1). Acts only on requests that carry
-    # prefix ids (trace `hash_ids`); others run exactly as without it.
+    # vLLM's --enable-prefix-caching (on by default in vLLM v1). Prompts share blocks only where requests
+    # carry prefix ids (trace `hash_ids`); without them it acts only on a preempted request, which recomputes
+    # from its own blocks still cached.
     enable_prefix_caching: bool = True
     # GPU memory vLLM's determine_available_memory() keeps out of the KV cache besides weights and
     # the activation peak (GB per GPU). non_torch: NCCL/cuBLAS/attention-backend buffers that appear

@@ -449,6 +449,12 @@ class Instance:
                     continue  # a hand-off may fit now
                 if self._polled and self._free_polled(everything=True):
                     continue  # nothing in flight: every step's output was processed, what it reported freed
+                if self._handoff_unseen():
+                    # It reached the engine during the last step, after this decision was taken (async): with
+                    # nothing in flight the engine decides again at once and sees it (_sleep would wait for a
+                    # wake-up that has already come).
+                    self._step_starts.clear()
+                    continue
                 yield from self._sleep()
                 continue
 
