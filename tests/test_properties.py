@@ -201,6 +201,89 @@ def test_generated_runs_terminate_and_account_for_every_request(cfg, trace, opts
     event(f"kv transferred: {any(r.kv_bytes for r in result.requests)}")
 
 
+@contextlib.contextmanager
+def waking_idle_instances(total: int):
+    """At the end of every simulated instant, wake each instance that sleeps (idle, waiting for work). An engine
+    woken for nothing decides an empty step and sleeps again: results must not change. One that slept while it
+    could have acted (a request it could already see, a hand-off that had come) acts at once when woken, so a
+    missed wake-up shows as a difference, also where a later event woke it and the request only finished late."""
+    from pdsim.engine import cluster as cluster_module
+
+    plain_init = cluster_module.Cluster.__init__
+
+    def init(self, env, *args, **kwargs):
+        plain_init(self, env, *args, **kwargs)
+        plain_step, last = env.step, [-1.0]
+
+        def step():  # until every request is done: the run ends as it would
+            if env.peek() > env.now != last[0] and self.num_done < total:
+                last[0] = env.now
+                sleeping = [inst for inst in self.instances
+                            if inst._idle and inst._wake is not None and not inst._wake.triggered and inst._run is None]
+                for inst in sleeping:
+                    inst._wake.succeed()
+                if sleeping:
+                    return  # the woken decide at this instant
+            plain_step()
+
+        env.step = step
+
+    cluster_module.Cluster.__init__ = init
+    try:
+        yield
+    finally:
+        cluster_module.Cluster.__init__ = plain_init
+
+
+OUTCOME_FIELDS = ("status", "reason", "first_scheduled_s", "first_token_s", "finish_s", "decode_first_token_s",
+                  "handoff_s", "kv_transfer_start_s", "kv_transfer_end_s", "preemptions", "prefill_instance",
+                  "decode_instance")
+
+
+@st.composite
+def async_pd_clusters(draw):
+    """P/D with async scheduling and few decode slots, where hand-offs come while a decode instance's last
+    requests finish."""
+    decode = []
+    for _ in range(draw(st.integers(1, 2))):
+        inst, seqs = draw(instances("decode")), draw(st.integers(1, 3))
+        decode.append({**inst, "async_scheduling": True, "max_num_seqs": seqs,
+                       "max_num_batched_tokens": max(inst["max_num_batched_tokens"], seqs)})
+    insts = [draw(instances("prefill")), *decode]
+    return cluster_config_from_dict({"num_nodes": 1, "link_bw": draw(st.sampled_from([16.0, 450.0])),
+                                     "link_latency": draw(st.sampled_from([0.0, 20000.0])),
+                                     "kv_transfer": {"mode": draw(st.sampled_from(["after_prefill", "layerwise"]))},
+                                     "nodes": [{"num_instances": len(insts), "instances": insts}]}, "<generated>")
+
+
+@st.composite
+def short_requests(draw) -> list[TraceRequest]:
+    """A few short requests close together: decode slots free and fill while hand-offs are on their way."""
+    t, rows = 0.0, []
+    for i in range(draw(st.integers(2, 6))):
+        t += draw(st.sampled_from([0.0, 1e-5, 1e-4, 1e-3]))
+        rows.append(TraceRequest(i, draw(st.integers(1, 64)), draw(st.integers(1, 4)), int(round(t * 1e9))))
+    return rows
+
+
+@settings(FAST, max_examples=200)
+@given(case=st.one_of(st.tuples(clusters(), workloads()), st.tuples(async_pd_clusters(), short_requests())),
+       opts=options())
+def test_waking_idle_instances_for_nothing_changes_no_result(case, opts):
+    cfg, trace = case
+    # The oracle found an async decode instance that slept through a hand-off come during its last step
+    # (test_async_decode_instance_sees_a_hand_off_that_came_during_its_last_step); a fuzzer with it ran 6,102
+    # generated cases (DP groups, pp 2, MoE, prefix caching, tight KV) without a difference after the fix.
+    with time_limit(CASE_LIMIT_S):
+        plain = simulate(cfg, trace, opts, source="<generated>")
+        with waking_idle_instances(len(trace)):
+            woken = simulate(cfg, trace, opts, source="<generated>")
+    for a, b in zip(plain.requests, woken.requests, strict=True):
+        for name in OUTCOME_FIELDS:
+            x, y = getattr(a, name), getattr(b, name)
+            assert x == y or (isinstance(x, float) and isinstance(y, float) and abs(x - y) <= 1e-9), (a.id, name, x, y)
+
+
 @st.composite
 def tight_clusters(draw):
     """One colocated instance, or one P/D pair, whose KV holds about two requests: preemption."""
