@@ -143,7 +143,9 @@ class WaitingAdmission:
         self._admissions += 1
         req.admitted_seq = self._admissions
         if req.first_scheduled_s is None:
-            req.first_scheduled_s = self._decided_s  # when the decision was taken (a step early when async)
+            # When the decision was taken (a step early when async), not before the pick-up, which a float sum
+            # of other step times, or an arrival within the trace's resolution after a step end, may put later.
+            req.first_scheduled_s = max(self._decided_s, req.picked_up_s or 0.0)
         req.status = "running"
         if req.kv_ready:
             # A handed-off request whose KV has arrived: it decodes from this step on.

@@ -28,7 +28,7 @@ from pdsim.engine.topology import Topology
 from pdsim.errors import ConfigError
 from pdsim.models import load_model
 from pdsim.perf.predictor import StepTimePredictor
-from pdsim.workload.clients import ClosedLoopClients, open_loop
+from pdsim.workload.clients import ClosedLoopClients, OpenLoop
 from pdsim.workload.trace import TraceRequest, check_requests
 
 __all__ = [
@@ -172,7 +172,10 @@ def simulate(
     total = len(requests)
     if opts.concurrency is None:
         # By arrival (stable: ties keep the trace's order): the readers sort, a caller's list may not be.
-        clients = open_loop(env, sorted(requests, key=operator.attrgetter("arrival_s")), cluster.admit)
+        arrivals = OpenLoop(env, sorted(requests, key=operator.attrgetter("arrival_s")), cluster.admit)
+        for inst in cluster.instances:
+            inst.arrival_due = arrivals.arrival_due
+        clients = arrivals.run()
     else:  # the closed loop replaces the trace's arrival times
         closed = ClosedLoopClients(env, requests, cluster.admit, opts.concurrency, opts.seed,
                                    opts.client_start_spread_s, opts.client_delay_s, opts.client_send_gaps_s)

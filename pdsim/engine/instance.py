@@ -23,6 +23,7 @@ from pdsim.engine.kv_cache import BlockManager, Copy, blocks_for, request_keys
 from pdsim.engine.request import Request
 from pdsim.engine.scheduler import Scheduler
 from pdsim.engine.step_plan import StepOutcome, StepPlan
+from pdsim.workload.trace import ARRIVAL_RESOLUTION_S
 
 if TYPE_CHECKING:
     from pdsim.engine.dp_group import DPGroup
@@ -139,6 +140,9 @@ class Instance:
         self.on_reserved: Callable[[Instance, Request], None] = lambda inst, req: None
         # Called as a prefill step starts, with its predicted duration (layer-wise KV streaming).
         self.on_prefill_step: Callable[[Instance, StepPlan, float, float], None] = lambda inst, plan, t, d: None
+        # The event of the next request's arrival where it comes within the trace's resolution from now, so that a
+        # decision about to be taken sees it (OpenLoop.arrival_due; None otherwise and in a closed loop).
+        self.arrival_due: Callable[[], simpy.Event | None] = lambda: None
         self._wake: simpy.Event | None = None
         self._idle = False
         self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
@@ -174,10 +178,11 @@ class Instance:
             tokens += self._run[2] * self._run_steps_done()
         return tokens
 
-    def _run_steps_done(self) -> int:
-        """Steps of the run in progress that have ended by now."""
+    def _run_steps_done(self, within_s: float = 0.0) -> int:
+        """Steps of the run in progress that have ended by now (less `within_s`: one that ended that little
+        before now counts as still in progress)."""
         start, ends, _ = self._run
-        elapsed = self.env.now - start
+        elapsed = self.env.now - start - within_s
         if elapsed < ends[0]:
             return 0
         if self._run_ends is None:
@@ -416,6 +421,8 @@ class Instance:
         sched = self.sched
         predictor = self.predictor
         while True:
+            if (due := self.arrival_due()) is not None:
+                yield due
             if self._not_picked_up:
                 self._pick_up()
             cutoff = self._step_starts[0] if self.spec.async_scheduling and self._step_starts else None
@@ -485,7 +492,9 @@ class Instance:
                 if elapsed < ends[-1]:
                     # Woken: finish the step in progress, then decide again. The run stays in progress
                     # meanwhile: the router and the monitor count the steps of it that have ended.
-                    steps = min(self._run_steps_done() + 1, plan.max_steps)
+                    # (A step that ended within the trace's resolution before the wake-up ends the run: what
+                    # woke it came at that step's end.)
+                    steps = min(self._run_steps_done(ARRIVAL_RESOLUTION_S) + 1, plan.max_steps)
                     yield env.timeout(max(start + float(ends[steps - 1]) - env.now, 0.0))
                     durations = durations[:steps]
                 self._run = None
@@ -531,13 +540,15 @@ class Instance:
 
     def _pick_up(self) -> None:
         # A real engine looks at its input between any two steps; a run of decode steps passed in
-        # one event still had those boundaries.
+        # one event still had those boundaries. One that came within the trace's resolution after a step's end
+        # was there at that end (not before its own arrival, though).
         ends = np.array([self.env.now])
         if self._last_steps is not None:
             end, durations = self._last_steps
             ends = np.append(end - float(durations.sum()) + np.cumsum(durations), self.env.now)
         for req in self._not_picked_up:
-            req.picked_up_s = float(ends[min(int(np.searchsorted(ends, req.queued_s)), len(ends) - 1)])
+            at = int(np.searchsorted(ends, req.queued_s - ARRIVAL_RESOLUTION_S))
+            req.picked_up_s = max(float(ends[min(at, len(ends) - 1)]), req.queued_s)
         self._not_picked_up.clear()
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:

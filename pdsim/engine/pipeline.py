@@ -293,6 +293,8 @@ class PipelinedInstance(Instance):
         oldest and process its output."""
         env, sched = self.env, self.sched
         while True:
+            if (due := self.arrival_due()) is not None:
+                yield due  # as Instance._loop: a request within the trace's resolution is seen by this decision
             if self._not_picked_up:
                 self._pick_up()
             if len(self.in_flight) < self.num_stages:

@@ -20,6 +20,7 @@ from pdsim.validate.kv_capacity import capacity_line, replay_kv_line
 from pdsim.validate.recorded import kv_override, replay_config
 
 if TYPE_CHECKING:
+    from pdsim.config import ClusterConfig
     from pdsim.engine.cluster import SimOptions
     from pdsim.validate.measured_run import MeasuredRun
 
@@ -89,6 +90,21 @@ def _refuse_unused(ctx: click.Context, names: tuple[str, ...], measured: Path, a
         verb, it, them = ("applies", "it", "it") if len(given) == 1 else ("apply", "they", "them")
         raise PdsimError(f"{', '.join(given)}: {verb} to {applies_to} only; {measured} {why}, so {it} would change "
                          f"nothing (leave {them} out)")
+
+
+def _pick_up_order_note(run: MeasuredRun, cfg: ClusterConfig, clock: str) -> None:
+    """On the engine clock a request reaches the replay's router when the engine it had been routed to picked it
+    up. With several engines taking arrivals that is not the order they were sent in, and the replay may route
+    requests elsewhere (a DP group counts as one: its log is the one engine's): said, with the option that
+    replays the order they were sent in."""
+    if clock != "engine" or run.latency_origin != "pickup":
+        return
+    takers = {ref.config.dp_group or ref.instance_id for ref in cfg.instances() if ref.config.pd_type != "decode"}
+    if len(takers) > 1:
+        run.notes.append(f"NOTE: the config routes arrivals among {len(takers)} engines: on the engine clock each "
+                         "request reaches the router when the engine it went to picked it up, which is not the order "
+                         "they were sent in, so the replay may route it elsewhere; --clock client replays the "
+                         "client's order")
 
 
 def _refuse_open_loop_delay(ctx: click.Context, run: MeasuredRun, measured: Path) -> None:
@@ -369,6 +385,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                          "records the client's times only, so it would change nothing (leave it out)")
     cfg = replay_config(cluster_config, run, async_scheduling)
     _prefix_ids(run, cfg, token_ids)
+    _pick_up_order_note(run, cfg, clock)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms, ttft_mode)
     if any(ref.config.pd_type is not None for ref in cfg.instances()):
         run.notes.append("TTFT " + ("as the client sees it, through the decode instance (vLLM's P/D proxy; "
@@ -568,6 +585,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         _refuse_open_loop_delay(ctx, run, measured)
         cfg = replay_config(cluster_config, run, async_scheduling)
         _prefix_ids(run, cfg, None, "calibrate takes no --token-ids; validate --token-ids models them")
+        _pick_up_order_note(run, cfg, "engine")
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
         left_grid: dict[str, str] = {}  # what priced the steps and where the replays left a table's grid
 

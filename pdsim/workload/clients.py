@@ -4,6 +4,7 @@ request when its previous one ends, as `vllm bench serve --max-concurrency` does
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
@@ -11,17 +12,44 @@ from typing import Any
 import simpy
 
 from pdsim.engine.request import Request
+from pdsim.workload.trace import ARRIVAL_RESOLUTION_S
 
 Admit = Callable[[Request], None]
 
 
-def open_loop(env: simpy.Environment, requests: Sequence[Request], admit: Admit) -> Generator[Any, Any, None]:
-    """Each request reaches the cluster at its arrival time (requests sorted by it)."""
-    for req in requests:
-        delay = req.arrival_s - env.now
-        if delay > 0:
-            yield env.timeout(delay)
-        admit(req)
+class OpenLoop:
+    """Each request reaches the cluster at its arrival time (requests sorted by it). An engine about to decide
+    less than ARRIVAL_RESOLUTION_S before the next arrival waits for it (`arrival_due`), so that the decision
+    sees it, as one taken at the same instant would."""
+
+    def __init__(self, env: simpy.Environment, requests: Sequence[Request], admit: Admit) -> None:
+        self.env = env
+        self.requests = requests
+        self.admit = admit
+        self.next_s = math.inf  # when the next request comes
+        self._admitted: simpy.Event | None = None  # made when an engine waits for the next arrival
+
+    def run(self) -> Generator[Any, Any, None]:
+        """The SimPy process sending the requests."""
+        for req in self.requests:
+            self.next_s = req.arrival_s
+            delay = req.arrival_s - self.env.now
+            if delay > 0:
+                yield self.env.timeout(delay)
+            self.admit(req)
+            if self._admitted is not None:
+                self._admitted.succeed()
+                self._admitted = None
+        self.next_s = math.inf
+
+    def arrival_due(self) -> simpy.Event | None:
+        """An event that fires once the next request has been admitted, where it comes within
+        ARRIVAL_RESOLUTION_S from now; None otherwise."""
+        if not 0 < self.next_s - self.env.now <= ARRIVAL_RESOLUTION_S:
+            return None
+        if self._admitted is None:
+            self._admitted = self.env.event()
+        return self._admitted
 
 
 class ClosedLoopClients:

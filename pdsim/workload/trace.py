@@ -87,6 +87,10 @@ def check_request_count(n: int, what: str) -> None:
 # Past ~4e9 s a float64 clock resolves less than 1 us, and step times would vanish in it; the
 # bound still admits Unix-epoch timestamps (~1.7e18 ns).
 MAX_ARRIVAL_NS = 4 * 10**18
+# Arrival times are whole nanoseconds: an engine step that ends less than this before an arrival ends at it as
+# far as the trace can tell (a replayed log's request, picked up at a step's end, comes back within half a
+# nanosecond of the replay's own step end, on either side).
+ARRIVAL_RESOLUTION_S = 1e-9
 
 
 def _arrival(value: object, where: str) -> int:
