@@ -590,6 +590,19 @@ def test_async_decode_instance_picks_up_a_hand_off_freed_by_a_finished_request()
     check_result(result, rows)
 
 
+def test_requests_of_one_arrival_time_come_at_one_instant():
+    # The clock a timeout reaches may stand a float's last digit off the trace's time (0.1321 + (1.1321 - 0.1321)
+    # is not 1.1321): the second of two requests due then waited out that digit, an instant of its own, and an
+    # engine deciding in between saw one of them (the order two instances decided in then depended on it).
+    cfg = build_cluster(_tiny(None, 64))
+    rows = [TraceRequest(0, 2, 2, 132_100_000), TraceRequest(1, 2, 2, 1_132_100_000),
+            TraceRequest(2, 2, 2, 1_132_100_000)]
+    result = simulate(cfg, rows, SimOptions())
+    check_result(result, rows)
+    first, second = result.requests[1:]
+    assert first.queued_s == second.queued_s and first.first_scheduled_s == second.first_scheduled_s
+
+
 def test_async_decode_instance_sees_a_hand_off_that_came_during_its_last_step():
     # The hand-off reaches the decode instance while its one running request takes its last step. The
     # decision after that step was taken before the hand-off came (async) and, the slot still held, is empty;
