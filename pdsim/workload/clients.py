@@ -31,15 +31,13 @@ class OpenLoop:
 
     def run(self) -> Generator[Any, Any, None]:
         """The SimPy process sending the requests."""
-        previous_s = None
         for req in self.requests:
-            self.next_s = req.arrival_s
-            delay = req.arrival_s - self.env.now
             # Requests of one arrival time come at one instant: the clock a timeout reached may stand a float's
             # last digit off that time, and the next would wait out the difference.
-            if delay > 0 and req.arrival_s != previous_s:
-                yield self.env.timeout(delay)
-            previous_s = req.arrival_s
+            if req.arrival_s != self.next_s:
+                self.next_s = req.arrival_s
+                if (delay := req.arrival_s - self.env.now) > 0:
+                    yield self.env.timeout(delay)
             self.admit(req)
             if self._admitted is not None:
                 self._admitted.succeed()
