@@ -218,6 +218,14 @@ def test_pool_matches_inline_and_resume_is_exact(small, tmp_path):
     resumed = run_sweep(jobs, Counting(base_trace, SETTINGS), tmp_path / "c.csv", resume=True)
     assert resumed == inline
     assert len(ran) == len(jobs) - 4
+    # Cut right after a comma (every field there, the last empty), or inside the last number (a whole row that
+    # reads as another): a line without its end is torn all the same, and that run is done again.
+    for name, torn in (("d.csv", lines[5][:lines[5].rfind(",") + 1]), ("e.csv", lines[5][:-1])):
+        assert torn.count(",") == lines[5].count(",")
+        (tmp_path / name).write_text("\n".join(lines[:5]) + "\n" + torn)
+        ran.clear()
+        assert run_sweep(jobs, Counting(base_trace, SETTINGS), tmp_path / name, resume=True) == inline
+        assert len(ran) == len(jobs) - 4
 
 
 KILLED_SWEEP = """

@@ -101,6 +101,9 @@ class RowWriter:
             except UnicodeDecodeError as e:
                 raise PdsimError(f"--resume: {source} is not UTF-8 text ({e.reason} at byte {e.start}); this command "
                                  "did not write it: use another --out or drop --resume") from None
+            # Every row is written whole with its line end, so a last line without one was cut mid-write
+            # (after a comma, or mid-number: a value that would read as another): that run is done again.
+            text = text[:text.rfind("\n") + 1]
             with io.StringIO(text, newline="") as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != fields:
@@ -108,8 +111,7 @@ class RowWriter:
                                      f"({_column_change(reader.fieldnames or [], fields)}; an older pdsim's "
                                      "file?); use another --out or drop --resume")
                 for row in reader:
-                    # A run killed mid-write leaves a short last line: that run is simply done again.
-                    if None in row.values() or None in row:
+                    if None in row.values() or None in row:  # a short line: not one of pdsim's rows
                         continue
                     self.rows[self.key(row)] = _resumed_row(row, f"{source}:{reader.line_num}")
         # Rewritten whole (header plus the rows kept) and swapped in at once, so a torn last line
