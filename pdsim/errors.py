@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import gzip
+import io
 import json
 import lzma
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -116,9 +120,18 @@ def csv_header(path: Path) -> list[str] | None:
     return []
 
 
+@contextlib.contextmanager
+def _open_zip_member(path: Path, mode: str, **text_options: str) -> Iterator[io.TextIOWrapper]:
+    """The one file of a ZIP archive as text, as pandas reads a zipped CSV (it refuses an archive of several)."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        with archive.open(names[0] if names else "") as member:
+            yield io.TextIOWrapper(member, **text_options)
+
+
 # The compressions pandas infers from a file's suffix, and the openers of those followed here.
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zip": _open_zip_member}
 
 
 def _csv_opener(path: Path):

@@ -71,10 +71,16 @@ def refuse_special_file(path: Path, option: str = "output") -> None:
         raise PdsimError(f"{option} {path}: not a regular file (a device, FIFO or socket); give the name of a file")
 
 
+def _temp_prefix(name: str) -> str:
+    """The hidden name a temporary file or folder beside `name` starts with: the name cut to leave room for
+    mkstemp's 8 random characters and suffix within the file system's 255 a name may have."""
+    return f".{name[:200]}."
+
+
 def _temp_beside(path: Path) -> Path:
     refuse_special_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # checked creatable by check_output_dir beforehand
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); an output gets the permissions open() would give it.
     os.chmod(name, 0o666 & ~_umask())
@@ -92,7 +98,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
     """Yields a new empty folder beside `target`; when the block ends normally it takes `target`'s
     place (the old folder, if any, is removed), when it raises it is removed and `target` untouched."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    stage = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
         os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's folder is private; an output folder is not
         yield stage

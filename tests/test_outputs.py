@@ -64,6 +64,24 @@ def test_atomic_path_keeps_the_old_file_on_failure_and_the_umask_permissions(tmp
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
+def test_a_name_of_the_longest_length_a_file_system_allows_is_written(tmp_path):
+    # The temporary file beside it must not need a longer name than the output's own.
+    from pdsim.outputs import staged_folder
+    from pdsim.workload.stats import plot_stats, trace_stats
+    from pdsim.workload.trace import TraceRequest, load_trace, write_trace
+
+    requests = [TraceRequest(i, 10 + i, 5, i * 10**9) for i in range(3)]
+    trace = tmp_path / ("t" * 249 + ".jsonl")
+    write_trace(trace, requests)
+    assert load_trace(trace) == requests
+    plot = tmp_path / ("p" * 251 + ".png")
+    plot_stats(requests, trace_stats(requests), plot, "title")
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    with staged_folder(tmp_path / ("f" * 255)) as stage:
+        (stage / "a").write_text("a")
+    assert (tmp_path / ("f" * 255) / "a").read_text() == "a" and temp_files(tmp_path) == []
+
+
 def test_failure_after_the_csv_leaves_the_earlier_run_untouched(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r.csv"
     assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "30",

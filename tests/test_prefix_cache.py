@@ -47,6 +47,15 @@ def test_equal_prefixes_map_to_equal_block_keys_and_differ_after_the_first_diffe
     assert prefix_block_keys((2, 1), 512, 1024, 16)[32:] != a[32:64]
 
 
+def test_ids_a_whole_int_hash_modulus_apart_name_other_blocks():
+    # CPython hashes an int modulo 2^61 - 1: a 64-bit id there must not name the blocks of the small id.
+    wrap = 2**61 - 1
+    small = prefix_block_keys((1, 2), 512, 1024, 16)
+    for ids in ((1 + wrap, 2 + wrap), (1 + 2 * wrap, 2 + 2 * wrap), (2**64 - 1, 2)):
+        assert not set(prefix_block_keys(ids, 512, 1024, 16)) & set(small), ids
+    assert prefix_block_keys((2**64 - 1, 2), 512, 1024, 16) == prefix_block_keys((2**64 - 1, 2), 512, 1024, 16)
+
+
 def test_partial_last_span_is_cached_up_to_its_last_full_block_only():
     keys = prefix_block_keys((1, 2), 512, 512 + 100, 16)
     assert len(keys) == 32 + 100 // 16
@@ -460,6 +469,11 @@ def test_trace_reader_takes_hash_ids_with_512_tokens_each_by_default(tmp_path):
     assert (c.hash_ids, c.hash_block_tokens) == ((), 0)
     path.write_text('{"input_toks": 7, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [1, "x"]}\n')
     with pytest.raises(TraceError, match=r"t.jsonl:1: field 'hash_ids': expected a list of integers"):
+        load_trace(path)
+    path.write_text('{"input_toks": 700, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [18446744073709551615]}\n'
+                    '{"input_toks": 700, "output_toks": 5, "arrival_time_ns": 0, "hash_ids": [18446744073709551616]}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl:2: field 'hash_ids': expected a list of integers from 0 to "
+                                         r"18446744073709551615 \(2\^64 - 1\)"):
         load_trace(path)
 
 

@@ -71,6 +71,13 @@ def test_azure_bad_cell_names_file_line_field(tmp_path, row, field, line):
         read_dataset(p)
 
 
+def test_a_numeric_azure_timestamp_is_shown_as_written(tmp_path):
+    p = _write(tmp_path, "a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n1700000000,1,1\n1700000001,2,2\n")
+    with pytest.raises(TraceError, match=r"a\.csv:2: field 'TIMESTAMP': expected a date-time such as .*, got "
+                                         r"1700000000$"):
+        read_dataset(p)
+
+
 def test_a_bad_cell_after_blank_lines_is_named_by_its_own_line(tmp_path):
     # pandas skips blank lines (whitespace-only too, and before the header): row + 2 named line 3 here.
     p = _write(tmp_path, "a.csv", "\nTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,1,1\n\n  \n"
@@ -128,6 +135,8 @@ def test_burstgpt_filters_and_failures(tmp_path):
         read_dataset(p, "burstgpt:model=Claude")
     with pytest.raises(TraceError, match="burstgpt takes options model=..., log=..."):
         read_dataset(p, "burstgpt:colour=red")
+    with pytest.raises(TraceError, match=r"model= given twice \('ChatGPT' and 'GPT-4'\); give it once"):
+        read_dataset(p, "burstgpt:model=ChatGPT,model=GPT-4")
     bad = _write(tmp_path, "bad.csv", BURST.replace("47,ChatGPT,200", "47,ChatGPT,many"))
     with pytest.raises(TraceError, match=r"bad\.csv:5: field 'Request tokens'"):
         read_dataset(bad)
@@ -150,6 +159,8 @@ def test_sharegpt_estimate_and_given_counts(tmp_path):
     bad = [{"id": "a", "conversations": "oops"}]
     with pytest.raises(TraceError, match=r"s2\.json: conversation 0: field 'conversations'"):
         read_dataset(_write(tmp_path, "s2.json", json.dumps(bad)))
+    with pytest.raises(TraceError, match=r"s3\.json: conversation 1: expected a conversation object, got null$"):
+        read_dataset(_write(tmp_path, "s3.json", json.dumps([convs[0], None])))
 
 
 def test_vllm_bench_result_reused_from_measured(tmp_path):
@@ -192,6 +203,18 @@ def test_undetectable_format_says_how(tmp_path):
         detect_format(p)
     with pytest.raises(TraceError, match="unknown format 'parquet'"):
         read_dataset(p, "parquet")
+
+
+def test_formats_are_told_from_a_quoted_header_and_from_token_ids_filling_the_head(tmp_path):
+    quoted = _write(tmp_path, "q.csv", "\n".join(['"' + '","'.join(line.split(",")) + '"' if i == 0 else line
+                                                   for i, line in enumerate(AZURE.splitlines())]) + "\n")
+    assert quoted.read_text().startswith('"TIMESTAMP","ContextTokens","GeneratedTokens"')
+    assert detect_format(quoted) == "azure"
+    ids = list(range(20000))  # a first line past the 64 KiB head, the ids before the lengths
+    line = json.dumps({"input_tok_ids": ids, "input_toks": len(ids), "output_toks": 3, "arrival_time_ns": 0})
+    long = _write(tmp_path, "long.jsonl", line + "\n")
+    assert len(line) > 65536 and detect_format(long) == "pdsim"
+    assert [r.input_toks for r in read_dataset(long).requests] == [20000]
 
 
 def test_convert_writes_pdsim_jsonl_atomically_and_never_over_input(tmp_path):
@@ -471,6 +494,17 @@ def test_a_compressed_trace_needs_its_format_and_a_column_twice_is_found_in_one(
         read_dataset(path)
     with pytest.raises(TraceError, match=re.escape(f"{path}:1: column 'num_prefill_tokens' appears 2 times")):
         read_dataset(path, "lengths-csv")
+
+
+def test_a_bad_cell_in_a_zipped_csv_is_named_by_its_own_line(tmp_path):
+    import zipfile
+
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as archive:  # blank lines: data row 2 is the file's line 6
+        archive.writestr("a.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n\n\n2023-11-16 18:15:46.0,1,1\n\n"
+                                  "2023-11-16 18:15:47.0,abc,1\n")
+    with pytest.raises(TraceError, match=r"a\.zip:6: field 'ContextTokens'"):
+        read_dataset(path, "azure")
 
 
 def test_lengths_from_takes_a_bundled_trace_by_name(tmp_path):

@@ -205,6 +205,8 @@ def test_clipping():
         ("fixed:1,2", "fixed takes 1 number(s), got 2"),
         ("uniform:10,x", "'x' is not a number"),
         ("uniform:20,10", "need 1 <= LO <= HI"),
+        ("uniform:1.5,1.9", "LO and HI must be whole numbers"),  # every length was drawn as 1
+        ("uniform:10,20.5", "LO and HI must be whole numbers"),
         ("lognormal:0,1", "need MEAN >= 1"),
         ("lognormal:1e-300,1", "need MEAN >= 1"),  # (STD/MEAN)^2 overflowed
         ("lognormal:100,1e300", "lengths are at most 1,000,000,000 tokens"),
@@ -261,9 +263,12 @@ def test_hash_ids_read_written_and_defaulted(tmp_path):
 
 
 @pytest.mark.parametrize(("extra", "expect"), [
-    ({"hash_ids": [1, -2]}, "field 'hash_ids': expected a list of integers >= 0"),
+    ({"hash_ids": [1, -2]}, "field 'hash_ids': expected a list of integers from 0 to"),
     ({"hash_ids": "0,1"}, "field 'hash_ids'"),
     ({"hash_ids": [1], "hash_block_tokens": 0}, "field 'hash_block_tokens': expected a positive integer"),
+    # checked where the prefix ids do not come from it too
+    ({"hash_block_tokens": "abc"}, "field 'hash_block_tokens': expected a positive integer"),
+    ({"hash_ids": [1], "input_tok_ids": [5, 6]}, "field 'input_tok_ids': 2 ids, but input_toks is"),
 ])
 def test_bad_hash_ids(tmp_path, extra, expect):
     p = _trace(tmp_path, _line() + "\n" + _line(**extra) + "\n")

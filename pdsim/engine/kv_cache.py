@@ -48,9 +48,18 @@ def prefix_block_keys(hash_ids: tuple[int, ...], hash_block_tokens: int, input_t
         last_span = ((b + 1) * block_size - 1) // hash_block_tokens
         while span < last_span:
             span += 1
-            chain = hash((chain, hash_ids[span]))
+            chain = hash((chain, _unwrapped(hash_ids[span])))
         keys.append(hash((chain, b)))
     return tuple(keys)
+
+
+_INT_HASH_MODULUS = 2**61 - 1  # CPython hashes an int modulo this: ids that far apart would share a hash
+
+
+def _unwrapped(prefix_id: int) -> int | tuple[int, int]:
+    """A prefix id as a key part whose hash keeps it apart from every other id (a 64-bit id, or one a sweep
+    shifted past the modulus, as its quotient and remainder)."""
+    return prefix_id if prefix_id < _INT_HASH_MODULUS else divmod(prefix_id, _INT_HASH_MODULUS)
 
 
 _OWN_BLOCK = -1  # salt of the keys of blocks whose contents only their own request has

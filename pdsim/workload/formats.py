@@ -134,23 +134,24 @@ def read_azure(path: Path) -> Loaded:
     """Azure LLM inference traces: absolute timestamps (2023: 7-digit fractions; 2024: the same
     columns, optionally with a UTC offset), prompt and generated tokens per request."""
     df = _read_csv(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), "Azure")
-    times = pd.to_datetime(df["TIMESTAMP"], format="ISO8601", errors="coerce", utc=True)
+    # As text: pandas reads a column of bare numbers as numbers, which a later pandas takes for epoch seconds.
+    times = pd.to_datetime(df["TIMESTAMP"].astype(str), format="ISO8601", errors="coerce", utc=True)
     if times.isna().any():
         i = int(np.argmax(times.isna().to_numpy()))
         raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': expected a date-time such as "
-                         f"2023-11-16 18:15:46.6805900, got {df['TIMESTAMP'].iloc[i]!r}")
+                         f"2023-11-16 18:15:46.6805900, got {_cell(df['TIMESTAMP'].iloc[i])}")
     # Years outside 1678..2261 do not fit int64 ns since 1970 (they would wrap); a span over the clock's
     # bound would not fit a trace's arrival times.
     outside = ((times.dt.year < 1678) | (times.dt.year > 2261)).to_numpy()
     if outside.any():
         i = int(np.argmax(outside))
         raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': expected a date-time between the years 1678 "
-                         f"and 2261, got {df['TIMESTAMP'].iloc[i]!r}")
+                         f"and 2261, got {_cell(df['TIMESTAMP'].iloc[i])}")
     arrival_ns = times.to_numpy(dtype="datetime64[ns]").astype(np.int64)
     late = arrival_ns.astype(float) - float(arrival_ns.min()) > MAX_ARRIVAL_NS  # in float: int64 would wrap
     if late.any():
         i = int(np.argmax(late))
-        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': {df['TIMESTAMP'].iloc[i]!r} is more than "
+        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': {_cell(df['TIMESTAMP'].iloc[i])} is more than "
                          f"{MAX_ARRIVAL_NS / 1e9:.0e} s after the trace's first request")
     inputs = _int_column(df, "ContextTokens", path)
     outputs = _int_column(df, "GeneratedTokens", path, min_value=0)
@@ -260,7 +261,7 @@ def _conversation_lengths(item: object, where: str, chars_per_token: float) -> t
     """(input, output) tokens of a conversation's first human turn and the reply to it; None when
     it has no such pair. Given counts (`input_tokens`/`output_tokens`) win over the text estimate."""
     if not isinstance(item, dict):
-        raise TraceError(f"{where}: expected a conversation object, got {type(item).__name__}")
+        raise TraceError(f"{where}: expected a conversation object, got {json_kind(item)}")
     if "input_tokens" in item or "output_tokens" in item:
         return (token_count(item.get("input_tokens"), where, "input_tokens"),
                 token_count(item.get("output_tokens"), where, "output_tokens"))

@@ -102,6 +102,8 @@ def parse_length_dist(spec: str, option: str = "length", max_len: int | None = N
         raise bad("N must be a positive integer")
     if kind == "uniform" and not (1 <= params[0] <= params[1]):
         raise bad("need 1 <= LO <= HI")
+    if kind == "uniform" and not (params[0].is_integer() and params[1].is_integer()):
+        raise bad("LO and HI must be whole numbers (the lengths drawn are)")
     if kind in ("normal", "lognormal") and (params[0] < 1 or params[1] < 0):
         raise bad("need MEAN >= 1 and STD >= 0")
     min_len, spec_max = bounds.get("min", 1), bounds.get("max")

@@ -69,6 +69,9 @@ def parse_format(spec: str) -> tuple[str, dict[str, str]]:
         if not eq or key not in _PARAMS.get(name, ()):
             allowed = ", ".join(f"{k}=..." for k in _PARAMS.get(name, ())) or "none"
             raise TraceError(f"--dataset-format: {name} takes options {allowed}; got {part.strip()!r}")
+        if key in params:  # one filter each: a second would silently replace the first
+            raise TraceError(f"--dataset-format: {key}= given twice ({params[key]!r} and {value.strip()!r}); "
+                             "give it once")
         params[key] = value.strip()
     return name, params
 
@@ -119,11 +122,11 @@ def detect_format(path: Path) -> str:
         if obj is None and any(k in text for k in ('"input_lens"', '"ttfts"')):
             return "vllm-bench"
         if obj is None:  # a first line longer than the head (token ids), or one the reader will refuse: its keys
-            if '"input_toks"' in first:
+            if '"input_toks"' in first or '"input_tok_ids"' in first:  # the ids may come first and fill the head
                 return "pdsim"
             if '"input_length"' in first or '"hash_ids"' in first:
                 return "mooncake"
-    header = {c.strip() for c in first.split(",")}
+    header = {c.strip().strip('"') for c in first.split(",")}  # a CSV writer may quote every name
     if {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= header:
         return "azure"
     if {"Timestamp", "Request tokens", "Response tokens"} <= header:

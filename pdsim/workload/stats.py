@@ -4,13 +4,13 @@ gaps between arrivals), length percentiles and, where it has hash_ids, how much 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pdsim.outputs import atomic_path
 from pdsim.workload.trace import TraceRequest
 
 PERCENTILES = (50, 90, 99)
@@ -169,12 +169,9 @@ def plot_stats(requests: Sequence[TraceRequest], stats: dict[str, Any], path: Pa
         ax.set(xlabel=f"{name} length (tokens)", ylabel="requests", title=f"{name} lengths (mean {s['mean']:,.0f})")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import BinaryIO
 
 from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError, TraceError, json_kind, json_shown, parse_json
+from pdsim.outputs import atomic_path
 
 
 @dataclass(slots=True)
@@ -36,6 +36,7 @@ class TraceRequest:
 DEFAULT_HASH_BLOCK_TOKENS = 512  # Mooncake's block size, assumed when a trace gives hash_ids alone
 TOKEN_ID_BLOCK_TOKENS = 16  # vLLM's default block size: input_tok_ids become one prefix id per this many
 MAX_TOKEN_ID = 2**32 - 1  # above every tokenizer's vocabulary; below where Python's int hash wraps (2^61 - 1)
+MAX_HASH_ID = 2**64 - 1  # a 64-bit block hash, the widest id a trace gives (the engine's keys take it unwrapped)
 
 
 def checked_token_ids(tokens: object, where: str) -> list[int]:
@@ -105,12 +106,24 @@ def _arrival(value: object, where: str) -> int:
     raise TraceError(f"{where}: field 'arrival_time_ns': expected a finite number >= 0 (ns), got {json_shown(value)}")
 
 
-def _hash_ids(obj: dict, input_toks: int, where: str) -> tuple[tuple[int, ...], int]:
+def _hash_block_tokens(obj: dict, where: str) -> int:
     block = obj.get("hash_block_tokens", DEFAULT_HASH_BLOCK_TOKENS)
     if type(block) is not int or block < 1:
         raise TraceError(f"{where}: field 'hash_block_tokens': expected a positive integer, got {json_shown(block)}")
+    return block
+
+
+def _hash_ids(obj: dict, input_toks: int, where: str) -> tuple[tuple[int, ...], int]:
+    block = _hash_block_tokens(obj, where)
     ids = checked_hash_ids(obj["hash_ids"], input_toks, block, where)
     return ids, (block if ids else 0)
+
+
+def _prompt_token_ids(obj: dict, input_toks: int, where: str) -> list[int]:
+    tokens = checked_token_ids(obj["input_tok_ids"], where)
+    if len(tokens) != input_toks:
+        raise TraceError(f"{where}: field 'input_tok_ids': {len(tokens)} ids, but input_toks is {input_toks}")
+    return tokens
 
 
 def hash_blocks(tokens: int, block: int) -> int:
@@ -119,10 +132,11 @@ def hash_blocks(tokens: int, block: int) -> int:
 
 
 def checked_hash_ids(ids: object, input_toks: int, block: int, where: str) -> tuple[int, ...]:
-    """A trace's `hash_ids`: integers >= 0, at most hash_blocks(input_toks, block) of them (Mooncake's traces
-    have exactly that many); more would cover tokens the prompt does not have."""
-    if type(ids) is not list or not all(type(x) is int and x >= 0 for x in ids):
-        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers >= 0, got {json_shown(ids)}")
+    """A trace's `hash_ids`: integers from 0 to MAX_HASH_ID, at most hash_blocks(input_toks, block) of them
+    (Mooncake's traces have exactly that many); more would cover tokens the prompt does not have."""
+    if type(ids) is not list or not all(type(x) is int and 0 <= x <= MAX_HASH_ID for x in ids):
+        raise TraceError(f"{where}: field 'hash_ids': expected a list of integers from 0 to {MAX_HASH_ID} (2^64 - 1), "
+                         f"got {json_shown(ids)}")
     most = hash_blocks(input_toks, block)
     if len(ids) > most:
         raise TraceError(f"{where}: field 'hash_ids': {len(ids)} ids of {block} tokens each, but {input_toks} input "
@@ -236,6 +250,7 @@ def read_trace(path: str | Path, max_requests: int | None = None) -> tuple[list[
                 and 0 <= arr <= MAX_ARRIVAL_NS
                 and "hash_ids" not in obj
                 and "input_tok_ids" not in obj
+                and "hash_block_tokens" not in obj
             ):
                 append(TraceRequest(n, inp, out, arr))
             else:
@@ -291,22 +306,20 @@ def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, w
     input_tok_ids' block chains, numbered in `chains`)."""
     input_toks = _length(inp, "input_toks", where)
     ids, block = (), 0
+    # Every field a line gives is checked, the ones the prefix ids do not come from too (hash_ids win).
+    tokens = _prompt_token_ids(obj, input_toks, where) if "input_tok_ids" in obj else None
     if "hash_ids" in obj:
         ids, block = _hash_ids(obj, input_toks, where)
-    elif "input_tok_ids" in obj:
-        tokens = checked_token_ids(obj["input_tok_ids"], where)
-        if len(tokens) != input_toks:
-            raise TraceError(f"{where}: field 'input_tok_ids': {len(tokens)} ids, but input_toks is {input_toks}")
+    elif tokens is not None:
         ids, block = block_chain_ids(tokens, TOKEN_ID_BLOCK_TOKENS, chains), TOKEN_ID_BLOCK_TOKENS
+    elif "hash_block_tokens" in obj:  # of no use without hash_ids, but not silently wrong either
+        _hash_block_tokens(obj, where)
     return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
 
 
 def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:
     """Write atomically (a temporary file beside it, then os.replace): a reader never sees half a trace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(Path(path)) as tmp:
         with tmp.open("w", encoding="utf-8") as f:
             for r in requests:
                 extra = ""
@@ -317,6 +330,3 @@ def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> None:
                     f'{{"input_toks": {r.input_toks}, "output_toks": {r.output_toks}, '
                     f'"arrival_time_ns": {r.arrival_time_ns}{extra}}}\n'
                 )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
