@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 import warnings
 from pathlib import Path
@@ -270,6 +271,24 @@ def test_decode_skew_alphas_are_numbers_and_a_negative_one_makes_no_negative_tim
     fit.write_text("\n".join([*lines[:5], ",".join(cells), *lines[6:]]) + "\n")
     with pytest.raises(ProfileError, match=r"skew_fit.csv:6: column 'n_label': 'n<=lots' is no bucket label"):
         StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    # A row the fit skipped without a word (pc not all digits), and a fit with no row left: refused, not read as
+    # no fit at all. A BOM, a blank line, a repeated header and pc written 0.0 are read past.
+    cells = lines[5].split(",")
+    cells[0] = "0.5"
+    fit.write_text("\n".join([*lines[:5], ",".join(cells), *lines[6:]]) + "\n")
+    with pytest.raises(ProfileError, match=r"skew_fit.csv:6: column 'pc': expected a whole number .* got '0.5'"):
+        StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    for rows in ([], [",".join([*line.split(",")[:-1], "0"]) for line in lines[1:]]):
+        fit.write_text("\n".join([lines[0], *rows]) + "\n")
+        with pytest.raises(ProfileError, match=r"skew_fit.csv: no row with samples \(n_samples > 0\)"):
+            StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    zero = [line.replace("0,", "0.0,", 1) if line.startswith("0,") else line for line in lines]
+    fit.write_text("\ufeff" + "\n".join([*zero[:5], "", lines[0], *zero[5:]]) + "\n")
+    read_past = StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    fit.write_text("\n".join(lines) + "\n")
+    kept = StepTimePredictor(read_profile(profile, tp=1), llama8b, 1, rtx)
+    assert [read_past._mixed_alpha(c, 0, n) for c in (0, 256) for n in (2, 120)] == \
+        [kept._mixed_alpha(c, 0, n) for c in (0, 256) for n in (2, 120)]
     fit.unlink()  # the overall alpha of meta.yaml then applies
     meta = profile / "meta.yaml"
     text = meta.read_text()
@@ -665,6 +684,19 @@ def test_a_profile_with_uneven_decode_batches_prices_the_decode_skew_from_them(t
     assert pred.step_time_s([], 2, 4608, 4096) > pred.step_time_s([], 2, 4608, None)
     # The plain profile has no such table: uniform lookups.
     assert MeasuredSkew.from_profile(read_profile(tmp_path / "plain")) is None
+    # A row no uneven batch can be (a batch of 0 divided by zero; of 1 has no short requests), a fraction, a
+    # short KV over the long one, a row timed twice: refused, naming the row.
+    for bad, why in (((0, 256, 2048, 50.0), "expected whole numbers, a batch_size of at least 2"),
+                     ((1, 256, 2048, 50.0), "a batch_size of at least 2"),
+                     ((2.5, 256, 2048, 50.0), "expected whole numbers"),
+                     ((2, 4096, 2048, 50.0), "kv_short_tokens below kv_long_tokens"),
+                     (skew[0], "two rows for batch_size=2, kv_short_tokens=256, kv_long_tokens=2048")):
+        with pytest.raises(ProfileError, match=r"attention_decode_skew\.csv: .*" + re.escape(why)):
+            write_profile(tmp_path / "bad", meta, *rows, decode_skew_rows=[*skew, bad])  # read back as written
+    table = tmp_path / "skew" / "attention_decode_skew.csv"
+    table.write_text(table.read_text() + "0,256,2048,50.0\n")
+    with pytest.raises(ProfileError, match=r"skew/attention_decode_skew\.csv: row batch_size=0, "):
+        read_profile(tmp_path / "skew")
 
 
 def test_short_chunk_attention_follows_the_gpus_own_sm_count():

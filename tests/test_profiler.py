@@ -143,6 +143,14 @@ def test_only_attention_decode_skew_adds_it_to_an_older_profile(tmp_path: Path) 
     assert "--only attention_decode_skew" in meta["attention_decode_skew"]["how"]
     timed = [r for r in iter_timings(path) if r["table"] == "attention_decode_skew"]
     assert len(timed) == len(rows)
+    # A profile that does not record its grid: the series would be timed on the command's default grid, beyond
+    # the decode table it is read against.
+    meta.pop("grid")
+    (path / "meta.json").write_text(json.dumps(meta))
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), "--only", "attention_decode_skew", *FAST)
+    assert isinstance(result.exception, PdsimError), result.output
+    assert "meta.json: no field 'grid'" in str(result.exception)
+    assert read_profile(path).decode_skew_rows == rows
 
 
 def test_predictor_uses_the_profile(profile_dir: Path) -> None:
@@ -179,6 +187,15 @@ def test_check_returns_numbers(profile_dir: Path) -> None:
     for row in rows:
         measured, predicted = (float(v) for v in row[22:].split()[:2])
         assert measured > 0 and predicted > 0
+
+
+def test_check_refuses_a_tp_dtype_or_hardware_the_profile_it_is_given_is_not(profile_dir: Path) -> None:
+    base = ("--check", "--model", MODEL, "--profile-dir", str(profile_dir), *FAST)
+    for option, value, said in (("--tp", "2", "--tp 2: "), ("--dtype", "float16", "--dtype float16: "),
+                                ("--hardware", "CPU-7core", "--hardware CPU-7core: ")):
+        result = _invoke(*base, option, value)
+        assert isinstance(result.exception, PdsimError), result.output
+        assert str(result.exception).startswith(said) and "is a profile of" in str(result.exception)
 
 
 def test_compare_same_profile_is_zero(profile_dir: Path) -> None:

@@ -258,6 +258,11 @@ def test_calibrate_says_when_the_best_overhead_is_the_grid_edge():
     edge = fit_overhead(lambda us: np.array([us - 9000.0]), grid_us=[0, 500, 1000, 1500, 2000])
     assert edge["step_overhead_us"] == 2000 and edge["at_grid_edge"]
     assert not fit_overhead(lambda us: np.array([us + 5.0]), grid_us=[0, 500])["at_grid_edge"]  # 0: a true bound
+    # Leave-one-out: each sample at the overhead the other picks (1000 for both here: 0 and 200); one sample
+    # leaves none to fit on, so it has no such error (it was the error at the grid's first point).
+    assert inside["loo_mape_pct"] == inside["mape_pct"] == 100.0
+    assert fit_overhead(lambda us: np.array([us - 500.0, us - 1500.0]), grid_us=[0, 500, 1500])["loo_mape_pct"] == 1000
+    assert edge["loo_mape_pct"] is None
 
 
 def test_calibrate_recovers_the_overhead_an_aiperf_run_was_made_with(tmp_path):

@@ -276,12 +276,25 @@ def _read_pdsim(root: Path) -> Profile:
     p = root / MoELayoutTable.FILE
     moe_layouts = MoELayoutTable.read(p) if p.is_file() else None
     p = root / DECODE_SKEW_FILE
-    skew = None
-    if p.is_file():
-        skew = [(int(n), int(short), int(long), us) for n, short, long, us in
-                _read_csv(p, DECODE_SKEW_COLUMNS, DECODE_SKEW_COLUMNS)]
+    skew = _decode_skew_rows(p) if p.is_file() else None
     return Profile(meta, dense, per_seq, prefill, decode, None, allreduce, moe_layouts=moe_layouts,
                    decode_skew_rows=skew)
+
+
+def _decode_skew_rows(path: Path) -> list[tuple[int, int, int, float]]:
+    """The uneven decode batches the profiler timed: one request at kv_long beside batch_size - 1 at kv_short,
+    so a batch of at least two, whole token counts and a short KV below the long one, each timed once."""
+    rows, seen = [], set()
+    for n, short, long, us in _read_csv(path, DECODE_SKEW_COLUMNS, DECODE_SKEW_COLUMNS):
+        point = f"batch_size={n:g}, kv_short_tokens={short:g}, kv_long_tokens={long:g}"
+        if not (n.is_integer() and short.is_integer() and long.is_integer()) or n < 2 or short >= long:
+            raise ProfileError(f"{path}: row {point}: expected whole numbers, a batch_size of at least 2 (one long "
+                               "request beside short ones) and kv_short_tokens below kv_long_tokens")
+        if (key := (int(n), int(short), int(long))) in seen:
+            raise ProfileError(f"{path}: two rows for {point}")
+        seen.add(key)
+        rows.append((*key, us))
+    return rows
 
 
 # ---------------------------------------------------------------- LLMServingSim format

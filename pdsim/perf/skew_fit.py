@@ -85,7 +85,7 @@ class SkewFit:
         if not path.is_file():
             return None
         sums: dict[tuple[float, float, float, int], list[float]] = {}
-        with path.open() as f:
+        with path.open(encoding="utf-8-sig") as f:  # a BOM is no part of the first column's name
             header = f.readline().strip().split(",")
             col = {c: i for i, c in enumerate(header)}
             need = {"pc", "n_label", "skew_rate_label", "kp_label", "alpha", "n_samples"}
@@ -94,8 +94,13 @@ class SkewFit:
                                    f"LLMServingSim's skew fit ({', '.join(sorted(need))})")
             for line_no, line in enumerate(f, start=2):
                 r = line.strip().split(",")
-                if len(r) < len(header) or not r[col["pc"]].isdigit():  # a repeated header line, a blank one
+                if not line.strip() or r == header:  # a blank line, a repeated header
                     continue
+                pc = _number(r[col["pc"]]) if len(r) >= len(header) else math.nan
+                if not (pc >= 0 and pc.is_integer()):  # NaN fails too; a row pdsim skipped would change the fit
+                    what = (f"column 'pc': expected a whole number of prefill tokens >= 0, got {r[col['pc']]!r}"
+                            if len(r) >= len(header) else f"{len(r)} fields, expected {len(header)}")
+                    raise ProfileError(f"{path}:{line_no}: {what}")
                 n_upper = _bucket_upper(r[col["n_label"]], "n")
                 sr_upper = _bucket_upper(r[col["skew_rate_label"]], "sr")
                 kp_upper = _bucket_upper(r[col["kp_label"]], "kp")
@@ -108,13 +113,16 @@ class SkewFit:
                     raise ProfileError(f"{path}:{line_no}: column 'n_samples': expected a count >= 0, got "
                                        f"{r[col['n_samples']]!r}")
                 alpha = _alpha(r[col["alpha"]], f"{path}:{line_no}: column 'alpha'")
-                acc = sums.setdefault((n_upper, min(sr_upper, 1.0), kp_upper, int(r[col["pc"]])), [0.0, 0.0])
+                acc = sums.setdefault((n_upper, min(sr_upper, 1.0), kp_upper, int(pc)), [0.0, 0.0])
                 acc[0] += w * alpha
                 acc[1] += w
         alphas: dict[tuple[float, float, float], dict[int, float]] = {}
         for (n_upper, sr_upper, kp_upper, pc), (a, w) in sums.items():
             if w > 0:
                 alphas.setdefault((n_upper, sr_upper, kp_upper), {})[pc] = a / w
+        if not alphas:  # read as no fit, it would price every step at meta.yaml's alpha_default without a word
+            raise ProfileError(f"{path}: no row with samples (n_samples > 0), so no alpha to use; expected "
+                               "LLMServingSim's skew fit (remove the file to take meta.yaml's alpha_default)")
         return cls(alphas)
 
     def alpha(self, chunk_sum: int, prefix_sum: int, n_decode: int) -> float | None:

@@ -86,6 +86,8 @@ class CheckRequest:
     attention_backend: str = "auto"
     elementwise: str = "auto"
     passes: int = 1  # time every case this many times, interleaved; the fastest median is kept
+    # What the command line said of the profile beside --profile-dir (tp, dtype, hardware): it must be that one.
+    stated: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +102,10 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> CheckResult:
     meta = profile.meta
     if meta.model != req.model:
         raise PdsimError(f"{req.profile_dir}: profile is for model {meta.model!r}, not {req.model!r}")
+    for key, value in req.stated.items():
+        if getattr(meta, key) != value:
+            raise PdsimError(f"--{key} {value}: {req.profile_dir} is a profile of {key} {getattr(meta, key)}, which "
+                             "the check measures against; give that, or leave the option out")
     spec = load_model(req.model)
     # No engine runs a request past the model's context; checking there would only measure memory
     # the real run never needs (and --check-kv 10^7 x a decode batch does not fit).

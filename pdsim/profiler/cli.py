@@ -342,6 +342,9 @@ def _check(opts: dict) -> bool:
     profile_dir = opts["profile_dir"] or profile_path(
         Path(opts["out"]), _hardware(opts, device), str(opts["model"]), str(opts["dtype"]), int(opts["tp"])
     )
+    ctx = click.get_current_context()
+    stated = {key: _hardware(opts, device) if key == "hardware" else opts[key] for key in ("tp", "dtype", "hardware")
+              if opts["profile_dir"] and ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}
     req = CheckRequest(
         model=str(opts["model"]),
         profile_dir=Path(profile_dir),
@@ -354,6 +357,7 @@ def _check(opts: dict) -> bool:
         attention_backend=str(opts["attention_backend"]),
         elementwise=str(opts["elementwise"]),
         passes=_passes(opts),
+        stated=stated,
     )
     result = run_check(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"self-check of {profile_dir} on {device} ({os.cpu_count()} CPUs visible)")

@@ -351,14 +351,17 @@ def add_only(req: ProfileRequest, only: str, progress_enabled: bool = False) -> 
             f"{out_dir}: profile measured with {recorded} threads, not {threads}; pass --threads {recorded}"
         )
     raw = json.loads((out_dir / "meta.json").read_text())
-    if "grid" in raw:
-        grid = raw["grid"]
-        try:
-            if not isinstance(grid, dict) or not all(type(v) is int for v in grid.values()):
-                raise TypeError("expected an object of whole numbers")
-            req = replace(req, grid=GridSpec(**grid))
-        except (TypeError, ValueError) as e:  # an unknown key, a missing one, or a value out of range
-            raise PdsimError(f"{out_dir / 'meta.json'}: field 'grid': {e}; got {grid!r}") from None
+    if "grid" not in raw:  # the series would be timed on this command's grid, not the tables' beside it
+        raise PdsimError(f"{out_dir / 'meta.json'}: no field 'grid', which pdsim's profiler records with the tables "
+                         f"it measured ({'an estimated profile' if profile.estimated else 'not such a profile'}); "
+                         f"--only {only} measures beside them on their grid: measure the whole profile instead")
+    grid = raw["grid"]
+    try:
+        if not isinstance(grid, dict) or not all(type(v) is int for v in grid.values()):
+            raise TypeError("expected an object of whole numbers")
+        req = replace(req, grid=GridSpec(**grid))
+    except (TypeError, ValueError) as e:  # an unknown key, a missing one, or a value out of range
+        raise PdsimError(f"{out_dir / 'meta.json'}: field 'grid': {e}; got {grid!r}") from None
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     load_at_start = round(os.getloadavg()[0], 2)
     measured = measure(req, model, progress_enabled, only=only)

@@ -22,7 +22,7 @@ def fit_overhead(errors_at: Callable[[float], np.ndarray], grid_us: Sequence[flo
     """errors_at(overhead_us) -> signed % error per sample (row or metric).
 
     Returns the overhead minimising the mean absolute error, its in-sample MAPE, and the
-    leave-one-out MAPE (each sample predicted with the overhead fitted on the others).
+    leave-one-out MAPE (each sample predicted with the overhead fitted on the others; None for one sample).
     """
     errs = np.array([np.asarray(errors_at(float(g)), dtype=float) for g in grid_us])  # grid x samples
     if errs.size == 0 or np.isnan(errs).any():
@@ -35,8 +35,8 @@ def fit_overhead(errors_at: Callable[[float], np.ndarray], grid_us: Sequence[flo
     total = abs_errs.sum(axis=1)
     n = errs.shape[1]
     loo = []
-    for i in range(n):
-        j = int(np.argmin((total - abs_errs[:, i]) / max(n - 1, 1)))
+    for i in range(n if n > 1 else 0):  # one sample leaves nothing to fit the others on: no such error
+        j = int(np.argmin((total - abs_errs[:, i]) / (n - 1)))
         loo.append(abs_errs[j, i])
     # The grid's last point as the best: the error may still fall beyond it, so it is no fit.
     at_edge = best == len(grid_us) - 1 and len(grid_us) > 1
@@ -44,6 +44,6 @@ def fit_overhead(errors_at: Callable[[float], np.ndarray], grid_us: Sequence[flo
     # either: every overhead made the error worse, so whatever is off is not a missing per-step cost.
     at_bottom = best == 0 and len(grid_us) > 1
     return {"step_overhead_us": float(grid_us[best]), "mape_pct": float(abs_errs[best].mean()),
-            "signed_err_pct": float(errs[best].mean()), "loo_mape_pct": float(np.mean(loo)),
+            "signed_err_pct": float(errs[best].mean()), "loo_mape_pct": float(np.mean(loo)) if loo else None,
             "grid_us": list(grid_us), "mape_by_grid_pct": [float(x) for x in abs_errs.mean(axis=1)],
             "at_grid_edge": at_edge, "at_grid_bottom": at_bottom}

@@ -623,8 +623,10 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
                    f"made the error worse (mean signed error {fit['signed_err_pct']:+.1f}% at "
                    f"{fit['step_overhead_us']:g} us{slower}), so there is nothing for an overhead to explain; an "
                    "error left lies in the step times or the configuration, not in a missing per-step cost")
-    click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, "
-               f"leave-one-out {fit['loo_mape_pct']:.1f}%); wrote {out}")
+    loo = ("no leave-one-out error: one sample, none left to fit on" if fit["loo_mape_pct"] is None
+           else f"leave-one-out {fit['loo_mape_pct']:.1f}%")
+    click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, {loo}); "
+               f"wrote {out}")
     if estimated[0]:  # the fit is then to the estimate's error as much as to the engine's overhead
         click.echo(_estimated_line(*estimated) if table_input else _estimated_line())
 
