@@ -37,13 +37,21 @@ def test_an_unmeasured_pcie_gpu_takes_the_measured_server_of_its_pcie_generation
         # PCIe 5: the RTX PRO 6000 server's.
         h100 = interconnect_model(get_hardware("H100-PCIe"), n)
         assert h100.time_us(m, n) == interconnect_model(rtx, n).time_us(m, n)
-    # An RTX PRO 6000 on another link is another machine: the server of that link's generation, scaled by line rate
-    # where none matches (PCIe 3, 16 GB/s: the L40S server's NCCL at half its bandwidth, 7.93 us + 9.3 GB/s).
-    assert interconnect_model(replace(rtx, intra_node_bw_gbps=32.0), 4).time_us(m, 4) == \
-        interconnect_model(l40s, 4).time_us(m, 4)
+    # An RTX PRO 6000 on another link keeps its own server's per-call costs, the bandwidth scaled by the link
+    # (PCIe 3, 16 GB/s: its NCCL at a quarter of its bandwidth, 7.33 us + 8.5 GB/s), and so does a GPU without
+    # a server of its own (the L40 on a PCIe 5 link is still priced from the L40S server, at twice its bandwidth).
     gen3 = interconnect_model(replace(rtx, intra_node_bw_gbps=16.0), 2)
-    assert "scaled x0.50 to its 16 GB/s link" in gen3.source
-    assert gen3.time_us(16 * m, 2) == pytest.approx(7.93 + 16 * m / (0.5 * 18.6e3))
+    assert "RTX PRO 6000 Server" in gen3.source and "scaled x0.25 to its 16 GB/s link" in gen3.source
+    assert gen3.time_us(16 * m, 2) == pytest.approx(7.33 + 16 * m / (0.25 * 34.0e3))
+    l40_gen5 = interconnect_model(replace(get_hardware("L40"), intra_node_bw_gbps=64.0), 2)
+    assert "measured on the L40S server" in l40_gen5.source and "scaled x2.00 to its 64 GB/s link" in l40_gen5.source
+    # A faster link is never a slower all-reduce: no jump where another server's per-call cost would take over.
+    for hw in (rtx, l40s, get_hardware("L40"), get_hardware("H100-PCIe"), get_hardware("RTX4090")):
+        for n in (2, 4, 8):
+            for size in (16 * 1024, m, 64 * m):
+                times = [interconnect_model(replace(hw, intra_node_bw_gbps=gbps), n).time_us(size, n)
+                         for gbps in (8, 16, 24, 32, 40, 48, 56, 64, 128, 1000)]
+                assert times == sorted(times, reverse=True), (hw.name, n, size, times)
 
 
 def test_a_gpu_without_peer_to_peer_gets_nccl_of_its_pcie_generation():
@@ -139,9 +147,11 @@ def test_which_nvlink_model_prices_a_gpu():
     assert h200.source == h100.source + ", taken for H200's NVLink of the same rate"  # said, not silent
     h800 = interconnect_model(get_hardware("H800"), 8)
     assert "scaled" in h800.source and h800.bus_bw_gbps == pytest.approx(h100.bus_bw_gbps * 200 / 450)
-    # A config that gives the A100 another link is another machine: the H100 model scaled to that link.
+    # A config that gives the A100 another link: its own measured model, the bandwidth scaled to that link.
+    a100 = interconnect_model(get_hardware("A100-80GB"), 8)
     other = interconnect_model(replace(get_hardware("A100-80GB"), intra_node_bw_gbps=600.0), 8)
-    assert "scaled" in other.source and other.bus_bw_gbps == pytest.approx(h100.bus_bw_gbps * 600 / 450)
+    assert "measured on A100" in other.source and "bandwidth scaled x2.00 to its 600 GB/s link" in other.source
+    assert (other.call_us, other.bus_bw_gbps) == (a100.call_us, pytest.approx(2 * a100.bus_bw_gbps))
 
 
 @needs_shared

@@ -455,10 +455,9 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
     predictor = res.instances[0].predictor
     notes = " ".join(predictor.notes)
-    # The innermost dimension's 128 GB/s is the TP link's line rate: another machine than the measured RTX PRO 6000
-    # server, whose tables (custom all-reduce 14.7 GB/s, NCCL 34.0 on two GPUs) are scaled to it
-    # (pdsim/perf/collectives.py).
-    assert "TP all-reduce priced by PCIe model measured on the RTX PRO 6000 Server" in notes
+    # The innermost dimension's 128 GB/s is the TP link's line rate: the measured RTX PRO 6000 server's tables
+    # (custom all-reduce 14.7 GB/s, NCCL 34.0 on two GPUs) scaled to it (pdsim/perf/collectives.py).
+    assert "TP all-reduce priced by PCIe model measured on RTX PRO 6000 Server" in notes
     assert "bandwidth scaled x2.00 to its 128 GB/s link" in notes
     model = predictor._allreduce_model
     assert model.bus_bw_gbps == pytest.approx(2 * 14.7) and model.large.bus_bw_gbps == pytest.approx(2 * 34.0)

@@ -17,6 +17,9 @@ applies (docs/validation.md, "TP collectives"):
 4. another PCIe GPU: the measured PCIe server of its generation (PCIE_ASSUMED_SOURCE), said to be assumed;
 5. a GPU pdsim has no spec for: the same, taken as a PCIe 4.0 x16 card, said to be an assumption.
 
+A config's TP link (the innermost of per-dimension link_bw lists) scales the bandwidth of the model the GPU
+gets at its own link, its per-call cost kept (_link_scale): a faster link never prices a slower all-reduce.
+
 A cluster config's link_bw / link_latency never price TP collectives: they are the network that
 carries KV between instances (LLMServingSim prices TP collectives over them too; the TP 2 RTX
 PRO 6000 check in docs/validation.md is why pdsim does not).
@@ -177,11 +180,20 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
 
 def _measured(servers: dict[str, tuple], like: dict[str, str], hardware: HardwareSpec) -> tuple[str, tuple] | None:
     """(name, entry) of the measured server of this GPU (or of the GPU it is measured like); None when there
-    is none, or a config gave the GPU another link than its spec's (another machine)."""
+    is none."""
     name = like.get(hardware.name, hardware.name)
-    if name not in servers or hardware.intra_node_bw_gbps != get_hardware(hardware.name).intra_node_bw_gbps:
-        return None
-    return name, servers[name]
+    return (name, servers[name]) if name in servers else None
+
+
+def _link_scale(hardware: HardwareSpec) -> tuple[float, str]:
+    """How a config's TP link (per-dimension link_bw) scales the bandwidth of the GPU's own: the GPU, its
+    driver and vLLM's kernels keep their per-call cost, the link sets the bandwidth, so a faster link is never
+    slower (taking another GPU's server at another rate would trade per-call costs). 1 at the spec's rate."""
+    spec = get_hardware(hardware.name)
+    if spec is None or hardware.intra_node_bw_gbps == spec.intra_node_bw_gbps:
+        return 1.0, ""
+    scale = hardware.intra_node_bw_gbps / spec.intra_node_bw_gbps
+    return scale, f", bandwidth scaled x{scale:.2f} to its {hardware.intra_node_bw_gbps:g} GB/s link"
 
 
 def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
@@ -192,11 +204,12 @@ def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: boo
     what, best, nccl = found[1]
     table = best if custom_all_reduce else nccl
     gpus = _nearest_gpus(table, n)
-    source = NVLINK_MEASURED_SOURCE.format(what)
+    scale, scaled = _link_scale(hardware)
+    source = NVLINK_MEASURED_SOURCE.format(what) + scaled
     if gpus != n:
         source += f", its {gpus}-GPU figures"
     call_us, bus_bw = table[gpus]
-    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw)
+    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
 
 
 # A GPU pdsim has no spec for: taken as a PCIe 4.0 x16 card (the link of most PCIe cards in service),
@@ -211,10 +224,12 @@ def unknown_gpu_model(hardware_name: str, n: int, custom_all_reduce: bool = True
 
 
 def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: bool = True,
-               why: str = "") -> AllReduceModel:
-    """The measured server of the nearest PCIe line rate, its bandwidths scaled to line_gbps."""
+               why: str = "", generation_gbps: float | None = None) -> AllReduceModel:
+    """The measured server of the GPU's PCIe generation (the nearest line rate to generation_gbps, the GPU's own
+    link; default line_gbps), its bandwidths scaled to line_gbps (a config's TP link, _link_scale)."""
     line = {name: get_hardware(name).intra_node_bw_gbps for name in PCIE_MEASURED}
-    server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(line_gbps / line[name])), name))
+    generation = line_gbps if generation_gbps is None else generation_gbps
+    server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(generation / line[name])), name))
     measured, custom, nccl = PCIE_MEASURED[server]
     scale = line_gbps / line[server]
     if scale != 1.0:
@@ -263,13 +278,14 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
     if found is None:
         return None
     name, (server, custom, nccl) = found
+    scale, scaled = _link_scale(hardware)
     if name != hardware.name:  # no P2P: NCCL only, lower bound
         return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {server.name} "
-                             "(same PCIe generation; aiconfigurator-core 0.12 tables), a lower bound", {}, nccl, n,
-                             custom_all_reduce)
+                             f"(same PCIe generation; aiconfigurator-core 0.12 tables){scaled}, a lower bound", {},
+                             nccl, n, custom_all_reduce, scale)
     # Named by what runs: where NCCL alone does, only what was measured of it.
     source = PCIE_MEASURED_SOURCE.format(server.measured(_custom_runs(custom, n, custom_all_reduce)))
-    return _server_model(source + _topology(n), custom, nccl, n, custom_all_reduce)
+    return _server_model(source + scaled + _topology(n), custom, nccl, n, custom_all_reduce, scale)
 
 
 def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:
@@ -289,8 +305,10 @@ def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
         return nvlink_model(hardware, n, custom_all_reduce)
     if hardware.nvlink_bridge_gbps:
         return bridged_pair_model(hardware, n, custom_all_reduce)
+    spec = get_hardware(hardware.name)
     return (measured_pcie_model(hardware, n, custom_all_reduce)
-            or pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce))
+            or pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce,
+                          generation_gbps=spec.intra_node_bw_gbps if spec else None))
 
 
 def bridged_pair_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
@@ -299,8 +317,10 @@ def bridged_pair_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
     throughout, so vLLM's custom all-reduce is off and NCCL's ring is held to PCIe (the PCIe model). Neither
     was measured on such cards."""
     if n > 2:
+        spec = get_hardware(hardware.name)
         return pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce,
-                          why=f", {n} GPUs beyond its NVLink-bridged pair")
+                          why=f", {n} GPUs beyond its NVLink-bridged pair",
+                          generation_gbps=spec.intra_node_bw_gbps if spec else None)
     bridge = dataclasses.replace(hardware, intra_node_bw_gbps=hardware.nvlink_bridge_gbps, intra_node_link="nvlink")
     scale = hardware.nvlink_bridge_gbps / NVLINK4_LINE_GBPS
     source = (f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}'s NVLink bridge (one bridged "
