@@ -86,6 +86,11 @@ def infer_instance_sizes(data: Any) -> Any:
         data = {**data, "num_npus": tp * pp}
     elif tp is None and _is_int(npus) and npus >= pp:
         data = {**data, "tp_size": npus // pp}
+    former, count = data.get("npu_num"), data.get("num_npus")
+    if former is not None and _is_int(count) and former != count:  # not read, but not silently contradicted either
+        raise PydanticCustomError("npus", "npu_num {former} (LLMServingSim's former key for the instance's GPUs, not "
+                                  "read) but num_npus {count}: remove npu_num or make it agree",
+                                  {"former": _fmt(former), "count": count})
     return data
 
 

@@ -72,6 +72,21 @@ def test_an_instance_without_its_gpu_count_is_refused_where_one_gpu_would_drop_w
                                            f"({why})")
 
 
+def test_npu_num_is_not_read_but_may_not_contradict_the_gpu_count(tmp_path):
+    def mutate(raw):
+        _inst(raw).update(npu_num=2, num_npus=1, tp_size=1)
+
+    assert _err(tmp_path, mutate).endswith("nodes[0].instances[1]: npu_num 2 (LLMServingSim's former key for the "
+                                           "instance's GPUs, not read) but num_npus 1: remove npu_num or make it agree")
+
+
+def test_memory_bandwidth_and_latency_are_bounded(tmp_path):
+    # 1e308 GB/s overflowed the estimator's bytes per microsecond to inf.
+    for key, value, bound in (("mem_bw", 1e308, "1000000"), ("mem_latency", 1e300, "1000000000")):
+        msg = _err(tmp_path, lambda r, key=key, value=value: _inst(r)["npu_mem"].update({key: value}))
+        assert msg.endswith(f"nodes[0].instances[1].npu_mem.{key}: expected a number <= {bound}, got {value:g}")
+
+
 def test_pd_type_typo(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r).update(pd_type="prefil"))
     assert msg.endswith('nodes[0].instances[1].pd_type: expected "prefill", "decode" or null, got "prefil"')

@@ -270,6 +270,17 @@ def test_link_lists_must_give_one_value_per_dimension_of_a_dp_topology():
     msg = _config_error(_cluster(*group, link_bw=[128, 64, 16]))
     assert msg.endswith("link_bw: 3 values, but a config with DP groups has 2 topology dimensions, innermost first "
                         "(tp, dp): give one value per dimension, or one number for all")
+    # Without DP groups the same dimensions, the outermost the link between instances, or one value for all: a
+    # value no dimension reads is refused, not left out without a word.
+    single = [_instance(tp_size=2)] * 2
+    for given in ([16], [128, 16]):
+        assert cluster_config_from_dict(_cluster(*single, link_bw=given)).link_bw == 16
+    for given, n in (([1, 2, 3, 16], 4), ([128, 64, 16], 3)):
+        assert _config_error(_cluster(*single, link_latency=given)).endswith(
+            f"link_latency: {n} values, but pdsim reads one value for every link, or 2 topology dimensions, "
+            "innermost first (tp, between instances): give one value per dimension, or one number for all")
+    staged = [_instance(tp_size=2, pp_size=2)] * 2
+    assert cluster_config_from_dict(_cluster(*staged, link_bw=[128, 64, 16])).link_bw == 16
 
 
 def test_dp_group_steps_in_lock_step_with_dummy_batches():

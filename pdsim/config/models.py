@@ -131,8 +131,8 @@ class MemConfig(_Strict):
     mem_size: float = Field(gt=0, le=MAX_MEM_GB, allow_inf_nan=False)  # GB
     # GB/s. At least 1: slower memory is no serving GPU's, and (a TB/s figure typed in GB/s, say) would
     # stretch every step so far that the run's timeline alone would not finish.
-    mem_bw: float = Field(ge=1, allow_inf_nan=False)
-    mem_latency: float = Field(default=0, ge=0, allow_inf_nan=False)  # ns
+    mem_bw: float = Field(ge=1, le=MAX_BW_GBPS, allow_inf_nan=False)
+    mem_latency: float = Field(default=0, ge=0, le=MAX_LATENCY_NS, allow_inf_nan=False)  # ns
 
 
 class NpuMemConfig(MemConfig):
@@ -575,19 +575,26 @@ class ClusterConfig(_Strict):
     def _check_link_ranks(self) -> None:
         """A link_bw / link_latency list gives one value per topology dimension; in a config with DP groups
         LLMServingSim's topology is [tp, dp], or [tp, pp, dp] with pipeline stages, and a list of another length
-        is an error there (its README), so it would be read here against the wrong dimensions."""
+        is an error there (its README), so it would be read here against the wrong dimensions. Without DP groups
+        pdsim reads the same dimensions, the outermost being the link between instances, or one value for all:
+        a list of another length would have values no dimension reads, left out without a word."""
         lists = {key: len(v) for key, v in (("link_bw", self.link_bw_per_dim),
                                             ("link_latency", self.link_latency_per_dim)) if v is not None}
-        groups = self.dp_groups()
-        if not lists or not groups:
+        if not lists:
             return
-        rank = 3 if any(ref.config.pp_size > 1 for members in groups.values() for ref in members) else 2
+        groups = self.dp_groups()
+        within = [ref for members in groups.values() for ref in members] if groups else self.instances()
+        rank = 3 if any(ref.config.pp_size > 1 for ref in within) else 2
         for key, n in lists.items():
-            if n != rank:
+            if n != rank and (groups or n != 1):
+                what = ("a config with DP groups has" if groups else
+                        "pdsim reads one value for every link, or")
                 raise PydanticCustomError(
-                    "rank", "{key}: {n} values, but a config with DP groups has {rank} topology dimensions, "
-                    "innermost first ({dims}): give one value per dimension, or one number for all",
-                    {"key": key, "n": n, "rank": rank, "dims": "tp, pp, dp" if rank == 3 else "tp, dp"})
+                    "rank", "{key}: {n} values, but {what} {rank} topology dimensions, innermost first ({dims}): "
+                    "give one value per dimension, or one number for all",
+                    {"key": key, "n": n, "rank": rank, "what": what,
+                     "dims": ("tp, pp, dp" if groups else "tp, pp, between instances") if rank == 3 else
+                     ("tp, dp" if groups else "tp, between instances")})
 
     def instances(self) -> list[InstanceRef]:
         return [

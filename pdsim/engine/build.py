@@ -138,6 +138,10 @@ def build_instance(
         predictor.notes.append(note)
     if board_note:
         predictor.notes.append(board_note)
+    if ic.tp_size > 1 and cfg.link_bw_per_dim is None:  # LLMServingSim broadcasts a scalar to its TP dimension too
+        predictor.notes.append(f"the config's link_bw {cfg.link_bw:g} GB/s is the link between instances, not the TP "
+                               "group's, which LLMServingSim would price its all-reduce over (docs/validation.md, "
+                               "TP collectives); a link_bw list's first value sets the TP link")
     if mismatch == "note":
         predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
                                f"{ic.hardware!r}: step times are the profile's, memory and links the instance's")
