@@ -220,3 +220,26 @@ def test_a_missing_parquet_engine_names_pyarrow(tmp_path, monkeypatch):
     with pytest.raises(ProfileError, match=r"gemm_perf.parquet: reading aiconfigurator's parquet tables needs "
                                            r"pyarrow: pip install -U pyarrow .*pandas said: Unable to find"):
         aiconfigurator._read(table)
+
+
+@needs_shared
+@pytest.mark.parametrize("table", ["attention/vllm/0.24.0/generation_attention_perf.parquet",
+                                   "attention/vllm/0.24.0/context_attention_perf.parquet",
+                                   "comm/nccl/2.27.3/nccl_perf.parquet",
+                                   "comm/vllm/0.24.0/custom_allreduce_perf.parquet"])
+def test_a_table_measured_on_another_gpu_than_the_system_is_refused(tmp_path, table):
+    # As a GEMM table of another GPU is: each table read is checked, not the GEMMs alone.
+    import shutil
+
+    import pandas as pd
+
+    from pdsim.errors import ProfileError
+
+    systems = tmp_path / "systems"
+    shutil.copytree(AIC / "systems_data_h100_sxm", systems)
+    df = pd.read_parquet(systems / table)
+    df["device"] = "NVIDIA A100-SXM4-80GB"
+    df.to_parquet(systems / table)
+    with pytest.raises(ProfileError, match=rf"{table.rsplit('/', 1)[-1]}: measured on NVIDIA A100-SXM4-80GB, not on "
+                                           r"the H100 of --system h100_sxm"):
+        import_profile(systems, "h100_sxm", load_model("Qwen/Qwen3-32B"), 2, tmp_path / "out")

@@ -94,7 +94,7 @@ def test_tablend_multilinear_and_nested_grids():
     sl = tn.slice_last_axis(2.0, 1.0, 3.0)
     for d in (0, 2.5, 5, 10):
         assert sl(d) == pytest.approx(tn(2.0, 1.0, 3.0, d))
-    with pytest.raises(ValueError, match="duplicate"):
+    with pytest.raises(ValueError, match=r"^two rows for a=.*, d=.* \(1 repeated grid point\(s\)\)$"):
         TableND("g", np.vstack([pts, pts[:1]]), np.zeros(len(pts) + 1), ("a", "b", "c", "d"))
 
 
@@ -739,6 +739,15 @@ def test_an_unknown_llmservingsim_variant_names_meta_yaml_and_the_field(tmp_path
                                                                                   "architecture: gpt_oss"))
     got = read_profile(profile, tp=1).meta
     assert (got.dtype, got.quantization) == ("bfloat16", None)
+    # A grid point given twice in attention.csv is named once, with its file.
+    table = profile / "tp1" / "attention.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([*lines, lines[1]]) + "\n")
+    chunk, kv_prefill, n_decode, kv_decode = (float(x) for x in lines[1].split(",")[:4])
+    with pytest.raises(ProfileError, match=rf"tp1/attention\.csv: two rows for prefill_chunk={chunk:g}, "
+                                           rf"kv_prefill={kv_prefill:g}, n_decode={n_decode:g}, "
+                                           rf"kv_decode={kv_decode:g} \(1 repeated grid point\(s\)\)$"):
+        read_profile(profile, tp=1)
 
 
 def test_estimate_refuses_fp8_weights_over_32_bit_activations_and_profiler_options_out_of_range(tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pdsim.engine.cluster import SimOptions
+from pdsim.errors import ProfileError
 from pdsim.validate.closed_loop import simulate_table, unsupported_reason
 from pdsim.validate.row_layout import row_layout
 
@@ -122,7 +123,7 @@ def test_silicon_benchmark_runs_expressible_rows_and_names_every_skip(tmp_path, 
     assert df.prefill_load[0] > 0 and df.lone_prefill_ms[0] > 0
 
 
-def test_attention_table_takes_the_kernel_measured_over_the_lengths():
+def test_attention_table_takes_the_kernel_measured_over_the_lengths(tmp_path):
     # B200's vLLM context-attention table: FlashInfer's prefill kernel over every isl and its decode
     # kernel at isl 1 only. The decode kernel's single row would be extrapolated to every length.
     from pdsim.perf.aiconfigurator import _attn_table
@@ -132,8 +133,20 @@ def test_attention_table_takes_the_kernel_measured_over_the_lengths():
     rows = [{**shape, "isl": 1, "latency": 0.009, "kernel_source": "vllm_flashinfer_trtllmdecode"}]
     rows += [{**shape, "isl": n, "latency": 0.01 * n / 1024, "kernel_source": "vllm_flashinfer_trtllmprefill"}
              for n in (16, 1024, 4096, 16384)]
-    table, kernel = _attn_table(pd.DataFrame(rows), 8, 1, 128, "isl")
+    path = tmp_path / "context_attention_perf.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    table, kernel = _attn_table(path, "b200_sxm", 8, 1, 128, "isl")
     assert kernel == "vllm_flashinfer_trtllmprefill" and sorted(table.isl) == [16, 1024, 4096, 16384]
+    # Another shape is not in it: the table is named.
+    with pytest.raises(ProfileError, match=r"context_attention_perf\.parquet: no attention rows for heads=64"):
+        _attn_table(path, "b200_sxm", 64, 8, 128, "isl")
+    # A generation row of one step leaves nothing to extrapolate a longer KV from: said with the table's name.
+    from pdsim.perf.aiconfigurator import _interp2
+
+    one_step = pd.DataFrame({"batch_size": [1, 1, 8], "step": [128, 1024, 128], "latency": [0.01, 0.02, 0.03]})
+    with pytest.raises(ProfileError, match=r"^gen\.parquet: batch_size=8 has one step \(128\), so nothing to "
+                                           r"extrapolate step=2048 from"):
+        _interp2(one_step, "batch_size", "step", 8, 2048, "gen.parquet")
 
 
 def test_per_request_run_with_fp8_weights_replays_with_fp8_weights(tmp_path):

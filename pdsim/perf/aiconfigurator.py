@@ -162,14 +162,18 @@ class _Gemm:
         return max(out, 0.0)
 
 
-def _attn_table(df: pd.DataFrame, heads: int, kv_heads: int, head_dim: int, key: str) -> tuple[pd.DataFrame, str]:
-    """The rows of one attention shape (no sliding window, bf16 KV) and the kernel they come from."""
+def _attn_table(path: Path, system: str, heads: int, kv_heads: int, head_dim: int, key: str
+                ) -> tuple[pd.DataFrame, str]:
+    """The rows of one attention shape (no sliding window, bf16 KV) in the table at `path`, and the kernel they
+    come from."""
+    df = _read_checked(path, system)
     sel = df[(df.num_heads == heads) & (df.num_key_value_heads == kv_heads) & (df.head_dim == head_dim)
              & (df.kv_cache_dtype == "bfloat16")]
     if "window_size" in sel.columns:  # older databases (A100's) measured full attention only
         sel = sel[sel.window_size == 0]
     if sel.empty:
-        raise ProfileError(f"no attention rows for heads={heads}, kv_heads={kv_heads}, head_dim={head_dim}")
+        raise ProfileError(f"{path}: no attention rows for heads={heads}, kv_heads={kv_heads}, head_dim={head_dim} "
+                           "(bf16 KV, no sliding window)")
     kernels = set(sel.kernel_source)
     # Else the kernel with the most rows: B200's context table holds FlashInfer's TRT-LLM prefill kernel
     # and, for isl 1 only, its decode kernel; one row per batch size would be extrapolated into nonsense.
@@ -179,8 +183,10 @@ def _attn_table(df: pd.DataFrame, heads: int, kv_heads: int, head_dim: int, key:
     return sel.groupby(["batch_size", key], as_index=False).latency.min(), kernel
 
 
-def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) -> float:
-    """Bilinear in (log x, log y) over a possibly ragged grid: linear in y within each x row."""
+def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float,
+             where: Path | str = "") -> float:
+    """Bilinear in (log x, log y) over a possibly ragged grid: linear in y within each x row (`where` names the
+    table in errors)."""
     xs = np.sort(table[x_col].unique())
     lx = np.log(np.clip(x, xs[0], None))
     i = int(np.clip(np.searchsorted(np.log(xs), lx) - 1, 0, max(xs.size - 2, 0)))
@@ -190,6 +196,9 @@ def _interp2(table: pd.DataFrame, x_col: str, y_col: str, x: float, y: float) ->
         vals.append(float(np.interp(y, row[y_col], row.latency, right=np.nan)))
         if math.isnan(vals[-1]):  # beyond the row: extrapolate linearly from the last two points
             r = row.tail(2)
+            if len(r) < 2:
+                raise ProfileError(f"{where}: {x_col}={xv:g} has one {y_col} ({r[y_col].iloc[0]:g}), so nothing to "
+                                   f"extrapolate {y_col}={y:g} from; expected several per {x_col}")
             y0, y1 = r[y_col].to_numpy(dtype=float)
             v0, v1 = r.latency.to_numpy(dtype=float)
             vals[-1] = v1 + (v1 - v0) * (y - y1) / (y1 - y0)
@@ -223,10 +232,17 @@ def allreduce_rows(custom: pd.DataFrame, nccl: pd.DataFrame, bytes_per_element: 
     return out
 
 
-def _allreduce(comm: Path, tp: int, dtype: str, pcie: bool) -> list[tuple[int, float]]:
-    custom = _read(_latest(comm, "vllm") / "custom_allreduce_perf.parquet")
+def _read_checked(path: Path, system: str) -> pd.DataFrame:
+    """A table of the database, refused when it was measured on another GPU than --system's."""
+    df = _read(path)
+    _check_device(df, system, path)
+    return df
+
+
+def _allreduce(comm: Path, tp: int, dtype: str, pcie: bool, system: str) -> list[tuple[int, float]]:
+    custom = _read_checked(_latest(comm, "vllm") / "custom_allreduce_perf.parquet", system)
     custom = custom[(custom.num_gpus == tp) & (custom.backend == "vllm_graph")]
-    nccl = _read(_latest(comm, "nccl") / "nccl_perf.parquet")
+    nccl = _read_checked(_latest(comm, "nccl") / "nccl_perf.parquet", system)
     nccl = nccl[(nccl.num_gpus == tp) & (nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half")]
     if nccl.empty and custom.empty:
         raise ProfileError(f"no all-reduce rows for {tp} GPUs in the aiconfigurator database")
@@ -300,11 +316,12 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
 
     attn_dir = _latest(root, "attention", "vllm")
     heads, kv_heads = model.heads_per_shard(tp), max(model.num_kv_heads // tp, 1)
-    gen, kernel = _attn_table(_read(attn_dir / "generation_attention_perf.parquet"), heads, kv_heads,
+    gen, kernel = _attn_table(attn_dir / "generation_attention_perf.parquet", system, heads, kv_heads,
                               model.head_dim, "step")
-    ctx, _ = _attn_table(_read(attn_dir / "context_attention_perf.parquet"), heads, kv_heads, model.head_dim, "isl")
+    ctx, _ = _attn_table(attn_dir / "context_attention_perf.parquet", system, heads, kv_heads, model.head_dim, "isl")
     ctx1 = ctx[ctx.batch_size == 1].sort_values("isl")
-    decode = [(b, kv, _interp2(gen, "batch_size", "step", b, kv)) for b in BATCH_GRID for kv in KV_GRID]
+    gen_path = attn_dir / "generation_attention_perf.parquet"
+    decode = [(b, kv, _interp2(gen, "batch_size", "step", b, kv, gen_path)) for b in BATCH_GRID for kv in KV_GRID]
 
     def prefill_us(c: int, p: int) -> float:
         isl_eq = math.sqrt(c * c + 2.0 * c * p)
@@ -312,7 +329,8 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
 
     prefill = [(c, p, prefill_us(c, p)) for c in CHUNK_GRID for p in PREFIX_GRID]
 
-    allreduce = _allreduce(Path(root) / "comm", tp, dtype, hardware.intra_node_link == "pcie") if tp > 1 else None
+    allreduce = (_allreduce(Path(root) / "comm", tp, dtype, hardware.intra_node_link == "pcie", system) if tp > 1
+                 else None)
     gemms = f"GEMMs ({quantization} layer GEMMs from its {QUANT_GEMM_DTYPE[quantization]} table)" if quantization \
         else "GEMMs"
     moe_rows, moe_kernel = moe_layout_rows(Path(root), system, model, tp, quantization)

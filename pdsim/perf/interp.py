@@ -262,15 +262,17 @@ class TableND(_RangeTracker):
         values = np.asarray(values, dtype=np.float64)
         d = len(axis_names)
         if points.ndim != 2 or points.shape[1] != d or points.shape[0] != values.shape[0] or not len(values):
-            raise ValueError(f"{name}: need an (n, {d}) array of grid points and n values")
+            raise ValueError(f"need an (n, {d}) array of grid points and n values")
         self.ndim = d
         self.axis_min = points.min(axis=0).tolist()
         self.axis_max = points.max(axis=0).tolist()
         self.axis_values = [np.unique(points[:, k]) for k in range(d)]
         order = np.lexsort(points.T[::-1])
         points, values = points[order], values[order]
-        if np.any(np.all(np.diff(points, axis=0) == 0, axis=1)):
-            raise ValueError(f"{name}: duplicate grid points")
+        repeated = np.flatnonzero(np.all(np.diff(points, axis=0) == 0, axis=1))
+        if len(repeated):
+            at = ", ".join(f"{axis}={x:g}" for axis, x in zip(axis_names, points[repeated[0]], strict=True))
+            raise ValueError(f"two rows for {at} ({len(repeated)} repeated grid point(s))")
         self._root = self._build(points, values, 0)
 
     def _build(self, points: np.ndarray, values: np.ndarray, axis: int) -> tuple[list[float], list]:
