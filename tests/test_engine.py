@@ -246,6 +246,28 @@ def test_max_sim_time_reports_unfinished_with_reason():
     assert load_report(df, 5.0)["arrival_window_s"] == pytest.approx(0.05 * 29)
 
 
+@pytest.mark.parametrize("pd", [False, True])
+@pytest.mark.parametrize("stop_s", [6.5, 7.3, 9.0])
+def test_a_decode_run_cut_by_the_clock_counts_its_ended_steps_as_stepping_one_by_one(stop_s, pd):
+    # The summary's busy time, steps, inter-token gaps and peak KV of a run passing in one event: its steps that
+    # ended by --max-sim-time count, as they do when stepping (and in the timeline); they were left out.
+    cfg = (cluster(instance("prefill"), instance("decode", max_num_seqs=8)) if pd else
+           cluster(instance(None, max_num_seqs=8)))
+    reqs = trace([(300, 400 + 7 * i, 0.01 * i) for i in range(40)])
+    fast = simulate(cfg, reqs, SimOptions(max_sim_time_s=stop_s))
+    slow = simulate(cfg, reqs, SimOptions(max_sim_time_s=stop_s, max_decode_run_steps=1))
+    for a, b in zip(fast.instances, slow.instances, strict=True):
+        assert a.stats.steps == b.stats.steps and a.stats.busy_s == pytest.approx(b.stats.busy_s, rel=1e-9)
+        assert a.kv.peak_used == b.kv.peak_used
+    fast_s, slow_s = (summarize(r, requests_frame(r)) for r in (fast, slow))
+    assert fast_s["itl_ms"] == pytest.approx(slow_s["itl_ms"], rel=1e-9)
+    assert [i["busy_fraction"] for i in fast_s["instances"]] == \
+        pytest.approx([i["busy_fraction"] for i in slow_s["instances"]])
+    for a, b in zip(fast.requests, slow.requests, strict=True):
+        assert (a.decode_first_token_s is None) == (b.decode_first_token_s is None)
+        assert a.decode_first_token_s is None or a.decode_first_token_s == pytest.approx(b.decode_first_token_s)
+
+
 def test_summary_and_itl_are_consistent():
     cfg = cluster(instance(None))
     reqs = generate_requests(100, 10, "lognormal:800,300", "lognormal:100,50", seed=4)

@@ -202,7 +202,7 @@ def simulate(
         monitor.sample_links()
     if not all_done.triggered:
         for inst in cluster.instances:
-            inst.stamp_run_in_progress()
+            inst.settle_run_cut_by_clock()
     for req in requests:
         if req.status not in ("finished", "rejected"):
             req.reason = _unfinished_reason(req, opts, end)

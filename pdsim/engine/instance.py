@@ -151,7 +151,7 @@ class Instance:
         # pool for its load on each request, and a bisect of a list is several times faster than numpy's
         # searchsorted on one value (same answers: the list holds the same float64 values).
         self._run_ends: list[float] | None = None
-        self._run_fresh: list[Request] = []  # the run's decoders that joined with a gap (hand-offs among them)
+        self._run_plan: StepPlan | None = None  # the decision the run carries out
         self._not_picked_up: list[Request] = []  # arrived since the last decision
         # (end, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, np.ndarray] | None = None
@@ -484,7 +484,7 @@ class Instance:
                 self._run = (start, ends, plan.n_decode)
                 self._run_later_blocks = None  # found when first needed (has_room_for)
                 self._run_ends = None
-                self._run_fresh = plan.fresh_decoders
+                self._run_plan = plan
                 yield self._run_or_wake(float(ends[-1]))
                 self._wake = None
                 steps = plan.max_steps
@@ -592,15 +592,27 @@ class Instance:
         for req in outcome.handoffs:
             self.on_handoff(self, req)
 
-    def stamp_run_in_progress(self) -> None:
-        """The simulation stopped by the clock inside a decode run: a hand-off whose first decode step there has
-        ended gets that token's time (what a client of a P/D proxy saw first), as stepping one by one gives it."""
-        if self._run is None or self._run_steps_done() == 0:
+    def settle_run_cut_by_clock(self) -> None:
+        """The simulation stopped by the clock inside a decode run: its steps that ended count as stepping one by
+        one counts them (busy time, steps, their inter-token gaps, the KV blocks they took, as the timeline
+        already shows them), and a hand-off whose first decode step there has ended gets that token's time (what a
+        client of a P/D proxy saw first)."""
+        if self._run is None or (done := self._run_steps_done()) == 0:
             return
         start, ends, _ = self._run
-        for req in self._run_fresh:
-            if req.kv_transfer_end_s is not None and req.decode_first_token_s is None:
-                req.decode_first_token_s = start + float(ends[0])
+        plan, stats = self._run_plan, self.stats
+        stats.busy_s += float(ends[done - 1])
+        stats.steps += done
+        tokens = plan.n_decode - plan.n_ghosts
+        stats.add_itl_run(np.diff(ends[:done], prepend=0.0), tokens, tokens - len(plan.fresh_decoders))
+        self.kv.peak_used = max(self.kv.peak_used, self.kv.used + self._run_blocks_ahead())
+        end_of_first = start + float(ends[0])
+        for req in plan.fresh_decoders:  # as _count_steps takes them
+            handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
+            if not (handed_off and self.regenerates_first_token):
+                stats.itl_gaps_s.append(end_of_first - req.last_token_s)
+            if handed_off:
+                req.decode_first_token_s = end_of_first
 
     # -- observation --------------------------------------------------------------------------
     def snapshot(self) -> tuple[int, int, int, int]:
