@@ -46,6 +46,19 @@ def test_block_scaled_fp8_computes_slower_than_per_tensor_fp8():
     assert (block - fixed) == pytest.approx((tensor - fixed) / MOE_KERNEL.block_scale_eff, rel=1e-9)
 
 
+def test_block_scaled_fp8_without_fp8_tensor_cores_is_not_slowed_twice():
+    # A100: fp8 checkpoints run weight-only at the bf16 peak already (gemm_precision), so block scales add no
+    # second slow-down; the expert GEMMs are never slower than the bf16 checkpoint's (they were up to 44%).
+    a100 = get_hardware("A100-80GB")
+
+    def experts_us(quantization, tokens):
+        return MoERoofline(a100, qwen235(), "bfloat16", 1, quantization).experts_us(tokens, tokens * 8, 128)
+
+    for tokens in (1, 64, 256, 2048, 16384):
+        bf16, block, tensor = (experts_us(q, tokens) for q in (None, "fp8_block", "fp8"))
+        assert block <= bf16 and block == pytest.approx(tensor, rel=0.01), tokens
+
+
 def test_decode_is_weight_streaming_plus_the_fixed_cost():
     # One token on 8 of 128 experts: memory bound, 8 experts' fp8 weights (+ block scales).
     r = roofline()

@@ -941,6 +941,16 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
     with pytest.raises(PdsimError, match="engine_kwargs.num_gpu_blocks_override: expected a whole number"):
         _validate_cli("--measured", str(requests), "--cluster-config", str(config),
                       "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    # A recorded size that does not fit the GPU: the error found sizing the replay names meta.json, which put the
+    # value there, not only the cluster config it was applied to (which has no such field).
+    for key, value in (("num_gpu_blocks_override", 10**6), ("kv_cache_memory_bytes", "90G")):
+        recorded["engine_kwargs"].pop("num_gpu_blocks_override")
+        recorded["engine_kwargs"][key] = value
+        meta.write_text(json.dumps(recorded))
+        with pytest.raises(PdsimError, match=rf"{key}.* GiB per GPU, more than the .* \(the replay applied what "
+                                             rf"{re.escape(str(meta))} records: {key} "):
+            _validate_cli("--measured", str(requests), "--cluster-config", str(config),
+                          "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
 
 
 @needs_shared

@@ -378,8 +378,10 @@ class MoERoofline(_Roofline):
         bits = getattr(model, "expert_weight_bits", None)
         # MXFP4 experts (gpt-oss): dense-GEMM constants; their own fit overshoots TPOT end to end (docs/moe.md).
         self.kernel = kernel if kernel is not None else MOE_KERNEL if bits is None else DENSE_GEMM_MOE_KERNEL
-        # Block-scaled fp8 rescales every 128-deep K step inside the GEMM's main loop.
-        self.block_scale = self.kernel.block_scale_eff if quantization == "fp8_block" else 1.0
+        # Block-scaled fp8 rescales every 128-deep K step inside the GEMM's main loop, which brings an fp8 tensor-core
+        # kernel down to about the bf16 speed (fitted so). Without fp8 tensor cores the GEMM is priced at the bf16
+        # peak already (gemm_precision, weight-only): the slow-down is not taken twice.
+        self.block_scale = self.kernel.block_scale_eff if quantization == "fp8_block" and hw.fp8_tflops > 0 else 1.0
         self.expert_params = model.moe.expert_params(model.hidden_size) // expert_tp
         # Bytes one activated expert streams: its weights at self.wt (1 under fp8) plus, quantised,
         # its fp32 scales counted as ModelSpec.weight_bytes counts them (docs/precision.md).

@@ -10,7 +10,7 @@ import pandas as pd
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
-from pdsim.errors import PdsimError
+from pdsim.errors import ConfigError, PdsimError
 from pdsim.metrics.stats import per_second, percentiles_interpolated, sorted_by_value, span_s
 from pdsim.metrics.summary import itl_samples, not_finished_reasons, reason_text, requests_frame
 from pdsim.outputs import atomic_path
@@ -53,7 +53,15 @@ def replay(cfg: ClusterConfig, measured: MeasuredRun, opts: SimOptions | None = 
     opts = opts or SimOptions()
     if measured.concurrency is not None and opts.concurrency is None:
         opts.concurrency = measured.concurrency
-    return simulate(cfg, trace_of(measured), opts, source, on_progress=on_progress)
+    try:
+        return simulate(cfg, trace_of(measured), opts, source, on_progress=on_progress)
+    except ConfigError as e:  # sizing the instances: a value meta.json put into the config may not fit there
+        from pdsim.validate.recorded import applied_from_meta, shown_key
+
+        named = {key: value for key, value in measured.applied_from_meta.items() if shown_key(key) in str(e)}
+        if not named:
+            raise
+        raise ConfigError(f"{e} {applied_from_meta(measured, named)}") from e
 
 
 def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:

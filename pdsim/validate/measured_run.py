@@ -38,6 +38,8 @@ class MeasuredRun:
     notes: list[str] = field(default_factory=list)
     # What the engine beside the run says about itself (meta.json: vllm_version, engine_kwargs).
     engine_meta: dict = field(default_factory=dict)
+    # The instance keys the replay took from meta.json (recorded.replay_config), for errors they cause.
+    applied_from_meta: dict = field(default_factory=dict)
     # Where TTFT and E2E start: "arrival" (the client sent it) or "pickup" (the engine first took it
     # in, between two steps: vLLM's `queued_ts`).
     latency_origin: str = "arrival"

@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from pdsim.validate.measured_run import MeasuredRun
 
 
+def shown_key(key: str) -> str:
+    """An instance key the replay set from meta.json, by the engine argument's name."""
+    return "gpu_memory_utilization" if key == UTILIZATION_OVER_MEM_UTIL else key
+
+
+def applied_from_meta(run: MeasuredRun, recorded: dict[str, object]) -> str:
+    """What an error caused by the run's record adds: which values of meta.json the replay applied."""
+    applied = ", ".join(f"{shown_key(key)} {value!s:.40}" for key, value in recorded.items())
+    return f"(the replay applied what {Path(run.source).with_name('meta.json')} records: {applied})"
+
+
 def replay_config(cluster_config: Path | None, run: MeasuredRun, async_scheduling: bool | None) -> ClusterConfig:
     """The measured engine's cluster config, scheduling as the run did: the option, else what the
     run's meta.json says (noted in the run's notes), else the config's."""
@@ -61,10 +72,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         if not recorded:
             raise
         # The config may be fine as written: name what the run's record put into it.
-        applied = ", ".join(f"{'gpu_memory_utilization' if key == UTILIZATION_OVER_MEM_UTIL else key} {value!s:.40}"
-                            for key, value in recorded.items())
-        raise ConfigError(f"{e} (the replay applied what {Path(run.source).with_name('meta.json')} records: "
-                          f"{applied})") from e
+        raise ConfigError(f"{e} {applied_from_meta(run, recorded)}") from e
+    run.applied_from_meta = recorded
     if from_config:
         modes = sorted({"on" if ref.config.async_scheduling else "off" for ref in cfg.instances()}, reverse=True)
         run.notes.append(f"async scheduling {' and '.join(modes)}: the cluster config's (no meta.json beside the "
