@@ -1229,10 +1229,21 @@ def test_a_recorded_version_pdsim_cannot_read_is_said(tmp_path):
         replay_config(RTX / "cluster_config.json", run, None)
         said = [n for n in run.notes if n.startswith("meta.json has")]
         assert len(said) == 1 and ("'banana', not a release number" if version else "no vllm_version") in said[0]
-        assert not any(n.startswith("async scheduling") for n in run.notes)  # no version, no version default
+        # No version, no version default: the value the config gave is said.
+        assert ("async scheduling off: the cluster config's (meta.json names no vLLM release; vLLM schedules "
+                "asynchronously by default from 0.14") in " ".join(run.notes)
     plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(RTX / "cluster_config.json", plain, None)
     assert not any(n.startswith("meta.json has") for n in plain.notes)
+    assert not any("KV capacity by vLLM 0.19's accounting" in n for n in plain.notes)  # a 0.19.0 run
+    # Another release sized by vLLM's accounting: its memory parts are 0.19's, and that is said.
+    recorded = json.loads(meta.read_text())
+    recorded["vllm_version"] = "0.12.0"
+    meta.write_text(json.dumps(recorded))
+    older = read_measured(requests)
+    replay_config(RTX / "cluster_config.json", older, None)
+    assert ("KV capacity by vLLM 0.19's accounting: its activation peak and non-torch memory are that release's, "
+            "vLLM 0.12.0 may differ") in " ".join(older.notes)
 
 
 @needs_shared

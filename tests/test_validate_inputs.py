@@ -752,10 +752,10 @@ def test_recorded_offloading_in_any_form_is_refused_not_ignored(tmp_path, value)
     assert "cpu_offload_gb" in res
 
 
-def _validate_or_error(requests: Path, config: Path, tmp_path: Path) -> str:
+def _validate_or_error(requests: Path, config: Path, tmp_path: Path, *extra: str) -> str:
     try:
         res = _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
-                   str(tmp_path / "v.csv"), "--step-time-margin-pct", "0")
+                   str(tmp_path / "v.csv"), "--step-time-margin-pct", "0", *extra)
     except PdsimError as e:
         return str(e)
     return res.output
@@ -807,6 +807,14 @@ def test_the_block_size_the_engine_reported_with_its_kv_size_is_replayed(tmp_pat
     out = _validate_or_error(requests, config, tmp_path)
     assert "block_size 32 from meta.json kv_cache" in out
     assert "vs measured 160,000 (5,000 blocks" in out
+    # The argument asked for 16, the cache ran with 32 (vLLM may change it): the cache's is replayed, and said.
+    requests, config = _run(tmp_path / "run2", n=3, meta={
+        "vllm_version": "0.19.0", "engine_kwargs": {"block_size": 16},
+        "kv_cache": {"num_gpu_blocks": 5000, "block_size": 32}})
+    out = _validate_or_error(requests, config, tmp_path, "--kv-capacity", "measured")
+    assert ("block_size 32 from meta.json kv_cache, the block size the engine's cache ran with, not engine_kwargs' "
+            "16") in out
+    assert "the measured engine's 5,000 blocks" in out and "vs measured 160,000 (5,000 blocks" in out
 
 
 def test_a_request_line_without_a_length_and_a_json_document_are_named_as_such(tmp_path):

@@ -52,8 +52,11 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         async_scheduling, why = run.async_scheduling()
         if async_scheduling is not None:
             run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
-    # Neither the option nor a run record decided it (an unreadable version in one is said on its own).
-    from_config = async_scheduling is None and not run.engine_meta
+    # Neither the option nor a run record decided it: the values replayed are said.
+    from pdsim.validate.engine_meta import vllm_major_minor
+
+    release = vllm_major_minor(str(run.engine_meta.get("vllm_version") or ""))
+    from_config = async_scheduling is None and (not run.engine_meta or release is None)
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
@@ -76,9 +79,10 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     run.applied_from_meta = recorded
     if from_config:
         modes = sorted({"on" if ref.config.async_scheduling else "off" for ref in cfg.instances()}, reverse=True)
-        run.notes.append(f"async scheduling {' and '.join(modes)}: the cluster config's (no meta.json beside the "
-                         "run; vLLM schedules asynchronously by default from 0.14, --async-scheduling / "
-                         "--sync-scheduling set it)")
+        why = "no meta.json beside the run" if not run.engine_meta else "meta.json names no vLLM release"
+        run.notes.append(f"async scheduling {' and '.join(modes)}: the cluster config's ({why}; vLLM schedules "
+                         "asynchronously by default from 0.14, --async-scheduling / --sync-scheduling set it)")
+    _note_memory_release(run, cfg, release)
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_engine_count(run, cfg, cluster_config)
@@ -98,6 +102,18 @@ def _note_unread_version(run) -> None:
         run.notes.append(f"meta.json has {what}: the defaults that depend on it (async scheduling, the "
                          "whole-sequence admission check, all-reduce + norm fusion) are the cluster config's "
                          "unless its engine_kwargs set them")
+
+
+def _note_memory_release(run, cfg: ClusterConfig, release: tuple[int, int] | None) -> None:
+    """vLLM's accounting takes the activation peak and the non-torch memory as vLLM 0.19 has them (docs/memory.md,
+    measured on that release's start-up logs): a run of another release, sized by that accounting, is told so."""
+    from pdsim.perf.memory import kv_rule
+
+    if release is None or release == (0, 19) or all(kv_rule(ref.config) != "vllm" for ref in cfg.instances()):
+        return
+    run.notes.append(f"KV capacity by vLLM 0.19's accounting: its activation peak and non-torch memory are that "
+                     f"release's, vLLM {run.engine_meta['vllm_version']} may differ (docs/memory.md; the instance "
+                     "key non_torch_memory_gb sets the latter)")
 
 
 # Engine arguments the replay reads (here, in engine_meta.py and in validate's notes), and those that do not
@@ -299,10 +315,18 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
         unrecorded.remove("max_num_batched_tokens")
     _unrecorded_batch_limits(instances, [k for k in _BATCH_LIMITS if k in unrecorded], run)
     kv = run.engine_meta.get("kv_cache")
-    if "block_size" not in out and isinstance(kv, dict) and kv.get("block_size") is not None:
-        size = out["block_size"] = positive_int(kv["block_size"], f"{meta}: kv_cache.block_size")
-        was = f", the config says {stated['block_size']}" if stated.get("block_size") not in (None, size) else ""
-        run.notes.append(f"block_size {size} from meta.json kv_cache{was}")
+    if isinstance(kv, dict) and kv.get("block_size") is not None:
+        # What the engine's KV cache ran with: vLLM may set another size than the argument asked for (MLA, hybrid
+        # models), and the measured block count is of these blocks.
+        size = positive_int(kv["block_size"], f"{meta}: kv_cache.block_size")
+        asked = out.get("block_size")
+        if asked is None:
+            was = f", the config says {stated['block_size']}" if stated.get("block_size") not in (None, size) else ""
+            run.notes.append(f"block_size {size} from meta.json kv_cache{was}")
+        elif asked != size:
+            run.notes.append(f"block_size {size} from meta.json kv_cache, the block size the engine's cache ran with, "
+                             f"not engine_kwargs' {asked}")
+        out["block_size"] = size
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
