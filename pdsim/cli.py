@@ -15,7 +15,7 @@ import pandas as pd
 from pdsim.bundled import InputFile, bundled_path
 from pdsim.cli_checks import OutputFile, existing_folder, number_in, slo_ms, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
-from pdsim.errors import ConfigError, PdsimError
+from pdsim.errors import ConfigError, PdsimError, ProfileError
 from pdsim.workload.readers import dataset_options
 
 
@@ -135,7 +135,8 @@ def cli() -> None:
               help="Stop at this simulated time (s); requests still in flight are reported unfinished.  "
                    "[default: none]")
 @click.option("--log-interval", type=float, default=None, callback=number_in(1e-3, 4e9, what="an interval (s)"),
-              help="Print a progress line every this many simulated seconds.  [default: off]")
+              help="Print a progress line every this many simulated seconds, which is also the timeline CSV's "
+                   "sampling interval.  [default: off; the timeline every 1 s]")
 @click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
                    "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
@@ -177,7 +178,9 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                          "requests arrive at its own times")
     if (slo_ttft_ms is None) != (slo_tpot_ms is None):
         raise PdsimError("--slo-ttft-ms/--slo-tpot-ms: give both or neither")
-    scaled = ctx.get_parameter_source("time_scale") != click.core.ParameterSource.DEFAULT
+    # Beside --rate: --time-scale at another value than 1 (given at 1, it is noted as ignored).
+    scaled = rate_per_s is not None and dataset is not None and concurrency is None and bool(
+        unused_options(ctx, "time_scale"))
     if dataset is None and (unused := unused_options(ctx, "window", "dataset_format", "time_scale")):
         raise PdsimError(f"{', '.join(unused)}: appl{'ies' if len(unused) == 1 else 'y'} to a --dataset; a synthetic "
                          "closed loop has no trace")
@@ -207,6 +210,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
     if profile_dir is None:  # the instances' own profile folders, which the config names
         check_run_output(output, [p for d in dict.fromkeys(ref.config.profile_dir for ref in cfg.instances())
                                   for p in _profile_inputs(None if d is None else Path(d))])
+    for note in _options_without_effect(ctx, cfg):
+        click.echo(f"note: {note}", err=True)
     trace = _run_trace(dataset, dataset_format, window, time_scale, num_requests, input_len, output_len,
                        concurrency, seed, rate_per_s)
     opts = SimOptions(
@@ -224,7 +229,7 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         try:
             result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
                               on_progress=lambda done, total: bar.update(done, total, "requests"))
-        except ConfigError as e:  # an instance that cannot be built (e.g. no room for its KV cache)
+        except (ConfigError, ProfileError) as e:  # an instance that cannot be built (no room for its KV, no profile)
             raise _from_command_line(e, given) from None
         wall_s = time.perf_counter() - started
         bar.close()
@@ -303,9 +308,38 @@ def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, qu
     return out
 
 
-def _from_command_line(error: ConfigError, given: str) -> ConfigError:
-    """A config error the command line's overrides may have caused: the config may be fine as written."""
-    return ConfigError(f"{error} (with {given} from the command line)") if given else error
+def _options_without_effect(ctx: click.Context, cfg) -> list[str]:
+    """Options given that this cluster gives nothing to act on, said rather than taken in silence: a routing
+    policy over a pool of fewer than two routing units (a DP group is one), a TP all-reduce switch without TP,
+    the client's TTFT without decode instances."""
+    from pdsim.config.load import option_shown
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
+    refs = cfg.instances()
+    notes = []
+    for name, pool in (("prefill_policy", [r for r in refs if r.config.pd_type != "decode"]),
+                       ("decode_policy", [r for r in refs if r.config.pd_type == "decode"])):
+        units = len({r.config.dp_group or r.instance_id for r in pool})
+        if given(name) and units < 2:
+            what = "no decode instance" if not pool else f"{'one instance' if len(pool) == 1 else 'one DP group'}"
+            notes.append(f"--{name.replace('_', '-')} {ctx.params[name]}: routes nothing here ({what} to choose "
+                         "among)")
+    if not any(r.config.tp_size > 1 for r in refs):
+        notes += [f"{option_shown(name, ctx.params[name])}: no instance has TP >= 2, so there is no TP all-reduce to "
+                  "set" for name in ("disable_custom_all_reduce", "allreduce_rms_fusion") if given(name)]
+    if given("ttft_mode") and ctx.params["ttft_mode"] == "client" and not any(r.config.pd_type == "decode"
+                                                                             for r in refs):
+        notes.append("--ttft-mode client: no decode instance, so the first token reaches the client from the "
+                     "instance that made it (the same as prefill)")
+    return notes
+
+
+def _from_command_line(error: PdsimError, given: str) -> PdsimError:
+    """An error building the instances that the command line's overrides may have caused (the config may be fine
+    as written), of the error's own kind."""
+    return type(error)(f"{error} (with {given} from the command line)") if given else error
 
 
 def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | None, time_scale: float,
@@ -315,7 +349,7 @@ def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | N
     from pdsim.workload.readers import load_dataset
 
     if dataset is not None:
-        if input_len or output_len:
+        if input_len is not None or output_len is not None:
             raise PdsimError("--input-len/--output-len: only without --dataset (lengths come from the trace)")
         trace = load_dataset(dataset, dataset_format, window, time_scale, max_requests=num_requests,
                              rate_per_s=rate_per_s)
@@ -386,7 +420,7 @@ def _synthetic_trace(input_len: str | None, output_len: str | None, num_requests
                      concurrency: int | None, seed: int):
     from pdsim.workload.generate import generate_requests
 
-    if not input_len or not output_len or num_requests is None or concurrency is None:
+    if input_len is None or output_len is None or num_requests is None or concurrency is None:
         raise PdsimError(
             "--dataset: missing; give a trace, or --concurrency with --num-requests, "
             "--input-len and --output-len"

@@ -187,6 +187,10 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
     for target in [output, *companions]:
         refuse_special_file(target, option)
         which = "" if target == output else f" (its companion {target.name})"
+        if target.is_file() and (folder := _bundled_folder_of(target)) is not None:
+            # Every run may read these by name; a new file beside them (a converted trace) is fine.
+            raise PdsimError(f"{option} {output}{which}: would overwrite {target.name}, one of pdsim's bundled "
+                             f"inputs in {folder}; choose another name")
         for src in existing_inputs:
             if src.is_dir():
                 if _inside(target, src):
@@ -196,6 +200,14 @@ def check_output_file(output: Path, option: str, inputs: Iterable[Path | None] =
                 raise PdsimError(f"{option} {output}{which}: would overwrite the input {src}; choose another name")
         if target != output and target.is_dir():  # else found only once the output itself was written
             raise PdsimError(f"{option} {output}{which}: {target} is a folder; move it or choose another name")
+
+
+def _bundled_folder_of(path: Path) -> Path | None:
+    """The bundled data folder (configs, profiles, workloads: pdsim/bundled.py) `path` lies in, or None."""
+    from pdsim.bundled import bundled_path
+
+    return next((folder for folder in map(bundled_path, ("configs", "profiles", "workloads"))
+                 if folder.is_dir() and _inside(path, folder)), None)
 
 
 def check_output_dir(folder: Path, option: str, shown: Path | None = None) -> None:

@@ -465,7 +465,6 @@ def test_rate_rescales_the_trace_to_that_mean_rate_and_is_refused_where_it_means
     lengths = tmp_path / "lengths.csv"
     lengths.write_text("num_prefill_tokens,num_decode_tokens\n100,10\n200,20\n")
     for args, words in ((("--dataset", str(TRACE), "--time-scale", "2"), "give one of them, not both"),
-                        (("--dataset", str(TRACE), "--time-scale", "1"), "give one of them, not both"),
                         (("--dataset", str(TRACE), "--concurrency", "4"), "a closed loop's clients send"),
                         (("--num-requests", "8"), "it rescales a --dataset's arrivals"),
                         (("--dataset", str(lengths)), "lengths.csv has no arrival times, so it has no rate"),
@@ -477,3 +476,52 @@ def test_rate_rescales_the_trace_to_that_mean_rate_and_is_refused_where_it_means
     res = pdsim("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--rate", "1e-9", "--output",
                 str(tmp_path / "x.csv"))
     assert res.returncode == 2 and "--rate 1e-09: the last arrival would be" in res.stderr, res.stderr
+
+
+def test_options_this_cluster_gives_nothing_to_act_on_are_said(tmp_path, capsys):
+    # A routing policy over a pool of one routing unit, TP switches without TP, the client's TTFT without decode
+    # instances: the outputs are the same as without them, which a note says instead of silence.
+    from pdsim.cli import main
+
+    def notes(config: str, *options: str) -> list[str]:
+        try:
+            main(["--cluster-config", config, "--dataset", str(TRACE), "--num-requests", "5", "--output",
+                  str(tmp_path / "r.csv"), "--quiet", *options])
+        except SystemExit as e:
+            assert not e.code
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: --")]
+
+    said = notes("single_node_2colocated", "--decode-policy", "random", "--prefill-policy", "random",
+                 "--ttft-mode", "client", "--no-allreduce-rms-fusion", "--disable-custom-all-reduce")
+    assert said == ["note: --decode-policy random: routes nothing here (no decode instance to choose among)",
+                    "note: --disable-custom-all-reduce: no instance has TP >= 2, so there is no TP all-reduce to set",
+                    "note: --no-allreduce-rms-fusion: no instance has TP >= 2, so there is no TP all-reduce to set",
+                    "note: --ttft-mode client: no decode instance, so the first token reaches the client from the "
+                    "instance that made it (the same as prefill)"]
+    assert notes(str(PD_CONFIG), "--prefill-policy", "random") == [
+        "note: --prefill-policy random: routes nothing here (one instance to choose among)"]
+    assert notes(str(PD_CONFIG), "--ttft-mode", "client") == []  # P/D: it applies
+
+
+def test_run_option_errors_name_the_option(tmp_path, capsys):
+    from pdsim.cli import main
+
+    def err(*options: str) -> tuple[int, str]:
+        try:
+            main(["--cluster-config", str(PD_CONFIG), "--output", str(tmp_path / "r.csv"), "--quiet", *options])
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        return code, capsys.readouterr().err
+
+    # A profile error an override caused (no estimate for float32 GEMMs) names the option, as a config error does.
+    code, text = err("--dataset", str(TRACE), "--num-requests", "3", "--dtype", "float32")
+    assert code == 2 and text.rstrip().endswith("(with --dtype float32 from the command line)")
+    # An empty length spec is that option's error, not a missing --dataset.
+    code, text = err("--concurrency", "4", "--input-len", "", "--output-len", "20", "--num-requests", "8")
+    assert code == 2 and text.startswith("error: --input-len: missing 'KIND:' in ''")
+    # --time-scale at 1 beside --rate changes nothing: noted, as other options at their default are, not refused.
+    code, text = err("--dataset", str(TRACE), "--num-requests", "10", "--rate", "2", "--time-scale", "1")
+    assert code == 0 and "note: --time-scale 1.0: given at its default value, which does not apply here" in text
+    code, text = err("--dataset", str(TRACE), "--num-requests", "10", "--rate", "2", "--time-scale", "2")
+    assert code == 2 and "--rate: applies to an open-loop --dataset without --time-scale" in text

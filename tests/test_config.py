@@ -201,6 +201,15 @@ def test_weights_must_fit_in_the_memory_cuda_shows_as_the_kv_accounting_takes_it
     msg = _err(tmp_path, lambda r: _inst(r).update(gpu_memory_utilization=0.157))
     assert msg.endswith("weights need 14.96 GiB per NPU (bfloat16, tp=1) but only 14.92 GiB is usable (95.03 GiB that "
                         "CUDA shows of mem_size 96 GB x gpu_memory_utilization 0.157)")
+    # With kv_cache_memory_bytes vLLM ignores the utilization: the weights then have all the memory CUDA shows (the
+    # KV sizing checks weights + KV + the rest against it).
+    raw = copy.deepcopy(PD)
+    _inst(raw).update(gpu_memory_utilization=0.157, kv_cache_memory_bytes=4 * 2**30)
+    assert load_cluster_config(_write(tmp_path, raw)).instances()[1].config.kv_cache_memory_bytes == 4 * 2**30
+    msg = _err(tmp_path, lambda r: (_inst(r)["npu_mem"].update(mem_size=14),
+                                    _inst(r).update(kv_cache_memory_bytes=2**30)))
+    assert msg.endswith("but only 14.00 GiB is usable (mem_size 14 GB; kv_cache_memory_bytes given, so no "
+                        "gpu_memory_utilization applies)")
 
 
 def test_tp_makes_weights_fit(tmp_path):
@@ -278,6 +287,16 @@ def test_several_errors_one_line_each(tmp_path):
     assert len(lines) == 2
     assert lines[0].endswith("instances[0].tp_size: expected a number >= 1, got 0")
     assert lines[1].endswith("instances[1].block_size: expected a number >= 1, got 0")
+
+
+def test_one_error_in_the_same_field_of_every_instance_is_one_line(tmp_path):
+    # As an option applied to every instance gives it: the places are named together.
+    def mutate(r):
+        for i in (0, 1):
+            _inst(r, i)["block_size"] = 0
+
+    assert _err(tmp_path, mutate).endswith("nodes[0].instances[0].block_size, nodes[0].instances[1].block_size: "
+                                           "expected a number >= 1, got 0")
 
 
 def test_malformed_json(tmp_path):

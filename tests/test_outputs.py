@@ -135,6 +135,24 @@ def test_output_that_would_overwrite_an_input_exits_2_naming_it(tmp_path, which,
     assert (trace.read_bytes(), config.read_bytes()) == before
 
 
+def test_output_over_a_bundled_input_another_run_reads_is_refused(tmp_path, capsys, monkeypatch):
+    # Not this run's input, but any run's (by name): a config turned into CSV rows; a new file beside them is fine.
+    import pdsim.bundled
+
+    root = tmp_path / "data"
+    shutil.copytree(REPO / "configs", root / "configs")
+    monkeypatch.setattr(pdsim.bundled, "data_root", lambda: root)
+    bundled = root / "configs" / "cluster" / "multi_node_2p2d.json"
+    before = bundled.read_bytes()
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "5",
+               "--output", str(bundled)) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite multi_node_2p2d.json, one of pdsim's bundled inputs" in err
+    assert bundled.read_bytes() == before
+    assert run("--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "5",
+               "--output", str(bundled.with_name("new.csv"))) == 0
+
+
 def test_output_that_cannot_be_written_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
     a_file = tmp_path / "plain.txt"
     a_file.write_text("x")

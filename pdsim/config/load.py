@@ -90,10 +90,16 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = []
+    """One line per problem: the same one in the same field of several instances (an option applied to every
+    instance) names them together."""
+    places: dict[tuple[str, str], list[str]] = {}
     for err in exc.errors():
-        where = _loc(err["loc"])
-        lines.append(f"{source}: {where}: {_describe(err)}" if where else f"{source}: {_describe(err)}")
+        field = next((part for part in reversed(err["loc"]) if isinstance(part, str)), "")
+        places.setdefault((_describe(err), field), []).append(_loc(err["loc"]))
+    lines = []
+    for (what, _), wheres in places.items():
+        where = ", ".join(w for w in wheres[:3] if w) + (f" and {len(wheres) - 3} more" if len(wheres) > 3 else "")
+        lines.append(f"{source}: {where}: {what}" if where else f"{source}: {what}")
     return "\n".join(lines)
 
 

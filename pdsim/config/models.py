@@ -384,15 +384,19 @@ class InstanceConfig(_Strict):
             weight_gb = max_stage_weight_bytes(model, self.pp_size, self.dtype, self.tp_size, expert_shards,
                                                self.quantization) / GB
         if self.npu_mem.mem_util is not None:  # LLMServingSim's rule: of mem_size as given
-            util_name, util, total_gb = "mem_util", self.npu_mem.mem_util, self.npu_mem.mem_size
-            total = f"mem_size {total_gb:g} GiB"
+            total_gb, util = self.npu_mem.mem_size, self.npu_mem.mem_util
+            limit = f"mem_size {total_gb:g} GiB x mem_util {util:g}"
         else:  # vLLM's: of the memory CUDA shows, as the KV accounting takes it (docs/memory.md)
             from pdsim.perf.memory import visible_memory_gib
 
-            util_name, util = "gpu_memory_utilization", self.gpu_memory_utilization or 0.9
             total_gb = visible_memory_gib(self.hardware, self.npu_mem.mem_size)[0]
             total = (f"mem_size {total_gb:g} GB" if total_gb == self.npu_mem.mem_size
                      else f"{total_gb:.2f} GiB that CUDA shows of mem_size {self.npu_mem.mem_size:g} GB")
+            if self.kv_cache_memory_bytes is not None:  # vLLM then ignores the utilization (memory.py checks the sum)
+                util, limit = 1.0, f"{total}; kv_cache_memory_bytes given, so no gpu_memory_utilization applies"
+            else:
+                util = self.gpu_memory_utilization or 0.9
+                limit = f"{total} x gpu_memory_utilization {util:g}"
         usable_gb = total_gb * util
         if weight_gb > usable_gb:
             raise PydanticCustomError(
@@ -402,8 +406,7 @@ class InstanceConfig(_Strict):
                     "msg": f"{self.model_name} weights need {weight_gb:.2f} GiB per NPU "
                     f"({self.quantization or self.dtype}, "
                     f"tp={self.tp_size}{f', pp={self.pp_size}' if self.pp_size > 1 else ''}) "
-                    f"but only {usable_gb:.2f} GiB is usable "
-                    f"({total} x {util_name} {util:g})"
+                    f"but only {usable_gb:.2f} GiB is usable ({limit})"
                 },
             )
 
