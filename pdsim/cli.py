@@ -229,8 +229,10 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         try:
             result = simulate(cfg, trace, opts, source=str(cluster_config), on_sample=on_sample,
                               on_progress=lambda done, total: bar.update(done, total, "requests"))
-        except (ConfigError, ProfileError) as e:  # an instance that cannot be built (no room for its KV, no profile)
+        except ConfigError as e:  # an instance that cannot be built (e.g. no room for its KV cache)
             raise _from_command_line(e, given) from None
+        except ProfileError as e:  # of the options, only --dtype picks what a profile must give
+            raise _from_command_line(e, option_shown("dtype", dtype) if dtype is not None else "") from None
         wall_s = time.perf_counter() - started
         bar.close()
 

@@ -73,8 +73,8 @@ def refuse_special_file(path: Path, option: str = "output") -> None:
 
 def _temp_prefix(name: str) -> str:
     """The hidden name a temporary file or folder beside `name` starts with: the name cut to leave room for
-    mkstemp's 8 random characters and suffix within the file system's 255 a name may have."""
-    return f".{name[:200]}."
+    mkstemp's 8 random characters and suffix within the file system's 255 bytes a name may have."""
+    return f".{name.encode()[:200].decode(errors='ignore')}."
 
 
 def _temp_beside(path: Path) -> Path:
@@ -114,7 +114,7 @@ def _put_in_place(new: Path, target: Path) -> None:
         return
     # The old folder is moved aside for as long as two renames take, and put back if the new one
     # cannot go in.
-    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name), suffix=".old", dir=target.parent))
     os.rename(target, aside)  # over the empty folder mkdtemp made
     try:
         os.rename(new, target)

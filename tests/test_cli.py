@@ -517,6 +517,11 @@ def test_run_option_errors_name_the_option(tmp_path, capsys):
     # A profile error an override caused (no estimate for float32 GEMMs) names the option, as a config error does.
     code, text = err("--dataset", str(TRACE), "--num-requests", "3", "--dtype", "float32")
     assert code == 2 and text.rstrip().endswith("(with --dtype float32 from the command line)")
+    # ... and not one it did not (an option that picks nothing a profile must give).
+    (tmp_path / "empty").mkdir()
+    code, text = err("--dataset", str(TRACE), "--num-requests", "3", "--profile-dir", str(tmp_path / "empty"),
+                     "--max-num-seqs", "8")
+    assert code == 2 and "not a profile directory" in text and "from the command line" not in text
     # An empty length spec is that option's error, not a missing --dataset.
     code, text = err("--concurrency", "4", "--input-len", "", "--output-len", "20", "--num-requests", "8")
     assert code == 2 and text.startswith("error: --input-len: missing 'KIND:' in ''")

@@ -209,7 +209,13 @@ def test_weights_must_fit_in_the_memory_cuda_shows_as_the_kv_accounting_takes_it
     msg = _err(tmp_path, lambda r: (_inst(r)["npu_mem"].update(mem_size=14),
                                     _inst(r).update(kv_cache_memory_bytes=2**30)))
     assert msg.endswith("but only 14.00 GiB is usable (mem_size 14 GB; kv_cache_memory_bytes given, so no "
-                        "gpu_memory_utilization applies)")
+                        "utilization applies)")
+    # LLMServingSim's mem_util too: the override sizes the KV whatever the rule (perf/memory.py kv_rule).
+    raw = copy.deepcopy(PD)
+    _inst(raw)["npu_mem"]["mem_util"] = 0.1
+    _inst(raw).pop("gpu_memory_utilization", None)
+    _inst(raw).update(kv_cache_memory_bytes=4 * 2**30)
+    assert load_cluster_config(_write(tmp_path, raw)).instances()[1].config.kv_cache_memory_bytes == 4 * 2**30
 
 
 def test_tp_makes_weights_fit(tmp_path):

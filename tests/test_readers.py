@@ -505,6 +505,13 @@ def test_a_bad_cell_in_a_zipped_csv_is_named_by_its_own_line(tmp_path):
                                   "2023-11-16 18:15:47.0,abc,1\n")
     with pytest.raises(TraceError, match=r"a\.zip:6: field 'ContextTokens'"):
         read_dataset(path, "azure")
+    # An archive of several files, or of none, is no CSV pandas reads: said, not an internal error.
+    for name, members in (("two.zip", ("a.csv", "b.csv")), ("none.zip", ())):
+        with zipfile.ZipFile(tmp_path / name, "w") as archive:
+            for member in members:
+                archive.writestr(member, "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,1,1\n")
+        with pytest.raises(TraceError, match=rf"{name}: not a readable CSV \(.*\); read as: Azure trace"):
+            read_dataset(tmp_path / name, "azure")
 
 
 def test_lengths_from_takes_a_bundled_trace_by_name(tmp_path):

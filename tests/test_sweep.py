@@ -1045,7 +1045,7 @@ def test_a_sweep_where_nothing_fits_says_the_base_ran_another_tp_once_per_layout
                                    "--rates", "4", "--slo-ttft-ms", "2000", "--slo-tpot-ms", "50",
                                    "--out", str(tmp_path / "s")])
     message = str(res.exception)
-    assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill instance:" in message, res.output
+    assert "no P:D split of 16 GPUs" in message and "and 11 more: prefill and decode instances:" in message, res.output
     assert message.count("weights need 131.42 GiB") == 2  # one line per layout: P/D and colocated
     assert ("note: the base config's colocated instances run TP 4; the variants run prefill TP 1 (--tp-prefill, "
             "default 1); decode TP 1 (--tp-decode, default 1)" in message)

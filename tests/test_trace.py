@@ -268,6 +268,7 @@ def test_hash_ids_read_written_and_defaulted(tmp_path):
     ({"hash_ids": [1], "hash_block_tokens": 0}, "field 'hash_block_tokens': expected a positive integer"),
     # checked where the prefix ids do not come from it too
     ({"hash_block_tokens": "abc"}, "field 'hash_block_tokens': expected a positive integer"),
+    ({"input_tok_ids": list(range(10)), "hash_block_tokens": 0}, "field 'hash_block_tokens': expected a positive"),
     ({"hash_ids": [1], "input_tok_ids": [5, 6]}, "field 'input_tok_ids': 2 ids, but input_toks is"),
 ])
 def test_bad_hash_ids(tmp_path, extra, expect):

@@ -383,7 +383,7 @@ class InstanceConfig(_Strict):
 
             weight_gb = max_stage_weight_bytes(model, self.pp_size, self.dtype, self.tp_size, expert_shards,
                                                self.quantization) / GB
-        if self.npu_mem.mem_util is not None:  # LLMServingSim's rule: of mem_size as given
+        if self.npu_mem.mem_util is not None and self.kv_cache_memory_bytes is None:  # LLMServingSim's rule
             total_gb, util = self.npu_mem.mem_size, self.npu_mem.mem_util
             limit = f"mem_size {total_gb:g} GiB x mem_util {util:g}"
         else:  # vLLM's: of the memory CUDA shows, as the KV accounting takes it (docs/memory.md)
@@ -392,8 +392,9 @@ class InstanceConfig(_Strict):
             total_gb = visible_memory_gib(self.hardware, self.npu_mem.mem_size)[0]
             total = (f"mem_size {total_gb:g} GB" if total_gb == self.npu_mem.mem_size
                      else f"{total_gb:.2f} GiB that CUDA shows of mem_size {self.npu_mem.mem_size:g} GB")
-            if self.kv_cache_memory_bytes is not None:  # vLLM then ignores the utilization (memory.py checks the sum)
-                util, limit = 1.0, f"{total}; kv_cache_memory_bytes given, so no gpu_memory_utilization applies"
+            if self.kv_cache_memory_bytes is not None:  # it sets the KV size whatever either rule says, and vLLM
+                # ignores the utilization then (perf/memory.py checks weights + KV + the rest against the memory)
+                util, limit = 1.0, f"{total}; kv_cache_memory_bytes given, so no utilization applies"
             else:
                 util = self.gpu_memory_utilization or 0.9
                 limit = f"{total} x gpu_memory_utilization {util:g}"

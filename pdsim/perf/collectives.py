@@ -272,8 +272,8 @@ def _custom_runs(custom: dict[int, tuple[float, float]], n: int, custom_all_redu
 
 
 def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel | None:
-    """The GPU's measured server's model for n GPUs (_server_model). None when the GPU's server was not
-    measured, or a config gave it another link than its spec's (another machine)."""
+    """The GPU's measured server's model for n GPUs (_server_model), its bandwidth scaled to a config's TP link
+    (_link_scale). None when the GPU's server was not measured."""
     found = _measured(PCIE_MEASURED, PCIE_WITHOUT_P2P_LIKE, hardware)
     if found is None:
         return None

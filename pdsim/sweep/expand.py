@@ -289,11 +289,14 @@ class _Layout:
             cluster_config_from_dict(self.probe, "<sweep>")
         except PdsimError as exc:
             first = str(exc).splitlines()[0].removeprefix("<sweep>: ")
-            where = re.match(r"nodes\[(\d+)\]\.instances\[(\d+)\]: ", first)
+            # The instances the error names (one, or several where it is the same in each), by role.
+            where = re.match(r"(nodes\[\d+\]\.instances\[\d+\](, )?)+: ", first)
             if where is None:
                 return first
-            role = self.probe["nodes"][int(where[1])]["instances"][int(where[2])]["pd_type"] or "colocated"
-            return f"{role} instance: {first[where.end():]}"
+            places = re.findall(r"nodes\[(\d+)\]\.instances\[(\d+)\]", where[0])
+            roles = list(dict.fromkeys(self.probe["nodes"][int(n)]["instances"][int(i)]["pd_type"] or "colocated"
+                                       for n, i in places))
+            return f"{' and '.join(roles)} instance{'s' if len(roles) > 1 else ''}: {first[where.end():]}"
         return None
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
         raise TraceError(f"{path}: not valid UTF-8 ({e.reason}); read as: {what} trace") from None
     except pd.errors.ParserError as e:
         raise TraceError(f"{path}: not a readable CSV ({csv_error_detail(e)}); read as: {what} trace") from None
+    except (ValueError, zipfile.BadZipFile) as e:  # a compressed file pandas cannot open as one CSV
+        raise TraceError(f"{path}: not a readable CSV ({str(e).splitlines()[0]}); read as: {what} trace") from None
     df.columns = [str(c).strip() for c in df.columns]
     header = csv_header(path) or []  # pandas renames a repeated column ("X.1") without a word
     twice = [c for c in need if header.count(c) > 1]

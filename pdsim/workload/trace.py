@@ -312,7 +312,7 @@ def _checked_request(n: int, obj: dict, inp: object, out: object, arr: object, w
         ids, block = _hash_ids(obj, input_toks, where)
     elif tokens is not None:
         ids, block = block_chain_ids(tokens, TOKEN_ID_BLOCK_TOKENS, chains), TOKEN_ID_BLOCK_TOKENS
-    elif "hash_block_tokens" in obj:  # of no use without hash_ids, but not silently wrong either
+    if "hash_block_tokens" in obj and "hash_ids" not in obj:  # read by no prefix id, but not silently wrong either
         _hash_block_tokens(obj, where)
     return TraceRequest(n, input_toks, _length(out, "output_toks", where), _arrival(arr, where), ids, block)
 
