@@ -603,3 +603,17 @@ def test_a_late_prompt_token_on_a_pipelined_prefill_instance_is_no_decoded_token
     assert prefill.stats.decode_tokens == 0
     per_request = 5 if ttft_mode == "client" else 4  # behind the proxy the decode instance makes every token
     assert decode.stats.decode_tokens == per_request * len(res.requests)
+
+
+@pytest.mark.parametrize("stop_s", [6.5, 9.0])
+def test_a_pipeline_stopped_by_the_clock_while_busy_counts_its_busy_time(stop_s):
+    # The busy span was closed only when the pipeline emptied: one kept busy to the stop showed 0%.
+    from pdsim.engine.cluster import simulate
+    from tests.helpers import trace
+
+    cfg = cluster(instance(None, max_num_seqs=8, pp_size=2, num_npus=2))
+    reqs = trace([(300, 400 + 7 * i, 0.01 * i) for i in range(40)])
+    res = simulate(cfg, reqs, SimOptions(max_sim_time_s=stop_s))
+    busy = summarize(res, requests_frame(res))["instances"][0]["busy_fraction"]
+    whole = simulate(cfg, reqs, SimOptions())
+    assert busy == pytest.approx(1.0) and whole.instances[0].stats.busy_s == pytest.approx(whole.sim_end_s)

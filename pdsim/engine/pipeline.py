@@ -384,6 +384,14 @@ class PipelinedInstance(Instance):
             self.stats.busy_s += now - self._busy_since
             self._busy_since = None
 
+    def settle_run_cut_by_clock(self) -> None:
+        """Stopped by the clock with micro-batches in flight: the busy span open since the pipeline last idled
+        counts up to the stop (it was counted only when the pipeline emptied, so a run cut while busy showed 0%)."""
+        super().settle_run_cut_by_clock()
+        if self._busy_since is not None:
+            self.stats.busy_s += self.env.now - self._busy_since
+            self._busy_since = self.env.now
+
     @property
     def num_requests(self) -> int:
         return super().num_requests + self.sched.num_in_flight
