@@ -321,11 +321,11 @@ def _options_without_effect(ctx: click.Context, cfg) -> list[str]:
 
     refs = cfg.instances()
     notes = []
-    for name, pool in (("prefill_policy", [r for r in refs if r.config.pd_type != "decode"]),
-                       ("decode_policy", [r for r in refs if r.config.pd_type == "decode"])):
-        units = len({r.config.dp_group or r.instance_id for r in pool})
-        if given(name) and units < 2:
-            what = "no decode instance" if not pool else f"{'one instance' if len(pool) == 1 else 'one DP group'}"
+    for name, decode in (("prefill_policy", False), ("decode_policy", True)):
+        units = cfg.routing_units(decode)
+        if given(name) and len(units) < 2:
+            what = ("no decode instance" if not units else
+                    "one DP group" if next(iter(units)) in cfg.dp_groups() else "one instance")
             notes.append(f"--{name.replace('_', '-')} {ctx.params[name]}: routes nothing here ({what} to choose "
                          "among)")
     if not any(r.config.tp_size > 1 for r in refs):

@@ -593,12 +593,18 @@ class ClusterConfig(_Strict):
             if n != rank and (groups or n != 1):
                 what = ("a config with DP groups has" if groups else
                         "pdsim reads one value for every link, or")
+                outer = "dp" if groups else "between instances"
+                dims = ["tp", "pp", outer] if rank == 3 else ["tp", outer]
                 raise PydanticCustomError(
                     "rank", "{key}: {n} values, but {what} {rank} topology dimensions, innermost first ({dims}): "
                     "give one value per dimension, or one number for all",
-                    {"key": key, "n": n, "rank": rank, "what": what,
-                     "dims": ("tp, pp, dp" if groups else "tp, pp, between instances") if rank == 3 else
-                     ("tp, dp" if groups else "tp, between instances")})
+                    {"key": key, "n": n, "rank": rank, "what": what, "dims": ", ".join(dims)})
+
+    def routing_units(self, decode: bool) -> set[str]:
+        """What a router chooses among for arrivals (prefill and colocated instances) or, with `decode`, for
+        hand-offs: each instance, a DP group as one (pdsim/engine/dp_group.py route)."""
+        return {ref.config.dp_group or ref.instance_id for ref in self.instances()
+                if (ref.config.pd_type == "decode") == decode}
 
     def instances(self) -> list[InstanceRef]:
         return [

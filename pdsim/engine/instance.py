@@ -580,8 +580,12 @@ class Instance:
         if plan.n_decode:
             tokens = plan.n_decode - plan.n_ghosts - len(outcome.dropped_decodes)
             stats.add_itl_run(durations, tokens, tokens - len(fresh))
-        if fresh:
-            self._first_decode_tokens(fresh, end_of_first)
+        for req in fresh:
+            handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
+            if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
+                stats.itl_gaps_s.append(end_of_first - req.last_token_s)
+            if handed_off:
+                req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
         stats.itl_gaps_s.extend(outcome.gap_itls_s)
         for req in outcome.finished:
             self.on_finish(req)
@@ -596,23 +600,12 @@ class Instance:
         if self._run is None or (done := self._run_steps_done()) == 0:
             return
         start, ends, _ = self._run
-        plan, stats = self._run_plan, self.stats
-        stats.busy_s += float(ends[done - 1])
-        stats.steps += done
-        tokens = plan.n_decode - plan.n_ghosts
-        stats.add_itl_run(np.diff(ends[:done], prepend=0.0), tokens, tokens - len(plan.fresh_decoders))
+        self.stats.busy_s += float(ends[done - 1])
+        # The bookkeeping of ended steps, with no outcome: a run finishes nothing before its last step, which the
+        # clock cut (and snapshot() counts a run's decode tokens from the run itself).
+        self._count_steps(self._run_plan, np.diff(ends[:done], prepend=0.0), done, StepOutcome(),
+                          start + float(ends[0]))
         self.kv.peak_used = max(self.kv.peak_used, self.kv.used + self._run_blocks_ahead())
-        self._first_decode_tokens(plan.fresh_decoders, start + float(ends[0]))
-
-    def _first_decode_tokens(self, fresh: list[Request], end_of_first: float) -> None:
-        """The first step's token of decoders that joined with a gap (hand-offs among them), at its end: the gap
-        since their last token, and a hand-off's first decode token."""
-        for req in fresh:
-            handed_off = req.kv_transfer_end_s is not None and req.decode_first_token_s is None
-            if not (handed_off and self.regenerates_first_token):  # the client never saw the prefill's token
-                self.stats.itl_gaps_s.append(end_of_first - req.last_token_s)
-            if handed_off:
-                req.decode_first_token_s = end_of_first  # what a client of a P/D proxy sees first
 
     # -- observation --------------------------------------------------------------------------
     def snapshot(self) -> tuple[int, int, int, int]:

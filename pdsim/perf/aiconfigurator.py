@@ -316,11 +316,10 @@ def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype:
 
     attn_dir = _latest(root, "attention", "vllm")
     heads, kv_heads = model.heads_per_shard(tp), max(model.num_kv_heads // tp, 1)
-    gen, kernel = _attn_table(attn_dir / "generation_attention_perf.parquet", system, heads, kv_heads,
-                              model.head_dim, "step")
+    gen_path = attn_dir / "generation_attention_perf.parquet"
+    gen, kernel = _attn_table(gen_path, system, heads, kv_heads, model.head_dim, "step")
     ctx, _ = _attn_table(attn_dir / "context_attention_perf.parquet", system, heads, kv_heads, model.head_dim, "isl")
     ctx1 = ctx[ctx.batch_size == 1].sort_values("isl")
-    gen_path = attn_dir / "generation_attention_perf.parquet"
     decode = [(b, kv, _interp2(gen, "batch_size", "step", b, kv, gen_path)) for b in BATCH_GRID for kv in KV_GRID]
 
     def prefill_us(c: int, p: int) -> float:

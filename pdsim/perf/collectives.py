@@ -218,17 +218,19 @@ UNKNOWN_GPU_PCIE_GBPS = 32.0
 
 
 def unknown_gpu_model(hardware_name: str, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
-    return pcie_model(hardware_name, UNKNOWN_GPU_PCIE_GBPS, n, custom_all_reduce,
+    return pcie_model(hardware_name, UNKNOWN_GPU_PCIE_GBPS, n, custom_all_reduce, generation_gbps=UNKNOWN_GPU_PCIE_GBPS,
                       why=f", taken as PCIe 4.0 x16 (no spec for {hardware_name!r}: add one in pdsim/hardware.py, "
                           "or measure allreduce.csv)")
 
 
 def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: bool = True,
                why: str = "", generation_gbps: float | None = None) -> AllReduceModel:
-    """The measured server of the GPU's PCIe generation (the nearest line rate to generation_gbps, the GPU's own
-    link; default line_gbps), its bandwidths scaled to line_gbps (a config's TP link, _link_scale)."""
+    """The measured server of the GPU's PCIe generation (the nearest line rate to generation_gbps; default its
+    spec's link, else line_gbps), its bandwidths scaled to line_gbps (a config's TP link, _link_scale)."""
     line = {name: get_hardware(name).intra_node_bw_gbps for name in PCIE_MEASURED}
-    generation = line_gbps if generation_gbps is None else generation_gbps
+    spec = get_hardware(hardware_name)
+    generation = (generation_gbps if generation_gbps is not None else
+                  spec.intra_node_bw_gbps if spec is not None else line_gbps)
     server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(generation / line[name])), name))
     measured, custom, nccl = PCIE_MEASURED[server]
     scale = line_gbps / line[server]
@@ -305,10 +307,8 @@ def interconnect_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
         return nvlink_model(hardware, n, custom_all_reduce)
     if hardware.nvlink_bridge_gbps:
         return bridged_pair_model(hardware, n, custom_all_reduce)
-    spec = get_hardware(hardware.name)
     return (measured_pcie_model(hardware, n, custom_all_reduce)
-            or pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce,
-                          generation_gbps=spec.intra_node_bw_gbps if spec else None))
+            or pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce))
 
 
 def bridged_pair_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
@@ -317,10 +317,8 @@ def bridged_pair_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool =
     throughout, so vLLM's custom all-reduce is off and NCCL's ring is held to PCIe (the PCIe model). Neither
     was measured on such cards."""
     if n > 2:
-        spec = get_hardware(hardware.name)
         return pcie_model(hardware.name, hardware.intra_node_bw_gbps, n, custom_all_reduce,
-                          why=f", {n} GPUs beyond its NVLink-bridged pair",
-                          generation_gbps=spec.intra_node_bw_gbps if spec else None)
+                          why=f", {n} GPUs beyond its NVLink-bridged pair")
     bridge = dataclasses.replace(hardware, intra_node_bw_gbps=hardware.nvlink_bridge_gbps, intra_node_link="nvlink")
     scale = hardware.nvlink_bridge_gbps / NVLINK4_LINE_GBPS
     source = (f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}'s NVLink bridge (one bridged "

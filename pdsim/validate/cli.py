@@ -99,7 +99,7 @@ def _pick_up_order_note(run: MeasuredRun, cfg: ClusterConfig, clock: str) -> Non
     replays the order they were sent in."""
     if clock != "engine" or run.latency_origin != "pickup":
         return
-    takers = {ref.config.dp_group or ref.instance_id for ref in cfg.instances() if ref.config.pd_type != "decode"}
+    takers = cfg.routing_units(decode=False)
     if len(takers) > 1:
         run.notes.append(f"NOTE: the config routes arrivals among {len(takers)} engines: on the engine clock each "
                          "request reaches the router when the engine it went to picked it up, which is not the order "

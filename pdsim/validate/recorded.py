@@ -47,15 +47,15 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         beside = case_file(run.source, "cluster_config.json")
         hint = f" (the run's case folder has one: --cluster-config {beside})" if beside is not None else ""
         raise PdsimError(f"--cluster-config: needed to replay a per-request run{hint}")
-    _note_unread_version(run)
+    from pdsim.validate.engine_meta import vllm_major_minor
+
+    release = vllm_major_minor(str(run.engine_meta.get("vllm_version") or ""))
+    _note_unread_version(run, release)
     if async_scheduling is None:
         async_scheduling, why = run.async_scheduling()
         if async_scheduling is not None:
             run.notes.append(f"async scheduling {'on' if async_scheduling else 'off'}: {why}")
     # Neither the option nor a run record decided it: the values replayed are said.
-    from pdsim.validate.engine_meta import vllm_major_minor
-
-    release = vllm_major_minor(str(run.engine_meta.get("vllm_version") or ""))
     from_config = async_scheduling is None and (not run.engine_meta or release is None)
     reserve, why = run.reserve_full_isl()
     if reserve is not None:
@@ -92,12 +92,11 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     return cfg
 
 
-def _note_unread_version(run) -> None:
-    """A meta.json whose vLLM version pdsim cannot read leaves that version's defaults to the config: say so."""
-    from pdsim.validate.engine_meta import vllm_major_minor
-
+def _note_unread_version(run, release: tuple[int, int] | None) -> None:
+    """A meta.json whose vLLM version pdsim cannot read (release None) leaves that version's defaults to the
+    config: say so."""
     version = run.engine_meta.get("vllm_version")
-    if run.engine_meta and vllm_major_minor(str(version or "")) is None:
+    if run.engine_meta and release is None:
         what = "no vllm_version" if version in (None, "") else f"vllm_version {version!r}, not a release number"
         run.notes.append(f"meta.json has {what}: the defaults that depend on it (async scheduling, the "
                          "whole-sequence admission check, all-reduce + norm fusion) are the cluster config's "
