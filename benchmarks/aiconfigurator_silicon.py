@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +103,12 @@ def pre_skip(row: pd.Series) -> str | None:
 class Profiles:
     """Imports a profile per (system, model, tp, precision) on first use; None where the tables cannot price it."""
 
-    def __init__(self, systems_dir: Path, out: Path):
+    def __init__(self, systems_dir: Path, out: Path) -> None:
         self.systems_dir, self.out = systems_dir, out
         self.made: dict[tuple, str | None] = {}
         self.why_estimated: dict[tuple, str] = {}
 
-    def lookup(self, system: str):
+    def lookup(self, system: str) -> Callable[[str, int, str], str | None]:
         def find(model: str, tp: int, precision: str) -> str | None:
             key = (system, model, tp, precision)
             if key not in self.made:

@@ -30,8 +30,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pdsim.config import ClusterConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -80,7 +84,7 @@ def sse_token_chunk(request_id: str, model: str) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-def row_cluster(tp: int, isl: int, conc: int, profile_dir: Path):
+def row_cluster(tp: int, isl: int, conc: int, profile_dir: Path) -> ClusterConfig:
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import aiconfigurator_engine, row_config
 
@@ -173,7 +177,7 @@ def client_gaps_ms(log_path: Path, skip: int) -> np.ndarray:
     return gaps_since_latest([r["finish"] for r in rows], [r["arrived"] for r in rows[skip:]]) * 1e3
 
 
-def run_row(row: tuple[int, int, int, int], args) -> dict:
+def run_row(row: tuple[int, int, int, int], args: argparse.Namespace) -> dict:
     from pdsim.engine.cluster import SimOptions
     from pdsim.validate.closed_loop import CLIENT_DELAY_S, ROUNDS, simulate_row
     from pdsim.validate.measured import read_measured

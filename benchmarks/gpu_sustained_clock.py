@@ -37,7 +37,7 @@ SMI_FIELDS = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active"
 class Smi:
     """nvidia-smi sampling in the background; None fields when nvidia-smi is missing."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path) -> None:
         self.path = path
         try:
             self.proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits",

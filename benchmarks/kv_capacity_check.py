@@ -179,7 +179,7 @@ def evaluate(cases: list[Case]) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    def f(x, digits=2):
+    def f(x: float | None, digits: int = 2) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
 
     lines = ["| row | model | TP | weights GiB meas/pred | activation GiB meas/pred | non-torch GiB meas/pred | "

@@ -23,6 +23,7 @@ import numpy as np
 
 from pdsim.config import ClusterConfig, cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.engine.instance import Instance
 from pdsim.metrics.summary import requests_frame
 from pdsim.workload.trace import TraceRequest
 
@@ -86,7 +87,7 @@ def run_one(trace: list[TraceRequest], name: str, caching: bool, policy: str) ->
     prefill = [i for i in res.instances if i.pd_type == "prefill"]
     decode = [i for i in res.instances if i.pd_type == "decode"]
 
-    def rate(insts) -> float:
+    def rate(insts: list[Instance]) -> float:
         query = sum(i.kv.query_tokens for i in insts)
         return sum(i.kv.hit_tokens for i in insts) / query if query else 0.0
 

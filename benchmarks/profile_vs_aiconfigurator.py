@@ -30,16 +30,17 @@ from pdsim.hardware import get_hardware  # noqa: E402
 from pdsim.models import load_model  # noqa: E402
 from pdsim.perf.predictor import StepTimePredictor  # noqa: E402
 from pdsim.perf.profile import read_profile  # noqa: E402
+from pdsim.perf.profile_format import Profile  # noqa: E402
 
 GEMMS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ELEMENTWISE = {"layernorm": 2, "rotary_emb": 1, "act_fn": 1, "residual_add": 2}
 
 
-def _elementwise_us(profile, tokens: int) -> float:
+def _elementwise_us(profile: Profile, tokens: int) -> float:
     return sum(n * profile.dense[op](tokens) for op, n in ELEMENTWISE.items() if op in profile.dense)
 
 
-def _prefill_attn_us(profile, chunk: int) -> float:
+def _prefill_attn_us(profile: Profile, chunk: int) -> float:
     """One layer's attention over a fresh prompt, from either profile format (pdsim's 2-D tables or
     LLMServingSim's 4-D grid of mixed batches)."""
     if profile.attention_grid4d is not None:
@@ -47,7 +48,7 @@ def _prefill_attn_us(profile, chunk: int) -> float:
     return profile.attention_prefill(chunk, 0)
 
 
-def _decode_attn_us(profile, batch: int, kv: int) -> float:
+def _decode_attn_us(profile: Profile, batch: int, kv: int) -> float:
     if profile.attention_grid4d is not None:
         return float(profile.attention_grid4d(0.0, 0.0, float(batch), float(kv)))
     return profile.attention_decode(batch, kv)

@@ -37,12 +37,25 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "calibration"
 sys.path.insert(0, str(REPO))  # tests.helpers (the closed-form step times of the golden scenarios)
+
+if TYPE_CHECKING:
+    from pdsim.config import ClusterConfig
+    from pdsim.engine.cluster import SimOptions
+
+# (input_toks, output_toks, arrival_s[, hash_ids, hash_block_tokens]); vLLM's own objects are typed Any
+# (its sources are importable only in the check's venv); a step-time model is made by a factory such as
+# StepTimePredictor.
+Row = tuple
+StepTimes = Callable[..., Any]
+Times = list[tuple[float | None, float | None]]
 
 VLLM_VERSION = "0.12.0"
 MAX_MODEL_LEN = 32768  # of the scheduler check's vLLM engines
@@ -90,7 +103,7 @@ def setup(root: Path, version: str = VLLM_VERSION) -> None:
 
 
 # -- vLLM's scheduler, driven --------------------------------------------------------------------
-def _vllm():
+def _vllm() -> SimpleNamespace:
     try:
         import logging
 
@@ -127,7 +140,7 @@ def _vllm():
         get_hash_fn_by_name=get_hash_fn_by_name)
 
 
-def has_async_pp(v) -> bool:
+def has_async_pp(v: SimpleNamespace) -> bool:
     """vLLM 0.12 refuses async scheduling with pipeline parallelism; 0.19 runs it."""
     import inspect
 
@@ -135,7 +148,7 @@ def has_async_pp(v) -> bool:
     return "Async scheduling is not yet compatible with" not in inspect.getsource(config_module)
 
 
-def has_reserve_full_isl(v) -> bool:
+def has_reserve_full_isl(v: SimpleNamespace) -> bool:
     """vLLM 0.19 added the whole-sequence admission check (SchedulerConfig.scheduler_reserve_full_isl)."""
     return "scheduler_reserve_full_isl" in v.SchedulerConfig.__dataclass_fields__
 
@@ -150,7 +163,8 @@ def _model_dir(model_name: str, work: Path) -> str:
     return str(folder)
 
 
-def make_scheduler(cfg, work: Path, opts=None, step_times=None):
+def make_scheduler(cfg: ClusterConfig, work: Path, opts: SimOptions | None = None,
+                   step_times: StepTimes | None = None) -> tuple[SimpleNamespace, Any, Any]:
     """vLLM's Scheduler (AsyncScheduler with async scheduling) set up as the cluster's single
     instance, with pdsim's step-time predictor for it (made by step_times, default StepTimePredictor).
     Returns (vllm namespace, scheduler, predictor)."""
@@ -200,8 +214,8 @@ def make_scheduler(cfg, work: Path, opts=None, step_times=None):
     return v, sched, predictor
 
 
-def new_request(v, request_id: str, input_toks: int, output_toks: int, block_hasher=None,
-                hash_ids: tuple[int, ...] = (), hash_block_tokens: int = 0):
+def new_request(v: SimpleNamespace, request_id: str, input_toks: int, output_toks: int, block_hasher: Any = None,
+                hash_ids: tuple[int, ...] = (), hash_block_tokens: int = 0) -> Any:
     """A vLLM request of that many prompt tokens, generating exactly output_toks (ignore_eos).
     Prefix id j stands for hash_block_tokens tokens of id SPAN_TOKEN + hash_ids[j], so two prompts
     that start with the same ids start with the same tokens, as pdsim reads `hash_ids`; the rest
@@ -227,13 +241,13 @@ class StepPlanner:
     """One engine step: vLLM's scheduler decides the batch, pdsim's predictor prices it, and what
     vLLM's model runner would sample is handed back (nothing for a partial prefill or recompute)."""
 
-    def __init__(self, v, sched, predictor, num_stages: int = 1) -> None:
+    def __init__(self, v: SimpleNamespace, sched: Any, predictor: Any, num_stages: int = 1) -> None:
         self.v, self.sched, self.predictor, self.num_stages = v, sched, predictor, num_stages
         # Requests past their prefill (or recompute), as pdsim's decode cohort, with their
         # preemption count then: a later preemption sends them back to computing.
         self.decoding: dict[str, int] = {}
 
-    def plan(self):
+    def plan(self) -> tuple[Any, dict[str, bool], Any]:
         """-> (scheduler output, {request id: samples a token}, step seconds; with pipeline stages,
         (seconds per stage, seconds per activation send))."""
         sched = self.sched
@@ -268,7 +282,7 @@ class StepPlanner:
             return out, samples, (stage_s, self.predictor.send_s(tokens))
         return out, samples, self.predictor.step_time_s(tuple(chunks), n_decode, kv_sum, kv_max)
 
-    def finish(self, out, samples):
+    def finish(self, out: Any, samples: dict[str, bool]) -> list[Any]:
         """Hand the step's samples to the scheduler; -> its outputs (EngineCoreOutput per request)."""
         ids = list(out.num_scheduled_tokens)
         output = self.v.ModelRunnerOutput(
@@ -278,7 +292,9 @@ class StepPlanner:
         return [o for client in self.sched.update_from_output(out, output).values() for o in client.outputs]
 
 
-def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0, opts=None, step_times=None):
+def vllm_run(cfg: ClusterConfig, rows: list[Row], work: Path, concurrency: int | None = None,
+             client_delay_s: float = 0.0, seed: int = 0, opts: SimOptions | None = None,
+             step_times: StepTimes | None = None) -> Times:
     """rows: [(input_toks, output_toks, arrival_s[, hash_ids, hash_block_tokens])] (arrivals ignored in
     a closed loop). Returns
     [(first_token_s, finish_s)] per request, as vLLM's scheduler orders the steps."""
@@ -314,7 +330,7 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
             _, i = heapq.heappop(arrivals)
             sched.add_request(new_request(v, str(i), rows[i][0], rows[i][1], sched.block_hasher, *rows[i][3:]))
 
-    def process(out, samples, now: float) -> None:
+    def process(out: Any, samples: dict[str, bool], now: float) -> None:
         for o in planner.finish(out, samples):
             i = int(o.request_id)
             if o.new_token_ids and i not in first:
@@ -326,7 +342,7 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
 
     stage_free = [0.0] * num_stages
 
-    def through_stages(now: float, priced) -> float:
+    def through_stages(now: float, priced: tuple[tuple[float, ...], float]) -> float:
         """When a micro-batch launched now leaves the last stage: each stage takes one at a time, in
         launch order, and hands it on with an activation send (pdsim's PipelinedInstance)."""
         stage_s, send_s = priced
@@ -388,7 +404,8 @@ def vllm_run(cfg, rows, work: Path, concurrency=None, client_delay_s=0.0, seed=0
     return [(first[i], finish[i]) for i in range(len(rows))]
 
 
-def pdsim_run(cfg, rows, concurrency=None, client_delay_s=0.0, seed=0, opts=None, step_times=None):
+def pdsim_run(cfg: ClusterConfig, rows: list[Row], concurrency: int | None = None, client_delay_s: float = 0.0,
+              seed: int = 0, opts: SimOptions | None = None, step_times: StepTimes | None = None) -> Times:
     from dataclasses import replace
 
     from pdsim.engine.cluster import SimOptions, simulate
@@ -401,7 +418,7 @@ def pdsim_run(cfg, rows, concurrency=None, client_delay_s=0.0, seed=0, opts=None
     return [(r.first_token_s, r.finish_s) for r in result.requests]
 
 
-def _max_diff(a, b) -> float:
+def _max_diff(a: Times, b: Times) -> float:
     return max(max(abs(x[0] - y[0]), abs(x[1] - y[1])) for x, y in zip(a, b))
 
 
@@ -524,7 +541,7 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
           f"({time.perf_counter() - started:.0f} s)")
 
 
-def _pp_engine(rng: random.Random, v) -> tuple[dict, int]:
+def _pp_engine(rng: random.Random, v: SimpleNamespace) -> tuple[dict, int]:
     """An engine of 2-4 pipeline stages (vLLM's batch queue as long), and its KV blocks."""
     pp = rng.choice([2, 3, 4])
     engine = {"mem_size_gb": 80.0, "pp_size": pp, "num_npus": pp, "max_num_seqs": rng.choice([8, 32, 64]),
@@ -539,7 +556,7 @@ def _pp_engine(rng: random.Random, v) -> tuple[dict, int]:
     return engine, blocks
 
 
-def _wide_engine(rng: random.Random, v) -> tuple[dict, int]:
+def _wide_engine(rng: random.Random, v: SimpleNamespace) -> tuple[dict, int]:
     """An engine of the wide random mode, and its KV blocks (vLLM's null block included). Without
     chunked prefill vLLM needs a budget of at least max_model_len, whose activation peak would not
     fit a small GPU: the memory is ample and the block count is pinned instead."""
@@ -555,7 +572,7 @@ def _wide_engine(rng: random.Random, v) -> tuple[dict, int]:
     return engine, rng.choice([700, 1000, 1500]) * 16 // engine["block_size"] + 1
 
 
-def with_shared_prefixes(rows, rng: random.Random):
+def with_shared_prefixes(rows: list[Row], rng: random.Random) -> list[Row]:
     """The rows with prefix ids (`hash_ids`) as a chat service's prompts share them: a few system
     prompts, follow-up turns that start with an earlier prompt, and prompts of their own; a prompt
     may end inside its last id's span. Each row fits the same 2,500 tokens."""
@@ -589,7 +606,8 @@ def with_shared_prefixes(rows, rng: random.Random):
     return out
 
 
-def _counts(cfg, rows, concurrency, delay, opts) -> tuple[int, int]:
+def _counts(cfg: ClusterConfig, rows: list[Row], concurrency: int | None, delay: float,
+            opts: SimOptions) -> tuple[int, int]:
     """pdsim's preemptions and prompt tokens taken from the prefix cache in that scenario."""
     from dataclasses import replace
 
@@ -674,7 +692,7 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
                            "async_scheduling": True, "enable_prefix_caching": True},
                 "concurrency": 24, "client_delay_s": 0.001, "rows": async_rows})
     # Pipeline parallelism, 4 stages, a batch queue as long, KV ample.
-    def pipelined(name: str, pp: int, seqs: int, budget: int, blocks: int, rows, **knobs) -> dict:
+    def pipelined(name: str, pp: int, seqs: int, budget: int, blocks: int, rows: list[Row], **knobs: Any) -> dict:
         """An open loop on an engine of `pp` stages (its batch queue as long), 80 GB per GPU."""
         engine = {**base, "mem_size_gb": 80.0, "pp_size": pp, "num_npus": pp, "max_num_seqs": seqs,
                   "max_num_batched_tokens": budget, **knobs, "kv_gpu_blocks": blocks}
@@ -714,14 +732,14 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
     return out
 
 
-def golden_config(engine: dict):
+def golden_config(engine: dict) -> ClusterConfig:
     from tests.helpers import cluster, instance
 
     knobs = {k: v for k, v in engine.items() if k not in ("mem_size_gb", "kv_gpu_blocks")}
     return cluster(instance(None, engine["mem_size_gb"], **knobs))
 
 
-def _num_gpu_blocks(cfg, step_times) -> int:
+def _num_gpu_blocks(cfg: ClusterConfig, step_times: StepTimes) -> int:
     import simpy
 
     from pdsim.engine.cluster import Cluster, SimOptions

@@ -59,7 +59,7 @@ class InputFile(click.ParamType):
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
-    def convert(self, value, param, ctx) -> Path:
+    def convert(self, value: str | Path, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         path = Path(value)
         found = resolve_input(path, self.kind)
         if found is None:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pandas as pd
@@ -17,6 +18,13 @@ from pdsim.cli_checks import OutputFile, existing_folder, number_in, slo_ms, unu
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError, ProfileError
 from pdsim.workload.readers import dataset_options
+
+if TYPE_CHECKING:  # the commands import these when they run: `--help` stays quick
+    from pdsim.config.models import ClusterConfig
+    from pdsim.engine.options import SimOptions
+    from pdsim.engine.result import Sample, SimulationResult
+    from pdsim.progress import ProgressBar
+    from pdsim.workload.trace import TraceRequest
 
 
 class DefaultCommandGroup(click.Group):
@@ -291,7 +299,8 @@ def _profile_folders_around(root: Path, folder: Path) -> list[Path]:
     return [p for p in above if (p / "meta.json").is_file() or (p / "meta.yaml").is_file()]
 
 
-def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, quiet: bool) -> dict:
+def _step_time_margin(cfg: ClusterConfig, trace: list[TraceRequest], opts: SimOptions, source: str,
+                      margin_pct: float, quiet: bool) -> dict:
     """TTFT, TPOT and E2E (mean/p50/p90/p99) of the same run with every engine step margin_pct % faster
     and slower: how far a step-time error of that size moves them."""
     from pdsim.engine.cluster import simulate
@@ -310,7 +319,7 @@ def _step_time_margin(cfg, trace: list, opts, source: str, margin_pct: float, qu
     return out
 
 
-def _options_without_effect(ctx: click.Context, cfg) -> list[str]:
+def _options_without_effect(ctx: click.Context, cfg: ClusterConfig) -> list[str]:
     """Options given that this cluster gives nothing to act on, said rather than taken in silence: a routing
     policy over a pool of fewer than two routing units (a DP group is one), a TP all-reduce switch without TP,
     the client's TTFT without decode instances."""
@@ -362,12 +371,12 @@ def _run_trace(dataset: Path | None, dataset_format: str | None, window: str | N
     return _synthetic_trace(input_len, output_len, num_requests, concurrency, seed)
 
 
-def _progress_lines(bar) -> Callable[[float, list], None]:
+def _progress_lines(bar: ProgressBar) -> Callable[[float, list[Sample]], None]:
     """An on_sample callback printing one line per sample: requests in each phase, prompt and decode
     tokens per second since the previous line, and each instance's memory."""
     last: dict[str, tuple[float, int, int]] = {}
 
-    def on_sample(now: float, snap) -> None:
+    def on_sample(now: float, snap: list[Sample]) -> None:
         prompt = sum(s.prompt_tokens for s in snap)
         decode = sum(s.decode_tokens for s in snap)
         t0, p0, d0 = last.get("all", (0.0, 0, 0))
@@ -385,7 +394,7 @@ def _progress_lines(bar) -> Callable[[float, list], None]:
     return on_sample
 
 
-def _run_summary(result, df: pd.DataFrame, wall_s: float, cluster_config: Path, source: object,
+def _run_summary(result: SimulationResult, df: pd.DataFrame, wall_s: float, cluster_config: Path, source: object,
                  concurrency: int | None, seed: int, slo_ttft_ms: float | None, slo_tpot_ms: float | None) -> dict:
     """run_summary.json: the metrics summary, what was run, the offered load (open loop) and the
     SLO attainment (when both SLOs are given)."""
@@ -419,7 +428,7 @@ def _slo_attainment(df: pd.DataFrame, ttft_ms: float, tpot_ms: float) -> dict:
 
 
 def _synthetic_trace(input_len: str | None, output_len: str | None, num_requests: int | None,
-                     concurrency: int | None, seed: int):
+                     concurrency: int | None, seed: int) -> list[TraceRequest]:
     from pdsim.workload.generate import generate_requests
 
     if input_len is None or output_len is None or num_requests is None or concurrency is None:

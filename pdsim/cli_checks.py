@@ -85,7 +85,7 @@ class OutputFile(click.ParamType):
 
     name = "path"
 
-    def convert(self, value, param, ctx) -> Path:
+    def convert(self, value: str | Path, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         if isinstance(value, Path):
             return value
         text = str(value)
@@ -103,7 +103,7 @@ class OutputFolder(click.ParamType):
 
     name = "folder"
 
-    def convert(self, value, param, ctx) -> Path:
+    def convert(self, value: str | Path, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         if isinstance(value, Path):
             return value
         if not str(value):

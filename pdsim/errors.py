@@ -10,7 +10,7 @@ import io
 import json
 import lzma
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -134,7 +134,7 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".tar")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open, ".zip": _open_zip_member}
 
 
-def _csv_opener(path: Path):
+def _csv_opener(path: Path) -> Callable[..., contextlib.AbstractContextManager[io.TextIOBase]] | None:
     """How pandas opens the file, by its suffix; None for a compression not followed here."""
     suffix = path.suffix.lower()
     if suffix in COMPRESSED_SUFFIXES and suffix not in _OPENERS:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -416,7 +416,7 @@ class Instance:
             self.on_reserved(self, req)
 
     # -- the engine loop ------------------------------------------------------------------------
-    def _loop(self):
+    def _loop(self) -> Generator[simpy.Event, object, None]:
         env = self.env
         sched = self.sched
         predictor = self.predictor
@@ -515,7 +515,7 @@ class Instance:
         self._wake.callbacks.append(relay)
         return done
 
-    def _sleep(self):
+    def _sleep(self) -> Generator[simpy.Event, object, None]:
         """Idle until something wakes the instance (an arrival, a hand-off, freed blocks)."""
         self._last_steps = None
         self._step_starts.clear()
@@ -525,7 +525,7 @@ class Instance:
         self._wake = None
         self._idle = False
 
-    def _group_step(self, plan: StepPlan, seconds: float):
+    def _group_step(self, plan: StepPlan, seconds: float) -> Generator[simpy.Event, object, None]:
         """One lock-step DP-group step of `seconds` (pdsim/engine/dp_group.py); an empty plan is a
         dummy batch."""
         durations = np.array([seconds])

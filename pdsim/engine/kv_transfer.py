@@ -18,7 +18,7 @@ Modes (config `kv_transfer.mode`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import simpy
@@ -111,7 +111,7 @@ class KVTransfers:
         if done >= layers:
             return
 
-        def feeder():
+        def feeder() -> Generator[simpy.Event, object, None]:
             for layer in range(done + 1, layers + 1):
                 at = step.start_s + step.duration_s * layer / layers
                 if at > self.env.now:

@@ -32,7 +32,9 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import simpy
@@ -67,7 +69,7 @@ class MicroBatch:
 class PipelineScheduler(Scheduler):
     """vLLM's scheduler where the requests of in-flight micro-batches cannot be scheduled again."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.num_in_flight = 0
         self.in_flight_tokens = 0
@@ -287,7 +289,7 @@ class PipelinedInstance(Instance):
         self.stage_busy_s = [0.0] * self.num_stages
         self._busy_since: float | None = None
 
-    def _loop(self):
+    def _loop(self) -> Generator[simpy.Event, object, None]:
         """vLLM's step_with_batch_queue: schedule a batch while the queue has room; go on scheduling
         while the oldest batch has not finished, else (or when nothing was scheduled) wait for the
         oldest and process its output."""
@@ -365,7 +367,8 @@ class PipelinedInstance(Instance):
             arrival = free[i] + send_s
         return ends
 
-    def _through_stages(self, batch: MicroBatch, ends: list[float], stage_s: tuple[float, ...]):
+    def _through_stages(self, batch: MicroBatch, ends: list[float],
+                        stage_s: tuple[float, ...]) -> Generator[simpy.Event, object, None]:
         env = self.env
         for i, (end, seconds) in enumerate(zip(ends, stage_s)):
             yield env.timeout(end - env.now)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pdsim.metrics.summary import ESTIMATED_NOTE
 
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the module
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 Stage = Callable[[Path, Callable[[Path], object]], Path]
 PERCENTILE_STYLES = (("p50", ":"), ("p90", "--"), ("p99", "-."))
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; plots are files
@@ -49,7 +55,7 @@ def _notes(summary: dict) -> str:
     return "\n".join(notes)
 
 
-def _save(plt, fig, summary: dict, path: Path, stage: Stage) -> Path:
+def _save(plt: ModuleType, fig: Figure, summary: dict, path: Path, stage: Stage) -> Path:
     notes = _notes(summary)
     if notes:
         fig.text(0.01, 0.01, notes, fontsize="small", color="firebrick", va="bottom")
@@ -62,7 +68,7 @@ def _save(plt, fig, summary: dict, path: Path, stage: Stage) -> Path:
         plt.close(fig)
 
 
-def _cdf(ax, values: np.ndarray, stats: dict, slo: float | None, unit: str, met: float | None = None,
+def _cdf(ax: Axes, values: np.ndarray, stats: dict, slo: float | None, unit: str, met: float | None = None,
          arrived: int = 0) -> None:
     """met: the SLO attainment the summary gives, a share of the `arrived` requests (one not finished misses)."""
     values = np.sort(values[~np.isnan(values)])
@@ -82,7 +88,7 @@ def _cdf(ax, values: np.ndarray, stats: dict, slo: float | None, unit: str, met:
         ax.legend(fontsize="small", loc="lower right")
 
 
-def _latency_cdfs(plt, df: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
+def _latency_cdfs(plt: ModuleType, df: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
     finished = df[df.status == "finished"]
     slo = summary.get("slo") or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -104,7 +110,7 @@ def _instance_labels(summary: dict) -> dict[str, tuple[str, dict]]:
     return {i["id"]: (f"{i['id']} {i['pd_type'] or 'colocated'}", i) for i in summary["instances"]}
 
 
-def _memory(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
+def _memory(plt: ModuleType, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
     labels = _instance_labels(summary)
     fig, (ax_kv, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
     for n, (inst, g) in enumerate(timeline.groupby("instance", sort=False)):
@@ -127,7 +133,7 @@ def _memory(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage
     return _save(plt, fig, summary, path, stage)
 
 
-def _throughput(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
+def _throughput(plt: ModuleType, timeline: pd.DataFrame, summary: dict, path: Path, stage: Stage) -> Path:
     labels = _instance_labels(summary)
     fig, ax = plt.subplots(figsize=(10, 4.2))
     for n, (inst, g) in enumerate(timeline.groupby("instance", sort=False)):
@@ -148,7 +154,7 @@ def _throughput(plt, timeline: pd.DataFrame, summary: dict, path: Path, stage: S
     return _save(plt, fig, summary, path, stage)
 
 
-def _time_axes(ax, ylabel: str) -> None:
+def _time_axes(ax: Axes, ylabel: str) -> None:
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

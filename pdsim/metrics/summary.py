@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from pdsim.engine.result import GIB, SimulationResult
+from pdsim.engine.result import GIB, InstanceInfo, SimulationResult
 from pdsim.metrics.stats import (
     REPORTED_PERCENTILES,
     per_second,
@@ -19,6 +20,9 @@ from pdsim.metrics.stats import (
 )
 from pdsim.models import dtype_bytes
 from pdsim.text import listed
+
+if TYPE_CHECKING:
+    from pdsim.engine.instance import Instance
 
 REQUEST_COLUMNS = [
     "request_id", "input_toks", "output_toks", "arrival_s", "first_token_s", "finish_s",
@@ -133,7 +137,7 @@ def closed_loop_steady_state(df: pd.DataFrame, concurrency: int) -> dict:
     return out
 
 
-def _instance_summary(result: SimulationResult, inst, info) -> dict:
+def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceInfo) -> dict:
     peak_kv_gb = inst.kv.peak_used * inst.kv.block_bytes / GIB
     out = {
         "id": info.id, "pd_type": info.pd_type, "model_name": info.model_name, "hardware": info.hardware,

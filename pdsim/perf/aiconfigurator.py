@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.errors import ProfileError
-from pdsim.hardware import get_hardware
+from pdsim.hardware import HardwareSpec, get_hardware
 from pdsim.models import ModelSpec, dtype_bytes
 from pdsim.outputs import check_output_dir
 from pdsim.perf.collectives import PCIE_CUSTOM_MAX_BYTES
@@ -129,7 +129,7 @@ def _read(path: Path) -> pd.DataFrame:
 class _Gemm:
     """bf16 GEMM latency (us) at any (m, n, k): linear interpolation on the measured grid."""
 
-    def __init__(self, df: pd.DataFrame, dtype: str):
+    def __init__(self, df: pd.DataFrame, dtype: str) -> None:
         df = df[df.gemm_dtype == dtype]
         if df.empty:
             raise ProfileError(f"no {dtype} GEMM rows in the aiconfigurator database")
@@ -284,8 +284,11 @@ def moe_layout_rows(root: Path, system: str, model: ModelSpec, tp: int,
 
 
 def build_rows(systems_dir: Path, system: str, model: ModelSpec, tp: int, dtype: str = "bfloat16",
-               quantization: str | None = None):
-    """(dense, per_sequence, prefill, decode, allreduce rows, notes) for write_profile. quantization:
+               quantization: str | None = None) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple],
+                                                         list[tuple[int, float]] | None,
+                                                         list[tuple[int, int, int, float]], str, HardwareSpec]:
+    """(dense, per_sequence, prefill, decode, allreduce, MoE expert rows, notes, the GPU's spec) for
+    write_profile. quantization:
     the layer GEMMs from the table's fp8 / fp8_block rows (lm_head stays in dtype, as in vLLM)."""
     if getattr(model, "mla", None) is not None:  # its tables are GQA attention shapes
         raise ProfileError(f"{model.name}: MLA attention is not in aiconfigurator's GQA tables; use the estimate")

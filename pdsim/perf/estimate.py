@@ -101,7 +101,7 @@ def gemm_precision(hw: HardwareSpec, dtype: str, quantization: str | None) -> tu
 
 class _Roofline:
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, tp: int,
-                 quantization: str | None = None, kv_dtype: str | None = None):
+                 quantization: str | None = None, kv_dtype: str | None = None) -> None:
         # dt: activations (norms, rotary, all-reduce); kt: the KV cache.
         self.m, self.tp, self.dt = model, tp, dtype_bytes(dtype)
         # wt: GEMM weights; at: GEMM inputs (fp8 under W8A8, unquantised under weight-only fp8).
@@ -373,7 +373,7 @@ class MoERoofline(_Roofline):
     1-byte weights plus its fp32 scales; the router gate stays in dtype."""
 
     def __init__(self, hw: HardwareSpec, model: ModelSpec, dtype: str, expert_tp: int,
-                 quantization: str | None = None, shared_tp: int = 1, kernel: MoEKernel | None = None):
+                 quantization: str | None = None, shared_tp: int = 1, kernel: MoEKernel | None = None) -> None:
         super().__init__(hw, model, dtype, 1, quantization)
         bits = getattr(model, "expert_weight_bits", None)
         # MXFP4 experts (gpt-oss): dense-GEMM constants; their own fit overshoots TPOT end to end (docs/moe.md).

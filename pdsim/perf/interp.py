@@ -124,7 +124,7 @@ def _as_sorted_axis(values: Sequence[float], what: str) -> np.ndarray:
 class Table1D(_RangeTracker):
     """time = f(x), piecewise linear over a sorted grid."""
 
-    def __init__(self, name: str, xs: Sequence[float], ys: Sequence[float], axis_name: str = "x"):
+    def __init__(self, name: str, xs: Sequence[float], ys: Sequence[float], axis_name: str = "x") -> None:
         self.name = name
         self.axis_names = (axis_name,)
         self._left = {}
@@ -179,7 +179,7 @@ class Table2D(_RangeTracker):
         ys: Sequence[float],
         values: np.ndarray,
         axis_names: tuple[str, str] = ("x", "y"),
-    ):
+    ) -> None:
         self.name = name
         self.axis_names = axis_names
         self._left = {}
@@ -227,7 +227,7 @@ class Table2D(_RangeTracker):
 class _SliceOf(Table1D):
     """A Table1D whose out-of-range notes go to the table it was cut from."""
 
-    def __init__(self, parent: _RangeTracker, table: Table1D, axis: int):  # noqa: D107
+    def __init__(self, parent: _RangeTracker, table: Table1D, axis: int) -> None:  # noqa: D107
         self.__dict__.update(table.__dict__)  # share the arrays; no second validation
         self._parent = parent
         self._axis = axis
@@ -254,7 +254,7 @@ class TableND(_RangeTracker):
         points: np.ndarray,
         values: np.ndarray,
         axis_names: tuple[str, ...],
-    ):
+    ) -> None:
         self.name = name
         self.axis_names = tuple(axis_names)
         self._left = {}

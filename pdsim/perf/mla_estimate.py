@@ -29,7 +29,7 @@ from pdsim.perf.estimate import (
 
 class MLARoofline(_Roofline):
     def __init__(self, hw: HardwareSpec, model: MLAModelSpec, dtype: str, tp: int,
-                 quantization: str | None = None, kv_dtype: str | None = None):
+                 quantization: str | None = None, kv_dtype: str | None = None) -> None:
         super().__init__(hw, model, dtype, tp, quantization, kv_dtype)
         assert model.mla is not None
         self.mla = model.mla

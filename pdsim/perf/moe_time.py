@@ -50,7 +50,8 @@ from pdsim.perf.interp import Table1D
 class MoETable:
     """moe.csv: us of one MoE layer by (tokens, activated_experts), a row per measured point."""
 
-    def __init__(self, name: str, rows: dict[float, tuple[np.ndarray, np.ndarray]], measured_tp: int | None = None):
+    def __init__(self, name: str, rows: dict[float, tuple[np.ndarray, np.ndarray]],
+                 measured_tp: int | None = None) -> None:
         self.name = name
         # Set when the table was read from another TP degree's folder than the instance's (tp1/).
         self.measured_tp = measured_tp
@@ -102,7 +103,7 @@ class MoELayoutTable:
     FILE = "moe_layouts.csv"
     COLUMNS = ("moe_tp", "moe_ep", "tokens", "time_us")
 
-    def __init__(self, name: str, rows: dict[tuple[int, int], Table1D]):
+    def __init__(self, name: str, rows: dict[tuple[int, int], Table1D]) -> None:
         self.name = name
         self._rows = rows
 
@@ -169,7 +170,7 @@ class MoELayerModel:
 
     def __init__(self, model: ModelSpec, placement: ExpertPlacement, dtype: str,
                  hardware: HardwareSpec | None, table: MoETable | None, quantization: str | None = None,
-                 layouts: MoELayoutTable | None = None):
+                 layouts: MoELayoutTable | None = None) -> None:
         assert model.moe is not None
         self.moe = model.moe
         self.model = model

@@ -94,7 +94,7 @@ class StepTimePredictor:
         quantization: str | None = None,  # the weights' (InstanceConfig.quantization): prices estimated experts
         custom_all_reduce: bool = True,  # False: vLLM's --disable-custom-all-reduce (NCCL only)
         fused_norm_tokens: int | None = None,  # steps of at most this many tokens fuse all-reduce and norm
-    ):
+    ) -> None:
         self.profile = profile
         self.model = model
         self.tp = tp

@@ -61,7 +61,7 @@ class SkewFit:
     averaged, weighted by their sample counts. Between two profiled chunk sizes alpha is
     interpolated linearly; outside them it is the nearest one's."""
 
-    def __init__(self, alphas: dict[tuple[float, float, float], dict[int, float]]):
+    def __init__(self, alphas: dict[tuple[float, float, float], dict[int, float]]) -> None:
         # (n bucket upper, skew-rate bucket upper, kp bucket upper) -> (profiled pcs, their alphas)
         self._by_bucket = {
             key: (np.array(sorted(by_pc), dtype=float), np.array([by_pc[pc] for pc in sorted(by_pc)]))
@@ -156,7 +156,7 @@ class MeasuredSkew:
     alpha serves a decode-only step and the decodes of a mixed one (prefill attention is its own table
     in this format). A row whose long and mean KV cost the same (within 1%) says nothing and is left out."""
 
-    def __init__(self, batch_sizes: list[int], alphas: list[float]):
+    def __init__(self, batch_sizes: list[int], alphas: list[float]) -> None:
         self._ns = np.array(batch_sizes, dtype=float)
         self._alphas = np.array(alphas, dtype=float)
         self._by_n: dict[int, float] = {}

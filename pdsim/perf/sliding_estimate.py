@@ -18,7 +18,7 @@ from pdsim.perf.estimate import FLASH_ATTN_COMPUTE_EFF, KERNEL_LAUNCH_US, MEM_EF
 
 class SlidingRoofline(_Roofline):
     def __init__(self, hw: HardwareSpec, model: GptOssModelSpec, dtype: str, tp: int,
-                 quantization: str | None = None, kv_dtype: str | None = None):
+                 quantization: str | None = None, kv_dtype: str | None = None) -> None:
         super().__init__(hw, model, dtype, tp, quantization, kv_dtype)
         self.window = model.sliding_window
         self.sliding_share = model.sliding_layers / model.num_layers

@@ -26,7 +26,10 @@ from pdsim.workload.readers import dataset_options
 from pdsim.workload.trace import MAX_REQUESTS
 
 if TYPE_CHECKING:
+    from pdsim.config.models import ClusterConfig
+    from pdsim.progress import ProgressBar
     from pdsim.sweep.expand import Variant
+    from pdsim.sweep.runner import Executor
     from pdsim.sweep.search import Bisection
 
 # A million requests a second is beyond any cluster a config describes; past it a run's trace would not fit memory.
@@ -287,7 +290,7 @@ class _Setup:
             out.stage(self.out / "configs" / RUN_MODEL_CONFIG, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
         return out
 
-    def executor(self):
+    def executor(self) -> Executor:
         from pdsim.sweep.runner import make_executor
 
         return make_executor(self.trace, self.settings, self.kw["workers"], self.kw["ray_address"])
@@ -353,7 +356,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _bar(quiet: bool):
+def _bar(quiet: bool) -> ProgressBar:
     from pdsim.progress import ProgressBar
 
     return ProgressBar("runs", enabled=False if quiet else None)
@@ -429,7 +432,7 @@ def _by_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["label"], float(r["rate_per_s"]), int(r.get("duration_x", 1))))
 
 
-def _base_tp_notes(base, tp_prefill: list[int], tp_decode: list[int]) -> list[str]:
+def _base_tp_notes(base: ClusterConfig, tp_prefill: list[int], tp_decode: list[int]) -> list[str]:
     """The base config's instances are templates: their TP degree is replaced by --tp-prefill/--tp-decode,
     which a base at another TP may not expect; said, naming the options."""
     notes = []

@@ -36,10 +36,10 @@ from typing import Any
 import simpy
 
 from pdsim.engine.cluster import Cluster, SimOptions
-from pdsim.engine.instance import Instance
+from pdsim.engine.instance import Instance, StepTimeModel
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.engine.kv_transfer import kv_transfer_bytes
-from pdsim.perf.pipeline_time import AsyncPipelinePredictor
+from pdsim.perf.pipeline_time import AsyncPipelinePredictor, PipelinePredictor
 from pdsim.sweep.expand import Variant
 
 
@@ -65,12 +65,12 @@ class Estimate:
         return self.__dict__.copy()
 
 
-def _overlapped(pred) -> bool:
+def _overlapped(pred: StepTimeModel | PipelinePredictor) -> bool:
     """Pipeline stages whose micro-batches overlap (synchronous scheduling; docs/pipeline.md)."""
     return getattr(pred, "num_stages", 1) > 1 and not isinstance(pred, AsyncPipelinePredictor)
 
 
-def _prefill_step_s(pred, chunks: tuple[tuple[int, int], ...]) -> float:
+def _prefill_step_s(pred: StepTimeModel | PipelinePredictor, chunks: tuple[tuple[int, int], ...]) -> float:
     """Seconds a prefill step holds the instance: overlapping stages take a new micro-batch as fast as
     the slowest stage frees up; otherwise the whole step."""
     if _overlapped(pred):
@@ -78,7 +78,7 @@ def _prefill_step_s(pred, chunks: tuple[tuple[int, int], ...]) -> float:
     return pred.step_time_s(chunks, 0, 0)
 
 
-def _decode_interval_s(pred, n: int, context: int) -> float:
+def _decode_interval_s(pred: StepTimeModel | PipelinePredictor, n: int, context: int) -> float:
     """Seconds between two tokens of one request at decode batch n. With overlapping stages the n
     requests are spread over one micro-batch per stage; a request's next step waits for its micro-batch
     to pass every stage, and each stage runs every micro-batch in turn."""

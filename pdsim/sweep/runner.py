@@ -242,7 +242,7 @@ def summarize_run(job: Job, df: pd.DataFrame, slo: Slo, warmup_s: float = 0.0) -
     }
 
 
-def _alone(df) -> np.ndarray:
+def _alone(df: pd.DataFrame) -> np.ndarray:
     """Per request (in df's row order): whether it finished and its life, arrival to finish, overlapped no
     other request's anywhere in the cluster. Such a request saw no load: its latency is a lone request's.
     A request still running at the end occupies the cluster from its arrival on; a rejected one never
@@ -263,7 +263,7 @@ def _alone(df) -> np.ndarray:
     return alone
 
 
-def _last_finish_s(df) -> float:
+def _last_finish_s(df: pd.DataFrame) -> float:
     finish = df.finish_s.to_numpy(dtype=float)
     return float(np.nanmax(finish)) if np.any(~np.isnan(finish)) else 0.0
 

@@ -16,7 +16,7 @@ AIPERF_SUMMARY = "profile_export_aiperf.json"
 _TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "sec": 1e3, "s": 1e3}
 
 
-def _aiperf_value(record: dict, tag: str, where: str, unit: str = "ms"):
+def _aiperf_value(record: dict, tag: str, where: str, unit: str = "ms") -> object:
     """A metric of one aiperf record, times converted to ms; None when the record lacks it."""
     metric = record["metrics"].get(tag)
     if metric is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,8 +21,11 @@ from pdsim.validate.kv_capacity import capacity_line, replay_kv_line
 from pdsim.validate.recorded import kv_override, replay_config
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from pdsim.config import ClusterConfig
     from pdsim.engine.cluster import SimOptions
+    from pdsim.engine.result import SimulationResult
     from pdsim.validate.measured_run import MeasuredRun
 
 
@@ -48,7 +52,7 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
     return opts
 
 
-def _closed_loop_options(f):
+def _closed_loop_options(f: Callable) -> Callable:
     """Options describing how a closed-loop table was measured (shared by validate and calibrate)."""
     options = [
         click.option("--model", default=None, help="Closed-loop tables: model id (default: the table's model_path)."),
@@ -132,7 +136,7 @@ def _table_mem_gb(hardware: str, mem_gb: float | None) -> float:
 
 def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str | None, hardware: str,
                            mem_gb: float | None, engine_preset: str, rounds: int, client_delay_ms: float,
-                           async_scheduling: bool | None):
+                           async_scheduling: bool | None) -> Callable[[float, float, ProgressBar], pd.DataFrame]:
     """(step_overhead_us, step_time_scale, progress bar) -> the table with every row simulated (see
     closed_loop.simulate_table)."""
     from pdsim.hardware import canonical_hardware_name, family_board_by_memory
@@ -163,7 +167,7 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
         given = {} if async_scheduling is None else {"async_scheduling": async_scheduling}
         return {**preset(concurrency, isl), **given}  # else each row's vLLM version's default
 
-    def simulate(step_overhead_us: float, step_time_scale: float, bar: ProgressBar):
+    def simulate(step_overhead_us: float, step_time_scale: float, bar: ProgressBar) -> pd.DataFrame:
         opts = _sim_options(None, step_overhead_us)
         opts.client_delay_s = client_delay_ms / 1e3
         opts.step_time_scale = step_time_scale
@@ -174,7 +178,7 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     return simulate
 
 
-def _eager_profile_note(run, result) -> None:
+def _eager_profile_note(run: MeasuredRun, result: SimulationResult) -> None:
     """A profile measured with enforce_eager (LLMServingSim's) times vLLM's custom CUDA ops; an engine
     that compiled its model (vLLM's default) ran Inductor's kernels instead, which differ at prefill
     sizes (docs/validation.md): said, not corrected."""
@@ -193,7 +197,7 @@ def _eager_profile_note(run, result) -> None:
                      "corrected (docs/validation.md, the RTX PRO 6000 section, weighs this on that run)")
 
 
-def _profile_version_note(run, result) -> None:
+def _profile_version_note(run: MeasuredRun, result: SimulationResult) -> None:
     """A profile measured with another vLLM release than the run's: its kernels, and so their times, may be
     another release's. Said, not corrected."""
     from pdsim.validate.engine_meta import vllm_major_minor
@@ -209,7 +213,7 @@ def _profile_version_note(run, result) -> None:
                          "their times may differ between releases (not corrected)")
 
 
-def _run_note_lines(run) -> list[str]:
+def _run_note_lines(run: MeasuredRun) -> list[str]:
     """What the replay took from the run, on one line; a NOTE (something that may make the comparison
     misleading) on a line of its own, where it is not lost among them."""
     plain = [n for n in run.notes if not n.startswith("NOTE: ")]
@@ -226,7 +230,7 @@ def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
             "above include the estimate's error")
 
 
-def _prefix_ids(run, cfg, token_ids: Path | None, remedy: str | None = None) -> None:
+def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, remedy: str | None = None) -> None:
     """The prompts' prefix blocks from --token-ids; without them, say that no hits are modelled where
     the engine had prefix caching on, and how to model them (`remedy`; by default --token-ids, naming
     the case folder's workload where the run has one)."""
@@ -457,7 +461,8 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-def _engine_state(run: MeasuredRun, result, plot_prefix: Path | None) -> tuple[str | None, Path | None]:
+def _engine_state(run: MeasuredRun, result: SimulationResult,
+                  plot_prefix: Path | None) -> tuple[str | None, Path | None]:
     """Running and waiting over time against the engine's own timeseries.csv, where the run is laid out as
     LLMServingSim's runner writes it (requests.jsonl beside it): the line that compares them, and the plot of
     both when plot_prefix is given. A timeseries that cannot be read is said; the comparison above stands."""
@@ -498,7 +503,8 @@ def _bar(label: str, quiet: bool) -> ProgressBar:
     return ProgressBar(label, enabled=False if quiet else None)
 
 
-def _replay_with_bar(cfg, run: MeasuredRun, opts: SimOptions, source: str, bar: ProgressBar):
+def _replay_with_bar(cfg: ClusterConfig, run: MeasuredRun, opts: SimOptions, source: str,
+                     bar: ProgressBar) -> SimulationResult:
     from pdsim.perf.interp import extrapolations_gathered
     from pdsim.validate.compare import replay
 
@@ -559,7 +565,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         column = {"tpot_ms": "tpot_err_pct", "ttft_ms": "ttft_err_pct"}[metric]
         left_out: list[str] = []  # the same rows at every overhead
 
-        def errors_at(overhead_us: float):
+        def errors_at(overhead_us: float) -> np.ndarray:
             from pdsim.validate.closed_loop import not_simulated_lines
 
             df = simulate(overhead_us, 1.0, _bar(f"step_overhead_us {overhead_us:g}", quiet))
@@ -589,7 +595,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
         left_grid: dict[str, str] = {}  # what priced the steps and where the replays left a table's grid
 
-        def errors_at(overhead_us: float):
+        def errors_at(overhead_us: float) -> np.ndarray:
             result = _replay_with_bar(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms),
                                       str(cluster_config), _bar(f"step_overhead_us {overhead_us:g}", quiet))
             if (lost := replay_losses(result)) is not None:

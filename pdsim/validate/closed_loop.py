@@ -44,7 +44,7 @@ from pdsim.validate.engine_meta import (
     vllm_major_minor,
     vllm_reserves_full_isl,
 )
-from pdsim.validate.row_layout import LAYOUT_COUNTS, row_layout, text, whole_number
+from pdsim.validate.row_layout import LAYOUT_COUNTS, RowLayout, row_layout, text, whole_number
 from pdsim.workload.trace import TraceRequest
 
 ROUNDS = 20
@@ -262,8 +262,9 @@ def extrapolation_note(caught: list[ExtrapolationWarning]) -> str | None:
     return "step times extrapolated beyond the profile's measured range: " + ", ".join(parts + loose)
 
 
-def _simulate_one(row: dict, layout, model: str | None, hardware: str, mem_gb: float, lookup,
-                  opts: SimOptions, rounds: int, engine, names: dict[str, str], source: str) -> dict:
+def _simulate_one(row: dict, layout: RowLayout, model: str | None, hardware: str, mem_gb: float,
+                  lookup: Callable[[str, int], str | None], opts: SimOptions, rounds: int,
+                  engine: Callable[[int, int], dict], names: dict[str, str], source: str) -> dict:
     isl, osl, conc, tp = (_positive_int(row, column, names.get(column, column))
                           for column in ("isl", "osl", "concurrency", "tp"))
     _measured_ms(row, "ttft_ms", names.get("ttft_ms", "ttft_ms"))
@@ -370,7 +371,7 @@ def with_table_step_margin(table: pd.DataFrame, faster: pd.DataFrame, slower: pd
     return out
 
 
-def _count(value) -> str:
+def _count(value: float | str) -> str:
     return f"{int(value)}" if float(value).is_integer() else f"{value}"
 
 

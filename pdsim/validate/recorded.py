@@ -19,6 +19,7 @@ from pdsim.validate.kv_capacity import positive_int
 if TYPE_CHECKING:
     from pdsim.config import ClusterConfig
     from pdsim.engine.cluster import SimOptions
+    from pdsim.models import ModelSpec
     from pdsim.validate.kv_capacity import MeasuredKV
     from pdsim.validate.measured_run import MeasuredRun
 
@@ -92,7 +93,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     return cfg
 
 
-def _note_unread_version(run, release: tuple[int, int] | None) -> None:
+def _note_unread_version(run: MeasuredRun, release: tuple[int, int] | None) -> None:
     """A meta.json whose vLLM version pdsim cannot read (release None) leaves that version's defaults to the
     config: say so."""
     version = run.engine_meta.get("vllm_version")
@@ -103,7 +104,7 @@ def _note_unread_version(run, release: tuple[int, int] | None) -> None:
                          "unless its engine_kwargs set them")
 
 
-def _note_memory_release(run, cfg: ClusterConfig, release: tuple[int, int] | None) -> None:
+def _note_memory_release(run: MeasuredRun, cfg: ClusterConfig, release: tuple[int, int] | None) -> None:
     """vLLM's accounting takes the activation peak and the non-torch memory as vLLM 0.19 has them (docs/memory.md,
     measured on that release's start-up logs): a run of another release, sized by that accounting, is told so."""
     from pdsim.perf.memory import kv_rule
@@ -128,7 +129,7 @@ _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remo
                      "generation_config", "config_format", "worker_extension_cls", "hf_token"}
 
 
-def _note_unused(run) -> None:
+def _note_unused(run: MeasuredRun) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
               if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
     # compilation_config: its CUDA-graph settings and mode are replayed (_recorded_cudagraphs), the rest named
@@ -141,7 +142,7 @@ def _note_unused(run) -> None:
                          + ", ".join(f"{k} {v!r}" for k, v in sorted(unused.items())))
 
 
-def _check_parallelism(run, instances: list[dict], cluster_config: Path) -> None:
+def _check_parallelism(run: MeasuredRun, instances: list[dict], cluster_config: Path) -> None:
     """The config must lay the engine out as the run did: its TP and PP degrees are the config's
     structure, not something a replay can override. Checked on the config as written (sizes inferred as
     LLMServingSim infers them), before anything else about its layout is."""
@@ -168,7 +169,7 @@ def _check_parallelism(run, instances: list[dict], cluster_config: Path) -> None
                                  "engine_kwargs): give the measured engine's config")
 
 
-def _check_model_and_roles(run, cfg, cluster_config: Path) -> None:
+def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path) -> None:
     """The config must serve the model the run's meta.json names (a Hugging Face id; a local path is not
     compared). A P/D config replaying a run whose engine records no KV connector is said loudly."""
     from pdsim.models import load_model
@@ -195,7 +196,7 @@ def _check_model_and_roles(run, cfg, cluster_config: Path) -> None:
                          "so the two may not be comparable")
 
 
-def _check_max_model_len(run) -> None:
+def _check_max_model_len(run: MeasuredRun) -> None:
     """vLLM refuses a request longer than max_model_len before it reaches the engine: a run recording both
     contradicts itself, and the replay (which runs them) says so."""
     limit = run.max_model_len
@@ -207,12 +208,12 @@ def _check_max_model_len(run) -> None:
                          "(prompt + output): vLLM would have refused them; they are replayed as measured")
 
 
-def _shape(spec) -> tuple:
+def _shape(spec: ModelSpec) -> tuple:
     return (spec.architecture, spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads,
             spec.intermediate_size, spec.vocab_size, spec.moe)
 
 
-def _stated_model(instances: list[dict]):
+def _stated_model(instances: list[dict]) -> ModelSpec | None:
     """The model the config's instances name (the first's), or None where pdsim does not know it (the
     config's own check words that)."""
     from pdsim.models import load_model
@@ -223,7 +224,7 @@ def _stated_model(instances: list[dict]):
         return None
 
 
-def _check_dp_size(instances: list[dict], run, cluster_config: Path) -> None:
+def _check_dp_size(instances: list[dict], run: MeasuredRun, cluster_config: Path) -> None:
     """A MoE config's DP groups must be the run's data_parallel_size (checked before the recorded expert
     layout is applied to them); a dense one's mismatch is noted."""
     recorded = _recorded_int(run.engine_kwargs, "data_parallel_size", 1, Path(run.source).with_name("meta.json"))
@@ -294,7 +295,7 @@ _RECORDED_LIMITS = {"max_num_seqs": int, "max_num_batched_tokens": int, "block_s
 REPLAYED_KWARGS = frozenset(_READ_KWARGS | _RECORDED_LIMITS.keys())
 
 
-def _engine_limits(instances: list[dict], run) -> dict[str, object]:
+def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]:
     kwargs = run.engine_kwargs
     stated = {k: inst[k] for inst in instances for k in _RECORDED_LIMITS if k in inst}
     out: dict[str, object] = {}
@@ -367,7 +368,8 @@ def _engine_limits(instances: list[dict], run) -> dict[str, object]:
     return out
 
 
-def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded: list[str], run) -> int | None:
+def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded: list[str],
+                      run: MeasuredRun) -> int | None:
     """vLLM's step budget where the run turned chunked prefill off and set none (0.19 engine/arg_utils.py): the
     recorded max_model_len (else the model's), at least the default 2048, at most max_num_seqs x max_model_len.
     None where the budget is recorded or stated, or chunked prefill is on."""
@@ -391,7 +393,7 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     return budget
 
 
-def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run) -> None:
+def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run: MeasuredRun) -> None:
     """A meta.json whose engine_kwargs leave out batch limits (`missing`): the engine ran vLLM's default for
     how it was started, which the record does not say, so the replay's values are named."""
     from pdsim.config.models import InstanceConfig
@@ -428,7 +430,7 @@ _CUDAGRAPH_MODE_NUMBERS = {0: "NONE", 1: "PIECEWISE", 2: "FULL"}
 _LEVEL_CUDAGRAPH_MODE = {0: "NONE", 1: "PIECEWISE"}
 
 
-def _recorded_cudagraphs(instances: list[dict], run) -> dict[str, object]:
+def _recorded_cudagraphs(instances: list[dict], run: MeasuredRun) -> dict[str, object]:
     """vLLM's CUDA graphs as the run recorded them (EngineArgs' cudagraph_capture_sizes and
     max_cudagraph_capture_size, or compilation_config's, with its cudagraph_mode): they decide what a MoE DP
     group's ranks pad to. A compilation mode other than VLLM_COMPILE turns off the modes that need its piecewise
@@ -486,7 +488,7 @@ def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
     return value
 
 
-def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, object]:
+def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> dict[str, object]:
     """vLLM's cap on one request's prefill chunk per step: long_prefill_token_threshold as recorded, or, when
     max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (vLLM 0.19 config/scheduler.py; the v1
     scheduler uses max_num_partial_prefills for nothing else)."""
@@ -507,7 +509,7 @@ def _recorded_chunk_cap(instances: list[dict], run, meta: Path) -> dict[str, obj
     return {} if threshold is None else {"long_prefill_token_threshold": threshold}
 
 
-def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
+def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, object]:
     """The weight and KV precision meta.json's engine_kwargs name (`quantization`, `kv_cache_dtype`):
     the replay runs them whatever the cluster config says, as it takes the batch limits. A precision
     pdsim cannot express stops the replay with the reason."""
@@ -560,7 +562,7 @@ def _recorded_precision(instances: list[dict], run) -> dict[str, object]:
     return out
 
 
-def _recorded_expert_layout(instances: list[dict], run) -> dict[str, object]:
+def _recorded_expert_layout(instances: list[dict], run: MeasuredRun) -> dict[str, object]:
     """A MoE run's expert layout as meta.json's engine_kwargs record it: vLLM shards every expert by TP
     (over the DP group's GPUs too: ep_size 1 in a DP group) unless `enable_expert_parallel` is set, when
     each GPU holds whole experts. LLMServingSim's `ep_size` defaults to tp_size, i.e. expert parallelism;

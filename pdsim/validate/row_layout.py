@@ -51,11 +51,11 @@ class RowLayout:
         return self.quantization or "bfloat16"
 
 
-def text(value) -> str:
+def text(value: object) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip().lower()
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import click
 import numpy as np
@@ -26,14 +28,14 @@ MAX_BINS = 1_000_000  # of `stats --bin-s`: each is a row of the JSON and a bar 
 class _UserError(click.ClickException):
     exit_code = 2  # bad input, as pdsim's main() exits on a PdsimError
 
-    def show(self, file=None) -> None:
+    def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"error: {self.format_message()}", file=file, err=True)  # as main() prints a PdsimError
 
 
 class _Group(click.Group):
     """Bad input ends with its message and exit code 2 also when this group runs on its own."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PdsimError as e:
@@ -47,7 +49,7 @@ def workload() -> None:
     """Create, convert and describe request traces (docs/workloads.md)."""
 
 
-def _format_options(f):
+def _format_options(f: Callable) -> Callable:
     return dataset_options(f, ("--format", "--dataset-format"))
 
 
@@ -220,7 +222,7 @@ def _spec(value: str) -> str:
               help="pdsim JSONL to write (atomically; never over the input).")
 @click.option("--num-requests", "--num-reqs", type=click.IntRange(min=1), default=None,
               help="Keep the earliest N requests.  [default: all]")
-def convert(trace: Path, out_path: Path, num_requests: int | None, **kw) -> None:
+def convert(trace: Path, out_path: Path, num_requests: int | None, **kw: Any) -> None:
     """Convert a public trace (Azure, Mooncake, BurstGPT, ShareGPT, vllm bench ...) to pdsim JSONL."""
     check_output_file(out_path, "--output", [trace])
     data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
@@ -240,7 +242,7 @@ def convert(trace: Path, out_path: Path, num_requests: int | None, **kw) -> None
 @click.option("--plot", type=OutputFile(), default=None,
               help="Write a PNG: arrival rate over time and the input/output length histograms.")
 def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: bool, plot: Path | None,
-          **kw) -> None:
+          **kw: Any) -> None:
     """Size, span, arrival rate (mean, over time), gap CV, length percentiles and prefix reuse of a trace."""
     from pdsim.workload.stats import format_stats, plot_stats, trace_stats
 
