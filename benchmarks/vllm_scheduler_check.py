@@ -726,6 +726,15 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
         # a preempted one's tokens from the steps decided before reach it over the next decisions.
         out.append(pipelined("open_loop_pipeline_4_stages_async_preemption", 4, 32, 1024, 701, _pp_rows(7008, 30),
                              enable_prefix_caching=True, async_scheduling=True))
+        # Four stages, a closed loop on a tight cache: a request preempted late finishes with the token its
+        # recompute chunk samples, and vLLM puts it in no step after that (one token it has not seen cannot
+        # fall short of max_tokens), where a request whose last token was a decode's is in the next two.
+        recompute = pipelined("closed_loop_pipeline_4_stages_async_recompute_finish", 4, 8, 2048, 161,
+                              [(1577, 139, 0.0), (839, 119, 0.0), (891, 80, 0.0), (278, 143, 0.0), (245, 171, 0.0),
+                               (1315, 49, 0.0), (243, 37, 0.0)],
+                              long_prefill_token_threshold=0, scheduler_reserve_full_isl=False, block_size=32,
+                              async_scheduling=True)
+        out.append({**recompute, "concurrency": 6})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})

@@ -51,6 +51,21 @@ def resolve_input(path: Path, kind: str) -> Path | None:
     return None
 
 
+class InputFolder(click.ParamType):
+    """A click type for an input folder (a profile) that may be one of pdsim's bundled ones, named as from the
+    repository (`profiles/H200/...`): that folder where the command runs, else the bundled one. A path that is
+    neither is passed on as given, for the command to say what it lacks."""
+
+    name = "folder"
+
+    def convert(self, value: str | Path, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(value)
+        if path.exists() or path.is_absolute() or not path.parts:
+            return path
+        bundled = bundled_path(*path.parts)
+        return bundled if bundled.is_dir() else path
+
+
 class InputFile(click.ParamType):
     """A click type for an input file that may be one of pdsim's bundled files (see above)."""
 

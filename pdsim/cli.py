@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 import pandas as pd
 
-from pdsim.bundled import InputFile, bundled_path
+from pdsim.bundled import InputFile, InputFolder, bundled_path
 from pdsim.cli_checks import OutputFile, existing_folder, number_in, slo_ms, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError, ProfileError
@@ -101,7 +102,7 @@ def cli() -> None:
               help="Routing over prefill-capable instances.  [default: config's router, else least_loaded]")
 @click.option("--decode-policy", type=click.Choice(ROUTER_POLICIES), default=None,
               help="Routing over decode instances.  [default: config's router, else least_loaded]")
-@click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--profile-dir", type=InputFolder(), default=None,
               help="Use this profile for every instance: a pdsim profile dir (meta.json) or an LLMServingSim "
                    "one (meta.yaml + tpN/).  [default: look up profiles/<hw>/<model>/<dtype>/tp<N>, else estimate]")
 @click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     # A global flag, read here: every command accepts it, whether or not its --help lists it.
     args = [a for a in args if a != "--debug"]
+    previous = _on_sigterm(_terminated)
     try:
         cli.main(args=args, prog_name="pdsim", standalone_mode=False)
     except PdsimError as exc:
@@ -486,9 +488,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(1)
+    except click.exceptions.Abort as exc:  # Ctrl-C or SIGTERM, which click turns into Abort
+        terminated = isinstance(exc.__cause__, _Terminated)
+        click.echo("terminated" if terminated else "aborted", err=True)
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
     except KeyboardInterrupt:  # a second Ctrl-C, while click handled the first
         sys.exit(130)
     except click.ClickException as exc:
@@ -508,3 +511,25 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback, "
                    "and please report it)", err=True)
         sys.exit(1)
+    finally:
+        _on_sigterm(previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C is: outputs being staged are discarded, none is left
+    half-written beside its path (pdsim/outputs.py)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _on_sigterm(handler: object) -> object:
+    """Install `handler` for SIGTERM; returns the one it replaces (None where this is not the main thread, where
+    Python sets no handler)."""
+    if handler is None:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program's worker): leave its handling as it is
+        return None

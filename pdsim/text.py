@@ -22,5 +22,14 @@ def did_you_mean(name: str, names: Sequence[str]) -> str:
     Hugging Face names differ in case only too often), else ''."""
     folded = {n.casefold(): n for n in names}
     key = name.strip().casefold()
-    close = [folded[key]] if key in folded else difflib.get_close_matches(name.strip(), list(names), n=1)
+    # A known name the given one extends by a suffix (a fine-tune's "-Instruct", a "-FP8" checkpoint) is nearer
+    # than the closest spelling, which may be another model of the family ("Llama-3.1-8B-Instruct" is closer,
+    # letter by letter, to "Llama-3.3-70B-Instruct" than to "Llama-3.1-8B").
+    stems = [n for f, n in folded.items() if key.startswith(f) and key[len(f):len(f) + 1] in ("-", "_", ".", " ")]
+    if key in folded:
+        close = [folded[key]]
+    elif stems:
+        close = [max(stems, key=len)]
+    else:
+        close = difflib.get_close_matches(name.strip(), list(names), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

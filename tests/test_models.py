@@ -163,7 +163,11 @@ def test_unknown_model_lists_known():
         load_model("meta-llama/Llama-4-1T")
     assert "unknown model 'meta-llama/Llama-4-1T'" in str(e.value)
     assert "meta-llama/Llama-3.1-8B" in str(e.value) and "Qwen/Qwen3-8B" in str(e.value)
-    for typed, meant in [("meta-llama/Llama-3.1-8b", "meta-llama/Llama-3.1-8B"), ("Qwen3-32B", "Qwen/Qwen3-32B")]:
+    # A fine-tune's or a quantised checkpoint's name is the model it extends, not the nearest spelling (for
+    # "-Instruct" that was meta-llama/Llama-3.3-70B-Instruct).
+    for typed, meant in [("meta-llama/Llama-3.1-8b", "meta-llama/Llama-3.1-8B"), ("Qwen3-32B", "Qwen/Qwen3-32B"),
+                         ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B"),
+                         ("Qwen/Qwen3-32B-FP8", "Qwen/Qwen3-32B")]:
         with pytest.raises(PdsimError, match=f"unknown model '{typed}' \\(did you mean '{meant}'\\?\\)"):
             load_model(typed)
 

@@ -11,6 +11,7 @@ from pdsim.config import cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.hardware import get_hardware
+from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.perf.estimate import MoERoofline, estimate_profile
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel, check_placement
@@ -576,6 +577,7 @@ def test_a_hand_off_to_a_dp_decode_group_goes_to_the_rank_its_coordinator_picks(
     from types import SimpleNamespace
 
     from pdsim.engine.dp_group import DPGroup
+    from pdsim.engine.instance import Instance
 
     picks = []
     choose_rank = DPGroup.choose_rank
@@ -595,8 +597,10 @@ def test_a_hand_off_to_a_dp_decode_group_goes_to_the_rank_its_coordinator_picks(
 
     def rank(name, waiting=0, pending=0, in_flight=0, unpolled=0, running=0):
         sched = SimpleNamespace(waiting=[None] * waiting, running=[None] * running, num_in_flight=0)
-        return SimpleNamespace(id=name, sched=sched, pending=[None] * pending, reads_in_flight=in_flight,
+        inst = SimpleNamespace(id=name, sched=sched, pending=[None] * pending, reads_in_flight=in_flight,
                                unpolled=[None] * unpolled)
+        inst.num_waiting = Instance.num_waiting.fget(inst)  # vLLM's waiting queue, as the instance counts it
+        return inst
 
     group = DPGroup.__new__(DPGroup)
     assert choose_rank(group, [rank("a", in_flight=1), rank("b", running=3)]).id == "b"  # 4 against 3
@@ -624,3 +628,17 @@ def test_decode_dp_groups_leave_the_prefill_router_its_request(monkeypatch):
     res = simulate(cfg, trace([(300, 5, 0.0), (300, 5, 0.001)]), SimOptions())
     assert all(r.status == "finished" for r in res.requests)
     assert seen and all(seen[:2])  # the two prefill choices came with their requests
+
+
+def test_a_dp_rank_running_dummy_batches_for_a_working_rank_is_busy():
+    # One request on a two-rank group: the other rank runs a dummy batch in every step and waits in the MoE
+    # collectives for the rank with work, so it is as busy; the steps after the request (the wave's tail, no
+    # rank with work) are not busy time, so neither rank passes 100%.
+    cfg = cluster_config_from_dict(_cluster(_instance(ep_size=2, dp_group="A"), _instance(ep_size=2, dp_group="A")))
+    res = simulate(cfg, trace([(200, 300, 0.0)]), SimOptions())
+    summary = summarize(res, requests_frame(res))
+    working, idle = summary["instances"]
+    assert working["steps"] == 300 and idle["steps"] == 0
+    assert idle["dummy_steps"] > 300 and working["dummy_steps"] > 0  # the tail runs on both
+    assert idle["busy_fraction"] == pytest.approx(working["busy_fraction"])
+    assert 0.99 < idle["busy_fraction"] <= 1.0

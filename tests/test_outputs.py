@@ -376,3 +376,35 @@ def test_the_cdf_plot_gives_the_slo_attainment_of_the_summary():
     finally:
         plt.close(fig)
     assert "SLO 25 ms: met by 50% of 4 arrived requests" in labels
+
+
+def test_a_run_terminated_by_sigterm_says_so_and_leaves_no_file(tmp_path):
+    # SIGTERM (a job scheduler's stop, `kill`) is handled as Ctrl-C is: the outputs being staged are discarded.
+    # It used to end the process where it was, leaving a half-written temporary file beside the output.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    trace = tmp_path / "trace.jsonl"
+    assert main_exit(["workload", "generate", "--num-requests", "100000", "--rate", "20", "--out", str(trace)]) == 0
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
+                                                                   os.environ.get("PYTHONPATH")) if p)}
+    run = subprocess.Popen([sys.executable, "-m", "pdsim", "--cluster-config", "single_node_pd_instance", "--dataset",
+                            str(trace), "--output", str(out / "run.csv"), "--quiet"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(3.0)  # reading the trace and simulating: a 100,000-request run takes far longer
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM and err.strip().endswith("terminated"), err
+    assert "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def main_exit(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0

@@ -87,6 +87,27 @@ def test_installed_wheel_runs_the_main_job_from_another_directory(wheel, tmp_pat
     r = subprocess.run([sys.executable, "-m", "pdsim", "--cluster-config", "nope", "--dataset", "example_trace"],
                        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "single_node_pd_instance" in r.stderr  # lists the bundled names
+    # Commands that look profiles up without a --profiles-root (validate, calibrate) find the bundled ones too:
+    # the installed root was site-packages/profiles, which is not there, so they fell back on spec estimates.
+    r = subprocess.run([sys.executable, "-c", "from pdsim.perf.profile_format import PROFILES_ROOT as p; "
+                        "print(p, p.is_dir())"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    root, is_dir = r.stdout.split()
+    assert root.startswith(str(site)) and is_dir == "True", r.stdout + r.stderr
+    # A profile named as from the repository, as the docs name them, is the bundled one.
+    r = subprocess.run([sys.executable, "-m", "pdsim", "--cluster-config", "single_node_pd_h200", "--dataset",
+                        "example_trace", "--num-requests", "10", "--output", "c.csv", "--quiet", "--profile-dir",
+                        "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    profiles = {i["profile"] for i in json.loads((elsewhere / "c_summary.json").read_text())["instances"]}
+    assert len(profiles) == 1 and profiles.pop().startswith(str(site / "pdsim" / "_bundled" / "profiles" / "H200"))
+    measured = REPO.parent / "shared/data/calibration/llmservingsim-rtxpro6000-llama31-8b/vllm_run"
+    if measured.is_dir():
+        r = subprocess.run([sys.executable, "-m", "pdsim", "validate", "--measured", str(measured),
+                            "--cluster-config", "single_node_pd_h200", "--output", "v.csv"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert "estimated from hardware specs" not in r.stdout + r.stderr
 
 
 def test_architecture_doc_names_every_module():

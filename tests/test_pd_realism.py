@@ -549,3 +549,42 @@ def test_under_async_scheduling_a_hand_off_is_seen_by_the_decision_after_the_ste
         step_s = (first.finish_s - first.decode_first_token_s) / (first.output_toks - 2)
     assert 0 <= wait_s[False] < step_s * 1.01
     assert step_s * 0.99 < wait_s[True] < 2 * step_s * 1.01
+
+
+def test_the_decode_router_counts_hand_offs_whose_kv_is_still_in_flight(monkeypatch):
+    # A slow link keeps each prompt's KV in flight for seconds. vLLM holds such a request in the decode
+    # engine's waiting queue from the moment its blocks are reserved, so least_loaded sees it there; when it
+    # counted only requests queued or running, all eight prompts went to the decode instance that had no
+    # long decode running (its load read 0 while up to seven transfers were on their way to it).
+    from pdsim.engine.instance import Instance
+
+    seen = []
+    receive = Instance.receive_kv
+
+    def watched(self, req):  # the KV has just arrived: up to now the request was in flight to `self`
+        seen.append((req.input_toks, self.num_waiting, self.num_requests, self.load_tokens))
+        receive(self, req)
+
+    monkeypatch.setattr(Instance, "receive_kv", watched)
+    cfg = cluster(instance("prefill"), instance("decode"), instance("decode"), link_bw=0.5)
+    rows = [(16, 3000, 0.0)] + [(3000, 20, 0.5 + 0.001 * i) for i in range(8)]
+    res = run(cfg, rows)
+    assert all(r.status == "finished" for r in res.requests)
+    prompts = [r.decode_instance for r in res.requests[1:]]
+    assert sorted(prompts.count(name) for name in ("n0.i1", "n0.i2")) == [4, 4]
+    assert len(seen) == 9
+    assert all(waiting >= 1 and requests >= 1 and load >= tokens for tokens, waiting, requests, load in seen)
+
+
+def test_a_pd_run_says_where_its_ttft_is_taken():
+    # In prefill mode a P/D run's TTFT does not move with the link; the text summary says why.
+    from pdsim.metrics.summary import format_summary
+
+    said = "(TTFT at the prefill instance, as papers report it: the KV transfer counts in TPOT"
+    rows = [(500, 20, 0.0), (800, 30, 0.1)]
+    for cfg, mode, expected in [(cluster(instance("prefill"), instance("decode")), "prefill", True),
+                                (cluster(instance("prefill"), instance("decode")), "client", False),
+                                (cluster(instance(None)), "prefill", False)]:
+        res = simulate(cfg, trace(rows), SimOptions(ttft_mode=mode))
+        text = format_summary(summarize(res, requests_frame(res)))
+        assert (said in text) is expected, (mode, text)

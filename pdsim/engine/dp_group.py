@@ -68,6 +68,7 @@ class DPGroup:
         self._plans: dict[str, StepPlan] = {}
         self._released: simpy.Event | None = None
         self.num_steps = 0
+        self.step_has_work = False  # whether some rank has work in the step last priced
         self.wave_steps = 0  # steps since the wave began (module docstring)
         self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
         # vLLM's CUDA graphs, fixed by the engine's arguments, which its ranks share: for the padding.
@@ -84,8 +85,7 @@ class DPGroup:
     def choose_rank(self, candidates: Sequence[Instance]) -> Instance:
         def score(inst: Instance) -> int:
             # vLLM's waiting requests include a decode rank's hand-offs whose KV is still to come
-            waiting = len(inst.sched.waiting) + len(inst.pending) + inst.reads_in_flight + len(inst.unpolled)
-            return 4 * waiting + len(inst.sched.running) + inst.sched.num_in_flight
+            return 4 * inst.num_waiting + len(inst.sched.running) + inst.sched.num_in_flight
 
         return min(candidates, key=score)  # min keeps the first (lowest rank) of equal scores
 
@@ -124,6 +124,7 @@ class DPGroup:
         slowest_s = 0.0
         tokens: list[int] = []
         mixed = False
+        self.step_has_work = not all(plan.empty for plan in self._plans.values())
         for member in self.members:
             plan = self._plans[member.id]
             if plan.empty:

@@ -162,6 +162,9 @@ class Instance:
         self.regenerates_first_token = False  # a decode instance behind vLLM's P/D proxy (set by the cluster)
         self._woken_at_barrier = False  # work came while this rank waited for its DP group
         self.reads_in_flight = 0  # hand-offs whose KV is on its way here (blocks reserved, not yet arrived)
+        # Their prompt tokens, and those of the hand-offs in `unpolled`: vLLM holds such a request in its waiting
+        # queue from the reservation on (WAITING_FOR_REMOTE_KVS), so it is load the router sees.
+        self.reading_tokens = 0
         # Lock-step DP: hand-offs whose KV arrived during this rank's dummy step, and whether its step decided or
         # in progress is one (receive_kv).
         self.unpolled: list[Request] = []
@@ -173,7 +176,7 @@ class Instance:
     def load_tokens(self) -> int:
         """The router's load measure. A run of decode steps passing in one event has added a token per
         member for each of its steps that already ended, as stepping one by one would have."""
-        tokens = self.sched.load_tokens + self.pending_tokens
+        tokens = self.sched.load_tokens + self.pending_tokens + self.reading_tokens
         if self._run is not None:
             tokens += self._run[2] * self._run_steps_done()
         return tokens
@@ -191,8 +194,13 @@ class Instance:
 
     @property
     def num_requests(self) -> int:
-        """Requests queued, running or waiting for hand-off blocks here (SGLang's router's load)."""
-        return len(self.sched.waiting) + len(self.sched.running) + len(self.pending)
+        """Requests queued, running, waiting for hand-off blocks or for their KV here (SGLang's router's load)."""
+        return self.num_waiting + len(self.sched.running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests in vLLM's waiting queue: queued, a hand-off waiting for blocks or for its KV."""
+        return len(self.sched.waiting) + len(self.pending) + self.reads_in_flight + len(self.unpolled)
 
     def prefix_hit_tokens(self, req: Request) -> int:
         """Prompt tokens of `req` this instance's prefix cache holds (what a KV-aware router sees)."""
@@ -277,12 +285,14 @@ class Instance:
         if self._dummy_step:
             self.unpolled.append(req)
         else:
+            self.reading_tokens -= req.input_toks
             self.submit(req)
 
     def _submit_polled(self) -> None:
         """After a decision: the KV this step's connector poll reports (receive_kv) is scheduled by the next."""
         if self.unpolled:
             for req in self.unpolled:
+                self.reading_tokens -= req.input_toks
                 self.submit(req)
             self.unpolled.clear()
 
@@ -413,6 +423,7 @@ class Instance:
             kv.allocate(new)
             req.blocks = new + hit
             self.reads_in_flight += 1
+            self.reading_tokens += req.input_toks
             self.on_reserved(self, req)
 
     # -- the engine loop ------------------------------------------------------------------------
@@ -531,8 +542,13 @@ class Instance:
         durations = np.array([seconds])
         if plan.prefill:
             self.on_prefill_step(self, plan, self.env.now, seconds)
+        # A rank without work runs a dummy batch and waits in the MoE collectives for the ranks with work: busy.
+        # Steps in which no rank has work (the wave's tail, dp_group.py) are idle spinning, not counted.
+        dummy_busy = plan.empty and self.dp_group.step_has_work
         yield self.env.timeout(seconds)
         if plan.empty:
+            if dummy_busy:
+                self.stats.busy_s += seconds
             self._last_steps = (self.env.now, durations)
             self._step_starts.append(self.env.now - seconds)
         else:

@@ -107,7 +107,7 @@ class Monitor:
             fixed_gb = (inst.spec.weight_bytes + inst.spec.activation_bytes) / GB
             out.append(Sample(
                 time_s=now, instance=inst.id, prefill_reqs=prefill, decode_reqs=decode,
-                waiting_reqs=len(inst.sched.waiting) + len(inst.pending), kv_used_gb=kv_gb,
+                waiting_reqs=inst.num_waiting, kv_used_gb=kv_gb,
                 mem_used_gb=fixed_gb + kv_gb, prompt_tokens=inst.stats.prompt_tokens, decode_tokens=decode_tokens,
                 kv_held_for_transfer_gb=inst.held_for_transfer_blocks * inst.kv.block_bytes / GB,
                 kv_send_gbps=send.get(inst.id, 0.0) / 1e9, kv_recv_gbps=recv.get(inst.id, 0.0) / 1e9,

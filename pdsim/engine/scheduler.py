@@ -454,6 +454,7 @@ class Scheduler(WaitingAdmission):
             finishing = self._end_ghosts(finishing)
         for req in finishing:
             del self.running[req]
+        from_chunk: list[Request] | None = None  # finished by the token a (recompute) chunk sampled
 
         for req, num_new in plan.prefill:
             req.num_computed += num_new
@@ -476,6 +477,7 @@ class Scheduler(WaitingAdmission):
             elif req.num_generated >= req.output_toks:
                 del self.running[req]
                 finishing.append(req)
+                from_chunk = [req] if from_chunk is None else [*from_chunk, req]
             else:
                 req.joined_from_handoff = False
                 cohort.add(req)
@@ -486,8 +488,10 @@ class Scheduler(WaitingAdmission):
             finishing.sort(key=lambda r: r.admitted_seq)
         for req in finishing:
             self._finish(req, now, out)
-            if self.async_depth > 1 and req.output_toks > 1:
-                # vLLM decided the next async_depth - 1 steps before seeing this request's last token.
+            if self.async_depth > 1 and req.output_toks > 1 and (from_chunk is None or req not in from_chunk):
+                # vLLM decided the next async_depth - 1 steps before seeing this request's last token. Not after a
+                # chunk that sampled it: vLLM schedules a request again only while the tokens it has not yet seen
+                # may fall short of max_tokens, and that chunk's one token cannot.
                 self._releasing[-1].ghost = True
                 self.ghosts += 1
                 cohort.add(req, steps_left=self.async_depth - 1)

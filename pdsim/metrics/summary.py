@@ -155,6 +155,8 @@ def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceIn
         "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
         "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
     }
+    if inst.dp_group is not None:  # lock-step DP rank (docs/moe.md): batches of no request, kept in step
+        out["dummy_steps"] = inst.dp_group.dummy_steps[inst.id]
     if inst.spec.pp > 1:  # pipeline stages (docs/pipeline.md): steps are micro-batches
         out.update(pp=inst.spec.pp, stage_busy_fraction=[
             b / result.sim_end_s if result.sim_end_s > 0 else 0.0 for b in inst.stage_busy_s])
@@ -318,6 +320,10 @@ def _latency_lines(summary: dict) -> list[str]:
             continue
         rows.append([label, *(_fmt(s[k]) for k in ("mean", "p50", "p90", "p99"))])
     lines.extend(_columns(rows))
+    if summary.get("ttft_mode", "prefill") == "prefill" and summary["kv_transfer_ms"]["mean"] is not None:
+        # Said: a P/D run's TTFT does not move with the link, which reads as a bug where it is not said.
+        lines.append("(TTFT at the prefill instance, as papers report it: the KV transfer counts in TPOT; "
+                     "--ttft-mode client counts it in TTFT)")
     margin = summary.get("step_time_margin")
     if margin and not any(margin[side]["finished"] for side in ("faster", "slower")) and not summary["finished"]:
         lines.append(f"with every step {margin['margin_pct']:g}% faster or slower: no request finished either")

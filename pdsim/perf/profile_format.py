@@ -8,14 +8,15 @@ writing them on disk is `profile_readers.py` and `profile.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from pdsim.bundled import bundled_path
 from pdsim.perf.interp import Table1D, Table2D, TableND
 from pdsim.perf.moe_time import MoELayoutTable, MoETable
 
 FORMAT_NAME = "pdsim-profile"
 FORMAT_VERSION = 1
-PROFILES_ROOT = Path(__file__).resolve().parents[2] / "profiles"
+# The bundled profiles: the checkout's profiles/, or an installed wheel's copy of it (pdsim/bundled.py).
+PROFILES_ROOT = bundled_path("profiles")
 
 # op -> how many times it runs per step-layer; "per_step" ops run once per step, not per layer.
 PER_LAYER_OPS: dict[str, int] = {

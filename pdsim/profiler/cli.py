@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from pdsim.bundled import InputFolder
 from pdsim.cli_checks import OutputFolder, number_in, split_items
 from pdsim.errors import PdsimError
 
@@ -211,7 +212,7 @@ def default_hardware_name(device: str, threads: int) -> str:
 )
 @click.option(
     "--profile-dir",
-    type=click.Path(path_type=Path),
+    type=InputFolder(),
     help="--check: the profile to check. Default: the one `--out --hardware --model --dtype --tp` name.",
 )
 @click.option(

@@ -303,6 +303,9 @@ def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings, swee
         # Ctrl-C reaches the whole process group: the sweep stops the workers (PoolExecutor.close). A worker
         # that took it would print a traceback when idle, or go on to its next run when busy.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The sweep's own SIGTERM handler (pdsim.cli.main), inherited through the fork, would turn the SIGTERM
+        # with which close() stops a worker into an exception the pool hands back, and the worker would go on.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         threading.Thread(target=_exit_with_sweep, args=(os.getppid(), sweep_pid), name="pdsim-sweep-check",
                          daemon=True).start()
 

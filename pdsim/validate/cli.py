@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from pdsim.bundled import InputFile
+from pdsim.bundled import InputFile, InputFolder
 from pdsim.cli_checks import OutputFile, OutputFolder, number_in, unused_options
 from pdsim.config.load import config_inputs
 from pdsim.errors import PdsimError, PrecisionMismatch
@@ -261,7 +261,7 @@ def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, re
                    "concurrency/batch_size, tp, ttft, tpot).")
 @click.option("--cluster-config", type=InputFile("cluster config"), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
-@click.option("--profile-dir", type=click.Path(path_type=Path), default=None,
+@click.option("--profile-dir", type=InputFolder(), default=None,
               help="Profile for every instance; for closed-loop tables, a root holding "
                    "<hw>/<model>/<dtype>/tp<N> (as import-aiconfigurator writes).")
 @click.option("--step-overhead-us", default=0.0, show_default=True, callback=number_in(0, 1e6),
@@ -525,7 +525,7 @@ def _plot_files(output: Path) -> list[Path]:
               help="A per-request run (as for validate) or a closed-loop table.")
 @click.option("--cluster-config", type=InputFile("cluster config"), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
-@click.option("--profile-dir", type=click.Path(path_type=Path), default=None, help="As for validate.")
+@click.option("--profile-dir", type=InputFolder(), default=None, help="As for validate.")
 @click.option("--metric", type=click.Choice(["tpot_ms", "e2e_ms", "ttft_ms"]), default="tpot_ms", show_default=True,
               help="Fit on this metric (per-request runs: its mean/p50/p90; tables: its per-row error); the "
                    "others stay held out.")

@@ -137,6 +137,14 @@ def detect_format(path: Path) -> str:
                      f"one of {', '.join(FORMATS)} (docs/workloads.md)")
 
 
+def _format_told(path: Path) -> str | None:
+    """The format the file's bytes tell, None where they tell none."""
+    try:
+        return detect_format(path)
+    except TraceError:
+        return None
+
+
 def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
     if name == "pdsim":
         return formats.Loaded.from_requests(*read_trace(path))
@@ -174,7 +182,13 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
     if max_requests is not None and max_requests < 1:
         raise TraceError(f"--num-requests: expected a positive integer, got {max_requests}")
     name, params = parse_format(fmt) if fmt else (detect_format(path), {})
-    loaded = _read(path, name, params)
+    try:
+        loaded = _read(path, name, params)
+    except TraceError as e:
+        if fmt and (other := _format_told(path)) not in (None, name):
+            raise TraceError(f"{e} (--dataset-format {name} was given, but the file's first line is of the {other} "
+                             f"format: give --dataset-format {other}, or leave it out)") from None
+        raise
     if len(loaded.arrival_ns) == 0:
         raise TraceError(f"{path}: no request left ({'; '.join(loaded.notes)})")
     order = np.argsort(loaded.arrival_ns, kind="stable")  # ties keep file order
