@@ -735,6 +735,16 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
                               long_prefill_token_threshold=0, scheduler_reserve_full_isl=False, block_size=32,
                               async_scheduling=True)
         out.append({**recompute, "concurrency": 6})
+        # Three stages, one-token requests (a prefill instance's): a decision with nothing to run, taken two steps
+        # ahead, is queued as an empty step, and the engine decides again when the oldest batch returns, where
+        # the finished request still holds its slot; not at once, seeing every arrival.
+        out.append(pipelined("open_loop_pipeline_3_stages_async_empty_decision", 3, 2, 512, 321,
+                             [(778, 1, 0.041210386), (1, 1, 0.049873047), (1, 1, 0.057926489)],
+                             long_prefill_token_threshold=0, async_scheduling=True))
+        closed = pipelined("closed_loop_pipeline_3_stages_async_empty_decision", 3, 32, 256, 161,
+                           [(228, 1, 0.0), (300, 1, 0.0), (236, 1, 0.0)], long_prefill_token_threshold=0,
+                           scheduler_reserve_full_isl=False, block_size=32, async_scheduling=True)
+        out.append({**closed, "concurrency": 3, "client_delay_s": 0.001})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})

@@ -461,6 +461,9 @@ class Instance:
                 if self._woken_at_barrier or polled:
                     continue
             if plan.empty:
+                if sched.lagging(env.now):
+                    self._step_starts.append(env.now)  # vLLM's batch queue holds the empty step (Scheduler.lagging)
+                    continue
                 if sched.released_after_decision and self._can_reserve():
                     continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now
                 if sched.release_when_idle():

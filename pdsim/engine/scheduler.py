@@ -181,7 +181,7 @@ class Scheduler(WaitingAdmission):
             # requests took theirs, not in a step that preempted, not while max_num_seqs run, and not
             # once the step's token budget is spent.
             self.reserve_handoffs()
-            if not plan.prefill and not self.cohort.n and self._decided_s < now:
+            if not plan.prefill and not self.cohort.n and self._decided_s < now and not self.lagging(now):
                 # Nothing would run: with no step in flight the engine sees every hand-off that has reached it
                 # (async scheduling decided this step while the last one ran, before later ones came).
                 self._decided_s = now
@@ -191,6 +191,12 @@ class Scheduler(WaitingAdmission):
         if self._releasing:
             plan.max_steps = 1  # held for decisions to come, each of which may free it (async_depth > 1)
         return plan
+
+    def lagging(self, now: float) -> bool:
+        """Deciding two or more steps ahead (async scheduling, 3+ pipeline stages), this decision was taken
+        before now, with steps in flight: an empty one is queued as a step of its own, and the engine decides
+        again when the oldest returns (pdsim/engine/instance.py), not at once."""
+        return self.async_depth > 1 and self._decided_s < now
 
     def _rejoin_paused(self) -> list[Request]:
         """Members skipped last step decode again (unless skipped again this step)."""
@@ -295,7 +301,8 @@ class Scheduler(WaitingAdmission):
         left = budget
         if not preempted or (not plan.prefill and not cohort.n and not self.num_batches_in_flight):
             left = self._admit_waiting(plan, budget, now)
-        if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing):
+        if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing) \
+                and not self.lagging(now):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished, seeing every token) and schedules what has arrived at once.
             self._release_finished(everything=True)
