@@ -588,3 +588,18 @@ def test_a_pd_run_says_where_its_ttft_is_taken():
         res = simulate(cfg, trace(rows), SimOptions(ttft_mode=mode))
         text = format_summary(summarize(res, requests_frame(res)))
         assert (said in text) is expected, (mode, text)
+
+
+def test_the_text_summary_names_what_priced_the_steps():
+    # Measured or estimated, and from which profile folder: the figures' trust rests on it.
+    from pdsim.metrics.summary import format_summary
+
+    for config, said in [("configs/cluster/single_node_pd_h200.json",
+                          "step times n0.i0, n0.i1: measured, profile "),
+                         ("configs/cluster/single_node_pd_instance.json",
+                          "step times n0.i0, n0.i1: estimated from hardware specs, profile ")]:
+        res = simulate(load_cluster_config(Path(__file__).resolve().parents[1] / config), trace([(500, 20, 0.0)]),
+                       SimOptions())
+        text = format_summary(summarize(res, requests_frame(res)))
+        line = next(line for line in text.splitlines() if line.startswith("step times"))
+        assert line.startswith(said) and line.endswith("Llama-3.1-8B/bfloat16/tp1"), line

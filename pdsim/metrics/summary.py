@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -396,11 +397,26 @@ def _instance_lines(summary: dict) -> list[str]:
             for dtype, ids in by_dtype.items()))
     for note in summary.get("memory_notes", []):
         lines.append(f"KV capacity {note}")
+    by_profile: dict[tuple[str | None, bool], list[str]] = {}
+    for inst in summary["instances"]:
+        by_profile.setdefault((inst["profile"], bool(inst["estimated_profile"])), []).append(inst["id"])
+    for (profile, estimated), ids in by_profile.items():
+        source = "estimated from hardware specs" if estimated else "measured"
+        folder = profile and not profile.startswith("<")  # "<estimated ...>": priced on the fly, no folder
+        lines.append(f"step times {listed(ids)}: {source}" + (f", profile {_shown_path(profile)}" if folder else ""))
     if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
         lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
             f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
             if inst["prefix_caching"]))
     return lines
+
+
+def _shown_path(path: str) -> str:
+    """A path under the working folder as relative to it (as the README's commands name files), else as is."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _pct(x: float | None) -> str:
