@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import signal
 import sys
 import time
@@ -256,7 +257,11 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         if step_time_margin_pct:
             summary["step_time_margin"] = _step_time_margin(cfg, trace, opts, str(cluster_config),
                                                             step_time_margin_pct, quiet)
-    written = write_run_outputs(output, df, summary, result, plot)
+    bar.status(f"simulated {len(trace):,} requests; writing the reports ...")
+    try:
+        written = write_run_outputs(output, df, summary, result, plot)
+    finally:
+        bar.close()
 
     loop = f", closed loop with {concurrency} clients" if concurrency else ""
     click.echo(f"pdsim: {cluster_config} with {source}: {len(trace)} requests{loop}, "
@@ -480,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     # A global flag, read here: every command accepts it, whether or not its --help lists it.
     args = [a for a in args if a != "--debug"]
+    global _HANDLER_PID
+    _HANDLER_PID = os.getpid()
     previous = _on_sigterm(_terminated)
     try:
         cli.main(args=args, prog_name="pdsim", standalone_mode=False)
@@ -521,7 +528,14 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _HANDLER_PID:  # a forked child (a sweep's pool worker before its set-up): end as SIGTERM ends
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise _Terminated
+
+
+_HANDLER_PID = os.getpid()  # the process whose main() installed _terminated
 
 
 def _on_sigterm(handler: object) -> object:

@@ -39,6 +39,13 @@ class ProgressBar:
             self.stream.write("\r\033[K")
             self.stream.flush()
 
+    def status(self, text: str) -> None:
+        """What is being done where there is nothing to count (a large run's reports take seconds): a line that
+        the next update or close() clears."""
+        if self.enabled:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+
     def message(self, text: str) -> None:
         """A log line that must not be overwritten by the bar."""
         if self.enabled:

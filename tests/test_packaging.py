@@ -117,3 +117,20 @@ def test_architecture_doc_names_every_module():
     unnamed = sorted(str(p.relative_to(REPO)) for p in (REPO / "pdsim").rglob("*.py")
                      if p.name != "__init__.py" and p.name not in doc)
     assert not unnamed, f"docs/architecture.md does not name {unnamed}"
+
+
+def test_a_profile_folder_named_as_in_the_repository_is_the_bundled_one_and_no_other(tmp_path, monkeypatch, capsys):
+    # Only a path under profiles/ falls back on the bundled data, and says so; a repository folder such as tests/,
+    # or a path climbing out with "..", had been taken from the package's tree.
+    from pdsim.bundled import InputFolder, bundled_path
+
+    monkeypatch.chdir(tmp_path)
+    folder = InputFolder()
+    for given in ("tests", "../profiles/H200", "profiles/NoSuchGPU"):
+        assert folder.convert(given, None, None) == Path(given)
+    assert capsys.readouterr().err == ""
+    name = "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1"
+    assert folder.convert(name, None, None) == bundled_path(*name.split("/"))
+    assert "no such folder here; the bundled profile" in capsys.readouterr().err
+    (tmp_path / name).mkdir(parents=True)  # the user's own folder of that name wins
+    assert folder.convert(name, None, None) == Path(name)

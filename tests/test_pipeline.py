@@ -617,3 +617,24 @@ def test_a_pipeline_stopped_by_the_clock_while_busy_counts_its_busy_time(stop_s)
     busy = summarize(res, requests_frame(res))["instances"][0]["busy_fraction"]
     whole = simulate(cfg, reqs, SimOptions())
     assert busy == pytest.approx(1.0) and whole.instances[0].stats.busy_s == pytest.approx(whole.sim_end_s)
+
+
+@pytest.mark.parametrize("layout", ["moe_dp_group", "async_4_stages"])
+def test_busy_time_is_counted_up_to_the_last_finish(layout):
+    # Steps that run after the last request finished (a DP group's tail of dummy micro-batches, the steps an async
+    # pipeline decided ahead) are not the run's busy time: they took the busy share to 152% and 104%.
+    if layout == "moe_dp_group":
+        rank = {"model_name": "Qwen/Qwen3-30B-A3B-Instruct-2507", "hardware": "RTXPRO6000",
+                "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "tp_size": 1, "pp_size": 2,
+                "num_npus": 2, "ep_size": 2, "dp_group": "A", "pd_type": None}
+        res = run(cluster(rank, dict(rank)), [(200, 20, 0.0)])
+    else:
+        engine = {"model_name": "meta-llama/Llama-3.1-8B", "hardware": "RTXPRO6000", "pd_type": None,
+                  "npu_mem": {"mem_size": 96, "mem_bw": 1597, "mem_latency": 0}, "gpu_memory_utilization": 0.9,
+                  "tp_size": 1, "max_num_seqs": 4, "max_num_batched_tokens": 195, "block_size": 16,
+                  "enable_prefix_caching": False, "async_scheduling": True, "pp_size": 4, "num_npus": 4}
+        res = run(cluster(engine), [(210, 52, 0.0), (246, 61, 0.001), (184, 79, 0.002)], kv_gpu_blocks={"n0.i0": 57})
+    assert all(r.status == "finished" for r in res.requests)
+    for inst in summarize(res, requests_frame(res))["instances"]:
+        assert 0.9 < inst["busy_fraction"] <= 1 + 1e-12, inst
+        assert all(share <= 1 + 1e-12 for share in inst["stage_busy_fraction"]), inst

@@ -201,7 +201,7 @@ def test_a_format_given_that_the_file_is_not_names_the_one_it_is(tmp_path):
     azure = _write(tmp_path, "azure.csv",
                    "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n")
     with pytest.raises(TraceError, match=r"azure\.csv:1: not valid JSON .*--dataset-format mooncake was given, but "
-                                         r"the file's first line is of the azure format: give --dataset-format azure"):
+                                         r"the file reads as the azure format: give --dataset-format azure"):
         read_dataset(azure, "mooncake")
     assert len(read_dataset(azure, "azure").requests) == 1
     odd = _write(tmp_path, "odd.csv", "a,b,c\n1,2,3\n")  # no format told: the reader's own error alone

@@ -740,8 +740,10 @@ def test_swept_variants_keep_every_base_field_but_the_nodes():
     ("--ratios", "1:1,", r"--ratios: an empty item in '1:1,'"),
     ("--tp-decode", ",2", r"--tp-decode: an empty item in ',2'"),
     # Every split asked for by name falls out: it ran the colocated baseline alone and exited 0.
-    ("--ratios", "3:3", r"--ratios 3:3: none of the P:D splits asked for can run on 2 GPUs \(the colocated baseline "
-                        r"alone would\): 3:3: no layout"),
+    # It names the baseline that would run ("the colocated baseline alone" read as a contradiction beside another
+    # colocated layout that cannot).
+    ("--ratios", "3:3", r"--ratios 3:3: none of the P:D splits asked for can run on 2 GPUs \(only the colocated "
+                        r"baseline colo-2x-tp1 would\): 3:3: no layout"),
 ])
 def test_sweep_options_out_of_range_are_refused_before_any_run(tmp_path, option, value, words):
     args = {"--attainment": "0.9", "--seed": "0", "--gpus": "2", "--rates": "5", "--ratios": "all", option: value}

@@ -191,6 +191,9 @@ def simulate(
             all_done.succeed(env.now)
 
     cluster.on_done = on_done
+    # Processed once the step that finished the last request has been counted: what runs after (steps decided
+    # ahead, a DP group's tail) is not the run's busy time.
+    all_done.callbacks.append(lambda _: [inst.freeze_busy() for inst in cluster.instances])
     env.process(clients)
     env.process(cluster.monitor.run(lambda: cluster.num_done, total, all_done, on_sample, on_progress))
     env.run(until=opts.max_sim_time_s)

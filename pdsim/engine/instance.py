@@ -74,6 +74,9 @@ class InstanceSpec:
 class InstanceStats:
     steps: int = 0
     busy_s: float = 0.0
+    # Busy time when the last request finished (the run's end): steps decided ahead (async pipelines' ghost steps)
+    # and a DP group's tail run past it, which the share of the run's span must not count. None until then.
+    busy_at_end_s: float | None = None
     prompt_tokens: int = 0
     decode_tokens: int = 0
     # Inter-token latencies: runs of decode steps, every step of a run giving a token to the run's
@@ -610,6 +613,10 @@ class Instance:
             self.on_finish(req)
         for req in outcome.handoffs:
             self.on_handoff(self, req)
+
+    def freeze_busy(self) -> None:
+        """The last request has finished: the busy time so far is the run's (InstanceStats.busy_at_end_s)."""
+        self.stats.busy_at_end_s = self.stats.busy_s
 
     def settle_run_cut_by_clock(self) -> None:
         """The simulation stopped by the clock inside a decode run: its steps that ended count as stepping one by

@@ -287,6 +287,7 @@ class PipelinedInstance(Instance):
         self._stage_free_s = [0.0] * self.num_stages  # when each stage's last micro-batch leaves it
         self.in_flight: deque[MicroBatch] = deque()
         self.stage_busy_s = [0.0] * self.num_stages
+        self.stage_busy_at_end_s: list[float] | None = None
         self._busy_since: float | None = None
 
     def _loop(self) -> Generator[simpy.Event, object, None]:
@@ -387,6 +388,13 @@ class PipelinedInstance(Instance):
             self.stats.busy_s += now - self._busy_since
             self._busy_since = None
 
+    def freeze_busy(self) -> None:
+        """As Instance.freeze_busy, with the busy span open now (micro-batches decided ahead, or a DP group's dummy
+        ones, still in flight) counted up to now, and each stage's time as it stands."""
+        open_s = self.env.now - self._busy_since if self._busy_since is not None else 0.0
+        self.stats.busy_at_end_s = self.stats.busy_s + open_s
+        self.stage_busy_at_end_s = list(self.stage_busy_s)
+
     def settle_run_cut_by_clock(self) -> None:
         """Stopped by the clock with micro-batches in flight: the busy span open since the pipeline last idled
         counts up to the stop (it was counted only when the pipeline emptied, so a run cut while busy showed 0%)."""
@@ -418,6 +426,11 @@ class AsyncPipelinedInstance(Instance):
                  num_blocks: int, max_decode_run_steps: int) -> None:
         super().__init__(env, spec, predictor, num_blocks, max_decode_run_steps)
         self.stage_busy_s = [0.0] * predictor.num_stages
+        self.stage_busy_at_end_s: list[float] | None = None
+
+    def freeze_busy(self) -> None:
+        super().freeze_busy()
+        self.stage_busy_at_end_s = list(self.stage_busy_s)
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
         chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))

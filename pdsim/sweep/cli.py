@@ -21,7 +21,7 @@ from pdsim.config.load import RUN_MODEL_CONFIG, config_inputs
 from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_dir, check_output_file, json_text
 from pdsim.sweep.rows import settings_path
-from pdsim.text import plural
+from pdsim.text import listed, plural
 from pdsim.workload.readers import dataset_options
 from pdsim.workload.trace import MAX_REQUESTS
 
@@ -198,8 +198,10 @@ class _Setup:
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
         if all(v.colocated for v in self.variants):
             if ratios is not None:  # asked for by name, all fell out: the baseline alone answers another question
+                baselines = sorted({v.label for v in self.variants})
                 raise PdsimError(f"--ratios {kw['ratios']}: none of the P:D splits asked for can run on "
-                                 f"{plural(kw['gpus'], 'GPU')} (the colocated baseline alone would): "
+                                 f"{plural(kw['gpus'], 'GPU')} (only the colocated baseline"
+                                 f"{'s' * (len(baselines) > 1)} {listed(baselines)} would): "
                                  + "; ".join(self.skipped)
                                  + "".join(f"\nnote: {note}" for note in self.base_notes))
             self.base_notes.append("one GPU holds no P:D split: the colocated baseline alone" if kw["gpus"] == 1 else

@@ -306,6 +306,8 @@ def _init_worker(base_trace: Sequence[TraceRequest], settings: RunSettings, swee
         # The sweep's own SIGTERM handler (pdsim.cli.main), inherited through the fork, would turn the SIGTERM
         # with which close() stops a worker into an exception the pool hands back, and the worker would go on.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if hasattr(signal, "pthread_sigmask"):  # forked while the sweep held SIGINT and SIGTERM back (_sigint_held)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         threading.Thread(target=_exit_with_sweep, args=(os.getppid(), sweep_pid), name="pdsim-sweep-check",
                          daemon=True).start()
 
@@ -378,7 +380,7 @@ def _sigint_held() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # SIGTERM is raised as Ctrl-C
     try:
         yield
     finally:

@@ -186,8 +186,8 @@ def read_dataset(path: str | Path, fmt: str | None = None, window: Window | None
         loaded = _read(path, name, params)
     except TraceError as e:
         if fmt and (other := _format_told(path)) not in (None, name):
-            raise TraceError(f"{e} (--dataset-format {name} was given, but the file's first line is of the {other} "
-                             f"format: give --dataset-format {other}, or leave it out)") from None
+            raise TraceError(f"{e} (--dataset-format {name} was given, but the file reads as the {other} format: "
+                             f"give --dataset-format {other}, or leave it out)") from None
         raise
     if len(loaded.arrival_ns) == 0:
         raise TraceError(f"{path}: no request left ({'; '.join(loaded.notes)})")
