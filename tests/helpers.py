@@ -63,3 +63,19 @@ def all_released(inst) -> bool:
     whose KV the decode side read after the engine's last step (Instance.kv_read): no block leaked."""
     inst.free_read_kv()
     return inst.kv.free == inst.kv.num_blocks and inst.held_for_transfer_blocks == 0
+
+
+class Terminal:
+    """stderr as a terminal would be: the progress bars draw on it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass

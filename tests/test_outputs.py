@@ -413,22 +413,12 @@ def main_exit(argv: list[str]) -> int:
 def test_a_run_on_a_terminal_says_it_is_writing_its_reports_then_clears_the_line(tmp_path, monkeypatch):
     # A 100,000-request run spends seconds on its reports after the bar is full; the terminal said nothing then.
     import pdsim.progress
+    from tests.helpers import Terminal
 
-    class Terminal:
-        text = ""
-
-        def isatty(self) -> bool:
-            return True
-
-        def write(self, text: str) -> None:
-            Terminal.text += text
-
-        def flush(self) -> None:
-            pass
-
+    terminal = Terminal()
     bar = pdsim.progress.ProgressBar
-    monkeypatch.setattr(pdsim.progress, "ProgressBar", lambda label, enabled=None: bar(label, enabled, Terminal()))
+    monkeypatch.setattr(pdsim.progress, "ProgressBar", lambda label, enabled=None: bar(label, enabled, terminal))
     assert main_exit(["--cluster-config", "single_node_pd_instance", "--dataset", "example_trace",
                       "--output", str(tmp_path / "run.csv")]) == 0
-    assert "\r\033[Ksimulated 200 requests; writing the reports ..." in Terminal.text
-    assert Terminal.text.endswith("\r\033[K")  # cleared: stdout's lines start on a clean line
+    assert "\r\033[Ksimulated 200 requests; writing the reports ..." in terminal.text
+    assert terminal.text.endswith("\r\033[K")  # cleared: stdout's lines start on a clean line

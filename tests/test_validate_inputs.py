@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from pdsim.engine.cluster import SimOptions, simulate
 from pdsim.errors import PdsimError
 from pdsim.validate.measured import read_measured
-from tests.helpers import cluster, instance, trace
+from tests.helpers import Terminal, cluster, instance, trace
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RTX = SHARED / "calibration" / "llmservingsim-rtxpro6000-llama31-8b"
@@ -344,28 +344,12 @@ def test_an_engine_stamp_that_is_no_finite_number_is_refused_by_line(tmp_path, v
         read_measured(requests)
 
 
-class _Terminal:
-    """stderr as a terminal would be: the progress bars draw on it."""
-
-    def __init__(self) -> None:
-        self.text = ""
-
-    def isatty(self) -> bool:
-        return True
-
-    def write(self, text: str) -> None:
-        self.text += text
-
-    def flush(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("command", ["validate", "calibrate"])
 def test_validate_and_calibrate_show_progress_on_a_terminal_unless_quiet(tmp_path, monkeypatch, command):
     import pdsim.validate.cli
     from pdsim.progress import ProgressBar
 
-    terminal = _Terminal()
+    terminal = Terminal()
     monkeypatch.setattr(pdsim.validate.cli, "ProgressBar",
                         lambda label, enabled=None: ProgressBar(label, enabled, stream=terminal))
     requests, config = _run(tmp_path / "run")
