@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import signal
 import sys
 import time
@@ -485,8 +484,6 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     # A global flag, read here: every command accepts it, whether or not its --help lists it.
     args = [a for a in args if a != "--debug"]
-    global _HANDLER_PID
-    _HANDLER_PID = os.getpid()
     previous = _on_sigterm(_terminated)
     try:
         cli.main(args=args, prog_name="pdsim", standalone_mode=False)
@@ -528,14 +525,9 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _terminated(signum: int, frame: object) -> None:
-    if os.getpid() != _HANDLER_PID:  # a forked child (a sweep's pool worker before its set-up): end as SIGTERM ends
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
+    # A sweep's pool workers, forked with SIGTERM held back, restore its default before they take it
+    # (pdsim/sweep/runner.py, _init_worker): this runs in the process whose main() installed it.
     raise _Terminated
-
-
-_HANDLER_PID = os.getpid()  # the process whose main() installed _terminated
 
 
 def _on_sigterm(handler: object) -> object:

@@ -190,10 +190,14 @@ def simulate(
         if cluster.num_done >= total and not all_done.triggered:
             all_done.succeed(env.now)
 
+    def freeze_busy(_: simpy.Event) -> None:
+        # Processed once the step that finished the last request has been counted: what runs after (steps decided
+        # ahead, a DP group's tail) is not the run's busy time.
+        for inst in cluster.instances:
+            inst.freeze_busy()
+
     cluster.on_done = on_done
-    # Processed once the step that finished the last request has been counted: what runs after (steps decided
-    # ahead, a DP group's tail) is not the run's busy time.
-    all_done.callbacks.append(lambda _: [inst.freeze_busy() for inst in cluster.instances])
+    all_done.callbacks.append(freeze_busy)
     env.process(clients)
     env.process(cluster.monitor.run(lambda: cluster.num_done, total, all_done, on_sample, on_progress))
     env.run(until=opts.max_sim_time_s)

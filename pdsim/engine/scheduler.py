@@ -461,7 +461,7 @@ class Scheduler(WaitingAdmission):
             finishing = self._end_ghosts(finishing)
         for req in finishing:
             del self.running[req]
-        from_chunk: list[Request] | None = None  # finished by the token a (recompute) chunk sampled
+        from_chunk: set[Request] | None = None  # finished by the token a (recompute) chunk sampled
 
         for req, num_new in plan.prefill:
             req.num_computed += num_new
@@ -484,7 +484,9 @@ class Scheduler(WaitingAdmission):
             elif req.num_generated >= req.output_toks:
                 del self.running[req]
                 finishing.append(req)
-                from_chunk = [req] if from_chunk is None else [*from_chunk, req]
+                if from_chunk is None:  # made only when a chunk finishes a request: complete() runs every step
+                    from_chunk = set()
+                from_chunk.add(req)
             else:
                 req.joined_from_handoff = False
                 cohort.add(req)
