@@ -11,8 +11,10 @@ sinks, biased projections, and MXFP4 expert weights.
 * Weights: with `quantization_config.quant_method == "mxfp4"` the routed experts' weight matrices
   are MXFP4 (4-bit values plus one 8-bit E8M0 scale per 32 values: 4.25 bits per parameter);
   attention, router, embeddings, lm_head, norms, sinks and every bias stay in `dtype` (the
-  config's `modules_to_not_convert`). vLLM pads expert dims for some MXFP4 kernels; 2880 is a
-  multiple of 64 (the Hopper Triton backend's alignment), so none is counted.
+  config's `modules_to_not_convert`). vLLM pads the experts' dims to its MXFP4 kernel's alignment
+  (`on_gpu`, by the GPU's compute capability): Hopper's Triton kernel the per-GPU intermediate size to
+  64 (nothing at TP1: 2880, but 1440 -> 1472 at TP2), Blackwell's FlashInfer TRT-LLM kernel both sizes
+  to 256, Marlin (the other CUDA GPUs) the intermediate size to 128 and the hidden size to 256.
 * KV cache (vLLM's hybrid allocator, `_get_kv_cache_config_uniform_page_size`): the sliding and
   full layers form two KV-cache groups of equal size sharing one block pool; a pool block holds
   `block_size` tokens of one group's layers, so the pool has avail // (page x layers per group)
@@ -22,14 +24,20 @@ sinks, biased projections, and MXFP4 expert weights.
   pdsim counts a block as one full-group block (`kv_bytes_per_token`: the full layers) and sets
   aside max_num_seqs x that window maximum for the sliding group (pdsim/perf/memory.py), the most
   the running requests can hold there.
+* An engine with a KV connector (a P/D instance) has no hybrid allocator: vLLM 0.19 turns it off
+  when `--kv-transfer-config` is set and the user has not asked for it (`config/vllm.py`), and
+  `unify_hybrid_kv_cache_specs` then makes the sliding layers full-attention ones for the cache.
+  Every layer keeps every token's KV and the connector moves all of them (`with_connector_kv`);
+  attention still reads only the window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from pdsim.errors import PdsimError
+from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
@@ -44,6 +52,9 @@ class GptOssModelSpec(ModelSpec):
     sliding_window: int = 0
     sliding_layers: int = 0
     expert_weight_bits: float | None = None  # None: experts in the instance dtype
+    hybrid_kv: bool = True  # vLLM's hybrid KV-cache allocator (off in an engine with a KV connector)
+    # (hidden, intermediate per GPU, the expert TP it is per) as a GPU's MXFP4 kernel pads them; None: unpadded
+    padded_expert_dims: tuple[int, int, int] | None = None
 
     @property
     def full_layers(self) -> int:
@@ -67,6 +78,14 @@ class GptOssModelSpec(ModelSpec):
         shards = tp if expert_shards is None else expert_shards
         return -(-self.moe.routed_params(self.hidden_size) // shards)
 
+    def _stored_expert_params(self, tp: int, expert_shards: int | None) -> int:
+        """The experts' matrix entries one GPU stores, with the kernel's padding where `on_gpu` set it."""
+        if self.padded_expert_dims is None:
+            return self._expert_params_per_shard(tp, expert_shards)
+        hidden, intermediate, expert_tp = self.padded_expert_dims
+        local_experts = self.moe.num_experts * expert_tp // (tp if expert_shards is None else expert_shards)
+        return self.moe.moe_layers * local_experts * 3 * hidden * intermediate
+
     def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
                      quantization: str | None = None) -> int:
         """Bytes one GPU holds: the experts' matrices at 4.25 bits (MXFP4 checkpoints), all else in dtype."""
@@ -77,12 +96,40 @@ class GptOssModelSpec(ModelSpec):
         if self.expert_weight_bits is None:
             return total * dtype_bytes(dtype)
         experts = self._expert_params_per_shard(tp, expert_shards)
-        return (total - experts) * dtype_bytes(dtype) + -(-int(experts * self.expert_weight_bits) // 8)
+        stored = self._stored_expert_params(tp, expert_shards)
+        return (total - experts) * dtype_bytes(dtype) + -(-int(stored * self.expert_weight_bits) // 8)
+
+    def on_gpu(self, hardware: str, expert_tp: int) -> GptOssModelSpec:
+        """MXFP4 experts padded as vLLM 0.19 pads them for the kernel it picks on that GPU
+        (`fused_moe/oracle/mxfp4.py`: select_mxfp4_moe_backend, mxfp4_round_up_hidden_size_and_intermediate_size)."""
+        spec = get_hardware(hardware)
+        if self.expert_weight_bits is None or spec is None:
+            return self
+        hidden_align, intermediate_align = mxfp4_alignment(spec.compute_capability)
+        intermediate = self.moe.expert_intermediate // expert_tp
+        return replace(self, padded_expert_dims=(_round_up(self.hidden_size, hidden_align),
+                                                 _round_up(intermediate, intermediate_align), expert_tp))
 
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
-        """KV bytes a token adds on one TP shard in the full-attention layers (the sliding layers'
-        window is set aside per request: module docstring)."""
-        return 2 * self.full_layers * self.kv_size(tp) * dtype_bytes(dtype)
+        """KV bytes a token adds on one TP shard: in the full-attention layers with the hybrid allocator
+        (the sliding layers' window is set aside per request: module docstring), else in every layer."""
+        layers = self.full_layers if self.hybrid_kv else self.num_layers
+        return 2 * layers * self.kv_size(tp) * dtype_bytes(dtype)
+
+    def with_connector_kv(self) -> GptOssModelSpec:
+        return replace(self, hybrid_kv=False)
+
+
+def mxfp4_alignment(compute_capability: str) -> tuple[int, int]:
+    """(hidden, intermediate) multiples vLLM 0.19 pads MXFP4 experts to on a GPU of this compute capability:
+    its first supported backend there is FlashInfer TRT-LLM on 10.x (256, 256), the Triton kernel on 9.x
+    (intermediate 64), else Marlin (256, 128)."""
+    major = int(compute_capability.split(".")[0])
+    return {10: (256, 256), 9: (1, 64)}.get(major, (256, 128))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _layer_types(path: Path, raw: dict, num_layers: int) -> list[str]:

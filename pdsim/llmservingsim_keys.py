@@ -168,7 +168,7 @@ def check_dp_group(name: str, refs: list[InstanceRef]) -> None:
         raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": why})
     if model.is_moe and first.effective_ep_size() == 1:  # each expert split over the group's GPUs
         try:
-            first.check_weights_fit(first.expert_placement(len(refs)).expert_shards)
+            first.check_weights_fit(first.expert_placement(len(refs)))
         except PydanticCustomError as e:
             raise PydanticCustomError("dp", "dp_group {g}: {why}", {"g": _fmt(name), "why": str(e)}) from None
 

@@ -116,6 +116,18 @@ class MLAModelSpec(ModelSpec):
                 (n, heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank), (n, h, heads * m.v_head_dim)]
         return attn + super()._linear_shapes(tp, expert_shards)[2:]
 
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
+                     quantization: str | None = None) -> int:
+        """ModelSpec's, plus, for fp8 weights, the `dtype` copy of kv_b that vLLM's MLA keeps beside the fp8
+        one: its decode matmuls have no fp8 kernel, so `process_weights_after_loading` dequantizes kv_b_proj
+        and keeps W_UK_T and W_UV as views of the copy (vLLM 0.19, layers/attention/mla_attention.py)."""
+        total = super().weight_bytes(dtype, tp, expert_shards, quantization)
+        if quantization is None:
+            return total
+        m = self._mla
+        kv_b = self.heads_per_shard(tp) * m.kv_lora_rank * (m.qk_nope_head_dim + m.v_head_dim)
+        return total + self.num_layers * kv_b * dtype_bytes(dtype)
+
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         """Latent-cache bytes one token occupies on one GPU (all layers; not divided by TP)."""
         return self.num_layers * self._mla.latent_per_token * dtype_bytes(dtype)

@@ -86,6 +86,16 @@ class ModelSpec:
     def is_moe(self) -> bool:
         return self.moe is not None
 
+    def on_gpu(self, hardware: str, expert_tp: int) -> ModelSpec:
+        """The model as vLLM lays its weights out on that GPU: the same, but for MXFP4 experts, which vLLM pads
+        to its kernel's alignment (pdsim/gpt_oss.py)."""
+        return self
+
+    def with_connector_kv(self) -> ModelSpec:
+        """The model as an engine with a KV connector (a P/D instance) caches it: the same, but for
+        sliding-window models, whose hybrid KV-cache allocator vLLM turns off there (pdsim/gpt_oss.py)."""
+        return self
+
     @property
     def dense_mlp_layers(self) -> int:
         return self.num_layers - (self.moe.moe_layers if self.moe else 0)
@@ -329,10 +339,15 @@ def _check_supported(path: Path, model_type: str, raw: dict) -> None:
         raise PdsimError(f"{path}: field 'shared_expert_intermediate_size': shared experts are not modelled yet")
 
 
+# transformers' configs of these types window only with use_sliding_window true (their default is false).
+USE_SLIDING_WINDOW_TYPES = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+
+
 def _sliding_window(raw: dict, model_type: str) -> int:
     """The window of a model whose every layer vLLM would run with sliding-window attention, else 0."""
     window = raw.get("sliding_window")
-    if raw.get("use_sliding_window") is False or model_type == "gpt_oss":  # Qwen2/3: off unless true
+    windowed = raw.get("use_sliding_window") is True or model_type not in USE_SLIDING_WINDOW_TYPES
+    if model_type == "gpt_oss" or not windowed:
         return 0
     max_len = raw.get("max_position_embeddings")
     if isinstance(window, int) and not isinstance(window, bool) and isinstance(max_len, int) and 0 < window < max_len:

@@ -62,6 +62,22 @@ def test_weights_are_mxfp4_experts_and_bf16_rest():
         m.weight_bytes("bfloat16", 1, quantization="fp8")
 
 
+@pytest.mark.parametrize(("hardware", "tp", "hidden", "inter"), [
+    ("H100-SXM", 1, 2880, 2880), ("H100-SXM", 2, 2880, 1472), ("H100-SXM", 8, 2880, 384),  # Triton: 64
+    ("B200", 1, 3072, 3072), ("B200", 8, 3072, 512),  # FlashInfer TRT-LLM: 256 both
+    ("A100-80GB", 2, 3072, 1536), ("RTXPRO6000", 1, 3072, 2944)])  # Marlin: 256 hidden, 128 intermediate
+def test_mxfp4_experts_are_padded_for_the_kernel_vllm_picks_on_that_gpu(hardware, tp, hidden, inter):
+    m = load_model("openai/gpt-oss-120b")
+    extra = 36 * 128 * 3 * (hidden * inter - 2880 * (2880 // tp))  # 36 layers of 128 experts, gate_up + down
+    grown = m.on_gpu(hardware, tp).weight_bytes("bfloat16", tp) - m.weight_bytes("bfloat16", tp)
+    assert grown == pytest.approx(extra * 17 / 32, abs=1)
+    if (hardware, tp) == ("H100-SXM", 2):  # a run holds them so (experts split by TP, not EP: ep_size 1)
+        knobs = dict(model_name="openai/gpt-oss-120b", tp_size=2, num_npus=2, ep_size=1)
+        info = simulate(_cluster(_instance(**knobs)), trace([(200, 2, 0.0)]), SimOptions()).infos[0]
+        assert info.weights_gb * GIB == pytest.approx(m.on_gpu(hardware, tp).weight_bytes("bfloat16", tp))
+        assert 0.62 < grown / GIB < 0.64
+
+
 def test_kv_capacity_on_h100_as_vllms_hybrid_allocator_computes_it():
     cfg = _cluster(_instance(max_num_seqs=256, max_num_batched_tokens=8192))
     res = simulate(cfg, trace([(3000, 40, 0.0), (200, 20, 0.01)]), SimOptions())
@@ -83,6 +99,28 @@ def test_kv_capacity_on_h100_as_vllms_hybrid_allocator_computes_it():
     assert inst.kv.num_blocks == num_blocks - 1 - 256 * 9
     assert inst.spec.kv_bytes_per_token == 12 * 2 * KV_HEADS * HEAD_DIM * 2  # full layers only: 24,576 B
     assert "set aside for the sliding-window layers" in info.memory_note
+
+
+def test_pd_instances_cache_every_layer_as_vllm_without_its_hybrid_allocator():
+    # vLLM 0.19 turns the hybrid KV-cache allocator off in an engine with a KV connector (config/vllm.py),
+    # and the sliding layers then cache like full ones: one group of 24 layers, every token kept, all sent.
+    knobs = dict(max_num_seqs=256, max_num_batched_tokens=8192)
+    cfg = _cluster(_instance(pd_type="prefill", **knobs), _instance(pd_type="decode", **knobs))
+    res = simulate(cfg, trace([(3000, 40, 0.0), (200, 20, 0.01)]), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
+    colocated = simulate(_cluster(_instance(**knobs)), trace([(200, 2, 0.0)]), SimOptions())
+    total_gib, _ = visible_memory_gib("H100-SXM", 80)
+    for info, inst in zip(res.infos, res.instances):
+        available = (total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - info.activation_gb * GIB
+                     - non_torch_bytes(1, "H100-SXM"))
+        page = 16 * 2 * KV_HEADS * HEAD_DIM * 2
+        num_blocks = int(available // (page * LAYERS))
+        assert inst.spec.kv_bytes_per_token == LAYERS * 2 * KV_HEADS * HEAD_DIM * 2  # 49,152 B
+        assert inst.kv.num_blocks == num_blocks - 1  # nothing set aside
+        assert info.kv_tokens == num_blocks * 16 == colocated.infos[0].kv_tokens  # the same logged size
+        assert "hybrid KV-cache allocator off" in info.memory_note
+    # The connector moves every layer's blocks: 3,008 cached tokens (188 blocks) of 24 layers.
+    assert res.requests[0].kv_bytes == 188 * 16 * LAYERS * 2 * KV_HEADS * HEAD_DIM * 2
 
 
 def test_sliding_layers_cap_attention_at_the_window():

@@ -116,6 +116,11 @@ def test_refused_biases_and_unmodelled_sliding_windows():
         .unmodelled_sliding_window == 2047
     assert _spec(dict(PHI_MINI_MOE, sliding_window=4096)).unmodelled_sliding_window == 0
     assert load_model("Qwen/Qwen2.5-72B-Instruct").unmodelled_sliding_window == 0
+    # Qwen2/3 window only with use_sliding_window true: transformers reads the key's absence as false.
+    qwen = json.loads((Path(__file__).resolve().parent.parent / "configs/models/Qwen/Qwen3-8B.json").read_text())
+    qwen.pop("use_sliding_window", None)
+    assert _spec(dict(qwen, sliding_window=4096)).unmodelled_sliding_window == 0
+    assert _spec(dict(qwen, sliding_window=4096, use_sliding_window=True)).unmodelled_sliding_window == 4096
     assert load_model("openai/gpt-oss-20b").unmodelled_sliding_window == 0  # modelled (pdsim/gpt_oss.py)
 
 

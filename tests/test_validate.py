@@ -1494,3 +1494,35 @@ def test_a_recorded_float16_run_replays_in_float16_and_says_the_profile_is_bfloa
                           str(RTX / "cluster_config.json"), "--profile-dir", str(RTX / "profile"),
                           "--step-time-margin-pct", "0", "--output", str(tmp_path / "p.csv"))
     assert "dtype" not in plain.output.split("KV capacity")[0]  # bfloat16 recorded, as the config runs
+
+
+def test_engine_arguments_a_run_leaves_out_replay_vllms_defaults_not_the_configs(tmp_path):
+    # meta.json's engine_kwargs record the arguments the engine was given: one they leave out ran vLLM's
+    # default, whatever the LLMServingSim config says (here: a chunk cap, another block size, prefix caching
+    # off, and LLMServingSim's name for the whole-sequence admission check).
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(40)]
+    cfg = cluster(instance(None, max_num_seqs=16))
+    made = simulate(cfg, trace(rows), SimOptions())
+    (tmp_path / "requests.jsonl").write_text("\n".join(json.dumps(r) for r in _engine_records(made)) + "\n")
+    raw = json.loads(cfg.model_dump_json(exclude_none=True))
+    inst = raw["nodes"][0]["instances"][0]
+    inst.pop("scheduler_reserve_full_isl", None)
+    inst.update(long_prefill_token_threshold=256, block_size=32, enable_prefix_caching=False, reserve_full_isl=False)
+    (tmp_path / "cluster.json").write_text(json.dumps(raw))
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": {
+        "max_num_seqs": 16, "max_num_batched_tokens": 2048}}))
+    res = _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                        str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    for said in ("long_prefill_token_threshold 0: vLLM's default, which the measured engine ran (meta.json "
+                 "engine_kwargs record none); the config says 256",
+                 "block_size 16: vLLM's default, which the measured engine ran", "the config says 32",
+                 "enable_prefix_caching True: vLLM's default"):
+        assert said in flat, said
+    # Without engine_kwargs nothing says what the engine ran: the config's values stand.
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0"}))
+    res = _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                        str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v2.csv"))
+    assert res.exit_code == 0, res.output
+    assert "vLLM's default, which the measured engine ran" not in res.output

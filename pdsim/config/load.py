@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from pdsim.config.base import OVERRIDABLE_KEYS, UTILIZATION_OVER_MEM_UTIL, _fmt
 from pdsim.config.models import ClusterConfig
 from pdsim.errors import ConfigError, PdsimError, read_json_object
-from pdsim.llmservingsim_keys import noted_keys
+from pdsim.llmservingsim_keys import RENAMED_KEYS, noted_keys
 from pdsim.models import use_model_file
 
 _TYPE_NAMES = {
@@ -128,6 +128,9 @@ def _apply_overrides(raw: Any, overrides: dict[str, object]) -> dict[str, list[s
     given = {k: v for k, v in overrides.items() if v is not None}
     replaced: dict[str, list[str]] = {}
     for where, inst in _placed_instances(raw):
+        for theirs, ours in RENAMED_KEYS.items():  # an override replaces the setting under either name
+            if ours in given and theirs in inst:
+                inst.setdefault(ours, inst.pop(theirs))
         for key in sorted(given.keys() & inst.keys()):
             if inst[key] is not None and inst[key] != given[key]:
                 replaced.setdefault(key, []).append(f"{where} ({_fmt(inst[key])})")

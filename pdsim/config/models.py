@@ -368,12 +368,13 @@ class InstanceConfig(_Strict):
         # At least max(tp, ep) GPUs share the experts (more in a DP group; cluster.py counts them). With
         # ep_size 1 in a DP group each expert is split over the whole group: check_dp_group checks that.
         if not (self.dp_group is not None and model.is_moe and self.effective_ep_size() == 1):
-            self.check_weights_fit(max(self.tp_size, self.effective_ep_size()))
+            self.check_weights_fit(self.expert_placement())
         return self
 
-    def check_weights_fit(self, expert_shards: int) -> None:
-        """The weights one GPU holds, with the routed experts split over `expert_shards` GPUs, must fit."""
-        model = load_model(self.model_name)
+    def check_weights_fit(self, placement: ExpertPlacement) -> None:
+        """The weights one GPU holds, with the routed experts placed as `placement` says, must fit."""
+        model = load_model(self.model_name).on_gpu(self.hardware, placement.expert_tp)
+        expert_shards = placement.expert_shards
         try:  # a precision the model's weights do not take (gpt-oss: MXFP4 experts) is named with the instance
             weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
         except PdsimError as e:

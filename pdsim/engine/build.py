@@ -90,6 +90,10 @@ def build_instance(
     placement = ic.expert_placement(dp_size)
     where = f"{source}: nodes[{ref.node_index}].instances[{ref.instance_index}]"
     model = load_model(ic.model_name)
+    # The model as this instance's GPUs hold it: MXFP4 experts padded for the GPU's kernel, and the KV cache
+    # of an engine with a KV connector.
+    held = model.on_gpu(ic.hardware, placement.expert_tp)
+    held = held if ic.pd_type is None else held.with_connector_kv()
     try:
         profile = load_or_estimate(
             ic.hardware, model, ic.dtype, ic.tp_size,
@@ -159,13 +163,13 @@ def build_instance(
         if note is not None and not profile.estimated:
             predictor.notes.append(note)
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs)
-    kv_per_token = model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
+    kv_per_token = held.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
         staged = pipeline_kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
                                     placement.expert_shards, opts.recorded_gpu_memory_utilization)
         budget, kv_per_token = staged.budget, staged.kv_bytes_per_token
     else:
-        budget = kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
+        budget = kv_budget(ic, held, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
                            placement.expert_shards, opts.recorded_gpu_memory_utilization)
     spec = _spec(ref, ic, budget, kv_per_token)
     num_blocks = budget.usable_blocks

@@ -83,7 +83,7 @@ class KVTransfers:
 
     def start(self, src: Instance, dst: Instance, req: Request, on_done: Callable[[], None]) -> None:
         """Move `req`'s prompt KV from `src` to `dst`; `on_done` runs when it has all arrived."""
-        model = self.models[src.spec.model_name]
+        model = self.models[src.spec.model_name].with_connector_kv()  # both ends are P/D instances
         # Only the blocks the receiver does not hold already (its prefix cache) travel.
         total = kv_transfer_bytes(model, req.input_toks - req.decode_cached_tokens, src.spec.block_size,
                                   src.spec.kv_dtype or src.spec.dtype, dst.spec.tp, self.cfg.dtype)

@@ -332,10 +332,14 @@ def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, i
     """(blocks set aside, KV-cache groups, note) for a model with sliding-window layers, else None.
     vLLM's hybrid allocator keeps each running request's sliding layers at the blocks reaching
     into its window; pdsim's blocks are full-attention ones, so max_num_seqs times that maximum
-    is kept out of the pool (pdsim/gpt_oss.py)."""
+    is kept out of the pool (pdsim/gpt_oss.py). Without that allocator (an engine with a KV connector)
+    nothing is set aside: every block holds every layer."""
     per_request = getattr(model, "sliding_blocks_per_request", None)
     if per_request is None:
         return None
+    if not getattr(model, "hybrid_kv", True):
+        return 0, 1, ("; the sliding-window layers keep every token's KV, as the full ones do: vLLM turns its "
+                      "hybrid KV-cache allocator off in an engine with a KV connector")
     from pdsim.gpt_oss import KV_GROUPS
 
     reserve = ic.max_num_seqs * per_request(ic.block_size)

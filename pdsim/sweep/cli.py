@@ -365,9 +365,15 @@ def _bar(quiet: bool) -> ProgressBar:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    from pdsim.sweep.search import floored
+
     df = pd.DataFrame(rows)
     cols = [c for c in columns if c in df.columns]
-    return df[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}", na_rep="-")
+    shown = df[cols].copy()
+    for c in cols:
+        if c.startswith("attain"):
+            shown[c] = [floored(float(x)) for x in shown[c]]
+    return shown.to_string(index=False, float_format=lambda x: f"{x:.3g}", na_rep="-")
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -518,6 +524,11 @@ def sweep(rates: str, **kw: Any) -> None:
     click.echo(f"\ngoodput on this rate grid (highest swept rate with {kw['slo_mode']} attainment >= "
                f"{kw['attainment']:g}, every lower rate passing too):")
     click.echo(_table(good, ["label", "goodput_req_s", "goodput_req_s_per_gpu"]))
+    for g in good:
+        if g["chance_flags"]:
+            click.echo(f"NOTE: {g['label']} at {', '.join(f'{r:g}' for r in g['chance_flags'])} req/s met the target "
+                       "but was flagged unstable for a small queue growth, while a higher rate kept up: read as chance "
+                       "(pdsim search re-runs such a probe 4x as long; a longer --min-duration-s tells them apart)")
     top = max(float(r) for r in rate_list)
     if at_top := [g["label"] for g in good if g["goodput_req_s"] >= top]:
         click.echo(f"NOTE: {', '.join(at_top)} passed the highest rate swept ({top:g} req/s): a lower bound, not a "
@@ -539,18 +550,26 @@ def _with_settings(written: list[Path]) -> list[Path]:
 
 def goodput_from_grid(variants: list[Variant], rows: list[dict[str, Any]], attainment: float,
                       mode: str) -> list[dict[str, Any]]:
-    from pdsim.sweep.search import meets
+    """Per variant, the highest rate that meets the target with every lower rate meeting it too. A lower rate
+    flagged unstable for a small queue growth alone (search.unstable_by_growth_alone) does not end the run of
+    passes where a higher rate kept up: that rate's pass is the evidence that the growth was chance
+    (its rates are listed in chance_flags)."""
+    from pdsim.sweep.search import meets, unstable_by_growth_alone
 
     out = []
     for v in variants:
         mine = sorted((r for r in rows if r["label"] == v.label), key=lambda r: float(r["rate_per_s"]))
-        best = 0.0
+        best, flagged, chance = 0.0, [], []
         for r in mine:
-            if not meets(r, attainment, mode):
+            if meets(r, attainment, mode):
+                best, chance = float(r["rate_per_s"]), chance + flagged
+                flagged = []
+            elif unstable_by_growth_alone(r, attainment, mode):
+                flagged.append(float(r["rate_per_s"]))
+            else:
                 break
-            best = float(r["rate_per_s"])
         out.append({"label": v.label, "ratio": v.ratio, "gpus": v.gpus, "goodput_req_s": best,
-                    "goodput_req_s_per_gpu": best / v.gpus})
+                    "goodput_req_s_per_gpu": best / v.gpus, "chance_flags": chance})
     return out
 
 
@@ -644,6 +663,12 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
                           f"below {MAX_RATE_PER_S:g} req/s, the most a probe runs")
             click.echo(f"NOTE: no probe of the winner failed ({within}): its goodput is a lower bound, and the ranking "
                        "may change with more probes")
+        if short := [st for st in states if st.cut_short]:
+            brackets = ", ".join(f"{st.variant.label} [{st.lo:.3g}, {st.hi:.3g})" for st in short)
+            click.echo(f"NOTE: --max-probes {max_probes} ended {len(short)} bisection(s) before their bracket "
+                       f"narrowed to --rel-tol {rel_tol:g}: {brackets} req/s. Their goodput is the bracket's low end, "
+                       "so the ranking and the ratios above (and the estimate's comparison below) may change with "
+                       "more probes")
         tied = [r for r in ranked[1:] if r["goodput_req_s_per_gpu"] == win["goodput_req_s_per_gpu"]]
         if tied:
             # Layouts that share their bottleneck pool tie whatever the probes: their latency at the goodput

@@ -29,7 +29,7 @@ from pdsim.sweep.expand import Variant
 from pdsim.sweep.rows import NOTES_KEY, ROW_FIELDS, RowWriter, normalize, parse_row, partial_path  # noqa: F401 - re-exported
 from pdsim.sweep.steady import Window, stability
 from pdsim.workload.arrivals import arrival_times_ns
-from pdsim.workload.trace import MAX_ARRIVAL_NS, TraceRequest, check_request_count
+from pdsim.workload.trace import MAX_ARRIVAL_NS, MAX_HASH_ID, TraceRequest, check_request_count
 
 if TYPE_CHECKING:  # the engine is imported where a run starts, not with the sweep's CLI
     import pandas as pd
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the engine is imported where a run starts, not with the swe
     from pdsim.engine.result import SimulationResult
 
 ARRIVAL_MODES = ("scale", "poisson")
+ID_SPREAD = 0x9E3779B97F4A7C15  # odd: its multiples below 2^64 are distinct modulo 2^64 (repeated 64-bit prefix ids)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     """The base trace's lengths arriving at `rate_per_s` on average, for at least `min_duration_s`.
 
     scale: the base arrival times multiplied so the mean rate is `rate_per_s` (keeps the dataset's
-    burstiness); poisson: exponential gaps at that rate, drawn from `seed` (same seed, same trace).
+    burstiness); poisson: exponential gaps drawn from `seed` (same seed, same trace), stretched so the mean
+    rate is `rate_per_s` too.
     When n / rate is shorter than min_duration_s, the dataset is repeated (its lengths and, for
     scale, its arrival pattern) to ceil(rate x min_duration_s) requests. Prefix ids (`hash_ids`)
     travel with their request; a repeated copy gets ids of its own, so a repetition is not a
@@ -123,6 +125,11 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     lengths = [(base[i % n_base].input_toks, base[i % n_base].output_toks) for i in range(n)]
     if arrival == "poisson":
         times_ns = arrival_times_ns(np.random.default_rng(seed), n, rate_per_s, "poisson")
+        if n > 1 and times_ns[-1] > 0:
+            # Stretched to span (n - 1) / rate, as scale's arrivals are, so the probe offers the rate it is reported
+            # at: as drawn, a seed's 60 s of arrivals came 0.86-1.10x the rate. The first and last fixed, the
+            # arrivals between are still a Poisson process's (given their count, uniform order statistics).
+            times_ns = np.rint(times_ns * ((n - 1) / rate_per_s * 1e9 / times_ns[-1])).astype(np.int64)
     elif arrival == "scale":
         base_ns = np.array([r.arrival_time_ns for r in base], dtype=np.float64) - base[0].arrival_time_ns
         span_ns = float(base_ns[-1])
@@ -139,11 +146,15 @@ def trace_at_rate(base: Sequence[TraceRequest], rate_per_s: float, arrival: str,
     else:
         raise PdsimError(f"--arrival: expected one of {', '.join(ARRIVAL_MODES)}, got {arrival!r}")
     id_span = 1 + max((max(r.hash_ids) for r in base if r.hash_ids), default=-1)
+    if (n - 1) // n_base * id_span + id_span - 1 > MAX_HASH_ID:
+        # Ids of 64-bit hashes: each copy is shifted by a multiple of an odd 64-bit constant, wrapped, so that its
+        # ids stay hashes (a copy meets another's id by chance only, as two real hashes do).
+        id_span = ID_SPREAD
     out = []
     for i, ((inp, outp), t) in enumerate(zip(lengths, times_ns)):
         src = base[i % n_base]
         shift = (i // n_base) * id_span
-        ids = tuple(h + shift for h in src.hash_ids) if shift else src.hash_ids
+        ids = tuple((h + shift) & MAX_HASH_ID for h in src.hash_ids) if shift else src.hash_ids
         out.append(TraceRequest(i, inp, outp, int(t), ids, src.hash_block_tokens))
     return out
 

@@ -29,12 +29,13 @@ from typing import Any
 from pdsim.sweep.expand import Variant
 from pdsim.sweep.rows import MEMORY_FIELDS
 from pdsim.sweep.runner import Executor, Job, RowWriter, normalize
-from pdsim.sweep.steady import within_chance
+from pdsim.sweep.steady import BACKLOG_TOLERANCE, within_chance
 
 SLO_MODES = ("joint", "separate")
 # A passing probe whose queue growth stayed under the chance bound while it served clearly less than offered
-# (steady.within_chance) is re-run with arrivals this many times as long: growth that is real grows with the
-# scored window (3 to 10 longest lives here), the chance bound only with the root of the counts.
+# (steady.within_chance), or one that met the target but whose growth just passed that bound, is re-run with
+# arrivals this many times as long: growth that is real grows with the scored window (3 to 10 longest lives
+# here), the chance bound only with the root of the counts.
 LONGER_X = 4
 
 
@@ -45,6 +46,17 @@ def meets(row: dict[str, Any], attainment: float, mode: str) -> bool:
     if mode == "joint":
         return row["attain_both"] >= attainment
     return row["attain_ttft"] >= attainment and row["attain_tpot"] >= attainment
+
+
+def unstable_by_growth_alone(row: dict[str, Any], attainment: float, mode: str) -> bool:
+    """A run that meets the target but was flagged unstable for a small queue growth alone (it served at least
+    1 - 3 x BACKLOG_TOLERANCE of the offered rate and left no request unfinished): over a default-length window
+    of a small cluster such growth can be chance, as a pass within chance can be overload, so a longer run
+    decides (docs/sweep.md)."""
+    offered, served = float(row.get("offered_req_s", math.nan)), float(row.get("served_req_s", math.nan))
+    small = served >= (1 - 3 * BACKLOG_TOLERANCE) * offered
+    return not row.get("stable", 1) and not row.get("unfinished", 0) and small and meets({**row, "stable": 1},
+                                                                                        attainment, mode)
 
 
 def round_rate(rate: float) -> float:
@@ -71,8 +83,14 @@ class Bisection:
     low_load_miss: bool = False  # fails where load no longer matters: no rate meets the target
     low_load_by_lone: bool = False  # ... told by the requests that ran alone (else by flat halvings)
     flat_halvings: int = 0  # consecutive halvings that changed neither attainment nor the p90s
-    confirming: float | None = None  # a rate whose pass is being re-run LONGER_X times as long
+    confirming: float | None = None  # a rate whose verdict is being re-run LONGER_X times as long
     lengthened: list[tuple[float, bool]] = field(default_factory=list)  # (rate, passed) of the longer runs
+
+    @property
+    def cut_short(self) -> bool:
+        """--max-probes ended the bisection before its bracket [lo, hi) narrowed to rel_tol."""
+        return (len(self.probes) >= self.max_probes and self.lo > 0 and math.isfinite(self.hi)
+                and self.hi - self.lo > self.rel_tol * self.hi)
 
     def next_probe(self) -> tuple[float, int] | None:
         """The next (rate, duration_x) to run, or None when the answer is known well enough."""
@@ -190,7 +208,8 @@ def search(
         for key, (st, job) in wanted.items():
             row = normalize(writer.rows[key])
             passed = meets(row, attainment, mode)
-            if job.duration_x == 1 and passed and within_chance(row) and can_lengthen(job.rate_per_s):
+            undecided = within_chance(row) if passed else unstable_by_growth_alone(row, attainment, mode)
+            if job.duration_x == 1 and undecided and can_lengthen(job.rate_per_s):
                 st.confirming = job.rate_per_s  # the default length cannot tell: a longer run decides
                 continue
             if job.duration_x > 1:
@@ -232,6 +251,11 @@ LOW_LOAD = "misses at low load: "  # requests that ran alone missed
 FLAT = "flat as the rate halved: "  # two halvings moved neither attainment nor the p90s
 
 
+def floored(attainment: float) -> float:
+    """An attainment as printed (3 decimals), rounded down: 0.8996 fails a 0.9 target and must not read 0.9."""
+    return math.floor(attainment * 1000) / 1000 if math.isfinite(attainment) else attainment
+
+
 def _why_failed(row: dict[str, Any] | None, low_load: bool = False, by_lone: bool = True) -> str:
     if row is None:
         return "-"
@@ -240,9 +264,9 @@ def _why_failed(row: dict[str, Any] | None, low_load: bool = False, by_lone: boo
     if low_load:  # which SLO is missed, and by how many rejections where they count
         rejected = (f"; {int(row['rejected']):,} of {int(row['requests']):,} rejected, "
                     f"{int(row.get('alone_missed', 0)):,} missed alone" if row.get("rejected") else "")
-        return (f"{LOW_LOAD if by_lone else FLAT}attain {row['attain_both']:.3g} "
-                f"(TTFT {row['attain_ttft']:.3g}, TPOT {row['attain_tpot']:.3g}{rejected})")
-    return f"attain {row['attain_both']:.3g}"
+        return (f"{LOW_LOAD if by_lone else FLAT}attain {floored(row['attain_both']):.3g} "
+                f"(TTFT {floored(row['attain_ttft']):.3g}, TPOT {floored(row['attain_tpot']):.3g}{rejected})")
+    return f"attain {floored(row['attain_both']):.3g}"
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -243,7 +243,8 @@ def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, re
         run.prefix_ids = attach_prefix_ids(run, token_ids, first.block_size)
         run.prefix_block_tokens = first.block_size
         if not first.enable_prefix_caching:
-            run.notes.append("prefix caching off in the replay, as in the engine: the token ids make no hits")
+            whose = "in the engine" if run.engine_kwargs.get("enable_prefix_caching") is False else "the config has it"
+            run.notes.append(f"prefix caching off in the replay, as {whose}: the token ids make no hits")
     elif first.enable_prefix_caching:
         if remedy is None:
             own = case_file(run.source, "workload.jsonl")

@@ -327,6 +327,7 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
             run.notes.append(f"block_size {size} from meta.json kv_cache, the block size the engine's cache ran with, "
                              f"not engine_kwargs' {asked}")
         out["block_size"] = size
+    out.update(_unrecorded_defaults(stated, out, unrecorded, run))
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
@@ -391,6 +392,26 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     run.notes.append(f"max_num_batched_tokens {budget}: chunked prefill off and no budget recorded, so vLLM's "
                      f"default, {whose} {max_len} (at least 2048, at most max_num_seqs x it)")
     return budget
+
+
+# vLLM's defaults (0.12 to 0.19) of engine arguments that a run recording its engine_kwargs ran when it leaves them
+# out; a cluster config's other value was not measured. (The batch limits' defaults depend on how the engine was
+# started: _unrecorded_batch_limits; a config's enforce_eager and CUDA-graph keys are replayed with a NOTE.)
+_VLLM_ENGINE_DEFAULTS = {"block_size": 16, "enable_chunked_prefill": True, "enable_prefix_caching": True,
+                         "disable_custom_all_reduce": False}
+
+
+def _unrecorded_defaults(stated: dict, out: dict, unrecorded: list[str], run: MeasuredRun) -> dict[str, object]:
+    """vLLM's default for each argument meta.json's engine_kwargs leave out where the config states another value."""
+    if not isinstance(run.engine_meta.get("engine_kwargs"), dict):
+        return {}
+    defaults: dict[str, object] = {}
+    for key, default in _VLLM_ENGINE_DEFAULTS.items():
+        if key in unrecorded and key not in out and stated.get(key) not in (None, default):
+            defaults[key] = default
+            run.notes.append(f"NOTE: {key} {default}: vLLM's default, which the measured engine ran (meta.json "
+                             f"engine_kwargs record none); the config says {stated[key]}")
+    return defaults
 
 
 def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run: MeasuredRun) -> None:
@@ -506,6 +527,13 @@ def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> 
                          f"when max_num_partial_prefills is {partial}, meta.json engine_kwargs)")
     elif threshold is not None:
         run.notes.append(f"long_prefill_token_threshold {threshold} from meta.json engine_kwargs")
+    elif isinstance(run.engine_meta.get("engine_kwargs"), dict):
+        stated = {inst.get("long_prefill_token_threshold") for inst in instances} - {None, 0}
+        if stated:  # the engine ran vLLM's default, no cap
+            run.notes.append("NOTE: long_prefill_token_threshold 0: vLLM's default, which the measured engine ran "
+                             f"(meta.json engine_kwargs record none); the config says "
+                             f"{', '.join(map(str, sorted(stated)))}")
+            threshold = 0
     return {} if threshold is None else {"long_prefill_token_threshold": threshold}
 
 
