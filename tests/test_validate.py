@@ -1045,6 +1045,7 @@ def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
     eager_run = _rtx_run_with(tmp_path, enforce_eager=True)
     eager = _validate_cli("--measured", str(eager_run), *args, str(tmp_path / "b.csv"))
     assert "the profile was measured with enforce_eager" in compiled.output
+    assert f"step times n0.i0: measured, profile {RTX / 'profile' / 'tp1'}" in compiled.output  # which folder
     assert "the profile was measured with enforce_eager" not in eager.output
     assert "enforce_eager True from meta.json engine_kwargs" in eager.output  # replayed, said once
     assert "enforce_eager: the engine launches" not in eager.output  # the profile's own conditions
@@ -1075,6 +1076,7 @@ def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_pat
     if meta_change == "top_level":
         meta["gpu_memory_utilization"] = 0.3
         meta["hostname"] = "gpu-node-3"  # the harness's own record: said in passing, not as a NOTE
+        meta["kv_cache"] = {"num_tokens": 560_000}  # not the block count the replay reads
         expected = "NOTE: meta.json gives gpu_memory_utilization outside engine_kwargs"
     else:
         meta["engine_args"] = meta.pop("engine_kwargs")
@@ -1085,6 +1087,7 @@ def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_pat
     assert expected in out
     if meta_change == "top_level":
         assert "; meta.json fields not read: hostname" in out
+        assert "; meta.json kv_cache fields not read: num_tokens" in out
     if meta_change == "no_engine_kwargs":
         assert "; meta.json fields not read: engine_args" in out
 

@@ -23,6 +23,8 @@ from pdsim.models import dtype_bytes
 from pdsim.text import listed
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pdsim.engine.instance import Instance
 
 REQUEST_COLUMNS = [
@@ -403,17 +405,25 @@ def _instance_lines(summary: dict) -> list[str]:
             for dtype, ids in by_dtype.items()))
     for note in summary.get("memory_notes", []):
         lines.append(f"KV capacity {note}")
-    by_profile: dict[tuple[str | None, bool], list[str]] = {}
-    for inst in summary["instances"]:
-        by_profile.setdefault((inst["profile"], bool(inst["estimated_profile"])), []).append(inst["id"])
-    for (profile, estimated), ids in by_profile.items():
-        source = "estimated from hardware specs" if estimated else "measured"
-        folder = profile and not profile.startswith("<")  # "<estimated ...>": priced on the fly, no folder
-        lines.append(f"step times {listed(ids)}: {source}" + (f", profile {_shown_path(profile)}" if folder else ""))
+    lines += step_time_sources((inst["id"], inst["profile"], bool(inst["estimated_profile"]))
+                               for inst in summary["instances"])
     if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
         lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
             f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
             if inst["prefix_caching"]))
+    return lines
+
+
+def step_time_sources(instances: Iterable[tuple[str, str | None, bool]]) -> list[str]:
+    """One line per profile: which instances (id, profile path, estimated) it priced, measured or estimated."""
+    by_profile: dict[tuple[str | None, bool], list[str]] = {}
+    for inst_id, profile, estimated in instances:
+        by_profile.setdefault((profile, estimated), []).append(inst_id)
+    lines = []
+    for (profile, estimated), ids in by_profile.items():
+        source = "estimated from hardware specs" if estimated else "measured"
+        folder = profile and not profile.startswith("<")  # "<estimated ...>": priced on the fly, no folder
+        lines.append(f"step times {listed(ids)}: {source}" + (f", profile {_shown_path(profile)}" if folder else ""))
     return lines
 
 

@@ -370,7 +370,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                   client_delay_ms: float, engine_log: Path | None, kv_capacity: str, token_ids: Path | None,
                   step_time_margin_pct: float, output: Path, by_request: Path, plot: bool, quiet: bool) -> None:
     """validate on a per-request run: replayed on its cluster config, compared by statistic and request by request."""
-    from pdsim.metrics.summary import ESTIMATED_NOTE, memory_notes, profile_notes
+    from pdsim.metrics.summary import ESTIMATED_NOTE, memory_notes, profile_notes, step_time_sources
     from pdsim.perf.memory import kv_rule
     from pdsim.validate.compare import (
         compare,
@@ -442,6 +442,8 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     click.echo(f"  {replay_kv_line(result.instances)}")
     for note in notes:
         click.echo(note)
+    for line in step_time_sources((i.id, i.profile_path, i.estimated_profile) for i in result.infos):
+        click.echo(line)
     state, state_plot = _engine_state(run, result, output.with_suffix("") if plot else None)
     if state is not None:
         click.echo(state)

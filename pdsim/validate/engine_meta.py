@@ -77,6 +77,7 @@ def optimization_level(value: object) -> int | None:
 
 # meta.json's fields beside LLMServingSim's vLLM runs (schema_version 1): the engine's arguments are read from
 # engine_kwargs alone, so one written beside them is named, not taken, and not dropped unsaid.
+KV_CACHE_FIELDS = frozenset({"num_gpu_blocks", "block_size"})  # what kv_capacity.kv_from_meta reads
 META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwargs", "kv_cache", "dataset_path",
                          "dataset_hash", "num_requests", "started_at", "finished_at", "tick_seconds"})
 
@@ -96,6 +97,10 @@ def meta_notes(meta: dict) -> list[str]:
                      "engine's arguments: not taken")
     if rest := [key for key in other if key not in REPLAYED_KWARGS]:
         notes.append(f"meta.json fields not read: {', '.join(rest)}")
+    kv = meta.get("kv_cache") if meta else None
+    if isinstance(kv, dict) and (unread := sorted(set(kv) - KV_CACHE_FIELDS)):
+        notes.append(f"meta.json kv_cache fields not read: {', '.join(unread)} (the engine's KV size is read from "
+                     "num_gpu_blocks and block_size)")
     return notes
 
 
