@@ -745,6 +745,22 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
                            [(228, 1, 0.0), (300, 1, 0.0), (236, 1, 0.0)], long_prefill_token_threshold=0,
                            scheduler_reserve_full_isl=False, block_size=32, async_scheduling=True)
         out.append({**closed, "concurrency": 3, "client_delay_s": 0.001})
+    # A chunk that no longer fits preempts every request left running (its own included): vLLM's step is empty and
+    # its next decision admits with the whole token budget and, async, after the step in flight returned (what
+    # finished there freed, every arrival seen).
+    thrash = {**base, "mem_size_gb": 80.0, "long_prefill_token_threshold": 256, "scheduler_reserve_full_isl": False,
+              "enable_prefix_caching": False}
+    out.append({"name": "open_loop_async_empty_step_after_preempting_all",
+                "engine": {**thrash, "max_num_batched_tokens": 2048, "async_scheduling": True, "kv_gpu_blocks": 46},
+                "concurrency": None, "client_delay_s": 0.0,
+                "rows": [(301, 27, 0.0), (615, 9, 0.029808), (456, 18, 0.057599)]})
+    # The same where the budget tells: the decodes preempted had taken a token of it each.
+    out.append({"name": "open_loop_async_full_budget_after_preempting_all",
+                "engine": {**thrash, "max_num_seqs": 4, "max_num_batched_tokens": 512, "block_size": 32,
+                           "async_scheduling": True, "kv_gpu_blocks": 38},
+                "concurrency": None, "client_delay_s": 0.0,
+                "rows": [(242, 32, 0.0), (855, 10, 0.014967), (1023, 20, 0.04375), (92, 24, 0.051737),
+                         (348, 39, 0.063275), (419, 8, 0.084025)]})
     out.append({"name": "chunk_cap_sync", "engine": {**tight, "mem_size_gb": 96.0, "max_num_batched_tokens": 1024,
                                                      "long_prefill_token_threshold": 256},
                 "concurrency": None, "client_delay_s": 0.0, "rows": open_rows})

@@ -293,13 +293,24 @@ class Scheduler(WaitingAdmission):
 
     def _schedule_waiting(self, plan: StepPlan, budget: int, preempted: bool, now: float) -> int:
         """Waiting requests, unless this step already had to preempt (as vLLM does) and still has
-        work: with nothing left running, the next step would admit them anyway, at once. (With
-        micro-batches in flight vLLM queues the empty step and decides again when the oldest
-        returns: pipeline.py. plan.n_decode is only filled in later, so the decodes are counted
-        from the cohort.) Returns the token budget left."""
+        work: with nothing left running, vLLM's next decision would admit them, so they are admitted
+        now, as it would. (With micro-batches in flight vLLM queues the empty step and decides again
+        when the oldest returns: pipeline.py. plan.n_decode is only filled in later, so the decodes are
+        counted from the cohort.) Returns the token budget left."""
         cohort = self.cohort
         left = budget
-        if not preempted or (not plan.prefill and not cohort.n and not self.num_batches_in_flight):
+        if preempted and not plan.prefill and not cohort.n and not self.num_batches_in_flight:
+            # vLLM's step that preempted is empty, and the next decision admits: with the whole token budget
+            # (none spent on the decodes it preempted), and, scheduling asynchronously, once the step in
+            # flight has returned (core.py step_with_batch_queue: an empty step waits for it), so with what
+            # finished there freed and every arrival seen.
+            budget = self.max_num_batched_tokens
+            if self.async_scheduling and not self.lagging(now):
+                self._release_finished(everything=True)
+                self._unseen.clear()
+                self._decided_s = now
+            return self._admit_waiting(plan, budget, now)
+        if not preempted:
             left = self._admit_waiting(plan, budget, now)
         if not plan.prefill and not cohort.n and self.waiting and (self._decided_s < now or self._releasing) \
                 and not self.lagging(now):

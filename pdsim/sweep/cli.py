@@ -422,15 +422,15 @@ def _longer(row: dict[str, Any]) -> str:
 
 
 def _lengthened_note(states: list[Bisection], min_duration_s: float) -> str:
-    """The probes that passed on chance at the default length and were re-run longer, and what that decided."""
+    """The probes the default length could not tell and were re-run longer, and what that decided."""
     from pdsim.sweep.search import LONGER_X
     from pdsim.sweep.steady import BACKLOG_TOLERANCE
 
     done = [(st.variant.label, rate, passed) for st in states for rate, passed in st.lengthened]
-    lines = [f"LENGTHENED: {plural(len(done), 'probe')} passed while serving under "
-             f"{1 - BACKLOG_TOLERANCE:.0%} of the offered rate, within chance on the default length (arrivals over "
-             f"{min_duration_s:.4g} s, or the dataset's span); re-run with {LONGER_X}x the arrivals to tell "
-             "(probes.csv: duration_x):"]
+    lines = [f"LENGTHENED: {plural(len(done), 'probe')} the default length (arrivals over {min_duration_s:.4g} s, or "
+             f"the dataset's span) could not tell: a pass while serving under {1 - BACKLOG_TOLERANCE:.0%} of the "
+             "offered rate, or an unstable flag for a small queue growth while meeting the target, both within "
+             f"chance there; re-run with {LONGER_X}x the arrivals to tell (probes.csv: duration_x):"]
     lines += [f"  {label} at {rate:g} req/s: {'passed' if passed else 'failed'}" for label, rate, passed in done]
     return "\n".join(lines)
 
