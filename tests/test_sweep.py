@@ -1140,45 +1140,49 @@ def test_a_base_that_brings_its_model_writes_it_beside_the_configs_it_makes(tmp_
     assert run.returncode == 0, run.stderr
 
 
-def test_a_pass_within_chance_is_decided_by_a_longer_run(small, tmp_path):
-    # A cluster that keeps up to 8 req/s: above it the default run's queue growth stays within chance while it
-    # serves 96% of the offered rate (steady.within_chance), and a run 4x as long shows it growing.
-    from pdsim.sweep.search import LONGER_X
-
-    variants, _, _ = small
+def _fake_search(variant, path: Path, figures, **options):
+    """search() over one variant whose probe at (rate, duration_x) gives the row fields figures(rate, duration_x)
+    returns; -> (its Bisection, the jobs run)."""
     ran: list[Job] = []
 
     class Fake:
         def run(self, jobs):
             for job in jobs:
                 ran.append(job)
-                r = job.rate_per_s
-                kept_up = r <= 8.0
-                row = {f: 0 for f in ROW_FIELDS} | {
-                    "label": job.variant.label, "rate_per_s": rate_key(r), "duration_x": job.duration_x,
-                    "attain_ttft": 1.0, "attain_tpot": 1.0, "attain_both": 1.0, "offered_req_s": r,
-                    "served_req_s": r if kept_up else 0.96 * r if r <= 10.0 else 0.8 * r, "unstable_reason": "",
-                    "stable": int(kept_up or (r <= 10.0 and job.duration_x == 1))}
-                yield job, row
+                yield job, {f: 0 for f in ROW_FIELDS} | {
+                    "label": job.variant.label, "rate_per_s": rate_key(job.rate_per_s), "duration_x": job.duration_x,
+                    "attain_ttft": 1.0, "attain_tpot": 1.0, "offered_req_s": job.rate_per_s, "unstable_reason": "",
+                    **figures(job.rate_per_s, job.duration_x)}
 
-    writer = RowWriter(tmp_path / "probes.csv", ROW_FIELDS, resume=False)
+    start = options.pop("start", 1.0)
+    writer = RowWriter(path, ROW_FIELDS, resume=False)
     try:
-        (st,) = search(variants[:1], {variants[0].label: 1.0}, Fake(), writer, 0.9, "joint")
+        (st,) = search([variant], {variant.label: start}, Fake(), writer, 0.9, "joint", **options)
     finally:
         writer.close()
+    return st, ran
+
+
+def test_a_pass_within_chance_is_decided_by_a_longer_run(small, tmp_path):
+    # A cluster that keeps up to 8 req/s: above it the default run's queue growth stays within chance while it
+    # serves 96% of the offered rate (steady.within_chance), and a run 4x as long shows it growing.
+    from pdsim.sweep.search import LONGER_X
+
+    variants, _, _ = small
+
+    def figures(r: float, duration_x: int) -> dict:
+        kept_up = r <= 8.0
+        return {"attain_both": 1.0, "served_req_s": r if kept_up else 0.96 * r if r <= 10.0 else 0.8 * r,
+                "stable": int(kept_up or (r <= 10.0 and duration_x == 1))}
+
+    st, ran = _fake_search(variants[0], tmp_path / "probes.csv", figures)
     longer = [j.rate_per_s for j in ran if j.duration_x == LONGER_X]
     assert longer and all(8.0 < r <= 10.0 for r in longer)  # only the passes within chance were re-run
     assert st.lengthened == [(r, False) for r in longer]
     assert 7.6 <= st.lo <= 8.0 and st.lo_row["duration_x"] == 1  # not a rate the longer runs failed
     assert all(r > 10.0 or r in longer for r in (j.rate_per_s for j in ran if j.rate_per_s > 8.0))
     # Where the longer run cannot be made (past the request cap or the run clock), the pass stands.
-    ran.clear()
-    writer = RowWriter(tmp_path / "capped.csv", ROW_FIELDS, resume=False)
-    try:
-        (st,) = search(variants[:1], {variants[0].label: 1.0}, Fake(), writer, 0.9, "joint",
-                       can_lengthen=lambda rate: rate < 8.0)
-    finally:
-        writer.close()
+    st, ran = _fake_search(variants[0], tmp_path / "capped.csv", figures, can_lengthen=lambda rate: rate < 8.0)
     assert not st.lengthened and all(j.duration_x == 1 for j in ran) and 9.5 <= st.lo <= 10.0
 
 
@@ -1188,27 +1192,14 @@ def test_an_unstable_flag_by_growth_alone_is_decided_by_a_longer_run(small, tmp_
     from pdsim.sweep.search import LONGER_X
 
     variants, _, _ = small
-    ran: list[Job] = []
 
-    class Fake:
-        def run(self, jobs):
-            for job in jobs:
-                ran.append(job)
-                r = job.rate_per_s
-                chance = 7.5 <= r <= 10.0 and job.duration_x == 1
-                kept_up = r <= 12.0 and not chance
-                row = {f: 0 for f in ROW_FIELDS} | {
-                    "label": job.variant.label, "rate_per_s": rate_key(r), "duration_x": job.duration_x,
-                    "attain_ttft": 1.0, "attain_tpot": 1.0, "attain_both": 1.0 if r <= 12.0 else 0.5,
-                    "offered_req_s": r, "served_req_s": r if kept_up else 0.96 * r, "stable": int(kept_up),
-                    "unstable_reason": "" if kept_up else "queue grew"}
-                yield job, row
+    def figures(r: float, duration_x: int) -> dict:
+        chance = 7.5 <= r <= 10.0 and duration_x == 1
+        kept_up = r <= 12.0 and not chance
+        return {"attain_both": 1.0 if r <= 12.0 else 0.5, "served_req_s": r if kept_up else 0.96 * r,
+                "stable": int(kept_up), "unstable_reason": "" if kept_up else "queue grew"}
 
-    writer = RowWriter(tmp_path / "probes.csv", ROW_FIELDS, resume=False)
-    try:
-        (st,) = search(variants[:1], {variants[0].label: 1.0}, Fake(), writer, 0.9, "joint")
-    finally:
-        writer.close()
+    st, ran = _fake_search(variants[0], tmp_path / "probes.csv", figures)
     longer = [j.rate_per_s for j in ran if j.duration_x == LONGER_X]
     assert longer and all(7.5 <= r <= 10.0 for r in longer)
     assert st.lengthened == [(r, True) for r in longer]
@@ -1352,19 +1343,9 @@ def test_a_failing_attainment_never_prints_as_the_target():
 def test_a_bisection_ended_by_max_probes_says_its_bracket_is_wide(small, tmp_path):
     variants, _, _ = small
 
-    class Fake:  # keeps up to 10 req/s
-        def run(self, jobs):
-            for job in jobs:
-                ok = job.rate_per_s <= 10.0
-                yield job, {f: 0 for f in ROW_FIELDS} | {
-                    "label": job.variant.label, "rate_per_s": rate_key(job.rate_per_s), "duration_x": 1,
-                    "attain_ttft": 1.0, "attain_tpot": 1.0, "attain_both": 1.0 if ok else 0.5, "stable": 1,
-                    "offered_req_s": job.rate_per_s, "served_req_s": job.rate_per_s, "unstable_reason": ""}
+    def figures(r: float, duration_x: int) -> dict:  # keeps up to 10 req/s
+        return {"attain_both": 1.0 if r <= 10.0 else 0.5, "stable": 1, "served_req_s": r}
 
     for probes, short in ((5, True), (14, False)):
-        writer = RowWriter(tmp_path / f"p{probes}.csv", ROW_FIELDS, resume=False)
-        try:
-            (st,) = search(variants[:1], {variants[0].label: 3.0}, Fake(), writer, 0.9, "joint", max_probes=probes)
-        finally:
-            writer.close()
+        st, _ = _fake_search(variants[0], tmp_path / f"p{probes}.csv", figures, start=3.0, max_probes=probes)
         assert st.cut_short is short and (st.hi - st.lo > 0.05 * st.hi) is short
