@@ -603,3 +603,25 @@ def test_the_text_summary_names_what_priced_the_steps():
         text = format_summary(summarize(res, requests_frame(res)))
         line = next(line for line in text.splitlines() if line.startswith("step times"))
         assert line.startswith(said) and line.endswith("Llama-3.1-8B/bfloat16/tp1"), line
+
+
+def test_hand_offs_whose_kv_arrived_start_in_the_order_their_blocks_were_reserved():
+    # vLLM 0.19 keeps a hand-off in its skipped-waiting queue from the reservation on and starts the ones whose
+    # KV arrived first come first served; pdsim started them in the order their KV came. Times recorded from
+    # vLLM 0.19's Scheduler driven with a scheduler-side NIXL-like mock connector, each read lasting what
+    # pdsim's did (1P1D, client TTFT, a 1,000,000 GB/s link of 3 ms latency, decode max_num_seqs 2): four
+    # hand-offs reserved together, their reads ending in the order of their sizes, not of their reservation.
+    from tests.helpers import AnalyticStepTimes
+
+    cfg = cluster(instance("prefill", 96, max_num_seqs=64, max_num_batched_tokens=8192),
+                  instance("decode", 96, max_num_seqs=2, max_num_batched_tokens=2048, block_size=16),
+                  link_bw=1e6, link_latency=3e6,
+                  kv_transfer={"per_layer_overhead_us": 0.0, "bandwidth_efficiency": 1.0})
+    rows = [(190, 28, 0.0), (194, 27, 0.002), (208, 46, 0.004), (177, 88, 0.006), (159, 60, 0.008), (169, 94, 0.01)]
+    res = simulate(cfg, trace(rows), SimOptions(kv_gpu_blocks={"n0.i1": 10_000}, ttft_mode="client"),
+                   step_times=AnalyticStepTimes)
+    vllm_first_token_s = [0.012658, 0.044830, 0.074011, 0.108598, 0.043749, 0.126851]
+    vllm_finish_s = [0.040749, 0.072930, 0.122649, 0.202511, 0.107517, 0.226443]
+    got = sorted(res.requests, key=lambda r: r.id)
+    np.testing.assert_allclose([r.decode_first_token_s for r in got], vllm_first_token_s, atol=1e-6)
+    np.testing.assert_allclose([r.finish_s for r in got], vllm_finish_s, atol=1e-6)

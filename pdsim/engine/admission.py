@@ -6,6 +6,7 @@ decides whether a waiting request fits."""
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from pdsim.engine.cohort import DecodeCohort
@@ -93,8 +94,12 @@ class WaitingAdmission:
         # Hand-offs whose KV has arrived go first: their blocks are already reserved (including
         # the slot for their next token), so they cost no memory, and letting them wait behind a
         # recompute that cannot fit would hold that memory hostage (a deadlock vLLM can also hit).
+        # They start in the order their blocks were reserved, not the order their KV came: vLLM keeps
+        # them in its skipped-waiting queue from the reservation on, first come first served.
         if self.num_waiting_kv_ready:
-            for req in [r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff]:
+            ready = sorted((r for r in self.waiting if r.kv_ready and r.queued_s <= self._cutoff),
+                           key=attrgetter("reserved_seq"))
+            for req in ready:
                 if budget <= 0 or self._slots_taken >= self.max_num_seqs:
                     return budget
                 self.waiting.remove(req)

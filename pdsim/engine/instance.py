@@ -168,6 +168,7 @@ class Instance:
         # Their prompt tokens, and those of the hand-offs in `unpolled`: vLLM holds such a request in its waiting
         # queue from the reservation on (WAITING_FOR_REMOTE_KVS), so it is load the router sees.
         self.reading_tokens = 0
+        self.reservations = 0  # hand-offs whose blocks were reserved so far (Request.reserved_seq)
         # Lock-step DP: hand-offs whose KV arrived during this rank's dummy step, and whether its step decided or
         # in progress is one (receive_kv).
         self.unpolled: list[Request] = []
@@ -425,6 +426,8 @@ class Instance:
             new = blocks_for(self._handoff_tokens(req), kv.block_size) - hit
             kv.allocate(new)
             req.blocks = new + hit
+            self.reservations += 1
+            req.reserved_seq = self.reservations
             self.reads_in_flight += 1
             self.reading_tokens += req.input_toks
             self.on_reserved(self, req)

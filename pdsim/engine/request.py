@@ -33,6 +33,7 @@ class Request:
     cache_keys: list[int | tuple[int, int]] | None = None  # kv_cache.Copy names
     cached_tokens: int = 0  # prompt tokens found in the prefill (or colocated) instance's cache
     decode_cached_tokens: int = 0  # prompt tokens the decode instance already held: not transferred
+    reserved_seq: int = 0  # the order the decode instance reserved hand-offs' blocks in (it starts them so)
 
     # Set while the request sits in a decode cohort (see cohort.py): its progress is derived
     # from the cohort's step counter instead of being counted token by token.
