@@ -70,7 +70,8 @@ class KVTransfers:
         self.cfg = cfg
         self.topology = topology
         self.network = network
-        self.models = models
+        # Both ends of a hand-off are P/D instances: their engines cache the model as one with a KV connector does.
+        self.models = {name: model.with_connector_kv() for name, model in models.items()}
         self._final_steps: dict[int, _FinalStep] = {}  # request id -> its final prefill step
 
     @property
@@ -83,7 +84,7 @@ class KVTransfers:
 
     def start(self, src: Instance, dst: Instance, req: Request, on_done: Callable[[], None]) -> None:
         """Move `req`'s prompt KV from `src` to `dst`; `on_done` runs when it has all arrived."""
-        model = self.models[src.spec.model_name].with_connector_kv()  # both ends are P/D instances
+        model = self.models[src.spec.model_name]
         # Only the blocks the receiver does not hold already (its prefix cache) travel.
         total = kv_transfer_bytes(model, req.input_toks - req.decode_cached_tokens, src.spec.block_size,
                                   src.spec.kv_dtype or src.spec.dtype, dst.spec.tp, self.cfg.dtype)
