@@ -306,9 +306,7 @@ class Scheduler(WaitingAdmission):
             # finished there freed and every arrival seen.
             budget = self.max_num_batched_tokens
             if self.async_scheduling and not self.lagging(now):
-                self._release_finished(everything=True)
-                self._unseen.clear()
-                self._decided_s = now
+                self._catch_up(now)
             return self._admit_waiting(plan, budget, now)
         if not preempted:
             left = self._admit_waiting(plan, budget, now)
@@ -316,11 +314,16 @@ class Scheduler(WaitingAdmission):
                 and not self.lagging(now):
             # Nothing would run: with no step in flight the engine has processed the last output
             # (freeing what finished, seeing every token) and schedules what has arrived at once.
-            self._release_finished(everything=True)
-            self._unseen.clear()
-            self._decided_s = now
+            self._catch_up(now)
             left = self._admit_waiting(plan, budget, now)
         return left
+
+    def _catch_up(self, now: float) -> None:
+        """The decision is taken as after every step's output was processed: what finished freed, every token
+        and arrival until now seen."""
+        self._release_finished(everything=True)
+        self._unseen.clear()
+        self._decided_s = now
 
     def _plan_decode_run(self, plan: StepPlan, preempted: bool) -> None:
         """The decode batch, and how many decode steps may run back to back."""

@@ -144,7 +144,7 @@ def link_rate(cluster: Cluster, lengths: Lengths) -> float:
     pairs = len(prefills) * len(decodes)
     bytes_per_s = min(links[name].capacity_bytes_per_s * pairs / count for name, count in pairs_over.items())
     src, dst = prefills[0], decodes[0]
-    model = cluster.models[src.spec.model_name].with_connector_kv()  # both ends are P/D instances
+    model = cluster.kv_transfers.models[src.spec.model_name]  # as P/D engines cache it
     per_request = kv_transfer_bytes(model, max(1, round(lengths.mean_input)), src.spec.block_size,
                                     src.spec.kv_dtype or src.spec.dtype, dst.spec.tp, cluster.cfg.kv_transfer.dtype)
     return bytes_per_s / per_request if per_request > 0 else math.inf

@@ -56,6 +56,11 @@ class MeasuredRun:
         return self.engine_meta.get("engine_kwargs") or {}
 
     @property
+    def records_engine_kwargs(self) -> bool:
+        """meta.json records the engine's arguments: one they leave out ran vLLM's default."""
+        return isinstance(self.engine_meta.get("engine_kwargs"), dict)
+
+    @property
     def max_model_len(self) -> int | None:
         """The max_model_len the engine was started with, where meta.json names one (also in vLLM's command-line
         form, '8k'); None where it records none or vLLM's fit-to-memory ('auto', -1). read_engine_jsonl

@@ -334,7 +334,7 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
         raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
     # A run that records its engine's arguments but not this one ran vLLM's default: the config's mem_util is
     # judged against that as against a recorded figure (a copy of it is no calibration either).
-    defaulted = util is None and isinstance(run.engine_meta.get("engine_kwargs"), dict)
+    defaulted = util is None and run.records_engine_kwargs
     if defaulted:
         util = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
     recorded = ("(vLLM's default; meta.json engine_kwargs record none)" if defaulted else
@@ -403,15 +403,19 @@ _VLLM_ENGINE_DEFAULTS = {"block_size": 16, "enable_chunked_prefill": True, "enab
 
 def _unrecorded_defaults(stated: dict, out: dict, unrecorded: list[str], run: MeasuredRun) -> dict[str, object]:
     """vLLM's default for each argument meta.json's engine_kwargs leave out where the config states another value."""
-    if not isinstance(run.engine_meta.get("engine_kwargs"), dict):
+    if not run.records_engine_kwargs:
         return {}
     defaults: dict[str, object] = {}
     for key, default in _VLLM_ENGINE_DEFAULTS.items():
         if key in unrecorded and key not in out and stated.get(key) not in (None, default):
             defaults[key] = default
-            run.notes.append(f"NOTE: {key} {default}: vLLM's default, which the measured engine ran (meta.json "
-                             f"engine_kwargs record none); the config says {stated[key]}")
+            run.notes.append(_default_ran_note(key, default, str(stated[key])))
     return defaults
+
+
+def _default_ran_note(key: str, default: object, stated: str) -> str:
+    return (f"NOTE: {key} {default}: vLLM's default, which the measured engine ran (meta.json engine_kwargs record "
+            f"none); the config says {stated}")
 
 
 def _unrecorded_batch_limits(instances: list[dict], missing: list[str], run: MeasuredRun) -> None:
@@ -489,7 +493,7 @@ def _recorded_cudagraphs(instances: list[dict], run: MeasuredRun) -> dict[str, o
         run.notes.append(f"{', '.join(k for k in out)} not used: enforce_eager in meta.json engine_kwargs captures no "
                          "CUDA graphs")
     unrecorded = {k: v for k, v in stated.items() if k not in out and v is not None}
-    if unrecorded and isinstance(run.engine_meta.get("engine_kwargs"), dict):
+    if unrecorded and run.records_engine_kwargs:
         listed = ", ".join(f"{k} {json_shown(v, 40)}" for k, v in unrecorded.items())
         run.notes.append(f"NOTE: the cluster config's {listed} replayed, where the run's meta.json engine_kwargs "
                          "record none: its engine ran vLLM's default")
@@ -527,13 +531,12 @@ def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> 
                          f"when max_num_partial_prefills is {partial}, meta.json engine_kwargs)")
     elif threshold is not None:
         run.notes.append(f"long_prefill_token_threshold {threshold} from meta.json engine_kwargs")
-    elif isinstance(run.engine_meta.get("engine_kwargs"), dict):
+    elif run.records_engine_kwargs:
         stated = {inst.get("long_prefill_token_threshold") for inst in instances} - {None, 0}
         if stated:  # the engine ran vLLM's default, no cap
-            run.notes.append("NOTE: long_prefill_token_threshold 0: vLLM's default, which the measured engine ran "
-                             f"(meta.json engine_kwargs record none); the config says "
-                             f"{', '.join(map(str, sorted(stated)))}")
             threshold = 0
+            run.notes.append(_default_ran_note("long_prefill_token_threshold", threshold,
+                                               ", ".join(map(str, sorted(stated)))))
     return {} if threshold is None else {"long_prefill_token_threshold": threshold}
 
 
