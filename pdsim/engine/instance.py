@@ -77,6 +77,9 @@ class InstanceStats:
     # Busy time when the last request finished (the run's end): steps decided ahead (async pipelines' ghost steps)
     # and a DP group's tail run past it, which the share of the run's span must not count. None until then.
     busy_at_end_s: float | None = None
+    # Per pipeline stage (pipeline.py; empty without stages), frozen with busy_s.
+    stage_busy_s: list[float] = field(default_factory=list)
+    stage_busy_at_end_s: list[float] | None = None
     prompt_tokens: int = 0
     decode_tokens: int = 0
     # Inter-token latencies: runs of decode steps, every step of a run giving a token to the run's
@@ -87,6 +90,20 @@ class InstanceStats:
     itl_run_weights: array = field(default_factory=lambda: array("q"))
     itl_run_first_weights: array = field(default_factory=lambda: array("q"))
     itl_gaps_s: array = field(default_factory=lambda: array("d"))
+
+    def freeze(self, open_s: float = 0.0) -> None:
+        """The last request has finished: the busy time so far, with a busy span still open for open_s, is the run's."""
+        self.busy_at_end_s = self.busy_s + open_s
+        self.stage_busy_at_end_s = list(self.stage_busy_s)
+
+    @property
+    def busy_over_run_s(self) -> float:
+        """Busy time over the run's span (up to the last request's finish, or the clock's stop)."""
+        return self.busy_s if self.busy_at_end_s is None else self.busy_at_end_s
+
+    @property
+    def stage_busy_over_run_s(self) -> list[float]:
+        return self.stage_busy_s if self.stage_busy_at_end_s is None else self.stage_busy_at_end_s
 
     def add_itl_run(self, durations: np.ndarray, weight: int, first_weight: int) -> None:
         """A run of decode steps of `durations`, each giving a token to `weight` requests, the first
@@ -618,8 +635,8 @@ class Instance:
             self.on_handoff(self, req)
 
     def freeze_busy(self) -> None:
-        """The last request has finished: the busy time so far is the run's (InstanceStats.busy_at_end_s)."""
-        self.stats.busy_at_end_s = self.stats.busy_s
+        """The last request has finished: the busy time so far is the run's (InstanceStats.freeze)."""
+        self.stats.freeze()
 
     def settle_run_cut_by_clock(self) -> None:
         """The simulation stopped by the clock inside a decode run: its steps that ended count as stepping one by

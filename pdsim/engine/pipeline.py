@@ -286,8 +286,7 @@ class PipelinedInstance(Instance):
         self.num_stages = predictor.num_stages
         self._stage_free_s = [0.0] * self.num_stages  # when each stage's last micro-batch leaves it
         self.in_flight: deque[MicroBatch] = deque()
-        self.stage_busy_s = [0.0] * self.num_stages
-        self.stage_busy_at_end_s: list[float] | None = None
+        self.stats.stage_busy_s = [0.0] * self.num_stages
         self._busy_since: float | None = None
 
     def _loop(self) -> Generator[simpy.Event, object, None]:
@@ -373,7 +372,7 @@ class PipelinedInstance(Instance):
         env = self.env
         for i, (end, seconds) in enumerate(zip(ends, stage_s)):
             yield env.timeout(end - env.now)
-            self.stage_busy_s[i] += seconds
+            self.stats.stage_busy_s[i] += seconds
         batch.done.succeed()
 
     def _collect(self) -> None:
@@ -391,9 +390,7 @@ class PipelinedInstance(Instance):
     def freeze_busy(self) -> None:
         """As Instance.freeze_busy, with the busy span open now (micro-batches decided ahead, or a DP group's dummy
         ones, still in flight) counted up to now, and each stage's time as it stands."""
-        open_s = self.env.now - self._busy_since if self._busy_since is not None else 0.0
-        self.stats.busy_at_end_s = self.stats.busy_s + open_s
-        self.stage_busy_at_end_s = list(self.stage_busy_s)
+        self.stats.freeze(self.env.now - self._busy_since if self._busy_since is not None else 0.0)
 
     def settle_run_cut_by_clock(self) -> None:
         """Stopped by the clock with micro-batches in flight: the busy span open since the pipeline last idled
@@ -425,12 +422,7 @@ class AsyncPipelinedInstance(Instance):
     def __init__(self, env: simpy.Environment, spec: InstanceSpec, predictor: AsyncPipelinePredictor,
                  num_blocks: int, max_decode_run_steps: int) -> None:
         super().__init__(env, spec, predictor, num_blocks, max_decode_run_steps)
-        self.stage_busy_s = [0.0] * predictor.num_stages
-        self.stage_busy_at_end_s: list[float] | None = None
-
-    def freeze_busy(self) -> None:
-        super().freeze_busy()
-        self.stage_busy_at_end_s = list(self.stage_busy_s)
+        self.stats.stage_busy_s = [0.0] * predictor.num_stages
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
         chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
@@ -438,5 +430,5 @@ class AsyncPipelinedInstance(Instance):
             stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum + j * plan.n_decode,
                                                    plan.kv_decode_max + j)
             for i, seconds in enumerate(stage_s):
-                self.stage_busy_s[i] += float(seconds)
+                self.stats.stage_busy_s[i] += float(seconds)
         super()._after_steps(plan, durations, steps)

@@ -140,11 +140,6 @@ def closed_loop_steady_state(df: pd.DataFrame, concurrency: int) -> dict:
     return out
 
 
-def _busy_s(inst: Instance) -> float:
-    """Busy time over the run's span (up to the last request's finish, or the clock's stop)."""
-    return inst.stats.busy_s if inst.stats.busy_at_end_s is None else inst.stats.busy_at_end_s
-
-
 def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceInfo) -> dict:
     peak_kv_gb = inst.kv.peak_used * inst.kv.block_bytes / GIB
     out = {
@@ -155,7 +150,7 @@ def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceIn
         "kv_capacity_tokens": info.kv_tokens, "kv_cache_dtype": info.kv_cache_dtype, "kv_rule": info.kv_rule,
         "memory_note": info.memory_note,
         "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
-        "busy_fraction": _busy_s(inst) / result.sim_end_s if result.sim_end_s > 0 else 0.0,
+        "busy_fraction": inst.stats.busy_over_run_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
         "profile": info.profile_path, "estimated_profile": info.estimated_profile,
         "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
         # steps of up to this many tokens run each all-reduce fused with the norm after it (None: none do)
@@ -166,9 +161,8 @@ def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceIn
     if inst.dp_group is not None:  # lock-step DP rank (docs/moe.md): batches of no request, kept in step
         out["dummy_steps"] = inst.dp_group.dummy_steps[inst.id]
     if inst.spec.pp > 1:  # pipeline stages (docs/pipeline.md): steps are micro-batches
-        stages = inst.stage_busy_at_end_s if inst.stage_busy_at_end_s is not None else inst.stage_busy_s
         out.update(pp=inst.spec.pp, stage_busy_fraction=[
-            b / result.sim_end_s if result.sim_end_s > 0 else 0.0 for b in stages])
+            b / result.sim_end_s if result.sim_end_s > 0 else 0.0 for b in inst.stats.stage_busy_over_run_s])
     return out
 
 
