@@ -83,6 +83,12 @@ class ModelSpec:
     unmodelled_sliding_window: int = 0
 
     @property
+    def shape(self) -> tuple:
+        """What its layers compute: two models of one shape (a checkpoint and its fp8 copy) time alike."""
+        return (self.architecture, self.num_layers, self.hidden_size, self.num_heads, self.num_kv_heads,
+                self.intermediate_size, self.vocab_size, self.moe)
+
+    @property
     def is_moe(self) -> bool:
         return self.moe is not None
 

@@ -168,7 +168,7 @@ def test_the_kv_line_says_the_precision_that_sized_the_weights():
     assert "weights" in note() and "fp8 weights" not in note()
 
 
-def test_an_fp8_kv_cache_over_a_profile_timed_with_another_says_its_attention_is_used_as_timed():
+def test_an_fp8_kv_cache_over_a_profile_timed_with_another_says_how_its_attention_is_priced():
     from pdsim.engine.build import _kv_dtype_note
     from pdsim.perf.profile_format import ProfileMeta
     from tests.helpers import instance
@@ -178,7 +178,63 @@ def test_an_fp8_kv_cache_over_a_profile_timed_with_another_says_its_attention_is
         return _kv_dtype_note(ic, ProfileMeta(hardware="RTXPRO6000", model="m", dtype="bfloat16", tp=1,
                                               engine_kv_cache_dtype=profiled))
 
-    assert "the profile's attention was timed with a bfloat16 KV cache and is used as timed" in note("fp8", None)
+    assert ("the profile's attention was timed with a bfloat16 KV cache; decode attention, which streams the cache, "
+            "is priced at the KV length of the same bytes (1 against 2 per value), prefill attention as timed") \
+        in note("fp8", None)
     assert note("fp8", "fp8_e4m3") is None and note("fp8", "fp8_inc") is None  # timed with an fp8 cache
     assert note("auto", None) is None
     assert "timed with a fp8 KV cache" in note("auto", "fp8")
+
+
+def test_decode_attention_over_an_fp8_cache_costs_the_profiles_at_the_kv_length_of_the_same_bytes():
+    # A bf16-timed profile, an fp8 cache: decode attention streams half the bytes per token, so a decode batch at
+    # KV L costs the profile's at L / 2; prefill attention and everything else stay as timed.
+    from pdsim.hardware import get_hardware
+    from pdsim.models import load_model
+    from pdsim.perf.estimate import load_or_estimate
+    from pdsim.perf.predictor import StepTimePredictor
+
+    model = load_model("meta-llama/Llama-3.1-8B")
+    profile = load_or_estimate("RTXPRO6000", model, "bfloat16", 1)
+    hw = get_hardware("RTXPRO6000")
+    bf16, fp8 = StepTimePredictor(profile, model, 1, hw), StepTimePredictor(profile, model, 1, hw, kv_read_scale=0.5)
+    assert fp8.step_time_s((), 64, 64 * 2048) == pytest.approx(bf16.step_time_s((), 64, 64 * 1024), rel=1e-12)
+    assert fp8.step_time_s((), 64, 64 * 2048) < bf16.step_time_s((), 64, 64 * 2048)
+    # each step of a run adds a token a request: half a token's bytes of bf16
+    assert list(fp8.decode_run_s(64, 64 * 2048, 3)) == pytest.approx(
+        [bf16.step_time_s((), 64, 64 * 1024 + 32 * j) for j in range(3)], rel=1e-12)
+    assert fp8.step_time_s(((512, 0),), 0, 0) == bf16.step_time_s(((512, 0),), 0, 0)  # prefill: as timed
+    # The skewed lookup scales its longest member too, and a run of steps equals stepping one by one.
+    run = fp8.decode_run_s(8, 8 * 1000, 4, kv_decode_max=3000)
+    assert list(run) == pytest.approx([fp8.step_time_s((), 8, 8 * 1000 + 8 * j, 3000 + j) for j in range(4)])
+
+
+_RTX_PROFILE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration"
+                / "llmservingsim-rtxpro6000-llama31-8b" / "profile")
+
+
+@pytest.mark.skipif(not _RTX_PROFILE.is_dir(), reason="../shared data not present")
+def test_a_profile_of_the_base_model_times_its_fp8_checkpoint_not_another_shape(tmp_path):
+    # LLMServingSim files an fp8 profile under the base model (variant fp8); the instance may name the FP8
+    # checkpoint itself. Its layers are the base model's, so the profile is taken, and said; one of another
+    # shape is still refused.
+    import json
+    import shutil
+
+    from pdsim.models import MODELS_DIR, use_model_file
+    from pdsim.perf.profile import find_profile
+
+    profile = tmp_path / "profile"
+    shutil.copytree(_RTX_PROFILE, profile)
+    meta = (profile / "meta.yaml").read_text()
+    assert "variant: bf16" in meta
+    (profile / "meta.yaml").write_text(meta.replace("variant: bf16", "variant: fp8"))
+    base = json.loads((MODELS_DIR / "meta-llama" / "Llama-3.1-8B.json").read_text())
+    fp8 = {**base, "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic"}}
+    (tmp_path / "config.json").write_text(json.dumps(fp8))
+    use_model_file("test-org/Llama-3.1-8B-FP8-base-profile", tmp_path / "config.json")
+    found = find_profile("RTXPRO6000", "test-org/Llama-3.1-8B-FP8-base-profile", "fp8", 1, profile_dir=profile)
+    assert found is not None and found.meta.model == "meta-llama/Llama-3.1-8B"
+    with pytest.raises(ProfileError, match="field 'model': the profile is for meta-llama/Llama-3.1-8B, but the "
+                                           "instance runs Qwen/Qwen3-8B"):
+        find_profile("RTXPRO6000", "Qwen/Qwen3-8B", "fp8", 1, profile_dir=profile)

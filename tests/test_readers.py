@@ -532,3 +532,13 @@ def test_lengths_from_takes_a_bundled_trace_by_name(tmp_path):
                                         "--output", str(tmp_path / "g.jsonl")])
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 5
+
+
+def test_a_record_missing_its_closing_brace_is_placed_at_its_lines_end(tmp_path):
+    # json counts the line's newline as a second line and put the error at column 1.
+    bad = '{"input_toks": 5, "output_toks": 3, "arrival_time_ns": 10'
+    for end in ("\n", "\r\n", ""):
+        p = _write(tmp_path, "t.jsonl", '{"input_toks": 5, "output_toks": 3, "arrival_time_ns": 0}\n' + bad + end)
+        with pytest.raises(TraceError, match=rf"t\.jsonl:2: not valid JSON \(Expecting ',' delimiter at column "
+                                             rf"{len(bad) + 1}\)"):
+            load_dataset(p)

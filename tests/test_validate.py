@@ -906,6 +906,53 @@ def test_a_precision_refused_by_the_profile_names_the_record_that_set_it(tmp_pat
 
 
 @needs_shared
+def test_a_recorded_16_bit_dtype_sets_the_activations_and_the_weights_are_the_loaded_checkpoint_s(tmp_path):
+    # vLLM's --dtype names the activations; the weights are --quantization's, else the checkpoint's own. An FP8
+    # checkpoint's run records dtype bfloat16 and no quantization: LLMServingSim's dtype "fp8" must stay fp8 weights
+    # (it once ran 14.96 GiB of bf16 weights, a 70B TP 2 KV capacity 85% short).
+    def weights(meta_kwargs: dict, config_instance: dict, name: str, model_config: dict | None = None) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        requests = _rtx_run_with(folder, **meta_kwargs)
+        cfg = json.loads((RTX / "cluster_config.json").read_text())
+        cfg["nodes"][0]["instances"][0].update(config_instance)
+        (folder / "cluster.json").write_text(json.dumps(cfg))
+        if model_config is not None:
+            (folder / "model_config.json").write_text(json.dumps(model_config))
+        res = _validate_cli("--measured", str(requests), "--cluster-config", str(folder / "cluster.json"),
+                            "--step-time-margin-pct", "0", "--output", str(folder / "v.csv"))
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    unknown_fp8 = "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8-dynamic"  # pdsim does not bundle it
+    out = weights({"model": unknown_fp8, "dtype": "bfloat16"}, {"dtype": "fp8"}, "kept")
+    assert "- weights 8.46 (fp8 weights)" in out and "dtype bfloat16 from meta.json" not in out
+    out = weights({"model": unknown_fp8, "dtype": "float16"}, {"dtype": "fp8"}, "fp16")
+    assert "- weights 8.46 (fp8 weights)" in out
+    assert ("quantization fp8: the config's (its dtype fp8), kept beside meta.json's dtype float16 (vLLM's --dtype "
+            "sets the activations)") in out
+    # A checkpoint pdsim knows is unquantised, and nothing recorded quantises it: the engine ran 16-bit weights.
+    out = weights({"model": "meta-llama/Llama-3.1-8B", "dtype": "bfloat16"}, {"dtype": "fp8"}, "bf16")
+    assert "- weights 14.96 -" in out
+    assert ("dtype bfloat16: meta.json records no quantization and names meta-llama/Llama-3.1-8B, an unquantised "
+            "checkpoint, so the engine ran 16-bit weights, the config says fp8") in out
+    # A compressed-tensors checkpoint's run may record its format's name: the scheme is its quantization_config's.
+    ct = {**json.loads((RTX / "model_config.json").read_text()), "quantization_config": {
+        "quant_method": "compressed-tensors", "config_groups": {"group_0": {
+            "weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}}}}
+    out = weights({"model": "test-org/Llama-3.1-8B-FP8-ct", "quantization": "compressed-tensors"},
+                  {"model_name": "test-org/Llama-3.1-8B-FP8-ct"}, "ct", model_config=ct)
+    assert ("quantization fp8 from meta.json engine_kwargs quantization compressed-tensors (the checkpoint's own "
+            "scheme, as vLLM reads it)") in out and "- weights 8.46 (fp8 weights)" in out
+    # Where neither the checkpoint nor the config says the scheme, the run is refused with the reason.
+    requests = _rtx_run_with(tmp_path / "refused", model=unknown_fp8, quantization="compressed-tensors")
+    with pytest.raises(PdsimError, match=r"cannot express this run: quantization compressed-tensors .*pdsim cannot "
+                                         r"read the scheme of RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8-dynamic"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--output", str(tmp_path / "r.csv"))
+
+
+@needs_shared
 def test_a_recorded_kv_size_in_bytes_is_not_held_to_a_token_count_s_limit(tmp_path):
     # 20 GiB is 2.1e10 bytes: the 1e9 bound of counts refused it for a while.
     requests = _rtx_run_with(tmp_path, kv_cache_memory_bytes=20 * 2**30)
@@ -1151,6 +1198,32 @@ def test_a_dp_group_without_expert_parallelism_splits_every_expert_over_the_grou
     tpot = [pd.read_csv(tmp_path / f).set_index(["metric", "stat"]).simulated[("TPOT (ms)", "mean")]
             for f in ("v.csv", "e.csv")]
     assert tpot[0] != pytest.approx(tpot[1], rel=1e-3)
+
+
+@needs_shared
+def test_an_unrecorded_expert_parallelism_replays_vllms_default_off(tmp_path):
+    # vLLM runs without expert parallelism unless asked: a meta.json whose engine_kwargs leave the key out (or
+    # null) ran that, whatever the config's ep_size. It once replayed the config's EP without a word.
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+    args = ("--profile-dir", str(MOE / "profile"), "--step-time-margin-pct", "0")
+    off, config = _moe_run(tmp_path / "off", cfg, enable_expert_parallel=False)
+    recorded = _validate_cli("--measured", str(off), "--cluster-config", str(config), *args,
+                             "--output", str(tmp_path / "off.csv"))
+    assert recorded.exit_code == 0, recorded.output
+    for name, value in (("null", None), ("left_out", "drop")):
+        requests, config = _moe_run(tmp_path / name, cfg, enable_expert_parallel=value)
+        if value == "drop":
+            meta = json.loads((requests.parent / "meta.json").read_text())
+            del meta["engine_kwargs"]["enable_expert_parallel"]
+            (requests.parent / "meta.json").write_text(json.dumps(meta))
+        res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), *args,
+                            "--output", str(tmp_path / f"{name}.csv"))
+        assert res.exit_code == 0, res.output
+        assert ("NOTE: enable_expert_parallel false: vLLM's default, which the measured engine ran (meta.json "
+                "engine_kwargs record none); the config says ep_size 2: replayed at ep_size 1 (every expert split "
+                "over the DP group's GPUs)") in res.output
+        assert (pd.read_csv(tmp_path / f"{name}.csv").simulated.tolist()
+                == pd.read_csv(tmp_path / "off.csv").simulated.tolist())
 
 
 @needs_shared

@@ -590,8 +590,8 @@ def test_a_replay_off_the_profiles_grid_says_so_in_notes_not_raw_warnings_and_an
     assert res.exit_code == 0, res.output
     assert (tmp_path / "v_engine_state.png").read_bytes()[:4] == b"\x89PNG"  # running and waiting over time
     assert "note: " + str(RTX / "profile" / "tp1") + ": profile table 'attention.csv': prefill_chunk=" in res.output
-    assert ("note: kv_cache_dtype fp8: the KV cache holds 1-byte values (its capacity and transfers), but the "
-            "profile's attention was timed with a bfloat16 KV cache and is used as timed") in res.output
+    assert ("note: kv_cache_dtype fp8: the profile's attention was timed with a bfloat16 KV cache; decode attention, "
+            "which streams the cache, is priced at the KV length of the same bytes") in res.output
     # the KV line's arithmetic, under it
     # (vLLM's accounting: the engine ran its default utilization, 0.9, of which the config's mem_util is a copy)
     assert "\n  n0.i0: vLLM's accounting, 95.03 GiB (assumed 99.0% of 96 GB as on H100) x gpu_memory_utilization 0.9" \

@@ -158,7 +158,7 @@ def config_inputs(path: Path | None) -> list[Path]:
     return [] if path is None else [path, path.parent / RUN_MODEL_CONFIG]
 
 
-def _use_run_model_config(path: Path, raw: dict) -> None:
+def use_run_model_config(path: Path, raw: dict) -> None:
     """LLMServingSim's run layout keeps the model's Hugging Face config as model_config.json beside
     the cluster config: it gives the config's one model when pdsim bundles none of that name; where
     pdsim bundles one that reads differently, that is said."""
@@ -183,7 +183,7 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
     path = Path(path)
     raw = read_json_object(path, ConfigError, "cluster config")
     replaced = _apply_overrides(raw, overrides) if overrides else {}
-    _use_run_model_config(path, raw)
+    use_run_model_config(path, raw)
     cfg = cluster_config_from_dict(raw, str(path))
     if untyped := [where for where, inst in _placed_instances(raw) if "pd_type" not in inst]:
         print(f"note: {path}: {', '.join(untyped[:3])}{' ...' if len(untyped) > 3 else ''}: no pd_type, read as null "

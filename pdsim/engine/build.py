@@ -31,6 +31,7 @@ from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
 from pdsim.perf.pipeline import pipeline_kv_budget
 from pdsim.perf.predictor import StepTimePredictor
+from pdsim.perf.profile import Profile, same_model
 from pdsim.perf.profile_format import ProfileMeta
 from pdsim.perf.scaled import ScaledStepTimes
 
@@ -58,18 +59,32 @@ def build_instances(
     return instances, infos
 
 
-def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
-    """A measured profile's attention times hold its own KV cache's bytes per value; an instance that stores
-    its cache in another size (an fp8 cache over a bf16-timed profile) has them used as timed, and says so."""
+def _profiled_kv_dtype(meta: ProfileMeta) -> str:
+    """The KV cache a measured profile's attention was timed with (engine_effective.kv_cache_dtype)."""
     recorded = meta.engine_kv_cache_dtype or "auto"
     # A kv_cache_dtype vLLM has that pdsim's table lacks (fp8_inc, ...): fp8 by its name, else the activations'.
-    profiled = (KV_CACHE_DTYPES[recorded] if recorded in KV_CACHE_DTYPES
-                else "fp8" if "fp8" in recorded else None) or meta.dtype
+    return (KV_CACHE_DTYPES[recorded] if recorded in KV_CACHE_DTYPES
+            else "fp8" if "fp8" in recorded else None) or meta.dtype
+
+
+def _kv_read_scale(ic: InstanceConfig, profile: Profile) -> float:
+    """Bytes per KV value of the instance's cache over those of the cache the measured profile's attention read:
+    decode attention, which streams the cache, is priced at the KV length of the same bytes. An estimated profile
+    prices the instance's cache itself (1)."""
+    return 1.0 if profile.estimated else dtype_bytes(ic.kv_dtype) / dtype_bytes(_profiled_kv_dtype(profile.meta))
+
+
+def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
+    """An instance whose cache holds other bytes per value than the one the profile was timed with (an fp8 cache
+    over a bf16-timed profile) says how its attention is priced."""
+    profiled = _profiled_kv_dtype(meta)
     if dtype_bytes(ic.kv_dtype) == dtype_bytes(profiled):
         return None
-    return (f"kv_cache_dtype {ic.kv_cache_dtype}: the KV cache holds {dtype_bytes(ic.kv_dtype)}-byte values (its "
-            f"capacity and transfers), but the profile's attention was timed with a {profiled} KV cache and is used "
-            f"as timed (the attention time of a {ic.kv_cache_dtype} cache is modelled in estimated profiles only)")
+    return (f"kv_cache_dtype {ic.kv_cache_dtype}: the profile's attention was timed with a {profiled} KV cache; "
+            "decode attention, which streams the cache, is priced at the KV length of the same bytes "
+            f"({dtype_bytes(ic.kv_dtype)} against {dtype_bytes(profiled)} per value), prefill attention as timed; no "
+            f"{ic.kv_cache_dtype} kernel "
+            "was measured (vLLM reads an fp8 cache with FlashInfer where FlashAttention 2 cannot, another kernel)")
 
 
 def _dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
@@ -123,7 +138,7 @@ def build_instance(
         skew_alpha=opts.decode_skew_alpha if opts.decode_skew_alpha is not None else ic.decode_skew_alpha,
         moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
         custom_all_reduce=not ic.disable_custom_all_reduce,
-        fused_norm_tokens=_fused_norm_tokens(ic, hardware, model, dp_size),
+        fused_norm_tokens=_fused_norm_tokens(ic, hardware, model, dp_size), kv_read_scale=_kv_read_scale(ic, profile),
     )
     predictor = step_times(profile, model, ic.tp_size, hardware, **knobs)
     if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py
@@ -146,6 +161,9 @@ def build_instance(
         predictor.notes.append(f"the config's link_bw {cfg.link_bw:g} GB/s is the link between instances, not the TP "
                                "group's, which LLMServingSim would price its all-reduce over (docs/validation.md, "
                                "TP collectives); a link_bw list's first value sets the TP link")
+    if not profile.estimated and not same_model(profile.meta.model, model.name):  # perf/profile.py, same_shape
+        predictor.notes.append(f"the profile times {profile.meta.model}'s layers, the instance runs {model.name}, a "
+                               "model of the same shape: the profile's times are taken for it")
     if mismatch == "note":
         predictor.notes.append(f"the profile was measured on {profile.meta.hardware!r}, the instance names "
                                f"{ic.hardware!r}: step times are the profile's, memory and links the instance's")

@@ -94,6 +94,7 @@ class StepTimePredictor:
         quantization: str | None = None,  # the weights' (InstanceConfig.quantization): prices estimated experts
         custom_all_reduce: bool = True,  # False: vLLM's --disable-custom-all-reduce (NCCL only)
         fused_norm_tokens: int | None = None,  # steps of at most this many tokens fuse all-reduce and norm
+        kv_read_scale: float = 1.0,  # bytes of the instance's KV values over those the profile's attention read
     ) -> None:
         self.profile = profile
         self.model = model
@@ -109,6 +110,9 @@ class StepTimePredictor:
         self.profile_path: str = profile.meta.path
         self.num_layers = model.num_layers
         self._grid4d = profile.attention_grid4d
+        # Decode attention streams the cache: a cache of other bytes per value than the profile's costs what the
+        # profile's does at the KV length of the same bytes (build.py, _kv_dtype_note).
+        self.kv_read_scale = float(kv_read_scale)
         if self._grid4d is None and (profile.attention_prefill is None or profile.attention_decode is None):
             raise ProfileError(f"{profile.meta.path}: profile has no attention tables")
         self._dense_ops = [op for op in PER_LAYER_OPS if op in profile.dense]
@@ -280,6 +284,8 @@ class StepTimePredictor:
                 table = self._grid4d.slice_last_axis(0.0, 0.0, float(n_decode))
             else:
                 table = self.profile.attention_decode.slice_at_x(float(n_decode))
+            if self.kv_read_scale != 1.0:
+                table = Table1D(table.name, table.xs / self.kv_read_scale, table.ys, table.axis_names[0])
             self._decode_slices[n_decode] = table
         return table
 
@@ -344,10 +350,11 @@ class StepTimePredictor:
         if self._grid4d is not None:
             if chunks:
                 prefix_sum = sum(p for _, p in chunks)
-                kv_mean = kv_decode_sum / n_decode if n_decode else 0.0
+                read = self.kv_read_scale
+                kv_mean = kv_decode_sum / n_decode * read if n_decode else 0.0
                 attn = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), kv_mean)
                 if kv_max is not None:
-                    at_max = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), float(kv_max))
+                    at_max = self._grid4d(float(chunk_sum), float(prefix_sum), float(n_decode), kv_max * read)
                     attn = max(attn + self._mixed_alpha(chunk_sum, prefix_sum, n_decode) * (at_max - attn), 0.0)
             else:
                 attn = self._decode_attn_us(n_decode, kv_decode_sum / n_decode, kv_max)

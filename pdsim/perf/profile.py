@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from pdsim.errors import PrecisionMismatch, ProfileError
+from pdsim.errors import PdsimError, PrecisionMismatch, ProfileError
 from pdsim.outputs import check_output_dir, staged_folder, write_json_atomic, write_text_atomic
 from pdsim.perf.moe_time import MoELayoutTable
 from pdsim.perf.profile_format import (  # noqa: F401 - the format's names are used from here
@@ -236,15 +236,26 @@ def write_decode_skew(directory: str | Path, rows: Sequence[tuple[int, int, int,
     _write_rows(Path(directory) / DECODE_SKEW_FILE, ",".join(DECODE_SKEW_COLUMNS), rows)
 
 
-def _same_model(a: str, b: str) -> bool:
+def same_model(a: str, b: str) -> bool:
     # LLMServingSim's meta.yaml may name a model without its organisation ("Llama-3.1-8B").
     return a.lower() == b.lower() or a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
+
+
+def same_shape(a: str, b: str) -> bool:
+    """Two models pdsim knows whose layers are alike: an fp8 checkpoint and the model it quantises (LLMServingSim
+    files a precision's profile under the base model, variant fp8), whose precision _check_precision holds apart."""
+    from pdsim.models import load_model
+
+    try:
+        return load_model(a).shape == load_model(b).shape
+    except PdsimError:
+        return False
 
 
 def _check_model(profile: Profile, model: str) -> None:
     """A profile (given with --profile-dir, or found under the profiles root) that times another model's layers:
     refuse it, not use it."""
-    if not _same_model(profile.meta.model, model):
+    if not same_model(profile.meta.model, model) and not same_shape(profile.meta.model, model):
         path = Path(profile.meta.path)
         meta = path / "meta.json" if profile.meta.fmt == "pdsim" else path.parent / "meta.yaml"
         raise ProfileError(f"{meta}: field 'model': the profile is for {profile.meta.model}, "

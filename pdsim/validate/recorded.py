@@ -39,7 +39,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     """The measured engine's cluster config, scheduling as the run did: the option, else what the
     run's meta.json says (noted in the run's notes), else the config's."""
     from pdsim.config import load_cluster_config
-    from pdsim.config.load import raw_instances
+    from pdsim.config.load import raw_instances, use_run_model_config
     from pdsim.errors import ConfigError, read_json_object
 
     if cluster_config is None:
@@ -63,7 +63,9 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     fusion, why_not = run.allreduce_rms_fusion()
     # What the config itself states, for the notes on what the run's meta.json overrides.
-    stated = raw_instances(read_json_object(cluster_config, ConfigError, "cluster config"))
+    raw = read_json_object(cluster_config, ConfigError, "cluster config")
+    use_run_model_config(cluster_config, raw)  # its model, for the checks of what the run records
+    stated = raw_instances(raw)
     _check_parallelism(run, stated, cluster_config)
     _check_dp_size(stated, run, cluster_config)
     recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
@@ -177,13 +179,13 @@ def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config:
     recorded = run.engine_meta.get("model") or run.engine_kwargs.get("model")
     if isinstance(recorded, str) and recorded.count("/") == 1 and not recorded.startswith((".", "/", "~")):
         try:
-            shape = _shape(load_model(recorded))
+            shape = load_model(recorded).shape
         except PdsimError:
             shape = None  # a model pdsim does not know: compared by name only
         for name in dict.fromkeys(ref.config.model_name for ref in cfg.instances()):
             if name.lower() == recorded.lower():
                 continue
-            if shape is not None and _shape(load_model(name)) != shape:
+            if shape is not None and load_model(name).shape != shape:
                 raise PdsimError(f"{cluster_config}: the instances serve {name}, but the measured engine ran "
                                  f"{recorded} ({run.source}'s meta.json), a model of another shape: give the "
                                  "measured engine's config")
@@ -206,11 +208,6 @@ def _check_max_model_len(run: MeasuredRun) -> None:
     if longer:
         run.notes.append(f"NOTE: meta.json records max_model_len {limit}, but {longer} request(s) are longer "
                          "(prompt + output): vLLM would have refused them; they are replayed as measured")
-
-
-def _shape(spec: ModelSpec) -> tuple:
-    return (spec.architecture, spec.num_layers, spec.hidden_size, spec.num_heads, spec.num_kv_heads,
-            spec.intermediate_size, spec.vocab_size, spec.moe)
 
 
 def _stated_model(instances: list[dict]) -> ModelSpec | None:
@@ -566,20 +563,39 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         if number > 0:
             raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {what} ({key} {value}) "
                              "is not modelled (meta.json engine_kwargs)")
-    layout, reason = row_layout({k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")})
+    loaded, checkpoint = _loaded_checkpoint(run)
+    precision = {k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")}
+    method = str(kwargs.get("quantization") or "").lower()
+    if method in _CHECKPOINT_METHODS:  # the checkpoint's own scheme, under its format's name
+        precision["quantization"] = _checkpoint_scheme(instances, run, method, loaded, checkpoint)
+    layout, reason = row_layout(precision)
     if reason is not None:
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
     out: dict[str, object] = {}
     if layout.quantization is not None:
-        model = _stated_model(instances)
+        model = checkpoint or _stated_model(instances)
         # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
         block = model is not None and model.checkpoint_quantization == "fp8_block"
         out["quantization"] = "fp8_block" if block else layout.quantization
     # The activations' 16-bit type as vLLM's --dtype names it ("auto": the checkpoint's, which the config states).
     recorded_dtype = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16"}.get(str(kwargs.get("dtype")))
     stated_dtype = {str(inst.get("dtype") or "bfloat16") for inst in instances}
-    if layout.quantization is None and recorded_dtype is not None and stated_dtype != {recorded_dtype}:
+    said: dict[str, str] = {}  # notes of settings not read from engine_kwargs as they stand
+    if method in _CHECKPOINT_METHODS:
+        said["quantization"] = (f"quantization {out['quantization']} from meta.json engine_kwargs quantization "
+                                f"{kwargs['quantization']} (the checkpoint's own scheme, as vLLM reads it)")
+    elif layout.quantization is None and run.records_engine_kwargs:
+        # No --quantization: vLLM runs the weights as the checkpoint it loaded stores them (its quantization_config).
+        out.update(_unrecorded_weights(instances, run, loaded, checkpoint, recorded_dtype, said))
+    # LLMServingSim's dtype "fp8" is fp8 weights over bfloat16 activations; vLLM's --dtype sets the activations alone.
+    stated_activations = {"bfloat16" if d == "fp8" else d for d in stated_dtype}
+    if "dtype" not in out and recorded_dtype is not None and stated_activations != {recorded_dtype}:
         out["dtype"] = recorded_dtype
+        if "quantization" not in out and "fp8" in stated_dtype:  # the config's fp8 weights stay
+            out["quantization"] = next(str(_stated_precision(inst, "quantization")) for inst in instances
+                                       if inst.get("dtype") == "fp8")
+            said["quantization"] = (f"quantization {out['quantization']}: the config's (its dtype fp8), kept beside "
+                                    f"meta.json's dtype {recorded_dtype} (vLLM's --dtype sets the activations)")
     stated_fp8_kv = any(str(_stated_precision(inst, "kv_cache_dtype")).startswith("fp8") for inst in instances)
     if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_fp8_kv):
         # "auto" recorded is the model's dtype, which the engine ran whatever the config says
@@ -587,10 +603,75 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
     for key, value in out.items():
         stated = {str(v) for inst in instances if (v := _stated_precision(inst, key)) is not None}
         was = f", the config says {', '.join(sorted(stated))}" if stated and stated != {value} else ""
-        run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
-    if "quantization" in out and any(inst.get("dtype") == "fp8" for inst in instances):
+        run.notes.append(said[key] + was if key in said else f"{key} {value} from meta.json engine_kwargs{was}")
+    if "quantization" in out and "dtype" not in out and any(inst.get("dtype") == "fp8" for inst in instances):
         out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
     return out
+
+
+# vLLM's --quantization names of checkpoint formats (config/model.py _verify_quantization): such a checkpoint runs
+# with its format's name or none, and its quantization_config says the scheme (--quantization fp8 over one of them
+# refuses to start).
+_CHECKPOINT_METHODS = ("compressed-tensors", "modelopt")
+
+
+def _loaded_checkpoint(run: MeasuredRun) -> tuple[str | None, ModelSpec | None]:
+    """The checkpoint meta.json says the engine loaded (`model`), and pdsim's spec of it: None for a local path or an
+    id pdsim neither bundles nor was given the config.json of (what it stores is then not known here)."""
+    from pdsim.models import load_model
+
+    name = run.engine_kwargs.get("model") or run.engine_meta.get("model")
+    if not isinstance(name, str) or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return None, None
+    try:
+        return name, load_model(name)
+    except PdsimError:
+        return name, None
+
+
+def _checkpoint_scheme(instances: list[dict], run: MeasuredRun, method: str, loaded: str | None,
+                       checkpoint: ModelSpec | None) -> str:
+    """The fp8 scheme behind a recorded checkpoint-format name: the checkpoint's quantization_config where pdsim
+    can read it, else the scheme the config states; refused where neither says one pdsim models."""
+    if checkpoint is not None:
+        if checkpoint.checkpoint_quantization is not None:
+            return checkpoint.checkpoint_quantization
+        why = f"the checkpoint meta.json names, {loaded}, has no fp8 quantization_config"
+    else:
+        stated = {str(q) for inst in instances if (q := _stated_precision(inst, "quantization")) is not None}
+        if len(stated) == 1:
+            return stated.pop()
+        why = (f"pdsim cannot read the scheme of {loaded or 'the checkpoint the engine loaded'}, and the config "
+               "states no quantization (give the instances quantization \"fp8\" for an fp8 checkpoint)")
+    raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: quantization {method} (meta.json "
+                     f"engine_kwargs; vLLM reads the scheme from the checkpoint's quantization_config): {why}")
+
+
+def _unrecorded_weights(instances: list[dict], run: MeasuredRun, loaded: str | None, checkpoint: ModelSpec | None,
+                        recorded_dtype: str | None, said: dict[str, str]) -> dict[str, object]:
+    """A run recording its engine arguments but no quantization ran the checkpoint meta.json names as it is stored.
+    Where pdsim knows that checkpoint and the config states other weights, the checkpoint's are replayed."""
+    if checkpoint is None:
+        return {}  # the config's weights stand
+    own = checkpoint.checkpoint_quantization
+    stated = {_stated_precision(inst, "quantization") for inst in instances}
+    config_model = _stated_model(instances)
+    if config_model is not None and stated == {None}:
+        stated = {config_model.checkpoint_quantization}  # a quantised checkpoint named by the config runs so
+    if stated == {own}:
+        return {}
+    if own is not None:
+        said["quantization"] = (f"quantization {own}: meta.json records none, and the checkpoint it names, {loaded}, "
+                                "is so quantised (its quantization_config), as vLLM loads it")
+        return {"quantization": own}
+    if any(inst.get("quantization") is not None for inst in instances):
+        raise PdsimError(f"{run.source}: meta.json records no quantization and names {loaded}, an unquantised "
+                         "checkpoint: the engine ran 16-bit weights, but the config's instances set quantization "
+                         f"{', '.join(sorted(str(q) for q in stated))}: give the measured engine's config")
+    dtype = recorded_dtype or "bfloat16"
+    said["dtype"] = (f"dtype {dtype}: meta.json records no quantization and names {loaded}, an unquantised "
+                     "checkpoint, so the engine ran 16-bit weights")
+    return {"dtype": dtype}
 
 
 def _recorded_expert_layout(instances: list[dict], run: MeasuredRun) -> dict[str, object]:
@@ -601,6 +682,9 @@ def _recorded_expert_layout(instances: list[dict], run: MeasuredRun) -> dict[str
     kwargs = run.engine_kwargs
     expert_parallel = kwargs.get("enable_expert_parallel")
     model = _stated_model(instances)
+    unrecorded = expert_parallel is None and run.records_engine_kwargs
+    if unrecorded:
+        expert_parallel = False  # vLLM's default (ParallelConfig.enable_expert_parallel)
     if not isinstance(expert_parallel, bool) or model is None or not model.is_moe:
         return {}
     tp = kwargs.get("tensor_parallel_size")
@@ -613,8 +697,15 @@ def _recorded_expert_layout(instances: list[dict], run: MeasuredRun) -> dict[str
     stated = {inst.get("ep_size") for inst in instances} - {None}
     was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""
     over_group = " (every expert split over the DP group's GPUs)" if not expert_parallel and grouped and dp > 1 else ""
-    run.notes.append(f"ep_size {ep} from meta.json engine_kwargs enable_expert_parallel "
-                     f"{str(expert_parallel).lower()}{over_group}{was}")
+    if unrecorded:
+        # LLMServingSim's ep_size defaults to tp_size
+        config_ep = ", ".join(str(v) for v in sorted(stated)) if stated else f"{tp} (LLMServingSim's default, tp_size)"
+        if (stated or {tp}) != {ep}:  # the config's expert parallelism, which the engine did not run
+            run.notes.append(_default_ran_note("enable_expert_parallel", "false", f"ep_size {config_ep}")
+                             + f": replayed at ep_size {ep}{over_group}")
+    else:
+        run.notes.append(f"ep_size {ep} from meta.json engine_kwargs enable_expert_parallel "
+                         f"{str(expert_parallel).lower()}{over_group}{was}")
     return {"ep_size": ep}
 
 

@@ -294,7 +294,10 @@ def check_repeated_keys(line: bytes, obj: dict, where: str) -> None:
 def _not_json(e: Exception, line: bytes, where: str) -> None:
     """Raise the TraceError that says why json.loads refused `line` (returns only if it cannot tell)."""
     if isinstance(e, json.JSONDecodeError):
-        raise TraceError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        # The column on the record's own line: an error at its end (a missing "}") falls after the line's newline,
+        # where json counts a second line from column 1.
+        column = min(e.pos, len(line.rstrip(b"\r\n").decode("utf-8", "replace"))) + 1
+        raise TraceError(f"{where}: not valid JSON ({e.msg} at column {column})") from None
     if isinstance(e, UnicodeDecodeError):
         raise TraceError(f"{where}: not valid UTF-8 ({e.reason})") from None
     parse_json(line, where, TraceError)  # names the problem
