@@ -21,9 +21,9 @@ sinks, biased projections, and MXFP4 expert weights.
   blocks and vLLM logs num_blocks // 2 x block_size tokens. A request keeps one full-group block
   per block_size tokens and, in the sliding group, only the blocks that reach into its window
   (SlidingWindowManager frees the rest): at most cdiv(window - 1, block_size) + 1.
-  pdsim counts a block as one full-group block (`kv_bytes_per_token`: the full layers) and sets
-  aside max_num_seqs x that window maximum for the sliding group (pdsim/perf/memory.py), the most
-  the running requests can hold there.
+  pdsim counts a block as one full-group block (`kv_bytes_per_token`: the full layers), and a running
+  request holds that window maximum of the pool beside its own blocks (BlockManager.window_blocks), from
+  admission to its end.
 * An engine with a KV connector (a P/D instance) has no hybrid allocator: vLLM 0.19 turns it off
   when `--kv-transfer-config` is set and the user has not asked for it (`config/vllm.py`), and
   `unify_hybrid_kv_cache_specs` then makes the sliding layers full-attention ones for the cache.
@@ -112,7 +112,7 @@ class GptOssModelSpec(ModelSpec):
 
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         """KV bytes a token adds on one TP shard: in the full-attention layers with the hybrid allocator
-        (the sliding layers' window is set aside per request: module docstring), else in every layer."""
+        (the sliding layers' window is held per running request: module docstring), else in every layer."""
         layers = self.full_layers if self.hybrid_kv else self.num_layers
         return 2 * layers * self.kv_size(tp) * dtype_bytes(dtype)
 

@@ -95,10 +95,31 @@ def test_kv_capacity_on_h100_as_vllms_hybrid_allocator_computes_it():
     num_blocks = int(available // page // 12)
     assert info.kv_predicted_tokens == info.kv_tokens == num_blocks // 2 * 16  # vLLM's "GPU KV cache size"
     assert 1_150_000 < info.kv_tokens < 1_300_000
-    # pdsim's blocks are full-group blocks; 256 seqs x (cdiv(127, 16) + 1 = 9) blocks kept for the windows.
-    assert inst.kv.num_blocks == num_blocks - 1 - 256 * 9
-    assert inst.spec.kv_bytes_per_token == 12 * 2 * KV_HEADS * HEAD_DIM * 2  # full layers only: 24,576 B
-    assert "set aside for the sliding-window layers" in info.memory_note
+    # One pool for both groups (the null block aside); each running request's sliding layers hold cdiv(127, 16) + 1
+    # = 9 of its blocks beside its full-attention ones, whose bytes are the 12 full layers' only: 24,576 B a token.
+    assert inst.kv.num_blocks == num_blocks - 1 and inst.kv.window_blocks == 9
+    assert inst.spec.kv_bytes_per_token == 12 * 2 * KV_HEADS * HEAD_DIM * 2
+    assert "each running request's sliding-window layers hold 9 blocks of the pool" in info.memory_note
+
+
+def test_each_running_request_holds_its_window_beside_its_blocks_not_max_num_seqs_windows():
+    # vLLM's hybrid allocator takes a request's sliding-layer blocks from the shared pool while it runs. pdsim once
+    # kept max_num_seqs x 9 blocks out of the pool: 74% of gpt-oss-120b's on one H100 at vllm serve's 1024 sequences.
+    from tests.helpers import all_released
+
+    one = simulate(_cluster(_instance(max_num_seqs=1024)), trace([(3000, 40, 0.0)]), SimOptions())
+    assert one.instances[0].kv.peak_used == -(-3040 // 16) + 9  # 190 full-attention blocks and the window's 9
+    # A pool of 400 blocks: two such requests (2 x 199) run at once, a third waits; every block comes back.
+    rows = [(3000, 40, 0.0), (3000, 40, 0.0), (3000, 40, 0.0)]
+    tight = simulate(_cluster(_instance(max_num_seqs=1024)), trace(rows), SimOptions(kv_gpu_blocks={"n0.i0": 400}))
+    inst = tight.instances[0]
+    assert all(r.status == "finished" for r in tight.requests)
+    assert inst.kv.peak_used <= inst.kv.num_blocks == 399 and all_released(inst)
+    assert inst.kv.peak_used > 2 * 190  # two windows beside two requests' blocks at once
+    # A request whose blocks and window just fit runs; one a block longer cannot, and is rejected, not left waiting.
+    fits = simulate(_cluster(_instance()), trace([(390 * 16 - 40, 40, 0.0), (390 * 16 - 39, 40, 0.0)]),
+                    SimOptions(kv_gpu_blocks={"n0.i0": 400}))
+    assert [r.status for r in fits.requests] == ["finished", "rejected"]
 
 
 def test_pd_instances_cache_every_layer_as_vllm_without_its_hybrid_allocator():

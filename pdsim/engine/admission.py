@@ -87,7 +87,7 @@ class WaitingAdmission:
         hit_tokens = hit * self.block_size
         todo = min(self._chunk_cap(self._known_todo(req) - hit_tokens), self.max_num_batched_tokens)
         need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
-        return need <= self.kv.free
+        return need + self.kv.window_blocks - req.window_blocks <= self.kv.free
 
     def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> int:
         """Admit waiting requests into the step; returns the token budget left."""
@@ -119,7 +119,7 @@ class WaitingAdmission:
                 break
             num_new = min(todo, budget)
             if blocks_for(req.num_computed + hit_tokens + num_new, self.block_size) - req.blocks - hit + evict \
-                    > self.kv.free:
+                    + self.kv.window_blocks - req.window_blocks > self.kv.free:
                 break
             self.waiting.popleft()
             budget -= self._start(req, num_new, now, plan, hit)
@@ -130,7 +130,7 @@ class WaitingAdmission:
         (cached blocks it would reuse count only when they must leave the free queue)."""
         known = req.input_toks + req.num_generated - self._unseen_count(req)
         need = blocks_for(known, self.block_size) - req.blocks - hit + evict
-        return need <= self.kv.free
+        return need + self.kv.window_blocks - req.window_blocks <= self.kv.free
 
     def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
         """Move a waiting request into the running batch with `num_new` tokens this step, after
@@ -140,8 +140,9 @@ class WaitingAdmission:
         if kv.enable_caching and not req.kv_ready:
             kv.start_request(req, hit)
         need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
-        kv.allocate(need)
+        kv.allocate(need + kv.window_blocks - req.window_blocks)
         req.blocks += need
+        req.window_blocks = kv.window_blocks
         if req.cache_keys is not None and not req.kv_ready:
             self.kv.register_request(req, num_new)
         self.running[req] = None

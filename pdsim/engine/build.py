@@ -311,6 +311,7 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
         enable_prefix_caching=ic.enable_prefix_caching, enforce_eager=ic.enforce_eager,
         cudagraph_sizes=_capture_sizes(ic) or (), cudagraph_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
+        window_blocks=budget.window_blocks,
     )
 
 

@@ -106,7 +106,7 @@ class Cluster:
         if not recompute_fits(inst, req):
             return False
         tokens = req.input_toks if inst.pd_type == "prefill" else req.input_toks + req.output_toks
-        return blocks_for(tokens, inst.kv.block_size) <= inst.kv.num_blocks
+        return blocks_for(tokens, inst.kv.block_size) <= inst.kv.most_per_request
 
     def _why_not(self, req: Request) -> str:
         total = req.input_toks + req.output_toks
@@ -120,17 +120,18 @@ class Cluster:
             return (f"input+output = {total} tokens exceeds the decode instances' max_num_batched_tokens with "
                     "chunked prefill disabled (vLLM starts so only with max_model_len at most max_num_batched_tokens)")
         if self.prefill_pool and all(i.pd_type == "prefill" and not self._fits_here(i, req) for i in self.prefill_pool):
-            short = [i for i in self.prefill_pool if blocks_for(req.input_toks, i.kv.block_size) > i.kv.num_blocks]
+            short = [i for i in self.prefill_pool
+                     if blocks_for(req.input_toks, i.kv.block_size) > i.kv.most_per_request]
             if len(short) < len(self.prefill_pool):  # the others cannot take it in one step (no chunked prefill)
                 return (f"input = {req.input_toks} tokens: no prefill instance can take the prompt (too long for "
                         "the KV cache of some, for one step without chunked prefill on the others)")
-            most = max(i.kv.num_blocks * i.kv.block_size for i in short)
+            most = max(i.kv.most_per_request * i.kv.block_size for i in short)
             return (f"input = {req.input_toks} tokens needs more KV blocks than any prefill instance has (the "
                     f"largest holds {most:,} tokens)")
         prefill_only = [i for i in self.prefill_pool if i.pd_type == "prefill" and self._fits_here(i, req)]
         decodes = [d for d in self.decode_pool if any(d.spec.model_name == i.spec.model_name for i in prefill_only)]
         if decodes:  # a prefill instance could take it: no decode instance of its model can hold it
-            most = max(d.kv.num_blocks * d.kv.block_size for d in decodes)
+            most = max(d.kv.most_per_request * d.kv.block_size for d in decodes)
             return (f"input+output = {total} tokens needs more KV blocks than any decode instance has (the largest "
                     f"holds {most:,} tokens); the prefill instances have room for its prompt")
         return f"input+output = {total} tokens needs more KV blocks than any instance has"

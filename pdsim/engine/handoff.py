@@ -34,7 +34,7 @@ def fits_decode(dec: Instance, src: Instance, req: Request) -> bool:
     """Whether decode instance `dec` can ever continue `req` from `src`: same model (a heterogeneous
     pool may mix hardware and TP, never weights), and room for the whole sequence."""
     return (dec.spec.model_name == src.spec.model_name and recompute_fits(dec, req)
-            and blocks_for(req.input_toks + req.output_toks, dec.kv.block_size) <= dec.kv.num_blocks)
+            and blocks_for(req.input_toks + req.output_toks, dec.kv.block_size) <= dec.kv.most_per_request)
 
 
 def fit_class(inst: Instance) -> tuple:

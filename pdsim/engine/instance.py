@@ -68,6 +68,7 @@ class InstanceSpec:
     # vLLM's CUDA-graph capture sizes, () for none; decode_only: FULL_DECODE_ONLY's graphs (dp_group.py's padding)
     cudagraph_sizes: tuple[int, ...] = ()
     cudagraph_decode_only: bool = False
+    window_blocks: int = 0  # blocks a running request's sliding-window layers hold (KVBudget.window_blocks)
 
 
 @dataclass
@@ -129,7 +130,7 @@ class Instance:
         self.pd_type = spec.pd_type
         self.predictor = predictor
         self.kv = BlockManager(num_blocks, spec.block_size, spec.block_size * spec.kv_bytes_per_token,
-                               spec.enable_prefix_caching)
+                               spec.enable_prefix_caching, spec.window_blocks)
         self.sched = Scheduler(
             self.kv,
             max_num_seqs=spec.max_num_seqs,

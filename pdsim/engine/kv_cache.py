@@ -93,8 +93,12 @@ Copy = int | tuple[int, int]  # a cached block: its key, or (key, serial) for a 
 class BlockManager:
     """Free-block counting, plus vLLM's prefix cache for blocks that have keys."""
 
-    def __init__(self, num_blocks: int, block_size: int, block_bytes: int, enable_caching: bool = False) -> None:
+    def __init__(self, num_blocks: int, block_size: int, block_bytes: int, enable_caching: bool = False,
+                 window_blocks: int = 0) -> None:
         self.num_blocks = num_blocks
+        # Blocks a running request's sliding-window layers hold beside its own (pdsim/gpt_oss.py): taken when it
+        # is admitted, given back with its blocks (Request.window_blocks).
+        self.window_blocks = window_blocks
         self.block_size = block_size
         self.block_bytes = block_bytes
         self.enable_caching = enable_caching
@@ -122,6 +126,11 @@ class BlockManager:
         # Prompt tokens looked up, and found, at admission (vLLM's PrefixCacheStats queries/hits).
         self.query_tokens = 0
         self.hit_tokens = 0
+
+    @property
+    def most_per_request(self) -> int:
+        """Blocks one request can hold: all but those its sliding-window layers take beside them."""
+        return self.num_blocks - self.window_blocks
 
     @property
     def used(self) -> int:

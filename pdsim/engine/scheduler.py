@@ -385,7 +385,7 @@ class Scheduler(WaitingAdmission):
             self.cohort.remove(req)
             if self._cohort_blocks_allocated and req.num_computed % self.block_size == 0:
                 req.blocks += 1  # the block it was given for the step being decided
-        entry.blocks = max(entry.blocks, req.blocks)
+        entry.blocks = max(entry.blocks, req.blocks + self.kv.window_blocks)  # its window's beside them
         req.num_generated, req.blocks, entry.ghost = req.output_toks, 0, False
 
     def _preempt_finishing(self) -> bool:
@@ -451,9 +451,9 @@ class Scheduler(WaitingAdmission):
         cached) and put it at the head of the waiting queue, as vLLM's _preempt_request does."""
         if self.kv.enable_caching:
             self.kv.cache_preempted(victim, cached_tokens)
-        self.kv.free_request(victim.blocks, victim.cache_keys)
+        self.kv.free_request(victim.blocks + victim.window_blocks, victim.cache_keys)
         victim.cache_keys = None
-        victim.blocks = 0
+        victim.blocks = victim.window_blocks = 0
         victim.num_computed = 0
         victim.preemptions += 1
         victim.status = "preempted"
@@ -545,11 +545,12 @@ class Scheduler(WaitingAdmission):
 
     def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
         if self.async_scheduling:
-            self._releasing.append(Finishing(req, req.blocks, req.cache_keys, self._decisions + self.async_depth))
+            self._releasing.append(Finishing(req, req.blocks + req.window_blocks, req.cache_keys,
+                                             self._decisions + self.async_depth))
         else:
-            self.kv.free_request(req.blocks, req.cache_keys)
+            self.kv.free_request(req.blocks + req.window_blocks, req.cache_keys)
         req.cache_keys = None
-        req.blocks = 0
+        req.blocks = req.window_blocks = 0
         req.finish_s = now
         req.status = "finished"
         out.finished.append(req)

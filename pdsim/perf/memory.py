@@ -202,14 +202,14 @@ class KVBudget:
     other_bytes: int  # non-torch + CUDA-graph
     note: str  # how the capacity was obtained, for the run's output
     predicted_gpu_blocks: int = 0  # what the config's rule predicts (differs when measured)
-    # Sliding-window models (pdsim/gpt_oss.py): blocks set aside for the sliding layers' windows,
-    # and vLLM's KV-cache groups, which its logged token count divides the blocks by.
-    reserved_blocks: int = 0
+    # Sliding-window models (pdsim/gpt_oss.py): the blocks each running request's sliding layers hold
+    # (its window), and vLLM's KV-cache groups, which its logged token count divides the blocks by.
+    window_blocks: int = 0
     kv_groups: int = 1
 
     @property
     def usable_blocks(self) -> int:
-        return self.num_gpu_blocks - 1 - self.reserved_blocks
+        return self.num_gpu_blocks - 1
 
     @property
     def kv_tokens(self) -> int:
@@ -291,19 +291,20 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
                               f"{needed / GIB:.2f} GiB per GPU, more than the {total_gib:.2f} GiB there ({source})")
     parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
                  activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
+    window = sliding_window_reserve(ic, model)
+    if window is not None:
+        parts.update(window_blocks=window[0], kv_groups=window[1])
+        note += window[2]
+        detail += window[2]
     if measured_gpu_blocks is not None:
-        _check_room(measured_gpu_blocks, where, f"the measured engine's {measured_gpu_blocks} blocks", None)
+        _check_room(measured_gpu_blocks - parts.get("window_blocks", 0), where,
+                    f"the measured engine's {measured_gpu_blocks} blocks", None)
         return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
                         f"blocks, instead of {note}", **parts)
     # The figure that set the size (vLLM applies num_gpu_blocks_override after kv_cache_memory_bytes).
     field = ("npu_mem.mem_size" if override is None else "num_gpu_blocks_override"
              if ic.num_gpu_blocks_override is not None else "kv_cache_memory_bytes")
-    window = sliding_window_reserve(ic, model)
-    if window is not None:
-        parts.update(reserved_blocks=window[0], kv_groups=window[1])
-        note += window[2]
-        _check_room(blocks - window[0], where, detail + window[2], field)
-    _check_room(blocks, where, detail, field)
+    _check_room(blocks - parts.get("window_blocks", 0), where, detail, field)
     return KVBudget(kv_rule(ic), blocks, note=note, **parts)
 
 
@@ -329,11 +330,11 @@ def vllm_override_blocks(ic: InstanceConfig, block_bytes: int) -> tuple[int, str
 
 
 def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, int, str] | None:
-    """(blocks set aside, KV-cache groups, note) for a model with sliding-window layers, else None.
-    vLLM's hybrid allocator keeps each running request's sliding layers at the blocks reaching
-    into its window; pdsim's blocks are full-attention ones, so max_num_seqs times that maximum
-    is kept out of the pool (pdsim/gpt_oss.py). Without that allocator (an engine with a KV connector)
-    nothing is set aside: every block holds every layer."""
+    """(blocks each running request's sliding layers hold, KV-cache groups, note) for a model with sliding-window
+    layers, else None. vLLM's hybrid allocator draws both groups' blocks from one pool and keeps a running
+    request's sliding layers at the blocks reaching into its window (pdsim/gpt_oss.py): the scheduler takes
+    that many beside a request's full-attention blocks while it runs. Without that allocator (an engine with a
+    KV connector) there are none: every block holds every layer."""
     per_request = getattr(model, "sliding_blocks_per_request", None)
     if per_request is None:
         return None
@@ -342,10 +343,10 @@ def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, i
                       "hybrid KV-cache allocator off in an engine with a KV connector")
     from pdsim.gpt_oss import KV_GROUPS
 
-    reserve = ic.max_num_seqs * per_request(ic.block_size)
-    note = (f"; {reserve:,} blocks set aside for the sliding-window layers (max_num_seqs {ic.max_num_seqs} x "
-            f"{per_request(ic.block_size)} blocks of a {model.sliding_window}-token window)")
-    return reserve, KV_GROUPS, note
+    window = per_request(ic.block_size)
+    note = (f"; each running request's sliding-window layers hold {window} blocks of the pool (its "
+            f"{model.sliding_window}-token window) beside its full-attention ones")
+    return window, KV_GROUPS, note
 
 
 def _check_room(blocks: int, where: str, detail: str, field: str | None) -> None:
