@@ -1602,3 +1602,31 @@ def test_engine_arguments_a_run_leaves_out_replay_vllms_defaults_not_the_configs
                         str(tmp_path / "cluster.json"), "--output", str(tmp_path / "v2.csv"))
     assert res.exit_code == 0, res.output
     assert "vLLM's default, which the measured engine ran" not in res.output
+
+
+def test_a_hybrid_models_measured_kv_size_is_read_in_vllms_units(tmp_path):
+    # gpt-oss's pool serves two KV-cache groups: vLLM's num_gpu_blocks is the pool, its logged "GPU KV cache size"
+    # half of it in tokens. A recorded 3,000 blocks once read as 48,000 tokens (and a logged 24,000 tokens as
+    # 1,500 blocks, the replay's pool halved).
+    rows = [(int(i * 37 % 500 + 60), int(i * 13 % 60 + 20), 0.05 * i) for i in range(30)]
+    inst = {"model_name": "openai/gpt-oss-20b", "hardware": "H100", "npu_mem": {"mem_size": 80, "mem_bw": 3350},
+            "num_npus": 1, "tp_size": 1, "pd_type": None, "max_num_seqs": 16}
+    cfg = cluster(inst)
+    made = simulate(cfg, trace(rows), SimOptions(kv_gpu_blocks={"n0.i0": 3000}))
+    records = _engine_records(made, stamped=True)
+    (tmp_path / "requests.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (tmp_path / "cluster.json").write_text(cfg.model_dump_json(exclude_none=True))
+    kwargs = {"max_num_seqs": 16, "max_num_batched_tokens": cfg.instances()[0].config.max_num_batched_tokens,
+              "async_scheduling": False}
+    (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": kwargs,
+                                                    "kv_cache": {"num_gpu_blocks": 3000, "block_size": 16}}))
+    (tmp_path / "vllm.log").write_text("INFO [kv_cache_utils.py:1] GPU KV cache size: 24,000 tokens\n")
+    for extra in ((), ("--engine-log", str(tmp_path / "vllm.log"))):
+        res = _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
+                            str(tmp_path / "cluster.json"), "--kv-capacity", "measured", "--step-time-margin-pct", "0",
+                            "--output", str(tmp_path / "v.csv"), *extra)
+        assert res.exit_code == 0, res.output
+        assert "vs measured 24,000 (3,000 blocks" in res.output
+        # the replay ran on the engine's pool: its own run back (TTFT, TPOT, E2E within rounding)
+        table = pd.read_csv(tmp_path / "v.csv").set_index(["metric", "stat"])
+        assert table.loc[("E2E latency (ms)", "mean"), "diff_pct"] == pytest.approx(0, abs=1e-3)

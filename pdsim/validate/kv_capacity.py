@@ -2,7 +2,8 @@
 
 Two sources: `kv_cache.num_gpu_blocks` (and `kv_cache.block_size`) in the meta.json written beside
 LLMServingSim's vLLM runs, and vLLM's start-up log line "GPU KV cache size: N tokens" (tokens =
-num_gpu_blocks x block_size, engine-wide). Both count vLLM's null block.
+num_gpu_blocks // KV-cache groups x block_size, engine-wide: a hybrid model's pool, gpt-oss's, serves two
+groups of layers). Both count vLLM's null block.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ _TOKEN_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")  # vLLM prints it with thou
 
 @dataclass(frozen=True)
 class MeasuredKV:
-    num_gpu_blocks: int
+    num_gpu_blocks: int  # vLLM's num_gpu_blocks: the pool, every KV-cache group's blocks
     block_size: int
     source: str
+    groups: int = 1  # KV-cache groups the pool serves (pdsim/perf/memory.py, sliding_window_reserve)
 
     @property
     def tokens(self) -> int:
-        return self.num_gpu_blocks * self.block_size
+        """As vLLM logs them."""
+        return self.num_gpu_blocks // self.groups * self.block_size
 
 
 def positive_int(value: object, where: str) -> int:
@@ -40,7 +43,7 @@ def positive_int(value: object, where: str) -> int:
     return value
 
 
-def kv_from_meta(meta: dict, meta_source: str, default_block_size: int) -> MeasuredKV | None:
+def kv_from_meta(meta: dict, meta_source: str, default_block_size: int, groups: int = 1) -> MeasuredKV | None:
     """meta.json's kv_cache section, or None when it records no block count (no section, or a null
     num_gpu_blocks: a writer that keeps the key when the engine reported nothing)."""
     kv = meta.get("kv_cache")
@@ -54,10 +57,10 @@ def kv_from_meta(meta: dict, meta_source: str, default_block_size: int) -> Measu
     block_size = kv.get("block_size")
     where = f"{meta_source}: kv_cache.block_size"
     size = default_block_size if block_size is None else positive_int(block_size, where)
-    return MeasuredKV(blocks, size, f"{meta_source} kv_cache.num_gpu_blocks")
+    return MeasuredKV(blocks, size, f"{meta_source} kv_cache.num_gpu_blocks", groups)
 
 
-def kv_from_log(path: str | Path, block_size: int) -> MeasuredKV:
+def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredKV:
     """The last "GPU KV cache size: N tokens" line of a vLLM log (a restarted engine logs it again)."""
     try:
         text = Path(path).read_text(errors="replace")
@@ -78,22 +81,23 @@ def kv_from_log(path: str | Path, block_size: int) -> MeasuredKV:
     sizes = list(dict.fromkeys(int(f.replace(",", "")) for f in found))
     also = (f"; the last of {len(found)} such lines, which also give {', '.join(f'{t:,}' for t in sizes[:-1])}"
             if len(sizes) > 1 else "")
-    return MeasuredKV(tokens // block_size, block_size, f"{path} 'GPU KV cache size'{also}")
+    return MeasuredKV(tokens // block_size * groups, block_size, f"{path} 'GPU KV cache size'{also}", groups)
 
 
-def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_size: int) -> MeasuredKV | None:
+def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_size: int,
+                groups: int = 1) -> MeasuredKV | None:
     """The engine log when given, else meta.json's kv_cache, else None (a meta.json figure the log contradicts
     is named in the source)."""
     if engine_log is not None:
-        logged = kv_from_log(engine_log, block_size)
-        recorded = kv_from_meta(meta, meta_source, block_size)
+        logged = kv_from_log(engine_log, block_size, groups)
+        recorded = kv_from_meta(meta, meta_source, block_size, groups)
         if recorded is not None and recorded.num_gpu_blocks != logged.num_gpu_blocks:
             apart_pct = (logged.num_gpu_blocks / recorded.num_gpu_blocks - 1) * 100
             return replace(logged, source=f"{logged.source}, taken over {recorded.source}'s "
                                           f"{recorded.num_gpu_blocks:,} blocks, {apart_pct:+.1f}% from it: is the "
                                           "log this run's engine's?")
         return logged
-    return kv_from_meta(meta, meta_source, block_size)
+    return kv_from_meta(meta, meta_source, block_size, groups)
 
 
 RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, npu_mem.mem_util given",

@@ -723,14 +723,26 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
 
     block_size = cfg.instances()[0].config.block_size
     meta_source = str(Path(run.source).parent / "meta.json")
-    kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size)
+    kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size, _kv_groups(cfg))
     if kv_capacity == "measured":
         if kv is None:
             raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
                              "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
         _check_holds_longest(run, kv)
-        opts.kv_gpu_blocks = {ref.instance_id: kv.tokens // ref.config.block_size for ref in cfg.instances()}
+        opts.kv_gpu_blocks = {ref.instance_id: kv.num_gpu_blocks * kv.block_size // ref.config.block_size
+                              for ref in cfg.instances()}
     return kv
+
+
+def _kv_groups(cfg: ClusterConfig) -> int:
+    """The KV-cache groups one block pool of the replay's engines serves (2 for gpt-oss's hybrid allocator)."""
+    from pdsim.models import load_model
+    from pdsim.perf.memory import sliding_window_reserve
+
+    ic = cfg.instances()[0].config
+    model = load_model(ic.model_name)
+    window = sliding_window_reserve(ic, model if ic.pd_type is None else model.with_connector_kv())
+    return 1 if window is None else window[1]
 
 
 def _check_holds_longest(run: MeasuredRun, kv: MeasuredKV) -> None:
