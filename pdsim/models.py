@@ -54,6 +54,9 @@ def dtype_bytes(dtype: str) -> int:
         raise PdsimError(f"unknown dtype {dtype!r}; known dtypes: {known}") from None
 
 
+_NOT_SHAPE = ("name", "checkpoint_quantization", "max_position_embeddings")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -84,9 +87,9 @@ class ModelSpec:
 
     @property
     def shape(self) -> tuple:
-        """What its layers compute: two models of one shape (a checkpoint and its fp8 copy) time alike."""
-        return (self.architecture, self.num_layers, self.hidden_size, self.num_heads, self.num_kv_heads,
-                self.intermediate_size, self.vocab_size, self.moe)
+        """What its layers compute, every field but its name, its checkpoint's weight format and its length: two
+        models of one shape (a checkpoint and its fp8 copy) time alike."""
+        return (type(self).__name__, *(getattr(self, f.name) for f in fields(self) if f.name not in _NOT_SHAPE))
 
     @property
     def is_moe(self) -> bool:

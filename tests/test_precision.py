@@ -207,6 +207,14 @@ def test_decode_attention_over_an_fp8_cache_costs_the_profiles_at_the_kv_length_
     # The skewed lookup scales its longest member too, and a run of steps equals stepping one by one.
     run = fp8.decode_run_s(8, 8 * 1000, 4, kv_decode_max=3000)
     assert list(run) == pytest.approx([fp8.step_time_s((), 8, 8 * 1000 + 8 * j, 3000 + j) for j in range(4)])
+    # A decode-only lookup past the table is a note of the run, in the instance's KV lengths, said so.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp8.step_time_s((), 2, 2 * 10**7)
+    assert any("at the KV lengths of the same bytes (x2)': kv_tokens=1e+07 is outside" in note
+               for note in fp8.extrapolation_notes()), fp8.extrapolation_notes()
 
 
 _RTX_PROFILE = (Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration"
@@ -238,3 +246,8 @@ def test_a_profile_of_the_base_model_times_its_fp8_checkpoint_not_another_shape(
     with pytest.raises(ProfileError, match="field 'model': the profile is for meta-llama/Llama-3.1-8B, but the "
                                            "instance runs Qwen/Qwen3-8B"):
         find_profile("RTXPRO6000", "Qwen/Qwen3-8B", "fp8", 1, profile_dir=profile)
+    # Every width counts: heads of another size are another shape, though layers, hidden and heads agree.
+    (tmp_path / "narrow.json").write_text(json.dumps({**fp8, "head_dim": 64}))
+    use_model_file("test-org/Llama-3.1-8B-FP8-head-dim-64", tmp_path / "narrow.json")
+    with pytest.raises(ProfileError, match="field 'model'"):
+        find_profile("RTXPRO6000", "test-org/Llama-3.1-8B-FP8-head-dim-64", "fp8", 1, profile_dir=profile)

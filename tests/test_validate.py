@@ -944,6 +944,19 @@ def test_a_recorded_16_bit_dtype_sets_the_activations_and_the_weights_are_the_lo
                   {"model_name": "test-org/Llama-3.1-8B-FP8-ct"}, "ct", model_config=ct)
     assert ("quantization fp8 from meta.json engine_kwargs quantization compressed-tensors (the checkpoint's own "
             "scheme, as vLLM reads it)") in out and "- weights 8.46 (fp8 weights)" in out
+    # meta.json's own model and the engine's argument are both held to the config's shape: an engine argument
+    # naming DeepSeek-V3 once replayed Llama with DeepSeek's block-fp8 weights, without a word.
+    requests = _rtx_run_with(tmp_path / "other", model="deepseek-ai/DeepSeek-V3")
+    with pytest.raises(PdsimError, match=r"the measured engine ran deepseek-ai/DeepSeek-V3 .*a model of another shape"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--output", str(tmp_path / "o.csv"))
+    # A quantization in the config that is no scheme's name is the config's error, named (it was an internal one).
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0]["quantization"] = ["fp8"]
+    (tmp_path / "listed.json").write_text(json.dumps(cfg))
+    with pytest.raises(PdsimError, match=r"instances\[0\]\.quantization: expected"):
+        _validate_cli("--measured", str(_rtx_run_with(tmp_path / "listed", dtype="bfloat16")), "--cluster-config",
+                      str(tmp_path / "listed.json"), "--output", str(tmp_path / "l.csv"))
     # Where neither the checkpoint nor the config says the scheme, the run is refused with the reason.
     requests = _rtx_run_with(tmp_path / "refused", model=unknown_fp8, quantization="compressed-tensors")
     with pytest.raises(PdsimError, match=r"cannot express this run: quantization compressed-tensors .*pdsim cannot "

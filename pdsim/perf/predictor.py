@@ -284,8 +284,9 @@ class StepTimePredictor:
                 table = self._grid4d.slice_last_axis(0.0, 0.0, float(n_decode))
             else:
                 table = self.profile.attention_decode.slice_at_x(float(n_decode))
-            if self.kv_read_scale != 1.0:
-                table = Table1D(table.name, table.xs / self.kv_read_scale, table.ys, table.axis_names[0])
+            if self.kv_read_scale != 1.0:  # its range then reads in the instance's KV lengths, said so
+                table = Table1D(f"{table.name} at the KV lengths of the same bytes (x{1 / self.kv_read_scale:g})",
+                                table.xs / self.kv_read_scale, table.ys, table.axis_names[0])
             self._decode_slices[n_decode] = table
         return table
 
@@ -444,6 +445,9 @@ class StepTimePredictor:
                 file, _, op = table.name.partition(":")
                 said = table.out_of_range.removeprefix(f"profile table {table.name!r}: ")
                 ops_by_note.setdefault((file, said), []).append(op)
-        return [f"{where}: profile table " + (f"{file!r} ({', '.join(ops)})" if len(ops) > 1 else
-                                              repr(f"{file}:{ops[0]}" if ops[0] else file)) + f": {said}"
-                for (file, said), ops in ops_by_note.items()]
+        notes = [f"{where}: profile table " + (f"{file!r} ({', '.join(ops)})" if len(ops) > 1 else
+                                               repr(f"{file}:{ops[0]}" if ops[0] else file)) + f": {said}"
+                 for (file, said), ops in ops_by_note.items()]
+        # Decode-only steps look up slices of the attention table (one per batch size): the first left is said.
+        left = next((t.out_of_range for t in self._decode_slices.values() if t.out_of_range), None)
+        return notes + ([f"{where}: {left}"] if left else [])

@@ -174,9 +174,20 @@ def _check_parallelism(run: MeasuredRun, instances: list[dict], cluster_config: 
 def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path) -> None:
     """The config must serve the model the run's meta.json names (a Hugging Face id; a local path is not
     compared). A P/D config replaying a run whose engine records no KV connector is said loudly."""
+    # meta.json's own `model` and the engine's argument: both are checked (the weights follow the latter,
+    # _loaded_checkpoint), so neither names another model unseen
+    for recorded in dict.fromkeys((run.engine_meta.get("model"), run.engine_kwargs.get("model"))):
+        _check_recorded_model(run, cfg, cluster_config, recorded)
+    roles = {ref.config.pd_type for ref in cfg.instances()} - {None}
+    if roles and run.engine_kwargs and "kv_transfer_config" not in run.engine_kwargs:
+        run.notes.append("NOTE: the config has prefill and decode instances, but the run's meta.json engine_kwargs "
+                         "record no kv_transfer_config: the measured engine looks like one vLLM engine without P/D, "
+                         "so the two may not be comparable")
+
+
+def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path, recorded: object) -> None:
     from pdsim.models import load_model
 
-    recorded = run.engine_meta.get("model") or run.engine_kwargs.get("model")
     if isinstance(recorded, str) and recorded.count("/") == 1 and not recorded.startswith((".", "/", "~")):
         try:
             shape = load_model(recorded).shape
@@ -191,11 +202,6 @@ def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config:
                                  "measured engine's config")
             run.notes.append(f"NOTE: the config's instances serve {name}, the run's meta.json names {recorded}"
                              + (" (the same shape)" if shape is not None else ""))
-    roles = {ref.config.pd_type for ref in cfg.instances()} - {None}
-    if roles and run.engine_kwargs and "kv_transfer_config" not in run.engine_kwargs:
-        run.notes.append("NOTE: the config has prefill and decode instances, but the run's meta.json engine_kwargs "
-                         "record no kv_transfer_config: the measured engine looks like one vLLM engine without P/D, "
-                         "so the two may not be comparable")
 
 
 def _check_max_model_len(run: MeasuredRun) -> None:
@@ -654,6 +660,8 @@ def _unrecorded_weights(instances: list[dict], run: MeasuredRun, loaded: str | N
     if checkpoint is None:
         return {}  # the config's weights stand
     own = checkpoint.checkpoint_quantization
+    if any(not isinstance(inst.get("quantization"), str | None) for inst in instances):
+        return {}  # not a scheme's name: the config's validation names the field
     stated = {_stated_precision(inst, "quantization") for inst in instances}
     config_model = _stated_model(instances)
     if config_model is not None and stated == {None}:
@@ -695,6 +703,8 @@ def _recorded_expert_layout(instances: list[dict], run: MeasuredRun) -> dict[str
         dp = next((n for key, n in _dp_groups(instances).items() if isinstance(key, str)), 1)  # the first group's
     ep = tp * (dp if grouped else 1) if expert_parallel else 1
     stated = {inst.get("ep_size") for inst in instances} - {None}
+    if not all(isinstance(v, int) for v in stated):
+        return {}  # not a count: the config's validation names the field
     was = f", the config says {', '.join(str(v) for v in sorted(stated))}" if stated and stated != {ep} else ""
     over_group = " (every expert split over the DP group's GPUs)" if not expert_parallel and grouped and dp > 1 else ""
     if unrecorded:
