@@ -111,11 +111,18 @@ def test_each_running_request_holds_its_window_beside_its_blocks_not_max_num_seq
     assert one.instances[0].kv.peak_used == -(-3040 // 16) + 9  # 190 full-attention blocks and the window's 9
     # A pool of 400 blocks: two such requests (2 x 199) run at once, a third waits; every block comes back.
     rows = [(3000, 40, 0.0), (3000, 40, 0.0), (3000, 40, 0.0)]
-    tight = simulate(_cluster(_instance(max_num_seqs=1024)), trace(rows), SimOptions(kv_gpu_blocks={"n0.i0": 400}))
+    unchecked = _instance(max_num_seqs=1024, scheduler_reserve_full_isl=False)
+    tight = simulate(_cluster(unchecked), trace(rows), SimOptions(kv_gpu_blocks={"n0.i0": 400}))
     inst = tight.instances[0]
     assert all(r.status == "finished" for r in tight.requests)
     assert inst.kv.peak_used <= inst.kv.num_blocks == 399 and all_released(inst)
     assert inst.kv.peak_used > 2 * 190  # two windows beside two requests' blocks at once
+    # vLLM 0.19's whole-sequence check sizes the sliding group by the whole prompt too (188 + 188 blocks a request):
+    # one runs at a time. Alone in a pool short of that, a request runs when its window fits (vLLM would wait).
+    checked = simulate(_cluster(_instance(max_num_seqs=1024)), trace(rows), SimOptions(kv_gpu_blocks={"n0.i0": 400}))
+    assert checked.instances[0].kv.peak_used == 199 and all(r.status == "finished" for r in checked.requests)
+    alone = simulate(_cluster(_instance()), trace(rows[:1]), SimOptions(kv_gpu_blocks={"n0.i0": 300}))
+    assert alone.requests[0].status == "finished" and alone.instances[0].kv.peak_used == 199
     # A request whose blocks and window just fit runs; one a block longer cannot, and is rejected, not left waiting.
     fits = simulate(_cluster(_instance()), trace([(390 * 16 - 40, 40, 0.0), (390 * 16 - 39, 40, 0.0)]),
                     SimOptions(kv_gpu_blocks={"n0.i0": 400}))

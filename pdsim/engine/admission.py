@@ -130,7 +130,15 @@ class WaitingAdmission:
         (cached blocks it would reuse count only when they must leave the free queue)."""
         known = req.input_toks + req.num_generated - self._unseen_count(req)
         need = blocks_for(known, self.block_size) - req.blocks - hit + evict
-        return need + self.kv.window_blocks - req.window_blocks <= self.kv.free
+        if not self.kv.window_blocks:
+            return need <= self.kv.free
+        # With sliding-window layers (gpt-oss) vLLM sizes their group by the whole sequence as well: nothing of it
+        # is computed yet, so nothing falls out of the window (SlidingWindowManager.get_num_blocks_to_allocate).
+        # A request alone is admitted when its own window fits, where vLLM would wait for ever.
+        sliding = blocks_for(known, self.block_size) - hit
+        if self._slots_taken == 0 and need + sliding > self.kv.free:
+            sliding = self.kv.window_blocks
+        return need + sliding - req.window_blocks <= self.kv.free
 
     def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
         """Move a waiting request into the running batch with `num_new` tokens this step, after
