@@ -476,6 +476,30 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
 
 
+def test_expert_parallelism_over_a_dp_group_of_tp_instances_is_sequence_parallel():
+    # vLLM 0.19 (ParallelConfig.use_sequence_parallel_moe): with EP over DP x TP, each TP rank takes 1/tp of the
+    # tokens into the MoE block: the dispatch/combine rings run over all 4 GPUs, and the block ends with a TP
+    # all-gather where a dense MLP (and a MoE without it) ends with an all-reduce.
+    def group(ep_size: int):
+        tp2 = _instance(tp_size=2, ep_size=ep_size, dp_group="A")
+        res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2))), trace([(100, 3, 0.0)]), SimOptions())
+        return res.instances[0].predictor
+
+    sp, not_sp = group(4), group(2)  # ep_size 2 over a DP group of TP 2: experts split 2 ways, no vLLM layout
+    assert sp.moe_layer.placement.sequence_parallel and not not_sp.moe_layer.placement.sequence_parallel
+    bw_gbps, latency_ns = sp.moe_layer._link
+    tokens = 512
+    nbytes = tokens * 2048 * 2  # Qwen3-30B-A3B's hidden states in bf16
+    ring = 2 * (3 / 4 * nbytes / (bw_gbps * 1e3) + 3 * latency_ns * 1e-3)
+    assert sp.moe_layer.dispatch_combine_us(tokens) == pytest.approx(ring)
+    assert not_sp.moe_layer.dispatch_combine_us(tokens) == pytest.approx(
+        2 * (1 / 2 * nbytes / (bw_gbps * 1e3) + latency_ns * 1e-3))
+    allreduce, gather = sp._allreduce_us(nbytes), sp._all_gather_us(nbytes)
+    assert gather < allreduce
+    assert sp._layer_collectives_us(tokens) == pytest.approx(allreduce + gather)  # every layer is MoE
+    assert not_sp._layer_collectives_us(tokens) == pytest.approx(2 * allreduce)
+
+
 def test_fp8_kv_cache_halves_the_kv_transferred():
     def run(kv_cache_dtype: str) -> int:
         pd = [_instance(pd_type=t, kv_cache_dtype=kv_cache_dtype) for t in ("prefill", "decode")]

@@ -164,6 +164,13 @@ class ExpertPlacement:
     def local_experts(self, num_experts: int) -> int:
         return num_experts // self.ep_size
 
+    @property
+    def sequence_parallel(self) -> bool:
+        """vLLM's sequence-parallel MoE (`ParallelConfig.use_sequence_parallel_moe`: expert parallelism over a DP
+        group of TP > 1 instances): each TP rank takes its 1/tp of the tokens into the MoE block, so the
+        dispatch/combine runs over all dp x tp GPUs, and the block ends with a TP all-gather, not an all-reduce."""
+        return self.dp_size > 1 and self.tp > 1 and self.ep_size == self.dp_size * self.tp
+
 
 class MoELayerModel:
     """us of one MoE layer (experts + dispatch/combine) on one GPU by the group's token count."""
@@ -272,7 +279,8 @@ class MoELayerModel:
         return layer
 
     def dispatch_combine_us(self, group_tokens: int) -> float:
-        p = self.placement.dp_size
+        placement = self.placement
+        p = placement.dp_size * (placement.tp if placement.sequence_parallel else 1)
         bw_gbps, latency_ns = self._link
         if p <= 1 or bw_gbps <= 0:
             return 0.0

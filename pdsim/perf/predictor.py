@@ -122,6 +122,7 @@ class StepTimePredictor:
         self._act_bytes_per_token = model.hidden_size * dtype_bytes(profile.meta.dtype)
         self._logits_bytes_per_row = model.vocab_size * dtype_bytes(profile.meta.dtype)
         self.moe_layer: MoELayerModel | None = None
+        self._gathered_layer_fraction = 0.0  # the layers whose MLP block ends in a TP all-gather (_init_moe)
         self._moe_external = moe_external
         self._quantization = quantization
         if model.moe is not None:
@@ -212,6 +213,9 @@ class StepTimePredictor:
         self._mlp_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops if op in MLP_OPS]
         self._dense_ops = [op for op in self._dense_ops if op not in MLP_OPS]
         self._mlp_layer_fraction = mlp_layers / model.num_layers
+        # Sequence-parallel MoE (ExpertPlacement.sequence_parallel): a MoE block ends with a TP all-gather of its
+        # tokens' outputs in place of the all-reduce.
+        self._gathered_layer_fraction = 1 - self._mlp_layer_fraction if placement.sequence_parallel else 0.0
 
     # ------------------------------------------------------------ parts
 
@@ -224,7 +228,10 @@ class StepTimePredictor:
         """The all-gather of `sequences` rows of logits over the TP group (0 at tp 1)."""
         if self.tp <= 1:
             return 0.0
-        nbytes = sequences * self._logits_bytes_per_row
+        return self._all_gather_us(sequences * self._logits_bytes_per_row)
+
+    def _all_gather_us(self, nbytes: float) -> float:
+        """An all-gather whose output is `nbytes` over the TP group."""
         if self._allreduce_table is not None:
             # Only all-reduces were measured: an all-gather moves half an all-reduce's bytes.
             return self._allreduce_table(nbytes / 2)
@@ -236,8 +243,18 @@ class StepTimePredictor:
         if self.tp <= 1:
             return 0.0
         rows = tokens if sequences is None else sequences
-        return ((2 * self.num_layers + 1) * self._allreduce_us(tokens * self._act_bytes_per_token)
-                + self._logits_gather_us(rows)) * 1e-6
+        return (self.num_layers * self._layer_collectives_us(tokens) + self._allreduce_us(
+            tokens * self._act_bytes_per_token) + self._logits_gather_us(rows)) * 1e-6
+
+    def _layer_collectives_us(self, tokens: int) -> float:
+        """A layer's TP collectives at `tokens` tokens (0 at tp 1): two all-reduces, after attention and after the
+        MLP, the latter an all-gather in a sequence-parallel MoE block."""
+        if self.tp <= 1:
+            return 0.0
+        nbytes = tokens * self._act_bytes_per_token
+        allreduce = self._allreduce_us(nbytes)
+        gathered = self._gathered_layer_fraction
+        return 2 * allreduce - gathered * (allreduce - self._all_gather_us(nbytes)) if gathered else 2 * allreduce
 
     def _dense_us(self, tokens: int) -> float:
         """Token-parallel ops at T tokens, all layers, plus the TP all-reduces (also by T)."""
@@ -250,8 +267,8 @@ class StepTimePredictor:
             per_layer += count * table(tokens)
         if self.moe_layer is not None:
             per_layer += self._mlp_layer_fraction * sum(count * table(tokens) for table, count in self._mlp_items)
+        per_layer += self._layer_collectives_us(tokens)
         allreduce = self._allreduce_us(tokens * self._act_bytes_per_token) if self.tp > 1 else 0.0
-        per_layer += 2 * allreduce
         us = self.num_layers * per_layer + allreduce  # and the vocabulary-parallel embedding's
         if self.moe_layer is not None and not self._moe_external:
             us += self.moe_layer.step_us(tokens)
