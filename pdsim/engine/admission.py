@@ -134,7 +134,7 @@ class WaitingAdmission:
             return need <= self.kv.free
         # With sliding-window layers (gpt-oss) vLLM sizes their group by the whole sequence as well: nothing of it
         # is computed yet, so nothing falls out of the window (SlidingWindowManager.get_num_blocks_to_allocate).
-        # A request alone is admitted when its own window fits, where vLLM would wait for ever.
+        # A request alone is admitted when its own window fits, where vLLM would wait forever.
         sliding = blocks_for(known, self.block_size) - hit
         if self._slots_taken == 0 and need + sliding > self.kv.free:
             sliding = self.kv.window_blocks

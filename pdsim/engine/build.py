@@ -83,8 +83,8 @@ def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
     return (f"kv_cache_dtype {ic.kv_cache_dtype}: the profile's attention was timed with a {profiled} KV cache; "
             "decode attention, which streams the cache, is priced at the KV length of the same bytes "
             f"({dtype_bytes(ic.kv_dtype)} against {dtype_bytes(profiled)} per value), prefill attention as timed; no "
-            f"{ic.kv_cache_dtype} kernel "
-            "was measured (vLLM reads an fp8 cache with FlashInfer where FlashAttention 2 cannot, another kernel)")
+            f"{ic.kv_cache_dtype} kernel was measured (vLLM reads an fp8 cache with FlashInfer where FlashAttention 2 "
+            "cannot, another kernel)")
 
 
 def _dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
