@@ -105,6 +105,10 @@ class ModelSpec:
         sliding-window models, whose hybrid KV-cache allocator vLLM turns off there (pdsim/gpt_oss.py)."""
         return self
 
+    def in_engine(self, pd_type: str | None) -> ModelSpec:
+        """The model as an instance of this pd_type caches it: a prefill or decode one has a KV connector."""
+        return self if pd_type is None else self.with_connector_kv()
+
     @property
     def dense_mlp_layers(self) -> int:
         return self.num_layers - (self.moe.moe_layers if self.moe else 0)
@@ -253,6 +257,7 @@ def known_models(models_dir: Path | None = None) -> list[str]:
 # cluster config), for names pdsim does not bundle: name -> file. Bundled names are never replaced: the
 # registry lasts as long as the process, and a bundled name means the bundled model to every later run.
 _RUN_MODEL_FILES: dict[str, Path] = {}
+_COMPARED_MODEL_FILES: set[tuple[str, Path]] = set()  # files of bundled names, compared with the bundled config
 
 
 def use_model_file(name: str, path: str | Path) -> str | None:
@@ -261,12 +266,13 @@ def use_model_file(name: str, path: str | Path) -> str | None:
     from the bundled config (which is kept); None when there is nothing to say. The file is read and
     checked at once (errors name it)."""
     path = Path(path).resolve()
-    if _RUN_MODEL_FILES.get(name) == path:
-        return None
+    if _RUN_MODEL_FILES.get(name) == path or (name, path) in _COMPARED_MODEL_FILES:
+        return None  # taken, or compared with the bundled config, already: said once
     if name not in known_models():
         _load_model_file(name, path)
         _RUN_MODEL_FILES[name] = path
         return f"model {name!r} from {path} (pdsim bundles no config of that name)"
+    _COMPARED_MODEL_FILES.add((name, path))
     try:
         spec = _load_model_file(name, path)
     except PdsimError as e:  # not used, so not in the way: said, and the bundled config runs

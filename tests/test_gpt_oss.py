@@ -123,6 +123,18 @@ def test_each_running_request_holds_its_window_beside_its_blocks_not_max_num_seq
     assert checked.instances[0].kv.peak_used == 199 and all(r.status == "finished" for r in checked.requests)
     alone = simulate(_cluster(_instance()), trace(rows[:1]), SimOptions(kv_gpu_blocks={"n0.i0": 300}))
     assert alone.requests[0].status == "finished" and alone.instances[0].kv.peak_used == 199
+    # Preempted and finished requests give their windows back, synchronous and asynchronous.
+    many = [(1500, 300, 0.001 * i) for i in range(8)]
+    for async_scheduling in (False, True):
+        knobs = dict(scheduler_reserve_full_isl=False, async_scheduling=async_scheduling)
+        res = simulate(_cluster(_instance(**knobs)), trace(many), SimOptions(kv_gpu_blocks={"n0.i0": 400}))
+        assert res.instances[0].sched.num_preemptions > 0 and all(r.status == "finished" for r in res.requests)
+        assert all_released(res.instances[0])
+    # The planner's rate estimate counts the windows too: a 1,000-token mean KV is 63 blocks and 9 a request.
+    from pdsim.sweep.ratematch import Lengths, decode_rate
+
+    _, batch, _ = decode_rate(inst, Lengths(mean_input=900, mean_output=200), tpot_slo_ms=1e9)
+    assert batch == 399 // (63 + 9)
     # A request whose blocks and window just fit runs; one a block longer cannot, and is rejected, not left waiting.
     fits = simulate(_cluster(_instance()), trace([(390 * 16 - 40, 40, 0.0), (390 * 16 - 39, 40, 0.0)]),
                     SimOptions(kv_gpu_blocks={"n0.i0": 400}))

@@ -486,7 +486,7 @@ def test_expert_parallelism_over_a_dp_group_of_tp_instances_is_sequence_parallel
         return res.instances[0].predictor
 
     sp, not_sp = group(4), group(2)  # ep_size 2 over a DP group of TP 2: experts split 2 ways, no vLLM layout
-    assert sp.moe_layer.placement.sequence_parallel and not not_sp.moe_layer.placement.sequence_parallel
+    assert sp.moe_layer.sequence_parallel and not not_sp.moe_layer.sequence_parallel
     bw_gbps, latency_ns = sp.moe_layer._link
     tokens = 512
     nbytes = tokens * 2048 * 2  # Qwen3-30B-A3B's hidden states in bf16
@@ -498,6 +498,13 @@ def test_expert_parallelism_over_a_dp_group_of_tp_instances_is_sequence_parallel
     assert gather < allreduce
     assert sp._layer_collectives_us(tokens) == pytest.approx(allreduce + gather)  # every layer is MoE
     assert not_sp._layer_collectives_us(tokens) == pytest.approx(2 * allreduce)
+    # Mixtral's MoE block does not ask for it (vLLM's mixtral.py): the same layout keeps the DP rings and all-reduce.
+    mixtral = _instance(model_name="mistralai/Mixtral-8x7B-v0.1", tp_size=2, ep_size=4, dp_group="A",
+                        npu_mem={"mem_size": 96, "mem_bw": 1597, "mem_latency": 0})
+    res = simulate(cluster_config_from_dict(_cluster(mixtral, dict(mixtral))), trace([(100, 3, 0.0)]), SimOptions())
+    plain = res.instances[0].predictor
+    assert plain.moe_layer.placement.sequence_parallel_layout and not plain.moe_layer.sequence_parallel
+    assert plain._layer_collectives_us(tokens) == pytest.approx(2 * plain._allreduce_us(tokens * 4096 * 2))
 
 
 def test_fp8_kv_cache_halves_the_kv_transferred():

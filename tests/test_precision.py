@@ -242,6 +242,17 @@ def test_a_profile_of_the_base_model_times_its_fp8_checkpoint_not_another_shape(
     (tmp_path / "config.json").write_text(json.dumps(fp8))
     use_model_file("test-org/Llama-3.1-8B-FP8-base-profile", tmp_path / "config.json")
     found = find_profile("RTXPRO6000", "test-org/Llama-3.1-8B-FP8-base-profile", "fp8", 1, profile_dir=profile)
+    # Its attention is one 4-D grid: a mixed step's decode part reads an fp8 cache at the KV length of the same bytes.
+    from pdsim.perf.predictor import StepTimePredictor
+
+    model, hw = load_model("meta-llama/Llama-3.1-8B"), get_hardware("RTXPRO6000")
+    bf16_cache = StepTimePredictor(found, model, 1, hw)
+    fp8_cache = StepTimePredictor(found, model, 1, hw, kv_read_scale=0.5)
+    assert found.attention_grid4d is not None
+    assert fp8_cache.step_time_s(((256, 0),), 8, 8 * 2048) == pytest.approx(
+        bf16_cache.step_time_s(((256, 0),), 8, 8 * 1024), rel=1e-12)
+    assert fp8_cache.step_time_s(((256, 0),), 8, 8 * 2048, 4096) == pytest.approx(
+        bf16_cache.step_time_s(((256, 0),), 8, 8 * 1024, 2048), rel=1e-12)
     assert found is not None and found.meta.model == "meta-llama/Llama-3.1-8B"
     with pytest.raises(ProfileError, match="field 'model': the profile is for meta-llama/Llama-3.1-8B, but the "
                                            "instance runs Qwen/Qwen3-8B"):

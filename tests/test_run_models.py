@@ -80,6 +80,8 @@ def test_a_bundled_model_is_never_replaced_by_a_runs_file_and_a_difference_is_sa
     assert load_model("meta-llama/Llama-3.1-8B").num_layers == 32
     assert ("differs from pdsim's bundled config of that name (num_layers 2 there, 32 bundled); the bundled one is "
             "used") in capsys.readouterr().err
+    load_cluster_config(tmp_path / "cluster_config.json")  # read again (validate reads it twice): said once
+    assert "differs from pdsim's bundled config" not in capsys.readouterr().err
     (tmp_path / "same").mkdir()
     load_cluster_config(_run_dir(tmp_path / "same", "meta-llama/Llama-3.1-8B", LLAMA))  # the same: nothing to say
     assert capsys.readouterr().err == ""

@@ -931,11 +931,12 @@ def test_a_recorded_16_bit_dtype_sets_the_activations_and_the_weights_are_the_lo
     assert "- weights 8.46 (fp8 weights)" in out
     assert ("quantization fp8: the config's (its dtype fp8), kept beside meta.json's dtype float16 (vLLM's --dtype "
             "sets the activations)") in out
-    # A checkpoint pdsim knows is unquantised, and nothing recorded quantises it: the engine ran 16-bit weights.
-    out = weights({"model": "meta-llama/Llama-3.1-8B", "dtype": "bfloat16"}, {"dtype": "fp8"}, "bf16")
-    assert "- weights 14.96 -" in out
-    assert ("dtype bfloat16: meta.json records no quantization and names meta-llama/Llama-3.1-8B, an unquantised "
-            "checkpoint, so the engine ran 16-bit weights, the config says fp8") in out
+    # A checkpoint pdsim knows is unquantised, and nothing recorded quantises it: the engine ran 16-bit weights, which
+    # a config of fp8 weights (however spelled) contradicts.
+    for name, stated in (("bf16", {"dtype": "fp8"}), ("q8", {"quantization": "fp8"})):
+        with pytest.raises(PdsimError, match=r"names meta-llama/Llama-3.1-8B, an unquantised checkpoint: the engine "
+                                             r"ran 16-bit weights, but the config's instances run fp8 weights"):
+            weights({"model": "meta-llama/Llama-3.1-8B", "dtype": "bfloat16"}, stated, name)
     # A compressed-tensors checkpoint's run may record its format's name: the scheme is its quantization_config's.
     ct = {**json.loads((RTX / "model_config.json").read_text()), "quantization_config": {
         "quant_method": "compressed-tensors", "config_groups": {"group_0": {
@@ -1634,6 +1635,12 @@ def test_a_hybrid_models_measured_kv_size_is_read_in_vllms_units(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"vllm_version": "0.19.0", "engine_kwargs": kwargs,
                                                     "kv_cache": {"num_gpu_blocks": 3000, "block_size": 16}}))
     (tmp_path / "vllm.log").write_text("INFO [kv_cache_utils.py:1] GPU KV cache size: 24,000 tokens\n")
+    # an odd pool logs the same tokens: not a second engine's (it once said "is the log this run's engine's?")
+    from pdsim.validate.kv_capacity import measured_kv
+
+    odd = measured_kv({"kv_cache": {"num_gpu_blocks": 3001, "block_size": 16}}, "meta.json", tmp_path / "vllm.log",
+                      16, groups=2)
+    assert odd.num_gpu_blocks == 3001 and "this run's engine's" not in odd.source
     for extra in ((), ("--engine-log", str(tmp_path / "vllm.log"))):
         res = _validate_cli("--measured", str(tmp_path / "requests.jsonl"), "--cluster-config",
                             str(tmp_path / "cluster.json"), "--kv-capacity", "measured", "--step-time-margin-pct", "0",

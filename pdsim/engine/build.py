@@ -108,7 +108,7 @@ def build_instance(
     # The model as this instance's GPUs hold it: MXFP4 experts padded for the GPU's kernel, and the KV cache
     # of an engine with a KV connector.
     held = model.on_gpu(ic.hardware, placement.expert_tp)
-    held = held if ic.pd_type is None else held.with_connector_kv()
+    held = held.in_engine(ic.pd_type)
     try:
         profile = load_or_estimate(
             ic.hardware, model, ic.dtype, ic.tp_size,

@@ -291,7 +291,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
                               f"{needed / GIB:.2f} GiB per GPU, more than the {total_gib:.2f} GiB there ({source})")
     parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
                  activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
-    window = sliding_window_reserve(ic, model)
+    window = sliding_window_blocks(ic, model)
     if window is not None:
         parts.update(window_blocks=window[0], kv_groups=window[1])
         note += window[2]
@@ -329,7 +329,7 @@ def vllm_override_blocks(ic: InstanceConfig, block_bytes: int) -> tuple[int, str
     return None
 
 
-def sliding_window_reserve(ic: InstanceConfig, model: ModelSpec) -> tuple[int, int, str] | None:
+def sliding_window_blocks(ic: InstanceConfig, model: ModelSpec) -> tuple[int, int, str] | None:
     """(blocks each running request's sliding layers hold, KV-cache groups, note) for a model with sliding-window
     layers, else None. vLLM's hybrid allocator draws both groups' blocks from one pool and keeps a running
     request's sliding layers at the blocks reaching into its window (pdsim/gpt_oss.py): the scheduler takes

@@ -21,7 +21,8 @@ all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g t
   within each, extended linearly past its ends: a row only holds A <= k * tokens).
 * dispatch/combine (dp_size > 1): an all-gather of the T_g tokens' hidden states and a
   reduce-scatter of the expert outputs over the DP ranks, each a ring:
-  (P-1)/P * T_g * hidden * bytes / bw + (P-1) * latency, P = dp_size, over the link
+  (P-1)/P * T_g * hidden * bytes / bw + (P-1) * latency, P = dp_size (dp_size x tp in vLLM's
+  sequence-parallel MoE, SEQUENCE_PARALLEL_MOE_TYPES), over the link
   pdsim/engine/dp_group.py picks (docs/moe.md). Not measured: the profile has no collective tables.
 * without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so), at the
   instance's weight precision (`quantization`: fp8 experts at the fp8 peak, 1-byte weights plus
@@ -165,11 +166,17 @@ class ExpertPlacement:
         return num_experts // self.ep_size
 
     @property
-    def sequence_parallel(self) -> bool:
-        """vLLM's sequence-parallel MoE (`ParallelConfig.use_sequence_parallel_moe`: expert parallelism over a DP
-        group of TP > 1 instances): each TP rank takes its 1/tp of the tokens into the MoE block, so the
-        dispatch/combine runs over all dp x tp GPUs, and the block ends with a TP all-gather, not an all-reduce."""
+    def sequence_parallel_layout(self) -> bool:
+        """The layout of vLLM's sequence-parallel MoE (`ParallelConfig.use_sequence_parallel_moe`: expert
+        parallelism over a DP group of TP > 1 instances), which the models of SEQUENCE_PARALLEL_MOE_TYPES run so."""
         return self.dp_size > 1 and self.tp > 1 and self.ep_size == self.dp_size * self.tp
+
+
+# The model types whose vLLM 0.19 MoE block passes is_sequence_parallel to FusedMoE (model_executor/models/:
+# deepseek_v2, qwen3_moe, gpt_oss, ...): under that layout each TP rank takes its 1/tp of the tokens into the block,
+# the dispatch/combine runs over all dp x tp GPUs, and the block ends with a TP all-gather, not an all-reduce.
+# Mixtral, Qwen2-MoE and PhiMoE do not.
+SEQUENCE_PARALLEL_MOE_TYPES = frozenset({"deepseek_v2", "deepseek_v3", "qwen3_moe", "gpt_oss"})
 
 
 class MoELayerModel:
@@ -184,6 +191,8 @@ class MoELayerModel:
         self.placement = placement
         self.table = table
         self.local_experts = placement.local_experts(model.moe.num_experts)
+        self.sequence_parallel = (placement.sequence_parallel_layout
+                                  and model.architecture in SEQUENCE_PARALLEL_MOE_TYPES)
         self._bytes_per_token = model.hidden_size * dtype_bytes(dtype)
         self._hardware = hardware
         # (GB/s, ns) of the DP ranks' link: the GPU's intra-node link until a DP group sets one.
@@ -280,7 +289,7 @@ class MoELayerModel:
 
     def dispatch_combine_us(self, group_tokens: int) -> float:
         placement = self.placement
-        p = placement.dp_size * (placement.tp if placement.sequence_parallel else 1)
+        p = placement.dp_size * (placement.tp if self.sequence_parallel else 1)
         bw_gbps, latency_ns = self._link
         if p <= 1 or bw_gbps <= 0:
             return 0.0

@@ -213,9 +213,9 @@ class StepTimePredictor:
         self._mlp_items = [(dense[op], PER_LAYER_OPS[op]) for op in self._dense_ops if op in MLP_OPS]
         self._dense_ops = [op for op in self._dense_ops if op not in MLP_OPS]
         self._mlp_layer_fraction = mlp_layers / model.num_layers
-        # Sequence-parallel MoE (ExpertPlacement.sequence_parallel): a MoE block ends with a TP all-gather of its
+        # Sequence-parallel MoE (MoELayerModel.sequence_parallel): a MoE block ends with a TP all-gather of its
         # tokens' outputs in place of the all-reduce.
-        self._gathered_layer_fraction = 1 - self._mlp_layer_fraction if placement.sequence_parallel else 0.0
+        self._gathered_layer_fraction = 1 - self._mlp_layer_fraction if self.moe_layer.sequence_parallel else 0.0
 
     # ------------------------------------------------------------ parts
 

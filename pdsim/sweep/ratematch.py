@@ -111,7 +111,7 @@ def decode_rate(inst: Instance, lengths: Lengths, tpot_slo_ms: float,
     at the same batch) adds the MoE layers at the group's tokens."""
     out = max(1.0, lengths.mean_output)
     context = round(lengths.mean_input + out / 2)  # mean KV length over a request's decode
-    per_req_blocks = blocks_for(context, inst.kv.block_size)
+    per_req_blocks = blocks_for(context, inst.kv.block_size) + inst.kv.window_blocks  # and its sliding window's
     n_max = min(inst.spec.max_num_seqs, inst.kv.num_blocks // max(1, per_req_blocks))
     best_n, best_step = 0, math.inf
     for n in range(1, max(1, n_max) + 1):

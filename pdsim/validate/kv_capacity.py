@@ -29,7 +29,7 @@ class MeasuredKV:
     num_gpu_blocks: int  # vLLM's num_gpu_blocks: the pool, every KV-cache group's blocks
     block_size: int
     source: str
-    groups: int = 1  # KV-cache groups the pool serves (pdsim/perf/memory.py, sliding_window_reserve)
+    groups: int = 1  # KV-cache groups the pool serves (pdsim/perf/memory.py, sliding_window_blocks)
 
     @property
     def tokens(self) -> int:
@@ -91,6 +91,8 @@ def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_siz
     if engine_log is not None:
         logged = kv_from_log(engine_log, block_size, groups)
         recorded = kv_from_meta(meta, meta_source, block_size, groups)
+        if recorded is not None and recorded.tokens == logged.tokens:
+            return recorded  # the log's tokens round the pool of a hybrid model down to whole groups: the exact count
         if recorded is not None and recorded.num_gpu_blocks != logged.num_gpu_blocks:
             apart_pct = (logged.num_gpu_blocks / recorded.num_gpu_blocks - 1) * 100
             return replace(logged, source=f"{logged.source}, taken over {recorded.source}'s "

@@ -592,7 +592,10 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
                                 f"{kwargs['quantization']} (the checkpoint's own scheme, as vLLM reads it)")
     elif layout.quantization is None and run.records_engine_kwargs:
         # No --quantization: vLLM runs the weights as the checkpoint it loaded stores them (its quantization_config).
-        out.update(_unrecorded_weights(instances, run, loaded, checkpoint, recorded_dtype, said))
+        if (own := _unrecorded_weights(instances, run, loaded, checkpoint)) is not None:
+            out["quantization"] = own
+            said["quantization"] = (f"quantization {own}: meta.json records none, and the checkpoint it names, "
+                                    f"{loaded}, is so quantised (its quantization_config), as vLLM loads it")
     # LLMServingSim's dtype "fp8" is fp8 weights over bfloat16 activations; vLLM's --dtype sets the activations alone.
     stated_activations = {"bfloat16" if d == "fp8" else d for d in stated_dtype}
     if "dtype" not in out and recorded_dtype is not None and stated_activations != {recorded_dtype}:
@@ -626,9 +629,12 @@ def _loaded_checkpoint(run: MeasuredRun) -> tuple[str | None, ModelSpec | None]:
     id pdsim neither bundles nor was given the config.json of (what it stores is then not known here)."""
     from pdsim.models import load_model
 
-    name = run.engine_kwargs.get("model") or run.engine_meta.get("model")
-    if not isinstance(name, str) or name.count("/") != 1 or name.startswith((".", "/", "~")):
+    # the engine's argument first, else meta.json's own record; a local path names no checkpoint pdsim can read
+    ids = [n for n in (run.engine_kwargs.get("model"), run.engine_meta.get("model"))
+           if isinstance(n, str) and n.count("/") == 1 and not n.startswith((".", "/", "~"))]
+    if not ids:
         return None, None
+    name = ids[0]
     try:
         return name, load_model(name)
     except PdsimError:
@@ -653,33 +659,25 @@ def _checkpoint_scheme(instances: list[dict], run: MeasuredRun, method: str, loa
                      f"engine_kwargs; vLLM reads the scheme from the checkpoint's quantization_config): {why}")
 
 
-def _unrecorded_weights(instances: list[dict], run: MeasuredRun, loaded: str | None, checkpoint: ModelSpec | None,
-                        recorded_dtype: str | None, said: dict[str, str]) -> dict[str, object]:
+def _unrecorded_weights(instances: list[dict], run: MeasuredRun, loaded: str | None,
+                        checkpoint: ModelSpec | None) -> str | None:
     """A run recording its engine arguments but no quantization ran the checkpoint meta.json names as it is stored.
-    Where pdsim knows that checkpoint and the config states other weights, the checkpoint's are replayed."""
-    if checkpoint is None:
-        return {}  # the config's weights stand
+    Where pdsim knows that checkpoint and the config states other weights, its scheme (None: the config's stand);
+    an unquantised one under a config of fp8 weights (dtype "fp8", quantization, or an fp8 checkpoint) is refused."""
+    if checkpoint is None or any(not isinstance(inst.get("quantization"), str | None) for inst in instances):
+        return None  # the config's weights stand; a quantization that is no scheme's name is the config's error
     own = checkpoint.checkpoint_quantization
-    if any(not isinstance(inst.get("quantization"), str | None) for inst in instances):
-        return {}  # not a scheme's name: the config's validation names the field
     stated = {_stated_precision(inst, "quantization") for inst in instances}
     config_model = _stated_model(instances)
     if config_model is not None and stated == {None}:
         stated = {config_model.checkpoint_quantization}  # a quantised checkpoint named by the config runs so
     if stated == {own}:
-        return {}
+        return None
     if own is not None:
-        said["quantization"] = (f"quantization {own}: meta.json records none, and the checkpoint it names, {loaded}, "
-                                "is so quantised (its quantization_config), as vLLM loads it")
-        return {"quantization": own}
-    if any(inst.get("quantization") is not None for inst in instances):
-        raise PdsimError(f"{run.source}: meta.json records no quantization and names {loaded}, an unquantised "
-                         "checkpoint: the engine ran 16-bit weights, but the config's instances set quantization "
-                         f"{', '.join(sorted(str(q) for q in stated))}: give the measured engine's config")
-    dtype = recorded_dtype or "bfloat16"
-    said["dtype"] = (f"dtype {dtype}: meta.json records no quantization and names {loaded}, an unquantised "
-                     "checkpoint, so the engine ran 16-bit weights")
-    return {"dtype": dtype}
+        return own
+    raise PdsimError(f"{run.source}: meta.json records no quantization and names {loaded}, an unquantised "
+                     "checkpoint: the engine ran 16-bit weights, but the config's instances run "
+                     f"{', '.join(sorted(str(q) for q in stated))} weights: give the measured engine's config")
 
 
 def _recorded_expert_layout(instances: list[dict], run: MeasuredRun) -> dict[str, object]:
@@ -733,32 +731,33 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
 
     block_size = cfg.instances()[0].config.block_size
     meta_source = str(Path(run.source).parent / "meta.json")
-    kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size, _kv_groups(cfg))
+    kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size, _kv_window(cfg)[1])
     if kv_capacity == "measured":
         if kv is None:
             raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
                              "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
-        _check_holds_longest(run, kv)
+        _check_holds_longest(run, kv, _kv_window(cfg)[0])
         opts.kv_gpu_blocks = {ref.instance_id: kv.num_gpu_blocks * kv.block_size // ref.config.block_size
                               for ref in cfg.instances()}
     return kv
 
 
-def _kv_groups(cfg: ClusterConfig) -> int:
-    """The KV-cache groups one block pool of the replay's engines serves (2 for gpt-oss's hybrid allocator)."""
+def _kv_window(cfg: ClusterConfig) -> tuple[int, int]:
+    """(blocks a running request's sliding window holds, KV-cache groups one block pool serves) in the replay's
+    engines: (9, 2) for gpt-oss's hybrid allocator at 16-token blocks, else (0, 1)."""
     from pdsim.models import load_model
-    from pdsim.perf.memory import sliding_window_reserve
+    from pdsim.perf.memory import sliding_window_blocks
 
     ic = cfg.instances()[0].config
-    model = load_model(ic.model_name)
-    window = sliding_window_reserve(ic, model if ic.pd_type is None else model.with_connector_kv())
-    return 1 if window is None else window[1]
+    window = sliding_window_blocks(ic, load_model(ic.model_name).in_engine(ic.pd_type))
+    return (0, 1) if window is None else window[:2]
 
 
-def _check_holds_longest(run: MeasuredRun, kv: MeasuredKV) -> None:
+def _check_holds_longest(run: MeasuredRun, kv: MeasuredKV, window_blocks: int = 0) -> None:
     """A recorded KV capacity that cannot hold a request the measured engine finished contradicts the run: vLLM
     keeps a running request's whole sequence in its cache (and refuses to start when one max_model_len sequence
-    does not fit), so such a capacity is not the one the run had."""
+    does not fit), so such a capacity is not the one the run had. window_blocks: what its sliding window holds
+    beside them (pdsim/perf/memory.py, sliding_window_blocks)."""
     done = run.requests[run.requests.e2e_ms.notna()]
     if done.empty:
         return
@@ -766,7 +765,7 @@ def _check_holds_longest(run: MeasuredRun, kv: MeasuredKV) -> None:
     need = done.input_toks + done.output_toks - 1
     i = int(need.to_numpy().argmax())
     longest = int(need.iloc[i])
-    blocks = blocks_for(longest, kv.block_size)
+    blocks = blocks_for(longest, kv.block_size) + window_blocks
     if blocks > kv.num_gpu_blocks - 1:
         raise PdsimError(f"{kv.source}: {kv.tokens:,} tokens ({kv.num_gpu_blocks:,} blocks of {kv.block_size}) "
                          f"cannot hold a request the measured run finished ({done.input_toks.iloc[i]} prompt + "
