@@ -87,7 +87,7 @@ class WaitingAdmission:
         hit_tokens = hit * self.block_size
         todo = min(self._chunk_cap(self._known_todo(req) - hit_tokens), self.max_num_batched_tokens)
         need = blocks_for(req.num_computed + hit_tokens + todo, self.block_size) - req.blocks - hit + evict
-        return need + self.kv.window_blocks - req.window_blocks <= self.kv.free
+        return need + self.kv.window_blocks <= self.kv.free
 
     def _admit_waiting(self, plan: StepPlan, budget: int, now: float) -> int:
         """Admit waiting requests into the step; returns the token budget left."""
@@ -119,7 +119,7 @@ class WaitingAdmission:
                 break
             num_new = min(todo, budget)
             if blocks_for(req.num_computed + hit_tokens + num_new, self.block_size) - req.blocks - hit + evict \
-                    + self.kv.window_blocks - req.window_blocks > self.kv.free:
+                    + self.kv.window_blocks > self.kv.free:
                 break
             self.waiting.popleft()
             budget -= self._start(req, num_new, now, plan, hit)
@@ -138,7 +138,7 @@ class WaitingAdmission:
         sliding = blocks_for(known, self.block_size) - hit
         if self._slots_taken == 0 and need + sliding > self.kv.free:
             sliding = self.kv.window_blocks
-        return need + sliding - req.window_blocks <= self.kv.free
+        return need + sliding <= self.kv.free
 
     def _start(self, req: Request, num_new: int, now: float, plan: StepPlan, hit: int = 0) -> int:
         """Move a waiting request into the running batch with `num_new` tokens this step, after
@@ -148,9 +148,8 @@ class WaitingAdmission:
         if kv.enable_caching and not req.kv_ready:
             kv.start_request(req, hit)
         need = blocks_for(req.num_computed + num_new, self.block_size) - req.blocks
-        kv.allocate(need + kv.window_blocks - req.window_blocks)
+        kv.allocate(need + kv.window_blocks)  # a waiting request holds no window
         req.blocks += need
-        req.window_blocks = kv.window_blocks
         if req.cache_keys is not None and not req.kv_ready:
             self.kv.register_request(req, num_new)
         self.running[req] = None

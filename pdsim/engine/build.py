@@ -107,8 +107,7 @@ def build_instance(
     model = load_model(ic.model_name)
     # The model as this instance's GPUs hold it: MXFP4 experts padded for the GPU's kernel, and the KV cache
     # of an engine with a KV connector.
-    held = model.on_gpu(ic.hardware, placement.expert_tp)
-    held = held.in_engine(ic.pd_type)
+    held = model.on_gpu(ic.hardware, placement.expert_tp).in_engine(ic.pd_type)
     try:
         profile = load_or_estimate(
             ic.hardware, model, ic.dtype, ic.tp_size,

@@ -97,7 +97,7 @@ class BlockManager:
                  window_blocks: int = 0) -> None:
         self.num_blocks = num_blocks
         # Blocks a running request's sliding-window layers hold beside its own (pdsim/gpt_oss.py): taken when it
-        # is admitted, given back with its blocks (Request.window_blocks).
+        # is admitted, given back with its blocks (so a request holding blocks here holds these too).
         self.window_blocks = window_blocks
         self.block_size = block_size
         self.block_bytes = block_bytes

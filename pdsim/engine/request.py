@@ -23,7 +23,6 @@ class Request:
     num_computed: int = 0
     num_generated: int = 0
     blocks: int = 0  # KV blocks held on the instance that runs it
-    window_blocks: int = 0  # beside them, its sliding-window layers' (BlockManager.window_blocks)
     # Prefix information (empty: none, and no prefix caching for this request): Mooncake-style
     # ids of hash_block_tokens-token spans, the engine-block keys derived from them for one
     # block size, and the cached blocks it holds a reference on (a leading part of `blocks`).

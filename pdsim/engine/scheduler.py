@@ -451,9 +451,9 @@ class Scheduler(WaitingAdmission):
         cached) and put it at the head of the waiting queue, as vLLM's _preempt_request does."""
         if self.kv.enable_caching:
             self.kv.cache_preempted(victim, cached_tokens)
-        self.kv.free_request(victim.blocks + victim.window_blocks, victim.cache_keys)
+        self.kv.free_request(victim.blocks + self.kv.window_blocks, victim.cache_keys)  # and its window's
         victim.cache_keys = None
-        victim.blocks = victim.window_blocks = 0
+        victim.blocks = 0
         victim.num_computed = 0
         victim.preemptions += 1
         victim.status = "preempted"
@@ -545,12 +545,12 @@ class Scheduler(WaitingAdmission):
 
     def _finish(self, req: Request, now: float, out: StepOutcome) -> None:
         if self.async_scheduling:
-            self._releasing.append(Finishing(req, req.blocks + req.window_blocks, req.cache_keys,
+            self._releasing.append(Finishing(req, req.blocks + self.kv.window_blocks, req.cache_keys,
                                              self._decisions + self.async_depth))
         else:
-            self.kv.free_request(req.blocks + req.window_blocks, req.cache_keys)
+            self.kv.free_request(req.blocks + self.kv.window_blocks, req.cache_keys)  # and its window's
         req.cache_keys = None
-        req.blocks = req.window_blocks = 0
+        req.blocks = 0
         req.finish_s = now
         req.status = "finished"
         out.finished.append(req)

@@ -292,19 +292,20 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     parts = dict(block_bytes=block_bytes, block_size=ic.block_size, weight_bytes=weight_bytes,
                  activation_bytes=activation_bytes, other_bytes=other, predicted_gpu_blocks=blocks)
     window = sliding_window_blocks(ic, model)
+    window_blocks = 0 if window is None else window[0]  # one request's window beside its blocks must fit too
     if window is not None:
-        parts.update(window_blocks=window[0], kv_groups=window[1])
+        parts.update(window_blocks=window_blocks, kv_groups=window[1])
         note += window[2]
         detail += window[2]
     if measured_gpu_blocks is not None:
-        _check_room(measured_gpu_blocks - parts.get("window_blocks", 0), where,
+        _check_room(measured_gpu_blocks - window_blocks, where,
                     f"the measured engine's {measured_gpu_blocks} blocks", None)
         return KVBudget("measured", measured_gpu_blocks, note=f"the measured engine's {measured_gpu_blocks:,} "
                         f"blocks, instead of {note}", **parts)
     # The figure that set the size (vLLM applies num_gpu_blocks_override after kv_cache_memory_bytes).
     field = ("npu_mem.mem_size" if override is None else "num_gpu_blocks_override"
              if ic.num_gpu_blocks_override is not None else "kv_cache_memory_bytes")
-    _check_room(blocks - parts.get("window_blocks", 0), where, detail, field)
+    _check_room(blocks - window_blocks, where, detail, field)
     return KVBudget(kv_rule(ic), blocks, note=note, **parts)
 
 
