@@ -314,7 +314,8 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
 
     import simpy
 
-    from pdsim.engine.dp_group import DPGroup, cudagraph_sizes
+    from pdsim.engine.dp_group import DPGroup
+    from pdsim.perf.cudagraphs import cudagraph_sizes
 
     # vLLM 0.19's default capture sizes at max_num_seqs 128, 2048 batched tokens: 1, 2, 4, 8..248 by 8, 256.
     sizes = cudagraph_sizes(128, 2048)

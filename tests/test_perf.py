@@ -400,6 +400,39 @@ def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
         (65 * guess_us + guess_gather_us) * 1e-6, rel=1e-9)
 
 
+def test_steps_that_fit_a_cuda_graph_run_their_token_parallel_ops_padded(llama8b, rtx):
+    from pdsim.perf.cudagraphs import cudagraph_sizes, graph_sizes_run
+    from tests.helpers import cluster, instance, run
+
+    # vLLM pads a step of at most its largest capture size to the next one: GEMMs, norms and the TP all-reduces
+    # run at 64 tokens for a batch of 61; attention and the logits (lm_head, sampler, their all-gather) at 61.
+    prof = estimate_profile(rtx, llama8b, "bfloat16", 2)
+    sizes = cudagraph_sizes(128, 2048)
+    plain = StepTimePredictor(prof, llama8b, 2, rtx)
+    graphs = StepTimePredictor(prof, llama8b, 2, rtx, graph_sizes=sizes)
+    decode_only = StepTimePredictor(prof, llama8b, 2, rtx, graph_sizes=graph_sizes_run(sizes, True, 128),
+                                    graphs_decode_only=True)
+    pad_us = plain._dense_us(64) - plain._dense_us(61)
+    assert pad_us > 0
+    for chunks, n_decode in (((), 61), (((30, 100),), 31)):
+        step = (chunks, n_decode, n_decode * 500)
+        assert (graphs.step_time_s(*step) - plain.step_time_s(*step)) * 1e6 == pytest.approx(pad_us, rel=1e-9)
+        # FULL_DECODE_ONLY: a batch with a prefill chunk runs no graph
+        assert decode_only.step_time_s(*step) - plain.step_time_s(*step) == (
+            pytest.approx(pad_us * 1e-6, rel=1e-9) if not chunks else 0.0)
+    assert graphs.step_time_s([(300, 0)], 0, 0) == plain.step_time_s([(300, 0)], 0, 0)  # above the largest, 256
+    np.testing.assert_allclose(graphs.decode_run_s(61, 61 * 500, 5),
+                               [graphs.step_time_s((), 61, 61 * (500 + j)) for j in range(5)], rtol=1e-12)
+    # An instance runs its engine's graph sizes: vLLM 0.19's defaults, none under enforce_eager or cudagraph_mode
+    # NONE, and under FULL_DECODE_ONLY decode batches of at most max_num_seqs.
+    for knobs, expected in (({}, sizes), ({"enforce_eager": True}, []), ({"cudagraph_mode": "NONE"}, []),
+                            ({"cudagraph_mode": "FULL_DECODE_ONLY", "max_num_seqs": 100}, [1, 2, 4, *range(8, 97, 8)]),
+                            ({"cudagraph_capture_sizes": [4, 32]}, [4, 32])):
+        predictor = run(cluster(instance(None, **{"max_num_seqs": 128, "max_num_batched_tokens": 2048, **knobs})),
+                        [(100, 2, 0.0)]).instances[0].predictor
+        assert list(predictor.graph_sizes) == expected, knobs
+
+
 # ---------------------------------------------------------------- predictor
 
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import simpy
 
 from pdsim.config import GB, ClusterConfig, InstanceConfig, InstanceRef
-from pdsim.engine.dp_group import cudagraph_sizes
 from pdsim.engine.instance import Instance, InstanceSpec
 from pdsim.engine.options import SimOptions
 from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
@@ -27,6 +26,7 @@ from pdsim.hardware import (
 from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
 from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.perf.collectives import fused_allreduce_norm_tokens
+from pdsim.perf.cudagraphs import cudagraph_sizes, graph_sizes_run
 from pdsim.perf.estimate import load_or_estimate
 from pdsim.perf.memory import KVBudget, kv_budget
 from pdsim.perf.pipeline import pipeline_kv_budget
@@ -138,6 +138,8 @@ def build_instance(
         moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
         custom_all_reduce=not ic.disable_custom_all_reduce,
         fused_norm_tokens=_fused_norm_tokens(ic, hardware, model, dp_size), kv_read_scale=_kv_read_scale(ic, profile),
+        graph_sizes=graph_sizes_run(_capture_sizes(ic) or (), ic.cudagraph_mode == "FULL_DECODE_ONLY", ic.max_num_seqs),
+        graphs_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
     )
     predictor = step_times(profile, model, ic.tp_size, hardware, **knobs)
     if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py

@@ -37,7 +37,6 @@ to arrive prices the step and releases all of them, each then lets the same dura
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING
 
@@ -45,6 +44,7 @@ import simpy
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.step_plan import StepPlan
+from pdsim.perf.cudagraphs import graph_sizes_run, padded_tokens
 from pdsim.perf.moe_time import MoELayerModel
 
 # vLLM's DPEngineCoreProc._has_global_unfinished_reqs: the all-reduce of "any rank unfinished" runs
@@ -73,9 +73,8 @@ class DPGroup:
         self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
         # vLLM's CUDA graphs, fixed by the engine's arguments, which its ranks share: for the padding.
         spec = self.members[0].spec
-        self._graph_sizes: tuple[int, ...] = spec.cudagraph_sizes
+        self._graph_sizes = graph_sizes_run(spec.cudagraph_sizes, spec.cudagraph_decode_only, spec.max_num_seqs)
         self._graphs_decode_only = spec.cudagraph_decode_only
-        self._max_num_seqs = spec.max_num_seqs
 
     # -- routing --------------------------------------------------------------------------------
     @property
@@ -146,9 +145,7 @@ class DPGroup:
         sizes = self._graph_sizes
         if not sizes or max(tokens) > sizes[-1] or (self._graphs_decode_only and mixed):
             return sum(tokens), max(tokens)
-        padded = sizes[bisect_left(sizes, max(tokens))]
-        if self._graphs_decode_only and padded > self._max_num_seqs:  # vLLM captured decode graphs up to there
-            return sum(tokens), max(tokens)
+        padded = padded_tokens(sizes, max(tokens))
         return padded * len(tokens), padded
 
 
@@ -163,17 +160,6 @@ def route(router: Router, candidates: Sequence[Instance], group_of: dict[str, DP
     if isinstance(unit, DPGroup):
         return unit.choose_rank([c for c in candidates if group_of.get(c.id) is unit])
     return unit
-
-
-def cudagraph_sizes(max_num_seqs: int, max_num_batched_tokens: int, sizes: Sequence[int] | None = None,
-                    max_size: int | None = None) -> list[int]:
-    """vLLM 0.19's CUDA-graph capture sizes (config/vllm.py `_set_cudagraph_sizes`): the given `sizes` up to
-    max_num_batched_tokens, sorted; else 1, 2, 4, then every 8 below 256, then every 16, up to `max_size`
-    (default min(2 x max_num_seqs, 512)), at most max_num_batched_tokens."""
-    if sizes is not None:
-        return sorted({size for size in sizes if size <= max_num_batched_tokens})
-    cap = min(min(2 * max_num_seqs, 512) if max_size is None else max_size, max_num_batched_tokens)
-    return [s for s in (1, 2, 4) if s <= cap] + list(range(8, min(cap + 1, 256), 8)) + list(range(256, cap + 1, 16))
 
 
 def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str, Instance]) -> list[DPGroup]:

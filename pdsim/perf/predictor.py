@@ -60,6 +60,7 @@ from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
 from pdsim.perf.collectives import AllReduceModel, custom_all_reduce_runs, interconnect_model, unknown_gpu_model
+from pdsim.perf.cudagraphs import padded_tokens
 from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
@@ -95,6 +96,8 @@ class StepTimePredictor:
         custom_all_reduce: bool = True,  # False: vLLM's --disable-custom-all-reduce (NCCL only)
         fused_norm_tokens: int | None = None,  # steps of at most this many tokens fuse all-reduce and norm
         kv_read_scale: float = 1.0,  # bytes of the instance's KV values over those the profile's attention read
+        graph_sizes: Sequence[int] = (),  # vLLM's CUDA-graph capture sizes (perf/cudagraphs.py); () for none
+        graphs_decode_only: bool = False,  # FULL_DECODE_ONLY: graph_sizes (those it can run) hold decode batches only
     ) -> None:
         self.profile = profile
         self.model = model
@@ -113,6 +116,9 @@ class StepTimePredictor:
         # Decode attention streams the cache: a cache of other bytes per value than the profile's costs what the
         # profile's does at the KV length of the same bytes (build.py, _kv_dtype_note).
         self.kv_read_scale = float(kv_read_scale)
+        # A step of at most the largest graph size runs its token-parallel ops and collectives padded to a graph size.
+        self.graph_sizes = tuple(graph_sizes)
+        self.graphs_decode_only = graphs_decode_only
         if self._grid4d is None and (profile.attention_prefill is None or profile.attention_decode is None):
             raise ProfileError(f"{profile.meta.path}: profile has no attention tables")
         self._dense_ops = [op for op in PER_LAYER_OPS if op in profile.dense]
@@ -288,7 +294,9 @@ class StepTimePredictor:
         key = (tokens, sequences)
         cached = self._nonattn_cache.get(key)
         if cached is None:
-            cached = (self._dense_us(tokens) + self._per_seq_us(sequences) + self.step_overhead_us
+            graphed = tokens if self.graphs_decode_only and tokens != sequences else padded_tokens(self.graph_sizes,
+                                                                                                 tokens)
+            cached = (self._dense_us(graphed) + self._per_seq_us(sequences) + self.step_overhead_us
                       + self.step_overhead_per_seq_us * sequences)
             self._nonattn_cache[key] = cached
         return cached
