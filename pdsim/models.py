@@ -54,7 +54,7 @@ def dtype_bytes(dtype: str) -> int:
         raise PdsimError(f"unknown dtype {dtype!r}; known dtypes: {known}") from None
 
 
-_NOT_SHAPE = ("name", "checkpoint_quantization", "max_position_embeddings")
+_NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ class ModelSpec:
     # The checkpoint's own weight quantization (its config.json's quantization_config), which vLLM
     # applies without --quantization: "fp8", "fp8_block" or None (pdsim/models.py, checkpoint_quantization).
     checkpoint_quantization: str | None = None
+    # The KV cache dtype vLLM resolves kv_cache_dtype "auto" to for this checkpoint: "fp8" for a ModelOpt one whose
+    # quantization_config stores the cache in fp8 (checkpoint_kv_cache_dtype), None for the model's dtype.
+    checkpoint_kv_cache_dtype: str | None = None
     # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
     # and the final one (PhiMoE's LayerNorm), on lm_head (PhiMoE).
     qkv_bias: bool = False
@@ -338,6 +341,22 @@ def checkpoint_quantization(path: Path, raw: dict) -> str | None:
                      "MXFP4 are)")
 
 
+def checkpoint_kv_cache_dtype(raw: dict) -> str | None:
+    """"fp8" where vLLM 0.19 runs kv_cache_dtype "auto" as fp8 for this checkpoint, else None (the model's dtype).
+    vLLM resolves "auto" from a ModelOpt checkpoint's `kv_cache_scheme` or `kv_cache_quant_algo` only
+    (utils/torch_utils.py `resolve_kv_cache_dtype_string`); any other scheme there falls back to "auto"."""
+    q = raw.get("quantization_config")
+    if not isinstance(q, dict) or not str(q.get("quant_method", "")).startswith("modelopt"):
+        return None
+    inner = q.get("quantization", q) if isinstance(q.get("quantization", q), dict) else q
+    algo = (inner.get("kv_cache_scheme") or q.get("kv_cache_scheme") or inner.get("kv_cache_quant_algo")
+            or q.get("kv_cache_quant_algo"))
+    if isinstance(algo, dict):
+        fp8 = algo.get("dynamic") is False and algo.get("num_bits") == 8 and algo.get("type") == "float"
+        return "fp8" if fp8 else None
+    return "fp8" if isinstance(algo, str) and algo.lower() == "fp8" else None
+
+
 def _check_supported(path: Path, model_type: str, raw: dict) -> None:
     """Refuse what pdsim does not model, naming the field."""
     if model_type not in _SUPPORTED_MODEL_TYPES:
@@ -413,6 +432,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         max_position_embeddings=field("max_position_embeddings"),
         moe=moe_from_hf(path, model_type, raw, num_layers),
         checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
+        checkpoint_kv_cache_dtype=checkpoint_kv_cache_dtype(raw),
         qkv_bias=model_type in ("qwen2", "qwen2_moe") or (model_type in ATTENTION_BIAS_TYPES
                                                           and raw.get("attention_bias") is True),
         o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,

@@ -11,7 +11,7 @@ import pytest
 
 from pdsim.config import load_cluster_config
 from pdsim.errors import ConfigError, PdsimError, ProfileError
-from pdsim.models import MODELS_DIR, checkpoint_quantization, load_model
+from pdsim.models import MODELS_DIR, checkpoint_kv_cache_dtype, checkpoint_quantization, load_model
 from pdsim.perf.profile import find_profile
 
 LLAMA = json.loads((MODELS_DIR / "meta-llama" / "Llama-3.1-8B.json").read_text())
@@ -31,6 +31,49 @@ COMPRESSED_FP8 = {"quant_method": "compressed-tensors", "config_groups": {
 def test_checkpoint_quantization_as_vllm_reads_it(config, expected):
     assert checkpoint_quantization(Path("c.json"), {"quantization_config": config}) == expected
     assert checkpoint_quantization(Path("c.json"), {}) is None
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}, "fp8"),  # nvidia/*-FP8
+    ({"quant_method": "modelopt", "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "fp8"}}, "fp8"),
+    ({"quant_method": "modelopt_fp4", "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"}}, "fp8"),
+    ({"quant_method": "modelopt", "kv_cache_scheme": {"dynamic": True, "num_bits": 8, "type": "float"}}, None),
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": None}, None),
+    ({"quant_method": "modelopt", "kv_cache_quant_algo": "NVFP4"}, None),  # vLLM falls back to "auto"
+    ({**COMPRESSED_FP8, "kv_cache_scheme": {"num_bits": 8, "type": "float"}}, None),  # not read for "auto"
+])
+def test_kv_cache_dtype_auto_as_vllm_resolves_it_from_the_checkpoint(config, expected):
+    assert checkpoint_kv_cache_dtype({"quantization_config": config}) == expected
+
+
+def test_a_modelopt_checkpoint_with_an_fp8_kv_scheme_runs_an_fp8_cache_under_auto(tmp_path):
+    from pdsim.engine.cluster import SimOptions, simulate
+    from tests.helpers import trace
+
+    modelopt = {"quant_method": "modelopt", "quant_algo": "FP8"}
+    tokens = {}
+    for kv_algo, kv_cache_dtype in ((None, "auto"), ("FP8", "auto"), ("FP8", "bfloat16")):
+        name = f"acme/Llama-3.1-8B-modelopt-{kv_algo}-test"
+        run = tmp_path / f"{kv_algo}-{kv_cache_dtype}"
+        run.mkdir()
+        cfg = load_cluster_config(_run_dir(run, name, {**LLAMA, "quantization_config": {
+            **modelopt, "kv_cache_quant_algo": kv_algo}}, kv_cache_dtype=kv_cache_dtype))
+        result = simulate(cfg, trace([(100, 2, 0.0)]), SimOptions())
+        info, notes = result.infos[0], result.instances[0].predictor.notes
+        assert info.kv_cache_dtype == ("fp8" if (kv_algo, kv_cache_dtype) == ("FP8", "auto") else "bfloat16")
+        assert any(f"kv_cache_dtype auto: fp8, as vLLM resolves it from {name}" in n for n in notes) == (
+            info.kv_cache_dtype == "fp8")
+        tokens[kv_algo, kv_cache_dtype] = info.kv_tokens
+    # A profile measured with "auto" on such a checkpoint timed its attention over an fp8 cache.
+    from dataclasses import replace
+
+    from pdsim.engine.build import _profiled_kv_dtype
+    meta = result.instances[0].predictor.profile.meta
+    assert _profiled_kv_dtype(replace(meta, model=name, engine_kv_cache_dtype="auto")) == "fp8"
+    assert _profiled_kv_dtype(replace(meta, model=name, engine_kv_cache_dtype="bfloat16")) == "bfloat16"
+    assert _profiled_kv_dtype(replace(meta, model="acme/unknown", engine_kv_cache_dtype=None)) == meta.dtype
+    assert tokens[None, "auto"] == tokens["FP8", "bfloat16"]
+    assert 0 <= tokens["FP8", "auto"] - 2 * tokens[None, "auto"] <= 16  # twice the blocks of half the bytes, +-1
 
 
 @pytest.mark.parametrize("config,field", [

@@ -274,6 +274,8 @@ class InstanceConfig(_Strict):
     @property
     def kv_dtype(self) -> str:
         """The dtype the KV cache is stored in (its bytes per value)."""
+        if self.kv_cache_dtype == "auto":  # vLLM resolves it from the checkpoint (ModelSpec.checkpoint_kv_cache_dtype)
+            return load_model(self.model_name).checkpoint_kv_cache_dtype or self.dtype
         return KV_CACHE_DTYPES[self.kv_cache_dtype] or self.dtype
 
     def effective_ep_size(self) -> int:

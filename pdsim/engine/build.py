@@ -13,7 +13,7 @@ from pdsim.engine.options import SimOptions
 from pdsim.engine.pipeline import AsyncPipelinedInstance, PipelinedInstance
 from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
-from pdsim.errors import ConfigError, ProfileError
+from pdsim.errors import ConfigError, PdsimError, ProfileError
 from pdsim.hardware import (
     HardwareSpec,
     board_family,
@@ -62,6 +62,11 @@ def build_instances(
 def _profiled_kv_dtype(meta: ProfileMeta) -> str:
     """The KV cache a measured profile's attention was timed with (engine_effective.kv_cache_dtype)."""
     recorded = meta.engine_kv_cache_dtype or "auto"
+    if recorded == "auto":  # vLLM resolved it from the profiled checkpoint (ModelSpec.checkpoint_kv_cache_dtype)
+        try:
+            return load_model(meta.model).checkpoint_kv_cache_dtype or meta.dtype
+        except PdsimError:  # a model pdsim does not know: the activations'
+            return meta.dtype
     # A kv_cache_dtype vLLM has that pdsim's table lacks (fp8_inc, ...): fp8 by its name, else the activations'.
     return (KV_CACHE_DTYPES[recorded] if recorded in KV_CACHE_DTYPES
             else "fp8" if "fp8" in recorded else None) or meta.dtype
@@ -171,6 +176,9 @@ def build_instance(
     elif mismatch == "family":
         predictor.notes.append(f"the profile names the family {profile.meta.hardware!r}, not which board measured it "
                                f"(no device recorded): its step times are taken as the {ic.hardware}'s")
+    if ic.kv_cache_dtype == "auto" and model.checkpoint_kv_cache_dtype is not None:
+        predictor.notes.append(f"kv_cache_dtype auto: {model.checkpoint_kv_cache_dtype}, as vLLM resolves it from "
+                               f"{model.name}'s quantization_config (its KV cache scheme)")
     if ic.cudagraph_capture_sizes is not None and _capture_sizes(ic) == ():
         predictor.notes.append(f"cudagraph_capture_sizes: none at or below max_num_batched_tokens "
                                f"{ic.max_num_batched_tokens:,}, which vLLM drops, so no step runs a CUDA graph")
