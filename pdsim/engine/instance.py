@@ -10,7 +10,7 @@ where a step-by-step engine would first see the arrival.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -518,7 +518,7 @@ class Instance:
             else:
                 durations = predictor.decode_run_s(
                     plan.n_decode, plan.kv_decode_sum, plan.max_steps, plan.kv_decode_max)
-                ends = np.cumsum(durations)
+                ends = durations.cumsum()  # the method: np.cumsum's dispatch costs more than the sum of a short run
                 self._run = (start, ends, plan.n_decode)
                 self._run_later_blocks = None  # found when first needed (has_room_for)
                 self._run_ends = None
@@ -585,13 +585,14 @@ class Instance:
         # A real engine looks at its input between any two steps; a run of decode steps passed in
         # one event still had those boundaries. One that came within the trace's resolution after a step's end
         # was there at that end (not before its own arrival, though).
-        ends = np.array([self.env.now])
+        ends = [self.env.now]
         if self._last_steps is not None:
             end, durations = self._last_steps
-            ends = np.append(end - float(durations.sum()) + np.cumsum(durations), self.env.now)
+            ends = (end - float(durations.sum()) + durations.cumsum()).tolist() + ends
+        # bisect_left is np.searchsorted's binary search (side 'left'), without numpy's per-call cost.
         for req in self._not_picked_up:
-            at = int(np.searchsorted(ends, req.queued_s - ARRIVAL_RESOLUTION_S))
-            req.picked_up_s = max(float(ends[min(at, len(ends) - 1)]), req.queued_s)
+            at = bisect_left(ends, req.queued_s - ARRIVAL_RESOLUTION_S)
+            req.picked_up_s = max(ends[min(at, len(ends) - 1)], req.queued_s)
         self._not_picked_up.clear()
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
