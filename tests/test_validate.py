@@ -884,6 +884,32 @@ def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
 
 
 @needs_shared
+def test_an_unrecorded_tp_size_or_kv_cache_dtype_is_vllms_default_not_the_configs(tmp_path):
+    # meta.json records engine_kwargs, so one they leave out ran vLLM's default: TP 1 and an "auto" cache.
+    requests = _rtx_run_with(tmp_path)
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    for key in ("tensor_parallel_size", "kv_cache_dtype"):
+        meta["engine_kwargs"].pop(key, None)
+    requests.with_name("meta.json").write_text(json.dumps(meta))
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    cfg["nodes"][0]["instances"][0].update(tp_size=2, num_npus=2)
+    (tmp_path / "tp2.json").write_text(json.dumps(cfg))
+    with pytest.raises(PdsimError, match=r"has tp_size 2, but the measured engine ran tensor_parallel_size 1 "
+                                         r"\(vLLM's default: .* meta.json engine_kwargs record none\)"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(tmp_path / "tp2.json"),
+                      "--output", str(tmp_path / "v.csv"))
+    cfg["nodes"][0]["instances"][0].update(tp_size=1, num_npus=1, kv_cache_dtype="fp8")
+    (tmp_path / "fp8.json").write_text(json.dumps(cfg))
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(tmp_path / "fp8.json"),
+                        "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert ("NOTE: kv_cache_dtype auto: vLLM's default, which the measured engine ran (meta.json engine_kwargs "
+            "record none); the config says fp8") in res.output
+    assert "predicted 574,032 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
+
+
+@needs_shared
 def test_without_chunked_prefill_an_unrecorded_budget_is_the_recorded_max_model_len(tmp_path):
     # vLLM 0.19 (arg_utils.py): chunked prefill off and no max_num_batched_tokens: the budget is max_model_len.
     requests = _rtx_run_with(tmp_path, enable_chunked_prefill=False, max_num_batched_tokens=None, max_model_len=4096)

@@ -159,16 +159,19 @@ def _check_parallelism(run: MeasuredRun, instances: list[dict], cluster_config: 
             sized.append(inst)
     for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
         recorded = _recorded_int(run.engine_kwargs, key, 1, meta)
+        ran = f"{key} {recorded} ({run.source}'s meta.json engine_kwargs)"
         if recorded is None:
-            continue
+            if not run.records_engine_kwargs:
+                continue
+            recorded = 1  # vLLM's default, which the engine ran
+            ran = f"{key} 1 (vLLM's default: {run.source}'s meta.json engine_kwargs record none)"
         for n, inst in enumerate(sized):
             stated = inst.get(field, 1)
             if type(stated) is not int or stated < 1:  # not a size: the config's own validation names the field
                 continue
             if stated != recorded:
                 raise PdsimError(f"{cluster_config}: instance {n + 1} of {len(sized)} has {field} {stated}, but "
-                                 f"the measured engine ran {key} {recorded} ({run.source}'s meta.json "
-                                 "engine_kwargs): give the measured engine's config")
+                                 f"the measured engine ran {ran}: give the measured engine's config")
 
 
 def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path) -> None:
@@ -607,10 +610,15 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
                                     f"meta.json's dtype {recorded_dtype} (vLLM's --dtype sets the activations)")
     stated_fp8_kv = any(str(_stated_precision(inst, "kv_cache_dtype")).startswith("fp8") for inst in instances)
     if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_fp8_kv):
-        # "auto" recorded is the model's dtype, which the engine ran whatever the config says
+        # "auto" recorded is the checkpoint's cache, which the engine ran whatever the config says
         out["kv_cache_dtype"] = layout.kv_cache_dtype
+    elif "kv_cache_dtype" not in kwargs and stated_fp8_kv and run.records_engine_kwargs:
+        out["kv_cache_dtype"] = "auto"  # vLLM's default
     for key, value in out.items():
         stated = {str(v) for inst in instances if (v := _stated_precision(inst, key)) is not None}
+        if key == "kv_cache_dtype" and key not in kwargs:
+            run.notes.append(_default_ran_note(key, value, ", ".join(sorted(stated))))
+            continue
         was = f", the config says {', '.join(sorted(stated))}" if stated and stated != {value} else ""
         run.notes.append(said[key] + was if key in said else f"{key} {value} from meta.json engine_kwargs{was}")
     if "quantization" in out and "dtype" not in out and any(inst.get("dtype") == "fp8" for inst in instances):
