@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,13 +143,22 @@ def _csv_opener(path: Path) -> Callable[..., contextlib.AbstractContextManager[i
     return _OPENERS.get(suffix, open)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(text: str | bytes, where: str, error: type[PdsimError] = PdsimError) -> object:
     """JSON with the checks json.loads leaves out: a key repeated in one object (json.loads keeps the
     last silently), nesting too deep for the parser, numbers too long to convert."""
     if isinstance(text, bytes):
         text = decode_text(text, where, error)
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        if _SURROGATE_ESCAPE.search(text):  # a pair makes one character; a lone half is no text
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except UnicodeEncodeError as e:
+        raise error(f"{where}: not valid JSON text (a lone UTF-16 surrogate escape, \\u{ord(e.object[e.start]):04x}, "
+                    "encodes no character)") from None
     except json.JSONDecodeError as e:
         # One line of a JSONL file is named file:line already: add only the column (file:line:column).
         one_line = e.lineno == 1 and where.rpartition(":")[2].isdigit()

@@ -229,6 +229,9 @@ def _bad_file_cases(tmp_path: Path) -> list[tuple[str, Path, str]]:
     p = tmp_path / "deep.json"
     p.write_text('{"num_nodes": ' + "[" * 100_000 + "]" * 100_000 + "}")
     cases.append(("config", p, "nested too deeply"))
+    p = tmp_path / "surrogate.json"  # a JSON escape of half a UTF-16 pair: ASCII text that decodes to no character
+    p.write_text(base.replace('"num_nodes"', '"_note\\ud800": 1, "num_nodes"', 1))
+    cases.append(("config", p, "a lone UTF-16 surrogate escape, \\ud800"))
     p = tmp_path / "dup.jsonl"
     p.write_text('{"input_toks": 20, "output_toks": 4, "arrival_time_ns": 0, "output_toks": 9}\n')
     cases.append(("trace", p, "'output_toks' appears twice"))
