@@ -1179,6 +1179,49 @@ def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_pat
         assert "; meta.json fields not read: engine_args" in out
 
 
+@needs_shared
+@pytest.mark.parametrize("recorded,expected", [
+    ("FLOAT16", "dtype float16 from meta.json engine_kwargs"),  # vLLM lower-cases --dtype
+    ("Half", "dtype float16 from meta.json engine_kwargs"),
+    ("fp8", "engine_kwargs.dtype: expected one of vLLM's --dtype values (auto, half, float16, bfloat16, float, "
+            "float32), got 'fp8' (fp8 weights are vLLM's --quantization fp8)"),
+    ("bf16", "engine_kwargs.dtype: expected one of vLLM's --dtype values"),
+    (3, "engine_kwargs.dtype: expected one of vLLM's --dtype values"),
+    ("float32", "pdsim cannot express this run: dtype float32"),
+])
+def test_a_recorded_dtype_is_read_as_vllm_reads_it(tmp_path, recorded, expected):
+    requests = _rtx_run_with(tmp_path, dtype=recorded)
+    args = ("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir",
+            str(RTX / "profile"), "--step-time-margin-pct", "0", "--output", str(tmp_path / "v.csv"))
+    if expected.startswith("dtype"):
+        res = _validate_cli(*args)
+        assert res.exit_code == 0 and expected in res.output, res.output
+        return
+    with pytest.raises(PdsimError, match=re.escape(expected)):
+        _validate_cli(*args)
+
+
+@needs_shared
+def test_a_recorded_kv_capacity_larger_than_the_gpu_is_refused(tmp_path):
+    # 35,877 blocks of 16 are the run's 574,032 tokens (70 GiB of bf16 KV); the token count written as the block
+    # count would be 1.1 TB of KV on a 96 GB GPU: no run had that, under either --kv-capacity.
+    requests = _rtx_run_with(tmp_path)
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    for blocks, ok in ((35_877, True), (574_032, False)):
+        meta["kv_cache"] = {"num_gpu_blocks": blocks, "block_size": 16}
+        requests.with_name("meta.json").write_text(json.dumps(meta))
+        for mode in ("predicted", "measured"):
+            args = ("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir",
+                    str(RTX / "profile"), "--kv-capacity", mode, "--step-time-margin-pct", "0",
+                    "--output", str(tmp_path / "v.csv"))
+            if ok:
+                assert _validate_cli(*args).exit_code == 0
+                continue
+            with pytest.raises(PdsimError, match=r"kv_cache.num_gpu_blocks: 574,032 blocks of 16 tokens would take "
+                                                 r"1,121.2 GB of KV per GPU .* more than the config's 96 GB GPU"):
+                _validate_cli(*args)
+
+
 MOE = SHARED / "llmservingsim-rtxpro6000-qwen3-30b-a3b"
 
 
@@ -1378,8 +1421,9 @@ def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
     requests.with_name("meta.json").write_text(json.dumps({**meta, "model": "someorg/llama-copy"}))
     run = read_measured(requests)
     replay_config(RTX / "cluster_config.json", run, None)
-    assert "NOTE: the config's instances serve meta-llama/Llama-3.1-8B, the run's meta.json names someorg/llama-copy" \
-        in run.notes
+    assert ("NOTE: the config's instances serve meta-llama/Llama-3.1-8B, the run's meta.json names someorg/llama-copy: "
+            "pdsim knows neither its shape nor its weights' format, so meta-llama/Llama-3.1-8B's are taken for it") \
+        in " ".join(run.notes)
     # A 1P1D config replaying one engine without a KV connector.
     run = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)

@@ -203,8 +203,11 @@ def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: 
                 raise PdsimError(f"{cluster_config}: the instances serve {name}, but the measured engine ran "
                                  f"{recorded} ({run.source}'s meta.json), a model of another shape: give the "
                                  "measured engine's config")
+            unread = "" if shape is not None else (
+                f": pdsim knows neither its shape nor its weights' format, so {name}'s are taken for it (an fp8 "
+                "checkpoint's run needs a config of fp8 weights, or the checkpoint's config.json as model_config.json)")
             run.notes.append(f"NOTE: the config's instances serve {name}, the run's meta.json names {recorded}"
-                             + (" (the same shape)" if shape is not None else ""))
+                             + (" (the same shape)" if shape is not None else unread))
 
 
 def _check_max_model_len(run: MeasuredRun) -> None:
@@ -574,6 +577,7 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
                              "is not modelled (meta.json engine_kwargs)")
     loaded, checkpoint = _loaded_checkpoint(run)
     precision = {k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")}
+    dtype = precision["dtype"] = _recorded_dtype(kwargs.get("dtype"), run)
     method = str(kwargs.get("quantization") or "").lower()
     if method in _CHECKPOINT_METHODS:  # the checkpoint's own scheme, under its format's name
         precision["quantization"] = _checkpoint_scheme(instances, run, method, loaded, checkpoint)
@@ -587,7 +591,7 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         block = model is not None and model.checkpoint_quantization == "fp8_block"
         out["quantization"] = "fp8_block" if block else layout.quantization
     # The activations' 16-bit type as vLLM's --dtype names it ("auto": the checkpoint's, which the config states).
-    recorded_dtype = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16"}.get(str(kwargs.get("dtype")))
+    recorded_dtype = {"half": "float16", "float16": "float16", "bfloat16": "bfloat16"}.get(str(dtype))
     stated_dtype = {str(inst.get("dtype") or "bfloat16") for inst in instances}
     said: dict[str, str] = {}  # notes of settings not read from engine_kwargs as they stand
     if method in _CHECKPOINT_METHODS:
@@ -624,6 +628,21 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
     if "quantization" in out and "dtype" not in out and any(inst.get("dtype") == "fp8" for inst in instances):
         out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
     return out
+
+
+# vLLM's --dtype values (config/model.py _STR_DTYPE_TO_TORCH_DTYPE, and "auto"), which it takes in any case.
+_VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+
+
+def _recorded_dtype(value: object, run: MeasuredRun) -> object:
+    """meta.json's engine_kwargs.dtype as vLLM reads it (lower case); what vLLM would refuse is refused here."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in _VLLM_DTYPES:
+        return value.lower()
+    fp8 = " (fp8 weights are vLLM's --quantization fp8)" if "fp8" in str(value).lower() else ""
+    raise PdsimError(f"{Path(run.source).with_name('meta.json')}: engine_kwargs.dtype: expected one of vLLM's --dtype "
+                     f"values ({', '.join(_VLLM_DTYPES)}), got {value!r:.60}{fp8}")
 
 
 # vLLM's --quantization names of checkpoint formats (config/model.py _verify_quantization): such a checkpoint runs
@@ -740,6 +759,8 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
     block_size = cfg.instances()[0].config.block_size
     meta_source = str(Path(run.source).parent / "meta.json")
     kv = measured_kv(run.engine_meta, meta_source, engine_log, block_size, _kv_window(cfg)[1])
+    if kv is not None:
+        _check_fits_memory(kv, cfg)
     if kv_capacity == "measured":
         if kv is None:
             raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
@@ -748,6 +769,22 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
         opts.kv_gpu_blocks = {ref.instance_id: kv.num_gpu_blocks * kv.block_size // ref.config.block_size
                               for ref in cfg.instances()}
     return kv
+
+
+def _check_fits_memory(kv: MeasuredKV, cfg: ClusterConfig) -> None:
+    """A recorded KV capacity whose blocks take more memory than the GPU has is not the run's: vLLM sizes its pool
+    from the memory left over (v1/core/kv_cache_utils.py, get_num_blocks); e.g. a token count written as blocks."""
+    from pdsim.config import GB
+    from pdsim.models import load_model
+
+    ic = cfg.instances()[0].config
+    model = load_model(ic.model_name).in_engine(ic.pd_type)
+    block_gb = kv.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size) / kv.groups / GB
+    if kv.num_gpu_blocks * block_gb > ic.npu_mem.mem_size:
+        raise PdsimError(f"{kv.source}: {kv.num_gpu_blocks:,} blocks of {kv.block_size} tokens would take "
+                         f"{kv.num_gpu_blocks * block_gb:,.1f} GB of KV per GPU ({model.name}, {ic.kv_dtype} cache, "
+                         f"TP {ic.tp_size}), more than the config's {ic.npu_mem.mem_size:g} GB GPU holds: this is not "
+                         "the capacity the run had (a token count given as blocks?)")
 
 
 def _kv_window(cfg: ClusterConfig) -> tuple[int, int]:
