@@ -109,7 +109,8 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
     if case.spec is None:
         return None
     spec = case.spec
-    weights = spec.weight_bytes("bfloat16", case.tp, quantization=case.quantization)
+    # what vLLM's model loading took: the weights and the rotary cos/sin cache (ModelSpec.rope_cache_bytes)
+    weights = spec.weight_bytes("bfloat16", case.tp, quantization=case.quantization) + spec.rope_cache_bytes("bfloat16")
     forward = max(memory.forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens),
                   memory.moe_forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens))
     # A MoE model's fused-MoE workspaces are still held when the sampler runs (pdsim/perf/memory.py).

@@ -54,7 +54,8 @@ def dtype_bytes(dtype: str) -> int:
         raise PdsimError(f"unknown dtype {dtype!r}; known dtypes: {known}") from None
 
 
-_NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "max_position_embeddings")
+_NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "max_position_embeddings",
+              "rope_cache_elements")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class ModelSpec:
     # The KV cache dtype vLLM resolves kv_cache_dtype "auto" to for this checkpoint: "fp8" for a ModelOpt one whose
     # quantization_config stores the cache in fp8 (checkpoint_kv_cache_dtype), None for the model's dtype.
     checkpoint_kv_cache_dtype: str | None = None
+    # vLLM's rotary cos/sin cache (rope_cache_elements): a buffer loaded with the weights, positions x rotary dims.
+    rope_cache_elements: int = 0
     # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
     # and the final one (PhiMoE's LayerNorm), on lm_head (PhiMoE).
     qkv_bias: bool = False
@@ -237,6 +240,11 @@ class ModelSpec:
         scales = scale_count(shapes, quantization)
         return kept * dtype_bytes(dtype) + (total - kept) * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
 
+    def rope_cache_bytes(self, dtype: str) -> int:
+        """Bytes of vLLM's rotary cos/sin cache on each GPU, held in the activations' `dtype` (gpt-oss's in fp32, as its
+        model builds it): part of what vLLM counts as the weights' memory."""
+        return self.rope_cache_elements * (4 if self.architecture == "gpt_oss" else dtype_bytes(dtype))
+
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         """KV-cache bytes one token occupies on one TP shard (K and V, all layers)."""
         return 2 * self.num_layers * self.kv_size(tp) * dtype_bytes(dtype)
@@ -341,6 +349,29 @@ def checkpoint_quantization(path: Path, raw: dict) -> str | None:
                      "MXFP4 are)")
 
 
+def _positive(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+
+def rope_cache_elements(raw: dict, head_dim: int) -> int:
+    """Elements of the cos/sin cache vLLM 0.19's rotary embedding registers as a buffer (model_executor/layers/
+    rotary_embedding: one instance per model, get_rope caches it): positions x rotary dims, the positions YaRN's
+    original_max_position_embeddings x factor, linear and dynamic scaling's max_position_embeddings x factor, else
+    max_position_embeddings."""
+    params = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
+    params = params if isinstance(params, dict) else {}
+    positions = _positive(raw.get("max_position_embeddings")) or 0.0
+    kind = params.get("rope_type") or params.get("type") or "default"
+    factor, original = _positive(params.get("factor")), _positive(params.get("original_max_position_embeddings"))
+    if kind in ("yarn", "deepseek_yarn", "deepseek_llama_scaling") and factor and original:
+        positions = original * factor
+    elif kind in ("linear", "dynamic") and factor:
+        positions *= factor
+    partial = _positive(params.get("partial_rotary_factor") or raw.get("partial_rotary_factor")) or 1.0
+    rotary_dim = _positive(raw.get("qk_rope_head_dim")) or head_dim * min(partial, 1.0)  # MLA: its rope part
+    return int(positions) * int(rotary_dim)
+
+
 def checkpoint_kv_cache_dtype(raw: dict) -> str | None:
     """"fp8" where vLLM 0.19 runs kv_cache_dtype "auto" as fp8 for this checkpoint, else None (the model's dtype).
     vLLM resolves "auto" from a ModelOpt checkpoint's `kv_cache_scheme` or `kv_cache_quant_algo` only
@@ -433,6 +464,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         moe=moe_from_hf(path, model_type, raw, num_layers),
         checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
         checkpoint_kv_cache_dtype=checkpoint_kv_cache_dtype(raw),
+        rope_cache_elements=rope_cache_elements(raw, head_dim),
         qkv_bias=model_type in ("qwen2", "qwen2_moe") or (model_type in ATTENTION_BIAS_TYPES
                                                           and raw.get("attention_bias") is True),
         o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,

@@ -152,8 +152,11 @@ def test_example_config_runs_to_completion():
     assert len(decode) == 8 and decode[0].dp_group is not None and decode[0].dp_group.lockstep
     v3 = load_model(V3)
     by_id = {i.id: i for i in res.infos}
-    assert by_id[decode[0].id].weights_gb == pytest.approx(v3.weight_bytes("bfloat16", 1, 8, "fp8_block") / GIB)
-    assert by_id[prefill.id].weights_gb == pytest.approx(v3.weight_bytes("bfloat16", 8, 8, "fp8_block") / GIB)
+    rope = v3.rope_cache_bytes("bfloat16")  # vLLM's weights: its rotary cache (YaRN: 4,096 x 40 positions x 64) too
+    assert rope == 4096 * 40 * 64 * 2
+    decode_weights = v3.weight_bytes("bfloat16", 1, 8, "fp8_block") + rope
+    assert by_id[decode[0].id].weights_gb == pytest.approx(decode_weights / GIB)
+    assert by_id[prefill.id].weights_gb == pytest.approx((v3.weight_bytes("bfloat16", 8, 8, "fp8_block") + rope) / GIB)
     assert 95 * GIB < v3.weight_bytes("bfloat16", 1, 8, "fp8_block") < 96 * GIB
     assert decode[0].spec.kv_bytes_per_token == 70_272  # bf16 latent cache beside fp8 weights
     # A DP rank's profiling run gathers the 8 ranks' 2048 tokens into its MoE blocks (docs/memory.md).

@@ -53,6 +53,11 @@ def _hand_weight_bytes_20b() -> int:
     return 2 * bf16_params + mxfp4_params * 17 // 32  # 4.25 bits = 17/32 byte
 
 
+# gpt-oss's rotary cos/sin cache, which vLLM counts in the weights' memory: built in fp32 (gpt_oss.py get_rope), YaRN's
+# 4,096 x 32 positions x the 64-wide head.
+ROPE_BYTES = 4096 * 32 * HEAD_DIM * 4
+
+
 def test_weights_are_mxfp4_experts_and_bf16_rest():
     m = load_model("openai/gpt-oss-20b")
     assert m.weight_bytes("bfloat16", 1) == _hand_weight_bytes_20b()
@@ -74,7 +79,8 @@ def test_mxfp4_experts_are_padded_for_the_kernel_vllm_picks_on_that_gpu(hardware
     if (hardware, tp) == ("H100-SXM", 2):  # a run holds them so (experts split by TP, not EP: ep_size 1)
         knobs = dict(model_name="openai/gpt-oss-120b", tp_size=2, num_npus=2, ep_size=1)
         info = simulate(_cluster(_instance(**knobs)), trace([(200, 2, 0.0)]), SimOptions()).infos[0]
-        assert info.weights_gb * GIB == pytest.approx(m.on_gpu(hardware, tp).weight_bytes("bfloat16", tp))
+        assert m.rope_cache_bytes("bfloat16") == ROPE_BYTES
+        assert info.weights_gb * GIB == pytest.approx(m.on_gpu(hardware, tp).weight_bytes("bfloat16", tp) + ROPE_BYTES)
         assert 0.62 < grown / GIB < 0.64
 
 
@@ -88,7 +94,8 @@ def test_kv_capacity_on_h100_as_vllms_hybrid_allocator_computes_it():
     total_gib, _ = visible_memory_gib("H100-SXM", 80)
     activation = info.activation_gb * GIB
     assert info.non_torch_gb * GIB == non_torch_bytes(1, "H100-SXM")
-    available = total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - activation - non_torch_bytes(1, "H100-SXM")
+    available = (total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - ROPE_BYTES - activation
+                 - non_torch_bytes(1, "H100-SXM"))
     # Two KV-cache groups of 12 layers (sliding, full); a page is one layer's 16-token block:
     # 16 x (K, V) x 8 heads x 64 x 2 bytes = 32,768 B, and num_blocks = available // page // 12.
     page = 16 * 2 * KV_HEADS * HEAD_DIM * 2
@@ -151,7 +158,7 @@ def test_pd_instances_cache_every_layer_as_vllm_without_its_hybrid_allocator():
     colocated = simulate(_cluster(_instance(**knobs)), trace([(200, 2, 0.0)]), SimOptions())
     total_gib, _ = visible_memory_gib("H100-SXM", 80)
     for info, inst in zip(res.infos, res.instances):
-        available = (total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - info.activation_gb * GIB
+        available = (total_gib * GIB * 0.9 - _hand_weight_bytes_20b() - ROPE_BYTES - info.activation_gb * GIB
                      - non_torch_bytes(1, "H100-SXM"))
         page = 16 * 2 * KV_HEADS * HEAD_DIM * 2
         num_blocks = int(available // (page * LAYERS))

@@ -880,7 +880,7 @@ def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
     assert "kv_cache_dtype auto from meta.json engine_kwargs, the config says fp8" in res.output
-    assert "predicted 574,032 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
+    assert "predicted 573,776 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
 
 
 @needs_shared
@@ -906,7 +906,7 @@ def test_an_unrecorded_tp_size_or_kv_cache_dtype_is_vllms_default_not_the_config
     assert res.exit_code == 0, res.output
     assert ("NOTE: kv_cache_dtype auto: vLLM's default, which the measured engine ran (meta.json engine_kwargs "
             "record none); the config says fp8") in res.output
-    assert "predicted 574,032 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
+    assert "predicted 573,776 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
 
 
 @needs_shared
@@ -952,9 +952,9 @@ def test_a_recorded_16_bit_dtype_sets_the_activations_and_the_weights_are_the_lo
 
     unknown_fp8 = "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8-dynamic"  # pdsim does not bundle it
     out = weights({"model": unknown_fp8, "dtype": "bfloat16"}, {"dtype": "fp8"}, "kept")
-    assert "- weights 8.46 (fp8 weights)" in out and "dtype bfloat16 from meta.json" not in out
+    assert "- weights 8.49 (fp8 weights)" in out and "dtype bfloat16 from meta.json" not in out
     out = weights({"model": unknown_fp8, "dtype": "float16"}, {"dtype": "fp8"}, "fp16")
-    assert "- weights 8.46 (fp8 weights)" in out
+    assert "- weights 8.49 (fp8 weights)" in out
     assert ("quantization fp8: the config's (its dtype fp8), kept beside meta.json's dtype float16 (vLLM's --dtype "
             "sets the activations)") in out
     # A checkpoint pdsim knows is unquantised, and nothing recorded quantises it: the engine ran 16-bit weights, which
@@ -970,7 +970,7 @@ def test_a_recorded_16_bit_dtype_sets_the_activations_and_the_weights_are_the_lo
     out = weights({"model": "test-org/Llama-3.1-8B-FP8-ct", "quantization": "compressed-tensors"},
                   {"model_name": "test-org/Llama-3.1-8B-FP8-ct"}, "ct", model_config=ct)
     assert ("quantization fp8 from meta.json engine_kwargs quantization compressed-tensors (the checkpoint's own "
-            "scheme, as vLLM reads it)") in out and "- weights 8.46 (fp8 weights)" in out
+            "scheme, as vLLM reads it)") in out and "- weights 8.49 (fp8 weights)" in out
     # meta.json's own model and the engine's argument are both held to the config's shape: an engine argument
     # naming DeepSeek-V3 once replayed Llama with DeepSeek's block-fp8 weights, without a word.
     requests = _rtx_run_with(tmp_path / "other", model="deepseek-ai/DeepSeek-V3")
@@ -1203,7 +1203,7 @@ def test_a_recorded_dtype_is_read_as_vllm_reads_it(tmp_path, recorded, expected)
 
 @needs_shared
 def test_a_recorded_kv_capacity_larger_than_the_gpu_is_refused(tmp_path):
-    # 35,877 blocks of 16 are the run's 574,032 tokens (70 GiB of bf16 KV); the token count written as the block
+    # 35,877 blocks of 16 are 574,032 tokens (70 GiB of bf16 KV); the token count written as the block
     # count would be 1.1 TB of KV on a 96 GB GPU: no run had that, under either --kv-capacity.
     requests = _rtx_run_with(tmp_path)
     meta = json.loads(requests.with_name("meta.json").read_text())

@@ -241,6 +241,9 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
     at which vLLM's accounting is taken (beside LLMServingSim's rule too)."""
     block_bytes = ic.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     weight_bytes = model.weight_bytes(ic.dtype, ic.tp_size, expert_shards, ic.quantization)
+    # vLLM counts what loading the model took, its rotary cache too; LLMServingSim's rule, the weights alone.
+    lss_weight_bytes = weight_bytes
+    weight_bytes = vllm_weight_bytes = lss_weight_bytes + model.rope_cache_bytes(ic.dtype)
     default_gib, why = non_torch_gib(ic.tp_size, ic.hardware)
     given = ic.non_torch_memory_gb is not None
     non_torch = int((ic.non_torch_memory_gb if given else default_gib) * GIB)
@@ -253,6 +256,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
                  f"{activation_bytes / GIB:.2f} - non-torch {other / GIB:.2f} GiB{assumed}")
     if ic.npu_mem.mem_util is not None:
         usable = ic.npu_mem.mem_size * GIB * ic.npu_mem.mem_util
+        weight_bytes = lss_weight_bytes
         blocks = math.floor((usable - weight_bytes) / block_bytes)
         activation_bytes, other = 0, 0
         detail = (f"mem_size {ic.npu_mem.mem_size:g} GiB x mem_util {ic.npu_mem.mem_util:g} = "
@@ -273,7 +277,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         note = f"{vllm_note} = {vllm_blocks * block_bytes / GIB:.2f} GiB"
         if ic.gpu_memory_utilization is None:
             # An LLMServingSim config without mem_util: LLMServingSim sizes it at its own default.
-            lss_blocks = max(math.floor((ic.npu_mem.mem_size * GIB * LLMSERVINGSIM_DEFAULT_MEM_UTIL - weight_bytes)
+            lss_blocks = max(math.floor((ic.npu_mem.mem_size * GIB * LLMSERVINGSIM_DEFAULT_MEM_UTIL - lss_weight_bytes)
                                         / block_bytes), 0)
             note += (f"; LLMServingSim would give {lss_blocks * block_bytes / GIB:.2f} GiB ({lss_blocks:,} blocks: "
                      f"mem_size {ic.npu_mem.mem_size:g} GiB x its default mem_util {LLMSERVINGSIM_DEFAULT_MEM_UTIL:g}"
@@ -283,6 +287,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         blocks, how = override
         detail, note = how, f"{how}, instead of {note}"
         activation_bytes, other = engine_parts
+        weight_bytes = vllm_weight_bytes
         total_gib, source = visible_memory_gib(ic.hardware, ic.npu_mem.mem_size)
         needed = weight_bytes + activation_bytes + other + blocks * block_bytes
         if needed > total_gib * GIB:  # vLLM would run out of memory allocating it

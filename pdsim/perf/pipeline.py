@@ -114,6 +114,9 @@ class _StageSizes:
     def kv_bytes_per_token(self, dtype: str, tp: int = 1) -> int:
         return self.part.kv_bytes_per_token(dtype, tp)
 
+    def rope_cache_bytes(self, dtype: str) -> int:
+        return self.model.rope_cache_bytes(dtype)  # each stage's attention layers build their own
+
 
 @dataclass(frozen=True)
 class PipelineBudget:
