@@ -1041,6 +1041,31 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
 
 
 @needs_shared
+def test_an_engine_log_saying_the_custom_all_reduce_was_disabled_replays_nccl(tmp_path):
+    # vLLM falls back to NCCL when its peer-to-peer check fails, whatever disable_custom_all_reduce says; only its
+    # start-up log tells (custom_all_reduce.py). meta.json's false is vLLM's default, not what ran.
+    requests, config = _rtx_layout(tmp_path, tp_size=2)
+    log = tmp_path / "vllm.log"
+    args = ("--measured", str(requests), "--cluster-config", str(config), "--profile-dir", str(RTX / "profile"),
+            "--engine-log", str(log), "--step-time-margin-pct", "0", "--output", str(tmp_path / "v.csv"))
+    kv_line = "INFO 04-24 12:44:06 [kv_cache_utils.py:1087] GPU KV cache size: 1,270,608 tokens\n"
+    log.write_text(kv_line)
+    plain = _validate_cli(*args)
+    assert plain.exit_code == 0 and "NCCL only" not in plain.output and "custom all-reduce" in plain.output
+    log.write_text("WARNING 04-24 12:44:01 [custom_all_reduce.py:166] Custom allreduce is disabled because your "
+                   "platform lacks GPU P2P capability or P2P test failed. To silence this warning, specify "
+                   "disable_custom_all_reduce=True explicitly.\n" + kv_line)
+    res = _validate_cli(*args)
+    assert res.exit_code == 0, res.output
+    assert (f"disable_custom_all_reduce true: {log}:1 says vLLM's custom all-reduce was disabled (because your "
+            "platform lacks GPU P2P capability or P2P test failed), so every TP all-reduce ran on NCCL") in res.output
+    assert re.search(r"note: TP all-reduce priced by .*NCCL only", res.output)
+    tpot = [float(re.search(r"TPOT \(ms\) +mean +[\d.,]+ +([\d.,]+)", out).group(1))
+            for out in (plain.output, res.output)]
+    assert tpot[1] < tpot[0]  # NCCL is the faster for a decode step's all-reduces on this server
+
+
+@needs_shared
 def test_a_config_of_another_tp_degree_than_the_run_is_refused(tmp_path):
     # Recorded as a number or, as vLLM's command line would, a string; for a MoE config too, where the DP
     # group's expert layout used to be refused first with a message about ep_size.

@@ -388,7 +388,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     if clock != "engine" and run.latency_origin != "pickup":
         raise PdsimError(f"--clock {clock}: applies to engine JSONL (per-request engine timestamps) only; {run.source} "
                          "records the client's times only, so it would change nothing (leave it out)")
-    cfg = replay_config(cluster_config, run, async_scheduling)
+    cfg = replay_config(cluster_config, run, async_scheduling, engine_log)
     _prefix_ids(run, cfg, token_ids)
     _pick_up_order_note(run, cfg, clock)
     opts = _sim_options(profile_dir, step_overhead_us, run, client_delay_ms, ttft_mode)

@@ -6,6 +6,7 @@ config cannot replay are refused (docs/validation.md)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,9 +36,11 @@ def applied_from_meta(run: MeasuredRun, recorded: dict[str, object]) -> str:
     return f"(the replay applied what {Path(run.source).with_name('meta.json')} records: {applied})"
 
 
-def replay_config(cluster_config: Path | None, run: MeasuredRun, async_scheduling: bool | None) -> ClusterConfig:
+def replay_config(cluster_config: Path | None, run: MeasuredRun, async_scheduling: bool | None,
+                  engine_log: Path | None = None) -> ClusterConfig:
     """The measured engine's cluster config, scheduling as the run did: the option, else what the
-    run's meta.json says (noted in the run's notes), else the config's."""
+    run's meta.json says (noted in the run's notes), else the config's; engine_log: vLLM's log of that engine,
+    for what its start-up says it ran (_logged_settings)."""
     from pdsim.config import load_cluster_config
     from pdsim.config.load import raw_instances, use_run_model_config
     from pdsim.errors import ConfigError, read_json_object
@@ -70,6 +73,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     _check_dp_size(stated, run, cluster_config)
     recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
                 **_recorded_expert_layout(stated, run), **_recorded_cudagraphs(stated, run)}
+    if engine_log is not None:
+        recorded.update(_logged_settings(engine_log, stated, run, recorded))
     try:
         cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                    "scheduler_reserve_full_isl": reserve, **recorded,
@@ -93,6 +98,38 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     _check_max_model_len(run)
     _note_unused(run)
     return cfg
+
+
+# vLLM's start-up warning when its custom all-reduce cannot run (distributed/device_communicators/
+# custom_all_reduce.py: no peer-to-peer access, more than two PCIe-only GPUs, a world size it lacks, a group across
+# nodes): every TP all-reduce then goes to NCCL.
+_CUSTOM_AR_OFF = re.compile(r"Custom allreduce is disabled (because|due to) ([^.]*)")
+
+
+def _logged_settings(engine_log: Path, instances: list[dict], run: MeasuredRun,
+                     recorded: dict[str, object]) -> dict[str, object]:
+    """What the engine's log says it ran that meta.json does not record: its custom all-reduce turned off."""
+    from pdsim.llmservingsim_keys import infer_instance_sizes
+
+    def tp(inst: dict) -> object:
+        try:
+            return infer_instance_sizes(dict(inst)).get("tp_size", 1)
+        except ValueError:  # a malformed instance: the config's own validation words it
+            return 1
+
+    if recorded.get("disable_custom_all_reduce") is True or all(tp(inst) == 1 for inst in instances):
+        return {}
+    try:
+        text = engine_log.read_text(errors="replace")
+    except OSError:
+        return {}  # kv_override names an unreadable log
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if (found := _CUSTOM_AR_OFF.search(line)) is not None:
+            run.notes.append(f"disable_custom_all_reduce true: {engine_log}:{line_no} says vLLM's custom all-reduce "
+                             f"was disabled ({found.group(1)} {found.group(2).strip()}), so every TP all-reduce ran "
+                             "on NCCL")
+            return {"disable_custom_all_reduce": True}
+    return {}
 
 
 def _note_unread_version(run: MeasuredRun, release: tuple[int, int] | None) -> None:
