@@ -1066,6 +1066,20 @@ def test_an_engine_log_saying_the_custom_all_reduce_was_disabled_replays_nccl(tm
 
 
 @needs_shared
+def test_a_meta_json_or_timeseries_that_is_a_folder_is_said_not_taken_as_absent(tmp_path):
+    requests = _rtx_run_with(tmp_path)
+    args = ("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"), "--profile-dir",
+            str(RTX / "profile"), "--step-time-margin-pct", "0", "--output", str(tmp_path / "v.csv"))
+    requests.with_name("timeseries.csv").unlink()
+    requests.with_name("timeseries.csv").mkdir()
+    assert "NOTE: engine state not compared: " in _validate_cli(*args).output
+    requests.with_name("meta.json").unlink()
+    requests.with_name("meta.json").mkdir()
+    with pytest.raises(PdsimError, match=r"meta.json: cannot read \(Is a directory\)"):
+        _validate_cli(*args)
+
+
+@needs_shared
 def test_a_config_of_another_tp_degree_than_the_run_is_refused(tmp_path):
     # Recorded as a number or, as vLLM's command line would, a string; for a MoE config too, where the DP
     # group's expert layout used to be refused first with a message about ep_size.

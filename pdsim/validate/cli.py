@@ -480,7 +480,7 @@ def _engine_state(run: MeasuredRun, result: SimulationResult,
     )
 
     path = Path(run.source).with_name(TIMESERIES)
-    if run.latency_origin != "pickup" or Path(run.source).name != LLMSERVINGSIM_REQUESTS or not path.is_file():
+    if run.latency_origin != "pickup" or Path(run.source).name != LLMSERVINGSIM_REQUESTS or not path.exists():
         return None, None
     try:
         ts = read_timeseries(path)

@@ -37,7 +37,8 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     if clock == "client":
         _check_client_times(p, rows, line_nos, arrival_time, stamps)
     meta_path = p.with_name("meta.json")
-    meta = read_json_object(meta_path) if meta_path.is_file() else {}
+    # A meta.json that is there but no file (a folder) is read, and refused, rather than taken as absent.
+    meta = read_json_object(meta_path) if meta_path.exists() else {}
     check_engine_meta(meta_path, meta)
     notes = [f"arrival times from the {clock} clock", *meta_notes(meta)]
     if (said := _request_count_note(p, meta, len(rows))) is not None:
