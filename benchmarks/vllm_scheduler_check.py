@@ -745,6 +745,14 @@ def golden_scenarios(reserve_full_isl: bool, async_pp: bool) -> list[dict]:
                            [(228, 1, 0.0), (300, 1, 0.0), (236, 1, 0.0)], long_prefill_token_threshold=0,
                            scheduler_reserve_full_isl=False, block_size=32, async_scheduling=True)
         out.append({**closed, "concurrency": 3, "client_delay_s": 0.001})
+        # Four stages, a step that preempts the only request running: vLLM queues it empty and decides again when
+        # the oldest batch returned, one more of the victim's tokens seen (its recompute chunk one token longer).
+        out.append(pipelined("open_loop_pipeline_4_stages_async_empty_after_preempting_all", 4, 3, 32768, 48,
+                             [(151, 369, 0.0), (293, 321, 0.002988785), (254, 616, 0.017596252),
+                              (249, 332, 0.05413995), (511, 211, 0.066274202), (1306, 127, 0.079134098),
+                              (1923, 244, 0.135764845), (589, 638, 0.215860206)],
+                             enable_chunked_prefill=False, long_prefill_token_threshold=0, block_size=64,
+                             enable_prefix_caching=True, async_scheduling=True))
     # A chunk that no longer fits preempts every request left running (its own included): vLLM's step is empty and
     # its next decision admits with the whole token budget and, async, after the step in flight returned (what
     # finished there freed, every arrival seen).

@@ -487,6 +487,7 @@ class Instance:
             if plan.empty:
                 if sched.lagging(env.now):
                     self._step_starts.append(env.now)  # vLLM's batch queue holds the empty step (Scheduler.lagging)
+                    sched.queued_empty_step()
                     continue
                 if sched.released_after_decision and self._can_reserve():
                     continue  # async: what finished was freed after _reserve_pending ran; a hand-off fits now

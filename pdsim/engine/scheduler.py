@@ -299,7 +299,8 @@ class Scheduler(WaitingAdmission):
         counted from the cohort.) Returns the token budget left."""
         cohort = self.cohort
         left = budget
-        if preempted and not plan.prefill and not cohort.n and not self.num_batches_in_flight:
+        if preempted and not plan.prefill and not cohort.n and not self.num_batches_in_flight \
+                and not self.lagging(now):
             # vLLM's step that preempted is empty, and the next decision admits: with the whole token budget
             # (none spent on the decodes it preempted), and, scheduling asynchronously, once the step in
             # flight has returned (core.py step_with_batch_queue: an empty step waits for it), so with what
@@ -521,6 +522,12 @@ class Scheduler(WaitingAdmission):
         if self._unseen:
             self._deliver_late_tokens()
         return out
+
+    def queued_empty_step(self) -> None:
+        """A lagging empty decision was queued as a step (lagging): the engine decides again once the oldest batch
+        in flight returned, so with the tokens that batch's output carries."""
+        if self._unseen:
+            self._deliver_late_tokens()
 
     def _deliver_late_tokens(self) -> None:
         """The unseen tokens that vLLM sees by the next decision."""
