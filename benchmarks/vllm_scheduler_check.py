@@ -833,7 +833,8 @@ def main() -> None:
                     help="only N random engines of a wider range (chunked prefill off, 1 to 128 sequences, ...)")
     ap.add_argument("--random-pp", type=int, default=0, metavar="N",
                     help="only N random engines of 2-4 pipeline stages (docs/pipeline.md)")
-    ap.add_argument("--seed", type=int, default=1, help="for the --random modes")
+    ap.add_argument("--seed", type=int, default=1, help="for the --random modes: draws the engines (and the prefix "
+                    "modes' shared prefixes); scenario k's request lengths and arrivals are the same for every seed")
     ap.add_argument("--vllm-version", default=VLLM_VERSION, help="for --setup")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vllm-check-work"))
     args = ap.parse_args()
