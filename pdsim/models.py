@@ -356,17 +356,20 @@ def _positive(value: object) -> float | None:
 def rope_cache_elements(raw: dict, head_dim: int) -> int:
     """Elements of the cos/sin cache vLLM 0.19's rotary embedding registers as a buffer (model_executor/layers/
     rotary_embedding: one instance per model, get_rope caches it): positions x rotary dims, the positions YaRN's
-    original_max_position_embeddings x factor, linear and dynamic scaling's max_position_embeddings x factor, else
-    max_position_embeddings."""
+    original_max_position_embeddings x factor, linear and dynamic scaling's max_position_embeddings x factor,
+    longrope's short and long caches together (original + max_position_embeddings), else max_position_embeddings."""
     params = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     params = params if isinstance(params, dict) else {}
     positions = _positive(raw.get("max_position_embeddings")) or 0.0
     kind = params.get("rope_type") or params.get("type") or "default"
-    factor, original = _positive(params.get("factor")), _positive(params.get("original_max_position_embeddings"))
+    factor = _positive(params.get("factor"))
+    original = _positive(params.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings"))
     if kind in ("yarn", "deepseek_yarn", "deepseek_llama_scaling") and factor and original:
         positions = original * factor
     elif kind in ("linear", "dynamic") and factor:
         positions *= factor
+    elif kind in ("longrope", "su") and original:
+        positions += original  # Phi-3's short cache beside the long one
     partial = _positive(params.get("partial_rotary_factor") or raw.get("partial_rotary_factor")) or 1.0
     rotary_dim = _positive(raw.get("qk_rope_head_dim")) or head_dim * min(partial, 1.0)  # MLA: its rope part
     return int(positions) * int(rotary_dim)

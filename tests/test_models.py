@@ -230,3 +230,22 @@ def test_models_dir_override(tmp_path):
     root = _write(tmp_path, _tiny())
     assert known_models(root) == ["org/m"]
     assert load_model("org/m", root).hidden_size == 256
+
+
+@pytest.mark.parametrize(("raw", "elements"), [
+    ({}, 4096 * 128),  # the default: max_position_embeddings x head_dim
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 512}}, 4096 * 128),
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}}, 2048 * 128),
+    ({"rope_parameters": {"rope_type": "deepseek_yarn", "factor": 40, "original_max_position_embeddings": 4096},
+      "qk_rope_head_dim": 64}, 163840 * 64),  # MLA: its rope part of the head
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, 8192 * 128),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, 8192 * 128),
+    ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]},
+      "original_max_position_embeddings": 1024}, (4096 + 1024) * 128),  # Phi-3: short and long caches
+    ({"partial_rotary_factor": 0.5}, 4096 * 64),
+    ({"rope_scaling": "yarn"}, 4096 * 128),  # not an object: the plain rule
+])
+def test_rotary_cache_as_vllm_builds_it(raw, elements):
+    from pdsim.models import rope_cache_elements
+
+    assert rope_cache_elements({"max_position_embeddings": 4096, **raw}, 128) == elements

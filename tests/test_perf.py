@@ -431,6 +431,7 @@ def test_steps_that_fit_a_cuda_graph_run_their_token_parallel_ops_padded(llama8b
         predictor = run(cluster(instance(None, **{"max_num_seqs": 128, "max_num_batched_tokens": 2048, **knobs})),
                         [(100, 2, 0.0)]).instances[0].predictor
         assert list(predictor.graph_sizes) == expected, knobs
+        assert predictor.graphs_decode_only == (knobs.get("cudagraph_mode") == "FULL_DECODE_ONLY")
 
 
 # ---------------------------------------------------------------- predictor

@@ -1063,6 +1063,20 @@ def test_an_engine_log_saying_the_custom_all_reduce_was_disabled_replays_nccl(tm
     tpot = [float(re.search(r"TPOT \(ms\) +mean +[\d.,]+ +([\d.,]+)", out).group(1))
             for out in (plain.output, res.output)]
     assert tpot[1] < tpot[0]  # NCCL is the faster for a decode step's all-reduces on this server
+    # Already recorded as disabled, or at TP 1 (no all-reduce): nothing for the log to add.
+    recorded = json.loads(requests.with_name("meta.json").read_text())
+    recorded["engine_kwargs"]["disable_custom_all_reduce"] = True
+    requests.with_name("meta.json").write_text(json.dumps(recorded))
+    res = _validate_cli(*args)
+    assert "disable_custom_all_reduce True from meta.json engine_kwargs" in res.output
+    assert "says vLLM's" not in res.output
+    shutil.rmtree(tmp_path / "run")
+    requests, config = _rtx_layout(tmp_path, tp_size=1)
+    log.write_text(log.read_text().replace("1,270,608", "574,032"))
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                        str(RTX / "profile"), "--engine-log", str(log), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0 and "disable_custom_all_reduce" not in res.output
 
 
 @needs_shared
@@ -1220,8 +1234,8 @@ def test_engine_arguments_meta_json_holds_outside_engine_kwargs_are_said(tmp_pat
 
 @needs_shared
 @pytest.mark.parametrize("recorded,expected", [
-    ("FLOAT16", "dtype float16 from meta.json engine_kwargs"),  # vLLM lower-cases --dtype
-    ("Half", "dtype float16 from meta.json engine_kwargs"),
+    ("half", "dtype float16 from meta.json engine_kwargs"),
+    ("FLOAT16", "engine_kwargs.dtype: expected one of vLLM's --dtype values"),  # its Literal, as written
     ("fp8", "engine_kwargs.dtype: expected one of vLLM's --dtype values (auto, half, float16, bfloat16, float, "
             "float32), got 'fp8' (fp8 weights are vLLM's --quantization fp8)"),
     ("bf16", "engine_kwargs.dtype: expected one of vLLM's --dtype values"),
@@ -1256,9 +1270,19 @@ def test_a_recorded_kv_capacity_larger_than_the_gpu_is_refused(tmp_path):
             if ok:
                 assert _validate_cli(*args).exit_code == 0
                 continue
-            with pytest.raises(PdsimError, match=r"kv_cache.num_gpu_blocks: 574,032 blocks of 16 tokens would take "
-                                                 r"1,121.2 GB of KV per GPU .* more than the config's 96 GB GPU"):
+            refused = (r"kv_cache.num_gpu_blocks: 574,032 blocks of 16 tokens would take 1,121.2 GB of KV per GPU "
+                       r".* PP 1\), more than the config's 96 GB")
+            with pytest.raises(PdsimError, match=refused):
                 _validate_cli(*args)
+    # A pipeline stage holds a quarter of the layers' KV at PP 4: four times the blocks fit.
+    shutil.rmtree(tmp_path / "run")
+    requests, config = _rtx_layout(tmp_path, pp_size=4)
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    meta["kv_cache"] = {"num_gpu_blocks": 4 * 35_877, "block_size": 16}
+    requests.with_name("meta.json").write_text(json.dumps(meta))
+    assert _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                         str(RTX / "profile"), "--step-time-margin-pct", "0",
+                         "--output", str(tmp_path / "v.csv")).exit_code == 0
 
 
 MOE = SHARED / "llmservingsim-rtxpro6000-qwen3-30b-a3b"

@@ -306,7 +306,7 @@ class Scheduler(WaitingAdmission):
             # flight has returned (core.py step_with_batch_queue: an empty step waits for it), so with what
             # finished there freed and every arrival seen.
             budget = self.max_num_batched_tokens
-            if self.async_scheduling and not self.lagging(now):
+            if self.async_scheduling:
                 self._catch_up(now)
             return self._admit_waiting(plan, budget, now)
         if not preempted:

@@ -667,16 +667,14 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
     return out
 
 
-# vLLM's --dtype values (config/model.py _STR_DTYPE_TO_TORCH_DTYPE, and "auto"), which it takes in any case.
+# vLLM's --dtype values (config/model.py ModelDType, a Literal its pydantic config checks as written).
 _VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 
 
 def _recorded_dtype(value: object, run: MeasuredRun) -> object:
-    """meta.json's engine_kwargs.dtype as vLLM reads it (lower case); what vLLM would refuse is refused here."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.lower() in _VLLM_DTYPES:
-        return value.lower()
+    """meta.json's engine_kwargs.dtype; what vLLM would refuse to start with is refused here."""
+    if value is None or value in _VLLM_DTYPES:
+        return value
     fp8 = " (fp8 weights are vLLM's --quantization fp8)" if "fp8" in str(value).lower() else ""
     raise PdsimError(f"{Path(run.source).with_name('meta.json')}: engine_kwargs.dtype: expected one of vLLM's --dtype "
                      f"values ({', '.join(_VLLM_DTYPES)}), got {value!r:.60}{fp8}")
@@ -816,12 +814,14 @@ def _check_fits_memory(kv: MeasuredKV, cfg: ClusterConfig) -> None:
 
     ic = cfg.instances()[0].config
     model = load_model(ic.model_name).in_engine(ic.pd_type)
-    block_gb = kv.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size) / kv.groups / GB
+    # A pipeline stage's GPUs hold its layers' KV only: the bound takes the fewest layers a stage can have.
+    stage_share = (model.num_layers // ic.pp_size) / model.num_layers
+    block_gb = kv.block_size * model.kv_bytes_per_token(ic.kv_dtype, ic.tp_size) * stage_share / kv.groups / GB
     if kv.num_gpu_blocks * block_gb > ic.npu_mem.mem_size:
         raise PdsimError(f"{kv.source}: {kv.num_gpu_blocks:,} blocks of {kv.block_size} tokens would take "
                          f"{kv.num_gpu_blocks * block_gb:,.1f} GB of KV per GPU ({model.name}, {ic.kv_dtype} cache, "
-                         f"TP {ic.tp_size}), more than the config's {ic.npu_mem.mem_size:g} GB GPU holds: this is not "
-                         "the capacity the run had (a token count given as blocks?)")
+                         f"TP {ic.tp_size}, PP {ic.pp_size}), more than the config's {ic.npu_mem.mem_size:g} GB GPU "
+                         "holds: this is not the capacity the run had (a token count given as blocks?)")
 
 
 def _kv_window(cfg: ClusterConfig) -> tuple[int, int]:
