@@ -8,9 +8,9 @@ time pdsim's predictor gives for the batch vLLM chose. pdsim then simulates the 
 and the two are compared request by request (first-token and finish times).
 
     python benchmarks/vllm_scheduler_check.py --setup /tmp/vllm-check     # once: venv + vLLM sources
-    /tmp/vllm-check/venv/bin/python benchmarks/vllm_scheduler_check.py    # the check (about 7 min)
+    /tmp/vllm-check/venv/bin/python benchmarks/vllm_scheduler_check.py    # the check (--rows N: only N H100 rows)
 
-`--setup` needs PyPI: it downloads the vLLM wheel (0.12.0, or `--vllm-version`; about 450 MB),
+`--setup` needs PyPI: it downloads the vLLM wheel (0.19.0, or `--vllm-version`; about 450 MB),
 unpacks its Python sources only (no CUDA kernel is used), and installs torch (CPU build), vLLM's
 pure-Python requirements and pdsim into a venv of their own. The check then covers
   - the 90 H100 closed-loop rows (profiles from aiconfigurator's database, as in
@@ -57,7 +57,7 @@ Row = tuple
 StepTimes = Callable[..., Any]
 Times = list[tuple[float | None, float | None]]
 
-VLLM_VERSION = "0.12.0"
+VLLM_VERSION = "0.19.0"
 MAX_MODEL_LEN = 32768  # of the scheduler check's vLLM engines
 # vLLM's requirements that the scheduler does not need and that would pull CUDA builds or large
 # native packages (torch is installed as the CPU build first).
@@ -439,9 +439,9 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
         if not profile_path(profile_dir, "H100-SXM", model, "bfloat16", int(tp)).is_dir():
             import_profile(aic / "systems_data_h100_sxm", "h100_sxm", load_model(model), int(tp), profile_dir)
     opts = SimOptions(step_overhead_us=1000.0)  # as docs/validation.md
-    worst, n = 0.0, 0
+    worst, n, checked = 0.0, 0, list(table.itertuples(index=False))[:limit]
     started = time.perf_counter()
-    for row in list(table.itertuples(index=False))[:limit]:
+    for row in checked:
         isl, osl, conc, tp = int(row.isl), int(row.osl), int(row.concurrency), int(row.tp)
         # As validate simulates the row: the whole-sequence admission check only from vLLM 0.19 on.
         reserve = vllm_reserves_full_isl(row.backend_version) is not False
@@ -452,7 +452,7 @@ def check_h100(profile_dir: Path, work: Path, limit: int | None) -> None:
         ours = pdsim_run(cfg, rows, conc, CLIENT_DELAY_S, opts=opts)
         worst = max(worst, _max_diff(theirs, ours))
         n += len(rows)
-    print(f"H100 closed-loop rows (vLLM {_vllm().version}'s scheduler): {min(limit or len(table), len(table))} rows, "
+    print(f"H100 closed-loop rows (vLLM {_vllm().version}'s scheduler): {len(checked)} rows, "
           f"{n} requests; largest difference "
           f"in a first-token or finish time: {worst * 1e6:.3f} us ({time.perf_counter() - started:.0f} s)")
 
@@ -491,7 +491,7 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
 
     v = _vllm()
     rng = random.Random(seed)
-    worst, preempted, hits, started, asynchronous = 0.0, 0, 0, time.perf_counter(), 0
+    worst, preempted, hits, started, asynchronous, differing = 0.0, 0, 0, time.perf_counter(), 0, 0
     for k in range(count):
         concurrency = rng.choice([None, None, 4, 16] if mode == "wide" else [None, None, 8, 24])
         # At most 2,500 tokens a request: each fits the smallest KV cache drawn here (vLLM would
@@ -526,6 +526,7 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
         theirs = vllm_run(cfg, rows, work, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
         ours = pdsim_run(cfg, rows, concurrency, delay, opts=opts, step_times=AnalyticStepTimes)
         diff = _max_diff(theirs, ours)
+        differing += diff > 1e-6
         if diff > 1e-6:
             print(f"scenario {k}: {engine}, concurrency {concurrency}, {opts.kv_gpu_blocks['n0.i0']} KV blocks: "
                   f"differs by {diff * 1e6:.3f} us")
@@ -537,8 +538,8 @@ def check_random(count: int, work: Path, seed: int = 1, mode: str = "") -> None:
     label = {"prefixes": " with shared prefixes", "wide": " (wide)",
              "pp": f" with pipeline stages, {asynchronous} of them async"}.get(mode, "")
     print(f"{count} random scenarios{label} (vLLM {v.version}'s scheduler, {preempted} preemptions in pdsim{shared}): "
-          f"largest difference in a first-token or finish time: {worst * 1e6:.3f} us "
-          f"({time.perf_counter() - started:.0f} s)")
+          f"largest difference in a first-token or finish time: {worst * 1e6:.3f} us, {differing} scenarios "
+          f"differing by more than 1 us ({time.perf_counter() - started:.0f} s)")
 
 
 def _pp_engine(rng: random.Random, v: SimpleNamespace) -> tuple[dict, int]:
