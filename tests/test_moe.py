@@ -315,7 +315,7 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     import simpy
 
     from pdsim.engine.dp_group import DPGroup
-    from pdsim.perf.cudagraphs import cudagraph_sizes
+    from pdsim.perf.cudagraphs import cudagraph_sizes, graph_sizes_run
 
     # vLLM 0.19's default capture sizes at max_num_seqs 128, 2048 batched tokens: 1, 2, 4, 8..248 by 8, 256.
     sizes = cudagraph_sizes(128, 2048)
@@ -325,8 +325,9 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     assert cudagraph_sizes(128, 2048, sizes=[64, 8, 4096, 8, 1]) == [1, 8, 64]
     assert cudagraph_sizes(128, 2048, max_size=20) == [1, 2, 4, 8, 16]
 
-    def group(decode_only=False):
-        spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048, cudagraph_sizes=tuple(sizes),
+    def group(decode_only=False):  # the sizes a step can run at, as the instance's spec holds them (build.py)
+        spec = SimpleNamespace(max_num_seqs=128, max_num_batched_tokens=2048,
+                               cudagraph_sizes=graph_sizes_run(sizes, decode_only, 128),
                                cudagraph_decode_only=decode_only)
         return DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
 

@@ -143,8 +143,7 @@ def build_instance(
         moe_placement=placement, moe_external=model.is_moe and dp_size > 1, quantization=ic.quantization,
         custom_all_reduce=not ic.disable_custom_all_reduce,
         fused_norm_tokens=_fused_norm_tokens(ic, hardware, model, dp_size), kv_read_scale=_kv_read_scale(ic, profile),
-        graph_sizes=graph_sizes_run(_capture_sizes(ic) or (), ic.cudagraph_mode == "FULL_DECODE_ONLY", ic.max_num_seqs),
-        graphs_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
+        graph_sizes=_graph_sizes(ic), graphs_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
     )
     predictor = step_times(profile, model, ic.tp_size, hardware, **knobs)
     if ic.pp_size > 1:  # pdsim/engine/pipeline_build.py
@@ -319,7 +318,7 @@ def _spec(ref: InstanceRef, ic: InstanceConfig, budget: KVBudget, kv_bytes_per_t
         kv_dtype=ic.kv_dtype, pp=ic.pp_size,
         async_depth=ic.pp_size - 1 if ic.async_scheduling and ic.pp_size > 1 else 1,
         enable_prefix_caching=ic.enable_prefix_caching, enforce_eager=ic.enforce_eager,
-        cudagraph_sizes=_capture_sizes(ic) or (), cudagraph_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
+        cudagraph_sizes=_graph_sizes(ic), cudagraph_decode_only=ic.cudagraph_mode == "FULL_DECODE_ONLY",
         window_blocks=budget.window_blocks,
     )
 
@@ -331,6 +330,11 @@ def _capture_sizes(ic: InstanceConfig) -> tuple[int, ...] | None:
         return None
     return tuple(cudagraph_sizes(ic.max_num_seqs, ic.max_num_batched_tokens, ic.cudagraph_capture_sizes,
                                  ic.max_cudagraph_capture_size))
+
+
+def _graph_sizes(ic: InstanceConfig) -> tuple[int, ...]:
+    """The CUDA-graph sizes a step of this instance can run at (perf/cudagraphs.py), () for none."""
+    return graph_sizes_run(_capture_sizes(ic) or (), ic.cudagraph_mode == "FULL_DECODE_ONLY", ic.max_num_seqs)
 
 
 def _fused_norm_tokens(ic: InstanceConfig, hardware: HardwareSpec | None, model: ModelSpec,

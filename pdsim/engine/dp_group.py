@@ -44,7 +44,7 @@ import simpy
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.step_plan import StepPlan
-from pdsim.perf.cudagraphs import graph_sizes_run, padded_tokens
+from pdsim.perf.cudagraphs import padded_tokens
 from pdsim.perf.moe_time import MoELayerModel
 
 # vLLM's DPEngineCoreProc._has_global_unfinished_reqs: the all-reduce of "any rank unfinished" runs
@@ -73,7 +73,7 @@ class DPGroup:
         self.dummy_steps: dict[str, int] = {m.id: 0 for m in self.members}  # per rank
         # vLLM's CUDA graphs, fixed by the engine's arguments, which its ranks share: for the padding.
         spec = self.members[0].spec
-        self._graph_sizes = graph_sizes_run(spec.cudagraph_sizes, spec.cudagraph_decode_only, spec.max_num_seqs)
+        self._graph_sizes = spec.cudagraph_sizes
         self._graphs_decode_only = spec.cudagraph_decode_only
 
     # -- routing --------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ class InstanceSpec:
     pp: int = 1  # pipeline stages, each of `tp` GPUs (pdsim/engine/pipeline.py)
     async_depth: int = 1  # steps async scheduling decides ahead (pp - 1 with pipeline stages: pipeline.py)
     enforce_eager: bool = False  # no compilation, no CUDA graphs
-    # vLLM's CUDA-graph capture sizes, () for none; decode_only: FULL_DECODE_ONLY's graphs (dp_group.py's padding)
+    # The CUDA-graph sizes a step can run at (build.py _graph_sizes), () for none; decode_only: FULL_DECODE_ONLY's
+    # graphs, which a step with a prefill chunk does not run (dp_group.py's padding)
     cudagraph_sizes: tuple[int, ...] = ()
     cudagraph_decode_only: bool = False
     window_blocks: int = 0  # blocks a running request's sliding-window layers hold (KVBudget.window_blocks)

@@ -109,15 +109,8 @@ _CUSTOM_AR_OFF = re.compile(r"Custom allreduce is disabled (because|due to) ([^.
 def _logged_settings(engine_log: Path, instances: list[dict], run: MeasuredRun,
                      recorded: dict[str, object]) -> dict[str, object]:
     """What the engine's log says it ran that meta.json does not record: its custom all-reduce turned off."""
-    from pdsim.llmservingsim_keys import infer_instance_sizes
-
-    def tp(inst: dict) -> object:
-        try:
-            return infer_instance_sizes(dict(inst)).get("tp_size", 1)
-        except ValueError:  # a malformed instance: the config's own validation words it
-            return 1
-
-    if recorded.get("disable_custom_all_reduce") is True or all(tp(inst) == 1 for inst in instances):
+    if recorded.get("disable_custom_all_reduce") is True or all(inst.get("tp_size", 1) == 1
+                                                                  for inst in _sized(instances)):
         return {}
     try:
         text = engine_log.read_text(errors="replace")
@@ -185,15 +178,8 @@ def _check_parallelism(run: MeasuredRun, instances: list[dict], cluster_config: 
     """The config must lay the engine out as the run did: its TP and PP degrees are the config's
     structure, not something a replay can override. Checked on the config as written (sizes inferred as
     LLMServingSim infers them), before anything else about its layout is."""
-    from pdsim.llmservingsim_keys import infer_instance_sizes
-
     meta = Path(run.source).with_name("meta.json")
-    sized = []
-    for inst in instances:
-        try:
-            sized.append(infer_instance_sizes(dict(inst)))
-        except ValueError:  # a malformed instance (pydantic's error): the config's own validation words that
-            sized.append(inst)
+    sized = _sized(instances)
     for key, field in (("tensor_parallel_size", "tp_size"), ("pipeline_parallel_size", "pp_size")):
         recorded = _recorded_int(run.engine_kwargs, key, 1, meta)
         ran = f"{key} {recorded} ({run.source}'s meta.json engine_kwargs)"
@@ -209,6 +195,20 @@ def _check_parallelism(run: MeasuredRun, instances: list[dict], cluster_config: 
             if stated != recorded:
                 raise PdsimError(f"{cluster_config}: instance {n + 1} of {len(sized)} has {field} {stated}, but "
                                  f"the measured engine ran {ran}: give the measured engine's config")
+
+
+def _sized(instances: list[dict]) -> list[dict]:
+    """The config's instances as written, their TP and PP sizes inferred as LLMServingSim infers them; a malformed
+    one as it stands (pydantic's error: the config's own validation words that)."""
+    from pdsim.llmservingsim_keys import infer_instance_sizes
+
+    sized = []
+    for inst in instances:
+        try:
+            sized.append(infer_instance_sizes(dict(inst)))
+        except ValueError:
+            sized.append(inst)
+    return sized
 
 
 def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path) -> None:
