@@ -44,7 +44,7 @@ class AnalyticStepTimes(StepTimePredictor):
     expected times were recorded elsewhere (tests/data/vllm_scheduler_golden_<vLLM version>.json): 1 ms per step,
     40 us per token, 2 ns per decode KV token and 1 ns per prefill query-key pair."""
 
-    def step_time_s(self, prefill_chunks, n_decode, kv_decode_sum, kv_decode_max=None) -> float:
+    def step_time_s(self, prefill_chunks, n_decode, kv_decode_sum, kv_decode_max=None, graph_tokens=None) -> float:
         tokens = n_decode + sum(c for c, _ in prefill_chunks)
         if tokens <= 0:
             return 0.0

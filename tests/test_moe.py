@@ -342,6 +342,48 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
     assert group(decode_only=True)._moe_tokens([130, 3]) == (133, 130)  # padded to 136, over max_num_seqs
 
 
+
+def test_a_dp_groups_ranks_run_their_own_layers_at_the_groups_padded_size():
+    """vLLM 0.19 pads every rank to the largest rank's capture size (dp_utils.py `_post_process_dp_padding`), its
+    attention, GEMMs and TP collectives too, not only the MoE layers; a step some rank cannot graph pads none."""
+    from types import SimpleNamespace
+
+    import simpy
+
+    from pdsim.engine.dp_group import DPGroup
+    from pdsim.engine.step_plan import StepPlan
+    from pdsim.perf.cudagraphs import cudagraph_sizes
+
+    seen: dict[str, int | None] = {}
+
+    def member(name):
+        def step_time_s(chunks, n_decode, kv_sum, kv_max=None, graph_tokens=None):
+            seen[name] = graph_tokens
+            return 1e-3
+
+        def dummy_step_s(graph_tokens=None):
+            seen[name] = graph_tokens
+            return 1e-4
+
+        spec = SimpleNamespace(cudagraph_sizes=tuple(cudagraph_sizes(128, 2048)), cudagraph_decode_only=False)
+        return SimpleNamespace(id=name, spec=spec, predictor=SimpleNamespace(step_time_s=step_time_s,
+                                                                           dummy_step_s=dummy_step_s))
+
+    moe = SimpleNamespace(step_us=lambda tokens, most: 0.0)
+    group = DPGroup(simpy.Environment(), "A", [member("r0"), member("r1")], moe)
+
+    def price(plan0, plan1):
+        group._plans = {"r0": plan0, "r1": plan1}
+        group._price()
+        return seen["r0"], seen["r1"]
+
+    assert price(StepPlan(n_decode=61), StepPlan(n_decode=3)) == (64, 64)
+    assert price(StepPlan(n_decode=61), StepPlan()) == (64, 64)  # the idle rank's dummy batch too
+    assert price(StepPlan(), StepPlan()) == (1, 1)
+    # A rank over the largest graph (256) runs eagerly, so no rank pads: each runs its own count.
+    assert price(StepPlan(prefill=[(None, 297)], prefill_prefix=[0], n_decode=3), StepPlan(n_decode=61)) == (300, 61)
+
+
 def test_cuda_graph_settings_decide_a_dp_groups_padding():
     def padded(**knobs):
         cfg = cluster_config_from_dict(_cluster(*[_instance(ep_size=2, dp_group="A", **knobs)] * 2))

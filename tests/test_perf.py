@@ -421,6 +421,12 @@ def test_steps_that_fit_a_cuda_graph_run_their_token_parallel_ops_padded(llama8b
         assert decode_only.step_time_s(*step) - plain.step_time_s(*step) == (
             pytest.approx(pad_us * 1e-6, rel=1e-9) if not chunks else 0.0)
     assert graphs.step_time_s([(300, 0)], 0, 0) == plain.step_time_s([(300, 0)], 0, 0)  # above the largest, 256
+    # A count decided elsewhere (a DP group pads its ranks alike) replaces the instance's own padding.
+    assert graphs.step_time_s((), 3, 1500, graph_tokens=64) - plain.step_time_s((), 3, 1500) == pytest.approx(
+        (plain._dense_us(64) - plain._dense_us(3)) * 1e-6, rel=1e-9)
+    assert graphs.step_time_s((), 61, 61 * 500, graph_tokens=61) == plain.step_time_s((), 61, 61 * 500)
+    assert graphs.dummy_step_s(graph_tokens=64) - graphs.dummy_step_s() == pytest.approx(
+        (plain._dense_us(64) - plain._dense_us(1)) * 1e-6, rel=1e-9)
     np.testing.assert_allclose(graphs.decode_run_s(61, 61 * 500, 5),
                                [graphs.step_time_s((), 61, 61 * (500 + j)) for j in range(5)], rtol=1e-12)
     # An instance runs its engine's graph sizes: vLLM 0.19's defaults, none under enforce_eager or cudagraph_mode

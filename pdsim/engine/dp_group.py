@@ -26,7 +26,8 @@ during one only at its next step's KV connector poll, after that step's decision
 Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when every rank's step
 can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default
 min(2 x max_num_seqs, 512, max_num_batched_tokens)), each rank pads its batch to its capture size
-and then all to the largest, so the MoE layers see ranks x that many tokens; a larger step, or any
+and then all to the largest, so the MoE layers see ranks x that many tokens and every rank's own token-parallel
+ops and TP collectives (an idle rank's dummy batch's too) run at that count; a larger step, or any
 step under enforce_eager or cudagraph_mode NONE (no graphs), runs unpadded (`all_gatherv` of the true
 sizes). Under FULL_DECODE_ONLY (v1/cudagraph_dispatcher.py) only decode-only batches of at most
 max_num_seqs run graphs, so a step where some rank prefills runs unpadded too.
@@ -120,33 +121,49 @@ class DPGroup:
 
     def _price(self) -> float:
         """Seconds the group's step lasts (some rank may have work)."""
-        slowest_s = 0.0
-        tokens: list[int] = []
-        mixed = False
         self.step_has_work = not all(plan.empty for plan in self._plans.values())
-        for member in self.members:
+        tokens, mixed = self._step_tokens()
+        padded = self._padded(tokens, mixed)
+        slowest_s = 0.0
+        for member, own in zip(self.members, tokens):
             plan = self._plans[member.id]
+            graph_tokens = own if padded is None else padded
             if plan.empty:
-                own_s = member.predictor.dummy_step_s()
-                tokens.append(1)
+                own_s = member.predictor.dummy_step_s(graph_tokens=graph_tokens)
                 self.dummy_steps[member.id] += 1
             else:
-                chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
-                own_s = member.predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
-                tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
-                mixed = mixed or bool(chunks)
+                own_s = member.predictor.step_time_s(_chunks(plan), plan.n_decode, plan.kv_decode_sum,
+                                                     plan.kv_decode_max, graph_tokens=graph_tokens)
             slowest_s = max(slowest_s, own_s)
         return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens, mixed)) * 1e-6
 
-    def _moe_tokens(self, tokens: list[int], mixed: bool = False) -> tuple[int, int]:
-        """(tokens the group's MoE layers see, the most one rank gives): the ranks' own, or, when every
-        rank's step runs a CUDA graph, every rank padded to the largest capture size among them (module
-        docstring). mixed: some rank's step has a prefill chunk (not a decode-only batch)."""
+    def _step_tokens(self) -> tuple[list[int], bool]:
+        """Each rank's new tokens this step (1 for a dummy batch), and whether some rank's step has a prefill chunk
+        (is not a decode-only batch)."""
+        tokens = [1 if plan.empty else sum(num_new for _, num_new in plan.prefill) + plan.n_decode
+                  for plan in (self._plans[member.id] for member in self.members)]
+        return tokens, any(plan.prefill for plan in self._plans.values())
+
+    def _padded(self, tokens: list[int], mixed: bool) -> int | None:
+        """The token count every rank's step runs its token-parallel ops, collectives and MoE layers at when every
+        rank's step runs a CUDA graph: the largest rank's capture size; None when some rank's cannot and all run
+        their own (module docstring)."""
         sizes = self._graph_sizes
         if not sizes or max(tokens) > sizes[-1] or (self._graphs_decode_only and mixed):
+            return None
+        return padded_tokens(sizes, max(tokens))
+
+    def _moe_tokens(self, tokens: list[int], mixed: bool = False) -> tuple[int, int]:
+        """(tokens the group's MoE layers see, the most one rank gives): the ranks' own, or all padded alike."""
+        padded = self._padded(tokens, mixed)
+        if padded is None:
             return sum(tokens), max(tokens)
-        padded = padded_tokens(sizes, max(tokens))
         return padded * len(tokens), padded
+
+
+def _chunks(plan: StepPlan) -> tuple[tuple[int, int], ...]:
+    """A plan's prefill chunks as the predictor takes them: (new tokens, cached prefix)."""
+    return tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
 
 
 def route(router: Router, candidates: Sequence[Instance], group_of: dict[str, DPGroup],

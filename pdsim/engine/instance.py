@@ -33,7 +33,7 @@ class StepTimeModel:
     """What the instance needs from the performance model (see pdsim/perf/predictor.py)."""
 
     def step_time_s(self, prefill_chunks: list[tuple[int, int]], n_decode: int, kv_decode_sum: int,
-                    kv_decode_max: int | None = None) -> float:
+                    kv_decode_max: int | None = None, graph_tokens: int | None = None) -> float:
         raise NotImplementedError
 
     def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int,

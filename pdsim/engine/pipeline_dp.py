@@ -12,28 +12,25 @@ The ranks pad their batches to a CUDA-graph capture size as an unpipelined group
 
 from __future__ import annotations
 
-from pdsim.engine.dp_group import DPGroup
+from pdsim.engine.dp_group import DPGroup, _chunks
 
 
 class PipelineDPGroup(DPGroup):
     def _price(self) -> tuple[tuple[float, ...], float]:  # type: ignore[override]
         """(seconds per stage, send seconds) of the group's next micro-batch."""
+        tokens, mixed = self._step_tokens()
+        # Padded as an unpipelined group's ranks are, through every stage (the activations sent included).
+        padded = self._padded(tokens, mixed)
         own: list[tuple[float, ...]] = []
-        tokens: list[int] = []
-        mixed = False
-        for member in self.members:
+        for member, own_tokens in zip(self.members, tokens):
             plan = self._plans[member.id]
+            graph_tokens = own_tokens if padded is None else padded
             if plan.empty:
-                own.append(member.predictor.dummy_stage_times_s())
-                tokens.append(1)
+                own.append(member.predictor.dummy_stage_times_s(graph_tokens=graph_tokens))
                 self.dummy_steps[member.id] += 1
             else:
-                chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
-                own.append(member.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum,
-                                                          plan.kv_decode_max))
-                tokens.append(sum(c for c, _ in chunks) + plan.n_decode)
-                mixed = mixed or bool(chunks)
-        # Padded as an unpipelined group's ranks are, through every stage (the activations sent included).
+                own.append(member.predictor.stage_times_s(_chunks(plan), plan.n_decode, plan.kv_decode_sum,
+                                                          plan.kv_decode_max, graph_tokens=graph_tokens))
         group_tokens, max_tokens = self._moe_tokens(tokens, mixed)
         predictor = self.members[0].predictor
         moe_us = self.moe_layer.layer_us(group_tokens, max_tokens) if self.moe_layer is not None else 0.0

@@ -99,10 +99,10 @@ class PipelinePredictor:
 
     # -- times ----------------------------------------------------------------------------------
     def stage_times_s(self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
-                      kv_decode_max: int | None = None) -> tuple[float, ...]:
-        """Seconds each stage computes this step (sends not included)."""
+                      kv_decode_max: int | None = None, graph_tokens: int | None = None) -> tuple[float, ...]:
+        """Seconds each stage computes this step (sends not included); graph_tokens as Predictor.step_time_s's."""
         chunks = tuple(prefill_chunks)
-        key = (chunks, n_decode, kv_decode_sum, kv_decode_max)
+        key = (chunks, n_decode, kv_decode_sum, kv_decode_max, graph_tokens)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -110,7 +110,7 @@ class PipelinePredictor:
         seqs = len(chunks) + n_decode
         times = []
         for pred, stage in zip(self.stages, self.stage_info):
-            us = pred.step_time_s(chunks, n_decode, kv_decode_sum, kv_decode_max) * 1e6
+            us = pred.step_time_s(chunks, n_decode, kv_decode_sum, kv_decode_max, graph_tokens) * 1e6
             if not stage.first:
                 us -= self._embedding(tokens)
             if not stage.last:
@@ -144,9 +144,9 @@ class PipelinePredictor:
     def dummy_step_s(self) -> float:
         return self.step_time_s(((1, 0),), 0, 0) - (self._lm_head(1) + self._sampler(1)) * 1e-6
 
-    def dummy_stage_times_s(self) -> tuple[float, ...]:
+    def dummy_stage_times_s(self, graph_tokens: int | None = None) -> tuple[float, ...]:
         """An idle DP rank's dummy batch (one token, no logits or sampling) on each stage."""
-        times = list(self.stage_times_s(((1, 0),), 0, 0))
+        times = list(self.stage_times_s(((1, 0),), 0, 0, graph_tokens=graph_tokens))
         times[-1] = max(times[-1] - (self._lm_head(1) + self._sampler(1)) * 1e-6, 0.0)
         return tuple(times)
 

@@ -197,7 +197,7 @@ class StepTimePredictor:
             self.notes.append(f"TP all-reduce priced by {self.allreduce_source}")
 
     def _init_caches(self) -> None:
-        self._nonattn_cache: dict[tuple[int, int], float] = {}
+        self._nonattn_cache: dict[tuple[int, int, int | None], float] = {}
         self._dense_cache: dict[int, float] = {}
         self._seq_cache: dict[int, float] = {}
         self._prefill_cache: dict[tuple[int, int], float] = {}
@@ -290,12 +290,18 @@ class StepTimePredictor:
             self._seq_cache[sequences] = cached
         return cached
 
-    def _nonattn_us(self, tokens: int, sequences: int) -> float:
-        key = (tokens, sequences)
+    def graphed_tokens(self, tokens: int, sequences: int) -> int:
+        """The token count a step of `tokens` new tokens over `sequences` requests runs its token-parallel ops and
+        collectives at: padded to a CUDA-graph size when one can run it (perf/cudagraphs.py)."""
+        if self.graphs_decode_only and tokens != sequences:
+            return tokens
+        return padded_tokens(self.graph_sizes, tokens)
+
+    def _nonattn_us(self, tokens: int, sequences: int, graph_tokens: int | None = None) -> float:
+        key = (tokens, sequences, graph_tokens)
         cached = self._nonattn_cache.get(key)
         if cached is None:
-            graphed = tokens if self.graphs_decode_only and tokens != sequences else padded_tokens(self.graph_sizes,
-                                                                                                 tokens)
+            graphed = self.graphed_tokens(tokens, sequences) if graph_tokens is None else graph_tokens
             cached = (self._dense_us(graphed) + self._per_seq_us(sequences) + self.step_overhead_us
                       + self.step_overhead_per_seq_us * sequences)
             self._nonattn_cache[key] = cached
@@ -350,17 +356,19 @@ class StepTimePredictor:
 
     def step_time_s(
         self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
-        kv_decode_max: int | None = None,
+        kv_decode_max: int | None = None, graph_tokens: int | None = None,
     ) -> float:
         """Seconds one engine step takes.
 
         prefill_chunks: (new tokens, KV prefix tokens cached before this step) per prefill
         request; n_decode decode requests computing one token each, whose KV lengths before the
         step sum to kv_decode_sum and whose longest is kv_decode_max (None: a uniform batch).
+        graph_tokens: the token count its token-parallel ops run at, where someone else decides it (a DP group
+        pads its ranks alike); None: this instance's own CUDA-graph padding.
         """
         chunks = tuple(prefill_chunks) if not isinstance(prefill_chunks, tuple) else prefill_chunks
         kv_max = self._skewed_max(n_decode, kv_decode_sum, kv_decode_max)
-        key = (chunks, n_decode, kv_decode_sum, kv_max)
+        key = (chunks, n_decode, kv_decode_sum, kv_max, graph_tokens)
         cached = self._step_cache.get(key)
         if cached is not None:
             return cached
@@ -391,17 +399,17 @@ class StepTimePredictor:
             if n_decode:
                 attn += self._decode_attn_us(n_decode, kv_decode_sum / n_decode, kv_max)
 
-        seconds = (self._nonattn_us(tokens, sequences) + self.num_layers * attn) * 1e-6
+        seconds = (self._nonattn_us(tokens, sequences, graph_tokens) + self.num_layers * attn) * 1e-6
         if len(self._step_cache) >= _STEP_CACHE_MAX:
             self._step_cache.clear()
         self._step_cache[key] = seconds
         return seconds
 
-    def dummy_step_s(self) -> float:
+    def dummy_step_s(self, graph_tokens: int | None = None) -> float:
         """An idle DP rank's dummy batch (vLLM's execute_dummy_batch -> _dummy_run(1)): a forward
         pass of one token without KV, and no logits or sampling; MoE layers as the predictor
-        counts them (none when `moe_external`)."""
-        return self.step_time_s(((1, 0),), 0, 0) - self._per_seq_us(1) * 1e-6
+        counts them (none when `moe_external`). graph_tokens: as step_time_s's (the group's padding)."""
+        return self.step_time_s(((1, 0),), 0, 0, graph_tokens=graph_tokens) - self._per_seq_us(1) * 1e-6
 
     def decode_run_s(
         self, n_decode: int, kv_decode_sum: int, num_steps: int, kv_decode_max: int | None = None
