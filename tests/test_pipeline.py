@@ -638,3 +638,15 @@ def test_busy_time_is_counted_up_to_the_last_finish(layout):
     for inst in summarize(res, requests_frame(res))["instances"]:
         assert 0.9 < inst["busy_fraction"] <= 1 + 1e-12, inst
         assert all(share <= 1 + 1e-12 for share in inst["stage_busy_fraction"]), inst
+
+
+def test_a_stage_whose_norms_are_fused_into_the_all_reduce_is_not_charged_a_final_norm_it_never_ran():
+    # With the all-reduce + norm fusion asked for (vLLM leaves it off under PP by default), a step of up to the
+    # fused size prices no norms, the final one included: the first stage takes off only the logits it does not run.
+    pred = _built(cluster(instance(None, 80, "H100", pp_size=2, tp_size=2, num_npus=4,
+                                   allreduce_rms_fusion=True))).predictor
+    first = pred.stages[0]
+    assert first.fused_norm_tokens is not None and first.fused_norm_tokens >= 64
+    step_us = first.step_time_s((), 64, 64 * 500) * 1e6
+    logits_us = pred._lm_head(64) + pred._sampler(64)
+    assert pred.stage_times_s((), 64, 64 * 500)[0] * 1e6 == pytest.approx(step_us - logits_us, rel=1e-12)
