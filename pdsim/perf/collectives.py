@@ -107,7 +107,9 @@ NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 
 # bytes, as for H100 above). Per GPU count: (call us, bus bandwidth GB/s) of vLLM's custom all-reduce
 # in CUDA-graph mode (`vLLM_custom_graph`), which vLLM 0.19 runs on two PCIe GPUs for messages under
 # its 8 MiB max_size, and of NCCL all_reduce (half), which it runs for larger messages and on more than
-# two PCIe GPUs. Least squares in relative error over 8 KB..8 MiB (custom) and 8 KB..256 MB (NCCL);
+# two PCIe GPUs. Each is fitted over the sizes vLLM runs it at (least squares in relative error): the custom
+# all-reduce over 8 KB..8 MiB; NCCL over 8 KB..256 MB, and on two GPUs also over 8 MiB..256 MB, the messages
+# the custom all-reduce hands it (one line over all sizes is 4-9% slow there, one over those within 1%);
 # benchmarks/allreduce_fit.py re-derives them and prints the fit errors:
 # - rtx_pro_6000_server (8 x RTX PRO 6000 Blackwell Server Edition, PCIe 5): custom all-reduce of vLLM
 #   0.19.0, NCCL 2.29.2.
@@ -129,12 +131,14 @@ class PcieServer(NamedTuple):
         return f"{self.name}: {f'{self.custom}, ' if custom_runs else ''}{self.nccl}"
 
 
-PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
-    # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count)
+Fit = tuple[float, float]  # (call us, bus bandwidth GB/s)
+PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, Fit], dict[int, Fit], Fit]] = {
+    # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count, NCCL on two GPUs from the
+    # custom all-reduce's max size)
     "RTXPRO6000": (PcieServer("RTX PRO 6000 Server", "vLLM 0.19 custom all-reduce", "NCCL 2.29.2"),
-                   {2: (18.8, 14.7)}, {2: (7.33, 34.0), 4: (14.2, 24.2), 8: (29.4, 22.2)}),
+                   {2: (18.8, 14.7)}, {2: (7.33, 34.0), 4: (14.2, 24.2), 8: (29.4, 22.2)}, (17.4, 36.9)),
     "L40S": (PcieServer("L40S server", "vLLM 0.14 custom all-reduce", "NCCL 2.27.3"),
-             {2: (5.41, 19.4)}, {2: (7.93, 18.6), 4: (11.2, 5.12), 8: (28.4, 1.62)}),
+             {2: (5.41, 19.4)}, {2: (7.93, 18.6), 4: (11.2, 5.12), 8: (28.4, 1.62)}, (9.93, 20.0)),
 }
 PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 collective tables)"
 # GeForce cards have no peer-to-peer access (NVIDIA left it off the RTX 40 series), so vLLM's custom
@@ -232,7 +236,7 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
     generation = (generation_gbps if generation_gbps is not None else
                   spec.intra_node_bw_gbps if spec is not None else line_gbps)
     server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(generation / line[name])), name))
-    measured, custom, nccl = PCIE_MEASURED[server]
+    measured, custom, nccl, nccl_large = PCIE_MEASURED[server]
     scale = line_gbps / line[server]
     if scale != 1.0:
         why += f", bandwidth scaled x{scale:.2f} to its {line_gbps:g} GB/s link"
@@ -240,7 +244,7 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
         custom = {}
         why += ", and without peer-to-peer access NCCL alone, a lower bound"
     source = PCIE_ASSUMED_SOURCE.format(measured.name, hardware_name, why) + _topology(n)
-    return _server_model(source, custom, nccl, n, custom_all_reduce, scale)
+    return _server_model(source, custom, nccl, nccl_large, n, custom_all_reduce, scale)
 
 
 def _topology(n: int) -> str:
@@ -250,10 +254,11 @@ def _topology(n: int) -> str:
             "(measure allreduce.csv)")
 
 
-def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dict[int, tuple[float, float]],
+def _server_model(source: str, custom: dict[int, Fit], nccl: dict[int, Fit], nccl_large: Fit,
                   n: int, custom_all_reduce: bool, bw_scale: float = 1.0) -> AllReduceModel:
     """A PCIe server's tables for n GPUs (the nearest measured count), as vLLM picks the algorithm:
-    custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise."""
+    custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise, from 8 MiB at its fit over
+    those sizes (the logits' all-gather, of any size, stays on NCCL's fit over all sizes)."""
     if not custom_all_reduce and custom:
         custom, source = {}, source + NCCL_ONLY
     gpus = _nearest_gpus(nccl, n)
@@ -263,6 +268,9 @@ def _server_model(source: str, custom: dict[int, tuple[float, float]], nccl: dic
     nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale)
     if not _custom_runs(custom, n, custom_all_reduce):
         return nccl_model
+    call_us, bus_bw = nccl_large
+    nccl_model = dataclasses.replace(nccl_model, large=AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale),
+                                     large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
     call_us, bus_bw = custom[2]
     return AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale, large=nccl_model,
                           large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
@@ -279,15 +287,15 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
     found = _measured(PCIE_MEASURED, PCIE_WITHOUT_P2P_LIKE, hardware)
     if found is None:
         return None
-    name, (server, custom, nccl) = found
+    name, (server, custom, nccl, nccl_large) = found
     scale, scaled = _link_scale(hardware)
     if name != hardware.name:  # no P2P: NCCL only, lower bound
         return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {server.name} "
                              f"(same PCIe generation; aiconfigurator-core 0.12 tables){scaled}, a lower bound", {},
-                             nccl, n, custom_all_reduce, scale)
+                             nccl, nccl_large, n, custom_all_reduce, scale)
     # Named by what runs: where NCCL alone does, only what was measured of it.
     source = PCIE_MEASURED_SOURCE.format(server.measured(_custom_runs(custom, n, custom_all_reduce)))
-    return _server_model(source + scaled + _topology(n), custom, nccl, n, custom_all_reduce, scale)
+    return _server_model(source + scaled + _topology(n), custom, nccl, nccl_large, n, custom_all_reduce, scale)
 
 
 def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:
