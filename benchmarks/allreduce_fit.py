@@ -60,13 +60,30 @@ def fit(nbytes: np.ndarray, measured_us: np.ndarray, n: int) -> tuple[float, flo
     return float(call_us), float(1 / us_per_kb), (call_us + x * us_per_kb) / measured_us - 1
 
 
-def rows(table: pd.DataFrame | list[pd.DataFrame], n: int, max_bytes: float,
-         min_bytes: float = MIN_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, us) of n GPUs from min_bytes to below max_bytes; several tables: the fastest at each size."""
+def fit_protocols(nbytes: np.ndarray, measured_us: np.ndarray, n: int) -> tuple[tuple[float, ...], np.ndarray]:
+    """NCCL as two protocol lines, the faster taken at each size (pdsim/perf/collectives.py): each line fitted as
+    `fit` does on the sizes below / from a split, the split whose two lines fit all sizes best (least squares in
+    relative error). Returns (small call us, small busbw, large call us, large busbw) and each point's error."""
+    x = 2 * (n - 1) / n * nbytes / 1e3
+    best = None
+    for split in range(2, len(x) - 1):
+        c1, b1, _ = fit(nbytes[:split], measured_us[:split], n)
+        c2, b2, _ = fit(nbytes[split:], measured_us[split:], n)
+        if min(c1, b1, c2, b2) <= 0:
+            continue
+        rel = np.minimum(c1 + x / b1, c2 + x / b2) / measured_us - 1
+        if best is None or (rel ** 2).sum() < (best[1] ** 2).sum():
+            best = ((c1, b1, c2, b2), rel)
+    assert best is not None
+    return best
+
+
+def rows(table: pd.DataFrame | list[pd.DataFrame], n: int, max_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, us) of n GPUs from MIN_BYTES to below max_bytes; several tables: the fastest at each size."""
     tables = table if isinstance(table, list) else [table]
     t = pd.concat([x[x.num_gpus == n].groupby("message_size").latency.min() for x in tables], axis=1).min(axis=1)
     nbytes = t.index.to_numpy(dtype=float) * 2  # elements of bf16
-    keep = (nbytes >= min_bytes) & (nbytes < max_bytes)
+    keep = (nbytes >= MIN_BYTES) & (nbytes < max_bytes)
     return nbytes[keep], t.to_numpy()[keep] * 1e3
 
 
@@ -100,20 +117,22 @@ def main() -> None:
         sys.exit("no aiconfigurator-core systems data: give --systems-dir (see the usage above)")
     worst = 0.0
     for hardware, (system, custom_file, nccl_file) in PCIE_TABLES.items():
-        _, custom_ours, nccl_ours, nccl_large_ours = PCIE_MEASURED[hardware]
+        _, custom_ours, nccl_ours = PCIE_MEASURED[hardware]
         custom, nccl = read(args.systems_dir, system, custom_file, nccl_file)
         print(f"{hardware} ({system}; versions {', '.join(sorted(set(custom.version) | set(nccl.version)))})")
-        for name, table, ours, max_bytes in (("custom all-reduce", custom, custom_ours, PCIE_CUSTOM_MAX_BYTES),
-                                             ("NCCL", nccl, nccl_ours, MAX_NCCL_BYTES + 1)):
-            for n, constants in ours.items():
-                worst = max(worst, refit(name, *rows(table, n, max_bytes), n, constants))
-        # What the custom all-reduce hands NCCL on two GPUs: its fit over those sizes, and how the fit over all
-        # sizes follows them.
-        nbytes, us = rows(nccl, 2, MAX_NCCL_BYTES + 1, PCIE_CUSTOM_MAX_BYTES)
-        worst = max(worst, refit("NCCL from 8 MiB", nbytes, us, 2, nccl_large_ours))
-        call_us, bus_bw = nccl_ours[2]
-        rel = (call_us + nbytes / (bus_bw * 1e3)) / us - 1
-        print(f"    NCCL's fit over all sizes there: errors {', '.join(f'{r:+.0%}' for r in rel)}")
+        for n, constants in custom_ours.items():
+            worst = max(worst, refit("custom all-reduce", *rows(custom, n, PCIE_CUSTOM_MAX_BYTES), n, constants))
+        for n, constants in nccl_ours.items():
+            nbytes, us = rows(nccl, n, MAX_NCCL_BYTES + 1)
+            refit_constants, rel = fit_protocols(nbytes, us, n)
+            print(f"  NCCL, {n} GPUs: fit {refit_constants[0]:.3g} us + busbw {refit_constants[1]:.3g} GB/s, "
+                  f"{refit_constants[2]:.3g} us + busbw {refit_constants[3]:.3g} GB/s, the faster (pdsim "
+                  f"{', '.join(f'{c:g}' for c in constants)}); mean |error| {np.abs(rel).mean():.0%}, worst "
+                  f"{np.abs(rel).max():.0%}")
+            worst = max(worst, *(abs(r / c - 1) for r, c in zip(refit_constants, constants)))
+            refit("  (one line instead)", nbytes, us, n, None)  # what one line over all sizes would do
+            large = nbytes >= PCIE_CUSTOM_MAX_BYTES  # what NCCL runs behind the custom all-reduce on two GPUs
+            print(f"    from 8 MiB: mean |error| {np.abs(rel[large]).mean():.1%}, worst {np.abs(rel[large]).max():.1%}")
     print()
     print("NVLink: the faster of the custom all-reduce and NCCL at each size, and NCCL alone; "
           "then the H100-derived model (scaled by line rate) against the same tables")

@@ -38,12 +38,12 @@ def test_an_unmeasured_pcie_gpu_takes_the_measured_server_of_its_pcie_generation
         h100 = interconnect_model(get_hardware("H100-PCIe"), n)
         assert h100.time_us(m, n) == interconnect_model(rtx, n).time_us(m, n)
     # An RTX PRO 6000 on another link keeps its own server's per-call costs, the bandwidth scaled by the link
-    # (PCIe 3, 16 GB/s: its NCCL from 8 MiB at a quarter of its bandwidth, 17.4 us + 9.2 GB/s), and so does a GPU
-    # without a server of its own (the L40 on a PCIe 5 link is still priced from the L40S server, at twice its
-    # bandwidth).
+    # (PCIe 3, 16 GB/s: its NCCL's large-message line at a quarter of its bandwidth, 16.6 us + 9.25 GB/s), and so
+    # does a GPU without a server of its own (the L40 on a PCIe 5 link is still priced from the L40S server, at
+    # twice its bandwidth).
     gen3 = interconnect_model(replace(rtx, intra_node_bw_gbps=16.0), 2)
     assert "RTX PRO 6000 Server" in gen3.source and "scaled x0.25 to its 16 GB/s link" in gen3.source
-    assert gen3.time_us(16 * m, 2) == pytest.approx(17.4 + 16 * m / (0.25 * 36.9e3))
+    assert gen3.time_us(16 * m, 2) == pytest.approx(16.6 + 16 * m / (0.25 * 37.0e3))
     l40_gen5 = interconnect_model(replace(get_hardware("L40"), intra_node_bw_gbps=64.0), 2)
     assert "measured on the L40S server" in l40_gen5.source and "scaled x2.00 to its 64 GB/s link" in l40_gen5.source
     # A faster link is never a slower all-reduce: no jump where another server's per-call cost would take over.
@@ -56,31 +56,33 @@ def test_an_unmeasured_pcie_gpu_takes_the_measured_server_of_its_pcie_generation
 
 
 def test_a_gpu_without_peer_to_peer_gets_nccl_of_its_pcie_generation():
-    # RTX 4090: no P2P, so no custom all-reduce; the L40S server's NCCL (PCIe 4), 7.93 us + 18.6 GB/s.
+    # RTX 4090: no P2P, so no custom all-reduce; the L40S server's NCCL (PCIe 4): 6.54 us + 11.0 GB/s for small
+    # messages, 23.3 us + 20.5 GB/s for large ones, the faster taken.
     model = interconnect_model(get_hardware("RTX4090"), 2)
     assert "without peer-to-peer" in model.source and model.large is None
-    assert model.time_us(512 * 1024, 2) == pytest.approx(7.93 + 512 * 1024 / 18.6e3)
+    assert model.time_us(64 * 1024, 2) == pytest.approx(6.54 + 64 * 1024 / 11.0e3)
+    assert model.time_us(4 * 2**20, 2) == pytest.approx(23.3 + 4 * 2**20 / 20.5e3)
 
 
 def test_measured_pcie_servers_follow_their_tables():
     # aiconfigurator-core 0.12's rtx_pro_6000_server tables (benchmarks/allreduce_fit.py), bf16:
     # vLLM 0.19 custom all-reduce (graph) of 262,144 elements (512 KiB, a 64-token decode of a
     # 4096-wide model) 55.5 us; NCCL 2.29.2 of 4,194,304 / 8,388,608 / 16,777,216 / 67,108,864 elements (8 / 16
-    # / 32 / 128 MiB, a prefill of 1,024 to 16,384 tokens) 243.8 / 473.5 / 930.6 / 3,620.3 us. NCCL is fitted over
-    # the sizes vLLM hands it on two GPUs, from 8 MiB: one line over all sizes made these 4-9% slow.
+    # / 32 / 128 MiB, a prefill of 1,024 to 16,384 tokens) 243.8 / 473.5 / 930.6 / 3,620.3 us. NCCL's two
+    # protocol lines follow them within 1%, where one line over all sizes was 4-9% slow.
     rtx = get_hardware("RTXPRO6000")
     two = interconnect_model(rtx, 2)
     assert "measured on RTX PRO 6000" in two.source
     assert two.time_us(512 * 1024, 2) == pytest.approx(55.5, rel=0.05)
     for mib, measured_us in ((8, 243.8), (16, 473.5), (32, 930.6), (128, 3620.3)):
         assert two.time_us(mib * 2**20, 2) == pytest.approx(measured_us, rel=0.01)
-    # The logits' all-gather, of any size, keeps NCCL's fit over all sizes (its small messages included).
-    assert two.all_gather_us(2**20, 2) == pytest.approx(7.33 + 0.5 * 2**20 / 34.0e3)
+    # The logits' all-gather is NCCL's too, on the faster line for its size (the small-message one at 1 MiB).
+    assert two.all_gather_us(2**20, 2) == pytest.approx(6.49 + 0.5 * 2**20 / 22.3e3)
     # vLLM hands 8 MiB and more to NCCL, which on this server moves big messages faster.
     assert two.time_us(8 * 2**20, 2) < two.time_us(8 * 2**20 - 16, 2)
     # Four GPUs: NCCL only (vLLM's custom all-reduce is off beyond two PCIe GPUs).
     four = interconnect_model(rtx, 4)
-    assert four.large is None and four.call_us == pytest.approx(14.2)
+    assert four.large is None and four.call_us == pytest.approx(12.4)
     # The L40S server: custom all-reduce of 512 KiB 32.1 us measured (vLLM 0.14).
     assert interconnect_model(get_hardware("L40S"), 2).time_us(512 * 1024, 2) == pytest.approx(32.1, rel=0.05)
 
@@ -92,13 +94,13 @@ def test_disabling_vllms_custom_all_reduce_prices_nccl_alone():
     rtx = get_hardware("RTXPRO6000")
     nccl = interconnect_model(rtx, 2, custom_all_reduce=False)
     assert nccl.large is None and "NCCL only" in nccl.source
-    assert nccl.time_us(512 * 1024, 2) == pytest.approx(31.3, rel=0.3)
+    assert nccl.time_us(512 * 1024, 2) == pytest.approx(31.3, rel=0.05)
     assert nccl.time_us(512 * 1024, 2) < 0.7 * interconnect_model(rtx, 2).time_us(512 * 1024, 2)
     h100 = get_hardware("H100-SXM")
     assert interconnect_model(h100, 8, custom_all_reduce=False).time_us(10240, 8) > 15.0
-    # A GPU priced by another server's tables: NCCL alone too (the L40S server's, 7.93 us per call).
+    # A GPU priced by another server's tables: NCCL alone too (the L40S server's, 6.54 us per small call).
     l40 = interconnect_model(get_hardware("L40"), 2, custom_all_reduce=False)
-    assert l40.large is None and "NCCL only" in l40.source and l40.time_us(0, 2) == pytest.approx(7.93)
+    assert l40.large is None and "NCCL only" in l40.source and l40.time_us(0, 2) == pytest.approx(6.54)
 
 
 def test_models_are_zero_for_one_gpu_and_grow_with_size():

@@ -512,11 +512,13 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     predictor = res.instances[0].predictor
     notes = " ".join(predictor.notes)
     # The innermost dimension's 128 GB/s is the TP link's line rate: the measured RTX PRO 6000 server's tables
-    # (custom all-reduce 14.7 GB/s, NCCL 34.0 on two GPUs) scaled to it (pdsim/perf/collectives.py).
+    # (custom all-reduce 14.7 GB/s, NCCL 22.3 and 37.0 on two GPUs, its two protocol lines) scaled to it
+    # (pdsim/perf/collectives.py).
     assert "TP all-reduce priced by PCIe model measured on RTX PRO 6000 Server" in notes
     assert "bandwidth scaled x2.00 to its 128 GB/s link" in notes
     model = predictor._allreduce_model
-    assert model.bus_bw_gbps == pytest.approx(2 * 14.7) and model.large.bus_bw_gbps == pytest.approx(2 * 34.0)
+    assert model.bus_bw_gbps == pytest.approx(2 * 14.7) and model.large.bus_bw_gbps == pytest.approx(2 * 22.3)
+    assert model.large.other_protocol == pytest.approx((16.6, 2 * 37.0))
     assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
 
 

@@ -374,29 +374,29 @@ def test_llmservingsim_tp2_adds_modelled_allreduce(llama8b, rtx):
     p2 = read_profile(LSS, tp=2)
     without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([(2048, 0)], 0, 0)
     nbytes = 2048 * 4096 * 2
-    # RTX PRO 6000 is a PCIe GPU with a measured server: 16 MiB is vLLM's NCCL range (2 GPUs, NCCL's fit over
-    # the sizes from 8 MiB: 17.4 us per call, 36.9 GB/s bus bandwidth).
+    # RTX PRO 6000 is a PCIe GPU with a measured server: 16 MiB is vLLM's NCCL range (2 GPUs, NCCL's
+    # large-message line: 16.6 us per call, 37.0 GB/s bus bandwidth).
     pred = StepTimePredictor(p2, llama8b, 2, rtx)
     assert any("PCIe model measured" in n for n in pred.notes) and "PCIe model measured" in pred.allreduce_source
-    pcie_us = 17.4 + nbytes / (36.9 * 1e3)
-    # one sampled row, gathered by NCCL (its fit over all sizes, 7.33 us, 34 GB/s)
-    gather_us = 7.33 + 0.5 * 1 * 128256 * 2 / (34.0 * 1e3)
+    pcie_us = 16.6 + nbytes / (37.0 * 1e3)
+    gather_us = 6.49 + 0.5 * 1 * 128256 * 2 / (22.3 * 1e3)  # one sampled row, NCCL's small-message line
     assert pred.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx((65 * pcie_us + gather_us) * 1e-6,
                                                                           rel=1e-9)
     # A decode step of 64: 512 KiB all-reduces take vLLM's custom kernel (18.8 us, 14.7 GB/s); the
-    # 64 rows of logits (16 MB) are gathered by NCCL.
+    # 64 rows of logits (16 MB) are gathered by NCCL (its large-message line).
     decode_without = StepTimePredictor(p2, llama8b, 1, rtx).step_time_s([], 64, 64 * 500)
     custom_us = 18.8 + 64 * 4096 * 2 / (14.7 * 1e3)
-    gather_us = 7.33 + 0.5 * 64 * 128256 * 2 / (34.0 * 1e3)
+    gather_us = 16.6 + 0.5 * 64 * 128256 * 2 / (37.0 * 1e3)
     assert pred.step_time_s([], 64, 64 * 500) - decode_without == pytest.approx(
         (65 * custom_us + gather_us) * 1e-6, rel=1e-9)
-    # A GPU pdsim has no spec for: taken as a PCIe 4.0 card, the L40S server's (NCCL at 16 MiB: 9.93 us,
-    # 20.0 GB/s, its fit from 8 MiB; the gather at its fit over all sizes, 7.93 us, 18.6 GB/s), said to be assumed.
+    # A GPU pdsim has no spec for: taken as a PCIe 4.0 card, the L40S server's (NCCL at 16 MiB: its large-message
+    # line, 23.3 us, 20.5 GB/s; the one row's gather on its small-message line, 6.54 us, 11.0 GB/s), said to be
+    # assumed.
     unknown = StepTimePredictor(p2, llama8b, 2, None)
     assert ("L40S server (aiconfigurator-core 0.12 collective tables), assumed for RTXPRO6000: no measurement of "
             "its own, taken as PCIe 4.0 x16 (no spec for 'RTXPRO6000'") in unknown.allreduce_source
-    guess_us = 9.93 + nbytes / (20.0 * 1e3)
-    guess_gather_us = 7.93 + 0.5 * 128256 * 2 / (18.6 * 1e3)
+    guess_us = 23.3 + nbytes / (20.5 * 1e3)
+    guess_gather_us = 6.54 + 0.5 * 128256 * 2 / (11.0 * 1e3)
     assert unknown.step_time_s([(2048, 0)], 0, 0) - without == pytest.approx(
         (65 * guess_us + guess_gather_us) * 1e-6, rel=1e-9)
 

@@ -49,6 +49,9 @@ class AllReduceModel:
     # custom all-reduce hands messages of its max_size, 8 MiB, and up to NCCL).
     large: AllReduceModel | None = None
     large_from_bytes: float = float("inf")
+    # A second (call us, bus bandwidth GB/s) line, the faster of the two taken at each size: NCCL's protocols, as its
+    # own tuner models them (a latency and a bandwidth each; LL for small messages, Simple for large).
+    other_protocol: tuple[float, float] | None = None
 
     def time_us(self, nbytes: float, n: int) -> float:
         if n <= 1:
@@ -56,7 +59,7 @@ class AllReduceModel:
         if self.large is not None and nbytes >= self.large_from_bytes:
             return self.large.time_us(nbytes, n)
         steps = 2 * (n - 1)
-        return self.call_us + steps * self.hop_us + steps / n * nbytes / (self.bus_bw_gbps * 1e3)  # GB/s = 1e3 B/us
+        return self._fastest(steps * self.hop_us, steps / n * nbytes)
 
     def all_gather_us(self, nbytes: float, n: int) -> float:
         """An NCCL all-gather whose output is `nbytes` (vLLM gathers the logits of a TP group with
@@ -65,7 +68,15 @@ class AllReduceModel:
         if n <= 1:
             return 0.0
         nccl = self.large or self
-        return nccl.call_us + (n - 1) * nccl.hop_us + (n - 1) / n * nbytes / (nccl.bus_bw_gbps * 1e3)
+        return nccl._fastest((n - 1) * nccl.hop_us, (n - 1) / n * nbytes)
+
+    def _fastest(self, hops_us: float, bus_bytes: float) -> float:
+        """The call's time with `bus_bytes` through each link (GB/s = 1e3 B/us), on the faster protocol line."""
+        us = self.call_us + hops_us + bus_bytes / (self.bus_bw_gbps * 1e3)
+        if self.other_protocol is None:
+            return us
+        call_us, bus_bw = self.other_protocol
+        return min(us, call_us + bus_bytes / (bus_bw * 1e3))
 
 
 # NVLink 4 (H100/H200 SXM), per GPU count: (per-call latency us, bus bandwidth GB/s). Least-squares
@@ -107,9 +118,11 @@ NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 
 # bytes, as for H100 above). Per GPU count: (call us, bus bandwidth GB/s) of vLLM's custom all-reduce
 # in CUDA-graph mode (`vLLM_custom_graph`), which vLLM 0.19 runs on two PCIe GPUs for messages under
 # its 8 MiB max_size, and of NCCL all_reduce (half), which it runs for larger messages and on more than
-# two PCIe GPUs. Each is fitted over the sizes vLLM runs it at (least squares in relative error): the custom
-# all-reduce over 8 KB..8 MiB; NCCL over 8 KB..256 MB, and on two GPUs also over 8 MiB..256 MB, the messages
-# the custom all-reduce hands it (one line over all sizes is 4-9% slow there, one over those within 1%);
+# two PCIe GPUs. The custom all-reduce is one line over 8 KB..8 MiB. NCCL is two, as its tuner models its
+# protocols (a latency and a bandwidth each, the faster taken at each size: LL for small messages, Simple for
+# large), over 8 KB..256 MB: (call us, bus bandwidth) of the small-message line, then of the large-message one,
+# each fitted on the sizes below / from the split that fits best (least squares in relative error). One line
+# over all sizes was 27-55% fast at 512 KiB and 4-9% slow at a prefill's 8-128 MiB;
 # benchmarks/allreduce_fit.py re-derives them and prints the fit errors:
 # - rtx_pro_6000_server (8 x RTX PRO 6000 Blackwell Server Edition, PCIe 5): custom all-reduce of vLLM
 #   0.19.0, NCCL 2.29.2.
@@ -132,13 +145,15 @@ class PcieServer(NamedTuple):
 
 
 Fit = tuple[float, float]  # (call us, bus bandwidth GB/s)
-PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, Fit], dict[int, Fit], Fit]] = {
-    # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count, NCCL on two GPUs from the
-    # custom all-reduce's max size)
+NcclFit = tuple[float, float, float, float]  # the small-message line's (call us, bus bw GB/s), then the large one's
+PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, Fit], dict[int, NcclFit]]] = {
+    # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count)
     "RTXPRO6000": (PcieServer("RTX PRO 6000 Server", "vLLM 0.19 custom all-reduce", "NCCL 2.29.2"),
-                   {2: (18.8, 14.7)}, {2: (7.33, 34.0), 4: (14.2, 24.2), 8: (29.4, 22.2)}, (17.4, 36.9)),
+                   {2: (18.8, 14.7)},
+                   {2: (6.49, 22.3, 16.6, 37.0), 4: (12.4, 15.2, 35.7, 26.7), 8: (23.3, 8.52, 81.3, 25.3)}),
     "L40S": (PcieServer("L40S server", "vLLM 0.14 custom all-reduce", "NCCL 2.27.3"),
-             {2: (5.41, 19.4)}, {2: (7.93, 18.6), 4: (11.2, 5.12), 8: (28.4, 1.62)}, (9.93, 20.0)),
+             {2: (5.41, 19.4)},
+             {2: (6.54, 11.0, 23.3, 20.5), 4: (9.98, 4.33, 23.7, 5.31), 8: (11.2, 0.78, 112.0, 1.76)}),
 }
 PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 collective tables)"
 # GeForce cards have no peer-to-peer access (NVIDIA left it off the RTX 40 series), so vLLM's custom
@@ -236,7 +251,7 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
     generation = (generation_gbps if generation_gbps is not None else
                   spec.intra_node_bw_gbps if spec is not None else line_gbps)
     server = min(PCIE_MEASURED, key=lambda name: (abs(math.log(generation / line[name])), name))
-    measured, custom, nccl, nccl_large = PCIE_MEASURED[server]
+    measured, custom, nccl = PCIE_MEASURED[server]
     scale = line_gbps / line[server]
     if scale != 1.0:
         why += f", bandwidth scaled x{scale:.2f} to its {line_gbps:g} GB/s link"
@@ -244,7 +259,7 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
         custom = {}
         why += ", and without peer-to-peer access NCCL alone, a lower bound"
     source = PCIE_ASSUMED_SOURCE.format(measured.name, hardware_name, why) + _topology(n)
-    return _server_model(source, custom, nccl, nccl_large, n, custom_all_reduce, scale)
+    return _server_model(source, custom, nccl, n, custom_all_reduce, scale)
 
 
 def _topology(n: int) -> str:
@@ -254,23 +269,20 @@ def _topology(n: int) -> str:
             "(measure allreduce.csv)")
 
 
-def _server_model(source: str, custom: dict[int, Fit], nccl: dict[int, Fit], nccl_large: Fit,
+def _server_model(source: str, custom: dict[int, Fit], nccl: dict[int, NcclFit],
                   n: int, custom_all_reduce: bool, bw_scale: float = 1.0) -> AllReduceModel:
     """A PCIe server's tables for n GPUs (the nearest measured count), as vLLM picks the algorithm:
-    custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise, from 8 MiB at its fit over
-    those sizes (the logits' all-gather, of any size, stays on NCCL's fit over all sizes)."""
+    custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise."""
     if not custom_all_reduce and custom:
         custom, source = {}, source + NCCL_ONLY
     gpus = _nearest_gpus(nccl, n)
     if gpus != n:
         source += f", its {gpus}-GPU figures"
-    call_us, bus_bw = nccl[gpus]
-    nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale)
+    call_us, bus_bw, large_call_us, large_bus_bw = nccl[gpus]
+    nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale,
+                                other_protocol=(large_call_us, large_bus_bw * bw_scale))
     if not _custom_runs(custom, n, custom_all_reduce):
         return nccl_model
-    call_us, bus_bw = nccl_large
-    nccl_model = dataclasses.replace(nccl_model, large=AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale),
-                                     large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
     call_us, bus_bw = custom[2]
     return AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale, large=nccl_model,
                           large_from_bytes=PCIE_CUSTOM_MAX_BYTES)
@@ -287,15 +299,15 @@ def measured_pcie_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool 
     found = _measured(PCIE_MEASURED, PCIE_WITHOUT_P2P_LIKE, hardware)
     if found is None:
         return None
-    name, (server, custom, nccl, nccl_large) = found
+    name, (server, custom, nccl) = found
     scale, scaled = _link_scale(hardware)
     if name != hardware.name:  # no P2P: NCCL only, lower bound
         return _server_model(f"{hardware.name} without peer-to-peer: NCCL as measured on the {server.name} "
                              f"(same PCIe generation; aiconfigurator-core 0.12 tables){scaled}, a lower bound", {},
-                             nccl, nccl_large, n, custom_all_reduce, scale)
+                             nccl, n, custom_all_reduce, scale)
     # Named by what runs: where NCCL alone does, only what was measured of it.
     source = PCIE_MEASURED_SOURCE.format(server.measured(_custom_runs(custom, n, custom_all_reduce)))
-    return _server_model(source + scaled + _topology(n), custom, nccl, nccl_large, n, custom_all_reduce, scale)
+    return _server_model(source + scaled + _topology(n), custom, nccl, n, custom_all_reduce, scale)
 
 
 def custom_all_reduce_runs(hardware: HardwareSpec | None, n: int) -> bool:
