@@ -109,6 +109,23 @@ def refit(name: str, nbytes: np.ndarray, us: np.ndarray, n: int, ours: tuple[flo
     return 0.0 if ours is None else max(abs(c / ours[0] - 1), abs(b / ours[1] - 1))
 
 
+def refit_lines(name: str, nbytes: np.ndarray, us: np.ndarray, n: int, ours: tuple[float, ...] | None,
+                from_8_mib: bool = False) -> float:
+    """Print the two-line refit beside pdsim's constants (None: a table pdsim does not use) and what one line would
+    do; from_8_mib: also the errors from 8 MiB (what NCCL prices behind the custom all-reduce on two GPUs). Returns
+    their largest relative difference."""
+    refit_constants, rel = fit_protocols(nbytes, us, n)
+    beside = "not used by pdsim" if ours is None else f"pdsim {', '.join(f'{c:g}' for c in ours)}"
+    print(f"  {name}, {n} GPUs: fit {refit_constants[0]:.3g} us + busbw {refit_constants[1]:.3g} GB/s, "
+          f"{refit_constants[2]:.3g} us + busbw {refit_constants[3]:.3g} GB/s, the faster ({beside}); mean |error| "
+          f"{np.abs(rel).mean():.0%}, worst {np.abs(rel).max():.0%}")
+    refit("  (one line instead)", nbytes, us, n, None)
+    if from_8_mib:
+        large = nbytes >= PCIE_CUSTOM_MAX_BYTES
+        print(f"    from 8 MiB: mean |error| {np.abs(rel[large]).mean():.1%}, worst {np.abs(rel[large]).max():.1%}")
+    return 0.0 if ours is None else max(abs(r / c - 1) for r, c in zip(refit_constants, ours))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--systems-dir", type=Path, default=default_systems_dir())
@@ -123,16 +140,7 @@ def main() -> None:
         for n, constants in custom_ours.items():
             worst = max(worst, refit("custom all-reduce", *rows(custom, n, PCIE_CUSTOM_MAX_BYTES), n, constants))
         for n, constants in nccl_ours.items():
-            nbytes, us = rows(nccl, n, MAX_NCCL_BYTES + 1)
-            refit_constants, rel = fit_protocols(nbytes, us, n)
-            print(f"  NCCL, {n} GPUs: fit {refit_constants[0]:.3g} us + busbw {refit_constants[1]:.3g} GB/s, "
-                  f"{refit_constants[2]:.3g} us + busbw {refit_constants[3]:.3g} GB/s, the faster (pdsim "
-                  f"{', '.join(f'{c:g}' for c in constants)}); mean |error| {np.abs(rel).mean():.0%}, worst "
-                  f"{np.abs(rel).max():.0%}")
-            worst = max(worst, *(abs(r / c - 1) for r, c in zip(refit_constants, constants)))
-            refit("  (one line instead)", nbytes, us, n, None)  # what one line over all sizes would do
-            large = nbytes >= PCIE_CUSTOM_MAX_BYTES  # what NCCL runs behind the custom all-reduce on two GPUs
-            print(f"    from 8 MiB: mean |error| {np.abs(rel[large]).mean():.1%}, worst {np.abs(rel[large]).max():.1%}")
+            worst = max(worst, refit_lines("NCCL", *rows(nccl, n, MAX_NCCL_BYTES + 1), n, constants, True))
     print()
     print("NVLink: the faster of the custom all-reduce and NCCL at each size, and NCCL alone; "
           "then the H100-derived model (scaled by line rate) against the same tables")
@@ -146,7 +154,7 @@ def main() -> None:
         for label, tables, custom_on, i in (("custom or NCCL", [custom, nccl], True, 0), ("NCCL", [nccl], False, 1)):
             for n in sorted(set(nccl.num_gpus)):
                 nbytes, us = rows(tables, n, MAX_NCCL_BYTES + 1)
-                worst = max(worst, refit(label, nbytes, us, n, None if ours is None else ours[i].get(n)))
+                worst = max(worst, refit_lines(label, nbytes, us, n, None if ours is None else ours[i].get(n)))
                 h100_model = nvlink_model(h100_like, n, custom_on)
                 rel = np.array([h100_model.time_us(b, n) for b in nbytes]) / us - 1
                 print(f"    H100 model x{spec.intra_node_bw_gbps / 450:.2f} ({label}, {n} GPUs): mean |error| "

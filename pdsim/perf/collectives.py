@@ -4,6 +4,9 @@ Every model here has the alpha-beta form, in nccl-tests' terms:
 
     time_us = call_us + 2 (n - 1) hop_us + 2 (n - 1) / n * nbytes / bus_bw
 
+the measured ones two such lines, the faster taken at each size (a small-message and a large-message protocol
+or algorithm: the comment above NVLINK4_BY_GPUS).
+
 `bus_bw` is nccl-tests' "bus bandwidth" (busbw = algbw * 2 (n - 1) / n), so the achieved figure
 can be set directly; `call_us` is the per-call cost (kernel launch and synchronisation),
 `hop_us` a per-ring-step cost. Which source prices an instance's TP all-reduce, first that
@@ -52,6 +55,9 @@ class AllReduceModel:
     # A second (call us, bus bandwidth GB/s) line, the faster of the two taken at each size: NCCL's protocols, as its
     # own tuner models them (a latency and a bandwidth each; LL for small messages, Simple for large).
     other_protocol: tuple[float, float] | None = None
+    # NCCL's own model where this one is the faster of vLLM's custom all-reduce and NCCL (NVLink): the logits'
+    # all-gather runs on NCCL whatever the all-reduce runs on.
+    nccl: AllReduceModel | None = None
 
     def time_us(self, nbytes: float, n: int) -> float:
         if n <= 1:
@@ -67,7 +73,7 @@ class AllReduceModel:
         each link, half of what an all-reduce of that size moves, at the same bus bandwidth."""
         if n <= 1:
             return 0.0
-        nccl = self.large or self
+        nccl = self.nccl or self.large or self
         return nccl._fastest((n - 1) * nccl.hop_us, (n - 1) / n * nbytes)
 
     def _fastest(self, hops_us: float, bus_bytes: float) -> float:
@@ -79,36 +85,45 @@ class AllReduceModel:
         return min(us, call_us + bus_bytes / (bus_bw * 1e3))
 
 
-# NVLink 4 (H100/H200 SXM), per GPU count: (per-call latency us, bus bandwidth GB/s). Least-squares
-# fit (relative error) to the faster of vLLM's custom all-reduce (CUDA-graph mode, vLLM 0.24.0)
-# and NCCL all_reduce (half), as measured in aiconfigurator's h100_sxm database
-# (comm/vllm/0.24.0/custom_allreduce_perf.parquet, comm/nccl/2.27.3/nccl_perf.parquet, whose rows say
-# NCCL 2.29.2; message sizes there are elements, x2 for bytes), over 8 KB..256 MB. tests/test_collectives.py
-# re-derives it from the data; its errors are in docs/validation.md ("TP collectives").
-NVLINK4_BY_GPUS: dict[int, tuple[float, float]] = {2: (4.30, 254.0), 4: (5.15, 282.0), 8: (6.10, 340.0)}
+# Each collective model below is two lines, time = call + 2 (n - 1) / n x bytes / busbw each, the faster taken at
+# each size (AllReduceModel.other_protocol), least squares in relative error with each line fitted on the sizes
+# below / from the split where the two fit best (benchmarks/allreduce_fit.py `fit_protocols`): NCCL's own tuner
+# models its protocols so (LL for small messages, Simple for large), and "the faster of vLLM's custom all-reduce
+# and NCCL" is a small-message and a large-message algorithm. One line over all sizes (what pdsim had before) missed
+# the tables by up to 30-61% where the two meet. Per GPU count: (call us, bus bandwidth GB/s) of the small-message
+# line, then of the large-message one.
+Lines = tuple[float, float, float, float]
+# NVLink 4 (H100/H200 SXM): the faster of vLLM's custom all-reduce (CUDA-graph mode, vLLM 0.24.0) and NCCL
+# all_reduce (half), as measured in aiconfigurator's h100_sxm database (comm/vllm/0.24.0/custom_allreduce_perf.parquet,
+# comm/nccl/2.27.3/nccl_perf.parquet, whose rows say NCCL 2.29.2; message sizes there are elements, x2 for bytes), over
+# 8 KB..256 MB. tests/test_collectives.py re-derives it from the data; its errors are in docs/validation.md ("TP
+# collectives").
+NVLINK4_BY_GPUS: dict[int, Lines] = {2: (4.22, 236.0, 34.4, 310.0), 4: (4.53, 129.0, 8.21, 305.0),
+                                     8: (4.91, 78.0, 9.88, 373.0)}
 # NCCL all_reduce (half) alone, same data and fit: what runs with vLLM's custom all-reduce disabled.
-NVLINK4_NCCL_BY_GPUS: dict[int, tuple[float, float]] = {2: (7.43, 241.0), 4: (11.1, 292.0), 8: (18.2, 340.0)}
+NVLINK4_NCCL_BY_GPUS: dict[int, Lines] = {2: (6.67, 119.0, 18.3, 285.0), 4: (10.5, 202.0, 25.2, 340.0),
+                                          8: (17.2, 223.0, 58.4, 445.0)}
 NVLINK4_LINE_GBPS = 450.0  # NVLink 4 per GPU and direction: the data's reference link
 NVLINK_SOURCE = "NVLink model (aiconfigurator H100 custom all-reduce / NCCL measurements)"
 # Other NVLink servers measured in aiconfigurator-core 0.12.0's systems data (the PyPI wheel, Apache-2.0;
-# `systems/data/<system>/comm/`, sizes in bf16 elements), fitted as above: per GPU count, (call us, bus
-# bandwidth GB/s) of the faster of vLLM's custom all-reduce (CUDA-graph mode) and NCCL all_reduce (half),
-# and of NCCL alone. benchmarks/allreduce_fit.py re-derives them and prints the fit errors. The H100 model
-# scaled by line rate does not follow A100's or B200's tables, so those servers have their own; H200's
-# tables refit to the H100 constants, so H200 (and H20, the same NVLink 4) keeps the H100 model
-# (docs/validation.md, "NVLink servers with their own tables").
-NVLINK_MEASURED: dict[str, tuple[str, dict[int, tuple[float, float]], dict[int, tuple[float, float]]]] = {
+# `systems/data/<system>/comm/`, sizes in bf16 elements), fitted as above: per GPU count, the lines of the faster of
+# vLLM's custom all-reduce (CUDA-graph mode) and NCCL all_reduce (half), and of NCCL alone.
+# benchmarks/allreduce_fit.py re-derives them and prints the fit errors. The H100 model scaled by line rate does not
+# follow A100's or B200's tables, so those servers have their own; H200's tables refit close to the H100 constants,
+# so H200 (and H20, the same NVLink 4) keeps the H100 model (docs/validation.md, "NVLink servers with their own
+# tables").
+NVLINK_MEASURED: dict[str, tuple[str, dict[int, Lines], dict[int, Lines]]] = {
     # hardware: (what was measured, custom or NCCL by GPU count, NCCL alone by GPU count)
     "A100-80GB": ("A100 SXM4 server (NVLink 3): vLLM 0.14 custom all-reduce, NCCL 2.27.3",
-                  {2: (5.02, 170.0), 4: (6.17, 167.0), 8: (7.41, 170.0)},
-                  {2: (13.3, 150.0), 4: (16.9, 170.0), 8: (25.0, 176.0)}),
+                  {2: (4.98, 165.0, 30.8, 188.0), 4: (5.51, 88.7, 9.87, 180.0), 8: (5.83, 43.0, 13.0, 188.0)},
+                  {2: (11.3, 49.0, 36.0, 184.0), 4: (15.9, 113.0, 53.4, 209.0), 8: (24.0, 135.0, 85.9, 220.0)}),
     "B200": ("B200 server (NVLink 5): vLLM 0.19 custom all-reduce, NCCL 2.29.2",
-             {2: (7.59, 414.0), 4: (8.37, 475.0), 8: (9.36, 535.0)},
-             {2: (11.4, 444.0), 4: (16.9, 510.0), 8: (27.6, 494.0)}),
+             {2: (6.71, 164.0, 25.1, 558.0), 4: (7.07, 128.0, 19.5, 577.0), 8: (6.99, 48.6, 15.9, 619.0)},
+             {2: (10.4, 206.0, 25.1, 558.0), 4: (15.5, 264.0, 59.8, 763.0), 8: (26.8, 393.0, 158.0, 978.0)}),
     # GB200 was measured at 2 and 4 GPUs (one compute tray); larger groups take the 4-GPU figures.
     "GB200": ("GB200 (NVLink 5): vLLM 0.19 custom all-reduce, NCCL 2.29.2",
-              {2: (5.15, 397.0), 4: (5.89, 459.0)},
-              {2: (12.0, 448.0), 4: (17.4, 509.0)}),
+              {2: (4.66, 201.0, 25.9, 563.0), 4: (5.44, 273.0, 40.0, 684.0)},
+              {2: (11.0, 208.0, 25.9, 563.0), 4: (16.0, 254.0, 63.3, 779.0)}),
 }
 NVLINK_MEASURED_LIKE = {"A100-40GB": "A100-80GB"}  # the same SXM4 board and NVLink 3
 NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 collective tables)"
@@ -118,11 +133,8 @@ NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 
 # bytes, as for H100 above). Per GPU count: (call us, bus bandwidth GB/s) of vLLM's custom all-reduce
 # in CUDA-graph mode (`vLLM_custom_graph`), which vLLM 0.19 runs on two PCIe GPUs for messages under
 # its 8 MiB max_size, and of NCCL all_reduce (half), which it runs for larger messages and on more than
-# two PCIe GPUs. The custom all-reduce is one line over 8 KB..8 MiB. NCCL is two, as its tuner models its
-# protocols (a latency and a bandwidth each, the faster taken at each size: LL for small messages, Simple for
-# large), over 8 KB..256 MB: (call us, bus bandwidth) of the small-message line, then of the large-message one,
-# each fitted on the sizes below / from the split that fits best (least squares in relative error). One line
-# over all sizes was 27-55% fast at 512 KiB and 4-9% slow at a prefill's 8-128 MiB;
+# two PCIe GPUs. The custom all-reduce is one line over 8 KB..8 MiB; NCCL two, over 8 KB..256 MB, fitted as the
+# NVLink models above (one line over all sizes was 27-55% fast at 512 KiB and 4-9% slow at a prefill's 8-128 MiB);
 # benchmarks/allreduce_fit.py re-derives them and prints the fit errors:
 # - rtx_pro_6000_server (8 x RTX PRO 6000 Blackwell Server Edition, PCIe 5): custom all-reduce of vLLM
 #   0.19.0, NCCL 2.29.2.
@@ -145,8 +157,7 @@ class PcieServer(NamedTuple):
 
 
 Fit = tuple[float, float]  # (call us, bus bandwidth GB/s)
-NcclFit = tuple[float, float, float, float]  # the small-message line's (call us, bus bw GB/s), then the large one's
-PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, Fit], dict[int, NcclFit]]] = {
+PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, Fit], dict[int, Lines]]] = {
     # hardware: (what was measured, custom all-reduce by GPU count, NCCL by GPU count)
     "RTXPRO6000": (PcieServer("RTX PRO 6000 Server", "vLLM 0.19 custom all-reduce", "NCCL 2.29.2"),
                    {2: (18.8, 14.7)},
@@ -186,7 +197,6 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
         return measured
     table = NVLINK4_BY_GPUS if custom_all_reduce else NVLINK4_NCCL_BY_GPUS
     gpus = _nearest_gpus(table, n)
-    call_us, bus_bw = table[gpus]
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
     if scale != 1.0:
         source = f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
@@ -194,7 +204,17 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
         source = f"{NVLINK_SOURCE}, taken for {hardware.name}'s NVLink of the same rate"
     else:
         source = NVLINK_SOURCE
-    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
+    if not custom_all_reduce:
+        return _lines_model(source + NCCL_ONLY, table[gpus], scale)
+    nccl = _lines_model(source + NCCL_ONLY, NVLINK4_NCCL_BY_GPUS[_nearest_gpus(NVLINK4_NCCL_BY_GPUS, n)], scale)
+    return dataclasses.replace(_lines_model(source, table[gpus], scale), nccl=nccl)
+
+
+def _lines_model(source: str, lines: Lines, bw_scale: float) -> AllReduceModel:
+    """A model of two lines (module comment above), their bandwidths scaled by bw_scale."""
+    call_us, bus_bw, large_call_us, large_bus_bw = lines
+    return AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale,
+                          other_protocol=(large_call_us, large_bus_bw * bw_scale))
 
 
 def _measured(servers: dict[str, tuple], like: dict[str, str], hardware: HardwareSpec) -> tuple[str, tuple] | None:
@@ -221,14 +241,15 @@ def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: boo
     if found is None:
         return None
     what, best, nccl = found[1]
-    table = best if custom_all_reduce else nccl
-    gpus = _nearest_gpus(table, n)
+    gpus = _nearest_gpus(nccl, n)  # the two tables have the same GPU counts
     scale, scaled = _link_scale(hardware)
     source = NVLINK_MEASURED_SOURCE.format(what) + scaled
     if gpus != n:
         source += f", its {gpus}-GPU figures"
-    call_us, bus_bw = table[gpus]
-    return AllReduceModel(source + ("" if custom_all_reduce else NCCL_ONLY), call_us, 0.0, bus_bw * scale)
+    nccl_model = _lines_model(source + NCCL_ONLY, nccl[gpus], scale)
+    if not custom_all_reduce:
+        return nccl_model
+    return dataclasses.replace(_lines_model(source, best[gpus], scale), nccl=nccl_model)
 
 
 # A GPU pdsim has no spec for: taken as a PCIe 4.0 x16 card (the link of most PCIe cards in service),
@@ -269,7 +290,7 @@ def _topology(n: int) -> str:
             "(measure allreduce.csv)")
 
 
-def _server_model(source: str, custom: dict[int, Fit], nccl: dict[int, NcclFit],
+def _server_model(source: str, custom: dict[int, Fit], nccl: dict[int, Lines],
                   n: int, custom_all_reduce: bool, bw_scale: float = 1.0) -> AllReduceModel:
     """A PCIe server's tables for n GPUs (the nearest measured count), as vLLM picks the algorithm:
     custom all-reduce on two GPUs below 8 MiB (unless disabled), NCCL otherwise."""
@@ -278,9 +299,7 @@ def _server_model(source: str, custom: dict[int, Fit], nccl: dict[int, NcclFit],
     gpus = _nearest_gpus(nccl, n)
     if gpus != n:
         source += f", its {gpus}-GPU figures"
-    call_us, bus_bw, large_call_us, large_bus_bw = nccl[gpus]
-    nccl_model = AllReduceModel(source, call_us, 0.0, bus_bw * bw_scale,
-                                other_protocol=(large_call_us, large_bus_bw * bw_scale))
+    nccl_model = _lines_model(source, nccl[gpus], bw_scale)
     if not _custom_runs(custom, n, custom_all_reduce):
         return nccl_model
     call_us, bus_bw = custom[2]
