@@ -100,7 +100,8 @@ class PipelinePredictor:
     # -- times ----------------------------------------------------------------------------------
     def stage_times_s(self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
                       kv_decode_max: int | None = None, graph_tokens: int | None = None) -> tuple[float, ...]:
-        """Seconds each stage computes this step (sends not included); graph_tokens as Predictor.step_time_s's."""
+        """Seconds each stage computes this step (sends not included); graph_tokens as
+        StepTimePredictor.step_time_s's."""
         chunks = tuple(prefill_chunks)
         key = (chunks, n_decode, kv_decode_sum, kv_decode_max, graph_tokens)
         cached = self._cache.get(key)
