@@ -61,9 +61,10 @@ def fit(nbytes: np.ndarray, measured_us: np.ndarray, n: int) -> tuple[float, flo
 
 
 def fit_protocols(nbytes: np.ndarray, measured_us: np.ndarray, n: int) -> tuple[tuple[float, ...], np.ndarray]:
-    """NCCL as two protocol lines, the faster taken at each size (pdsim/perf/collectives.py): each line fitted as
-    `fit` does on the sizes below / from a split, the split whose two lines fit all sizes best (least squares in
-    relative error). Returns (small call us, small busbw, large call us, large busbw) and each point's error."""
+    """Two lines, the faster taken at each size (pdsim/perf/collectives.py: NCCL's protocols, or the custom
+    all-reduce and NCCL): each line fitted as `fit` does on the sizes below / from a split, the split whose two lines
+    fit all sizes best (least squares in relative error). Returns (small call us, small busbw, large call us, large
+    busbw) and each point's error."""
     x = 2 * (n - 1) / n * nbytes / 1e3
     best = None
     for split in range(2, len(x) - 1):
