@@ -343,3 +343,16 @@ def test_nccl_is_two_protocol_lines_and_runs_the_logits_gather():
         assert best.all_gather_us(16 * 2**20, 8) == alone.all_gather_us(16 * 2**20, 8)
         assert best.time_us(2**20, 8) < alone.time_us(2**20, 8)
     assert interconnect_model(get_hardware("H100-SXM"), 8).all_gather_us(16 * 2**20, 8) == pytest.approx(83.0, abs=0.5)
+
+
+def test_the_faster_of_the_custom_all_reduce_and_nccl_is_never_slower_than_nccl_alone():
+    # Where the two NVLink fits part (H100 TP 4 at 128 MiB: 668 us on the custom-or-NCCL lines, 617 us on NCCL's,
+    # 615 us measured), the custom-or-NCCL model takes NCCL's.
+    for hardware in ("H100-SXM", "H200", "A100-80GB", "B200", "GB200", "H800"):
+        for n in (2, 4, 8):
+            best = interconnect_model(get_hardware(hardware), n)
+            alone = interconnect_model(get_hardware(hardware), n, custom_all_reduce=False)
+            for nbytes in np.geomspace(1e3, 1e9, 61):
+                assert best.time_us(nbytes, n) <= alone.time_us(nbytes, n) + 1e-9, (hardware, n, nbytes)
+    h100 = get_hardware("H100-SXM")
+    assert interconnect_model(h100, 4).time_us(128 * 2**20, 4) == pytest.approx(617.3, abs=0.1)

@@ -246,7 +246,7 @@ def test_an_eager_dp_group_runs_its_ranks_unpadded():
 
     graphs, _ = group()
     eager, notes = group(enforce_eager=True)
-    assert graphs._moe_tokens([3, 1]) == (8, 4) and eager._moe_tokens([3, 1]) == (4, 3)
+    assert graphs._counts([(3, 3), (1, 1)]) == [4, 4] and eager._counts([(3, 3), (1, 1)]) == [3, 1]
     # Its step times are estimated, not measured eager: the launches they leave out are said.
     assert any(n.startswith("enforce_eager: the engine launches") for n in notes)
 
@@ -331,21 +331,25 @@ def test_dp_ranks_pad_to_the_largest_cuda_graph_size_when_all_run_graphs():
                                cudagraph_decode_only=decode_only)
         return DPGroup(simpy.Environment(), "A", [SimpleNamespace(id=f"r{i}", spec=spec) for i in range(2)], None)
 
-    # (tokens the experts see, the most one rank gives: its router gate and shared experts run on those)
-    assert group()._moe_tokens([61, 3]) == (2 * 64, 64)  # both under 256: padded to 64, then to the largest
-    assert group()._moe_tokens([1, 1]) == (2, 1)  # two dummy batches
-    assert group()._moe_tokens([300, 3]) == (303, 300)  # one rank above the largest graph: no padding
-    assert group()._moe_tokens([61, 3], mixed=True) == (2 * 64, 64)  # FULL_AND_PIECEWISE: prefills run graphs too
-    # FULL_DECODE_ONLY: graphs for decode-only batches of at most max_num_seqs, none where a rank prefills.
-    assert group(decode_only=True)._moe_tokens([61, 3]) == (2 * 64, 64)
-    assert group(decode_only=True)._moe_tokens([61, 3], mixed=True) == (64, 61)
-    assert group(decode_only=True)._moe_tokens([130, 3]) == (133, 130)  # padded to 136, over max_num_seqs
+    # Each rank's count from its (new tokens, requests): the experts see their sum, its router gate and shared experts
+    # its own.
+    assert group()._counts([(61, 61), (3, 3)]) == [64, 64]  # both under 256: padded to 64, then to the largest
+    assert group()._counts([(1, 1), (1, 1)]) == [1, 1]  # two dummy batches
+    # One rank above the largest graph: the group runs without graphs, each rank at its own count, the dispatcher's
+    # padded one where it found a graph (vLLM keeps that count and runs it eagerly).
+    assert group()._counts([(300, 300), (3, 3)]) == [300, 4]
+    assert group()._counts([(61, 32), (3, 3)]) == [64, 64]  # FULL_AND_PIECEWISE: prefills run graphs too
+    # FULL_DECODE_ONLY: graphs for batches of one token per request, at most max_num_seqs.
+    assert group(decode_only=True)._counts([(61, 61), (3, 3)]) == [64, 64]
+    assert group(decode_only=True)._counts([(61, 32), (3, 3)]) == [61, 4]  # rank 0 prefills: no graph there
+    assert group(decode_only=True)._counts([(130, 130), (3, 3)]) == [130, 4]  # 136 would be over max_num_seqs
 
 
 
 def test_a_dp_groups_ranks_run_their_own_layers_at_the_groups_padded_size():
     """vLLM 0.19 pads every rank to the largest rank's capture size (dp_utils.py `_post_process_dp_padding`), its
-    attention, GEMMs and TP collectives too, not only the MoE layers; a step some rank cannot graph pads none."""
+    GEMMs, norms and TP collectives too, not only the MoE layers; when some rank's step has no graph, each rank keeps
+    its own dispatcher's count."""
     from types import SimpleNamespace
 
     import simpy
@@ -380,24 +384,25 @@ def test_a_dp_groups_ranks_run_their_own_layers_at_the_groups_padded_size():
     assert price(StepPlan(n_decode=61), StepPlan(n_decode=3)) == (64, 64)
     assert price(StepPlan(n_decode=61), StepPlan()) == (64, 64)  # the idle rank's dummy batch too
     assert price(StepPlan(), StepPlan()) == (1, 1)
-    # A rank over the largest graph (256) runs eagerly, so no rank pads: each runs its own count.
-    assert price(StepPlan(prefill=[(None, 297)], prefill_prefix=[0], n_decode=3), StepPlan(n_decode=61)) == (300, 61)
+    # A rank over the largest graph (256) runs eagerly, so the group pads to no common size: each runs its own
+    # dispatcher's count, 61 decodes at 64.
+    assert price(StepPlan(prefill=[(None, 297)], prefill_prefix=[0], n_decode=3), StepPlan(n_decode=61)) == (300, 64)
 
 
 def test_cuda_graph_settings_decide_a_dp_groups_padding():
     def padded(**knobs):
         cfg = cluster_config_from_dict(_cluster(*[_instance(ep_size=2, dp_group="A", **knobs)] * 2))
-        return simulate(cfg, trace([(300, 5, 0.0)]), SimOptions()).instances[0].dp_group._moe_tokens([3, 1])
+        return simulate(cfg, trace([(300, 5, 0.0)]), SimOptions()).instances[0].dp_group._counts([(3, 3), (1, 1)])
 
-    assert padded() == (8, 4)
-    assert padded(cudagraph_capture_sizes=[2, 6]) == (12, 6)
-    assert padded(max_cudagraph_capture_size=2) == (4, 3)  # above the largest graph
-    assert padded(cudagraph_mode="none") == (4, 3)  # vLLM takes the mode's name in any case
-    assert padded(cudagraph_mode="FULL_DECODE_ONLY") == (8, 4)
+    assert padded() == [4, 4]
+    assert padded(cudagraph_capture_sizes=[2, 6]) == [6, 6]
+    assert padded(max_cudagraph_capture_size=2) == [3, 1]  # rank 0 above the largest graph, rank 1 at its own 1
+    assert padded(cudagraph_mode="none") == [3, 1]  # vLLM takes the mode's name in any case
+    assert padded(cudagraph_mode="FULL_DECODE_ONLY") == [4, 4]
     # Sizes above the token budget are dropped, as vLLM drops them: none left, no step runs a graph, said.
     cfg = cluster_config_from_dict(_cluster(*[_instance(ep_size=2, dp_group="A", cudagraph_capture_sizes=[4096])] * 2))
     res = simulate(cfg, trace([(300, 5, 0.0)]), SimOptions())
-    assert res.instances[0].dp_group._moe_tokens([3, 1]) == (4, 3)
+    assert res.instances[0].dp_group._counts([(3, 3), (1, 1)]) == [3, 1]
     assert "cudagraph_capture_sizes: none at or below max_num_batched_tokens 2,048, which vLLM drops, so no step " \
            "runs a CUDA graph" in res.instances[0].predictor.notes
     msg = _config_error(_cluster(_instance(cudagraph_capture_sizes=[8, 16, 4096], max_cudagraph_capture_size=4096)))

@@ -23,14 +23,15 @@ group keeps stepping past the check; such a rank, stepping dummy batches, sees a
 during one only at its next step's KV connector poll, after that step's decision
 (Instance.receive_kv). Ranks whose requests wait for room are not counted (pdsim's group sleeps).
 
-Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`): when every rank's step
-can run a CUDA graph (at most `max_cudagraph_capture_size` tokens, vLLM's default
-min(2 x max_num_seqs, 512, max_num_batched_tokens)), each rank pads its batch to its capture size
-and then all to the largest, so the MoE layers see ranks x that many tokens and every rank's own token-parallel
-ops and TP collectives (an idle rank's dummy batch's too) run at that count; a larger step, or any
-step under enforce_eager or cudagraph_mode NONE (no graphs), runs unpadded (`all_gatherv` of the true
-sizes). Under FULL_DECODE_ONLY (v1/cudagraph_dispatcher.py) only decode-only batches of at most
-max_num_seqs run graphs, so a step where some rank prefills runs unpadded too.
+Padding (vLLM 0.19, v1/worker/dp_utils.py `coordinate_batch_across_dp`, gpu_model_runner.py
+`_determine_batch_execution_and_padding`): each rank's CUDA-graph dispatcher pads its batch to its capture size
+where it finds a graph (at most `max_cudagraph_capture_size` tokens, vLLM's default min(2 x max_num_seqs, 512,
+max_num_batched_tokens); under FULL_DECODE_ONLY, v1/cudagraph_dispatcher.py, only batches of one token per request,
+at most max_num_seqs). When every rank's does, all pad to the largest of them, so the MoE layers see ranks x that
+many tokens and every rank's own token-parallel ops and TP collectives (an idle rank's dummy batch's too) run at that
+count; when some rank's finds none (a larger step, a prefill under FULL_DECODE_ONLY), the group runs without graphs
+and each rank at its own count, the dispatcher's padded one where it found a graph (`all_gatherv` of those sizes).
+Under enforce_eager or cudagraph_mode NONE nothing pads.
 
 The barrier: every rank, after its scheduling decision, hands its plan to `step`; the last one
 to arrive prices the step and releases all of them, each then lets the same duration pass.
@@ -122,43 +123,35 @@ class DPGroup:
     def _price(self) -> float:
         """Seconds the group's step lasts (some rank may have work)."""
         self.step_has_work = not all(plan.empty for plan in self._plans.values())
-        tokens, mixed = self._step_tokens()
-        padded = self._padded(tokens, mixed)
+        counts = self._run_counts()
         slowest_s = 0.0
-        for member, own in zip(self.members, tokens):
+        for member, count in zip(self.members, counts):
             plan = self._plans[member.id]
-            graph_tokens = own if padded is None else padded
             if plan.empty:
-                own_s = member.predictor.dummy_step_s(graph_tokens=graph_tokens)
+                own_s = member.predictor.dummy_step_s(graph_tokens=count)
                 self.dummy_steps[member.id] += 1
             else:
                 own_s = member.predictor.step_time_s(_chunks(plan), plan.n_decode, plan.kv_decode_sum,
-                                                     plan.kv_decode_max, graph_tokens=graph_tokens)
+                                                     plan.kv_decode_max, graph_tokens=count)
             slowest_s = max(slowest_s, own_s)
-        return slowest_s + self.moe_layer.step_us(*self._moe_tokens(tokens, mixed)) * 1e-6
+        return slowest_s + self.moe_layer.step_us(sum(counts), max(counts)) * 1e-6
 
-    def _step_tokens(self) -> tuple[list[int], bool]:
-        """Each rank's new tokens this step (1 for a dummy batch), and whether some rank's step has a prefill chunk
-        (is not a decode-only batch)."""
-        tokens = [1 if plan.empty else sum(num_new for _, num_new in plan.prefill) + plan.n_decode
-                  for plan in (self._plans[member.id] for member in self.members)]
-        return tokens, any(plan.prefill for plan in self._plans.values())
+    def _run_counts(self) -> list[int]:
+        """The token count each rank's step runs at this step (`_counts`), a dummy batch one token of one request."""
+        plans = [self._plans[member.id] for member in self.members]
+        return self._counts([(1, 1) if plan.empty else (sum(num_new for _, num_new in plan.prefill) + plan.n_decode,
+                                                         len(plan.prefill) + plan.n_decode) for plan in plans])
 
-    def _padded(self, tokens: list[int], mixed: bool) -> int | None:
-        """The token count every rank's step runs its token-parallel ops, collectives and MoE layers at when every
-        rank's step runs a CUDA graph: the largest rank's capture size; None when some rank's cannot and all run
-        their own (module docstring)."""
+    def _counts(self, steps: list[tuple[int, int]]) -> list[int]:
+        """The token count each rank runs its token-parallel ops, TP collectives and MoE rows at, from its (new
+        tokens, requests): its own capture size where its CUDA-graph dispatcher finds a graph (none above the largest
+        size, nor under FULL_DECODE_ONLY for a step that is not one token per request), else its own count; and
+        when every rank's finds one, the largest of those for all (module docstring)."""
         sizes = self._graph_sizes
-        if not sizes or max(tokens) > sizes[-1] or (self._graphs_decode_only and mixed):
-            return None
-        return padded_tokens(sizes, max(tokens))
-
-    def _moe_tokens(self, tokens: list[int], mixed: bool = False) -> tuple[int, int]:
-        """(tokens the group's MoE layers see, the most one rank gives): the ranks' own, or all padded alike."""
-        padded = self._padded(tokens, mixed)
-        if padded is None:
-            return sum(tokens), max(tokens)
-        return padded * len(tokens), padded
+        graphed = [bool(sizes) and tokens <= sizes[-1] and not (self._graphs_decode_only and tokens != requests)
+                   for tokens, requests in steps]
+        own = [padded_tokens(sizes, tokens) if graph else tokens for (tokens, _), graph in zip(steps, graphed)]
+        return [max(own)] * len(own) if all(graphed) else own
 
 
 def _chunks(plan: StepPlan) -> tuple[tuple[int, int], ...]:

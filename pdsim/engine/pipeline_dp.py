@@ -18,22 +18,19 @@ from pdsim.engine.dp_group import DPGroup, _chunks
 class PipelineDPGroup(DPGroup):
     def _price(self) -> tuple[tuple[float, ...], float]:  # type: ignore[override]
         """(seconds per stage, send seconds) of the group's next micro-batch."""
-        tokens, mixed = self._step_tokens()
         # Padded as an unpipelined group's ranks are, through every stage (the activations sent included).
-        padded = self._padded(tokens, mixed)
+        counts = self._run_counts()
         own: list[tuple[float, ...]] = []
-        for member, own_tokens in zip(self.members, tokens):
+        for member, count in zip(self.members, counts):
             plan = self._plans[member.id]
-            graph_tokens = own_tokens if padded is None else padded
             if plan.empty:
-                own.append(member.predictor.dummy_stage_times_s(graph_tokens=graph_tokens))
+                own.append(member.predictor.dummy_stage_times_s(graph_tokens=count))
                 self.dummy_steps[member.id] += 1
             else:
                 own.append(member.predictor.stage_times_s(_chunks(plan), plan.n_decode, plan.kv_decode_sum,
-                                                          plan.kv_decode_max, graph_tokens=graph_tokens))
-        group_tokens, max_tokens = self._moe_tokens(tokens, mixed)
+                                                          plan.kv_decode_max, graph_tokens=count))
         predictor = self.members[0].predictor
-        moe_us = self.moe_layer.layer_us(group_tokens, max_tokens) if self.moe_layer is not None else 0.0
+        moe_us = self.moe_layer.layer_us(sum(counts), max(counts)) if self.moe_layer is not None else 0.0
         stages = tuple(max(times[i] for times in own) + layers * moe_us * 1e-6
                        for i, layers in enumerate(predictor.moe_layers_per_stage))
-        return stages, predictor.send_s(max_tokens)
+        return stages, predictor.send_s(max(counts))

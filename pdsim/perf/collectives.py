@@ -4,8 +4,8 @@ Every model here has the alpha-beta form, in nccl-tests' terms:
 
     time_us = call_us + 2 (n - 1) hop_us + 2 (n - 1) / n * nbytes / bus_bw
 
-the measured ones two such lines, the faster taken at each size (a small-message and a large-message protocol
-or algorithm: the comment above NVLINK4_BY_GPUS).
+NCCL's and NVLink's measured models two such lines, the faster taken at each size (a small-message and a
+large-message protocol or algorithm: the comment above NVLINK4_BY_GPUS); a PCIe server's custom all-reduce one.
 
 `bus_bw` is nccl-tests' "bus bandwidth" (busbw = algbw * 2 (n - 1) / n), so the achieved figure
 can be set directly; `call_us` is the per-call cost (kernel launch and synchronisation),
@@ -65,7 +65,9 @@ class AllReduceModel:
         if self.large is not None and nbytes >= self.large_from_bytes:
             return self.large.time_us(nbytes, n)
         steps = 2 * (n - 1)
-        return self._fastest(steps * self.hop_us, steps / n * nbytes)
+        us = self._fastest(steps * self.hop_us, steps / n * nbytes)
+        # The faster of the custom all-reduce and NCCL is never slower than NCCL alone (where the two fits part).
+        return us if self.nccl is None else min(us, self.nccl.time_us(nbytes, n))
 
     def all_gather_us(self, nbytes: float, n: int) -> float:
         """An NCCL all-gather whose output is `nbytes` (vLLM gathers the logits of a TP group with
@@ -130,9 +132,9 @@ NVLINK_MEASURED_SOURCE = "NVLink model measured on {} (aiconfigurator-core 0.12 
 
 # PCIe servers that were measured: aiconfigurator-core 0.12.0's systems data (Apache-2.0, the PyPI
 # wheel aiconfigurator-core; `systems/data/<system>/comm/`), message sizes in elements of bf16 (x2 for
-# bytes, as for H100 above). Per GPU count: (call us, bus bandwidth GB/s) of vLLM's custom all-reduce
+# bytes, as for H100 above). Per GPU count: the (call us, bus bandwidth GB/s) of vLLM's custom all-reduce
 # in CUDA-graph mode (`vLLM_custom_graph`), which vLLM 0.19 runs on two PCIe GPUs for messages under
-# its 8 MiB max_size, and of NCCL all_reduce (half), which it runs for larger messages and on more than
+# its 8 MiB max_size, and the two lines of NCCL all_reduce (half), which it runs for larger messages and on more than
 # two PCIe GPUs. The custom all-reduce is one line over 8 KB..8 MiB; NCCL two, over 8 KB..256 MB, fitted as the
 # NVLink models above (one line over all sizes was 27-55% fast at 512 KiB and 4-9% slow at a prefill's 8-128 MiB);
 # benchmarks/allreduce_fit.py re-derives them and prints the fit errors:
@@ -184,7 +186,7 @@ PCIE_ASSUMED_SOURCE = ("PCIe model measured on the {} (aiconfigurator-core 0.12 
 NCCL_ONLY = "; NCCL only (vLLM's custom all-reduce disabled)"
 
 
-def _nearest_gpus(table: dict[int, tuple[float, float]], n: int) -> int:
+def _nearest_gpus(table: dict[int, tuple[float, ...]], n: int) -> int:
     """The measured GPU count nearest n (the smaller of two as near)."""
     return min(table, key=lambda g: (abs(g - n), g))
 

@@ -131,13 +131,13 @@ class PipelinePredictor:
         return self.send.seconds(tokens)
 
     def step_time_s(self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
-                    kv_decode_max: int | None = None) -> float:
+                    kv_decode_max: int | None = None, graph_tokens: int | None = None) -> float:
         """One step through every stage, one after another, with the sends: what a step takes when
         nothing overlaps it (a single micro-batch; a DP group's lock step)."""
         tokens = sum(c for c, _ in prefill_chunks) + n_decode
         if tokens <= 0:
             return 0.0
-        stages = self.stage_times_s(prefill_chunks, n_decode, kv_decode_sum, kv_decode_max)
+        stages = self.stage_times_s(prefill_chunks, n_decode, kv_decode_sum, kv_decode_max, graph_tokens)
         return sum(stages) + (self.num_stages - 1) * self.send_s(tokens)
 
     def decode_run_s(self, n_decode: int, kv_decode_sum: int, num_steps: int,
@@ -146,8 +146,9 @@ class PipelinePredictor:
                                           None if kv_decode_max is None else kv_decode_max + j)
                          for j in range(num_steps)])
 
-    def dummy_step_s(self) -> float:
-        return self.step_time_s(((1, 0),), 0, 0) - (self._lm_head(1) + self._sampler(1)) * 1e-6
+    def dummy_step_s(self, graph_tokens: int | None = None) -> float:
+        logits_s = (self._lm_head(1) + self._sampler(1)) * 1e-6
+        return self.step_time_s(((1, 0),), 0, 0, graph_tokens=graph_tokens) - logits_s
 
     def dummy_stage_times_s(self, graph_tokens: int | None = None) -> tuple[float, ...]:
         """An idle DP rank's dummy batch (one token, no logits or sampling) on each stage."""
@@ -170,6 +171,6 @@ class AsyncPipelinePredictor(PipelinePredictor):
     (a few bytes per request: priced at the send's latency)."""
 
     def step_time_s(self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,
-                    kv_decode_max: int | None = None) -> float:
-        seconds = super().step_time_s(prefill_chunks, n_decode, kv_decode_sum, kv_decode_max)
+                    kv_decode_max: int | None = None, graph_tokens: int | None = None) -> float:
+        seconds = super().step_time_s(prefill_chunks, n_decode, kv_decode_sum, kv_decode_max, graph_tokens)
         return seconds + self.send_s(0) if seconds > 0 else 0.0
