@@ -54,8 +54,8 @@ def dtype_bytes(dtype: str) -> int:
         raise PdsimError(f"unknown dtype {dtype!r}; known dtypes: {known}") from None
 
 
-_NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "max_position_embeddings",
-              "rope_cache_elements")
+_NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "checkpoint_format",
+              "max_position_embeddings", "rope_cache_elements")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ class ModelSpec:
     # The KV cache dtype vLLM resolves kv_cache_dtype "auto" to for this checkpoint: "fp8" for a ModelOpt one whose
     # quantization_config stores the cache in fp8 (checkpoint_kv_cache_dtype), None for the model's dtype.
     checkpoint_kv_cache_dtype: str | None = None
+    # Its quantization_config's quant_method, lower case ("fp8", "compressed-tensors", "modelopt"), None unquantised:
+    # vLLM checks a --quantization argument against it.
+    checkpoint_format: str | None = None
     # vLLM's rotary cos/sin cache (rope_cache_elements): a buffer loaded with the weights, positions x rotary dims.
     rope_cache_elements: int = 0
     # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
@@ -349,6 +352,13 @@ def checkpoint_quantization(path: Path, raw: dict) -> str | None:
                      "MXFP4 are)")
 
 
+def _quant_method(raw: dict) -> str | None:
+    """A checkpoint's quantization_config's quant_method, lower case; None where it has none."""
+    q = raw.get("quantization_config")
+    method = q.get("quant_method") if isinstance(q, dict) else None
+    return str(method).lower() if method else None
+
+
 def _positive(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
@@ -467,6 +477,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         moe=moe_from_hf(path, model_type, raw, num_layers),
         checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
         checkpoint_kv_cache_dtype=checkpoint_kv_cache_dtype(raw),
+        checkpoint_format=_quant_method(raw),
         rope_cache_elements=rope_cache_elements(raw, head_dim),
         qkv_bias=model_type in ("qwen2", "qwen2_moe") or (model_type in ATTENTION_BIAS_TYPES
                                                           and raw.get("attention_bias") is True),

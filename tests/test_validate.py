@@ -971,6 +971,18 @@ def test_a_recorded_16_bit_dtype_sets_the_activations_and_the_weights_are_the_lo
                   {"model_name": "test-org/Llama-3.1-8B-FP8-ct"}, "ct", model_config=ct)
     assert ("quantization fp8 from meta.json engine_kwargs quantization compressed-tensors (the checkpoint's own "
             "scheme, as vLLM reads it)") in out and "- weights 8.49 (fp8 weights)" in out
+    # --quantization fp8 over that checkpoint: vLLM 0.19 refuses to start (the method does not match the checkpoint's
+    # and compressed-tensors overrides nothing), so the record is of no run; it was replayed as fp8.
+    with pytest.raises(PdsimError, match=r"engine_kwargs.quantization 'fp8': vLLM refuses to start with it, as the "
+                                         r"checkpoint \(test-org/Llama-3.1-8B-FP8-ct\) is quantised with "
+                                         r"'compressed-tensors'"):
+        weights({"model": "test-org/Llama-3.1-8B-FP8-ct", "quantization": "fp8"},
+                {"model_name": "test-org/Llama-3.1-8B-FP8-ct"}, "ct-fp8", model_config=ct)
+    # A ModelOpt FP8 checkpoint runs as modelopt whatever --quantization asks: replayed, its scheme fp8.
+    mo = {**ct, "quantization_config": {"quant_method": "modelopt", "quant_algo": "FP8"}}
+    out = weights({"model": "test-org/Llama-3.1-8B-FP8-mo", "quantization": "fp8"},
+                  {"model_name": "test-org/Llama-3.1-8B-FP8-mo"}, "mo-fp8", model_config=mo)
+    assert "- weights 8.49 (fp8 weights)" in out
     # meta.json's own model and the engine's argument are both held to the config's shape: an engine argument
     # naming DeepSeek-V3 once replayed Llama with DeepSeek's block-fp8 weights, without a word.
     requests = _rtx_run_with(tmp_path / "other", model="deepseek-ai/DeepSeek-V3")

@@ -616,6 +616,7 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
     precision = {k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")}
     dtype = precision["dtype"] = _recorded_dtype(kwargs.get("dtype"), run)
     method = str(kwargs.get("quantization") or "").lower()
+    _check_quantization_matches(method, checkpoint or _stated_model(instances), loaded, run)
     if method in _CHECKPOINT_METHODS:  # the checkpoint's own scheme, under its format's name
         precision["quantization"] = _checkpoint_scheme(instances, run, method, loaded, checkpoint)
     layout, reason = row_layout(precision)
@@ -684,6 +685,19 @@ def _recorded_dtype(value: object, run: MeasuredRun) -> object:
 # with its format's name or none, and its quantization_config says the scheme (--quantization fp8 over one of them
 # refuses to start).
 _CHECKPOINT_METHODS = ("compressed-tensors", "modelopt")
+
+
+def _check_quantization_matches(method: str, model: ModelSpec | None, loaded: str | None, run: MeasuredRun) -> None:
+    """vLLM 0.19 refuses to start where --quantization names a method other than the checkpoint's own, unless the
+    checkpoint's format overrides it (config/model.py `_verify_quantization`: a ModelOpt FP8 checkpoint runs as
+    modelopt whatever is asked; a compressed-tensors one under --quantization fp8 raises): a record of no run."""
+    own = model.checkpoint_format if model is not None else None
+    if not method or own is None or method == own or own == "modelopt":
+        return
+    raise PdsimError(f"{Path(run.source).with_name('meta.json')}: engine_kwargs.quantization {method!r}: vLLM refuses "
+                     f"to start with it, as the checkpoint ({loaded or model.name}) is quantised with {own!r} "
+                     f"(\"Quantization method specified in the model config ({own}) does not match the quantization "
+                     f"method specified in the `quantization` argument ({method})\"); record the run's own arguments")
 
 
 def _loaded_checkpoint(run: MeasuredRun) -> tuple[str | None, ModelSpec | None]:
