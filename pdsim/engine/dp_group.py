@@ -46,7 +46,7 @@ import simpy
 
 from pdsim.config import ClusterConfig
 from pdsim.engine.step_plan import StepPlan
-from pdsim.perf.cudagraphs import padded_tokens
+from pdsim.perf.cudagraphs import graph_size
 from pdsim.perf.moe_time import MoELayerModel
 
 # vLLM's DPEngineCoreProc._has_global_unfinished_reqs: the all-reduce of "any rank unfinished" runs
@@ -147,11 +147,10 @@ class DPGroup:
         tokens, requests): its own capture size where its CUDA-graph dispatcher finds a graph (none above the largest
         size, nor under FULL_DECODE_ONLY for a step that is not one token per request), else its own count; and
         when every rank's finds one, the largest of those for all (module docstring)."""
-        sizes = self._graph_sizes
-        graphed = [bool(sizes) and tokens <= sizes[-1] and not (self._graphs_decode_only and tokens != requests)
+        graphed = [graph_size(self._graph_sizes, self._graphs_decode_only, tokens, requests)
                    for tokens, requests in steps]
-        own = [padded_tokens(sizes, tokens) if graph else tokens for (tokens, _), graph in zip(steps, graphed)]
-        return [max(own)] * len(own) if all(graphed) else own
+        own = [size or tokens for size, (tokens, _) in zip(graphed, steps)]
+        return [max(own)] * len(own) if None not in graphed else own
 
 
 def _chunks(plan: StepPlan) -> tuple[tuple[int, int], ...]:

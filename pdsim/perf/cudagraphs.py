@@ -29,8 +29,10 @@ def graph_sizes_run(sizes: Sequence[int], decode_only: bool, max_num_seqs: int) 
     return tuple(s for s in sizes if s <= max_num_seqs) if decode_only else tuple(sizes)
 
 
-def padded_tokens(sizes: Sequence[int], tokens: int) -> int:
-    """The token count a step of `tokens` runs at: the next capture size, or its own above the largest."""
-    if not sizes or tokens > sizes[-1]:
-        return tokens
+def graph_size(sizes: Sequence[int], decode_only: bool, tokens: int, requests: int) -> int | None:
+    """The token count a step of `tokens` new tokens over `requests` requests runs a CUDA graph at, the next capture
+    size; None where vLLM's dispatcher finds no graph: above the largest size, or under FULL_DECODE_ONLY (decode_only)
+    for a step that is not one token per request. `sizes`: those a step can run at (graph_sizes_run)."""
+    if not sizes or tokens > sizes[-1] or (decode_only and tokens != requests):
+        return None
     return sizes[bisect_left(sizes, tokens)]

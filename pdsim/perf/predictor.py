@@ -60,7 +60,7 @@ from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import ModelSpec, dtype_bytes
 from pdsim.perf.collectives import AllReduceModel, custom_all_reduce_runs, interconnect_model, unknown_gpu_model
-from pdsim.perf.cudagraphs import padded_tokens
+from pdsim.perf.cudagraphs import graph_size
 from pdsim.perf.interp import Table1D
 from pdsim.perf.memory import activation_peak_bytes
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
@@ -293,9 +293,7 @@ class StepTimePredictor:
     def graphed_tokens(self, tokens: int, sequences: int) -> int:
         """The token count a step of `tokens` new tokens over `sequences` requests runs its token-parallel ops and
         collectives at: padded to a CUDA-graph size when one can run it (perf/cudagraphs.py)."""
-        if self.graphs_decode_only and tokens != sequences:
-            return tokens
-        return padded_tokens(self.graph_sizes, tokens)
+        return graph_size(self.graph_sizes, self.graphs_decode_only, tokens, sequences) or tokens
 
     def _nonattn_us(self, tokens: int, sequences: int, graph_tokens: int | None = None) -> float:
         key = (tokens, sequences, graph_tokens)
