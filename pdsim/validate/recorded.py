@@ -616,7 +616,8 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
     precision = {k: kwargs.get(k) for k in ("dtype", "quantization", "kv_cache_dtype")}
     dtype = precision["dtype"] = _recorded_dtype(kwargs.get("dtype"), run)
     method = str(kwargs.get("quantization") or "").lower()
-    _check_quantization_matches(method, checkpoint or _stated_model(instances), loaded, run)
+    model = checkpoint or _stated_model(instances)  # the weights the engine loaded, as far as pdsim knows them
+    _check_quantization_matches(method, model, loaded, run)
     if method in _CHECKPOINT_METHODS:  # the checkpoint's own scheme, under its format's name
         precision["quantization"] = _checkpoint_scheme(instances, run, method, loaded, checkpoint)
     layout, reason = row_layout(precision)
@@ -624,7 +625,6 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: {reason} (meta.json engine_kwargs)")
     out: dict[str, object] = {}
     if layout.quantization is not None:
-        model = checkpoint or _stated_model(instances)
         # vLLM's --quantization fp8 keeps a block-scaled checkpoint's own scheme
         block = model is not None and model.checkpoint_quantization == "fp8_block"
         out["quantization"] = "fp8_block" if block else layout.quantization
