@@ -111,12 +111,11 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
     spec = case.spec
     # what vLLM's model loading took: the weights and the rotary cos/sin cache (ModelSpec.rope_cache_bytes)
     weights = spec.weight_bytes("bfloat16", case.tp, quantization=case.quantization) + spec.rope_cache_bytes("bfloat16")
-    forward = max(memory.forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens),
-                  memory.moe_forward_peak_bytes(spec, "bfloat16", case.tp, case.tokens))
-    # A MoE model's fused-MoE workspaces are still held when the sampler runs (pdsim/perf/memory.py).
-    sampler = (sampler_bytes * min(case.tokens, case.seqs) * spec.vocab_size + case.tokens * spec.hidden_size * 2
-               + memory.moe_workspace_bytes(spec, "bfloat16", case.tp, case.tokens))
-    activation = max(forward, sampler) if activation_bytes is None else activation_bytes
+    if activation_bytes is None:
+        activation = memory.activation_peak_bytes(spec, "bfloat16", case.tp, case.tokens, case.seqs,
+                                                  bytes_per_logit=sampler_bytes)
+    else:
+        activation = activation_bytes
     non_torch = memory.non_torch_bytes(case.tp, "H100-SXM")
     total = memory.GPU_VISIBLE_MEMORY["H100-SXM"].total_gib * GIB
     kv = total * case.util - weights - activation - non_torch

@@ -140,11 +140,12 @@ def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> in
     return tokens * dtype_bytes(dtype) * (3 * model.hidden_size + max(attention, mlp))
 
 
-def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int) -> int:
+def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int,
+                       bytes_per_logit: float = SAMPLER_BYTES_PER_LOGIT) -> int:
     """Torch peak of vLLM's dummy sampler run: min(T, max_num_seqs) rows of the whole vocabulary
     (every rank gathers it), while the forward's [T, hidden] output is still held."""
     rows = min(tokens, seqs)
-    return int(SAMPLER_BYTES_PER_LOGIT * rows * model.vocab_size) + tokens * model.hidden_size * dtype_bytes(dtype)
+    return int(bytes_per_logit * rows * model.vocab_size) + tokens * model.hidden_size * dtype_bytes(dtype)
 
 
 def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
@@ -178,14 +179,16 @@ def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens:
 
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
-                          expert_tp: int | None = None, dp_size: int = 1) -> int:
+                          expert_tp: int | None = None, dp_size: int = 1,
+                          bytes_per_logit: float = SAMPLER_BYTES_PER_LOGIT) -> int:
     """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's kept fused-MoE
     workspaces); torch reports the larger. expert_tp: the ways each expert is split (default tp);
-    dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather."""
+    dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather;
+    bytes_per_logit: the sampler's (benchmarks/kv_capacity_check.py refits it leaving one log out)."""
     etp = tp if expert_tp is None else expert_tp
     forward = max(forward_peak_bytes(model, dtype, tp, tokens),
                   moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size))
-    sampler = (sampler_peak_bytes(model, dtype, tokens, seqs)
+    sampler = (sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit)
                + moe_workspace_bytes(model, dtype, etp, dp_size * tokens))
     return max(forward, sampler)
 
