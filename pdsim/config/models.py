@@ -48,6 +48,7 @@ from pdsim.llmservingsim_keys import (
     check_dp_group,
     check_ep,
     infer_instance_sizes,
+    kv_dtype_of,
     per_dim_links,
 )
 from pdsim.models import DTYPE_BYTES, QUANTIZATIONS, load_model
@@ -274,9 +275,7 @@ class InstanceConfig(_Strict):
     @property
     def kv_dtype(self) -> str:
         """The dtype the KV cache is stored in (its bytes per value)."""
-        if self.kv_cache_dtype == "auto":  # vLLM resolves it from the checkpoint (ModelSpec.checkpoint_kv_cache_dtype)
-            return load_model(self.model_name).checkpoint_kv_cache_dtype or self.dtype
-        return KV_CACHE_DTYPES[self.kv_cache_dtype] or self.dtype
+        return kv_dtype_of(self.kv_cache_dtype, self.model_name, self.dtype)
 
     def effective_ep_size(self) -> int:
         if self.ep_size is not None:

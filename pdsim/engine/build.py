@@ -23,7 +23,7 @@ from pdsim.hardware import (
     is_family_name,
     is_gpu_slice,
 )
-from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
+from pdsim.llmservingsim_keys import kv_dtype_of
 from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.perf.collectives import fused_allreduce_norm_tokens
 from pdsim.perf.cudagraphs import cudagraph_sizes, graph_sizes_run
@@ -61,15 +61,10 @@ def build_instances(
 
 def _profiled_kv_dtype(meta: ProfileMeta) -> str:
     """The KV cache a measured profile's attention was timed with (engine_effective.kv_cache_dtype)."""
-    recorded = meta.engine_kv_cache_dtype or "auto"
-    if recorded == "auto":  # vLLM resolved it from the profiled checkpoint (ModelSpec.checkpoint_kv_cache_dtype)
-        try:
-            return load_model(meta.model).checkpoint_kv_cache_dtype or meta.dtype
-        except PdsimError:  # a model pdsim does not know: the activations'
-            return meta.dtype
-    # A kv_cache_dtype vLLM has that pdsim's table lacks (fp8_inc, ...): fp8 by its name, else the activations'.
-    return (KV_CACHE_DTYPES[recorded] if recorded in KV_CACHE_DTYPES
-            else "fp8" if "fp8" in recorded else None) or meta.dtype
+    try:
+        return kv_dtype_of(meta.engine_kv_cache_dtype or "auto", meta.model, meta.dtype)
+    except PdsimError:  # `auto` for a model pdsim does not know: the activations'
+        return meta.dtype
 
 
 def _kv_read_scale(ic: InstanceConfig, profile: Profile) -> float:
