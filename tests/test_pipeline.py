@@ -650,3 +650,16 @@ def test_a_stage_whose_norms_are_fused_into_the_all_reduce_is_not_charged_a_fina
     step_us = first.step_time_s((), 64, 64 * 500) * 1e6
     logits_us = pred._lm_head(64) + pred._sampler(64)
     assert pred.stage_times_s((), 64, 64 * 500)[0] * 1e6 == pytest.approx(step_us - logits_us, rel=1e-12)
+
+
+def test_a_stage_takes_off_the_embedding_and_final_norm_at_the_steps_graphed_size():
+    # vLLM runs a decode of 61 requests as its CUDA graph of 64: each stage's predictor priced the embedding and the
+    # final norm at 64 tokens, so the stages that do not run them take off those of 64, not of 61.
+    pred = _built(cluster(_pp())).predictor
+    assert pred.full.graphed_tokens(61, 61) == 64
+    assert pred._embedding(64) != pred._embedding(61) and pred._final_norm(64) != pred._final_norm(61)
+    kv = 61 * 500
+    first, last = (stage.step_time_s((), 61, kv) * 1e6 for stage in pred.stages)
+    stage_us = [s * 1e6 for s in pred.stage_times_s((), 61, kv)]
+    assert stage_us[0] == pytest.approx(first - pred._final_norm(64) - pred._lm_head(61) - pred._sampler(61), rel=1e-12)
+    assert stage_us[1] == pytest.approx(last - pred._embedding(64), rel=1e-12)

@@ -112,12 +112,12 @@ class PipelinePredictor:
         # A stage's predictor priced the final norm only in a step whose norms are not fused into the all-reduces.
         graphed = self.full.graphed_tokens(tokens, seqs) if graph_tokens is None else graph_tokens
         fused = self.fused_norm_tokens is not None and graphed <= self.fused_norm_tokens
-        final_norm = 0.0 if fused else self._final_norm(tokens)
+        final_norm = 0.0 if fused else self._final_norm(graphed)
         times = []
         for pred, stage in zip(self.stages, self.stage_info):
             us = pred.step_time_s(chunks, n_decode, kv_decode_sum, kv_decode_max, graph_tokens) * 1e6
             if not stage.first:
-                us -= self._embedding(tokens)
+                us -= self._embedding(graphed)
             if not stage.last:
                 us -= final_norm + self._lm_head(seqs) + self._sampler(seqs)
             times.append(max(us, 0.0) * 1e-6)
