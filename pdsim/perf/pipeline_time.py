@@ -110,7 +110,7 @@ class PipelinePredictor:
         tokens = sum(c for c, _ in chunks) + n_decode
         seqs = len(chunks) + n_decode
         # A stage's predictor priced the final norm only in a step whose norms are not fused into the all-reduces.
-        graphed = self.full.graphed_tokens(tokens, seqs) if graph_tokens is None else graph_tokens
+        graphed = self.full.graphed_tokens(tokens, seqs, graph_tokens)
         fused = self.fused_norm_tokens is not None and graphed <= self.fused_norm_tokens
         final_norm = 0.0 if fused else self._final_norm(graphed)
         times = []

@@ -290,17 +290,20 @@ class StepTimePredictor:
             self._seq_cache[sequences] = cached
         return cached
 
-    def graphed_tokens(self, tokens: int, sequences: int) -> int:
+    def graphed_tokens(self, tokens: int, sequences: int, graph_tokens: int | None = None) -> int:
         """The token count a step of `tokens` new tokens over `sequences` requests runs its token-parallel ops and
-        collectives at: padded to a CUDA-graph size when one can run it (perf/cudagraphs.py)."""
+        collectives at: padded to a CUDA-graph size when one can run it (perf/cudagraphs.py), or graph_tokens
+        where given (a DP group's common size, step_time_s)."""
+        if graph_tokens is not None:
+            return graph_tokens
         return graph_size(self.graph_sizes, self.graphs_decode_only, tokens, sequences) or tokens
 
     def _nonattn_us(self, tokens: int, sequences: int, graph_tokens: int | None = None) -> float:
         key = (tokens, sequences, graph_tokens)
         cached = self._nonattn_cache.get(key)
         if cached is None:
-            graphed = self.graphed_tokens(tokens, sequences) if graph_tokens is None else graph_tokens
-            cached = (self._dense_us(graphed) + self._per_seq_us(sequences) + self.step_overhead_us
+            cached = (self._dense_us(self.graphed_tokens(tokens, sequences, graph_tokens))
+                      + self._per_seq_us(sequences) + self.step_overhead_us
                       + self.step_overhead_per_seq_us * sequences)
             self._nonattn_cache[key] = cached
         return cached
