@@ -817,6 +817,36 @@ def test_resume_refuses_rows_it_did_not_write_and_configs_over_inputs(tmp_path):
     assert isinstance(res.exception, PdsimError) and "configs is a file" in str(res.exception)
 
 
+def test_a_sweep_replaces_only_the_configs_a_run_wrote(tmp_path):
+    # OUT/configs/ may hold the user's own configs (`--out .` in a project that keeps them there): a run removes or
+    # replaces only the files an earlier run recorded writing, and refuses to overwrite one it did not.
+    runner = CliRunner()
+    out = tmp_path / "s"
+    common = ["--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "20", "--gpus", "2",
+              "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1", "--min-duration-s", "0",
+              "--rates", "5", "--out", str(out)]
+    configs = out / "configs"
+    configs.mkdir(parents=True)
+    mine = configs / "my_cluster.json"
+    mine.write_text(BASE.read_text())
+    assert runner.invoke(cli, ["sweep", *common]).exit_code == 0
+    written = set((configs / "written_by_pdsim.txt").read_text().split())
+    assert mine.read_text() == BASE.read_text() and "my_cluster.json" not in written
+    assert written == {p.name for p in configs.glob("*.json")} - {"my_cluster.json"} and written
+    # An earlier run's config that this run does not write is removed; the user's stays.
+    (configs / "old-split.json").write_text("{}")
+    (configs / "written_by_pdsim.txt").write_text("old-split.json\n../runs.csv\n" + "\n".join(sorted(written)))
+    assert runner.invoke(cli, ["sweep", *common]).exit_code == 0
+    assert not (configs / "old-split.json").exists() and mine.exists() and (out / "runs.csv").exists()
+    # A config of the user's under a name the run writes: refused before anything runs, the file kept.
+    clash = configs / sorted(written)[0]
+    (configs / "written_by_pdsim.txt").unlink()
+    clash.write_text("mine")
+    res = runner.invoke(cli, ["sweep", *common])
+    assert isinstance(res.exception, PdsimError) and "which this command would overwrite" in str(res.exception)
+    assert clash.read_text() == "mine"
+
+
 def test_a_rate_too_low_for_the_clock_and_a_bad_ray_address_are_said(tmp_path):
     base = [TraceRequest(i, 100, 10, i * 1_000_000) for i in range(100)]
     with pytest.raises(PdsimError, match=r"rate 1e-09 req/s: 100 requests would arrive over 9.9e\+10 s"):

@@ -43,6 +43,19 @@ OUTPUT_NAMES = ("runs.csv", "probes.csv", "sweep.csv", "search.csv", WINNER_TRAC
                 *(f"{stem}_{plot}.png" for stem in ("sweep", "search") for plot in PLOTS))
 # Also written in --out, and kept: what a run streams to, and what a --resume compares with.
 KEPT_NAMES = ("runs.partial.csv", "probes.partial.csv", "runs.settings.json", "probes.settings.json")
+# In OUT/configs/: the files the last run wrote there. Only those may a later run replace or remove, so a
+# user's own configs in that folder are never deleted.
+WRITTEN_LIST = "written_by_pdsim.txt"
+
+
+def recorded_configs(configs: Path) -> set[str]:
+    """The config files an earlier run recorded writing in `configs` (plain .json names only: an edited list
+    cannot point outside the folder)."""
+    listed_file = configs / WRITTEN_LIST
+    if not listed_file.is_file():
+        return set()
+    names = listed_file.read_text(encoding="utf-8", errors="replace").split()
+    return {name for name in names if name.endswith(".json") and Path(name).name == name and name not in (".", "..")}
 SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_req_s_per_gpu", "first_fail_req_s", "first_fail_why",
                   "metrics_at_req_s", "attain_both",
                   "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_req_s_per_gpu", "est_bottleneck",
@@ -236,6 +249,21 @@ class _Setup:
             if source.exists() and configs.is_dir() and source.resolve().parent == configs.resolve():
                 raise PdsimError(f"--out {self.out}: the input {source} is in {configs}, which this command "
                                  "rewrites; copy it elsewhere or choose another --out")
+        recorded = recorded_configs(configs)
+        foreign = sorted(name for name in self.config_names() if (configs / name).exists() and name not in recorded)
+        if foreign:
+            raise PdsimError(f"--out {self.out}: {configs} holds {listed(foreign)}, which this command would "
+                             f"overwrite, and no earlier run recorded writing {'them' if len(foreign) > 1 else 'it'} "
+                             f"({WRITTEN_LIST} there; an output folder of a pdsim before 2026-12-07 has none): move "
+                             f"{'them' if len(foreign) > 1 else 'it'}, or choose another --out")
+
+    def config_names(self) -> list[str]:
+        """The files this command writes in OUT/configs/ (one per configuration, and a model config the base
+        brought)."""
+        names = [f"{config_file_stem(v.label)}.json" for v in self.variants]
+        if (Path(self.kw["base_config"]).parent / RUN_MODEL_CONFIG).is_file():
+            names.append(RUN_MODEL_CONFIG)
+        return names
 
     def _buildable(self, variants: list, profiles_root: str, with_estimates: bool) -> list:
         """The variants whose clusters can be built (a profile or a spec for every instance): one that cannot is
@@ -277,19 +305,22 @@ class _Setup:
         from pdsim.sweep.rows import sort_rows
         from pdsim.sweep.runner import partial_path
 
+        configs = self.out / "configs"
         stale = [self.out / name for name in OUTPUT_NAMES if name.startswith(f"{stem}")]
-        stale += sorted((self.out / "configs").glob("*.json"))
+        stale += [configs / name for name in sorted(recorded_configs(configs))]  # an earlier run's, not a user's
         out = OutputSet(stale=stale)
         sort_rows(partial_path(self.out / streamed), [v.label for v in self.variants])
         out.adopt(partial_path(self.out / streamed), self.out / streamed)
-        (self.out / "configs").mkdir(exist_ok=True)
+        configs.mkdir(exist_ok=True)
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`
             text = json_text(v.raw)
-            out.stage(self.out / "configs" / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
+            out.stage(configs / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
         model = Path(self.kw["base_config"]).parent / RUN_MODEL_CONFIG
         if model.is_file():  # the model the base brought (LLMServingSim's run layout) goes with its configs
             text = model.read_text(encoding="utf-8")
-            out.stage(self.out / "configs" / RUN_MODEL_CONFIG, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
+            out.stage(configs / RUN_MODEL_CONFIG, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
+        written = "".join(f"{path.name}\n" for _, path in out.staged)
+        out.stage(configs / WRITTEN_LIST, lambda tmp: tmp.write_text(written, encoding="utf-8"))
         return out
 
     def executor(self) -> Executor:
