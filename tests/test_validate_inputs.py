@@ -89,9 +89,9 @@ def test_an_output_over_a_file_the_run_reads_beside_it_is_refused(tmp_path):
     with pytest.raises(PdsimError, match=r"--output .*meta.json: would overwrite the input .*meta.json"):
         _cli("calibrate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(meta))
     assert meta.read_bytes() == before
-    # A run folder is read through its requests.jsonl, with meta.json beside it: both are inputs; the folder
-    # is not (an output may go beside them).
-    assert set(measured_inputs(requests.parent)) == {requests, meta}
+    # A run folder is read through its requests.jsonl, with meta.json and a timeseries.csv beside it: those are
+    # inputs; the folder is not (an output may go beside them).
+    assert set(measured_inputs(requests.parent)) == {requests, meta, requests.with_name("timeseries.csv")}
     with pytest.raises(PdsimError, match=r"--output .*meta.json"):
         _cli("validate", "--measured", str(requests.parent), "--cluster-config", str(config), "--output", str(meta))
     assert meta.read_bytes() == before
@@ -597,6 +597,12 @@ def test_a_replay_off_the_profiles_grid_says_so_in_notes_not_raw_warnings_and_an
     assert "\n  n0.i0: vLLM's accounting, 95.03 GiB (assumed 99.0% of 96 GB as on H100) x gpu_memory_utilization 0.9" \
         in res.output
     assert f"engine state over 67 ticks of {tmp_path / 'run' / 'timeseries.csv'} (measured / simulated" in res.output
+    # The timeseries it read is an input whatever its folder is called: an output over it is refused.
+    before = (tmp_path / "run" / "timeseries.csv").read_bytes()
+    with pytest.raises(PdsimError, match=r"timeseries.csv: would overwrite the input .*timeseries.csv"):
+        _cli("validate", "--measured", str(tmp_path / "run"), "--cluster-config", str(RTX / "cluster_config.json"),
+             "--output", str(tmp_path / "run" / "timeseries.csv"))
+    assert (tmp_path / "run" / "timeseries.csv").read_bytes() == before
 
 
 def test_an_output_over_a_case_record_or_the_model_config_beside_the_config_is_refused(tmp_path):

@@ -63,8 +63,9 @@ def measured_inputs(path: str | Path) -> list[Path]:
     except PdsimError:
         return [p]  # reading it says what is wrong
     found = [run_file, run_file.with_name(AIPERF_SUMMARY if run_file.name == AIPERF_RECORDS else "meta.json")]
-    if run_file.name == LLMSERVINGSIM_REQUESTS and run_file.parent.name == LLMSERVINGSIM_RUN:
+    if run_file.name == LLMSERVINGSIM_REQUESTS:  # validate reads the timeseries beside it, whatever the folder's name
         found.append(run_file.with_name("timeseries.csv"))
+    if run_file.name == LLMSERVINGSIM_REQUESTS and run_file.parent.name == LLMSERVINGSIM_RUN:
         found += [f for name in CASE_FILES if (f := case_file(run_file, name)) is not None]
     return found
 
