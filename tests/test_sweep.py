@@ -1379,3 +1379,14 @@ def test_a_bisection_ended_by_max_probes_says_its_bracket_is_wide(small, tmp_pat
     for probes, short in ((5, True), (14, False)):
         st, _ = _fake_search(variants[0], tmp_path / f"p{probes}.csv", figures, start=3.0, max_probes=probes)
         assert st.cut_short is short and (st.hi - st.lo > 0.05 * st.hi) is short
+
+
+def test_a_search_whose_slos_hold_every_probe_at_the_request_cap_is_refused(tmp_path):
+    # SLOs of 11 days make each probe span 46 years of arrivals: past 0.007 req/s a probe would pass the request cap,
+    # far below the rates the configurations serve. Refused up front, as sweep refuses such a rate, not run for hours.
+    res = CliRunner().invoke(cli, ["search", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests",
+                                   "20", "--gpus", "2", "--workers", "1", "--no-plots", "--slo-ttft-ms", "1e9",
+                                   "--slo-tpot-ms", "1e9", "--out", str(tmp_path / "s")])
+    assert isinstance(res.exception, PdsimError), res.output
+    assert "would run more than 10,000,000 requests, below every configuration's estimated start" in str(res.exception)
+    assert not (tmp_path / "s" / "probes.csv").exists()

@@ -648,6 +648,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     # A probe runs at least --min-duration-s of arrivals: past this rate its trace would pass the request cap.
     min_duration_s = setup.settings.min_duration_s
     max_rate = min(MAX_RATE_PER_S, MAX_REQUESTS / min_duration_s if min_duration_s > 0 else math.inf)
+    if starts and max_rate < min(starts.values()):  # every bisection would be held at the cap: refused, as sweep does
+        raise PdsimError(f"--slo-ttft-ms {kw['slo_ttft_ms']:g} / --slo-tpot-ms {kw['slo_tpot_ms']:g}: a probe's "
+                         f"arrivals span at least {min_duration_s:.4g} s (3 times the longest request life these SLOs "
+                         f"allow, docs/sweep.md), so past {max_rate:.3g} req/s it would run more than "
+                         f"{MAX_REQUESTS:,} requests, below every configuration's estimated start "
+                         f"({min(starts.values()):.3g} req/s or more): tighten the SLOs, or shorten the dataset's "
+                         "longest output")
     try:
         states = run_search(setup.variants, starts, executor, writer, kw["attainment"], kw["slo_mode"],
                             rel_tol, max_probes,
