@@ -182,7 +182,7 @@ def test_rejects_requests_that_can_never_fit_and_reports_them():
     res = run(cfg, [(500, 10, 0.0), (200_000, 10, 0.1), (60_000, 10, 0.2)])
     df = requests_frame(res)
     assert list(df.status) == ["finished", "rejected", "rejected"]
-    assert "max length" in df.reason[1]
+    assert df.reason[1] == "input+output = 200010 tokens exceeds the model's max length (131072)"
     assert "KV blocks" in df.reason[2]
     summary = summarize(res, df)
     assert summary["finished"] == 1 and summary["rejected"] == 2

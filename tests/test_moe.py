@@ -449,6 +449,19 @@ def test_ep_and_dp_group_checks():
     assert 'dp_group "A": n0.i1 has enforce_eager true, but n0.i0 has false' in msg  # one engine's arguments
 
 
+def test_expert_parallelism_asked_of_a_dense_model_is_said_to_change_nothing():
+    # vLLM's --enable-expert-parallel is a no-op for a model without experts: run, and said, not silently dropped.
+    dense = dict(model_name="meta-llama/Llama-3.1-8B", ep_size=2, dp_group="A")
+    res = simulate(cluster_config_from_dict(_cluster(_instance(**dense), _instance(**dense))),
+                   trace([(100, 4, 0.0)]), SimOptions())
+    note = "ep_size 2: meta-llama/Llama-3.1-8B is a dense model (no experts), so expert parallelism changes nothing"
+    assert all(any(note in n for n in inst.predictor.notes) for inst in res.instances)
+    res = simulate(cluster_config_from_dict(_cluster(_instance(ep_size=2, dp_group="A"),
+                                                     _instance(ep_size=2, dp_group="A"))),
+                   trace([(100, 4, 0.0)]), SimOptions())
+    assert not any("changes nothing" in n for inst in res.instances for n in inst.predictor.notes)
+
+
 def test_llmservingsim_instance_keys():
     raw = _cluster(_instance(hardware="H100", npu_mem={"mem_size": 80, "mem_bw": 3350}, kv_cache_dtype="fp8",
                              enable_prefix_caching=False),

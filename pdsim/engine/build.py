@@ -173,6 +173,9 @@ def build_instance(
     if ic.kv_cache_dtype == "auto" and model.checkpoint_kv_cache_dtype is not None:
         predictor.notes.append(f"kv_cache_dtype auto: {model.checkpoint_kv_cache_dtype}, as vLLM resolves it from "
                                f"{model.name}'s quantization_config (its KV cache scheme)")
+    if not model.is_moe and ic.ep_size is not None and ic.ep_size > 1:  # vLLM's --enable-expert-parallel: a no-op
+        predictor.notes.append(f"ep_size {ic.ep_size}: {model.name} is a dense model (no experts), so expert "
+                               "parallelism changes nothing; ignored")
     if ic.cudagraph_capture_sizes is not None and _capture_sizes(ic) == ():
         predictor.notes.append(f"cudagraph_capture_sizes: none at or below max_num_batched_tokens "
                                f"{ic.max_num_batched_tokens:,}, which vLLM drops, so no step runs a CUDA graph")

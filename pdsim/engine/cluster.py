@@ -111,7 +111,8 @@ class Cluster:
     def _why_not(self, req: Request) -> str:
         total = req.input_toks + req.output_toks
         if all(total > self.max_model_len[i.spec.model_name] for i in self.prefill_pool):
-            return f"input+output = {total} tokens exceeds the model's max length"
+            longest = max(self.max_model_len[i.spec.model_name] for i in self.prefill_pool)
+            return f"input+output = {total} tokens exceeds the model's max length ({longest})"
         if all(not recompute_fits(i, req) for i in self.prefill_pool):
             return (f"input+output = {total} tokens (input alone on a prefill-only instance) exceeds "
                     "max_num_batched_tokens with chunked prefill disabled (vLLM starts so only with max_model_len "

@@ -259,7 +259,7 @@ def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, re
               help="Per-request engine JSONL (or an LLMServingSim-style run folder: its requests.jsonl, with "
                    "meta.json beside it), `vllm bench serve --save-detailed` JSON, an aiperf run (its "
                    "artifacts folder or profile_export.jsonl), or a closed-loop CSV (isl, osl, "
-                   "concurrency/batch_size, tp, ttft, tpot).")
+                   "concurrency/batch_size, tp, ttft_ms, tpot_ms: mean ms per row).")
 @click.option("--cluster-config", type=InputFile("cluster config"), default=None,
               help="Cluster config of the measured engine (not needed for closed-loop tables).")
 @click.option("--profile-dir", type=InputFolder(), default=None,
