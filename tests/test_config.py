@@ -245,6 +245,17 @@ def test_prefill_and_decode_of_different_models(tmp_path):
             "that model (they serve Qwen/Qwen3-8B)") in msg
 
 
+def test_prefill_and_decode_holding_the_kv_cache_in_other_formats(tmp_path):
+    # vLLM's NixlConnector refuses a peer whose KV cache dtype differs; this ran, moving fp8 blocks into a bf16 cache.
+    msg = _err(tmp_path, lambda r: _inst(r, 0).update(kv_cache_dtype="fp8"))
+    assert ("nodes[0].instances[1] (decode) holds meta-llama/Llama-3.1-8B's KV cache as bfloat16 with dtype bfloat16, "
+            "but nodes[0].instances[0] (prefill) as fp8 with dtype bfloat16") in msg
+    raw = copy.deepcopy(PD)
+    for i in (0, 1):
+        _inst(raw, i)["kv_cache_dtype"] = "fp8"
+    assert load_cluster_config(_write(tmp_path, raw)).instances()[1].config.kv_dtype == "fp8"
+
+
 def test_unknown_extra_key(tmp_path):
     msg = _err(tmp_path, lambda r: _inst(r).update(max_num_seq=64))
     assert 'nodes[0].instances[1]: unknown key "max_num_seq" (did you mean "max_num_seqs"?)' in msg

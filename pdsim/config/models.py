@@ -575,8 +575,31 @@ class ClusterConfig(_Strict):
                         {"n": ref.node_index, "i": ref.instance_index, "side": side, "model": ref.config.model_name,
                          "other": other, "served": ", ".join(sorted(served))},
                     )
+        self._check_kv_formats(refs)
         self._check_link_ranks()
         return self
+
+    @staticmethod
+    def _check_kv_formats(refs: list[InstanceRef]) -> None:
+        """The prefill and decode instances of one model hold the KV cache in one format: vLLM's KV connectors move
+        it as stored, and NixlConnector refuses a peer whose activation or KV cache dtype differs (its handshake's
+        compatibility hash, vLLM 0.19)."""
+        first: dict[str, InstanceRef] = {}
+        for ref in refs:
+            ic = ref.config
+            if ic.pd_type not in ("prefill", "decode"):
+                continue
+            seen = first.setdefault(ic.model_name, ref)
+            a, b = (seen.config.dtype, seen.config.kv_dtype), (ic.dtype, ic.kv_dtype)
+            if a != b:
+                raise PydanticCustomError(
+                    "pd", "nodes[{n}].instances[{i}] ({side}) holds {model}'s KV cache as {b_kv} with dtype {b_dt}, "
+                    "but nodes[{n0}].instances[{i0}] ({side0}) as {a_kv} with dtype {a_dt}: vLLM's KV connectors move "
+                    "the cache as stored, and refuse a prefill/decode pair whose formats differ; give them one "
+                    "kv_cache_dtype and dtype",
+                    {"n": ref.node_index, "i": ref.instance_index, "side": ic.pd_type, "model": ic.model_name,
+                     "b_kv": b[1], "b_dt": b[0], "n0": seen.node_index, "i0": seen.instance_index,
+                     "side0": seen.config.pd_type, "a_kv": a[1], "a_dt": a[0]})
 
     def _check_link_ranks(self) -> None:
         """A link_bw / link_latency list gives one value per topology dimension; in a config with DP groups
