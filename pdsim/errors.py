@@ -55,8 +55,13 @@ def decode_text(data: bytes, where: str, error: type[PdsimError] = PdsimError) -
     """UTF-8 text (a UTF-8 byte-order mark is allowed); anything else is an error naming `where`."""
     if data[:64].count(0) == len(data[:64]) > 0:
         raise error(f"{where}: not text (it starts with NUL bytes); expected a UTF-8 text file")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and (data[0] == 0 or data[1] == 0)):
+    # UTF-16 text of ASCII has a NUL in every other byte; NULs elsewhere are binary data.
+    nuls = [i for i, byte in enumerate(data[:64]) if byte == 0]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+            nuls and len(nuls) >= len(data[:64]) // 3 and len({i % 2 for i in nuls}) == 1):
         raise error(f"{where}: not UTF-8 (looks like UTF-16); save the file as UTF-8")
+    if nuls:
+        raise error(f"{where}: not text (a NUL byte at offset {nuls[0]}: binary data?); expected a UTF-8 text file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

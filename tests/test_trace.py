@@ -392,6 +392,9 @@ def test_cli_generate_sessions_and_help(tmp_path):
     ("utf-16", "not UTF-8 (looks like UTF-16); save the file as UTF-8"),
     (b"\xcf\xff{}", ":1: not valid UTF-8 (byte 0xcf at offset 0)"),
     (b"\0" * 100, "not text (it starts with NUL bytes); expected a UTF-8 text file"),
+    ("utf-16-be", "not UTF-8 (looks like UTF-16); save the file as UTF-8"),
+    # a NUL byte here and there is binary data, not UTF-16 (it was said to be)
+    (b"\x00\x01\x02garbage", "not text (a NUL byte at offset 0: binary data?); expected a UTF-8 text file"),
 ])
 def test_a_trace_that_is_not_utf8_says_so_not_its_bytes(tmp_path, data, said):
     from pdsim.workload.readers import read_dataset as read_any
