@@ -33,16 +33,6 @@ KV_CACHE_DTYPES: dict[str, str | None] = {
     "auto": None, "bfloat16": "bfloat16", "float16": "float16", "fp8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
 }
 
-
-def kv_dtype_of(kv_cache_dtype: str, model_name: str, dtype: str) -> str:
-    """The dtype a KV cache is stored in under vLLM's --kv-cache-dtype: `auto` is resolved from the
-    checkpoint (ModelSpec.checkpoint_kv_cache_dtype; raises PdsimError for a model pdsim does not know),
-    else the activations' dtype. A value vLLM has that the table lacks (fp8_inc, ...): fp8 by its name."""
-    if kv_cache_dtype == "auto":
-        return load_model(model_name).checkpoint_kv_cache_dtype or dtype
-    stored = KV_CACHE_DTYPES[kv_cache_dtype] if kv_cache_dtype in KV_CACHE_DTYPES else \
-        "fp8" if "fp8" in kv_cache_dtype else None
-    return stored or dtype
 # LLMServingSim's per-instance switches for features pdsim does not model: false is accepted
 # (the feature off is what pdsim simulates), true is refused with the reason.
 OFF_ONLY_KEYS: dict[str, str] = {
@@ -59,6 +49,17 @@ DP_GROUP_SHARED_KEYS = ("model_name", "hardware", "tp_size", "pp_size", "ep_size
                         "kv_cache_dtype", "block_size", "max_num_seqs", "max_num_batched_tokens",
                         "enable_chunked_prefill", "enable_prefix_caching", "async_scheduling", "enforce_eager",
                         "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode")
+
+
+def kv_dtype_of(kv_cache_dtype: str, model_name: str, dtype: str) -> str:
+    """The dtype a KV cache is stored in under vLLM's --kv-cache-dtype: `auto` is resolved from the
+    checkpoint (ModelSpec.checkpoint_kv_cache_dtype; raises PdsimError for a model pdsim does not know),
+    else the activations' dtype. A value vLLM has that the table lacks (fp8_inc, ...): fp8 by its name."""
+    if kv_cache_dtype == "auto":
+        return load_model(model_name).checkpoint_kv_cache_dtype or dtype
+    stored = KV_CACHE_DTYPES[kv_cache_dtype] if kv_cache_dtype in KV_CACHE_DTYPES else \
+        "fp8" if "fp8" in kv_cache_dtype else None
+    return stored or dtype
 
 
 def _fmt(value: Any) -> str:

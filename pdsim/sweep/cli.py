@@ -47,6 +47,11 @@ KEPT_NAMES = ("runs.partial.csv", "probes.partial.csv", "runs.settings.json", "p
 # user's own configs in that folder are never deleted.
 WRITTEN_LIST = "written_by_pdsim.txt"
 
+SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_req_s_per_gpu", "first_fail_req_s", "first_fail_why",
+                  "metrics_at_req_s", "attain_both",
+                  "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_req_s_per_gpu", "est_bottleneck",
+                  "sim_over_est"]
+
 
 def recorded_configs(configs: Path) -> set[str]:
     """The config files an earlier run recorded writing in `configs` (plain .json names only: an edited list
@@ -56,10 +61,6 @@ def recorded_configs(configs: Path) -> set[str]:
         return set()
     names = listed_file.read_text(encoding="utf-8", errors="replace").split()
     return {name for name in names if name.endswith(".json") and Path(name).name == name and name not in (".", "..")}
-SEARCH_COLUMNS = ["label", "goodput_req_s", "goodput_req_s_per_gpu", "first_fail_req_s", "first_fail_why",
-                  "metrics_at_req_s", "attain_both",
-                  "ttft_p90_ms", "tpot_p90_ms", "est_capacity_req_s", "est_req_s_per_gpu", "est_bottleneck",
-                  "sim_over_est"]
 
 
 def _common(f: Callable) -> Callable:
@@ -409,7 +410,6 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
-
 
 
 def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str, str]] | None = None) -> str:
