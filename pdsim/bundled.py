@@ -52,22 +52,23 @@ def resolve_input(path: Path, kind: str) -> Path | None:
 
 
 class InputFolder(click.ParamType):
-    """A click type for a profile folder that may be one of pdsim's bundled ones, named as from the repository
-    (`profiles/H200/...`): that folder where the command runs, else the bundled one, which is said. Any other
-    path is passed on as given, for the command to say what it lacks."""
+    """A click type for a profile folder (or the profiles root) that may be pdsim's bundled one, named as from the
+    repository (`profiles/H200/...`, `profiles`): that folder where the command runs, else the bundled one, which is
+    said. Any other path is passed on as given, for the command to say what it lacks."""
 
     name = "folder"
 
     def convert(self, value: str | Path, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         path = Path(value)
         parts = path.parts
-        if path.exists() or path.is_absolute() or len(parts) < 2 or parts[0] != "profiles" or ".." in parts:
+        if path.exists() or path.is_absolute() or not parts or parts[0] != "profiles" or ".." in parts:
             return path
         bundled = bundled_path(*parts)
         if not bundled.is_dir():
             return path
         option = param.opts[0] if param is not None else "profile"
-        click.echo(f"note: {option} {path}: no such folder here; the bundled profile {bundled} is used", err=True)
+        what = "profiles" if len(parts) == 1 else "profile"
+        click.echo(f"note: {option} {path}: no such folder here; the bundled {what} {bundled} is used", err=True)
         return bundled
 
 

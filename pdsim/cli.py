@@ -105,7 +105,7 @@ def cli() -> None:
 @click.option("--profile-dir", type=InputFolder(), default=None,
               help="Use this profile for every instance: a pdsim profile dir (meta.json) or an LLMServingSim "
                    "one (meta.yaml + tpN/).  [default: look up profiles/<hw>/<model>/<dtype>/tp<N>, else estimate]")
-@click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
+@click.option("--profiles-root", type=InputFolder(), default=None,
               help="Where profiles are looked up by hardware/model/dtype/tp.  [default: the bundled profiles/]")
 @click.option("--max-num-seqs", type=int, default=None,
               help="Override for all instances.  [default: config, else 128]")

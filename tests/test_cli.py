@@ -530,3 +530,19 @@ def test_run_option_errors_name_the_option(tmp_path, capsys):
     assert code == 0 and "note: --time-scale 1.0: given at its default value, which does not apply here" in text
     code, text = err("--dataset", str(TRACE), "--num-requests", "10", "--rate", "2", "--time-scale", "2")
     assert code == 2 and "--rate: applies to an open-loop --dataset without --time-scale" in text
+
+
+def test_a_missing_profile_says_how_a_measured_one_is_found_and_an_unknown_model_how_to_estimate_one(tmp_path):
+    # A newcomer's profile from `pdsim profile` lies under ./profiles, which runs do not search by default.
+    raw = json.loads((REPO / "configs" / "cluster" / "cpu_llama160m.json").read_text())
+    for node in raw["nodes"]:
+        for inst in node["instances"]:
+            inst["hardware"] = "CPU-7core"
+    cfg = tmp_path / "cpu7.json"
+    cfg.write_text(json.dumps(raw))
+    res = pdsim("run", "--cluster-config", str(cfg), "--dataset", "cpu_trace", "--output", str(tmp_path / "o.csv"))
+    assert res.returncode == 2
+    assert "a profile `pdsim profile` measured is looked up with --profiles-root" in res.stderr
+    res = pdsim("profile", "estimate", "--hardware", "L40S", "--model", "foo/bar", "--out", str(tmp_path / "p"))
+    assert res.returncode == 2
+    assert "for another model give its Hugging Face config.json with --model-config" in res.stderr

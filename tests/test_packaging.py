@@ -134,3 +134,8 @@ def test_a_profile_folder_named_as_in_the_repository_is_the_bundled_one_and_no_o
     assert "no such folder here; the bundled profile" in capsys.readouterr().err
     (tmp_path / name).mkdir(parents=True)  # the user's own folder of that name wins
     assert folder.convert(name, None, None) == Path(name)
+    # The profiles root itself, named so (`--profiles-root profiles` as the docs write it from a checkout).
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert folder.convert("profiles", None, None) == bundled_path("profiles")
+    assert "no such folder here; the bundled profiles " in capsys.readouterr().err

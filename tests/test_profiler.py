@@ -36,6 +36,7 @@ def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.exit_code == 0, result.output + repr(result.exception)
     path = profile_path(out, "CPU-1core", MODEL, "bfloat16", 1)
     assert f"wrote {path}" in result.output
+    assert f"runs use it with --profiles-root {out} (or --profile-dir {path})" in result.output  # how to use it
     return path
 
 

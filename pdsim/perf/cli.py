@@ -58,7 +58,12 @@ def estimate(hardware: str, model_name: str, model_config: Path | None, dtype: s
                          "(bfloat16 or float16), as in vLLM")
     if model_config is not None and (note := use_model_file(model_name, model_config)) is not None:
         click.echo(f"note: --model-config: {note}", err=True)
-    model = load_model(model_name)
+    try:
+        model = load_model(model_name)
+    except PdsimError as e:
+        if model_config is not None:
+            raise
+        raise PdsimError(f"{e}; for another model give its Hugging Face config.json with --model-config") from None
     meta = estimate_meta(spec, model, dtype, tp, quantization)
     directory = profile_path(out, spec.name, model.name, quantization or dtype, tp)
     meta.path = str(directory)

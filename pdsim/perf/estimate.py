@@ -327,10 +327,13 @@ def load_or_estimate(
             root if root is not None else PROFILES_ROOT, hardware_name, model.name, key, tp
         )
         known = known_hardware()
+        bundled = root is None or Path(root).resolve() == Path(PROFILES_ROOT).resolve()
+        elsewhere = ("" if not bundled else "; a profile `pdsim profile` measured is looked up with "
+                     "--profiles-root <its --out folder, profiles by default> or --profile-dir <its folder>")
         raise ProfileError(
             f"no measured profile for {hardware_name}/{model.name}/{key}/tp{tp} under {where} and no hardware "
             f"spec for {hardware_name!r} to estimate one{did_you_mean(hardware_name, known)}; known hardware: "
-            f"{', '.join(known)}"
+            f"{', '.join(known)}{elsewhere}"
         )
     return estimate_profile(spec, model, dtype, tp, quantization, kv_dtype)
 

@@ -330,6 +330,7 @@ def _profile(opts: dict) -> None:
     else:
         out_dir = run_profile(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"wrote {out_dir}")
+    click.echo(f"runs use it with --profiles-root {opts['out']} (or --profile-dir {out_dir})")
 
 
 def _check(opts: dict) -> bool:
@@ -340,9 +341,10 @@ def _check(opts: dict) -> bool:
     from pdsim.profiler.progress import progress_enabled
 
     device = pick_device(str(opts["device"]))
-    profile_dir = opts["profile_dir"] or profile_path(
+    # Where `pdsim profile` wrote it, else (a path as from the repository) the bundled profile of that name.
+    profile_dir = opts["profile_dir"] or InputFolder().convert(profile_path(
         Path(opts["out"]), _hardware(opts, device), str(opts["model"]), str(opts["dtype"]), int(opts["tp"])
-    )
+    ), None, None)
     ctx = click.get_current_context()
     stated = {key: _hardware(opts, device) if key == "hardware" else opts[key] for key in ("tp", "dtype", "hardware")
               if opts["profile_dir"] and ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import pandas as pd
 
-from pdsim.bundled import InputFile, bundled_path
+from pdsim.bundled import InputFile, InputFolder, bundled_path
 from pdsim.cli_checks import OutputFolder, existing_folder, number_in, slo_ms, split_items
 from pdsim.config.base import MAX_NPUS
 from pdsim.config.load import RUN_MODEL_CONFIG, config_inputs
@@ -157,7 +157,7 @@ def _execution_options() -> list[Callable]:
                      help="Local worker processes (1: run inline).  [default: CPU count]"),
         click.option("--ray-address", default=None,
                      help="Run on Ray instead: 'auto', HOST:PORT, or 'local' for a fresh local instance."),
-        click.option("--profiles-root", type=click.Path(path_type=Path), default=None,
+        click.option("--profiles-root", type=InputFolder(), default=None,
                      help="Where profiles are looked up by hardware/model/dtype/tp.  [default: the bundled profiles/]"),
         click.option("--out", "--output", "out", required=True, type=OutputFolder(),
                      help="Output directory (CSV files, plots, and configs/ with one cluster config per split)."),

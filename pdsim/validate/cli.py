@@ -655,15 +655,16 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
               help="Profile root; writes <out>/<hardware>/<org>/<model>/<dtype>/tp<N>/.")
 def import_aiconfigurator(systems_dir: Path | None, system: str, model: str, tp: tuple[int, ...], dtype: str,
                           quantization: str | None, out: Path) -> None:
-    """Build pdsim profiles from NVIDIA aiconfigurator's per-kernel database (not committed)."""
+    """Build pdsim profiles from NVIDIA aiconfigurator's per-kernel database (aiconfigurator-core's systems data, not
+    shipped with pdsim)."""
     from pdsim.models import load_model
     from pdsim.perf.aiconfigurator import find_systems_dir, import_profile
 
     root = systems_dir or find_systems_dir()
     if root is None:
         raise PdsimError("--systems-dir: not given, and no aiconfigurator database is installed "
-                         "(pip install -e '.[aiconfigurator]' installs aiconfigurator-core, or give the "
-                         "database folder: <system>/gemm/... or gemm/... directly)")
+                         "(pip install aiconfigurator-core pyarrow installs it, as pdsim's aiconfigurator extra "
+                         "does, or give the database folder: <system>/gemm/... or gemm/... directly)")
     if not root.is_dir():
         raise PdsimError(f"--systems-dir {root}: not a folder (aiconfigurator's systems/data, or <system>/gemm/...)")
     spec = load_model(model)
