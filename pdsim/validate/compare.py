@@ -133,22 +133,25 @@ def per_request(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame
     out["simulated_status"] = out.request_id.map(status)
     # compare() leaves out a request the measured engine did not finish, on both sides (one the replay did not
     # finish has no simulated figures).
-    out["in_comparison"] = mea.e2e_ms.notna().to_numpy().astype(int)
+    out["in_comparison"] = _finished(mea).astype(int)
     return out
+
+
+def _finished(mea: pd.DataFrame) -> np.ndarray:
+    """The measured requests compared: those with a first token and an end (a request stamped with its last token
+    but not its first failed or was aborted in the engine, and has no TTFT or TPOT)."""
+    return (mea.e2e_ms.notna() & mea.ttft_ms.notna()).to_numpy()
 
 
 def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     """One row per (metric, statistic): measured, simulated, and the difference in %."""
     sim = simulated_requests(measured, result)
-    mea = measured.requests
+    mea = measured.requests.reset_index(drop=True)  # a replayed request's id is its row here
     # A request the measured engine did not finish is left out of both sides (it was still replayed).
-    done = mea.e2e_ms.notna().to_numpy()
+    done = _finished(mea)
     if not done.any():
-        raise PdsimError(f"{measured.source}: no request of the measured run finished (none has an end-to-end "
-                         "latency): nothing to compare")
-    if not done.all():
-        sim = sim[~sim.request_id.isin(np.flatnonzero(~done).tolist())]
-        mea = mea[done]
+        raise PdsimError(f"{measured.source}: no request of the measured run finished (none has both a first token "
+                         "and an end-to-end latency): nothing to compare")
     rows = []
     for key, label in _compared(measured):
         if key == "itl_ms":
@@ -156,10 +159,15 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
             values, weights = itl_samples(result)
             s = _stats(values * 1e3, weights)
         else:
-            m = _stats(mea[key].to_numpy())
-            s = _stats(sim[key].to_numpy())
+            # Each metric over the same requests on both sides: those the engine stamped it for (a request without
+            # scheduled_ts has no queueing of its own).
+            stamped = done & mea[key].notna().to_numpy()
+            m = _stats(mea[key].to_numpy()[stamped])
+            s = _stats(sim[sim.request_id.isin(np.flatnonzero(stamped).tolist())][key].to_numpy())
         for stat in STATS:
             rows.append((label, stat, m[stat], s[stat], _pct(s[stat], m[stat], NEGLIGIBLE)))
+    sim = sim[sim.request_id.isin(np.flatnonzero(done).tolist())]
+    mea = mea[done]
     span_m = span_s(mea.arrival_s.min(), (mea.arrival_s + mea.e2e_ms / 1e3).max())
     span_sim = span_s(sim.arrival_s.min(), sim.finish_s.max()) if len(sim) else np.nan
     for label, num_m, num_s in (

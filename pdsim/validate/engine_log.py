@@ -178,6 +178,10 @@ def _latencies(p: Path, df: pd.DataFrame, arrival: pd.Series, stamps: dict[str, 
         scheduled = stamps["scheduled_ts"]
         out["queue_ms"] = (scheduled - queued) * 1e3
         out["sched_to_token_ms"] = (first - scheduled) * 1e3
+        unscheduled = scheduled.isna() & first.notna() & last.notna() & queued.notna()
+        if unscheduled.any() and scheduled.notna().any():
+            notes.append(f"{int(unscheduled.sum())} finished request(s) without scheduled_ts: left out of both sides' "
+                         "queueing and sched.-to-first-token statistics (in the others)")
     out = out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     tpot_s = float(np.nanmedian(out.tpot_ms)) / 1e3 if out.tpot_ms.notna().any() else 0.0
     if tpot_s > 10:  # no engine takes 10 s a token: the stamps are not in seconds
