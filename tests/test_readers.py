@@ -173,8 +173,21 @@ def test_vllm_bench_result_reused_from_measured(tmp_path):
     assert [(r.input_toks, r.arrival_time_ns) for r in d.requests] == [(100, 0), (200, 500_000_000)]
     assert any("1 failed" in n for n in d.notes)
     obj["max_concurrency"] = 8
-    assert any("replay it with --concurrency 8" in n for n in read_dataset(p).notes + read_dataset(
-        _write(tmp_path, "bench_c.json", json.dumps(obj))).notes)
+    # A rate held to a concurrency: the start times are the sends, the cap in them (a closed loop drops the rate).
+    notes = read_dataset(_write(tmp_path, "bench_c.json", json.dumps(obj))).notes
+    assert any("the recorded start_times (request rate 4/s held to max_concurrency 8" in n for n in notes)
+    assert not any("--concurrency" in n for n in notes)
+    obj["request_rate"] = "inf"  # no rate, a concurrency: a closed loop
+    assert any("replay it with --concurrency 8" in n for n in read_dataset(
+        _write(tmp_path, "bench_ci.json", json.dumps(obj))).notes)
+    obj.pop("max_concurrency")
+    obj.pop("start_times")
+    assert any("every request arrives at once" in n for n in read_dataset(
+        _write(tmp_path, "bench_inf.json", json.dumps(obj))).notes)
+    obj.update(request_rate=2, max_concurrency=4)
+    assert any("spaced evenly at the request rate 2/s; max_concurrency 4 is not modelled" in n for n in read_dataset(
+        _write(tmp_path, "bench_r.json", json.dumps(obj))).notes)
+    obj["start_times"] = [10.0, 10.5, 11.0]
     del obj["input_lens"]
     with pytest.raises(TraceError, match="missing 'input_lens'"):
         read_dataset(_write(tmp_path, "bench2.json", json.dumps(obj)), "vllm-bench")

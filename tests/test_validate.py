@@ -127,6 +127,14 @@ def test_aiperf_records_reader(tmp_path):
     (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(
         {"input_config": {"loadgen": {"concurrency": 4}}}))  # aiperf's older layout
     assert read_measured(path).concurrency == 4
+    # A request rate held to a concurrency is no closed loop: the recorded sends carry both (it was replayed as all
+    # clients sending at once, TTFT +1173% on a real run's copy).
+    (tmp_path / "profile_export_aiperf.json").write_text(json.dumps(
+        {"input_config": {"phases": [{"name": "profiling", "type": "request_rate", "request_rate": 1,
+                                      "concurrency": 100}]}}))
+    run = read_measured(path)
+    assert run.concurrency is None and list(run.requests.arrival_s) == [0.0, 0.25, 0.5]
+    assert any("request rate 1 with at most 100 in flight" in n for n in run.notes)
     # A summary of the wrong shape is refused naming the file and the field (before: internal errors, or 2.7
     # clients read as 2 and true as 1).
     for config, said in (({"phases": [{"name": "profiling", "concurrency": "four"}]}, r"\.phases\[\]\.concurrency"),

@@ -44,12 +44,13 @@ def gaps_since_latest(ends: np.ndarray, times: np.ndarray) -> np.ndarray:
     return times[k > 0] - ends[k[k > 0] - 1]
 
 
-def aiperf_concurrency(records_path: Path) -> int | None:
+def aiperf_concurrency(records_path: Path) -> tuple[int | None, object]:
     """The profiling phase's concurrency, from the profile_export_aiperf.json beside the records
-    (aiperf's YAML-v2 layout, `input_config.phases[]`, else the older `input_config.loadgen`)."""
+    (aiperf's YAML-v2 layout, `input_config.phases[]`, else the older `input_config.loadgen`), and its request
+    rate where it has one (None where not: a concurrency alone is a closed loop)."""
     summary = records_path.with_name(AIPERF_SUMMARY)
     if not summary.is_file():
-        return None
+        return None, None
     config = optional_object(read_json_object(summary), "input_config", f"{summary}: input_config")
     phases = config.get("phases") or []
     if not isinstance(phases, list):
@@ -57,14 +58,17 @@ def aiperf_concurrency(records_path: Path) -> int | None:
     phases = [ph for ph in phases if isinstance(ph, dict)]
     phase = next((ph for ph in phases if ph.get("name") == "profiling"), phases[0] if phases else None)
     value, where = (phase.get("concurrency"), "input_config.phases[].concurrency") if phase else (None, "")
+    rate = phase.get("request_rate") if phase else None
+    loadgen = optional_object(config, "loadgen", f"{summary}: input_config.loadgen")
     if value is None:
-        loadgen = optional_object(config, "loadgen", f"{summary}: input_config.loadgen")
         value, where = loadgen.get("concurrency"), "input_config.loadgen.concurrency"
+    if rate is None and not phase:
+        rate = loadgen.get("request_rate")
     if value is None:
-        return None
+        return None, rate
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PdsimError(f"{summary}: {where}: expected a whole number of clients >= 1, got {json_shown(value)}")
-    return value
+    return value, rate
 
 
 def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
@@ -111,9 +115,15 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     if not rows:
         raise PdsimError(f"{p}: no successful profiling-phase request")
     df, sent_ns = _by_arrival(rows)
-    concurrency = aiperf_concurrency(p)
+    concurrency, rate = aiperf_concurrency(p)
     notes = ["arrival times: when aiperf sent each request"]
     gaps = None
+    if concurrency and rate is not None:
+        # A request rate with a concurrency cap: aiperf sent at the rate, holding a request back while the cap was
+        # reached, so the recorded send times carry both; a closed loop would drop the rate.
+        notes = [f"arrival times: when aiperf sent each request (request rate {json_shown(rate)} with at most "
+                 f"{concurrency} in flight, {AIPERF_SUMMARY}: the cap is in the recorded send times)"]
+        concurrency = None
     if concurrency:
         # A closed-loop client sends when a request ends: how long after the latest end each send
         # came is the client's own delay, measured on its clock.

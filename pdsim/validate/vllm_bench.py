@@ -17,10 +17,10 @@ from pdsim.workload.trace import MAX_ARRIVAL_NS
 def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredRun:
     """`vllm bench serve --save-result --save-detailed` output. Times there are in seconds.
 
-    Arrival times are not saved by vllm bench: with `max_concurrency` the replay is a closed
-    loop with that many clients; with an infinite `request_rate` all requests arrive at 0;
-    otherwise they are spaced evenly at the request rate (the benchmark drew Poisson gaps,
-    whose draw is not recorded), and the run says so in its notes.
+    An infinite `request_rate` with `max_concurrency` is a closed loop with that many clients. Otherwise arrivals are
+    the recorded `start_times` where saved (the sends, after a `max_concurrency` slot was free); else, with a finite
+    rate, spaced evenly at it (the benchmark drew Poisson gaps, whose draw is not recorded; a `max_concurrency`
+    beside it is not modelled), and with an infinite rate alone all at 0. The notes say which.
     """
     p = Path(path)
     if obj is None:
@@ -66,11 +66,21 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
         starts = np.array([duration_field(obj["start_times"][i], f"{p}: start_times[{i}]", "start_time", -math.inf,
                                           math.inf) for i in ok])
         arrival = starts - starts.min()
-    elif conc is None and math.isfinite(rate):
+        if conc is not None and math.isfinite(rate):  # the sends came at the rate and waited for a free slot
+            notes.append(f"arrival times: the recorded start_times (request rate {rate:g}/s held to max_concurrency "
+                         f"{conc}, which is in them)")
+            conc = None
+    elif math.isfinite(rate):
         arrival = np.arange(len(ok)) / rate
-        notes.append(f"arrival times not recorded: spaced evenly at the request rate {rate:g}/s")
+        notes.append(f"arrival times not recorded: spaced evenly at the request rate {rate:g}/s"
+                     + (f"; max_concurrency {conc} is not modelled (where it held requests back in the client, the "
+                        "replay lets them in at once)" if conc is not None else ""))
+        conc = None
     else:
         arrival = np.zeros(len(ok))
+        if conc is None:
+            notes.append("request_rate inf (vllm bench's default) and no max_concurrency: every request arrives at "
+                         "once")
     if arrival.size and arrival.max() > MAX_ARRIVAL_NS / 1e9:
         source = "start_times" if obj.get("start_times") is not None else "request_rate"
         raise PdsimError(f"{p}: {source!r}: the last request would arrive {arrival.max():.3g} s after the first, past "
