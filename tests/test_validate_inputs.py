@@ -881,3 +881,21 @@ def test_each_metric_is_compared_over_the_same_requests_on_both_sides(tmp_path):
     assert len(queued) == 10
     assert table.loc[("queueing (ms)", "mean"), "simulated"] == pytest.approx(queued.simulated_queue_ms.mean(),
                                                                              rel=1e-5)
+
+
+def test_a_stamp_later_than_the_whole_run_lasted_is_refused_with_its_line(tmp_path):
+    # One end 3,000 s late in a 66 s run (within the stamps' own plausibility window) had been averaged in (E2E mean
+    # +35%); here a minute late in a run of seven seconds.
+    meta = {"vllm_version": "0.19.0", "started_at": "2026-04-25T18:47:18Z", "finished_at": "2026-04-25T18:47:25Z"}
+    requests, config = _run(tmp_path / "run", meta=meta)
+    lines = _lines(requests)
+    assert lines[-1]["last_token_ts"] - lines[0]["queued_ts"] < 7
+    _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(tmp_path / "a.csv"),
+         "--step-time-margin-pct", "0")
+    lines[4]["last_token_ts"] += 60  # inside the stamps' own plausibility window, past the recorded run
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    said = (r"requests.jsonl:5: last_token_ts .* is 6\d\.\d s after the run's first queued_ts, but meta.json's "
+            r"started_at and finished_at say the run lasted 7.0 s")
+    with pytest.raises(PdsimError, match=said):
+        _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
+             str(tmp_path / "b.csv"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     # A meta.json that is there but no file (a folder) is read, and refused, rather than taken as absent.
     meta = read_json_object(meta_path) if meta_path.exists() else {}
     check_engine_meta(meta_path, meta)
+    _check_run_span(p, meta, stamps, line_nos)
     notes = [f"arrival times from the {clock} clock", *meta_notes(meta)]
     if (said := _request_count_note(p, meta, len(rows))) is not None:
         notes.append(said)
@@ -51,6 +53,42 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     first_wall = arrival_time[seen].loc[arrival[seen].idxmin()]
     return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup",
                        first_arrival_wall_s=float(first_wall) if np.isfinite(first_wall) else None)
+
+
+def _run_span_s(meta: dict) -> float | None:
+    """How long the run lasted by meta.json's started_at and finished_at (LLMServingSim's runner), or None."""
+    times = []
+    for key in ("started_at", "finished_at"):
+        value = meta.get(key)
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
+        except ValueError:
+            when = None
+        if when is None:
+            return None
+        times.append(when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc))
+    span = (times[1] - times[0]).total_seconds()
+    return span if span > 0 else None
+
+
+def _check_run_span(p: Path, meta: dict, stamps: dict[str, pd.Series], line_nos: list[int]) -> None:
+    """An engine stamp later after the run's first pick-up than the whole run lasted (meta.json's started_at to
+    finished_at, with a tenth and 10 s to spare) is not this run's time: refused with its line, not averaged in
+    (one end 3,000 s late in a 66 s run took E2E mean 35% up)."""
+    span = _run_span_s(meta)
+    start = stamps["queued_ts"].min()
+    if span is None or not np.isfinite(start):
+        return
+    limit = 1.1 * span + 10.0
+    for key in ("queued_ts", "scheduled_ts", "first_token_ts", "last_token_ts"):
+        if key not in stamps:
+            continue
+        late = (stamps[key] - start > limit).to_numpy()  # NaN compares False
+        if late.any():
+            i = int(np.flatnonzero(late)[0])
+            raise PdsimError(f"{p}:{line_nos[i]}: {key} {stamps[key].iloc[i]!r} is "
+                             f"{stamps[key].iloc[i] - start:,.1f} s after the run's first queued_ts, but meta.json's "
+                             f"started_at and finished_at say the run lasted {span:,.1f} s: not this run's time")
 
 
 def _records(p: Path) -> tuple[list[dict], list[int]]:
