@@ -238,6 +238,12 @@ def test_calibrate_announces_estimated_step_times_and_a_best_fit_at_zero(tmp_pat
     assert fit["estimated_profile"] is True and fit["step_overhead_us"] == 0 and fit["at_grid_bottom"]
     assert "NOTE: step times estimated from hardware specs" in res.output
     assert "NOTE: the best overhead is the grid's smallest, 0 us" in res.output
+    assert "records its engine's KV capacity" not in res.output
+    # A run that records its engine's KV capacity: the fit's replays size it by the config, which it says.
+    requests, config = _run(tmp_path / "kv", meta={"vllm_version": "0.19.0", "kv_cache": {"num_gpu_blocks": 3000}})
+    res = _cli("calibrate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(out))
+    assert re.search(r"NOTE: the run records its engine's KV capacity, 48,000 tokens \(.*meta.json.*\); the fit's "
+                     r"replays had the predicted [\d,]+ \(\+\d+\.\d%\)", res.output), res.output
     # A closed-loop table without a profile.
     table = tmp_path / "t.csv"
     table.write_text(TABLE_HEADER + _row())

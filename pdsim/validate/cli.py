@@ -597,10 +597,13 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         _pick_up_order_note(run, cfg, "engine")
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
         left_grid: dict[str, str] = {}  # what priced the steps and where the replays left a table's grid
+        recorded_kv = kv_override(run, cfg, _sim_options(profile_dir, 0.0, run, client_delay_ms), None, "predicted")
+        predicted_kv: list[int] = []
 
         def errors_at(overhead_us: float) -> np.ndarray:
             result = _replay_with_bar(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms),
                                       str(cluster_config), _bar(f"step_overhead_us {overhead_us:g}", quiet))
+            predicted_kv[:] = [result.infos[0].kv_predicted_tokens]
             if (lost := replay_losses(result)) is not None:
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
@@ -617,6 +620,14 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     fit = fit_overhead(errors_at)
     if not table_input:
         notes += [f"note: {n}" for n in left_grid.values() if n != ESTIMATED_NOTE]
+        if recorded_kv is not None and predicted_kv and predicted_kv[0] != recorded_kv.tokens:
+            # The fit's replays size the cache by the config's rule: an overhead fitted so also makes up for a
+            # capacity error (more or fewer preemptions and queueing than the engine had).
+            notes.append(f"NOTE: the run records its engine's KV capacity, {recorded_kv.tokens:,} tokens "
+                         f"({recorded_kv.source}); the fit's replays had the predicted {predicted_kv[0]:,} "
+                         f"({(predicted_kv[0] / recorded_kv.tokens - 1) * 100:+.1f}%), so the fitted overhead may "
+                         "make up for that difference too: `validate --kv-capacity measured` replays with the "
+                         "engine's")
     fit.update({"measured": str(measured), "metric": metric, "estimated_profile": estimated[0] > 0,
                 "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
     write_json_atomic(out, fit)
