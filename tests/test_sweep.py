@@ -83,6 +83,19 @@ def test_colocated_baseline_of_a_pd_base_takes_both_roles_larger_batch_limits():
     assert "; its hardware, npu_mem: the prefill instance's, not the decode instance's" in colocated_from_pd(mixed)[1]
 
 
+def test_each_role_keeps_the_nodes_and_links_of_its_base_node():
+    # A base with its A100 decode GPUs on a node of their own (intra_node_bw 300, nic_bw 25): the split's decode
+    # instance had been put on the H100s' node, on their links, its KV hand-offs 23x as fast as across the NICs.
+    mixed = load_cluster_config(ROOT / "configs" / "cluster" / "heterogeneous_h100p_a100d.json")
+    (split,) = [v for v in expand(mixed, 4, ratios=[(3, 1)]) if v.label == "3P1D-tp1/1"]
+    nodes = [(n.get("intra_node_bw"), n.get("nic_bw"), {i["hardware"] for i in n["instances"]})
+             for n in split.raw["nodes"]]
+    assert nodes == [(450, 50, {"H100-SXM"}), (300, 25, {"A100-80GB"})]
+    # One base node for both roles: packed together as before.
+    (same,) = [v for v in expand(load_cluster_config(BASE), 4, ratios=[(3, 1)]) if v.label == "3P1D-tp1/1"]
+    assert len(same.raw["nodes"]) == 1
+
+
 def test_a_large_budget_shares_one_instance_dict_per_role():
     # 1000 GPUs in every split: a copy of the instance per GPU per split would be a million dicts (GBs).
     variants = expand(load_cluster_config(BASE), 1000, colocated=False)

@@ -181,21 +181,32 @@ def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int, expert
     return check_placement(model, ExpertPlacement(tp, _group_ep_size(tp, dp, expert_parallel), dp))
 
 
+def _node_settings(base: ClusterConfig, pd_type: str | None) -> dict[str, Any]:
+    """A node's own settings (cpu_mem, nic_bw, intra_node_bw, ...) for a unit of this role: those of the base node
+    holding the role's template instance (_template), so that a base with its prefill and decode GPUs on nodes of
+    their own keeps each role's links; the first node's for a role the base lacks."""
+    ref = next((r for r in base.instances() if r.config.pd_type == pd_type),
+               next((r for r in base.instances() if r.config.pd_type == "prefill"), None) if pd_type is None else None)
+    node = base.nodes[ref.node_index if ref is not None else 0]
+    return node.model_dump(mode="json", exclude={"instances", "num_instances"})
+
+
 def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int) -> dict[str, Any]:
     """The base config with its nodes replaced: nodes of node_gpus GPUs filled in order (prefill instances
     come first), like a real placement would; a unit (one instance, or a DP group's ranks) is never split
-    over nodes. Every other field (links, router, kv_transfer) is the base's, and each node keeps the base's
-    first node's own settings (cpu_mem, nic_bw, intra_node_bw, ...)."""
-    nodes: list[list[dict[str, Any]]] = []
+    over nodes. Every other field (links, router, kv_transfer) is the base's; each node keeps the settings of the
+    base node its role came from (_node_settings), and units whose nodes differ never share one (an A100 decode
+    instance of a base with its A100s on a node of their own is not put beside the H100s, on their links)."""
+    nodes: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     used = node_gpus  # forces a first node
     for unit in units:
         size = sum(inst["num_npus"] for inst in unit)
-        if used + size > node_gpus:
-            nodes.append([])
+        settings = _node_settings(base, unit[0]["pd_type"])
+        if used + size > node_gpus or settings != nodes[-1][0]:
+            nodes.append((settings, []))
             used = 0
-        nodes[-1].extend(unit)
+        nodes[-1][1].extend(unit)
         used += size
-    node_settings = base.nodes[0].model_dump(mode="json", exclude={"instances", "num_instances"})
     raw = base.model_dump(mode="json")  # replacing keys in place keeps the config's field order
     # The KV transfer settings as written: one left to pdsim's measured defaults stays so (the run says it is).
     raw["kv_transfer"] = base.kv_transfer.model_dump(mode="json", exclude_unset=True)
@@ -204,8 +215,8 @@ def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int
         if per_dim is not None:
             raw[key] = list(per_dim)
     raw["num_nodes"] = len(nodes)
-    raw["nodes"] = [{"num_instances": len(insts), **copy.deepcopy(node_settings), "instances": insts}
-                    for insts in nodes]
+    raw["nodes"] = [{"num_instances": len(insts), **copy.deepcopy(settings), "instances": insts}
+                    for settings, insts in nodes]
     return raw
 
 
