@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -441,6 +442,21 @@ def test_resume_refuses_rows_made_under_other_settings(tmp_path):
     res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--slo-ttft-ms", "1000", "--resume"])
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "s" / "runs.csv").read_text().splitlines()) == len(before.splitlines()) + 2
+
+
+def test_resume_refuses_rows_made_with_a_profile_since_changed_in_place(tmp_path):
+    # The settings named the profiles' folder only: a profile re-measured there was resumed over, old rows kept.
+    root = tmp_path / "profiles"
+    shutil.copytree(ROOT / "profiles" / "H100-SXM", root / "H100-SXM")
+    runner = CliRunner()
+    common = ["--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "20", "--gpus", "2",
+              "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1", "--min-duration-s", "0",
+              "--profiles-root", str(root), "--out", str(tmp_path / "s")]
+    assert runner.invoke(cli, ["sweep", *common, "--rates", "5"]).exit_code == 0
+    dense = root / "H100-SXM" / "meta-llama" / "Llama-3.1-8B" / "bfloat16" / "tp1" / "dense.csv"
+    dense.write_text(dense.read_text().replace(",", ", ", 1))  # any change to its bytes
+    res = runner.invoke(cli, ["sweep", *common, "--rates", "5,20", "--resume"])
+    assert isinstance(res.exception, PdsimError) and "profiles_sha256" in str(res.exception), res.output
 
 
 def test_ray_matches_local_pool(small, tmp_path):

@@ -209,6 +209,7 @@ class _Setup:
         profiles_root = str(kw["profiles_root"] or bundled_path("profiles"))
         self.estimates: dict[str, dict[str, Any]] = {}  # search's rate-matching estimate per label
         self.build_notes: set[str] = set()  # what priced each TP size's all-reduce, which board ran (_buildable)
+        self.profile_folders: set[str] = set()  # the profile folders the builds read (_buildable)
         self.variants = self._buildable(self.variants, profiles_root, with_estimates)
         if all(v.colocated for v in self.variants):
             if ratios is not None:  # asked for by name, all fell out: the baseline alone answers another question
@@ -229,6 +230,7 @@ class _Setup:
             min_duration_s=run_duration_s(kw["min_duration_s"], self.life_s), warmup_s=self.life_s,
             ttft_mode=kw["ttft_mode"], profiles_root=profiles_root,
         )
+        model_config = Path(kw["base_config"]).parent / RUN_MODEL_CONFIG
         # What the rows depend on besides their (label, rate) key: a --resume must find the same.
         self.fingerprint = json.loads(json.dumps({
             "base_config_sha256": _sha256(kw["base_config"]), "dataset": str(kw["dataset"]),
@@ -237,6 +239,9 @@ class _Setup:
                                   "slo_tpot_ms", "arrival", "seed", "time_limit_slack_s", "ttft_mode",
                                   "node_gpus")},
             "min_duration_s": self.settings.min_duration_s, "profiles_root": self.settings.profiles_root,
+            # What is in them, not only where: a profile re-measured in place would otherwise be resumed over.
+            "profiles_sha256": _folders_sha256(sorted(self.profile_folders)),
+            "model_config_sha256": _sha256(model_config) if model_config.is_file() else None,
         }, default=str))
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
@@ -292,6 +297,8 @@ class _Setup:
                 # By TP: a profile measured on another board for one TP degree does not speak for the others.
                 self.build_notes.update(f"TP {info.tp} instances: {info.board_note}"
                                         for info in cluster.infos if info.board_note)
+                self.profile_folders.update(info.profile_path for info in cluster.infos
+                                            if Path(info.profile_path).is_dir())
             except PdsimError as e:
                 self.skipped.append(str(e) if str(e).startswith(f"{v.label}:") else f"{v.label}: {e}")
                 continue
@@ -388,6 +395,17 @@ def config_file_stem(label: str) -> str:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _folders_sha256(folders: list[str]) -> str:
+    """One digest of every file in these folders (names and bytes, in a fixed order)."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        root = Path(folder)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(f"{folder}/{path.relative_to(root)}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _bar(quiet: bool) -> ProgressBar:
