@@ -1153,7 +1153,8 @@ def test_a_poisson_search_writes_its_winners_probe_trace_to_run(tmp_path):
     assert poisson.exit_code == 0, poisson.output
     hint = next(line for line in poisson.output.splitlines() if line.startswith("to run it on the Poisson arrivals"))
     trace_path = tmp_path / "p" / "search_winner_trace.jsonl"
-    assert hint.endswith(f"--dataset {trace_path}") and f"--cluster-config {tmp_path / 'p' / 'configs'}" in hint
+    assert f"--dataset {trace_path} --slo-ttft-ms 1000 --slo-tpot-ms 50 (it scores every request" in hint
+    assert f"--cluster-config {tmp_path / 'p' / 'configs'}" in hint and "--ttft-mode" not in hint
     winner = pd.read_csv(tmp_path / "p" / "search.csv").iloc[0]
     probes = pd.read_csv(tmp_path / "p" / "probes.csv")
     # The run that decided the goodput: a pass within chance is re-run longer (duration_x), which then decides.

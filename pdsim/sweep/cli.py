@@ -709,8 +709,13 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         click.echo(f"\nwinner: {win['label']} at {win['goodput_req_s']:.3g} req/s "
                    f"({win['goodput_req_s_per_gpu']:.3g} req/s per GPU){vs}; config: {config}")
         if kw["arrival"] == "poisson":  # `pdsim run --rate` rescales the dataset's own arrivals: not these
+            # The probe's own TTFT mode and SLOs, so the run reports what the row did (pdsim run scores every
+            # request; the probe left out the warm-up and drain).
+            mode = " --ttft-mode client" if kw["ttft_mode"] == "client" else ""
             click.echo(f"to run it on the Poisson arrivals its probe at that rate had: pdsim run --cluster-config "
-                       f"{config} --dataset {setup.out / WINNER_TRACE}")
+                       f"{config} --dataset {setup.out / WINNER_TRACE}{mode} --slo-ttft-ms {kw['slo_ttft_ms']:g} "
+                       f"--slo-tpot-ms {kw['slo_tpot_ms']:g} (it scores every request; the probe left out the first "
+                       f"and last {setup.life_s:.3g} s of arrivals)")
         if math.isnan(win["first_fail_req_s"]):
             within = "within --max-probes"
             if win["goodput_req_s"] * 2 > max_rate:
