@@ -230,7 +230,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         "goodput_req_s_per_gpu": goodput / v.gpus,
         # The bracket: the true goodput is in [goodput, first_fail).
         "first_fail_req_s": st.hi if math.isfinite(st.hi) else math.nan,
-        "first_fail_why": _why_failed(st.hi_row, st.low_load_miss, st.low_load_by_lone),
+        "first_fail_why": _why_failed(st.hi_row, st.low_load_miss, st.low_load_by_lone, st.attainment, st.mode),
         "low_load_miss": int(st.low_load_miss),
         "metrics_at_req_s": st.lo if st.lo_row is not None else (st.hi if st.hi_row is not None else math.nan),
         "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
@@ -256,11 +256,18 @@ def floored(attainment: float) -> float:
     return math.floor(attainment * 1000) / 1000 if math.isfinite(attainment) else attainment
 
 
-def _why_failed(row: dict[str, Any] | None, low_load: bool = False, by_lone: bool = True) -> str:
+def _why_failed(row: dict[str, Any] | None, low_load: bool = False, by_lone: bool = True, attainment: float = 0.9,
+                mode: str = "joint") -> str:
+    """Why the first failing rate failed, in the terms of the target (--slo-mode): under `separate` the SLO whose
+    own attainment missed, not the joint figure, which the target does not read."""
     if row is None:
         return "-"
     if not row.get("stable", 1):
         return "unstable"
+    if mode != "joint" and not low_load:
+        missed = [f"{name} {floored(row[key]):.3g}" for name, key in (("TTFT", "attain_ttft"), ("TPOT", "attain_tpot"))
+                  if row[key] < attainment]
+        return f"attain {', '.join(missed)}" if missed else f"attain {floored(row['attain_both']):.3g}"
     if low_load:  # which SLO is missed, and by how many rejections where they count
         rejected = (f"; {int(row['rejected']):,} of {int(row['requests']):,} rejected, "
                     f"{int(row.get('alone_missed', 0)):,} missed alone" if row.get("rejected") else "")
