@@ -1803,3 +1803,28 @@ def test_a_hybrid_models_measured_kv_size_is_read_in_vllms_units(tmp_path):
         # the replay ran on the engine's pool: its own run back (TTFT, TPOT, E2E within rounding)
         table = pd.read_csv(tmp_path / "v.csv").set_index(["metric", "stat"])
         assert table.loc[("E2E latency (ms)", "mean"), "diff_pct"] == pytest.approx(0, abs=1e-3)
+
+
+def test_the_model_a_benchmark_client_names_is_checked_against_the_configs(tmp_path):
+    # vllm bench's model_id and aiperf's model were not read: a Qwen3-32B run replayed on a Llama-3.1-8B config
+    # without a word.
+    from pdsim.validate.recorded import replay_config
+
+    bench = {"ttfts": [0.1, 0.2], "itls": [[0.01], [0.02]], "input_lens": [100, 200], "output_lens": [2, 2],
+             "request_rate": 4, "model_id": "Qwen/Qwen3-32B"}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    with pytest.raises(PdsimError, match=r"the instances serve meta-llama/Llama-3.1-8B, but the measured engine ran "
+                                         r"Qwen/Qwen3-32B \(the benchmark's model_id, .*bench.json\), a model of "
+                                         r"another shape"):
+        replay_config(RTX / "cluster_config.json", read_measured(path), None)
+    path.write_text(json.dumps({**bench, "model_id": "meta-llama/Llama-3.1-8B"}))
+    replay_config(RTX / "cluster_config.json", read_measured(path), None)  # the config's own model: fine
+    t0 = 1_763_900_000_123_456_789
+    (tmp_path / "a").mkdir()
+    records = _write_jsonl(tmp_path / "a" / "profile_export.jsonl",
+                           [_aiperf_record(t0, 100, 4, 20.0, 50.0, [5.0, 10.0, 15.0])])
+    (tmp_path / "a" / "profile_export_aiperf.json").write_text(json.dumps(
+        {"input_config": {"models": {"items": [{"name": "Qwen/Qwen3-32B"}]}}}))
+    with pytest.raises(PdsimError, match=r"ran Qwen/Qwen3-32B \(profile_export_aiperf.json's model, "):
+        replay_config(RTX / "cluster_config.json", read_measured(records), None)

@@ -71,6 +71,24 @@ def aiperf_concurrency(records_path: Path) -> tuple[int | None, object]:
     return value, rate
 
 
+def aiperf_model(records_path: Path) -> str | None:
+    """The model aiperf asked for, from the summary beside the records (`input_config.models.items[].name`, or the
+    older `input_config.endpoint.model_names`), where it names one."""
+    summary = records_path.with_name(AIPERF_SUMMARY)
+    if not summary.is_file():
+        return None
+    config = read_json_object(summary).get("input_config")
+    if not isinstance(config, dict):
+        return None
+    models = config.get("models")
+    items = models.get("items") if isinstance(models, dict) else None
+    names = [item.get("name") for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    endpoint = config.get("endpoint")
+    if not names and isinstance(endpoint, dict) and isinstance(endpoint.get("model_names"), list):
+        names = endpoint["model_names"]
+    return names[0] if len(names) == 1 and isinstance(names[0], str) else None
+
+
 def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     """aiperf's `profile_export.jsonl`: one record per request, `metadata` (phase, wall-clock
     `request_start_ns`) and `metrics` (`time_to_first_token`, `request_latency`,
@@ -136,9 +154,10 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
                      + ", ".join(f"{n} of {phase!r}" for phase, n in sorted(other_phases.items())))
     if failed:
         notes.append(f"{failed} failed or cancelled request(s) left out")
+    model = aiperf_model(p)
     return MeasuredRun(str(p), df, itl_ms=np.asarray(itls, dtype=float) if itls else None,
                        concurrency=concurrency, notes=notes, client_gaps_s=gaps if gaps is not None and gaps.size
-                       else None)
+                       else None, client_model=(model, f"{AIPERF_SUMMARY}'s model") if model else None)
 
 
 def _by_arrival(rows: list[dict]) -> tuple[pd.DataFrame, np.ndarray]:

@@ -49,6 +49,9 @@ class MeasuredRun:
     # The client's wall-clock time (arrival_time, Unix seconds) of the request replayed first, where the
     # file has it: places the replay on the clock of the run's other records (timeseries.csv).
     first_arrival_wall_s: float | None = None
+    # The model the benchmark client names (vllm bench's model_id, aiperf's model), and where: checked against the
+    # config's as meta.json's is.
+    client_model: tuple[str, str] | None = None
 
     @property
     def engine_kwargs(self) -> dict:

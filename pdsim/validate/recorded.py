@@ -217,7 +217,9 @@ def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config:
     # meta.json's own `model` and the engine's argument: both are checked (the weights follow the latter,
     # _loaded_checkpoint), so neither names another model unseen
     for recorded in dict.fromkeys((run.engine_meta.get("model"), run.engine_kwargs.get("model"))):
-        _check_recorded_model(run, cfg, cluster_config, recorded)
+        _check_recorded_model(run, cfg, cluster_config, recorded, "the run's meta.json")
+    if run.client_model is not None:
+        _check_recorded_model(run, cfg, cluster_config, *run.client_model)
     roles = {ref.config.pd_type for ref in cfg.instances()} - {None}
     if roles and run.engine_kwargs and "kv_transfer_config" not in run.engine_kwargs:
         run.notes.append("NOTE: the config has prefill and decode instances, but the run's meta.json engine_kwargs "
@@ -225,7 +227,8 @@ def _check_model_and_roles(run: MeasuredRun, cfg: ClusterConfig, cluster_config:
                          "so the two may not be comparable")
 
 
-def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path, recorded: object) -> None:
+def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: Path, recorded: object,
+                          where: str) -> None:
     from pdsim.models import load_model
 
     if isinstance(recorded, str) and recorded.count("/") == 1 and not recorded.startswith((".", "/", "~")):
@@ -238,12 +241,12 @@ def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: 
                 continue
             if shape is not None and load_model(name).shape != shape:
                 raise PdsimError(f"{cluster_config}: the instances serve {name}, but the measured engine ran "
-                                 f"{recorded} ({run.source}'s meta.json), a model of another shape: give the "
-                                 "measured engine's config")
+                                 f"{recorded} ({where}, {run.source}), a model of another shape: give the measured "
+                                 "engine's config")
             unread = "" if shape is not None else (
                 f": pdsim knows neither its shape nor its weights' format, so {name}'s are taken for it (an fp8 "
                 "checkpoint's run needs a config of fp8 weights, or the checkpoint's config.json as model_config.json)")
-            run.notes.append(f"NOTE: the config's instances serve {name}, the run's meta.json names {recorded}"
+            run.notes.append(f"NOTE: the config's instances serve {name}, {where} names {recorded}"
                              + (" (the same shape)" if shape is not None else unread))
 
 

@@ -92,4 +92,6 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
     # Results are in completion order: the replay lets requests in by arrival, so they are sorted so.
     df = df.sort_values("arrival_s", kind="stable").reset_index(drop=True)
     itl = np.concatenate(itls) if itls else np.empty(0)
-    return MeasuredRun(str(p), df, itl_ms=itl, concurrency=int(conc) if conc else None, notes=notes)
+    model = obj.get("model_id")
+    return MeasuredRun(str(p), df, itl_ms=itl, concurrency=int(conc) if conc else None, notes=notes,
+                       client_model=(model, "the benchmark's model_id") if isinstance(model, str) else None)
