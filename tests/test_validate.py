@@ -111,6 +111,10 @@ def test_aiperf_records_reader(tmp_path):
     path = _write_jsonl(tmp_path / "profile_export.jsonl", records)
     run = read_measured(tmp_path)  # an artifacts folder is read through its records file
     df = run.requests
+    (tmp_path / "dup").mkdir()
+    copied = _write_jsonl(tmp_path / "dup" / "profile_export.jsonl", [*records, records[2]])
+    with pytest.raises(PdsimError, match=r"profile_export.jsonl:6: the same record as line 3 \(a duplicated line"):
+        read_measured(copied)  # read as one more request, it took TTFT +230% on a copy with 40 such lines
     assert list(df.input_toks) == [100, 200, 300]  # by send time, warm-up and failure left out
     assert list(df.arrival_s) == [0.0, 0.25, 0.5]
     assert list(df.ttft_ms) == [20.0, 40.0, 70.0] and list(df.e2e_ms) == [50.0, 60.0, 70.0]

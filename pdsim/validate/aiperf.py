@@ -105,10 +105,14 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     rows, itls, ends_ns = [], [], []
     warmup = failed = 0
     other_phases: dict[str, int] = {}
+    seen: dict[str, int] = {}  # a record's text -> its line: a line repeated whole is a copy, not a request
     for line_no, line in enumerate(decode_text(p.read_bytes(), str(p)).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{p}:{line_no}"
+        if (first := seen.setdefault(line.strip(), line_no)) != line_no:
+            raise PdsimError(f"{where}: the same record as line {first} (a duplicated line: one request is one "
+                             "record)")
         record = parse_json(line, where)
         if not isinstance(record, dict) or not isinstance(record.get("metadata"), dict) \
                 or not isinstance(record.get("metrics"), dict):
