@@ -188,6 +188,11 @@ def test_vllm_bench_result_reused_from_measured(tmp_path):
     assert any("spaced evenly at the request rate 2/s; max_concurrency 4 is not modelled" in n for n in read_dataset(
         _write(tmp_path, "bench_r.json", json.dumps(obj))).notes)
     obj["start_times"] = [10.0, 10.5, 11.0]
+    # More gaps than tokens: output_lens cannot be right (TPOT divides by them).
+    odd = {**obj, "itls": [[0.01, 0.01, 0.01], [0.02], []]}
+    assert any("NOTE: 1 request(s) have more inter-token gaps than output tokens after the first (the first: request "
+               "0, 3 gaps for output_len 2)" in n for n in read_dataset(_write(tmp_path, "bench_g.json",
+                                                                              json.dumps(odd))).notes)
     del obj["input_lens"]
     with pytest.raises(TraceError, match="missing 'input_lens'"):
         read_dataset(_write(tmp_path, "bench2.json", json.dumps(obj)), "vllm-bench")

@@ -54,6 +54,13 @@ def read_vllm_bench_json(path: str | Path, obj: dict | None = None) -> MeasuredR
     e2e = ttft + np.array([x.sum() for x in itls])
     tpot = np.where(out_lens > 1, (e2e - ttft) / np.maximum(out_lens - 1, 1), np.nan)
     notes = []
+    # A streamed token is one gap at most (vLLM may send several in one chunk, never a chunk without one).
+    overfull = [j for j, (gaps, out) in enumerate(zip(itls, out_lens)) if len(gaps) > max(out - 1, 0)]
+    if overfull:
+        j = overfull[0]
+        notes.append(f"NOTE: {len(overfull)} request(s) have more inter-token gaps than output tokens after the first "
+                     f"(the first: request {ok[j]}, {len(itls[j])} gaps for output_len {out_lens[j]}): check "
+                     "output_lens, by which TPOT is divided")
     conc = obj.get("max_concurrency")
     if conc is not None and (type(conc) is not int or conc < 1):
         raise PdsimError(f"{p}: 'max_concurrency': expected a whole number >= 1 or null, got {conc!r:.60}")
