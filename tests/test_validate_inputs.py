@@ -905,3 +905,16 @@ def test_a_stamp_later_than_the_whole_run_lasted_is_refused_with_its_line(tmp_pa
     with pytest.raises(PdsimError, match=said):
         _cli("validate", "--measured", str(requests), "--cluster-config", str(config), "--output",
              str(tmp_path / "b.csv"))
+
+
+def test_a_table_row_repeated_whole_is_said(tmp_path):
+    # Each copy is simulated and weighs in the MAPE as a row of its own: said, with the lines.
+    table = tmp_path / "t.csv"
+    table.write_text(TABLE_HEADER + _row() + _row(ttft="40.0") + _row())
+    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--step-time-margin-pct", "0",
+               "--output", str(tmp_path / "v.csv"))
+    assert "NOTE: 1 row(s) repeat an earlier row whole (line 4): each is simulated and counted" in res.output
+    table.write_text(TABLE_HEADER + _row() + _row(ttft="40.0"))
+    res = _cli("validate", "--measured", str(table), "--rounds", "1", "--step-time-margin-pct", "0",
+               "--output", str(tmp_path / "v.csv"))
+    assert "repeat an earlier row" not in res.output

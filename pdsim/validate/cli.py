@@ -17,6 +17,7 @@ from pdsim.errors import PdsimError, PrecisionMismatch
 from pdsim.outputs import OutputSet, check_output_file, write_json_atomic
 from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
+from pdsim.text import listed
 from pdsim.validate.kv_capacity import capacity_line, replay_kv_line
 from pdsim.validate.recorded import kv_override, replay_config
 
@@ -142,7 +143,7 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     from pdsim.hardware import canonical_hardware_name, family_board_by_memory
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
-    from pdsim.validate.closed_loop_table import read_closed_loop_table
+    from pdsim.validate.closed_loop_table import FILE_LINE, read_closed_loop_table
 
     # The board the rows run on, as a config would name it (any spelling; "H100" with 94 GB is the NVL): the rows'
     # system column, the profile folder and the simulation all take this one.
@@ -157,6 +158,12 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
     table = read_closed_loop_table(measured)
     if not model and "model_path" not in table:
         raise PdsimError("--model: needed (the table has no model_path column)")
+    repeated = table.index[table.duplicated(keep="first")].tolist()
+    if repeated:  # a copied line, or a measurement repeated: each weighs in the MAPE as a row of its own
+        where = f" (line{'s' * (len(repeated) > 1)} {listed([str(i) for i in repeated])})" if (
+            table.index.name == FILE_LINE) else ""
+        click.echo(f"NOTE: {len(repeated)} row(s) repeat an earlier row whole{where}: each is simulated and counted "
+                   "in the figures as a row of its own")
 
     def lookup(row_model: str, tp: int, precision: str) -> str | None:
         return str(profile_path(profile_dir, hardware, row_model, precision, tp)) if profile_dir else None
