@@ -187,6 +187,14 @@ def test_two_kv_figures_are_both_named(tmp_path):
     assert both.num_gpu_blocks == 1200 and ("taken over meta.json kv_cache.num_gpu_blocks's 3,000 blocks, -60.0% from "
                                             "it: is the log this run's engine's?") in both.source
     assert "taken over" not in measured_kv({"kv_cache": {"num_gpu_blocks": 1200}}, "meta.json", log, 16).source
+    # The engines of a DP group each log their size: two that differ are no restart, and said so.
+    log.write_text("(EngineCore_DP0 pid=1) INFO GPU KV cache size: 100,000 tokens\n"
+                   "(EngineCore_DP1 pid=2) INFO GPU KV cache size: 40,000 tokens\n")
+    assert ("NOTE: the DP engines log different sizes (EngineCore_DP0 100,000, EngineCore_DP1 40,000): the last is "
+            "taken for every instance") in kv_from_log(log, 16).source
+    log.write_text("(EngineCore_DP0 pid=1) INFO GPU KV cache size: 40,000 tokens\n"
+                   "(EngineCore_DP1 pid=2) INFO GPU KV cache size: 40,000 tokens\n")
+    assert "NOTE" not in kv_from_log(log, 16).source
 
 
 def _pdsim(*args: str) -> subprocess.CompletedProcess:

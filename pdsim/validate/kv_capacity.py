@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pdsim.engine.instance import Instance
 
 _LOG_LINE = re.compile(r"GPU KV cache size:\s*(\S+)\s*tokens")
+_ENGINE_TAG = re.compile(r"\((EngineCore_DP\d+)\b")  # vLLM's process prefix of a DP engine's log lines
 _TOKEN_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")  # vLLM prints it with thousands separators
 
 
@@ -67,12 +68,15 @@ def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredK
     except OSError as e:
         raise PdsimError(f"{path}: cannot read the engine log ({e.strerror})") from None
     found = []
+    engines: dict[str, set[int]] = {}  # a DP engine's tag ("EngineCore_DP1") -> the sizes it logged
     for line_no, line in enumerate(text.splitlines(), start=1):
         for value in _LOG_LINE.findall(line):
             if not _TOKEN_COUNT.fullmatch(value) or int(value.replace(",", "")) == 0:
                 raise PdsimError(f"{path}:{line_no}: 'GPU KV cache size: {value} tokens': expected a positive whole "
                                  "number of tokens (vLLM logs num_gpu_blocks x block_size, e.g. 454,832)")
             found.append(value)
+            if (tag := _ENGINE_TAG.search(line)) is not None:
+                engines.setdefault(tag[1], set()).add(int(value.replace(",", "")))
     if not found:
         raise PdsimError(f"{path}: no 'GPU KV cache size: N tokens' line (vLLM logs it at start-up)")
     tokens = int(found[-1].replace(",", ""))
@@ -81,6 +85,10 @@ def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredK
     sizes = list(dict.fromkeys(int(f.replace(",", "")) for f in found))
     also = (f"; the last of {len(found)} such lines, which also give {', '.join(f'{t:,}' for t in sizes[:-1])}"
             if len(sizes) > 1 else "")
+    if len(engines) > 1 and len(set().union(*engines.values())) > 1:  # engines of a DP group, not a restart
+        also += ("; NOTE: the DP engines log different sizes (" + ", ".join(
+            f"{tag} {', '.join(f'{t:,}' for t in sorted(got))}" for tag, got in sorted(engines.items()))
+                 + "): the last is taken for every instance")
     return MeasuredKV(tokens // block_size * groups, block_size, f"{path} 'GPU KV cache size'{also}", groups)
 
 
