@@ -1425,3 +1425,21 @@ def test_a_search_whose_slos_hold_every_probe_at_the_request_cap_is_refused(tmp_
     assert isinstance(res.exception, PdsimError), res.output
     assert "would run more than 10,000,000 requests, below every configuration's estimated start" in str(res.exception)
     assert not (tmp_path / "s" / "probes.csv").exists()
+
+
+def test_a_resumed_search_of_fewer_configurations_reports_only_those(tmp_path):
+    # probes.csv keeps the earlier search's other configurations for a later resume; the stability line, the plots
+    # and the run count had drawn on them too.
+    args = ["search", "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "20", "--gpus", "2",
+            "--slo-ttft-ms", "1000", "--slo-tpot-ms", "50", "--workers", "1", "--min-duration-s", "5", "--no-plots",
+            "--max-probes", "3", "--out", str(tmp_path / "s")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    probes = pd.read_csv(tmp_path / "s" / "probes.csv")
+    assert set(probes.label) == {"1P1D-tp1/1", "colo-2x-tp1"}
+    again = CliRunner().invoke(cli, [*args, "--no-colocated", "--resume"])
+    assert again.exit_code == 0, again.output
+    mine = int((probes.label == "1P1D-tp1/1").sum())
+    assert re.search(rf"(all {mine} runs stable|UNSTABLE: \d+ of {mine} runs)", again.output), again.output
+    assert f"\n{mine} runs in " in again.output
+    assert set(pd.read_csv(tmp_path / "s" / "probes.csv").label) == {"1P1D-tp1/1", "colo-2x-tp1"}  # kept for later

@@ -687,7 +687,9 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     in_order = [goodput_row(st, estimates.get(st.variant.label)) for st in states]
     ranked = rank(in_order)
     click.echo(_table(ranked, SEARCH_COLUMNS))
-    rows = [writer.rows[k] for k in sorted(writer.rows)]
+    # This search's configurations only: a --resume with fewer keeps the others' probes in probes.csv, not here.
+    searched = {v.label for v in setup.variants}
+    rows = [writer.rows[k] for k in sorted(writer.rows) if writer.rows[k]["label"] in searched]
     goodputs = {(st.variant.label, rate_key(st.lo), str(st.lo_row["duration_x"])) for st in states
                 if st.lo_row is not None}
     click.echo(_unstable_note(rows, goodputs))
@@ -762,4 +764,4 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
             _plots(setup, in_order, [r for r in decisive.values() if not math.isnan(r["ttft_p90_ms"])], "search", out)
         written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
-    click.echo(f"{len(writer.rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
+    click.echo(f"{len(rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
