@@ -239,6 +239,11 @@ def test_calibrate_announces_estimated_step_times_and_a_best_fit_at_zero(tmp_pat
     assert "NOTE: step times estimated from hardware specs" in res.output
     assert "NOTE: the best overhead is the grid's smallest, 0 us" in res.output
     assert "records its engine's KV capacity" not in res.output
+    # What it was fitted under, and the metrics it was not fitted on, at the fit and at none.
+    assert fit["settings"]["cluster_config"] == str(config) and fit["settings"]["profile_dir"] is None
+    assert set(fit["held_out_at_fit"]) == {f"{m}_{s}_diff_pct" for m in ("ttft", "e2e") for s in ("mean", "p50", "p90")}
+    assert re.search(r"held out, at the fitted overhead: TTFT mean [+-]\d+\.\d% \([+-]\d+\.\d% at 0 us\), E2E mean",
+                     res.output), res.output
     # A run that records its engine's KV capacity: the fit's replays size it by the config, which it says.
     requests, config = _run(tmp_path / "kv", meta={"vllm_version": "0.19.0", "kv_cache": {"num_gpu_blocks": 3000}})
     res = _cli("calibrate", "--measured", str(requests), "--cluster-config", str(config), "--output", str(out))
@@ -249,6 +254,9 @@ def test_calibrate_announces_estimated_step_times_and_a_best_fit_at_zero(tmp_pat
     table.write_text(TABLE_HEADER + _row())
     res = _cli("calibrate", "--measured", str(table), "--rounds", "1", "--output", str(out))
     assert json.loads(out.read_text())["estimated_profile"] is True
+    fitted = json.loads(out.read_text())
+    assert set(fitted["held_out_at_fit"]) == {"ttft_mape_pct"} and fitted["settings"]["rounds"] == 1
+    assert "held out, at the fitted overhead: TTFT MAPE " in res.output
     assert "NOTE: step times estimated from hardware specs in 1 of 1 simulated rows" in res.output
 
 

@@ -557,6 +557,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 
     ctx = click.get_current_context()
     table_input = is_closed_loop_table(measured)
+    held_out: dict[float, dict[str, float]] = {}  # overhead -> the other metrics' errors there (errors_at)
     if table_input:
         _refuse_unused(ctx, ("cluster_config",), measured, RUN_KIND,
                        "is a closed-loop table (each row's engine built from the table options)")
@@ -582,6 +583,8 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             left_out[:] = not_simulated_lines(df)
             ran = df[df.status == "simulated"]
             estimated[:] = [int(ran.estimated_profile.astype(bool).sum()), len(ran)]
+            held_out[overhead_us] = {f"{other}_mape_pct": float(ran[f"{other}_err_pct"].abs().mean())
+                                     for other in ("ttft", "tpot") if f"{other}_ms" != metric}
             errors = ran[column].dropna().to_numpy()
             if (no_sample := len(ran) - len(errors)) > 0:  # e.g. TPOT of one-token outputs (osl 1)
                 left_out.append(f"left out of the fit: {no_sample} simulated row(s) with no {metric} to compare "
@@ -617,6 +620,10 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             for note in profile_notes(result):  # a table left at other values by another overhead: said once
                 left_grid.setdefault(extrapolation_key(note), note)
             table = compare(run, result)
+            held_out[overhead_us] = {
+                f"{key}_{stat}_diff_pct": float(table[(table.metric == name) & (table.stat == stat)].diff_pct.iloc[0])
+                for key, name in (("ttft", "TTFT (ms)"), ("tpot", "TPOT (ms)"), ("e2e", "E2E latency (ms)"))
+                if f"{key}_ms" != metric for stat in ("mean", "p50", "p90")}
             sel = table[(table.metric == label) & table.stat.isin(["mean", "p50", "p90"])]
             return sel.diff_pct.to_numpy()
 
@@ -635,8 +642,16 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
                          f"({(predicted_kv[0] / recorded_kv.tokens - 1) * 100:+.1f}%), so the fitted overhead may "
                          "make up for that difference too: `validate --kv-capacity measured` replays with the "
                          "engine's")
+    fitted_us = fit["step_overhead_us"]
     fit.update({"measured": str(measured), "metric": metric, "estimated_profile": estimated[0] > 0,
-                "config_knob": {"step_overhead_us": fit["step_overhead_us"]}})
+                "config_knob": {"step_overhead_us": fitted_us},
+                # What the fit was made under, and what it does to the metrics it was not fitted on.
+                "settings": {"cluster_config": str(cluster_config) if cluster_config else None,
+                             "profile_dir": str(profile_dir) if profile_dir else None,
+                             "async_scheduling": async_scheduling, "client_delay_ms": client_delay_ms,
+                             **({"model": model, "hardware": hardware, "mem_gb": mem_gb, "engine_preset": engine_preset,
+                                 "rounds": rounds} if table_input else {})},
+                "held_out_at_fit": held_out.get(fitted_us, {}), "held_out_at_0_us": held_out.get(0.0, {})})
     write_json_atomic(out, fit)
     for line in notes:  # the run's notes, or the rows of a table left out of the fit with their reasons
         click.echo(line)
@@ -654,8 +669,22 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
            else f"leave-one-out {fit['loo_mape_pct']:.1f}%")
     click.echo(f"step_overhead_us = {fit['step_overhead_us']:g} (MAPE {fit['mape_pct']:.1f}% on {what}, {loo}); "
                f"wrote {out}")
+    if fit["held_out_at_fit"]:  # a fit that helps one metric may hurt another
+        click.echo(_held_out_line(fit["held_out_at_fit"], fit["held_out_at_0_us"]))
     if estimated[0]:  # the fit is then to the estimate's error as much as to the engine's overhead
         click.echo(_estimated_line(*estimated) if table_input else _estimated_line())
+
+
+def _held_out_line(at_fit: dict[str, float], at_zero: dict[str, float]) -> str:
+    """The metrics the fit was not made on, at the fitted overhead and at none: a table's MAPEs, a run's means."""
+    parts = []
+    for key, value in at_fit.items():
+        name, zero = key.split("_")[0].upper(), at_zero.get(key, float("nan"))
+        if "_mape_" in key:
+            parts.append(f"{name} MAPE {value:.1f}% ({zero:.1f}% at 0 us)")
+        elif key.endswith("_mean_diff_pct"):
+            parts.append(f"{name} mean {value:+.1f}% ({zero:+.1f}% at 0 us)")
+    return "held out, at the fitted overhead: " + ", ".join(parts)
 
 
 @click.command("import-aiconfigurator")
