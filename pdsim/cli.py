@@ -97,7 +97,8 @@ def cli() -> None:
                    "lognormal:1000,400.")
 @click.option("--output-len", default=None, help="Without --dataset: output length, N or a spec.")
 @click.option("--seed", type=int, default=0, show_default=True, callback=number_in(0, 2**32 - 1, what="a seed"),
-              help="Seed for random routing; runs are deterministic per seed.")
+              help="Seed for what is drawn: random routing, and in a closed loop the client delays and synthetic "
+                   "lengths; runs are deterministic per seed.")
 @click.option("--prefill-policy", type=click.Choice(ROUTER_POLICIES), default=None,
               help="Routing over prefill-capable instances.  [default: config's router, else least_loaded]")
 @click.option("--decode-policy", type=click.Choice(ROUTER_POLICIES), default=None,
@@ -149,7 +150,8 @@ def cli() -> None:
 @click.option("--ttft-mode", type=click.Choice(["prefill", "client"]), default="prefill", show_default=True,
               help="P/D TTFT: when the first token leaves the prefill instance (as papers report), or when it "
                    "reaches the client through the decode instance (prefill + KV transfer + first decode step, "
-                   "what a client of vLLM's P/D proxy measures).")
+                   "what a client of vLLM's P/D proxy measures). The client mode also runs the first token through "
+                   "the decode instance, as the proxy does, so the two are not the same run (docs/pd_realism.md).")
 @click.option("--slo-ttft-ms", type=float, default=None, callback=slo_ms,
               help="TTFT SLO: reports the share of requests within it and marks it on the CDF plot (with "
                    "--slo-tpot-ms).")

@@ -232,6 +232,12 @@ def test_max_sim_time_reports_unfinished_with_reason():
     last = res.samples[-1]
     assert last.time_s == 1.0 and last.decode_reqs + last.prefill_reqs == 1 and last.kv_used_gb > 0
     assert res.link_samples == [] or res.link_samples[-1].time_s == 1.0
+    # Its throughput counts the finished request alone, over a span that ends before the stop: said under it.
+    from pdsim.metrics.summary import format_summary
+
+    text = format_summary(summarize(res, df))
+    assert ("(finished requests over the first arrival to the last finish: the 1 unfinished when the run stopped at "
+            "1.0 s, and the tokens they made, are not in it)") in text
     # A request due after the stop never arrived: said so, and left out of the load check and SLO shares.
     from pdsim.cli import _slo_attainment
     from pdsim.metrics.load import load_report

@@ -283,6 +283,10 @@ def format_summary(summary: dict) -> str:
         f"throughput: {t['requests_per_s']:.2f} req/s, {t['input_tokens_per_s']:,.0f} input tok/s, "
         f"{t['output_tokens_per_s']:,.0f} output tok/s over {summary['duration_s']:.1f} s"
     )
+    if summary["unfinished"]:  # a run stopped by its time limit: the figure above leaves their work out
+        lines.append(f"  (finished requests over the first arrival to the last finish: the "
+                     f"{summary['unfinished']:,} unfinished when the run stopped at {summary['sim_end_s']:,.1f} s, and "
+                     "the tokens they made, are not in it)")
     lines.append("")
     lines.extend(_instance_lines(summary))
     return "\n".join(lines)
