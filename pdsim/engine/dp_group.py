@@ -131,7 +131,7 @@ class DPGroup:
                 own_s = member.predictor.dummy_step_s(graph_tokens=count)
                 self.dummy_steps[member.id] += 1
             else:
-                own_s = member.predictor.step_time_s(_chunks(plan), plan.n_decode, plan.kv_decode_sum,
+                own_s = member.predictor.step_time_s(plan.chunks, plan.n_decode, plan.kv_decode_sum,
                                                      plan.kv_decode_max, graph_tokens=count)
             slowest_s = max(slowest_s, own_s)
         return slowest_s + self.moe_layer.step_us(sum(counts), max(counts)) * 1e-6
@@ -151,11 +151,6 @@ class DPGroup:
                    for tokens, requests in steps]
         own = [size or tokens for size, (tokens, _) in zip(graphed, steps)]
         return [max(own)] * len(own) if None not in graphed else own
-
-
-def _chunks(plan: StepPlan) -> tuple[tuple[int, int], ...]:
-    """A plan's prefill chunks as the predictor takes them: (new tokens, cached prefix)."""
-    return tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
 
 
 def route(router: Router, candidates: Sequence[Instance], group_of: dict[str, DPGroup],

@@ -507,8 +507,8 @@ class Instance:
 
             start = env.now
             if plan.prefill:
-                chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
-                seconds = float(predictor.step_time_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max))
+                seconds = float(predictor.step_time_s(plan.chunks, plan.n_decode, plan.kv_decode_sum,
+                                                      plan.kv_decode_max))
                 durations = np.array([seconds])
                 self.on_prefill_step(self, plan, start, seconds)
                 yield env.timeout(seconds)

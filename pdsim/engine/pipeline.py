@@ -337,7 +337,7 @@ class PipelinedInstance(Instance):
             yield from self._sleep()
 
     def _price(self, plan: StepPlan) -> tuple[tuple[float, ...], float]:
-        chunks = [(num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix)]
+        chunks = plan.chunks
         stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum, plan.kv_decode_max)
         return stage_s, self.predictor.send_s(sum(c for c, _ in chunks) + plan.n_decode)
 
@@ -425,7 +425,7 @@ class AsyncPipelinedInstance(Instance):
         self.stats.stage_busy_s = [0.0] * predictor.num_stages
 
     def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
-        chunks = tuple((num_new, prefix) for (_, num_new), prefix in zip(plan.prefill, plan.prefill_prefix))
+        chunks = plan.chunks
         for j in range(steps):  # the times were priced already: these lookups hit the predictor's cache
             stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum + j * plan.n_decode,
                                                    plan.kv_decode_max + j)

@@ -12,7 +12,7 @@ The ranks pad their batches to a CUDA-graph capture size as an unpipelined group
 
 from __future__ import annotations
 
-from pdsim.engine.dp_group import DPGroup, _chunks
+from pdsim.engine.dp_group import DPGroup
 
 
 class PipelineDPGroup(DPGroup):
@@ -27,7 +27,7 @@ class PipelineDPGroup(DPGroup):
                 own.append(member.predictor.dummy_stage_times_s(graph_tokens=count))
                 self.dummy_steps[member.id] += 1
             else:
-                own.append(member.predictor.stage_times_s(_chunks(plan), plan.n_decode, plan.kv_decode_sum,
+                own.append(member.predictor.stage_times_s(plan.chunks, plan.n_decode, plan.kv_decode_sum,
                                                           plan.kv_decode_max, graph_tokens=count))
         predictor = self.members[0].predictor
         moe_us = self.moe_layer.layer_us(sum(counts), max(counts)) if self.moe_layer is not None else 0.0

@@ -22,6 +22,11 @@ class StepPlan:
     def empty(self) -> bool:
         return not self.prefill and self.n_decode == 0
 
+    @property
+    def chunks(self) -> tuple[tuple[int, int], ...]:
+        """The prefill chunks as the step-time model takes them: (new tokens, cached prefix) each."""
+        return tuple((num_new, prefix) for (_, num_new), prefix in zip(self.prefill, self.prefill_prefix))
+
 
 @dataclass(slots=True)
 class StepOutcome:
