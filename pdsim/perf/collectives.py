@@ -197,8 +197,7 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
     measured = measured_nvlink_model(hardware, n, custom_all_reduce)
     if measured is not None:
         return measured
-    table = NVLINK4_BY_GPUS if custom_all_reduce else NVLINK4_NCCL_BY_GPUS
-    gpus = _nearest_gpus(table, n)
+    gpus = _nearest_gpus(NVLINK4_NCCL_BY_GPUS, n)  # the two tables have the same GPU counts
     scale = hardware.intra_node_bw_gbps / NVLINK4_LINE_GBPS
     if scale != 1.0:
         source = f"{NVLINK_SOURCE}, bandwidth scaled x{scale:.2f} to {hardware.name}"
@@ -206,10 +205,16 @@ def nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: bool = True)
         source = f"{NVLINK_SOURCE}, taken for {hardware.name}'s NVLink of the same rate"
     else:
         source = NVLINK_SOURCE
+    return _custom_or_nccl(source, NVLINK4_BY_GPUS[gpus], NVLINK4_NCCL_BY_GPUS[gpus], scale, custom_all_reduce)
+
+
+def _custom_or_nccl(source: str, best: Lines, nccl: Lines, bw_scale: float, custom_all_reduce: bool) -> AllReduceModel:
+    """An NVLink server's model: the faster of vLLM's custom all-reduce and NCCL, capped by NCCL alone (whose model
+    also prices the logits' all-gather); NCCL alone where the custom all-reduce is disabled."""
+    nccl_model = _lines_model(source + NCCL_ONLY, nccl, bw_scale)
     if not custom_all_reduce:
-        return _lines_model(source + NCCL_ONLY, table[gpus], scale)
-    nccl = _lines_model(source + NCCL_ONLY, NVLINK4_NCCL_BY_GPUS[_nearest_gpus(NVLINK4_NCCL_BY_GPUS, n)], scale)
-    return dataclasses.replace(_lines_model(source, table[gpus], scale), nccl=nccl)
+        return nccl_model
+    return dataclasses.replace(_lines_model(source, best, bw_scale), nccl=nccl_model)
 
 
 def _lines_model(source: str, lines: Lines, bw_scale: float) -> AllReduceModel:
@@ -248,10 +253,7 @@ def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: boo
     source = NVLINK_MEASURED_SOURCE.format(what) + scaled
     if gpus != n:
         source += f", its {gpus}-GPU figures"
-    nccl_model = _lines_model(source + NCCL_ONLY, nccl[gpus], scale)
-    if not custom_all_reduce:
-        return nccl_model
-    return dataclasses.replace(_lines_model(source, best[gpus], scale), nccl=nccl_model)
+    return _custom_or_nccl(source, best[gpus], nccl[gpus], scale, custom_all_reduce)
 
 
 # A GPU pdsim has no spec for: taken as a PCIe 4.0 x16 card (the link of most PCIe cards in service),
