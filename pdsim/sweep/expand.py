@@ -198,10 +198,14 @@ def _pack(base: ClusterConfig, units: list[list[dict[str, Any]]], node_gpus: int
     base node its role came from (_node_settings), and units whose nodes differ never share one (an A100 decode
     instance of a base with its A100s on a node of their own is not put beside the H100s, on their links)."""
     nodes: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    settings_of: dict[str | None, dict[str, Any]] = {}  # by role: looked up once, not per unit of thousands
     used = node_gpus  # forces a first node
     for unit in units:
         size = sum(inst["num_npus"] for inst in unit)
-        settings = _node_settings(base, unit[0]["pd_type"])
+        role = unit[0]["pd_type"]
+        if role not in settings_of:
+            settings_of[role] = _node_settings(base, role)
+        settings = settings_of[role]
         if used + size > node_gpus or settings != nodes[-1][0]:
             nodes.append((settings, []))
             used = 0
