@@ -230,7 +230,9 @@ class _Setup:
             min_duration_s=run_duration_s(kw["min_duration_s"], self.life_s), warmup_s=self.life_s,
             ttft_mode=kw["ttft_mode"], profiles_root=profiles_root,
         )
+        # The model the base brought (LLMServingSim's run layout), which goes with the configs written; None: none.
         model_config = Path(kw["base_config"]).parent / RUN_MODEL_CONFIG
+        self.model_config: Path | None = model_config if model_config.is_file() else None
         # What the rows depend on besides their (label, rate) key: a --resume must find the same.
         self.fingerprint = json.loads(json.dumps({
             "base_config_sha256": _sha256(kw["base_config"]), "dataset": str(kw["dataset"]),
@@ -241,7 +243,7 @@ class _Setup:
             "min_duration_s": self.settings.min_duration_s, "profiles_root": self.settings.profiles_root,
             # What is in them, not only where: a profile re-measured in place would otherwise be resumed over.
             "profiles_sha256": _folders_sha256(sorted(self.profile_folders)),
-            "model_config_sha256": _sha256(model_config) if model_config.is_file() else None,
+            "model_config_sha256": _sha256(self.model_config) if self.model_config else None,
         }, default=str))
         self.out: Path = kw["out"]
         check_output_dir(self.out, "--out")
@@ -267,7 +269,7 @@ class _Setup:
         """The files this command writes in OUT/configs/ (one per configuration, and a model config the base
         brought)."""
         names = [f"{config_file_stem(v.label)}.json" for v in self.variants]
-        if (Path(self.kw["base_config"]).parent / RUN_MODEL_CONFIG).is_file():
+        if self.model_config is not None:
             names.append(RUN_MODEL_CONFIG)
         return names
 
@@ -323,9 +325,8 @@ class _Setup:
         for v in self.variants:  # so the winner can be run on its own with `pdsim run`
             text = json_text(v.raw)
             out.stage(configs / f"{config_file_stem(v.label)}.json", lambda tmp, t=text: tmp.write_text(t))
-        model = Path(self.kw["base_config"]).parent / RUN_MODEL_CONFIG
-        if model.is_file():  # the model the base brought (LLMServingSim's run layout) goes with its configs
-            text = model.read_text(encoding="utf-8")
+        if self.model_config is not None:
+            text = self.model_config.read_text(encoding="utf-8")
             out.stage(configs / RUN_MODEL_CONFIG, lambda tmp, t=text: tmp.write_text(t, encoding="utf-8"))
         written = "".join(f"{path.name}\n" for _, path in out.staged)
         out.stage(configs / WRITTEN_LIST, lambda tmp: tmp.write_text(written, encoding="utf-8"))
