@@ -44,14 +44,18 @@ def gaps_since_latest(ends: np.ndarray, times: np.ndarray) -> np.ndarray:
     return times[k > 0] - ends[k[k > 0] - 1]
 
 
-def aiperf_concurrency(records_path: Path) -> tuple[int | None, object]:
-    """The profiling phase's concurrency, from the profile_export_aiperf.json beside the records
-    (aiperf's YAML-v2 layout, `input_config.phases[]`, else the older `input_config.loadgen`), and its request
-    rate where it has one (None where not: a concurrency alone is a closed loop)."""
+def _input_config(records_path: Path) -> tuple[Path, dict] | None:
+    """(path, input_config) of the profile_export_aiperf.json beside the records; None where there is none."""
     summary = records_path.with_name(AIPERF_SUMMARY)
     if not summary.is_file():
-        return None, None
-    config = optional_object(read_json_object(summary), "input_config", f"{summary}: input_config")
+        return None
+    return summary, optional_object(read_json_object(summary), "input_config", f"{summary}: input_config")
+
+
+def aiperf_concurrency(summary: Path, config: dict) -> tuple[int | None, object]:
+    """The profiling phase's concurrency, from the summary's input_config (aiperf's YAML-v2 layout,
+    `input_config.phases[]`, else the older `input_config.loadgen`), and its request rate where it has one
+    (None where not: a concurrency alone is a closed loop)."""
     phases = config.get("phases") or []
     if not isinstance(phases, list):
         raise PdsimError(f"{summary}: input_config.phases: expected a list of phases, got {json_shown(phases)}")
@@ -71,15 +75,9 @@ def aiperf_concurrency(records_path: Path) -> tuple[int | None, object]:
     return value, rate
 
 
-def aiperf_model(records_path: Path) -> str | None:
-    """The model aiperf asked for, from the summary beside the records (`input_config.models.items[].name`, or the
-    older `input_config.endpoint.model_names`), where it names one."""
-    summary = records_path.with_name(AIPERF_SUMMARY)
-    if not summary.is_file():
-        return None
-    config = read_json_object(summary).get("input_config")
-    if not isinstance(config, dict):
-        return None
+def aiperf_model(config: dict) -> str | None:
+    """The model aiperf asked for, from the summary's input_config (`models.items[].name`, or the older
+    `endpoint.model_names`), where it names one."""
     models = config.get("models")
     items = models.get("items") if isinstance(models, dict) else None
     names = [item.get("name") for item in items if isinstance(item, dict)] if isinstance(items, list) else []
@@ -137,7 +135,8 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
     if not rows:
         raise PdsimError(f"{p}: no successful profiling-phase request")
     df, sent_ns = _by_arrival(rows)
-    concurrency, rate = aiperf_concurrency(p)
+    summary = _input_config(p)  # read once, for the load and the model
+    concurrency, rate = aiperf_concurrency(*summary) if summary else (None, None)
     notes = ["arrival times: when aiperf sent each request"]
     gaps = None
     if concurrency and rate is not None:
@@ -158,7 +157,7 @@ def read_aiperf_jsonl(path: str | Path) -> MeasuredRun:
                      + ", ".join(f"{n} of {phase!r}" for phase, n in sorted(other_phases.items())))
     if failed:
         notes.append(f"{failed} failed or cancelled request(s) left out")
-    model = aiperf_model(p)
+    model = aiperf_model(summary[1]) if summary else None
     return MeasuredRun(str(p), df, itl_ms=np.asarray(itls, dtype=float) if itls else None,
                        concurrency=concurrency, notes=notes, client_gaps_s=gaps if gaps is not None and gaps.size
                        else None, client_model=(model, f"{AIPERF_SUMMARY}'s model") if model else None)
