@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pdsim.errors import PdsimError, decode_text, json_shown, parse_json, read_json_object
-from pdsim.validate.engine_meta import check_engine_meta, meta_notes
+from pdsim.validate.engine_meta import check_engine_meta, meta_notes, meta_time
 from pdsim.validate.measured_run import MeasuredRun, count_field
 
 ENGINE_FIELDS = ("input_toks", "output_toks", "arrival_time", "queued_ts", "first_token_ts", "last_token_ts")
@@ -57,17 +56,13 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
 
 def _run_span_s(meta: dict) -> float | None:
     """How long the run lasted by meta.json's started_at and finished_at (LLMServingSim's runner), or None."""
-    times = []
-    for key in ("started_at", "finished_at"):
-        value = meta.get(key)
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
-        except ValueError:
-            when = None
-        if when is None:
-            return None
-        times.append(when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc))
-    span = (times[1] - times[0]).total_seconds()
+    started, finished = meta.get("started_at"), meta.get("finished_at")
+    if not isinstance(started, str) or not isinstance(finished, str):
+        return None
+    try:
+        span = (meta_time(finished) - meta_time(started)).total_seconds()
+    except ValueError:
+        return None
     return span if span > 0 else None
 
 

@@ -4,6 +4,7 @@ settings, and the checks and notes on the record itself."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pdsim.cli_checks import vllm_int
@@ -80,6 +81,13 @@ def optimization_level(value: object) -> int | None:
 KV_CACHE_FIELDS = frozenset({"num_gpu_blocks", "block_size"})  # what kv_capacity.kv_from_meta reads
 META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwargs", "kv_cache", "dataset_path",
                          "dataset_hash", "num_requests", "started_at", "finished_at", "tick_seconds"})
+
+
+def meta_time(value: str) -> datetime:
+    """A meta.json time (LLMServingSim's runner writes `started_at` / `finished_at` in UTC ISO 8601, with a `Z`); one
+    without a zone is read as UTC. ValueError where it is no ISO time."""
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def meta_notes(meta: dict) -> list[str]:

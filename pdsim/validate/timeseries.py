@@ -11,7 +11,6 @@ points at the step times.
 from __future__ import annotations
 
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 from pdsim.engine.result import SimulationResult
 from pdsim.errors import PdsimError
 from pdsim.text import plural
+from pdsim.validate.engine_meta import meta_time
 
 TIMESERIES = "timeseries.csv"
 COLUMNS = ("t", "running", "waiting")
@@ -70,11 +70,9 @@ def first_arrival_tick_s(meta: dict, first_arrival_wall_s: float | None) -> tupl
     if first_arrival_wall_s is None:
         return 0.0, "the first request has no arrival_time"
     try:
-        started_at = datetime.fromisoformat(started.replace("Z", "+00:00"))
+        started_at = meta_time(started)
     except ValueError:
         return 0.0, f"meta.json's started_at {started!r} is no ISO 8601 time"
-    if started_at.tzinfo is None:  # the runner writes UTC; a time without a zone is read so
-        started_at = started_at.replace(tzinfo=timezone.utc)
     offset = first_arrival_wall_s - started_at.timestamp()
     if not 0.0 <= offset < 3600.0:
         return 0.0, f"the first request's arrival_time is {offset:,.0f} s from meta.json's started_at"
