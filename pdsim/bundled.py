@@ -1,6 +1,6 @@
-"""The data shipped with pdsim: cluster configs, model configs, profiles and example workloads.
+"""The data shipped with pdsim: cluster configs, model configs, profiles, example workloads and the docs.
 
-In the repository they are the top-level `configs/`, `profiles/` and `workloads/` folders; an
+In the repository they are the top-level `configs/`, `profiles/`, `workloads/` and `docs/` folders; an
 installed wheel carries the same folders as `pdsim/_bundled/...` (pyproject.toml maps them), so
 they are found from any directory, installed or not. A relative input path that does not exist
 where the command runs is looked up in them too, so the README's commands

@@ -61,7 +61,8 @@ def cli() -> None:
       python -m pdsim --cluster-config configs/cluster/single_node_pd_instance.json \\
           --dataset workloads/example_trace.jsonl --output outputs/pd_split_run.csv
 
-    Every command accepts --debug (show the traceback of an error).
+    Every command accepts --debug (show the traceback of an error). `pdsim docs NAME` prints the
+    docs/NAME.md that a note or error cites.
     """
 
 
@@ -449,6 +450,29 @@ def _synthetic_trace(input_len: str | None, output_len: str | None, num_requests
 
     # The rate is irrelevant in a closed loop: arrivals follow completions.
     return generate_requests(num_requests, 1.0, spec(input_len), spec(output_len), seed=seed)
+
+
+@cli.command("docs")
+@click.argument("name", required=False)
+@click.option("--path", "path_only", is_flag=True, help="Print the doc's path instead of its text.")
+def docs(name: str | None, path_only: bool) -> None:
+    """Print one of pdsim's docs, e.g. `pdsim docs memory` for docs/memory.md; without NAME, list them.
+
+    Notes and errors cite these files as docs/NAME.md; they ship with the package."""
+    folder = bundled_path("docs")
+    names = sorted(p.stem for p in folder.glob("*.md"))
+    if name is None:
+        click.echo(f"pdsim's docs, in {folder}:")
+        for stem in names:
+            click.echo(f"  {stem}")
+        return
+    stem = Path(name).name.removesuffix(".md")
+    if stem not in names:
+        close = difflib.get_close_matches(stem, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise PdsimError(f"docs: no doc named {name!r}; {hint}docs: {', '.join(names)}")
+    path = folder / f"{stem}.md"
+    click.echo(path if path_only else path.read_text(encoding="utf-8"), nl=path_only)
 
 
 def _si(x: float) -> str:

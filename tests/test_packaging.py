@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_DIRS = ("configs", "profiles", "workloads")
+DATA_DIRS = ("configs", "profiles", "workloads", "docs")
 SKIP = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "outputs", "__pycache__", ".pytest_cache",
-                              ".ruff_cache", ".venv", "tests", "docs", "benchmarks")
+                              ".ruff_cache", ".venv", "tests", "benchmarks")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,10 @@ def test_installed_wheel_runs_the_main_job_from_another_directory(wheel, tmp_pat
     assert r.returncode == 0, r.stderr
     profiles = {i["profile"] for i in json.loads((elsewhere / "c_summary.json").read_text())["instances"]}
     assert len(profiles) == 1 and profiles.pop().startswith(str(site / "pdsim" / "_bundled" / "profiles" / "H200"))
+    # The docs that notes and errors cite (docs/memory.md) are in the package, printed by `pdsim docs`.
+    r = subprocess.run([sys.executable, "-m", "pdsim", "docs", "docs/memory.md"], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == (REPO / "docs" / "memory.md").read_text(), r.stderr
     measured = REPO.parent / "shared/data/calibration/llmservingsim-rtxpro6000-llama31-8b/vllm_run"
     if measured.is_dir():
         r = subprocess.run([sys.executable, "-m", "pdsim", "validate", "--measured", str(measured),
@@ -139,3 +143,23 @@ def test_a_profile_folder_named_as_in_the_repository_is_the_bundled_one_and_no_o
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert folder.convert("profiles", None, None) == bundled_path("profiles")
     assert "no such folder here; the bundled profiles " in capsys.readouterr().err
+
+
+def test_every_doc_the_code_cites_exists():
+    """A note or error that sends the user to docs/NAME.md (which `pdsim docs NAME` prints) names a real doc."""
+    import re
+
+    cited = {m for p in (REPO / "pdsim").rglob("*.py") for m in re.findall(r"docs/([a-z_]+)\.md", p.read_text())}
+    assert cited and not {c for c in cited if not (REPO / "docs" / f"{c}.md").is_file()}
+
+
+def test_docs_command_prints_lists_and_refuses(capsys):
+    from pdsim.cli import main
+
+    main(["docs", "moe"])
+    assert capsys.readouterr().out == (REPO / "docs" / "moe.md").read_text()
+    main(["docs"])
+    assert "pd_realism" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["docs", "memry"])
+    assert exc.value.code == 2 and "did you mean 'memory'" in capsys.readouterr().err
