@@ -278,7 +278,7 @@ def test_missing_torch_is_a_clean_error(monkeypatch: pytest.MonkeyPatch) -> None
     from pdsim.profiler import cli
 
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
-    with pytest.raises(PdsimError, match=r"the profiler needs torch: pip install -e '\.\[profile\]'"):
+    with pytest.raises(PdsimError, match=r"the profiler needs torch: pip install torch \(pdsim's profile extra\)"):
         cli._require_torch()
 
 

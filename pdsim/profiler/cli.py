@@ -36,7 +36,7 @@ def _require_torch() -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise PdsimError("the profiler needs torch: pip install -e '.[profile]'") from None
+        raise PdsimError("the profiler needs torch: pip install torch (pdsim's profile extra)") from None
 
 
 def _default(name: str, device: str, value: int | None) -> int:

@@ -559,8 +559,10 @@ def sweep(rates: str, **kw: Any) -> None:
     executor = setup.executor()
     try:
         notes: set[str] = set()
+        kept: list[int] = []
         rows = run_sweep(jobs, executor, setup.out / "runs.csv", kw["resume"], settings=setup.fingerprint,
-                         on_row=lambda done, total: bar.update(done, total, "runs"), commit=False, notes=notes)
+                         on_row=lambda done, total: bar.update(done, total, "runs"), commit=False, notes=notes,
+                         kept=kept)
     finally:
         executor.close()
         bar.close()
@@ -589,8 +591,13 @@ def sweep(rates: str, **kw: Any) -> None:
             _plots(setup, good, rows, "sweep", out)
         written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
-    click.echo(f"{len(jobs)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written) +
+    click.echo(f"{_runs_done(len(jobs), kept[0])} in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written) +
                f" and {len(setup.variants)} configs in {setup.out / 'configs'}")
+
+
+def _runs_done(total: int, kept: int) -> str:
+    """How many runs the wall time covers: those kept by --resume took none of it."""
+    return f"{plural(total, 'run')}" + (f" ({kept} kept by --resume, {total - kept} run)" if kept else "")
 
 
 def _with_settings(written: list[Path]) -> list[Path]:
@@ -663,6 +670,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     started = time.perf_counter()
     executor = setup.executor()
     writer = RowWriter(setup.out / "probes.csv", ROW_FIELDS, kw["resume"], setup.fingerprint)
+    resumed_keys = set(writer.rows)
     budget = len(setup.variants) * max_probes
     # A probe runs at least --min-duration-s of arrivals: past this rate its trace would pass the request cap.
     min_duration_s = setup.settings.min_duration_s
@@ -765,4 +773,5 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
             _plots(setup, in_order, [r for r in decisive.values() if not math.isnan(r["ttft_p90_ms"])], "search", out)
         written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
-    click.echo(f"{len(rows)} runs in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
+    resumed = sum(1 for k in writer.rows if k in resumed_keys and writer.rows[k]["label"] in searched)
+    click.echo(f"{_runs_done(len(rows), resumed)} in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))

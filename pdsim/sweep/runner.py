@@ -467,15 +467,18 @@ def make_executor(base_trace: Sequence[TraceRequest], settings: RunSettings, wor
 
 def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bool,
               on_row: Callable[[int, int], None] | None = None, commit: bool = True,
-              settings: dict[str, Any] | None = None, notes: set[str] | None = None) -> list[dict[str, Any]]:
+              settings: dict[str, Any] | None = None, notes: set[str] | None = None,
+              kept: list[int] | None = None) -> list[dict[str, Any]]:
     """Run the jobs not already in `out_csv` (with resume), stream their rows to its partial file,
     and return all rows in job order (configs as expanded, rates ascending), rounded as stored.
     commit: move the partial file to `out_csv` when every job has run (else the caller does).
     settings: what the rows depend on besides their key, kept beside the CSV; a resume with other ones is refused.
-    notes: gathers what the runs said besides their rows."""
+    notes: gathers what the runs said besides their rows; kept: gets the number of jobs resumed, not run."""
     writer = RowWriter(out_csv, ROW_FIELDS, resume, settings)
     todo = [j for j in jobs if j.key not in writer.rows]
     done = len(jobs) - len(todo)
+    if kept is not None:
+        kept.append(done)
     try:
         if on_row:
             on_row(done, len(jobs))
