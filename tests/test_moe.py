@@ -529,15 +529,22 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
     predictor = res.instances[0].predictor
     notes = " ".join(predictor.notes)
-    # The innermost dimension's 128 GB/s is the TP link's line rate: the measured RTX PRO 6000 server's tables
-    # (custom all-reduce 14.7 GB/s, NCCL 22.3 and 37.0 on two GPUs, its two protocol lines) scaled to it
-    # (pdsim/perf/collectives.py).
+    # The innermost dimension's 128 GB/s is the TP link, both directions together as LLMServingSim writes PCIe 5.0
+    # x16 (this is its dual_node_moe_dp_ep_intra_inter_instance.json): the GPU's own 64 GB/s each way, so the measured
+    # RTX PRO 6000 server's tables (custom all-reduce 14.7 GB/s, NCCL 22.3 and 37.0 on two GPUs, its two protocol
+    # lines) as measured. It had been read as one direction: every all-reduce at twice the measured bandwidth.
     assert "TP all-reduce priced by PCIe model measured on RTX PRO 6000 Server" in notes
-    assert "bandwidth scaled x2.00 to its 128 GB/s link" in notes
+    assert "scaled" not in notes and "128 GB/s, is read as both directions together" in notes
     model = predictor._allreduce_model
-    assert model.bus_bw_gbps == pytest.approx(2 * 14.7) and model.large.bus_bw_gbps == pytest.approx(2 * 22.3)
-    assert model.large.other_protocol == pytest.approx((16.6, 2 * 37.0))
+    assert model.bus_bw_gbps == pytest.approx(14.7) and model.large.bus_bw_gbps == pytest.approx(22.3)
+    assert model.large.other_protocol == pytest.approx((16.6, 37.0))
     assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
+    # A TP link twice as fast (256 both ways) scales the measured bandwidths by 2, their per-call costs kept.
+    dims = dict(link_bw=[256, 16], link_latency=[500, 20000])
+    res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
+    predictor = res.instances[0].predictor
+    assert "bandwidth scaled x2.00 to its 128 GB/s link" in " ".join(predictor.notes)
+    assert predictor._allreduce_model.bus_bw_gbps == pytest.approx(2 * 14.7)
 
 
 def test_expert_parallelism_over_a_dp_group_of_tp_instances_is_sequence_parallel():
