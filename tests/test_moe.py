@@ -744,3 +744,24 @@ def test_a_dp_rank_running_dummy_batches_for_a_working_rank_is_busy():
     assert idle["dummy_steps"] > 300 and working["dummy_steps"] > 0  # the tail runs on both
     assert idle["busy_fraction"] == pytest.approx(working["busy_fraction"])
     assert 0.99 < idle["busy_fraction"] <= 1.0
+
+
+@needs_case
+def test_a_measured_profile_without_moe_csv_is_said_to_be_estimated_in_that_part_only(tmp_path):
+    # The run said "step times ...: estimated from hardware specs" and "no measured profile; give --profile-dir"
+    # of a profile given and measured in all but its expert layers.
+    import shutil
+
+    from pdsim.metrics.summary import format_summary
+
+    shutil.copy(CASE / "profile/meta.yaml", tmp_path / "meta.yaml")
+    shutil.copytree(CASE / "profile/tp1", tmp_path / "tp1", ignore=shutil.ignore_patterns("moe.csv"))
+    cfg = cluster_config_from_dict(_cluster(_instance(profile_dir=str(tmp_path / "tp1"))))
+    res = simulate(cfg, trace([(100, 3, 0.0)]), SimOptions())
+    info = res.infos[0]
+    assert info.estimated_profile and info.estimated_part == "MoE expert layers"
+    text = format_summary(summarize(res, requests_frame(res)))
+    assert f"step times n0.i0: measured, profile {tmp_path / 'tp1'}; its MoE expert layers estimated from hardware " \
+           "specs" in text
+    assert "NOTE: step times estimated from hardware specs for the MoE expert layers" in text
+    assert "no measured profile" not in text

@@ -219,6 +219,7 @@ def build_instance(
         memory_note=budget.note + _max_len_note(budget, model, opts.recorded_max_model_len),
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
+        estimated_part="" if profile.estimated or not predictor.estimated else "MoE expert layers",
         board_note=board_note,
     )
     return inst, info

@@ -62,6 +62,9 @@ class InstanceInfo:
     non_torch_gb: float  # non-torch and CUDA-graph memory, apart as vLLM's accounting takes it
     profile_path: str
     estimated_profile: bool
+    # What of a measured profile was estimated from specs (its MoE expert layers, without moe.csv); "" when none
+    # or all of it.
+    estimated_part: str = ""
     # KV sizing: rule ("vllm", "llmservingsim", "override", "measured"), capacity in tokens as vLLM reports it
     # (num_gpu_blocks x block_size, the null block included) and how it was obtained.
     kv_rule: str = "vllm"

@@ -152,6 +152,7 @@ def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceIn
         "preemptions": inst.sched.num_preemptions, "steps": inst.stats.steps,
         "busy_fraction": inst.stats.busy_over_run_s / result.sim_end_s if result.sim_end_s > 0 else 0.0,
         "profile": info.profile_path, "estimated_profile": info.estimated_profile,
+        "estimated_part": info.estimated_part,
         "allreduce_source": inst.predictor.allreduce_source,  # None at tp 1
         # steps of up to this many tokens run each all-reduce fused with the norm after it (None: none do)
         "allreduce_norm_fused_max_tokens": inst.predictor.fused_norm_tokens,
@@ -305,7 +306,7 @@ def _status_lines(summary: dict) -> list[str]:
     if load and "served_req_per_s_second_half" in load:  # judged (a verdict of too few requests is not shown)
         lines.append(("WARNING: " if load["overloaded"] else "load: ") + load["verdict"])
     if summary["estimated_profile"]:
-        lines.append(f"NOTE: {ESTIMATED_NOTE} (no measured profile for at least one instance)")
+        lines.append(f"NOTE: {estimated_note(summary['instances'])}")
     for note in summary["profile_notes"]:
         if note != ESTIMATED_NOTE:
             lines.append(f"note: {note}")
@@ -403,7 +404,7 @@ def _instance_lines(summary: dict) -> list[str]:
             for dtype, ids in by_dtype.items()))
     for note in summary.get("memory_notes", []):
         lines.append(f"KV capacity {note}")
-    lines += step_time_sources((inst["id"], inst["profile"], bool(inst["estimated_profile"]))
+    lines += step_time_sources((inst["id"], inst["profile"], bool(inst["estimated_profile"]), inst["estimated_part"])
                                for inst in summary["instances"])
     if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
         lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
@@ -412,17 +413,27 @@ def _instance_lines(summary: dict) -> list[str]:
     return lines
 
 
-def step_time_sources(instances: Iterable[tuple[str, str | None, bool]]) -> list[str]:
-    """One line per profile: which instances (id, profile path, estimated) it priced, measured or estimated."""
-    by_profile: dict[tuple[str | None, bool], list[str]] = {}
-    for inst_id, profile, estimated in instances:
-        by_profile.setdefault((profile, estimated), []).append(inst_id)
+def step_time_sources(instances: Iterable[tuple[str, str | None, bool, str]]) -> list[str]:
+    """One line per profile: which instances (id, profile path, estimated, estimated part) it priced, measured or
+    estimated."""
+    by_profile: dict[tuple[str | None, bool, str], list[str]] = {}
+    for inst_id, profile, estimated, part in instances:
+        by_profile.setdefault((profile, estimated, part), []).append(inst_id)
     lines = []
-    for (profile, estimated), ids in by_profile.items():
-        source = "estimated from hardware specs" if estimated else "measured"
+    for (profile, estimated, part), ids in by_profile.items():
+        source = "measured" if part or not estimated else "estimated from hardware specs"
         folder = profile and not profile.startswith("<")  # "<estimated ...>": priced on the fly, no folder
-        lines.append(f"step times {listed(ids)}: {source}" + (f", profile {_shown_path(profile)}" if folder else ""))
+        lines.append(f"step times {listed(ids)}: {source}" + (f", profile {_shown_path(profile)}" if folder else "")
+                     + (f"; its {part} estimated from hardware specs" if part else ""))
     return lines
+
+
+def estimated_note(instances: Iterable[dict]) -> str:
+    """What of the step times was estimated: whole profiles, or only a part a measured profile lacks."""
+    parts = {inst["estimated_part"] for inst in instances if inst["estimated_profile"]}
+    if "" in parts:
+        return f"{ESTIMATED_NOTE} (no measured profile for at least one instance)"
+    return f"{ESTIMATED_NOTE} for the {', '.join(sorted(parts))} (the measured profile has no table of them)"
 
 
 def _shown_path(path: str) -> str:

@@ -228,13 +228,21 @@ def _run_note_lines(run: MeasuredRun) -> list[str]:
             + [n for n in run.notes if n.startswith("NOTE: ")])
 
 
-def _estimated_line(rows: int | None = None, of: int | None = None) -> str:
-    """The one line that says the comparison is against estimated, not measured, step times."""
+def _estimated_line(rows: int | None = None, of: int | None = None, part: str = "") -> str:
+    """The one line that says the comparison is against estimated, not measured, step times (or a part of them:
+    the MoE expert layers of a profile without moe.csv)."""
     from pdsim.metrics.summary import ESTIMATED_NOTE
 
     where = f"in {rows} of {of} simulated rows" if rows is not None else "for at least one instance"
-    return (f"NOTE: {ESTIMATED_NOTE} {where} (no measured profile; give --profile-dir): the differences "
-            "above include the estimate's error")
+    why = (f"for the {part} (the measured profile has no table of them)" if part else
+           f"{where} (no measured profile; give --profile-dir)")
+    return f"NOTE: {ESTIMATED_NOTE} {why}: the differences above include the estimate's error"
+
+
+def _estimated_part(result: SimulationResult) -> str:
+    """The part estimated where every estimated instance has a measured profile, else "" (whole profiles)."""
+    parts = {info.estimated_part for info in result.infos if info.estimated_profile}
+    return "" if "" in parts else ", ".join(sorted(parts))
 
 
 def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, remedy: str | None = None) -> None:
@@ -449,7 +457,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     click.echo(f"  {replay_kv_line(result.instances)}")
     for note in notes:
         click.echo(note)
-    for line in step_time_sources((i.id, i.profile_path, i.estimated_profile) for i in result.infos):
+    for line in step_time_sources((i.id, i.profile_path, i.estimated_profile, i.estimated_part) for i in result.infos):
         click.echo(line)
     state, state_plot = _engine_state(run, result, output.with_suffix("") if plot else None)
     if state is not None:
@@ -462,7 +470,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                    f"{step_time_margin_pct:g}% slower; a figure that moves much more than {step_time_margin_pct:g}% "
                    "is dominated by queueing, where a small step-time error makes a large latency error)")
     if estimated:
-        click.echo(_estimated_line())
+        click.echo(_estimated_line(part=_estimated_part(result)))
         if profile_dir is None and (own := case_file(run.source, "profile")) is not None:
             click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
     written = [output, by_request]
