@@ -251,15 +251,19 @@ def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: 
 
 
 def _check_max_model_len(run: MeasuredRun) -> None:
-    """vLLM refuses a request longer than max_model_len before it reaches the engine: a run recording both
-    contradicts itself, and the replay (which runs them) says so."""
+    """vLLM refuses a prompt longer than max_model_len, and ends any other request when prompt plus output reach
+    it (its scheduler's length cap; its API server refuses one whose max_tokens would pass it): a run recording
+    a longer request contradicts itself, and the replay (which runs them) says so."""
     limit = run.max_model_len
     if limit is None:  # none recorded, or vLLM's fit to the memory: nothing to compare with
         return
+    prompts = int((run.requests.input_toks > limit).sum())
     longer = int(((run.requests.input_toks + run.requests.output_toks) > limit).sum())
     if longer:
+        which = f" ({prompts} by the prompt alone)" if prompts else ""
         run.notes.append(f"NOTE: meta.json records max_model_len {limit}, but {longer} request(s) are longer "
-                         "(prompt + output): vLLM would have refused them; they are replayed as measured")
+                         f"(prompt + output){which}: vLLM refuses a longer prompt and stops any other request at "
+                         "that length; they are replayed as measured")
 
 
 def _stated_model(instances: list[dict]) -> ModelSpec | None:
