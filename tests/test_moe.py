@@ -539,6 +539,14 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     assert model.bus_bw_gbps == pytest.approx(14.7) and model.large.bus_bw_gbps == pytest.approx(22.3)
     assert model.large.other_protocol == pytest.approx((16.6, 37.0))
     assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
+    # The ranks' own PCIe 5 link is faster than the config's: kept (the measured MoE run agrees with it), and said.
+    assert ("the ranks' RTXPRO6000 GPUs share a node and link at 64 GB/s each way (pcie), but the config's link_bw "
+            "16 GB/s prices it") in notes
+    same = dict(tp2, hardware="RTXPRO6000")
+    raw = _cluster(same, dict(same), **dims)
+    raw["nodes"][0]["intra_node_bw"] = 64
+    assert "share a node" not in " ".join(simulate(cluster_config_from_dict(raw), trace([(100, 3, 0.0)]),
+                                                   SimOptions()).instances[0].predictor.notes)
     # A TP link twice as fast (256 both ways) scales the measured bandwidths by 2, their per-call costs kept.
     dims = dict(link_bw=[256, 16], link_latency=[500, 20000])
     res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
