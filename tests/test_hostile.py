@@ -232,6 +232,10 @@ def _bad_file_cases(tmp_path: Path) -> list[tuple[str, Path, str]]:
     p = tmp_path / "surrogate.json"  # a JSON escape of half a UTF-16 pair: ASCII text that decodes to no character
     p.write_text(base.replace('"num_nodes"', '"_note\\ud800": 1, "num_nodes"', 1))
     cases.append(("config", p, "a lone UTF-16 surrogate escape, \\ud800"))
+    p = tmp_path / "config.json"  # the two files swapped, first mistakes: each says what it is and where it goes
+    p.write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096}))
+    cases.append(("config", p, "a Hugging Face model config (architectures, model_type), not a cluster config"))
+    cases.append(("trace", CONFIG, "a cluster config (num_nodes, nodes), not a trace: give it as --cluster-config"))
     p = tmp_path / "dup.jsonl"
     p.write_text('{"input_toks": 20, "output_toks": 4, "arrival_time_ns": 0, "output_toks": 9}\n')
     cases.append(("trace", p, "'output_toks' appears twice"))

@@ -142,14 +142,19 @@ def _apply_overrides(raw: Any, overrides: dict[str, object]) -> dict[str, list[s
     return replaced
 
 
+RUN_MODEL_CONFIG = "model_config.json"
+
+
 def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfig:
+    if isinstance(raw, dict) and "nodes" not in raw and ("architectures" in raw or "model_type" in raw):
+        # A first mistake worth its own words: the model's config where the cluster's goes.
+        raise ConfigError(f"{source}: a Hugging Face model config (architectures, model_type), not a cluster config "
+                          f"(num_nodes, nodes[].instances[]); a run reads the model's config as {RUN_MODEL_CONFIG} "
+                          "beside the cluster config")
     try:
         return ClusterConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(source, e)) from None
-
-
-RUN_MODEL_CONFIG = "model_config.json"
 
 
 def config_inputs(path: Path | None) -> list[Path]:

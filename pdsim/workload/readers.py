@@ -133,6 +133,9 @@ def detect_format(path: Path) -> str:
         return "burstgpt"
     if {"num_prefill_tokens", "num_decode_tokens"} <= header:
         return "lengths-csv"
+    if text.startswith("{") and ('"nodes"' in text or '"num_nodes"' in text):
+        raise TraceError(f"{path}: a cluster config (num_nodes, nodes), not a trace: give it as --cluster-config, and "
+                         "as --dataset a trace (JSONL of input_toks, output_toks, arrival_time_ns, or a public one)")
     raise TraceError(f"{path}:1: cannot tell the trace's format from {first[:80]!r}; give --dataset-format, "
                      f"one of {', '.join(FORMATS)} (docs/workloads.md)")
 
