@@ -773,3 +773,11 @@ def test_a_measured_profile_without_moe_csv_is_said_to_be_estimated_in_that_part
            "specs" in text
     assert "NOTE: step times estimated from hardware specs for the MoE expert layers" in text
     assert "no measured profile" not in text
+    # validate's line says the same, from the same helper.
+    from pdsim.metrics.summary import estimated_part
+    from pdsim.validate.cli import _estimated_line
+
+    part = estimated_part((i.estimated_profile, i.estimated_part) for i in res.infos)
+    assert _estimated_line(part=part).startswith("NOTE: step times estimated from hardware specs for the MoE expert "
+                                                  "layers (the measured profile has no table of them)")
+    assert estimated_part([(True, "MoE expert layers"), (True, "")]) == ""  # a whole estimated profile beside it

@@ -428,12 +428,19 @@ def step_time_sources(instances: Iterable[tuple[str, str | None, bool, str]]) ->
     return lines
 
 
+def estimated_part(instances: Iterable[tuple[bool, str]]) -> str:
+    """Of instances' (estimated, estimated part): the parts estimated where every estimated instance has a measured
+    profile (its MoE expert layers), else "" (a whole profile is estimated)."""
+    parts = {part for estimated, part in instances if estimated}
+    return "" if "" in parts else ", ".join(sorted(parts))
+
+
 def estimated_note(instances: Iterable[dict]) -> str:
     """What of the step times was estimated: whole profiles, or only a part a measured profile lacks."""
-    parts = {inst["estimated_part"] for inst in instances if inst["estimated_profile"]}
-    if "" in parts:
+    part = estimated_part((inst["estimated_profile"], inst["estimated_part"]) for inst in instances)
+    if not part:
         return f"{ESTIMATED_NOTE} (no measured profile for at least one instance)"
-    return f"{ESTIMATED_NOTE} for the {', '.join(sorted(parts))} (the measured profile has no table of them)"
+    return f"{ESTIMATED_NOTE} for the {part} (the measured profile has no table of them)"
 
 
 def _shown_path(path: str) -> str:

@@ -239,11 +239,6 @@ def _estimated_line(rows: int | None = None, of: int | None = None, part: str = 
     return f"NOTE: {ESTIMATED_NOTE} {why}: the differences above include the estimate's error"
 
 
-def _estimated_part(result: SimulationResult) -> str:
-    """The part estimated where every estimated instance has a measured profile, else "" (whole profiles)."""
-    parts = {info.estimated_part for info in result.infos if info.estimated_profile}
-    return "" if "" in parts else ", ".join(sorted(parts))
-
 
 def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, remedy: str | None = None) -> None:
     """The prompts' prefix blocks from --token-ids; without them, say that no hits are modelled where
@@ -385,7 +380,13 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                   client_delay_ms: float, engine_log: Path | None, kv_capacity: str, token_ids: Path | None,
                   step_time_margin_pct: float, output: Path, by_request: Path, plot: bool, quiet: bool) -> None:
     """validate on a per-request run: replayed on its cluster config, compared by statistic and request by request."""
-    from pdsim.metrics.summary import ESTIMATED_NOTE, memory_notes, profile_notes, step_time_sources
+    from pdsim.metrics.summary import (
+        ESTIMATED_NOTE,
+        estimated_part,
+        memory_notes,
+        profile_notes,
+        step_time_sources,
+    )
     from pdsim.perf.memory import kv_rule
     from pdsim.validate.compare import (
         compare,
@@ -470,7 +471,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                    f"{step_time_margin_pct:g}% slower; a figure that moves much more than {step_time_margin_pct:g}% "
                    "is dominated by queueing, where a small step-time error makes a large latency error)")
     if estimated:
-        click.echo(_estimated_line(part=_estimated_part(result)))
+        click.echo(_estimated_line(part=estimated_part((i.estimated_profile, i.estimated_part) for i in result.infos)))
         if profile_dir is None and (own := case_file(run.source, "profile")) is not None:
             click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
     written = [output, by_request]
