@@ -519,6 +519,12 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except click.exceptions.Abort as exc:  # Ctrl-C or SIGTERM, which click turns into Abort
+        if isinstance(exc.__cause__, EOFError):  # click turns an EOFError into Abort too: an input that ends early
+            if debug:
+                raise exc.__cause__ from None
+            click.echo(f"error: an input ended early ({exc.__cause__ or 'EOFError'}: a compressed file cut short?); "
+                       "--debug shows which", err=True)
+            sys.exit(2)
         terminated = isinstance(exc.__cause__, _Terminated)
         click.echo("terminated" if terminated else "aborted", err=True)
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))

@@ -560,3 +560,31 @@ def test_a_record_missing_its_closing_brace_is_placed_at_its_lines_end(tmp_path)
         with pytest.raises(TraceError, match=rf"t\.jsonl:2: not valid JSON \(Expecting ',' delimiter at column "
                                              rf"{len(bad) + 1}\)"):
             load_dataset(p)
+
+
+def test_a_compressed_trace_cut_short_or_of_other_bytes_is_one_line_naming_it(tmp_path, capsys):
+    import gzip
+    import lzma
+
+    from pdsim.cli import main
+
+    whole = gzip.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0,1,1\n" * 50)
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[:60])  # gzip raised EOFError, which click reported as Ctrl-C: "aborted", exit 130
+    with pytest.raises(TraceError, match=re.escape(f"{cut}: the compressed file ends early (cut short?)")):
+        read_dataset(cut, "azure")
+    xz = tmp_path / "cut.csv.xz"
+    xz.write_bytes(lzma.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n" * 50)[:30])
+    with pytest.raises(TraceError, match="the compressed file ends early"):
+        read_dataset(xz, "azure")
+    plain = tmp_path / "plain.csv.gz"  # not gzip at all: "Not a gzipped file", no file named
+    plain.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    with pytest.raises(TraceError, match=re.escape(f"{plain}: cannot decompress it (Not a gzipped file")):
+        read_dataset(plain, "azure")
+    jsonl = tmp_path / "t.jsonl.gz"  # "not valid UTF-8" before
+    jsonl.write_bytes(gzip.compress(b'{"input_toks": 5, "output_toks": 2, "arrival_time_ns": 0}\n'))
+    with pytest.raises(TraceError, match="a pdsim trace is read uncompressed"):
+        read_dataset(jsonl, "pdsim")
+    with pytest.raises(SystemExit) as exc:
+        main(["workload", "stats", str(cut), "--dataset-format", "azure"])
+    assert exc.value.code == 2 and "ends early" in capsys.readouterr().err

@@ -13,6 +13,7 @@ Formats (docs/workloads.md has the details and where to get each trace):
 from __future__ import annotations
 
 import json
+import lzma
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -74,6 +75,22 @@ class Loaded:
 
 
 def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
+    try:
+        return _read_csv_file(path, need, what)
+    # What a compressed file's decompressor raises: gzip, bz2 and lzma an EOFError on a file cut short (which click
+    # would report as Ctrl-C), a BadGzipFile (an OSError without the file's name) or LZMAError on other bytes.
+    except EOFError:
+        raise TraceError(f"{path}: the compressed file ends early (cut short?); read as: {what} trace") from None
+    except (OSError, lzma.LZMAError) as e:
+        if isinstance(e, OSError) and e.filename is not None:
+            raise
+        raise TraceError(f"{path}: cannot decompress it ({e}); read as: {what} trace") from None
+    except ImportError as e:  # pandas reads .zst with the zstandard package, which pdsim does not install
+        raise TraceError(f"{path}: reading it needs a package pdsim does not install ({e.msg.splitlines()[0]}); "
+                         "decompress it first, or install that package") from None
+
+
+def _read_csv_file(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
         # Default dtypes: clean numeric columns parse as int64 at once; a column with a bad cell
         # stays text and _int_column names the cell.

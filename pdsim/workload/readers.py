@@ -149,6 +149,9 @@ def _format_told(path: Path) -> str | None:
 
 
 def _read(path: Path, name: str, params: dict[str, str]) -> formats.Loaded:
+    if name not in CSV_FORMATS and path.suffix.lower() in COMPRESSED_SUFFIXES:
+        raise TraceError(f"{path}: a {name} trace is read uncompressed (only the CSV formats, "
+                         f"{', '.join(CSV_FORMATS)}, are read compressed): decompress it first")
     if name == "pdsim":
         return formats.Loaded.from_requests(*read_trace(path))
     if not path.is_file():
