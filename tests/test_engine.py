@@ -610,11 +610,11 @@ def test_a_trace_out_of_arrival_order_is_admitted_at_its_arrival_times():
 
 def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeypatch):
     # Step times of hours (a corrupt profile) made a run sample every second of millions of simulated seconds:
-    # two requests took 7 minutes. After MAX_ROUNDS_PER_INTERVAL samples the interval doubles.
+    # two requests took 7 minutes. After MAX_ROWS_PER_INTERVAL rows (one per instance per sample) the interval doubles.
     from pdsim.engine import monitor
     from pdsim.metrics.summary import format_summary
 
-    monkeypatch.setattr(monitor, "MAX_ROUNDS_PER_INTERVAL", 40)
+    monkeypatch.setattr(monitor, "MAX_ROWS_PER_INTERVAL", 40)
     cfg = cluster(instance(None))
     result = run(cfg, [(100, 2000, 0)], step_times=AnalyticStepTimes, sample_interval_s=0.01)
     assert result.requests[0].status == "finished"
@@ -622,7 +622,16 @@ def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeyp
     gaps = np.round(np.diff(times), 9)
     assert gaps[:38].max() == pytest.approx(0.01)  # the first 40 at 0.01 s, the next 40 at 0.02 s, ...
     assert gaps[42:78].min() == pytest.approx(0.02) and gaps.max() == pytest.approx(0.04)
-    assert "more than 40 sample times at one interval, so it doubled from t = " in result.timeline_note
+    assert "more than 40 sample times at one interval (40 rows over 1 instance(s)), so it doubled from t = " in \
+        result.timeline_note
     assert result.timeline_note in format_summary(summarize(result, requests_frame(result)))
     plain = run(cfg, [(100, 400, 0)], step_times=AnalyticStepTimes, sample_interval_s=0.1)
     assert plain.timeline_note == ""
+    # The budget is of rows: four instances double it after 10 sample times, not 40 (a long trace on a large cluster
+    # wrote millions of rows before).
+    four = run(cluster(*(instance(None) for _ in range(4))), [(100, 2000, 0)], step_times=AnalyticStepTimes,
+               sample_interval_s=0.01)
+    assert "more than 10 sample times at one interval (40 rows over 4 instance(s))" in four.timeline_note
+    times = sorted({s.time_s for s in four.samples})
+    gaps = np.round(np.diff(times), 9)
+    assert gaps[:8].max() == pytest.approx(0.01) and gaps[10:18].min() == pytest.approx(0.02)

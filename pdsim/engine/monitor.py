@@ -19,9 +19,10 @@ from pdsim.engine.result import LinkSample, Sample
 # one before it): a lone request at t = 1e6 s, or Unix-epoch arrival times, must not cost a sample
 # per simulated second. Normal runs never idle this long, so their timelines keep every row.
 _IDLE_SAMPLES_KEPT = 1000
-# Samples taken at one interval before it doubles: a timeline of more rounds than this (a day of simulated time
-# at 1 s, or step times of hours from a corrupt profile) would cost more than the simulation itself.
-MAX_ROUNDS_PER_INTERVAL = 100_000
+# Timeline rows (one per instance per sample time) taken at one interval before it doubles: a timeline of more (a
+# day of simulated time at 1 s, fewer hours on a large cluster, or step times of hours from a corrupt profile) would
+# cost more than the simulation itself, gigabytes for a week-long trace on a few dozen instances.
+MAX_ROWS_PER_INTERVAL = 100_000
 
 
 class Monitor:
@@ -38,6 +39,7 @@ class Monitor:
         self.link_samples: list[LinkSample] = []
         self._last_link_sample: tuple[float, dict[str, float]] = (0.0, {})
         self.coarsened: list[tuple[float, float]] = []  # (from time_s, interval_s) where the interval doubled
+        self.rounds_per_interval = max(MAX_ROWS_PER_INTERVAL // max(len(instances), 1), 1)
 
     def run(self, num_done: Callable[[], int], total: int, all_done: simpy.Event,
             on_sample: Callable[[float, list[Sample]], None] | None = None,
@@ -47,7 +49,7 @@ class Monitor:
         rounds = 0
         while True:
             rounds += 1
-            if rounds % MAX_ROUNDS_PER_INTERVAL == 0:
+            if rounds % self.rounds_per_interval == 0:
                 self.interval_s *= 2
                 self.coarsened.append((env.now, self.interval_s))
             snap = self.sample()
@@ -73,8 +75,10 @@ class Monitor:
         if not self.coarsened:
             return ""
         (first_s, _), (_, last_interval_s) = self.coarsened[0], self.coarsened[-1]
-        return (f"timeline: more than {MAX_ROUNDS_PER_INTERVAL:,} sample times at one interval, so it doubled from "
-                f"t = {first_s:,.6g} s on, to {last_interval_s:g} s between rows by the end")
+        rows = MAX_ROWS_PER_INTERVAL
+        return (f"timeline: more than {self.rounds_per_interval:,} sample times at one interval ({rows:,} rows over "
+                f"{len(self.instances)} instance(s)), so it doubled from t = {first_s:,.6g} s on, to "
+                f"{last_interval_s:g} s between rows by the end")
 
     def is_still(self) -> bool:
         """Nothing changes until the next scheduled event: no bytes moving, no run of decode steps
