@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -248,8 +249,18 @@ def test_prefill_and_decode_of_different_models(tmp_path):
 def test_prefill_and_decode_holding_the_kv_cache_in_other_formats(tmp_path):
     # vLLM's NixlConnector refuses a peer whose KV cache dtype differs; this ran, moving fp8 blocks into a bf16 cache.
     msg = _err(tmp_path, lambda r: _inst(r, 0).update(kv_cache_dtype="fp8"))
-    assert ("nodes[0].instances[1] (decode) holds meta-llama/Llama-3.1-8B's KV cache as bfloat16 with dtype bfloat16, "
-            "but nodes[0].instances[0] (prefill) as fp8 with dtype bfloat16") in msg
+    assert ("nodes[0].instances[0] (prefill) holds meta-llama/Llama-3.1-8B's KV cache as fp8 with dtype bfloat16, "
+            "but nodes[0].instances[1] (decode) as bfloat16 with dtype bfloat16") in msg
+    # Two prefill instances of different formats: the pair named is a prefill and a decode one, not the two prefills.
+    raw = copy.deepcopy(PD)
+    second = copy.deepcopy(_inst(raw, 0))
+    second["kv_cache_dtype"] = "fp8"
+    raw["nodes"][0]["instances"].append(second)
+    raw["nodes"][0]["num_instances"] = 3
+    with pytest.raises(ConfigError, match=re.escape("nodes[0].instances[2] (prefill) holds meta-llama/Llama-3.1-8B's "
+                                                    "KV cache as fp8 with dtype bfloat16, but nodes[0].instances[1] "
+                                                    "(decode) as bfloat16")):
+        load_cluster_config(_write(tmp_path, raw))
     raw = copy.deepcopy(PD)
     for i in (0, 1):
         _inst(raw, i)["kv_cache_dtype"] = "fp8"

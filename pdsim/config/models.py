@@ -584,12 +584,16 @@ class ClusterConfig(_Strict):
         """The prefill and decode instances of one model hold the KV cache in one format: vLLM's KV connectors move
         it as stored, and NixlConnector refuses a peer whose activation or KV cache dtype differs (its handshake's
         compatibility hash, vLLM 0.19)."""
-        first: dict[str, InstanceRef] = {}
+        decodes: dict[str, list[InstanceRef]] = {}
         for ref in refs:
+            if ref.config.pd_type == "decode":
+                decodes.setdefault(ref.config.model_name, []).append(ref)
+        # A prefill instance hands its requests to any decode instance of its model: each such pair must match (two
+        # prefill instances of different formats are one pair that does not, named as a pair).
+        pairs = [(seen, ref) for ref in refs if ref.config.pd_type == "prefill"
+                 for seen in decodes.get(ref.config.model_name, [])]
+        for seen, ref in pairs:
             ic = ref.config
-            if ic.pd_type not in ("prefill", "decode"):
-                continue
-            seen = first.setdefault(ic.model_name, ref)
             a, b = (seen.config.dtype, seen.config.kv_dtype), (ic.dtype, ic.kv_dtype)
             if a != b:
                 raise PydanticCustomError(
