@@ -95,6 +95,9 @@ class OutputFile(click.ParamType):
         if os.path.basename(text) in ("", ".", ".."):  # 'out/', 'out/.', 'out/..'
             raise PdsimError(f"{flag} {text!r}: names a folder; give the name of a file (in that folder or "
                              "elsewhere)")
+        if text == "-":  # a file named '-' (and '-_summary.json' beside it) where stdout was meant
+            raise PdsimError(f"{flag} -: pdsim writes its outputs to files, not to stdout; give "
+                             "the name of a file")
         return Path(text)
 
 

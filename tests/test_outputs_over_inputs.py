@@ -386,3 +386,6 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused_not_written_as_a_
         err = one_line_error(capsys)
         assert err.startswith("error: ") and f"'{given}': names a folder" in err, err
         assert not target.exists()
+    # '-' is no stdout here: files named '-' and '-_summary.json' were written in the working folder.
+    assert cli(*command, "-") == 2
+    assert "-: pdsim writes its outputs to files, not to stdout" in one_line_error(capsys)
