@@ -768,7 +768,9 @@ def test_a_measured_profile_without_moe_csv_is_said_to_be_estimated_in_that_part
     res = simulate(cfg, trace([(100, 3, 0.0)]), SimOptions())
     info = res.infos[0]
     assert info.estimated_profile and info.estimated_part == "MoE expert layers"
-    text = format_summary(summarize(res, requests_frame(res)))
+    summary = summarize(res, requests_frame(res))
+    assert summary["step_time_source"].endswith("for the MoE expert layers (the measured profile has no table of them)")
+    text = format_summary(summary)
     assert f"step times n0.i0: measured, profile {tmp_path / 'tp1'}; its MoE expert layers estimated from hardware " \
            "specs" in text
     assert "NOTE: step times estimated from hardware specs for the MoE expert layers" in text

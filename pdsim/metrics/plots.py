@@ -47,7 +47,7 @@ def _name(prefix: Path, what: str) -> Path:
 def _notes(summary: dict) -> str:
     notes = []
     if summary.get("estimated_profile"):
-        notes.append(f"NOTE: {ESTIMATED_NOTE}, not measured")
+        notes.append(f"NOTE: {summary.get('step_time_source') or ESTIMATED_NOTE}, not measured")
     load = summary.get("load") or {}
     if load.get("overloaded"):
         notes.append(f"OVERLOADED: {load['offered_req_per_s_second_half']:.3g} req/s offered, "

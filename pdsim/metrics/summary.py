@@ -198,7 +198,7 @@ def summarize(result: SimulationResult, df: pd.DataFrame, wall_s: float | None =
         "sim_end_s": result.sim_end_s,
         "instances": instances,
         "estimated_profile": estimated,
-        "step_time_source": ESTIMATED_NOTE if estimated else "measured profiles",
+        "step_time_source": estimated_note(instances) if estimated else "measured profiles",
         "memory_notes": memory_notes(result),
         "profile_notes": profile_notes(result),
         "timeline_note": result.timeline_note,

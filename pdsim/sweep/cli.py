@@ -529,7 +529,8 @@ def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
     if not n:
         return "step times from measured profiles"
     return "\n".join([f"NOTE: step times estimated from hardware specs in {n} of {len(rows)} runs "
-                      "(no measured profile for some instance)", *(f"note: {b}" for b in setup.bandwidth_notes)])
+                      "(no measured profile for some instance, or no moe.csv in a MoE one)",
+                      *(f"note: {b}" for b in setup.bandwidth_notes)])
 
 
 @click.command("sweep")

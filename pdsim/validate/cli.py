@@ -235,7 +235,7 @@ def _estimated_line(rows: int | None = None, of: int | None = None, part: str = 
 
     where = f"in {rows} of {of} simulated rows" if rows is not None else "for at least one instance"
     why = (f"for the {part} (the measured profile has no table of them)" if part else
-           f"{where} (no measured profile; give --profile-dir)")
+           f"{where} (no measured profile, or no moe.csv in a MoE one; give --profile-dir)")
     return f"NOTE: {ESTIMATED_NOTE} {why}: the differences above include the estimate's error"
 
 
@@ -576,6 +576,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     check_output_file(out, "--output", [*measured_inputs(measured), *config_inputs(cluster_config), profile_dir])
     # [simulated rows or runs on estimated step times, of how many]: the same at every overhead.
     estimated = [0, 0]
+    estimated_what = [""]  # of a run: the part of a measured profile estimated (its MoE expert layers), if only that
 
     if table_input:
         if metric == "e2e_ms":
@@ -605,7 +606,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
         what = f"{metric} per row"
         notes = left_out
     else:
-        from pdsim.metrics.summary import ESTIMATED_NOTE, profile_notes
+        from pdsim.metrics.summary import ESTIMATED_NOTE, estimated_part, profile_notes
         from pdsim.perf.interp import extrapolation_key
         from pdsim.validate.compare import compare, replay_losses
 
@@ -626,6 +627,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             if (lost := replay_losses(result)) is not None:
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
+            estimated_what[:] = [estimated_part((i.estimated_profile, i.estimated_part) for i in result.infos)]
             for note in profile_notes(result):  # a table left at other values by another overhead: said once
                 left_grid.setdefault(extrapolation_key(note), note)
             table = compare(run, result)
@@ -681,7 +683,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     if fit["held_out_at_fit"]:  # a fit that helps one metric may hurt another
         click.echo(_held_out_line(fit["held_out_at_fit"], fit["held_out_at_0_us"]))
     if estimated[0]:  # the fit is then to the estimate's error as much as to the engine's overhead
-        click.echo(_estimated_line(*estimated) if table_input else _estimated_line())
+        click.echo(_estimated_line(*estimated) if table_input else _estimated_line(part=estimated_what[0]))
 
 
 def _held_out_line(at_fit: dict[str, float], at_zero: dict[str, float]) -> str:
