@@ -540,8 +540,8 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     assert model.large.other_protocol == pytest.approx((16.6, 37.0))
     assert "outermost link_bw/link_latency, 16 GB/s, 20000 ns" in notes
     # The ranks' own PCIe 5 link is faster than the config's: kept (the measured MoE run agrees with it), and said.
-    assert ("the ranks' RTXPRO6000 GPUs share a node and link at 64 GB/s each way (pcie), but the config's link_bw "
-            "16 GB/s prices it") in notes
+    assert ("the ranks' RTXPRO6000 GPUs share a node and link at 64 GB/s each way (by the config's link_bw list), "
+            "but the config's link_bw 16 GB/s prices it") in notes
     same = dict(tp2, hardware="RTXPRO6000")
     raw = _cluster(same, dict(same), **dims)
     raw["nodes"][0]["intra_node_bw"] = 64
@@ -552,6 +552,7 @@ def test_per_dimension_links_innermost_prices_tp_outermost_dp():
     res = simulate(cluster_config_from_dict(_cluster(tp2, dict(tp2), **dims)), trace([(100, 3, 0.0)]), SimOptions())
     predictor = res.instances[0].predictor
     assert "bandwidth scaled x2.00 to its 128 GB/s link" in " ".join(predictor.notes)
+    assert "link at 128 GB/s each way (by the config's link_bw list)" in " ".join(predictor.notes)
     assert predictor._allreduce_model.bus_bw_gbps == pytest.approx(2 * 14.7)
 
 

@@ -663,3 +663,15 @@ def test_a_stage_takes_off_the_embedding_and_final_norm_at_the_steps_graphed_siz
     stage_us = [s * 1e6 for s in pred.stage_times_s((), 61, kv)]
     assert stage_us[0] == pytest.approx(first - pred._final_norm(64) - pred._lm_head(61) - pred._sampler(61), rel=1e-12)
     assert stage_us[1] == pytest.approx(last - pred._embedding(64), rel=1e-12)
+
+
+def test_a_link_bw_lists_pp_entry_is_read_both_ways_as_its_tp_entry():
+    # [tp, pp, between instances]: the TP entry was halved (both directions, as LLMServingSim's configs write GPU
+    # links) while the PP entry was taken one way, so [128, 128, 16] sent activations at twice the TP link's rate.
+    inst = _built(cluster(_pp(), link_bw=[128, 96, 16], link_latency=[500, 700, 20000]))
+    send = inst.predictor.send
+    assert (send.bw_gbps, send.latency_ns) == (48.0, 700.0)
+    assert "the PP dimension of the config's link_bw/link_latency lists (both directions together" in send.source
+    # A one-value list gives every dimension its value, the PP link too, from the config, not the GPU's spec.
+    one = _built(cluster(_pp(), link_bw=[128], link_latency=[500])).predictor.send
+    assert (one.bw_gbps, one.latency_ns) == (64.0, 500.0) and "link_bw/link_latency lists" in one.source

@@ -496,6 +496,10 @@ def instance_id(node_index: int, instance_index: int) -> str:
     return f"n{node_index}.i{instance_index}"
 
 
+# A GPU link's rate in a per-dimension link_bw list counts both directions (ClusterConfig.gpu_link).
+GPU_LINK_DIRECTIONS = 2
+
+
 class ClusterConfig(_Strict):
     num_nodes: int = Field(ge=1, le=MAX_NPUS)
     # The network between instances: GB/s (per direction) one instance pair gets, and ns. Without
@@ -519,6 +523,20 @@ class ClusterConfig(_Strict):
     @classmethod
     def _per_dim_links(cls, data: Any) -> Any:
         return per_dim_links(data, {"link_bw": (MIN_BW_GBPS, MAX_BW_GBPS), "link_latency": (0.0, MAX_LATENCY_NS)})
+
+    def gpu_link(self, dim: int) -> tuple[float, float] | None:
+        """(GB/s each way, ns) of a GPU-to-GPU dimension of the per-dimension lists (0 TP, 1 PP; a one-value list
+        gives every dimension its value), None without lists. These entries are read as both directions together,
+        as datasheets quote NVLink and PCIe and LLMServingSim's configs write them (900 for H100's NVLink in
+        single_node_single_instance_H100.json, 128 for PCIe 5.0 x16 in dual_node_moe_dp_ep_intra_inter_instance.json,
+        where pdsim's specs say 450 and 64 each way); the outermost, the network between instances, is taken as
+        given, one way, as NICs are quoted."""
+        if self.link_bw_per_dim is None:
+            return None
+        i = min(dim, len(self.link_bw_per_dim) - 1)
+        latencies = self.link_latency_per_dim
+        latency = latencies[min(dim, len(latencies) - 1)] if latencies else self.link_latency
+        return self.link_bw_per_dim[i] / GPU_LINK_DIRECTIONS, latency
 
     def dp_groups(self) -> dict[str, list[InstanceRef]]:
         """dp_group name -> its instances, in config order."""

@@ -161,11 +161,10 @@ def build_instance(
         predictor.notes.append(f"the config's link_bw {cfg.link_bw:g} GB/s is the link between instances, not the TP "
                                "group's, which LLMServingSim would price its all-reduce over (docs/validation.md, "
                                "TP collectives); a link_bw list's first value sets the TP link")
-    elif ic.tp_size > 1:
+    elif ic.tp_size > 1 and (link := cfg.gpu_link(0)) is not None:
         predictor.notes.append(f"the TP link, link_bw's first value {cfg.link_bw_per_dim[0]:g} GB/s, is read as both "
-                               "directions together, as LLMServingSim's configs give link rates (900 for H100's "
-                               f"NVLink, 128 for PCIe 5.0 x16): {cfg.link_bw_per_dim[0] / TP_LINK_DIRECTIONS:g} GB/s "
-                               "each way")
+                               "directions together, as datasheets and LLMServingSim's configs give GPU links (900 "
+                               f"for H100's NVLink, 128 for PCIe 5.0 x16): {link[0]:g} GB/s each way")
     if not profile.estimated and not same_model(profile.meta.model, model.name):  # perf/profile.py, same_shape
         predictor.notes.append(f"the profile times {profile.meta.model}'s layers, the instance runs {model.name}, a "
                                "model of the same shape: the profile's times are taken for it")
@@ -352,20 +351,14 @@ def _fused_norm_tokens(ic: InstanceConfig, hardware: HardwareSpec | None, model:
     return None if tokens is None else min(tokens, ic.max_num_batched_tokens)  # as vLLM sizes its workspace
 
 
-# LLMServingSim's configs give a GPU link's rate as both directions together (900 GB/s for H100's NVLink in
-# single_node_single_instance_H100.json, 128 for PCIe 5.0 x16 in dual_node_moe_dp_ep_intra_inter_instance.json);
-# pdsim's specs, and the models scaled by their ratio, take one direction.
-TP_LINK_DIRECTIONS = 2
-
-
 def _tp_link_hardware(hw: HardwareSpec | None, cfg: ClusterConfig) -> HardwareSpec | None:
     """The GPU spec, with its intra-node link replaced by the innermost of per-dimension link_bw /
     link_latency lists when the config gives them (LLMServingSim's TP dimension, docs/moe.md), read as
-    both directions together."""
-    if hw is None or cfg.link_bw_per_dim is None:
+    both directions together (ClusterConfig.gpu_link)."""
+    link = cfg.gpu_link(0)
+    if hw is None or link is None:
         return hw
-    latency = cfg.link_latency_per_dim[0] if cfg.link_latency_per_dim else cfg.link_latency
-    each_way = cfg.link_bw_per_dim[0] / TP_LINK_DIRECTIONS
+    each_way, latency = link
     bridge = each_way if hw.nvlink_bridge_gbps else 0.0  # a bridged pair's TP link is the given one
     return dataclasses.replace(hw, intra_node_bw_gbps=each_way, intra_node_latency_ns=latency,
                                nvlink_bridge_gbps=bridge)

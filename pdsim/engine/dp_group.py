@@ -211,9 +211,12 @@ def _own_link_note(cfg: ClusterConfig, refs: list, link_gbps: float) -> str | No
     spec = get_hardware(refs[0].config.hardware)
     if len(nodes) != 1 or cfg.nodes[next(iter(nodes))].intra_node_bw is not None or spec is None:
         return None
-    if spec.intra_node_bw_gbps <= link_gbps:
+    given = cfg.gpu_link(0)  # a list's TP entry is the GPUs' link, as the TP all-reduce takes it
+    own_gbps, how = (given[0], "by the config's link_bw list") if given else (spec.intra_node_bw_gbps,
+                                                                              spec.intra_node_link)
+    if own_gbps <= link_gbps:
         return None
-    return (f"MoE dispatch/combine: the ranks' {spec.name} GPUs share a node and link at {spec.intra_node_bw_gbps:g} "
-            f"GB/s each way ({spec.intra_node_link}), but the config's link_bw {link_gbps:g} GB/s prices it, as in "
+    return (f"MoE dispatch/combine: the ranks' {spec.name} GPUs share a node and link at {own_gbps:g} "
+            f"GB/s each way ({how}), but the config's link_bw {link_gbps:g} GB/s prices it, as in "
             "LLMServingSim: on the one measured MoE run (RTX PRO 6000, docs/moe.md) that agrees, the GPUs' own link "
             "comes out 6-12% fast on TPOT; a node's intra_node_bw sets another")

@@ -18,14 +18,14 @@ from pdsim.perf.profile import Profile
 def pp_link(cfg: ClusterConfig, node_index: int) -> tuple[float, float, str] | None:
     """(GB/s, ns, where from) of the link between two stages of an instance (all on one node): the
     node's intra_node_bw fabric; else the PP entry of per-dimension link_bw / link_latency lists
-    (LLMServingSim's topology is [tp, pp, dp], innermost first); else None (the GPU's own link)."""
+    (LLMServingSim's topology is [tp, pp, dp], innermost first; a one-value list's value), each way; else None (the
+    GPU's own link)."""
     node = cfg.nodes[node_index]
     if node.intra_node_bw is not None:
         return node.intra_node_bw, node.intra_node_latency, "the node's intra_node_bw fabric"
-    if cfg.link_bw_per_dim is not None and len(cfg.link_bw_per_dim) >= 2:
-        latencies = cfg.link_latency_per_dim
-        latency = latencies[1] if latencies is not None and len(latencies) >= 2 else cfg.link_latency
-        return cfg.link_bw_per_dim[1], latency, "the PP dimension of the config's link_bw/link_latency lists"
+    if (link := cfg.gpu_link(1)) is not None:
+        return (*link, "the PP dimension of the config's link_bw/link_latency lists (both directions together: "
+                       "ClusterConfig.gpu_link)")
     return None
 
 

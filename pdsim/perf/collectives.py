@@ -21,7 +21,7 @@ applies (docs/validation.md, "TP collectives"):
 5. a GPU pdsim has no spec for: the same, taken as a PCIe 4.0 x16 card, said to be an assumption.
 
 A config's TP link (the innermost of per-dimension link_bw lists, both directions together as LLMServingSim
-writes it: pdsim/engine/build.py halves it) scales the bandwidth of the model the GPU gets at its own link, its
+writes GPU links: ClusterConfig.gpu_link halves it) scales the bandwidth of the model the GPU gets at its own link, its
 per-call cost kept (_link_scale): a faster link never prices a slower all-reduce.
 
 A cluster config's scalar link_bw / link_latency never price TP collectives: they are the network that
