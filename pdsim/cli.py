@@ -18,6 +18,7 @@ from pdsim.bundled import InputFile, InputFolder, bundled_path
 from pdsim.cli_checks import OutputFile, existing_folder, number_in, slo_ms, unused_options, vllm_int_option
 from pdsim.config.base import ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError, ProfileError
+from pdsim.text import did_you_mean
 from pdsim.workload.readers import dataset_options
 
 if TYPE_CHECKING:  # the commands import these when they run: `--help` stays quick
@@ -467,10 +468,9 @@ def docs(name: str | None, path_only: bool) -> None:
             click.echo(f"  {stem}")
         return
     stem = Path(name).name.removesuffix(".md")
+    stem = {n.casefold(): n for n in names}.get(stem.casefold(), stem)  # `pdsim docs MEMORY` is the memory doc
     if stem not in names:
-        close = difflib.get_close_matches(stem, names, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise PdsimError(f"docs: no doc named {name!r}; {hint}docs: {', '.join(names)}")
+        raise PdsimError(f"docs: no doc named {name!r}{did_you_mean(stem, names)}; docs: {', '.join(names)}")
     path = folder / f"{stem}.md"
     click.echo(path if path_only else path.read_text(encoding="utf-8"), nl=path_only)
 

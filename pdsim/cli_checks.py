@@ -109,9 +109,12 @@ class OutputFolder(click.ParamType):
     def convert(self, value: str | Path, param: click.Parameter | None, ctx: click.Context | None) -> Path:
         if isinstance(value, Path):
             return value
+        flag = _flag(param) if param is not None else "output"
         if not str(value):
-            flag = _flag(param) if param is not None else "output"
             raise PdsimError(f"{flag}: expected the name of a folder, got ''")
+        if str(value) == "-":  # a folder named '-' where stdout was meant
+            raise PdsimError(f"{flag} -: pdsim writes its outputs to files in a folder, not to stdout; give the "
+                             "name of a folder")
         return Path(str(value))
 
 

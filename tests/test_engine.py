@@ -622,7 +622,7 @@ def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeyp
     gaps = np.round(np.diff(times), 9)
     assert gaps[:38].max() == pytest.approx(0.01)  # the first 40 at 0.01 s, the next 40 at 0.02 s, ...
     assert gaps[42:78].min() == pytest.approx(0.02) and gaps.max() == pytest.approx(0.04)
-    assert "more than 40 sample times at one interval (40 rows over 1 instance(s)), so it doubled from t = " in \
+    assert "timeline: 40 rows at one interval (over the instances and the links in use), so it doubled from t = " in \
         result.timeline_note
     assert result.timeline_note in format_summary(summarize(result, requests_frame(result)))
     plain = run(cfg, [(100, 400, 0)], step_times=AnalyticStepTimes, sample_interval_s=0.1)
@@ -631,7 +631,7 @@ def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeyp
     # wrote millions of rows before).
     four = run(cluster(*(instance(None) for _ in range(4))), [(100, 2000, 0)], step_times=AnalyticStepTimes,
                sample_interval_s=0.01)
-    assert "more than 10 sample times at one interval (40 rows over 4 instance(s))" in four.timeline_note
+    assert four.timeline_note.startswith("timeline: 40 rows at one interval")
     times = sorted({s.time_s for s in four.samples})
     gaps = np.round(np.diff(times), 9)
     assert gaps[:8].max() == pytest.approx(0.01) and gaps[10:18].min() == pytest.approx(0.02)

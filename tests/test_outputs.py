@@ -197,6 +197,10 @@ def test_an_empty_output_folder_is_refused_not_the_working_folder(tmp_path, monk
     err = capsys.readouterr().err
     assert "--out: expected the name of a folder, got ''" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as exit_:  # '-' made a folder named '-' where stdout was meant
+        main([*command, "--out", "-"])
+    assert exit_.value.code == 2 and "--out -: pdsim writes its outputs to files in a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_overloaded_run_says_so_and_a_stable_one_does_not(tmp_path, capsys):

@@ -162,4 +162,6 @@ def test_docs_command_prints_lists_and_refuses(capsys):
     assert "pd_realism" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         main(["docs", "memry"])
-    assert exc.value.code == 2 and "did you mean 'memory'" in capsys.readouterr().err
+    assert exc.value.code == 2 and "(did you mean 'memory'?)" in capsys.readouterr().err
+    main(["docs", "MEMORY"])  # any case
+    assert capsys.readouterr().out == (REPO / "docs" / "memory.md").read_text()

@@ -581,6 +581,10 @@ def test_a_compressed_trace_cut_short_or_of_other_bytes_is_one_line_naming_it(tm
     plain.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
     with pytest.raises(TraceError, match=re.escape(f"{plain}: cannot decompress it (Not a gzipped file")):
         read_dataset(plain, "azure")
+    tar = tmp_path / "cut.csv.tar"  # "internal error: ReadError: unexpected end of data"
+    tar.write_bytes(b"TIMESTAMP,ContextTokens" * 30)
+    with pytest.raises(TraceError, match=re.escape(f"{tar}: cannot decompress it (")):
+        read_dataset(tar, "azure")
     jsonl = tmp_path / "t.jsonl.gz"  # "not valid UTF-8" before
     jsonl.write_bytes(gzip.compress(b'{"input_toks": 5, "output_toks": 2, "arrival_time_ns": 0}\n'))
     with pytest.raises(TraceError, match="a pdsim trace is read uncompressed"):

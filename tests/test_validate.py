@@ -1529,8 +1529,8 @@ def test_a_recorded_max_model_len_the_requests_exceed_is_said(tmp_path):
     assert longer > prompts > 0
     # Only a prompt over the limit is refused; the engine stops any other request at it (it had said all were).
     assert (f"NOTE: meta.json records max_model_len 1024, but {longer} request(s) are longer (prompt + output) "
-            f"({prompts} by the prompt alone): vLLM refuses a longer prompt and stops any other request at that "
-            "length") in "; ".join(run.notes)
+            f"({prompts} by the prompt alone): vLLM refuses a longer prompt, its API server a request whose max_tokens "
+            "would pass the limit, and its engine stops any other at that length") in "; ".join(run.notes)
 
 
 @needs_shared

@@ -19,9 +19,10 @@ from pdsim.engine.result import LinkSample, Sample
 # one before it): a lone request at t = 1e6 s, or Unix-epoch arrival times, must not cost a sample
 # per simulated second. Normal runs never idle this long, so their timelines keep every row.
 _IDLE_SAMPLES_KEPT = 1000
-# Timeline rows (one per instance per sample time) taken at one interval before it doubles: a timeline of more (a
-# day of simulated time at 1 s, fewer hours on a large cluster, or step times of hours from a corrupt profile) would
-# cost more than the simulation itself, gigabytes for a week-long trace on a few dozen instances.
+# Timeline rows (one per instance per sample time, and one per link in use in the link timeline) taken at one
+# interval before it doubles: a timeline of more (a day of simulated time at 1 s, fewer hours on a large cluster, or
+# step times of hours from a corrupt profile) would cost more than the simulation itself, gigabytes for a week-long
+# trace on a few dozen instances.
 MAX_ROWS_PER_INTERVAL = 100_000
 
 
@@ -39,22 +40,21 @@ class Monitor:
         self.link_samples: list[LinkSample] = []
         self._last_link_sample: tuple[float, dict[str, float]] = (0.0, {})
         self.coarsened: list[tuple[float, float]] = []  # (from time_s, interval_s) where the interval doubled
-        self.rounds_per_interval = max(MAX_ROWS_PER_INTERVAL // max(len(instances), 1), 1)
 
     def run(self, num_done: Callable[[], int], total: int, all_done: simpy.Event,
             on_sample: Callable[[float, list[Sample]], None] | None = None,
             on_progress: Callable[[int, int], None] | None = None) -> Generator[Any, Any, None]:
         """The SimPy process: sample until `total` requests are done (or nothing else can happen)."""
         env = self.env
-        rounds = 0
+        rows = 0  # at this interval
         while True:
-            rounds += 1
-            if rounds % self.rounds_per_interval == 0:
+            if rows >= MAX_ROWS_PER_INTERVAL:
                 self.interval_s *= 2
                 self.coarsened.append((env.now, self.interval_s))
+                rows = 0
             snap = self.sample()
             self.samples.extend(snap)
-            self.sample_links()
+            rows += len(snap) + len(self.sample_links())
             if on_sample is not None:
                 on_sample(env.now, snap)
             if on_progress is not None:
@@ -75,10 +75,8 @@ class Monitor:
         if not self.coarsened:
             return ""
         (first_s, _), (_, last_interval_s) = self.coarsened[0], self.coarsened[-1]
-        rows = MAX_ROWS_PER_INTERVAL
-        return (f"timeline: more than {self.rounds_per_interval:,} sample times at one interval ({rows:,} rows over "
-                f"{len(self.instances)} instance(s)), so it doubled from t = {first_s:,.6g} s on, to "
-                f"{last_interval_s:g} s between rows by the end")
+        return (f"timeline: {MAX_ROWS_PER_INTERVAL:,} rows at one interval (over the instances and the links in use), "
+                f"so it doubled from t = {first_s:,.6g} s on, to {last_interval_s:g} s between rows by the end")
 
     def is_still(self) -> bool:
         """Nothing changes until the next scheduled event: no bytes moving, no run of decode steps

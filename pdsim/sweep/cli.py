@@ -598,7 +598,10 @@ def sweep(rates: str, **kw: Any) -> None:
 
 def _runs_done(total: int, kept: int) -> str:
     """How many runs the wall time covers: those kept by --resume took none of it."""
-    return f"{plural(total, 'run')}" + (f" ({kept} kept by --resume, {total - kept} run)" if kept else "")
+    if not kept:
+        return plural(total, "run")
+    return plural(total, "run") + (" (all kept by --resume)" if kept == total else
+                                   f" ({kept} kept by --resume, {total - kept} run now)")
 
 
 def _with_settings(written: list[Path]) -> list[Path]:

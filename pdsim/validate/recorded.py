@@ -262,8 +262,9 @@ def _check_max_model_len(run: MeasuredRun) -> None:
     if longer:
         which = f" ({prompts} by the prompt alone)" if prompts else ""
         run.notes.append(f"NOTE: meta.json records max_model_len {limit}, but {longer} request(s) are longer "
-                         f"(prompt + output){which}: vLLM refuses a longer prompt and stops any other request at "
-                         "that length; they are replayed as measured")
+                         f"(prompt + output){which}: vLLM refuses a longer prompt, its API server a request whose "
+                         "max_tokens would pass the limit, and its engine stops any other at that length; they are "
+                         "replayed as measured")
 
 
 def _stated_model(instances: list[dict]) -> ModelSpec | None:

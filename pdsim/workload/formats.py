@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import tarfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -78,10 +79,11 @@ def _read_csv(path: Path, need: tuple[str, ...], what: str) -> pd.DataFrame:
     try:
         return _read_csv_file(path, need, what)
     # What a compressed file's decompressor raises: gzip, bz2 and lzma an EOFError on a file cut short (which click
-    # would report as Ctrl-C), a BadGzipFile (an OSError without the file's name) or LZMAError on other bytes.
+    # would report as Ctrl-C), a BadGzipFile (an OSError without the file's name), LZMAError or TarError on other
+    # bytes (a .tar cut short too).
     except EOFError:
         raise TraceError(f"{path}: the compressed file ends early (cut short?); read as: {what} trace") from None
-    except (OSError, lzma.LZMAError) as e:
+    except (OSError, lzma.LZMAError, tarfile.TarError) as e:
         if isinstance(e, OSError) and e.filename is not None:
             raise
         raise TraceError(f"{path}: cannot decompress it ({e}); read as: {what} trace") from None
