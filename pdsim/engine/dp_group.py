@@ -177,8 +177,7 @@ def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str,
 
         group = (PipelineDPGroup if members[0].spec.pp > 1 else DPGroup)(env, name, members, moe_layer)
         if group.lockstep:
-            link = _group_link(cfg, refs)
-            own = _own_link_note(cfg, refs, link[0])
+            link, own = _group_link(cfg, refs)
             for member in members:
                 member.predictor.notes.append(member.predictor.moe_layer.set_link(*link))
                 if own is not None:
@@ -188,35 +187,36 @@ def build_dp_groups(env: simpy.Environment, cfg: ClusterConfig, by_id: dict[str,
     return groups
 
 
-def _group_link(cfg: ClusterConfig, refs: list) -> tuple[float, float, str]:
+def _group_link(cfg: ClusterConfig, refs: list) -> tuple[tuple[float, float, str], str | None]:
     """(GB/s, ns, where from) of the link the ranks' MoE dispatch/combine crosses, with pdsim's
     topology rules (docs/pd_realism.md): a node's `intra_node_bw` fabric when the group is on one
     node that has one; else the config's link between instances, which in LLMServingSim's
     meaning is a scalar broadcast to every topology dimension or, as a list, the outermost
-    (its DP-group topology is [tp, dp], innermost first)."""
+    (its DP-group topology is [tp, dp], innermost first). With it, a note where ranks on one node cross
+    the config's link though their GPUs' own is faster (_own_link_note), else None."""
     nodes = {ref.node_index for ref in refs}
     if len(nodes) == 1:
         node = cfg.nodes[next(iter(nodes))]
         if node.intra_node_bw is not None:
-            return node.intra_node_bw, node.intra_node_latency, "the node's intra_node_bw fabric"
+            return (node.intra_node_bw, node.intra_node_latency, "the node's intra_node_bw fabric"), None
     where = "outermost link_bw/link_latency" if cfg.link_bw_per_dim is not None else "link_bw/link_latency"
-    return cfg.link_bw, cfg.link_latency, f"the config's {where}"
+    note = _own_link_note(cfg, refs[0].config.hardware) if len(nodes) == 1 else None
+    return (cfg.link_bw, cfg.link_latency, f"the config's {where}"), note
 
 
-def _own_link_note(cfg: ClusterConfig, refs: list, link_gbps: float) -> str | None:
+def _own_link_note(cfg: ClusterConfig, hardware: str) -> str | None:
     """Said where ranks on one node cross the config's link though their GPUs' own is faster: kept, as LLMServingSim
     prices it (the shared MoE run agrees on that link, not on its GPUs', docs/moe.md), but a plan for other GPUs
     should know."""
-    nodes = {ref.node_index for ref in refs}
-    spec = get_hardware(refs[0].config.hardware)
-    if len(nodes) != 1 or cfg.nodes[next(iter(nodes))].intra_node_bw is not None or spec is None:
+    spec = get_hardware(hardware)
+    if spec is None:
         return None
     given = cfg.gpu_link(0)  # a list's TP entry is the GPUs' link, as the TP all-reduce takes it
     own_gbps, how = (given[0], "by the config's link_bw list") if given else (spec.intra_node_bw_gbps,
                                                                               spec.intra_node_link)
-    if own_gbps <= link_gbps:
+    if own_gbps <= cfg.link_bw:
         return None
     return (f"MoE dispatch/combine: the ranks' {spec.name} GPUs share a node and link at {own_gbps:g} "
-            f"GB/s each way ({how}), but the config's link_bw {link_gbps:g} GB/s prices it, as in "
+            f"GB/s each way ({how}), but the config's link_bw {cfg.link_bw:g} GB/s prices it, as in "
             "LLMServingSim: on the one measured MoE run (RTX PRO 6000, docs/moe.md) that agrees, the GPUs' own link "
             "comes out 6-12% fast on TPOT; a node's intra_node_bw sets another")
