@@ -702,7 +702,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     click.echo(_table(ranked, SEARCH_COLUMNS))
     # This search's configurations only: a --resume with fewer keeps the others' probes in probes.csv, not here.
     searched = {v.label for v in setup.variants}
-    rows = [writer.rows[k] for k in sorted(writer.rows) if writer.rows[k]["label"] in searched]
+    keys = [k for k in sorted(writer.rows) if writer.rows[k]["label"] in searched]
+    rows = [writer.rows[k] for k in keys]
     goodputs = {(st.variant.label, rate_key(st.lo), str(st.lo_row["duration_x"])) for st in states
                 if st.lo_row is not None}
     click.echo(_unstable_note(rows, goodputs))
@@ -777,5 +778,5 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
             _plots(setup, in_order, [r for r in decisive.values() if not math.isnan(r["ttft_p90_ms"])], "search", out)
         written = _with_settings([p for p in out.commit() if p.parent == setup.out])
     click.echo(_estimated_note(rows, setup))
-    resumed = sum(1 for k in writer.rows if k in resumed_keys and writer.rows[k]["label"] in searched)
-    click.echo(f"{_runs_done(len(rows), resumed)} in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
+    runs = _runs_done(len(rows), len(resumed_keys.intersection(keys)))
+    click.echo(f"{runs} in {wall_s:.1f} s wall; wrote " + ", ".join(str(p) for p in written))
