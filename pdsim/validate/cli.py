@@ -239,7 +239,6 @@ def _estimated_line(rows: int | None = None, of: int | None = None, part: str = 
     return f"NOTE: {ESTIMATED_NOTE} {why}: the differences above include the estimate's error"
 
 
-
 def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, remedy: str | None = None) -> None:
     """The prompts' prefix blocks from --token-ids; without them, say that no hits are modelled where
     the engine had prefix caching on, and how to model them (`remedy`; by default --token-ids, naming
