@@ -80,7 +80,7 @@ def infer_instance_sizes(data: Any) -> Any:
     data = _translate_switches(data)
     if data.get("max_num_batched_tokens") == 0 and isinstance(data.get("model_name"), str):
         try:
-            data = {**data, "max_num_batched_tokens": load_model(data["model_name"]).max_position_embeddings}
+            data = {**data, "max_num_batched_tokens": load_model(data["model_name"]).max_model_len}
         except PdsimError:
             pass  # the model_name check reports it
     if data.get("max_num_seqs") == 0 and _is_int(data.get("max_num_batched_tokens", 2048)):

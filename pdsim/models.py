@@ -55,7 +55,7 @@ def dtype_bytes(dtype: str) -> int:
 
 
 _NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "checkpoint_format",
-              "max_position_embeddings", "rope_cache_elements")
+              "max_position_embeddings", "max_model_len", "rope_cache_elements")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ class ModelSpec:
     checkpoint_format: str | None = None
     # vLLM's rotary cos/sin cache (rope_cache_elements): a buffer loaded with the weights, positions x rotary dims.
     rope_cache_elements: int = 0
+    # The longest request vLLM serves by default (vllm_max_model_len); 0: max_position_embeddings.
+    max_model_len: int = 0
     # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
     # and the final one (PhiMoE's LayerNorm), on lm_head (PhiMoE).
     qkv_bias: bool = False
@@ -93,6 +95,10 @@ class ModelSpec:
     # A sliding window vLLM would honour on every layer (shorter than the context), which pdsim does not
     # model: it keeps and attends to every token's KV (0: none). gpt-oss's windows are modelled.
     unmodelled_sliding_window: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.max_model_len:
+            object.__setattr__(self, "max_model_len", self.max_position_embeddings)
 
     @property
     def shape(self) -> tuple:
@@ -385,6 +391,40 @@ def rope_cache_elements(raw: dict, head_dim: int) -> int:
     return int(positions) * int(rotary_dim)
 
 
+# The config keys vLLM takes a model's length from, the smallest given (vLLM 0.19
+# transformers_utils/model_arch_config_convertor.py, derive_max_model_len_and_key).
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+VLLM_UNKNOWN_MAX_LEN = 2048  # vLLM's assumption where the config gives no length
+
+
+def vllm_max_model_len(raw: dict) -> int:
+    """The max_model_len vLLM 0.19 (and 0.12) gives a model by default (config/model.py, _get_and_verify_max_len):
+    the config's length, scaled by its RoPE factor where the scaling stretches the trained positions (YaRN from
+    original_max_position_embeddings; linear, dynamic; not llama3's or longrope's, whose length is already the
+    scaled one), and for longrope original_max_position_embeddings (vLLM keeps short sequences on the short
+    factors unless --max-model-len asks for more)."""
+    lengths = [length for key in _LENGTH_KEYS if (length := _positive(raw.get(key)))]
+    derived = _positive(raw.get("model_max_length")) or (min(lengths) if lengths else VLLM_UNKNOWN_MAX_LEN)
+    params = raw.get("rope_scaling") or raw.get("rope_parameters")
+    if not isinstance(params, dict):
+        return int(derived)
+    nested = params and all(isinstance(value, dict) for value in params.values())  # per layer type (transformers 5)
+    layers = list(params.values()) if nested else [params]
+    kinds = [str(p.get("rope_type") or p.get("type") or "default") for p in layers]
+    if "longrope" in kinds:
+        return int(_positive(raw.get("original_max_position_embeddings")) or derived)
+    factor = 1.0
+    for p, kind in zip(layers, kinds, strict=True):
+        if kind in ("su", "llama3"):
+            continue
+        factor = _positive(p.get("factor")) or (1.0 if "factor" in p else factor)  # a null factor: vLLM takes 1
+        original = _positive(p.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings"))
+        if kind == "yarn" and original:
+            derived = original
+    return int(derived * factor)
+
+
 def checkpoint_kv_cache_dtype(raw: dict) -> str | None:
     """"fp8" where vLLM 0.19 runs kv_cache_dtype "auto" as fp8 for this checkpoint, else None (the model's dtype).
     vLLM resolves "auto" from a ModelOpt checkpoint's `kv_cache_scheme` or `kv_cache_quant_algo` only
@@ -479,6 +519,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         checkpoint_kv_cache_dtype=checkpoint_kv_cache_dtype(raw),
         checkpoint_format=_quant_method(raw),
         rope_cache_elements=rope_cache_elements(raw, head_dim),
+        max_model_len=vllm_max_model_len(raw),
         qkv_bias=model_type in ("qwen2", "qwen2_moe") or (model_type in ATTENTION_BIAS_TYPES
                                                           and raw.get("attention_bias") is True),
         o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,

@@ -249,3 +249,41 @@ def test_rotary_cache_as_vllm_builds_it(raw, elements):
     from pdsim.models import rope_cache_elements
 
     assert rope_cache_elements({"max_position_embeddings": 4096, **raw}, 128) == elements
+
+
+@pytest.mark.parametrize(("raw", "max_len"), [
+    ({}, 4096),  # no scaling: the config's length
+    ({"max_seq_len": 2048}, 2048),  # the smallest length key, as vLLM takes it
+    ({"model_max_length": 8192}, 8192),  # Command-R's key overrides the others
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 512}}, 4096),
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192}}, 32768),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, 8192),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, 8192),
+    ({"rope_scaling": {"type": "yarn", "factor": None, "original_max_position_embeddings": 1024}}, 1024),
+    ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]},
+      "original_max_position_embeddings": 1024}, 1024),  # Phi-3: the short factors' length by default
+    ({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0},
+                          "sliding_attention": {"rope_type": "default"}}}, 8192),  # per layer type
+    ({"rope_scaling": "yarn"}, 4096),  # not an object: the plain rule
+])
+def test_max_model_len_as_vllm_derives_it(raw, max_len):
+    from pdsim.models import vllm_max_model_len
+
+    assert vllm_max_model_len({"max_position_embeddings": 4096, **raw}) == max_len
+
+
+def test_a_request_is_served_up_to_the_scaled_length_and_refused_past_it(tmp_path, monkeypatch):
+    from pdsim import models
+    from pdsim.metrics.summary import requests_frame
+    from tests.helpers import cluster, instance, run
+
+    monkeypatch.setattr(models, "_RUN_MODEL_FILES", {})
+
+    raw = dict(_tiny(), max_position_embeddings=2048,
+               rope_scaling={"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 2048})
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    models.use_model_file("acme/yarn-test", tmp_path / "config.json")
+    assert load_model("acme/yarn-test").max_model_len == 4096  # max_position_embeddings 2048, as vLLM scales it
+    df = requests_frame(run(cluster(instance(None, model_name="acme/yarn-test")), [(3000, 10, 0), (4000, 200, 0)]))
+    assert list(df.status) == ["finished", "rejected"]
+    assert df.reason[1] == "input+output = 4200 tokens exceeds the model's max length (4096)"

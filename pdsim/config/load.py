@@ -238,7 +238,7 @@ def _model_notes(cfg: ClusterConfig) -> list[str]:
         if not ref.config.enable_chunked_prefill or (name, budget) in budgets_seen:
             continue
         budgets_seen.add((name, budget))
-        context = load_model(name).max_position_embeddings
+        context = load_model(name).max_model_len
         if budget > context:
             notes.append(f"nodes[{ref.node_index}].instances[{ref.instance_index}].max_num_batched_tokens: "
                          f"{budget:,} is above {name}'s context length {context:,}: LLMServingSim's scheduler caps "

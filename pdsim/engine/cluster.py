@@ -74,7 +74,7 @@ class Cluster:
             inst.on_reserved = self.handoff.on_reserved
             inst.on_prefill_step = self.handoff.on_prefill_step
         self.monitor = Monitor(env, self.instances, self.network, self.links, opts.sample_interval_s)
-        self.max_model_len = {name: m.max_position_embeddings for name, m in self.models.items()}
+        self.max_model_len = {name: m.max_model_len for name, m in self.models.items()}
         self.num_done = 0
         self.on_done: Callable[[Request], None] = lambda req: None
 

@@ -109,14 +109,14 @@ def run_check(req: CheckRequest, progress_enabled: bool = False) -> CheckResult:
     spec = load_model(req.model)
     # No engine runs a request past the model's context; checking there would only measure memory
     # the real run never needs (and --check-kv 10^7 x a decode batch does not fit).
-    context = spec.max_position_embeddings
+    context = spec.max_model_len
     prefill = max(req.prefill_tokens)
     if prefill > context:
         raise PdsimError(f"--check-prefill {prefill}: past {req.model}'s context of {context} tokens "
-                         "(max_position_embeddings in its config)")
+                         "(vLLM's max_model_len for its config)")
     if req.decode_kv + 1 > context:
         raise PdsimError(f"--check-kv {req.decode_kv}: a decode step at that KV length holds {req.decode_kv + 1} "
-                         f"tokens, past {req.model}'s context of {context} (max_position_embeddings in its config)")
+                         f"tokens, past {req.model}'s context of {context} (vLLM's max_model_len for its config)")
     if req.device == "cpu" and req.threads:
         torch.set_num_threads(req.threads)
     recorded = meta.device.get("threads")

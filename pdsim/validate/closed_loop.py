@@ -293,13 +293,13 @@ def _simulate_one(row: dict, layout: RowLayout, model: str | None, hardware: str
 def _check_length(model: str, isl: int, osl: int, names: dict[str, str]) -> None:
     """vLLM refuses a request longer than the model's max length, so no such row was measured as given."""
     try:
-        longest = load_model(model).max_position_embeddings
+        longest = load_model(model).max_model_len
     except PdsimError:
         return  # the simulation names the unknown model
     if longest and isl + osl > longest:
         raise PdsimError(f"not simulatable: prompt + output ({names.get('isl', 'isl')} {isl} + "
                          f"{names.get('osl', 'osl')} {osl} = {isl + osl} tokens) is longer than {model}'s max "
-                         f"length {longest} (max_position_embeddings), which vLLM refuses")
+                         f"length {longest} (vLLM's max_model_len for its config), which vLLM refuses")
 
 
 def _check_numbers(row: dict, names: dict[str, str]) -> None:

@@ -439,7 +439,7 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     if recorded is not None:
         max_len, whose = recorded, "meta.json's max_model_len"
     elif model is not None:
-        max_len, whose = model.max_position_embeddings, "the model's max length"
+        max_len, whose = model.max_model_len, "the model's max length"
     else:
         return None
     budget = unchunked_budget(max_len, out.get("max_num_seqs", stated.get("max_num_seqs")))
@@ -577,7 +577,7 @@ def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> 
     if not threshold and partial is not None and partial > 1:
         # max_model_len as recorded; vLLM's "auto" / -1 (fit to memory) and null mean the model's own, as here
         model = _stated_model(instances)
-        max_model_len = run.max_model_len or (model.max_position_embeddings if model else None)
+        max_model_len = run.max_model_len or (model.max_model_len if model else None)
         if max_model_len is None:
             return {}
         threshold = int(max_model_len * 0.04)
