@@ -141,6 +141,33 @@ class ModelSpec:
         if (kv >= tp and kv % tp) or (kv < tp and tp % kv):
             raise PdsimError(f"{self.name}: {kv} KV heads cannot be split over tp={tp}")
 
+    def check_shards(self, tp: int, expert_tp: int, quantization: str | None = None) -> None:
+        """Raise PdsimError where vLLM refuses to load the weights split so: an MLP width that does not divide
+        over TP (linear.py `divide`; fused_moe/layer.py asserts it for the experts over their TP), and under
+        128x128 fp8 blocks a row-parallel input or an expert's slice that is no whole number of blocks
+        (quantization/utils/fp8_utils.py `validate_fp8_block_shape`, fp8.py `Fp8MoEMethod.create_weights`;
+        vLLM lets the merged column-parallel layers, qkv and gate_up, be uneven)."""
+        widths = [("intermediate_size", self.intermediate_size)] if self.dense_mlp_layers else []
+        if self.moe and self.moe.shared_intermediate:
+            widths.append(("the shared experts' intermediate size", self.moe.shared_intermediate))
+        for what, width in widths:
+            if width % tp:
+                raise PdsimError(f"{self.name}: {what} {width} cannot be split over tp={tp}")
+        experts = self.moe.expert_intermediate if self.moe and self.architecture != "gpt_oss" else 0  # MXFP4 pads
+        if experts % expert_tp:
+            raise PdsimError(f"{self.name}: an expert's intermediate size {experts} cannot be split over "
+                             f"{expert_tp} GPUs")
+        if quantization != "fp8_block":
+            return
+        slices = [("o_proj's input", self.o_in(tp))] if tp > 1 else []
+        slices += [(f"down_proj's input ({what} / {tp})", width // tp) for what, width in widths if tp > 1]
+        if experts:
+            slices.append((f"an expert's slice ({experts} / {expert_tp})", experts // expert_tp))
+        for what, size in slices:
+            if size % FP8_BLOCK:
+                raise PdsimError(f"{self.name}: {what} is {size}, not a multiple of the fp8 checkpoint's "
+                                 f"{FP8_BLOCK}-wide weight blocks, so vLLM cannot load it so split")
+
     def heads_per_shard(self, tp: int = 1) -> int:
         return self.num_heads // tp
 

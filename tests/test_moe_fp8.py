@@ -11,12 +11,13 @@ import simpy
 
 from pdsim.config import cluster_config_from_dict
 from pdsim.engine.cluster import Cluster, SimOptions
+from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
 from pdsim.perf.estimate import KERNEL_LAUNCH_US, MEM_EFF, MOE_KERNEL, MoERoofline, _Roofline, estimate_profile
 from pdsim.perf.moe_time import ExpertPlacement, MoELayerModel
 from pdsim.perf.predictor import StepTimePredictor
-from tests.helpers import cluster
+from tests.helpers import cluster, instance
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "configs" / "cluster" / "deepseek_v3_pd_h200.json"
@@ -122,3 +123,26 @@ def test_fp8_experts_vllm_runs_with_another_kernel_than_the_fit_covers_are_said(
     assert "activation scales" in fp8_kernel_note(h200, "fp8", 1)
     assert fp8_kernel_note(h200, "fp8", 1, "moe.csv") is None  # measured: its own kernel
     assert fp8_kernel_note(a100, "fp8", 1) is None and fp8_kernel_note(h200, None, 8) is None
+
+
+def test_layouts_vllm_cannot_load_an_fp8_block_checkpoint_in_are_refused():
+    # Qwen3-30B-A3B's experts are 768 wide: split 4 ways, 192 is no whole number of 128-wide fp8 blocks, and vLLM's
+    # Fp8MoEMethod refuses it; with expert parallelism each GPU holds whole experts, which loads.
+    with pytest.raises(Exception, match=r"an expert's slice \(768 / 4\) is 192, not a multiple of the fp8"):
+        cluster(dict(instance(None, hardware="H100", mem_size_gb=80, model_name=QWEN, quantization="fp8_block"),
+                     tp_size=4, num_npus=4, ep_size=1))
+    cluster(dict(instance(None, hardware="H100", mem_size_gb=80, model_name=QWEN, quantization="fp8_block"),
+                 tp_size=4, num_npus=4, ep_size=4))
+    cluster(dict(instance(None, hardware="H100", mem_size_gb=80, model_name=QWEN), tp_size=4, num_npus=4,
+                 ep_size=1))  # bf16
+
+
+def test_an_mlp_that_does_not_divide_over_tp_is_refused():
+    llama = load_model("meta-llama/Llama-3.1-8B")
+    with pytest.raises(PdsimError, match="intermediate_size 14335 cannot be split over tp=2"):
+        replace(llama, intermediate_size=14335).check_shards(2, 2)
+    llama.check_shards(8, 8, "fp8_block")  # 14336 / 8 = 1792, 14 blocks
+    wide = replace(llama, intermediate_size=14400)
+    wide.check_shards(8, 8)  # bf16 splits it
+    with pytest.raises(PdsimError, match=r"down_proj's input \(intermediate_size / 8\) is 1800, not a multiple"):
+        wide.check_shards(8, 8, "fp8_block")

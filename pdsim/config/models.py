@@ -375,6 +375,10 @@ class InstanceConfig(_Strict):
     def check_weights_fit(self, placement: ExpertPlacement) -> None:
         """The weights one GPU holds, with the routed experts placed as `placement` says, must fit."""
         model = load_model(self.model_name).on_gpu(self.hardware, placement.expert_tp)
+        try:
+            model.check_shards(self.tp_size, placement.expert_tp, self.quantization)
+        except PdsimError as e:
+            raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
         expert_shards = placement.expert_shards
         try:  # a precision the model's weights do not take (gpt-oss: MXFP4 experts) is named with the instance
             weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
