@@ -1836,3 +1836,38 @@ def test_the_model_a_benchmark_client_names_is_checked_against_the_configs(tmp_p
         {"input_config": {"models": {"items": [{"name": "Qwen/Qwen3-32B"}]}}}))
     with pytest.raises(PdsimError, match=r"ran Qwen/Qwen3-32B \(profile_export_aiperf.json's model, "):
         replay_config(RTX / "cluster_config.json", read_measured(records), None)
+
+
+@needs_shared
+def test_engine_arguments_in_meta_json_kv_cache_under_vllms_cache_config_names_are_read(tmp_path):
+    # A harness may write the engine's cache config as kv_cache (vLLM's CacheConfig: cache_dtype,
+    # gpu_memory_utilization beside num_gpu_blocks): those are the engine's arguments, not fields to pass over.
+    from pdsim.validate.engine_log import read_engine_jsonl
+
+    cache = {"num_gpu_blocks": 3589, "block_size": 16, "cache_dtype": "fp8", "gpu_memory_utilization": 0.2}
+    in_cache = _rtx_run_with(tmp_path / "cache")
+    meta = json.loads(in_cache.with_name("meta.json").read_text())
+    in_cache.with_name("meta.json").write_text(json.dumps({**meta, "kv_cache": cache}))
+    run = read_engine_jsonl(in_cache)
+    assert run.engine_kwargs["kv_cache_dtype"] == "fp8" and run.engine_kwargs["gpu_memory_utilization"] == 0.2
+    assert "kv_cache_dtype fp8 from meta.json kv_cache.cache_dtype (vLLM's cache config)" in run.notes
+    assert not any("kv_cache fields not read" in note for note in run.notes)
+    # The replay sizes the KV cache as it does from the same figures in engine_kwargs.
+    in_kwargs = _rtx_run_with(tmp_path / "kwargs", kv_cache_dtype="fp8", gpu_memory_utilization=0.2)
+    meta = json.loads(in_kwargs.with_name("meta.json").read_text())
+    in_kwargs.with_name("meta.json").write_text(json.dumps({**meta, "kv_cache": {"num_gpu_blocks": 3589}}))
+    predicted = []
+    for requests in (in_cache, in_kwargs):
+        res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                            "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                            "--output", str(requests.parent / "v.csv"))
+        assert res.exit_code == 0, res.output
+        predicted.append(re.search(r"KV capacity .*?: predicted ([\d,]+)", res.output).group(1))
+    assert predicted[0] == predicted[1]
+    # Two records of one engine that disagree are refused, naming both.
+    meta = json.loads(in_kwargs.with_name("meta.json").read_text())
+    meta["kv_cache"]["gpu_memory_utilization"] = 0.5
+    in_kwargs.with_name("meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PdsimError, match=r"kv_cache.gpu_memory_utilization 0.5 and engine_kwargs."
+                                         r"gpu_memory_utilization 0.2 disagree"):
+        read_engine_jsonl(in_kwargs)

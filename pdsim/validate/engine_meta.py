@@ -78,7 +78,11 @@ def optimization_level(value: object) -> int | None:
 
 # meta.json's fields beside LLMServingSim's vLLM runs (schema_version 1): the engine's arguments are read from
 # engine_kwargs alone, so one written beside them is named, not taken, and not dropped unsaid.
-KV_CACHE_FIELDS = frozenset({"num_gpu_blocks", "block_size"})  # what kv_capacity.kv_from_meta reads
+# kv_cache fields under vLLM's CacheConfig names that are engine arguments (a harness writing the engine's cache
+# config there): read as those arguments (with_cache_config).
+KV_CACHE_ARGS = {"cache_dtype": "kv_cache_dtype", "gpu_memory_utilization": "gpu_memory_utilization"}
+# What kv_capacity.kv_from_meta reads, and those.
+KV_CACHE_FIELDS = frozenset({"num_gpu_blocks", "block_size", *KV_CACHE_ARGS})
 META_FIELDS = frozenset({"schema_version", "model", "vllm_version", "engine_kwargs", "kv_cache", "dataset_path",
                          "dataset_hash", "num_requests", "started_at", "finished_at", "tick_seconds"})
 
@@ -106,10 +110,33 @@ def meta_notes(meta: dict) -> list[str]:
     if rest := [key for key in other if key not in REPLAYED_KWARGS]:
         notes.append(f"meta.json fields not read: {', '.join(rest)}")
     kv = meta.get("kv_cache") if meta else None
-    if isinstance(kv, dict) and (unread := sorted(set(kv) - KV_CACHE_FIELDS)):
+    read = KV_CACHE_FIELDS if isinstance(meta.get("engine_kwargs"), dict) else KV_CACHE_FIELDS - KV_CACHE_ARGS.keys()
+    if isinstance(kv, dict) and (unread := sorted(set(kv) - read)):
         notes.append(f"meta.json kv_cache fields not read: {', '.join(unread)} (the engine's KV size is read from "
                      "num_gpu_blocks and block_size)")
     return notes
+
+
+def with_cache_config(meta_path: Path, meta: dict) -> tuple[dict, list[str]]:
+    """meta.json with kv_cache's engine arguments (vLLM's CacheConfig names: cache_dtype, gpu_memory_utilization)
+    taken into engine_kwargs where those leave them out, and what was taken. One that disagrees with
+    engine_kwargs is an error, except kv_cache_dtype "auto" there, which the engine resolves (to the
+    checkpoint's, the kv_cache record). A meta.json without engine_kwargs keeps them as fields not read (the
+    replay takes the config's settings then)."""
+    kv, kwargs = meta.get("kv_cache"), meta.get("engine_kwargs")
+    if not isinstance(kv, dict) or not isinstance(kwargs, dict):
+        return meta, []
+    taken, notes = {}, []
+    for field, arg in KV_CACHE_ARGS.items():
+        value, given = kv.get(field), kwargs.get(arg)
+        if value is None or value == given:
+            continue
+        if given is not None and not (arg == "kv_cache_dtype" and given == "auto"):
+            raise PdsimError(f"{meta_path}: kv_cache.{field} {value!r} and engine_kwargs.{arg} {given!r} disagree: "
+                             "one engine ran with one of them")
+        taken[arg] = value
+        notes.append(f"{arg} {value} from meta.json kv_cache.{field} (vLLM's cache config)")
+    return ({**meta, "engine_kwargs": {**kwargs, **taken}}, notes) if taken else (meta, [])
 
 
 def check_engine_meta(meta_path: Path, meta: dict) -> None:
