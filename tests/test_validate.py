@@ -1035,7 +1035,7 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
     meta = requests.with_name("meta.json")
     recorded = json.loads(meta.read_text())
     recorded["engine_kwargs"].update(num_gpu_blocks_override="3k", disable_custom_all_reduce=True,
-                                     max_num_partial_prefills=2, max_model_len="auto")
+                                     max_model_len="auto")
     meta.write_text(json.dumps(recorded))
     res = _validate_cli("--measured", str(requests), "--cluster-config", str(config),
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
@@ -1044,8 +1044,18 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
     assert ("predicted 48,000 (vLLM's kv_cache_memory_bytes or num_gpu_blocks_override)" in res.output)
     assert "disable_custom_all_reduce True from meta.json engine_kwargs" in res.output
     assert re.search(r"note: TP all-reduce priced by .*NCCL only", res.output)
-    # max_num_partial_prefills > 1 caps each prefill chunk at 4% of max_model_len (vLLM's "auto": the model's
+    # vLLM 0.19 refuses max_num_partial_prefills > 1 ("Concurrent Partial Prefill"): no run recorded it.
+    with pytest.raises(PdsimError, match=r"engine_kwargs.max_num_partial_prefills 2: vLLM 0.19.0 refuses to start"):
+        meta.write_text(json.dumps({**recorded, "engine_kwargs": {**recorded["engine_kwargs"],
+                                                                  "max_num_partial_prefills": 2}}))
+        _validate_cli("--measured", str(requests), "--cluster-config", str(config),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    # An older release's (v0 engine) caps each prefill chunk at 4% of max_model_len (vLLM's "auto": the model's
     # 131,072 for Llama-3.1).
+    meta.write_text(json.dumps({**recorded, "vllm_version": "0.10.1", "engine_kwargs": {
+        **recorded["engine_kwargs"], "max_num_partial_prefills": 2}}))
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                        str(RTX / "profile"), "--step-time-margin-pct", "0", "--output", str(tmp_path / "v.csv"))
     assert "long_prefill_token_threshold 5242 (vLLM sets 4% of max_model_len 131072" in res.output
     recorded["engine_kwargs"]["num_gpu_blocks_override"] = "lots"
     meta.write_text(json.dumps(recorded))

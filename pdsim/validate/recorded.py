@@ -15,6 +15,7 @@ from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_U
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+from pdsim.validate.engine_meta import vllm_at_least
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
@@ -569,11 +570,20 @@ def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
 
 def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> dict[str, object]:
     """vLLM's cap on one request's prefill chunk per step: long_prefill_token_threshold as recorded, or, when
-    max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (vLLM 0.19 config/scheduler.py; the v1
-    scheduler uses max_num_partial_prefills for nothing else)."""
+    max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (config/scheduler.py). vLLM refuses
+    max_num_partial_prefills > 1 (read in 0.12 and 0.19, whose v1 engine lacks them); a run of an unknown or
+    older version keeps the rule."""
     kwargs = run.engine_kwargs
     threshold = _recorded_int(kwargs, "long_prefill_token_threshold", 0, meta)
     partial = _recorded_int(kwargs, "max_num_partial_prefills", 1, meta)
+    long_partial = _recorded_int(kwargs, "max_long_partial_prefills", 1, meta)
+    version = str(run.engine_meta.get("vllm_version", ""))
+    if vllm_at_least(version, (0, 12)) and ((partial or 1) > 1 or (long_partial or 1) > 1):
+        key, value = (("max_num_partial_prefills", partial) if (partial or 1) > 1
+                      else ("max_long_partial_prefills", long_partial))
+        raise PdsimError(f"{meta}: engine_kwargs.{key} {value}: vLLM {version} refuses to start with it (\"Concurrent "
+                         "Partial Prefill\" is not supported by its v1 engine: engine/arg_utils.py, "
+                         "_check_feature_supported), so no such run was measured")
     if not threshold and partial is not None and partial > 1:
         # max_model_len as recorded; vLLM's "auto" / -1 (fit to memory) and null mean the model's own, as here
         model = _stated_model(instances)
