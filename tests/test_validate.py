@@ -1545,8 +1545,14 @@ def test_a_recorded_max_model_len_the_requests_exceed_is_said(tmp_path):
 
 @needs_shared
 def test_replayed_requests_that_do_not_finish_are_said(tmp_path):
-    # Chunked prefill off caps a request at 2,048 tokens: 40 of the run's requests cannot replay.
+    # Chunked prefill off caps a request at 2,048 tokens: 40 of the run's requests cannot replay. (vLLM starts so
+    # only with max_model_len at most the budget; without it the record is refused.)
     requests = _rtx_run_with(tmp_path, enable_chunked_prefill=False)
+    with pytest.raises(PdsimError, match=r"engine_kwargs.enable_chunked_prefill false with max_num_batched_tokens "
+                                         r"2048 under meta-llama/Llama-3.1-8B's max length 131072: vLLM refuses"):
+        _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
+                      "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
+    requests = _rtx_run_with(tmp_path / "limited", enable_chunked_prefill=False, max_model_len=2048)
     res = _validate_cli("--measured", str(requests), "--cluster-config", str(RTX / "cluster_config.json"),
                         "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
                         "--output", str(tmp_path / "v.csv"))

@@ -383,6 +383,7 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
                              f"not engine_kwargs' {asked}")
         out["block_size"] = size
     out.update(_unrecorded_defaults(stated, out, unrecorded, run))
+    _check_unchunked_budget(instances, out, unrecorded, run, meta)
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
@@ -553,6 +554,25 @@ def _recorded_cudagraphs(instances: list[dict], run: MeasuredRun) -> dict[str, o
         run.notes.append(f"NOTE: the cluster config's {listed} replayed, where the run's meta.json engine_kwargs "
                          "record none: its engine ran vLLM's default")
     return out
+
+
+def _check_unchunked_budget(instances: list[dict], out: dict, unrecorded: list[str], run: MeasuredRun,
+                            meta: Path) -> None:
+    """vLLM refuses to start with chunked prefill off and a step budget under max_model_len (config/scheduler.py,
+    verify_max_model_len): a run recording both measured no such engine."""
+    budget = out.get("max_num_batched_tokens")
+    if out.get("enable_chunked_prefill") is not False or "max_num_batched_tokens" in unrecorded or budget is None:
+        return
+    limit = run.engine_kwargs.get("max_model_len")
+    if limit is not None and run.max_model_len is None:  # vLLM's fit to the memory: no length to check against
+        return
+    model = _stated_model(instances)
+    max_len, whose = ((run.max_model_len, "engine_kwargs.max_model_len") if run.max_model_len is not None
+                      else (model.max_model_len if model else None, f"{model.name if model else ''}'s max length"))
+    if max_len is not None and budget < max_len:
+        raise PdsimError(f"{meta}: engine_kwargs.enable_chunked_prefill false with max_num_batched_tokens {budget} "
+                         f"under {whose} {max_len}: vLLM refuses to start so (config/scheduler.py, "
+                         "verify_max_model_len), so no such run was measured")
 
 
 def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
