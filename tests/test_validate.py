@@ -761,6 +761,7 @@ def test_unfinished_measured_requests_are_replayed_and_left_out_of_both_sides(tm
     assert len(run.requests) == 29 and run.requests.output_toks.min() == 1
     assert any(n.startswith("1 request(s) with output_toks 0 and no scheduled_ts") for n in run.notes)
     assert any(n.startswith("1 request(s) with output_toks 0 (scheduled, then aborted") for n in run.notes)
+    assert not any("without queued_ts" in n for n in run.notes)  # the one left out had its queued_ts
     assert len(replay(cfg, run).requests) == 29
 
 

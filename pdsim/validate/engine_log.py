@@ -153,10 +153,10 @@ def _replayed(p: Path, df: pd.DataFrame, stamps: dict[str, pd.Series], arrival: 
     """Which requests the replay takes (those with an arrival), with a note for each kind left out of it or of
     the statistics; an error where nothing would be compared."""
     seen = arrival.notna()
-    seen &= ~_take_zero_output_requests(df, stamps, seen, notes)
     if not seen.all():  # never reached the engine (or the client sent nothing): nothing to replay
         notes.append(f"{int((~seen).sum())} request(s) without {'queued_ts' if clock == 'engine' else 'arrival_time'} "
                      "left out of the replay")
+    seen &= ~_take_zero_output_requests(df, stamps, seen, notes)
     if not seen.any():
         raise PdsimError(f"{p}: no request has {'queued_ts' if clock == 'engine' else 'arrival_time'}: nothing to "
                          "replay")
