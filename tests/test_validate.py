@@ -1527,6 +1527,14 @@ def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
     replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
     assert any("prefill and decode instances, but the run's meta.json engine_kwargs record no kv_transfer_config" in n
                for n in run.notes)
+    # One that records its connector: the config's P/D instances replay it, which is said, not called unmodelled.
+    connector = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+    requests = _rtx_run_with(tmp_path / "pd", kv_transfer_config=connector)
+    run = read_measured(requests)
+    replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
+    assert any(n.startswith("kv_transfer_config in meta.json engine_kwargs: the config's prefill and decode instances "
+                            "replay the KV hand-off") for n in run.notes)
+    assert not any("kv_transfer_config" in n for n in run.notes if "not modelled" in n or "record no" in n)
 
 
 @needs_shared

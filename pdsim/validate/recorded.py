@@ -97,7 +97,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     _check_engine_count(run, cfg, cluster_config)
     _check_model_and_roles(run, cfg, cluster_config)
     _check_max_model_len(run)
-    _note_unused(run)
+    _note_unused(run, cfg)
     return cfg
 
 
@@ -162,9 +162,15 @@ _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remo
                      "generation_config", "config_format", "worker_extension_cls", "hf_token"}
 
 
-def _note_unused(run: MeasuredRun) -> None:
+def _note_unused(run: MeasuredRun, cfg: ClusterConfig) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
               if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
+    if unused.get("kv_transfer_config") is not None and any(ref.config.pd_type for ref in cfg.instances()):
+        # The config's prefill and decode instances are the P/D deployment; its connector's own settings are not read.
+        unused.pop("kv_transfer_config")
+        run.notes.append("kv_transfer_config in meta.json engine_kwargs: the config's prefill and decode instances "
+                         "replay the KV hand-off (pdsim's transfer model and the config's links, docs/pd_realism.md); "
+                         "the connector's own settings are not read")
     # compilation_config: its CUDA-graph settings and mode are replayed (_recorded_cudagraphs), the rest named
     if rest := {k: v for k, v in run.compilation_config().items() if k not in _CUDAGRAPH_CONFIG and v is not None}:
         unused["compilation_config"] = rest
