@@ -1896,3 +1896,24 @@ def test_engine_arguments_in_meta_json_kv_cache_under_vllms_cache_config_names_a
     with pytest.raises(PdsimError, match=r"kv_cache.gpu_memory_utilization 0.5 and engine_kwargs."
                                          r"gpu_memory_utilization 0.2 disagree"):
         read_engine_jsonl(in_kwargs)
+
+
+@needs_shared
+def test_a_dense_dp_run_on_independent_instances_says_whose_balancing_it_replays(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    cfg = json.loads((RTX / "cluster_config.json").read_text())
+    node = cfg["nodes"][0]
+    node["instances"] = [dict(node["instances"][0]), dict(node["instances"][0])]
+    node["num_instances"] = 2
+    (tmp_path / "two.json").write_text(json.dumps(cfg))
+    run = read_measured(_rtx_run_with(tmp_path, data_parallel_size=2))
+    replay_config(tmp_path / "two.json", run, None)
+    assert any(n.startswith("NOTE: ") and "not vLLM's DP balancer (waiting x 4 + running per rank), which a dp_group "
+               "shared by the ranks replays" in n for n in run.notes)
+    for inst in node["instances"]:
+        inst["dp_group"] = "A"
+    (tmp_path / "group.json").write_text(json.dumps(cfg))
+    run = read_measured(_rtx_run_with(tmp_path / "g", data_parallel_size=2))
+    replay_config(tmp_path / "group.json", run, None)
+    assert not any("DP balancer" in n for n in run.notes)

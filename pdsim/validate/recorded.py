@@ -302,7 +302,9 @@ def _check_dp_size(instances: list[dict], run: MeasuredRun, cluster_config: Path
         raise PdsimError(f"{what}: give the measured engine's config (the instances of one DP group share a "
                          "dp_group)")
     # Dense DP ranks are independent engines; the group only changes how requests are spread.
-    run.notes.append(f"{what}: dense DP ranks run independently, so the replay goes on with the config's instances")
+    run.notes.append(f"NOTE: {what}: dense DP ranks run independently, so the replay goes on with the config's "
+                     "instances, but its router spreads the requests, not vLLM's DP balancer (waiting x 4 + running "
+                     "per rank), which a dp_group shared by the ranks replays")
 
 
 def _dp_groups(instances: list[dict]) -> dict[object, int]:
