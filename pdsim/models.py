@@ -325,6 +325,13 @@ def use_model_file(name: str, path: str | Path) -> str | None:
     except PdsimError as e:  # not used, so not in the way: said, and the bundled config runs
         return f"model {name!r}: the bundled config is used; {path} beside it cannot be compared with it ({e})"
     bundled = _load_model(name, _bundled_models_root())
+    if spec.checkpoint_quantization != bundled.checkpoint_quantization:  # another checkpoint: its weights' bytes differ
+        _COMPARED_MODEL_FILES.discard((name, path))  # refused each time it is read
+        raise PdsimError(f"{path}: its quantization_config makes the checkpoint's weights "
+                         f"{spec.checkpoint_quantization or 'unquantised'}, but pdsim's bundled {name!r} (the "
+                         f"instance's model_name) is {bundled.checkpoint_quantization or 'unquantised'}: the file is "
+                         "another checkpoint than the name; give model_name that checkpoint's own id (pdsim then "
+                         "takes the file)")
     differs = [f"{f.name} {getattr(spec, f.name)!r} there, {getattr(bundled, f.name)!r} bundled"
                for f in fields(ModelSpec) if getattr(spec, f.name) != getattr(bundled, f.name)]
     if not differs:

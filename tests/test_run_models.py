@@ -128,6 +128,14 @@ def test_a_bundled_model_is_never_replaced_by_a_runs_file_and_a_difference_is_sa
     (tmp_path / "same").mkdir()
     load_cluster_config(_run_dir(tmp_path / "same", "meta-llama/Llama-3.1-8B", LLAMA))  # the same: nothing to say
     assert capsys.readouterr().err == ""
+    # A file of another checkpoint format is another checkpoint than the name: refused, each time it is read.
+    (tmp_path / "fp8").mkdir()
+    path = _run_dir(tmp_path / "fp8", "meta-llama/Llama-3.1-8B", {**LLAMA, "quantization_config": COMPRESSED_FP8})
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"model_config.json: its quantization_config makes the checkpoint's "
+                                              r"weights fp8, but pdsim's bundled 'meta-llama/Llama-3.1-8B' .* is "
+                                              r"unquantised"):
+            load_cluster_config(path)
     # One that cannot be read is in nobody's way (the bundled config runs): said, not an error.
     (tmp_path / "broken").mkdir()
     load_cluster_config(_run_dir(tmp_path / "broken", "meta-llama/Llama-3.1-8B", {}))
