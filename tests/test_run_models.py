@@ -449,3 +449,18 @@ def test_a_profile_measured_on_a_mig_slice_says_so(tmp_path):
     result = simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
     notes = " ".join(result.instances[0].predictor.notes)
     assert "the profile was measured on a MIG slice, 'NVIDIA H100 80GB HBM3 MIG 3g.40gb'" in notes
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+def test_a_profile_whose_device_is_another_gpu_than_its_hardware_field_is_refused(tmp_path):
+    # meta.yaml says hardware RTXPRO6000, but torch's device name is an H100's: its times are the H100's.
+    from pdsim.engine.cluster import simulate
+    from pdsim.errors import PdsimError
+    from pdsim.workload.trace import TraceRequest
+
+    config = _case_recorded_on(tmp_path, "RTXPRO6000", "NVIDIA H100 80GB HBM3", "RTXPRO6000")
+    with pytest.raises(PdsimError, match=r"measured on 'NVIDIA H100 80GB HBM3' \(H100-SXM\), but .* names RTXPRO6000"):
+        simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
+    ok = _case_recorded_on(tmp_path / "ws", "RTXPRO6000", "NVIDIA RTX PRO 6000 Blackwell Workstation Edition",
+                           "RTXPRO6000")  # the same GPU under another edition's name
+    simulate(load_cluster_config(ok), [TraceRequest(0, 100, 4, 0)])

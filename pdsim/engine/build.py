@@ -15,6 +15,7 @@ from pdsim.engine.pipeline_build import pipeline_predictor, pp_link
 from pdsim.engine.result import InstanceInfo
 from pdsim.errors import ConfigError, PdsimError, ProfileError
 from pdsim.hardware import (
+    HARDWARE,
     HardwareSpec,
     board_family,
     canonical_hardware_name,
@@ -262,6 +263,12 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
         return ic, (f"the profile was measured on a MIG slice, {device!r} ({meta.path}): its step times are that "
                     f"slice's, slower than the whole {ic.hardware}'s; memory and links are the instance's"), False
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
+    named = canonical_hardware_name(device) if isinstance(device, str) else None
+    if board is None and named in HARDWARE and (board_family(named) or named) != (board_family(ic.hardware)
+                                                                                   or ic.hardware):
+        raise ProfileError(f"{meta.path}: measured on {device!r} ({named}), but {where} names {ic.hardware}: its step "
+                           "times are the other GPU's (whatever the profile's hardware field says); give a profile "
+                           "measured on this GPU, or the instance that hardware")
     if board is not None and board == ic.hardware and board != canonical_hardware_name(ic.hardware_given):
         # The config's memory chose this board (_board_by_memory), and the device agrees.
         return ic, (f"hardware {ic.hardware_given} taken as {board}, not {canonical_hardware_name(ic.hardware_given)}: "
