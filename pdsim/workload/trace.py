@@ -158,12 +158,22 @@ def check_requests(trace: Iterable[TraceRequest]) -> list[TraceRequest]:
         rid, inp, out, arr = r.request_id, r.input_toks, r.output_toks, r.arrival_time_ns
         if (type(rid) is int and type(inp) is int and type(out) is int and type(arr) is int  # the readers' kind
                 and 1 <= inp <= MAX_TOKENS and 1 <= out <= MAX_TOKENS and 0 <= arr <= MAX_ARRIVAL_NS
-                and rid not in seen and type(r.hash_ids) is tuple and not r.hash_ids):
+                and rid not in seen and _plain_prefix_ids(r)):
             seen.add(rid)
             continue
         _refuse_request(i, r, seen)  # numpy's integers and prefix ids are checked there; bool and 10.0 refused
         seen.add(rid)
     return trace
+
+
+def _plain_prefix_ids(r: TraceRequest) -> bool:
+    """Whether r's prefix ids are of the readers' kind: none, or a tuple of ints from 0 to MAX_HASH_ID within
+    its prompt's blocks of a whole hash_block_tokens (r's input_toks an int already)."""
+    ids, block = r.hash_ids, r.hash_block_tokens
+    if type(ids) is not tuple:
+        return False
+    return not ids or (type(block) is int and block >= 1 and len(ids) <= hash_blocks(r.input_toks, block)
+                       and set(map(type, ids)) == {int} and 0 <= min(ids) and max(ids) <= MAX_HASH_ID)
 
 
 def _refuse_request(i: int, r: TraceRequest, seen: set[int]) -> None:
