@@ -34,6 +34,7 @@ QUANTIZATIONS = ("fp8", "fp8_block")
 FP8_WEIGHT_BYTES = 1
 SCALE_BYTES = 4  # fp32 weight scales, as vLLM allocates them
 FP8_BLOCK = 128
+VOCAB_PADDING = 64  # vLLM's DEFAULT_VOCAB_PADDING_SIZE
 
 # model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
@@ -190,7 +191,9 @@ class ModelSpec:
         return math.ceil(self.intermediate_size / tp)
 
     def vocab_per_shard(self, tp: int = 1) -> int:
-        return math.ceil(self.vocab_size / tp)
+        """Rows of the embedding and LM head one GPU holds: vLLM pads the vocabulary to a multiple of 64, then
+        splits it (vocab_parallel_embedding.py, DEFAULT_VOCAB_PADDING_SIZE)."""
+        return math.ceil(-(-self.vocab_size // VOCAB_PADDING) * VOCAB_PADDING / tp)
 
     # ---- sizes ----
 

@@ -287,3 +287,9 @@ def test_a_request_is_served_up_to_the_scaled_length_and_refused_past_it(tmp_pat
     df = requests_frame(run(cluster(instance(None, model_name="acme/yarn-test")), [(3000, 10, 0), (4000, 200, 0)]))
     assert list(df.status) == ["finished", "rejected"]
     assert df.reason[1] == "input+output = 4200 tokens exceeds the model's max length (4096)"
+
+
+def test_the_vocabulary_is_padded_to_64_before_tp_splits_it(tmp_path):
+    spec = load_model("org/m", _write(tmp_path, dict(_tiny(), vocab_size=1000)))
+    assert spec.vocab_per_shard(1) == 1024 and spec.vocab_per_shard(2) == 512  # vLLM pads 1000 to 1024
+    assert load_model("meta-llama/Llama-3.1-8B").vocab_per_shard(8) == 128256 // 8  # already a multiple of 64
