@@ -264,8 +264,10 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
                     f"slice's, slower than the whole {ic.hardware}'s; memory and links are the instance's"), False
     board = device_board(device, ic.hardware) if isinstance(device, str) else None
     named = canonical_hardware_name(device) if isinstance(device, str) else None
-    if board is None and named in HARDWARE and (board_family(named) or named) != (board_family(ic.hardware)
-                                                                                   or ic.hardware):
+    if (board is None and named in HARDWARE and (board_family(named) or named) != (board_family(ic.hardware)
+                                                                                    or ic.hardware)
+            and get_hardware(ic.hardware) is not None  # a GPU pdsim does not know may be that one: said below
+            and _profile_hardware_mismatch(meta.hardware, ic.hardware) != "error"):  # else that error says it
         raise ProfileError(f"{meta.path}: measured on {device!r} ({named}), but {where} names {ic.hardware}: its step "
                            "times are the other GPU's (whatever the profile's hardware field says); give a profile "
                            "measured on this GPU, or the instance that hardware")
