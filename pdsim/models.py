@@ -310,11 +310,12 @@ _RUN_MODEL_FILES: dict[str, Path] = {}
 _COMPARED_MODEL_FILES: set[tuple[str, Path]] = set()  # files of bundled names, compared with the bundled config
 
 
-def use_model_file(name: str, path: str | Path) -> str | None:
+def use_model_file(name: str, path: str | Path, quantizations: frozenset[str | None] = frozenset()) -> str | None:
     """Take `path` (a Hugging Face config.json) as model `name` when pdsim bundles no config of that name.
     Returns what to tell the user: that it was taken, or, for a bundled name, where the file differs
     from the bundled config (which is kept); None when there is nothing to say. The file is read and
-    checked at once (errors name it)."""
+    checked at once (errors name it). A file of another weight format than the bundled model's is another
+    checkpoint: refused, unless the instances (`quantizations`, as they give it) ask for the file's own."""
     path = Path(path).resolve()
     if _RUN_MODEL_FILES.get(name) == path or (name, path) in _COMPARED_MODEL_FILES:
         return None  # taken, or compared with the bundled config, already: said once
@@ -322,25 +323,34 @@ def use_model_file(name: str, path: str | Path) -> str | None:
         _load_model_file(name, path)
         _RUN_MODEL_FILES[name] = path
         return f"model {name!r} from {path} (pdsim bundles no config of that name)"
-    _COMPARED_MODEL_FILES.add((name, path))
     try:
         spec = _load_model_file(name, path)
     except PdsimError as e:  # not used, so not in the way: said, and the bundled config runs
+        if "quantization_config" in read_json_object(path):  # its weights are not the bundled model's
+            raise PdsimError(f"{e}; its quantization_config makes it another checkpoint than pdsim's bundled "
+                             f"{name!r} (the instance's model_name)") from None
+        _COMPARED_MODEL_FILES.add((name, path))
         return f"model {name!r}: the bundled config is used; {path} beside it cannot be compared with it ({e})"
     bundled = _load_model(name, _bundled_models_root())
-    if spec.checkpoint_quantization != bundled.checkpoint_quantization:  # another checkpoint: its weights' bytes differ
-        _COMPARED_MODEL_FILES.discard((name, path))  # refused each time it is read
-        raise PdsimError(f"{path}: its quantization_config makes the checkpoint's weights "
-                         f"{spec.checkpoint_quantization or 'unquantised'}, but pdsim's bundled {name!r} (the "
-                         f"instance's model_name) is {bundled.checkpoint_quantization or 'unquantised'}: the file is "
+    own = spec.checkpoint_quantization
+    if ((own, spec.checkpoint_format) != (bundled.checkpoint_quantization, bundled.checkpoint_format)
+            and not (own is not None and quantizations == {own})):  # the instances ask for the file's own
+        raise PdsimError(f"{path}: its quantization_config makes the checkpoint's weights {_weights(spec)}, but "
+                         f"pdsim's bundled {name!r} (the instance's model_name) is {_weights(bundled)}: the file is "
                          "another checkpoint than the name; give model_name that checkpoint's own id (pdsim then "
-                         "takes the file)")
+                         "takes the file)" + (f", or the instance quantization {own!r}" if own else ""))
+    _COMPARED_MODEL_FILES.add((name, path))
     differs = [f"{f.name} {getattr(spec, f.name)!r} there, {getattr(bundled, f.name)!r} bundled"
                for f in fields(ModelSpec) if getattr(spec, f.name) != getattr(bundled, f.name)]
     if not differs:
         return None
     return (f"model {name!r}: {path} differs from pdsim's bundled config of that name ({'; '.join(differs)}); "
             "the bundled one is used (give the instance a model_name pdsim does not bundle to use the file)")
+
+
+def _weights(model: ModelSpec) -> str:
+    """A checkpoint's weight format, as a message names it."""
+    return model.checkpoint_quantization or model.checkpoint_format or "unquantised"
 
 
 def load_model(name: str, models_dir: Path | None = None) -> ModelSpec:
@@ -436,27 +446,26 @@ VLLM_UNKNOWN_MAX_LEN = 2048  # vLLM's assumption where the config gives no lengt
 
 
 def vllm_max_model_len(raw: dict) -> int:
-    """The max_model_len vLLM 0.19 (and 0.12) gives a model by default (config/model.py, _get_and_verify_max_len):
-    the config's length, scaled by its RoPE factor where the scaling stretches the trained positions (YaRN from
+    """The longest request vLLM 0.19 (and 0.12) serves a model (config/model.py, _get_and_verify_max_len): the
+    config's length, scaled by its RoPE factor where the scaling stretches the trained positions (YaRN from
     original_max_position_embeddings; linear, dynamic; not llama3's or longrope's, whose length is already the
-    scaled one), and for longrope original_max_position_embeddings (vLLM keeps short sequences on the short
-    factors unless --max-model-len asks for more)."""
+    scaled one). vLLM's default max_model_len, and the most --max-model-len may ask, but for longrope: vLLM starts
+    those at original_max_position_embeddings unless --max-model-len asks for more, which pdsim, with no such
+    setting, takes as asked."""
     lengths = [length for key in _LENGTH_KEYS if (length := _positive(raw.get(key)))]
     derived = _positive(raw.get("model_max_length")) or (min(lengths) if lengths else VLLM_UNKNOWN_MAX_LEN)
     params = raw.get("rope_scaling") or raw.get("rope_parameters")
     if not isinstance(params, dict):
         return int(derived)
     nested = params and all(isinstance(value, dict) for value in params.values())  # per layer type (transformers 5)
-    layers = list(params.values()) if nested else [params]
-    kinds = [str(p.get("rope_type") or p.get("type") or "default") for p in layers]
-    if "longrope" in kinds:
-        return int(_positive(raw.get("original_max_position_embeddings")) or derived)
     factor = 1.0
-    for p, kind in zip(layers, kinds, strict=True):
-        if kind in ("su", "llama3"):
+    for p in list(params.values()) if nested else [params]:
+        kind = str(p.get("rope_type") or p.get("type") or "default")
+        if kind in ("su", "longrope", "llama3"):
             continue
         factor = _positive(p.get("factor")) or (1.0 if "factor" in p else factor)  # a null factor: vLLM takes 1
-        original = _positive(p.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings"))
+        # transformers 4 copies a top-level original_max_position_embeddings into the rope parameters
+        original = _positive(raw.get("original_max_position_embeddings") or p.get("original_max_position_embeddings"))
         if kind == "yarn" and original:
             derived = original
     return int(derived * factor)

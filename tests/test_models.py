@@ -261,7 +261,9 @@ def test_rotary_cache_as_vllm_builds_it(raw, elements):
     ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, 8192),
     ({"rope_scaling": {"type": "yarn", "factor": None, "original_max_position_embeddings": 1024}}, 1024),
     ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]},
-      "original_max_position_embeddings": 1024}, 1024),  # Phi-3: the short factors' length by default
+      "original_max_position_embeddings": 1024}, 4096),  # Phi-3: the most --max-model-len may ask (not scaled)
+    ({"original_max_position_embeddings": 1024,  # transformers 4 copies the top-level one over the nested one
+      "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}}, 4096),
     ({"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0},
                           "sliding_attention": {"rope_type": "default"}}}, 8192),  # per layer type
     ({"rope_scaling": "yarn"}, 4096),  # not an object: the plain rule
@@ -287,6 +289,10 @@ def test_a_request_is_served_up_to_the_scaled_length_and_refused_past_it(tmp_pat
     df = requests_frame(run(cluster(instance(None, model_name="acme/yarn-test")), [(3000, 10, 0), (4000, 200, 0)]))
     assert list(df.status) == ["finished", "rejected"]
     assert df.reason[1] == "input+output = 4200 tokens exceeds the model's max length (4096)"
+    # A measured engine started with a longer --max-model-len (validate reads it from meta.json) serves it.
+    df = requests_frame(run(cluster(instance(None, model_name="acme/yarn-test")), [(4000, 200, 0)],
+                            recorded_max_model_len=8192))
+    assert list(df.status) == ["finished"]
 
 
 def test_the_vocabulary_is_padded_to_64_before_tp_splits_it(tmp_path):

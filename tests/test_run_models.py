@@ -136,6 +136,24 @@ def test_a_bundled_model_is_never_replaced_by_a_runs_file_and_a_difference_is_sa
                                               r"weights fp8, but pdsim's bundled 'meta-llama/Llama-3.1-8B' .* is "
                                               r"unquantised"):
             load_cluster_config(path)
+    # Unless the instance asks for the file's own weights: the bundled shape at that precision is that checkpoint.
+    (tmp_path / "asked").mkdir()
+    cfg = load_cluster_config(_run_dir(tmp_path / "asked", "meta-llama/Llama-3.1-8B",
+                                       {**LLAMA, "quantization_config": COMPRESSED_FP8}, quantization="fp8"))
+    assert cfg.nodes[0].instances[0].quantization == "fp8"
+    assert "differs from pdsim's bundled config" in capsys.readouterr().err
+    # A weight format pdsim does not read is another checkpoint too, not a file to pass over.
+    (tmp_path / "awq").mkdir()
+    with pytest.raises(ConfigError, match=r"its quantization_config makes it another checkpoint than pdsim's bundled "
+                                          r"'meta-llama/Llama-3.1-8B'"):
+        load_cluster_config(_run_dir(tmp_path / "awq", "meta-llama/Llama-3.1-8B",
+                                     {**LLAMA, "quantization_config": {"quant_method": "awq", "bits": 4}}))
+    # And an unquantised copy of a checkpoint bundled quantised (gpt-oss's MXFP4 experts).
+    (tmp_path / "oss").mkdir()
+    oss = json.loads((MODELS_DIR / "openai" / "gpt-oss-20b.json").read_text())
+    oss.pop("quantization_config")
+    with pytest.raises(ConfigError, match=r"weights unquantised, but pdsim's bundled 'openai/gpt-oss-20b' .* is mxfp4"):
+        load_cluster_config(_run_dir(tmp_path / "oss", "openai/gpt-oss-20b", oss))
     # One that cannot be read is in nobody's way (the bundled config runs): said, not an error.
     (tmp_path / "broken").mkdir()
     load_cluster_config(_run_dir(tmp_path / "broken", "meta-llama/Llama-3.1-8B", {}))

@@ -174,8 +174,11 @@ def use_run_model_config(path: Path, raw: dict) -> None:
     if len(names) != 1 or not beside.is_file() or None in names:
         return
     name = next(iter(names))
+    # The weight formats the instances ask for (LLMServingSim's dtype "fp8" is fp8 weights).
+    asked = frozenset(inst.get("quantization") or ("fp8" if inst.get("dtype") == "fp8" else None)
+                      for inst in raw_instances(raw))
     try:
-        if (note := use_model_file(name, beside)) is not None:
+        if (note := use_model_file(name, beside, asked)) is not None:
             print(f"note: {path}: {note}", file=sys.stderr)
     except PdsimError as e:
         raise ConfigError(f"{path}: model {name!r}: {e}") from None

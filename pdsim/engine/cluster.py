@@ -74,7 +74,10 @@ class Cluster:
             inst.on_reserved = self.handoff.on_reserved
             inst.on_prefill_step = self.handoff.on_prefill_step
         self.monitor = Monitor(env, self.instances, self.network, self.links, opts.sample_interval_s)
-        self.max_model_len = {name: m.max_model_len for name, m in self.models.items()}
+        # The measured engine's own where validate read one above the model's (its --max-model-len); a shorter one
+        # leaves the run's longer requests to be replayed as measured (validate says so).
+        self.max_model_len = {name: max(m.max_model_len, opts.recorded_max_model_len or 0)
+                              for name, m in self.models.items()}
         self.num_done = 0
         self.on_done: Callable[[Request], None] = lambda req: None
 
