@@ -1535,6 +1535,11 @@ def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
     assert any(n.startswith("kv_transfer_config in meta.json engine_kwargs: the config's prefill and decode instances "
                             "replay the KV hand-off") for n in run.notes)
     assert not any("kv_transfer_config" in n for n in run.notes if "not modelled" in n or "record no" in n)
+    # A connector that offloads the KV cache to CPU memory is no P/D hand-off: named as not modelled.
+    offload = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both"}
+    run = read_measured(_rtx_run_with(tmp_path / "offload", kv_transfer_config=offload))
+    replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
+    assert any("not modelled" in n and "kv_transfer_config" in n for n in run.notes)
 
 
 @needs_shared
@@ -1875,7 +1880,6 @@ def test_engine_arguments_in_meta_json_kv_cache_under_vllms_cache_config_names_a
     in_cache.with_name("meta.json").write_text(json.dumps({**meta, "kv_cache": cache}))
     run = read_engine_jsonl(in_cache)
     assert run.engine_kwargs["kv_cache_dtype"] == "fp8" and run.engine_kwargs["gpu_memory_utilization"] == 0.2
-    assert "kv_cache_dtype fp8 from meta.json kv_cache.cache_dtype (vLLM's cache config)" in run.notes
     assert not any("kv_cache fields not read" in note for note in run.notes)
     # The replay sizes the KV cache as it does from the same figures in engine_kwargs.
     in_kwargs = _rtx_run_with(tmp_path / "kwargs", kv_cache_dtype="fp8", gpu_memory_utilization=0.2)
@@ -1888,6 +1892,12 @@ def test_engine_arguments_in_meta_json_kv_cache_under_vllms_cache_config_names_a
                             "--output", str(requests.parent / "v.csv"))
         assert res.exit_code == 0, res.output
         predicted.append(re.search(r"KV capacity .*?: predicted ([\d,]+)", res.output).group(1))
+        if requests == in_cache:  # each said once, with where it was recorded
+            for said in ("kv_cache_dtype fp8 from meta.json kv_cache.cache_dtype",
+                         "gpu_memory_utilization 0.2 from meta.json kv_cache.gpu_memory_utilization"):
+                assert res.output.count(said) == 1, res.output
+            assert "fp8 from meta.json engine_kwargs" not in res.output
+            assert "0.2 from meta.json engine_kwargs" not in res.output
     assert predicted[0] == predicted[1]
     # Two records of one engine that disagree are refused, naming both.
     meta = json.loads(in_kwargs.with_name("meta.json").read_text())
@@ -1895,6 +1905,12 @@ def test_engine_arguments_in_meta_json_kv_cache_under_vllms_cache_config_names_a
     in_kwargs.with_name("meta.json").write_text(json.dumps(meta))
     with pytest.raises(PdsimError, match=r"kv_cache.gpu_memory_utilization 0.5 and engine_kwargs."
                                          r"gpu_memory_utilization 0.2 disagree"):
+        read_engine_jsonl(in_kwargs)
+    # A value of the wrong kind is named where it was written.
+    meta["kv_cache"] = {"num_gpu_blocks": 3589, "cache_dtype": 5}
+    in_kwargs.with_name("meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PdsimError, match=r"meta.json: kv_cache.cache_dtype: expected a string \(vLLM's cache dtype\), "
+                                         r"got 5"):
         read_engine_jsonl(in_kwargs)
 
 
@@ -1917,3 +1933,10 @@ def test_a_dense_dp_run_on_independent_instances_says_whose_balancing_it_replays
     run = read_measured(_rtx_run_with(tmp_path / "g", data_parallel_size=2))
     replay_config(tmp_path / "group.json", run, None)
     assert not any("DP balancer" in n for n in run.notes)
+    # Two groups of two for a run of four ranks: balanced within each group, which is said.
+    node["instances"] = [dict(inst, dp_group=g) for g in "AABB" for inst in node["instances"][:1]]
+    node["num_instances"] = 4
+    (tmp_path / "groups.json").write_text(json.dumps(cfg))
+    run = read_measured(_rtx_run_with(tmp_path / "g4", data_parallel_size=4))
+    replay_config(tmp_path / "groups.json", run, None)
+    assert any("balanced within each of its groups, not over all the ranks" in n for n in run.notes)

@@ -39,10 +39,10 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     meta_path = p.with_name("meta.json")
     # A meta.json that is there but no file (a folder) is read, and refused, rather than taken as absent.
     meta = read_json_object(meta_path) if meta_path.exists() else {}
-    meta, taken = with_cache_config(meta_path, meta)
+    meta, sources = with_cache_config(meta_path, meta)
     check_engine_meta(meta_path, meta)
     _check_run_span(p, meta, stamps, line_nos)
-    notes = [f"arrival times from the {clock} clock", *meta_notes(meta), *taken]
+    notes = [f"arrival times from the {clock} clock", *meta_notes(meta)]
     if (said := _request_count_note(p, meta, len(rows))) is not None:
         notes.append(said)
     if (said := _repeated_id_note(p, rows, line_nos, stamps)) is not None:
@@ -51,7 +51,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     seen = _replayed(p, df, stamps, arrival, clock, notes)
     out = _latencies(p, df[seen], arrival[seen], {k: s[seen] for k, s in stamps.items()}, notes)
     first_wall = arrival_time[seen].loc[arrival[seen].idxmin()]
-    return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, latency_origin="pickup",
+    return MeasuredRun(str(p), out, notes=notes, engine_meta=meta, kwargs_sources=sources, latency_origin="pickup",
                        first_arrival_wall_s=float(first_wall) if np.isfinite(first_wall) else None)
 
 

@@ -117,26 +117,29 @@ def meta_notes(meta: dict) -> list[str]:
     return notes
 
 
-def with_cache_config(meta_path: Path, meta: dict) -> tuple[dict, list[str]]:
+def with_cache_config(meta_path: Path, meta: dict) -> tuple[dict, dict[str, str]]:
     """meta.json with kv_cache's engine arguments (vLLM's CacheConfig names: cache_dtype, gpu_memory_utilization)
-    taken into engine_kwargs where those leave them out, and what was taken. One that disagrees with
-    engine_kwargs is an error, except kv_cache_dtype "auto" there, which the engine resolves (to the
-    checkpoint's, the kv_cache record). A meta.json without engine_kwargs keeps them as fields not read (the
-    replay takes the config's settings then)."""
+    taken into engine_kwargs where those leave them out, and where each taken one was recorded (for the notes).
+    One that disagrees with engine_kwargs is an error, except kv_cache_dtype "auto" there, which the engine
+    resolves (to the checkpoint's, the kv_cache record). A meta.json without engine_kwargs keeps them as fields
+    not read (the replay takes the config's settings then)."""
     kv, kwargs = meta.get("kv_cache"), meta.get("engine_kwargs")
     if not isinstance(kv, dict) or not isinstance(kwargs, dict):
-        return meta, []
-    taken, notes = {}, []
+        return meta, {}
+    taken, sources = {}, {}
     for field, arg in KV_CACHE_ARGS.items():
         value, given = kv.get(field), kwargs.get(arg)
         if value is None or value == given:
             continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (isinstance(value, str) if arg == "kv_cache_dtype" else number and 0 < value <= 1):
+            expected = "a string (vLLM's cache dtype)" if arg == "kv_cache_dtype" else "a number in (0, 1]"
+            raise PdsimError(f"{meta_path}: kv_cache.{field}: expected {expected}, got {json_shown(value, 40)}")
         if given is not None and not (arg == "kv_cache_dtype" and given == "auto"):
             raise PdsimError(f"{meta_path}: kv_cache.{field} {value!r} and engine_kwargs.{arg} {given!r} disagree: "
                              "one engine ran with one of them")
-        taken[arg] = value
-        notes.append(f"{arg} {value} from meta.json kv_cache.{field} (vLLM's cache config)")
-    return ({**meta, "engine_kwargs": {**kwargs, **taken}}, notes) if taken else (meta, [])
+        taken[arg], sources[arg] = value, f"kv_cache.{field}"
+    return ({**meta, "engine_kwargs": {**kwargs, **taken}}, sources) if taken else (meta, {})
 
 
 def check_engine_meta(meta_path: Path, meta: dict) -> None:

@@ -38,6 +38,9 @@ class MeasuredRun:
     notes: list[str] = field(default_factory=list)
     # What the engine beside the run says about itself (meta.json: vllm_version, engine_kwargs).
     engine_meta: dict = field(default_factory=dict)
+    # Engine arguments meta.json records outside engine_kwargs, and where (engine_meta.with_cache_config): the
+    # replay reads them with the others, and its notes name where they came from.
+    kwargs_sources: dict[str, str] = field(default_factory=dict)
     # The instance keys the replay took from meta.json (recorded.replay_config), for errors they cause.
     applied_from_meta: dict = field(default_factory=dict)
     # Where TTFT and E2E start: "arrival" (the client sent it) or "pickup" (the engine first took it
@@ -57,6 +60,10 @@ class MeasuredRun:
     def engine_kwargs(self) -> dict:
         """The engine arguments meta.json records (empty when it records none)."""
         return self.engine_meta.get("engine_kwargs") or {}
+
+    def recorded_in(self, key: str) -> str:
+        """Where meta.json records engine argument `key`: engine_kwargs, or the field it was taken from."""
+        return self.kwargs_sources.get(key, "engine_kwargs")
 
     @property
     def records_engine_kwargs(self) -> bool:

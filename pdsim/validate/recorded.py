@@ -165,7 +165,9 @@ _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remo
 def _note_unused(run: MeasuredRun, cfg: ClusterConfig) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
               if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
-    if unused.get("kv_transfer_config") is not None and any(ref.config.pd_type for ref in cfg.instances()):
+    connector = unused.get("kv_transfer_config")
+    offloads = "offload" in str(connector.get("kv_connector", "") if isinstance(connector, dict) else connector).lower()
+    if connector is not None and not offloads and any(ref.config.pd_type for ref in cfg.instances()):
         # The config's prefill and decode instances are the P/D deployment; its connector's own settings are not read.
         unused.pop("kv_transfer_config")
         run.notes.append("kv_transfer_config in meta.json engine_kwargs: the config's prefill and decode instances "
@@ -302,9 +304,12 @@ def _check_dp_size(instances: list[dict], run: MeasuredRun, cluster_config: Path
         raise PdsimError(f"{what}: give the measured engine's config (the instances of one DP group share a "
                          "dp_group)")
     # Dense DP ranks are independent engines; the group only changes how requests are spread.
+    grouped = any(inst.get("dp_group") is not None for inst in instances)
+    spread = ("the requests are balanced within each of its groups, not over all the ranks by vLLM's one DP "
+              "balancer" if grouped else "its router spreads the requests, not vLLM's DP balancer (waiting x 4 + "
+              "running per rank), which a dp_group shared by the ranks replays")
     run.notes.append(f"NOTE: {what}: dense DP ranks run independently, so the replay goes on with the config's "
-                     "instances, but its router spreads the requests, not vLLM's DP balancer (waiting x 4 + running "
-                     "per rank), which a dp_group shared by the ranks replays")
+                     f"instances, but {spread}")
 
 
 def _dp_groups(instances: list[dict]) -> dict[object, int]:
@@ -395,14 +400,15 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
-        raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
+        raise PdsimError(f"{meta}: {run.recorded_in('gpu_memory_utilization')}: expected a number in (0, 1], got "
+                         f"{util!r}")
     # A run that records its engine's arguments but not this one ran vLLM's default: the config's mem_util is
     # judged against that as against a recorded figure (a copy of it is no calibration either).
     defaulted = util is None and run.records_engine_kwargs
     if defaulted:
         util = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
     recorded = ("(vLLM's default; meta.json engine_kwargs record none)" if defaulted else
-                "from meta.json engine_kwargs")
+                f"from meta.json {run.recorded_in('gpu_memory_utilization')}")
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util and min(mem_util) >= util:
@@ -419,7 +425,9 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
                              "sizes the KV cache, as in the engine")
         elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             ran = (f"the engine ran vLLM's default gpu_memory_utilization {util:g} (meta.json engine_kwargs record "
-                   "none)" if defaulted else f"meta.json engine_kwargs record gpu_memory_utilization {util:g}")
+                   "none)" if defaulted else f"meta.json {run.recorded_in('gpu_memory_utilization')} record"
+                   f"{'' if run.recorded_in('gpu_memory_utilization') == 'engine_kwargs' else 's'} "
+                   f"gpu_memory_utilization {util:g}")
             run.notes.append(f"NOTE: {ran}, but the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
                              "(LLMServingSim's rule, as LLMServingSim sizes it; the KV capacity line gives vLLM's "
@@ -708,7 +716,8 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
             run.notes.append(_default_ran_note(key, value, ", ".join(sorted(stated))))
             continue
         was = f", the config says {', '.join(sorted(stated))}" if stated and stated != {value} else ""
-        run.notes.append(said[key] + was if key in said else f"{key} {value} from meta.json engine_kwargs{was}")
+        where = run.recorded_in(key)
+        run.notes.append(said[key] + was if key in said else f"{key} {value} from meta.json {where}{was}")
     if "quantization" in out and "dtype" not in out and any(inst.get("dtype") == "fp8" for inst in instances):
         out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
     return out
