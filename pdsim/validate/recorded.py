@@ -400,8 +400,8 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
-        raise PdsimError(f"{meta}: {run.recorded_in('gpu_memory_utilization')}: expected a number in (0, 1], got "
-                         f"{util!r}")
+        where = run.kwargs_sources.get("gpu_memory_utilization", "engine_kwargs.gpu_memory_utilization")
+        raise PdsimError(f"{meta}: {where}: expected a number in (0, 1], got {util!r}")
     # A run that records its engine's arguments but not this one ran vLLM's default: the config's mem_util is
     # judged against that as against a recorded figure (a copy of it is no calibration either).
     defaulted = util is None and run.records_engine_kwargs
