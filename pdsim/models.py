@@ -85,7 +85,8 @@ class ModelSpec:
     checkpoint_format: str | None = None
     # vLLM's rotary cos/sin cache (rope_cache_elements): a buffer loaded with the weights, positions x rotary dims.
     rope_cache_elements: int = 0
-    # The longest request vLLM serves by default (vllm_max_model_len); 0: max_position_embeddings.
+    # The longest request vLLM serves (vllm_max_model_len: its default, and the most --max-model-len may ask);
+    # 0: max_position_embeddings.
     max_model_len: int = 0
     # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
     # and the final one (PhiMoE's LayerNorm), on lm_head (PhiMoE).
@@ -326,7 +327,7 @@ def use_model_file(name: str, path: str | Path, quantizations: frozenset[str | N
     try:
         spec = _load_model_file(name, path)
     except PdsimError as e:  # not used, so not in the way: said, and the bundled config runs
-        if "quantization_config" in read_json_object(path):  # its weights are not the bundled model's
+        if _has_quantization_config(path):  # but its weights are not the bundled model's
             raise PdsimError(f"{e}; its quantization_config makes it another checkpoint than pdsim's bundled "
                              f"{name!r} (the instance's model_name)") from None
         _COMPARED_MODEL_FILES.add((name, path))
@@ -346,6 +347,13 @@ def use_model_file(name: str, path: str | Path, quantizations: frozenset[str | N
         return None
     return (f"model {name!r}: {path} differs from pdsim's bundled config of that name ({'; '.join(differs)}); "
             "the bundled one is used (give the instance a model_name pdsim does not bundle to use the file)")
+
+
+def _has_quantization_config(path: Path) -> bool:
+    try:
+        return "quantization_config" in read_json_object(path)
+    except PdsimError:  # not JSON: nothing says what it holds
+        return False
 
 
 def _weights(model: ModelSpec) -> str:

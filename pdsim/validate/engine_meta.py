@@ -77,7 +77,8 @@ def optimization_level(value: object) -> int | None:
 
 
 # meta.json's fields beside LLMServingSim's vLLM runs (schema_version 1): the engine's arguments are read from
-# engine_kwargs alone, so one written beside them is named, not taken, and not dropped unsaid.
+# engine_kwargs (and kv_cache's, under vLLM's cache config names), so one written elsewhere is named, not taken,
+# and not dropped unsaid.
 # kv_cache fields under vLLM's CacheConfig names that are engine arguments (a harness writing the engine's cache
 # config there): read as those arguments (with_cache_config).
 KV_CACHE_ARGS = {"cache_dtype": "kv_cache_dtype", "gpu_memory_utilization": "gpu_memory_utilization"}
