@@ -56,7 +56,7 @@ def dtype_bytes(dtype: str) -> int:
 
 
 _NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "checkpoint_format",
-              "max_position_embeddings", "max_model_len", "rope_cache_elements")
+              "max_position_embeddings", "max_model_len", "default_max_model_len", "rope_cache_elements")
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ class ModelSpec:
     checkpoint_format: str | None = None
     # vLLM's rotary cos/sin cache (rope_cache_elements): a buffer loaded with the weights, positions x rotary dims.
     rope_cache_elements: int = 0
-    # The longest request vLLM serves (vllm_max_model_len: its default, and the most --max-model-len may ask);
-    # 0: max_position_embeddings.
+    # The longest request vLLM serves (vllm_max_model_len: the most --max-model-len may ask); 0:
+    # max_position_embeddings. And vLLM's max_model_len when none is asked (shorter for longrope); 0: the same.
     max_model_len: int = 0
+    default_max_model_len: int = 0
     # Bias vectors (held in `dtype`, also under fp8): on q/k/v, on o_proj, on both norms of each layer
     # and the final one (PhiMoE's LayerNorm), on lm_head (PhiMoE).
     qkv_bias: bool = False
@@ -101,6 +102,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not self.max_model_len:
             object.__setattr__(self, "max_model_len", self.max_position_embeddings)
+        if not self.default_max_model_len:
+            object.__setattr__(self, "default_max_model_len", self.max_model_len)
 
     @property
     def shape(self) -> tuple:
@@ -479,6 +482,19 @@ def vllm_max_model_len(raw: dict) -> int:
     return int(derived * factor)
 
 
+def vllm_default_max_model_len(raw: dict) -> int:
+    """vLLM's max_model_len when none is asked: vllm_max_model_len, but for longrope (Phi-3) its
+    original_max_position_embeddings, which keeps short sequences on the short factors (config/model.py)."""
+    params = raw.get("rope_scaling") or raw.get("rope_parameters")
+    layers = (list(params.values()) if params and all(isinstance(v, dict) for v in params.values()) else [params]) \
+        if isinstance(params, dict) else []
+    for p in layers:
+        original = _positive(raw.get("original_max_position_embeddings") or p.get("original_max_position_embeddings"))
+        if str(p.get("rope_type") or p.get("type")) == "longrope" and original:  # PhiMoE's sits in rope_scaling
+            return int(original)
+    return vllm_max_model_len(raw)
+
+
 def checkpoint_kv_cache_dtype(raw: dict) -> str | None:
     """"fp8" where vLLM 0.19 runs kv_cache_dtype "auto" as fp8 for this checkpoint, else None (the model's dtype).
     vLLM resolves "auto" from a ModelOpt checkpoint's `kv_cache_scheme` or `kv_cache_quant_algo` only
@@ -574,6 +590,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         checkpoint_format=_quant_method(raw),
         rope_cache_elements=rope_cache_elements(raw, head_dim),
         max_model_len=vllm_max_model_len(raw),
+        default_max_model_len=vllm_default_max_model_len(raw),
         qkv_bias=model_type in ("qwen2", "qwen2_moe") or (model_type in ATTENTION_BIAS_TYPES
                                                           and raw.get("attention_bias") is True),
         o_bias=model_type in ATTENTION_BIAS_TYPES and raw.get("attention_bias") is True,

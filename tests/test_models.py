@@ -274,6 +274,20 @@ def test_max_model_len_as_vllm_derives_it(raw, max_len):
     assert vllm_max_model_len({"max_position_embeddings": 4096, **raw}) == max_len
 
 
+def test_a_longrope_model_starts_at_its_original_length_unless_asked_for_more():
+    from pdsim.models import vllm_default_max_model_len, vllm_max_model_len
+
+    phi = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+           "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}}
+    assert vllm_default_max_model_len(phi) == 4096 and vllm_max_model_len(phi) == 131072
+    phimoe = {"max_position_embeddings": 131072, "rope_scaling": {
+        "rope_type": "longrope", "short_factor": [1.0], "long_factor": [2.0], "original_max_position_embeddings": 4096}}
+    assert vllm_default_max_model_len(phimoe) == 4096
+    yarn = {"max_position_embeddings": 2048, "rope_scaling": {"type": "yarn", "factor": 2.0,
+                                                              "original_max_position_embeddings": 2048}}
+    assert vllm_default_max_model_len(yarn) == vllm_max_model_len(yarn) == 4096
+
+
 def test_a_request_is_served_up_to_the_scaled_length_and_refused_past_it(tmp_path, monkeypatch):
     from pdsim import models
     from pdsim.metrics.summary import requests_frame

@@ -94,7 +94,7 @@ def _unchunked_budget(data: Any) -> Any:
             or "max_num_batched_tokens" in data or not isinstance(data.get("model_name"), str)):
         return data
     try:
-        max_len = load_model(data["model_name"]).max_model_len
+        max_len = load_model(data["model_name"]).default_max_model_len
     except PdsimError:
         return data  # the model_name validator words it
     return {**data, "max_num_batched_tokens": unchunked_budget(max_len, data.get("max_num_seqs"))}

@@ -229,7 +229,7 @@ def _max_len_note(budget: KVBudget, model: ModelSpec, recorded_max_len: int | No
     """vLLM will not start an engine whose KV cache cannot hold one request of its max_model_len (vLLM 0.19
     kv_cache_utils.check_enough_kv_cache_memory): the measured engine's where validate read one, else the
     model's max length, and where the cache is smaller it says so."""
-    max_len = recorded_max_len or model.max_model_len
+    max_len = recorded_max_len or model.default_max_model_len
     if budget.kv_groups > 1 or budget.kv_tokens >= max_len:  # sliding-window layers: vLLM counts them apart
         return ""
     if recorded_max_len:

@@ -457,7 +457,7 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     if recorded is not None:
         max_len, whose = recorded, "meta.json's max_model_len"
     elif model is not None:
-        max_len, whose = model.max_model_len, "the model's max length"
+        max_len, whose = model.default_max_model_len, "the model's max length"
     else:
         return None
     budget = unchunked_budget(max_len, out.get("max_num_seqs", stated.get("max_num_seqs")))
@@ -584,7 +584,8 @@ def _check_unchunked_budget(instances: list[dict], out: dict, unrecorded: list[s
         return
     model = _stated_model(instances)
     max_len, whose = ((run.max_model_len, "engine_kwargs.max_model_len") if run.max_model_len is not None
-                      else (model.max_model_len if model else None, f"{model.name if model else ''}'s max length"))
+                      else (model.default_max_model_len if model else None,
+                            f"{model.name if model else ''}'s max length"))
     if max_len is not None and budget < max_len:
         raise PdsimError(f"{meta}: engine_kwargs.enable_chunked_prefill false with max_num_batched_tokens {budget} "
                          f"under {whose} {max_len}: vLLM refuses to start so (config/scheduler.py, "
@@ -623,7 +624,7 @@ def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> 
     if not threshold and partial is not None and partial > 1:
         # max_model_len as recorded; vLLM's "auto" / -1 (fit to memory) and null mean the model's own, as here
         model = _stated_model(instances)
-        max_model_len = run.max_model_len or (model.max_model_len if model else None)
+        max_model_len = run.max_model_len or (model.default_max_model_len if model else None)
         if max_model_len is None:
             return {}
         threshold = int(max_model_len * 0.04)
