@@ -456,28 +456,40 @@ _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_le
 VLLM_UNKNOWN_MAX_LEN = 2048  # vLLM's assumption where the config gives no length
 
 
+def _rope_parameter_sets(raw: dict) -> list[dict]:
+    """The config's RoPE parameters, one dict per layer type where transformers 5 nests them so; [] for none."""
+    params = raw.get("rope_scaling") or raw.get("rope_parameters")
+    if not isinstance(params, dict):
+        return []
+    nested = params and all(isinstance(value, dict) for value in params.values())
+    return list(params.values()) if nested else [params]
+
+
+def _rope_kind(params: dict) -> str:
+    return str(params.get("rope_type") or params.get("type") or "default")
+
+
+def _original_positions(raw: dict, params: dict) -> float | None:
+    """original_max_position_embeddings, the config's own before its RoPE parameters' (transformers 4 copies the
+    top-level one over the nested one; PhiMoE's sits only in rope_scaling)."""
+    return _positive(raw.get("original_max_position_embeddings") or params.get("original_max_position_embeddings"))
+
+
 def vllm_max_model_len(raw: dict) -> int:
     """The longest request vLLM 0.19 (and 0.12) serves a model (config/model.py, _get_and_verify_max_len): the
     config's length, scaled by its RoPE factor where the scaling stretches the trained positions (YaRN from
     original_max_position_embeddings; linear, dynamic; not llama3's or longrope's, whose length is already the
-    scaled one). vLLM's default max_model_len, and the most --max-model-len may ask, but for longrope: vLLM starts
-    those at original_max_position_embeddings unless --max-model-len asks for more, which pdsim, with no such
-    setting, takes as asked."""
+    scaled one). The most --max-model-len may ask, and vLLM's default but for longrope (vllm_default_max_model_len);
+    pdsim, with no such setting, admits up to it."""
     lengths = [length for key in _LENGTH_KEYS if (length := _positive(raw.get(key)))]
     derived = _positive(raw.get("model_max_length")) or (min(lengths) if lengths else VLLM_UNKNOWN_MAX_LEN)
-    params = raw.get("rope_scaling") or raw.get("rope_parameters")
-    if not isinstance(params, dict):
-        return int(derived)
-    nested = params and all(isinstance(value, dict) for value in params.values())  # per layer type (transformers 5)
     factor = 1.0
-    for p in list(params.values()) if nested else [params]:
-        kind = str(p.get("rope_type") or p.get("type") or "default")
+    for p in _rope_parameter_sets(raw):
+        kind = _rope_kind(p)
         if kind in ("su", "longrope", "llama3"):
             continue
         factor = _positive(p.get("factor")) or (1.0 if "factor" in p else factor)  # a null factor: vLLM takes 1
-        # transformers 4 copies a top-level original_max_position_embeddings into the rope parameters
-        original = _positive(raw.get("original_max_position_embeddings") or p.get("original_max_position_embeddings"))
-        if kind == "yarn" and original:
+        if kind == "yarn" and (original := _original_positions(raw, p)):
             derived = original
     return int(derived * factor)
 
@@ -485,12 +497,8 @@ def vllm_max_model_len(raw: dict) -> int:
 def vllm_default_max_model_len(raw: dict) -> int:
     """vLLM's max_model_len when none is asked: vllm_max_model_len, but for longrope (Phi-3) its
     original_max_position_embeddings, which keeps short sequences on the short factors (config/model.py)."""
-    params = raw.get("rope_scaling") or raw.get("rope_parameters")
-    layers = (list(params.values()) if params and all(isinstance(v, dict) for v in params.values()) else [params]) \
-        if isinstance(params, dict) else []
-    for p in layers:
-        original = _positive(raw.get("original_max_position_embeddings") or p.get("original_max_position_embeddings"))
-        if str(p.get("rope_type") or p.get("type")) == "longrope" and original:  # PhiMoE's sits in rope_scaling
+    for p in _rope_parameter_sets(raw):
+        if _rope_kind(p) == "longrope" and (original := _original_positions(raw, p)):
             return int(original)
     return vllm_max_model_len(raw)
 
