@@ -400,15 +400,15 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
     out.update(_recorded_chunk_cap(instances, run, meta))
     util = kwargs.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0 < util <= 1):
-        where = run.kwargs_sources.get("gpu_memory_utilization", "engine_kwargs.gpu_memory_utilization")
-        raise PdsimError(f"{meta}: {where}: expected a number in (0, 1], got {util!r}")
+        # (one taken from kv_cache was checked where it was read: engine_meta.with_cache_config)
+        raise PdsimError(f"{meta}: engine_kwargs.gpu_memory_utilization: expected a number in (0, 1], got {util!r}")
     # A run that records its engine's arguments but not this one ran vLLM's default: the config's mem_util is
     # judged against that as against a recorded figure (a copy of it is no calibration either).
     defaulted = util is None and run.records_engine_kwargs
     if defaulted:
         util = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
-    recorded = ("(vLLM's default; meta.json engine_kwargs record none)" if defaulted else
-                f"from meta.json {run.recorded_in('gpu_memory_utilization')}")
+    where = run.recorded_in("gpu_memory_utilization")
+    recorded = "(vLLM's default; meta.json engine_kwargs record none)" if defaulted else f"from meta.json {where}"
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util and min(mem_util) >= util:
@@ -425,8 +425,7 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
                              "sizes the KV cache, as in the engine")
         elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             ran = (f"the engine ran vLLM's default gpu_memory_utilization {util:g} (meta.json engine_kwargs record "
-                   "none)" if defaulted else f"meta.json {run.recorded_in('gpu_memory_utilization')} record"
-                   f"{'' if run.recorded_in('gpu_memory_utilization') == 'engine_kwargs' else 's'} "
+                   "none)" if defaulted else f"meta.json {where} {'record' if where == 'engine_kwargs' else 'records'} "
                    f"gpu_memory_utilization {util:g}")
             run.notes.append(f"NOTE: {ran}, but the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
