@@ -578,14 +578,15 @@ def _check_unchunked_budget(instances: list[dict], out: dict, unrecorded: list[s
     budget = out.get("max_num_batched_tokens")
     if out.get("enable_chunked_prefill") is not False or "max_num_batched_tokens" in unrecorded or budget is None:
         return
-    limit = run.engine_kwargs.get("max_model_len")
-    if limit is not None and run.max_model_len is None:  # vLLM's fit to the memory: no length to check against
+    if run.max_model_len is not None:
+        max_len, whose = run.max_model_len, "engine_kwargs.max_model_len"
+    elif run.engine_kwargs.get("max_model_len") is not None:  # vLLM's fit to the memory: no length to check against
         return
-    model = _stated_model(instances)
-    max_len, whose = ((run.max_model_len, "engine_kwargs.max_model_len") if run.max_model_len is not None
-                      else (model.default_max_model_len if model else None,
-                            f"{model.name if model else ''}'s max length"))
-    if max_len is not None and budget < max_len:
+    elif (model := _stated_model(instances)) is not None:
+        max_len, whose = model.default_max_model_len, f"{model.name}'s max length"
+    else:
+        return
+    if budget < max_len:
         raise PdsimError(f"{meta}: engine_kwargs.enable_chunked_prefill false with max_num_batched_tokens {budget} "
                          f"under {whose} {max_len}: vLLM refuses to start so (config/scheduler.py, "
                          "verify_max_model_len), so no such run was measured")
