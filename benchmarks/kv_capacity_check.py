@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from pdsim.models import ModelSpec, load_model  # noqa: E402
 from pdsim.perf import memory  # noqa: E402
+from pdsim.validate.engine_meta import vllm_top_k_top_p  # noqa: E402
 
 CSV = REPO.parent / "shared" / "data" / "calibration" / "vllm-kv-capacity" / "vllm_kv_capacity_h100.csv"
 GIB = 1024**3
@@ -69,6 +70,8 @@ class Case:
     util: float
     block_size: int
     measured: pd.Series
+    # the sampler's top-k/top-p by the row's vLLM release: 0.11's sorts in PyTorch (a counted, not fitted, peak)
+    top_k_top_p: str
 
 
 def load_cases(path: Path) -> list[Case]:
@@ -90,8 +93,9 @@ def load_cases(path: Path) -> list[Case]:
             # Not in the summary table: vLLM's defaults for >= 70 GiB GPUs (vllm/engine/arg_utils.py).
             tokens, seqs = 8192, 1024
             caveats.append("vLLM 0.11 summary row: engine args not recorded (assumed 8192 tokens, 1024 seqs)")
+        sampler = vllm_top_k_top_p(str(r.vllm_version).split()[0]) or "triton"
         cases.append(Case(int(r.row_id), model, tp, kv_dtype, quantization, spec, "; ".join(caveats), int(tokens),
-                          int(seqs), float(r.gpu_memory_utilization), int(r.block_size), r))
+                          int(seqs), float(r.gpu_memory_utilization), int(r.block_size), r, sampler))
     return cases
 
 
@@ -112,8 +116,11 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
     # what vLLM's model loading took: the weights and the rotary cos/sin cache (ModelSpec.rope_cache_bytes)
     weights = spec.weight_bytes("bfloat16", case.tp, quantization=case.quantization) + spec.rope_cache_bytes("bfloat16")
     if activation_bytes is None:
+        # sampler_bytes is the Triton sampler's coefficient; a sorting sampler's peak is counted (perf/memory.py)
+        sorts = case.top_k_top_p == "pytorch"
         activation = memory.activation_peak_bytes(spec, "bfloat16", case.tp, case.tokens, case.seqs,
-                                                  bytes_per_logit=sampler_bytes)
+                                                  bytes_per_logit=None if sorts else sampler_bytes,
+                                                  top_k_top_p=case.top_k_top_p)
     else:
         activation = activation_bytes
     non_torch = memory.non_torch_bytes(case.tp, "H100-SXM")

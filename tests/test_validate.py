@@ -623,6 +623,15 @@ def test_closed_loop_rows_schedule_as_their_vllm_version_does_by_default(tmp_pat
     assert ttft[""] == [ttft["--sync-scheduling"][0], ttft["--async-scheduling"][1]]
 
 
+def test_the_samplers_top_k_top_p_follows_the_vllm_release():
+    # vLLM 0.17 brought the Triton top-k/top-p kernel; every release before sorts the vocabulary in PyTorch.
+    from pdsim.validate.engine_meta import vllm_top_k_top_p
+
+    assert [vllm_top_k_top_p(v) for v in ("0.11.0", "0.12.0", "0.16.1", "0.17.0", "0.19.0", "1.0.0")] == [
+        "pytorch", "pytorch", "pytorch", "triton", "triton", "triton"]
+    assert vllm_top_k_top_p("") is None and vllm_top_k_top_p("banana") is None
+
+
 def test_closed_loop_rows_fuse_all_reduce_and_norm_from_vllm_0_17(tmp_path):
     # H100 TP 2: vLLM 0.17's default compilation fuses each all-reduce with the norm after it, 0.16's does not
     # (both replayed synchronously here, so the version changes nothing else); at TP 1 there is nothing to fuse.
@@ -1499,8 +1508,14 @@ def test_a_recorded_version_pdsim_cannot_read_is_said(tmp_path):
     meta.write_text(json.dumps(recorded))
     older = read_measured(requests)
     replay_config(RTX / "cluster_config.json", older, None)
-    assert ("KV capacity by vLLM 0.19's accounting: its activation peak and non-torch memory are that release's, "
-            "vLLM 0.12.0 may differ") in " ".join(older.notes)
+    assert ("KV capacity by vLLM 0.19's accounting, its sampler's aside: its forward's activation peak and its "
+            "non-torch memory are that release's, vLLM 0.12.0 may differ") in " ".join(older.notes)
+    # Its sampler is 0.12's: a sort of the whole vocabulary, which holds more at start-up, so less KV cache.
+    assert "sampler: vLLM 0.12.0 sorts the whole vocabulary for top-k/top-p" in " ".join(older.notes)
+    assert {ref.config.top_k_top_p for ref in replay_config(RTX / "cluster_config.json", older, None).instances()} \
+        == {"pytorch"}
+    assert {ref.config.top_k_top_p for ref in replay_config(RTX / "cluster_config.json", plain, None).instances()} \
+        == {"triton"}
 
 
 @needs_shared

@@ -25,6 +25,10 @@ IGNORED_KEYS: frozenset[str] = frozenset(
 PD_TYPES = ("prefill", "decode")
 # vLLM's CUDAGraphMode names (config/compilation.py); null is its default, FULL_AND_PIECEWISE.
 CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
+# How vLLM's sampler applies top-k/top-p, which sizes its dummy run's memory peak (perf/memory.py): "triton" is
+# vLLM 0.17+'s (a Triton kernel from 8 sequences, PyTorch's sort below), "pytorch" the sort at every size (0.16 and
+# older).
+TOP_K_TOP_P_SAMPLERS = ("triton", "pytorch")
 KV_TRANSFER_MODES = ("after_prefill", "layerwise")
 KV_TRANSFER_DTYPES = ("same", "fp8", "int8")
 TTFT_MODES = ("prefill", "client")
@@ -50,7 +54,7 @@ OVERRIDABLE_KEYS = (
     "scheduler_reserve_full_isl", "enable_prefix_caching", "quantization", "kv_cache_dtype",
     "gpu_memory_utilization", "ep_size", "kv_cache_memory_bytes", "num_gpu_blocks_override",
     "disable_custom_all_reduce", "long_prefill_token_threshold", "allreduce_rms_fusion", "enforce_eager",
-    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode",
+    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode", "top_k_top_p",
 )
 # An override that sets gpu_memory_utilization in place of npu_mem.mem_util (validate: a config whose mem_util is
 # the measured engine's own argument, not a figure calibrated to LLMServingSim's rule).

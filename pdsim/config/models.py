@@ -28,6 +28,7 @@ from pdsim.config.base import (
     MAX_TOKENS,
     MIN_BW_GBPS,
     PD_TYPES,
+    TOP_K_TOP_P_SAMPLERS,
     _bandwidth_floor,
     _fmt,
     _one_of,
@@ -216,6 +217,10 @@ class InstanceConfig(_Strict):
     cudagraph_capture_sizes: list[int] | None = Field(default=None, min_length=1)
     max_cudagraph_capture_size: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     cudagraph_mode: str | None = None
+    # How vLLM's sampler applies top-k/top-p, which sizes the activation peak its start-up takes out of the KV cache
+    # (docs/memory.md): "triton", vLLM 0.17 and later (a Triton kernel from 8 sequences); "pytorch", vLLM 0.16 and
+    # older, which sort the whole vocabulary in PyTorch (2.5x the memory per sampled sequence).
+    top_k_top_p: str = "triton"
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
@@ -302,12 +307,13 @@ class InstanceConfig(_Strict):
             return v.upper()
         return _one_of(v, CUDAGRAPH_MODES, nullable=True)
 
-    @field_validator("pd_type", "dtype", "quantization", "kv_cache_dtype", mode="before")
+    @field_validator("pd_type", "dtype", "quantization", "kv_cache_dtype", "top_k_top_p", mode="before")
     @classmethod
     def _choice(cls, v: Any, info: ValidationInfo) -> Any:
         choices, nullable = {"pd_type": (PD_TYPES, True), "dtype": (tuple(DTYPE_BYTES), False),
                              "quantization": (QUANTIZATIONS, True),
-                             "kv_cache_dtype": (tuple(KV_CACHE_DTYPES), False)}[info.field_name]
+                             "kv_cache_dtype": (tuple(KV_CACHE_DTYPES), False),
+                             "top_k_top_p": (TOP_K_TOP_P_SAMPLERS, False)}[info.field_name]
         return _one_of(v, choices, nullable=nullable)
 
     @field_validator("model_name")

@@ -73,6 +73,15 @@ NON_TORCH_GIB_TP_MULTI = 2.1
 # what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
 # (1) occupy at once.
 SAMPLER_BYTES_PER_LOGIT = 14.93
+# That is vLLM 0.17+'s sampler from 8 rows on, where apply_top_k_top_p runs a Triton kernel
+# (v1/sample/ops/topk_topp_sampler.py). Below 8 rows, and at every size in vLLM 0.16 and older (whose FlashInfer
+# sampler is opt-in from 0.12, VLLM_USE_FLASHINFER_SAMPLER=1), it sorts the whole vocabulary in PyTorch,
+# logits.sort(dim=-1). Held during that sort, per logit: the bf16 logits (2 B) and their fp32 copy (4), the sorted
+# values (4) and their int64 indices (8), and what PyTorch's CUDA segmented sort allocates for itself, an int64
+# index per sorted element (8) and cub's alternate key and value buffers (4 + 8). Counted, not fitted; vLLM 0.11's
+# logged peaks give 38.4 (docs/memory.md).
+SORT_SAMPLER_BYTES_PER_LOGIT = 2 + 4 + 4 + 8 + 8 + 4 + 8
+TRITON_TOP_K_TOP_P_MIN_ROWS = 8
 
 
 def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
@@ -140,11 +149,21 @@ def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> in
     return tokens * dtype_bytes(dtype) * (3 * model.hidden_size + max(attention, mlp))
 
 
-def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int,
-                       bytes_per_logit: float = SAMPLER_BYTES_PER_LOGIT) -> int:
+def sampler_bytes_per_logit(top_k_top_p: str, rows: int) -> float:
+    """What vLLM's dummy sampler run holds per logit at its peak, by its top-k/top-p implementation."""
+    if top_k_top_p == "pytorch" or rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
+        return SORT_SAMPLER_BYTES_PER_LOGIT
+    return SAMPLER_BYTES_PER_LOGIT
+
+
+def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int, bytes_per_logit: float | None = None,
+                       top_k_top_p: str = "triton") -> int:
     """Torch peak of vLLM's dummy sampler run: min(T, max_num_seqs) rows of the whole vocabulary
-    (every rank gathers it), while the forward's [T, hidden] output is still held."""
+    (every rank gathers it), while the forward's [T, hidden] output is still held. bytes_per_logit, where given,
+    replaces what top_k_top_p's implementation holds."""
     rows = min(tokens, seqs)
+    if bytes_per_logit is None:
+        bytes_per_logit = sampler_bytes_per_logit(top_k_top_p, rows)
     return int(bytes_per_logit * rows * model.vocab_size) + tokens * model.hidden_size * dtype_bytes(dtype)
 
 
@@ -179,16 +198,17 @@ def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens:
 
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
-                          expert_tp: int | None = None, dp_size: int = 1,
-                          bytes_per_logit: float = SAMPLER_BYTES_PER_LOGIT) -> int:
+                          expert_tp: int | None = None, dp_size: int = 1, bytes_per_logit: float | None = None,
+                          top_k_top_p: str = "triton") -> int:
     """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's kept fused-MoE
     workspaces); torch reports the larger. expert_tp: the ways each expert is split (default tp);
-    dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather;
-    bytes_per_logit: the sampler's (benchmarks/kv_capacity_check.py refits it leaving one log out)."""
+    dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather; top_k_top_p: the
+    sampler's implementation (config/base.py TOP_K_TOP_P_SAMPLERS); bytes_per_logit: the sampler's, in its place
+    (benchmarks/kv_capacity_check.py refits it leaving one log out)."""
     etp = tp if expert_tp is None else expert_tp
     forward = max(forward_peak_bytes(model, dtype, tp, tokens),
                   moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size))
-    sampler = (sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit)
+    sampler = (sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p)
                + moe_workspace_bytes(model, dtype, etp, dp_size * tokens))
     return max(forward, sampler)
 
@@ -272,7 +292,8 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         blocks = vllm_blocks
         detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
                   f"peak {activation_bytes / GIB:.2f} (vLLM's profiling forward over max_num_batched_tokens "
-                  f"{ic.max_num_batched_tokens:,}, its sampler over up to max_num_seqs {ic.max_num_seqs:,} rows), "
+                  f"{ic.max_num_batched_tokens:,}, its sampler over up to max_num_seqs {ic.max_num_seqs:,} rows"
+                  f"{', sorting them in PyTorch' if ic.top_k_top_p == 'pytorch' else ''}), "
                   f"non-torch and CUDA-graph {other / GIB:.2f} GiB")
         if not ic.enable_chunked_prefill:  # the budget may be the model's whole length (config._unchunked_budget)
             detail += ("; without chunked prefill vLLM's default budget is max_model_len: a smaller "

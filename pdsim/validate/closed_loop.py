@@ -43,6 +43,7 @@ from pdsim.validate.engine_meta import (
     vllm_fuses_allreduce_norm,
     vllm_major_minor,
     vllm_reserves_full_isl,
+    vllm_top_k_top_p,
 )
 from pdsim.validate.row_layout import LAYOUT_COUNTS, RowLayout, row_layout, text, whole_number
 from pdsim.workload.trace import TraceRequest
@@ -286,6 +287,9 @@ def _simulate_one(row: dict, layout: RowLayout, model: str | None, hardware: str
     # vLLM 0.17's default compilation added the all-reduce + RMSNorm fusion (where the GPU allows it).
     if vllm_fuses_allreduce_norm(version) is False:
         eng.setdefault("allreduce_rms_fusion", False)
+    # Before 0.17 the sampler sorts the whole vocabulary: a larger activation peak at start-up.
+    if (sampler := vllm_top_k_top_p(version)) is not None:
+        eng.setdefault("top_k_top_p", sampler)
     cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng, source)
     return simulate_row(cfg, isl, osl, conc, opts, rounds, source)
 

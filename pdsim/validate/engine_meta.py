@@ -41,6 +41,15 @@ def vllm_fuses_allreduce_norm(version: str) -> bool | None:
     return vllm_at_least(version, (0, 17))
 
 
+def vllm_top_k_top_p(version: str) -> str | None:
+    """The sampler's top-k/top-p implementation (InstanceConfig.top_k_top_p): "pytorch" up to 0.16 (a sort of the
+    whole vocabulary; FlashInfer's sampler is opt-in from 0.12, and in 0.11 and older taken only where FlashInfer
+    is installed, an extra of the pip release), "triton" from 0.17 (`v1/sample/ops/topk_topp_sampler.py`); None:
+    unknown."""
+    newer = vllm_at_least(version, (0, 17))
+    return None if newer is None else "triton" if newer else "pytorch"
+
+
 def vllm_reserves_full_isl(version: str) -> bool | None:
     """scheduler_reserve_full_isl: new in 0.19 (on by default), absent up to 0.18; None: unknown."""
     return vllm_at_least(version, (0, 19))

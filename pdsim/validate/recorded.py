@@ -15,7 +15,7 @@ from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_U
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
-from pdsim.validate.engine_meta import vllm_at_least
+from pdsim.validate.engine_meta import vllm_at_least, vllm_top_k_top_p
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
@@ -66,6 +66,11 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     fusion, why_not = run.allreduce_rms_fusion()
+    sampler = vllm_top_k_top_p(str(run.engine_meta.get("vllm_version") or ""))
+    if sampler == "pytorch":
+        run.notes.append(f"sampler: vLLM {run.engine_meta['vllm_version']} sorts the whole vocabulary for top-k/top-p "
+                         "(meta.json; a Triton kernel from 0.17), which takes more memory at start-up, so less KV "
+                         "cache (docs/memory.md)")
     # What the config itself states, for the notes on what the run's meta.json overrides.
     raw = read_json_object(cluster_config, ConfigError, "cluster config")
     use_run_model_config(cluster_config, raw)  # its model, for the checks of what the run records
@@ -79,7 +84,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     try:
         cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                    "scheduler_reserve_full_isl": reserve, **recorded,
-                                                   **({} if fusion is None else {"allreduce_rms_fusion": fusion})})
+                                                   **({} if fusion is None else {"allreduce_rms_fusion": fusion}),
+                                                   **({} if sampler is None else {"top_k_top_p": sampler})})
     except ConfigError as e:
         if not recorded:
             raise
@@ -144,9 +150,9 @@ def _note_memory_release(run: MeasuredRun, cfg: ClusterConfig, release: tuple[in
 
     if release is None or release == (0, 19) or all(kv_rule(ref.config) != "vllm" for ref in cfg.instances()):
         return
-    run.notes.append(f"KV capacity by vLLM 0.19's accounting: its activation peak and non-torch memory are that "
-                     f"release's, vLLM {run.engine_meta['vllm_version']} may differ (docs/memory.md; the instance "
-                     "key non_torch_memory_gb sets the latter)")
+    run.notes.append(f"KV capacity by vLLM 0.19's accounting, its sampler's aside: its forward's activation peak and "
+                     f"its non-torch memory are that release's, vLLM {run.engine_meta['vllm_version']} may differ "
+                     "(docs/memory.md; the instance key non_torch_memory_gb sets the latter)")
 
 
 # Engine arguments the replay reads (here, in engine_meta.py and in validate's notes), and those that do not
