@@ -24,7 +24,7 @@ class KVTransferConfig(_Strict):
     """How a prefilled request's KV cache moves to its decode instance (docs/pd_realism.md)."""
 
     # after_prefill: the transfer starts once the prefill step is over and decode-side blocks are
-    # reserved (vLLM's NIXL/Mooncake connectors). layerwise: decode-side blocks are reserved when
+    # reserved (vLLM's NIXL connector). layerwise: decode-side blocks are reserved when
     # the final prefill step starts, and each layer's KV leaves as soon as that layer is computed.
     mode: str = "after_prefill"
     # Wire format: "same" sends the KV in the instances' dtype; fp8/int8 quantise it (1 byte/value).
