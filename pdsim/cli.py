@@ -279,7 +279,10 @@ def _run_inputs(cluster_config: Path, dataset: Path | None, profile_dir: Path | 
     profile folders too (a table overwritten by a CSV would time the next run), those under the
     profiles root included (the bundled one when no other is given, as runs look profiles up there)."""
     from pdsim.config.load import config_inputs
+    from pdsim.errors import TraceError
 
+    if dataset is not None and dataset.is_dir():  # as reading it would say, not blamed on an output inside it
+        raise TraceError(f"{dataset}: cannot read trace (Is a directory)")
     inputs: list[Path | None] = [*config_inputs(cluster_config), dataset]
     return inputs + _profile_inputs(profile_dir) + _profile_folders_around(profiles_root, output.parent)
 

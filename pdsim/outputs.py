@@ -31,10 +31,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
     when it raises the temporary file is removed and `path` is untouched."""
     tmp = _temp_beside(path)
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A write the file system refuses (a full disk) says which output it was writing: a write on an open
+    file raises its error without a file name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -148,9 +161,10 @@ class OutputSet:
             self.discard()
 
     def stage(self, path: Path, write: Callable[[Path], object]) -> Path:
-        tmp = _temp_beside(path)
-        self.staged.append((tmp, path))
-        write(tmp)
+        with _naming(path):
+            tmp = _temp_beside(path)
+            self.staged.append((tmp, path))
+            write(tmp)
         return path
 
     def adopt(self, written: Path, path: Path) -> Path:

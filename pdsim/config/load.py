@@ -159,7 +159,10 @@ def cluster_config_from_dict(raw: Any, source: str = "<config>") -> ClusterConfi
 
 def config_inputs(path: Path | None) -> list[Path]:
     """The files reading the cluster config at `path` may read (itself, and the model config beside it):
-    what no output may be written over."""
+    what no output may be written over. A folder there is refused as reading it would be, before an output
+    inside it is blamed on the output."""
+    if path is not None and path.is_dir():
+        raise ConfigError(f"{path}: cannot read cluster config (Is a directory)")
     return [] if path is None else [path, path.parent / RUN_MODEL_CONFIG]
 
 
