@@ -404,11 +404,21 @@ def checkpoint_quantization(path: Path, raw: dict) -> str | None:
         raise PdsimError(f"{where}': expected an object, got {q!r}")
     method = str(q.get("quant_method", "")).lower()
     if method == "fp8":  # HF fp8 (Qwen3-*-FP8, DeepSeek-V3): weight_block_size gives block scales
-        return "fp8_block" if q.get("weight_block_size") else "fp8"
+        block = q.get("weight_block_size")
+        if block is not None and block != [128, 128]:  # vLLM's fp8 block kernels and pdsim's shard checks: 128 x 128
+            raise PdsimError(f"{where}.weight_block_size': {block!r} is not modelled (128 x 128 blocks are, as "
+                             "published fp8 checkpoints have them)")
+        return "fp8_block" if block else "fp8"
     if method == "modelopt" and str(q.get("quant_algo", "")).upper() == "FP8":
         return "fp8"
     if method == "compressed-tensors":
-        weights = [g.get("weights") or {} for g in (q.get("config_groups") or {}).values() if isinstance(g, dict)]
+        groups = q.get("config_groups") or {}
+        if not isinstance(groups, dict):
+            raise PdsimError(f"{where}.config_groups': expected an object of quantization groups, got {groups!r}")
+        weights = [g.get("weights") or {} for g in groups.values() if isinstance(g, dict)]
+        if not all(isinstance(w, dict) for w in weights):
+            raise PdsimError(f"{where}.config_groups': expected each group's 'weights' to be an object, got "
+                             f"{weights!r}")
         if weights and all(w.get("num_bits") == 8 and w.get("type") == "float" for w in weights):
             return "fp8_block" if any(w.get("strategy") == "block" for w in weights) else "fp8"
         raise PdsimError(f"{where}.config_groups': only 8-bit float (fp8) weights are modelled, got {weights!r}")
@@ -495,12 +505,51 @@ def vllm_max_model_len(raw: dict) -> int:
 
 
 def vllm_default_max_model_len(raw: dict) -> int:
-    """vLLM's max_model_len when none is asked: vllm_max_model_len, but for longrope (Phi-3) its
-    original_max_position_embeddings, which keeps short sequences on the short factors (config/model.py)."""
+    """vLLM's max_model_len when none is asked: vllm_max_model_len, but for longrope (Phi-3; its legacy name "su",
+    which vLLM's config patching renames) its original_max_position_embeddings, which keeps short sequences on the
+    short factors (config/model.py)."""
     for p in _rope_parameter_sets(raw):
-        if _rope_kind(p) == "longrope" and (original := _original_positions(raw, p)):
+        if _rope_kind(p) in ("longrope", "su") and (original := _original_positions(raw, p)):
             return int(original)
     return vllm_max_model_len(raw)
+
+
+# The most tokens a model's length may be (config.base.MAX_TOKENS, which bounds every token count pdsim takes).
+_MOST_POSITIONS = 10**9
+
+
+def check_length_fields(path: Path, raw: dict) -> None:
+    """The length and RoPE fields the model's max length and rotary cache are derived from, as vLLM could use them:
+    lengths whole numbers from 1 to 10^9, RoPE factors finite numbers > 0 (vLLM multiplies by them; a string or
+    0 breaks it), partial_rotary_factor at most 1. The derived length is bounded too."""
+    def number(where: str, value: object, whole: bool, most: float | None) -> None:
+        if value is None:
+            return
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if ok and whole:
+            ok = value == int(value) and value >= 1
+        if not ok or (most is not None and value > most):
+            kind = "a whole number >= 1" if whole else "a finite number > 0"
+            bound = f" and at most {most:,}" if most is not None else ""
+            raise PdsimError(f"{path}: field '{where}': expected {kind}{bound}, got {value!r}")
+
+    for key in (*_LENGTH_KEYS, "original_max_position_embeddings", "qk_rope_head_dim"):
+        number(key, raw.get(key), True, _MOST_POSITIONS)
+    number("partial_rotary_factor", raw.get("partial_rotary_factor"), False, 1)
+    name = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    sets = _rope_parameter_sets(raw)
+    layer_names = list(raw[name]) if len(sets) > 1 else [None] * len(sets)
+    for layer, params in zip(layer_names, sets, strict=True):
+        where = name if layer is None else f"{name}.{layer}"
+        number(f"{where}.factor", params.get("factor"), False, None)
+        number(f"{where}.original_max_position_embeddings", params.get("original_max_position_embeddings"), True,
+               _MOST_POSITIONS)
+        number(f"{where}.partial_rotary_factor", params.get("partial_rotary_factor"), False, 1)
+    longest = vllm_max_model_len(raw)
+    if not 1 <= longest <= _MOST_POSITIONS:
+        shown = f"{longest:,}" if longest < 1e15 else f"{longest:.3g}"
+        raise PdsimError(f"{path}: its length fields and RoPE factor give a max model length of {shown}, as vLLM "
+                         f"derives it; expected 1 to {_MOST_POSITIONS:,} tokens")
 
 
 def checkpoint_kv_cache_dtype(raw: dict) -> str | None:
@@ -567,6 +616,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
 
     model_type = field("model_type", str)
     _check_supported(path, model_type, raw)
+    check_length_fields(path, raw)
     hidden = field("hidden_size")
     heads = field("num_attention_heads")
     # HF defaults: no num_key_value_heads means MHA; no head_dim means hidden / heads.

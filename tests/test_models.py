@@ -288,6 +288,45 @@ def test_a_longrope_model_starts_at_its_original_length_unless_asked_for_more():
     assert vllm_default_max_model_len(yarn) == vllm_max_model_len(yarn) == 4096
 
 
+@pytest.mark.parametrize("raw, field", [
+    ({"rope_scaling": {"rope_type": "yarn", "factor": float("inf"), "original_max_position_embeddings": 2048}},
+     "'rope_scaling.factor': expected a finite number > 0, got inf"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": "4", "original_max_position_embeddings": 2048}},
+     "'rope_scaling.factor': expected a finite number > 0, got '4'"),  # vLLM cannot multiply by it either
+    ({"rope_scaling": {"rope_type": "linear", "factor": 0}}, "'rope_scaling.factor'"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 1e300}}, r"give a max model length of 4.1e\+303"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 1e-9}}, "give a max model length of 0,"),
+    ({"model_max_length": 1e30}, "'model_max_length': expected a whole number >= 1 and at most 1,000,000,000"),
+    ({"seq_len": 0.5}, "'seq_len': expected a whole number >= 1"),
+    ({"qk_rope_head_dim": float("inf")}, "'qk_rope_head_dim'"),
+    ({"partial_rotary_factor": 2}, "'partial_rotary_factor': expected a finite number > 0 and at most 1"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": "x"},
+                          "sliding_attention": {"rope_type": "default"}}},
+     "'rope_parameters.full_attention.factor'"),
+    ({"quantization_config": {"quant_method": "compressed-tensors", "config_groups": [{"weights": {}}]}},
+     "'quantization_config.config_groups': expected an object of quantization groups"),
+    ({"quantization_config": {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": "fp8"}}}},
+     "each group's 'weights' to be an object"),
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [64, 64]}},
+     r"'quantization_config.weight_block_size': \[64, 64\] is not modelled"),
+])
+def test_a_length_rope_or_quantization_field_no_engine_could_use_is_named(tmp_path, raw, field):
+    from pdsim.models import load_model
+
+    root = _write(tmp_path, {**_tiny(), **raw})
+    with pytest.raises(PdsimError, match=rf"m.json: .*{field}" if field.startswith("'") else field):
+        load_model("org/m", root)
+
+
+def test_phi3s_legacy_su_scaling_starts_at_its_original_length_as_longrope_does():
+    from pdsim.models import vllm_default_max_model_len
+
+    # vLLM's config patching renames rope_type "su" to "longrope" (transformers_utils/config.py).
+    su = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+          "rope_scaling": {"type": "su", "short_factor": [1.0], "long_factor": [2.0]}}
+    assert vllm_default_max_model_len(su) == 4096
+
+
 def test_a_request_is_served_up_to_the_scaled_length_and_refused_past_it(tmp_path, monkeypatch):
     from pdsim import models
     from pdsim.metrics.summary import requests_frame

@@ -389,3 +389,29 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused_not_written_as_a_
     # '-' is no stdout here: files named '-' and '-_summary.json' were written in the working folder.
     assert cli(*command, "-") == 2
     assert "-: pdsim writes its outputs to files, not to stdout" in one_line_error(capsys)
+
+
+def test_a_folder_given_as_the_trace_or_config_is_refused_as_reading_it_would_be(tmp_path, capsys):
+    # Not blamed on an --output inside it: the mistake is the input.
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for args, said in ((["--cluster-config", str(CONFIG), "--dataset", str(folder)], "cannot read trace"),
+                       (["--cluster-config", str(folder), "--dataset", str(TRACE)], "cannot read cluster config")):
+        assert cli(*args, "--output", str(folder / "o" / "run.csv"), "--quiet") == 2
+        assert one_line_error(capsys) == f"error: {folder}: {said} (Is a directory)\n"
+
+
+def test_a_write_the_file_system_refuses_names_the_output(tmp_path, monkeypatch, capsys):
+    # A full disk fails a write on an open file, whose error carries no file name: the output's is added.
+    import errno
+
+    import pandas as pd
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    output = tmp_path / "run.csv"
+    assert cli("--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--output", str(output), "--quiet") == 1
+    assert one_line_error(capsys) == f"error: {output}: No space left on device\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left behind

@@ -1589,7 +1589,17 @@ def test_replayed_requests_that_do_not_finish_are_said(tmp_path):
     assert ("NOTE: 40 of 300 replayed requests did not finish in the replay (40 rejected: input+output = N tokens"
             in res.output)
     # and the range of N
-    assert re.search(r"max_num_batched_tokens\) \(N = 2,058 to 4,765\)\); the simulated figures", res.output)
+    assert re.search(r"max_num_batched_tokens\) \(N = 2,058 to 4,765\)\); they are left out of both sides' "
+                     r"figures", res.output)
+    # Both sides' figures are over the 260 requests the replay finished too, and the per-request file says which.
+    import pandas as pd
+
+    per = pd.read_csv(tmp_path / "v_requests.csv")
+    kept = per[per.in_comparison == 1]
+    assert len(kept) == 260 and (kept.input_toks + kept.output_toks).max() <= 2048
+    table = pd.read_csv(tmp_path / "v.csv").set_index(["metric", "stat"])
+    assert table.loc[("TTFT (ms)", "mean"), "measured"] == pytest.approx(kept.measured_ttft_ms.mean())
+    assert table.loc[("TTFT (ms)", "mean"), "simulated"] == pytest.approx(kept.simulated_ttft_ms.mean())
     from click.testing import CliRunner
 
     from pdsim.validate.cli import calibrate

@@ -105,12 +105,12 @@ def lost_requests(result: SimulationResult) -> str | None:
 
 
 def replay_losses(result: SimulationResult) -> str | None:
-    """Replayed requests that did not finish, which the simulated side's figures leave out: a line saying how
-    many and why, or None."""
+    """Replayed requests that did not finish, which both sides' figures leave out: a line saying how many and why,
+    or None."""
     lost = lost_requests(result)
     if lost is None:
         return None
-    return f"{lost}; the simulated figures are over the others, so they are not comparable with the measured ones"
+    return f"{lost}; they are left out of both sides' figures"
 
 
 def requests_path(output: Path) -> Path:
@@ -131,9 +131,8 @@ def per_request(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame
         out[f"measured_{key}"] = mea[key].to_numpy(dtype=float)
         out[f"simulated_{key}"] = out.request_id.map(sim[key]).astype(float)
     out["simulated_status"] = out.request_id.map(status)
-    # compare() leaves out a request the measured engine did not finish, on both sides (one the replay did not
-    # finish has no simulated figures).
-    out["in_comparison"] = _finished(mea).astype(int)
+    # compare() leaves out a request the measured engine or the replay did not finish, on both sides.
+    out["in_comparison"] = (_finished(mea) & (out.simulated_status == "finished").to_numpy()).astype(int)
     return out
 
 
@@ -147,11 +146,16 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     """One row per (metric, statistic): measured, simulated, and the difference in %."""
     sim = simulated_requests(measured, result)
     mea = measured.requests.reset_index(drop=True)  # a replayed request's id is its row here
-    # A request the measured engine did not finish is left out of both sides (it was still replayed).
+    # A request the measured engine did not finish is left out of both sides (it was still replayed), and so is one
+    # the replay did not finish (replay_losses says how many and why).
     done = _finished(mea)
     if not done.any():
         raise PdsimError(f"{measured.source}: no request of the measured run finished (none has both a first token "
                          "and an end-to-end latency): nothing to compare")
+    done = done & np.isin(np.arange(len(mea)), sim.request_id.to_numpy())
+    if not done.any():
+        raise PdsimError(f"{measured.source}: no request the measured run finished finished in the replay too: "
+                         "nothing to compare")
     rows = []
     for key, label in _compared(measured):
         if key == "itl_ms":
