@@ -456,7 +456,7 @@ def _synthetic_trace(input_len: str | None, output_len: str | None, num_requests
     return generate_requests(num_requests, 1.0, spec(input_len), spec(output_len), seed=seed)
 
 
-@cli.command("docs")
+@cli.command("docs", short_help="Print one of pdsim's docs (pdsim docs memory), or list them.")
 @click.argument("name", required=False)
 @click.option("--path", "path_only", is_flag=True, help="Print the doc's path instead of its text.")
 def docs(name: str | None, path_only: bool) -> None:

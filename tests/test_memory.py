@@ -245,6 +245,13 @@ def test_a_sampler_that_sorts_the_vocabulary_holds_more_at_start_up():
         cluster(instance(None, 80, "H100-SXM", top_k_top_p="flashinfer"))
 
 
+def test_kv_cache_memory_bytes_takes_vllms_written_form_in_a_config_too():
+    # As `pdsim run --kv-cache-memory-bytes 4G` and vLLM's flag take it: 4 x 2^30 bytes.
+    assert cluster(instance(None, kv_cache_memory_bytes="4G")).instances()[0].config.kv_cache_memory_bytes == 4 * 2**30
+    with pytest.raises(ConfigError, match="kv_cache_memory_bytes: expected an integer"):
+        cluster(instance(None, kv_cache_memory_bytes="lots"))
+
+
 def test_shipped_configs_use_vllms_accounting():
     for path in sorted((REPO / "configs" / "cluster").glob("*.json")):
         for ref in load_cluster_config(path).instances():

@@ -110,14 +110,16 @@ def test_fp8_instance_runs_end_to_end_and_says_what_priced_its_gemms():
     assert "/fp8/tp2" in fp8.profile_path
     done = [r for r in results["fp8"].requests if r.finish_s is not None]
     assert len(done) == len(rows)
-    assert any("fp8 GEMMs priced by estimated" in n for n in results["fp8"].instances[0].predictor.notes)
+    notes = results["fp8"].instances[0].predictor.notes
+    assert any("fp8 GEMMs priced by an estimate from hardware specs" in n for n in notes)
 
 
 def test_predictor_notes_name_the_fp8_gemm_source():
     m = load_model(LLAMA70)
     prof = load_or_estimate("H100-SXM", m, "bfloat16", 2, quantization="fp8")
     pred = StepTimePredictor(prof, m, 2, get_hardware("H100-SXM"))
-    assert any("fp8 GEMMs priced by estimated: fp8 GEMMs at the 1978.9 TFLOPS fp8 peak" in n for n in pred.notes)
+    assert any("fp8 GEMMs priced by an estimate from hardware specs: fp8 GEMMs at the 1978.9 TFLOPS fp8 peak" in n
+               for n in pred.notes)
     bf16 = StepTimePredictor(load_or_estimate("H100-SXM", m, "bfloat16", 2), m, 2, get_hardware("H100-SXM"))
     assert pred.step_time_s([(4096, 0)], 0, 0) < 0.7 * bf16.step_time_s([(4096, 0)], 0, 0)
 

@@ -482,3 +482,21 @@ def test_a_profile_whose_device_is_another_gpu_than_its_hardware_field_is_refuse
     ok = _case_recorded_on(tmp_path / "ws", "RTXPRO6000", "NVIDIA RTX PRO 6000 Blackwell Workstation Edition",
                            "RTXPRO6000")  # the same GPU under another edition's name
     simulate(load_cluster_config(ok), [TraceRequest(0, 100, 4, 0)])
+
+
+@pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")
+def test_a_profile_recorded_on_a_device_pdsim_cannot_tell_says_so(tmp_path):
+    # An AMD GPU's name, or none at all that is a GPU's: taken as the instance's, and said.
+    from pdsim.engine.cluster import simulate
+    from pdsim.errors import PdsimError
+    from pdsim.workload.trace import TraceRequest
+
+    config = _case_recorded_on(tmp_path, "RTXPRO6000", "AMD Instinct MI300X", "RTXPRO6000")
+    result = simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])
+    assert ("the profile records its device as 'AMD Instinct MI300X'" in " ".join(result.instances[0].predictor.notes)
+            and "taken as RTXPRO6000's" in " ".join(result.instances[0].predictor.notes))
+    # Its hardware field names another GPU than the device it records, which is the instance's: the error says so.
+    config = _case_recorded_on(tmp_path / "h", "H100", "NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTXPRO6000")
+    with pytest.raises(PdsimError, match=r"measured on H100 \(its recorded device, 'NVIDIA RTX PRO 6000 Blackwell "
+                                         r"Server Edition', is a RTXPRO6000: if so, its hardware field is wrong\)"):
+        simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])

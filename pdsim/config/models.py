@@ -300,6 +300,14 @@ class InstanceConfig(_Strict):
             raise PydanticCustomError("capture_sizes", "expected token counts from 1 to {most}", {"most": MAX_TOKENS})
         return v
 
+    @field_validator("kv_cache_memory_bytes", mode="before")
+    @classmethod
+    def _vllm_bytes(cls, v: Any) -> Any:
+        # vLLM's --kv-cache-memory-bytes takes "4G" (4 x 2^30) too, as `pdsim run` does.
+        from pdsim.cli_checks import vllm_int
+
+        return vllm_int(v) if isinstance(v, str) else v
+
     @field_validator("cudagraph_mode", mode="before")
     @classmethod
     def _cudagraph_mode(cls, v: Any) -> Any:

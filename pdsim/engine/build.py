@@ -127,9 +127,13 @@ def build_instance(
     mismatch = (_profile_hardware_mismatch(profile.meta.hardware, ic.hardware)
                 if not profile.estimated and not board_told else None)
     if mismatch == "error":
+        device = profile.meta.device.get("gpu") or profile.meta.device.get("name")
+        named = canonical_hardware_name(device) if isinstance(device, str) else None
+        hint = (f" (its recorded device, {device!r}, is a {ic.hardware}: if so, its hardware field is wrong)"
+                if named is not None and named == ic.hardware else "")
         raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({profile.meta.path}) was measured on "
-                           f"{profile.meta.hardware}: its step times are that GPU's; give the instance that hardware, "
-                           "or a profile measured on this one")
+                           f"{profile.meta.hardware}{hint}: its step times are that GPU's; give the instance that "
+                           "hardware, or a profile measured on this one")
     hardware = _tp_link_hardware(get_hardware(ic.hardware), cfg)
     knobs = dict(
         step_overhead_us=opts.step_overhead_us or ic.step_overhead_us,
@@ -276,6 +280,9 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
         return ic, (f"hardware {ic.hardware_given} taken as {board}, not {canonical_hardware_name(ic.hardware_given)}: "
                     f"the profile was measured on {device!r} ({meta.path}), and npu_mem.mem_size "
                     f"{ic.npu_mem.mem_size:g} GB is that board's"), True
+    if board is None and isinstance(device, str) and device.strip() and named not in HARDWARE:
+        return ic, (f"the profile records its device as {device!r} ({meta.path}), which pdsim cannot tell as a GPU "
+                    f"it knows: its step times are taken as {ic.hardware}'s"), False
     if board is None or board == ic.hardware:
         return ic, "", board is not None
     spec = get_hardware(board)  # every board a device name tells has a spec (hardware.py _BOARD_PATTERNS)

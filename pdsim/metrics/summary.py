@@ -233,7 +233,8 @@ def not_finished_reasons(df: pd.DataFrame) -> list[dict]:
         item: dict = {"status": status, "reason": reason, "count": 0}
         if numbers:
             item["count"] = len(numbers)
-            item["N_min"], item["N_max"] = min(numbers), max(numbers)
+            # A whole number (a token count) as one, so the summary JSON writes 9000, not 9000.0.
+            item["N_min"], item["N_max"] = (int(n) if n.is_integer() else n for n in (min(numbers), max(numbers)))
         else:
             item["count"] = int(((df.status == status) & (df.reason == reason)).sum())
         out.append(item)

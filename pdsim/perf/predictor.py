@@ -153,7 +153,8 @@ class StepTimePredictor:
                               "each batch size and prefill chunk its own")
         gemm_precision = profile.meta.device.get("gemm_precision", "") if isinstance(profile.meta.device, dict) else ""
         if "fp8" in gemm_precision:  # say what priced an fp8 instance's GEMMs
-            self.notes.append(f"fp8 GEMMs priced by {gemm_precision}")
+            source = gemm_precision.replace("estimated: ", "an estimate from hardware specs: ", 1)
+            self.notes.append(f"fp8 GEMMs priced by {source}")
         self._init_allreduce(profile, hardware, tp, custom_all_reduce)
         self.fused_norm_tokens = fused_norm_tokens if tp > 1 else None
         if self.fused_norm_tokens is not None:

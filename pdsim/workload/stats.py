@@ -112,7 +112,8 @@ def format_stats(stats: dict[str, Any], source: str) -> str:
         return "-" if x is None else format(x, fmt)
 
     r = stats["rate_per_s"]
-    lines = [f"{source}: {stats['requests']:,} requests over {stats['span_s']:,.1f} s"]
+    count = stats["requests"]
+    lines = [f"{source}: {count:,} request{'' if count == 1 else 's'} over {stats['span_s']:,.1f} s"]
     if r is None:
         lines.append("every request arrives at t=0: no arrival rate")
     else:
