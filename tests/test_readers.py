@@ -234,6 +234,10 @@ def test_undetectable_format_says_how(tmp_path):
         detect_format(p)
     with pytest.raises(TraceError, match="unknown format 'parquet'"):
         read_dataset(p, "parquet")
+    # A pdsim trace with a misspelt key: the key it likely meant is named.
+    typo = _write(tmp_path, "t.jsonl", '{"input_tokens": 10, "output_toks": 5, "arrival_time_ns": 0}\n')
+    with pytest.raises(TraceError, match=r"; 'input_tokens' \(did you mean 'input_toks'\?\); give --dataset-format"):
+        detect_format(typo)
 
 
 def test_formats_are_told_from_a_quoted_header_and_from_token_ids_filling_the_head(tmp_path):

@@ -136,7 +136,15 @@ def detect_format(path: Path) -> str:
     if text.startswith("{") and ('"nodes"' in text or '"num_nodes"' in text):
         raise TraceError(f"{path}: a cluster config (num_nodes, nodes), not a trace: give it as --cluster-config, and "
                          "as --dataset a trace (JSONL of input_toks, output_toks, arrival_time_ns, or a public one)")
-    raise TraceError(f"{path}:1: cannot tell the trace's format from {first[:80]!r}; give --dataset-format, "
+    hint = ""
+    if text.startswith("{") and isinstance(obj, dict):  # a pdsim trace with a misspelt key ("input_tokens")
+        from pdsim.text import did_you_mean
+        from pdsim.workload.trace import TRACE_KEYS
+
+        keys = sorted(TRACE_KEYS)
+        hint = next((f"; {key!r}{did_you_mean(key, keys)}" for key in obj
+                     if key not in keys and did_you_mean(key, keys)), "")
+    raise TraceError(f"{path}:1: cannot tell the trace's format from {first[:80]!r}{hint}; give --dataset-format, "
                      f"one of {', '.join(FORMATS)} (docs/workloads.md)")
 
 
