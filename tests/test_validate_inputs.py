@@ -421,7 +421,9 @@ def test_an_llmservingsim_case_folder_is_read_and_its_config_and_profile_are_nam
     ({"engine_kwargs": []}, r"engine_kwargs: expected an object"),
     ({"engine_kwargs": {"async_scheduling": "x"}}, r"engine_kwargs.async_scheduling: expected true or false"),
     ({"engine_kwargs": {"enforce_eager": 1}}, r"engine_kwargs.enforce_eager: expected true or false"),
-    ({"engine_kwargs": {"max_model_len": 0}}, r"engine_kwargs.max_model_len: expected a whole number >= 1"),
+    ({"engine_kwargs": {"max_model_len": 0}}, r"engine_kwargs.max_model_len: expected a whole number from 1 to "
+                                               r"1,000,000,000"),
+    ({"engine_kwargs": {"max_model_len": 10**30}}, r"engine_kwargs.max_model_len: expected a whole number from 1"),
     ({"model": 5}, r"model: expected a string, got 5"),
 ])
 def test_engine_records_of_the_wrong_shape_name_meta_json_and_the_field(tmp_path, meta, words):

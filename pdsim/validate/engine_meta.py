@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pdsim.cli_checks import vllm_int
+from pdsim.config.base import MAX_TOKENS
 from pdsim.errors import PdsimError, json_shown
 
 
@@ -182,9 +183,9 @@ def check_engine_meta(meta_path: Path, meta: dict) -> None:
                          f"got {json_shown(kwargs['optimization_level'], 40)}") from None
     limit = kwargs.get("max_model_len")
     number = vllm_int(limit) if isinstance(limit, str) else limit
-    if not (limit is None or limit == "auto" or number == -1 or (type(number) is int and number >= 1)):
-        raise PdsimError(f"{meta_path}: engine_kwargs.max_model_len: expected a whole number >= 1, -1 or 'auto' "
-                         f"(vLLM fits it to the memory), got {limit!r}")
+    if not (limit is None or limit == "auto" or number == -1 or (type(number) is int and 1 <= number <= MAX_TOKENS)):
+        raise PdsimError(f"{meta_path}: engine_kwargs.max_model_len: expected a whole number from 1 to "
+                         f"{MAX_TOKENS:,}, -1 or 'auto' (vLLM fits it to the memory), got {json_shown(limit, 40)}")
     for where, obj, key in (("", meta, "model"), ("", meta, "vllm_version"), ("engine_kwargs.", kwargs, "model")):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise PdsimError(f"{meta_path}: {where}{key}: expected a string, got {obj[key]!r}")
