@@ -234,6 +234,10 @@ def test_undetectable_format_says_how(tmp_path):
         detect_format(p)
     with pytest.raises(TraceError, match="unknown format 'parquet'"):
         read_dataset(p, "parquet")
+    # pdsim's own columns written as a CSV: how to write them as pdsim reads them.
+    csv = _write(tmp_path, "own.csv", "input_toks,output_toks,arrival_time_ns\n10,5,0\n")
+    with pytest.raises(TraceError, match=r"own.csv: a CSV of pdsim's trace columns; pdsim reads them as JSONL"):
+        detect_format(csv)
     # A pdsim trace with a misspelt key: the key it likely meant is named.
     typo = _write(tmp_path, "t.jsonl", '{"input_tokens": 10, "output_toks": 5, "arrival_time_ns": 0}\n')
     with pytest.raises(TraceError, match=r"; 'input_tokens' \(did you mean 'input_toks'\?\); give --dataset-format"):

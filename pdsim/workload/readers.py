@@ -133,6 +133,10 @@ def detect_format(path: Path) -> str:
         return "burstgpt"
     if {"num_prefill_tokens", "num_decode_tokens"} <= header:
         return "lengths-csv"
+    if {"input_toks", "output_toks"} <= header:
+        raise TraceError(f"{path}: a CSV of pdsim's trace columns; pdsim reads them as JSONL, one object per line "
+                         "(input_toks, output_toks, arrival_time_ns), e.g. pandas' df.to_json(path, orient='records', "
+                         "lines=True); CSVs it reads: " + ", ".join(CSV_FORMATS))
     if text.startswith("{") and ('"nodes"' in text or '"num_nodes"' in text):
         raise TraceError(f"{path}: a cluster config (num_nodes, nodes), not a trace: give it as --cluster-config, and "
                          "as --dataset a trace (JSONL of input_toks, output_toks, arrival_time_ns, or a public one)")
