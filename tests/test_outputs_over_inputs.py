@@ -415,3 +415,12 @@ def test_a_write_the_file_system_refuses_names_the_output(tmp_path, monkeypatch,
     assert cli("--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--output", str(output), "--quiet") == 1
     assert one_line_error(capsys) == f"error: {output}: No space left on device\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_a_run_output_named_as_another_format_is_refused(tmp_path, capsys):
+    # The per-request file is a CSV: one named .json would be read as JSON by whoever opens it.
+    assert cli("--cluster-config", str(CONFIG), "--dataset", str(TRACE), "--output", str(tmp_path / "r.json"),
+               "--quiet") == 2
+    assert "the per-request output is a CSV; name it .csv (its summary is r_summary.json beside it)" in \
+        one_line_error(capsys)
+    assert not list(tmp_path.iterdir())

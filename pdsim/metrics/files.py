@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from pdsim.engine.result import SimulationResult
+from pdsim.errors import PdsimError
 from pdsim.outputs import OutputSet, check_output_file, json_text
 
 # The engine's sample fields -> the CSV column names (units and cumulative counts said in the name).
@@ -33,6 +34,10 @@ RUN_COMPANIONS = ("_summary.json", "_timeline.csv", "_links.csv", "_latency_cdf.
                   "_throughput.png")
 
 
+# Suffixes of the files pdsim reads or writes in other formats.
+OTHER_FORMATS = frozenset({".json", ".jsonl", ".png", ".parquet", ".yaml", ".yml", ".gz"})
+
+
 def companion_paths(output: Path) -> list[Path]:
     if not output.name:  # '' or '/': check_output_file says what is wrong with it
         return []
@@ -43,6 +48,9 @@ def check_run_output(output: Path, inputs: list[Path | None]) -> None:
     """Before simulating: exit 2 when --output (or a companion) would overwrite an input or
     cannot be written."""
     check_output_file(output, "--output", inputs, companion_paths(output))
+    if output.suffix.lower() in OTHER_FORMATS:  # a CSV written under another format's name misleads every reader
+        raise PdsimError(f"--output {output}: the per-request output is a CSV; name it .csv (its summary is "
+                         f"{output.stem}_summary.json beside it)")
 
 
 def timeline_frame(result: SimulationResult) -> pd.DataFrame:
