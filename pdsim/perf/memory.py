@@ -69,9 +69,9 @@ NON_TORCH_GIB_TP_MULTI = 2.1
 
 # vLLM's profile_run ends with _dummy_sampler_run: the sampler over max_num_seqs rows of
 # full-vocabulary logits. Its torch peak per (sequence x vocab) element, fitted on the 12
-# sampler-bound vLLM 0.19 start-up logs (docs/memory.md). About
-# what bf16 logits (2) + their fp32 copy (4) + probabilities (4) + exponential noise (4) + a mask
-# (1) occupy at once.
+# sampler-bound vLLM 0.19 start-up logs (docs/memory.md). What 0.19's Sampler holds: the bf16 logits (2),
+# their fp32 copy (4), the probabilities (4) and exponential noise (4), and the Triton top-k/top-p kernel's
+# buffer of one fp32 vocabulary row per SM (0.5 at 1024 rows): 14.5 counted.
 SAMPLER_BYTES_PER_LOGIT = 14.93
 # That is vLLM 0.17+'s sampler from 8 rows on, where apply_top_k_top_p runs a Triton kernel
 # (v1/sample/ops/topk_topp_sampler.py). Below 8 rows, and at every size in vLLM 0.16 and older (whose FlashInfer
