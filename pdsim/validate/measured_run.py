@@ -91,6 +91,11 @@ class MeasuredRun:
         pp = kwargs.get("pipeline_parallel_size")
         if not set_explicitly and vllm_major_minor(version) == (0, 14) and isinstance(pp, int) and pp > 1:
             return False, f"off with pipeline_parallel_size {pp}: vLLM {version}'s default (meta.json)"
+        if vllm_major_minor(version) == (0, 15) and isinstance(pp, int) and pp > 1:
+            # 0.15's scheduler skips a request whose step is still in the pipeline (v1/core/sched/scheduler.py), so
+            # its micro-batches hold different requests, as when scheduling synchronously; 0.16 changed that.
+            return False, (f"replayed as synchronous pipelining: vLLM {version} with pipeline_parallel_size {pp} skips "
+                           "a request still in the pipeline, as synchronous scheduling does (meta.json)")
         return self._engine_setting("async_scheduling", vllm_async_scheduling_default)
 
     def reserve_full_isl(self) -> tuple[bool | None, str]:
