@@ -1577,6 +1577,30 @@ def test_a_recorded_max_model_len_the_requests_exceed_is_said(tmp_path):
 
 
 @needs_shared
+def test_vllm_0_11_runs_chunked_prefill_whatever_it_was_asked(tmp_path):
+    # 0.11's _set_default_args turns chunked prefill on for every generating model; 0.12 honours the flag.
+    import json
+
+    from pdsim.validate.recorded import replay_config
+
+    requests = _rtx_run_with(tmp_path, enable_chunked_prefill=False, max_num_batched_tokens=2048)
+    meta = requests.with_name("meta.json")
+    recorded = json.loads(meta.read_text())
+    recorded["vllm_version"] = "0.11.0"
+    meta.write_text(json.dumps(recorded))
+    run = read_measured(requests)
+    cfg = replay_config(RTX / "cluster_config.json", run, None)
+    assert {ref.config.enable_chunked_prefill for ref in cfg.instances()} == {True}
+    assert {ref.config.max_num_batched_tokens for ref in cfg.instances()} == {2048}
+    assert "enable_chunked_prefill true: meta.json records false, but vLLM 0.11.0 runs chunked prefill" in \
+        " ".join(run.notes)
+    recorded["vllm_version"] = "0.12.0"  # honoured, and vLLM refuses to start with a budget under the model's length
+    meta.write_text(json.dumps(recorded))
+    with pytest.raises(PdsimError, match="vLLM refuses"):
+        replay_config(RTX / "cluster_config.json", read_measured(requests), None)
+
+
+@needs_shared
 def test_replayed_requests_that_do_not_finish_are_said(tmp_path):
     # Chunked prefill off caps a request at 2,048 tokens: 40 of the run's requests cannot replay. (vLLM starts so
     # only with max_model_len at most the budget; without it the record is refused.)

@@ -384,6 +384,13 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
+    version = str(run.engine_meta.get("vllm_version") or "")
+    if out.get("enable_chunked_prefill") is False and vllm_at_least(version, (0, 12)) is False:
+        # vLLM 0.11's _set_default_args turns chunked prefill on for every generating model, whatever was asked.
+        out["enable_chunked_prefill"] = True
+        run.notes.append(f"enable_chunked_prefill true: meta.json records false, but vLLM {version} runs chunked "
+                         "prefill for every generating model whatever it is asked (engine/arg_utils.py "
+                         "_set_default_args; honoured from 0.12)")
     if (budget := _unchunked_budget(instances, stated, out, unrecorded, run)) is not None:
         out["max_num_batched_tokens"] = budget
         unrecorded.remove("max_num_batched_tokens")
