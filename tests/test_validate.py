@@ -627,6 +627,32 @@ def test_closed_loop_rows_schedule_as_their_vllm_version_does_by_default(tmp_pat
     assert ttft[""] == [ttft["--sync-scheduling"][0], ttft["--async-scheduling"][1]]
 
 
+def test_kv_cache_auto_before_vllm_0_14_runs_in_the_models_dtype():
+    # From 0.14 vLLM resolves "auto" from a checkpoint's fp8 KV scheme (ModelOpt), as pdsim does; before, "auto" is
+    # the model's dtype, so a replay of such a run keeps a 16-bit cache.
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from pdsim.models import load_model
+    from pdsim.validate.measured_run import MeasuredRun
+    from pdsim.validate.recorded import _kv_auto_before_0_14
+
+    model = replace(load_model("meta-llama/Llama-3.1-8B"), checkpoint_kv_cache_dtype="fp8")
+
+    def measured(version: str) -> MeasuredRun:
+        return MeasuredRun("run/requests.jsonl", pd.DataFrame(), engine_meta={"vllm_version": version,
+                                                                              "engine_kwargs": {}})
+
+    older = measured("0.12.0")
+    assert _kv_auto_before_0_14([{}], older, model, {}) == {"kv_cache_dtype": "bfloat16"}
+    assert "kv_cache_dtype bfloat16: vLLM 0.12.0 runs 'auto' in the model's dtype" in older.notes[-1]
+    assert _kv_auto_before_0_14([{}], measured("0.14.0"), model, {}) == {}
+    assert _kv_auto_before_0_14([{}], measured(""), model, {}) == {}  # no release: pdsim's (0.19's) rule
+    assert _kv_auto_before_0_14([{"kv_cache_dtype": "fp8"}], measured("0.12.0"), model, {}) == {}  # asked for
+    assert _kv_auto_before_0_14([{}], measured("0.12.0"), load_model("meta-llama/Llama-3.1-8B"), {}) == {}
+
+
 def test_the_samplers_top_k_top_p_follows_the_vllm_release():
     # vLLM 0.17 brought the Triton top-k/top-p kernel; every release before sorts the vocabulary in PyTorch.
     from pdsim.validate.engine_meta import vllm_top_k_top_p

@@ -734,7 +734,28 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         run.notes.append(said[key] + was if key in said else f"{key} {value} from meta.json {where}{was}")
     if "quantization" in out and "dtype" not in out and any(inst.get("dtype") == "fp8" for inst in instances):
         out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
+    out.update(_kv_auto_before_0_14(instances, run, model, out))
     return out
+
+
+def _kv_auto_before_0_14(instances: list[dict], run: MeasuredRun, model: ModelSpec | None,
+                         out: dict[str, object]) -> dict[str, object]:
+    """kv_cache_dtype "auto" as a release before 0.14 runs it: the model's dtype, where pdsim (as vLLM from 0.14,
+    engine/arg_utils.py resolve_kv_cache_dtype_string) takes a checkpoint's fp8 cache scheme."""
+    version = str(run.engine_meta.get("vllm_version") or "")
+    if model is None or model.checkpoint_kv_cache_dtype is None or vllm_at_least(version, (0, 14)) is not False:
+        return {}
+    auto = out.get("kv_cache_dtype", None)
+    if auto is None:
+        auto = "auto" if all(_stated_precision(inst, "kv_cache_dtype") in (None, "auto") for inst in instances) else ""
+    if auto != "auto":
+        return {}
+    dtype = str(out.get("dtype") or next((inst.get("dtype") for inst in instances if inst.get("dtype") not in
+                                          (None, "fp8")), "bfloat16"))
+    run.notes.append(f"kv_cache_dtype {dtype}: vLLM {version} runs 'auto' in the model's dtype, where {model.name}'s "
+                     f"quantization_config stores the cache in {model.checkpoint_kv_cache_dtype}, which vLLM reads "
+                     "from 0.14 on (engine/arg_utils.py)")
+    return {"kv_cache_dtype": dtype}
 
 
 # vLLM's --dtype values (config/model.py ModelDType, a Literal its pydantic config checks as written).
