@@ -245,6 +245,26 @@ def test_a_sampler_that_sorts_the_vocabulary_holds_more_at_start_up():
         cluster(instance(None, 80, "H100-SXM", top_k_top_p="flashinfer"))
 
 
+def test_fused_moe_workspaces_are_held_as_the_vllm_release_holds_them():
+    # 0.18+ keeps them for the whole (gathered) batch; 0.14-0.17 keep one 16,384-row chunk; 0.13 and older allocate
+    # them per layer call, so the sampler runs without them.
+    qwen = load_model("Qwen/Qwen3-30B-A3B")
+
+    def peak(tokens: int, workspace: str, dp: int = 1) -> int:
+        return memory.activation_peak_bytes(qwen, "bfloat16", 1, tokens, 1024, dp_size=dp, moe_workspace=workspace)
+
+    def held(rows: int) -> int:
+        return memory.moe_workspace_bytes(qwen, "bfloat16", 1, rows)
+
+    sampler = memory.sampler_peak_bytes(qwen, "bfloat16", 8192, 1024)
+    assert peak(8192, "batch") == peak(8192, "chunk") == sampler + held(8192)
+    assert peak(8192, "layer") == sampler
+    assert peak(8192, "batch", dp=4) - peak(8192, "chunk", dp=4) == held(4 * 8192) - held(16384)
+    assert peak(32768, "chunk") < peak(32768, "batch")
+    with pytest.raises(ConfigError, match="moe_workspace"):
+        cluster(instance(None, moe_workspace="all"))
+
+
 def test_kv_cache_memory_bytes_takes_vllms_written_form_in_a_config_too():
     # As `pdsim run --kv-cache-memory-bytes 4G` and vLLM's flag take it: 4 x 2^30 bytes.
     assert cluster(instance(None, kv_cache_memory_bytes="4G")).instances()[0].config.kv_cache_memory_bytes == 4 * 2**30

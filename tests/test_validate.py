@@ -660,6 +660,11 @@ def test_the_samplers_top_k_top_p_follows_the_vllm_release():
     assert [vllm_top_k_top_p(v) for v in ("0.11.0", "0.12.0", "0.16.1", "0.17.0", "0.19.0", "1.0.0")] == [
         "pytorch", "pytorch", "pytorch", "triton", "triton", "triton"]
     assert vllm_top_k_top_p("") is None and vllm_top_k_top_p("banana") is None
+    # The fused-MoE workspaces: per layer call up to 0.13, kept by chunks 0.14 to 0.17, for the whole batch after.
+    from pdsim.validate.engine_meta import vllm_moe_workspace
+
+    assert [vllm_moe_workspace(v) for v in ("0.12.0", "0.13.0", "0.14.0", "0.17.1", "0.18.0", "0.19.0", "")] == [
+        "layer", "layer", "chunk", "chunk", "batch", "batch", None]
 
 
 def test_closed_loop_rows_fuse_all_reduce_and_norm_from_vllm_0_17(tmp_path):
@@ -1373,6 +1378,27 @@ def _moe_run(tmp_path: Path, config: dict, **engine_kwargs) -> tuple[Path, Path]
     (run / "meta.json").write_text(json.dumps(meta))
     (tmp_path / "cluster.json").write_text(json.dumps(config))
     return run / "requests.jsonl", tmp_path / "cluster.json"
+
+
+@needs_shared
+def test_a_moe_run_holds_its_fused_moe_workspaces_as_its_release_did(tmp_path):
+    # The shared MoE run (0.19) keeps them; the same record at 0.13 frees them per layer, at 0.15 keeps one chunk.
+    from pdsim.validate.recorded import replay_config
+
+    config = json.loads((MOE / "cluster_config.json").read_text())
+    held = {}
+    for version in ("0.19.0", "0.15.1", "0.13.0"):
+        requests, cfg_path = _moe_run(tmp_path / version, config)
+        meta = requests.with_name("meta.json")
+        recorded = json.loads(meta.read_text())
+        recorded["vllm_version"] = version
+        meta.write_text(json.dumps(recorded))
+        run = read_measured(requests)
+        cfg = replay_config(cfg_path, run, None)
+        held[version] = {ref.config.moe_workspace for ref in cfg.instances()}
+        said = [n for n in run.notes if n.startswith("fused-MoE workspaces")]
+        assert len(said) == (version != "0.19.0"), run.notes
+    assert held == {"0.19.0": {"batch"}, "0.15.1": {"chunk"}, "0.13.0": {"layer"}}
 
 
 @needs_shared

@@ -29,6 +29,10 @@ CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PI
 # vLLM 0.17+'s (a Triton kernel from 8 sequences, PyTorch's sort below), "pytorch" the sort at every size (0.16 and
 # older).
 TOP_K_TOP_P_SAMPLERS = ("triton", "pytorch")
+# How vLLM holds a MoE model's fused-MoE workspaces, which sizes its start-up peak (perf/memory.py): "batch", vLLM
+# 0.18+ (kept, sized for the whole batch), "chunk", 0.14 to 0.17 (kept, one VLLM_FUSED_MOE_CHUNK_SIZE chunk),
+# "layer", 0.13 and older (fused_experts allocates them per layer call and frees them).
+MOE_WORKSPACES = ("batch", "chunk", "layer")
 KV_TRANSFER_MODES = ("after_prefill", "layerwise")
 KV_TRANSFER_DTYPES = ("same", "fp8", "int8")
 TTFT_MODES = ("prefill", "client")
@@ -54,7 +58,7 @@ OVERRIDABLE_KEYS = (
     "scheduler_reserve_full_isl", "enable_prefix_caching", "quantization", "kv_cache_dtype",
     "gpu_memory_utilization", "ep_size", "kv_cache_memory_bytes", "num_gpu_blocks_override",
     "disable_custom_all_reduce", "long_prefill_token_threshold", "allreduce_rms_fusion", "enforce_eager",
-    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode", "top_k_top_p",
+    "cudagraph_capture_sizes", "max_cudagraph_capture_size", "cudagraph_mode", "top_k_top_p", "moe_workspace",
 )
 # An override that sets gpu_memory_utilization in place of npu_mem.mem_util (validate: a config whose mem_util is
 # the measured engine's own argument, not a figure calibrated to LLMServingSim's rule).

@@ -27,6 +27,7 @@ from pdsim.config.base import (
     MAX_OVERHEAD_US,
     MAX_TOKENS,
     MIN_BW_GBPS,
+    MOE_WORKSPACES,
     PD_TYPES,
     TOP_K_TOP_P_SAMPLERS,
     _bandwidth_floor,
@@ -221,6 +222,10 @@ class InstanceConfig(_Strict):
     # (docs/memory.md): "triton", vLLM 0.17 and later (a Triton kernel from 8 sequences); "pytorch", vLLM 0.16 and
     # older, which sort the whole vocabulary in PyTorch (2.5x the memory per sampled sequence).
     top_k_top_p: str = "triton"
+    # How vLLM holds a MoE model's fused-MoE workspaces, which also sizes that peak (docs/memory.md): "batch", vLLM
+    # 0.18 and later (kept from the first MoE forward, for the whole batch); "chunk", 0.14 to 0.17 (kept, for one
+    # 16,384-row chunk); "layer", 0.13 and older (allocated and freed in each layer).
+    moe_workspace: str = "batch"
 
     # ---- LLMServingSim keys: expert/data parallelism and engine settings (docs/moe.md) ----
     # Expert-parallel degree; in a dp_group the whole group's (LLMServingSim). None: tp_size for a
@@ -315,13 +320,15 @@ class InstanceConfig(_Strict):
             return v.upper()
         return _one_of(v, CUDAGRAPH_MODES, nullable=True)
 
-    @field_validator("pd_type", "dtype", "quantization", "kv_cache_dtype", "top_k_top_p", mode="before")
+    @field_validator("pd_type", "dtype", "quantization", "kv_cache_dtype", "top_k_top_p", "moe_workspace",
+                     mode="before")
     @classmethod
     def _choice(cls, v: Any, info: ValidationInfo) -> Any:
         choices, nullable = {"pd_type": (PD_TYPES, True), "dtype": (tuple(DTYPE_BYTES), False),
                              "quantization": (QUANTIZATIONS, True),
                              "kv_cache_dtype": (tuple(KV_CACHE_DTYPES), False),
-                             "top_k_top_p": (TOP_K_TOP_P_SAMPLERS, False)}[info.field_name]
+                             "top_k_top_p": (TOP_K_TOP_P_SAMPLERS, False),
+                             "moe_workspace": (MOE_WORKSPACES, False)}[info.field_name]
         return _one_of(v, choices, nullable=nullable)
 
     @field_validator("model_name")

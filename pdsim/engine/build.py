@@ -195,7 +195,8 @@ def build_instance(
     for note in (_kv_dtype_note(ic, profile.meta), _dtype_note(ic, profile.meta)):
         if note is not None and not profile.estimated:
             predictor.notes.append(note)
-    activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs, ic.top_k_top_p)
+    activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs, ic.top_k_top_p,
+                                                          ic.moe_workspace)
     kv_per_token = held.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
         staged = pipeline_kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),

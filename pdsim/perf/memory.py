@@ -181,35 +181,50 @@ def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: in
     return m * model.moe.top_k * (max(inter, h) + max(2 * inter, h)) * dtype_bytes(dtype)
 
 
-def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int, dp_size: int = 1) -> int:
+# VLLM_FUSED_MOE_CHUNK_SIZE's default (0.12 on; 32768 in 0.11): the rows a fused-MoE call takes at once where it
+# chunks, which vLLM's fused_experts does up to 0.13 and its modular kernel up to 0.17.
+MOE_CHUNK_ROWS = 16384
+
+
+def moe_workspace_rows(rows: int, moe_workspace: str) -> int:
+    """The rows vLLM sizes the fused-MoE workspaces for (InstanceConfig.moe_workspace): the whole batch from 0.18
+    ("batch"), one chunk of it before ("chunk", "layer")."""
+    return rows if moe_workspace == "batch" else min(rows, MOE_CHUNK_ROWS)
+
+
+def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int, dp_size: int = 1,
+                           moe_workspace: str = "batch") -> int:
     """Torch peak inside one MoE block: the residual, the normed input and the block's output [T, hidden]
     beside the router logits [M, E] and the fused-MoE workspaces of M rows. M = T, or, in a DP group of
     `dp_size` ranks, dp_size x T: vLLM's all-gather dispatch gathers every rank's hidden states (another
     [M, hidden]) and router logits, and the kernels size their workspaces by the gathered rows
-    (device_communicators/all2all.py, fused_moe/modular_kernel.py). In the profiling run every rank
-    gives max_num_batched_tokens."""
+    (device_communicators/all2all.py, fused_moe/modular_kernel.py; one chunk of them before 0.18,
+    moe_workspace_rows). In the profiling run every rank gives max_num_batched_tokens."""
     if model.moe is None:
         return 0
     gathered = dp_size * tokens
     held = tokens * 3 * model.hidden_size + gathered * model.moe.num_experts
     if dp_size > 1:
         held += gathered * model.hidden_size
-    return held * dtype_bytes(dtype) + moe_workspace_bytes(model, dtype, expert_tp, gathered)
+    return held * dtype_bytes(dtype) + moe_workspace_bytes(model, dtype, expert_tp,
+                                                           moe_workspace_rows(gathered, moe_workspace))
 
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
                           expert_tp: int | None = None, dp_size: int = 1, bytes_per_logit: float | None = None,
-                          top_k_top_p: str = "triton") -> int:
-    """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's kept fused-MoE
-    workspaces); torch reports the larger. expert_tp: the ways each expert is split (default tp);
+                          top_k_top_p: str = "triton", moe_workspace: str = "batch") -> int:
+    """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's fused-MoE workspaces, where
+    vLLM keeps them); torch reports the larger. expert_tp: the ways each expert is split (default tp);
     dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather; top_k_top_p: the
     sampler's implementation (config/base.py TOP_K_TOP_P_SAMPLERS); bytes_per_logit: the sampler's, in its place
-    (benchmarks/kv_capacity_check.py refits it leaving one log out)."""
+    (benchmarks/kv_capacity_check.py refits it leaving one log out); moe_workspace: how vLLM holds the fused-MoE
+    workspaces (config/base.py MOE_WORKSPACES): "layer" frees them after each layer, so the sampler runs without."""
     etp = tp if expert_tp is None else expert_tp
     forward = max(forward_peak_bytes(model, dtype, tp, tokens),
-                  moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size))
-    sampler = (sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p)
-               + moe_workspace_bytes(model, dtype, etp, dp_size * tokens))
+                  moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size, moe_workspace))
+    kept = 0 if moe_workspace == "layer" else moe_workspace_bytes(
+        model, dtype, etp, moe_workspace_rows(dp_size * tokens, moe_workspace))
+    sampler = sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p) + kept
     return max(forward, sampler)
 
 

@@ -95,8 +95,8 @@ class PipelinePredictor:
         return self.full.extrapolation_notes()
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024,
-                                 top_k_top_p: str = "triton") -> int:
-        return self.full.activation_reserve_bytes(max_num_batched_tokens, max_num_seqs, top_k_top_p)
+                                 top_k_top_p: str = "triton", moe_workspace: str = "batch") -> int:
+        return self.full.activation_reserve_bytes(max_num_batched_tokens, max_num_seqs, top_k_top_p, moe_workspace)
 
     # -- times ----------------------------------------------------------------------------------
     def stage_times_s(self, prefill_chunks: Sequence[tuple[int, int]], n_decode: int, kv_decode_sum: int,

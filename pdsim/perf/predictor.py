@@ -443,7 +443,7 @@ class StepTimePredictor:
         return attn
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024,
-                                 top_k_top_p: str = "triton") -> int:
+                                 top_k_top_p: str = "triton", moe_workspace: str = "batch") -> int:
         """Torch activation peak of vLLM's profiling run on one GPU, which vLLM keeps out of the KV cache.
 
         From the profile's measured peak when it has one (rescaled linearly in tokens when it
@@ -451,7 +451,8 @@ class StepTimePredictor:
         shapes as vLLM's profile_run exercises them (pdsim/perf/memory.py, docs/memory.md): the
         larger of a forward over max_num_batched_tokens tokens and the sampler over
         min(tokens, max_num_seqs) rows of full-vocabulary logits, whose peak depends on the sampler's
-        top-k/top-p implementation (`top_k_top_p`, perf/memory.py). A rank of a MoE DP group adds
+        top-k/top-p implementation (`top_k_top_p`, perf/memory.py), with a MoE model's fused-MoE workspaces
+        where the release keeps them (`moe_workspace`). A rank of a MoE DP group adds
         what gathering the group's tokens into its MoE blocks takes (a profile measures one GPU alone).
         """
         meta = self.profile.meta
@@ -461,7 +462,7 @@ class StepTimePredictor:
         expert_tp = placement.expert_tp if placement is not None else None
         def estimate(ranks: int) -> int:
             return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs,
-                                         expert_tp, ranks, top_k_top_p=top_k_top_p)
+                                         expert_tp, ranks, top_k_top_p=top_k_top_p, moe_workspace=moe_workspace)
 
         if meta.activation_peak_bytes is None:
             return estimate(dp)

@@ -42,6 +42,7 @@ from pdsim.validate.engine_meta import (
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
     vllm_major_minor,
+    vllm_moe_workspace,
     vllm_reserves_full_isl,
     vllm_top_k_top_p,
 )
@@ -290,6 +291,8 @@ def _simulate_one(row: dict, layout: RowLayout, model: str | None, hardware: str
     # Before 0.17 the sampler sorts the whole vocabulary: a larger activation peak at start-up.
     if (sampler := vllm_top_k_top_p(version)) is not None:
         eng.setdefault("top_k_top_p", sampler)
+    if (workspace := vllm_moe_workspace(version)) is not None:  # and how it holds a MoE model's workspaces
+        eng.setdefault("moe_workspace", workspace)
     cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng, source)
     return simulate_row(cfg, isl, osl, conc, opts, rounds, source)
 

@@ -51,6 +51,16 @@ def vllm_top_k_top_p(version: str) -> str | None:
     return None if newer is None else "triton" if newer else "pytorch"
 
 
+def vllm_moe_workspace(version: str) -> str | None:
+    """How the release holds the fused-MoE workspaces (InstanceConfig.moe_workspace): "layer" up to 0.13 (fused_experts
+    allocates them per call), "chunk" 0.14 to 0.17 (the modular kernel keeps them in the workspace manager, sized for
+    one VLLM_FUSED_MOE_CHUNK_SIZE chunk), "batch" from 0.18 (for the whole batch); None: unknown."""
+    if vllm_at_least(version, (0, 14)) is None:
+        return None
+    return "layer" if not vllm_at_least(version, (0, 14)) else "chunk" if not vllm_at_least(version, (0, 18)) \
+        else "batch"
+
+
 def vllm_reserves_full_isl(version: str) -> bool | None:
     """scheduler_reserve_full_isl: new in 0.19 (on by default), absent up to 0.18; None: unknown."""
     return vllm_at_least(version, (0, 19))

@@ -15,7 +15,7 @@ from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_U
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
-from pdsim.validate.engine_meta import vllm_at_least, vllm_top_k_top_p
+from pdsim.validate.engine_meta import vllm_at_least, vllm_moe_workspace, vllm_top_k_top_p
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
@@ -66,11 +66,13 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     fusion, why_not = run.allreduce_rms_fusion()
-    sampler = vllm_top_k_top_p(str(run.engine_meta.get("vllm_version") or ""))
-    if sampler == "pytorch":
-        run.notes.append(f"sampler: vLLM {run.engine_meta['vllm_version']} sorts the whole vocabulary for top-k/top-p "
-                         "(meta.json; a Triton kernel from 0.17), which takes more memory at start-up, so less KV "
-                         "cache (docs/memory.md)")
+    # What the release holds at start-up, which sizes the KV cache (docs/memory.md).
+    version = str(run.engine_meta.get("vllm_version") or "")
+    by_release = {key: value for key, value in (("top_k_top_p", vllm_top_k_top_p(version)),
+                                                ("moe_workspace", vllm_moe_workspace(version))) if value is not None}
+    if by_release.get("top_k_top_p") == "pytorch":
+        run.notes.append(f"sampler: vLLM {version} sorts the whole vocabulary for top-k/top-p (meta.json; a Triton "
+                         "kernel from 0.17), which takes more memory at start-up, so less KV cache (docs/memory.md)")
     # What the config itself states, for the notes on what the run's meta.json overrides.
     raw = read_json_object(cluster_config, ConfigError, "cluster config")
     use_run_model_config(cluster_config, raw)  # its model, for the checks of what the run records
@@ -85,7 +87,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                    "scheduler_reserve_full_isl": reserve, **recorded,
                                                    **({} if fusion is None else {"allreduce_rms_fusion": fusion}),
-                                                   **({} if sampler is None else {"top_k_top_p": sampler})})
+                                                   **by_release})
     except ConfigError as e:
         if not recorded:
             raise
@@ -98,6 +100,14 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         run.notes.append(f"async scheduling {' and '.join(modes)}: the cluster config's ({why}; vLLM schedules "
                          "asynchronously by default from 0.14, --async-scheduling / --sync-scheduling set it)")
     _note_memory_release(run, cfg, release)
+    from pdsim.models import load_model
+
+    if by_release.get("moe_workspace", "batch") != "batch" and any(load_model(ref.config.model_name).is_moe
+                                                                    for ref in cfg.instances()):
+        held = ("allocates them in each MoE layer and frees them, so the sampler runs without them"
+                if by_release["moe_workspace"] == "layer" else "keeps them, sized for one 16,384-row chunk")
+        run.notes.append(f"fused-MoE workspaces: vLLM {version} {held} (meta.json; kept for the whole batch from "
+                         "0.18, docs/memory.md)")
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_engine_count(run, cfg, cluster_config)
