@@ -675,3 +675,27 @@ def test_a_link_bw_lists_pp_entry_is_read_both_ways_as_its_tp_entry():
     # A one-value list gives every dimension its value, the PP link too, from the config, not the GPU's spec.
     one = _built(cluster(_pp(), link_bw=[128], link_latency=[500])).predictor.send
     assert (one.bw_gbps, one.latency_ns) == (64.0, 500.0) and "link_bw/link_latency lists" in one.source
+
+
+def test_only_the_last_stage_reserves_the_sampler_and_moe_models_hold_their_ends_on_every_stage():
+    # vLLM's profile_run runs the dummy sampler on the last pipeline rank alone; each stage sizes its own cache,
+    # and the fewest blocks bind.
+    from pdsim.models import load_model
+    from pdsim.perf import memory
+    from pdsim.perf.pipeline import ENDS_ON_EVERY_STAGE, pipeline_kv_budget
+
+    model = load_model(MODEL)
+    cfg = cluster(_pp(max_num_seqs=1024, max_num_batched_tokens=8192)).instances()[0].config
+    whole = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024)
+    forward = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024, sampler=False)
+    assert forward < whole
+    staged = pipeline_kv_budget(cfg, model, whole, "x", forward_bytes=forward)
+    conservative = pipeline_kv_budget(cfg, model, whole, "x")
+    assert staged.per_stage_blocks[1] == conservative.per_stage_blocks[1]  # the last stage: the same
+    assert staged.per_stage_blocks[0] > conservative.per_stage_blocks[0]  # the first: the sampler's share more
+    # Qwen3-MoE builds its embedding, final norm and LM head on every stage (vLLM's qwen3_moe.py).
+    qwen = load_model("Qwen/Qwen3-30B-A3B")
+    assert qwen.architecture in ENDS_ON_EVERY_STAGE
+    parts = [stage_weight_bytes(qwen, s, "bfloat16", 1, None, None) for s in pp_stages(qwen.num_layers, 2)]
+    ends = 2 * qwen.vocab_per_shard(1) * qwen.hidden_size * 2 + qwen.hidden_size * 2  # untied: both matrices
+    assert sum(parts) == qwen.weight_bytes("bfloat16") + ends

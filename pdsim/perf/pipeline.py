@@ -80,11 +80,19 @@ def stage_model(model: ModelSpec, stage: Stage) -> ModelSpec:
     return dataclasses.replace(model, num_layers=stage.num_layers, moe=moe)
 
 
+# vLLM's models of these architectures build the embedding, the final norm and the LM head on every pipeline stage
+# (model_executor/models/{qwen3_moe,qwen2_moe,mixtral,phimoe,gpt_oss}.py, 0.11 to 0.19: no PPMissingLayer), where
+# the others (Llama, Qwen2/3, DeepSeek) keep them to the first and last.
+ENDS_ON_EVERY_STAGE = frozenset({"qwen3_moe", "qwen2_moe", "mixtral", "phimoe", "gpt_oss"})
+
+
 def stage_weight_bytes(model: ModelSpec, stage: Stage, dtype: str, tp: int, expert_shards: int | None,
                        quantization: str | None) -> int:
     """Weight bytes one GPU of `stage` holds."""
     part = stage_model(model, stage)
     with_ends = part.weight_bytes(dtype, tp, expert_shards, quantization)
+    if model.architecture in ENDS_ON_EVERY_STAGE:
+        return with_ends
     # The same model without layers: embedding, final norm and (untied) LM head, kept in dtype.
     ends_model = dataclasses.replace(part, num_layers=0,
                                      moe=dataclasses.replace(part.moe, moe_layers=0) if part.moe else None)
@@ -128,14 +136,16 @@ class PipelineBudget:
 
 def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
                        measured_gpu_blocks: int | None = None, expert_shards: int = 1,
-                       recorded_util: float | None = None) -> PipelineBudget:
+                       recorded_util: float | None = None, forward_bytes: int | None = None) -> PipelineBudget:
     """Each stage's KV cache by vLLM's accounting (or LLMServingSim's rule) for its weights and
-    layers; the engine gets the fewest blocks of any stage. The activation reserve is the whole
-    model's profile-run peak on every stage (the sampler's part belongs to the last one only, so
-    this is conservative for the others)."""
+    layers; the engine gets the fewest blocks of any stage. The last stage reserves the profile run's whole
+    peak (`activation_bytes`); the others `forward_bytes`, its forward's alone, as only the last stage runs the
+    dummy sampler (v1/worker/gpu_model_runner.py profile_run, `is_last_rank`); None: the whole peak on every
+    stage (a measured profile's peak, which does not tell the two apart)."""
     stages = pp_stages(model.num_layers, ic.pp_size)
-    budgets = [kv_budget(ic, _StageSizes(model, s), activation_bytes, f"{where} (pipeline stage {s.index})",  # type: ignore[arg-type]
-                         None, expert_shards, recorded_util) for s in stages]
+    reserve = [activation_bytes if s.last or forward_bytes is None else forward_bytes for s in stages]
+    budgets = [kv_budget(ic, _StageSizes(model, s), r, f"{where} (pipeline stage {s.index})",  # type: ignore[arg-type]
+                         None, expert_shards, recorded_util) for s, r in zip(stages, reserve, strict=True)]
     i = min(range(len(stages)), key=lambda k: budgets[k].num_gpu_blocks)
     blocks = tuple(b.num_gpu_blocks for b in budgets)
     note = (f"pipeline stage {i} of {len(stages)} binds ({stages[i].num_layers} layers; blocks per stage "

@@ -94,6 +94,9 @@ class PipelinePredictor:
     def extrapolation_notes(self) -> list[str]:
         return self.full.extrapolation_notes()
 
+    def forward_reserve_bytes(self, max_num_batched_tokens: int, moe_workspace: str = "batch") -> int | None:
+        return self.full.forward_reserve_bytes(max_num_batched_tokens, moe_workspace)
+
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024,
                                  top_k_top_p: str = "triton", moe_workspace: str = "batch") -> int:
         return self.full.activation_reserve_bytes(max_num_batched_tokens, max_num_seqs, top_k_top_p, moe_workspace)

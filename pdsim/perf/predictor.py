@@ -442,6 +442,17 @@ class StepTimePredictor:
         attn *= 1e-6
         return attn
 
+    def forward_reserve_bytes(self, max_num_batched_tokens: int, moe_workspace: str = "batch") -> int | None:
+        """The profiling run's forward peak alone (what a pipeline stage before the last reserves: only the last
+        runs the sampler); None where the profile carries a measured peak, which does not tell the two apart."""
+        if self.profile.meta.activation_peak_bytes is not None:
+            return None
+        placement = self.moe_layer.placement if self.moe_layer is not None else None
+        dp = placement.dp_size if placement is not None and self._moe_external else 1
+        expert_tp = placement.expert_tp if placement is not None else None
+        return activation_peak_bytes(self.model, self.profile.meta.dtype, self.tp, max_num_batched_tokens, 1,
+                                     expert_tp, dp, moe_workspace=moe_workspace, sampler=False)
+
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024,
                                  top_k_top_p: str = "triton", moe_workspace: str = "batch") -> int:
         """Torch activation peak of vLLM's profiling run on one GPU, which vLLM keeps out of the KV cache.
