@@ -241,8 +241,11 @@ def test_a_sampler_that_sorts_the_vocabulary_holds_more_at_start_up():
                                           top_k_top_p=s))) for s in ("triton", "pytorch")}
     extra = (38 - memory.SAMPLER_BYTES_PER_LOGIT) * 1024 * LLAMA.vocab_size
     assert blocks["triton"] - blocks["pytorch"] == pytest.approx(extra / BLOCK_BYTES, abs=1)
+    # FlashInfer's sampler (VLLM_USE_FLASHINFER_SAMPLER=1) sorts nothing, at every size: 14 bytes counted.
+    assert memory.sampler_peak_bytes(LLAMA, "bfloat16", 8192, 7, top_k_top_p="flashinfer") == int(
+        14 * 7 * LLAMA.vocab_size) + hidden
     with pytest.raises(ConfigError, match="top_k_top_p"):
-        cluster(instance(None, 80, "H100-SXM", top_k_top_p="flashinfer"))
+        cluster(instance(None, 80, "H100-SXM", top_k_top_p="aiter"))
 
 
 def test_fused_moe_workspaces_are_held_as_the_vllm_release_holds_them():

@@ -1120,6 +1120,29 @@ def test_the_replay_takes_the_kv_size_and_all_reduce_the_engine_recorded(tmp_pat
 
 
 @needs_shared
+def test_an_engine_log_saying_flashinfer_sampled_replays_its_smaller_start_up_peak(tmp_path):
+    # vLLM logs which top-k/top-p sampler it took (FlashInfer's with VLLM_USE_FLASHINFER_SAMPLER=1, or 0.11's
+    # default where FlashInfer is installed): the log decides over the release's default.
+    from pdsim.validate.recorded import replay_config
+
+    requests = _rtx_run_with(tmp_path)
+    meta = requests.with_name("meta.json")
+    recorded = json.loads(meta.read_text())
+    recorded["vllm_version"] = "0.12.0"
+    meta.write_text(json.dumps(recorded))
+    log = tmp_path / "vllm.log"
+    log.write_text("INFO 04-24 12:44:01 [topk_topp_sampler.py:50] Using FlashInfer for top-p & top-k sampling.\n")
+    run = read_measured(requests)
+    cfg = replay_config(RTX / "cluster_config.json", run, None, log)
+    assert {ref.config.top_k_top_p for ref in cfg.instances()} == {"flashinfer"}
+    assert f"top_k_top_p flashinfer: {log}:1 says the engine sampled with FlashInfer" in " ".join(run.notes)
+    assert not any(n.startswith("sampler: vLLM 0.12.0 sorts") for n in run.notes)
+    log.write_text("INFO nothing about the sampler\n")
+    cfg = replay_config(RTX / "cluster_config.json", read_measured(requests), None, log)
+    assert {ref.config.top_k_top_p for ref in cfg.instances()} == {"pytorch"}
+
+
+@needs_shared
 def test_an_engine_log_saying_the_custom_all_reduce_was_disabled_replays_nccl(tmp_path):
     # vLLM falls back to NCCL when its peer-to-peer check fails, whatever disable_custom_all_reduce says; only its
     # start-up log tells (custom_all_reduce.py). meta.json's false is vLLM's default, not what ran.

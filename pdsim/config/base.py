@@ -27,8 +27,8 @@ PD_TYPES = ("prefill", "decode")
 CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
 # How vLLM's sampler applies top-k/top-p, which sizes its dummy run's memory peak (perf/memory.py): "triton" is
 # vLLM 0.17+'s (a Triton kernel from 8 sequences, PyTorch's sort below), "pytorch" the sort at every size (0.16 and
-# older).
-TOP_K_TOP_P_SAMPLERS = ("triton", "pytorch")
+# older), "flashinfer" FlashInfer's sampler (VLLM_USE_FLASHINFER_SAMPLER=1).
+TOP_K_TOP_P_SAMPLERS = ("triton", "pytorch", "flashinfer")
 # How vLLM holds a MoE model's fused-MoE workspaces, which sizes its start-up peak (perf/memory.py): "batch", vLLM
 # 0.18+ (kept, sized for the whole batch), "chunk", 0.14 to 0.17 (kept, one VLLM_FUSED_MOE_CHUNK_SIZE chunk),
 # "layer", 0.13 and older (fused_experts allocates them per layer call and frees them).

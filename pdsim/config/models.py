@@ -220,7 +220,8 @@ class InstanceConfig(_Strict):
     cudagraph_mode: str | None = None
     # How vLLM's sampler applies top-k/top-p, which sizes the activation peak its start-up takes out of the KV cache
     # (docs/memory.md): "triton", vLLM 0.17 and later (a Triton kernel from 8 sequences); "pytorch", vLLM 0.16 and
-    # older, which sort the whole vocabulary in PyTorch (2.5x the memory per sampled sequence).
+    # older, which sort the whole vocabulary in PyTorch (2.5x the memory per sampled sequence); "flashinfer", its
+    # FlashInfer sampler (VLLM_USE_FLASHINFER_SAMPLER=1; 0.11's default where FlashInfer is installed).
     top_k_top_p: str = "triton"
     # How vLLM holds a MoE model's fused-MoE workspaces, which also sizes that peak (docs/memory.md): "batch", vLLM
     # 0.18 and later (kept from the first MoE forward, for the whole batch); "chunk", 0.14 to 0.17 (kept, for one

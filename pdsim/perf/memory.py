@@ -82,6 +82,10 @@ SAMPLER_BYTES_PER_LOGIT = 14.93
 # logged peaks give 38.4 (docs/memory.md).
 SORT_SAMPLER_BYTES_PER_LOGIT = 2 + 4 + 4 + 8 + 8 + 4 + 8
 TRITON_TOP_K_TOP_P_MIN_ROWS = 8
+# FlashInfer's sampler (VLLM_USE_FLASHINFER_SAMPLER=1 from 0.12; 0.11's default where FlashInfer is installed) sorts
+# nothing: beside the bf16 logits (2) and their fp32 copy (4), top_k_top_p_sampling_from_logits holds the top-k
+# masked logits (4) and their probabilities (4) (flashinfer 0.3.1 sampling.py, "top_k_first"). Counted.
+FLASHINFER_SAMPLER_BYTES_PER_LOGIT = 2 + 4 + 4 + 4
 
 
 def visible_memory_gib(hardware: str, mem_size_gb: float) -> tuple[float, str]:
@@ -151,6 +155,8 @@ def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> in
 
 def sampler_bytes_per_logit(top_k_top_p: str, rows: int) -> float:
     """What vLLM's dummy sampler run holds per logit at its peak, by its top-k/top-p implementation."""
+    if top_k_top_p == "flashinfer":
+        return FLASHINFER_SAMPLER_BYTES_PER_LOGIT
     if top_k_top_p == "pytorch" or rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
         return SORT_SAMPLER_BYTES_PER_LOGIT
     return SAMPLER_BYTES_PER_LOGIT

@@ -70,7 +70,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     version = str(run.engine_meta.get("vllm_version") or "")
     by_release = {key: value for key, value in (("top_k_top_p", vllm_top_k_top_p(version)),
                                                 ("moe_workspace", vllm_moe_workspace(version))) if value is not None}
-    if by_release.get("top_k_top_p") == "pytorch":
+    if by_release.get("top_k_top_p") == "pytorch" and not _logs(engine_log, _FLASHINFER_SAMPLER):
         run.notes.append(f"sampler: vLLM {version} sorts the whole vocabulary for top-k/top-p (meta.json; a Triton "
                          "kernel from 0.17), which takes more memory at start-up, so less KV cache (docs/memory.md)")
     # What the config itself states, for the notes on what the run's meta.json overrides.
@@ -85,9 +85,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         recorded.update(_logged_settings(engine_log, stated, run, recorded))
     try:
         cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
-                                                   "scheduler_reserve_full_isl": reserve, **recorded,
-                                                   **({} if fusion is None else {"allreduce_rms_fusion": fusion}),
-                                                   **by_release})
+                                                   "scheduler_reserve_full_isl": reserve, **by_release, **recorded,
+                                                   **({} if fusion is None else {"allreduce_rms_fusion": fusion})})
     except ConfigError as e:
         if not recorded:
             raise
@@ -123,23 +122,40 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
 _CUSTOM_AR_OFF = re.compile(r"Custom allreduce is disabled (because|due to) ([^.]*)")
 
 
+def _logs(engine_log: Path | None, words: str) -> bool:
+    """Whether the engine's log (where given and readable) has a line with `words`."""
+    try:
+        return engine_log is not None and words in engine_log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+# vLLM's start-up line when its sampler is FlashInfer's (v1/sample/ops/topk_topp_sampler.py, 0.11 to 0.19).
+_FLASHINFER_SAMPLER = "Using FlashInfer for top-p & top-k sampling"
+
+
 def _logged_settings(engine_log: Path, instances: list[dict], run: MeasuredRun,
                      recorded: dict[str, object]) -> dict[str, object]:
-    """What the engine's log says it ran that meta.json does not record: its custom all-reduce turned off."""
-    if recorded.get("disable_custom_all_reduce") is True or all(inst.get("tp_size", 1) == 1
-                                                                  for inst in _sized(instances)):
-        return {}
+    """What the engine's log says it ran that meta.json does not record: its custom all-reduce turned off, its
+    sampler FlashInfer's."""
     try:
         text = engine_log.read_text(errors="replace")
     except OSError:
         return {}  # kv_override names an unreadable log
+    custom_ar = recorded.get("disable_custom_all_reduce") is not True and any(inst.get("tp_size", 1) > 1
+                                                                             for inst in _sized(instances))
+    out: dict[str, object] = {}
     for line_no, line in enumerate(text.splitlines(), start=1):
-        if (found := _CUSTOM_AR_OFF.search(line)) is not None:
+        if custom_ar and "disable_custom_all_reduce" not in out and (found := _CUSTOM_AR_OFF.search(line)):
             run.notes.append(f"disable_custom_all_reduce true: {engine_log}:{line_no} says vLLM's custom all-reduce "
                              f"was disabled ({found.group(1)} {found.group(2).strip()}), so every TP all-reduce ran "
                              "on NCCL")
-            return {"disable_custom_all_reduce": True}
-    return {}
+            out["disable_custom_all_reduce"] = True
+        if "top_k_top_p" not in out and _FLASHINFER_SAMPLER in line:
+            run.notes.append(f"top_k_top_p flashinfer: {engine_log}:{line_no} says the engine sampled with FlashInfer, "
+                             "which sorts nothing, so its start-up peak is smaller (docs/memory.md)")
+            out["top_k_top_p"] = "flashinfer"
+    return out
 
 
 def _note_unread_version(run: MeasuredRun, release: tuple[int, int] | None) -> None:
