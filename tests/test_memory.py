@@ -408,8 +408,9 @@ def test_a_moe_dp_rank_sizes_its_moe_workspaces_by_the_groups_gathered_tokens():
 
 
 def test_a_measured_activation_peak_gets_the_dp_groups_gathered_moe_tokens_added():
-    # A profile's measured peak was taken on one GPU alone; a DP rank's profiling run also gathers the group's
-    # tokens into its MoE blocks: the estimate's difference is added.
+    # A profile's measured peak is a forward's, taken on one GPU alone; a DP rank's profiling run also gathers the
+    # group's tokens into its MoE blocks: the estimate's difference is added. The sampler's peak is vLLM's dummy
+    # run's, estimated beside it: the larger of the two is reserved.
     import dataclasses
 
     from pdsim.hardware import get_hardware
@@ -427,8 +428,14 @@ def test_a_measured_activation_peak_gets_the_dp_groups_gathered_moe_tokens_added
         return StepTimePredictor(prof, qwen, 1, hw, moe_placement=ExpertPlacement(1, dp, dp),
                                  moe_external=dp > 1).activation_reserve_bytes(2048, 128)
 
-    extra = (activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1, 2)
-             - activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1))
+    extra = (activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1, 2, with_sampler=False)
+             - activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1, with_sampler=False))
     assert extra > 0
     assert reserve(measured, 1) == 3 * 2**30 and reserve(measured, 2) == 3 * 2**30 + extra
     assert reserve(profile, 2) == activation_peak_bytes(qwen, "bfloat16", 1, 2048, 128, 1, 2)
+    # A measured forward below the sampler's peak: the sampler's binds.
+    small = dataclasses.replace(profile, meta=dataclasses.replace(profile.meta, activation_peak_bytes=2**20,
+                                                                  activation_tokens=None))
+    sampling = memory.sampler_peak_bytes(qwen, "bfloat16", 2048, 128) + memory.moe_workspace_bytes(qwen, "bfloat16",
+                                                                                                  1, 2048)
+    assert reserve(small, 1) == sampling > 2**20

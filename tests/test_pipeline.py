@@ -687,7 +687,7 @@ def test_only_the_last_stage_reserves_the_sampler_and_moe_models_hold_their_ends
     model = load_model(MODEL)
     cfg = cluster(_pp(max_num_seqs=1024, max_num_batched_tokens=8192)).instances()[0].config
     whole = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024)
-    forward = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024, sampler=False)
+    forward = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024, with_sampler=False)
     assert forward < whole
     staged = pipeline_kv_budget(cfg, model, whole, "x", forward_bytes=forward)
     conservative = pipeline_kv_budget(cfg, model, whole, "x")

@@ -218,23 +218,25 @@ def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens:
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
                           expert_tp: int | None = None, dp_size: int = 1, bytes_per_logit: float | None = None,
-                          top_k_top_p: str = "triton", moe_workspace: str = "batch", sampler: bool = True) -> int:
+                          top_k_top_p: str = "triton", moe_workspace: str = "batch", with_sampler: bool = True,
+                          forward_bytes: int | None = None) -> int:
     """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's fused-MoE workspaces, where
     vLLM keeps them); torch reports the larger. expert_tp: the ways each expert is split (default tp);
     dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather; top_k_top_p: the
     sampler's implementation (config/base.py TOP_K_TOP_P_SAMPLERS); bytes_per_logit: the sampler's, in its place
     (benchmarks/kv_capacity_check.py refits it leaving one log out); moe_workspace: how vLLM holds the fused-MoE
     workspaces (config/base.py MOE_WORKSPACES): "layer" frees them after each layer, so the sampler runs without;
-    sampler False: the forward's peak alone (a pipeline stage before the last, which runs no sampler)."""
+    with_sampler False: the forward's peak alone (a pipeline stage before the last, which runs no sampler);
+    forward_bytes: a measured forward peak in place of the forward's estimate (pdsim's profiler measures one)."""
     etp = tp if expert_tp is None else expert_tp
-    forward = max(forward_peak_bytes(model, dtype, tp, tokens),
-                  moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size, moe_workspace))
-    if not sampler:
+    forward = forward_bytes if forward_bytes is not None else max(
+        forward_peak_bytes(model, dtype, tp, tokens), moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size,
+                                                                             moe_workspace))
+    if not with_sampler:
         return forward
     kept = 0 if moe_workspace == "layer" else moe_workspace_bytes(
         model, dtype, etp, moe_workspace_rows(dp_size * tokens, moe_workspace))
-    sampler = sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p) + kept
-    return max(forward, sampler)
+    return max(forward, sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p) + kept)
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: i
     layers; the engine gets the fewest blocks of any stage. The last stage reserves the profile run's whole
     peak (`activation_bytes`); the others `forward_bytes`, its forward's alone, as only the last stage runs the
     dummy sampler (v1/worker/gpu_model_runner.py profile_run, `is_last_rank`); None: the whole peak on every
-    stage (a measured profile's peak, which does not tell the two apart)."""
+    stage."""
     stages = pp_stages(model.num_layers, ic.pp_size)
     reserve = [activation_bytes if s.last or forward_bytes is None else forward_bytes for s in stages]
     budgets = [kv_budget(ic, _StageSizes(model, s), r, f"{where} (pipeline stage {s.index})",  # type: ignore[arg-type]

@@ -94,7 +94,7 @@ class PipelinePredictor:
     def extrapolation_notes(self) -> list[str]:
         return self.full.extrapolation_notes()
 
-    def forward_reserve_bytes(self, max_num_batched_tokens: int, moe_workspace: str = "batch") -> int | None:
+    def forward_reserve_bytes(self, max_num_batched_tokens: int, moe_workspace: str = "batch") -> int:
         return self.full.forward_reserve_bytes(max_num_batched_tokens, moe_workspace)
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024,

@@ -442,45 +442,44 @@ class StepTimePredictor:
         attn *= 1e-6
         return attn
 
-    def forward_reserve_bytes(self, max_num_batched_tokens: int, moe_workspace: str = "batch") -> int | None:
-        """The profiling run's forward peak alone (what a pipeline stage before the last reserves: only the last
-        runs the sampler); None where the profile carries a measured peak, which does not tell the two apart."""
-        if self.profile.meta.activation_peak_bytes is not None:
-            return None
-        placement = self.moe_layer.placement if self.moe_layer is not None else None
-        dp = placement.dp_size if placement is not None and self._moe_external else 1
-        expert_tp = placement.expert_tp if placement is not None else None
-        return activation_peak_bytes(self.model, self.profile.meta.dtype, self.tp, max_num_batched_tokens, 1,
-                                     expert_tp, dp, moe_workspace=moe_workspace, sampler=False)
+    def forward_reserve_bytes(self, max_num_batched_tokens: int, moe_workspace: str = "batch") -> int:
+        """The profiling run's forward peak alone: what a pipeline stage before the last reserves, as only the last
+        runs the sampler (activation_reserve_bytes)."""
+        return self.activation_reserve_bytes(max_num_batched_tokens, 1, moe_workspace=moe_workspace,
+                                             with_sampler=False)
 
     def activation_reserve_bytes(self, max_num_batched_tokens: int, max_num_seqs: int = 1024,
-                                 top_k_top_p: str = "triton", moe_workspace: str = "batch") -> int:
-        """Torch activation peak of vLLM's profiling run on one GPU, which vLLM keeps out of the KV cache.
+                                 top_k_top_p: str = "triton", moe_workspace: str = "batch",
+                                 with_sampler: bool = True) -> int:
+        """Torch activation peak of vLLM's profiling run on one GPU, which vLLM keeps out of the KV cache:
+        the larger of a forward over max_num_batched_tokens tokens and the sampler over min(tokens, max_num_seqs)
+        rows of full-vocabulary logits (pdsim/perf/memory.py, docs/memory.md), whose peak depends on the sampler's
+        top-k/top-p implementation (`top_k_top_p`), with a MoE model's fused-MoE workspaces where the release keeps
+        them (`moe_workspace`).
 
-        From the profile's measured peak when it has one (rescaled linearly in tokens when it
-        records the max_num_batched_tokens it was measured at). Otherwise estimated from the model's
-        shapes as vLLM's profile_run exercises them (pdsim/perf/memory.py, docs/memory.md): the
-        larger of a forward over max_num_batched_tokens tokens and the sampler over
-        min(tokens, max_num_seqs) rows of full-vocabulary logits, whose peak depends on the sampler's
-        top-k/top-p implementation (`top_k_top_p`, perf/memory.py), with a MoE model's fused-MoE workspaces
-        where the release keeps them (`moe_workspace`). A rank of a MoE DP group adds
-        what gathering the group's tokens into its MoE blocks takes (a profile measures one GPU alone).
+        The forward's is the profile's measured peak where it has one (pdsim's profiler measures a forward's,
+        rescaled linearly in tokens when it records the max_num_batched_tokens it was measured at), else estimated
+        from the model's shapes; the sampler's is estimated. A rank of a MoE DP group adds what gathering the
+        group's tokens into its MoE blocks takes (a profile measures one GPU alone).
         """
         meta = self.profile.meta
         placement = self.moe_layer.placement if self.moe_layer is not None else None
         dp = placement.dp_size if placement is not None and self._moe_external else 1
         # The fused-MoE workspaces hold each GPU's slice of an expert: whole under expert parallelism.
         expert_tp = placement.expert_tp if placement is not None else None
-        def estimate(ranks: int) -> int:
+
+        def estimate(ranks: int, forward: int | None = None, sampler: bool = with_sampler) -> int:
             return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs,
-                                         expert_tp, ranks, top_k_top_p=top_k_top_p, moe_workspace=moe_workspace)
+                                         expert_tp, ranks, top_k_top_p=top_k_top_p, moe_workspace=moe_workspace,
+                                         with_sampler=sampler, forward_bytes=forward)
 
         if meta.activation_peak_bytes is None:
             return estimate(dp)
         measured = meta.activation_peak_bytes
         if meta.activation_tokens:
             measured = measured * max_num_batched_tokens / meta.activation_tokens
-        return int(measured) + (estimate(dp) - estimate(1) if dp > 1 else 0)
+        gathered = estimate(dp, sampler=False) - estimate(1, sampler=False) if dp > 1 else 0
+        return estimate(dp, int(measured) + gathered)
 
     def extrapolation_notes(self) -> list[str]:
         """One line per table a lookup left the grid of (for reports), naming the profile: instances of one
