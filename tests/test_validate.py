@@ -1143,6 +1143,30 @@ def test_an_engine_log_saying_flashinfer_sampled_replays_its_smaller_start_up_pe
 
 
 @needs_shared
+def test_a_configs_own_sampler_stands_over_the_releases_default(tmp_path):
+    # meta.json cannot record VLLM_USE_FLASHINFER_SAMPLER: a config that says the engine sampled so is replayed so,
+    # and the difference from the release's default is said; a value no engine has is refused as in `pdsim run`.
+    from pdsim.validate.recorded import replay_config
+
+    requests = _rtx_run_with(tmp_path)
+    meta = requests.with_name("meta.json")
+    recorded = json.loads(meta.read_text())
+    recorded["vllm_version"] = "0.16.0"
+    meta.write_text(json.dumps(recorded))
+    config = json.loads((RTX / "cluster_config.json").read_text())
+    config["nodes"][0]["instances"][0]["top_k_top_p"] = "flashinfer"
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    run = read_measured(requests)
+    cfg = replay_config(tmp_path / "c.json", run, None)
+    assert {ref.config.top_k_top_p for ref in cfg.instances()} == {"flashinfer"}
+    assert "top_k_top_p flashinfer: the config's, where vLLM 0.16.0's is pytorch" in " ".join(run.notes)
+    config["nodes"][0]["instances"][0]["top_k_top_p"] = "torch"
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    with pytest.raises(PdsimError, match=r"top_k_top_p: expected \"triton\", \"pytorch\" or \"flashinfer\""):
+        replay_config(tmp_path / "c.json", read_measured(requests), None)
+
+
+@needs_shared
 def test_an_engine_log_saying_the_custom_all_reduce_was_disabled_replays_nccl(tmp_path):
     # vLLM falls back to NCCL when its peer-to-peer check fails, whatever disable_custom_all_reduce says; only its
     # start-up log tells (custom_all_reduce.py). meta.json's false is vLLM's default, not what ran.

@@ -66,17 +66,11 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     if reserve is not None:
         run.notes.append(f"whole-sequence admission check {'on' if reserve else 'off'}: {why}")
     fusion, why_not = run.allreduce_rms_fusion()
-    # What the release holds at start-up, which sizes the KV cache (docs/memory.md).
-    version = str(run.engine_meta.get("vllm_version") or "")
-    by_release = {key: value for key, value in (("top_k_top_p", vllm_top_k_top_p(version)),
-                                                ("moe_workspace", vllm_moe_workspace(version))) if value is not None}
-    if by_release.get("top_k_top_p") == "pytorch" and not _logs(engine_log, _FLASHINFER_SAMPLER):
-        run.notes.append(f"sampler: vLLM {version} sorts the whole vocabulary for top-k/top-p (meta.json; a Triton "
-                         "kernel from 0.17), which takes more memory at start-up, so less KV cache (docs/memory.md)")
     # What the config itself states, for the notes on what the run's meta.json overrides.
     raw = read_json_object(cluster_config, ConfigError, "cluster config")
     use_run_model_config(cluster_config, raw)  # its model, for the checks of what the run records
     stated = raw_instances(raw)
+    by_release = _start_up_by_release(run, stated, engine_log)
     _check_parallelism(run, stated, cluster_config)
     _check_dp_size(stated, run, cluster_config)
     recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
@@ -105,8 +99,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
                                                                     for ref in cfg.instances()):
         held = ("allocates them in each MoE layer and frees them, so the sampler runs without them"
                 if by_release["moe_workspace"] == "layer" else "keeps them, sized for one 16,384-row chunk")
-        run.notes.append(f"fused-MoE workspaces: vLLM {version} {held} (meta.json; kept for the whole batch from "
-                         "0.18, docs/memory.md)")
+        run.notes.append(f"fused-MoE workspaces: vLLM {run.engine_meta['vllm_version']} {held} (meta.json; kept "
+                         "for the whole batch from 0.18, docs/memory.md)")
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
     _check_engine_count(run, cfg, cluster_config)
@@ -120,6 +114,29 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
 # custom_all_reduce.py: no peer-to-peer access, more than two PCIe-only GPUs, a world size it lacks, a group across
 # nodes): every TP all-reduce then goes to NCCL.
 _CUSTOM_AR_OFF = re.compile(r"Custom allreduce is disabled (because|due to) ([^.]*)")
+
+
+def _start_up_by_release(run: MeasuredRun, instances: list[dict], engine_log: Path | None) -> dict[str, object]:
+    """What the run's vLLM release holds at start-up, which sizes its KV cache (docs/memory.md): its sampler's
+    top-k/top-p and its fused-MoE workspaces, for the instances whose config does not say (a config's own value,
+    e.g. a FlashInfer sampler that meta.json cannot record, stands, and is said)."""
+    version = str(run.engine_meta.get("vllm_version") or "")
+    out: dict[str, object] = {}
+    for key, value in (("top_k_top_p", vllm_top_k_top_p(version)), ("moe_workspace", vllm_moe_workspace(version))):
+        stated = {inst[key] for inst in instances if inst.get(key) is not None}
+        if value is None:
+            continue
+        if stated:
+            if stated != {value}:
+                run.notes.append(f"{key} {', '.join(sorted(map(str, stated)))}: the config's, where vLLM {version}'s "
+                                 f"is {value} (docs/memory.md)")
+            continue
+        out[key] = value
+    if out.get("top_k_top_p") == "pytorch" and not _logs(engine_log, _FLASHINFER_SAMPLER):
+        run.notes.append(f"sampler: vLLM {version} sorts the whole vocabulary for top-k/top-p (meta.json; a Triton "
+                         "kernel from 0.17): 2.5 times the start-up memory per sampled sequence, which vLLM keeps out "
+                         "of the KV cache where the sampler's is the larger peak (docs/memory.md)")
+    return out
 
 
 def _logs(engine_log: Path | None, words: str) -> bool:
