@@ -1693,6 +1693,7 @@ def test_vllm_0_11_runs_chunked_prefill_whatever_it_was_asked(tmp_path):
     assert {ref.config.max_num_batched_tokens for ref in cfg.instances()} == {2048}
     assert "enable_chunked_prefill true: meta.json records false, but vLLM 0.11.0 runs chunked prefill" in \
         " ".join(run.notes)
+    assert not any(n.startswith("enable_chunked_prefill False") for n in run.notes)  # not said both ways
     recorded["vllm_version"] = "0.12.0"  # honoured, and vLLM refuses to start with a budget under the model's length
     meta.write_text(json.dumps(recorded))
     with pytest.raises(PdsimError, match="vLLM refuses"):

@@ -55,10 +55,21 @@ def vllm_moe_workspace(version: str) -> str | None:
     """How the release holds the fused-MoE workspaces (InstanceConfig.moe_workspace): "layer" up to 0.13 (fused_experts
     allocates them per call), "chunk" 0.14 to 0.17 (the modular kernel keeps them in the workspace manager, sized for
     one VLLM_FUSED_MOE_CHUNK_SIZE chunk), "batch" from 0.18 (for the whole batch); None: unknown."""
-    if vllm_at_least(version, (0, 14)) is None:
+    if (modular := vllm_at_least(version, (0, 14))) is None:
         return None
-    return "layer" if not vllm_at_least(version, (0, 14)) else "chunk" if not vllm_at_least(version, (0, 18)) \
-        else "batch"
+    return "batch" if vllm_at_least(version, (0, 18)) else "chunk" if modular else "layer"
+
+
+def vllm_honours_no_chunked_prefill(version: str) -> bool | None:
+    """Whether --no-enable-chunked-prefill is honoured: from 0.12; 0.11's _set_default_args turns chunked prefill on
+    for every generating model (engine/arg_utils.py). None: unknown."""
+    return vllm_at_least(version, (0, 12))
+
+
+def vllm_reads_checkpoint_kv_dtype(version: str) -> bool | None:
+    """Whether kv_cache_dtype "auto" takes a checkpoint's fp8 KV scheme (ModelOpt): from 0.14
+    (engine/arg_utils.py resolve_kv_cache_dtype_string); before, "auto" is the model's dtype. None: unknown."""
+    return vllm_at_least(version, (0, 14))
 
 
 def vllm_reserves_full_isl(version: str) -> bool | None:

@@ -15,7 +15,13 @@ from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_U
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
-from pdsim.validate.engine_meta import vllm_at_least, vllm_moe_workspace, vllm_top_k_top_p
+from pdsim.validate.engine_meta import (
+    vllm_at_least,
+    vllm_honours_no_chunked_prefill,
+    vllm_moe_workspace,
+    vllm_reads_checkpoint_kv_dtype,
+    vllm_top_k_top_p,
+)
 from pdsim.validate.kv_capacity import positive_int
 
 if TYPE_CHECKING:
@@ -428,9 +434,9 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
     version = str(run.engine_meta.get("vllm_version") or "")
-    if out.get("enable_chunked_prefill") is False and vllm_at_least(version, (0, 12)) is False:
-        # vLLM 0.11's _set_default_args turns chunked prefill on for every generating model, whatever was asked.
+    if out.get("enable_chunked_prefill") is False and vllm_honours_no_chunked_prefill(version) is False:
         out["enable_chunked_prefill"] = True
+        run.notes[:] = [n for n in run.notes if not n.startswith("enable_chunked_prefill False from meta.json")]
         run.notes.append(f"enable_chunked_prefill true: meta.json records false, but vLLM {version} runs chunked "
                          "prefill for every generating model whatever it is asked (engine/arg_utils.py "
                          "_set_default_args; honoured from 0.12)")
@@ -786,7 +792,7 @@ def _kv_auto_before_0_14(instances: list[dict], run: MeasuredRun, model: ModelSp
     """kv_cache_dtype "auto" as a release before 0.14 runs it: the model's dtype, where pdsim (as vLLM from 0.14,
     engine/arg_utils.py resolve_kv_cache_dtype_string) takes a checkpoint's fp8 cache scheme."""
     version = str(run.engine_meta.get("vllm_version") or "")
-    if model is None or model.checkpoint_kv_cache_dtype is None or vllm_at_least(version, (0, 14)) is not False:
+    if model is None or model.checkpoint_kv_cache_dtype is None or vllm_reads_checkpoint_kv_dtype(version) is not False:
         return {}
     auto = out.get("kv_cache_dtype", None)
     if auto is None:
@@ -795,6 +801,7 @@ def _kv_auto_before_0_14(instances: list[dict], run: MeasuredRun, model: ModelSp
         return {}
     dtype = str(out.get("dtype") or next((inst.get("dtype") for inst in instances if inst.get("dtype") not in
                                           (None, "fp8")), "bfloat16"))
+    run.notes[:] = [n for n in run.notes if not n.startswith("kv_cache_dtype auto")]  # said as what ran, below
     run.notes.append(f"kv_cache_dtype {dtype}: vLLM {version} runs 'auto' in the model's dtype, where {model.name}'s "
                      f"quantization_config stores the cache in {model.checkpoint_kv_cache_dtype}, which vLLM reads "
                      "from 0.14 on (engine/arg_utils.py)")
