@@ -389,6 +389,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     from pdsim.perf.memory import kv_rule
     from pdsim.validate.compare import (
         compare,
+        finished_ids,
         format_table,
         lost_requests,
         per_request,
@@ -429,14 +430,17 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                          f"{'; '.join(run.notes)})")
     _eager_profile_note(run, result)
     _profile_version_note(run, result)
-    table = compare(run, result)
     estimated = any(info.estimated_profile for info in result.infos)
     if step_time_margin_pct:
-        faster, slower = (compare(run, _replay_with_bar(cfg, run, dataclasses.replace(opts, step_time_scale=scale),
-                                                        str(cluster_config),
-                                                        _bar(f"steps {step_time_margin_pct:g}% {side}", quiet)))
+        faster, slower = (_replay_with_bar(cfg, run, dataclasses.replace(opts, step_time_scale=scale),
+                                           str(cluster_config), _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
                           for side, scale in margin_scales(step_time_margin_pct).items())
-        table = with_step_margin(table, faster, slower, step_time_margin_pct)
+        # Every figure over the same requests: those all three replays finished.
+        among = finished_ids(result) & finished_ids(faster) & finished_ids(slower)
+        table = with_step_margin(compare(run, result, among), compare(run, faster, among),
+                                 compare(run, slower, among), step_time_margin_pct)
+    else:
+        table = compare(run, result)
     table["estimated_profile"] = estimated
     with OutputSet() as out:  # the two files land together
         out.stage(output, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
@@ -607,7 +611,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
     else:
         from pdsim.metrics.summary import ESTIMATED_NOTE, estimated_part, profile_notes
         from pdsim.perf.interp import extrapolation_key
-        from pdsim.validate.compare import compare, replay_losses
+        from pdsim.validate.compare import compare, lost_requests
 
         run = read_measured(measured)
         _refuse_open_loop_delay(ctx, run, measured)
@@ -623,7 +627,7 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
             result = _replay_with_bar(cfg, run, _sim_options(profile_dir, overhead_us, run, client_delay_ms),
                                       str(cluster_config), _bar(f"step_overhead_us {overhead_us:g}", quiet))
             predicted_kv[:] = [result.infos[0].kv_predicted_tokens]
-            if (lost := replay_losses(result)) is not None:
+            if (lost := lost_requests(result)) is not None:  # a fit over fewer requests than measured fits nothing
                 raise PdsimError(f"{measured}: {lost} (at step_overhead_us {overhead_us:g}): nothing to fit")
             estimated[:] = [int(any(info.estimated_profile for info in result.infos)), 1]
             estimated_what[:] = [estimated_part((i.estimated_profile, i.estimated_part) for i in result.infos)]

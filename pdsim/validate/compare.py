@@ -110,7 +110,8 @@ def replay_losses(result: SimulationResult) -> str | None:
     lost = lost_requests(result)
     if lost is None:
         return None
-    return f"{lost}; they are left out of both sides' figures"
+    return (f"{lost}; they are left out of both sides' figures (ITL aside: its gaps are pooled over every request, "
+            "not kept per request)")
 
 
 def requests_path(output: Path) -> Path:
@@ -142,8 +143,15 @@ def _finished(mea: pd.DataFrame) -> np.ndarray:
     return (mea.e2e_ms.notna() & mea.ttft_ms.notna()).to_numpy()
 
 
-def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
-    """One row per (metric, statistic): measured, simulated, and the difference in %."""
+def finished_ids(result: SimulationResult) -> set[int]:
+    """The replayed requests that finished (their ids: rows of the measured run)."""
+    return {r.id for r in result.requests if r.status == "finished"}
+
+
+def compare(measured: MeasuredRun, result: SimulationResult, among: set[int] | None = None) -> pd.DataFrame:
+    """One row per (metric, statistic): measured, simulated, and the difference in %. among: the replayed
+    requests to compare over, where several replays are compared with one measurement (those each finished);
+    default: those this replay finished."""
     sim = simulated_requests(measured, result)
     mea = measured.requests.reset_index(drop=True)  # a replayed request's id is its row here
     # A request the measured engine did not finish is left out of both sides (it was still replayed), and so is one
@@ -152,7 +160,7 @@ def compare(measured: MeasuredRun, result: SimulationResult) -> pd.DataFrame:
     if not done.any():
         raise PdsimError(f"{measured.source}: no request of the measured run finished (none has both a first token "
                          "and an end-to-end latency): nothing to compare")
-    done = done & np.isin(np.arange(len(mea)), sim.request_id.to_numpy())
+    done = done & np.isin(np.arange(len(mea)), sorted(finished_ids(result) if among is None else among))
     if not done.any():
         raise PdsimError(f"{measured.source}: no request the measured run finished finished in the replay too: "
                          "nothing to compare")
