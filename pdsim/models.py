@@ -405,7 +405,7 @@ def checkpoint_quantization(path: Path, raw: dict) -> str | None:
     method = str(q.get("quant_method", "")).lower()
     if method == "fp8":  # HF fp8 (Qwen3-*-FP8, DeepSeek-V3): weight_block_size gives block scales
         block = q.get("weight_block_size")
-        if block is not None and block != [128, 128]:  # vLLM's fp8 block kernels and pdsim's shard checks: 128 x 128
+        if block is not None and block != [128, 128]:  # pdsim's shard checks and GEMM tables: 128 x 128 alone
             raise PdsimError(f"{where}.weight_block_size': {block!r} is not modelled (128 x 128 blocks are, as "
                              "published fp8 checkpoints have them)")
         return "fp8_block" if block else "fp8"

@@ -498,5 +498,6 @@ def test_a_profile_recorded_on_a_device_pdsim_cannot_tell_says_so(tmp_path):
     # Its hardware field names another GPU than the device it records, which is the instance's: the error says so.
     config = _case_recorded_on(tmp_path / "h", "H100", "NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTXPRO6000")
     with pytest.raises(PdsimError, match=r"measured on H100 \(its recorded device, 'NVIDIA RTX PRO 6000 Blackwell "
-                                         r"Server Edition', is a RTXPRO6000: if so, its hardware field is wrong\)"):
+                                         r"Server Edition', is this GPU, RTXPRO6000: the profile's hardware field "
+                                         r"looks wrong\)"):
         simulate(load_cluster_config(config), [TraceRequest(0, 100, 4, 0)])

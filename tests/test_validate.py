@@ -1611,8 +1611,9 @@ def test_a_recorded_version_pdsim_cannot_read_is_said(tmp_path):
     meta.write_text(json.dumps(recorded))
     older = read_measured(requests)
     replay_config(RTX / "cluster_config.json", older, None)
-    assert ("KV capacity by vLLM 0.19's accounting, its sampler's aside: its forward's activation peak and its "
-            "non-torch memory are that release's, vLLM 0.12.0 may differ") in " ".join(older.notes)
+    assert ("KV capacity by vLLM 0.19's accounting, but for its sampler and fused-MoE workspaces: its forward's "
+            "activation peak and its non-torch memory are that release's, vLLM 0.12.0 may differ") in " ".join(
+        older.notes)
     # Its sampler is 0.12's: a sort of the whole vocabulary, which holds more at start-up, so less KV cache.
     assert "sampler: vLLM 0.12.0 sorts the whole vocabulary for top-k/top-p" in " ".join(older.notes)
     assert {ref.config.top_k_top_p for ref in replay_config(RTX / "cluster_config.json", older, None).instances()} \

@@ -129,7 +129,8 @@ def build_instance(
     if mismatch == "error":
         device = profile.meta.device.get("gpu") or profile.meta.device.get("name")
         named = canonical_hardware_name(device) if isinstance(device, str) else None
-        hint = (f" (its recorded device, {device!r}, is a {ic.hardware}: if so, its hardware field is wrong)"
+        hint = (f" (its recorded device, {device!r}, is this GPU, {ic.hardware}: the profile's hardware field "
+                "looks wrong)"
                 if named is not None and named == ic.hardware else "")
         raise ProfileError(f"{where}.hardware: {ic.hardware}, but the profile ({profile.meta.path}) was measured on "
                            f"{profile.meta.hardware}{hint}: its step times are that GPU's; give the instance that "

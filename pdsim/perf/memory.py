@@ -176,10 +176,10 @@ def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int, byt
 def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
     """vLLM's fused-MoE workspaces (FusedMoEModularKernel with TritonExperts, vLLM 0.19): workspace13
     [M, top_k, max(I, H)] (intermediate caches 2 and 3) and workspace2 [M, top_k, max(2 I, H)]
-    (intermediate cache 1, the gate_up output), M = tokens (0.19 allocates them for the whole batch,
-    `modular_kernel.py`: older releases chunked at VLLM_FUSED_MOE_CHUNK_SIZE), I the expert intermediate size
-    on one GPU. vLLM's workspace manager allocates them at the first MoE
-    forward and keeps them, so they are still held when the sampler runs. 0 for a dense model."""
+    (intermediate cache 1, the gate_up output), M = tokens (moe_workspace_rows: the whole batch from 0.18, one
+    chunk before), I the expert intermediate size on one GPU. From 0.14 vLLM's workspace manager allocates them at
+    the first MoE forward and keeps them, so they are still held when the sampler runs (activation_peak_bytes).
+    0 for a dense model."""
     if model.moe is None:
         return 0
     m, h = tokens, model.hidden_size
@@ -281,6 +281,16 @@ def _vllm_blocks(ic: InstanceConfig, weight_bytes: int, activation_bytes: int, o
         f"{total_gib:.2f} GiB ({source}) x gpu_memory_utilization {util:g}{said}"
 
 
+def _sampler_said(ic: InstanceConfig) -> str:
+    """How the KV line names the sampler's top-k/top-p, where it is not vLLM 0.17+'s Triton kernel."""
+    rows = min(ic.max_num_batched_tokens, ic.max_num_seqs)
+    if ic.top_k_top_p == "flashinfer":
+        return ", FlashInfer's"
+    if ic.top_k_top_p == "pytorch" or rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
+        return ", sorting them in PyTorch"
+    return ""
+
+
 def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
               measured_gpu_blocks: int | None = None, expert_shards: int = 1,
               recorded_util: float | None = None) -> KVBudget:
@@ -319,7 +329,7 @@ def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where
         detail = (f"{requested / GIB:.2f} GiB requested ({how}), weights {weight_bytes / GIB:.2f}, activation "
                   f"peak {activation_bytes / GIB:.2f} (vLLM's profiling forward over max_num_batched_tokens "
                   f"{ic.max_num_batched_tokens:,}, its sampler over up to max_num_seqs {ic.max_num_seqs:,} rows"
-                  f"{', sorting them in PyTorch' if ic.top_k_top_p == 'pytorch' else ''}), "
+                  f"{_sampler_said(ic)}), "
                   f"non-torch and CUDA-graph {other / GIB:.2f} GiB")
         if not ic.enable_chunked_prefill:  # the budget may be the model's whole length (config._unchunked_budget)
             detail += ("; without chunked prefill vLLM's default budget is max_model_len: a smaller "

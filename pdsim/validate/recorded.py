@@ -199,9 +199,10 @@ def _note_memory_release(run: MeasuredRun, cfg: ClusterConfig, release: tuple[in
 
     if release is None or release == (0, 19) or all(kv_rule(ref.config) != "vllm" for ref in cfg.instances()):
         return
-    run.notes.append(f"KV capacity by vLLM 0.19's accounting, its sampler's aside: its forward's activation peak and "
-                     f"its non-torch memory are that release's, vLLM {run.engine_meta['vllm_version']} may differ "
-                     "(docs/memory.md; the instance key non_torch_memory_gb sets the latter)")
+    run.notes.append(f"KV capacity by vLLM 0.19's accounting, but for its sampler and fused-MoE workspaces: its "
+                     f"forward's activation peak and its non-torch memory are that release's, vLLM "
+                     f"{run.engine_meta['vllm_version']} may differ (docs/memory.md; the instance key "
+                     "non_torch_memory_gb sets the latter)")
 
 
 # Engine arguments the replay reads (here, in engine_meta.py and in validate's notes), and those that do not
