@@ -404,7 +404,7 @@ def test_async_scheduling_follows_the_recorded_version_and_executor():
     assert decided("0.16.0", pipeline_parallel_size=2) is True
     assert decided("0.14.0", pipeline_parallel_size=2, async_scheduling=True) is True
     assert decided("nightly") is None
-    assert decided("v0.19.0") is True and decided("0.19.1+cu128") is True
+    assert decided("v0.19.0") is True and decided("0.19.1+cu128") is True and decided("V0.19.0") is True
 
 
 def test_skew_fit_buckets():

@@ -15,7 +15,7 @@ from pdsim.errors import PdsimError, json_shown
 def vllm_major_minor(version: str) -> tuple[int, int] | None:
     """(0, 19) for "0.19.0" (or "v0.19.0", "0.19.1+cu128"); None when it is not a release number."""
     try:
-        major, minor = (int(x) for x in str(version).strip().removeprefix("v").split(".")[:2])
+        major, minor = (int(x) for x in str(version).strip().lower().removeprefix("v").split(".")[:2])
     except ValueError:
         return None
     return major, minor

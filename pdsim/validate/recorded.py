@@ -188,8 +188,10 @@ def _note_unread_version(run: MeasuredRun, release: tuple[int, int] | None) -> N
     if run.engine_meta and release is None:
         what = "no vllm_version" if version in (None, "") else f"vllm_version {version!r}, not a release number"
         run.notes.append(f"meta.json has {what}: the defaults that depend on it (async scheduling, the "
-                         "whole-sequence admission check, all-reduce + norm fusion) are the cluster config's "
-                         "unless its engine_kwargs set them")
+                         "whole-sequence admission check, all-reduce + norm fusion, the sampler's and fused-MoE "
+                         "workspaces' start-up memory, chunked prefill and kv_cache_dtype auto as a release reads "
+                         "them) are the cluster config's (where it sets none, pdsim's: vLLM 0.19's, with async "
+                         "scheduling off), unless its engine_kwargs set them")
 
 
 def _note_memory_release(run: MeasuredRun, cfg: ClusterConfig, release: tuple[int, int] | None) -> None:
