@@ -215,7 +215,9 @@ def build_instance(
         engine = AsyncPipelinedInstance if ic.async_scheduling else PipelinedInstance
         if ic.async_scheduling and lockstep:
             raise ConfigError(f"{where}: pp_size {ic.pp_size} with async_scheduling true in a MoE DP group is not "
-                              "modelled; set async_scheduling false (docs/pipeline.md)")
+                              "modelled; set async_scheduling false, or give --sync-scheduling (validate takes it "
+                              "too, where the run's vLLM release scheduled asynchronously by default; "
+                              "docs/pipeline.md)")
     inst = engine(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
