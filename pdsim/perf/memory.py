@@ -192,9 +192,13 @@ def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: in
 MOE_CHUNK_ROWS = 16384
 
 
-def moe_workspace_rows(rows: int, moe_workspace: str) -> int:
-    """The rows vLLM sizes the fused-MoE workspaces for (InstanceConfig.moe_workspace): the whole batch from 0.18
-    ("batch"), one chunk of it before ("chunk", "layer")."""
+def moe_workspace_rows(rows: int, moe_workspace: str, dp_ep: bool = False) -> int:
+    """The rows vLLM's profiling run sizes the fused-MoE workspaces for (InstanceConfig.moe_workspace): the whole
+    batch from 0.18 ("batch"), one chunk of it before ("chunk", "layer"); under DP with expert parallelism 0.14 to
+    0.17 size them for a whole chunk whatever the batch, the worst case random routing may not show while profiling
+    (fused_moe/modular_kernel.py `is_profile_run and ... self.is_dp_ep`)."""
+    if moe_workspace == "chunk" and dp_ep:
+        return MOE_CHUNK_ROWS
     return rows if moe_workspace == "batch" else min(rows, MOE_CHUNK_ROWS)
 
 
@@ -212,8 +216,9 @@ def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens:
     held = tokens * 3 * model.hidden_size + gathered * model.moe.num_experts
     if dp_size > 1:
         held += gathered * model.hidden_size
+    dp_ep = dp_size > 1 and expert_tp == 1  # whole experts on each GPU of a DP group: expert parallelism
     return held * dtype_bytes(dtype) + moe_workspace_bytes(model, dtype, expert_tp,
-                                                           moe_workspace_rows(gathered, moe_workspace))
+                                                           moe_workspace_rows(gathered, moe_workspace, dp_ep))
 
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
@@ -235,7 +240,7 @@ def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, se
     if not with_sampler:
         return forward
     kept = 0 if moe_workspace == "layer" else moe_workspace_bytes(
-        model, dtype, etp, moe_workspace_rows(dp_size * tokens, moe_workspace))
+        model, dtype, etp, moe_workspace_rows(dp_size * tokens, moe_workspace, dp_size > 1 and etp == 1))
     return max(forward, sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p) + kept)
 
 
