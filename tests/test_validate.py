@@ -402,7 +402,10 @@ def test_async_scheduling_follows_the_recorded_version_and_executor():
     assert decided("0.15.1", pipeline_parallel_size=2) is False
     assert decided("0.15.1", pipeline_parallel_size=2, async_scheduling=True) is False
     assert decided("0.16.0", pipeline_parallel_size=2) is True
-    assert decided("0.14.0", pipeline_parallel_size=2, async_scheduling=True) is True
+    # 0.11 to 0.14 refuse to start with async scheduling asked for beside pipeline parallelism: no such run.
+    with pytest.raises(PdsimError, match=r"engine_kwargs.async_scheduling true with pipeline_parallel_size 2: vLLM "
+                                         r"0.14.0 refuses to start so"):
+        decided("0.14.0", pipeline_parallel_size=2, async_scheduling=True)
     assert decided("nightly") is None
     assert decided("v0.19.0") is True and decided("0.19.1+cu128") is True and decided("V0.19.0") is True
 

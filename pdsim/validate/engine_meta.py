@@ -60,6 +60,12 @@ def vllm_moe_workspace(version: str) -> str | None:
     return "batch" if vllm_at_least(version, (0, 18)) else "chunk" if modular else "layer"
 
 
+def vllm_pipelines_async(version: str) -> bool | None:
+    """Whether async scheduling may run with pipeline parallelism: from 0.15; 0.11 to 0.14 refuse to start with both
+    asked for (engine/arg_utils.py, then config/vllm.py: "not yet compatible"). None: unknown."""
+    return vllm_at_least(version, (0, 15))
+
+
 def vllm_honours_no_chunked_prefill(version: str) -> bool | None:
     """Whether --no-enable-chunked-prefill is honoured: from 0.12; 0.11's _set_default_args turns chunked prefill on
     for every generating model (engine/arg_utils.py). None: unknown."""

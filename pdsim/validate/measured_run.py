@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from pdsim.validate.engine_meta import (
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
     vllm_major_minor,
+    vllm_pipelines_async,
     vllm_reserves_full_isl,
 )
 from pdsim.workload.trace import token_count
@@ -89,6 +91,11 @@ class MeasuredRun:
             return False, "off with distributed_executor_backend ray, which cannot schedule ahead (meta.json)"
         version = str(self.engine_meta.get("vllm_version", ""))
         pp = kwargs.get("pipeline_parallel_size")
+        if kwargs.get("async_scheduling") is True and isinstance(pp, int) and pp > 1 \
+                and vllm_pipelines_async(version) is False:
+            raise PdsimError(f"{Path(self.source).with_name('meta.json')}: engine_kwargs.async_scheduling true with "
+                             f"pipeline_parallel_size {pp}: vLLM {version} refuses to start so (\"not yet compatible\","
+                             " config/vllm.py); no such run was measured")
         if not set_explicitly and vllm_major_minor(version) == (0, 14) and isinstance(pp, int) and pp > 1:
             return False, f"off with pipeline_parallel_size {pp}: vLLM {version}'s default (meta.json)"
         if vllm_major_minor(version) == (0, 15) and isinstance(pp, int) and pp > 1:
