@@ -267,6 +267,8 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
         bar.close()
 
     loop = f", closed loop with {concurrency} clients" if concurrency else ""
+    if concurrency and concurrency > len(trace):  # the clients past the requests never send
+        loop += f" (only {len(trace)} of them send: one request each)"
     click.echo(f"pdsim: {cluster_config} with {source}: {len(trace)} requests{loop}, "
                f"simulated {result.sim_end_s:.1f} s in {wall_s:.2f} s wall")
     click.echo(format_summary(summary))

@@ -83,6 +83,14 @@ def test_every_routing_policy_a_config_takes_is_taken_on_the_command_line(tmp_pa
     assert outs["prefix_aware"].cached_tokens.sum() > outs["least_loaded"].cached_tokens.sum()
 
 
+def test_more_clients_than_requests_is_said(tmp_path):
+    r = pdsim("run", "--cluster-config", str(REPO / "configs/cluster/single_node_single_instance.json"),
+              "--concurrency", "20", "--num-reqs", "6", "--input-len", "64", "--output-len", "4",
+              "--output", str(tmp_path / "cl.csv"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "6 requests, closed loop with 20 clients (only 6 of them send: one request each)" in r.stdout
+
+
 def test_closed_loop_run_without_dataset(tmp_path):
     r = pdsim("run", "--cluster-config", str(REPO / "configs/cluster/single_node_single_instance.json"),
               "--concurrency", "4", "--num-reqs", "12", "--input-len", "512", "--output-len", "32",
