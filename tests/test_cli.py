@@ -83,6 +83,12 @@ def test_every_routing_policy_a_config_takes_is_taken_on_the_command_line(tmp_pa
     assert outs["prefix_aware"].cached_tokens.sum() > outs["least_loaded"].cached_tokens.sum()
 
 
+def test_a_stats_plot_named_as_another_format_is_refused(tmp_path):
+    r = pdsim("workload", "stats", str(TRACE), "--plot", str(tmp_path / "x.txt"))
+    assert r.returncode == 2 and "--plot " in r.stderr and "the plot is a PNG; name it .png" in r.stderr
+    assert not (tmp_path / "x.txt").exists()
+
+
 def test_more_clients_than_requests_is_said(tmp_path):
     r = pdsim("run", "--cluster-config", str(REPO / "configs/cluster/single_node_single_instance.json"),
               "--concurrency", "20", "--num-reqs", "6", "--input-len", "64", "--output-len", "4",

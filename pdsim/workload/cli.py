@@ -250,6 +250,8 @@ def stats(trace: Path, num_requests: int | None, bin_s: float | None, as_json: b
         raise PdsimError(f"--bin-s: expected a finite number of seconds > 0, got {bin_s}")
     if plot is not None:
         check_output_file(plot, "--plot", [trace])
+        if plot.suffix.lower() != ".png":
+            raise PdsimError(f"--plot {plot}: the plot is a PNG; name it .png")
     data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
     span_s = max(r.arrival_time_ns for r in data.requests) / 1e9
     if bin_s is not None and span_s / bin_s > MAX_BINS:
