@@ -828,8 +828,9 @@ def test_validate_with_a_measured_profile_has_no_estimated_line(tmp_path):
             assert rows[f"{side}_{column}"].mean() == pytest.approx(table.loc[(metric, "mean"), side], rel=1e-5)
 
 
-def _rtx_run_with(tmp_path: Path, **engine_kwargs) -> Path:
-    """The shared RTX PRO 6000 run, its meta.json engine_kwargs updated; its requests.jsonl."""
+def _rtx_run_with(tmp_path: Path, version: str | None = None, **engine_kwargs) -> Path:
+    """The shared RTX PRO 6000 run, its meta.json engine_kwargs updated (and its vllm_version, where given); its
+    requests.jsonl."""
     import json
     import shutil
 
@@ -837,6 +838,8 @@ def _rtx_run_with(tmp_path: Path, **engine_kwargs) -> Path:
     shutil.copytree(RTX / "vllm_run", run)
     meta = json.loads((run / "meta.json").read_text())
     meta["engine_kwargs"].update(engine_kwargs)
+    if version is not None:
+        meta["vllm_version"] = version
     (run / "meta.json").write_text(json.dumps(meta))
     return run / "requests.jsonl"
 
@@ -1128,11 +1131,7 @@ def test_an_engine_log_saying_flashinfer_sampled_replays_its_smaller_start_up_pe
     # default where FlashInfer is installed): the log decides over the release's default.
     from pdsim.validate.recorded import replay_config
 
-    requests = _rtx_run_with(tmp_path)
-    meta = requests.with_name("meta.json")
-    recorded = json.loads(meta.read_text())
-    recorded["vllm_version"] = "0.12.0"
-    meta.write_text(json.dumps(recorded))
+    requests = _rtx_run_with(tmp_path, "0.12.0")
     log = tmp_path / "vllm.log"
     log.write_text("INFO 04-24 12:44:01 [topk_topp_sampler.py:50] Using FlashInfer for top-p & top-k sampling.\n")
     run = read_measured(requests)
@@ -1151,11 +1150,7 @@ def test_a_configs_own_sampler_stands_over_the_releases_default(tmp_path):
     # and the difference from the release's default is said; a value no engine has is refused as in `pdsim run`.
     from pdsim.validate.recorded import replay_config
 
-    requests = _rtx_run_with(tmp_path)
-    meta = requests.with_name("meta.json")
-    recorded = json.loads(meta.read_text())
-    recorded["vllm_version"] = "0.16.0"
-    meta.write_text(json.dumps(recorded))
+    requests = _rtx_run_with(tmp_path, "0.16.0")
     config = json.loads((RTX / "cluster_config.json").read_text())
     config["nodes"][0]["instances"][0]["top_k_top_p"] = "flashinfer"
     (tmp_path / "c.json").write_text(json.dumps(config))
