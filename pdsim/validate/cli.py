@@ -209,7 +209,7 @@ def _profile_version_note(run: MeasuredRun, result: SimulationResult) -> None:
     another release's. Said, not corrected."""
     from pdsim.validate.engine_meta import vllm_major_minor
 
-    ran = str(run.engine_meta.get("vllm_version", ""))
+    ran = run.vllm_version
     if vllm_major_minor(ran) is None:
         return
     devices = [getattr(inst.predictor, "full", inst.predictor).profile.meta.device for inst in result.instances]

@@ -42,9 +42,8 @@ from pdsim.validate.engine_meta import (
     vllm_async_scheduling_default,
     vllm_fuses_allreduce_norm,
     vllm_major_minor,
-    vllm_moe_workspace,
     vllm_reserves_full_isl,
-    vllm_top_k_top_p,
+    vllm_start_up,
 )
 from pdsim.validate.row_layout import LAYOUT_COUNTS, RowLayout, row_layout, text, whole_number
 from pdsim.workload.trace import TraceRequest
@@ -288,11 +287,10 @@ def _simulate_one(row: dict, layout: RowLayout, model: str | None, hardware: str
     # vLLM 0.17's default compilation added the all-reduce + RMSNorm fusion (where the GPU allows it).
     if vllm_fuses_allreduce_norm(version) is False:
         eng.setdefault("allreduce_rms_fusion", False)
-    # Before 0.17 the sampler sorts the whole vocabulary: a larger activation peak at start-up.
-    if (sampler := vllm_top_k_top_p(version)) is not None:
-        eng.setdefault("top_k_top_p", sampler)
-    if (workspace := vllm_moe_workspace(version)) is not None:  # and how it holds a MoE model's workspaces
-        eng.setdefault("moe_workspace", workspace)
+    # What the release holds at start-up (before 0.17 the sampler sorts the whole vocabulary: a larger activation
+    # peak), and how it holds a MoE model's workspaces.
+    for key, value in vllm_start_up(version).items():
+        eng.setdefault(key, value)
     cfg = row_config(model, hardware, mem_gb, tp, lookup(model, tp, layout.profile_precision), eng, source)
     return simulate_row(cfg, isl, osl, conc, opts, rounds, source)
 

@@ -60,6 +60,13 @@ def vllm_moe_workspace(version: str) -> str | None:
     return "batch" if vllm_at_least(version, (0, 18)) else "chunk" if modular else "layer"
 
 
+def vllm_start_up(version: str) -> dict[str, str]:
+    """The instance keys of what the release holds at start-up, which sizes its KV cache (docs/memory.md): its
+    sampler's top-k/top-p and its fused-MoE workspaces; {} where the version is unknown."""
+    found = {"top_k_top_p": vllm_top_k_top_p(version), "moe_workspace": vllm_moe_workspace(version)}
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def vllm_pipelines_async(version: str) -> bool | None:
     """Whether async scheduling may run with pipeline parallelism: from 0.15; 0.11 to 0.14 refuse to start with both
     asked for (engine/arg_utils.py, then config/vllm.py: "not yet compatible"). None: unknown."""

@@ -63,6 +63,11 @@ class MeasuredRun:
         """The engine arguments meta.json records (empty when it records none)."""
         return self.engine_meta.get("engine_kwargs") or {}
 
+    @property
+    def vllm_version(self) -> str:
+        """The vLLM release meta.json names ("" where it names none)."""
+        return str(self.engine_meta.get("vllm_version") or "")
+
     def recorded_in(self, key: str) -> str:
         """Where meta.json records engine argument `key`: engine_kwargs, or the field it was taken from."""
         return self.kwargs_sources.get(key, "engine_kwargs")
@@ -89,7 +94,7 @@ class MeasuredRun:
             # From 0.14 vLLM leaves its default off where the executor cannot schedule ahead (config/vllm.py):
             # only the multiprocessing and single-process executors can.
             return False, "off with distributed_executor_backend ray, which cannot schedule ahead (meta.json)"
-        version = str(self.engine_meta.get("vllm_version", ""))
+        version = self.vllm_version
         pp = kwargs.get("pipeline_parallel_size")
         if kwargs.get("async_scheduling") is True and isinstance(pp, int) and pp > 1 \
                 and vllm_pipelines_async(version) is False:
@@ -120,7 +125,7 @@ class MeasuredRun:
             return False, f"{mode} (no inductor passes)"
         if (level := self.optimization_level()) in (0, 1):
             return False, f"optimization_level {level} in meta.json engine_kwargs (vLLM's -O{level} leaves it off)"
-        version = str(self.engine_meta.get("vllm_version", ""))
+        version = self.vllm_version
         if vllm_fuses_allreduce_norm(version) is False:
             return False, f"vLLM {version} predates it (meta.json; on by default from 0.17)"
         return None, ""
@@ -152,7 +157,7 @@ class MeasuredRun:
         kwargs = self.engine_kwargs
         if isinstance(kwargs.get(key), bool):
             return kwargs[key], "set in meta.json engine_kwargs"
-        version = str(self.engine_meta.get("vllm_version", ""))
+        version = self.vllm_version
         value = default_of(version)
         return (None, "") if value is None else (value, f"vLLM {version}'s default (meta.json)")
 

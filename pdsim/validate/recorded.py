@@ -18,9 +18,8 @@ from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
 from pdsim.validate.engine_meta import (
     vllm_at_least,
     vllm_honours_no_chunked_prefill,
-    vllm_moe_workspace,
     vllm_reads_checkpoint_kv_dtype,
-    vllm_top_k_top_p,
+    vllm_start_up,
 )
 from pdsim.validate.kv_capacity import positive_int
 
@@ -60,7 +59,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
         raise PdsimError(f"--cluster-config: needed to replay a per-request run{hint}")
     from pdsim.validate.engine_meta import vllm_major_minor
 
-    release = vllm_major_minor(str(run.engine_meta.get("vllm_version") or ""))
+    release = vllm_major_minor(run.vllm_version)
     _note_unread_version(run, release)
     if async_scheduling is None:
         async_scheduling, why = run.async_scheduling()
@@ -76,13 +75,17 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
     raw = read_json_object(cluster_config, ConfigError, "cluster config")
     use_run_model_config(cluster_config, raw)  # its model, for the checks of what the run records
     stated = raw_instances(raw)
-    by_release = _start_up_by_release(run, stated, engine_log)
+    by_release = _start_up_by_release(run, stated)
     _check_parallelism(run, stated, cluster_config)
     _check_dp_size(stated, run, cluster_config)
     recorded = {**_engine_limits(stated, run), **_recorded_precision(stated, run),
                 **_recorded_expert_layout(stated, run), **_recorded_cudagraphs(stated, run)}
     if engine_log is not None:
         recorded.update(_logged_settings(engine_log, stated, run, recorded))
+    if by_release.get("top_k_top_p") == "pytorch" and "top_k_top_p" not in recorded:  # the log may name FlashInfer's
+        run.notes.append(f"sampler: vLLM {run.vllm_version} sorts the whole vocabulary for top-k/top-p (meta.json; a "
+                         "Triton kernel from 0.17): 2.5 times the start-up memory per sampled sequence, which vLLM "
+                         "keeps out of the KV cache where the sampler's is the larger peak (docs/memory.md)")
     try:
         cfg = load_cluster_config(cluster_config, {"async_scheduling": async_scheduling,
                                                    "scheduler_reserve_full_isl": reserve, **by_release, **recorded,
@@ -105,7 +108,7 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
                                                                     for ref in cfg.instances()):
         held = ("allocates them in each MoE layer and frees them, so the sampler runs without them"
                 if by_release["moe_workspace"] == "layer" else "keeps them, sized for one 16,384-row chunk")
-        run.notes.append(f"fused-MoE workspaces: vLLM {run.engine_meta['vllm_version']} {held} (meta.json; kept "
+        run.notes.append(f"fused-MoE workspaces: vLLM {run.vllm_version} {held} (meta.json; kept "
                          "for the whole batch from 0.18, docs/memory.md)")
     if fusion is False and any(ref.config.tp_size > 1 for ref in cfg.instances()):
         run.notes.append(f"TP all-reduce not fused with the norms after it: {why_not}")
@@ -122,35 +125,19 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
 _CUSTOM_AR_OFF = re.compile(r"Custom allreduce is disabled (because|due to) ([^.]*)")
 
 
-def _start_up_by_release(run: MeasuredRun, instances: list[dict], engine_log: Path | None) -> dict[str, object]:
-    """What the run's vLLM release holds at start-up, which sizes its KV cache (docs/memory.md): its sampler's
-    top-k/top-p and its fused-MoE workspaces, for the instances whose config does not say (a config's own value,
-    e.g. a FlashInfer sampler that meta.json cannot record, stands, and is said)."""
-    version = str(run.engine_meta.get("vllm_version") or "")
+def _start_up_by_release(run: MeasuredRun, instances: list[dict]) -> dict[str, object]:
+    """What the run's vLLM release holds at start-up (engine_meta.vllm_start_up), for the instances whose config
+    does not say (a config's own value, e.g. a FlashInfer sampler that meta.json cannot record, stands, and is
+    said)."""
     out: dict[str, object] = {}
-    for key, value in (("top_k_top_p", vllm_top_k_top_p(version)), ("moe_workspace", vllm_moe_workspace(version))):
+    for key, value in vllm_start_up(run.vllm_version).items():
         stated = {inst[key] for inst in instances if inst.get(key) is not None}
-        if value is None:
-            continue
-        if stated:
-            if stated != {value}:
-                run.notes.append(f"{key} {', '.join(sorted(map(str, stated)))}: the config's, where vLLM {version}'s "
-                                 f"is {value} (docs/memory.md)")
-            continue
-        out[key] = value
-    if out.get("top_k_top_p") == "pytorch" and not _logs(engine_log, _FLASHINFER_SAMPLER):
-        run.notes.append(f"sampler: vLLM {version} sorts the whole vocabulary for top-k/top-p (meta.json; a Triton "
-                         "kernel from 0.17): 2.5 times the start-up memory per sampled sequence, which vLLM keeps out "
-                         "of the KV cache where the sampler's is the larger peak (docs/memory.md)")
+        if not stated:
+            out[key] = value
+        elif stated != {value}:
+            run.notes.append(f"{key} {', '.join(sorted(map(str, stated)))}: the config's, where vLLM "
+                             f"{run.vllm_version}'s is {value} (docs/memory.md)")
     return out
-
-
-def _logs(engine_log: Path | None, words: str) -> bool:
-    """Whether the engine's log (where given and readable) has a line with `words`."""
-    try:
-        return engine_log is not None and words in engine_log.read_text(errors="replace")
-    except OSError:
-        return False
 
 
 # vLLM's start-up line when its sampler is FlashInfer's (v1/sample/ops/topk_topp_sampler.py, 0.11 to 0.19).
@@ -203,7 +190,7 @@ def _note_memory_release(run: MeasuredRun, cfg: ClusterConfig, release: tuple[in
         return
     run.notes.append(f"KV capacity by vLLM 0.19's accounting, but for its sampler and fused-MoE workspaces: its "
                      f"forward's activation peak and its non-torch memory are that release's, vLLM "
-                     f"{run.engine_meta['vllm_version']} may differ (docs/memory.md; the instance key "
+                     f"{run.vllm_version} may differ (docs/memory.md; the instance key "
                      "non_torch_memory_gb sets the latter)")
 
 
@@ -433,16 +420,16 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
         if value is None:  # the engine's own default, not recorded
             unrecorded.append(key)
             continue
+        if key == "enable_chunked_prefill" and value is False and \
+                vllm_honours_no_chunked_prefill(run.vllm_version) is False:
+            out[key] = True
+            run.notes.append(f"enable_chunked_prefill true: meta.json records false, but vLLM {run.vllm_version} runs "
+                             "chunked prefill for every generating model whatever it is asked (engine/arg_utils.py "
+                             "_set_default_args; honoured from 0.12)")
+            continue
         out[key] = value
         was = f", the config says {stated[key]}" if key in stated and stated[key] != value else ""
         run.notes.append(f"{key} {value} from meta.json engine_kwargs{was}")
-    version = str(run.engine_meta.get("vllm_version") or "")
-    if out.get("enable_chunked_prefill") is False and vllm_honours_no_chunked_prefill(version) is False:
-        out["enable_chunked_prefill"] = True
-        run.notes[:] = [n for n in run.notes if not n.startswith("enable_chunked_prefill False from meta.json")]
-        run.notes.append(f"enable_chunked_prefill true: meta.json records false, but vLLM {version} runs chunked "
-                         "prefill for every generating model whatever it is asked (engine/arg_utils.py "
-                         "_set_default_args; honoured from 0.12)")
     if (budget := _unchunked_budget(instances, stated, out, unrecorded, run)) is not None:
         out["max_num_batched_tokens"] = budget
         unrecorded.remove("max_num_batched_tokens")
@@ -679,7 +666,7 @@ def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> 
     threshold = _recorded_int(kwargs, "long_prefill_token_threshold", 0, meta)
     partial = _recorded_int(kwargs, "max_num_partial_prefills", 1, meta)
     long_partial = _recorded_int(kwargs, "max_long_partial_prefills", 1, meta)
-    version = str(run.engine_meta.get("vllm_version", ""))
+    version = run.vllm_version
     if vllm_at_least(version, (0, 12)) and ((partial or 1) > 1 or (long_partial or 1) > 1):
         key, value = (("max_num_partial_prefills", partial) if (partial or 1) > 1
                       else ("max_long_partial_prefills", long_partial))
@@ -776,7 +763,11 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         out["kv_cache_dtype"] = layout.kv_cache_dtype
     elif "kv_cache_dtype" not in kwargs and stated_fp8_kv and run.records_engine_kwargs:
         out["kv_cache_dtype"] = "auto"  # vLLM's default
+    before_0_14 = _kv_auto_before_0_14(instances, run, model, out)  # said there, as what ran
+    out.update(before_0_14)
     for key, value in out.items():
+        if key in before_0_14:
+            continue
         stated = {str(v) for inst in instances if (v := _stated_precision(inst, key)) is not None}
         if key == "kv_cache_dtype" and key not in kwargs:
             run.notes.append(_default_ran_note(key, value, ", ".join(sorted(stated))))
@@ -786,7 +777,6 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         run.notes.append(said[key] + was if key in said else f"{key} {value} from meta.json {where}{was}")
     if "quantization" in out and "dtype" not in out and any(inst.get("dtype") == "fp8" for inst in instances):
         out["dtype"] = "bfloat16"  # LLMServingSim's dtype "fp8" names fp8 weights too; the override decides
-    out.update(_kv_auto_before_0_14(instances, run, model, out))
     return out
 
 
@@ -794,7 +784,7 @@ def _kv_auto_before_0_14(instances: list[dict], run: MeasuredRun, model: ModelSp
                          out: dict[str, object]) -> dict[str, object]:
     """kv_cache_dtype "auto" as a release before 0.14 runs it: the model's dtype, where pdsim (as vLLM from 0.14,
     engine/arg_utils.py resolve_kv_cache_dtype_string) takes a checkpoint's fp8 cache scheme."""
-    version = str(run.engine_meta.get("vllm_version") or "")
+    version = run.vllm_version
     if model is None or model.checkpoint_kv_cache_dtype is None or vllm_reads_checkpoint_kv_dtype(version) is not False:
         return {}
     auto = out.get("kv_cache_dtype", None)
@@ -804,7 +794,6 @@ def _kv_auto_before_0_14(instances: list[dict], run: MeasuredRun, model: ModelSp
         return {}
     dtype = str(out.get("dtype") or next((inst.get("dtype") for inst in instances if inst.get("dtype") not in
                                           (None, "fp8")), "bfloat16"))
-    run.notes[:] = [n for n in run.notes if not n.startswith("kv_cache_dtype auto")]  # said as what ran, below
     run.notes.append(f"kv_cache_dtype {dtype}: vLLM {version} runs 'auto' in the model's dtype, where {model.name}'s "
                      f"quantization_config stores the cache in {model.checkpoint_kv_cache_dtype}, which vLLM reads "
                      "from 0.14 on (engine/arg_utils.py)")
