@@ -153,13 +153,21 @@ def forward_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int) -> in
     return tokens * dtype_bytes(dtype) * (3 * model.hidden_size + max(attention, mlp))
 
 
+def sampler_kind(top_k_top_p: str, rows: int) -> str:
+    """What applies top-k/top-p to `rows` sampled rows: "flashinfer", "sort" (PyTorch's, at every size before
+    0.17 and below 8 rows after) or "triton"."""
+    if top_k_top_p == "flashinfer":
+        return "flashinfer"
+    return "sort" if top_k_top_p == "pytorch" or rows < TRITON_TOP_K_TOP_P_MIN_ROWS else "triton"
+
+
+_SAMPLER_BYTES_PER_LOGIT = {"flashinfer": FLASHINFER_SAMPLER_BYTES_PER_LOGIT, "sort": SORT_SAMPLER_BYTES_PER_LOGIT,
+                            "triton": SAMPLER_BYTES_PER_LOGIT}
+
+
 def sampler_bytes_per_logit(top_k_top_p: str, rows: int) -> float:
     """What vLLM's dummy sampler run holds per logit at its peak, by its top-k/top-p implementation."""
-    if top_k_top_p == "flashinfer":
-        return FLASHINFER_SAMPLER_BYTES_PER_LOGIT
-    if top_k_top_p == "pytorch" or rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
-        return SORT_SAMPLER_BYTES_PER_LOGIT
-    return SAMPLER_BYTES_PER_LOGIT
+    return _SAMPLER_BYTES_PER_LOGIT[sampler_kind(top_k_top_p, rows)]
 
 
 def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int, bytes_per_logit: float | None = None,
@@ -192,13 +200,15 @@ def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: in
 MOE_CHUNK_ROWS = 16384
 
 
-def moe_workspace_rows(rows: int, moe_workspace: str, dp_ep: bool = False) -> int:
-    """The rows vLLM's profiling run sizes the fused-MoE workspaces for (InstanceConfig.moe_workspace): the whole
-    batch from 0.18 ("batch"), one chunk of it before ("chunk", "layer"); under DP with expert parallelism 0.14 to
-    0.17 size them for a whole chunk whatever the batch, the worst case random routing may not show while profiling
+def moe_workspace_rows(tokens: int, dp_size: int, expert_tp: int, moe_workspace: str) -> int:
+    """The rows vLLM's profiling run sizes the fused-MoE workspaces for (InstanceConfig.moe_workspace), each of a DP
+    group's `dp_size` ranks giving `tokens`: the whole gathered batch from 0.18 ("batch"), one chunk of it before
+    ("chunk", "layer"); under DP with expert parallelism (whole experts on each GPU, expert_tp 1) 0.14 to 0.17
+    size them for a whole chunk whatever the batch, the worst case random routing may not show while profiling
     (fused_moe/modular_kernel.py `is_profile_run and ... self.is_dp_ep`)."""
-    if moe_workspace == "chunk" and dp_ep:
+    if moe_workspace == "chunk" and dp_size > 1 and expert_tp == 1:
         return MOE_CHUNK_ROWS
+    rows = dp_size * tokens
     return rows if moe_workspace == "batch" else min(rows, MOE_CHUNK_ROWS)
 
 
@@ -216,9 +226,8 @@ def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens:
     held = tokens * 3 * model.hidden_size + gathered * model.moe.num_experts
     if dp_size > 1:
         held += gathered * model.hidden_size
-    dp_ep = dp_size > 1 and expert_tp == 1  # whole experts on each GPU of a DP group: expert parallelism
-    return held * dtype_bytes(dtype) + moe_workspace_bytes(model, dtype, expert_tp,
-                                                           moe_workspace_rows(gathered, moe_workspace, dp_ep))
+    rows = moe_workspace_rows(tokens, dp_size, expert_tp, moe_workspace)
+    return held * dtype_bytes(dtype) + moe_workspace_bytes(model, dtype, expert_tp, rows)
 
 
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
@@ -240,7 +249,7 @@ def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, se
     if not with_sampler:
         return forward
     kept = 0 if moe_workspace == "layer" else moe_workspace_bytes(
-        model, dtype, etp, moe_workspace_rows(dp_size * tokens, moe_workspace, dp_size > 1 and etp == 1))
+        model, dtype, etp, moe_workspace_rows(tokens, dp_size, etp, moe_workspace))
     return max(forward, sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p) + kept)
 
 
@@ -288,12 +297,8 @@ def _vllm_blocks(ic: InstanceConfig, weight_bytes: int, activation_bytes: int, o
 
 def _sampler_said(ic: InstanceConfig) -> str:
     """How the KV line names the sampler's top-k/top-p, where it is not vLLM 0.17+'s Triton kernel."""
-    rows = min(ic.max_num_batched_tokens, ic.max_num_seqs)
-    if ic.top_k_top_p == "flashinfer":
-        return ", FlashInfer's"
-    if ic.top_k_top_p == "pytorch" or rows < TRITON_TOP_K_TOP_P_MIN_ROWS:
-        return ", sorting them in PyTorch"
-    return ""
+    kind = sampler_kind(ic.top_k_top_p, min(ic.max_num_batched_tokens, ic.max_num_seqs))
+    return {"flashinfer": ", FlashInfer's", "sort": ", sorting them in PyTorch", "triton": ""}[kind]
 
 
 def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
