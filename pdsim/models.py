@@ -445,7 +445,7 @@ def rope_cache_elements(raw: dict, head_dim: int) -> int:
     params = raw.get("rope_scaling") or raw.get("rope_parameters") or {}
     params = params if isinstance(params, dict) else {}
     positions = _positive(raw.get("max_position_embeddings")) or 0.0
-    kind = params.get("rope_type") or params.get("type") or "default"
+    kind = _rope_kind(params)
     factor = _positive(params.get("factor"))
     original = _positive(params.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings"))
     if kind in ("yarn", "deepseek_yarn", "deepseek_llama_scaling") and factor and original:
@@ -466,13 +466,16 @@ _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_le
 VLLM_UNKNOWN_MAX_LEN = 2048  # vLLM's assumption where the config gives no length
 
 
-def _rope_parameter_sets(raw: dict) -> list[dict]:
-    """The config's RoPE parameters, one dict per layer type where transformers 5 nests them so; [] for none."""
-    params = raw.get("rope_scaling") or raw.get("rope_parameters")
+def _rope_parameters(raw: dict) -> list[tuple[str, dict]]:
+    """The config's RoPE parameters with the field they sit in: `rope_scaling` (or `rope_parameters`), one dict per
+    layer type where transformers 5 nests them so (`rope_parameters.<layer type>`); [] for none."""
+    name = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
+    params = raw.get(name)
     if not isinstance(params, dict):
         return []
-    nested = params and all(isinstance(value, dict) for value in params.values())
-    return list(params.values()) if nested else [params]
+    if params and all(isinstance(value, dict) for value in params.values()):
+        return [(f"{name}.{layer}", value) for layer, value in params.items()]
+    return [(name, params)]
 
 
 def _rope_kind(params: dict) -> str:
@@ -494,7 +497,7 @@ def vllm_max_model_len(raw: dict) -> int:
     lengths = [length for key in _LENGTH_KEYS if (length := _positive(raw.get(key)))]
     derived = _positive(raw.get("model_max_length")) or (min(lengths) if lengths else VLLM_UNKNOWN_MAX_LEN)
     factor = 1.0
-    for p in _rope_parameter_sets(raw):
+    for _, p in _rope_parameters(raw):
         kind = _rope_kind(p)
         if kind in ("su", "longrope", "llama3"):
             continue
@@ -508,7 +511,7 @@ def vllm_default_max_model_len(raw: dict) -> int:
     """vLLM's max_model_len when none is asked: vllm_max_model_len, but for longrope (Phi-3; its legacy name "su",
     which vLLM's config patching renames) its original_max_position_embeddings, which keeps short sequences on the
     short factors (config/model.py)."""
-    for p in _rope_parameter_sets(raw):
+    for _, p in _rope_parameters(raw):
         if _rope_kind(p) in ("longrope", "su") and (original := _original_positions(raw, p)):
             return int(original)
     return vllm_max_model_len(raw)
@@ -536,11 +539,7 @@ def check_length_fields(path: Path, raw: dict) -> None:
     for key in (*_LENGTH_KEYS, "original_max_position_embeddings", "qk_rope_head_dim"):
         number(key, raw.get(key), True, _MOST_POSITIONS)
     number("partial_rotary_factor", raw.get("partial_rotary_factor"), False, 1)
-    name = "rope_scaling" if raw.get("rope_scaling") else "rope_parameters"
-    sets = _rope_parameter_sets(raw)
-    layer_names = list(raw[name]) if len(sets) > 1 else [None] * len(sets)
-    for layer, params in zip(layer_names, sets, strict=True):
-        where = name if layer is None else f"{name}.{layer}"
+    for where, params in _rope_parameters(raw):
         number(f"{where}.factor", params.get("factor"), False, None)
         number(f"{where}.original_max_position_embeddings", params.get("original_max_position_embeddings"), True,
                _MOST_POSITIONS)
