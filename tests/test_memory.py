@@ -197,6 +197,20 @@ def test_two_kv_figures_are_both_named(tmp_path):
     assert "NOTE" not in kv_from_log(log, 16).source
 
 
+def test_an_engine_log_without_a_kv_line_leaves_the_capacity_to_meta_json(tmp_path):
+    """A log cut before the engine sized its cache, or given for its sampler and all-reduce lines, is no error."""
+    from pdsim.validate.kv_capacity import capacity_line, measured_kv
+
+    log = tmp_path / "engine.log"
+    log.write_text("INFO Using FlashInfer for top-p & top-k sampling.\n")
+    assert kv_from_log(log, 16) is None
+    kv = measured_kv({"kv_cache": {"num_gpu_blocks": 1200}}, "meta.json", log, 16)
+    assert kv.num_gpu_blocks == 1200 and f"{log} has no 'GPU KV cache size: N tokens' line" in kv.source
+    assert measured_kv({}, "meta.json", log, 16) is None
+    line = capacity_line(20_000, "vllm", None, "predicted", engine_log=log)
+    assert f"measured: not recorded by the run ({log} has no 'GPU KV cache size: N tokens' line" in line
+
+
 def _pdsim(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pdsim", *args], capture_output=True, text=True, cwd=REPO)
 

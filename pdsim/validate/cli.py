@@ -290,7 +290,8 @@ def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, re
 @_closed_loop_options
 @click.option("--engine-log", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The measured engine's vLLM log: its 'GPU KV cache size: N tokens' line gives the measured KV "
-                   "capacity (else meta.json's kv_cache.num_gpu_blocks beside the run, when there).")
+                   "capacity (else meta.json's kv_cache.num_gpu_blocks beside the run, when there), and its "
+                   "start-up lines what the engine fell back to (custom all-reduce off, FlashInfer sampling).")
 @click.option("--kv-capacity", type=click.Choice(["predicted", "measured"]), default="predicted", show_default=True,
               help="KV capacity the replay uses: pdsim's prediction from the config, or the measured engine's "
                    "(to see timing errors apart from memory errors).")
@@ -454,7 +455,8 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     info = result.infos[0]
     rule = kv_rule(cfg.instances()[0].config)
     filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
-    head, *notes = capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled).split("\n")
+    head, *notes = capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled,
+                                 engine_log).split("\n")
     click.echo(head)
     for how in memory_notes(result):  # the arithmetic behind it, and what in it is assumed
         click.echo(f"  {how}")

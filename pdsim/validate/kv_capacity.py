@@ -20,6 +20,7 @@ from pdsim.text import plural
 if TYPE_CHECKING:
     from pdsim.engine.instance import Instance
 
+KV_LOG_LINE = "'GPU KV cache size: N tokens'"
 _LOG_LINE = re.compile(r"GPU KV cache size:\s*(\S+)\s*tokens")
 _ENGINE_TAG = re.compile(r"\((EngineCore_DP\d+)\b")  # vLLM's process prefix of a DP engine's log lines
 _TOKEN_COUNT = re.compile(r"\d{1,3}(?:,\d{3})+|\d+")  # vLLM prints it with thousands separators
@@ -61,8 +62,9 @@ def kv_from_meta(meta: dict, meta_source: str, default_block_size: int, groups: 
     return MeasuredKV(blocks, size, f"{meta_source} kv_cache.num_gpu_blocks", groups)
 
 
-def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredKV:
-    """The last "GPU KV cache size: N tokens" line of a vLLM log (a restarted engine logs it again)."""
+def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredKV | None:
+    """The last "GPU KV cache size: N tokens" line of a vLLM log (a restarted engine logs it again), or None
+    where the log has none (cut before the engine sized its cache, or given for its other lines)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError as e:
@@ -78,7 +80,7 @@ def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredK
             if (tag := _ENGINE_TAG.search(line)) is not None:
                 engines.setdefault(tag[1], set()).add(int(value.replace(",", "")))
     if not found:
-        raise PdsimError(f"{path}: no 'GPU KV cache size: N tokens' line (vLLM logs it at start-up)")
+        return None
     tokens = int(found[-1].replace(",", ""))
     if tokens % block_size:
         raise PdsimError(f"{path}: KV cache size {tokens:,} tokens is not a multiple of block_size {block_size}")
@@ -94,11 +96,11 @@ def kv_from_log(path: str | Path, block_size: int, groups: int = 1) -> MeasuredK
 
 def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_size: int,
                 groups: int = 1) -> MeasuredKV | None:
-    """The engine log when given, else meta.json's kv_cache, else None (a meta.json figure the log contradicts
-    is named in the source)."""
-    if engine_log is not None:
-        logged = kv_from_log(engine_log, block_size, groups)
-        recorded = kv_from_meta(meta, meta_source, block_size, groups)
+    """The engine log's KV line when there is one, else meta.json's kv_cache, else None (a meta.json figure the
+    log contradicts is named in the source)."""
+    recorded = kv_from_meta(meta, meta_source, block_size, groups)
+    logged = None if engine_log is None else kv_from_log(engine_log, block_size, groups)
+    if logged is not None:
         if recorded is not None and recorded.tokens == logged.tokens:
             return recorded  # the log's tokens round the pool of a hybrid model down to whole groups: the exact count
         if recorded is not None and recorded.num_gpu_blocks != logged.num_gpu_blocks:
@@ -107,7 +109,9 @@ def measured_kv(meta: dict, meta_source: str, engine_log: Path | None, block_siz
                                           f"{recorded.num_gpu_blocks:,} blocks, {apart_pct:+.1f}% from it: is the "
                                           "log this run's engine's?")
         return logged
-    return kv_from_meta(meta, meta_source, block_size, groups)
+    if recorded is not None and engine_log is not None:
+        return replace(recorded, source=f"{recorded.source}; {engine_log} has no {KV_LOG_LINE} line")
+    return recorded
 
 
 RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, npu_mem.mem_util given",
@@ -118,15 +122,21 @@ RULES = {"vllm": "vLLM's accounting", "llmservingsim": "LLMServingSim's rule, np
 KV_GAP_PCT = 5.0
 
 
+def not_recorded(engine_log: Path | None) -> str:
+    """Why a run has no measured KV capacity, and where one would come from."""
+    if engine_log is None:
+        return "not recorded by the run (give --engine-log, or a meta.json with kv_cache.num_gpu_blocks)"
+    return f"not recorded by the run ({engine_log} has no {KV_LOG_LINE} line, and meta.json no kv_cache.num_gpu_blocks)"
+
+
 def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None, used: str,
-                  replay_filled: bool = False) -> str:
+                  replay_filled: bool = False, engine_log: Path | None = None) -> str:
     """One line: predicted vs measured KV capacity, and which one the replay used; replay_filled: the
     replay's cache filled up (it preempted, or its peak reached the capacity)."""
     how = f" ({RULES[rule]})" if rule in RULES else ""
     head = f"KV capacity (tokens per instance, as vLLM reports it): predicted {predicted_tokens:,}{how}"
     if measured is None:
-        return (f"{head}; measured: not recorded by the run (give --engine-log, or a meta.json with "
-                "kv_cache.num_gpu_blocks)")
+        return f"{head}; measured: {not_recorded(engine_log)}"
     err = 100.0 * (predicted_tokens - measured.tokens) / measured.tokens
     line = (f"{head} vs measured {measured.tokens:,} ({measured.num_gpu_blocks:,} blocks, {measured.source}): "
             f"{err:+.1f}%; the replay used the {used} capacity")

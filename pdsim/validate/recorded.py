@@ -935,7 +935,7 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
                 kv_capacity: str) -> MeasuredKV | None:
     """The measured engine's KV capacity (None when not recorded); with --kv-capacity measured,
     every instance of the replay gets it."""
-    from pdsim.validate.kv_capacity import measured_kv
+    from pdsim.validate.kv_capacity import measured_kv, not_recorded
 
     block_size = cfg.instances()[0].config.block_size
     meta_source = str(Path(run.source).parent / "meta.json")
@@ -944,8 +944,7 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
         _check_fits_memory(kv, cfg)
     if kv_capacity == "measured":
         if kv is None:
-            raise PdsimError("--kv-capacity measured: the run records no KV capacity; give --engine-log (vLLM's "
-                             "'GPU KV cache size' line) or a meta.json with kv_cache.num_gpu_blocks beside it")
+            raise PdsimError(f"--kv-capacity measured: the KV capacity is {not_recorded(engine_log)}")
         _check_holds_longest(run, kv, _kv_window(cfg)[0])
         opts.kv_gpu_blocks = {ref.instance_id: kv.num_gpu_blocks * kv.block_size // ref.config.block_size
                               for ref in cfg.instances()}
