@@ -85,6 +85,13 @@ def vllm_reads_checkpoint_kv_dtype(version: str) -> bool | None:
     return vllm_at_least(version, (0, 14))
 
 
+def vllm_refuses_partial_prefills(version: str) -> bool | None:
+    """Whether max_num_partial_prefills or max_long_partial_prefills above 1 stops the engine at start-up: from 0.12
+    ("Concurrent Partial Prefill" is not supported by its v1 engine: engine/arg_utils.py, _check_feature_supported;
+    read in 0.12 and 0.19); before, config/scheduler.py turns them into a chunk cap. None: unknown."""
+    return vllm_at_least(version, (0, 12))
+
+
 def vllm_reserves_full_isl(version: str) -> bool | None:
     """scheduler_reserve_full_isl: new in 0.19 (on by default), absent up to 0.18; None: unknown."""
     return vllm_at_least(version, (0, 19))

@@ -16,9 +16,9 @@ from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
 from pdsim.validate.engine_meta import (
-    vllm_at_least,
     vllm_honours_no_chunked_prefill,
     vllm_reads_checkpoint_kv_dtype,
+    vllm_refuses_partial_prefills,
     vllm_start_up,
 )
 from pdsim.validate.kv_capacity import positive_int
@@ -659,15 +659,14 @@ def _recorded_int(kwargs: dict, key: str, least: int, meta: Path) -> int | None:
 
 def _recorded_chunk_cap(instances: list[dict], run: MeasuredRun, meta: Path) -> dict[str, object]:
     """vLLM's cap on one request's prefill chunk per step: long_prefill_token_threshold as recorded, or, when
-    max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (config/scheduler.py). vLLM refuses
-    max_num_partial_prefills > 1 (read in 0.12 and 0.19, whose v1 engine lacks them); a run of an unknown or
-    older version keeps the rule."""
+    max_num_partial_prefills > 1 leaves it 0, 4% of max_model_len (config/scheduler.py); a release that refuses
+    those (vllm_refuses_partial_prefills) stops the replay, a run of an unknown or older version keeps the rule."""
     kwargs = run.engine_kwargs
     threshold = _recorded_int(kwargs, "long_prefill_token_threshold", 0, meta)
     partial = _recorded_int(kwargs, "max_num_partial_prefills", 1, meta)
     long_partial = _recorded_int(kwargs, "max_long_partial_prefills", 1, meta)
     version = run.vllm_version
-    if vllm_at_least(version, (0, 12)) and ((partial or 1) > 1 or (long_partial or 1) > 1):
+    if vllm_refuses_partial_prefills(version) and ((partial or 1) > 1 or (long_partial or 1) > 1):
         key, value = (("max_num_partial_prefills", partial) if (partial or 1) > 1
                       else ("max_long_partial_prefills", long_partial))
         raise PdsimError(f"{meta}: engine_kwargs.{key} {value}: vLLM {version} refuses to start with it (\"Concurrent "
