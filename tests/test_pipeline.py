@@ -12,7 +12,7 @@ from pdsim.errors import ConfigError
 from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.perf.pipeline import pp_partition, pp_stages, stage_model, stage_weight_bytes
-from tests.helpers import MODEL, all_released, cluster, instance, run
+from tests.helpers import MODEL, AnalyticStepTimes, all_released, cluster, instance, run
 
 
 def _pp(pd_type=None, pp=2, **knobs) -> dict:
@@ -417,6 +417,31 @@ def test_a_layerwise_hand_off_in_flight_on_a_pipelined_prefill_is_not_preempted_
     res = run(cfg, _mixed_trace(199, 60, 200.0), ttft_mode="client", kv_gpu_blocks={"n0.i0": 240, "n0.i1": 80})
     assert {r.status for r in res.requests} <= {"finished", "rejected"}
     assert all(all_released(inst) for inst in res.instances)
+
+
+def test_a_pipelined_decode_instance_preempts_the_newest_request_in_flight_too(monkeypatch):
+    # Every request on a decode instance came by a hand-off: the rule that spares a prefill instance's hand-off in
+    # flight kept all of them out, so memory pressure preempted the newest request not in flight instead.
+    import random
+
+    victims: list[bool] = []
+    preempt = engine_pipeline.PipelineScheduler._preempt_last
+
+    def watched(self, now):
+        everyone = [*self.running, *(r for b in self.batches for r in (*b.decoders, *b.prefills))]
+        newest = max(everyone, key=lambda r: r.admitted_seq, default=None)
+        victim = preempt(self, now)
+        if victim is not None and not self.prefill_only:
+            victims.append(victim is newest)
+        return victim
+
+    monkeypatch.setattr(engine_pipeline.PipelineScheduler, "_preempt_last", watched)
+    rng = random.Random(5)
+    rows = sorted(((rng.choice([30, 100, 200]), rng.choice([20, 100, 300]), rng.random() * 0.3) for _ in range(16)),
+                  key=lambda r: r[2])
+    cfg = cluster(instance("prefill", 80.0), _pp("decode", 2, num_gpu_blocks_override=48, max_num_seqs=8))
+    res = run(cfg, rows, step_times=AnalyticStepTimes)
+    assert all(r.status == "finished" for r in res.requests) and victims and all(victims)
 
 
 def test_client_mode_decode_deciding_steps_ahead_with_prefix_ids_and_whole_block_prompts():

@@ -79,10 +79,12 @@ class PipelineScheduler(Scheduler):
         """vLLM's running list holds the requests of in-flight batches too, in admission order: when
         the newest of all is in flight, it is the victim."""
         newest = next(reversed(self.running), None)
-        # Not one whose final chunk is in flight with its KV already streaming out (a layer-wise hand-off
-        # at the chunk's launch): it leaves this instance when the chunk returns. (pdsim does not model
-        # aborting a transfer in flight; taking the next newest keeps its blocks and the hand-off whole.)
-        candidates = [r for b in self.batches for r in (*b.decoders, *b.prefills) if r.handoff_s is None]
+        # On a prefill instance, not one whose final chunk is in flight with its KV already streaming out (a
+        # layer-wise hand-off at the chunk's launch): it leaves this instance when the chunk returns. (pdsim does
+        # not model aborting a transfer in flight; taking the next newest keeps its blocks and the hand-off
+        # whole.) On a decode instance every request came by a hand-off, and each is a candidate.
+        candidates = [r for b in self.batches for r in (*b.decoders, *b.prefills)
+                      if not (self.prefill_only and r.handoff_s is not None)]
         if candidates:
             in_flight = max(candidates, key=operator.attrgetter("admitted_seq"))
             if newest is None or in_flight.admitted_seq > newest.admitted_seq:
