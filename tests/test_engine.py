@@ -310,6 +310,15 @@ def test_closed_loop_client_delay_counts_in_ttft_and_is_seeded():
 
 
 
+def test_a_closed_loop_client_sends_on_after_any_number_of_rejections():
+    # A rejected request ends inside its own admission, and its client's next send was made from inside that
+    # call: 1,000 rejections in a row with no client delay nested 1,000 calls deep (RecursionError).
+    rows = [(200_000, 10, 0.0)] * 1000 + [(100, 10, 0.0)] * 3  # longer than the model's 131,072 tokens
+    res = run(cluster(instance(None)), rows, step_times=AnalyticStepTimes, concurrency=2)
+    assert [r.status for r in res.requests].count("rejected") == 1000
+    assert [r.status for r in res.requests].count("finished") == 3
+
+
 def test_closed_loop_steady_state_leaves_out_the_start_burst_and_the_tail():
     from pdsim.metrics.summary import closed_loop_steady_state
 

@@ -72,6 +72,11 @@ class ClosedLoopClients:
         self.send_gaps_s = send_gaps_s
         self._backlog = iter(requests)
         self._rng = random.Random(seed)
+        # Sends owed to clients whose request ended while another send was being admitted: a request the cluster
+        # rejects at admission ends within that call, and sending again from inside it would nest one call deeper
+        # per rejected request (a RecursionError after a few hundred in a row).
+        self._owed = 0
+        self._sending = False
 
     def start(self) -> Generator[Any, Any, None]:
         """The SimPy process starting the clients."""
@@ -85,12 +90,20 @@ class ClosedLoopClients:
 
     def on_done(self, _done: Request | None = None) -> None:
         """A client's request ended (or the client starts): it sends the next one."""
-        req = next(self._backlog, None)
-        if req is not None:
-            if self.send_gaps_s:
+        self._owed += 1
+        if self._sending:  # the send in progress sends this one when its admission returns
+            return
+        self._sending = True
+        while self._owed:
+            self._owed -= 1
+            req = next(self._backlog, None)
+            if req is None:
+                self._owed = 0
+            elif self.send_gaps_s:
                 self.env.process(self._send_after(req, self._rng.choice(self.send_gaps_s)))
             else:
                 self._send(req)
+        self._sending = False
 
     def _send(self, req: Request) -> None:
         req.arrival_s = self.env.now
