@@ -23,6 +23,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pdsim.hardware import get_hardware  # noqa: E402
 from pdsim.models import ModelSpec, load_model  # noqa: E402
 from pdsim.perf import memory  # noqa: E402
 from pdsim.validate.engine_meta import vllm_top_k_top_p  # noqa: E402
@@ -99,6 +100,9 @@ def load_cases(path: Path) -> list[Case]:
     return cases
 
 
+H100_SMS = get_hardware("H100-SXM").sm_count  # the GPU of every row
+
+
 @dataclass
 class Prediction:
     weights_gib: float
@@ -120,7 +124,7 @@ def predict(case: Case, sampler_bytes: float, activation_bytes: float | None = N
         sorts = case.top_k_top_p == "pytorch"
         activation = memory.activation_peak_bytes(spec, "bfloat16", case.tp, case.tokens, case.seqs,
                                                   bytes_per_logit=None if sorts else sampler_bytes,
-                                                  top_k_top_p=case.top_k_top_p)
+                                                  top_k_top_p=case.top_k_top_p, sm_count=H100_SMS)
     else:
         activation = activation_bytes
     non_torch = memory.non_torch_bytes(case.tp, "H100-SXM")
@@ -138,12 +142,16 @@ def sampler_bound(case: Case, sampler_bytes: float) -> bool:
 
 
 def fit_sampler_bytes(cases: list[Case]) -> float:
-    """Least-squares bytes per logit on the sampler-bound rows: measured peak - held [T, hidden]."""
+    """Least-squares bytes per logit on the sampler-bound rows: measured peak - held [T, hidden] - the Triton
+    kernel's buffer (counted, memory.triton_buffer_rows)."""
     xs, ys = [], []
     for c in cases:
         if sampler_bound(c, memory.SAMPLER_BYTES_PER_LOGIT):
-            xs.append(min(c.tokens, c.seqs) * c.spec.vocab_size)
-            ys.append(c.measured.activation_peak_gib * GIB - c.tokens * c.spec.hidden_size * 2)
+            rows = min(c.tokens, c.seqs)
+            buffer = (memory.triton_buffer_rows(rows, H100_SMS) * c.spec.vocab_size
+                      * memory.TRITON_BUFFER_BYTES_PER_ELEMENT)
+            xs.append(rows * c.spec.vocab_size)
+            ys.append(c.measured.activation_peak_gib * GIB - c.tokens * c.spec.hidden_size * 2 - buffer)
     xs, ys = np.array(xs, float), np.array(ys, float)
     # Relative least squares: each row weighs the same whatever its vocabulary.
     return float(np.sum(xs * ys / ys**2) / np.sum(xs**2 / ys**2))

@@ -242,18 +242,34 @@ def test_validate_prints_and_can_replay_the_measured_capacity(tmp_path):
     assert failed.returncode == 2 and "--engine-log" in failed.stderr
 
 
+def test_the_triton_samplers_buffer_is_a_vocabulary_row_per_program_it_launches():
+    # vLLM 0.17+'s Triton top-k/top-p kernel launches min(rows, SMs) programs and caches a fp32 vocabulary row for
+    # each, rounded up to a power of two and capped at the SM count (v1/sample/ops/topk_topp_triton.py).
+    assert [memory.triton_buffer_rows(rows, 132) for rows in (8, 100, 128, 129, 1024)] == [8, 128, 128, 132, 132]
+    assert [memory.triton_buffer_rows(rows, 188) for rows in (128, 129, 1024)] == [128, 188, 188]
+    # At 128 sequences it is 4 bytes per logit, against 0.52 at 1024 on an H100, where the coefficient was fitted.
+    base = memory.sampler_peak_bytes(LLAMA, "bfloat16", 2048, 128, bytes_per_logit=0, sm_count=188)
+    assert base == 128 * LLAMA.vocab_size * 4 + 2048 * LLAMA.hidden_size * 2
+    # No buffer where the vocabulary is sorted (below 8 rows, or a release before 0.17) or FlashInfer samples.
+    for sampler, rows in (("triton", 7), ("pytorch", 128), ("flashinfer", 128)):
+        assert memory.sampler_peak_bytes(LLAMA, "bfloat16", 2048, rows, bytes_per_logit=0, top_k_top_p=sampler,
+                                         sm_count=188) == 2048 * LLAMA.hidden_size * 2
+
+
 def test_a_sampler_that_sorts_the_vocabulary_holds_more_at_start_up():
     # vLLM 0.16 and older sort the whole vocabulary for top-k/top-p (38 bytes per logit held, counted from the code
-    # path), 0.17+ run a Triton kernel from 8 rows (14.93, fitted on 0.19's logs) and sort below 8.
+    # path), 0.17+ run a Triton kernel from 8 rows (14.42, fitted on 0.19's logs, beside its buffer of 132 rows on
+    # an H100) and sort below 8.
     hidden = 8192 * LLAMA.hidden_size * 2  # the forward's output, held while the sampler runs
-    for sampler, per_logit in (("triton", memory.SAMPLER_BYTES_PER_LOGIT), ("pytorch", 38)):
-        assert memory.sampler_peak_bytes(LLAMA, "bfloat16", 8192, 1024, top_k_top_p=sampler) == int(
-            per_logit * 1024 * LLAMA.vocab_size) + hidden
+    buffer = 132 * LLAMA.vocab_size * 4
+    for sampler, per_logit, kept in (("triton", memory.SAMPLER_BYTES_PER_LOGIT, buffer), ("pytorch", 38, 0)):
+        assert memory.sampler_peak_bytes(LLAMA, "bfloat16", 8192, 1024, top_k_top_p=sampler, sm_count=132) == int(
+            per_logit * 1024 * LLAMA.vocab_size) + kept + hidden
     assert memory.sampler_peak_bytes(LLAMA, "bfloat16", 8192, 7) == int(38 * 7 * LLAMA.vocab_size) + hidden
     # The instance key moves the KV cache by the difference, where the sampler is the larger peak.
     blocks = {s: _blocks(cluster(instance(None, 80, "H100-SXM", max_num_seqs=1024, max_num_batched_tokens=8192,
                                           top_k_top_p=s))) for s in ("triton", "pytorch")}
-    extra = (38 - memory.SAMPLER_BYTES_PER_LOGIT) * 1024 * LLAMA.vocab_size
+    extra = (38 - memory.SAMPLER_BYTES_PER_LOGIT) * 1024 * LLAMA.vocab_size - buffer
     assert blocks["triton"] - blocks["pytorch"] == pytest.approx(extra / BLOCK_BYTES, abs=1)
     # FlashInfer's sampler (VLLM_USE_FLASHINFER_SAMPLER=1) sorts nothing, at every size: 14 bytes counted.
     assert memory.sampler_peak_bytes(LLAMA, "bfloat16", 8192, 7, top_k_top_p="flashinfer") == int(

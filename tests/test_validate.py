@@ -943,7 +943,7 @@ def test_a_recorded_auto_kv_dtype_overrides_the_config_s_fp8(tmp_path):
                         "--profile-dir", str(RTX / "profile"), "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
     assert "kv_cache_dtype auto from meta.json engine_kwargs, the config says fp8" in res.output
-    assert "predicted 573,776 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
+    assert "predicted 573,344 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
 
 
 @needs_shared
@@ -969,7 +969,7 @@ def test_an_unrecorded_tp_size_or_kv_cache_dtype_is_vllms_default_not_the_config
     assert res.exit_code == 0, res.output
     assert ("NOTE: kv_cache_dtype auto: vLLM's default, which the measured engine ran (meta.json engine_kwargs "
             "record none); the config says fp8") in res.output
-    assert "predicted 573,776 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
+    assert "predicted 573,344 (vLLM's accounting" in res.output  # bf16's 128 KiB a token, not fp8's 64
 
 
 @needs_shared

@@ -69,10 +69,17 @@ NON_TORCH_GIB_TP_MULTI = 2.1
 
 # vLLM's profile_run ends with _dummy_sampler_run: the sampler over max_num_seqs rows of
 # full-vocabulary logits. Its torch peak per (sequence x vocab) element, fitted on the 12
-# sampler-bound vLLM 0.19 start-up logs (docs/memory.md). What 0.19's Sampler holds: the bf16 logits (2),
-# their fp32 copy (4), the probabilities (4) and exponential noise (4), and the Triton top-k/top-p kernel's
-# buffer of one fp32 vocabulary row per SM (0.5 at 1024 rows): 14.5 counted.
-SAMPLER_BYTES_PER_LOGIT = 14.93
+# sampler-bound vLLM 0.19 start-up logs (docs/memory.md), with the Triton kernel's buffer below taken out first.
+# What 0.19's Sampler holds per logit: the bf16 logits (2), their fp32 copy (4), the probabilities (4) and
+# exponential noise (4): 14 counted.
+SAMPLER_BYTES_PER_LOGIT = 14.42
+# Beside those, vLLM 0.17+'s Triton top-k/top-p kernel keeps a scratch buffer of one fp32 vocabulary row per
+# program it launches, min(rows, SMs) of them, rounded up to a power of two and capped at the SM count, allocated
+# at its first call and cached (v1/sample/ops/topk_topp_triton.py, _TRITON_BUFFER_CACHE; read in 0.17 and 0.19):
+# 132 rows on an H100 at 1024 sequences (0.52 bytes per logit), 128 rows at 128 sequences (4 per logit).
+TRITON_BUFFER_BYTES_PER_ELEMENT = 4
+# A GPU without a spec: the H100's, the GPU of the logs the coefficient above was fitted on.
+ASSUMED_SM_COUNT = 132
 # That is vLLM 0.17+'s sampler from 8 rows on, where apply_top_k_top_p runs a Triton kernel
 # (v1/sample/ops/topk_topp_sampler.py). Below 8 rows, and at every size in vLLM 0.16 and older (whose FlashInfer
 # sampler is opt-in from 0.12, VLLM_USE_FLASHINFER_SAMPLER=1), it sorts the whole vocabulary in PyTorch,
@@ -165,20 +172,26 @@ _SAMPLER_BYTES_PER_LOGIT = {"flashinfer": FLASHINFER_SAMPLER_BYTES_PER_LOGIT, "s
                             "triton": SAMPLER_BYTES_PER_LOGIT}
 
 
-def sampler_bytes_per_logit(top_k_top_p: str, rows: int) -> float:
-    """What vLLM's dummy sampler run holds per logit at its peak, by its top-k/top-p implementation."""
-    return _SAMPLER_BYTES_PER_LOGIT[sampler_kind(top_k_top_p, rows)]
+def triton_buffer_rows(rows: int, sm_count: int | None) -> int:
+    """The vocabulary rows of the Triton top-k/top-p kernel's cached buffer when it samples `rows` rows."""
+    sms = ASSUMED_SM_COUNT if sm_count is None else sm_count
+    programs = min(sms, rows)
+    return min(1 << (programs - 1).bit_length(), sms)
 
 
 def sampler_peak_bytes(model: ModelSpec, dtype: str, tokens: int, seqs: int, bytes_per_logit: float | None = None,
-                       top_k_top_p: str = "triton") -> int:
+                       top_k_top_p: str = "triton", sm_count: int | None = None) -> int:
     """Torch peak of vLLM's dummy sampler run: min(T, max_num_seqs) rows of the whole vocabulary
-    (every rank gathers it), while the forward's [T, hidden] output is still held. bytes_per_logit, where given,
-    replaces what top_k_top_p's implementation holds."""
+    (every rank gathers it), while the forward's [T, hidden] output is still held, with the Triton kernel's buffer
+    on a GPU of `sm_count` SMs (None: ASSUMED_SM_COUNT). bytes_per_logit, where given, replaces what top_k_top_p's
+    implementation holds per logit."""
     rows = min(tokens, seqs)
+    kind = sampler_kind(top_k_top_p, rows)
     if bytes_per_logit is None:
-        bytes_per_logit = sampler_bytes_per_logit(top_k_top_p, rows)
-    return int(bytes_per_logit * rows * model.vocab_size) + tokens * model.hidden_size * dtype_bytes(dtype)
+        bytes_per_logit = _SAMPLER_BYTES_PER_LOGIT[kind]
+    buffer = (triton_buffer_rows(rows, sm_count) * model.vocab_size * TRITON_BUFFER_BYTES_PER_ELEMENT
+              if kind == "triton" else 0)
+    return int(bytes_per_logit * rows * model.vocab_size) + buffer + tokens * model.hidden_size * dtype_bytes(dtype)
 
 
 def moe_workspace_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens: int) -> int:
@@ -233,7 +246,7 @@ def moe_forward_peak_bytes(model: ModelSpec, dtype: str, expert_tp: int, tokens:
 def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, seqs: int,
                           expert_tp: int | None = None, dp_size: int = 1, bytes_per_logit: float | None = None,
                           top_k_top_p: str = "triton", moe_workspace: str = "batch", with_sampler: bool = True,
-                          forward_bytes: int | None = None) -> int:
+                          forward_bytes: int | None = None, sm_count: int | None = None) -> int:
     """vLLM's profile_run peak: the forward, then the sampler (with a MoE model's fused-MoE workspaces, where
     vLLM keeps them); torch reports the larger. expert_tp: the ways each expert is split (default tp);
     dp_size: the ranks of a MoE model's DP group, whose tokens the MoE blocks gather; top_k_top_p: the
@@ -241,7 +254,8 @@ def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, se
     (benchmarks/kv_capacity_check.py refits it leaving one log out); moe_workspace: how vLLM holds the fused-MoE
     workspaces (config/base.py MOE_WORKSPACES): "layer" frees them after each layer, so the sampler runs without;
     with_sampler False: the forward's peak alone (a pipeline stage before the last, which runs no sampler);
-    forward_bytes: a measured forward peak in place of the forward's estimate (pdsim's profiler measures one)."""
+    forward_bytes: a measured forward peak in place of the forward's estimate (pdsim's profiler measures one);
+    sm_count: the GPU's SMs, which size the Triton sampler's buffer (sampler_peak_bytes)."""
     etp = tp if expert_tp is None else expert_tp
     forward = forward_bytes if forward_bytes is not None else max(
         forward_peak_bytes(model, dtype, tp, tokens), moe_forward_peak_bytes(model, dtype, etp, tokens, dp_size,
@@ -250,7 +264,7 @@ def activation_peak_bytes(model: ModelSpec, dtype: str, tp: int, tokens: int, se
         return forward
     kept = 0 if moe_workspace == "layer" else moe_workspace_bytes(
         model, dtype, etp, moe_workspace_rows(tokens, dp_size, etp, moe_workspace))
-    return max(forward, sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p) + kept)
+    return max(forward, sampler_peak_bytes(model, dtype, tokens, seqs, bytes_per_logit, top_k_top_p, sm_count) + kept)
 
 
 @dataclass(frozen=True)

@@ -471,7 +471,8 @@ class StepTimePredictor:
         def estimate(ranks: int, forward: int | None = None, sampler: bool = with_sampler) -> int:
             return activation_peak_bytes(self.model, meta.dtype, self.tp, max_num_batched_tokens, max_num_seqs,
                                          expert_tp, ranks, top_k_top_p=top_k_top_p, moe_workspace=moe_workspace,
-                                         with_sampler=sampler, forward_bytes=forward)
+                                         with_sampler=sampler, forward_bytes=forward,
+                                         sm_count=self.hardware.sm_count if self.hardware is not None else None)
 
         if meta.activation_peak_bytes is None:
             return estimate(dp)
