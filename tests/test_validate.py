@@ -451,6 +451,28 @@ def test_rtx_profile_skew_alpha_by_batch():
 
 
 @needs_shared
+def test_the_skew_alpha_is_read_with_its_tp_key_quoted_or_from_skew_fit_itself(tmp_path):
+    # YAML writes the TP key quoted ('1':) as readily as bare, and a fit of one alpha for every TP may sit directly
+    # under skew_fit: both were read as no alpha at all (0), without a word.
+    import re
+    import shutil
+
+    from pdsim.perf.profile import read_profile
+    from pdsim.perf.skew_fit import profile_skew_alpha
+
+    variants = {"bare": lambda t: t, "quoted": lambda t: t.replace("\n    1:\n", "\n    '1':\n"),
+                "flat": lambda t: re.sub(r"  per_tp:\n(    .*\n)+", "  alpha_default: 0.07\n", t),
+                "none": lambda t: t.replace("alpha_default", "alpha_other")}
+    alphas = {}
+    for name, edit in variants.items():
+        shutil.copytree(RTX / "profile", tmp_path / name)
+        meta = tmp_path / name / "meta.yaml"
+        meta.write_text(edit(meta.read_text()))
+        alphas[name] = profile_skew_alpha(read_profile(tmp_path / name / "tp1"))
+    assert alphas == {"bare": 0.0543, "quoted": 0.0543, "flat": 0.07, "none": 0.0}
+
+
+@needs_shared
 def test_a_measured_profile_without_a_skew_fit_says_decode_attention_is_priced_at_the_mean(tmp_path):
     import shutil
 

@@ -15,7 +15,8 @@ from pdsim.perf.profile import Profile
 
 def profile_skew_alpha(profile: Profile) -> float:
     """The decode-skew alpha a profile ships: LLMServingSim's `skew_fit.per_tp.<tp>.alpha_default`
-    in meta.yaml; 0 (uniform-batch lookup) for profiles without one."""
+    in meta.yaml (the key quoted or not), else an `alpha_default` directly under `skew_fit`; 0 (uniform-batch
+    lookup) for profiles without one."""
     if profile.meta.fmt != "llmservingsim":
         return 0.0
     meta_yaml = Path(profile.meta.path).parent / "meta.yaml"
@@ -24,10 +25,17 @@ def profile_skew_alpha(profile: Profile) -> float:
     except OSError:
         return 0.0
     # skew_fit: ... per_tp:\n    1:\n      method: ...\n      alpha_default: 0.0543
-    m = re.search(rf"\n(\s+){profile.meta.tp}:\s*\n(?:\1\s+.*\n)*?\1\s+alpha_default:[ \t]*(\S*)", text)
-    if not m:
-        return 0.0
-    return _alpha(m.group(2), f"{meta_yaml}: skew_fit.per_tp.{profile.meta.tp}.alpha_default")
+    tp = profile.meta.tp
+    m = re.search(rf"\n(\s+)(['\"]?){tp}\2:\s*\n(?:\1\s+.*\n)*?\1\s+alpha_default:[ \t]*(\S*)", text)
+    if m:
+        return _alpha(m.group(3), f"{meta_yaml}: skew_fit.per_tp.{tp}.alpha_default")
+    # skew_fit:\n  enabled: true\n  alpha_default: 0.0543 (one fit for every TP)
+    block = re.search(r"(?:^|\n)skew_fit:[ \t]*\n((?:[ \t]+.*\n|[ \t]*\n)*)", text + "\n")
+    indent = block and re.match(r"\n*([ \t]+)\S", block.group(1))
+    flat = indent and re.search(rf"(?:^|\n){indent.group(1)}alpha_default:[ \t]*(\S*)", block.group(1))
+    if flat:
+        return _alpha(flat.group(1), f"{meta_yaml}: skew_fit.alpha_default")
+    return 0.0
 
 
 # LLMServingSim's fitted alphas reach a few hundred in sparse buckets (-735 in the shared RTX PRO 6000 tp2
