@@ -1331,6 +1331,10 @@ def test_an_eager_profile_replaying_a_compiled_engine_is_said(tmp_path):
     eager_run = _rtx_run_with(tmp_path, enforce_eager=True)
     eager = _validate_cli("--measured", str(eager_run), *args, str(tmp_path / "b.csv"))
     assert "the profile was measured with enforce_eager" in compiled.output
+    assert "the run records no enforce_eager, so its engine compiled" in compiled.output
+    said_false = _validate_cli("--measured", str(_rtx_run_with(tmp_path / "f", enforce_eager=False)), *args,
+                               str(tmp_path / "f.csv"))
+    assert "the run records enforce_eager false, so its engine compiled" in said_false.output
     assert f"step times n0.i0: measured, profile {RTX / 'profile' / 'tp1'}" in compiled.output  # which folder
     assert "the profile was measured with enforce_eager" not in eager.output
     assert "enforce_eager True from meta.json engine_kwargs" in eager.output  # replayed, said once
@@ -1576,12 +1580,14 @@ def test_a_wait_of_microseconds_has_no_relative_difference():
 def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path):
     from pdsim.validate.recorded import replay_config
 
-    run = read_measured(_rtx_run_with(tmp_path, scheduling_policy="priority", seed=7, tokenizer=None))
+    run = read_measured(_rtx_run_with(tmp_path, scheduling_policy="priority", seed=7, tokenizer=None, swap_space=4,
+                                      stream_interval=1, enable_lora=False, num_scheduler_steps=2))
     replay_config(RTX / "cluster_config.json", run, None)
     unused = [n for n in run.notes if "not modelled" in n]
-    # On a line of its own (a NOTE), not lost among what the replay took from the run.
-    assert unused == ["NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: scheduling_policy "
-                      "'priority'"]
+    # On a line of its own (a NOTE), not lost among what the replay took from the run; an argument recorded at
+    # vLLM's own default is the engine that leaves it out, and is not named.
+    assert unused == ["NOTE: meta.json engine_kwargs not modelled, replayed as vLLM's defaults: num_scheduler_steps 2, "
+                      "scheduling_policy 'priority'"]
     plain = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(RTX / "cluster_config.json", plain, None)
     assert not any("not modelled" in n for n in plain.notes)

@@ -191,15 +191,17 @@ def _eager_profile_note(run: MeasuredRun, result: SimulationResult) -> None:
     sizes (docs/validation.md): said, not corrected."""
     if run.engine_kwargs.get("enforce_eager") is True or not run.compiles()[0]:
         return  # nothing compiled: the engine ran vLLM's custom ops, as the profile did
+    recorded = ("records enforce_eager false" if run.engine_kwargs.get("enforce_eager") is False
+                else "records no enforce_eager")
     if any(inst.spec.enforce_eager for inst in result.instances):  # the config's, not the run's
         run.notes.append("NOTE: the cluster config's enforce_eager true replays an engine without compilation or "
-                         "CUDA graphs; the run records no enforce_eager, and vLLM's default compiles")
+                         f"CUDA graphs; the run {recorded}, and vLLM's default compiles")
         return
     predictors = [getattr(inst.predictor, "full", inst.predictor) for inst in result.instances]
     if not any(p.profile.meta.engine_enforce_eager for p in predictors):
         return
-    run.notes.append("the profile was measured with enforce_eager (vLLM's custom CUDA ops); the run records no "
-                     "enforce_eager, so its engine compiled the model (vLLM's default) and ran its norms, rotary and "
+    run.notes.append(f"the profile was measured with enforce_eager (vLLM's custom CUDA ops); the run {recorded}, "
+                     "so its engine compiled the model (vLLM's default) and ran its norms, rotary and "
                      "SiLU as Inductor kernels, which at prefill sizes may be slower than the profile's: not "
                      "corrected (docs/validation.md, the RTX PRO 6000 section, weighs this on that run)")
 

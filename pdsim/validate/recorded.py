@@ -207,9 +207,16 @@ _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remo
                      "generation_config", "config_format", "worker_extension_cls", "hf_token"}
 
 
+# Arguments a runner may record at vLLM 0.19's own default (engine/arg_utils.py), where they change nothing pdsim
+# replays: the same engine as one that leaves them out.
+_AT_VLLMS_DEFAULT = {"scheduling_policy": "fcfs", "swap_space": 4, "enable_lora": False, "calculate_kv_scales": False,
+                     "num_scheduler_steps": 1, "stream_interval": 1, "enable_sleep_mode": False}
+
+
 def _note_unused(run: MeasuredRun, cfg: ClusterConfig) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
-              if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None}
+              if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None
+              and not (k in _AT_VLLMS_DEFAULT and v == _AT_VLLMS_DEFAULT[k] and type(v) is type(_AT_VLLMS_DEFAULT[k]))}
     connector = unused.get("kv_transfer_config")
     offloads = "offload" in str(connector.get("kv_connector", "") if isinstance(connector, dict) else connector).lower()
     if connector is not None and not offloads and any(ref.config.pd_type for ref in cfg.instances()):
