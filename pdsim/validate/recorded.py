@@ -468,6 +468,9 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
         util = VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
     where = run.recorded_in("gpu_memory_utilization")
     recorded = "(vLLM's default; meta.json engine_kwargs record none)" if defaulted else f"from meta.json {where}"
+    # vLLM's kv_cache_memory_bytes or num_gpu_blocks_override fixes the cache whatever the utilization: said so.
+    fixed = next((f"; but {key} {out[key]} fixes the KV cache's size, as it did the engine's" for key in
+                  ("kv_cache_memory_bytes", "num_gpu_blocks_override") if out.get(key) is not None), "")
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util and min(mem_util) >= util:
@@ -481,12 +484,13 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
                              f"mem_util {said} calibrated to this engine under LLMServingSim's rule (mem_size x "
                              "mem_util - weights, where a calibrated mem_util is below the engine's utilization, "
                              "vLLM taking the activation peak and non-torch memory out of it), so vLLM's accounting "
-                             "sizes the KV cache, as in the engine")
+                             + ("would size the KV cache" + fixed if fixed else "sizes the KV cache, as in the engine"))
         elif mem_util:  # LLMServingSim's rule sizes the KV from the config's own, calibrated figure
             ran = (f"the engine ran vLLM's default gpu_memory_utilization {util:g} (meta.json engine_kwargs record "
                    "none)" if defaulted else f"meta.json {where} {'record' if where == 'engine_kwargs' else 'records'} "
                    f"gpu_memory_utilization {util:g}")
-            run.notes.append(f"NOTE: {ran}, but the config's "
+            run.notes.append(f"gpu_memory_utilization {util:g} {recorded}{fixed}" if fixed else
+                             f"NOTE: {ran}, but the config's "
                              f"npu_mem.mem_util {', '.join(f'{m:g}' for m in sorted(mem_util))} sizes the KV cache "
                              "(LLMServingSim's rule, as LLMServingSim sizes it; the KV capacity line gives vLLM's "
                              "accounting at the recorded figure): without npu_mem.mem_util the replay takes that")
@@ -495,7 +499,7 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
             # null is vLLM's default, as left out
             stated_util = {inst.get("gpu_memory_utilization") for inst in instances} - {None}
             was = f", the config says {', '.join(map(str, sorted(stated_util)))}" if stated_util - {util} else ""
-            run.notes.append(f"gpu_memory_utilization {util:g} {recorded}{was}")
+            run.notes.append(f"gpu_memory_utilization {util:g} {recorded}{was}{fixed}")
     return out
 
 
