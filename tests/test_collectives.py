@@ -356,3 +356,16 @@ def test_the_faster_of_the_custom_all_reduce_and_nccl_is_never_slower_than_nccl_
                 assert best.time_us(nbytes, n) <= alone.time_us(nbytes, n) + 1e-9, (hardware, n, nbytes)
     h100 = get_hardware("H100-SXM")
     assert interconnect_model(h100, 4).time_us(128 * 2**20, 4) == pytest.approx(617.3, abs=0.1)
+
+
+def test_a_geforce_card_pdsim_has_no_spec_for_runs_nccl_alone():
+    # GeForce cards have no peer-to-peer access (as the RTX 4090 pdsim knows), so vLLM's custom all-reduce fails its
+    # check and NCCL runs; an unknown workstation or data-center card keeps the custom all-reduce on two GPUs.
+    from pdsim.perf.collectives import unknown_gpu_model
+
+    geforce = [unknown_gpu_model(name, 2) for name in ("NVIDIA GeForce RTX 5090", "RTX5090", "rtx_3090_ti")]
+    other = unknown_gpu_model("NVIDIA RTX 6000 Ada Generation", 2)
+    small = 64 * 1024  # bytes: where the custom all-reduce, when it runs, is the faster
+    assert all("without peer-to-peer access (a GeForce card) NCCL alone" in m.source for m in geforce)
+    assert "peer-to-peer" not in other.source
+    assert all(m.time_us(small, 2) > other.time_us(small, 2) for m in geforce)

@@ -18,7 +18,8 @@ applies (docs/validation.md, "TP collectives"):
 3. a PCIe GPU whose server was measured (RTX PRO 6000, L40S): PCIE_MEASURED, derived from
    aiconfigurator-core's collective tables for it;
 4. another PCIe GPU: the measured PCIe server of its generation (PCIE_ASSUMED_SOURCE), said to be assumed;
-5. a GPU pdsim has no spec for: the same, taken as a PCIe 4.0 x16 card, said to be an assumption.
+5. a GPU pdsim has no spec for: the same, taken as a PCIe 4.0 x16 card, said to be an assumption; one its name
+   says is a GeForce card, without peer-to-peer access (NCCL alone, as rule 3's RTX 4090).
 
 A config's TP link (the innermost of per-dimension link_bw lists, both directions together as LLMServingSim
 writes GPU links: ClusterConfig.gpu_link halves it) scales the bandwidth of the model the GPU gets at its own link, its
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -262,14 +264,19 @@ def measured_nvlink_model(hardware: HardwareSpec, n: int, custom_all_reduce: boo
 UNKNOWN_GPU_PCIE_GBPS = 32.0
 
 
+# A GeForce card by its name ("NVIDIA GeForce RTX 5090", "RTX5090", "rtx_3090_ti"): no peer-to-peer access, as
+# on the RTX 4090 (PCIE_WITHOUT_P2P_LIKE). Workstation boards (RTX 6000 Ada, RTX A6000, RTX PRO 6000) have it.
+_GEFORCE = re.compile(r"GEFORCE|RTX[ _-]?[2-5]0[5-9]0(?!\d)", re.IGNORECASE)
+
+
 def unknown_gpu_model(hardware_name: str, n: int, custom_all_reduce: bool = True) -> AllReduceModel:
     return pcie_model(hardware_name, UNKNOWN_GPU_PCIE_GBPS, n, custom_all_reduce, generation_gbps=UNKNOWN_GPU_PCIE_GBPS,
                       why=f", taken as PCIe 4.0 x16 (no spec for {hardware_name!r}: add one in pdsim/hardware.py, "
-                          "or measure allreduce.csv)")
+                          "or measure allreduce.csv)", no_p2p=_GEFORCE.search(hardware_name) is not None)
 
 
 def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: bool = True,
-               why: str = "", generation_gbps: float | None = None) -> AllReduceModel:
+               why: str = "", generation_gbps: float | None = None, no_p2p: bool = False) -> AllReduceModel:
     """The measured server of the GPU's PCIe generation (the nearest line rate to generation_gbps; default its
     spec's link, else line_gbps), its bandwidths scaled to line_gbps (a config's TP link, _link_scale)."""
     line = {name: get_hardware(name).intra_node_bw_gbps for name in PCIE_MEASURED}
@@ -281,9 +288,9 @@ def pcie_model(hardware_name: str, line_gbps: float, n: int, custom_all_reduce: 
     scale = line_gbps / line[server]
     if scale != 1.0:
         why += f", bandwidth scaled x{scale:.2f} to its {line_gbps:g} GB/s link"
-    if hardware_name in PCIE_WITHOUT_P2P_LIKE:
+    if hardware_name in PCIE_WITHOUT_P2P_LIKE or no_p2p:
         custom = {}
-        why += ", and without peer-to-peer access NCCL alone, a lower bound"
+        why += ", and without peer-to-peer access (a GeForce card) NCCL alone, a lower bound"
     source = PCIE_ASSUMED_SOURCE.format(measured.name, hardware_name, why) + _topology(n)
     return _server_model(source, custom, nccl, n, custom_all_reduce, scale)
 
