@@ -270,6 +270,12 @@ def test_convert_writes_pdsim_jsonl_atomically_and_never_over_input(tmp_path):
     assert src.read_text() == before
     res = CliRunner().invoke(workload, ["convert", str(tmp_path / "nope.csv"), "--out", str(out)])
     assert res.exit_code == 2 and "nope.csv: no such file" in res.output
+    # The trace is written as plain JSONL: a compressed or CSV name would be read back as what it is not.
+    for name in ("b.jsonl.gz", "b.csv"):
+        res = CliRunner().invoke(workload, ["convert", str(src), "--out", str(tmp_path / "out" / name),
+                                            "--format", "burstgpt:model=ChatGPT"])
+        assert res.exit_code == 2 and "plain, uncompressed JSONL" in res.output and "name it .jsonl" in res.output
+    assert [p.name for p in out.parent.iterdir()] == ["b.jsonl"]
 
 
 def test_mooncake_convert_roundtrip_keeps_hash_ids(tmp_path):

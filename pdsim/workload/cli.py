@@ -154,6 +154,7 @@ def generate(ctx: click.Context, num_requests: int, rate: float, input_len: str,
         raise PdsimError(f"--hash-block-tokens {hash_block_tokens}: hash_ids are written only with --system-prompts "
                          "or --turns, and neither is given")
     check_output_file(out_path, "--output", [lengths_from])
+    _check_jsonl_name(out_path)
     if lengths_from and (lengths := unused_options(ctx, "input_len", "output_len")):
         raise PdsimError(f"{' and '.join(lengths)}: --lengths-from draws both lengths from {lengths_from}; "
                          "give one or the other")
@@ -225,10 +226,22 @@ def _spec(value: str) -> str:
 def convert(trace: Path, out_path: Path, num_requests: int | None, **kw: Any) -> None:
     """Convert a public trace (Azure, Mooncake, BurstGPT, ShareGPT, vllm bench ...) to pdsim JSONL."""
     check_output_file(out_path, "--output", [trace])
+    _check_jsonl_name(out_path)
     data = _read(trace, kw["dataset_format"], kw["window"], kw["time_scale"], num_requests)
     write_trace(out_path, data.requests)
     notes = f" ({'; '.join(data.notes)})" if data.notes else ""
     click.echo(f"wrote {len(data.requests)} requests from {trace} ({data.fmt}) to {out_path}{notes}")
+
+
+# Names that promise another format than the plain JSONL these commands write (read back by their suffix, a
+# compressed or CSV file would be read as what it is not).
+_NOT_JSONL_SUFFIXES = (".gz", ".bz2", ".xz", ".zip", ".zst", ".csv", ".parquet", ".png")
+
+
+def _check_jsonl_name(out_path: Path) -> None:
+    if out_path.suffix.lower() in _NOT_JSONL_SUFFIXES:
+        raise PdsimError(f"--output {out_path}: pdsim writes the trace as plain, uncompressed JSONL, which a "
+                         f"{out_path.suffix} name would misdescribe; name it .jsonl")
 
 
 @workload.command("stats")
