@@ -379,6 +379,14 @@ def test_heterogeneous_example_runs_and_decode_choice_respects_the_model():
     mixed = cluster_config_from_dict(_two_nodes(instance("prefill"), [other, instance("decode")]))
     res = simulate(mixed, trace([(500, 10, 0.01 * i) for i in range(6)]), SimOptions())
     assert {r.decode_instance for r in res.requests} == {"n1.i1"}
+    # ... and the run says so; and instances of two models that both take arrivals pool their requests.
+    from pdsim.config.load import _model_notes
+
+    assert ("nodes[1].instances[0]: a decode instance of Qwen/Qwen3-8B, which no prefill instance serves: it never "
+            "receives a request") in _model_notes(mixed)
+    colocated = cluster_config_from_dict(_two_nodes(instance(None), [instance(None, model_name="Qwen/Qwen3-8B")]))
+    assert any("serve 2 models (Qwen/Qwen3-8B, meta-llama/Llama-3.1-8B)" in n for n in _model_notes(colocated))
+    assert not any("never receives" in n or "models (" in n for n in _model_notes(cfg))
 
 
 def test_a_hand_off_takes_decode_blocks_after_the_running_requests_and_only_with_a_free_slot():

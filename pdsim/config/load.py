@@ -249,7 +249,18 @@ def _model_notes(cfg: ClusterConfig) -> list[str]:
             notes.append(f"nodes[{ref.node_index}].instances[{ref.instance_index}].max_num_batched_tokens: "
                          f"{budget:,} is above {name}'s context length {context:,}: LLMServingSim's scheduler caps "
                          "a step there, vLLM's (and pdsim's) does not")
-    for name in dict.fromkeys(ref.config.model_name for ref in cfg.instances()):
+    refs = cfg.instances()
+    prefilled = {ref.config.model_name for ref in refs if ref.config.pd_type == "prefill"}
+    for ref in refs:
+        if ref.config.pd_type == "decode" and prefilled and ref.config.model_name not in prefilled:
+            notes.append(f"nodes[{ref.node_index}].instances[{ref.instance_index}]: a decode instance of "
+                         f"{ref.config.model_name}, which no prefill instance serves: it never receives a request")
+    # A trace's requests name no model: the router sends each to any instance that takes arrivals.
+    if len(arrivals := sorted({ref.config.model_name for ref in refs if ref.config.pd_type != "decode"})) > 1:
+        notes.append(f"the instances that take arrivals serve {len(arrivals)} models ({', '.join(arrivals)}): a trace "
+                     "names no model, so the router sends each request to any of them, and the reports pool every "
+                     "model's requests")
+    for name in dict.fromkeys(ref.config.model_name for ref in refs):
         window = load_model(name).unmodelled_sliding_window
         if window:
             notes.append(f"model {name}: sliding_window {window} is not modelled: vLLM keeps and attends to the "
