@@ -262,6 +262,14 @@ def test_pool_matches_inline_and_resume_is_exact(small, tmp_path):
         ran.clear()
         assert run_sweep(jobs, Counting(base_trace, SETTINGS), tmp_path / name, resume=True) == inline
         assert len(ran) == len(jobs) - 4
+    # A resume of a smaller grid runs nothing and writes that grid's rows alone, as the same command run fresh does
+    # (the others' rows stayed in the file, their configs no longer written beside them).
+    ran.clear()
+    fewer = jobs[: len(jobs) // 2]
+    assert run_sweep(fewer, Counting(base_trace, SETTINGS), tmp_path / "c.csv", resume=True) == inline[: len(fewer)]
+    fresh = tmp_path / "f.csv"
+    run_sweep(fewer, InlineExecutor(base_trace, SETTINGS), fresh, resume=False)
+    assert not ran and (tmp_path / "c.csv").read_text() == fresh.read_text()
 
 
 KILLED_SWEEP = """

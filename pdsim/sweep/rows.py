@@ -134,6 +134,16 @@ class RowWriter:
     def close(self) -> None:
         self.file.close()
 
+    def keep_only(self, keys: set[tuple[str, ...]]) -> int:
+        """Rewrite the closed partial file with the rows of `keys` alone (a --resume of a smaller grid found others
+        from an earlier command, which the same command run fresh would not write); how many were dropped."""
+        dropped = [key for key in self.rows if key not in keys]
+        if dropped:
+            for key in dropped:
+                del self.rows[key]
+            _rewrite(self.partial, self.fields, ([_fmt(row[f]) for f in self.fields] for row in self.rows.values()))
+        return len(dropped)
+
 
 def sort_rows(path: Path, labels: list[str]) -> None:
     """Rewrite a streamed rows CSV in a fixed order, configurations as expanded, rates ascending, a lengthened

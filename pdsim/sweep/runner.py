@@ -491,6 +491,7 @@ def run_sweep(jobs: Sequence[Job], executor: Executor, out_csv: Path, resume: bo
         writer.close()
         if notes is not None:
             notes.update(writer.notes)
+    writer.keep_only({j.key for j in jobs})
     if commit:
         os.replace(writer.partial, out_csv)
     return [normalize(writer.rows[j.key]) for j in jobs]
