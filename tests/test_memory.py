@@ -422,6 +422,11 @@ def test_a_cache_shorter_than_the_models_max_length_is_said():
     # A measured engine started with --max-model-len 8192: its cache held that, whatever the model's length.
     assert _max_len_note(tight, model, recorded_max_len=8192) == ""
     assert "max_model_len 65,536, which vLLM refuses to start with" in _max_len_note(tight, model, 65_536)
+    # A run that records its engine's arguments without max_model_len ran the model's length, so its cache held that;
+    # one that records -1 ("auto") had vLLM fit the length to its cache.
+    assert "so the engine's was larger or its max_model_len went unrecorded" in _max_len_note(tight, model, None,
+                                                                                              "default")
+    assert "max_model_len -1 fits it to the cache at start-up" in _max_len_note(tight, model, None, "fit")
 
 
 def test_a_moe_dp_rank_sizes_its_moe_workspaces_by_the_groups_gathered_tokens():

@@ -225,7 +225,8 @@ def build_instance(
         weights_gb=budget.weight_bytes / GB, activation_gb=budget.activation_bytes / GB,
         non_torch_gb=budget.other_bytes / GB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, kv_cache_dtype=ic.kv_dtype,
-        memory_note=budget.note + _max_len_note(budget, model, opts.recorded_max_model_len),
+        memory_note=budget.note + _max_len_note(budget, model, opts.recorded_max_model_len,
+                                                opts.max_model_len_recorded_as),
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
         estimated_part="" if profile.estimated or not predictor.estimated else "MoE expert layers",
@@ -234,10 +235,11 @@ def build_instance(
     return inst, info
 
 
-def _max_len_note(budget: KVBudget, model: ModelSpec, recorded_max_len: int | None = None) -> str:
+def _max_len_note(budget: KVBudget, model: ModelSpec, recorded_max_len: int | None = None,
+                  recorded_as: str | None = None) -> str:
     """vLLM will not start an engine whose KV cache cannot hold one request of its max_model_len (vLLM 0.19
-    kv_cache_utils.check_enough_kv_cache_memory): the measured engine's where validate read one, else the
-    model's max length, and where the cache is smaller it says so."""
+    kv_cache_utils.check_enough_kv_cache_memory): the measured engine's where validate read one (recorded_as:
+    SimOptions.max_model_len_recorded_as), else the model's max length, and where the cache is smaller it says so."""
     max_len = recorded_max_len or model.default_max_model_len
     if budget.kv_groups > 1 or budget.kv_tokens >= max_len:  # sliding-window layers: vLLM counts them apart
         return ""
@@ -245,6 +247,13 @@ def _max_len_note(budget: KVBudget, model: ModelSpec, recorded_max_len: int | No
         return (f"; {budget.kv_tokens:,} tokens hold no request of the measured engine's max_model_len "
                 f"{max_len:,}, which vLLM refuses to start with: the predicted KV cache is smaller than the "
                 "engine's was")
+    if recorded_as == "default":
+        return (f"; {budget.kv_tokens:,} tokens hold no request of the model's max length ({max_len:,}), the measured "
+                "engine's as its meta.json records no max_model_len: vLLM refuses to start with a cache that small, "
+                "so the engine's was larger or its max_model_len went unrecorded")
+    if recorded_as == "fit":
+        return (f"; {budget.kv_tokens:,} tokens hold no request of the model's max length ({max_len:,}): the measured "
+                "engine's max_model_len -1 fits it to the cache at start-up (here longer requests are rejected)")
     return (f"; {budget.kv_tokens:,} tokens hold no request of the model's max length ({max_len:,}): vLLM starts "
             f"such an engine only with --max-model-len {budget.kv_tokens:,} or less (here longer requests are "
             "rejected)")

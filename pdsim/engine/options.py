@@ -56,6 +56,9 @@ class SimOptions:
     # The measured engine's max_model_len (validate, from meta.json), where it set one: the longest request
     # vLLM checks its KV cache can hold at start-up, in place of the model's max length.
     recorded_max_model_len: int | None = None
+    # Where validate read none: "fit" where the engine fitted it to its cache (vLLM's -1 / "auto"), "default" where
+    # the run records its engine's arguments without one (the model's max length, which its cache held).
+    max_model_len_recorded_as: str | None = None
     # Every engine step this many times as long as predicted (validate's step-time sensitivity replays).
     step_time_scale: float = 1.0
 
