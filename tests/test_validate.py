@@ -1577,6 +1577,21 @@ def test_a_wait_of_microseconds_has_no_relative_difference():
 
 
 @needs_shared
+def test_a_vllm_log_beside_the_run_is_pointed_to_when_not_given(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    source = _rtx_run_with(tmp_path)
+    (source.parent / "vllm.log").write_text("INFO GPU KV cache size: 573,344 tokens\n")
+    run = read_measured(source)
+    replay_config(RTX / "cluster_config.json", run, None)
+    assert any(n.startswith(f"NOTE: 1 log beside the run ({source.parent / 'vllm.log'}) not read: --engine-log")
+               for n in run.notes)
+    given = read_measured(source)
+    replay_config(RTX / "cluster_config.json", given, None, engine_log=source.parent / "vllm.log")
+    assert not any("beside the run" in n for n in given.notes)
+
+
+@needs_shared
 def test_recorded_engine_arguments_the_replay_does_not_model_are_named(tmp_path):
     from pdsim.validate.recorded import replay_config
 

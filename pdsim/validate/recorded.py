@@ -15,6 +15,7 @@ from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_U
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
+from pdsim.text import listed, plural
 from pdsim.validate.engine_meta import (
     vllm_honours_no_chunked_prefill,
     vllm_reads_checkpoint_kv_dtype,
@@ -82,6 +83,8 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
                 **_recorded_expert_layout(stated, run), **_recorded_cudagraphs(stated, run)}
     if engine_log is not None:
         recorded.update(_logged_settings(engine_log, stated, run, recorded))
+    else:
+        _hint_engine_log(run)
     if by_release.get("top_k_top_p") == "pytorch" and "top_k_top_p" not in recorded:  # the log may name FlashInfer's
         run.notes.append(f"sampler: vLLM {run.vllm_version} sorts the whole vocabulary for top-k/top-p (meta.json; a "
                          "Triton kernel from 0.17): 2.5 times the start-up memory per sampled sequence, which vLLM "
@@ -142,6 +145,17 @@ def _start_up_by_release(run: MeasuredRun, instances: list[dict]) -> dict[str, o
 
 # vLLM's start-up line when its sampler is FlashInfer's (v1/sample/ops/topk_topp_sampler.py, 0.11 to 0.19).
 _FLASHINFER_SAMPLER = "Using FlashInfer for top-p & top-k sampling"
+
+
+def _hint_engine_log(run: MeasuredRun) -> None:
+    """A vLLM log kept beside the run (in its folder or the case folder above it) is not read unless given: said,
+    as it may hold the KV size and the start-up fallbacks meta.json does not show (custom all-reduce off)."""
+    folders = dict.fromkeys([Path(run.source).parent, Path(run.source).parent.parent])
+    logs = sorted(f for folder in folders for f in folder.glob("*.log") if f.is_file())
+    if logs:
+        run.notes.append(f"NOTE: {plural(len(logs), 'log')} beside the run ({listed([str(f) for f in logs], 3)}) not "
+                         "read: --engine-log reads a vLLM log's KV cache size "
+                         "and what its start-up fell back to (custom all-reduce off, FlashInfer sampling)")
 
 
 def _logged_settings(engine_log: Path, instances: list[dict], run: MeasuredRun,
