@@ -229,8 +229,15 @@ def test_validate_prints_and_can_replay_the_measured_capacity(tmp_path):
     assert "predicted 41,408" in line and "measured 19,200" in line and "used the predicted" in line
     # Its 41,408 tokens fill (2,587 blocks used, one preemption), so the +116% gap is flagged.
     assert "NOTE: the replay filled its KV cache" in predicted.stdout
+    # The CSV carries the same figures beside every row, for a script that reads it.
+    import pandas as pd
+
+    first = pd.read_csv(tmp_path / "v.csv").iloc[0]
+    assert (first.kv_capacity_predicted_tokens, first.kv_capacity_measured_tokens) == (41_408, 19_200)
+    assert first.kv_capacity_replayed == "predicted" and first.preemptions_simulated == 1
     measured = _pdsim(*args, "--kv-capacity", "measured")
     assert measured.returncode == 0 and "used the measured capacity" in measured.stdout
+    assert pd.read_csv(tmp_path / "v.csv").iloc[0].kv_capacity_replayed == "measured"
     assert "NOTE: the replay filled its KV cache" not in measured.stdout
     # The fixture's measured cache is less than half the predicted one: requests wait, TTFT rises.
     assert _ttft_mean(measured.stdout) > 1.5 * _ttft_mean(predicted.stdout)

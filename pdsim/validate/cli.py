@@ -448,6 +448,11 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     else:
         table = compare(run, result)
     table["estimated_profile"] = estimated
+    # The memory side beside the latencies, for scripts that read the CSV (the console prints it as lines below).
+    table["kv_capacity_predicted_tokens"] = result.infos[0].kv_predicted_tokens
+    table["kv_capacity_measured_tokens"] = kv_measured.tokens if kv_measured is not None else np.nan
+    table["kv_capacity_replayed"] = kv_capacity
+    table["preemptions_simulated"] = sum(inst.sched.num_preemptions for inst in result.instances)
     with OutputSet() as out:  # the two files land together
         out.stage(output, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
         out.stage(by_request, lambda tmp: per_request(run, result).to_csv(tmp, index=False, float_format="%.4f"))
