@@ -447,14 +447,15 @@ def rope_cache_elements(raw: dict, head_dim: int) -> int:
     positions = _positive(raw.get("max_position_embeddings")) or 0.0
     kind = _rope_kind(params)
     factor = _positive(params.get("factor"))
-    original = _positive(params.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings"))
+    original = _original_positions(raw, params)
     if kind in ("yarn", "deepseek_yarn", "deepseek_llama_scaling") and factor and original:
         positions = original * factor
     elif kind in ("linear", "dynamic") and factor:
         positions *= factor
     elif kind in ("longrope", "su") and original:
         positions += original  # Phi-3's short cache beside the long one
-    partial = _positive(params.get("partial_rotary_factor") or raw.get("partial_rotary_factor")) or 1.0
+    # vLLM's patch_rope_parameters copies the config's own over its RoPE parameters' (transformers 4)
+    partial = _positive(raw.get("partial_rotary_factor") or params.get("partial_rotary_factor")) or 1.0
     rotary_dim = _positive(raw.get("qk_rope_head_dim")) or head_dim * min(partial, 1.0)  # MLA: its rope part
     return int(positions) * int(rotary_dim)
 
@@ -483,8 +484,9 @@ def _rope_kind(params: dict) -> str:
 
 
 def _original_positions(raw: dict, params: dict) -> float | None:
-    """original_max_position_embeddings, the config's own before its RoPE parameters' (transformers 4 copies the
-    top-level one over the nested one; PhiMoE's sits only in rope_scaling)."""
+    """original_max_position_embeddings, the config's own before its RoPE parameters' (vLLM 0.19's
+    patch_rope_parameters copies the top-level one over the nested one under transformers 4; PhiMoE's sits only
+    in rope_scaling)."""
     return _positive(raw.get("original_max_position_embeddings") or params.get("original_max_position_embeddings"))
 
 

@@ -244,6 +244,11 @@ def test_models_dir_override(tmp_path):
       "original_max_position_embeddings": 1024}, (4096 + 1024) * 128),  # Phi-3: short and long caches
     ({"partial_rotary_factor": 0.5}, 4096 * 64),
     ({"rope_scaling": "yarn"}, 4096 * 128),  # not an object: the plain rule
+    # Both given and different: vLLM copies the config's own over its RoPE parameters' (patch_rope_parameters)
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
+      "original_max_position_embeddings": 1024}, 4096 * 128),
+    ({"rope_scaling": {"type": "linear", "factor": 1.0, "partial_rotary_factor": 0.25}, "partial_rotary_factor": 0.5},
+     4096 * 64),
 ])
 def test_rotary_cache_as_vllm_builds_it(raw, elements):
     from pdsim.models import rope_cache_elements
