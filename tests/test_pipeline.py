@@ -714,8 +714,8 @@ def test_only_the_last_stage_reserves_the_sampler_and_moe_models_hold_their_ends
     whole = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024)
     forward = memory.activation_peak_bytes(model, "bfloat16", 1, 8192, 1024, with_sampler=False)
     assert forward < whole
-    staged = pipeline_kv_budget(cfg, model, whole, "x", forward_bytes=forward)
-    conservative = pipeline_kv_budget(cfg, model, whole, "x")
+    staged = pipeline_kv_budget(cfg, model, whole, forward, "x")
+    conservative = pipeline_kv_budget(cfg, model, whole, whole, "x")  # the whole peak on every stage
     assert staged.per_stage_blocks[1] == conservative.per_stage_blocks[1]  # the last stage: the same
     assert staged.per_stage_blocks[0] > conservative.per_stage_blocks[0]  # the first: the sampler's share more
     # Qwen3-MoE builds its embedding, final norm and LM head on every stage (vLLM's qwen3_moe.py).

@@ -200,9 +200,10 @@ def build_instance(
                                                           ic.moe_workspace)
     kv_per_token = held.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
-        staged = pipeline_kv_budget(ic, model, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
-                                    placement.expert_shards, opts.recorded_gpu_memory_utilization,
-                                    predictor.forward_reserve_bytes(ic.max_num_batched_tokens, ic.moe_workspace))
+        forward_bytes = predictor.forward_reserve_bytes(ic.max_num_batched_tokens, ic.moe_workspace)
+        staged = pipeline_kv_budget(ic, model, activation_bytes, forward_bytes, where,
+                                    opts.kv_gpu_blocks.get(ref.instance_id), placement.expert_shards,
+                                    opts.recorded_gpu_memory_utilization)
         budget, kv_per_token = staged.budget, staged.kv_bytes_per_token
     else:
         budget = kv_budget(ic, held, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),

@@ -134,16 +134,15 @@ class PipelineBudget:
     per_stage_blocks: tuple[int, ...]
 
 
-def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
+def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, forward_bytes: int, where: str,
                        measured_gpu_blocks: int | None = None, expert_shards: int = 1,
-                       recorded_util: float | None = None, forward_bytes: int | None = None) -> PipelineBudget:
+                       recorded_util: float | None = None) -> PipelineBudget:
     """Each stage's KV cache by vLLM's accounting (or LLMServingSim's rule) for its weights and
     layers; the engine gets the fewest blocks of any stage. The last stage reserves the profile run's whole
     peak (`activation_bytes`); the others `forward_bytes`, its forward's alone, as only the last stage runs the
-    dummy sampler (v1/worker/gpu_model_runner.py profile_run, `is_last_rank`); None: the whole peak on every
-    stage."""
+    dummy sampler (v1/worker/gpu_model_runner.py profile_run, `is_last_rank`)."""
     stages = pp_stages(model.num_layers, ic.pp_size)
-    reserve = [activation_bytes if s.last or forward_bytes is None else forward_bytes for s in stages]
+    reserve = [activation_bytes if s.last else forward_bytes for s in stages]
     budgets = [kv_budget(ic, _StageSizes(model, s), r, f"{where} (pipeline stage {s.index})",  # type: ignore[arg-type]
                          None, expert_shards, recorded_util) for s, r in zip(stages, reserve, strict=True)]
     i = min(range(len(stages)), key=lambda k: budgets[k].num_gpu_blocks)
