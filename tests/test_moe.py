@@ -505,9 +505,18 @@ def test_validation_on_the_measured_moe_run(tmp_path):
     assert out.exit_code == 0, out.output
     import pandas as pd
 
-    diffs = pd.read_csv(tmp_path / "v.csv").query("stat == 'mean'").set_index("metric").diff_pct
+    table = pd.read_csv(tmp_path / "v.csv")
+    diffs = table.query("stat == 'mean'").set_index("metric").diff_pct
     assert abs(diffs["TTFT (ms)"]) <= 10 and abs(diffs["TPOT (ms)"]) <= 3 and abs(diffs["E2E latency (ms)"]) <= 3, \
         out.output
+    # The measured percentiles are numpy's, as the benchmark's own summary prints them (LLMServingSim's, beside the run)
+    summary = (CASE / "llmservingsim_validation_summary.txt").read_text()
+    measured = table.set_index(["metric", "stat"]).measured
+    for metric, label in (("TTFT (ms)", "TTFT"), ("TPOT (ms)", "TPOT"), ("E2E latency (ms)", "Latency")):
+        for stat in ("p90", "p95", "p99"):
+            printed = float(next(line.split()[2] for line in summary.splitlines()
+                                 if line.startswith(f"{label} {stat.upper()} ")))
+            assert round(measured[metric, stat], 1) == printed, (metric, stat)
 
 
 def test_mixtral_tp2_runs_with_estimated_experts_and_vllm_weights():

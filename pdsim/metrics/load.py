@@ -8,7 +8,9 @@ on a short trace: over the second half of the arrival window fewer requests fini
 last quarter of the window take more than 1.5x as long end to end as those of the first quarter, or
 wait longer for their first token by more than 5% of the window. A stable cluster still filling up
 (latency longer than half the window) fails the first sign but not the second, and so does an overloaded
-one on a trace shorter than its requests' lives: then the verdict is that the trace cannot tell. The wait is the sign
+one on a trace shorter than its requests' lives: then the verdict is that the trace cannot tell. So is a latency that
+grows while 90% or more of the offered rate is served: near capacity, or just over it (10% over serves 91%). The wait is
+the sign
 where long decodes dilute the end-to-end growth (a queue for a capped number of running requests:
 10 s more wait on 25 s of decoding is 1.4x); a queue growing at the 10% of the offered rate the first
 sign allows adds 7.5% of the window between the quarters' middles.
@@ -76,7 +78,9 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
     short_served = bool(served < SERVED_SHARE * offered)
     # Fewer served than offered with no growth in latency: a cluster still filling up, or one overloaded
     # on a trace too short for the growth to show; the trace cannot tell them apart.
-    overloaded = None if short_served and not latency_signs else short_served
+    # Latency growing while 90% or more is served: stable near capacity with a noisy queue, or just over it, where a
+    # queue grows slowly (10% over capacity serves 91%); the trace cannot tell either.
+    overloaded = None if short_served != bool(latency_signs) else short_served
     report.update({
         "offered_req_per_s_second_half": float(offered), "served_req_per_s_second_half": float(served),
         "backlog_at_mid_window": backlog(mid), "backlog_at_last_arrival": backlog(t1),
@@ -92,6 +96,10 @@ def load_report(df: pd.DataFrame, sim_end_s: float) -> dict:
 def _verdict(r: dict, latency_signs: list[str]) -> str:
     rates = (f"over the second half of the arrivals {r['offered_req_per_s_second_half']:,.3g} req/s offered, "
              f"{r['served_req_per_s_second_half']:,.3g} req/s served")
+    if r["overloaded"] is None and latency_signs:
+        return (f"cannot tell whether overloaded ({rates}, but the last quarter of arrivals "
+                f"{' and '.join(latency_signs)}): a cluster near its capacity and one just over it, whose queue grows "
+                "slowly, look alike on a trace this short; a longer one, or `pdsim search`, tells them apart")
     if r["overloaded"] is None:
         return (f"cannot tell whether overloaded ({rates}, but latency did not grow with the arrival time; requests "
                 f"took {r['e2e_mean_s_first_quarter_arrivals']:,.3g} s end to end against an arrival window of "

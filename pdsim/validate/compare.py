@@ -11,7 +11,7 @@ import pandas as pd
 from pdsim.config import ClusterConfig
 from pdsim.engine.cluster import SimOptions, SimulationResult, simulate
 from pdsim.errors import ConfigError, PdsimError
-from pdsim.metrics.stats import per_second, percentiles_interpolated, sorted_by_value, span_s
+from pdsim.metrics.stats import per_second, percentiles_interpolated, percentiles_linear, sorted_by_value, span_s
 from pdsim.metrics.summary import itl_samples, not_finished_reasons, reason_text, requests_frame
 from pdsim.outputs import atomic_path
 from pdsim.validate.measured_run import MeasuredRun
@@ -66,6 +66,7 @@ def replay(cfg: ClusterConfig, measured: MeasuredRun, opts: SimOptions | None = 
 
 def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
     values = np.asarray(values, dtype=float)
+    per_request = weights is None
     if weights is None:
         weights = np.ones(values.shape)
     keep = ~np.isnan(values) & (weights > 0)
@@ -75,9 +76,12 @@ def _stats(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, f
     values, weights = sorted_by_value(values, weights)
     weights = weights.astype(float)
     out = {"mean": float(np.average(values, weights=weights))}
+    ps = [int(s[1:]) for s in STATS[1:]]
+    if per_request:  # one value per request: numpy's percentiles, as vllm bench serve and aiperf print them
+        out.update(zip(STATS[1:], percentiles_linear(values, ps)))
+        return out
     # Interpolated percentiles on the weighted empirical CDF, so that an ITL step shared by n
     # requests counts n times (docs/architecture.md: why not the simulator's nearest rank).
-    ps = [int(s[1:]) for s in STATS[1:]]
     out.update(zip(STATS[1:], percentiles_interpolated(values, weights, ps)))
     return out
 
@@ -167,7 +171,8 @@ def compare(measured: MeasuredRun, result: SimulationResult, among: set[int] | N
     rows = []
     for key, label in _compared(measured):
         if key == "itl_ms":
-            m = _stats(measured.itl_ms)
+            # Both sides by the weighted definition the simulated steps need (a step shared by n requests)
+            m = _stats(measured.itl_ms, np.ones(np.shape(measured.itl_ms)))
             values, weights = itl_samples(result)
             s = _stats(values * 1e3, weights)
         else:
