@@ -2135,3 +2135,27 @@ def test_a_dense_dp_run_on_independent_instances_says_whose_balancing_it_replays
     run = read_measured(_rtx_run_with(tmp_path / "g4", data_parallel_size=4))
     replay_config(tmp_path / "groups.json", run, None)
     assert any("balanced within each of its groups, not over all the ranks" in n for n in run.notes)
+
+
+@needs_shared
+def test_the_cdf_plots_cover_the_requests_the_table_compares(tmp_path, monkeypatch):
+    # The plots took every measured request and every request the replay finished, where the table takes those
+    # both finished (and, with the step-time margin, those all three replays finished).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from pdsim.validate.compare import write_cdf_plots
+
+    run = read_measured(RTX / "vllm_run" / "requests.jsonl")
+    result = replay(load_cluster_config(RTX / "cluster_config.json"), run, SimOptions(profile_dir=str(RTX / "profile")))
+    among = set(range(0, 300, 3))
+    plotted: list[int] = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, x, *a, **k: (plotted.append(len(x)), plot(self, x, *a, **k))[1])
+    written = write_cdf_plots(run, result, tmp_path / "v", among)
+    assert written and plotted[:2] == [100, 100]  # TTFT: the same 100 requests on both sides
+    table = compare(run, result, among).set_index(["metric", "stat"])
+    ttft = np.sort(run.requests.ttft_ms.to_numpy()[sorted(among)])
+    assert table.loc[("TTFT (ms)", "p90"), "measured"] == pytest.approx(np.percentile(ttft, 90))

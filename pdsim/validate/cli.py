@@ -442,10 +442,11 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
                                            str(cluster_config), _bar(f"steps {step_time_margin_pct:g}% {side}", quiet))
                           for side, scale in margin_scales(step_time_margin_pct).items())
         # Every figure over the same requests: those all three replays finished.
-        among = finished_ids(result) & finished_ids(faster) & finished_ids(slower)
+        among: set[int] | None = finished_ids(result) & finished_ids(faster) & finished_ids(slower)
         table = with_step_margin(compare(run, result, among), compare(run, faster, among),
                                  compare(run, slower, among), step_time_margin_pct)
     else:
+        among = None  # the requests this replay finished
         table = compare(run, result)
     table["estimated_profile"] = estimated
     # The memory side beside the latencies, for scripts that read the CSV (the console prints it as lines below).
@@ -491,7 +492,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
             click.echo(f"NOTE: the run's case folder has its own profile: --profile-dir {own}")
     written = [output, by_request]
     if plot:
-        written += write_cdf_plots(run, result, output.with_suffix("")) + ([state_plot] if state_plot else [])
+        written += write_cdf_plots(run, result, output.with_suffix(""), among) + ([state_plot] if state_plot else [])
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 

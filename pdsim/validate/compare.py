@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -152,14 +152,9 @@ def finished_ids(result: SimulationResult) -> set[int]:
     return {r.id for r in result.requests if r.status == "finished"}
 
 
-def compare(measured: MeasuredRun, result: SimulationResult, among: set[int] | None = None) -> pd.DataFrame:
-    """One row per (metric, statistic): measured, simulated, and the difference in %. among: the replayed
-    requests to compare over, where several replays are compared with one measurement (those each finished);
-    default: those this replay finished."""
-    sim = simulated_requests(measured, result)
-    mea = measured.requests.reset_index(drop=True)  # a replayed request's id is its row here
-    # A request the measured engine did not finish is left out of both sides (it was still replayed), and so is one
-    # the replay did not finish (replay_losses says how many and why).
+def _compared_done(measured: MeasuredRun, result: SimulationResult, among: set[int] | None) -> np.ndarray:
+    """Which measured requests (rows) are compared: finished by the engine, and by the replay (or in `among`)."""
+    mea = measured.requests
     done = _finished(mea)
     if not done.any():
         raise PdsimError(f"{measured.source}: no request of the measured run finished (none has both a first token "
@@ -168,21 +163,44 @@ def compare(measured: MeasuredRun, result: SimulationResult, among: set[int] | N
     if not done.any():
         raise PdsimError(f"{measured.source}: no request the measured run finished finished in the replay too: "
                          "nothing to compare")
-    rows = []
+    return done
+
+
+def _sides(measured: MeasuredRun, result: SimulationResult, done: np.ndarray
+           ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Per compared metric: (key, label, measured values, simulated values, the simulated values' weights or None),
+    over the same requests on both sides: those `done` marks that the engine stamped the metric for (a request
+    without scheduled_ts has no queueing of its own). ITL: every measured gap, and each simulated step weighted by
+    the requests it gave a token."""
+    sim = simulated_requests(measured, result)
+    mea = measured.requests.reset_index(drop=True)  # a replayed request's id is its row here
     for key, label in _compared(measured):
         if key == "itl_ms":
-            # Both sides by the weighted definition the simulated steps need (a step shared by n requests)
-            m = _stats(measured.itl_ms, np.ones(np.shape(measured.itl_ms)))
             values, weights = itl_samples(result)
-            s = _stats(values * 1e3, weights)
+            yield key, label, np.asarray(measured.itl_ms, dtype=float), values * 1e3, weights
         else:
-            # Each metric over the same requests on both sides: those the engine stamped it for (a request without
-            # scheduled_ts has no queueing of its own).
             stamped = done & mea[key].notna().to_numpy()
-            m = _stats(mea[key].to_numpy()[stamped])
-            s = _stats(sim[sim.request_id.isin(np.flatnonzero(stamped).tolist())][key].to_numpy())
+            yield (key, label, mea[key].to_numpy()[stamped],
+                   sim[sim.request_id.isin(np.flatnonzero(stamped).tolist())][key].to_numpy(), None)
+
+
+def compare(measured: MeasuredRun, result: SimulationResult, among: set[int] | None = None) -> pd.DataFrame:
+    """One row per (metric, statistic): measured, simulated, and the difference in %. among: the replayed
+    requests to compare over, where several replays are compared with one measurement (those each finished);
+    default: those this replay finished."""
+    # A request the measured engine did not finish is left out of both sides (it was still replayed), and so is one
+    # the replay did not finish (replay_losses says how many and why).
+    done = _compared_done(measured, result, among)
+    rows = []
+    for _key, label, m_values, s_values, s_weights in _sides(measured, result, done):
+        if s_weights is not None:  # ITL: both sides by the weighted definition the simulated steps need
+            m, s = _stats(m_values, np.ones(m_values.shape)), _stats(s_values, s_weights)
+        else:
+            m, s = _stats(m_values), _stats(s_values)
         for stat in STATS:
             rows.append((label, stat, m[stat], s[stat], _pct(s[stat], m[stat], NEGLIGIBLE)))
+    sim = simulated_requests(measured, result)
+    mea = measured.requests.reset_index(drop=True)
     sim = sim[sim.request_id.isin(np.flatnonzero(done).tolist())]
     mea = mea[done]
     span_m = span_s(mea.arrival_s.min(), (mea.arrival_s + mea.e2e_ms / 1e3).max())
@@ -245,24 +263,20 @@ def plot_paths(prefix: Path) -> list[Path]:
     return [plot_path(prefix, key) for key, _ in METRICS]
 
 
-def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Path) -> list[Path]:
-    """CDF overlays (measured vs simulated) per metric, as PNG."""
+def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Path,
+                    among: set[int] | None = None) -> list[Path]:
+    """CDF overlays (measured vs simulated) per metric, as PNG, over the requests the table compares (`among` as
+    compare takes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sim = simulated_requests(measured, result)
     written = []
-    for key, label in _compared(measured):
-        if key == "itl_ms":
-            m = np.sort(measured.itl_ms)
-            values, weights = itl_samples(result)
-            s = np.repeat(values * 1e3, weights)
-            s.sort()
-        else:
-            m = np.sort(measured.requests[key].dropna().to_numpy())
-            s = np.sort(sim[key].dropna().to_numpy())
+    for key, label, m_values, s_values, s_weights in _sides(measured, result, _compared_done(measured, result, among)):
+        m = np.sort(m_values[~np.isnan(m_values)])
+        s = s_values if s_weights is None else np.repeat(s_values, s_weights)
+        s = np.sort(s[~np.isnan(s)])
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot(m, np.linspace(0, 1, m.size), label="measured")
         ax.plot(s, np.linspace(0, 1, s.size), label="simulated", linestyle="--")
