@@ -245,6 +245,14 @@ def test_a_queue_behind_long_decodes_is_overloaded_and_a_filling_cluster_is_not(
     assert filling["served_req_per_s_second_half"] < 0.9 * filling["offered_req_per_s_second_half"]
     assert filling["overloaded"] is None and filling["verdict"].startswith("cannot tell whether overloaded")
     assert "requests took 25 s end to end against an arrival window of 29.9 s" in filling["verdict"]
+    # A single server 5% over its capacity (service 0.2 s, arrivals every 0.19 s): 95% is served, but the wait grows
+    # by 0.05 s per request; 'not overloaded' before, now 'cannot tell', with the latency growth named.
+    arrival = np.arange(400) * 0.19
+    start = np.arange(400) * 0.2
+    slow = load_report(_load_frame(arrival, start - arrival + 0.05, start - arrival + 0.2), 400 * 0.2)
+    assert slow["served_req_per_s_second_half"] >= 0.9 * slow["offered_req_per_s_second_half"]
+    assert slow["overloaded"] is None and "but the last quarter of arrivals" in slow["verdict"]
+    assert "a cluster near its capacity and one just over it" in slow["verdict"]
 
 
 def test_renamed_columns_say_units_and_cumulative(tmp_path):
