@@ -1574,6 +1574,10 @@ def test_a_wait_of_microseconds_has_no_relative_difference():
     table = pd.DataFrame([("queueing (ms)", "p50", 0.0044, 0.0, np.nan)],
                          columns=["metric", "stat", "measured", "simulated", "diff_pct"])
     assert format_table(table).splitlines()[1].endswith("n/a")
+    # A difference that rounds to zero reads +0.0%, not -0.0%
+    tiny = pd.DataFrame([("TTFT (ms)", "mean", 100.0, 99.99, -0.01)],
+                        columns=["metric", "stat", "measured", "simulated", "diff_pct"])
+    assert format_table(tiny).splitlines()[1].endswith("+0.0%")
 
 
 @needs_shared

@@ -237,13 +237,16 @@ def format_table(table: pd.DataFrame) -> str:
     def value(x: float) -> str:  # no samples (TPOT of one-token requests): said, not printed as nan
         return "-" if np.isnan(x) else f"{x:,.2f}"
 
+    def pct(x: float) -> str:  # a difference that rounds to zero reads +0.0%, whatever its sign
+        return f"{round(x, 1) + 0.0:+.1f}%"
+
     rows = [["metric", "stat", "measured", "simulated", "diff"] + ([band] if band else [])]
     for r in table.itertuples(index=False):
         row = [r.metric, r.stat, value(r.measured), value(r.simulated),
-               "n/a" if np.isnan(r.diff_pct) else f"{r.diff_pct:+.1f}%"]
+               "n/a" if np.isnan(r.diff_pct) else pct(r.diff_pct)]
         if band:
             lo, hi = r.diff_pct_steps_faster, r.diff_pct_steps_slower
-            row.append("n/a" if np.isnan(lo) else f"{lo:+.1f}% .. {hi:+.1f}%")
+            row.append("n/a" if np.isnan(lo) else f"{pct(lo)} .. {pct(hi)}")
         rows.append(row)
     # Left-aligned name columns, right-aligned figures; a figure wider than its column widens it, keeping a space.
     widths = [27, 6, 12, 12, 9, 20]
