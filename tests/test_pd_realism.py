@@ -633,3 +633,17 @@ def test_hand_offs_whose_kv_arrived_start_in_the_order_their_blocks_were_reserve
     got = sorted(res.requests, key=lambda r: r.id)
     np.testing.assert_allclose([r.decode_first_token_s for r in got], vllm_first_token_s, atol=1e-6)
     np.testing.assert_allclose([r.finish_s for r in got], vllm_finish_s, atol=1e-6)
+
+
+def test_a_dp_decode_group_picks_its_rank_by_load_alone_not_by_room():
+    # vLLM's DP load balancer scores a rank 4 x waiting + running, ties to the lowest, and knows nothing of its KV
+    # room: a hand-off goes to rank 0 (one running request, its cache nearly full of it) over rank 1 (one running,
+    # room to spare) and waits there for blocks. pdsim filtered the ranks by room first and sent it to rank 1.
+    from tests.helpers import AnalyticStepTimes, cluster, instance, run
+
+    cfg = cluster(instance("prefill"), instance("decode", dp_group="D"), instance("decode", dp_group="D"))
+    rows = [(1800, 2000, 0.0), (100, 3000, 0.02), (400, 400, 1.9)]
+    res = run(cfg, rows, step_times=AnalyticStepTimes, kv_gpu_blocks={"n0.i1": 245, "n0.i2": 305})
+    a, b, c = res.requests
+    assert (a.decode_instance, b.decode_instance, c.decode_instance) == ("n0.i1", "n0.i2", "n0.i1")
+    assert c.finish_s > a.finish_s  # its blocks came free when the long request ended

@@ -117,6 +117,11 @@ class HandOff:
         # not queue behind a full decode instance while another has room; only when all are full
         # does it wait in the pending queue of the one the policy picks.
         with_room = [d for d in candidates if d.has_room_for(req)]
+        if with_room and self.group_of:
+            # A DP group's coordinator picks its rank by load alone (vLLM's DP load balancer: 4 x waiting + running),
+            # not by room: a group with room on any rank offers every rank, and the request may wait on a full one.
+            roomy = {self.group_of[d.id] for d in with_room if d.id in self.group_of}
+            with_room = [d for d in candidates if d in with_room or self.group_of.get(d.id) in roomy]
         dec = route(self.decode_router, with_room or candidates, self.group_of, req)
         req.decode_instance = dec.id
         dec.receive_handoff(req)
