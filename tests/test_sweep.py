@@ -1453,3 +1453,22 @@ def test_a_resumed_search_of_fewer_configurations_reports_only_those(tmp_path):
     assert re.search(rf"(all {mine} runs stable|UNSTABLE: \d+ of {mine} runs)", again.output), again.output
     assert f"\n{mine} runs (all kept by --resume) in " in again.output
     assert set(pd.read_csv(tmp_path / "s" / "probes.csv").label) == {"1P1D-tp1/1", "colo-2x-tp1"}  # kept for later
+
+
+def test_the_latency_plot_says_where_ttft_ends(tmp_path, monkeypatch):
+    # --ttft-mode moves a P/D split's hand-off between TTFT and TPOT: the axis says which the plot shows.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from pdsim.sweep.cli import TTFT_AT
+    from pdsim.sweep.plots import plot_latency_vs_rate
+
+    labels: list[str] = []
+    set_ylabel = Axes.set_ylabel
+    monkeypatch.setattr(Axes, "set_ylabel", lambda self, text, *a, **k: (labels.append(text),
+                                                                          set_ylabel(self, text, *a, **k))[1])
+    rows = [{"label": "1P1D", "rate_per_s": "1", "ttft_p90_ms": 50.0, "tpot_p90_ms": 10.0, "stable": 1}]
+    plot_latency_vs_rate(rows, 100, 20, tmp_path / "l.png", TTFT_AT["client"])
+    assert labels == ["TTFT p90 (ms), as the client sees it", "TPOT p90 (ms)"]

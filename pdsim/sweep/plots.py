@@ -46,7 +46,9 @@ def plot_goodput(goodput_rows: list[dict[str, Any]], path: Path, title: str) -> 
     return path
 
 
-def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpot_ms: float, path: Path) -> Path:
+def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpot_ms: float, path: Path,
+                         ttft_at: str = "") -> Path:
+    """TTFT and TPOT p90 by rate per configuration; ttft_at: where TTFT ends (--ttft-mode), in its axis label."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -62,7 +64,8 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
             bad = [p for p in pts if not p[3]]
             ax.plot([p[0] for p in bad], [p[k] for p in bad], "x", color=color, ms=7, ls="none")
     axes[1].plot([], [], "kx", ls="none", label="unstable (queue grows)")
-    for ax, slo, name in ((axes[0], slo_ttft_ms, "TTFT p90 (ms)"), (axes[1], slo_tpot_ms, "TPOT p90 (ms)")):
+    ttft_name = f"TTFT p90 (ms), {ttft_at}" if ttft_at else "TTFT p90 (ms)"
+    for ax, slo, name in ((axes[0], slo_ttft_ms, ttft_name), (axes[1], slo_tpot_ms, "TPOT p90 (ms)")):
         ax.axhline(slo, color="k", lw=1, ls=":", label=f"SLO {slo:g} ms")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
