@@ -57,6 +57,11 @@ def test_azure_2024_layout_with_utc_offset(tmp_path):
     reqs = load_dataset(_write(tmp_path, "a.csv", AZURE_2024))
     assert [r.arrival_time_ns for r in reqs] == [0, 1_500_000_000]
     assert reqs[0].input_toks == 4808
+    # Rows with and without an offset in one file: the naive ones were read as UTC beside local times, silently.
+    mixed = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,374,44\n2023-11-16 18:15:47+05:00,100,10\n"
+    with pytest.raises(TraceError, match=r"m.csv:3: field 'TIMESTAMP': '2023-11-16 18:15:47\+05:00' has a UTC offset "
+                                         "where the trace's other rows have none"):
+        load_dataset(_write(tmp_path, "m.csv", mixed + "2023-11-16 18:15:48,10,10\n"))
 
 
 @pytest.mark.parametrize(("row", "field", "line"), [

@@ -157,7 +157,16 @@ def read_azure(path: Path) -> Loaded:
     columns, optionally with a UTC offset), prompt and generated tokens per request."""
     df = _read_csv(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), "Azure")
     # As text: pandas reads a column of bare numbers as numbers, which a later pandas takes for epoch seconds.
-    times = pd.to_datetime(df["TIMESTAMP"].astype(str), format="ISO8601", errors="coerce", utc=True)
+    text = df["TIMESTAMP"].astype(str).str.strip()
+    # A time without an offset is read as UTC; beside times with one, it may well be local time: refused.
+    zoned = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).to_numpy()
+    if zoned.any() and not zoned.all():
+        i = int(np.argmax(~zoned if zoned.sum() > len(zoned) / 2 else zoned))
+        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': {_cell(df['TIMESTAMP'].iloc[i])} "
+                         f"{'has no' if zoned.sum() > len(zoned) / 2 else 'has a'} UTC offset where the trace's other "
+                         f"rows {'have one' if zoned.sum() > len(zoned) / 2 else 'have none'}: expected one way for "
+                         "every row (a time without an offset is read as UTC)")
+    times = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
     if times.isna().any():
         i = int(np.argmax(times.isna().to_numpy()))
         raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': expected a date-time such as "
