@@ -1581,18 +1581,28 @@ def test_a_wait_of_microseconds_has_no_relative_difference():
 
 
 @needs_shared
-def test_a_vllm_log_beside_the_run_is_pointed_to_when_not_given(tmp_path):
-    from pdsim.validate.recorded import replay_config
+def test_the_one_vllm_log_beside_the_run_is_read_as_its_engine_log(tmp_path):
+    # A TP 2 run on GPUs without peer-to-peer access: its log says vLLM fell back to NCCL, which meta.json does not.
+    from pdsim.validate.recorded import engine_log_beside
 
     source = _rtx_run_with(tmp_path)
-    (source.parent / "vllm.log").write_text("INFO GPU KV cache size: 573,344 tokens\n")
+    log = source.parent / "vllm.log"
+    log.write_text("WARNING Custom allreduce is disabled because your platform lacks GPU P2P capability\n"
+                   "INFO GPU KV cache size: 573,344 tokens\n")
     run = read_measured(source)
-    replay_config(RTX / "cluster_config.json", run, None)
-    assert any(n.startswith(f"NOTE: 1 log beside the run ({source.parent / 'vllm.log'}) not read: --engine-log")
-               for n in run.notes)
-    given = read_measured(source)
-    replay_config(RTX / "cluster_config.json", given, None, engine_log=source.parent / "vllm.log")
-    assert not any("beside the run" in n for n in given.notes)
+    assert engine_log_beside(run) == log
+    assert any(n.startswith(f"engine log: {log}, the one log beside the run, read as --engine-log") for n in run.notes)
+    # Two logs: which is the engine's is not known, and none is read.
+    (tmp_path / "client.log").write_text("sent 300 requests\n")
+    two = read_measured(source)
+    assert engine_log_beside(two) is None
+    assert any(n.startswith("NOTE: 2 logs beside the run") and "none read" in n for n in two.notes)
+    # validate reads it as it reads --engine-log's (what a TP 1 engine's all-reduce line changes is nothing).
+    (tmp_path / "client.log").unlink()
+    res = _validate_cli("--measured", str(source), "--cluster-config", str(RTX / "cluster_config.json"),
+                        "--profile-dir", str(RTX / "profile"), "--step-time-margin-pct", "0",
+                        "--output", str(tmp_path / "v.csv"))
+    assert f"measured 573,344 (35,834 blocks, {log} 'GPU KV cache size')" in res.output
 
 
 @needs_shared

@@ -19,7 +19,7 @@ from pdsim.perf.scaled import margin_scales
 from pdsim.progress import ProgressBar
 from pdsim.text import listed
 from pdsim.validate.kv_capacity import capacity_line, replay_kv_line
-from pdsim.validate.recorded import kv_override, replay_config
+from pdsim.validate.recorded import engine_log_beside, kv_override, replay_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -410,6 +410,8 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     if clock != "engine" and run.latency_origin != "pickup":
         raise PdsimError(f"--clock {clock}: applies to engine JSONL (per-request engine timestamps) only; {run.source} "
                          "records the client's times only, so it would change nothing (leave it out)")
+    if engine_log is None:
+        engine_log = engine_log_beside(run)
     cfg = replay_config(cluster_config, run, async_scheduling, engine_log)
     _prefix_ids(run, cfg, token_ids)
     _pick_up_order_note(run, cfg, clock)
@@ -628,12 +630,14 @@ def calibrate(measured: Path, cluster_config: Path | None, profile_dir: Path | N
 
         run = read_measured(measured)
         _refuse_open_loop_delay(ctx, run, measured)
-        cfg = replay_config(cluster_config, run, async_scheduling)
+        engine_log = engine_log_beside(run)
+        cfg = replay_config(cluster_config, run, async_scheduling, engine_log)
         _prefix_ids(run, cfg, None, "calibrate takes no --token-ids; validate --token-ids models them")
         _pick_up_order_note(run, cfg, "engine")
         label = {"tpot_ms": "TPOT (ms)", "e2e_ms": "E2E latency (ms)", "ttft_ms": "TTFT (ms)"}[metric]
         left_grid: dict[str, str] = {}  # what priced the steps and where the replays left a table's grid
-        recorded_kv = kv_override(run, cfg, _sim_options(profile_dir, 0.0, run, client_delay_ms), None, "predicted")
+        recorded_kv = kv_override(run, cfg, _sim_options(profile_dir, 0.0, run, client_delay_ms), engine_log,
+                                  "predicted")
         predicted_kv: list[int] = []
 
         def errors_at(overhead_us: float) -> np.ndarray:

@@ -15,7 +15,7 @@ from pdsim.config.base import GB, MAX_MEM_GB, MAX_TOKENS, UTILIZATION_OVER_MEM_U
 from pdsim.engine.kv_cache import blocks_for
 from pdsim.errors import PdsimError, json_shown
 from pdsim.perf.memory import VLLM_DEFAULT_GPU_MEMORY_UTILIZATION
-from pdsim.text import listed, plural
+from pdsim.text import listed
 from pdsim.validate.engine_meta import (
     vllm_honours_no_chunked_prefill,
     vllm_reads_checkpoint_kv_dtype,
@@ -83,8 +83,6 @@ def replay_config(cluster_config: Path | None, run: MeasuredRun, async_schedulin
                 **_recorded_expert_layout(stated, run), **_recorded_cudagraphs(stated, run)}
     if engine_log is not None:
         recorded.update(_logged_settings(engine_log, stated, run, recorded))
-    else:
-        _hint_engine_log(run)
     if by_release.get("top_k_top_p") == "pytorch" and "top_k_top_p" not in recorded:  # the log may name FlashInfer's
         run.notes.append(f"sampler: vLLM {run.vllm_version} sorts the whole vocabulary for top-k/top-p (meta.json; a "
                          "Triton kernel from 0.17): 2.5 times the start-up memory per sampled sequence, which vLLM "
@@ -147,15 +145,21 @@ def _start_up_by_release(run: MeasuredRun, instances: list[dict]) -> dict[str, o
 _FLASHINFER_SAMPLER = "Using FlashInfer for top-p & top-k sampling"
 
 
-def _hint_engine_log(run: MeasuredRun) -> None:
-    """A vLLM log kept beside the run (in its folder or the case folder above it) is not read unless given: said,
-    as it may hold the KV size and the start-up fallbacks meta.json does not show (custom all-reduce off)."""
+def engine_log_beside(run: MeasuredRun) -> Path | None:
+    """The vLLM log kept beside the run (in its folder or the case folder above it) where there is exactly one:
+    read as if given with --engine-log, for the KV size and the start-up fallbacks meta.json does not show (custom
+    all-reduce off, FlashInfer sampling), and said. Several: none is read, and the note names them."""
     folders = dict.fromkeys([Path(run.source).parent, Path(run.source).parent.parent])
     logs = sorted(f for folder in folders for f in folder.glob("*.log") if f.is_file())
+    if len(logs) == 1:
+        run.notes.append(f"engine log: {logs[0]}, the one log beside the run, read as --engine-log (its KV cache "
+                         "size and start-up fallbacks; --engine-log gives another)")
+        return logs[0]
     if logs:
-        run.notes.append(f"NOTE: {plural(len(logs), 'log')} beside the run ({listed([str(f) for f in logs], 3)}) not "
-                         "read: --engine-log reads a vLLM log's KV cache size "
-                         "and what its start-up fell back to (custom all-reduce off, FlashInfer sampling)")
+        run.notes.append(f"NOTE: {len(logs)} logs beside the run ({listed([str(f) for f in logs], 3)}), none read: "
+                         "--engine-log names the measured engine's, whose KV cache size and start-up fallbacks "
+                         "(custom all-reduce off, FlashInfer sampling) the replay then takes")
+    return None
 
 
 def _logged_settings(engine_log: Path, instances: list[dict], run: MeasuredRun,
