@@ -296,7 +296,8 @@ def _prefix_ids(run: MeasuredRun, cfg: ClusterConfig, token_ids: Path | None, re
 @click.option("--engine-log", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The measured engine's vLLM log: its 'GPU KV cache size: N tokens' line gives the measured KV "
                    "capacity (else meta.json's kv_cache.num_gpu_blocks beside the run, when there), and its "
-                   "start-up lines what the engine fell back to (custom all-reduce off, FlashInfer sampling).")
+                   "start-up lines what the engine fell back to (custom all-reduce off, FlashInfer sampling). "
+                   "Default: the one *.log beside the run, if there is exactly one.")
 @click.option("--kv-capacity", type=click.Choice(["predicted", "measured"]), default="predicted", show_default=True,
               help="KV capacity the replay uses: pdsim's prediction from the config, or the measured engine's "
                    "(to see timing errors apart from memory errors).")
