@@ -276,6 +276,20 @@ HARDWARE: dict[str, HardwareSpec] = {
             source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090)",
         ),
         HardwareSpec(
+            name="RTX5090",
+            description="NVIDIA GeForce RTX 5090 32 GB GDDR7",
+            bf16_tflops=209.5,  # dense, FP32 accumulate (GeForce's half rate), as the RTX 4090's 165.2
+            fp8_tflops=419.0,
+            mem_bw_gbps=1792.0,
+            mem_size_gb=32.0,
+            intra_node_bw_gbps=64.0,  # PCIe 5.0 x16, no NVLink, no P2P
+            intra_node_latency_ns=2000.0,
+            intra_node_link="pcie",
+            compute_capability="12.0",
+            sm_count=170,  # 21,760 CUDA cores / 128 per SM
+            source="NVIDIA RTX Blackwell GPU architecture whitepaper (RTX 5090)",
+        ),
+        HardwareSpec(
             name="RTX6000Ada",
             description="NVIDIA RTX 6000 Ada Generation 48 GB GDDR6",
             bf16_tflops=364.2,  # half the datasheet's 728.5 sparse; FP8 1,457 sparse

@@ -363,9 +363,16 @@ def test_a_geforce_card_pdsim_has_no_spec_for_runs_nccl_alone():
     # check and NCCL runs; an unknown workstation or data-center card keeps the custom all-reduce on two GPUs.
     from pdsim.perf.collectives import unknown_gpu_model
 
-    geforce = [unknown_gpu_model(name, 2) for name in ("NVIDIA GeForce RTX 5090", "RTX5090", "rtx_3090_ti")]
+    geforce = [unknown_gpu_model(name, 2) for name in ("NVIDIA GeForce RTX 3090", "RTX3090", "rtx_3090_ti")]
     other = unknown_gpu_model("NVIDIA RTX 6000 Ada Generation", 2)
     small = 64 * 1024  # bytes: where the custom all-reduce, when it runs, is the faster
     assert all("without peer-to-peer access (a GeForce card) NCCL alone" in m.source for m in geforce)
     assert "peer-to-peer" not in other.source
     assert all(m.time_us(small, 2) > other.time_us(small, 2) for m in geforce)
+
+
+def test_the_rtx_5090_runs_nccl_alone_as_measured_on_the_pcie_5_server():
+    from pdsim.perf.collectives import interconnect_model
+
+    model = interconnect_model(get_hardware("NVIDIA GeForce RTX 5090"), 2)
+    assert model.source.startswith("RTX5090 without peer-to-peer: NCCL as measured on the RTX PRO 6000 Server")

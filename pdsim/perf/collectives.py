@@ -172,10 +172,10 @@ PCIE_MEASURED: dict[str, tuple[PcieServer, dict[int, Fit], dict[int, Lines]]] = 
              {2: (6.54, 11.0, 23.3, 20.5), 4: (9.98, 4.33, 23.7, 5.31), 8: (11.2, 0.78, 112.0, 1.76)}),
 }
 PCIE_MEASURED_SOURCE = "PCIe model measured on {} (aiconfigurator-core 0.12 collective tables)"
-# GeForce cards have no peer-to-peer access (NVIDIA left it off the RTX 40 series), so vLLM's custom
+# GeForce cards have no peer-to-peer access (NVIDIA left it off the RTX 40 and 50 series), so vLLM's custom
 # all-reduce fails its P2P check and NCCL runs: priced by the NCCL table of the measured server of the same
 # PCIe generation. NCCL without P2P stages through host memory, so this is a lower bound on the time.
-PCIE_WITHOUT_P2P_LIKE = {"RTX4090": "L40S"}
+PCIE_WITHOUT_P2P_LIKE = {"RTX4090": "L40S", "RTX5090": "RTXPRO6000"}
 
 
 # Other PCIe GPUs: no collective measurement of them is at hand. They take the measured server of their
