@@ -793,3 +793,21 @@ def test_a_measured_profile_without_moe_csv_is_said_to_be_estimated_in_that_part
     assert _estimated_line(part=part).startswith("NOTE: step times estimated from hardware specs for the MoE expert "
                                                   "layers (the measured profile has no table of them)")
     assert estimated_part([(True, "MoE expert layers"), (True, "")]) == ""  # a whole estimated profile beside it
+
+
+@needs_case
+def test_a_profile_without_the_models_qk_norm_rows_says_they_are_not_priced(tmp_path):
+    # qk_norm is optional in a profile (models without it); Qwen3 runs it in every layer, so its absence is said.
+    import shutil
+
+    from pdsim.perf.predictor import StepTimePredictor
+    from pdsim.perf.profile import read_profile
+
+    model = load_model("Qwen/Qwen3-30B-A3B")
+    said = "normalises q and k in every layer"
+    assert not any(said in n for n in StepTimePredictor(read_profile(CASE / "profile" / "tp1"), model, 1, None).notes)
+    shutil.copytree(CASE / "profile", tmp_path / "profile")
+    dense = tmp_path / "profile" / "tp1" / "dense.csv"
+    dense.write_text("".join(line for line in dense.read_text().splitlines(keepends=True) if "qk_norm" not in line))
+    notes = StepTimePredictor(read_profile(tmp_path / "profile" / "tp1"), model, 1, None).notes
+    assert any(said in n and "no qk_norm rows: those norms are not priced" in n for n in notes)

@@ -141,6 +141,10 @@ class StepTimePredictor:
         self.notes: list[str] = []
         if self.estimated:
             self.notes.append("step times estimated from hardware specs")
+        elif model.has_qk_norm and "qk_norm" not in profile.dense:
+            # optional in the format (models without it); a model with it runs it in every layer
+            self.notes.append(f"{model.name} normalises q and k in every layer, but {profile.meta.path}'s dense "
+                              "table has no qk_norm rows: those norms are not priced")
         if isinstance(self._skew_fit, MeasuredSkew):
             self.notes.append(self._skew_fit.describe())
         elif not self.estimated and skew_alpha is None and not self.skew_alpha and self._skew_fit is None:
