@@ -84,8 +84,8 @@ def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
     return (f"kv_cache_dtype {ic.kv_cache_dtype}: the profile's attention was timed with a {profiled} KV cache; "
             "decode attention, which streams the cache, is priced at the KV length of the same bytes "
             f"({dtype_bytes(ic.kv_dtype)} against {dtype_bytes(profiled)} per value), prefill attention as timed; no "
-            f"{ic.kv_cache_dtype} kernel was measured (vLLM reads an fp8 cache with FlashInfer where FlashAttention 2 "
-            "cannot, another kernel)")
+            f"{ic.kv_cache_dtype} kernel was measured (vLLM 0.19 reads an fp8 cache with FlashAttention 3 on Hopper, "
+            "its queries quantised to fp8 too, and with FlashInfer elsewhere: other kernels than the profile's)")
 
 
 def _dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
