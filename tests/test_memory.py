@@ -208,6 +208,9 @@ def test_an_engine_log_without_a_kv_line_leaves_the_capacity_to_meta_json(tmp_pa
     assert kv.num_gpu_blocks == 1200 and f"{log} has no 'GPU KV cache size: N tokens' line" in kv.source
     assert measured_kv({}, "meta.json", log, 16) is None
     line = capacity_line(20_000, "vllm", None, "predicted", engine_log=log)
+    measured = measured_kv({"kv_cache": {"num_gpu_blocks": 1200}}, "meta.json", None, 16)
+    assert capacity_line(20_000, "vllm", measured, "measured", instances=2).endswith(
+        "the replay used the measured capacity on each of its 2 instances")
     assert f"measured: not recorded by the run ({log} has no 'GPU KV cache size: N tokens' line" in line
 
 

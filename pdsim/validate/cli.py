@@ -470,7 +470,7 @@ def _validate_run(ctx: click.Context, measured: Path, cluster_config: Path | Non
     rule = kv_rule(cfg.instances()[0].config)
     filled = any(inst.sched.num_preemptions or inst.kv.peak_used >= inst.kv.num_blocks for inst in result.instances)
     head, *notes = capacity_line(info.kv_predicted_tokens, rule, kv_measured, kv_capacity, filled,
-                                 engine_log).split("\n")
+                                 engine_log, len(result.instances)).split("\n")
     click.echo(head)
     for how in memory_notes(result):  # the arithmetic behind it, and what in it is assumed
         click.echo(f"  {how}")

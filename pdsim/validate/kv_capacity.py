@@ -130,16 +130,17 @@ def not_recorded(engine_log: Path | None) -> str:
 
 
 def capacity_line(predicted_tokens: int, rule: str, measured: MeasuredKV | None, used: str,
-                  replay_filled: bool = False, engine_log: Path | None = None) -> str:
-    """One line: predicted vs measured KV capacity, and which one the replay used; replay_filled: the
-    replay's cache filled up (it preempted, or its peak reached the capacity)."""
+                  replay_filled: bool = False, engine_log: Path | None = None, instances: int = 1) -> str:
+    """One line: predicted vs measured KV capacity, and which one the replay used (on each of its `instances`);
+    replay_filled: the replay's cache filled up (it preempted, or its peak reached the capacity)."""
     how = f" ({RULES[rule]})" if rule in RULES else ""
     head = f"KV capacity (tokens per instance, as vLLM reports it): predicted {predicted_tokens:,}{how}"
     if measured is None:
         return f"{head}; measured: {not_recorded(engine_log)}"
     err = 100.0 * (predicted_tokens - measured.tokens) / measured.tokens
     line = (f"{head} vs measured {measured.tokens:,} ({measured.num_gpu_blocks:,} blocks, {measured.source}): "
-            f"{err:+.1f}%; the replay used the {used} capacity")
+            f"{err:+.1f}%; the replay used the {used} capacity"
+            + (f" on each of its {instances} instances" if used == "measured" and instances > 1 else ""))
     if used == "predicted" and replay_filled and abs(err) > KV_GAP_PCT:
         line += ("\nNOTE: the replay filled its KV cache, so the latencies below carry that capacity error as well "
                  "as the step times'; --kv-capacity measured replays with the engine's blocks to tell them apart")
