@@ -166,13 +166,12 @@ def _compared_done(measured: MeasuredRun, result: SimulationResult, among: set[i
     return done
 
 
-def _sides(measured: MeasuredRun, result: SimulationResult, done: np.ndarray
+def _sides(measured: MeasuredRun, result: SimulationResult, sim: pd.DataFrame, done: np.ndarray
            ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray | None]]:
     """Per compared metric: (key, label, measured values, simulated values, the simulated values' weights or None),
     over the same requests on both sides: those `done` marks that the engine stamped the metric for (a request
     without scheduled_ts has no queueing of its own). ITL: every measured gap, and each simulated step weighted by
-    the requests it gave a token."""
-    sim = simulated_requests(measured, result)
+    the requests it gave a token. sim: simulated_requests(measured, result)."""
     mea = measured.requests.reset_index(drop=True)  # a replayed request's id is its row here
     for key, label in _compared(measured):
         if key == "itl_ms":
@@ -191,15 +190,15 @@ def compare(measured: MeasuredRun, result: SimulationResult, among: set[int] | N
     # A request the measured engine did not finish is left out of both sides (it was still replayed), and so is one
     # the replay did not finish (replay_losses says how many and why).
     done = _compared_done(measured, result, among)
+    sim = simulated_requests(measured, result)
     rows = []
-    for _key, label, m_values, s_values, s_weights in _sides(measured, result, done):
+    for _key, label, m_values, s_values, s_weights in _sides(measured, result, sim, done):
         if s_weights is not None:  # ITL: both sides by the weighted definition the simulated steps need
             m, s = _stats(m_values, np.ones(m_values.shape)), _stats(s_values, s_weights)
         else:
             m, s = _stats(m_values), _stats(s_values)
         for stat in STATS:
             rows.append((label, stat, m[stat], s[stat], _pct(s[stat], m[stat], NEGLIGIBLE)))
-    sim = simulated_requests(measured, result)
     mea = measured.requests.reset_index(drop=True)
     sim = sim[sim.request_id.isin(np.flatnonzero(done).tolist())]
     mea = mea[done]
@@ -276,7 +275,8 @@ def write_cdf_plots(measured: MeasuredRun, result: SimulationResult, prefix: Pat
     import matplotlib.pyplot as plt
 
     written = []
-    for key, label, m_values, s_values, s_weights in _sides(measured, result, _compared_done(measured, result, among)):
+    sides = _sides(measured, result, simulated_requests(measured, result), _compared_done(measured, result, among))
+    for key, label, m_values, s_values, s_weights in sides:
         m = np.sort(m_values[~np.isnan(m_values)])
         s = s_values if s_weights is None else np.repeat(s_values, s_weights)
         s = np.sort(s[~np.isnan(s)])
