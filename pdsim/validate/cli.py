@@ -47,8 +47,7 @@ def _sim_options(profile_dir: Path | None, step_overhead_us: float, run: Measure
         opts.recorded_gpu_memory_utilization = run.engine_kwargs.get("gpu_memory_utilization")
         opts.recorded_max_model_len = run.max_model_len
         if run.max_model_len is None and run.records_engine_kwargs:
-            fits = str(run.engine_kwargs.get("max_model_len")).strip().lower() in ("-1", "auto")
-            opts.max_model_len_recorded_as = "fit" if fits else "default"
+            opts.max_model_len_recorded_as = "fit" if run.max_model_len_fits_memory else "default"
     if run is not None and run.concurrency is not None:
         opts.client_delay_s = client_delay_ms / 1e3
         if run.client_gaps_s is not None:

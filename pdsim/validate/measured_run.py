@@ -86,6 +86,12 @@ class MeasuredRun:
         limit = vllm_int(limit) if isinstance(limit, str) else limit
         return limit if type(limit) is int and limit >= 1 else None
 
+    @property
+    def max_model_len_fits_memory(self) -> bool:
+        """meta.json records vLLM's fit-to-memory max_model_len ('auto', -1, the only other values
+        read_engine_jsonl lets through): the engine took the length its KV cache holds."""
+        return self.engine_kwargs.get("max_model_len") is not None and self.max_model_len is None
+
     def async_scheduling(self) -> tuple[bool | None, str]:
         """Whether the measured vLLM scheduled asynchronously, and why pdsim thinks so (None: unknown)."""
         kwargs = self.engine_kwargs

@@ -661,7 +661,7 @@ def _check_unchunked_budget(instances: list[dict], out: dict, unrecorded: list[s
         return
     if run.max_model_len is not None:
         max_len, whose = run.max_model_len, "engine_kwargs.max_model_len"
-    elif run.engine_kwargs.get("max_model_len") is not None:  # vLLM's fit to the memory: no length to check against
+    elif run.max_model_len_fits_memory:  # no length to check against
         return
     elif (model := _stated_model(instances)) is not None:
         max_len, whose = model.default_max_model_len, f"{model.name}'s max length"
