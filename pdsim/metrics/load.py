@@ -9,9 +9,8 @@ last quarter of the window take more than 1.5x as long end to end as those of th
 wait longer for their first token by more than 5% of the window. A stable cluster still filling up
 (latency longer than half the window) fails the first sign but not the second, and so does an overloaded
 one on a trace shorter than its requests' lives: then the verdict is that the trace cannot tell. So is a latency that
-grows while 90% or more of the offered rate is served: near capacity, or just over it (10% over serves 91%). The wait is
-the sign
-where long decodes dilute the end-to-end growth (a queue for a capped number of running requests:
+grows while 90% or more of the offered rate is served: near capacity, or just over it (10% over serves 91%). The wait
+is the sign where long decodes dilute the end-to-end growth (a queue for a capped number of running requests:
 10 s more wait on 25 s of decoding is 1.4x); a queue growing at the 10% of the offered rate the first
 sign allows adds 7.5% of the window between the quarters' middles.
 """

@@ -134,15 +134,14 @@ class RowWriter:
     def close(self) -> None:
         self.file.close()
 
-    def keep_only(self, keys: set[tuple[str, ...]]) -> int:
+    def keep_only(self, keys: set[tuple[str, ...]]) -> None:
         """Rewrite the closed partial file with the rows of `keys` alone (a --resume of a smaller grid found others
-        from an earlier command, which the same command run fresh would not write); how many were dropped."""
+        from an earlier command, which the same command run fresh would not write)."""
         dropped = [key for key in self.rows if key not in keys]
         if dropped:
             for key in dropped:
                 del self.rows[key]
             _rewrite(self.partial, self.fields, ([_fmt(row[f]) for f in self.fields] for row in self.rows.values()))
-        return len(dropped)
 
 
 def sort_rows(path: Path, labels: list[str]) -> None:

@@ -161,11 +161,12 @@ def read_azure(path: Path) -> Loaded:
     # A time without an offset is read as UTC; beside times with one, it may well be local time: refused.
     zoned = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).to_numpy()
     if zoned.any() and not zoned.all():
-        i = int(np.argmax(~zoned if zoned.sum() > len(zoned) / 2 else zoned))
-        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': {_cell(df['TIMESTAMP'].iloc[i])} "
-                         f"{'has no' if zoned.sum() > len(zoned) / 2 else 'has a'} UTC offset where the trace's other "
-                         f"rows {'have one' if zoned.sum() > len(zoned) / 2 else 'have none'}: expected one way for "
-                         "every row (a time without an offset is read as UTC)")
+        mostly_zoned = zoned.sum() > len(zoned) / 2  # the odd row out is of the other kind
+        i = int(np.argmax(~zoned if mostly_zoned else zoned))
+        odd, others = ("has no", "have one") if mostly_zoned else ("has a", "have none")
+        raise TraceError(f"{path}:{_line(path, i)}: field 'TIMESTAMP': {_cell(df['TIMESTAMP'].iloc[i])} {odd} UTC "
+                         f"offset where the trace's other rows {others}: expected one way for every row (a time "
+                         "without an offset is read as UTC)")
     times = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
     if times.isna().any():
         i = int(np.argmax(times.isna().to_numpy()))
