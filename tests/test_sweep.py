@@ -760,6 +760,8 @@ def test_ttft_mode_reaches_the_runs(tmp_path):
     assert client.ttft_p50_ms[0] > prefill.ttft_p50_ms[0] + 1.0
     # TPOT follows the mode: from the first token the client sees, so without the hand-off in it.
     assert client.tpot_p50_ms[0] < prefill.tpot_p50_ms[0]
+    # The CSV read alone says where its TTFT ends.
+    assert list(prefill.ttft_mode) == ["prefill"] and list(client.ttft_mode) == ["client"]
 
 
 def test_trace_at_rate_keeps_prefix_ids_and_gives_repeats_their_own():
@@ -1172,6 +1174,7 @@ def test_a_poisson_search_writes_its_winners_probe_trace_to_run(tmp_path):
     assert f"--cluster-config {tmp_path / 'p' / 'configs'}" in hint and "--ttft-mode" not in hint
     winner = pd.read_csv(tmp_path / "p" / "search.csv").iloc[0]
     probes = pd.read_csv(tmp_path / "p" / "probes.csv")
+    assert winner.ttft_mode == "prefill" and set(probes.ttft_mode) == {"prefill"}
     # The run that decided the goodput: a pass within chance is re-run longer (duration_x), which then decides.
     probed = probes[(probes.label == winner.label) & (probes.rate_per_s == winner.goodput_req_s)].sort_values(
         "duration_x").iloc[-1]

@@ -23,7 +23,7 @@ ROW_FIELDS = [
     "label", "ratio", "num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefill", "pp_decode",
     "dp_decode", "ep_decode", "gpus",
     "rate_per_s", "duration_x", "rate_per_s_per_gpu", "requests", "finished", "unfinished", "rejected",
-    "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
+    "ttft_mode", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms",
     "e2e_p50_ms", "e2e_p90_ms", "e2e_p99_ms", "throughput_req_s", "output_tok_s", "output_tok_s_per_gpu",
     "output_tok_s_per_user", "scored", "attain_ttft", "attain_tpot", "attain_both", "alone", "alone_missed",
     "offered_req_s", "served_req_s", "backlog_growth_requests", "stable", "unstable_reason", "last_finish_s",
@@ -34,7 +34,7 @@ _INT_FIELDS = {"num_prefill", "num_decode", "tp_prefill", "tp_decode", "pp_prefi
                "ep_decode", "gpus", "duration_x",
                "requests", "finished", "unfinished", "rejected", "scored", "alone", "alone_missed",
                "backlog_growth_requests", "stable", "estimated_profile", "preemptions"}
-_STR_FIELDS = {"label", "ratio", "rate_per_s", "unstable_reason"}
+_STR_FIELDS = {"label", "ratio", "rate_per_s", "ttft_mode", "unstable_reason"}
 
 
 # -- the streamed CSV -----------------------------------------------------------------------------

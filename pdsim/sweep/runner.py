@@ -184,6 +184,7 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
         result = simulate(v.config(), trace, opts, source=v.label)
     df = requests_frame(result)
     row = summarize_run(job, df, settings.slo, settings.warmup_s)
+    row["ttft_mode"] = settings.ttft_mode  # where the row's TTFT ends: the CSV read alone must say it
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
     row.update(memory_columns(result))
     row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()}

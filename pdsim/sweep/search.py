@@ -235,6 +235,7 @@ def goodput_row(st: Bisection, est: dict[str, Any] | None) -> dict[str, Any]:
         "metrics_at_req_s": st.lo if st.lo_row is not None else (st.hi if st.hi_row is not None else math.nan),
         "attain_ttft": row.get("attain_ttft", math.nan), "attain_tpot": row.get("attain_tpot", math.nan),
         "attain_both": row.get("attain_both", math.nan),
+        "ttft_mode": row.get("ttft_mode", ""),
         "ttft_p90_ms": row.get("ttft_p90_ms", math.nan), "tpot_p90_ms": row.get("tpot_p90_ms", math.nan),
         "output_tok_s_per_gpu": row.get("output_tok_s_per_gpu", math.nan), "probes": len(st.probes),
         **{k: row.get(k, math.nan) for k in MEMORY_FIELDS},
