@@ -374,6 +374,11 @@ HARDWARE_ALIASES: dict[str, str] = {
     "H800-SXM": "H800",
     "H20-SXM": "H20",
     "A100-SXM-80GB": "A100-80GB",
+    # Names that give the form but not the memory: the default board's, or the one npu_mem tells (family_board).
+    "A100-SXM4": "A100-80GB",
+    "A100-SXM": "A100-80GB",
+    # Torch calls the SXM board "H100 80GB HBM3" and the PCIe one "H100 PCIe": "80GB" alone is the SXM's name.
+    "H100-80GB": "H100-SXM",
     "RTXPRO6000-Blackwell": "RTXPRO6000",
     "A6000": "RTXA6000",
 }
@@ -401,9 +406,15 @@ def canonical_hardware_name(name: str) -> str:
     if found is not None:
         return found
     for pattern, _, board in (*_BOARD_PATTERNS, *_DEVICE_PATTERNS):
-        if re.search(pattern, name, re.IGNORECASE):
+        if re.search(pattern, _spaced(name), re.IGNORECASE):
             return board
     return name
+
+
+def _spaced(name: str) -> str:
+    """'_' read as a space, so the patterns' word boundaries hold in "NVIDIA_H100_80GB_HBM3" ('_' is a word
+    character to re)."""
+    return name.replace("_", " ")
 
 
 # Boards that one family name covers, told apart by the device name a profile records (torch's
@@ -436,7 +447,7 @@ def device_board(device_name: str, hardware: str) -> str | None:
     if is_gpu_slice(device_name):  # measured on a slice: its times are no whole board's
         return None
     for pattern, board_family, board in _BOARD_PATTERNS:
-        if re.search(pattern, device_name, re.IGNORECASE):
+        if re.search(pattern, _spaced(device_name), re.IGNORECASE):
             return board if board_family == family else None
     return None
 
@@ -456,19 +467,39 @@ def board_family(board: str) -> str | None:
 BOARD_MEMORY_SLACK = 0.02
 
 
-def family_board_by_memory(name: str, mem_size_gb: float) -> str | None:
-    """The board a family name stands for where `mem_size_gb` is another board's memory than its default's: "H100"
-    with 94 GB is the H100 NVL, "A100" with 40 GB the A100 40GB (of two such boards, the one with the default's
-    link: the SXM4, not the PCIe card); else None."""
-    if not is_family_name(name):
+def family_board(name: str, mem_size_gb: float, mem_bw_gbps: float | None = None) -> str | None:
+    """The board a name that leaves the board open stands for where the config's memory says another than its
+    default: "H100" with 94 GB is the H100 NVL, "A100" or "A100-SXM4" with 40 GB the A100 40GB (of two such boards,
+    the one with the default's link: the SXM4, not the PCIe card). Where the memory fits several boards, a mem_bw
+    that is one board's datasheet figure (within BOARD_BANDWIDTH_SLACK) tells it: "H100" with 80 GB at 2,000 GB/s
+    is the H100 PCIe. None: the default board (or a name that leaves nothing open)."""
+    family = is_family_name(name)
+    if not (family or _name_key(name) in _MEMORY_OPEN_KEYS):
         return None
     default = canonical_hardware_name(name)
-    if _memory_of(default, mem_size_gb):
+    fits = [board for board in family_boards(_FAMILY[default]) if _memory_of(board, mem_size_gb)]
+    if not family:  # the name gives the form (SXM4, PCIe): the memory alone is open
+        fits = [board for board in fits if HARDWARE[board].intra_node_link == HARDWARE[default].intra_node_link]
+    elif mem_bw_gbps is not None:
+        by_bandwidth = [board for board in fits if _bandwidth_of(board, mem_bw_gbps)]
+        if len(by_bandwidth) == 1:
+            return None if by_bandwidth[0] == default else by_bandwidth[0]
+    if default in fits:
         return None
-    boards = [board for board in family_boards(_FAMILY[default]) if _memory_of(board, mem_size_gb)]
-    if len(boards) > 1:
-        boards = [board for board in boards if HARDWARE[board].intra_node_link == HARDWARE[default].intra_node_link]
-    return boards[0] if len(boards) == 1 else None
+    if len(fits) > 1:
+        fits = [board for board in fits if HARDWARE[board].intra_node_link == HARDWARE[default].intra_node_link]
+    return fits[0] if len(fits) == 1 else None
+
+
+# Keys (_name_key) of board names that leave the memory open: mem_size tells the 40 GB board from the 80 GB one.
+_MEMORY_OPEN_KEYS = frozenset({"A100SXM", "A100SXM4", "A100PCIE"})
+# How near a config's mem_bw must be to a board's datasheet figure to name it: the A100 80GB's SXM4 and PCIe
+# boards are 5% apart (2,039 and 1,935 GB/s).
+BOARD_BANDWIDTH_SLACK = 0.02
+
+
+def _bandwidth_of(board: str, mem_bw_gbps: float) -> bool:
+    return abs(mem_bw_gbps / HARDWARE[board].mem_bw_gbps - 1) <= BOARD_BANDWIDTH_SLACK
 
 
 def _memory_of(board: str, mem_size_gb: float) -> bool:

@@ -368,6 +368,10 @@ def test_an_h100_of_no_board_s_memory_is_refused_naming_the_one_with_more(mem_si
     ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTXPRO6000"), ("rtx_pro_6000", "RTXPRO6000"),
     ("NVIDIA L40S", "L40S"), ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA RTX 6000 Ada Generation", "RTX6000Ada"),
     ("NVIDIA A10G", "NVIDIA A10G"),  # no spec: unchanged, and said so where it matters
+    # '_' for a space in device names (a word character to the patterns), and names of the form without the memory.
+    ("NVIDIA_H100_80GB_HBM3", "H100-SXM"), ("NVIDIA_A100-SXM4-80GB", "A100-80GB"), ("H100-80GB", "H100-SXM"),
+    ("H100 80GB", "H100-SXM"), ("NVIDIA_RTX_PRO_6000_Blackwell_Server_Edition", "RTXPRO6000"),
+    ("A100-SXM4", "A100-80GB"), ("A100_SXM", "A100-80GB"), ("NVIDIA_H100_PCIe", "H100-PCIe"),
 ])
 def test_gpu_names_are_read_in_any_spelling_and_as_torch_names_them(name, board):
     # A name pdsim did not know exactly ran as "no spec": its TP all-reduce as a PCIe 4 card's, NVLink GPUs too.
@@ -451,10 +455,36 @@ def test_an_a100_of_40_gb_is_the_40_gb_board_and_a_mig_slice_no_board():
     assert board("A100", 40) == board("a100", 39.5) == "A100-40GB"
     assert board("A100", 80) == "A100-80GB" and board("A100-80GB", 40) == "A100-80GB"  # a board named is held to
     assert board("H100", 40) == "H100-SXM"  # no H100 has 40 GB: a smaller share of the default board, as before
+    # A name of the form alone leaves the memory open, not the form.
+    assert board("A100-SXM4", 40) == "A100-40GB" and board("A100-PCIe", 40) == "A100-PCIe-40GB"
     # A Multi-Instance GPU slice is no board: its name is not read as the whole GPU's, nor a profile's device.
     assert canonical_hardware_name("NVIDIA A100-SXM4-80GB MIG 3g.40gb") == "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
     assert device_board("NVIDIA H100 80GB HBM3 MIG 3g.40gb", "H100") is None
     assert canonical_hardware_name("XA100 PCIe") == "XA100 PCIe"  # a board's name, not a longer word's part
+
+
+def test_a_family_name_with_a_boards_memory_bandwidth_is_that_board():
+    # "H100" at 2,000 GB/s is the PCIe card: priced as the SXM board, its TP 2 all-reduce ran 6x too fast over NVLink.
+    from pdsim.config.load import cluster_config_from_dict
+    from pdsim.engine.build import _memory_board_note
+
+    def instance(hardware: str, mem_size: float, mem_bw: float):
+        cfg = {"num_nodes": 1, "link_bw": 16, "link_latency": 20000, "nodes": [{"num_instances": 1, "instances": [
+            {"model_name": "meta-llama/Llama-3.1-8B", "hardware": hardware,
+             "npu_mem": {"mem_size": mem_size, "mem_bw": mem_bw}, "tp_size": 1, "pd_type": None}]}]}
+        return cluster_config_from_dict(cfg).instances()[0].config
+
+    pcie = instance("H100", 80, 2000)
+    assert pcie.hardware == "H100-PCIe"
+    assert _memory_board_note(pcie) == ("hardware H100 taken as H100-PCIe, not H100-SXM: npu_mem.mem_bw 2000 GB/s is "
+                                        "the H100-PCIe's memory bandwidth (2000 GB/s), not the H100-SXM's (3350 GB/s)")
+    assert instance("A100", 80, 1935).hardware == "A100-PCIe-80GB"
+    assert instance("A100", 80, 2039).hardware == "A100-80GB"
+    # A figure no board has, or a board named outright, changes nothing; nor does the bandwidth override the form.
+    assert instance("H100", 80, 2500).hardware == "H100-SXM" and instance("H100-SXM", 80, 2000).hardware == "H100-SXM"
+    assert instance("A100-PCIe", 80, 2039).hardware == "A100-PCIe-80GB"
+    assert _memory_board_note(instance("H100", 80, 3350)) == ""
+    assert instance("H100", 94, 2000).hardware == "H100-NVL"  # the memory names the board first
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")

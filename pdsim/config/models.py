@@ -40,7 +40,7 @@ from pdsim.errors import PdsimError
 from pdsim.hardware import (
     board_family,
     canonical_hardware_name,
-    family_board_by_memory,
+    family_board,
     family_boards,
     get_hardware,
     is_family_name,
@@ -115,17 +115,23 @@ def _fp8_dtype_as_quantization(data: Any) -> Any:
     return {**data, "dtype": "bfloat16", "quantization": "fp8"}
 
 
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _board_by_memory(data: Any) -> Any:
-    """A family name ("H100") with more memory than its default board's names the family's board that has it
-    (94 GB: the H100 NVL); the name as given is kept (`hardware_given`), so a measured profile's device still
-    tells the board (engine/build.py)."""
+    """A name that leaves the board open ("H100", "A100-SXM4") with another board's memory, or (a family name) with
+    its memory bandwidth, names that board (hardware.family_board: 94 GB is the H100 NVL, 80 GB at 2,000 GB/s the
+    H100 PCIe); the name as given is kept (`hardware_given`), so a measured profile's device still tells the board
+    (engine/build.py)."""
     if not isinstance(data, dict) or not isinstance(data.get("hardware"), str):
         return data
     mem = data.get("npu_mem")
     size = mem.get("mem_size") if isinstance(mem, dict) else None
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size):
+    if not _finite_number(size):
         return data
-    board = family_board_by_memory(data["hardware"], size)
+    bw = mem.get("mem_bw")
+    board = family_board(data["hardware"], size, bw if _finite_number(bw) else None)
     return data if board is None else {**data, "hardware": board}
 
 

@@ -20,6 +20,7 @@ from pdsim.hardware import (
     board_family,
     canonical_hardware_name,
     device_board,
+    family_board,
     get_hardware,
     is_family_name,
     is_gpu_slice,
@@ -293,8 +294,8 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
     if board is not None and board == ic.hardware and board != canonical_hardware_name(ic.hardware_given):
         # The config's memory chose this board (_board_by_memory), and the device agrees.
         return ic, (f"hardware {ic.hardware_given} taken as {board}, not {canonical_hardware_name(ic.hardware_given)}: "
-                    f"the profile was measured on {device!r} ({meta.path}), and npu_mem.mem_size "
-                    f"{ic.npu_mem.mem_size:g} GB is that board's"), True
+                    f"the profile was measured on {device!r} ({meta.path}), and npu_mem (mem_size "
+                    f"{ic.npu_mem.mem_size:g} GB, mem_bw {ic.npu_mem.mem_bw:g} GB/s) is that board's"), True
     if board is None and isinstance(device, str) and device.strip() and named not in HARDWARE:
         return ic, (f"the profile records its device as {device!r} ({meta.path}), which pdsim cannot tell as a GPU "
                     f"it knows: its step times are taken as {ic.hardware}'s"), False
@@ -315,14 +316,20 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
 
 
 def _memory_board_note(ic: InstanceConfig) -> str:
-    """What the instance runs as where its family name was taken as another board than the family's default
-    for its memory (config/models.py _board_by_memory); "" otherwise."""
+    """What the instance runs as where its name was taken as another board than the name's default for its memory
+    or memory bandwidth (config/models.py _board_by_memory); "" otherwise."""
     default = canonical_hardware_name(ic.hardware_given)
-    if not ic.hardware_is_family_name or ic.hardware == default:
+    mem = ic.npu_mem
+    if ic.hardware == default or family_board(ic.hardware_given, mem.mem_size, mem.mem_bw) != ic.hardware:
         return ""
-    return (f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: npu_mem.mem_size "
-            f"{ic.npu_mem.mem_size:g} GB is the {ic.hardware}'s memory ({get_hardware(ic.hardware).mem_size_gb:g} "
-            f"GB), not the {default}'s ({get_hardware(default).mem_size_gb:g} GB)")
+    spec, other = get_hardware(ic.hardware), get_hardware(default)
+    if spec.mem_size_gb != other.mem_size_gb:
+        why = (f"npu_mem.mem_size {mem.mem_size:g} GB is the {ic.hardware}'s memory ({spec.mem_size_gb:g} GB), not the "
+               f"{default}'s ({other.mem_size_gb:g} GB)")
+    else:
+        why = (f"npu_mem.mem_bw {mem.mem_bw:g} GB/s is the {ic.hardware}'s memory bandwidth ({spec.mem_bw_gbps:g} "
+               f"GB/s), not the {default}'s ({other.mem_bw_gbps:g} GB/s)")
+    return f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: {why}"
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:

@@ -142,14 +142,14 @@ def _closed_loop_simulator(measured: Path, profile_dir: Path | None, model: str 
                            async_scheduling: bool | None) -> Callable[[float, float, ProgressBar], pd.DataFrame]:
     """(step_overhead_us, step_time_scale, progress bar) -> the table with every row simulated (see
     closed_loop.simulate_table)."""
-    from pdsim.hardware import canonical_hardware_name, family_board_by_memory
+    from pdsim.hardware import canonical_hardware_name, family_board
     from pdsim.perf.profile import profile_path
     from pdsim.validate.closed_loop import ENGINE_PRESETS, simulate_table
     from pdsim.validate.closed_loop_table import FILE_LINE, read_closed_loop_table
 
     # The board the rows run on, as a config would name it (any spelling; "H100" with 94 GB is the NVL): the rows'
     # system column, the profile folder and the simulation all take this one.
-    board = (family_board_by_memory(hardware, mem_gb) if mem_gb is not None else None) or canonical_hardware_name(
+    board = (family_board(hardware, mem_gb) if mem_gb is not None else None) or canonical_hardware_name(
         hardware)
     mem_gb = _table_mem_gb(board, mem_gb)
     hardware = board
