@@ -390,6 +390,11 @@ def test_data_center_gddr_boards_lose_a_sixteenth_to_ecc():
     assert l40s == pytest.approx(48 * 15 / 16 * memory.ASSUMED_VISIBLE_FRACTION) and "ECC" in how
     assert memory.visible_memory_gib("RTX6000Ada", 48)[0] == pytest.approx(48 * memory.ASSUMED_VISIBLE_FRACTION)
     assert "ECC" not in memory.visible_memory_gib("H200", 141)[1]
+    # The H200's total as pdsim's own profiler read it from torch, recorded in the bundled profile.
+    recorded = json.loads((REPO / "profiles/H200/meta-llama/Llama-3.1-8B/bfloat16/tp1/meta.json").read_text())
+    total, how = memory.visible_memory_gib("H200", 141)
+    assert total == pytest.approx(recorded["device"]["memory_bytes"] / 2**30, abs=0.005)
+    assert how == "measured by pdsim's profiler"
     # A config slice below that is still taken as given.
     assert memory.visible_memory_gib("L40S", 40) == (40, "mem_size, below the 44.54 GiB CUDA shows")
 

@@ -47,6 +47,9 @@ GPU_VISIBLE_MEMORY: dict[str, VisibleMemory] = {
                                "('GPU 0 has a total capacity of 79.15 GiB'), quoted from public reports"),
     "RTX4090": VisibleMemory(23.65, "published torch figure", "PyTorch out-of-memory messages on RTX 4090 "
                              "('GPU 0 has a total capacity of 23.65 GiB'), quoted from public reports"),
+    "H200": VisibleMemory(139.80, "measured by pdsim's profiler", "torch's total_memory on an H200 (141 GB HBM3e), "
+                          "150,109,880,320 bytes, recorded by `pdsim profile` in profiles/H200/meta-llama/Llama-3.1-8B/"
+                          "bfloat16/tp1/meta.json (device.memory_bytes)"),
     "A100-40GB": VisibleMemory(39.39, "published torch figure", "PyTorch out-of-memory messages on A100-SXM4-40GB "
                                "('39.39 GiB total capacity'), quoted from public reports"),
 }
