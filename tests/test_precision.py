@@ -264,3 +264,21 @@ def test_a_profile_of_the_base_model_times_its_fp8_checkpoint_not_another_shape(
     use_model_file("test-org/Llama-3.1-8B-FP8-head-dim-64", tmp_path / "narrow.json")
     with pytest.raises(ProfileError, match="field 'model'"):
         find_profile("RTXPRO6000", "test-org/Llama-3.1-8B-FP8-head-dim-64", "fp8", 1, profile_dir=profile)
+
+
+def test_a_bundled_estimate_made_for_a_bf16_cache_is_estimated_afresh_for_an_fp8_one():
+    # profiles/H100-SXM/.../Llama-3.1-8B/bfloat16/tp1 is an estimate saved with a bf16 KV cache (meta.json records
+    # only `dtype`). An fp8 cache over it was timed as bf16 (build.py's kv_read_scale is 1 for an estimate):
+    # TPOT 14.9 ms on a long-context trace against 11.4 ms from a fresh estimate. It is estimated afresh now.
+    from pdsim.perf.estimate import estimate_profile
+
+    model, hw = load_model("meta-llama/Llama-3.1-8B"), get_hardware("H100-SXM")
+    saved = load_or_estimate("H100-SXM", model, "bfloat16", 1)
+    assert saved.estimated and saved.meta.path.endswith("bfloat16/tp1")  # the bundled one, for a bf16 cache
+    fp8 = load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="fp8")
+    fresh = estimate_profile(hw, model, "bfloat16", 1, kv_dtype="fp8")
+    assert (fp8.attention_decode.values == fresh.attention_decode.values).all()
+    assert fp8.attention_decode(64, 8192) < 0.6 * saved.attention_decode(64, 8192)  # half the bytes streamed
+    # A bf16 (or same-sized fp16) cache still reads the saved profile, so bf16 runs do not move.
+    assert load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="bfloat16").meta.path == saved.meta.path
+    assert load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="float16").meta.path == saved.meta.path

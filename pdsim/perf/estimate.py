@@ -295,6 +295,17 @@ def estimate_profile(hardware: HardwareSpec, model: ModelSpec, dtype: str, tp: i
     )
 
 
+def _estimated_for(meta: ProfileMeta, dtype: str, kv_dtype: str | None) -> bool:
+    """Whether an estimated profile on disk is what an estimate for this instance's precision would be. Its
+    folder is keyed by the weights' precision (precision_key); its meta.json records the activations' `dtype`
+    and no KV cache, as `pdsim profile estimate` always estimates attention over a cache of that dtype. An
+    instance whose cache holds other bytes per value (an fp8 cache over a bf16 estimate) is estimated afresh:
+    build.py prices an estimated profile's attention as it is (its kv_read_scale is 1), so the saved one would
+    time the instance as though its cache were bf16."""
+    kv_bytes = dtype_bytes(kv_dtype if kv_dtype is not None else dtype)
+    return dtype_bytes(meta.dtype) == dtype_bytes(dtype) and dtype_bytes(meta.dtype) == kv_bytes
+
+
 def load_or_estimate(
     hardware_name: str,
     model: ModelSpec,
@@ -311,10 +322,13 @@ def load_or_estimate(
     mem_bw_gbps (the config's npu_mem.mem_bw): the memory bandwidth an estimate uses instead of the
     datasheet's; an estimated profile on disk (built from the datasheet) is then estimated afresh.
     quantization: looked up under <precision_key>/ (profiles/<hw>/<model>/fp8/tp<N>); kv_dtype: the
-    KV cache's dtype, which an estimate reads attention at (a profile on disk is used as measured).
+    KV cache's dtype, which an estimate reads attention at (a measured profile on disk is used as measured;
+    an estimated one made for another cache is estimated afresh, _estimated_for).
     """
     key = precision_key(dtype, quantization)
     found = find_profile(hardware_name, model.name, key, tp, root=root, profile_dir=profile_dir)
+    if found is not None and found.estimated and not _estimated_for(found.meta, dtype, kv_dtype):
+        found = None
     spec = get_hardware(hardware_name)
     if spec is not None and mem_bw_gbps is not None and mem_bw_gbps != spec.mem_bw_gbps:
         spec = replace(spec, mem_bw_gbps=mem_bw_gbps)
