@@ -108,13 +108,14 @@ class MLAModelSpec(ModelSpec):
         routers = self.moe.moe_layers * h * self.moe.num_experts if self.moe is not None else 0
         return embed + lm_head + self.num_layers * norms + h + routers
 
-    def _linear_shapes(self, tp: int, expert_shards: int | None = None) -> list[tuple[float, int, int]]:
+    def _linear_shapes(self, tp: int, expert_shards: int | None = None,
+                       routed: bool = True) -> list[tuple[float, int, int]]:
         """MLA's linear layers (fused q_a/kv_a, q_b, kv_b, o_proj) and ModelSpec's MLP/expert ones."""
         h, m, heads, n = self.hidden_size, self._mla, self.heads_per_shard(tp), self.num_layers
         q_lora = m.q_lora_rank or 0
         attn = [(n, q_lora + m.latent_per_token, h), (n, heads * m.qk_head_dim, q_lora or h),
                 (n, heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank), (n, h, heads * m.v_head_dim)]
-        return attn + super()._linear_shapes(tp, expert_shards)[2:]
+        return attn + super()._linear_shapes(tp, expert_shards, routed)[2:]
 
     def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
                      quantization: str | None = None) -> int:

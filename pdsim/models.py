@@ -56,6 +56,7 @@ def dtype_bytes(dtype: str) -> int:
 
 
 _NOT_SHAPE = ("name", "checkpoint_quantization", "checkpoint_kv_cache_dtype", "checkpoint_format",
+              "checkpoint_weight_scales",
               "max_position_embeddings", "max_model_len", "default_max_model_len", "rope_cache_elements")
 
 
@@ -83,6 +84,9 @@ class ModelSpec:
     # Its quantization_config's quant_method, lower case ("fp8", "compressed-tensors", "modelopt"), None unquantised:
     # vLLM checks a --quantization argument against it.
     checkpoint_format: str | None = None
+    # How an fp8 checkpoint scales its weights: "tensor", "channel" or "block" (checkpoint_weight_scales); None
+    # unquantised. vLLM allocates a routed expert's scales by it (ModelSpec.expert_scales).
+    checkpoint_weight_scales: str | None = None
     # vLLM's rotary cos/sin cache (rope_cache_elements): a buffer loaded with the weights, positions x rotary dims.
     rope_cache_elements: int = 0
     # The longest request vLLM serves (vllm_max_model_len: the most --max-model-len may ask); 0:
@@ -250,20 +254,20 @@ class ModelSpec:
         once = (h if self.norm_bias else 0) + (self.vocab_per_shard(tp) if self.lm_head_bias else 0)
         return self.num_layers * per_layer + once
 
-    def _linear_shapes(self, tp: int, expert_shards: int | None = None) -> list[tuple[float, int, int]]:
+    def _linear_shapes(self, tp: int, expert_shards: int | None = None,
+                       routed: bool = True) -> list[tuple[float, int, int]]:
         """(matrices per GPU, output rows, input columns) of the quantised linear layers on one GPU,
-        merged as vLLM merges them (qkv_proj, gate_up_proj); routed experts as a fraction."""
+        merged as vLLM merges them (qkv_proj, gate_up_proj); routed experts as a fraction (none: `routed` False)."""
         h, inter = self.hidden_size, self.intermediate_per_shard(tp)
         shapes = [(self.num_layers, self.qkv_out(tp), h), (self.num_layers, h, self.o_in(tp)),
                   (self.dense_mlp_layers, 2 * inter, h), (self.dense_mlp_layers, h, inter)]
-        if self.moe is not None:
-            shards = tp if expert_shards is None else expert_shards
-            experts = self.moe.moe_layers * self.moe.num_experts / shards
+        if self.moe is not None and routed:
             e_inter = self.moe.expert_intermediate
+            experts = self._experts_per_gpu(tp, expert_shards)
             shapes += [(experts, 2 * e_inter, h), (experts, h, e_inter)]
-            if self.moe.shared_intermediate:
-                s_inter = -(-self.moe.shared_intermediate // tp)
-                shapes += [(self.moe.moe_layers, 2 * s_inter, h), (self.moe.moe_layers, h, s_inter)]
+        if self.moe is not None and self.moe.shared_intermediate:
+            s_inter = -(-self.moe.shared_intermediate // tp)
+            shapes += [(self.moe.moe_layers, 2 * s_inter, h), (self.moe.moe_layers, h, s_inter)]
         return shapes
 
     def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
@@ -279,9 +283,37 @@ class ModelSpec:
         if quantization is None:
             return total * dtype_bytes(dtype)
         kept = self._unquantized_params_per_shard(tp)
-        shapes = self._linear_shapes(tp, expert_shards)
-        scales = scale_count(shapes, quantization)
+        scales = self._weight_scales(tp, expert_shards, quantization)
         return kept * dtype_bytes(dtype) + (total - kept) * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
+
+    def _experts_per_gpu(self, tp: int, expert_shards: int | None) -> float:
+        """Routed expert matrices (all MoE layers) one GPU holds, as a fraction: split over `expert_shards` GPUs."""
+        assert self.moe is not None
+        return self.moe.moe_layers * self.moe.num_experts / (tp if expert_shards is None else expert_shards)
+
+    def _weight_scales(self, tp: int, expert_shards: int | None, quantization: str) -> int:
+        """fp32 weight scales one GPU holds: per output channel or 128 x 128 block of each linear layer
+        (scale_count), but a fixed few per routed expert where vLLM scales experts per tensor (expert_scales)."""
+        per_expert = self.expert_scales(quantization)
+        if per_expert is None or self.moe is None:
+            return scale_count(self._linear_shapes(tp, expert_shards), quantization)
+        # A TP-split expert keeps its whole per-tensor scales on each GPU; counted as a fraction here, as its
+        # matrices are, they are a few KB short (E x 3 fp32 per layer at most).
+        experts = math.ceil(self._experts_per_gpu(tp, expert_shards) * per_expert)
+        return scale_count(self._linear_shapes(tp, expert_shards, routed=False), quantization) + experts
+
+    def expert_scales(self, quantization: str | None) -> int | None:
+        """fp32 weight scales vLLM 0.19 allocates per routed expert where it scales experts per tensor, else None
+        (per channel or block: they follow the matrices' shape, scale_count). A per-tensor fp8 checkpoint (HF fp8
+        without weight_block_size, ModelOpt FP8, compressed-tensors `tensor`) loads w13 scales of (E, 2), gate and
+        up each, and w2 scales of (E,) (quantization/fp8.py Fp8MoEMethod.create_weights, modelopt.py
+        ModelOptFp8MoEMethod, compressed_tensors_moe.py): 3; `--quantization fp8` over an unquantised checkpoint
+        quantises each expert's w13 and w2 whole, (E,) and (E,) (fp8.py Fp8OnlineMoEMethod, after loading): 2."""
+        if quantization != "fp8":
+            return None
+        if self.checkpoint_quantization is None:
+            return 2
+        return 3 if self.checkpoint_weight_scales == "tensor" else None
 
     def rope_cache_bytes(self, dtype: str) -> int:
         """Bytes of vLLM's rotary cos/sin cache on each GPU, held in the activations' `dtype` (gpt-oss's in fp32, as its
@@ -424,6 +456,27 @@ def checkpoint_quantization(path: Path, raw: dict) -> str | None:
         raise PdsimError(f"{where}.config_groups': only 8-bit float (fp8) weights are modelled, got {weights!r}")
     raise PdsimError(f"{where}.quant_method': {method!r} is not modelled (fp8, fp8 block-wise and gpt-oss's "
                      "MXFP4 are)")
+
+
+def checkpoint_weight_scales(raw: dict) -> str | None:
+    """How an fp8 checkpoint's quantization_config scales its weights, as vLLM reads it: "block" (HF fp8's
+    weight_block_size, compressed-tensors `block`), "channel" (compressed-tensors `channel`) or "tensor" (HF fp8
+    otherwise, ModelOpt FP8, compressed-tensors `tensor`); None unquantised or where checkpoint_quantization
+    refuses it."""
+    q = raw.get("quantization_config")
+    if not isinstance(q, dict):
+        return None
+    method = str(q.get("quant_method", "")).lower()
+    if method == "fp8":
+        return "block" if q.get("weight_block_size") else "tensor"
+    if method == "modelopt":
+        return "tensor"
+    if method == "compressed-tensors" and isinstance(q.get("config_groups"), dict):
+        weights = [g["weights"] for g in q["config_groups"].values()
+                   if isinstance(g, dict) and isinstance(g.get("weights"), dict)]
+        strategies = {str(w.get("strategy", "tensor")).lower() for w in weights}
+        return next((s for s in ("block", "channel", "tensor") if s in strategies), None)
+    return None
 
 
 def _quant_method(raw: dict) -> str | None:
@@ -647,6 +700,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         checkpoint_quantization=checkpoint_quantization(path, raw) if model_type != "gpt_oss" else None,
         checkpoint_kv_cache_dtype=checkpoint_kv_cache_dtype(raw),
         checkpoint_format=_quant_method(raw),
+        checkpoint_weight_scales=checkpoint_weight_scales(raw) if model_type != "gpt_oss" else None,
         rope_cache_elements=rope_cache_elements(raw, head_dim),
         max_model_len=vllm_max_model_len(raw),
         default_max_model_len=vllm_default_max_model_len(raw),

@@ -75,9 +75,10 @@ def test_bf16_experts_unchanged_hand_roofline():
 
 def _qwen_fp8_saving_us(tokens: int) -> float:
     """Qwen3-30B-A3B on H100, TP1: what fp8 experts save over bf16 on a memory-bound step: per activated
-    expert, 3 x 2048 x 768 weights at 1 byte less, less its 2 x 768 + 2048 per-row fp32 scales."""
+    expert, 3 x 2048 x 768 weights at 1 byte less, less the 2 fp32 scales (w13's, w2's) that vLLM's
+    `--quantization fp8` of the bf16 checkpoint gives it."""
     qwen, hw = load_model(QWEN), get_hardware("H100-SXM")
-    saved_bytes = 3 * 2048 * 768 - 4 * (2 * 768 + 2048)
+    saved_bytes = 3 * 2048 * 768 - 4 * 2
     active = qwen.moe.expected_active_experts(tokens)
     return qwen.moe.moe_layers * active * saved_bytes / (hw.mem_bw_gbps * 1e3 * MOE_KERNEL.mem_eff)
 
@@ -146,3 +147,50 @@ def test_an_mlp_that_does_not_divide_over_tp_is_refused():
     wide.check_shards(8, 8)  # bf16 splits it
     with pytest.raises(PdsimError, match=r"down_proj's input \(intermediate_size / 8\) is 1800, not a multiple"):
         wide.check_shards(8, 8, "fp8_block")
+
+
+def _fp8_checkpoint(tmp_path: Path, name: str, quantization_config: dict) -> str:
+    """Qwen3-30B-A3B's config with a quantization_config, taken as model `name`."""
+    from pdsim.models import MODELS_DIR, use_model_file
+
+    raw = json.loads((MODELS_DIR / f"{QWEN}.json").read_text())
+    path = tmp_path / f"{name.replace('/', '_')}.json"
+    path.write_text(json.dumps({**raw, "quantization_config": quantization_config}))
+    use_model_file(name, path)
+    return name
+
+
+def test_per_tensor_fp8_experts_hold_a_few_scales_each_as_vllm_allocates_them(tmp_path):
+    # vLLM 0.19 scales a per-tensor fp8 checkpoint's experts with w13 (E, 2) and w2 (E,) fp32 scales
+    # (quantization/fp8.py Fp8MoEMethod.create_weights; modelopt and compressed-tensors `tensor` alike), and
+    # `--quantization fp8` over a bf16 checkpoint with (E,) and (E,) (Fp8OnlineMoEMethod); pdsim counted one
+    # scale per output row of each (2 x 768 + 2048 per expert), 0.082 GiB too many on one GPU of Qwen3-30B-A3B.
+    from pdsim.models import SCALE_BYTES
+
+    bf16 = load_model(QWEN)
+    moe = bf16.moe
+    layers_experts = moe.moe_layers * moe.num_experts
+    per_row = layers_experts * (2 * moe.expert_intermediate + bf16.hidden_size)
+    ct_channel = load_model(_fp8_checkpoint(tmp_path, "test-org/Qwen3-30B-A3B-FP8-channel", {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}}}))
+    hf_tensor = load_model(_fp8_checkpoint(tmp_path, "test-org/Qwen3-30B-A3B-FP8-tensor", {
+        "quant_method": "fp8", "activation_scheme": "dynamic"}))
+    modelopt = load_model(_fp8_checkpoint(tmp_path, "test-org/Qwen3-30B-A3B-FP8-modelopt", {
+        "quant_method": "modelopt", "quant_algo": "FP8"}))
+    assert (hf_tensor.checkpoint_weight_scales, modelopt.checkpoint_weight_scales,
+            ct_channel.checkpoint_weight_scales) == ("tensor", "tensor", "channel")
+    channel = ct_channel.weight_bytes("bfloat16", 1, quantization="fp8")
+    online = bf16.weight_bytes("bfloat16", 1, quantization="fp8")
+    assert online == channel - SCALE_BYTES * (per_row - 2 * layers_experts)
+    for per_tensor in (hf_tensor, modelopt):
+        assert per_tensor.weight_bytes("bfloat16", 1, quantization="fp8") == \
+            channel - SCALE_BYTES * (per_row - 3 * layers_experts)
+    assert (channel - online) / 2**30 == pytest.approx(0.082, abs=0.001)
+    # Over EP 4 each GPU holds a quarter of the experts and their scales.
+    assert bf16.weight_bytes("bfloat16", 4, 4, "fp8") == \
+        ct_channel.weight_bytes("bfloat16", 4, 4, "fp8") - SCALE_BYTES * (per_row - 2 * layers_experts) // 4
+    # The expert estimate streams the same scales per activated expert.
+    hw = get_hardware("H100-SXM")
+    assert MoERoofline(hw, hf_tensor, "bfloat16", 1, "fp8").expert_bytes == 3 * bf16.hidden_size * \
+        moe.expert_intermediate + 3 * SCALE_BYTES

@@ -403,7 +403,9 @@ class MoERoofline(_Roofline):
         # Bytes one activated expert streams: its weights at self.wt (1 under fp8) plus, quantised,
         # its fp32 scales counted as ModelSpec.weight_bytes counts them (docs/precision.md).
         h, inter = model.hidden_size, model.moe.expert_intermediate // expert_tp
-        scales = 0 if quantization is None else scale_count([(1, 2 * inter, h), (1, h, inter)], quantization)
+        per_tensor = model.expert_scales(quantization)
+        scales = (0 if quantization is None else per_tensor if per_tensor is not None
+                  else scale_count([(1, 2 * inter, h), (1, h, inter)], quantization))
         self.expert_bytes = self.expert_params * self.wt + scales * SCALE_BYTES
         if bits is not None:  # MXFP4 experts (gpt-oss): 4.25 bits streamed, upcast to bf16 for the GEMM
             self.expert_bytes = self.expert_params * bits / 8
