@@ -194,3 +194,43 @@ def test_per_tensor_fp8_experts_hold_a_few_scales_each_as_vllm_allocates_them(tm
     hw = get_hardware("H100-SXM")
     assert MoERoofline(hw, hf_tensor, "bfloat16", 1, "fp8").expert_bytes == 3 * bf16.hidden_size * \
         moe.expert_intermediate + 3 * SCALE_BYTES
+
+
+def test_fp8_experts_dispatch_fp8_hidden_states_where_vllm_quantises_before_the_all_gather(tmp_path):
+    # vLLM 0.19's naive DP prepare step (fused_moe/prepare_finalize/naive_dp_ep.py) quantises the hidden states
+    # for an fp8 expert kernel before the all-gather and gathers their scales beside them, unless the kernel
+    # takes them unquantised (FlashInfer CUTLASS, block fp8 under EP on Hopper; Marlin below sm_89). pdsim priced
+    # every dispatch at the activations' 2 bytes a value. The reduce-scatter stays in the activations' dtype.
+    qwen = load_model(QWEN)
+    h = qwen.hidden_size
+    channel = load_model(_fp8_checkpoint(tmp_path, "test-org/Qwen3-30B-A3B-FP8-ct-channel", {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}}}))
+
+    def layer_us(hardware: str, quantization: str | None, ep_size: int = 4, model=qwen) -> tuple[float, float]:
+        """(dispatch + combine us of 4096 group tokens over 4 DP ranks at 100 GB/s, the dispatch's bytes a token)"""
+        layer = MoELayerModel(model, ExpertPlacement(1, ep_size, 4), "bfloat16", get_hardware(hardware), None,
+                              quantization)
+        layer.set_link(100.0, 0.0, "a test link")
+        return layer.dispatch_combine_us(4096), layer._dispatch_bytes_per_token
+
+    def ring_us(bytes_per_token: float) -> float:
+        return 3 / 4 * 4096 * bytes_per_token / 100e3
+
+    bf16_us, bf16_bytes = layer_us("H100-SXM", None)
+    assert bf16_bytes == 2 * h and bf16_us == pytest.approx(2 * ring_us(2 * h), rel=1e-12)
+    # Block fp8: 1 byte a value and one fp32 scale per 128 (Triton without EP on Hopper, TRT-LLM on Blackwell,
+    # Triton on sm_120); FlashInfer's CUTLASS kernels under EP on Hopper quantise inside: bf16 on the link.
+    block = h + 4 * h // 128
+    assert layer_us("H100-SXM", "fp8_block", ep_size=1) == pytest.approx((ring_us(block) + ring_us(2 * h), block))
+    assert layer_us("B200", "fp8_block")[1] == layer_us("RTXPRO6000", "fp8_block")[1] == block
+    assert layer_us("H100-SXM", "fp8_block") == (bf16_us, bf16_bytes)
+    # Per-tensor scales (online --quantization fp8): one a rank, so 1 byte a value; per-token ones (compressed-
+    # tensors per-channel weights) one fp32 a token. Marlin (A100) runs fp8 weight-only: bf16 on the link.
+    assert layer_us("H100-SXM", "fp8")[1] == layer_us("L40S", "fp8")[1] == h
+    assert layer_us("H100-SXM", "fp8", model=channel)[1] == h + 4
+    assert layer_us("A100-80GB", "fp8")[1] == layer_us("A100-80GB", "fp8_block")[1] == 2 * h
+    # The run says so.
+    layer = MoELayerModel(qwen, ExpertPlacement(1, 4, 4), "bfloat16", get_hardware("H200"), None, "fp8")
+    assert "the all-gather carries fp8 hidden states and their scales (2048 bytes a token" in \
+        layer.set_link(100.0, 0.0, "a test link")

@@ -24,6 +24,8 @@ all2all backend for DP+EP, `allgather_reducescatter`, hands every rank all T_g t
   (P-1)/P * T_g * hidden * bytes / bw + (P-1) * latency, P = dp_size (dp_size x tp in vLLM's
   sequence-parallel MoE, SEQUENCE_PARALLEL_MOE_TYPES), over the link
   pdsim/engine/dp_group.py picks (docs/moe.md). Not measured: the profile has no collective tables.
+  The all-gather carries what vLLM's expert kernel takes in (fp8 and its scales for most fp8 experts,
+  dispatch_bytes_per_token); the reduce-scatter, the activations' dtype.
 * without `moe.csv` the experts are estimated from specs (pdsim/perf/estimate.py, said so), at the
   instance's weight precision (`quantization`: fp8 experts at the fp8 peak, 1-byte weights plus
   scales); the estimate's router gate and shared experts run on the busiest rank's own tokens, which
@@ -44,7 +46,7 @@ import numpy as np
 
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
-from pdsim.models import ModelSpec, dtype_bytes
+from pdsim.models import FP8_BLOCK, FP8_WEIGHT_BYTES, SCALE_BYTES, ModelSpec, dtype_bytes
 from pdsim.perf.interp import Table1D
 
 
@@ -193,7 +195,10 @@ class MoELayerModel:
         self.local_experts = placement.local_experts(model.moe.num_experts)
         self.sequence_parallel = (placement.sequence_parallel_layout
                                   and model.architecture in SEQUENCE_PARALLEL_MOE_TYPES)
+        # The dispatch's all-gather and the combine's reduce-scatter carry other bytes under fp8 experts.
         self._bytes_per_token = model.hidden_size * dtype_bytes(dtype)
+        self._dispatch_bytes_per_token = dispatch_bytes_per_token(model, dtype, quantization, hardware,
+                                                                  placement.ep_size)
         self._hardware = hardware
         # (GB/s, ns) of the DP ranks' link: the GPU's intra-node link until a DP group sets one.
         self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns) if hardware else (0.0, 0.0)
@@ -262,6 +267,10 @@ class MoELayerModel:
         self._cache.clear()
         note = (f"MoE dispatch/combine modelled (all-gather + reduce-scatter ring over {where}, "
                 f"{bw_gbps:g} GB/s, {latency_ns:g} ns), not measured")
+        if self._dispatch_bytes_per_token != self._bytes_per_token:
+            note += (f"; the all-gather carries fp8 hidden states and their scales "
+                     f"({self._dispatch_bytes_per_token:g} bytes a token, as vLLM 0.19 quantises them for its "
+                     "fp8 expert kernel before the dispatch), the reduce-scatter the activations' dtype")
         self.notes.append(note)
         return note
 
@@ -293,9 +302,12 @@ class MoELayerModel:
         bw_gbps, latency_ns = self._link
         if p <= 1 or bw_gbps <= 0:
             return 0.0
-        nbytes = group_tokens * self._bytes_per_token
-        one = (p - 1) / p * nbytes / (bw_gbps * 1e3) + (p - 1) * latency_ns * 1e-3
-        return 2.0 * one
+
+        def ring_us(bytes_per_token: float) -> float:
+            nbytes = group_tokens * bytes_per_token
+            return (p - 1) / p * nbytes / (bw_gbps * 1e3) + (p - 1) * latency_ns * 1e-3
+
+        return ring_us(self._dispatch_bytes_per_token) + ring_us(self._bytes_per_token)
 
     def layer_us(self, group_tokens: int, rank_tokens: int | None = None) -> float:
         """One MoE layer of a step in which the group's ranks give `group_tokens` in all and the busiest
@@ -312,6 +324,41 @@ class MoELayerModel:
         if group_tokens <= 0:
             return 0.0
         return self.moe.moe_layers * self.layer_us(group_tokens, rank_tokens)
+
+
+def dispatch_bytes_per_token(model: ModelSpec, dtype: str, quantization: str | None,
+                             hardware: HardwareSpec | None, ep_size: int) -> float:
+    """One token's bytes in the DP dispatch's all-gather. vLLM 0.19 builds fp8 experts with its naive DP
+    prepare/finalize (fused_moe/oracle/fp8.py make_fp8_moe_kernel, all2all_utils.maybe_make_prepare_finalize with
+    allow_new_interface), which quantises the hidden states for the expert kernel before the all-gather and
+    gathers their scales beside them (prepare_finalize/naive_dp_ep.py _quantize_and_setup_dispatch): 1 byte a
+    value, plus one fp32 scale per 128 values under block fp8 (per_token_group_quant_fp8) or per token under
+    per-token activations (compressed-tensors per-channel checkpoints); per-tensor scales are one a rank. Not
+    where the kernel quantises its input itself or takes it unquantised (_dispatches_fp8): the activations'
+    dtype then, as for bf16 experts, whose unquantised method keeps the dispatch in the layer's dtype."""
+    if not _dispatches_fp8(hardware, quantization, ep_size):
+        return model.hidden_size * dtype_bytes(dtype)
+    if quantization == "fp8_block":
+        scales = -(-model.hidden_size // FP8_BLOCK)
+    else:
+        per_token = model.checkpoint_quantization == "fp8" and model.checkpoint_weight_scales == "channel"
+        scales = 1 if per_token else 0
+    return model.hidden_size * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
+
+
+def _dispatches_fp8(hardware: HardwareSpec | None, quantization: str | None, ep_size: int) -> bool:
+    """Whether vLLM 0.19, by default (FlashInfer installed, no backend forced), quantises fp8 experts' input
+    before the dispatch. Its kernel choice (fused_moe/oracle/fp8.py select_fp8_moe_backend) decides: below
+    compute capability 8.9 (A100) fp8 experts run weight-only on Marlin (fp8_w8a16 quant config: nothing to
+    quantise); on Hopper (9.0) block fp8 under expert parallelism runs FlashInfer's CUTLASS kernels, which
+    quantise inside (flashinfer_cutlass_moe.py FlashInferExperts.expects_unquantized_inputs: block fp8), so the
+    prepare step defers (modular_kernel.py defer_input_quant). Every other pick quantises first: Triton (block
+    fp8 without expert parallelism on Hopper, everything on Ada and sm_120), FlashInfer CUTLASS on per-tensor
+    static scales, vLLM's CUTLASS grouped GEMM (compressed-tensors), FlashInfer TRT-LLM (Blackwell).
+    No hardware spec: the activations' dtype, as before this was known."""
+    if quantization is None or hardware is None or float(hardware.compute_capability) < 8.9:
+        return False
+    return not (quantization == "fp8_block" and hardware.compute_capability == "9.0" and ep_size > 1)
 
 
 def fp8_kernel_note(hardware: HardwareSpec | None, quantization: str | None, ep_size: int,
