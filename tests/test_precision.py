@@ -282,3 +282,30 @@ def test_a_bundled_estimate_made_for_a_bf16_cache_is_estimated_afresh_for_an_fp8
     # A bf16 (or same-sized fp16) cache still reads the saved profile, so bf16 runs do not move.
     assert load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="bfloat16").meta.path == saved.meta.path
     assert load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="float16").meta.path == saved.meta.path
+
+
+def test_the_kv_note_of_an_auto_cache_names_the_dtype_it_resolves_to(tmp_path):
+    # A ModelOpt FP8 checkpoint with an fp8 kv_cache_quant_algo: `auto` is an fp8 cache (vLLM 0.19,
+    # resolve_kv_cache_dtype_string). The note over a bf16-timed profile said "no auto kernel was measured".
+    import json
+
+    from pdsim.engine.build import _kv_dtype_note
+    from pdsim.models import MODELS_DIR, use_model_file
+    from pdsim.perf.profile_format import ProfileMeta
+    from tests.helpers import instance
+
+    raw = json.loads((MODELS_DIR / "meta-llama" / "Llama-3.1-8B.json").read_text())
+    raw["quantization_config"] = {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    use_model_file("test-org/Llama-3.1-8B-Instruct-FP8-modelopt-kv", tmp_path / "config.json")
+    ic = cluster(instance(None, model_name="test-org/Llama-3.1-8B-Instruct-FP8-modelopt-kv",
+                          kv_cache_dtype="auto")).instances()[0].config
+    note = _kv_dtype_note(ic, ProfileMeta(hardware="RTXPRO6000", model="m", dtype="bfloat16", tp=1))
+    assert note.startswith("kv_cache_dtype auto (fp8): the profile's attention was timed with a bfloat16 KV cache")
+    assert "no fp8 kernel was measured (vLLM 0.19 reads an fp8 cache" in note and "auto kernel" not in note
+    # A bf16 cache over an fp8-timed profile: no fp8 kernel to speak of.
+    bf16 = cluster(instance(None, kv_cache_dtype="auto")).instances()[0].config
+    note = _kv_dtype_note(bf16, ProfileMeta(hardware="RTXPRO6000", model="m", dtype="bfloat16", tp=1,
+                                            engine_kv_cache_dtype="fp8"))
+    assert note.startswith("kv_cache_dtype auto (bfloat16): the profile's attention was timed with a fp8 KV cache")
+    assert note.endswith("no bfloat16 kernel was measured")

@@ -82,11 +82,16 @@ def _kv_dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
     profiled = _profiled_kv_dtype(meta)
     if dtype_bytes(ic.kv_dtype) == dtype_bytes(profiled):
         return None
-    return (f"kv_cache_dtype {ic.kv_cache_dtype}: the profile's attention was timed with a {profiled} KV cache; "
+    # `auto` resolves to the checkpoint's cache (fp8 for a ModelOpt FP8 one) or the model's dtype: the note names
+    # the dtype the cache is held in, which is what no kernel of the profile read.
+    cache = ic.kv_cache_dtype if ic.kv_cache_dtype == ic.kv_dtype else f"{ic.kv_cache_dtype} ({ic.kv_dtype})"
+    fp8_kernels = (" (vLLM 0.19 reads an fp8 cache with FlashAttention 3 on Hopper, its queries quantised to fp8 too, "
+                   "and with FlashInfer elsewhere: other kernels than the profile's)"
+                   if dtype_bytes(ic.kv_dtype) == 1 else "")
+    return (f"kv_cache_dtype {cache}: the profile's attention was timed with a {profiled} KV cache; "
             "decode attention, which streams the cache, is priced at the KV length of the same bytes "
             f"({dtype_bytes(ic.kv_dtype)} against {dtype_bytes(profiled)} per value), prefill attention as timed; no "
-            f"{ic.kv_cache_dtype} kernel was measured (vLLM 0.19 reads an fp8 cache with FlashAttention 3 on Hopper, "
-            "its queries quantised to fp8 too, and with FlashInfer elsewhere: other kernels than the profile's)")
+            f"{ic.kv_dtype} kernel was measured{fp8_kernels}")
 
 
 def _dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
