@@ -1696,6 +1696,20 @@ def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
     assert ("NOTE: the config's instances serve meta-llama/Llama-3.1-8B, the run's meta.json names someorg/llama-copy: "
             "pdsim knows neither its shape nor its weights' format, so meta-llama/Llama-3.1-8B's are taken for it") \
         in " ".join(run.notes)
+    # Instances that run fp8 weights (here dtype fp8; a model_config.json's quantization_config alike) use them:
+    # the note said the instances' model's weights' format was taken too.
+    fp8 = json.loads((RTX / "cluster_config.json").read_text())
+    fp8["nodes"][0]["instances"][0]["dtype"] = "fp8"
+    (tmp_path / "fp8.json").write_text(json.dumps(fp8))
+    kwargs = {**meta.get("engine_kwargs", {}), "model": "someorg/llama-copy"}
+    requests.with_name("meta.json").write_text(json.dumps({**meta, "model": "someorg/llama-copy",
+                                                           "engine_kwargs": kwargs}))
+    run = read_measured(requests)
+    replay_config(tmp_path / "fp8.json", run, None)
+    notes = " ".join(run.notes)
+    assert ("the run's meta.json names someorg/llama-copy: pdsim does not know its shape, so meta-llama/Llama-3.1-8B's "
+            "is taken for it, with the fp8 weights the config's instances run") in notes
+    assert "nor its weights' format" not in notes
     # A 1P1D config replaying one engine without a KV connector.
     run = read_measured(RTX / "vllm_run" / "requests.jsonl")
     replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)

@@ -322,11 +322,22 @@ def _check_recorded_model(run: MeasuredRun, cfg: ClusterConfig, cluster_config: 
                 raise PdsimError(f"{cluster_config}: the instances serve {name}, but the measured engine ran "
                                  f"{recorded} ({where}, {run.source}), a model of another shape: give the measured "
                                  "engine's config")
-            unread = "" if shape is not None else (
-                f": pdsim knows neither its shape nor its weights' format, so {name}'s are taken for it (an fp8 "
-                "checkpoint's run needs a config of fp8 weights, or the checkpoint's config.json as model_config.json)")
+            unread = "" if shape is not None else _unknown_model_taken_as(name, cfg)
             run.notes.append(f"NOTE: the config's instances serve {name}, {where} names {recorded}"
                              + (" (the same shape)" if shape is not None else unread))
+
+
+def _unknown_model_taken_as(name: str, cfg: ClusterConfig) -> str:
+    """What stands in for a recorded model pdsim does not know: the instances' model's shape and the weights
+    they run. Weights the config makes fp8 (quantization, dtype fp8, or a model_config.json's quantization_config)
+    are used as they are; only unquantised ones may not be the checkpoint's."""
+    schemes = sorted({ref.config.quantization or "" for ref in cfg.instances() if ref.config.model_name == name})
+    if schemes == [""]:
+        return (f": pdsim knows neither its shape nor its weights' format, so {name}'s are taken for it (an fp8 "
+                "checkpoint's run needs a config of fp8 weights, or the checkpoint's config.json as model_config.json)")
+    weights = " / ".join(scheme or "unquantised" for scheme in schemes)
+    return (f": pdsim does not know its shape, so {name}'s is taken for it, with the {weights} weights the config's "
+            "instances run (the checkpoint's own format is not read from its name)")
 
 
 def _check_max_model_len(run: MeasuredRun) -> None:
