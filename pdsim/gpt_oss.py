@@ -34,6 +34,7 @@ sinks, biased projections, and MXFP4 expert weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from fractions import Fraction
 from pathlib import Path
 
 from pdsim.errors import PdsimError
@@ -64,21 +65,21 @@ class GptOssModelSpec(ModelSpec):
         """Most sliding-group blocks a running request holds (the blocks reaching into its window)."""
         return -(-(self.sliding_window - 1) // block_size) + 1
 
-    def _bias_and_sink_params(self, tp: int, expert_shards: int | None) -> int:
+    def _bias_and_sink_params(self, tp: int, expert_shards: int | Fraction | None) -> int:
         h, moe = self.hidden_size, self.moe
         attn = self.qkv_out(tp) + h + self.heads_per_shard(tp)  # qkv bias, o_proj bias, sinks
         shards = tp if expert_shards is None else expert_shards
         experts = -(-moe.moe_layers * moe.num_experts * (2 * moe.expert_intermediate + h) // shards)
         return self.num_layers * attn + moe.moe_layers * moe.num_experts + experts  # + router bias
 
-    def _params_per_shard(self, tp: int, expert_shards: int | None = None) -> int:
+    def _params_per_shard(self, tp: int, expert_shards: int | Fraction | None = None) -> int:
         return super()._params_per_shard(tp, expert_shards) + self._bias_and_sink_params(tp, expert_shards)
 
-    def _expert_params_per_shard(self, tp: int, expert_shards: int | None) -> int:
+    def _expert_params_per_shard(self, tp: int, expert_shards: int | Fraction | None) -> int:
         shards = tp if expert_shards is None else expert_shards
         return -(-self.moe.routed_params(self.hidden_size) // shards)
 
-    def _stored_expert_params(self, tp: int, expert_shards: int | None) -> int:
+    def _stored_expert_params(self, tp: int, expert_shards: int | Fraction | None) -> int:
         """The experts' matrix entries one GPU stores, with the kernel's padding where `on_gpu` set it."""
         if self.padded_expert_dims is None:
             return self._expert_params_per_shard(tp, expert_shards)
@@ -86,7 +87,7 @@ class GptOssModelSpec(ModelSpec):
         local_experts = self.moe.num_experts * expert_tp // (tp if expert_shards is None else expert_shards)
         return self.moe.moe_layers * local_experts * 3 * hidden * intermediate
 
-    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | Fraction | None = None,
                      quantization: str | None = None) -> int:
         """Bytes one GPU holds: the experts' matrices at 4.25 bits (MXFP4 checkpoints), all else in dtype."""
         if quantization is not None:

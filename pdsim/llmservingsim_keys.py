@@ -155,13 +155,19 @@ def per_dim_links(data: Any, bounds: dict[str, tuple[float, float]]) -> Any:
 def check_ep(inst: InstanceConfig) -> None:
     model = load_model(inst.model_name)
     ep = inst.effective_ep_size()
-    if model.is_moe and model.moe.num_experts % ep:
-        raise PydanticCustomError("ep", "ep_size {ep}: {e} experts cannot be split {ep} ways",
-                                  {"ep": ep, "e": model.moe.num_experts})
+    # An uneven split runs, as in vLLM (ExpertPlacement.gpu_experts); more ranks than experts does not.
+    if model.is_moe and (why := model.moe.ep_refusal(ep)) is not None:
+        raise PydanticCustomError("ep", "{why}", {"why": why})
     if inst.dp_group is None and ep > inst.tp_size:
         raise PydanticCustomError(
             "ep", "ep_size {ep} is more than tp_size {tp}; without a dp_group experts are split over "
             "the instance's own GPUs", {"ep": ep, "tp": inst.tp_size})
+    # Each EP rank's experts split over tp / ep GPUs: a whole number of them (once implied, for most models, by
+    # ep dividing the experts; a DP group's ranks are checked by check_dp_group).
+    if inst.dp_group is None and model.is_moe and inst.tp_size % ep:
+        raise PydanticCustomError("ep", "ep_size {ep} does not divide tp_size {tp}; without a dp_group each EP rank's "
+                                  "experts are split over tp_size / ep_size of the instance's GPUs",
+                                  {"ep": ep, "tp": inst.tp_size})
 
 
 def check_dp_group(name: str, refs: list[InstanceRef]) -> None:

@@ -17,6 +17,7 @@ cache is replicated across TP ranks, not divided by TP.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 
 from pdsim.errors import PdsimError
@@ -85,7 +86,7 @@ class MLAModelSpec(ModelSpec):
     def o_in(self, tp: int = 1) -> int:
         return self.heads_per_shard(tp) * self._mla.v_head_dim
 
-    def _params_per_shard(self, tp: int, expert_shards: int | None = None) -> int:
+    def _params_per_shard(self, tp: int, expert_shards: int | Fraction | None = None) -> int:
         h = self.hidden_size
         attn = self._mla.replicated_params(h) + self.heads_per_shard(tp) * self._mla.per_head_params(h)
         mlp = 3 * h * self.intermediate_per_shard(tp)
@@ -108,7 +109,7 @@ class MLAModelSpec(ModelSpec):
         routers = self.moe.moe_layers * h * self.moe.num_experts if self.moe is not None else 0
         return embed + lm_head + self.num_layers * norms + h + routers
 
-    def _linear_shapes(self, tp: int, expert_shards: int | None = None,
+    def _linear_shapes(self, tp: int, expert_shards: int | Fraction | None = None,
                        routed: bool = True) -> list[tuple[float, int, int]]:
         """MLA's linear layers (fused q_a/kv_a, q_b, kv_b, o_proj) and ModelSpec's MLP/expert ones."""
         h, m, heads, n = self.hidden_size, self._mla, self.heads_per_shard(tp), self.num_layers
@@ -117,7 +118,7 @@ class MLAModelSpec(ModelSpec):
                 (n, heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank), (n, h, heads * m.v_head_dim)]
         return attn + super()._linear_shapes(tp, expert_shards, routed)[2:]
 
-    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | Fraction | None = None,
                      quantization: str | None = None) -> int:
         """ModelSpec's, plus, for fp8 weights, the `dtype` copy of kv_b that vLLM's MLA keeps beside the fp8
         one: its decode matmuls have no fp8 kernel, so `process_weights_after_loading` dequantizes kv_b_proj

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from pathlib import Path
 
 from pdsim.bundled import bundled_path
@@ -205,7 +206,7 @@ class ModelSpec:
 
     # ---- sizes ----
 
-    def _params_per_shard(self, tp: int, expert_shards: int | None = None) -> int:
+    def _params_per_shard(self, tp: int, expert_shards: int | Fraction | None = None) -> int:
         h = self.hidden_size
         attn = h * self.qkv_out(tp) + self.o_in(tp) * h
         mlp = 3 * h * self.intermediate_per_shard(tp)  # gate, up, down
@@ -254,7 +255,7 @@ class ModelSpec:
         once = (h if self.norm_bias else 0) + (self.vocab_per_shard(tp) if self.lm_head_bias else 0)
         return self.num_layers * per_layer + once
 
-    def _linear_shapes(self, tp: int, expert_shards: int | None = None,
+    def _linear_shapes(self, tp: int, expert_shards: int | Fraction | None = None,
                        routed: bool = True) -> list[tuple[float, int, int]]:
         """(matrices per GPU, output rows, input columns) of the quantised linear layers on one GPU,
         merged as vLLM merges them (qkv_proj, gate_up_proj); routed experts as a fraction (none: `routed` False)."""
@@ -270,10 +271,11 @@ class ModelSpec:
             shapes += [(self.moe.moe_layers, 2 * s_inter, h), (self.moe.moe_layers, h, s_inter)]
         return shapes
 
-    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | Fraction | None = None,
                      quantization: str | None = None) -> int:
         """Bytes of weights one GPU holds: a TP shard of the dense weights and, for a MoE model,
-        1/`expert_shards` of the routed experts (default: split over the tp GPUs).
+        1/`expert_shards` of the routed experts (default: split over the tp GPUs; a Fraction where the experts
+        split unevenly, ExpertPlacement.weight_shards).
 
         quantization (docs/precision.md): None keeps every weight in `dtype`; "fp8" stores the
         linear layers at 1 byte with one fp32 scale per output channel (compressed-tensors W8A8
@@ -286,12 +288,12 @@ class ModelSpec:
         scales = self._weight_scales(tp, expert_shards, quantization)
         return kept * dtype_bytes(dtype) + (total - kept) * FP8_WEIGHT_BYTES + scales * SCALE_BYTES
 
-    def _experts_per_gpu(self, tp: int, expert_shards: int | None) -> float:
+    def _experts_per_gpu(self, tp: int, expert_shards: int | Fraction | None) -> float:
         """Routed expert matrices (all MoE layers) one GPU holds, as a fraction: split over `expert_shards` GPUs."""
         assert self.moe is not None
         return self.moe.moe_layers * self.moe.num_experts / (tp if expert_shards is None else expert_shards)
 
-    def _weight_scales(self, tp: int, expert_shards: int | None, quantization: str) -> int:
+    def _weight_scales(self, tp: int, expert_shards: int | Fraction | None, quantization: str) -> int:
         """fp32 weight scales one GPU holds: per output channel or 128 x 128 block of each linear layer
         (scale_count), but a fixed few per routed expert where vLLM scales experts per tensor (expert_scales)."""
         per_expert = self.expert_scales(quantization)

@@ -74,9 +74,14 @@ class MoESpec:
         shared = 3 * hidden * -(-self.shared_intermediate // tp) if self.shared_intermediate else 0
         return hidden * self.num_experts + shared + (hidden if self.shared_expert_gate else 0)
 
-    def check_ep(self, name: str, ep: int) -> None:
-        if ep < 1 or self.num_experts % ep:
-            raise PdsimError(f"{name}: {self.num_experts} experts cannot be split over ep_size={ep}")
+    def ep_refusal(self, ep: int) -> str | None:
+        """Why the experts cannot be laid out over `ep` EP ranks, or None. An uneven split runs: vLLM 0.19 gives
+        the first E mod ep ranks one expert more (fused_moe/layer.py determine_expert_map; ExpertPlacement)."""
+        if ep < 1:
+            return f"ep_size {ep}: expected at least 1"
+        if ep > self.num_experts:  # vLLM would leave ranks with no expert at all: not modelled
+            return f"ep_size {ep} is more than the {self.num_experts} experts, so some ranks would hold none"
+        return None
 
 
 def moe_from_hf(path: object, model_type: str, raw: dict, num_layers: int) -> MoESpec | None:

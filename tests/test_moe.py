@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simpy
 
 from pdsim.config import cluster_config_from_dict
 from pdsim.engine.cluster import SimOptions, simulate
@@ -132,7 +133,8 @@ def test_qwen2_moe_with_its_gated_shared_expert(tmp_path):
 def test_placement_checks():
     m = load_model(QWEN_MOE)
     assert check_placement(m, ExpertPlacement(tp=1, ep_size=2, dp_size=2)) is None
-    assert "cannot be split" in check_placement(m, ExpertPlacement(tp=1, ep_size=3, dp_size=1))
+    assert check_placement(m, ExpertPlacement(tp=1, ep_size=3, dp_size=3)) is None  # 43, 43, 42: as vLLM runs it
+    assert "ep_size 256 is more than the 128 experts" in check_placement(m, ExpertPlacement(1, 256, 256))
     assert "multiple of the DP group size" in check_placement(m, ExpertPlacement(tp=2, ep_size=2, dp_size=4))
     assert "must divide tp_size" in check_placement(m, ExpertPlacement(tp=1, ep_size=4, dp_size=2))
     p = ExpertPlacement(tp=2, ep_size=2, dp_size=2)  # experts EP-split over the group, TP-split in it
@@ -143,6 +145,50 @@ def test_placement_checks():
     assert check_placement(m, flat) is None
     assert not ExpertPlacement(tp=2, ep_size=1, dp_size=1).over_group
     assert "cannot be split 5 ways" in check_placement(m, ExpertPlacement(tp=1, ep_size=1, dp_size=5))
+
+
+def test_uneven_expert_splits_follow_vllms_determine_expert_map():
+    # vLLM 0.19 fused_moe/layer.py determine_expert_map: the first E mod ep ranks hold one expert more.
+    p = ExpertPlacement(tp=1, ep_size=8, dp_size=8)
+    assert [p.gpu_experts(60, r) for r in range(8)] == [8, 8, 8, 8, 7, 7, 7, 7]
+    assert p.local_experts(60) == 8 and p.local_experts(60, dp_rank=3) == 8 and p.local_experts(60, dp_rank=4) == 7
+    # DP 3 x TP 2 with EP over all 6 GPUs: DP rank d holds EP ranks 2d and 2d + 1 (FusedMoEParallelConfig.make).
+    wide = ExpertPlacement(tp=2, ep_size=6, dp_size=3)
+    assert [wide.local_experts(64, d) for d in range(3)] == [11, 11, 10]
+    assert wide.uneven(64) and not p.uneven(64)
+    # An even split keeps the GPU count as its weight share; an uneven one gives each rank its own experts' bytes.
+    m = load_model(QWEN_MOE)
+    assert p.weight_shards(m.moe) == 8 and p.weight_shards(None) == 8
+    whole, routed = m.weight_bytes("bfloat16", 1), m.moe.routed_params(m.hidden_size) * 2
+    split = ExpertPlacement(tp=1, ep_size=3, dp_size=3)  # 128 over 3: 43, 43, 42
+    for rank, local in ((0, 43), (2, 42)):
+        held = m.weight_bytes("bfloat16", 1, split.weight_shards(m.moe, rank))
+        assert whole - held == routed - routed * local // 128
+
+
+def test_a_dp_group_whose_experts_split_unevenly_runs_each_rank_on_its_own_experts(tmp_path):
+    # Qwen1.5-MoE's 60 experts over DP 8 + EP: refused before, though vLLM runs it (8, 8, 8, 8, 7, 7, 7, 7).
+    from pdsim.engine.build import build_instances
+    from pdsim.models import use_model_file
+
+    (tmp_path / "Qwen").mkdir()
+    (tmp_path / "Qwen" / "Qwen1.5-MoE-A2.7B.json").write_text(json.dumps(QWEN15_MOE))
+    use_model_file("Qwen/Qwen1.5-MoE-A2.7B", tmp_path / "Qwen" / "Qwen1.5-MoE-A2.7B.json")
+    rank = {**_instance(ep_size=8, dp_group="A"), "model_name": "Qwen/Qwen1.5-MoE-A2.7B"}
+    cfg = cluster_config_from_dict(_cluster(*[rank] * 8))
+    instances, infos = build_instances(simpy.Environment(), cfg, SimOptions(), "x.json")
+    m = load_model("Qwen/Qwen1.5-MoE-A2.7B")
+    one_expert_gib = m.moe.moe_layers * m.moe.expert_params(m.hidden_size) * 2 / GIB
+    # Ranks 0-3 hold 8 experts, ranks 4-7 7: one expert's bytes apart, and the lighter ranks get the KV it frees.
+    assert infos[0].weights_gb - infos[4].weights_gb == pytest.approx(one_expert_gib)
+    assert len({i.weights_gb for i in infos[:4]}) == 1 and len({i.weights_gb for i in infos[4:]}) == 1
+    assert infos[4].num_kv_blocks > infos[0].num_kv_blocks
+    # Every rank waits for the GPU holding 8 in each MoE layer: all are timed at it, and the run says so.
+    assert {inst.predictor.moe_layer.local_experts for inst in instances} == {8}
+    said = "ep_size 8: the 60 experts split 8, 8, 8, 8, 7, 7, 7, 7"
+    assert any(n.startswith(said) for n in instances[0].predictor.notes)
+    res = simulate(cfg, trace([(300, 10, i * 0.05) for i in range(16)]), SimOptions())
+    assert all(r.status == "finished" for r in res.requests)
 
 
 # ---------------------------------------------------------------- expert layer time
@@ -435,7 +481,8 @@ def _config_error(raw) -> str:
 
 def test_ep_and_dp_group_checks():
     assert "ep_size 2 is more than tp_size 1" in _config_error(_cluster(_instance(ep_size=2)))
-    assert "128 experts cannot be split 3 ways" in _config_error(_cluster(_instance(ep_size=3)))
+    assert "ep_size 3 does not divide tp_size 4" in _config_error(_cluster(_instance(tp_size=4, ep_size=3)))
+    assert "ep_size 3 is more than tp_size 1" in _config_error(_cluster(_instance(ep_size=3)))
     msg = _config_error(_cluster(_instance(ep_size=2, dp_group="A"), _instance(ep_size=4, dp_group="A")))
     assert 'dp_group "A": n0.i1 has ep_size 4' in msg
     msg = _config_error(_cluster(_instance(ep_size=4, dp_group="A"), _instance(ep_size=4, dp_group="A")))

@@ -407,7 +407,7 @@ class InstanceConfig(_Strict):
             model.check_shards(self.tp_size, placement.expert_tp, self.quantization)
         except PdsimError as e:
             raise PydanticCustomError("tp", "{msg}", {"msg": str(e)}) from None
-        expert_shards = placement.expert_shards
+        expert_shards = placement.weight_shards(model.moe)  # the GPU holding the most experts
         try:  # a precision the model's weights do not take (gpt-oss: MXFP4 experts) is named with the instance
             weight_gb = model.weight_bytes(self.dtype, self.tp_size, expert_shards, self.quantization) / GB  # 2^30
         except PdsimError as e:

@@ -51,11 +51,15 @@ def build_instances(
         raise ConfigError(f"KV-capacity override for {', '.join(unknown)}: no such instance in {source}")
     group_of = {ref.instance_id: name for name, refs in cfg.dp_groups().items() for ref in refs}
     group_sizes = {name: len(refs) for name, refs in cfg.dp_groups().items()}
+    # A rank's place in its group, as the config lists the ranks: under an uneven expert split it sets the rank's
+    # expert count (ExpertPlacement.local_experts), so its weights and KV cache.
+    rank_of = {ref.instance_id: i for refs in cfg.dp_groups().values() for i, ref in enumerate(refs)}
     instances: list[Instance] = []
     infos: list[InstanceInfo] = []
     for ref in cfg.instances():
         dp_size = group_sizes.get(group_of.get(ref.instance_id), 1)
-        inst, info = build_instance(env, ref, cfg, opts, source, dp_size, step_times)
+        inst, info = build_instance(env, ref, cfg, opts, source, dp_size, step_times,
+                                    dp_rank=rank_of.get(ref.instance_id, 0))
         instances.append(inst)
         infos.append(info)
     return instances, infos
@@ -105,7 +109,7 @@ def _dtype_note(ic: InstanceConfig, meta: ProfileMeta) -> str | None:
 
 def build_instance(
     env: simpy.Environment, ref: InstanceRef, cfg: ClusterConfig, opts: SimOptions, source: str,
-    dp_size: int = 1, step_times: StepTimeFactory = StepTimePredictor,
+    dp_size: int = 1, step_times: StepTimeFactory = StepTimePredictor, dp_rank: int = 0,
 ) -> tuple[Instance, InstanceInfo]:
     ic = ref.config
     # A MoE DP group (dp_size > 1) steps in lock step and shares its experts (engine/dp_group.py).
@@ -205,15 +209,16 @@ def build_instance(
     activation_bytes = predictor.activation_reserve_bytes(ic.max_num_batched_tokens, ic.max_num_seqs, ic.top_k_top_p,
                                                           ic.moe_workspace)
     kv_per_token = held.kv_bytes_per_token(ic.kv_dtype, ic.tp_size)
+    expert_shards = placement.weight_shards(model.moe, dp_rank)  # this rank's own experts
     if ic.pp_size > 1:  # each stage's GPUs hold their layers' weights and KV; the fewest blocks bind
         forward_bytes = predictor.forward_reserve_bytes(ic.max_num_batched_tokens, ic.moe_workspace)
         staged = pipeline_kv_budget(ic, model, activation_bytes, forward_bytes, where,
-                                    opts.kv_gpu_blocks.get(ref.instance_id), placement.expert_shards,
+                                    opts.kv_gpu_blocks.get(ref.instance_id), expert_shards,
                                     opts.recorded_gpu_memory_utilization)
         budget, kv_per_token = staged.budget, staged.kv_bytes_per_token
     else:
         budget = kv_budget(ic, held, activation_bytes, where, opts.kv_gpu_blocks.get(ref.instance_id),
-                           placement.expert_shards, opts.recorded_gpu_memory_utilization)
+                           expert_shards, opts.recorded_gpu_memory_utilization)
     spec = _spec(ref, ic, budget, kv_per_token)
     num_blocks = budget.usable_blocks
     lockstep = model.is_moe and dp_size > 1  # one step at a time, in step with the group

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from pdsim.config import GB, InstanceConfig
 from pdsim.errors import ConfigError
@@ -319,7 +320,7 @@ def _sampler_said(ic: InstanceConfig) -> str:
 
 
 def kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, where: str,
-              measured_gpu_blocks: int | None = None, expert_shards: int = 1,
+              measured_gpu_blocks: int | None = None, expert_shards: int | Fraction = 1,
               recorded_util: float | None = None) -> KVBudget:
     """The instance's KV cache. measured_gpu_blocks: the measured engine's own num_gpu_blocks,
     used instead of the prediction (validate --kv-capacity measured); expert_shards: the GPUs a

@@ -4,7 +4,10 @@ Placement (LLMServingSim's keys, vLLM's layout). An instance of `tp` GPUs in a D
 `dp_size` instances with expert-parallel degree `ep_size` (the whole group's, as LLMServingSim
 counts it; `ep_size / dp_size` <= tp of it inside one instance) holds E / ep_size experts per GPU,
 each split `expert_tp = tp / (ep_size / dp_size)` ways by TP. Weights: the routed experts are
-split over `ep_size * expert_tp` GPUs. `ep_size` 1 in a DP group is vLLM's DP without
+split over `ep_size * expert_tp` GPUs. Where ep_size does not divide E, the first E mod ep_size EP
+ranks hold one expert more (vLLM's determine_expert_map): each DP rank's weights and KV cache are its
+own GPUs' (the most any of them holds), and the layer's time is the GPU holding the most, which paces
+the GPUs that synchronise with it. `ep_size` 1 in a DP group is vLLM's DP without
 `enable_expert_parallel` (`FusedMoEParallelConfig.make` flattens TP across DP): every GPU of the group
 holds every expert, split `tp * dp_size` ways, over the same gathered tokens.
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +51,7 @@ import numpy as np
 from pdsim.errors import ProfileError
 from pdsim.hardware import HardwareSpec
 from pdsim.models import FP8_BLOCK, FP8_WEIGHT_BYTES, SCALE_BYTES, ModelSpec, dtype_bytes
+from pdsim.moe import MoESpec
 from pdsim.perf.interp import Table1D
 
 
@@ -164,8 +169,35 @@ class ExpertPlacement:
         """GPUs the routed experts are split over (for weight bytes per GPU)."""
         return self.ep_size * self.expert_tp
 
-    def local_experts(self, num_experts: int) -> int:
-        return num_experts // self.ep_size
+    def gpu_experts(self, num_experts: int, ep_rank: int) -> int:
+        """Experts EP rank `ep_rank` holds. vLLM 0.19 splits them as evenly as it can, the first E mod ep_size
+        ranks taking one more (fused_moe/layer.py determine_expert_map: 60 over 8 is 8, 8, 8, 8, 7, 7, 7, 7; the
+        same counts under its "linear" and "round_robin" placements)."""
+        base, extra = divmod(num_experts, self.ep_size)
+        return base + (1 if ep_rank < extra else 0)
+
+    def local_experts(self, num_experts: int, dp_rank: int | None = None) -> int:
+        """Experts on the GPU that holds the most: of DP rank `dp_rank`, or of the whole layout (None). A DP
+        rank's GPUs are EP ranks dp_rank * ep_in_instance on (vLLM's FusedMoEParallelConfig.make flattens TP
+        across DP), so its first holds the most. Where GPUs synchronise (the TP all-reduce inside an instance,
+        the dispatch/combine of a DP group) that GPU paces the layer, so step times take the layout's."""
+        first = 0 if dp_rank is None else dp_rank * self.ep_in_instance
+        return self.gpu_experts(num_experts, first)
+
+    def weight_shards(self, moe: MoESpec | None, dp_rank: int = 0) -> int | Fraction:
+        """`expert_shards` as ModelSpec.weight_bytes takes it for the GPU of DP rank `dp_rank` that holds the
+        most experts: the routed experts' bytes over it are that GPU's (its local experts, each 1/expert_tp).
+        The GPU count itself where the experts split evenly; a fraction where they do not (60 over 8: 7.5)."""
+        if moe is None:
+            return self.expert_shards
+        local = self.local_experts(moe.num_experts, dp_rank)
+        if local * self.ep_size == moe.num_experts:
+            return self.expert_shards
+        return Fraction(moe.num_experts * self.expert_tp, local)
+
+    def uneven(self, num_experts: int) -> bool:
+        """Whether EP ranks hold different expert counts (num_experts not a multiple of ep_size)."""
+        return num_experts % self.ep_size != 0
 
     @property
     def sequence_parallel_layout(self) -> bool:
@@ -192,7 +224,11 @@ class MoELayerModel:
         self.model = model
         self.placement = placement
         self.table = table
+        self.notes: list[str] = []
+        # The GPU holding the most experts: every GPU of the layout waits for it (ExpertPlacement.local_experts).
         self.local_experts = placement.local_experts(model.moe.num_experts)
+        if placement.uneven(model.moe.num_experts):
+            self.notes.append(uneven_split_note(model.moe.num_experts, placement))
         self.sequence_parallel = (placement.sequence_parallel_layout
                                   and model.architecture in SEQUENCE_PARALLEL_MOE_TYPES)
         # The dispatch's all-gather and the combine's reduce-scatter carry other bytes under fp8 experts.
@@ -203,7 +239,6 @@ class MoELayerModel:
         # (GB/s, ns) of the DP ranks' link: the GPU's intra-node link until a DP group sets one.
         self._link = (hardware.intra_node_bw_gbps, hardware.intra_node_latency_ns) if hardware else (0.0, 0.0)
         self._cache: dict[int | tuple[int, int], float] = {}
-        self.notes: list[str] = []
         self._scale_from: tuple | None = None  # (estimate at this expert_tp, at the table's) when rescaled
         if table is not None and (table.measured_tp is not None or placement.over_group):
             self._note_borrowed_table(table, hardware, dtype, quantization)
@@ -383,18 +418,27 @@ def fp8_kernel_note(hardware: HardwareSpec | None, quantization: str | None, ep_
             "GEMM, dynamic per-tensor ones Triton's fused_moe, the only one the expert-time fit covers (docs/moe.md)")
 
 
+def uneven_split_note(num_experts: int, placement: ExpertPlacement) -> str:
+    """What a run says of experts that do not divide over the EP ranks."""
+    counts = [placement.gpu_experts(num_experts, r) for r in range(placement.ep_size)]
+    return (f"ep_size {placement.ep_size}: the {num_experts} experts split {', '.join(map(str, counts))} over the EP "
+            "ranks, as vLLM 0.19's determine_expert_map splits them; each instance's weights and KV cache are those "
+            "of its GPU holding the most (vLLM keeps the fewest KV blocks of an engine's GPUs), and the MoE layers "
+            f"are timed at the {counts[0]} experts of the GPU holding the most, which the others wait for")
+
+
 def check_placement(model: ModelSpec, placement: ExpertPlacement) -> str | None:
     """Why vLLM could not lay this model's experts out so, or None."""
     if model.moe is None:
         return None
-    e, p = model.moe.num_experts, placement
+    p = placement
     if p.over_group:
         if model.moe.expert_intermediate % p.expert_tp:
             return (f"expert intermediate size {model.moe.expert_intermediate} cannot be split {p.expert_tp} ways "
                     f"(ep_size 1 in a DP group: each expert over the group's tp x {p.dp_size} GPUs)")
         return None
-    if e % p.ep_size:
-        return f"{e} experts cannot be split over ep_size={p.ep_size}"
+    if (why := model.moe.ep_refusal(p.ep_size)) is not None:  # an uneven split runs (ExpertPlacement.gpu_experts)
+        return why
     if p.ep_size % p.dp_size:
         return f"ep_size={p.ep_size} is not a multiple of the DP group size {p.dp_size}"
     if p.ep_in_instance > p.tp or p.tp % p.ep_in_instance:

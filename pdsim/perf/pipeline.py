@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from fractions import Fraction
 
 from pdsim.config import InstanceConfig
 from pdsim.errors import ConfigError
@@ -86,7 +87,7 @@ def stage_model(model: ModelSpec, stage: Stage) -> ModelSpec:
 ENDS_ON_EVERY_STAGE = frozenset({"qwen3_moe", "qwen2_moe", "mixtral", "phimoe", "gpt_oss"})
 
 
-def stage_weight_bytes(model: ModelSpec, stage: Stage, dtype: str, tp: int, expert_shards: int | None,
+def stage_weight_bytes(model: ModelSpec, stage: Stage, dtype: str, tp: int, expert_shards: int | Fraction | None,
                        quantization: str | None) -> int:
     """Weight bytes one GPU of `stage` holds."""
     part = stage_model(model, stage)
@@ -115,7 +116,7 @@ class _StageSizes:
         self.stage = stage
         self.part = stage_model(model, stage)
 
-    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | None = None,
+    def weight_bytes(self, dtype: str, tp: int = 1, expert_shards: int | Fraction | None = None,
                      quantization: str | None = None) -> int:
         return stage_weight_bytes(self.model, self.stage, dtype, tp, expert_shards, quantization)
 
@@ -135,7 +136,7 @@ class PipelineBudget:
 
 
 def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: int, forward_bytes: int, where: str,
-                       measured_gpu_blocks: int | None = None, expert_shards: int = 1,
+                       measured_gpu_blocks: int | None = None, expert_shards: int | Fraction = 1,
                        recorded_util: float | None = None) -> PipelineBudget:
     """Each stage's KV cache by vLLM's accounting (or LLMServingSim's rule) for its weights and
     layers; the engine gets the fewest blocks of any stage. The last stage reserves the profile run's whole
@@ -157,7 +158,7 @@ def pipeline_kv_budget(ic: InstanceConfig, model: ModelSpec, activation_bytes: i
     return PipelineBudget(binding, stages[i], per_token, blocks)
 
 
-def max_stage_weight_bytes(model: ModelSpec, pp_size: int, dtype: str, tp: int, expert_shards: int | None,
+def max_stage_weight_bytes(model: ModelSpec, pp_size: int, dtype: str, tp: int, expert_shards: int | Fraction | None,
                            quantization: str | None) -> int:
     """The most weight bytes any GPU of the pipeline holds (for the config's does-it-fit check)."""
     return max(stage_weight_bytes(model, s, dtype, tp, expert_shards, quantization)
