@@ -37,11 +37,15 @@ SCALE_BYTES = 4  # fp32 weight scales, as vLLM allocates them
 FP8_BLOCK = 128
 VOCAB_PADDING = 64  # vLLM's DEFAULT_VOCAB_PADDING_SIZE
 
-# model_type -> whether attention has per-head RMSNorm on q and k (Qwen3 does).
+# model_type -> whether attention has RMSNorm on q and k (Qwen3 per head; OLMoE over the whole projection).
 _SUPPORTED_MODEL_TYPES: dict[str, bool] = {
     "llama": False, "mistral": False, "qwen2": False, "qwen3": True, "qwen3_moe": True, "qwen2_moe": False,
     "mixtral": False, "phi3": False, "phimoe": False, "deepseek_v2": False, "deepseek_v3": False, "gpt_oss": False,
+    "olmoe": True,
 }
+# Types whose q and k norms span the whole projection, not one head (vLLM 0.19 OlmoeAttention: RMSNorm of
+# num_heads x head_dim and of num_kv_heads x head_dim, held whole on every TP rank, over q and k all-gathered).
+WHOLE_QK_NORM_TYPES = ("olmoe",)
 BIASED_MODEL_TYPES = ("gpt_oss",)  # biased projections counted (pdsim/gpt_oss.py)
 # Types whose `attention_bias: true` puts biases on q, k, v and o (vLLM's LlamaAttention, PhiMoE);
 # Qwen2 always has q, k, v biases and none on o. The biases are counted in the weights.
@@ -103,6 +107,8 @@ class ModelSpec:
     # A sliding window vLLM would honour on every layer (shorter than the context), which pdsim does not
     # model: it keeps and attends to every token's KV (0: none). gpt-oss's windows are modelled.
     unmodelled_sliding_window: int = 0
+    # The q/k norms (has_qk_norm) span the whole projection, not one head (WHOLE_QK_NORM_TYPES).
+    whole_qk_norm: bool = False
 
     def __post_init__(self) -> None:
         if not self.max_model_len:
@@ -206,11 +212,20 @@ class ModelSpec:
 
     # ---- sizes ----
 
+    def qk_norm_params(self) -> int:
+        """Weights of one layer's q and k norms, whole on every TP rank: one head's width each (Qwen3), or the
+        whole projection's (OLMoE: num_heads x head_dim and num_kv_heads x head_dim)."""
+        if not self.has_qk_norm:
+            return 0
+        if self.whole_qk_norm:
+            return (self.num_heads + self.num_kv_heads) * self.head_dim
+        return 2 * self.head_dim
+
     def _params_per_shard(self, tp: int, expert_shards: int | Fraction | None = None) -> int:
         h = self.hidden_size
         attn = h * self.qkv_out(tp) + self.o_in(tp) * h
         mlp = 3 * h * self.intermediate_per_shard(tp)  # gate, up, down
-        norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)  # replicated on every shard
+        norms = 2 * h + self.qk_norm_params()  # replicated on every shard
         embed = self.vocab_per_shard(tp) * h
         lm_head = 0 if self.tie_word_embeddings else embed
         total = embed + self.num_layers * (attn + norms) + self.dense_mlp_layers * mlp + h + lm_head
@@ -240,7 +255,7 @@ class ModelSpec:
         h = self.hidden_size
         embed = self.vocab_per_shard(tp) * h
         lm_head = 0 if self.tie_word_embeddings else embed
-        norms = 2 * h + (2 * self.head_dim if self.has_qk_norm else 0)
+        norms = 2 * h + self.qk_norm_params()
         routers = 0
         if self.moe is not None:
             routers = self.moe.moe_layers * h * (self.moe.num_experts + int(self.moe.shared_expert_gate))
@@ -680,6 +695,9 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
     if hidden % heads and raw.get("head_dim") is None:
         raise PdsimError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
     head_dim = field("head_dim", int, hidden // heads)
+    if model_type in WHOLE_QK_NORM_TYPES and head_dim * heads != hidden:  # vLLM's OlmoeAttention ignores head_dim
+        raise PdsimError(f"{path}: field 'head_dim': {head_dim}, but vLLM's OLMoE attention takes hidden_size / "
+                         f"num_attention_heads = {hidden / heads:g}")
     if heads % kv_heads:
         raise PdsimError(
             f"{path}: field 'num_key_value_heads': {kv_heads} does not divide num_attention_heads {heads}"
@@ -712,6 +730,7 @@ def _spec_from_hf(name: str, path: Path, raw: dict) -> ModelSpec:
         norm_bias=model_type == "phimoe",  # nn.LayerNorm with bias in vLLM's PhiMoE
         lm_head_bias=model_type == "phimoe" and raw.get("lm_head_bias") is True,
         unmodelled_sliding_window=_sliding_window(raw, model_type),
+        whole_qk_norm=model_type in WHOLE_QK_NORM_TYPES,
     )
     if model_type in DEEPSEEK_TYPES:  # MLA attention: pdsim/mla.py
         from pdsim.mla import with_mla

@@ -1,5 +1,5 @@
 """Mixture-of-experts layer shapes, read from Hugging Face configs (`qwen3_moe`, `qwen2_moe`, `mixtral`,
-`deepseek_v2`, `deepseek_v3`, `gpt_oss`).
+`deepseek_v2`, `deepseek_v3`, `gpt_oss`, `phimoe`, `olmoe`).
 
 A MoE decoder layer replaces the dense MLP by a router gate (hidden x num_experts, replicated on
 every GPU), `num_experts` routed experts of which each token uses `top_k`, and optionally shared
@@ -41,6 +41,7 @@ MOE_KEYS: dict[str, tuple[str, str]] = {
     "deepseek_v3": ("n_routed_experts", "moe_intermediate_size"),
     "gpt_oss": ("num_local_experts", "intermediate_size"),
     "phimoe": ("num_local_experts", "intermediate_size"),
+    "olmoe": ("num_experts", "intermediate_size"),  # every layer MoE, no shared expert (vLLM's olmoe.py)
 }
 
 

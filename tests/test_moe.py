@@ -130,6 +130,73 @@ def test_qwen2_moe_with_its_gated_shared_expert(tmp_path):
     assert all(r.status == "finished" for r in result.requests)
 
 
+# allenai/OLMoE-1B-7B-0924's Hugging Face config (its keys as published): 64 experts of 1024 (8 per token) in every
+# layer, no shared expert, q/k norms over the whole projection, norm_topk_prob false.
+OLMOE = {
+    "architectures": ["OlmoeForCausalLM"], "model_type": "olmoe", "hidden_size": 2048, "intermediate_size": 1024,
+    "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16, "num_experts": 64,
+    "num_experts_per_tok": 8, "vocab_size": 50304, "max_position_embeddings": 4096, "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-05, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "norm_topk_prob": False,
+    "clip_qkv": None, "hidden_act": "silu", "attention_bias": False, "output_router_logits": False,
+    "router_aux_loss_coef": 0.01, "pad_token_id": 1, "eos_token_id": 50279,
+}
+
+
+def _olmoe(tmp_path) -> str:
+    from pdsim.models import use_model_file
+
+    (tmp_path / "allenai").mkdir(exist_ok=True)
+    path = tmp_path / "allenai" / "OLMoE-1B-7B-0924.json"
+    path.write_text(json.dumps(OLMOE))
+    use_model_file("allenai/OLMoE-1B-7B-0924", path)
+    return "allenai/OLMoE-1B-7B-0924"
+
+
+def test_olmoe_weights_and_kv_follow_vllms_modules(tmp_path):
+    m = load_model(_olmoe(tmp_path))
+    assert (m.moe.num_experts, m.moe.top_k, m.moe.moe_layers, m.moe.shared_intermediate) == (64, 8, 16, 0)
+    assert m.dense_mlp_layers == 0 and m.has_qk_norm and m.whole_qk_norm
+    # Model card: 6.9 B total, 1.3 B active.
+    assert m.param_count() == pytest.approx(6.9e9, rel=3e-3)
+    assert m.active_param_count() == pytest.approx(1.3e9, rel=2e-2)
+    # vLLM 0.19 olmoe.py, per GPU at TP t: VocabParallelEmbedding and ParallelLMHead (50304 rows, a multiple of 64)
+    # split t ways; per layer QKVParallelLinear and RowParallelLinear split t ways, q_norm (2048) and k_norm (2048),
+    # both RMSNorms held whole, two layer norms, the ReplicatedLinear gate (2048 x 64) and the FusedMoE experts
+    # (64 x gate, up, down of 2048 x 1024) split over the expert shards; the final norm.
+    h, inter, experts, vocab, layers = 2048, 1024, 64, 50304, 16
+
+    def by_hand(tp: int) -> int:
+        layer = h * 3 * h // tp + h * h // tp + 2 * h + 2 * h + h * experts + experts * 3 * h * inter // tp
+        return 2 * (2 * vocab * h // tp + layers * layer + h)
+
+    assert m.weight_bytes("bfloat16", 1) == by_hand(1) == 13_838_323_712  # 12.89 GiB
+    assert m.weight_bytes("bfloat16", 2) == by_hand(2)
+    # KV: 16 layers x K and V x 16 heads x 128 x 2 bytes (hidden / heads: OlmoeAttention's head_dim).
+    assert m.kv_bytes_per_token("bfloat16", 1) == 131_072 and m.kv_bytes_per_token("bfloat16", 2) == 65_536
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "m.json").write_text(json.dumps({**OLMOE, "head_dim": 64}))
+    with pytest.raises(PdsimError, match="field 'head_dim': 64, but vLLM's OLMoE attention takes"):
+        load_model("org/m", tmp_path)
+
+
+def test_olmoe_runs_with_an_estimated_profile(tmp_path):
+    name = _olmoe(tmp_path)
+    rows = [(800, 100, i * 0.1) for i in range(20)]
+    for tp in (1, 2):
+        cfg = cluster_config_from_dict(_cluster({**_instance(tp_size=tp), "model_name": name, "hardware": "H100",
+                                                 "npu_mem": {"mem_size": 80, "mem_bw": 3350}}))
+        res = simulate(cfg, trace(rows), SimOptions())
+        assert all(r.status == "finished" for r in res.requests)
+        notes = res.instances[0].predictor.notes
+        assert any(n.startswith("MoE expert layers estimated from hardware specs") for n in notes)
+        # Under TP vLLM gathers q and k for their whole-projection norms: the all-gathers are not priced, and said.
+        assert any("vLLM all-gathers q and k over the TP group" in n for n in notes) is (tp > 1)
+        if tp == 1:
+            assert res.infos[0].weights_gb == pytest.approx(12.89, abs=0.005)
+            tpot = [(r.finish_s - r.first_token_s) / 99 for r in res.requests]
+            assert 1e-3 < min(tpot) and max(tpot) < 20e-3  # a 1.3 B-active model on one H100, 1 to 9 decodes
+
+
 def test_placement_checks():
     m = load_model(QWEN_MOE)
     assert check_placement(m, ExpertPlacement(tp=1, ep_size=2, dp_size=2)) is None

@@ -196,6 +196,10 @@ def build_instance(
     if not model.is_moe and ic.ep_size is not None and ic.ep_size > 1:  # vLLM's --enable-expert-parallel: a no-op
         predictor.notes.append(f"ep_size {ic.ep_size}: {model.name} is a dense model (no experts), so expert "
                                "parallelism changes nothing; ignored")
+    if model.whole_qk_norm and ic.tp_size > 1:  # vLLM's OlmoeAttention._apply_qk_norm
+        predictor.notes.append(f"{model.name}: its q and k norms span the whole projection, so vLLM all-gathers q and "
+                               f"k over the TP group in every layer and splits them after (OlmoeAttention): the norms "
+                               "are priced over the gathered q and k where estimated, the all-gathers not at all")
     if ic.cudagraph_capture_sizes is not None and _capture_sizes(ic) == ():
         predictor.notes.append(f"cudagraph_capture_sizes: none at or below max_num_batched_tokens "
                                f"{ic.max_num_batched_tokens:,}, which vLLM drops, so no step runs a CUDA graph")

@@ -130,8 +130,9 @@ class _Roofline:
             return self.mem_us(4 * t * h * dt + h * dt)
         if op == "qkv_proj":
             return self.gemm_us(t, q + 2 * kv, h)
-        if op == "qk_norm":
-            return self.mem_us(2 * t * (q + kv) * dt)
+        if op == "qk_norm":  # OLMoE's span the whole projection: each rank norms the all-gathered q and k
+            q_normed, kv_normed = (m.q_size(1), m.kv_size(1)) if m.whole_qk_norm else (q, kv)
+            return self.mem_us(2 * t * (q_normed + kv_normed) * dt)
         if op == "rotary_emb":  # rotate q and k in place, cos/sin cache read
             return self.mem_us(2 * t * (q + kv) * dt + t * m.head_dim * 4)
         if op == "o_proj":

@@ -82,9 +82,9 @@ def stage_model(model: ModelSpec, stage: Stage) -> ModelSpec:
 
 
 # vLLM's models of these architectures build the embedding, the final norm and the LM head on every pipeline stage
-# (model_executor/models/{qwen3_moe,qwen2_moe,mixtral,phimoe,gpt_oss}.py, 0.11 to 0.19: no PPMissingLayer), where
-# the others (Llama, Qwen2/3, DeepSeek) keep them to the first and last.
-ENDS_ON_EVERY_STAGE = frozenset({"qwen3_moe", "qwen2_moe", "mixtral", "phimoe", "gpt_oss"})
+# (model_executor/models/{qwen3_moe,qwen2_moe,mixtral,phimoe,gpt_oss}.py, 0.11 to 0.19, and olmoe.py, read in 0.19:
+# no PPMissingLayer), where the others (Llama, Qwen2/3, DeepSeek) keep them to the first and last.
+ENDS_ON_EVERY_STAGE = frozenset({"qwen3_moe", "qwen2_moe", "mixtral", "phimoe", "gpt_oss", "olmoe"})
 
 
 def stage_weight_bytes(model: ModelSpec, stage: Stage, dtype: str, tp: int, expert_shards: int | Fraction | None,
