@@ -563,6 +563,23 @@ def test_ep_and_dp_group_checks():
     assert 'dp_group "A": n0.i1 has enforce_eager true, but n0.i0 has false' in msg  # one engine's arguments
 
 
+def test_a_tp_moe_instance_without_ep_size_says_it_runs_llmservingsims_default_not_vllms():
+    # LLMServingSim's ep_size defaults to tp_size; vLLM without --enable-expert-parallel splits every expert by TP.
+    from pdsim.metrics.summary import profile_notes
+
+    def notes(*instances):
+        res = simulate(cluster_config_from_dict(_cluster(*instances)), trace([(100, 4, 0.0)]), SimOptions())
+        return [n for n in profile_notes(res) if "no ep_size" in n]
+
+    said = notes(_instance(tp_size=2), _instance(tp_size=2))
+    assert said == ["nodes[0].instances[0] and 1 more: no ep_size, so ep_size = tp_size (2), LLMServingSim's default "
+                    "(expert parallelism); vLLM's default, without --enable-expert-parallel, splits every expert by "
+                    "TP instead (fused_moe/config.py FusedMoEParallelConfig.make): the instance key ep_size: 1 "
+                    "replays that"]
+    assert notes(_instance(tp_size=2, ep_size=2)) == notes(_instance(tp_size=2, ep_size=1)) == []
+    assert notes(_instance()) == []  # TP 1: ep_size 1 either way
+
+
 def test_expert_parallelism_asked_of_a_dense_model_is_said_to_change_nothing():
     # vLLM's --enable-expert-parallel is a no-op for a model without experts: run, and said, not silently dropped.
     dense = dict(model_name="meta-llama/Llama-3.1-8B", ep_size=2, dp_group="A")

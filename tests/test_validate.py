@@ -1544,6 +1544,22 @@ def test_an_unrecorded_expert_parallelism_replays_vllms_default_off(tmp_path):
 
 
 @needs_shared
+def test_a_replay_whose_meta_json_decides_the_expert_layout_says_nothing_of_ep_sizes_default(tmp_path):
+    # A TP 2 config without ep_size runs LLMServingSim's default (EP 2) and `pdsim run` says vLLM's differs; a
+    # replay takes the layout meta.json records, so that note would be wrong there.
+    cfg = json.loads((MOE / "cluster_config.json").read_text())
+    inst = {k: v for k, v in cfg["nodes"][0]["instances"][0].items() if k not in ("ep_size", "dp_group")}
+    cfg["nodes"][0].update(num_instances=1, instances=[{**inst, "tp_size": 2, "num_npus": 2}])
+    requests, config = _moe_run(tmp_path, cfg, tensor_parallel_size=2, data_parallel_size=1,
+                                enable_expert_parallel=False)
+    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
+                        str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
+    assert res.exit_code == 0, res.output
+    assert "ep_size 1 from meta.json engine_kwargs enable_expert_parallel false" in res.output
+    assert "no ep_size" not in res.output
+
+
+@needs_shared
 def test_a_moe_config_of_another_dp_size_than_the_run_is_refused(tmp_path):
     cfg = json.loads((MOE / "cluster_config.json").read_text())
     requests, config = _moe_run(tmp_path, cfg, data_parallel_size=1)

@@ -60,6 +60,7 @@ class Cluster:
         self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
         self.notes = _transfer_defaults_note(cfg, self.topology, [i for i in self.prefill_pool
                                                                   if i.pd_type == "prefill"], self.decode_pool)
+        self.notes += _expert_parallel_default_note(cfg)
         # Client mode is vLLM's P/D proxy: it drops the prefill instance's token, and the decode instance
         # makes all of the output itself (docs/pd_realism.md).
         for inst in self.decode_pool:
@@ -245,6 +246,22 @@ def _transfer_defaults_note(cfg: ClusterConfig, topology: Topology, senders: lis
     return [f"KV hand-offs {' and '.join(said)}: pdsim's defaults, from Mooncake's measured transfers "
             "(docs/pd_realism.md), where LLMServingSim moves KV at line rate; kv_transfer.bandwidth_efficiency and "
             "per_layer_overhead_us set them"]
+
+
+def _expert_parallel_default_note(cfg: ClusterConfig) -> list[str]:
+    """Said once where MoE instances of TP > 1 leave ep_size out: they run LLMServingSim's default, ep_size =
+    tp_size, and vLLM's own default differs (without --enable-expert-parallel, FusedMoEParallelConfig.make in
+    fused_moe/config.py splits every expert by TP). A validate replay sets ep_size from meta.json, so says nothing."""
+    refs = [ref for ref in cfg.instances() if ref.config.ep_size is None and ref.config.tp_size > 1
+            and load_model(ref.config.model_name).is_moe]
+    if not refs:
+        return []
+    first = refs[0]
+    more = f" and {len(refs) - 1} more" if len(refs) > 1 else ""
+    return [f"nodes[{first.node_index}].instances[{first.instance_index}]{more}: no ep_size, so ep_size = tp_size "
+            f"({first.config.tp_size}), LLMServingSim's default (expert parallelism); vLLM's default, without "
+            "--enable-expert-parallel, splits every expert by TP instead (fused_moe/config.py "
+            "FusedMoEParallelConfig.make): the instance key ep_size: 1 replays that"]
 
 
 def _unfinished_reason(req: Request, opts: SimOptions, end_s: float) -> str:
