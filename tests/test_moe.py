@@ -337,6 +337,21 @@ def _dp_run(rows, **opts):
     return simulate(cfg, trace(rows), SimOptions(**opts))
 
 
+def test_a_dp_group_of_other_than_two_ranks_is_told_its_dispatch_combine_was_checked_on_two():
+    # docs/moe.md "What the agreement rests on": the one measured MoE run is DP 2; DP 4 could be 14% apart.
+    def link_notes(res):
+        said = "MoE dispatch/combine modelled"
+        return {n for inst in res.instances for n in inst.predictor.notes if n.startswith(said)}
+
+    two = link_notes(_dp_run([(300, 5, 0.0)]))
+    four = link_notes(simulate(cluster_config_from_dict(_cluster(*[_instance(ep_size=4, dp_group="A")] * 4)),
+                               trace([(300, 5, 0.0)]), SimOptions()))
+    assert len(two) == len(four) == 1 and "checked on" not in next(iter(two))
+    assert next(iter(four)).endswith(
+        "not measured, and checked on a DP group of 2 ranks only (this one has 4): two readings that both fit that "
+        "run put a DP 4 group's TPOT 14% apart (docs/moe.md, \"What the agreement rests on\")")
+
+
 def test_dp_group_runs_dummy_steps_until_its_every_32_steps_check():
     # vLLM's DPEngineCoreProc asks whether any rank has requests only every 32 steps of a wave.
     first_finish_s = _dp_run([(300, 5, 0.0)]).requests[0].finish_s

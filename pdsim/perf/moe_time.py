@@ -301,13 +301,22 @@ class MoELayerModel:
         self._link = (bw_gbps, latency_ns)
         self._cache.clear()
         note = (f"MoE dispatch/combine modelled (all-gather + reduce-scatter ring over {where}, "
-                f"{bw_gbps:g} GB/s, {latency_ns:g} ns), not measured")
+                f"{bw_gbps:g} GB/s, {latency_ns:g} ns), not measured{self._group_size_caveat()}")
         if self._dispatch_bytes_per_token != self._bytes_per_token:
             note += (f"; the all-gather carries fp8 hidden states and their scales "
                      f"({self._dispatch_bytes_per_token:g} bytes a token, as vLLM 0.19 quantises them for its "
                      "fp8 expert kernel before the dispatch), the reduce-scatter the activations' dtype")
         self.notes.append(note)
         return note
+
+    def _group_size_caveat(self) -> str:
+        """The one measured MoE run this pricing was checked on is a DP 2 group; two readings that both fit it part
+        by 14% on a DP 4 group's TPOT (docs/moe.md), so a group of another size is told so."""
+        size = self.placement.dp_size
+        if size == 2:
+            return ""
+        return (f", and checked on a DP group of 2 ranks only (this one has {size}): two readings that both fit that "
+                "run put a DP 4 group's TPOT 14% apart (docs/moe.md, \"What the agreement rests on\")")
 
     def active_experts(self, group_tokens: float) -> float:
         return self.moe.expected_active_experts(group_tokens, self.local_experts)
