@@ -454,7 +454,7 @@ def device_board(device_name: str, hardware: str) -> str | None:
 
 def is_gpu_slice(device_name: str) -> bool:
     """A device name of a Multi-Instance GPU slice ("NVIDIA H100 80GB HBM3 MIG 3g.40gb")."""
-    return _MIG.search(device_name) is not None
+    return _MIG.search(_spaced(device_name)) is not None
 
 
 def board_family(board: str) -> str | None:
@@ -499,7 +499,8 @@ BOARD_BANDWIDTH_SLACK = 0.02
 
 
 def _bandwidth_of(board: str, mem_bw_gbps: float) -> bool:
-    return abs(mem_bw_gbps / HARDWARE[board].mem_bw_gbps - 1) <= BOARD_BANDWIDTH_SLACK
+    datasheet = HARDWARE[board].mem_bw_gbps
+    return abs(mem_bw_gbps - datasheet) <= BOARD_BANDWIDTH_SLACK * datasheet + 1e-9  # 2% of 2000 is within
 
 
 def _memory_of(board: str, mem_size_gb: float) -> bool:

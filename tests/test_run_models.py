@@ -334,7 +334,8 @@ def test_an_h100_of_94_gb_is_the_nvl_board(tmp_path, gpu, mem_size, outcome):
     result = simulate(cfg, [TraceRequest(0, 100, 4, 0)])
     assert result.infos[0].hardware == "H100-NVL"
     notes = " ".join(result.instances[0].predictor.notes)
-    said = ("H100 taken as H100-NVL, not H100-SXM: the profile was measured on 'NVIDIA H100 NVL'" if gpu else
+    said = ("H100 taken as H100-NVL, not H100-SXM: the profile was measured on 'NVIDIA H100 NVL' ("
+            f"{tmp_path / 'profile' / 'tp4'}), and npu_mem.mem_size 94 GB is the H100-NVL's memory" if gpu else
             "H100 taken as H100-NVL, not H100-SXM: npu_mem.mem_size 94 GB is the H100-NVL's memory (94 GB), not "
             "the H100-SXM's (80 GB)")
     assert said in notes
@@ -460,6 +461,8 @@ def test_an_a100_of_40_gb_is_the_40_gb_board_and_a_mig_slice_no_board():
     # A Multi-Instance GPU slice is no board: its name is not read as the whole GPU's, nor a profile's device.
     assert canonical_hardware_name("NVIDIA A100-SXM4-80GB MIG 3g.40gb") == "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
     assert device_board("NVIDIA H100 80GB HBM3 MIG 3g.40gb", "H100") is None
+    assert device_board("NVIDIA_H100_80GB_HBM3_MIG_3g.40gb", "H100") is None  # '_' for spaces too
+    assert canonical_hardware_name("NVIDIA_A100-SXM4-80GB_MIG_1g.10gb") == "NVIDIA_A100-SXM4-80GB_MIG_1g.10gb"
     assert canonical_hardware_name("XA100 PCIe") == "XA100 PCIe"  # a board's name, not a longer word's part
 
 
@@ -485,6 +488,7 @@ def test_a_family_name_with_a_boards_memory_bandwidth_is_that_board():
     assert instance("A100-PCIe", 80, 2039).hardware == "A100-PCIe-80GB"
     assert _memory_board_note(instance("H100", 80, 3350)) == ""
     assert instance("H100", 94, 2000).hardware == "H100-NVL"  # the memory names the board first
+    assert instance("H100", 80, 1960).hardware == "H100-PCIe"  # 2% under its 2000 GB/s, to the edge
 
 
 @pytest.mark.skipif(not RUN.is_dir(), reason="needs ../shared")

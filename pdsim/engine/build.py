@@ -308,8 +308,7 @@ def _recorded_board(ic: InstanceConfig, meta: ProfileMeta, where: str) -> tuple[
     if board is not None and board == ic.hardware and board != canonical_hardware_name(ic.hardware_given):
         # The config's memory chose this board (_board_by_memory), and the device agrees.
         return ic, (f"hardware {ic.hardware_given} taken as {board}, not {canonical_hardware_name(ic.hardware_given)}: "
-                    f"the profile was measured on {device!r} ({meta.path}), and npu_mem (mem_size "
-                    f"{ic.npu_mem.mem_size:g} GB, mem_bw {ic.npu_mem.mem_bw:g} GB/s) is that board's"), True
+                    f"the profile was measured on {device!r} ({meta.path}), and {_board_chosen_by(ic)}"), True
     if board is None and isinstance(device, str) and device.strip() and named not in HARDWARE:
         return ic, (f"the profile records its device as {device!r} ({meta.path}), which pdsim cannot tell as a GPU "
                     f"it knows: its step times are taken as {ic.hardware}'s"), False
@@ -336,14 +335,19 @@ def _memory_board_note(ic: InstanceConfig) -> str:
     mem = ic.npu_mem
     if ic.hardware == default or family_board(ic.hardware_given, mem.mem_size, mem.mem_bw) != ic.hardware:
         return ""
-    spec, other = get_hardware(ic.hardware), get_hardware(default)
+    return f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: {_board_chosen_by(ic)}"
+
+
+def _board_chosen_by(ic: InstanceConfig) -> str:
+    """Which of npu_mem's figures made _board_by_memory take the instance's board for its name's default: the
+    memory where the two boards' differ, else the bandwidth."""
+    default = canonical_hardware_name(ic.hardware_given)
+    spec, other, mem = get_hardware(ic.hardware), get_hardware(default), ic.npu_mem
     if spec.mem_size_gb != other.mem_size_gb:
-        why = (f"npu_mem.mem_size {mem.mem_size:g} GB is the {ic.hardware}'s memory ({spec.mem_size_gb:g} GB), not the "
-               f"{default}'s ({other.mem_size_gb:g} GB)")
-    else:
-        why = (f"npu_mem.mem_bw {mem.mem_bw:g} GB/s is the {ic.hardware}'s memory bandwidth ({spec.mem_bw_gbps:g} "
-               f"GB/s), not the {default}'s ({other.mem_bw_gbps:g} GB/s)")
-    return f"hardware {ic.hardware_given} taken as {ic.hardware}, not {default}: {why}"
+        return (f"npu_mem.mem_size {mem.mem_size:g} GB is the {ic.hardware}'s memory ({spec.mem_size_gb:g} GB), not "
+                f"the {default}'s ({other.mem_size_gb:g} GB)")
+    return (f"npu_mem.mem_bw {mem.mem_bw:g} GB/s is the {ic.hardware}'s memory bandwidth ({spec.mem_bw_gbps:g} "
+            f"GB/s), not the {default}'s ({other.mem_bw_gbps:g} GB/s)")
 
 
 def _profile_hardware_mismatch(measured_on: str, named: str) -> str | None:
