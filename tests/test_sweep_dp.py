@@ -112,3 +112,18 @@ def test_search_over_dp1_and_dp8_decode_returns_both(tmp_path):
     both_prefill_bound = dp8.est_bottleneck == tp8.est_bottleneck == "prefill"
     assert both_prefill_bound or dp8.est_capacity_req_s != tp8.est_capacity_req_s
     assert (tmp_path / "q" / "configs" / "1P1D-tp8-dp8xtp1.json").exists()
+
+
+def test_ep_decode_says_the_expert_parallel_size_a_moe_instance_without_ep_size_runs(tmp_path):
+    # Without ep_size a MoE instance runs LLMServingSim's default, ep_size = tp_size; the column said 1.
+    import json
+
+    raw = json.loads(DEEPSEEK.read_text())
+    for node in raw["nodes"]:
+        for inst in node["instances"]:
+            inst.pop("ep_size", None)
+    (tmp_path / "c.json").write_text(json.dumps(raw))
+    variant = expand(load_cluster_config(tmp_path / "c.json"), 16, tp_prefill=[8], tp_decode=[8], dp_decode=[1],
+                     colocated=False)[0]
+    decode = variant.config().instances()[1].config
+    assert decode.ep_size is None and variant.ep_decode == decode.effective_ep_size() == 8

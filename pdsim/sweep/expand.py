@@ -40,13 +40,16 @@ class Variant:
 
     @property
     def ep_decode(self) -> int:
-        """Expert-parallel size of a decode (for colocated: every) instance; 1 where the experts are split
-        over each GPU's tensor slices (vLLM's default, and any dense model)."""
+        """Expert-parallel size of a decode (for colocated: every) instance as it runs (a MoE instance without
+        ep_size runs LLMServingSim's default, ep_size = tp_size; InstanceConfig.effective_ep_size); 1 where the
+        experts are split over each GPU's tensor slices (ep_size 1, vLLM's default) and for any dense model."""
         role = None if self.colocated else "decode"
         for node in self.raw["nodes"]:
             for inst in node["instances"]:
                 if inst.get("pd_type") == role:
-                    return inst.get("ep_size") or 1
+                    if inst.get("ep_size") is not None:
+                        return inst["ep_size"]
+                    return inst["tp_size"] if load_model(inst["model_name"]).is_moe else 1
         return 1
 
     @property
@@ -147,7 +150,8 @@ def colocated_from_pd(base: ClusterConfig) -> tuple[dict[str, Any], str | None]:
 def _instance(template: dict[str, Any], pd_type: str | None, tp: int, pp: int = 1, dp_group: str | None = None,
               ep_size: int | None = None) -> dict[str, Any]:
     """A copy of the template as one instance of `pp` stages of `tp` GPUs. Outside a DP group the experts
-    are split over a stage's GPUs: the template's ep_size capped at tp (None stays vLLM's default)."""
+    are split over a stage's GPUs: the template's ep_size capped at tp (None stays None, which runs as ep_size =
+    tp_size, LLMServingSim's default; the run says vLLM's differs)."""
     inst = copy.deepcopy(template)
     if dp_group is None and ep_size is None and inst.get("ep_size") is not None:
         ep_size = min(inst["ep_size"], tp)
