@@ -282,6 +282,11 @@ def test_a_bundled_estimate_made_for_a_bf16_cache_is_estimated_afresh_for_an_fp8
     # A bf16 (or same-sized fp16) cache still reads the saved profile, so bf16 runs do not move.
     assert load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="bfloat16").meta.path == saved.meta.path
     assert load_or_estimate("H100-SXM", model, "bfloat16", 1, kv_dtype="float16").meta.path == saved.meta.path
+    # Given by --profile-dir, it is set aside with a word: the user asked for that one.
+    said: list[str] = []
+    load_or_estimate("H100-SXM", model, "bfloat16", 1, profile_dir=saved.meta.path, kv_dtype="fp8", said=said)
+    assert said == [f"the estimated profile {saved.meta.path} was made for a bfloat16 KV cache; the instance's is "
+                    "fp8, so its step times are estimated afresh for that cache"]
 
 
 def test_the_kv_note_of_an_auto_cache_names_the_dtype_it_resolves_to(tmp_path):

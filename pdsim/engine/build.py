@@ -119,11 +119,12 @@ def build_instance(
     # The model as this instance's GPUs hold it: MXFP4 experts padded for the GPU's kernel, and the KV cache
     # of an engine with a KV connector.
     held = model.on_gpu(ic.hardware, placement.expert_tp).in_engine(ic.pd_type)
+    set_aside: list[str] = []  # a given estimated profile made for another KV cache (load_or_estimate)
     try:
         profile = load_or_estimate(
             ic.hardware, model, ic.dtype, ic.tp_size,
             root=opts.profiles_root, profile_dir=opts.profile_dir or ic.profile_dir, mem_bw_gbps=ic.npu_mem.mem_bw,
-            quantization=ic.quantization, kv_dtype=ic.kv_dtype,
+            quantization=ic.quantization, kv_dtype=ic.kv_dtype, said=set_aside,
         )
     except ProfileError as exc:
         # A profile looked up by the instance's hardware names that field; a given one (--profile-dir, the
@@ -171,6 +172,7 @@ def build_instance(
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
     elif (note := mem_bw_note(ic)) is not None:
         predictor.notes.append(note)
+    predictor.notes.extend(set_aside)
     if board_note:
         predictor.notes.append(board_note)
     if ic.tp_size > 1 and cfg.link_bw_per_dim is None:  # LLMServingSim broadcasts a scalar to its TP dimension too

@@ -317,6 +317,7 @@ def load_or_estimate(
     mem_bw_gbps: float | None = None,
     quantization: str | None = None,
     kv_dtype: str | None = None,
+    said: list[str] | None = None,
 ) -> Profile:
     """The profile on disk for this instance, else one estimated from the hardware spec.
 
@@ -324,11 +325,16 @@ def load_or_estimate(
     datasheet's; an estimated profile on disk (built from the datasheet) is then estimated afresh.
     quantization: looked up under <precision_key>/ (profiles/<hw>/<model>/fp8/tp<N>); kv_dtype: the
     KV cache's dtype, which an estimate reads attention at (a measured profile on disk is used as measured;
-    an estimated one made for another cache is estimated afresh, _estimated_for).
+    an estimated one made for another cache is estimated afresh, _estimated_for). said: where a given
+    profile_dir's estimate is set aside so, why is appended to it (a bundled one is set aside without a word:
+    the run says its step times are estimated either way).
     """
     key = precision_key(dtype, quantization)
     found = find_profile(hardware_name, model.name, key, tp, root=root, profile_dir=profile_dir)
     if found is not None and found.estimated and not _estimated_for(found.meta, dtype, kv_dtype):
+        if profile_dir is not None and said is not None:
+            said.append(f"the estimated profile {found.meta.path} was made for a {found.meta.dtype} KV cache; the "
+                        f"instance's is {kv_dtype}, so its step times are estimated afresh for that cache")
         found = None
     spec = get_hardware(hardware_name)
     if spec is not None and mem_bw_gbps is not None and mem_bw_gbps != spec.mem_bw_gbps:
