@@ -256,6 +256,11 @@ def test_a_dp_group_whose_experts_split_unevenly_runs_each_rank_on_its_own_exper
     assert any(n.startswith(said) for n in instances[0].predictor.notes)
     res = simulate(cfg, trace([(300, 10, i * 0.05) for i in range(16)]), SimOptions())
     assert all(r.status == "finished" for r in res.requests)
+    # validate --kv-capacity measured gives all ranks the one recorded figure: it says so for such a group alone.
+    from pdsim.validate.recorded import _uneven_dp_experts
+
+    even = {**rank, "ep_size": 4}
+    assert _uneven_dp_experts(cfg) and not _uneven_dp_experts(cluster_config_from_dict(_cluster(*[even] * 4)))
 
 
 # ---------------------------------------------------------------- expert layer time

@@ -987,7 +987,24 @@ def kv_override(run: MeasuredRun, cfg: ClusterConfig, opts: SimOptions, engine_l
         _check_holds_longest(run, kv, _kv_window(cfg)[0])
         opts.kv_gpu_blocks = {ref.instance_id: kv.num_gpu_blocks * kv.block_size // ref.config.block_size
                               for ref in cfg.instances()}
+        if _uneven_dp_experts(cfg):
+            run.notes.append("NOTE: --kv-capacity measured gives every DP rank the one capacity the run recorded, "
+                             "where its ranks hold unequal expert shares (an uneven split) and vLLM gave those "
+                             "holding fewer experts more blocks")
     return kv
+
+
+def _uneven_dp_experts(cfg: ClusterConfig) -> bool:
+    """Whether a DP group of the config splits a MoE model's experts unevenly over its ranks, so that their
+    weights, and with them the KV capacities vLLM gives them, differ."""
+    from pdsim.models import load_model
+
+    for refs in cfg.dp_groups().values():
+        ic = refs[0].config
+        model = load_model(ic.model_name)
+        if model.is_moe and ic.expert_placement(len(refs)).uneven(model.moe.num_experts):
+            return True
+    return False
 
 
 def _check_fits_memory(kv: MeasuredKV, cfg: ClusterConfig) -> None:
