@@ -16,8 +16,9 @@ import pandas as pd
 
 from pdsim.bundled import InputFile, InputFolder, bundled_path
 from pdsim.cli_checks import OutputFile, existing_folder, number_in, slo_ms, unused_options, vllm_int_option
-from pdsim.config.base import ROUTER_POLICIES
+from pdsim.config.base import MEM_UTIL_OVERRIDE, ROUTER_POLICIES
 from pdsim.errors import ConfigError, PdsimError, ProfileError
+from pdsim.llmservingsim_keys import KV_CACHE_DTYPES
 from pdsim.text import did_you_mean
 from pdsim.workload.readers import dataset_options
 
@@ -128,6 +129,22 @@ def cli() -> None:
               callback=number_in(0, 1, low_open=True, what="a fraction"),
               help="Override for all instances: vLLM's share of CUDA-visible memory for weights, activations and "
                    "KV (not with LLMServingSim's npu_mem.mem_util).  [default: config, else 0.9]")
+@click.option("--npu-memory-utilization", "mem_util", type=float, default=None,
+              callback=number_in(0, 1, low_open=True, what="a fraction"),
+              help="Override for all instances: LLMServingSim's npu_mem.mem_util, KV = mem_size x it - weights (its "
+                   "rule, whose published values are calibrated to it; not vLLM's --gpu-memory-utilization).  "
+                   "[default: config, else vLLM's accounting]")
+@click.option("--kv-cache-dtype", type=click.Choice(sorted(KV_CACHE_DTYPES)), default=None,
+              help="Override for all instances: vLLM's --kv-cache-dtype.  [default: config, else auto]")
+@click.option("--long-prefill-token-threshold", type=int, default=None,
+              callback=number_in(0, 10**9, what="a token count"),
+              help="Override for all instances: vLLM's cap on one request's prefill chunk per step (0: none).  "
+                   "[default: config, else 0]")
+@click.option("--scheduler-reserve-full-isl/--no-scheduler-reserve-full-isl",
+              "--reserve-full-isl/--no-reserve-full-isl", "scheduler_reserve_full_isl", default=None,
+              help="Override for all instances: admit a waiting request only when its whole sequence fits the free KV "
+                   "blocks, not just its first chunk (vLLM 0.19's --scheduler-reserve-full-isl; LLMServingSim's "
+                   "--reserve-full-isl; off models vLLM 0.18 and older).  [default: config, else on, as vLLM 0.19]")
 @click.option("--kv-cache-memory-bytes", default=None, callback=vllm_int_option,
               help="Override for all instances: vLLM's KV cache size per GPU, e.g. 4G, instead of what the "
                    "utilization leaves.  [default: config, else the memory rule]")
@@ -169,7 +186,9 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
             profiles_root: Path | None, max_num_seqs: int | None, max_num_batched_tokens: int | None,
             block_size: int | None, enable_chunked_prefill: bool | None, dtype: str | None,
             async_scheduling: bool | None, enable_prefix_caching: bool | None, gpu_memory_utilization: float | None,
-            kv_cache_memory_bytes: int | None, disable_custom_all_reduce: bool | None,
+            mem_util: float | None, kv_cache_dtype: str | None, long_prefill_token_threshold: int | None,
+            scheduler_reserve_full_isl: bool | None, kv_cache_memory_bytes: int | None,
+            disable_custom_all_reduce: bool | None,
             allreduce_rms_fusion: bool | None, step_overhead_us: float, step_time_margin_pct: float,
             max_sim_time: float | None, log_interval: float | None, ttft_mode: str, slo_ttft_ms: float | None,
             slo_tpot_ms: float | None, plot: bool, quiet: bool, debug: bool) -> None:
@@ -208,7 +227,12 @@ def run_cmd(cluster_config: Path, dataset: Path | None, dataset_format: str | No
                  "block_size": block_size, "enable_chunked_prefill": enable_chunked_prefill, "dtype": dtype,
                  "async_scheduling": async_scheduling, "enable_prefix_caching": enable_prefix_caching,
                  "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_memory_bytes": kv_cache_memory_bytes,
-                 "disable_custom_all_reduce": disable_custom_all_reduce, "allreduce_rms_fusion": allreduce_rms_fusion}
+                 "disable_custom_all_reduce": disable_custom_all_reduce, "allreduce_rms_fusion": allreduce_rms_fusion,
+                 "kv_cache_dtype": kv_cache_dtype, "long_prefill_token_threshold": long_prefill_token_threshold,
+                 "scheduler_reserve_full_isl": scheduler_reserve_full_isl, MEM_UTIL_OVERRIDE: mem_util}
+    if mem_util is not None and gpu_memory_utilization is not None:
+        raise PdsimError("--npu-memory-utilization (LLMServingSim's rule, KV = mem_size x it - weights) and "
+                         "--gpu-memory-utilization (vLLM's accounting): give one")
     given = ", ".join(option_shown(k, v) for k, v in overrides.items() if v is not None)
     try:
         cfg = load_cluster_config(cluster_config, overrides, from_command_line=True)

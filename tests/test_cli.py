@@ -560,3 +560,53 @@ def test_a_missing_profile_says_how_a_measured_one_is_found_and_an_unknown_model
     res = pdsim("profile", "estimate", "--hardware", "L40S", "--model", "foo/bar", "--out", str(tmp_path / "p"))
     assert res.returncode == 2
     assert "for another model give its Hugging Face config.json with --model-config" in res.stderr
+
+
+LSS_4090 = REPO.parent / "shared" / "data" / "llmservingsim-configs" / "rtx4090_single_instance.json"
+
+
+@pytest.mark.skipif(not LSS_4090.is_file(), reason="needs ../shared")
+def test_llmservingsims_run_flags_are_taken_with_its_meaning(tmp_path, capsys):
+    # A switching user's --npu-memory-utilization was refused with "did you mean --gpu-memory-utilization", vLLM's
+    # knob of another rule: its configs' mem_util (0.833919 here) is calibrated to KV = mem_size x it - weights.
+    from pdsim.cli import main
+
+    def run(*options: str) -> tuple[int, str, dict]:
+        out = tmp_path / "r.csv"
+        try:
+            main(["--cluster-config", str(LSS_4090), "--dataset", str(TRACE), "--num-requests", "5", "--quiet",
+                  "--output", str(out), *options])
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        summary = json.loads(out.with_name("r_summary.json").read_text()) if code == 0 else {}
+        return code, capsys.readouterr().err, summary
+
+    code, err, summary = run("--npu-memory-utilization", "0.8", "--kv-cache-dtype", "fp8",
+                             "--long-prefill-token-threshold", "512", "--no-reserve-full-isl")
+    assert code == 0, err
+    assert ("note: --npu-memory-utilization 0.8 replaces the npu_mem.mem_util of nodes[0].instances[0] (0.833919)"
+            in err)
+    _, _, default = run()
+    # LLMServingSim's rule at 0.8 rather than the config's 0.833919: 24 GiB x the share, less the same weights.
+    ours, theirs = summary["instances"][0], default["instances"][0]
+    assert ours["kv_rule"] == theirs["kv_rule"] == "llmservingsim"
+    assert ours["kv_capacity_gb"] == pytest.approx(24 * 0.8 - (24 * 0.833919 - theirs["kv_capacity_gb"]), abs=0.01)
+    assert ours["kv_cache_dtype"] == "fp8" and theirs["kv_cache_dtype"] != "fp8"
+    code, err, _ = run("--npu-memory-utilization", "0.8", "--gpu-memory-utilization", "0.9")
+    assert code == 2 and "give one" in err
+
+
+def test_the_scheduler_flags_reach_every_instance(monkeypatch, tmp_path):
+    # vLLM's and LLMServingSim's names of one switch, and the chunk cap: each sets its instance key.
+    import pdsim.config
+    from pdsim.cli import main
+
+    built = []
+    load = pdsim.config.load_cluster_config
+    monkeypatch.setattr(pdsim.config, "load_cluster_config", lambda *a, **k: built.append(load(*a, **k)) or built[-1])
+    for flag, reserve in (("--no-reserve-full-isl", False), ("--scheduler-reserve-full-isl", True)):
+        main(["--cluster-config", str(PD_CONFIG), "--dataset", str(TRACE), "--num-requests", "3", "--quiet",
+              "--output", str(tmp_path / "r.csv"), flag, "--long-prefill-token-threshold", "256"])
+        assert {(ref.config.scheduler_reserve_full_isl, ref.config.long_prefill_token_threshold)
+                for ref in built[-1].instances()} == {(reserve, 256)}

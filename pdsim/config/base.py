@@ -63,6 +63,8 @@ OVERRIDABLE_KEYS = (
 # An override that sets gpu_memory_utilization in place of npu_mem.mem_util (validate: a config whose mem_util is
 # the measured engine's own argument, not a figure calibrated to LLMServingSim's rule).
 UTILIZATION_OVER_MEM_UTIL = "gpu_memory_utilization_over_mem_util"
+# An override of npu_mem.mem_util (LLMServingSim's --npu-memory-utilization), a key nested in npu_mem.
+MEM_UTIL_OVERRIDE = "mem_util"
 
 
 def _fmt(value: Any) -> str:

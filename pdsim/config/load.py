@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pdsim.config.base import OVERRIDABLE_KEYS, UTILIZATION_OVER_MEM_UTIL, _fmt
+from pdsim.config.base import MEM_UTIL_OVERRIDE, OVERRIDABLE_KEYS, UTILIZATION_OVER_MEM_UTIL, _fmt
 from pdsim.config.models import ClusterConfig
 from pdsim.errors import ConfigError, PdsimError, read_json_object
 from pdsim.llmservingsim_keys import RENAMED_KEYS, noted_keys
@@ -122,6 +122,7 @@ def _apply_overrides(raw: Any, overrides: dict[str, object]) -> dict[str, list[s
     """Set the overrides on every instance; per key, the instances (and values) whose own other value each replaced."""
     overrides = dict(overrides)
     engine_util = overrides.pop(UTILIZATION_OVER_MEM_UTIL, None)
+    mem_util = overrides.pop(MEM_UTIL_OVERRIDE, None)
     unknown = sorted(set(overrides) - set(OVERRIDABLE_KEYS))
     if unknown:
         raise ConfigError(f"cannot override {', '.join(unknown)}; overridable: {', '.join(OVERRIDABLE_KEYS)}")
@@ -139,6 +140,11 @@ def _apply_overrides(raw: Any, overrides: dict[str, object]) -> dict[str, list[s
             if isinstance(inst.get("npu_mem"), dict):
                 inst["npu_mem"].pop("mem_util", None)
             inst["gpu_memory_utilization"] = engine_util
+        if mem_util is not None and isinstance(inst.get("npu_mem"), dict):  # else the config's own error says it
+            own = inst["npu_mem"].get("mem_util")
+            if own is not None and own != mem_util:
+                replaced.setdefault(MEM_UTIL_OVERRIDE, []).append(f"{where} ({_fmt(own)})")
+            inst["npu_mem"]["mem_util"] = mem_util
     return replaced
 
 
@@ -200,12 +206,17 @@ def load_cluster_config(path: str | Path, overrides: dict[str, object] | None = 
         print(f"note: {path}: {', '.join(untyped[:3])}{' ...' if len(untyped) > 3 else ''}: no pd_type, read as null "
               "(colocated, prefill and decode); LLMServingSim requires the key", file=sys.stderr)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    said = [f"{option_shown(key, given[key])} replaces the {key} of {', '.join(where)} in the config "
+    said = [f"{option_shown(key, given[key])} replaces the {_config_key(key)} of {', '.join(where)} in the config "
             "(pdsim's options apply to every instance; LLMServingSim's keep an instance's own value)"
             for key, where in replaced.items()] if from_command_line else []
     for note in dict.fromkeys([*said, *(_command_line_note(n, given) for n in [*noted_keys(raw), *_model_notes(cfg)])]):
         print(f"note: {note}" if note.startswith("--") else f"note: {path}: {note}", file=sys.stderr)
     return cfg
+
+
+def _config_key(key: str) -> str:
+    """An override's key as the config writes it (mem_util is npu_mem's)."""
+    return "npu_mem.mem_util" if key == MEM_UTIL_OVERRIDE else key
 
 
 def _command_line_note(note: str, given: dict[str, object]) -> str:
@@ -217,7 +228,7 @@ def _command_line_note(note: str, given: dict[str, object]) -> str:
 
 def option_shown(key: str, value: object) -> str:
     """The command-line option that set an instance key to `value`: a switch by the flag's name."""
-    option = f"--{key.replace('_', '-')}"
+    option = {MEM_UTIL_OVERRIDE: "--npu-memory-utilization"}.get(key, f"--{key.replace('_', '-')}")
     if isinstance(value, bool):  # the options are --x/--no-x pairs, some named the other way round
         on, off = {"enable-chunked-prefill": ("--enable-chunked-prefill", "--disable-chunked-prefill"),
                    "disable-custom-all-reduce": ("--disable-custom-all-reduce", "--enable-custom-all-reduce"),
