@@ -68,6 +68,22 @@ def cli() -> None:
     """
 
 
+def _llmservingsim_only_flags(command: Callable) -> Callable:
+    """LLMServingSim's run flags of features pdsim does not model (its OFF_ONLY_KEYS): hidden, and refused with
+    the reason when given, as the same instance keys are, rather than as options no simulator has."""
+    from pdsim.llmservingsim_keys import OFF_ONLY_KEYS
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            raise PdsimError(f"{param.opts[0]}: LLMServingSim's switch of a feature pdsim does not simulate "
+                             f"({OFF_ONLY_KEYS[param.name]}); pdsim runs it off")
+
+    for key in OFF_ONLY_KEYS:
+        command = click.option(f"--{key.replace('_', '-')}", key, is_flag=True, hidden=True, expose_value=False,
+                               callback=refuse)(command)
+    return command
+
+
 @cli.command("run")
 @click.option("--cluster-config", required=True, type=InputFile("cluster config"),
               help="Cluster config JSON (LLMServingSim format): a path, or the name of a bundled one "
@@ -145,6 +161,7 @@ def cli() -> None:
               help="Override for all instances: admit a waiting request only when its whole sequence fits the free KV "
                    "blocks, not just its first chunk (vLLM 0.19's --scheduler-reserve-full-isl; LLMServingSim's "
                    "--reserve-full-isl; off models vLLM 0.18 and older).  [default: config, else on, as vLLM 0.19]")
+@_llmservingsim_only_flags
 @click.option("--kv-cache-memory-bytes", default=None, callback=vllm_int_option,
               help="Override for all instances: vLLM's KV cache size per GPU, e.g. 4G, instead of what the "
                    "utilization leaves.  [default: config, else the memory rule]")

@@ -595,6 +595,10 @@ def test_llmservingsims_run_flags_are_taken_with_its_meaning(tmp_path, capsys):
     assert ours["kv_cache_dtype"] == "fp8" and theirs["kv_cache_dtype"] != "fp8"
     code, err, _ = run("--npu-memory-utilization", "0.8", "--gpu-memory-utilization", "0.9")
     assert code == 2 and "give one" in err
+    # Its switches of features pdsim does not simulate are refused with the reason, as the instance keys are.
+    code, err, _ = run("--enable-sub-batch-interleaving")
+    assert code == 2 and err.startswith("error: --enable-sub-batch-interleaving: LLMServingSim's switch of a feature "
+                                        "pdsim does not simulate (sub-batch interleaving is not modelled)")
 
 
 def test_the_scheduler_flags_reach_every_instance(monkeypatch, tmp_path):
