@@ -80,7 +80,7 @@ def _llmservingsim_only_flags(command: Callable) -> Callable:
 
     for key in OFF_ONLY_KEYS:
         command = click.option(f"--{key.replace('_', '-')}", key, is_flag=True, hidden=True, expose_value=False,
-                               callback=refuse)(command)
+                               callback=refuse, help=f"LLMServingSim's; refused: {OFF_ONLY_KEYS[key]}.")(command)
     return command
 
 
