@@ -12,8 +12,9 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,20 @@ from pdsim.workload.trace import ARRIVAL_RESOLUTION_S
 
 if TYPE_CHECKING:
     from pdsim.engine.dp_group import DPGroup
+
+# numpy's float sum adds fewer than this many values one after another from 0.0; from there on it sums pairwise.
+_NUMPY_PAIRWISE_FROM = 8
+
+
+def numpy_sum(values: Sequence[float]) -> float:
+    """float(np.sum(values)), bit for bit. A step's or a short run's times are a few floats, which a loop adds
+    several times faster than numpy's per-call cost (np.sum adds so few in the same order, from 0.0)."""
+    if len(values) >= _NUMPY_PAIRWISE_FROM:
+        return float(np.sum(values))
+    total = 0.0
+    for value in values:
+        total += value
+    return total
 
 
 class StepTimeModel:
@@ -107,10 +122,10 @@ class InstanceStats:
     def stage_busy_over_run_s(self) -> list[float]:
         return self.stage_busy_s if self.stage_busy_at_end_s is None else self.stage_busy_at_end_s
 
-    def add_itl_run(self, durations: np.ndarray, weight: int, first_weight: int) -> None:
+    def add_itl_run(self, durations: list[float], weight: int, first_weight: int) -> None:
         """A run of decode steps of `durations`, each giving a token to `weight` requests, the first
         to `first_weight` (those that were decoding before it)."""
-        self.itl_steps_s.frombytes(np.ascontiguousarray(durations, dtype=np.float64).tobytes())
+        self.itl_steps_s.extend(durations)
         self.itl_run_steps.append(len(durations))
         self.itl_run_weights.append(weight)
         self.itl_run_first_weights.append(first_weight)
@@ -167,16 +182,12 @@ class Instance:
         self.arrival_due: Callable[[], simpy.Event | None] = lambda: None
         self._wake: simpy.Event | None = None
         self._idle = False
-        self._run: tuple[float, np.ndarray, int] | None = None  # (start, step end offsets, batch size)
+        self._run: tuple[float, list[float], int] | None = None  # (start, step end offsets, batch size)
         self._run_later_blocks: int | None = None  # blocks the run's steps after its first take (allocated at its end)
-        # The run's step ends as floats, made when first needed: the router asks every instance of a large
-        # pool for its load on each request, and a bisect of a list is several times faster than numpy's
-        # searchsorted on one value (same answers: the list holds the same float64 values).
-        self._run_ends: list[float] | None = None
         self._run_plan: StepPlan | None = None  # the decision the run carries out
         self._not_picked_up: list[Request] = []  # arrived since the last decision
         # (end, durations) of the steps since the last decision; None: none since the engine idled
-        self._last_steps: tuple[float, np.ndarray] | None = None
+        self._last_steps: tuple[float, list[float]] | None = None
         # Starts of the last async_depth steps since the engine idled: async scheduling decided the
         # next step when the first of them started (vLLM had processed the step before it).
         self._step_starts: deque[float] = deque(maxlen=spec.async_depth)
@@ -211,9 +222,9 @@ class Instance:
         elapsed = self.env.now - start - within_s
         if elapsed < ends[0]:
             return 0
-        if self._run_ends is None:
-            self._run_ends = ends.tolist()
-        return bisect_right(self._run_ends, elapsed)
+        # A bisect of the list: the router asks every instance of a large pool for its load on each request,
+        # and numpy's searchsorted costs several times more on one value.
+        return bisect_right(ends, elapsed)
 
     @property
     def num_requests(self) -> int:
@@ -509,23 +520,23 @@ class Instance:
             if plan.prefill:
                 seconds = float(predictor.step_time_s(plan.chunks, plan.n_decode, plan.kv_decode_sum,
                                                       plan.kv_decode_max))
-                durations = np.array([seconds])
+                durations = [seconds]
                 self.on_prefill_step(self, plan, start, seconds)
                 yield env.timeout(seconds)
                 steps = 1
             elif plan.max_steps == 1:
-                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1, plan.kv_decode_max)
-                yield env.timeout(float(durations[0]))
+                durations = predictor.decode_run_s(plan.n_decode, plan.kv_decode_sum, 1, plan.kv_decode_max).tolist()
+                yield env.timeout(durations[0])
                 steps = 1
             else:
+                # As Python floats from here on: numpy's per-call cost exceeds the arithmetic on a short run.
                 durations = predictor.decode_run_s(
-                    plan.n_decode, plan.kv_decode_sum, plan.max_steps, plan.kv_decode_max)
-                ends = durations.cumsum()  # the method: np.cumsum's dispatch costs more than the sum of a short run
+                    plan.n_decode, plan.kv_decode_sum, plan.max_steps, plan.kv_decode_max).tolist()
+                ends = list(accumulate(durations))  # np.cumsum's sums: one after another
                 self._run = (start, ends, plan.n_decode)
                 self._run_later_blocks = None  # found when first needed (has_room_for)
-                self._run_ends = None
                 self._run_plan = plan
-                yield self._run_or_wake(float(ends[-1]))
+                yield self._run_or_wake(ends[-1])
                 self._wake = None
                 steps = plan.max_steps
                 elapsed = env.now - start
@@ -535,7 +546,7 @@ class Instance:
                     # (A step that ended within the trace's resolution before the wake-up ends the run: what
                     # woke it came at that step's end.)
                     steps = min(self._run_steps_done(ARRIVAL_RESOLUTION_S) + 1, plan.max_steps)
-                    yield env.timeout(max(start + float(ends[steps - 1]) - env.now, 0.0))
+                    yield env.timeout(max(start + ends[steps - 1] - env.now, 0.0))
                     durations = durations[:steps]
                 self._run = None
             self._after_steps(plan, durations, steps)
@@ -568,7 +579,7 @@ class Instance:
     def _group_step(self, plan: StepPlan, seconds: float) -> Generator[simpy.Event, object, None]:
         """One lock-step DP-group step of `seconds` (pdsim/engine/dp_group.py); an empty plan is a
         dummy batch."""
-        durations = np.array([seconds])
+        durations = [seconds]
         if plan.prefill:
             self.on_prefill_step(self, plan, self.env.now, seconds)
         # A rank without work runs a dummy batch and waits in the MoE collectives for the ranks with work: busy.
@@ -590,28 +601,29 @@ class Instance:
         ends = [self.env.now]
         if self._last_steps is not None:
             end, durations = self._last_steps
-            ends = (end - float(durations.sum()) + durations.cumsum()).tolist() + ends
+            first_start = end - numpy_sum(durations)
+            ends = [first_start + offset for offset in accumulate(durations)] + ends
         # bisect_left is np.searchsorted's binary search (side 'left'), without numpy's per-call cost.
         for req in self._not_picked_up:
             at = bisect_left(ends, req.queued_s - ARRIVAL_RESOLUTION_S)
             req.picked_up_s = max(ends[min(at, len(ends) - 1)], req.queued_s)
         self._not_picked_up.clear()
 
-    def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
+    def _after_steps(self, plan: StepPlan, durations: list[float], steps: int) -> None:
         self._last_steps = (self.env.now, durations[:steps])
         if self.spec.async_scheduling:  # the last steps' starts, counted back from now
             starts, t = [], self.env.now
             for seconds in durations[:steps][::-1][:self.spec.async_depth]:
-                t -= float(seconds)
+                t -= seconds
                 starts.append(t)
             self._step_starts.extend(reversed(starts))
         outcome = self.sched.complete(plan, steps, self.env.now)
         self._poll_after_step()
-        busy_s = float(durations.sum())
+        busy_s = numpy_sum(durations)
         self.stats.busy_s += busy_s
-        self._count_steps(plan, durations, steps, outcome, self.env.now - busy_s + float(durations[0]))
+        self._count_steps(plan, durations, steps, outcome, self.env.now - busy_s + durations[0])
 
-    def _count_steps(self, plan: StepPlan, durations: np.ndarray, steps: int, outcome: StepOutcome,
+    def _count_steps(self, plan: StepPlan, durations: list[float], steps: int, outcome: StepOutcome,
                      end_of_first: float) -> None:
         """The bookkeeping of steps that ended (busy time aside: a pipeline's micro-batches overlap): tokens,
         ITL samples, a hand-off's first decode token (at `end_of_first`, the first step's end), finishes and
@@ -650,11 +662,11 @@ class Instance:
         if self._run is None or (done := self._run_steps_done()) == 0:
             return
         start, ends, _ = self._run
-        self.stats.busy_s += float(ends[done - 1])
+        self.stats.busy_s += ends[done - 1]
         # The bookkeeping of ended steps, with no outcome: a run finishes nothing before its last step, which the
         # clock cut (and snapshot() counts a run's decode tokens from the run itself).
-        self._count_steps(self._run_plan, np.diff(ends[:done], prepend=0.0), done, StepOutcome(),
-                          start + float(ends[0]))
+        self._count_steps(self._run_plan, np.diff(ends[:done], prepend=0.0).tolist(), done, StepOutcome(),
+                          start + ends[0])
         self.kv.peak_used = max(self.kv.peak_used, self.kv.used + self._run_blocks_ahead())
 
     # -- observation --------------------------------------------------------------------------

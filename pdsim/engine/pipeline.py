@@ -36,7 +36,6 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import simpy
 
 from pdsim.engine.cohort import DecodeCohort
@@ -383,7 +382,7 @@ class PipelinedInstance(Instance):
         if not batch.plan.empty:  # a DP rank's dummy batch changes nothing
             outcome = self.sched.complete_batch(batch, now)
             self.free_read_kv()
-            self._count_steps(batch.plan, np.array([now - batch.launched_s]), 1, outcome, now)
+            self._count_steps(batch.plan, [now - batch.launched_s], 1, outcome, now)
         self._last_steps = None  # inputs are taken in at every decision, which happen at launches and returns
         if not self.in_flight:
             self.stats.busy_s += now - self._busy_since
@@ -426,7 +425,7 @@ class AsyncPipelinedInstance(Instance):
         super().__init__(env, spec, predictor, num_blocks, max_decode_run_steps)
         self.stats.stage_busy_s = [0.0] * predictor.num_stages
 
-    def _after_steps(self, plan: StepPlan, durations: np.ndarray, steps: int) -> None:
+    def _after_steps(self, plan: StepPlan, durations: list[float], steps: int) -> None:
         chunks = plan.chunks
         for j in range(steps):  # the times were priced already: these lookups hit the predictor's cache
             stage_s = self.predictor.stage_times_s(chunks, plan.n_decode, plan.kv_decode_sum + j * plan.n_decode,
