@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from pdsim.errors import PdsimError, ProfileError
 from pdsim.hardware import get_hardware
 from pdsim.models import load_model
+from pdsim.perf import predictor as predictor_module
 from pdsim.perf.cli import estimate
 from pdsim.perf.estimate import estimate_meta, estimate_profile, estimate_rows, load_or_estimate
 from pdsim.perf.interp import ExtrapolationWarning, Table1D, Table2D, TableND
@@ -56,6 +57,16 @@ def test_table1d_exact_linear_and_extrapolation_warns_once():
     assert "tokens=6" in t.out_of_range
     xs = np.sort(np.array([1, 1.5, 3, 4, 6, -5]))
     np.testing.assert_allclose(t.eval_sorted(xs), [t(x) for x in xs], rtol=1e-12)
+
+
+def test_table1d_interp_inside_is_numpys_bit_for_bit():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        xs = np.unique(rng.integers(0, 100_000, rng.integers(1, 30))).astype(np.float64)
+        t = Table1D("t", xs, rng.random(xs.size) * 10.0 ** rng.integers(-3, 4))
+        points = np.concatenate([xs, rng.uniform(xs[0], xs[-1], 50)])
+        assert [t.interp_inside(float(x)) for x in points] == np.interp(points, t.xs, t.ys).tolist()
+        assert t.covers(xs[0], xs[-1]) and not t.covers(xs[0] - 1, xs[-1])
 
 
 def test_table2d_bilinear():
@@ -463,6 +474,19 @@ def test_decode_run_equals_step_time(llama8b, rtx, n, kv0, k):
             assert run.shape == (k,)
             np.testing.assert_allclose(run, one, rtol=1e-12, atol=0)
     assert pred.decode_run_s(n, kv0, 0).shape == (0,)
+
+
+def test_short_decode_runs_equal_the_vectorised_route_bit_for_bit(llama8b, rtx):
+    """Runs up to predictor._SCALAR_RUN_MAX_STEPS steps are priced one float at a time: the same values as the
+    vectorised route gives a longer run's first steps."""
+    long_run = predictor_module._SCALAR_RUN_MAX_STEPS + 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        for pred in _predictors(llama8b, rtx):
+            for n, kv0 in [(1, 0), (1, 17), (3, 3 * 999 + 2), (64, 64 * 120 + 5), (250, 250 * 4096), (7, 7 * 10**6)]:
+                whole = pred.decode_run_s(n, kv0, long_run).tolist()
+                for k in range(1, predictor_module._SCALAR_RUN_MAX_STEPS + 1):
+                    assert pred.decode_run_s(n, kv0, k).tolist() == whole[:k], (n, kv0, k)
 
 
 def test_step_time_composition_pdsim_format(llama8b, rtx):
