@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pdsim.engine.cluster import SimOptions, simulate
+from pdsim.engine.instance import numpy_sum
 from pdsim.metrics.summary import requests_frame, summarize
 from pdsim.models import load_model
 from pdsim.workload.generate import generate_requests
@@ -644,3 +645,12 @@ def test_a_timeline_of_too_many_samples_doubles_its_interval_and_says_so(monkeyp
     times = sorted({s.time_s for s in four.samples})
     gaps = np.round(np.diff(times), 9)
     assert gaps[:8].max() == pytest.approx(0.01) and gaps[10:18].min() == pytest.approx(0.02)
+
+
+def test_numpy_sum_is_np_sum_bit_for_bit():
+    """The instance sums step times in numpy's order of additions without numpy: the same floats."""
+    rng = np.random.default_rng(7)
+    for n in [*range(0, 300), 1000, 4096, 8191, 8192, 8193, 20_000]:
+        for _ in range(30 if n < 300 else 3):
+            values = rng.random(n) * 10.0 ** rng.integers(-6, 3, n)
+            assert numpy_sum(values.tolist()) == float(values.sum()), n

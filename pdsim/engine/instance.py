@@ -29,18 +29,35 @@ from pdsim.workload.trace import ARRIVAL_RESOLUTION_S
 if TYPE_CHECKING:
     from pdsim.engine.dp_group import DPGroup
 
-# numpy's float sum adds fewer than this many values one after another from 0.0; from there on it sums pairwise.
-_NUMPY_PAIRWISE_FROM = 8
+# numpy's pairwise summation of float64 (pairwise_sum in numpy/_core/src/umath/loops_utils.h.src): fewer than 8
+# values one after another from 0.0; up to 128 in 8 interleaved partial sums; longer stretches halved at a multiple
+# of 8.
+_PAIRWISE_LANES = 8
+_PAIRWISE_BLOCK = 128
 
 
-def numpy_sum(values: Sequence[float]) -> float:
-    """float(np.sum(values)), bit for bit. A step's or a short run's times are a few floats, which a loop adds
-    several times faster than numpy's per-call cost (np.sum adds so few in the same order, from 0.0)."""
-    if len(values) >= _NUMPY_PAIRWISE_FROM:
-        return float(np.sum(values))
-    total = 0.0
-    for value in values:
-        total += value
+def numpy_sum(values: Sequence[float], start: int = 0, count: int | None = None) -> float:
+    """float(np.sum(values[start:start + count])) for floats, bit for bit, by numpy's own order of additions. A step's
+    or a run's times are a few floats, which a loop adds several times faster than numpy's per-call cost (and than
+    making an array of them); tests/test_engine.py holds it to np.sum."""
+    n = len(values) - start if count is None else count
+    if n < _PAIRWISE_LANES:
+        total = 0.0
+        for i in range(start, start + n):
+            total += values[i]
+        return total
+    if n > _PAIRWISE_BLOCK:
+        half = n // 2
+        half -= half % _PAIRWISE_LANES
+        return numpy_sum(values, start, half) + numpy_sum(values, start + half, n - half)
+    lanes = list(values[start:start + _PAIRWISE_LANES])
+    whole = start + n - n % _PAIRWISE_LANES
+    for i in range(start + _PAIRWISE_LANES, whole, _PAIRWISE_LANES):
+        for lane in range(_PAIRWISE_LANES):
+            lanes[lane] += values[i + lane]
+    total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    for i in range(whole, start + n):
+        total += values[i]
     return total
 
 
@@ -186,7 +203,7 @@ class Instance:
         self._run_later_blocks: int | None = None  # blocks the run's steps after its first take (allocated at its end)
         self._run_plan: StepPlan | None = None  # the decision the run carries out
         self._not_picked_up: list[Request] = []  # arrived since the last decision
-        # (end, durations) of the steps since the last decision; None: none since the engine idled
+        # (start, durations) of the steps since the last decision; None: none since the engine idled
         self._last_steps: tuple[float, list[float]] | None = None
         # Starts of the last async_depth steps since the engine idled: async scheduling decided the
         # next step when the first of them started (vLLM had processed the step before it).
@@ -589,7 +606,7 @@ class Instance:
         if plan.empty:
             if dummy_busy:
                 self.stats.busy_s += seconds
-            self._last_steps = (self.env.now, durations)
+            self._last_steps = (self.env.now - seconds, durations)
             self._step_starts.append(self.env.now - seconds)
         else:
             self._after_steps(plan, durations, 1)
@@ -600,8 +617,7 @@ class Instance:
         # was there at that end (not before its own arrival, though).
         ends = [self.env.now]
         if self._last_steps is not None:
-            end, durations = self._last_steps
-            first_start = end - numpy_sum(durations)
+            first_start, durations = self._last_steps
             ends = [first_start + offset for offset in accumulate(durations)] + ends
         # bisect_left is np.searchsorted's binary search (side 'left'), without numpy's per-call cost.
         for req in self._not_picked_up:
@@ -610,16 +626,17 @@ class Instance:
         self._not_picked_up.clear()
 
     def _after_steps(self, plan: StepPlan, durations: list[float], steps: int) -> None:
-        self._last_steps = (self.env.now, durations[:steps])
+        """The `steps` steps whose times are `durations` (one each) have ended now."""
+        busy_s = numpy_sum(durations)
+        self._last_steps = (self.env.now - busy_s, durations)
         if self.spec.async_scheduling:  # the last steps' starts, counted back from now
             starts, t = [], self.env.now
-            for seconds in durations[:steps][::-1][:self.spec.async_depth]:
+            for seconds in durations[::-1][:self.spec.async_depth]:
                 t -= seconds
                 starts.append(t)
             self._step_starts.extend(reversed(starts))
         outcome = self.sched.complete(plan, steps, self.env.now)
         self._poll_after_step()
-        busy_s = numpy_sum(durations)
         self.stats.busy_s += busy_s
         self._count_steps(plan, durations, steps, outcome, self.env.now - busy_s + durations[0])
 
