@@ -26,6 +26,7 @@ import simpy
 from pdsim.config import KVTransferConfig
 from pdsim.engine.instance import Instance
 from pdsim.engine.kv_cache import blocks_for
+from pdsim.engine.link import Link
 from pdsim.engine.network import Network
 from pdsim.engine.request import Request
 from pdsim.engine.topology import Topology
@@ -73,6 +74,7 @@ class KVTransfers:
         # Both ends of a hand-off are P/D instances: their engines cache the model as one with a KV connector does.
         self.models = {name: model.with_connector_kv() for name, model in models.items()}
         self._final_steps: dict[int, _FinalStep] = {}  # request id -> its final prefill step
+        self._routes: dict[tuple[str, str], tuple[tuple[Link, ...], float]] = {}  # see _route
 
     @property
     def layerwise(self) -> bool:
@@ -89,11 +91,8 @@ class KVTransfers:
         total = kv_transfer_bytes(model, req.input_toks - req.decode_cached_tokens, src.spec.block_size,
                                   src.spec.kv_dtype or src.spec.dtype, dst.spec.tp, self.cfg.dtype)
         req.kv_bytes = total
-        path = self.topology.path(src, dst)
+        path, delay_after_s = self._route(src, dst, model)
         step = self._final_steps.pop(req.id, None)
-        reads = self.topology.reads_in_series(path, src, dst, mla=getattr(model, "mla", None) is not None)
-        fixed_s = transfer_fixed_cost_s(self.cfg, model, reads)
-        delay_after_s = self.topology.latency_s(path) + fixed_s
         if step is None:
             self.network.start(path, total, on_done, delay_after_s, endpoints=(src.id, dst.id))
             return
@@ -120,3 +119,15 @@ class KVTransfers:
                 self.network.feed(flow, fed_after(layer))
 
         self.env.process(feeder())
+
+    def _route(self, src: Instance, dst: Instance, model: ModelSpec) -> tuple[tuple[Link, ...], float]:
+        """The links from `src` to `dst`, and the delay after a transfer's last byte (the path's latency, the per-layer
+        and per-transfer costs): the same for every hand-off between the two, so found once per pair."""
+        key = (src.id, dst.id)
+        route = self._routes.get(key)
+        if route is None:
+            path = self.topology.path(src, dst)
+            reads = self.topology.reads_in_series(path, src, dst, mla=getattr(model, "mla", None) is not None)
+            route = (path, self.topology.latency_s(path) + transfer_fixed_cost_s(self.cfg, model, reads))
+            self._routes[key] = route
+        return route
