@@ -142,7 +142,7 @@ class InstanceStats:
     def add_itl_run(self, durations: list[float], weight: int, first_weight: int) -> None:
         """A run of decode steps of `durations`, each giving a token to `weight` requests, the first
         to `first_weight` (those that were decoding before it)."""
-        self.itl_steps_s.extend(durations)
+        self.itl_steps_s.fromlist(durations)
         self.itl_run_steps.append(len(durations))
         self.itl_run_weights.append(weight)
         self.itl_run_first_weights.append(first_weight)
