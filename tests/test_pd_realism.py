@@ -540,6 +540,11 @@ def test_the_transfer_defaults_are_said_where_the_config_leaves_them():
     fixed = cluster(instance("prefill"), instance("decode"), kv_transfer={"per_transfer_overhead_us": 5})
     assert any(n.startswith("KV hand-offs reach 73% of link_bw / nic_bw: pdsim's defaults")
                for n in profile_notes(run(fixed, rows)))
+    # A quantised wire format is a what-if: vLLM's connectors send the cache as it is stored.
+    wire = cluster(instance("prefill"), instance("decode"), kv_transfer={"dtype": "fp8"})
+    assert any(n.startswith("kv_transfer.dtype fp8: the KV is sent at 1 byte a value, a what-if")
+               for n in profile_notes(run(wire, rows)))
+    assert not any(n.startswith("kv_transfer.dtype") for n in profile_notes(pd_split))
 
 
 def test_under_async_scheduling_a_hand_off_is_seen_by_the_decision_after_the_step_it_came_in():

@@ -241,11 +241,13 @@ def _transfer_defaults_note(cfg: ClusterConfig, topology: Topology, senders: lis
         said.append(f"reach {kv.bandwidth_efficiency:.0%} of link_bw / nic_bw")
     if not given & {"per_layer_overhead_us", "per_transfer_overhead_us"}:
         said.append(f"pay {kv.per_layer_overhead_us:g} us per model layer")
-    if not said:
-        return []
-    return [f"KV hand-offs {' and '.join(said)}: pdsim's defaults, from Mooncake's measured transfers "
-            "(docs/pd_realism.md), where LLMServingSim moves KV at line rate; kv_transfer.bandwidth_efficiency and "
-            "per_layer_overhead_us set them"]
+    notes = [f"KV hand-offs {' and '.join(said)}: pdsim's defaults, from Mooncake's measured transfers "
+             "(docs/pd_realism.md), where LLMServingSim moves KV at line rate; kv_transfer.bandwidth_efficiency and "
+             "per_layer_overhead_us set them"] if said else []
+    if kv.dtype != "same":  # vLLM's NIXL and P2P NCCL connectors send the cache as it is stored
+        notes.append(f"kv_transfer.dtype {kv.dtype}: the KV is sent at 1 byte a value, a what-if: vLLM 0.19's "
+                     "connectors send the cache in the dtype it is stored in (kv_cache_dtype fp8 stores it so)")
+    return notes
 
 
 def _expert_parallel_default_note(cfg: ClusterConfig) -> list[str]:
