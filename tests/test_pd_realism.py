@@ -547,6 +547,22 @@ def test_the_transfer_defaults_are_said_where_the_config_leaves_them():
     assert not any(n.startswith("kv_transfer.dtype") for n in profile_notes(pd_split))
 
 
+def test_a_config_leaving_async_scheduling_out_is_told_vllms_default_differs():
+    # pdsim's default is synchronous (LLMServingSim's way); vLLM 0.14+ schedules asynchronously: a run that takes
+    # pdsim's default says so once, and one that sets the key (as a validate replay does) says nothing.
+    from pdsim.metrics.summary import profile_notes
+
+    rows = [(500, 4, 0.0)]
+    said = "async_scheduling not set, so off: pdsim's default, as LLMServingSim schedules; vLLM 0.14 and later"
+    unset = [n for n in profile_notes(run(cluster(instance("prefill"), instance("decode")), rows))
+             if n.startswith(said)]
+    assert len(unset) == 1
+    for value in (False, True):
+        notes = profile_notes(run(cluster(instance("prefill", async_scheduling=value),
+                                          instance("decode", async_scheduling=value)), rows))
+        assert not any(n.startswith("async_scheduling not set") for n in notes)
+
+
 def test_under_async_scheduling_a_hand_off_is_seen_by_the_decision_after_the_step_it_came_in():
     # vLLM's async engine took the decision for step k+1 while step k ran: a hand-off that reaches a decoding
     # engine during step k gets its blocks, and its read starts, at the decision for step k+2, a step later

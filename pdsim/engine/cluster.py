@@ -60,7 +60,7 @@ class Cluster:
         self.kv_transfers = KVTransfers(env, cfg.kv_transfer, self.topology, self.network, self.models)
         self.notes = _transfer_defaults_note(cfg, self.topology, [i for i in self.prefill_pool
                                                                   if i.pd_type == "prefill"], self.decode_pool)
-        self.notes += _expert_parallel_default_note(cfg)
+        self.notes += _expert_parallel_default_note(cfg) + _sync_scheduling_default_note(cfg)
         # Client mode is vLLM's P/D proxy: it drops the prefill instance's token, and the decode instance
         # makes all of the output itself (docs/pd_realism.md).
         for inst in self.decode_pool:
@@ -248,6 +248,19 @@ def _transfer_defaults_note(cfg: ClusterConfig, topology: Topology, senders: lis
         notes.append(f"kv_transfer.dtype {kv.dtype}: the KV is sent at 1 byte a value, a what-if: vLLM 0.19's "
                      "connectors send the cache in the dtype it is stored in (kv_cache_dtype fp8 stores it so)")
     return notes
+
+
+def _sync_scheduling_default_note(cfg: ClusterConfig) -> list[str]:
+    """Said once where instances leave async_scheduling out: pdsim then schedules synchronously, as LLMServingSim
+    does, where vLLM from 0.14 (0.19 included) schedules asynchronously by default (config/vllm.py). A validate
+    replay sets it from the run's version, so says nothing."""
+    unset = [ref for ref in cfg.instances() if "async_scheduling" not in ref.config.model_fields_set]
+    if not unset:
+        return []
+    return ["async_scheduling not set, so off: pdsim's default, as LLMServingSim schedules; vLLM 0.14 and later "
+            "(0.19 included) schedule asynchronously by default, where a request that arrives during a step starts "
+            "a step later than here (on a busy colocated engine about one decode step more TTFT; in P/D with "
+            "--ttft-mode client about two); --async-scheduling or the instance key async_scheduling true runs that"]
 
 
 def _expert_parallel_default_note(cfg: ClusterConfig) -> list[str]:
