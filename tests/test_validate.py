@@ -1472,20 +1472,26 @@ def test_a_moe_run_holds_its_fused_moe_workspaces_as_its_release_did(tmp_path):
     assert held == {"0.19.0": {"batch"}, "0.15.1": {"chunk"}, "0.13.0": {"layer"}}
 
 
-@needs_shared
-def test_the_replay_takes_the_expert_layout_the_engine_recorded(tmp_path):
-    # LLMServingSim's ep_size defaults to tp_size (whole experts per GPU); vLLM without
-    # enable_expert_parallel shards every expert by TP: the replay runs what the engine recorded.
+def _tp2_moe_replay_without_expert_parallel(tmp_path: Path, ep_size: int | None):
+    """validate on the shared MoE case made one TP 2 instance (ep_size as given, None: left out), its meta.json
+    recording vLLM without enable_expert_parallel."""
     cfg = json.loads((MOE / "cluster_config.json").read_text())
-    inst = cfg["nodes"][0]["instances"][0]
-    inst.pop("dp_group")
-    inst.update(tp_size=2, num_npus=2, ep_size=2)
-    cfg["nodes"][0].update(instances=[inst], num_instances=1)
+    inst = {k: v for k, v in cfg["nodes"][0]["instances"][0].items() if k not in ("ep_size", "dp_group")}
+    inst.update(tp_size=2, num_npus=2, **({} if ep_size is None else {"ep_size": ep_size}))
+    cfg["nodes"][0].update(num_instances=1, instances=[inst])
     requests, config = _moe_run(tmp_path, cfg, tensor_parallel_size=2, data_parallel_size=1,
                                 enable_expert_parallel=False)
     res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
                         str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
     assert res.exit_code == 0, res.output
+    return res
+
+
+@needs_shared
+def test_the_replay_takes_the_expert_layout_the_engine_recorded(tmp_path):
+    # LLMServingSim's ep_size defaults to tp_size (whole experts per GPU); vLLM without
+    # enable_expert_parallel shards every expert by TP: the replay runs what the engine recorded.
+    res = _tp2_moe_replay_without_expert_parallel(tmp_path, ep_size=2)
     assert "ep_size 1 from meta.json engine_kwargs enable_expert_parallel false, the config says 2" in res.output
     assert "scaled by the hardware-spec estimate's ratio for experts split 2 ways" in res.output
 
@@ -1547,14 +1553,7 @@ def test_an_unrecorded_expert_parallelism_replays_vllms_default_off(tmp_path):
 def test_a_replay_whose_meta_json_decides_the_expert_layout_says_nothing_of_ep_sizes_default(tmp_path):
     # A TP 2 config without ep_size runs LLMServingSim's default (EP 2) and `pdsim run` says vLLM's differs; a
     # replay takes the layout meta.json records, so that note would be wrong there.
-    cfg = json.loads((MOE / "cluster_config.json").read_text())
-    inst = {k: v for k, v in cfg["nodes"][0]["instances"][0].items() if k not in ("ep_size", "dp_group")}
-    cfg["nodes"][0].update(num_instances=1, instances=[{**inst, "tp_size": 2, "num_npus": 2}])
-    requests, config = _moe_run(tmp_path, cfg, tensor_parallel_size=2, data_parallel_size=1,
-                                enable_expert_parallel=False)
-    res = _validate_cli("--measured", str(requests), "--cluster-config", str(config), "--profile-dir",
-                        str(MOE / "profile"), "--output", str(tmp_path / "v.csv"))
-    assert res.exit_code == 0, res.output
+    res = _tp2_moe_replay_without_expert_parallel(tmp_path, ep_size=None)
     assert "ep_size 1 from meta.json engine_kwargs enable_expert_parallel false" in res.output
     assert "no ep_size" not in res.output
 
