@@ -589,13 +589,14 @@ def test_a_tp_moe_instance_without_ep_size_says_it_runs_llmservingsims_default_n
 
     def notes(*instances):
         res = simulate(cluster_config_from_dict(_cluster(*instances)), trace([(100, 4, 0.0)]), SimOptions())
-        return [n for n in profile_notes(res) if "no ep_size" in n]
+        return [n for n in profile_notes(res) if "without ep_size" in n]
 
     said = notes(_instance(tp_size=2), _instance(tp_size=2))
-    assert said == ["nodes[0].instances[0] and 1 more: no ep_size, so ep_size = tp_size (2), LLMServingSim's default "
-                    "(expert parallelism); vLLM's default, without --enable-expert-parallel, splits every expert by "
-                    "TP instead (fused_moe/config.py FusedMoEParallelConfig.make): the instance key ep_size: 1 "
-                    "replays that"]
+    # Once, in words that do not change with the layout, so a sweep's runs say it once too.
+    assert said == notes(_instance(tp_size=4)) == [
+        "MoE instances of TP > 1 without ep_size run ep_size = tp_size, LLMServingSim's default (expert "
+        "parallelism); vLLM's default, without --enable-expert-parallel, splits every expert by TP instead "
+        "(fused_moe/config.py FusedMoEParallelConfig.make): the instance key ep_size: 1 replays that"]
     assert notes(_instance(tp_size=2, ep_size=2)) == notes(_instance(tp_size=2, ep_size=1)) == []
     assert notes(_instance()) == []  # TP 1: ep_size 1 either way
 

@@ -1555,7 +1555,7 @@ def test_a_replay_whose_meta_json_decides_the_expert_layout_says_nothing_of_ep_s
     # replay takes the layout meta.json records, so that note would be wrong there.
     res = _tp2_moe_replay_without_expert_parallel(tmp_path, ep_size=None)
     assert "ep_size 1 from meta.json engine_kwargs enable_expert_parallel false" in res.output
-    assert "no ep_size" not in res.output
+    assert "without ep_size" not in res.output
 
 
 @needs_shared

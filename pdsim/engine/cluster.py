@@ -271,12 +271,10 @@ def _expert_parallel_default_note(cfg: ClusterConfig) -> list[str]:
             and load_model(ref.config.model_name).is_moe]
     if not refs:
         return []
-    first = refs[0]
-    more = f" and {len(refs) - 1} more" if len(refs) > 1 else ""
-    return [f"nodes[{first.node_index}].instances[{first.instance_index}]{more}: no ep_size, so ep_size = tp_size "
-            f"({first.config.tp_size}), LLMServingSim's default (expert parallelism); vLLM's default, without "
-            "--enable-expert-parallel, splits every expert by TP instead (fused_moe/config.py "
-            "FusedMoEParallelConfig.make): the instance key ep_size: 1 replays that"]
+    # No instance names or counts: a sweep gathers its runs' notes by their text, and says each once.
+    return ["MoE instances of TP > 1 without ep_size run ep_size = tp_size, LLMServingSim's default (expert "
+            "parallelism); vLLM's default, without --enable-expert-parallel, splits every expert by TP instead "
+            "(fused_moe/config.py FusedMoEParallelConfig.make): the instance key ep_size: 1 replays that"]
 
 
 def _unfinished_reason(req: Request, opts: SimOptions, end_s: float) -> str:
