@@ -747,6 +747,28 @@ def test_an_overloaded_run_is_unstable_and_never_meets_the_target(tmp_path):
     assert low.scored < low.requests
 
 
+def test_a_grid_whose_lowest_rate_fails_says_it_found_no_goodput(tmp_path):
+    out, df = _sweep(tmp_path, "s", "--rates", "60", "--attainment", "0", "--ratios", "1:1", "--no-colocated")
+    assert df.stable.tolist() == [0]
+    assert ("NOTE: 1P1D-tp1/1 failed the lowest rate swept (60 req/s): no goodput on this grid, not a goodput of 0 "
+            "(lower --rates") in out
+
+
+def test_runs_offered_another_load_than_their_rate_are_said():
+    # A bursty trace stretched to a mean rate (--arrival scale) can offer its scored window twice the label's load.
+    from pdsim.sweep.cli import _rate_label_note
+
+    rows = [{"label": "2P6D", "rate_per_s": "3.74", "offered_req_s": 8.4},
+            {"label": "2P6D", "rate_per_s": "10", "offered_req_s": 10.6},
+            {"label": "4P4D", "rate_per_s": "5", "offered_req_s": float("nan")}]
+    said = _rate_label_note(rows, "scale")
+    assert said.startswith("NOTE: 1 run of 3 was offered a load over the scored window more than 25% from the rate "
+                           "(e.g. 2P6D at 3.74 req/s was offered 8.4;")
+    assert said.endswith("--arrival poisson draws arrivals at the rate, or more --num-requests smooths the trace's "
+                         "bursts")
+    assert _rate_label_note(rows[1:], "scale") == ""
+
+
 def test_ttft_mode_reaches_the_runs(tmp_path):
     common = ("--rates", "2", "--ratios", "1:1", "--no-colocated")
     said, prefill = _sweep(tmp_path, "p", *common)

@@ -432,6 +432,28 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
 
 
+# How far a run's offered load over its scored window may stray from its rate label before it is said: a Poisson
+# window of a few hundred arrivals strays by about 1 / sqrt(n), under 10%.
+RATE_LABEL_SLACK = 0.25
+
+
+def _rate_label_note(rows: list[dict[str, Any]], arrival: str) -> str:
+    """Runs whose scored window was offered another load than their rate: a bursty trace stretched to a mean rate
+    (--arrival scale) puts its bursts in the window, so the row's rate is not the load its SLOs were met at."""
+    off = [r for r in rows if (offered := float(r.get("offered_req_s", math.nan))) > 0 and float(r["rate_per_s"]) > 0
+           and abs(offered / float(r["rate_per_s"]) - 1) > RATE_LABEL_SLACK]
+    if not off:
+        return ""
+    worst = max(off, key=lambda r: abs(float(r["offered_req_s"]) / float(r["rate_per_s"]) - 1))
+    fix = ("--arrival poisson draws arrivals at the rate, or more --num-requests smooths the trace's bursts"
+           if arrival == "scale" else "more --num-requests or a longer --min-duration-s narrows the window's spread")
+    were = "was" if len(off) == 1 else "were"
+    return (f"NOTE: {plural(len(off), 'run')} of {len(rows)} {were} offered a load over the scored window more than "
+            f"{RATE_LABEL_SLACK:.0%} from the rate (e.g. {worst['label']} at {worst['rate_per_s']} req/s was offered "
+            f"{float(worst['offered_req_s']):.3g}; offered_req_s in the CSV): their SLOs were met or missed at that "
+            f"load, not the rate's; {fix}")
+
+
 def _unstable_note(rows: list[dict[str, Any]], goodputs: set[tuple[str, str, str]] | None = None) -> str:
     """goodputs: (label, rate, duration_x) of the runs the search's goodputs rest on, the ones whose passing the
     stability test on chance matters there (None: a sweep, every run)."""
@@ -571,6 +593,8 @@ def sweep(rates: str, **kw: Any) -> None:
     wall_s = time.perf_counter() - started
     click.echo(_table(rows, SWEEP_COLUMNS))
     click.echo(_unstable_note(rows))
+    if said := _rate_label_note(rows, kw["arrival"]):
+        click.echo(said)
     notes |= setup.build_notes
     if notes:
         click.echo(_run_notes(notes))
@@ -587,6 +611,10 @@ def sweep(rates: str, **kw: Any) -> None:
     if at_top := [g["label"] for g in good if g["goodput_req_s"] >= top]:
         click.echo(f"NOTE: {', '.join(at_top)} passed the highest rate swept ({top:g} req/s): a lower bound, not a "
                    "limit found (raise --rates, or use pdsim search)")
+    if none := [g["label"] for g in good if g["goodput_req_s"] <= 0]:
+        low = min(float(r) for r in rate_list)
+        click.echo(f"NOTE: {', '.join(none)} failed the lowest rate swept ({low:g} req/s): no goodput on this grid, "
+                   "not a goodput of 0 (lower --rates, or use pdsim search, which halves the rate until one passes)")
     with setup.outputs("sweep", "runs.csv") as out:
         out.stage(setup.out / "sweep.csv", lambda tmp: _write_csv(rows, tmp))
         if kw["plots"]:
@@ -711,6 +739,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
     goodputs = {(st.variant.label, rate_key(st.lo), str(st.lo_row["duration_x"])) for st in states
                 if st.lo_row is not None}
     click.echo(_unstable_note(rows, goodputs))
+    if said := _rate_label_note(rows, kw["arrival"]):
+        click.echo(said)
     if any(st.lengthened for st in states):
         click.echo(_lengthened_note(states, setup.settings.min_duration_s))
     said = writer.notes | setup.build_notes
