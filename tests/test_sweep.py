@@ -1497,3 +1497,16 @@ def test_the_latency_plot_says_where_ttft_ends(tmp_path, monkeypatch):
     rows = [{"label": "1P1D", "rate_per_s": "1", "ttft_p90_ms": 50.0, "tpot_p90_ms": 10.0, "stable": 1}]
     plot_latency_vs_rate(rows, 100, 20, tmp_path / "l.png", TTFT_AT["client"])
     assert labels == ["TTFT p90 (ms), as the client sees it", "TPOT p90 (ms)"]
+
+
+def test_a_layout_whose_kv_cache_holds_no_max_length_request_says_vllm_needs_a_shorter_max_model_len(tmp_path):
+    # Llama-3.1-70B over two RTX PRO 6000s holds 125,968 KV tokens, under its 131,072: vLLM refuses to start so
+    # unless --max-model-len is lowered. `pdsim run` said it; a sweep's winner could be such a layout without a word.
+    args = ["sweep", "--base-config", str(ROOT / "configs/cluster/sweep_base_rtxpro6000_70b.json"), "--dataset",
+            str(ROOT / "workloads/example_trace.jsonl"), "--num-requests", "20", "--gpus", "4", "--tp-prefill", "2",
+            "--tp-decode", "2", "--ratios", "1:1", "--no-colocated", "--rates", "1", "--slo-ttft-ms", "2000",
+            "--slo-tpot-ms", "100", "--workers", "1", "--no-plots", "--out", str(tmp_path / "s")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert ("1P1D-tp2/2: a KV cache of 125,968 tokens holds no request of the model's max length (131,072): vLLM "
+            "starts it only with --max-model-len 125,968 or less") in res.output

@@ -237,14 +237,15 @@ def build_instance(
                               "too, where the run's vLLM release scheduled asynchronously by default; "
                               "docs/pipeline.md)")
     inst = engine(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
+    max_len_note = _max_len_note(budget, model, opts.recorded_max_model_len, opts.max_model_len_recorded_as)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
         weights_gb=budget.weight_bytes / GB, activation_gb=budget.activation_bytes / GB,
         non_torch_gb=budget.other_bytes / GB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, kv_cache_dtype=ic.kv_dtype,
-        memory_note=budget.note + _max_len_note(budget, model, opts.recorded_max_model_len,
-                                                opts.max_model_len_recorded_as),
+        memory_note=budget.note + max_len_note,
+        max_model_len_unheld=(opts.recorded_max_model_len or model.default_max_model_len) if max_len_note else 0,
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
         estimated_part="" if profile.estimated or not predictor.estimated else "MoE expert layers",

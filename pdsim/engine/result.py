@@ -70,6 +70,9 @@ class InstanceInfo:
     kv_rule: str = "vllm"
     kv_tokens: int = 0
     memory_note: str = ""
+    # The max_model_len (the measured engine's, else the model's) a request of which the KV cache cannot hold, which
+    # vLLM refuses to start with (engine/build.py _max_len_note); 0 where it holds one.
+    max_model_len_unheld: int = 0
     kv_predicted_tokens: int = 0  # the config's prediction, when a measured capacity replaced it
     kv_cache_dtype: str = "bfloat16"  # what the KV cache stores its values in
     board_note: str = ""  # which board of its family the instance ran as, where its profile's device told it

@@ -188,8 +188,20 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
     row.update(memory_columns(result))
     row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()}
-                            | set(result.notes))
+                            | set(result.notes) | set(_unstartable_notes(v.label, result)))
     return row
+
+
+def _unstartable_notes(label: str, result: SimulationResult) -> list[str]:
+    """A configuration whose KV cache holds no request of the model's max length, which vLLM refuses to start
+    as written (engine/build.py _max_len_note): said with the --max-model-len it would take."""
+    short = [info for info in result.infos if info.max_model_len_unheld]
+    if not short:
+        return []
+    fewest = min(info.kv_tokens for info in short)
+    return [f"{label}: a KV cache of {fewest:,} tokens holds no request of the model's max length "
+            f"({short[0].max_model_len_unheld:,}): vLLM starts it only with --max-model-len {fewest:,} or less "
+            "(here longer requests are rejected)"]
 
 
 def memory_columns(result: SimulationResult) -> dict[str, Any]:
