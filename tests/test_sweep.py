@@ -1510,3 +1510,17 @@ def test_a_layout_whose_kv_cache_holds_no_max_length_request_says_vllm_needs_a_s
     assert res.exit_code == 0, res.output
     assert ("1P1D-tp2/2: a KV cache of 125,968 tokens holds no request of the model's max length (131,072): vLLM "
             "starts it only with --max-model-len 125,968 or less") in res.output
+
+
+def test_a_winner_whose_kv_cache_filled_at_its_goodput_is_said_to_rest_on_it():
+    # DeepSeek-V3's DP 3 x TP 2 decode won a search at decode_peak_kv_frac 1.0 and 80 preemptions without a word.
+    from pdsim.sweep.cli import _full_kv_note
+
+    full = _full_kv_note({"prefill_peak_kv_frac": 0.3, "decode_peak_kv_frac": 1.0, "preemptions": 80})
+    assert full.startswith("NOTE: the winner's KV cache filled at its goodput (80 preemptions; peak use 100% of a "
+                           "role's capacity")
+    assert "no preemption" in _full_kv_note({"prefill_peak_kv_frac": 0.2, "decode_peak_kv_frac": 0.995,
+                                             "preemptions": 0})
+    assert _full_kv_note({"prefill_peak_kv_frac": 0.3, "decode_peak_kv_frac": 0.6, "preemptions": 0}) == ""
+    assert _full_kv_note({"prefill_peak_kv_frac": math.nan, "decode_peak_kv_frac": math.nan,
+                          "preemptions": math.nan}) == ""

@@ -432,6 +432,25 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
 
 
+FULL_KV_FRAC = 0.99  # a peak at or above this share of the blocks: the cache filled (block rounding aside)
+
+
+def _full_kv_note(win: dict[str, Any]) -> str:
+    """The winner's KV cache filled at its goodput (it preempted, or a role's peak reached its capacity): the goodput
+    rests on how the engine copes with a full cache, and an error in the predicted capacity moves it."""
+    peaks = [peak for role in ("prefill", "decode")
+             if not math.isnan(peak := float(win.get(f"{role}_peak_kv_frac", math.nan)))]
+    preemptions = float(win.get("preemptions", math.nan))  # NaN: no probe ran (goodput_row's MEMORY_FIELDS)
+    preempted = 0 if math.isnan(preemptions) else int(preemptions)
+    if not preempted and not any(peak >= FULL_KV_FRAC for peak in peaks):
+        return ""
+    what = plural(preempted, "preemption") if preempted else "no preemption"
+    return (f"NOTE: the winner's KV cache filled at its goodput ({what}; peak use {max(peaks, default=1.0):.0%} of "
+            "a role's capacity, the *_peak_kv_frac columns): "
+            "its goodput rests on a full cache, so an error in the predicted KV capacity moves it (docs/memory.md "
+            "says how well that is known)")
+
+
 # How far a run's offered load over its scored window may stray from its rate label before it is said: a Poisson
 # window of a few hundred arrivals strays by about 1 / sqrt(n), under 10%.
 RATE_LABEL_SLACK = 0.25
@@ -766,6 +785,8 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
                        f"{config} --dataset {setup.out / WINNER_TRACE}{mode} --slo-ttft-ms {kw['slo_ttft_ms']:g} "
                        f"--slo-tpot-ms {kw['slo_tpot_ms']:g} (it scores every request; the probe left out the first "
                        f"and last {setup.life_s:.3g} s of arrivals)")
+        if said := _full_kv_note(win):
+            click.echo(said)
         if math.isnan(win["first_fail_req_s"]):
             within = "within --max-probes"
             if win["goodput_req_s"] * 2 > max_rate:
