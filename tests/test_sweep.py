@@ -1524,3 +1524,11 @@ def test_a_winner_whose_kv_cache_filled_at_its_goodput_is_said_to_rest_on_it():
     assert _full_kv_note({"prefill_peak_kv_frac": 0.3, "decode_peak_kv_frac": 0.6, "preemptions": 0}) == ""
     assert _full_kv_note({"prefill_peak_kv_frac": math.nan, "decode_peak_kv_frac": math.nan,
                           "preemptions": math.nan}) == ""
+
+
+def test_a_latency_axis_within_one_decade_labels_its_minor_ticks():
+    # TPOT p90s of 30-70 ms left the log axis without a single value: no power of ten fell inside it.
+    from pdsim.sweep.plots import log_minor_label
+
+    assert log_minor_label(28.0, 72.0)(40.0, None) == "40"
+    assert log_minor_label(8.0, 1200.0)(40.0, None) == ""  # across decades the powers of ten carry the values

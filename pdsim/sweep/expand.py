@@ -181,7 +181,8 @@ def dp_layout_problem(model: ModelSpec, tp: int, dp: int, node_gpus: int, expert
         return (f"{model.name} is dense: vLLM runs dense DP ranks as independent engines, which the "
                 f"splits with {dp}x more TP{tp} decode instances already cover")
     if dp * tp > node_gpus:
-        return f"DP {dp} x TP {tp} = {dp * tp} GPUs does not fit a node of {node_gpus} GPUs"
+        return (f"DP {dp} x TP {tp} = {dp * tp} GPUs does not fit a node of {node_gpus} GPUs (the sweep lays a DP "
+                "group out on one node; vLLM also runs them across nodes, which a config of its own can give)")
     return check_placement(model, ExpertPlacement(tp, _group_ep_size(tp, dp, expert_parallel), dp))
 
 

@@ -46,6 +46,17 @@ def plot_goodput(goodput_rows: list[dict[str, Any]], path: Path, title: str) -> 
     return path
 
 
+COLOCATED_COLORS = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive")
+
+
+def log_minor_label(low: float, high: float) -> Callable[[float, object], str]:
+    """The label of a minor tick (2, 3, ... x 10^n) on a log axis from `low` to `high`: its value where the axis
+    spans less than a decade, which may hold no power of ten to label; none across more, where they would crowd."""
+    if high < 10 * low:
+        return lambda v, _: f"{v:g}"
+    return lambda v, _: ""
+
+
 def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpot_ms: float, path: Path,
                          ttft_at: str = "") -> Path:
     """TTFT and TPOT p90 by rate per configuration; ttft_at: where TTFT ends (--ttft-mode), in its axis label."""
@@ -53,12 +64,14 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     cmap = plt.get_cmap("viridis", max(2, len(labels)))
+    colocated = [label for label in labels if label.startswith("colo")]
     for i, label in enumerate(labels):
         pts = sorted((float(r["rate_per_s"]), r["ttft_p90_ms"], r["tpot_p90_ms"], _stable(r))
                      for r in rows if r["label"] == label)
         rates = [p[0] for p in pts]
         style = "--" if label.startswith("colo") else "-"
-        color = "tab:red" if label.startswith("colo") else cmap(i)
+        # Colocated layouts dashed in warm colours of their own, so that two of them tell apart in the legend.
+        color = COLOCATED_COLORS[colocated.index(label) % len(COLOCATED_COLORS)] if label in colocated else cmap(i)
         for ax, k in ((axes[0], 1), (axes[1], 2)):
             ax.plot(rates, [p[k] for p in pts], style, marker=".", color=color, label=label)
             bad = [p for p in pts if not p[3]]
@@ -69,7 +82,7 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
         ax.axhline(slo, color="k", lw=1, ls=":", label=f"SLO {slo:g} ms")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(plt.FuncFormatter(lambda v, _: ""))
+        ax.yaxis.set_minor_formatter(plt.FuncFormatter(log_minor_label(*ax.get_ylim())))
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
