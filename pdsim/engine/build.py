@@ -49,17 +49,14 @@ def build_instances(
     unknown = sorted(set(opts.kv_gpu_blocks) - {ref.instance_id for ref in cfg.instances()})
     if unknown:
         raise ConfigError(f"KV-capacity override for {', '.join(unknown)}: no such instance in {source}")
-    group_of = {ref.instance_id: name for name, refs in cfg.dp_groups().items() for ref in refs}
-    group_sizes = {name: len(refs) for name, refs in cfg.dp_groups().items()}
-    # A rank's place in its group, as the config lists the ranks: under an uneven expert split it sets the rank's
-    # expert count (ExpertPlacement.local_experts), so its weights and KV cache.
-    rank_of = {ref.instance_id: i for refs in cfg.dp_groups().values() for i, ref in enumerate(refs)}
+    # Each grouped instance's (group size, place in the group as the config lists the ranks): under an uneven expert
+    # split the place sets the rank's expert count (ExpertPlacement.local_experts), so its weights and KV cache.
+    in_group = {ref.instance_id: (len(refs), i) for refs in cfg.dp_groups().values() for i, ref in enumerate(refs)}
     instances: list[Instance] = []
     infos: list[InstanceInfo] = []
     for ref in cfg.instances():
-        dp_size = group_sizes.get(group_of.get(ref.instance_id), 1)
-        inst, info = build_instance(env, ref, cfg, opts, source, dp_size, step_times,
-                                    dp_rank=rank_of.get(ref.instance_id, 0))
+        dp_size, dp_rank = in_group.get(ref.instance_id, (1, 0))
+        inst, info = build_instance(env, ref, cfg, opts, source, dp_size, step_times, dp_rank=dp_rank)
         instances.append(inst)
         infos.append(info)
     return instances, infos
@@ -237,15 +234,15 @@ def build_instance(
                               "too, where the run's vLLM release scheduled asynchronously by default; "
                               "docs/pipeline.md)")
     inst = engine(env, spec, predictor, num_blocks, 1 if lockstep else opts.max_decode_run_steps)
-    max_len_note = _max_len_note(budget, model, opts.recorded_max_model_len, opts.max_model_len_recorded_as)
     info = InstanceInfo(
         id=spec.id, pd_type=ic.pd_type, model_name=ic.model_name, hardware=ic.hardware, tp=ic.tp_size,
         num_kv_blocks=num_blocks, kv_capacity_gb=num_blocks * budget.block_bytes / GB,
         weights_gb=budget.weight_bytes / GB, activation_gb=budget.activation_bytes / GB,
         non_torch_gb=budget.other_bytes / GB,
         kv_rule=budget.rule, kv_tokens=budget.kv_tokens, kv_cache_dtype=ic.kv_dtype,
-        memory_note=budget.note + max_len_note,
-        max_model_len_unheld=(opts.recorded_max_model_len or model.default_max_model_len) if max_len_note else 0,
+        memory_note=budget.note + _max_len_note(budget, model, opts.recorded_max_model_len,
+                                                opts.max_model_len_recorded_as),
+        max_model_len_unheld=_unheld_max_len(budget, model, opts.recorded_max_model_len),
         kv_predicted_tokens=budget.predicted_gpu_blocks // budget.kv_groups * ic.block_size,
         profile_path=str(profile.meta.path), estimated_profile=profile.estimated or predictor.estimated,
         estimated_part="" if profile.estimated or not predictor.estimated else "MoE expert layers",
@@ -254,13 +251,22 @@ def build_instance(
     return inst, info
 
 
-def _max_len_note(budget: KVBudget, model: ModelSpec, recorded_max_len: int | None = None,
-                  recorded_as: str | None = None) -> str:
-    """vLLM will not start an engine whose KV cache cannot hold one request of its max_model_len (vLLM 0.19
-    kv_cache_utils.check_enough_kv_cache_memory): the measured engine's where validate read one (recorded_as:
-    SimOptions.max_model_len_recorded_as), else the model's max length, and where the cache is smaller it says so."""
+def _unheld_max_len(budget: KVBudget, model: ModelSpec, recorded_max_len: int | None) -> int:
+    """The max_model_len (the measured engine's where validate read one, else the model's max length) of which the
+    KV cache holds no request, which vLLM will not start with (vLLM 0.19 kv_cache_utils.check_enough_kv_cache_memory);
+    0 where it holds one."""
     max_len = recorded_max_len or model.default_max_model_len
     if budget.kv_groups > 1 or budget.kv_tokens >= max_len:  # sliding-window layers: vLLM counts them apart
+        return 0
+    return max_len
+
+
+def _max_len_note(budget: KVBudget, model: ModelSpec, recorded_max_len: int | None = None,
+                  recorded_as: str | None = None) -> str:
+    """What the run says of a KV cache that holds no request of its max_model_len (_unheld_max_len): how the
+    measured engine came to start (recorded_as: SimOptions.max_model_len_recorded_as), or that vLLM would not."""
+    max_len = _unheld_max_len(budget, model, recorded_max_len)
+    if not max_len:
         return ""
     if recorded_max_len:
         return (f"; {budget.kv_tokens:,} tokens hold no request of the measured engine's max_model_len "
