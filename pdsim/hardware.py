@@ -478,8 +478,10 @@ def family_board(name: str, mem_size_gb: float, mem_bw_gbps: float | None = None
         return None
     default = canonical_hardware_name(name)
     fits = [board for board in family_boards(_FAMILY[default]) if _memory_of(board, mem_size_gb)]
+    link = HARDWARE[default].intra_node_link
+    linked_as_default = [board for board in fits if HARDWARE[board].intra_node_link == link]
     if not family:  # the name gives the form (SXM4, PCIe): the memory alone is open
-        fits = [board for board in fits if HARDWARE[board].intra_node_link == HARDWARE[default].intra_node_link]
+        fits = linked_as_default
     elif mem_bw_gbps is not None:
         by_bandwidth = [board for board in fits if _bandwidth_of(board, mem_bw_gbps)]
         if len(by_bandwidth) == 1:
@@ -487,7 +489,7 @@ def family_board(name: str, mem_size_gb: float, mem_bw_gbps: float | None = None
     if default in fits:
         return None
     if len(fits) > 1:
-        fits = [board for board in fits if HARDWARE[board].intra_node_link == HARDWARE[default].intra_node_link]
+        fits = linked_as_default
     return fits[0] if len(fits) == 1 else None
 
 
