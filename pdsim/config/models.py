@@ -115,6 +115,14 @@ def _fp8_dtype_as_quantization(data: Any) -> Any:
     return {**data, "dtype": "bfloat16", "quantization": "fp8"}
 
 
+def effective_ep_size(model_name: str, tp_size: int, ep_size: int | None) -> int:
+    """The expert-parallel size an instance runs: its ep_size, else LLMServingSim's default, tp_size for a MoE model
+    (whole experts per GPU), 1 for a dense one."""
+    if ep_size is not None:
+        return ep_size
+    return tp_size if load_model(model_name).is_moe else 1
+
+
 def _finite_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -295,9 +303,7 @@ class InstanceConfig(_Strict):
         return kv_dtype_of(self.kv_cache_dtype, self.model_name, self.dtype)
 
     def effective_ep_size(self) -> int:
-        if self.ep_size is not None:
-            return self.ep_size
-        return self.tp_size if load_model(self.model_name).is_moe else 1
+        return effective_ep_size(self.model_name, self.tp_size, self.ep_size)
 
     def expert_placement(self, dp_size: int = 1) -> ExpertPlacement:
         return ExpertPlacement(self.tp_size, self.effective_ep_size(), dp_size)

@@ -10,6 +10,7 @@ from typing import Any
 
 from pdsim.cli_checks import split_items
 from pdsim.config import ClusterConfig, InstanceConfig, cluster_config_from_dict
+from pdsim.config.models import effective_ep_size
 from pdsim.errors import PdsimError
 from pdsim.models import ModelSpec, load_model
 from pdsim.perf.moe_time import ExpertPlacement, check_placement
@@ -47,9 +48,7 @@ class Variant:
         for node in self.raw["nodes"]:
             for inst in node["instances"]:
                 if inst.get("pd_type") == role:
-                    if inst.get("ep_size") is not None:
-                        return inst["ep_size"]
-                    return inst["tp_size"] if load_model(inst["model_name"]).is_moe else 1
+                    return effective_ep_size(inst["model_name"], inst["tp_size"], inst.get("ep_size"))
         return 1
 
     @property
