@@ -254,8 +254,7 @@ def _sync_scheduling_default_note(cfg: ClusterConfig) -> list[str]:
     """Said once where instances leave async_scheduling out: pdsim then schedules synchronously, as LLMServingSim
     does, where vLLM from 0.14 (0.19 included) schedules asynchronously by default (config/vllm.py). A validate
     replay sets it from the run's version, so says nothing."""
-    unset = [ref for ref in cfg.instances() if "async_scheduling" not in ref.config.model_fields_set]
-    if not unset:
+    if all("async_scheduling" in ref.config.model_fields_set for ref in cfg.instances()):
         return []
     return ["async_scheduling not set, so off: pdsim's default, as LLMServingSim schedules; vLLM 0.14 and later "
             "(0.19 included) schedule asynchronously by default, where a request that arrives during a step starts "
