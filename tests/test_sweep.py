@@ -469,6 +469,27 @@ def test_resume_refuses_rows_made_with_a_profile_since_changed_in_place(tmp_path
     assert isinstance(res.exception, PdsimError) and "profiles_sha256" in str(res.exception), res.output
 
 
+def test_a_resumed_command_says_the_configurations_notes_and_that_kept_runs_were_not_run(tmp_path):
+    # A --resume that ran nothing dropped the configuration's notes (KV hand-off defaults, async scheduling),
+    # which only the runs had said.
+    root = tmp_path / "profiles"
+    shutil.copytree(ROOT / "profiles" / "H100-SXM", root / "H100-SXM")  # measured tables: grid notes possible
+    runner = CliRunner()
+    for command, extra in (("sweep", ["--rates", "5"]), ("search", [])):
+        common = [command, "--base-config", str(BASE), "--dataset", str(DATASET), "--num-requests", "20",
+                  "--gpus", "2", "--slo-ttft-ms", "1000", "--slo-tpot-ms", "25", "--workers", "1",
+                  "--min-duration-s", "0", "--profiles-root", str(root), "--out", str(tmp_path / command), *extra]
+        fresh = runner.invoke(cli, common)
+        assert fresh.exit_code == 0, fresh.output
+        resumed = runner.invoke(cli, [*common, "--resume"])
+        assert resumed.exit_code == 0, resumed.output
+        said = [line for line in fresh.output.splitlines() if line.startswith("NOTE: ")]
+        assert any("KV hand-offs reach" in line for line in said) and any("async_scheduling" in line for line in said)
+        assert [line for line in said if line not in resumed.output] == []
+        assert "kept by --resume not run again" in resumed.output
+        assert "kept by --resume not run again" not in fresh.output
+
+
 def test_ray_matches_local_pool(small, tmp_path):
     ray = pytest.importorskip("ray")
     from pdsim.sweep.runner import RayExecutor

@@ -282,6 +282,7 @@ class _Setup:
         from pdsim.engine.cluster import Cluster, SimOptions
         from pdsim.perf.interp import extrapolations_gathered
         from pdsim.sweep.ratematch import Lengths, estimate
+        from pdsim.sweep.runner import unstartable_notes
 
         opts = SimOptions(profiles_root=profiles_root)
         lengths = (Lengths(sum(r.input_toks for r in self.trace) / len(self.trace),
@@ -293,9 +294,11 @@ class _Setup:
                     cluster = Cluster(simpy.Environment(), v.config(), opts, v.label)
                     if lengths is not None:
                         self.estimates[v.label] = estimate(v, lengths, self.slo.tpot_ms, opts, cluster).as_dict()
-                # Said once per source, from the builds, so a resumed command that runs nothing says it too.
+                # Said once per source, from the builds, so a resumed command that runs nothing says it too; so
+                # are the configuration's own notes, which each run repeats.
                 self.build_notes.update(f"TP {inst.spec.tp} all-reduce priced by {inst.predictor.allreduce_source}"
                                         for inst in cluster.instances if inst.predictor.allreduce_source)
+                self.build_notes.update([*cluster.notes, *unstartable_notes(v.label, cluster.infos)])
                 # By TP: a profile measured on another board for one TP degree does not speak for the others.
                 self.build_notes.update(f"TP {info.tp} instances: {info.board_note}"
                                         for info in cluster.infos if info.board_note)
@@ -566,6 +569,15 @@ def _run_notes(notes: set[str]) -> str:
     return "\n".join(f"NOTE: {note}" for note in first.values())
 
 
+def _kept_runs_note(kept: int, setup: _Setup) -> list[str]:
+    """Runs kept by --resume are not run again, so where they left a measured profile's grid (said as each ran)
+    is not said again."""
+    if not kept or not setup.profile_folders:
+        return []
+    return [f"{plural(kept, 'run')} kept by --resume not run again: any notes of theirs on leaving a measured "
+            "profile's grid were said by the command that ran them"]
+
+
 def _estimated_note(rows: list[dict[str, Any]], setup: _Setup) -> str:
     n = sum(1 for r in rows if r.get("estimated_profile"))
     if not n:
@@ -615,6 +627,7 @@ def sweep(rates: str, **kw: Any) -> None:
     if said := _rate_label_note(rows, kw["arrival"]):
         click.echo(said)
     notes |= setup.build_notes
+    notes.update(_kept_runs_note(kept[0], setup))
     if notes:
         click.echo(_run_notes(notes))
     good = goodput_from_grid(setup.variants, rows, kw["attainment"], kw["slo_mode"])
@@ -762,7 +775,7 @@ def search(rel_tol: float, max_probes: int, **kw: Any) -> None:
         click.echo(said)
     if any(st.lengthened for st in states):
         click.echo(_lengthened_note(states, setup.settings.min_duration_s))
-    said = writer.notes | setup.build_notes
+    said = writer.notes | setup.build_notes | set(_kept_runs_note(len(resumed_keys.intersection(keys)), setup))
     if said:
         click.echo(_run_notes(said))
     win = ranked[0]

@@ -34,7 +34,7 @@ from pdsim.workload.trace import MAX_ARRIVAL_NS, MAX_HASH_ID, TraceRequest, chec
 if TYPE_CHECKING:  # the engine is imported where a run starts, not with the sweep's CLI
     import pandas as pd
 
-    from pdsim.engine.result import SimulationResult
+    from pdsim.engine.result import InstanceInfo, SimulationResult
 
 ARRIVAL_MODES = ("scale", "poisson")
 ID_SPREAD = 0x9E3779B97F4A7C15  # odd: its multiples below 2^64 are distinct modulo 2^64 (repeated 64-bit prefix ids)
@@ -188,14 +188,14 @@ def run_job(job: Job, base_trace: Sequence[TraceRequest], settings: RunSettings)
     row["estimated_profile"] = int(any(info.estimated_profile for info in result.infos))
     row.update(memory_columns(result))
     row[NOTES_KEY] = sorted({n for inst in result.instances for n in inst.predictor.extrapolation_notes()}
-                            | set(result.notes) | set(_unstartable_notes(v.label, result)))
+                            | set(result.notes) | set(unstartable_notes(v.label, result.infos)))
     return row
 
 
-def _unstartable_notes(label: str, result: SimulationResult) -> list[str]:
+def unstartable_notes(label: str, infos: Sequence[InstanceInfo]) -> list[str]:
     """A configuration whose KV cache holds no request of the model's max length, which vLLM refuses to start
     as written (engine/build.py _max_len_note): said with the --max-model-len it would take."""
-    short = [info for info in result.infos if info.max_model_len_unheld]
+    short = [info for info in infos if info.max_model_len_unheld]
     if not short:
         return []
     fewest = min(info.kv_tokens for info in short)
