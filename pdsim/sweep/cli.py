@@ -462,11 +462,14 @@ RATE_LABEL_SLACK = 0.25
 def _rate_label_note(rows: list[dict[str, Any]], arrival: str) -> str:
     """Runs whose scored window was offered another load than their rate: a bursty trace stretched to a mean rate
     (--arrival scale) puts its bursts in the window, so the row's rate is not the load its SLOs were met at."""
-    off = [r for r in rows if (offered := float(r.get("offered_req_s", math.nan))) > 0 and float(r["rate_per_s"]) > 0
-           and abs(offered / float(r["rate_per_s"]) - 1) > RATE_LABEL_SLACK]
+    def gap(r: dict[str, Any]) -> float:  # NaN (never over the slack) where the CSV has no offered load
+        offered, rate = float(r.get("offered_req_s", math.nan)), float(r["rate_per_s"])
+        return abs(offered / rate - 1) if offered > 0 and rate > 0 else math.nan
+
+    off = [r for r in rows if gap(r) > RATE_LABEL_SLACK]
     if not off:
         return ""
-    worst = max(off, key=lambda r: abs(float(r["offered_req_s"]) / float(r["rate_per_s"]) - 1))
+    worst = max(off, key=gap)
     fix = ("--arrival poisson draws arrivals at the rate, or more --num-requests smooths the trace's bursts"
            if arrival == "scale" else "more --num-requests or a longer --min-duration-s narrows the window's spread")
     were = "was" if len(off) == 1 else "were"
