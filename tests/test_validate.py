@@ -1005,6 +1005,8 @@ def test_without_chunked_prefill_an_unrecorded_budget_is_the_recorded_max_model_
     assert "max_num_batched_tokens 4096: chunked prefill off and no budget recorded, so vLLM's default, " \
            "meta.json's max_model_len 4096" in res.output
     assert "record no max_num_batched_tokens" not in res.output
+    # Below the largest start-up floor, which floor the engine had is not recorded: said.
+    assert "vllm serve floors it at 8192 on larger GPUs" in res.output
 
 
 @needs_shared
@@ -1738,11 +1740,13 @@ def test_a_config_of_another_model_or_with_pd_roles_is_caught(tmp_path):
     assert any(n.startswith("kv_transfer_config in meta.json engine_kwargs: the config's prefill and decode instances "
                             "replay the KV hand-off") for n in run.notes)
     assert not any("kv_transfer_config" in n for n in run.notes if "not modelled" in n or "record no" in n)
-    # A connector that offloads the KV cache to CPU memory is no P/D hand-off: named as not modelled.
+    # A connector that offloads the KV cache to CPU memory is no P/D hand-off: refused as kv_offloading_size is
+    # (which sets that connector up in vLLM 0.19), not replayed with a note.
     offload = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both"}
     run = read_measured(_rtx_run_with(tmp_path / "offload", kv_transfer_config=offload))
-    replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
-    assert any("not modelled" in n and "kv_transfer_config" in n for n in run.notes)
+    with pytest.raises(PdsimError, match=r"cannot express this run: KV cache offloaded to CPU memory "
+                                         r"\(kv_transfer_config .*OffloadingConnector"):
+        replay_config(SHARED.parent / "llmservingsim-configs" / "single_node_pd_instance.json", run, None)
 
 
 @needs_shared
@@ -2202,3 +2206,65 @@ def test_the_cdf_plots_cover_the_requests_the_table_compares(tmp_path, monkeypat
     table = compare(run, result, among).set_index(["metric", "stat"])
     ttft = np.sort(run.requests.ttft_ms.to_numpy()[sorted(among)])
     assert table.loc[("TTFT (ms)", "p90"), "measured"] == pytest.approx(np.percentile(ttft, 90))
+
+
+@needs_shared
+def test_engine_kwargs_in_command_line_spelling_and_whole_floats_are_read_as_the_engine_took_them(tmp_path):
+    # `max-num-seqs` was named "not modelled" and the replay ran vLLM's default 128; 64.0 was refused where vLLM's
+    # pydantic configs take it as 64.
+    from pdsim.validate.recorded import replay_config
+
+    requests = _rtx_run_with(tmp_path / "a", **{"max-num-seqs": 64, "--max-num-batched-tokens": 1024.0})
+    meta = json.loads(requests.with_name("meta.json").read_text())
+    for key in ("max_num_seqs", "max_num_batched_tokens"):  # the record writes each once, the command line's way
+        del meta["engine_kwargs"][key]
+    requests.with_name("meta.json").write_text(json.dumps(meta))
+    run = read_measured(requests)
+    assert run.engine_kwargs["max_num_seqs"] == 64 and "max-num-seqs" not in run.engine_kwargs
+    assert type(run.engine_kwargs["max_num_batched_tokens"]) is int
+    cfg = replay_config(RTX / "cluster_config.json", run, None)
+    assert {(ref.config.max_num_seqs, ref.config.max_num_batched_tokens) for ref in cfg.instances()} == {(64, 1024)}
+    assert not any("not modelled" in n for n in run.notes)
+    with pytest.raises(PdsimError, match=r"engine_kwargs gives max_num_seqs twice, as 128 and 64 \('max-num-seqs'\)"):
+        read_measured(_rtx_run_with(tmp_path / "b", max_num_seqs=128, **{"max-num-seqs": 64}))
+
+
+@needs_shared
+def test_what_the_engine_kwargs_name_beyond_the_replay_is_said_or_refused(tmp_path):
+    from pdsim.validate.recorded import replay_config
+
+    # generation_config "vllm" (no checkpoint sampling defaults) is not what pdsim's default stands for: named;
+    # vLLM's own default "auto" is the engine one that leaves it out.
+    run = read_measured(_rtx_run_with(tmp_path / "g", generation_config="vllm"))
+    replay_config(RTX / "cluster_config.json", run, None)
+    assert any("not modelled" in n and "generation_config 'vllm'" in n for n in run.notes)
+    run = read_measured(_rtx_run_with(tmp_path / "h", generation_config="auto"))
+    replay_config(RTX / "cluster_config.json", run, None)
+    assert not any("generation_config" in n for n in run.notes)
+    # Weights offloaded to CPU memory and prefetched are no engine pdsim can express.
+    run = read_measured(_rtx_run_with(tmp_path / "o", offload_group_size=4))
+    with pytest.raises(PdsimError, match=r"weights offloaded to CPU memory and prefetched \(offload_group_size 4\)"):
+        replay_config(RTX / "cluster_config.json", run, None)
+    # Both KV overrides: num_gpu_blocks_override wins in vLLM, and the note names it.
+    run = read_measured(_rtx_run_with(tmp_path / "k", kv_cache_memory_bytes="4G", num_gpu_blocks_override=1000))
+    replay_config(RTX / "cluster_config.json", run, None)
+    said = " ".join(run.notes)
+    assert "but num_gpu_blocks_override 1000 fixes the KV cache's size" in said
+    assert "but kv_cache_memory_bytes" not in said
+
+
+def test_a_16_bit_kv_cache_named_in_the_record_is_replayed_over_a_checkpoint_whose_own_cache_is_fp8(monkeypatch):
+    # vLLM resolves only "auto" from the checkpoint; a recorded "bfloat16" was read as "auto" and so run as fp8.
+    from dataclasses import replace
+
+    from pdsim.models import load_model
+    from pdsim.validate import recorded
+    from pdsim.validate.measured_run import MeasuredRun
+
+    fp8_kv = replace(load_model("meta-llama/Llama-3.1-8B"), checkpoint_kv_cache_dtype="fp8")
+    monkeypatch.setattr(recorded, "_stated_model", lambda instances: fp8_kv)
+    for asked, replayed in (("bfloat16", "bfloat16"), ("float16", "float16"), ("fp8", "fp8")):
+        run = MeasuredRun("run/requests.jsonl", pd.DataFrame(), engine_meta={
+            "vllm_version": "0.19.0", "engine_kwargs": {"kv_cache_dtype": asked}})
+        out = recorded._recorded_precision([{"model_name": "meta-llama/Llama-3.1-8B"}], run)
+        assert out["kv_cache_dtype"] == replayed, (asked, out)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.errors import PdsimError, decode_text, json_shown, parse_json, read_json_object
-from pdsim.validate.engine_meta import check_engine_meta, meta_notes, meta_time, with_cache_config
+from pdsim.validate.engine_meta import check_engine_meta, meta_notes, meta_time, with_cache_config, with_python_names
 from pdsim.validate.measured_run import MeasuredRun, count_field
 
 ENGINE_FIELDS = ("input_toks", "output_toks", "arrival_time", "queued_ts", "first_token_ts", "last_token_ts")
@@ -39,7 +39,7 @@ def read_engine_jsonl(path: str | Path, clock: str = "engine") -> MeasuredRun:
     meta_path = p.with_name("meta.json")
     # A meta.json that is there but no file (a folder) is read, and refused, rather than taken as absent.
     meta = read_json_object(meta_path) if meta_path.exists() else {}
-    meta, sources = with_cache_config(meta_path, meta)
+    meta, sources = with_cache_config(meta_path, with_python_names(meta_path, meta))
     check_engine_meta(meta_path, meta)
     _check_run_span(p, meta, stamps, line_nos)
     notes = [f"arrival times from the {clock} clock", *meta_notes(meta)]

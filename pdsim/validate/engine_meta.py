@@ -169,6 +169,32 @@ def meta_notes(meta: dict) -> list[str]:
     return notes
 
 
+# Whole-number engine arguments: vLLM's pydantic configs take 64.0 as 64 (lax mode), so a record may write them so.
+WHOLE_NUMBER_KWARGS = frozenset({"max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory_bytes",
+                                 "num_gpu_blocks_override", "max_model_len", "long_prefill_token_threshold",
+                                 "max_num_partial_prefills", "max_long_partial_prefills", "tensor_parallel_size",
+                                 "pipeline_parallel_size", "data_parallel_size", "max_cudagraph_capture_size"})
+
+
+def with_python_names(meta_path: Path, meta: dict) -> dict:
+    """meta.json with engine_kwargs under EngineArgs' own names: a record written with the command line's
+    (`max-num-seqs`, `--max-num-seqs`) is read under `max_num_seqs`, and a whole number written as 64.0 as 64.
+    Both spellings of one argument with different values is an error (which did the engine run?)."""
+    kwargs = meta.get("engine_kwargs")
+    if not isinstance(kwargs, dict):
+        return meta
+    named: dict = {}
+    for key, value in kwargs.items():
+        name = key.removeprefix("--").replace("-", "_") if isinstance(key, str) else key
+        if name in WHOLE_NUMBER_KWARGS and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if name in named and named[name] != value:
+            raise PdsimError(f"{meta_path}: engine_kwargs gives {name} twice, as {json_shown(named[name], 40)} and "
+                             f"{json_shown(value, 40)} ({key!r}): one engine ran with one of them")
+        named[name] = value
+    return meta if named == kwargs and list(named) == list(kwargs) else {**meta, "engine_kwargs": named}
+
+
 def with_cache_config(meta_path: Path, meta: dict) -> tuple[dict, dict[str, str]]:
     """meta.json with kv_cache's engine arguments (vLLM's CacheConfig names: cache_dtype, gpu_memory_utilization)
     taken into engine_kwargs where those leave them out, and where each taken one was recorded (for the notes).

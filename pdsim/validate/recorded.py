@@ -218,17 +218,19 @@ _READ_KWARGS = {"async_scheduling", "distributed_executor_backend", "data_parall
                 "gpu_memory_utilization", "kv_cache_dtype", "max_model_len", "pipeline_parallel_size",
                 "quantization", "speculative_config", "tensor_parallel_size", "dtype", "long_prefill_token_threshold",
                 "max_num_partial_prefills", "cpu_offload_gb", "kv_offloading_size", "scheduler_reserve_full_isl",
-                "cudagraph_capture_sizes", "max_cudagraph_capture_size", "optimization_level"}
+                "cudagraph_capture_sizes", "max_cudagraph_capture_size", "optimization_level",
+                "max_long_partial_prefills", "offload_group_size"}
 _NO_EFFECT_KWARGS = {"model", "seed", "tokenizer", "tokenizer_mode", "trust_remote_code", "revision", "code_revision",
                      "tokenizer_revision", "download_dir", "load_format", "served_model_name", "disable_log_stats",
                      "enable_log_requests", "disable_log_requests", "max_logprobs", "skip_tokenizer_init",
-                     "generation_config", "config_format", "worker_extension_cls", "hf_token"}
+                     "config_format", "worker_extension_cls", "hf_token"}
 
 
 # Arguments a runner may record at vLLM 0.19's own default (engine/arg_utils.py), where they change nothing pdsim
 # replays: the same engine as one that leaves them out.
 _AT_VLLMS_DEFAULT = {"scheduling_policy": "fcfs", "swap_space": 4, "enable_lora": False, "calculate_kv_scales": False,
-                     "num_scheduler_steps": 1, "stream_interval": 1, "enable_sleep_mode": False}
+                     "num_scheduler_steps": 1, "stream_interval": 1, "enable_sleep_mode": False,
+                     "generation_config": "auto"}
 
 
 def _note_unused(run: MeasuredRun, cfg: ClusterConfig) -> None:
@@ -499,7 +501,7 @@ def _engine_limits(instances: list[dict], run: MeasuredRun) -> dict[str, object]
     recorded = "(vLLM's default; meta.json engine_kwargs record none)" if defaulted else f"from meta.json {where}"
     # vLLM's kv_cache_memory_bytes or num_gpu_blocks_override fixes the cache whatever the utilization: said so.
     fixed = next((f"; but {key} {out[key]} fixes the KV cache's size, as it did the engine's" for key in
-                  ("kv_cache_memory_bytes", "num_gpu_blocks_override") if out.get(key) is not None), "")
+                  ("num_gpu_blocks_override", "kv_cache_memory_bytes") if out.get(key) is not None), "")  # it wins
     if util is not None:
         mem_util = {inst.get("npu_mem", {}).get("mem_util") for inst in instances} - {None}
         if mem_util and min(mem_util) >= util:
@@ -552,8 +554,14 @@ def _unchunked_budget(instances: list[dict], stated: dict, out: dict, unrecorded
     else:
         return None
     budget = unchunked_budget(max_len, out.get("max_num_seqs", stated.get("max_num_seqs")))
+    # The floor is the default of how the engine was started (arg_utils.py _set_default_args, usage context),
+    # which the record does not say: it matters only under the largest of them.
+    started = ("; NOTE: 2048 is the floor of vllm serve below 70 GiB of GPU memory or on A100 and of an engine made "
+               "directly (AsyncLLM.from_engine_args); vllm serve floors it at 8192 on larger GPUs, the LLM class at "
+               "8192 and 16384 (performance_mode throughput doubles each), and the record does not say how the "
+               "engine was started" if max_len < 16384 else "")
     run.notes.append(f"max_num_batched_tokens {budget}: chunked prefill off and no budget recorded, so vLLM's "
-                     f"default, {whose} {max_len} (at least 2048, at most max_num_seqs x it)")
+                     f"default, {whose} {max_len} (at least 2048, at most max_num_seqs x it){started}")
     return budget
 
 
@@ -743,7 +751,13 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
         raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: speculative decoding "
                          f"(speculative_config {kwargs['speculative_config']!r}) is not modelled "
                          "(meta.json engine_kwargs)")
+    connector = kwargs.get("kv_transfer_config")
+    if connector and "offload" in str(connector.get("kv_connector", "") if isinstance(connector, dict)
+                                      else connector).lower():  # what kv_offloading_size sets up (arg_utils.py)
+        raise PdsimError(f"{run.source}: skipped, pdsim cannot express this run: KV cache offloaded to CPU memory "
+                         f"(kv_transfer_config {connector!r:.80}) is not modelled (meta.json engine_kwargs)")
     for key, what in (("cpu_offload_gb", "weights offloaded to CPU memory"),
+                      ("offload_group_size", "weights offloaded to CPU memory and prefetched"),
                       ("kv_offloading_size", "KV cache offloaded to CPU memory")):
         value = kwargs.get(key)
         if value in (None, 0, 0.0) and not isinstance(value, bool):  # vLLM's default: nothing offloaded
@@ -797,7 +811,11 @@ def _recorded_precision(instances: list[dict], run: MeasuredRun) -> dict[str, ob
             said["quantization"] = (f"quantization {out['quantization']}: the config's (its dtype fp8), kept beside "
                                     f"meta.json's dtype {recorded_dtype} (vLLM's --dtype sets the activations)")
     stated_fp8_kv = any(str(_stated_precision(inst, "kv_cache_dtype")).startswith("fp8") for inst in instances)
-    if layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_fp8_kv):
+    if (sixteen_bit := kwargs.get("kv_cache_dtype")) in ("bfloat16", "float16"):
+        # Named, not "auto": vLLM resolves only "auto" to the checkpoint's cache (utils/torch_utils.py
+        # resolve_kv_cache_dtype_string), so this runs 16 bits even over a checkpoint whose own cache is fp8.
+        out["kv_cache_dtype"] = sixteen_bit
+    elif layout.kv_cache_dtype != "auto" or (kwargs.get("kv_cache_dtype") == "auto" and stated_fp8_kv):
         # "auto" recorded is the checkpoint's cache, which the engine ran whatever the config says
         out["kv_cache_dtype"] = layout.kv_cache_dtype
     elif "kv_cache_dtype" not in kwargs and stated_fp8_kv and run.records_engine_kwargs:
