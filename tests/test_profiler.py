@@ -414,3 +414,25 @@ def test_the_profilers_timings_are_part_of_the_profile_it_swaps_in(profile_dir: 
     # Written into the staged folder with the tables, not beside the profile after it was put in place.
     assert (profile_dir / "timings.csv").is_file()
     assert not [p for p in profile_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_gpu_profiles_are_filed_under_the_board_configs_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.profiler.cli import _hardware, gpu_hardware_name
+
+    sxm, pcie = "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"
+    assert gpu_hardware_name(None, sxm) == "H100-SXM"  # the default: this device's board
+    assert gpu_hardware_name("H100", pcie) == "H100-PCIe"  # a family name: this device's board of it
+    assert gpu_hardware_name("h100_sxm5", sxm) == "H100-SXM"  # an alias: the name configs resolve it to
+    assert gpu_hardware_name("my-rig", "NVIDIA Mystery GPU") == "my-rig"  # unknown device: kept as given
+    with pytest.raises(PdsimError, match=r"--hardware H100-SXM: names the H100-SXM, but this GPU is 'NVIDIA H100 "
+                                         r"PCIe' \(H100-PCIe\)"):
+        gpu_hardware_name("H100-SXM", pcie)
+    with pytest.raises(PdsimError, match="--hardware A100: a family of boards .* this GPU .* is none of them"):
+        gpu_hardware_name("A100", sxm)
+    with pytest.raises(PdsimError, match="MIG slice"):
+        gpu_hardware_name(None, "NVIDIA H100 80GB HBM3 MIG 3g.40gb")
+    with pytest.raises(PdsimError, match=r"--hardware is required: .*'NVIDIA Mystery GPU'"):
+        gpu_hardware_name(None, "NVIDIA Mystery GPU")
+    # the command reads torch's name of the device it runs on
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pcie)
+    assert _hardware({"threads": None, "hardware": "H100"}, "cuda") == "H100-PCIe"

@@ -53,11 +53,52 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def default_hardware_name(device: str, threads: int) -> str:
-    """CPU profiles are named after their thread count; a GPU needs --hardware."""
-    if device == "cuda":
-        raise PdsimError("--hardware is required on a GPU (e.g. H100-SXM; see pdsim/hardware.py)")
-    return f"CPU-{threads}core"
+def gpu_hardware_name(given: str | None, device_name: str) -> str:
+    """The hardware name a profile measured on the GPU torch calls `device_name` is filed under, resolved as
+    cluster configs resolve theirs (a config saying "H100" reads H100-SXM's profile, so one filed under "H100"
+    would never be read): None gives this device's board; a family name ("H100") the board of this device; a
+    board other than this device's is refused, and a name pdsim does not know is kept as given."""
+    from pdsim.hardware import (
+        board_family,
+        canonical_hardware_name,
+        device_board,
+        family_boards,
+        get_hardware,
+        is_family_name,
+        is_gpu_slice,
+    )
+
+    if is_gpu_slice(device_name):  # a slice has a fraction of the board's SMs and bandwidth
+        raise PdsimError(f"this GPU is a MIG slice ({device_name!r}): its times are no whole board's; profile on a "
+                         "whole GPU")
+    board = canonical_hardware_name(device_name)
+    known = board if get_hardware(board) is not None else None
+    if given is None:
+        if known is None:
+            raise PdsimError(f"--hardware is required: pdsim knows no board by this GPU's name ({device_name!r}); "
+                             "give the name cluster configs will use for it (see pdsim/hardware.py)")
+        return known
+    _check_folder_name(given)
+    if is_family_name(given):
+        of_device = device_board(device_name, given)
+        if of_device is None:
+            boards = ", ".join(family_boards(board_family(canonical_hardware_name(given)) or given))
+            raise PdsimError(f"--hardware {given}: a family of boards ({boards}), and this GPU ({device_name!r}) is "
+                             f"none of them as pdsim reads its name; give the board, or leave --hardware out")
+        return of_device
+    resolved = canonical_hardware_name(given)
+    if get_hardware(resolved) is None:
+        return given  # a GPU pdsim does not know: a measured-only profile under the name given
+    if known is not None and resolved != known:
+        raise PdsimError(f"--hardware {given}: names the {resolved}, but this GPU is {device_name!r} ({known}); "
+                         f"leave --hardware out to file the profile under {known}")
+    return resolved
+
+
+def _check_folder_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):  # it names a folder under --out
+        raise PdsimError(f"--hardware {name!r}: expected a name of letters, digits and . _ + - (it names the "
+                         "profile's folder)")
 
 
 @click.group("profile", invoke_without_command=True)
@@ -68,8 +109,10 @@ def default_hardware_name(device: str, threads: int) -> str:
 )
 @click.option(
     "--hardware",
-    help="Hardware name the profile is filed under, which cluster configs refer "
-    "to (e.g. H100-SXM). Default on the CPU: CPU-<threads>core; required on a GPU.",
+    help="Hardware name the profile is filed under, which cluster configs refer to (e.g. H100-SXM). "
+    "Default on a GPU: the board pdsim reads torch's device name as (required where it knows none); a family "
+    "name (H100, A100) is taken as this GPU's board, another board than this GPU is refused. Default on the "
+    "CPU: CPU-<threads>core.",
 )
 @click.option(
     "--tp",
@@ -279,13 +322,13 @@ def _hardware(opts: dict, device: str) -> str:
 
     if opts["threads"]:
         torch.set_num_threads(int(opts["threads"]))
+    if device == "cuda":
+        return gpu_hardware_name(str(opts["hardware"]) if opts["hardware"] else None, torch.cuda.get_device_name())
     if not opts["hardware"]:
-        return default_hardware_name(device, torch.get_num_threads())
+        return f"CPU-{torch.get_num_threads()}core"  # CPU profiles are named after their thread count
     name = str(opts["hardware"])
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):  # it names a folder under --out
-        raise PdsimError(f"--hardware {name!r}: expected a name of letters, digits and . _ + - (it names the "
-                         "profile's folder)")
-    if device == "cpu" and get_hardware(name) is not None:
+    _check_folder_name(name)
+    if get_hardware(name) is not None:
         # CPU timings filed under a GPU's name would price that GPU's steps (and replace or extend its profile).
         raise PdsimError(f"--hardware {name}: a GPU pdsim knows, but this runs on the CPU; leave --hardware out "
                          "(CPU-<threads>core) or run on that GPU")
