@@ -436,3 +436,31 @@ def test_gpu_profiles_are_filed_under_the_board_configs_read(monkeypatch: pytest
     # the command reads torch's name of the device it runs on
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pcie)
     assert _hardware({"threads": None, "hardware": "H100"}, "cuda") == "H100-PCIe"
+
+
+def test_flash_attn_prefill_makes_no_tensor_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor made inside the timed call is a host-to-device copy on a GPU, timed and uncapturable in a graph."""
+    import sys
+    import types
+
+    from pdsim.profiler.attention import FlashAttention
+    from pdsim.profiler.ops import ShardShapes
+
+    calls = []
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_varlen_func = lambda q, k, v, cu_q, cu_k, max_q, max_k, causal: calls.append(
+        (cu_q.tolist(), cu_k.tolist(), max_q, max_k)) or q
+    fake.flash_attn_with_kvcache = None
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    s = ShardShapes.of(load_model(MODEL), 1)
+    attn = FlashAttention(s, torch.float32, "cpu")
+    cache = attn.new_cache(1, 8, 4)
+    q, kv = torch.randn(4, s.heads, s.head_dim), torch.randn(4, s.kv_heads, s.head_dim)
+
+    def no_new_tensors(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tensor was made inside the timed call")
+
+    for name in ("tensor", "full", "arange", "zeros", "as_tensor"):
+        monkeypatch.setattr(torch, name, no_new_tensors)
+    attn.prefill(q, kv, kv, cache)
+    assert calls == [([0, 4], [0, 12], 4, 12)]

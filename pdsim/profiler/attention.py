@@ -36,7 +36,7 @@ class KVCache:
     v: torch.Tensor
     cached_tokens: int  # tokens already in the cache before this step (same for every request)
     lengths: torch.Tensor | None = None  # int32 [batch] for flash-attn, = cached_tokens
-    # torch-flash: int32 cumulative query / key lengths, built with the cache so that no host
+    # flash and torch-flash: int32 cumulative query / key lengths, built with the cache so that no host
     # to device copy happens inside a timed call or a captured CUDA graph
     cu_q: torch.Tensor | None = None
     cu_k: torch.Tensor | None = None
@@ -128,16 +128,17 @@ class FlashAttention:
         shape = (batch, cached_tokens + new_tokens, self.s.kv_heads, self.s.head_dim)
         k = torch.randn(shape, dtype=self.dtype, device=self.device)
         lengths = torch.full((batch,), cached_tokens, dtype=torch.int32, device=self.device)
-        return KVCache(k, torch.randn_like(k), cached_tokens, lengths)
+        # made here, not per call: a host-to-device copy inside the timed op would be timed and break graph capture
+        steps = torch.arange(batch + 1, dtype=torch.int32, device=self.device)
+        kv_len = cached_tokens + new_tokens
+        return KVCache(k, torch.randn_like(k), cached_tokens, lengths, cu_q=steps * new_tokens, cu_k=steps * kv_len)
 
     def prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
         c, p = q.shape[0], cache.cached_tokens
         cache.k[0, p : p + c].copy_(k)
         cache.v[0, p : p + c].copy_(v)
-        cu_q = torch.tensor([0, c], dtype=torch.int32, device=self.device)
-        cu_k = torch.tensor([0, p + c], dtype=torch.int32, device=self.device)
         # causal=True is bottom-right aligned in flash-attn >= 2.1: the chunk sees its prefix
-        out = self._varlen(q, cache.k[0, : p + c], cache.v[0, : p + c], cu_q, cu_k, c, p + c, causal=True)
+        out = self._varlen(q, cache.k[0, : p + c], cache.v[0, : p + c], cache.cu_q, cache.cu_k, c, p + c, causal=True)
         return out.reshape(c, self.s.q_size)
 
     def decode(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
