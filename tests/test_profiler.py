@@ -464,3 +464,33 @@ def test_flash_attn_prefill_makes_no_tensor_per_call(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(torch, name, no_new_tensors)
     attn.prefill(q, kv, kv, cache)
     assert calls == [([0, 4], [0, 12], 4, 12)]
+
+
+def test_clocks_are_read_for_the_gpu_torch_runs_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvidia-smi numbers GPUs in PCI order whatever CUDA_VISIBLE_DEVICES says: it is given the GPU's UUID."""
+    import subprocess
+    import types
+
+    from pdsim.profiler import device
+
+    seen: list[list[str]] = []
+
+    real_run = subprocess.run
+
+    def fake_run(args: list[str], **kwargs: object) -> object:
+        if args[0] != "nvidia-smi":  # platform's own calls
+            return real_run(args, **kwargs)
+        seen.append(args)
+        return types.SimpleNamespace(stdout="1980 MHz, 2619 MHz, 1980 MHz, 2619 MHz, 700.00 W, 570.1\n")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    props = types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0, total_memory=80 * 2**30,
+                                  multi_processor_count=132, L2_cache_size=50 * 2**20,
+                                  uuid="6e4e2ab8-0c1c-d0d2-3f5e-1b2a7c9d0e11")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    info = device.describe_device("cuda", 1)
+    assert seen[0][1] == "--id=GPU-6e4e2ab8-0c1c-d0d2-3f5e-1b2a7c9d0e11"
+    assert info["clocks"]["clocks.max.sm"] == "1980 MHz"
+    assert device.nvidia_smi_id("GPU-abc") == "GPU-abc" and device.nvidia_smi_id("") is None

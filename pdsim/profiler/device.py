@@ -57,11 +57,22 @@ def last_level_cache_bytes(device: str) -> int:
     return _cache_bytes(3) or _cache_bytes(2) or 32 * 2**20
 
 
-def _nvidia_smi(device_index: int) -> dict[str, str]:
+def nvidia_smi_id(uuid: object) -> str | None:
+    """nvidia-smi's --id for a device torch reports `uuid` for ("GPU-<uuid>"), None when there is none. Not torch's
+    index: nvidia-smi ignores CUDA_VISIBLE_DEVICES and numbers GPUs in PCI order, so index 0 may be another GPU."""
+    text = str(uuid or "").strip()
+    if not text:
+        return None
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+
+
+def _nvidia_smi(device_id: str | None) -> dict[str, str]:
     fields = "clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,power.limit,driver_version"
+    if device_id is None:  # no way to name this GPU to nvidia-smi: no clocks rather than another GPU's
+        return {}
     try:
         out = subprocess.run(
-            ["nvidia-smi", f"--id={device_index}", f"--query-gpu={fields}", "--format=csv,noheader"],
+            ["nvidia-smi", f"--id={device_id}", f"--query-gpu={fields}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -93,7 +104,7 @@ def describe_device(device: str, threads: int) -> dict:
             l2_cache_bytes=last_level_cache_bytes(device),
             gpus_visible=torch.cuda.device_count(),
             cudnn=torch.backends.cudnn.version(),
-            clocks=_nvidia_smi(torch.cuda.current_device()),
+            clocks=_nvidia_smi(nvidia_smi_id(getattr(props, "uuid", None))),
         )
     else:
         cpu = _cpuinfo()
