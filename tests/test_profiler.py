@@ -494,3 +494,48 @@ def test_clocks_are_read_for_the_gpu_torch_runs_on(monkeypatch: pytest.MonkeyPat
     assert seen[0][1] == "--id=GPU-6e4e2ab8-0c1c-d0d2-3f5e-1b2a7c9d0e11"
     assert info["clocks"]["clocks.max.sm"] == "1980 MHz"
     assert device.nvidia_smi_id("GPU-abc") == "GPU-abc" and device.nvidia_smi_id("") is None
+
+
+def test_vllms_attention_kernel_by_compute_capability() -> None:
+    from pdsim.perf.attention_kernel import kernel_fields, vllm_attention_kernel
+
+    assert vllm_attention_kernel(9, 0) == "FlashAttention-3"  # Hopper
+    assert vllm_attention_kernel(10, 0) == "FlashInfer"  # Blackwell: FlashInfer first
+    assert vllm_attention_kernel(8, 0) == vllm_attention_kernel(8, 9) == "FlashAttention-2"
+    assert vllm_attention_kernel(8, 9, "fp8_e4m3") == "FlashInfer"  # vLLM's FA2 reads no fp8 KV
+    assert vllm_attention_kernel(9, 0, "fp8") == "FlashAttention-3"
+    assert kernel_fields("torch_flash_attention_2", "9.0")["attention_kernel_matches_vllm"] is False
+    assert kernel_fields("flash_attn", "8.0") == {"attention_kernel_timed": "FlashAttention-2",
+                                                   "vllm_attention_kernel": "FlashAttention-2",
+                                                   "attention_kernel_matches_vllm": True}
+
+
+def test_a_profile_not_timed_with_vllms_kernels_says_so(tmp_path: Path, profile_dir: Path) -> None:
+    import shutil
+
+    from pdsim.config import cluster_config_from_dict
+    from pdsim.profiler.run import run_warnings
+    from tests.helpers import run
+
+    meta = json.loads((profile_dir / "meta.json").read_text())
+    assert "attention_kernel_matches_vllm" not in meta["device"] and run_warnings(meta) == []  # CPU: nothing said
+    meta["device"].update(compute_capability="9.0", attention_kernel_timed="FlashAttention-2",
+                          vllm_attention_kernel="FlashAttention-3", attention_kernel_matches_vllm=False,
+                          elementwise_compile_failed="torch.compile unavailable (ImportError: no triton)")
+    meta["timing"].update(points_timed_without_graph=3, graph_failures=["capture failed"])
+    lines = run_warnings(meta)
+    assert lines[0] == ("WARNING: the profile's attention was timed with FlashAttention-2, but vLLM 0.19 runs "
+                        "FlashAttention-3 on this GPU (compute capability 9.0), so its attention times are not "
+                        "vLLM's (on Hopper FlashAttention-2 takes about twice FlashAttention-3's time)")
+    assert lines[1].startswith("WARNING: --elementwise auto fell back to eager ops, torch.compile unavailable")
+    assert lines[2].startswith("WARNING: 3 grid point(s) timed without a CUDA graph (capture failed: capture failed)")
+    # a run with the profile says it where it says the step times are measured
+    copy = tmp_path / "profile"
+    shutil.copytree(profile_dir, copy)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    raw = json.loads((Path(__file__).parents[1] / "configs" / "cluster" / "cpu_llama160m.json").read_text())
+    raw["nodes"][0]["instances"][0].update(model_name=MODEL, max_num_seqs=8, max_num_batched_tokens=64)
+    cfg = cluster_config_from_dict(raw)
+    notes = run(cfg, [(10, 3, 0.0)], profile_dir=copy).instances[0].predictor.notes
+    said = [n for n in notes if "measured profile" in n]
+    assert said and said[0].endswith("; " + lines[0].removeprefix("WARNING: "))

@@ -27,6 +27,7 @@ from pdsim.hardware import (
 )
 from pdsim.llmservingsim_keys import kv_dtype_of
 from pdsim.models import ModelSpec, dtype_bytes, load_model
+from pdsim.perf.attention_kernel import kernel_mismatch
 from pdsim.perf.collectives import fused_allreduce_norm_tokens
 from pdsim.perf.cudagraphs import cudagraph_sizes, graph_sizes_run
 from pdsim.perf.estimate import load_or_estimate
@@ -166,7 +167,9 @@ def build_instance(
                                f"list them) pdsim's roofline estimate at {profile.meta.hardware}'s datasheet "
                                "bandwidth; npu_mem.mem_bw is not used")
     elif not profile.estimated:
-        predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
+        mismatch_note = kernel_mismatch(profile.meta.device)
+        predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile"
+                               + (f"; {mismatch_note}" if mismatch_note else ""))
     elif (note := mem_bw_note(ic)) is not None:
         predictor.notes.append(note)
     predictor.notes.extend(set_aside)

@@ -7,6 +7,7 @@ only once one of them actually runs, so the simulator's CLI loads without it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -339,7 +340,7 @@ def _profile(opts: dict) -> None:
     from pdsim.profiler.device import pick_device
     from pdsim.profiler.grid import GridSpec
     from pdsim.profiler.progress import progress_enabled
-    from pdsim.profiler.run import ProfileRequest, add_only, run_profile
+    from pdsim.profiler.run import ProfileRequest, add_only, run_profile, run_warnings
 
     device = pick_device(str(opts["device"]))
     try:
@@ -374,6 +375,9 @@ def _profile(opts: dict) -> None:
         out_dir = run_profile(req, progress_enabled(bool(opts["quiet"])))
     click.echo(f"wrote {out_dir}")
     click.echo(f"runs use it with --profiles-root {opts['out']} (or --profile-dir {out_dir})")
+    if not opts["only"]:
+        for line in run_warnings(json.loads((out_dir / "meta.json").read_text())):
+            click.echo(line)
 
 
 def _check(opts: dict) -> bool:

@@ -35,6 +35,7 @@ from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes, load_model
 from pdsim.outputs import write_json_atomic
+from pdsim.perf.attention_kernel import kernel_fields, kernel_mismatch
 from pdsim.perf.profile import (
     ProfileMeta,
     check_profile_target,
@@ -175,6 +176,8 @@ def measure(
         + (", token dim dynamic; layernorm and final_layernorm are RMSNorm fused with the residual add "
            "before it (vLLM's norm(x, residual)), no separate residual_add" if b.ew.fused_residual else ""),
     }
+    if b.ew.note:  # --elementwise auto could not compile: the ops were timed eager
+        result.kernels["elementwise_compile_failed"] = b.ew.note
     for i, p in enumerate(points):
         result.add(p, replace(best[i], runs=runs[i]))
     return result
@@ -271,6 +274,8 @@ def _device_info(req: ProfileRequest, measured: Measurements, threads: int, load
     device_info["loadavg_1m_at_start"] = load_at_start
     device_info["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     device_info.update(measured.kernels)
+    if req.device == "cuda":
+        device_info.update(kernel_fields(measured.kernels["attention_backend"], device_info["compute_capability"]))
     if get_hardware(req.hardware) is None:
         device_info["hardware_spec"] = "none in pdsim/hardware.py (measured-only hardware)"
     return device_info
@@ -391,3 +396,21 @@ def add_only(req: ProfileRequest, only: str, progress_enabled: bool = False) -> 
         timings_path.write_bytes(b"".join(kept) + b"".join(new.read_bytes().splitlines(keepends=True)[1:]))
         new.unlink()
     return out_dir
+
+
+def run_warnings(meta: dict) -> list[str]:
+    """The lines `pdsim profile` ends with where the profile is not what vLLM would measure, from its meta.json."""
+    lines = []
+    device, timing = meta.get("device", {}), meta.get("timing", {})
+    if (mismatch := kernel_mismatch(device)) is not None:
+        lines.append(f"WARNING: {mismatch}")
+    if failed := device.get("elementwise_compile_failed"):
+        lines.append(f"WARNING: --elementwise auto fell back to eager ops, {failed}: norms, rotary, SiLU-and-mul and "
+                     "residual adds were timed several times slower than vLLM's compiled ones; make torch.compile "
+                     "work here (Triton installed) and measure again, or pass --elementwise eager to mean it")
+    if graphless := timing.get("points_timed_without_graph"):
+        reasons = "; ".join(timing.get("graph_failures", [])[:1])
+        lines.append(f"WARNING: {graphless} grid point(s) timed without a CUDA graph (capture failed: {reasons}), so "
+                     "their times include launch overheads vLLM's graphs hide; meta.json timing.graph_failures says "
+                     "why: fix that and measure again")
+    return lines
