@@ -293,6 +293,8 @@ def test_profile_check_verdict_against_the_10_percent_goal():
         return CheckRow("decode", tokens, 512, measured, predicted, spread, True)
 
     assert check_verdict([row(1, 10, 10.5), row(4, 10, 9.2)]).startswith("verdict: PASS, all 2 steps within 10%")
+    assert check_verdict([row(1, 10, 10.5)]).endswith("; measured with the profiler's stand-in kernels chained, "
+                                                      "not vLLM")
     verdict = check_verdict([row(1, 10, 10.5), row(8, 10, 11.5), row(16, 10, 8.8, spread=0.15)])
     assert verdict.startswith("verdict: FAIL, 2 of 3 steps outside 10%: decode B=8 L=512 +15.0%")
     assert "1 of them within the measurement's own spread" in verdict

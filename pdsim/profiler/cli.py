@@ -250,8 +250,9 @@ def _check_folder_name(name: str) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Self-check instead of profiling: time full forward passes "
-    "and compare with the profile's prediction. Exit status: 0 when the verdict is PASS (every step "
+    help="Self-check instead of profiling: time full forward passes of the profiler's own stand-in kernels "
+    "chained (not vLLM) and compare with the profile's prediction: PASS says the profile composes its ops "
+    "into whole steps, not that it matches vLLM. Exit status: 0 when the verdict is PASS (every step "
     "predicted within 10%), 1 when it is FAIL, 2 on an error (e.g. no such profile).",
 )
 @click.option(
@@ -436,7 +437,8 @@ def check_verdict(rows: Sequence[CheckRow], goal: float = CHECK_GOAL) -> str:
     if not misses:
         worst = max(rows, key=lambda r: abs(r.rel_error))
         return (f"verdict: PASS, all {len(rows)} steps within {goal:.0%} of the measured time "
-                f"(worst {worst.label()} {worst.rel_error:+.1%})")
+                f"(worst {worst.label()} {worst.rel_error:+.1%}); measured with the profiler's stand-in kernels "
+                "chained, not vLLM")
     noisy = sum(1 for r in misses if abs(r.rel_error) <= r.spread_rel)
     listed = ", ".join(f"{r.label()} {r.rel_error:+.1%}" for r in sorted(misses, key=lambda r: -abs(r.rel_error)))
     extra = f"; {noisy} of them within the measurement's own spread" if noisy else ""
