@@ -539,3 +539,25 @@ def test_a_profile_not_timed_with_vllms_kernels_says_so(tmp_path: Path, profile_
     notes = run(cfg, [(10, 3, 0.0)], profile_dir=copy).instances[0].predictor.notes
     said = [n for n in notes if "measured profile" in n]
     assert said and said[0].endswith("; " + lines[0].removeprefix("WARNING: "))
+
+
+@pytest.mark.parametrize(("key", "recorded", "what"), [
+    ("attention_backend", "flash_attn", "attention backend 'flash_attn'"),
+    ("elementwise_ops", "torch.compile (inductor), token dim dynamic", "elementwise ops 'torch.compile (inductor)'"),
+    ("name", "NVIDIA H100 80GB HBM3", "device 'NVIDIA H100 80GB HBM3'"),
+])
+def test_only_refuses_other_kernels_than_the_profiles(tmp_path: Path, profile_dir: Path, key: str, recorded: str,
+                                                      what: str) -> None:
+    import shutil
+
+    out = tmp_path / "profiles"
+    path = profile_path(out, "CPU-1core", MODEL, "bfloat16", 1)
+    shutil.copytree(profile_dir, path)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["device"][key] = recorded
+    (path / "meta.json").write_text(json.dumps(meta))
+    timings = (path / "timings.csv").read_bytes()
+    result = _invoke("--model", MODEL, "--out", str(out), "--only", "layer_overhead", *FAST)
+    assert result.exit_code != 0 and isinstance(result.exception, PdsimError)
+    assert f"profile measured with {what}, but --only would measure with" in str(result.exception)
+    assert (path / "timings.csv").read_bytes() == timings

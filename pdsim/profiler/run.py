@@ -34,7 +34,7 @@ from pdsim import __version__
 from pdsim.errors import PdsimError
 from pdsim.hardware import get_hardware
 from pdsim.models import ModelSpec, dtype_bytes, load_model
-from pdsim.outputs import write_json_atomic
+from pdsim.outputs import atomic_path, write_json_atomic
 from pdsim.perf.attention_kernel import kernel_fields, kernel_mismatch
 from pdsim.perf.profile import (
     ProfileMeta,
@@ -44,12 +44,14 @@ from pdsim.perf.profile import (
     write_decode_skew,
     write_profile,
 )
+from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
+from pdsim.profiler.elementwise import make_elementwise
 from pdsim.profiler.grid import GridSpec
 from pdsim.profiler.layer_overhead import write_layer_overhead
 from pdsim.profiler.memory import activation_peak_bytes
 from pdsim.profiler.model import RandomModel
-from pdsim.profiler.ops import ShardShapes
+from pdsim.profiler.ops import ShardShapes, torch_dtype
 from pdsim.profiler.outliers import DEFAULT_TOLERANCE, suspicious_points
 from pdsim.profiler.points import Point, PointBuilder, decode_skew_points, grid_points, layer_points
 from pdsim.profiler.progress import Progress
@@ -355,6 +357,7 @@ def add_only(req: ProfileRequest, only: str, progress_enabled: bool = False) -> 
         raise PdsimError(
             f"{out_dir}: profile measured with {recorded} threads, not {threads}; pass --threads {recorded}"
         )
+    _same_kernels(out_dir, profile.meta.device, req, model, threads)
     raw = json.loads((out_dir / "meta.json").read_text())
     if "grid" not in raw:  # the series would be timed on this command's grid, not the tables' beside it
         raise PdsimError(f"{out_dir / 'meta.json'}: no field 'grid', which pdsim's profiler records with the tables "
@@ -393,9 +396,36 @@ def add_only(req: ProfileRequest, only: str, progress_enabled: bool = False) -> 
         kept = [line for line in lines if not line.startswith(f"{table},".encode())]
         new = out_dir / (TIMINGS_FILE + ".new")
         write_timings(new, measured.timings)
-        timings_path.write_bytes(b"".join(kept) + b"".join(new.read_bytes().splitlines(keepends=True)[1:]))
+        added = new.read_bytes().splitlines(keepends=True)[1:]
         new.unlink()
+        # atomically: an interrupted rewrite must not leave the profile with half its timings
+        with atomic_path(timings_path) as tmp:
+            tmp.write_bytes(b"".join(kept) + b"".join(added))
     return out_dir
+
+
+def _same_kernels(out_dir: Path, recorded: dict, req: ProfileRequest, model: ModelSpec, threads: int) -> None:
+    """Refuse `--only` where this machine would time the series on another device or other kernels than the
+    profile's other tables were (a series beside tables of other kernels would mix them)."""
+    s = ShardShapes.of(model, req.tp)
+    dtype = torch_dtype(req.dtype)
+    ew = make_elementwise(req.device, dtype, req.elementwise).name
+    here = {
+        "device": describe_device(req.device, threads)["name"],
+        "attention backend": make_attention(s, dtype, req.device, req.attention_backend).name,
+        "elementwise ops": ew,
+    }
+    ew_recorded = recorded.get("elementwise_ops")
+    there = {
+        "device": recorded.get("name"),
+        "attention backend": recorded.get("attention_backend"),
+        # recorded as the name, then what it was compiled with
+        "elementwise ops": ew_recorded.split(";")[0].split(",")[0].strip() if isinstance(ew_recorded, str) else None,
+    }
+    for what, value in here.items():
+        if there[what] is not None and there[what] != value:
+            raise PdsimError(f"{out_dir}: profile measured with {what} {there[what]!r}, but --only would measure "
+                             f"with {value!r}: measure the whole profile, or run where its other tables were timed")
 
 
 def run_warnings(meta: dict) -> list[str]:
