@@ -561,3 +561,29 @@ def test_only_refuses_other_kernels_than_the_profiles(tmp_path: Path, profile_di
     assert result.exit_code != 0 and isinstance(result.exception, PdsimError)
     assert f"profile measured with {what}, but --only would measure with" in str(result.exception)
     assert (path / "timings.csv").read_bytes() == timings
+
+
+def test_a_moe_model_is_profiled_without_its_experts_and_says_so(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim import models
+
+    qwen = json.loads((Path(models.MODELS_DIR) / "Qwen" / "Qwen3-30B-A3B.json").read_text())
+    tiny = {**qwen, "hidden_size": 128, "head_dim": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 256, "moe_intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2,
+            "num_hidden_layers": 2, "vocab_size": 512, "max_position_embeddings": 4096}
+    config = tmp_path / "tiny-moe.json"
+    config.write_text(json.dumps(tiny))
+    monkeypatch.setitem(models._RUN_MODEL_FILES, "pdsim/tiny-qwen3-moe", config)
+    out = tmp_path / "profiles"
+    small = ["--max-tokens", "16", "--max-kv", "16", "--max-batch", "2"]
+    result = _invoke("--model", "pdsim/tiny-qwen3-moe", "--out", str(out), *small, *FAST)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    note = ("NOTE: pdsim/tiny-qwen3-moe is a mixture-of-experts model: the profiler does not measure its expert "
+            "layers, nor the dense MLP of intermediate_size, which none of its layers has; runs with this profile "
+            "estimate the experts from the hardware's specs (pdsim/hardware.py)")
+    lines = result.output.splitlines()
+    assert lines[0] == note and lines[-1] == note  # said before measuring and at the end
+    path = profile_path(out, "CPU-1core", "pdsim/tiny-qwen3-moe", "bfloat16", 1)
+    assert json.loads((path / "meta.json").read_text())["device"]["moe_experts"] == note.removeprefix("NOTE: ")
+    dense = read_profile(path).dense
+    assert not {"gate_up_proj", "act_fn", "down_proj"} & set(dense) and "layer_overhead" in dense

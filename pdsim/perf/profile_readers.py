@@ -259,7 +259,9 @@ def _read_pdsim(root: Path) -> Profile:
         path=str(root),
         fmt="pdsim",
     )
-    dense, per_seq = _read_op_tables(root, "op")
+    # pdsim's profiler times no dense MLP for a MoE model whose layers are all MoE, and records device.moe_experts
+    # (the predictor checks that the model needs none)
+    dense, per_seq = _read_op_tables(root, "op", mlp_optional="moe_experts" in meta.device)
     cols = ("chunk_tokens", "kv_prefix_tokens", "time_us")
     p = root / "attention_prefill.csv"
     prefill = _full_grid(p, _read_csv(p, cols, cols), cols[:2])

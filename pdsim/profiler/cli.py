@@ -338,10 +338,11 @@ def _hardware(opts: dict, device: str) -> str:
 
 
 def _profile(opts: dict) -> None:
+    from pdsim.models import load_model
     from pdsim.profiler.device import pick_device
     from pdsim.profiler.grid import GridSpec
     from pdsim.profiler.progress import progress_enabled
-    from pdsim.profiler.run import ProfileRequest, add_only, run_profile, run_warnings
+    from pdsim.profiler.run import ProfileRequest, add_only, moe_note, run_profile, run_warnings
 
     device = pick_device(str(opts["device"]))
     try:
@@ -370,6 +371,8 @@ def _profile(opts: dict) -> None:
         recheck_rounds=int(opts["recheck_rounds"]),
         recheck_tolerance=float(opts["recheck_tolerance"]),
     )
+    if not opts["only"] and (note := moe_note(load_model(req.model))) is not None:
+        click.echo(f"NOTE: {note}")
     if opts["only"]:
         out_dir = add_only(req, opts["only"], progress_enabled(bool(opts["quiet"])))
     else:

@@ -74,6 +74,8 @@ def decoder_layer(
         q, k = ew.qk_norm(q, k, w)
     q, k = ew.rotary_emb(q, k, positions, rope)
     h, residual = ew.add_layernorm(ops.o_proj(attention(q, k, v, cache), w), residual, w.post_norm)
+    if not s.dense_mlp:  # a MoE layer: its expert block is not the profiler's (estimated from specs)
+        return h, residual
     return ops.down_proj(ew.act_fn(ops.gate_up_proj(h, w)), w), residual
 
 

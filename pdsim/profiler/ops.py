@@ -55,6 +55,9 @@ class ShardShapes:
     vocab: int  # the sampler sees the gathered, full-vocab logits
     qk_norm: bool
     max_positions: int
+    # False for a MoE model without dense MLP layers: the predictor reads no dense MLP for it, and the layer
+    # forward timed for layer_overhead must be the layer the profile composes (the experts are not profiled)
+    dense_mlp: bool = True
 
     @classmethod
     def of(cls, model: ModelSpec, tp: int) -> ShardShapes:
@@ -73,6 +76,7 @@ class ShardShapes:
             vocab=model.vocab_size,
             qk_norm=model.has_qk_norm,
             max_positions=model.max_position_embeddings,
+            dense_mlp=model.dense_mlp_layers > 0,
         )
 
     @property

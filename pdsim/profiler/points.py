@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pdsim.models import ModelSpec, dtype_bytes
-from pdsim.perf.profile import LAYER_OVERHEAD_DECODE_KV
+from pdsim.perf.profile import LAYER_OVERHEAD_DECODE_KV, MLP_OPS
 from pdsim.profiler import ops
 from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import last_level_cache_bytes
@@ -189,7 +189,8 @@ def layer_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
 def grid_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
     points: list[Point] = []
     dense_ops = [op for op in (*ops.LAYER_OPS, *ops.STEP_OPS)
-                 if (op != "qk_norm" or b.s.qk_norm) and (op != "residual_add" or not b.ew.fused_residual)]
+                 if (op != "qk_norm" or b.s.qk_norm) and (op != "residual_add" or not b.ew.fused_residual)
+                 and (op not in MLP_OPS or b.s.dense_mlp)]
     for op in dense_ops:
         for t in grid.tokens():
             points.append(

@@ -278,6 +278,8 @@ def _device_info(req: ProfileRequest, measured: Measurements, threads: int, load
     device_info.update(measured.kernels)
     if req.device == "cuda":
         device_info.update(kernel_fields(measured.kernels["attention_backend"], device_info["compute_capability"]))
+    if (note := moe_note(load_model(req.model))) is not None:
+        device_info["moe_experts"] = note
     if get_hardware(req.hardware) is None:
         device_info["hardware_spec"] = "none in pdsim/hardware.py (measured-only hardware)"
     return device_info
@@ -428,10 +430,20 @@ def _same_kernels(out_dir: Path, recorded: dict, req: ProfileRequest, model: Mod
                              f"with {value!r}: measure the whole profile, or run where its other tables were timed")
 
 
+def moe_note(model: ModelSpec) -> str | None:
+    """What a profile of a MoE model lacks (None for a dense model)."""
+    if model.moe is None:
+        return None
+    dense = "" if model.dense_mlp_layers else (", nor the dense MLP of intermediate_size, which none of its layers "
+                                               "has")
+    return (f"{model.name} is a mixture-of-experts model: the profiler does not measure its expert layers{dense}; "
+            "runs with this profile estimate the experts from the hardware's specs (pdsim/hardware.py)")
+
+
 def run_warnings(meta: dict) -> list[str]:
     """The lines `pdsim profile` ends with where the profile is not what vLLM would measure, from its meta.json."""
-    lines = []
     device, timing = meta.get("device", {}), meta.get("timing", {})
+    lines = [f"NOTE: {device['moe_experts']}"] if device.get("moe_experts") else []
     if (mismatch := kernel_mismatch(device)) is not None:
         lines.append(f"WARNING: {mismatch}")
     if failed := device.get("elementwise_compile_failed"):
