@@ -167,9 +167,9 @@ def build_instance(
                                f"list them) pdsim's roofline estimate at {profile.meta.hardware}'s datasheet "
                                "bandwidth; npu_mem.mem_bw is not used")
     elif not profile.estimated:
-        mismatch_note = kernel_mismatch(profile.meta.device)
-        predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile"
-                               + (f"; {mismatch_note}" if mismatch_note else ""))
+        predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
+        if (mismatch := kernel_mismatch(profile.meta.device)) is not None:
+            predictor.notes.append(mismatch)
     elif (note := mem_bw_note(ic)) is not None:
         predictor.notes.append(note)
     predictor.notes.extend(set_aside)

@@ -38,8 +38,14 @@ def kernel_fields(backend: str, compute_capability: str) -> dict:
 
 
 def kernel_mismatch(device: dict) -> str | None:
-    """What a profile's recorded device says about its attention kernel where it is not vLLM's, else None (also
-    for profiles made before this was recorded)."""
+    """What a profile's recorded device says about its attention kernel where it is not vLLM's, else None. A
+    profile made before the match was recorded is judged by its backend and compute capability where it has them
+    (the bundled H200 profile: torch's FlashAttention-2 on 9.0)."""
+    if "attention_kernel_matches_vllm" not in device and device.get("attention_backend") in TIMED_KERNELS:
+        try:
+            device = {**device, **kernel_fields(device["attention_backend"], str(device["compute_capability"]))}
+        except (KeyError, ValueError):
+            return None
     if device.get("attention_kernel_matches_vllm") is not False:
         return None
     return (f"the profile's attention was timed with {device.get('attention_kernel_timed')}, but vLLM 0.19 runs "
