@@ -593,3 +593,122 @@ def test_a_moe_model_is_profiled_without_its_experts_and_says_so(tmp_path: Path,
     assert json.loads((path / "meta.json").read_text())["device"]["moe_experts"] == note.removeprefix("NOTE: ")
     dense = read_profile(path).dense
     assert not {"gate_up_proj", "act_fn", "down_proj"} & set(dense) and "layer_overhead" in dense
+
+
+def test_capped_grid_drops_whole_kv_columns_then_batches() -> None:
+    from pdsim.profiler.grid import capped_grid
+
+    grid = GridSpec(max_tokens=64, max_batch=8, max_kv=64)  # decode KV 1, 16, 24, 32, 48, 64; batches 1-4, 6, 8
+
+    def fits_in(tokens: int):  # noqa: ANN202
+        return lambda n, kv: n * kv <= tokens
+
+    capped = capped_grid(grid, fits_in(8 * 40), lambda c, p: True)
+    assert capped == GridSpec(max_tokens=64, max_batch=8, max_kv=32)
+    assert all(n * kv <= 8 * 40 for n in capped.decode_batches() for kv in capped.decode_kv())  # a full rectangle
+    # where not even the smallest KV fits the largest batch: KV 16 and the batches that fit there
+    assert capped_grid(grid, fits_in(4 * 16), lambda c, p: True) == GridSpec(max_tokens=64, max_batch=4, max_kv=16)
+    # the prefill table's chunk x prefix likewise
+    assert capped_grid(grid, lambda n, kv: True, lambda c, p: c + p <= 64 + 24).max_kv == 24
+    assert capped_grid(grid, lambda n, kv: True, lambda c, p: c + p <= 32).max_tokens == 16
+    assert capped_grid(grid, fits_in(10**6), lambda c, p: True) == grid
+    with pytest.raises(ValueError, match="smallest decode batch"):
+        capped_grid(grid, fits_in(8), lambda c, p: True)
+
+
+def test_a_24gb_card_caps_llama_8bs_decode_kv_to_its_free_memory() -> None:
+    from pdsim.profiler.ops import ShardShapes
+    from pdsim.profiler.points import PointBuilder
+    from pdsim.profiler.run import memory_capped_grid, vllm_kv_tokens
+
+    model = load_model("meta-llama/Llama-3.1-8B")
+    b = object.__new__(PointBuilder)  # the byte count alone, without allocating 8B's weights
+    b.s, b.elem, b.num_layers, b.flush_bytes = ShardShapes.of(model, 1), 2, 32, 2 * 48 * 2**20  # an L4's L2
+    gib = 2**30
+    # 256 sequences x 16385 tokens x K and V x 8 heads x 128 x 2 bytes, one copy (larger than the L2), q/k/v, output
+    assert b.attention_bytes(256, 16384, 1) == 2 * 256 * 16385 * 1024 * 2 + 256 * (4096 + 2048) * 2 + 256 * 4096 * 2
+    default = GridSpec(max_tokens=8192, max_batch=256, max_kv=16384)
+    # an L4 / A10: ~22 GiB seen by CUDA, ~4 GiB held by the profiler's weight copies and embeddings
+    assert memory_capped_grid(default, int(17.6 * gib), b.attention_bytes) == GridSpec(8192, 256, 12288)
+    assert memory_capped_grid(default, 40 * gib, b.attention_bytes) == default
+    with pytest.raises(PdsimError, match="--max-batch"):
+        memory_capped_grid(default, gib, b.attention_bytes)  # all of it the margin
+    # vLLM beside 8B's 16 GB of weights on a 24 GiB card: some 54k tokens of KV cache, far below 256 x 16384
+    assert 50_000 < vllm_kv_tokens(model, "bfloat16", 1, 24 * gib) < 60_000
+
+
+def test_the_grid_is_capped_to_the_free_gpu_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.profiler import run
+    from pdsim.profiler.points import PointBuilder
+
+    # the CPU has no fixed free memory: stand in a GPU's, 1 GiB margin + a budget that holds decode 8 x 48
+    monkeypatch.setattr(run, "_free_device_bytes", lambda device: (2**30 + 8 * 49 * 1000, 24 * 2**30))
+    monkeypatch.setattr(PointBuilder, "attention_bytes", lambda self, n, cached, new: n * (cached + new) * 1000)
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), *GRID, *FAST)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    path = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 1)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["grid"]["max_kv"] == 48 and meta["grid"]["max_batch"] == 8
+    cap = meta["grid_capped"][0]
+    assert cap["by"] == "free memory" and cap["changed"] == {"max_kv": [64, 48]}
+    assert "NOTE: grid capped to the free GPU memory: --max-kv 64 -> 48 (decode attention at 8x64" in result.output
+    assert "tokens of KV cache on this GPU" in result.output
+    profile = read_profile(path)
+    assert max(profile.attention_decode.ys) == 48 and max(profile.attention_prefill.ys) == 48
+
+
+def test_a_point_out_of_memory_caps_its_table_and_keeps_the_rest(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.profiler.points import PointBuilder
+
+    decode = PointBuilder.decode
+
+    def oom_from_4x32(self, batch: int, kv: int):  # noqa: ANN001, ANN202
+        if batch >= 4 and kv >= 32:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return decode(self, batch, kv)
+
+    monkeypatch.setattr(PointBuilder, "decode", oom_from_4x32)
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), *GRID, *FAST, "--recheck-rounds", "0")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    path = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 1)
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["timing"]["points_out_of_memory"] == 1 and meta["grid"]["max_kv"] == 24
+    assert meta["grid_capped"] == [{"by": "out of memory", "changed": {"max_kv": [64, 24]},
+                                    "point": "attention_decode 4x32"}]
+    note = ("NOTE: 1 grid point(s) ran out of GPU memory (first attention_decode 4x32): --max-kv 64 -> 24, the "
+            "attention tables stop at the largest full grid measured and steps beyond are extrapolated")
+    assert note in result.output
+    profile = read_profile(path)  # full rectangles still
+    assert max(profile.attention_decode.ys) == 24 and max(profile.attention_decode.xs) == 8
+    assert {long for _, _, long, _ in profile.decode_skew_rows} == {16, 24}
+    # the points measured before the cap were kept, not measured again
+    assert {r["runs"] for r in iter_timings(path)} == {"1"}
+
+
+def test_a_dense_point_out_of_memory_names_the_option_to_lower(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.profiler.points import PointBuilder
+
+    def oom(self, op: str, t: int):  # noqa: ANN001, ANN202
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(PointBuilder, "dense", oom)
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), *GRID, *FAST)
+    assert isinstance(result.exception, PdsimError)
+    assert "out of GPU memory at grid point layernorm 1: lower --max-tokens" in str(result.exception)
+
+
+def test_a_graph_capture_out_of_memory_is_no_graph_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.profiler import timing
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(timing, "capture_cuda_graph", oom)
+    timer = timing.Timer("cuda", timing.TimingConfig(warmup=1, repeats=3), graphs=True)
+    monkeypatch.setattr(timer, "_time_once", lambda fn: 1.0)
+    with pytest.raises(torch.OutOfMemoryError):
+        timer._capture([lambda: None])
+    assert timer.graph_failures == []
+

@@ -8,7 +8,8 @@ and the self-check ask for most), and so is the maximum itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 from pdsim.perf.profile_format import LAYER_OVERHEAD_DECODE_KV
 
@@ -100,3 +101,34 @@ class GridSpec:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+def capped_grid(
+    grid: GridSpec, decode_fits: Callable[[int, int], bool], prefill_fits: Callable[[int, int], bool]
+) -> GridSpec:
+    """`grid` with its attention tables cut to the points that fit, as full rectangles (the profile reader needs
+    every decode batch at every KV length, every prefill chunk at every prefix): `decode_fits(batch, kv)` and
+    `prefill_fits(chunk, prefix)` say whether one point fits, and are taken to fall as either axis grows.
+
+    max_kv is lowered first, to the largest KV length of the grid at which the largest decode batch and the
+    largest prefill chunk both fit: long contexts are rare beside many short requests, and the reader
+    extrapolates beyond the largest KV. Where not even the smallest KV (LAYER_OVERHEAD_DECODE_KV) fits,
+    max_batch and max_tokens are lowered too, to the largest that fit at it. Every value chosen is a point
+    of the old grid, so the smaller grid's points are the old grid's (but for the decode skew's longest two
+    KV lengths). Raises ValueError when not even the smallest decode batch or prefill chunk fits."""
+    kvs = [kv for kv in grid.decode_kv() if kv >= LAYER_OVERHEAD_DECODE_KV]
+    fitting = [kv for kv in kvs if decode_fits(grid.max_batch, kv) and prefill_fits(grid.max_tokens, kv)]
+    if fitting:
+        return replace(grid, max_kv=max(fitting))
+    kv = kvs[0]
+    batches = [n for n in grid.decode_batches() if decode_fits(n, kv)]
+    chunks = [c for c in grid.prefill_chunks() if prefill_fits(c, kv)]
+    if not batches or not chunks:
+        what = "decode batch" if not batches else "prefill chunk"
+        raise ValueError(f"not even the smallest {what} fits at KV length {kv}")
+    return replace(grid, max_kv=kv, max_batch=max(batches), max_tokens=max(chunks))
+
+
+def grid_changes(before: GridSpec, after: GridSpec) -> dict[str, list[int]]:
+    """{limit: [before, after]} for each limit `capped_grid` lowered."""
+    return {k: [v, getattr(after, k)] for k, v in before.to_dict().items() if getattr(after, k) != v}

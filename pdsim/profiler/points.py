@@ -38,6 +38,13 @@ class Point:
     key: tuple[int, ...]
     work: float  # rough cost for the ETA
     build: Callable[[], Variants]
+    # what else the timed call depends on: a layer_forward point is a decode step or a prefill by where the
+    # largest decode batch lies, so the same key is another call once a memory cap lowers that
+    tag: str = ""
+
+    @property
+    def ident(self) -> tuple:
+        return (self.table, self.op, self.key, self.tag)
 
 
 
@@ -144,6 +151,16 @@ class PointBuilder:
         ]
         return [lambda c=c: self.attention.prefill(q, k, v, c) for c in caches]
 
+    def attention_bytes(self, batch: int, cached: int, new: int) -> int:
+        """Bytes `prefill` (batch 1) or `decode` (new 1) allocates at one point: q/k/v of the new tokens, its
+        KV cache copies and the output (the decode skew's uneven caches are at most `decode`'s at its long KV).
+        Kernel workspaces and the CUDA graph's pool are not counted: the caller leaves a margin for them."""
+        s, e = self.s, self.elem
+        tokens = batch * new
+        cache = 2 * batch * (cached + new) * s.kv_size * e
+        return tokens * (s.q_size + 2 * s.kv_size) * e + self._cache_copies(batch, cached, new) * cache + \
+            tokens * s.q_size * e
+
     def decode(self, batch: int, kv: int) -> Variants:
         q, k, v = self._qkv(batch)
         caches = [self.attention.new_cache(batch, kv, 1) for _ in range(self._cache_copies(batch, kv, 1))]
@@ -181,6 +198,7 @@ def layer_points(b: PointBuilder, grid: GridSpec) -> list[Point]:
             (t,),
             Progress.work(t * layer_flops + b.attention_flops(t, t)),
             lambda t=t: b.layer(t, decode=t <= grid.max_batch),
+            tag="decode" if t <= grid.max_batch else "prefill",
         )
         for t in grid.tokens()
     ]

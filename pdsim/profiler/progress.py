@@ -45,6 +45,11 @@ class Progress:
         self.points_left += points
         self.work_left += work
 
+    def restart(self, points: int, work: float) -> None:
+        """What is left once the grid was made smaller and the measurement goes on over it."""
+        self.points_left = points
+        self.work_left = work
+
     def advance(self, label: str, work: float) -> None:
         """One grid point (of estimated `work`) was measured."""
         self.points_left -= 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from pdsim.perf.profile import (
 from pdsim.profiler.attention import make_attention
 from pdsim.profiler.device import describe_device, last_level_cache_bytes
 from pdsim.profiler.elementwise import make_elementwise
-from pdsim.profiler.grid import GridSpec
+from pdsim.profiler.grid import GridSpec, capped_grid, grid_changes
 from pdsim.profiler.layer_overhead import write_layer_overhead
 from pdsim.profiler.memory import activation_peak_bytes
 from pdsim.profiler.model import RandomModel
@@ -97,6 +98,9 @@ class Measurements:
     graph_failures: list[str] = field(default_factory=list)  # CUDA points timed without a graph, and why
     # the kernels the points ran (the PointBuilder's choices; meta.json device keys)
     kernels: dict[str, str] = field(default_factory=dict)
+    grid: GridSpec | None = None  # the grid measured: the request's, less what did not fit in memory
+    grid_caps: list[dict] = field(default_factory=list)  # each lowering of the grid, and why (meta.json grid_capped)
+    points_out_of_memory: int = 0
 
     def add(self, p: Point, t: Timing) -> None:
         one_d = p.table in ("dense", "per_sequence", "layer_forward")
@@ -123,24 +127,134 @@ def _label(p: Point) -> str:
     return f"{p.op} {'x'.join(map(str, p.key))}"
 
 
+class _PointOutOfMemory(Exception):
+    """A grid point ran out of device memory (raised once the point's tensors are let go)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+# Left free beside the point's own tensors: its kernel workspaces (flash-attn's split-KV accumulators, cuBLAS),
+# the CUDA graph's private pool and the caching allocator's rounding and fragmentation, none of which the point's
+# byte count includes. 10% of the free memory scales with the card; 1 GiB is the floor where 10% is less than
+# those workspaces alone (a small card, or one mostly taken).
+MEMORY_MARGIN_FRACTION = 0.10
+MEMORY_MARGIN_MIN_BYTES = 2**30
+VLLM_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
+
+
+def memory_margin(free_bytes: int) -> int:
+    return max(int(MEMORY_MARGIN_FRACTION * free_bytes), MEMORY_MARGIN_MIN_BYTES)
+
+
+def memory_capped_grid(grid: GridSpec, free_bytes: int, attention_bytes: Callable[[int, int, int], int]) -> GridSpec:
+    """The grid whose attention points each fit in `free_bytes` less the margin; `attention_bytes(batch, cached,
+    new)` is what one point allocates (PointBuilder.attention_bytes). PdsimError where not even the smallest fits."""
+    budget = free_bytes - memory_margin(free_bytes)
+    try:
+        return capped_grid(grid, lambda n, kv: attention_bytes(n, kv, 1) <= budget,
+                           lambda c, p: attention_bytes(1, p, c) <= budget)
+    except ValueError as e:
+        raise PdsimError(f"{e} in {free_bytes / 2**30:.1f} GiB of free GPU memory (less a "
+                         f"{memory_margin(free_bytes) / 2**30:.1f} GiB margin) beside the weights the profiler holds: "
+                         "free the GPU of other processes, or lower --max-batch / --max-tokens") from None
+
+
+def _free_device_bytes(device: str) -> tuple[int, int] | None:
+    """(free, total) bytes of the CUDA device, what the caching allocator holds unused given back first; None on
+    the CPU (no fixed memory to plan against: the machine swaps or the kernel kills the process)."""
+    if device != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    return int(free), int(total)
+
+
+def vllm_kv_tokens(model: ModelSpec, dtype: str, tp: int, total_bytes: int) -> int:
+    """At most how many tokens of KV cache vLLM holds on a GPU of `total_bytes` at its default memory utilisation:
+    what is left of it beside the weights (its activations and CUDA graphs take some more)."""
+    left = VLLM_MEMORY_UTILIZATION * total_bytes - model.weight_bytes(dtype, tp)
+    return max(0, int(left // model.kv_bytes_per_token(dtype, tp)))
+
+
+def _memory_preflight(req: ProfileRequest, model: ModelSpec, b: PointBuilder, grid: GridSpec) -> tuple[GridSpec,
+                                                                                                        dict | None]:
+    """Run only once the point builder holds everything it keeps for the whole run (its weight copies): the
+    grid capped to the free memory left, and the record of the cap (None where nothing was capped)."""
+    memory = _free_device_bytes(req.device)
+    if memory is None:
+        return grid, None
+    free, total = memory
+    capped = memory_capped_grid(grid, free, b.attention_bytes)
+    if capped == grid:
+        return grid, None
+    return capped, {
+        "by": "free memory",
+        "changed": grid_changes(grid, capped),
+        "free_gib": round(free / 2**30, 2),
+        "margin_gib": round(memory_margin(free) / 2**30, 2),
+        "largest_decode_point": f"{grid.max_batch}x{grid.max_kv}",
+        "largest_decode_gib": round(b.attention_bytes(grid.max_batch, grid.max_kv, 1) / 2**30, 2),
+        "vllm_kv_tokens": vllm_kv_tokens(model, req.dtype, req.tp, total),
+    }
+
+
+def _grid_after_oom(grid: GridSpec, p: Point, only: str | None) -> GridSpec:
+    """The grid without the point that ran out of memory nor any at least as large on both axes (still full
+    rectangles); a PdsimError naming the options to lower where that is not an attention point's grid to cut."""
+    label = _label(p)
+    options = {"dense": "--max-tokens", "layer_forward": "--max-tokens or --max-batch",
+               "per_sequence": "--max-batch"}.get(p.table, "--max-kv or --max-batch (decode), --max-tokens (prefill)")
+    if only is not None or p.table not in ("attention_decode", "attention_decode_skew", "attention_prefill"):
+        raise PdsimError(f"out of GPU memory at grid point {label}: lower {options}, or free the GPU of other "
+                         "processes")
+    if p.table == "attention_prefill":
+        chunk, prefix = p.key
+        decode_fits, prefill_fits = (lambda n, kv: True), (lambda c, q: c < chunk or q < prefix)
+    else:
+        batch, long = p.key[0], p.key[-1]
+        decode_fits, prefill_fits = (lambda n, kv: n < batch or kv < long), (lambda c, q: True)
+    try:
+        return capped_grid(grid, decode_fits, prefill_fits)
+    except ValueError:
+        raise PdsimError(f"out of GPU memory at grid point {label}, the smallest of its KV lengths: lower "
+                         f"{options}, or free the GPU of other processes") from None
+
+
 def measure(
     req: ProfileRequest, model: ModelSpec, progress_enabled: bool, only: str | None = None
 ) -> Measurements:
-    """Every grid point (`only`: just the `layer_overhead` or `attention_decode_skew` series)."""
+    """Every grid point (`only`: just the `layer_overhead` or `attention_decode_skew` series).
+
+    The grid is first capped to the device's free memory (`_memory_preflight`); a point that runs out of memory
+    all the same caps it further (`_grid_after_oom`) and the measurement goes on over the smaller grid, keeping
+    what was measured."""
     b = PointBuilder(model, req)
-    points = {"layer_overhead": layer_points, "attention_decode_skew": decode_skew_points}.get(
-        only or "", grid_points)(b, req.grid)
+    grid, cap = (req.grid, None) if only is not None else _memory_preflight(req, model, b, req.grid)
+    select = {"layer_overhead": layer_points, "attention_decode_skew": decode_skew_points}.get(only or "", grid_points)
+    result = Measurements(grid=grid, grid_caps=[cap] if cap else [])
     passes = max(1, req.passes)
+    points = select(b, grid)
     progress = Progress(len(points) * passes, sum(p.work for p in points) * passes, progress_enabled)
     timer = Timer(req.device, req.timing, graphs=True)
-    best: list[Timing | None] = [None] * len(points)
-    runs = [0] * len(points)
+    done: dict[tuple, tuple[Timing, int]] = {}  # by Point.ident: the fastest timing and how often measured
 
     def measure_point(i: int) -> None:
         p = points[i]
-        variants = p.build()
-        t = timer.time(variants)
-        del variants  # free this point's inputs before building the next
+        try:
+            variants = p.build()
+            t = timer.time(variants)
+        except torch.OutOfMemoryError:
+            failed = True
+        else:
+            failed = False
+        # out of the except block: its traceback (holding the point's tensors) is gone, so they can be freed
+        variants = None  # noqa: F841  (free this point's inputs before building the next)
+        if failed:
+            if req.device == "cuda":
+                torch.cuda.empty_cache()
+            raise _PointOutOfMemory(i)
         runs[i] += 1
         kept = best[i]
         if kept is None or t.median_us < kept.median_us:
@@ -152,21 +266,37 @@ def measure(
         flagged = suspicious_points(medians, req.recheck_tolerance)
         return [i for i, p in enumerate(points) if (p.table, p.op, p.key) in flagged]
 
-    result = Measurements()
     try:
         with torch.inference_mode():
-            for k in range(passes):
-                for i in range(len(points)) if k % 2 == 0 else reversed(range(len(points))):
-                    measure_point(i)
-            remeasured: set[int] = set()
-            for _ in range(max(0, req.recheck_rounds)):
-                flagged = suspicious()
-                if not flagged:
+            while True:
+                best: list[Timing | None] = [done[p.ident][0] if p.ident in done else None for p in points]
+                runs = [done[p.ident][1] if p.ident in done else 0 for p in points]
+                try:
+                    for k in range(passes):
+                        for i in range(len(points)) if k % 2 == 0 else reversed(range(len(points))):
+                            if runs[i] <= k:  # not yet measured in this pass (before the grid was made smaller)
+                                measure_point(i)
+                    remeasured: set[int] = set()
+                    for _ in range(max(0, req.recheck_rounds)):
+                        flagged = suspicious()
+                        if not flagged:
+                            break
+                        progress.extend(len(flagged), sum(points[i].work for i in flagged))
+                        for i in flagged:
+                            measure_point(i)
+                        remeasured.update(flagged)
                     break
-                progress.extend(len(flagged), sum(points[i].work for i in flagged))
-                for i in flagged:
-                    measure_point(i)
-                remeasured.update(flagged)
+                except _PointOutOfMemory as e:
+                    oom_point = points[e.index]
+                    grid = _grid_after_oom(grid, oom_point, only)
+                    result.points_out_of_memory += 1
+                    result.grid_caps.append({"by": "out of memory", "changed": grid_changes(result.grid, grid),
+                                             "point": _label(oom_point)})
+                    result.grid = grid
+                    done = {p.ident: (best[i], runs[i]) for i, p in enumerate(points) if best[i] is not None}
+                    points = select(b, grid)
+                    left = [(p, max(0, passes - done.get(p.ident, (None, 0))[1])) for p in points]
+                    progress.restart(sum(n for _, n in left), sum(p.work * n for p, n in left))
             result.remeasured = len(remeasured)
             result.suspicious_left = [_label(points[i]) for i in suspicious()] if req.recheck_rounds > 0 else []
     finally:
@@ -203,6 +333,9 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     load_at_start = round(os.getloadavg()[0], 2)
 
     measured = measure(req, model, progress_enabled)
+    # what was measured, less what did not fit in memory: the activation peak, the largest all-reduce and the grid
+    # meta.json records (which configs must stay inside) follow it
+    req = replace(req, grid=measured.grid)
     peak = _activation_peak(req, model)
     allreduce_rows, allreduce_note = _allreduce(req, model)
     device_info = _device_info(req, measured, threads, load_at_start)
@@ -337,7 +470,10 @@ def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements,
         "recheck_tolerance": req.recheck_tolerance,
         "remeasured_points": measured.remeasured,
         "suspicious_points_left": measured.suspicious_left,
+        "points_out_of_memory": measured.points_out_of_memory,
     }
+    if measured.grid_caps:
+        raw["grid_capped"] = measured.grid_caps
     raw["spread"] = measured.spread_summary()
     raw["allreduce"] = allreduce_note
     write_json_atomic(meta_path, raw)
@@ -450,9 +586,38 @@ def run_warnings(meta: dict) -> list[str]:
         lines.append(f"WARNING: --elementwise auto fell back to eager ops, {failed}: norms, rotary, SiLU-and-mul and "
                      "residual adds were timed several times slower than vLLM's compiled ones; make torch.compile "
                      "work here (Triton installed) and measure again, or pass --elementwise eager to mean it")
+    lines += grid_cap_lines(meta.get("grid_capped", []), timing.get("points_out_of_memory", 0))
     if graphless := timing.get("points_timed_without_graph"):
         reasons = "; ".join(timing.get("graph_failures", [])[:1])
         lines.append(f"WARNING: {graphless} grid point(s) timed without a CUDA graph (capture failed: {reasons}), so "
                      "their times include launch overheads vLLM's graphs hide; meta.json timing.graph_failures says "
                      "why: fix that and measure again")
+    return lines
+
+
+def _changes(changed: dict[str, list[int]]) -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in changed.items())
+
+
+def grid_cap_lines(caps: list[dict], out_of_memory: int) -> list[str]:
+    """A NOTE for the cap to free memory and one for the caps after points ran out of memory (meta.json
+    grid_capped)."""
+    lines = []
+    for cap in caps:
+        if cap["by"] == "free memory":
+            lines.append(
+                f"NOTE: grid capped to the free GPU memory: {_changes(cap['changed'])} (decode attention at "
+                f"{cap['largest_decode_point']} sequences x KV tokens needs {cap['largest_decode_gib']} GiB, "
+                f"{cap['free_gib']} GiB free beside the weights the profiler holds, less a {cap['margin_gib']} GiB "
+                "margin); steps beyond are extrapolated. vLLM (gpu_memory_utilization "
+                f"{VLLM_MEMORY_UTILIZATION}) holds at most {cap['vllm_kv_tokens']} tokens of KV cache on this GPU "
+                "beside the weights, so no decode step of more tokens of context in all runs here")
+    after_oom = [cap for cap in caps if cap["by"] == "out of memory"]
+    if after_oom:
+        changed: dict[str, list[int]] = {}
+        for cap in after_oom:  # from the first limit to the last, over every cap in turn
+            changed.update({k: [changed.get(k, v)[0], v[1]] for k, v in cap["changed"].items()})
+        lines.append(f"NOTE: {out_of_memory} grid point(s) ran out of GPU memory (first {after_oom[0]['point']}): "
+                     f"{_changes(changed)}, the attention tables stop at the largest full grid measured and steps "
+                     "beyond are extrapolated")
     return lines

@@ -133,6 +133,8 @@ class Timer:
         try:
             graph = capture_cuda_graph(repeated, warmup=variants)
         except RuntimeError as e:
+            if isinstance(e, torch.OutOfMemoryError):  # no failure of the graph: the point does not fit
+                raise
             self.graph_failures.append(str(e).splitlines()[0][:200])
             torch.cuda.synchronize()
             return 1, None
