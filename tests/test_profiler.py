@@ -712,3 +712,32 @@ def test_a_graph_capture_out_of_memory_is_no_graph_failure(monkeypatch: pytest.M
         timer._capture([lambda: None])
     assert timer.graph_failures == []
 
+
+def test_a_failing_nccl_all_reduce_keeps_the_profile_and_falls_back_to_the_link_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdsim.hardware import get_hardware
+    from pdsim.profiler import allreduce
+
+    def nccl_fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error\n"
+                           "Last error: Cuda failure 'peer access is not supported between these two devices'")
+
+    monkeypatch.setattr(allreduce, "can_measure_allreduce", lambda device, tp: True)  # as with 2 GPUs visible
+    monkeypatch.setattr(allreduce, "measure_allreduce", nccl_fails)
+    result = _invoke("--model", MODEL, "--out", str(tmp_path), "--tp", "2", *GRID, *FAST)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    path = profile_path(tmp_path, "CPU-1core", MODEL, "bfloat16", 2)
+    meta = json.loads((path / "meta.json").read_text())
+    reason = ("RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error Last error: Cuda failure "
+              "'peer access is not supported between these two devices'")
+    assert meta["allreduce_skipped"] == reason
+    assert meta["allreduce"].startswith(f"all-reduce not measured (NCCL over 2 GPUs failed, {reason})")
+    assert f"WARNING: the all-reduce was not measured, NCCL failed ({reason})" in result.output
+    assert not (path / "allreduce.csv").exists()
+    profile = read_profile(path)
+    assert profile.allreduce is None
+    # priced as for a profile that never had the table: by the interconnect model, which the run's note names
+    predictor = StepTimePredictor(profile, load_model(MODEL), 2, get_hardware("H100-SXM"))
+    assert predictor.allreduce_source is not None and "allreduce.csv" not in predictor.allreduce_source
+    assert f"TP all-reduce priced by {predictor.allreduce_source}" in predictor.notes
+    assert predictor.allreduce_s(64) > 0

@@ -3,7 +3,8 @@
 One process per GPU (torch.multiprocessing.spawn); every rank times each size with CUDA
 events, and the slowest rank's median is kept, since a TP layer waits for the last GPU.
 Used only when at least `tp` GPUs are visible; otherwise the profile has no allreduce.csv and
-the simulator models the all-reduce from the hardware's link (meta.json says which).
+the simulator models the all-reduce from the hardware's link (meta.json says which), as it does
+where the measurement fails (run.py `_allreduce` keeps the rest of the profile then).
 """
 
 from __future__ import annotations

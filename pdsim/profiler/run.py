@@ -337,7 +337,7 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
     # meta.json records (which configs must stay inside) follow it
     req = replace(req, grid=measured.grid)
     peak = _activation_peak(req, model)
-    allreduce_rows, allreduce_note = _allreduce(req, model)
+    allreduce_rows, allreduce_note, allreduce_failed = _allreduce(req, model)
     device_info = _device_info(req, measured, threads, load_at_start)
     meta = _profile_meta(req, model, started, device_info, peak, allreduce_note)
 
@@ -352,14 +352,15 @@ def run_profile(req: ProfileRequest, progress_enabled: bool = False) -> Path:
         r["attention_decode"],
         allreduce_rows,
         decode_skew_rows=r["attention_decode_skew"],
-        finish=lambda folder: _finish(folder, req, measured, allreduce_note),
+        finish=lambda folder: _finish(folder, req, measured, allreduce_note, allreduce_failed),
     )
     return out_dir
 
 
-def _finish(folder: Path, req: ProfileRequest, measured: Measurements, allreduce_note: str) -> None:
+def _finish(folder: Path, req: ProfileRequest, measured: Measurements, allreduce_note: str,
+            allreduce_failed: str | None = None) -> None:
     """The profiler's own files beside the tables: its settings, every point's timings, the layer overhead."""
-    _record_settings(folder, req, measured, allreduce_note)
+    _record_settings(folder, req, measured, allreduce_note, allreduce_failed)
     write_timings(folder / TIMINGS_FILE, measured.timings)
     write_layer_overhead(folder, measured, "measured with the rest of the profile")
 
@@ -382,8 +383,9 @@ def _activation_peak(req: ProfileRequest, model: ModelSpec) -> int:
     return peak
 
 
-def _allreduce(req: ProfileRequest, model: ModelSpec) -> tuple[list[tuple[int, float]] | None, str]:
-    """The all-reduce rows (None when not measured) and a note that says how they were obtained."""
+def _allreduce(req: ProfileRequest, model: ModelSpec) -> tuple[list[tuple[int, float]] | None, str, str | None]:
+    """The all-reduce rows (None when not measured), a note that says how they were obtained, and why NCCL failed
+    (None unless it did)."""
     allreduce_rows = None
     allreduce_note = "all-reduce not profiled (tp=1)" if req.tp == 1 else ""
     if req.tp > 1:
@@ -392,14 +394,23 @@ def _allreduce(req: ProfileRequest, model: ModelSpec) -> tuple[list[tuple[int, f
         if can_measure_allreduce(req.device, req.tp):
             # the largest message: the activations of max_tokens tokens (2 per layer)
             max_bytes = req.grid.max_tokens * model.hidden_size * dtype_bytes(req.dtype)
-            allreduce_rows = measure_allreduce(req.tp, req.dtype, req.timing, max_bytes)
+            if req.device == "cuda":  # the ranks' processes need the memory this one's allocator keeps cached
+                torch.cuda.empty_cache()
+            try:
+                allreduce_rows = measure_allreduce(req.tp, req.dtype, req.timing, max_bytes)
+            # Any failure of NCCL or its ranks (no peer-to-peer between consumer cards, a rank that dies, a
+            # timeout): the all-reduce is what the link model prices anyway, so the measured tables must not be lost
+            except Exception as e:  # noqa: BLE001
+                reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                return None, (f"all-reduce not measured (NCCL over {req.tp} GPUs failed, {reason}): the simulator "
+                              f"models it from {req.hardware}'s intra-node link"), reason
             allreduce_note = f"all-reduce measured with NCCL over {req.tp} GPUs"
         else:
             allreduce_note = (
                 f"all-reduce not measured (fewer than {req.tp} GPUs visible): the simulator "
                 f"models it from {req.hardware}'s intra-node link"
             )
-    return allreduce_rows, allreduce_note
+    return allreduce_rows, allreduce_note, None
 
 
 def _device_info(req: ProfileRequest, measured: Measurements, threads: int, load_at_start: float) -> dict:
@@ -447,7 +458,8 @@ def _profile_meta(req: ProfileRequest, model: ModelSpec, started: dt.datetime, d
     )
 
 
-def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements, allreduce_note: str) -> None:
+def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements, allreduce_note: str,
+                     allreduce_failed: str | None = None) -> None:
     # Extra keys the reader ignores: the grid limits (which cluster configs must stay inside),
     # timing settings and the per-table spread.
     meta_path = out_dir / "meta.json"
@@ -476,6 +488,8 @@ def _record_settings(out_dir: Path, req: ProfileRequest, measured: Measurements,
         raw["grid_capped"] = measured.grid_caps
     raw["spread"] = measured.spread_summary()
     raw["allreduce"] = allreduce_note
+    if allreduce_failed is not None:
+        raw["allreduce_skipped"] = allreduce_failed
     write_json_atomic(meta_path, raw)
 
 
@@ -586,6 +600,11 @@ def run_warnings(meta: dict) -> list[str]:
         lines.append(f"WARNING: --elementwise auto fell back to eager ops, {failed}: norms, rotary, SiLU-and-mul and "
                      "residual adds were timed several times slower than vLLM's compiled ones; make torch.compile "
                      "work here (Triton installed) and measure again, or pass --elementwise eager to mean it")
+    if skipped := meta.get("allreduce_skipped"):
+        lines.append(f"WARNING: the all-reduce was not measured, NCCL failed ({skipped}): the profile has no "
+                     "allreduce.csv and runs price the all-reduce from the hardware's interconnect model, as their "
+                     "note 'TP all-reduce priced by' says; make NCCL run over these GPUs (e.g. NCCL_P2P_DISABLE=1 "
+                     "where they have no peer-to-peer) and measure again for a measured table")
     lines += grid_cap_lines(meta.get("grid_capped", []), timing.get("points_out_of_memory", 0))
     if graphless := timing.get("points_timed_without_graph"):
         reasons = "; ".join(timing.get("graph_failures", [])[:1])
