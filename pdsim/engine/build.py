@@ -168,8 +168,8 @@ def build_instance(
                                "bandwidth; npu_mem.mem_bw is not used")
     elif not profile.estimated:
         predictor.notes.append("npu_mem.mem_bw is not used where step times come from a measured profile")
-        if (mismatch := kernel_mismatch(profile.meta.device)) is not None:
-            predictor.notes.append(mismatch)
+        if (kernel_note := kernel_mismatch(profile.meta.device)) is not None:
+            predictor.notes.append(kernel_note)
     elif (note := mem_bw_note(ic)) is not None:
         predictor.notes.append(note)
     predictor.notes.extend(set_aside)
