@@ -1553,3 +1553,16 @@ def test_a_latency_axis_within_one_decade_labels_its_minor_ticks():
 
     assert log_minor_label(28.0, 72.0)(40.0, None) == "40"
     assert log_minor_label(8.0, 1200.0)(40.0, None) == ""  # across decades the powers of ten carry the values
+
+
+def test_tied_best_goodputs_are_all_marked_and_none_when_nothing_met_the_target():
+    # The bar colour marked the first of two tied configurations as the one best, and a bar of 0 as best when
+    # nothing met the target.
+    from pdsim.sweep.plots import goodput_bar_colors
+
+    rows = [{"ratio": "1:3", "goodput_req_s_per_gpu": 2.5}, {"ratio": "2:2", "goodput_req_s_per_gpu": 4.0},
+            {"ratio": "3:1", "goodput_req_s_per_gpu": 4.0}, {"ratio": "colo", "goodput_req_s_per_gpu": 3.0}]
+    assert goodput_bar_colors(rows) == ["tab:blue", "tab:green", "tab:green", "tab:orange"]
+    assert goodput_bar_colors([{**r, "goodput_req_s_per_gpu": 0.0} for r in rows]) == [
+        "tab:blue", "tab:blue", "tab:blue", "tab:orange"]
+    assert goodput_bar_colors([]) == []

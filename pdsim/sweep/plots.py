@@ -9,8 +9,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 
 def _pyplot() -> ModuleType:
     import matplotlib
@@ -21,17 +19,22 @@ def _pyplot() -> ModuleType:
     return plt
 
 
+def goodput_bar_colors(goodput_rows: list[dict[str, Any]]) -> list[str]:
+    """Green for every configuration with the highest goodput per GPU (all of them where they tie: the plot must
+    not pick one the numbers do not), none where nothing met the target; else blue, colocated orange."""
+    values = [float(r["goodput_req_s_per_gpu"]) for r in goodput_rows]
+    top = max(values, default=0.0)
+    return ["tab:green" if top > 0 and v == top else "tab:orange" if r["ratio"] == "colo" else "tab:blue"
+            for r, v in zip(goodput_rows, values)]
+
+
 def plot_goodput(goodput_rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Bars in expansion order (P:D from prefill-light to prefill-heavy, then colocated)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=90)
     labels = [r["label"] for r in goodput_rows]
     values = [r["goodput_req_s_per_gpu"] for r in goodput_rows]
-    best = int(np.argmax(values)) if values else -1
-    colors = ["tab:orange" if r["ratio"] == "colo" else "tab:blue" for r in goodput_rows]
-    if best >= 0:
-        colors[best] = "tab:green"
-    ax.bar(range(len(labels)), values, color=colors)
+    ax.bar(range(len(labels)), values, color=goodput_bar_colors(goodput_rows))
     if goodput_rows and "est_req_s_per_gpu" in goodput_rows[0]:
         estimates = [r["est_req_s_per_gpu"] for r in goodput_rows]
         ax.plot(range(len(labels)), estimates, "kx", label="rate-matching estimate")
