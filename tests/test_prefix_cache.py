@@ -571,3 +571,23 @@ def test_prefix_aware_routing_sees_the_evictions_of_a_decode_run_passed_in_one_e
         assert fast.decode_instance == stepped.decode_instance
         assert fast.finish_s == pytest.approx(stepped.finish_s)
     assert all(all_released(inst) for r in runs for inst in r.instances)
+
+
+def test_an_instance_that_looked_nothing_up_has_no_hit_rate_not_a_rate_of_0():
+    import math
+
+    from pdsim.engine.kv_cache import BlockManager
+    from pdsim.outputs import json_text
+
+    cache = BlockManager(16, 16, 1024, enable_caching=True)
+    assert math.isnan(cache.hit_rate)
+    assert json.loads(json_text({"prefix_hit_rate": cache.hit_rate})) == {"prefix_hit_rate": None}
+    # One instance of two gets every request: the other's rate is none, printed as such.
+    rows = _chat_trace(20, seed=1, rate=5)
+    res = run(cluster(instance(None), instance(None)), rows, prefill_policy="round_robin")
+    idle = res.instances[1]
+    idle.kv.query_tokens = idle.kv.hit_tokens = 0
+    from pdsim.metrics.summary import _instance_lines
+
+    said = "\n".join(_instance_lines(summarize(res, requests_frame(res))))
+    assert f"{idle.id} -" in said and "nan" not in said

@@ -22,6 +22,7 @@ workload without prefix ids costs what plain counting costs.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from pdsim.engine.request import Request
@@ -368,4 +369,5 @@ class BlockManager:
 
     @property
     def hit_rate(self) -> float:
-        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+        """NaN before any lookup: no rate, not a rate of 0."""
+        return self.hit_tokens / self.query_tokens if self.query_tokens else math.nan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pdsim.config import GB
@@ -31,7 +32,7 @@ class Sample:
     # Prefix cache: prompt tokens looked up and found so far (cumulative; vLLM's queries/hits).
     prefix_query_tokens: int = 0
     prefix_hit_tokens: int = 0
-    prefix_hit_rate: float = 0.0  # hit / query tokens so far
+    prefix_hit_rate: float = math.nan  # hit / query tokens so far (NaN before any lookup)
 
 
 @dataclass

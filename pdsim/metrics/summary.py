@@ -409,7 +409,7 @@ def _instance_lines(summary: dict) -> list[str]:
                                for inst in summary["instances"])
     if any(inst["prefix_hit_tokens"] for inst in summary["instances"]):
         lines.append("prefix cache hit rate (prompt tokens found cached): " + ", ".join(
-            f"{inst['id']} {inst['prefix_hit_rate']:.1%}" for inst in summary["instances"]
+            f"{inst['id']} {_pct(inst['prefix_hit_rate'])}" for inst in summary["instances"]
             if inst["prefix_caching"]))
     return lines
 
@@ -453,7 +453,7 @@ def _shown_path(path: str) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
+    return "-" if x is None or math.isnan(x) else f"{x:.1%}"
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
