@@ -1566,3 +1566,15 @@ def test_tied_best_goodputs_are_all_marked_and_none_when_nothing_met_the_target(
     assert goodput_bar_colors([{**r, "goodput_req_s_per_gpu": 0.0} for r in rows]) == [
         "tab:blue", "tab:blue", "tab:blue", "tab:orange"]
     assert goodput_bar_colors([]) == []
+
+
+def test_the_pareto_list_says_runs_it_could_not_draw_and_never_that_none_met_the_slos_when_one_did():
+    # A trace of one-token outputs has no TPOT, so no speed per user: every run met the SLOs, and the plot said
+    # "no run meets the SLOs".
+    from pdsim.sweep.plots import front_lines
+
+    assert front_lines([], 4, 4) == ["no run drawn meets the SLOs",
+                                     "\nnot drawn: 4 runs with no TPOT or no throughput (4 meeting the SLOs)"]
+    assert front_lines([], 0, 0) == ["no run meets the SLOs"]
+    front = [{"label": "2P2D-tp1/1", "rate_per_s": "20"}]
+    assert front_lines(front, 0, 1) == ["1: 2P2D-tp1/1 at 20 req/s", "\nnot drawn: 1 run with no TPOT or no throughput"]

@@ -111,6 +111,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def front_lines(front: list[dict[str, Any]], met_undrawn: int, undrawn: int) -> list[str]:
+    """The list beside the Pareto plot: its front's runs, left to right, and the runs it could not draw."""
+    lines = [f"{n}: {r['label']} at {float(r['rate_per_s']):.3g} req/s" for n, r in enumerate(front, start=1)]
+    if not front:  # a run that met the SLOs but has no point to draw still met them
+        lines.append("no run drawn meets the SLOs" if met_undrawn else "no run meets the SLOs")
+    if undrawn:
+        lines.append(f"\nnot drawn: {undrawn} run{'s' * (undrawn != 1)} with no TPOT or no throughput"
+                     + (f" ({met_undrawn} meeting the SLOs)" if met_undrawn else ""))
+    return lines
+
+
 def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[str, Any]], bool],
                 slo_text: str) -> Path:
     """Throughput per GPU against speed per user, one point per run. The front is drawn through
@@ -118,7 +129,10 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[s
     Front points are numbered and listed beside the plot with their configuration and rate."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 4.6), dpi=90)
-    usable = [r for r in rows if not (math.isnan(r["output_tok_s_per_user"]) or math.isnan(r["output_tok_s_per_gpu"]))]
+    drawable = [not (math.isnan(r["output_tok_s_per_user"]) or math.isnan(r["output_tok_s_per_gpu"])) for r in rows]
+    usable = [r for r, d in zip(rows, drawable) if d]
+    # one-token outputs have no TPOT, so no speed per user; a run that finished nothing, no throughput
+    undrawn = [r for r, d in zip(rows, drawable) if not d]
     # Unstable runs are drawn apart and left out of the front: their throughput is not sustainable.
     unstable = [r for r in usable if not _stable(r)]
     usable = [r for r in usable if _stable(r)]
@@ -135,14 +149,11 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[s
                        s=16, alpha=0.7, **style)
     pts = [(r["output_tok_s_per_user"], r["output_tok_s_per_gpu"]) for r in ok]
     front = sorted(pareto_front(pts), key=lambda i: pts[i][0])
-    lines = []
     if front:
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k-", lw=1, label="Pareto front (meets SLOs)")
         for n, i in enumerate(front, start=1):
             ax.annotate(str(n), pts[i], fontsize=8, fontweight="bold", xytext=(4, 4), textcoords="offset points")
-            lines.append(f"{n}: {ok[i]['label']} at {float(ok[i]['rate_per_s']):.3g} req/s")
-    else:
-        lines.append("no run meets the SLOs")
+    lines = front_lines([ok[i] for i in front], sum(1 for r in undrawn if passes(r)), len(undrawn))
     fig.text(0.74, 0.92, "front, left to right:\n" + "\n".join(lines), fontsize=7.5, va="top", family="monospace")
     ax.set_xlabel("output tokens/s per user (1000 / mean TPOT)")
     ax.set_ylabel("output tokens/s per GPU")
