@@ -109,6 +109,26 @@ def test_tablend_multilinear_and_nested_grids():
         TableND("g", np.vstack([pts, pts[:1]]), np.zeros(len(pts) + 1), ("a", "b", "c", "d"))
 
 
+def test_tablend_brackets_among_rows_that_hold_the_querys_deeper_coordinates():
+    # LLMServingSim's attention grid is a union of a x2 and a x1.5 grid: at a chunk, the x1.5 grid's prefix
+    # lengths have prefill-only rows (n_decode 0) between the x2 grid's mixed rows. A mixed step bracketed with them
+    # lost its decode attention (read as the prefill-only row's) and, past the grid, extrapolated it wildly.
+    def f(chunk, prefix, n, kv):
+        return chunk * (1 + prefix / 1000) + n * kv / 10
+
+    rows = [(2048, p, n, kv) for p in (0, 1024, 2048, 4096) for n in (0, 16, 64) for kv in (0, 1024)
+            if (n == 0) == (kv == 0)]
+    rows += [(2048, p, 0, 0) for p in (1536, 3072)]  # the second grid's prefill-only rows
+    pts = np.array(rows, dtype=float)
+    t = TableND("attention", pts, np.array([f(*r) for r in rows]), ("chunk", "prefix", "n", "kv"))
+    for prefix in (1536, 2500, 3072):  # on a stray row's prefix and between them: exact (f is linear in prefix)
+        assert t(2048, prefix, 64, 1024) == pytest.approx(f(2048, prefix, 64, 1024))
+        assert t(2048, prefix, 0, 0) == pytest.approx(f(2048, prefix, 0, 0))  # prefill-only: the stray rows stand
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExtrapolationWarning)
+        assert t(2048, 8192, 64, 1024) == pytest.approx(f(2048, 8192, 64, 1024))  # beyond: from rows that hold it
+
+
 # ---------------------------------------------------------------- profile I/O
 
 

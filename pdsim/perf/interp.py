@@ -96,6 +96,23 @@ class _RangeTracker:
         warnings.warn(warning, stacklevel=4)
 
 
+def _spanning(keys: list[float], children: list, fixed: list[tuple], x: tuple[float, ...],
+              axis: int) -> tuple[list[float], list]:
+    """The keys (and sub-tables) to bracket a query among: those whose sub-table holds the query's deeper
+    coordinates, where two or more do and they bracket it (or it lies beyond every key, where they extrapolate).
+    LLMServingSim's attention grid is a union of two grids, and the second's prefill-only rows (n_decode 0) sit
+    between mixed rows of the first: bracketed with them, a mixed step's decode attention was read as the
+    prefill-only row's (none), and beyond the grid extrapolated from it. Inside the keys with spanning ones on one
+    side only, the nearest sub-tables stand, constant along their single value."""
+    kept = [k for k, f in enumerate(fixed) if all(x[j] == v for j, v in f)]
+    if len(kept) == len(keys) or len(kept) < 2:
+        return keys, children
+    at = x[axis]
+    if keys[0] <= at <= keys[-1] and not keys[kept[0]] <= at <= keys[kept[-1]]:
+        return keys, children
+    return [keys[k] for k in kept], [children[k] for k in kept]
+
+
 def _bracket(keys: list[float], x: float) -> tuple[int, float]:
     """Index i of the segment [keys[i], keys[i+1]] used for x and the weight t of keys[i+1].
 
@@ -258,8 +275,10 @@ class TableND(_RangeTracker):
     its decode-only rows have no prefix axis). A lookup brackets x_0 between the two nearest
     axis-0 values present, looks up the rest recursively in each of those two sub-tables, and
     blends linearly. On a full grid this is exactly multilinear interpolation. A sub-table
-    with a single value on an axis is constant along it. Leaving the range an axis spans over
-    the whole table is what counts as extrapolation for the warning.
+    with a single value on an axis is constant along it, but where such a sub-table does not hold
+    the query's value and others that do bracket it, or the query is beyond every key, those others
+    are bracketed instead (_spanning). Leaving the range an axis spans over the whole table is what
+    counts as extrapolation for the warning.
     """
 
     def __init__(
@@ -289,7 +308,7 @@ class TableND(_RangeTracker):
             raise ValueError(f"two rows for {at} ({len(repeated)} repeated grid point(s))")
         self._root = self._build(points, values, 0)
 
-    def _build(self, points: np.ndarray, values: np.ndarray, axis: int) -> tuple[list[float], list]:
+    def _build(self, points: np.ndarray, values: np.ndarray, axis: int) -> tuple:
         col = points[:, axis]
         keys, starts = np.unique(col, return_index=True)
         if axis == self.ndim - 1:
@@ -298,7 +317,12 @@ class TableND(_RangeTracker):
         children = [
             self._build(points[s:e], values[s:e], axis + 1) for s, e in zip(starts, ends, strict=True)
         ]
-        return keys.tolist(), children
+        # Per child, the deeper axes its rows hold one value of, (axis, value): a child measured only there (a
+        # prefill-only row beside mixed ones) says nothing of a query elsewhere on those axes (_spanning).
+        fixed = [tuple((j, float(points[s, j])) for j in range(axis + 1, self.ndim)
+                       if np.all(points[s:e, j] == points[s, j]))
+                 for s, e in zip(starts, ends, strict=True)]
+        return keys.tolist(), children, fixed if any(fixed) else None
 
     def __call__(self, *x: float) -> float:
         lo, hi = self.axis_min, self.axis_max
@@ -308,11 +332,15 @@ class TableND(_RangeTracker):
         v = self._eval(self._root, x, 0)
         return v if v > 0.0 else 0.0
 
-    def _eval(self, node: tuple[list[float], list], x: tuple[float, ...], axis: int) -> float:
-        keys, children = node
+    def _eval(self, node: tuple, x: tuple[float, ...], axis: int) -> float:
+        keys, children = node[0], node[1]
         last = axis == self.ndim - 1
         if len(keys) == 1:
             return children[0] if last else self._eval(children[0], x, axis + 1)
+        if not last and node[2] is not None:
+            keys, children = _spanning(keys, children, node[2], x, axis)
+            if len(keys) == 1:
+                return self._eval(children[0], x, axis + 1)
         i, t = _bracket(keys, x[axis])
         if last:
             y0 = children[i]
