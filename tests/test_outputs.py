@@ -388,6 +388,15 @@ def test_the_cdf_plot_gives_the_slo_attainment_of_the_summary():
     finally:
         plt.close(fig)
     assert "SLO 25 ms: met by 50% of 4 arrived requests" in labels
+    # A TPOT panel says which requests its curve is of, and says so where there are none (one-token outputs).
+    fig, ax = plt.subplots()
+    try:
+        _cdf(ax, np.array([np.nan, np.nan]), {}, 25.0, "ms", met=1.0, arrived=2,
+             curve="finished requests of 2+ output tokens")
+        texts = [t.get_text() for t in ax.texts]
+    finally:
+        plt.close(fig)
+    assert texts == ["no finished requests of 2+ output tokens"]
 
 
 def test_a_run_terminated_by_sigterm_says_so_and_leaves_no_file(tmp_path):

@@ -69,11 +69,14 @@ def _save(plt: ModuleType, fig: Figure, summary: dict, path: Path, stage: Stage)
 
 
 def _cdf(ax: Axes, values: np.ndarray, stats: dict, slo: float | None, unit: str, met: float | None = None,
-         arrived: int = 0) -> None:
-    """met: the SLO attainment the summary gives, a share of the `arrived` requests (one not finished misses)."""
+         arrived: int = 0, curve: str = "all finished requests") -> None:
+    """met: the SLO attainment the summary gives, a share of the `arrived` requests (one not finished misses).
+    curve: what the curve's requests are (those with a figure: a one-token request has no TPOT)."""
     values = np.sort(values[~np.isnan(values)])
     if values.size:
-        ax.plot(values, np.arange(1, values.size + 1) / values.size, color="tab:blue", label="all finished requests")
+        ax.plot(values, np.arange(1, values.size + 1) / values.size, color="tab:blue", label=curve)
+    else:
+        ax.text(0.5, 0.5, f"no {curve}", transform=ax.transAxes, ha="center", va="center", color="grey")
     for key, style in PERCENTILE_STYLES:
         if stats.get(key) is not None:
             ax.axvline(stats[key], color="grey", linestyle=style, linewidth=1,
@@ -97,12 +100,14 @@ def _latency_cdfs(plt: ModuleType, df: pd.DataFrame, summary: dict, path: Path, 
     arrived = slo.get("requests", 0)
     _cdf(axes[0], finished.ttft_ms.to_numpy(dtype=float), summary["ttft_ms"], slo.get("ttft_ms"), "ms",
          slo.get("attain_ttft"), arrived)
-    _cdf(axes[1], finished.tpot_ms.to_numpy(dtype=float), summary["tpot_ms"], slo.get("tpot_ms"), "ms",
-         slo.get("attain_tpot"), arrived)
+    tpot = finished.tpot_ms.to_numpy(dtype=float)
+    with_tpot = int((~np.isnan(tpot)).sum())  # a one-token request has no time per output token
+    _cdf(axes[1], tpot, summary["tpot_ms"], slo.get("tpot_ms"), "ms", slo.get("attain_tpot"), arrived,
+         "finished requests of 2+ output tokens")
     axes[0].set_xlabel(f"{ttft_label} (ms)")
     axes[1].set_xlabel("TPOT (ms)")
     axes[0].set_title(f"Time to first token, {len(finished)} finished requests")
-    axes[1].set_title("Time per output token")
+    axes[1].set_title(f"Time per output token, {with_tpot} requests of 2+ tokens")
     return _save(plt, fig, summary, path, stage)
 
 
