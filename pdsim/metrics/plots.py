@@ -130,6 +130,11 @@ def _memory(plt: ModuleType, timeline: pd.DataFrame, summary: dict, path: Path, 
                        + info["kv_capacity_gb"])
             ax_mem.axhline(ceiling, color=color, linestyle="--", linewidth=1,
                            label=f"{label}: weights + activations + non-torch + KV capacity {ceiling:.1f} GB")
+        # The samples show the state at each sample time; a peak between two of them is the summary's.
+        for ax, key, what in ((ax_kv, "peak_kv_gb", "peak KV"), (ax_mem, "peak_mem_gb", "peak")):
+            if info.get(key) is not None:
+                ax.axhline(info[key], color=color, linestyle=":", linewidth=1,
+                           label=f"{label}: {what} {info[key]:.2f} GB (between samples too)")
     ax_kv.set_title("KV cache per GPU")
     ax_mem.set_title("GPU memory per GPU (weights, activations, non-torch, KV)")
     for ax in (ax_kv, ax_mem):
