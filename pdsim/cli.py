@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import signal
 import sys
 import time
@@ -477,7 +478,7 @@ def _slo_attainment(df: pd.DataFrame, ttft_ms: float, tpot_ms: float) -> dict:
     finished = df.status == "finished"
     ttft_ok = finished & (df.ttft_ms <= ttft_ms)
     tpot_ok = finished & (df.tpot_ms.isna() | (df.tpot_ms <= tpot_ms))
-    n = max(len(df), 1)
+    n = len(df) or math.nan  # none arrived: no share, not a share of 0
     return {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "requests": len(df), "attain_ttft": float(ttft_ok.sum() / n),
             "attain_tpot": float(tpot_ok.sum() / n), "attain_both": float((ttft_ok & tpot_ok).sum() / n)}
 

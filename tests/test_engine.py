@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,9 @@ def test_max_sim_time_reports_unfinished_with_reason():
     assert _slo_attainment(df, 1e6, 1e6) == {"ttft_ms": 1e6, "tpot_ms": 1e6, "requests": 30, "attain_ttft": 1.0,
                                               "attain_tpot": 1.0, "attain_both": 1.0}
     assert load_report(df, 5.0)["arrival_window_s"] == pytest.approx(0.05 * 29)
+    # None arrived: no attainment (null in the summary, '-' printed), not an attainment of 0.
+    none = _slo_attainment(df[late], 1e6, 1e6)
+    assert none["requests"] == 0 and all(math.isnan(none[k]) for k in ("attain_ttft", "attain_tpot", "attain_both"))
 
 
 @pytest.mark.parametrize("pd", [False, True])

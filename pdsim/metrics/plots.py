@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -81,7 +82,7 @@ def _cdf(ax: Axes, values: np.ndarray, stats: dict, slo: float | None, unit: str
         if stats.get(key) is not None:
             ax.axvline(stats[key], color="grey", linestyle=style, linewidth=1,
                        label=f"{key} {stats[key]:,.1f} {unit}")
-    if slo is not None and met is not None:
+    if slo is not None and met is not None and not math.isnan(met):
         ax.axvline(slo, color="firebrick", linewidth=1.5,
                    label=f"SLO {slo:g} {unit}: met by {met:.0%} of {arrived:,} arrived requests")
     ax.set_ylabel("fraction of requests")
