@@ -1578,3 +1578,25 @@ def test_the_pareto_list_says_runs_it_could_not_draw_and_never_that_none_met_the
     assert front_lines([], 0, 0) == ["no run meets the SLOs"]
     front = [{"label": "2P2D-tp1/1", "rate_per_s": "20"}]
     assert front_lines(front, 0, 1) == ["1: 2P2D-tp1/1 at 20 req/s", "\nnot drawn: 1 run with no TPOT or no throughput"]
+
+
+def test_every_sweep_plot_says_which_runs_it_shows(tmp_path, monkeypatch):
+    # The latency plot had no title and the Pareto plot's did not say the dataset, GPUs or estimated step times.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from pdsim.sweep.plots import plot_latency_vs_rate, plot_pareto
+
+    said: list[str] = []
+    suptitle, set_title = Figure.suptitle, Axes.set_title
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, *a, **k: (said.append(t), suptitle(self, t, *a, **k))[1])
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: (said.append(t), set_title(self, t, *a, **k))[1])
+    run = "prefill_heavy.jsonl, 4 GPUs (step times estimated from hardware specs)"
+    rows = [{"label": "1P1D", "rate_per_s": "1", "ttft_p90_ms": 50.0, "tpot_p90_ms": 10.0, "stable": 1,
+             "output_tok_s_per_user": 100.0, "output_tok_s_per_gpu": 300.0}]
+    plot_latency_vs_rate(rows, 100, 20, tmp_path / "l.png", "", run)
+    plot_pareto(rows, tmp_path / "p.png", lambda r: True, "TTFT<=100 ms", run)
+    assert said[0] == run and said[1].endswith(f"(TTFT<=100 ms)\n{run}")

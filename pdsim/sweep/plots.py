@@ -61,8 +61,9 @@ def log_minor_label(low: float, high: float) -> Callable[[float, object], str]:
 
 
 def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpot_ms: float, path: Path,
-                         ttft_at: str = "") -> Path:
-    """TTFT and TPOT p90 by rate per configuration; ttft_at: where TTFT ends (--ttft-mode), in its axis label."""
+                         ttft_at: str = "", title: str = "") -> Path:
+    """TTFT and TPOT p90 by rate per configuration; ttft_at: where TTFT ends (--ttft-mode), in its axis label;
+    title: which runs (the command's dataset, GPUs, SLOs and whether step times were estimated)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -90,6 +91,8 @@ def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpo
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
@@ -123,7 +126,7 @@ def front_lines(front: list[dict[str, Any]], met_undrawn: int, undrawn: int) -> 
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[str, Any]], bool],
-                slo_text: str) -> Path:
+                slo_text: str, run: str = "") -> Path:
     """Throughput per GPU against speed per user, one point per run. The front is drawn through
     the runs that meet the SLOs (`passes`) only: a run that misses them is no trade-off to choose.
     Front points are numbered and listed beside the plot with their configuration and rate."""
@@ -138,7 +141,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[s
     usable = [r for r in usable if _stable(r)]
     ok = [r for r in usable if passes(r)]
     for group, style in (([r for r in usable if not passes(r)], dict(facecolors="none", edgecolors="grey",
-                                                                      label=f"misses {slo_text}")),
+                                                                      label="misses the SLOs (title)")),
                          ([r for r in ok if not r["label"].startswith("colo")], dict(color="tab:blue",
                                                                                      label="P:D split, meets it")),
                          ([r for r in ok if r["label"].startswith("colo")], dict(color="tab:red",
@@ -157,10 +160,11 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, passes: Callable[[dict[s
     fig.text(0.74, 0.92, "front, left to right:\n" + "\n".join(lines), fontsize=7.5, va="top", family="monospace")
     ax.set_xlabel("output tokens/s per user (1000 / mean TPOT)")
     ax.set_ylabel("output tokens/s per GPU")
-    ax.set_title(f"Throughput vs speed per user, every run ({slo_text})", fontsize=9)
+    ax.set_title(f"Throughput vs speed per user, every run ({slo_text})" + (f"\n{run}" if run else ""), fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # none when no run has latency figures
-        ax.legend(fontsize=7, loc="lower left")
+        # beside the axes, under the front's list: inside, it hid the runs in its corner
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="lower left", bbox_to_anchor=(0.735, 0.08))
     fig.tight_layout(rect=(0, 0, 0.73, 1))
     fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
