@@ -1562,9 +1562,9 @@ def test_tied_best_goodputs_are_all_marked_and_none_when_nothing_met_the_target(
 
     rows = [{"ratio": "1:3", "goodput_req_s_per_gpu": 2.5}, {"ratio": "2:2", "goodput_req_s_per_gpu": 4.0},
             {"ratio": "3:1", "goodput_req_s_per_gpu": 4.0}, {"ratio": "colo", "goodput_req_s_per_gpu": 3.0}]
-    assert goodput_bar_colors(rows) == ["tab:blue", "tab:green", "tab:green", "tab:orange"]
+    assert goodput_bar_colors(rows) == ["tab:blue", "tab:green", "tab:green", "tab:red"]  # colocated as elsewhere
     assert goodput_bar_colors([{**r, "goodput_req_s_per_gpu": 0.0} for r in rows]) == [
-        "tab:blue", "tab:blue", "tab:blue", "tab:orange"]
+        "tab:blue", "tab:blue", "tab:blue", "tab:red"]
     assert goodput_bar_colors([]) == []
 
 

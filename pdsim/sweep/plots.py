@@ -19,12 +19,16 @@ def _pyplot() -> ModuleType:
     return plt
 
 
+COLOCATED_COLORS = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive")
+
+
 def goodput_bar_colors(goodput_rows: list[dict[str, Any]]) -> list[str]:
     """Green for every configuration with the highest goodput per GPU (all of them where they tie: the plot must
-    not pick one the numbers do not), none where nothing met the target; else blue, colocated orange."""
+    not pick one the numbers do not), none where nothing met the target; else blue, colocated red as in the
+    command's other plots."""
     values = [float(r["goodput_req_s_per_gpu"]) for r in goodput_rows]
     top = max(values, default=0.0)
-    return ["tab:green" if top > 0 and v == top else "tab:orange" if r["ratio"] == "colo" else "tab:blue"
+    return ["tab:green" if top > 0 and v == top else COLOCATED_COLORS[0] if r["ratio"] == "colo" else "tab:blue"
             for r, v in zip(goodput_rows, values)]
 
 
@@ -47,9 +51,6 @@ def plot_goodput(goodput_rows: list[dict[str, Any]], path: Path, title: str) -> 
     fig.savefig(path, format="png")  # path may be a temporary name without .png
     plt.close(fig)
     return path
-
-
-COLOCATED_COLORS = ("tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive")
 
 
 def log_minor_label(low: float, high: float) -> Callable[[float, object], str]:
