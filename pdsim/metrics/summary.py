@@ -157,7 +157,8 @@ def _instance_summary(result: SimulationResult, inst: Instance, info: InstanceIn
         # steps of up to this many tokens run each all-reduce fused with the norm after it (None: none do)
         "allreduce_norm_fused_max_tokens": inst.predictor.fused_norm_tokens,
         "prefix_caching": inst.kv.enable_caching, "prefix_query_tokens": inst.kv.query_tokens,
-        "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate,
+        # None (null) before any lookup, as the summary gives every figure that does not exist
+        "prefix_hit_tokens": inst.kv.hit_tokens, "prefix_hit_rate": inst.kv.hit_rate if inst.kv.query_tokens else None,
     }
     if inst.dp_group is not None:  # lock-step DP rank (docs/moe.md): batches of no request, kept in step
         out["dummy_steps"] = inst.dp_group.dummy_steps[inst.id]
