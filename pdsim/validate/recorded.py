@@ -237,9 +237,8 @@ def _note_unused(run: MeasuredRun, cfg: ClusterConfig) -> None:
     unused = {k: v for k, v in run.engine_kwargs.items()
               if k not in _READ_KWARGS | _NO_EFFECT_KWARGS | _RECORDED_LIMITS.keys() and v is not None
               and not (k in _AT_VLLMS_DEFAULT and v == _AT_VLLMS_DEFAULT[k] and type(v) is type(_AT_VLLMS_DEFAULT[k]))}
-    connector = unused.get("kv_transfer_config")
-    offloads = "offload" in str(connector.get("kv_connector", "") if isinstance(connector, dict) else connector).lower()
-    if connector is not None and not offloads and any(ref.config.pd_type for ref in cfg.instances()):
+    # (an offloading connector was refused before: _recorded_precision)
+    if "kv_transfer_config" in unused and any(ref.config.pd_type for ref in cfg.instances()):
         # The config's prefill and decode instances are the P/D deployment; its connector's own settings are not read.
         unused.pop("kv_transfer_config")
         run.notes.append("kv_transfer_config in meta.json engine_kwargs: the config's prefill and decode instances "
