@@ -192,7 +192,7 @@ def with_python_names(meta_path: Path, meta: dict) -> dict:
             raise PdsimError(f"{meta_path}: engine_kwargs gives {name} twice, as {json_shown(named[name], 40)} and "
                              f"{json_shown(value, 40)} ({key!r}): one engine ran with one of them")
         named[name] = value
-    return meta if named == kwargs and list(named) == list(kwargs) else {**meta, "engine_kwargs": named}
+    return {**meta, "engine_kwargs": named}
 
 
 def with_cache_config(meta_path: Path, meta: dict) -> tuple[dict, dict[str, str]]:
