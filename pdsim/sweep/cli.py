@@ -708,9 +708,10 @@ def _plots(setup: _Setup, good: list[dict[str, Any]], rows: list[dict[str, Any]]
     at = TTFT_AT[kw["ttft_mode"]]
     slo = (f"TTFT<={kw['slo_ttft_ms']:g} ms ({at}), TPOT<={kw['slo_tpot_ms']:g} ms, {kw['attainment']:.0%} "
            f"{kw['slo_mode']}")
-    estimated = " (step times estimated from hardware specs)" if any(r.get("estimated_profile") for r in rows) else ""
-    title = f"{kw['dataset'].name}, {kw['gpus']} GPUs, {slo}" + (f"\n{estimated.strip()}" if estimated else "")
-    run = f"{kw['dataset'].name}, {kw['gpus']} GPUs{estimated}"  # every plot says which runs it shows
+    estimated = "(step times estimated from hardware specs)" if any(r.get("estimated_profile") for r in rows) else ""
+    runs = f"{kw['dataset'].name}, {kw['gpus']} GPUs"  # every plot says which runs it shows
+    title = f"{runs}, {slo}" + (f"\n{estimated}" if estimated else "")
+    run = f"{runs} {estimated}".rstrip()
     out.stage(setup.out / f"{stem}_goodput.png", lambda tmp: plot_goodput(good, tmp, title))
     out.stage(setup.out / f"{stem}_latency.png",
               lambda tmp: plot_latency_vs_rate(rows, kw["slo_ttft_ms"], kw["slo_tpot_ms"], tmp, at, run))

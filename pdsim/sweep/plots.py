@@ -64,7 +64,7 @@ def log_minor_label(low: float, high: float) -> Callable[[float, object], str]:
 def plot_latency_vs_rate(rows: list[dict[str, Any]], slo_ttft_ms: float, slo_tpot_ms: float, path: Path,
                          ttft_at: str = "", title: str = "") -> Path:
     """TTFT and TPOT p90 by rate per configuration; ttft_at: where TTFT ends (--ttft-mode), in its axis label;
-    title: which runs (the command's dataset, GPUs, SLOs and whether step times were estimated)."""
+    title: which runs (the command's dataset and GPUs, and whether step times were estimated)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=90)
     labels = list(dict.fromkeys(r["label"] for r in rows))
